@@ -1,0 +1,34 @@
+// common.wgsl: the prelude prepended (by plain string concatenation) to every kernel family.
+// It holds the per-step values shared by all plans and the DST step function and its
+// long-tailed derivative estimator (method.md section 1).
+
+// Per-step values, one 256-byte slot per step of a submission, bound with a dynamic offset.
+// Keep in sync with `StepInfo` in src/kernels/mod.rs.
+struct StepInfo {
+    batch_start: u32,     // first index into the permutation for this step
+    valid: u32,           // rows of the batch that hold real samples (the last batch may be short)
+    step: u32,            // 1-based optimiser step
+    _pad0: u32,
+    lr: f32,              // learning rate of this step
+    adam_step_size: f32,  // lr / (1 - beta1^step), computed on the host in f64
+    adam_bc2_sqrt: f32,   // sqrt(1 - beta2^step), computed on the host in f64
+    _pad1: f32,
+}
+
+// Strict step function: S(x) = 1 if x > 0 else 0 (S(0) = 0).
+fn dst_step(x: f32) -> f32 {
+    return select(0.0, 1.0, x > 0.0);
+}
+
+// Long-tailed estimator H(x) of the step's derivative:
+// 2 - 4|x| for |x| <= 0.4, 0.4 for 0.4 < |x| <= 1, 0 for |x| > 1.
+fn long_tail(x: f32) -> f32 {
+    let a = abs(x);
+    if (a <= 0.4) {
+        return 2.0 - 4.0 * a;
+    }
+    if (a <= 1.0) {
+        return 0.4;
+    }
+    return 0.0;
+}

@@ -1,0 +1,171 @@
+// gemm.wgsl: general f32 matrix products with run-time strides, and the bias gradient.
+//
+//   C[m][n] = (accumulate ? C[m][n] : 0) + sum_k A(m, k) * B(k, n) + (has_bias ? bias[n] : 0)
+//   A(m, k) = a[m * a_rs + k * a_cs]      B(k, n) = b[k * b_rs + n * b_cs]      C row-major (M x N)
+//
+// One entry point serves all three products of a linear layer by choice of strides:
+//   forward         Y  = X W^T + b   A = X (M x K),  B(k, n) = W[n][k]
+//   backward_input  dX = G W         A = G (M x N),  B(k, n) = W[k][n]
+//   backward_weight dW = G^T X       A(m, k) = G[k][m],  B = X
+// Variants: `gemm_regblock` (8x8 outputs per invocation in registers, no workgroup memory:
+// fastest on CPU adapters such as lavapipe) and `gemm_tiled` (64x64 workgroup tiles staged in
+// workgroup memory, 4x4 outputs per invocation: the usual GPU kernel). Both write every C element.
+
+// Keep in sync with `GemmParams` in src/kernels/gemm.rs.
+struct GemmParams {
+    m: u32,
+    n: u32,
+    k: u32,
+    a_rs: u32,
+    a_cs: u32,
+    b_rs: u32,
+    b_cs: u32,
+    accumulate: u32,
+    has_bias: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> gp: GemmParams;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c: array<f32>;
+
+fn store_c(row: u32, col: u32, v: f32) {
+    if (row < gp.m && col < gp.n) {
+        var r = v;
+        if (gp.has_bias != 0u) {
+            r = r + bias[col];
+        }
+        let i = row * gp.n + col;
+        if (gp.accumulate != 0u) {
+            r = c[i] + r;
+        }
+        c[i] = r;
+    }
+}
+
+const RB: u32 = 8u; // outputs per invocation along each axis (regblock)
+
+// Reads A, B, bias; writes (or accumulates into) C. Workgroup 8x8 invocations, 64x64 outputs.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_regblock(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * RB;
+    let col0 = gid.x * RB;
+    if (row0 >= gp.m || col0 >= gp.n) {
+        return;
+    }
+    // Clamp out-of-range rows/columns to the last valid one: loads stay in bounds, stores skip them.
+    var a_base: array<u32, 8>;
+    var b_base: array<u32, 8>;
+    for (var i = 0u; i < RB; i++) {
+        a_base[i] = min(row0 + i, gp.m - 1u) * gp.a_rs;
+        b_base[i] = min(col0 + i, gp.n - 1u) * gp.b_cs;
+    }
+    var acc: array<array<f32, 8>, 8>;
+    for (var i = 0u; i < RB; i++) {
+        for (var j = 0u; j < RB; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var kk = 0u; kk < gp.k; kk++) {
+        let ak = kk * gp.a_cs;
+        let bk = kk * gp.b_rs;
+        var av: array<f32, 8>;
+        var bv: array<f32, 8>;
+        for (var i = 0u; i < RB; i++) {
+            av[i] = a[a_base[i] + ak];
+            bv[i] = b[b_base[i] + bk];
+        }
+        for (var i = 0u; i < RB; i++) {
+            for (var j = 0u; j < RB; j++) {
+                acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+            }
+        }
+    }
+    for (var i = 0u; i < RB; i++) {
+        for (var j = 0u; j < RB; j++) {
+            store_c(row0 + i, col0 + j, acc[i][j]);
+        }
+    }
+}
+
+const TILE: u32 = 64u;  // outputs per workgroup along each axis (tiled)
+const TK: u32 = 16u;    // k-depth of one staged slice
+var<workgroup> a_tile: array<f32, 1024>; // TK x TILE, [k][m]
+var<workgroup> b_tile: array<f32, 1024>; // TK x TILE, [k][n]
+
+// Reads A, B, bias; writes (or accumulates into) C. Workgroup 16x16 invocations, 64x64 outputs,
+// each invocation 4x4 outputs at stride 16 so workgroup-memory reads are conflict-free.
+@compute @workgroup_size(16, 16, 1)
+fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
+              @builtin(workgroup_id) wid: vec3<u32>) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let t = lid.y * 16u + lid.x;
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var k0 = 0u; k0 < gp.k; k0 += TK) {
+        // 256 invocations stage 1024 values of each operand (4 each); zero outside the matrices.
+        for (var r = 0u; r < 4u; r++) {
+            let e = t + r * 256u;
+            let kk = e / TILE;
+            let mm = e % TILE;
+            let gk = k0 + kk;
+            var av = 0.0;
+            var bv = 0.0;
+            if (gk < gp.k) {
+                if (row0 + mm < gp.m) {
+                    av = a[(row0 + mm) * gp.a_rs + gk * gp.a_cs];
+                }
+                if (col0 + mm < gp.n) {
+                    bv = b[gk * gp.b_rs + (col0 + mm) * gp.b_cs];
+                }
+            }
+            a_tile[e] = av;
+            b_tile[e] = bv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            var av: array<f32, 4>;
+            var bv: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                av[i] = a_tile[kk * TILE + lid.y + 16u * i];
+                bv[i] = b_tile[kk * TILE + lid.x + 16u * i];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            store_c(row0 + lid.y + 16u * i, col0 + lid.x + 16u * j, acc[i][j]);
+        }
+    }
+}
+
+// Bias gradient: c[n] = sum over rows m < M of a[m * N + n] (db = sum_rows G).
+// Reads a (M x N); writes c (N). One invocation per column, rows summed in order (deterministic).
+// Uses gp.m, gp.n only.
+@compute @workgroup_size(64, 1, 1)
+fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let col = gid.x;
+    if (col >= gp.n) {
+        return;
+    }
+    var s = 0.0;
+    for (var r = 0u; r < gp.m; r++) {
+        s = s + a[r * gp.n + col];
+    }
+    c[col] = s;
+}

@@ -1,0 +1,68 @@
+// optim.wgsl: optimisers over a whole parameter arena, one invocation per element, with
+// PyTorch's semantics (method.md section 5). Padding between tensors holds zeros in all arenas and
+// stays zero. The learning rate and Adam's bias corrections come from the step's StepInfo.
+
+// Keep in sync with `OptimParams` in src/kernels/optim.rs.
+struct OptimParams {
+    n: u32,
+    momentum: f32,     // SGD
+    weight_decay: f32,
+    beta1: f32,        // Adam
+    beta2: f32,
+    eps: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> op: OptimParams;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;
+@group(0) @binding(2) var<storage, read> grad: array<f32>;
+@group(0) @binding(3) var<storage, read_write> moment1: array<f32>;
+@group(0) @binding(4) var<storage, read_write> moment2: array<f32>;
+@group(1) @binding(0) var<uniform> si: StepInfo;
+
+fn elem(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+    return gid.x + gid.y * nwg.x * 256u;
+}
+
+// SGD with momentum (dampening 0, no Nesterov). Reads grad; updates param and moment1 (velocity):
+//   g = grad + wd * p;  v = momentum * v + g  (v starts at 0, so the first step gives v = g);
+//   p = p - lr * v.
+@compute @workgroup_size(256, 1, 1)
+fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = elem(gid, nwg);
+    if (i >= op.n) {
+        return;
+    }
+    var p = param[i];
+    var g = grad[i];
+    if (op.weight_decay != 0.0) {
+        g = g + op.weight_decay * p;
+    }
+    let v = op.momentum * moment1[i] + g;
+    moment1[i] = v;
+    param[i] = p - si.lr * v;
+}
+
+// Adam (bias-corrected, eps added after the square root). Reads grad; updates param, moment1 (m)
+// and moment2 (v):
+//   g = grad + wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+//   p = p - step_size * m / (sqrt(v) / bc2_sqrt + eps),  step_size = lr / (1 - b1^t).
+@compute @workgroup_size(256, 1, 1)
+fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = elem(gid, nwg);
+    if (i >= op.n) {
+        return;
+    }
+    let p = param[i];
+    var g = grad[i];
+    if (op.weight_decay != 0.0) {
+        g = g + op.weight_decay * p;
+    }
+    let m = op.beta1 * moment1[i] + (1.0 - op.beta1) * g;
+    let v = op.beta2 * moment2[i] + (1.0 - op.beta2) * g * g;
+    moment1[i] = m;
+    moment2[i] = v;
+    let denom = sqrt(v) / si.adam_bc2_sqrt + op.eps;
+    param[i] = p - si.adam_step_size * (m / denom);
+}

@@ -1,0 +1,306 @@
+//! MNIST loading: IDX files from a directory (raw or gzip), or the subset embedded in the
+//! binary (`assets/mnist-subset`, 10000 train / 2000 test images).
+
+pub mod fetch;
+pub mod idx;
+
+use std::path::Path;
+
+use idx::IdxArray;
+
+/// Number of classes (digits 0..9).
+pub const CLASSES: usize = 10;
+
+/// The four standard MNIST file names (without `.gz`), in the order
+/// train images, train labels, test images, test labels.
+pub const MNIST_NAMES: [&str; 4] = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+];
+
+/// Errors while loading IDX data. Every message names the file (or directory) and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: corrupt or truncated gzip stream: {reason}")]
+    Gzip { file: String, reason: String },
+    #[error("{file}: decompressed data larger than the {limit}-byte limit")]
+    TooLarge { file: String, limit: u64 },
+    #[error("{file}: header truncated: need {need} bytes, file has {got}")]
+    HeaderTruncated {
+        file: String,
+        need: usize,
+        got: usize,
+    },
+    #[error("{file}: not an IDX file: bad magic {found:02x?} (expected [00, 00, 08, ndim])")]
+    BadMagic { file: String, found: [u8; 4] },
+    #[error("{file}: unsupported IDX element type 0x{code:02x} (only 0x08, unsigned byte)")]
+    UnsupportedType { file: String, code: u8 },
+    #[error("{file}: wrong number of dimensions for {what}: expected {expected}, got {got}")]
+    WrongNdim {
+        file: String,
+        what: &'static str,
+        expected: &'static str,
+        got: usize,
+    },
+    #[error("{file}: dimensions {dims:?} overflow the address space")]
+    Overflow { file: String, dims: Vec<usize> },
+    #[error(
+        "{file}: payload truncated: dimensions {dims:?} need {expected} bytes, file has {got}"
+    )]
+    Truncated {
+        file: String,
+        dims: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
+    #[error(
+        "{file}: trailing bytes: dimensions {dims:?} need {expected} payload bytes, file has {got}"
+    )]
+    TrailingBytes {
+        file: String,
+        dims: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{file}: empty dataset (dimensions {dims:?})")]
+    Empty { file: String, dims: Vec<usize> },
+    #[error("image/label count mismatch: {images} has {n_images} images, {labels} has {n_labels} labels")]
+    CountMismatch {
+        images: String,
+        labels: String,
+        n_images: usize,
+        n_labels: usize,
+    },
+    #[error("{file}: label out of range at index {index}: value {value} (must be < {classes})")]
+    LabelOutOfRange {
+        file: String,
+        index: usize,
+        value: u8,
+        classes: usize,
+    },
+    #[error("image size mismatch: {train} has {train_rows}x{train_cols} images, {test} has {test_rows}x{test_cols}")]
+    ShapeMismatch {
+        train: String,
+        test: String,
+        train_rows: usize,
+        train_cols: usize,
+        test_rows: usize,
+        test_cols: usize,
+    },
+    #[error("{dir}: missing MNIST file(s): {}", missing.join(", "))]
+    Missing { dir: String, missing: Vec<String> },
+}
+
+/// A set of images with their labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dataset {
+    /// `count * rows * cols` raw pixel bytes (0..255), row-major, image after image.
+    pub images: Vec<u8>,
+    /// `count` labels, each `< classes`.
+    pub labels: Vec<u8>,
+    pub count: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub classes: usize,
+}
+
+impl Dataset {
+    /// Pixels per image (`rows * cols`).
+    pub fn pixels(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// The first `n` examples (a clone of everything if `n >= count`).
+    pub fn limit(&self, n: usize) -> Dataset {
+        let n = n.min(self.count);
+        Dataset {
+            images: self.images[..n * self.pixels()].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            count: n,
+            ..*self
+        }
+    }
+
+    /// Builds a dataset from parsed image (3-dim) and label (1-dim) arrays, validating shapes,
+    /// counts and label range. `images_name`/`labels_name` are used in error messages.
+    pub fn from_idx(
+        images: IdxArray,
+        labels: IdxArray,
+        images_name: &str,
+        labels_name: &str,
+    ) -> Result<Dataset, DataError> {
+        if images.dims.len() != 3 {
+            return Err(DataError::WrongNdim {
+                file: images_name.to_string(),
+                what: "images",
+                expected: "3",
+                got: images.dims.len(),
+            });
+        }
+        if labels.dims.len() != 1 {
+            return Err(DataError::WrongNdim {
+                file: labels_name.to_string(),
+                what: "labels",
+                expected: "1",
+                got: labels.dims.len(),
+            });
+        }
+        let (count, rows, cols) = (images.dims[0], images.dims[1], images.dims[2]);
+        if images.data.is_empty() {
+            return Err(DataError::Empty {
+                file: images_name.to_string(),
+                dims: images.dims,
+            });
+        }
+        if labels.data.is_empty() {
+            return Err(DataError::Empty {
+                file: labels_name.to_string(),
+                dims: labels.dims,
+            });
+        }
+        if count != labels.dims[0] {
+            return Err(DataError::CountMismatch {
+                images: images_name.to_string(),
+                labels: labels_name.to_string(),
+                n_images: count,
+                n_labels: labels.dims[0],
+            });
+        }
+        if let Some((index, &value)) = labels
+            .data
+            .iter()
+            .enumerate()
+            .find(|(_, &v)| v as usize >= CLASSES)
+        {
+            return Err(DataError::LabelOutOfRange {
+                file: labels_name.to_string(),
+                index,
+                value,
+                classes: CLASSES,
+            });
+        }
+        Ok(Dataset {
+            images: images.data,
+            labels: labels.data,
+            count,
+            rows,
+            cols,
+            classes: CLASSES,
+        })
+    }
+}
+
+/// MNIST train and test sets.
+#[derive(Debug, Clone)]
+pub struct Mnist {
+    pub train: Dataset,
+    pub test: Dataset,
+    /// Where the data came from: the directory, or a description of the embedded subset.
+    pub source: String,
+}
+
+/// Builds train/test datasets from the four arrays (order of [`MNIST_NAMES`]) and checks that
+/// train and test images have the same size.
+fn assemble(arrays: [(IdxArray, String); 4], source: String) -> Result<Mnist, DataError> {
+    let [(ti, ti_name), (tl, tl_name), (vi, vi_name), (vl, vl_name)] = arrays;
+    let train = Dataset::from_idx(ti, tl, &ti_name, &tl_name)?;
+    let test = Dataset::from_idx(vi, vl, &vi_name, &vl_name)?;
+    if (train.rows, train.cols) != (test.rows, test.cols) {
+        return Err(DataError::ShapeMismatch {
+            train: ti_name,
+            test: vi_name,
+            train_rows: train.rows,
+            train_cols: train.cols,
+            test_rows: test.rows,
+            test_cols: test.cols,
+        });
+    }
+    Ok(Mnist {
+        train,
+        test,
+        source,
+    })
+}
+
+/// Loads MNIST from `dir`, which must hold the four standard files, each either raw
+/// (`NAME`) or gzip (`NAME.gz`); the raw file is used when both exist.
+pub fn load_dir(dir: &Path) -> Result<Mnist, DataError> {
+    let mut paths = Vec::with_capacity(4);
+    let mut missing = Vec::new();
+    for name in MNIST_NAMES {
+        let raw = dir.join(name);
+        let gz = dir.join(format!("{name}.gz"));
+        if raw.is_file() {
+            paths.push(raw);
+        } else if gz.is_file() {
+            paths.push(gz);
+        } else {
+            missing.push(format!("{name} (or {name}.gz)"));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(DataError::Missing {
+            dir: dir.display().to_string(),
+            missing,
+        });
+    }
+    let mut arrays = Vec::with_capacity(4);
+    for path in &paths {
+        arrays.push((idx::read_idx(path)?, path.display().to_string()));
+    }
+    let arrays: [(IdxArray, String); 4] = arrays.try_into().expect("four paths");
+    assemble(arrays, dir.display().to_string())
+}
+
+macro_rules! embedded {
+    ($name:literal) => {
+        (
+            concat!("embedded assets/mnist-subset/", $name, ".gz"),
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/assets/mnist-subset/",
+                $name,
+                ".gz"
+            ))
+            .as_slice(),
+        )
+    };
+}
+
+/// The embedded subset (gzip IDX bytes), in the order of [`MNIST_NAMES`].
+const EMBEDDED: [(&str, &[u8]); 4] = [
+    embedded!("train-images-idx3-ubyte"),
+    embedded!("train-labels-idx1-ubyte"),
+    embedded!("t10k-images-idx3-ubyte"),
+    embedded!("t10k-labels-idx1-ubyte"),
+];
+
+/// Parses the embedded MNIST subset.
+pub fn try_load_embedded() -> Result<Mnist, DataError> {
+    let mut arrays = Vec::with_capacity(4);
+    for (name, bytes) in EMBEDDED {
+        arrays.push((idx::parse_idx(bytes, name)?, name.to_string()));
+    }
+    let arrays: [(IdxArray, String); 4] = arrays.try_into().expect("four files");
+    let mut mnist = assemble(arrays, String::new())?;
+    mnist.source = format!(
+        "embedded MNIST subset ({} train / {} test)",
+        mnist.train.count, mnist.test.count
+    );
+    Ok(mnist)
+}
+
+/// The embedded MNIST subset (10000 train / 2000 test images, 28x28).
+///
+/// Panics only if the asset compiled into the binary is broken, which the tests rule out.
+pub fn load_embedded() -> Mnist {
+    try_load_embedded().expect("the embedded MNIST subset (assets/mnist-subset) is corrupt")
+}

@@ -1,0 +1,204 @@
+//! `shaders/gemm.wgsl`: strided f32 matrix products (two variants) and the bias gradient.
+
+use super::{Access, Dispatch, GemmVariant, Kernel, KernelFactory};
+use crate::gpu::{Gpu, Result, Tensor};
+
+pub const SOURCE: &str = include_str!("../../shaders/gemm.wgsl");
+
+/// Keep in sync with `GemmParams` in shaders/gemm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct GemmParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub a_rs: u32,
+    pub a_cs: u32,
+    pub b_rs: u32,
+    pub b_cs: u32,
+    pub accumulate: u32,
+    pub has_bias: u32,
+    pub _pad: [u32; 3],
+}
+
+impl GemmParams {
+    /// `Y = X W^T (+ b)`: X (m x k), W (n x k).
+    pub fn linear_forward(m: usize, n: usize, k: usize, has_bias: bool) -> GemmParams {
+        GemmParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            a_rs: k as u32,
+            a_cs: 1,
+            b_rs: 1,
+            b_cs: k as u32,
+            accumulate: 0,
+            has_bias: has_bias as u32,
+            _pad: [0; 3],
+        }
+    }
+
+    /// `dX [+]= G W`: G (m x n), W (n x k).
+    pub fn linear_backward_input(m: usize, n: usize, k: usize, accumulate: bool) -> GemmParams {
+        GemmParams {
+            m: m as u32,
+            n: k as u32,
+            k: n as u32,
+            a_rs: n as u32,
+            a_cs: 1,
+            b_rs: k as u32,
+            b_cs: 1,
+            accumulate: accumulate as u32,
+            has_bias: 0,
+            _pad: [0; 3],
+        }
+    }
+
+    /// `dW [+]= G^T X`: G (m x n), X (m x k).
+    pub fn linear_backward_weight(m: usize, n: usize, k: usize, accumulate: bool) -> GemmParams {
+        GemmParams {
+            m: n as u32,
+            n: k as u32,
+            k: m as u32,
+            a_rs: 1,
+            a_cs: n as u32,
+            b_rs: k as u32,
+            b_cs: 1,
+            accumulate: accumulate as u32,
+            has_bias: 0,
+            _pad: [0; 3],
+        }
+    }
+}
+
+pub struct Gemm {
+    pub regblock: Kernel,
+    pub tiled: Kernel,
+    pub bias_backward_k: Kernel,
+    /// The variant `forward`/`backward_*` use on this device.
+    pub variant: GemmVariant,
+}
+
+const MATMUL: &[(u32, Access)] = &[
+    (1, Access::Read),
+    (2, Access::Read),
+    (3, Access::Read),
+    (4, Access::ReadWrite),
+];
+
+fn dims2(t: &Tensor) -> (usize, usize) {
+    assert_eq!(t.shape.len(), 2, "{}: expected a matrix, got {:?}", t.label, t.shape);
+    (t.shape[0], t.shape[1])
+}
+
+impl Gemm {
+    pub fn new(f: &KernelFactory<'_>, variant: GemmVariant) -> Result<Gemm> {
+        Ok(Gemm {
+            regblock: f.kernel("gemm_regblock", MATMUL, false)?,
+            tiled: f.kernel("gemm_tiled", MATMUL, false)?,
+            bias_backward_k: f.kernel(
+                "bias_backward",
+                &[(1, Access::Read), (4, Access::ReadWrite)],
+                false,
+            )?,
+            variant,
+        })
+    }
+
+    /// `C = [C +] A B [+ bias]` with the strides in `p`, on the given variant.
+    pub fn matmul(
+        &self,
+        gpu: &Gpu,
+        variant: GemmVariant,
+        p: GemmParams,
+        a: &Tensor,
+        b: &Tensor,
+        bias: &Tensor,
+        c: &Tensor,
+    ) -> Result<Dispatch> {
+        assert!(c.len() >= (p.m * p.n) as usize, "{}: output too small", c.label);
+        match variant {
+            GemmVariant::RegBlock => self.regblock.bind(
+                gpu,
+                &p,
+                &[a, b, bias, c],
+                None,
+                [p.n.div_ceil(64), p.m.div_ceil(64), 1],
+            ),
+            GemmVariant::Tiled => self.tiled.bind(
+                gpu,
+                &p,
+                &[a, b, bias, c],
+                None,
+                [p.n.div_ceil(64), p.m.div_ceil(64), 1],
+            ),
+        }
+    }
+
+    /// Linear forward `y = x w^T (+ bias)`: x (M x K), w (N x K), y (M x N).
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        w: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let (m, k) = dims2(x);
+        let (n, k2) = dims2(w);
+        assert_eq!(k, k2, "forward: x {:?} vs w {:?}", x.shape, w.shape);
+        assert_eq!(y.shape, vec![m, n], "forward: y shape");
+        let p = GemmParams::linear_forward(m, n, k, bias.is_some());
+        self.matmul(gpu, self.variant, p, x, w, bias.unwrap_or(dummy), y)
+    }
+
+    /// Linear input gradient `dx [+]= g w`: g (M x N), w (N x K), dx (M x K).
+    pub fn backward_input(
+        &self,
+        gpu: &Gpu,
+        g: &Tensor,
+        w: &Tensor,
+        dx: &Tensor,
+        accumulate: bool,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let (m, n) = dims2(g);
+        let (n2, k) = dims2(w);
+        assert_eq!(n, n2, "backward_input: g {:?} vs w {:?}", g.shape, w.shape);
+        assert_eq!(dx.shape, vec![m, k], "backward_input: dx shape");
+        let p = GemmParams::linear_backward_input(m, n, k, accumulate);
+        self.matmul(gpu, self.variant, p, g, w, dummy, dx)
+    }
+
+    /// Linear weight gradient `dw [+]= g^T x`: g (M x N), x (M x K), dw (N x K).
+    pub fn backward_weight(
+        &self,
+        gpu: &Gpu,
+        g: &Tensor,
+        x: &Tensor,
+        dw: &Tensor,
+        accumulate: bool,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let (m, n) = dims2(g);
+        let (m2, k) = dims2(x);
+        assert_eq!(m, m2, "backward_weight: g {:?} vs x {:?}", g.shape, x.shape);
+        assert_eq!(dw.shape, vec![n, k], "backward_weight: dw shape");
+        let p = GemmParams::linear_backward_weight(m, n, k, accumulate);
+        self.matmul(gpu, self.variant, p, g, x, dummy, dw)
+    }
+
+    /// `db[n] = sum_m g[m][n]`: g (M x N), db (N).
+    pub fn bias_backward(&self, gpu: &Gpu, g: &Tensor, db: &Tensor) -> Result<Dispatch> {
+        let (m, n) = dims2(g);
+        assert_eq!(db.len(), n, "bias_backward: db length");
+        let p = GemmParams {
+            m: m as u32,
+            n: n as u32,
+            ..Default::default()
+        };
+        self.bias_backward_k
+            .bind(gpu, &p, &[g, db], None, [(n as u32).div_ceil(64), 1, 1])
+    }
+}

@@ -1,0 +1,406 @@
+//! The kernel registry: every WGSL entry point compiled once per device into a pipeline with an
+//! explicit bind group layout, and a small typed wrapper per entry point that turns buffers into a
+//! recorded [`Dispatch`]. Kernels own pipelines and layouts; they allocate no model buffers and
+//! never submit.
+
+pub mod act;
+pub mod data;
+pub mod gemm;
+pub mod loss;
+pub mod masked;
+pub mod optim;
+
+use std::sync::Arc;
+
+use crate::gpu::{AdapterClass, Gpu, Result, Tensor};
+
+/// The prelude prepended to every family: `StepInfo`, the step function, the long-tailed estimator.
+pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
+
+/// Every kernel family: (name, WGSL source without the prelude).
+pub const FAMILIES: &[(&str, &str)] = &[
+    ("act", act::SOURCE),
+    ("data", data::SOURCE),
+    ("gemm", gemm::SOURCE),
+    ("loss", loss::SOURCE),
+    ("masked", masked::SOURCE),
+    ("optim", optim::SOURCE),
+];
+
+/// A family's module exactly as the program compiles it: prelude + family file.
+pub fn module_source(family_source: &str) -> String {
+    format!("{COMMON_WGSL}\n{family_source}")
+}
+
+/// Per-step values, one slot per step of a submission, read through a dynamic uniform offset.
+/// Keep in sync with `StepInfo` in shaders/common.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepInfo {
+    pub batch_start: u32,
+    pub valid: u32,
+    pub step: u32,
+    pub _pad0: u32,
+    pub lr: f32,
+    pub adam_step_size: f32,
+    pub adam_bc2_sqrt: f32,
+    pub _pad1: f32,
+}
+
+/// A ring of `StepInfo` slots in one uniform buffer and the bind group (group 1) that reads one
+/// slot at a dynamic offset.
+pub struct StepRing {
+    pub buffer: wgpu::Buffer,
+    pub bind_group: wgpu::BindGroup,
+    pub slots: u32,
+    pub stride: u32,
+}
+
+impl StepRing {
+    pub fn new(gpu: &Gpu, kernels: &Kernels, slots: u32) -> StepRing {
+        let stride = (gpu.limits.min_uniform_buffer_offset_alignment)
+            .max(std::mem::size_of::<StepInfo>() as u32);
+        let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step_ring"),
+            size: (stride * slots) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("step_ring"),
+            layout: &kernels.step_layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &buffer,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(std::mem::size_of::<StepInfo>() as u64),
+                }),
+            }],
+        });
+        StepRing {
+            buffer,
+            bind_group,
+            slots,
+            stride,
+        }
+    }
+
+    /// Writes the slots for the next submission (queued before it, after earlier ones).
+    pub fn write(&self, gpu: &Gpu, infos: &[StepInfo]) {
+        assert!(infos.len() <= self.slots as usize, "step ring overflow");
+        let mut bytes = vec![0u8; self.stride as usize * infos.len()];
+        for (i, s) in infos.iter().enumerate() {
+            let at = i * self.stride as usize;
+            bytes[at..at + std::mem::size_of::<StepInfo>()].copy_from_slice(bytemuck::bytes_of(s));
+        }
+        gpu.queue.write_buffer(&self.buffer, 0, &bytes);
+    }
+}
+
+/// How an entry point reads a binding of group 0 (binding 0 is always the `Params` uniform).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    ReadWrite,
+}
+
+/// One compiled entry point.
+pub struct Kernel {
+    pub name: String,
+    pipeline: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
+    /// (binding index, access) of the storage bindings, in wrapper argument order.
+    storage: Vec<(u32, Access)>,
+    uses_step: bool,
+}
+
+/// A recorded dispatch: pipeline, bind groups, workgroup counts. A plan is a list of these.
+#[derive(Clone)]
+pub struct Dispatch {
+    pub label: String,
+    pipeline: wgpu::ComputePipeline,
+    group0: wgpu::BindGroup,
+    step: Option<wgpu::BindGroup>,
+    pub workgroups: [u32; 3],
+}
+
+impl Dispatch {
+    /// Records this dispatch into a compute pass; `step_offset` selects the StepInfo slot.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, step_offset: u32) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.group0, &[]);
+        if let Some(step) = &self.step {
+            pass.set_bind_group(1, step, &[step_offset]);
+        }
+        let [x, y, z] = self.workgroups;
+        pass.dispatch_workgroups(x, y, z);
+    }
+}
+
+/// Workgroup counts for `n` workgroups along one axis, folded into y past the per-axis limit.
+/// Kernels index such grids as `gid.x + gid.y * num_workgroups.x * WG`.
+pub fn grid_1d(n_groups: u32) -> [u32; 3] {
+    const MAX: u32 = 65535;
+    if n_groups <= MAX {
+        [n_groups.max(1), 1, 1]
+    } else {
+        [MAX, n_groups.div_ceil(MAX), 1]
+    }
+}
+
+impl Kernel {
+    fn new(
+        gpu: &Gpu,
+        module: &wgpu::ShaderModule,
+        family: &str,
+        entry: &str,
+        storage: &[(u32, Access)],
+        uses_step: bool,
+        step_layout: &wgpu::BindGroupLayout,
+    ) -> Result<Kernel> {
+        let name = format!("{family}.{entry}");
+        gpu.scoped(&format!("creating pipeline {name}"), || {
+            let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            }];
+            for &(binding, access) in storage {
+                entries.push(wgpu::BindGroupLayoutEntry {
+                    binding,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Storage {
+                            read_only: access == Access::Read,
+                        },
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                });
+            }
+            let layout = gpu
+                .device
+                .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                    label: Some(&name),
+                    entries: &entries,
+                });
+            let groups: Vec<Option<&wgpu::BindGroupLayout>> = if uses_step {
+                vec![Some(&layout), Some(step_layout)]
+            } else {
+                vec![Some(&layout)]
+            };
+            let pl = gpu
+                .device
+                .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                    label: Some(&name),
+                    bind_group_layouts: &groups,
+                    immediate_size: 0,
+                });
+            let pipeline = gpu
+                .device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(&name),
+                    layout: Some(&pl),
+                    module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                });
+            Kernel {
+                name: name.clone(),
+                pipeline,
+                layout,
+                storage: storage.to_vec(),
+                uses_step,
+            }
+        })
+    }
+
+    /// Binds `params` (the entry point's uniform) and `buffers` (in the order of the entry's
+    /// storage bindings) into a dispatch of `workgroups`.
+    pub fn bind<P: bytemuck::Pod>(
+        &self,
+        gpu: &Gpu,
+        params: &P,
+        buffers: &[&Tensor],
+        step: Option<&StepRing>,
+        workgroups: [u32; 3],
+    ) -> Result<Dispatch> {
+        assert_eq!(
+            buffers.len(),
+            self.storage.len(),
+            "{}: {} buffers for {} bindings",
+            self.name,
+            buffers.len(),
+            self.storage.len()
+        );
+        assert_eq!(
+            step.is_some(),
+            self.uses_step,
+            "{}: step ring mismatch",
+            self.name
+        );
+        let uniform = gpu.uniform(&self.name, params);
+        let mut entries = vec![wgpu::BindGroupEntry {
+            binding: 0,
+            resource: uniform.as_entire_binding(),
+        }];
+        for (t, (binding, _)) in buffers.iter().zip(&self.storage) {
+            entries.push(wgpu::BindGroupEntry {
+                binding: *binding,
+                resource: t.binding(),
+            });
+        }
+        let group0 = gpu.scoped(&format!("binding {}", self.name), || {
+            gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(&self.name),
+                layout: &self.layout,
+                entries: &entries,
+            })
+        })?;
+        Ok(Dispatch {
+            label: self.name.clone(),
+            pipeline: self.pipeline.clone(),
+            group0,
+            step: step.map(|s| s.bind_group.clone()),
+            workgroups,
+        })
+    }
+}
+
+/// Which GEMM variant the registry hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmVariant {
+    /// Register blocking, no workgroup memory: CPU adapters (lavapipe).
+    RegBlock,
+    /// Workgroup-memory tiles: GPUs.
+    Tiled,
+}
+
+impl GemmVariant {
+    pub fn for_class(class: AdapterClass) -> GemmVariant {
+        match class {
+            AdapterClass::Cpu => GemmVariant::RegBlock,
+            AdapterClass::Gpu => GemmVariant::Tiled,
+        }
+    }
+}
+
+/// All pipelines of one device.
+pub struct Kernels {
+    pub step_layout: wgpu::BindGroupLayout,
+    pub gemm: gemm::Gemm,
+    pub masked: masked::Masked,
+    pub act: act::Act,
+    pub loss: loss::Loss,
+    pub data: data::Data,
+    pub optim: optim::Optim,
+    /// A 4-byte buffer bound where an entry point's optional input is absent.
+    pub dummy: Tensor,
+}
+
+/// Compiles one family's module under a validation scope: a WGSL error names the family.
+pub(crate) fn compile(gpu: &Gpu, family: &str, source: &str) -> Result<wgpu::ShaderModule> {
+    let src = module_source(source);
+    gpu.scoped(&format!("compiling shaders/{family}.wgsl"), || {
+        gpu.device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(family),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            })
+    })
+}
+
+impl Kernels {
+    /// Creates every pipeline once; `gemm` picks the GEMM variant (None: by adapter class).
+    pub fn new(gpu: &Gpu, gemm: Option<GemmVariant>) -> Result<Arc<Kernels>> {
+        let step_layout = gpu
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("step"),
+                entries: &[wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: true,
+                        min_binding_size: std::num::NonZeroU64::new(
+                            std::mem::size_of::<StepInfo>() as u64,
+                        ),
+                    },
+                    count: None,
+                }],
+            });
+        let mk = |family: &str, source: &str| -> Result<KernelFactory<'_>> {
+            Ok(KernelFactory {
+                gpu,
+                family: family.to_string(),
+                module: compile(gpu, family, source)?,
+                step_layout: &step_layout,
+            })
+        };
+        let variant = gemm.unwrap_or(GemmVariant::for_class(gpu.class));
+        let kernels = Kernels {
+            gemm: gemm::Gemm::new(&mk("gemm", gemm::SOURCE)?, variant)?,
+            masked: masked::Masked::new(&mk("masked", masked::SOURCE)?)?,
+            act: act::Act::new(&mk("act", act::SOURCE)?)?,
+            loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
+            data: data::Data::new(&mk("data", data::SOURCE)?)?,
+            optim: optim::Optim::new(&mk("optim", optim::SOURCE)?)?,
+            dummy: Tensor::zeros(gpu, "dummy", &[1])?,
+            step_layout,
+        };
+        Ok(Arc::new(kernels))
+    }
+}
+
+/// Builds the kernels of one family module.
+pub struct KernelFactory<'a> {
+    gpu: &'a Gpu,
+    family: String,
+    module: wgpu::ShaderModule,
+    step_layout: &'a wgpu::BindGroupLayout,
+}
+
+impl KernelFactory<'_> {
+    pub fn kernel(&self, entry: &str, storage: &[(u32, Access)], uses_step: bool) -> Result<Kernel> {
+        Kernel::new(
+            self.gpu,
+            &self.module,
+            &self.family,
+            entry,
+            storage,
+            uses_step,
+            self.step_layout,
+        )
+    }
+}
+
+/// Records `dispatches` in one compute pass, submits, and waits: for tests and one-off work.
+pub fn run_once(gpu: &Gpu, dispatches: &[Dispatch], step_offset: u32) -> Result<()> {
+    gpu.scoped("run_once", || {
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("run_once"),
+            });
+        {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("run_once"),
+                timestamp_writes: None,
+            });
+            for d in dispatches {
+                d.record(&mut pass, step_offset);
+            }
+        }
+        gpu.queue.submit([enc.finish()]);
+    })?;
+    gpu.wait()
+}

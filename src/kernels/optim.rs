@@ -1,0 +1,104 @@
+//! `shaders/optim.wgsl`: SGD with momentum and Adam over a whole parameter arena.
+
+use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory, StepRing};
+use crate::gpu::{Gpu, Result, Tensor};
+
+pub const SOURCE: &str = include_str!("../../shaders/optim.wgsl");
+
+/// Keep in sync with `OptimParams` in shaders/optim.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct OptimParams {
+    pub n: u32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub _pad: [u32; 2],
+}
+
+pub struct Optim {
+    pub sgd_k: Kernel,
+    pub adam_k: Kernel,
+}
+
+const BINDINGS: &[(u32, Access)] = &[
+    (1, Access::ReadWrite),
+    (2, Access::Read),
+    (3, Access::ReadWrite),
+    (4, Access::ReadWrite),
+];
+
+impl Optim {
+    pub fn new(f: &KernelFactory<'_>) -> Result<Optim> {
+        Ok(Optim {
+            sgd_k: f.kernel("sgd", BINDINGS, true)?,
+            adam_k: f.kernel("adam", BINDINGS, true)?,
+        })
+    }
+
+    /// One SGD step over `param` with `grad` and velocity `moment1` (moment2 is unused but bound).
+    pub fn sgd(
+        &self,
+        gpu: &Gpu,
+        param: &Tensor,
+        grad: &Tensor,
+        moment1: &Tensor,
+        moment2: &Tensor,
+        momentum: f32,
+        weight_decay: f32,
+        step: &StepRing,
+    ) -> Result<Dispatch> {
+        let p = OptimParams {
+            n: param.len() as u32,
+            momentum,
+            weight_decay,
+            ..Default::default()
+        };
+        assert!(grad.len() == param.len() && moment1.len() == param.len(), "sgd: arena sizes");
+        self.sgd_k.bind(
+            gpu,
+            &p,
+            &[param, grad, moment1, moment2],
+            Some(step),
+            grid_1d(p.n.div_ceil(256)),
+        )
+    }
+
+    /// One Adam step over `param` with `grad`, first and second moments.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam(
+        &self,
+        gpu: &Gpu,
+        param: &Tensor,
+        grad: &Tensor,
+        moment1: &Tensor,
+        moment2: &Tensor,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        step: &StepRing,
+    ) -> Result<Dispatch> {
+        let p = OptimParams {
+            n: param.len() as u32,
+            weight_decay,
+            beta1,
+            beta2,
+            eps,
+            ..Default::default()
+        };
+        assert!(
+            grad.len() == param.len() && moment1.len() == param.len() && moment2.len() == param.len(),
+            "adam: arena sizes"
+        );
+        self.adam_k.bind(
+            gpu,
+            &p,
+            &[param, grad, moment1, moment2],
+            Some(step),
+            grid_1d(p.n.div_ceil(256)),
+        )
+    }
+}

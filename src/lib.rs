@@ -1,0 +1,11 @@
+//! Dynamic Sparse Training (Liu et al., ICLR 2020) on any GPU through wgpu and hand-written WGSL.
+//!
+//! Layers: `gpu` (device, tensors) -> `kernels` (pipelines, typed wrappers) -> `nn` (layers that
+//! record their forward and backward) -> `models` -> `train` (the loop). `reference` is an f64 twin
+//! of every kernel for tests; it never touches wgpu.
+
+pub mod data;
+pub mod gpu;
+pub mod kernels;
+pub mod reference;
+pub mod rng;

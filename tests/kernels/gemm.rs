@@ -1,0 +1,91 @@
+use dst::kernels::gemm::GemmParams;
+use dst::kernels::{run_once, GemmVariant};
+use dst::reference::gemm as reference;
+use dst::rng::Rng;
+
+use crate::common::*;
+
+/// Shapes that are not tile multiples, including the LeNet-300-100 ones.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (1, 1, 1),
+    (3, 7, 5),
+    (7, 65, 3),
+    (65, 3, 300),
+    (64, 300, 784),
+    (13, 100, 300),
+    (64, 10, 100),
+];
+
+/// f32 GEMM tolerance: 1e-5 of the reference's largest magnitude (sums of up to 784 products).
+const TOL: f64 = 1e-5;
+
+fn check_linear(variant: GemmVariant) {
+    let c = ctx();
+    let mut rng = Rng::new(7);
+    for &(m, n, k) in SHAPES {
+        let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
+        let w = rand_vec(&mut rng, n * k, -1.0, 1.0);
+        let b = rand_vec(&mut rng, n, -1.0, 1.0);
+        let g = rand_vec(&mut rng, m * n, -1.0, 1.0);
+        let (xt, wt, bt, gt) = (
+            c.tensor("x", &[m, k], &x),
+            c.tensor("w", &[n, k], &w),
+            c.tensor("b", &[n], &b),
+            c.tensor("g", &[m, n], &g),
+        );
+        let (xd, wd, bd, gd) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&g));
+        let y = c.poisoned("y", &[m, n]);
+        let dx = c.poisoned("dx", &[m, k]);
+        let dw = c.poisoned("dw", &[n, k]);
+        let db = c.poisoned("db", &[n]);
+        let gemm = &c.k.gemm;
+        let ds = [
+            gemm.matmul(&c.gpu, variant, GemmParams::linear_forward(m, n, k, true), &xt, &wt, &bt, &y).unwrap(),
+            gemm.matmul(&c.gpu, variant, GemmParams::linear_backward_input(m, n, k, false), &gt, &wt, &c.k.dummy, &dx).unwrap(),
+            gemm.matmul(&c.gpu, variant, GemmParams::linear_backward_weight(m, n, k, false), &gt, &xt, &c.k.dummy, &dw).unwrap(),
+            gemm.bias_backward(&c.gpu, &gt, &db).unwrap(),
+        ];
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let tag = format!("{variant:?} m{m} n{n} k{k}");
+        assert_close_norm(&format!("forward {tag}"), &c.read(&y), &reference::forward(&xd, &wd, Some(&bd), m, n, k), TOL);
+        assert_close_norm(&format!("backward_input {tag}"), &c.read(&dx), &reference::backward_input(&gd, &wd, m, n, k), TOL);
+        assert_close_norm(&format!("backward_weight {tag}"), &c.read(&dw), &reference::backward_weight(&gd, &xd, m, n, k), TOL);
+        assert_close_norm(&format!("bias_backward {tag}"), &c.read(&db), &reference::bias_backward(&gd, m, n), TOL);
+    }
+}
+
+#[test]
+fn gemm_regblock_matches_reference() {
+    check_linear(GemmVariant::RegBlock);
+}
+
+#[test]
+fn gemm_tiled_matches_reference() {
+    check_linear(GemmVariant::Tiled);
+}
+
+/// The registry's typed wrappers (default variant) and accumulation into an existing output.
+#[test]
+fn gemm_wrappers_and_accumulate() {
+    let c = ctx();
+    let mut rng = Rng::new(11);
+    let (m, n, k) = (9, 17, 33);
+    let g = rand_vec(&mut rng, m * n, -1.0, 1.0);
+    let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
+    let w = rand_vec(&mut rng, n * k, -1.0, 1.0);
+    let prior = rand_vec(&mut rng, n * k, -1.0, 1.0);
+    let (gt, xt, wt) = (c.tensor("g", &[m, n], &g), c.tensor("x", &[m, k], &x), c.tensor("w", &[n, k], &w));
+    let dw = c.tensor("dw", &[n, k], &prior);
+    let y = c.poisoned("y", &[m, n]);
+    let ds = [
+        c.k.gemm.backward_weight(&c.gpu, &gt, &xt, &dw, true, &c.k.dummy).unwrap(),
+        c.k.gemm.forward(&c.gpu, &xt, &wt, None, &y, &c.k.dummy).unwrap(),
+    ];
+    run_once(&c.gpu, &ds, 0).unwrap();
+    let mut want = to_f64(&prior);
+    for (o, d) in want.iter_mut().zip(reference::backward_weight(&to_f64(&g), &to_f64(&x), m, n, k)) {
+        *o += d;
+    }
+    assert_close_norm("backward_weight accumulate", &c.read(&dw), &want, TOL);
+    assert_close_norm("forward without bias", &c.read(&y), &reference::forward(&to_f64(&x), &to_f64(&w), None, m, n, k), TOL);
+}

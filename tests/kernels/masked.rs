@@ -1,0 +1,325 @@
+use dst::kernels::loss::STATS_WORDS;
+use dst::kernels::run_once;
+use dst::reference::{gemm as rgemm, masked as reference, optim as roptim};
+use dst::rng::Rng;
+use serde_json::Value;
+
+use crate::common::*;
+
+/// Element-wise kernels with one f32 rounding per operation: 1e-6 absolute + 1e-5 relative.
+const ATOL: f64 = 1e-6;
+const RTOL: f64 = 1e-5;
+
+const SHAPES: &[(usize, usize)] = &[(1, 1), (3, 7), (7, 65), (65, 3), (100, 300), (300, 784)];
+
+struct Layer {
+    w: dst::gpu::Tensor,
+    t: dst::gpu::Tensor,
+    p: dst::gpu::Tensor,
+    row_keep: dst::gpu::Tensor,
+    layer_keep: dst::gpu::Tensor,
+}
+
+fn layer(c: &Ctx, w: &[f32], t: &[f32], rows: usize, cols: usize) -> Layer {
+    Layer {
+        w: c.tensor("w", &[rows, cols], w),
+        t: c.tensor("t", &[rows], t),
+        p: c.poisoned("p", &[rows, cols]),
+        row_keep: c.tensor_u32("row_keep", &[rows], &vec![u32::MAX; rows]),
+        layer_keep: c.tensor_u32("layer_keep", &[4], &[u32::MAX, u32::MAX, 0, 0]),
+    }
+}
+
+fn forward(c: &Ctx, l: &Layer) {
+    let m = &c.k.masked;
+    let ds = [
+        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep).unwrap(),
+        m.mask_reset(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &l.layer_keep).unwrap(),
+    ];
+    run_once(&c.gpu, &ds, 0).unwrap();
+}
+
+#[test]
+fn mask_forward_reset_backward_match_reference() {
+    let c = ctx();
+    let mut rng = Rng::new(3);
+    for &(rows, cols) in SHAPES {
+        let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
+        let t = rand_vec(&mut rng, rows, -0.1, 0.4);
+        let g = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
+        let (wd, td, gd) = (to_f64(&w), to_f64(&t), to_f64(&g));
+        let l = layer(&c, &w, &t, rows, cols);
+        forward(&c, &l);
+        let (p_ref, keep_ref) = reference::mask_forward(&wd, &td, rows, cols);
+        let tag = format!("{rows}x{cols}");
+        assert_close(&format!("mask_forward P {tag}"), &c.read(&l.p), &p_ref, 0.0, 0.0);
+        assert_eq!(c.read_u32(&l.row_keep), keep_ref, "row keep counts {tag}");
+        let (_, t_used, counts, reset) = reference::mask_reset(&wd, &td, rows, cols);
+        assert!(!reset || rows * cols < 100, "random thresholds should not reset {tag}");
+        let lk = c.read_u32(&l.layer_keep);
+        assert_eq!([lk[0], lk[1]], counts, "layer keep {tag}");
+        assert_eq!(lk[2], reset as u32, "reset count {tag}");
+
+        let alpha = 0.1;
+        let dw = c.poisoned("dw", &[rows, cols]);
+        let dt = c.poisoned("dt", &[rows]);
+        let dg = c.tensor("g", &[rows, cols], &g);
+        let stats = c.tensor_u32("stats", &[STATS_WORDS], &[0; STATS_WORDS]);
+        let m = &c.k.masked;
+        let ds = [
+            m.mask_backward(&c.gpu, &l.w, &l.t, &dg, &dw, &dt, alpha as f32).unwrap(),
+            m.penalty(&c.gpu, &l.t, &stats, alpha as f32).unwrap(),
+        ];
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let (dw_ref, dt_ref) = reference::mask_backward(&wd, &t_used, &gd, rows, cols, alpha);
+        assert_close(&format!("mask_backward d_weight {tag}"), &c.read(&dw), &dw_ref, ATOL, RTOL);
+        // d_threshold sums `cols` products: error bound scaled by the row's magnitude.
+        assert_close(&format!("mask_backward d_threshold {tag}"), &c.read(&dt), &dt_ref, 1e-5 * cols as f64 / 64.0 + ATOL, 1e-4);
+        let pen = f32::from_bits(c.read_u32(&stats)[1]) as f64;
+        let pen_ref = reference::penalty(&t_used, alpha);
+        assert!((pen - pen_ref).abs() <= 1e-5 * pen_ref, "penalty {tag}: {pen} vs {pen_ref}");
+    }
+}
+
+/// A layer pushed to <= 1% comes back dense with zero thresholds, in the same forward.
+#[test]
+fn mask_reset_revives_dead_layer() {
+    let c = ctx();
+    let mut rng = Rng::new(5);
+    let (rows, cols) = (300, 784);
+    let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
+    // Thresholds keep ~0.5% of the weights (|w| > 0.995).
+    let t = vec![0.995f32; rows];
+    let l = layer(&c, &w, &t, rows, cols);
+    forward(&c, &l);
+    let (p_ref, t_used, counts, reset) = reference::mask_reset(&to_f64(&w), &to_f64(&t), rows, cols);
+    assert!(reset && counts[0] > 0 && counts[0] as usize <= (rows * cols) / 100);
+    assert_eq!(counts[1] as usize, rows * cols, "reset layer is dense");
+    assert_close("reset thresholds", &c.read(&l.t), &t_used, 0.0, 0.0);
+    assert_close("reset P", &c.read(&l.p), &p_ref, 0.0, 0.0);
+    let lk = c.read_u32(&l.layer_keep);
+    assert_eq!([lk[0], lk[1], lk[2]], [counts[0], counts[1], 1]);
+    // Just above 1%: no reset.
+    let t2 = vec![0.98f32; rows];
+    let l2 = layer(&c, &w, &t2, rows, cols);
+    forward(&c, &l2);
+    assert_close("no reset above 1%", &c.read(&l2.t), &to_f64(&t2), 0.0, 0.0);
+    assert_eq!(c.read_u32(&l2.layer_keep)[2], 0);
+}
+
+fn golden() -> Value {
+    serde_json::from_str(include_str!("../golden/golden_masked_linear.json")).unwrap()
+}
+
+pub fn flat(v: &Value) -> Vec<f64> {
+    match v {
+        Value::Array(a) => a.iter().flat_map(flat).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap()],
+        Value::Bool(b) => vec![*b as u8 as f64],
+        _ => panic!("not numeric: {v}"),
+    }
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    flat(v).iter().map(|&x| x as f32).collect()
+}
+
+/// The whole masked linear layer (mask, reset, GEMMs, mask backward, bias, penalty) on the GPU
+/// against the float64 golden values of the PyTorch reference.
+fn check_golden_case(case: &Value) {
+    let c = ctx();
+    let (rows, cols, batch) = (7, 5, 3);
+    let alpha = case["alpha"].as_f64().unwrap() as f32;
+    let l = layer(&c, &f32s(&case["weight"]), &f32s(&case["threshold"]), rows, cols);
+    let x = c.tensor("x", &[batch, cols], &f32s(&case["x"]));
+    let b = c.tensor("b", &[rows], &f32s(&case["bias"]));
+    let gy = c.tensor("gy", &[batch, rows], &f32s(&case["grad_y"]));
+    let y = c.poisoned("y", &[batch, rows]);
+    let dx = c.poisoned("dx", &[batch, cols]);
+    let dp = c.poisoned("dp", &[rows, cols]);
+    let dw = c.poisoned("dw", &[rows, cols]);
+    let dt = c.poisoned("dt", &[rows]);
+    let db = c.poisoned("db", &[rows]);
+    let stats = c.tensor_u32("stats", &[STATS_WORDS], &[0; STATS_WORDS]);
+    let (k, m) = (&c.k, &c.k.masked);
+    let ds = [
+        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep).unwrap(),
+        m.mask_reset(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &l.layer_keep).unwrap(),
+        k.gemm.forward(&c.gpu, &x, &l.p, Some(&b), &y, &k.dummy).unwrap(),
+        m.penalty(&c.gpu, &l.t, &stats, alpha).unwrap(),
+        k.gemm.backward_input(&c.gpu, &gy, &l.p, &dx, false, &k.dummy).unwrap(),
+        k.gemm.backward_weight(&c.gpu, &gy, &x, &dp, false, &k.dummy).unwrap(),
+        m.mask_backward(&c.gpu, &l.w, &l.t, &dp, &dw, &dt, alpha).unwrap(),
+        k.gemm.bias_backward(&c.gpu, &gy, &db).unwrap(),
+    ];
+    run_once(&c.gpu, &ds, 0).unwrap();
+    let tol = 1e-5;
+    assert_close("golden threshold_used", &c.read(&l.t), &flat(&case["threshold_used"]), 0.0, 0.0);
+    assert_close("golden masked_weight", &c.read(&l.p), &flat(&case["masked_weight"]), 1e-7, 0.0);
+    assert_close("golden y", &c.read(&y), &flat(&case["y"]), tol, tol);
+    assert_close("golden grad_x", &c.read(&dx), &flat(&case["grad_x"]), tol, tol);
+    assert_close("golden grad_weight", &c.read(&dw), &flat(&case["grad_weight"]), tol, tol);
+    assert_close("golden grad_threshold", &c.read(&dt), &flat(&case["grad_threshold"]), tol, tol);
+    assert_close("golden grad_bias", &c.read(&db), &flat(&case["grad_bias"]), tol, tol);
+    let lk = c.read_u32(&l.layer_keep);
+    let keep = flat(&case["keep_ratio"])[0];
+    assert_eq!(lk[1] as f64 / (rows * cols) as f64, keep, "golden keep ratio");
+    assert_eq!(lk[2], case["reset"].as_bool().unwrap() as u32, "golden reset flag");
+    let pen = f32::from_bits(c.read_u32(&stats)[1]) as f64;
+    let pen_ref = case["penalty"].as_f64().unwrap();
+    assert!((pen - pen_ref).abs() <= 1e-6 * pen_ref.abs().max(1.0), "golden penalty {pen} vs {pen_ref}");
+}
+
+#[test]
+fn masked_layer_matches_golden() {
+    let g = golden();
+    check_golden_case(&g);
+    assert!(!g["reset"].as_bool().unwrap());
+}
+
+#[test]
+fn masked_layer_reset_matches_golden() {
+    let g = golden();
+    let case = &g["extra_cases"]["reset"];
+    assert!(case["reset"].as_bool().unwrap());
+    check_golden_case(case);
+}
+
+/// The golden SGD steps: the f64 reference optimiser reproduces them exactly (the GPU optimiser is
+/// checked against the same reference in optim.rs).
+#[test]
+fn golden_sgd_steps_match_reference_optimiser() {
+    let g = golden();
+    for (name, grad) in [("weight", "grad_weight"), ("bias", "grad_bias"), ("threshold", "grad_threshold")] {
+        let mut p = flat(&g[name]);
+        let gr = flat(&g[grad]);
+        let mut v = vec![0.0; p.len()];
+        for step in ["after_step1", "after_step2"] {
+            roptim::sgd(&mut p, &gr, &mut v, 0.01, 0.9, 0.0);
+            let want = flat(&g["sgd"][name][step]);
+            for (a, b) in p.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-12, "sgd {name} {step}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+// ---- finite differences of the f64 reference (no GPU) ----
+
+/// Antiderivative of the long-tailed estimator: S~(q) = integral_0^q H, so d S~/dq = H.
+fn smooth_step(q: f64) -> f64 {
+    let a = q.abs();
+    let v = if a <= 0.4 {
+        2.0 * a - 2.0 * a * a
+    } else if a <= 1.0 {
+        0.48 + 0.4 * (a - 0.4)
+    } else {
+        0.72
+    };
+    v * q.signum()
+}
+
+/// The estimator is the exact gradient of J(W, t) = sum G*(W*M0 + W0*S~(|W| - t)) + alpha*sum exp(-t)
+/// with M0, W0 frozen at the point: finite differences of J check dW and dt of `mask_backward`.
+#[test]
+fn mask_backward_matches_finite_differences() {
+    let mut rng = Rng::new(17);
+    let (rows, cols, alpha) = (6, 9, 0.3);
+    let t: Vec<f64> = (0..rows).map(|_| rng.range(-0.2, 0.5)).collect();
+    let mut w = vec![0.0; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            // Keep q away from the jumps of S and the kinks of H (0, +-0.4, +-1).
+            loop {
+                let v = rng.range(-1.6, 1.6);
+                let q = v.abs() - t[i];
+                if [0.0, 0.4, 1.0].iter().all(|e| (q.abs() - e).abs() > 1e-3) && v.abs() > 1e-3 {
+                    w[i * cols + j] = v as f32 as f64;
+                    break;
+                }
+            }
+        }
+    }
+    let g: Vec<f64> = (0..rows * cols).map(|_| rng.normal()).collect();
+    let (m0, _) = reference::mask_forward(&w, &t, rows, cols);
+    let w0 = w.clone();
+    let j = |w: &[f64], t: &[f64]| -> f64 {
+        let mut s = 0.0;
+        for i in 0..rows {
+            for c in 0..cols {
+                let k = i * cols + c;
+                let mask0 = if m0[k] != 0.0 { 1.0 } else { 0.0 };
+                s += g[k] * (w[k] * mask0 + w0[k] * smooth_step(w[k].abs() - t[i]));
+            }
+        }
+        s + reference::penalty(t, alpha)
+    };
+    let (dw, dt) = reference::mask_backward(&w, &t, &g, rows, cols, alpha);
+    let h = 1e-6;
+    for k in 0..rows * cols {
+        let (mut wp, mut wm) = (w.clone(), w.clone());
+        wp[k] += h;
+        wm[k] -= h;
+        let fd = (j(&wp, &t) - j(&wm, &t)) / (2.0 * h);
+        assert!((fd - dw[k]).abs() < 1e-6, "dW[{k}]: fd {fd} vs {}", dw[k]);
+    }
+    for i in 0..rows {
+        let (mut tp, mut tm) = (t.clone(), t.clone());
+        tp[i] += h;
+        tm[i] -= h;
+        let fd = (j(&w, &tp) - j(&w, &tm)) / (2.0 * h);
+        assert!((fd - dt[i]).abs() < 1e-6, "dt[{i}]: fd {fd} vs {}", dt[i]);
+    }
+}
+
+/// Finite differences of the true layer objective w.r.t. x and bias (smooth there) agree with the
+/// reference GEMM backward, and w.r.t. W (mask locally constant) with the performance term G*M.
+#[test]
+fn masked_linear_reference_matches_finite_differences() {
+    let mut rng = Rng::new(23);
+    let (batch, rows, cols, alpha) = (3, 4, 5, 0.1);
+    let x: Vec<f64> = (0..batch * cols).map(|_| rng.normal()).collect();
+    let t: Vec<f64> = (0..rows).map(|_| rng.range(0.0, 0.3)).collect();
+    let w: Vec<f64> = (0..rows * cols)
+        .map(|_| loop {
+            let v = rng.range(-1.0, 1.0);
+            if (v.abs() - 0.3).abs() > 0.05 && v.abs() > 0.05 {
+                break v;
+            }
+        })
+        .collect();
+    let b: Vec<f64> = (0..rows).map(|_| rng.normal()).collect();
+    let gy: Vec<f64> = (0..batch * rows).map(|_| rng.normal()).collect();
+    let obj = |x: &[f64], w: &[f64], b: &[f64]| reference::objective(x, w, &t, b, &gy, batch, rows, cols, alpha);
+    let (p, _) = reference::mask_forward(&w, &t, rows, cols);
+    let dx = rgemm::backward_input(&gy, &p, batch, rows, cols);
+    let db = rgemm::bias_backward(&gy, batch, rows);
+    let gp = rgemm::backward_weight(&gy, &x, batch, rows, cols);
+    let h = 1e-6;
+    let fd = |f: &dyn Fn(f64) -> f64| (f(h) - f(-h)) / (2.0 * h);
+    for k in 0..x.len() {
+        let d = fd(&|e| {
+            let mut x2 = x.clone();
+            x2[k] += e;
+            obj(&x2, &w, &b)
+        });
+        assert!((d - dx[k]).abs() < 1e-7, "dx[{k}] {d} vs {}", dx[k]);
+    }
+    for k in 0..b.len() {
+        let d = fd(&|e| {
+            let mut b2 = b.clone();
+            b2[k] += e;
+            obj(&x, &w, &b2)
+        });
+        assert!((d - db[k]).abs() < 1e-7, "db[{k}] {d} vs {}", db[k]);
+    }
+    for k in 0..w.len() {
+        let d = fd(&|e| {
+            let mut w2 = w.clone();
+            w2[k] += e;
+            obj(&x, &w2, &b)
+        });
+        let m = if p[k] != 0.0 { 1.0 } else { 0.0 };
+        assert!((d - gp[k] * m).abs() < 1e-7, "performance term dW[{k}] {d} vs {}", gp[k] * m);
+    }
+}
