@@ -15,7 +15,10 @@ machine without a GPU install lavapipe (Debian/Ubuntu: `apt-get install mesa-vul
 #[derive(Debug, thiserror::Error)]
 pub enum GpuError {
     #[error("no GPU adapter found (backends: {backends}); {hint}")]
-    NoAdapter { backends: String, hint: &'static str },
+    NoAdapter {
+        backends: String,
+        hint: &'static str,
+    },
     #[error("no adapter matches WGPU_ADAPTER_NAME={wanted:?}; available: {available}")]
     AdapterNotFound { wanted: String, available: String },
     #[error("could not open a device on {adapter}: {source}")]
@@ -31,7 +34,11 @@ pub enum GpuError {
     #[error("GPU readback failed: {0}")]
     Readback(String),
     #[error("{what} needs {needed} bytes in one binding, the adapter allows {limit}")]
-    TooLarge { what: String, needed: u64, limit: u64 },
+    TooLarge {
+        what: String,
+        needed: u64,
+        limit: u64,
+    },
 }
 
 pub type Result<T, E = GpuError> = std::result::Result<T, E>;
@@ -138,12 +145,13 @@ impl Gpu {
             required_limits: limits.clone(),
             ..Default::default()
         };
-        let (device, queue) = pollster::block_on(adapter.request_device(&desc)).map_err(|source| {
-            GpuError::RequestDevice {
-                adapter: info.name.clone(),
-                source,
-            }
-        })?;
+        let (device, queue) =
+            pollster::block_on(adapter.request_device(&desc)).map_err(|source| {
+                GpuError::RequestDevice {
+                    adapter: info.name.clone(),
+                    source,
+                }
+            })?;
         let errors = Arc::new(Mutex::new(Vec::new()));
         let lost = Arc::new(Mutex::new(None));
         {
@@ -381,7 +389,11 @@ impl Tensor {
         data: &[T],
     ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        assert_eq!(n * 4, std::mem::size_of_val(data), "{label}: shape/data size");
+        assert_eq!(
+            n * 4,
+            std::mem::size_of_val(data),
+            "{label}: shape/data size"
+        );
         Ok(Tensor {
             buffer: Arc::new(gpu.storage_init(label, bytemuck::cast_slice(data))?),
             offset: 0,

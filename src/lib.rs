@@ -4,8 +4,14 @@
 //! record their forward and backward) -> `models` -> `train` (the loop). `reference` is an f64 twin
 //! of every kernel for tests; it never touches wgpu.
 
+pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod gpu;
 pub mod kernels;
+pub mod models;
+pub mod nn;
+pub mod plan;
 pub mod reference;
 pub mod rng;
+pub mod train;

@@ -1,1 +1,406 @@
-fn main(){}
+//! The `dst` command line: parses, calls the library, reports. No logic here.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use dst::gpu::{describe_info, list_adapters, Gpu};
+use dst::train::{self, LayerStats, Progress, RunOptions, TrainConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "dst",
+    version,
+    about = "Dynamic Sparse Training (Liu et al., ICLR 2020) on any GPU through wgpu"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every adapter wgpu sees and the limits that matter here.
+    Info,
+    /// Train a model (default: DST LeNet-300-100 on the embedded MNIST subset).
+    Train(TrainArgs),
+    /// Test accuracy and per-layer keep ratios of a checkpoint.
+    Eval {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Folder with the four MNIST IDX files (.gz or raw); default: the embedded subset.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Download a dataset and verify its SHA-256 sums.
+    Fetch {
+        /// Dataset name (mnist).
+        dataset: String,
+        #[arg(long)]
+        to: PathBuf,
+        /// Base URL to try before the public mirrors (repeatable).
+        #[arg(long)]
+        mirror: Vec<String>,
+    },
+    /// GEMM throughput of both kernel variants on the LeNet-300-100 shapes, and step times.
+    Bench {
+        /// Timed repetitions per shape.
+        #[arg(long, default_value_t = 20)]
+        reps: u32,
+        /// Also time full training steps (dense and DST) over this many steps.
+        #[arg(long, default_value_t = 200)]
+        steps: u32,
+        /// Folder with the MNIST IDX files for the step timing (default: embedded subset).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct TrainArgs {
+    /// Model to train.
+    #[arg(long, default_value = "lenet300")]
+    model: String,
+    /// Train dense (no masks); DST is the default.
+    #[arg(long)]
+    dense: bool,
+    /// Sparsity penalty weight alpha (method.md section 2).
+    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
+    alpha: f64,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
+    momentum: f64,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Folder with the four MNIST IDX files (.gz or raw); default: the embedded subset.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run directory (default: runs/<timestamp>-<model>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Log every N steps.
+    #[arg(long, default_value_t = 100)]
+    log_every: usize,
+    /// Use only the first N training images.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Continue the run in this directory from its last checkpoint (its config is reused;
+    /// --epochs may raise the total).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => {
+            // The README's main job: `dst train` with defaults.
+            match Cli::parse_from(["dst", "train"]).command {
+                Some(Command::Train(a)) => cmd_train(a),
+                _ => unreachable!("`dst train` parses as the train command"),
+            }
+        }
+        Some(Command::Info) => cmd_info(),
+        Some(Command::Train(a)) => cmd_train(a),
+        Some(Command::Eval { checkpoint, data }) => cmd_eval(checkpoint, data),
+        Some(Command::Fetch {
+            dataset,
+            to,
+            mirror,
+        }) => cmd_fetch(&dataset, &to, mirror),
+        Some(Command::Bench { reps, steps, data }) => dst::bench::run(reps, steps, data.as_deref()),
+    }
+}
+
+fn cmd_info() -> anyhow::Result<()> {
+    let adapters = list_adapters();
+    if adapters.is_empty() {
+        bail!("no GPU adapter found; {}", dst::gpu::NO_ADAPTER_HINT);
+    }
+    for (i, a) in adapters.iter().enumerate() {
+        let info = a.get_info();
+        let l = a.limits();
+        println!("[{i}] {}", describe_info(&info));
+        println!(
+            "    max storage binding {} MiB, max buffer {} MiB, storage buffers/stage {}, workgroup storage {} KiB,",
+            l.max_storage_buffer_binding_size >> 20,
+            l.max_buffer_size >> 20,
+            l.max_storage_buffers_per_shader_stage,
+            l.max_compute_workgroup_storage_size >> 10
+        );
+        println!(
+            "    invocations/workgroup {}, workgroups/dimension {}, storage offset alignment {}, uniform offset alignment {}",
+            l.max_compute_invocations_per_workgroup,
+            l.max_compute_workgroups_per_dimension,
+            l.min_storage_buffer_offset_alignment,
+            l.min_uniform_buffer_offset_alignment
+        );
+        println!(
+            "    GEMM variant: {:?}",
+            dst::kernels::GemmVariant::for_class(dst::gpu::AdapterClass::of(&info))
+        );
+    }
+    match std::env::var("WGPU_ADAPTER_NAME") {
+        Ok(name) => {
+            let a = dst::gpu::select_adapter(Some(&name))?;
+            println!(
+                "selected (WGPU_ADAPTER_NAME={name:?}): {}",
+                describe_info(&a.get_info())
+            );
+        }
+        Err(_) => {
+            let a = dst::gpu::select_adapter(None)?;
+            println!("selected: {}", describe_info(&a.get_info()));
+        }
+    }
+    Ok(())
+}
+
+fn config_from(a: &TrainArgs) -> TrainConfig {
+    TrainConfig {
+        model: a.model.clone(),
+        dense: a.dense,
+        alpha: a.alpha,
+        epochs: a.epochs,
+        batch: a.batch,
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+        limit_train: a.limit_train,
+        log_every: a.log_every,
+        data: a.data.clone(),
+    }
+}
+
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+struct TermProgress {
+    bar: Option<indicatif::ProgressBar>,
+    plain: bool,
+    epoch: usize,
+    epochs: usize,
+    steps: u64,
+}
+
+impl Progress for TermProgress {
+    fn start_epoch(&mut self, epoch: usize, epochs: usize, steps: u64) {
+        (self.epoch, self.epochs, self.steps) = (epoch, epochs, steps);
+        if !self.plain {
+            let bar = indicatif::ProgressBar::new(steps);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} steps {msg} ({eta})",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(format!("{epoch}/{epochs}"));
+            self.bar = Some(bar);
+        }
+    }
+    fn step(&mut self, done: u64, msg: &str) {
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(done);
+                bar.set_message(msg.to_string());
+            }
+            None => eprintln!(
+                "epoch {}/{} step {done}/{} {msg}",
+                self.epoch, self.epochs, self.steps
+            ),
+        }
+    }
+    fn line(&mut self, msg: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(msg),
+            None => eprintln!("{msg}"),
+        }
+    }
+    fn finish_epoch(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
+    let (cfg, out, resume) = match &a.resume {
+        Some(dir) => {
+            let path = dir.join("config.json");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("--resume {}: cannot read its config.json", dir.display())
+            })?;
+            let mut cfg: TrainConfig = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a dst run config", path.display()))?;
+            // Only the length of the run may change on resume.
+            let given = std::env::args().any(|x| x == "--epochs" || x.starts_with("--epochs="));
+            if given {
+                cfg.epochs = a.epochs;
+            }
+            (cfg, dir.clone(), true)
+        }
+        None => {
+            let cfg = config_from(&a);
+            let out = a.out.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(format!(
+                    "{}-{}{}",
+                    timestamp(),
+                    cfg.model,
+                    if cfg.dense { "-dense" } else { "" }
+                ))
+            });
+            if out.join("checkpoint.safetensors").exists() {
+                bail!(
+                    "{} already holds a run; continue it with --resume {} or pick another --out",
+                    out.display(),
+                    out.display()
+                );
+            }
+            (cfg, out, false)
+        }
+    };
+    cfg.validate()?;
+    let gpu = Gpu::from_env()?;
+    let plain = !std::io::stderr().is_terminal();
+    eprintln!("adapter: {}", gpu.describe());
+    eprintln!(
+        "training {} {} (alpha {}, {} epochs, batch {}, lr {}, momentum {}, seed {}) on {} -> {}",
+        if cfg.dense { "dense" } else { "DST" },
+        cfg.model,
+        cfg.alpha,
+        cfg.epochs,
+        cfg.batch,
+        cfg.lr,
+        cfg.momentum,
+        cfg.seed,
+        cfg.data
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "the embedded MNIST subset".into()),
+        out.display()
+    );
+    let mut progress = TermProgress {
+        bar: None,
+        plain,
+        epoch: 0,
+        epochs: 0,
+        steps: 0,
+    };
+    let s = train::train(
+        gpu,
+        &cfg,
+        &RunOptions {
+            out: out.clone(),
+            resume,
+        },
+        &mut progress,
+    )?;
+    print_table(&s.last.layers);
+    println!(
+        "test accuracy {:.2}%, model keep ratio {:.4} ({:.2}% of weights remain), {:.2} ms/step",
+        s.last.test_acc,
+        s.last.keep_ratio,
+        100.0 * s.last.keep_ratio,
+        s.mean_ms_per_step
+    );
+    println!(
+        "best accuracy {:.2}% (epoch {}, keep {:.4}); lowest keep {:.4} (epoch {}, accuracy {:.2}%)",
+        s.best_acc, s.best_acc_epoch, s.best_acc_keep, s.lowest_keep, s.lowest_keep_epoch, s.lowest_keep_acc
+    );
+    println!("run directory: {}", out.display());
+    Ok(())
+}
+
+fn print_table(layers: &[LayerStats]) {
+    println!(
+        "{:<8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "layer", "shape", "kept", "total", "keep", "t min", "t mean", "t max"
+    );
+    for l in layers {
+        println!(
+            "{:<8} {:>10} {:>10} {:>10} {:>9.4} {:>9.4} {:>9.4} {:>9.4}",
+            l.name,
+            format!("{}x{}", l.shape[0], l.shape[1]),
+            l.kept,
+            l.total,
+            l.keep_ratio,
+            l.threshold_min,
+            l.threshold_mean,
+            l.threshold_max
+        );
+    }
+}
+
+fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let data = match &data {
+        Some(d) => dst::data::load_dir(d)?,
+        None => dst::data::try_load_embedded()?,
+    };
+    let gpu = Gpu::from_env()?;
+    let (acc, layers, adapter) = train::evaluate_checkpoint(gpu, &checkpoint, &data)?;
+    eprintln!("adapter: {adapter}");
+    print_table(&layers);
+    let kept: u64 = layers.iter().map(|l| l.kept).sum();
+    let total: u64 = layers.iter().map(|l| l.total).sum();
+    println!(
+        "test accuracy {acc:.2}% on {} ({} images), model keep ratio {:.4}",
+        data.source,
+        data.test.count,
+        kept as f64 / total.max(1) as f64
+    );
+    Ok(())
+}
+
+fn cmd_fetch(dataset: &str, to: &std::path::Path, extra: Vec<String>) -> anyhow::Result<()> {
+    use dst::data::fetch;
+    if dataset != "mnist" {
+        bail!("unknown dataset {dataset:?}; available: mnist");
+    }
+    let mut mirrors = extra;
+    mirrors.extend(fetch::MNIST_MIRRORS.iter().map(|s| s.to_string()));
+    fetch::fetch(to, &mirrors, &fetch::MNIST_FILES, &mut |l| eprintln!("{l}"))?;
+    println!("MNIST ready in {}", to.display());
+    Ok(())
+}

@@ -46,8 +46,17 @@ impl Act {
     }
 
     /// `dx = dy * (y > 0)`.
-    pub fn relu_backward(&self, gpu: &Gpu, dy: &Tensor, y: &Tensor, dx: &Tensor) -> Result<Dispatch> {
-        assert!(dy.len() == y.len() && y.len() == dx.len(), "relu_backward: sizes");
+    pub fn relu_backward(
+        &self,
+        gpu: &Gpu,
+        dy: &Tensor,
+        y: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Dispatch> {
+        assert!(
+            dy.len() == y.len() && y.len() == dx.len(),
+            "relu_backward: sizes"
+        );
         let p = ActParams {
             n: dy.len() as u32,
             _pad: [0; 3],

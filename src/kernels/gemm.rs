@@ -87,7 +87,13 @@ const MATMUL: &[(u32, Access)] = &[
 ];
 
 fn dims2(t: &Tensor) -> (usize, usize) {
-    assert_eq!(t.shape.len(), 2, "{}: expected a matrix, got {:?}", t.label, t.shape);
+    assert_eq!(
+        t.shape.len(),
+        2,
+        "{}: expected a matrix, got {:?}",
+        t.label,
+        t.shape
+    );
     (t.shape[0], t.shape[1])
 }
 
@@ -116,7 +122,11 @@ impl Gemm {
         bias: &Tensor,
         c: &Tensor,
     ) -> Result<Dispatch> {
-        assert!(c.len() >= (p.m * p.n) as usize, "{}: output too small", c.label);
+        assert!(
+            c.len() >= (p.m * p.n) as usize,
+            "{}: output too small",
+            c.label
+        );
         match variant {
             GemmVariant::RegBlock => self.regblock.bind(
                 gpu,

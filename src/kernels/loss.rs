@@ -52,8 +52,16 @@ impl Loss {
         stats: &Tensor,
         step: &StepRing,
     ) -> Result<Dispatch> {
-        assert_eq!(logits.shape.len(), 2, "softmax_xent: logits must be rows x classes");
-        assert_eq!(labels.len(), logits.shape[0], "softmax_xent: one label per row");
+        assert_eq!(
+            logits.shape.len(),
+            2,
+            "softmax_xent: logits must be rows x classes"
+        );
+        assert_eq!(
+            labels.len(),
+            logits.shape[0],
+            "softmax_xent: one label per row"
+        );
         assert_eq!(d_logits.len(), logits.len(), "softmax_xent: d_logits shape");
         assert!(stats.len() >= STATS_WORDS, "softmax_xent: stats buffer");
         let p = LossParams {
@@ -62,7 +70,12 @@ impl Loss {
             write_grad: write_grad as u32,
             _pad: 0,
         };
-        self.softmax_xent_k
-            .bind(gpu, &p, &[logits, labels, d_logits, stats], Some(step), [1, 1, 1])
+        self.softmax_xent_k.bind(
+            gpu,
+            &p,
+            &[logits, labels, d_logits, stats],
+            Some(step),
+            [1, 1, 1],
+        )
     }
 }

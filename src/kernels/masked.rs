@@ -25,7 +25,12 @@ pub struct Masked {
 const RW: Access = Access::ReadWrite;
 
 fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
-    assert_eq!(w.shape.len(), 2, "{}: masked weight must be viewed as rows x cols", w.label);
+    assert_eq!(
+        w.shape.len(),
+        2,
+        "{}: masked weight must be viewed as rows x cols",
+        w.label
+    );
     assert_eq!(t.len(), w.shape[0], "{}: one threshold per row", t.label);
     MaskParams {
         rows: w.shape[0] as u32,
@@ -38,7 +43,11 @@ fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
 impl Masked {
     pub fn new(f: &KernelFactory<'_>) -> Result<Masked> {
         Ok(Masked {
-            mask_forward_k: f.kernel("mask_forward", &[(1, RW), (2, RW), (3, RW), (4, RW)], false)?,
+            mask_forward_k: f.kernel(
+                "mask_forward",
+                &[(1, RW), (2, RW), (3, RW), (4, RW)],
+                false,
+            )?,
             mask_reset_k: f.kernel(
                 "mask_reset",
                 &[(1, RW), (2, RW), (3, RW), (4, RW), (5, RW)],
@@ -116,7 +125,13 @@ impl Masked {
     }
 
     /// `stats[1] += alpha * sum exp(-t)`.
-    pub fn penalty(&self, gpu: &Gpu, threshold: &Tensor, stats: &Tensor, alpha: f32) -> Result<Dispatch> {
+    pub fn penalty(
+        &self,
+        gpu: &Gpu,
+        threshold: &Tensor,
+        stats: &Tensor,
+        alpha: f32,
+    ) -> Result<Dispatch> {
         let p = MaskParams {
             rows: threshold.len() as u32,
             cols: 1,

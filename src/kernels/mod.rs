@@ -370,7 +370,12 @@ pub struct KernelFactory<'a> {
 }
 
 impl KernelFactory<'_> {
-    pub fn kernel(&self, entry: &str, storage: &[(u32, Access)], uses_step: bool) -> Result<Kernel> {
+    pub fn kernel(
+        &self,
+        entry: &str,
+        storage: &[(u32, Access)],
+        uses_step: bool,
+    ) -> Result<Kernel> {
         Kernel::new(
             self.gpu,
             &self.module,

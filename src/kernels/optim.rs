@@ -56,7 +56,10 @@ impl Optim {
             weight_decay,
             ..Default::default()
         };
-        assert!(grad.len() == param.len() && moment1.len() == param.len(), "sgd: arena sizes");
+        assert!(
+            grad.len() == param.len() && moment1.len() == param.len(),
+            "sgd: arena sizes"
+        );
         self.sgd_k.bind(
             gpu,
             &p,
@@ -90,7 +93,9 @@ impl Optim {
             ..Default::default()
         };
         assert!(
-            grad.len() == param.len() && moment1.len() == param.len() && moment2.len() == param.len(),
+            grad.len() == param.len()
+                && moment1.len() == param.len()
+                && moment2.len() == param.len(),
             "adam: arena sizes"
         );
         self.adam_k.bind(

@@ -22,6 +22,12 @@ fn relu_forward_backward_match_reference() {
         run_once(&c.gpu, &ds, 0).unwrap();
         let y_ref = reference::relu_forward(&to_f64(&x));
         assert_close(&format!("relu_forward n{n}"), &c.read(&y), &y_ref, 0.0, 0.0);
-        assert_close(&format!("relu_backward n{n}"), &c.read(&dx), &reference::relu_backward(&to_f64(&dy), &y_ref), 0.0, 0.0);
+        assert_close(
+            &format!("relu_backward n{n}"),
+            &c.read(&dx),
+            &reference::relu_backward(&to_f64(&dy), &y_ref),
+            0.0,
+            0.0,
+        );
     }
 }

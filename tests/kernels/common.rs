@@ -58,7 +58,13 @@ pub fn to_f64(v: &[f32]) -> Vec<f64> {
 /// `|gpu - ref| <= atol + rtol * |ref|` for every element; on failure prints the worst element and
 /// a few pairs.
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let mut worst = (0usize, -1.0f64);
     let mut bad = 0;
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -67,7 +73,11 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64)
         if !ok || g.is_nan() {
             bad += 1;
         }
-        let score = if g.is_nan() { f64::INFINITY } else { err / (atol + rtol * w.abs()) };
+        let score = if g.is_nan() {
+            f64::INFINITY
+        } else {
+            err / (atol + rtol * w.abs())
+        };
         if score > worst.1 {
             worst = (i, score);
         }

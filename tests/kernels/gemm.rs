@@ -40,17 +40,64 @@ fn check_linear(variant: GemmVariant) {
         let db = c.poisoned("db", &[n]);
         let gemm = &c.k.gemm;
         let ds = [
-            gemm.matmul(&c.gpu, variant, GemmParams::linear_forward(m, n, k, true), &xt, &wt, &bt, &y).unwrap(),
-            gemm.matmul(&c.gpu, variant, GemmParams::linear_backward_input(m, n, k, false), &gt, &wt, &c.k.dummy, &dx).unwrap(),
-            gemm.matmul(&c.gpu, variant, GemmParams::linear_backward_weight(m, n, k, false), &gt, &xt, &c.k.dummy, &dw).unwrap(),
+            gemm.matmul(
+                &c.gpu,
+                variant,
+                GemmParams::linear_forward(m, n, k, true),
+                &xt,
+                &wt,
+                &bt,
+                &y,
+            )
+            .unwrap(),
+            gemm.matmul(
+                &c.gpu,
+                variant,
+                GemmParams::linear_backward_input(m, n, k, false),
+                &gt,
+                &wt,
+                &c.k.dummy,
+                &dx,
+            )
+            .unwrap(),
+            gemm.matmul(
+                &c.gpu,
+                variant,
+                GemmParams::linear_backward_weight(m, n, k, false),
+                &gt,
+                &xt,
+                &c.k.dummy,
+                &dw,
+            )
+            .unwrap(),
             gemm.bias_backward(&c.gpu, &gt, &db).unwrap(),
         ];
         run_once(&c.gpu, &ds, 0).unwrap();
         let tag = format!("{variant:?} m{m} n{n} k{k}");
-        assert_close_norm(&format!("forward {tag}"), &c.read(&y), &reference::forward(&xd, &wd, Some(&bd), m, n, k), TOL);
-        assert_close_norm(&format!("backward_input {tag}"), &c.read(&dx), &reference::backward_input(&gd, &wd, m, n, k), TOL);
-        assert_close_norm(&format!("backward_weight {tag}"), &c.read(&dw), &reference::backward_weight(&gd, &xd, m, n, k), TOL);
-        assert_close_norm(&format!("bias_backward {tag}"), &c.read(&db), &reference::bias_backward(&gd, m, n), TOL);
+        assert_close_norm(
+            &format!("forward {tag}"),
+            &c.read(&y),
+            &reference::forward(&xd, &wd, Some(&bd), m, n, k),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_input {tag}"),
+            &c.read(&dx),
+            &reference::backward_input(&gd, &wd, m, n, k),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_weight {tag}"),
+            &c.read(&dw),
+            &reference::backward_weight(&gd, &xd, m, n, k),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("bias_backward {tag}"),
+            &c.read(&db),
+            &reference::bias_backward(&gd, m, n),
+            TOL,
+        );
     }
 }
 
@@ -74,18 +121,37 @@ fn gemm_wrappers_and_accumulate() {
     let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
     let w = rand_vec(&mut rng, n * k, -1.0, 1.0);
     let prior = rand_vec(&mut rng, n * k, -1.0, 1.0);
-    let (gt, xt, wt) = (c.tensor("g", &[m, n], &g), c.tensor("x", &[m, k], &x), c.tensor("w", &[n, k], &w));
+    let (gt, xt, wt) = (
+        c.tensor("g", &[m, n], &g),
+        c.tensor("x", &[m, k], &x),
+        c.tensor("w", &[n, k], &w),
+    );
     let dw = c.tensor("dw", &[n, k], &prior);
     let y = c.poisoned("y", &[m, n]);
     let ds = [
-        c.k.gemm.backward_weight(&c.gpu, &gt, &xt, &dw, true, &c.k.dummy).unwrap(),
-        c.k.gemm.forward(&c.gpu, &xt, &wt, None, &y, &c.k.dummy).unwrap(),
+        c.k.gemm
+            .backward_weight(&c.gpu, &gt, &xt, &dw, true, &c.k.dummy)
+            .unwrap(),
+        c.k.gemm
+            .forward(&c.gpu, &xt, &wt, None, &y, &c.k.dummy)
+            .unwrap(),
     ];
     run_once(&c.gpu, &ds, 0).unwrap();
     let mut want = to_f64(&prior);
-    for (o, d) in want.iter_mut().zip(reference::backward_weight(&to_f64(&g), &to_f64(&x), m, n, k)) {
+    for (o, d) in want.iter_mut().zip(reference::backward_weight(
+        &to_f64(&g),
+        &to_f64(&x),
+        m,
+        n,
+        k,
+    )) {
         *o += d;
     }
     assert_close_norm("backward_weight accumulate", &c.read(&dw), &want, TOL);
-    assert_close_norm("forward without bias", &c.read(&y), &reference::forward(&to_f64(&x), &to_f64(&w), None, m, n, k), TOL);
+    assert_close_norm(
+        "forward without bias",
+        &c.read(&y),
+        &reference::forward(&to_f64(&x), &to_f64(&w), None, m, n, k),
+        TOL,
+    );
 }

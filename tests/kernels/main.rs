@@ -2,6 +2,7 @@
 //! selects (lavapipe in CI). One test binary, one shared device, GPU tests serialised.
 //! Outputs are poisoned with NaN before each run so an unwritten element fails.
 
+mod act;
 mod common;
 mod data;
 mod gemm;
@@ -9,4 +10,3 @@ mod loss;
 mod masked;
 mod optim;
 mod runtime;
-mod act;

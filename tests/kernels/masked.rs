@@ -33,8 +33,10 @@ fn layer(c: &Ctx, w: &[f32], t: &[f32], rows: usize, cols: usize) -> Layer {
 fn forward(c: &Ctx, l: &Layer) {
     let m = &c.k.masked;
     let ds = [
-        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep).unwrap(),
-        m.mask_reset(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &l.layer_keep).unwrap(),
+        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep)
+            .unwrap(),
+        m.mask_reset(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &l.layer_keep)
+            .unwrap(),
     ];
     run_once(&c.gpu, &ds, 0).unwrap();
 }
@@ -52,10 +54,19 @@ fn mask_forward_reset_backward_match_reference() {
         forward(&c, &l);
         let (p_ref, keep_ref) = reference::mask_forward(&wd, &td, rows, cols);
         let tag = format!("{rows}x{cols}");
-        assert_close(&format!("mask_forward P {tag}"), &c.read(&l.p), &p_ref, 0.0, 0.0);
+        assert_close(
+            &format!("mask_forward P {tag}"),
+            &c.read(&l.p),
+            &p_ref,
+            0.0,
+            0.0,
+        );
         assert_eq!(c.read_u32(&l.row_keep), keep_ref, "row keep counts {tag}");
         let (_, t_used, counts, reset) = reference::mask_reset(&wd, &td, rows, cols);
-        assert!(!reset || rows * cols < 100, "random thresholds should not reset {tag}");
+        assert!(
+            !reset || rows * cols < 100,
+            "random thresholds should not reset {tag}"
+        );
         let lk = c.read_u32(&l.layer_keep);
         assert_eq!([lk[0], lk[1]], counts, "layer keep {tag}");
         assert_eq!(lk[2], reset as u32, "reset count {tag}");
@@ -67,17 +78,33 @@ fn mask_forward_reset_backward_match_reference() {
         let stats = c.tensor_u32("stats", &[STATS_WORDS], &[0; STATS_WORDS]);
         let m = &c.k.masked;
         let ds = [
-            m.mask_backward(&c.gpu, &l.w, &l.t, &dg, &dw, &dt, alpha as f32).unwrap(),
+            m.mask_backward(&c.gpu, &l.w, &l.t, &dg, &dw, &dt, alpha as f32)
+                .unwrap(),
             m.penalty(&c.gpu, &l.t, &stats, alpha as f32).unwrap(),
         ];
         run_once(&c.gpu, &ds, 0).unwrap();
         let (dw_ref, dt_ref) = reference::mask_backward(&wd, &t_used, &gd, rows, cols, alpha);
-        assert_close(&format!("mask_backward d_weight {tag}"), &c.read(&dw), &dw_ref, ATOL, RTOL);
+        assert_close(
+            &format!("mask_backward d_weight {tag}"),
+            &c.read(&dw),
+            &dw_ref,
+            ATOL,
+            RTOL,
+        );
         // d_threshold sums `cols` products: error bound scaled by the row's magnitude.
-        assert_close(&format!("mask_backward d_threshold {tag}"), &c.read(&dt), &dt_ref, 1e-5 * cols as f64 / 64.0 + ATOL, 1e-4);
+        assert_close(
+            &format!("mask_backward d_threshold {tag}"),
+            &c.read(&dt),
+            &dt_ref,
+            1e-5 * cols as f64 / 64.0 + ATOL,
+            1e-4,
+        );
         let pen = f32::from_bits(c.read_u32(&stats)[1]) as f64;
         let pen_ref = reference::penalty(&t_used, alpha);
-        assert!((pen - pen_ref).abs() <= 1e-5 * pen_ref, "penalty {tag}: {pen} vs {pen_ref}");
+        assert!(
+            (pen - pen_ref).abs() <= 1e-5 * pen_ref,
+            "penalty {tag}: {pen} vs {pen_ref}"
+        );
     }
 }
 
@@ -92,7 +119,8 @@ fn mask_reset_revives_dead_layer() {
     let t = vec![0.995f32; rows];
     let l = layer(&c, &w, &t, rows, cols);
     forward(&c, &l);
-    let (p_ref, t_used, counts, reset) = reference::mask_reset(&to_f64(&w), &to_f64(&t), rows, cols);
+    let (p_ref, t_used, counts, reset) =
+        reference::mask_reset(&to_f64(&w), &to_f64(&t), rows, cols);
     assert!(reset && counts[0] > 0 && counts[0] as usize <= (rows * cols) / 100);
     assert_eq!(counts[1] as usize, rows * cols, "reset layer is dense");
     assert_close("reset thresholds", &c.read(&l.t), &t_used, 0.0, 0.0);
@@ -130,7 +158,13 @@ fn check_golden_case(case: &Value) {
     let c = ctx();
     let (rows, cols, batch) = (7, 5, 3);
     let alpha = case["alpha"].as_f64().unwrap() as f32;
-    let l = layer(&c, &f32s(&case["weight"]), &f32s(&case["threshold"]), rows, cols);
+    let l = layer(
+        &c,
+        &f32s(&case["weight"]),
+        &f32s(&case["threshold"]),
+        rows,
+        cols,
+    );
     let x = c.tensor("x", &[batch, cols], &f32s(&case["x"]));
     let b = c.tensor("b", &[rows], &f32s(&case["bias"]));
     let gy = c.tensor("gy", &[batch, rows], &f32s(&case["grad_y"]));
@@ -143,31 +177,87 @@ fn check_golden_case(case: &Value) {
     let stats = c.tensor_u32("stats", &[STATS_WORDS], &[0; STATS_WORDS]);
     let (k, m) = (&c.k, &c.k.masked);
     let ds = [
-        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep).unwrap(),
-        m.mask_reset(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &l.layer_keep).unwrap(),
-        k.gemm.forward(&c.gpu, &x, &l.p, Some(&b), &y, &k.dummy).unwrap(),
+        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep)
+            .unwrap(),
+        m.mask_reset(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &l.layer_keep)
+            .unwrap(),
+        k.gemm
+            .forward(&c.gpu, &x, &l.p, Some(&b), &y, &k.dummy)
+            .unwrap(),
         m.penalty(&c.gpu, &l.t, &stats, alpha).unwrap(),
-        k.gemm.backward_input(&c.gpu, &gy, &l.p, &dx, false, &k.dummy).unwrap(),
-        k.gemm.backward_weight(&c.gpu, &gy, &x, &dp, false, &k.dummy).unwrap(),
-        m.mask_backward(&c.gpu, &l.w, &l.t, &dp, &dw, &dt, alpha).unwrap(),
+        k.gemm
+            .backward_input(&c.gpu, &gy, &l.p, &dx, false, &k.dummy)
+            .unwrap(),
+        k.gemm
+            .backward_weight(&c.gpu, &gy, &x, &dp, false, &k.dummy)
+            .unwrap(),
+        m.mask_backward(&c.gpu, &l.w, &l.t, &dp, &dw, &dt, alpha)
+            .unwrap(),
         k.gemm.bias_backward(&c.gpu, &gy, &db).unwrap(),
     ];
     run_once(&c.gpu, &ds, 0).unwrap();
     let tol = 1e-5;
-    assert_close("golden threshold_used", &c.read(&l.t), &flat(&case["threshold_used"]), 0.0, 0.0);
-    assert_close("golden masked_weight", &c.read(&l.p), &flat(&case["masked_weight"]), 1e-7, 0.0);
+    assert_close(
+        "golden threshold_used",
+        &c.read(&l.t),
+        &flat(&case["threshold_used"]),
+        0.0,
+        0.0,
+    );
+    assert_close(
+        "golden masked_weight",
+        &c.read(&l.p),
+        &flat(&case["masked_weight"]),
+        1e-7,
+        0.0,
+    );
     assert_close("golden y", &c.read(&y), &flat(&case["y"]), tol, tol);
-    assert_close("golden grad_x", &c.read(&dx), &flat(&case["grad_x"]), tol, tol);
-    assert_close("golden grad_weight", &c.read(&dw), &flat(&case["grad_weight"]), tol, tol);
-    assert_close("golden grad_threshold", &c.read(&dt), &flat(&case["grad_threshold"]), tol, tol);
-    assert_close("golden grad_bias", &c.read(&db), &flat(&case["grad_bias"]), tol, tol);
+    assert_close(
+        "golden grad_x",
+        &c.read(&dx),
+        &flat(&case["grad_x"]),
+        tol,
+        tol,
+    );
+    assert_close(
+        "golden grad_weight",
+        &c.read(&dw),
+        &flat(&case["grad_weight"]),
+        tol,
+        tol,
+    );
+    assert_close(
+        "golden grad_threshold",
+        &c.read(&dt),
+        &flat(&case["grad_threshold"]),
+        tol,
+        tol,
+    );
+    assert_close(
+        "golden grad_bias",
+        &c.read(&db),
+        &flat(&case["grad_bias"]),
+        tol,
+        tol,
+    );
     let lk = c.read_u32(&l.layer_keep);
     let keep = flat(&case["keep_ratio"])[0];
-    assert_eq!(lk[1] as f64 / (rows * cols) as f64, keep, "golden keep ratio");
-    assert_eq!(lk[2], case["reset"].as_bool().unwrap() as u32, "golden reset flag");
+    assert_eq!(
+        lk[1] as f64 / (rows * cols) as f64,
+        keep,
+        "golden keep ratio"
+    );
+    assert_eq!(
+        lk[2],
+        case["reset"].as_bool().unwrap() as u32,
+        "golden reset flag"
+    );
     let pen = f32::from_bits(c.read_u32(&stats)[1]) as f64;
     let pen_ref = case["penalty"].as_f64().unwrap();
-    assert!((pen - pen_ref).abs() <= 1e-6 * pen_ref.abs().max(1.0), "golden penalty {pen} vs {pen_ref}");
+    assert!(
+        (pen - pen_ref).abs() <= 1e-6 * pen_ref.abs().max(1.0),
+        "golden penalty {pen} vs {pen_ref}"
+    );
 }
 
 #[test]
@@ -190,7 +280,11 @@ fn masked_layer_reset_matches_golden() {
 #[test]
 fn golden_sgd_steps_match_reference_optimiser() {
     let g = golden();
-    for (name, grad) in [("weight", "grad_weight"), ("bias", "grad_bias"), ("threshold", "grad_threshold")] {
+    for (name, grad) in [
+        ("weight", "grad_weight"),
+        ("bias", "grad_bias"),
+        ("threshold", "grad_threshold"),
+    ] {
         let mut p = flat(&g[name]);
         let gr = flat(&g[grad]);
         let mut v = vec![0.0; p.len()];
@@ -290,7 +384,9 @@ fn masked_linear_reference_matches_finite_differences() {
         .collect();
     let b: Vec<f64> = (0..rows).map(|_| rng.normal()).collect();
     let gy: Vec<f64> = (0..batch * rows).map(|_| rng.normal()).collect();
-    let obj = |x: &[f64], w: &[f64], b: &[f64]| reference::objective(x, w, &t, b, &gy, batch, rows, cols, alpha);
+    let obj = |x: &[f64], w: &[f64], b: &[f64]| {
+        reference::objective(x, w, &t, b, &gy, batch, rows, cols, alpha)
+    };
     let (p, _) = reference::mask_forward(&w, &t, rows, cols);
     let dx = rgemm::backward_input(&gy, &p, batch, rows, cols);
     let db = rgemm::bias_backward(&gy, batch, rows);
@@ -320,6 +416,10 @@ fn masked_linear_reference_matches_finite_differences() {
             obj(&x, &w2, &b)
         });
         let m = if p[k] != 0.0 { 1.0 } else { 0.0 };
-        assert!((d - gp[k] * m).abs() < 1e-7, "performance term dW[{k}] {d} vs {}", gp[k] * m);
+        assert!(
+            (d - gp[k] * m).abs() < 1e-7,
+            "performance term dW[{k}] {d} vs {}",
+            gp[k] * m
+        );
     }
 }

@@ -12,19 +12,50 @@ const RTOL: f64 = 1e-5;
 fn sgd_matches_reference_over_steps() {
     let c = ctx();
     let mut rng = Rng::new(61);
-    for &(n, momentum, wd) in &[(1usize, 0.9, 0.0), (300, 0.9, 1e-4), (70_001, 0.0, 0.0), (1000, 0.5, 1e-2)] {
+    for &(n, momentum, wd) in &[
+        (1usize, 0.9, 0.0),
+        (300, 0.9, 1e-4),
+        (70_001, 0.0, 0.0),
+        (1000, 0.5, 1e-2),
+    ] {
         let p0 = rand_vec(&mut rng, n, -1.0, 1.0);
         let (pt, gt) = (c.tensor("p", &[n], &p0), c.tensor("g", &[n], &vec![0.0; n]));
-        let (m1, m2) = (c.tensor("m1", &[n], &vec![0.0; n]), c.tensor("m2", &[n], &vec![0.0; n]));
-        let d = c.k.optim.sgd(&c.gpu, &pt, &gt, &m1, &m2, momentum as f32, wd as f32, &c.step).unwrap();
+        let (m1, m2) = (
+            c.tensor("m1", &[n], &vec![0.0; n]),
+            c.tensor("m2", &[n], &vec![0.0; n]),
+        );
+        let d =
+            c.k.optim
+                .sgd(
+                    &c.gpu,
+                    &pt,
+                    &gt,
+                    &m1,
+                    &m2,
+                    momentum as f32,
+                    wd as f32,
+                    &c.step,
+                )
+                .unwrap();
         let (mut p, mut v) = (to_f64(&p0), vec![0.0; n]);
         for step in 1..=4u32 {
             let g = rand_vec(&mut rng, n, -1.0, 1.0);
             c.gpu.write(&gt, &g);
             let lr = 0.01 * step as f64;
-            c.set_step(StepInfo { step, lr: lr as f32, ..Default::default() });
+            c.set_step(StepInfo {
+                step,
+                lr: lr as f32,
+                ..Default::default()
+            });
             run_once(&c.gpu, &[d.clone()], 0).unwrap();
-            reference::sgd(&mut p, &to_f64(&g), &mut v, lr as f32 as f64, momentum as f32 as f64, wd as f32 as f64);
+            reference::sgd(
+                &mut p,
+                &to_f64(&g),
+                &mut v,
+                lr as f32 as f64,
+                momentum as f32 as f64,
+                wd as f32 as f64,
+            );
         }
         assert_close(&format!("sgd param n{n}"), &c.read(&pt), &p, ATOL, RTOL);
         assert_close(&format!("sgd velocity n{n}"), &c.read(&m1), &v, ATOL, RTOL);
@@ -39,17 +70,41 @@ fn adam_matches_reference_over_steps() {
     for &(n, wd) in &[(1usize, 0.0), (301, 0.0), (4097, 1e-4)] {
         let p0 = rand_vec(&mut rng, n, -1.0, 1.0);
         let (pt, gt) = (c.tensor("p", &[n], &p0), c.tensor("g", &[n], &vec![0.0; n]));
-        let (m1, m2) = (c.tensor("m1", &[n], &vec![0.0; n]), c.tensor("m2", &[n], &vec![0.0; n]));
-        let d = c.k.optim.adam(&c.gpu, &pt, &gt, &m1, &m2, b1 as f32, b2 as f32, eps as f32, wd as f32, &c.step).unwrap();
+        let (m1, m2) = (
+            c.tensor("m1", &[n], &vec![0.0; n]),
+            c.tensor("m2", &[n], &vec![0.0; n]),
+        );
+        let d = c
+            .k
+            .optim
+            .adam(
+                &c.gpu, &pt, &gt, &m1, &m2, b1 as f32, b2 as f32, eps as f32, wd as f32, &c.step,
+            )
+            .unwrap();
         let (mut p, mut m, mut v) = (to_f64(&p0), vec![0.0; n], vec![0.0; n]);
         let lr = 1e-3;
         for step in 1..=5u32 {
             let g = rand_vec(&mut rng, n, -1.0, 1.0);
             c.gpu.write(&gt, &g);
             let (ss, bc2) = reference::adam_step_values(step, lr, b1, b2);
-            c.set_step(StepInfo { step, lr: lr as f32, adam_step_size: ss as f32, adam_bc2_sqrt: bc2 as f32, ..Default::default() });
+            c.set_step(StepInfo {
+                step,
+                lr: lr as f32,
+                adam_step_size: ss as f32,
+                adam_bc2_sqrt: bc2 as f32,
+                ..Default::default()
+            });
             run_once(&c.gpu, &[d.clone()], 0).unwrap();
-            reference::adam(&mut p, &to_f64(&g), &mut m, &mut v, step, lr, (b1, b2, eps), wd as f32 as f64);
+            reference::adam(
+                &mut p,
+                &to_f64(&g),
+                &mut m,
+                &mut v,
+                step,
+                lr,
+                (b1, b2, eps),
+                wd as f32 as f64,
+            );
         }
         assert_close(&format!("adam param n{n}"), &c.read(&pt), &p, ATOL, RTOL);
         assert_close(&format!("adam m n{n}"), &c.read(&m1), &m, ATOL, RTOL);

@@ -1,0 +1,126 @@
+//! `dst bench`: GEMM throughput of both variants on the LeNet-300-100 shapes, and the time per
+//! training step of dense and DST LeNet-300-100, measured in one process (ratios from one run).
+
+use std::path::Path;
+use std::time::Instant;
+
+use crate::gpu::{Gpu, Tensor};
+use crate::kernels::gemm::GemmParams;
+use crate::kernels::{run_once, GemmVariant, Kernels, StepInfo};
+use crate::nn::Mode;
+use crate::rng::Rng;
+use crate::train::{Session, TrainConfig};
+
+fn time_dispatch(gpu: &Gpu, d: &crate::kernels::Dispatch, reps: u32) -> anyhow::Result<f64> {
+    run_once(gpu, std::slice::from_ref(d), 0)?; // warm-up
+    let ds = vec![d.clone(); reps as usize];
+    let t = Instant::now();
+    run_once(gpu, &ds, 0)?;
+    Ok(t.elapsed().as_secs_f64() / reps as f64)
+}
+
+pub fn run(reps: u32, steps: u32, data: Option<&Path>) -> anyhow::Result<()> {
+    let gpu = Gpu::from_env()?;
+    println!("adapter: {}", gpu.describe());
+    let k = Kernels::new(&gpu, None)?;
+    let mut rng = Rng::new(1);
+    let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
+    // (what, m, n, k) of the products of LeNet-300-100 at batch 64.
+    let shapes: [(&str, usize, usize, usize, u8); 5] = [
+        ("fc1 forward      64x784 . 784x300", 64, 300, 784, 0),
+        ("fc1 d_weight    300x64 . 64x784", 64, 300, 784, 2),
+        ("fc2 forward      64x300 . 300x100", 64, 100, 300, 0),
+        ("fc2 d_input      64x100 . 100x300", 64, 100, 300, 1),
+        ("fc2 d_weight    100x64 . 64x300", 64, 100, 300, 2),
+    ];
+    println!(
+        "{:<36} {:>12} {:>12}",
+        "GEMM (GFLOP/s)", "regblock", "tiled"
+    );
+    for (what, m, n, kk, kind) in shapes {
+        let x = Tensor::from_slice(&gpu, "x", &[m, kk], &rand(m * kk))?;
+        let w = Tensor::from_slice(&gpu, "w", &[n, kk], &rand(n * kk))?;
+        let g = Tensor::from_slice(&gpu, "g", &[m, n], &rand(m * n))?;
+        let b = Tensor::from_slice(&gpu, "b", &[n], &rand(n))?;
+        let (p, a_, b_, bias, out) = match kind {
+            0 => (
+                GemmParams::linear_forward(m, n, kk, true),
+                &x,
+                &w,
+                &b,
+                Tensor::zeros(&gpu, "y", &[m, n])?,
+            ),
+            1 => (
+                GemmParams::linear_backward_input(m, n, kk, false),
+                &g,
+                &w,
+                &k.dummy,
+                Tensor::zeros(&gpu, "dx", &[m, kk])?,
+            ),
+            _ => (
+                GemmParams::linear_backward_weight(m, n, kk, false),
+                &g,
+                &x,
+                &k.dummy,
+                Tensor::zeros(&gpu, "dw", &[n, kk])?,
+            ),
+        };
+        let flops = 2.0 * (m * n * kk) as f64;
+        let mut row = Vec::new();
+        for v in [GemmVariant::RegBlock, GemmVariant::Tiled] {
+            let d = k.gemm.matmul(&gpu, v, p, a_, b_, bias, &out)?;
+            row.push(flops / time_dispatch(&gpu, &d, reps)? / 1e9);
+        }
+        println!("{what:<36} {:>12.2} {:>12.2}", row[0], row[1]);
+    }
+    drop(k);
+    if steps == 0 {
+        return Ok(());
+    }
+    let cfg = TrainConfig {
+        data: data.map(Path::to_path_buf),
+        ..Default::default()
+    };
+    let mnist = cfg.load_data()?;
+    let mut times = Vec::new();
+    for dense in [true, false] {
+        let s = Session::new(
+            Gpu::open(crate::gpu::select_adapter(
+                std::env::var("WGPU_ADAPTER_NAME").ok().as_deref(),
+            )?)?,
+            "lenet300",
+            !dense,
+            1,
+        )?;
+        let train = s.upload("train", &mnist.train)?;
+        let plan = s.plan(
+            &train,
+            64,
+            Mode::Train,
+            if dense { 0.0 } else { 5e-4 },
+            cfg.optimizer(),
+        )?;
+        let infos: Vec<StepInfo> = (0..steps as usize)
+            .map(|i| StepInfo {
+                batch_start: ((i * 64) % (mnist.train.count - 64)) as u32,
+                valid: 64,
+                step: i as u32 + 1,
+                lr: 0.01,
+                ..Default::default()
+            })
+            .collect();
+        s.run_steps(&plan, &infos[..infos.len().min(10)])?; // warm-up
+        s.gpu.wait()?;
+        let t = Instant::now();
+        s.run_steps(&plan, &infos)?;
+        s.gpu.wait()?;
+        let ms = 1e3 * t.elapsed().as_secs_f64() / steps as f64;
+        println!(
+            "LeNet-300-100 {} step (batch 64): {ms:.3} ms",
+            if dense { "dense" } else { "DST  " }
+        );
+        times.push(ms);
+    }
+    println!("DST / dense step time: {:.3}", times[1] / times[0]);
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! Checkpoints as safetensors files: named f32 tensors plus string metadata, written atomically
+//! (temporary file in the same folder, fsync, rename), so a crash never leaves a broken file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+/// The format tag every checkpoint of this program carries.
+pub const FORMAT: &str = "dst-checkpoint-1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid safetensors file ({reason})")]
+    Format { path: PathBuf, reason: String },
+    #[error("{path}: not a dst checkpoint (metadata `format` is {found:?}, expected {FORMAT:?})")]
+    NotOurs {
+        path: PathBuf,
+        found: Option<String>,
+    },
+    #[error("{path}: {reason}")]
+    Mismatch { path: PathBuf, reason: String },
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoint {
+    /// (name, shape, values) in a stable order.
+    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl Checkpoint {
+    pub fn get(&self, name: &str) -> Option<&(String, Vec<usize>, Vec<f32>)> {
+        self.tensors.iter().find(|t| t.0 == name)
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
+    }
+
+    /// Writes to `path` atomically.
+    pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        let io = |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let bytes: Vec<Vec<u8>> = self
+            .tensors
+            .iter()
+            .map(|(_, _, v)| bytemuck::cast_slice::<f32, u8>(v).to_vec())
+            .collect();
+        let views = self
+            .tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((name, shape, _), b)| {
+                TensorView::new(Dtype::F32, shape.clone(), b).map(|v| (name.clone(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| CheckpointError::Format {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        let mut meta = self.metadata.clone();
+        meta.insert("format".into(), FORMAT.into());
+        let data =
+            safetensors::serialize(views, Some(meta)).map_err(|e| CheckpointError::Format {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+        write_atomic(path, &data).map_err(io)
+    }
+
+    pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let data = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let fmt = |e: safetensors::SafeTensorError| CheckpointError::Format {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let (_, header) = SafeTensors::read_metadata(&data).map_err(fmt)?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        if metadata.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(CheckpointError::NotOurs {
+                path: path.to_path_buf(),
+                found: metadata.get("format").cloned(),
+            });
+        }
+        let st = SafeTensors::deserialize(&data).map_err(fmt)?;
+        let mut tensors = Vec::new();
+        let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+        names.sort();
+        for name in names {
+            let view = st.tensor(&name).map_err(fmt)?;
+            if view.dtype() != Dtype::F32 {
+                return Err(CheckpointError::Mismatch {
+                    path: path.to_path_buf(),
+                    reason: format!("tensor {name} is {:?}, expected F32", view.dtype()),
+                });
+            }
+            let values: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+            tensors.push((name, view.shape().to_vec(), values));
+        }
+        Ok(Checkpoint { tensors, metadata })
+    }
+}
+
+/// Writes `data` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "file".into());
+    let tmp = match dir {
+        Some(d) => d.join(format!(".{name}.tmp-{}", std::process::id())),
+        None => PathBuf::from(format!(".{name}.tmp-{}", std::process::id())),
+    };
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

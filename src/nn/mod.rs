@@ -1,0 +1,103 @@
+//! Layers. Each layer declares its parameters in the arena, owns its derived buffers, and records
+//! its forward and backward dispatches into a plan. A new layer type is one new module here (and
+//! one WGSL family); the plan builder and the trainer do not change.
+
+pub mod arena;
+pub mod linear;
+pub mod relu;
+
+pub use arena::{Arena, ArenaBuilder, Init, ParamId, Which};
+
+use crate::gpu::{Gpu, Result, Tensor};
+use crate::kernels::{Dispatch, Kernels, StepRing};
+
+/// What a plan is being built for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// The context a layer records into: device, kernels, arena, and the growing dispatch list.
+pub struct PlanCx<'a> {
+    pub gpu: &'a Gpu,
+    pub kernels: &'a Kernels,
+    pub arena: &'a Arena,
+    pub step: &'a StepRing,
+    pub mode: Mode,
+    /// The DST penalty weight (0 for dense models).
+    pub alpha: f32,
+    /// The loss stats buffer of this plan (see `kernels::loss::STATS_WORDS`).
+    pub stats: Tensor,
+    pub dispatches: Vec<Dispatch>,
+    prefix: String,
+}
+
+impl<'a> PlanCx<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &'a Gpu,
+        kernels: &'a Kernels,
+        arena: &'a Arena,
+        step: &'a StepRing,
+        mode: Mode,
+        alpha: f32,
+        stats: Tensor,
+    ) -> Self {
+        PlanCx {
+            gpu,
+            kernels,
+            arena,
+            step,
+            mode,
+            alpha,
+            stats,
+            dispatches: Vec::new(),
+            prefix: format!("{mode:?}").to_lowercase(),
+        }
+    }
+
+    pub fn push(&mut self, d: Dispatch) {
+        self.dispatches.push(d);
+    }
+
+    /// A new zero-filled activation buffer of this plan.
+    pub fn activation(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        Tensor::zeros(self.gpu, &format!("{}.{name}", self.prefix), shape)
+    }
+}
+
+/// A masked layer's view for metrics: its weight's row view, thresholds and keep counters.
+pub struct MaskView {
+    pub name: String,
+    pub rows: usize,
+    pub cols: usize,
+    pub threshold: ParamId,
+    /// [kept before the reset decision, kept after it, resets so far] (u32).
+    pub layer_keep: Tensor,
+}
+
+pub trait Layer {
+    fn name(&self) -> &str;
+    /// Per-sample output shape for a per-sample input shape.
+    fn output_shape(&self, input: &[usize]) -> Vec<usize>;
+    /// Records the forward of a batch `x` (batch first); returns the output.
+    fn forward(&self, cx: &mut PlanCx<'_>, x: &Tensor) -> Result<Tensor>;
+    /// Records the backward: given the forward's input `x`, output `y` and `dy`, writes parameter
+    /// gradients into the gradient arena and returns `dx` when `need_dx`.
+    fn backward(
+        &self,
+        cx: &mut PlanCx<'_>,
+        x: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+        need_dx: bool,
+    ) -> Result<Option<Tensor>>;
+    /// Records the layer's penalty value into the plan's stats (masked layers only).
+    fn penalty(&self, _cx: &mut PlanCx<'_>) -> Result<()> {
+        Ok(())
+    }
+    fn mask_view(&self) -> Option<MaskView> {
+        None
+    }
+}

@@ -1,0 +1,174 @@
+//! Plans: every dispatch of a training step (gather, forward, penalty, loss, backward, optimiser)
+//! or of an evaluation batch, built once and replayed. Per-step values come from the step ring.
+
+use crate::gpu::{Gpu, Result, Tensor};
+use crate::kernels::loss::STATS_WORDS;
+use crate::kernels::{Dispatch, Kernels, StepRing};
+use crate::models::Model;
+use crate::nn::{Mode, PlanCx};
+
+/// A dataset resident on the GPU: bytes packed four per u32, and the permutation buffer.
+pub struct GpuData {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub perm: Tensor,
+    pub count: usize,
+    pub pixels: usize,
+}
+
+fn pack(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
+        })
+        .collect()
+}
+
+impl GpuData {
+    pub fn upload(gpu: &Gpu, name: &str, ds: &crate::data::Dataset) -> Result<GpuData> {
+        let images = pack(&ds.images);
+        let labels = pack(&ds.labels);
+        let iota: Vec<u32> = (0..ds.count as u32).collect();
+        Ok(GpuData {
+            images: Tensor::from_slice(gpu, &format!("{name}.images"), &[images.len()], &images)?,
+            labels: Tensor::from_slice(gpu, &format!("{name}.labels"), &[labels.len()], &labels)?,
+            perm: Tensor::from_slice(gpu, &format!("{name}.perm"), &[ds.count], &iota)?,
+            count: ds.count,
+            pixels: ds.pixels(),
+        })
+    }
+}
+
+/// Which optimiser a training plan ends with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Optimizer {
+    Sgd {
+        momentum: f32,
+        weight_decay: f32,
+    },
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+    },
+}
+
+pub struct Plan {
+    pub dispatches: Vec<Dispatch>,
+    /// The loss stats this plan accumulates into.
+    pub stats: Tensor,
+    pub batch: usize,
+}
+
+impl Plan {
+    /// Replays the plan into a compute pass, reading StepInfo slot `slot`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>, step: &StepRing, slot: u32) {
+        for d in &self.dispatches {
+            d.record(pass, slot * step.stride);
+        }
+    }
+
+    /// Builds the plan of one training step (`Mode::Train`) or one evaluation batch (`Mode::Eval`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        gpu: &Gpu,
+        kernels: &Kernels,
+        model: &Model,
+        step: &StepRing,
+        data: &GpuData,
+        lut: &Tensor,
+        batch: usize,
+        mode: Mode,
+        alpha: f32,
+        optimizer: Optimizer,
+    ) -> Result<Plan> {
+        let stats = Tensor::zeros(gpu, &format!("{mode:?}.stats"), &[STATS_WORDS])?;
+        let mut cx = PlanCx::new(gpu, kernels, &model.arena, step, mode, alpha, stats.clone());
+        let mut shape = vec![batch];
+        shape.extend(&model.input);
+        let x = cx.activation("input", &[batch, data.pixels])?;
+        let x = Tensor { shape, ..x };
+        let labels = cx.activation("labels", &[batch])?;
+        cx.push(kernels.data.gather(
+            gpu,
+            &data.images,
+            &data.labels,
+            &data.perm,
+            lut,
+            &x,
+            &labels,
+            step,
+        )?);
+        let mut acts = vec![x];
+        for layer in &model.layers {
+            let y = layer.forward(&mut cx, acts.last().unwrap())?;
+            acts.push(y);
+        }
+        let logits = acts.last().unwrap().clone();
+        let train = mode == Mode::Train;
+        if train {
+            // After the forward: a reset in this forward is already visible (method.md section 3).
+            for layer in &model.layers {
+                layer.penalty(&mut cx)?;
+            }
+        }
+        let d_logits = cx.activation("d_logits", &logits.shape)?;
+        cx.push(
+            kernels
+                .loss
+                .softmax_xent(gpu, &logits, &labels, &d_logits, train, &stats, step)?,
+        );
+        if train {
+            let mut dy = d_logits;
+            for (i, layer) in model.layers.iter().enumerate().rev() {
+                let need_dx = i > 0;
+                match layer.backward(&mut cx, &acts[i], &acts[i + 1], &dy, need_dx)? {
+                    Some(dx) => dy = dx,
+                    None => break,
+                }
+            }
+            let a = &model.arena;
+            cx.push(match optimizer {
+                Optimizer::Sgd {
+                    momentum,
+                    weight_decay,
+                } => kernels.optim.sgd(
+                    gpu,
+                    &a.params,
+                    &a.grads,
+                    &a.moment1,
+                    &a.moment2,
+                    momentum,
+                    weight_decay,
+                    step,
+                )?,
+                Optimizer::Adam {
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                } => kernels.optim.adam(
+                    gpu,
+                    &a.params,
+                    &a.grads,
+                    &a.moment1,
+                    &a.moment2,
+                    beta1,
+                    beta2,
+                    eps,
+                    weight_decay,
+                    step,
+                )?,
+            });
+        }
+        Ok(Plan {
+            dispatches: cx.dispatches,
+            stats,
+            batch,
+        })
+    }
+}

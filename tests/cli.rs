@@ -1,0 +1,104 @@
+//! The command line: bad flags fail before any GPU work with a message naming the problem.
+
+use std::process::Command;
+
+fn dst(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(args)
+        .output()
+        .expect("run dst");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_training_flags_are_clear_errors() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "--lr", "-1"], "--lr must be a positive number"),
+        (&["train", "--batch", "0"], "--batch must be in 1..=65535"),
+        (&["train", "--alpha", "-0.5"], "--alpha must be >= 0"),
+        (
+            &["train", "--model", "resnet9000"],
+            "unknown model \"resnet9000\"",
+        ),
+        (&["train", "--epochs", "0"], "--epochs must be >= 1"),
+        (
+            &["train", "--momentum", "1.5"],
+            "--momentum must be in [0, 1)",
+        ),
+        (&["train", "--batch", "abc"], "invalid value 'abc'"),
+        (
+            &["train", "--no-such-flag"],
+            "unexpected argument '--no-such-flag'",
+        ),
+    ];
+    for (args, want) in cases {
+        let (ok, _, err) = dst(args);
+        assert!(!ok, "{args:?} must fail");
+        assert!(
+            err.contains(want),
+            "{args:?}: stderr {err:?} lacks {want:?}"
+        );
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    }
+}
+
+#[test]
+fn missing_data_dir_is_a_clear_error() {
+    let (ok, _, err) = dst(&["train", "--data", "/nonexistent/mnist", "--epochs", "1"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/mnist"), "{err}");
+}
+
+#[test]
+fn unknown_adapter_is_a_one_line_error() {
+    let o = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .arg("info")
+        .env("WGPU_ADAPTER_NAME", "no-such-adapter-xyz")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .expect("an error line");
+    assert!(line.contains("no-such-adapter-xyz"), "{err}");
+}
+
+#[test]
+fn eval_and_resume_flags_check_their_paths() {
+    let (ok, _, err) = dst(&["eval", "--checkpoint", "/nonexistent/ck.safetensors"]);
+    assert!(!ok && err.contains("/nonexistent/ck.safetensors"), "{err}");
+    let (ok, _, err) = dst(&["train", "--resume", "/nonexistent/run"]);
+    assert!(!ok && err.contains("--resume /nonexistent/run"), "{err}");
+    let (ok, _, err) = dst(&["fetch", "cifar", "--to", "/tmp/x"]);
+    assert!(!ok && err.contains("unknown dataset"), "{err}");
+}
+
+/// A short real run through the binary, then `dst eval` of its checkpoint, then a refused
+/// second run into the same directory.
+#[test]
+fn train_then_eval_through_the_binary() {
+    let out = std::env::temp_dir().join(format!("dst-cli-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_str().unwrap();
+    let (ok, stdout, err) = dst(&["train", "--epochs", "1", "--limit-train", "640", "--out", o]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("fc1") && stdout.contains("test accuracy"),
+        "{stdout}"
+    );
+    let ck = out.join("checkpoint.safetensors");
+    let (ok, stdout, err) = dst(&["eval", "--checkpoint", ck.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("test accuracy") && stdout.contains("fc3"),
+        "{stdout}"
+    );
+    let (ok, _, err) = dst(&["train", "--epochs", "1", "--out", o]);
+    assert!(!ok && err.contains("already holds a run"), "{err}");
+}

@@ -1,0 +1,244 @@
+//! End-to-end training on the embedded MNIST subset (lavapipe in CI): the loss falls, accuracy
+//! passes a bar, DST sparsifies, resume is bit-identical, bad checkpoints and divergence are
+//! reported clearly.
+
+use std::path::{Path, PathBuf};
+
+use dst::checkpoint::Checkpoint;
+use dst::gpu::Gpu;
+use dst::train::{self, Quiet, RunOptions, TrainConfig, TrainError};
+
+fn gpu() -> Gpu {
+    Gpu::from_env().unwrap_or_else(|e| panic!("training tests need an adapter: {e}"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dst-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn small(limit: usize, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        limit_train: Some(limit),
+        epochs,
+        log_every: 20,
+        ..Default::default()
+    }
+}
+
+fn run(cfg: &TrainConfig, out: &Path, resume: bool) -> Result<train::Summary, TrainError> {
+    train::train(
+        gpu(),
+        cfg,
+        &RunOptions {
+            out: out.to_path_buf(),
+            resume,
+        },
+        &mut Quiet,
+    )
+}
+
+fn step_losses(out: &Path) -> Vec<f64> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect()
+}
+
+/// 300 DST steps on 6400 images: the loss falls and test accuracy passes 85%.
+#[test]
+fn short_dst_run_learns() {
+    let out = tmp("learn");
+    let s = run(&small(6400, 3), &out, false).unwrap();
+    let losses = step_losses(&out);
+    assert_eq!(losses.len(), 15, "5 log points per epoch");
+    assert!(losses[0] > 1.0, "first window loss {}", losses[0]);
+    assert!(
+        *losses.last().unwrap() < 0.6 * losses[0],
+        "loss did not fall: {losses:?}"
+    );
+    assert!(
+        s.last.test_acc >= 85.0,
+        "test accuracy {} below the 85% bar",
+        s.last.test_acc
+    );
+    assert!(
+        s.last.keep_ratio < 1.0 && s.last.keep_ratio > 0.3,
+        "keep {}",
+        s.last.keep_ratio
+    );
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "checkpoint.safetensors",
+    ] {
+        assert!(out.join(f).exists(), "{f} missing");
+    }
+    let ck = Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.meta("model"), Some("lenet300"));
+    assert_eq!(ck.meta("epoch"), Some("3"));
+    assert!(ck.get("fc1.threshold").is_some() && ck.get("optim.momentum.fc1.weight").is_some());
+}
+
+/// A large alpha prunes (keep ratio < 1, thresholds up); dense keeps everything.
+#[test]
+fn large_alpha_prunes_dense_does_not() {
+    let out = tmp("alpha");
+    let cfg = TrainConfig {
+        alpha: 1e-2,
+        ..small(3200, 2)
+    };
+    let s = run(&cfg, &out, false).unwrap();
+    assert!(
+        s.last.keep_ratio < 0.9,
+        "DST keep ratio {}",
+        s.last.keep_ratio
+    );
+    let fc1 = &s.last.layers[0];
+    assert!(
+        fc1.threshold_mean > 0.0,
+        "thresholds must rise: {}",
+        fc1.threshold_mean
+    );
+    assert!(
+        fc1.keep_ratio < s.last.layers[2].keep_ratio,
+        "fc1 sparser than fc3"
+    );
+
+    let out = tmp("dense");
+    let cfg = TrainConfig {
+        dense: true,
+        ..small(3200, 2)
+    };
+    let s = run(&cfg, &out, false).unwrap();
+    assert_eq!(s.last.keep_ratio, 1.0);
+    assert!(s.last.layers.iter().all(|l| l.keep_ratio == 1.0));
+    let ck = Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    assert!(
+        ck.get("fc1.threshold").is_none(),
+        "dense models have no thresholds"
+    );
+}
+
+/// N epochs in one go and k + (N - k) with a resume give bit-identical weights.
+#[test]
+fn resume_is_bit_identical() {
+    let cfg = small(640, 3);
+    let a = tmp("once");
+    run(&cfg, &a, false).unwrap();
+    let b = tmp("resumed");
+    run(
+        &TrainConfig {
+            epochs: 1,
+            ..cfg.clone()
+        },
+        &b,
+        false,
+    )
+    .unwrap();
+    // Resuming a finished run without more epochs is refused.
+    let err = run(
+        &TrainConfig {
+            epochs: 1,
+            ..cfg.clone()
+        },
+        &b,
+        true,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--epochs"), "{err}");
+    run(&cfg, &b, true).unwrap();
+    let (ca, cb) = (
+        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
+        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
+    );
+    assert_eq!(ca.tensors.len(), cb.tensors.len());
+    for ((na, sa, va), (nb, sb, vb)) in ca.tensors.iter().zip(&cb.tensors) {
+        assert_eq!((na, sa), (nb, sb));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(va) == bits(vb), "tensor {na} differs after resume");
+    }
+    assert_eq!(ca.meta("step"), cb.meta("step"));
+}
+
+/// A checkpoint of another model is refused, as are files that are not dst checkpoints.
+#[test]
+fn foreign_checkpoints_are_refused() {
+    let out = tmp("foreign");
+    run(
+        &TrainConfig {
+            dense: true,
+            ..small(320, 1)
+        },
+        &out,
+        false,
+    )
+    .unwrap();
+    let path = out.join("checkpoint.safetensors");
+    // A DST config resuming a dense run's checkpoint.
+    let err = run(&small(320, 2), &out, true).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("checkpoint of model lenet300 (masked false)"),
+        "{err}"
+    );
+    // Truncated file.
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = out.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Checkpoint::load(&cut).unwrap_err().to_string();
+    assert!(
+        err.contains("cut.safetensors") && err.contains("not a valid safetensors"),
+        "{err}"
+    );
+    // A valid safetensors file without our format tag.
+    let mut other = Checkpoint::load(&path).unwrap();
+    other.metadata.clear();
+    let foreign = out.join("foreign.safetensors");
+    let raw = safetensors_without_format(&other);
+    std::fs::write(&foreign, raw).unwrap();
+    let err = Checkpoint::load(&foreign).unwrap_err().to_string();
+    assert!(err.contains("not a dst checkpoint"), "{err}");
+}
+
+fn safetensors_without_format(ck: &Checkpoint) -> Vec<u8> {
+    // Our writer always adds the tag, so rewrite the header's format value.
+    let dir = tmp("fmt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("x.safetensors");
+    ck.save(&p).unwrap();
+    let mut b = std::fs::read(&p).unwrap();
+    let tag = dst::checkpoint::FORMAT.as_bytes();
+    let at = b.windows(tag.len()).position(|w| w == tag).unwrap();
+    b[at] = b'X';
+    b
+}
+
+/// A diverging run stops with a message naming alpha and lr; the last good checkpoint stays.
+#[test]
+fn divergence_stops_and_keeps_last_checkpoint() {
+    let out = tmp("diverge");
+    let cfg = small(640, 1);
+    run(&cfg, &out, false).unwrap();
+    let ck_path = out.join("checkpoint.safetensors");
+    let before = std::fs::read(&ck_path).unwrap();
+    let bad = TrainConfig {
+        lr: 1e6,
+        epochs: 2,
+        ..cfg
+    };
+    let err = run(&bad, &out, true).unwrap_err();
+    assert!(matches!(err, TrainError::Diverged { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("--alpha") && msg.contains("--lr"), "{msg}");
+    assert_eq!(
+        std::fs::read(&ck_path).unwrap(),
+        before,
+        "the last good checkpoint must stay"
+    );
+}
