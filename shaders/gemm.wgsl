@@ -169,3 +169,141 @@ fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     c[col] = s;
 }
+
+// ---- lavapipe fast paths: vec4 loads along a contiguous dimension (CPU adapters) ----
+// Same GemmParams; these read A and B as vec4 arrays (binding offsets are 16-byte aligned).
+@group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
+
+// C = A B^T form (linear forward): A(m, k) = a[m*K + k], B(k, n) = b[n*K + k], K % 4 == 0.
+// Reads a4, b4, bias; writes (or accumulates into) C. Each invocation: 8 rows x 8 columns,
+// k consumed four at a time as dot products of vec4s. Workgroup 8x8 invocations.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * RB;
+    let col0 = gid.x * RB;
+    if (row0 >= gp.m || col0 >= gp.n) {
+        return;
+    }
+    let k4 = gp.k / 4u;
+    var a_base: array<u32, 8>;
+    var b_base: array<u32, 8>;
+    for (var i = 0u; i < RB; i++) {
+        a_base[i] = min(row0 + i, gp.m - 1u) * k4;
+        b_base[i] = min(col0 + i, gp.n - 1u) * k4;
+    }
+    var acc: array<array<f32, 8>, 8>;
+    for (var i = 0u; i < RB; i++) {
+        for (var j = 0u; j < RB; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var kk = 0u; kk < k4; kk++) {
+        var av: array<vec4<f32>, 8>;
+        var bv: array<vec4<f32>, 8>;
+        for (var i = 0u; i < RB; i++) {
+            av[i] = a4[a_base[i] + kk];
+            bv[i] = b4[b_base[i] + kk];
+        }
+        for (var i = 0u; i < RB; i++) {
+            for (var j = 0u; j < RB; j++) {
+                acc[i][j] += dot(av[i], bv[j]);
+            }
+        }
+    }
+    for (var i = 0u; i < RB; i++) {
+        for (var j = 0u; j < RB; j++) {
+            store_c(row0 + i, col0 + j, acc[i][j]);
+        }
+    }
+}
+
+// C = A^T B form (linear weight gradient): A(m, k) = a[k*M + m], B(k, n) = b[k*N + n],
+// M % 4 == 0, N % 4 == 0. Reads a4, b4; writes (or accumulates into) C. Each invocation:
+// 8 rows x 8 columns as outer products of two vec4 pairs per k. Workgroup 8x8 invocations.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * RB;
+    let col0 = gid.x * RB;
+    if (row0 >= gp.m || col0 >= gp.n) {
+        return;
+    }
+    let m4 = gp.m / 4u;
+    let n4 = gp.n / 4u;
+    // Vec4 indices of this invocation's rows and columns (clamped; stores skip the extras).
+    let ra = min(row0 / 4u, m4 - 1u);
+    let rb = min(row0 / 4u + 1u, m4 - 1u);
+    let ca = min(col0 / 4u, n4 - 1u);
+    let cb = min(col0 / 4u + 1u, n4 - 1u);
+    var acc: array<vec4<f32>, 16>; // row i: acc[2i] columns 0-3, acc[2i+1] columns 4-7
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var kk = 0u; kk < gp.k; kk++) {
+        let a0 = a4[kk * m4 + ra];
+        let a1 = a4[kk * m4 + rb];
+        let b0 = b4[kk * n4 + ca];
+        let b1 = b4[kk * n4 + cb];
+        for (var i = 0u; i < 4u; i++) {
+            acc[2u * i] = fma(vec4<f32>(a0[i]), b0, acc[2u * i]);
+            acc[2u * i + 1u] = fma(vec4<f32>(a0[i]), b1, acc[2u * i + 1u]);
+            acc[8u + 2u * i] = fma(vec4<f32>(a1[i]), b0, acc[8u + 2u * i]);
+            acc[8u + 2u * i + 1u] = fma(vec4<f32>(a1[i]), b1, acc[8u + 2u * i + 1u]);
+        }
+    }
+    for (var i = 0u; i < RB; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            store_c(row0 + i, col0 + j, acc[2u * i][j]);
+            store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
+        }
+    }
+}
+
+// C = A B form (linear input gradient): A(m, k) = a[m*K + k], B(k, n) = b[k*N + n],
+// K % 4 == 0, N % 4 == 0. Reads a4, b4; writes (or accumulates into) C. Each invocation: 8 rows x
+// 8 columns; per four k, eight vec4 of A and eight vec4 of B. Workgroup 8x8 invocations.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_nn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * RB;
+    let col0 = gid.x * RB;
+    if (row0 >= gp.m || col0 >= gp.n) {
+        return;
+    }
+    let k4 = gp.k / 4u;
+    let n4 = gp.n / 4u;
+    var a_base: array<u32, 8>;
+    for (var i = 0u; i < RB; i++) {
+        a_base[i] = min(row0 + i, gp.m - 1u) * k4;
+    }
+    let ca = min(col0 / 4u, n4 - 1u);
+    let cb = min(col0 / 4u + 1u, n4 - 1u);
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var kq = 0u; kq < k4; kq++) {
+        var bv: array<vec4<f32>, 8>;
+        for (var q = 0u; q < 4u; q++) {
+            let krow = (kq * 4u + q) * n4;
+            bv[2u * q] = b4[krow + ca];
+            bv[2u * q + 1u] = b4[krow + cb];
+        }
+        for (var i = 0u; i < RB; i++) {
+            let av = a4[a_base[i] + kq];
+            var lo = acc[2u * i];
+            var hi = acc[2u * i + 1u];
+            for (var q = 0u; q < 4u; q++) {
+                lo = fma(vec4<f32>(av[q]), bv[2u * q], lo);
+                hi = fma(vec4<f32>(av[q]), bv[2u * q + 1u], hi);
+            }
+            acc[2u * i] = lo;
+            acc[2u * i + 1u] = hi;
+        }
+    }
+    for (var i = 0u; i < RB; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            store_c(row0 + i, col0 + j, acc[2u * i][j]);
+            store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
+        }
+    }
+}

@@ -72,6 +72,9 @@ impl GemmParams {
 }
 
 pub struct Gemm {
+    pub nt_vec4: Kernel,
+    pub tn_vec4: Kernel,
+    pub nn_vec4: Kernel,
     pub regblock: Kernel,
     pub tiled: Kernel,
     pub bias_backward_k: Kernel,
@@ -85,6 +88,39 @@ const MATMUL: &[(u32, Access)] = &[
     (3, Access::Read),
     (4, Access::ReadWrite),
 ];
+
+const VEC4: &[(u32, Access)] = &[
+    (5, Access::Read),
+    (6, Access::Read),
+    (3, Access::Read),
+    (4, Access::ReadWrite),
+];
+
+/// The vec4 fast path (CPU adapters) that computes `p`, if its strides and sizes allow one.
+fn vec4_form(p: &GemmParams, a: &Tensor, b: &Tensor) -> Option<Vec4Form> {
+    let aligned = a.offset % 16 == 0 && b.offset % 16 == 0;
+    let (m, n, k) = (p.m, p.n, p.k);
+    if !aligned || m == 0 || n == 0 || k == 0 {
+        return None;
+    }
+    if p.a_rs == k && p.a_cs == 1 && p.b_rs == 1 && p.b_cs == k && k % 4 == 0 {
+        return Some(Vec4Form::Nt);
+    }
+    if p.a_rs == 1 && p.a_cs == m && p.b_rs == n && p.b_cs == 1 && m % 4 == 0 && n % 4 == 0 {
+        return Some(Vec4Form::Tn);
+    }
+    if p.a_rs == k && p.a_cs == 1 && p.b_rs == n && p.b_cs == 1 && k % 4 == 0 && n % 4 == 0 {
+        return Some(Vec4Form::Nn);
+    }
+    None
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Vec4Form {
+    Nt,
+    Tn,
+    Nn,
+}
 
 fn dims2(t: &Tensor) -> (usize, usize) {
     assert_eq!(
@@ -100,6 +136,9 @@ fn dims2(t: &Tensor) -> (usize, usize) {
 impl Gemm {
     pub fn new(f: &KernelFactory<'_>, variant: GemmVariant) -> Result<Gemm> {
         Ok(Gemm {
+            nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
+            tn_vec4: f.kernel("gemm_tn_vec4", VEC4, false)?,
+            nn_vec4: f.kernel("gemm_nn_vec4", VEC4, false)?,
             regblock: f.kernel("gemm_regblock", MATMUL, false)?,
             tiled: f.kernel("gemm_tiled", MATMUL, false)?,
             bias_backward_k: f.kernel(
@@ -127,6 +166,18 @@ impl Gemm {
             "{}: output too small",
             c.label
         );
+        let groups = [p.n.div_ceil(64), p.m.div_ceil(64), 1];
+        if variant == GemmVariant::RegBlock {
+            let kernel = match vec4_form(&p, a, b) {
+                Some(Vec4Form::Nt) => Some(&self.nt_vec4),
+                Some(Vec4Form::Tn) => Some(&self.tn_vec4),
+                Some(Vec4Form::Nn) => Some(&self.nn_vec4),
+                None => None,
+            };
+            if let Some(kernel) = kernel {
+                return kernel.bind(gpu, &p, &[a, b, bias, c], None, groups);
+            }
+        }
         match variant {
             GemmVariant::RegBlock => self.regblock.bind(
                 gpu,

@@ -20,9 +20,13 @@ const SHAPES: &[(usize, usize, usize)] = &[
 const TOL: f64 = 1e-5;
 
 fn check_linear(variant: GemmVariant) {
+    check_linear_shapes(variant, SHAPES);
+}
+
+fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
     let c = ctx();
     let mut rng = Rng::new(7);
-    for &(m, n, k) in SHAPES {
+    for &(m, n, k) in shapes {
         let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
         let w = rand_vec(&mut rng, n * k, -1.0, 1.0);
         let b = rand_vec(&mut rng, n, -1.0, 1.0);
@@ -39,39 +43,42 @@ fn check_linear(variant: GemmVariant) {
         let dw = c.poisoned("dw", &[n, k]);
         let db = c.poisoned("db", &[n]);
         let gemm = &c.k.gemm;
+        let pf = GemmParams::linear_forward(m, n, k, true);
+        let pi = GemmParams::linear_backward_input(m, n, k, false);
+        let pw = GemmParams::linear_backward_weight(m, n, k, false);
         let ds = [
-            gemm.matmul(
-                &c.gpu,
-                variant,
-                GemmParams::linear_forward(m, n, k, true),
-                &xt,
-                &wt,
-                &bt,
-                &y,
-            )
-            .unwrap(),
-            gemm.matmul(
-                &c.gpu,
-                variant,
-                GemmParams::linear_backward_input(m, n, k, false),
-                &gt,
-                &wt,
-                &c.k.dummy,
-                &dx,
-            )
-            .unwrap(),
-            gemm.matmul(
-                &c.gpu,
-                variant,
-                GemmParams::linear_backward_weight(m, n, k, false),
-                &gt,
-                &xt,
-                &c.k.dummy,
-                &dw,
-            )
-            .unwrap(),
+            gemm.matmul(&c.gpu, variant, pf, &xt, &wt, &bt, &y).unwrap(),
+            gemm.matmul(&c.gpu, variant, pi, &gt, &wt, &c.k.dummy, &dx)
+                .unwrap(),
+            gemm.matmul(&c.gpu, variant, pw, &gt, &xt, &c.k.dummy, &dw)
+                .unwrap(),
             gemm.bias_backward(&c.gpu, &gt, &db).unwrap(),
         ];
+        if variant == GemmVariant::RegBlock {
+            // The vec4 fast paths are taken exactly when the sizes allow them.
+            let expect = |ok: bool, fast: &str| {
+                if ok {
+                    format!("gemm.{fast}")
+                } else {
+                    "gemm.gemm_regblock".to_string()
+                }
+            };
+            assert_eq!(
+                ds[0].label,
+                expect(k % 4 == 0, "gemm_nt_vec4"),
+                "forward m{m} n{n} k{k}"
+            );
+            assert_eq!(
+                ds[1].label,
+                expect(n % 4 == 0 && k % 4 == 0, "gemm_nn_vec4"),
+                "backward_input m{m} n{n} k{k}"
+            );
+            assert_eq!(
+                ds[2].label,
+                expect(n % 4 == 0 && k % 4 == 0, "gemm_tn_vec4"),
+                "backward_weight m{m} n{n} k{k}"
+            );
+        }
         run_once(&c.gpu, &ds, 0).unwrap();
         let tag = format!("{variant:?} m{m} n{n} k{k}");
         assert_close_norm(
@@ -104,6 +111,78 @@ fn check_linear(variant: GemmVariant) {
 #[test]
 fn gemm_regblock_matches_reference() {
     check_linear(GemmVariant::RegBlock);
+}
+
+/// The vec4 fast paths of the CPU variant on shapes that take them (multiples of 4, odd row
+/// counts, more than one 8x8 block per axis, a partial last block).
+#[test]
+fn gemm_vec4_paths_match_reference() {
+    check_linear_shapes(
+        GemmVariant::RegBlock,
+        &[
+            (4, 4, 4),
+            (5, 12, 8),
+            (64, 300, 784),
+            (33, 100, 300),
+            (9, 20, 44),
+        ],
+    );
+}
+
+/// The generic scalar kernel on every shape, bound directly (the registry prefers vec4 paths).
+#[test]
+fn gemm_regblock_generic_matches_reference() {
+    let c = ctx();
+    let mut rng = Rng::new(9);
+    for &(m, n, k) in SHAPES.iter().chain(&[(8, 8, 8), (64, 100, 300)]) {
+        let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
+        let w = rand_vec(&mut rng, n * k, -1.0, 1.0);
+        let g = rand_vec(&mut rng, m * n, -1.0, 1.0);
+        let (xt, wt, gt) = (
+            c.tensor("x", &[m, k], &x),
+            c.tensor("w", &[n, k], &w),
+            c.tensor("g", &[m, n], &g),
+        );
+        let (y, dx, dw) = (
+            c.poisoned("y", &[m, n]),
+            c.poisoned("dx", &[m, k]),
+            c.poisoned("dw", &[n, k]),
+        );
+        let groups = |p: &GemmParams| [p.n.div_ceil(64), p.m.div_ceil(64), 1];
+        let r = &c.k.gemm.regblock;
+        let pf = GemmParams::linear_forward(m, n, k, false);
+        let pi = GemmParams::linear_backward_input(m, n, k, false);
+        let pw = GemmParams::linear_backward_weight(m, n, k, false);
+        let ds = [
+            r.bind(&c.gpu, &pf, &[&xt, &wt, &c.k.dummy, &y], None, groups(&pf))
+                .unwrap(),
+            r.bind(&c.gpu, &pi, &[&gt, &wt, &c.k.dummy, &dx], None, groups(&pi))
+                .unwrap(),
+            r.bind(&c.gpu, &pw, &[&gt, &xt, &c.k.dummy, &dw], None, groups(&pw))
+                .unwrap(),
+        ];
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let (xd, wd, gd) = (to_f64(&x), to_f64(&w), to_f64(&g));
+        let tag = format!("generic m{m} n{n} k{k}");
+        assert_close_norm(
+            &format!("forward {tag}"),
+            &c.read(&y),
+            &reference::forward(&xd, &wd, None, m, n, k),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_input {tag}"),
+            &c.read(&dx),
+            &reference::backward_input(&gd, &wd, m, n, k),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_weight {tag}"),
+            &c.read(&dw),
+            &reference::backward_weight(&gd, &xd, m, n, k),
+            TOL,
+        );
+    }
 }
 
 #[test]
