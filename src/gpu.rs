@@ -221,7 +221,9 @@ impl Gpu {
 
     /// Largest single storage binding, in bytes.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// A storage buffer initialised with `data` (padded to 4 bytes), usable as a copy source and
@@ -325,7 +327,7 @@ impl Gpu {
     /// Overwrites a tensor with host data (same element count).
     pub fn write<T: bytemuck::Pod>(&self, t: &Tensor, data: &[T]) {
         assert_eq!(
-            data.len() * std::mem::size_of::<T>(),
+            std::mem::size_of_val(data),
             t.bytes() as usize,
             "write to {}: size mismatch",
             t.label

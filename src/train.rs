@@ -389,6 +389,40 @@ impl Session {
         Ok(out)
     }
 
+    /// For a masked first layer that reads the image directly: a picture (8x upscaled, grey) of
+    /// the fraction of its rows that keep each input pixel. DST prunes MNIST's empty border.
+    pub fn input_mask_image(&self, rows: usize, cols: usize) -> Result<Option<image::GrayImage>> {
+        let Some(v) = self.model.mask_views().into_iter().next() else {
+            return Ok(None);
+        };
+        if v.cols != rows * cols {
+            return Ok(None);
+        }
+        let a = &self.model.arena;
+        let params = self.gpu.read::<f32>(&a.params)?;
+        let w_entry = a
+            .layout
+            .find(&format!("{}.weight", v.name))
+            .expect("masked layer weight");
+        let t_entry = &a.layout.entries[v.threshold.0];
+        let w = &params[w_entry.offset..w_entry.offset + w_entry.len()];
+        let t = &params[t_entry.offset..t_entry.offset + t_entry.len()];
+        let mut kept = vec![0u32; v.cols];
+        for r in 0..v.rows {
+            for (c, k) in kept.iter_mut().enumerate() {
+                *k += (w[r * v.cols + c].abs() - t[r] > 0.0) as u32;
+            }
+        }
+        const SCALE: usize = 8;
+        let img =
+            image::GrayImage::from_fn((cols * SCALE) as u32, (rows * SCALE) as u32, |x, y| {
+                let (px, py) = (x as usize / SCALE, y as usize / SCALE);
+                let f = kept[py * cols + px] as f64 / v.rows as f64;
+                image::Luma([(255.0 * f).round() as u8])
+            });
+        Ok(Some(img))
+    }
+
     /// Parameters and optimiser state as a checkpoint (metadata added by the caller).
     pub fn snapshot(&self) -> Result<Checkpoint> {
         let a = &self.model.arena;
@@ -668,6 +702,17 @@ pub fn train(
     }
     let summary = summarize(cfg, &session, &data, &history, step);
     run.write_json(&run.summary(), &summary)?;
+    if let Some(img) = session.input_mask_image(data.train.rows, data.train.cols)? {
+        let path = run.dir.join("input_mask.png");
+        img.save(&path).map_err(|e| TrainError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        progress.line(&format!(
+            "first layer's mask per input pixel: {}",
+            path.display()
+        ));
+    }
     Ok(summary)
 }
 

@@ -98,7 +98,7 @@ const VEC4: &[(u32, Access)] = &[
 
 /// The vec4 fast path (CPU adapters) that computes `p`, if its strides and sizes allow one.
 fn vec4_form(p: &GemmParams, a: &Tensor, b: &Tensor) -> Option<Vec4Form> {
-    let aligned = a.offset % 16 == 0 && b.offset % 16 == 0;
+    let aligned = a.offset.is_multiple_of(16) && b.offset.is_multiple_of(16);
     let (m, n, k) = (p.m, p.n, p.k);
     if !aligned || m == 0 || n == 0 || k == 0 {
         return None;
@@ -151,6 +151,7 @@ impl Gemm {
     }
 
     /// `C = [C +] A B [+ bias]` with the strides in `p`, on the given variant.
+    #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
         gpu: &Gpu,

@@ -38,6 +38,7 @@ impl Optim {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     /// One SGD step over `param` with `grad` and velocity `moment1` (moment2 is unused but bound).
     pub fn sgd(
         &self,

@@ -47,7 +47,7 @@ fn sgd_matches_reference_over_steps() {
                 lr: lr as f32,
                 ..Default::default()
             });
-            run_once(&c.gpu, &[d.clone()], 0).unwrap();
+            run_once(&c.gpu, std::slice::from_ref(&d), 0).unwrap();
             reference::sgd(
                 &mut p,
                 &to_f64(&g),
@@ -94,7 +94,7 @@ fn adam_matches_reference_over_steps() {
                 adam_bc2_sqrt: bc2 as f32,
                 ..Default::default()
             });
-            run_once(&c.gpu, &[d.clone()], 0).unwrap();
+            run_once(&c.gpu, std::slice::from_ref(&d), 0).unwrap();
             reference::adam(
                 &mut p,
                 &to_f64(&g),

@@ -5,9 +5,9 @@ use crate::common::*;
 /// An adapter name that matches nothing gives a clear error naming what is available.
 #[test]
 fn unknown_adapter_name_is_a_clear_error() {
-    let err = select_adapter(Some("no-such-adapter-xyz"))
-        .err()
-        .expect("must fail");
+    let Err(err) = select_adapter(Some("no-such-adapter-xyz")) else {
+        panic!("an adapter name that matches nothing must fail");
+    };
     match &err {
         GpuError::AdapterNotFound { wanted, .. } => assert_eq!(wanted, "no-such-adapter-xyz"),
         GpuError::NoAdapter { .. } => {}
