@@ -4,7 +4,7 @@
 //   Q = |W| - t[row],  M = S(Q) (strict step),  P = W * M   (the layer computes with P)
 // Forward is two dispatches: `mask_forward` (one pass over W: P and per-row keep counts) and
 // `mask_reset` (the dead-layer reset: when the layer keeps <= 1% of W, thresholds go to 0 and P
-// is recomputed, all on the GPU). Backward is one pass over G = dL/dP: `mask_backward` writes
+// is recomputed, all on the GPU). `mask_forward_rowwise` is the CPU-adapter variant. Backward is one pass over G = dL/dP: `mask_backward` writes
 // dL/dW and dL/dt (penalty term included). `penalty` accumulates alpha * sum exp(-t).
 // Every reduction runs in a fixed order (no atomics): same inputs, same bits.
 
@@ -84,19 +84,13 @@ fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 }
 
-// One workgroup per row, after `mask_forward`. Every workgroup sums row_keep (in row order) to
-// the layer's keep count; if count / numel <= 0.01 the layer is reset: its thresholds are set to
-// 0 and its row of P is recomputed with t = 0. Writes layer_keep[0] = count before the decision,
-// layer_keep[1] = count after it (what the layer keeps in this forward), layer_keep[2] += 1 on
-// a reset (a running count of resets).
+// One workgroup of 64, after `mask_forward`: sums row_keep (in a fixed order) to the layer's keep
+// count; if count / numel <= 0.01 the layer is reset: every threshold is set to 0 and P is
+// recomputed with t = 0 (a rare event, so one workgroup does it). Writes layer_keep[0] = count
+// before the decision, layer_keep[1] = count after it (what the layer keeps in this forward),
+// layer_keep[2] += 1 on a reset (a running count of resets).
 @compute @workgroup_size(64, 1, 1)
-fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
-              @builtin(workgroup_id) wid: vec3<u32>,
-              @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = wid.x + wid.y * nwg.x;
-    if (row >= mp.rows) {
-        return;
-    }
+fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>) {
     var part = 0u;
     for (var r = lid.x; r < mp.rows; r += WG) {
         part += row_keep[r];
@@ -104,64 +98,86 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
     let before = reduce_u32(lid.x, part);
     let numel = mp.rows * mp.cols;
     let reset = f32(before) / f32(numel) <= 0.01;
-    let base = row * mp.cols;
+    var after = before;
     if (reset) {
-        for (var j = lid.x; j < mp.cols; j += WG) {
-            let w = weight[base + j];
-            masked_weight[base + j] = w * dst_step(abs(w));
+        var kept = 0u;
+        for (var i = lid.x; i < numel; i += WG) {
+            let w = weight[i];
+            let m = dst_step(abs(w));
+            masked_weight[i] = w * m;
+            kept += u32(m);
         }
+        for (var r = lid.x; r < mp.rows; r += WG) {
+            threshold[r] = 0.0;
+        }
+        after = reduce_u32(lid.x, kept);
     }
-    if (reset && lid.x == 0u) {
-        threshold[row] = 0.0;
-    }
-    // Workgroup 0 publishes the layer's counts; the after-reset total needs every row's count, so
-    // it is recomputed here from W alone (t = 0), in row order.
-    if (row == 0u) {
-        var after = before;
+    if (lid.x == 0u) {
+        layer_keep[0] = before;
+        layer_keep[1] = after;
         if (reset) {
-            var part2 = 0u;
-            for (var i = lid.x; i < numel; i += WG) {
-                part2 += u32(dst_step(abs(weight[i])));
-            }
-            after = reduce_u32(lid.x, part2);
-        }
-        if (lid.x == 0u) {
-            layer_keep[0] = before;
-            layer_keep[1] = after;
-            if (reset) {
-                layer_keep[2] = layer_keep[2] + 1u;
-            }
+            layer_keep[2] = layer_keep[2] + 1u;
         }
     }
 }
 
-// One workgroup per row. Reads d_masked (G = dL/dP), weight, threshold; writes
+// Eight rows per workgroup, eight invocations per row (columns strided by 8, partial sums
+// reduced in a fixed order). Reads d_masked (G = dL/dP), weight, threshold; writes
 //   d_weight[i][j]  = G*M + G*|W|*H(Q)
 //   d_threshold[i]  = -sum_j G*W*H(Q) - alpha * exp(-t[i])
-// with Q = |W| - t and M = S(Q), summed over j in a fixed order.
-@compute @workgroup_size(64, 1, 1)
+// with Q = |W| - t and M = S(Q).
+@compute @workgroup_size(8, 8, 1)
 fn mask_backward(@builtin(local_invocation_id) lid: vec3<u32>,
                  @builtin(workgroup_id) wid: vec3<u32>,
                  @builtin(num_workgroups) nwg: vec3<u32>) {
-    let row = wid.x + wid.y * nwg.x;
+    let row = (wid.x + wid.y * nwg.x) * 8u + lid.y;
+    var part = 0.0;
+    var t = 0.0;
+    if (row < mp.rows) {
+        t = threshold[row];
+        let base = row * mp.cols;
+        for (var j = lid.x; j < mp.cols; j += 8u) {
+            let w = weight[base + j];
+            let g = d_masked[base + j];
+            let q = abs(w) - t;
+            let h = long_tail(q);
+            d_weight[base + j] = g * dst_step(q) + g * abs(w) * h;
+            part += g * w * h;
+        }
+    }
+    let slot = lid.y * 8u + lid.x;
+    red_f[slot] = part;
+    workgroupBarrier();
+    for (var st = 4u; st > 0u; st = st / 2u) {
+        if (lid.x < st) {
+            red_f[slot] = red_f[slot] + red_f[slot + st];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && row < mp.rows) {
+        d_threshold[row] = -red_f[slot] - mp.alpha * exp(-t);
+    }
+}
+
+// CPU-adapter variant of `mask_forward` (same reads and writes): one invocation per row, columns
+// in order, no workgroup memory or barriers (cheaper than reductions on lavapipe).
+@compute @workgroup_size(64, 1, 1)
+fn mask_forward_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = gid.x + gid.y * nwg.x * WG;
     if (row >= mp.rows) {
         return;
     }
     let t = threshold[row];
     let base = row * mp.cols;
-    var part = 0.0;
-    for (var j = lid.x; j < mp.cols; j += WG) {
+    var kept = 0u;
+    for (var j = 0u; j < mp.cols; j++) {
         let w = weight[base + j];
-        let g = d_masked[base + j];
-        let q = abs(w) - t;
-        let h = long_tail(q);
-        d_weight[base + j] = g * dst_step(q) + g * abs(w) * h;
-        part += g * w * h;
+        let m = dst_step(abs(w) - t);
+        masked_weight[base + j] = w * m;
+        kept += u32(m);
     }
-    let s = reduce_f32(lid.x, part);
-    if (lid.x == 0u) {
-        d_threshold[row] = -s - mp.alpha * exp(-t);
-    }
+    row_keep[row] = kept;
 }
 
 // One workgroup. Reads threshold; stats[1] += alpha * sum_i exp(-t[i]) (the penalty's value; stats is the loss stats buffer).

@@ -73,6 +73,40 @@ pub fn run(reps: u32, steps: u32, data: Option<&Path>) -> anyhow::Result<()> {
         }
         println!("{what:<36} {:>12.2} {:>12.2}", row[0], row[1]);
     }
+    println!(
+        "{:<36} {:>12} {:>12} {:>12} {:>12}",
+        "masked kernels (us)", "mask_fwd", "mask_reset", "mask_bwd", "penalty"
+    );
+    for (rows, cols) in [(300usize, 784usize), (100, 300), (10, 100)] {
+        let w = Tensor::from_slice(&gpu, "w", &[rows, cols], &rand(rows * cols))?;
+        let t = Tensor::from_slice(&gpu, "t", &[rows], &vec![0.05f32; rows])?;
+        let g = Tensor::from_slice(&gpu, "g", &[rows, cols], &rand(rows * cols))?;
+        let p = Tensor::zeros(&gpu, "p", &[rows, cols])?;
+        let dw = Tensor::zeros(&gpu, "dw", &[rows, cols])?;
+        let dt = Tensor::zeros(&gpu, "dt", &[rows])?;
+        let row_keep = Tensor::zeros(&gpu, "row_keep", &[rows])?;
+        let layer_keep = Tensor::zeros(&gpu, "layer_keep", &[4])?;
+        let stats = Tensor::zeros(&gpu, "stats", &[crate::kernels::loss::STATS_WORDS])?;
+        let m = &k.masked;
+        let ds = [
+            m.mask_forward(&gpu, &w, &t, &p, &row_keep)?,
+            m.mask_reset(&gpu, &w, &t, &p, &row_keep, &layer_keep)?,
+            m.mask_backward(&gpu, &w, &t, &g, &dw, &dt, 5e-4)?,
+            m.penalty(&gpu, &t, &stats, 5e-4)?,
+        ];
+        let mut row = Vec::new();
+        for d in &ds {
+            row.push(1e6 * time_dispatch(&gpu, d, reps)?);
+        }
+        println!(
+            "{:<36} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+            format!("{rows}x{cols}"),
+            row[0],
+            row[1],
+            row[2],
+            row[3]
+        );
+    }
     drop(k);
     if steps == 0 {
         return Ok(());

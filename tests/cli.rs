@@ -110,13 +110,23 @@ fn no_adapter_names_the_fix() {
     for args in [&["info"][..], &["train", "--epochs", "1"][..]] {
         let o = Command::new(env!("CARGO_BIN_EXE_dst"))
             .args(args)
-            .env("WGPU_BACKEND", if cfg!(target_os = "macos") { "dx12" } else { "metal" })
+            .env(
+                "WGPU_BACKEND",
+                if cfg!(target_os = "macos") {
+                    "dx12"
+                } else {
+                    "metal"
+                },
+            )
             .env_remove("WGPU_ADAPTER_NAME")
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{args:?}: {err}");
-        assert!(err.contains("no GPU adapter found") && err.contains("mesa-vulkan-drivers"), "{args:?}: {err}");
+        assert!(
+            err.contains("no GPU adapter found") && err.contains("mesa-vulkan-drivers"),
+            "{args:?}: {err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
 }

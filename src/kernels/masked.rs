@@ -16,7 +16,10 @@ pub struct MaskParams {
 }
 
 pub struct Masked {
+    /// Use `mask_forward_rowwise` (CPU adapters) in `mask_forward`.
+    pub rowwise: bool,
     pub mask_forward_k: Kernel,
+    pub mask_forward_rowwise_k: Kernel,
     pub mask_reset_k: Kernel,
     pub mask_backward_k: Kernel,
     pub penalty_k: Kernel,
@@ -41,8 +44,14 @@ fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
 }
 
 impl Masked {
-    pub fn new(f: &KernelFactory<'_>) -> Result<Masked> {
+    pub fn new(f: &KernelFactory<'_>, rowwise: bool) -> Result<Masked> {
         Ok(Masked {
+            rowwise,
+            mask_forward_rowwise_k: f.kernel(
+                "mask_forward_rowwise",
+                &[(1, RW), (2, RW), (3, RW), (4, RW)],
+                false,
+            )?,
             mask_forward_k: f.kernel(
                 "mask_forward",
                 &[(1, RW), (2, RW), (3, RW), (4, RW)],
@@ -71,14 +80,35 @@ impl Masked {
         masked_weight: &Tensor,
         row_keep: &Tensor,
     ) -> Result<Dispatch> {
-        let p = rows_cols(weight, threshold);
-        self.mask_forward_k.bind(
+        self.mask_forward_with(
+            self.rowwise,
             gpu,
-            &p,
-            &[weight, threshold, masked_weight, row_keep],
-            None,
-            grid_1d(p.rows),
+            weight,
+            threshold,
+            masked_weight,
+            row_keep,
         )
+    }
+
+    /// `mask_forward` on an explicit variant (`rowwise`: one invocation per row).
+    pub fn mask_forward_with(
+        &self,
+        rowwise: bool,
+        gpu: &Gpu,
+        weight: &Tensor,
+        threshold: &Tensor,
+        masked_weight: &Tensor,
+        row_keep: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = rows_cols(weight, threshold);
+        let buffers = [weight, threshold, masked_weight, row_keep];
+        if rowwise {
+            self.mask_forward_rowwise_k
+                .bind(gpu, &p, &buffers, None, grid_1d(p.rows.div_ceil(64)))
+        } else {
+            self.mask_forward_k
+                .bind(gpu, &p, &buffers, None, grid_1d(p.rows))
+        }
     }
 
     /// Dead-layer reset after `mask_forward`; `layer_keep` = [count before, count after, resets].
@@ -97,7 +127,7 @@ impl Masked {
             &p,
             &[weight, threshold, masked_weight, row_keep, layer_keep],
             None,
-            grid_1d(p.rows),
+            [1, 1, 1],
         )
     }
 
@@ -120,7 +150,7 @@ impl Masked {
             &p,
             &[weight, threshold, d_masked, d_weight, d_threshold],
             None,
-            grid_1d(p.rows),
+            grid_1d(p.rows.div_ceil(8)),
         )
     }
 

@@ -349,7 +349,10 @@ impl Kernels {
         let variant = gemm.unwrap_or(GemmVariant::for_class(gpu.class));
         let kernels = Kernels {
             gemm: gemm::Gemm::new(&mk("gemm", gemm::SOURCE)?, variant)?,
-            masked: masked::Masked::new(&mk("masked", masked::SOURCE)?)?,
+            masked: masked::Masked::new(
+                &mk("masked", masked::SOURCE)?,
+                gpu.class == AdapterClass::Cpu,
+            )?,
             act: act::Act::new(&mk("act", act::SOURCE)?)?,
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
             data: data::Data::new(&mk("data", data::SOURCE)?)?,

@@ -10,7 +10,15 @@ use crate::common::*;
 const ATOL: f64 = 1e-6;
 const RTOL: f64 = 1e-5;
 
-const SHAPES: &[(usize, usize)] = &[(1, 1), (3, 7), (7, 65), (65, 3), (100, 300), (300, 784)];
+const SHAPES: &[(usize, usize)] = &[
+    (1, 1),
+    (3, 7),
+    (7, 65),
+    (65, 3),
+    (9, 1),
+    (100, 300),
+    (300, 784),
+];
 
 struct Layer {
     w: dst::gpu::Tensor,
@@ -31,9 +39,13 @@ fn layer(c: &Ctx, w: &[f32], t: &[f32], rows: usize, cols: usize) -> Layer {
 }
 
 fn forward(c: &Ctx, l: &Layer) {
+    forward_with(c, l, c.k.masked.rowwise);
+}
+
+fn forward_with(c: &Ctx, l: &Layer, rowwise: bool) {
     let m = &c.k.masked;
     let ds = [
-        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep)
+        m.mask_forward_with(rowwise, &c.gpu, &l.w, &l.t, &l.p, &l.row_keep)
             .unwrap(),
         m.mask_reset(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &l.layer_keep)
             .unwrap(),
@@ -45,15 +57,18 @@ fn forward(c: &Ctx, l: &Layer) {
 fn mask_forward_reset_backward_match_reference() {
     let c = ctx();
     let mut rng = Rng::new(3);
-    for &(rows, cols) in SHAPES {
+    // Both variants of mask_forward (workgroup per row; one invocation per row).
+    for (&(rows, cols), rowwise) in SHAPES.iter().flat_map(|s| [(s, false), (s, true)]) {
         let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
         let t = rand_vec(&mut rng, rows, -0.1, 0.4);
         let g = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
         let (wd, td, gd) = (to_f64(&w), to_f64(&t), to_f64(&g));
         let l = layer(&c, &w, &t, rows, cols);
-        forward(&c, &l);
-        let (p_ref, keep_ref) = reference::mask_forward(&wd, &td, rows, cols);
-        let tag = format!("{rows}x{cols}");
+        forward_with(&c, &l, rowwise);
+        let (_, keep_ref) = reference::mask_forward(&wd, &td, rows, cols);
+        // P as the layer uses it: after the reset decision (tiny layers may reset).
+        let (p_ref, t_used, counts, reset) = reference::mask_reset(&wd, &td, rows, cols);
+        let tag = format!("{rows}x{cols} rowwise={rowwise}");
         assert_close(
             &format!("mask_forward P {tag}"),
             &c.read(&l.p),
@@ -62,7 +77,6 @@ fn mask_forward_reset_backward_match_reference() {
             0.0,
         );
         assert_eq!(c.read_u32(&l.row_keep), keep_ref, "row keep counts {tag}");
-        let (_, t_used, counts, reset) = reference::mask_reset(&wd, &td, rows, cols);
         assert!(
             !reset || rows * cols < 100,
             "random thresholds should not reset {tag}"
