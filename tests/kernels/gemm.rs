@@ -1,3 +1,4 @@
+use dst::gpu::Tensor;
 use dst::kernels::gemm::GemmParams;
 use dst::kernels::{run_once, GemmVariant};
 use dst::reference::gemm as reference;
@@ -19,6 +20,41 @@ const SHAPES: &[(usize, usize, usize)] = &[
 /// f32 GEMM tolerance: 1e-5 of the reference's largest magnitude (sums of up to 784 products).
 const TOL: f64 = 1e-5;
 
+/// Checks y = x w^T (+ b), dx = g w and dw = g^T x read back from the GPU against the reference.
+#[allow(clippy::too_many_arguments)]
+fn assert_products(
+    c: &Ctx,
+    tag: &str,
+    (m, n, k): (usize, usize, usize),
+    (x, w, b, g): (&[f32], &[f32], Option<&[f32]>, &[f32]),
+    y: &Tensor,
+    dx: &Tensor,
+    dw: &Tensor,
+) {
+    let (xd, wd, gd) = (to_f64(x), to_f64(w), to_f64(g));
+    let bd = b.map(to_f64);
+    let checks = [
+        (
+            "forward",
+            y,
+            reference::forward(&xd, &wd, bd.as_deref(), m, n, k),
+        ),
+        (
+            "backward_input",
+            dx,
+            reference::backward_input(&gd, &wd, m, n, k),
+        ),
+        (
+            "backward_weight",
+            dw,
+            reference::backward_weight(&gd, &xd, m, n, k),
+        ),
+    ];
+    for (what, t, want) in checks {
+        assert_close_norm(&format!("{what} {tag}"), &c.read(t), &want, TOL);
+    }
+}
+
 fn check_linear(variant: GemmVariant) {
     check_linear_shapes(variant, SHAPES);
 }
@@ -37,7 +73,7 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
             c.tensor("b", &[n], &b),
             c.tensor("g", &[m, n], &g),
         );
-        let (xd, wd, bd, gd) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&g));
+        let gd = to_f64(&g);
         let y = c.poisoned("y", &[m, n]);
         let dx = c.poisoned("dx", &[m, k]);
         let dw = c.poisoned("dw", &[n, k]);
@@ -81,24 +117,7 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
         }
         run_once(&c.gpu, &ds, 0).unwrap();
         let tag = format!("{variant:?} m{m} n{n} k{k}");
-        assert_close_norm(
-            &format!("forward {tag}"),
-            &c.read(&y),
-            &reference::forward(&xd, &wd, Some(&bd), m, n, k),
-            TOL,
-        );
-        assert_close_norm(
-            &format!("backward_input {tag}"),
-            &c.read(&dx),
-            &reference::backward_input(&gd, &wd, m, n, k),
-            TOL,
-        );
-        assert_close_norm(
-            &format!("backward_weight {tag}"),
-            &c.read(&dw),
-            &reference::backward_weight(&gd, &xd, m, n, k),
-            TOL,
-        );
+        assert_products(&c, &tag, (m, n, k), (&x, &w, Some(&b), &g), &y, &dx, &dw);
         assert_close_norm(
             &format!("bias_backward {tag}"),
             &c.read(&db),
@@ -162,26 +181,8 @@ fn gemm_regblock_generic_matches_reference() {
                 .unwrap(),
         ];
         run_once(&c.gpu, &ds, 0).unwrap();
-        let (xd, wd, gd) = (to_f64(&x), to_f64(&w), to_f64(&g));
         let tag = format!("generic m{m} n{n} k{k}");
-        assert_close_norm(
-            &format!("forward {tag}"),
-            &c.read(&y),
-            &reference::forward(&xd, &wd, None, m, n, k),
-            TOL,
-        );
-        assert_close_norm(
-            &format!("backward_input {tag}"),
-            &c.read(&dx),
-            &reference::backward_input(&gd, &wd, m, n, k),
-            TOL,
-        );
-        assert_close_norm(
-            &format!("backward_weight {tag}"),
-            &c.read(&dw),
-            &reference::backward_weight(&gd, &xd, m, n, k),
-            TOL,
-        );
+        assert_products(&c, &tag, (m, n, k), (&x, &w, None, &g), &y, &dx, &dw);
     }
 }
 
