@@ -390,7 +390,8 @@ impl Session {
     }
 
     /// For a masked first layer that reads the image directly: a picture (8x upscaled, grey) of
-    /// the fraction of its rows that keep each input pixel. DST prunes MNIST's empty border.
+    /// how many of its rows keep each input pixel, white = the most-kept pixel, black = pruned by
+    /// every row. DST prunes MNIST's empty border.
     pub fn input_mask_image(&self, rows: usize, cols: usize) -> Result<Option<image::GrayImage>> {
         let Some(v) = self.model.mask_views().into_iter().next() else {
             return Ok(None);
@@ -414,10 +415,11 @@ impl Session {
             }
         }
         const SCALE: usize = 8;
+        let most = kept.iter().copied().max().unwrap_or(0).max(1) as f64;
         let img =
             image::GrayImage::from_fn((cols * SCALE) as u32, (rows * SCALE) as u32, |x, y| {
                 let (px, py) = (x as usize / SCALE, y as usize / SCALE);
-                let f = kept[py * cols + px] as f64 / v.rows as f64;
+                let f = kept[py * cols + px] as f64 / most;
                 image::Luma([(255.0 * f).round() as u8])
             });
         Ok(Some(img))
@@ -559,6 +561,7 @@ pub fn train(
     progress: &mut dyn Progress,
 ) -> Result<Summary> {
     cfg.validate()?;
+    let setup = Instant::now();
     let run = RunDir {
         dir: opts.out.clone(),
     };
@@ -604,6 +607,14 @@ pub fn train(
     )?;
     let n = data.train.count;
     let steps_per_epoch = n.div_ceil(cfg.batch) as u64;
+    progress.line(&format!(
+        "ready in {:.2} s: {} train / {} test images on the GPU, pipelines built, plans of {} (step) and {} (eval batch) dispatches",
+        setup.elapsed().as_secs_f64(),
+        n,
+        data.test.count,
+        train_plan.dispatches.len(),
+        eval_plan.dispatches.len()
+    ));
 
     for epoch in epoch0 + 1..=cfg.epochs {
         let t0 = Instant::now();
