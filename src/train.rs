@@ -13,7 +13,7 @@ use crate::gpu::{Gpu, GpuError, Tensor};
 use crate::kernels::loss::STATS_WORDS;
 use crate::kernels::{data::byte_lut, Kernels, StepInfo, StepRing};
 use crate::models::{check_name, Model, ModelError};
-use crate::nn::Mode;
+use crate::nn::{MaskView, Mode};
 use crate::plan::{GpuData, Optimizer, Plan};
 use crate::rng::Rng;
 
@@ -340,6 +340,34 @@ impl Session {
         ))
     }
 
+    /// The keep counters [before reset, after, resets, spare] of each masked layer, in one readback.
+    fn layer_keeps(&self, views: &[MaskView]) -> Result<Vec<[u32; 4]>> {
+        let ranges: Vec<_> = views
+            .iter()
+            .map(|v| (&*v.layer_keep.buffer, v.layer_keep.offset, 16u64))
+            .collect();
+        Ok(self
+            .gpu
+            .read_ranges(&ranges)?
+            .iter()
+            .map(|k| {
+                let w: Vec<u32> = bytemuck::pod_collect_to_vec(k);
+                [w[0], w[1], w[2], w[3]]
+            })
+            .collect())
+    }
+
+    /// (layer, keep ratio) of every masked layer, from the keep counters alone (a few bytes).
+    pub fn keep_ratios(&self) -> Result<Vec<(String, f64)>> {
+        let views = self.model.mask_views();
+        let keeps = self.layer_keeps(&views)?;
+        Ok(views
+            .iter()
+            .zip(keeps)
+            .map(|(v, k)| (v.name.clone(), k[1] as f64 / (v.rows * v.cols) as f64))
+            .collect())
+    }
+
     /// Per-layer keep ratios and threshold statistics (reads the keep counters and the arena).
     pub fn layer_stats(&self) -> Result<Vec<LayerStats>> {
         let views = self.model.mask_views();
@@ -364,13 +392,7 @@ impl Session {
             }
             return Ok(out);
         }
-        let ranges: Vec<_> = views
-            .iter()
-            .map(|v| (&*v.layer_keep.buffer, v.layer_keep.offset, 16u64))
-            .collect();
-        let keeps = self.gpu.read_ranges(&ranges)?;
-        for (v, k) in views.iter().zip(keeps) {
-            let k: Vec<u32> = bytemuck::pod_collect_to_vec(&k);
+        for (v, k) in views.iter().zip(self.layer_keeps(&views)?) {
             let e = &self.model.arena.layout.entries[v.threshold.0];
             let t = &params[e.offset..e.offset + e.len()];
             let total = (v.rows * v.cols) as u64;
@@ -652,13 +674,13 @@ pub fn train(
             epoch_stats.penalty_sum += s.penalty_sum;
             epoch_stats.correct += s.correct;
             epoch_stats.seen += s.seen;
-            let keeps = session.layer_stats()?;
+            let keeps = session.keep_ratios()?;
             let loss = s.loss_sum / window as f64;
             run.append_metric(&serde_json::json!({
                 "kind": "step", "step": step, "epoch": epoch, "loss": loss,
                 "penalty": s.penalty_sum / window as f64, "lr": cfg.lr,
                 "train_acc": 100.0 * s.correct as f64 / s.seen.max(1) as f64,
-                "keep": keeps.iter().map(|l| (l.name.clone(), l.keep_ratio)).collect::<std::collections::BTreeMap<_, _>>(),
+                "keep": keeps.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             }))?;
             progress.step(done, &format!("loss {loss:.4}"));
         }

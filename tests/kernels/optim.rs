@@ -111,3 +111,77 @@ fn adam_matches_reference_over_steps() {
         assert_close(&format!("adam v n{n}"), &c.read(&m2), &v, 1e-8, 1e-4);
     }
 }
+
+/// torch.optim.Adam's own numbers: the golden LSTM layer's parameters after one and two Adam
+/// steps (lr 1e-3) with its gradients, matched by the f64 reference and by the GPU kernel.
+#[test]
+fn adam_matches_pytorch_golden_steps() {
+    let g: serde_json::Value =
+        serde_json::from_str(include_str!("../golden/golden_masked_lstm.json")).unwrap();
+    let flat = crate::masked::flat;
+    let (mut p, mut grad, mut names) = (Vec::new(), Vec::new(), Vec::new());
+    p.extend(flat(&g["bias"]));
+    grad.extend(flat(&g["grad_bias"]));
+    names.push(("bias".to_string(), p.len()));
+    for m in ["wxi", "wxf", "wxu", "wxo", "whi", "whf", "whu", "who"] {
+        for (what, gname) in [("weight", "grad_weight"), ("threshold", "grad_threshold")] {
+            p.extend(flat(&g["matrices"][m][what]));
+            grad.extend(flat(&g["matrices"][m][gname]));
+            names.push((format!("{m}.{what}"), p.len()));
+        }
+    }
+    let adam = &g["adam"];
+    let lr = adam["lr"].as_f64().unwrap();
+    let (b1, b2) = (
+        adam["betas"][0].as_f64().unwrap(),
+        adam["betas"][1].as_f64().unwrap(),
+    );
+    let eps = adam["eps"].as_f64().unwrap();
+    let want = |step: &str| -> Vec<f64> {
+        names
+            .iter()
+            .flat_map(|(n, _)| flat(&adam[step][n.as_str()]))
+            .collect()
+    };
+    // f64 reference: exact to rounding.
+    let (mut pr, mut m, mut v) = (p.clone(), vec![0.0; p.len()], vec![0.0; p.len()]);
+    for (step, key) in [(1, "after_step1"), (2, "after_step2")] {
+        reference::adam(&mut pr, &grad, &mut m, &mut v, step, lr, (b1, b2, eps), 0.0);
+        for (a, b) in pr.iter().zip(want(key)) {
+            assert!((a - b).abs() < 1e-12, "reference adam {key}: {a} vs {b}");
+        }
+    }
+    // GPU kernel in f32.
+    let c = ctx();
+    let n = p.len();
+    let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    let (pt, gt) = (c.tensor("p", &[n], &f(&p)), c.tensor("g", &[n], &f(&grad)));
+    let (m1, m2) = (
+        c.tensor("m1", &[n], &vec![0.0; n]),
+        c.tensor("m2", &[n], &vec![0.0; n]),
+    );
+    let d =
+        c.k.optim
+            .adam(
+                &c.gpu, &pt, &gt, &m1, &m2, b1 as f32, b2 as f32, eps as f32, 0.0, &c.step,
+            )
+            .unwrap();
+    for (step, key) in [(1u32, "after_step1"), (2, "after_step2")] {
+        let (ss, bc2) = reference::adam_step_values(step, lr, b1, b2);
+        c.set_step(StepInfo {
+            step,
+            lr: lr as f32,
+            adam_step_size: ss as f32,
+            adam_bc2_sqrt: bc2 as f32,
+            ..Default::default()
+        });
+        run_once(&c.gpu, std::slice::from_ref(&d), 0).unwrap();
+        assert_close(
+            &format!("adam {key} vs PyTorch"),
+            &c.read(&pt),
+            &want(key),
+            1e-6,
+            1e-5,
+        );
+    }
+}
