@@ -243,8 +243,8 @@ impl Progress for TermProgress {
     fn step(&mut self, done: u64, msg: &str) {
         match &self.bar {
             Some(bar) => {
-                bar.set_position(done);
                 bar.set_message(msg.to_string());
+                bar.set_position(done);
             }
             None => eprintln!(
                 "epoch {}/{} step {done}/{} {msg}",
