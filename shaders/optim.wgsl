@@ -10,8 +10,8 @@ struct OptimParams {
     beta1: f32,        // Adam
     beta2: f32,
     eps: f32,
-    _pad0: u32,
-    _pad1: u32,
+    one_minus_beta1: f32, // computed on the host in f64, as torch passes them
+    one_minus_beta2: f32,
 }
 
 @group(0) @binding(0) var<uniform> op: OptimParams;
@@ -46,7 +46,7 @@ fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
 
 // Adam (bias-corrected, eps added after the square root). Reads grad; updates param, moment1 (m)
 // and moment2 (v):
-//   g = grad + wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+//   g = grad + wd * p;  m = m + (1 - b1) (g - m)  (torch's lerp_);  v = b2 v + (1 - b2) g^2;
 //   p = p - step_size * m / (sqrt(v) / bc2_sqrt + eps),  step_size = lr / (1 - b1^t).
 @compute @workgroup_size(256, 1, 1)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -59,8 +59,9 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     if (op.weight_decay != 0.0) {
         g = g + op.weight_decay * p;
     }
-    let m = op.beta1 * moment1[i] + (1.0 - op.beta1) * g;
-    let v = op.beta2 * moment2[i] + (1.0 - op.beta2) * g * g;
+    let m0 = moment1[i];
+    let m = m0 + op.one_minus_beta1 * (g - m0);
+    let v = op.beta2 * moment2[i] + op.one_minus_beta2 * g * g;
     moment1[i] = m;
     moment2[i] = v;
     let denom = sqrt(v) / si.adam_bc2_sqrt + op.eps;

@@ -125,6 +125,7 @@ pub fn run(reps: u32, steps: u32, data: Option<&Path>) -> anyhow::Result<()> {
             "lenet300",
             !dense,
             1,
+            false,
         )?;
         let train = s.upload("train", &mnist.train)?;
         let plan = s.plan(

@@ -93,6 +93,9 @@ struct TrainArgs {
     /// Use only the first N training images.
     #[arg(long)]
     limit_train: Option<usize>,
+    /// Optimiser: sgd (with --momentum) or adam (betas 0.9/0.999, eps 1e-8).
+    #[arg(long, default_value = "sgd")]
+    optimizer: String,
     /// Continue the run in this directory from its last checkpoint (its config is reused;
     /// --epochs may raise the total).
     #[arg(long)]
@@ -189,6 +192,7 @@ fn config_from(a: &TrainArgs) -> TrainConfig {
         limit_train: a.limit_train,
         log_every: a.log_every,
         data: a.data.clone(),
+        optimizer: a.optimizer.clone(),
     }
 }
 
@@ -291,7 +295,10 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
                     if cfg.dense { "-dense" } else { "" }
                 ))
             });
-            if out.join("checkpoint.safetensors").exists() {
+            if ["checkpoint.safetensors", "metrics.jsonl"]
+                .iter()
+                .any(|f| out.join(f).exists())
+            {
                 bail!(
                     "{} already holds a run; continue it with --resume {} or pick another --out",
                     out.display(),

@@ -3,7 +3,7 @@
 
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::kernels::loss::STATS_WORDS;
-use crate::kernels::{Dispatch, Kernels, StepRing};
+use crate::kernels::{Dispatch, Kernels, StepInfo, StepRing};
 use crate::models::Model;
 use crate::nn::{Mode, PlanCx};
 
@@ -50,11 +50,36 @@ pub enum Optimizer {
         weight_decay: f32,
     },
     Adam {
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
         weight_decay: f32,
     },
+}
+
+impl Optimizer {
+    pub fn is_adam(&self) -> bool {
+        matches!(self, Optimizer::Adam { .. })
+    }
+
+    /// The per-step values of optimiser step `step` (1-based) at learning rate `lr`; Adam's bias
+    /// corrections are computed in f64 on the host, as torch does.
+    pub fn step_info(&self, step: u64, lr: f64, batch_start: usize, valid: usize) -> StepInfo {
+        let mut info = StepInfo {
+            batch_start: batch_start as u32,
+            valid: valid as u32,
+            step: step as u32,
+            lr: lr as f32,
+            ..Default::default()
+        };
+        if let Optimizer::Adam { beta1, beta2, .. } = *self {
+            let (size, bc2) =
+                crate::reference::optim::adam_step_values(step as u32, lr, beta1, beta2);
+            info.adam_step_size = size as f32;
+            info.adam_bc2_sqrt = bc2 as f32;
+        }
+        info
+    }
 }
 
 pub struct Plan {

@@ -36,6 +36,13 @@ pub struct TrainConfig {
     pub log_every: usize,
     /// A folder of IDX files; None: the embedded MNIST subset.
     pub data: Option<PathBuf>,
+    /// "sgd" (momentum, the paper's choice for LeNet) or "adam" (betas 0.9/0.999, eps 1e-8).
+    #[serde(default = "default_optimizer")]
+    pub optimizer: String,
+}
+
+fn default_optimizer() -> String {
+    "sgd".into()
 }
 
 impl Default for TrainConfig {
@@ -54,6 +61,7 @@ impl Default for TrainConfig {
             limit_train: None,
             log_every: 100,
             data: None,
+            optimizer: default_optimizer(),
         }
     }
 }
@@ -118,6 +126,12 @@ impl TrainConfig {
         if self.log_every == 0 {
             return bad("--log-every must be >= 1".into());
         }
+        if !["sgd", "adam"].contains(&self.optimizer.as_str()) {
+            return bad(format!(
+                "--optimizer must be sgd or adam, got {:?}",
+                self.optimizer
+            ));
+        }
         if self.limit_train == Some(0) {
             return bad("--limit-train must be >= 1".into());
         }
@@ -129,6 +143,14 @@ impl TrainConfig {
     }
 
     pub fn optimizer(&self) -> Optimizer {
+        if self.optimizer == "adam" {
+            return Optimizer::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: self.weight_decay as f32,
+            };
+        }
         Optimizer::Sgd {
             momentum: self.momentum as f32,
             weight_decay: self.weight_decay as f32,
@@ -226,9 +248,10 @@ pub struct Session {
 const SLOTS: u32 = 64;
 
 impl Session {
-    pub fn new(gpu: Gpu, model_name: &str, masked: bool, seed: u64) -> Result<Session> {
+    /// `adam`: allocate Adam's second-moment arena (and checkpoint it).
+    pub fn new(gpu: Gpu, model_name: &str, masked: bool, seed: u64, adam: bool) -> Result<Session> {
         let kernels = Kernels::new(&gpu, None)?;
-        let model = Model::build(&gpu, model_name, masked, seed, false)?;
+        let model = Model::build(&gpu, model_name, masked, seed, adam)?;
         let step_ring = StepRing::new(&gpu, &kernels, SLOTS);
         let lut = Tensor::from_slice(&gpu, "byte_lut", &[256], &byte_lut())?;
         Ok(Session {
@@ -452,16 +475,20 @@ impl Session {
         let a = &self.model.arena;
         let params = self.gpu.read::<f32>(&a.params)?;
         let m1 = self.gpu.read::<f32>(&a.moment1)?;
+        let m2 = self.gpu.read::<f32>(&a.moment2)?;
+        let adam = m2.len() == params.len();
         let mut ck = Checkpoint::default();
         for e in &a.layout.entries {
             let r = e.offset..e.offset + e.len();
-            ck.tensors
-                .push((e.name.clone(), e.shape.clone(), params[r.clone()].to_vec()));
-            ck.tensors.push((
-                format!("optim.momentum.{}", e.name),
-                e.shape.clone(),
-                m1[r].to_vec(),
-            ));
+            let mut push = |name: String, v: &[f32]| {
+                ck.tensors
+                    .push((name, e.shape.clone(), v[r.clone()].to_vec()))
+            };
+            push(e.name.clone(), &params);
+            push(format!("optim.momentum.{}", e.name), &m1);
+            if adam {
+                push(format!("optim.second_moment.{}", e.name), &m2);
+            }
         }
         ck.metadata.insert("model".into(), self.model.name.clone());
         ck.metadata
@@ -488,6 +515,8 @@ impl Session {
         let a = &self.model.arena;
         let mut params = vec![0.0f32; a.layout.total];
         let mut m1 = vec![0.0f32; a.layout.total];
+        let adam = a.moment2.len() == a.layout.total;
+        let mut m2 = vec![0.0f32; if adam { a.layout.total } else { 1 }];
         for e in &a.layout.entries {
             let fill = |dst: &mut [f32], name: &str, required: bool| -> Result<()> {
                 match ck.get(name) {
@@ -507,10 +536,14 @@ impl Session {
             fill(&mut params, &e.name, true)?;
             if with_optim {
                 fill(&mut m1, &format!("optim.momentum.{}", e.name), true)?;
+                if adam {
+                    fill(&mut m2, &format!("optim.second_moment.{}", e.name), true)?;
+                }
             }
         }
         self.gpu.write(&a.params, &params);
         self.gpu.write(&a.moment1, &m1);
+        self.gpu.write(&a.moment2, &m2);
         Ok(())
     }
 }
@@ -588,7 +621,13 @@ pub fn train(
         dir: opts.out.clone(),
     };
     let data = cfg.load_data()?;
-    let session = Session::new(gpu, &cfg.model, cfg.masked(), cfg.seed)?;
+    let session = Session::new(
+        gpu,
+        &cfg.model,
+        cfg.masked(),
+        cfg.seed,
+        cfg.optimizer().is_adam(),
+    )?;
     let (mut epoch0, mut step) = (0usize, 0u64);
     let mut history: Vec<EpochRecord> = Vec::new();
     if opts.resume {
@@ -599,6 +638,30 @@ pub fn train(
         step = ck.meta("step").and_then(|s| s.parse().ok()).unwrap_or(0);
         if let Some(h) = ck.meta("history") {
             history = serde_json::from_str(h).unwrap_or_default();
+        }
+        // A resume with other settings is allowed (e.g. a lower lr) but is no longer the same run.
+        let theirs: serde_json::Value = ck
+            .meta("config")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default();
+        let ours = serde_json::to_value(cfg).expect("serialisable");
+        let changed: Vec<String> = ours
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| k.as_str() != "epochs" && theirs.get(k.as_str()) != Some(*v))
+            .map(|(k, v)| {
+                format!(
+                    "{k} {} -> {v}",
+                    theirs.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+                )
+            })
+            .collect();
+        if !changed.is_empty() {
+            progress.line(&format!(
+                "warning: resuming with settings that differ from the checkpoint's ({}); the result will not match an uninterrupted run",
+                changed.join(", ")
+            ));
         }
         if epoch0 >= cfg.epochs {
             return Err(TrainError::Config(format!(
@@ -647,16 +710,12 @@ pub fn train(
         let mut done = 0u64;
         while done < steps_per_epoch {
             let window = (cfg.log_every as u64).min(steps_per_epoch - done);
+            let opt = cfg.optimizer();
             let infos: Vec<StepInfo> = (done..done + window)
                 .map(|s| {
                     let start = s as usize * cfg.batch;
-                    StepInfo {
-                        batch_start: start as u32,
-                        valid: (n - start).min(cfg.batch) as u32,
-                        step: (step + s - done + 1) as u32,
-                        lr: cfg.lr as f32,
-                        ..Default::default()
-                    }
+                    let valid = (n - start).min(cfg.batch);
+                    opt.step_info(step + s - done + 1, cfg.lr, start, valid)
                 })
                 .collect();
             session.run_steps(&train_plan, &infos)?;
@@ -793,7 +852,7 @@ pub fn evaluate_checkpoint(
     let model = ck.meta("model").unwrap_or("").to_string();
     let masked = ck.meta("masked") == Some("true");
     check_name(&model)?;
-    let session = Session::new(gpu, &model, masked, 0)?;
+    let session = Session::new(gpu, &model, masked, 0, false)?;
     session.restore(&ck, path, false)?;
     let test = session.upload("test", &data.test)?;
     let plan = session.plan(

@@ -29,6 +29,10 @@ fn bad_training_flags_are_clear_errors() {
             &["train", "--momentum", "1.5"],
             "--momentum must be in [0, 1)",
         ),
+        (
+            &["train", "--optimizer", "rmsprop"],
+            "--optimizer must be sgd or adam",
+        ),
         (&["train", "--batch", "abc"], "invalid value 'abc'"),
         (
             &["train", "--no-such-flag"],

@@ -166,6 +166,47 @@ fn resume_is_bit_identical() {
     assert_eq!(ca.meta("step"), cb.meta("step"));
 }
 
+/// Adam: the loss falls, and a resume is bit-identical too (its second moments are checkpointed).
+#[test]
+fn adam_learns_and_resumes_bit_identically() {
+    let cfg = TrainConfig {
+        optimizer: "adam".into(),
+        lr: 1e-3,
+        ..small(640, 2)
+    };
+    let a = tmp("adam-once");
+    let s = run(&cfg, &a, false).unwrap();
+    let losses = step_losses(&a);
+    assert!(
+        *losses.last().unwrap() < 0.7 * losses[0],
+        "adam loss did not fall: {losses:?}"
+    );
+    assert!(s.last.keep_ratio < 1.0);
+    let b = tmp("adam-resumed");
+    run(
+        &TrainConfig {
+            epochs: 1,
+            ..cfg.clone()
+        },
+        &b,
+        false,
+    )
+    .unwrap();
+    run(&cfg, &b, true).unwrap();
+    let (ca, cb) = (
+        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
+        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
+    );
+    assert!(ca.get("optim.second_moment.fc1.weight").is_some());
+    for ((na, _, va), (_, _, vb)) in ca.tensors.iter().zip(&cb.tensors) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(va) == bits(vb),
+            "tensor {na} differs after an Adam resume"
+        );
+    }
+}
+
 /// A checkpoint of another model is refused, as are files that are not dst checkpoints.
 #[test]
 fn foreign_checkpoints_are_refused() {

@@ -15,7 +15,8 @@ pub struct OptimParams {
     pub beta1: f32,
     pub beta2: f32,
     pub eps: f32,
-    pub _pad: [u32; 2],
+    pub one_minus_beta1: f32,
+    pub one_minus_beta2: f32,
 }
 
 pub struct Optim {
@@ -70,7 +71,8 @@ impl Optim {
         )
     }
 
-    /// One Adam step over `param` with `grad`, first and second moments.
+    /// One Adam step over `param` with `grad`, first and second moments (betas and eps as f64,
+    /// like torch's Python floats).
     #[allow(clippy::too_many_arguments)]
     pub fn adam(
         &self,
@@ -79,18 +81,21 @@ impl Optim {
         grad: &Tensor,
         moment1: &Tensor,
         moment2: &Tensor,
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
         weight_decay: f32,
         step: &StepRing,
     ) -> Result<Dispatch> {
         let p = OptimParams {
             n: param.len() as u32,
             weight_decay,
-            beta1,
-            beta2,
-            eps,
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            eps: eps as f32,
+            // As torch: the scalars are Python floats, `1 - beta` is taken in f64.
+            one_minus_beta1: (1.0 - beta1) as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
             ..Default::default()
         };
         assert!(

@@ -50,7 +50,8 @@ pub fn mask_reset(
 ) -> (Vec<f64>, Vec<f64>, [u32; 2], bool) {
     let (p, keep) = mask_forward(w, t, rows, cols);
     let before: u32 = keep.iter().sum();
-    if (before as f32) / ((rows * cols) as f32) <= 0.01 {
+    // The shader's integer form of torch's `sum / numel <= 0.01` (same answers for any size).
+    if before as usize <= (rows * cols) / 100 {
         let zeros = vec![0.0; rows];
         let (p2, keep2) = mask_forward(w, &zeros, rows, cols);
         (p2, zeros, [before, keep2.iter().sum()], true)

@@ -74,13 +74,10 @@ fn adam_matches_reference_over_steps() {
             c.tensor("m1", &[n], &vec![0.0; n]),
             c.tensor("m2", &[n], &vec![0.0; n]),
         );
-        let d = c
-            .k
-            .optim
-            .adam(
-                &c.gpu, &pt, &gt, &m1, &m2, b1 as f32, b2 as f32, eps as f32, wd as f32, &c.step,
-            )
-            .unwrap();
+        let d =
+            c.k.optim
+                .adam(&c.gpu, &pt, &gt, &m1, &m2, b1, b2, eps, wd as f32, &c.step)
+                .unwrap();
         let (mut p, mut m, mut v) = (to_f64(&p0), vec![0.0; n], vec![0.0; n]);
         let lr = 1e-3;
         for step in 1..=5u32 {
@@ -162,9 +159,7 @@ fn adam_matches_pytorch_golden_steps() {
     );
     let d =
         c.k.optim
-            .adam(
-                &c.gpu, &pt, &gt, &m1, &m2, b1 as f32, b2 as f32, eps as f32, 0.0, &c.step,
-            )
+            .adam(&c.gpu, &pt, &gt, &m1, &m2, b1, b2, eps, 0.0, &c.step)
             .unwrap();
     for (step, key) in [(1u32, "after_step1"), (2, "after_step2")] {
         let (ss, bc2) = reference::adam_step_values(step, lr, b1, b2);
