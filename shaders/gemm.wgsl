@@ -176,42 +176,47 @@ fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
 
 // C = A B^T form (linear forward): A(m, k) = a[m*K + k], B(k, n) = b[n*K + k], K % 4 == 0.
-// Reads a4, b4, bias; writes (or accumulates into) C. Each invocation: 8 rows x 8 columns,
-// k consumed four at a time as dot products of vec4s. Workgroup 8x8 invocations.
+// Reads a4, b4, bias; writes (or accumulates into) C. Each invocation: 4 rows x 8 columns
+// (fewer live registers than 8x8, measured faster on lavapipe), k consumed four at a time as dot
+// products of vec4s. Workgroup 8x8 invocations: 32 rows x 64 columns.
 @compute @workgroup_size(8, 8, 1)
 fn gemm_nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row0 = gid.y * RB;
+    let row0 = gid.y * 4u;
     let col0 = gid.x * RB;
     if (row0 >= gp.m || col0 >= gp.n) {
         return;
     }
     let k4 = gp.k / 4u;
-    var a_base: array<u32, 8>;
+    var a_base: array<u32, 4>;
     var b_base: array<u32, 8>;
-    for (var i = 0u; i < RB; i++) {
+    for (var i = 0u; i < 4u; i++) {
         a_base[i] = min(row0 + i, gp.m - 1u) * k4;
+    }
+    for (var i = 0u; i < RB; i++) {
         b_base[i] = min(col0 + i, gp.n - 1u) * k4;
     }
-    var acc: array<array<f32, 8>, 8>;
-    for (var i = 0u; i < RB; i++) {
+    var acc: array<array<f32, 8>, 4>;
+    for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < RB; j++) {
             acc[i][j] = 0.0;
         }
     }
     for (var kk = 0u; kk < k4; kk++) {
-        var av: array<vec4<f32>, 8>;
+        var av: array<vec4<f32>, 4>;
         var bv: array<vec4<f32>, 8>;
-        for (var i = 0u; i < RB; i++) {
+        for (var i = 0u; i < 4u; i++) {
             av[i] = a4[a_base[i] + kk];
-            bv[i] = b4[b_base[i] + kk];
         }
         for (var i = 0u; i < RB; i++) {
+            bv[i] = b4[b_base[i] + kk];
+        }
+        for (var i = 0u; i < 4u; i++) {
             for (var j = 0u; j < RB; j++) {
                 acc[i][j] += dot(av[i], bv[j]);
             }
         }
     }
-    for (var i = 0u; i < RB; i++) {
+    for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < RB; j++) {
             store_c(row0 + i, col0 + j, acc[i][j]);
         }

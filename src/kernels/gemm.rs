@@ -176,6 +176,12 @@ impl Gemm {
                 None => None,
             };
             if let Some(kernel) = kernel {
+                // gemm_nt_vec4 covers 4 rows per invocation (32 per workgroup), the others 8.
+                let groups = if std::ptr::eq(kernel, &self.nt_vec4) {
+                    [p.n.div_ceil(64), p.m.div_ceil(32), 1]
+                } else {
+                    groups
+                };
                 return kernel.bind(gpu, &p, &[a, b, bias, c], None, groups);
             }
         }
