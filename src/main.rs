@@ -69,8 +69,9 @@ struct TrainArgs {
     /// Sparsity penalty weight alpha (method.md section 2).
     #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     alpha: f64,
-    #[arg(long, default_value_t = 20)]
-    epochs: usize,
+    /// Epochs in all [default: 20; on --resume: the run's own].
+    #[arg(long)]
+    epochs: Option<usize>,
     #[arg(long, default_value_t = 64)]
     batch: usize,
     #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
@@ -183,7 +184,7 @@ fn config_from(a: &TrainArgs) -> TrainConfig {
         model: a.model.clone(),
         dense: a.dense,
         alpha: a.alpha,
-        epochs: a.epochs,
+        epochs: a.epochs.unwrap_or(TrainConfig::default().epochs),
         batch: a.batch,
         lr: a.lr,
         momentum: a.momentum,
@@ -279,9 +280,8 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
             let mut cfg: TrainConfig = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a dst run config", path.display()))?;
             // Only the length of the run may change on resume.
-            let given = std::env::args().any(|x| x == "--epochs" || x.starts_with("--epochs="));
-            if given {
-                cfg.epochs = a.epochs;
+            if let Some(epochs) = a.epochs {
+                cfg.epochs = epochs;
             }
             (cfg, dir.clone(), true)
         }
