@@ -1,6 +1,6 @@
 // common.wgsl: the prelude prepended (by plain string concatenation) to every kernel family.
 // It holds the per-step values shared by all plans and the DST step function and its
-// long-tailed derivative estimator (method.md section 1).
+// long-tailed derivative estimator (METHOD.md section 1).
 
 // Per-step values, one 256-byte slot per step of a submission, bound with a dynamic offset.
 // Keep in sync with `StepInfo` in src/kernels/mod.rs.

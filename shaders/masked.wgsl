@@ -1,4 +1,4 @@
-// masked.wgsl: the trainable masked layer of DST (method.md sections 1-3).
+// masked.wgsl: the trainable masked layer of DST (METHOD.md sections 1-3).
 //
 // A weight W viewed as rows x cols, a threshold t per row:
 //   Q = |W| - t[row],  M = S(Q) (strict step),  P = W * M   (the layer computes with P)

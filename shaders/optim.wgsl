@@ -1,5 +1,5 @@
 // optim.wgsl: optimisers over a whole parameter arena, one invocation per element, with
-// PyTorch's semantics (method.md section 5). Padding between tensors holds zeros in all arenas and
+// PyTorch's semantics (METHOD.md section 5). Padding between tensors holds zeros in all arenas and
 // stays zero. The learning rate and Adam's bias corrections come from the step's StepInfo.
 
 // Keep in sync with `OptimParams` in src/kernels/optim.rs.
@@ -66,4 +66,66 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     moment2[i] = v;
     let denom = sqrt(v) / si.adam_bc2_sqrt + op.eps;
     param[i] = p - si.adam_step_size * (m / denom);
+}
+
+// The divergence guard over the arenas (run once per log window, not per step).
+@group(0) @binding(5) var<storage, read_write> partial: array<u32>;
+@group(0) @binding(6) var<storage, read_write> stats: array<u32>;
+
+const CHECK_WG: u32 = 256u;
+var<workgroup> check_any: array<u32, 256>;
+
+// NaN or +-inf: all exponent bits set (a bit test, immune to fast-math folding).
+fn non_finite(x: f32) -> u32 {
+    return select(0u, 1u, (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u);
+}
+
+// `num_workgroups.x` workgroups of 256 stride over elements [0, n) of param, moment1 and (when it
+// is as long as param) moment2; writes partial[workgroup] = 1 if any of them is NaN or infinite,
+// else 0 (an OR in a fixed tree order). `grad` is bound but not read.
+@compute @workgroup_size(256, 1, 1)
+fn check_finite(@builtin(local_invocation_id) lid: vec3<u32>,
+                @builtin(workgroup_id) wid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let stride = nwg.x * CHECK_WG;
+    let with_m2 = arrayLength(&moment2) >= op.n;
+    var bad = 0u;
+    for (var i = wid.x * CHECK_WG + lid.x; i < op.n; i += stride) {
+        bad |= non_finite(param[i]) | non_finite(moment1[i]);
+        if (with_m2) {
+            bad |= non_finite(moment2[i]);
+        }
+    }
+    check_any[lid.x] = bad;
+    workgroupBarrier();
+    for (var s = CHECK_WG / 2u; s > 0u; s = s / 2u) {
+        if (lid.x < s) {
+            check_any[lid.x] = check_any[lid.x] | check_any[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        partial[wid.x] = check_any[0];
+    }
+}
+
+// One workgroup, after `check_finite`; here `op.n` is the number of partial flags. Reads
+// partial[0, n); sets stats[5] = 1 (sticky until the host clears the stats) if any flag is set.
+@compute @workgroup_size(256, 1, 1)
+fn check_reduce(@builtin(local_invocation_id) lid: vec3<u32>) {
+    var bad = 0u;
+    for (var i = lid.x; i < op.n; i += CHECK_WG) {
+        bad |= partial[i];
+    }
+    check_any[lid.x] = bad;
+    workgroupBarrier();
+    for (var s = CHECK_WG / 2u; s > 0u; s = s / 2u) {
+        if (lid.x < s) {
+            check_any[lid.x] = check_any[lid.x] | check_any[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && check_any[0] != 0u) {
+        stats[5] = 1u;
+    }
 }

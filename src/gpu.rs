@@ -71,7 +71,31 @@ pub struct Gpu {
     lost: Arc<Mutex<Option<String>>>,
 }
 
+/// Keeps a headless compute program away from display servers.
+///
+/// Mesa installs an implicit Vulkan layer (`VK_LAYER_MESA_device_select`) that, when an instance
+/// enables `VK_KHR_wayland_surface` (wgpu always does where the driver offers it), connects to a
+/// Wayland display while enumerating adapters to learn which GPU drives it. With no
+/// `XDG_RUNTIME_DIR`, as on any headless machine, libwayland then prints
+/// `error: XDG_RUNTIME_DIR is invalid or not set in the environment.` to stderr, once per
+/// enumeration. We pick adapters ourselves (`WGPU_ADAPTER_NAME`, else the most capable kind), so
+/// that layer has nothing to add: it is switched off through its documented off switch
+/// (`NODEVICE_SELECT=1`), unless the user configured it (`NODEVICE_SELECT` or
+/// `MESA_VK_DEVICE_SELECT` already set). Runs once, before the first Vulkan instance exists (the
+/// loader reads the variable when it creates an instance), so no Vulkan call races with it.
+fn quiet_display_probe() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("NODEVICE_SELECT").is_none()
+            && std::env::var_os("MESA_VK_DEVICE_SELECT").is_none()
+        {
+            std::env::set_var("NODEVICE_SELECT", "1");
+        }
+    });
+}
+
 fn instance() -> wgpu::Instance {
+    quiet_display_probe();
     wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
 }
 

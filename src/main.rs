@@ -66,7 +66,7 @@ struct TrainArgs {
     /// Train dense (no masks); DST is the default.
     #[arg(long)]
     dense: bool,
-    /// Sparsity penalty weight alpha (method.md section 2).
+    /// Sparsity penalty weight alpha (METHOD.md section 2).
     #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     alpha: f64,
     /// Epochs in all [default: 20; on --resume: the run's own].

@@ -50,7 +50,7 @@ impl Model {
     ) -> std::result::Result<Model, ModelError> {
         check_name(name)?;
         let mut ab = ArenaBuilder::default();
-        // LeNet-300-100: FC 784-300-100-10 with ReLU (method.md section 5).
+        // LeNet-300-100: FC 784-300-100-10 with ReLU (METHOD.md section 5).
         let dims = [(784, 300), (300, 100), (100, 10)];
         let ids: Vec<_> = dims
             .iter()

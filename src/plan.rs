@@ -3,6 +3,7 @@
 
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::kernels::loss::STATS_WORDS;
+use crate::kernels::optim::CHECK_PARTIALS;
 use crate::kernels::{Dispatch, Kernels, StepInfo, StepRing};
 use crate::models::Model;
 use crate::nn::{Mode, PlanCx};
@@ -84,6 +85,9 @@ impl Optimizer {
 
 pub struct Plan {
     pub dispatches: Vec<Dispatch>,
+    /// Recorded once after the last step of a window (before its stats are read): the divergence
+    /// guard over the parameter arenas (training plans only).
+    pub window_end: Vec<Dispatch>,
     /// The loss stats this plan accumulates into.
     pub stats: Tensor,
     pub batch: usize,
@@ -136,7 +140,7 @@ impl Plan {
         let logits = acts.last().unwrap().clone();
         let train = mode == Mode::Train;
         if train {
-            // After the forward: a reset in this forward is already visible (method.md section 3).
+            // After the forward: a reset in this forward is already visible (METHOD.md section 3).
             for layer in &model.layers {
                 layer.penalty(&mut cx)?;
             }
@@ -190,8 +194,22 @@ impl Plan {
                 )?,
             });
         }
+        let mut window_end = Vec::new();
+        if train {
+            let a = &model.arena;
+            let partial = Tensor::zeros(gpu, "check.partial", &[CHECK_PARTIALS])?;
+            window_end.extend(kernels.optim.check_finite(
+                gpu,
+                &a.params,
+                &a.moment1,
+                &a.moment2,
+                &partial,
+                &stats,
+            )?);
+        }
         Ok(Plan {
             dispatches: cx.dispatches,
+            window_end,
             stats,
             batch,
         })

@@ -46,7 +46,7 @@ fn default_optimizer() -> String {
 }
 
 impl Default for TrainConfig {
-    /// The paper's LeNet-300-100 settings (method.md section 5).
+    /// The paper's LeNet-300-100 settings (METHOD.md section 5).
     fn default() -> Self {
         TrainConfig {
             model: "lenet300".into(),
@@ -84,10 +84,11 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
-    #[error("training diverged at epoch {epoch}, step {step}: the loss is not finite; try a smaller --alpha or --lr (the last good checkpoint, if any, is kept in {dir})")]
+    #[error("training diverged at epoch {epoch}, step {step}: {what}; the learning rate (--lr) is most likely too large for this model, or --alpha is; try a smaller one (the last good checkpoint, if any, is kept unchanged in {dir})")]
     Diverged {
         epoch: usize,
         step: u64,
+        what: &'static str,
         dir: PathBuf,
     },
 }
@@ -299,7 +300,8 @@ impl Session {
     /// submissions in flight. No readback.
     pub fn run_steps(&self, plan: &Plan, infos: &[StepInfo]) -> Result<()> {
         let mut in_flight: Option<wgpu::SubmissionIndex> = None;
-        for chunk in infos.chunks(SLOTS as usize) {
+        let last = infos.len().div_ceil(SLOTS as usize).checked_sub(1);
+        for (ci, chunk) in infos.chunks(SLOTS as usize).enumerate() {
             self.step_ring.write(&self.gpu, chunk);
             let mut enc = self
                 .gpu
@@ -314,6 +316,11 @@ impl Session {
                 });
                 for slot in 0..chunk.len() as u32 {
                     plan.record(&mut pass, &self.step_ring, slot);
+                }
+                if last == Some(ci) {
+                    for d in &plan.window_end {
+                        d.record(&mut pass, 0);
+                    }
                 }
             }
             let idx = self.gpu.queue.submit([enc.finish()]);
@@ -342,6 +349,7 @@ impl Session {
             correct: w[2] as u64,
             seen: w[3] as u64,
             non_finite: w[4] != 0,
+            non_finite_params: w[5] != 0,
         })
     }
 
@@ -555,6 +563,8 @@ pub struct Stats {
     pub correct: u64,
     pub seen: u64,
     pub non_finite: bool,
+    /// A parameter or optimiser value was NaN or infinite at the end of the window.
+    pub non_finite_params: bool,
 }
 
 /// Where a run writes: config.json, metrics.jsonl, checkpoint.safetensors, summary.json.
@@ -722,10 +732,15 @@ pub fn train(
             done += window;
             step += window;
             let s = session.take_stats(&train_plan.stats)?;
-            if s.non_finite {
+            if s.non_finite || s.non_finite_params {
                 return Err(TrainError::Diverged {
                     epoch,
                     step,
+                    what: if s.non_finite {
+                        "the loss is not finite"
+                    } else {
+                        "parameters or optimiser state hold NaN or infinite values"
+                    },
                     dir: run.dir.clone(),
                 });
             }
@@ -779,6 +794,24 @@ pub fn train(
         run.append_metric(&v)?;
         history.push(rec);
         let mut ck = session.snapshot()?;
+        // The GPU guard above runs at every log point; this host-side check of the values about
+        // to be written makes sure no checkpoint ever holds a NaN or an infinity.
+        if let Some((name, _, _)) = ck
+            .tensors
+            .iter()
+            .find(|(_, _, v)| v.iter().any(|x| !x.is_finite()))
+        {
+            return Err(TrainError::Diverged {
+                epoch,
+                step,
+                what: if name.starts_with("optim.") {
+                    "optimiser state holds NaN or infinite values"
+                } else {
+                    "parameters hold NaN or infinite values"
+                },
+                dir: run.dir.clone(),
+            });
+        }
         ck.metadata.insert("epoch".into(), epoch.to_string());
         ck.metadata.insert("step".into(), step.to_string());
         ck.metadata.insert("seed".into(), cfg.seed.to_string());

@@ -134,3 +134,47 @@ fn no_adapter_names_the_fix() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// A plain headless machine has no `XDG_RUNTIME_DIR` (and no display): every successful command
+/// must print no line starting with `error` (a Vulkan layer that probes for a Wayland display
+/// used to make libwayland print `error: XDG_RUNTIME_DIR is invalid ...` on every enumeration).
+#[test]
+fn headless_commands_print_no_error_lines() {
+    let out = std::env::temp_dir().join(format!("dst-cli-headless-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let runs: [&[&str]; 2] = [
+        &["info"],
+        &[
+            "train",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "256",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ];
+    for args in runs {
+        let o = Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(args)
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("WAYLAND_DISPLAY")
+            .env_remove("DISPLAY")
+            .env_remove("NODEVICE_SELECT")
+            .env_remove("MESA_VK_DEVICE_SELECT")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success(), "{args:?}: {stderr}");
+        for line in stdout.lines().chain(stderr.lines()) {
+            assert!(
+                !line.trim_start().to_lowercase().starts_with("error"),
+                "{args:?} printed {line:?}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

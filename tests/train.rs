@@ -279,3 +279,29 @@ fn divergence_stops_and_keeps_last_checkpoint() {
         "the last good checkpoint must stay"
     );
 }
+
+/// The blow-up of a too-large learning rate whose loss stays finite (thresholds run to +inf, so
+/// exp(-t) hides them from the penalty and the mask drops every weight) is caught by the
+/// parameter guard: the run stops with a message naming --lr, and no checkpoint holding a NaN or
+/// an infinity is ever written (the epoch-1 checkpoint, if one was written, is finite).
+#[test]
+fn blown_up_parameters_stop_the_run() {
+    let out = tmp("blowup");
+    let cfg = TrainConfig {
+        lr: 100.0,
+        ..small(640, 2)
+    };
+    let err = run(&cfg, &out, false).unwrap_err();
+    let TrainError::Diverged { what, .. } = &err else {
+        panic!("expected a divergence, got {err}");
+    };
+    assert!(what.contains("NaN or infinite"), "{err}");
+    assert!(err.to_string().contains("--lr"), "{err}");
+    let ck = out.join("checkpoint.safetensors");
+    if ck.exists() {
+        let ck = Checkpoint::load(&ck).unwrap();
+        for (name, _, v) in &ck.tensors {
+            assert!(v.iter().all(|x| x.is_finite()), "{name} is not finite");
+        }
+    }
+}

@@ -16,7 +16,7 @@ pub struct LossParams {
 }
 
 /// Words of a loss stats buffer: [loss sum f32, penalty sum f32, correct u32, seen u32,
-/// non-finite flag u32, 3 spare].
+/// non-finite loss flag u32, non-finite parameter flag u32 (`optim::check_finite`), 2 spare].
 pub const STATS_WORDS: usize = 8;
 
 pub struct Loss {

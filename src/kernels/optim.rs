@@ -22,7 +22,12 @@ pub struct OptimParams {
 pub struct Optim {
     pub sgd_k: Kernel,
     pub adam_k: Kernel,
+    pub check_finite_k: Kernel,
+    pub check_reduce_k: Kernel,
 }
+
+/// Workgroups (and partial flags) of `check_finite`: at most this many.
+pub const CHECK_PARTIALS: usize = 256;
 
 const BINDINGS: &[(u32, Access)] = &[
     (1, Access::ReadWrite),
@@ -36,6 +41,21 @@ impl Optim {
         Ok(Optim {
             sgd_k: f.kernel("sgd", BINDINGS, true)?,
             adam_k: f.kernel("adam", BINDINGS, true)?,
+            check_finite_k: f.kernel(
+                "check_finite",
+                &[
+                    (1, Access::ReadWrite),
+                    (3, Access::ReadWrite),
+                    (4, Access::ReadWrite),
+                    (5, Access::ReadWrite),
+                ],
+                false,
+            )?,
+            check_reduce_k: f.kernel(
+                "check_reduce",
+                &[(5, Access::ReadWrite), (6, Access::ReadWrite)],
+                false,
+            )?,
         })
     }
 
@@ -111,5 +131,41 @@ impl Optim {
             Some(step),
             grid_1d(p.n.div_ceil(256)),
         )
+    }
+
+    /// The divergence guard: two dispatches that set `stats[5]` (see `loss::STATS_WORDS`) when any
+    /// element of `param`, `moment1` or (Adam) `moment2` is NaN or infinite. `partial` holds
+    /// `CHECK_PARTIALS` u32 of scratch.
+    pub fn check_finite(
+        &self,
+        gpu: &Gpu,
+        param: &Tensor,
+        moment1: &Tensor,
+        moment2: &Tensor,
+        partial: &Tensor,
+        stats: &Tensor,
+    ) -> Result<[Dispatch; 2]> {
+        assert!(partial.len() >= CHECK_PARTIALS, "check_finite: partial buffer");
+        assert!(stats.len() >= super::loss::STATS_WORDS, "check_finite: stats");
+        let groups = param.len().div_ceil(256).clamp(1, CHECK_PARTIALS) as u32;
+        let p = OptimParams {
+            n: param.len() as u32,
+            ..Default::default()
+        };
+        let scan = self.check_finite_k.bind(
+            gpu,
+            &p,
+            &[param, moment1, moment2, partial],
+            None,
+            [groups, 1, 1],
+        )?;
+        let p = OptimParams {
+            n: groups,
+            ..Default::default()
+        };
+        let reduce = self
+            .check_reduce_k
+            .bind(gpu, &p, &[partial, stats], None, [1, 1, 1])?;
+        Ok([scan, reduce])
     }
 }

@@ -1,4 +1,4 @@
-//! Twin of shaders/masked.wgsl (method.md sections 1-3). Mask bits and the long-tailed bands are
+//! Twin of shaders/masked.wgsl (METHOD.md sections 1-3). Mask bits and the long-tailed bands are
 //! decided on `|w| - t` computed in f32, as the shader does; values are then carried in f64.
 
 /// `Q = |W| - t` in f32, as the shader computes it.
@@ -60,7 +60,7 @@ pub fn mask_reset(
     }
 }
 
-/// `(dL/dW, dL/dt)` from G = dL/dP (method.md section 1, penalty term included).
+/// `(dL/dW, dL/dt)` from G = dL/dP (METHOD.md section 1, penalty term included).
 pub fn mask_backward(
     w: &[f64],
     t: &[f64],

@@ -1,3 +1,4 @@
+use dst::kernels::loss::STATS_WORDS;
 use dst::kernels::{run_once, StepInfo};
 use dst::reference::optim as reference;
 use dst::rng::Rng;
@@ -178,5 +179,49 @@ fn adam_matches_pytorch_golden_steps() {
             1e-6,
             1e-5,
         );
+    }
+}
+
+/// The divergence guard flags a NaN or an infinity anywhere in params, moment1 or (Adam) moment2,
+/// whatever the arena size (one and many check workgroups), and leaves finite arenas unflagged.
+#[test]
+fn check_finite_flags_any_non_finite_value() {
+    let c = ctx();
+    let mut rng = Rng::new(5);
+    for &n in &[1usize, 255, 257, 70_001] {
+        for adam in [false, true] {
+            let p0 = rand_vec(&mut rng, n, -1e30, 1e30);
+            let m0 = rand_vec(&mut rng, n, -1.0, 1.0);
+            let v0 = rand_vec(&mut rng, n, 0.0, 1.0);
+            let m2_len = if adam { n } else { 1 };
+            let check = |p: &[f32], m1: &[f32], m2: &[f32]| -> u32 {
+                let (pt, m1t, m2t) = (
+                    c.tensor("p", &[n], p),
+                    c.tensor("m1", &[n], m1),
+                    c.tensor("m2", &[m2.len()], m2),
+                );
+                let partial = c.tensor_u32("partial", &[256], &[7; 256]);
+                let stats = c.tensor_u32("stats", &[STATS_WORDS], &[0; STATS_WORDS]);
+                let ds =
+                    c.k.optim
+                        .check_finite(&c.gpu, &pt, &m1t, &m2t, &partial, &stats)
+                        .unwrap();
+                run_once(&c.gpu, &ds, 0).unwrap();
+                let s = c.read_u32(&stats);
+                assert_eq!(s[..5], [0; 5], "only stats[5] is written");
+                s[5]
+            };
+            let v = &v0[..m2_len];
+            assert_eq!(check(&p0, &m0, v), 0, "n {n} adam {adam}: all finite");
+            for (which, bad) in [(0, f32::NAN), (1, f32::INFINITY), (2, f32::NEG_INFINITY)] {
+                if which == 2 && !adam {
+                    continue;
+                }
+                let at = rng.below(n as u64) as usize;
+                let (mut p, mut m1, mut m2) = (p0.clone(), m0.clone(), v.to_vec());
+                [&mut p, &mut m1, &mut m2][which][at] = bad;
+                assert_eq!(check(&p, &m1, &m2), 1, "n {n} adam {adam}: {bad} in arena {which} at {at}");
+            }
+        }
     }
 }
