@@ -13,7 +13,7 @@ struct MaskParams {
     rows: u32,
     cols: u32,
     alpha: f32,
-    _pad: u32,
+    groups: u32,  // mask_reset: the rows form `groups` stacked matrices of rows/groups rows each
 }
 
 @group(0) @binding(0) var<uniform> mp: MaskParams;
@@ -84,41 +84,48 @@ fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 }
 
-// One workgroup of 64, after `mask_forward`: sums row_keep (in a fixed order) to the layer's keep
-// count; if count / numel <= 0.01 the layer is reset: every threshold is set to 0 and P is
-// recomputed with t = 0 (a rare event, so one workgroup does it). Writes layer_keep[0] = count
-// before the decision, layer_keep[1] = count after it (what the layer keeps in this forward),
-// layer_keep[2] += 1 on a reset (a running count of resets).
+// After `mask_forward`, one workgroup of 64 per matrix: the rows form `groups` stacked matrices
+// of rows/groups rows each (1 for a linear or conv layer; 4 for an LSTM's gate-stacked weight),
+// each with its own reset decision. Sums its rows' row_keep (in a fixed order) to the matrix's
+// keep count; if count / numel <= 0.01 the matrix is reset: its thresholds are set to 0 and its P
+// is recomputed with t = 0 (a rare event, so one workgroup does it). For matrix g writes
+// layer_keep[4g] = count before the decision, layer_keep[4g+1] = count after it (what the matrix
+// keeps in this forward), layer_keep[4g+2] += 1 on a reset (a running count of resets).
 @compute @workgroup_size(64, 1, 1)
-fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>) {
+fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
+              @builtin(workgroup_id) wid: vec3<u32>) {
+    let g = wid.x;
+    let grows = mp.rows / mp.groups;
+    let r0 = g * grows;
     var part = 0u;
-    for (var r = lid.x; r < mp.rows; r += WG) {
-        part += row_keep[r];
+    for (var r = lid.x; r < grows; r += WG) {
+        part += row_keep[r0 + r];
     }
     let before = reduce_u32(lid.x, part);
-    let numel = mp.rows * mp.cols;
+    let numel = grows * mp.cols;
     // keep ratio <= 1%, in integers: exactly torch's f32 test `sum / numel <= 0.01` (an f32
     // division may be off by ulps in WGSL).
     let reset = before <= numel / 100u;
     var after = before;
     if (reset) {
         var kept = 0u;
+        let e0 = r0 * mp.cols;
         for (var i = lid.x; i < numel; i += WG) {
-            let w = weight[i];
+            let w = weight[e0 + i];
             let m = dst_step(abs(w));
-            masked_weight[i] = w * m;
+            masked_weight[e0 + i] = w * m;
             kept += u32(m);
         }
-        for (var r = lid.x; r < mp.rows; r += WG) {
-            threshold[r] = 0.0;
+        for (var r = lid.x; r < grows; r += WG) {
+            threshold[r0 + r] = 0.0;
         }
         after = reduce_u32(lid.x, kept);
     }
     if (lid.x == 0u) {
-        layer_keep[0] = before;
-        layer_keep[1] = after;
+        layer_keep[4u * g] = before;
+        layer_keep[4u * g + 1u] = after;
         if (reset) {
-            layer_keep[2] = layer_keep[2] + 1u;
+            layer_keep[4u * g + 2u] = layer_keep[4u * g + 2u] + 1u;
         }
     }
 }

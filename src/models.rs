@@ -79,7 +79,7 @@ impl Model {
     }
 
     pub fn mask_views(&self) -> Vec<MaskView> {
-        self.layers.iter().filter_map(|l| l.mask_view()).collect()
+        self.layers.iter().flat_map(|l| l.mask_views()).collect()
     }
 
     /// Names and shapes of every parameter, in arena order.

@@ -425,7 +425,7 @@ impl Session {
         }
         for (v, k) in views.iter().zip(self.layer_keeps(&views)?) {
             let e = &self.model.arena.layout.entries[v.threshold.0];
-            let t = &params[e.offset..e.offset + e.len()];
+            let t = &params[e.offset + v.threshold_rows.start..e.offset + v.threshold_rows.end];
             let total = (v.rows * v.cols) as u64;
             out.push(LayerStats {
                 name: v.name.clone(),
@@ -454,10 +454,9 @@ impl Session {
         }
         let a = &self.model.arena;
         let params = self.gpu.read::<f32>(&a.params)?;
-        let w_entry = a
-            .layout
-            .find(&format!("{}.weight", v.name))
-            .expect("masked layer weight");
+        let Some(w_entry) = a.layout.find(&format!("{}.weight", v.name)) else {
+            return Ok(None);
+        };
         let t_entry = &a.layout.entries[v.threshold.0];
         let w = &params[w_entry.offset..w_entry.offset + w_entry.len()];
         let t = &params[t_entry.offset..t_entry.offset + t_entry.len()];

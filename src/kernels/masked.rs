@@ -12,7 +12,8 @@ pub struct MaskParams {
     pub rows: u32,
     pub cols: u32,
     pub alpha: f32,
-    pub _pad: u32,
+    /// `mask_reset`: the rows form this many stacked matrices, each reset on its own.
+    pub groups: u32,
 }
 
 pub struct Masked {
@@ -39,7 +40,7 @@ fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
         rows: w.shape[0] as u32,
         cols: w.shape[1] as u32,
         alpha: 0.0,
-        _pad: 0,
+        groups: 1,
     }
 }
 
@@ -111,7 +112,8 @@ impl Masked {
         }
     }
 
-    /// Dead-layer reset after `mask_forward`; `layer_keep` = [count before, count after, resets].
+    /// Dead-layer reset after `mask_forward`; `layer_keep` = [count before, count after, resets,
+    /// spare].
     pub fn mask_reset(
         &self,
         gpu: &Gpu,
@@ -121,13 +123,45 @@ impl Masked {
         row_keep: &Tensor,
         layer_keep: &Tensor,
     ) -> Result<Dispatch> {
-        let p = rows_cols(weight, threshold);
+        self.mask_reset_groups(
+            gpu,
+            weight,
+            threshold,
+            masked_weight,
+            row_keep,
+            layer_keep,
+            1,
+        )
+    }
+
+    /// `mask_reset` for a weight whose rows stack `groups` matrices of equal height (an LSTM's
+    /// four gates), each reset on its own; `layer_keep` holds 4 counters per matrix.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mask_reset_groups(
+        &self,
+        gpu: &Gpu,
+        weight: &Tensor,
+        threshold: &Tensor,
+        masked_weight: &Tensor,
+        row_keep: &Tensor,
+        layer_keep: &Tensor,
+        groups: usize,
+    ) -> Result<Dispatch> {
+        let mut p = rows_cols(weight, threshold);
+        assert!(
+            groups >= 1 && weight.shape[0] % groups == 0,
+            "{}: {} rows do not split into {groups} matrices",
+            weight.label,
+            weight.shape[0]
+        );
+        assert!(layer_keep.len() >= 4 * groups, "mask_reset: layer_keep");
+        p.groups = groups as u32;
         self.mask_reset_k.bind(
             gpu,
             &p,
             &[weight, threshold, masked_weight, row_keep, layer_keep],
             None,
-            [1, 1, 1],
+            [groups as u32, 1, 1],
         )
     }
 
@@ -166,7 +200,7 @@ impl Masked {
             rows: threshold.len() as u32,
             cols: 1,
             alpha,
-            _pad: 0,
+            groups: 1,
         };
         self.penalty_k
             .bind(gpu, &p, &[threshold, stats], None, [1, 1, 1])

@@ -192,13 +192,17 @@ impl Layer for Linear {
         Ok(())
     }
 
-    fn mask_view(&self) -> Option<MaskView> {
-        self.mask.as_ref().map(|m| MaskView {
-            name: self.name.clone(),
-            rows: self.out_features,
-            cols: self.in_features,
-            threshold: m.threshold,
-            layer_keep: m.layer_keep.clone(),
-        })
+    fn mask_views(&self) -> Vec<MaskView> {
+        self.mask
+            .iter()
+            .map(|m| MaskView {
+                name: self.name.clone(),
+                rows: self.out_features,
+                cols: self.in_features,
+                threshold: m.threshold,
+                threshold_rows: 0..self.out_features,
+                layer_keep: m.layer_keep.clone(),
+            })
+            .collect()
     }
 }

@@ -31,6 +31,8 @@ pub struct PlanCx<'a> {
     pub stats: Tensor,
     pub dispatches: Vec<Dispatch>,
     prefix: String,
+    /// Buffers a layer's forward keeps for its backward (gates, states), by key.
+    saved: std::collections::HashMap<String, Tensor>,
 }
 
 impl<'a> PlanCx<'a> {
@@ -54,11 +56,28 @@ impl<'a> PlanCx<'a> {
             stats,
             dispatches: Vec::new(),
             prefix: format!("{mode:?}").to_lowercase(),
+            saved: Default::default(),
         }
     }
 
     pub fn push(&mut self, d: Dispatch) {
         self.dispatches.push(d);
+    }
+
+    /// Keeps `t` under `key` (e.g. `"lstm1.gates"`) for this plan's backward.
+    pub fn save(&mut self, key: &str, t: Tensor) {
+        assert!(
+            self.saved.insert(key.to_string(), t).is_none(),
+            "{key} saved twice in one plan"
+        );
+    }
+
+    /// A buffer the forward kept under `key`.
+    pub fn saved(&self, key: &str) -> Tensor {
+        self.saved
+            .get(key)
+            .unwrap_or_else(|| panic!("{key} was not saved by the forward"))
+            .clone()
     }
 
     /// A new zero-filled activation buffer of this plan.
@@ -67,13 +86,18 @@ impl<'a> PlanCx<'a> {
     }
 }
 
-/// A masked layer's view for metrics: its weight's row view, thresholds and keep counters.
+/// One masked matrix, for metrics: its row view, thresholds and keep counters. A linear or conv
+/// layer has one; an LSTM layer has eight (its gate matrices).
 pub struct MaskView {
+    /// `fc1`, `conv2`, `lstm1.wx_i`, ...
     pub name: String,
     pub rows: usize,
     pub cols: usize,
+    /// The threshold tensor and the range of its rows this matrix uses.
     pub threshold: ParamId,
-    /// [kept before the reset decision, kept after it, resets so far] (u32).
+    pub threshold_rows: std::ops::Range<usize>,
+    /// [kept before the reset decision, kept after it, resets so far, spare] (u32): a 16-byte view
+    /// (possibly at an unaligned offset: read it, never bind it).
     pub layer_keep: Tensor,
 }
 
@@ -97,7 +121,8 @@ pub trait Layer {
     fn penalty(&self, _cx: &mut PlanCx<'_>) -> Result<()> {
         Ok(())
     }
-    fn mask_view(&self) -> Option<MaskView> {
-        None
+    /// The layer's masked matrices (none for dense layers).
+    fn mask_views(&self) -> Vec<MaskView> {
+        Vec::new()
     }
 }

@@ -60,6 +60,33 @@ pub fn mask_reset(
     }
 }
 
+/// `mask_reset` for `groups` stacked matrices of rows/groups rows each, each reset on its own.
+/// Returns (P, thresholds used, [before, after] per matrix, reset fired per matrix).
+#[allow(clippy::type_complexity)]
+pub fn mask_reset_groups(
+    w: &[f64],
+    t: &[f64],
+    rows: usize,
+    cols: usize,
+    groups: usize,
+) -> (Vec<f64>, Vec<f64>, Vec<[u32; 2]>, Vec<bool>) {
+    let gr = rows / groups;
+    let (mut p, mut tu, mut counts, mut resets) = (vec![], vec![], vec![], vec![]);
+    for g in 0..groups {
+        let (pg, tg, c, r) = mask_reset(
+            &w[g * gr * cols..(g + 1) * gr * cols],
+            &t[g * gr..(g + 1) * gr],
+            gr,
+            cols,
+        );
+        p.extend(pg);
+        tu.extend(tg);
+        counts.push(c);
+        resets.push(r);
+    }
+    (p, tu, counts, resets)
+}
+
 /// `(dL/dW, dL/dt)` from G = dL/dP (METHOD.md section 1, penalty term included).
 pub fn mask_backward(
     w: &[f64],

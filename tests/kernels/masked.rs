@@ -437,3 +437,45 @@ fn masked_linear_reference_matches_finite_differences() {
         );
     }
 }
+
+/// A weight stacking four matrices (an LSTM's gates): each matrix takes its own reset decision
+/// and keeps its own counters; here two of the four are nearly empty and reset, two do not.
+#[test]
+fn mask_reset_groups_resets_each_matrix_on_its_own() {
+    let c = ctx();
+    let mut rng = Rng::new(44);
+    let (groups, gr, cols) = (4usize, 5usize, 7usize);
+    let rows = groups * gr;
+    let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
+    // Matrices 1 and 3: thresholds above every |w| (keep 0% -> reset); 0 and 2: small ones.
+    let t: Vec<f32> = (0..rows)
+        .map(|r| if (r / gr) % 2 == 1 { 2.0 } else { 0.1 + 0.01 * r as f32 })
+        .collect();
+    let l = layer(&c, &w, &t, rows, cols);
+    // Counters: before/after poisoned, the running reset count starting at 0.
+    let mut init = vec![u32::MAX; 4 * groups];
+    for g in 0..groups {
+        init[4 * g + 2] = 0;
+    }
+    let lk = c.tensor_u32("layer_keep", &[4 * groups], &init);
+    let m = &c.k.masked;
+    let ds = [
+        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep).unwrap(),
+        m.mask_reset_groups(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &lk, groups)
+            .unwrap(),
+    ];
+    run_once(&c.gpu, &ds, 0).unwrap();
+    let (p_ref, t_ref, counts, resets) =
+        reference::mask_reset_groups(&to_f64(&w), &to_f64(&t), rows, cols, groups);
+    assert_eq!(resets, vec![false, true, false, true]);
+    assert_close("grouped P", &c.read(&l.p), &p_ref, 0.0, 0.0);
+    assert_close("grouped thresholds", &c.read(&l.t), &t_ref, 0.0, 0.0);
+    let k = c.read_u32(&lk);
+    for g in 0..groups {
+        assert_eq!(
+            [k[4 * g], k[4 * g + 1], k[4 * g + 2]],
+            [counts[g][0], counts[g][1], resets[g] as u32],
+            "matrix {g} counters"
+        );
+    }
+}
