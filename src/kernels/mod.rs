@@ -9,6 +9,7 @@ pub mod gemm;
 pub mod loss;
 pub mod masked;
 pub mod optim;
+pub mod pool;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("loss", loss::SOURCE),
     ("masked", masked::SOURCE),
     ("optim", optim::SOURCE),
+    ("pool", pool::SOURCE),
 ];
 
 /// A family's module exactly as the program compiles it: prelude + family file.
@@ -302,6 +304,7 @@ pub struct Kernels {
     pub loss: loss::Loss,
     pub data: data::Data,
     pub optim: optim::Optim,
+    pub pool: pool::Pool,
     /// A 4-byte buffer bound where an entry point's optional input is absent.
     pub dummy: Tensor,
 }
@@ -357,6 +360,7 @@ impl Kernels {
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
             data: data::Data::new(&mk("data", data::SOURCE)?)?,
             optim: optim::Optim::new(&mk("optim", optim::SOURCE)?)?,
+            pool: pool::Pool::new(&mk("pool", pool::SOURCE)?)?,
             dummy: Tensor::zeros(gpu, "dummy", &[1])?,
             step_layout,
         };

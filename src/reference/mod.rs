@@ -7,3 +7,4 @@ pub mod gemm;
 pub mod loss;
 pub mod masked;
 pub mod optim;
+pub mod pool;

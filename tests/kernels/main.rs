@@ -9,4 +9,5 @@ mod gemm;
 mod loss;
 mod masked;
 mod optim;
+mod pool;
 mod runtime;
