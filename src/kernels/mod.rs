@@ -4,6 +4,7 @@
 //! never submit.
 
 pub mod act;
+pub mod conv;
 pub mod data;
 pub mod gemm;
 pub mod loss;
@@ -21,6 +22,7 @@ pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 /// Every kernel family: (name, WGSL source without the prelude).
 pub const FAMILIES: &[(&str, &str)] = &[
     ("act", act::SOURCE),
+    ("conv", conv::SOURCE),
     ("data", data::SOURCE),
     ("gemm", gemm::SOURCE),
     ("loss", loss::SOURCE),
@@ -304,6 +306,7 @@ pub struct Kernels {
     pub loss: loss::Loss,
     pub data: data::Data,
     pub optim: optim::Optim,
+    pub conv: conv::Conv,
     pub pool: pool::Pool,
     /// A 4-byte buffer bound where an entry point's optional input is absent.
     pub dummy: Tensor,
@@ -360,6 +363,7 @@ impl Kernels {
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
             data: data::Data::new(&mk("data", data::SOURCE)?)?,
             optim: optim::Optim::new(&mk("optim", optim::SOURCE)?)?,
+            conv: conv::Conv::new(&mk("conv", conv::SOURCE)?, gpu.class)?,
             pool: pool::Pool::new(&mk("pool", pool::SOURCE)?)?,
             dummy: Tensor::zeros(gpu, "dummy", &[1])?,
             step_layout,

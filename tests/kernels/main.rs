@@ -4,6 +4,7 @@
 
 mod act;
 mod common;
+mod conv;
 mod data;
 mod gemm;
 mod loss;
