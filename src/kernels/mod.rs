@@ -4,11 +4,13 @@
 //! never submit.
 
 pub mod act;
+pub mod conv;
 pub mod data;
 pub mod gemm;
 pub mod loss;
 pub mod masked;
 pub mod optim;
+pub mod pool;
 
 use std::sync::Arc;
 
@@ -20,11 +22,13 @@ pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 /// Every kernel family: (name, WGSL source without the prelude).
 pub const FAMILIES: &[(&str, &str)] = &[
     ("act", act::SOURCE),
+    ("conv", conv::SOURCE),
     ("data", data::SOURCE),
     ("gemm", gemm::SOURCE),
     ("loss", loss::SOURCE),
     ("masked", masked::SOURCE),
     ("optim", optim::SOURCE),
+    ("pool", pool::SOURCE),
 ];
 
 /// A family's module exactly as the program compiles it: prelude + family file.
@@ -302,6 +306,8 @@ pub struct Kernels {
     pub loss: loss::Loss,
     pub data: data::Data,
     pub optim: optim::Optim,
+    pub conv: conv::Conv,
+    pub pool: pool::Pool,
     /// A 4-byte buffer bound where an entry point's optional input is absent.
     pub dummy: Tensor,
 }
@@ -357,6 +363,8 @@ impl Kernels {
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
             data: data::Data::new(&mk("data", data::SOURCE)?)?,
             optim: optim::Optim::new(&mk("optim", optim::SOURCE)?)?,
+            conv: conv::Conv::new(&mk("conv", conv::SOURCE)?, gpu.class)?,
+            pool: pool::Pool::new(&mk("pool", pool::SOURCE)?)?,
             dummy: Tensor::zeros(gpu, "dummy", &[1])?,
             step_layout,
         };

@@ -3,7 +3,9 @@
 //! Mask bits and the derivative's bands are decided in f32 exactly as the shaders decide them.
 
 pub mod act;
+pub mod conv;
 pub mod gemm;
 pub mod loss;
 pub mod masked;
 pub mod optim;
+pub mod pool;

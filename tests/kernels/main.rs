@@ -4,9 +4,11 @@
 
 mod act;
 mod common;
+mod conv;
 mod data;
 mod gemm;
 mod loss;
 mod masked;
 mod optim;
+mod pool;
 mod runtime;

@@ -315,7 +315,7 @@ fn golden_sgd_steps_match_reference_optimiser() {
 // ---- finite differences of the f64 reference (no GPU) ----
 
 /// Antiderivative of the long-tailed estimator: S~(q) = integral_0^q H, so d S~/dq = H.
-fn smooth_step(q: f64) -> f64 {
+pub fn smooth_step(q: f64) -> f64 {
     let a = q.abs();
     let v = if a <= 0.4 {
         2.0 * a - 2.0 * a * a

@@ -1,0 +1,586 @@
+// conv.wgsl: 2-D convolution (NCHW, f32, any kernel size kh x kw, stride, zero padding) and its
+// three gradients, as implicit GEMMs: patch indices are computed in the kernels, no im2col buffer.
+//
+//   x (batch, c_in, h, w)   weight W (c_out, c_in, kh, kw) = (c_out, cols), cols = c_in kh kw
+//   y, dy (batch, c_out, oh, ow)   oh = (h + 2 pad - kh) / stride + 1 (floor), ow likewise
+//   X(n, ci, iy, ix) = x[n][ci][iy][ix] inside the image, 0 in the padding
+//
+//   forward          y[n][co][oy][ox]  = bias[co] + sum_{ci,ky,kx} W[co][ci][ky][kx] X(n, ci, oy s - pad + ky, ox s - pad + kx)
+//   backward_input   dx[n][ci][iy][ix] = sum_{co,ky,kx} W[co][ci][ky][kx] dy[n][co][oy][ox]
+//                                        over oy s - pad + ky = iy, ox s - pad + kx = ix (in range)
+//   backward_weight  dW[co][ci][ky][kx] = sum_{n,oy,ox} dy[n][co][oy][ox] X(n, ci, oy s - pad + ky, ox s - pad + kx)
+//   bias_backward    db[co] = sum_{n,oy,ox} dy[n][co][oy][ox]
+//
+// Every entry point writes (never accumulates) every element of its output, without atomics; each
+// sum runs in a fixed order, so results are bit-deterministic. Variants: `*_regblock` (CPU adapters
+// such as lavapipe: several outputs per invocation in registers, no workgroup memory) and
+// `*_tiled` / `conv_backward_weight_split` (GPUs: 64x64 workgroup-memory tiles; one workgroup per
+// weight-gradient element with a fixed-order tree reduction). Grids are 1-D block counts folded
+// into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
+
+// Keep in sync with `ConvParams` in src/kernels/conv.rs.
+struct ConvParams {
+    batch: u32,
+    c_in: u32,
+    h: u32,
+    w: u32,
+    c_out: u32,
+    kh: u32,
+    kw: u32,
+    stride: u32,
+    pad: u32,
+    oh: u32,
+    ow: u32,
+    has_bias: u32,
+}
+
+@group(0) @binding(0) var<uniform> cp: ConvParams;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> weight: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read> dy: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dx: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dw: array<f32>;
+@group(0) @binding(8) var<storage, read_write> db: array<f32>;
+
+// X(n, ci, iy, ix): zero outside the image (iy, ix may be negative).
+fn x_at(n: u32, ci: u32, iy: i32, ix: i32) -> f32 {
+    if (iy < 0 || ix < 0 || iy >= i32(cp.h) || ix >= i32(cp.w)) {
+        return 0.0;
+    }
+    return x[((n * cp.c_in + ci) * cp.h + u32(iy)) * cp.w + u32(ix)];
+}
+
+// dy[n][co][oy][ox] with oy s - pad + ky = iy and ox s - pad + kx = ix, or 0 when no such output.
+fn dy_from(n: u32, co: u32, iy: u32, ix: u32, ky: u32, kx: u32) -> f32 {
+    let ty = i32(iy + cp.pad) - i32(ky);
+    let tx = i32(ix + cp.pad) - i32(kx);
+    if (ty < 0 || tx < 0) {
+        return 0.0;
+    }
+    let uy = u32(ty);
+    let ux = u32(tx);
+    if (uy % cp.stride != 0u || ux % cp.stride != 0u) {
+        return 0.0;
+    }
+    let oy = uy / cp.stride;
+    let ox = ux / cp.stride;
+    if (oy >= cp.oh || ox >= cp.ow) {
+        return 0.0;
+    }
+    return dy[((n * cp.c_out + co) * cp.oh + oy) * cp.ow + ox];
+}
+
+// ---------------------------------------------------------------- CPU variants (register blocks)
+
+const FCO: u32 = 4u; // forward: output channels per invocation
+const FP: u32 = 8u;  // forward: output positions per invocation (flattened over n, oy, ox)
+
+// Reads x, weight, bias; writes y. One invocation: 4 output channels x 8 consecutive output
+// positions; block index = channel block * position blocks + position block.
+@compute @workgroup_size(64, 1, 1)
+fn conv_forward_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let ohw = cp.oh * cp.ow;
+    let np = cp.batch * ohw;
+    let p_blocks = (np + FP - 1u) / FP;
+    let co_blocks = (cp.c_out + FCO - 1u) / FCO;
+    let b = gid.x + gid.y * nwg.x * 64u;
+    if (b >= p_blocks * co_blocks) {
+        return;
+    }
+    let p0 = (b % p_blocks) * FP;
+    let co0 = (b / p_blocks) * FCO;
+    let cols = cp.c_in * cp.kh * cp.kw;
+    let hw = cp.h * cp.w;
+    let wi = i32(cp.w);
+    let hi = i32(cp.h);
+    // Per position: x offset of its image, top-left input corner of its window (clamped positions
+    // past the end repeat the last one; their stores are skipped).
+    var xb: array<i32, 8>;
+    var iy0: array<i32, 8>;
+    var ix0: array<i32, 8>;
+    for (var j = 0u; j < FP; j++) {
+        let p = min(p0 + j, np - 1u);
+        let r = p % ohw;
+        xb[j] = i32((p / ohw) * cp.c_in * hw);
+        iy0[j] = i32((r / cp.ow) * cp.stride) - i32(cp.pad);
+        ix0[j] = i32((r % cp.ow) * cp.stride) - i32(cp.pad);
+    }
+    var wb: array<u32, 4>;
+    for (var i = 0u; i < FCO; i++) {
+        wb[i] = min(co0 + i, cp.c_out - 1u) * cols;
+    }
+    var acc: array<array<f32, 8>, 4>;
+    for (var i = 0u; i < FCO; i++) {
+        for (var j = 0u; j < FP; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var ci = 0u; ci < cp.c_in; ci++) {
+        for (var ky = 0u; ky < cp.kh; ky++) {
+            // Row base of each position's input row, or -1 where the row is padding.
+            var rb: array<i32, 8>;
+            for (var j = 0u; j < FP; j++) {
+                let iy = iy0[j] + i32(ky);
+                rb[j] = select(-1, xb[j] + i32(ci * hw) + iy * wi, iy >= 0 && iy < hi);
+            }
+            let kbase = (ci * cp.kh + ky) * cp.kw;
+            for (var kx = 0u; kx < cp.kw; kx++) {
+                var wv: array<f32, 4>;
+                for (var i = 0u; i < FCO; i++) {
+                    wv[i] = weight[wb[i] + kbase + kx];
+                }
+                var xv: array<f32, 8>;
+                for (var j = 0u; j < FP; j++) {
+                    let ix = ix0[j] + i32(kx);
+                    var v = 0.0;
+                    if (rb[j] >= 0 && ix >= 0 && ix < wi) {
+                        v = x[u32(rb[j] + ix)];
+                    }
+                    xv[j] = v;
+                }
+                for (var i = 0u; i < FCO; i++) {
+                    for (var j = 0u; j < FP; j++) {
+                        acc[i][j] = fma(wv[i], xv[j], acc[i][j]);
+                    }
+                }
+            }
+        }
+    }
+    for (var i = 0u; i < FCO; i++) {
+        let co = co0 + i;
+        if (co >= cp.c_out) {
+            break;
+        }
+        var bv = 0.0;
+        if (cp.has_bias != 0u) {
+            bv = bias[co];
+        }
+        for (var j = 0u; j < FP; j++) {
+            let p = p0 + j;
+            if (p < np) {
+                y[((p / ohw) * cp.c_out + co) * ohw + p % ohw] = acc[i][j] + bv;
+            }
+        }
+    }
+}
+
+const ICI: u32 = 4u; // backward_input: input channels per invocation
+const IQ: u32 = 8u;  // backward_input: input positions per invocation (flattened over n, iy, ix)
+
+// Reads dy, weight; writes dx. One invocation: 4 input channels x 8 consecutive input positions;
+// the sum runs over (co, ky, kx) in order, skipping taps that hit no output position.
+@compute @workgroup_size(64, 1, 1)
+fn conv_backward_input_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
+                                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let hw = cp.h * cp.w;
+    let nq = cp.batch * hw;
+    let q_blocks = (nq + IQ - 1u) / IQ;
+    let ci_blocks = (cp.c_in + ICI - 1u) / ICI;
+    let b = gid.x + gid.y * nwg.x * 64u;
+    if (b >= q_blocks * ci_blocks) {
+        return;
+    }
+    let q0 = (b % q_blocks) * IQ;
+    let ci0 = (b / q_blocks) * ICI;
+    let khw = cp.kh * cp.kw;
+    let cols = cp.c_in * khw;
+    let ohw = cp.oh * cp.ow;
+    let s = i32(cp.stride);
+    let ohi = i32(cp.oh);
+    let owi = i32(cp.ow);
+    var dyb: array<i32, 8>;
+    var ty0: array<i32, 8>;
+    var tx0: array<i32, 8>;
+    for (var j = 0u; j < IQ; j++) {
+        let q = min(q0 + j, nq - 1u);
+        let r = q % hw;
+        dyb[j] = i32((q / hw) * cp.c_out * ohw);
+        ty0[j] = i32(r / cp.w + cp.pad);
+        tx0[j] = i32(r % cp.w + cp.pad);
+    }
+    var wb: array<u32, 4>;
+    for (var i = 0u; i < ICI; i++) {
+        wb[i] = min(ci0 + i, cp.c_in - 1u) * khw;
+    }
+    var acc: array<array<f32, 8>, 4>;
+    for (var i = 0u; i < ICI; i++) {
+        for (var j = 0u; j < IQ; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var co = 0u; co < cp.c_out; co++) {
+        for (var ky = 0u; ky < cp.kh; ky++) {
+            // Base of the dy row this tap reads for each position, or -1 when there is none.
+            var rb: array<i32, 8>;
+            for (var j = 0u; j < IQ; j++) {
+                let ty = ty0[j] - i32(ky);
+                var base = -1;
+                if (ty >= 0 && ty % s == 0 && ty / s < ohi) {
+                    base = dyb[j] + i32(co * ohw) + (ty / s) * owi;
+                }
+                rb[j] = base;
+            }
+            let kbase = co * cols + ky * cp.kw;
+            for (var kx = 0u; kx < cp.kw; kx++) {
+                var wv: array<f32, 4>;
+                for (var i = 0u; i < ICI; i++) {
+                    wv[i] = weight[kbase + wb[i] + kx];
+                }
+                var gv: array<f32, 8>;
+                for (var j = 0u; j < IQ; j++) {
+                    let tx = tx0[j] - i32(kx);
+                    var v = 0.0;
+                    if (rb[j] >= 0 && tx >= 0 && tx % s == 0 && tx / s < owi) {
+                        v = dy[u32(rb[j] + tx / s)];
+                    }
+                    gv[j] = v;
+                }
+                for (var i = 0u; i < ICI; i++) {
+                    for (var j = 0u; j < IQ; j++) {
+                        acc[i][j] = fma(wv[i], gv[j], acc[i][j]);
+                    }
+                }
+            }
+        }
+    }
+    for (var i = 0u; i < ICI; i++) {
+        let ci = ci0 + i;
+        if (ci >= cp.c_in) {
+            break;
+        }
+        for (var j = 0u; j < IQ; j++) {
+            let q = q0 + j;
+            if (q < nq) {
+                dx[((q / hw) * cp.c_in + ci) * hw + q % hw] = acc[i][j];
+            }
+        }
+    }
+}
+
+const WCO: u32 = 2u; // backward_weight: output channels per invocation
+const WK: u32 = 4u;  // backward_weight: consecutive weight columns (ci, ky, kx) per invocation
+
+// Reads dy, x; writes dw. One invocation: 2 filters x 4 consecutive columns of the (c_out, cols)
+// weight, each summed over (n, oy, ox) in order. Small blocks and 32-wide workgroups keep even
+// LeNet-sized gradients (20 x 25) spread over several workgroups.
+@compute @workgroup_size(32, 1, 1)
+fn conv_backward_weight_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
+                                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let khw = cp.kh * cp.kw;
+    let cols = cp.c_in * khw;
+    let k_blocks = (cols + WK - 1u) / WK;
+    let co_blocks = (cp.c_out + WCO - 1u) / WCO;
+    let b = gid.x + gid.y * nwg.x * 32u;
+    if (b >= k_blocks * co_blocks) {
+        return;
+    }
+    let k0 = (b % k_blocks) * WK;
+    let co0 = (b / k_blocks) * WCO;
+    let hw = cp.h * cp.w;
+    let ohw = cp.oh * cp.ow;
+    let wi = i32(cp.w);
+    let hi = i32(cp.h);
+    let s = cp.stride;
+    var xc: array<i32, 4>;  // ci * hw of each column
+    var oyo: array<i32, 4>; // ky - pad
+    var oxo: array<i32, 4>; // kx - pad
+    for (var j = 0u; j < WK; j++) {
+        let k = min(k0 + j, cols - 1u);
+        let rem = k % khw;
+        xc[j] = i32((k / khw) * hw);
+        oyo[j] = i32(rem / cp.kw) - i32(cp.pad);
+        oxo[j] = i32(rem % cp.kw) - i32(cp.pad);
+    }
+    var dc: array<u32, 2>;
+    for (var i = 0u; i < WCO; i++) {
+        dc[i] = min(co0 + i, cp.c_out - 1u) * ohw;
+    }
+    var acc: array<array<f32, 4>, 2>;
+    for (var i = 0u; i < WCO; i++) {
+        for (var j = 0u; j < WK; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var n = 0u; n < cp.batch; n++) {
+        let xn = i32(n * cp.c_in * hw);
+        let dn = n * cp.c_out * ohw;
+        for (var oy = 0u; oy < cp.oh; oy++) {
+            var rb: array<i32, 4>;
+            for (var j = 0u; j < WK; j++) {
+                let iy = i32(oy * s) + oyo[j];
+                rb[j] = select(-1, xn + xc[j] + iy * wi, iy >= 0 && iy < hi);
+            }
+            let drow = dn + oy * cp.ow;
+            for (var ox = 0u; ox < cp.ow; ox++) {
+                var gv: array<f32, 2>;
+                for (var i = 0u; i < WCO; i++) {
+                    gv[i] = dy[dc[i] + drow + ox];
+                }
+                var xv: array<f32, 4>;
+                for (var j = 0u; j < WK; j++) {
+                    let ix = i32(ox * s) + oxo[j];
+                    var v = 0.0;
+                    if (rb[j] >= 0 && ix >= 0 && ix < wi) {
+                        v = x[u32(rb[j] + ix)];
+                    }
+                    xv[j] = v;
+                }
+                for (var i = 0u; i < WCO; i++) {
+                    for (var j = 0u; j < WK; j++) {
+                        acc[i][j] = fma(gv[i], xv[j], acc[i][j]);
+                    }
+                }
+            }
+        }
+    }
+    for (var i = 0u; i < WCO; i++) {
+        let co = co0 + i;
+        if (co >= cp.c_out) {
+            break;
+        }
+        for (var j = 0u; j < WK; j++) {
+            let k = k0 + j;
+            if (k < cols) {
+                dw[co * cols + k] = acc[i][j];
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- GPU variants (workgroup memory)
+
+const TILE: u32 = 64u; // outputs per workgroup along each axis (tiled)
+const TK: u32 = 16u;   // k-depth of one staged slice
+var<workgroup> a_tile: array<f32, 1024>; // TK x TILE, [k][m]
+var<workgroup> b_tile: array<f32, 1024>; // TK x TILE, [k][n]
+
+// One staged slice: acc[i][j] += sum_kk a_tile[kk][ly + 16 i] b_tile[kk][lx + 16 j].
+fn tile_mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, 4>, 4>>) {
+    for (var kk = 0u; kk < TK; kk++) {
+        var av: array<f32, 4>;
+        var bv: array<f32, 4>;
+        for (var i = 0u; i < 4u; i++) {
+            av[i] = a_tile[kk * TILE + lid.y + 16u * i];
+            bv[i] = b_tile[kk * TILE + lid.x + 16u * i];
+        }
+        for (var i = 0u; i < 4u; i++) {
+            for (var j = 0u; j < 4u; j++) {
+                (*acc)[i][j] = fma(av[i], bv[j], (*acc)[i][j]);
+            }
+        }
+    }
+}
+
+// Reads x, weight, bias; writes y. GEMM view: rows = output channels, columns = output positions
+// (n, oy, ox), k = (ci, ky, kx). Workgroup 16x16 invocations, 64x64 outputs, 4x4 per invocation.
+@compute @workgroup_size(16, 16, 1)
+fn conv_forward_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
+                      @builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let ohw = cp.oh * cp.ow;
+    let np = cp.batch * ohw;
+    let khw = cp.kh * cp.kw;
+    let kdim = cp.c_in * khw;
+    let tiles_n = (np + TILE - 1u) / TILE;
+    let tiles_m = (cp.c_out + TILE - 1u) / TILE;
+    let tile = wid.x + wid.y * nwg.x;
+    if (tile >= tiles_n * tiles_m) {
+        return;
+    }
+    let row0 = (tile / tiles_n) * TILE;
+    let col0 = (tile % tiles_n) * TILE;
+    let t = lid.y * 16u + lid.x;
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var k0 = 0u; k0 < kdim; k0 += TK) {
+        for (var r = 0u; r < 4u; r++) {
+            let e = t + r * 256u;
+            // Weights: consecutive invocations read consecutive k of one filter.
+            let am = e / TK;
+            let ak = k0 + e % TK;
+            var av = 0.0;
+            if (ak < kdim && row0 + am < cp.c_out) {
+                av = weight[(row0 + am) * kdim + ak];
+            }
+            a_tile[(e % TK) * TILE + am] = av;
+            // Patches: consecutive invocations read consecutive output positions.
+            let bk = k0 + e / TILE;
+            let p = col0 + e % TILE;
+            var bv = 0.0;
+            if (bk < kdim && p < np) {
+                let ci = bk / khw;
+                let rem = bk % khw;
+                let r2 = p % ohw;
+                bv = x_at(p / ohw, ci,
+                          i32((r2 / cp.ow) * cp.stride + rem / cp.kw) - i32(cp.pad),
+                          i32((r2 % cp.ow) * cp.stride + rem % cp.kw) - i32(cp.pad));
+            }
+            b_tile[e] = bv;
+        }
+        workgroupBarrier();
+        tile_mac(lid, &acc);
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let co = row0 + lid.y + 16u * i;
+        if (co >= cp.c_out) {
+            continue;
+        }
+        var bv = 0.0;
+        if (cp.has_bias != 0u) {
+            bv = bias[co];
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let p = col0 + lid.x + 16u * j;
+            if (p < np) {
+                y[((p / ohw) * cp.c_out + co) * ohw + p % ohw] = acc[i][j] + bv;
+            }
+        }
+    }
+}
+
+// Reads dy, weight; writes dx. GEMM view: rows = input channels, columns = input positions
+// (n, iy, ix), k = (co, ky, kx) (taps that hit no output read 0). Workgroup 16x16, 64x64 outputs.
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_input_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
+                             @builtin(workgroup_id) wid: vec3<u32>,
+                             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let hw = cp.h * cp.w;
+    let nq = cp.batch * hw;
+    let khw = cp.kh * cp.kw;
+    let cols = cp.c_in * khw;
+    let kdim = cp.c_out * khw;
+    let tiles_n = (nq + TILE - 1u) / TILE;
+    let tiles_m = (cp.c_in + TILE - 1u) / TILE;
+    let tile = wid.x + wid.y * nwg.x;
+    if (tile >= tiles_n * tiles_m) {
+        return;
+    }
+    let row0 = (tile / tiles_n) * TILE;
+    let col0 = (tile % tiles_n) * TILE;
+    let t = lid.y * 16u + lid.x;
+    var acc: array<array<f32, 4>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var k0 = 0u; k0 < kdim; k0 += TK) {
+        for (var r = 0u; r < 4u; r++) {
+            let e = t + r * 256u;
+            let am = e / TK;
+            let ak = k0 + e % TK;
+            var av = 0.0;
+            if (ak < kdim && row0 + am < cp.c_in) {
+                av = weight[(ak / khw) * cols + (row0 + am) * khw + ak % khw];
+            }
+            a_tile[(e % TK) * TILE + am] = av;
+            let bk = k0 + e / TILE;
+            let q = col0 + e % TILE;
+            var bv = 0.0;
+            if (bk < kdim && q < nq) {
+                let rem = bk % khw;
+                let r2 = q % hw;
+                bv = dy_from(q / hw, bk / khw, r2 / cp.w, r2 % cp.w, rem / cp.kw, rem % cp.kw);
+            }
+            b_tile[e] = bv;
+        }
+        workgroupBarrier();
+        tile_mac(lid, &acc);
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let ci = row0 + lid.y + 16u * i;
+        if (ci >= cp.c_in) {
+            continue;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let q = col0 + lid.x + 16u * j;
+            if (q < nq) {
+                dx[((q / hw) * cp.c_in + ci) * hw + q % hw] = acc[i][j];
+            }
+        }
+    }
+}
+
+const RED: u32 = 64u; // invocations per reduction workgroup
+var<workgroup> red: array<f32, 64>;
+
+// Fixed-order tree sum of red[0..64] into red[0] (all invocations of the workgroup call it).
+fn tree_reduce(t: u32) {
+    for (var half = RED / 2u; half > 0u; half = half / 2u) {
+        workgroupBarrier();
+        if (t < half) {
+            red[t] = red[t] + red[t + half];
+        }
+    }
+    workgroupBarrier();
+}
+
+// Reads dy, x; writes dw. One 64-invocation workgroup per weight element (co, ci, ky, kx):
+// invocation t sums positions p = t, t + 64, ... (coalesced), then a fixed-order tree sum.
+@compute @workgroup_size(64, 1, 1)
+fn conv_backward_weight_split(@builtin(local_invocation_id) lid: vec3<u32>,
+                              @builtin(workgroup_id) wid: vec3<u32>,
+                              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let khw = cp.kh * cp.kw;
+    let cols = cp.c_in * khw;
+    let o = wid.x + wid.y * nwg.x;
+    if (o >= cp.c_out * cols) {
+        return;
+    }
+    let co = o / cols;
+    let k = o % cols;
+    let ci = k / khw;
+    let ky = (k % khw) / cp.kw;
+    let kx = k % cp.kw;
+    let ohw = cp.oh * cp.ow;
+    let np = cp.batch * ohw;
+    let t = lid.x;
+    var s = 0.0;
+    for (var p = t; p < np; p += RED) {
+        let n = p / ohw;
+        let r = p % ohw;
+        let iy = i32((r / cp.ow) * cp.stride + ky) - i32(cp.pad);
+        let ix = i32((r % cp.ow) * cp.stride + kx) - i32(cp.pad);
+        s = fma(dy[(n * cp.c_out + co) * ohw + r], x_at(n, ci, iy, ix), s);
+    }
+    red[t] = s;
+    tree_reduce(t);
+    if (t == 0u) {
+        dw[o] = red[0];
+    }
+}
+
+// Reads dy; writes db. One 64-invocation workgroup per output channel: invocation t sums
+// dy[n][co][r] for r = t, t + 64, ... over n in order, then a fixed-order tree sum. (All adapters.)
+@compute @workgroup_size(64, 1, 1)
+fn conv_bias_backward(@builtin(local_invocation_id) lid: vec3<u32>,
+                      @builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let co = wid.x + wid.y * nwg.x;
+    if (co >= cp.c_out) {
+        return;
+    }
+    let ohw = cp.oh * cp.ow;
+    let t = lid.x;
+    var s = 0.0;
+    for (var n = 0u; n < cp.batch; n++) {
+        let base = (n * cp.c_out + co) * ohw;
+        for (var r = t; r < ohw; r += RED) {
+            s = s + dy[base + r];
+        }
+    }
+    red[t] = s;
+    tree_reduce(t);
+    if (t == 0u) {
+        db[co] = red[0];
+    }
+}

@@ -1,0 +1,341 @@
+//! `shaders/conv.wgsl`: 2-D convolution (NCHW) as implicit GEMMs, its input, weight and bias
+//! gradients; a CPU (register-block) and a GPU (workgroup-memory) variant of each product.
+
+use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory};
+use crate::gpu::{AdapterClass, Gpu, Result, Tensor};
+
+pub const SOURCE: &str = include_str!("../../shaders/conv.wgsl");
+
+/// A convolution: input (batch, c_in, h, w), weight (c_out, c_in, kh, kw), zero padding `pad` on
+/// every side, `stride` along both axes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvShape {
+    /// `(h + 2 pad - kh) / stride + 1` (floor).
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.kh) / self.stride + 1
+    }
+    /// `(w + 2 pad - kw) / stride + 1` (floor).
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.kw) / self.stride + 1
+    }
+    /// `c_in kh kw`: the weight viewed as (c_out, cols), one row per filter.
+    pub fn cols(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+    /// Multiply-adds of one product (forward, input or weight gradient): batch oh ow c_out cols.
+    pub fn macs(&self) -> usize {
+        self.batch * self.out_h() * self.out_w() * self.c_out * self.cols()
+    }
+
+    fn check(&self) {
+        assert!(
+            self.batch > 0 && self.c_in > 0 && self.c_out > 0 && self.kh > 0 && self.kw > 0,
+            "conv {self:?}: empty dimension"
+        );
+        assert!(self.stride > 0, "conv {self:?}: stride 0");
+        assert!(
+            self.h + 2 * self.pad >= self.kh && self.w + 2 * self.pad >= self.kw,
+            "conv {self:?}: kernel larger than the padded input"
+        );
+    }
+
+    fn params(&self, has_bias: bool) -> ConvParams {
+        self.check();
+        ConvParams {
+            batch: self.batch as u32,
+            c_in: self.c_in as u32,
+            h: self.h as u32,
+            w: self.w as u32,
+            c_out: self.c_out as u32,
+            kh: self.kh as u32,
+            kw: self.kw as u32,
+            stride: self.stride as u32,
+            pad: self.pad as u32,
+            oh: self.out_h() as u32,
+            ow: self.out_w() as u32,
+            has_bias: has_bias as u32,
+        }
+    }
+}
+
+/// Keep in sync with `ConvParams` in shaders/conv.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct ConvParams {
+    pub batch: u32,
+    pub c_in: u32,
+    pub h: u32,
+    pub w: u32,
+    pub c_out: u32,
+    pub kh: u32,
+    pub kw: u32,
+    pub stride: u32,
+    pub pad: u32,
+    pub oh: u32,
+    pub ow: u32,
+    pub has_bias: u32,
+}
+
+/// Which kernels `forward`/`backward_*` use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvVariant {
+    /// Several outputs per invocation in registers, no workgroup memory: CPU adapters (lavapipe).
+    RegBlock,
+    /// 64x64 workgroup-memory tiles (forward, input gradient) and one workgroup per weight-gradient
+    /// element with a tree reduction: GPUs.
+    Tiled,
+}
+
+impl ConvVariant {
+    pub const ALL: [ConvVariant; 2] = [ConvVariant::RegBlock, ConvVariant::Tiled];
+
+    pub fn for_class(class: AdapterClass) -> ConvVariant {
+        match class {
+            AdapterClass::Cpu => ConvVariant::RegBlock,
+            AdapterClass::Gpu => ConvVariant::Tiled,
+        }
+    }
+}
+
+pub struct Conv {
+    pub forward_regblock: Kernel,
+    pub forward_tiled: Kernel,
+    pub backward_input_regblock: Kernel,
+    pub backward_input_tiled: Kernel,
+    pub backward_weight_regblock: Kernel,
+    pub backward_weight_split: Kernel,
+    pub bias_backward_k: Kernel,
+    /// The variant the plain wrappers use on this device.
+    pub variant: ConvVariant,
+}
+
+const R: Access = Access::Read;
+const RW: Access = Access::ReadWrite;
+const FORWARD: &[(u32, Access)] = &[(1, R), (2, R), (3, R), (4, RW)];
+const BACKWARD_INPUT: &[(u32, Access)] = &[(5, R), (2, R), (6, RW)];
+const BACKWARD_WEIGHT: &[(u32, Access)] = &[(5, R), (1, R), (7, RW)];
+
+fn assert_len(t: &Tensor, n: usize, what: &str, s: &ConvShape) {
+    assert_eq!(
+        t.len(),
+        n,
+        "conv {what} ({}): {} elements for {s:?}",
+        t.label,
+        t.len()
+    );
+}
+
+/// Workgroups of the 64x64-tile kernels: one per tile, folded into y past the axis limit.
+fn tile_groups(rows: usize, cols: usize) -> [u32; 3] {
+    grid_1d((rows.div_ceil(64) * cols.div_ceil(64)) as u32)
+}
+
+impl Conv {
+    pub fn new(f: &KernelFactory<'_>, class: AdapterClass) -> Result<Conv> {
+        Ok(Conv {
+            forward_regblock: f.kernel("conv_forward_regblock", FORWARD, false)?,
+            forward_tiled: f.kernel("conv_forward_tiled", FORWARD, false)?,
+            backward_input_regblock: f.kernel(
+                "conv_backward_input_regblock",
+                BACKWARD_INPUT,
+                false,
+            )?,
+            backward_input_tiled: f.kernel("conv_backward_input_tiled", BACKWARD_INPUT, false)?,
+            backward_weight_regblock: f.kernel(
+                "conv_backward_weight_regblock",
+                BACKWARD_WEIGHT,
+                false,
+            )?,
+            backward_weight_split: f.kernel(
+                "conv_backward_weight_split",
+                BACKWARD_WEIGHT,
+                false,
+            )?,
+            bias_backward_k: f.kernel("conv_bias_backward", &[(5, R), (8, RW)], false)?,
+            variant: ConvVariant::for_class(class),
+        })
+    }
+
+    /// `y (batch, c_out, oh, ow) = conv(x (batch, c_in, h, w), weight (c_out, c_in, kh, kw))
+    /// + bias[c_out]` (bias optional: None binds `dummy`); writes every y.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        self.forward_with(self.variant, gpu, s, x, weight, bias, y, dummy)
+    }
+
+    /// `forward` on an explicit variant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with(
+        &self,
+        variant: ConvVariant,
+        gpu: &Gpu,
+        s: &ConvShape,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(bias.is_some());
+        let (oh, ow) = (s.out_h(), s.out_w());
+        assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
+        assert_len(weight, s.c_out * s.cols(), "weight", s);
+        assert_len(y, s.batch * s.c_out * oh * ow, "y", s);
+        if let Some(b) = bias {
+            assert_len(b, s.c_out, "bias", s);
+        }
+        let buffers = [x, weight, bias.unwrap_or(dummy), y];
+        let positions = s.batch * oh * ow;
+        match variant {
+            ConvVariant::RegBlock => {
+                let blocks = positions.div_ceil(8) * s.c_out.div_ceil(4);
+                self.forward_regblock.bind(
+                    gpu,
+                    &p,
+                    &buffers,
+                    None,
+                    grid_1d(blocks.div_ceil(64) as u32),
+                )
+            }
+            ConvVariant::Tiled => {
+                self.forward_tiled
+                    .bind(gpu, &p, &buffers, None, tile_groups(s.c_out, positions))
+            }
+        }
+    }
+
+    /// `dx (batch, c_in, h, w)`: the gradient to the input given `dy (batch, c_out, oh, ow)`;
+    /// writes every dx.
+    pub fn backward_input(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        weight: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Dispatch> {
+        self.backward_input_with(self.variant, gpu, s, dy, weight, dx)
+    }
+
+    /// `backward_input` on an explicit variant.
+    pub fn backward_input_with(
+        &self,
+        variant: ConvVariant,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        weight: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(false);
+        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+        assert_len(weight, s.c_out * s.cols(), "weight", s);
+        assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
+        let buffers = [dy, weight, dx];
+        let positions = s.batch * s.h * s.w;
+        match variant {
+            ConvVariant::RegBlock => {
+                let blocks = positions.div_ceil(8) * s.c_in.div_ceil(4);
+                self.backward_input_regblock.bind(
+                    gpu,
+                    &p,
+                    &buffers,
+                    None,
+                    grid_1d(blocks.div_ceil(64) as u32),
+                )
+            }
+            ConvVariant::Tiled => self.backward_input_tiled.bind(
+                gpu,
+                &p,
+                &buffers,
+                None,
+                tile_groups(s.c_in, positions),
+            ),
+        }
+    }
+
+    /// `d_weight (c_out, c_in, kh, kw)` = sum over batch and output positions of dy * x-patch;
+    /// writes (not accumulates) every element.
+    pub fn backward_weight(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        x: &Tensor,
+        d_weight: &Tensor,
+    ) -> Result<Dispatch> {
+        self.backward_weight_with(self.variant, gpu, s, dy, x, d_weight)
+    }
+
+    /// `backward_weight` on an explicit variant (`Tiled`: the workgroup-reduction kernel).
+    pub fn backward_weight_with(
+        &self,
+        variant: ConvVariant,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        x: &Tensor,
+        d_weight: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(false);
+        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+        assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
+        assert_len(d_weight, s.c_out * s.cols(), "d_weight", s);
+        let buffers = [dy, x, d_weight];
+        match variant {
+            ConvVariant::RegBlock => {
+                let blocks = s.cols().div_ceil(4) * s.c_out.div_ceil(2);
+                self.backward_weight_regblock.bind(
+                    gpu,
+                    &p,
+                    &buffers,
+                    None,
+                    grid_1d(blocks.div_ceil(32) as u32),
+                )
+            }
+            ConvVariant::Tiled => self.backward_weight_split.bind(
+                gpu,
+                &p,
+                &buffers,
+                None,
+                grid_1d((s.c_out * s.cols()) as u32),
+            ),
+        }
+    }
+
+    /// `d_bias[c_out]` = sum over batch and positions of dy; writes.
+    pub fn bias_backward(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        d_bias: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(false);
+        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+        assert_len(d_bias, s.c_out, "d_bias", s);
+        self.bias_backward_k
+            .bind(gpu, &p, &[dy, d_bias], None, grid_1d(s.c_out as u32))
+    }
+}

@@ -1,0 +1,479 @@
+use dst::kernels::conv::{ConvShape, ConvVariant};
+use dst::kernels::run_once;
+use dst::reference::{conv as reference, masked as rmasked};
+use dst::rng::Rng;
+use serde_json::Value;
+
+use crate::common::*;
+use crate::masked::{flat, smooth_step};
+
+/// f32 products: 1e-5 of the reference's largest magnitude.
+const TOL: f64 = 1e-5;
+
+#[allow(clippy::too_many_arguments)]
+const fn shape(
+    batch: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    pad: usize,
+) -> ConvShape {
+    ConvShape {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh,
+        kw,
+        stride,
+        pad,
+    }
+}
+
+/// Odd sizes, non-square inputs and kernels, padding 0/1/2, stride 1/2, kernel 1/3/5, batch 1 and
+/// 3, channels 1/3/7, more than one 64-wide tile and partial register blocks on every axis.
+const SHAPES: &[ConvShape] = &[
+    shape(1, 1, 5, 5, 1, (1, 1), 1, 0),
+    shape(3, 3, 7, 5, 7, (3, 3), 1, 1),
+    shape(1, 7, 9, 6, 3, (5, 5), 2, 2),
+    shape(3, 3, 8, 7, 1, (3, 3), 2, 0),
+    shape(1, 1, 4, 4, 3, (3, 3), 1, 2),
+    shape(3, 7, 11, 13, 7, (5, 5), 1, 0),
+    shape(1, 3, 6, 7, 5, (1, 3), 2, 1),
+    shape(3, 1, 5, 9, 7, (3, 1), 1, 0),
+    shape(1, 3, 7, 7, 7, (1, 1), 2, 0),
+    shape(2, 3, 10, 9, 70, (3, 3), 1, 1),
+    shape(3, 20, 12, 12, 50, (5, 5), 1, 0),
+];
+
+struct Run {
+    y: Vec<f32>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+}
+
+/// Runs the four entry points of `variant` on fresh NaN-poisoned outputs.
+fn run_conv(
+    c: &Ctx,
+    variant: ConvVariant,
+    s: &ConvShape,
+    (x, w, b, gy): (&[f32], &[f32], Option<&[f32]>, &[f32]),
+) -> Run {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let xt = c.tensor("x", &[s.batch, s.c_in, s.h, s.w], x);
+    let wt = c.tensor("w", &[s.c_out, s.cols()], w);
+    let bt = b.map(|b| c.tensor("b", &[s.c_out], b));
+    let gt = c.tensor("gy", &[s.batch, s.c_out, oh, ow], gy);
+    let y = c.poisoned("y", &[s.batch, s.c_out, oh, ow]);
+    let dx = c.poisoned("dx", &[s.batch, s.c_in, s.h, s.w]);
+    let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
+    let db = c.poisoned("db", &[s.c_out]);
+    let k = &c.k.conv;
+    let ds = [
+        k.forward_with(variant, &c.gpu, s, &xt, &wt, bt.as_ref(), &y, &c.k.dummy)
+            .unwrap(),
+        k.backward_input_with(variant, &c.gpu, s, &gt, &wt, &dx)
+            .unwrap(),
+        k.backward_weight_with(variant, &c.gpu, s, &gt, &xt, &dw)
+            .unwrap(),
+        k.bias_backward(&c.gpu, s, &gt, &db).unwrap(),
+    ];
+    let names = match variant {
+        ConvVariant::RegBlock => [
+            "forward_regblock",
+            "backward_input_regblock",
+            "backward_weight_regblock",
+        ],
+        ConvVariant::Tiled => [
+            "forward_tiled",
+            "backward_input_tiled",
+            "backward_weight_split",
+        ],
+    };
+    for (d, n) in ds.iter().zip(names) {
+        assert_eq!(d.label, format!("conv.conv_{n}"), "{variant:?}");
+    }
+    run_once(&c.gpu, &ds, 0).unwrap();
+    Run {
+        y: c.read(&y),
+        dx: c.read(&dx),
+        dw: c.read(&dw),
+        db: c.read(&db),
+    }
+}
+
+fn check_variant(variant: ConvVariant) {
+    let c = ctx();
+    let mut rng = Rng::new(31);
+    for (i, s) in SHAPES.iter().enumerate() {
+        let x = rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0);
+        let w = rand_vec(&mut rng, s.c_out * s.cols(), -1.0, 1.0);
+        let b = rand_vec(&mut rng, s.c_out, -1.0, 1.0);
+        let gy = rand_vec(
+            &mut rng,
+            s.batch * s.c_out * s.out_h() * s.out_w(),
+            -1.0,
+            1.0,
+        );
+        // Every other shape without a bias.
+        let with_bias = i % 2 == 0;
+        let r = run_conv(&c, variant, s, (&x, &w, with_bias.then_some(&b[..]), &gy));
+        let (xd, wd, bd, gd) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&gy));
+        let tag = format!("{variant:?} {s:?}");
+        let bias = with_bias.then_some(&bd[..]);
+        assert_close_norm(
+            &format!("forward {tag}"),
+            &r.y,
+            &reference::forward(s, &xd, &wd, bias),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_input {tag}"),
+            &r.dx,
+            &reference::backward_input(s, &gd, &wd),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_weight {tag}"),
+            &r.dw,
+            &reference::backward_weight(s, &gd, &xd),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("bias_backward {tag}"),
+            &r.db,
+            &reference::bias_backward(s, &gd),
+            TOL,
+        );
+    }
+}
+
+#[test]
+fn conv_regblock_matches_reference() {
+    check_variant(ConvVariant::RegBlock);
+}
+
+#[test]
+fn conv_tiled_matches_reference() {
+    check_variant(ConvVariant::Tiled);
+}
+
+/// The plain wrappers use the adapter's variant; the same inputs give the same bits twice.
+#[test]
+fn conv_wrappers_are_deterministic() {
+    let c = ctx();
+    let mut rng = Rng::new(37);
+    let s = shape(3, 7, 11, 13, 7, (5, 5), 1, 0);
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let xt = c.tensor(
+        "x",
+        &[s.batch, s.c_in, s.h, s.w],
+        &rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0),
+    );
+    let wt = c.tensor(
+        "w",
+        &[s.c_out, s.cols()],
+        &rand_vec(&mut rng, s.c_out * s.cols(), -1.0, 1.0),
+    );
+    let gt = c.tensor(
+        "gy",
+        &[s.batch, s.c_out, oh, ow],
+        &rand_vec(&mut rng, s.batch * s.c_out * oh * ow, -1.0, 1.0),
+    );
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let y = c.poisoned("y", &[s.batch, s.c_out, oh, ow]);
+        let dx = c.poisoned("dx", &[s.batch, s.c_in, s.h, s.w]);
+        let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
+        let db = c.poisoned("db", &[s.c_out]);
+        let k = &c.k.conv;
+        let ds = [
+            k.forward(&c.gpu, &s, &xt, &wt, None, &y, &c.k.dummy)
+                .unwrap(),
+            k.backward_input(&c.gpu, &s, &gt, &wt, &dx).unwrap(),
+            k.backward_weight(&c.gpu, &s, &gt, &xt, &dw).unwrap(),
+            k.bias_backward(&c.gpu, &s, &gt, &db).unwrap(),
+        ];
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let bits = |t| c.read(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        runs.push([bits(&y), bits(&dx), bits(&dw), bits(&db)]);
+    }
+    assert_eq!(c.k.conv.variant, ConvVariant::for_class(c.gpu.class));
+    assert!(
+        runs[0] == runs[1],
+        "conv results differ between two identical runs"
+    );
+}
+
+/// More than 65535 workgroups: the weight-gradient reduction's grid folds into y (73,728 elements,
+/// one workgroup each), and the register-block grids stay correct on the same shape.
+#[test]
+fn conv_large_grid_folds() {
+    let c = ctx();
+    let mut rng = Rng::new(41);
+    let s = shape(1, 128, 3, 3, 64, (3, 3), 1, 0);
+    assert!(s.c_out * s.cols() > 65535);
+    let x = rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0);
+    let w = rand_vec(&mut rng, s.c_out * s.cols(), -1.0, 1.0);
+    let gy = rand_vec(&mut rng, s.batch * s.c_out, -1.0, 1.0);
+    let (xd, wd, gd) = (to_f64(&x), to_f64(&w), to_f64(&gy));
+    for variant in ConvVariant::ALL {
+        let r = run_conv(&c, variant, &s, (&x, &w, None, &gy));
+        let tag = format!("{variant:?} large grid");
+        assert_close_norm(
+            &format!("forward {tag}"),
+            &r.y,
+            &reference::forward(&s, &xd, &wd, None),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_input {tag}"),
+            &r.dx,
+            &reference::backward_input(&s, &gd, &wd),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_weight {tag}"),
+            &r.dw,
+            &reference::backward_weight(&s, &gd, &xd),
+            TOL,
+        );
+    }
+}
+
+fn golden() -> Value {
+    serde_json::from_str(include_str!("../golden/golden_conv.json")).unwrap()
+}
+
+fn f32s(v: &Value) -> Vec<f32> {
+    flat(v).iter().map(|&x| x as f32).collect()
+}
+
+/// The PyTorch masked conv2d: mask, conv forward with the masked weight and bias, input gradient,
+/// dL/dP from the weight-gradient kernel turned into dL/dW and dL/dt (penalty included) by the
+/// masked kernels on the weight viewed as (c_out, c_in kh kw), bias gradient; every variant.
+#[test]
+fn masked_conv_matches_golden() {
+    let g = golden();
+    let case = &g["masked_conv2d"];
+    let u = |k: &str| case[k].as_u64().unwrap() as usize;
+    let k = u("kernel");
+    let s = shape(
+        u("batch"),
+        u("c_in"),
+        u("h"),
+        u("w"),
+        u("c_out"),
+        (k, k),
+        u("stride"),
+        u("padding"),
+    );
+    let alpha = case["alpha"].as_f64().unwrap() as f32;
+    let (rows, cols) = (s.c_out, s.cols());
+    let c = ctx();
+    for variant in ConvVariant::ALL {
+        let w = c.tensor("w", &[rows, cols], &f32s(&case["weight"]));
+        let t = c.tensor("t", &[rows], &f32s(&case["threshold"]));
+        let p = c.poisoned("p", &[rows, cols]);
+        let row_keep = c.tensor_u32("row_keep", &[rows], &vec![u32::MAX; rows]);
+        let layer_keep = c.tensor_u32("layer_keep", &[4], &[u32::MAX, u32::MAX, 0, 0]);
+        let x = c.tensor("x", &[s.batch, s.c_in, s.h, s.w], &f32s(&case["x"]));
+        let b = c.tensor("b", &[rows], &f32s(&case["bias"]));
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let gy = c.tensor("gy", &[s.batch, rows, oh, ow], &f32s(&case["grad_y"]));
+        let y = c.poisoned("y", &[s.batch, rows, oh, ow]);
+        let dx = c.poisoned("dx", &[s.batch, s.c_in, s.h, s.w]);
+        let dp = c.poisoned("dp", &[rows, cols]);
+        let dw = c.poisoned("dw", &[rows, cols]);
+        let dt = c.poisoned("dt", &[rows]);
+        let db = c.poisoned("db", &[rows]);
+        let (m, cv) = (&c.k.masked, &c.k.conv);
+        let ds = [
+            m.mask_forward(&c.gpu, &w, &t, &p, &row_keep).unwrap(),
+            m.mask_reset(&c.gpu, &w, &t, &p, &row_keep, &layer_keep)
+                .unwrap(),
+            cv.forward_with(variant, &c.gpu, &s, &x, &p, Some(&b), &y, &c.k.dummy)
+                .unwrap(),
+            cv.backward_input_with(variant, &c.gpu, &s, &gy, &p, &dx)
+                .unwrap(),
+            cv.backward_weight_with(variant, &c.gpu, &s, &gy, &x, &dp)
+                .unwrap(),
+            m.mask_backward(&c.gpu, &w, &t, &dp, &dw, &dt, alpha)
+                .unwrap(),
+            cv.bias_backward(&c.gpu, &s, &gy, &db).unwrap(),
+        ];
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let tag = format!("golden masked_conv2d {variant:?}");
+        let mask = flat(&case["mask"]);
+        let want_p: Vec<f64> = flat(&case["weight"])
+            .iter()
+            .zip(&mask)
+            .map(|(w, m)| w * m)
+            .collect();
+        // The file's weights are f64 (not all f32-representable): one f32 rounding.
+        assert_close(
+            &format!("{tag} masked weight"),
+            &c.read(&p),
+            &want_p,
+            1e-7,
+            0.0,
+        );
+        let lk = c.read_u32(&layer_keep);
+        assert_eq!(lk[2], 0, "{tag}: no reset");
+        assert_eq!(
+            lk[1] as f64 / (rows * cols) as f64,
+            case["keep_ratio"].as_f64().unwrap(),
+            "{tag} keep ratio"
+        );
+        for (what, got, key) in [
+            ("y", &y, "y"),
+            ("grad_x", &dx, "grad_x"),
+            ("grad_weight", &dw, "grad_weight"),
+            ("grad_bias", &db, "grad_bias"),
+            ("grad_threshold", &dt, "grad_threshold"),
+        ] {
+            assert_close_norm(
+                &format!("{tag} {what}"),
+                &c.read(got),
+                &flat(&case[key]),
+                TOL,
+            );
+        }
+    }
+}
+
+// ---- finite differences of the f64 reference (no GPU) ----
+
+fn rand_f64(rng: &mut Rng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| rng.normal()).collect()
+}
+
+/// `sum(gy * conv(x, w) + b)`: its gradients are exactly the reference backward passes.
+#[test]
+fn conv_reference_matches_finite_differences() {
+    let mut rng = Rng::new(43);
+    for s in [
+        shape(2, 2, 5, 4, 3, (3, 2), 2, 1),
+        shape(1, 3, 6, 6, 2, (3, 3), 1, 2),
+    ] {
+        let x = rand_f64(&mut rng, s.batch * s.c_in * s.h * s.w);
+        let w = rand_f64(&mut rng, s.c_out * s.cols());
+        let b = rand_f64(&mut rng, s.c_out);
+        let gy = rand_f64(&mut rng, s.batch * s.c_out * s.out_h() * s.out_w());
+        let obj = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+            reference::forward(&s, x, w, Some(b))
+                .iter()
+                .zip(&gy)
+                .map(|(a, g)| a * g)
+                .sum()
+        };
+        let dx = reference::backward_input(&s, &gy, &w);
+        let dw = reference::backward_weight(&s, &gy, &x);
+        let db = reference::bias_backward(&s, &gy);
+        let h = 1e-6;
+        let fd = |v: &[f64], k: usize, f: &dyn Fn(&[f64]) -> f64| {
+            let (mut p, mut m) = (v.to_vec(), v.to_vec());
+            p[k] += h;
+            m[k] -= h;
+            (f(&p) - f(&m)) / (2.0 * h)
+        };
+        for k in 0..x.len() {
+            let d = fd(&x, k, &|x| obj(x, &w, &b));
+            assert!(
+                (d - dx[k]).abs() < 1e-6,
+                "{s:?} dx[{k}] fd {d} vs {}",
+                dx[k]
+            );
+        }
+        for k in 0..w.len() {
+            let d = fd(&w, k, &|w| obj(&x, w, &b));
+            assert!(
+                (d - dw[k]).abs() < 1e-6,
+                "{s:?} dW[{k}] fd {d} vs {}",
+                dw[k]
+            );
+        }
+        for k in 0..b.len() {
+            let d = fd(&b, k, &|b| obj(&x, &w, b));
+            assert!(
+                (d - db[k]).abs() < 1e-6,
+                "{s:?} db[{k}] fd {d} vs {}",
+                db[k]
+            );
+        }
+    }
+}
+
+/// The masked conv through `reference::masked`'s closed form: with M0 and W0 frozen at the point,
+/// J(W, t) = sum gy * conv(x, W M0 + W0 S~(|W| - t)) + alpha sum exp(-t) has exactly the gradients
+/// `mask_backward(W, t, dP)`, dP = the conv weight gradient; and the true objective (P = W M)
+/// has dW = dP M, mask locally constant. Probes stay away from the mask's jumps and H's kinks.
+#[test]
+fn masked_conv_reference_matches_finite_differences() {
+    let mut rng = Rng::new(47);
+    let s = shape(2, 2, 5, 6, 3, (3, 3), 2, 1);
+    let (rows, cols, alpha) = (s.c_out, s.cols(), 0.2);
+    let t: Vec<f64> = (0..rows).map(|_| rng.range(-0.2, 0.5)).collect();
+    let mut w = vec![0.0; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            w[i * cols + j] = loop {
+                let v = rng.range(-1.6, 1.6);
+                let q = v.abs() - t[i];
+                if [0.0, 0.4, 1.0].iter().all(|e| (q.abs() - e).abs() > 1e-3) && v.abs() > 1e-3 {
+                    break v as f32 as f64;
+                }
+            };
+        }
+    }
+    let x = rand_f64(&mut rng, s.batch * s.c_in * s.h * s.w);
+    let gy = rand_f64(&mut rng, s.batch * rows * s.out_h() * s.out_w());
+    let (m0, _) = rmasked::mask_forward(&w, &t, rows, cols);
+    let w0 = w.clone();
+    let conv_obj = |p: &[f64]| -> f64 {
+        reference::forward(&s, &x, p, None)
+            .iter()
+            .zip(&gy)
+            .map(|(a, g)| a * g)
+            .sum()
+    };
+    let j = |w: &[f64], t: &[f64]| -> f64 {
+        let p: Vec<f64> = (0..rows * cols)
+            .map(|k| {
+                let on = if m0[k] != 0.0 { 1.0 } else { 0.0 };
+                w[k] * on + w0[k] * smooth_step(w[k].abs() - t[k / cols])
+            })
+            .collect();
+        conv_obj(&p) + rmasked::penalty(t, alpha)
+    };
+    let true_obj = |w: &[f64]| conv_obj(&rmasked::mask_forward(w, &t, rows, cols).0);
+    let dp = reference::backward_weight(&s, &gy, &x);
+    let (dw, dt) = rmasked::mask_backward(&w, &t, &dp, rows, cols, alpha);
+    let h = 1e-6;
+    for k in 0..rows * cols {
+        let (mut wp, mut wm) = (w.clone(), w.clone());
+        wp[k] += h;
+        wm[k] -= h;
+        let d = (j(&wp, &t) - j(&wm, &t)) / (2.0 * h);
+        assert!((d - dw[k]).abs() < 1e-6, "dW[{k}]: fd {d} vs {}", dw[k]);
+        let d = (true_obj(&wp) - true_obj(&wm)) / (2.0 * h);
+        let on = if m0[k] != 0.0 { 1.0 } else { 0.0 };
+        assert!(
+            (d - dp[k] * on).abs() < 1e-6,
+            "performance term dW[{k}]: fd {d} vs {}",
+            dp[k] * on
+        );
+    }
+    for i in 0..rows {
+        let (mut tp, mut tm) = (t.clone(), t.clone());
+        tp[i] += h;
+        tm[i] -= h;
+        let d = (j(&w, &tp) - j(&w, &tm)) / (2.0 * h);
+        assert!((d - dt[i]).abs() < 1e-6, "dt[{i}]: fd {d} vs {}", dt[i]);
+    }
+}
