@@ -60,26 +60,31 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 struct TrainArgs {
-    /// Model to train.
+    /// Model to train: lenet300 (LeNet-300-100) or lenet5 (LeNet-5-Caffe). Every flag below
+    /// that is not given takes the paper's setting for the model.
     #[arg(long, default_value = "lenet300")]
     model: String,
     /// Train dense (no masks); DST is the default.
     #[arg(long)]
     dense: bool,
-    /// Sparsity penalty weight alpha (METHOD.md section 2).
-    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
-    alpha: f64,
-    /// Epochs in all [default: 20; on --resume: the run's own].
+    /// Sparsity penalty weight alpha (METHOD.md section 2) [default: the model's, 5e-4 for the LeNets].
+    #[arg(long, allow_negative_numbers = true)]
+    alpha: Option<f64>,
+    /// Epochs in all [default: the model's, 20; on --resume: the run's own].
     #[arg(long)]
     epochs: Option<usize>,
-    #[arg(long, default_value_t = 64)]
-    batch: usize,
-    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
-    lr: f64,
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    momentum: f64,
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    weight_decay: f64,
+    /// Batch size [default: the model's, 64 for the LeNets].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Learning rate [default: the model's, 0.01 for the LeNets].
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// SGD momentum [default: the model's, 0.9 for the LeNets].
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// Weight decay, applied to every parameter [default: the model's, 0 for the LeNets].
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Folder with the four MNIST IDX files (.gz or raw); default: the embedded subset.
@@ -94,9 +99,10 @@ struct TrainArgs {
     /// Use only the first N training images.
     #[arg(long)]
     limit_train: Option<usize>,
-    /// Optimiser: sgd (with --momentum) or adam (betas 0.9/0.999, eps 1e-8).
-    #[arg(long, default_value = "sgd")]
-    optimizer: String,
+    /// Optimiser: sgd (with --momentum) or adam (betas 0.9/0.999, eps 1e-8) [default: the
+    /// model's, sgd for the LeNets].
+    #[arg(long)]
+    optimizer: Option<String>,
     /// Continue the run in this directory from its last checkpoint (its config is reused;
     /// --epochs may raise the total).
     #[arg(long)]
@@ -179,22 +185,24 @@ fn cmd_info() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn config_from(a: &TrainArgs) -> TrainConfig {
-    TrainConfig {
+/// The model's paper settings, overridden by the flags given.
+fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
+    let d = TrainConfig::for_model(&a.model)?;
+    Ok(TrainConfig {
         model: a.model.clone(),
         dense: a.dense,
-        alpha: a.alpha,
-        epochs: a.epochs.unwrap_or(TrainConfig::default().epochs),
-        batch: a.batch,
-        lr: a.lr,
-        momentum: a.momentum,
-        weight_decay: a.weight_decay,
+        alpha: a.alpha.unwrap_or(d.alpha),
+        epochs: a.epochs.unwrap_or(d.epochs),
+        batch: a.batch.unwrap_or(d.batch),
+        lr: a.lr.unwrap_or(d.lr),
+        momentum: a.momentum.unwrap_or(d.momentum),
+        weight_decay: a.weight_decay.unwrap_or(d.weight_decay),
         seed: a.seed,
         limit_train: a.limit_train,
         log_every: a.log_every,
         data: a.data.clone(),
-        optimizer: a.optimizer.clone(),
-    }
+        optimizer: a.optimizer.clone().unwrap_or(d.optimizer),
+    })
 }
 
 fn timestamp() -> String {
@@ -286,7 +294,7 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
             (cfg, dir.clone(), true)
         }
         None => {
-            let cfg = config_from(&a);
+            let cfg = config_from(&a)?;
             let out = a.out.clone().unwrap_or_else(|| {
                 PathBuf::from("runs").join(format!(
                     "{}-{}{}",

@@ -119,8 +119,7 @@ impl Plan {
         let mut cx = PlanCx::new(gpu, kernels, &model.arena, step, mode, alpha, stats.clone());
         let mut shape = vec![batch];
         shape.extend(&model.input);
-        let x = cx.activation("input", &[batch, data.pixels])?;
-        let x = Tensor { shape, ..x };
+        let rows = cx.activation("input", &[batch, data.pixels])?;
         let labels = cx.activation("labels", &[batch])?;
         cx.push(kernels.data.gather(
             gpu,
@@ -128,10 +127,12 @@ impl Plan {
             &data.labels,
             &data.perm,
             lut,
-            &x,
+            &rows,
             &labels,
             step,
         )?);
+        // The same buffer in the model's per-sample shape (e.g. 1 x 28 x 28 for a conv net).
+        let x = Tensor { shape, ..rows };
         let mut acts = vec![x];
         for layer in &model.layers {
             let y = layer.forward(&mut cx, acts.last().unwrap())?;

@@ -3,7 +3,9 @@
 //! one WGSL family); the plan builder and the trainer do not change.
 
 pub mod arena;
+pub mod conv;
 pub mod linear;
+pub mod pool;
 pub mod relu;
 
 pub use arena::{Arena, ArenaBuilder, Init, ParamId, Which};

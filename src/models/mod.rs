@@ -1,0 +1,159 @@
+//! Models as compositions of layers: the registry of names, their per-sample input, classes and
+//! the paper's settings as defaults (METHOD.md section 5), and the builder that lays out their
+//! parameter arena. One file per family of models (`lenet`: LeNet-300-100 and LeNet-5-Caffe).
+
+pub mod lenet;
+
+use crate::gpu::Gpu;
+use crate::nn::{Arena, ArenaBuilder, Layer, MaskView};
+
+/// The paper's training settings of a model (METHOD.md section 5): what `dst train --model M`
+/// uses for every flag that is not given.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Defaults {
+    pub optimizer: &'static str,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub batch: usize,
+    pub epochs: usize,
+    pub alpha: f64,
+}
+
+/// A model this build can train.
+pub struct ModelInfo {
+    pub name: &'static str,
+    pub about: &'static str,
+    /// Per-sample input shape.
+    pub input: &'static [usize],
+    pub classes: usize,
+    pub defaults: Defaults,
+    /// Declares the parameters in the arena and returns the layers, in order.
+    build: fn(&Gpu, &mut ArenaBuilder, bool) -> crate::gpu::Result<Vec<Box<dyn Layer>>>,
+}
+
+const LENET_SGD: Defaults = Defaults {
+    optimizer: "sgd",
+    lr: 0.01,
+    momentum: 0.9,
+    weight_decay: 0.0,
+    batch: 64,
+    epochs: 20,
+    alpha: 5e-4,
+};
+
+/// Every model, in the order `--help` lists them.
+pub const MODELS: &[ModelInfo] = &[
+    ModelInfo {
+        name: "lenet300",
+        about: "LeNet-300-100: FC 784-300-100-10, ReLU (MNIST)",
+        input: &[784],
+        classes: 10,
+        defaults: LENET_SGD,
+        build: lenet::lenet300,
+    },
+    ModelInfo {
+        name: "lenet5",
+        about: "LeNet-5-Caffe: conv 5x5 20, max-pool 2, conv 5x5 50, max-pool 2, FC 800-500-10, ReLU (MNIST)",
+        input: &[1, 28, 28],
+        classes: 10,
+        defaults: LENET_SGD,
+        build: lenet::lenet5,
+    },
+];
+
+pub struct Model {
+    pub name: String,
+    pub masked: bool,
+    /// Per-sample input shape.
+    pub input: Vec<usize>,
+    pub classes: usize,
+    pub layers: Vec<Box<dyn Layer>>,
+    pub arena: Arena,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("unknown model {name:?}; available: {available}")]
+    Unknown { name: String, available: String },
+    #[error(transparent)]
+    Gpu(#[from] crate::gpu::GpuError),
+}
+
+/// The registry entry of `name`; an unknown name is an error that lists the models.
+pub fn info(name: &str) -> std::result::Result<&'static ModelInfo, ModelError> {
+    MODELS
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| ModelError::Unknown {
+            name: name.to_string(),
+            available: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// Checks a model name before any GPU work.
+pub fn check_name(name: &str) -> std::result::Result<(), ModelError> {
+    info(name).map(|_| ())
+}
+
+impl Model {
+    /// Builds `name` (dense or masked) with parameters initialised from `seed`; `adam` allocates the
+    /// second-moment arena.
+    pub fn build(
+        gpu: &Gpu,
+        name: &str,
+        masked: bool,
+        seed: u64,
+        adam: bool,
+    ) -> std::result::Result<Model, ModelError> {
+        let info = info(name)?;
+        let mut ab = ArenaBuilder::default();
+        let layers = (info.build)(gpu, &mut ab, masked)?;
+        let layout = ab.layout(gpu.limits.min_storage_buffer_offset_alignment as u64);
+        let initial = layout.init(seed);
+        let arena = Arena::new(gpu, layout, &initial, adam)?;
+        Ok(Model {
+            name: name.to_string(),
+            masked,
+            input: info.input.to_vec(),
+            classes: info.classes,
+            layers,
+            arena,
+        })
+    }
+
+    pub fn mask_views(&self) -> Vec<MaskView> {
+        self.layers.iter().flat_map(|l| l.mask_views()).collect()
+    }
+
+    /// Names and shapes of every parameter, in arena order.
+    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.arena
+            .layout
+            .entries
+            .iter()
+            .map(|e| (e.name.clone(), e.shape.clone()))
+            .collect()
+    }
+
+    /// One line per layer: name, per-sample output shape, parameters (masked or dense).
+    pub fn describe(&self) -> Vec<String> {
+        let mut shape = self.input.clone();
+        let mut out = Vec::new();
+        for l in &self.layers {
+            shape = l.output_shape(&shape);
+            let masked: usize = l.mask_views().iter().map(|v| v.rows * v.cols).sum();
+            out.push(format!(
+                "{:<8} -> {:?}{}",
+                l.name(),
+                shape,
+                if masked > 0 {
+                    format!("  ({masked} masked weights)")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,254 @@
+//! 2-D convolution, dense or DST-masked (shaders/conv.wgsl, shaders/masked.wgsl). NCHW, any
+//! kernel size, stride and zero padding.
+//!
+//! A masked conv is the conv plus the masked layer's machinery (METHOD.md section 1): the kernel
+//! `(c_out, c_in, kh, kw)` is viewed as a `(c_out, c_in*kh*kw)` matrix with one threshold per
+//! output filter; `mask_forward` + `mask_reset` make P, the conv runs with P, and `mask_backward`
+//! turns the conv's weight gradient dL/dP into dL/dW and dL/dt.
+
+use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
+use crate::gpu::{Gpu, Result, Tensor};
+use crate::kernels::conv::ConvShape;
+
+pub struct Conv2d {
+    name: String,
+    pub c_in: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    weight: ParamId,
+    bias: Option<ParamId>,
+    mask: Option<MaskState>,
+}
+
+/// Buffers a masked conv owns (they depend on parameters only, not on the batch).
+struct MaskState {
+    threshold: ParamId,
+    masked_weight: Tensor,
+    row_keep: Tensor,
+    layer_keep: Tensor,
+}
+
+/// The ids `Conv2d::declare` returns: weight, bias (if any), threshold (if masked).
+pub type ConvIds = (ParamId, Option<ParamId>, Option<ParamId>);
+
+impl Conv2d {
+    /// Declares weight `(c_out, c_in, k, k)`, an optional bias `(c_out)` and, when masked, a
+    /// threshold per filter `(c_out)`, with PyTorch's default init: U(-1/sqrt(fan_in), ..) for
+    /// weight and bias (fan_in = c_in*k*k), thresholds 0.
+    pub fn declare(
+        arena: &mut ArenaBuilder,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        bias: bool,
+        masked: bool,
+    ) -> ConvIds {
+        let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
+        let w = arena.param(
+            &format!("{name}.weight"),
+            &[c_out, c_in, k, k],
+            Init::Uniform(bound),
+        );
+        let b = bias.then(|| arena.param(&format!("{name}.bias"), &[c_out], Init::Uniform(bound)));
+        let t = masked.then(|| arena.param(&format!("{name}.threshold"), &[c_out], Init::Zeros));
+        (w, b, t)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        name: &str,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        ids: ConvIds,
+    ) -> Result<Conv2d> {
+        let mask = match ids.2 {
+            Some(threshold) => Some(MaskState {
+                threshold,
+                masked_weight: Tensor::zeros(
+                    gpu,
+                    &format!("{name}.masked_weight"),
+                    &[c_out, c_in, k, k],
+                )?,
+                row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep"), &[c_out])?,
+                layer_keep: Tensor::zeros(gpu, &format!("{name}.layer_keep"), &[4])?,
+            }),
+            None => None,
+        };
+        Ok(Conv2d {
+            name: name.to_string(),
+            c_in,
+            c_out,
+            k,
+            stride,
+            pad,
+            weight: ids.0,
+            bias: ids.1,
+            mask,
+        })
+    }
+
+    fn cols(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+
+    /// The conv's shape for a batch input `x` of shape (batch, c_in, h, w).
+    fn shape(&self, x: &Tensor) -> ConvShape {
+        assert_eq!(
+            x.shape.len(),
+            4,
+            "{}: input {:?} is not NCHW",
+            self.name,
+            x.shape
+        );
+        assert_eq!(x.shape[1], self.c_in, "{}: input channels", self.name);
+        ConvShape {
+            batch: x.shape[0],
+            c_in: self.c_in,
+            h: x.shape[2],
+            w: x.shape[3],
+            c_out: self.c_out,
+            kh: self.k,
+            kw: self.k,
+            stride: self.stride,
+            pad: self.pad,
+        }
+    }
+
+    /// `t` viewed as the `(c_out, c_in*k*k)` matrix the masked kernels take.
+    fn rows(&self, t: &Tensor) -> Tensor {
+        Tensor {
+            shape: vec![self.c_out, self.cols()],
+            ..t.clone()
+        }
+    }
+
+    /// The weight the conv uses: P for masked layers, W for dense ones.
+    fn effective_weight(&self, cx: &PlanCx<'_>) -> Tensor {
+        match &self.mask {
+            Some(m) => m.masked_weight.clone(),
+            None => cx.arena.param(self.weight),
+        }
+    }
+}
+
+impl Layer for Conv2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Vec<usize> {
+        let s = ConvShape {
+            batch: 1,
+            c_in: self.c_in,
+            h: input[1],
+            w: input[2],
+            c_out: self.c_out,
+            kh: self.k,
+            kw: self.k,
+            stride: self.stride,
+            pad: self.pad,
+        };
+        vec![self.c_out, s.out_h(), s.out_w()]
+    }
+
+    fn forward(&self, cx: &mut PlanCx<'_>, x: &Tensor) -> Result<Tensor> {
+        let s = self.shape(x);
+        let (k, gpu) = (cx.kernels, cx.gpu);
+        if let Some(m) = &self.mask {
+            let w = self.rows(&cx.arena.param(self.weight));
+            let t = cx.arena.param(m.threshold);
+            let p = self.rows(&m.masked_weight);
+            cx.push(k.masked.mask_forward(gpu, &w, &t, &p, &m.row_keep)?);
+            cx.push(
+                k.masked
+                    .mask_reset(gpu, &w, &t, &p, &m.row_keep, &m.layer_keep)?,
+            );
+        }
+        let y = cx.activation(
+            &format!("{}.y", self.name),
+            &[s.batch, s.c_out, s.out_h(), s.out_w()],
+        )?;
+        let w = self.effective_weight(cx);
+        let b = self.bias.map(|b| cx.arena.param(b));
+        cx.push(k.conv.forward(gpu, &s, x, &w, b.as_ref(), &y, &k.dummy)?);
+        Ok(y)
+    }
+
+    fn backward(
+        &self,
+        cx: &mut PlanCx<'_>,
+        x: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+        need_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        let s = self.shape(x);
+        let (k, gpu) = (cx.kernels, cx.gpu);
+        let dx = if need_dx {
+            let dx = cx.activation(&format!("{}.d_input", self.name), &x.shape)?;
+            let w = self.effective_weight(cx);
+            cx.push(k.conv.backward_input(gpu, &s, dy, &w, &dx)?);
+            Some(dx)
+        } else {
+            None
+        };
+        let d_weight = cx.arena.grad(self.weight);
+        match &self.mask {
+            Some(m) => {
+                let d_masked = cx.activation(
+                    &format!("{}.d_masked_weight", self.name),
+                    &[self.c_out, self.c_in, self.k, self.k],
+                )?;
+                cx.push(k.conv.backward_weight(gpu, &s, dy, x, &d_masked)?);
+                let w = self.rows(&cx.arena.param(self.weight));
+                let t = cx.arena.param(m.threshold);
+                let d_t = cx.arena.grad(m.threshold);
+                cx.push(k.masked.mask_backward(
+                    gpu,
+                    &w,
+                    &t,
+                    &self.rows(&d_masked),
+                    &self.rows(&d_weight),
+                    &d_t,
+                    cx.alpha,
+                )?);
+            }
+            None => cx.push(k.conv.backward_weight(gpu, &s, dy, x, &d_weight)?),
+        }
+        if let Some(b) = self.bias {
+            let d_bias = cx.arena.grad(b);
+            cx.push(k.conv.bias_backward(gpu, &s, dy, &d_bias)?);
+        }
+        Ok(dx)
+    }
+
+    fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
+        if let Some(m) = &self.mask {
+            let t = cx.arena.param(m.threshold);
+            let d = cx.kernels.masked.penalty(cx.gpu, &t, &cx.stats, cx.alpha)?;
+            cx.push(d);
+        }
+        Ok(())
+    }
+
+    fn mask_views(&self) -> Vec<MaskView> {
+        self.mask
+            .iter()
+            .map(|m| MaskView {
+                name: self.name.clone(),
+                rows: self.c_out,
+                cols: self.cols(),
+                threshold: m.threshold,
+                threshold_rows: 0..self.c_out,
+                layer_keep: m.layer_keep.clone(),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,176 @@
+//! What defines a run (`TrainConfig`, saved as `config.json` and in every checkpoint), its
+//! per-model defaults and its validation; the errors of training.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::CheckpointError;
+use crate::data::Mnist;
+use crate::gpu::GpuError;
+use crate::models::{check_name, ModelError};
+use crate::plan::Optimizer;
+
+use super::Result;
+
+/// Everything that defines a run; saved as `config.json` and in every checkpoint.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub model: String,
+    /// Dense training (no masks); DST otherwise.
+    pub dense: bool,
+    pub alpha: f64,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// Use only the first N training images.
+    pub limit_train: Option<usize>,
+    /// Log every N steps (and at every epoch end).
+    pub log_every: usize,
+    /// A folder of IDX files; None: the embedded MNIST subset.
+    pub data: Option<PathBuf>,
+    /// "sgd" (momentum, the paper's choice for LeNet) or "adam" (betas 0.9/0.999, eps 1e-8).
+    #[serde(default = "default_optimizer")]
+    pub optimizer: String,
+}
+
+fn default_optimizer() -> String {
+    "sgd".into()
+}
+
+impl Default for TrainConfig {
+    /// The paper's LeNet-300-100 settings (METHOD.md section 5).
+    fn default() -> Self {
+        TrainConfig::for_model("lenet300").expect("lenet300 is registered")
+    }
+}
+
+impl TrainConfig {
+    /// The paper's settings for `model` (METHOD.md section 5): DST, seed 1, the embedded data.
+    pub fn for_model(model: &str) -> std::result::Result<TrainConfig, ModelError> {
+        let d = crate::models::info(model)?.defaults;
+        Ok(TrainConfig {
+            model: model.into(),
+            dense: false,
+            alpha: d.alpha,
+            epochs: d.epochs,
+            batch: d.batch,
+            lr: d.lr,
+            momentum: d.momentum,
+            weight_decay: d.weight_decay,
+            seed: 1,
+            limit_train: None,
+            log_every: 100,
+            data: None,
+            optimizer: d.optimizer.into(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("training diverged at epoch {epoch}, step {step}: {what}; the learning rate (--lr) is most likely too large for this model, or --alpha is; try a smaller one (the last good checkpoint, if any, is kept unchanged in {dir})")]
+    Diverged {
+        epoch: usize,
+        step: u64,
+        what: &'static str,
+        dir: PathBuf,
+    },
+}
+
+
+impl TrainConfig {
+    /// Checks every value before any GPU work.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        check_name(&self.model)?;
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return bad(format!("--alpha must be >= 0, got {}", self.alpha));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return bad(format!(
+                "--momentum must be in [0, 1), got {}",
+                self.momentum
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay must be >= 0, got {}",
+                self.weight_decay
+            ));
+        }
+        if self.batch == 0 || self.batch > 65_535 {
+            return bad(format!("--batch must be in 1..=65535, got {}", self.batch));
+        }
+        if self.epochs == 0 {
+            return bad("--epochs must be >= 1".into());
+        }
+        if self.log_every == 0 {
+            return bad("--log-every must be >= 1".into());
+        }
+        if !["sgd", "adam"].contains(&self.optimizer.as_str()) {
+            return bad(format!(
+                "--optimizer must be sgd or adam, got {:?}",
+                self.optimizer
+            ));
+        }
+        if self.limit_train == Some(0) {
+            return bad("--limit-train must be >= 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn masked(&self) -> bool {
+        !self.dense
+    }
+
+    pub fn optimizer(&self) -> Optimizer {
+        if self.optimizer == "adam" {
+            return Optimizer::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: self.weight_decay as f32,
+            };
+        }
+        Optimizer::Sgd {
+            momentum: self.momentum as f32,
+            weight_decay: self.weight_decay as f32,
+        }
+    }
+
+    /// Loads the data this config names (the embedded subset when `data` is None).
+    pub fn load_data(&self) -> Result<Mnist> {
+        let mut m = match &self.data {
+            Some(dir) => crate::data::load_dir(dir)?,
+            None => crate::data::try_load_embedded()?,
+        };
+        if let Some(n) = self.limit_train {
+            m.train = m.train.limit(n);
+        }
+        Ok(m)
+    }
+}
+

@@ -1,0 +1,386 @@
+//! Training: the loop (plans built once and replayed, many steps per submission, no readback
+//! between log points), evaluation, metrics, checkpoints, resume and the divergence guard.
+//! `config` defines a run, `session` is a model on the GPU, `run_dir` is where a run writes; the
+//! loop here knows no layer and no model.
+
+mod config;
+mod run_dir;
+mod session;
+
+pub use config::{TrainConfig, TrainError};
+pub use run_dir::RunDir;
+pub use session::{Session, Stats};
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::Checkpoint;
+use crate::data::Mnist;
+use crate::gpu::Gpu;
+use crate::kernels::StepInfo;
+use crate::models::check_name;
+use crate::nn::Mode;
+use crate::plan::Optimizer;
+use crate::rng::Rng;
+
+pub(crate) type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// Per-layer sparsity at one point of training.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LayerStats {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kept: u64,
+    pub total: u64,
+    pub keep_ratio: f64,
+    pub threshold_min: f64,
+    pub threshold_mean: f64,
+    pub threshold_max: f64,
+    pub resets: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub step: u64,
+    pub train_loss: f64,
+    pub train_penalty: f64,
+    pub train_acc: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    pub keep_ratio: f64,
+    pub layers: Vec<LayerStats>,
+    pub epoch_seconds: f64,
+    pub ms_per_step: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    pub model: String,
+    pub dense: bool,
+    pub adapter: String,
+    pub data: String,
+    pub epochs: usize,
+    pub steps: u64,
+    pub last: EpochRecord,
+    /// The epoch with the best test accuracy.
+    pub best_acc_epoch: usize,
+    pub best_acc: f64,
+    pub best_acc_keep: f64,
+    /// The epoch with the lowest model keep ratio (the reference trainer's second pick).
+    pub lowest_keep_epoch: usize,
+    pub lowest_keep: f64,
+    pub lowest_keep_acc: f64,
+    pub mean_ms_per_step: f64,
+}
+
+/// Where progress goes: a bar on a terminal, plain lines otherwise.
+pub trait Progress {
+    fn start_epoch(&mut self, epoch: usize, epochs: usize, steps: u64);
+    fn step(&mut self, done: u64, msg: &str);
+    fn line(&mut self, msg: &str);
+    fn finish_epoch(&mut self);
+}
+
+/// No output (tests).
+pub struct Quiet;
+impl Progress for Quiet {
+    fn start_epoch(&mut self, _: usize, _: usize, _: u64) {}
+    fn step(&mut self, _: u64, _: &str) {}
+    fn line(&mut self, _: &str) {}
+    fn finish_epoch(&mut self) {}
+}
+
+/// Options of one `train` call beyond the config.
+pub struct RunOptions {
+    pub out: PathBuf,
+    /// Continue the run in `out` from its checkpoint.
+    pub resume: bool,
+}
+
+/// Trains per `cfg` into `opts.out`; returns the summary. On resume, `cfg` must be the run's
+/// config (its `epochs` may be raised).
+pub fn train(
+    gpu: Gpu,
+    cfg: &TrainConfig,
+    opts: &RunOptions,
+    progress: &mut dyn Progress,
+) -> Result<Summary> {
+    cfg.validate()?;
+    let setup = Instant::now();
+    let run = RunDir {
+        dir: opts.out.clone(),
+    };
+    let data = cfg.load_data()?;
+    let session = Session::new(
+        gpu,
+        &cfg.model,
+        cfg.masked(),
+        cfg.seed,
+        cfg.optimizer().is_adam(),
+    )?;
+    let (mut epoch0, mut step) = (0usize, 0u64);
+    let mut history: Vec<EpochRecord> = Vec::new();
+    if opts.resume {
+        let path = run.checkpoint();
+        let ck = Checkpoint::load(&path)?;
+        session.restore(&ck, &path, true)?;
+        epoch0 = ck.meta("epoch").and_then(|s| s.parse().ok()).unwrap_or(0);
+        step = ck.meta("step").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if let Some(h) = ck.meta("history") {
+            history = serde_json::from_str(h).unwrap_or_default();
+        }
+        // A resume with other settings is allowed (e.g. a lower lr) but is no longer the same run.
+        let theirs: serde_json::Value = ck
+            .meta("config")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default();
+        let ours = serde_json::to_value(cfg).expect("serialisable");
+        let changed: Vec<String> = ours
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| k.as_str() != "epochs" && theirs.get(k.as_str()) != Some(*v))
+            .map(|(k, v)| {
+                format!(
+                    "{k} {} -> {v}",
+                    theirs.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
+                )
+            })
+            .collect();
+        if !changed.is_empty() {
+            progress.line(&format!(
+                "warning: resuming with settings that differ from the checkpoint's ({}); the result will not match an uninterrupted run",
+                changed.join(", ")
+            ));
+        }
+        if epoch0 >= cfg.epochs {
+            return Err(TrainError::Config(format!(
+                "{} already holds {epoch0} epochs; pass --epochs larger than that to continue",
+                run.dir.display()
+            )));
+        }
+        progress.line(&format!(
+            "resuming {} at epoch {} (step {step})",
+            run.dir.display(),
+            epoch0 + 1
+        ));
+    } else {
+        std::fs::create_dir_all(&run.dir).map_err(run.io(&run.dir))?;
+    }
+    run.write_json(&run.config(), cfg)?;
+
+    let train_data = session.upload("train", &data.train)?;
+    let test_data = session.upload("test", &data.test)?;
+    let alpha = if cfg.masked() { cfg.alpha as f32 } else { 0.0 };
+    let train_plan = session.plan(&train_data, cfg.batch, Mode::Train, alpha, cfg.optimizer())?;
+    let eval_plan = session.plan(
+        &test_data,
+        500.min(data.test.count),
+        Mode::Eval,
+        alpha,
+        cfg.optimizer(),
+    )?;
+    let n = data.train.count;
+    let steps_per_epoch = n.div_ceil(cfg.batch) as u64;
+    progress.line(&format!(
+        "ready in {:.2} s: {} train / {} test images on the GPU, pipelines built, plans of {} (step) and {} (eval batch) dispatches",
+        setup.elapsed().as_secs_f64(),
+        n,
+        data.test.count,
+        train_plan.dispatches.len(),
+        eval_plan.dispatches.len()
+    ));
+
+    for epoch in epoch0 + 1..=cfg.epochs {
+        let t0 = Instant::now();
+        let perm = Rng::derive(cfg.seed, &format!("epoch {epoch}")).permutation(n);
+        session.gpu.write(&train_data.perm, &perm);
+        progress.start_epoch(epoch, cfg.epochs, steps_per_epoch);
+        let mut epoch_stats = Stats::default();
+        let mut done = 0u64;
+        while done < steps_per_epoch {
+            let window = (cfg.log_every as u64).min(steps_per_epoch - done);
+            let opt = cfg.optimizer();
+            let infos: Vec<StepInfo> = (done..done + window)
+                .map(|s| {
+                    let start = s as usize * cfg.batch;
+                    let valid = (n - start).min(cfg.batch);
+                    opt.step_info(step + s - done + 1, cfg.lr, start, valid)
+                })
+                .collect();
+            session.run_steps(&train_plan, &infos)?;
+            done += window;
+            step += window;
+            let s = session.take_stats(&train_plan.stats)?;
+            if s.non_finite || s.non_finite_params {
+                return Err(TrainError::Diverged {
+                    epoch,
+                    step,
+                    what: if s.non_finite {
+                        "the loss is not finite"
+                    } else {
+                        "parameters or optimiser state hold NaN or infinite values"
+                    },
+                    dir: run.dir.clone(),
+                });
+            }
+            epoch_stats.loss_sum += s.loss_sum;
+            epoch_stats.penalty_sum += s.penalty_sum;
+            epoch_stats.correct += s.correct;
+            epoch_stats.seen += s.seen;
+            let keeps = session.keep_ratios()?;
+            let loss = s.loss_sum / window as f64;
+            run.append_metric(&serde_json::json!({
+                "kind": "step", "step": step, "epoch": epoch, "loss": loss,
+                "penalty": s.penalty_sum / window as f64, "lr": cfg.lr,
+                "train_acc": 100.0 * s.correct as f64 / s.seen.max(1) as f64,
+                "keep": keeps.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            }))?;
+            progress.step(done, &format!("loss {loss:.4}"));
+        }
+        let train_seconds = t0.elapsed().as_secs_f64();
+        let (test_loss, test_acc) = session.evaluate(&eval_plan, &test_data)?;
+        let layers = session.layer_stats()?;
+        let kept: u64 = layers.iter().map(|l| l.kept).sum();
+        let total: u64 = layers.iter().map(|l| l.total).sum();
+        let rec = EpochRecord {
+            epoch,
+            step,
+            train_loss: epoch_stats.loss_sum / steps_per_epoch as f64,
+            train_penalty: epoch_stats.penalty_sum / steps_per_epoch as f64,
+            train_acc: 100.0 * epoch_stats.correct as f64 / epoch_stats.seen.max(1) as f64,
+            test_loss,
+            test_acc,
+            keep_ratio: kept as f64 / total.max(1) as f64,
+            layers,
+            epoch_seconds: t0.elapsed().as_secs_f64(),
+            ms_per_step: 1e3 * train_seconds / steps_per_epoch as f64,
+        };
+        progress.finish_epoch();
+        progress.line(&format!(
+            "epoch {epoch:3}  loss {:.4}  test acc {:.2}%  keep {:.4}  [{}]  {:.2} ms/step",
+            rec.train_loss,
+            rec.test_acc,
+            rec.keep_ratio,
+            rec.layers
+                .iter()
+                .map(|l| format!("{} {:.4}", l.name, l.keep_ratio))
+                .collect::<Vec<_>>()
+                .join(", "),
+            rec.ms_per_step
+        ));
+        let mut v = serde_json::to_value(&rec).expect("serialisable");
+        v["kind"] = "epoch".into();
+        run.append_metric(&v)?;
+        history.push(rec);
+        let mut ck = session.snapshot()?;
+        // The GPU guard above runs at every log point; this host-side check of the values about
+        // to be written makes sure no checkpoint ever holds a NaN or an infinity.
+        if let Some((name, _, _)) = ck
+            .tensors
+            .iter()
+            .find(|(_, _, v)| v.iter().any(|x| !x.is_finite()))
+        {
+            return Err(TrainError::Diverged {
+                epoch,
+                step,
+                what: if name.starts_with("optim.") {
+                    "optimiser state holds NaN or infinite values"
+                } else {
+                    "parameters hold NaN or infinite values"
+                },
+                dir: run.dir.clone(),
+            });
+        }
+        ck.metadata.insert("epoch".into(), epoch.to_string());
+        ck.metadata.insert("step".into(), step.to_string());
+        ck.metadata.insert("seed".into(), cfg.seed.to_string());
+        ck.metadata.insert(
+            "config".into(),
+            serde_json::to_string(cfg).expect("serialisable"),
+        );
+        ck.metadata.insert(
+            "history".into(),
+            serde_json::to_string(&history).expect("serialisable"),
+        );
+        ck.save(&run.checkpoint())?;
+    }
+    let summary = summarize(cfg, &session, &data, &history, step);
+    run.write_json(&run.summary(), &summary)?;
+    if let Some(img) = session.input_mask_image(data.train.rows, data.train.cols)? {
+        let path = run.dir.join("input_mask.png");
+        img.save(&path).map_err(|e| TrainError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        progress.line(&format!(
+            "first layer's mask per input pixel: {}",
+            path.display()
+        ));
+    }
+    Ok(summary)
+}
+
+fn summarize(
+    cfg: &TrainConfig,
+    s: &Session,
+    data: &Mnist,
+    h: &[EpochRecord],
+    steps: u64,
+) -> Summary {
+    let last = h.last().expect("at least one epoch").clone();
+    let best = h
+        .iter()
+        .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc))
+        .unwrap();
+    let low = h
+        .iter()
+        .min_by(|a, b| a.keep_ratio.total_cmp(&b.keep_ratio))
+        .unwrap();
+    Summary {
+        model: cfg.model.clone(),
+        dense: cfg.dense,
+        adapter: s.gpu.describe(),
+        data: data.source.clone(),
+        epochs: cfg.epochs,
+        steps,
+        best_acc_epoch: best.epoch,
+        best_acc: best.test_acc,
+        best_acc_keep: best.keep_ratio,
+        lowest_keep_epoch: low.epoch,
+        lowest_keep: low.keep_ratio,
+        lowest_keep_acc: low.test_acc,
+        mean_ms_per_step: h.iter().map(|r| r.ms_per_step).sum::<f64>() / h.len() as f64,
+        last,
+    }
+}
+
+/// Test accuracy and per-layer keep ratios of a checkpoint on `data`'s test set.
+pub fn evaluate_checkpoint(
+    gpu: Gpu,
+    path: &Path,
+    data: &Mnist,
+) -> Result<(f64, Vec<LayerStats>, String)> {
+    let ck = Checkpoint::load(path)?;
+    let model = ck.meta("model").unwrap_or("").to_string();
+    let masked = ck.meta("masked") == Some("true");
+    check_name(&model)?;
+    let session = Session::new(gpu, &model, masked, 0, false)?;
+    session.restore(&ck, path, false)?;
+    let test = session.upload("test", &data.test)?;
+    let plan = session.plan(
+        &test,
+        500.min(data.test.count),
+        Mode::Eval,
+        0.0,
+        Optimizer::Sgd {
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+    )?;
+    let (_, acc) = session.evaluate(&plan, &test)?;
+    Ok((acc, session.layer_stats()?, session.gpu.describe()))
+}

@@ -1,0 +1,345 @@
+//! A model on the GPU with its kernels: plans, replaying steps, evaluation, metrics readback,
+//! snapshots and restores. Knows nothing of run directories or the loop.
+
+use std::path::Path;
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::data::Dataset;
+use crate::gpu::{Gpu, GpuError, Tensor};
+use crate::kernels::loss::STATS_WORDS;
+use crate::kernels::{data::byte_lut, Kernels, StepInfo, StepRing};
+use crate::models::Model;
+use crate::nn::{MaskView, Mode};
+use crate::plan::{GpuData, Optimizer, Plan};
+
+use super::{LayerStats, Result, TrainError};
+
+/// A model with its device, kernels and datasets, ready to train or evaluate.
+pub struct Session {
+    pub gpu: Gpu,
+    pub kernels: std::sync::Arc<Kernels>,
+    pub model: Model,
+    pub step_ring: StepRing,
+    lut: Tensor,
+}
+
+const SLOTS: u32 = 64;
+
+impl Session {
+    /// `adam`: allocate Adam's second-moment arena (and checkpoint it).
+    pub fn new(gpu: Gpu, model_name: &str, masked: bool, seed: u64, adam: bool) -> Result<Session> {
+        let kernels = Kernels::new(&gpu, None)?;
+        let model = Model::build(&gpu, model_name, masked, seed, adam)?;
+        let step_ring = StepRing::new(&gpu, &kernels, SLOTS);
+        let lut = Tensor::from_slice(&gpu, "byte_lut", &[256], &byte_lut())?;
+        Ok(Session {
+            gpu,
+            kernels,
+            model,
+            step_ring,
+            lut,
+        })
+    }
+
+    pub fn upload(&self, name: &str, ds: &Dataset) -> Result<GpuData> {
+        if ds.pixels() != self.model.input.iter().product::<usize>() {
+            return Err(TrainError::Config(format!(
+                "{name} data has {}x{} images, {} expects {:?} values per sample",
+                ds.rows, ds.cols, self.model.name, self.model.input
+            )));
+        }
+        Ok(GpuData::upload(&self.gpu, name, ds)?)
+    }
+
+    pub fn plan(
+        &self,
+        data: &GpuData,
+        batch: usize,
+        mode: Mode,
+        alpha: f32,
+        opt: Optimizer,
+    ) -> Result<Plan> {
+        Ok(Plan::build(
+            &self.gpu,
+            &self.kernels,
+            &self.model,
+            &self.step_ring,
+            data,
+            &self.lut,
+            batch,
+            mode,
+            alpha,
+            opt,
+        )?)
+    }
+
+    /// Replays `plan` once per StepInfo, `SLOTS` steps per submission, keeping at most two
+    /// submissions in flight. No readback.
+    pub fn run_steps(&self, plan: &Plan, infos: &[StepInfo]) -> Result<()> {
+        let mut in_flight: Option<wgpu::SubmissionIndex> = None;
+        let last = infos.len().div_ceil(SLOTS as usize).checked_sub(1);
+        for (ci, chunk) in infos.chunks(SLOTS as usize).enumerate() {
+            self.step_ring.write(&self.gpu, chunk);
+            let mut enc = self
+                .gpu
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("steps"),
+                });
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("steps"),
+                    timestamp_writes: None,
+                });
+                for slot in 0..chunk.len() as u32 {
+                    plan.record(&mut pass, &self.step_ring, slot);
+                }
+                if last == Some(ci) {
+                    for d in &plan.window_end {
+                        d.record(&mut pass, 0);
+                    }
+                }
+            }
+            let idx = self.gpu.queue.submit([enc.finish()]);
+            if let Some(prev) = in_flight.replace(idx) {
+                self.gpu
+                    .device
+                    .poll(wgpu::PollType::Wait {
+                        submission_index: Some(prev),
+                        timeout: None,
+                    })
+                    .map_err(|e| GpuError::DeviceLost(e.to_string()))?;
+            }
+            // The ring is rewritten by the next chunk's write, ordered after this submission.
+        }
+        self.gpu.check("training steps")?;
+        Ok(())
+    }
+
+    /// Reads a stats buffer and zeroes it.
+    pub fn take_stats(&self, stats: &Tensor) -> Result<Stats> {
+        let w = self.gpu.read::<u32>(stats)?;
+        self.gpu.write(stats, &[0u32; STATS_WORDS]);
+        Ok(Stats {
+            loss_sum: f32::from_bits(w[0]) as f64,
+            penalty_sum: f32::from_bits(w[1]) as f64,
+            correct: w[2] as u64,
+            seen: w[3] as u64,
+            non_finite: w[4] != 0,
+            non_finite_params: w[5] != 0,
+        })
+    }
+
+    /// Test loss and accuracy over `data` (forward passes with the reset rule, as in training).
+    pub fn evaluate(&self, plan: &Plan, data: &GpuData) -> Result<(f64, f64)> {
+        let b = plan.batch;
+        let infos: Vec<StepInfo> = (0..data.count.div_ceil(b))
+            .map(|i| StepInfo {
+                batch_start: (i * b) as u32,
+                valid: (data.count - i * b).min(b) as u32,
+                ..Default::default()
+            })
+            .collect();
+        self.run_steps(plan, &infos)?;
+        let s = self.take_stats(&plan.stats)?;
+        Ok((
+            s.loss_sum / infos.len() as f64,
+            100.0 * s.correct as f64 / s.seen.max(1) as f64,
+        ))
+    }
+
+    /// The keep counters [before reset, after, resets, spare] of each masked layer, in one readback.
+    fn layer_keeps(&self, views: &[MaskView]) -> Result<Vec<[u32; 4]>> {
+        let ranges: Vec<_> = views
+            .iter()
+            .map(|v| (&*v.layer_keep.buffer, v.layer_keep.offset, 16u64))
+            .collect();
+        Ok(self
+            .gpu
+            .read_ranges(&ranges)?
+            .iter()
+            .map(|k| {
+                let w: Vec<u32> = bytemuck::pod_collect_to_vec(k);
+                [w[0], w[1], w[2], w[3]]
+            })
+            .collect())
+    }
+
+    /// (layer, keep ratio) of every masked layer, from the keep counters alone (a few bytes).
+    pub fn keep_ratios(&self) -> Result<Vec<(String, f64)>> {
+        let views = self.model.mask_views();
+        let keeps = self.layer_keeps(&views)?;
+        Ok(views
+            .iter()
+            .zip(keeps)
+            .map(|(v, k)| (v.name.clone(), k[1] as f64 / (v.rows * v.cols) as f64))
+            .collect())
+    }
+
+    /// Per-layer keep ratios and threshold statistics (reads the keep counters and the arena).
+    pub fn layer_stats(&self) -> Result<Vec<LayerStats>> {
+        let views = self.model.mask_views();
+        let params = self.gpu.read::<f32>(&self.model.arena.params)?;
+        let mut out = Vec::new();
+        if views.is_empty() {
+            for e in &self.model.arena.layout.entries {
+                if e.name.ends_with(".weight") {
+                    let n = e.len() as u64;
+                    out.push(LayerStats {
+                        name: e.name.trim_end_matches(".weight").to_string(),
+                        shape: e.shape.clone(),
+                        kept: n,
+                        total: n,
+                        keep_ratio: 1.0,
+                        threshold_min: 0.0,
+                        threshold_mean: 0.0,
+                        threshold_max: 0.0,
+                        resets: 0,
+                    });
+                }
+            }
+            return Ok(out);
+        }
+        for (v, k) in views.iter().zip(self.layer_keeps(&views)?) {
+            let e = &self.model.arena.layout.entries[v.threshold.0];
+            let t = &params[e.offset + v.threshold_rows.start..e.offset + v.threshold_rows.end];
+            let total = (v.rows * v.cols) as u64;
+            out.push(LayerStats {
+                name: v.name.clone(),
+                shape: vec![v.rows, v.cols],
+                kept: k[1] as u64,
+                total,
+                keep_ratio: k[1] as f64 / total as f64,
+                threshold_min: t.iter().copied().fold(f32::INFINITY, f32::min) as f64,
+                threshold_mean: t.iter().map(|&x| x as f64).sum::<f64>() / t.len() as f64,
+                threshold_max: t.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64,
+                resets: k[2],
+            });
+        }
+        Ok(out)
+    }
+
+    /// For a masked first layer that reads the image directly: a picture (8x upscaled, grey) of
+    /// how many of its rows keep each input pixel, white = the most-kept pixel, black = pruned by
+    /// every row. DST prunes MNIST's empty border.
+    pub fn input_mask_image(&self, rows: usize, cols: usize) -> Result<Option<image::GrayImage>> {
+        let Some(v) = self.model.mask_views().into_iter().next() else {
+            return Ok(None);
+        };
+        if v.cols != rows * cols {
+            return Ok(None);
+        }
+        let a = &self.model.arena;
+        let params = self.gpu.read::<f32>(&a.params)?;
+        let Some(w_entry) = a.layout.find(&format!("{}.weight", v.name)) else {
+            return Ok(None);
+        };
+        let t_entry = &a.layout.entries[v.threshold.0];
+        let w = &params[w_entry.offset..w_entry.offset + w_entry.len()];
+        let t = &params[t_entry.offset..t_entry.offset + t_entry.len()];
+        let mut kept = vec![0u32; v.cols];
+        for r in 0..v.rows {
+            for (c, k) in kept.iter_mut().enumerate() {
+                *k += (w[r * v.cols + c].abs() - t[r] > 0.0) as u32;
+            }
+        }
+        const SCALE: usize = 8;
+        let most = kept.iter().copied().max().unwrap_or(0).max(1) as f64;
+        let img =
+            image::GrayImage::from_fn((cols * SCALE) as u32, (rows * SCALE) as u32, |x, y| {
+                let (px, py) = (x as usize / SCALE, y as usize / SCALE);
+                let f = kept[py * cols + px] as f64 / most;
+                image::Luma([(255.0 * f).round() as u8])
+            });
+        Ok(Some(img))
+    }
+
+    /// Parameters and optimiser state as a checkpoint (metadata added by the caller).
+    pub fn snapshot(&self) -> Result<Checkpoint> {
+        let a = &self.model.arena;
+        let params = self.gpu.read::<f32>(&a.params)?;
+        let m1 = self.gpu.read::<f32>(&a.moment1)?;
+        let m2 = self.gpu.read::<f32>(&a.moment2)?;
+        let adam = m2.len() == params.len();
+        let mut ck = Checkpoint::default();
+        for e in &a.layout.entries {
+            let r = e.offset..e.offset + e.len();
+            let mut push = |name: String, v: &[f32]| {
+                ck.tensors
+                    .push((name, e.shape.clone(), v[r.clone()].to_vec()))
+            };
+            push(e.name.clone(), &params);
+            push(format!("optim.momentum.{}", e.name), &m1);
+            if adam {
+                push(format!("optim.second_moment.{}", e.name), &m2);
+            }
+        }
+        ck.metadata.insert("model".into(), self.model.name.clone());
+        ck.metadata
+            .insert("masked".into(), self.model.masked.to_string());
+        Ok(ck)
+    }
+
+    /// Restores parameters (and optimiser state when present and `with_optim`) from a checkpoint,
+    /// refusing one of another model or shape.
+    pub fn restore(&self, ck: &Checkpoint, path: &Path, with_optim: bool) -> Result<()> {
+        let mismatch = |reason: String| CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let model = ck.meta("model").unwrap_or("?");
+        let masked = ck.meta("masked").unwrap_or("?");
+        if model != self.model.name || masked != self.model.masked.to_string() {
+            return Err(mismatch(format!(
+                "checkpoint of model {model} (masked {masked}), expected {} (masked {})",
+                self.model.name, self.model.masked
+            ))
+            .into());
+        }
+        let a = &self.model.arena;
+        let mut params = vec![0.0f32; a.layout.total];
+        let mut m1 = vec![0.0f32; a.layout.total];
+        let adam = a.moment2.len() == a.layout.total;
+        let mut m2 = vec![0.0f32; if adam { a.layout.total } else { 1 }];
+        for e in &a.layout.entries {
+            let fill = |dst: &mut [f32], name: &str, required: bool| -> Result<()> {
+                match ck.get(name) {
+                    Some((_, shape, v)) if *shape == e.shape => {
+                        dst[e.offset..e.offset + e.len()].copy_from_slice(v);
+                        Ok(())
+                    }
+                    Some((_, shape, _)) => Err(mismatch(format!(
+                        "tensor {name} has shape {shape:?}, the model expects {:?}",
+                        e.shape
+                    ))
+                    .into()),
+                    None if required => Err(mismatch(format!("tensor {name} is missing")).into()),
+                    None => Ok(()),
+                }
+            };
+            fill(&mut params, &e.name, true)?;
+            if with_optim {
+                fill(&mut m1, &format!("optim.momentum.{}", e.name), true)?;
+                if adam {
+                    fill(&mut m2, &format!("optim.second_moment.{}", e.name), true)?;
+                }
+            }
+        }
+        self.gpu.write(&a.params, &params);
+        self.gpu.write(&a.moment1, &m1);
+        self.gpu.write(&a.moment2, &m2);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub loss_sum: f64,
+    pub penalty_sum: f64,
+    pub correct: u64,
+    pub seen: u64,
+    pub non_finite: bool,
+    /// A parameter or optimiser value was NaN or infinite at the end of the window.
+    pub non_finite_params: bool,
+}
+
