@@ -1,0 +1,135 @@
+//! LeNet-5-Caffe end to end on the embedded MNIST subset (lavapipe in CI): it learns, resumes bit
+//! for bit, and refuses LeNet-300-100 checkpoints (and the reverse).
+
+use std::path::{Path, PathBuf};
+
+use dst::checkpoint::Checkpoint;
+use dst::gpu::Gpu;
+use dst::train::{self, Quiet, RunOptions, TrainConfig, TrainError};
+
+fn gpu() -> Gpu {
+    Gpu::from_env().unwrap_or_else(|e| panic!("training tests need an adapter: {e}"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dst-lenet5-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn lenet5(limit: usize, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        limit_train: Some(limit),
+        epochs,
+        log_every: 10,
+        ..TrainConfig::for_model("lenet5").unwrap()
+    }
+}
+
+fn run(cfg: &TrainConfig, out: &Path, resume: bool) -> Result<train::Summary, TrainError> {
+    train::train(
+        gpu(),
+        cfg,
+        &RunOptions {
+            out: out.to_path_buf(),
+            resume,
+        },
+        &mut Quiet,
+    )
+}
+
+/// 60 DST steps on 1920 images: the loss falls, test accuracy passes 80 %, masks start to prune,
+/// and the checkpoint holds the conv layers' thresholds (one per filter).
+#[test]
+fn short_lenet5_run_learns() {
+    let out = tmp("learn");
+    let cfg = lenet5(1920, 2);
+    assert_eq!((cfg.lr, cfg.batch, cfg.alpha), (0.01, 64, 5e-4), "paper defaults");
+    let s = run(&cfg, &out, false).unwrap();
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| v["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(losses.len(), 6);
+    assert!(
+        *losses.last().unwrap() < 0.5 * losses[0],
+        "loss did not fall: {losses:?}"
+    );
+    assert!(s.last.test_acc >= 80.0, "test accuracy {}", s.last.test_acc);
+    let names: Vec<&str> = s.last.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["conv1", "conv2", "fc3", "fc4"]);
+    assert_eq!(s.last.layers[0].shape, vec![20, 25]);
+    assert_eq!(s.last.layers[1].shape, vec![50, 500]);
+    assert!(s.last.keep_ratio < 1.0, "keep {}", s.last.keep_ratio);
+    let ck = Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.meta("model"), Some("lenet5"));
+    let (_, shape, _) = ck.get("conv2.weight").unwrap();
+    assert_eq!(shape, &vec![50, 20, 5, 5]);
+    let (_, shape, _) = ck.get("conv1.threshold").unwrap();
+    assert_eq!(shape, &vec![20]);
+}
+
+/// 2 epochs in one go and 1 + 1 with a resume give bit-identical parameters and momenta.
+#[test]
+fn lenet5_resume_is_bit_identical() {
+    let cfg = lenet5(256, 2);
+    let (a, b) = (tmp("once"), tmp("resumed"));
+    run(&cfg, &a, false).unwrap();
+    run(
+        &TrainConfig {
+            epochs: 1,
+            ..cfg.clone()
+        },
+        &b,
+        false,
+    )
+    .unwrap();
+    run(&cfg, &b, true).unwrap();
+    let (ca, cb) = (
+        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
+        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
+    );
+    assert_eq!(ca.tensors.len(), cb.tensors.len());
+    for ((na, sa, va), (nb, sb, vb)) in ca.tensors.iter().zip(&cb.tensors) {
+        assert_eq!((na, sa), (nb, sb));
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(va) == bits(vb), "tensor {na} differs after resume");
+    }
+}
+
+/// A LeNet-300-100 checkpoint is refused by LeNet-5 and the reverse, naming both models; so is
+/// `dst eval`'s path with the wrong model (a checkpoint names its own model, so eval follows it).
+#[test]
+fn checkpoints_of_the_other_lenet_are_refused() {
+    let (d300, d5) = (tmp("ck300"), tmp("ck5"));
+    let c300 = TrainConfig {
+        limit_train: Some(128),
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    run(&c300, &d300, false).unwrap();
+    run(&lenet5(128, 1), &d5, false).unwrap();
+    // Each run directory resumed with the other model's config.
+    let err = run(&lenet5(128, 2), &d300, true).unwrap_err().to_string();
+    assert!(
+        err.contains("checkpoint of model lenet300") && err.contains("expected lenet5"),
+        "{err}"
+    );
+    let err = run(
+        &TrainConfig {
+            epochs: 2,
+            ..c300
+        },
+        &d5,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("checkpoint of model lenet5") && err.contains("expected lenet300"),
+        "{err}"
+    );
+}
