@@ -7,6 +7,7 @@ pub mod act;
 pub mod data;
 pub mod gemm;
 pub mod loss;
+pub mod lstm;
 pub mod masked;
 pub mod optim;
 
@@ -23,6 +24,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("data", data::SOURCE),
     ("gemm", gemm::SOURCE),
     ("loss", loss::SOURCE),
+    ("lstm", lstm::SOURCE),
     ("masked", masked::SOURCE),
     ("optim", optim::SOURCE),
 ];
@@ -300,6 +302,7 @@ pub struct Kernels {
     pub masked: masked::Masked,
     pub act: act::Act,
     pub loss: loss::Loss,
+    pub lstm: lstm::Lstm,
     pub data: data::Data,
     pub optim: optim::Optim,
     /// A 4-byte buffer bound where an entry point's optional input is absent.
@@ -355,6 +358,7 @@ impl Kernels {
             )?,
             act: act::Act::new(&mk("act", act::SOURCE)?)?,
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
+            lstm: lstm::Lstm::new(&mk("lstm", lstm::SOURCE)?)?,
             data: data::Data::new(&mk("data", data::SOURCE)?)?,
             optim: optim::Optim::new(&mk("optim", optim::SOURCE)?)?,
             dummy: Tensor::zeros(gpu, "dummy", &[1])?,

@@ -4,6 +4,7 @@
 
 pub mod arena;
 pub mod linear;
+pub mod lstm;
 pub mod relu;
 
 pub use arena::{Arena, ArenaBuilder, Init, ParamId, Which};

@@ -5,5 +5,6 @@
 pub mod act;
 pub mod gemm;
 pub mod loss;
+pub mod lstm;
 pub mod masked;
 pub mod optim;

@@ -7,6 +7,7 @@ mod common;
 mod data;
 mod gemm;
 mod loss;
+mod lstm;
 mod masked;
 mod optim;
 mod runtime;
