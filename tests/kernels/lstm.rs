@@ -861,3 +861,176 @@ fn lstm_reference_matches_finite_differences() {
         check("estimator dt_hh", k, v, r.d_t_hh[k]);
     }
 }
+
+/// Two stacked layers as LSTM-a wires them (lstm1: batch-major input -> time-major sequence;
+/// lstm2: time-major input -> last h), in one plan and one arena, against the twin composed the
+/// same way: lstm2's dx is lstm1's dy, and lstm1 computes no dx.
+#[test]
+fn lstm_two_layer_stack_matches_reference() {
+    let c = ctx();
+    let mut rng = Rng::new(55);
+    let (b, t, i, h1, h2) = (3, 4, 7, 6, 5);
+    let d1 = Dims {
+        batch: b,
+        steps: t,
+        input: i,
+        hidden: h1,
+    };
+    let d2 = Dims {
+        batch: b,
+        steps: t,
+        input: h1,
+        hidden: h2,
+    };
+    let p1 = Problem::random(
+        &mut rng,
+        d1,
+        LstmInput::BatchMajor,
+        LstmOutput::Sequence,
+        true,
+    );
+    let p2 = Problem::random(&mut rng, d2, LstmInput::TimeMajor, LstmOutput::Last, true);
+    let alpha = p1.alpha;
+    // Reference: lstm2 on lstm1's sequence, then lstm1 with lstm2's dx as its upstream gradient.
+    let x_tm = p1.x_tm();
+    let fwd1 = {
+        let (pi, ..) = rl::effective(&p1.p.w_ih, p1.p.t_ih.as_ref(), h1, i);
+        let (ph, ..) = rl::effective(&p1.p.w_hh, p1.p.t_hh.as_ref(), h1, h1);
+        rl::forward(&x_tm, &pi, &ph, &p1.p.bias, d1)
+    };
+    let r2 = rl::layer(&fwd1.h, &p2.p, &p2.dh_seq(), d2, alpha);
+    let r1 = rl::layer(&x_tm, &p1.p, &r2.bwd.dx, d1, alpha);
+
+    let mut ab = ArenaBuilder::default();
+    let ids1 = Lstm::declare(&mut ab, "lstm1", i, h1, true);
+    let ids2 = Lstm::declare(&mut ab, "lstm2", h1, h2, true);
+    let layout = ab.layout(c.gpu.limits.min_storage_buffer_offset_alignment as u64);
+    let mut init = vec![0.0f32; layout.total];
+    for (name, pr) in [("lstm1", &p1), ("lstm2", &p2)] {
+        for (what, v) in [
+            ("weight_ih", &pr.p.w_ih),
+            ("weight_hh", &pr.p.w_hh),
+            ("bias", &pr.p.bias),
+            ("threshold_ih", pr.p.t_ih.as_ref().unwrap()),
+            ("threshold_hh", pr.p.t_hh.as_ref().unwrap()),
+        ] {
+            let e = layout.find(&format!("{name}.{what}")).unwrap();
+            init[e.offset..e.offset + v.len()].copy_from_slice(&f32v(v));
+        }
+    }
+    let arena = Arena::new(&c.gpu, layout, &init, true).unwrap();
+    let l1 = Lstm::new(
+        &c.gpu,
+        "lstm1",
+        i,
+        h1,
+        t,
+        LstmInput::BatchMajor,
+        LstmOutput::Sequence,
+        ids1,
+    )
+    .unwrap();
+    let l2 = Lstm::new(
+        &c.gpu,
+        "lstm2",
+        h1,
+        h2,
+        t,
+        LstmInput::TimeMajor,
+        LstmOutput::Last,
+        ids2,
+    )
+    .unwrap();
+    assert_eq!(l1.output_shape(&[t, i]), vec![t, h1]);
+    assert_eq!(l2.output_shape(&[t, h1]), vec![h2]);
+    let x = c.tensor("x", &[b, t * i], &f32v(&p1.x_bm));
+    let dy = c.tensor("dy", &[b, h2], &f32v(&p2.dy));
+    let stats = c.tensor_u32("stats", &[STATS_WORDS], &[0; STATS_WORDS]);
+    let mut cx = PlanCx::new(
+        &c.gpu,
+        &c.k,
+        &arena,
+        &c.step,
+        Mode::Train,
+        alpha as f32,
+        stats.clone(),
+    );
+    let y1 = l1.forward(&mut cx, &x).unwrap();
+    assert_eq!(y1.shape, vec![t, b, h1]);
+    let y2 = l2.forward(&mut cx, &y1).unwrap();
+    assert_eq!(y2.shape, vec![b, h2]);
+    l1.penalty(&mut cx).unwrap();
+    l2.penalty(&mut cx).unwrap();
+    let dx2 = l2.backward(&mut cx, &y1, &y2, &dy, true).unwrap().unwrap();
+    assert_eq!(dx2.shape, y1.shape);
+    assert!(l1
+        .backward(&mut cx, &x, &y1, &dx2, false)
+        .unwrap()
+        .is_none());
+    // Masks 4 + input transpose 1 + projection 1 + T steps (layer 1); 4 + 1 + T (layer 2);
+    // penalties 2 + 2; backward: T steps + dX + dP_ih + mask + dP_hh + mask + bias (layer 2),
+    // the same without dX (layer 1).
+    assert_eq!(
+        cx.dispatches.len(),
+        (6 + t) + (5 + t) + 4 + (6 + t) + (5 + t)
+    );
+    c.gpu.write(&y2, &vec![f32::NAN; y2.len()]);
+    c.gpu
+        .write(&arena.grads, &vec![f32::NAN; arena.grads.len()]);
+    run_once(&c.gpu, &cx.dispatches, 0).unwrap();
+    let (atol, rtol) = (2e-6, 2e-5);
+    assert_close(
+        "stack y",
+        &c.read(&y2),
+        &r2.fwd.h[(t - 1) * b * h2..],
+        atol,
+        rtol,
+    );
+    assert_close("stack y1", &c.read(&y1), &fwd1.h, atol, rtol);
+    assert_close("stack dx2", &c.read(&dx2), &r2.bwd.dx, atol, rtol);
+    for (tag, ids, r) in [("lstm1", ids1, &r1), ("lstm2", ids2, &r2)] {
+        let g = |id| c.read(&arena.grad(id));
+        let (ga, gr) = (1e-5, 1e-4);
+        assert_close(
+            &format!("{tag} d_bias"),
+            &g(ids.bias),
+            &r.bwd.d_bias,
+            ga,
+            gr,
+        );
+        assert_close(
+            &format!("{tag} d_w_ih"),
+            &g(ids.weight_ih),
+            &r.d_w_ih,
+            ga,
+            gr,
+        );
+        assert_close(
+            &format!("{tag} d_w_hh"),
+            &g(ids.weight_hh),
+            &r.d_w_hh,
+            ga,
+            gr,
+        );
+        assert_close(
+            &format!("{tag} d_t_ih"),
+            &g(ids.threshold_ih.unwrap()),
+            &r.d_t_ih,
+            ga,
+            gr,
+        );
+        assert_close(
+            &format!("{tag} d_t_hh"),
+            &g(ids.threshold_hh.unwrap()),
+            &r.d_t_hh,
+            ga,
+            gr,
+        );
+    }
+    let pen = f32::from_bits(c.read_u32(&stats)[1]) as f64;
+    let pen_ref = r1.penalty + r2.penalty;
+    assert!(
+        (pen - pen_ref).abs() <= 1e-5 * pen_ref,
+        "stack penalty {pen} vs {pen_ref}"
+    );
+}
