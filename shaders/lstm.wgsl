@@ -11,7 +11,10 @@
 //          c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
 // The forward is one `lstm_step` dispatch per step, the backward one `lstm_step_backward` per
 // step in reverse (the step index is baked into each dispatch's uniform). Every dot product runs
-// in a fixed order (no atomics): same inputs, same bits.
+// in a fixed order (no atomics): same inputs, same bits. One invocation per (b, j) reads the row
+// of h (forward) or dgates (backward) it needs straight from storage: all invocations of a
+// workgroup read the same element at once (a broadcast on GPUs), and without workgroup tiles and
+// barriers the kernels run twice as fast on CPU adapters (lavapipe).
 
 // Keep in sync with `LstmParams` in src/kernels/lstm.rs.
 struct LstmParams {
@@ -39,7 +42,6 @@ struct LstmParams {
 @group(0) @binding(11) var<storage, read_write> dst: array<f32>;
 
 const WG: u32 = 64u;
-var<workgroup> tile: array<f32, 64>;
 
 fn sigmoid(x: f32) -> f32 {
     return 1.0 / (1.0 + exp(-x));
@@ -51,10 +53,11 @@ fn tanh_c(x: f32) -> f32 {
     return tanh(clamp(x, -15.0, 15.0));
 }
 
-// Workgroup (64 hidden units j, one batch row b) per step t = lp.t. Reads xproj[t], w_hh,
-// h_pad[t] (h_{t-1}) and c_pad[t]; writes h_pad[t+1], c_pad[t+1], gates[t], and y: y[t] (sequence
-// output) or, at the last step, y[b] (last-h output). At t = 0 also writes slot 0 of h_pad and
-// c_pad (zeros), so no state is carried over from an earlier batch.
+// One invocation per (batch row b, hidden unit j), 64 units per workgroup, at step t = lp.t.
+// Reads xproj[t], w_hh, h_pad[t] (h_{t-1}) and c_pad[t]; writes h_pad[t+1], c_pad[t+1],
+// gates[t], and y: y[t] (sequence output) or, at the last step, y[b] (last-h output). At t = 0
+// also writes slot 0 of h_pad and c_pad (zeros), so no state is carried over from an earlier
+// batch.
 @compute @workgroup_size(64, 1, 1)
 fn lstm_step(@builtin(local_invocation_id) lid: vec3<u32>,
              @builtin(workgroup_id) wid: vec3<u32>) {
@@ -62,38 +65,29 @@ fn lstm_step(@builtin(local_invocation_id) lid: vec3<u32>,
     let t = lp.t;
     let b = wid.y;
     let j = wid.x * WG + lid.x;
-    let jj = min(j, hs - 1u); // clamped for loads; only j < hs stores
+    if (j >= hs || b >= lp.batch) {
+        return;
+    }
     let g4 = 4u * hs;
     let row = t * lp.batch + b;
     let xr = row * g4;
-    var zi = xproj[xr + jj];
-    var zf = xproj[xr + hs + jj];
-    var zg = xproj[xr + 2u * hs + jj];
-    var zo = xproj[xr + 3u * hs + jj];
+    var zi = xproj[xr + j];
+    var zf = xproj[xr + hs + j];
+    var zg = xproj[xr + 2u * hs + j];
+    var zo = xproj[xr + 3u * hs + j];
     let prev = row * hs; // slot t of h_pad / c_pad: h_{t-1}, c_{t-1}
     if (t > 0u) {
-        let wi = jj * hs;
-        let wf = (hs + jj) * hs;
-        let wgg = (2u * hs + jj) * hs;
-        let wo = (3u * hs + jj) * hs;
-        for (var k0 = 0u; k0 < hs; k0 += WG) {
-            let k = k0 + lid.x;
-            tile[lid.x] = select(0.0, h_pad[prev + min(k, hs - 1u)], k < hs);
-            workgroupBarrier();
-            let kn = min(WG, hs - k0);
-            for (var kk = 0u; kk < kn; kk++) {
-                let hv = tile[kk];
-                let col = k0 + kk;
-                zi = fma(hv, w_hh[wi + col], zi);
-                zf = fma(hv, w_hh[wf + col], zf);
-                zg = fma(hv, w_hh[wgg + col], zg);
-                zo = fma(hv, w_hh[wo + col], zo);
-            }
-            workgroupBarrier();
+        let wi = j * hs;
+        let wf = (hs + j) * hs;
+        let wgg = (2u * hs + j) * hs;
+        let wo = (3u * hs + j) * hs;
+        for (var col = 0u; col < hs; col++) {
+            let hv = h_pad[prev + col];
+            zi = fma(hv, w_hh[wi + col], zi);
+            zf = fma(hv, w_hh[wf + col], zf);
+            zg = fma(hv, w_hh[wgg + col], zg);
+            zo = fma(hv, w_hh[wo + col], zo);
         }
-    }
-    if (j >= hs || b >= lp.batch) {
-        return;
     }
     let ig = sigmoid(zi);
     let fg = sigmoid(zf);
@@ -122,7 +116,8 @@ fn lstm_step(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 }
 
-// Workgroup (64 hidden units j, one batch row b) per step t = lp.t, run for t = T-1 down to 0.
+// One invocation per (batch row b, hidden unit j), 64 units per workgroup, at step t = lp.t, run
+// for t = T-1 down to 0.
 // Reads dy (dy[t] of a sequence output, or dy[b] at the last step of a last-h output), w_hh,
 // gates[t] and gates[t+1], c_pad[t] and c_pad[t+1], dgates[t+1] and dc[t+1]; writes dc[t] (dL/dc_t)
 // and dgates[t] (dL/dz of the four gates, pre-activation):
@@ -137,26 +132,18 @@ fn lstm_step_backward(@builtin(local_invocation_id) lid: vec3<u32>,
     let t = lp.t;
     let b = wid.y;
     let j = wid.x * WG + lid.x;
-    let jj = min(j, hs - 1u);
+    if (j >= hs || b >= lp.batch) {
+        return;
+    }
     let g4 = 4u * hs;
     let row = t * lp.batch + b;
     let last = t + 1u == lp.steps;
     var dh = 0.0;
     if (!last) {
         let base = (row + lp.batch) * g4;
-        for (var k0 = 0u; k0 < g4; k0 += WG) {
-            let k = k0 + lid.x;
-            tile[lid.x] = select(0.0, dgates[base + min(k, g4 - 1u)], k < g4);
-            workgroupBarrier();
-            let kn = min(WG, g4 - k0);
-            for (var kk = 0u; kk < kn; kk++) {
-                dh = fma(tile[kk], w_hh[(k0 + kk) * hs + jj], dh);
-            }
-            workgroupBarrier();
+        for (var k = 0u; k < g4; k++) {
+            dh = fma(dgates[base + k], w_hh[k * hs + j], dh);
         }
-    }
-    if (j >= hs || b >= lp.batch) {
-        return;
     }
     if (lp.out_seq != 0u) {
         dh += dy[row * hs + j];

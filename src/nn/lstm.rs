@@ -174,7 +174,7 @@ impl Lstm {
     fn batch_of(&self, x: &Tensor) -> usize {
         let per = self.steps * self.input_size;
         assert!(
-            x.len() % per == 0 && x.len() > 0,
+            x.len().is_multiple_of(per) && !x.is_empty(),
             "{}: input {:?} is not a batch of {} x {} sequences",
             self.name,
             x.shape,
