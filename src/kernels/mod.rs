@@ -8,6 +8,7 @@ pub mod conv;
 pub mod data;
 pub mod gemm;
 pub mod loss;
+pub mod lstm;
 pub mod masked;
 pub mod optim;
 pub mod pool;
@@ -26,6 +27,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("data", data::SOURCE),
     ("gemm", gemm::SOURCE),
     ("loss", loss::SOURCE),
+    ("lstm", lstm::SOURCE),
     ("masked", masked::SOURCE),
     ("optim", optim::SOURCE),
     ("pool", pool::SOURCE),
@@ -304,6 +306,7 @@ pub struct Kernels {
     pub masked: masked::Masked,
     pub act: act::Act,
     pub loss: loss::Loss,
+    pub lstm: lstm::Lstm,
     pub data: data::Data,
     pub optim: optim::Optim,
     pub conv: conv::Conv,
@@ -361,6 +364,7 @@ impl Kernels {
             )?,
             act: act::Act::new(&mk("act", act::SOURCE)?)?,
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
+            lstm: lstm::Lstm::new(&mk("lstm", lstm::SOURCE)?)?,
             data: data::Data::new(&mk("data", data::SOURCE)?)?,
             optim: optim::Optim::new(&mk("optim", optim::SOURCE)?)?,
             conv: conv::Conv::new(&mk("conv", conv::SOURCE)?, gpu.class)?,

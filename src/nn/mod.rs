@@ -5,6 +5,7 @@
 pub mod arena;
 pub mod conv;
 pub mod linear;
+pub mod lstm;
 pub mod pool;
 pub mod relu;
 

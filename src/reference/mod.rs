@@ -6,6 +6,7 @@ pub mod act;
 pub mod conv;
 pub mod gemm;
 pub mod loss;
+pub mod lstm;
 pub mod masked;
 pub mod optim;
 pub mod pool;

@@ -8,6 +8,7 @@ mod conv;
 mod data;
 mod gemm;
 mod loss;
+mod lstm;
 mod masked;
 mod optim;
 mod pool;

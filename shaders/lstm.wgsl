@@ -1,0 +1,187 @@
+// lstm.wgsl: one LSTM layer over a sequence, forward and backpropagation through time
+// (METHOD.md sections 1, 5 and 9). Gate order i, f, g (candidate, tanh), o, as PyTorch's nn.LSTM.
+//
+// Layouts (all row-major, time-major: row (t, b) = t * batch + b):
+//   xproj  (T, B, 4H)   x_t P_ih^T + bias for every step, one GEMM before the steps
+//   w_hh   (4H, H)      the recurrent weight the layer computes with (P_hh when masked)
+//   h_pad  (T+1, B, H)  slot 0 = zeros (h_{-1}), slot t+1 = h_t
+//   c_pad  (T+1, B, H)  slot 0 = zeros (c_{-1}), slot t+1 = c_t
+//   gates  (T, B, 4H)   the activations i, f, g, o of every step (kept for the backward)
+// Step t:  z = xproj[t] + h_{t-1} P_hh^T;  i, f, o = sigmoid(z_i, z_f, z_o);  g = tanh(z_g)
+//          c_t = f * c_{t-1} + i * g;  h_t = o * tanh(c_t)
+// The forward is one `lstm_step` dispatch per step, the backward one `lstm_step_backward` per
+// step in reverse (the step index is baked into each dispatch's uniform). Every dot product runs
+// in a fixed order (no atomics): same inputs, same bits. One invocation per (b, j) reads the row
+// of h (forward) or dgates (backward) it needs straight from storage: all invocations of a
+// workgroup read the same element at once (a broadcast on GPUs), and without workgroup tiles and
+// barriers the kernels run twice as fast on CPU adapters (lavapipe).
+
+// Keep in sync with `LstmParams` in src/kernels/lstm.rs.
+struct LstmParams {
+    batch: u32,
+    hidden: u32,
+    steps: u32,
+    t: u32,        // the step this dispatch computes
+    out_seq: u32,  // 1: y / dy is the sequence (T, B, H); 0: the last step's h only (B, H)
+    d0: u32,       // swap01: source dims (d0, d1, d2)
+    d1: u32,
+    d2: u32,
+}
+
+@group(0) @binding(0) var<uniform> lp: LstmParams;
+@group(0) @binding(1) var<storage, read> xproj: array<f32>;
+@group(0) @binding(2) var<storage, read> w_hh: array<f32>;
+@group(0) @binding(3) var<storage, read_write> h_pad: array<f32>;
+@group(0) @binding(4) var<storage, read_write> c_pad: array<f32>;
+@group(0) @binding(5) var<storage, read_write> gates: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read> dy: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dgates: array<f32>;
+@group(0) @binding(9) var<storage, read_write> dc: array<f32>;
+@group(0) @binding(10) var<storage, read> src: array<f32>;
+@group(0) @binding(11) var<storage, read_write> dst: array<f32>;
+
+const WG: u32 = 64u;
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-x));
+}
+
+// tanh on a clamped argument: some back ends evaluate tanh through exp and overflow to NaN for
+// large |x|; tanh(15) is 1 in f32 already.
+fn tanh_c(x: f32) -> f32 {
+    return tanh(clamp(x, -15.0, 15.0));
+}
+
+// One invocation per (batch row b, hidden unit j), 64 units per workgroup, at step t = lp.t.
+// Reads xproj[t], w_hh, h_pad[t] (h_{t-1}) and c_pad[t]; writes h_pad[t+1], c_pad[t+1],
+// gates[t], and y: y[t] (sequence output) or, at the last step, y[b] (last-h output). At t = 0
+// also writes slot 0 of h_pad and c_pad (zeros), so no state is carried over from an earlier
+// batch.
+@compute @workgroup_size(64, 1, 1)
+fn lstm_step(@builtin(local_invocation_id) lid: vec3<u32>,
+             @builtin(workgroup_id) wid: vec3<u32>) {
+    let hs = lp.hidden;
+    let t = lp.t;
+    let b = wid.y;
+    let j = wid.x * WG + lid.x;
+    if (j >= hs || b >= lp.batch) {
+        return;
+    }
+    let g4 = 4u * hs;
+    let row = t * lp.batch + b;
+    let xr = row * g4;
+    var zi = xproj[xr + j];
+    var zf = xproj[xr + hs + j];
+    var zg = xproj[xr + 2u * hs + j];
+    var zo = xproj[xr + 3u * hs + j];
+    let prev = row * hs; // slot t of h_pad / c_pad: h_{t-1}, c_{t-1}
+    if (t > 0u) {
+        let wi = j * hs;
+        let wf = (hs + j) * hs;
+        let wgg = (2u * hs + j) * hs;
+        let wo = (3u * hs + j) * hs;
+        for (var col = 0u; col < hs; col++) {
+            let hv = h_pad[prev + col];
+            zi = fma(hv, w_hh[wi + col], zi);
+            zf = fma(hv, w_hh[wf + col], zf);
+            zg = fma(hv, w_hh[wgg + col], zg);
+            zo = fma(hv, w_hh[wo + col], zo);
+        }
+    }
+    let ig = sigmoid(zi);
+    let fg = sigmoid(zf);
+    let gg = tanh_c(zg);
+    let og = sigmoid(zo);
+    var c_prev = 0.0;
+    if (t > 0u) {
+        c_prev = c_pad[prev + j];
+    } else {
+        h_pad[b * hs + j] = 0.0;
+        c_pad[b * hs + j] = 0.0;
+    }
+    let c = fg * c_prev + ig * gg;
+    let h = og * tanh_c(c);
+    let out = (row + lp.batch) * hs + j;
+    c_pad[out] = c;
+    h_pad[out] = h;
+    gates[xr + j] = ig;
+    gates[xr + hs + j] = fg;
+    gates[xr + 2u * hs + j] = gg;
+    gates[xr + 3u * hs + j] = og;
+    if (lp.out_seq != 0u) {
+        y[row * hs + j] = h;
+    } else if (t + 1u == lp.steps) {
+        y[b * hs + j] = h;
+    }
+}
+
+// One invocation per (batch row b, hidden unit j), 64 units per workgroup, at step t = lp.t, run
+// for t = T-1 down to 0.
+// Reads dy (dy[t] of a sequence output, or dy[b] at the last step of a last-h output), w_hh,
+// gates[t] and gates[t+1], c_pad[t] and c_pad[t+1], dgates[t+1] and dc[t+1]; writes dc[t] (dL/dc_t)
+// and dgates[t] (dL/dz of the four gates, pre-activation):
+//   dh_t = dy_t + sum_k dgates[t+1][b][k] w_hh[k][j]      (recurrent term when t < T-1)
+//   dc_t = dh_t * o * (1 - tanh(c_t)^2) + dc_{t+1} * f_{t+1}
+//   dz_i = dc_t g i (1-i),  dz_f = dc_t c_{t-1} f (1-f),  dz_g = dc_t i (1-g^2),
+//   dz_o = dh_t tanh(c_t) o (1-o)
+@compute @workgroup_size(64, 1, 1)
+fn lstm_step_backward(@builtin(local_invocation_id) lid: vec3<u32>,
+                      @builtin(workgroup_id) wid: vec3<u32>) {
+    let hs = lp.hidden;
+    let t = lp.t;
+    let b = wid.y;
+    let j = wid.x * WG + lid.x;
+    if (j >= hs || b >= lp.batch) {
+        return;
+    }
+    let g4 = 4u * hs;
+    let row = t * lp.batch + b;
+    let last = t + 1u == lp.steps;
+    var dh = 0.0;
+    if (!last) {
+        let base = (row + lp.batch) * g4;
+        for (var k = 0u; k < g4; k++) {
+            dh = fma(dgates[base + k], w_hh[k * hs + j], dh);
+        }
+    }
+    if (lp.out_seq != 0u) {
+        dh += dy[row * hs + j];
+    } else if (last) {
+        dh += dy[b * hs + j];
+    }
+    let gr = row * g4;
+    let ig = gates[gr + j];
+    let fg = gates[gr + hs + j];
+    let gg = gates[gr + 2u * hs + j];
+    let og = gates[gr + 3u * hs + j];
+    let c_prev = c_pad[row * hs + j];
+    let tc = tanh_c(c_pad[(row + lp.batch) * hs + j]);
+    var dct = dh * og * (1.0 - tc * tc);
+    if (!last) {
+        let nxt = row + lp.batch;
+        dct += dc[nxt * hs + j] * gates[nxt * g4 + hs + j];
+    }
+    dc[row * hs + j] = dct;
+    dgates[gr + j] = dct * gg * ig * (1.0 - ig);
+    dgates[gr + hs + j] = dct * c_prev * fg * (1.0 - fg);
+    dgates[gr + 2u * hs + j] = dct * ig * (1.0 - gg * gg);
+    dgates[gr + 3u * hs + j] = dh * tc * og * (1.0 - og);
+}
+
+// One invocation per element. Reads src (d0, d1, d2); writes dst (d1, d0, d2) with
+// dst[a1][a0][c] = src[a0][a1][c] (batch-major <-> time-major).
+@compute @workgroup_size(256, 1, 1)
+fn swap01(@builtin(global_invocation_id) gid: vec3<u32>,
+          @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    let n = lp.d0 * lp.d1 * lp.d2;
+    if (i >= n) {
+        return;
+    }
+    let c = i % lp.d2;
+    let r = i / lp.d2;
+    let a0 = r % lp.d0;
+    let a1 = r / lp.d0;
+    dst[i] = src[(a0 * lp.d1 + a1) * lp.d2 + c];
+}

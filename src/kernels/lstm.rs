@@ -1,0 +1,173 @@
+//! `shaders/lstm.wgsl`: the recurrent steps of an LSTM layer (forward and BPTT) and the
+//! batch-major <-> time-major transpose. The input projection and the weight gradients are GEMMs
+//! (`kernels::gemm`), the masks `kernels::masked`; see `nn::lstm` for the whole layer.
+
+use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory};
+use crate::gpu::{Gpu, Result, Tensor};
+
+pub const SOURCE: &str = include_str!("../../shaders/lstm.wgsl");
+
+/// Keep in sync with `LstmParams` in shaders/lstm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct LstmParams {
+    pub batch: u32,
+    pub hidden: u32,
+    pub steps: u32,
+    pub t: u32,
+    pub out_seq: u32,
+    pub d0: u32,
+    pub d1: u32,
+    pub d2: u32,
+}
+
+/// The sizes of one layer's recurrence: batch B, steps T, hidden H; `out_seq`: the output (and
+/// its gradient) is the whole sequence (T, B, H) rather than the last h (B, H).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepDims {
+    pub batch: usize,
+    pub steps: usize,
+    pub hidden: usize,
+    pub out_seq: bool,
+}
+
+impl StepDims {
+    fn params(&self, t: usize) -> LstmParams {
+        LstmParams {
+            batch: self.batch as u32,
+            hidden: self.hidden as u32,
+            steps: self.steps as u32,
+            t: t as u32,
+            out_seq: self.out_seq as u32,
+            ..Default::default()
+        }
+    }
+
+    fn groups(&self) -> [u32; 3] {
+        [(self.hidden as u32).div_ceil(64), self.batch as u32, 1]
+    }
+
+    fn y_len(&self) -> usize {
+        if self.out_seq {
+            self.steps * self.batch * self.hidden
+        } else {
+            self.batch * self.hidden
+        }
+    }
+}
+
+pub struct Lstm {
+    pub step_k: Kernel,
+    pub step_backward_k: Kernel,
+    pub swap01_k: Kernel,
+}
+
+const RW: Access = Access::ReadWrite;
+const R: Access = Access::Read;
+
+impl Lstm {
+    pub fn new(f: &KernelFactory<'_>) -> Result<Lstm> {
+        Ok(Lstm {
+            step_k: f.kernel(
+                "lstm_step",
+                &[(1, R), (2, R), (3, RW), (4, RW), (5, RW), (6, RW)],
+                false,
+            )?,
+            step_backward_k: f.kernel(
+                "lstm_step_backward",
+                &[(2, R), (4, RW), (5, RW), (7, R), (8, RW), (9, RW)],
+                false,
+            )?,
+            swap01_k: f.kernel("swap01", &[(10, R), (11, RW)], false)?,
+        })
+    }
+
+    /// Forward step `t`: from `xproj` (T, B, 4H) and `w_hh` (4H, H), writes `h_pad`, `c_pad`
+    /// (T+1, B, H; slot t+1, and slot 0 at t = 0), `gates` (T, B, 4H) and `y`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &self,
+        gpu: &Gpu,
+        d: StepDims,
+        t: usize,
+        xproj: &Tensor,
+        w_hh: &Tensor,
+        h_pad: &Tensor,
+        c_pad: &Tensor,
+        gates: &Tensor,
+        y: &Tensor,
+    ) -> Result<Dispatch> {
+        let (b, tt, h) = (d.batch, d.steps, d.hidden);
+        assert!(t < tt, "lstm step {t} of {tt}");
+        assert!(xproj.len() >= tt * b * 4 * h, "lstm step: xproj");
+        assert_eq!(w_hh.len(), 4 * h * h, "lstm step: w_hh");
+        assert!(h_pad.len() >= (tt + 1) * b * h, "lstm step: h_pad");
+        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step: c_pad");
+        assert!(gates.len() >= tt * b * 4 * h, "lstm step: gates");
+        assert!(y.len() >= d.y_len(), "lstm step: y");
+        self.step_k.bind(
+            gpu,
+            &d.params(t),
+            &[xproj, w_hh, h_pad, c_pad, gates, y],
+            None,
+            d.groups(),
+        )
+    }
+
+    /// Backward step `t` (record for t = T-1 down to 0): from `dy`, `w_hh` and the forward's
+    /// `gates` and `c_pad`, writes `dc` (T, B, H) and `dgates` (T, B, 4H) at step t.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_backward(
+        &self,
+        gpu: &Gpu,
+        d: StepDims,
+        t: usize,
+        w_hh: &Tensor,
+        c_pad: &Tensor,
+        gates: &Tensor,
+        dy: &Tensor,
+        dgates: &Tensor,
+        dc: &Tensor,
+    ) -> Result<Dispatch> {
+        let (b, tt, h) = (d.batch, d.steps, d.hidden);
+        assert!(t < tt, "lstm step {t} of {tt}");
+        assert_eq!(w_hh.len(), 4 * h * h, "lstm step_backward: w_hh");
+        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step_backward: c_pad");
+        assert!(gates.len() >= tt * b * 4 * h, "lstm step_backward: gates");
+        assert!(dy.len() >= d.y_len(), "lstm step_backward: dy");
+        assert!(dgates.len() >= tt * b * 4 * h, "lstm step_backward: dgates");
+        assert!(dc.len() >= tt * b * h, "lstm step_backward: dc");
+        self.step_backward_k.bind(
+            gpu,
+            &d.params(t),
+            &[w_hh, c_pad, gates, dy, dgates, dc],
+            None,
+            d.groups(),
+        )
+    }
+
+    /// `dst (d1, d0, d2) = src (d0, d1, d2)` with the first two axes swapped.
+    pub fn swap01(
+        &self,
+        gpu: &Gpu,
+        src: &Tensor,
+        dst: &Tensor,
+        (d0, d1, d2): (usize, usize, usize),
+    ) -> Result<Dispatch> {
+        let n = d0 * d1 * d2;
+        assert!(src.len() >= n && dst.len() >= n, "swap01: sizes");
+        let p = LstmParams {
+            d0: d0 as u32,
+            d1: d1 as u32,
+            d2: d2 as u32,
+            ..Default::default()
+        };
+        self.swap01_k.bind(
+            gpu,
+            &p,
+            &[src, dst],
+            None,
+            grid_1d((n as u32).div_ceil(256)),
+        )
+    }
+}

@@ -1,0 +1,413 @@
+//! LSTM layer, dense or DST-masked (shaders/lstm.wgsl, shaders/gemm.wgsl, shaders/masked.wgsl;
+//! METHOD.md sections 1, 3, 5 and 9).
+//!
+//! Parameters in PyTorch nn.LSTM's layout: `weight_ih` (4H, I) and `weight_hh` (4H, H) stacking the
+//! gates i, f, g (candidate), o; one unmasked `bias` (4H); when masked, `threshold_ih` and
+//! `threshold_hh` (4H each): the eight gate matrices of METHOD.md section 1, each with its own
+//! rows' thresholds and its own dead-layer reset (`mask_reset_groups` with 4 groups).
+//!
+//! Forward: [masks: `mask_forward` + `mask_reset_groups` for P_ih and P_hh] -> [batch-major input:
+//! `swap01` to time-major] -> `xproj = X P_ih^T + bias` (one GEMM over all T*B rows) -> one
+//! `lstm_step` per step. Every sequence starts from zero h and c (METHOD.md section 9).
+//! Backward: one `lstm_step_backward` per step in reverse (pre-activation gate gradients
+//! `dgates`), then one GEMM each for dP_hh = dgates^T h_{t-1}, dP_ih = dgates^T X and (when asked)
+//! dX = dgates P_ih, the bias gradient as column sums of dgates, and `mask_backward` for both
+//! weights. Sequences are time-major between LSTM layers: (T, B, H).
+
+use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
+use crate::gpu::{Gpu, Result, Tensor};
+use crate::kernels::lstm::StepDims;
+
+/// The layout of the layer's input batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LstmInput {
+    /// `(B, T, I)` (any shape with that many elements, batch first): e.g. image rows.
+    BatchMajor,
+    /// `(T, B, I)`: the sequence output of a previous LSTM layer.
+    TimeMajor,
+}
+
+/// What the layer outputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LstmOutput {
+    /// The hidden state of every step, time-major `(T, B, H)` (to feed another LSTM layer).
+    Sequence,
+    /// The last step's hidden state `(B, H)` (to feed a dense head).
+    Last,
+}
+
+/// The arena ids of one layer's parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LstmIds {
+    pub weight_ih: ParamId,
+    pub weight_hh: ParamId,
+    pub bias: ParamId,
+    /// `Some` for a masked layer.
+    pub threshold_ih: Option<ParamId>,
+    pub threshold_hh: Option<ParamId>,
+}
+
+/// Gate names in the stacked order, as used in `MaskView` names (`{name}.wx_i`, ...).
+pub const GATES: [&str; 4] = ["i", "f", "g", "o"];
+
+/// Buffers of one masked stacked weight (depend on parameters only).
+struct MaskState {
+    threshold: ParamId,
+    masked_weight: Tensor,
+    row_keep: Tensor,
+    /// 16 u32: [before, after, resets, spare] per gate matrix.
+    layer_keep: Tensor,
+}
+
+pub struct Lstm {
+    name: String,
+    pub input_size: usize,
+    pub hidden: usize,
+    pub steps: usize,
+    pub input: LstmInput,
+    pub output: LstmOutput,
+    ids: LstmIds,
+    mask_ih: Option<MaskState>,
+    mask_hh: Option<MaskState>,
+}
+
+impl Lstm {
+    /// Declares `{name}.weight_ih` (4H, I), `{name}.weight_hh` (4H, H) with U(-1/sqrt(H),
+    /// 1/sqrt(H)), `{name}.bias` (4H) zero, and when masked `{name}.threshold_ih`,
+    /// `{name}.threshold_hh` (4H) zero (METHOD.md section 5).
+    pub fn declare(
+        arena: &mut ArenaBuilder,
+        name: &str,
+        input_size: usize,
+        hidden: usize,
+        masked: bool,
+    ) -> LstmIds {
+        let bound = 1.0 / (hidden as f64).sqrt();
+        let g4 = 4 * hidden;
+        let weight_ih = arena.param(
+            &format!("{name}.weight_ih"),
+            &[g4, input_size],
+            Init::Uniform(bound),
+        );
+        let weight_hh = arena.param(
+            &format!("{name}.weight_hh"),
+            &[g4, hidden],
+            Init::Uniform(bound),
+        );
+        let bias = arena.param(&format!("{name}.bias"), &[g4], Init::Zeros);
+        let (threshold_ih, threshold_hh) = if masked {
+            (
+                Some(arena.param(&format!("{name}.threshold_ih"), &[g4], Init::Zeros)),
+                Some(arena.param(&format!("{name}.threshold_hh"), &[g4], Init::Zeros)),
+            )
+        } else {
+            (None, None)
+        };
+        LstmIds {
+            weight_ih,
+            weight_hh,
+            bias,
+            threshold_ih,
+            threshold_hh,
+        }
+    }
+
+    /// A layer of `hidden` units over `steps` time steps of `input_size` features.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        gpu: &Gpu,
+        name: &str,
+        input_size: usize,
+        hidden: usize,
+        steps: usize,
+        input: LstmInput,
+        output: LstmOutput,
+        ids: LstmIds,
+    ) -> Result<Lstm> {
+        assert!(
+            input_size > 0 && hidden > 0 && steps > 0,
+            "{name}: empty LSTM"
+        );
+        assert_eq!(
+            ids.threshold_ih.is_some(),
+            ids.threshold_hh.is_some(),
+            "{name}: both weights masked or neither"
+        );
+        let g4 = 4 * hidden;
+        let state = |which: &str, threshold: Option<ParamId>, cols: usize| -> Result<_> {
+            threshold
+                .map(|threshold| {
+                    Ok(MaskState {
+                        threshold,
+                        masked_weight: Tensor::zeros(
+                            gpu,
+                            &format!("{name}.masked_weight_{which}"),
+                            &[g4, cols],
+                        )?,
+                        row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep_{which}"), &[g4])?,
+                        layer_keep: Tensor::zeros(
+                            gpu,
+                            &format!("{name}.layer_keep_{which}"),
+                            &[16],
+                        )?,
+                    })
+                })
+                .transpose()
+        };
+        Ok(Lstm {
+            name: name.to_string(),
+            input_size,
+            hidden,
+            steps,
+            input,
+            output,
+            mask_ih: state("ih", ids.threshold_ih, input_size)?,
+            mask_hh: state("hh", ids.threshold_hh, hidden)?,
+            ids,
+        })
+    }
+
+    pub fn ids(&self) -> LstmIds {
+        self.ids
+    }
+
+    fn batch_of(&self, x: &Tensor) -> usize {
+        let per = self.steps * self.input_size;
+        assert!(
+            x.len().is_multiple_of(per) && !x.is_empty(),
+            "{}: input {:?} is not a batch of {} x {} sequences",
+            self.name,
+            x.shape,
+            self.steps,
+            self.input_size
+        );
+        x.len() / per
+    }
+
+    fn dims(&self, batch: usize) -> StepDims {
+        StepDims {
+            batch,
+            steps: self.steps,
+            hidden: self.hidden,
+            out_seq: self.output == LstmOutput::Sequence,
+        }
+    }
+
+    /// The weights the products use: P when masked, W when dense.
+    fn effective(&self, cx: &PlanCx<'_>) -> (Tensor, Tensor) {
+        let ih = match &self.mask_ih {
+            Some(m) => m.masked_weight.clone(),
+            None => cx.arena.param(self.ids.weight_ih),
+        };
+        let hh = match &self.mask_hh {
+            Some(m) => m.masked_weight.clone(),
+            None => cx.arena.param(self.ids.weight_hh),
+        };
+        (ih, hh)
+    }
+
+    fn key(&self, what: &str) -> String {
+        format!("{}.{what}", self.name)
+    }
+}
+
+/// A view of `t` with another shape over the same elements from offset 0 (bindable as is).
+fn reshaped(t: &Tensor, shape: &[usize]) -> Tensor {
+    assert!(
+        shape.iter().product::<usize>() <= t.len(),
+        "{}: view {shape:?} larger than {:?}",
+        t.label,
+        t.shape
+    );
+    Tensor {
+        shape: shape.to_vec(),
+        ..t.clone()
+    }
+}
+
+impl Layer for Lstm {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `[T, H]` for a sequence output (laid out time-major across the batch), `[H]` for the last h.
+    fn output_shape(&self, _input: &[usize]) -> Vec<usize> {
+        match self.output {
+            LstmOutput::Sequence => vec![self.steps, self.hidden],
+            LstmOutput::Last => vec![self.hidden],
+        }
+    }
+
+    fn forward(&self, cx: &mut PlanCx<'_>, x: &Tensor) -> Result<Tensor> {
+        let (k, gpu) = (cx.kernels, cx.gpu);
+        let (bn, tn, inp, hn) = (self.batch_of(x), self.steps, self.input_size, self.hidden);
+        let d = self.dims(bn);
+        for (m, w) in [
+            (&self.mask_ih, self.ids.weight_ih),
+            (&self.mask_hh, self.ids.weight_hh),
+        ] {
+            if let Some(m) = m {
+                let (w, t) = (cx.arena.param(w), cx.arena.param(m.threshold));
+                cx.push(
+                    k.masked
+                        .mask_forward(gpu, &w, &t, &m.masked_weight, &m.row_keep)?,
+                );
+                cx.push(k.masked.mask_reset_groups(
+                    gpu,
+                    &w,
+                    &t,
+                    &m.masked_weight,
+                    &m.row_keep,
+                    &m.layer_keep,
+                    4,
+                )?);
+            }
+        }
+        let x_tm = match self.input {
+            LstmInput::TimeMajor => reshaped(x, &[tn * bn, inp]),
+            LstmInput::BatchMajor => {
+                let x_tm = cx.activation(&self.key("x_tm"), &[tn * bn, inp])?;
+                cx.push(k.lstm.swap01(gpu, x, &x_tm, (bn, tn, inp))?);
+                x_tm
+            }
+        };
+        let (p_ih, p_hh) = self.effective(cx);
+        let xproj = cx.activation(&self.key("xproj"), &[tn * bn, 4 * hn])?;
+        let bias = cx.arena.param(self.ids.bias);
+        cx.push(
+            k.gemm
+                .forward(gpu, &x_tm, &p_ih, Some(&bias), &xproj, &k.dummy)?,
+        );
+        let h_pad = cx.activation(&self.key("h_pad"), &[tn + 1, bn, hn])?;
+        let c_pad = cx.activation(&self.key("c_pad"), &[tn + 1, bn, hn])?;
+        let gates = cx.activation(&self.key("gates"), &[tn, bn, 4 * hn])?;
+        let y = match self.output {
+            LstmOutput::Sequence => cx.activation(&self.key("y"), &[tn, bn, hn])?,
+            LstmOutput::Last => cx.activation(&self.key("y"), &[bn, hn])?,
+        };
+        for t in 0..tn {
+            cx.push(
+                k.lstm
+                    .step(gpu, d, t, &xproj, &p_hh, &h_pad, &c_pad, &gates, &y)?,
+            );
+        }
+        cx.save(&self.key("x_tm"), x_tm);
+        cx.save(&self.key("h_pad"), h_pad);
+        cx.save(&self.key("c_pad"), c_pad);
+        cx.save(&self.key("gates"), gates);
+        Ok(y)
+    }
+
+    fn backward(
+        &self,
+        cx: &mut PlanCx<'_>,
+        x: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+        need_dx: bool,
+    ) -> Result<Option<Tensor>> {
+        let (k, gpu) = (cx.kernels, cx.gpu);
+        let (bn, tn, inp, hn) = (self.batch_of(x), self.steps, self.input_size, self.hidden);
+        let d = self.dims(bn);
+        let g4 = 4 * hn;
+        let x_tm = cx.saved(&self.key("x_tm"));
+        let h_pad = cx.saved(&self.key("h_pad"));
+        let c_pad = cx.saved(&self.key("c_pad"));
+        let gates = cx.saved(&self.key("gates"));
+        let (p_ih, p_hh) = self.effective(cx);
+        let dgates = cx.activation(&self.key("d_gates"), &[tn * bn, g4])?;
+        let dc = cx.activation(&self.key("d_cell"), &[tn, bn, hn])?;
+        for t in (0..tn).rev() {
+            cx.push(
+                k.lstm
+                    .step_backward(gpu, d, t, &p_hh, &c_pad, &gates, dy, &dgates, &dc)?,
+            );
+        }
+        let dx = if need_dx {
+            let dx_tm = cx.activation(&self.key("d_input_tm"), &[tn * bn, inp])?;
+            cx.push(
+                k.gemm
+                    .backward_input(gpu, &dgates, &p_ih, &dx_tm, false, &k.dummy)?,
+            );
+            Some(match self.input {
+                LstmInput::TimeMajor => Tensor {
+                    shape: x.shape.clone(),
+                    ..dx_tm
+                },
+                LstmInput::BatchMajor => {
+                    let dx = cx.activation(&self.key("d_input"), &x.shape)?;
+                    cx.push(k.lstm.swap01(gpu, &dx_tm, &dx, (tn, bn, inp))?);
+                    dx
+                }
+            })
+        } else {
+            None
+        };
+        // h_{t-1} for every row (t, b): slots 0..T of h_pad, a view from offset 0.
+        let h_prev = reshaped(&h_pad, &[tn * bn, hn]);
+        for (which, m, w, input, cols) in [
+            ("ih", &self.mask_ih, self.ids.weight_ih, &x_tm, inp),
+            ("hh", &self.mask_hh, self.ids.weight_hh, &h_prev, hn),
+        ] {
+            let d_weight = cx.arena.grad(w);
+            match m {
+                Some(m) => {
+                    let d_masked =
+                        cx.activation(&self.key(&format!("d_masked_{which}")), &[g4, cols])?;
+                    cx.push(
+                        k.gemm
+                            .backward_weight(gpu, &dgates, input, &d_masked, false, &k.dummy)?,
+                    );
+                    let (w, t) = (cx.arena.param(w), cx.arena.param(m.threshold));
+                    let d_t = cx.arena.grad(m.threshold);
+                    cx.push(
+                        k.masked
+                            .mask_backward(gpu, &w, &t, &d_masked, &d_weight, &d_t, cx.alpha)?,
+                    );
+                }
+                None => cx.push(
+                    k.gemm
+                        .backward_weight(gpu, &dgates, input, &d_weight, false, &k.dummy)?,
+                ),
+            }
+        }
+        let d_bias = cx.arena.grad(self.ids.bias);
+        cx.push(k.gemm.bias_backward(gpu, &dgates, &d_bias)?);
+        Ok(dx)
+    }
+
+    fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
+        for m in [&self.mask_ih, &self.mask_hh].into_iter().flatten() {
+            let t = cx.arena.param(m.threshold);
+            let d = cx.kernels.masked.penalty(cx.gpu, &t, &cx.stats, cx.alpha)?;
+            cx.push(d);
+        }
+        Ok(())
+    }
+
+    fn mask_views(&self) -> Vec<MaskView> {
+        let mut views = Vec::new();
+        for (prefix, m, cols) in [
+            ("wx", &self.mask_ih, self.input_size),
+            ("wh", &self.mask_hh, self.hidden),
+        ] {
+            let Some(m) = m else { continue };
+            for (g, gate) in GATES.iter().enumerate() {
+                views.push(MaskView {
+                    name: format!("{}.{prefix}_{gate}", self.name),
+                    rows: self.hidden,
+                    cols,
+                    threshold: m.threshold,
+                    threshold_rows: g * self.hidden..(g + 1) * self.hidden,
+                    layer_keep: Tensor {
+                        offset: m.layer_keep.offset + 16 * g as u64,
+                        shape: vec![4],
+                        label: format!("{}.layer_keep_{prefix}_{gate}", self.name),
+                        ..m.layer_keep.clone()
+                    },
+                });
+            }
+        }
+        views
+    }
+}
