@@ -1,8 +1,10 @@
 //! Models as compositions of layers: the registry of names, their per-sample input, classes and
 //! the paper's settings as defaults (METHOD.md section 5), and the builder that lays out their
-//! parameter arena. One file per family of models (`lenet`: LeNet-300-100 and LeNet-5-Caffe).
+//! parameter arena. One file per family of models (`lenet`: LeNet-300-100 and LeNet-5-Caffe;
+//! `lstm`: LSTM-a and LSTM-b).
 
 pub mod lenet;
+pub mod lstm;
 
 use crate::gpu::Gpu;
 use crate::nn::{Arena, ArenaBuilder, Layer, MaskView};
@@ -42,6 +44,16 @@ const LENET_SGD: Defaults = Defaults {
     alpha: 5e-4,
 };
 
+const LSTM_ADAM: Defaults = Defaults {
+    optimizer: "adam",
+    lr: 1e-3,
+    momentum: 0.9,
+    weight_decay: 0.0,
+    batch: 100,
+    epochs: 20,
+    alpha: 1e-4,
+};
+
 /// Every model, in the order `--help` lists them.
 pub const MODELS: &[ModelInfo] = &[
     ModelInfo {
@@ -59,6 +71,22 @@ pub const MODELS: &[ModelInfo] = &[
         classes: 10,
         defaults: LENET_SGD,
         build: lenet::lenet5,
+    },
+    ModelInfo {
+        name: "lstm-a",
+        about: "LSTM-a: 2 LSTM layers of 128 over 28 rows of 28 pixels, dense FC 128-10 (MNIST)",
+        input: &[28, 28],
+        classes: 10,
+        defaults: LSTM_ADAM,
+        build: lstm::lstm_a,
+    },
+    ModelInfo {
+        name: "lstm-b",
+        about: "LSTM-b: 2 LSTM layers of 256 over 28 rows of 28 pixels, dense FC 256-10 (MNIST)",
+        input: &[28, 28],
+        classes: 10,
+        defaults: LSTM_ADAM,
+        build: lstm::lstm_b,
     },
 ];
 
