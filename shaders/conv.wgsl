@@ -237,10 +237,21 @@ fn conv_backward_input_regblock(@builtin(local_invocation_id) lid: vec3<u32>,
     for (var co = 0u; co < cp.c_out; co++) {
         for (var ky = 0u; ky < cp.kh; ky++) {
             let ty = i32(iy + cp.pad) - i32(ky);
-            if (ty < 0 || u32(ty) % s != 0u || u32(ty) / s >= cp.oh) {
+            if (ty < 0) {
                 continue;
             }
-            let drow = (n * cp.c_out + co) * ohw + (u32(ty) / s) * cp.ow;
+            // Output row; no integer division at stride 1 (CPUs have no vector divide).
+            var oy = u32(ty);
+            if (s != 1u) {
+                if (oy % s != 0u) {
+                    continue;
+                }
+                oy = oy / s;
+            }
+            if (oy >= cp.oh) {
+                continue;
+            }
+            let drow = (n * cp.c_out + co) * ohw + oy * cp.ow;
             let kbase = co * cols + ky * cp.kw;
             var gv: array<f32, 8>;
             if (s == 1u) {
@@ -251,8 +262,9 @@ fn conv_backward_input_regblock(@builtin(local_invocation_id) lid: vec3<u32>,
             for (var kx = 0u; kx < cp.kw; kx++) {
                 if (s == 1u) {
                     if (kx > 0u) {
-                        for (var j = IQ - 1u; j > 0u; j--) {
-                            gv[j] = gv[j - 1u];
+                        // An ascending constant-trip loop (unrolled like the forward's shift).
+                        for (var j = 0u; j + 1u < IQ; j++) {
+                            gv[IQ - 1u - j] = gv[IQ - 2u - j];
                         }
                         gv[0] = dy_row(drow, tx0 - i32(kx));
                     }
@@ -288,25 +300,29 @@ fn conv_backward_input_regblock(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 }
 
-const WCO: u32 = 2u; // backward_weight: output channels per invocation
+const WCO: u32 = 4u; // backward_weight: output channels per invocation
 const WK: u32 = 4u;  // backward_weight: consecutive weight columns (ci, ky, kx) per invocation
 
-// Reads dy, x; writes dw. One invocation: 2 filters x 4 consecutive columns of the (c_out, cols)
-// weight, each summed over (n, oy, ox) in order. Small blocks and 32-wide workgroups keep even
-// LeNet-sized gradients (20 x 25) spread over several workgroups.
+// Reads dy, x; writes dw. One invocation: 4 filters x 4 consecutive columns of the (c_out, cols)
+// weight, each summed over (n, oy, ox) in order. A 32-invocation workgroup covers one filter block
+// (from the workgroup index alone: dy loads are uniform) and 32 column blocks, so even LeNet-sized
+// gradients (20 x 25) spread over several workgroups.
 @compute @workgroup_size(32, 1, 1)
-fn conv_backward_weight_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
+fn conv_backward_weight_regblock(@builtin(local_invocation_id) lid: vec3<u32>,
+                                 @builtin(workgroup_id) wid: vec3<u32>,
                                  @builtin(num_workgroups) nwg: vec3<u32>) {
     let khw = cp.kh * cp.kw;
     let cols = cp.c_in * khw;
     let k_blocks = (cols + WK - 1u) / WK;
+    let k_groups = (k_blocks + 31u) / 32u;
     let co_blocks = (cp.c_out + WCO - 1u) / WCO;
-    let b = gid.x + gid.y * nwg.x * 32u;
-    if (b >= k_blocks * co_blocks) {
+    let g = wid.x + wid.y * nwg.x;
+    let kb = (g % k_groups) * 32u + lid.x;
+    if (g >= k_groups * co_blocks || kb >= k_blocks) {
         return;
     }
-    let k0 = (b % k_blocks) * WK;
-    let co0 = (b / k_blocks) * WCO;
+    let k0 = kb * WK;
+    let co0 = (g / k_groups) * WCO;
     let hw = cp.h * cp.w;
     let ohw = cp.oh * cp.ow;
     let wi = i32(cp.w);
@@ -322,11 +338,11 @@ fn conv_backward_weight_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
         oyo[j] = i32(rem / cp.kw) - i32(cp.pad);
         oxo[j] = i32(rem % cp.kw) - i32(cp.pad);
     }
-    var dc: array<u32, 2>;
+    var dc: array<u32, 4>;
     for (var i = 0u; i < WCO; i++) {
         dc[i] = min(co0 + i, cp.c_out - 1u) * ohw;
     }
-    var acc: array<array<f32, 4>, 2>;
+    var acc: array<array<f32, 4>, 4>;
     for (var i = 0u; i < WCO; i++) {
         for (var j = 0u; j < WK; j++) {
             acc[i][j] = 0.0;
@@ -343,7 +359,7 @@ fn conv_backward_weight_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
             }
             let drow = dn + oy * cp.ow;
             for (var ox = 0u; ox < cp.ow; ox++) {
-                var gv: array<f32, 2>;
+                var gv: array<f32, 4>;
                 for (var i = 0u; i < WCO; i++) {
                     gv[i] = dy[dc[i] + drow + ox];
                 }

@@ -297,14 +297,10 @@ impl Conv {
         let buffers = [dy, x, d_weight];
         match variant {
             ConvVariant::RegBlock => {
-                let blocks = s.cols().div_ceil(4) * s.c_out.div_ceil(2);
-                self.backward_weight_regblock.bind(
-                    gpu,
-                    &p,
-                    &buffers,
-                    None,
-                    grid_1d(blocks.div_ceil(32) as u32),
-                )
+                // Workgroups: one block of 4 filters x 32 blocks of 4 columns.
+                let groups = s.cols().div_ceil(4).div_ceil(32) * s.c_out.div_ceil(4);
+                self.backward_weight_regblock
+                    .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
             }
             ConvVariant::Tiled => self.backward_weight_split.bind(
                 gpu,
