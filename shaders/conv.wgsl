@@ -75,39 +75,61 @@ fn dy_from(n: u32, co: u32, iy: u32, ix: u32, ky: u32, kx: u32) -> f32 {
 // ---------------------------------------------------------------- CPU variants (register blocks)
 
 const FCO: u32 = 4u; // forward: output channels per invocation
-const FP: u32 = 8u;  // forward: output positions per invocation (flattened over n, oy, ox)
+const FP: u32 = 8u;  // forward: consecutive output columns (one output row) per invocation
 
-// Reads x, weight, bias; writes y. One invocation: 4 output channels x 8 consecutive output
-// positions; block index = channel block * position blocks + position block.
+// x[row_base + ix] of one input row, 0 outside it.
+fn x_row(row_base: u32, ix: i32) -> f32 {
+    if (ix < 0 || ix >= i32(cp.w)) {
+        return 0.0;
+    }
+    return x[row_base + u32(ix)];
+}
+
+// dy[row_base + ox] of one output row, 0 outside it.
+fn dy_row(row_base: u32, ox: i32) -> f32 {
+    if (ox < 0 || ox >= i32(cp.ow)) {
+        return 0.0;
+    }
+    return dy[row_base + u32(ox)];
+}
+
+// acc[i][j] += a[i] b[j] for a 4 x 8 register block.
+fn mac_4x8(acc: ptr<function, array<array<f32, 8>, 4>>, a: array<f32, 4>, b: array<f32, 8>) {
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 8u; j++) {
+            (*acc)[i][j] = fma(a[i], b[j], (*acc)[i][j]);
+        }
+    }
+}
+
+// Reads x, weight, bias; writes y. One invocation: 4 output channels x 8 consecutive columns of
+// one output row (n, oy); each workgroup covers one channel block and 64 row blocks. Taps whose input
+// row is padding are skipped (they add 0). Stride 1 slides a register window along kx (one new x
+// load per tap instead of eight).
 @compute @workgroup_size(64, 1, 1)
-fn conv_forward_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
+fn conv_forward_regblock(@builtin(local_invocation_id) lid: vec3<u32>,
+                         @builtin(workgroup_id) wid: vec3<u32>,
                          @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ohw = cp.oh * cp.ow;
-    let np = cp.batch * ohw;
-    let p_blocks = (np + FP - 1u) / FP;
+    let per_row = (cp.ow + FP - 1u) / FP;
+    let p_blocks = cp.batch * cp.oh * per_row;
+    let p_groups = (p_blocks + 63u) / 64u;
     let co_blocks = (cp.c_out + FCO - 1u) / FCO;
-    let b = gid.x + gid.y * nwg.x * 64u;
-    if (b >= p_blocks * co_blocks) {
+    // The channel block comes from the workgroup index alone: weight loads are uniform.
+    let g = wid.x + wid.y * nwg.x;
+    let pb = (g % p_groups) * 64u + lid.x;
+    if (g >= p_groups * co_blocks || pb >= p_blocks) {
         return;
     }
-    let p0 = (b % p_blocks) * FP;
-    let co0 = (b / p_blocks) * FCO;
+    let co0 = (g / p_groups) * FCO;
+    let row = pb / per_row; // n * oh + oy
+    let ox0 = (pb % per_row) * FP;
+    let n = row / cp.oh;
+    let oy = row % cp.oh;
     let cols = cp.c_in * cp.kh * cp.kw;
     let hw = cp.h * cp.w;
-    let wi = i32(cp.w);
-    let hi = i32(cp.h);
-    // Per position: x offset of its image, top-left input corner of its window (clamped positions
-    // past the end repeat the last one; their stores are skipped).
-    var xb: array<i32, 8>;
-    var iy0: array<i32, 8>;
-    var ix0: array<i32, 8>;
-    for (var j = 0u; j < FP; j++) {
-        let p = min(p0 + j, np - 1u);
-        let r = p % ohw;
-        xb[j] = i32((p / ohw) * cp.c_in * hw);
-        iy0[j] = i32((r / cp.ow) * cp.stride) - i32(cp.pad);
-        ix0[j] = i32((r % cp.ow) * cp.stride) - i32(cp.pad);
-    }
+    let s = cp.stride;
+    let iy0 = i32(oy * s) - i32(cp.pad);
+    let ix0 = i32(ox0 * s) - i32(cp.pad);
     var wb: array<u32, 4>;
     for (var i = 0u; i < FCO; i++) {
         wb[i] = min(co0 + i, cp.c_out - 1u) * cols;
@@ -120,32 +142,36 @@ fn conv_forward_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     for (var ci = 0u; ci < cp.c_in; ci++) {
         for (var ky = 0u; ky < cp.kh; ky++) {
-            // Row base of each position's input row, or -1 where the row is padding.
-            var rb: array<i32, 8>;
-            for (var j = 0u; j < FP; j++) {
-                let iy = iy0[j] + i32(ky);
-                rb[j] = select(-1, xb[j] + i32(ci * hw) + iy * wi, iy >= 0 && iy < hi);
+            let iy = iy0 + i32(ky);
+            if (iy < 0 || iy >= i32(cp.h)) {
+                continue;
             }
+            let xrow = (n * cp.c_in + ci) * hw + u32(iy) * cp.w;
             let kbase = (ci * cp.kh + ky) * cp.kw;
+            var xv: array<f32, 8>;
+            if (s == 1u) {
+                for (var j = 0u; j < FP; j++) {
+                    xv[j] = x_row(xrow, ix0 + i32(j));
+                }
+            }
             for (var kx = 0u; kx < cp.kw; kx++) {
+                if (s == 1u) {
+                    if (kx > 0u) {
+                        for (var j = 0u; j + 1u < FP; j++) {
+                            xv[j] = xv[j + 1u];
+                        }
+                        xv[FP - 1u] = x_row(xrow, ix0 + i32(FP - 1u + kx));
+                    }
+                } else {
+                    for (var j = 0u; j < FP; j++) {
+                        xv[j] = x_row(xrow, ix0 + i32(j * s + kx));
+                    }
+                }
                 var wv: array<f32, 4>;
                 for (var i = 0u; i < FCO; i++) {
                     wv[i] = weight[wb[i] + kbase + kx];
                 }
-                var xv: array<f32, 8>;
-                for (var j = 0u; j < FP; j++) {
-                    let ix = ix0[j] + i32(kx);
-                    var v = 0.0;
-                    if (rb[j] >= 0 && ix >= 0 && ix < wi) {
-                        v = x[u32(rb[j] + ix)];
-                    }
-                    xv[j] = v;
-                }
-                for (var i = 0u; i < FCO; i++) {
-                    for (var j = 0u; j < FP; j++) {
-                        acc[i][j] = fma(wv[i], xv[j], acc[i][j]);
-                    }
-                }
+                mac_4x8(&acc, wv, xv);
             }
         }
     }
@@ -158,49 +184,46 @@ fn conv_forward_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
         if (cp.has_bias != 0u) {
             bv = bias[co];
         }
+        let yrow = ((n * cp.c_out + co) * cp.oh + oy) * cp.ow;
         for (var j = 0u; j < FP; j++) {
-            let p = p0 + j;
-            if (p < np) {
-                y[((p / ohw) * cp.c_out + co) * ohw + p % ohw] = acc[i][j] + bv;
+            if (ox0 + j < cp.ow) {
+                y[yrow + ox0 + j] = acc[i][j] + bv;
             }
         }
     }
 }
 
 const ICI: u32 = 4u; // backward_input: input channels per invocation
-const IQ: u32 = 8u;  // backward_input: input positions per invocation (flattened over n, iy, ix)
+const IQ: u32 = 8u;  // backward_input: consecutive input columns (one input row) per invocation
 
-// Reads dy, weight; writes dx. One invocation: 4 input channels x 8 consecutive input positions;
-// the sum runs over (co, ky, kx) in order, skipping taps that hit no output position.
+// Reads dy, weight; writes dx. One invocation: 4 input channels x 8 consecutive columns of one
+// input row (n, iy), each workgroup one channel block and 64 row blocks; the sum runs over (co, ky, kx) in order, skipping taps whose output row does
+// not exist. Stride 1 slides a register window of dy along kx (one new dy load per tap).
 @compute @workgroup_size(64, 1, 1)
-fn conv_backward_input_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
+fn conv_backward_input_regblock(@builtin(local_invocation_id) lid: vec3<u32>,
+                                @builtin(workgroup_id) wid: vec3<u32>,
                                 @builtin(num_workgroups) nwg: vec3<u32>) {
-    let hw = cp.h * cp.w;
-    let nq = cp.batch * hw;
-    let q_blocks = (nq + IQ - 1u) / IQ;
+    let per_row = (cp.w + IQ - 1u) / IQ;
+    let q_blocks = cp.batch * cp.h * per_row;
+    let q_groups = (q_blocks + 63u) / 64u;
     let ci_blocks = (cp.c_in + ICI - 1u) / ICI;
-    let b = gid.x + gid.y * nwg.x * 64u;
-    if (b >= q_blocks * ci_blocks) {
+    // The channel block comes from the workgroup index alone: weight loads are uniform.
+    let g = wid.x + wid.y * nwg.x;
+    let qb = (g % q_groups) * 64u + lid.x;
+    if (g >= q_groups * ci_blocks || qb >= q_blocks) {
         return;
     }
-    let q0 = (b % q_blocks) * IQ;
-    let ci0 = (b / q_blocks) * ICI;
+    let ci0 = (g / q_groups) * ICI;
+    let row = qb / per_row; // n * h + iy
+    let ix0 = (qb % per_row) * IQ;
+    let n = row / cp.h;
+    let iy = row % cp.h;
     let khw = cp.kh * cp.kw;
     let cols = cp.c_in * khw;
     let ohw = cp.oh * cp.ow;
-    let s = i32(cp.stride);
-    let ohi = i32(cp.oh);
-    let owi = i32(cp.ow);
-    var dyb: array<i32, 8>;
-    var ty0: array<i32, 8>;
-    var tx0: array<i32, 8>;
-    for (var j = 0u; j < IQ; j++) {
-        let q = min(q0 + j, nq - 1u);
-        let r = q % hw;
-        dyb[j] = i32((q / hw) * cp.c_out * ohw);
-        ty0[j] = i32(r / cp.w + cp.pad);
-        tx0[j] = i32(r % cp.w + cp.pad);
-    }
+    let s = cp.stride;
+    // Output column of input column ix0 + j at tap kx: (ix0 + j + pad - kx) / s when divisible.
+    let tx0 = i32(ix0 + cp.pad);
     var wb: array<u32, 4>;
     for (var i = 0u; i < ICI; i++) {
         wb[i] = min(ci0 + i, cp.c_in - 1u) * khw;
@@ -213,36 +236,53 @@ fn conv_backward_input_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     for (var co = 0u; co < cp.c_out; co++) {
         for (var ky = 0u; ky < cp.kh; ky++) {
-            // Base of the dy row this tap reads for each position, or -1 when there is none.
-            var rb: array<i32, 8>;
-            for (var j = 0u; j < IQ; j++) {
-                let ty = ty0[j] - i32(ky);
-                var base = -1;
-                if (ty >= 0 && ty % s == 0 && ty / s < ohi) {
-                    base = dyb[j] + i32(co * ohw) + (ty / s) * owi;
-                }
-                rb[j] = base;
+            let ty = i32(iy + cp.pad) - i32(ky);
+            if (ty < 0) {
+                continue;
             }
+            // Output row; no integer division at stride 1 (CPUs have no vector divide).
+            var oy = u32(ty);
+            if (s != 1u) {
+                if (oy % s != 0u) {
+                    continue;
+                }
+                oy = oy / s;
+            }
+            if (oy >= cp.oh) {
+                continue;
+            }
+            let drow = (n * cp.c_out + co) * ohw + oy * cp.ow;
             let kbase = co * cols + ky * cp.kw;
+            var gv: array<f32, 8>;
+            if (s == 1u) {
+                for (var j = 0u; j < IQ; j++) {
+                    gv[j] = dy_row(drow, tx0 + i32(j));
+                }
+            }
             for (var kx = 0u; kx < cp.kw; kx++) {
+                if (s == 1u) {
+                    if (kx > 0u) {
+                        // An ascending constant-trip loop (unrolled like the forward's shift).
+                        for (var j = 0u; j + 1u < IQ; j++) {
+                            gv[IQ - 1u - j] = gv[IQ - 2u - j];
+                        }
+                        gv[0] = dy_row(drow, tx0 - i32(kx));
+                    }
+                } else {
+                    for (var j = 0u; j < IQ; j++) {
+                        let tx = tx0 + i32(j) - i32(kx);
+                        var v = 0.0;
+                        if (tx >= 0 && u32(tx) % s == 0u) {
+                            v = dy_row(drow, i32(u32(tx) / s));
+                        }
+                        gv[j] = v;
+                    }
+                }
                 var wv: array<f32, 4>;
                 for (var i = 0u; i < ICI; i++) {
                     wv[i] = weight[kbase + wb[i] + kx];
                 }
-                var gv: array<f32, 8>;
-                for (var j = 0u; j < IQ; j++) {
-                    let tx = tx0[j] - i32(kx);
-                    var v = 0.0;
-                    if (rb[j] >= 0 && tx >= 0 && tx % s == 0 && tx / s < owi) {
-                        v = dy[u32(rb[j] + tx / s)];
-                    }
-                    gv[j] = v;
-                }
-                for (var i = 0u; i < ICI; i++) {
-                    for (var j = 0u; j < IQ; j++) {
-                        acc[i][j] = fma(wv[i], gv[j], acc[i][j]);
-                    }
-                }
+                mac_4x8(&acc, wv, gv);
             }
         }
     }
@@ -251,34 +291,38 @@ fn conv_backward_input_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
         if (ci >= cp.c_in) {
             break;
         }
+        let xrow = ((n * cp.c_in + ci) * cp.h + iy) * cp.w;
         for (var j = 0u; j < IQ; j++) {
-            let q = q0 + j;
-            if (q < nq) {
-                dx[((q / hw) * cp.c_in + ci) * hw + q % hw] = acc[i][j];
+            if (ix0 + j < cp.w) {
+                dx[xrow + ix0 + j] = acc[i][j];
             }
         }
     }
 }
 
-const WCO: u32 = 2u; // backward_weight: output channels per invocation
+const WCO: u32 = 4u; // backward_weight: output channels per invocation
 const WK: u32 = 4u;  // backward_weight: consecutive weight columns (ci, ky, kx) per invocation
 
-// Reads dy, x; writes dw. One invocation: 2 filters x 4 consecutive columns of the (c_out, cols)
-// weight, each summed over (n, oy, ox) in order. Small blocks and 32-wide workgroups keep even
-// LeNet-sized gradients (20 x 25) spread over several workgroups.
+// Reads dy, x; writes dw. One invocation: 4 filters x 4 consecutive columns of the (c_out, cols)
+// weight, each summed over (n, oy, ox) in order. A 32-invocation workgroup covers one filter block
+// (from the workgroup index alone: dy loads are uniform) and 32 column blocks, so even LeNet-sized
+// gradients (20 x 25) spread over several workgroups.
 @compute @workgroup_size(32, 1, 1)
-fn conv_backward_weight_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
+fn conv_backward_weight_regblock(@builtin(local_invocation_id) lid: vec3<u32>,
+                                 @builtin(workgroup_id) wid: vec3<u32>,
                                  @builtin(num_workgroups) nwg: vec3<u32>) {
     let khw = cp.kh * cp.kw;
     let cols = cp.c_in * khw;
     let k_blocks = (cols + WK - 1u) / WK;
+    let k_groups = (k_blocks + 31u) / 32u;
     let co_blocks = (cp.c_out + WCO - 1u) / WCO;
-    let b = gid.x + gid.y * nwg.x * 32u;
-    if (b >= k_blocks * co_blocks) {
+    let g = wid.x + wid.y * nwg.x;
+    let kb = (g % k_groups) * 32u + lid.x;
+    if (g >= k_groups * co_blocks || kb >= k_blocks) {
         return;
     }
-    let k0 = (b % k_blocks) * WK;
-    let co0 = (b / k_blocks) * WCO;
+    let k0 = kb * WK;
+    let co0 = (g / k_groups) * WCO;
     let hw = cp.h * cp.w;
     let ohw = cp.oh * cp.ow;
     let wi = i32(cp.w);
@@ -294,11 +338,11 @@ fn conv_backward_weight_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
         oyo[j] = i32(rem / cp.kw) - i32(cp.pad);
         oxo[j] = i32(rem % cp.kw) - i32(cp.pad);
     }
-    var dc: array<u32, 2>;
+    var dc: array<u32, 4>;
     for (var i = 0u; i < WCO; i++) {
         dc[i] = min(co0 + i, cp.c_out - 1u) * ohw;
     }
-    var acc: array<array<f32, 4>, 2>;
+    var acc: array<array<f32, 4>, 4>;
     for (var i = 0u; i < WCO; i++) {
         for (var j = 0u; j < WK; j++) {
             acc[i][j] = 0.0;
@@ -315,7 +359,7 @@ fn conv_backward_weight_regblock(@builtin(global_invocation_id) gid: vec3<u32>,
             }
             let drow = dn + oy * cp.ow;
             for (var ox = 0u; ox < cp.ow; ox++) {
-                var gv: array<f32, 2>;
+                var gv: array<f32, 4>;
                 for (var i = 0u; i < WCO; i++) {
                     gv[i] = dy[dc[i] + drow + ox];
                 }

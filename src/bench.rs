@@ -1,10 +1,12 @@
-//! `dst bench`: GEMM throughput of both variants on the LeNet-300-100 shapes, and the time per
-//! training step of dense and DST LeNet-300-100, measured in one process (ratios from one run).
+//! `dst bench`: GEMM throughput of both variants on the LeNet-300-100 shapes, convolution
+//! throughput of both variants on a LeNet-5 and a VGG-like shape, and the time per training step
+//! of dense and DST LeNet-300-100, measured in one process (ratios from one run).
 
 use std::path::Path;
 use std::time::Instant;
 
 use crate::gpu::{Gpu, Tensor};
+use crate::kernels::conv::{ConvShape, ConvVariant};
 use crate::kernels::gemm::GemmParams;
 use crate::kernels::{run_once, GemmVariant, Kernels, StepInfo};
 use crate::nn::Mode;
@@ -106,6 +108,80 @@ pub fn run(reps: u32, steps: u32, data: Option<&Path>) -> anyhow::Result<()> {
             row[2],
             row[3]
         );
+    }
+    println!(
+        "{:<36} {:>12} {:>12} {:>12}",
+        "conv (GFLOP/s)", "forward", "d_input", "d_weight"
+    );
+    let conv_shapes = [
+        (
+            "LeNet-5 conv2 64x20x12x12 k5 ->50",
+            ConvShape {
+                batch: 64,
+                c_in: 20,
+                h: 12,
+                w: 12,
+                c_out: 50,
+                kh: 5,
+                kw: 5,
+                stride: 1,
+                pad: 0,
+            },
+        ),
+        (
+            "VGG-like 64x64x16x16 k3 p1 ->64",
+            ConvShape {
+                batch: 64,
+                c_in: 64,
+                h: 16,
+                w: 16,
+                c_out: 64,
+                kh: 3,
+                kw: 3,
+                stride: 1,
+                pad: 1,
+            },
+        ),
+    ];
+    for (what, s) in conv_shapes {
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let x = Tensor::from_slice(
+            &gpu,
+            "x",
+            &[s.batch, s.c_in, s.h, s.w],
+            &rand(s.batch * s.c_in * s.h * s.w),
+        )?;
+        let w = Tensor::from_slice(&gpu, "w", &[s.c_out, s.cols()], &rand(s.c_out * s.cols()))?;
+        let b = Tensor::from_slice(&gpu, "b", &[s.c_out], &rand(s.c_out))?;
+        let g = Tensor::from_slice(
+            &gpu,
+            "g",
+            &[s.batch, s.c_out, oh, ow],
+            &rand(s.batch * s.c_out * oh * ow),
+        )?;
+        let y = Tensor::zeros(&gpu, "y", &[s.batch, s.c_out, oh, ow])?;
+        let dx = Tensor::zeros(&gpu, "dx", &[s.batch, s.c_in, s.h, s.w])?;
+        let dw = Tensor::zeros(&gpu, "dw", &[s.c_out, s.cols()])?;
+        let flops = 2.0 * s.macs() as f64;
+        for v in ConvVariant::ALL {
+            let ds = [
+                k.conv
+                    .forward_with(v, &gpu, &s, &x, &w, Some(&b), &y, &k.dummy)?,
+                k.conv.backward_input_with(v, &gpu, &s, &g, &w, &dx)?,
+                k.conv.backward_weight_with(v, &gpu, &s, &g, &x, &dw)?,
+            ];
+            let mut row = Vec::new();
+            for d in &ds {
+                row.push(flops / time_dispatch(&gpu, d, reps)? / 1e9);
+            }
+            println!(
+                "{:<36} {:>12.2} {:>12.2} {:>12.2}",
+                format!("{what} {v:?}"),
+                row[0],
+                row[1],
+                row[2]
+            );
+        }
     }
     drop(k);
     if steps == 0 {

@@ -209,14 +209,10 @@ impl Conv {
         let positions = s.batch * oh * ow;
         match variant {
             ConvVariant::RegBlock => {
-                let blocks = positions.div_ceil(8) * s.c_out.div_ceil(4);
-                self.forward_regblock.bind(
-                    gpu,
-                    &p,
-                    &buffers,
-                    None,
-                    grid_1d(blocks.div_ceil(64) as u32),
-                )
+                // Workgroups: one channel block x 64 blocks of 8 columns of an output row.
+                let groups = (s.batch * oh * ow.div_ceil(8)).div_ceil(64) * s.c_out.div_ceil(4);
+                self.forward_regblock
+                    .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
             }
             ConvVariant::Tiled => {
                 self.forward_tiled
@@ -256,14 +252,10 @@ impl Conv {
         let positions = s.batch * s.h * s.w;
         match variant {
             ConvVariant::RegBlock => {
-                let blocks = positions.div_ceil(8) * s.c_in.div_ceil(4);
-                self.backward_input_regblock.bind(
-                    gpu,
-                    &p,
-                    &buffers,
-                    None,
-                    grid_1d(blocks.div_ceil(64) as u32),
-                )
+                // Workgroups: one channel block x 64 blocks of 8 columns of an input row.
+                let groups = (s.batch * s.h * s.w.div_ceil(8)).div_ceil(64) * s.c_in.div_ceil(4);
+                self.backward_input_regblock
+                    .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
             }
             ConvVariant::Tiled => self.backward_input_tiled.bind(
                 gpu,
@@ -305,14 +297,10 @@ impl Conv {
         let buffers = [dy, x, d_weight];
         match variant {
             ConvVariant::RegBlock => {
-                let blocks = s.cols().div_ceil(4) * s.c_out.div_ceil(2);
-                self.backward_weight_regblock.bind(
-                    gpu,
-                    &p,
-                    &buffers,
-                    None,
-                    grid_1d(blocks.div_ceil(32) as u32),
-                )
+                // Workgroups: one block of 4 filters x 32 blocks of 4 columns.
+                let groups = s.cols().div_ceil(4).div_ceil(32) * s.c_out.div_ceil(4);
+                self.backward_weight_regblock
+                    .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
             }
             ConvVariant::Tiled => self.backward_weight_split.bind(
                 gpu,

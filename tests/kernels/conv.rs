@@ -35,7 +35,8 @@ const fn shape(
 }
 
 /// Odd sizes, non-square inputs and kernels, padding 0/1/2, stride 1/2, kernel 1/3/5, batch 1 and
-/// 3, channels 1/3/7, more than one 64-wide tile and partial register blocks on every axis.
+/// 3, channels 1/3/7, stride 3, rows wider than one 8-column block, more than one 64-wide tile and
+/// partial register blocks on every axis.
 const SHAPES: &[ConvShape] = &[
     shape(1, 1, 5, 5, 1, (1, 1), 1, 0),
     shape(3, 3, 7, 5, 7, (3, 3), 1, 1),
@@ -48,6 +49,9 @@ const SHAPES: &[ConvShape] = &[
     shape(1, 3, 7, 7, 7, (1, 1), 2, 0),
     shape(2, 3, 10, 9, 70, (3, 3), 1, 1),
     shape(3, 20, 12, 12, 50, (5, 5), 1, 0),
+    shape(1, 2, 11, 10, 3, (4, 2), 3, 1),
+    shape(2, 3, 5, 20, 5, (3, 3), 1, 1),
+    shape(1, 1, 3, 17, 2, (2, 5), 2, 2),
 ];
 
 struct Run {
