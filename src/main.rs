@@ -22,8 +22,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// List every adapter wgpu sees and the limits that matter here.
-    Info,
+    /// List every adapter wgpu sees and the limits that matter here, and the models this build
+    /// trains with the paper's settings; `--model M` also shows M's layers.
+    Info {
+        /// Also show this model's layers, output shapes and parameters.
+        #[arg(long)]
+        model: Option<String>,
+    },
     /// Train a model (default: DST LeNet-300-100 on the embedded MNIST subset).
     Train(TrainArgs),
     /// Test accuracy and per-layer keep ratios of a checkpoint.
@@ -60,23 +65,25 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 struct TrainArgs {
-    /// Model to train: lenet300 (LeNet-300-100) or lenet5 (LeNet-5-Caffe). Every flag below
-    /// that is not given takes the paper's setting for the model.
+    /// Model to train: lenet300 (LeNet-300-100), lenet5 (LeNet-5-Caffe), lstm-a or lstm-b (two
+    /// LSTM layers of 128 / 256 over the image rows). Every flag below that is not given takes
+    /// the paper's setting for the model (`dst info` lists them).
     #[arg(long, default_value = "lenet300")]
     model: String,
     /// Train dense (no masks); DST is the default.
     #[arg(long)]
     dense: bool,
-    /// Sparsity penalty weight alpha (METHOD.md section 2) [default: the model's, 5e-4 for the LeNets].
+    /// Sparsity penalty weight alpha (METHOD.md section 2) [default: the model's: 5e-4 for the
+    /// LeNets, 1e-4 for the LSTMs].
     #[arg(long, allow_negative_numbers = true)]
     alpha: Option<f64>,
     /// Epochs in all [default: the model's, 20; on --resume: the run's own].
     #[arg(long)]
     epochs: Option<usize>,
-    /// Batch size [default: the model's, 64 for the LeNets].
+    /// Batch size [default: the model's: 64 for the LeNets, 100 for the LSTMs].
     #[arg(long)]
     batch: Option<usize>,
-    /// Learning rate [default: the model's, 0.01 for the LeNets].
+    /// Learning rate [default: the model's: 0.01 (SGD) for the LeNets, 1e-3 (Adam) for the LSTMs].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// SGD momentum [default: the model's, 0.9 for the LeNets].
@@ -100,7 +107,7 @@ struct TrainArgs {
     #[arg(long)]
     limit_train: Option<usize>,
     /// Optimiser: sgd (with --momentum) or adam (betas 0.9/0.999, eps 1e-8) [default: the
-    /// model's, sgd for the LeNets].
+    /// model's: sgd for the LeNets, adam for the LSTMs].
     #[arg(long)]
     optimizer: Option<String>,
     /// Continue the run in this directory from its last checkpoint (its config is reused;
@@ -129,7 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => unreachable!("`dst train` parses as the train command"),
             }
         }
-        Some(Command::Info) => cmd_info(),
+        Some(Command::Info { model }) => cmd_info(model.as_deref()),
         Some(Command::Train(a)) => cmd_train(a),
         Some(Command::Eval { checkpoint, data }) => cmd_eval(checkpoint, data),
         Some(Command::Fetch {
@@ -141,7 +148,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn cmd_info() -> anyhow::Result<()> {
+fn cmd_info(model: Option<&str>) -> anyhow::Result<()> {
+    if let Some(m) = model {
+        dst::models::check_name(m)?;
+    }
     let adapters = list_adapters();
     if adapters.is_empty() {
         bail!("no GPU adapter found; {}", dst::gpu::NO_ADAPTER_HINT);
@@ -180,6 +190,38 @@ fn cmd_info() -> anyhow::Result<()> {
         Err(_) => {
             let a = dst::gpu::select_adapter(None)?;
             println!("selected: {}", describe_info(&a.get_info()));
+        }
+    }
+    println!("models (dst train --model M; defaults are the paper's settings):");
+    for m in dst::models::MODELS {
+        let d = &m.defaults;
+        println!("  {:<9} {}", m.name, m.about);
+        println!(
+            "            {} lr {}{}, batch {}, {} epochs, alpha {}, weight decay {}",
+            d.optimizer,
+            d.lr,
+            if d.optimizer == "sgd" {
+                format!(" momentum {}", d.momentum)
+            } else {
+                String::new()
+            },
+            d.batch,
+            d.epochs,
+            d.alpha,
+            d.weight_decay
+        );
+    }
+    if let Some(name) = model {
+        let gpu = Gpu::from_env()?;
+        let m = dst::models::Model::build(&gpu, name, true, 1, false)?;
+        let params: usize = m.arena.layout.entries.iter().map(|e| e.len()).sum();
+        let masked: usize = m.mask_views().iter().map(|v| v.rows * v.cols).sum();
+        println!(
+            "{name}: input {:?}, {params} parameters in DST (thresholds included), {masked} of them masked weights",
+            m.input
+        );
+        for line in m.describe() {
+            println!("  {line}");
         }
     }
     Ok(())

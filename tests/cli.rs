@@ -178,3 +178,19 @@ fn headless_commands_print_no_error_lines() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `dst train --help` and `dst info` name every model; `dst info --model` refuses an unknown one
+/// before opening a device.
+#[test]
+fn help_and_info_list_the_models() {
+    let (ok, help, _) = dst(&["train", "--help"]);
+    assert!(ok);
+    for m in ["lenet300", "lenet5", "lstm-a", "lstm-b"] {
+        assert!(help.contains(m), "train --help lacks {m}: {help}");
+    }
+    let (ok, _, err) = dst(&["info", "--model", "vgg99"]);
+    assert!(!ok && err.contains("unknown model \"vgg99\""), "{err}");
+    let (ok, out, err) = dst(&["info", "--model", "lenet5"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("lstm-b") && out.contains("conv2") && out.contains("[50, 4, 4]"), "{out}");
+}
