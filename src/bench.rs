@@ -1,6 +1,7 @@
 //! `dst bench`: GEMM throughput of both variants on the LeNet-300-100 shapes, convolution
 //! throughput of both variants on a LeNet-5 and a VGG-like shape, and the time per training step
-//! of dense and DST LeNet-300-100, measured in one process (ratios from one run).
+//! of dense and DST training of each model asked for (default LeNet-300-100), measured in one
+//! process (ratios from one run).
 
 use std::path::Path;
 use std::time::Instant;
@@ -21,7 +22,10 @@ fn time_dispatch(gpu: &Gpu, d: &crate::kernels::Dispatch, reps: u32) -> anyhow::
     Ok(t.elapsed().as_secs_f64() / reps as f64)
 }
 
-pub fn run(reps: u32, steps: u32, data: Option<&Path>) -> anyhow::Result<()> {
+pub fn run(reps: u32, steps: u32, data: Option<&Path>, models: &[String]) -> anyhow::Result<()> {
+    for m in models {
+        crate::models::check_name(m)?;
+    }
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.describe());
     let k = Kernels::new(&gpu, None)?;
@@ -187,51 +191,64 @@ pub fn run(reps: u32, steps: u32, data: Option<&Path>) -> anyhow::Result<()> {
     if steps == 0 {
         return Ok(());
     }
+    for model in models {
+        step_times(model, steps, data)?;
+    }
+    Ok(())
+}
+
+/// Time per training step of `model`, dense then DST, with the model's paper settings (batch,
+/// alpha, optimiser), measured back to back in one process.
+fn step_times(model: &str, steps: u32, data: Option<&Path>) -> anyhow::Result<()> {
     let cfg = TrainConfig {
         data: data.map(Path::to_path_buf),
-        ..Default::default()
+        ..TrainConfig::for_model(model)?
     };
     let mnist = cfg.load_data()?;
+    let batch = cfg.batch;
     let mut times = Vec::new();
     for dense in [true, false] {
         let s = Session::new(
             Gpu::open(crate::gpu::select_adapter(
                 std::env::var("WGPU_ADAPTER_NAME").ok().as_deref(),
             )?)?,
-            "lenet300",
+            model,
             !dense,
             1,
-            false,
+            cfg.optimizer().is_adam(),
         )?;
         let train = s.upload("train", &mnist.train)?;
         let plan = s.plan(
             &train,
-            64,
+            batch,
             Mode::Train,
-            if dense { 0.0 } else { 5e-4 },
+            if dense { 0.0 } else { cfg.alpha as f32 },
             cfg.optimizer(),
         )?;
+        let opt = cfg.optimizer();
         let infos: Vec<StepInfo> = (0..steps as usize)
-            .map(|i| StepInfo {
-                batch_start: ((i * 64) % (mnist.train.count - 64)) as u32,
-                valid: 64,
-                step: i as u32 + 1,
-                lr: 0.01,
-                ..Default::default()
+            .map(|i| {
+                opt.step_info(
+                    i as u64 + 1,
+                    cfg.lr,
+                    (i * batch) % (mnist.train.count - batch),
+                    batch,
+                )
             })
             .collect();
-        s.run_steps(&plan, &infos[..infos.len().min(10)])?; // warm-up
+        s.run_steps(&plan, &infos[..infos.len().min(5)])?; // warm-up
         s.gpu.wait()?;
         let t = Instant::now();
         s.run_steps(&plan, &infos)?;
         s.gpu.wait()?;
         let ms = 1e3 * t.elapsed().as_secs_f64() / steps as f64;
         println!(
-            "LeNet-300-100 {} step (batch 64): {ms:.3} ms",
-            if dense { "dense" } else { "DST  " }
+            "{model} {} step (batch {batch}, {} dispatches): {ms:.3} ms",
+            if dense { "dense" } else { "DST  " },
+            plan.dispatches.len()
         );
         times.push(ms);
     }
-    println!("DST / dense step time: {:.3}", times[1] / times[0]);
+    println!("{model} DST / dense step time: {:.3}", times[1] / times[0]);
     Ok(())
 }

@@ -60,6 +60,9 @@ enum Command {
         /// Folder with the MNIST IDX files for the step timing (default: embedded subset).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Models whose training steps to time (repeatable; default lenet300).
+        #[arg(long = "model", default_value = "lenet300")]
+        models: Vec<String>,
     },
 }
 
@@ -144,7 +147,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             to,
             mirror,
         }) => cmd_fetch(&dataset, &to, mirror),
-        Some(Command::Bench { reps, steps, data }) => dst::bench::run(reps, steps, data.as_deref()),
+        Some(Command::Bench {
+            reps,
+            steps,
+            data,
+            models,
+        }) => dst::bench::run(reps, steps, data.as_deref(), &models),
     }
 }
 
