@@ -114,12 +114,12 @@ pub fn run(reps: u32, steps: u32, data: Option<&Path>, models: &[String]) -> any
         );
     }
     println!(
-        "{:<36} {:>12} {:>12} {:>12}",
+        "{:<44} {:>12} {:>12} {:>12}",
         "conv (GFLOP/s)", "forward", "d_input", "d_weight"
     );
     let conv_shapes = [
         (
-            "LeNet-5 conv2 64x20x12x12 k5 ->50",
+            "LeNet-5 conv2 b64 20->50 12x12 k5",
             ConvShape {
                 batch: 64,
                 c_in: 20,
@@ -133,7 +133,7 @@ pub fn run(reps: u32, steps: u32, data: Option<&Path>, models: &[String]) -> any
             },
         ),
         (
-            "VGG-like 64x64x16x16 k3 p1 ->64",
+            "VGG-like b64 64->64 16x16 k3 p1",
             ConvShape {
                 batch: 64,
                 c_in: 64,
@@ -179,7 +179,7 @@ pub fn run(reps: u32, steps: u32, data: Option<&Path>, models: &[String]) -> any
                 row.push(flops / time_dispatch(&gpu, d, reps)? / 1e9);
             }
             println!(
-                "{:<36} {:>12.2} {:>12.2} {:>12.2}",
+                "{:<44} {:>12.2} {:>12.2} {:>12.2}",
                 format!("{what} {v:?}"),
                 row[0],
                 row[1],

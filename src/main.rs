@@ -49,7 +49,7 @@ enum Command {
         #[arg(long)]
         mirror: Vec<String>,
     },
-    /// GEMM throughput of both kernel variants on the LeNet-300-100 shapes, and step times.
+    /// GEMM and convolution throughput of both kernel variants, and step times.
     Bench {
         /// Timed repetitions per shape.
         #[arg(long, default_value_t = 20)]

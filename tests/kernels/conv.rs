@@ -54,6 +54,9 @@ const SHAPES: &[ConvShape] = &[
     shape(1, 1, 3, 17, 2, (2, 5), 2, 2),
 ];
 
+/// x, weight, optional bias, dy.
+type Inputs<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>, &'a [f32]);
+
 struct Run {
     y: Vec<f32>,
     dx: Vec<f32>,
@@ -62,12 +65,7 @@ struct Run {
 }
 
 /// Runs the four entry points of `variant` on fresh NaN-poisoned outputs.
-fn run_conv(
-    c: &Ctx,
-    variant: ConvVariant,
-    s: &ConvShape,
-    (x, w, b, gy): (&[f32], &[f32], Option<&[f32]>, &[f32]),
-) -> Run {
+fn run_conv(c: &Ctx, variant: ConvVariant, s: &ConvShape, (x, w, b, gy): Inputs<'_>) -> Run {
     let (oh, ow) = (s.out_h(), s.out_w());
     let xt = c.tensor("x", &[s.batch, s.c_in, s.h, s.w], x);
     let wt = c.tensor("w", &[s.c_out, s.cols()], w);
@@ -386,29 +384,17 @@ fn conv_reference_matches_finite_differences() {
             m[k] -= h;
             (f(&p) - f(&m)) / (2.0 * h)
         };
-        for k in 0..x.len() {
+        for (k, &want) in dx.iter().enumerate() {
             let d = fd(&x, k, &|x| obj(x, &w, &b));
-            assert!(
-                (d - dx[k]).abs() < 1e-6,
-                "{s:?} dx[{k}] fd {d} vs {}",
-                dx[k]
-            );
+            assert!((d - want).abs() < 1e-6, "{s:?} dx[{k}] fd {d} vs {want}");
         }
-        for k in 0..w.len() {
+        for (k, &want) in dw.iter().enumerate() {
             let d = fd(&w, k, &|w| obj(&x, w, &b));
-            assert!(
-                (d - dw[k]).abs() < 1e-6,
-                "{s:?} dW[{k}] fd {d} vs {}",
-                dw[k]
-            );
+            assert!((d - want).abs() < 1e-6, "{s:?} dW[{k}] fd {d} vs {want}");
         }
-        for k in 0..b.len() {
+        for (k, &want) in db.iter().enumerate() {
             let d = fd(&b, k, &|b| obj(&x, &w, b));
-            assert!(
-                (d - db[k]).abs() < 1e-6,
-                "{s:?} db[{k}] fd {d} vs {}",
-                db[k]
-            );
+            assert!((d - want).abs() < 1e-6, "{s:?} db[{k}] fd {d} vs {want}");
         }
     }
 }
