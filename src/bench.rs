@@ -22,7 +22,13 @@ fn time_dispatch(gpu: &Gpu, d: &crate::kernels::Dispatch, reps: u32) -> anyhow::
     Ok(t.elapsed().as_secs_f64() / reps as f64)
 }
 
-pub fn run(reps: u32, steps: u32, data: Option<&Path>, models: &[String]) -> anyhow::Result<()> {
+pub fn run(
+    reps: u32,
+    steps: u32,
+    data: Option<&Path>,
+    models: &[String],
+    profile: bool,
+) -> anyhow::Result<()> {
     for m in models {
         crate::models::check_name(m)?;
     }
@@ -192,14 +198,14 @@ pub fn run(reps: u32, steps: u32, data: Option<&Path>, models: &[String]) -> any
         return Ok(());
     }
     for model in models {
-        step_times(model, steps, data)?;
+        step_times(model, steps, data, profile)?;
     }
     Ok(())
 }
 
 /// Time per training step of `model`, dense then DST, with the model's paper settings (batch,
 /// alpha, optimiser), measured back to back in one process.
-fn step_times(model: &str, steps: u32, data: Option<&Path>) -> anyhow::Result<()> {
+fn step_times(model: &str, steps: u32, data: Option<&Path>, profile: bool) -> anyhow::Result<()> {
     let cfg = TrainConfig {
         data: data.map(Path::to_path_buf),
         ..TrainConfig::for_model(model)?
@@ -248,6 +254,31 @@ fn step_times(model: &str, steps: u32, data: Option<&Path>) -> anyhow::Result<()
             plan.dispatches.len()
         );
         times.push(ms);
+        if profile && !dense {
+            // Each dispatch of the DST step alone (after the steps above, so on trained-ish
+            // values), summed per kernel: where a step's time goes.
+            let mut per: Vec<(String, f64, usize)> = Vec::new();
+            for d in &plan.dispatches {
+                let sec = time_dispatch(&s.gpu, d, 5)?;
+                match per.iter_mut().find(|(l, _, _)| *l == d.label) {
+                    Some(e) => {
+                        e.1 += sec;
+                        e.2 += 1;
+                    }
+                    None => per.push((d.label.clone(), sec, 1)),
+                }
+            }
+            per.sort_by(|a, b| b.1.total_cmp(&a.1));
+            let total: f64 = per.iter().map(|e| e.1).sum();
+            println!("  per-kernel profile of the DST step (each dispatch timed alone, 5 reps):");
+            for (label, sec, n) in per {
+                println!(
+                    "  {label:<40} {n:>4} x  {:>9.3} ms  {:>5.1} %",
+                    1e3 * sec,
+                    100.0 * sec / total
+                );
+            }
+        }
     }
     println!("{model} DST / dense step time: {:.3}", times[1] / times[0]);
     Ok(())

@@ -63,6 +63,9 @@ enum Command {
         /// Models whose training steps to time (repeatable; default lenet300).
         #[arg(long = "model", default_value = "lenet300")]
         models: Vec<String>,
+        /// Also time each dispatch of a DST step alone and print where the time goes.
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -152,7 +155,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             steps,
             data,
             models,
-        }) => dst::bench::run(reps, steps, data.as_deref(), &models),
+            profile,
+        }) => dst::bench::run(reps, steps, data.as_deref(), &models, profile),
     }
 }
 
