@@ -12,9 +12,18 @@
 struct MaskParams {
     rows: u32,
     cols: u32,
-    alpha: f32,
+    alpha: f32,   // mask_backward, penalty: times alpha_scale[0] (the trainer's alpha control)
     groups: u32,  // mask_reset: the rows form `groups` stacked matrices of rows/groups rows each
+    policy: u32,  // mask_reset: 0 the paper's reset, 1 the floor, 2 none, 3 count only
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
+
+const RESET_PAPER: u32 = 0u;
+const RESET_FLOOR: u32 = 1u;
+const RESET_NONE: u32 = 2u;
+const RESET_COUNT: u32 = 3u;
 
 @group(0) @binding(0) var<uniform> mp: MaskParams;
 @group(0) @binding(1) var<storage, read_write> weight: array<f32>;
@@ -26,6 +35,7 @@ struct MaskParams {
 @group(0) @binding(7) var<storage, read_write> d_weight: array<f32>;
 @group(0) @binding(8) var<storage, read_write> d_threshold: array<f32>;
 @group(0) @binding(9) var<storage, read_write> stats: array<f32>;
+@group(0) @binding(10) var<storage, read> alpha_scale: array<f32>;
 
 const WG: u32 = 64u;
 var<workgroup> red_u: array<u32, 64>;
@@ -86,11 +96,19 @@ fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
 
 // After `mask_forward`, one workgroup of 64 per matrix: the rows form `groups` stacked matrices
 // of rows/groups rows each (1 for a linear or conv layer; 4 for an LSTM's gate-stacked weight),
-// each with its own reset decision. Sums its rows' row_keep (in a fixed order) to the matrix's
-// keep count; if count / numel <= 0.01 the matrix is reset: its thresholds are set to 0 and its P
-// is recomputed with t = 0 (a rare event, so one workgroup does it). For matrix g writes
-// layer_keep[4g] = count before the decision, layer_keep[4g+1] = count after it (what the matrix
-// keeps in this forward), layer_keep[4g+2] += 1 on a reset (a running count of resets).
+// each with its own decision. Sums its rows' row_keep (in a fixed order) to the matrix's keep
+// count; if count / numel <= 0.01 the matrix is dying and `policy` acts (a rare event, so one
+// workgroup does it):
+//   paper: its thresholds are set to 0 and P is recomputed (METHOD.md section 3);
+//   floor: every row keeps at least its strongest weight: a threshold at or above the row's
+//          largest |w| comes down to 0.999 of it, the others stay, so the matrix cannot die and
+//          does not jump back to dense; P and row_keep are not recomputed here: the layer records
+//          `mask_forward` and a `count` pass after this one (`Masked::mask_pass`);
+//   none:  nothing happens (a matrix may die);
+//   count: no decision at all: layer_keep[4g+1] = the count (the pass after a floor).
+// For matrix g writes layer_keep[4g] = count before the decision, layer_keep[4g+1] = count after
+// it (what the matrix keeps in this forward; for floor: written by the count pass),
+// layer_keep[4g+2] += 1 when the policy acted.
 @compute @workgroup_size(64, 1, 1)
 fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(workgroup_id) wid: vec3<u32>) {
@@ -103,37 +121,63 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
     }
     let before = reduce_u32(lid.x, part);
     let numel = grows * mp.cols;
+    let e0 = r0 * mp.cols;
+    if (mp.policy == RESET_COUNT) {
+        if (lid.x == 0u) {
+            layer_keep[4u * g + 1u] = before;
+        }
+        return;
+    }
     // keep ratio <= 1%, in integers: exactly torch's f32 test `sum / numel <= 0.01` (an f32
     // division may be off by ulps in WGSL).
-    let reset = before <= numel / 100u;
-    var after = before;
-    if (reset) {
-        var kept = 0u;
-        let e0 = r0 * mp.cols;
-        for (var i = lid.x; i < numel; i += WG) {
-            let w = weight[e0 + i];
-            let m = dst_step(abs(w));
-            masked_weight[e0 + i] = w * m;
-            kept += u32(m);
+    let dying = before <= numel / 100u;
+    if (!dying || mp.policy == RESET_NONE) {
+        if (lid.x == 0u) {
+            layer_keep[4u * g] = before;
+            layer_keep[4u * g + 1u] = before;
         }
-        for (var r = lid.x; r < grows; r += WG) {
-            threshold[r0 + r] = 0.0;
-        }
-        after = reduce_u32(lid.x, kept);
+        return;
     }
+    if (mp.policy == RESET_FLOOR) {
+        // Every row keeps at least its strongest weight: a threshold at or above the row's
+        // largest |w| comes down to 0.999 of it (rows are independent: one invocation per row).
+        for (var r = lid.x; r < grows; r += WG) {
+            let base = e0 + r * mp.cols;
+            var m = 0.0;
+            for (var j = 0u; j < mp.cols; j++) {
+                m = max(m, abs(weight[base + j]));
+            }
+            threshold[r0 + r] = min(threshold[r0 + r], m * 0.999);
+        }
+        if (lid.x == 0u) {
+            layer_keep[4u * g] = before;
+            layer_keep[4u * g + 2u] = layer_keep[4u * g + 2u] + 1u;
+        }
+        return;
+    }
+    // The paper's reset: thresholds to 0, P recomputed.
+    var kept = 0u;
+    for (var i = lid.x; i < numel; i += WG) {
+        let w = weight[e0 + i];
+        let m = dst_step(abs(w));
+        masked_weight[e0 + i] = w * m;
+        kept += u32(m);
+    }
+    for (var r = lid.x; r < grows; r += WG) {
+        threshold[r0 + r] = 0.0;
+    }
+    let after = reduce_u32(lid.x, kept);
     if (lid.x == 0u) {
         layer_keep[4u * g] = before;
         layer_keep[4u * g + 1u] = after;
-        if (reset) {
-            layer_keep[4u * g + 2u] = layer_keep[4u * g + 2u] + 1u;
-        }
+        layer_keep[4u * g + 2u] = layer_keep[4u * g + 2u] + 1u;
     }
 }
 
 // Eight rows per workgroup, eight invocations per row (columns strided by 8, partial sums
-// reduced in a fixed order). Reads d_masked (G = dL/dP), weight, threshold; writes
+// reduced in a fixed order). Reads d_masked (G = dL/dP), weight, threshold, alpha_scale; writes
 //   d_weight[i][j]  = G*M + G*|W|*H(Q)
-//   d_threshold[i]  = -sum_j G*W*H(Q) - alpha * exp(-t[i])
+//   d_threshold[i]  = -sum_j G*W*H(Q) - alpha * exp(-t[i])    (alpha = mp.alpha * alpha_scale[0])
 // with Q = |W| - t and M = S(Q).
 @compute @workgroup_size(8, 8, 1)
 fn mask_backward(@builtin(local_invocation_id) lid: vec3<u32>,
@@ -164,7 +208,7 @@ fn mask_backward(@builtin(local_invocation_id) lid: vec3<u32>,
         workgroupBarrier();
     }
     if (lid.x == 0u && row < mp.rows) {
-        d_threshold[row] = -red_f[slot] - mp.alpha * exp(-t);
+        d_threshold[row] = -red_f[slot] - mp.alpha * alpha_scale[0] * exp(-t);
     }
 }
 
@@ -189,7 +233,7 @@ fn mask_forward_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
     row_keep[row] = kept;
 }
 
-// One workgroup. Reads threshold; stats[1] += alpha * sum_i exp(-t[i]) (the penalty's value; stats is the loss stats buffer).
+// One workgroup. Reads threshold, alpha_scale; stats[1] += alpha * alpha_scale[0] * sum_i exp(-t[i]) (the penalty's value; stats is the loss stats buffer).
 @compute @workgroup_size(64, 1, 1)
 fn penalty(@builtin(local_invocation_id) lid: vec3<u32>) {
     var part = 0.0;
@@ -198,6 +242,6 @@ fn penalty(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     let s = reduce_f32(lid.x, part);
     if (lid.x == 0u) {
-        stats[1] = stats[1] + mp.alpha * s;
+        stats[1] = stats[1] + mp.alpha * alpha_scale[0] * s;
     }
 }

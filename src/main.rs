@@ -116,6 +116,22 @@ struct TrainArgs {
     /// model's: sgd for the LeNets, adam for the LSTMs].
     #[arg(long)]
     optimizer: Option<String>,
+    /// Steer alpha so that the model keeps this fraction of its masked weights by
+    /// --target-epoch and then holds it (0 < R < 1; beyond the paper, which has only alpha).
+    #[arg(long)]
+    target_keep: Option<f64>,
+    /// The epoch by which --target-keep is to be reached [default: 60 % of the run].
+    #[arg(long)]
+    target_epoch: Option<usize>,
+    /// What a masked layer keeping <= 1 % does: paper (its thresholds go to 0: dense again, the
+    /// paper's rule), floor (every row keeps at least its strongest weight: no collapse, no jump
+    /// back to dense) or none.
+    #[arg(long, default_value = "paper")]
+    reset: String,
+    /// Hold out the last N training images as a validation split (never the test set) and report
+    /// the epoch best on it.
+    #[arg(long)]
+    valid: Option<usize>,
     /// Continue the run in this directory from its last checkpoint (its config is reused;
     /// --epochs may raise the total).
     #[arg(long)]
@@ -256,6 +272,10 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         log_every: a.log_every,
         data: a.data.clone(),
         optimizer: a.optimizer.clone().unwrap_or(d.optimizer),
+        target_keep: a.target_keep,
+        target_epoch: a.target_epoch,
+        reset: a.reset.clone(),
+        valid: a.valid,
     })
 }
 

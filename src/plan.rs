@@ -102,6 +102,7 @@ impl Plan {
     }
 
     /// Builds the plan of one training step (`Mode::Train`) or one evaluation batch (`Mode::Eval`).
+    /// The penalty weight is `alpha * alpha_scale[0]`; `reset` is the dead-layer policy.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
         gpu: &Gpu,
@@ -114,9 +115,13 @@ impl Plan {
         mode: Mode,
         alpha: f32,
         optimizer: Optimizer,
+        alpha_scale: &Tensor,
+        reset: crate::kernels::masked::ResetPolicy,
     ) -> Result<Plan> {
         let stats = Tensor::zeros(gpu, &format!("{mode:?}.stats"), &[STATS_WORDS])?;
         let mut cx = PlanCx::new(gpu, kernels, &model.arena, step, mode, alpha, stats.clone());
+        cx.alpha_scale = alpha_scale.clone();
+        cx.reset = reset;
         let mut shape = vec![batch];
         shape.extend(&model.input);
         let rows = cx.activation("input", &[batch, data.pixels])?;

@@ -119,6 +119,17 @@ impl Dataset {
     }
 
     /// The first `n` examples (a clone of everything if `n >= count`).
+    /// Images `[from, count)` (the last `count - from`), e.g. a validation split.
+    pub fn tail(&self, from: usize) -> Dataset {
+        let from = from.min(self.count);
+        Dataset {
+            images: self.images[from * self.pixels()..].to_vec(),
+            labels: self.labels[from..].to_vec(),
+            count: self.count - from,
+            ..*self
+        }
+    }
+
     pub fn limit(&self, n: usize) -> Dataset {
         let n = n.min(self.count);
         Dataset {

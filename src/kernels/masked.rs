@@ -14,11 +14,60 @@ pub struct MaskParams {
     pub alpha: f32,
     /// `mask_reset`: the rows form this many stacked matrices, each reset on its own.
     pub groups: u32,
+    /// `mask_reset`: what happens to a dying matrix (`ResetPolicy as u32`).
+    pub policy: u32,
+    pub _pad: [u32; 3],
+}
+
+/// What `mask_reset` does to a matrix whose keep ratio fell to 1 % or less (METHOD.md section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResetPolicy {
+    /// The paper's rule: thresholds to 0, the matrix is dense again for this pass.
+    Paper = 0,
+    /// Every row keeps at least its strongest weight: thresholds at or above the row's largest
+    /// |w| come down to 0.999 of it. The matrix cannot die and does not jump back to dense.
+    Floor = 1,
+    /// No reset: a matrix may die.
+    None = 2,
+    /// Not a policy: the pass after a floor that only counts what the matrix keeps.
+    Count = 3,
+}
+
+impl ResetPolicy {
+    pub const NAMES: &'static str = "paper, floor, none";
+
+    pub fn parse(s: &str) -> Option<ResetPolicy> {
+        match s {
+            "paper" => Some(ResetPolicy::Paper),
+            "floor" => Some(ResetPolicy::Floor),
+            "none" => Some(ResetPolicy::None),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ResetPolicy::Paper => "paper",
+            ResetPolicy::Floor => "floor",
+            ResetPolicy::None => "none",
+            ResetPolicy::Count => "count",
+        }
+    }
+}
+
+fn rows_cols_default() -> MaskParams {
+    MaskParams {
+        groups: 1,
+        ..Default::default()
+    }
 }
 
 pub struct Masked {
     /// Use `mask_forward_rowwise` (CPU adapters) in `mask_forward`.
     pub rowwise: bool,
+    /// A buffer holding 1.0: the alpha scale of dispatches built without the trainer's.
+    pub one: Tensor,
     pub mask_forward_k: Kernel,
     pub mask_forward_rowwise_k: Kernel,
     pub mask_reset_k: Kernel,
@@ -41,13 +90,17 @@ fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
         cols: w.shape[1] as u32,
         alpha: 0.0,
         groups: 1,
+        policy: ResetPolicy::Paper as u32,
+        _pad: [0; 3],
     }
 }
 
 impl Masked {
-    pub fn new(f: &KernelFactory<'_>, rowwise: bool) -> Result<Masked> {
+    /// `one`: a buffer holding the single value 1.0.
+    pub fn new(f: &KernelFactory<'_>, rowwise: bool, one: Tensor) -> Result<Masked> {
         Ok(Masked {
             rowwise,
+            one,
             mask_forward_rowwise_k: f.kernel(
                 "mask_forward_rowwise",
                 &[(1, RW), (2, RW), (3, RW), (4, RW)],
@@ -65,10 +118,10 @@ impl Masked {
             )?,
             mask_backward_k: f.kernel(
                 "mask_backward",
-                &[(1, RW), (2, RW), (6, RW), (7, RW), (8, RW)],
+                &[(1, RW), (2, RW), (6, RW), (7, RW), (8, RW), (10, Access::Read)],
                 false,
             )?,
-            penalty_k: f.kernel("penalty", &[(2, RW), (9, RW)], false)?,
+            penalty_k: f.kernel("penalty", &[(2, RW), (9, RW), (10, Access::Read)], false)?,
         })
     }
 
@@ -147,7 +200,70 @@ impl Masked {
         layer_keep: &Tensor,
         groups: usize,
     ) -> Result<Dispatch> {
+        self.mask_reset_policy(
+            gpu,
+            weight,
+            threshold,
+            masked_weight,
+            row_keep,
+            layer_keep,
+            groups,
+            ResetPolicy::Paper,
+        )
+    }
+
+    /// A masked layer's whole mask pass for `groups` stacked matrices: `mask_forward`, then
+    /// `mask_reset` with `policy`; the floor adds `mask_forward` and a count pass after it (P and
+    /// the counters then reflect the lowered thresholds).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mask_pass(
+        &self,
+        gpu: &Gpu,
+        weight: &Tensor,
+        threshold: &Tensor,
+        masked_weight: &Tensor,
+        row_keep: &Tensor,
+        layer_keep: &Tensor,
+        groups: usize,
+        policy: ResetPolicy,
+    ) -> Result<Vec<Dispatch>> {
+        let fwd = || self.mask_forward(gpu, weight, threshold, masked_weight, row_keep);
+        let reset = |p| {
+            self.mask_reset_policy(
+                gpu,
+                weight,
+                threshold,
+                masked_weight,
+                row_keep,
+                layer_keep,
+                groups,
+                p,
+            )
+        };
+        let mut ds = vec![fwd()?, reset(policy)?];
+        if policy == ResetPolicy::Floor {
+            ds.push(fwd()?);
+            ds.push(reset(ResetPolicy::Count)?);
+        }
+        Ok(ds)
+    }
+
+    /// `mask_reset_groups` with the given policy for a dying matrix (for the floor, see
+    /// `mask_pass`: the thresholds move, P and the counters follow in the next two dispatches).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mask_reset_policy(
+        &self,
+        gpu: &Gpu,
+        weight: &Tensor,
+        threshold: &Tensor,
+        masked_weight: &Tensor,
+        row_keep: &Tensor,
+        layer_keep: &Tensor,
+        groups: usize,
+        policy: ResetPolicy,
+    ) -> Result<Dispatch> {
         let mut p = rows_cols(weight, threshold);
+        p.policy = policy as u32;
         assert!(
             groups >= 1 && weight.shape[0] % groups == 0,
             "{}: {} rows do not split into {groups} matrices",
@@ -177,12 +293,38 @@ impl Masked {
         d_threshold: &Tensor,
         alpha: f32,
     ) -> Result<Dispatch> {
+        self.mask_backward_scaled(
+            gpu,
+            weight,
+            threshold,
+            d_masked,
+            d_weight,
+            d_threshold,
+            alpha,
+            &self.one,
+        )
+    }
+
+    /// `mask_backward` with the penalty weight `alpha * alpha_scale[0]` (`alpha_scale`: a
+    /// one-element buffer the trainer rewrites between submissions to steer alpha).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mask_backward_scaled(
+        &self,
+        gpu: &Gpu,
+        weight: &Tensor,
+        threshold: &Tensor,
+        d_masked: &Tensor,
+        d_weight: &Tensor,
+        d_threshold: &Tensor,
+        alpha: f32,
+        alpha_scale: &Tensor,
+    ) -> Result<Dispatch> {
         let mut p = rows_cols(weight, threshold);
         p.alpha = alpha;
         self.mask_backward_k.bind(
             gpu,
             &p,
-            &[weight, threshold, d_masked, d_weight, d_threshold],
+            &[weight, threshold, d_masked, d_weight, d_threshold, alpha_scale],
             None,
             grid_1d(p.rows.div_ceil(8)),
         )
@@ -196,13 +338,25 @@ impl Masked {
         stats: &Tensor,
         alpha: f32,
     ) -> Result<Dispatch> {
+        self.penalty_scaled(gpu, threshold, stats, alpha, &self.one)
+    }
+
+    /// `stats[1] += alpha * alpha_scale[0] * sum exp(-t)`.
+    pub fn penalty_scaled(
+        &self,
+        gpu: &Gpu,
+        threshold: &Tensor,
+        stats: &Tensor,
+        alpha: f32,
+        alpha_scale: &Tensor,
+    ) -> Result<Dispatch> {
         let p = MaskParams {
             rows: threshold.len() as u32,
             cols: 1,
             alpha,
-            groups: 1,
+            ..rows_cols_default()
         };
         self.penalty_k
-            .bind(gpu, &p, &[threshold, stats], None, [1, 1, 1])
+            .bind(gpu, &p, &[threshold, stats, alpha_scale], None, [1, 1, 1])
     }
 }

@@ -361,6 +361,7 @@ impl Kernels {
             masked: masked::Masked::new(
                 &mk("masked", masked::SOURCE)?,
                 gpu.class == AdapterClass::Cpu,
+                Tensor::from_slice(gpu, "one", &[1], &[1.0f32])?,
             )?,
             act: act::Act::new(&mk("act", act::SOURCE)?)?,
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,

@@ -165,11 +165,18 @@ impl Layer for Conv2d {
             let w = self.rows(&cx.arena.param(self.weight));
             let t = cx.arena.param(m.threshold);
             let p = self.rows(&m.masked_weight);
-            cx.push(k.masked.mask_forward(gpu, &w, &t, &p, &m.row_keep)?);
-            cx.push(
-                k.masked
-                    .mask_reset(gpu, &w, &t, &p, &m.row_keep, &m.layer_keep)?,
-            );
+            for d in k.masked.mask_pass(
+                gpu,
+                &w,
+                &t,
+                &p,
+                &m.row_keep,
+                &m.layer_keep,
+                1,
+                cx.reset,
+            )? {
+                cx.push(d);
+            }
         }
         let y = cx.activation(
             &format!("{}.y", self.name),
@@ -210,7 +217,7 @@ impl Layer for Conv2d {
                 let w = self.rows(&cx.arena.param(self.weight));
                 let t = cx.arena.param(m.threshold);
                 let d_t = cx.arena.grad(m.threshold);
-                cx.push(k.masked.mask_backward(
+                cx.push(k.masked.mask_backward_scaled(
                     gpu,
                     &w,
                     &t,
@@ -218,6 +225,7 @@ impl Layer for Conv2d {
                     &self.rows(&d_weight),
                     &d_t,
                     cx.alpha,
+                    &cx.alpha_scale,
                 )?);
             }
             None => cx.push(k.conv.backward_weight(gpu, &s, dy, x, &d_weight)?),
@@ -232,7 +240,13 @@ impl Layer for Conv2d {
     fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
         if let Some(m) = &self.mask {
             let t = cx.arena.param(m.threshold);
-            let d = cx.kernels.masked.penalty(cx.gpu, &t, &cx.stats, cx.alpha)?;
+            let d = cx.kernels.masked.penalty_scaled(
+                cx.gpu,
+                &t,
+                &cx.stats,
+                cx.alpha,
+                &cx.alpha_scale,
+            )?;
             cx.push(d);
         }
         Ok(())

@@ -107,18 +107,18 @@ impl Layer for Linear {
         let (k, gpu) = (cx.kernels, cx.gpu);
         if let Some(m) = &self.mask {
             let (w, t) = (cx.arena.param(self.weight), cx.arena.param(m.threshold));
-            cx.push(
-                k.masked
-                    .mask_forward(gpu, &w, &t, &m.masked_weight, &m.row_keep)?,
-            );
-            cx.push(k.masked.mask_reset(
+            for d in k.masked.mask_pass(
                 gpu,
                 &w,
                 &t,
                 &m.masked_weight,
                 &m.row_keep,
                 &m.layer_keep,
-            )?);
+                1,
+                cx.reset,
+            )? {
+                cx.push(d);
+            }
         }
         let y = cx.activation(&format!("{}.y", self.name), &[batch, self.out_features])?;
         let w = self.effective_weight(cx);
@@ -169,8 +169,16 @@ impl Layer for Linear {
                 let (w, t) = (cx.arena.param(self.weight), cx.arena.param(m.threshold));
                 let d_t = cx.arena.grad(m.threshold);
                 cx.push(
-                    k.masked
-                        .mask_backward(gpu, &w, &t, &d_masked, &d_weight, &d_t, cx.alpha)?,
+                    k.masked.mask_backward_scaled(
+                        gpu,
+                        &w,
+                        &t,
+                        &d_masked,
+                        &d_weight,
+                        &d_t,
+                        cx.alpha,
+                        &cx.alpha_scale,
+                    )?,
                 );
             }
             None => cx.push(
@@ -186,7 +194,13 @@ impl Layer for Linear {
     fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
         if let Some(m) = &self.mask {
             let t = cx.arena.param(m.threshold);
-            let d = cx.kernels.masked.penalty(cx.gpu, &t, &cx.stats, cx.alpha)?;
+            let d = cx.kernels.masked.penalty_scaled(
+                cx.gpu,
+                &t,
+                &cx.stats,
+                cx.alpha,
+                &cx.alpha_scale,
+            )?;
             cx.push(d);
         }
         Ok(())

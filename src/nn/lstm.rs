@@ -248,11 +248,7 @@ impl Layer for Lstm {
         ] {
             if let Some(m) = m {
                 let (w, t) = (cx.arena.param(w), cx.arena.param(m.threshold));
-                cx.push(
-                    k.masked
-                        .mask_forward(gpu, &w, &t, &m.masked_weight, &m.row_keep)?,
-                );
-                cx.push(k.masked.mask_reset_groups(
+                for d in k.masked.mask_pass(
                     gpu,
                     &w,
                     &t,
@@ -260,7 +256,10 @@ impl Layer for Lstm {
                     &m.row_keep,
                     &m.layer_keep,
                     4,
-                )?);
+                    cx.reset,
+                )? {
+                    cx.push(d);
+                }
             }
         }
         let x_tm = match self.input {
@@ -362,7 +361,16 @@ impl Layer for Lstm {
                     let d_t = cx.arena.grad(m.threshold);
                     cx.push(
                         k.masked
-                            .mask_backward(gpu, &w, &t, &d_masked, &d_weight, &d_t, cx.alpha)?,
+                            .mask_backward_scaled(
+                                gpu,
+                                &w,
+                                &t,
+                                &d_masked,
+                                &d_weight,
+                                &d_t,
+                                cx.alpha,
+                                &cx.alpha_scale,
+                            )?,
                     );
                 }
                 None => cx.push(
@@ -379,7 +387,13 @@ impl Layer for Lstm {
     fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
         for m in [&self.mask_ih, &self.mask_hh].into_iter().flatten() {
             let t = cx.arena.param(m.threshold);
-            let d = cx.kernels.masked.penalty(cx.gpu, &t, &cx.stats, cx.alpha)?;
+            let d = cx.kernels.masked.penalty_scaled(
+                cx.gpu,
+                &t,
+                &cx.stats,
+                cx.alpha,
+                &cx.alpha_scale,
+            )?;
             cx.push(d);
         }
         Ok(())

@@ -28,8 +28,12 @@ pub struct PlanCx<'a> {
     pub arena: &'a Arena,
     pub step: &'a StepRing,
     pub mode: Mode,
-    /// The DST penalty weight (0 for dense models).
+    /// The DST penalty weight (0 for dense models); the penalty uses `alpha * alpha_scale[0]`.
     pub alpha: f32,
+    /// A one-element buffer scaling alpha (the trainer's target-keep control; 1.0 by default).
+    pub alpha_scale: Tensor,
+    /// What a masked matrix's dead-layer check does (the paper's reset by default).
+    pub reset: crate::kernels::masked::ResetPolicy,
     /// The loss stats buffer of this plan (see `kernels::loss::STATS_WORDS`).
     pub stats: Tensor,
     pub dispatches: Vec<Dispatch>,
@@ -56,6 +60,8 @@ impl<'a> PlanCx<'a> {
             step,
             mode,
             alpha,
+            alpha_scale: kernels.masked.one.clone(),
+            reset: crate::kernels::masked::ResetPolicy::Paper,
             stats,
             dispatches: Vec::new(),
             prefix: format!("{mode:?}").to_lowercase(),

@@ -87,6 +87,62 @@ pub fn mask_reset_groups(
     (p, tu, counts, resets)
 }
 
+/// The floor policy's thresholds for a dying matrix: each row's threshold becomes
+/// min(t, 0.999 * max_j |w|), in f32 as the shader computes it.
+pub fn floor_thresholds(w: &[f64], t: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..rows)
+        .map(|r| {
+            let m = (0..cols)
+                .map(|j| (w[r * cols + j] as f32).abs())
+                .fold(0.0f32, f32::max);
+            (t[r] as f32).min(m * 0.999) as f64
+        })
+        .collect()
+}
+
+/// `mask_reset` with a policy (0 paper, 1 floor, 2 none) for `groups` stacked matrices.
+/// Returns (P, thresholds after, [before, after] per matrix, acted per matrix).
+#[allow(clippy::type_complexity)]
+pub fn mask_reset_policy(
+    w: &[f64],
+    t: &[f64],
+    rows: usize,
+    cols: usize,
+    groups: usize,
+    policy: u32,
+) -> (Vec<f64>, Vec<f64>, Vec<[u32; 2]>, Vec<bool>) {
+    if policy == 0 {
+        return mask_reset_groups(w, t, rows, cols, groups);
+    }
+    let gr = rows / groups;
+    let (mut p, mut tu, mut counts, mut acted) = (vec![], vec![], vec![], vec![]);
+    for g in 0..groups {
+        let (wg, tg) = (
+            &w[g * gr * cols..(g + 1) * gr * cols],
+            &t[g * gr..(g + 1) * gr],
+        );
+        let (pg, keep) = mask_forward(wg, tg, gr, cols);
+        let before: u32 = keep.iter().sum();
+        let dying = before as usize <= (gr * cols) / 100;
+        match (dying && policy == 1).then(|| floor_thresholds(wg, tg, gr, cols)) {
+            Some(t2) => {
+                let (p2, keep2) = mask_forward(wg, &t2, gr, cols);
+                p.extend(p2);
+                tu.extend(t2);
+                counts.push([before, keep2.iter().sum()]);
+                acted.push(true);
+            }
+            None => {
+                p.extend(pg);
+                tu.extend(tg);
+                counts.push([before, before]);
+                acted.push(false);
+            }
+        }
+    }
+    (p, tu, counts, acted)
+}
+
 /// `(dL/dW, dL/dt)` from G = dL/dP (METHOD.md section 1, penalty term included).
 pub fn mask_backward(
     w: &[f64],

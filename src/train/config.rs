@@ -9,6 +9,7 @@ use crate::checkpoint::CheckpointError;
 use crate::data::Mnist;
 use crate::gpu::GpuError;
 use crate::models::{check_name, ModelError};
+use crate::kernels::masked::ResetPolicy;
 use crate::plan::Optimizer;
 
 use super::Result;
@@ -35,6 +36,25 @@ pub struct TrainConfig {
     /// "sgd" (momentum, the paper's choice for LeNet) or "adam" (betas 0.9/0.999, eps 1e-8).
     #[serde(default = "default_optimizer")]
     pub optimizer: String,
+    /// Steer alpha so that the model keep ratio reaches this fraction and holds it (None: alpha
+    /// stays fixed, as in the paper).
+    #[serde(default)]
+    pub target_keep: Option<f64>,
+    /// The epoch by which `target_keep` is to be reached (default: 60 % of the run).
+    #[serde(default)]
+    pub target_epoch: Option<usize>,
+    /// What a masked matrix keeping <= 1 % does: "paper" (thresholds to 0), "floor" (every row
+    /// keeps its strongest weight) or "none".
+    #[serde(default = "default_reset")]
+    pub reset: String,
+    /// Hold out the last N training images as a validation split (never the test set) and
+    /// record the epoch that is best on it.
+    #[serde(default)]
+    pub valid: Option<usize>,
+}
+
+fn default_reset() -> String {
+    "paper".into()
 }
 
 fn default_optimizer() -> String {
@@ -66,6 +86,10 @@ impl TrainConfig {
             log_every: 100,
             data: None,
             optimizer: d.optimizer.into(),
+            target_keep: None,
+            target_epoch: None,
+            reset: default_reset(),
+            valid: None,
         })
     }
 }
@@ -139,6 +163,40 @@ impl TrainConfig {
         if self.limit_train == Some(0) {
             return bad("--limit-train must be >= 1".into());
         }
+        if ResetPolicy::parse(&self.reset).is_none_or(|p| p == ResetPolicy::Count) {
+            return bad(format!(
+                "--reset must be one of {}, got {:?}",
+                ResetPolicy::NAMES,
+                self.reset
+            ));
+        }
+        if let Some(r) = self.target_keep {
+            if !(r.is_finite() && r > 0.0 && r < 1.0) {
+                return bad(format!(
+                    "--target-keep must be a fraction strictly between 0 and 1, got {r}"
+                ));
+            }
+            if self.dense {
+                return bad("--target-keep needs DST: drop --dense".into());
+            }
+            if self.alpha <= 0.0 {
+                return bad("--target-keep starts from --alpha, which must then be > 0".into());
+            }
+        }
+        if let Some(e) = self.target_epoch {
+            if self.target_keep.is_none() {
+                return bad("--target-epoch needs --target-keep".into());
+            }
+            if e == 0 || e > self.epochs {
+                return bad(format!(
+                    "--target-epoch must be in 1..={} (the run's epochs), got {e}",
+                    self.epochs
+                ));
+            }
+        }
+        if self.valid == Some(0) {
+            return bad("--valid must be >= 1".into());
+        }
         Ok(())
     }
 
@@ -161,8 +219,15 @@ impl TrainConfig {
         }
     }
 
-    /// Loads the data this config names (the embedded subset when `data` is None).
+    /// Loads the data this config names (the embedded subset when `data` is None); with
+    /// `valid`, the validation split (the last N training images, after `limit_train`) is
+    /// returned apart and removed from the training set.
     pub fn load_data(&self) -> Result<Mnist> {
+        Ok(self.load_data_split()?.0)
+    }
+
+    /// `load_data` and the validation split, if any.
+    pub fn load_data_split(&self) -> Result<(Mnist, Option<crate::data::Dataset>)> {
         let mut m = match &self.data {
             Some(dir) => crate::data::load_dir(dir)?,
             None => crate::data::try_load_embedded()?,
@@ -170,7 +235,23 @@ impl TrainConfig {
         if let Some(n) = self.limit_train {
             m.train = m.train.limit(n);
         }
-        Ok(m)
+        let mut valid = None;
+        if let Some(v) = self.valid {
+            if v >= m.train.count {
+                return Err(TrainError::Config(format!(
+                    "--valid {v} leaves no training images (the training set holds {})",
+                    m.train.count
+                )));
+            }
+            let keep = m.train.count - v;
+            valid = Some(m.train.tail(keep));
+            m.train = m.train.limit(keep);
+        }
+        Ok((m, valid))
+    }
+
+    pub fn reset_policy(&self) -> ResetPolicy {
+        ResetPolicy::parse(&self.reset).unwrap_or(ResetPolicy::Paper)
     }
 }
 

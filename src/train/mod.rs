@@ -4,6 +4,7 @@
 //! loop here knows no layer and no model.
 
 mod config;
+pub mod control;
 mod run_dir;
 mod session;
 
@@ -54,6 +55,12 @@ pub struct EpochRecord {
     pub layers: Vec<LayerStats>,
     pub epoch_seconds: f64,
     pub ms_per_step: f64,
+    /// The penalty weight at the epoch's end (it moves under `--target-keep`).
+    #[serde(default)]
+    pub alpha: f64,
+    /// Accuracy on the validation split (`--valid N`).
+    #[serde(default)]
+    pub valid_acc: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,6 +81,15 @@ pub struct Summary {
     pub lowest_keep: f64,
     pub lowest_keep_acc: f64,
     pub mean_ms_per_step: f64,
+    /// With `--valid N`: the epoch best on the validation split, its test accuracy and keep.
+    #[serde(default)]
+    pub best_valid_epoch: Option<usize>,
+    #[serde(default)]
+    pub best_valid_acc: Option<f64>,
+    #[serde(default)]
+    pub best_valid_test_acc: Option<f64>,
+    #[serde(default)]
+    pub best_valid_keep: Option<f64>,
 }
 
 /// Where progress goes: a bar on a terminal, plain lines otherwise.
@@ -113,22 +129,36 @@ pub fn train(
     let run = RunDir {
         dir: opts.out.clone(),
     };
-    let data = cfg.load_data()?;
-    let session = Session::new(
+    let (data, valid) = cfg.load_data_split()?;
+    let mut session = Session::new(
         gpu,
         &cfg.model,
         cfg.masked(),
         cfg.seed,
         cfg.optimizer().is_adam(),
     )?;
+    session.reset = cfg.reset_policy();
     let (mut epoch0, mut step) = (0usize, 0u64);
     let mut history: Vec<EpochRecord> = Vec::new();
+    let steps_per_epoch = data.train.count.div_ceil(cfg.batch) as u64;
+    let mut control = cfg.target_keep.map(|r| {
+        let e = cfg
+            .target_epoch
+            .unwrap_or(((cfg.epochs as f64 * 0.6).ceil() as usize).max(1));
+        control::AlphaController::new(cfg.alpha, r, e as u64 * steps_per_epoch)
+    });
     if opts.resume {
         let path = run.checkpoint();
         let ck = Checkpoint::load(&path)?;
         session.restore(&ck, &path, true)?;
         epoch0 = ck.meta("epoch").and_then(|s| s.parse().ok()).unwrap_or(0);
         step = ck.meta("step").and_then(|s| s.parse().ok()).unwrap_or(0);
+        if let (Some(c), Some(a)) = (
+            control.as_mut(),
+            ck.meta("alpha").and_then(|s| s.parse::<f64>().ok()),
+        ) {
+            c.alpha = a;
+        }
         if let Some(h) = ck.meta("history") {
             history = serde_json::from_str(h).unwrap_or_default();
         }
@@ -183,8 +213,15 @@ pub fn train(
         alpha,
         cfg.optimizer(),
     )?;
+    let valid_data = match &valid {
+        Some(v) => {
+            let d = session.upload("valid", v)?;
+            let p = session.plan(&d, 500.min(v.count), Mode::Eval, alpha, cfg.optimizer())?;
+            Some((d, p))
+        }
+        None => None,
+    };
     let n = data.train.count;
-    let steps_per_epoch = n.div_ceil(cfg.batch) as u64;
     progress.line(&format!(
         "ready in {:.2} s: {} train / {} test images on the GPU, pipelines built, plans of {} (step) and {} (eval batch) dispatches",
         setup.elapsed().as_secs_f64(),
@@ -203,6 +240,10 @@ pub fn train(
         let mut done = 0u64;
         while done < steps_per_epoch {
             let window = (cfg.log_every as u64).min(steps_per_epoch - done);
+            let alpha_now = control.as_ref().map_or(cfg.alpha, |c| c.alpha);
+            if control.is_some() {
+                session.set_alpha_scale((alpha_now / cfg.alpha) as f32);
+            }
             let opt = cfg.optimizer();
             let infos: Vec<StepInfo> = (done..done + window)
                 .map(|s| {
@@ -231,18 +272,36 @@ pub fn train(
             epoch_stats.penalty_sum += s.penalty_sum;
             epoch_stats.correct += s.correct;
             epoch_stats.seen += s.seen;
-            let keeps = session.keep_ratios()?;
+            let keeps = session.keep_counts()?;
+            let (kept, total) = keeps
+                .iter()
+                .fold((0u64, 0u64), |(a, b), (_, k, t)| (a + k, b + t));
+            let model_keep = kept as f64 / total.max(1) as f64;
             let loss = s.loss_sum / window as f64;
-            run.append_metric(&serde_json::json!({
+            let mut line = serde_json::json!({
                 "kind": "step", "step": step, "epoch": epoch, "loss": loss,
                 "penalty": s.penalty_sum / window as f64, "lr": cfg.lr,
+                "alpha": if cfg.masked() { alpha_now } else { 0.0 },
                 "train_acc": 100.0 * s.correct as f64 / s.seen.max(1) as f64,
-                "keep": keeps.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
-            }))?;
+                "model_keep": model_keep,
+                "keep": keeps
+                    .into_iter()
+                    .map(|(l, k, t)| (l, k as f64 / t.max(1) as f64))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            });
+            if let Some(c) = control.as_mut() {
+                line["target_keep"] = c.target_at(step).into();
+                c.update(step, model_keep);
+            }
+            run.append_metric(&line)?;
             progress.step(done, &format!("loss {loss:.4}"));
         }
         let train_seconds = t0.elapsed().as_secs_f64();
         let (test_loss, test_acc) = session.evaluate(&eval_plan, &test_data)?;
+        let valid_acc = match &valid_data {
+            Some((d, p)) => Some(session.evaluate(p, d)?.1),
+            None => None,
+        };
         let layers = session.layer_stats()?;
         let kept: u64 = layers.iter().map(|l| l.kept).sum();
         let total: u64 = layers.iter().map(|l| l.total).sum();
@@ -258,12 +317,23 @@ pub fn train(
             layers,
             epoch_seconds: t0.elapsed().as_secs_f64(),
             ms_per_step: 1e3 * train_seconds / steps_per_epoch as f64,
+            alpha: if cfg.masked() {
+                control.as_ref().map_or(cfg.alpha, |c| c.alpha)
+            } else {
+                0.0
+            },
+            valid_acc,
         };
         progress.finish_epoch();
         progress.line(&format!(
-            "epoch {epoch:3}  loss {:.4}  test acc {:.2}%  keep {:.4}  [{}]  {:.2} ms/step",
+            "epoch {epoch:3}  loss {:.4}  test acc {:.2}%{}{}  keep {:.4}  [{}]  {:.2} ms/step",
             rec.train_loss,
             rec.test_acc,
+            rec.valid_acc
+                .map_or(String::new(), |v| format!("  valid acc {v:.2}%")),
+            control
+                .as_ref()
+                .map_or(String::new(), |c| format!("  alpha {:.3e}", c.alpha)),
             rec.keep_ratio,
             rec.layers
                 .iter()
@@ -297,6 +367,10 @@ pub fn train(
         }
         ck.metadata.insert("epoch".into(), epoch.to_string());
         ck.metadata.insert("step".into(), step.to_string());
+        if let Some(c) = &control {
+            // Display of an f64 round-trips exactly: a resume continues with the same alpha.
+            ck.metadata.insert("alpha".into(), c.alpha.to_string());
+        }
         ck.metadata.insert("seed".into(), cfg.seed.to_string());
         ck.metadata.insert(
             "config".into(),
@@ -340,6 +414,14 @@ fn summarize(
         .iter()
         .min_by(|a, b| a.keep_ratio.total_cmp(&b.keep_ratio))
         .unwrap();
+    // The first epoch with the best validation accuracy (never the test set).
+    let best_valid = h
+        .iter()
+        .filter(|r| r.valid_acc.is_some())
+        .fold(None::<&EpochRecord>, |best, r| match best {
+            Some(b) if b.valid_acc >= r.valid_acc => Some(b),
+            _ => Some(r),
+        });
     Summary {
         model: cfg.model.clone(),
         dense: cfg.dense,
@@ -354,6 +436,10 @@ fn summarize(
         lowest_keep: low.keep_ratio,
         lowest_keep_acc: low.test_acc,
         mean_ms_per_step: h.iter().map(|r| r.ms_per_step).sum::<f64>() / h.len() as f64,
+        best_valid_epoch: best_valid.map(|r| r.epoch),
+        best_valid_acc: best_valid.and_then(|r| r.valid_acc),
+        best_valid_test_acc: best_valid.map(|r| r.test_acc),
+        best_valid_keep: best_valid.map(|r| r.keep_ratio),
         last,
     }
 }

@@ -7,6 +7,7 @@ use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::Dataset;
 use crate::gpu::{Gpu, GpuError, Tensor};
 use crate::kernels::loss::STATS_WORDS;
+use crate::kernels::masked::ResetPolicy;
 use crate::kernels::{data::byte_lut, Kernels, StepInfo, StepRing};
 use crate::models::Model;
 use crate::nn::{MaskView, Mode};
@@ -21,6 +22,10 @@ pub struct Session {
     pub model: Model,
     pub step_ring: StepRing,
     lut: Tensor,
+    /// One f32: the factor on alpha that the target-keep controller sets between windows.
+    pub alpha_scale: Tensor,
+    /// The dead-layer policy the plans are built with.
+    pub reset: ResetPolicy,
 }
 
 const SLOTS: u32 = 64;
@@ -32,12 +37,15 @@ impl Session {
         let model = Model::build(&gpu, model_name, masked, seed, adam)?;
         let step_ring = StepRing::new(&gpu, &kernels, SLOTS);
         let lut = Tensor::from_slice(&gpu, "byte_lut", &[256], &byte_lut())?;
+        let alpha_scale = Tensor::from_slice(&gpu, "alpha_scale", &[1], &[1.0f32])?;
         Ok(Session {
             gpu,
             kernels,
             model,
             step_ring,
             lut,
+            alpha_scale,
+            reset: ResetPolicy::Paper,
         })
     }
 
@@ -70,7 +78,14 @@ impl Session {
             mode,
             alpha,
             opt,
+            &self.alpha_scale,
+            self.reset,
         )?)
+    }
+
+    /// Sets the factor on alpha for the steps submitted from now on.
+    pub fn set_alpha_scale(&self, scale: f32) {
+        self.gpu.write(&self.alpha_scale, &[scale]);
     }
 
     /// Replays `plan` once per StepInfo, `SLOTS` steps per submission, keeping at most two
@@ -162,6 +177,17 @@ impl Session {
                 let w: Vec<u32> = bytemuck::pod_collect_to_vec(k);
                 [w[0], w[1], w[2], w[3]]
             })
+            .collect())
+    }
+
+    /// (matrix, kept, total) of every masked matrix, from the keep counters alone (a few bytes).
+    pub fn keep_counts(&self) -> Result<Vec<(String, u64, u64)>> {
+        let views = self.model.mask_views();
+        let keeps = self.layer_keeps(&views)?;
+        Ok(views
+            .iter()
+            .zip(keeps)
+            .map(|(v, k)| (v.name.clone(), k[1] as u64, (v.rows * v.cols) as u64))
             .collect())
     }
 

@@ -479,3 +479,71 @@ fn mask_reset_groups_resets_each_matrix_on_its_own() {
         );
     }
 }
+
+/// The reset policies on dying and healthy matrices against the f64 reference: `floor` lowers a
+/// dying matrix's too-high thresholds so that every row keeps at least its strongest weight (bit
+/// for bit as the reference), `none` leaves it dying, `paper` zeroes its thresholds, and none of
+/// them touches a healthy matrix. Also with stacked matrices (an LSTM's gates), where only the
+/// dying ones act.
+#[test]
+fn reset_policies_match_reference() {
+    use dst::kernels::masked::ResetPolicy;
+    let c = ctx();
+    let mut rng = Rng::new(19);
+    for &(groups, gr, cols) in &[(1usize, 7usize, 65usize), (1, 300, 784), (4, 5, 33)] {
+        let rows = groups * gr;
+        let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
+        // Matrix g dying when g is even (thresholds near the largest |w|), healthy otherwise.
+        let t: Vec<f32> = (0..rows)
+            .map(|r| {
+                if (r / gr) % 2 == 0 {
+                    0.993 + 0.0001 * (r % 7) as f32
+                } else {
+                    0.2
+                }
+            })
+            .collect();
+        for policy in [ResetPolicy::Floor, ResetPolicy::None, ResetPolicy::Paper] {
+            let l = layer(&c, &w, &t, rows, cols);
+            let mut init = vec![u32::MAX; 4 * groups];
+            for g in 0..groups {
+                init[4 * g + 2] = 0;
+            }
+            let lk = c.tensor_u32("layer_keep", &[4 * groups], &init);
+            let m = &c.k.masked;
+            let ds = m
+                .mask_pass(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &lk, groups, policy)
+                .unwrap();
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let (p_ref, t_ref, counts, acted) = reference::mask_reset_policy(
+                &to_f64(&w),
+                &to_f64(&t),
+                rows,
+                cols,
+                groups,
+                policy as u32,
+            );
+            let tag = format!("{policy:?} {groups}x{gr}x{cols}");
+            assert_close(&format!("P {tag}"), &c.read(&l.p), &p_ref, 0.0, 0.0);
+            assert_close(&format!("t {tag}"), &c.read(&l.t), &t_ref, 0.0, 0.0);
+            let k = c.read_u32(&lk);
+            for g in 0..groups {
+                let dying = g % 2 == 0;
+                assert!(counts[g][0] as usize <= gr * cols / 100 || !dying, "{tag}: setup");
+                assert_eq!(acted[g], dying && policy != ResetPolicy::None, "{tag} matrix {g}");
+                assert_eq!(
+                    [k[4 * g], k[4 * g + 1], k[4 * g + 2]],
+                    [counts[g][0], counts[g][1], acted[g] as u32],
+                    "{tag} matrix {g} counters"
+                );
+                if policy == ResetPolicy::Floor && dying {
+                    let after = counts[g][1] as usize;
+                    assert!(
+                        after >= gr && after <= gr * cols / 100 + gr,
+                        "{tag}: floor keeps {after}, at least one per row"
+                    );
+                }
+            }
+        }
+    }
+}
