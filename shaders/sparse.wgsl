@@ -14,6 +14,11 @@
 // row's index range when the batch is large (broadcast loads, no divergence) and spread over rows
 // when it is small (batch 1: one row per invocation). Work is proportional to nnz * batch; empty
 // rows write bias (or act(bias)). Every output in range is written; no atomics, fixed order.
+// `csr_linear_fm` is the fast path between feature-major activations when the batch is a multiple
+// of 4: x and y as vec4 arrays, VQ vec4s (16 samples) per invocation, so each kept weight costs
+// one value, one index and VQ vector loads for 16 multiply-adds.
+// `to_feature_major` turns a batch-major input into the feature-major layout first: a copy of
+// batch x cols values is cheap next to the nnz x batch products it makes cache-friendly.
 // 1-D grids folded into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
 
 // Keep in sync with `SparseParams` in src/kernels/sparse.rs.
@@ -39,6 +44,8 @@ struct SparseParams {
 @group(0) @binding(4) var<storage, read> x: array<f32>;
 @group(0) @binding(5) var<storage, read> bias: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> y4: array<vec4<f32>>;
 
 const WG: u32 = 64u;
 const QUAD: u32 = 4u;
@@ -76,4 +83,71 @@ fn csr_linear(@builtin(global_invocation_id) gid: vec3<u32>,
             y[b * sp.y_bs + yr] = acc[q];
         }
     }
+}
+
+const VQ: u32 = 4u;
+
+// Reads crow, col, val, x4 (cols x batch, feature-major) and bias; writes y4 (rows x batch,
+// feature-major) for one row and up to VQ * 4 samples. Requires batch % 4 == 0; `quads` is
+// ceil(batch / (4 VQ)); the strides are unused.
+@compute @workgroup_size(64, 1, 1)
+fn csr_linear_fm(@builtin(global_invocation_id) gid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= sp.rows * sp.quads) {
+        return;
+    }
+    let r = i / sp.quads;
+    let bv = sp.batch / 4u;
+    let g0 = (i % sp.quads) * VQ;
+    // vec4 groups past the batch read the last valid one; stores skip them.
+    let g1 = min(g0 + 1u, bv - 1u);
+    let g2 = min(g0 + 2u, bv - 1u);
+    let g3 = min(g0 + 3u, bv - 1u);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    let end = crow[r + 1u];
+    for (var j = crow[r]; j < end; j++) {
+        let v = val[j];
+        let c = col[j] * bv;
+        a0 += v * x4[c + g0];
+        a1 += v * x4[c + g1];
+        a2 += v * x4[c + g2];
+        a3 += v * x4[c + g3];
+    }
+    var b = vec4<f32>(0.0);
+    if (sp.has_bias != 0u) {
+        b = vec4<f32>(bias[r]);
+    }
+    var lo = vec4<f32>(-3.4e38);
+    if (sp.relu != 0u) {
+        lo = vec4<f32>(0.0);
+    }
+    let yr = r * bv;
+    y4[yr + g0] = max(a0 + b, lo);
+    if (g0 + 1u < bv) {
+        y4[yr + g0 + 1u] = max(a1 + b, lo);
+    }
+    if (g0 + 2u < bv) {
+        y4[yr + g0 + 2u] = max(a2 + b, lo);
+    }
+    if (g0 + 3u < bv) {
+        y4[yr + g0 + 3u] = max(a3 + b, lo);
+    }
+}
+
+// Reads x (batch x cols, batch-major); writes y (cols x batch): y[c * batch + b] = x[b * cols + c].
+// One invocation per element of y (consecutive invocations: consecutive samples of one feature).
+@compute @workgroup_size(64, 1, 1)
+fn to_feature_major(@builtin(global_invocation_id) gid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= sp.batch * sp.cols) {
+        return;
+    }
+    let c = i / sp.batch;
+    let b = i % sp.batch;
+    y[i] = x[b * sp.cols + c];
 }

@@ -190,8 +190,22 @@ impl Net {
                     let y = Tensor::zeros(gpu, "infer.fc", &[batch, *rows])?;
                     match w {
                         Fc::Sparse(c) => {
+                            // A batch-major input is made feature-major first (not for batch 1,
+                            // where both layouts are the same).
+                            let x2 = if major == Major::Batch && batch > 1 {
+                                let t = Tensor::zeros(gpu, "infer.fm", &[*cols, batch])?;
+                                ds.push(k.sparse.to_feature_major(gpu, batch, *cols, &x2, &t)?);
+                                major = Major::Feature;
+                                t
+                            } else {
+                                x2
+                            };
                             let y_major = if i == last { Major::Batch } else { Major::Feature };
-                            ds.push(k.sparse.csr_linear(gpu, c, batch, &x2, major, Some(b), &y, y_major, *relu, &k.dummy)?);
+                            if major == Major::Feature && y_major == Major::Feature && batch % 4 == 0 {
+                                ds.push(k.sparse.csr_linear_fm(gpu, c, batch, &x2, Some(b), &y, *relu, &k.dummy)?);
+                            } else {
+                                ds.push(k.sparse.csr_linear(gpu, c, batch, &x2, major, Some(b), &y, y_major, *relu, &k.dummy)?);
+                            }
                             major = y_major;
                             x = y;
                         }

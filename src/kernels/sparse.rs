@@ -9,6 +9,9 @@ pub const SOURCE: &str = include_str!("../../shaders/sparse.wgsl");
 /// Samples per invocation (`QUAD` in shaders/sparse.wgsl).
 pub const QUAD: usize = 4;
 
+/// vec4s per invocation of `csr_linear_fm` (`VQ` in shaders/sparse.wgsl).
+pub const VQ: usize = 4;
+
 /// Keep in sync with `SparseParams` in shaders/sparse.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -57,6 +60,8 @@ pub struct CsrTensors {
 
 pub struct Sparse {
     pub csr_linear_k: Kernel,
+    pub to_feature_major_k: Kernel,
+    pub csr_linear_fm_k: Kernel,
 }
 
 const R: Access = Access::Read;
@@ -76,7 +81,66 @@ impl Sparse {
                 ],
                 false,
             )?,
+            csr_linear_fm_k: f.kernel(
+                "csr_linear_fm",
+                &[(1, R), (2, R), (3, R), (7, R), (5, R), (8, Access::ReadWrite)],
+                false,
+            )?,
+            to_feature_major_k: f.kernel("to_feature_major", &[(4, R), (6, Access::ReadWrite)], false)?,
         })
+    }
+
+    /// `csr_linear` from and to feature-major blocks for a batch that is a multiple of 4 (the vec4
+    /// fast path); `x` and `y` must start 16-byte aligned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn csr_linear_fm(
+        &self,
+        gpu: &Gpu,
+        w: &CsrTensors,
+        batch: usize,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        relu: bool,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        assert!(batch > 0 && batch % 4 == 0 && w.rows > 0, "csr_linear_fm: batch {batch}");
+        assert_eq!(w.crow.len(), w.rows + 1, "csr_linear_fm: crow length");
+        assert!(x.len() >= batch * w.cols && y.len() >= batch * w.rows, "csr_linear_fm: sizes");
+        assert!(x.offset % 16 == 0 && y.offset % 16 == 0, "csr_linear_fm: alignment");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), w.rows, "csr_linear_fm: bias length");
+        }
+        let quads = batch.div_ceil(4 * VQ);
+        let p = SparseParams {
+            rows: w.rows as u32,
+            cols: w.cols as u32,
+            batch: batch as u32,
+            quads: quads as u32,
+            relu: relu as u32,
+            has_bias: bias.is_some() as u32,
+            ..Default::default()
+        };
+        let groups = grid_1d((w.rows * quads).div_ceil(64) as u32);
+        self.csr_linear_fm_k.bind(
+            gpu,
+            &p,
+            &[&w.crow, &w.col, &w.val, x, bias.unwrap_or(dummy), y],
+            None,
+            groups,
+        )
+    }
+
+    /// `y (cols x batch) = x (batch x cols)` transposed: a batch-major block made feature-major.
+    pub fn to_feature_major(&self, gpu: &Gpu, batch: usize, cols: usize, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
+        assert!(x.len() >= batch * cols && y.len() >= batch * cols, "to_feature_major: sizes");
+        let p = SparseParams {
+            cols: cols as u32,
+            batch: batch as u32,
+            ..Default::default()
+        };
+        self.to_feature_major_k
+            .bind(gpu, &p, &[x, y], None, grid_1d((batch * cols).div_ceil(64) as u32))
     }
 
     /// `y = act(x W^T + b)` for `batch` samples, W given as CSR (the caller has validated it:

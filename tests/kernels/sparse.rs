@@ -17,6 +17,10 @@ const SHAPES: &[(usize, usize, usize)] = &[
 
 const DENSITIES: &[f64] = &[0.0, 0.01, 0.1, 1.0];
 
+/// As the GEMM tests: 1e-5 of the reference's largest magnitude (f32 sums of up to 784 products),
+/// and exact zeros where that magnitude is 0 (density 0 without bias).
+const TOL: f64 = 1e-5;
+
 /// A random `rows x cols` matrix keeping about `density` of its entries; rows `r % 3 == 1` are
 /// emptied (empty rows at every density).
 fn random_csr(rng: &mut Rng, rows: usize, cols: usize, density: f64) -> Csr {
@@ -90,12 +94,11 @@ fn csr_linear_matches_reference_at_every_density_and_layout() {
                 if ym == Major::Feature {
                     got = transpose(&got, rows, batch);
                 }
-                assert_close(
+                assert_close_norm(
                     &format!("csr_linear {rows}x{cols} batch {batch} density {density} {xm:?}->{ym:?} relu {relu} bias {bias}"),
                     &got,
                     &want,
-                    1e-5,
-                    1e-5,
+                    TOL,
                 );
             }
         }
@@ -117,4 +120,59 @@ fn csr_linear_equals_the_dense_product_of_its_expansion() {
         assert!((g - w).abs() < 1e-12);
     }
     drop(c);
+}
+
+#[test]
+fn csr_linear_fm_and_to_feature_major_match_reference() {
+    // The vec4 fast path: batches that are multiples of 4 (one, several and a partial group of
+    // 16 samples per invocation), every density, empty rows; fed by `to_feature_major`.
+    let c = ctx();
+    let mut rng = Rng::new(23);
+    for &(rows, cols, batch) in &[(1, 1, 4), (7, 13, 12), (33, 65, 20), (300, 784, 64), (10, 100, 36)] {
+        for &density in DENSITIES {
+            let w = random_csr(&mut rng, rows, cols, density);
+            let x = rand_vec(&mut rng, batch * cols, -1.0, 1.0);
+            let b = rand_vec(&mut rng, rows, -1.0, 1.0);
+            let gpu_w = CsrTensors {
+                rows,
+                cols,
+                crow: c.tensor_u32("crow", &[rows + 1], &w.crow),
+                col: c.tensor_u32("col", &[w.nnz().max(1)], &if w.nnz() == 0 { vec![0] } else { w.col.clone() }),
+                val: c.tensor("val", &[w.nnz().max(1)], &if w.nnz() == 0 { vec![0.0] } else { w.val.clone() }),
+            };
+            let xt = c.tensor("x", &[batch * cols], &x);
+            let xf = c.poisoned("x_fm", &[batch * cols]);
+            let bt = c.tensor("b", &[rows], &b);
+            for (relu, bias) in [(true, true), (false, false)] {
+                let y = c.poisoned("y", &[batch * rows]);
+                let ds = [
+                    c.k.sparse.to_feature_major(&c.gpu, batch, cols, &xt, &xf).unwrap(),
+                    c.k
+                        .sparse
+                        .csr_linear_fm(&c.gpu, &gpu_w, batch, &xf, bias.then_some(&bt), &y, relu, &c.k.dummy)
+                        .unwrap(),
+                ];
+                run_once(&c.gpu, &ds, 0).unwrap();
+                let xfm = c.read(&xf);
+                assert_eq!(xfm, transpose(&x, batch, cols), "to_feature_major {batch}x{cols}");
+                let want = reference::csr_linear(
+                    rows,
+                    cols,
+                    &w.crow,
+                    &w.col,
+                    &to_f64(&w.val),
+                    &to_f64(&x),
+                    bias.then(|| to_f64(&b)).as_deref(),
+                    batch,
+                    relu,
+                );
+                assert_close_norm(
+                    &format!("csr_linear_fm {rows}x{cols} batch {batch} density {density} relu {relu}"),
+                    &transpose(&c.read(&y), rows, batch),
+                    &want,
+                    TOL,
+                );
+            }
+        }
+    }
 }
