@@ -101,7 +101,17 @@ fn lenet300_export_round_trips_and_infers_like_eval() {
     // Dense: PyTorch names and layouts, masked weights, no thresholds or optimiser state.
     let dense = export::load(&dense_path).unwrap();
     let names: Vec<&str> = dense.entries.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"]);
+    assert_eq!(
+        names,
+        [
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias",
+            "fc3.weight",
+            "fc3.bias"
+        ]
+    );
     assert_eq!(dense.get("fc1.weight").unwrap().shape, [300, 784]);
     let ck = Checkpoint::load(&ck_path).unwrap();
     for l in ["fc1", "fc2", "fc3"] {
@@ -109,9 +119,20 @@ fn lenet300_export_round_trips_and_infers_like_eval() {
         let t = &ck.get(&format!("{l}.threshold")).unwrap().2;
         let (rows, cols) = (t.len(), w.len() / t.len());
         let (mask, _) = export::derive_mask(w, t, rows, cols, 1);
-        let want: Vec<f32> = w.iter().zip(&mask).map(|(&v, &m)| if m { v } else { 0.0 }).collect();
-        assert_eq!(dense.get(&format!("{l}.weight")).unwrap().dense(), want, "{l}");
-        assert_eq!(dense.get(&format!("{l}.bias")).unwrap().dense(), ck.get(&format!("{l}.bias")).unwrap().2);
+        let want: Vec<f32> = w
+            .iter()
+            .zip(&mask)
+            .map(|(&v, &m)| if m { v } else { 0.0 })
+            .collect();
+        assert_eq!(
+            dense.get(&format!("{l}.weight")).unwrap().dense(),
+            want,
+            "{l}"
+        );
+        assert_eq!(
+            dense.get(&format!("{l}.bias")).unwrap().dense(),
+            ck.get(&format!("{l}.bias")).unwrap().2
+        );
     }
 
     // CSR: the triplet, narrowest index types, shapes and order in the metadata; round trip.
@@ -119,7 +140,12 @@ fn lenet300_export_round_trips_and_infers_like_eval() {
     for (d, c) in dense.entries.iter().zip(&csr.entries) {
         assert_eq!(d.name, c.name);
         assert_eq!(d.shape, c.shape);
-        assert_eq!(d.dense(), c.dense(), "{}: CSR expands to the dense export", d.name);
+        assert_eq!(
+            d.dense(),
+            c.dense(),
+            "{}: CSR expands to the dense export",
+            d.name
+        );
         if let Value::Csr(m) = &c.value {
             let again = Csr::from_dense_where(m.rows, m.cols, &m.to_dense(), |r, col| {
                 m.col[m.crow[r] as usize..m.crow[r + 1] as usize].contains(&(col as u32))
@@ -130,9 +156,19 @@ fn lenet300_export_round_trips_and_infers_like_eval() {
     let bytes = std::fs::read(&csr_path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     use safetensors::Dtype;
-    assert_eq!(st.tensor("fc1.weight.col_indices").unwrap().dtype(), Dtype::U16);
-    assert_eq!(st.tensor("fc3.weight.col_indices").unwrap().dtype(), Dtype::U8);
-    assert_eq!(st.tensor("fc3.weight.crow_indices").unwrap().dtype(), Dtype::U16, "nnz 1000 > 255");
+    assert_eq!(
+        st.tensor("fc1.weight.col_indices").unwrap().dtype(),
+        Dtype::U16
+    );
+    assert_eq!(
+        st.tensor("fc3.weight.col_indices").unwrap().dtype(),
+        Dtype::U8
+    );
+    assert_eq!(
+        st.tensor("fc3.weight.crow_indices").unwrap().dtype(),
+        Dtype::U16,
+        "nnz 1000 > 255"
+    );
     assert_eq!(st.tensor("fc1.weight.values").unwrap().dtype(), Dtype::F32);
     assert!(st.tensor("fc1.threshold").is_err());
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
@@ -156,11 +192,19 @@ fn lenet300_export_round_trips_and_infers_like_eval() {
         let net = Net::new(&g, k.clone(), e, mode).unwrap();
         let got = infer::logits(&g, &net, &data.test, batch).unwrap();
         assert_eq!(got.len(), want.len());
-        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
         assert!(worst <= 1e-5, "{what}: logits differ by {worst}");
         let (p, q) = (infer::predictions(&got, 10), infer::predictions(&want, 10));
         assert_eq!(p, q, "{what}: predictions");
-        let correct = p.iter().zip(&data.test.labels).filter(|(p, &y)| **p == y as usize).count();
+        let correct = p
+            .iter()
+            .zip(&data.test.labels)
+            .filter(|(p, &y)| **p == y as usize)
+            .count();
         let a = 100.0 * correct as f64 / data.test.count as f64;
         assert!((a - acc).abs() < 1e-9, "{what}: accuracy {a} vs eval {acc}");
     }
@@ -174,14 +218,21 @@ fn lenet5_exports_and_infers_with_sparse_fc_layers() {
     let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
     let csr = export::load(&csr_path).unwrap();
     assert_eq!(csr.get("conv1.weight").unwrap().shape, [20, 1, 5, 5]);
-    assert!(matches!(csr.get("conv2.weight").unwrap().value, Value::Csr(_)));
+    assert!(matches!(
+        csr.get("conv2.weight").unwrap().value,
+        Value::Csr(_)
+    ));
     let mut data = dst::data::load_embedded();
     data.test = data.test.limit(300);
     let want = train::checkpoint_logits(gpu(), &ck_path, &data.test).unwrap();
     let g = gpu();
     let net = Net::new(&g, Kernels::new(&g, None).unwrap(), &csr, Mode::Sparse).unwrap();
     let got = infer::logits(&g, &net, &data.test, 100).unwrap();
-    let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
     assert!(worst <= 1e-5, "lenet5 logits differ by {worst}");
     assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
 }
@@ -196,7 +247,10 @@ fn reload(e: &export::Export, dir: &Path, name: &str) -> Result<export::Export, 
 fn refused(r: Result<export::Export, String>, needle: &str) {
     match r {
         Ok(_) => panic!("accepted; expected an error containing {needle:?}"),
-        Err(e) => assert!(e.contains(needle), "error {e:?} does not mention {needle:?}"),
+        Err(e) => assert!(
+            e.contains(needle),
+            "error {e:?} does not mention {needle:?}"
+        ),
     }
 }
 
@@ -215,17 +269,29 @@ fn bad_exports_are_refused_before_any_gpu_work() {
 
     // Truncated.
     std::fs::write(at("short"), &bytes[..bytes.len() - 100]).unwrap();
-    refused(export::load(&at("short")).map_err(|e| e.to_string()), "truncated or damaged");
+    refused(
+        export::load(&at("short")).map_err(|e| e.to_string()),
+        "truncated or damaged",
+    );
     std::fs::write(at("tiny"), &bytes[..5]).unwrap();
-    refused(export::load(&at("tiny")).map_err(|e| e.to_string()), "not a valid safetensors");
+    refused(
+        export::load(&at("tiny")).map_err(|e| e.to_string()),
+        "not a valid safetensors",
+    );
     // Tampered: one byte of a weight value flipped.
     let mut t = bytes.clone();
     let n = t.len();
     t[n - 3] ^= 0x40;
     std::fs::write(at("tampered"), &t).unwrap();
-    refused(export::load(&at("tampered")).map_err(|e| e.to_string()), "SHA-256");
+    refused(
+        export::load(&at("tampered")).map_err(|e| e.to_string()),
+        "SHA-256",
+    );
     // A training checkpoint, not an export.
-    refused(export::load(&ck_path).map_err(|e| e.to_string()), "run `dst export`");
+    refused(
+        export::load(&ck_path).map_err(|e| e.to_string()),
+        "run `dst export`",
+    );
 
     // Another model's tensors under this name, and an unknown model.
     let mut other = good.clone();
@@ -249,7 +315,11 @@ fn bad_exports_are_refused_before_any_gpu_work() {
         }
         e
     };
-    let first_row_with = |c: &Csr, k: u32| (0..c.rows).find(|&r| c.crow[r + 1] - c.crow[r] >= k).unwrap();
+    let first_row_with = |c: &Csr, k: u32| {
+        (0..c.rows)
+            .find(|&r| c.crow[r + 1] - c.crow[r] >= k)
+            .unwrap()
+    };
     refused(
         reload(&edit(&|c| c.col[0] = c.cols as u32 + 5), &dir, "range"),
         "out of range",
@@ -257,7 +327,7 @@ fn bad_exports_are_refused_before_any_gpu_work() {
     refused(
         reload(
             &edit(&|c| {
-                let r = first_row_with(c, 2) ;
+                let r = first_row_with(c, 2);
                 let j = c.crow[r] as usize;
                 c.col.swap(j, j + 1);
             }),
@@ -300,7 +370,10 @@ fn bad_exports_are_refused_before_any_gpu_work() {
         ),
         "crow_indices ends at",
     );
-    refused(reload(&edit(&|c| c.val[0] = f32::NAN), &dir, "nan"), "not finite");
+    refused(
+        reload(&edit(&|c| c.val[0] = f32::NAN), &dir, "nan"),
+        "not finite",
+    );
 
     // An LSTM export loads (for PyTorch) but `dst infer` refuses it with a clear message.
     let err = infer::check_supported("lstm-a").unwrap_err().to_string();
@@ -322,7 +395,9 @@ fn csr_parts_are_checked() {
         (&[0, 1, 3], &[2, 1, 1], "not strictly increasing"),
         (&[0, 1, 3], &[2, 2, 0], "not strictly increasing"),
     ] {
-        let e = Csr::from_parts(2, 3, crow, col, vec![1.0; col.len()]).unwrap_err().to_string();
+        let e = Csr::from_parts(2, 3, crow, col, vec![1.0; col.len()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains(what), "{e:?} vs {what:?}");
     }
 }

@@ -27,14 +27,18 @@ pub enum CsrError {
         "crow_indices ends at {end} but col_indices has {cols} and values {vals} entries (all three must agree)"
     )]
     Nnz { end: u64, cols: usize, vals: usize },
-    #[error("col_indices[{at}] = {col} in row {row} is out of range (the matrix has {cols} columns)")]
+    #[error(
+        "col_indices[{at}] = {col} in row {row} is out of range (the matrix has {cols} columns)"
+    )]
     ColRange {
         at: usize,
         row: usize,
         col: u64,
         cols: usize,
     },
-    #[error("col_indices of row {row} are not strictly increasing at position {at} ({prev} then {col})")]
+    #[error(
+        "col_indices of row {row} are not strictly increasing at position {at} ({prev} then {col})"
+    )]
     ColOrder {
         at: usize,
         row: usize,
@@ -185,7 +189,10 @@ pub fn index_dtype(max: u64) -> Dtype {
 pub fn encode_indices(values: &[u32], dtype: Dtype) -> Vec<u8> {
     match dtype {
         Dtype::U8 => values.iter().map(|&v| v as u8).collect(),
-        Dtype::U16 => values.iter().flat_map(|&v| (v as u16).to_le_bytes()).collect(),
+        Dtype::U16 => values
+            .iter()
+            .flat_map(|&v| (v as u16).to_le_bytes())
+            .collect(),
         Dtype::U32 => values.iter().flat_map(|&v| v.to_le_bytes()).collect(),
         other => panic!("encode_indices: {other:?} is not an index type"),
     }

@@ -81,10 +81,17 @@ pub fn check_supported(model: &str) -> anyhow::Result<()> {
 }
 
 impl Net {
-    pub fn new(gpu: &Gpu, kernels: Arc<Kernels>, export: &Export, mode: Mode) -> anyhow::Result<Net> {
+    pub fn new(
+        gpu: &Gpu,
+        kernels: Arc<Kernels>,
+        export: &Export,
+        mode: Mode,
+    ) -> anyhow::Result<Net> {
         check_supported(&export.model)?;
         let dense = |name: &str| -> anyhow::Result<Tensor> {
-            let e = export.get(name).ok_or_else(|| anyhow::anyhow!("{name} missing"))?;
+            let e = export
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("{name} missing"))?;
             Ok(Tensor::from_slice(gpu, name, &e.shape, &e.dense())?)
         };
         let mut stages = Vec::new();
@@ -103,15 +110,27 @@ impl Net {
             &[("fc1", true), ("fc2", true), ("fc3", false)]
         };
         for &(name, relu) in fcs {
-            let e = export.get(&format!("{name}.weight")).expect("validated export");
+            let e = export
+                .get(&format!("{name}.weight"))
+                .expect("validated export");
             let (rows, cols) = (e.shape[0], e.shape[1]);
             let w = match mode {
-                Mode::DenseMasked => Fc::Dense(Tensor::from_slice(gpu, name, &[rows, cols], &e.dense())?),
+                Mode::DenseMasked => {
+                    Fc::Dense(Tensor::from_slice(gpu, name, &[rows, cols], &e.dense())?)
+                }
                 Mode::Sparse => {
                     let c = e.csr();
                     // At least one element each: an all-pruned layer still binds.
-                    let col: Vec<u32> = if c.col.is_empty() { vec![0] } else { c.col.clone() };
-                    let val: Vec<f32> = if c.val.is_empty() { vec![0.0] } else { c.val.clone() };
+                    let col: Vec<u32> = if c.col.is_empty() {
+                        vec![0]
+                    } else {
+                        c.col.clone()
+                    };
+                    let val: Vec<f32> = if c.val.is_empty() {
+                        vec![0.0]
+                    } else {
+                        c.val.clone()
+                    };
                     Fc::Sparse(CsrTensors {
                         rows,
                         cols,
@@ -129,7 +148,11 @@ impl Net {
                 relu,
             });
         }
-        let input = if export.model == "lenet5" { vec![1, 28, 28] } else { vec![784] };
+        let input = if export.model == "lenet5" {
+            vec![1, 28, 28]
+        } else {
+            vec![784]
+        };
         Ok(Net {
             model: export.model.clone(),
             mode,
@@ -152,7 +175,13 @@ impl Net {
         let last = self.stages.len() - 1;
         for (i, st) in self.stages.iter().enumerate() {
             match st {
-                Stage::ConvReluPool { c_in, c_out, k: kk, w, b } => {
+                Stage::ConvReluPool {
+                    c_in,
+                    c_out,
+                    k: kk,
+                    w,
+                    b,
+                } => {
                     let s = ConvShape {
                         batch,
                         c_in: *c_in,
@@ -178,11 +207,18 @@ impl Net {
                         stride: 2,
                         pad: 0,
                     };
-                    let pooled = Tensor::zeros(gpu, "infer.pool", &[batch, *c_out, ps.out_h(), ps.out_w()])?;
+                    let pooled =
+                        Tensor::zeros(gpu, "infer.pool", &[batch, *c_out, ps.out_h(), ps.out_w()])?;
                     ds.push(k.pool.max_forward(gpu, &ps, &r, &pooled)?);
                     x = pooled;
                 }
-                Stage::Linear { rows, cols, w, b, relu } => {
+                Stage::Linear {
+                    rows,
+                    cols,
+                    w,
+                    b,
+                    relu,
+                } => {
                     let x2 = Tensor {
                         shape: vec![batch, *cols],
                         ..x.clone()
@@ -200,11 +236,38 @@ impl Net {
                             } else {
                                 x2
                             };
-                            let y_major = if i == last { Major::Batch } else { Major::Feature };
-                            if major == Major::Feature && y_major == Major::Feature && batch % 4 == 0 {
-                                ds.push(k.sparse.csr_linear_fm(gpu, c, batch, &x2, Some(b), &y, *relu, &k.dummy)?);
+                            let y_major = if i == last {
+                                Major::Batch
                             } else {
-                                ds.push(k.sparse.csr_linear(gpu, c, batch, &x2, major, Some(b), &y, y_major, *relu, &k.dummy)?);
+                                Major::Feature
+                            };
+                            if major == Major::Feature
+                                && y_major == Major::Feature
+                                && batch.is_multiple_of(4)
+                            {
+                                ds.push(k.sparse.csr_linear_fm(
+                                    gpu,
+                                    c,
+                                    batch,
+                                    &x2,
+                                    Some(b),
+                                    &y,
+                                    *relu,
+                                    &k.dummy,
+                                )?);
+                            } else {
+                                ds.push(k.sparse.csr_linear(
+                                    gpu,
+                                    c,
+                                    batch,
+                                    &x2,
+                                    major,
+                                    Some(b),
+                                    &y,
+                                    y_major,
+                                    *relu,
+                                    &k.dummy,
+                                )?);
                             }
                             major = y_major;
                             x = y;
@@ -287,7 +350,13 @@ pub fn predictions(logits: &[f32], classes: usize) -> Vec<usize> {
 
 /// Samples per second of `net` at `batch`, over `reps` back-to-back batches in one submission
 /// (after one warm-up batch), on the first images of `ds`; also returns the logits.
-pub fn throughput(gpu: &Gpu, net: &Net, ds: &Dataset, batch: usize, reps: usize) -> anyhow::Result<(f64, Vec<f32>)> {
+pub fn throughput(
+    gpu: &Gpu,
+    net: &Net,
+    ds: &Dataset,
+    batch: usize,
+    reps: usize,
+) -> anyhow::Result<(f64, Vec<f32>)> {
     let plan = net.plan(gpu, batch)?;
     let mut input = Vec::with_capacity(batch * ds.pixels());
     for i in 0..batch {
@@ -295,7 +364,9 @@ pub fn throughput(gpu: &Gpu, net: &Net, ds: &Dataset, batch: usize, reps: usize)
     }
     gpu.write(&plan.input, &input);
     run_once(gpu, &plan.dispatches, 0)?;
-    let all: Vec<Dispatch> = (0..reps).flat_map(|_| plan.dispatches.iter().cloned()).collect();
+    let all: Vec<Dispatch> = (0..reps)
+        .flat_map(|_| plan.dispatches.iter().cloned())
+        .collect();
     let t = Instant::now();
     run_once(gpu, &all, 0)?;
     let secs = t.elapsed().as_secs_f64();
@@ -304,7 +375,11 @@ pub fn throughput(gpu: &Gpu, net: &Net, ds: &Dataset, batch: usize, reps: usize)
 
 /// `dst infer`: checks the export (before any GPU work), classifies `data`'s test set with sparse
 /// inference and prints the accuracy.
-pub fn run(file: &std::path::Path, data: Option<&std::path::Path>, batch: usize) -> anyhow::Result<()> {
+pub fn run(
+    file: &std::path::Path,
+    data: Option<&std::path::Path>,
+    batch: usize,
+) -> anyhow::Result<()> {
     let export = super::load(file)?;
     check_supported(&export.model)?;
     let data = match data {
@@ -316,16 +391,29 @@ pub fn run(file: &std::path::Path, data: Option<&std::path::Path>, batch: usize)
     let kernels = Kernels::new(&gpu, None)?;
     let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
     for e in &export.entries {
-        if e.shape.len() == 2 && net.model == "lenet300" || e.name.starts_with("fc") && e.shape.len() == 2 {
+        if e.shape.len() == 2 && net.model == "lenet300"
+            || e.name.starts_with("fc") && e.shape.len() == 2
+        {
             let c = e.csr();
-            println!("{:<12} {:>4} x {:<4} {:>7} kept ({:.2}%), sparse", e.name, c.rows, c.cols, c.nnz(), 100.0 * c.nnz() as f64 / (c.rows * c.cols) as f64);
+            println!(
+                "{:<12} {:>4} x {:<4} {:>7} kept ({:.2}%), sparse",
+                e.name,
+                c.rows,
+                c.cols,
+                c.nnz(),
+                100.0 * c.nnz() as f64 / (c.rows * c.cols) as f64
+            );
         }
     }
     let t = Instant::now();
     let l = logits(&gpu, &net, &data.test, batch)?;
     let secs = t.elapsed().as_secs_f64();
     let pred = predictions(&l, net.classes);
-    let correct = pred.iter().zip(&data.test.labels).filter(|(p, &y)| **p == y as usize).count();
+    let correct = pred
+        .iter()
+        .zip(&data.test.labels)
+        .filter(|(p, &y)| **p == y as usize)
+        .count();
     println!(
         "test accuracy {:.2}% on {} ({} images), sparse inference of {} ({} export), {:.0} images/s",
         100.0 * correct as f64 / data.test.count.max(1) as f64,
@@ -340,7 +428,12 @@ pub fn run(file: &std::path::Path, data: Option<&std::path::Path>, batch: usize)
 
 /// `dst bench-infer`: samples/s of dense-masked against sparse inference of an export at each
 /// batch size, in one process, and the largest logit difference between the two.
-pub fn bench(file: &std::path::Path, data: Option<&std::path::Path>, batches: &[usize], samples: usize) -> anyhow::Result<()> {
+pub fn bench(
+    file: &std::path::Path,
+    data: Option<&std::path::Path>,
+    batches: &[usize],
+    samples: usize,
+) -> anyhow::Result<()> {
     let export = super::load(file)?;
     check_supported(&export.model)?;
     let data = match data {
@@ -352,21 +445,41 @@ pub fn bench(file: &std::path::Path, data: Option<&std::path::Path>, batches: &[
     let kernels = Kernels::new(&gpu, None)?;
     let dense = Net::new(&gpu, kernels.clone(), &export, Mode::DenseMasked)?;
     let sparse = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
-    let kept: usize = export.entries.iter().filter(|e| e.shape.len() == 2).map(|e| e.csr().nnz()).sum();
-    let total: usize = export.entries.iter().filter(|e| e.shape.len() == 2).map(|e| e.shape[0] * e.shape[1]).sum();
+    let kept: usize = export
+        .entries
+        .iter()
+        .filter(|e| e.shape.len() == 2)
+        .map(|e| e.csr().nnz())
+        .sum();
+    let total: usize = export
+        .entries
+        .iter()
+        .filter(|e| e.shape.len() == 2)
+        .map(|e| e.shape[0] * e.shape[1])
+        .sum();
     println!(
         "{} ({} export): FC layers keep {kept} of {total} weights ({:.2}%)",
         export.model,
         export.layout.name(),
         100.0 * kept as f64 / total as f64
     );
-    println!("{:>6} {:>8} {:>18} {:>18} {:>9} {:>12}", "batch", "batches", "dense-masked/s", "sparse/s", "speedup", "max |dlogit|");
+    println!(
+        "{:>6} {:>8} {:>18} {:>18} {:>9} {:>12}",
+        "batch", "batches", "dense-masked/s", "sparse/s", "speedup", "max |dlogit|"
+    );
     for &b in batches {
         let reps = (samples / b).max(3);
         let (d, ld) = throughput(&gpu, &dense, &data.test, b, reps)?;
         let (s, ls) = throughput(&gpu, &sparse, &data.test, b, reps)?;
-        let diff = ld.iter().zip(&ls).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        println!("{b:>6} {reps:>8} {d:>18.0} {s:>18.0} {:>8.2}x {diff:>12.2e}", s / d);
+        let diff = ld
+            .iter()
+            .zip(&ls)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        println!(
+            "{b:>6} {reps:>8} {d:>18.0} {s:>18.0} {:>8.2}x {diff:>12.2e}",
+            s / d
+        );
     }
     Ok(())
 }

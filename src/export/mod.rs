@@ -44,7 +44,9 @@ impl Layout {
         match s {
             "dense" => Ok(Layout::Dense),
             "csr" => Ok(Layout::Csr),
-            _ => Err(format!("unknown export format {s:?}; available: dense, csr")),
+            _ => Err(format!(
+                "unknown export format {s:?}; available: dense, csr"
+            )),
         }
     }
 }
@@ -105,31 +107,97 @@ fn p(
 pub fn model_params(model: &str) -> Result<Vec<ParamSpec>, String> {
     Ok(match model {
         "lenet300" => vec![
-            p("fc1.weight", "fc1.weight", &[300, 784], Some("fc1.threshold"), 1),
+            p(
+                "fc1.weight",
+                "fc1.weight",
+                &[300, 784],
+                Some("fc1.threshold"),
+                1,
+            ),
             p("fc1.bias", "fc1.bias", &[300], None, 1),
-            p("fc2.weight", "fc2.weight", &[100, 300], Some("fc2.threshold"), 1),
+            p(
+                "fc2.weight",
+                "fc2.weight",
+                &[100, 300],
+                Some("fc2.threshold"),
+                1,
+            ),
             p("fc2.bias", "fc2.bias", &[100], None, 1),
-            p("fc3.weight", "fc3.weight", &[10, 100], Some("fc3.threshold"), 1),
+            p(
+                "fc3.weight",
+                "fc3.weight",
+                &[10, 100],
+                Some("fc3.threshold"),
+                1,
+            ),
             p("fc3.bias", "fc3.bias", &[10], None, 1),
         ],
         "lenet5" => vec![
-            p("conv1.weight", "conv1.weight", &[20, 1, 5, 5], Some("conv1.threshold"), 1),
+            p(
+                "conv1.weight",
+                "conv1.weight",
+                &[20, 1, 5, 5],
+                Some("conv1.threshold"),
+                1,
+            ),
             p("conv1.bias", "conv1.bias", &[20], None, 1),
-            p("conv2.weight", "conv2.weight", &[50, 20, 5, 5], Some("conv2.threshold"), 1),
+            p(
+                "conv2.weight",
+                "conv2.weight",
+                &[50, 20, 5, 5],
+                Some("conv2.threshold"),
+                1,
+            ),
             p("conv2.bias", "conv2.bias", &[50], None, 1),
-            p("fc3.weight", "fc3.weight", &[500, 800], Some("fc3.threshold"), 1),
+            p(
+                "fc3.weight",
+                "fc3.weight",
+                &[500, 800],
+                Some("fc3.threshold"),
+                1,
+            ),
             p("fc3.bias", "fc3.bias", &[500], None, 1),
-            p("fc4.weight", "fc4.weight", &[10, 500], Some("fc4.threshold"), 1),
+            p(
+                "fc4.weight",
+                "fc4.weight",
+                &[10, 500],
+                Some("fc4.threshold"),
+                1,
+            ),
             p("fc4.bias", "fc4.bias", &[10], None, 1),
         ],
         "lstm-a" | "lstm-b" => {
             let h = if model == "lstm-a" { 128 } else { 256 };
             vec![
-                p("lstm1.weight_ih", "lstm1.weight_ih_l0", &[4 * h, 28], Some("lstm1.threshold_ih"), 4),
-                p("lstm1.weight_hh", "lstm1.weight_hh_l0", &[4 * h, h], Some("lstm1.threshold_hh"), 4),
+                p(
+                    "lstm1.weight_ih",
+                    "lstm1.weight_ih_l0",
+                    &[4 * h, 28],
+                    Some("lstm1.threshold_ih"),
+                    4,
+                ),
+                p(
+                    "lstm1.weight_hh",
+                    "lstm1.weight_hh_l0",
+                    &[4 * h, h],
+                    Some("lstm1.threshold_hh"),
+                    4,
+                ),
                 p("lstm1.bias", "lstm1.bias_ih_l0", &[4 * h], None, 1),
-                p("lstm2.weight_ih", "lstm2.weight_ih_l0", &[4 * h, h], Some("lstm2.threshold_ih"), 4),
-                p("lstm2.weight_hh", "lstm2.weight_hh_l0", &[4 * h, h], Some("lstm2.threshold_hh"), 4),
+                p(
+                    "lstm2.weight_ih",
+                    "lstm2.weight_ih_l0",
+                    &[4 * h, h],
+                    Some("lstm2.threshold_ih"),
+                    4,
+                ),
+                p(
+                    "lstm2.weight_hh",
+                    "lstm2.weight_hh_l0",
+                    &[4 * h, h],
+                    Some("lstm2.threshold_hh"),
+                    4,
+                ),
                 p("lstm2.bias", "lstm2.bias_ih_l0", &[4 * h], None, 1),
                 p("fc.weight", "fc.weight", &[10, h], None, 1),
                 p("fc.bias", "fc.bias", &[10], None, 1),
@@ -148,7 +216,13 @@ pub fn model_params(model: &str) -> Result<Vec<ParamSpec>, String> {
 /// matrix keeping at most 1% (integer test `kept <= numel / 100`, as shaders/masked.wgsl) is
 /// reset: its thresholds count as 0 (METHOD.md section 3). Returns the mask and the number of
 /// matrices reset.
-pub fn derive_mask(w: &[f32], t: &[f32], rows: usize, cols: usize, groups: usize) -> (Vec<bool>, usize) {
+pub fn derive_mask(
+    w: &[f32],
+    t: &[f32],
+    rows: usize,
+    cols: usize,
+    groups: usize,
+) -> (Vec<bool>, usize) {
     assert_eq!(w.len(), rows * cols);
     assert_eq!(t.len(), rows);
     assert_eq!(rows % groups, 0);
@@ -246,7 +320,11 @@ pub struct ExportReport {
 }
 
 /// Builds the export of a training checkpoint (mask derived as in evaluation).
-pub fn from_checkpoint(ck: &Checkpoint, path: &Path, layout: Layout) -> Result<(Export, ExportReport), ExportError> {
+pub fn from_checkpoint(
+    ck: &Checkpoint,
+    path: &Path,
+    layout: Layout,
+) -> Result<(Export, ExportReport), ExportError> {
     let model = ck.meta("model").unwrap_or("").to_string();
     let masked = ck.meta("masked") == Some("true");
     let specs = model_params(&model).map_err(|e| invalid(path, e))?;
@@ -256,7 +334,10 @@ pub fn from_checkpoint(ck: &Checkpoint, path: &Path, layout: Layout) -> Result<(
     let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>, ExportError> {
         match ck.get(name) {
             Some((_, s, v)) if s == shape => Ok(v.clone()),
-            Some((_, s, _)) => Err(invalid(path, format!("tensor {name} has shape {s:?}, {model} expects {shape:?}"))),
+            Some((_, s, _)) => Err(invalid(
+                path,
+                format!("tensor {name} has shape {s:?}, {model} expects {shape:?}"),
+            )),
             None => Err(invalid(path, format!("tensor {name} is missing"))),
         }
     };
@@ -270,10 +351,21 @@ pub fn from_checkpoint(ck: &Checkpoint, path: &Path, layout: Layout) -> Result<(
                 let t = tensor(tn, &[rows])?;
                 let (mask, r) = derive_mask(&w, &t, rows, cols, s.groups);
                 resets += r;
-                layers.push((s.export.to_string(), mask.iter().filter(|&&m| m).count(), mask.len()));
+                layers.push((
+                    s.export.to_string(),
+                    mask.iter().filter(|&&m| m).count(),
+                    mask.len(),
+                ));
                 match layout {
-                    Layout::Dense => Value::Dense(w.iter().zip(&mask).map(|(&v, &m)| if m { v } else { 0.0 }).collect()),
-                    Layout::Csr => Value::Csr(Csr::from_dense_where(rows, cols, &w, |r, c| mask[r * cols + c])),
+                    Layout::Dense => Value::Dense(
+                        w.iter()
+                            .zip(&mask)
+                            .map(|(&v, &m)| if m { v } else { 0.0 })
+                            .collect(),
+                    ),
+                    Layout::Csr => Value::Csr(Csr::from_dense_where(rows, cols, &w, |r, c| {
+                        mask[r * cols + c]
+                    })),
                 }
             }
             None => Value::Dense(w),
@@ -326,7 +418,10 @@ pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
     let layout = Layout::parse(format).map_err(anyhow::Error::msg)?;
     let r = export(checkpoint, layout, out)?;
     for (name, kept, total) in &r.layers {
-        println!("{name:<20} {kept:>8} of {total:>8} kept ({:.2}%)", 100.0 * *kept as f64 / *total as f64);
+        println!(
+            "{name:<20} {kept:>8} of {total:>8} kept ({:.2}%)",
+            100.0 * *kept as f64 / *total as f64
+        );
     }
     if r.resets > 0 {
         println!("{} matrix(es) kept <= 1% and were reset to dense, as evaluation does (METHOD.md section 3)", r.resets);
@@ -346,14 +441,34 @@ pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
 /// (name, dtype, shape, bytes) of every stored tensor of `e`.
 fn stored(e: &Entry) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
     match &e.value {
-        Value::Dense(v) => vec![(e.name.clone(), Dtype::F32, e.shape.clone(), bytemuck::cast_slice(v).to_vec())],
+        Value::Dense(v) => vec![(
+            e.name.clone(),
+            Dtype::F32,
+            e.shape.clone(),
+            bytemuck::cast_slice(v).to_vec(),
+        )],
         Value::Csr(c) => {
             let crow_t = csr::index_dtype(c.nnz() as u64);
             let col_t = csr::index_dtype(c.cols.saturating_sub(1) as u64);
             vec![
-                (format!("{}.crow_indices", e.name), crow_t, vec![c.rows + 1], csr::encode_indices(&c.crow, crow_t)),
-                (format!("{}.col_indices", e.name), col_t, vec![c.nnz()], csr::encode_indices(&c.col, col_t)),
-                (format!("{}.values", e.name), Dtype::F32, vec![c.nnz()], bytemuck::cast_slice(&c.val).to_vec()),
+                (
+                    format!("{}.crow_indices", e.name),
+                    crow_t,
+                    vec![c.rows + 1],
+                    csr::encode_indices(&c.crow, crow_t),
+                ),
+                (
+                    format!("{}.col_indices", e.name),
+                    col_t,
+                    vec![c.nnz()],
+                    csr::encode_indices(&c.col, col_t),
+                ),
+                (
+                    format!("{}.values", e.name),
+                    Dtype::F32,
+                    vec![c.nnz()],
+                    bytemuck::cast_slice(&c.val).to_vec(),
+                ),
             ]
         }
     }
@@ -374,8 +489,10 @@ fn digest(tensors: &BTreeMap<String, (Dtype, Vec<usize>, &[u8])>) -> String {
 /// CSR entry, `dense_f32_bytes` and `sha256` (of the tensors).
 pub fn serialize(export: &Export) -> Result<Vec<u8>, String> {
     let all: Vec<_> = export.entries.iter().flat_map(stored).collect();
-    let map: BTreeMap<String, (Dtype, Vec<usize>, &[u8])> =
-        all.iter().map(|(n, d, s, b)| (n.clone(), (*d, s.clone(), b.as_slice()))).collect();
+    let map: BTreeMap<String, (Dtype, Vec<usize>, &[u8])> = all
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), (*d, s.clone(), b.as_slice())))
+        .collect();
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), FORMAT.to_string());
     meta.insert("model".into(), export.model.clone());
@@ -394,10 +511,16 @@ pub fn serialize(export: &Export) -> Result<Vec<u8>, String> {
     meta.insert("order".into(), serde_json::Value::Array(order).to_string());
     for e in &export.entries {
         if let Value::Csr(_) = e.value {
-            meta.insert(format!("{}.shape", e.name), serde_json::to_string(&e.shape).unwrap());
+            meta.insert(
+                format!("{}.shape", e.name),
+                serde_json::to_string(&e.shape).unwrap(),
+            );
         }
     }
-    meta.insert("dense_f32_bytes".into(), export.dense_f32_bytes().to_string());
+    meta.insert(
+        "dense_f32_bytes".into(),
+        export.dense_f32_bytes().to_string(),
+    );
     meta.insert("sha256".into(), digest(&map));
     let views = all
         .iter()
@@ -419,25 +542,42 @@ pub fn load(path: &Path) -> Result<Export, ExportError> {
 /// `load` on bytes already read (`path` names them in errors).
 pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
     let bad = |r: String| invalid(path, r);
-    let (_, header) = SafeTensors::read_metadata(data)
-        .map_err(|e| bad(format!("not a valid safetensors file (truncated or damaged?): {e}")))?;
+    let (_, header) = SafeTensors::read_metadata(data).map_err(|e| {
+        bad(format!(
+            "not a valid safetensors file (truncated or damaged?): {e}"
+        ))
+    })?;
     let meta = header.metadata().clone().unwrap_or_default();
     match meta.get("format").map(String::as_str) {
         Some(FORMAT) => {}
         Some(crate::checkpoint::FORMAT) => {
-            return Err(bad("this is a dst training checkpoint, not an export; run `dst export` on it first".into()))
+            return Err(bad(
+                "this is a dst training checkpoint, not an export; run `dst export` on it first"
+                    .into(),
+            ))
         }
-        other => return Err(bad(format!("not a dst export (metadata `format` is {other:?}, expected {FORMAT:?})"))),
+        other => {
+            return Err(bad(format!(
+                "not a dst export (metadata `format` is {other:?}, expected {FORMAT:?})"
+            )))
+        }
     }
-    let st = SafeTensors::deserialize(data)
-        .map_err(|e| bad(format!("not a valid safetensors file (truncated or damaged?): {e}")))?;
+    let st = SafeTensors::deserialize(data).map_err(|e| {
+        bad(format!(
+            "not a valid safetensors file (truncated or damaged?): {e}"
+        ))
+    })?;
     let mut map = BTreeMap::new();
     for (name, view) in st.tensors() {
         map.insert(name, (view.dtype(), view.shape().to_vec(), view.data()));
     }
-    let want = meta.get("sha256").ok_or_else(|| bad("metadata `sha256` is missing".into()))?;
+    let want = meta
+        .get("sha256")
+        .ok_or_else(|| bad("metadata `sha256` is missing".into()))?;
     if digest(&map) != *want {
-        return Err(bad("the tensors do not match the file's SHA-256 (the file was modified or damaged)".into()));
+        return Err(bad(
+            "the tensors do not match the file's SHA-256 (the file was modified or damaged)".into(),
+        ));
     }
     let model = meta.get("model").cloned().unwrap_or_default();
     let specs = model_params(&model).map_err(|e| bad(format!("metadata `model`: {e}")))?;
@@ -454,13 +594,17 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
     let mut used = 0usize;
     let mut entries = Vec::new();
     let f32s = |name: &str, shape: Option<&[usize]>| -> Result<Vec<f32>, ExportError> {
-        let (dtype, s, bytes) = map.get(name).ok_or_else(|| bad(format!("tensor {name} is missing")))?;
+        let (dtype, s, bytes) = map
+            .get(name)
+            .ok_or_else(|| bad(format!("tensor {name} is missing")))?;
         if *dtype != Dtype::F32 {
             return Err(bad(format!("tensor {name} is {dtype:?}, expected F32")));
         }
         if let Some(shape) = shape {
             if s != shape {
-                return Err(bad(format!("tensor {name} has shape {s:?}, {model} expects {shape:?}")));
+                return Err(bad(format!(
+                    "tensor {name} has shape {s:?}, {model} expects {shape:?}"
+                )));
             }
         }
         let v: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
@@ -479,9 +623,13 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
             used += 3;
             let idx = |part: &str| -> Result<Vec<u64>, ExportError> {
                 let n = format!("{name}.{part}");
-                let (dtype, s, bytes) = map.get(&n).ok_or_else(|| bad(format!("tensor {n} is missing")))?;
+                let (dtype, s, bytes) = map
+                    .get(&n)
+                    .ok_or_else(|| bad(format!("tensor {n} is missing")))?;
                 if s.len() != 1 {
-                    return Err(bad(format!("tensor {n} has shape {s:?}, expected one dimension")));
+                    return Err(bad(format!(
+                        "tensor {n} has shape {s:?}, expected one dimension"
+                    )));
                 }
                 csr::decode_indices(bytes, *dtype)
                     .ok_or_else(|| bad(format!("tensor {n} is {dtype:?}, expected U8, U16 or U32")))
@@ -489,19 +637,33 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
             let (crow, col) = (idx("crow_indices")?, idx("col_indices")?);
             let val = f32s(&format!("{name}.values"), None)?;
             let declared = meta.get(&format!("{name}.shape"));
-            if declared.map(|d| serde_json::from_str::<Vec<usize>>(d).ok()) != Some(Some(shape.clone())) {
-                return Err(bad(format!("metadata `{name}.shape` is {declared:?}, {model} expects {shape:?}")));
+            if declared.map(|d| serde_json::from_str::<Vec<usize>>(d).ok())
+                != Some(Some(shape.clone()))
+            {
+                return Err(bad(format!(
+                    "metadata `{name}.shape` is {declared:?}, {model} expects {shape:?}"
+                )));
             }
-            let c = Csr::from_parts(rows, cols, &crow, &col, val).map_err(|e| bad(format!("{name}: {e}")))?;
+            let c = Csr::from_parts(rows, cols, &crow, &col, val)
+                .map_err(|e| bad(format!("{name}: {e}")))?;
             Value::Csr(c)
         } else {
-            return Err(bad(format!("tensor {name} is missing (neither dense nor CSR): not an export of {model}?")));
+            return Err(bad(format!(
+                "tensor {name} is missing (neither dense nor CSR): not an export of {model}?"
+            )));
         };
         entries.push(Entry { name, shape, value });
     }
     if used != map.len() {
         let known: Vec<&String> = map.keys().collect();
-        return Err(bad(format!("{} tensor(s) that {model} does not have: {known:?}", map.len() - used)));
+        return Err(bad(format!(
+            "{} tensor(s) that {model} does not have: {known:?}",
+            map.len() - used
+        )));
     }
-    Ok(Export { model, layout, entries })
+    Ok(Export {
+        model,
+        layout,
+        entries,
+    })
 }

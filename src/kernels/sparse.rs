@@ -83,10 +83,21 @@ impl Sparse {
             )?,
             csr_linear_fm_k: f.kernel(
                 "csr_linear_fm",
-                &[(1, R), (2, R), (3, R), (7, R), (5, R), (8, Access::ReadWrite)],
+                &[
+                    (1, R),
+                    (2, R),
+                    (3, R),
+                    (7, R),
+                    (5, R),
+                    (8, Access::ReadWrite),
+                ],
                 false,
             )?,
-            to_feature_major_k: f.kernel("to_feature_major", &[(4, R), (6, Access::ReadWrite)], false)?,
+            to_feature_major_k: f.kernel(
+                "to_feature_major",
+                &[(4, R), (6, Access::ReadWrite)],
+                false,
+            )?,
         })
     }
 
@@ -104,10 +115,19 @@ impl Sparse {
         relu: bool,
         dummy: &Tensor,
     ) -> Result<Dispatch> {
-        assert!(batch > 0 && batch % 4 == 0 && w.rows > 0, "csr_linear_fm: batch {batch}");
+        assert!(
+            batch > 0 && batch.is_multiple_of(4) && w.rows > 0,
+            "csr_linear_fm: batch {batch}"
+        );
         assert_eq!(w.crow.len(), w.rows + 1, "csr_linear_fm: crow length");
-        assert!(x.len() >= batch * w.cols && y.len() >= batch * w.rows, "csr_linear_fm: sizes");
-        assert!(x.offset % 16 == 0 && y.offset % 16 == 0, "csr_linear_fm: alignment");
+        assert!(
+            x.len() >= batch * w.cols && y.len() >= batch * w.rows,
+            "csr_linear_fm: sizes"
+        );
+        assert!(
+            x.offset.is_multiple_of(16) && y.offset.is_multiple_of(16),
+            "csr_linear_fm: alignment"
+        );
         if let Some(b) = bias {
             assert_eq!(b.len(), w.rows, "csr_linear_fm: bias length");
         }
@@ -132,15 +152,30 @@ impl Sparse {
     }
 
     /// `y (cols x batch) = x (batch x cols)` transposed: a batch-major block made feature-major.
-    pub fn to_feature_major(&self, gpu: &Gpu, batch: usize, cols: usize, x: &Tensor, y: &Tensor) -> Result<Dispatch> {
-        assert!(x.len() >= batch * cols && y.len() >= batch * cols, "to_feature_major: sizes");
+    pub fn to_feature_major(
+        &self,
+        gpu: &Gpu,
+        batch: usize,
+        cols: usize,
+        x: &Tensor,
+        y: &Tensor,
+    ) -> Result<Dispatch> {
+        assert!(
+            x.len() >= batch * cols && y.len() >= batch * cols,
+            "to_feature_major: sizes"
+        );
         let p = SparseParams {
             cols: cols as u32,
             batch: batch as u32,
             ..Default::default()
         };
-        self.to_feature_major_k
-            .bind(gpu, &p, &[x, y], None, grid_1d((batch * cols).div_ceil(64) as u32))
+        self.to_feature_major_k.bind(
+            gpu,
+            &p,
+            &[x, y],
+            None,
+            grid_1d((batch * cols).div_ceil(64) as u32),
+        )
     }
 
     /// `y = act(x W^T + b)` for `batch` samples, W given as CSR (the caller has validated it:
@@ -160,7 +195,10 @@ impl Sparse {
         relu: bool,
         dummy: &Tensor,
     ) -> Result<Dispatch> {
-        assert!(batch > 0 && w.rows > 0, "csr_linear: empty batch or no rows");
+        assert!(
+            batch > 0 && w.rows > 0,
+            "csr_linear: empty batch or no rows"
+        );
         assert_eq!(w.crow.len(), w.rows + 1, "csr_linear: crow length");
         assert!(x.len() >= batch * w.cols, "csr_linear: x too small");
         assert!(y.len() >= batch * w.rows, "csr_linear: y too small");

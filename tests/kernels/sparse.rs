@@ -57,8 +57,20 @@ fn csr_linear_matches_reference_at_every_density_and_layout() {
                 rows,
                 cols,
                 crow: c.tensor_u32("crow", &[rows + 1], &w.crow),
-                col: c.tensor_u32("col", &[w.nnz().max(1)], &if w.nnz() == 0 { vec![0] } else { w.col.clone() }),
-                val: c.tensor("val", &[w.nnz().max(1)], &if w.nnz() == 0 { vec![0.0] } else { w.val.clone() }),
+                col: c.tensor_u32(
+                    "col",
+                    &[w.nnz().max(1)],
+                    &if w.nnz() == 0 { vec![0] } else { w.col.clone() },
+                ),
+                val: c.tensor(
+                    "val",
+                    &[w.nnz().max(1)],
+                    &if w.nnz() == 0 {
+                        vec![0.0]
+                    } else {
+                        w.val.clone()
+                    },
+                ),
             };
             for (xm, ym, relu, bias) in [
                 (Major::Batch, Major::Batch, false, true),
@@ -73,11 +85,21 @@ fn csr_linear_matches_reference_at_every_density_and_layout() {
                 let xt = c.tensor("x", &[batch * cols], &xs);
                 let bt = c.tensor("b", &[rows], &b);
                 let y = c.poisoned("y", &[batch * rows]);
-                let d = c
-                    .k
-                    .sparse
-                    .csr_linear(&c.gpu, &gpu_w, batch, &xt, xm, bias.then_some(&bt), &y, ym, relu, &c.k.dummy)
-                    .unwrap();
+                let d =
+                    c.k.sparse
+                        .csr_linear(
+                            &c.gpu,
+                            &gpu_w,
+                            batch,
+                            &xt,
+                            xm,
+                            bias.then_some(&bt),
+                            &y,
+                            ym,
+                            relu,
+                            &c.k.dummy,
+                        )
+                        .unwrap();
                 run_once(&c.gpu, &[d], 0).unwrap();
                 let want = reference::csr_linear(
                     rows,
@@ -115,7 +137,17 @@ fn csr_linear_equals_the_dense_product_of_its_expansion() {
     let x = to_f64(&rand_vec(&mut rng, batch * cols, -1.0, 1.0));
     let dense = to_f64(&w.to_dense());
     let want = dst::reference::gemm::forward(&x, &dense, None, batch, rows, cols);
-    let got = reference::csr_linear(rows, cols, &w.crow, &w.col, &to_f64(&w.val), &x, None, batch, false);
+    let got = reference::csr_linear(
+        rows,
+        cols,
+        &w.crow,
+        &w.col,
+        &to_f64(&w.val),
+        &x,
+        None,
+        batch,
+        false,
+    );
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() < 1e-12);
     }
@@ -128,7 +160,13 @@ fn csr_linear_fm_and_to_feature_major_match_reference() {
     // 16 samples per invocation), every density, empty rows; fed by `to_feature_major`.
     let c = ctx();
     let mut rng = Rng::new(23);
-    for &(rows, cols, batch) in &[(1, 1, 4), (7, 13, 12), (33, 65, 20), (300, 784, 64), (10, 100, 36)] {
+    for &(rows, cols, batch) in &[
+        (1, 1, 4),
+        (7, 13, 12),
+        (33, 65, 20),
+        (300, 784, 64),
+        (10, 100, 36),
+    ] {
         for &density in DENSITIES {
             let w = random_csr(&mut rng, rows, cols, density);
             let x = rand_vec(&mut rng, batch * cols, -1.0, 1.0);
@@ -137,8 +175,20 @@ fn csr_linear_fm_and_to_feature_major_match_reference() {
                 rows,
                 cols,
                 crow: c.tensor_u32("crow", &[rows + 1], &w.crow),
-                col: c.tensor_u32("col", &[w.nnz().max(1)], &if w.nnz() == 0 { vec![0] } else { w.col.clone() }),
-                val: c.tensor("val", &[w.nnz().max(1)], &if w.nnz() == 0 { vec![0.0] } else { w.val.clone() }),
+                col: c.tensor_u32(
+                    "col",
+                    &[w.nnz().max(1)],
+                    &if w.nnz() == 0 { vec![0] } else { w.col.clone() },
+                ),
+                val: c.tensor(
+                    "val",
+                    &[w.nnz().max(1)],
+                    &if w.nnz() == 0 {
+                        vec![0.0]
+                    } else {
+                        w.val.clone()
+                    },
+                ),
             };
             let xt = c.tensor("x", &[batch * cols], &x);
             let xf = c.poisoned("x_fm", &[batch * cols]);
@@ -146,15 +196,29 @@ fn csr_linear_fm_and_to_feature_major_match_reference() {
             for (relu, bias) in [(true, true), (false, false)] {
                 let y = c.poisoned("y", &[batch * rows]);
                 let ds = [
-                    c.k.sparse.to_feature_major(&c.gpu, batch, cols, &xt, &xf).unwrap(),
-                    c.k
-                        .sparse
-                        .csr_linear_fm(&c.gpu, &gpu_w, batch, &xf, bias.then_some(&bt), &y, relu, &c.k.dummy)
+                    c.k.sparse
+                        .to_feature_major(&c.gpu, batch, cols, &xt, &xf)
+                        .unwrap(),
+                    c.k.sparse
+                        .csr_linear_fm(
+                            &c.gpu,
+                            &gpu_w,
+                            batch,
+                            &xf,
+                            bias.then_some(&bt),
+                            &y,
+                            relu,
+                            &c.k.dummy,
+                        )
                         .unwrap(),
                 ];
                 run_once(&c.gpu, &ds, 0).unwrap();
                 let xfm = c.read(&xf);
-                assert_eq!(xfm, transpose(&x, batch, cols), "to_feature_major {batch}x{cols}");
+                assert_eq!(
+                    xfm,
+                    transpose(&x, batch, cols),
+                    "to_feature_major {batch}x{cols}"
+                );
                 let want = reference::csr_linear(
                     rows,
                     cols,
@@ -167,7 +231,9 @@ fn csr_linear_fm_and_to_feature_major_match_reference() {
                     relu,
                 );
                 assert_close_norm(
-                    &format!("csr_linear_fm {rows}x{cols} batch {batch} density {density} relu {relu}"),
+                    &format!(
+                        "csr_linear_fm {rows}x{cols} batch {batch} density {density} relu {relu}"
+                    ),
                     &transpose(&c.read(&y), rows, batch),
                     &want,
                     TOL,
