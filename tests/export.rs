@@ -401,3 +401,35 @@ fn csr_parts_are_checked() {
         assert!(e.contains(what), "{e:?} vs {what:?}");
     }
 }
+
+#[test]
+fn the_cli_refuses_bad_files_with_a_message() {
+    let dir = tmp("cli");
+    let dst = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let short = dir.join("short.safetensors");
+    std::fs::write(&short, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+    let (ok, err) = dst(&["infer", short.to_str().unwrap()]);
+    assert!(!ok && err.contains("truncated or damaged"), "{err}");
+    assert!(
+        !err.contains("adapter"),
+        "refused before opening the GPU: {err}"
+    );
+    let (ok, err) = dst(&[
+        "export",
+        short.to_str().unwrap(),
+        "--format",
+        "coo",
+        "--out",
+        "x",
+    ]);
+    assert!(!ok && err.contains("unknown export format"), "{err}");
+}

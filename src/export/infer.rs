@@ -390,20 +390,16 @@ pub fn run(
     eprintln!("adapter: {}", gpu.describe());
     let kernels = Kernels::new(&gpu, None)?;
     let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
-    for e in &export.entries {
-        if e.shape.len() == 2 && net.model == "lenet300"
-            || e.name.starts_with("fc") && e.shape.len() == 2
-        {
-            let c = e.csr();
-            println!(
-                "{:<12} {:>4} x {:<4} {:>7} kept ({:.2}%), sparse",
-                e.name,
-                c.rows,
-                c.cols,
-                c.nnz(),
-                100.0 * c.nnz() as f64 / (c.rows * c.cols) as f64
-            );
-        }
+    for e in export.entries.iter().filter(|e| e.shape.len() == 2) {
+        let c = e.csr();
+        println!(
+            "{:<12} {:>4} x {:<4} {:>7} kept ({:.2}%), sparse",
+            e.name,
+            c.rows,
+            c.cols,
+            c.nnz(),
+            100.0 * c.nnz() as f64 / (c.rows * c.cols) as f64
+        );
     }
     let t = Instant::now();
     let l = logits(&gpu, &net, &data.test, batch)?;
