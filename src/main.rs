@@ -86,7 +86,8 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
-    /// Samples/s of dense-masked against sparse inference of an export at batch 1, 64 and 1024.
+    /// Samples/s of dense-masked against sparse inference of an export at batch 1, 64 and 1024
+    /// (best of 3 alternating rounds each).
     BenchInfer {
         file: PathBuf,
         /// Folder with the MNIST IDX files (the inputs); default: the embedded subset.
