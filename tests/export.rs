@@ -433,3 +433,62 @@ fn the_cli_refuses_bad_files_with_a_message() {
     ]);
     assert!(!ok && err.contains("unknown export format"), "{err}");
 }
+
+#[test]
+fn lstm_exports_with_nn_lstm_names_and_per_gate_resets() {
+    // A synthetic lstm-a checkpoint: gate i of lstm1.weight_ih keeps nothing (reset: dense), the
+    // other gates keep what |W| > t keeps.
+    let h = 128;
+    let mut ck = Checkpoint::default();
+    ck.metadata.insert("model".into(), "lstm-a".into());
+    ck.metadata.insert("masked".into(), "true".into());
+    let mut rng = dst::rng::Rng::new(3);
+    let mut add = |name: &str, shape: &[usize], v: Option<f32>| {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| v.unwrap_or_else(|| rng.range(-1.0, 1.0) as f32))
+            .collect();
+        ck.tensors.push((name.to_string(), shape.to_vec(), data));
+    };
+    for (l, i) in [("lstm1", 28), ("lstm2", h)] {
+        add(&format!("{l}.weight_ih"), &[4 * h, i], None);
+        add(&format!("{l}.weight_hh"), &[4 * h, h], None);
+        add(&format!("{l}.bias"), &[4 * h], Some(0.5));
+        add(&format!("{l}.threshold_hh"), &[4 * h], Some(0.5));
+    }
+    let mut t = vec![0.5f32; 4 * h];
+    t[..h].fill(2.0); // gate i of lstm1.weight_ih: nothing above 2 -> reset
+    add("lstm2.threshold_ih", &[4 * h], Some(0.5));
+    add("fc.weight", &[10, h], None);
+    add("fc.bias", &[10], Some(0.0));
+    ck.tensors
+        .push(("lstm1.threshold_ih".into(), vec![4 * h], t));
+    let path = Path::new("synthetic");
+    let (e, report) = export::from_checkpoint(&ck, path, Layout::Csr).unwrap();
+    assert_eq!(report.resets, 1);
+    let names: Vec<&str> = e.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "lstm1.weight_ih_l0",
+            "lstm1.weight_hh_l0",
+            "lstm1.bias_ih_l0",
+            "lstm1.bias_hh_l0",
+            "lstm2.weight_ih_l0",
+            "lstm2.weight_hh_l0",
+            "lstm2.bias_ih_l0",
+            "lstm2.bias_hh_l0",
+            "fc.weight",
+            "fc.bias"
+        ]
+    );
+    let w = e.entries[0].csr();
+    let gate_i = w.crow[h] as usize;
+    assert_eq!(gate_i, h * 28, "the reset gate keeps every non-zero weight");
+    assert!(matches!(e.get("fc.weight").unwrap().value, Value::Dense(_)));
+    assert_eq!(e.get("lstm1.bias_hh_l0").unwrap().dense(), vec![0.0; 4 * h]);
+    let dir = tmp("lstm");
+    let back = reload(&e, &dir, "lstm.safetensors").unwrap();
+    assert_eq!(back.entries[0].csr(), w);
+    assert!(infer::check_supported(&back.model).is_err());
+}
