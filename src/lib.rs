@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod export;
 pub mod gpu;
 pub mod kernels;
 pub mod models;

@@ -67,6 +67,36 @@ enum Command {
         #[arg(long)]
         profile: bool,
     },
+    /// Export a checkpoint's masked model as safetensors with PyTorch's names: dense (zeros where
+    /// the mask is 0) or csr (crow_indices / col_indices / values per masked layer).
+    Export {
+        checkpoint: PathBuf,
+        /// dense or csr.
+        #[arg(long, default_value = "csr")]
+        format: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Classify the test set from an export (lenet300, lenet5) with sparse GPU inference.
+    Infer {
+        file: PathBuf,
+        /// Folder with the four MNIST IDX files; default: the embedded subset.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+    /// Samples/s of dense-masked against sparse inference of an export at batch 1, 64 and 1024
+    /// (best of 3 alternating rounds each).
+    BenchInfer {
+        file: PathBuf,
+        /// Folder with the MNIST IDX files (the inputs); default: the embedded subset.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Samples timed per batch size and mode (at least 3 batches).
+        #[arg(long, default_value_t = 8192)]
+        samples: usize,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -185,6 +215,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             models,
             profile,
         }) => dst::bench::run(reps, steps, data.as_deref(), &models, profile),
+        Some(Command::Export {
+            checkpoint,
+            format,
+            out,
+        }) => dst::export::run(&checkpoint, &format, &out),
+        Some(Command::Infer { file, data, batch }) => {
+            dst::export::infer::run(&file, data.as_deref(), batch)
+        }
+        Some(Command::BenchInfer {
+            file,
+            data,
+            samples,
+        }) => dst::export::infer::bench(&file, data.as_deref(), &[1, 64, 1024], samples),
     }
 }
 

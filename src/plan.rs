@@ -90,6 +90,8 @@ pub struct Plan {
     pub window_end: Vec<Dispatch>,
     /// The loss stats this plan accumulates into.
     pub stats: Tensor,
+    /// The last batch's logits `(batch, classes)`.
+    pub logits: Tensor,
     pub batch: usize,
 }
 
@@ -152,6 +154,7 @@ impl Plan {
             }
         }
         let d_logits = cx.activation("d_logits", &logits.shape)?;
+        let logits_out = logits.clone();
         cx.push(
             kernels
                 .loss
@@ -217,6 +220,7 @@ impl Plan {
             dispatches: cx.dispatches,
             window_end,
             stats,
+            logits: logits_out,
             batch,
         })
     }

@@ -12,6 +12,7 @@ pub mod lstm;
 pub mod masked;
 pub mod optim;
 pub mod pool;
+pub mod sparse;
 
 use std::sync::Arc;
 
@@ -31,6 +32,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("masked", masked::SOURCE),
     ("optim", optim::SOURCE),
     ("pool", pool::SOURCE),
+    ("sparse", sparse::SOURCE),
 ];
 
 /// A family's module exactly as the program compiles it: prelude + family file.
@@ -311,6 +313,7 @@ pub struct Kernels {
     pub optim: optim::Optim,
     pub conv: conv::Conv,
     pub pool: pool::Pool,
+    pub sparse: sparse::Sparse,
     /// A 4-byte buffer bound where an entry point's optional input is absent.
     pub dummy: Tensor,
 }
@@ -370,6 +373,7 @@ impl Kernels {
             optim: optim::Optim::new(&mk("optim", optim::SOURCE)?)?,
             conv: conv::Conv::new(&mk("conv", conv::SOURCE)?, gpu.class)?,
             pool: pool::Pool::new(&mk("pool", pool::SOURCE)?)?,
+            sparse: sparse::Sparse::new(&mk("sparse", sparse::SOURCE)?)?,
             dummy: Tensor::zeros(gpu, "dummy", &[1])?,
             step_layout,
         };

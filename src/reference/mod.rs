@@ -10,3 +10,4 @@ pub mod lstm;
 pub mod masked;
 pub mod optim;
 pub mod pool;
+pub mod sparse;

@@ -470,3 +470,42 @@ pub fn evaluate_checkpoint(
     let (_, acc) = session.evaluate(&plan, &test)?;
     Ok((acc, session.layer_stats()?, session.gpu.describe()))
 }
+
+/// The masked model's logits `(count, classes)` of every test image of `data`, computed by the
+/// evaluation plan (batches of 500, the reset rule applied as in `evaluate_checkpoint`).
+pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> Result<Vec<f32>> {
+    let ck = Checkpoint::load(path)?;
+    let model = ck.meta("model").unwrap_or("").to_string();
+    let masked = ck.meta("masked") == Some("true");
+    check_name(&model)?;
+    let session = Session::new(gpu, &model, masked, 0, false)?;
+    session.restore(&ck, path, false)?;
+    let test = session.upload("test", data)?;
+    let b = 500.min(data.count);
+    let plan = session.plan(
+        &test,
+        b,
+        Mode::Eval,
+        0.0,
+        Optimizer::Sgd {
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+    )?;
+    let classes = session.model.classes;
+    let mut out = Vec::with_capacity(data.count * classes);
+    for i in 0..data.count.div_ceil(b) {
+        let valid = (data.count - i * b).min(b);
+        session.run_steps(
+            &plan,
+            &[StepInfo {
+                batch_start: (i * b) as u32,
+                valid: valid as u32,
+                ..Default::default()
+            }],
+        )?;
+        let l = session.gpu.read::<f32>(&plan.logits)?;
+        out.extend_from_slice(&l[..valid * classes]);
+    }
+    Ok(out)
+}

@@ -13,3 +13,4 @@ mod masked;
 mod optim;
 mod pool;
 mod runtime;
+mod sparse;

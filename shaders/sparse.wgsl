@@ -1,0 +1,153 @@
+// sparse.wgsl: a fully connected layer computed from its compressed-sparse-row (CSR) weight.
+//
+//   W (rows x cols) as CSR: crow (rows + 1, crow[0] = 0, non-decreasing), col and val (nnz each;
+//   the columns of row r are col[crow[r] .. crow[r + 1]], strictly increasing, all < cols)
+//   y(b, r) = act(bias[r] + sum over j in row r of val[j] * x(b, col[j]))     b < batch
+//   x(b, c) = x[b * x_bs + c * x_fs]     y(b, r) = y[b * y_bs + r * y_fs]    act = ReLU or none
+//
+// Strided x and y let a chain of layers keep activations feature-major, (features, batch): then
+// the QUAD samples one invocation computes sit next to each other in memory, so every kept weight
+// costs one value, one index and QUAD adjacent activation loads (one cache line), and the row's
+// indices and values are read once for QUAD samples. The first layer reads the batch-major input
+// (x_bs = cols, x_fs = 1); the last writes batch-major logits (y_bs = rows, y_fs = 1).
+// One invocation per (row, quad of samples), rows outer: the invocations of a workgroup share a
+// row's index range when the batch is large (broadcast loads, no divergence) and spread over rows
+// when it is small (batch 1: one row per invocation). Work is proportional to nnz * batch; empty
+// rows write bias (or act(bias)). Every output in range is written; no atomics, fixed order.
+// `csr_linear_fm` is the fast path between feature-major activations when the batch is a multiple
+// of 4: x and y as vec4 arrays, VQ vec4s (16 samples) per invocation, so each kept weight costs
+// one value, one index and VQ vector loads for 16 multiply-adds.
+// `to_feature_major` turns a batch-major input into the feature-major layout first: a copy of
+// batch x cols values is cheap next to the nnz x batch products it makes cache-friendly.
+// 1-D grids folded into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
+
+// Keep in sync with `SparseParams` in src/kernels/sparse.rs.
+struct SparseParams {
+    rows: u32,
+    cols: u32,
+    batch: u32,
+    quads: u32,   // ceil(batch / QUAD)
+    x_bs: u32,
+    x_fs: u32,
+    y_bs: u32,
+    y_fs: u32,
+    relu: u32,    // 1: y = max(., 0)
+    has_bias: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> sp: SparseParams;
+@group(0) @binding(1) var<storage, read> crow: array<u32>;
+@group(0) @binding(2) var<storage, read> col: array<u32>;
+@group(0) @binding(3) var<storage, read> val: array<f32>;
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y: array<f32>;
+@group(0) @binding(7) var<storage, read> x4: array<vec4<f32>>;
+@group(0) @binding(8) var<storage, read_write> y4: array<vec4<f32>>;
+
+const WG: u32 = 64u;
+const QUAD: u32 = 4u;
+
+// Reads crow, col, val (the CSR weight), x and bias; writes y for one row and up to QUAD samples.
+@compute @workgroup_size(64, 1, 1)
+fn csr_linear(@builtin(global_invocation_id) gid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= sp.rows * sp.quads) {
+        return;
+    }
+    let r = i / sp.quads;
+    let b0 = (i % sp.quads) * QUAD;
+    // Samples past the batch read the last valid sample (loads stay in bounds); stores skip them.
+    let last = sp.batch - 1u;
+    let xb = vec4<u32>(b0, min(b0 + 1u, last), min(b0 + 2u, last), min(b0 + 3u, last)) * sp.x_bs;
+    var acc = vec4<f32>(0.0);
+    let end = crow[r + 1u];
+    for (var j = crow[r]; j < end; j++) {
+        let v = val[j];
+        let c = col[j] * sp.x_fs;
+        acc += v * vec4<f32>(x[xb.x + c], x[xb.y + c], x[xb.z + c], x[xb.w + c]);
+    }
+    if (sp.has_bias != 0u) {
+        acc += vec4<f32>(bias[r]);
+    }
+    if (sp.relu != 0u) {
+        acc = max(acc, vec4<f32>(0.0));
+    }
+    let yr = r * sp.y_fs;
+    for (var q = 0u; q < QUAD; q++) {
+        let b = b0 + q;
+        if (b < sp.batch) {
+            y[b * sp.y_bs + yr] = acc[q];
+        }
+    }
+}
+
+const VQ: u32 = 4u;
+
+// Reads crow, col, val, x4 (cols x batch, feature-major) and bias; writes y4 (rows x batch,
+// feature-major) for one row and up to VQ * 4 samples. Requires batch % 4 == 0; `quads` is
+// ceil(batch / (4 VQ)); the strides are unused.
+@compute @workgroup_size(64, 1, 1)
+fn csr_linear_fm(@builtin(global_invocation_id) gid: vec3<u32>,
+                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= sp.rows * sp.quads) {
+        return;
+    }
+    let r = i / sp.quads;
+    let bv = sp.batch / 4u;
+    let g0 = (i % sp.quads) * VQ;
+    // vec4 groups past the batch read the last valid one; stores skip them.
+    let g1 = min(g0 + 1u, bv - 1u);
+    let g2 = min(g0 + 2u, bv - 1u);
+    let g3 = min(g0 + 3u, bv - 1u);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    let end = crow[r + 1u];
+    for (var j = crow[r]; j < end; j++) {
+        let v = val[j];
+        let c = col[j] * bv;
+        a0 += v * x4[c + g0];
+        a1 += v * x4[c + g1];
+        a2 += v * x4[c + g2];
+        a3 += v * x4[c + g3];
+    }
+    var b = vec4<f32>(0.0);
+    if (sp.has_bias != 0u) {
+        b = vec4<f32>(bias[r]);
+    }
+    var lo = vec4<f32>(-3.4e38);
+    if (sp.relu != 0u) {
+        lo = vec4<f32>(0.0);
+    }
+    let yr = r * bv;
+    y4[yr + g0] = max(a0 + b, lo);
+    if (g0 + 1u < bv) {
+        y4[yr + g0 + 1u] = max(a1 + b, lo);
+    }
+    if (g0 + 2u < bv) {
+        y4[yr + g0 + 2u] = max(a2 + b, lo);
+    }
+    if (g0 + 3u < bv) {
+        y4[yr + g0 + 3u] = max(a3 + b, lo);
+    }
+}
+
+// Reads x (batch x cols, batch-major); writes y (cols x batch): y[c * batch + b] = x[b * cols + c].
+// One invocation per element of y (consecutive invocations: consecutive samples of one feature).
+@compute @workgroup_size(64, 1, 1)
+fn to_feature_major(@builtin(global_invocation_id) gid: vec3<u32>,
+                    @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= sp.batch * sp.cols) {
+        return;
+    }
+    let c = i / sp.batch;
+    let b = i % sp.batch;
+    y[i] = x[b * sp.cols + c];
+}

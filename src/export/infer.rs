@@ -1,0 +1,491 @@
+//! Inference from an export on the GPU: fully connected layers from their CSR form through
+//! `csr_linear` (shaders/sparse.wgsl), activations feature-major between sparse layers; LeNet-5's
+//! convolutions run dense (shaders/conv.wgsl, act.wgsl, pool.wgsl). `Mode::DenseMasked` runs the
+//! same network with the dense GEMM on the masked weights, the baseline of `dst bench-infer`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::data::Dataset;
+use crate::gpu::{Gpu, Tensor};
+use crate::kernels::conv::ConvShape;
+use crate::kernels::pool::PoolShape;
+use crate::kernels::sparse::{CsrTensors, Major};
+use crate::kernels::{run_once, Dispatch, Kernels};
+
+use super::Export;
+
+/// How the fully connected layers compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// From CSR with `csr_linear`.
+    Sparse,
+    /// Dense GEMM on the masked weights (zeros included), as evaluation runs them.
+    DenseMasked,
+}
+
+enum Fc {
+    Sparse(CsrTensors),
+    Dense(Tensor),
+}
+
+enum Stage {
+    /// conv (stride 1, no padding) + bias, ReLU, max-pool 2x2.
+    ConvReluPool {
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        w: Tensor,
+        b: Tensor,
+    },
+    Linear {
+        rows: usize,
+        cols: usize,
+        w: Fc,
+        b: Tensor,
+        relu: bool,
+    },
+}
+
+/// A model from an export, on the GPU.
+pub struct Net {
+    pub model: String,
+    pub mode: Mode,
+    /// Per-sample input shape.
+    pub input: Vec<usize>,
+    pub classes: usize,
+    pub kernels: Arc<Kernels>,
+    stages: Vec<Stage>,
+}
+
+/// The dispatches of one batch of a `Net`, with its input and logits buffers.
+pub struct Plan {
+    pub batch: usize,
+    pub input: Tensor,
+    /// `(batch, classes)`, batch-major.
+    pub logits: Tensor,
+    pub dispatches: Vec<Dispatch>,
+}
+
+/// The models `dst infer` runs.
+pub fn check_supported(model: &str) -> anyhow::Result<()> {
+    match model {
+        "lenet300" | "lenet5" => Ok(()),
+        "lstm-a" | "lstm-b" => anyhow::bail!(
+            "dst infer runs lenet300 and lenet5 exports; {model} exports (PyTorch nn.LSTM names, \
+             dense or CSR gate matrices) are for loading in PyTorch or scipy: sparse LSTM \
+             inference is not implemented"
+        ),
+        _ => anyhow::bail!("unknown model {model:?}"),
+    }
+}
+
+impl Net {
+    pub fn new(
+        gpu: &Gpu,
+        kernels: Arc<Kernels>,
+        export: &Export,
+        mode: Mode,
+    ) -> anyhow::Result<Net> {
+        check_supported(&export.model)?;
+        let dense = |name: &str| -> anyhow::Result<Tensor> {
+            let e = export
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("{name} missing"))?;
+            Ok(Tensor::from_slice(gpu, name, &e.shape, &e.dense())?)
+        };
+        let mut stages = Vec::new();
+        let fcs: &[(&str, bool)] = if export.model == "lenet5" {
+            for (name, c_in, c_out) in [("conv1", 1, 20), ("conv2", 20, 50)] {
+                stages.push(Stage::ConvReluPool {
+                    c_in,
+                    c_out,
+                    k: 5,
+                    w: dense(&format!("{name}.weight"))?,
+                    b: dense(&format!("{name}.bias"))?,
+                });
+            }
+            &[("fc3", true), ("fc4", false)]
+        } else {
+            &[("fc1", true), ("fc2", true), ("fc3", false)]
+        };
+        for &(name, relu) in fcs {
+            let e = export
+                .get(&format!("{name}.weight"))
+                .expect("validated export");
+            let (rows, cols) = (e.shape[0], e.shape[1]);
+            let w = match mode {
+                Mode::DenseMasked => {
+                    Fc::Dense(Tensor::from_slice(gpu, name, &[rows, cols], &e.dense())?)
+                }
+                Mode::Sparse => {
+                    let c = e.csr();
+                    // At least one element each: an all-pruned layer still binds.
+                    let col: Vec<u32> = if c.col.is_empty() {
+                        vec![0]
+                    } else {
+                        c.col.clone()
+                    };
+                    let val: Vec<f32> = if c.val.is_empty() {
+                        vec![0.0]
+                    } else {
+                        c.val.clone()
+                    };
+                    Fc::Sparse(CsrTensors {
+                        rows,
+                        cols,
+                        crow: Tensor::from_slice(gpu, "crow", &[rows + 1], &c.crow)?,
+                        col: Tensor::from_slice(gpu, "col", &[col.len()], &col)?,
+                        val: Tensor::from_slice(gpu, "val", &[val.len()], &val)?,
+                    })
+                }
+            };
+            stages.push(Stage::Linear {
+                rows,
+                cols,
+                w,
+                b: dense(&format!("{name}.bias"))?,
+                relu,
+            });
+        }
+        let input = if export.model == "lenet5" {
+            vec![1, 28, 28]
+        } else {
+            vec![784]
+        };
+        Ok(Net {
+            model: export.model.clone(),
+            mode,
+            input,
+            classes: 10,
+            kernels,
+            stages,
+        })
+    }
+
+    /// The dispatches of one batch of `batch` samples.
+    pub fn plan(&self, gpu: &Gpu, batch: usize) -> anyhow::Result<Plan> {
+        let k = &self.kernels;
+        let mut shape = vec![batch];
+        shape.extend(&self.input);
+        let input = Tensor::zeros(gpu, "infer.input", &shape)?;
+        let mut x = input.clone();
+        let mut major = Major::Batch;
+        let mut ds = Vec::new();
+        let last = self.stages.len() - 1;
+        for (i, st) in self.stages.iter().enumerate() {
+            match st {
+                Stage::ConvReluPool {
+                    c_in,
+                    c_out,
+                    k: kk,
+                    w,
+                    b,
+                } => {
+                    let s = ConvShape {
+                        batch,
+                        c_in: *c_in,
+                        h: x.shape[2],
+                        w: x.shape[3],
+                        c_out: *c_out,
+                        kh: *kk,
+                        kw: *kk,
+                        stride: 1,
+                        pad: 0,
+                    };
+                    let y_shape = [batch, *c_out, s.out_h(), s.out_w()];
+                    let y = Tensor::zeros(gpu, "infer.conv", &y_shape)?;
+                    ds.push(k.conv.forward(gpu, &s, &x, w, Some(b), &y, &k.dummy)?);
+                    let r = Tensor::zeros(gpu, "infer.relu", &y_shape)?;
+                    ds.push(k.act.relu_forward(gpu, &y, &r)?);
+                    let ps = PoolShape {
+                        batch,
+                        channels: *c_out,
+                        h: s.out_h(),
+                        w: s.out_w(),
+                        k: 2,
+                        stride: 2,
+                        pad: 0,
+                    };
+                    let pooled =
+                        Tensor::zeros(gpu, "infer.pool", &[batch, *c_out, ps.out_h(), ps.out_w()])?;
+                    ds.push(k.pool.max_forward(gpu, &ps, &r, &pooled)?);
+                    x = pooled;
+                }
+                Stage::Linear {
+                    rows,
+                    cols,
+                    w,
+                    b,
+                    relu,
+                } => {
+                    let x2 = Tensor {
+                        shape: vec![batch, *cols],
+                        ..x.clone()
+                    };
+                    let y = Tensor::zeros(gpu, "infer.fc", &[batch, *rows])?;
+                    match w {
+                        Fc::Sparse(c) => {
+                            // A batch-major input is made feature-major first (not for batch 1,
+                            // where both layouts are the same).
+                            let x2 = if major == Major::Batch && batch > 1 {
+                                let t = Tensor::zeros(gpu, "infer.fm", &[*cols, batch])?;
+                                ds.push(k.sparse.to_feature_major(gpu, batch, *cols, &x2, &t)?);
+                                major = Major::Feature;
+                                t
+                            } else {
+                                x2
+                            };
+                            let y_major = if i == last {
+                                Major::Batch
+                            } else {
+                                Major::Feature
+                            };
+                            if major == Major::Feature
+                                && y_major == Major::Feature
+                                && batch.is_multiple_of(4)
+                            {
+                                ds.push(k.sparse.csr_linear_fm(
+                                    gpu,
+                                    c,
+                                    batch,
+                                    &x2,
+                                    Some(b),
+                                    &y,
+                                    *relu,
+                                    &k.dummy,
+                                )?);
+                            } else {
+                                ds.push(k.sparse.csr_linear(
+                                    gpu,
+                                    c,
+                                    batch,
+                                    &x2,
+                                    major,
+                                    Some(b),
+                                    &y,
+                                    y_major,
+                                    *relu,
+                                    &k.dummy,
+                                )?);
+                            }
+                            major = y_major;
+                            x = y;
+                        }
+                        Fc::Dense(wt) => {
+                            ds.push(k.gemm.forward(gpu, &x2, wt, Some(b), &y, &k.dummy)?);
+                            if *relu {
+                                let r = Tensor::zeros(gpu, "infer.relu", &[batch, *rows])?;
+                                ds.push(k.act.relu_forward(gpu, &y, &r)?);
+                                x = r;
+                            } else {
+                                x = y;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(major, Major::Batch, "logits are batch-major");
+        Ok(Plan {
+            batch,
+            input,
+            logits: x,
+            dispatches: ds,
+        })
+    }
+}
+
+/// Pixels `[from, from + n)` of `ds` as f32 in [0, 1] (as the trainer's byte LUT), padded with
+/// zeros to `batch` samples.
+pub fn images(ds: &Dataset, from: usize, n: usize, batch: usize) -> Vec<f32> {
+    let px = ds.pixels();
+    let mut v = vec![0.0f32; batch * px];
+    for (o, &b) in v.iter_mut().zip(&ds.images[from * px..(from + n) * px]) {
+        *o = b as f32 / 255.0;
+    }
+    v
+}
+
+/// Logits `(count, classes)` of every image of `ds`, `batch` at a time.
+pub fn logits(gpu: &Gpu, net: &Net, ds: &Dataset, batch: usize) -> anyhow::Result<Vec<f32>> {
+    anyhow::ensure!(
+        ds.pixels() == net.input.iter().product::<usize>(),
+        "{}x{} images, {} expects {:?}",
+        ds.rows,
+        ds.cols,
+        net.model,
+        net.input
+    );
+    let batch = batch.clamp(1, ds.count.max(1));
+    let plan = net.plan(gpu, batch)?;
+    let mut out = Vec::with_capacity(ds.count * net.classes);
+    let mut at = 0;
+    while at < ds.count {
+        let n = (ds.count - at).min(batch);
+        gpu.write(&plan.input, &images(ds, at, n, batch));
+        run_once(gpu, &plan.dispatches, 0)?;
+        let l = gpu.read::<f32>(&plan.logits)?;
+        out.extend_from_slice(&l[..n * net.classes]);
+        at += n;
+    }
+    Ok(out)
+}
+
+/// The index of the largest logit of each row (the first on ties).
+pub fn predictions(logits: &[f32], classes: usize) -> Vec<usize> {
+    logits
+        .chunks(classes)
+        .map(|r| {
+            let mut best = 0;
+            for (i, &v) in r.iter().enumerate() {
+                if v > r[best] {
+                    best = i;
+                }
+            }
+            best
+        })
+        .collect()
+}
+
+/// Samples per second of `net` at `batch`, over `reps` back-to-back batches in one submission
+/// (after one warm-up batch), on the first images of `ds`; also returns the logits.
+pub fn throughput(
+    gpu: &Gpu,
+    net: &Net,
+    ds: &Dataset,
+    batch: usize,
+    reps: usize,
+) -> anyhow::Result<(f64, Vec<f32>)> {
+    let plan = net.plan(gpu, batch)?;
+    let mut input = Vec::with_capacity(batch * ds.pixels());
+    for i in 0..batch {
+        input.extend(images(ds, i % ds.count, 1, 1));
+    }
+    gpu.write(&plan.input, &input);
+    run_once(gpu, &plan.dispatches, 0)?;
+    let all: Vec<Dispatch> = (0..reps)
+        .flat_map(|_| plan.dispatches.iter().cloned())
+        .collect();
+    let t = Instant::now();
+    run_once(gpu, &all, 0)?;
+    let secs = t.elapsed().as_secs_f64();
+    Ok(((batch * reps) as f64 / secs, gpu.read::<f32>(&plan.logits)?))
+}
+
+/// `dst infer`: checks the export (before any GPU work), classifies `data`'s test set with sparse
+/// inference and prints the accuracy.
+pub fn run(
+    file: &std::path::Path,
+    data: Option<&std::path::Path>,
+    batch: usize,
+) -> anyhow::Result<()> {
+    let export = super::load(file)?;
+    check_supported(&export.model)?;
+    let data = match data {
+        Some(d) => crate::data::load_dir(d)?,
+        None => crate::data::try_load_embedded()?,
+    };
+    let gpu = Gpu::from_env()?;
+    eprintln!("adapter: {}", gpu.describe());
+    let kernels = Kernels::new(&gpu, None)?;
+    let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
+    for e in export.entries.iter().filter(|e| e.shape.len() == 2) {
+        let c = e.csr();
+        println!(
+            "{:<12} {:>4} x {:<4} {:>7} kept ({:.2}%), sparse",
+            e.name,
+            c.rows,
+            c.cols,
+            c.nnz(),
+            100.0 * c.nnz() as f64 / (c.rows * c.cols) as f64
+        );
+    }
+    let t = Instant::now();
+    let l = logits(&gpu, &net, &data.test, batch)?;
+    let secs = t.elapsed().as_secs_f64();
+    let pred = predictions(&l, net.classes);
+    let correct = pred
+        .iter()
+        .zip(&data.test.labels)
+        .filter(|(p, &y)| **p == y as usize)
+        .count();
+    println!(
+        "test accuracy {:.2}% on {} ({} images), sparse inference of {} ({} export), {:.0} images/s",
+        100.0 * correct as f64 / data.test.count.max(1) as f64,
+        data.source,
+        data.test.count,
+        export.model,
+        export.layout.name(),
+        data.test.count as f64 / secs
+    );
+    Ok(())
+}
+
+/// Timed rounds per mode and batch size in `bench`.
+pub const ROUNDS: usize = 3;
+
+/// `dst bench-infer`: samples/s of dense-masked against sparse inference of an export at each
+/// batch size, in one process (the best of `ROUNDS` alternating rounds each), and the largest
+/// logit difference between the two.
+pub fn bench(
+    file: &std::path::Path,
+    data: Option<&std::path::Path>,
+    batches: &[usize],
+    samples: usize,
+) -> anyhow::Result<()> {
+    let export = super::load(file)?;
+    check_supported(&export.model)?;
+    let data = match data {
+        Some(d) => crate::data::load_dir(d)?,
+        None => crate::data::try_load_embedded()?,
+    };
+    let gpu = Gpu::from_env()?;
+    println!("adapter: {}", gpu.describe());
+    let kernels = Kernels::new(&gpu, None)?;
+    let dense = Net::new(&gpu, kernels.clone(), &export, Mode::DenseMasked)?;
+    let sparse = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
+    let kept: usize = export
+        .entries
+        .iter()
+        .filter(|e| e.shape.len() == 2)
+        .map(|e| e.csr().nnz())
+        .sum();
+    let total: usize = export
+        .entries
+        .iter()
+        .filter(|e| e.shape.len() == 2)
+        .map(|e| e.shape[0] * e.shape[1])
+        .sum();
+    println!(
+        "{} ({} export): FC layers keep {kept} of {total} weights ({:.2}%)",
+        export.model,
+        export.layout.name(),
+        100.0 * kept as f64 / total as f64
+    );
+    println!(
+        "{:>6} {:>8} {:>18} {:>18} {:>9} {:>12}",
+        "batch", "batches", "dense-masked/s", "sparse/s", "speedup", "max |dlogit|"
+    );
+    for &b in batches {
+        let reps = (samples / b).max(3);
+        // Alternating rounds, the best of each mode: robust to a shared, noisy machine.
+        let (mut d, mut s, mut ld, mut ls) = (0.0f64, 0.0f64, Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let (x, l) = throughput(&gpu, &dense, &data.test, b, reps)?;
+            (d, ld) = (d.max(x), l);
+            let (x, l) = throughput(&gpu, &sparse, &data.test, b, reps)?;
+            (s, ls) = (s.max(x), l);
+        }
+        let diff = ld
+            .iter()
+            .zip(&ls)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        println!(
+            "{b:>6} {reps:>8} {d:>18.0} {s:>18.0} {:>8.2}x {diff:>12.2e}",
+            s / d
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,669 @@
+//! Sparse export and sparse inference: what DST's zeros buy.
+//!
+//! `export` turns a training checkpoint into a safetensors file other tools read, with PyTorch's
+//! names and layouts: `dense` (masked weights with zeros where the mask is 0, biases; no
+//! thresholds, no optimiser state) or `csr` (per masked layer the triplet
+//! `<tensor>.crow_indices` / `.col_indices` / `.values` that `torch.sparse_csr_tensor` and
+//! `scipy.sparse.csr_matrix` take, indices in the narrowest unsigned type that fits; biases and
+//! unmasked layers dense). The mask is derived exactly as the trainer's forward derives it,
+//! dead-layer reset included (METHOD.md sections 1 and 3). `load` reads an export back and
+//! refuses, before any GPU work, a truncated or tampered file, one whose tensors are not the
+//! model's, and a CSR triplet whose indices are out of range or not increasing. `infer` runs an
+//! export on the GPU with the sparse kernel (shaders/sparse.wgsl).
+
+pub mod csr;
+pub mod infer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use sha2::{Digest, Sha256};
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+pub use csr::{Csr, CsrError};
+
+/// The format tag every export of this program carries in its metadata.
+pub const FORMAT: &str = "dst-export-1";
+
+/// How masked weights are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Dense,
+    Csr,
+}
+
+impl Layout {
+    pub fn name(self) -> &'static str {
+        match self {
+            Layout::Dense => "dense",
+            Layout::Csr => "csr",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Layout, String> {
+        match s {
+            "dense" => Ok(Layout::Dense),
+            "csr" => Ok(Layout::Csr),
+            _ => Err(format!(
+                "unknown export format {s:?}; available: dense, csr"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+fn invalid(path: &Path, reason: impl Into<String>) -> ExportError {
+    ExportError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// One weight of a model as the trainer stores it.
+#[derive(Clone, Debug)]
+pub struct ParamSpec {
+    /// The checkpoint's name (`fc1.weight`, `lstm1.weight_ih`).
+    pub name: &'static str,
+    /// The exported (PyTorch) name (`fc1.weight`, `lstm1.weight_ih_l0`).
+    pub export: &'static str,
+    pub shape: Vec<usize>,
+    /// The checkpoint's threshold tensor, for a masked weight of a DST model.
+    pub threshold: Option<&'static str>,
+    /// Stacked matrices with their own reset each (4 for LSTM gates, else 1).
+    pub groups: usize,
+}
+
+fn p(
+    name: &'static str,
+    export: &'static str,
+    shape: &[usize],
+    threshold: Option<&'static str>,
+    groups: usize,
+) -> ParamSpec {
+    ParamSpec {
+        name,
+        export,
+        shape: shape.to_vec(),
+        threshold,
+        groups,
+    }
+}
+
+/// The parameters of `model` in layer order (weights and biases; thresholds named by the weights
+/// they mask), or an error naming the models.
+pub fn model_params(model: &str) -> Result<Vec<ParamSpec>, String> {
+    Ok(match model {
+        "lenet300" => vec![
+            p(
+                "fc1.weight",
+                "fc1.weight",
+                &[300, 784],
+                Some("fc1.threshold"),
+                1,
+            ),
+            p("fc1.bias", "fc1.bias", &[300], None, 1),
+            p(
+                "fc2.weight",
+                "fc2.weight",
+                &[100, 300],
+                Some("fc2.threshold"),
+                1,
+            ),
+            p("fc2.bias", "fc2.bias", &[100], None, 1),
+            p(
+                "fc3.weight",
+                "fc3.weight",
+                &[10, 100],
+                Some("fc3.threshold"),
+                1,
+            ),
+            p("fc3.bias", "fc3.bias", &[10], None, 1),
+        ],
+        "lenet5" => vec![
+            p(
+                "conv1.weight",
+                "conv1.weight",
+                &[20, 1, 5, 5],
+                Some("conv1.threshold"),
+                1,
+            ),
+            p("conv1.bias", "conv1.bias", &[20], None, 1),
+            p(
+                "conv2.weight",
+                "conv2.weight",
+                &[50, 20, 5, 5],
+                Some("conv2.threshold"),
+                1,
+            ),
+            p("conv2.bias", "conv2.bias", &[50], None, 1),
+            p(
+                "fc3.weight",
+                "fc3.weight",
+                &[500, 800],
+                Some("fc3.threshold"),
+                1,
+            ),
+            p("fc3.bias", "fc3.bias", &[500], None, 1),
+            p(
+                "fc4.weight",
+                "fc4.weight",
+                &[10, 500],
+                Some("fc4.threshold"),
+                1,
+            ),
+            p("fc4.bias", "fc4.bias", &[10], None, 1),
+        ],
+        "lstm-a" | "lstm-b" => {
+            let h = if model == "lstm-a" { 128 } else { 256 };
+            vec![
+                p(
+                    "lstm1.weight_ih",
+                    "lstm1.weight_ih_l0",
+                    &[4 * h, 28],
+                    Some("lstm1.threshold_ih"),
+                    4,
+                ),
+                p(
+                    "lstm1.weight_hh",
+                    "lstm1.weight_hh_l0",
+                    &[4 * h, h],
+                    Some("lstm1.threshold_hh"),
+                    4,
+                ),
+                p("lstm1.bias", "lstm1.bias_ih_l0", &[4 * h], None, 1),
+                p(
+                    "lstm2.weight_ih",
+                    "lstm2.weight_ih_l0",
+                    &[4 * h, h],
+                    Some("lstm2.threshold_ih"),
+                    4,
+                ),
+                p(
+                    "lstm2.weight_hh",
+                    "lstm2.weight_hh_l0",
+                    &[4 * h, h],
+                    Some("lstm2.threshold_hh"),
+                    4,
+                ),
+                p("lstm2.bias", "lstm2.bias_ih_l0", &[4 * h], None, 1),
+                p("fc.weight", "fc.weight", &[10, h], None, 1),
+                p("fc.bias", "fc.bias", &[10], None, 1),
+            ]
+        }
+        _ => {
+            return Err(format!(
+                "unknown model {model:?}; available: lenet300, lenet5, lstm-a, lstm-b"
+            ))
+        }
+    })
+}
+
+/// The mask of `w` (`rows x cols`, `groups` stacked matrices of `rows / groups` rows) under
+/// per-row thresholds `t`, as the trainer's forward computes it: `|W| - t > 0` in f32, and a
+/// matrix keeping at most 1% (integer test `kept <= numel / 100`, as shaders/masked.wgsl) is
+/// reset: its thresholds count as 0 (METHOD.md section 3). Returns the mask and the number of
+/// matrices reset.
+pub fn derive_mask(
+    w: &[f32],
+    t: &[f32],
+    rows: usize,
+    cols: usize,
+    groups: usize,
+) -> (Vec<bool>, usize) {
+    assert_eq!(w.len(), rows * cols);
+    assert_eq!(t.len(), rows);
+    assert_eq!(rows % groups, 0);
+    let per = rows / groups;
+    let mut mask = vec![false; rows * cols];
+    let mut resets = 0;
+    for g in 0..groups {
+        let rr = g * per..(g + 1) * per;
+        let keep = |r: usize, c: usize, t: f32| w[r * cols + c].abs() - t > 0.0;
+        let kept: usize = rr
+            .clone()
+            .map(|r| (0..cols).filter(|&c| keep(r, c, t[r])).count())
+            .sum();
+        let reset = kept <= per * cols / 100;
+        resets += reset as usize;
+        for r in rr {
+            let tr = if reset { 0.0 } else { t[r] };
+            for c in 0..cols {
+                mask[r * cols + c] = keep(r, c, tr);
+            }
+        }
+    }
+    (mask, resets)
+}
+
+/// A stored tensor of an export.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Dense(Vec<f32>),
+    /// Over the row view `(shape[0], product of the rest)`.
+    Csr(Csr),
+}
+
+/// One weight or bias of an export, by its exported name, with its dense shape.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub value: Value,
+}
+
+impl Entry {
+    /// The dense values (CSR expanded).
+    pub fn dense(&self) -> Vec<f32> {
+        match &self.value {
+            Value::Dense(v) => v.clone(),
+            Value::Csr(c) => c.to_dense(),
+        }
+    }
+    /// The row view `(shape[0], rest)` as CSR (a dense tensor: its non-zero entries).
+    pub fn csr(&self) -> Csr {
+        match &self.value {
+            Value::Csr(c) => c.clone(),
+            Value::Dense(v) => {
+                let rows = self.shape[0];
+                Csr::from_dense(rows, v.len() / rows.max(1), v)
+            }
+        }
+    }
+}
+
+/// An export in memory, entries in layer order.
+#[derive(Clone, Debug)]
+pub struct Export {
+    pub model: String,
+    pub layout: Layout,
+    pub entries: Vec<Entry>,
+}
+
+impl Export {
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.name == name)
+    }
+
+    /// Bytes of every entry as dense f32: what the masked model costs without sparse storage.
+    pub fn dense_f32_bytes(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| 4 * e.shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+}
+
+/// What `export` wrote.
+#[derive(Clone, Debug)]
+pub struct ExportReport {
+    pub model: String,
+    pub layout: Layout,
+    pub dense_f32_bytes: u64,
+    pub file_bytes: u64,
+    /// (exported name, kept, total) of each masked weight.
+    pub layers: Vec<(String, usize, usize)>,
+    /// Matrices whose mask the dead-layer reset made dense.
+    pub resets: usize,
+}
+
+/// Builds the export of a training checkpoint (mask derived as in evaluation).
+pub fn from_checkpoint(
+    ck: &Checkpoint,
+    path: &Path,
+    layout: Layout,
+) -> Result<(Export, ExportReport), ExportError> {
+    let model = ck.meta("model").unwrap_or("").to_string();
+    let masked = ck.meta("masked") == Some("true");
+    let specs = model_params(&model).map_err(|e| invalid(path, e))?;
+    let mut entries = Vec::new();
+    let mut layers = Vec::new();
+    let mut resets = 0;
+    let tensor = |name: &str, shape: &[usize]| -> Result<Vec<f32>, ExportError> {
+        match ck.get(name) {
+            Some((_, s, v)) if s == shape => Ok(v.clone()),
+            Some((_, s, _)) => Err(invalid(
+                path,
+                format!("tensor {name} has shape {s:?}, {model} expects {shape:?}"),
+            )),
+            None => Err(invalid(path, format!("tensor {name} is missing"))),
+        }
+    };
+    for s in &specs {
+        let w = tensor(s.name, &s.shape)?;
+        let rows = s.shape[0];
+        let cols = s.shape[1..].iter().product::<usize>();
+        let threshold = s.threshold.filter(|_| masked);
+        let value = match threshold {
+            Some(tn) => {
+                let t = tensor(tn, &[rows])?;
+                let (mask, r) = derive_mask(&w, &t, rows, cols, s.groups);
+                resets += r;
+                layers.push((
+                    s.export.to_string(),
+                    mask.iter().filter(|&&m| m).count(),
+                    mask.len(),
+                ));
+                match layout {
+                    Layout::Dense => Value::Dense(
+                        w.iter()
+                            .zip(&mask)
+                            .map(|(&v, &m)| if m { v } else { 0.0 })
+                            .collect(),
+                    ),
+                    Layout::Csr => Value::Csr(Csr::from_dense_where(rows, cols, &w, |r, c| {
+                        mask[r * cols + c]
+                    })),
+                }
+            }
+            None => Value::Dense(w),
+        };
+        entries.push(Entry {
+            name: s.export.to_string(),
+            shape: s.shape.clone(),
+            value,
+        });
+        // nn.LSTM has two bias vectors; the trainer one (METHOD.md section 5): the second is 0.
+        if let Some(layer) = s.export.strip_suffix(".bias_ih_l0") {
+            entries.push(Entry {
+                name: format!("{layer}.bias_hh_l0"),
+                shape: s.shape.clone(),
+                value: Value::Dense(vec![0.0; rows]),
+            });
+        }
+    }
+    let export = Export {
+        model: model.clone(),
+        layout,
+        entries,
+    };
+    let report = ExportReport {
+        model,
+        layout,
+        dense_f32_bytes: export.dense_f32_bytes(),
+        file_bytes: 0,
+        layers,
+        resets,
+    };
+    Ok((export, report))
+}
+
+/// `dst export`: reads a training checkpoint, writes its export to `out` atomically.
+pub fn export(checkpoint: &Path, layout: Layout, out: &Path) -> Result<ExportReport, ExportError> {
+    let ck = Checkpoint::load(checkpoint)?;
+    let (export, mut report) = from_checkpoint(&ck, checkpoint, layout)?;
+    let bytes = serialize(&export).map_err(|e| invalid(out, e))?;
+    crate::checkpoint::write_atomic(out, &bytes).map_err(|source| ExportError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    report.file_bytes = bytes.len() as u64;
+    Ok(report)
+}
+
+/// `dst export`: writes the export and prints what each masked layer keeps and the sizes.
+pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
+    let layout = Layout::parse(format).map_err(anyhow::Error::msg)?;
+    let r = export(checkpoint, layout, out)?;
+    for (name, kept, total) in &r.layers {
+        println!(
+            "{name:<20} {kept:>8} of {total:>8} kept ({:.2}%)",
+            100.0 * *kept as f64 / *total as f64
+        );
+    }
+    if r.resets > 0 {
+        println!("{} matrix(es) kept <= 1% and were reset to dense, as evaluation does (METHOD.md section 3)", r.resets);
+    }
+    println!(
+        "{} export of {} -> {}: {} bytes; dense f32 {} bytes ({:.2}x smaller)",
+        r.layout.name(),
+        r.model,
+        out.display(),
+        r.file_bytes,
+        r.dense_f32_bytes,
+        r.dense_f32_bytes as f64 / r.file_bytes as f64
+    );
+    Ok(())
+}
+
+/// (name, dtype, shape, bytes) of every stored tensor of `e`.
+fn stored(e: &Entry) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    match &e.value {
+        Value::Dense(v) => vec![(
+            e.name.clone(),
+            Dtype::F32,
+            e.shape.clone(),
+            bytemuck::cast_slice(v).to_vec(),
+        )],
+        Value::Csr(c) => {
+            let crow_t = csr::index_dtype(c.nnz() as u64);
+            let col_t = csr::index_dtype(c.cols.saturating_sub(1) as u64);
+            vec![
+                (
+                    format!("{}.crow_indices", e.name),
+                    crow_t,
+                    vec![c.rows + 1],
+                    csr::encode_indices(&c.crow, crow_t),
+                ),
+                (
+                    format!("{}.col_indices", e.name),
+                    col_t,
+                    vec![c.nnz()],
+                    csr::encode_indices(&c.col, col_t),
+                ),
+                (
+                    format!("{}.values", e.name),
+                    Dtype::F32,
+                    vec![c.nnz()],
+                    bytemuck::cast_slice(&c.val).to_vec(),
+                ),
+            ]
+        }
+    }
+}
+
+/// SHA-256 over every stored tensor in name order: name, dtype, shape, bytes.
+fn digest(tensors: &BTreeMap<String, (Dtype, Vec<usize>, &[u8])>) -> String {
+    let mut h = Sha256::new();
+    for (name, (dtype, shape, bytes)) in tensors {
+        h.update(format!("{name}\0{dtype:?}\0{shape:?}\0{}\0", bytes.len()).as_bytes());
+        h.update(bytes);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The safetensors bytes of an export, with metadata: `format`, `model`, `layout`, `order` (a JSON
+/// list of every entry in layer order with its dense shape and storage), one `<name>.shape` per
+/// CSR entry, `dense_f32_bytes` and `sha256` (of the tensors).
+pub fn serialize(export: &Export) -> Result<Vec<u8>, String> {
+    let all: Vec<_> = export.entries.iter().flat_map(stored).collect();
+    let map: BTreeMap<String, (Dtype, Vec<usize>, &[u8])> = all
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), (*d, s.clone(), b.as_slice())))
+        .collect();
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("model".into(), export.model.clone());
+    meta.insert("layout".into(), export.layout.name().to_string());
+    let order: Vec<serde_json::Value> = export
+        .entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "name": e.name,
+                "shape": e.shape,
+                "storage": match e.value { Value::Dense(_) => "dense", Value::Csr(_) => "csr" },
+            })
+        })
+        .collect();
+    meta.insert("order".into(), serde_json::Value::Array(order).to_string());
+    for e in &export.entries {
+        if let Value::Csr(_) = e.value {
+            meta.insert(
+                format!("{}.shape", e.name),
+                serde_json::to_string(&e.shape).unwrap(),
+            );
+        }
+    }
+    meta.insert(
+        "dense_f32_bytes".into(),
+        export.dense_f32_bytes().to_string(),
+    );
+    meta.insert("sha256".into(), digest(&map));
+    let views = all
+        .iter()
+        .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    safetensors::serialize(views, Some(meta)).map_err(|e| e.to_string())
+}
+
+/// Reads and checks an export file; every refusal happens here, before any GPU work.
+pub fn load(path: &Path) -> Result<Export, ExportError> {
+    let data = std::fs::read(path).map_err(|source| ExportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&data, path)
+}
+
+/// `load` on bytes already read (`path` names them in errors).
+pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
+    let bad = |r: String| invalid(path, r);
+    let (_, header) = SafeTensors::read_metadata(data).map_err(|e| {
+        bad(format!(
+            "not a valid safetensors file (truncated or damaged?): {e}"
+        ))
+    })?;
+    let meta = header.metadata().clone().unwrap_or_default();
+    match meta.get("format").map(String::as_str) {
+        Some(FORMAT) => {}
+        Some(crate::checkpoint::FORMAT) => {
+            return Err(bad(
+                "this is a dst training checkpoint, not an export; run `dst export` on it first"
+                    .into(),
+            ))
+        }
+        other => {
+            return Err(bad(format!(
+                "not a dst export (metadata `format` is {other:?}, expected {FORMAT:?})"
+            )))
+        }
+    }
+    let st = SafeTensors::deserialize(data).map_err(|e| {
+        bad(format!(
+            "not a valid safetensors file (truncated or damaged?): {e}"
+        ))
+    })?;
+    let mut map = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        map.insert(name, (view.dtype(), view.shape().to_vec(), view.data()));
+    }
+    let want = meta
+        .get("sha256")
+        .ok_or_else(|| bad("metadata `sha256` is missing".into()))?;
+    if digest(&map) != *want {
+        return Err(bad(
+            "the tensors do not match the file's SHA-256 (the file was modified or damaged)".into(),
+        ));
+    }
+    let model = meta.get("model").cloned().unwrap_or_default();
+    let specs = model_params(&model).map_err(|e| bad(format!("metadata `model`: {e}")))?;
+    let layout = Layout::parse(meta.get("layout").map(String::as_str).unwrap_or(""))
+        .map_err(|e| bad(format!("metadata `layout`: {e}")))?;
+    // The entries a model's export holds, in order, with their shapes.
+    let mut expected: Vec<(String, Vec<usize>)> = Vec::new();
+    for s in &specs {
+        expected.push((s.export.to_string(), s.shape.clone()));
+        if let Some(layer) = s.export.strip_suffix(".bias_ih_l0") {
+            expected.push((format!("{layer}.bias_hh_l0"), s.shape.clone()));
+        }
+    }
+    let mut used = 0usize;
+    let mut entries = Vec::new();
+    let f32s = |name: &str, shape: Option<&[usize]>| -> Result<Vec<f32>, ExportError> {
+        let (dtype, s, bytes) = map
+            .get(name)
+            .ok_or_else(|| bad(format!("tensor {name} is missing")))?;
+        if *dtype != Dtype::F32 {
+            return Err(bad(format!("tensor {name} is {dtype:?}, expected F32")));
+        }
+        if let Some(shape) = shape {
+            if s != shape {
+                return Err(bad(format!(
+                    "tensor {name} has shape {s:?}, {model} expects {shape:?}"
+                )));
+            }
+        }
+        let v: Vec<f32> = bytemuck::pod_collect_to_vec(bytes);
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(bad(format!("tensor {name}[{i}] is not finite")));
+        }
+        Ok(v)
+    };
+    for (name, shape) in expected {
+        let rows = shape[0];
+        let cols = shape[1..].iter().product::<usize>();
+        let value = if map.contains_key(&name) {
+            used += 1;
+            Value::Dense(f32s(&name, Some(&shape))?)
+        } else if map.contains_key(&format!("{name}.values")) && shape.len() >= 2 {
+            used += 3;
+            let idx = |part: &str| -> Result<Vec<u64>, ExportError> {
+                let n = format!("{name}.{part}");
+                let (dtype, s, bytes) = map
+                    .get(&n)
+                    .ok_or_else(|| bad(format!("tensor {n} is missing")))?;
+                if s.len() != 1 {
+                    return Err(bad(format!(
+                        "tensor {n} has shape {s:?}, expected one dimension"
+                    )));
+                }
+                csr::decode_indices(bytes, *dtype)
+                    .ok_or_else(|| bad(format!("tensor {n} is {dtype:?}, expected U8, U16 or U32")))
+            };
+            let (crow, col) = (idx("crow_indices")?, idx("col_indices")?);
+            let val = f32s(&format!("{name}.values"), None)?;
+            let declared = meta.get(&format!("{name}.shape"));
+            if declared.map(|d| serde_json::from_str::<Vec<usize>>(d).ok())
+                != Some(Some(shape.clone()))
+            {
+                return Err(bad(format!(
+                    "metadata `{name}.shape` is {declared:?}, {model} expects {shape:?}"
+                )));
+            }
+            let c = Csr::from_parts(rows, cols, &crow, &col, val)
+                .map_err(|e| bad(format!("{name}: {e}")))?;
+            Value::Csr(c)
+        } else {
+            return Err(bad(format!(
+                "tensor {name} is missing (neither dense nor CSR): not an export of {model}?"
+            )));
+        };
+        entries.push(Entry { name, shape, value });
+    }
+    if used != map.len() {
+        let known: Vec<&String> = map.keys().collect();
+        return Err(bad(format!(
+            "{} tensor(s) that {model} does not have: {known:?}",
+            map.len() - used
+        )));
+    }
+    Ok(Export {
+        model,
+        layout,
+        entries,
+    })
+}

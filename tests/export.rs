@@ -1,0 +1,494 @@
+//! Sparse export and inference end to end: a short DST run, `export` in both layouts, the CSR
+//! round trip, sparse GPU inference against the masked model's evaluation logits, and every kind
+//! of bad input refused before any GPU work.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use dst::checkpoint::Checkpoint;
+use dst::export::infer::{self, Mode, Net};
+use dst::export::{self, Csr, Layout, Value};
+use dst::gpu::Gpu;
+use dst::kernels::Kernels;
+use dst::train::{self, Quiet, RunOptions, TrainConfig};
+
+fn gpu() -> Gpu {
+    Gpu::from_env().unwrap_or_else(|e| panic!("export tests need an adapter: {e}"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dst-export-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// GPU work one test at a time (2-core machines).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static M: Mutex<()> = Mutex::new(());
+    M.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A checkpoint of a 1-epoch DST run of `model` on the first `limit` embedded images, trained once.
+fn checkpoint(model: &'static str, limit: usize) -> PathBuf {
+    static RUNS: OnceLock<Mutex<Vec<(&'static str, PathBuf)>>> = OnceLock::new();
+    let runs = RUNS.get_or_init(|| Mutex::new(Vec::new()));
+    let mut runs = runs.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = runs.iter().find(|(m, _)| *m == model) {
+        return p.clone();
+    }
+    let out = tmp(&format!("run-{model}"));
+    let cfg = TrainConfig {
+        limit_train: Some(limit),
+        epochs: 1,
+        log_every: 5,
+        ..TrainConfig::for_model(model).unwrap()
+    };
+    train::train(
+        gpu(),
+        &cfg,
+        &RunOptions {
+            out: out.clone(),
+            resume: false,
+        },
+        &mut Quiet,
+    )
+    .unwrap();
+    let p = out.join("checkpoint.safetensors");
+    runs.push((model, p.clone()));
+    p
+}
+
+fn export_to(ck: &Path, layout: Layout, dir: &Path) -> (PathBuf, export::ExportReport) {
+    let out = dir.join(format!("{}.safetensors", layout.name()));
+    let r = export::export(ck, layout, &out).unwrap();
+    assert_eq!(r.file_bytes, std::fs::metadata(&out).unwrap().len());
+    (out, r)
+}
+
+#[test]
+fn mask_rule_mirrors_the_trainer_reset() {
+    // Row 0 keeps 1 of 4 (> 1%); a 10x10 matrix keeping 1 weight (1% <= 1%) is reset to dense.
+    let w = [0.5f32, -0.1, 0.2, 0.0];
+    let (m, r) = export::derive_mask(&w, &[0.3], 1, 4, 1);
+    assert_eq!((m, r), (vec![true, false, false, false], 0));
+    let mut w = vec![0.1f32; 100];
+    w[7] = 0.9;
+    w[50] = 0.0;
+    let (m, r) = export::derive_mask(&w, &[0.5; 10], 10, 10, 1);
+    assert_eq!(r, 1);
+    assert_eq!(m.iter().filter(|&&k| k).count(), 99, "reset: |W| > 0 only");
+    // Strict step: |W| - t == 0 is pruned.
+    let (m, _) = export::derive_mask(&[0.25f32; 200], &[0.25, -1.0], 2, 100, 1);
+    assert_eq!(m.iter().filter(|&&k| k).count(), 100);
+}
+
+#[test]
+fn lenet300_export_round_trips_and_infers_like_eval() {
+    let _g = serial();
+    let ck_path = checkpoint("lenet300", 640);
+    let dir = tmp("l300");
+    let (dense_path, dr) = export_to(&ck_path, Layout::Dense, &dir);
+    let (csr_path, cr) = export_to(&ck_path, Layout::Csr, &dir);
+    assert_eq!(dr.dense_f32_bytes, cr.dense_f32_bytes);
+    assert_eq!(dr.dense_f32_bytes, 4 * (266_200 + 410));
+    // A 1-epoch model is still mostly dense, so its CSR file is not smaller; the size is the
+    // values (f32) and column indices (u16 for fc1, fc2; u8 for fc3) of the kept weights.
+    let kept: Vec<usize> = cr.layers.iter().map(|l| l.1).collect();
+    let payload = 6 * (kept[0] + kept[1]) + 5 * kept[2] + 4 * 410;
+    assert!(cr.file_bytes as usize > payload && (cr.file_bytes as usize) < payload + 4096);
+
+    // Dense: PyTorch names and layouts, masked weights, no thresholds or optimiser state.
+    let dense = export::load(&dense_path).unwrap();
+    let names: Vec<&str> = dense.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "fc1.weight",
+            "fc1.bias",
+            "fc2.weight",
+            "fc2.bias",
+            "fc3.weight",
+            "fc3.bias"
+        ]
+    );
+    assert_eq!(dense.get("fc1.weight").unwrap().shape, [300, 784]);
+    let ck = Checkpoint::load(&ck_path).unwrap();
+    for l in ["fc1", "fc2", "fc3"] {
+        let w = &ck.get(&format!("{l}.weight")).unwrap().2;
+        let t = &ck.get(&format!("{l}.threshold")).unwrap().2;
+        let (rows, cols) = (t.len(), w.len() / t.len());
+        let (mask, _) = export::derive_mask(w, t, rows, cols, 1);
+        let want: Vec<f32> = w
+            .iter()
+            .zip(&mask)
+            .map(|(&v, &m)| if m { v } else { 0.0 })
+            .collect();
+        assert_eq!(
+            dense.get(&format!("{l}.weight")).unwrap().dense(),
+            want,
+            "{l}"
+        );
+        assert_eq!(
+            dense.get(&format!("{l}.bias")).unwrap().dense(),
+            ck.get(&format!("{l}.bias")).unwrap().2
+        );
+    }
+
+    // CSR: the triplet, narrowest index types, shapes and order in the metadata; round trip.
+    let csr = export::load(&csr_path).unwrap();
+    for (d, c) in dense.entries.iter().zip(&csr.entries) {
+        assert_eq!(d.name, c.name);
+        assert_eq!(d.shape, c.shape);
+        assert_eq!(
+            d.dense(),
+            c.dense(),
+            "{}: CSR expands to the dense export",
+            d.name
+        );
+        if let Value::Csr(m) = &c.value {
+            let again = Csr::from_dense_where(m.rows, m.cols, &m.to_dense(), |r, col| {
+                m.col[m.crow[r] as usize..m.crow[r + 1] as usize].contains(&(col as u32))
+            });
+            assert_eq!(&again, m);
+        }
+    }
+    let bytes = std::fs::read(&csr_path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    use safetensors::Dtype;
+    assert_eq!(
+        st.tensor("fc1.weight.col_indices").unwrap().dtype(),
+        Dtype::U16
+    );
+    assert_eq!(
+        st.tensor("fc3.weight.col_indices").unwrap().dtype(),
+        Dtype::U8
+    );
+    assert_eq!(
+        st.tensor("fc3.weight.crow_indices").unwrap().dtype(),
+        Dtype::U16,
+        "nnz 1000 > 255"
+    );
+    assert_eq!(st.tensor("fc1.weight.values").unwrap().dtype(), Dtype::F32);
+    assert!(st.tensor("fc1.threshold").is_err());
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    assert_eq!(meta["fc1.weight.shape"], "[300,784]");
+    assert_eq!(meta["layout"], "csr");
+    assert!(meta["order"].find("fc1.weight").unwrap() < meta["order"].find("fc3.bias").unwrap());
+
+    // GPU: sparse inference from both files against the masked model's evaluation logits.
+    let data = dst::data::load_embedded();
+    let want = train::checkpoint_logits(gpu(), &ck_path, &data.test).unwrap();
+    let (acc, _, _) = train::evaluate_checkpoint(gpu(), &ck_path, &data).unwrap();
+    let g = gpu();
+    let k = Kernels::new(&g, None).unwrap();
+    for (what, e, mode, batch) in [
+        ("csr sparse", &csr, Mode::Sparse, 500),
+        ("csr sparse batch 7", &csr, Mode::Sparse, 7),
+        ("dense-file sparse", &dense, Mode::Sparse, 64),
+        ("dense-masked", &csr, Mode::DenseMasked, 500),
+    ] {
+        let net = Net::new(&g, k.clone(), e, mode).unwrap();
+        let got = infer::logits(&g, &net, &data.test, batch).unwrap();
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "{what}: logits differ by {worst}");
+        let (p, q) = (infer::predictions(&got, 10), infer::predictions(&want, 10));
+        assert_eq!(p, q, "{what}: predictions");
+        let correct = p
+            .iter()
+            .zip(&data.test.labels)
+            .filter(|(p, &y)| **p == y as usize)
+            .count();
+        let a = 100.0 * correct as f64 / data.test.count as f64;
+        assert!((a - acc).abs() < 1e-9, "{what}: accuracy {a} vs eval {acc}");
+    }
+}
+
+#[test]
+fn lenet5_exports_and_infers_with_sparse_fc_layers() {
+    let _g = serial();
+    let ck_path = checkpoint("lenet5", 256);
+    let dir = tmp("l5");
+    let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
+    let csr = export::load(&csr_path).unwrap();
+    assert_eq!(csr.get("conv1.weight").unwrap().shape, [20, 1, 5, 5]);
+    assert!(matches!(
+        csr.get("conv2.weight").unwrap().value,
+        Value::Csr(_)
+    ));
+    let mut data = dst::data::load_embedded();
+    data.test = data.test.limit(300);
+    let want = train::checkpoint_logits(gpu(), &ck_path, &data.test).unwrap();
+    let g = gpu();
+    let net = Net::new(&g, Kernels::new(&g, None).unwrap(), &csr, Mode::Sparse).unwrap();
+    let got = infer::logits(&g, &net, &data.test, 100).unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "lenet5 logits differ by {worst}");
+    assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
+}
+
+/// Writes `e` with a valid checksum (so the checks behind it are what refuses) and loads it.
+fn reload(e: &export::Export, dir: &Path, name: &str) -> Result<export::Export, String> {
+    let p = dir.join(name);
+    std::fs::write(&p, export::serialize(e).unwrap()).unwrap();
+    export::load(&p).map_err(|e| e.to_string())
+}
+
+fn refused(r: Result<export::Export, String>, needle: &str) {
+    match r {
+        Ok(_) => panic!("accepted; expected an error containing {needle:?}"),
+        Err(e) => assert!(
+            e.contains(needle),
+            "error {e:?} does not mention {needle:?}"
+        ),
+    }
+}
+
+#[test]
+fn bad_exports_are_refused_before_any_gpu_work() {
+    let ck_path = {
+        let _g = serial();
+        checkpoint("lenet300", 640)
+    };
+    let dir = tmp("bad");
+    let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
+    let bytes = std::fs::read(&csr_path).unwrap();
+    let good = export::load(&csr_path).unwrap();
+    assert!(reload(&good, &dir, "same.safetensors").is_ok());
+    let at = |name: &str| dir.join(name);
+
+    // Truncated.
+    std::fs::write(at("short"), &bytes[..bytes.len() - 100]).unwrap();
+    refused(
+        export::load(&at("short")).map_err(|e| e.to_string()),
+        "truncated or damaged",
+    );
+    std::fs::write(at("tiny"), &bytes[..5]).unwrap();
+    refused(
+        export::load(&at("tiny")).map_err(|e| e.to_string()),
+        "not a valid safetensors",
+    );
+    // Tampered: one byte of a weight value flipped.
+    let mut t = bytes.clone();
+    let n = t.len();
+    t[n - 3] ^= 0x40;
+    std::fs::write(at("tampered"), &t).unwrap();
+    refused(
+        export::load(&at("tampered")).map_err(|e| e.to_string()),
+        "SHA-256",
+    );
+    // A training checkpoint, not an export.
+    refused(
+        export::load(&ck_path).map_err(|e| e.to_string()),
+        "run `dst export`",
+    );
+
+    // Another model's tensors under this name, and an unknown model.
+    let mut other = good.clone();
+    other.model = "lenet5".into();
+    refused(reload(&other, &dir, "other"), "conv1.weight is missing");
+    other.model = "vgg16".into();
+    refused(reload(&other, &dir, "unknown"), "unknown model");
+    // A wrong shape.
+    let mut other = good.clone();
+    other.entries[1].shape = vec![301];
+    if let Value::Dense(v) = &mut other.entries[1].value {
+        v.push(0.0);
+    }
+    refused(reload(&other, &dir, "shape"), "fc1.bias has shape [301]");
+
+    // CSR triplets that break the rules.
+    let edit = |f: &dyn Fn(&mut Csr)| {
+        let mut e = good.clone();
+        if let Value::Csr(c) = &mut e.entries[2].value {
+            f(c);
+        }
+        e
+    };
+    let first_row_with = |c: &Csr, k: u32| {
+        (0..c.rows)
+            .find(|&r| c.crow[r + 1] - c.crow[r] >= k)
+            .unwrap()
+    };
+    refused(
+        reload(&edit(&|c| c.col[0] = c.cols as u32 + 5), &dir, "range"),
+        "out of range",
+    );
+    refused(
+        reload(
+            &edit(&|c| {
+                let r = first_row_with(c, 2);
+                let j = c.crow[r] as usize;
+                c.col.swap(j, j + 1);
+            }),
+            &dir,
+            "order",
+        ),
+        "not strictly increasing",
+    );
+    refused(
+        reload(
+            &edit(&|c| {
+                let r = first_row_with(c, 2);
+                let j = c.crow[r] as usize;
+                c.col[j + 1] = c.col[j];
+            }),
+            &dir,
+            "dup",
+        ),
+        "not strictly increasing",
+    );
+    refused(
+        reload(
+            &edit(&|c| {
+                let r = first_row_with(c, 1);
+                c.crow[r + 1] = c.crow[r + 2] + 1;
+            }),
+            &dir,
+            "crow",
+        ),
+        "crow_indices decreases",
+    );
+    refused(
+        reload(
+            &edit(&|c| {
+                c.col.pop();
+                c.val.pop();
+            }),
+            &dir,
+            "nnz",
+        ),
+        "crow_indices ends at",
+    );
+    refused(
+        reload(&edit(&|c| c.val[0] = f32::NAN), &dir, "nan"),
+        "not finite",
+    );
+
+    // An LSTM export loads (for PyTorch) but `dst infer` refuses it with a clear message.
+    let err = infer::check_supported("lstm-a").unwrap_err().to_string();
+    assert!(err.contains("not implemented"), "{err}");
+}
+
+#[test]
+fn csr_parts_are_checked() {
+    let ok = Csr::from_parts(2, 3, &[0, 1, 3], &[2, 0, 1], vec![1.0, 2.0, 3.0]).unwrap();
+    assert_eq!(ok.to_dense(), [0.0, 0.0, 1.0, 2.0, 3.0, 0.0]);
+    assert_eq!(Csr::from_dense(2, 3, &ok.to_dense()), ok);
+    let empty = Csr::from_parts(3, 4, &[0, 0, 0, 0], &[], vec![]).unwrap();
+    assert_eq!(empty.to_dense(), vec![0.0; 12]);
+    for (crow, col, what) in [
+        (&[0u64, 1][..], &[0u64][..], "entries, expected rows + 1"),
+        (&[1, 1, 3], &[2, 0, 1], "crow_indices[0] is 1"),
+        (&[0, 1, 2], &[2, 0, 1], "crow_indices ends at 2"),
+        (&[0, 1, 3], &[3, 0, 1], "out of range"),
+        (&[0, 1, 3], &[2, 1, 1], "not strictly increasing"),
+        (&[0, 1, 3], &[2, 2, 0], "not strictly increasing"),
+    ] {
+        let e = Csr::from_parts(2, 3, crow, col, vec![1.0; col.len()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(what), "{e:?} vs {what:?}");
+    }
+}
+
+#[test]
+fn the_cli_refuses_bad_files_with_a_message() {
+    let dir = tmp("cli");
+    let dst = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let short = dir.join("short.safetensors");
+    std::fs::write(&short, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
+    let (ok, err) = dst(&["infer", short.to_str().unwrap()]);
+    assert!(!ok && err.contains("truncated or damaged"), "{err}");
+    assert!(
+        !err.contains("adapter"),
+        "refused before opening the GPU: {err}"
+    );
+    let (ok, err) = dst(&[
+        "export",
+        short.to_str().unwrap(),
+        "--format",
+        "coo",
+        "--out",
+        "x",
+    ]);
+    assert!(!ok && err.contains("unknown export format"), "{err}");
+}
+
+#[test]
+fn lstm_exports_with_nn_lstm_names_and_per_gate_resets() {
+    // A synthetic lstm-a checkpoint: gate i of lstm1.weight_ih keeps nothing (reset: dense), the
+    // other gates keep what |W| > t keeps.
+    let h = 128;
+    let mut ck = Checkpoint::default();
+    ck.metadata.insert("model".into(), "lstm-a".into());
+    ck.metadata.insert("masked".into(), "true".into());
+    let mut rng = dst::rng::Rng::new(3);
+    let mut add = |name: &str, shape: &[usize], v: Option<f32>| {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|_| v.unwrap_or_else(|| rng.range(-1.0, 1.0) as f32))
+            .collect();
+        ck.tensors.push((name.to_string(), shape.to_vec(), data));
+    };
+    for (l, i) in [("lstm1", 28), ("lstm2", h)] {
+        add(&format!("{l}.weight_ih"), &[4 * h, i], None);
+        add(&format!("{l}.weight_hh"), &[4 * h, h], None);
+        add(&format!("{l}.bias"), &[4 * h], Some(0.5));
+        add(&format!("{l}.threshold_hh"), &[4 * h], Some(0.5));
+    }
+    let mut t = vec![0.5f32; 4 * h];
+    t[..h].fill(2.0); // gate i of lstm1.weight_ih: nothing above 2 -> reset
+    add("lstm2.threshold_ih", &[4 * h], Some(0.5));
+    add("fc.weight", &[10, h], None);
+    add("fc.bias", &[10], Some(0.0));
+    ck.tensors
+        .push(("lstm1.threshold_ih".into(), vec![4 * h], t));
+    let path = Path::new("synthetic");
+    let (e, report) = export::from_checkpoint(&ck, path, Layout::Csr).unwrap();
+    assert_eq!(report.resets, 1);
+    let names: Vec<&str> = e.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "lstm1.weight_ih_l0",
+            "lstm1.weight_hh_l0",
+            "lstm1.bias_ih_l0",
+            "lstm1.bias_hh_l0",
+            "lstm2.weight_ih_l0",
+            "lstm2.weight_hh_l0",
+            "lstm2.bias_ih_l0",
+            "lstm2.bias_hh_l0",
+            "fc.weight",
+            "fc.bias"
+        ]
+    );
+    let w = e.entries[0].csr();
+    let gate_i = w.crow[h] as usize;
+    assert_eq!(gate_i, h * 28, "the reset gate keeps every non-zero weight");
+    assert!(matches!(e.get("fc.weight").unwrap().value, Value::Dense(_)));
+    assert_eq!(e.get("lstm1.bias_hh_l0").unwrap().dense(), vec![0.0; 4 * h]);
+    let dir = tmp("lstm");
+    let back = reload(&e, &dir, "lstm.safetensors").unwrap();
+    assert_eq!(back.entries[0].csr(), w);
+    assert!(infer::check_supported(&back.model).is_err());
+}
