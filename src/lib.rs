@@ -2,7 +2,8 @@
 //!
 //! Layers: `gpu` (device, tensors) -> `kernels` (pipelines, typed wrappers) -> `nn` (layers that
 //! record their forward and backward) -> `models` -> `train` (the loop). `reference` is an f64 twin
-//! of every kernel for tests; it never touches wgpu.
+//! of every kernel for tests; it never touches wgpu. `report` reads run directories and
+//! checkpoints (charts, mask pictures, tables; no GPU).
 
 pub mod bench;
 pub mod checkpoint;
@@ -13,5 +14,6 @@ pub mod models;
 pub mod nn;
 pub mod plan;
 pub mod reference;
+pub mod report;
 pub mod rng;
 pub mod train;
