@@ -230,7 +230,7 @@ fn fake_study(root: &Path) -> Vec<(String, serde_json::Value)> {
 fn tables_agree_with_the_run_summaries() {
     let root = tmp("table");
     let sums = fake_study(&root);
-    let runs = report::load_runs(&[root.clone()]).unwrap();
+    let runs = report::load_runs(std::slice::from_ref(&root)).unwrap();
     assert_eq!(runs.len(), 8);
     let rows = table::rows(&runs);
     assert_eq!(
@@ -405,7 +405,7 @@ fn charts_are_real_pictures() {
     check_png(&out.join("keep_per_layer.png"), (1000, 620));
     check_png(&out.join("accuracy_remaining.png"), (1000, 900));
     // The sweep chart from the table's rows.
-    let rows = table::rows(&report::load_runs(&[root.clone()]).unwrap());
+    let rows = table::rows(&report::load_runs(std::slice::from_ref(&root)).unwrap());
     let p = root.join("sweep.png");
     report::charts::sweep_chart(&rows, Rule::Last, &p).unwrap();
     check_png(&p, (1000, 900));
@@ -634,7 +634,7 @@ fn dst_lenet300_prunes_the_mnist_border() {
             .collect();
         v.iter().sum::<f64>() / v.len() as f64
     };
-    let border = mean(&|y, x| y < 4 || y >= 24 || x < 4 || x >= 24);
+    let border = mean(&|y, x| !(4..24).contains(&y) || !(4..24).contains(&x));
     let centre = mean(&|y, x| (8..20).contains(&y) && (8..20).contains(&x));
     assert!(
         border < 0.95 * centre,

@@ -334,7 +334,7 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         r.seeds.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
     ));
     s.push_str(&format!(
-        "- adapter: {}\n- data: {}{}\n- epochs: {}\n- command: `dst reproduce table1 --seeds {}{}{}{}{}`\n",
+        "- adapter: {}\n- data: {}{}\n- epochs: {}\n- command: `dst reproduce table1 --seeds {}{}{}{}{}{}`\n",
         if adapters.is_empty() { "–".into() } else { adapters.join("; ") },
         match &r.data {
             Some(d) => d.display().to_string(),
@@ -348,9 +348,13 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         r.seeds.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","),
         r.epochs.map(|e| format!(" --epochs {e}")).unwrap_or_default(),
         r.data.as_ref().map(|d| format!(" --data {}", d.display())).unwrap_or_default(),
+        r.limit_train
+            .map(|n| format!(" --limit-train {n}"))
+            .unwrap_or_default(),
         if r.quick { " --quick" } else { "" },
         r.models.iter().map(|m| format!(" --model {m}")).collect::<String>(),
     ));
+    s.push_str("- not in this build: Table 1's CIFAR-10 rows (VGG-16, WRN-16-8)\n");
     if r.quick {
         s.push_str("- **quick run**: a few epochs on a subset, to try the pipeline; its figures are not comparable with the paper's.\n");
     }
