@@ -2,8 +2,8 @@
 //! `|W| - t > 0` in f32, with `t` its row's threshold (METHOD.md section 1).
 //!
 //! - a first layer that reads the 784 pixels (LeNet-300-100's fc1): a 28x28 heat map of the
-//!   fraction of its rows that keep each pixel, with a colour scale, and a grid of the masks of a
-//!   sample of its neurons;
+//!   fraction of its rows that keep each pixel, with a colour scale, and a grid of the masks of
+//!   the 48 neurons that keep the most;
 //! - a convolution over the image (LeNet-5-Caffe's conv1, 20 filters 5x5): every filter's weights
 //!   and mask;
 //! - an LSTM reading one 28-pixel image row per step (lstm1): per gate, the fraction of hidden
@@ -316,16 +316,24 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         })?;
         written.push(path);
 
-        // A sample of 48 neurons, evenly spread over the rows.
+        // The 48 neurons that keep the most inputs (a sparse fc1 often leaves most neurons with
+        // none, and an even sample of rows would show empty squares), in row order.
         let n = 48.min(rows);
-        let pick: Vec<usize> = (0..n).map(|i| i * rows / n).collect();
+        let kept_of = |r: usize| m[r * cols..(r + 1) * cols].iter().filter(|b| **b).count();
+        let mut order: Vec<usize> = (0..rows).collect();
+        order.sort_by_key(|&r| std::cmp::Reverse(kept_of(r)));
+        let mut pick: Vec<usize> = order[..n].to_vec();
+        pick.sort_unstable();
+        let empty = (0..rows).filter(|&r| kept_of(r) == 0).count();
         let px = 3;
         let per_row = 8;
         let path = out.join("fc1_neuron_masks.png");
         render(&path, grid_size(n, per_row, (28, 28), px), |a| {
             picture_grid(
                 a,
-                &format!("{model} fc1: masks of {n} of its {rows} neurons (dark: kept){epoch}"),
+                &format!(
+                    "{model} fc1: the {n} of its {rows} neurons that keep the most inputs (dark: kept); {empty} keep none{epoch}"
+                ),
                 n,
                 per_row,
                 (28, 28),
@@ -333,7 +341,7 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
                 &|i| {
                     let r = pick[i];
                     let kept = m[r * cols..(r + 1) * cols].iter().filter(|b| **b).count();
-                    format!("#{r}: {:.0}%", 100.0 * kept as f64 / cols as f64)
+                    format!("#{r}: {:.1}%", 100.0 * kept as f64 / cols as f64)
                 },
                 &|i, y, x| {
                     if m[pick[i] * cols + y * 28 + x] {
