@@ -159,6 +159,9 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
             chart
                 .configure_mesh()
                 .x_labels((span + 1).min(10))
+                // On a log axis, few enough labels that plotters gives decades only (with more,
+                // it labels the top decade twice, a pixel apart).
+                .y_labels(if p.log_y.is_some() { 5 } else { 10 })
                 .x_label_formatter(&|x| {
                     if (x - x.round()).abs() < 1e-6 {
                         format!("{x:.0}")
@@ -511,6 +514,7 @@ pub fn sweep_chart(
                             "remaining % (log)"
                         })
                         .x_label_formatter(&|x| super::table::fmt_alpha(*x))
+                        .y_labels(if k == 0 { 10 } else { 5 })
                         .label_style((FAMILY, 15))
                         .axis_desc_style((FAMILY, 16))
                         .light_line_style(RGBColor(235, 235, 235))
