@@ -2,7 +2,9 @@
 //!
 //! Layers: `gpu` (device, tensors) -> `kernels` (pipelines, typed wrappers) -> `nn` (layers that
 //! record their forward and backward) -> `models` -> `train` (the loop). `reference` is an f64 twin
-//! of every kernel for tests; it never touches wgpu.
+//! of every kernel for tests; it never touches wgpu. `report` reads run directories and
+//! checkpoints (charts, mask pictures, tables; no GPU); `study` runs many trainings (sweeps, the
+//! reproduction of the paper's table) and reports them.
 
 pub mod bench;
 pub mod checkpoint;
@@ -14,5 +16,7 @@ pub mod models;
 pub mod nn;
 pub mod plan;
 pub mod reference;
+pub mod report;
 pub mod rng;
+pub mod study;
 pub mod train;

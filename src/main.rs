@@ -97,6 +97,111 @@ enum Command {
         #[arg(long, default_value_t = 8192)]
         samples: usize,
     },
+    /// Charts (PNG) of one or more runs, overlaid and labelled: keep ratio per layer over the
+    /// steps, accuracy and remaining % per epoch, threshold means, alpha when logged.
+    Plot {
+        /// Run directories (or folders holding runs, e.g. a sweep's).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Where the PNGs go [default: the run directory for one run, plots/ for several].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Pictures of a checkpoint's first-layer masks (no GPU): per-pixel keep heat map and
+    /// neuron masks (LeNet-300-100), filters and masks (LeNet-5), per-gate pixel columns (LSTM).
+    Masks {
+        checkpoint: PathBuf,
+        /// Where the PNGs go [default: the checkpoint's folder].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Alpha sweep: DST runs for every alpha and seed plus a dense baseline per seed, resumable;
+    /// then sweep.md, sweep.csv and sweep.png (accuracy and remaining % against alpha).
+    Sweep(SweepArgs),
+    /// Reproduce a table of the paper: `table1` trains its MNIST rows (dense and DST, the paper's
+    /// settings, several seeds; resumable) and writes REPORT.md next to the paper's numbers.
+    Reproduce {
+        /// Which table: table1.
+        table: String,
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        seeds: Vec<u64>,
+        /// Epochs per run [default: the paper's 20; 3 with --quick].
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Folder with the four MNIST IDX files; default: the embedded subset.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value = "runs/table1")]
+        out: PathBuf,
+        /// Models to train (repeatable) [default: lenet300, lenet5, lstm-a, lstm-b; lenet300 with
+        /// --quick].
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// Use only the first N training images [default: all; 6000 with --quick].
+        #[arg(long)]
+        limit_train: Option<usize>,
+        /// A small version to try it out: 3 epochs on 6000 images, lenet300 only, unless given.
+        #[arg(long)]
+        quick: bool,
+        /// Hold out the last N training images in every run and report the epoch best on them.
+        #[arg(long)]
+        valid: Option<usize>,
+    },
+    /// The results table (mean ± std over seeds, each epoch-selection rule, the paper's figures)
+    /// of runs made by hand.
+    Report {
+        /// Run directories (or folders holding runs).
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Write the Markdown here [default: print it].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct SweepArgs {
+    #[arg(long, default_value = "lenet300")]
+    model: String,
+    /// Alphas to try, comma-separated (e.g. 1e-5,1e-4,5e-4,1e-3).
+    #[arg(long, value_delimiter = ',', required = true)]
+    alpha: Vec<f64>,
+    /// Seeds, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    seeds: Vec<u64>,
+    /// Leave out the dense baseline runs.
+    #[arg(long)]
+    no_dense: bool,
+    /// The sweep's folder: one run directory per (alpha, seed), the tables and the chart.
+    #[arg(long)]
+    out: PathBuf,
+    /// Epochs per run [default: the model's].
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch: Option<usize>,
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Folder with the four MNIST IDX files; default: the embedded subset.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    log_every: usize,
+    /// Use only the first N training images.
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Dead-layer policy of every run: paper, floor or none.
+    #[arg(long, default_value = "paper")]
+    reset: String,
+    /// Hold out the last N training images in every run and report the epoch best on them.
+    #[arg(long)]
+    valid: Option<usize>,
 }
 
 #[derive(clap::Args, Clone)]
@@ -228,6 +333,123 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             samples,
         }) => dst::export::infer::bench(&file, data.as_deref(), &[1, 64, 1024], samples),
+        Some(Command::Plot { runs, out }) => cmd_plot(&runs, out),
+        Some(Command::Masks { checkpoint, out }) => cmd_masks(&checkpoint, out),
+        Some(Command::Sweep(a)) => cmd_sweep(a),
+        Some(Command::Reproduce {
+            table,
+            seeds,
+            epochs,
+            data,
+            out,
+            models,
+            limit_train,
+            quick,
+            valid,
+        }) => {
+            if table != "table1" {
+                bail!("unknown table {table:?}; available: table1");
+            }
+            let models = if !models.is_empty() {
+                models
+            } else if quick {
+                vec!["lenet300".into()]
+            } else {
+                dst::report::table::PAPER_TABLE1
+                    .iter()
+                    .map(|r| r.model.to_string())
+                    .collect()
+            };
+            let r = dst::study::Reproduce {
+                models,
+                seeds,
+                epochs,
+                data,
+                limit_train,
+                quick,
+                valid,
+            };
+            let path = dst::study::reproduce(&r, &out, &mut term_progress())?;
+            println!("report: {}", path.display());
+            Ok(())
+        }
+        Some(Command::Report { runs, out }) => {
+            let md = dst::report::report_markdown(&dst::report::load_runs(&runs)?);
+            match out {
+                Some(p) => {
+                    dst::report::write_text(&p, &md)?;
+                    println!("report: {}", p.display());
+                }
+                None => print!("{md}"),
+            }
+            Ok(())
+        }
+    }
+}
+
+fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
+    let runs = dst::report::load_runs(runs)?;
+    let out = out.unwrap_or_else(|| match runs.as_slice() {
+        [one] => one.dir.clone(),
+        _ => PathBuf::from("plots"),
+    });
+    for p in dst::report::plot_runs(&runs, &out)? {
+        println!("{}", p.display());
+    }
+    Ok(())
+}
+
+fn cmd_masks(checkpoint: &std::path::Path, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let ck = dst::checkpoint::Checkpoint::load(checkpoint)?;
+    let out = out.unwrap_or_else(|| {
+        checkpoint
+            .parent()
+            .map(|p| p.to_path_buf())
+            .unwrap_or_default()
+    });
+    for p in dst::report::mask_images(&ck, &out)? {
+        println!("{}", p.display());
+    }
+    Ok(())
+}
+
+fn cmd_sweep(a: SweepArgs) -> anyhow::Result<()> {
+    let d = TrainConfig::for_model(&a.model)?;
+    let base = TrainConfig {
+        model: a.model.clone(),
+        epochs: a.epochs.unwrap_or(d.epochs),
+        batch: a.batch.unwrap_or(d.batch),
+        lr: a.lr.unwrap_or(d.lr),
+        momentum: a.momentum.unwrap_or(d.momentum),
+        weight_decay: a.weight_decay.unwrap_or(d.weight_decay),
+        optimizer: a.optimizer.clone().unwrap_or(d.optimizer.clone()),
+        data: a.data.clone(),
+        log_every: a.log_every,
+        limit_train: a.limit_train,
+        reset: a.reset.clone(),
+        valid: a.valid,
+        ..d
+    };
+    let sweep = dst::study::Sweep {
+        base,
+        alphas: a.alpha,
+        seeds: a.seeds,
+        dense: !a.no_dense,
+    };
+    dst::study::sweep(&sweep, &a.out, &mut term_progress())?;
+    for f in ["sweep.md", "sweep.csv", "sweep.png"] {
+        println!("{}", a.out.join(f).display());
+    }
+    Ok(())
+}
+
+fn term_progress() -> TermProgress {
+    TermProgress {
+        bar: None,
+        plain: !std::io::stderr().is_terminal(),
+        epoch: 0,
+        epochs: 0,
+        steps: 0,
     }
 }
 

@@ -395,6 +395,9 @@ pub fn train(
             path.display()
         ));
     }
+    if let Err(e) = crate::report::draw_run_charts(&run.dir) {
+        progress.line(&format!("warning: charts not drawn: {e}"));
+    }
     Ok(summary)
 }
 

@@ -1,0 +1,598 @@
+//! Training charts (PNG) of one or several runs, overlaid and labelled: per-layer keep ratio over
+//! the steps (log y), test accuracy and remaining % per epoch, per-layer threshold mean per
+//! epoch, and alpha over the steps when the run logged it. Drawn with plotters into an RGB buffer
+//! and encoded by `image`; text uses the DejaVu Sans font embedded from `assets/fonts/`.
+
+use std::path::{Path, PathBuf};
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use super::runs::Run;
+use super::ReportError;
+
+/// DejaVu Sans (Bitstream Vera licence, see assets/README.md): the only font the charts use, so
+/// they look the same on every machine, with or without system fonts.
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+pub(crate) const FAMILY: &str = "sans-serif";
+
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+pub(crate) type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // The bytes are a valid TrueType file checked into the repository; a failure here would
+        // only mean text is missing, which the drawing reports as an error.
+        let _ = plotters::style::register_font(FAMILY, FontStyle::Normal, FONT);
+    });
+}
+
+/// Draws a `w` x `h` picture with `f` and writes it as PNG to `path`.
+pub(crate) fn render(
+    path: &Path,
+    (w, h): (u32, u32),
+    f: impl FnOnce(&Area) -> DrawResult,
+) -> Result<(), ReportError> {
+    register_font();
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let draw = |e: Box<dyn std::error::Error>| ReportError::Draw {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        root.fill(&WHITE).map_err(|e| draw(e.into()))?;
+        f(&root).map_err(draw)?;
+        root.present().map_err(|e| draw(e.into()))?;
+    }
+    let img = image::RgbImage::from_raw(w, h, buf).expect("buffer of w*h*3 bytes");
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    img.save(path).map_err(|e| ReportError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })
+}
+
+/// The Tableau 10 colours, then evenly spaced hues for more series.
+pub(crate) fn colour(i: usize, n: usize) -> RGBColor {
+    const TAB10: [(u8, u8, u8); 10] = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+    ];
+    if n <= TAB10.len() {
+        let (r, g, b) = TAB10[i % TAB10.len()];
+        return RGBColor(r, g, b);
+    }
+    let hsl = HSLColor(i as f64 / n as f64, 0.75, 0.42);
+    let (r, g, b) = hsl.rgb();
+    RGBColor(r, g, b)
+}
+
+/// A named polyline.
+struct Series {
+    label: String,
+    points: Vec<(f64, f64)>,
+    dashed: bool,
+}
+
+/// A padded linear range around the values (never empty).
+fn lin_range(vals: impl Iterator<Item = f64> + Clone, pad: f64) -> (f64, f64) {
+    let lo = vals.clone().fold(f64::INFINITY, f64::min);
+    let hi = vals.fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < 1e-12 {
+        let d = if lo.abs() > 1e-12 {
+            lo.abs() * 0.1
+        } else {
+            1.0
+        };
+        return (lo - d, hi + d);
+    }
+    let d = (hi - lo) * pad;
+    (lo - d, hi + d)
+}
+
+/// A log range from the smallest positive value's decade (at least `floor`) to `hi`.
+fn log_range(vals: impl Iterator<Item = f64> + Clone, floor: f64, top: Option<f64>) -> (f64, f64) {
+    let lo = vals
+        .clone()
+        .filter(|v| *v > 0.0)
+        .fold(f64::INFINITY, f64::min);
+    let hi = vals.fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() {
+        return (floor, top.unwrap_or(1.0));
+    }
+    let lo = 10f64.powf(lo.log10().floor()).max(floor);
+    let hi = top.unwrap_or_else(|| 10f64.powf(hi.log10().ceil()));
+    if hi <= lo {
+        (lo, lo * 10.0)
+    } else {
+        (lo, hi)
+    }
+}
+
+struct Panel<'s> {
+    title: &'s str,
+    x_desc: &'s str,
+    y_desc: &'s str,
+    series: &'s [Series],
+    log_y: Option<(f64, Option<f64>)>,
+    legend: SeriesLabelPosition,
+}
+
+/// A line chart with axes, ticks, a title and a legend.
+fn line_panel(area: &Area, p: &Panel) -> DrawResult {
+    let xs = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0));
+    let ys = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.1));
+    let (x0, x1) = {
+        let (a, b) = lin_range(xs, 0.0);
+        (a.min(b), b)
+    };
+    let mut b = ChartBuilder::on(area);
+    b.caption(p.title, (FAMILY, 22))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(72);
+    let n = p.series.len();
+    let style = |i: usize| colour(i, n).stroke_width(2);
+    macro_rules! finish {
+        ($chart:expr, $clamp:expr) => {{
+            let mut chart = $chart;
+            // Steps and epochs are whole numbers: whole-number ticks only.
+            let span = (x1 - x0).round().max(1.0) as usize;
+            chart
+                .configure_mesh()
+                .x_labels((span + 1).min(10))
+                // On a log axis, few enough labels that plotters gives decades only (with more,
+                // it labels the top decade twice, a pixel apart).
+                .y_labels(if p.log_y.is_some() { 5 } else { 10 })
+                .x_label_formatter(&|x| {
+                    if (x - x.round()).abs() < 1e-6 {
+                        format!("{x:.0}")
+                    } else {
+                        String::new()
+                    }
+                })
+                .x_desc(p.x_desc)
+                .y_desc(p.y_desc)
+                .label_style((FAMILY, 15))
+                .axis_desc_style((FAMILY, 16))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()?;
+            for (i, s) in p.series.iter().enumerate() {
+                let pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (x, $clamp(y))).collect();
+                let st = style(i);
+                let anno = if s.dashed {
+                    chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, st))?
+                } else {
+                    chart.draw_series(LineSeries::new(pts.clone(), st))?
+                };
+                anno.label(s.label.clone()).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 22, y)], colour(i, n).stroke_width(3))
+                });
+                if pts.len() == 1 {
+                    chart.draw_series(std::iter::once(Circle::new(pts[0], 3, st.filled())))?;
+                }
+            }
+            if !p.series.is_empty() {
+                chart
+                    .configure_series_labels()
+                    .position(p.legend.clone())
+                    .label_font((FAMILY, 14))
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(RGBColor(160, 160, 160))
+                    .draw()?;
+            }
+        }};
+    }
+    match p.log_y {
+        Some((floor, top)) => {
+            let (y0, y1) = log_range(ys, floor, top);
+            let chart = b.build_cartesian_2d(x0..x1, (y0..y1).log_scale())?;
+            finish!(chart, |y: f64| y.max(y0));
+        }
+        None => {
+            let (y0, y1) = lin_range(ys, 0.05);
+            let chart = b.build_cartesian_2d(x0..x1, y0..y1)?;
+            finish!(chart, |y: f64| y);
+        }
+    }
+    Ok(())
+}
+
+fn series_label(runs: &[Run], run: &Run, what: &str) -> String {
+    match (runs.len() > 1, what.is_empty()) {
+        (false, true) => run.label(),
+        (false, false) => what.to_string(),
+        (true, true) => run.label(),
+        (true, false) => format!("{}: {what}", run.label()),
+    }
+}
+
+fn title(runs: &[Run], what: &str) -> String {
+    if runs.len() == 1 {
+        let c = &runs[0].config;
+        let kind = if c.dense {
+            "dense".to_string()
+        } else {
+            format!("DST alpha {}", super::table::fmt_alpha(c.alpha))
+        };
+        format!("{what}: {} {kind}, seed {}", c.model, c.seed)
+    } else {
+        format!("{what}: {} runs", runs.len())
+    }
+}
+
+/// Draws the charts of `runs` (overlaid when several) into `out`; returns the files written.
+/// Charts without data (a dense run has no keep ratios to follow, alpha only when logged) are
+/// left out.
+pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    let mut written = Vec::new();
+    const SIZE: (u32, u32) = (1000, 620);
+
+    // Per-layer keep ratio over the steps.
+    let mut keep = Vec::new();
+    for r in runs {
+        for name in r.layer_names() {
+            let points: Vec<(f64, f64)> = r
+                .steps
+                .iter()
+                .filter_map(|s| s.keep.get(&name).map(|k| (s.step as f64, *k)))
+                .collect();
+            if !points.is_empty() {
+                keep.push(Series {
+                    label: series_label(runs, r, &name),
+                    points,
+                    dashed: false,
+                });
+            }
+        }
+    }
+    if !keep.is_empty() {
+        let path = out.join("keep_per_layer.png");
+        render(&path, SIZE, |a| {
+            line_panel(
+                a,
+                &Panel {
+                    title: &title(runs, "Keep ratio per layer"),
+                    x_desc: "training step",
+                    y_desc: "keep ratio (log)",
+                    series: &keep,
+                    log_y: Some((1e-4, Some(1.5))),
+                    legend: SeriesLabelPosition::LowerLeft,
+                },
+            )
+        })?;
+        written.push(path);
+    }
+
+    // Test accuracy and remaining % per epoch.
+    let mut acc = Vec::new();
+    let mut rem = Vec::new();
+    for r in runs {
+        if r.epochs.is_empty() {
+            continue;
+        }
+        acc.push(Series {
+            label: series_label(runs, r, if runs.len() > 1 { "" } else { "test" }),
+            points: r
+                .epochs
+                .iter()
+                .map(|e| (e.epoch as f64, e.test_acc))
+                .collect(),
+            dashed: false,
+        });
+        let valid: Vec<(f64, f64)> = r
+            .epochs
+            .iter()
+            .filter_map(|e| e.valid_acc.map(|v| (e.epoch as f64, v)))
+            .collect();
+        if !valid.is_empty() {
+            acc.push(Series {
+                label: series_label(runs, r, "validation"),
+                points: valid,
+                dashed: true,
+            });
+        }
+        rem.push(Series {
+            label: series_label(runs, r, if runs.len() > 1 { "" } else { "model" }),
+            points: r
+                .epochs
+                .iter()
+                .map(|e| (e.epoch as f64, 100.0 * e.keep_ratio))
+                .collect(),
+            dashed: false,
+        });
+    }
+    if !acc.is_empty() {
+        let path = out.join("accuracy_remaining.png");
+        render(&path, (SIZE.0, 900), |a| {
+            let halves = a.split_evenly((2, 1));
+            line_panel(
+                &halves[0],
+                &Panel {
+                    title: &title(runs, "Accuracy per epoch"),
+                    x_desc: "epoch",
+                    y_desc: "accuracy %",
+                    series: &acc,
+                    log_y: None,
+                    legend: SeriesLabelPosition::LowerRight,
+                },
+            )?;
+            line_panel(
+                &halves[1],
+                &Panel {
+                    title: "Remaining weights per epoch (model keep ratio x 100)",
+                    x_desc: "epoch",
+                    y_desc: "remaining % (log)",
+                    series: &rem,
+                    log_y: Some((1e-2, Some(150.0))),
+                    legend: SeriesLabelPosition::LowerLeft,
+                },
+            )
+        })?;
+        written.push(path);
+    }
+
+    // Threshold mean per layer and epoch.
+    let mut thr = Vec::new();
+    for r in runs.iter().filter(|r| !r.config.dense) {
+        for name in r.layer_names() {
+            let points: Vec<(f64, f64)> = r
+                .epochs
+                .iter()
+                .filter_map(|e| {
+                    e.layers
+                        .iter()
+                        .find(|l| l.name == name)
+                        .map(|l| (e.epoch as f64, l.threshold_mean))
+                })
+                .collect();
+            if !points.is_empty() {
+                thr.push(Series {
+                    label: series_label(runs, r, &name),
+                    points,
+                    dashed: false,
+                });
+            }
+        }
+    }
+    if !thr.is_empty() {
+        let path = out.join("thresholds.png");
+        render(&path, SIZE, |a| {
+            line_panel(
+                a,
+                &Panel {
+                    title: &title(runs, "Mean threshold per layer"),
+                    x_desc: "epoch",
+                    y_desc: "threshold mean",
+                    series: &thr,
+                    log_y: None,
+                    legend: SeriesLabelPosition::UpperLeft,
+                },
+            )
+        })?;
+        written.push(path);
+    }
+
+    // Alpha over the steps, where logged.
+    let mut alpha = Vec::new();
+    for r in runs {
+        let points: Vec<(f64, f64)> = r
+            .steps
+            .iter()
+            .filter_map(|s| s.alpha.map(|a| (s.step as f64, a)))
+            .collect();
+        if !points.is_empty() {
+            alpha.push(Series {
+                label: series_label(runs, r, if runs.len() > 1 { "" } else { "alpha" }),
+                points,
+                dashed: false,
+            });
+        }
+    }
+    if !alpha.is_empty() {
+        let positive = alpha.iter().all(|s| s.points.iter().all(|p| p.1 > 0.0));
+        let path = out.join("alpha.png");
+        render(&path, SIZE, |a| {
+            line_panel(
+                a,
+                &Panel {
+                    title: &title(runs, "Penalty weight alpha"),
+                    x_desc: "training step",
+                    y_desc: if positive { "alpha (log)" } else { "alpha" },
+                    series: &alpha,
+                    log_y: positive.then_some((1e-12, None)),
+                    legend: SeriesLabelPosition::UpperRight,
+                },
+            )
+        })?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Draws the charts of the run in `dir` into `dir` (what `dst train` does at the end of a run).
+pub fn draw_run_charts(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    let run = Run::load(dir)?;
+    plot_runs(std::slice::from_ref(&run), dir)
+}
+
+/// Test accuracy (top) and remaining % (bottom, log) against alpha (log x) of a sweep's rows
+/// under `rule`: mean with a ± std bar per alpha, one line per model; dense rows as dashed
+/// horizontal baselines.
+pub fn sweep_chart(
+    rows: &[super::table::Row],
+    rule: super::table::Rule,
+    path: &Path,
+) -> Result<(), ReportError> {
+    let dst: Vec<&super::table::Row> = rows
+        .iter()
+        .filter(|r| r.alpha.is_some_and(|a| a > 0.0) && r.get(rule).is_some())
+        .collect();
+    let alphas = dst.iter().map(|r| r.alpha.unwrap());
+    let (a0, a1) = (
+        alphas.clone().fold(f64::INFINITY, f64::min),
+        alphas.fold(f64::NEG_INFINITY, f64::max),
+    );
+    let (a0, a1) = if a0.is_finite() {
+        (a0 / 2.0, a1 * 2.0)
+    } else {
+        (1e-5, 1e-2)
+    };
+    // Ticks at the alphas swept.
+    let mut ticks: Vec<f64> = dst.iter().map(|r| r.alpha.unwrap()).collect();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
+    let mut models: Vec<&str> = Vec::new();
+    for r in rows {
+        if !models.contains(&r.model.as_str()) {
+            models.push(&r.model);
+        }
+    }
+    let dense: Vec<&super::table::Row> = rows
+        .iter()
+        .filter(|r| r.dense && r.get(rule).is_some())
+        .collect();
+    render(path, (1000, 900), |root| {
+        let halves = root.split_evenly((2, 1));
+        for (k, area) in halves.iter().enumerate() {
+            // k = 0: accuracy, k = 1: remaining %.
+            let val = |r: &super::table::Row| {
+                let (acc, rem) = r.get(rule).unwrap();
+                if k == 0 {
+                    acc
+                } else {
+                    rem
+                }
+            };
+            let ys = dst
+                .iter()
+                .chain(dense.iter())
+                .flat_map(|r| {
+                    let s = val(r);
+                    [s.mean - s.std, s.mean + s.std]
+                })
+                .collect::<Vec<f64>>();
+            let mut b = ChartBuilder::on(area);
+            b.caption(
+                if k == 0 {
+                    format!("Test accuracy against alpha ({})", rule.short())
+                } else {
+                    format!("Remaining weights against alpha ({})", rule.short())
+                },
+                (FAMILY, 22),
+            )
+            .margin(12)
+            .x_label_area_size(44)
+            .y_label_area_size(72);
+            macro_rules! body {
+                ($chart:expr, $clamp:expr) => {{
+                    let mut chart = $chart;
+                    chart
+                        .configure_mesh()
+                        .x_desc("alpha (log)")
+                        .y_desc(if k == 0 {
+                            "test accuracy %"
+                        } else {
+                            "remaining % (log)"
+                        })
+                        .x_label_formatter(&|x| super::table::fmt_alpha(*x))
+                        .y_labels(if k == 0 { 10 } else { 5 })
+                        .label_style((FAMILY, 15))
+                        .axis_desc_style((FAMILY, 16))
+                        .light_line_style(RGBColor(235, 235, 235))
+                        .draw()?;
+                    let n = models.len() * 2;
+                    for (mi, m) in models.iter().enumerate() {
+                        let c = colour(2 * mi, n);
+                        let mut pts: Vec<(f64, f64, f64)> = dst
+                            .iter()
+                            .filter(|r| r.model == *m)
+                            .map(|r| {
+                                let s = val(r);
+                                (r.alpha.unwrap(), s.mean, s.std)
+                            })
+                            .collect();
+                        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                        if !pts.is_empty() {
+                            chart
+                                .draw_series(LineSeries::new(
+                                    pts.iter().map(|p| (p.0, $clamp(p.1))),
+                                    c.stroke_width(2),
+                                ))?
+                                .label(format!("{m} DST (mean ± std)"))
+                                .legend(move |(x, y)| {
+                                    PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3))
+                                });
+                            chart.draw_series(
+                                pts.iter()
+                                    .map(|p| Circle::new((p.0, $clamp(p.1)), 4, c.filled())),
+                            )?;
+                            chart.draw_series(pts.iter().map(|p| {
+                                PathElement::new(
+                                    vec![(p.0, $clamp(p.1 - p.2)), (p.0, $clamp(p.1 + p.2))],
+                                    c.stroke_width(2),
+                                )
+                            }))?;
+                        }
+                        for d in dense.iter().filter(|r| r.model == *m) {
+                            let c = colour(2 * mi + 1, n);
+                            let y = $clamp(val(d).mean);
+                            chart
+                                .draw_series(DashedLineSeries::new(
+                                    vec![(a0, y), (a1, y)],
+                                    10,
+                                    6,
+                                    c.stroke_width(2),
+                                ))?
+                                .label(format!("{m} dense baseline ({} seeds)", d.seeds.len()))
+                                .legend(move |(x, y)| {
+                                    PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3))
+                                });
+                        }
+                    }
+                    chart
+                        .configure_series_labels()
+                        .position(SeriesLabelPosition::LowerLeft)
+                        .label_font((FAMILY, 14))
+                        .background_style(WHITE.mix(0.85))
+                        .border_style(RGBColor(160, 160, 160))
+                        .draw()?;
+                }};
+            }
+            if k == 0 {
+                let (y0, y1) = lin_range(ys.iter().copied(), 0.1);
+                let chart = b.build_cartesian_2d(
+                    (a0..a1).log_scale().with_key_points(ticks.clone()),
+                    y0..y1,
+                )?;
+                body!(chart, |y: f64| y);
+            } else {
+                let (y0, y1) = log_range(ys.iter().copied(), 1e-3, Some(150.0));
+                let chart = b.build_cartesian_2d(
+                    (a0..a1).log_scale().with_key_points(ticks.clone()),
+                    (y0..y1).log_scale(),
+                )?;
+                body!(chart, |y: f64| y.max(y0));
+            }
+        }
+        Ok(())
+    })
+}

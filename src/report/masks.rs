@@ -1,0 +1,451 @@
+//! Mask pictures of a checkpoint's first layer, on the host (no GPU): the mask of each weight is
+//! `|W| - t > 0` in f32, with `t` its row's threshold (METHOD.md section 1).
+//!
+//! - a first layer that reads the 784 pixels (LeNet-300-100's fc1): a 28x28 heat map of the
+//!   fraction of its rows that keep each pixel, with a colour scale, and a grid of the masks of
+//!   the 48 neurons that keep the most;
+//! - a convolution over the image (LeNet-5-Caffe's conv1, 20 filters 5x5): every filter's weights
+//!   and mask;
+//! - an LSTM reading one 28-pixel image row per step (lstm1): per gate, the fraction of hidden
+//!   units whose input matrix keeps each pixel column, a 4x28 heat map.
+//!
+//! The dead-layer reset (METHOD.md section 3) happens in the forward pass, not in the stored
+//! thresholds: a layer whose stored mask keeps at most 1% would run densely; the pictures show
+//! the stored mask and say so in their title.
+
+use std::path::{Path, PathBuf};
+
+use plotters::prelude::*;
+
+use super::charts::{render, Area, DrawResult, FAMILY};
+use super::ReportError;
+use crate::checkpoint::Checkpoint;
+
+/// The mask of a `rows` x `cols` weight matrix with one threshold per row, row-major.
+pub fn mask(w: &[f32], t: &[f32], rows: usize, cols: usize) -> Vec<bool> {
+    assert_eq!(w.len(), rows * cols);
+    assert_eq!(t.len(), rows);
+    (0..rows * cols)
+        .map(|i| w[i].abs() - t[i / cols] > 0.0)
+        .collect()
+}
+
+/// For each column, the fraction of rows whose mask keeps it.
+pub fn column_keep_fraction(m: &[bool], rows: usize, cols: usize) -> Vec<f64> {
+    let mut kept = vec![0u32; cols];
+    for r in 0..rows {
+        for (c, k) in kept.iter_mut().enumerate() {
+            *k += m[r * cols + c] as u32;
+        }
+    }
+    kept.iter()
+        .map(|&k| k as f64 / rows.max(1) as f64)
+        .collect()
+}
+
+/// fc1's per-pixel keep fraction (784 values, row-major 28x28) of a LeNet-300-100 checkpoint.
+pub fn fc1_pixel_keep(ck: &Checkpoint) -> Result<Vec<f64>, ReportError> {
+    let (w, t, rows, cols) = matrix(ck, "fc1.weight", "fc1.threshold", None)?;
+    Ok(column_keep_fraction(&mask(&w, &t, rows, cols), rows, cols))
+}
+
+/// Viridis, by linear interpolation between 9 of its colours; `x` in [0, 1].
+pub fn viridis(x: f64) -> RGBColor {
+    const STOPS: [(u8, u8, u8); 9] = [
+        (68, 1, 84),
+        (71, 44, 122),
+        (59, 81, 139),
+        (44, 113, 142),
+        (33, 144, 141),
+        (39, 173, 129),
+        (92, 200, 99),
+        (170, 220, 50),
+        (253, 231, 37),
+    ];
+    let x = if x.is_finite() {
+        x.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let p = x * (STOPS.len() - 1) as f64;
+    let i = (p.floor() as usize).min(STOPS.len() - 2);
+    let f = p - i as f64;
+    let lerp = |a: u8, b: u8| (a as f64 + (b as f64 - a as f64) * f).round() as u8;
+    let (a, b) = (STOPS[i], STOPS[i + 1]);
+    RGBColor(lerp(a.0, b.0), lerp(a.1, b.1), lerp(a.2, b.2))
+}
+
+/// Blue (negative) - white - red (positive), `x` in [-1, 1].
+fn diverging(x: f64) -> RGBColor {
+    let x = if x.is_finite() {
+        x.clamp(-1.0, 1.0)
+    } else {
+        0.0
+    };
+    let (r, g, b) = if x >= 0.0 {
+        (1.0, 1.0 - 0.8 * x, 1.0 - 0.85 * x)
+    } else {
+        (1.0 + 0.85 * x, 1.0 + 0.6 * x, 1.0)
+    };
+    RGBColor((255.0 * r) as u8, (255.0 * g) as u8, (255.0 * b) as u8)
+}
+
+/// Weight matrix (row view), thresholds, rows, cols; `rows_of` picks a block of rows.
+fn matrix(
+    ck: &Checkpoint,
+    weight: &str,
+    threshold: &str,
+    rows_of: Option<std::ops::Range<usize>>,
+) -> Result<(Vec<f32>, Vec<f32>, usize, usize), ReportError> {
+    let missing = |name: &str| {
+        ReportError::Checkpoint(format!(
+        "the checkpoint has no tensor {name} (a dense checkpoint has no thresholds and no masks)"
+    ))
+    };
+    let (_, shape, w) = ck.get(weight).ok_or_else(|| missing(weight))?;
+    let (_, _, t) = ck.get(threshold).ok_or_else(|| missing(threshold))?;
+    let rows = shape[0];
+    let cols: usize = shape[1..].iter().product();
+    if t.len() != rows {
+        return Err(ReportError::Checkpoint(format!(
+            "{threshold} has {} values for {rows} rows of {weight}",
+            t.len()
+        )));
+    }
+    let r = rows_of.unwrap_or(0..rows);
+    Ok((
+        w[r.start * cols..r.end * cols].to_vec(),
+        t[r.clone()].to_vec(),
+        r.len(),
+        cols,
+    ))
+}
+
+/// A heat map of `values` (`h` x `w`, row-major) with a colour scale from the smallest to the
+/// largest value, and tick labels of the given axes.
+fn heat_map(
+    area: &Area,
+    title: &str,
+    values: &[f64],
+    (h, w): (usize, usize),
+    (x_desc, y_desc): (&str, &str),
+    y_labels: Option<&[&str]>,
+    scale_desc: &str,
+) -> DrawResult {
+    // The colours span the values' own range, so that small differences show; the scale says
+    // which values they stand for.
+    let vmin = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let vmax = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let (vmin, vmax) = if vmax - vmin > 1e-9 {
+        (vmin, vmax)
+    } else {
+        (vmin - 0.5, vmin + 0.5)
+    };
+    let norm = |v: f64| (v - vmin) / (vmax - vmin);
+    let dim_w = area.dim_in_pixel().0;
+    let (main, bar) = area.split_horizontally(dim_w as i32 - 150);
+    let mut chart = ChartBuilder::on(&main)
+        .caption(title, (FAMILY, 20))
+        .margin(12)
+        .x_label_area_size(44)
+        .y_label_area_size(if y_labels.is_some() { 90 } else { 50 })
+        .build_cartesian_2d(0f64..w as f64, h as f64..0f64)?;
+    let labels: Vec<String> = y_labels
+        .map(|l| l.iter().map(|s| s.to_string()).collect())
+        .unwrap_or_default();
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_labels(w.min(8))
+        .y_labels(if labels.is_empty() {
+            h.min(8)
+        } else {
+            h * 2 + 1
+        })
+        .y_label_formatter(&|y| {
+            if labels.is_empty() {
+                return format!("{y:.0}");
+            }
+            // Label a row at its centre.
+            let f = y - y.floor();
+            let i = y.floor() as usize;
+            if (f - 0.5).abs() < 1e-6 && i < labels.len() {
+                labels[i].clone()
+            } else {
+                String::new()
+            }
+        })
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .label_style((FAMILY, 14))
+        .axis_desc_style((FAMILY, 15))
+        .draw()?;
+    chart.draw_series((0..h).flat_map(|y| {
+        (0..w).map(move |x| {
+            Rectangle::new(
+                [(x as f64, y as f64), (x as f64 + 1.0, y as f64 + 1.0)],
+                viridis(norm(values[y * w + x])).filled(),
+            )
+        })
+    }))?;
+
+    // The colour scale.
+    let mut scale = ChartBuilder::on(&bar)
+        .margin_top(50)
+        .margin_bottom(56)
+        .margin_right(12)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..1f64, vmin..vmax)?;
+    scale
+        .configure_mesh()
+        .disable_mesh()
+        .disable_x_axis()
+        .y_desc(scale_desc)
+        .y_labels(6)
+        .y_label_formatter(&|v| format!("{v:.3}"))
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 14))
+        .draw()?;
+    const STEPS: usize = 100;
+    scale.draw_series((0..STEPS).map(|i| {
+        let at = |i: usize| vmin + (vmax - vmin) * i as f64 / STEPS as f64;
+        let (a, b) = (at(i), at(i + 1));
+        Rectangle::new([(0.0, a), (1.0, b)], viridis(norm((a + b) / 2.0)).filled())
+    }))?;
+    Ok(())
+}
+
+/// A grid of small pictures, each `ph` x `pw` cells coloured by `cell(i, y, x)`, with a caption
+/// per picture and a title.
+#[allow(clippy::too_many_arguments)]
+fn picture_grid(
+    area: &Area,
+    title: &str,
+    n: usize,
+    per_row: usize,
+    (ph, pw): (usize, usize),
+    px: u32,
+    caption: &dyn Fn(usize) -> String,
+    cell: &dyn Fn(usize, usize, usize) -> RGBColor,
+) -> DrawResult {
+    let area = area.titled(title, (FAMILY, 17))?;
+    let (cw, ch) = (pw as u32 * px, ph as u32 * px);
+    let (gap_x, gap_y) = (14u32, 24u32);
+    for i in 0..n {
+        let (gx, gy) = ((i % per_row) as u32, (i / per_row) as u32);
+        let x0 = 14 + gx * (cw + gap_x);
+        let y0 = 8 + gy * (ch + gap_y) + 16;
+        area.draw(&Text::new(
+            caption(i),
+            (x0 as i32, y0 as i32 - 16),
+            (FAMILY, 12).into_font(),
+        ))?;
+        for y in 0..ph {
+            for x in 0..pw {
+                let (a, b) = ((x0 + x as u32 * px) as i32, (y0 + y as u32 * px) as i32);
+                area.draw(&Rectangle::new(
+                    [(a, b), (a + px as i32, b + px as i32)],
+                    cell(i, y, x).filled(),
+                ))?;
+            }
+        }
+        area.draw(&Rectangle::new(
+            [
+                (x0 as i32 - 1, y0 as i32 - 1),
+                ((x0 + cw) as i32, (y0 + ch) as i32),
+            ],
+            RGBColor(150, 150, 150).stroke_width(1),
+        ))?;
+    }
+    Ok(())
+}
+
+fn grid_size(n: usize, per_row: usize, (ph, pw): (usize, usize), px: u32) -> (u32, u32) {
+    let rows = n.div_ceil(per_row) as u32;
+    let w = 14 + per_row as u32 * (pw as u32 * px + 14) + 14;
+    let h = 40 + 8 + rows * (ph as u32 * px + 24) + 10;
+    (w.max(820), h)
+}
+
+/// Model keep ratio of a layer's stored mask, and a note when the reset would fire.
+fn keep_note(m: &[bool]) -> (f64, &'static str) {
+    let k = m.iter().filter(|b| **b).count() as f64 / m.len().max(1) as f64;
+    (
+        k,
+        if k <= 0.01 {
+            " (at most 1% kept: the forward pass resets this layer to dense)"
+        } else {
+            ""
+        },
+    )
+}
+
+/// Writes the mask pictures of `ck`'s first layer into `out`; returns the files written.
+pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    let model = ck.meta("model").unwrap_or("").to_string();
+    if ck.meta("masked") == Some("false") {
+        return Err(ReportError::Checkpoint(format!(
+            "a dense {model} checkpoint: no thresholds, so no masks to draw"
+        )));
+    }
+    let epoch = ck
+        .meta("epoch")
+        .map(|e| format!(", epoch {e}"))
+        .unwrap_or_default();
+    let mut written = Vec::new();
+    if ck.get("fc1.weight").map(|t| t.1.get(1) == Some(&784)) == Some(true) {
+        let (w, t, rows, cols) = matrix(ck, "fc1.weight", "fc1.threshold", None)?;
+        let m = mask(&w, &t, rows, cols);
+        let frac = column_keep_fraction(&m, rows, cols);
+        let (k, note) = keep_note(&m);
+        let path = out.join("fc1_input_keep.png");
+        render(&path, (760, 640), |a| {
+            heat_map(
+                a,
+                &format!(
+                    "{model} fc1: rows keeping each input pixel (keep {:.2}%{epoch}){note}",
+                    100.0 * k
+                ),
+                &frac,
+                (28, 28),
+                ("pixel column", "pixel row"),
+                None,
+                "fraction of the fc1 rows",
+            )
+        })?;
+        written.push(path);
+
+        // The 48 neurons that keep the most inputs (a sparse fc1 often leaves most neurons with
+        // none, and an even sample of rows would show empty squares), in row order.
+        let n = 48.min(rows);
+        let kept_of = |r: usize| m[r * cols..(r + 1) * cols].iter().filter(|b| **b).count();
+        let mut order: Vec<usize> = (0..rows).collect();
+        order.sort_by_key(|&r| std::cmp::Reverse(kept_of(r)));
+        let mut pick: Vec<usize> = order[..n].to_vec();
+        pick.sort_unstable();
+        let empty = (0..rows).filter(|&r| kept_of(r) == 0).count();
+        let px = 3;
+        let per_row = 8;
+        let path = out.join("fc1_neuron_masks.png");
+        render(&path, grid_size(n, per_row, (28, 28), px), |a| {
+            picture_grid(
+                a,
+                &format!(
+                    "{model} fc1: the {n} of its {rows} neurons that keep the most inputs (dark: kept); {empty} keep none{epoch}"
+                ),
+                n,
+                per_row,
+                (28, 28),
+                px,
+                &|i| {
+                    let r = pick[i];
+                    let kept = m[r * cols..(r + 1) * cols].iter().filter(|b| **b).count();
+                    format!("#{r}: {:.1}%", 100.0 * kept as f64 / cols as f64)
+                },
+                &|i, y, x| {
+                    if m[pick[i] * cols + y * 28 + x] {
+                        RGBColor(20, 30, 80)
+                    } else {
+                        RGBColor(238, 238, 238)
+                    }
+                },
+            )
+        })?;
+        written.push(path);
+    } else if let Some((_, shape, _)) = ck.get("conv1.weight") {
+        if shape.len() != 4 {
+            return Err(ReportError::Checkpoint(format!(
+                "conv1.weight has shape {shape:?}, expected (c_out, c_in, kh, kw)"
+            )));
+        }
+        // Pictures show the first input channel (conv1 of an MNIST model has only that one).
+        let (c_out, kh, kw) = (shape[0], shape[2], shape[3]);
+        let (w, t, rows, cols) = matrix(ck, "conv1.weight", "conv1.threshold", None)?;
+        let m = mask(&w, &t, rows, cols);
+        let (k, note) = keep_note(&m);
+        let wmax = w.iter().fold(0f32, |a, b| a.max(b.abs())).max(1e-12) as f64;
+        // Each filter twice: weights (first input channel), then its mask.
+        let per_row = 10.min(c_out);
+        let pictures = 2 * c_out;
+        let px = 12;
+        let path = out.join("conv1_filters.png");
+        render(&path, grid_size(pictures, per_row, (kh, kw), px), |a| {
+            picture_grid(
+                a,
+                &format!(
+                    "{model} conv1: {c_out} filters {kh}x{kw} (red +, blue -), masks below (dark: kept); keep {:.1}%{epoch}{note}",
+                    100.0 * k
+                ),
+                pictures,
+                per_row,
+                (kh, kw),
+                px,
+                &|i| {
+                    let (band, col) = (i / per_row, i % per_row);
+                    let f = (band / 2) * per_row + col;
+                    if band % 2 == 0 {
+                        format!("filter {f}")
+                    } else {
+                        let kept = m[f * cols..(f + 1) * cols].iter().filter(|b| **b).count();
+                        format!("mask {kept}/{cols}")
+                    }
+                },
+                &|i, y, x| {
+                    let (band, col) = (i / per_row, i % per_row);
+                    let f = (band / 2) * per_row + col;
+                    if f >= c_out {
+                        return WHITE;
+                    }
+                    let j = f * cols + y * kw + x; // input channel 0
+                    if band % 2 == 0 {
+                        diverging(w[j] as f64 / wmax)
+                    } else if m[j] {
+                        RGBColor(20, 30, 80)
+                    } else {
+                        RGBColor(238, 238, 238)
+                    }
+                },
+            )
+        })?;
+        written.push(path);
+    } else if let Some((_, shape, _)) = ck.get("lstm1.weight_ih") {
+        let (g4, cols) = (shape[0], shape[1]);
+        let hidden = g4 / 4;
+        let mut values = Vec::with_capacity(4 * cols);
+        let mut all = Vec::new();
+        for g in 0..4 {
+            let (w, t, rows, cols) = matrix(
+                ck,
+                "lstm1.weight_ih",
+                "lstm1.threshold_ih",
+                Some(g * hidden..(g + 1) * hidden),
+            )?;
+            let m = mask(&w, &t, rows, cols);
+            values.extend(column_keep_fraction(&m, rows, cols));
+            all.extend(m);
+        }
+        let (k, _) = keep_note(&all);
+        let path = out.join("lstm1_input_keep.png");
+        render(&path, (900, 420), |a| {
+            heat_map(
+                a,
+                &format!(
+                    "{model} lstm1 input matrices: units keeping each pixel column (keep {:.1}%{epoch})",
+                    100.0 * k
+                ),
+                &values,
+                (4, cols),
+                ("pixel column (each step reads one image row)", "gate"),
+                Some(&["input i", "forget f", "cell g", "output o"]),
+                "fraction of units",
+            )
+        })?;
+        written.push(path);
+    } else {
+        return Err(ReportError::Checkpoint(format!(
+            "no mask picture for model {model:?}: its first layer is neither fc1 over 784 pixels, conv1 nor lstm1"
+        )));
+    }
+    Ok(written)
+}

@@ -1,0 +1,220 @@
+//! Reading run directories: `config.json`, `metrics.jsonl` (lines of kind "step" and "epoch")
+//! and `summary.json`. These structs are the report's own view of the files `dst train` writes,
+//! not the trainer's types: every field a run may lack (older runs, runs without `--valid`) has a
+//! serde default, and unknown fields are ignored, so the report reads runs of any version.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::ReportError;
+
+/// The settings of a run (`config.json`), as far as the report needs them.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct RunConfig {
+    pub model: String,
+    pub dense: bool,
+    pub alpha: f64,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub seed: u64,
+    pub limit_train: Option<usize>,
+    pub data: Option<PathBuf>,
+    pub optimizer: String,
+    /// Images held out of the training set for validation (`--valid N`), when given.
+    pub valid: Option<usize>,
+}
+
+/// One layer at the end of an epoch.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct LayerLine {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kept: u64,
+    pub total: u64,
+    pub keep_ratio: f64,
+    pub threshold_min: f64,
+    pub threshold_mean: f64,
+    pub threshold_max: f64,
+    pub resets: u32,
+}
+
+/// An "epoch" line of `metrics.jsonl` (and `summary.json`'s `last`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct EpochLine {
+    pub epoch: usize,
+    pub step: u64,
+    pub train_loss: f64,
+    pub test_loss: f64,
+    pub test_acc: f64,
+    /// Accuracy on the validation split, when the run held one out.
+    pub valid_acc: Option<f64>,
+    pub keep_ratio: f64,
+    pub layers: Vec<LayerLine>,
+    pub epoch_seconds: f64,
+    pub ms_per_step: f64,
+}
+
+/// A "step" line of `metrics.jsonl`: one per log point.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct StepLine {
+    pub step: u64,
+    pub epoch: usize,
+    pub loss: f64,
+    pub penalty: f64,
+    pub lr: f64,
+    /// The penalty weight in force (absent in runs with a fixed alpha from before it was logged).
+    pub alpha: Option<f64>,
+    /// Keep ratio per masked layer.
+    pub keep: BTreeMap<String, f64>,
+}
+
+/// `summary.json`: written once, when a run has finished all its epochs.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SummaryFile {
+    pub model: String,
+    pub dense: bool,
+    pub adapter: String,
+    pub data: String,
+    pub epochs: usize,
+    pub steps: u64,
+    pub last: EpochLine,
+    pub best_acc_epoch: usize,
+    pub best_acc: f64,
+    pub best_acc_keep: f64,
+    pub lowest_keep_epoch: usize,
+    pub lowest_keep: f64,
+    pub lowest_keep_acc: f64,
+    pub mean_ms_per_step: f64,
+    /// The epoch with the best validation accuracy (runs with `--valid N`).
+    pub best_valid_epoch: Option<usize>,
+    /// Test accuracy at that epoch.
+    pub best_valid_test_acc: Option<f64>,
+    /// Model keep ratio at that epoch.
+    pub best_valid_keep: Option<f64>,
+}
+
+/// A run directory as read from disk.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub dir: PathBuf,
+    pub config: RunConfig,
+    pub steps: Vec<StepLine>,
+    pub epochs: Vec<EpochLine>,
+    /// None while the run has not finished.
+    pub summary: Option<SummaryFile>,
+}
+
+impl Run {
+    /// Reads `dir`. `config.json` is required; `metrics.jsonl` and `summary.json` may be absent
+    /// (a run that has not logged or not finished yet).
+    pub fn load(dir: &Path) -> Result<Run, ReportError> {
+        let config: RunConfig = read_json(&dir.join("config.json"))?;
+        let metrics = dir.join("metrics.jsonl");
+        let (steps, epochs) = if metrics.exists() {
+            read_metrics(&metrics)?
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let sp = dir.join("summary.json");
+        let summary = if sp.exists() {
+            Some(read_json(&sp)?)
+        } else {
+            None
+        };
+        Ok(Run {
+            dir: dir.to_path_buf(),
+            config,
+            steps,
+            epochs,
+            summary,
+        })
+    }
+
+    /// A short name for legends: the directory's name.
+    pub fn label(&self) -> String {
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.dir.display().to_string())
+    }
+
+    /// Masked layer names in the order the run reports them.
+    pub fn layer_names(&self) -> Vec<String> {
+        if let Some(e) = self.epochs.last() {
+            return e.layers.iter().map(|l| l.name.clone()).collect();
+        }
+        self.steps
+            .last()
+            .map(|s| s.keep.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| ReportError::Format {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads `metrics.jsonl`. A resumed run may have logged a step or an epoch twice (the lines of an
+/// interrupted epoch, then the same epoch again after the resume): a line whose step (epoch) is
+/// not after the last one kept replaces everything from that point on, so the result is the
+/// history of the run as it finally went. A torn last line (a crash mid-write) is skipped.
+fn read_metrics(path: &Path) -> Result<(Vec<StepLine>, Vec<EpochLine>), ReportError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut steps: Vec<StepLine> = Vec::new();
+    let mut epochs: Vec<EpochLine> = Vec::new();
+    let n = text.lines().count();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(_) if i + 1 == n => continue,
+            Err(e) => {
+                return Err(ReportError::Format {
+                    path: path.to_path_buf(),
+                    reason: format!("line {}: {e}", i + 1),
+                })
+            }
+        };
+        let bad = |e: serde_json::Error| ReportError::Format {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {e}", i + 1),
+        };
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("step") => {
+                let s: StepLine = serde_json::from_value(v).map_err(bad)?;
+                let keep = steps.partition_point(|p| p.step < s.step);
+                steps.truncate(keep);
+                steps.push(s);
+            }
+            Some("epoch") => {
+                let e: EpochLine = serde_json::from_value(v).map_err(bad)?;
+                let keep = epochs.partition_point(|p| p.epoch < e.epoch);
+                epochs.truncate(keep);
+                epochs.push(e);
+            }
+            _ => {}
+        }
+    }
+    Ok((steps, epochs))
+}

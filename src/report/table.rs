@@ -1,0 +1,399 @@
+//! Aggregating finished runs: one row per configuration (model, dense or alpha, epochs, data), the
+//! mean ± standard deviation over its seeds of test accuracy and remaining %, under each epoch
+//! selection rule; Markdown and CSV renderings; the paper's Table 1 to compare with.
+
+use std::fmt::Write;
+
+use super::runs::{Run, SummaryFile};
+
+/// Which epoch of a run a figure comes from (METHOD.md section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// The last epoch: no selection at all.
+    Last,
+    /// The epoch with the lowest model keep ratio, chosen on the test set (the paper's code). For
+    /// a dense run, whose keep ratio never changes, the paper's code's other pick: the epoch with
+    /// the best test accuracy.
+    LowestKeep,
+    /// The epoch with the best validation accuracy (runs trained with `--valid N`); test figures
+    /// of that epoch.
+    BestValid,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 3] = [Rule::Last, Rule::LowestKeep, Rule::BestValid];
+
+    pub fn short(self) -> &'static str {
+        match self {
+            Rule::Last => "last epoch",
+            Rule::LowestKeep => "lowest keep (test)",
+            Rule::BestValid => "best on validation",
+        }
+    }
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Rule::Last => "last",
+            Rule::LowestKeep => "lowest_keep_on_test",
+            Rule::BestValid => "best_valid",
+        }
+    }
+
+    pub fn explain(self) -> &'static str {
+        match self {
+            Rule::Last => "the figures of the last epoch; no selection.",
+            Rule::LowestKeep => "the epoch with the lowest model keep ratio, picked by looking at the test set, as the paper's public code reports; for dense runs (constant keep) its other pick, the epoch with the best test accuracy. Optimistic: the test set chooses the epoch.",
+            Rule::BestValid => "the epoch with the best accuracy on a validation split held out of the training images (`dst train --valid N`), with that epoch's test accuracy and keep ratio; the test set plays no part in the choice. Only for runs trained with a validation split.",
+        }
+    }
+
+    /// (test accuracy %, remaining %) of a finished run; None where the rule does not apply.
+    pub fn pick(self, s: &SummaryFile) -> Option<(f64, f64)> {
+        match self {
+            Rule::Last => Some((s.last.test_acc, 100.0 * s.last.keep_ratio)),
+            Rule::LowestKeep if s.dense => Some((s.best_acc, 100.0 * s.best_acc_keep)),
+            Rule::LowestKeep => Some((s.lowest_keep_acc, 100.0 * s.lowest_keep)),
+            Rule::BestValid => Some((s.best_valid_test_acc?, 100.0 * s.best_valid_keep?)),
+        }
+    }
+}
+
+/// Mean and sample standard deviation (n - 1 in the denominator; 0 for a single value).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    pub fn of(xs: &[f64]) -> Option<Stat> {
+        if xs.is_empty() {
+            return None;
+        }
+        let n = xs.len();
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let std = if n > 1 {
+            (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+        } else {
+            0.0
+        };
+        Some(Stat { mean, std, n })
+    }
+
+    /// "97.69 ± 0.14" (2 decimals), or "97.69" for a single run.
+    pub fn show(&self) -> String {
+        if self.n > 1 {
+            format!("{:.2} ± {:.2}", self.mean, self.std)
+        } else {
+            format!("{:.2}", self.mean)
+        }
+    }
+}
+
+/// A number of the paper's Table 1: mean ± standard deviation over 5 runs.
+pub type PaperStat = (f64, f64);
+
+/// One MNIST row of the paper's Table 1.
+pub struct PaperRow {
+    /// `dst train --model` name.
+    pub model: &'static str,
+    pub title: &'static str,
+    pub dense_acc: PaperStat,
+    pub dst_acc: PaperStat,
+    pub remaining: PaperStat,
+}
+
+/// Liu et al., ICLR 2020 (arXiv:2005.06870), Table 1, MNIST rows (METHOD.md section 6); each a
+/// mean ± standard deviation over 5 runs, accuracy and remaining weights in %. The LSTM rows'
+/// remaining % were counted differently by the paper's code (METHOD.md section 6).
+pub const PAPER_TABLE1: &[PaperRow] = &[
+    PaperRow {
+        model: "lenet300",
+        title: "LeNet-300-100",
+        dense_acc: (98.16, 0.06),
+        dst_acc: (97.69, 0.14),
+        remaining: (2.48, 0.21),
+    },
+    PaperRow {
+        model: "lenet5",
+        title: "LeNet-5-Caffe",
+        dense_acc: (99.18, 0.05),
+        dst_acc: (99.11, 0.07),
+        remaining: (1.64, 0.13),
+    },
+    PaperRow {
+        model: "lstm-a",
+        title: "LSTM-a",
+        dense_acc: (98.64, 0.12),
+        dst_acc: (98.70, 0.06),
+        remaining: (1.93, 0.03),
+    },
+    PaperRow {
+        model: "lstm-b",
+        title: "LSTM-b",
+        dense_acc: (98.87, 0.07),
+        dst_acc: (98.89, 0.11),
+        remaining: (0.98, 0.04),
+    },
+];
+
+pub fn paper_row(model: &str) -> Option<&'static PaperRow> {
+    PAPER_TABLE1.iter().find(|r| r.model == model)
+}
+
+fn show_paper(s: PaperStat) -> String {
+    format!("{:.2} ± {:.2}", s.0, s.1)
+}
+
+/// One configuration: the runs that differ only in their seed.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub model: String,
+    pub dense: bool,
+    /// None for dense rows.
+    pub alpha: Option<f64>,
+    pub epochs: usize,
+    /// Where the data came from: a folder or "embedded subset", and the training-image limit.
+    pub data: String,
+    pub seeds: Vec<u64>,
+    /// Run directories that have not finished (no summary.json), left out of the figures.
+    pub unfinished: usize,
+    /// Per rule (in `Rule::ALL` order): (test accuracy %, remaining %) over the finished runs.
+    pub stats: [Option<(Stat, Stat)>; 3],
+}
+
+impl Row {
+    pub fn variant(&self) -> String {
+        match self.alpha {
+            None => "dense".into(),
+            Some(a) => format!("DST alpha {}", fmt_alpha(a)),
+        }
+    }
+    pub fn get(&self, rule: Rule) -> Option<(Stat, Stat)> {
+        self.stats[Rule::ALL.iter().position(|r| *r == rule).unwrap()]
+    }
+}
+
+/// `5e-4` rather than `0.0005`.
+pub fn fmt_alpha(a: f64) -> String {
+    if a == 0.0 {
+        return "0".into();
+    }
+    format!("{a:e}")
+}
+
+fn data_label(r: &Run) -> String {
+    let src = match &r.config.data {
+        Some(d) => d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| d.display().to_string()),
+        None => "embedded subset".into(),
+    };
+    let mut s = src;
+    if let Some(n) = r.config.limit_train {
+        let _ = write!(s, ", first {n} train");
+    }
+    if let Some(v) = r.config.valid {
+        let _ = write!(s, ", {v} held out");
+    }
+    s
+}
+
+/// Groups runs by configuration (model, dense/alpha, epochs, data) in a stable order: models in
+/// first-seen order, dense before DST, alphas ascending.
+pub fn rows(runs: &[Run]) -> Vec<Row> {
+    let mut rows: Vec<(Row, Vec<&SummaryFile>)> = Vec::new();
+    for r in runs {
+        let alpha = (!r.config.dense).then_some(r.config.alpha);
+        let data = data_label(r);
+        let model = r.config.model.clone();
+        let i = match rows.iter().position(|(row, _)| {
+            row.model == model
+                && row.alpha == alpha
+                && row.dense == r.config.dense
+                && row.epochs == r.config.epochs
+                && row.data == data
+        }) {
+            Some(i) => i,
+            None => {
+                rows.push((
+                    Row {
+                        model,
+                        dense: r.config.dense,
+                        alpha,
+                        epochs: r.config.epochs,
+                        data,
+                        seeds: Vec::new(),
+                        unfinished: 0,
+                        stats: [None; 3],
+                    },
+                    Vec::new(),
+                ));
+                rows.len() - 1
+            }
+        };
+        // A summary of fewer epochs than configured is an older, shorter run being extended.
+        match r.summary.as_ref().filter(|s| s.epochs >= r.config.epochs) {
+            Some(s) => {
+                rows[i].0.seeds.push(r.config.seed);
+                rows[i].1.push(s);
+            }
+            None => rows[i].0.unfinished += 1,
+        }
+    }
+    let order: Vec<String> = {
+        let mut m: Vec<String> = Vec::new();
+        for (row, _) in &rows {
+            if !m.contains(&row.model) {
+                m.push(row.model.clone());
+            }
+        }
+        m
+    };
+    let mut out: Vec<Row> = rows
+        .into_iter()
+        .map(|(mut row, sums)| {
+            for (k, rule) in Rule::ALL.iter().enumerate() {
+                let picks: Vec<(f64, f64)> = sums.iter().filter_map(|s| rule.pick(s)).collect();
+                // A rule is shown only when every finished run of the row supports it.
+                if !picks.is_empty() && picks.len() == sums.len() {
+                    let acc: Vec<f64> = picks.iter().map(|p| p.0).collect();
+                    let rem: Vec<f64> = picks.iter().map(|p| p.1).collect();
+                    row.stats[k] = Some((Stat::of(&acc).unwrap(), Stat::of(&rem).unwrap()));
+                }
+            }
+            row
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        let ma = order.iter().position(|m| *m == a.model);
+        let mb = order.iter().position(|m| *m == b.model);
+        ma.cmp(&mb)
+            .then(b.dense.cmp(&a.dense))
+            .then(a.alpha.unwrap_or(0.0).total_cmp(&b.alpha.unwrap_or(0.0)))
+            .then(a.epochs.cmp(&b.epochs))
+            .then(a.data.cmp(&b.data))
+    });
+    out
+}
+
+/// The rules that at least one row can show.
+pub fn rules_present(rows: &[Row]) -> Vec<Rule> {
+    Rule::ALL
+        .into_iter()
+        .filter(|r| rows.iter().any(|row| row.get(*r).is_some()))
+        .collect()
+}
+
+/// A Markdown table of `rows` with a column pair per selection rule present, the paper's figures
+/// where the model has a Table 1 row (`with_paper`), and the rules explained underneath.
+pub fn markdown(rows: &[Row], with_paper: bool) -> String {
+    let rules = rules_present(rows);
+    let paper = with_paper && rows.iter().any(|r| paper_row(&r.model).is_some());
+    let mut s = String::new();
+    s.push_str("| model | variant | epochs | data | seeds |");
+    for r in &rules {
+        let _ = write!(s, " test acc % ({0}) | remaining % ({0}) |", r.short());
+    }
+    if paper {
+        s.push_str(" paper acc % | paper remaining % |");
+    }
+    s.push('\n');
+    let cols = 5 + 2 * rules.len() + if paper { 2 } else { 0 };
+    s.push('|');
+    for _ in 0..cols {
+        s.push_str("---|");
+    }
+    s.push('\n');
+    for row in rows {
+        let mut seeds = row
+            .seeds
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if row.unfinished > 0 {
+            let _ = write!(seeds, " ({} unfinished)", row.unfinished);
+        }
+        let _ = write!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            row.model,
+            row.variant(),
+            row.epochs,
+            row.data,
+            seeds
+        );
+        for r in &rules {
+            match row.get(*r) {
+                Some((acc, rem)) => {
+                    let _ = write!(s, " {} | {} |", acc.show(), rem.show());
+                }
+                None => s.push_str(" – | – |"),
+            }
+        }
+        if paper {
+            match paper_row(&row.model) {
+                Some(p) if row.dense => {
+                    let _ = write!(s, " {} | 100 |", show_paper(p.dense_acc));
+                }
+                Some(p) => {
+                    let _ = write!(
+                        s,
+                        " {} | {} |",
+                        show_paper(p.dst_acc),
+                        show_paper(p.remaining)
+                    );
+                }
+                None => s.push_str(" – | – |"),
+            }
+        }
+        s.push('\n');
+    }
+    s.push_str("\nMean ± sample standard deviation over the seeds listed (n − 1 in the denominator); remaining % = 100 × the model keep ratio (METHOD.md section 4). Epoch selection:\n\n");
+    for r in &rules {
+        let _ = writeln!(s, "- *{}*: {}", r.short(), r.explain());
+    }
+    if paper {
+        s.push_str("- *paper*: Liu et al., ICLR 2020, Table 1 (mean ± std over 5 runs, full MNIST, 20 epochs); its public code reports the lowest-keep epoch. Its LSTM remaining % undercounts the output gates (METHOD.md section 6).\n");
+    }
+    s
+}
+
+/// One CSV line per row and rule: the figures in machine-readable form.
+pub fn csv(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "model,dense,alpha,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n",
+    );
+    for row in rows {
+        for rule in Rule::ALL {
+            let Some((acc, rem)) = row.get(rule) else {
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                "{},{},{},{},\"{}\",{},{},{},{},{},{},{},{}",
+                row.model,
+                row.dense,
+                row.alpha.map(|a| a.to_string()).unwrap_or_default(),
+                row.epochs,
+                row.data.replace('"', "\"\""),
+                row.seeds
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                acc.n,
+                row.unfinished,
+                rule.key(),
+                acc.mean,
+                acc.std,
+                rem.mean,
+                rem.std
+            );
+        }
+    }
+    s
+}

@@ -1,0 +1,696 @@
+//! Reporting: run directories read back, tables that agree with the run summaries, charts and
+//! mask pictures that are real images, the alpha sweep (resumable) and a DST LeNet-300-100 whose
+//! first layer prunes MNIST's empty border. The first tests build fake run directories (no GPU);
+//! the last two train on the embedded subset (lavapipe in CI).
+
+use std::path::{Path, PathBuf};
+
+use dst::checkpoint::Checkpoint;
+use dst::report::{self, table, Rule, Run};
+use dst::study::{self, RunState, Sweep};
+use dst::train::{Quiet, TrainConfig};
+use serde_json::json;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dst-report-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Size of a PNG, and a check that it is a picture: several colours, and neither blank (nearly
+/// all one colour) nor without background.
+fn check_png(path: &Path, size: (u32, u32)) {
+    let img = image::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .to_rgb8();
+    assert_eq!(img.dimensions(), size, "{}", path.display());
+    let mut counts = std::collections::HashMap::new();
+    for p in img.pixels() {
+        *counts.entry(p.0).or_insert(0usize) += 1;
+    }
+    let n = (size.0 * size.1) as usize;
+    let most = *counts.values().max().unwrap();
+    assert!(
+        counts.len() >= 8,
+        "{}: {} colours",
+        path.display(),
+        counts.len()
+    );
+    assert!(
+        most < n * 99 / 100,
+        "{}: {:.1}% of the pixels are one colour",
+        path.display(),
+        100.0 * most as f64 / n as f64
+    );
+}
+
+struct Fake {
+    model: &'static str,
+    dense: bool,
+    alpha: f64,
+    seed: u64,
+    epochs: usize,
+    /// (test acc, keep) per epoch.
+    history: Vec<(f64, f64)>,
+    valid: Option<Vec<f64>>,
+    finished: bool,
+}
+
+/// A run directory as `dst train` writes it, from made-up numbers; returns its summary as JSON.
+fn write_fake(dir: &Path, f: &Fake) -> serde_json::Value {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = json!({
+        "model": f.model, "dense": f.dense, "alpha": f.alpha, "epochs": f.epochs, "batch": 64,
+        "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "seed": f.seed, "limit_train": null,
+        "log_every": 100, "data": null, "optimizer": "sgd"
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let layers = ["fc1", "fc2", "fc3"];
+    let mut lines = Vec::new();
+    let mut epochs = Vec::new();
+    for (e, &(acc, keep)) in f.history.iter().enumerate() {
+        let epoch = e + 1;
+        for s in 0..3 {
+            let step = (e * 3 + s + 1) as u64 * 10;
+            let k = |i: usize| (keep.powf(1.0 / (i as f64 + 1.0))).min(1.0);
+            lines.push(json!({
+                "kind": "step", "step": step, "epoch": epoch, "loss": 1.0 / step as f64,
+                "penalty": 0.01, "lr": 0.01, "train_acc": 90.0, "alpha": f.alpha * (1.0 + s as f64),
+                "keep": {"fc1": k(0), "fc2": k(1), "fc3": k(2)},
+            }));
+        }
+        let mut rec = json!({
+            "epoch": epoch, "step": (epoch * 30) as u64, "train_loss": 0.3, "train_penalty": 0.01,
+            "train_acc": 95.0, "test_loss": 0.2, "test_acc": acc, "keep_ratio": keep,
+            "layers": layers.iter().enumerate().map(|(i, n)| json!({
+                "name": n, "shape": [10, 10], "kept": 50, "total": 100,
+                "keep_ratio": keep.powf(1.0 / (i as f64 + 1.0)),
+                "threshold_min": 0.0, "threshold_mean": 0.01 * epoch as f64 * (i + 1) as f64,
+                "threshold_max": 0.1, "resets": 0
+            })).collect::<Vec<_>>(),
+            "epoch_seconds": 1.0, "ms_per_step": 10.0,
+        });
+        if let Some(v) = &f.valid {
+            rec["valid_acc"] = json!(v[e]);
+        }
+        epochs.push(rec.clone());
+        rec["kind"] = json!("epoch");
+        lines.push(rec);
+    }
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
+    let best = epochs
+        .iter()
+        .max_by(|a, b| {
+            a["test_acc"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["test_acc"].as_f64().unwrap())
+        })
+        .unwrap();
+    let low = epochs
+        .iter()
+        .min_by(|a, b| {
+            a["keep_ratio"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["keep_ratio"].as_f64().unwrap())
+        })
+        .unwrap();
+    let mut s = json!({
+        "model": f.model, "dense": f.dense, "adapter": "fake", "data": "embedded",
+        "epochs": f.epochs, "steps": f.epochs * 30, "last": epochs.last().unwrap(),
+        "best_acc_epoch": best["epoch"], "best_acc": best["test_acc"], "best_acc_keep": best["keep_ratio"],
+        "lowest_keep_epoch": low["epoch"], "lowest_keep": low["keep_ratio"], "lowest_keep_acc": low["test_acc"],
+        "mean_ms_per_step": 10.0,
+    });
+    if let Some(v) = &f.valid {
+        let (i, _) = v
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap();
+        s["best_valid_epoch"] = json!(i + 1);
+        s["best_valid_test_acc"] = epochs[i]["test_acc"].clone();
+        s["best_valid_keep"] = epochs[i]["keep_ratio"].clone();
+    }
+    if f.finished {
+        std::fs::write(dir.join("summary.json"), s.to_string()).unwrap();
+    }
+    s
+}
+
+fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let v = xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (m, v.sqrt())
+}
+
+/// A small set of runs: dense seeds 1-2, DST alpha 5e-4 seeds 1-3 (with a validation split),
+/// DST alpha 1e-3 seeds 1-2 and one unfinished run.
+fn fake_study(root: &Path) -> Vec<(String, serde_json::Value)> {
+    let mut sums = Vec::new();
+    let hist = |a: f64, k: f64| vec![(a - 1.0, 0.6), (a, k), (a - 0.3, k * 1.5)];
+    for seed in 1..=2u64 {
+        let name = format!("dense-seed{seed}");
+        sums.push((
+            name.clone(),
+            write_fake(
+                &root.join(name),
+                &Fake {
+                    model: "lenet300",
+                    dense: true,
+                    alpha: 5e-4,
+                    seed,
+                    epochs: 3,
+                    history: vec![(97.0, 1.0), (98.0 + 0.1 * seed as f64, 1.0), (97.9, 1.0)],
+                    valid: None,
+                    finished: true,
+                },
+            ),
+        ));
+    }
+    for seed in 1..=3u64 {
+        let name = format!("alpha5e-4-seed{seed}");
+        sums.push((
+            name.clone(),
+            write_fake(
+                &root.join(name),
+                &Fake {
+                    model: "lenet300",
+                    dense: false,
+                    alpha: 5e-4,
+                    seed,
+                    epochs: 3,
+                    history: hist(97.0 + 0.2 * seed as f64, 0.05 + 0.01 * seed as f64),
+                    valid: Some(vec![90.0, 95.0 + seed as f64, 94.0]),
+                    finished: true,
+                },
+            ),
+        ));
+    }
+    for seed in 1..=2u64 {
+        let name = format!("alpha1e-3-seed{seed}");
+        sums.push((
+            name.clone(),
+            write_fake(
+                &root.join(name),
+                &Fake {
+                    model: "lenet300",
+                    dense: false,
+                    alpha: 1e-3,
+                    seed,
+                    epochs: 3,
+                    history: hist(96.0 + 0.5 * seed as f64, 0.02 * seed as f64),
+                    valid: None,
+                    finished: true,
+                },
+            ),
+        ));
+    }
+    write_fake(
+        &root.join("alpha1e-3-seed3"),
+        &Fake {
+            model: "lenet300",
+            dense: false,
+            alpha: 1e-3,
+            seed: 3,
+            epochs: 3,
+            history: vec![(90.0, 0.5)],
+            valid: None,
+            finished: false,
+        },
+    );
+    sums
+}
+
+#[test]
+fn tables_agree_with_the_run_summaries() {
+    let root = tmp("table");
+    let sums = fake_study(&root);
+    let runs = report::load_runs(std::slice::from_ref(&root)).unwrap();
+    assert_eq!(runs.len(), 8);
+    let rows = table::rows(&runs);
+    assert_eq!(
+        rows.iter().map(|r| r.variant()).collect::<Vec<_>>(),
+        ["dense", "DST alpha 5e-4", "DST alpha 1e-3"]
+    );
+    let pick = |variant: &str, key: &str, scale: f64| -> Vec<f64> {
+        let prefix = match variant {
+            "dense" => "dense-".to_string(),
+            a => format!("alpha{a}-"),
+        };
+        sums.iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(_, s)| scale * key.split('.').fold(s, |v, k| &v[k]).as_f64().unwrap())
+            .collect()
+    };
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    // Last epoch.
+    for (i, variant) in ["dense", "5e-4", "1e-3"].iter().enumerate() {
+        let (acc, rem) = rows[i].get(Rule::Last).unwrap();
+        let (m, s) = mean_std(&pick(variant, "last.test_acc", 1.0));
+        assert!(
+            close(acc.mean, m) && close(acc.std, s),
+            "{variant}: {acc:?} vs {m} ± {s}"
+        );
+        let (m, s) = mean_std(&pick(variant, "last.keep_ratio", 100.0));
+        assert!(
+            close(rem.mean, m) && close(rem.std, s),
+            "{variant}: {rem:?} vs {m} ± {s}"
+        );
+    }
+    // Lowest keep on test (dense: best accuracy), best on validation where every run has it.
+    let (acc, rem) = rows[1].get(Rule::LowestKeep).unwrap();
+    let (m, _) = mean_std(&pick("5e-4", "lowest_keep_acc", 1.0));
+    assert!(close(acc.mean, m));
+    let (m, _) = mean_std(&pick("5e-4", "lowest_keep", 100.0));
+    assert!(close(rem.mean, m));
+    let (acc, _) = rows[0].get(Rule::LowestKeep).unwrap();
+    assert!(close(acc.mean, mean_std(&pick("dense", "best_acc", 1.0)).0));
+    let (acc, rem) = rows[1].get(Rule::BestValid).unwrap();
+    assert!(close(
+        acc.mean,
+        mean_std(&pick("5e-4", "best_valid_test_acc", 1.0)).0
+    ));
+    assert!(close(
+        rem.mean,
+        mean_std(&pick("5e-4", "best_valid_keep", 100.0)).0
+    ));
+    assert!(rows[0].get(Rule::BestValid).is_none() && rows[2].get(Rule::BestValid).is_none());
+    assert_eq!(rows[2].seeds, [1, 2]);
+    assert_eq!(rows[2].unfinished, 1);
+
+    // The Markdown shows those numbers, the paper's, and the rules.
+    let md = report::report_markdown(&runs);
+    let (acc, rem) = rows[1].get(Rule::Last).unwrap();
+    for want in [
+        format!("{:.2} ± {:.2}", acc.mean, acc.std),
+        format!("{:.2} ± {:.2}", rem.mean, rem.std),
+        "97.69 ± 0.14".into(),
+        "2.48 ± 0.21".into(),
+        "98.16 ± 0.06".into(),
+        "(1 unfinished)".into(),
+        "last epoch".into(),
+        "lowest keep (test)".into(),
+        "best on validation".into(),
+    ] {
+        assert!(md.contains(&want), "report lacks {want:?}:\n{md}");
+    }
+    // The CSV: one line per row and rule, same numbers.
+    let csv = table::csv(&rows);
+    let line = csv
+        .lines()
+        .find(|l| l.starts_with("lenet300,false,0.0005,") && l.contains(",last,"))
+        .unwrap();
+    let f: Vec<&str> = line.rsplit(',').take(4).collect();
+    assert!(close(f[3].parse::<f64>().unwrap(), acc.mean), "{line}");
+    assert!(close(f[0].parse::<f64>().unwrap(), rem.std), "{line}");
+    assert_eq!(csv.lines().count(), 1 + 2 + 3 + 2);
+
+    // The CLI prints the same table.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["report", root.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), md);
+}
+
+#[test]
+fn metrics_of_a_resumed_run_read_as_one_history() {
+    let dir = tmp("resumed");
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"model":"lenet300","dense":false,"alpha":0.0005,"epochs":2,"seed":4}"#,
+    )
+    .unwrap();
+    let step = |s: u64, k: f64| {
+        format!(r#"{{"kind":"step","step":{s},"epoch":1,"loss":1,"keep":{{"fc1":{k}}}}}"#)
+    };
+    let epoch = |e: usize, acc: f64| {
+        format!(r#"{{"kind":"epoch","epoch":{e},"test_acc":{acc},"keep_ratio":0.5,"layers":[]}}"#)
+    };
+    // Epoch 1, part of epoch 2 (interrupted), then epoch 2 again after the resume, and a torn line.
+    let lines = [
+        step(10, 0.9),
+        step(20, 0.8),
+        epoch(1, 90.0),
+        step(30, 0.7),
+        step(30, 0.65),
+        step(40, 0.6),
+        epoch(2, 91.0),
+        r#"{"kind":"step","ste"#.to_string(),
+    ];
+    std::fs::write(dir.join("metrics.jsonl"), lines.join("\n")).unwrap();
+    let run = Run::load(&dir).unwrap();
+    assert_eq!(
+        run.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+        [10, 20, 30, 40]
+    );
+    assert_eq!(run.steps[2].keep["fc1"], 0.65);
+    assert_eq!(
+        run.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert!(
+        run.summary.is_none() && run.steps[0].alpha.is_none() && run.epochs[0].valid_acc.is_none()
+    );
+    assert_eq!(run.config.seed, 4);
+    assert!(report::load_runs(&[dir.join("nope")]).is_err());
+}
+
+#[test]
+fn charts_are_real_pictures() {
+    let root = tmp("charts");
+    fake_study(&root);
+    // One run: its charts in its directory (what `dst train` does at the end).
+    let one = root.join("alpha5e-4-seed1");
+    let files = report::draw_run_charts(&one).unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "keep_per_layer.png",
+            "accuracy_remaining.png",
+            "thresholds.png",
+            "alpha.png"
+        ]
+    );
+    for f in &files {
+        let size = if f.ends_with("accuracy_remaining.png") {
+            (1000, 900)
+        } else {
+            (1000, 620)
+        };
+        check_png(f, size);
+    }
+    // Several runs overlaid, through the CLI.
+    let out = root.join("plots");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args([
+            "plot",
+            one.to_str().unwrap(),
+            root.join("dense-seed1").to_str().unwrap(),
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    check_png(&out.join("keep_per_layer.png"), (1000, 620));
+    check_png(&out.join("accuracy_remaining.png"), (1000, 900));
+    // The sweep chart from the table's rows.
+    let rows = table::rows(&report::load_runs(std::slice::from_ref(&root)).unwrap());
+    let p = root.join("sweep.png");
+    report::charts::sweep_chart(&rows, Rule::Last, &p).unwrap();
+    check_png(&p, (1000, 900));
+}
+
+/// A checkpoint of `model` with the given tensors.
+fn checkpoint(model: &str, tensors: Vec<(&str, Vec<usize>, Vec<f32>)>) -> Checkpoint {
+    let mut ck = Checkpoint::default();
+    ck.metadata.insert("model".into(), model.into());
+    ck.metadata.insert("masked".into(), "true".into());
+    ck.metadata.insert("epoch".into(), "3".into());
+    ck.tensors = tensors
+        .into_iter()
+        .map(|(n, s, v)| (n.to_string(), s, v))
+        .collect();
+    ck
+}
+
+#[test]
+fn mask_pictures_of_each_model_family() {
+    let out = tmp("masks");
+    // LeNet-300-100: weights grow towards the image centre; thresholds 0.5 keep the centre only.
+    let mut w = Vec::new();
+    for r in 0..300 {
+        for p in 0..784 {
+            let (y, x) = ((p / 28) as f32, (p % 28) as f32);
+            let d = ((y - 13.5).powi(2) + (x - 13.5).powi(2)).sqrt() / 19.1;
+            w.push((1.0 - d) * if (r + p) % 2 == 0 { 1.0 } else { -1.0 } + (r % 7) as f32 * 0.01);
+        }
+    }
+    let ck = checkpoint(
+        "lenet300",
+        vec![
+            ("fc1.weight", vec![300, 784], w),
+            ("fc1.threshold", vec![300], vec![0.5; 300]),
+        ],
+    );
+    let frac = report::masks::fc1_pixel_keep(&ck).unwrap();
+    assert_eq!(frac[0], 0.0);
+    assert_eq!(frac[14 * 28 + 14], 1.0);
+    let files = report::mask_images(&ck, &out).unwrap();
+    check_png(&files[0], (760, 640));
+    assert!(files[1].ends_with("fc1_neuron_masks.png"));
+    let img = image::open(&files[1]).unwrap();
+    assert!(img.width() > 600 && img.height() > 500);
+    check_png(&files[1], (img.width(), img.height()));
+
+    // LeNet-5: 20 filters 5x5.
+    let w: Vec<f32> = (0..500)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let ck = checkpoint(
+        "lenet5",
+        vec![
+            ("conv1.weight", vec![20, 1, 5, 5], w),
+            (
+                "conv1.threshold",
+                vec![20],
+                (0..20).map(|i| i as f32 * 0.05).collect(),
+            ),
+        ],
+    );
+    let files = report::mask_images(&ck, &out).unwrap();
+    assert!(files[0].ends_with("conv1_filters.png"));
+    let img = image::open(&files[0]).unwrap();
+    check_png(&files[0], (img.width(), img.height()));
+
+    // LSTM-a: lstm1's input matrices over the 28 pixel columns.
+    let w: Vec<f32> = (0..512 * 28)
+        .map(|i| ((i % 28) as f32 - 13.5).abs() / 14.0 * if i % 3 == 0 { -1.0 } else { 1.0 })
+        .collect();
+    let ck = checkpoint(
+        "lstm-a",
+        vec![
+            ("lstm1.weight_ih", vec![512, 28], w),
+            ("lstm1.threshold_ih", vec![512], vec![0.3; 512]),
+        ],
+    );
+    let files = report::mask_images(&ck, &out).unwrap();
+    check_png(&files[0], (900, 420));
+
+    // A dense checkpoint has no masks: a clear error, no panic.
+    let mut ck = checkpoint(
+        "lenet300",
+        vec![("fc1.weight", vec![300, 784], vec![0.0; 300 * 784])],
+    );
+    ck.metadata.insert("masked".into(), "false".into());
+    let e = report::mask_images(&ck, &out).unwrap_err().to_string();
+    assert!(e.contains("dense"), "{e}");
+}
+
+fn sweep_spec(epochs: usize) -> Sweep {
+    Sweep {
+        base: TrainConfig {
+            limit_train: Some(256),
+            epochs,
+            log_every: 20,
+            ..TrainConfig::default()
+        },
+        alphas: vec![1e-3, 5e-4],
+        seeds: vec![1],
+        dense: true,
+    }
+}
+
+fn file_state(p: &Path) -> (std::time::SystemTime, Vec<u8>) {
+    (
+        std::fs::metadata(p).unwrap().modified().unwrap(),
+        std::fs::read(p).unwrap(),
+    )
+}
+
+/// A real tiny sweep (LeNet-300-100, 2 alphas x 1 seed and the dense baseline, 256 images, 2
+/// epochs) that starts with one run interrupted after its first epoch: that run resumes, the
+/// others are trained; a second call redoes nothing; the tables agree with the summaries.
+#[test]
+fn tiny_sweep_resumes_and_reports() {
+    let out = tmp("sweep");
+    let spec = sweep_spec(2);
+    let grid = spec.runs(&out);
+    let names: Vec<String> = grid
+        .iter()
+        .map(|(d, _)| d.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["dense-seed1", "alpha1e-3-seed1", "alpha5e-4-seed1"]);
+    // The "interrupted" run: one epoch of two, no summary.
+    let (dir, cfg) = &grid[1];
+    let one = TrainConfig {
+        epochs: 1,
+        ..cfg.clone()
+    };
+    assert_eq!(
+        study::ensure_run(&one, dir, &mut Quiet).unwrap(),
+        RunState::Fresh
+    );
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    std::fs::write(dir.join("config.json"), serde_json::to_string(cfg).unwrap()).unwrap();
+    assert_eq!(study::run_state(dir, cfg), RunState::Resume);
+    let first_epoch = Run::load(dir).unwrap().epochs[0].test_acc;
+
+    let runs = study::sweep(&spec, &out, &mut Quiet).unwrap();
+    let resumed = Run::load(dir).unwrap();
+    assert_eq!(
+        resumed.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        resumed.epochs[0].test_acc, first_epoch,
+        "epoch 1 was not redone"
+    );
+    assert_eq!(
+        resumed.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
+        [4, 8]
+    );
+    for (d, c) in &grid {
+        assert_eq!(study::run_state(d, c), RunState::Done);
+        check_png(&d.join("accuracy_remaining.png"), (1000, 900));
+    }
+
+    // A second call trains nothing: every checkpoint stays as it was.
+    let before: Vec<_> = grid
+        .iter()
+        .map(|(d, _)| file_state(&d.join("checkpoint.safetensors")))
+        .collect();
+    study::sweep(&spec, &out, &mut Quiet).unwrap();
+    let after: Vec<_> = grid
+        .iter()
+        .map(|(d, _)| file_state(&d.join("checkpoint.safetensors")))
+        .collect();
+    assert!(before == after, "a finished run was redone");
+
+    // sweep.md / sweep.csv hold each run's own summary figures (one seed: mean = the value).
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    for r in &runs {
+        let s: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(r.dir.join("summary.json")).unwrap())
+                .unwrap();
+        let acc = s["last"]["test_acc"].as_f64().unwrap();
+        let rem = 100.0 * s["last"]["keep_ratio"].as_f64().unwrap();
+        assert!(md.contains(&format!("| {acc:.2} | {rem:.2} |")), "{md}");
+        let line = csv
+            .lines()
+            .find(|l| {
+                l.contains(",last,")
+                    && l.split(',').nth(1) == Some(if r.config.dense { "true" } else { "false" })
+                    && (r.config.dense || l.split(',').nth(2) == Some(&r.config.alpha.to_string()))
+            })
+            .unwrap();
+        let f: Vec<f64> = line
+            .rsplit(',')
+            .take(4)
+            .map(|x| x.parse().unwrap())
+            .collect();
+        assert!(
+            (f[3] - acc).abs() < 1e-9 && (f[1] - rem).abs() < 1e-9,
+            "{line}"
+        );
+    }
+    check_png(&out.join("sweep.png"), (1000, 900));
+}
+
+/// DST LeNet-300-100 on 6400 embedded images (alpha 5e-3, 5 epochs, ~11 s on lavapipe): fc1
+/// keeps a smaller share of the 4-pixel border (always blank in MNIST) than of the centre; the CLI
+/// draws its masks. The border's weights never get a gradient (their input is 0), so they stay at
+/// their initial values while the thresholds rise; the centre's weights grow with training. The
+/// gap widens with training: after 5 epochs it is about 10% (0.088 vs 0.098 on lavapipe); with
+/// alpha 1e-3 and 2 epochs it is not there yet (0.814 vs 0.810).
+#[test]
+fn dst_lenet300_prunes_the_mnist_border() {
+    let dir = tmp("border");
+    let cfg = TrainConfig {
+        alpha: 5e-3,
+        limit_train: Some(6400),
+        epochs: 5,
+        log_every: 50,
+        ..TrainConfig::default()
+    };
+    study::ensure_run(&cfg, &dir, &mut Quiet).unwrap();
+    let ck = Checkpoint::load(&dir.join("checkpoint.safetensors")).unwrap();
+    let frac = report::masks::fc1_pixel_keep(&ck).unwrap();
+    let mean = |f: &dyn Fn(usize, usize) -> bool| {
+        let v: Vec<f64> = (0..784)
+            .filter(|p| f(p / 28, p % 28))
+            .map(|p| frac[p])
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    let border = mean(&|y, x| !(4..24).contains(&y) || !(4..24).contains(&x));
+    let centre = mean(&|y, x| (8..20).contains(&y) && (8..20).contains(&x));
+    assert!(
+        border < 0.95 * centre,
+        "border keeps {border:.3}, centre {centre:.3}"
+    );
+
+    let out = dir.join("masks");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args([
+            "masks",
+            dir.join("checkpoint.safetensors").to_str().unwrap(),
+        ])
+        .args(["--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    check_png(&out.join("fc1_input_keep.png"), (760, 640));
+    let p = out.join("fc1_neuron_masks.png");
+    let img = image::open(&p).unwrap();
+    check_png(&p, (img.width(), img.height()));
+    check_png(&dir.join("keep_per_layer.png"), (1000, 620));
+}
+
+#[test]
+fn bad_report_flags_are_clear_errors() {
+    let empty = tmp("empty");
+    let empty = empty.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["sweep", "--alpha", "0", "--out", "x"],
+            "--alpha values must be positive",
+        ),
+        (
+            &["sweep", "--alpha", "1e-4", "--model", "vgg", "--out", "x"],
+            "unknown model \"vgg\"",
+        ),
+        (&["reproduce", "table2"], "unknown table \"table2\""),
+        (
+            &["reproduce", "table1", "--model", "wrn"],
+            "unknown model \"wrn\"",
+        ),
+        (
+            &["masks", "/nonexistent/ck.safetensors"],
+            "/nonexistent/ck.safetensors",
+        ),
+        (&["plot", "/nonexistent/run"], "/nonexistent/run"),
+        (&["report", empty], "no run directory"),
+    ];
+    for (args, want) in cases {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(*args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} must fail");
+        assert!(err.contains(want), "{args:?}: {err:?} lacks {want:?}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
