@@ -163,9 +163,12 @@ pub fn train(
             history = serde_json::from_str(h).unwrap_or_default();
         }
         // A resume with other settings is allowed (e.g. a lower lr) but is no longer the same run.
+        // Through TrainConfig, so that fields a newer version added take their defaults and do
+        // not count as changes.
         let theirs: serde_json::Value = ck
             .meta("config")
-            .and_then(|c| serde_json::from_str(c).ok())
+            .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
+            .map(|c| serde_json::to_value(c).expect("serialisable"))
             .unwrap_or_default();
         let ours = serde_json::to_value(cfg).expect("serialisable");
         let changed: Vec<String> = ours
