@@ -228,12 +228,7 @@ fn series_label(runs: &[Run], run: &Run, what: &str) -> String {
 fn title(runs: &[Run], what: &str) -> String {
     if runs.len() == 1 {
         let c = &runs[0].config;
-        let kind = if c.dense {
-            "dense".to_string()
-        } else {
-            format!("DST alpha {}", super::table::fmt_alpha(c.alpha))
-        };
-        format!("{what}: {} {kind}, seed {}", c.model, c.seed)
+        format!("{what}: {} {}, seed {}", c.model, c.kind(), c.seed)
     } else {
         format!("{what}: {} runs", runs.len())
     }

@@ -107,11 +107,7 @@ pub fn report_markdown(runs: &[Run]) -> String {
             "| {} | {} | {} | {} | {} | {} |\n",
             r.dir.display(),
             c.model,
-            if c.dense {
-                "dense".into()
-            } else {
-                format!("DST alpha {}", table::fmt_alpha(c.alpha))
-            },
+            c.kind(),
             c.seed,
             c.epochs,
             status

@@ -27,6 +27,27 @@ pub struct RunConfig {
     pub optimizer: String,
     /// Images held out of the training set for validation (`--valid N`), when given.
     pub valid: Option<usize>,
+    /// `--target-keep R`, when alpha was steered.
+    pub target_keep: Option<f64>,
+    pub reset: Option<String>,
+}
+
+impl RunConfig {
+    /// "dense", "DST alpha 5e-4", or "DST target keep 2.5 %" (plus a reset policy other than
+    /// the paper's).
+    pub fn kind(&self) -> String {
+        if self.dense {
+            return "dense".into();
+        }
+        let mut k = match self.target_keep {
+            Some(r) => format!("DST target keep {} %", 100.0 * r),
+            None => format!("DST alpha {}", super::table::fmt_alpha(self.alpha)),
+        };
+        if let Some(r) = self.reset.as_deref().filter(|r| *r != "paper") {
+            k.push_str(&format!(", reset {r}"));
+        }
+        k
+    }
 }
 
 /// One layer at the end of an epoch.
