@@ -13,8 +13,10 @@
 //
 // Every entry point writes (never accumulates) every element of its output, without atomics; each
 // sum runs in a fixed order, so results are bit-deterministic. Variants: `*_regblock` (CPU adapters
-// such as lavapipe: several outputs per invocation in registers, no workgroup memory) and
-// `*_tiled` / `conv_backward_weight_split` (GPUs: 64x64 workgroup-memory tiles; one workgroup per
+// such as lavapipe: several outputs per invocation in registers, no workgroup memory), `*_cols`
+// with `conv_im2col` / `conv_col2im` (CPU adapters when oh ow % 4 == 0: a patch matrix the layer
+// owns and vec4 GEMM-like products over it; faster than the implicit forms there) and `*_tiled` /
+// `conv_backward_weight_split` (GPUs: 64x64 workgroup-memory tiles; one workgroup per
 // weight-gradient element with a fixed-order tree reduction). Grids are 1-D block counts folded
 // into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
 
@@ -392,6 +394,304 @@ fn conv_backward_weight_regblock(@builtin(local_invocation_id) lid: vec3<u32>,
             }
         }
     }
+}
+
+// ------------------------------------------- CPU variants through a patch matrix (im2col + GEMM)
+//
+// A patch matrix `cols` (cols x np, np = batch oh ow), row k = (ci, ky, kx), column P = n oh ow + p:
+// cols[k][P] = X(n, ci, oy s - pad + ky, ox s - pad + kx). The layer owns it (src/nn/conv.rs); the
+// forward fills it, the weight gradient reads it, and the input gradient then reuses it for
+// dcols = W^T dy before gathering dx from it (col2im). The products read four consecutive P as one
+// vec4: the host takes this path only when oh ow % 4 == 0 (four consecutive P stay in one image,
+// 16-byte aligned in y and dy). Weights (forward, input gradient) and dy (weight gradient) are
+// indexed by the workgroup alone: those loads are uniform.
+
+@group(0) @binding(9) var<storage, read_write> cols_w: array<f32>;
+@group(0) @binding(10) var<storage, read> cols_r: array<f32>;
+@group(0) @binding(11) var<storage, read> cols4: array<vec4<f32>>;
+@group(0) @binding(12) var<storage, read> dy4: array<vec4<f32>>;
+
+// Reads x; writes cols_w (every element). One invocation per patch-matrix row segment (k, n, oy):
+// its ow consecutive columns.
+@compute @workgroup_size(64, 1, 1)
+fn conv_im2col(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = gid.x + gid.y * nwg.x * 64u;
+    let khw = cp.kh * cp.kw;
+    let rows = cp.c_in * khw * cp.batch * cp.oh;
+    if (g >= rows) {
+        return;
+    }
+    let k = g / (cp.batch * cp.oh);
+    let r = g % (cp.batch * cp.oh); // n * oh + oy
+    let n = r / cp.oh;
+    let oy = r % cp.oh;
+    let ci = k / khw;
+    let ky = (k % khw) / cp.kw;
+    let kx = k % cp.kw;
+    let np = cp.batch * cp.oh * cp.ow;
+    let out = k * np + r * cp.ow;
+    let iy = i32(oy * cp.stride + ky) - i32(cp.pad);
+    let ix0 = i32(kx) - i32(cp.pad);
+    let inside = iy >= 0 && iy < i32(cp.h);
+    let xrow = ((n * cp.c_in + ci) * cp.h + u32(max(iy, 0))) * cp.w;
+    for (var ox = 0u; ox < cp.ow; ox++) {
+        let ix = ix0 + i32(ox * cp.stride);
+        var v = 0.0;
+        if (inside && ix >= 0 && ix < i32(cp.w)) {
+            v = x[xrow + u32(ix)];
+        }
+        cols_w[out + ox] = v;
+    }
+}
+
+const CB: u32 = 8u; // cols products: rows (filters or patch rows) per invocation, 8 columns P
+
+// Index in y / dy of (n, co, p) for column P: ((n c_out + co) oh ow + p).
+fn out_index(co: u32, pcol: u32) -> u32 {
+    let ohw = cp.oh * cp.ow;
+    return ((pcol / ohw) * cp.c_out + co) * ohw + pcol % ohw;
+}
+
+// Reads cols4, weight, bias; writes y. y[n][co][p] = bias[co] + sum_k W[co][k] cols[k][P], k in
+// order. One invocation: 8 filters (from the workgroup index) x 8 consecutive columns (two vec4).
+@compute @workgroup_size(64, 1, 1)
+fn conv_forward_cols(@builtin(local_invocation_id) lid: vec3<u32>,
+                     @builtin(workgroup_id) wid: vec3<u32>,
+                     @builtin(num_workgroups) nwg: vec3<u32>) {
+    let np4 = cp.batch * cp.oh * cp.ow / 4u;
+    let p_blocks = (np4 + 1u) / 2u;
+    let p_groups = (p_blocks + 63u) / 64u;
+    let co_blocks = (cp.c_out + CB - 1u) / CB;
+    let g = wid.x + wid.y * nwg.x;
+    let pb = (g % p_groups) * 64u + lid.x;
+    if (g >= p_groups * co_blocks || pb >= p_blocks) {
+        return;
+    }
+    let co0 = (g / p_groups) * CB;
+    let q0 = pb * 2u;
+    let q1 = min(q0 + 1u, np4 - 1u);
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    var wb: array<u32, 8>;
+    for (var i = 0u; i < CB; i++) {
+        wb[i] = min(co0 + i, cp.c_out - 1u) * kdim;
+    }
+    var acc: array<vec4<f32>, 16>; // filter i: acc[2i] columns 0-3, acc[2i+1] columns 4-7
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var k = 0u; k < kdim; k++) {
+        let b0 = cols4[k * np4 + q0];
+        let b1 = cols4[k * np4 + q1];
+        for (var i = 0u; i < CB; i++) {
+            let wv = vec4<f32>(weight[wb[i] + k]);
+            acc[2u * i] = fma(wv, b0, acc[2u * i]);
+            acc[2u * i + 1u] = fma(wv, b1, acc[2u * i + 1u]);
+        }
+    }
+    for (var i = 0u; i < CB; i++) {
+        let co = co0 + i;
+        if (co >= cp.c_out) {
+            break;
+        }
+        var bv = 0.0;
+        if (cp.has_bias != 0u) {
+            bv = bias[co];
+        }
+        for (var h = 0u; h < 2u; h++) {
+            let q = q0 + h;
+            if (q < np4) {
+                let o = out_index(co, q * 4u);
+                let v = acc[2u * i + h];
+                for (var j = 0u; j < 4u; j++) {
+                    y[o + j] = v[j] + bv;
+                }
+            }
+        }
+    }
+}
+
+// Reads dy4, cols4; writes dw. dW[co][k] = sum_P dy(n, co, p) cols[k][P], over n, then p four at
+// a time (a dot product per four). One invocation: 8 filters (from the workgroup index: dy loads
+// are uniform) x 4 consecutive patch rows k.
+@compute @workgroup_size(32, 1, 1)
+fn conv_backward_weight_cols(@builtin(local_invocation_id) lid: vec3<u32>,
+                             @builtin(workgroup_id) wid: vec3<u32>,
+                             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    let k_blocks = (kdim + 3u) / 4u;
+    let k_groups = (k_blocks + 31u) / 32u;
+    let co_blocks = (cp.c_out + CB - 1u) / CB;
+    let g = wid.x + wid.y * nwg.x;
+    let kb = (g % k_groups) * 32u + lid.x;
+    if (g >= k_groups * co_blocks || kb >= k_blocks) {
+        return;
+    }
+    let k0 = kb * 4u;
+    let co0 = (g / k_groups) * CB;
+    let ohw4 = cp.oh * cp.ow / 4u;
+    let np4 = cp.batch * ohw4;
+    var cb: array<u32, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        cb[j] = min(k0 + j, kdim - 1u) * np4;
+    }
+    var db4: array<u32, 8>;
+    for (var i = 0u; i < CB; i++) {
+        db4[i] = min(co0 + i, cp.c_out - 1u) * ohw4;
+    }
+    var acc: array<array<f32, 4>, 8>;
+    for (var i = 0u; i < CB; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var n = 0u; n < cp.batch; n++) {
+        let dn = n * cp.c_out * ohw4;
+        let pn = n * ohw4;
+        for (var q = 0u; q < ohw4; q++) {
+            var bv: array<vec4<f32>, 4>;
+            for (var j = 0u; j < 4u; j++) {
+                bv[j] = cols4[cb[j] + pn + q];
+            }
+            for (var i = 0u; i < CB; i++) {
+                let gv = dy4[dn + db4[i] + q];
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] += dot(gv, bv[j]);
+                }
+            }
+        }
+    }
+    for (var i = 0u; i < CB; i++) {
+        let co = co0 + i;
+        if (co >= cp.c_out) {
+            break;
+        }
+        for (var j = 0u; j < 4u; j++) {
+            let k = k0 + j;
+            if (k < kdim) {
+                dw[co * kdim + k] = acc[i][j];
+            }
+        }
+    }
+}
+
+// Reads dy4, weight; writes cols_w = dcols. dcols[k][P] = sum_co W[co][k] dy(n, co, p), co in
+// order. One invocation: 8 patch rows k (from the workgroup index: weight loads are uniform) x 8
+// consecutive columns (two vec4 of dy).
+@compute @workgroup_size(64, 1, 1)
+fn conv_backward_input_cols(@builtin(local_invocation_id) lid: vec3<u32>,
+                            @builtin(workgroup_id) wid: vec3<u32>,
+                            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let ohw = cp.oh * cp.ow;
+    let np4 = cp.batch * ohw / 4u;
+    let p_blocks = (np4 + 1u) / 2u;
+    let p_groups = (p_blocks + 63u) / 64u;
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    let k_blocks = (kdim + CB - 1u) / CB;
+    let g = wid.x + wid.y * nwg.x;
+    let pb = (g % p_groups) * 64u + lid.x;
+    if (g >= p_groups * k_blocks || pb >= p_blocks) {
+        return;
+    }
+    let k0 = (g / p_groups) * CB;
+    let q0 = pb * 2u;
+    let q1 = min(q0 + 1u, np4 - 1u);
+    // dy4 index of column block q at channel 0: (n c_out oh ow + p) / 4; channel co adds co oh ow / 4.
+    let ohw4 = ohw / 4u;
+    let d0 = (q0 / ohw4) * cp.c_out * ohw4 + q0 % ohw4;
+    let d1 = (q1 / ohw4) * cp.c_out * ohw4 + q1 % ohw4;
+    var kk: array<u32, 8>;
+    for (var i = 0u; i < CB; i++) {
+        kk[i] = min(k0 + i, kdim - 1u);
+    }
+    var acc: array<vec4<f32>, 16>; // row i: acc[2i] columns 0-3, acc[2i+1] columns 4-7
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var co = 0u; co < cp.c_out; co++) {
+        let b0 = dy4[d0 + co * ohw4];
+        let b1 = dy4[d1 + co * ohw4];
+        let wrow = co * kdim;
+        for (var i = 0u; i < CB; i++) {
+            let wv = vec4<f32>(weight[wrow + kk[i]]);
+            acc[2u * i] = fma(wv, b0, acc[2u * i]);
+            acc[2u * i + 1u] = fma(wv, b1, acc[2u * i + 1u]);
+        }
+    }
+    let np = np4 * 4u;
+    for (var i = 0u; i < CB; i++) {
+        let k = k0 + i;
+        if (k >= kdim) {
+            break;
+        }
+        for (var h = 0u; h < 2u; h++) {
+            let q = q0 + h;
+            if (q < np4) {
+                let v = acc[2u * i + h];
+                for (var j = 0u; j < 4u; j++) {
+                    cols_w[k * np + q * 4u + j] = v[j];
+                }
+            }
+        }
+    }
+}
+
+// Reads cols_r = dcols; writes dx. dx[n][ci][iy][ix] = sum over (ky, kx) in order of
+// dcols[(ci, ky, kx)][(n, oy, ox)] with oy s - pad + ky = iy, ox s - pad + kx = ix (in range).
+// One invocation per dx element.
+@compute @workgroup_size(64, 1, 1)
+fn conv_col2im(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    let hw = cp.h * cp.w;
+    if (i >= cp.batch * cp.c_in * hw) {
+        return;
+    }
+    let plane = i / hw; // n * c_in + ci
+    let r = i % hw;
+    let n = plane / cp.c_in;
+    let ci = plane % cp.c_in;
+    let iy = r / cp.w;
+    let ix = r % cp.w;
+    let ohw = cp.oh * cp.ow;
+    let np = cp.batch * ohw;
+    let pn = n * ohw;
+    let s = cp.stride;
+    var acc = 0.0;
+    for (var ky = 0u; ky < cp.kh; ky++) {
+        let ty = i32(iy + cp.pad) - i32(ky);
+        if (ty < 0) {
+            continue;
+        }
+        var oy = u32(ty);
+        if (s != 1u) {
+            if (oy % s != 0u) {
+                continue;
+            }
+            oy = oy / s;
+        }
+        if (oy >= cp.oh) {
+            continue;
+        }
+        let krow = (ci * cp.kh + ky) * cp.kw;
+        for (var kx = 0u; kx < cp.kw; kx++) {
+            let tx = i32(ix + cp.pad) - i32(kx);
+            if (tx < 0) {
+                continue;
+            }
+            var ox = u32(tx);
+            if (s != 1u) {
+                if (ox % s != 0u) {
+                    continue;
+                }
+                ox = ox / s;
+            }
+            if (ox < cp.ow) {
+                acc += cols_r[(krow + kx) * np + pn + oy * cp.ow + ox];
+            }
+        }
+    }
+    dx[i] = acc;
 }
 
 // ---------------------------------------------------------------- GPU variants (workgroup memory)

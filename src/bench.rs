@@ -192,6 +192,33 @@ pub fn run(
                 row[2]
             );
         }
+        if k.conv.use_cols(&gpu, &s) {
+            // The patch-matrix path: im2col + product (forward), product + col2im (d_input).
+            let cols = Tensor::zeros(&gpu, "cols", &[s.cols_len()])?;
+            let mut row = Vec::new();
+            for ds in [
+                k.conv
+                    .forward_cols(&gpu, &s, &x, &w, Some(&b), &y, &cols, &k.dummy)?
+                    .to_vec(),
+                vec![k.conv.backward_weight_cols(&gpu, &s, &g, &cols, &dw)?],
+                k.conv
+                    .backward_input_cols(&gpu, &s, &g, &w, &cols, &dx)?
+                    .to_vec(),
+            ] {
+                let mut sec = 0.0;
+                for d in &ds {
+                    sec += time_dispatch(&gpu, d, reps)?;
+                }
+                row.push(flops / sec / 1e9);
+            }
+            println!(
+                "{:<44} {:>12.2} {:>12.2} {:>12.2}",
+                format!("{what} Cols"),
+                row[0],
+                row[2],
+                row[1]
+            );
+        }
     }
     drop(k);
     if steps == 0 {

@@ -1,5 +1,6 @@
 //! `shaders/conv.wgsl`: 2-D convolution (NCHW) as implicit GEMMs, its input, weight and bias
-//! gradients; a CPU (register-block) and a GPU (workgroup-memory) variant of each product.
+//! gradients; a CPU (register-block) and a GPU (workgroup-memory) variant of each product, and on
+//! CPU adapters a faster path through a patch matrix the layer owns (im2col + vec4 products).
 
 use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory};
 use crate::gpu::{AdapterClass, Gpu, Result, Tensor};
@@ -37,6 +38,11 @@ impl ConvShape {
     /// Multiply-adds of one product (forward, input or weight gradient): batch oh ow c_out cols.
     pub fn macs(&self) -> usize {
         self.batch * self.out_h() * self.out_w() * self.c_out * self.cols()
+    }
+
+    /// Elements of the patch matrix of the cols path: `cols() * batch * oh * ow`.
+    pub fn cols_len(&self) -> usize {
+        self.cols() * self.batch * self.out_h() * self.out_w()
     }
 
     fn check(&self) {
@@ -117,6 +123,11 @@ pub struct Conv {
     pub backward_weight_regblock: Kernel,
     pub backward_weight_split: Kernel,
     pub bias_backward_k: Kernel,
+    pub im2col: Kernel,
+    pub forward_cols_k: Kernel,
+    pub backward_weight_cols_k: Kernel,
+    pub backward_input_cols_k: Kernel,
+    pub col2im: Kernel,
     /// The variant the plain wrappers use on this device.
     pub variant: ConvVariant,
 }
@@ -126,6 +137,14 @@ const RW: Access = Access::ReadWrite;
 const FORWARD: &[(u32, Access)] = &[(1, R), (2, R), (3, R), (4, RW)];
 const BACKWARD_INPUT: &[(u32, Access)] = &[(5, R), (2, R), (6, RW)];
 const BACKWARD_WEIGHT: &[(u32, Access)] = &[(5, R), (1, R), (7, RW)];
+const IM2COL: &[(u32, Access)] = &[(1, R), (9, RW)];
+const FORWARD_COLS: &[(u32, Access)] = &[(11, R), (2, R), (3, R), (4, RW)];
+const BACKWARD_WEIGHT_COLS: &[(u32, Access)] = &[(12, R), (11, R), (7, RW)];
+const BACKWARD_INPUT_COLS: &[(u32, Access)] = &[(12, R), (2, R), (9, RW)];
+const COL2IM: &[(u32, Access)] = &[(10, R), (6, RW)];
+
+/// Filters (or patch rows) per invocation of the cols products (`CB` in the shader).
+const CB: usize = 8;
 
 fn assert_len(t: &Tensor, n: usize, what: &str, s: &ConvShape) {
     assert_eq!(
@@ -134,6 +153,19 @@ fn assert_len(t: &Tensor, n: usize, what: &str, s: &ConvShape) {
         "conv {what} ({}): {} elements for {s:?}",
         t.label,
         t.len()
+    );
+}
+
+/// The cols path's conditions: four consecutive output positions in one image (oh ow % 4 == 0)
+/// and a patch matrix within one binding.
+fn cols_fit(gpu: &Gpu, s: &ConvShape) -> bool {
+    (s.out_h() * s.out_w()).is_multiple_of(4) && (4 * s.cols_len()) as u64 <= gpu.max_binding()
+}
+
+fn assert_cols(s: &ConvShape, gpu: &Gpu) {
+    assert!(
+        cols_fit(gpu, s),
+        "conv {s:?}: the cols path needs oh ow % 4 == 0 and a patch matrix within one binding"
     );
 }
 
@@ -164,6 +196,19 @@ impl Conv {
                 false,
             )?,
             bias_backward_k: f.kernel("conv_bias_backward", &[(5, R), (8, RW)], false)?,
+            im2col: f.kernel("conv_im2col", IM2COL, false)?,
+            forward_cols_k: f.kernel("conv_forward_cols", FORWARD_COLS, false)?,
+            backward_weight_cols_k: f.kernel(
+                "conv_backward_weight_cols",
+                BACKWARD_WEIGHT_COLS,
+                false,
+            )?,
+            backward_input_cols_k: f.kernel(
+                "conv_backward_input_cols",
+                BACKWARD_INPUT_COLS,
+                false,
+            )?,
+            col2im: f.kernel("conv_col2im", COL2IM, false)?,
             variant: ConvVariant::for_class(class),
         })
     }
@@ -325,5 +370,107 @@ impl Conv {
         assert_len(d_bias, s.c_out, "d_bias", s);
         self.bias_backward_k
             .bind(gpu, &p, &[dy, d_bias], None, grid_1d(s.c_out as u32))
+    }
+
+    /// Whether the plain-variant layer should take the patch-matrix path for `s` on this device:
+    /// CPU adapters (the register-block variant), oh ow % 4 == 0, and a patch matrix that fits one
+    /// binding.
+    pub fn use_cols(&self, gpu: &Gpu, s: &ConvShape) -> bool {
+        self.variant == ConvVariant::RegBlock && cols_fit(gpu, s)
+    }
+
+    /// `y = conv(x, weight) + bias` through the patch matrix `cols` (`s.cols_len()` elements, the
+    /// caller's scratch, filled here): im2col, then the product. Writes every y and every cols.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_cols(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        cols: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<[Dispatch; 2]> {
+        let p = s.params(bias.is_some());
+        let (oh, ow) = (s.out_h(), s.out_w());
+        assert_cols(s, gpu);
+        assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
+        assert_len(weight, s.c_out * s.cols(), "weight", s);
+        assert_len(y, s.batch * s.c_out * oh * ow, "y", s);
+        assert_len(cols, s.cols_len(), "cols", s);
+        if let Some(b) = bias {
+            assert_len(b, s.c_out, "bias", s);
+        }
+        let rows = s.cols() * s.batch * oh;
+        let fill = self
+            .im2col
+            .bind(gpu, &p, &[x, cols], None, grid_1d(rows.div_ceil(64) as u32))?;
+        // Workgroups: one block of 8 filters x 64 blocks of 8 columns.
+        let groups = (s.batch * oh * ow / 4).div_ceil(2).div_ceil(64) * s.c_out.div_ceil(CB);
+        let prod = self.forward_cols_k.bind(
+            gpu,
+            &p,
+            &[cols, weight, bias.unwrap_or(dummy), y],
+            None,
+            grid_1d(groups as u32),
+        )?;
+        Ok([fill, prod])
+    }
+
+    /// `backward_weight` from the patch matrix `cols` the forward filled (same x); writes every
+    /// d_weight element.
+    pub fn backward_weight_cols(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        cols: &Tensor,
+        d_weight: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(false);
+        assert_cols(s, gpu);
+        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+        assert_len(cols, s.cols_len(), "cols", s);
+        assert_len(d_weight, s.c_out * s.cols(), "d_weight", s);
+        // Workgroups: one block of 8 filters x 32 blocks of 4 patch rows.
+        let groups = s.cols().div_ceil(4).div_ceil(32) * s.c_out.div_ceil(CB);
+        self.backward_weight_cols_k
+            .bind(gpu, &p, &[dy, cols, d_weight], None, grid_1d(groups as u32))
+    }
+
+    /// `backward_input` through the patch matrix: `cols` (overwritten, the caller's scratch) =
+    /// W^T dy, then dx gathered from it (col2im). Writes every dx.
+    pub fn backward_input_cols(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        weight: &Tensor,
+        cols: &Tensor,
+        dx: &Tensor,
+    ) -> Result<[Dispatch; 2]> {
+        let p = s.params(false);
+        assert_cols(s, gpu);
+        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+        assert_len(weight, s.c_out * s.cols(), "weight", s);
+        assert_len(cols, s.cols_len(), "cols", s);
+        assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
+        // Workgroups: one block of 8 patch rows x 64 blocks of 8 columns.
+        let groups =
+            (s.batch * s.out_h() * s.out_w() / 4).div_ceil(2).div_ceil(64) * s.cols().div_ceil(CB);
+        let prod = self.backward_input_cols_k.bind(
+            gpu,
+            &p,
+            &[dy, weight, cols],
+            None,
+            grid_1d(groups as u32),
+        )?;
+        let n = s.batch * s.c_in * s.h * s.w;
+        let gather = self
+            .col2im
+            .bind(gpu, &p, &[cols, dx], None, grid_1d(n.div_ceil(64) as u32))?;
+        Ok([prod, gather])
     }
 }

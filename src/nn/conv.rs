@@ -184,7 +184,19 @@ impl Layer for Conv2d {
         )?;
         let w = self.effective_weight(cx);
         let b = self.bias.map(|b| cx.arena.param(b));
-        cx.push(k.conv.forward(gpu, &s, x, &w, b.as_ref(), &y, &k.dummy)?);
+        if k.conv.use_cols(gpu, &s) {
+            // The patch matrix, kept for the backward (weight gradient, then input gradient).
+            let cols = cx.activation(&format!("{}.cols", self.name), &[s.cols_len()])?;
+            for d in k
+                .conv
+                .forward_cols(gpu, &s, x, &w, b.as_ref(), &y, &cols, &k.dummy)?
+            {
+                cx.push(d);
+            }
+            cx.save(&format!("{}.cols", self.name), cols);
+        } else {
+            cx.push(k.conv.forward(gpu, &s, x, &w, b.as_ref(), &y, &k.dummy)?);
+        }
         Ok(y)
     }
 
@@ -198,13 +210,15 @@ impl Layer for Conv2d {
     ) -> Result<Option<Tensor>> {
         let s = self.shape(x);
         let (k, gpu) = (cx.kernels, cx.gpu);
-        let dx = if need_dx {
-            let dx = cx.activation(&format!("{}.d_input", self.name), &x.shape)?;
-            let w = self.effective_weight(cx);
-            cx.push(k.conv.backward_input(gpu, &s, dy, &w, &dx)?);
-            Some(dx)
-        } else {
-            None
+        // The forward's patch matrix (cols path): the weight gradient reads it, then the input
+        // gradient overwrites it, so the weight gradient is recorded first.
+        let cols = k
+            .conv
+            .use_cols(gpu, &s)
+            .then(|| cx.saved(&format!("{}.cols", self.name)));
+        let weight_grad = |dw: &Tensor| match &cols {
+            Some(c) => k.conv.backward_weight_cols(gpu, &s, dy, c, dw),
+            None => k.conv.backward_weight(gpu, &s, dy, x, dw),
         };
         let d_weight = cx.arena.grad(self.weight);
         match &self.mask {
@@ -213,7 +227,7 @@ impl Layer for Conv2d {
                     &format!("{}.d_masked_weight", self.name),
                     &[self.c_out, self.c_in, self.k, self.k],
                 )?;
-                cx.push(k.conv.backward_weight(gpu, &s, dy, x, &d_masked)?);
+                cx.push(weight_grad(&d_masked)?);
                 let w = self.rows(&cx.arena.param(self.weight));
                 let t = cx.arena.param(m.threshold);
                 let d_t = cx.arena.grad(m.threshold);
@@ -228,13 +242,26 @@ impl Layer for Conv2d {
                     &cx.alpha_scale,
                 )?);
             }
-            None => cx.push(k.conv.backward_weight(gpu, &s, dy, x, &d_weight)?),
+            None => cx.push(weight_grad(&d_weight)?),
         }
         if let Some(b) = self.bias {
             let d_bias = cx.arena.grad(b);
             cx.push(k.conv.bias_backward(gpu, &s, dy, &d_bias)?);
         }
-        Ok(dx)
+        if !need_dx {
+            return Ok(None);
+        }
+        let dx = cx.activation(&format!("{}.d_input", self.name), &x.shape)?;
+        let w = self.effective_weight(cx);
+        match &cols {
+            Some(c) => {
+                for d in k.conv.backward_input_cols(gpu, &s, dy, &w, c, &dx)? {
+                    cx.push(d);
+                }
+            }
+            None => cx.push(k.conv.backward_input(gpu, &s, dy, &w, &dx)?),
+        }
+        Ok(Some(dx))
     }
 
     fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {

@@ -1,3 +1,4 @@
+use dst::gpu::AdapterClass;
 use dst::kernels::conv::{ConvShape, ConvVariant};
 use dst::kernels::run_once;
 use dst::reference::{conv as reference, masked as rmasked};
@@ -165,6 +166,105 @@ fn conv_tiled_matches_reference() {
     check_variant(ConvVariant::Tiled);
 }
 
+/// Runs the patch-matrix path (im2col + forward product, weight gradient from the same patch
+/// matrix, then input gradient through it) on fresh NaN-poisoned outputs and patch matrix.
+fn run_cols(c: &Ctx, s: &ConvShape, (x, w, b, gy): Inputs<'_>) -> Run {
+    let (oh, ow) = (s.out_h(), s.out_w());
+    let xt = c.tensor("x", &[s.batch, s.c_in, s.h, s.w], x);
+    let wt = c.tensor("w", &[s.c_out, s.cols()], w);
+    let bt = b.map(|b| c.tensor("b", &[s.c_out], b));
+    let gt = c.tensor("gy", &[s.batch, s.c_out, oh, ow], gy);
+    let y = c.poisoned("y", &[s.batch, s.c_out, oh, ow]);
+    let dx = c.poisoned("dx", &[s.batch, s.c_in, s.h, s.w]);
+    let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
+    let db = c.poisoned("db", &[s.c_out]);
+    let scratch = c.poisoned("cols", &[s.cols_len()]);
+    let k = &c.k.conv;
+    let mut ds = k
+        .forward_cols(&c.gpu, s, &xt, &wt, bt.as_ref(), &y, &scratch, &c.k.dummy)
+        .unwrap()
+        .to_vec();
+    ds.push(k.backward_weight_cols(&c.gpu, s, &gt, &scratch, &dw).unwrap());
+    ds.extend(k.backward_input_cols(&c.gpu, s, &gt, &wt, &scratch, &dx).unwrap());
+    ds.push(k.bias_backward(&c.gpu, s, &gt, &db).unwrap());
+    let names = [
+        "im2col",
+        "forward_cols",
+        "backward_weight_cols",
+        "backward_input_cols",
+        "col2im",
+        "bias_backward",
+    ];
+    for (d, n) in ds.iter().zip(names) {
+        assert_eq!(d.label, format!("conv.conv_{n}"));
+    }
+    run_once(&c.gpu, &ds, 0).unwrap();
+    Run {
+        y: c.read(&y),
+        dx: c.read(&dx),
+        dw: c.read(&dw),
+        db: c.read(&db),
+    }
+}
+
+/// The patch-matrix path on every test shape it applies to (oh ow % 4 == 0: strides 1-3, padding
+/// 0-2, partial blocks), a LeNet-5 conv1-like shape and an odd count of 4-column groups.
+#[test]
+fn conv_cols_matches_reference() {
+    let c = ctx();
+    let mut rng = Rng::new(43);
+    let extra = [
+        shape(2, 1, 28, 28, 20, (5, 5), 1, 0),
+        shape(3, 2, 4, 4, 9, (3, 3), 1, 1),
+    ];
+    let shapes: Vec<ConvShape> = SHAPES
+        .iter()
+        .chain(&extra)
+        .copied()
+        .filter(|s| (s.out_h() * s.out_w()) % 4 == 0)
+        .collect();
+    assert!(shapes.len() >= 8);
+    for (i, s) in shapes.iter().enumerate() {
+        let x = rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0);
+        let w = rand_vec(&mut rng, s.c_out * s.cols(), -1.0, 1.0);
+        let b = rand_vec(&mut rng, s.c_out, -1.0, 1.0);
+        let gy = rand_vec(&mut rng, s.batch * s.c_out * s.out_h() * s.out_w(), -1.0, 1.0);
+        let with_bias = i % 2 == 0;
+        let r = run_cols(&c, s, (&x, &w, with_bias.then_some(&b[..]), &gy));
+        let (xd, wd, bd, gd) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&gy));
+        let tag = format!("cols {s:?}");
+        let bias = with_bias.then_some(&bd[..]);
+        assert_close_norm(
+            &format!("forward {tag}"),
+            &r.y,
+            &reference::forward(s, &xd, &wd, bias),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_input {tag}"),
+            &r.dx,
+            &reference::backward_input(s, &gd, &wd),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_weight {tag}"),
+            &r.dw,
+            &reference::backward_weight(s, &gd, &xd),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("bias_backward {tag}"),
+            &r.db,
+            &reference::bias_backward(s, &gd),
+            TOL,
+        );
+    }
+    // The layer's choice: CPU adapters only, and only where oh ow % 4 == 0.
+    let lenet2 = shape(64, 20, 12, 12, 50, (5, 5), 1, 0);
+    assert_eq!(c.k.conv.use_cols(&c.gpu, &lenet2), c.gpu.class == AdapterClass::Cpu);
+    assert!(!c.k.conv.use_cols(&c.gpu, &SHAPES[1]));
+}
+
 /// The plain wrappers use the adapter's variant; the same inputs give the same bits twice.
 #[test]
 fn conv_wrappers_are_deterministic() {
@@ -278,7 +378,9 @@ fn masked_conv_matches_golden() {
     let alpha = case["alpha"].as_f64().unwrap() as f32;
     let (rows, cols) = (s.c_out, s.cols());
     let c = ctx();
-    for variant in ConvVariant::ALL {
+    // Every variant, then (None) the patch-matrix path with a NaN-poisoned patch matrix.
+    assert!(c.k.conv.use_cols(&c.gpu, &s) || c.gpu.class != AdapterClass::Cpu);
+    for variant in ConvVariant::ALL.map(Some).into_iter().chain([None]) {
         let w = c.tensor("w", &[rows, cols], &f32s(&case["weight"]));
         let t = c.tensor("t", &[rows], &f32s(&case["threshold"]));
         let p = c.poisoned("p", &[rows, cols]);
@@ -295,22 +397,37 @@ fn masked_conv_matches_golden() {
         let dt = c.poisoned("dt", &[rows]);
         let db = c.poisoned("db", &[rows]);
         let (m, cv) = (&c.k.masked, &c.k.conv);
-        let ds = [
+        let mut ds = vec![
             m.mask_forward(&c.gpu, &w, &t, &p, &row_keep).unwrap(),
             m.mask_reset(&c.gpu, &w, &t, &p, &row_keep, &layer_keep)
                 .unwrap(),
-            cv.forward_with(variant, &c.gpu, &s, &x, &p, Some(&b), &y, &c.k.dummy)
-                .unwrap(),
-            cv.backward_input_with(variant, &c.gpu, &s, &gy, &p, &dx)
-                .unwrap(),
-            cv.backward_weight_with(variant, &c.gpu, &s, &gy, &x, &dp)
-                .unwrap(),
+        ];
+        match variant {
+            Some(variant) => ds.extend([
+                cv.forward_with(variant, &c.gpu, &s, &x, &p, Some(&b), &y, &c.k.dummy)
+                    .unwrap(),
+                cv.backward_input_with(variant, &c.gpu, &s, &gy, &p, &dx)
+                    .unwrap(),
+                cv.backward_weight_with(variant, &c.gpu, &s, &gy, &x, &dp)
+                    .unwrap(),
+            ]),
+            None => {
+                let scratch = c.poisoned("cols", &[s.cols_len()]);
+                ds.extend(
+                    cv.forward_cols(&c.gpu, &s, &x, &p, Some(&b), &y, &scratch, &c.k.dummy)
+                        .unwrap(),
+                );
+                ds.push(cv.backward_weight_cols(&c.gpu, &s, &gy, &scratch, &dp).unwrap());
+                ds.extend(cv.backward_input_cols(&c.gpu, &s, &gy, &p, &scratch, &dx).unwrap());
+            }
+        }
+        ds.extend([
             m.mask_backward(&c.gpu, &w, &t, &dp, &dw, &dt, alpha)
                 .unwrap(),
             cv.bias_backward(&c.gpu, &s, &gy, &db).unwrap(),
-        ];
+        ]);
         run_once(&c.gpu, &ds, 0).unwrap();
-        let tag = format!("golden masked_conv2d {variant:?}");
+        let tag = format!("golden masked_conv2d {variant:?} (None: cols)");
         let mask = flat(&case["mask"]);
         let want_p: Vec<f64> = flat(&case["weight"])
             .iter()
