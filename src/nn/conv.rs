@@ -6,6 +6,7 @@
 //! output filter; `mask_forward` + `mask_reset` make P, the conv runs with P, and `mask_backward`
 //! turns the conv's weight gradient dL/dP into dL/dW and dL/dt.
 
+use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::kernels::conv::ConvShape;
@@ -19,15 +20,7 @@ pub struct Conv2d {
     pub pad: usize,
     weight: ParamId,
     bias: Option<ParamId>,
-    mask: Option<MaskState>,
-}
-
-/// Buffers a masked conv owns (they depend on parameters only, not on the batch).
-struct MaskState {
-    threshold: ParamId,
-    masked_weight: Tensor,
-    row_keep: Tensor,
-    layer_keep: Tensor,
+    mask: Option<Mask>,
 }
 
 /// The ids `Conv2d::declare` returns: weight, bias (if any), threshold (if masked).
@@ -68,19 +61,10 @@ impl Conv2d {
         pad: usize,
         ids: ConvIds,
     ) -> Result<Conv2d> {
-        let mask = match ids.2 {
-            Some(threshold) => Some(MaskState {
-                threshold,
-                masked_weight: Tensor::zeros(
-                    gpu,
-                    &format!("{name}.masked_weight"),
-                    &[c_out, c_in, k, k],
-                )?,
-                row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep"), &[c_out])?,
-                layer_keep: Tensor::zeros(gpu, &format!("{name}.layer_keep"), &[4])?,
-            }),
-            None => None,
-        };
+        let mask = ids
+            .2
+            .map(|t| Mask::new(gpu, name, t, &[c_out, c_in, k, k], c_out, 1))
+            .transpose()?;
         Ok(Conv2d {
             name: name.to_string(),
             c_in,
@@ -92,10 +76,6 @@ impl Conv2d {
             bias: ids.1,
             mask,
         })
-    }
-
-    fn cols(&self) -> usize {
-        self.c_in * self.k * self.k
     }
 
     /// The conv's shape for a batch input `x` of shape (batch, c_in, h, w).
@@ -118,14 +98,6 @@ impl Conv2d {
             kw: self.k,
             stride: self.stride,
             pad: self.pad,
-        }
-    }
-
-    /// `t` viewed as the `(c_out, c_in*k*k)` matrix the masked kernels take.
-    fn rows(&self, t: &Tensor) -> Tensor {
-        Tensor {
-            shape: vec![self.c_out, self.cols()],
-            ..t.clone()
         }
     }
 
@@ -162,21 +134,7 @@ impl Layer for Conv2d {
         let s = self.shape(x);
         let (k, gpu) = (cx.kernels, cx.gpu);
         if let Some(m) = &self.mask {
-            let w = self.rows(&cx.arena.param(self.weight));
-            let t = cx.arena.param(m.threshold);
-            let p = self.rows(&m.masked_weight);
-            for d in k.masked.mask_pass(
-                gpu,
-                &w,
-                &t,
-                &p,
-                &m.row_keep,
-                &m.layer_keep,
-                1,
-                cx.reset,
-            )? {
-                cx.push(d);
-            }
+            m.forward(cx, self.weight)?;
         }
         let y = cx.activation(
             &format!("{}.y", self.name),
@@ -228,19 +186,7 @@ impl Layer for Conv2d {
                     &[self.c_out, self.c_in, self.k, self.k],
                 )?;
                 cx.push(weight_grad(&d_masked)?);
-                let w = self.rows(&cx.arena.param(self.weight));
-                let t = cx.arena.param(m.threshold);
-                let d_t = cx.arena.grad(m.threshold);
-                cx.push(k.masked.mask_backward_scaled(
-                    gpu,
-                    &w,
-                    &t,
-                    &self.rows(&d_masked),
-                    &self.rows(&d_weight),
-                    &d_t,
-                    cx.alpha,
-                    &cx.alpha_scale,
-                )?);
+                m.backward(cx, self.weight, &d_masked)?;
             }
             None => cx.push(weight_grad(&d_weight)?),
         }
@@ -265,31 +211,16 @@ impl Layer for Conv2d {
     }
 
     fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
-        if let Some(m) = &self.mask {
-            let t = cx.arena.param(m.threshold);
-            let d = cx.kernels.masked.penalty_scaled(
-                cx.gpu,
-                &t,
-                &cx.stats,
-                cx.alpha,
-                &cx.alpha_scale,
-            )?;
-            cx.push(d);
+        match &self.mask {
+            Some(m) => m.penalty(cx),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn mask_views(&self) -> Vec<MaskView> {
         self.mask
             .iter()
-            .map(|m| MaskView {
-                name: self.name.clone(),
-                rows: self.c_out,
-                cols: self.cols(),
-                threshold: m.threshold,
-                threshold_rows: 0..self.c_out,
-                layer_keep: m.layer_keep.clone(),
-            })
+            .flat_map(|m| m.views(&[self.name.clone()]))
             .collect()
     }
 }

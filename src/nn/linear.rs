@@ -4,6 +4,7 @@
 //! `Y = X P^T + b`. Backward: `dX = dY P`, `dP = dY^T X`, then `mask_backward` turns dP into dW and
 //! dt in one pass; `db = sum_rows dY`.
 
+use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
 
@@ -13,15 +14,7 @@ pub struct Linear {
     pub out_features: usize,
     weight: ParamId,
     bias: ParamId,
-    mask: Option<MaskState>,
-}
-
-/// Buffers a masked layer owns (they depend on parameters only, not on the batch).
-struct MaskState {
-    threshold: ParamId,
-    masked_weight: Tensor,
-    row_keep: Tensor,
-    layer_keep: Tensor,
+    mask: Option<Mask>,
 }
 
 impl Linear {
@@ -57,19 +50,10 @@ impl Linear {
         out_features: usize,
         ids: (ParamId, ParamId, Option<ParamId>),
     ) -> Result<Linear> {
-        let mask = match ids.2 {
-            Some(threshold) => Some(MaskState {
-                threshold,
-                masked_weight: Tensor::zeros(
-                    gpu,
-                    &format!("{name}.masked_weight"),
-                    &[out_features, in_features],
-                )?,
-                row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep"), &[out_features])?,
-                layer_keep: Tensor::zeros(gpu, &format!("{name}.layer_keep"), &[4])?,
-            }),
-            None => None,
-        };
+        let mask = ids
+            .2
+            .map(|t| Mask::new(gpu, name, t, &[out_features, in_features], out_features, 1))
+            .transpose()?;
         Ok(Linear {
             name: name.to_string(),
             in_features,
@@ -106,19 +90,7 @@ impl Layer for Linear {
         };
         let (k, gpu) = (cx.kernels, cx.gpu);
         if let Some(m) = &self.mask {
-            let (w, t) = (cx.arena.param(self.weight), cx.arena.param(m.threshold));
-            for d in k.masked.mask_pass(
-                gpu,
-                &w,
-                &t,
-                &m.masked_weight,
-                &m.row_keep,
-                &m.layer_keep,
-                1,
-                cx.reset,
-            )? {
-                cx.push(d);
-            }
+            m.forward(cx, self.weight)?;
         }
         let y = cx.activation(&format!("{}.y", self.name), &[batch, self.out_features])?;
         let w = self.effective_weight(cx);
@@ -166,20 +138,7 @@ impl Layer for Linear {
                     k.gemm
                         .backward_weight(gpu, dy, &x2, &d_masked, false, &k.dummy)?,
                 );
-                let (w, t) = (cx.arena.param(self.weight), cx.arena.param(m.threshold));
-                let d_t = cx.arena.grad(m.threshold);
-                cx.push(
-                    k.masked.mask_backward_scaled(
-                        gpu,
-                        &w,
-                        &t,
-                        &d_masked,
-                        &d_weight,
-                        &d_t,
-                        cx.alpha,
-                        &cx.alpha_scale,
-                    )?,
-                );
+                m.backward(cx, self.weight, &d_masked)?;
             }
             None => cx.push(
                 k.gemm
@@ -192,31 +151,16 @@ impl Layer for Linear {
     }
 
     fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
-        if let Some(m) = &self.mask {
-            let t = cx.arena.param(m.threshold);
-            let d = cx.kernels.masked.penalty_scaled(
-                cx.gpu,
-                &t,
-                &cx.stats,
-                cx.alpha,
-                &cx.alpha_scale,
-            )?;
-            cx.push(d);
+        match &self.mask {
+            Some(m) => m.penalty(cx),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn mask_views(&self) -> Vec<MaskView> {
         self.mask
             .iter()
-            .map(|m| MaskView {
-                name: self.name.clone(),
-                rows: self.out_features,
-                cols: self.in_features,
-                threshold: m.threshold,
-                threshold_rows: 0..self.out_features,
-                layer_keep: m.layer_keep.clone(),
-            })
+            .flat_map(|m| m.views(&[self.name.clone()]))
             .collect()
     }
 }

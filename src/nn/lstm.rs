@@ -14,6 +14,7 @@
 //! dX = dgates P_ih, the bias gradient as column sums of dgates, and `mask_backward` for both
 //! weights. Sequences are time-major between LSTM layers: (T, B, H).
 
+use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::kernels::lstm::StepDims;
@@ -50,15 +51,6 @@ pub struct LstmIds {
 /// Gate names in the stacked order, as used in `MaskView` names (`{name}.wx_i`, ...).
 pub const GATES: [&str; 4] = ["i", "f", "g", "o"];
 
-/// Buffers of one masked stacked weight (depend on parameters only).
-struct MaskState {
-    threshold: ParamId,
-    masked_weight: Tensor,
-    row_keep: Tensor,
-    /// 16 u32: [before, after, resets, spare] per gate matrix.
-    layer_keep: Tensor,
-}
-
 pub struct Lstm {
     name: String,
     pub input_size: usize,
@@ -67,8 +59,8 @@ pub struct Lstm {
     pub input: LstmInput,
     pub output: LstmOutput,
     ids: LstmIds,
-    mask_ih: Option<MaskState>,
-    mask_hh: Option<MaskState>,
+    mask_ih: Option<Mask>,
+    mask_hh: Option<Mask>,
 }
 
 impl Lstm {
@@ -136,22 +128,7 @@ impl Lstm {
         let g4 = 4 * hidden;
         let state = |which: &str, threshold: Option<ParamId>, cols: usize| -> Result<_> {
             threshold
-                .map(|threshold| {
-                    Ok(MaskState {
-                        threshold,
-                        masked_weight: Tensor::zeros(
-                            gpu,
-                            &format!("{name}.masked_weight_{which}"),
-                            &[g4, cols],
-                        )?,
-                        row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep_{which}"), &[g4])?,
-                        layer_keep: Tensor::zeros(
-                            gpu,
-                            &format!("{name}.layer_keep_{which}"),
-                            &[16],
-                        )?,
-                    })
-                })
+                .map(|t| Mask::new(gpu, &format!("{name}.{which}"), t, &[g4, cols], g4, 4))
                 .transpose()
         };
         Ok(Lstm {
@@ -247,19 +224,7 @@ impl Layer for Lstm {
             (&self.mask_hh, self.ids.weight_hh),
         ] {
             if let Some(m) = m {
-                let (w, t) = (cx.arena.param(w), cx.arena.param(m.threshold));
-                for d in k.masked.mask_pass(
-                    gpu,
-                    &w,
-                    &t,
-                    &m.masked_weight,
-                    &m.row_keep,
-                    &m.layer_keep,
-                    4,
-                    cx.reset,
-                )? {
-                    cx.push(d);
-                }
+                m.forward(cx, w)?;
             }
         }
         let x_tm = match self.input {
@@ -357,21 +322,7 @@ impl Layer for Lstm {
                         k.gemm
                             .backward_weight(gpu, &dgates, input, &d_masked, false, &k.dummy)?,
                     );
-                    let (w, t) = (cx.arena.param(w), cx.arena.param(m.threshold));
-                    let d_t = cx.arena.grad(m.threshold);
-                    cx.push(
-                        k.masked
-                            .mask_backward_scaled(
-                                gpu,
-                                &w,
-                                &t,
-                                &d_masked,
-                                &d_weight,
-                                &d_t,
-                                cx.alpha,
-                                &cx.alpha_scale,
-                            )?,
-                    );
+                    m.backward(cx, w, &d_masked)?;
                 }
                 None => cx.push(
                     k.gemm
@@ -386,40 +337,20 @@ impl Layer for Lstm {
 
     fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
         for m in [&self.mask_ih, &self.mask_hh].into_iter().flatten() {
-            let t = cx.arena.param(m.threshold);
-            let d = cx.kernels.masked.penalty_scaled(
-                cx.gpu,
-                &t,
-                &cx.stats,
-                cx.alpha,
-                &cx.alpha_scale,
-            )?;
-            cx.push(d);
+            m.penalty(cx)?;
         }
         Ok(())
     }
 
     fn mask_views(&self) -> Vec<MaskView> {
         let mut views = Vec::new();
-        for (prefix, m, cols) in [
-            ("wx", &self.mask_ih, self.input_size),
-            ("wh", &self.mask_hh, self.hidden),
-        ] {
-            let Some(m) = m else { continue };
-            for (g, gate) in GATES.iter().enumerate() {
-                views.push(MaskView {
-                    name: format!("{}.{prefix}_{gate}", self.name),
-                    rows: self.hidden,
-                    cols,
-                    threshold: m.threshold,
-                    threshold_rows: g * self.hidden..(g + 1) * self.hidden,
-                    layer_keep: Tensor {
-                        offset: m.layer_keep.offset + 16 * g as u64,
-                        shape: vec![4],
-                        label: format!("{}.layer_keep_{prefix}_{gate}", self.name),
-                        ..m.layer_keep.clone()
-                    },
-                });
+        for (prefix, m) in [("wx", &self.mask_ih), ("wh", &self.mask_hh)] {
+            if let Some(m) = m {
+                let names: Vec<String> = GATES
+                    .iter()
+                    .map(|gate| format!("{}.{prefix}_{gate}", self.name))
+                    .collect();
+                views.extend(m.views(&names));
             }
         }
         views

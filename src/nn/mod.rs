@@ -6,6 +6,7 @@ pub mod arena;
 pub mod conv;
 pub mod linear;
 pub mod lstm;
+pub mod mask;
 pub mod pool;
 pub mod relu;
 

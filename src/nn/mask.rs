@@ -1,0 +1,126 @@
+//! The DST mask of one weight (METHOD.md sections 1-3), shared by every masked layer: a linear
+//! or conv layer has one (1 matrix), an LSTM layer two (4 gate matrices each). It owns the
+//! buffers that depend on parameters only (P, per-row and per-matrix keep counters) and records
+//! the mask pass, the dL/dP -> (dL/dW, dL/dt) pass and the penalty into a plan.
+
+use super::{MaskView, ParamId, PlanCx};
+use crate::gpu::{Gpu, Result, Tensor};
+
+pub struct Mask {
+    pub threshold: ParamId,
+    /// P = W * M in the weight's own shape (the products read it).
+    pub masked_weight: Tensor,
+    row_keep: Tensor,
+    /// [before, after, resets, spare] per stacked matrix.
+    layer_keep: Tensor,
+    rows: usize,
+    cols: usize,
+    groups: usize,
+}
+
+impl Mask {
+    /// A mask of a weight with `shape` viewed as `rows x cols`, whose rows stack `groups`
+    /// matrices of equal height (each reset on its own).
+    pub fn new(
+        gpu: &Gpu,
+        name: &str,
+        threshold: ParamId,
+        shape: &[usize],
+        rows: usize,
+        groups: usize,
+    ) -> Result<Mask> {
+        let numel: usize = shape.iter().product();
+        assert!(rows > 0 && numel % rows == 0 && rows % groups == 0, "{name}: mask shape");
+        Ok(Mask {
+            threshold,
+            masked_weight: Tensor::zeros(gpu, &format!("{name}.masked_weight"), shape)?,
+            row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep"), &[rows])?,
+            layer_keep: Tensor::zeros(gpu, &format!("{name}.layer_keep"), &[4 * groups])?,
+            rows,
+            cols: numel / rows,
+            groups,
+        })
+    }
+
+    /// `t` viewed as the `rows x cols` matrix the masked kernels take.
+    fn matrix(&self, t: &Tensor) -> Tensor {
+        Tensor {
+            shape: vec![self.rows, self.cols],
+            ..t.clone()
+        }
+    }
+
+    /// Records P = W * M, the keep counts and the dead-layer policy for `weight`.
+    pub fn forward(&self, cx: &mut PlanCx<'_>, weight: ParamId) -> Result<()> {
+        let w = self.matrix(&cx.arena.param(weight));
+        let t = cx.arena.param(self.threshold);
+        for d in cx.kernels.masked.mask_pass(
+            cx.gpu,
+            &w,
+            &t,
+            &self.matrix(&self.masked_weight),
+            &self.row_keep,
+            &self.layer_keep,
+            self.groups,
+            cx.reset,
+        )? {
+            cx.push(d);
+        }
+        Ok(())
+    }
+
+    /// Records dL/dW (into the gradient arena) and dL/dt, penalty included, from `d_masked` =
+    /// dL/dP.
+    pub fn backward(&self, cx: &mut PlanCx<'_>, weight: ParamId, d_masked: &Tensor) -> Result<()> {
+        let w = self.matrix(&cx.arena.param(weight));
+        let t = cx.arena.param(self.threshold);
+        let d_w = self.matrix(&cx.arena.grad(weight));
+        let d_t = cx.arena.grad(self.threshold);
+        let d = cx.kernels.masked.mask_backward_scaled(
+            cx.gpu,
+            &w,
+            &t,
+            &self.matrix(d_masked),
+            &d_w,
+            &d_t,
+            cx.alpha,
+            &cx.alpha_scale,
+        )?;
+        cx.push(d);
+        Ok(())
+    }
+
+    /// Records `alpha * sum exp(-t)` into the plan's stats.
+    pub fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
+        let t = cx.arena.param(self.threshold);
+        let d = cx
+            .kernels
+            .masked
+            .penalty_scaled(cx.gpu, &t, &cx.stats, cx.alpha, &cx.alpha_scale)?;
+        cx.push(d);
+        Ok(())
+    }
+
+    /// One view per stacked matrix, named by `names` (one per group).
+    pub fn views(&self, names: &[String]) -> Vec<MaskView> {
+        assert_eq!(names.len(), self.groups);
+        let gr = self.rows / self.groups;
+        names
+            .iter()
+            .enumerate()
+            .map(|(g, name)| MaskView {
+                name: name.clone(),
+                rows: gr,
+                cols: self.cols,
+                threshold: self.threshold,
+                threshold_rows: g * gr..(g + 1) * gr,
+                layer_keep: Tensor {
+                    offset: self.layer_keep.offset + 16 * g as u64,
+                    shape: vec![4],
+                    label: format!("{}[{g}]", self.layer_keep.label),
+                    ..self.layer_keep.clone()
+                },
+            })
+            .collect()
+    }
+}
