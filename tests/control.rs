@@ -1,34 +1,12 @@
 //! Sparsity you can ask for: the target-keep controller, the reset policies in training, and the
 //! validation split (lavapipe in CI; small runs on the embedded subset).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
 
 use dst::checkpoint::Checkpoint;
-use dst::gpu::Gpu;
 use dst::train::control::AlphaController;
-use dst::train::{self, Quiet, RunOptions, TrainConfig, TrainError};
-
-fn gpu() -> Gpu {
-    Gpu::from_env().unwrap_or_else(|e| panic!("training tests need an adapter: {e}"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dst-control-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn run(cfg: &TrainConfig, out: &Path, resume: bool) -> Result<train::Summary, TrainError> {
-    train::train(
-        gpu(),
-        cfg,
-        &RunOptions {
-            out: out.to_path_buf(),
-            resume,
-        },
-        &mut Quiet,
-    )
-}
+use dst::train::TrainConfig;
 
 fn targeted(limit: usize, epochs: usize, target: f64) -> TrainConfig {
     TrainConfig {
@@ -63,7 +41,7 @@ fn controller_follows_its_path() {
 /// that band (it holds rather than oscillates); alpha moved and is recorded per log point.
 #[test]
 fn target_keep_is_reached_and_held() {
-    let out = tmp("reach");
+    let out = tmp("control", "reach");
     let cfg = targeted(3200, 8, 0.10);
     let s = run(&cfg, &out, false).unwrap();
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
@@ -92,7 +70,7 @@ fn target_keep_is_reached_and_held() {
 #[test]
 fn controller_state_survives_a_resume() {
     let cfg = targeted(640, 4, 0.3);
-    let (a, b) = (tmp("once"), tmp("resumed"));
+    let (a, b) = (tmp("control", "once"), tmp("control", "resumed"));
     run(&cfg, &a, false).unwrap();
     run(
         &TrainConfig {
@@ -146,7 +124,7 @@ fn validation_split_comes_from_the_training_images() {
     .unwrap_err();
     assert!(err.to_string().contains("--valid 1000 leaves no training images"), "{err}");
 
-    let out = tmp("valid");
+    let out = tmp("control", "valid");
     let s = run(
         &TrainConfig {
             epochs: 2,

@@ -1,21 +1,11 @@
 //! LeNet-5-Caffe end to end on the embedded MNIST subset (lavapipe in CI): it learns, resumes bit
 //! for bit, and refuses LeNet-300-100 checkpoints (and the reverse).
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
 
 use dst::checkpoint::Checkpoint;
-use dst::gpu::Gpu;
-use dst::train::{self, Quiet, RunOptions, TrainConfig, TrainError};
-
-fn gpu() -> Gpu {
-    Gpu::from_env().unwrap_or_else(|e| panic!("training tests need an adapter: {e}"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dst-lenet5-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use dst::train::TrainConfig;
 
 fn lenet5(limit: usize, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -26,34 +16,16 @@ fn lenet5(limit: usize, epochs: usize) -> TrainConfig {
     }
 }
 
-fn run(cfg: &TrainConfig, out: &Path, resume: bool) -> Result<train::Summary, TrainError> {
-    train::train(
-        gpu(),
-        cfg,
-        &RunOptions {
-            out: out.to_path_buf(),
-            resume,
-        },
-        &mut Quiet,
-    )
-}
-
 /// 60 DST steps on 1920 images (SGD lr 0.01 leaves LeNet-5's initial plateau slowly; here it gets
 /// to about 66 %): the loss falls, test accuracy passes 55 %, masks start to prune,
 /// and the checkpoint holds the conv layers' thresholds (one per filter).
 #[test]
 fn short_lenet5_run_learns() {
-    let out = tmp("learn");
+    let out = tmp("lenet5", "learn");
     let cfg = lenet5(1920, 2);
     assert_eq!((cfg.lr, cfg.batch, cfg.alpha), (0.01, 64, 5e-4), "paper defaults");
     let s = run(&cfg, &out, false).unwrap();
-    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect();
+    let losses = step_losses(&out);
     assert_eq!(losses.len(), 6);
     assert!(
         *losses.last().unwrap() < 0.8 * losses[0],
@@ -77,7 +49,7 @@ fn short_lenet5_run_learns() {
 #[test]
 fn lenet5_resume_is_bit_identical() {
     let cfg = lenet5(256, 2);
-    let (a, b) = (tmp("once"), tmp("resumed"));
+    let (a, b) = (tmp("lenet5", "once"), tmp("lenet5", "resumed"));
     run(&cfg, &a, false).unwrap();
     run(
         &TrainConfig {
@@ -89,23 +61,14 @@ fn lenet5_resume_is_bit_identical() {
     )
     .unwrap();
     run(&cfg, &b, true).unwrap();
-    let (ca, cb) = (
-        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
-        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
-    );
-    assert_eq!(ca.tensors.len(), cb.tensors.len());
-    for ((na, sa, va), (nb, sb, vb)) in ca.tensors.iter().zip(&cb.tensors) {
-        assert_eq!((na, sa), (nb, sb));
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(bits(va) == bits(vb), "tensor {na} differs after resume");
-    }
+    assert_same_checkpoints(&a, &b);
 }
 
 /// A LeNet-300-100 checkpoint is refused by LeNet-5 and the reverse, naming both models; so is
 /// `dst eval`'s path with the wrong model (a checkpoint names its own model, so eval follows it).
 #[test]
 fn checkpoints_of_the_other_lenet_are_refused() {
-    let (d300, d5) = (tmp("ck300"), tmp("ck5"));
+    let (d300, d5) = (tmp("lenet5", "ck300"), tmp("lenet5", "ck5"));
     let c300 = TrainConfig {
         limit_train: Some(128),
         epochs: 1,

@@ -2,21 +2,11 @@
 //! about a second: the runs are small): it learns with the paper's defaults, reports the eight
 //! gate matrices of each layer, resumes bit for bit, and evaluates from zero states.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
 
 use dst::checkpoint::Checkpoint;
-use dst::gpu::Gpu;
-use dst::train::{self, Quiet, RunOptions, TrainConfig, TrainError};
-
-fn gpu() -> Gpu {
-    Gpu::from_env().unwrap_or_else(|e| panic!("training tests need an adapter: {e}"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dst-lstm-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use dst::train::{self, TrainConfig};
 
 fn lstm_a(limit: usize, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -27,25 +17,13 @@ fn lstm_a(limit: usize, epochs: usize) -> TrainConfig {
     }
 }
 
-fn run(cfg: &TrainConfig, out: &Path, resume: bool) -> Result<train::Summary, TrainError> {
-    train::train(
-        gpu(),
-        cfg,
-        &RunOptions {
-            out: out.to_path_buf(),
-            resume,
-        },
-        &mut Quiet,
-    )
-}
-
 /// 40 DST steps (batch 100, Adam 1e-3, alpha 1e-4: the paper's defaults): the loss falls, test
 /// accuracy beats chance clearly, keep ratios are reported per gate matrix and fall below 1, the
 /// head stays dense (no threshold), and evaluating the same checkpoint twice gives the same
 /// accuracy (every sequence starts from zero states).
 #[test]
 fn short_lstm_a_run_learns() {
-    let out = tmp("learn");
+    let out = tmp("lstm", "learn");
     let cfg = lstm_a(2000, 2);
     assert_eq!(
         (cfg.optimizer.as_str(), cfg.lr, cfg.batch, cfg.alpha),
@@ -53,13 +31,7 @@ fn short_lstm_a_run_learns() {
         "paper defaults"
     );
     let s = run(&cfg, &out, false).unwrap();
-    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect();
+    let losses = step_losses(&out);
     assert_eq!(losses.len(), 4);
     assert!(
         *losses.last().unwrap() < 0.85 * losses[0],
@@ -87,7 +59,7 @@ fn short_lstm_a_run_learns() {
 #[test]
 fn lstm_a_resume_is_bit_identical() {
     let cfg = lstm_a(200, 2);
-    let (a, b) = (tmp("once"), tmp("resumed"));
+    let (a, b) = (tmp("lstm", "once"), tmp("lstm", "resumed"));
     run(&cfg, &a, false).unwrap();
     run(
         &TrainConfig {
@@ -99,14 +71,5 @@ fn lstm_a_resume_is_bit_identical() {
     )
     .unwrap();
     run(&cfg, &b, true).unwrap();
-    let (ca, cb) = (
-        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
-        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
-    );
-    assert_eq!(ca.tensors.len(), cb.tensors.len());
-    for ((na, sa, va), (nb, sb, vb)) in ca.tensors.iter().zip(&cb.tensors) {
-        assert_eq!((na, sa), (nb, sb));
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(bits(va) == bits(vb), "tensor {na} differs after resume");
-    }
+    assert_same_checkpoints(&a, &b);
 }

@@ -2,21 +2,11 @@
 //! passes a bar, DST sparsifies, resume is bit-identical, bad checkpoints and divergence are
 //! reported clearly.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
 
 use dst::checkpoint::Checkpoint;
-use dst::gpu::Gpu;
-use dst::train::{self, Quiet, RunOptions, TrainConfig, TrainError};
-
-fn gpu() -> Gpu {
-    Gpu::from_env().unwrap_or_else(|e| panic!("training tests need an adapter: {e}"))
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("dst-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
+use dst::train::{TrainConfig, TrainError};
 
 fn small(limit: usize, epochs: usize) -> TrainConfig {
     TrainConfig {
@@ -27,32 +17,10 @@ fn small(limit: usize, epochs: usize) -> TrainConfig {
     }
 }
 
-fn run(cfg: &TrainConfig, out: &Path, resume: bool) -> Result<train::Summary, TrainError> {
-    train::train(
-        gpu(),
-        cfg,
-        &RunOptions {
-            out: out.to_path_buf(),
-            resume,
-        },
-        &mut Quiet,
-    )
-}
-
-fn step_losses(out: &Path) -> Vec<f64> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v["kind"] == "step")
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
-}
-
 /// 300 DST steps on 6400 images: the loss falls and test accuracy passes 85%.
 #[test]
 fn short_dst_run_learns() {
-    let out = tmp("learn");
+    let out = tmp("test", "learn");
     let s = run(&small(6400, 3), &out, false).unwrap();
     let losses = step_losses(&out);
     assert_eq!(losses.len(), 15, "5 log points per epoch");
@@ -88,7 +56,7 @@ fn short_dst_run_learns() {
 /// A large alpha prunes (keep ratio < 1, thresholds up); dense keeps everything.
 #[test]
 fn large_alpha_prunes_dense_does_not() {
-    let out = tmp("alpha");
+    let out = tmp("test", "alpha");
     let cfg = TrainConfig {
         alpha: 1e-2,
         ..small(3200, 2)
@@ -110,7 +78,7 @@ fn large_alpha_prunes_dense_does_not() {
         "fc1 sparser than fc3"
     );
 
-    let out = tmp("dense");
+    let out = tmp("test", "dense");
     let cfg = TrainConfig {
         dense: true,
         ..small(3200, 2)
@@ -129,9 +97,9 @@ fn large_alpha_prunes_dense_does_not() {
 #[test]
 fn resume_is_bit_identical() {
     let cfg = small(640, 3);
-    let a = tmp("once");
+    let a = tmp("test", "once");
     run(&cfg, &a, false).unwrap();
-    let b = tmp("resumed");
+    let b = tmp("test", "resumed");
     run(
         &TrainConfig {
             epochs: 1,
@@ -156,22 +124,6 @@ fn resume_is_bit_identical() {
     assert_same_checkpoints(&a, &b);
 }
 
-/// The checkpoints of two run directories hold the same tensors, bit for bit, at the same step.
-fn assert_same_checkpoints(a: &Path, b: &Path) -> Checkpoint {
-    let (ca, cb) = (
-        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
-        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
-    );
-    assert_eq!(ca.tensors.len(), cb.tensors.len());
-    for ((na, sa, va), (nb, sb, vb)) in ca.tensors.iter().zip(&cb.tensors) {
-        assert_eq!((na, sa), (nb, sb));
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(bits(va) == bits(vb), "tensor {na} differs after resume");
-    }
-    assert_eq!(ca.meta("step"), cb.meta("step"));
-    ca
-}
-
 /// Adam: the loss falls, and a resume is bit-identical too (its second moments are checkpointed).
 #[test]
 fn adam_learns_and_resumes_bit_identically() {
@@ -180,7 +132,7 @@ fn adam_learns_and_resumes_bit_identically() {
         lr: 1e-3,
         ..small(640, 2)
     };
-    let a = tmp("adam-once");
+    let a = tmp("test", "adam-once");
     let s = run(&cfg, &a, false).unwrap();
     let losses = step_losses(&a);
     assert!(
@@ -188,7 +140,7 @@ fn adam_learns_and_resumes_bit_identically() {
         "adam loss did not fall: {losses:?}"
     );
     assert!(s.last.keep_ratio < 1.0);
-    let b = tmp("adam-resumed");
+    let b = tmp("test", "adam-resumed");
     run(
         &TrainConfig {
             epochs: 1,
@@ -206,7 +158,7 @@ fn adam_learns_and_resumes_bit_identically() {
 /// A checkpoint of another model is refused, as are files that are not dst checkpoints.
 #[test]
 fn foreign_checkpoints_are_refused() {
-    let out = tmp("foreign");
+    let out = tmp("test", "foreign");
     run(
         &TrainConfig {
             dense: true,
@@ -245,7 +197,7 @@ fn foreign_checkpoints_are_refused() {
 
 fn safetensors_without_format(ck: &Checkpoint) -> Vec<u8> {
     // Our writer always adds the tag, so rewrite the header's format value.
-    let dir = tmp("fmt");
+    let dir = tmp("test", "fmt");
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join("x.safetensors");
     ck.save(&p).unwrap();
@@ -259,7 +211,7 @@ fn safetensors_without_format(ck: &Checkpoint) -> Vec<u8> {
 /// A diverging run stops with a message naming alpha and lr; the last good checkpoint stays.
 #[test]
 fn divergence_stops_and_keeps_last_checkpoint() {
-    let out = tmp("diverge");
+    let out = tmp("test", "diverge");
     let cfg = small(640, 1);
     run(&cfg, &out, false).unwrap();
     let ck_path = out.join("checkpoint.safetensors");
@@ -286,7 +238,7 @@ fn divergence_stops_and_keeps_last_checkpoint() {
 /// an infinity is ever written (the epoch-1 checkpoint, if one was written, is finite).
 #[test]
 fn blown_up_parameters_stop_the_run() {
-    let out = tmp("blowup");
+    let out = tmp("test", "blowup");
     let cfg = TrainConfig {
         lr: 100.0,
         ..small(640, 2)
