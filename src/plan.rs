@@ -207,14 +207,11 @@ impl Plan {
         if train {
             let a = &model.arena;
             let partial = Tensor::zeros(gpu, "check.partial", &[CHECK_PARTIALS])?;
-            window_end.extend(kernels.optim.check_finite(
-                gpu,
-                &a.params,
-                &a.moment1,
-                &a.moment2,
-                &partial,
-                &stats,
-            )?);
+            window_end.extend(
+                kernels
+                    .optim
+                    .check_finite(gpu, &a.params, &a.moment1, &a.moment2, &partial, &stats)?,
+            );
         }
         Ok(Plan {
             dispatches: cx.dispatches,

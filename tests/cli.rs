@@ -192,20 +192,44 @@ fn help_and_info_list_the_models() {
     assert!(!ok && err.contains("unknown model \"vgg99\""), "{err}");
     let (ok, out, err) = dst(&["info", "--model", "lenet5"]);
     assert!(ok, "{err}");
-    assert!(out.contains("lstm-b") && out.contains("conv2") && out.contains("[50, 4, 4]"), "{out}");
+    assert!(
+        out.contains("lstm-b") && out.contains("conv2") && out.contains("[50, 4, 4]"),
+        "{out}"
+    );
 }
 
 /// Impossible targets and unknown reset policies are refused before any GPU work.
 #[test]
 fn bad_target_and_reset_flags_are_clear_errors() {
     for (args, want) in [
-        (&["train", "--target-keep", "0"][..], "--target-keep must be a fraction strictly between 0 and 1"),
-        (&["train", "--target-keep", "1"][..], "--target-keep must be a fraction strictly between 0 and 1"),
-        (&["train", "--target-keep", "-0.2"][..], "--target-keep must be a fraction strictly between 0 and 1"),
-        (&["train", "--target-keep", "0.05", "--dense"][..], "--target-keep needs DST"),
-        (&["train", "--target-epoch", "3"][..], "--target-epoch needs --target-keep"),
-        (&["train", "--target-keep", "0.05", "--target-epoch", "30"][..], "--target-epoch must be in 1..=20"),
-        (&["train", "--reset", "sometimes"][..], "--reset must be one of paper, floor, none"),
+        (
+            &["train", "--target-keep", "0"][..],
+            "--target-keep must be a fraction strictly between 0 and 1",
+        ),
+        (
+            &["train", "--target-keep", "1"][..],
+            "--target-keep must be a fraction strictly between 0 and 1",
+        ),
+        (
+            &["train", "--target-keep", "-0.2"][..],
+            "--target-keep must be a fraction strictly between 0 and 1",
+        ),
+        (
+            &["train", "--target-keep", "0.05", "--dense"][..],
+            "--target-keep needs DST",
+        ),
+        (
+            &["train", "--target-epoch", "3"][..],
+            "--target-epoch needs --target-keep",
+        ),
+        (
+            &["train", "--target-keep", "0.05", "--target-epoch", "30"][..],
+            "--target-epoch must be in 1..=20",
+        ),
+        (
+            &["train", "--reset", "sometimes"][..],
+            "--reset must be one of paper, floor, none",
+        ),
         (&["train", "--valid", "0"][..], "--valid must be >= 1"),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_dst"))

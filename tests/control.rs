@@ -30,10 +30,18 @@ fn controller_follows_its_path() {
     assert_eq!(c.target_at(100), 0.04);
     assert_eq!(c.target_at(1000), 0.04);
     c.update(50, 0.5);
-    assert!(c.alpha > 1e-3 && c.alpha <= 1.25e-3, "too dense: alpha up, {}", c.alpha);
+    assert!(
+        c.alpha > 1e-3 && c.alpha <= 1.25e-3,
+        "too dense: alpha up, {}",
+        c.alpha
+    );
     let a = c.alpha;
     c.update(100, 0.01);
-    assert!(c.alpha < a && c.alpha >= 0.8 * a, "too sparse: alpha down, {}", c.alpha);
+    assert!(
+        c.alpha < a && c.alpha >= 0.8 * a,
+        "too sparse: alpha down, {}",
+        c.alpha
+    );
 }
 
 /// On 3200 embedded images, 8 epochs with the target reached by epoch 6: the last epoch keeps
@@ -45,16 +53,31 @@ fn target_keep_is_reached_and_held() {
     let cfg = targeted(3200, 8, 0.10);
     let s = run(&cfg, &out, false).unwrap();
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let keeps: Vec<(usize, f64)> = lines
         .iter()
         .filter(|v| v["kind"] == "epoch")
-        .map(|v| (v["epoch"].as_u64().unwrap() as usize, v["keep_ratio"].as_f64().unwrap()))
+        .map(|v| {
+            (
+                v["epoch"].as_u64().unwrap() as usize,
+                v["keep_ratio"].as_f64().unwrap(),
+            )
+        })
         .collect();
     for &(e, k) in &keeps[5..] {
-        assert!((0.07..=0.13).contains(&k), "epoch {e}: keep {k}, target 0.10 ({keeps:?})");
+        assert!(
+            (0.07..=0.13).contains(&k),
+            "epoch {e}: keep {k}, target 0.10 ({keeps:?})"
+        );
     }
-    assert!((s.last.keep_ratio - 0.10).abs() <= 0.03, "{}", s.last.keep_ratio);
+    assert!(
+        (s.last.keep_ratio - 0.10).abs() <= 0.03,
+        "{}",
+        s.last.keep_ratio
+    );
     let alphas: Vec<f64> = lines
         .iter()
         .filter(|v| v["kind"] == "step")
@@ -82,7 +105,10 @@ fn controller_state_survives_a_resume() {
     )
     .unwrap();
     let mid = Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap();
-    assert!(mid.meta("alpha").is_some(), "the controller's alpha is checkpointed");
+    assert!(
+        mid.meta("alpha").is_some(),
+        "the controller's alpha is checkpointed"
+    );
     run(&cfg, &b, true).unwrap();
     let (ca, cb) = (
         Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
@@ -114,7 +140,10 @@ fn validation_split_comes_from_the_training_images() {
     assert_eq!((m.train.count, v.count), (800, 200));
     assert_eq!(v.images[..], plain.train.images[800 * 784..]);
     assert_eq!(v.labels[..], plain.train.labels[800..]);
-    assert_eq!(m.test.images, plain.test.images, "the test set is untouched");
+    assert_eq!(
+        m.test.images, plain.test.images,
+        "the test set is untouched"
+    );
     assert_eq!(m.test.count, plain.test.count);
     let err = TrainConfig {
         valid: Some(1000),
@@ -122,7 +151,11 @@ fn validation_split_comes_from_the_training_images() {
     }
     .load_data_split()
     .unwrap_err();
-    assert!(err.to_string().contains("--valid 1000 leaves no training images"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("--valid 1000 leaves no training images"),
+        "{err}"
+    );
 
     let out = tmp("control", "valid");
     let s = run(

@@ -23,7 +23,11 @@ fn lenet5(limit: usize, epochs: usize) -> TrainConfig {
 fn short_lenet5_run_learns() {
     let out = tmp("lenet5", "learn");
     let cfg = lenet5(1920, 2);
-    assert_eq!((cfg.lr, cfg.batch, cfg.alpha), (0.01, 64, 5e-4), "paper defaults");
+    assert_eq!(
+        (cfg.lr, cfg.batch, cfg.alpha),
+        (0.01, 64, 5e-4),
+        "paper defaults"
+    );
     let s = run(&cfg, &out, false).unwrap();
     let losses = step_losses(&out);
     assert_eq!(losses.len(), 6);
@@ -82,16 +86,9 @@ fn checkpoints_of_the_other_lenet_are_refused() {
         err.contains("checkpoint of model lenet300") && err.contains("expected lenet5"),
         "{err}"
     );
-    let err = run(
-        &TrainConfig {
-            epochs: 2,
-            ..c300
-        },
-        &d5,
-        true,
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run(&TrainConfig { epochs: 2, ..c300 }, &d5, true)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("checkpoint of model lenet5") && err.contains("expected lenet300"),
         "{err}"

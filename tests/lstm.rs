@@ -52,7 +52,10 @@ fn short_lstm_a_run_learns() {
     let (a1, _, _) = train::evaluate_checkpoint(gpu(), &ck_path, &data).unwrap();
     let (a2, _, _) = train::evaluate_checkpoint(gpu(), &ck_path, &data).unwrap();
     assert_eq!(a1, a2);
-    assert_eq!(a1, s.last.test_acc, "eval of the checkpoint = the run's last test pass");
+    assert_eq!(
+        a1, s.last.test_acc,
+        "eval of the checkpoint = the run's last test pass"
+    );
 }
 
 /// 2 epochs in one go and 1 + 1 with a resume give bit-identical parameters and Adam moments.

@@ -404,9 +404,9 @@ impl Conv {
             assert_len(b, s.c_out, "bias", s);
         }
         let rows = s.cols() * s.batch * oh;
-        let fill = self
-            .im2col
-            .bind(gpu, &p, &[x, cols], None, grid_1d(rows.div_ceil(64) as u32))?;
+        let fill =
+            self.im2col
+                .bind(gpu, &p, &[x, cols], None, grid_1d(rows.div_ceil(64) as u32))?;
         // Workgroups: one block of 8 filters x 64 blocks of 8 columns.
         let groups = (s.batch * oh * ow / 4).div_ceil(2).div_ceil(64) * s.c_out.div_ceil(CB);
         let prod = self.forward_cols_k.bind(
@@ -436,8 +436,13 @@ impl Conv {
         assert_len(d_weight, s.c_out * s.cols(), "d_weight", s);
         // Workgroups: one block of 8 filters x 32 blocks of 4 patch rows.
         let groups = s.cols().div_ceil(4).div_ceil(32) * s.c_out.div_ceil(CB);
-        self.backward_weight_cols_k
-            .bind(gpu, &p, &[dy, cols, d_weight], None, grid_1d(groups as u32))
+        self.backward_weight_cols_k.bind(
+            gpu,
+            &p,
+            &[dy, cols, d_weight],
+            None,
+            grid_1d(groups as u32),
+        )
     }
 
     /// `backward_input` through the patch matrix: `cols` (overwritten, the caller's scratch) =
@@ -458,8 +463,10 @@ impl Conv {
         assert_len(cols, s.cols_len(), "cols", s);
         assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
         // Workgroups: one block of 8 patch rows x 64 blocks of 8 columns.
-        let groups =
-            (s.batch * s.out_h() * s.out_w() / 4).div_ceil(2).div_ceil(64) * s.cols().div_ceil(CB);
+        let groups = (s.batch * s.out_h() * s.out_w() / 4)
+            .div_ceil(2)
+            .div_ceil(64)
+            * s.cols().div_ceil(CB);
         let prod = self.backward_input_cols_k.bind(
             gpu,
             &p,
@@ -468,9 +475,9 @@ impl Conv {
             grid_1d(groups as u32),
         )?;
         let n = s.batch * s.c_in * s.h * s.w;
-        let gather = self
-            .col2im
-            .bind(gpu, &p, &[cols, dx], None, grid_1d(n.div_ceil(64) as u32))?;
+        let gather =
+            self.col2im
+                .bind(gpu, &p, &[cols, dx], None, grid_1d(n.div_ceil(64) as u32))?;
         Ok([prod, gather])
     }
 }

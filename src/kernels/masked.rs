@@ -118,7 +118,14 @@ impl Masked {
             )?,
             mask_backward_k: f.kernel(
                 "mask_backward",
-                &[(1, RW), (2, RW), (6, RW), (7, RW), (8, RW), (10, Access::Read)],
+                &[
+                    (1, RW),
+                    (2, RW),
+                    (6, RW),
+                    (7, RW),
+                    (8, RW),
+                    (10, Access::Read),
+                ],
                 false,
             )?,
             penalty_k: f.kernel("penalty", &[(2, RW), (9, RW), (10, Access::Read)], false)?,
@@ -324,7 +331,14 @@ impl Masked {
         self.mask_backward_k.bind(
             gpu,
             &p,
-            &[weight, threshold, d_masked, d_weight, d_threshold, alpha_scale],
+            &[
+                weight,
+                threshold,
+                d_masked,
+                d_weight,
+                d_threshold,
+                alpha_scale,
+            ],
             None,
             grid_1d(p.rows.div_ceil(8)),
         )

@@ -145,8 +145,14 @@ impl Optim {
         partial: &Tensor,
         stats: &Tensor,
     ) -> Result<[Dispatch; 2]> {
-        assert!(partial.len() >= CHECK_PARTIALS, "check_finite: partial buffer");
-        assert!(stats.len() >= super::loss::STATS_WORDS, "check_finite: stats");
+        assert!(
+            partial.len() >= CHECK_PARTIALS,
+            "check_finite: partial buffer"
+        );
+        assert!(
+            stats.len() >= super::loss::STATS_WORDS,
+            "check_finite: stats"
+        );
         let groups = param.len().div_ceil(256).clamp(1, CHECK_PARTIALS) as u32;
         let p = OptimParams {
             n: param.len() as u32,

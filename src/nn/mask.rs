@@ -30,7 +30,10 @@ impl Mask {
         groups: usize,
     ) -> Result<Mask> {
         let numel: usize = shape.iter().product();
-        assert!(rows > 0 && numel % rows == 0 && rows % groups == 0, "{name}: mask shape");
+        assert!(
+            rows > 0 && numel % rows == 0 && rows % groups == 0,
+            "{name}: mask shape"
+        );
         Ok(Mask {
             threshold,
             masked_weight: Tensor::zeros(gpu, &format!("{name}.masked_weight"), shape)?,
@@ -93,10 +96,10 @@ impl Mask {
     /// Records `alpha * sum exp(-t)` into the plan's stats.
     pub fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
         let t = cx.arena.param(self.threshold);
-        let d = cx
-            .kernels
-            .masked
-            .penalty_scaled(cx.gpu, &t, &cx.stats, cx.alpha, &cx.alpha_scale)?;
+        let d =
+            cx.kernels
+                .masked
+                .penalty_scaled(cx.gpu, &t, &cx.stats, cx.alpha, &cx.alpha_scale)?;
         cx.push(d);
         Ok(())
     }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::CheckpointError;
 use crate::data::Mnist;
 use crate::gpu::GpuError;
-use crate::models::{check_name, ModelError};
 use crate::kernels::masked::ResetPolicy;
+use crate::models::{check_name, ModelError};
 use crate::plan::Optimizer;
 
 use super::Result;
@@ -120,7 +120,6 @@ pub enum TrainError {
         dir: PathBuf,
     },
 }
-
 
 impl TrainConfig {
     /// Checks every value before any GPU work.
@@ -254,4 +253,3 @@ impl TrainConfig {
         ResetPolicy::parse(&self.reset).unwrap_or(ResetPolicy::Paper)
     }
 }
-

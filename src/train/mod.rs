@@ -421,13 +421,13 @@ fn summarize(
         .min_by(|a, b| a.keep_ratio.total_cmp(&b.keep_ratio))
         .unwrap();
     // The first epoch with the best validation accuracy (never the test set).
-    let best_valid = h
-        .iter()
-        .filter(|r| r.valid_acc.is_some())
-        .fold(None::<&EpochRecord>, |best, r| match best {
+    let best_valid = h.iter().filter(|r| r.valid_acc.is_some()).fold(
+        None::<&EpochRecord>,
+        |best, r| match best {
             Some(b) if b.valid_acc >= r.valid_acc => Some(b),
             _ => Some(r),
-        });
+        },
+    );
     Summary {
         model: cfg.model.clone(),
         dense: cfg.dense,

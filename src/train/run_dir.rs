@@ -49,4 +49,3 @@ impl RunDir {
         writeln!(f, "{value}").map_err(self.io(&path))
     }
 }
-

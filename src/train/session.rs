@@ -368,4 +368,3 @@ pub struct Stats {
     /// A parameter or optimiser value was NaN or infinite at the end of the window.
     pub non_finite_params: bool,
 }
-

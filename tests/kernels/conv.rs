@@ -184,8 +184,14 @@ fn run_cols(c: &Ctx, s: &ConvShape, (x, w, b, gy): Inputs<'_>) -> Run {
         .forward_cols(&c.gpu, s, &xt, &wt, bt.as_ref(), &y, &scratch, &c.k.dummy)
         .unwrap()
         .to_vec();
-    ds.push(k.backward_weight_cols(&c.gpu, s, &gt, &scratch, &dw).unwrap());
-    ds.extend(k.backward_input_cols(&c.gpu, s, &gt, &wt, &scratch, &dx).unwrap());
+    ds.push(
+        k.backward_weight_cols(&c.gpu, s, &gt, &scratch, &dw)
+            .unwrap(),
+    );
+    ds.extend(
+        k.backward_input_cols(&c.gpu, s, &gt, &wt, &scratch, &dx)
+            .unwrap(),
+    );
     ds.push(k.bias_backward(&c.gpu, s, &gt, &db).unwrap());
     let names = [
         "im2col",
@@ -228,7 +234,12 @@ fn conv_cols_matches_reference() {
         let x = rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0);
         let w = rand_vec(&mut rng, s.c_out * s.cols(), -1.0, 1.0);
         let b = rand_vec(&mut rng, s.c_out, -1.0, 1.0);
-        let gy = rand_vec(&mut rng, s.batch * s.c_out * s.out_h() * s.out_w(), -1.0, 1.0);
+        let gy = rand_vec(
+            &mut rng,
+            s.batch * s.c_out * s.out_h() * s.out_w(),
+            -1.0,
+            1.0,
+        );
         let with_bias = i % 2 == 0;
         let r = run_cols(&c, s, (&x, &w, with_bias.then_some(&b[..]), &gy));
         let (xd, wd, bd, gd) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&gy));
@@ -261,7 +272,10 @@ fn conv_cols_matches_reference() {
     }
     // The layer's choice: CPU adapters only, and only where oh ow % 4 == 0.
     let lenet2 = shape(64, 20, 12, 12, 50, (5, 5), 1, 0);
-    assert_eq!(c.k.conv.use_cols(&c.gpu, &lenet2), c.gpu.class == AdapterClass::Cpu);
+    assert_eq!(
+        c.k.conv.use_cols(&c.gpu, &lenet2),
+        c.gpu.class == AdapterClass::Cpu
+    );
     assert!(!c.k.conv.use_cols(&c.gpu, &SHAPES[1]));
 }
 
@@ -417,8 +431,14 @@ fn masked_conv_matches_golden() {
                     cv.forward_cols(&c.gpu, &s, &x, &p, Some(&b), &y, &scratch, &c.k.dummy)
                         .unwrap(),
                 );
-                ds.push(cv.backward_weight_cols(&c.gpu, &s, &gy, &scratch, &dp).unwrap());
-                ds.extend(cv.backward_input_cols(&c.gpu, &s, &gy, &p, &scratch, &dx).unwrap());
+                ds.push(
+                    cv.backward_weight_cols(&c.gpu, &s, &gy, &scratch, &dp)
+                        .unwrap(),
+                );
+                ds.extend(
+                    cv.backward_input_cols(&c.gpu, &s, &gy, &p, &scratch, &dx)
+                        .unwrap(),
+                );
             }
         }
         ds.extend([

@@ -449,7 +449,13 @@ fn mask_reset_groups_resets_each_matrix_on_its_own() {
     let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
     // Matrices 1 and 3: thresholds above every |w| (keep 0% -> reset); 0 and 2: small ones.
     let t: Vec<f32> = (0..rows)
-        .map(|r| if (r / gr) % 2 == 1 { 2.0 } else { 0.1 + 0.01 * r as f32 })
+        .map(|r| {
+            if (r / gr) % 2 == 1 {
+                2.0
+            } else {
+                0.1 + 0.01 * r as f32
+            }
+        })
         .collect();
     let l = layer(&c, &w, &t, rows, cols);
     // Counters: before/after poisoned, the running reset count starting at 0.
@@ -460,7 +466,8 @@ fn mask_reset_groups_resets_each_matrix_on_its_own() {
     let lk = c.tensor_u32("layer_keep", &[4 * groups], &init);
     let m = &c.k.masked;
     let ds = [
-        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep).unwrap(),
+        m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep)
+            .unwrap(),
         m.mask_reset_groups(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &lk, groups)
             .unwrap(),
     ];
@@ -529,8 +536,15 @@ fn reset_policies_match_reference() {
             let k = c.read_u32(&lk);
             for g in 0..groups {
                 let dying = g % 2 == 0;
-                assert!(counts[g][0] as usize <= gr * cols / 100 || !dying, "{tag}: setup");
-                assert_eq!(acted[g], dying && policy != ResetPolicy::None, "{tag} matrix {g}");
+                assert!(
+                    counts[g][0] as usize <= gr * cols / 100 || !dying,
+                    "{tag}: setup"
+                );
+                assert_eq!(
+                    acted[g],
+                    dying && policy != ResetPolicy::None,
+                    "{tag} matrix {g}"
+                );
                 assert_eq!(
                     [k[4 * g], k[4 * g + 1], k[4 * g + 2]],
                     [counts[g][0], counts[g][1], acted[g] as u32],

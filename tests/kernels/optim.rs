@@ -220,7 +220,11 @@ fn check_finite_flags_any_non_finite_value() {
                 let at = rng.below(n as u64) as usize;
                 let (mut p, mut m1, mut m2) = (p0.clone(), m0.clone(), v.to_vec());
                 [&mut p, &mut m1, &mut m2][which][at] = bad;
-                assert_eq!(check(&p, &m1, &m2), 1, "n {n} adam {adam}: {bad} in arena {which} at {at}");
+                assert_eq!(
+                    check(&p, &m1, &m2),
+                    1,
+                    "n {n} adam {adam}: {bad} in arena {which} at {at}"
+                );
             }
         }
     }
