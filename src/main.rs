@@ -164,7 +164,12 @@ struct SweepArgs {
     #[arg(long, default_value = "lenet300")]
     model: String,
     /// Alphas to try, comma-separated (e.g. 1e-5,1e-4,5e-4,1e-3).
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required = true,
+        allow_negative_numbers = true
+    )]
     alpha: Vec<f64>,
     /// Seeds, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1")]

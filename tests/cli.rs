@@ -250,3 +250,16 @@ fn bad_target_and_reset_flags_are_clear_errors() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// Export-side and sweep flags that make no sense are refused with a message naming them.
+#[test]
+fn bad_infer_and_sweep_flags_are_clear_errors() {
+    let (ok, _, err) = dst(&["infer", "/nonexistent.safetensors", "--batch", "0"]);
+    assert!(!ok && err.contains("--batch must be >= 1"), "{err}");
+    let (ok, _, err) = dst(&["sweep", "--alpha", "-1", "--out", "/tmp/dst-never-written"]);
+    assert!(
+        !ok && err.contains("--alpha values must be positive"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new("/tmp/dst-never-written").exists());
+}

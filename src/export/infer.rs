@@ -380,6 +380,7 @@ pub fn run(
     data: Option<&std::path::Path>,
     batch: usize,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(batch >= 1, "--batch must be >= 1, got {batch}");
     let export = super::load(file)?;
     check_supported(&export.model)?;
     let data = match data {

@@ -183,30 +183,6 @@ impl Masked {
         row_keep: &Tensor,
         layer_keep: &Tensor,
     ) -> Result<Dispatch> {
-        self.mask_reset_groups(
-            gpu,
-            weight,
-            threshold,
-            masked_weight,
-            row_keep,
-            layer_keep,
-            1,
-        )
-    }
-
-    /// `mask_reset` for a weight whose rows stack `groups` matrices of equal height (an LSTM's
-    /// four gates), each reset on its own; `layer_keep` holds 4 counters per matrix.
-    #[allow(clippy::too_many_arguments)]
-    pub fn mask_reset_groups(
-        &self,
-        gpu: &Gpu,
-        weight: &Tensor,
-        threshold: &Tensor,
-        masked_weight: &Tensor,
-        row_keep: &Tensor,
-        layer_keep: &Tensor,
-        groups: usize,
-    ) -> Result<Dispatch> {
         self.mask_reset_policy(
             gpu,
             weight,
@@ -214,7 +190,7 @@ impl Masked {
             masked_weight,
             row_keep,
             layer_keep,
-            groups,
+            1,
             ResetPolicy::Paper,
         )
     }
@@ -255,8 +231,10 @@ impl Masked {
         Ok(ds)
     }
 
-    /// `mask_reset_groups` with the given policy for a dying matrix (for the floor, see
-    /// `mask_pass`: the thresholds move, P and the counters follow in the next two dispatches).
+    /// `mask_reset` for a weight whose rows stack `groups` matrices of equal height (an LSTM's
+    /// four gates), each with its own decision, 4 counters each in `layer_keep`, and `policy` for a
+    /// dying matrix (for the floor, see `mask_pass`: the thresholds move, P and the counters follow
+    /// in the next two dispatches).
     #[allow(clippy::too_many_arguments)]
     pub fn mask_reset_policy(
         &self,
@@ -272,7 +250,7 @@ impl Masked {
         let mut p = rows_cols(weight, threshold);
         p.policy = policy as u32;
         assert!(
-            groups >= 1 && weight.shape[0] % groups == 0,
+            groups >= 1 && weight.shape[0].is_multiple_of(groups),
             "{}: {} rows do not split into {groups} matrices",
             weight.label,
             weight.shape[0]

@@ -22,6 +22,9 @@ pub struct Defaults {
     pub alpha: f64,
 }
 
+/// A model family's builder: declares the parameters (`masked`: DST) and returns the layers.
+type BuildFn = fn(&Gpu, &mut ArenaBuilder, bool) -> crate::gpu::Result<Vec<Box<dyn Layer>>>;
+
 /// A model this build can train.
 pub struct ModelInfo {
     pub name: &'static str,
@@ -31,7 +34,7 @@ pub struct ModelInfo {
     pub classes: usize,
     pub defaults: Defaults,
     /// Declares the parameters in the arena and returns the layers, in order.
-    build: fn(&Gpu, &mut ArenaBuilder, bool) -> crate::gpu::Result<Vec<Box<dyn Layer>>>,
+    build: BuildFn,
 }
 
 const LENET_SGD: Defaults = Defaults {

@@ -220,7 +220,7 @@ impl Layer for Conv2d {
     fn mask_views(&self) -> Vec<MaskView> {
         self.mask
             .iter()
-            .flat_map(|m| m.views(&[self.name.clone()]))
+            .flat_map(|m| m.views(std::slice::from_ref(&self.name)))
             .collect()
     }
 }

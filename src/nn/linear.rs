@@ -160,7 +160,7 @@ impl Layer for Linear {
     fn mask_views(&self) -> Vec<MaskView> {
         self.mask
             .iter()
-            .flat_map(|m| m.views(&[self.name.clone()]))
+            .flat_map(|m| m.views(std::slice::from_ref(&self.name)))
             .collect()
     }
 }

@@ -4,9 +4,9 @@
 //! Parameters in PyTorch nn.LSTM's layout: `weight_ih` (4H, I) and `weight_hh` (4H, H) stacking the
 //! gates i, f, g (candidate), o; one unmasked `bias` (4H); when masked, `threshold_ih` and
 //! `threshold_hh` (4H each): the eight gate matrices of METHOD.md section 1, each with its own
-//! rows' thresholds and its own dead-layer reset (`mask_reset_groups` with 4 groups).
+//! rows' thresholds and its own dead-layer reset (`nn::mask::Mask` with 4 groups).
 //!
-//! Forward: [masks: `mask_forward` + `mask_reset_groups` for P_ih and P_hh] -> [batch-major input:
+//! Forward: [masks: `Mask::forward` (mask pass, 4 groups) for P_ih and P_hh] -> [batch-major input:
 //! `swap01` to time-major] -> `xproj = X P_ih^T + bias` (one GEMM over all T*B rows) -> one
 //! `lstm_step` per step. Every sequence starts from zero h and c (METHOD.md section 9).
 //! Backward: one `lstm_step_backward` per step in reverse (pre-activation gate gradients

@@ -31,7 +31,7 @@ impl Mask {
     ) -> Result<Mask> {
         let numel: usize = shape.iter().product();
         assert!(
-            rows > 0 && numel % rows == 0 && rows % groups == 0,
+            rows > 0 && numel.is_multiple_of(rows) && rows.is_multiple_of(groups),
             "{name}: mask shape"
         );
         Ok(Mask {

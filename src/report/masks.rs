@@ -104,6 +104,11 @@ fn matrix(
     };
     let (_, shape, w) = ck.get(weight).ok_or_else(|| missing(weight))?;
     let (_, _, t) = ck.get(threshold).ok_or_else(|| missing(threshold))?;
+    if shape.len() < 2 || shape[0] == 0 {
+        return Err(ReportError::Checkpoint(format!(
+            "{weight} has shape {shape:?}, expected a matrix or a conv kernel"
+        )));
+    }
     let rows = shape[0];
     let cols: usize = shape[1..].iter().product();
     if t.len() != rows {
@@ -410,6 +415,11 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         })?;
         written.push(path);
     } else if let Some((_, shape, _)) = ck.get("lstm1.weight_ih") {
+        if shape.len() != 2 || shape[0] == 0 || !shape[0].is_multiple_of(4) {
+            return Err(ReportError::Checkpoint(format!(
+                "lstm1.weight_ih has shape {shape:?}, expected (4 x hidden, inputs)"
+            )));
+        }
         let (g4, cols) = (shape[0], shape[1]);
         let hidden = g4 / 4;
         let mut values = Vec::with_capacity(4 * cols);

@@ -468,8 +468,17 @@ fn mask_reset_groups_resets_each_matrix_on_its_own() {
     let ds = [
         m.mask_forward(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep)
             .unwrap(),
-        m.mask_reset_groups(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &lk, groups)
-            .unwrap(),
+        m.mask_reset_policy(
+            &c.gpu,
+            &l.w,
+            &l.t,
+            &l.p,
+            &l.row_keep,
+            &lk,
+            groups,
+            dst::kernels::masked::ResetPolicy::Paper,
+        )
+        .unwrap(),
     ];
     run_once(&c.gpu, &ds, 0).unwrap();
     let (p_ref, t_ref, counts, resets) =
