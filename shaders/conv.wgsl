@@ -16,7 +16,7 @@
 // such as lavapipe: several outputs per invocation in registers, no workgroup memory), `*_cols`
 // with `conv_im2col` / `conv_col2im` (CPU adapters when oh ow % 4 == 0: a patch matrix the layer
 // owns and vec4 GEMM-like products over it; faster than the implicit forms there) and `*_tiled` /
-// `conv_backward_weight_split` (GPUs: 64x64 workgroup-memory tiles; one workgroup per
+// `conv_backward_weight_split` (GPUs: 16x16 workgroup-memory tiles, one output per invocation; one workgroup per
 // weight-gradient element with a fixed-order tree reduction). Grids are 1-D block counts folded
 // into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
 
@@ -696,30 +696,37 @@ fn conv_col2im(@builtin(global_invocation_id) gid: vec3<u32>,
 
 // ---------------------------------------------------------------- GPU variants (workgroup memory)
 
-const TILE: u32 = 64u; // outputs per workgroup along each axis (tiled)
-const TK: u32 = 16u;   // k-depth of one staged slice
-var<workgroup> a_tile: array<f32, 1024>; // TK x TILE, [k][m]
-var<workgroup> b_tile: array<f32, 1024>; // TK x TILE, [k][n]
+const TS: u32 = 16u;  // outputs per workgroup along each axis (tiled), one per invocation
+const TK: u32 = 32u;  // k-depth of one staged slice
+var<workgroup> a_tile: array<f32, 544>; // TK x (TS + 1), [k][m], padded against bank conflicts
+var<workgroup> b_tile: array<f32, 544>; // TK x (TS + 1), [k][n]
 
-// One staged slice: acc[i][j] += sum_kk a_tile[kk][ly + 16 i] b_tile[kk][lx + 16 j].
-fn tile_mac(lid: vec3<u32>, acc: ptr<function, array<array<f32, 4>, 4>>) {
-    for (var kk = 0u; kk < TK; kk++) {
-        var av: array<f32, 4>;
-        var bv: array<f32, 4>;
-        for (var i = 0u; i < 4u; i++) {
-            av[i] = a_tile[kk * TILE + lid.y + 16u * i];
-            bv[i] = b_tile[kk * TILE + lid.x + 16u * i];
-        }
-        for (var i = 0u; i < 4u; i++) {
-            for (var j = 0u; j < 4u; j++) {
-                (*acc)[i][j] = fma(av[i], bv[j], (*acc)[i][j]);
-            }
-        }
+// The tile of workgroup `wid` in a grid of tiles_m x tiles_n 16x16 tiles (folded 1-D grid):
+// (row0, col0), or (-1) past the last tile.
+fn tile_origin(wid: vec3<u32>, nwg: vec3<u32>, rows: u32, cols: u32) -> vec2<i32> {
+    let tiles_n = (cols + TS - 1u) / TS;
+    let tiles_m = (rows + TS - 1u) / TS;
+    let tile = wid.x + wid.y * nwg.x;
+    if (tile >= tiles_n * tiles_m) {
+        return vec2<i32>(-1);
     }
+    return vec2<i32>(i32((tile / tiles_n) * TS), i32((tile % tiles_n) * TS));
+}
+
+// One staged slice: the sum over its k of a_tile[k][ly] b_tile[k][lx], in order.
+fn tile_dot(lid: vec3<u32>, acc: f32) -> f32 {
+    var s = acc;
+    for (var kk = 0u; kk < TK; kk++) {
+        s = fma(a_tile[kk * (TS + 1u) + lid.y], b_tile[kk * (TS + 1u) + lid.x], s);
+    }
+    return s;
 }
 
 // Reads x, weight, bias; writes y. GEMM view: rows = output channels, columns = output positions
-// (n, oy, ox), k = (ci, ky, kx). Workgroup 16x16 invocations, 64x64 outputs, 4x4 per invocation.
+// (n, oy, ox), k = (ci, ky, kx). Workgroup 16x16 invocations, 16x16 outputs, one per invocation
+// (small tiles: enough workgroups for a GPU at LeNet sizes; scalar accumulators stay in
+// registers). Weights are staged k-fastest, patches position-fastest (neighbouring invocations
+// read neighbouring addresses).
 @compute @workgroup_size(16, 16, 1)
 fn conv_forward_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
                       @builtin(workgroup_id) wid: vec3<u32>,
@@ -728,70 +735,56 @@ fn conv_forward_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
     let np = cp.batch * ohw;
     let khw = cp.kh * cp.kw;
     let kdim = cp.c_in * khw;
-    let tiles_n = (np + TILE - 1u) / TILE;
-    let tiles_m = (cp.c_out + TILE - 1u) / TILE;
-    let tile = wid.x + wid.y * nwg.x;
-    if (tile >= tiles_n * tiles_m) {
+    let o = tile_origin(wid, nwg, cp.c_out, np);
+    if (o.x < 0) {
         return;
     }
-    let row0 = (tile / tiles_n) * TILE;
-    let col0 = (tile % tiles_n) * TILE;
+    let row0 = u32(o.x);
+    let col0 = u32(o.y);
     let t = lid.y * 16u + lid.x;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    var acc = 0.0;
     for (var k0 = 0u; k0 < kdim; k0 += TK) {
-        for (var r = 0u; r < 4u; r++) {
+        for (var r = 0u; r < 2u; r++) {
             let e = t + r * 256u;
-            // Weights: consecutive invocations read consecutive k of one filter.
             let am = e / TK;
-            let ak = k0 + e % TK;
+            let ak = e % TK;
             var av = 0.0;
-            if (ak < kdim && row0 + am < cp.c_out) {
-                av = weight[(row0 + am) * kdim + ak];
+            if (k0 + ak < kdim && row0 + am < cp.c_out) {
+                av = weight[(row0 + am) * kdim + k0 + ak];
             }
-            a_tile[(e % TK) * TILE + am] = av;
-            // Patches: consecutive invocations read consecutive output positions.
-            let bk = k0 + e / TILE;
-            let p = col0 + e % TILE;
+            a_tile[ak * (TS + 1u) + am] = av;
+            let bk = e / TS;
+            let bn = e % TS;
+            let k = k0 + bk;
+            let p = col0 + bn;
             var bv = 0.0;
-            if (bk < kdim && p < np) {
-                let ci = bk / khw;
-                let rem = bk % khw;
+            if (k < kdim && p < np) {
+                let ci = k / khw;
+                let rem = k % khw;
                 let r2 = p % ohw;
                 bv = x_at(p / ohw, ci,
                           i32((r2 / cp.ow) * cp.stride + rem / cp.kw) - i32(cp.pad),
                           i32((r2 % cp.ow) * cp.stride + rem % cp.kw) - i32(cp.pad));
             }
-            b_tile[e] = bv;
+            b_tile[bk * (TS + 1u) + bn] = bv;
         }
         workgroupBarrier();
-        tile_mac(lid, &acc);
+        acc = tile_dot(lid, acc);
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let co = row0 + lid.y + 16u * i;
-        if (co >= cp.c_out) {
-            continue;
-        }
+    let co = row0 + lid.y;
+    let p = col0 + lid.x;
+    if (co < cp.c_out && p < np) {
         var bv = 0.0;
         if (cp.has_bias != 0u) {
             bv = bias[co];
         }
-        for (var j = 0u; j < 4u; j++) {
-            let p = col0 + lid.x + 16u * j;
-            if (p < np) {
-                y[((p / ohw) * cp.c_out + co) * ohw + p % ohw] = acc[i][j] + bv;
-            }
-        }
+        y[((p / ohw) * cp.c_out + co) * ohw + p % ohw] = acc + bv;
     }
 }
 
 // Reads dy, weight; writes dx. GEMM view: rows = input channels, columns = input positions
-// (n, iy, ix), k = (co, ky, kx) (taps that hit no output read 0). Workgroup 16x16, 64x64 outputs.
+// (n, iy, ix), k = (co, ky, kx) (taps that hit no output read 0). Workgroup 16x16, 16x16 outputs.
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_input_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
                              @builtin(workgroup_id) wid: vec3<u32>,
@@ -801,56 +794,45 @@ fn conv_backward_input_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
     let khw = cp.kh * cp.kw;
     let cols = cp.c_in * khw;
     let kdim = cp.c_out * khw;
-    let tiles_n = (nq + TILE - 1u) / TILE;
-    let tiles_m = (cp.c_in + TILE - 1u) / TILE;
-    let tile = wid.x + wid.y * nwg.x;
-    if (tile >= tiles_n * tiles_m) {
+    let o = tile_origin(wid, nwg, cp.c_in, nq);
+    if (o.x < 0) {
         return;
     }
-    let row0 = (tile / tiles_n) * TILE;
-    let col0 = (tile % tiles_n) * TILE;
+    let row0 = u32(o.x);
+    let col0 = u32(o.y);
     let t = lid.y * 16u + lid.x;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    var acc = 0.0;
     for (var k0 = 0u; k0 < kdim; k0 += TK) {
-        for (var r = 0u; r < 4u; r++) {
+        for (var r = 0u; r < 2u; r++) {
             let e = t + r * 256u;
             let am = e / TK;
-            let ak = k0 + e % TK;
+            let ak = e % TK;
+            let ka = k0 + ak;
             var av = 0.0;
-            if (ak < kdim && row0 + am < cp.c_in) {
-                av = weight[(ak / khw) * cols + (row0 + am) * khw + ak % khw];
+            if (ka < kdim && row0 + am < cp.c_in) {
+                av = weight[(ka / khw) * cols + (row0 + am) * khw + ka % khw];
             }
-            a_tile[(e % TK) * TILE + am] = av;
-            let bk = k0 + e / TILE;
-            let q = col0 + e % TILE;
+            a_tile[ak * (TS + 1u) + am] = av;
+            let bk = e / TS;
+            let bn = e % TS;
+            let k = k0 + bk;
+            let q = col0 + bn;
             var bv = 0.0;
-            if (bk < kdim && q < nq) {
-                let rem = bk % khw;
+            if (k < kdim && q < nq) {
+                let rem = k % khw;
                 let r2 = q % hw;
-                bv = dy_from(q / hw, bk / khw, r2 / cp.w, r2 % cp.w, rem / cp.kw, rem % cp.kw);
+                bv = dy_from(q / hw, k / khw, r2 / cp.w, r2 % cp.w, rem / cp.kw, rem % cp.kw);
             }
-            b_tile[e] = bv;
+            b_tile[bk * (TS + 1u) + bn] = bv;
         }
         workgroupBarrier();
-        tile_mac(lid, &acc);
+        acc = tile_dot(lid, acc);
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let ci = row0 + lid.y + 16u * i;
-        if (ci >= cp.c_in) {
-            continue;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let q = col0 + lid.x + 16u * j;
-            if (q < nq) {
-                dx[((q / hw) * cp.c_in + ci) * hw + q % hw] = acc[i][j];
-            }
-        }
+    let ci = row0 + lid.y;
+    let q = col0 + lid.x;
+    if (ci < cp.c_in && q < nq) {
+        dx[((q / hw) * cp.c_in + ci) * hw + q % hw] = acc;
     }
 }
 

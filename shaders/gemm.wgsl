@@ -8,8 +8,8 @@
 //   backward_input  dX = G W         A = G (M x N),  B(k, n) = W[k][n]
 //   backward_weight dW = G^T X       A(m, k) = G[k][m],  B = X
 // Variants: `gemm_regblock` (8x8 outputs per invocation in registers, no workgroup memory:
-// fastest on CPU adapters such as lavapipe) and `gemm_tiled` (64x64 workgroup tiles staged in
-// workgroup memory, 4x4 outputs per invocation: the usual GPU kernel). Both write every C element.
+// fastest on CPU adapters such as lavapipe) and `gemm_tiled` (16x16 workgroup tiles staged in
+// workgroup memory with coalesced loads, one output per invocation: the GPU kernel). Both write every C element.
 
 // Keep in sync with `GemmParams` in src/kernels/gemm.rs.
 struct GemmParams {
@@ -92,66 +92,60 @@ fn gemm_regblock(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-const TILE: u32 = 64u;  // outputs per workgroup along each axis (tiled)
-const TK: u32 = 16u;    // k-depth of one staged slice
-var<workgroup> a_tile: array<f32, 1024>; // TK x TILE, [k][m]
-var<workgroup> b_tile: array<f32, 1024>; // TK x TILE, [k][n]
+const TS: u32 = 16u;  // outputs per workgroup along each axis (tiled), one per invocation
+const TK: u32 = 32u;  // k-depth of one staged slice
+var<workgroup> a_tile: array<f32, 544>; // TK x (TS + 1), [k][m], padded against bank conflicts
+var<workgroup> b_tile: array<f32, 544>; // TK x (TS + 1), [k][n]
 
-// Reads A, B, bias; writes (or accumulates into) C. Workgroup 16x16 invocations, 64x64 outputs,
-// each invocation 4x4 outputs at stride 16 so workgroup-memory reads are conflict-free.
+// Reads A, B, bias; writes (or accumulates into) C. Workgroup 16x16 invocations, 16x16 outputs,
+// one per invocation: small tiles give the skinny products of a batch-64 layer (M = 64) enough
+// workgroups to fill a GPU. Each staged slice is read from storage along whichever index of the
+// operand is contiguous (k when a_cs / b_rs is 1, else m / n), so neighbouring invocations load
+// neighbouring addresses (coalesced) for all three products of a layer. k is summed in order.
 @compute @workgroup_size(16, 16, 1)
 fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(workgroup_id) wid: vec3<u32>) {
-    let row0 = wid.y * TILE;
-    let col0 = wid.x * TILE;
+    let row0 = wid.y * TS;
+    let col0 = wid.x * TS;
     let t = lid.y * 16u + lid.x;
-    var acc: array<array<f32, 4>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            acc[i][j] = 0.0;
-        }
-    }
+    let a_k_fast = gp.a_cs == 1u;
+    let b_k_fast = gp.b_rs == 1u;
+    var acc = 0.0;
     for (var k0 = 0u; k0 < gp.k; k0 += TK) {
-        // 256 invocations stage 1024 values of each operand (4 each); zero outside the matrices.
-        for (var r = 0u; r < 4u; r++) {
+        // 256 invocations stage 512 values of each operand (2 each); zero outside the matrices.
+        for (var r = 0u; r < 2u; r++) {
             let e = t + r * 256u;
-            let kk = e / TILE;
-            let mm = e % TILE;
-            let gk = k0 + kk;
-            var av = 0.0;
-            var bv = 0.0;
-            if (gk < gp.k) {
-                if (row0 + mm < gp.m) {
-                    av = a[(row0 + mm) * gp.a_rs + gk * gp.a_cs];
-                }
-                if (col0 + mm < gp.n) {
-                    bv = b[gk * gp.b_rs + (col0 + mm) * gp.b_cs];
-                }
+            // (kk, mm): position in the slice; e walks k fastest or m fastest.
+            var kk = e / TS;
+            var mm = e % TS;
+            if (a_k_fast) {
+                kk = e % TK;
+                mm = e / TK;
             }
-            a_tile[e] = av;
-            b_tile[e] = bv;
+            var av = 0.0;
+            if (k0 + kk < gp.k && row0 + mm < gp.m) {
+                av = a[(row0 + mm) * gp.a_rs + (k0 + kk) * gp.a_cs];
+            }
+            a_tile[kk * (TS + 1u) + mm] = av;
+            var kb = e / TS;
+            var nn = e % TS;
+            if (b_k_fast) {
+                kb = e % TK;
+                nn = e / TK;
+            }
+            var bv = 0.0;
+            if (k0 + kb < gp.k && col0 + nn < gp.n) {
+                bv = b[(k0 + kb) * gp.b_rs + (col0 + nn) * gp.b_cs];
+            }
+            b_tile[kb * (TS + 1u) + nn] = bv;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
-            var av: array<f32, 4>;
-            var bv: array<f32, 4>;
-            for (var i = 0u; i < 4u; i++) {
-                av[i] = a_tile[kk * TILE + lid.y + 16u * i];
-                bv[i] = b_tile[kk * TILE + lid.x + 16u * i];
-            }
-            for (var i = 0u; i < 4u; i++) {
-                for (var j = 0u; j < 4u; j++) {
-                    acc[i][j] = fma(av[i], bv[j], acc[i][j]);
-                }
-            }
+            acc = fma(a_tile[kk * (TS + 1u) + lid.y], b_tile[kk * (TS + 1u) + lid.x], acc);
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            store_c(row0 + lid.y + 16u * i, col0 + lid.x + 16u * j, acc[i][j]);
-        }
-    }
+    store_c(row0 + lid.y, col0 + lid.x, acc);
 }
 
 // Bias gradient: c[n] = sum over rows m < M of a[m * N + n] (db = sum_rows G).

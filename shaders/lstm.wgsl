@@ -54,7 +54,7 @@ fn tanh_c(x: f32) -> f32 {
 }
 
 // One invocation per (batch row b, hidden unit j), 64 units per workgroup, at step t = lp.t.
-// Reads xproj[t], w_hh, h_pad[t] (h_{t-1}) and c_pad[t]; writes h_pad[t+1], c_pad[t+1],
+// Reads xproj[t], src = w_hh transposed to (H, 4H) (one `swap01` per pass), h_pad[t] (h_{t-1}) and c_pad[t]; writes h_pad[t+1], c_pad[t+1],
 // gates[t], and y: y[t] (sequence output) or, at the last step, y[b] (last-h output). At t = 0
 // also writes slot 0 of h_pad and c_pad (zeros), so no state is carried over from an earlier
 // batch.
@@ -77,16 +77,14 @@ fn lstm_step(@builtin(local_invocation_id) lid: vec3<u32>,
     var zo = xproj[xr + 3u * hs + j];
     let prev = row * hs; // slot t of h_pad / c_pad: h_{t-1}, c_{t-1}
     if (t > 0u) {
-        let wi = j * hs;
-        let wf = (hs + j) * hs;
-        let wgg = (2u * hs + j) * hs;
-        let wo = (3u * hs + j) * hs;
+        // src = w_hh^T (H, 4H): neighbouring invocations (j) read neighbouring addresses.
         for (var col = 0u; col < hs; col++) {
             let hv = h_pad[prev + col];
-            zi = fma(hv, w_hh[wi + col], zi);
-            zf = fma(hv, w_hh[wf + col], zf);
-            zg = fma(hv, w_hh[wgg + col], zg);
-            zo = fma(hv, w_hh[wo + col], zo);
+            let wr = col * g4 + j;
+            zi = fma(hv, src[wr], zi);
+            zf = fma(hv, src[wr + hs], zf);
+            zg = fma(hv, src[wr + 2u * hs], zg);
+            zo = fma(hv, src[wr + 3u * hs], zo);
         }
     }
     let ig = sigmoid(zi);
@@ -114,6 +112,38 @@ fn lstm_step(@builtin(local_invocation_id) lid: vec3<u32>,
     } else if (t + 1u == lp.steps) {
         y[b * hs + j] = h;
     }
+}
+
+// The cell part of the backward step t = lp.t for (b, j), given the recurrent term of dh_t:
+// adds dy, then writes dc[t] and dgates[t] (the equations above `lstm_step_backward`).
+fn backward_cell(b: u32, j: u32, dh_rec: f32) {
+    let hs = lp.hidden;
+    let g4 = 4u * hs;
+    let row = lp.t * lp.batch + b;
+    let last = lp.t + 1u == lp.steps;
+    var dh = dh_rec;
+    if (lp.out_seq != 0u) {
+        dh += dy[row * hs + j];
+    } else if (last) {
+        dh += dy[b * hs + j];
+    }
+    let gr = row * g4;
+    let ig = gates[gr + j];
+    let fg = gates[gr + hs + j];
+    let gg = gates[gr + 2u * hs + j];
+    let og = gates[gr + 3u * hs + j];
+    let c_prev = c_pad[row * hs + j];
+    let tc = tanh_c(c_pad[(row + lp.batch) * hs + j]);
+    var dct = dh * og * (1.0 - tc * tc);
+    if (!last) {
+        let nxt = row + lp.batch;
+        dct += dc[nxt * hs + j] * gates[nxt * g4 + hs + j];
+    }
+    dc[row * hs + j] = dct;
+    dgates[gr + j] = dct * gg * ig * (1.0 - ig);
+    dgates[gr + hs + j] = dct * c_prev * fg * (1.0 - fg);
+    dgates[gr + 2u * hs + j] = dct * ig * (1.0 - gg * gg);
+    dgates[gr + 3u * hs + j] = dh * tc * og * (1.0 - og);
 }
 
 // One invocation per (batch row b, hidden unit j), 64 units per workgroup, at step t = lp.t, run
@@ -145,28 +175,44 @@ fn lstm_step_backward(@builtin(local_invocation_id) lid: vec3<u32>,
             dh = fma(dgates[base + k], w_hh[k * hs + j], dh);
         }
     }
-    if (lp.out_seq != 0u) {
-        dh += dy[row * hs + j];
-    } else if (last) {
-        dh += dy[b * hs + j];
+    backward_cell(b, j, dh);
+}
+
+// GPU variant of `lstm_step_backward` (same bindings, same results up to the order of the
+// recurrent sum): workgroup 64 x 4; invocation (j, q) sums the quarter q of the 4H-long recurrent
+// dot product, the four partial sums are added in order q = 0..3, and invocation (j, 0) finishes
+// as `lstm_step_backward` does. A serial chain a quarter as long: the recurrent backward is
+// latency-bound on a GPU. (CPU adapters run the plain kernel: barriers cost more than they save.)
+var<workgroup> dh_part: array<f32, 256>; // [q][j]
+
+@compute @workgroup_size(64, 4, 1)
+fn lstm_step_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
+                            @builtin(workgroup_id) wid: vec3<u32>) {
+    let hs = lp.hidden;
+    let t = lp.t;
+    let b = wid.y;
+    let j = wid.x * WG + lid.x;
+    let q = lid.y;
+    let g4 = 4u * hs;
+    let row = t * lp.batch + b;
+    let last = t + 1u == lp.steps;
+    let live = j < hs && b < lp.batch;
+    var part = 0.0;
+    if (live && !last) {
+        let base = (row + lp.batch) * g4;
+        let k1 = (q + 1u) * hs;
+        for (var k = q * hs; k < k1; k++) {
+            part = fma(dgates[base + k], w_hh[k * hs + j], part);
+        }
     }
-    let gr = row * g4;
-    let ig = gates[gr + j];
-    let fg = gates[gr + hs + j];
-    let gg = gates[gr + 2u * hs + j];
-    let og = gates[gr + 3u * hs + j];
-    let c_prev = c_pad[row * hs + j];
-    let tc = tanh_c(c_pad[(row + lp.batch) * hs + j]);
-    var dct = dh * og * (1.0 - tc * tc);
-    if (!last) {
-        let nxt = row + lp.batch;
-        dct += dc[nxt * hs + j] * gates[nxt * g4 + hs + j];
+    dh_part[q * WG + lid.x] = part;
+    workgroupBarrier();
+    if (!live || q != 0u) {
+        return;
     }
-    dc[row * hs + j] = dct;
-    dgates[gr + j] = dct * gg * ig * (1.0 - ig);
-    dgates[gr + hs + j] = dct * c_prev * fg * (1.0 - fg);
-    dgates[gr + 2u * hs + j] = dct * ig * (1.0 - gg * gg);
-    dgates[gr + 3u * hs + j] = dh * tc * og * (1.0 - og);
+    let dh = ((dh_part[lid.x] + dh_part[WG + lid.x]) + dh_part[2u * WG + lid.x])
+        + dh_part[3u * WG + lid.x];
+    backward_cell(b, j, dh);
 }
 
 // One invocation per element. Reads src (d0, d1, d2); writes dst (d1, d0, d2) with

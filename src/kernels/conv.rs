@@ -169,9 +169,9 @@ fn assert_cols(s: &ConvShape, gpu: &Gpu) {
     );
 }
 
-/// Workgroups of the 64x64-tile kernels: one per tile, folded into y past the axis limit.
+/// Workgroups of the 16x16-tile kernels: one per tile, folded into y past the axis limit.
 fn tile_groups(rows: usize, cols: usize) -> [u32; 3] {
-    grid_1d((rows.div_ceil(64) * cols.div_ceil(64)) as u32)
+    grid_1d((rows.div_ceil(16) * cols.div_ceil(16)) as u32)
 }
 
 impl Conv {

@@ -198,7 +198,7 @@ impl Gemm {
                 &p,
                 &[a, b, bias, c],
                 None,
-                [p.n.div_ceil(64), p.m.div_ceil(64), 1],
+                [p.n.div_ceil(16), p.m.div_ceil(16), 1],
             ),
         }
     }

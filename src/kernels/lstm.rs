@@ -3,7 +3,9 @@
 //! (`kernels::gemm`), the masks `kernels::masked`; see `nn::lstm` for the whole layer.
 
 use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory};
-use crate::gpu::{Gpu, Result, Tensor};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::gpu::{AdapterClass, Gpu, Result, Tensor};
 
 pub const SOURCE: &str = include_str!("../../shaders/lstm.wgsl");
 
@@ -59,30 +61,35 @@ impl StepDims {
 pub struct Lstm {
     pub step_k: Kernel,
     pub step_backward_k: Kernel,
+    pub step_backward_split_k: Kernel,
     pub swap01_k: Kernel,
+    /// `step_backward` runs `lstm_step_backward_split` (GPUs: the recurrent sum split four ways
+    /// across a workgroup) rather than the plain kernel (CPU adapters). Settable so that tests
+    /// check both on any adapter.
+    pub split_backward: AtomicBool,
 }
 
 const RW: Access = Access::ReadWrite;
 const R: Access = Access::Read;
 
 impl Lstm {
-    pub fn new(f: &KernelFactory<'_>) -> Result<Lstm> {
+    pub fn new(f: &KernelFactory<'_>, class: AdapterClass) -> Result<Lstm> {
+        const BACKWARD: &[(u32, Access)] = &[(2, R), (4, RW), (5, RW), (7, R), (8, RW), (9, RW)];
         Ok(Lstm {
             step_k: f.kernel(
                 "lstm_step",
-                &[(1, R), (2, R), (3, RW), (4, RW), (5, RW), (6, RW)],
+                &[(1, R), (10, R), (3, RW), (4, RW), (5, RW), (6, RW)],
                 false,
             )?,
-            step_backward_k: f.kernel(
-                "lstm_step_backward",
-                &[(2, R), (4, RW), (5, RW), (7, R), (8, RW), (9, RW)],
-                false,
-            )?,
+            step_backward_k: f.kernel("lstm_step_backward", BACKWARD, false)?,
+            step_backward_split_k: f.kernel("lstm_step_backward_split", BACKWARD, false)?,
             swap01_k: f.kernel("swap01", &[(10, R), (11, RW)], false)?,
+            split_backward: AtomicBool::new(class == AdapterClass::Gpu),
         })
     }
 
-    /// Forward step `t`: from `xproj` (T, B, 4H) and `w_hh` (4H, H), writes `h_pad`, `c_pad`
+    /// Forward step `t`: from `xproj` (T, B, 4H) and `w_hh_t`, the recurrent weight transposed to
+    /// (H, 4H) (`swap01` of the (4H, H) weight: coalesced reads on GPUs), writes `h_pad`, `c_pad`
     /// (T+1, B, H; slot t+1, and slot 0 at t = 0), `gates` (T, B, 4H) and `y`.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
@@ -91,7 +98,7 @@ impl Lstm {
         d: StepDims,
         t: usize,
         xproj: &Tensor,
-        w_hh: &Tensor,
+        w_hh_t: &Tensor,
         h_pad: &Tensor,
         c_pad: &Tensor,
         gates: &Tensor,
@@ -100,7 +107,7 @@ impl Lstm {
         let (b, tt, h) = (d.batch, d.steps, d.hidden);
         assert!(t < tt, "lstm step {t} of {tt}");
         assert!(xproj.len() >= tt * b * 4 * h, "lstm step: xproj");
-        assert_eq!(w_hh.len(), 4 * h * h, "lstm step: w_hh");
+        assert_eq!(w_hh_t.len(), 4 * h * h, "lstm step: w_hh_t");
         assert!(h_pad.len() >= (tt + 1) * b * h, "lstm step: h_pad");
         assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step: c_pad");
         assert!(gates.len() >= tt * b * 4 * h, "lstm step: gates");
@@ -108,7 +115,7 @@ impl Lstm {
         self.step_k.bind(
             gpu,
             &d.params(t),
-            &[xproj, w_hh, h_pad, c_pad, gates, y],
+            &[xproj, w_hh_t, h_pad, c_pad, gates, y],
             None,
             d.groups(),
         )
@@ -137,7 +144,12 @@ impl Lstm {
         assert!(dy.len() >= d.y_len(), "lstm step_backward: dy");
         assert!(dgates.len() >= tt * b * 4 * h, "lstm step_backward: dgates");
         assert!(dc.len() >= tt * b * h, "lstm step_backward: dc");
-        self.step_backward_k.bind(
+        let kernel = if self.split_backward.load(Ordering::Relaxed) {
+            &self.step_backward_split_k
+        } else {
+            &self.step_backward_k
+        };
+        kernel.bind(
             gpu,
             &d.params(t),
             &[w_hh, c_pad, gates, dy, dgates, dc],

@@ -368,7 +368,7 @@ impl Kernels {
             )?,
             act: act::Act::new(&mk("act", act::SOURCE)?)?,
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
-            lstm: lstm::Lstm::new(&mk("lstm", lstm::SOURCE)?)?,
+            lstm: lstm::Lstm::new(&mk("lstm", lstm::SOURCE)?, gpu.class)?,
             data: data::Data::new(&mk("data", data::SOURCE)?)?,
             optim: optim::Optim::new(&mk("optim", optim::SOURCE)?)?,
             conv: conv::Conv::new(&mk("conv", conv::SOURCE)?, gpu.class)?,

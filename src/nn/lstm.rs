@@ -249,10 +249,12 @@ impl Layer for Lstm {
             LstmOutput::Sequence => cx.activation(&self.key("y"), &[tn, bn, hn])?,
             LstmOutput::Last => cx.activation(&self.key("y"), &[bn, hn])?,
         };
+        let w_hh_t = cx.activation(&self.key("w_hh_t"), &[hn, 4 * hn])?;
+        cx.push(k.lstm.swap01(gpu, &p_hh, &w_hh_t, (4 * hn, hn, 1))?);
         for t in 0..tn {
             cx.push(
                 k.lstm
-                    .step(gpu, d, t, &xproj, &p_hh, &h_pad, &c_pad, &gates, &y)?,
+                    .step(gpu, d, t, &xproj, &w_hh_t, &h_pad, &c_pad, &gates, &y)?,
             );
         }
         cx.save(&self.key("x_tm"), x_tm);

@@ -11,6 +11,7 @@ use dst::reference::lstm::{self as rl, Dims};
 use dst::reference::{masked as rmasked, optim as roptim};
 use dst::rng::Rng;
 use serde_json::Value;
+use std::sync::atomic::Ordering;
 
 use crate::common::*;
 use crate::masked::flat;
@@ -347,17 +348,25 @@ fn lstm_layer_matches_reference() {
             hidden: 70,
         },
     ];
-    for d in sizes {
-        for input in [LstmInput::BatchMajor, LstmInput::TimeMajor] {
-            for output in [LstmOutput::Sequence, LstmOutput::Last] {
-                for masked in [true, false] {
-                    let pr = Problem::random(&mut rng, d, input, output, masked);
-                    let tag = format!("{d:?} {input:?} {output:?} masked={masked}");
-                    check_against_reference(&c, &pr, &tag);
+    // Both backward kernels: the plain one (CPU adapters) and the split one (GPUs).
+    let flag = &c.k.lstm.split_backward;
+    let default_split = flag.load(Ordering::Relaxed);
+    for split in [false, true] {
+        flag.store(split, Ordering::Relaxed);
+        for d in sizes {
+            for input in [LstmInput::BatchMajor, LstmInput::TimeMajor] {
+                for output in [LstmOutput::Sequence, LstmOutput::Last] {
+                    for masked in [true, false] {
+                        let pr = Problem::random(&mut rng, d, input, output, masked);
+                        let tag =
+                            format!("{d:?} {input:?} {output:?} masked={masked} split={split}");
+                        check_against_reference(&c, &pr, &tag);
+                    }
                 }
             }
         }
     }
+    flag.store(default_split, Ordering::Relaxed);
 }
 
 /// Evaluation plans: the same batch twice gives the same bits, also with another batch in
@@ -967,12 +976,12 @@ fn lstm_two_layer_stack_matches_reference() {
         .backward(&mut cx, &x, &y1, &dx2, false)
         .unwrap()
         .is_none());
-    // Masks 4 + input transpose 1 + projection 1 + T steps (layer 1); 4 + 1 + T (layer 2);
-    // penalties 2 + 2; backward: T steps + dX + dP_ih + mask + dP_hh + mask + bias (layer 2),
-    // the same without dX (layer 1).
+    // Masks 4 + input transpose 1 + projection 1 + recurrent-weight transpose 1 + T steps
+    // (layer 1); 4 + 1 + 1 + T (layer 2); penalties 2 + 2; backward: T steps + dX + dP_ih + mask +
+    // dP_hh + mask + bias (layer 2), the same without dX (layer 1).
     assert_eq!(
         cx.dispatches.len(),
-        (6 + t) + (5 + t) + 4 + (6 + t) + (5 + t)
+        (7 + t) + (6 + t) + 4 + (6 + t) + (5 + t)
     );
     c.gpu.write(&y2, &vec![f32::NAN; y2.len()]);
     c.gpu
