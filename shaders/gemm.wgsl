@@ -164,6 +164,33 @@ fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     c[col] = s;
 }
 
+// GPU variant of `bias_backward`: workgroup 16 x 16 over 16 columns; invocation (col, g) sums rows
+// g, g + 16, ... in order, then invocation (col, 0) adds the 16 partial sums in order g = 0..15
+// (fixed order: deterministic). The serial chain is M / 16 long: a GPU sums the bias gradient of
+// an LSTM over all T x B rows without a long latency-bound loop on a few workgroups.
+var<workgroup> bias_part: array<f32, 256>; // [g][col]
+
+@compute @workgroup_size(16, 16, 1)
+fn bias_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
+                       @builtin(workgroup_id) wid: vec3<u32>) {
+    let col = wid.x * 16u + lid.x;
+    var s = 0.0;
+    if (col < gp.n) {
+        for (var r = lid.y; r < gp.m; r += 16u) {
+            s = s + a[r * gp.n + col];
+        }
+    }
+    bias_part[lid.y * 16u + lid.x] = s;
+    workgroupBarrier();
+    if (lid.y == 0u && col < gp.n) {
+        var t = 0.0;
+        for (var g = 0u; g < 16u; g++) {
+            t = t + bias_part[g * 16u + lid.x];
+        }
+        c[col] = t;
+    }
+}
+
 // ---- lavapipe fast paths: vec4 loads along a contiguous dimension (CPU adapters) ----
 // Same GemmParams; these read A and B as vec4 arrays (binding offsets are 16-byte aligned).
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;

@@ -78,6 +78,7 @@ pub struct Gemm {
     pub regblock: Kernel,
     pub tiled: Kernel,
     pub bias_backward_k: Kernel,
+    pub bias_backward_split_k: Kernel,
     /// The variant `forward`/`backward_*` use on this device.
     pub variant: GemmVariant,
 }
@@ -143,6 +144,11 @@ impl Gemm {
             tiled: f.kernel("gemm_tiled", MATMUL, false)?,
             bias_backward_k: f.kernel(
                 "bias_backward",
+                &[(1, Access::Read), (4, Access::ReadWrite)],
+                false,
+            )?,
+            bias_backward_split_k: f.kernel(
+                "bias_backward_split",
                 &[(1, Access::Read), (4, Access::ReadWrite)],
                 false,
             )?,
@@ -257,8 +263,20 @@ impl Gemm {
         self.matmul(gpu, self.variant, p, g, x, dummy, dw)
     }
 
-    /// `db[n] = sum_m g[m][n]`: g (M x N), db (N).
+    /// `db[n] = sum_m g[m][n]`: g (M x N), db (N), on the device's variant.
     pub fn bias_backward(&self, gpu: &Gpu, g: &Tensor, db: &Tensor) -> Result<Dispatch> {
+        self.bias_backward_with(gpu, self.variant, g, db)
+    }
+
+    /// `bias_backward` on an explicit variant: one invocation per column (register-block
+    /// devices) or 16 row-strided partial sums per column added in order (`Tiled`, GPUs).
+    pub fn bias_backward_with(
+        &self,
+        gpu: &Gpu,
+        variant: GemmVariant,
+        g: &Tensor,
+        db: &Tensor,
+    ) -> Result<Dispatch> {
         let (m, n) = dims2(g);
         assert_eq!(db.len(), n, "bias_backward: db length");
         let p = GemmParams {
@@ -266,7 +284,18 @@ impl Gemm {
             n: n as u32,
             ..Default::default()
         };
-        self.bias_backward_k
-            .bind(gpu, &p, &[g, db], None, [(n as u32).div_ceil(64), 1, 1])
+        match variant {
+            GemmVariant::RegBlock => {
+                self.bias_backward_k
+                    .bind(gpu, &p, &[g, db], None, [(n as u32).div_ceil(64), 1, 1])
+            }
+            GemmVariant::Tiled => self.bias_backward_split_k.bind(
+                gpu,
+                &p,
+                &[g, db],
+                None,
+                [(n as u32).div_ceil(16), 1, 1],
+            ),
+        }
     }
 }

@@ -88,7 +88,7 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
                 .unwrap(),
             gemm.matmul(&c.gpu, variant, pw, &gt, &xt, &c.k.dummy, &dw)
                 .unwrap(),
-            gemm.bias_backward(&c.gpu, &gt, &db).unwrap(),
+            gemm.bias_backward_with(&c.gpu, variant, &gt, &db).unwrap(),
         ];
         if variant == GemmVariant::RegBlock {
             // The vec4 fast paths are taken exactly when the sizes allow them.
