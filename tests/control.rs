@@ -121,6 +121,46 @@ fn controller_state_survives_a_resume() {
     }
 }
 
+/// The controller updates every `control::EVERY` steps whatever `--log-every` says: logging every
+/// 100 or every 200 steps (200 steps per epoch) gives the same run bit for bit. (It once updated
+/// at log points only, so a run logged rarely steered too late.)
+#[test]
+fn controller_cadence_does_not_depend_on_log_every() {
+    assert_eq!(dst::train::control::EVERY, 100);
+    let cfg = TrainConfig {
+        batch: 16,
+        log_every: 100,
+        target_epoch: Some(2),
+        ..targeted(3200, 2, 0.2)
+    };
+    let (a, b) = (tmp("control", "log100"), tmp("control", "log200"));
+    run(&cfg, &a, false).unwrap();
+    run(
+        &TrainConfig {
+            log_every: 200,
+            ..cfg.clone()
+        },
+        &b,
+        false,
+    )
+    .unwrap();
+    let (ca, cb) = (
+        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
+        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
+    );
+    assert_eq!(ca.meta("alpha"), cb.meta("alpha"));
+    assert_ne!(ca.meta("alpha"), Some("0.0005"), "alpha never moved");
+    for ((na, _, va), (_, _, vb)) in ca.tensors.iter().zip(&cb.tensors) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(
+            bits(va) == bits(vb),
+            "tensor {na} differs with --log-every 200"
+        );
+    }
+    // Half as many step lines when logging half as often.
+    assert_eq!(metrics(&a, "step").len(), 2 * metrics(&b, "step").len());
+}
+
 /// `--valid N` takes the last N training images (after --limit-train), leaves the test set as
 /// it is, and the summary reports the epoch best on validation with its test accuracy.
 #[test]

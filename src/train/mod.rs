@@ -241,8 +241,17 @@ pub fn train(
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch);
         let mut epoch_stats = Stats::default();
         let mut done = 0u64;
+        // Steps run between host checks: the log interval, and with a target-keep controller at
+        // most `control::EVERY` (its cadence must not depend on how often the user logs).
+        let check_every = match control {
+            Some(_) => (cfg.log_every as u64).min(control::EVERY),
+            None => cfg.log_every as u64,
+        };
+        let mut next_log = (cfg.log_every as u64).min(steps_per_epoch);
+        let mut log_stats = Stats::default();
+        let mut log_steps = 0u64;
         while done < steps_per_epoch {
-            let window = (cfg.log_every as u64).min(steps_per_epoch - done);
+            let window = check_every.min(next_log - done);
             let alpha_now = control.as_ref().map_or(cfg.alpha, |c| c.alpha);
             if control.is_some() {
                 session.set_alpha_scale((alpha_now / cfg.alpha) as f32);
@@ -271,31 +280,43 @@ pub fn train(
                     dir: run.dir.clone(),
                 });
             }
-            epoch_stats.loss_sum += s.loss_sum;
-            epoch_stats.penalty_sum += s.penalty_sum;
-            epoch_stats.correct += s.correct;
-            epoch_stats.seen += s.seen;
+            for acc in [&mut epoch_stats, &mut log_stats] {
+                acc.loss_sum += s.loss_sum;
+                acc.penalty_sum += s.penalty_sum;
+                acc.correct += s.correct;
+                acc.seen += s.seen;
+            }
+            log_steps += window;
             let keeps = session.keep_counts()?;
             let (kept, total) = keeps
                 .iter()
                 .fold((0u64, 0u64), |(a, b), (_, k, t)| (a + k, b + t));
             let model_keep = kept as f64 / total.max(1) as f64;
-            let loss = s.loss_sum / window as f64;
+            let target_now = control.as_ref().map(|c| c.target_at(step));
+            if let Some(c) = control.as_mut() {
+                c.update(step, model_keep);
+            }
+            if done < next_log {
+                continue;
+            }
+            next_log = (done + cfg.log_every as u64).min(steps_per_epoch);
+            let loss = log_stats.loss_sum / log_steps as f64;
             let mut line = serde_json::json!({
                 "kind": "step", "step": step, "epoch": epoch, "loss": loss,
-                "penalty": s.penalty_sum / window as f64, "lr": cfg.lr,
+                "penalty": log_stats.penalty_sum / log_steps as f64, "lr": cfg.lr,
                 "alpha": if cfg.masked() { alpha_now } else { 0.0 },
-                "train_acc": 100.0 * s.correct as f64 / s.seen.max(1) as f64,
+                "train_acc": 100.0 * log_stats.correct as f64 / log_stats.seen.max(1) as f64,
                 "model_keep": model_keep,
                 "keep": keeps
                     .into_iter()
                     .map(|(l, k, t)| (l, k as f64 / t.max(1) as f64))
                     .collect::<std::collections::BTreeMap<_, _>>(),
             });
-            if let Some(c) = control.as_mut() {
-                line["target_keep"] = c.target_at(step).into();
-                c.update(step, model_keep);
+            if let Some(t) = target_now {
+                line["target_keep"] = t.into();
             }
+            log_stats = Stats::default();
+            log_steps = 0;
             run.append_metric(&line)?;
             progress.step(done, &format!("loss {loss:.4}"));
         }
