@@ -232,6 +232,14 @@ struct TrainArgs {
     /// Learning rate [default: the model's: 0.01 (SGD) for the LeNets, 1e-3 (Adam) for the LSTMs].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
+    /// Epochs after which the learning rate is multiplied by --lr-gamma, comma-separated (e.g.
+    /// 80,120: epochs 81-120 at 0.1 lr, later ones at 0.01 lr) [default: the model's: none for
+    /// the MNIST models].
+    #[arg(long, value_delimiter = ',')]
+    lr_steps: Option<Vec<usize>>,
+    /// The factor --lr-steps apply.
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    lr_gamma: f64,
     /// SGD momentum [default: the model's, 0.9 for the LeNets].
     #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
@@ -507,9 +515,14 @@ fn cmd_info(model: Option<&str>) -> anyhow::Result<()> {
         let d = &m.defaults;
         println!("  {:<9} {}", m.name, m.about);
         println!(
-            "            {} lr {}{}, batch {}, {} epochs, alpha {}, weight decay {}",
+            "            {} lr {}{}{}, batch {}, {} epochs, alpha {}, weight decay {}",
             d.optimizer,
             d.lr,
+            if d.lr_steps.is_empty() {
+                String::new()
+            } else {
+                format!(" (x0.1 after epochs {:?})", d.lr_steps)
+            },
             if d.optimizer == "sgd" {
                 format!(" momentum {}", d.momentum)
             } else {
@@ -547,6 +560,8 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         epochs: a.epochs.unwrap_or(d.epochs),
         batch: a.batch.unwrap_or(d.batch),
         lr: a.lr.unwrap_or(d.lr),
+        lr_steps: a.lr_steps.clone().unwrap_or(d.lr_steps),
+        lr_gamma: a.lr_gamma,
         momentum: a.momentum.unwrap_or(d.momentum),
         weight_decay: a.weight_decay.unwrap_or(d.weight_decay),
         seed: a.seed,
@@ -677,13 +692,18 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     let plain = !std::io::stderr().is_terminal();
     eprintln!("adapter: {}", gpu.describe());
     eprintln!(
-        "training {} {} (alpha {}, {} epochs, batch {}, lr {}, momentum {}, seed {}) on {} -> {}",
+        "training {} {} (alpha {}, {} epochs, batch {}, lr {}{}, momentum {}, seed {}) on {} -> {}",
         if cfg.dense { "dense" } else { "DST" },
         cfg.model,
         cfg.alpha,
         cfg.epochs,
         cfg.batch,
         cfg.lr,
+        if cfg.lr_steps.is_empty() {
+            String::new()
+        } else {
+            format!(" x{} after epochs {:?}", cfg.lr_gamma, cfg.lr_steps)
+        },
         cfg.momentum,
         cfg.seed,
         cfg.data

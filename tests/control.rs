@@ -161,6 +161,48 @@ fn controller_cadence_does_not_depend_on_log_every() {
     assert_eq!(metrics(&a, "step").len(), 2 * metrics(&b, "step").len());
 }
 
+/// `--lr-steps`: the learning rate of each epoch is lr times gamma for every step passed
+/// (PyTorch's MultiStepLR), the metrics record it, and bad schedules are refused.
+#[test]
+fn learning_rate_steps() {
+    let cfg = TrainConfig {
+        lr_steps: vec![1, 2],
+        lr_gamma: 0.5,
+        limit_train: Some(640),
+        epochs: 3,
+        log_every: 5,
+        ..Default::default()
+    };
+    assert_eq!(
+        [1, 2, 3, 4].map(|e| cfg.lr_at(e)),
+        [0.01, 0.005, 0.0025, 0.0025]
+    );
+    let out = tmp("control", "lr-steps");
+    run(&cfg, &out, false).unwrap();
+    let lrs: Vec<(u64, f64)> = metrics(&out, "step")
+        .iter()
+        .map(|v| (v["epoch"].as_u64().unwrap(), v["lr"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(lrs.len(), 6, "{lrs:?}");
+    for (e, lr) in lrs {
+        assert_eq!(lr, cfg.lr_at(e as usize), "epoch {e}");
+    }
+    for (steps, gamma) in [
+        (vec![2, 2], 0.1),
+        (vec![0], 0.1),
+        (vec![3, 1], 0.1),
+        (vec![], 0.0),
+    ] {
+        let bad = TrainConfig {
+            lr_steps: steps.clone(),
+            lr_gamma: gamma,
+            ..cfg.clone()
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("--lr-"), "{steps:?} {gamma}: {e}");
+    }
+}
+
 /// `--valid N` takes the last N training images (after --limit-train), leaves the test set as
 /// it is, and the summary reports the epoch best on validation with its test accuracy.
 #[test]

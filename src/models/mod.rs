@@ -20,6 +20,8 @@ pub struct Defaults {
     pub batch: usize,
     pub epochs: usize,
     pub alpha: f64,
+    /// Epochs after which the learning rate is multiplied by 0.1 (`--lr-steps`).
+    pub lr_steps: &'static [usize],
 }
 
 /// A model family's builder: declares the parameters (`masked`: DST) and returns the layers.
@@ -45,6 +47,7 @@ const LENET_SGD: Defaults = Defaults {
     batch: 64,
     epochs: 20,
     alpha: 5e-4,
+    lr_steps: &[],
 };
 
 const LSTM_ADAM: Defaults = Defaults {
@@ -55,6 +58,7 @@ const LSTM_ADAM: Defaults = Defaults {
     batch: 100,
     epochs: 20,
     alpha: 1e-4,
+    lr_steps: &[],
 };
 
 /// Every model, in the order `--help` lists them.

@@ -24,6 +24,13 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch: usize,
     pub lr: f64,
+    /// Epochs after which the learning rate is multiplied by `lr_gamma` (PyTorch's MultiStepLR
+    /// milestones: with steps [80, 120], epochs 1-80 run at lr, 81-120 at lr * gamma, the rest at
+    /// lr * gamma^2).
+    #[serde(default)]
+    pub lr_steps: Vec<usize>,
+    #[serde(default = "default_gamma")]
+    pub lr_gamma: f64,
     pub momentum: f64,
     pub weight_decay: f64,
     pub seed: u64,
@@ -53,6 +60,10 @@ pub struct TrainConfig {
     pub valid: Option<usize>,
 }
 
+fn default_gamma() -> f64 {
+    0.1
+}
+
 fn default_reset() -> String {
     "paper".into()
 }
@@ -79,6 +90,8 @@ impl TrainConfig {
             epochs: d.epochs,
             batch: d.batch,
             lr: d.lr,
+            lr_steps: d.lr_steps.to_vec(),
+            lr_gamma: default_gamma(),
             momentum: d.momentum,
             weight_decay: d.weight_decay,
             seed: 1,
@@ -122,12 +135,30 @@ pub enum TrainError {
 }
 
 impl TrainConfig {
+    /// The learning rate of (1-based) `epoch`: `lr` times `lr_gamma` for every step passed.
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        let passed = self.lr_steps.iter().filter(|&&s| epoch > s).count();
+        self.lr * self.lr_gamma.powi(passed as i32)
+    }
+
     /// Checks every value before any GPU work.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
         check_name(&self.model)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.lr_gamma.is_finite() && self.lr_gamma > 0.0) {
+            return bad(format!(
+                "--lr-gamma must be a positive number, got {}",
+                self.lr_gamma
+            ));
+        }
+        if self.lr_steps.contains(&0) || self.lr_steps.windows(2).any(|w| w[0] >= w[1]) {
+            return bad(format!(
+                "--lr-steps must be increasing epochs >= 1 (e.g. 80,120), got {:?}",
+                self.lr_steps
+            ));
         }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
             return bad(format!("--alpha must be >= 0, got {}", self.alpha));

@@ -261,7 +261,7 @@ pub fn train(
                 .map(|s| {
                     let start = s as usize * cfg.batch;
                     let valid = (n - start).min(cfg.batch);
-                    opt.step_info(step + s - done + 1, cfg.lr, start, valid)
+                    opt.step_info(step + s - done + 1, cfg.lr_at(epoch), start, valid)
                 })
                 .collect();
             session.run_steps(&train_plan, &infos)?;
@@ -303,7 +303,7 @@ pub fn train(
             let loss = log_stats.loss_sum / log_steps as f64;
             let mut line = serde_json::json!({
                 "kind": "step", "step": step, "epoch": epoch, "loss": loss,
-                "penalty": log_stats.penalty_sum / log_steps as f64, "lr": cfg.lr,
+                "penalty": log_stats.penalty_sum / log_steps as f64, "lr": cfg.lr_at(epoch),
                 "alpha": if cfg.masked() { alpha_now } else { 0.0 },
                 "train_acc": 100.0 * log_stats.correct as f64 / log_stats.seen.max(1) as f64,
                 "model_keep": model_keep,
