@@ -164,12 +164,12 @@ fn bias_backward(@builtin(global_invocation_id) gid: vec3<u32>) {
     c[col] = s;
 }
 
+var<workgroup> bias_part: array<f32, 256>; // [g][col], for bias_backward_split
+
 // GPU variant of `bias_backward`: workgroup 16 x 16 over 16 columns; invocation (col, g) sums rows
 // g, g + 16, ... in order, then invocation (col, 0) adds the 16 partial sums in order g = 0..15
 // (fixed order: deterministic). The serial chain is M / 16 long: a GPU sums the bias gradient of
 // an LSTM over all T x B rows without a long latency-bound loop on a few workgroups.
-var<workgroup> bias_part: array<f32, 256>; // [g][col]
-
 @compute @workgroup_size(16, 16, 1)
 fn bias_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
                        @builtin(workgroup_id) wid: vec3<u32>) {

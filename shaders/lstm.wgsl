@@ -178,13 +178,13 @@ fn lstm_step_backward(@builtin(local_invocation_id) lid: vec3<u32>,
     backward_cell(b, j, dh);
 }
 
+var<workgroup> dh_part: array<f32, 256>; // [q][j], for lstm_step_backward_split
+
 // GPU variant of `lstm_step_backward` (same bindings, same results up to the order of the
 // recurrent sum): workgroup 64 x 4; invocation (j, q) sums the quarter q of the 4H-long recurrent
 // dot product, the four partial sums are added in order q = 0..3, and invocation (j, 0) finishes
 // as `lstm_step_backward` does. A serial chain a quarter as long: the recurrent backward is
 // latency-bound on a GPU. (CPU adapters run the plain kernel: barriers cost more than they save.)
-var<workgroup> dh_part: array<f32, 256>; // [q][j]
-
 @compute @workgroup_size(64, 4, 1)
 fn lstm_step_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
                             @builtin(workgroup_id) wid: vec3<u32>) {

@@ -33,7 +33,7 @@ pub enum GpuError {
     DeviceLost(String),
     #[error("GPU readback failed: {0}")]
     Readback(String),
-    #[error("{what} needs {needed} bytes in one binding, the adapter allows {limit}")]
+    #[error("{what} needs {needed} bytes ({} MiB) in one buffer, the adapter allows {limit} ({} MiB)", needed >> 20, limit >> 20)]
     TooLarge {
         what: String,
         needed: u64,
@@ -69,6 +69,10 @@ pub struct Gpu {
     pub class: AdapterClass,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
+    /// Bytes of every storage buffer created so far, and the largest one (`dst info`'s memory
+    /// report).
+    allocated: std::sync::atomic::AtomicU64,
+    largest: std::sync::atomic::AtomicU64,
 }
 
 /// Keeps a headless compute program away from display servers.
@@ -196,6 +200,8 @@ impl Gpu {
             limits,
             errors,
             lost,
+            allocated: Default::default(),
+            largest: Default::default(),
         })
     }
 
@@ -285,7 +291,20 @@ impl Gpu {
                 limit: self.max_binding(),
             });
         }
+        use std::sync::atomic::Ordering::Relaxed;
+        self.allocated.fetch_add(needed, Relaxed);
+        self.largest.fetch_max(needed, Relaxed);
         Ok(())
+    }
+
+    /// Bytes of all storage buffers created on this device so far (freed ones included).
+    pub fn allocated(&self) -> u64 {
+        self.allocated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The largest storage buffer created so far, in bytes.
+    pub fn largest(&self) -> u64 {
+        self.largest.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A uniform buffer holding one `Pod` value.

@@ -25,9 +25,16 @@ enum Command {
     /// List every adapter wgpu sees and the limits that matter here, and the models this build
     /// trains with the paper's settings; `--model M` also shows M's layers.
     Info {
-        /// Also show this model's layers, output shapes and parameters.
+        /// Also show this model's layers, output shapes and parameters, and the GPU memory it
+        /// needs for training at --batch.
         #[arg(long)]
         model: Option<String>,
+        /// Batch size of the memory report [default: the model's].
+        #[arg(long, requires = "model")]
+        batch: Option<usize>,
+        /// Memory of dense training rather than DST.
+        #[arg(long, requires = "model")]
+        dense: bool,
     },
     /// Train a model (default: DST LeNet-300-100 on the embedded MNIST subset).
     Train(TrainArgs),
@@ -318,7 +325,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => unreachable!("`dst train` parses as the train command"),
             }
         }
-        Some(Command::Info { model }) => cmd_info(model.as_deref()),
+        Some(Command::Info {
+            model,
+            batch,
+            dense,
+        }) => cmd_info(model.as_deref(), batch, dense),
         Some(Command::Train(a)) => cmd_train(a),
         Some(Command::Eval { checkpoint, data }) => cmd_eval(checkpoint, data),
         Some(Command::Fetch {
@@ -466,7 +477,7 @@ fn term_progress() -> TermProgress {
     }
 }
 
-fn cmd_info(model: Option<&str>) -> anyhow::Result<()> {
+fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::Result<()> {
     if let Some(m) = model {
         dst::models::check_name(m)?;
     }
@@ -546,9 +557,18 @@ fn cmd_info(model: Option<&str>) -> anyhow::Result<()> {
         for line in m.describe() {
             println!("  {line}");
         }
+        drop(m);
+        let batch = batch.unwrap_or(dst::models::info(name)?.defaults.batch);
+        let report = dst::train::memory::measure(gpu, name, batch, dense)?;
+        for line in report.lines(MNIST_IMAGES) {
+            println!("{line}");
+        }
     }
     Ok(())
 }
+
+/// Images of full MNIST (train and test), resident on the GPU while a model trains on it.
+const MNIST_IMAGES: u64 = 70_000;
 
 /// The model's paper settings, overridden by the flags given.
 fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {

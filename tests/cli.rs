@@ -263,3 +263,62 @@ fn bad_infer_and_sweep_flags_are_clear_errors() {
     );
     assert!(!std::path::Path::new("/tmp/dst-never-written").exists());
 }
+
+/// `dst info --model M --batch B` reports the GPU memory of training M at batch B (parameters
+/// with optimiser state, activations, data) and refuses, naming the buffer and --batch, a batch
+/// whose activations cannot fit one buffer of the adapter; the training command refuses it the
+/// same way before any step.
+#[test]
+fn info_reports_memory_and_refuses_a_batch_that_cannot_fit() {
+    let (ok, out, err) = dst(&["info", "--model", "lenet300", "--batch", "64"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("GPU memory of lenet300 (DST) at batch 64"),
+        "{out}"
+    );
+    // 266,610 weights and biases + 410 thresholds; params, grads, momentum: 3 x 4 bytes each.
+    assert!(
+        out.contains("parameters      267020 (thresholds included)"),
+        "{out}"
+    );
+    assert!(out.contains("3.06 MiB"), "{out}");
+    for part in ["activations", "data", "total", "largest single buffer"] {
+        assert!(out.contains(part), "{part}: {out}");
+    }
+    let (ok, _, err) = dst(&["info", "--model", "lenet5", "--batch", "65535"]);
+    assert!(!ok);
+    assert!(
+        err.contains("the activation train.")
+            && err.contains("[65535, ")
+            && err.contains("use a smaller --batch")
+            && err.contains("in one buffer, the adapter allows"),
+        "{err}"
+    );
+    let dir = std::env::temp_dir().join("dst-cli-too-big");
+    let _ = std::fs::remove_dir_all(&dir);
+    let (ok, _, err) = dst(&[
+        "train",
+        "--model",
+        "lenet5",
+        "--batch",
+        "65535",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("use a smaller --batch"), "{err}");
+    assert!(!dir.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn bad_lr_steps_are_clear_errors() {
+    let (ok, _, err) = dst(&["train", "--lr-steps", "5,3"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--lr-steps must be increasing epochs"),
+        "{err}"
+    );
+    let (ok, _, err) = dst(&["info", "--batch", "64"]);
+    assert!(!ok, "--batch without --model");
+    assert!(err.contains("--model"), "{err}");
+}

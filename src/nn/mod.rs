@@ -90,9 +90,21 @@ impl<'a> PlanCx<'a> {
             .clone()
     }
 
-    /// A new zero-filled activation buffer of this plan.
+    /// A new zero-filled activation buffer of this plan. One too large for a single buffer on
+    /// this adapter fails here, while the plan is built (before any step), naming the buffer
+    /// and the batch that asks for it.
     pub fn activation(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        Tensor::zeros(self.gpu, &format!("{}.{name}", self.prefix), shape)
+        let label = format!("{}.{name}", self.prefix);
+        Tensor::zeros(self.gpu, &label, shape).map_err(|e| match e {
+            crate::gpu::GpuError::TooLarge { needed, limit, .. } => crate::gpu::GpuError::TooLarge {
+                what: format!(
+                    "the activation {label} {shape:?} (first dimension: the batch; use a smaller --batch)"
+                ),
+                needed,
+                limit,
+            },
+            e => e,
+        })
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod config;
 pub mod control;
+pub mod memory;
 mod run_dir;
 mod session;
 

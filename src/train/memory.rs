@@ -1,0 +1,146 @@
+//! `dst info --model M --batch B`: the GPU memory a model needs for training at a batch size,
+//! measured by building it on the adapter (the parameter arenas, the layers' own buffers, the
+//! training and evaluation plans' activations), with no data read and no step run.
+
+use crate::data::Dataset;
+use crate::gpu::Gpu;
+use crate::nn::Mode;
+
+use super::{Session, TrainConfig, TrainError};
+
+/// Bytes of each part of a model on the GPU.
+#[derive(Clone, Debug)]
+pub struct MemoryReport {
+    pub model: String,
+    pub masked: bool,
+    pub batch: usize,
+    /// Parameters (weights, biases, thresholds), as a count (the arena adds alignment padding).
+    pub params: usize,
+    /// Parameters, gradients and optimiser state (momentum, or Adam's two moments).
+    pub arena_bytes: u64,
+    /// Everything else the model and the kernels own (masks, masked weights, counters).
+    pub other_bytes: u64,
+    /// Resident data, per image (pixels, label, permutation entry).
+    pub data_bytes_per_image: u64,
+    /// The activations (and scratch) of one training step and of one evaluation batch.
+    pub train_bytes: u64,
+    pub eval_bytes: u64,
+    /// The largest single buffer, and the adapter's limit for one.
+    pub largest: u64,
+    pub limit: u64,
+}
+
+impl MemoryReport {
+    /// Total for training on `images` resident images (train and test sets together).
+    pub fn total(&self, images: u64) -> u64 {
+        self.arena_bytes
+            + self.other_bytes
+            + self.train_bytes
+            + self.eval_bytes
+            + self.data_bytes_per_image * images
+    }
+
+    /// The report as lines of text.
+    pub fn lines(&self, images: u64) -> Vec<String> {
+        let mib = |b: u64| format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64);
+        vec![
+            format!(
+                "GPU memory of {} ({}) at batch {}:",
+                self.model,
+                if self.masked { "DST" } else { "dense" },
+                self.batch
+            ),
+            format!(
+                "  parameters      {}{}; with gradients and optimiser state: {}",
+                self.params,
+                if self.masked {
+                    " (thresholds included)"
+                } else {
+                    ""
+                },
+                mib(self.arena_bytes)
+            ),
+            format!(
+                "  layer buffers   {} (masks, masked weights, counters, kernel scratch)",
+                mib(self.other_bytes)
+            ),
+            format!(
+                "  activations     {} per training step, {} per evaluation batch",
+                mib(self.train_bytes),
+                mib(self.eval_bytes)
+            ),
+            format!(
+                "  data            {} bytes per resident image: {} for {images} images",
+                self.data_bytes_per_image,
+                mib(self.data_bytes_per_image * images)
+            ),
+            format!(
+                "  total           {}; largest single buffer {} (this adapter allows {})",
+                mib(self.total(images)),
+                mib(self.largest),
+                mib(self.limit)
+            ),
+        ]
+    }
+}
+
+/// Builds `model` (DST unless `dense`) with its default optimiser on `gpu` and the plans of a
+/// training step and an evaluation batch at `batch`, and measures what each part allocates. A
+/// batch whose activations cannot fit one buffer of this adapter fails with a message naming the
+/// buffer and `--batch`.
+pub fn measure(
+    gpu: Gpu,
+    model: &str,
+    batch: usize,
+    dense: bool,
+) -> Result<MemoryReport, TrainError> {
+    let cfg = TrainConfig {
+        batch,
+        dense,
+        ..TrainConfig::for_model(model)?
+    };
+    cfg.validate()?;
+    let adam = cfg.optimizer().is_adam();
+    let a0 = gpu.allocated();
+    let session = Session::new(gpu, model, !dense, cfg.seed, adam)?;
+    let g = &session.gpu;
+    let arena = &session.model.arena;
+    let arena_bytes = 4 * [&arena.params, &arena.grads, &arena.moment1, &arena.moment2]
+        .iter()
+        .map(|t| t.len() as u64)
+        .sum::<u64>();
+    let a1 = g.allocated();
+    let input = &session.model.input;
+    let cols = *input.last().expect("input shape");
+    let rows = input.iter().product::<usize>() / cols;
+    let images = batch.max(2);
+    let ds = Dataset {
+        images: vec![0; images * rows * cols],
+        labels: vec![0; images],
+        count: images,
+        rows,
+        cols,
+        classes: session.model.classes,
+    };
+    let data = session.upload("memory", &ds)?;
+    let a2 = g.allocated();
+    let alpha = if dense { 0.0 } else { cfg.alpha as f32 };
+    let train = session.plan(&data, batch, Mode::Train, alpha, cfg.optimizer())?;
+    let a3 = g.allocated();
+    let eval = session.plan(&data, batch, Mode::Eval, alpha, cfg.optimizer())?;
+    let a4 = g.allocated();
+    drop((train, eval));
+    Ok(MemoryReport {
+        model: model.to_string(),
+        masked: !dense,
+        batch,
+        params: arena.layout.entries.iter().map(|e| e.len()).sum(),
+        arena_bytes,
+        other_bytes: (a1 - a0).saturating_sub(arena_bytes),
+        data_bytes_per_image: (a2 - a1) / images as u64,
+        train_bytes: a3 - a2,
+        eval_bytes: a4 - a3,
+        largest: g.largest(),
+        limit: g.max_binding(),
+    })
+}
