@@ -28,15 +28,18 @@ pub enum CheckpointError {
     Mismatch { path: PathBuf, reason: String },
 }
 
+/// One checkpoint tensor: (name, shape, values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 #[derive(Clone, Debug, Default)]
 pub struct Checkpoint {
     /// (name, shape, values) in a stable order.
-    pub tensors: Vec<(String, Vec<usize>, Vec<f32>)>,
+    pub tensors: Vec<NamedTensor>,
     pub metadata: HashMap<String, String>,
 }
 
 impl Checkpoint {
-    pub fn get(&self, name: &str) -> Option<&(String, Vec<usize>, Vec<f32>)> {
+    pub fn get(&self, name: &str) -> Option<&NamedTensor> {
         self.tensors.iter().find(|t| t.0 == name)
     }
 

@@ -4,6 +4,7 @@
 //! never submit.
 
 pub mod act;
+pub mod batchnorm;
 pub mod conv;
 pub mod data;
 pub mod gemm;
@@ -24,6 +25,7 @@ pub const COMMON_WGSL: &str = include_str!("../../shaders/common.wgsl");
 /// Every kernel family: (name, WGSL source without the prelude).
 pub const FAMILIES: &[(&str, &str)] = &[
     ("act", act::SOURCE),
+    ("batchnorm", batchnorm::SOURCE),
     ("conv", conv::SOURCE),
     ("data", data::SOURCE),
     ("gemm", gemm::SOURCE),
@@ -307,6 +309,7 @@ pub struct Kernels {
     pub gemm: gemm::Gemm,
     pub masked: masked::Masked,
     pub act: act::Act,
+    pub batchnorm: batchnorm::BatchNorm,
     pub loss: loss::Loss,
     pub lstm: lstm::Lstm,
     pub data: data::Data,
@@ -367,6 +370,7 @@ impl Kernels {
                 Tensor::from_slice(gpu, "one", &[1], &[1.0f32])?,
             )?,
             act: act::Act::new(&mk("act", act::SOURCE)?)?,
+            batchnorm: batchnorm::BatchNorm::new(&mk("batchnorm", batchnorm::SOURCE)?)?,
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
             lstm: lstm::Lstm::new(&mk("lstm", lstm::SOURCE)?, gpu.class)?,
             data: data::Data::new(&mk("data", data::SOURCE)?)?,

@@ -3,6 +3,7 @@
 //! one WGSL family); the plan builder and the trainer do not change.
 
 pub mod arena;
+pub mod batchnorm;
 pub mod conv;
 pub mod linear;
 pub mod lstm;
@@ -10,7 +11,7 @@ pub mod mask;
 pub mod pool;
 pub mod relu;
 
-pub use arena::{Arena, ArenaBuilder, Init, ParamId, Which};
+pub use arena::{Arena, ArenaBuilder, Init, ParamId, StateId, Which};
 
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::kernels::{Dispatch, Kernels, StepRing};

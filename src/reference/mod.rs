@@ -3,6 +3,7 @@
 //! Mask bits and the derivative's bands are decided in f32 exactly as the shaders decide them.
 
 pub mod act;
+pub mod batchnorm;
 pub mod conv;
 pub mod gemm;
 pub mod loss;

@@ -280,34 +280,21 @@ impl Session {
         Ok(Some(img))
     }
 
-    /// Parameters and optimiser state as a checkpoint (metadata added by the caller).
+    /// Parameters, optimiser state and state tensors (batch norm's running statistics) as a
+    /// checkpoint (metadata added by the caller).
     pub fn snapshot(&self) -> Result<Checkpoint> {
-        let a = &self.model.arena;
-        let params = self.gpu.read::<f32>(&a.params)?;
-        let m1 = self.gpu.read::<f32>(&a.moment1)?;
-        let m2 = self.gpu.read::<f32>(&a.moment2)?;
-        let adam = m2.len() == params.len();
-        let mut ck = Checkpoint::default();
-        for e in &a.layout.entries {
-            let r = e.offset..e.offset + e.len();
-            let mut push = |name: String, v: &[f32]| {
-                ck.tensors
-                    .push((name, e.shape.clone(), v[r.clone()].to_vec()))
-            };
-            push(e.name.clone(), &params);
-            push(format!("optim.momentum.{}", e.name), &m1);
-            if adam {
-                push(format!("optim.second_moment.{}", e.name), &m2);
-            }
-        }
+        let mut ck = Checkpoint {
+            tensors: self.model.arena.snapshot(&self.gpu)?,
+            ..Default::default()
+        };
         ck.metadata.insert("model".into(), self.model.name.clone());
         ck.metadata
             .insert("masked".into(), self.model.masked.to_string());
         Ok(ck)
     }
 
-    /// Restores parameters (and optimiser state when present and `with_optim`) from a checkpoint,
-    /// refusing one of another model or shape.
+    /// Restores parameters, state tensors and (when `with_optim`) optimiser state from a
+    /// checkpoint, refusing one of another model or shape.
     pub fn restore(&self, ck: &Checkpoint, path: &Path, with_optim: bool) -> Result<()> {
         let mismatch = |reason: String| CheckpointError::Mismatch {
             path: path.to_path_buf(),
@@ -322,38 +309,10 @@ impl Session {
             ))
             .into());
         }
-        let a = &self.model.arena;
-        let mut params = vec![0.0f32; a.layout.total];
-        let mut m1 = vec![0.0f32; a.layout.total];
-        let adam = a.moment2.len() == a.layout.total;
-        let mut m2 = vec![0.0f32; if adam { a.layout.total } else { 1 }];
-        for e in &a.layout.entries {
-            let fill = |dst: &mut [f32], name: &str, required: bool| -> Result<()> {
-                match ck.get(name) {
-                    Some((_, shape, v)) if *shape == e.shape => {
-                        dst[e.offset..e.offset + e.len()].copy_from_slice(v);
-                        Ok(())
-                    }
-                    Some((_, shape, _)) => Err(mismatch(format!(
-                        "tensor {name} has shape {shape:?}, the model expects {:?}",
-                        e.shape
-                    ))
-                    .into()),
-                    None if required => Err(mismatch(format!("tensor {name} is missing")).into()),
-                    None => Ok(()),
-                }
-            };
-            fill(&mut params, &e.name, true)?;
-            if with_optim {
-                fill(&mut m1, &format!("optim.momentum.{}", e.name), true)?;
-                if adam {
-                    fill(&mut m2, &format!("optim.second_moment.{}", e.name), true)?;
-                }
-            }
-        }
-        self.gpu.write(&a.params, &params);
-        self.gpu.write(&a.moment1, &m1);
-        self.gpu.write(&a.moment2, &m2);
+        self.model
+            .arena
+            .restore(&self.gpu, ck, with_optim)
+            .map_err(mismatch)?;
         Ok(())
     }
 }

@@ -3,6 +3,7 @@
 //! Outputs are poisoned with NaN before each run so an unwritten element fails.
 
 mod act;
+mod batchnorm;
 mod common;
 mod conv;
 mod data;
