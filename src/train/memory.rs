@@ -16,7 +16,8 @@ pub struct MemoryReport {
     pub batch: usize,
     /// Parameters (weights, biases, thresholds), as a count (the arena adds alignment padding).
     pub params: usize,
-    /// Parameters, gradients and optimiser state (momentum, or Adam's two moments).
+    /// Parameters, gradients, optimiser state (momentum, or Adam's two moments) and layer state
+    /// (batch norm's running statistics).
     pub arena_bytes: u64,
     /// Everything else the model and the kernels own (masks, masked weights, counters).
     pub other_bytes: u64,
@@ -105,10 +106,16 @@ pub fn measure(
     let session = Session::new(gpu, model, !dense, cfg.seed, adam)?;
     let g = &session.gpu;
     let arena = &session.model.arena;
-    let arena_bytes = 4 * [&arena.params, &arena.grads, &arena.moment1, &arena.moment2]
-        .iter()
-        .map(|t| t.len() as u64)
-        .sum::<u64>();
+    let arena_bytes = 4 * [
+        &arena.params,
+        &arena.grads,
+        &arena.moment1,
+        &arena.moment2,
+        &arena.state,
+    ]
+    .iter()
+    .map(|t| t.len() as u64)
+    .sum::<u64>();
     let a1 = g.allocated();
     let input = &session.model.input;
     let cols = *input.last().expect("input shape");
