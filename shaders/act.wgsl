@@ -1,4 +1,4 @@
-// act.wgsl: element-wise activations. n = ap.n elements, one invocation each.
+// act.wgsl: element-wise activations and sums. n = ap.n elements, one invocation each.
 
 // Keep in sync with `ActParams` in src/kernels/act.rs.
 struct ActParams {
@@ -34,5 +34,15 @@ fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>,
     let i = flat_index(gid, nwg);
     if (i < ap.n) {
         dst[i] = select(0.0, src[i], src2[i] > 0.0);
+    }
+}
+
+// Reads src (a) and src2 (b); writes dst = a + b (a residual sum, or two gradients meeting).
+@compute @workgroup_size(256, 1, 1)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>,
+       @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg);
+    if (i < ap.n) {
+        dst[i] = src[i] + src2[i];
     }
 }

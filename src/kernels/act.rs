@@ -1,4 +1,4 @@
-//! `shaders/act.wgsl`: element-wise activations.
+//! `shaders/act.wgsl`: element-wise activations and the element-wise sum.
 
 use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory};
 use crate::gpu::{Gpu, Result, Tensor};
@@ -16,6 +16,7 @@ pub struct ActParams {
 pub struct Act {
     pub relu_forward_k: Kernel,
     pub relu_backward_k: Kernel,
+    pub add_k: Kernel,
 }
 
 impl Act {
@@ -28,6 +29,11 @@ impl Act {
             )?,
             relu_backward_k: f.kernel(
                 "relu_backward",
+                &[(1, Access::Read), (2, Access::Read), (3, Access::ReadWrite)],
+                false,
+            )?,
+            add_k: f.kernel(
+                "add",
                 &[(1, Access::Read), (2, Access::Read), (3, Access::ReadWrite)],
                 false,
             )?,
@@ -63,5 +69,22 @@ impl Act {
         };
         self.relu_backward_k
             .bind(gpu, &p, &[dy, y, dx], None, grid_1d(p.n.div_ceil(256)))
+    }
+
+    /// `out = a + b`, element-wise.
+    pub fn add(&self, gpu: &Gpu, a: &Tensor, b: &Tensor, out: &Tensor) -> Result<Dispatch> {
+        assert!(
+            a.len() == b.len() && b.len() == out.len(),
+            "add: sizes {:?} {:?} {:?}",
+            a.shape,
+            b.shape,
+            out.shape
+        );
+        let p = ActParams {
+            n: a.len() as u32,
+            _pad: [0; 3],
+        };
+        self.add_k
+            .bind(gpu, &p, &[a, b, out], None, grid_1d(p.n.div_ceil(256)))
     }
 }

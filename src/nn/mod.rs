@@ -10,6 +10,7 @@ pub mod lstm;
 pub mod mask;
 pub mod pool;
 pub mod relu;
+pub mod residual;
 
 pub use arena::{Arena, ArenaBuilder, Init, ParamId, StateId, Which};
 

@@ -13,5 +13,6 @@ mod lstm;
 mod masked;
 mod optim;
 mod pool;
+mod residual;
 mod runtime;
 mod sparse;
