@@ -4,6 +4,7 @@
 
 pub mod act;
 pub mod conv;
+pub mod data;
 pub mod gemm;
 pub mod loss;
 pub mod lstm;
