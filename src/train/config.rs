@@ -197,6 +197,15 @@ impl TrainConfig {
         if self.valid == Some(0) {
             return bad("--valid must be >= 1".into());
         }
+        let dataset = crate::models::info(&self.model)?.dataset;
+        if self.data.is_none() && dataset != crate::data::DatasetKind::Mnist {
+            return bad(format!(
+                "{} trains on {}, which is not embedded: download it with `dst fetch cifar10 --to \
+                 data/cifar10` and pass --data data/cifar10",
+                self.model,
+                dataset.name()
+            ));
+        }
         Ok(())
     }
 
