@@ -80,6 +80,41 @@ impl Checkpoint {
         write_atomic(path, &data).map_err(io)
     }
 
+    /// The metadata of the checkpoint at `path`, from its header alone (no tensor is read).
+    pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
+        use std::io::Read;
+        let io = |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let format = |reason: String| CheckpointError::Format {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).map_err(io)?;
+        let len = u64::from_le_bytes(len);
+        if len > 100 << 20 {
+            return Err(format(format!("header of {len} bytes")));
+        }
+        let mut header = Vec::with_capacity(len as usize);
+        f.take(len).read_to_end(&mut header).map_err(io)?;
+        if header.len() as u64 != len {
+            return Err(format("header truncated".into()));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&header).map_err(|e| format(e.to_string()))?;
+        Ok(v.get("__metadata__")
+            .and_then(|m| m.as_object())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
         let data = std::fs::read(path).map_err(|source| CheckpointError::Io {
             path: path.to_path_buf(),

@@ -42,17 +42,19 @@ enum Command {
     Eval {
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Folder with the four MNIST IDX files (.gz or raw); default: the embedded subset.
+        /// Folder of the checkpoint's dataset (MNIST: the four IDX files, .gz or raw; CIFAR-10:
+        /// the six binary batches); default: the embedded MNIST subset.
         #[arg(long)]
         data: Option<PathBuf>,
     },
-    /// Download a dataset and verify its SHA-256 sums.
+    /// Download a dataset and verify it: MNIST (SHA-256 of each file) or CIFAR-10 (the binary
+    /// archive's MD5; its six batch files unpacked into --to).
     Fetch {
-        /// Dataset name (mnist).
+        /// Dataset name: mnist or cifar10.
         dataset: String,
         #[arg(long)]
         to: PathBuf,
-        /// Base URL to try before the public mirrors (repeatable).
+        /// Base URL to try before the public mirrors (repeatable); the file name is appended.
         #[arg(long)]
         mirror: Vec<String>,
     },
@@ -200,7 +202,8 @@ struct SweepArgs {
     weight_decay: Option<f64>,
     #[arg(long)]
     optimizer: Option<String>,
-    /// Folder with the four MNIST IDX files; default: the embedded subset.
+    /// Folder of the model's dataset: MNIST's four IDX files (.gz or raw), or CIFAR-10's six
+    /// binary batches (`dst fetch cifar10 --to DIR`); default: the embedded MNIST subset.
     #[arg(long)]
     data: Option<PathBuf>,
     #[arg(long, default_value_t = 100)]
@@ -785,10 +788,14 @@ fn print_table(layers: &[LayerStats]) {
 }
 
 fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
-    let data = match &data {
-        Some(d) => dst::data::load_dir(d)?,
-        None => dst::data::try_load_embedded()?,
-    };
+    // The checkpoint's model decides the dataset (a model unknown here is refused later, with
+    // the list of models).
+    let meta = dst::checkpoint::Checkpoint::read_metadata(&checkpoint)?;
+    let kind = meta
+        .get("model")
+        .and_then(|m| dst::models::info(m).ok())
+        .map_or(dst::data::DatasetKind::Mnist, |i| i.dataset);
+    let data = kind.load(data.as_deref())?;
     let gpu = Gpu::from_env()?;
     let (acc, layers, adapter) = train::evaluate_checkpoint(gpu, &checkpoint, &data)?;
     eprintln!("adapter: {adapter}");
@@ -806,12 +813,21 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn cmd_fetch(dataset: &str, to: &std::path::Path, extra: Vec<String>) -> anyhow::Result<()> {
     use dst::data::fetch;
-    if dataset != "mnist" {
-        bail!("unknown dataset {dataset:?}; available: mnist");
-    }
     let mut mirrors = extra;
-    mirrors.extend(fetch::MNIST_MIRRORS.iter().map(|s| s.to_string()));
-    fetch::fetch(to, &mirrors, &fetch::MNIST_FILES, &mut |l| eprintln!("{l}"))?;
-    println!("MNIST ready in {}", to.display());
+    match dataset {
+        "mnist" => {
+            mirrors.extend(fetch::MNIST_MIRRORS.iter().map(|s| s.to_string()));
+            fetch::fetch(to, &mirrors, &fetch::MNIST_FILES, &mut |l| eprintln!("{l}"))?;
+            println!("MNIST ready in {}", to.display());
+        }
+        "cifar10" => {
+            mirrors.extend(fetch::CIFAR10_MIRRORS.iter().map(|s| s.to_string()));
+            fetch::fetch_archive(to, &mirrors, &fetch::CIFAR10_ARCHIVE, &mut |l| {
+                eprintln!("{l}")
+            })?;
+            println!("CIFAR-10 ready in {}", to.display());
+        }
+        _ => bail!("unknown dataset {dataset:?}; available: mnist, cifar10"),
+    }
     Ok(())
 }

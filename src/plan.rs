@@ -8,38 +8,114 @@ use crate::kernels::{Dispatch, Kernels, StepInfo, StepRing};
 use crate::models::Model;
 use crate::nn::{Mode, PlanCx};
 
-/// A dataset resident on the GPU: bytes packed four per u32, and the permutation buffer.
+/// A dataset resident on the GPU: image bytes packed four per u32 (in two buffers when one
+/// binding cannot hold them), labels, the table of input values, the epoch's order and, for a
+/// training set that augments, the epoch's crop and flip draws.
 pub struct GpuData {
-    pub images: Tensor,
+    /// Samples `[0, split)`.
+    pub images_lo: Tensor,
+    /// Samples `[split, count)` (one zero word when `split == count`).
+    pub images_hi: Tensor,
+    pub split: usize,
     pub labels: Tensor,
     pub perm: Tensor,
+    /// `lut[c * 256 + b]`: the input value of byte b in channel c (`Dataset::lut`).
+    pub lut: Tensor,
+    /// One packed `CropFlip` per position of the epoch's order (`data::augment`); `Some` for a
+    /// set with `augment`, used by training plans only. Identity crops until `start_epoch`.
+    pub crops: Option<Tensor>,
     pub count: usize,
+    /// Values per sample (channels x rows x cols).
     pub pixels: usize,
+    /// (channels, rows, cols) of one image.
+    pub shape: [usize; 3],
 }
 
 fn pack(bytes: &[u8]) -> Vec<u32> {
-    bytes
+    let mut v: Vec<u32> = bytes
         .chunks(4)
         .map(|c| {
             let mut w = [0u8; 4];
             w[..c.len()].copy_from_slice(c);
             u32::from_le_bytes(w)
         })
-        .collect()
+        .collect();
+    if v.is_empty() {
+        v.push(0);
+    }
+    v
 }
 
 impl GpuData {
+    /// Uploads `ds`, its images in one buffer if one binding holds them, else in two.
     pub fn upload(gpu: &Gpu, name: &str, ds: &crate::data::Dataset) -> Result<GpuData> {
-        let images = pack(&ds.images);
+        let px = ds.pixels().max(1);
+        let per_binding = (gpu.max_binding() as usize / px).max(1);
+        Self::upload_split(gpu, name, ds, ds.count.min(per_binding))
+    }
+
+    /// Uploads `ds` with samples `[0, split)` in the first image buffer and the rest in the second
+    /// (either may be refused as too large for one binding).
+    pub fn upload_split(
+        gpu: &Gpu,
+        name: &str,
+        ds: &crate::data::Dataset,
+        split: usize,
+    ) -> Result<GpuData> {
+        let split = split.min(ds.count);
+        let at = split * ds.pixels();
+        let lo = pack(&ds.images[..at]);
+        let hi = pack(&ds.images[at..]);
         let labels = pack(&ds.labels);
         let iota: Vec<u32> = (0..ds.count as u32).collect();
+        let lut = ds.lut();
+        let crops = if ds.augment {
+            let identity = crate::data::augment::CropFlip::IDENTITY.pack();
+            Some(Tensor::from_slice(
+                gpu,
+                &format!("{name}.crops"),
+                &[ds.count],
+                &vec![identity; ds.count],
+            )?)
+        } else {
+            None
+        };
         Ok(GpuData {
-            images: Tensor::from_slice(gpu, &format!("{name}.images"), &[images.len()], &images)?,
+            images_lo: Tensor::from_slice(gpu, &format!("{name}.images"), &[lo.len()], &lo)?,
+            images_hi: Tensor::from_slice(gpu, &format!("{name}.images_hi"), &[hi.len()], &hi)?,
+            split,
             labels: Tensor::from_slice(gpu, &format!("{name}.labels"), &[labels.len()], &labels)?,
             perm: Tensor::from_slice(gpu, &format!("{name}.perm"), &[ds.count], &iota)?,
+            lut: Tensor::from_slice(gpu, &format!("{name}.lut"), &[lut.len()], &lut)?,
+            crops,
             count: ds.count,
             pixels: ds.pixels(),
+            shape: [ds.channels, ds.rows, ds.cols],
         })
+    }
+
+    /// The images as the gather kernels read them.
+    pub fn images(&self) -> crate::kernels::data::Images<'_> {
+        crate::kernels::data::Images {
+            lo: &self.images_lo,
+            hi: &self.images_hi,
+            split: self.split,
+            shape: self.shape,
+        }
+    }
+
+    /// Writes epoch `epoch`'s order (`Rng::derive(seed, "epoch E")`'s permutation) and, for a set
+    /// that augments, its crops and flips (`data::augment::epoch_words`): both functions of
+    /// (seed, epoch) only, so a resumed run replays them exactly.
+    pub fn start_epoch(&self, gpu: &Gpu, seed: u64, epoch: usize) {
+        let perm = crate::rng::Rng::derive(seed, &format!("epoch {epoch}")).permutation(self.count);
+        gpu.write(&self.perm, &perm);
+        if let Some(crops) = &self.crops {
+            gpu.write(
+                crops,
+                &crate::data::augment::epoch_words(seed, epoch, self.count),
+            );
+        }
     }
 }
 
@@ -112,7 +188,6 @@ impl Plan {
         model: &Model,
         step: &StepRing,
         data: &GpuData,
-        lut: &Tensor,
         batch: usize,
         mode: Mode,
         alpha: f32,
@@ -128,16 +203,31 @@ impl Plan {
         shape.extend(&model.input);
         let rows = cx.activation("input", &[batch, data.pixels])?;
         let labels = cx.activation("labels", &[batch])?;
-        cx.push(kernels.data.gather(
-            gpu,
-            &data.images,
-            &data.labels,
-            &data.perm,
-            lut,
-            &rows,
-            &labels,
-            step,
-        )?);
+        // Training batches of a set that augments are cropped and flipped; evaluation never is.
+        cx.push(match (&data.crops, mode) {
+            (Some(crops), Mode::Train) => kernels.data.gather_crop_flip(
+                gpu,
+                &data.images(),
+                &data.labels,
+                &data.perm,
+                &data.lut,
+                crops,
+                crate::data::augment::PAD,
+                &rows,
+                &labels,
+                step,
+            )?,
+            _ => kernels.data.gather(
+                gpu,
+                &data.images(),
+                &data.labels,
+                &data.perm,
+                &data.lut,
+                &rows,
+                &labels,
+                step,
+            )?,
+        });
         // The same buffer in the model's per-sample shape (e.g. 1 x 28 x 28 for a conv net).
         let x = Tensor { shape, ..rows };
         let mut acts = vec![x];

@@ -81,6 +81,31 @@ fn eval_and_resume_flags_check_their_paths() {
     assert!(!ok && err.contains("--resume /nonexistent/run"), "{err}");
     let (ok, _, err) = dst(&["fetch", "cifar", "--to", "/tmp/x"]);
     assert!(!ok && err.contains("unknown dataset"), "{err}");
+    assert!(err.contains("mnist, cifar10"), "{err}");
+}
+
+/// `dst fetch cifar10` into a folder that holds something else refuses before any download.
+#[test]
+fn fetch_cifar10_leaves_an_occupied_folder_alone() {
+    let dir = std::env::temp_dir().join(format!("dst-cli-cifar-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+    // A mirror that cannot answer: the command must stop before trying any.
+    let (ok, _, err) = dst(&[
+        "fetch",
+        "cifar10",
+        "--to",
+        dir.to_str().unwrap(),
+        "--mirror",
+        "http://127.0.0.1:9/",
+    ]);
+    assert!(!ok, "{err}");
+    assert!(err.contains("not a complete CIFAR-10 folder"), "{err}");
+    assert!(err.contains("data_batch_1.bin"), "{err}");
+    assert!(!err.contains("127.0.0.1"), "no download tried: {err}");
+    assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"mine");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A short real run through the binary, then `dst eval` of its checkpoint, then a refused

@@ -1,15 +1,20 @@
 //! `dst fetch mnist --to DIR`: downloads the four gzip MNIST files from public mirrors,
 //! checks the SHA-256 of each decompressed payload, and writes them atomically.
+//!
+//! `dst fetch cifar10 --to DIR`: downloads the CIFAR-10 binary archive, checks its published MD5,
+//! unpacks the six batch files into a temporary sibling folder of DIR, checks them and renames
+//! the folder to DIR ([`fetch_archive`]).
 
 use std::fmt;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use md5::Md5;
 use sha2::{Digest, Sha256};
 
-use super::idx;
+use super::{cifar, idx, tar, DataError};
 
 /// One file to fetch: `NAME.gz` is downloaded, `sha256` is that of the decompressed `NAME`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,10 @@ pub enum AttemptError {
     Gzip(String),
     /// The decompressed payload does not have the expected SHA-256.
     ShaMismatch { expected: String, got: String },
+    /// The archive does not have the expected MD5.
+    Md5Mismatch { expected: String, got: String },
+    /// The archive (with the right checksum) could not be unpacked or holds bad files.
+    Archive(String),
 }
 
 impl fmt::Display for AttemptError {
@@ -71,6 +80,10 @@ impl fmt::Display for AttemptError {
             AttemptError::ShaMismatch { expected, got } => {
                 write!(f, "SHA-256 mismatch: expected {expected}, got {got}")
             }
+            AttemptError::Md5Mismatch { expected, got } => {
+                write!(f, "MD5 mismatch: expected {expected}, got {got}")
+            }
+            AttemptError::Archive(e) => write!(f, "{e}"),
         }
     }
 }
@@ -110,6 +123,12 @@ pub enum FetchError {
     AllMirrorsFailed {
         file: String,
         attempts: Vec<Attempt>,
+    },
+    #[error("{dir} exists but is not a complete {dataset} folder ({reason}); remove it or choose another --to")]
+    Occupied {
+        dir: String,
+        dataset: &'static str,
+        reason: String,
     },
 }
 
@@ -251,5 +270,294 @@ pub fn fetch(
             });
         }
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- archives (CIFAR-10)
+
+/// A `.tar.gz` archive to download, check and unpack.
+#[derive(Clone, Copy, Debug)]
+pub struct ArchiveSpec {
+    /// The dataset's name, for messages.
+    pub dataset: &'static str,
+    /// The archive's file name; its URL is `mirror base + name`.
+    pub name: &'static str,
+    /// Lower-case hex MD5 of the archive as downloaded.
+    pub md5: &'static str,
+    /// The folder inside the archive that holds the members, with its trailing `/`.
+    pub folder: &'static str,
+    /// The members to take out (names inside `folder`); they land directly in the target folder.
+    pub members: &'static [&'static str],
+    /// Checks a folder holding the members (a complete, valid dataset).
+    pub validate: fn(&Path) -> Result<(), DataError>,
+}
+
+/// CIFAR-10, binary version, as its site publishes it (with this MD5).
+pub const CIFAR10_ARCHIVE: ArchiveSpec = ArchiveSpec {
+    dataset: "CIFAR-10",
+    name: "cifar-10-binary.tar.gz",
+    md5: "c32a1d4ab5d03f1284b67883e8d87530",
+    folder: "cifar-10-batches-bin/",
+    members: &cifar::FILES,
+    validate: cifar::check_dir,
+};
+
+/// Where CIFAR-10 is published (base URLs).
+pub const CIFAR10_MIRRORS: &[&str] = &["https://www.cs.toronto.edu/~kriz/"];
+
+/// Largest archive accepted (CIFAR-10's is 162 MiB).
+const MAX_ARCHIVE: u64 = 1 << 30;
+
+/// Lower-case hex MD5 of `bytes`.
+pub fn md5_hex(bytes: &[u8]) -> String {
+    hex(&Md5::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Streams `url` into `dest`, returning the MD5 of what was written.
+fn download_to(
+    agent: &ureq::Agent,
+    url: &str,
+    dest: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<String, AttemptError> {
+    let response = agent.get(url).call().map_err(|e| match e {
+        ureq::Error::StatusCode(code) => AttemptError::Status(code),
+        e => AttemptError::Network(e.to_string()),
+    })?;
+    let status = response.status().as_u16();
+    if !(200..300).contains(&status) {
+        return Err(AttemptError::Status(status));
+    }
+    let mut body = response
+        .into_body()
+        .into_with_config()
+        .limit(MAX_ARCHIVE)
+        .reader();
+    let local =
+        |e: std::io::Error| AttemptError::Archive(format!("cannot write {}: {e}", dest.display()));
+    let mut file = fs::File::create(dest).map_err(local)?;
+    let mut md5 = Md5::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let (mut total, mut shown) = (0u64, 0u64);
+    loop {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(AttemptError::Network(e.to_string())),
+        };
+        md5.update(&buf[..n]);
+        file.write_all(&buf[..n]).map_err(local)?;
+        total += n as u64;
+        if total - shown >= 32 << 20 {
+            shown = total;
+            progress(&format!("  {} MiB", total >> 20));
+        }
+    }
+    file.sync_all().map_err(local)?;
+    Ok(hex(&md5.finalize()))
+}
+
+/// Takes `spec.members` out of the `.tar.gz` at `archive` into `dir`; every member must be there.
+fn unpack(archive: &Path, dir: &Path, spec: &ArchiveSpec) -> Result<(), AttemptError> {
+    let file = fs::File::open(archive)
+        .map_err(|e| AttemptError::Archive(format!("cannot read {}: {e}", archive.display())))?;
+    let mut gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file));
+    let mut found = vec![false; spec.members.len()];
+    let walk = tar::for_each(&mut gz, |entry, data| {
+        let name = entry.name.strip_prefix("./").unwrap_or(&entry.name);
+        let Some(i) = name
+            .strip_prefix(spec.folder)
+            .and_then(|m| spec.members.iter().position(|&x| x == m))
+        else {
+            return Ok(());
+        };
+        if !entry.is_file() {
+            return Ok(());
+        }
+        let dest = dir.join(spec.members[i]);
+        let mut out = fs::File::create(&dest)?;
+        let copied = std::io::copy(data, &mut out)?;
+        if copied != entry.size {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{name}: {copied} of {} bytes", entry.size),
+            ));
+        }
+        out.sync_all()?;
+        found[i] = true;
+        Ok(())
+    });
+    let what =
+        |e: &dyn fmt::Display| AttemptError::Archive(format!("cannot unpack {}: {e}", spec.name));
+    walk.map_err(|e| what(&e))?;
+    // The rest of the stream (the tar's zero blocks, the gzip trailer): its CRC and length.
+    std::io::copy(&mut gz, &mut std::io::sink()).map_err(|e| what(&e))?;
+    let missing: Vec<String> = spec
+        .members
+        .iter()
+        .zip(&found)
+        .filter(|(_, &f)| !f)
+        .map(|(m, _)| format!("{}{m}", spec.folder))
+        .collect();
+    if !missing.is_empty() {
+        return Err(AttemptError::Archive(format!(
+            "{} lacks {}",
+            spec.name,
+            missing.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// A temporary folder removed on drop unless kept.
+struct TempDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Fetches an archive's members into the folder `to`, trying `mirrors` (base URLs) in order.
+///
+/// A `to` that already passes `spec.validate` is left alone (no download). Otherwise `to` must
+/// not exist or be empty. The archive is downloaded into a temporary sibling folder
+/// `.NAME.part` (a leftover of an interrupted fetch is removed first), its MD5 checked, the
+/// members unpacked next to it and validated, the archive deleted, and the folder renamed to
+/// `to`: a failed or interrupted fetch never leaves `to` half-written, and a failed one removes
+/// its temporary folder. A mirror that fails in any way (network, HTTP status, MD5, unpacking)
+/// is followed by the next. `progress` receives one human-readable line per step.
+pub fn fetch_archive(
+    to: &Path,
+    mirrors: &[String],
+    spec: &ArchiveSpec,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), FetchError> {
+    let shown = to.display().to_string();
+    if to.exists() {
+        match (spec.validate)(to) {
+            Ok(()) => {
+                progress(&format!("{shown}: {} already present", spec.dataset));
+                return Ok(());
+            }
+            Err(e) => {
+                let empty = fs::read_dir(to)
+                    .map(|mut d| d.next().is_none())
+                    .unwrap_or(false);
+                if !empty {
+                    return Err(FetchError::Occupied {
+                        dir: shown,
+                        dataset: spec.dataset,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    if mirrors.is_empty() {
+        return Err(FetchError::NoMirrors {
+            file: spec.name.to_string(),
+        });
+    }
+    let file_name = to
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    let parent = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let create = |dir: &Path| {
+        fs::create_dir_all(dir).map_err(|source| FetchError::CreateDir {
+            dir: dir.display().to_string(),
+            source,
+        })
+    };
+    create(&parent)?;
+    let mut tmp = TempDir {
+        path: parent.join(format!(".{file_name}.part")),
+        keep: false,
+    };
+    let fresh = |path: &Path| -> Result<(), FetchError> {
+        if path.exists() {
+            fs::remove_dir_all(path).map_err(|source| FetchError::Write {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        create(path)
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(30)))
+        .timeout_recv_response(Some(Duration::from_secs(60)))
+        .timeout_global(Some(Duration::from_secs(2 * 60 * 60)))
+        .build()
+        .into();
+    let archive = tmp.path.join(spec.name);
+    let mut attempts = Vec::new();
+    let mut done = false;
+    for base in mirrors {
+        fresh(&tmp.path)?;
+        let sep = if base.ends_with('/') { "" } else { "/" };
+        let url = format!("{base}{sep}{}", spec.name);
+        progress(&format!("{}: downloading {url}", spec.name));
+        let attempt = download_to(&agent, &url, &archive, progress).and_then(|got| {
+            if !got.eq_ignore_ascii_case(spec.md5) {
+                return Err(AttemptError::Md5Mismatch {
+                    expected: spec.md5.to_string(),
+                    got,
+                });
+            }
+            progress(&format!("{}: MD5 verified; unpacking", spec.name));
+            unpack(&archive, &tmp.path, spec)?;
+            fs::remove_file(&archive).map_err(|e| {
+                AttemptError::Archive(format!("cannot remove {}: {e}", archive.display()))
+            })?;
+            (spec.validate)(&tmp.path).map_err(|e| {
+                AttemptError::Archive(format!("the archive's files are not valid: {e}"))
+            })
+        });
+        match attempt {
+            Ok(()) => {
+                done = true;
+                break;
+            }
+            Err(error) => {
+                progress(&format!("{}: {url} failed: {error}", spec.name));
+                attempts.push(Attempt { url, error });
+            }
+        }
+    }
+    if !done {
+        return Err(FetchError::AllMirrorsFailed {
+            file: spec.name.to_string(),
+            attempts,
+        });
+    }
+    let write_err = |source| FetchError::Write {
+        path: shown.clone(),
+        source,
+    };
+    if to.exists() {
+        // Checked above: an empty folder.
+        fs::remove_dir(to).map_err(write_err)?;
+    }
+    fs::rename(&tmp.path, to).map_err(write_err)?;
+    tmp.keep = true;
+    progress(&format!(
+        "{shown}: {} files of {} unpacked and checked",
+        spec.members.len(),
+        spec.dataset
+    ));
     Ok(())
 }

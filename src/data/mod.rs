@@ -1,12 +1,60 @@
-//! MNIST loading: IDX files from a directory (raw or gzip), or the subset embedded in the
-//! binary (`assets/mnist-subset`, 10000 train / 2000 test images).
+//! Datasets: MNIST (IDX files from a directory, raw or gzip, or the subset embedded in the binary,
+//! `assets/mnist-subset`, 10000 train / 2000 test images) and CIFAR-10 (the binary version's
+//! batches, `cifar`); the per-epoch crop-and-flip draws of training augmentation (`augment`);
+//! `dst fetch` (`fetch`, with the small tar reader `tar`).
 
+pub mod augment;
+pub mod cifar;
 pub mod fetch;
 pub mod idx;
+pub mod tar;
 
 use std::path::Path;
 
 use idx::IdxArray;
+
+/// Which dataset a model trains on (`ModelInfo::dataset`); decides the loader and the input
+/// values (MNIST: x / 255; CIFAR-10: x / 255 normalised per channel, training batches augmented).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetKind {
+    /// 1 x 28 x 28, 10 classes.
+    Mnist,
+    /// 3 x 32 x 32, 10 classes.
+    Cifar10,
+}
+
+impl DatasetKind {
+    /// The name users see ("MNIST", "CIFAR-10").
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "MNIST",
+            DatasetKind::Cifar10 => "CIFAR-10",
+        }
+    }
+
+    /// Per-sample shape of the images as delivered to a model: (channels, rows, cols).
+    pub fn shape(self) -> [usize; 3] {
+        match self {
+            DatasetKind::Mnist => [1, 28, 28],
+            DatasetKind::Cifar10 => [cifar::CHANNELS, cifar::SIDE, cifar::SIDE],
+        }
+    }
+
+    /// Loads train and test sets from `dir`; with no directory, MNIST's embedded subset (CIFAR-10
+    /// is not embedded: an error that says how to fetch it).
+    pub fn load(self, dir: Option<&Path>) -> Result<TrainTest, DataError> {
+        match (self, dir) {
+            (DatasetKind::Mnist, Some(d)) => load_dir(d),
+            (DatasetKind::Mnist, None) => try_load_embedded(),
+            (DatasetKind::Cifar10, Some(d)) => cifar::load_dir(d),
+            (DatasetKind::Cifar10, None) => Err(DataError::NotEmbedded {
+                dataset: self.name(),
+                hint: "download it with `dst fetch cifar10 --to data/cifar10` and pass \
+                       `--data data/cifar10`",
+            }),
+        }
+    }
+}
 
 /// Number of classes (digits 0..9).
 pub const CLASSES: usize = 10;
@@ -95,14 +143,47 @@ pub enum DataError {
         test_rows: usize,
         test_cols: usize,
     },
-    #[error("{dir}: missing MNIST file(s): {}", missing.join(", "))]
-    Missing { dir: String, missing: Vec<String> },
+    #[error("{dir}: missing {dataset} file(s): {}", missing.join(", "))]
+    Missing {
+        dir: String,
+        dataset: &'static str,
+        missing: Vec<String>,
+    },
+    #[error("{file}: {size} bytes is not a whole number of {record}-byte records ({} whole records and {} bytes over)", size / record, size % record)]
+    PartialRecord {
+        file: String,
+        size: usize,
+        record: usize,
+    },
+    #[error(
+        "{file}: record {record} (byte offset {offset}) has label {value}, outside 0..{classes}"
+    )]
+    RecordLabel {
+        file: String,
+        record: usize,
+        offset: usize,
+        value: u8,
+        classes: usize,
+    },
+    #[error("{dataset} is not embedded in the program: {hint}")]
+    NotEmbedded {
+        dataset: &'static str,
+        hint: &'static str,
+    },
 }
 
-/// A set of images with their labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Per-channel normalisation applied after the scaling to [0, 1]: `(x - mean[c]) / std[c]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalize {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// A set of images with their labels, and how they become a model's input values.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
-    /// `count * rows * cols` raw pixel bytes (0..255), row-major, image after image.
+    /// `count * channels * rows * cols` raw pixel bytes (0..255), image after image, each
+    /// channel-major (all of channel 0 row by row, then channel 1, ...: CHW).
     pub images: Vec<u8>,
     /// `count` labels, each `< classes`.
     pub labels: Vec<u8>,
@@ -110,34 +191,75 @@ pub struct Dataset {
     pub rows: usize,
     pub cols: usize,
     pub classes: usize,
+    /// 1 (MNIST) or 3 (CIFAR-10, planes R, G, B).
+    pub channels: usize,
+    /// Applied after x / 255; None: the values stay x / 255 (MNIST).
+    pub normalize: Option<Normalize>,
+    /// Training batches from this set are augmented: zero padding of [`augment::PAD`] pixels, a
+    /// random crop back to rows x cols and a random horizontal flip, drawn per epoch from the
+    /// seed ([`augment::epoch_draws`]). Never applied to evaluation batches.
+    pub augment: bool,
 }
 
 impl Dataset {
-    /// Pixels per image (`rows * cols`).
+    /// Values per sample (`channels * rows * cols`; the pixels of an MNIST image).
     pub fn pixels(&self) -> usize {
-        self.rows * self.cols
+        self.channels * self.rows * self.cols
     }
 
-    /// The first `n` examples (a clone of everything if `n >= count`).
+    /// A dataset of the same kind holding `images`/`labels` (`count` samples).
+    fn with(&self, images: Vec<u8>, labels: Vec<u8>, count: usize) -> Dataset {
+        Dataset {
+            images,
+            labels,
+            count,
+            rows: self.rows,
+            cols: self.cols,
+            classes: self.classes,
+            channels: self.channels,
+            normalize: self.normalize.clone(),
+            augment: self.augment,
+        }
+    }
+
     /// Images `[from, count)` (the last `count - from`), e.g. a validation split.
     pub fn tail(&self, from: usize) -> Dataset {
         let from = from.min(self.count);
-        Dataset {
-            images: self.images[from * self.pixels()..].to_vec(),
-            labels: self.labels[from..].to_vec(),
-            count: self.count - from,
-            ..*self
+        self.with(
+            self.images[from * self.pixels()..].to_vec(),
+            self.labels[from..].to_vec(),
+            self.count - from,
+        )
+    }
+
+    /// The first `n` examples (a clone of everything if `n >= count`).
+    pub fn limit(&self, n: usize) -> Dataset {
+        let n = n.min(self.count);
+        self.with(
+            self.images[..n * self.pixels()].to_vec(),
+            self.labels[..n].to_vec(),
+            n,
+        )
+    }
+
+    /// The input value of byte `b` in channel `c`: `b as f32 / 255.0`, then `(v - mean[c]) /
+    /// std[c]` in f32 when normalised, exactly as torchvision's `ToTensor` and `Normalize` compute
+    /// it (each operation one correctly rounded f32 operation).
+    pub fn value(&self, c: usize, b: u8) -> f32 {
+        let v = b as f32 / 255.0;
+        match &self.normalize {
+            None => v,
+            Some(n) => (v - n.mean[c]) / n.std[c],
         }
     }
 
-    pub fn limit(&self, n: usize) -> Dataset {
-        let n = n.min(self.count);
-        Dataset {
-            images: self.images[..n * self.pixels()].to_vec(),
-            labels: self.labels[..n].to_vec(),
-            count: n,
-            ..*self
-        }
+    /// The table the GPU reads input values from: `lut[c * 256 + b] = value(c, b)`, `channels *
+    /// 256` entries (bit-exact inputs whatever the GPU's division).
+    pub fn lut(&self) -> Vec<f32> {
+        (0..self.channels)
+            .flat_map(|c| (0..=255u8).map(move |b| (c, b)))
+            .map(|(c, b)| self.value(c, b))
+            .collect()
     }
 
     /// Builds a dataset from parsed image (3-dim) and label (1-dim) arrays, validating shapes,
@@ -205,13 +327,19 @@ impl Dataset {
             rows,
             cols,
             classes: CLASSES,
+            channels: 1,
+            normalize: None,
+            augment: false,
         })
     }
 }
 
-/// MNIST train and test sets.
+/// MNIST's train and test sets (the name from before CIFAR-10; the same type).
+pub type Mnist = TrainTest;
+
+/// A dataset's train and test sets.
 #[derive(Debug, Clone)]
-pub struct Mnist {
+pub struct TrainTest {
     pub train: Dataset,
     pub test: Dataset,
     /// Where the data came from: the directory, or a description of the embedded subset.
@@ -220,7 +348,7 @@ pub struct Mnist {
 
 /// Builds train/test datasets from the four arrays (order of [`MNIST_NAMES`]) and checks that
 /// train and test images have the same size.
-fn assemble(arrays: [(IdxArray, String); 4], source: String) -> Result<Mnist, DataError> {
+fn assemble(arrays: [(IdxArray, String); 4], source: String) -> Result<TrainTest, DataError> {
     let [(ti, ti_name), (tl, tl_name), (vi, vi_name), (vl, vl_name)] = arrays;
     let train = Dataset::from_idx(ti, tl, &ti_name, &tl_name)?;
     let test = Dataset::from_idx(vi, vl, &vi_name, &vl_name)?;
@@ -260,6 +388,7 @@ pub fn load_dir(dir: &Path) -> Result<Mnist, DataError> {
     if !missing.is_empty() {
         return Err(DataError::Missing {
             dir: dir.display().to_string(),
+            dataset: "MNIST",
             missing,
         });
     }

@@ -296,13 +296,19 @@ impl Net {
     }
 }
 
-/// Pixels `[from, from + n)` of `ds` as f32 in [0, 1] (as the trainer's byte LUT), padded with
-/// zeros to `batch` samples.
+/// Images `[from, from + n)` of `ds` as the trainer's input values (its table: x / 255 for
+/// MNIST), padded with zeros to `batch` samples.
 pub fn images(ds: &Dataset, from: usize, n: usize, batch: usize) -> Vec<f32> {
     let px = ds.pixels();
+    let plane = (ds.rows * ds.cols).max(1);
+    let lut = ds.lut();
     let mut v = vec![0.0f32; batch * px];
-    for (o, &b) in v.iter_mut().zip(&ds.images[from * px..(from + n) * px]) {
-        *o = b as f32 / 255.0;
+    for (i, (o, &b)) in v
+        .iter_mut()
+        .zip(&ds.images[from * px..(from + n) * px])
+        .enumerate()
+    {
+        *o = lut[(i % px) / plane * 256 + b as usize];
     }
     v
 }

@@ -6,6 +6,7 @@
 pub mod lenet;
 pub mod lstm;
 
+use crate::data::DatasetKind;
 use crate::gpu::Gpu;
 use crate::nn::{Arena, ArenaBuilder, Layer, MaskView};
 
@@ -34,6 +35,9 @@ pub struct ModelInfo {
     /// Per-sample input shape.
     pub input: &'static [usize],
     pub classes: usize,
+    /// The dataset it trains on: decides the loader, the input values (normalisation) and the
+    /// training augmentation.
+    pub dataset: DatasetKind,
     pub defaults: Defaults,
     /// Declares the parameters in the arena and returns the layers, in order.
     build: BuildFn,
@@ -68,6 +72,7 @@ pub const MODELS: &[ModelInfo] = &[
         about: "LeNet-300-100: FC 784-300-100-10, ReLU (MNIST)",
         input: &[784],
         classes: 10,
+        dataset: DatasetKind::Mnist,
         defaults: LENET_SGD,
         build: lenet::lenet300,
     },
@@ -76,6 +81,7 @@ pub const MODELS: &[ModelInfo] = &[
         about: "LeNet-5-Caffe: conv 5x5 20, max-pool 2, conv 5x5 50, max-pool 2, FC 800-500-10, ReLU (MNIST)",
         input: &[1, 28, 28],
         classes: 10,
+        dataset: DatasetKind::Mnist,
         defaults: LENET_SGD,
         build: lenet::lenet5,
     },
@@ -84,6 +90,7 @@ pub const MODELS: &[ModelInfo] = &[
         about: "LSTM-a: 2 LSTM layers of 128 over 28 rows of 28 pixels, dense FC 128-10 (MNIST)",
         input: &[28, 28],
         classes: 10,
+        dataset: DatasetKind::Mnist,
         defaults: LSTM_ADAM,
         build: lstm::lstm_a,
     },
@@ -92,6 +99,7 @@ pub const MODELS: &[ModelInfo] = &[
         about: "LSTM-b: 2 LSTM layers of 256 over 28 rows of 28 pixels, dense FC 256-10 (MNIST)",
         input: &[28, 28],
         classes: 10,
+        dataset: DatasetKind::Mnist,
         defaults: LSTM_ADAM,
         build: lstm::lstm_b,
     },

@@ -5,6 +5,7 @@
 pub mod act;
 pub mod batchnorm;
 pub mod conv;
+pub mod data;
 pub mod gemm;
 pub mod loss;
 pub mod lstm;

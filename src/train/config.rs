@@ -38,7 +38,8 @@ pub struct TrainConfig {
     pub limit_train: Option<usize>,
     /// Log every N steps (and at every epoch end).
     pub log_every: usize,
-    /// A folder of IDX files; None: the embedded MNIST subset.
+    /// The folder of the model's dataset (MNIST: the four IDX files; CIFAR-10: the six binary
+    /// batch files); None: the embedded MNIST subset (MNIST models only).
     pub data: Option<PathBuf>,
     /// "sgd" (momentum, the paper's choice for LeNet) or "adam" (betas 0.9/0.999, eps 1e-8).
     #[serde(default = "default_optimizer")]
@@ -227,6 +228,15 @@ impl TrainConfig {
         if self.valid == Some(0) {
             return bad("--valid must be >= 1".into());
         }
+        let dataset = crate::models::info(&self.model)?.dataset;
+        if self.data.is_none() && dataset != crate::data::DatasetKind::Mnist {
+            return bad(format!(
+                "{} trains on {}, which is not embedded: download it with `dst fetch cifar10 --to \
+                 data/cifar10` and pass --data data/cifar10",
+                self.model,
+                dataset.name()
+            ));
+        }
         Ok(())
     }
 
@@ -249,7 +259,8 @@ impl TrainConfig {
         }
     }
 
-    /// Loads the data this config names (the embedded subset when `data` is None); with
+    /// Loads the data this config names, of the model's dataset (`ModelInfo::dataset`; the
+    /// embedded MNIST subset when `data` is None); with
     /// `valid`, the validation split (the last N training images, after `limit_train`) is
     /// returned apart and removed from the training set.
     pub fn load_data(&self) -> Result<Mnist> {
@@ -258,10 +269,8 @@ impl TrainConfig {
 
     /// `load_data` and the validation split, if any.
     pub fn load_data_split(&self) -> Result<(Mnist, Option<crate::data::Dataset>)> {
-        let mut m = match &self.data {
-            Some(dir) => crate::data::load_dir(dir)?,
-            None => crate::data::try_load_embedded()?,
-        };
+        let kind = crate::models::info(&self.model)?.dataset;
+        let mut m = kind.load(self.data.as_deref())?;
         if let Some(n) = self.limit_train {
             m.train = m.train.limit(n);
         }
@@ -274,7 +283,10 @@ impl TrainConfig {
                 )));
             }
             let keep = m.train.count - v;
-            valid = Some(m.train.tail(keep));
+            let mut v = m.train.tail(keep);
+            // Evaluated like the test set: never augmented.
+            v.augment = false;
+            valid = Some(v);
             m.train = m.train.limit(keep);
         }
         Ok((m, valid))

@@ -25,7 +25,6 @@ use crate::kernels::StepInfo;
 use crate::models::check_name;
 use crate::nn::Mode;
 use crate::plan::Optimizer;
-use crate::rng::Rng;
 
 pub(crate) type Result<T, E = TrainError> = std::result::Result<T, E>;
 
@@ -237,8 +236,7 @@ pub fn train(
 
     for epoch in epoch0 + 1..=cfg.epochs {
         let t0 = Instant::now();
-        let perm = Rng::derive(cfg.seed, &format!("epoch {epoch}")).permutation(n);
-        session.gpu.write(&train_data.perm, &perm);
+        train_data.start_epoch(&session.gpu, cfg.seed, epoch);
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch);
         let mut epoch_stats = Stats::default();
         let mut done = 0u64;

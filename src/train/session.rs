@@ -8,7 +8,7 @@ use crate::data::Dataset;
 use crate::gpu::{Gpu, GpuError, Tensor};
 use crate::kernels::loss::STATS_WORDS;
 use crate::kernels::masked::ResetPolicy;
-use crate::kernels::{data::byte_lut, Kernels, StepInfo, StepRing};
+use crate::kernels::{Kernels, StepInfo, StepRing};
 use crate::models::Model;
 use crate::nn::{MaskView, Mode};
 use crate::plan::{GpuData, Optimizer, Plan};
@@ -21,7 +21,6 @@ pub struct Session {
     pub kernels: std::sync::Arc<Kernels>,
     pub model: Model,
     pub step_ring: StepRing,
-    lut: Tensor,
     /// One f32: the factor on alpha that the target-keep controller sets between windows.
     pub alpha_scale: Tensor,
     /// The dead-layer policy the plans are built with.
@@ -36,24 +35,24 @@ impl Session {
         let kernels = Kernels::new(&gpu, None)?;
         let model = Model::build(&gpu, model_name, masked, seed, adam)?;
         let step_ring = StepRing::new(&gpu, &kernels, SLOTS);
-        let lut = Tensor::from_slice(&gpu, "byte_lut", &[256], &byte_lut())?;
         let alpha_scale = Tensor::from_slice(&gpu, "alpha_scale", &[1], &[1.0f32])?;
         Ok(Session {
             gpu,
             kernels,
             model,
             step_ring,
-            lut,
             alpha_scale,
             reset: ResetPolicy::Paper,
         })
     }
 
+    /// Puts `ds` on the GPU (a training set with `augment` gets its crop-and-flip draws, used by
+    /// training plans; call `GpuData::start_epoch` each epoch).
     pub fn upload(&self, name: &str, ds: &Dataset) -> Result<GpuData> {
         if ds.pixels() != self.model.input.iter().product::<usize>() {
             return Err(TrainError::Config(format!(
-                "{name} data has {}x{} images, {} expects {:?} values per sample",
-                ds.rows, ds.cols, self.model.name, self.model.input
+                "{name} data has {}x{}x{} images (channels x rows x cols), {} expects {:?} values per sample",
+                ds.channels, ds.rows, ds.cols, self.model.name, self.model.input
             )));
         }
         Ok(GpuData::upload(&self.gpu, name, ds)?)
@@ -73,7 +72,6 @@ impl Session {
             &self.model,
             &self.step_ring,
             data,
-            &self.lut,
             batch,
             mode,
             alpha,
