@@ -563,15 +563,17 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
         drop(m);
         let batch = batch.unwrap_or(dst::models::info(name)?.defaults.batch);
         let report = dst::train::memory::measure(gpu, name, batch, dense)?;
-        for line in report.lines(MNIST_IMAGES) {
+        // The full dataset's train and test images, resident on the GPU while the model trains.
+        let images = match dst::models::info(name)?.dataset {
+            dst::data::DatasetKind::Mnist => 70_000,
+            dst::data::DatasetKind::Cifar10 => 60_000,
+        };
+        for line in report.lines(images) {
             println!("{line}");
         }
     }
     Ok(())
 }
-
-/// Images of full MNIST (train and test), resident on the GPU while a model trains on it.
-const MNIST_IMAGES: u64 = 70_000;
 
 /// The model's paper settings, overridden by the flags given.
 fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {

@@ -118,16 +118,24 @@ pub fn measure(
     .sum::<u64>();
     let a1 = g.allocated();
     let input = &session.model.input;
-    let cols = *input.last().expect("input shape");
-    let rows = input.iter().product::<usize>() / cols;
+    let (channels, rows, cols) = match input[..] {
+        [c, h, w] => (c, h, w),
+        [h, w] => (1, h, w),
+        _ => (1, 1, input.iter().product()),
+    };
     let images = batch.max(2);
+    let kind = crate::models::info(model)?.dataset;
     let ds = Dataset {
-        images: vec![0; images * rows * cols],
+        images: vec![0; images * channels * rows * cols],
         labels: vec![0; images],
         count: images,
         rows,
         cols,
         classes: session.model.classes,
+        channels,
+        normalize: None,
+        // Training batches of CIFAR-10 go through the crop-and-flip gather.
+        augment: kind == crate::data::DatasetKind::Cifar10,
     };
     let data = session.upload("memory", &ds)?;
     let a2 = g.allocated();
