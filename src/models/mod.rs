@@ -3,6 +3,7 @@
 //! parameter arena. One file per family of models (`lenet`: LeNet-300-100 and LeNet-5-Caffe;
 //! `lstm`: LSTM-a and LSTM-b).
 
+pub mod cifar;
 pub mod lenet;
 pub mod lstm;
 
@@ -65,6 +66,19 @@ const LSTM_ADAM: Defaults = Defaults {
     lr_steps: &[],
 };
 
+/// The paper's CIFAR-10 settings (METHOD.md section 5): weight decay on every parameter,
+/// thresholds included; lr x0.1 after epochs 80 and 120.
+const CIFAR_SGD: Defaults = Defaults {
+    optimizer: "sgd",
+    lr: 0.1,
+    momentum: 0.9,
+    weight_decay: 1e-4,
+    batch: 64,
+    epochs: 160,
+    alpha: 5e-6,
+    lr_steps: &[80, 120],
+};
+
 /// Every model, in the order `--help` lists them.
 pub const MODELS: &[ModelInfo] = &[
     ModelInfo {
@@ -102,6 +116,33 @@ pub const MODELS: &[ModelInfo] = &[
         dataset: DatasetKind::Mnist,
         defaults: LSTM_ADAM,
         build: lstm::lstm_b,
+    },
+    ModelInfo {
+        name: "vgg16",
+        about: "VGG-16: 13 conv 3x3 with batch norm, 4 max-pools, FC 512-512-10 (CIFAR-10)",
+        input: &[3, 32, 32],
+        classes: 10,
+        dataset: DatasetKind::Cifar10,
+        defaults: CIFAR_SGD,
+        build: cifar::vgg16,
+    },
+    ModelInfo {
+        name: "wrn-16-8",
+        about: "WRN-16-8: pre-activation wide ResNet, depth 16, widths 128/256/512 (CIFAR-10)",
+        input: &[3, 32, 32],
+        classes: 10,
+        dataset: DatasetKind::Cifar10,
+        defaults: CIFAR_SGD,
+        build: cifar::wrn16_8,
+    },
+    ModelInfo {
+        name: "wrn-16-1",
+        about: "WRN-16-1: WRN-16-8 at width factor 1 (widths 16/32/64), for quick runs (CIFAR-10)",
+        input: &[3, 32, 32],
+        classes: 10,
+        dataset: DatasetKind::Cifar10,
+        defaults: CIFAR_SGD,
+        build: cifar::wrn16_1,
     },
 ];
 

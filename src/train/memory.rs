@@ -98,6 +98,8 @@ pub fn measure(
     let cfg = TrainConfig {
         batch,
         dense,
+        // Any folder: no data is read, but a CIFAR-10 model refuses to run on none.
+        data: Some(".".into()),
         ..TrainConfig::for_model(model)?
     };
     cfg.validate()?;
