@@ -237,7 +237,13 @@ fn step_times(model: &str, steps: u32, data: Option<&Path>, profile: bool) -> an
         data: data.map(Path::to_path_buf),
         ..TrainConfig::for_model(model)?
     };
-    let mnist = cfg.load_data()?;
+    let kind = crate::models::info(model)?.dataset;
+    // Without --data a CIFAR-10 model times its steps on random images of CIFAR-10's shape
+    // (step time does not depend on the values); MNIST models use the embedded subset.
+    let train_set = match (kind, data) {
+        (crate::data::DatasetKind::Cifar10, None) => synthetic_cifar(8 * cfg.batch),
+        _ => cfg.load_data()?.train,
+    };
     let batch = cfg.batch;
     let mut times = Vec::new();
     for dense in [true, false] {
@@ -250,7 +256,8 @@ fn step_times(model: &str, steps: u32, data: Option<&Path>, profile: bool) -> an
             1,
             cfg.optimizer().is_adam(),
         )?;
-        let train = s.upload("train", &mnist.train)?;
+        let train = s.upload("train", &train_set)?;
+        train.start_epoch(&s.gpu, 1, 1);
         let plan = s.plan(
             &train,
             batch,
@@ -264,7 +271,7 @@ fn step_times(model: &str, steps: u32, data: Option<&Path>, profile: bool) -> an
                 opt.step_info(
                     i as u64 + 1,
                     cfg.lr,
-                    (i * batch) % (mnist.train.count - batch),
+                    (i * batch) % (train_set.count - batch + 1),
                     batch,
                 )
             })
@@ -309,4 +316,22 @@ fn step_times(model: &str, steps: u32, data: Option<&Path>, profile: bool) -> an
     }
     println!("{model} DST / dense step time: {:.3}", times[1] / times[0]);
     Ok(())
+}
+
+/// `count` random images of CIFAR-10's shape and normalisation, augmented like its training set.
+fn synthetic_cifar(count: usize) -> crate::data::Dataset {
+    let mut rng = Rng::new(7);
+    crate::data::Dataset {
+        images: (0..count * 3 * 32 * 32)
+            .map(|_| rng.below(256) as u8)
+            .collect(),
+        labels: (0..count).map(|_| rng.below(10) as u8).collect(),
+        count,
+        rows: 32,
+        cols: 32,
+        classes: 10,
+        channels: 3,
+        normalize: Some(crate::data::cifar::normalize()),
+        augment: true,
+    }
 }

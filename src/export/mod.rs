@@ -205,7 +205,8 @@ pub fn model_params(model: &str) -> Result<Vec<ParamSpec>, String> {
         }
         _ => {
             return Err(format!(
-                "unknown model {model:?}; available: lenet300, lenet5, lstm-a, lstm-b"
+                "{model:?} cannot be exported yet (export and inference cover the MNIST models: \
+                 lenet300, lenet5, lstm-a, lstm-b)"
             ))
         }
     })
