@@ -203,10 +203,15 @@ pub fn model_params(model: &str) -> Result<Vec<ParamSpec>, String> {
                 p("fc.bias", "fc.bias", &[10], None, 1),
             ]
         }
-        _ => {
+        _ if crate::models::check_name(model).is_ok() => {
             return Err(format!(
                 "{model:?} cannot be exported yet (export and inference cover the MNIST models: \
                  lenet300, lenet5, lstm-a, lstm-b)"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "unknown model {model:?}; available: lenet300, lenet5, lstm-a, lstm-b"
             ))
         }
     })
