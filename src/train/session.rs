@@ -207,11 +207,13 @@ impl Session {
         let mut out = Vec::new();
         if views.is_empty() {
             for e in &self.model.arena.layout.entries {
-                if e.name.ends_with(".weight") {
+                // Matrices and kernels only: batch norm's 1-D weight (gamma) is no layer here.
+                if e.name.ends_with(".weight") && e.shape.len() >= 2 {
                     let n = e.len() as u64;
                     out.push(LayerStats {
                         name: e.name.trim_end_matches(".weight").to_string(),
-                        shape: e.shape.clone(),
+                        // The row view of METHOD.md section 1, as for masked layers.
+                        shape: vec![e.shape[0], e.shape[1..].iter().product()],
                         kept: n,
                         total: n,
                         keep_ratio: 1.0,
