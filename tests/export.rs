@@ -300,7 +300,10 @@ fn bad_exports_are_refused_before_any_gpu_work() {
     other.model = "resnet9000".into();
     refused(reload(&other, &dir, "unknown"), "unknown model");
     other.model = "vgg16".into();
-    refused(reload(&other, &dir, "cifar"), "\"vgg16\" cannot be exported yet");
+    refused(
+        reload(&other, &dir, "cifar"),
+        "\"vgg16\" cannot be exported yet",
+    );
     // A wrong shape.
     let mut other = good.clone();
     other.entries[1].shape = vec![301];

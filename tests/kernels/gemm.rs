@@ -20,13 +20,16 @@ const SHAPES: &[(usize, usize, usize)] = &[
 /// f32 GEMM tolerance: 1e-5 of the reference's largest magnitude (sums of up to 784 products).
 const TOL: f64 = 1e-5;
 
+/// The host values of a product check: x, w, the optional bias, g.
+type Operands<'a> = (&'a [f32], &'a [f32], Option<&'a [f32]>, &'a [f32]);
+
 /// Checks y = x w^T (+ b), dx = g w and dw = g^T x read back from the GPU against the reference.
 #[allow(clippy::too_many_arguments)]
 fn assert_products(
     c: &Ctx,
     tag: &str,
     (m, n, k): (usize, usize, usize),
-    (x, w, b, g): (&[f32], &[f32], Option<&[f32]>, &[f32]),
+    (x, w, b, g): Operands<'_>,
     y: &Tensor,
     dx: &Tensor,
     dw: &Tensor,

@@ -353,11 +353,11 @@ fn mask_backward_matches_finite_differences() {
     let w0 = w.clone();
     let j = |w: &[f64], t: &[f64]| -> f64 {
         let mut s = 0.0;
-        for i in 0..rows {
+        for (i, &ti) in t.iter().enumerate().take(rows) {
             for c in 0..cols {
                 let k = i * cols + c;
                 let mask0 = if m0[k] != 0.0 { 1.0 } else { 0.0 };
-                s += g[k] * (w[k] * mask0 + w0[k] * smooth_step(w[k].abs() - t[i]));
+                s += g[k] * (w[k] * mask0 + w0[k] * smooth_step(w[k].abs() - ti));
             }
         }
         s + reference::penalty(t, alpha)
