@@ -284,7 +284,12 @@ fn normalisation_values() {
 #[test]
 fn models_name_their_dataset() {
     for m in dst::models::MODELS {
-        assert_eq!(m.dataset, DatasetKind::Mnist, "{}", m.name);
+        let want = if ["vgg16", "wrn-16-8", "wrn-16-1"].contains(&m.name) {
+            DatasetKind::Cifar10
+        } else {
+            DatasetKind::Mnist
+        };
+        assert_eq!(m.dataset, want, "{}", m.name);
         assert_eq!(
             m.input.iter().product::<usize>(),
             m.dataset.shape().iter().product::<usize>(),
