@@ -62,7 +62,7 @@ fn cifar_cfg(model: &str, data: &Path, batch: usize, epochs: usize) -> TrainConf
 /// loss falls by more than half and the second epoch's training accuracy is far above chance
 /// (test accuracy through the running statistics lags this early and is not asserted); every conv
 /// and the FC are masked, the checkpoint holds the batch norms' running statistics, and they
-/// moved from their initial values.
+/// moved from their initial values; evaluating the checkpoint gives the run's last accuracy.
 #[test]
 fn wrn_16_1_learns_digits() {
     let data = digits_folder("wrn-learn", 160, 100);
@@ -73,7 +73,13 @@ fn wrn_16_1_learns_digits() {
         log_every: 5,
         ..cifar_cfg("wrn-16-1", &data, 32, 2)
     };
-    run(&cfg, &out, false).unwrap();
+    let summary = run(&cfg, &out, false).unwrap();
+    // `dst eval` of the checkpoint (running statistics restored) gives the run's last accuracy.
+    let test = dst::data::DatasetKind::Cifar10.load(Some(&data)).unwrap();
+    let (acc, layers, _) =
+        dst::train::evaluate_checkpoint(gpu(), &out.join("checkpoint.safetensors"), &test).unwrap();
+    assert_eq!(acc, summary.last.test_acc);
+    assert_eq!(layers.len(), 16, "conv1, 14 block convs and shortcuts, fc");
     let steps = metrics(&out, "step");
     let loss = |v: &serde_json::Value| v["loss"].as_f64().unwrap();
     let (first, last) = (loss(&steps[0]), loss(steps.last().unwrap()));
