@@ -241,7 +241,10 @@ fn step_times(model: &str, steps: u32, data: Option<&Path>, profile: bool) -> an
     // Without --data a CIFAR-10 model times its steps on random images of CIFAR-10's shape
     // (step time does not depend on the values); MNIST models use the embedded subset.
     let train_set = match (kind, data) {
-        (crate::data::DatasetKind::Cifar10, None) => synthetic_cifar(8 * cfg.batch),
+        (crate::data::DatasetKind::Cifar10, None) => {
+            println!("{model}: no --data, steps on random images of CIFAR-10's shape");
+            synthetic_cifar(8 * cfg.batch)
+        }
         _ => cfg.load_data()?.train,
     };
     let batch = cfg.batch;
