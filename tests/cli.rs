@@ -307,9 +307,34 @@ fn info_reports_memory_and_refuses_a_batch_that_cannot_fit() {
         "{out}"
     );
     assert!(out.contains("3.06 MiB"), "{out}");
-    for part in ["activations", "data", "total", "largest single buffer"] {
+    for part in [
+        "per evaluation batch of 500",
+        "data",
+        "total",
+        "largest single buffer",
+    ] {
         assert!(out.contains(part), "{part}: {out}");
     }
+    // Evaluation batches are the program's choice: where 500 images of WRN-16-8 cannot fit one
+    // buffer (lavapipe binds at most 128 MiB), fewer are taken instead of failing.
+    let (ok, out, err) = dst(&["info", "--model", "wrn-16-8", "--batch", "2"]);
+    assert!(ok, "{err}");
+    let limit_mib: f64 = out
+        .split("this adapter allows ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no limit in {out}"));
+    let eval_batch: usize = out
+        .split("per evaluation batch of ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no evaluation batch in {out}"));
+    if limit_mib <= 256.0 {
+        assert!(eval_batch < 500, "{out}");
+    }
+    assert!(eval_batch >= 1);
     let (ok, _, err) = dst(&["info", "--model", "lenet5", "--batch", "65535"]);
     assert!(!ok);
     assert!(

@@ -26,6 +26,8 @@ pub struct MemoryReport {
     /// The activations (and scratch) of one training step and of one evaluation batch.
     pub train_bytes: u64,
     pub eval_bytes: u64,
+    /// Images per evaluation batch (500, or fewer where that would not fit one buffer).
+    pub eval_batch: usize,
     /// The largest single buffer, and the adapter's limit for one.
     pub largest: u64,
     pub limit: u64,
@@ -66,9 +68,10 @@ impl MemoryReport {
                 mib(self.other_bytes)
             ),
             format!(
-                "  activations     {} per training step, {} per evaluation batch",
+                "  activations     {} per training step, {} per evaluation batch of {}",
                 mib(self.train_bytes),
-                mib(self.eval_bytes)
+                mib(self.eval_bytes),
+                self.eval_batch
             ),
             format!(
                 "  data            {} bytes per resident image: {} for {images} images",
@@ -125,7 +128,7 @@ pub fn measure(
         [h, w] => (1, h, w),
         _ => (1, 1, input.iter().product()),
     };
-    let images = batch.max(2);
+    let images = batch.max(super::session::EVAL_BATCH);
     let kind = crate::models::info(model)?.dataset;
     let ds = Dataset {
         images: vec![0; images * channels * rows * cols],
@@ -143,8 +146,12 @@ pub fn measure(
     let a2 = g.allocated();
     let alpha = if dense { 0.0 } else { cfg.alpha as f32 };
     let train = session.plan(&data, batch, Mode::Train, alpha, cfg.optimizer())?;
+    let train_bytes = g.allocated() - a2;
+    // The evaluation batch the trainer would use (500, or fewer where that cannot fit); measured
+    // on a second build at that batch, since failed larger attempts allocated too.
+    let eval_batch = session.eval_plan(&data, alpha, cfg.optimizer())?.batch;
     let a3 = g.allocated();
-    let eval = session.plan(&data, batch, Mode::Eval, alpha, cfg.optimizer())?;
+    let eval = session.plan(&data, eval_batch, Mode::Eval, alpha, cfg.optimizer())?;
     let a4 = g.allocated();
     drop((train, eval));
     Ok(MemoryReport {
@@ -155,8 +162,9 @@ pub fn measure(
         arena_bytes,
         other_bytes: (a1 - a0).saturating_sub(arena_bytes),
         data_bytes_per_image: (a2 - a1) / images as u64,
-        train_bytes: a3 - a2,
+        train_bytes,
         eval_bytes: a4 - a3,
+        eval_batch,
         largest: g.largest(),
         limit: g.max_binding(),
     })

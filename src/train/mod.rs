@@ -209,17 +209,11 @@ pub fn train(
     let test_data = session.upload("test", &data.test)?;
     let alpha = if cfg.masked() { cfg.alpha as f32 } else { 0.0 };
     let train_plan = session.plan(&train_data, cfg.batch, Mode::Train, alpha, cfg.optimizer())?;
-    let eval_plan = session.plan(
-        &test_data,
-        500.min(data.test.count),
-        Mode::Eval,
-        alpha,
-        cfg.optimizer(),
-    )?;
+    let eval_plan = session.eval_plan(&test_data, alpha, cfg.optimizer())?;
     let valid_data = match &valid {
         Some(v) => {
             let d = session.upload("valid", v)?;
-            let p = session.plan(&d, 500.min(v.count), Mode::Eval, alpha, cfg.optimizer())?;
+            let p = session.eval_plan(&d, alpha, cfg.optimizer())?;
             Some((d, p))
         }
         None => None,
@@ -483,10 +477,8 @@ pub fn evaluate_checkpoint(
     let session = Session::new(gpu, &model, masked, 0, false)?;
     session.restore(&ck, path, false)?;
     let test = session.upload("test", &data.test)?;
-    let plan = session.plan(
+    let plan = session.eval_plan(
         &test,
-        500.min(data.test.count),
-        Mode::Eval,
         0.0,
         Optimizer::Sgd {
             momentum: 0.0,
@@ -498,7 +490,7 @@ pub fn evaluate_checkpoint(
 }
 
 /// The masked model's logits `(count, classes)` of every test image of `data`, computed by the
-/// evaluation plan (batches of 500, the reset rule applied as in `evaluate_checkpoint`).
+/// evaluation plan (batches of up to 500, the reset rule applied as in `evaluate_checkpoint`).
 pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> Result<Vec<f32>> {
     let ck = Checkpoint::load(path)?;
     let model = ck.meta("model").unwrap_or("").to_string();
@@ -507,17 +499,15 @@ pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> 
     let session = Session::new(gpu, &model, masked, 0, false)?;
     session.restore(&ck, path, false)?;
     let test = session.upload("test", data)?;
-    let b = 500.min(data.count);
-    let plan = session.plan(
+    let plan = session.eval_plan(
         &test,
-        b,
-        Mode::Eval,
         0.0,
         Optimizer::Sgd {
             momentum: 0.0,
             weight_decay: 0.0,
         },
     )?;
+    let b = plan.batch;
     let classes = session.model.classes;
     let mut out = Vec::with_capacity(data.count * classes);
     for i in 0..data.count.div_ceil(b) {

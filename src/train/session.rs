@@ -29,6 +29,9 @@ pub struct Session {
 
 const SLOTS: u32 = 64;
 
+/// Images per evaluation batch (at most; see `Session::eval_plan`).
+pub const EVAL_BATCH: usize = 500;
+
 impl Session {
     /// `adam`: allocate Adam's second-moment arena (and checkpoint it).
     pub fn new(gpu: Gpu, model_name: &str, masked: bool, seed: u64, adam: bool) -> Result<Session> {
@@ -79,6 +82,20 @@ impl Session {
             &self.alpha_scale,
             self.reset,
         )?)
+    }
+
+    /// The evaluation plan over `data`: batches of 500 images (fewer when the set is smaller), or
+    /// half as many, and so on, where an activation of 500 would not fit one buffer of this
+    /// adapter (evaluation batches are the program's choice, not the user's: an evaluation never
+    /// fails for their size). Accuracy does not depend on the batch.
+    pub fn eval_plan(&self, data: &GpuData, alpha: f32, opt: Optimizer) -> Result<Plan> {
+        let mut batch = EVAL_BATCH.min(data.count).max(1);
+        loop {
+            match self.plan(data, batch, Mode::Eval, alpha, opt) {
+                Err(TrainError::Gpu(GpuError::TooLarge { .. })) if batch > 1 => batch /= 2,
+                r => return r,
+            }
+        }
     }
 
     /// Sets the factor on alpha for the steps submitted from now on.
