@@ -50,6 +50,19 @@ fn label_at(i: u32) -> u32 {
     return (labels[i / 4u] >> ((i % 4u) * 8u)) & 0xffu;
 }
 
+// Rows past the batch's real ones (a short last batch) are zeros with label 0: writes x[out]
+// (and y[r] from the row's first invocation) and returns true for such a row.
+fn clear_padding_row(r: u32, p: u32, out: u32) -> bool {
+    if (r < si.valid) {
+        return false;
+    }
+    x[out] = 0.0;
+    if (p == 0u) {
+        y[r] = 0u;
+    }
+    return true;
+}
+
 // Reads images_lo/hi, labels, perm, lut; writes x (rows x pixels) and y (rows).
 // Workgroups (ceil(pixels / 64), rows): x = pixel block, y = batch row.
 @compute @workgroup_size(64, 1, 1)
@@ -60,11 +73,7 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let out = r * dp.pixels + p;
-    if (r >= si.valid) {
-        x[out] = 0.0;
-        if (p == 0u) {
-            y[r] = 0u;
-        }
+    if (clear_padding_row(r, p, out)) {
         return;
     }
     let sample = perm[si.batch_start + r];
@@ -87,11 +96,7 @@ fn gather_crop_flip(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let out = r * dp.pixels + p;
-    if (r >= si.valid) {
-        x[out] = 0.0;
-        if (p == 0u) {
-            y[r] = 0u;
-        }
+    if (clear_padding_row(r, p, out)) {
         return;
     }
     let sample = perm[si.batch_start + r];

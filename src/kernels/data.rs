@@ -54,16 +54,9 @@ impl Data {
             (7, Access::ReadWrite),
             (8, Access::ReadWrite),
         ];
-        let crop = [
-            (1, Access::Read),
-            (2, Access::Read),
-            (3, Access::Read),
-            (4, Access::Read),
-            (5, Access::Read),
-            (6, Access::Read),
-            (7, Access::ReadWrite),
-            (8, Access::ReadWrite),
-        ];
+        // The same plus the crop-and-flip draws (binding 6).
+        let mut crop = plain.to_vec();
+        crop.insert(5, (6, Access::Read));
         Ok(Data {
             gather_k: f.kernel("gather", &plain, true)?,
             gather_crop_flip_k: f.kernel("gather_crop_flip", &crop, true)?,

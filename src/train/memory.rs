@@ -149,7 +149,7 @@ pub fn measure(
     let train_bytes = g.allocated() - a2;
     // The evaluation batch the trainer would use (500, or fewer where that cannot fit); measured
     // on a second build at that batch, since failed larger attempts allocated too.
-    let eval_batch = session.eval_plan(&data, alpha, cfg.optimizer())?.batch;
+    let eval_batch = session.eval_plan(&data, alpha)?.batch;
     let a3 = g.allocated();
     let eval = session.plan(&data, eval_batch, Mode::Eval, alpha, cfg.optimizer())?;
     let a4 = g.allocated();

@@ -24,7 +24,7 @@ use crate::gpu::Gpu;
 use crate::kernels::StepInfo;
 use crate::models::check_name;
 use crate::nn::Mode;
-use crate::plan::Optimizer;
+use crate::plan::{GpuData, Plan};
 
 pub(crate) type Result<T, E = TrainError> = std::result::Result<T, E>;
 
@@ -209,11 +209,11 @@ pub fn train(
     let test_data = session.upload("test", &data.test)?;
     let alpha = if cfg.masked() { cfg.alpha as f32 } else { 0.0 };
     let train_plan = session.plan(&train_data, cfg.batch, Mode::Train, alpha, cfg.optimizer())?;
-    let eval_plan = session.eval_plan(&test_data, alpha, cfg.optimizer())?;
+    let eval_plan = session.eval_plan(&test_data, alpha)?;
     let valid_data = match &valid {
         Some(v) => {
             let d = session.upload("valid", v)?;
-            let p = session.eval_plan(&d, alpha, cfg.optimizer())?;
+            let p = session.eval_plan(&d, alpha)?;
             Some((d, p))
         }
         None => None,
@@ -464,34 +464,13 @@ fn summarize(
     }
 }
 
-/// Test accuracy and per-layer keep ratios of a checkpoint on `data`'s test set.
-pub fn evaluate_checkpoint(
+/// The checkpoint at `path` restored into a new session (its model, dense or masked), `data`
+/// uploaded, and the evaluation plan over it.
+fn restored_eval(
     gpu: Gpu,
     path: &Path,
-    data: &Mnist,
-) -> Result<(f64, Vec<LayerStats>, String)> {
-    let ck = Checkpoint::load(path)?;
-    let model = ck.meta("model").unwrap_or("").to_string();
-    let masked = ck.meta("masked") == Some("true");
-    check_name(&model)?;
-    let session = Session::new(gpu, &model, masked, 0, false)?;
-    session.restore(&ck, path, false)?;
-    let test = session.upload("test", &data.test)?;
-    let plan = session.eval_plan(
-        &test,
-        0.0,
-        Optimizer::Sgd {
-            momentum: 0.0,
-            weight_decay: 0.0,
-        },
-    )?;
-    let (_, acc) = session.evaluate(&plan, &test)?;
-    Ok((acc, session.layer_stats()?, session.gpu.describe()))
-}
-
-/// The masked model's logits `(count, classes)` of every test image of `data`, computed by the
-/// evaluation plan (batches of up to 500, the reset rule applied as in `evaluate_checkpoint`).
-pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> Result<Vec<f32>> {
+    data: &crate::data::Dataset,
+) -> Result<(Session, GpuData, Plan)> {
     let ck = Checkpoint::load(path)?;
     let model = ck.meta("model").unwrap_or("").to_string();
     let masked = ck.meta("masked") == Some("true");
@@ -499,14 +478,25 @@ pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> 
     let session = Session::new(gpu, &model, masked, 0, false)?;
     session.restore(&ck, path, false)?;
     let test = session.upload("test", data)?;
-    let plan = session.eval_plan(
-        &test,
-        0.0,
-        Optimizer::Sgd {
-            momentum: 0.0,
-            weight_decay: 0.0,
-        },
-    )?;
+    let plan = session.eval_plan(&test, 0.0)?;
+    Ok((session, test, plan))
+}
+
+/// Test accuracy and per-layer keep ratios of a checkpoint on `data`'s test set.
+pub fn evaluate_checkpoint(
+    gpu: Gpu,
+    path: &Path,
+    data: &Mnist,
+) -> Result<(f64, Vec<LayerStats>, String)> {
+    let (session, test, plan) = restored_eval(gpu, path, &data.test)?;
+    let (_, acc) = session.evaluate(&plan, &test)?;
+    Ok((acc, session.layer_stats()?, session.gpu.describe()))
+}
+
+/// The masked model's logits `(count, classes)` of every test image of `data`, computed by the
+/// evaluation plan (batches of up to 500, the reset rule applied as in `evaluate_checkpoint`).
+pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> Result<Vec<f32>> {
+    let (session, _, plan) = restored_eval(gpu, path, data)?;
     let b = plan.batch;
     let classes = session.model.classes;
     let mut out = Vec::with_capacity(data.count * classes);

@@ -88,10 +88,15 @@ impl Session {
     /// half as many, and so on, where an activation of 500 would not fit one buffer of this
     /// adapter (evaluation batches are the program's choice, not the user's: an evaluation never
     /// fails for their size). Accuracy does not depend on the batch.
-    pub fn eval_plan(&self, data: &GpuData, alpha: f32, opt: Optimizer) -> Result<Plan> {
+    pub fn eval_plan(&self, data: &GpuData, alpha: f32) -> Result<Plan> {
+        // An evaluation plan records no optimiser step: any value does.
+        let unused = Optimizer::Sgd {
+            momentum: 0.0,
+            weight_decay: 0.0,
+        };
         let mut batch = EVAL_BATCH.min(data.count).max(1);
         loop {
-            match self.plan(data, batch, Mode::Eval, alpha, opt) {
+            match self.plan(data, batch, Mode::Eval, alpha, unused) {
                 Err(TrainError::Gpu(GpuError::TooLarge { .. })) if batch > 1 => batch /= 2,
                 r => return r,
             }
