@@ -33,6 +33,9 @@ pub enum GpuError {
     DeviceLost(String),
     #[error("GPU readback failed: {0}")]
     Readback(String),
+    /// A layer cannot be built for the shapes a plan asks of it (a batch too small, ...).
+    #[error("{0}")]
+    Shape(String),
     #[error("{what} needs {needed} bytes ({} MiB) in one buffer, the adapter allows {limit} ({} MiB)", needed >> 20, limit >> 20)]
     TooLarge {
         what: String,

@@ -100,14 +100,13 @@ impl Layer for BatchNorm {
         let (rm, rv) = (a.state(self.running_mean), a.state(self.running_var));
         let d = match cx.mode {
             Mode::Train => {
-                assert!(
-                    s.batch * s.spatial > 1,
-                    "{}: batch norm in training mode needs more than one value per channel \
-                     (batch {} x {} positions), as in PyTorch",
-                    self.name,
-                    s.batch,
-                    s.spatial
-                );
+                if s.batch * s.spatial <= 1 {
+                    return Err(crate::gpu::GpuError::Shape(format!(
+                        "{}: batch norm in training mode needs more than one value per channel \
+                         (batch {} x {} positions), as in PyTorch: use --batch 2 or more",
+                        self.name, s.batch, s.spatial
+                    )));
+                }
                 k.batch_stats(gpu, &s, x, &stats, &rm, &rv, cx.step)?
             }
             Mode::Eval => k.running_stats(gpu, &s, &rm, &rv, &stats)?,
