@@ -15,8 +15,8 @@ struct MaskParams {
     alpha: f32,   // mask_backward, penalty: times alpha_scale[0] (the trainer's alpha control)
     groups: u32,  // mask_reset: the rows form `groups` stacked matrices of rows/groups rows each
     policy: u32,  // mask_reset: 0 the paper's reset, 1 the floor, 2 none, 3 count only
-    _pad0: u32,
-    _pad1: u32,
+    n_switch: u32,   // mask_reset: dispatches whose sizes the matrix's keep count decides
+    sparse_max: u32, // mask_reset: a count at most this runs the sparse products
     _pad2: u32,
 }
 
@@ -36,6 +36,7 @@ const RESET_COUNT: u32 = 3u;
 @group(0) @binding(8) var<storage, read_write> d_threshold: array<f32>;
 @group(0) @binding(9) var<storage, read_write> stats: array<f32>;
 @group(0) @binding(10) var<storage, read> alpha_scale: array<f32>;
+@group(0) @binding(11) var<storage, read_write> switch_args: array<u32>;
 
 const WG: u32 = 64u;
 var<workgroup> red_u: array<u32, 64>;
@@ -94,6 +95,21 @@ fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 }
 
+// The switch between a layer's dense and sparse products (shaders/sparse.wgsl), for a single
+// matrix (groups == 1): `n_switch` dispatches, each with a template of 4 words (workgroups x, y,
+// z, and its path: 0 dense, 1 sparse) at switch_args[3 n_switch + 4 i]; its live workgroup counts
+// switch_args[3 i ..] (what the indirect dispatch reads) become the template when its path is
+// the one this step takes (sparse when the matrix keeps at most `sparse_max` weights), else 0.
+fn set_switch(lane: u32, kept: u32) {
+    if (lane < mp.n_switch) {
+        let t = 3u * mp.n_switch + 4u * lane;
+        let on = (switch_args[t + 3u] == 1u) == (kept <= mp.sparse_max);
+        for (var a = 0u; a < 3u; a++) {
+            switch_args[3u * lane + a] = select(0u, switch_args[t + a], on);
+        }
+    }
+}
+
 // After `mask_forward`, one workgroup of 64 per matrix: the rows form `groups` stacked matrices
 // of rows/groups rows each (1 for a linear or conv layer; 4 for an LSTM's gate-stacked weight),
 // each with its own decision. Sums its rows' row_keep (in a fixed order) to the matrix's keep
@@ -108,7 +124,8 @@ fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
 //   count: no decision at all: layer_keep[4g+1] = the count (the pass after a floor).
 // For matrix g writes layer_keep[4g] = count before the decision, layer_keep[4g+1] = count after
 // it (what the matrix keeps in this forward; for floor: written by the count pass),
-// layer_keep[4g+2] += 1 when the policy acted.
+// layer_keep[4g+2] += 1 when the policy acted. Where it writes the count after, it also sets
+// the layer's switch (`set_switch`; `n_switch` = 0: none).
 @compute @workgroup_size(64, 1, 1)
 fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(workgroup_id) wid: vec3<u32>) {
@@ -126,6 +143,7 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
         if (lid.x == 0u) {
             layer_keep[4u * g + 1u] = before;
         }
+        set_switch(lid.x, before);
         return;
     }
     // keep ratio <= 1%, in integers: exactly torch's f32 test `sum / numel <= 0.01` (an f32
@@ -136,6 +154,7 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
             layer_keep[4u * g] = before;
             layer_keep[4u * g + 1u] = before;
         }
+        set_switch(lid.x, before);
         return;
     }
     if (mp.policy == RESET_FLOOR) {
@@ -172,6 +191,7 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
         layer_keep[4u * g + 1u] = after;
         layer_keep[4u * g + 2u] = layer_keep[4u * g + 2u] + 1u;
     }
+    set_switch(lid.x, after);
 }
 
 // Eight rows per workgroup, eight invocations per row (columns strided by 8, partial sums

@@ -33,8 +33,12 @@ struct SparseParams {
     y_fs: u32,
     relu: u32,    // 1: y = max(., 0)
     has_bias: u32,
+    list_base: u32, // ell_*: where the lists start in list_idx / list_val
+    cnt_base: u32,  // ell_*: where their counts start in list_cnt
     _pad0: u32,
     _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 @group(0) @binding(0) var<uniform> sp: SparseParams;
@@ -46,6 +50,10 @@ struct SparseParams {
 @group(0) @binding(6) var<storage, read_write> y: array<f32>;
 @group(0) @binding(7) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read_write> y4: array<vec4<f32>>;
+@group(0) @binding(9) var<storage, read> p: array<f32>;
+@group(0) @binding(10) var<storage, read_write> list_idx: array<u32>;
+@group(0) @binding(11) var<storage, read_write> list_val: array<f32>;
+@group(0) @binding(12) var<storage, read_write> list_cnt: array<u32>;
 
 const WG: u32 = 64u;
 const QUAD: u32 = 4u;
@@ -150,4 +158,140 @@ fn to_feature_major(@builtin(global_invocation_id) gid: vec3<u32>,
     let c = i / sp.batch;
     let b = i % sp.batch;
     y[i] = x[b * sp.cols + c];
+}
+
+// ---- Sparse products in training (issue: a layer that keeps few weights computes with them) ----
+//
+// A masked layer's P (rows x cols, mostly zeros once DST has pruned it) as per-row lists of its
+// nonzeros, ELL-style: row r's list is list_idx/list_val[list_base + r * cols ..][.. n] with
+// n = list_cnt[cnt_base + r], columns ascending. `ell_rows` builds them (forward: y = x P^T + b
+// needs each output row's kept inputs), `ell_cols` builds the per-column lists of P (the product
+// to the input, dx = dy P, needs each input column's kept outputs): list c at list_base + c * rows,
+// rows ascending. One invocation per list, scanning it in order: same P, same lists.
+// `ell_product` / `ell_product4` then compute, for each list r (an output) and sample b,
+//   y[b * rows + r] = bias[r] + sum_k list_val[k] * x(list_idx[k], b)     (k over list r, in order)
+// with x feature-major (`to_feature_major` first): the forward with the row lists and x, the
+// product to the input with the column lists and dy (no bias). Work is proportional to the kept
+// weights; the results equal the dense products up to float reassociation (the dense GEMM adds
+// the zeros too, in its own order). Whether a layer runs these or the dense GEMMs is decided on
+// the GPU each step by `mask_reset` (shaders/masked.wgsl) from the layer's keep count.
+
+// Reads p (rows x cols); writes the row lists and their counts. `rows`, `cols`, `list_base`,
+// `cnt_base`.
+@compute @workgroup_size(64, 1, 1)
+fn ell_rows(@builtin(global_invocation_id) gid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let r = gid.x + gid.y * nwg.x * WG;
+    if (r >= sp.rows) {
+        return;
+    }
+    let src = r * sp.cols;
+    let dst = sp.list_base + src;
+    var n = 0u;
+    for (var j = 0u; j < sp.cols; j++) {
+        let v = p[src + j];
+        if (v != 0.0) {
+            list_idx[dst + n] = j;
+            list_val[dst + n] = v;
+            n++;
+        }
+    }
+    list_cnt[sp.cnt_base + r] = n;
+}
+
+// Reads p (rows x cols); writes the column lists (list c: the rows where column c is nonzero)
+// and their counts.
+@compute @workgroup_size(64, 1, 1)
+fn ell_cols(@builtin(global_invocation_id) gid: vec3<u32>,
+            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let c = gid.x + gid.y * nwg.x * WG;
+    if (c >= sp.cols) {
+        return;
+    }
+    let dst = sp.list_base + c * sp.rows;
+    var n = 0u;
+    for (var r = 0u; r < sp.rows; r++) {
+        let v = p[r * sp.cols + c];
+        if (v != 0.0) {
+            list_idx[dst + n] = r;
+            list_val[dst + n] = v;
+            n++;
+        }
+    }
+    list_cnt[sp.cnt_base + c] = n;
+}
+
+// Reads the lists (`rows` of them, `cols` slots apart), x (batch x features, feature-major: x[f *
+// batch + b]) and bias; writes y (batch x rows, batch-major) for one list and up to QUAD samples.
+// `quads` = ceil(batch / QUAD).
+@compute @workgroup_size(64, 1, 1)
+fn ell_product(@builtin(global_invocation_id) gid: vec3<u32>,
+               @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= sp.rows * sp.quads) {
+        return;
+    }
+    let r = i / sp.quads;
+    let b0 = (i % sp.quads) * QUAD;
+    let last = sp.batch - 1u;
+    let b = vec4<u32>(b0, min(b0 + 1u, last), min(b0 + 2u, last), min(b0 + 3u, last));
+    var acc = vec4<f32>(0.0);
+    let at = sp.list_base + r * sp.cols;
+    let n = list_cnt[sp.cnt_base + r];
+    for (var k = at; k < at + n; k++) {
+        let v = list_val[k];
+        let f = list_idx[k] * sp.batch;
+        acc += v * vec4<f32>(x[f + b.x], x[f + b.y], x[f + b.z], x[f + b.w]);
+    }
+    if (sp.has_bias != 0u) {
+        acc += vec4<f32>(bias[r]);
+    }
+    for (var q = 0u; q < QUAD; q++) {
+        if (b0 + q < sp.batch) {
+            y[(b0 + q) * sp.rows + r] = acc[q];
+        }
+    }
+}
+
+// `ell_product` for a batch that is a multiple of 4: x as vec4s (x4), VQ vec4s (16 samples) per
+// invocation; `quads` = ceil(batch / (4 VQ)).
+@compute @workgroup_size(64, 1, 1)
+fn ell_product4(@builtin(global_invocation_id) gid: vec3<u32>,
+                @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if (i >= sp.rows * sp.quads) {
+        return;
+    }
+    let r = i / sp.quads;
+    let bv = sp.batch / 4u;
+    let g0 = (i % sp.quads) * VQ;
+    let g1 = min(g0 + 1u, bv - 1u);
+    let g2 = min(g0 + 2u, bv - 1u);
+    let g3 = min(g0 + 3u, bv - 1u);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    let at = sp.list_base + r * sp.cols;
+    let n = list_cnt[sp.cnt_base + r];
+    for (var k = at; k < at + n; k++) {
+        let v = list_val[k];
+        let f = list_idx[k] * bv;
+        a0 += v * x4[f + g0];
+        a1 += v * x4[f + g1];
+        a2 += v * x4[f + g2];
+        a3 += v * x4[f + g3];
+    }
+    var bb = vec4<f32>(0.0);
+    if (sp.has_bias != 0u) {
+        bb = vec4<f32>(bias[r]);
+    }
+    var acc = array<vec4<f32>, 4>(a0 + bb, a1 + bb, a2 + bb, a3 + bb);
+    for (var g = 0u; g < VQ; g++) {
+        if (g0 + g < bv) {
+            for (var q = 0u; q < 4u; q++) {
+                y[(4u * (g0 + g) + q) * sp.rows + r] = acc[g][q];
+            }
+        }
+    }
 }

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use crate::checkpoint::Checkpoint;
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::conv::{ConvShape, ConvVariant};
 use crate::kernels::gemm::GemmParams;
@@ -28,211 +29,236 @@ pub fn run(
     data: Option<&Path>,
     models: &[String],
     profile: bool,
+    checkpoint: Option<&Path>,
+    rounds: u32,
 ) -> anyhow::Result<()> {
     for m in models {
         crate::models::check_name(m)?;
     }
+    if checkpoint.is_some() && models.len() != 1 {
+        anyhow::bail!("--checkpoint times one model: give exactly one --model (the checkpoint's)");
+    }
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.describe());
-    let k = Kernels::new(&gpu, None)?;
-    let mut rng = Rng::new(1);
-    let mut rand = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
-    // (what, m, n, k) of the products of LeNet-300-100 at batch 64.
-    let shapes: [(&str, usize, usize, usize, u8); 5] = [
-        ("fc1 forward      64x784 . 784x300", 64, 300, 784, 0),
-        ("fc1 d_weight    300x64 . 64x784", 64, 300, 784, 2),
-        ("fc2 forward      64x300 . 300x100", 64, 100, 300, 0),
-        ("fc2 d_input      64x100 . 100x300", 64, 100, 300, 1),
-        ("fc2 d_weight    100x64 . 64x300", 64, 100, 300, 2),
-    ];
-    println!(
-        "{:<36} {:>12} {:>12}",
-        "GEMM (GFLOP/s)", "regblock", "tiled"
-    );
-    for (what, m, n, kk, kind) in shapes {
-        let x = Tensor::from_slice(&gpu, "x", &[m, kk], &rand(m * kk))?;
-        let w = Tensor::from_slice(&gpu, "w", &[n, kk], &rand(n * kk))?;
-        let g = Tensor::from_slice(&gpu, "g", &[m, n], &rand(m * n))?;
-        let b = Tensor::from_slice(&gpu, "b", &[n], &rand(n))?;
-        let (p, a_, b_, bias, out) = match kind {
-            0 => (
-                GemmParams::linear_forward(m, n, kk, true),
-                &x,
-                &w,
-                &b,
-                Tensor::zeros(&gpu, "y", &[m, n])?,
-            ),
-            1 => (
-                GemmParams::linear_backward_input(m, n, kk, false),
-                &g,
-                &w,
-                &k.dummy,
-                Tensor::zeros(&gpu, "dx", &[m, kk])?,
-            ),
-            _ => (
-                GemmParams::linear_backward_weight(m, n, kk, false),
-                &g,
-                &x,
-                &k.dummy,
-                Tensor::zeros(&gpu, "dw", &[n, kk])?,
-            ),
-        };
-        let flops = 2.0 * (m * n * kk) as f64;
-        let mut row = Vec::new();
-        for v in [GemmVariant::RegBlock, GemmVariant::Tiled] {
-            let d = k.gemm.matmul(&gpu, v, p, a_, b_, bias, &out)?;
-            row.push(flops / time_dispatch(&gpu, &d, reps)? / 1e9);
-        }
-        println!("{what:<36} {:>12.2} {:>12.2}", row[0], row[1]);
-    }
-    println!(
-        "{:<36} {:>12} {:>12} {:>12} {:>12}",
-        "masked kernels (us)", "mask_fwd", "mask_reset", "mask_bwd", "penalty"
-    );
-    for (rows, cols) in [(300usize, 784usize), (100, 300), (10, 100)] {
-        let w = Tensor::from_slice(&gpu, "w", &[rows, cols], &rand(rows * cols))?;
-        let t = Tensor::from_slice(&gpu, "t", &[rows], &vec![0.05f32; rows])?;
-        let g = Tensor::from_slice(&gpu, "g", &[rows, cols], &rand(rows * cols))?;
-        let p = Tensor::zeros(&gpu, "p", &[rows, cols])?;
-        let dw = Tensor::zeros(&gpu, "dw", &[rows, cols])?;
-        let dt = Tensor::zeros(&gpu, "dt", &[rows])?;
-        let row_keep = Tensor::zeros(&gpu, "row_keep", &[rows])?;
-        let layer_keep = Tensor::zeros(&gpu, "layer_keep", &[4])?;
-        let stats = Tensor::zeros(&gpu, "stats", &[crate::kernels::loss::STATS_WORDS])?;
-        let m = &k.masked;
-        let ds = [
-            m.mask_forward(&gpu, &w, &t, &p, &row_keep)?,
-            m.mask_reset(&gpu, &w, &t, &p, &row_keep, &layer_keep)?,
-            m.mask_backward(&gpu, &w, &t, &g, &dw, &dt, 5e-4)?,
-            m.penalty(&gpu, &t, &stats, 5e-4)?,
+    // --reps 0: step times only.
+    if reps > 0 {
+        let k = Kernels::new(&gpu, None)?;
+        let mut rng = Rng::new(1);
+        let mut rand =
+            |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
+        // (what, m, n, k) of the products of LeNet-300-100 at batch 64.
+        let shapes: [(&str, usize, usize, usize, u8); 5] = [
+            ("fc1 forward      64x784 . 784x300", 64, 300, 784, 0),
+            ("fc1 d_weight    300x64 . 64x784", 64, 300, 784, 2),
+            ("fc2 forward      64x300 . 300x100", 64, 100, 300, 0),
+            ("fc2 d_input      64x100 . 100x300", 64, 100, 300, 1),
+            ("fc2 d_weight    100x64 . 64x300", 64, 100, 300, 2),
         ];
-        let mut row = Vec::new();
-        for d in &ds {
-            row.push(1e6 * time_dispatch(&gpu, d, reps)?);
+        println!(
+            "{:<36} {:>12} {:>12}",
+            "GEMM (GFLOP/s)", "regblock", "tiled"
+        );
+        for (what, m, n, kk, kind) in shapes {
+            let x = Tensor::from_slice(&gpu, "x", &[m, kk], &rand(m * kk))?;
+            let w = Tensor::from_slice(&gpu, "w", &[n, kk], &rand(n * kk))?;
+            let g = Tensor::from_slice(&gpu, "g", &[m, n], &rand(m * n))?;
+            let b = Tensor::from_slice(&gpu, "b", &[n], &rand(n))?;
+            let (p, a_, b_, bias, out) = match kind {
+                0 => (
+                    GemmParams::linear_forward(m, n, kk, true),
+                    &x,
+                    &w,
+                    &b,
+                    Tensor::zeros(&gpu, "y", &[m, n])?,
+                ),
+                1 => (
+                    GemmParams::linear_backward_input(m, n, kk, false),
+                    &g,
+                    &w,
+                    &k.dummy,
+                    Tensor::zeros(&gpu, "dx", &[m, kk])?,
+                ),
+                _ => (
+                    GemmParams::linear_backward_weight(m, n, kk, false),
+                    &g,
+                    &x,
+                    &k.dummy,
+                    Tensor::zeros(&gpu, "dw", &[n, kk])?,
+                ),
+            };
+            let flops = 2.0 * (m * n * kk) as f64;
+            let mut row = Vec::new();
+            for v in [GemmVariant::RegBlock, GemmVariant::Tiled] {
+                let d = k.gemm.matmul(&gpu, v, p, a_, b_, bias, &out)?;
+                row.push(flops / time_dispatch(&gpu, &d, reps)? / 1e9);
+            }
+            println!("{what:<36} {:>12.2} {:>12.2}", row[0], row[1]);
         }
         println!(
-            "{:<36} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
-            format!("{rows}x{cols}"),
-            row[0],
-            row[1],
-            row[2],
-            row[3]
+            "{:<36} {:>12} {:>12} {:>12} {:>12}",
+            "masked kernels (us)", "mask_fwd", "mask_reset", "mask_bwd", "penalty"
         );
-    }
-    println!(
-        "{:<44} {:>12} {:>12} {:>12}",
-        "conv (GFLOP/s)", "forward", "d_input", "d_weight"
-    );
-    let conv_shapes = [
-        (
-            "LeNet-5 conv2 b64 20->50 12x12 k5",
-            ConvShape {
-                batch: 64,
-                c_in: 20,
-                h: 12,
-                w: 12,
-                c_out: 50,
-                kh: 5,
-                kw: 5,
-                stride: 1,
-                pad: 0,
-            },
-        ),
-        (
-            "VGG-like b64 64->64 16x16 k3 p1",
-            ConvShape {
-                batch: 64,
-                c_in: 64,
-                h: 16,
-                w: 16,
-                c_out: 64,
-                kh: 3,
-                kw: 3,
-                stride: 1,
-                pad: 1,
-            },
-        ),
-    ];
-    for (what, s) in conv_shapes {
-        let (oh, ow) = (s.out_h(), s.out_w());
-        let x = Tensor::from_slice(
-            &gpu,
-            "x",
-            &[s.batch, s.c_in, s.h, s.w],
-            &rand(s.batch * s.c_in * s.h * s.w),
-        )?;
-        let w = Tensor::from_slice(&gpu, "w", &[s.c_out, s.cols()], &rand(s.c_out * s.cols()))?;
-        let b = Tensor::from_slice(&gpu, "b", &[s.c_out], &rand(s.c_out))?;
-        let g = Tensor::from_slice(
-            &gpu,
-            "g",
-            &[s.batch, s.c_out, oh, ow],
-            &rand(s.batch * s.c_out * oh * ow),
-        )?;
-        let y = Tensor::zeros(&gpu, "y", &[s.batch, s.c_out, oh, ow])?;
-        let dx = Tensor::zeros(&gpu, "dx", &[s.batch, s.c_in, s.h, s.w])?;
-        let dw = Tensor::zeros(&gpu, "dw", &[s.c_out, s.cols()])?;
-        let flops = 2.0 * s.macs() as f64;
-        for v in ConvVariant::ALL {
+        for (rows, cols) in [(300usize, 784usize), (100, 300), (10, 100)] {
+            let w = Tensor::from_slice(&gpu, "w", &[rows, cols], &rand(rows * cols))?;
+            let t = Tensor::from_slice(&gpu, "t", &[rows], &vec![0.05f32; rows])?;
+            let g = Tensor::from_slice(&gpu, "g", &[rows, cols], &rand(rows * cols))?;
+            let p = Tensor::zeros(&gpu, "p", &[rows, cols])?;
+            let dw = Tensor::zeros(&gpu, "dw", &[rows, cols])?;
+            let dt = Tensor::zeros(&gpu, "dt", &[rows])?;
+            let row_keep = Tensor::zeros(&gpu, "row_keep", &[rows])?;
+            let layer_keep = Tensor::zeros(&gpu, "layer_keep", &[4])?;
+            let stats = Tensor::zeros(&gpu, "stats", &[crate::kernels::loss::STATS_WORDS])?;
+            let m = &k.masked;
             let ds = [
-                k.conv
-                    .forward_with(v, &gpu, &s, &x, &w, Some(&b), &y, &k.dummy)?,
-                k.conv.backward_input_with(v, &gpu, &s, &g, &w, &dx)?,
-                k.conv.backward_weight_with(v, &gpu, &s, &g, &x, &dw)?,
+                m.mask_forward(&gpu, &w, &t, &p, &row_keep)?,
+                m.mask_reset(&gpu, &w, &t, &p, &row_keep, &layer_keep)?,
+                m.mask_backward(&gpu, &w, &t, &g, &dw, &dt, 5e-4)?,
+                m.penalty(&gpu, &t, &stats, 5e-4)?,
             ];
             let mut row = Vec::new();
             for d in &ds {
-                row.push(flops / time_dispatch(&gpu, d, reps)? / 1e9);
+                row.push(1e6 * time_dispatch(&gpu, d, reps)?);
             }
             println!(
-                "{:<44} {:>12.2} {:>12.2} {:>12.2}",
-                format!("{what} {v:?}"),
+                "{:<36} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+                format!("{rows}x{cols}"),
                 row[0],
                 row[1],
-                row[2]
-            );
-        }
-        if k.conv.use_cols(&gpu, &s) {
-            // The patch-matrix path: im2col + product (forward), product + col2im (d_input).
-            let cols = Tensor::zeros(&gpu, "cols", &[s.cols_len()])?;
-            let mut row = Vec::new();
-            for ds in [
-                k.conv
-                    .forward_cols(&gpu, &s, &x, &w, Some(&b), &y, &cols, &k.dummy)?
-                    .to_vec(),
-                vec![k.conv.backward_weight_cols(&gpu, &s, &g, &cols, &dw)?],
-                k.conv
-                    .backward_input_cols(&gpu, &s, &g, &w, &cols, &dx)?
-                    .to_vec(),
-            ] {
-                let mut sec = 0.0;
-                for d in &ds {
-                    sec += time_dispatch(&gpu, d, reps)?;
-                }
-                row.push(flops / sec / 1e9);
-            }
-            println!(
-                "{:<44} {:>12.2} {:>12.2} {:>12.2}",
-                format!("{what} Cols"),
-                row[0],
                 row[2],
-                row[1]
+                row[3]
             );
         }
+        println!(
+            "{:<44} {:>12} {:>12} {:>12}",
+            "conv (GFLOP/s)", "forward", "d_input", "d_weight"
+        );
+        let conv_shapes = [
+            (
+                "LeNet-5 conv2 b64 20->50 12x12 k5",
+                ConvShape {
+                    batch: 64,
+                    c_in: 20,
+                    h: 12,
+                    w: 12,
+                    c_out: 50,
+                    kh: 5,
+                    kw: 5,
+                    stride: 1,
+                    pad: 0,
+                },
+            ),
+            (
+                "VGG-like b64 64->64 16x16 k3 p1",
+                ConvShape {
+                    batch: 64,
+                    c_in: 64,
+                    h: 16,
+                    w: 16,
+                    c_out: 64,
+                    kh: 3,
+                    kw: 3,
+                    stride: 1,
+                    pad: 1,
+                },
+            ),
+        ];
+        for (what, s) in conv_shapes {
+            let (oh, ow) = (s.out_h(), s.out_w());
+            let x = Tensor::from_slice(
+                &gpu,
+                "x",
+                &[s.batch, s.c_in, s.h, s.w],
+                &rand(s.batch * s.c_in * s.h * s.w),
+            )?;
+            let w = Tensor::from_slice(&gpu, "w", &[s.c_out, s.cols()], &rand(s.c_out * s.cols()))?;
+            let b = Tensor::from_slice(&gpu, "b", &[s.c_out], &rand(s.c_out))?;
+            let g = Tensor::from_slice(
+                &gpu,
+                "g",
+                &[s.batch, s.c_out, oh, ow],
+                &rand(s.batch * s.c_out * oh * ow),
+            )?;
+            let y = Tensor::zeros(&gpu, "y", &[s.batch, s.c_out, oh, ow])?;
+            let dx = Tensor::zeros(&gpu, "dx", &[s.batch, s.c_in, s.h, s.w])?;
+            let dw = Tensor::zeros(&gpu, "dw", &[s.c_out, s.cols()])?;
+            let flops = 2.0 * s.macs() as f64;
+            for v in ConvVariant::ALL {
+                let ds = [
+                    k.conv
+                        .forward_with(v, &gpu, &s, &x, &w, Some(&b), &y, &k.dummy)?,
+                    k.conv.backward_input_with(v, &gpu, &s, &g, &w, &dx)?,
+                    k.conv.backward_weight_with(v, &gpu, &s, &g, &x, &dw)?,
+                ];
+                let mut row = Vec::new();
+                for d in &ds {
+                    row.push(flops / time_dispatch(&gpu, d, reps)? / 1e9);
+                }
+                println!(
+                    "{:<44} {:>12.2} {:>12.2} {:>12.2}",
+                    format!("{what} {v:?}"),
+                    row[0],
+                    row[1],
+                    row[2]
+                );
+            }
+            if k.conv.use_cols(&gpu, &s) {
+                // The patch-matrix path: im2col + product (forward), product + col2im (d_input).
+                let cols = Tensor::zeros(&gpu, "cols", &[s.cols_len()])?;
+                let mut row = Vec::new();
+                for ds in [
+                    k.conv
+                        .forward_cols(&gpu, &s, &x, &w, Some(&b), &y, &cols, &k.dummy)?
+                        .to_vec(),
+                    vec![k.conv.backward_weight_cols(&gpu, &s, &g, &cols, &dw)?],
+                    k.conv
+                        .backward_input_cols(&gpu, &s, &g, &w, &cols, &dx)?
+                        .to_vec(),
+                ] {
+                    let mut sec = 0.0;
+                    for d in &ds {
+                        sec += time_dispatch(&gpu, d, reps)?;
+                    }
+                    row.push(flops / sec / 1e9);
+                }
+                println!(
+                    "{:<44} {:>12.2} {:>12.2} {:>12.2}",
+                    format!("{what} Cols"),
+                    row[0],
+                    row[2],
+                    row[1]
+                );
+            }
+        }
+        drop(k);
     }
-    drop(k);
     if steps == 0 {
         return Ok(());
     }
     for model in models {
-        step_times(model, steps, data, profile)?;
+        step_times(model, steps, data, profile, checkpoint, rounds)?;
     }
     Ok(())
 }
 
-/// Time per training step of `model`, dense then DST, with the model's paper settings (batch,
-/// alpha, optimiser), measured back to back in one process.
-fn step_times(model: &str, steps: u32, data: Option<&Path>, profile: bool) -> anyhow::Result<()> {
+/// One way of running a model's training step, for `step_times`.
+struct Variant {
+    label: String,
+    session: Session,
+    plan: crate::plan::Plan,
+}
+
+/// Time per training step of `model` with the model's paper settings (batch, alpha, optimiser):
+/// dense, DST from initialisation and, with `checkpoint` (a DST checkpoint of `model`), DST from
+/// it with dense and with sparse products; every variant built first, then timed in `rounds`
+/// alternating rounds in one process (the ratios compare times of the same round).
+fn step_times(
+    model: &str,
+    steps: u32,
+    data: Option<&Path>,
+    profile: bool,
+    checkpoint: Option<&Path>,
+    rounds: u32,
+) -> anyhow::Result<()> {
     let cfg = TrainConfig {
         data: data.map(Path::to_path_buf),
         ..TrainConfig::for_model(model)?
@@ -247,77 +273,158 @@ fn step_times(model: &str, steps: u32, data: Option<&Path>, profile: bool) -> an
         }
         _ => cfg.load_data()?.train,
     };
+    let ck = match checkpoint {
+        Some(path) => {
+            let ck = Checkpoint::load(path)?;
+            let (m, masked) = (ck.meta("model").unwrap_or("?"), ck.meta("masked"));
+            if m != model || masked != Some("true") {
+                anyhow::bail!(
+                    "{}: a checkpoint of {m} (masked: {}), but --checkpoint needs a DST checkpoint of --model {model}",
+                    path.display(),
+                    masked.unwrap_or("?")
+                );
+            }
+            Some((ck, path))
+        }
+        None => None,
+    };
     let batch = cfg.batch;
-    let mut times = Vec::new();
-    for dense in [true, false] {
-        let s = Session::new(
+    let opt = cfg.optimizer();
+    let open = |masked: bool| -> anyhow::Result<Session> {
+        Ok(Session::new(
             Gpu::open(crate::gpu::select_adapter(
                 std::env::var("WGPU_ADAPTER_NAME").ok().as_deref(),
             )?)?,
             model,
-            !dense,
+            masked,
             1,
-            cfg.optimizer().is_adam(),
-        )?;
-        let train = s.upload("train", &train_set)?;
-        train.start_epoch(&s.gpu, 1, 1);
-        let plan = s.plan(
-            &train,
-            batch,
-            Mode::Train,
-            if dense { 0.0 } else { cfg.alpha as f32 },
-            cfg.optimizer(),
-        )?;
-        let opt = cfg.optimizer();
-        let infos: Vec<StepInfo> = (0..steps as usize)
-            .map(|i| {
-                opt.step_info(
-                    i as u64 + 1,
-                    cfg.lr,
-                    (i * batch) % (train_set.count - batch + 1),
-                    batch,
-                )
-            })
-            .collect();
-        s.run_steps(&plan, &infos[..infos.len().min(5)])?; // warm-up
-        s.gpu.wait()?;
-        let t = Instant::now();
-        s.run_steps(&plan, &infos)?;
-        s.gpu.wait()?;
-        let ms = 1e3 * t.elapsed().as_secs_f64() / steps as f64;
+            opt.is_adam(),
+        )?)
+    };
+    // (label, masked, from the checkpoint, sparse products)
+    let mut specs = vec![
+        ("dense".to_string(), false, false, false),
+        ("DST".to_string(), true, false, true),
+    ];
+    if ck.is_some() {
+        specs.push((
+            "DST from checkpoint, dense products".into(),
+            true,
+            true,
+            false,
+        ));
+        specs.push((
+            "DST from checkpoint, sparse products".into(),
+            true,
+            true,
+            true,
+        ));
+    }
+    let infos: Vec<StepInfo> = (0..steps as usize)
+        .map(|i| {
+            opt.step_info(
+                i as u64 + 1,
+                cfg.lr,
+                (i * batch) % (train_set.count - batch + 1),
+                batch,
+            )
+        })
+        .collect();
+    let mut variants = Vec::new();
+    for (label, masked, from_ck, sparse) in specs {
+        let mut session = open(masked)?;
+        if !sparse {
+            session.sparse_keep = 0.0;
+        }
+        if let Some((ck, path)) = ck.as_ref().filter(|_| from_ck) {
+            session.restore(ck, path, true)?;
+        }
+        let train = session.upload("train", &train_set)?;
+        train.start_epoch(&session.gpu, 1, 1);
+        let alpha = if masked { cfg.alpha as f32 } else { 0.0 };
+        let plan = session.plan(&train, batch, Mode::Train, alpha, opt)?;
+        session.run_steps(&plan, &infos[..infos.len().min(5)])?; // warm-up
+        session.gpu.wait()?;
+        let label = if from_ck {
+            let (kept, total) = session
+                .keep_counts()?
+                .iter()
+                .fold((0, 0), |(k, t), (_, kk, tt)| (k + kk, t + tt));
+            format!(
+                "{label} ({:.2} % kept)",
+                100.0 * kept as f64 / total.max(1) as f64
+            )
+        } else {
+            label
+        };
+        variants.push(Variant {
+            label,
+            session,
+            plan,
+        });
+    }
+    // times[round][variant]
+    let mut times = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let mut row = Vec::new();
+        for v in &variants {
+            let t = Instant::now();
+            v.session.run_steps(&v.plan, &infos)?;
+            v.session.gpu.wait()?;
+            row.push(1e3 * t.elapsed().as_secs_f64() / steps as f64);
+        }
+        times.push(row);
+    }
+    let mean = |i: usize| times.iter().map(|r| r[i]).sum::<f64>() / times.len() as f64;
+    let ratio =
+        |i: usize, j: usize| times.iter().map(|r| r[i] / r[j]).sum::<f64>() / times.len() as f64;
+    for (i, v) in variants.iter().enumerate() {
+        let per_round: Vec<String> = times.iter().map(|r| format!("{:.3}", r[i])).collect();
         println!(
-            "{model} {} step (batch {batch}, {} dispatches): {ms:.3} ms",
-            if dense { "dense" } else { "DST  " },
-            plan.dispatches.len()
+            "{model} {:<48} (batch {batch}, {} dispatches): {:.3} ms  [rounds: {}]",
+            v.label,
+            v.plan.dispatches.len(),
+            mean(i),
+            per_round.join(", ")
         );
-        times.push(ms);
-        if profile && !dense {
-            // Each dispatch of the DST step alone (after the steps above, so on trained-ish
-            // values), summed per kernel: where a step's time goes.
-            let mut per: Vec<(String, f64, usize)> = Vec::new();
-            for d in &plan.dispatches {
-                let sec = time_dispatch(&s.gpu, d, 5)?;
-                match per.iter_mut().find(|(l, _, _)| *l == d.label) {
-                    Some(e) => {
-                        e.1 += sec;
-                        e.2 += 1;
-                    }
-                    None => per.push((d.label.clone(), sec, 1)),
+    }
+    println!("{model} DST / dense step time: {:.3}", ratio(1, 0));
+    if variants.len() == 4 {
+        println!(
+            "{model} DST from checkpoint / dense step time: {:.3} with dense products, {:.3} with sparse products",
+            ratio(2, 0),
+            ratio(3, 0)
+        );
+    }
+    if profile {
+        // Each dispatch of the last variant's step alone (after the steps above), summed per
+        // kernel: where a step's time goes.
+        let v = variants.last().unwrap();
+        let mut per: Vec<(String, f64, usize)> = Vec::new();
+        for d in &v.plan.dispatches {
+            let sec = time_dispatch(&v.session.gpu, d, 5)?;
+            match per.iter_mut().find(|(l, _, _)| *l == d.label) {
+                Some(e) => {
+                    e.1 += sec;
+                    e.2 += 1;
                 }
-            }
-            per.sort_by(|a, b| b.1.total_cmp(&a.1));
-            let total: f64 = per.iter().map(|e| e.1).sum();
-            println!("  per-kernel profile of the DST step (each dispatch timed alone, 5 reps):");
-            for (label, sec, n) in per {
-                println!(
-                    "  {label:<40} {n:>4} x  {:>9.3} ms  {:>5.1} %",
-                    1e3 * sec,
-                    100.0 * sec / total
-                );
+                None => per.push((d.label.clone(), sec, 1)),
             }
         }
+        per.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let total: f64 = per.iter().map(|e| e.1).sum();
+        println!(
+            "  per-kernel profile of the step \"{}\" (each dispatch timed alone, 5 reps; a dispatch the layer's switch turned off counts as empty):",
+            v.label
+        );
+        for (label, sec, n) in per {
+            println!(
+                "  {label:<40} {n:>4} x  {:>9.3} ms  {:>5.1} %",
+                1e3 * sec,
+                100.0 * sec / total
+            );
+        }
     }
-    println!("{model} DST / dense step time: {:.3}", times[1] / times[0]);
     Ok(())
 }
 

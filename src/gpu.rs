@@ -274,6 +274,20 @@ impl Gpu {
             }))
     }
 
+    /// A storage buffer that dispatches can also read their workgroup counts from (indirect
+    /// dispatch), initialised with `words`.
+    pub fn indirect_init(&self, label: &str, words: &[u32]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(words);
+        self.check_size(label, bytes.len() as u64)?;
+        Ok(self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytes,
+                usage: STORAGE_USAGE | wgpu::BufferUsages::INDIRECT,
+            }))
+    }
+
     /// A zero-filled storage buffer of `bytes` bytes.
     pub fn storage_zeroed(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         let size = bytes.div_ceil(4).max(1) * 4;

@@ -60,7 +60,7 @@ enum Command {
     },
     /// GEMM and convolution throughput of both kernel variants, and step times.
     Bench {
-        /// Timed repetitions per shape.
+        /// Timed repetitions per shape (0: skip the kernel tables, time steps only).
         #[arg(long, default_value_t = 20)]
         reps: u32,
         /// Also time full training steps (dense and DST) over this many steps.
@@ -72,9 +72,17 @@ enum Command {
         /// Models whose training steps to time (repeatable; default lenet300).
         #[arg(long = "model", default_value = "lenet300")]
         models: Vec<String>,
-        /// Also time each dispatch of a DST step alone and print where the time goes.
+        /// Also time each dispatch of a DST step alone and print where the time goes (the step
+        /// of the last variant timed: from --checkpoint with sparse products when given).
         #[arg(long)]
         profile: bool,
+        /// A DST checkpoint of the (one) --model: also time DST steps from it, with dense and with
+        /// sparse products (e.g. a trained run at a low keep ratio).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Alternating rounds of the step timings (every variant once per round).
+        #[arg(long, default_value_t = 2)]
+        rounds: u32,
     },
     /// Export a checkpoint's masked model as safetensors with PyTorch's names: dense (zeros where
     /// the mask is 0) or csr (crow_indices / col_indices / values per masked layer).
@@ -290,6 +298,11 @@ struct TrainArgs {
     /// the epoch best on it.
     #[arg(long)]
     valid: Option<usize>,
+    /// Masked linear layers keeping at most this fraction of their weights compute their forward
+    /// and input-gradient products from the kept weights only (0: never, 1: always; same results
+    /// up to float rounding) [default: 0.2 on CPU adapters, 0.1 on GPUs].
+    #[arg(long)]
+    sparse_keep: Option<f64>,
     /// Continue the run in this directory from its last checkpoint (its config is reused;
     /// --epochs may raise the total).
     #[arg(long)]
@@ -364,7 +377,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             models,
             profile,
-        }) => dst::bench::run(reps, steps, data.as_deref(), &models, profile),
+            checkpoint,
+            rounds,
+        }) => dst::bench::run(
+            reps,
+            steps,
+            data.as_deref(),
+            &models,
+            profile,
+            checkpoint.as_deref(),
+            rounds,
+        ),
         Some(Command::Export {
             checkpoint,
             format,
@@ -616,6 +639,7 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         target_epoch: a.target_epoch,
         reset: a.reset.clone(),
         valid: a.valid,
+        sparse_keep: a.sparse_keep,
     })
 }
 

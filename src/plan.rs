@@ -180,7 +180,8 @@ impl Plan {
     }
 
     /// Builds the plan of one training step (`Mode::Train`) or one evaluation batch (`Mode::Eval`).
-    /// The penalty weight is `alpha * alpha_scale[0]`; `reset` is the dead-layer policy.
+    /// The penalty weight is `alpha * alpha_scale[0]`; `reset` is the dead-layer policy;
+    /// `sparse_keep` the keep ratio at or below which masked linear layers use sparse products.
     #[allow(clippy::too_many_arguments)]
     pub fn build(
         gpu: &Gpu,
@@ -194,11 +195,13 @@ impl Plan {
         optimizer: Optimizer,
         alpha_scale: &Tensor,
         reset: crate::kernels::masked::ResetPolicy,
+        sparse_keep: f64,
     ) -> Result<Plan> {
         let stats = Tensor::zeros(gpu, &format!("{mode:?}.stats"), &[STATS_WORDS])?;
         let mut cx = PlanCx::new(gpu, kernels, &model.arena, step, mode, alpha, stats.clone());
         cx.alpha_scale = alpha_scale.clone();
         cx.reset = reset;
+        cx.sparse_keep = sparse_keep;
         let mut shape = vec![batch];
         shape.extend(&model.input);
         let rows = cx.activation("input", &[batch, data.pixels])?;

@@ -1,5 +1,6 @@
 //! `shaders/masked.wgsl`: the DST masked layer (mask, reset, backward, penalty).
 
+use super::sparse::Switch;
 use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory};
 use crate::gpu::{Gpu, Result, Tensor};
 
@@ -16,7 +17,11 @@ pub struct MaskParams {
     pub groups: u32,
     /// `mask_reset`: what happens to a dying matrix (`ResetPolicy as u32`).
     pub policy: u32,
-    pub _pad: [u32; 3],
+    /// `mask_reset`: how many dispatches the matrix's keep count switches (`sparse::Switch`).
+    pub n_switch: u32,
+    /// `mask_reset`: a keep count at most this selects the sparse products.
+    pub sparse_max: u32,
+    pub _pad: u32,
 }
 
 /// What `mask_reset` does to a matrix whose keep ratio fell to 1 % or less (METHOD.md section 3).
@@ -68,6 +73,8 @@ pub struct Masked {
     pub rowwise: bool,
     /// A buffer holding 1.0: the alpha scale of dispatches built without the trainer's.
     pub one: Tensor,
+    /// Bound as `mask_reset`'s switch where a layer has none.
+    dummy_switch: Tensor,
     pub mask_forward_k: Kernel,
     pub mask_forward_rowwise_k: Kernel,
     pub mask_reset_k: Kernel,
@@ -91,16 +98,24 @@ fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
         alpha: 0.0,
         groups: 1,
         policy: ResetPolicy::Paper as u32,
-        _pad: [0; 3],
+        n_switch: 0,
+        sparse_max: 0,
+        _pad: 0,
     }
 }
 
 impl Masked {
     /// `one`: a buffer holding the single value 1.0.
-    pub fn new(f: &KernelFactory<'_>, rowwise: bool, one: Tensor) -> Result<Masked> {
+    pub fn new(
+        f: &KernelFactory<'_>,
+        rowwise: bool,
+        one: Tensor,
+        dummy_switch: Tensor,
+    ) -> Result<Masked> {
         Ok(Masked {
             rowwise,
             one,
+            dummy_switch,
             mask_forward_rowwise_k: f.kernel(
                 "mask_forward_rowwise",
                 &[(1, RW), (2, RW), (3, RW), (4, RW)],
@@ -113,7 +128,7 @@ impl Masked {
             )?,
             mask_reset_k: f.kernel(
                 "mask_reset",
-                &[(1, RW), (2, RW), (3, RW), (4, RW), (5, RW)],
+                &[(1, RW), (2, RW), (3, RW), (4, RW), (5, RW), (11, RW)],
                 false,
             )?,
             mask_backward_k: f.kernel(
@@ -197,7 +212,8 @@ impl Masked {
 
     /// A masked layer's whole mask pass for `groups` stacked matrices: `mask_forward`, then
     /// `mask_reset` with `policy`; the floor adds `mask_forward` and a count pass after it (P and
-    /// the counters then reflect the lowered thresholds).
+    /// the counters then reflect the lowered thresholds). With `switch` (one matrix only), the
+    /// pass that writes the final keep count also sets the layer's dense/sparse switch.
     #[allow(clippy::too_many_arguments)]
     pub fn mask_pass(
         &self,
@@ -209,10 +225,12 @@ impl Masked {
         layer_keep: &Tensor,
         groups: usize,
         policy: ResetPolicy,
+        switch: Option<&Switch>,
     ) -> Result<Vec<Dispatch>> {
+        assert!(switch.is_none() || groups == 1, "a switch needs one matrix");
         let fwd = || self.mask_forward(gpu, weight, threshold, masked_weight, row_keep);
         let reset = |p| {
-            self.mask_reset_policy(
+            self.mask_reset_switched(
                 gpu,
                 weight,
                 threshold,
@@ -221,6 +239,7 @@ impl Masked {
                 layer_keep,
                 groups,
                 p,
+                switch,
             )
         };
         let mut ds = vec![fwd()?, reset(policy)?];
@@ -247,8 +266,38 @@ impl Masked {
         groups: usize,
         policy: ResetPolicy,
     ) -> Result<Dispatch> {
+        self.mask_reset_switched(
+            gpu,
+            weight,
+            threshold,
+            masked_weight,
+            row_keep,
+            layer_keep,
+            groups,
+            policy,
+            None,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mask_reset_switched(
+        &self,
+        gpu: &Gpu,
+        weight: &Tensor,
+        threshold: &Tensor,
+        masked_weight: &Tensor,
+        row_keep: &Tensor,
+        layer_keep: &Tensor,
+        groups: usize,
+        policy: ResetPolicy,
+        switch: Option<&Switch>,
+    ) -> Result<Dispatch> {
         let mut p = rows_cols(weight, threshold);
         p.policy = policy as u32;
+        if let Some(s) = switch {
+            p.n_switch = s.slots as u32;
+            p.sparse_max = s.sparse_max;
+        }
         assert!(
             groups >= 1 && weight.shape[0].is_multiple_of(groups),
             "{}: {} rows do not split into {groups} matrices",
@@ -260,7 +309,14 @@ impl Masked {
         self.mask_reset_k.bind(
             gpu,
             &p,
-            &[weight, threshold, masked_weight, row_keep, layer_keep],
+            &[
+                weight,
+                threshold,
+                masked_weight,
+                row_keep,
+                layer_keep,
+                switch.map_or(&self.dummy_switch, |s| &s.args),
+            ],
             None,
             [groups as u32, 1, 1],
         )

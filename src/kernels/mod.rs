@@ -133,6 +133,9 @@ pub struct Dispatch {
     group0: wgpu::BindGroup,
     step: Option<wgpu::BindGroup>,
     pub workgroups: [u32; 3],
+    /// When set, the workgroup counts are read on the GPU from this buffer at this byte offset
+    /// (three u32s; a layer's switch between dense and sparse products writes them).
+    pub indirect: Option<(Arc<wgpu::Buffer>, u64)>,
 }
 
 impl Dispatch {
@@ -143,8 +146,21 @@ impl Dispatch {
         if let Some(step) = &self.step {
             pass.set_bind_group(1, step, &[step_offset]);
         }
-        let [x, y, z] = self.workgroups;
-        pass.dispatch_workgroups(x, y, z);
+        match &self.indirect {
+            Some((buffer, offset)) => pass.dispatch_workgroups_indirect(buffer, *offset),
+            None => {
+                let [x, y, z] = self.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+    }
+
+    /// This dispatch with its workgroup counts read from `args` at byte offset `offset` when it
+    /// runs (`workgroups` stays the count it was built for).
+    pub fn indirect_from(mut self, args: &Tensor, offset: u64) -> Dispatch {
+        assert!(offset.is_multiple_of(4), "indirect offset");
+        self.indirect = Some((args.buffer.clone(), args.offset + offset));
+        self
     }
 }
 
@@ -281,6 +297,7 @@ impl Kernel {
             group0,
             step: step.map(|s| s.bind_group.clone()),
             workgroups,
+            indirect: None,
         })
     }
 }
@@ -368,6 +385,7 @@ impl Kernels {
                 &mk("masked", masked::SOURCE)?,
                 gpu.class == AdapterClass::Cpu,
                 Tensor::from_slice(gpu, "one", &[1], &[1.0f32])?,
+                Tensor::zeros(gpu, "no_switch", &[4])?,
             )?,
             act: act::Act::new(&mk("act", act::SOURCE)?)?,
             batchnorm: batchnorm::BatchNorm::new(&mk("batchnorm", batchnorm::SOURCE)?)?,

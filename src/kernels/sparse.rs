@@ -26,7 +26,11 @@ pub struct SparseParams {
     pub y_fs: u32,
     pub relu: u32,
     pub has_bias: u32,
-    pub _pad: [u32; 2],
+    /// `ell_*`: where the lists start in the list buffers.
+    pub list_base: u32,
+    /// `ell_*`: where their counts start.
+    pub cnt_base: u32,
+    pub _pad: [u32; 4],
 }
 
 /// How a batch of vectors lies in memory.
@@ -62,9 +66,119 @@ pub struct Sparse {
     pub csr_linear_k: Kernel,
     pub to_feature_major_k: Kernel,
     pub csr_linear_fm_k: Kernel,
+    pub ell_rows_k: Kernel,
+    pub ell_cols_k: Kernel,
+    pub ell_product_k: Kernel,
+    pub ell_product4_k: Kernel,
+}
+
+/// The keep ratio at or below which masked linear layers switch to the sparse products, per
+/// adapter class (measured: BENCHMARKS.md, "Sparse products").
+pub fn default_sparse_keep(class: crate::gpu::AdapterClass) -> f64 {
+    match class {
+        crate::gpu::AdapterClass::Cpu => 0.2,
+        crate::gpu::AdapterClass::Gpu => 0.1,
+    }
+}
+
+/// Which of a layer's two ways of computing a dispatch belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// The dense GEMMs over P (zeros included).
+    Dense = 0,
+    /// The list-based products over P's nonzeros.
+    Sparse = 1,
+}
+
+/// A layer's switch between dense and sparse products, decided on the GPU every step: `mask_reset`
+/// (shaders/masked.wgsl, `set_switch`) writes the workgroup counts of each routed dispatch, its
+/// template when the dispatch's path is the one the layer's keep count selects (sparse when it
+/// keeps at most `sparse_max` weights), else zero. No readback, and the choice is a function of
+/// the mask alone: a resumed run switches where the first one did.
+pub struct Switch {
+    /// `3 slots` live counts, then `4 slots` templates (x, y, z, path).
+    pub args: Tensor,
+    pub slots: usize,
+    pub sparse_max: u32,
+}
+
+impl Switch {
+    /// A switch of `slots` dispatches, sparse when the layer keeps at most `sparse_max` weights.
+    pub fn new(gpu: &Gpu, label: &str, slots: usize, sparse_max: u32) -> Result<Switch> {
+        let words = vec![0u32; 7 * slots];
+        let args = Tensor {
+            buffer: std::sync::Arc::new(gpu.indirect_init(label, &words)?),
+            offset: 0,
+            shape: vec![7 * slots],
+            label: label.to_string(),
+        };
+        Ok(Switch {
+            args,
+            slots,
+            sparse_max,
+        })
+    }
+
+    /// Routes `d` through slot `slot` on `path`: from now on its workgroup counts are the ones
+    /// the mask pass writes (until the first mask pass: dense on, sparse off).
+    pub fn route(&self, gpu: &Gpu, slot: usize, path: Path, d: Dispatch) -> Dispatch {
+        assert!(slot < self.slots, "switch slot {slot} of {}", self.slots);
+        let [x, y, z] = d.workgroups;
+        let live = if path == Path::Dense {
+            [x, y, z]
+        } else {
+            [0; 3]
+        };
+        let q = &gpu.queue;
+        q.write_buffer(
+            &self.args.buffer,
+            self.args.offset + 12 * slot as u64,
+            bytemuck::cast_slice(&live),
+        );
+        q.write_buffer(
+            &self.args.buffer,
+            self.args.offset + 4 * (3 * self.slots + 4 * slot) as u64,
+            bytemuck::cast_slice(&[x, y, z, path as u32]),
+        );
+        d.indirect_from(&self.args, 12 * slot as u64)
+    }
+
+    /// Reads the live counts back (tests, diagnostics): which path each slot runs now.
+    pub fn live(&self, gpu: &Gpu) -> Result<Vec<[u32; 3]>> {
+        let words: Vec<u32> = gpu.read(&self.args)?;
+        Ok((0..self.slots)
+            .map(|i| [words[3 * i], words[3 * i + 1], words[3 * i + 2]])
+            .collect())
+    }
+}
+
+/// A masked matrix's nonzeros as lists for the sparse products: the row lists (`rows` lists of
+/// capacity `cols`) then the column lists (`cols` lists of capacity `rows`), with their counts.
+pub struct EllLists {
+    pub rows: usize,
+    pub cols: usize,
+    /// `2 rows cols` u32 column (row lists) or row (column lists) indices.
+    pub idx: Tensor,
+    /// `2 rows cols` values of P.
+    pub val: Tensor,
+    /// `rows + cols` list lengths.
+    pub cnt: Tensor,
+}
+
+impl EllLists {
+    pub fn new(gpu: &Gpu, label: &str, rows: usize, cols: usize) -> Result<EllLists> {
+        Ok(EllLists {
+            rows,
+            cols,
+            idx: Tensor::zeros(gpu, &format!("{label}.list_idx"), &[2 * rows * cols])?,
+            val: Tensor::zeros(gpu, &format!("{label}.list_val"), &[2 * rows * cols])?,
+            cnt: Tensor::zeros(gpu, &format!("{label}.list_cnt"), &[rows + cols])?,
+        })
+    }
 }
 
 const R: Access = Access::Read;
+const RW: Access = Access::ReadWrite;
 
 impl Sparse {
     pub fn new(f: &KernelFactory<'_>) -> Result<Sparse> {
@@ -98,7 +212,122 @@ impl Sparse {
                 &[(4, R), (6, Access::ReadWrite)],
                 false,
             )?,
+            ell_rows_k: f.kernel("ell_rows", &[(9, R), (10, RW), (11, RW), (12, RW)], false)?,
+            ell_cols_k: f.kernel("ell_cols", &[(9, R), (10, RW), (11, RW), (12, RW)], false)?,
+            ell_product_k: f.kernel(
+                "ell_product",
+                &[(10, RW), (11, RW), (12, RW), (4, R), (5, R), (6, RW)],
+                false,
+            )?,
+            ell_product4_k: f.kernel(
+                "ell_product4",
+                &[(10, RW), (11, RW), (12, RW), (7, R), (5, R), (6, RW)],
+                false,
+            )?,
         })
+    }
+
+    /// The row lists (`by_rows`) or the column lists of `p` (`rows x cols`) into `lists`.
+    pub fn ell_build(
+        &self,
+        gpu: &Gpu,
+        p: &Tensor,
+        lists: &EllLists,
+        by_rows: bool,
+    ) -> Result<Dispatch> {
+        let (rows, cols) = (lists.rows, lists.cols);
+        assert_eq!(
+            p.len(),
+            rows * cols,
+            "ell_build: {} is not {rows}x{cols}",
+            p.label
+        );
+        let params = SparseParams {
+            rows: rows as u32,
+            cols: cols as u32,
+            list_base: if by_rows { 0 } else { (rows * cols) as u32 },
+            cnt_base: if by_rows { 0 } else { rows as u32 },
+            ..Default::default()
+        };
+        let (k, n) = if by_rows {
+            (&self.ell_rows_k, rows)
+        } else {
+            (&self.ell_cols_k, cols)
+        };
+        k.bind(
+            gpu,
+            &params,
+            &[p, &lists.idx, &lists.val, &lists.cnt],
+            None,
+            grid_1d(n.div_ceil(64) as u32),
+        )
+    }
+
+    /// With the row lists (`by_rows`): `y = x P^T + bias` (`x`: `batch x cols`); with the column
+    /// lists: `y = x P` (`x`: `batch x rows`, no bias). `x_fm` is `x` feature-major
+    /// (`to_feature_major`), `y` batch-major; every y is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ell_product(
+        &self,
+        gpu: &Gpu,
+        lists: &EllLists,
+        by_rows: bool,
+        batch: usize,
+        x_fm: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let (n_out, n_in) = if by_rows {
+            (lists.rows, lists.cols)
+        } else {
+            (lists.cols, lists.rows)
+        };
+        assert!(batch > 0, "ell_product: empty batch");
+        assert!(x_fm.len() >= batch * n_in, "ell_product: x too small");
+        assert!(y.len() >= batch * n_out, "ell_product: y too small");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n_out, "ell_product: bias length");
+        }
+        let vec4 = batch.is_multiple_of(4) && x_fm.offset.is_multiple_of(16);
+        let quads = if vec4 {
+            batch.div_ceil(4 * VQ)
+        } else {
+            batch.div_ceil(QUAD)
+        };
+        let params = SparseParams {
+            rows: n_out as u32,
+            cols: n_in as u32,
+            batch: batch as u32,
+            quads: quads as u32,
+            has_bias: bias.is_some() as u32,
+            list_base: if by_rows {
+                0
+            } else {
+                (lists.rows * lists.cols) as u32
+            },
+            cnt_base: if by_rows { 0 } else { lists.rows as u32 },
+            ..Default::default()
+        };
+        let k = if vec4 {
+            &self.ell_product4_k
+        } else {
+            &self.ell_product_k
+        };
+        k.bind(
+            gpu,
+            &params,
+            &[
+                &lists.idx,
+                &lists.val,
+                &lists.cnt,
+                x_fm,
+                bias.unwrap_or(dummy),
+                y,
+            ],
+            None,
+            grid_1d((n_out * quads).div_ceil(64) as u32),
+        )
     }
 
     /// `csr_linear` from and to feature-major blocks for a batch that is a multiple of 4 (the vec4
@@ -219,7 +448,7 @@ impl Sparse {
             y_fs,
             relu: relu as u32,
             has_bias: bias.is_some() as u32,
-            _pad: [0; 2],
+            ..Default::default()
         };
         let groups = grid_1d((w.rows * quads).div_ceil(64) as u32);
         self.csr_linear_k.bind(

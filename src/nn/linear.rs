@@ -3,10 +3,22 @@
 //! Masked forward: `mask_forward` + `mask_reset` produce P = W * M (and the keep counts), then
 //! `Y = X P^T + b`. Backward: `dX = dY P`, `dP = dY^T X`, then `mask_backward` turns dP into dW and
 //! dt in one pass; `db = sum_rows dY`.
+//!
+//! Sparse products (beyond the paper, which only simulates sparsity): a masked layer that keeps
+//! at most `PlanCx::sparse_keep` of its weights computes `Y = X P^T + b` and `dX = dY P` from
+//! lists of P's nonzeros (shaders/sparse.wgsl, `ell_*`) instead of the dense GEMMs. Both ways are
+//! recorded; the mask pass picks one per step on the GPU from the layer's keep count
+//! (`kernels::sparse::Switch`). `dP = dY^T X` stays dense: the long-tailed estimator sends
+//! gradient to every weight, kept or not.
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
+use crate::kernels::sparse::{EllLists, Path, Switch};
+
+/// Dispatches a switch routes: forward (lists, x feature-major, product | GEMM) and the product
+/// to the input (lists, dy feature-major, product | GEMM).
+const SWITCH_SLOTS: usize = 8;
 
 pub struct Linear {
     name: String,
@@ -15,6 +27,8 @@ pub struct Linear {
     weight: ParamId,
     bias: ParamId,
     mask: Option<Mask>,
+    /// P's nonzeros as lists, for the sparse products (masked layers).
+    lists: Option<EllLists>,
 }
 
 impl Linear {
@@ -54,6 +68,10 @@ impl Linear {
             .2
             .map(|t| Mask::new(gpu, name, t, &[out_features, in_features], out_features, 1))
             .transpose()?;
+        let lists = mask
+            .is_some()
+            .then(|| EllLists::new(gpu, name, out_features, in_features))
+            .transpose()?;
         Ok(Linear {
             name: name.to_string(),
             in_features,
@@ -61,6 +79,28 @@ impl Linear {
             weight: ids.0,
             bias: ids.1,
             mask,
+            lists,
+        })
+    }
+
+    /// This plan's switch, for a masked layer when the plan allows sparse products at all.
+    fn switch(&self, cx: &PlanCx<'_>) -> Result<Option<Switch>> {
+        if self.mask.is_none() || cx.sparse_keep <= 0.0 {
+            return Ok(None);
+        }
+        let numel = (self.out_features * self.in_features) as f64;
+        let sparse_max = (cx.sparse_keep.min(1.0) * numel).floor() as u32;
+        let label = cx.label(&format!("{}.switch", self.name));
+        Ok(Some(Switch::new(cx.gpu, &label, SWITCH_SLOTS, sparse_max)?))
+    }
+
+    /// The switch the forward of this plan recorded, if any.
+    fn saved_switch(&self, cx: &PlanCx<'_>) -> Option<Switch> {
+        let key = format!("{}.switch", self.name);
+        cx.has_saved(&key).then(|| Switch {
+            args: cx.saved(&key),
+            slots: SWITCH_SLOTS,
+            sparse_max: 0,
         })
     }
 
@@ -89,13 +129,33 @@ impl Layer for Linear {
             ..x.clone()
         };
         let (k, gpu) = (cx.kernels, cx.gpu);
-        if let Some(m) = &self.mask {
-            m.forward(cx, self.weight)?;
-        }
         let y = cx.activation(&format!("{}.y", self.name), &[batch, self.out_features])?;
         let w = self.effective_weight(cx);
         let b = cx.arena.param(self.bias);
-        cx.push(k.gemm.forward(gpu, &x2, &w, Some(&b), &y, &k.dummy)?);
+        let dense = k.gemm.forward(gpu, &x2, &w, Some(&b), &y, &k.dummy)?;
+        match (&self.mask, &self.lists, self.switch(cx)?) {
+            (Some(m), Some(lists), Some(sw)) => {
+                m.forward_switched(cx, self.weight, Some(&sw))?;
+                let x_fm = cx.activation(
+                    &format!("{}.x_feature_major", self.name),
+                    &[self.in_features, batch],
+                )?;
+                let sp = &k.sparse;
+                cx.push(sw.route(gpu, 0, Path::Sparse, sp.ell_build(gpu, &w, lists, true)?));
+                let d = sp.to_feature_major(gpu, batch, self.in_features, &x2, &x_fm)?;
+                cx.push(sw.route(gpu, 1, Path::Sparse, d));
+                let d = sp.ell_product(gpu, lists, true, batch, &x_fm, Some(&b), &y, &k.dummy)?;
+                cx.push(sw.route(gpu, 2, Path::Sparse, d));
+                cx.push(sw.route(gpu, 3, Path::Dense, dense));
+                cx.save(&format!("{}.switch", self.name), sw.args);
+            }
+            (m, ..) => {
+                if let Some(m) = m {
+                    m.forward(cx, self.weight)?;
+                }
+                cx.push(dense);
+            }
+        }
         Ok(y)
     }
 
@@ -119,7 +179,24 @@ impl Layer for Linear {
                 &[batch, self.in_features],
             )?;
             let w = self.effective_weight(cx);
-            cx.push(k.gemm.backward_input(gpu, dy, &w, &dx, false, &k.dummy)?);
+            let dense = k.gemm.backward_input(gpu, dy, &w, &dx, false, &k.dummy)?;
+            match (&self.lists, self.saved_switch(cx)) {
+                (Some(lists), Some(sw)) => {
+                    let dy_fm = cx.activation(
+                        &format!("{}.d_output_feature_major", self.name),
+                        &[self.out_features, batch],
+                    )?;
+                    let sp = &k.sparse;
+                    cx.push(sw.route(gpu, 4, Path::Sparse, sp.ell_build(gpu, &w, lists, false)?));
+                    let d = sp.to_feature_major(gpu, batch, self.out_features, dy, &dy_fm)?;
+                    cx.push(sw.route(gpu, 5, Path::Sparse, d));
+                    let d =
+                        sp.ell_product(gpu, lists, false, batch, &dy_fm, None, &dx, &k.dummy)?;
+                    cx.push(sw.route(gpu, 6, Path::Sparse, d));
+                    cx.push(sw.route(gpu, 7, Path::Dense, dense));
+                }
+                _ => cx.push(dense),
+            }
             Some(Tensor {
                 shape: x.shape.clone(),
                 ..dx

@@ -55,6 +55,17 @@ impl Mask {
 
     /// Records P = W * M, the keep counts and the dead-layer policy for `weight`.
     pub fn forward(&self, cx: &mut PlanCx<'_>, weight: ParamId) -> Result<()> {
+        self.forward_switched(cx, weight, None)
+    }
+
+    /// `forward`, whose last pass also sets `switch` (a layer's dense/sparse products) from the
+    /// keep count it writes.
+    pub fn forward_switched(
+        &self,
+        cx: &mut PlanCx<'_>,
+        weight: ParamId,
+        switch: Option<&crate::kernels::sparse::Switch>,
+    ) -> Result<()> {
         let w = self.matrix(&cx.arena.param(weight));
         let t = cx.arena.param(self.threshold);
         for d in cx.kernels.masked.mask_pass(
@@ -66,6 +77,7 @@ impl Mask {
             &self.layer_keep,
             self.groups,
             cx.reset,
+            switch,
         )? {
             cx.push(d);
         }

@@ -39,6 +39,9 @@ pub struct PlanCx<'a> {
     pub reset: crate::kernels::masked::ResetPolicy,
     /// The loss stats buffer of this plan (see `kernels::loss::STATS_WORDS`).
     pub stats: Tensor,
+    /// Masked linear layers that keep at most this fraction of their weights compute their
+    /// forward and input-gradient products from the kept weights only (0: never).
+    pub sparse_keep: f64,
     pub dispatches: Vec<Dispatch>,
     prefix: String,
     /// Buffers a layer's forward keeps for its backward (gates, states), by key.
@@ -66,10 +69,16 @@ impl<'a> PlanCx<'a> {
             alpha_scale: kernels.masked.one.clone(),
             reset: crate::kernels::masked::ResetPolicy::Paper,
             stats,
+            sparse_keep: 0.0,
             dispatches: Vec::new(),
             prefix: format!("{mode:?}").to_lowercase(),
             saved: Default::default(),
         }
+    }
+
+    /// This plan's name for a per-plan buffer or setting of a layer.
+    pub fn label(&self, name: &str) -> String {
+        format!("{}.{name}", self.prefix)
     }
 
     pub fn push(&mut self, d: Dispatch) {
@@ -82,6 +91,11 @@ impl<'a> PlanCx<'a> {
             self.saved.insert(key.to_string(), t).is_none(),
             "{key} saved twice in one plan"
         );
+    }
+
+    /// Whether the forward kept a buffer under `key`.
+    pub fn has_saved(&self, key: &str) -> bool {
+        self.saved.contains_key(key)
     }
 
     /// A buffer the forward kept under `key`.

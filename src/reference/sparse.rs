@@ -29,3 +29,49 @@ pub fn csr_linear(
     }
     y
 }
+
+/// `ell_rows` (`by_rows`) or `ell_cols` of `p` (`rows x cols`): per list (a row, or a column), the
+/// indices and values of its nonzeros in ascending order.
+pub fn ell_lists(p: &[f64], rows: usize, cols: usize, by_rows: bool) -> Vec<Vec<(u32, f64)>> {
+    let (n, len) = if by_rows { (rows, cols) } else { (cols, rows) };
+    (0..n)
+        .map(|l| {
+            (0..len)
+                .filter_map(|i| {
+                    let v = if by_rows {
+                        p[l * cols + i]
+                    } else {
+                        p[i * cols + l]
+                    };
+                    (v != 0.0).then_some((i as u32, v))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// `ell_product` from lists: `y[b][l] = bias[l] + sum over list l of val * x[b][idx]`, `x`
+/// batch-major (`batch x n_in`), `y` batch-major (`batch x lists`).
+pub fn ell_product(
+    lists: &[Vec<(u32, f64)>],
+    x: &[f64],
+    n_in: usize,
+    bias: Option<&[f64]>,
+    batch: usize,
+) -> Vec<f64> {
+    let n = lists.len();
+    let mut y = vec![0.0; batch * n];
+    for b in 0..batch {
+        for (l, list) in lists.iter().enumerate() {
+            let mut s: f64 = list
+                .iter()
+                .map(|&(i, v)| v * x[b * n_in + i as usize])
+                .sum();
+            if let Some(bias) = bias {
+                s += bias[l];
+            }
+            y[b * n + l] = s;
+        }
+    }
+    y
+}

@@ -59,6 +59,10 @@ pub struct TrainConfig {
     /// record the epoch that is best on it.
     #[serde(default)]
     pub valid: Option<usize>,
+    /// Keep ratio at or below which masked linear layers use sparse products (None: the
+    /// adapter's default, `kernels::sparse::default_sparse_keep`).
+    #[serde(default)]
+    pub sparse_keep: Option<f64>,
 }
 
 fn default_gamma() -> f64 {
@@ -104,6 +108,7 @@ impl TrainConfig {
             target_epoch: None,
             reset: default_reset(),
             valid: None,
+            sparse_keep: None,
         })
     }
 }
@@ -200,6 +205,13 @@ impl TrainConfig {
                 ResetPolicy::NAMES,
                 self.reset
             ));
+        }
+        if let Some(r) = self.sparse_keep {
+            if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
+                return bad(format!(
+                    "--sparse-keep must be a fraction from 0 to 1, got {r}"
+                ));
+            }
         }
         if let Some(r) = self.target_keep {
             if !(r.is_finite() && r > 0.0 && r < 1.0) {

@@ -138,6 +138,9 @@ pub fn train(
         cfg.optimizer().is_adam(),
     )?;
     session.reset = cfg.reset_policy();
+    if let Some(r) = cfg.sparse_keep {
+        session.sparse_keep = r;
+    }
     let (mut epoch0, mut step) = (0usize, 0u64);
     let mut history: Vec<EpochRecord> = Vec::new();
     let steps_per_epoch = data.train.count.div_ceil(cfg.batch) as u64;

@@ -25,6 +25,9 @@ pub struct Session {
     pub alpha_scale: Tensor,
     /// The dead-layer policy the plans are built with.
     pub reset: ResetPolicy,
+    /// Keep ratio at or below which a masked linear layer computes with its kept weights only
+    /// (`kernels::sparse::default_sparse_keep` for this adapter unless set).
+    pub sparse_keep: f64,
 }
 
 const SLOTS: u32 = 64;
@@ -36,6 +39,7 @@ impl Session {
     /// `adam`: allocate Adam's second-moment arena (and checkpoint it).
     pub fn new(gpu: Gpu, model_name: &str, masked: bool, seed: u64, adam: bool) -> Result<Session> {
         let kernels = Kernels::new(&gpu, None)?;
+        let gpu_class = gpu.class;
         let model = Model::build(&gpu, model_name, masked, seed, adam)?;
         let step_ring = StepRing::new(&gpu, &kernels, SLOTS);
         let alpha_scale = Tensor::from_slice(&gpu, "alpha_scale", &[1], &[1.0f32])?;
@@ -46,6 +50,7 @@ impl Session {
             step_ring,
             alpha_scale,
             reset: ResetPolicy::Paper,
+            sparse_keep: crate::kernels::sparse::default_sparse_keep(gpu_class),
         })
     }
 
@@ -81,6 +86,7 @@ impl Session {
             opt,
             &self.alpha_scale,
             self.reset,
+            self.sparse_keep,
         )?)
     }
 

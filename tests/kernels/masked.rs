@@ -528,7 +528,17 @@ fn reset_policies_match_reference() {
             let lk = c.tensor_u32("layer_keep", &[4 * groups], &init);
             let m = &c.k.masked;
             let ds = m
-                .mask_pass(&c.gpu, &l.w, &l.t, &l.p, &l.row_keep, &lk, groups, policy)
+                .mask_pass(
+                    &c.gpu,
+                    &l.w,
+                    &l.t,
+                    &l.p,
+                    &l.row_keep,
+                    &lk,
+                    groups,
+                    policy,
+                    None,
+                )
                 .unwrap();
             run_once(&c.gpu, &ds, 0).unwrap();
             let (p_ref, t_ref, counts, acted) = reference::mask_reset_policy(

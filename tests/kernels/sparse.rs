@@ -242,3 +242,219 @@ fn csr_linear_fm_and_to_feature_major_match_reference() {
         }
     }
 }
+
+/// A `rows x cols` P keeping about `density` of its entries (zeros elsewhere), rows `r % 3 == 1`
+/// and columns `c % 5 == 2` emptied.
+fn random_p(rng: &mut Rng, rows: usize, cols: usize, density: f64) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|i| {
+            let (r, c) = (i / cols, i % cols);
+            let v = rng.range(-1.0, 1.0) as f32;
+            let keep = rng.range(0.0, 1.0) < density;
+            if r % 3 != 1 && c % 5 != 2 && keep {
+                v
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn ell_lists_and_products_match_reference() {
+    // The training path of a masked linear layer: lists of P's nonzeros by row (forward) and by
+    // column (product to the input), then y = x P^T + b and dx = dy P from them, at batches that
+    // take the scalar (7, 5) and the vec4 path (64, 12), every density, empty rows and columns.
+    let c = ctx();
+    let mut rng = Rng::new(31);
+    for &(rows, cols, batch) in &[
+        (1, 1, 4),
+        (7, 13, 5),
+        (33, 65, 12),
+        (300, 784, 64),
+        (10, 100, 7),
+    ] {
+        for &density in DENSITIES {
+            let p = random_p(&mut rng, rows, cols, density);
+            let pt = c.tensor("p", &[rows, cols], &p);
+            let lists = dst::kernels::sparse::EllLists::new(&c.gpu, "t", rows, cols).unwrap();
+            // Poison the lists: only what the counts cover may be read.
+            c.gpu.write(&lists.idx, &vec![u32::MAX; 2 * rows * cols]);
+            c.gpu.write(&lists.val, &vec![f32::NAN; 2 * rows * cols]);
+            c.gpu.write(&lists.cnt, &vec![u32::MAX; rows + cols]);
+            let x = rand_vec(&mut rng, batch * cols, -1.0, 1.0);
+            let dy = rand_vec(&mut rng, batch * rows, -1.0, 1.0);
+            let b = rand_vec(&mut rng, rows, -1.0, 1.0);
+            let (xt, dyt, bt) = (
+                c.tensor("x", &[batch * cols], &x),
+                c.tensor("dy", &[batch * rows], &dy),
+                c.tensor("b", &[rows], &b),
+            );
+            let (x_fm, dy_fm) = (
+                c.poisoned("x_fm", &[batch * cols]),
+                c.poisoned("dy_fm", &[batch * rows]),
+            );
+            let (y, dx) = (
+                c.poisoned("y", &[batch * rows]),
+                c.poisoned("dx", &[batch * cols]),
+            );
+            let sp = &c.k.sparse;
+            let ds = [
+                sp.ell_build(&c.gpu, &pt, &lists, true).unwrap(),
+                sp.ell_build(&c.gpu, &pt, &lists, false).unwrap(),
+                sp.to_feature_major(&c.gpu, batch, cols, &xt, &x_fm)
+                    .unwrap(),
+                sp.to_feature_major(&c.gpu, batch, rows, &dyt, &dy_fm)
+                    .unwrap(),
+                sp.ell_product(
+                    &c.gpu,
+                    &lists,
+                    true,
+                    batch,
+                    &x_fm,
+                    Some(&bt),
+                    &y,
+                    &c.k.dummy,
+                )
+                .unwrap(),
+                sp.ell_product(&c.gpu, &lists, false, batch, &dy_fm, None, &dx, &c.k.dummy)
+                    .unwrap(),
+            ];
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let what = format!("{rows}x{cols} batch {batch} density {density}");
+            let p64 = to_f64(&p);
+            let (idx, val, cnt) = (
+                c.read_u32(&lists.idx),
+                c.read(&lists.val),
+                c.read_u32(&lists.cnt),
+            );
+            for by_rows in [true, false] {
+                let want = reference::ell_lists(&p64, rows, cols, by_rows);
+                let (base, cbase, cap) = if by_rows {
+                    (0, 0, cols)
+                } else {
+                    (rows * cols, rows, rows)
+                };
+                for (l, list) in want.iter().enumerate() {
+                    assert_eq!(
+                        cnt[cbase + l] as usize,
+                        list.len(),
+                        "{what}: count of list {l} (by rows {by_rows})"
+                    );
+                    for (k, &(i, v)) in list.iter().enumerate() {
+                        let at = base + l * cap + k;
+                        assert_eq!(
+                            (idx[at], val[at] as f64),
+                            (i, v),
+                            "{what}: list {l} entry {k}"
+                        );
+                    }
+                }
+            }
+            let rows_l = reference::ell_lists(&p64, rows, cols, true);
+            let cols_l = reference::ell_lists(&p64, rows, cols, false);
+            let want_y =
+                reference::ell_product(&rows_l, &to_f64(&x), cols, Some(&to_f64(&b)), batch);
+            let want_dx = reference::ell_product(&cols_l, &to_f64(&dy), rows, None, batch);
+            // The same as the dense products of the GEMM reference.
+            let gemm_y = dst::reference::gemm::forward(
+                &to_f64(&x),
+                &p64,
+                Some(&to_f64(&b)),
+                batch,
+                rows,
+                cols,
+            );
+            let gemm_dx =
+                dst::reference::gemm::backward_input(&to_f64(&dy), &p64, batch, rows, cols);
+            for (a, g) in want_y
+                .iter()
+                .zip(&gemm_y)
+                .chain(want_dx.iter().zip(&gemm_dx))
+            {
+                assert!(
+                    (a - g).abs() < 1e-9,
+                    "{what}: list products vs dense products"
+                );
+            }
+            let scale = |v: &[f64]| v.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+            assert_close(
+                &format!("ell y {what}"),
+                &c.read(&y),
+                &want_y,
+                TOL * scale(&want_y),
+                0.0,
+            );
+            assert_close(
+                &format!("ell dx {what}"),
+                &c.read(&dx),
+                &want_dx,
+                TOL * scale(&want_dx),
+                0.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn the_mask_pass_switches_a_layer_between_dense_and_sparse_products() {
+    // A one-matrix mask pass with a switch of 3 dispatches (paths sparse, sparse, dense): at a
+    // keep count at most `sparse_max` the sparse ones get their workgroup counts and the dense
+    // one gets 0; above it, the reverse. Under every reset policy (the pass that writes the final
+    // count decides), and the floor's count pass included.
+    use dst::kernels::masked::ResetPolicy;
+    use dst::kernels::sparse::{Path, Switch};
+    let c = ctx();
+    let (rows, cols) = (20, 50);
+    let mut rng = Rng::new(5);
+    let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
+    // Thresholds 0.5: about half of U(-1, 1) is kept, 500 of 1000.
+    let t = vec![0.5f32; rows];
+    for policy in [ResetPolicy::Paper, ResetPolicy::Floor, ResetPolicy::None] {
+        for (sparse_max, sparse) in [(1000u32, true), (600, true), (300, false), (0, false)] {
+            let wt = c.tensor("w", &[rows, cols], &w);
+            let tt = c.tensor("t", &[rows], &t);
+            let p = c.poisoned("p", &[rows, cols]);
+            let rk = c.poisoned("rk", &[rows]);
+            let lk = c.tensor_u32("lk", &[4], &[0; 4]);
+            let sw = Switch::new(&c.gpu, "sw", 3, sparse_max).unwrap();
+            let mut ds =
+                c.k.masked
+                    .mask_pass(&c.gpu, &wt, &tt, &p, &rk, &lk, 1, policy, Some(&sw))
+                    .unwrap();
+            // Three routed dispatches (never run: the live counts are what is checked).
+            let probe = |n: u32| {
+                let mut d =
+                    c.k.sparse
+                        .to_feature_major(&c.gpu, 1, 64 * n as usize, &p, &p)
+                        .unwrap();
+                d.workgroups = [n, 1, 1];
+                d
+            };
+            let routed = [
+                sw.route(&c.gpu, 0, Path::Sparse, probe(3)),
+                sw.route(&c.gpu, 1, Path::Sparse, probe(5)),
+                sw.route(&c.gpu, 2, Path::Dense, probe(7)),
+            ];
+            assert!(routed.iter().all(|d| d.indirect.is_some()));
+            // Before any mask pass: the dense path.
+            assert_eq!(
+                sw.live(&c.gpu).unwrap(),
+                vec![[0, 0, 0], [0, 0, 0], [7, 1, 1]]
+            );
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let kept = c.read_u32(&lk)[1];
+            assert!((400..600).contains(&kept), "kept {kept}");
+            let want = if sparse {
+                vec![[3, 1, 1], [5, 1, 1], [0, 0, 0]]
+            } else {
+                vec![[0, 0, 0], [0, 0, 0], [7, 1, 1]]
+            };
+            assert_eq!(
+                sw.live(&c.gpu).unwrap(),
+                want,
+                "{policy:?} sparse_max {sparse_max}"
+            );
+        }
+    }
+}
