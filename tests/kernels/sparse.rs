@@ -418,7 +418,7 @@ fn the_mask_pass_switches_a_layer_between_dense_and_sparse_products() {
             let rk = c.poisoned("rk", &[rows]);
             let lk = c.tensor_u32("lk", &[4], &[0; 4]);
             let sw = Switch::new(&c.gpu, "sw", 3, sparse_max).unwrap();
-            let mut ds =
+            let ds =
                 c.k.masked
                     .mask_pass(&c.gpu, &wt, &tt, &p, &rk, &lk, 1, policy, Some(&sw))
                     .unwrap();
