@@ -246,10 +246,12 @@ fn gemm_nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // C = A^T B form (linear weight gradient): A(m, k) = a[k*M + m], B(k, n) = b[k*N + n],
 // M % 4 == 0, N % 4 == 0. Reads a4, b4; writes (or accumulates into) C. Each invocation:
-// 8 rows x 8 columns as outer products of two vec4 pairs per k. Workgroup 8x8 invocations.
+// 4 rows x 8 columns as outer products of one vec4 of A and two of B per k (8 vec4 accumulators:
+// they stay in registers on lavapipe, where 8 x 8 spilled). Workgroup 8x8 invocations: 32 rows x
+// 64 columns.
 @compute @workgroup_size(8, 8, 1)
 fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row0 = gid.y * RB;
+    let row0 = gid.y * 4u;
     let col0 = gid.x * RB;
     if (row0 >= gp.m || col0 >= gp.n) {
         return;
@@ -257,27 +259,23 @@ fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let m4 = gp.m / 4u;
     let n4 = gp.n / 4u;
     // Vec4 indices of this invocation's rows and columns (clamped; stores skip the extras).
-    let ra = min(row0 / 4u, m4 - 1u);
-    let rb = min(row0 / 4u + 1u, m4 - 1u);
+    let ra = row0 / 4u;
     let ca = min(col0 / 4u, n4 - 1u);
     let cb = min(col0 / 4u + 1u, n4 - 1u);
-    var acc: array<vec4<f32>, 16>; // row i: acc[2i] columns 0-3, acc[2i+1] columns 4-7
-    for (var i = 0u; i < 16u; i++) {
+    var acc: array<vec4<f32>, 8>; // row i: acc[2i] columns 0-3, acc[2i+1] columns 4-7
+    for (var i = 0u; i < 8u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
     for (var kk = 0u; kk < gp.k; kk++) {
         let a0 = a4[kk * m4 + ra];
-        let a1 = a4[kk * m4 + rb];
         let b0 = b4[kk * n4 + ca];
         let b1 = b4[kk * n4 + cb];
         for (var i = 0u; i < 4u; i++) {
             acc[2u * i] = fma(vec4<f32>(a0[i]), b0, acc[2u * i]);
             acc[2u * i + 1u] = fma(vec4<f32>(a0[i]), b1, acc[2u * i + 1u]);
-            acc[8u + 2u * i] = fma(vec4<f32>(a1[i]), b0, acc[8u + 2u * i]);
-            acc[8u + 2u * i + 1u] = fma(vec4<f32>(a1[i]), b1, acc[8u + 2u * i + 1u]);
         }
     }
-    for (var i = 0u; i < RB; i++) {
+    for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
             store_c(row0 + i, col0 + j, acc[2u * i][j]);
             store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);

@@ -17,7 +17,7 @@ struct MaskParams {
     policy: u32,  // mask_reset: 0 the paper's reset, 1 the floor, 2 none, 3 count only
     n_switch: u32,   // mask_reset: dispatches whose sizes the matrix's keep count decides
     sparse_max: u32, // mask_reset: a count at most this runs the sparse products
-    _pad2: u32,
+    p_transposed: u32, // mask_forward*, mask_reset: P stored transposed (cols x rows), one matrix
 }
 
 const RESET_PAPER: u32 = 0u;
@@ -39,6 +39,16 @@ const RESET_COUNT: u32 = 3u;
 @group(0) @binding(11) var<storage, read_write> switch_args: array<u32>;
 
 const WG: u32 = 64u;
+
+// Where P's element (row, col) lives: row-major like W, or transposed (a linear layer's P, so
+// that its forward reads it along the output index: the fast GEMM form on CPU adapters).
+fn p_at(row: u32, col: u32) -> u32 {
+    if (mp.p_transposed != 0u) {
+        return col * mp.rows + row;
+    }
+    return row * mp.cols + col;
+}
+
 var<workgroup> red_u: array<u32, 64>;
 var<workgroup> red_f: array<f32, 64>;
 
@@ -86,7 +96,7 @@ fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
     for (var j = lid.x; j < mp.cols; j += WG) {
         let w = weight[base + j];
         let m = dst_step(abs(w) - t);
-        masked_weight[base + j] = w * m;
+        masked_weight[p_at(row, j)] = w * m;
         kept += u32(m);
     }
     let total = reduce_u32(lid.x, kept);
@@ -179,7 +189,8 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
     for (var i = lid.x; i < numel; i += WG) {
         let w = weight[e0 + i];
         let m = dst_step(abs(w));
-        masked_weight[e0 + i] = w * m;
+        // e0 = 0 when P is transposed (one matrix).
+        masked_weight[p_at((e0 + i) / mp.cols, (e0 + i) % mp.cols)] = w * m;
         kept += u32(m);
     }
     for (var r = lid.x; r < grows; r += WG) {
@@ -247,7 +258,7 @@ fn mask_forward_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
     for (var j = 0u; j < mp.cols; j++) {
         let w = weight[base + j];
         let m = dst_step(abs(w) - t);
-        masked_weight[base + j] = w * m;
+        masked_weight[p_at(row, j)] = w * m;
         kept += u32(m);
     }
     row_keep[row] = kept;

@@ -35,7 +35,7 @@ struct SparseParams {
     has_bias: u32,
     list_base: u32, // ell_*: where the lists start in list_idx / list_val
     cnt_base: u32,  // ell_*: where their counts start in list_cnt
-    _pad0: u32,
+    p_transposed: u32, // ell_rows, ell_cols: p is stored transposed (cols x rows)
     _pad1: u32,
     _pad2: u32,
     _pad3: u32,
@@ -176,8 +176,16 @@ fn to_feature_major(@builtin(global_invocation_id) gid: vec3<u32>,
 // the zeros too, in its own order). Whether a layer runs these or the dense GEMMs is decided on
 // the GPU each step by `mask_reset` (shaders/masked.wgsl) from the layer's keep count.
 
+// P's element (r, c): p row-major, or transposed (a linear layer's P, see shaders/masked.wgsl).
+fn p_elem(r: u32, c: u32) -> f32 {
+    if (sp.p_transposed != 0u) {
+        return p[c * sp.rows + r];
+    }
+    return p[r * sp.cols + c];
+}
+
 // Reads p (rows x cols); writes the row lists and their counts. `rows`, `cols`, `list_base`,
-// `cnt_base`.
+// `cnt_base`, `p_transposed`.
 @compute @workgroup_size(64, 1, 1)
 fn ell_rows(@builtin(global_invocation_id) gid: vec3<u32>,
             @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -185,11 +193,10 @@ fn ell_rows(@builtin(global_invocation_id) gid: vec3<u32>,
     if (r >= sp.rows) {
         return;
     }
-    let src = r * sp.cols;
-    let dst = sp.list_base + src;
+    let dst = sp.list_base + r * sp.cols;
     var n = 0u;
     for (var j = 0u; j < sp.cols; j++) {
-        let v = p[src + j];
+        let v = p_elem(r, j);
         if (v != 0.0) {
             list_idx[dst + n] = j;
             list_val[dst + n] = v;
@@ -211,7 +218,7 @@ fn ell_cols(@builtin(global_invocation_id) gid: vec3<u32>,
     let dst = sp.list_base + c * sp.rows;
     var n = 0u;
     for (var r = 0u; r < sp.rows; r++) {
-        let v = p[r * sp.cols + c];
+        let v = p_elem(r, c);
         if (v != 0.0) {
             list_idx[dst + n] = r;
             list_val[dst + n] = v;

@@ -15,6 +15,15 @@ use crate::nn::Mode;
 use crate::rng::Rng;
 use crate::train::{Session, TrainConfig};
 
+/// Seconds per run of the sequence `ds` (`reps` runs in one submission).
+fn time_dispatches(gpu: &Gpu, ds: &[crate::kernels::Dispatch], reps: u32) -> anyhow::Result<f64> {
+    run_once(gpu, ds, 0)?; // warm-up
+    let all: Vec<_> = (0..reps).flat_map(|_| ds.iter().cloned()).collect();
+    let t = Instant::now();
+    run_once(gpu, &all, 0)?;
+    Ok(t.elapsed().as_secs_f64() / reps as f64)
+}
+
 fn time_dispatch(gpu: &Gpu, d: &crate::kernels::Dispatch, reps: u32) -> anyhow::Result<f64> {
     run_once(gpu, std::slice::from_ref(d), 0)?; // warm-up
     let ds = vec![d.clone(); reps as usize];
@@ -94,6 +103,7 @@ pub fn run(
             }
             println!("{what:<36} {:>12.2} {:>12.2}", row[0], row[1]);
         }
+        sparse_products(&gpu, &k, reps, &mut rand)?;
         println!(
             "{:<36} {:>12} {:>12} {:>12} {:>12}",
             "masked kernels (us)", "mask_fwd", "mask_reset", "mask_bwd", "penalty"
@@ -238,6 +248,171 @@ pub fn run(
         step_times(model, steps, data, profile, checkpoint, rounds)?;
     }
     Ok(())
+}
+
+/// The products of LeNet-300-100's fc1 (batch 64) at several keep ratios: the dense GEMM over P
+/// against the sparse path of a masked linear layer (lists of P's nonzeros, the input made
+/// feature-major, the list product), forward and product to the input: where the sparse path
+/// starts to pay (`--sparse-keep`).
+fn sparse_products(
+    gpu: &Gpu,
+    k: &Kernels,
+    reps: u32,
+    rand: &mut dyn FnMut(usize) -> Vec<f32>,
+) -> anyhow::Result<()> {
+    let (batch, rows, cols) = (64usize, 300usize, 784usize);
+    let keeps = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02];
+    print!("{:<36}", "fc1 products (us) at keep");
+    for kp in keeps {
+        print!(" {kp:>8}");
+    }
+    println!();
+    let x = Tensor::from_slice(gpu, "x", &[batch, cols], &rand(batch * cols))?;
+    let dy = Tensor::from_slice(gpu, "dy", &[batch, rows], &rand(batch * rows))?;
+    let b = Tensor::from_slice(gpu, "b", &[rows], &rand(rows))?;
+    let (y, dx) = (
+        Tensor::zeros(gpu, "y", &[batch, rows])?,
+        Tensor::zeros(gpu, "dx", &[batch, cols])?,
+    );
+    let (x_fm, dy_fm) = (
+        Tensor::zeros(gpu, "x_fm", &[cols, batch])?,
+        Tensor::zeros(gpu, "dy_fm", &[rows, batch])?,
+    );
+    let lists = crate::kernels::sparse::EllLists::new(gpu, "bench", rows, cols, false)?;
+    let mut table = vec![Vec::new(); 4];
+    for kp in keeps {
+        let mut mask_rng = Rng::new(7);
+        let p: Vec<f32> = rand(rows * cols)
+            .into_iter()
+            .map(|v| {
+                if mask_rng.range(0.0, 1.0) < kp {
+                    v
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let p = Tensor::from_slice(gpu, "p", &[rows, cols], &p)?;
+        let sp = &k.sparse;
+        let seqs = [
+            vec![k.gemm.forward(gpu, &x, &p, Some(&b), &y, &k.dummy)?],
+            vec![
+                sp.ell_build(gpu, &p, &lists, true)?,
+                sp.to_feature_major(gpu, batch, cols, &x, &x_fm)?,
+                sp.ell_product(gpu, &lists, true, batch, &x_fm, Some(&b), &y, &k.dummy)?,
+            ],
+            vec![k.gemm.backward_input(gpu, &dy, &p, &dx, false, &k.dummy)?],
+            vec![
+                sp.ell_build(gpu, &p, &lists, false)?,
+                sp.to_feature_major(gpu, batch, rows, &dy, &dy_fm)?,
+                sp.ell_product(gpu, &lists, false, batch, &dy_fm, None, &dx, &k.dummy)?,
+            ],
+        ];
+        for (row, ds) in table.iter_mut().zip(&seqs) {
+            row.push(1e6 * time_dispatches(gpu, ds, reps)?);
+        }
+    }
+    for (what, row) in [
+        "forward, dense GEMM",
+        "forward, sparse (lists+fm+product)",
+        "d_input, dense GEMM",
+        "d_input, sparse (lists+fm+product)",
+    ]
+    .iter()
+    .zip(&table)
+    {
+        print!("{what:<36}");
+        for us in row {
+            print!(" {us:>8.0}");
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// Adds `sec` to the entry of `label` (seconds, dispatch count), first seen first.
+fn add_to(per: &mut Vec<(String, f64, usize)>, label: &str, sec: f64) {
+    match per.iter_mut().find(|(l, _, _)| l == label) {
+        Some(e) => {
+            e.1 += sec;
+            e.2 += 1;
+        }
+        None => per.push((label.to_string(), sec, 1)),
+    }
+}
+
+/// Per-kernel seconds of one step of `plan`, each dispatch timed alone from the host.
+fn wall_profile(gpu: &Gpu, plan: &crate::plan::Plan) -> anyhow::Result<Vec<(String, f64, usize)>> {
+    let mut per = Vec::new();
+    for d in &plan.dispatches {
+        add_to(&mut per, &d.label, time_dispatch(gpu, d, 5)?);
+    }
+    per.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(per)
+}
+
+/// Per-kernel seconds of one step of `plan` measured on the GPU itself: each dispatch in its own
+/// compute pass with timestamps written at its beginning and end, mean over `steps` steps. None
+/// where the adapter has no timestamp queries.
+fn gpu_profile(
+    s: &Session,
+    plan: &crate::plan::Plan,
+    steps: u32,
+) -> anyhow::Result<Option<Vec<(String, f64, usize)>>> {
+    let gpu = &s.gpu;
+    if !gpu
+        .device
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY)
+    {
+        return Ok(None);
+    }
+    let n = plan.dispatches.len() as u32;
+    let query_set = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+        label: Some("profile"),
+        ty: wgpu::QueryType::Timestamp,
+        count: 2 * n,
+    });
+    let bytes = 16 * n as u64;
+    let resolved = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("profile.resolved"),
+        size: bytes,
+        usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        mapped_at_creation: false,
+    });
+    let period_s = gpu.queue.get_timestamp_period() as f64 * 1e-9;
+    let mut sums = vec![0.0f64; n as usize];
+    for _ in 0..steps {
+        let mut enc = gpu
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("profile"),
+            });
+        for (i, d) in plan.dispatches.iter().enumerate() {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(&d.label),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &query_set,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            d.record(&mut pass, 0);
+        }
+        enc.resolve_query_set(&query_set, 0..2 * n, &resolved, 0);
+        gpu.queue.submit([enc.finish()]);
+        let raw = gpu.read_ranges(&[(&resolved, 0, bytes)])?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw[0]);
+        for (i, sum) in sums.iter_mut().enumerate() {
+            *sum += ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s;
+        }
+    }
+    let mut per = Vec::new();
+    for (d, sum) in plan.dispatches.iter().zip(&sums) {
+        add_to(&mut per, &d.label, sum / steps as f64);
+    }
+    per.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(Some(per))
 }
 
 /// One way of running a model's training step, for `step_times`.
@@ -397,25 +572,19 @@ fn step_times(
         );
     }
     if profile {
-        // Each dispatch of the last variant's step alone (after the steps above), summed per
-        // kernel: where a step's time goes.
         let v = variants.last().unwrap();
-        let mut per: Vec<(String, f64, usize)> = Vec::new();
-        for d in &v.plan.dispatches {
-            let sec = time_dispatch(&v.session.gpu, d, 5)?;
-            match per.iter_mut().find(|(l, _, _)| *l == d.label) {
-                Some(e) => {
-                    e.1 += sec;
-                    e.2 += 1;
-                }
-                None => per.push((d.label.clone(), sec, 1)),
-            }
-        }
-        per.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let (per, how) = match gpu_profile(&v.session, &v.plan, 5)? {
+            Some(per) => (per, "GPU timestamps around each dispatch, mean of 5 steps"),
+            None => (
+                wall_profile(&v.session.gpu, &v.plan)?,
+                "each dispatch timed alone on the host, 5 reps: submission overhead included",
+            ),
+        };
         let total: f64 = per.iter().map(|e| e.1).sum();
         println!(
-            "  per-kernel profile of the step \"{}\" (each dispatch timed alone, 5 reps; a dispatch the layer's switch turned off counts as empty):",
-            v.label
+            "  per-kernel profile of the step \"{}\" ({how}; total {:.3} ms; a dispatch the layer's switch turned off counts as empty):",
+            v.label,
+            1e3 * total
         );
         for (label, sec, n) in per {
             println!(

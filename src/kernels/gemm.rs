@@ -54,6 +54,24 @@ impl GemmParams {
         }
     }
 
+    /// `Y = X W^T (+ b)` with W given transposed: X (m x k), Wt (k x n).
+    pub fn linear_forward_t(m: usize, n: usize, k: usize, has_bias: bool) -> GemmParams {
+        GemmParams {
+            b_rs: n as u32,
+            b_cs: 1,
+            ..GemmParams::linear_forward(m, n, k, has_bias)
+        }
+    }
+
+    /// `dX [+]= G W` with W given transposed: G (m x n), Wt (k x n).
+    pub fn linear_backward_input_t(m: usize, n: usize, k: usize, accumulate: bool) -> GemmParams {
+        GemmParams {
+            b_rs: 1,
+            b_cs: n as u32,
+            ..GemmParams::linear_backward_input(m, n, k, accumulate)
+        }
+    }
+
     /// `dW [+]= G^T X`: G (m x n), X (m x k).
     pub fn linear_backward_weight(m: usize, n: usize, k: usize, accumulate: bool) -> GemmParams {
         GemmParams {
@@ -182,8 +200,9 @@ impl Gemm {
                 None => None,
             };
             if let Some(kernel) = kernel {
-                // gemm_nt_vec4 covers 4 rows per invocation (32 per workgroup), the others 8.
-                let groups = if std::ptr::eq(kernel, &self.nt_vec4) {
+                // gemm_nt_vec4 and gemm_tn_vec4 cover 4 rows per invocation (32 per workgroup),
+                // gemm_nn_vec4 8.
+                let groups = if !std::ptr::eq(kernel, &self.nn_vec4) {
                     [p.n.div_ceil(64), p.m.div_ceil(32), 1]
                 } else {
                     groups
@@ -225,6 +244,47 @@ impl Gemm {
         assert_eq!(y.shape, vec![m, n], "forward: y shape");
         let p = GemmParams::linear_forward(m, n, k, bias.is_some());
         self.matmul(gpu, self.variant, p, x, w, bias.unwrap_or(dummy), y)
+    }
+
+    /// `forward` from the weight's transpose `wt` (K x N): the product that reads the weight along
+    /// its contiguous output index (a masked linear layer's P is stored so).
+    pub fn forward_t(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        wt: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let (m, k) = dims2(x);
+        let (k2, n) = dims2(wt);
+        assert_eq!(k, k2, "forward_t: x {:?} vs wt {:?}", x.shape, wt.shape);
+        assert_eq!(y.shape, vec![m, n], "forward_t: y shape");
+        let p = GemmParams::linear_forward_t(m, n, k, bias.is_some());
+        self.matmul(gpu, self.variant, p, x, wt, bias.unwrap_or(dummy), y)
+    }
+
+    /// `backward_input` from the weight's transpose `wt` (K x N).
+    pub fn backward_input_t(
+        &self,
+        gpu: &Gpu,
+        g: &Tensor,
+        wt: &Tensor,
+        dx: &Tensor,
+        accumulate: bool,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let (m, n) = dims2(g);
+        let (k, n2) = dims2(wt);
+        assert_eq!(
+            n, n2,
+            "backward_input_t: g {:?} vs wt {:?}",
+            g.shape, wt.shape
+        );
+        assert_eq!(dx.shape, vec![m, k], "backward_input_t: dx shape");
+        let p = GemmParams::linear_backward_input_t(m, n, k, accumulate);
+        self.matmul(gpu, self.variant, p, g, wt, dummy, dx)
     }
 
     /// Linear input gradient `dx [+]= g w`: g (M x N), w (N x K), dx (M x K).

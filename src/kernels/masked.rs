@@ -21,7 +21,8 @@ pub struct MaskParams {
     pub n_switch: u32,
     /// `mask_reset`: a keep count at most this selects the sparse products.
     pub sparse_max: u32,
-    pub _pad: u32,
+    /// `mask_forward*`, `mask_reset`: P is stored transposed (cols x rows; one matrix).
+    pub p_transposed: u32,
 }
 
 /// What `mask_reset` does to a matrix whose keep ratio fell to 1 % or less (METHOD.md section 3).
@@ -100,7 +101,7 @@ fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
         policy: ResetPolicy::Paper as u32,
         n_switch: 0,
         sparse_max: 0,
-        _pad: 0,
+        p_transposed: 0,
     }
 }
 
@@ -176,7 +177,31 @@ impl Masked {
         masked_weight: &Tensor,
         row_keep: &Tensor,
     ) -> Result<Dispatch> {
-        let p = rows_cols(weight, threshold);
+        self.mask_forward_layout(
+            rowwise,
+            gpu,
+            weight,
+            threshold,
+            masked_weight,
+            row_keep,
+            false,
+        )
+    }
+
+    /// `mask_forward_with`, P stored transposed when `p_transposed`.
+    #[allow(clippy::too_many_arguments)]
+    fn mask_forward_layout(
+        &self,
+        rowwise: bool,
+        gpu: &Gpu,
+        weight: &Tensor,
+        threshold: &Tensor,
+        masked_weight: &Tensor,
+        row_keep: &Tensor,
+        p_transposed: bool,
+    ) -> Result<Dispatch> {
+        let mut p = rows_cols(weight, threshold);
+        p.p_transposed = p_transposed as u32;
         let buffers = [weight, threshold, masked_weight, row_keep];
         if rowwise {
             self.mask_forward_rowwise_k
@@ -213,7 +238,8 @@ impl Masked {
     /// A masked layer's whole mask pass for `groups` stacked matrices: `mask_forward`, then
     /// `mask_reset` with `policy`; the floor adds `mask_forward` and a count pass after it (P and
     /// the counters then reflect the lowered thresholds). With `switch` (one matrix only), the
-    /// pass that writes the final keep count also sets the layer's dense/sparse switch.
+    /// pass that writes the final keep count also sets the layer's dense/sparse switch. With
+    /// `p_transposed` (one matrix only) P is written transposed, `cols x rows`.
     #[allow(clippy::too_many_arguments)]
     pub fn mask_pass(
         &self,
@@ -226,9 +252,24 @@ impl Masked {
         groups: usize,
         policy: ResetPolicy,
         switch: Option<&Switch>,
+        p_transposed: bool,
     ) -> Result<Vec<Dispatch>> {
         assert!(switch.is_none() || groups == 1, "a switch needs one matrix");
-        let fwd = || self.mask_forward(gpu, weight, threshold, masked_weight, row_keep);
+        assert!(
+            !p_transposed || groups == 1,
+            "a transposed P needs one matrix"
+        );
+        let fwd = || {
+            self.mask_forward_layout(
+                self.rowwise,
+                gpu,
+                weight,
+                threshold,
+                masked_weight,
+                row_keep,
+                p_transposed,
+            )
+        };
         let reset = |p| {
             self.mask_reset_switched(
                 gpu,
@@ -240,6 +281,7 @@ impl Masked {
                 groups,
                 p,
                 switch,
+                p_transposed,
             )
         };
         let mut ds = vec![fwd()?, reset(policy)?];
@@ -276,6 +318,7 @@ impl Masked {
             groups,
             policy,
             None,
+            false,
         )
     }
 
@@ -291,9 +334,11 @@ impl Masked {
         groups: usize,
         policy: ResetPolicy,
         switch: Option<&Switch>,
+        p_transposed: bool,
     ) -> Result<Dispatch> {
         let mut p = rows_cols(weight, threshold);
         p.policy = policy as u32;
+        p.p_transposed = p_transposed as u32;
         if let Some(s) = switch {
             p.n_switch = s.slots as u32;
             p.sparse_max = s.sparse_max;

@@ -30,7 +30,9 @@ pub struct SparseParams {
     pub list_base: u32,
     /// `ell_*`: where their counts start.
     pub cnt_base: u32,
-    pub _pad: [u32; 4],
+    /// `ell_rows`, `ell_cols`: P is stored transposed.
+    pub p_transposed: u32,
+    pub _pad: [u32; 3],
 }
 
 /// How a batch of vectors lies in memory.
@@ -157,6 +159,8 @@ impl Switch {
 pub struct EllLists {
     pub rows: usize,
     pub cols: usize,
+    /// The P the lists are built from is stored transposed (`cols x rows`).
+    pub p_transposed: bool,
     /// `2 rows cols` u32 column (row lists) or row (column lists) indices.
     pub idx: Tensor,
     /// `2 rows cols` values of P.
@@ -166,10 +170,17 @@ pub struct EllLists {
 }
 
 impl EllLists {
-    pub fn new(gpu: &Gpu, label: &str, rows: usize, cols: usize) -> Result<EllLists> {
+    pub fn new(
+        gpu: &Gpu,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        p_transposed: bool,
+    ) -> Result<EllLists> {
         Ok(EllLists {
             rows,
             cols,
+            p_transposed,
             idx: Tensor::zeros(gpu, &format!("{label}.list_idx"), &[2 * rows * cols])?,
             val: Tensor::zeros(gpu, &format!("{label}.list_val"), &[2 * rows * cols])?,
             cnt: Tensor::zeros(gpu, &format!("{label}.list_cnt"), &[rows + cols])?,
@@ -227,7 +238,8 @@ impl Sparse {
         })
     }
 
-    /// The row lists (`by_rows`) or the column lists of `p` (`rows x cols`) into `lists`.
+    /// The row lists (`by_rows`) or the column lists of P (`rows x cols`, stored as `p`: transposed
+    /// when `lists.p_transposed`) into `lists`.
     pub fn ell_build(
         &self,
         gpu: &Gpu,
@@ -247,6 +259,7 @@ impl Sparse {
             cols: cols as u32,
             list_base: if by_rows { 0 } else { (rows * cols) as u32 },
             cnt_base: if by_rows { 0 } else { rows as u32 },
+            p_transposed: lists.p_transposed as u32,
             ..Default::default()
         };
         let (k, n) = if by_rows {

@@ -63,7 +63,7 @@ impl Conv2d {
     ) -> Result<Conv2d> {
         let mask = ids
             .2
-            .map(|t| Mask::new(gpu, name, t, &[c_out, c_in, k, k], c_out, 1))
+            .map(|t| Mask::new(gpu, name, t, &[c_out, c_in, k, k], c_out, 1, false))
             .transpose()?;
         Ok(Conv2d {
             name: name.to_string(),

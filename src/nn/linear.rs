@@ -20,6 +20,10 @@ use crate::kernels::sparse::{EllLists, Path, Switch};
 /// to the input (lists, dy feature-major, product | GEMM).
 const SWITCH_SLOTS: usize = 8;
 
+/// Layers with fewer weights keep the dense products only: their GEMMs cost about as much as the
+/// extra dispatches of the sparse path (LeNet-300-100's fc2 and fc3, LeNet-5's fc4).
+pub const SPARSE_MIN_WEIGHTS: usize = 65_536;
+
 pub struct Linear {
     name: String,
     pub in_features: usize,
@@ -66,11 +70,21 @@ impl Linear {
     ) -> Result<Linear> {
         let mask = ids
             .2
-            .map(|t| Mask::new(gpu, name, t, &[out_features, in_features], out_features, 1))
+            .map(|t| {
+                Mask::new(
+                    gpu,
+                    name,
+                    t,
+                    &[out_features, in_features],
+                    out_features,
+                    1,
+                    true,
+                )
+            })
             .transpose()?;
         let lists = mask
             .is_some()
-            .then(|| EllLists::new(gpu, name, out_features, in_features))
+            .then(|| EllLists::new(gpu, name, out_features, in_features, true))
             .transpose()?;
         Ok(Linear {
             name: name.to_string(),
@@ -85,11 +99,11 @@ impl Linear {
 
     /// This plan's switch, for a masked layer when the plan allows sparse products at all.
     fn switch(&self, cx: &PlanCx<'_>) -> Result<Option<Switch>> {
-        if self.mask.is_none() || cx.sparse_keep <= 0.0 {
+        let numel = self.out_features * self.in_features;
+        if self.mask.is_none() || cx.sparse_keep <= 0.0 || numel < SPARSE_MIN_WEIGHTS {
             return Ok(None);
         }
-        let numel = (self.out_features * self.in_features) as f64;
-        let sparse_max = (cx.sparse_keep.min(1.0) * numel).floor() as u32;
+        let sparse_max = (cx.sparse_keep.min(1.0) * numel as f64).floor() as u32;
         let label = cx.label(&format!("{}.switch", self.name));
         Ok(Some(Switch::new(cx.gpu, &label, SWITCH_SLOTS, sparse_max)?))
     }
@@ -104,7 +118,9 @@ impl Linear {
         })
     }
 
-    /// The weight the matmuls use: P for masked layers, W for dense ones.
+    /// The weight the matmuls use: P for masked layers (stored transposed, `in x out`: the forward
+    /// then reads it along its contiguous output index, the fast GEMM form on CPU adapters), W for
+    /// dense ones (`out x in`, the parameter itself).
     fn effective_weight(&self, cx: &PlanCx<'_>) -> Tensor {
         match &self.mask {
             Some(m) => m.masked_weight.clone(),
@@ -132,7 +148,11 @@ impl Layer for Linear {
         let y = cx.activation(&format!("{}.y", self.name), &[batch, self.out_features])?;
         let w = self.effective_weight(cx);
         let b = cx.arena.param(self.bias);
-        let dense = k.gemm.forward(gpu, &x2, &w, Some(&b), &y, &k.dummy)?;
+        let dense = if self.mask.is_some() {
+            k.gemm.forward_t(gpu, &x2, &w, Some(&b), &y, &k.dummy)?
+        } else {
+            k.gemm.forward(gpu, &x2, &w, Some(&b), &y, &k.dummy)?
+        };
         match (&self.mask, &self.lists, self.switch(cx)?) {
             (Some(m), Some(lists), Some(sw)) => {
                 m.forward_switched(cx, self.weight, Some(&sw))?;
@@ -179,7 +199,11 @@ impl Layer for Linear {
                 &[batch, self.in_features],
             )?;
             let w = self.effective_weight(cx);
-            let dense = k.gemm.backward_input(gpu, dy, &w, &dx, false, &k.dummy)?;
+            let dense = if self.mask.is_some() {
+                k.gemm.backward_input_t(gpu, dy, &w, &dx, false, &k.dummy)?
+            } else {
+                k.gemm.backward_input(gpu, dy, &w, &dx, false, &k.dummy)?
+            };
             match (&self.lists, self.saved_switch(cx)) {
                 (Some(lists), Some(sw)) => {
                     let dy_fm = cx.activation(

@@ -128,7 +128,17 @@ impl Lstm {
         let g4 = 4 * hidden;
         let state = |which: &str, threshold: Option<ParamId>, cols: usize| -> Result<_> {
             threshold
-                .map(|t| Mask::new(gpu, &format!("{name}.{which}"), t, &[g4, cols], g4, 4))
+                .map(|t| {
+                    Mask::new(
+                        gpu,
+                        &format!("{name}.{which}"),
+                        t,
+                        &[g4, cols],
+                        g4,
+                        4,
+                        false,
+                    )
+                })
                 .transpose()
         };
         Ok(Lstm {

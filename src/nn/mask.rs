@@ -16,11 +16,14 @@ pub struct Mask {
     rows: usize,
     cols: usize,
     groups: usize,
+    /// P is stored transposed (`cols x rows`; one matrix).
+    pub transposed: bool,
 }
 
 impl Mask {
     /// A mask of a weight with `shape` viewed as `rows x cols`, whose rows stack `groups`
-    /// matrices of equal height (each reset on its own).
+    /// matrices of equal height (each reset on its own). With `transposed` (one matrix only), P
+    /// is stored `cols x rows`.
     pub fn new(
         gpu: &Gpu,
         name: &str,
@@ -28,21 +31,41 @@ impl Mask {
         shape: &[usize],
         rows: usize,
         groups: usize,
+        transposed: bool,
     ) -> Result<Mask> {
         let numel: usize = shape.iter().product();
         assert!(
             rows > 0 && numel.is_multiple_of(rows) && rows.is_multiple_of(groups),
             "{name}: mask shape"
         );
+        assert!(
+            !transposed || groups == 1,
+            "{name}: a transposed P needs one matrix"
+        );
+        let p_shape = if transposed {
+            vec![numel / rows, rows]
+        } else {
+            shape.to_vec()
+        };
         Ok(Mask {
             threshold,
-            masked_weight: Tensor::zeros(gpu, &format!("{name}.masked_weight"), shape)?,
+            masked_weight: Tensor::zeros(gpu, &format!("{name}.masked_weight"), &p_shape)?,
             row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep"), &[rows])?,
             layer_keep: Tensor::zeros(gpu, &format!("{name}.layer_keep"), &[4 * groups])?,
             rows,
             cols: numel / rows,
             groups,
+            transposed,
         })
+    }
+
+    /// P viewed as the matrix the masked kernels write: `rows x cols`, or `cols x rows` transposed.
+    fn masked_weight_matrix(&self) -> Tensor {
+        if self.transposed {
+            self.masked_weight.clone()
+        } else {
+            self.matrix(&self.masked_weight)
+        }
     }
 
     /// `t` viewed as the `rows x cols` matrix the masked kernels take.
@@ -72,12 +95,13 @@ impl Mask {
             cx.gpu,
             &w,
             &t,
-            &self.matrix(&self.masked_weight),
+            &self.masked_weight_matrix(),
             &self.row_keep,
             &self.layer_keep,
             self.groups,
             cx.reset,
             switch,
+            self.transposed,
         )? {
             cx.push(d);
         }

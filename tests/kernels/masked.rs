@@ -519,7 +519,16 @@ fn reset_policies_match_reference() {
                 }
             })
             .collect();
-        for policy in [ResetPolicy::Floor, ResetPolicy::None, ResetPolicy::Paper] {
+        // A linear layer's P is stored transposed (one matrix): the same values, cols x rows.
+        let layouts: &[bool] = if groups == 1 {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for (&policy, &transposed) in [ResetPolicy::Floor, ResetPolicy::None, ResetPolicy::Paper]
+            .iter()
+            .flat_map(|p| layouts.iter().map(move |t| (p, t)))
+        {
             let l = layer(&c, &w, &t, rows, cols);
             let mut init = vec![u32::MAX; 4 * groups];
             for g in 0..groups {
@@ -538,6 +547,7 @@ fn reset_policies_match_reference() {
                     groups,
                     policy,
                     None,
+                    transposed,
                 )
                 .unwrap();
             run_once(&c.gpu, &ds, 0).unwrap();
@@ -549,8 +559,14 @@ fn reset_policies_match_reference() {
                 groups,
                 policy as u32,
             );
-            let tag = format!("{policy:?} {groups}x{gr}x{cols}");
-            assert_close(&format!("P {tag}"), &c.read(&l.p), &p_ref, 0.0, 0.0);
+            let tag = format!("{policy:?} {groups}x{gr}x{cols} transposed P {transposed}");
+            let mut p_got = c.read(&l.p);
+            if transposed {
+                p_got = (0..rows * cols)
+                    .map(|i| p_got[(i % cols) * rows + i / cols])
+                    .collect();
+            }
+            assert_close(&format!("P {tag}"), &p_got, &p_ref, 0.0, 0.0);
             assert_close(&format!("t {tag}"), &c.read(&l.t), &t_ref, 0.0, 0.0);
             let k = c.read_u32(&lk);
             for g in 0..groups {

@@ -276,8 +276,15 @@ fn ell_lists_and_products_match_reference() {
     ] {
         for &density in DENSITIES {
             let p = random_p(&mut rng, rows, cols, density);
-            let pt = c.tensor("p", &[rows, cols], &p);
-            let lists = dst::kernels::sparse::EllLists::new(&c.gpu, "t", rows, cols).unwrap();
+            // Half the cases build the lists from P stored transposed (a linear layer's layout).
+            let transposed = rows % 2 == 1;
+            let pt = if transposed {
+                c.tensor("p_t", &[cols, rows], &transpose(&p, rows, cols))
+            } else {
+                c.tensor("p", &[rows, cols], &p)
+            };
+            let lists =
+                dst::kernels::sparse::EllLists::new(&c.gpu, "t", rows, cols, transposed).unwrap();
             // Poison the lists: only what the counts cover may be read.
             c.gpu.write(&lists.idx, &vec![u32::MAX; 2 * rows * cols]);
             c.gpu.write(&lists.val, &vec![f32::NAN; 2 * rows * cols]);
@@ -420,7 +427,7 @@ fn the_mask_pass_switches_a_layer_between_dense_and_sparse_products() {
             let sw = Switch::new(&c.gpu, "sw", 3, sparse_max).unwrap();
             let ds =
                 c.k.masked
-                    .mask_pass(&c.gpu, &wt, &tt, &p, &rk, &lk, 1, policy, Some(&sw))
+                    .mask_pass(&c.gpu, &wt, &tt, &p, &rk, &lk, 1, policy, Some(&sw), false)
                     .unwrap();
             // Three routed dispatches (never run: the live counts are what is checked).
             let probe = |n: u32| {
