@@ -1,6 +1,7 @@
 // gemm.wgsl: general f32 matrix products with run-time strides, and the bias gradient.
 //
-//   C[m][n] = (accumulate ? C[m][n] : 0) + sum_k A(m, k) * B(k, n) + (has_bias ? bias[n] : 0)
+//   C[m][n] = (accumulate ? C[m][n] : 0) + sum_k A(m, k) * B(k, n) + (has_bias ? bias[n] : 0),
+//   then max(., 0) with `relu`
 //   A(m, k) = a[m * a_rs + k * a_cs]      B(k, n) = b[k * b_rs + n * b_cs]      C row-major (M x N)
 //
 // One entry point serves all three products of a linear layer by choice of strides:
@@ -22,8 +23,8 @@ struct GemmParams {
     b_cs: u32,
     accumulate: u32,
     has_bias: u32,
-    _pad0: u32,
-    _pad1: u32,
+    bias_grad: u32, // gemm_tn_vec4: also write db = sum over k of A(m, k) (a linear layer's bias gradient)
+    relu: u32,      // store C as max(C, 0) (a linear layer's ReLU, fused into its forward)
     _pad2: u32,
 }
 
@@ -42,6 +43,9 @@ fn store_c(row: u32, col: u32, v: f32) {
         let i = row * gp.n + col;
         if (gp.accumulate != 0u) {
             r = c[i] + r;
+        }
+        if (gp.relu != 0u) {
+            r = max(r, 0.0);
         }
         c[i] = r;
     }
@@ -195,6 +199,7 @@ fn bias_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
 // Same GemmParams; these read A and B as vec4 arrays (binding offsets are 16-byte aligned).
 @group(0) @binding(5) var<storage, read> a4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> b4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read_write> db: array<f32>;
 
 // C = A B^T form (linear forward): A(m, k) = a[m*K + k], B(k, n) = b[n*K + k], K % 4 == 0.
 // Reads a4, b4, bias; writes (or accumulates into) C. Each invocation: 4 rows x 8 columns
@@ -245,7 +250,9 @@ fn gemm_nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // C = A^T B form (linear weight gradient): A(m, k) = a[k*M + m], B(k, n) = b[k*N + n],
-// M % 4 == 0, N % 4 == 0. Reads a4, b4; writes (or accumulates into) C. Each invocation:
+// M % 4 == 0, N % 4 == 0. Reads a4, b4; writes (or accumulates into) C and, with `bias_grad`,
+// db[m] = sum over k of A(m, k) in order (the bias gradient, from the invocations of the first
+// column block: the loads are there already; the same sums as `bias_backward`). Each invocation:
 // 4 rows x 8 columns as outer products of one vec4 of A and two of B per k (8 vec4 accumulators:
 // they stay in registers on lavapipe, where 8 x 8 spilled). Workgroup 8x8 invocations: 32 rows x
 // 64 columns.
@@ -266,8 +273,10 @@ fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < 8u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
+    var dsum = vec4<f32>(0.0);
     for (var kk = 0u; kk < gp.k; kk++) {
         let a0 = a4[kk * m4 + ra];
+        dsum = dsum + a0;
         let b0 = b4[kk * n4 + ca];
         let b1 = b4[kk * n4 + cb];
         for (var i = 0u; i < 4u; i++) {
@@ -279,6 +288,11 @@ fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var j = 0u; j < 4u; j++) {
             store_c(row0 + i, col0 + j, acc[2u * i][j]);
             store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
+        }
+    }
+    if (gp.bias_grad != 0u && gid.x == 0u) {
+        for (var i = 0u; i < 4u; i++) {
+            db[row0 + i] = dsum[i];
         }
     }
 }

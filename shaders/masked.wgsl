@@ -18,6 +18,10 @@ struct MaskParams {
     n_switch: u32,   // mask_reset: dispatches whose sizes the matrix's keep count decides
     sparse_max: u32, // mask_reset: a count at most this runs the sparse products
     p_transposed: u32, // mask_forward*, mask_reset: P stored transposed (cols x rows), one matrix
+    penalty: u32,      // mask_reset: also add the penalty's value to stats[1] (one matrix)
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 const RESET_PAPER: u32 = 0u;
@@ -120,6 +124,23 @@ fn set_switch(lane: u32, kept: u32) {
     }
 }
 
+// The penalty's value, fused into the mask pass of a one-matrix layer in training (`penalty` set
+// on the pass's last `mask_reset`, after any reset of this forward): stats[1] += alpha *
+// alpha_scale[0] * sum_i exp(-t[i]), summed as `penalty` does. All invocations call it.
+fn add_penalty(lane: u32) {
+    if (mp.penalty == 0u) {
+        return;
+    }
+    var part = 0.0;
+    for (var i = lane; i < mp.rows; i += WG) {
+        part += exp(-threshold[i]);
+    }
+    let s = reduce_f32(lane, part);
+    if (lane == 0u) {
+        stats[1] = stats[1] + mp.alpha * alpha_scale[0] * s;
+    }
+}
+
 // After `mask_forward`, one workgroup of 64 per matrix: the rows form `groups` stacked matrices
 // of rows/groups rows each (1 for a linear or conv layer; 4 for an LSTM's gate-stacked weight),
 // each with its own decision. Sums its rows' row_keep (in a fixed order) to the matrix's keep
@@ -135,7 +156,7 @@ fn set_switch(lane: u32, kept: u32) {
 // For matrix g writes layer_keep[4g] = count before the decision, layer_keep[4g+1] = count after
 // it (what the matrix keeps in this forward; for floor: written by the count pass),
 // layer_keep[4g+2] += 1 when the policy acted. Where it writes the count after, it also sets
-// the layer's switch (`set_switch`; `n_switch` = 0: none).
+// the layer's switch (`set_switch`; `n_switch` = 0: none) and adds the penalty (`add_penalty`).
 @compute @workgroup_size(64, 1, 1)
 fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(workgroup_id) wid: vec3<u32>) {
@@ -154,6 +175,7 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
             layer_keep[4u * g + 1u] = before;
         }
         set_switch(lid.x, before);
+        add_penalty(lid.x);
         return;
     }
     // keep ratio <= 1%, in integers: exactly torch's f32 test `sum / numel <= 0.01` (an f32
@@ -165,6 +187,7 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
             layer_keep[4u * g + 1u] = before;
         }
         set_switch(lid.x, before);
+        add_penalty(lid.x);
         return;
     }
     if (mp.policy == RESET_FLOOR) {
@@ -203,6 +226,7 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
         layer_keep[4u * g + 2u] = layer_keep[4u * g + 2u] + 1u;
     }
     set_switch(lid.x, after);
+    add_penalty(lid.x);
 }
 
 // Eight rows per workgroup, eight invocations per row (columns strided by 8, partial sums

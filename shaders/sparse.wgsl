@@ -170,7 +170,8 @@ fn to_feature_major(@builtin(global_invocation_id) gid: vec3<u32>,
 // rows ascending. One invocation per list, scanning it in order: same P, same lists.
 // `ell_product` / `ell_product4` then compute, for each list r (an output) and sample b,
 //   y[b * rows + r] = bias[r] + sum_k list_val[k] * x(list_idx[k], b)     (k over list r, in order)
-// with x feature-major (`to_feature_major` first): the forward with the row lists and x, the
+// (then max(., 0) with `relu`) with x feature-major (`to_feature_major` first): the forward with
+// the row lists and x (a fused ReLU: `relu`), the
 // product to the input with the column lists and dy (no bias). Work is proportional to the kept
 // weights; the results equal the dense products up to float reassociation (the dense GEMM adds
 // the zeros too, in its own order). Whether a layer runs these or the dense GEMMs is decided on
@@ -253,6 +254,9 @@ fn ell_product(@builtin(global_invocation_id) gid: vec3<u32>,
     if (sp.has_bias != 0u) {
         acc += vec4<f32>(bias[r]);
     }
+    if (sp.relu != 0u) {
+        acc = max(acc, vec4<f32>(0.0));
+    }
     for (var q = 0u; q < QUAD; q++) {
         if (b0 + q < sp.batch) {
             y[(b0 + q) * sp.rows + r] = acc[q];
@@ -293,7 +297,11 @@ fn ell_product4(@builtin(global_invocation_id) gid: vec3<u32>,
     if (sp.has_bias != 0u) {
         bb = vec4<f32>(bias[r]);
     }
-    var acc = array<vec4<f32>, 4>(a0 + bb, a1 + bb, a2 + bb, a3 + bb);
+    var lo = vec4<f32>(-3.4e38);
+    if (sp.relu != 0u) {
+        lo = vec4<f32>(0.0);
+    }
+    var acc = array<vec4<f32>, 4>(max(a0 + bb, lo), max(a1 + bb, lo), max(a2 + bb, lo), max(a3 + bb, lo));
     for (var g = 0u; g < VQ; g++) {
         if (g0 + g < bv) {
             for (var q = 0u; q < 4u; q++) {

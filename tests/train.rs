@@ -303,10 +303,16 @@ fn sparse_products_train_like_dense_products() {
         let plan = session
             .plan(&train, 64, dst::nn::Mode::Train, 5e-4, opt)
             .unwrap();
-        let n = plan.dispatches.iter().filter(|d| d.indirect.is_some()).count();
+        let n = plan
+            .dispatches
+            .iter()
+            .filter(|d| d.indirect.is_some())
+            .count();
         assert_eq!(n, routed, "sparse_keep {keep}: dispatches through a switch");
         assert_eq!(
-            plan.dispatches.iter().any(|d| d.label.starts_with("sparse.ell_")),
+            plan.dispatches
+                .iter()
+                .any(|d| d.label.starts_with("sparse.ell_")),
             routed > 0
         );
     }

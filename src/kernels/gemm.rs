@@ -18,7 +18,11 @@ pub struct GemmParams {
     pub b_cs: u32,
     pub accumulate: u32,
     pub has_bias: u32,
-    pub _pad: [u32; 3],
+    /// `gemm_tn_vec4`: also write the bias gradient `db` (sum over k of A).
+    pub bias_grad: u32,
+    /// Store `max(C, 0)` (a linear layer's ReLU, fused into its forward).
+    pub relu: u32,
+    pub _pad: u32,
 }
 
 impl GemmParams {
@@ -34,7 +38,9 @@ impl GemmParams {
             b_cs: k as u32,
             accumulate: 0,
             has_bias: has_bias as u32,
-            _pad: [0; 3],
+            bias_grad: 0,
+            relu: 0,
+            _pad: 0,
         }
     }
 
@@ -50,7 +56,9 @@ impl GemmParams {
             b_cs: 1,
             accumulate: accumulate as u32,
             has_bias: 0,
-            _pad: [0; 3],
+            bias_grad: 0,
+            relu: 0,
+            _pad: 0,
         }
     }
 
@@ -84,7 +92,9 @@ impl GemmParams {
             b_cs: 1,
             accumulate: accumulate as u32,
             has_bias: 0,
-            _pad: [0; 3],
+            bias_grad: 0,
+            relu: 0,
+            _pad: 0,
         }
     }
 }
@@ -99,6 +109,8 @@ pub struct Gemm {
     pub bias_backward_split_k: Kernel,
     /// The variant `forward`/`backward_*` use on this device.
     pub variant: GemmVariant,
+    /// Bound as `gemm_tn_vec4`'s db when it writes none.
+    no_db: Tensor,
 }
 
 const MATMUL: &[(u32, Access)] = &[
@@ -113,6 +125,15 @@ const VEC4: &[(u32, Access)] = &[
     (6, Access::Read),
     (3, Access::Read),
     (4, Access::ReadWrite),
+];
+
+/// `gemm_tn_vec4`: VEC4 and the bias gradient.
+const VEC4_TN: &[(u32, Access)] = &[
+    (5, Access::Read),
+    (6, Access::Read),
+    (3, Access::Read),
+    (4, Access::ReadWrite),
+    (7, Access::ReadWrite),
 ];
 
 /// The vec4 fast path (CPU adapters) that computes `p`, if its strides and sizes allow one.
@@ -156,7 +177,7 @@ impl Gemm {
     pub fn new(f: &KernelFactory<'_>, variant: GemmVariant) -> Result<Gemm> {
         Ok(Gemm {
             nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
-            tn_vec4: f.kernel("gemm_tn_vec4", VEC4, false)?,
+            tn_vec4: f.kernel("gemm_tn_vec4", VEC4_TN, false)?,
             nn_vec4: f.kernel("gemm_nn_vec4", VEC4, false)?,
             regblock: f.kernel("gemm_regblock", MATMUL, false)?,
             tiled: f.kernel("gemm_tiled", MATMUL, false)?,
@@ -171,6 +192,7 @@ impl Gemm {
                 false,
             )?,
             variant,
+            no_db: Tensor::zeros(f.gpu, "no_db", &[4])?,
         })
     }
 
@@ -207,6 +229,10 @@ impl Gemm {
                 } else {
                     groups
                 };
+                if std::ptr::eq(kernel, &self.tn_vec4) {
+                    assert_eq!(p.bias_grad, 0, "matmul writes no bias gradient");
+                    return kernel.bind(gpu, &p, &[a, b, bias, c, &self.no_db], None, groups);
+                }
                 return kernel.bind(gpu, &p, &[a, b, bias, c], None, groups);
             }
         }
@@ -257,12 +283,43 @@ impl Gemm {
         y: &Tensor,
         dummy: &Tensor,
     ) -> Result<Dispatch> {
+        self.linear(gpu, x, wt, true, bias, y, false, dummy)
+    }
+
+    /// A linear layer's forward `y = act(x w^T + bias)`: `w` is N x K, or its transpose K x N
+    /// (`transposed`); act is ReLU (fused into the product's store) or none.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        w: &Tensor,
+        transposed: bool,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        relu: bool,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
         let (m, k) = dims2(x);
-        let (k2, n) = dims2(wt);
-        assert_eq!(k, k2, "forward_t: x {:?} vs wt {:?}", x.shape, wt.shape);
-        assert_eq!(y.shape, vec![m, n], "forward_t: y shape");
-        let p = GemmParams::linear_forward_t(m, n, k, bias.is_some());
-        self.matmul(gpu, self.variant, p, x, wt, bias.unwrap_or(dummy), y)
+        let (k2, n) = if transposed {
+            dims2(w)
+        } else {
+            let (n, k2) = dims2(w);
+            (k2, n)
+        };
+        assert_eq!(
+            k, k2,
+            "linear: x {:?} vs w {:?} (transposed {transposed})",
+            x.shape, w.shape
+        );
+        assert_eq!(y.shape, vec![m, n], "linear: y shape");
+        let mut p = if transposed {
+            GemmParams::linear_forward_t(m, n, k, bias.is_some())
+        } else {
+            GemmParams::linear_forward(m, n, k, bias.is_some())
+        };
+        p.relu = relu as u32;
+        self.matmul(gpu, self.variant, p, x, w, bias.unwrap_or(dummy), y)
     }
 
     /// `backward_input` from the weight's transpose `wt` (K x N).
@@ -321,6 +378,46 @@ impl Gemm {
         assert_eq!(dw.shape, vec![n, k], "backward_weight: dw shape");
         let p = GemmParams::linear_backward_weight(m, n, k, accumulate);
         self.matmul(gpu, self.variant, p, g, x, dummy, dw)
+    }
+
+    /// A linear layer's weight and bias gradients, `dw = g^T x` and `db = sum_rows g`: one
+    /// dispatch where the vec4 weight-gradient product applies (the bias sums ride on its loads
+    /// of g), else `backward_weight` and `bias_backward`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_weight_bias(
+        &self,
+        gpu: &Gpu,
+        g: &Tensor,
+        x: &Tensor,
+        dw: &Tensor,
+        db: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        let (m, n) = dims2(g);
+        let (m2, k) = dims2(x);
+        assert_eq!(
+            m, m2,
+            "backward_weight_bias: g {:?} vs x {:?}",
+            g.shape, x.shape
+        );
+        assert_eq!(dw.shape, vec![n, k], "backward_weight_bias: dw shape");
+        assert_eq!(db.len(), n, "backward_weight_bias: db length");
+        let mut p = GemmParams::linear_backward_weight(m, n, k, false);
+        if self.variant == GemmVariant::RegBlock && vec4_form(&p, g, x) == Some(Vec4Form::Tn) {
+            p.bias_grad = 1;
+            let groups = [p.n.div_ceil(64), p.m.div_ceil(32), 1];
+            return Ok(vec![self.tn_vec4.bind(
+                gpu,
+                &p,
+                &[g, x, dummy, dw, db],
+                None,
+                groups,
+            )?]);
+        }
+        Ok(vec![
+            self.backward_weight(gpu, g, x, dw, false, dummy)?,
+            self.bias_backward(gpu, g, db)?,
+        ])
     }
 
     /// `db[n] = sum_m g[m][n]`: g (M x N), db (N), on the device's variant.

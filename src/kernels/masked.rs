@@ -23,6 +23,9 @@ pub struct MaskParams {
     pub sparse_max: u32,
     /// `mask_forward*`, `mask_reset`: P is stored transposed (cols x rows; one matrix).
     pub p_transposed: u32,
+    /// `mask_reset`: also add the penalty's value to stats[1].
+    pub penalty: u32,
+    pub _pad: [u32; 3],
 }
 
 /// What `mask_reset` does to a matrix whose keep ratio fell to 1 % or less (METHOD.md section 3).
@@ -69,6 +72,26 @@ fn rows_cols_default() -> MaskParams {
     }
 }
 
+/// The penalty's value, added by a mask pass (training, one matrix): `stats[1] += alpha *
+/// alpha_scale[0] * sum exp(-t)`.
+#[derive(Clone, Copy)]
+pub struct PenaltyInto<'a> {
+    pub stats: &'a Tensor,
+    pub alpha: f32,
+    pub alpha_scale: &'a Tensor,
+}
+
+/// What a mask pass does beyond P, the counters and the reset (all for one-matrix layers).
+#[derive(Clone, Copy, Default)]
+pub struct PassExtras<'a> {
+    /// Set this dense/sparse switch from the final keep count.
+    pub switch: Option<&'a Switch>,
+    /// Write P transposed (`cols x rows`).
+    pub p_transposed: bool,
+    /// Add the penalty's value (after this pass's reset).
+    pub penalty: Option<PenaltyInto<'a>>,
+}
+
 pub struct Masked {
     /// Use `mask_forward_rowwise` (CPU adapters) in `mask_forward`.
     pub rowwise: bool,
@@ -76,6 +99,8 @@ pub struct Masked {
     pub one: Tensor,
     /// Bound as `mask_reset`'s switch where a layer has none.
     dummy_switch: Tensor,
+    /// Bound as `mask_reset`'s stats where the pass adds no penalty.
+    dummy_stats: Tensor,
     pub mask_forward_k: Kernel,
     pub mask_forward_rowwise_k: Kernel,
     pub mask_reset_k: Kernel,
@@ -102,6 +127,8 @@ fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
         n_switch: 0,
         sparse_max: 0,
         p_transposed: 0,
+        penalty: 0,
+        _pad: [0; 3],
     }
 }
 
@@ -112,11 +139,13 @@ impl Masked {
         rowwise: bool,
         one: Tensor,
         dummy_switch: Tensor,
+        dummy_stats: Tensor,
     ) -> Result<Masked> {
         Ok(Masked {
             rowwise,
             one,
             dummy_switch,
+            dummy_stats,
             mask_forward_rowwise_k: f.kernel(
                 "mask_forward_rowwise",
                 &[(1, RW), (2, RW), (3, RW), (4, RW)],
@@ -129,7 +158,16 @@ impl Masked {
             )?,
             mask_reset_k: f.kernel(
                 "mask_reset",
-                &[(1, RW), (2, RW), (3, RW), (4, RW), (5, RW), (11, RW)],
+                &[
+                    (1, RW),
+                    (2, RW),
+                    (3, RW),
+                    (4, RW),
+                    (5, RW),
+                    (11, RW),
+                    (9, RW),
+                    (10, Access::Read),
+                ],
                 false,
             )?,
             mask_backward_k: f.kernel(
@@ -237,9 +275,9 @@ impl Masked {
 
     /// A masked layer's whole mask pass for `groups` stacked matrices: `mask_forward`, then
     /// `mask_reset` with `policy`; the floor adds `mask_forward` and a count pass after it (P and
-    /// the counters then reflect the lowered thresholds). With `switch` (one matrix only), the
-    /// pass that writes the final keep count also sets the layer's dense/sparse switch. With
-    /// `p_transposed` (one matrix only) P is written transposed, `cols x rows`.
+    /// the counters then reflect the lowered thresholds). `extras` (one matrix only): the pass
+    /// that writes the final keep count also sets the layer's dense/sparse switch and adds the
+    /// penalty's value; P may be written transposed, `cols x rows`.
     #[allow(clippy::too_many_arguments)]
     pub fn mask_pass(
         &self,
@@ -251,13 +289,12 @@ impl Masked {
         layer_keep: &Tensor,
         groups: usize,
         policy: ResetPolicy,
-        switch: Option<&Switch>,
-        p_transposed: bool,
+        extras: PassExtras<'_>,
     ) -> Result<Vec<Dispatch>> {
-        assert!(switch.is_none() || groups == 1, "a switch needs one matrix");
+        let p_transposed = extras.p_transposed;
         assert!(
-            !p_transposed || groups == 1,
-            "a transposed P needs one matrix"
+            groups == 1 || (extras.switch.is_none() && !p_transposed && extras.penalty.is_none()),
+            "switch, transposed P and fused penalty need one matrix"
         );
         let fwd = || {
             self.mask_forward_layout(
@@ -270,7 +307,9 @@ impl Masked {
                 p_transposed,
             )
         };
-        let reset = |p| {
+        // The last reset of the pass writes the final count: it sets the switch and adds the
+        // penalty (the floor's first one only moves thresholds).
+        let reset = |p, last: bool| {
             self.mask_reset_switched(
                 gpu,
                 weight,
@@ -280,14 +319,17 @@ impl Masked {
                 layer_keep,
                 groups,
                 p,
-                switch,
-                p_transposed,
+                PassExtras {
+                    penalty: extras.penalty.filter(|_| last),
+                    ..extras
+                },
             )
         };
-        let mut ds = vec![fwd()?, reset(policy)?];
-        if policy == ResetPolicy::Floor {
+        let floor = policy == ResetPolicy::Floor;
+        let mut ds = vec![fwd()?, reset(policy, !floor)?];
+        if floor {
             ds.push(fwd()?);
-            ds.push(reset(ResetPolicy::Count)?);
+            ds.push(reset(ResetPolicy::Count, true)?);
         }
         Ok(ds)
     }
@@ -317,8 +359,7 @@ impl Masked {
             layer_keep,
             groups,
             policy,
-            None,
-            false,
+            PassExtras::default(),
         )
     }
 
@@ -333,15 +374,18 @@ impl Masked {
         layer_keep: &Tensor,
         groups: usize,
         policy: ResetPolicy,
-        switch: Option<&Switch>,
-        p_transposed: bool,
+        extras: PassExtras<'_>,
     ) -> Result<Dispatch> {
         let mut p = rows_cols(weight, threshold);
         p.policy = policy as u32;
-        p.p_transposed = p_transposed as u32;
-        if let Some(s) = switch {
+        p.p_transposed = extras.p_transposed as u32;
+        if let Some(s) = extras.switch {
             p.n_switch = s.slots as u32;
             p.sparse_max = s.sparse_max;
+        }
+        if let Some(pen) = extras.penalty {
+            p.penalty = 1;
+            p.alpha = pen.alpha;
         }
         assert!(
             groups >= 1 && weight.shape[0].is_multiple_of(groups),
@@ -360,7 +404,9 @@ impl Masked {
                 masked_weight,
                 row_keep,
                 layer_keep,
-                switch.map_or(&self.dummy_switch, |s| &s.args),
+                extras.switch.map_or(&self.dummy_switch, |s| &s.args),
+                extras.penalty.map_or(&self.dummy_stats, |p| p.stats),
+                extras.penalty.map_or(&self.one, |p| p.alpha_scale),
             ],
             None,
             [groups as u32, 1, 1],

@@ -386,6 +386,7 @@ impl Kernels {
                 gpu.class == AdapterClass::Cpu,
                 Tensor::from_slice(gpu, "one", &[1], &[1.0f32])?,
                 Tensor::zeros(gpu, "no_switch", &[4])?,
+                Tensor::zeros(gpu, "no_stats", &[4])?,
             )?,
             act: act::Act::new(&mk("act", act::SOURCE)?)?,
             batchnorm: batchnorm::BatchNorm::new(&mk("batchnorm", batchnorm::SOURCE)?)?,

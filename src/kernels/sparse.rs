@@ -291,6 +291,23 @@ impl Sparse {
         y: &Tensor,
         dummy: &Tensor,
     ) -> Result<Dispatch> {
+        self.ell_product_act(gpu, lists, by_rows, batch, x_fm, bias, y, false, dummy)
+    }
+
+    /// `ell_product`, then `max(., 0)` with `relu` (a linear layer's fused ReLU).
+    #[allow(clippy::too_many_arguments)]
+    pub fn ell_product_act(
+        &self,
+        gpu: &Gpu,
+        lists: &EllLists,
+        by_rows: bool,
+        batch: usize,
+        x_fm: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        relu: bool,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
         let (n_out, n_in) = if by_rows {
             (lists.rows, lists.cols)
         } else {
@@ -314,6 +331,7 @@ impl Sparse {
             batch: batch as u32,
             quads: quads as u32,
             has_bias: bias.is_some() as u32,
+            relu: relu as u32,
             list_base: if by_rows {
                 0
             } else {

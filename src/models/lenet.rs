@@ -7,7 +7,7 @@ use crate::nn::pool::{Pool2d, PoolKind};
 use crate::nn::relu::Relu;
 use crate::nn::{ArenaBuilder, Layer};
 
-/// LeNet-300-100: FC 784-300-100-10 with ReLU.
+/// LeNet-300-100: FC 784-300-100-10 with ReLU (fused into fc1 and fc2).
 pub fn lenet300(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool) -> Result<Vec<Box<dyn Layer>>> {
     let dims = [(784, 300), (300, 100), (100, 10)];
     let mut layers: Vec<Box<dyn Layer>> = Vec::new();
@@ -15,16 +15,14 @@ pub fn lenet300(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool) -> Result<Vec<Bo
         let n = i + 1;
         let name = format!("fc{n}");
         let ids = Linear::declare(ab, &name, fi, fo, masked);
-        layers.push(Box::new(Linear::new(gpu, &name, fi, fo, ids)?));
-        if n < dims.len() {
-            layers.push(Box::new(Relu::new(&format!("relu{n}"))));
-        }
+        let fc = Linear::new(gpu, &name, fi, fo, ids)?;
+        layers.push(Box::new(if n < dims.len() { fc.with_relu() } else { fc }));
     }
     Ok(layers)
 }
 
 /// LeNet-5-Caffe: conv 5x5 1->20, ReLU, max-pool 2, conv 5x5 20->50, ReLU, max-pool 2,
-/// FC 800-500, ReLU, FC 500-10 (convs unpadded, stride 1, with bias). In DST every conv and FC
+/// FC 800-500, ReLU (fused into fc3), FC 500-10 (convs unpadded, stride 1, with bias). In DST every conv and FC
 /// layer is masked. The order ReLU-then-pool is the paper's code's.
 pub fn lenet5(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool) -> Result<Vec<Box<dyn Layer>>> {
     let mut layers: Vec<Box<dyn Layer>> = Vec::new();
@@ -47,8 +45,9 @@ pub fn lenet5(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool) -> Result<Vec<Box<
     }
     debug_assert_eq!(50 * hw * hw, 800);
     let ids = Linear::declare(ab, "fc3", 800, 500, masked);
-    layers.push(Box::new(Linear::new(gpu, "fc3", 800, 500, ids)?));
-    layers.push(Box::new(Relu::new("relu3")));
+    layers.push(Box::new(
+        Linear::new(gpu, "fc3", 800, 500, ids)?.with_relu(),
+    ));
     let ids = Linear::declare(ab, "fc4", 500, 10, masked);
     layers.push(Box::new(Linear::new(gpu, "fc4", 500, 10, ids)?));
     Ok(layers)

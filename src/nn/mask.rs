@@ -3,8 +3,9 @@
 //! buffers that depend on parameters only (P, per-row and per-matrix keep counters) and records
 //! the mask pass, the dL/dP -> (dL/dW, dL/dt) pass and the penalty into a plan.
 
-use super::{MaskView, ParamId, PlanCx};
+use super::{MaskView, Mode, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
+use crate::kernels::masked::{PassExtras, PenaltyInto};
 
 pub struct Mask {
     pub threshold: ParamId,
@@ -100,8 +101,15 @@ impl Mask {
             &self.layer_keep,
             self.groups,
             cx.reset,
-            switch,
-            self.transposed,
+            PassExtras {
+                switch,
+                p_transposed: self.transposed,
+                penalty: self.fused_penalty(cx).then_some(PenaltyInto {
+                    stats: &cx.stats,
+                    alpha: cx.alpha,
+                    alpha_scale: &cx.alpha_scale,
+                }),
+            },
         )? {
             cx.push(d);
         }
@@ -129,8 +137,18 @@ impl Mask {
         Ok(())
     }
 
-    /// Records `alpha * sum exp(-t)` into the plan's stats.
+    /// Whether this plan's mask pass adds the penalty's value (training, one matrix): then
+    /// `penalty` records nothing.
+    fn fused_penalty(&self, cx: &PlanCx<'_>) -> bool {
+        cx.mode == Mode::Train && self.groups == 1
+    }
+
+    /// Records `alpha * sum exp(-t)` into the plan's stats (a one-matrix mask's training pass
+    /// has already added it: nothing to record).
     pub fn penalty(&self, cx: &mut PlanCx<'_>) -> Result<()> {
+        if self.fused_penalty(cx) {
+            return Ok(());
+        }
         let t = cx.arena.param(self.threshold);
         let d =
             cx.kernels

@@ -238,3 +238,53 @@ fn gemm_wrappers_and_accumulate() {
         TOL,
     );
 }
+
+/// The products of a masked linear layer, whose P is stored transposed (`forward_t`,
+/// `backward_input_t`), and the weight and bias gradients in one call (`backward_weight_bias`:
+/// one dispatch where the vec4 weight-gradient form applies, else two), against the reference.
+#[test]
+fn transposed_weight_products_and_fused_bias_gradient_match_reference() {
+    let c = ctx();
+    let mut rng = Rng::new(41);
+    for &(m, n, k) in SHAPES {
+        let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
+        let w = rand_vec(&mut rng, n * k, -1.0, 1.0);
+        let b = rand_vec(&mut rng, n, -1.0, 1.0);
+        let g = rand_vec(&mut rng, m * n, -1.0, 1.0);
+        let wt: Vec<f32> = (0..n * k).map(|i| w[(i % n) * k + i / n]).collect(); // k x n
+        let (xt, wtt, bt, gt) = (
+            c.tensor("x", &[m, k], &x),
+            c.tensor("wt", &[k, n], &wt),
+            c.tensor("b", &[n], &b),
+            c.tensor("g", &[m, n], &g),
+        );
+        let (y, dx, dw, db) = (
+            c.poisoned("y", &[m, n]),
+            c.poisoned("dx", &[m, k]),
+            c.poisoned("dw", &[n, k]),
+            c.poisoned("db", &[n]),
+        );
+        let gemm = &c.k.gemm;
+        let mut ds = vec![
+            gemm.forward_t(&c.gpu, &xt, &wtt, Some(&bt), &y, &c.k.dummy)
+                .unwrap(),
+            gemm.backward_input_t(&c.gpu, &gt, &wtt, &dx, false, &c.k.dummy)
+                .unwrap(),
+        ];
+        let wb = gemm
+            .backward_weight_bias(&c.gpu, &gt, &xt, &dw, &db, &c.k.dummy)
+            .unwrap();
+        let fused = gemm.variant == GemmVariant::RegBlock && n % 4 == 0 && k % 4 == 0;
+        assert_eq!(wb.len(), if fused { 1 } else { 2 }, "{m}x{n}x{k}");
+        ds.extend(wb);
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let tag = format!("m{m} n{n} k{k}");
+        assert_products(&c, &tag, (m, n, k), (&x, &w, Some(&b), &g), &y, &dx, &dw);
+        assert_close_norm(
+            &format!("bias gradient {tag}"),
+            &c.read(&db),
+            &reference::bias_backward(&to_f64(&g), m, n),
+            TOL,
+        );
+    }
+}

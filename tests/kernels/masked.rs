@@ -530,6 +530,8 @@ fn reset_policies_match_reference() {
             .flat_map(|p| layouts.iter().map(move |t| (p, t)))
         {
             let l = layer(&c, &w, &t, rows, cols);
+            let stats = c.tensor("stats", &[4], &[0.0, 0.5, 0.0, 0.0]);
+            let scale = c.tensor("alpha_scale", &[1], &[2.0]);
             let mut init = vec![u32::MAX; 4 * groups];
             for g in 0..groups {
                 init[4 * g + 2] = 0;
@@ -546,8 +548,16 @@ fn reset_policies_match_reference() {
                     &lk,
                     groups,
                     policy,
-                    None,
-                    transposed,
+                    dst::kernels::masked::PassExtras {
+                        p_transposed: transposed,
+                        // One matrix: the pass adds the penalty's value after its reset.
+                        penalty: (groups == 1).then_some(dst::kernels::masked::PenaltyInto {
+                            stats: &stats,
+                            alpha: 0.25,
+                            alpha_scale: &scale,
+                        }),
+                        ..Default::default()
+                    },
                 )
                 .unwrap();
             run_once(&c.gpu, &ds, 0).unwrap();
@@ -560,6 +570,14 @@ fn reset_policies_match_reference() {
                 policy as u32,
             );
             let tag = format!("{policy:?} {groups}x{gr}x{cols} transposed P {transposed}");
+            let st = c.read(&stats);
+            if groups == 1 {
+                // 0.5 already there + alpha 0.25 x scale 2 x sum exp(-t) over the final thresholds.
+                let want = 0.5 + 0.5 * t_ref.iter().map(|t| (-t).exp()).sum::<f64>();
+                assert_close(&format!("penalty {tag}"), &st[1..2], &[want], 0.0, 1e-5);
+            } else {
+                assert_eq!(st[1], 0.5, "{tag}: no fused penalty for stacked matrices");
+            }
             let mut p_got = c.read(&l.p);
             if transposed {
                 p_got = (0..rows * cols)

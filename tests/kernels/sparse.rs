@@ -427,7 +427,20 @@ fn the_mask_pass_switches_a_layer_between_dense_and_sparse_products() {
             let sw = Switch::new(&c.gpu, "sw", 3, sparse_max).unwrap();
             let ds =
                 c.k.masked
-                    .mask_pass(&c.gpu, &wt, &tt, &p, &rk, &lk, 1, policy, Some(&sw), false)
+                    .mask_pass(
+                        &c.gpu,
+                        &wt,
+                        &tt,
+                        &p,
+                        &rk,
+                        &lk,
+                        1,
+                        policy,
+                        dst::kernels::masked::PassExtras {
+                            switch: Some(&sw),
+                            ..Default::default()
+                        },
+                    )
                     .unwrap();
             // Three routed dispatches (never run: the live counts are what is checked).
             let probe = |n: u32| {
