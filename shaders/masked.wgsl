@@ -84,8 +84,23 @@ fn reduce_f32(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-// One workgroup per row. Reads weight, threshold; writes masked_weight (P = W * S(|W| - t)) and
-// row_keep[row] (the row's count of kept weights).
+fn reduce_max_f32(lid: u32, v: f32) -> f32 {
+    red_f[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid < s) {
+            red_f[lid] = max(red_f[lid], red_f[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = workgroupUniformLoad(&red_f[0]);
+    workgroupBarrier();
+    return r;
+}
+
+// One workgroup per row. Reads weight, threshold; writes masked_weight (P = W * S(|W| - t)),
+// row_keep[row] (the row's count of kept weights) and row_keep[rows + row] (the row's largest
+// |w|, as f32 bits: what the floor policy needs, found while every weight is read anyway).
 @compute @workgroup_size(64, 1, 1)
 fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(workgroup_id) wid: vec3<u32>,
@@ -97,15 +112,19 @@ fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
     let t = threshold[row];
     let base = row * mp.cols;
     var kept = 0u;
+    var big = 0.0;
     for (var j = lid.x; j < mp.cols; j += WG) {
         let w = weight[base + j];
         let m = dst_step(abs(w) - t);
         masked_weight[p_at(row, j)] = w * m;
         kept += u32(m);
+        big = max(big, abs(w));
     }
     let total = reduce_u32(lid.x, kept);
+    let top = reduce_max_f32(lid.x, big);
     if (lid.x == 0u) {
         row_keep[row] = total;
+        row_keep[mp.rows + row] = bitcast<u32>(top);
     }
 }
 
@@ -148,7 +167,8 @@ fn add_penalty(lane: u32) {
 // workgroup does it):
 //   paper: its thresholds are set to 0 and P is recomputed (METHOD.md section 3);
 //   floor: every row keeps at least its strongest weight: a threshold at or above the row's
-//          largest |w| comes down to 0.999 of it, the others stay, so the matrix cannot die and
+//          largest |w| (found by `mask_forward`) comes down to 0.999 of it, the others stay, so
+//          the matrix cannot die and
 //          does not jump back to dense; P and row_keep are not recomputed here: the layer records
 //          `mask_forward` and a `count` pass after this one (`Masked::mask_pass`);
 //   none:  nothing happens (a matrix may die);
@@ -194,11 +214,7 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
         // Every row keeps at least its strongest weight: a threshold at or above the row's
         // largest |w| comes down to 0.999 of it (rows are independent: one invocation per row).
         for (var r = lid.x; r < grows; r += WG) {
-            let base = e0 + r * mp.cols;
-            var m = 0.0;
-            for (var j = 0u; j < mp.cols; j++) {
-                m = max(m, abs(weight[base + j]));
-            }
+            let m = bitcast<f32>(row_keep[mp.rows + r0 + r]); // the row's largest |w|
             threshold[r0 + r] = min(threshold[r0 + r], m * 0.999);
         }
         if (lid.x == 0u) {
@@ -267,7 +283,7 @@ fn mask_backward(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 }
 
-// CPU-adapter variant of `mask_forward` (same reads and writes): one invocation per row, columns
+// CPU-adapter variant of `mask_forward` (same reads and writes, row maxima included): one invocation per row, columns
 // in order, no workgroup memory or barriers (cheaper than reductions on lavapipe).
 @compute @workgroup_size(64, 1, 1)
 fn mask_forward_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
@@ -279,13 +295,16 @@ fn mask_forward_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
     let t = threshold[row];
     let base = row * mp.cols;
     var kept = 0u;
+    var big = 0.0;
     for (var j = 0u; j < mp.cols; j++) {
         let w = weight[base + j];
         let m = dst_step(abs(w) - t);
         masked_weight[p_at(row, j)] = w * m;
         kept += u32(m);
+        big = max(big, abs(w));
     }
     row_keep[row] = kept;
+    row_keep[mp.rows + row] = bitcast<u32>(big);
 }
 
 // One workgroup. Reads threshold, alpha_scale; stats[1] += alpha * alpha_scale[0] * sum_i exp(-t[i]) (the penalty's value; stats is the loss stats buffer).

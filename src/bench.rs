@@ -115,7 +115,7 @@ pub fn run(
             let p = Tensor::zeros(&gpu, "p", &[rows, cols])?;
             let dw = Tensor::zeros(&gpu, "dw", &[rows, cols])?;
             let dt = Tensor::zeros(&gpu, "dt", &[rows])?;
-            let row_keep = Tensor::zeros(&gpu, "row_keep", &[rows])?;
+            let row_keep = Tensor::zeros(&gpu, "row_keep", &[2 * rows])?;
             let layer_keep = Tensor::zeros(&gpu, "layer_keep", &[4])?;
             let stats = Tensor::zeros(&gpu, "stats", &[crate::kernels::loss::STATS_WORDS])?;
             let m = &k.masked;
@@ -513,6 +513,14 @@ fn step_times(
         }
         if let Some((ck, path)) = ck.as_ref().filter(|_| from_ck) {
             session.restore(ck, path, true)?;
+            // The run's dead-layer policy: under the paper's reset a layer that a floor run kept
+            // at <= 1 % would turn dense again in the first step.
+            if let Some(c) = ck
+                .meta("config")
+                .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
+            {
+                session.reset = c.reset_policy();
+            }
         }
         let train = session.upload("train", &train_set)?;
         train.start_epoch(&session.gpu, 1, 1);

@@ -186,7 +186,8 @@ impl Masked {
         })
     }
 
-    /// `masked_weight = W * S(|W| - t)`, `row_keep[i]` = kept count of row i.
+    /// `masked_weight = W * S(|W| - t)`, `row_keep[i]` = kept count of row i, `row_keep[rows + i]`
+    /// = row i's largest |w| as f32 bits (`row_keep` holds `2 rows` words).
     pub fn mask_forward(
         &self,
         gpu: &Gpu,
@@ -240,6 +241,11 @@ impl Masked {
     ) -> Result<Dispatch> {
         let mut p = rows_cols(weight, threshold);
         p.p_transposed = p_transposed as u32;
+        assert!(
+            row_keep.len() >= 2 * p.rows as usize,
+            "{}: row_keep holds counts and maxima, 2 x rows",
+            row_keep.label
+        );
         let buffers = [weight, threshold, masked_weight, row_keep];
         if rowwise {
             self.mask_forward_rowwise_k

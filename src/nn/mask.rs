@@ -51,7 +51,7 @@ impl Mask {
         Ok(Mask {
             threshold,
             masked_weight: Tensor::zeros(gpu, &format!("{name}.masked_weight"), &p_shape)?,
-            row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep"), &[rows])?,
+            row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep"), &[2 * rows])?,
             layer_keep: Tensor::zeros(gpu, &format!("{name}.layer_keep"), &[4 * groups])?,
             rows,
             cols: numel / rows,

@@ -398,7 +398,7 @@ fn masked_conv_matches_golden() {
         let w = c.tensor("w", &[rows, cols], &f32s(&case["weight"]));
         let t = c.tensor("t", &[rows], &f32s(&case["threshold"]));
         let p = c.poisoned("p", &[rows, cols]);
-        let row_keep = c.tensor_u32("row_keep", &[rows], &vec![u32::MAX; rows]);
+        let row_keep = c.tensor_u32("row_keep", &[2 * rows], &vec![u32::MAX; 2 * rows]);
         let layer_keep = c.tensor_u32("layer_keep", &[4], &[u32::MAX, u32::MAX, 0, 0]);
         let x = c.tensor("x", &[s.batch, s.c_in, s.h, s.w], &f32s(&case["x"]));
         let b = c.tensor("b", &[rows], &f32s(&case["bias"]));

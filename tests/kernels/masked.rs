@@ -33,7 +33,7 @@ fn layer(c: &Ctx, w: &[f32], t: &[f32], rows: usize, cols: usize) -> Layer {
         w: c.tensor("w", &[rows, cols], w),
         t: c.tensor("t", &[rows], t),
         p: c.poisoned("p", &[rows, cols]),
-        row_keep: c.tensor_u32("row_keep", &[rows], &vec![u32::MAX; rows]),
+        row_keep: c.tensor_u32("row_keep", &[2 * rows], &vec![u32::MAX; 2 * rows]),
         layer_keep: c.tensor_u32("layer_keep", &[4], &[u32::MAX, u32::MAX, 0, 0]),
     }
 }
@@ -76,7 +76,22 @@ fn mask_forward_reset_backward_match_reference() {
             0.0,
             0.0,
         );
-        assert_eq!(c.read_u32(&l.row_keep), keep_ref, "row keep counts {tag}");
+        assert_eq!(
+            c.read_u32(&l.row_keep)[..rows],
+            keep_ref[..],
+            "row keep counts {tag}"
+        );
+        // The row maxima the floor policy uses: each row's largest |w|, exactly.
+        let maxima: Vec<f32> = c.read_u32(&l.row_keep)[rows..]
+            .iter()
+            .map(|&b| f32::from_bits(b))
+            .collect();
+        for (r, &m) in maxima.iter().enumerate() {
+            let want = w[r * cols..(r + 1) * cols]
+                .iter()
+                .fold(0.0f32, |a, x| a.max(x.abs()));
+            assert_eq!(m, want, "row {r} largest |w| {tag}");
+        }
         assert!(
             !reset || rows * cols < 100,
             "random thresholds should not reset {tag}"

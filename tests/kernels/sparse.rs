@@ -422,7 +422,7 @@ fn the_mask_pass_switches_a_layer_between_dense_and_sparse_products() {
             let wt = c.tensor("w", &[rows, cols], &w);
             let tt = c.tensor("t", &[rows], &t);
             let p = c.poisoned("p", &[rows, cols]);
-            let rk = c.poisoned("rk", &[rows]);
+            let rk = c.poisoned("rk", &[2 * rows]);
             let lk = c.tensor_u32("lk", &[4], &[0; 4]);
             let sw = Switch::new(&c.gpu, "sw", 3, sparse_max).unwrap();
             let ds =
