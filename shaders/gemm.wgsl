@@ -251,8 +251,8 @@ fn gemm_nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // C = A^T B form (linear weight gradient): A(m, k) = a[k*M + m], B(k, n) = b[k*N + n],
 // M % 4 == 0, N % 4 == 0. Reads a4, b4; writes (or accumulates into) C and, with `bias_grad`,
-// db[m] = sum over k of A(m, k) in order (the bias gradient, from the invocations of the first
-// column block: the loads are there already; the same sums as `bias_backward`). Each invocation:
+// db[m] = sum over k of A(m, k) in order (the bias gradient, by the invocations of the first
+// column block; the same sums as `bias_backward`). Each invocation:
 // 4 rows x 8 columns as outer products of one vec4 of A and two of B per k (8 vec4 accumulators:
 // they stay in registers on lavapipe, where 8 x 8 spilled). Workgroup 8x8 invocations: 32 rows x
 // 64 columns.
@@ -273,10 +273,8 @@ fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < 8u; i++) {
         acc[i] = vec4<f32>(0.0);
     }
-    var dsum = vec4<f32>(0.0);
     for (var kk = 0u; kk < gp.k; kk++) {
         let a0 = a4[kk * m4 + ra];
-        dsum = dsum + a0;
         let b0 = b4[kk * n4 + ca];
         let b1 = b4[kk * n4 + cb];
         for (var i = 0u; i < 4u; i++) {
@@ -290,7 +288,13 @@ fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
         }
     }
+    // A second pass over this invocation's four rows of A, by the first column block only (an
+    // extra accumulator in the loop above would cost every invocation its registers).
     if (gp.bias_grad != 0u && gid.x == 0u) {
+        var dsum = vec4<f32>(0.0);
+        for (var kk = 0u; kk < gp.k; kk++) {
+            dsum = dsum + a4[kk * m4 + ra];
+        }
         for (var i = 0u; i < 4u; i++) {
             db[row0 + i] = dsum[i];
         }

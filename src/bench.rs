@@ -56,8 +56,9 @@ pub fn run(
         let mut rand =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
         // (what, m, n, k) of the products of LeNet-300-100 at batch 64.
-        let shapes: [(&str, usize, usize, usize, u8); 5] = [
+        let shapes: [(&str, usize, usize, usize, u8); 6] = [
             ("fc1 forward      64x784 . 784x300", 64, 300, 784, 0),
+        ("fc1 forward, P^T 64x784 . 784x300", 64, 300, 784, 3),
             ("fc1 d_weight    300x64 . 64x784", 64, 300, 784, 2),
             ("fc2 forward      64x300 . 300x100", 64, 100, 300, 0),
             ("fc2 d_input      64x100 . 100x300", 64, 100, 300, 1),
@@ -75,6 +76,13 @@ pub fn run(
             let (p, a_, b_, bias, out) = match kind {
                 0 => (
                     GemmParams::linear_forward(m, n, kk, true),
+                    &x,
+                    &w,
+                    &b,
+                    Tensor::zeros(&gpu, "y", &[m, n])?,
+                ),
+                3 => (
+                    GemmParams::linear_forward_t(m, n, kk, true),
                     &x,
                     &w,
                     &b,

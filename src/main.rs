@@ -300,7 +300,7 @@ struct TrainArgs {
     valid: Option<usize>,
     /// Masked linear layers keeping at most this fraction of their weights compute their forward
     /// and input-gradient products from the kept weights only (0: never, 1: always; same results
-    /// up to float rounding) [default: 0.2 on CPU adapters, 0.1 on GPUs].
+    /// up to float rounding) [default: 0.2 on CPU adapters, 0 (off) on GPUs].
     #[arg(long)]
     sparse_keep: Option<f64>,
     /// Continue the run in this directory from its last checkpoint (its config is reused;
