@@ -31,8 +31,9 @@ pub struct Linear {
     weight: ParamId,
     bias: ParamId,
     mask: Option<Mask>,
-    /// P's nonzeros as lists, for the sparse products (masked layers).
-    lists: Option<EllLists>,
+    /// P's nonzeros as lists, for the sparse products (a layer on a GPU, where they are off by
+    /// default, holds them only if a plan asks for them).
+    lists: std::sync::OnceLock<EllLists>,
     /// A ReLU after the layer, fused into its products (`with_relu`).
     relu: bool,
 }
@@ -84,10 +85,16 @@ impl Linear {
                 )
             })
             .transpose()?;
-        let lists = mask
-            .is_some()
-            .then(|| EllLists::new(gpu, name, out_features, in_features, true))
-            .transpose()?;
+        // Allocated with the layer where this adapter's default uses them (so that `dst info`
+        // counts them with the layer's buffers), else by the first plan that asks for them.
+        let lists = std::sync::OnceLock::new();
+        let numel = out_features * in_features;
+        if mask.is_some()
+            && numel >= SPARSE_MIN_WEIGHTS
+            && crate::kernels::sparse::default_sparse_keep(gpu.class) > 0.0
+        {
+            let _ = lists.set(EllLists::new(gpu, name, out_features, in_features, true)?);
+        }
         Ok(Linear {
             name: name.to_string(),
             in_features,
@@ -117,6 +124,15 @@ impl Linear {
         let sparse_max = (cx.sparse_keep.min(1.0) * numel as f64).floor() as u32;
         let label = cx.label(&format!("{}.switch", self.name));
         Ok(Some(Switch::new(cx.gpu, &label, SWITCH_SLOTS, sparse_max)?))
+    }
+
+    /// The lists of P's nonzeros, allocated on first use.
+    fn lists(&self, gpu: &Gpu) -> Result<&EllLists> {
+        if self.lists.get().is_none() {
+            let lists = EllLists::new(gpu, &self.name, self.out_features, self.in_features, true)?;
+            let _ = self.lists.set(lists);
+        }
+        Ok(self.lists.get().expect("set above"))
     }
 
     /// The switch the forward of this plan recorded, if any.
@@ -163,8 +179,9 @@ impl Layer for Linear {
         let dense = k
             .gemm
             .linear(gpu, &x2, &w, masked, Some(&b), &y, self.relu, &k.dummy)?;
-        match (&self.mask, &self.lists, self.switch(cx)?) {
-            (Some(m), Some(lists), Some(sw)) => {
+        match (&self.mask, self.switch(cx)?) {
+            (Some(m), Some(sw)) => {
+                let lists = self.lists(gpu)?;
                 m.forward_switched(cx, self.weight, Some(&sw))?;
                 let x_fm = cx.activation(
                     &format!("{}.x_feature_major", self.name),
@@ -236,7 +253,7 @@ impl Layer for Linear {
             } else {
                 k.gemm.backward_input(gpu, dy, &w, &dx, false, &k.dummy)?
             };
-            match (&self.lists, self.saved_switch(cx)) {
+            match (self.lists.get(), self.saved_switch(cx)) {
                 (Some(lists), Some(sw)) => {
                     let dy_fm = cx.activation(
                         &format!("{}.d_output_feature_major", self.name),

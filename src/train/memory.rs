@@ -64,7 +64,7 @@ impl MemoryReport {
                 mib(self.arena_bytes)
             ),
             format!(
-                "  layer buffers   {} (masks, masked weights, counters, kernel scratch)",
+                "  layer buffers   {} (masks, masked weights, counters, lists of kept weights, kernel scratch)",
                 mib(self.other_bytes)
             ),
             format!(
