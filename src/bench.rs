@@ -58,7 +58,7 @@ pub fn run(
         // (what, m, n, k) of the products of LeNet-300-100 at batch 64.
         let shapes: [(&str, usize, usize, usize, u8); 6] = [
             ("fc1 forward      64x784 . 784x300", 64, 300, 784, 0),
-        ("fc1 forward, P^T 64x784 . 784x300", 64, 300, 784, 3),
+            ("fc1 forward, P^T 64x784 . 784x300", 64, 300, 784, 3),
             ("fc1 d_weight    300x64 . 64x784", 64, 300, 784, 2),
             ("fc2 forward      64x300 . 300x100", 64, 100, 300, 0),
             ("fc2 d_input      64x100 . 100x300", 64, 100, 300, 1),
