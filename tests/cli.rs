@@ -223,7 +223,8 @@ fn help_and_info_list_the_models() {
     );
 }
 
-/// Impossible targets and unknown reset policies are refused before any GPU work.
+/// Impossible targets, unknown reset policies and a sparse-products ratio outside [0, 1] are
+/// refused before any GPU work.
 #[test]
 fn bad_target_and_reset_flags_are_clear_errors() {
     for (args, want) in [
@@ -256,6 +257,10 @@ fn bad_target_and_reset_flags_are_clear_errors() {
             "--reset must be one of paper, floor, none",
         ),
         (&["train", "--valid", "0"][..], "--valid must be >= 1"),
+        (
+            &["train", "--sparse-keep", "1.5"][..],
+            "--sparse-keep must be a fraction from 0 to 1",
+        ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_dst"))
             .args(args)
