@@ -253,9 +253,9 @@ fn gemm_nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
 // M % 4 == 0, N % 4 == 0. Reads a4, b4; writes (or accumulates into) C and, with `bias_grad`,
 // db[m] = sum over k of A(m, k) in order (the bias gradient, by the invocations of the first
 // column block; the same sums as `bias_backward`). Each invocation:
-// 4 rows x 8 columns as outer products of one vec4 of A and two of B per k (8 vec4 accumulators:
-// they stay in registers on lavapipe, where 8 x 8 spilled). Workgroup 8x8 invocations: 32 rows x
-// 64 columns.
+// 4 rows x 8 columns as outer products of one vec4 of A and two of B per k (8 vec4 accumulators,
+// half of what 8 x 8 outputs need: fewer live registers on lavapipe). Workgroup 8x8 invocations:
+// 32 rows x 64 columns.
 @compute @workgroup_size(8, 8, 1)
 fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row0 = gid.y * 4u;
@@ -288,8 +288,8 @@ fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
         }
     }
-    // A second pass over this invocation's four rows of A, by the first column block only (an
-    // extra accumulator in the loop above would cost every invocation its registers).
+    // A second pass over this invocation's four rows of A, by the first column block only: the
+    // main loop stays as it is for every other invocation.
     if (gp.bias_grad != 0u && gid.x == 0u) {
         var dsum = vec4<f32>(0.0);
         for (var kk = 0u; kk < gp.k; kk++) {

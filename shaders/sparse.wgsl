@@ -35,8 +35,8 @@ struct SparseParams {
     has_bias: u32,
     list_base: u32, // ell_*: where the lists start in list_idx / list_val
     cnt_base: u32,  // ell_*: where their counts start in list_cnt
-    p_transposed: u32, // ell_rows, ell_cols: p is stored transposed (cols x rows)
-    _pad1: u32,
+    p_transposed: u32, // ell_build: p is stored transposed (cols x rows)
+    by_rows: u32,      // ell_build: the row lists (else the column lists)
     _pad2: u32,
     _pad3: u32,
 }
@@ -160,19 +160,20 @@ fn to_feature_major(@builtin(global_invocation_id) gid: vec3<u32>,
     y[i] = x[b * sp.cols + c];
 }
 
-// ---- Sparse products in training (issue: a layer that keeps few weights computes with them) ----
+// ---- Sparse products in training (a layer that keeps few weights computes with them) ----
 //
 // A masked layer's P (rows x cols, mostly zeros once DST has pruned it) as per-row lists of its
 // nonzeros, ELL-style: row r's list is list_idx/list_val[list_base + r * cols ..][.. n] with
-// n = list_cnt[cnt_base + r], columns ascending. `ell_rows` builds them (forward: y = x P^T + b
-// needs each output row's kept inputs), `ell_cols` builds the per-column lists of P (the product
-// to the input, dx = dy P, needs each input column's kept outputs): list c at list_base + c * rows,
-// rows ascending. One invocation per list, scanning it in order: same P, same lists.
-// `ell_product` / `ell_product4` then compute, for each list r (an output) and sample b,
+// n = list_cnt[cnt_base + r], columns ascending. `ell_build` with `by_rows` builds them (forward:
+// y = x P^T + b needs each output row's kept inputs), without it the per-column lists of P (the
+// product to the input, dx = dy P, needs each input column's kept outputs): list c at
+// list_base + c * rows, rows ascending. One invocation per list, scanning it in order: same P,
+// same lists. `ell_product` / `ell_product4` then compute, for each list r (an output) and
+// sample b,
 //   y[b * rows + r] = bias[r] + sum_k list_val[k] * x(list_idx[k], b)     (k over list r, in order)
 // (then max(., 0) with `relu`) with x feature-major (`to_feature_major` first): the forward with
-// the row lists and x (a fused ReLU: `relu`), the
-// product to the input with the column lists and dy (no bias). Work is proportional to the kept
+// the row lists and x (a fused ReLU: `relu`), the product to the input with the column lists and
+// dy (no bias). Work is proportional to the kept
 // weights; the results equal the dense products up to float reassociation (the dense GEMM adds
 // the zeros too, in its own order). Whether a layer runs these or the dense GEMMs is decided on
 // the GPU each step by `mask_reset` (shaders/masked.wgsl) from the layer's keep count.
@@ -185,48 +186,39 @@ fn p_elem(r: u32, c: u32) -> f32 {
     return p[r * sp.cols + c];
 }
 
-// Reads p (rows x cols); writes the row lists and their counts. `rows`, `cols`, `list_base`,
-// `cnt_base`, `p_transposed`.
+// Reads p (rows x cols); writes the row lists (`by_rows`: list r, the columns where row r is
+// nonzero) or the column lists (list c, the rows where column c is nonzero), and their counts.
+// `rows`, `cols`, `list_base`, `cnt_base`, `p_transposed`, `by_rows`. One invocation per list.
 @compute @workgroup_size(64, 1, 1)
-fn ell_rows(@builtin(global_invocation_id) gid: vec3<u32>,
-            @builtin(num_workgroups) nwg: vec3<u32>) {
-    let r = gid.x + gid.y * nwg.x * WG;
-    if (r >= sp.rows) {
+fn ell_build(@builtin(global_invocation_id) gid: vec3<u32>,
+             @builtin(num_workgroups) nwg: vec3<u32>) {
+    let l = gid.x + gid.y * nwg.x * WG;
+    let by_rows = sp.by_rows != 0u;
+    var lists = sp.cols;
+    var len = sp.rows;
+    if (by_rows) {
+        lists = sp.rows;
+        len = sp.cols;
+    }
+    if (l >= lists) {
         return;
     }
-    let dst = sp.list_base + r * sp.cols;
+    let dst = sp.list_base + l * len;
     var n = 0u;
-    for (var j = 0u; j < sp.cols; j++) {
-        let v = p_elem(r, j);
+    for (var i = 0u; i < len; i++) {
+        var v: f32;
+        if (by_rows) {
+            v = p_elem(l, i);
+        } else {
+            v = p_elem(i, l);
+        }
         if (v != 0.0) {
-            list_idx[dst + n] = j;
+            list_idx[dst + n] = i;
             list_val[dst + n] = v;
             n++;
         }
     }
-    list_cnt[sp.cnt_base + r] = n;
-}
-
-// Reads p (rows x cols); writes the column lists (list c: the rows where column c is nonzero)
-// and their counts.
-@compute @workgroup_size(64, 1, 1)
-fn ell_cols(@builtin(global_invocation_id) gid: vec3<u32>,
-            @builtin(num_workgroups) nwg: vec3<u32>) {
-    let c = gid.x + gid.y * nwg.x * WG;
-    if (c >= sp.cols) {
-        return;
-    }
-    let dst = sp.list_base + c * sp.rows;
-    var n = 0u;
-    for (var r = 0u; r < sp.rows; r++) {
-        let v = p_elem(r, c);
-        if (v != 0.0) {
-            list_idx[dst + n] = r;
-            list_val[dst + n] = v;
-            n++;
-        }
-    }
-    list_cnt[sp.cnt_base + c] = n;
+    list_cnt[sp.cnt_base + l] = n;
 }
 
 // Reads the lists (`rows` of them, `cols` slots apart), x (batch x features, feature-major: x[f *

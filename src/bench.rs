@@ -44,9 +44,27 @@ pub fn run(
     for m in models {
         crate::models::check_name(m)?;
     }
-    if checkpoint.is_some() && models.len() != 1 {
-        anyhow::bail!("--checkpoint times one model: give exactly one --model (the checkpoint's)");
-    }
+    // A checkpoint is read and checked before any GPU work.
+    let ck = match checkpoint {
+        Some(path) => {
+            let [model] = models else {
+                anyhow::bail!(
+                    "--checkpoint times one model: give exactly one --model (the checkpoint's)"
+                );
+            };
+            let ck = Checkpoint::load(path)?;
+            let (m, masked) = (ck.meta("model").unwrap_or("?"), ck.meta("masked"));
+            if m != model || masked != Some("true") {
+                anyhow::bail!(
+                    "{}: a checkpoint of {m} (masked: {}), but --checkpoint needs a DST checkpoint of --model {model}",
+                    path.display(),
+                    masked.unwrap_or("?")
+                );
+            }
+            Some((ck, path))
+        }
+        None => None,
+    };
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.describe());
     // --reps 0: step times only.
@@ -253,7 +271,8 @@ pub fn run(
         return Ok(());
     }
     for model in models {
-        step_times(model, steps, data, profile, checkpoint, rounds)?;
+        let ck = ck.as_ref().map(|(c, p)| (c, *p));
+        step_times(model, steps, data, profile, ck, rounds)?;
     }
     Ok(())
 }
@@ -307,13 +326,25 @@ fn sparse_products(
             vec![
                 sp.ell_build(gpu, &p, &lists, true)?,
                 sp.to_feature_major(gpu, batch, cols, &x, &x_fm)?,
-                sp.ell_product(gpu, &lists, true, batch, &x_fm, Some(&b), &y, &k.dummy)?,
+                sp.ell_product(
+                    gpu,
+                    &lists,
+                    true,
+                    batch,
+                    &x_fm,
+                    Some(&b),
+                    &y,
+                    false,
+                    &k.dummy,
+                )?,
             ],
             vec![k.gemm.backward_input(gpu, &dy, &p, &dx, false, &k.dummy)?],
             vec![
                 sp.ell_build(gpu, &p, &lists, false)?,
                 sp.to_feature_major(gpu, batch, rows, &dy, &dy_fm)?,
-                sp.ell_product(gpu, &lists, false, batch, &dy_fm, None, &dx, &k.dummy)?,
+                sp.ell_product(
+                    gpu, &lists, false, batch, &dy_fm, None, &dx, false, &k.dummy,
+                )?,
             ],
         ];
         for (row, ds) in table.iter_mut().zip(&seqs) {
@@ -439,7 +470,7 @@ fn step_times(
     steps: u32,
     data: Option<&Path>,
     profile: bool,
-    checkpoint: Option<&Path>,
+    ck: Option<(&Checkpoint, &Path)>,
     rounds: u32,
 ) -> anyhow::Result<()> {
     let cfg = TrainConfig {
@@ -456,21 +487,6 @@ fn step_times(
         }
         _ => cfg.load_data()?.train,
     };
-    let ck = match checkpoint {
-        Some(path) => {
-            let ck = Checkpoint::load(path)?;
-            let (m, masked) = (ck.meta("model").unwrap_or("?"), ck.meta("masked"));
-            if m != model || masked != Some("true") {
-                anyhow::bail!(
-                    "{}: a checkpoint of {m} (masked: {}), but --checkpoint needs a DST checkpoint of --model {model}",
-                    path.display(),
-                    masked.unwrap_or("?")
-                );
-            }
-            Some((ck, path))
-        }
-        None => None,
-    };
     let batch = cfg.batch;
     let opt = cfg.optimizer();
     let open = |masked: bool| -> anyhow::Result<Session> {
@@ -484,23 +500,15 @@ fn step_times(
             opt.is_adam(),
         )?)
     };
-    // (label, masked, from the checkpoint, sparse products)
-    let mut specs = vec![
-        ("dense".to_string(), false, false, false),
-        ("DST".to_string(), true, false, true),
-    ];
+    // (label, masked, from the checkpoint, --sparse-keep: None the adapter's default)
+    let mut specs = vec![("dense", false, false, None), ("DST", true, false, None)];
     if ck.is_some() {
+        specs.push(("DST from checkpoint, dense products", true, true, Some(0.0)));
         specs.push((
-            "DST from checkpoint, dense products".into(),
+            "DST from checkpoint, sparse products",
             true,
             true,
-            false,
-        ));
-        specs.push((
-            "DST from checkpoint, sparse products".into(),
-            true,
-            true,
-            true,
+            Some(1.0),
         ));
     }
     let infos: Vec<StepInfo> = (0..steps as usize)
@@ -514,12 +522,12 @@ fn step_times(
         })
         .collect();
     let mut variants = Vec::new();
-    for (label, masked, from_ck, sparse) in specs {
+    for (label, masked, from_ck, sparse_keep) in specs {
         let mut session = open(masked)?;
-        if !sparse {
-            session.sparse_keep = 0.0;
+        if let Some(r) = sparse_keep {
+            session.sparse_keep = r;
         }
-        if let Some((ck, path)) = ck.as_ref().filter(|_| from_ck) {
+        if let Some((ck, path)) = ck.filter(|_| from_ck) {
             session.restore(ck, path, true)?;
             // The run's dead-layer policy: under the paper's reset a layer that a floor run kept
             // at <= 1 % would turn dense again in the first step.
@@ -546,7 +554,7 @@ fn step_times(
                 100.0 * kept as f64 / total.max(1) as f64
             )
         } else {
-            label
+            label.to_string()
         };
         variants.push(Variant {
             label,

@@ -276,6 +276,7 @@ impl Masked {
             layer_keep,
             1,
             ResetPolicy::Paper,
+            PassExtras::default(),
         )
     }
 
@@ -316,7 +317,7 @@ impl Masked {
         // The last reset of the pass writes the final count: it sets the switch and adds the
         // penalty (the floor's first one only moves thresholds).
         let reset = |p, last: bool| {
-            self.mask_reset_switched(
+            self.mask_reset_policy(
                 gpu,
                 weight,
                 threshold,
@@ -343,34 +344,9 @@ impl Masked {
     /// `mask_reset` for a weight whose rows stack `groups` matrices of equal height (an LSTM's
     /// four gates), each with its own decision, 4 counters each in `layer_keep`, and `policy` for a
     /// dying matrix (for the floor, see `mask_pass`: the thresholds move, P and the counters follow
-    /// in the next two dispatches).
+    /// in the next two dispatches). `extras` as for `mask_pass`, for this one dispatch.
     #[allow(clippy::too_many_arguments)]
     pub fn mask_reset_policy(
-        &self,
-        gpu: &Gpu,
-        weight: &Tensor,
-        threshold: &Tensor,
-        masked_weight: &Tensor,
-        row_keep: &Tensor,
-        layer_keep: &Tensor,
-        groups: usize,
-        policy: ResetPolicy,
-    ) -> Result<Dispatch> {
-        self.mask_reset_switched(
-            gpu,
-            weight,
-            threshold,
-            masked_weight,
-            row_keep,
-            layer_keep,
-            groups,
-            policy,
-            PassExtras::default(),
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn mask_reset_switched(
         &self,
         gpu: &Gpu,
         weight: &Tensor,

@@ -30,9 +30,11 @@ pub struct SparseParams {
     pub list_base: u32,
     /// `ell_*`: where their counts start.
     pub cnt_base: u32,
-    /// `ell_rows`, `ell_cols`: P is stored transposed.
+    /// `ell_build`: P is stored transposed.
     pub p_transposed: u32,
-    pub _pad: [u32; 3],
+    /// `ell_build`: the row lists (else the column lists).
+    pub by_rows: u32,
+    pub _pad: [u32; 2],
 }
 
 /// How a batch of vectors lies in memory.
@@ -68,8 +70,7 @@ pub struct Sparse {
     pub csr_linear_k: Kernel,
     pub to_feature_major_k: Kernel,
     pub csr_linear_fm_k: Kernel,
-    pub ell_rows_k: Kernel,
-    pub ell_cols_k: Kernel,
+    pub ell_build_k: Kernel,
     pub ell_product_k: Kernel,
     pub ell_product4_k: Kernel,
 }
@@ -226,8 +227,7 @@ impl Sparse {
                 &[(4, R), (6, Access::ReadWrite)],
                 false,
             )?,
-            ell_rows_k: f.kernel("ell_rows", &[(9, R), (10, RW), (11, RW), (12, RW)], false)?,
-            ell_cols_k: f.kernel("ell_cols", &[(9, R), (10, RW), (11, RW), (12, RW)], false)?,
+            ell_build_k: f.kernel("ell_build", &[(9, R), (10, RW), (11, RW), (12, RW)], false)?,
             ell_product_k: f.kernel(
                 "ell_product",
                 &[(10, RW), (11, RW), (12, RW), (4, R), (5, R), (6, RW)],
@@ -263,14 +263,11 @@ impl Sparse {
             list_base: if by_rows { 0 } else { (rows * cols) as u32 },
             cnt_base: if by_rows { 0 } else { rows as u32 },
             p_transposed: lists.p_transposed as u32,
+            by_rows: by_rows as u32,
             ..Default::default()
         };
-        let (k, n) = if by_rows {
-            (&self.ell_rows_k, rows)
-        } else {
-            (&self.ell_cols_k, cols)
-        };
-        k.bind(
+        let n = if by_rows { rows } else { cols };
+        self.ell_build_k.bind(
             gpu,
             &params,
             &[p, &lists.idx, &lists.val, &lists.cnt],
@@ -279,27 +276,12 @@ impl Sparse {
         )
     }
 
-    /// With the row lists (`by_rows`): `y = x P^T + bias` (`x`: `batch x cols`); with the column
-    /// lists: `y = x P` (`x`: `batch x rows`, no bias). `x_fm` is `x` feature-major
-    /// (`to_feature_major`), `y` batch-major; every y is written.
+    /// With the row lists (`by_rows`): `y = act(x P^T + bias)` (`x`: `batch x cols`); with the
+    /// column lists: `y = act(x P)` (`x`: `batch x rows`, no bias); act is ReLU (`relu`, a linear
+    /// layer's fused ReLU) or none. `x_fm` is `x` feature-major (`to_feature_major`), `y`
+    /// batch-major; every y is written.
     #[allow(clippy::too_many_arguments)]
     pub fn ell_product(
-        &self,
-        gpu: &Gpu,
-        lists: &EllLists,
-        by_rows: bool,
-        batch: usize,
-        x_fm: &Tensor,
-        bias: Option<&Tensor>,
-        y: &Tensor,
-        dummy: &Tensor,
-    ) -> Result<Dispatch> {
-        self.ell_product_act(gpu, lists, by_rows, batch, x_fm, bias, y, false, dummy)
-    }
-
-    /// `ell_product`, then `max(., 0)` with `relu` (a linear layer's fused ReLU).
-    #[allow(clippy::too_many_arguments)]
-    pub fn ell_product_act(
         &self,
         gpu: &Gpu,
         lists: &EllLists,

@@ -191,7 +191,7 @@ impl Layer for Linear {
                 cx.push(sw.route(gpu, 0, Path::Sparse, sp.ell_build(gpu, &w, lists, true)?));
                 let d = sp.to_feature_major(gpu, batch, self.in_features, &x2, &x_fm)?;
                 cx.push(sw.route(gpu, 1, Path::Sparse, d));
-                let d = sp.ell_product_act(
+                let d = sp.ell_product(
                     gpu,
                     lists,
                     true,
@@ -263,8 +263,9 @@ impl Layer for Linear {
                     cx.push(sw.route(gpu, 4, Path::Sparse, sp.ell_build(gpu, &w, lists, false)?));
                     let d = sp.to_feature_major(gpu, batch, self.out_features, dy, &dy_fm)?;
                     cx.push(sw.route(gpu, 5, Path::Sparse, d));
-                    let d =
-                        sp.ell_product(gpu, lists, false, batch, &dy_fm, None, &dx, &k.dummy)?;
+                    let d = sp.ell_product(
+                        gpu, lists, false, batch, &dy_fm, None, &dx, false, &k.dummy,
+                    )?;
                     cx.push(sw.route(gpu, 6, Path::Sparse, d));
                     cx.push(sw.route(gpu, 7, Path::Dense, dense));
                 }

@@ -30,7 +30,7 @@ pub fn csr_linear(
     y
 }
 
-/// `ell_rows` (`by_rows`) or `ell_cols` of `p` (`rows x cols`): per list (a row, or a column), the
+/// `ell_build` (the row lists with `by_rows`, else the column lists) of `p` (`rows x cols`): per list (a row, or a column), the
 /// indices and values of its nonzeros in ascending order.
 pub fn ell_lists(p: &[f64], rows: usize, cols: usize, by_rows: bool) -> Vec<Vec<(u32, f64)>> {
     let (n, len) = if by_rows { (rows, cols) } else { (cols, rows) };

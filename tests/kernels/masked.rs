@@ -492,6 +492,7 @@ fn mask_reset_groups_resets_each_matrix_on_its_own() {
             &lk,
             groups,
             dst::kernels::masked::ResetPolicy::Paper,
+            Default::default(),
         )
         .unwrap(),
     ];

@@ -305,6 +305,8 @@ fn ell_lists_and_products_match_reference() {
                 c.poisoned("y", &[batch * rows]),
                 c.poisoned("dx", &[batch * cols]),
             );
+            // Half the cases fuse a ReLU into the forward product.
+            let relu = batch % 2 == 0;
             let sp = &c.k.sparse;
             let ds = [
                 sp.ell_build(&c.gpu, &pt, &lists, true).unwrap(),
@@ -321,11 +323,14 @@ fn ell_lists_and_products_match_reference() {
                     &x_fm,
                     Some(&bt),
                     &y,
+                    relu,
                     &c.k.dummy,
                 )
                 .unwrap(),
-                sp.ell_product(&c.gpu, &lists, false, batch, &dy_fm, None, &dx, &c.k.dummy)
-                    .unwrap(),
+                sp.ell_product(
+                    &c.gpu, &lists, false, batch, &dy_fm, None, &dx, false, &c.k.dummy,
+                )
+                .unwrap(),
             ];
             run_once(&c.gpu, &ds, 0).unwrap();
             let what = format!("{rows}x{cols} batch {batch} density {density}");
@@ -385,8 +390,13 @@ fn ell_lists_and_products_match_reference() {
                 );
             }
             let scale = |v: &[f64]| v.iter().fold(1.0f64, |m, x| m.max(x.abs()));
+            let want_y: Vec<f64> = if relu {
+                want_y.iter().map(|v| v.max(0.0)).collect()
+            } else {
+                want_y
+            };
             assert_close(
-                &format!("ell y {what}"),
+                &format!("ell y {what} relu {relu}"),
                 &c.read(&y),
                 &want_y,
                 TOL * scale(&want_y),
