@@ -32,3 +32,21 @@ fn long_tail(x: f32) -> f32 {
     }
     return 0.0;
 }
+
+// One weight's gradients from G = dL/dP (METHOD.md section 2), with Q = |W| - t:
+// x = dL/dW = G*S(Q) + G*|W|*H(Q), y = G*W*H(Q) (the weight's term of its row's -dL/dt).
+fn mask_grads(g: f32, w: f32, t: f32) -> vec2<f32> {
+    let q = abs(w) - t;
+    let h = long_tail(q);
+    return vec2<f32>(g * dst_step(q) + g * abs(w) * h, g * w * h);
+}
+
+// SGD with momentum (dampening 0, no Nesterov), one element: the new velocity
+// momentum * v + (g + weight_decay * p); the parameter then moves by -lr times it.
+fn sgd_velocity(g: f32, p: f32, v: f32, momentum: f32, weight_decay: f32) -> f32 {
+    var gg = g;
+    if (weight_decay != 0.0) {
+        gg = gg + weight_decay * p;
+    }
+    return momentum * v + gg;
+}

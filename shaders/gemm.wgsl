@@ -25,7 +25,13 @@ struct GemmParams {
     has_bias: u32,
     bias_grad: u32, // gemm_tn_vec4: also write db = sum over k of A(m, k) (a linear layer's bias gradient)
     relu: u32,      // store C as max(C, 0) (a linear layer's ReLU, fused into its forward)
+    masked: u32,    // gemm_tn_sgd: C is dL/dP of a DST-masked weight (mask backward applied first)
+    momentum: f32,  // gemm_tn_sgd: SGD's momentum and weight decay
+    weight_decay: f32,
     _pad2: u32,
+    _pad3: u32,
+    _pad4: u32,
+    _pad5: u32,
 }
 
 @group(0) @binding(0) var<uniform> gp: GemmParams;
@@ -249,6 +255,46 @@ fn gemm_nt_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// The 4 x 8 outputs of the A^T B form at (row0, col0): row i in tile[2i] (columns 0-3) and
+// tile[2i + 1] (columns 4-7); M % 4 == 0, N % 4 == 0, columns past N clamped (stores skip them).
+fn tn_tile(row0: u32, col0: u32) -> array<vec4<f32>, 8> {
+    let m4 = gp.m / 4u;
+    let n4 = gp.n / 4u;
+    let ra = row0 / 4u;
+    let ca = min(col0 / 4u, n4 - 1u);
+    let cb = min(col0 / 4u + 1u, n4 - 1u);
+    var acc: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var kk = 0u; kk < gp.k; kk++) {
+        let a0 = a4[kk * m4 + ra];
+        let b0 = b4[kk * n4 + ca];
+        let b1 = b4[kk * n4 + cb];
+        for (var i = 0u; i < 4u; i++) {
+            acc[2u * i] = fma(vec4<f32>(a0[i]), b0, acc[2u * i]);
+            acc[2u * i + 1u] = fma(vec4<f32>(a0[i]), b1, acc[2u * i + 1u]);
+        }
+    }
+    return acc;
+}
+
+// With `bias_grad`, by the first column block only (a second pass over the invocation's four rows
+// of A, so that the main loop stays as it is for every other invocation): db[m] = sum over k of
+// A(m, k) in order (the same sums as `bias_backward`).
+fn tn_bias_grad(row0: u32, first_block: bool) {
+    if (gp.bias_grad != 0u && first_block) {
+        let m4 = gp.m / 4u;
+        var dsum = vec4<f32>(0.0);
+        for (var kk = 0u; kk < gp.k; kk++) {
+            dsum = dsum + a4[kk * m4 + row0 / 4u];
+        }
+        for (var i = 0u; i < 4u; i++) {
+            db[row0 + i] = dsum[i];
+        }
+    }
+}
+
 // C = A^T B form (linear weight gradient): A(m, k) = a[k*M + m], B(k, n) = b[k*N + n],
 // M % 4 == 0, N % 4 == 0. Reads a4, b4; writes (or accumulates into) C and, with `bias_grad`,
 // db[m] = sum over k of A(m, k) in order (the bias gradient, by the invocations of the first
@@ -263,42 +309,14 @@ fn gemm_tn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (row0 >= gp.m || col0 >= gp.n) {
         return;
     }
-    let m4 = gp.m / 4u;
-    let n4 = gp.n / 4u;
-    // Vec4 indices of this invocation's rows and columns (clamped; stores skip the extras).
-    let ra = row0 / 4u;
-    let ca = min(col0 / 4u, n4 - 1u);
-    let cb = min(col0 / 4u + 1u, n4 - 1u);
-    var acc: array<vec4<f32>, 8>; // row i: acc[2i] columns 0-3, acc[2i+1] columns 4-7
-    for (var i = 0u; i < 8u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
-    for (var kk = 0u; kk < gp.k; kk++) {
-        let a0 = a4[kk * m4 + ra];
-        let b0 = b4[kk * n4 + ca];
-        let b1 = b4[kk * n4 + cb];
-        for (var i = 0u; i < 4u; i++) {
-            acc[2u * i] = fma(vec4<f32>(a0[i]), b0, acc[2u * i]);
-            acc[2u * i + 1u] = fma(vec4<f32>(a0[i]), b1, acc[2u * i + 1u]);
-        }
-    }
+    let acc = tn_tile(row0, col0);
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
             store_c(row0 + i, col0 + j, acc[2u * i][j]);
             store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
         }
     }
-    // A second pass over this invocation's four rows of A, by the first column block only: the
-    // main loop stays as it is for every other invocation.
-    if (gp.bias_grad != 0u && gid.x == 0u) {
-        var dsum = vec4<f32>(0.0);
-        for (var kk = 0u; kk < gp.k; kk++) {
-            dsum = dsum + a4[kk * m4 + ra];
-        }
-        for (var i = 0u; i < 4u; i++) {
-            db[row0 + i] = dsum[i];
-        }
-    }
+    tn_bias_grad(row0, gid.x == 0u);
 }
 
 // C = A B form (linear input gradient): A(m, k) = a[m*K + k], B(k, n) = b[k*N + n],
@@ -348,4 +366,76 @@ fn gemm_nn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
             store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
         }
     }
+}
+
+// ---- the weight-gradient product fused with the optimiser step (CPU adapters) ----
+@group(0) @binding(8) var<storage, read_write> upd_param: array<f32>;     // W, M x N
+@group(0) @binding(9) var<storage, read_write> upd_velocity: array<f32>;  // W's SGD velocity
+@group(0) @binding(10) var<storage, read_write> upd_threshold: array<f32>; // t (M), when masked
+@group(0) @binding(11) var<storage, read_write> upd_dt_part: array<f32>;  // M x ceil(N / 8)
+@group(1) @binding(0) var<uniform> si: StepInfo;
+
+// One element of `gemm_tn_sgd`: C = g at W's index e (row threshold t). Returns its term of
+// the row's partial sum of dL/dt (0 when not masked).
+fn tn_sgd_one(e: u32, g: f32, t: f32) -> f32 {
+    let w = upd_param[e];
+    var dw = g;
+    var part = 0.0;
+    if (gp.masked != 0u) {
+        let r = mask_grads(g, w, t);
+        dw = r.x;
+        part = r.y;
+    }
+    let v = sgd_velocity(dw, w, upd_velocity[e], gp.momentum, gp.weight_decay);
+    upd_velocity[e] = v;
+    upd_param[e] = w - si.lr * v;
+    return part;
+}
+
+// Four elements of `gemm_tn_sgd` at (row, col..col + 3) (none past N: N % 4 == 0).
+fn tn_sgd_four(row: u32, col: u32, g: vec4<f32>, t: f32) -> f32 {
+    if (col >= gp.n) {
+        return 0.0;
+    }
+    let e = row * gp.n + col;
+    return tn_sgd_one(e, g.x, t) + tn_sgd_one(e + 1u, g.y, t) + tn_sgd_one(e + 2u, g.z, t)
+        + tn_sgd_one(e + 3u, g.w, t);
+}
+
+// One row of a `gemm_tn_sgd` invocation: columns col..col + 7 from lo (0-3) and hi (4-7); the
+// partial sum of dL/dt goes to upd_dt_part[row][block].
+fn tn_sgd_row(row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>, block: u32) {
+    var t = 0.0;
+    if (gp.masked != 0u) {
+        t = upd_threshold[row];
+    }
+    let part = tn_sgd_four(row, col, lo, t) + tn_sgd_four(row, col + 4u, hi, t);
+    if (gp.masked != 0u) {
+        upd_dt_part[row * ((gp.n + RB - 1u) / RB) + block] = part;
+    }
+}
+
+// `gemm_tn_vec4`'s product C = A^T B (a linear layer's dW = G^T X, or dP when `masked`), whose
+// outputs never reach memory: each element goes straight into the weight's SGD step, the same
+// arithmetic as `mask_backward` followed by `optim.sgd` (shared functions `mask_grads`,
+// `sgd_velocity`), with one pass over W and its velocity instead of four passes over W, dP, dW:
+//   masked: dW = G*S(Q) + G*|W|*H(Q), and upd_dt_part[i][gid.x] = sum over this invocation's 8
+//           columns of G*W*H(Q) (`masked.threshold_grad` finishes dL/dt);
+//   then    v = momentum * v + (dW + wd * W);  W = W - lr * v.
+// W's gradient arena is not written. `bias_grad` writes db as `gemm_tn_vec4` does. Reads a4, b4,
+// threshold; updates W and its velocity.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_tn_sgd(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * RB;
+    if (row0 >= gp.m || col0 >= gp.n) {
+        return;
+    }
+    let acc = tn_tile(row0, col0);
+    // Constant indices into acc only (a dynamic one would put the accumulators in memory).
+    tn_sgd_row(row0, col0, acc[0], acc[1], gid.x);
+    tn_sgd_row(row0 + 1u, col0, acc[2], acc[3], gid.x);
+    tn_sgd_row(row0 + 2u, col0, acc[4], acc[5], gid.x);
+    tn_sgd_row(row0 + 3u, col0, acc[6], acc[7], gid.x);
+    tn_bias_grad(row0, gid.x == 0u);
 }

@@ -261,12 +261,9 @@ fn mask_backward(@builtin(local_invocation_id) lid: vec3<u32>,
         t = threshold[row];
         let base = row * mp.cols;
         for (var j = lid.x; j < mp.cols; j += 8u) {
-            let w = weight[base + j];
-            let g = d_masked[base + j];
-            let q = abs(w) - t;
-            let h = long_tail(q);
-            d_weight[base + j] = g * dst_step(q) + g * abs(w) * h;
-            part += g * w * h;
+            let r = mask_grads(d_masked[base + j], weight[base + j], t);
+            d_weight[base + j] = r.x;
+            part += r.y;
         }
     }
     let slot = lid.y * 8u + lid.x;
@@ -318,4 +315,21 @@ fn penalty(@builtin(local_invocation_id) lid: vec3<u32>) {
     if (lid.x == 0u) {
         stats[1] = stats[1] + mp.alpha * alpha_scale[0] * s;
     }
+}
+
+// The thresholds' gradient after a weight-gradient product that applied the mask's backward
+// itself (`gemm_tn_sgd`): d_masked holds its partial row sums, rows x mp.cols (mp.cols: the
+// product's column blocks). One invocation per row sums them in order:
+//   d_threshold[i] = -sum_b d_masked[i][b] - alpha * exp(-t[i])    (alpha as in mask_backward)
+@compute @workgroup_size(64, 1, 1)
+fn threshold_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let row = gid.x;
+    if (row >= mp.rows) {
+        return;
+    }
+    var s = 0.0;
+    for (var b = 0u; b < mp.cols; b++) {
+        s += d_masked[row * mp.cols + b];
+    }
+    d_threshold[row] = -s - mp.alpha * alpha_scale[0] * exp(-threshold[row]);
 }

@@ -27,21 +27,46 @@ fn elem(gid: vec3<u32>, nwg: vec3<u32>) -> u32 {
 
 // SGD with momentum (dampening 0, no Nesterov). Reads grad; updates param and moment1 (velocity):
 //   g = grad + wd * p;  v = momentum * v + g  (v starts at 0, so the first step gives v = g);
-//   p = p - lr * v.
+//   p = p - lr * v  (`sgd_velocity`, shared with the fused products of gemm.wgsl).
 @compute @workgroup_size(256, 1, 1)
 fn sgd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = elem(gid, nwg);
     if (i >= op.n) {
         return;
     }
-    var p = param[i];
-    var g = grad[i];
-    if (op.weight_decay != 0.0) {
-        g = g + op.weight_decay * p;
-    }
-    let v = op.momentum * moment1[i] + g;
+    sgd_at(i);
+}
+
+fn sgd_at(i: u32) {
+    let p = param[i];
+    let v = sgd_velocity(grad[i], p, moment1[i], op.momentum, op.weight_decay);
     moment1[i] = v;
     param[i] = p - si.lr * v;
+}
+
+// Ranges of the arena whose elements `sgd` updates (the rest were updated by fused products,
+// `gemm_tn_sgd`): ranges[0] = R, then for r < R: ranges[1 + 2r] = the range's first index in the
+// op.n elements of all ranges together (ascending from 0), ranges[2 + 2r] = its arena offset.
+@group(0) @binding(7) var<storage, read> ranges: array<u32>;
+
+// `sgd` over the elements the ranges list, one invocation per element (binary search of its range).
+@compute @workgroup_size(256, 1, 1)
+fn sgd_ranges(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = elem(gid, nwg);
+    if (i >= op.n) {
+        return;
+    }
+    var lo = 0u;
+    var hi = ranges[0];
+    while (hi - lo > 1u) {
+        let mid = (lo + hi) / 2u;
+        if (ranges[1u + 2u * mid] <= i) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    sgd_at(ranges[2u + 2u * lo] + (i - ranges[1u + 2u * lo]));
 }
 
 // Adam (bias-corrected, eps added after the square root). Reads grad; updates param, moment1 (m)

@@ -181,7 +181,9 @@ impl Plan {
 
     /// Builds the plan of one training step (`Mode::Train`) or one evaluation batch (`Mode::Eval`).
     /// The penalty weight is `alpha * alpha_scale[0]`; `reset` is the dead-layer policy;
-    /// `sparse_keep` the keep ratio at or below which masked linear layers use sparse products.
+    /// `sparse_keep` the keep ratio at or below which masked linear layers use sparse products;
+    /// `fuse_sgd`: with SGD, layers that can may fuse their weights' SGD step into their
+    /// weight-gradient products (`PlanCx::fused_sgd`).
     #[allow(clippy::too_many_arguments)]
     pub fn build(
         gpu: &Gpu,
@@ -196,12 +198,18 @@ impl Plan {
         alpha_scale: &Tensor,
         reset: crate::kernels::masked::ResetPolicy,
         sparse_keep: f64,
+        fuse_sgd: bool,
     ) -> Result<Plan> {
         let stats = Tensor::zeros(gpu, &format!("{mode:?}.stats"), &[STATS_WORDS])?;
         let mut cx = PlanCx::new(gpu, kernels, &model.arena, step, mode, alpha, stats.clone());
         cx.alpha_scale = alpha_scale.clone();
         cx.reset = reset;
         cx.sparse_keep = sparse_keep;
+        if let (Mode::Train, true, Optimizer::Sgd { momentum, weight_decay }) =
+            (mode, fuse_sgd, optimizer)
+        {
+            cx.fused_sgd = Some((momentum, weight_decay));
+        }
         let mut shape = vec![batch];
         shape.extend(&model.input);
         let rows = cx.activation("input", &[batch, data.pixels])?;
@@ -264,6 +272,29 @@ impl Plan {
             }
             let a = &model.arena;
             cx.push(match optimizer {
+                Optimizer::Sgd {
+                    momentum,
+                    weight_decay,
+                } if !cx.self_updated.is_empty() => {
+                    let skip: Vec<_> = cx
+                        .self_updated
+                        .iter()
+                        .map(|&id| {
+                            let e = &a.layout.entries[id.0];
+                            e.offset..e.offset + e.len()
+                        })
+                        .collect();
+                    kernels.optim.sgd_except(
+                        gpu,
+                        &a.params,
+                        &a.grads,
+                        &a.moment1,
+                        &skip,
+                        momentum,
+                        weight_decay,
+                        step,
+                    )?
+                }
                 Optimizer::Sgd {
                     momentum,
                     weight_decay,

@@ -22,7 +22,12 @@ pub struct GemmParams {
     pub bias_grad: u32,
     /// Store `max(C, 0)` (a linear layer's ReLU, fused into its forward).
     pub relu: u32,
-    pub _pad: u32,
+    /// `gemm_tn_sgd`: C is dL/dP of a DST-masked weight.
+    pub masked: u32,
+    /// `gemm_tn_sgd`: SGD's momentum and weight decay.
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub _pad: [u32; 4],
 }
 
 impl GemmParams {
@@ -39,8 +44,7 @@ impl GemmParams {
             accumulate: 0,
             has_bias: has_bias as u32,
             bias_grad: 0,
-            relu: 0,
-            _pad: 0,
+            ..Default::default()
         }
     }
 
@@ -57,8 +61,7 @@ impl GemmParams {
             accumulate: accumulate as u32,
             has_bias: 0,
             bias_grad: 0,
-            relu: 0,
-            _pad: 0,
+            ..Default::default()
         }
     }
 
@@ -93,8 +96,7 @@ impl GemmParams {
             accumulate: accumulate as u32,
             has_bias: 0,
             bias_grad: 0,
-            relu: 0,
-            _pad: 0,
+            ..Default::default()
         }
     }
 }
@@ -102,6 +104,7 @@ impl GemmParams {
 pub struct Gemm {
     pub nt_vec4: Kernel,
     pub tn_vec4: Kernel,
+    pub tn_sgd: Kernel,
     pub nn_vec4: Kernel,
     pub regblock: Kernel,
     pub tiled: Kernel,
@@ -135,6 +138,29 @@ const VEC4_TN: &[(u32, Access)] = &[
     (4, Access::ReadWrite),
     (7, Access::ReadWrite),
 ];
+
+/// `gemm_tn_sgd`: A, B, db, then the weight, its velocity, the thresholds, the partial sums.
+const TN_SGD: &[(u32, Access)] = &[
+    (5, Access::Read),
+    (6, Access::Read),
+    (7, Access::ReadWrite),
+    (8, Access::ReadWrite),
+    (9, Access::ReadWrite),
+    (10, Access::ReadWrite),
+    (11, Access::ReadWrite),
+];
+
+/// The weight a fused weight-gradient product updates by SGD (`Gemm::backward_weight_sgd`).
+pub struct SgdTarget<'a> {
+    /// The weight (N x K) and its velocity, views of the parameter and first-moment arenas.
+    pub weight: &'a Tensor,
+    pub velocity: &'a Tensor,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    /// A DST-masked weight: its thresholds (N) and the partial sums of dL/dt the product writes
+    /// (N x `Gemm::dt_blocks(K)`), finished by `masked.threshold_grad`.
+    pub mask: Option<(&'a Tensor, &'a Tensor)>,
+}
 
 /// The vec4 fast path (CPU adapters) that computes `p`, if its strides and sizes allow one.
 fn vec4_form(p: &GemmParams, a: &Tensor, b: &Tensor) -> Option<Vec4Form> {
@@ -178,6 +204,7 @@ impl Gemm {
         Ok(Gemm {
             nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
             tn_vec4: f.kernel("gemm_tn_vec4", VEC4_TN, false)?,
+            tn_sgd: f.kernel("gemm_tn_sgd", TN_SGD, true)?,
             nn_vec4: f.kernel("gemm_nn_vec4", VEC4, false)?,
             regblock: f.kernel("gemm_regblock", MATMUL, false)?,
             tiled: f.kernel("gemm_tiled", MATMUL, false)?,
@@ -418,6 +445,63 @@ impl Gemm {
             self.backward_weight(gpu, g, x, dw, false, dummy)?,
             self.bias_backward(gpu, g, db)?,
         ])
+    }
+
+    /// Column blocks of the fused weight-gradient product over K input features: the partial
+    /// sums per row of dL/dt it writes.
+    pub fn dt_blocks(k: usize) -> usize {
+        k.div_ceil(8)
+    }
+
+    /// A linear layer's weight-gradient product fused with the weight's SGD step (and, for a
+    /// masked weight, the mask's backward): one dispatch instead of the product, `mask_backward`
+    /// and the weight's share of the optimiser pass; db as `backward_weight_bias`. `None` where the
+    /// vec4 weight-gradient form does not apply (GPUs; shapes or offsets it cannot take): the
+    /// caller records the unfused passes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_weight_sgd(
+        &self,
+        gpu: &Gpu,
+        g: &Tensor,
+        x: &Tensor,
+        db: &Tensor,
+        target: &SgdTarget<'_>,
+        step: &super::StepRing,
+        dummy: &Tensor,
+    ) -> Result<Option<Dispatch>> {
+        let (m, n) = dims2(g);
+        let (m2, k) = dims2(x);
+        assert_eq!(m, m2, "backward_weight_sgd: g {:?} vs x {:?}", g.shape, x.shape);
+        assert_eq!(target.weight.len(), n * k, "backward_weight_sgd: weight size");
+        assert_eq!(target.velocity.len(), n * k, "backward_weight_sgd: velocity size");
+        assert_eq!(db.len(), n, "backward_weight_sgd: db length");
+        let mut p = GemmParams::linear_backward_weight(m, n, k, false);
+        if self.variant != GemmVariant::RegBlock || vec4_form(&p, g, x) != Some(Vec4Form::Tn) {
+            return Ok(None);
+        }
+        p.bias_grad = 1;
+        p.momentum = target.momentum;
+        p.weight_decay = target.weight_decay;
+        let (t, part) = match target.mask {
+            Some((t, part)) => {
+                assert_eq!(t.len(), n, "backward_weight_sgd: thresholds");
+                assert!(
+                    part.len() >= n * Self::dt_blocks(k),
+                    "backward_weight_sgd: partial sums"
+                );
+                p.masked = 1;
+                (t, part)
+            }
+            None => (dummy, dummy),
+        };
+        let groups = [p.n.div_ceil(64), p.m.div_ceil(32), 1];
+        Ok(Some(self.tn_sgd.bind(
+            gpu,
+            &p,
+            &[g, x, db, target.weight, target.velocity, t, part],
+            Some(step),
+            groups,
+        )?))
     }
 
     /// `db[n] = sum_m g[m][n]`: g (M x N), db (N), on the device's variant.

@@ -105,6 +105,7 @@ pub struct Masked {
     pub mask_forward_rowwise_k: Kernel,
     pub mask_reset_k: Kernel,
     pub mask_backward_k: Kernel,
+    pub threshold_grad_k: Kernel,
     pub penalty_k: Kernel,
 }
 
@@ -180,6 +181,11 @@ impl Masked {
                     (8, RW),
                     (10, Access::Read),
                 ],
+                false,
+            )?,
+            threshold_grad_k: f.kernel(
+                "threshold_grad",
+                &[(2, RW), (6, RW), (8, RW), (10, Access::Read)],
                 false,
             )?,
             penalty_k: f.kernel("penalty", &[(2, RW), (9, RW), (10, Access::Read)], false)?,
@@ -448,6 +454,43 @@ impl Masked {
             ],
             None,
             grid_1d(p.rows.div_ceil(8)),
+        )
+    }
+
+    /// dL/dt (penalty included) from the partial row sums `parts` (rows x blocks) of a
+    /// weight-gradient product that applied the mask's backward itself (`gemm_tn_sgd`):
+    /// `d_threshold[i] = -sum_b parts[i][b] - alpha * alpha_scale[0] * exp(-t[i])`.
+    pub fn threshold_grad(
+        &self,
+        gpu: &Gpu,
+        threshold: &Tensor,
+        parts: &Tensor,
+        d_threshold: &Tensor,
+        alpha: f32,
+        alpha_scale: &Tensor,
+    ) -> Result<Dispatch> {
+        let rows = threshold.len();
+        assert_eq!(d_threshold.len(), rows, "threshold_grad: d_threshold");
+        assert!(
+            rows > 0 && parts.len().is_multiple_of(rows),
+            "threshold_grad: parts"
+        );
+        let p = MaskParams {
+            alpha,
+            ..rows_cols(
+                &Tensor {
+                    shape: vec![rows, parts.len() / rows],
+                    ..parts.clone()
+                },
+                threshold,
+            )
+        };
+        self.threshold_grad_k.bind(
+            gpu,
+            &p,
+            &[threshold, parts, d_threshold, alpha_scale],
+            None,
+            grid_1d((rows as u32).div_ceil(64)),
         )
     }
 

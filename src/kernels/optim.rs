@@ -21,9 +21,52 @@ pub struct OptimParams {
 
 pub struct Optim {
     pub sgd_k: Kernel,
+    pub sgd_ranges_k: Kernel,
     pub adam_k: Kernel,
     pub check_finite_k: Kernel,
     pub check_reduce_k: Kernel,
+}
+
+/// The elements of `[0, len)` outside the (disjoint) ranges `skip`, as `sgd_ranges` reads them:
+/// `[R, then per range: its first index among the kept elements, its offset]`, and their count.
+pub fn ranges_except(len: usize, skip: &[std::ops::Range<usize>]) -> (Vec<u32>, usize) {
+    let mut skip = skip.to_vec();
+    skip.sort_by_key(|r| r.start);
+    let mut table = vec![0u32];
+    let (mut at, mut kept) = (0, 0);
+    for r in skip.iter().chain(std::iter::once(&(len..len))) {
+        assert!(
+            r.start >= at && r.start <= r.end && r.end <= len,
+            "sgd ranges: {r:?} overlaps or leaves [0, {len})"
+        );
+        if r.start > at {
+            table.push(kept as u32);
+            table.push(at as u32);
+            kept += r.start - at;
+        }
+        at = r.end;
+    }
+    table[0] = ((table.len() - 1) / 2) as u32;
+    (table, kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges_except;
+
+    #[test]
+    fn ranges_except_lists_the_complement() {
+        assert_eq!(ranges_except(10, &[]), (vec![1, 0, 0], 10));
+        assert_eq!(ranges_except(10, &[6..8, 0..2]), (vec![2, 0, 2, 4, 8], 6));
+        assert_eq!(ranges_except(10, &[0..10]), (vec![0], 0));
+        assert_eq!(ranges_except(10, &[2..4, 4..5]), (vec![2, 0, 0, 2, 5], 7));
+    }
+
+    #[test]
+    #[should_panic(expected = "overlaps")]
+    fn ranges_except_refuses_overlaps() {
+        ranges_except(10, &[2..6, 4..8]);
+    }
 }
 
 /// Workgroups (and partial flags) of `check_finite`: at most this many.
@@ -40,6 +83,16 @@ impl Optim {
     pub fn new(f: &KernelFactory<'_>) -> Result<Optim> {
         Ok(Optim {
             sgd_k: f.kernel("sgd", BINDINGS, true)?,
+            sgd_ranges_k: f.kernel(
+                "sgd_ranges",
+                &[
+                    (1, Access::ReadWrite),
+                    (2, Access::Read),
+                    (3, Access::ReadWrite),
+                    (7, Access::Read),
+                ],
+                true,
+            )?,
             adam_k: f.kernel("adam", BINDINGS, true)?,
             check_finite_k: f.kernel(
                 "check_finite",
@@ -88,6 +141,39 @@ impl Optim {
             &[param, grad, moment1, moment2],
             Some(step),
             grid_1d(p.n.div_ceil(256)),
+        )
+    }
+
+    /// `sgd` over the parts of the arena outside `skip` (element ranges `[start, end)` of
+    /// tensors a fused product updated itself: `gemm_tn_sgd`), in one dispatch. `ranges` gets
+    /// the table the kernel reads.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgd_except(
+        &self,
+        gpu: &Gpu,
+        param: &Tensor,
+        grad: &Tensor,
+        moment1: &Tensor,
+        skip: &[std::ops::Range<usize>],
+        momentum: f32,
+        weight_decay: f32,
+        step: &StepRing,
+    ) -> Result<Dispatch> {
+        let (table, total) = ranges_except(param.len(), skip);
+        let total = total as u32;
+        let ranges = Tensor::from_slice(gpu, "sgd.ranges", &[table.len()], &table)?;
+        let p = OptimParams {
+            n: total,
+            momentum,
+            weight_decay,
+            ..Default::default()
+        };
+        self.sgd_ranges_k.bind(
+            gpu,
+            &p,
+            &[param, grad, moment1, &ranges],
+            Some(step),
+            grid_1d(total.div_ceil(256)),
         )
     }
 

@@ -2,7 +2,9 @@
 //!
 //! Masked forward: `mask_forward` + `mask_reset` produce P = W * M (and the keep counts), then
 //! `Y = X P^T + b`. Backward: `dX = dY P`, `dP = dY^T X`, then `mask_backward` turns dP into dW and
-//! dt in one pass; `db = sum_rows dY`.
+//! dt in one pass; `db = sum_rows dY`. In a training plan with SGD on a CPU adapter, `dP = dY^T X`,
+//! the mask's backward and W's SGD step are one product (`gemm_tn_sgd`, which never writes dP or
+//! dW) and `threshold_grad` finishes dt; the plan's optimiser pass then skips W.
 //!
 //! Sparse products (beyond the paper, which only simulates sparsity): a masked layer that keeps
 //! at most `PlanCx::sparse_keep` of its weights computes `Y = X P^T + b` and `dX = dY P` from
@@ -133,6 +135,54 @@ impl Linear {
             let _ = self.lists.set(lists);
         }
         Ok(self.lists.get().expect("set above"))
+    }
+
+    /// Records the weight-gradient product fused with the weight's SGD step (and the mask's
+    /// backward: dL/dt from the product's partial sums) where the plan allows it and the adapter
+    /// has the kernel; `false`: nothing recorded, the caller records the unfused passes.
+    fn fused_update(
+        &self,
+        cx: &mut PlanCx<'_>,
+        dy: &Tensor,
+        x2: &Tensor,
+        d_bias: &Tensor,
+    ) -> Result<bool> {
+        let Some((momentum, weight_decay)) = cx.fused_sgd else {
+            return Ok(false);
+        };
+        let (k, gpu) = (cx.kernels, cx.gpu);
+        let parts = match &self.mask {
+            Some(_) => Some(cx.activation(
+                &format!("{}.d_threshold_parts", self.name),
+                &[
+                    self.out_features,
+                    crate::kernels::gemm::Gemm::dt_blocks(self.in_features),
+                ],
+            )?),
+            None => None,
+        };
+        let weight = cx.arena.param(self.weight);
+        let velocity = cx.arena.view(super::Which::Moment1, self.weight);
+        let threshold = self.mask.as_ref().map(|m| cx.arena.param(m.threshold));
+        let target = crate::kernels::gemm::SgdTarget {
+            weight: &weight,
+            velocity: &velocity,
+            momentum,
+            weight_decay,
+            mask: threshold.as_ref().zip(parts.as_ref()),
+        };
+        let Some(d) = k
+            .gemm
+            .backward_weight_sgd(gpu, dy, x2, d_bias, &target, cx.step, &k.dummy)?
+        else {
+            return Ok(false);
+        };
+        cx.push(d);
+        cx.claim_update(self.weight);
+        if let (Some(m), Some(parts)) = (&self.mask, &parts) {
+            m.threshold_grad(cx, parts)?;
+        }
+        Ok(true)
     }
 
     /// The switch the forward of this plan recorded, if any.
@@ -280,6 +330,9 @@ impl Layer for Linear {
         };
         // dW (dP for a masked layer, turned into dW and dt by the mask's backward) and db.
         let d_bias = cx.arena.grad(self.bias);
+        if self.fused_update(cx, dy, &x2, &d_bias)? {
+            return Ok(dx);
+        }
         let d_weight = match &self.mask {
             Some(_) => cx.activation(
                 &format!("{}.d_masked_weight", self.name),

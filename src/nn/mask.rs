@@ -137,6 +137,23 @@ impl Mask {
         Ok(())
     }
 
+    /// Records dL/dt, penalty included, from the partial row sums a fused weight-gradient
+    /// product wrote (`gemm_tn_sgd`; one matrix).
+    pub fn threshold_grad(&self, cx: &mut PlanCx<'_>, parts: &Tensor) -> Result<()> {
+        let t = cx.arena.param(self.threshold);
+        let d_t = cx.arena.grad(self.threshold);
+        let d = cx.kernels.masked.threshold_grad(
+            cx.gpu,
+            &t,
+            parts,
+            &d_t,
+            cx.alpha,
+            &cx.alpha_scale,
+        )?;
+        cx.push(d);
+        Ok(())
+    }
+
     /// Whether this plan's mask pass adds the penalty's value (training, one matrix): then
     /// `penalty` records nothing.
     fn fused_penalty(&self, cx: &PlanCx<'_>) -> bool {

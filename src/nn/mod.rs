@@ -43,6 +43,12 @@ pub struct PlanCx<'a> {
     /// forward and input-gradient products from the kept weights only (0: never).
     pub sparse_keep: f64,
     pub dispatches: Vec<Dispatch>,
+    /// SGD's (momentum, weight decay) when a layer may update a weight itself, fused into its
+    /// weight-gradient product (training plans with SGD); the plan's optimiser pass then skips
+    /// the weights in `self_updated`.
+    pub fused_sgd: Option<(f32, f32)>,
+    /// Parameters a layer's fused product updated (`claim_update`).
+    pub self_updated: Vec<ParamId>,
     prefix: String,
     /// Buffers a layer's forward keeps for its backward (gates, states), by key.
     saved: std::collections::HashMap<String, Tensor>,
@@ -71,6 +77,8 @@ impl<'a> PlanCx<'a> {
             stats,
             sparse_keep: 0.0,
             dispatches: Vec::new(),
+            fused_sgd: None,
+            self_updated: Vec::new(),
             prefix: format!("{mode:?}").to_lowercase(),
             saved: Default::default(),
         }
@@ -83,6 +91,16 @@ impl<'a> PlanCx<'a> {
 
     pub fn push(&mut self, d: Dispatch) {
         self.dispatches.push(d);
+    }
+
+    /// Records that a dispatch of this plan applies the optimiser step to `id` itself (its
+    /// gradient is never written): the plan's optimiser pass leaves it alone.
+    pub fn claim_update(&mut self, id: ParamId) {
+        assert!(
+            self.fused_sgd.is_some() && !self.self_updated.contains(&id),
+            "parameter {id:?} updated twice or without a fused optimiser"
+        );
+        self.self_updated.push(id);
     }
 
     /// Keeps `t` under `key` (e.g. `"lstm1.gates"`) for this plan's backward.

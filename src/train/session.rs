@@ -28,6 +28,9 @@ pub struct Session {
     /// Keep ratio at or below which a masked linear layer computes with its kept weights only
     /// (`kernels::sparse::default_sparse_keep` for this adapter unless set).
     pub sparse_keep: f64,
+    /// Training plans with SGD fuse a weight's SGD step into its weight-gradient product where
+    /// the adapter has the kernel (default on; the unfused passes compute the same values).
+    pub fuse_sgd: bool,
 }
 
 const SLOTS: u32 = 64;
@@ -51,6 +54,7 @@ impl Session {
             alpha_scale,
             reset: ResetPolicy::Paper,
             sparse_keep: crate::kernels::sparse::default_sparse_keep(gpu_class),
+            fuse_sgd: true,
         })
     }
 
@@ -87,6 +91,7 @@ impl Session {
             &self.alpha_scale,
             self.reset,
             self.sparse_keep,
+            self.fuse_sgd,
         )?)
     }
 

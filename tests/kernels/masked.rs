@@ -630,3 +630,86 @@ fn reset_policies_match_reference() {
         }
     }
 }
+
+/// The weight-gradient product fused with the mask's backward and the weight's SGD step
+/// (`gemm_tn_sgd`, CPU adapters) and `threshold_grad` after it, against the f64 reference chain
+/// dP = G^T X, (dW, dt) = mask_backward(dP), one SGD step (momentum, with and without weight
+/// decay, from a nonzero velocity); the same product on an unmasked weight is dW = G^T X and SGD.
+/// Shapes include a column count that is not a multiple of the 8-column blocks (k = 20).
+#[test]
+fn fused_weight_gradient_sgd_matches_reference() {
+    use dst::kernels::gemm::{Gemm, SgdTarget};
+    use dst::kernels::{GemmVariant, StepInfo};
+    let c = ctx();
+    let mut rng = Rng::new(77);
+    let (lr, momentum, alpha) = (0.05f32, 0.9f32, 5e-3f32);
+    c.set_step(StepInfo {
+        lr,
+        step: 3,
+        ..Default::default()
+    });
+    for &(m, n, k) in &[(64, 300, 784), (13, 100, 300), (5, 12, 20), (64, 4, 12)] {
+        for (masked, wd) in [(true, 0.0f32), (true, 5e-4), (false, 0.0), (false, 5e-4)] {
+            let tag = format!("{m}x{n}x{k} masked {masked} wd {wd}");
+            let g = rand_vec(&mut rng, m * n, -1.0, 1.0);
+            let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
+            let w = rand_vec(&mut rng, n * k, -1.5, 1.5);
+            let v = rand_vec(&mut rng, n * k, -0.1, 0.1);
+            let t = rand_vec(&mut rng, n, 0.0, 0.5);
+            let (gt, xt, wt, vt, tt) = (
+                c.tensor("g", &[m, n], &g),
+                c.tensor("x", &[m, k], &x),
+                c.tensor("w", &[n, k], &w),
+                c.tensor("v", &[n, k], &v),
+                c.tensor("t", &[n], &t),
+            );
+            let parts = c.poisoned("parts", &[n, Gemm::dt_blocks(k)]);
+            let (db, dt) = (c.poisoned("db", &[n]), c.poisoned("dt", &[n]));
+            let target = SgdTarget {
+                weight: &wt,
+                velocity: &vt,
+                momentum,
+                weight_decay: wd,
+                mask: masked.then_some((&tt, &parts)),
+            };
+            let fused = c
+                .k
+                .gemm
+                .backward_weight_sgd(&c.gpu, &gt, &xt, &db, &target, &c.step, &c.k.dummy)
+                .unwrap();
+            let Some(fused) = fused else {
+                assert_ne!(c.k.gemm.variant, GemmVariant::RegBlock, "{tag}: no fused kernel");
+                return;
+            };
+            let mut ds = vec![fused];
+            if masked {
+                ds.push(
+                    c.k.masked
+                        .threshold_grad(&c.gpu, &tt, &parts, &dt, alpha, &c.k.masked.one)
+                        .unwrap(),
+                );
+            }
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let (gd, xd, td) = (to_f64(&g), to_f64(&x), to_f64(&t));
+            let dp = rgemm::backward_weight(&gd, &xd, m, n, k);
+            let (mut p_ref, mut v_ref) = (to_f64(&w), to_f64(&v));
+            let dw = if masked {
+                let (dw, dt_ref) =
+                    reference::mask_backward(&p_ref, &td, &dp, n, k, alpha as f64);
+                assert_close_norm(&format!("dt {tag}"), &c.read(&dt), &dt_ref, 1e-5);
+                dw
+            } else {
+                dp
+            };
+            roptim::sgd(&mut p_ref, &dw, &mut v_ref, lr as f64, momentum as f64, wd as f64);
+            assert_close_norm(&format!("velocity {tag}"), &c.read(&vt), &v_ref, 1e-5);
+            assert_close_norm(&format!("weight {tag}"), &c.read(&wt), &p_ref, 1e-5);
+            assert_close_norm(
+                &format!("bias gradient {tag}"),
+                &c.read(&db),
+                &rgemm::bias_backward(&gd, m, n),
+                1e-5,
+            );
+        }
+    }
+}
