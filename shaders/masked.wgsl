@@ -133,8 +133,10 @@ fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
 // z, and its path: 0 dense, 1 sparse) at switch_args[3 n_switch + 4 i]; its live workgroup counts
 // switch_args[3 i ..] (what the indirect dispatch reads) become the template when its path is
 // the one this step takes (sparse when the matrix keeps at most `sparse_max` weights), else 0.
+// Slots of path 2 (the input-sparse product) are left to `input_lists`.
 fn set_switch(lane: u32, kept: u32) {
-    if (lane < mp.n_switch) {
+    // Path 2: a dispatch another pass routes (sparse.wgsl's `input_lists`), left alone.
+    if (lane < mp.n_switch && switch_args[3u * mp.n_switch + 4u * lane + 3u] != 2u) {
         let t = 3u * mp.n_switch + 4u * lane;
         let on = (switch_args[t + 3u] == 1u) == (kept <= mp.sparse_max);
         for (var a = 0u; a < 3u; a++) {

@@ -130,6 +130,7 @@ pub fn run(
             println!("{what:<36} {:>12.2} {:>12.2}", row[0], row[1]);
         }
         sparse_products(&gpu, &k, reps, &mut rand)?;
+        input_sparse_products(&gpu, &k, reps, &mut rand)?;
         println!(
             "{:<36} {:>12} {:>12} {:>12} {:>12}",
             "masked kernels (us)", "mask_fwd", "mask_reset", "mask_bwd", "penalty"
@@ -369,6 +370,62 @@ fn sparse_products(
     Ok(())
 }
 
+/// LeNet-300-100's fc1 forward (batch 64, P stored transposed as in training) at several input
+/// densities (random inputs, the rest exact zeros): the dense GEMM against the input-sparse
+/// product (lists of each sample's nonzero inputs, then the product over them): where it starts
+/// to pay (`nn::linear::INPUT_SPARSE_DENSITY`).
+fn input_sparse_products(
+    gpu: &Gpu,
+    k: &Kernels,
+    reps: u32,
+    rand: &mut dyn FnMut(usize) -> Vec<f32>,
+) -> anyhow::Result<()> {
+    use crate::kernels::sparse::{InputLists, Switch};
+    let (batch, rows, cols) = (64usize, 300usize, 784usize);
+    let densities = [1.0, 0.5, 0.4, 0.3, 0.2, 0.1];
+    print!("{:<36}", "fc1 forward (us) at input density");
+    for d in densities {
+        print!(" {d:>8}");
+    }
+    println!();
+    let pt = Tensor::from_slice(gpu, "pt", &[cols, rows], &rand(rows * cols))?;
+    let b = Tensor::from_slice(gpu, "b", &[rows], &rand(rows))?;
+    let y = Tensor::zeros(gpu, "y", &[batch, rows])?;
+    let lists = InputLists::new(gpu, "bench.input", batch, cols)?;
+    let switch = Switch::new(gpu, "bench.switch", 9, 0)?;
+    let mut table = vec![Vec::new(); 2];
+    for d in densities {
+        let mut zero_rng = Rng::new(11);
+        let x: Vec<f32> = rand(batch * cols)
+            .into_iter()
+            .map(|v| if zero_rng.range(0.0, 1.0) < d { v } else { 0.0 })
+            .collect();
+        let x = Tensor::from_slice(gpu, "x", &[batch, cols], &x)?;
+        let sp = &k.sparse;
+        let seqs = [
+            vec![k.gemm.forward_t(gpu, &x, &pt, Some(&b), &y, &k.dummy)?],
+            vec![
+                sp.input_lists(gpu, &x, &lists, &switch, u32::MAX, 4, 8)?,
+                sp.ell_input_product(gpu, &lists, &pt, Some(&b), &y, false, &k.dummy)?,
+            ],
+        ];
+        for (row, ds) in table.iter_mut().zip(&seqs) {
+            row.push(1e6 * time_dispatches(gpu, ds, reps)?);
+        }
+    }
+    for (what, row) in ["dense GEMM (P^T)", "input-sparse (lists+product)"]
+        .iter()
+        .zip(&table)
+    {
+        print!("{what:<36}");
+        for us in row {
+            print!(" {us:>8.0}");
+        }
+        println!();
+    }
+    Ok(())
+}
+
 /// Adds `sec` to the entry of `label` (seconds, dispatch count), first seen first.
 fn add_to(per: &mut Vec<(String, f64, usize)>, label: &str, sec: f64) {
     match per.iter_mut().find(|(l, _, _)| l == label) {
@@ -462,8 +519,10 @@ struct Variant {
 }
 
 /// Time per training step of `model` with the model's paper settings (batch, alpha, optimiser):
-/// dense, DST from initialisation and, with `checkpoint` (a DST checkpoint of `model`), DST from
-/// it with dense and with sparse products; every variant built first, then timed in `rounds`
+/// dense, DST from initialisation (with the adapter's default products, and with dense products
+/// only) and, with `checkpoint` (a DST checkpoint of `model`), DST from it with dense products,
+/// with the weight-sparse products forced and with the defaults (which include the input-sparse
+/// forward on CPU adapters); every variant built first, then timed in `rounds`
 /// alternating rounds in one process (the ratios compare times of the same round).
 fn step_times(
     model: &str,
@@ -500,16 +559,27 @@ fn step_times(
             opt.is_adam(),
         )?)
     };
-    // (label, masked, from the checkpoint, --sparse-keep: None the adapter's default)
-    let mut specs = vec![("dense", false, false, None), ("DST", true, false, None)];
+    // (label, masked, from the checkpoint, (--sparse-keep, --sparse-input): None the adapter's
+    // defaults)
+    let mut specs = vec![
+        ("dense", false, false, None),
+        ("DST", true, false, None),
+        ("DST, dense products", true, false, Some((0.0, 0.0))),
+    ];
     if ck.is_some() {
-        specs.push(("DST from checkpoint, dense products", true, true, Some(0.0)));
         specs.push((
-            "DST from checkpoint, sparse products",
+            "DST from checkpoint, dense products",
             true,
             true,
-            Some(1.0),
+            Some((0.0, 0.0)),
         ));
+        specs.push((
+            "DST from checkpoint, weight-sparse products",
+            true,
+            true,
+            Some((1.0, 0.0)),
+        ));
+        specs.push(("DST from checkpoint", true, true, None));
     }
     let infos: Vec<StepInfo> = (0..steps as usize)
         .map(|i| {
@@ -524,8 +594,9 @@ fn step_times(
     let mut variants = Vec::new();
     for (label, masked, from_ck, sparse_keep) in specs {
         let mut session = open(masked)?;
-        if let Some(r) = sparse_keep {
-            session.sparse_keep = r;
+        if let Some((keep, input)) = sparse_keep {
+            session.sparse_keep = keep;
+            session.sparse_input = input;
         }
         if let Some((ck, path)) = ck.filter(|_| from_ck) {
             session.restore(ck, path, true)?;
@@ -587,16 +658,26 @@ fn step_times(
             per_round.join(", ")
         );
     }
-    println!("{model} DST / dense step time: {:.3}", ratio(1, 0));
-    if variants.len() == 4 {
+    println!(
+        "{model} DST / dense step time: {:.3} ({:.3} with dense products)",
+        ratio(1, 0),
+        ratio(2, 0)
+    );
+    if variants.len() == 6 {
         println!(
-            "{model} DST from checkpoint / dense step time: {:.3} with dense products, {:.3} with sparse products",
-            ratio(2, 0),
-            ratio(3, 0)
+            "{model} DST from checkpoint / dense step time: {:.3} ({:.3} with dense products, {:.3} with weight-sparse products)",
+            ratio(5, 0),
+            ratio(3, 0),
+            ratio(4, 0)
         );
     }
     if profile {
-        let v = variants.last().unwrap();
+        // DST with the adapter's defaults: from the checkpoint when given, else from scratch.
+        let v = if variants.len() == 6 {
+            &variants[5]
+        } else {
+            &variants[1]
+        };
         let (per, how) = match gpu_profile(&v.session, &v.plan, 5)? {
             Some(per) => (per, "GPU timestamps around each dispatch, mean of 5 steps"),
             None => (

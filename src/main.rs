@@ -72,12 +72,13 @@ enum Command {
         /// Models whose training steps to time (repeatable; default lenet300).
         #[arg(long = "model", default_value = "lenet300")]
         models: Vec<String>,
-        /// Also time each dispatch of a DST step alone and print where the time goes (the step
-        /// of the last variant timed: from --checkpoint with sparse products when given).
+        /// Also time each dispatch of a DST step alone and print where the time goes (the DST
+        /// step with the adapter's default products: from --checkpoint when given).
         #[arg(long)]
         profile: bool,
-        /// A DST checkpoint of the (one) --model: also time DST steps from it, with dense and with
-        /// sparse products (e.g. a trained run at a low keep ratio).
+        /// A DST checkpoint of the (one) --model: also time DST steps from it, with dense products,
+        /// with the weight-sparse products forced and with the defaults (e.g. a trained run at a
+        /// low keep ratio).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
         /// Alternating rounds of the step timings (every variant once per round).
@@ -303,6 +304,12 @@ struct TrainArgs {
     /// up to float rounding) [default: 0.2 on CPU adapters, 0 (off) on GPUs].
     #[arg(long)]
     sparse_keep: Option<f64>,
+    /// Such a layer (65,536 weights or more), while it keeps more than --sparse-keep, computes its
+    /// forward from the lists of its input's nonzeros when at most this fraction of the batch's
+    /// inputs are nonzero (MNIST: about 19 %; 0: never, 1: always; same results up to float
+    /// rounding) [default: 0.3 on CPU adapters, 0 (off) on GPUs].
+    #[arg(long)]
+    sparse_input: Option<f64>,
     /// Continue the run in this directory from its last checkpoint (its config is reused;
     /// --epochs may raise the total).
     #[arg(long)]
@@ -640,6 +647,7 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         reset: a.reset.clone(),
         valid: a.valid,
         sparse_keep: a.sparse_keep,
+        sparse_input: a.sparse_input,
     })
 }
 

@@ -181,7 +181,9 @@ impl Plan {
 
     /// Builds the plan of one training step (`Mode::Train`) or one evaluation batch (`Mode::Eval`).
     /// The penalty weight is `alpha * alpha_scale[0]`; `reset` is the dead-layer policy;
-    /// `sparse_keep` the keep ratio at or below which masked linear layers use sparse products;
+    /// `sparse_keep` the keep ratio at or below which masked linear layers use sparse products,
+    /// `sparse_input` the input density at or below which they compute their forward from the
+    /// input's nonzeros;
     /// `fuse_sgd`: with SGD, layers that can may fuse their weights' SGD step into their
     /// weight-gradient products (`PlanCx::fused_sgd`).
     #[allow(clippy::too_many_arguments)]
@@ -198,6 +200,7 @@ impl Plan {
         alpha_scale: &Tensor,
         reset: crate::kernels::masked::ResetPolicy,
         sparse_keep: f64,
+        sparse_input: f64,
         fuse_sgd: bool,
     ) -> Result<Plan> {
         let stats = Tensor::zeros(gpu, &format!("{mode:?}.stats"), &[STATS_WORDS])?;
@@ -205,8 +208,15 @@ impl Plan {
         cx.alpha_scale = alpha_scale.clone();
         cx.reset = reset;
         cx.sparse_keep = sparse_keep;
-        if let (Mode::Train, true, Optimizer::Sgd { momentum, weight_decay }) =
-            (mode, fuse_sgd, optimizer)
+        cx.sparse_input = sparse_input;
+        if let (
+            Mode::Train,
+            true,
+            Optimizer::Sgd {
+                momentum,
+                weight_decay,
+            },
+        ) = (mode, fuse_sgd, optimizer)
         {
             cx.fused_sgd = Some((momentum, weight_decay));
         }

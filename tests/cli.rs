@@ -261,6 +261,10 @@ fn bad_target_and_reset_flags_are_clear_errors() {
             &["train", "--sparse-keep", "1.5"][..],
             "--sparse-keep must be a fraction from 0 to 1",
         ),
+        (
+            &["train", "--sparse-input", "2"][..],
+            "--sparse-input must be a fraction from 0 to 1",
+        ),
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_dst"))
             .args(args)

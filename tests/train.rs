@@ -265,9 +265,11 @@ fn blown_up_parameters_stop_the_run() {
 /// and the sparse run is deterministic (run twice: the same checkpoint bit for bit).
 #[test]
 fn sparse_products_train_like_dense_products() {
+    // The input-sparse forward off: this test is about the lists of P's nonzeros.
     let cfg = |sparse: f64| TrainConfig {
         log_every: 5,
         sparse_keep: Some(sparse),
+        sparse_input: Some(0.0),
         ..small(2560, 1)
     };
     let (dense, sparse, again) = (
@@ -298,8 +300,11 @@ fn sparse_products_train_like_dense_products() {
     let data = TrainConfig::default().load_data().unwrap();
     let train = session.upload("train", &data.train).unwrap();
     let opt = TrainConfig::default().optimizer();
-    for (keep, routed) in [(1.0, 4), (0.0, 0)] {
+    // (--sparse-keep, --sparse-input, routed dispatches): four for P's lists and the dense
+    // product, one more for the input-sparse product.
+    for (keep, input, routed) in [(1.0, 0.0, 4), (0.0, 0.0, 0), (0.0, 0.3, 5), (0.2, 0.3, 5)] {
         session.sparse_keep = keep;
+        session.sparse_input = input;
         let plan = session
             .plan(&train, 64, dst::nn::Mode::Train, 5e-4, opt)
             .unwrap();
@@ -308,12 +313,21 @@ fn sparse_products_train_like_dense_products() {
             .iter()
             .filter(|d| d.indirect.is_some())
             .count();
-        assert_eq!(n, routed, "sparse_keep {keep}: dispatches through a switch");
+        assert_eq!(
+            n, routed,
+            "sparse_keep {keep} sparse_input {input}: dispatches through a switch"
+        );
         assert_eq!(
             plan.dispatches
                 .iter()
                 .any(|d| d.label.starts_with("sparse.ell_")),
             routed > 0
+        );
+        assert_eq!(
+            plan.dispatches
+                .iter()
+                .any(|d| d.label.starts_with("sparse.input_lists")),
+            input > 0.0
         );
     }
 }
@@ -338,13 +352,23 @@ fn fused_sgd_trains_like_the_unfused_passes() {
             weight_decay: wd,
         };
         let plan = session
-            .plan(&train, 64, Mode::Train, if masked { 5e-3 } else { 0.0 }, opt)
+            .plan(
+                &train,
+                64,
+                Mode::Train,
+                if masked { 5e-3 } else { 0.0 },
+                opt,
+            )
             .unwrap();
         let labels: Vec<&str> = plan.dispatches.iter().map(|d| d.label.as_str()).collect();
         let fused_kernel = session.kernels.gemm.variant == GemmVariant::RegBlock;
         let n_fused = labels.iter().filter(|l| l.contains("gemm_tn_sgd")).count();
         // fc1 and fc2 (100 and 300 outputs); fc3's 10 outputs are no multiple of 4.
-        assert_eq!(n_fused, if fuse && fused_kernel { 2 } else { 0 }, "{labels:?}");
+        assert_eq!(
+            n_fused,
+            if fuse && fused_kernel { 2 } else { 0 },
+            "{labels:?}"
+        );
         assert_eq!(
             labels.iter().any(|l| l.contains("sgd_ranges")),
             n_fused > 0,
@@ -373,7 +397,52 @@ fn fused_sgd_trains_like_the_unfused_passes() {
         let again = train_steps(masked, wd, true);
         for ((name, _, a), (_, _, b)) in fused.tensors.iter().zip(&again.tensors) {
             let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
-            assert!(same, "masked {masked} wd {wd} {name}: the fused run is not deterministic");
+            assert!(
+                same,
+                "masked {masked} wd {wd} {name}: the fused run is not deterministic"
+            );
+        }
+    }
+}
+
+/// The input-sparse forward (fc1 computed from the lists of each image's nonzero pixels, about a
+/// fifth of MNIST's) trains like the dense products: forced on every step (`sparse_input` 1)
+/// against off, 40 steps give the same losses and tensors (bit for bit on CPU adapters, where
+/// both add the same products in the same order), and the run is deterministic.
+#[test]
+fn input_sparse_forward_trains_like_dense_products() {
+    let cfg = |input: f64| TrainConfig {
+        log_every: 5,
+        sparse_keep: Some(0.0),
+        sparse_input: Some(input),
+        ..small(2560, 1)
+    };
+    let (dense, sparse, again) = (
+        tmp("test", "input-off"),
+        tmp("test", "input-on"),
+        tmp("test", "input-on-again"),
+    );
+    run(&cfg(0.0), &dense, false).unwrap();
+    run(&cfg(1.0), &sparse, false).unwrap();
+    run(&cfg(1.0), &again, false).unwrap();
+    assert_same_checkpoints(&sparse, &again);
+    let (ld, ls) = (step_losses(&dense), step_losses(&sparse));
+    assert_eq!(ld.len(), 8);
+    for (a, b) in ld.iter().zip(&ls) {
+        assert!((a - b).abs() <= 1e-4 * a.abs(), "losses {ld:?} vs {ls:?}");
+    }
+    let cpu = gpu().class == dst::gpu::AdapterClass::Cpu;
+    let (cd, cs) = (
+        Checkpoint::load(&dense.join("checkpoint.safetensors")).unwrap(),
+        Checkpoint::load(&sparse.join("checkpoint.safetensors")).unwrap(),
+    );
+    for ((name, _, a), (_, _, b)) in cd.tensors.iter().zip(&cs.tensors) {
+        for (x, y) in a.iter().zip(b) {
+            if cpu {
+                assert_eq!(x, y, "{name}: the input-sparse run differs");
+            } else {
+                assert!((x - y).abs() <= 1e-4, "{name}: {x} vs {y}");
+            }
         }
     }
 }

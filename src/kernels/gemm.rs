@@ -471,9 +471,21 @@ impl Gemm {
     ) -> Result<Option<Dispatch>> {
         let (m, n) = dims2(g);
         let (m2, k) = dims2(x);
-        assert_eq!(m, m2, "backward_weight_sgd: g {:?} vs x {:?}", g.shape, x.shape);
-        assert_eq!(target.weight.len(), n * k, "backward_weight_sgd: weight size");
-        assert_eq!(target.velocity.len(), n * k, "backward_weight_sgd: velocity size");
+        assert_eq!(
+            m, m2,
+            "backward_weight_sgd: g {:?} vs x {:?}",
+            g.shape, x.shape
+        );
+        assert_eq!(
+            target.weight.len(),
+            n * k,
+            "backward_weight_sgd: weight size"
+        );
+        assert_eq!(
+            target.velocity.len(),
+            n * k,
+            "backward_weight_sgd: velocity size"
+        );
         assert_eq!(db.len(), n, "backward_weight_sgd: db length");
         let mut p = GemmParams::linear_backward_weight(m, n, k, false);
         if self.variant != GemmVariant::RegBlock || vec4_form(&p, g, x) != Some(Vec4Form::Tn) {

@@ -50,25 +50,6 @@ pub fn ranges_except(len: usize, skip: &[std::ops::Range<usize>]) -> (Vec<u32>, 
     (table, kept)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::ranges_except;
-
-    #[test]
-    fn ranges_except_lists_the_complement() {
-        assert_eq!(ranges_except(10, &[]), (vec![1, 0, 0], 10));
-        assert_eq!(ranges_except(10, &[6..8, 0..2]), (vec![2, 0, 2, 4, 8], 6));
-        assert_eq!(ranges_except(10, &[0..10]), (vec![0], 0));
-        assert_eq!(ranges_except(10, &[2..4, 4..5]), (vec![2, 0, 0, 2, 5], 7));
-    }
-
-    #[test]
-    #[should_panic(expected = "overlaps")]
-    fn ranges_except_refuses_overlaps() {
-        ranges_except(10, &[2..6, 4..8]);
-    }
-}
-
 /// Workgroups (and partial flags) of `check_finite`: at most this many.
 pub const CHECK_PARTIALS: usize = 256;
 
@@ -259,5 +240,24 @@ impl Optim {
             .check_reduce_k
             .bind(gpu, &p, &[partial, stats], None, [1, 1, 1])?;
         Ok([scan, reduce])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges_except;
+
+    #[test]
+    fn ranges_except_lists_the_complement() {
+        assert_eq!(ranges_except(10, &[]), (vec![1, 0, 0], 10));
+        assert_eq!(ranges_except(10, &[6..8, 0..2]), (vec![2, 0, 2, 4, 8], 6));
+        assert_eq!(ranges_except(10, &[0..5, 5..10]), (vec![0], 0));
+        assert_eq!(ranges_except(10, &[2..4, 4..5]), (vec![2, 0, 0, 2, 5], 7));
+    }
+
+    #[test]
+    #[should_panic(expected = "overlaps")]
+    fn ranges_except_refuses_overlaps() {
+        ranges_except(10, &[2..6, 4..8]);
     }
 }

@@ -34,6 +34,13 @@ pub struct SparseParams {
     pub p_transposed: u32,
     /// `ell_build`: the row lists (else the column lists).
     pub by_rows: u32,
+    /// `input_lists`: at most this many nonzero inputs take the input-sparse product.
+    pub input_max: u32,
+    /// `input_lists`: the switch's slots, the forward's other paths (slots below this), the
+    /// input-sparse product's slot.
+    pub n_switch: u32,
+    pub fwd_slots: u32,
+    pub input_slot: u32,
     pub _pad: [u32; 2],
 }
 
@@ -73,6 +80,8 @@ pub struct Sparse {
     pub ell_build_k: Kernel,
     pub ell_product_k: Kernel,
     pub ell_product4_k: Kernel,
+    pub input_lists_k: Kernel,
+    pub ell_input_product_k: Kernel,
 }
 
 /// The keep ratio at or below which masked linear layers switch to the sparse products, per
@@ -87,6 +96,17 @@ pub fn default_sparse_keep(class: crate::gpu::AdapterClass) -> f64 {
     }
 }
 
+/// The input density at or below which a switched layer's forward takes the input-sparse
+/// product, per adapter class (measured on lavapipe, BENCHMARKS.md: LeNet-300-100's fc1 forward
+/// costs about as much either way at 30-40 % nonzero inputs and 1.6x less at 20 %; on GPUs the
+/// list build is one workgroup's sequential scan: off).
+pub fn default_sparse_input(class: crate::gpu::AdapterClass) -> f64 {
+    match class {
+        crate::gpu::AdapterClass::Cpu => 0.3,
+        crate::gpu::AdapterClass::Gpu => 0.0,
+    }
+}
+
 /// Which of a layer's two ways of computing a dispatch belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
@@ -94,6 +114,8 @@ pub enum Path {
     Dense = 0,
     /// The list-based products over P's nonzeros.
     Sparse = 1,
+    /// The forward from the lists of the input's nonzeros (`Sparse::input_lists` decides).
+    Input = 2,
 }
 
 /// A layer's switch between dense and sparse products, decided on the GPU every step: `mask_reset`
@@ -155,6 +177,30 @@ impl Switch {
         Ok((0..self.slots)
             .map(|i| [words[3 * i], words[3 * i + 1], words[3 * i + 2]])
             .collect())
+    }
+}
+
+/// The lists of each sample's nonzero inputs (`Sparse::input_lists`), a plan's buffers.
+pub struct InputLists {
+    pub batch: usize,
+    pub width: usize,
+    /// `batch x width`: sample b's nonzero columns at `b * width ..`, ascending.
+    pub idx: Tensor,
+    /// `batch x width`: their values.
+    pub val: Tensor,
+    /// `batch`: the list lengths.
+    pub cnt: Tensor,
+}
+
+impl InputLists {
+    pub fn new(gpu: &Gpu, label: &str, batch: usize, width: usize) -> Result<InputLists> {
+        Ok(InputLists {
+            batch,
+            width,
+            idx: Tensor::zeros(gpu, &format!("{label}.idx"), &[batch, width])?,
+            val: Tensor::zeros(gpu, &format!("{label}.val"), &[batch, width])?,
+            cnt: Tensor::zeros(gpu, &format!("{label}.cnt"), &[batch])?,
+        })
     }
 }
 
@@ -238,7 +284,120 @@ impl Sparse {
                 &[(10, RW), (11, RW), (12, RW), (7, R), (5, R), (6, RW)],
                 false,
             )?,
+            input_lists_k: f.kernel(
+                "input_lists",
+                &[(4, R), (10, RW), (11, RW), (12, RW), (13, RW)],
+                false,
+            )?,
+            ell_input_product_k: f.kernel(
+                "ell_input_product",
+                &[(10, RW), (11, RW), (12, RW), (14, R), (5, R), (6, RW)],
+                false,
+            )?,
         })
+    }
+
+    /// The lists of each sample's nonzero inputs (`x`: batch x width) into `lists` (`idx`,
+    /// `val`: batch x width, `cnt`: batch), and the switch's input-sparse decision: slot
+    /// `input_slot` on when at most `input_max` inputs are nonzero and the forward's dense slot
+    /// (`fwd_slots - 1`) is on, and then slots `[0, fwd_slots)` (the forward's other paths) off.
+    /// One workgroup.
+    #[allow(clippy::too_many_arguments)]
+    pub fn input_lists(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        lists: &InputLists,
+        switch: &Switch,
+        input_max: u32,
+        fwd_slots: usize,
+        input_slot: usize,
+    ) -> Result<Dispatch> {
+        let (batch, width) = (lists.batch, lists.width);
+        assert_eq!(
+            x.len(),
+            batch * width,
+            "input_lists: {} is not {batch}x{width}",
+            x.label
+        );
+        assert!(0 < fwd_slots && fwd_slots <= input_slot);
+        assert!(input_slot < switch.slots && switch.slots <= 64);
+        let params = SparseParams {
+            rows: batch as u32,
+            cols: width as u32,
+            input_max,
+            n_switch: switch.slots as u32,
+            fwd_slots: fwd_slots as u32,
+            input_slot: input_slot as u32,
+            ..Default::default()
+        };
+        self.input_lists_k.bind(
+            gpu,
+            &params,
+            &[x, &lists.idx, &lists.val, &lists.cnt, &switch.args],
+            None,
+            [1, 1, 1],
+        )
+    }
+
+    /// `y = act(x P^T + bias)` from the lists of x's nonzeros (`input_lists`) and `pt` = P^T
+    /// (`width x n`, n % 4 == 0, 16-byte aligned); y is batch-major; act is ReLU or none.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ell_input_product(
+        &self,
+        gpu: &Gpu,
+        lists: &InputLists,
+        pt: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        relu: bool,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let (batch, width) = (lists.batch, lists.width);
+        assert_eq!(pt.shape.len(), 2, "ell_input_product: P^T is a matrix");
+        let n = pt.shape[1];
+        assert_eq!(
+            pt.shape[0], width,
+            "ell_input_product: P^T {:?} vs width {width}",
+            pt.shape
+        );
+        assert!(
+            Self::input_product_fits(n, pt),
+            "ell_input_product: {} outputs at byte {}",
+            n,
+            pt.offset
+        );
+        assert!(y.len() >= batch * n, "ell_input_product: y too small");
+        if let Some(b) = bias {
+            assert_eq!(b.len(), n, "ell_input_product: bias length");
+        }
+        let params = SparseParams {
+            rows: n as u32,
+            cols: width as u32,
+            batch: batch as u32,
+            has_bias: bias.is_some() as u32,
+            relu: relu as u32,
+            ..Default::default()
+        };
+        self.ell_input_product_k.bind(
+            gpu,
+            &params,
+            &[
+                &lists.idx,
+                &lists.val,
+                &lists.cnt,
+                pt,
+                bias.unwrap_or(dummy),
+                y,
+            ],
+            None,
+            [(n as u32).div_ceil(128), batch as u32, 1],
+        )
+    }
+
+    /// Whether `ell_input_product` takes a P^T of `n` outputs stored as `pt` (vec4 rows).
+    pub fn input_product_fits(n: usize, pt: &Tensor) -> bool {
+        n.is_multiple_of(4) && pt.offset.is_multiple_of(16)
     }
 
     /// The row lists (`by_rows`) or the column lists of P (`rows x cols`, stored as `p`: transposed

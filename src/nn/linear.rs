@@ -16,11 +16,17 @@
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
-use crate::kernels::sparse::{EllLists, Path, Switch};
+use crate::kernels::sparse::{EllLists, InputLists, Path, Switch};
 
-/// Dispatches a switch routes: forward (lists, x feature-major, product | GEMM) and the product
-/// to the input (lists, dy feature-major, product | GEMM).
-const SWITCH_SLOTS: usize = 8;
+/// Dispatches a switch routes: forward (lists, x feature-major, product | GEMM), the product
+/// to the input (lists, dy feature-major, product | GEMM), and the forward from the input's
+/// nonzeros (slot `INPUT_SLOT`).
+const SWITCH_SLOTS: usize = 9;
+
+/// The switch slot of the input-sparse forward; slots below `FORWARD_SLOTS` are the forward's
+/// other paths (the last: the dense GEMM), which it turns off when it runs.
+const INPUT_SLOT: usize = 8;
+const FORWARD_SLOTS: usize = 4;
 
 /// Layers with fewer weights keep the dense products only: their GEMMs cost about as much as the
 /// extra dispatches of the sparse path (LeNet-300-100's fc2 and fc3, LeNet-5's fc4).
@@ -120,7 +126,8 @@ impl Linear {
     /// This plan's switch, for a masked layer when the plan allows sparse products at all.
     fn switch(&self, cx: &PlanCx<'_>) -> Result<Option<Switch>> {
         let numel = self.out_features * self.in_features;
-        if self.mask.is_none() || cx.sparse_keep <= 0.0 || numel < SPARSE_MIN_WEIGHTS {
+        let wanted = cx.sparse_keep > 0.0 || cx.sparse_input > 0.0;
+        if self.mask.is_none() || !wanted || numel < SPARSE_MIN_WEIGHTS {
             return Ok(None);
         }
         let sparse_max = (cx.sparse_keep.min(1.0) * numel as f64).floor() as u32;
@@ -233,11 +240,29 @@ impl Layer for Linear {
             (Some(m), Some(sw)) => {
                 let lists = self.lists(gpu)?;
                 m.forward_switched(cx, self.weight, Some(&sw))?;
+                // The input-sparse forward decides first: when it runs, it turns the others off.
+                let sp = &k.sparse;
+                let input_product = if cx.sparse_input > 0.0
+                    && crate::kernels::sparse::Sparse::input_product_fits(self.out_features, &w)
+                {
+                    let il = InputLists::new(
+                        gpu,
+                        &cx.label(&format!("{}.input_lists", self.name)),
+                        batch,
+                        self.in_features,
+                    )?;
+                    let max = (cx.sparse_input.min(1.0) * (batch * self.in_features) as f64) as u32;
+                    cx.push(sp.input_lists(gpu, &x2, &il, &sw, max, FORWARD_SLOTS, INPUT_SLOT)?);
+                    let d =
+                        sp.ell_input_product(gpu, &il, &w, Some(&b), &y, self.relu, &k.dummy)?;
+                    Some(sw.route(gpu, INPUT_SLOT, Path::Input, d))
+                } else {
+                    None
+                };
                 let x_fm = cx.activation(
                     &format!("{}.x_feature_major", self.name),
                     &[self.in_features, batch],
                 )?;
-                let sp = &k.sparse;
                 cx.push(sw.route(gpu, 0, Path::Sparse, sp.ell_build(gpu, &w, lists, true)?));
                 let d = sp.to_feature_major(gpu, batch, self.in_features, &x2, &x_fm)?;
                 cx.push(sw.route(gpu, 1, Path::Sparse, d));
@@ -254,6 +279,9 @@ impl Layer for Linear {
                 )?;
                 cx.push(sw.route(gpu, 2, Path::Sparse, d));
                 cx.push(sw.route(gpu, 3, Path::Dense, dense));
+                if let Some(d) = input_product {
+                    cx.push(d);
+                }
                 cx.save(&format!("{}.switch", self.name), sw.args);
             }
             (m, ..) => {

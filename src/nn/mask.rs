@@ -142,14 +142,10 @@ impl Mask {
     pub fn threshold_grad(&self, cx: &mut PlanCx<'_>, parts: &Tensor) -> Result<()> {
         let t = cx.arena.param(self.threshold);
         let d_t = cx.arena.grad(self.threshold);
-        let d = cx.kernels.masked.threshold_grad(
-            cx.gpu,
-            &t,
-            parts,
-            &d_t,
-            cx.alpha,
-            &cx.alpha_scale,
-        )?;
+        let d =
+            cx.kernels
+                .masked
+                .threshold_grad(cx.gpu, &t, parts, &d_t, cx.alpha, &cx.alpha_scale)?;
         cx.push(d);
         Ok(())
     }

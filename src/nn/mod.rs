@@ -42,6 +42,9 @@ pub struct PlanCx<'a> {
     /// Masked linear layers that keep at most this fraction of their weights compute their
     /// forward and input-gradient products from the kept weights only (0: never).
     pub sparse_keep: f64,
+    /// ... and those whose batch input is at most this fraction nonzero compute their forward
+    /// from the input's nonzeros (0: never).
+    pub sparse_input: f64,
     pub dispatches: Vec<Dispatch>,
     /// SGD's (momentum, weight decay) when a layer may update a weight itself, fused into its
     /// weight-gradient product (training plans with SGD); the plan's optimiser pass then skips
@@ -76,6 +79,7 @@ impl<'a> PlanCx<'a> {
             reset: crate::kernels::masked::ResetPolicy::Paper,
             stats,
             sparse_keep: 0.0,
+            sparse_input: 0.0,
             dispatches: Vec::new(),
             fused_sgd: None,
             self_updated: Vec::new(),

@@ -63,6 +63,10 @@ pub struct TrainConfig {
     /// adapter's default, `kernels::sparse::default_sparse_keep`).
     #[serde(default)]
     pub sparse_keep: Option<f64>,
+    /// Input density at or below which such a layer's forward uses the input-sparse product
+    /// (None: the adapter's default, `kernels::sparse::default_sparse_input`).
+    #[serde(default)]
+    pub sparse_input: Option<f64>,
 }
 
 fn default_gamma() -> f64 {
@@ -109,6 +113,7 @@ impl TrainConfig {
             reset: default_reset(),
             valid: None,
             sparse_keep: None,
+            sparse_input: None,
         })
     }
 }
@@ -206,11 +211,14 @@ impl TrainConfig {
                 self.reset
             ));
         }
-        if let Some(r) = self.sparse_keep {
-            if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
-                return bad(format!(
-                    "--sparse-keep must be a fraction from 0 to 1, got {r}"
-                ));
+        for (flag, value) in [
+            ("--sparse-keep", self.sparse_keep),
+            ("--sparse-input", self.sparse_input),
+        ] {
+            if let Some(r) = value {
+                if !(r.is_finite() && (0.0..=1.0).contains(&r)) {
+                    return bad(format!("{flag} must be a fraction from 0 to 1, got {r}"));
+                }
             }
         }
         if let Some(r) = self.target_keep {

@@ -141,6 +141,9 @@ pub fn train(
     if let Some(r) = cfg.sparse_keep {
         session.sparse_keep = r;
     }
+    if let Some(r) = cfg.sparse_input {
+        session.sparse_input = r;
+    }
     let (mut epoch0, mut step) = (0usize, 0u64);
     let mut history: Vec<EpochRecord> = Vec::new();
     let steps_per_epoch = data.train.count.div_ceil(cfg.batch) as u64;

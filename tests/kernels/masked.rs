@@ -672,13 +672,16 @@ fn fused_weight_gradient_sgd_matches_reference() {
                 weight_decay: wd,
                 mask: masked.then_some((&tt, &parts)),
             };
-            let fused = c
-                .k
-                .gemm
-                .backward_weight_sgd(&c.gpu, &gt, &xt, &db, &target, &c.step, &c.k.dummy)
-                .unwrap();
+            let fused =
+                c.k.gemm
+                    .backward_weight_sgd(&c.gpu, &gt, &xt, &db, &target, &c.step, &c.k.dummy)
+                    .unwrap();
             let Some(fused) = fused else {
-                assert_ne!(c.k.gemm.variant, GemmVariant::RegBlock, "{tag}: no fused kernel");
+                assert_ne!(
+                    c.k.gemm.variant,
+                    GemmVariant::RegBlock,
+                    "{tag}: no fused kernel"
+                );
                 return;
             };
             let mut ds = vec![fused];
@@ -694,14 +697,20 @@ fn fused_weight_gradient_sgd_matches_reference() {
             let dp = rgemm::backward_weight(&gd, &xd, m, n, k);
             let (mut p_ref, mut v_ref) = (to_f64(&w), to_f64(&v));
             let dw = if masked {
-                let (dw, dt_ref) =
-                    reference::mask_backward(&p_ref, &td, &dp, n, k, alpha as f64);
+                let (dw, dt_ref) = reference::mask_backward(&p_ref, &td, &dp, n, k, alpha as f64);
                 assert_close_norm(&format!("dt {tag}"), &c.read(&dt), &dt_ref, 1e-5);
                 dw
             } else {
                 dp
             };
-            roptim::sgd(&mut p_ref, &dw, &mut v_ref, lr as f64, momentum as f64, wd as f64);
+            roptim::sgd(
+                &mut p_ref,
+                &dw,
+                &mut v_ref,
+                lr as f64,
+                momentum as f64,
+                wd as f64,
+            );
             assert_close_norm(&format!("velocity {tag}"), &c.read(&vt), &v_ref, 1e-5);
             assert_close_norm(&format!("weight {tag}"), &c.read(&wt), &p_ref, 1e-5);
             assert_close_norm(

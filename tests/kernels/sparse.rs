@@ -488,3 +488,173 @@ fn the_mask_pass_switches_a_layer_between_dense_and_sparse_products() {
         }
     }
 }
+
+/// The input-sparse forward: `input_lists` lists each sample's nonzero inputs and
+/// `ell_input_product` computes act(x P^T + b) from them, equal to the dense product over the
+/// same transposed P (bit for bit on CPU adapters, where the GEMM adds the same products in the
+/// same order; an all-zero and an all-nonzero sample included). `input_lists` also switches: at
+/// most `input_max` nonzero inputs, where the forward's dense slot is on, turn its slot on and the
+/// forward's other slots off; more, or a weight-sparse forward, leave them as they were and turn
+/// its slot off. A mask pass afterwards sets the weight slots and leaves the input slot alone.
+#[test]
+fn input_sparse_forward_equals_the_dense_product_and_switches() {
+    use dst::kernels::masked::{PassExtras, ResetPolicy};
+    use dst::kernels::sparse::{InputLists, Path, Switch};
+    use dst::kernels::GemmVariant;
+    let c = ctx();
+    let mut rng = Rng::new(19);
+    for &(batch, width, n) in &[(64usize, 784usize, 300usize), (5, 30, 12), (3, 17, 8)] {
+        for relu in [false, true] {
+            let tag = format!("{batch}x{width}x{n} relu {relu}");
+            let mut x: Vec<f32> = (0..batch * width)
+                .map(|_| {
+                    let v = rng.range(-1.0, 1.0) as f32;
+                    if rng.range(0.0, 1.0) < 0.2 {
+                        v
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            x[..width].iter_mut().for_each(|v| *v = 0.0); // sample 0: all zeros
+            let last = (batch - 1) * width;
+            x[last..].iter_mut().for_each(|v| *v = 0.5); // last sample: none
+            let nnz: Vec<u32> = x
+                .chunks(width)
+                .map(|r| r.iter().filter(|v| **v != 0.0).count() as u32)
+                .collect();
+            let total: u32 = nnz.iter().sum();
+            let pt = rand_vec(&mut rng, width * n, -1.0, 1.0);
+            let b = rand_vec(&mut rng, n, -1.0, 1.0);
+            let (xt, ptt, bt) = (
+                c.tensor("x", &[batch, width], &x),
+                c.tensor("pt", &[width, n], &pt),
+                c.tensor("b", &[n], &b),
+            );
+            let (y_dense, y_sparse) =
+                (c.poisoned("yd", &[batch, n]), c.poisoned("ys", &[batch, n]));
+            let lists = InputLists::new(&c.gpu, "il", batch, width).unwrap();
+            let dense =
+                c.k.gemm
+                    .linear(
+                        &c.gpu,
+                        &xt,
+                        &ptt,
+                        true,
+                        Some(&bt),
+                        &y_dense,
+                        relu,
+                        &c.k.dummy,
+                    )
+                    .unwrap();
+            let product =
+                c.k.sparse
+                    .ell_input_product(&c.gpu, &lists, &ptt, Some(&bt), &y_sparse, relu, &c.k.dummy)
+                    .unwrap();
+            // (input_max, the mask pass chose the weight-sparse forward, input-sparse expected)
+            for (input_max, weight_sparse, on) in [
+                (total, false, true),
+                (total - 1, false, false),
+                (u32::MAX, true, false),
+            ] {
+                let sw = Switch::new(&c.gpu, "sw", 9, 0).unwrap();
+                let probe = |k: u32| {
+                    let mut d = product.clone();
+                    d.workgroups = [k, 1, 1];
+                    d
+                };
+                for (slot, path, k) in [
+                    (0, Path::Sparse, 3),
+                    (1, Path::Sparse, 4),
+                    (2, Path::Sparse, 5),
+                    (3, Path::Dense, 6),
+                    (8, Path::Input, 7),
+                ] {
+                    let _ = sw.route(&c.gpu, slot, path, probe(k));
+                }
+                if weight_sparse {
+                    // What a mask pass writes for a layer that keeps at most sparse_max weights.
+                    let live: [u32; 12] = [3, 1, 1, 4, 1, 1, 5, 1, 1, 0, 0, 0];
+                    c.gpu
+                        .queue
+                        .write_buffer(&sw.args.buffer, 0, bytemuck::cast_slice(&live));
+                }
+                let before = sw.live(&c.gpu).unwrap();
+                let build =
+                    c.k.sparse
+                        .input_lists(&c.gpu, &xt, &lists, &sw, input_max, 4, 8)
+                        .unwrap();
+                run_once(&c.gpu, &[dense.clone(), build, product.clone()], 0).unwrap();
+                assert_eq!(c.read_u32(&lists.cnt), nnz, "{tag}: list lengths");
+                let live = sw.live(&c.gpu).unwrap();
+                let mut want = before.clone();
+                if on {
+                    want[..4].iter_mut().for_each(|s| *s = [0; 3]);
+                    want[8] = [7, 1, 1];
+                } else {
+                    want[8] = [0; 3];
+                }
+                assert_eq!(
+                    live, want,
+                    "{tag}: switch with input_max {input_max}, weight-sparse {weight_sparse}"
+                );
+                let (yd, ys) = (c.read(&y_dense), c.read(&y_sparse));
+                if c.k.gemm.variant == GemmVariant::RegBlock {
+                    assert!(
+                        yd.iter().zip(&ys).all(|(a, b)| a == b),
+                        "{tag}: not bit-equal"
+                    );
+                }
+                let mut want_y = dst::reference::gemm::forward(
+                    &to_f64(&x),
+                    &to_f64(&transpose(&pt, width, n)),
+                    Some(&to_f64(&b)),
+                    batch,
+                    n,
+                    width,
+                );
+                if relu {
+                    want_y.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+                assert_close_norm(&format!("{tag}: y"), &ys, &want_y, 1e-5);
+                // A mask pass now (a matrix that keeps more than sparse_max = 0: dense) sets the
+                // weight slots and leaves the input slot as `input_lists` set it.
+                let (rows, cols) = (4usize, 8usize);
+                let w = c.tensor(
+                    "w",
+                    &[rows, cols],
+                    &rand_vec(&mut rng, rows * cols, -1.0, 1.0),
+                );
+                let t = c.tensor("t", &[rows], &[0.1; 4]);
+                let p = c.poisoned("p", &[rows, cols]);
+                let rk = c.poisoned("rk", &[2 * rows]);
+                let lk = c.tensor_u32("lk", &[4], &[0; 4]);
+                let ds =
+                    c.k.masked
+                        .mask_pass(
+                            &c.gpu,
+                            &w,
+                            &t,
+                            &p,
+                            &rk,
+                            &lk,
+                            1,
+                            ResetPolicy::Paper,
+                            PassExtras {
+                                switch: Some(&sw),
+                                ..Default::default()
+                            },
+                        )
+                        .unwrap();
+                run_once(&c.gpu, &ds, 0).unwrap();
+                let after = sw.live(&c.gpu).unwrap();
+                assert_eq!(after[..3], [[0; 3]; 3], "{tag}: weight-sparse slots");
+                assert_eq!(after[3], [6, 1, 1], "{tag}: dense slot");
+                assert_eq!(
+                    after[8], want[8],
+                    "{tag}: the input slot is input_lists' own"
+                );
+            }
+        }
+    }
+}
