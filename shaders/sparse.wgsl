@@ -331,11 +331,15 @@ fn ell_product4(@builtin(global_invocation_id) gid: vec3<u32>,
 @compute @workgroup_size(64, 1, 1)
 fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
     // Only where the mask pass chose the dense forward (its slot fwd_slots - 1 live): a layer that
-    // keeps few weights computes faster from the lists of P's nonzeros (BENCHMARKS.md). Read by
-    // every invocation before the barriers below, so before any of them writes the switch.
-    let dense_on = switch_args[3u * (sp.fwd_slots - 1u)] != 0u;
+    // keeps few weights computes faster from the lists of P's nonzeros (BENCHMARKS.md); then no
+    // lists are built either. Read before the barriers below, so before anyone writes the switch.
+    if (lid.x == 0u) {
+        red_total[0] = switch_args[3u * (sp.fwd_slots - 1u)];
+    }
+    let dense_on = workgroupUniformLoad(&red_total[0]) != 0u;
+    workgroupBarrier();
     var total = 0u;
-    for (var r = lid.x; r < sp.rows; r += WG) {
+    for (var r = lid.x; r < sp.rows && dense_on; r += WG) {
         let at = r * sp.cols;
         var n = 0u;
         for (var i = 0u; i < sp.cols; i++) {
