@@ -383,7 +383,7 @@ fn input_sparse_products(
     use crate::kernels::sparse::{InputLists, Switch};
     let (batch, rows, cols) = (64usize, 300usize, 784usize);
     let densities = [1.0, 0.5, 0.4, 0.3, 0.2, 0.1];
-    print!("{:<36}", "fc1 forward (us) at input density");
+    print!("{:<42}", "fc1 forward (us) at input density");
     for d in densities {
         print!(" {d:>8}");
     }
@@ -393,6 +393,36 @@ fn input_sparse_products(
     let y = Tensor::zeros(gpu, "y", &[batch, rows])?;
     let lists = InputLists::new(gpu, "bench.input", batch, cols)?;
     let switch = Switch::new(gpu, "bench.switch", 9, 0)?;
+    // The dense forward in the switch's slot 3: a mask pass (of a small matrix that keeps more
+    // than sparse_max = 0 weights) turns it on every rep, as in a training step, before
+    // `input_lists` decides (which turns it off when it takes the input-sparse product). Both
+    // rows of the table include that pass.
+    let _ = switch.route(
+        gpu,
+        3,
+        crate::kernels::sparse::Path::Dense,
+        k.gemm.forward_t(gpu, &pt_probe_x(gpu, batch, cols)?, &pt, None, &y, &k.dummy)?,
+    );
+    let (mr, mc) = (4usize, 8usize);
+    let mw = Tensor::from_slice(gpu, "mw", &[mr, mc], &vec![1.0f32; mr * mc])?;
+    let mt = Tensor::zeros(gpu, "mt", &[mr])?;
+    let mp = Tensor::zeros(gpu, "mp", &[mr, mc])?;
+    let mrk = Tensor::zeros(gpu, "mrk", &[2 * mr])?;
+    let mlk = Tensor::zeros(gpu, "mlk", &[4])?;
+    let mask_pass = k.masked.mask_pass(
+        gpu,
+        &mw,
+        &mt,
+        &mp,
+        &mrk,
+        &mlk,
+        1,
+        crate::kernels::masked::ResetPolicy::None,
+        crate::kernels::masked::PassExtras {
+            switch: Some(&switch),
+            ..Default::default()
+        },
+    )?;
     let mut table = vec![Vec::new(); 2];
     for d in densities {
         let mut zero_rng = Rng::new(11);
@@ -402,28 +432,39 @@ fn input_sparse_products(
             .collect();
         let x = Tensor::from_slice(gpu, "x", &[batch, cols], &x)?;
         let sp = &k.sparse;
-        let seqs = [
+        let mut seqs = [
             vec![k.gemm.forward_t(gpu, &x, &pt, Some(&b), &y, &k.dummy)?],
             vec![
                 sp.input_lists(gpu, &x, &lists, &switch, u32::MAX, 4, 8)?,
                 sp.ell_input_product(gpu, &lists, &pt, Some(&b), &y, false, &k.dummy)?,
             ],
         ];
+        for s in &mut seqs {
+            s.splice(0..0, mask_pass.iter().cloned());
+        }
         for (row, ds) in table.iter_mut().zip(&seqs) {
             row.push(1e6 * time_dispatches(gpu, ds, reps)?);
         }
     }
-    for (what, row) in ["dense GEMM (P^T)", "input-sparse (lists+product)"]
+    for (what, row) in [
+        "dense GEMM (P^T) + mask pass",
+        "input-sparse (lists+product) + mask pass",
+    ]
         .iter()
         .zip(&table)
     {
-        print!("{what:<36}");
+        print!("{what:<42}");
         for us in row {
             print!(" {us:>8.0}");
         }
         println!();
     }
     Ok(())
+}
+
+/// A zero input of `batch x cols` (a dispatch to route, never run).
+fn pt_probe_x(gpu: &Gpu, batch: usize, cols: usize) -> anyhow::Result<Tensor> {
+    Ok(Tensor::zeros(gpu, "probe.x", &[batch, cols])?)
 }
 
 /// Adds `sec` to the entry of `label` (seconds, dispatch count), first seen first.
