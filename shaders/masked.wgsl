@@ -19,7 +19,7 @@ struct MaskParams {
     sparse_max: u32, // mask_reset: a count at most this runs the sparse products
     p_transposed: u32, // mask_forward*, mask_reset: P stored transposed (cols x rows), one matrix
     penalty: u32,      // mask_reset: also add the penalty's value to stats[1] (one matrix)
-    _pad0: u32,
+    recompute: u32,    // mask_reset, floor: layer_keep[4 ..] holds the recompute dispatch (below)
     _pad1: u32,
     _pad2: u32,
 }
@@ -145,6 +145,16 @@ fn set_switch(lane: u32, kept: u32) {
     }
 }
 
+// The floor's recompute (`recompute` set: the floor of a one-matrix mask): the mask pass records
+// its second `mask_forward` as an indirect dispatch whose workgroup counts are layer_keep[4 ..
+// 6], template at layer_keep[7 .. 9]: the counts become the template when the floor acted (the
+// thresholds moved, P must follow), else 0 (P is already right: the pass costs nothing).
+fn set_recompute(lane: u32, acted: bool) {
+    if (mp.recompute != 0u && mp.policy == RESET_FLOOR && lane < 3u) {
+        layer_keep[4u + lane] = select(0u, layer_keep[7u + lane], acted);
+    }
+}
+
 // The penalty's value, fused into the mask pass of a one-matrix layer in training (`penalty` set
 // on the pass's last `mask_reset`, after any reset of this forward): stats[1] += alpha *
 // alpha_scale[0] * sum_i exp(-t[i]), summed as `penalty` does. All invocations call it.
@@ -208,6 +218,7 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
             layer_keep[4u * g] = before;
             layer_keep[4u * g + 1u] = before;
         }
+        set_recompute(lid.x, false);
         set_switch(lid.x, before);
         add_penalty(lid.x);
         return;
@@ -223,6 +234,7 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
             layer_keep[4u * g] = before;
             layer_keep[4u * g + 2u] = layer_keep[4u * g + 2u] + 1u;
         }
+        set_recompute(lid.x, true);
         return;
     }
     // The paper's reset: thresholds to 0, P recomputed.

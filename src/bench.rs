@@ -401,7 +401,8 @@ fn input_sparse_products(
         gpu,
         3,
         crate::kernels::sparse::Path::Dense,
-        k.gemm.forward_t(gpu, &pt_probe_x(gpu, batch, cols)?, &pt, None, &y, &k.dummy)?,
+        k.gemm
+            .forward_t(gpu, &pt_probe_x(gpu, batch, cols)?, &pt, None, &y, &k.dummy)?,
     );
     let (mr, mc) = (4usize, 8usize);
     let mw = Tensor::from_slice(gpu, "mw", &[mr, mc], &vec![1.0f32; mr * mc])?;
@@ -450,8 +451,8 @@ fn input_sparse_products(
         "dense GEMM (P^T) + mask pass",
         "input-sparse (lists+product) + mask pass",
     ]
-        .iter()
-        .zip(&table)
+    .iter()
+    .zip(&table)
     {
         print!("{what:<42}");
         for us in row {

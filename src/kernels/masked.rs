@@ -25,7 +25,9 @@ pub struct MaskParams {
     pub p_transposed: u32,
     /// `mask_reset`: also add the penalty's value to stats[1].
     pub penalty: u32,
-    pub _pad: [u32; 3],
+    /// `mask_reset` under the floor: `layer_keep[4 ..]` holds the recompute dispatch.
+    pub recompute: u32,
+    pub _pad: [u32; 2],
 }
 
 /// What `mask_reset` does to a matrix whose keep ratio fell to 1 % or less (METHOD.md section 3).
@@ -90,7 +92,14 @@ pub struct PassExtras<'a> {
     pub p_transposed: bool,
     /// Add the penalty's value (after this pass's reset).
     pub penalty: Option<PenaltyInto<'a>>,
+    /// `layer_keep` is an indirect buffer of `RECOMPUTE_WORDS` words: under the floor, the second
+    /// `mask_forward` runs (indirect) only in steps where the floor acted.
+    pub recompute: bool,
 }
+
+/// Words of a one-matrix `layer_keep` that holds the floor's recompute dispatch: the 4 counters,
+/// 3 live workgroup counts, their 3-word template.
+pub const RECOMPUTE_WORDS: usize = 10;
 
 pub struct Masked {
     /// Use `mask_forward_rowwise` (CPU adapters) in `mask_forward`.
@@ -129,7 +138,8 @@ fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
         sparse_max: 0,
         p_transposed: 0,
         penalty: 0,
-        _pad: [0; 3],
+        recompute: 0,
+        _pad: [0; 2],
     }
 }
 
@@ -341,7 +351,23 @@ impl Masked {
         let floor = policy == ResetPolicy::Floor;
         let mut ds = vec![fwd()?, reset(policy, !floor)?];
         if floor {
-            ds.push(fwd()?);
+            let again = fwd()?;
+            if extras.recompute {
+                assert!(
+                    groups == 1 && layer_keep.len() >= RECOMPUTE_WORDS,
+                    "{}: the recompute dispatch needs one matrix and {RECOMPUTE_WORDS} words",
+                    layer_keep.label
+                );
+                // The template; the floor's reset writes the live counts each step.
+                gpu.queue.write_buffer(
+                    &layer_keep.buffer,
+                    layer_keep.offset + 28,
+                    bytemuck::cast_slice(&again.workgroups),
+                );
+                ds.push(again.indirect_from(layer_keep, 16));
+            } else {
+                ds.push(again);
+            }
             ds.push(reset(ResetPolicy::Count, true)?);
         }
         Ok(ds)
@@ -367,6 +393,7 @@ impl Masked {
         let mut p = rows_cols(weight, threshold);
         p.policy = policy as u32;
         p.p_transposed = extras.p_transposed as u32;
+        p.recompute = extras.recompute as u32;
         if let Some(s) = extras.switch {
             p.n_switch = s.slots as u32;
             p.sparse_max = s.sparse_max;

@@ -5,7 +5,7 @@
 
 use super::{MaskView, Mode, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
-use crate::kernels::masked::{PassExtras, PenaltyInto};
+use crate::kernels::masked::{PassExtras, PenaltyInto, RECOMPUTE_WORDS};
 
 pub struct Mask {
     pub threshold: ParamId,
@@ -52,7 +52,19 @@ impl Mask {
             threshold,
             masked_weight: Tensor::zeros(gpu, &format!("{name}.masked_weight"), &p_shape)?,
             row_keep: Tensor::zeros(gpu, &format!("{name}.row_keep"), &[2 * rows])?,
-            layer_keep: Tensor::zeros(gpu, &format!("{name}.layer_keep"), &[4 * groups])?,
+            layer_keep: if groups == 1 {
+                // With the floor's recompute dispatch (`PassExtras::recompute`).
+                let label = format!("{name}.layer_keep");
+                let words = [0u32; RECOMPUTE_WORDS];
+                Tensor {
+                    buffer: std::sync::Arc::new(gpu.indirect_init(&label, &words)?),
+                    offset: 0,
+                    shape: vec![RECOMPUTE_WORDS],
+                    label,
+                }
+            } else {
+                Tensor::zeros(gpu, &format!("{name}.layer_keep"), &[4 * groups])?
+            },
             rows,
             cols: numel / rows,
             groups,
@@ -103,6 +115,7 @@ impl Mask {
             cx.reset,
             PassExtras {
                 switch,
+                recompute: self.groups == 1,
                 p_transposed: self.transposed,
                 penalty: self.fused_penalty(cx).then_some(PenaltyInto {
                     stats: &cx.stats,

@@ -722,3 +722,80 @@ fn fused_weight_gradient_sgd_matches_reference() {
         }
     }
 }
+
+/// Under the floor, a one-matrix mask pass with the recompute dispatch (`PassExtras::recompute`:
+/// the second `mask_forward` indirect, its counts written by the floor's reset) gives the same P,
+/// thresholds, row and layer counts and penalty as the pass that always recomputes, on a dying
+/// matrix (the floor acts: the counts are the template) and on a healthy one (it does not: 0, the
+/// second pass costs nothing).
+#[test]
+fn floor_recompute_runs_only_when_the_floor_acts() {
+    use dst::kernels::masked::{PassExtras, PenaltyInto, ResetPolicy, RECOMPUTE_WORDS};
+    let c = ctx();
+    let mut rng = Rng::new(23);
+    let (rows, cols) = (7usize, 65usize);
+    let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
+    for (dying, t0) in [(true, 0.995f32), (false, 0.2)] {
+        let t = vec![t0; rows];
+        let mut results = Vec::new();
+        for recompute in [false, true] {
+            let l = layer(&c, &w, &t, rows, cols);
+            let stats = c.tensor("stats", &[4], &[0.0; 4]);
+            let lk = if recompute {
+                let words = [0u32; RECOMPUTE_WORDS];
+                dst::gpu::Tensor {
+                    buffer: std::sync::Arc::new(c.gpu.indirect_init("lk", &words).unwrap()),
+                    offset: 0,
+                    shape: vec![RECOMPUTE_WORDS],
+                    label: "lk".into(),
+                }
+            } else {
+                c.tensor_u32("lk", &[4], &[0; 4])
+            };
+            let ds =
+                c.k.masked
+                    .mask_pass(
+                        &c.gpu,
+                        &l.w,
+                        &l.t,
+                        &l.p,
+                        &l.row_keep,
+                        &lk,
+                        1,
+                        ResetPolicy::Floor,
+                        PassExtras {
+                            recompute,
+                            penalty: Some(PenaltyInto {
+                                stats: &stats,
+                                alpha: 0.5,
+                                alpha_scale: &c.k.masked.one,
+                            }),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+            assert_eq!(ds.len(), 4);
+            assert_eq!(ds[2].indirect.is_some(), recompute);
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let k = c.read_u32(&lk);
+            if recompute {
+                let template = &k[7..10];
+                assert_eq!(template, &ds[2].workgroups[..], "template");
+                let live = if dying { template.to_vec() } else { vec![0; 3] };
+                assert_eq!(&k[4..7], &live[..], "dying {dying}: the recompute's counts");
+            }
+            assert_eq!(k[2], dying as u32, "dying {dying}: the floor acted");
+            results.push((
+                c.read(&l.p),
+                c.read(&l.t),
+                c.read_u32(&l.row_keep),
+                k[..4].to_vec(),
+                c.read(&stats),
+            ));
+        }
+        assert!(
+            results[0] == results[1],
+            "dying {dying}: recompute changes the pass"
+        );
+    }
+}
