@@ -290,11 +290,6 @@ fn sparse_products(
 ) -> anyhow::Result<()> {
     let (batch, rows, cols) = (64usize, 300usize, 784usize);
     let keeps = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02];
-    print!("{:<36}", "fc1 products (us) at keep");
-    for kp in keeps {
-        print!(" {kp:>8}");
-    }
-    println!();
     let x = Tensor::from_slice(gpu, "x", &[batch, cols], &rand(batch * cols))?;
     let dy = Tensor::from_slice(gpu, "dy", &[batch, rows], &rand(batch * rows))?;
     let b = Tensor::from_slice(gpu, "b", &[rows], &rand(rows))?;
@@ -352,28 +347,24 @@ fn sparse_products(
             row.push(1e6 * time_dispatches(gpu, ds, reps)?);
         }
     }
-    for (what, row) in [
-        "forward, dense GEMM",
-        "forward, sparse (lists+fm+product)",
-        "d_input, dense GEMM",
-        "d_input, sparse (lists+fm+product)",
-    ]
-    .iter()
-    .zip(&table)
-    {
-        print!("{what:<36}");
-        for us in row {
-            print!(" {us:>8.0}");
-        }
-        println!();
-    }
+    print_table(
+        ("fc1 products (us) at keep", 36),
+        &keeps,
+        &[
+            "forward, dense GEMM",
+            "forward, sparse (lists+fm+product)",
+            "d_input, dense GEMM",
+            "d_input, sparse (lists+fm+product)",
+        ],
+        &table,
+    );
     Ok(())
 }
 
 /// LeNet-300-100's fc1 forward (batch 64, P stored transposed as in training) at several input
 /// densities (random inputs, the rest exact zeros): the dense GEMM against the input-sparse
 /// product (lists of each sample's nonzero inputs, then the product over them): where it starts
-/// to pay (`nn::linear::INPUT_SPARSE_DENSITY`).
+/// to pay (`--sparse-input`, `kernels::sparse::default_sparse_input`).
 fn input_sparse_products(
     gpu: &Gpu,
     k: &Kernels,
@@ -383,11 +374,6 @@ fn input_sparse_products(
     use crate::kernels::sparse::{InputLists, Switch};
     let (batch, rows, cols) = (64usize, 300usize, 784usize);
     let densities = [1.0, 0.5, 0.4, 0.3, 0.2, 0.1];
-    print!("{:<42}", "fc1 forward (us) at input density");
-    for d in densities {
-        print!(" {d:>8}");
-    }
-    println!();
     let pt = Tensor::from_slice(gpu, "pt", &[cols, rows], &rand(rows * cols))?;
     let b = Tensor::from_slice(gpu, "b", &[rows], &rand(rows))?;
     let y = Tensor::zeros(gpu, "y", &[batch, rows])?;
@@ -447,20 +433,34 @@ fn input_sparse_products(
             row.push(1e6 * time_dispatches(gpu, ds, reps)?);
         }
     }
-    for (what, row) in [
-        "dense GEMM (P^T) + mask pass",
-        "input-sparse (lists+product) + mask pass",
-    ]
-    .iter()
-    .zip(&table)
-    {
-        print!("{what:<42}");
+    print_table(
+        ("fc1 forward (us) at input density", 42),
+        &densities,
+        &[
+            "dense GEMM (P^T) + mask pass",
+            "input-sparse (lists+product) + mask pass",
+        ],
+        &table,
+    );
+    Ok(())
+}
+
+/// A table of microseconds: the title (and the width of the label column), a header per column,
+/// a label and a row of values per row.
+fn print_table(title: (&str, usize), heads: &[f64], labels: &[&str], rows: &[Vec<f64>]) {
+    let (title, width) = title;
+    print!("{title:<width$}");
+    for h in heads {
+        print!(" {h:>8}");
+    }
+    println!();
+    for (what, row) in labels.iter().zip(rows) {
+        print!("{what:<width$}");
         for us in row {
             print!(" {us:>8.0}");
         }
         println!();
     }
-    Ok(())
 }
 
 /// A zero input of `batch x cols` (a dispatch to route, never run).
