@@ -11,7 +11,9 @@
 //! lists of P's nonzeros (shaders/sparse.wgsl, `ell_*`) instead of the dense GEMMs. Both ways are
 //! recorded; the mask pass picks one per step on the GPU from the layer's keep count
 //! (`kernels::sparse::Switch`). `dP = dY^T X` stays dense: the long-tailed estimator sends
-//! gradient to every weight, kept or not.
+//! gradient to every weight, kept or not. While the dense forward is chosen, such a layer may
+//! compute it from the lists of each sample's nonzero inputs instead (`PlanCx::sparse_input`;
+//! `input_lists` decides per step on the GPU, `ell_input_product` reads P^T).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
