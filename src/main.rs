@@ -304,8 +304,8 @@ struct TrainArgs {
     /// up to float rounding) [default: 0.2 on CPU adapters, 0 (off) on GPUs].
     #[arg(long)]
     sparse_keep: Option<f64>,
-    /// Such a layer (65,536 weights or more), while it keeps more than --sparse-keep, computes its
-    /// forward from the lists of its input's nonzeros when at most this fraction of the batch's
+    /// A masked linear layer of 65,536 weights or more, while it keeps more than --sparse-keep,
+    /// computes its forward from the lists of its input's nonzeros when at most this fraction of the batch's
     /// inputs are nonzero (MNIST: about 19 %; 0: never, 1: always; same results up to float
     /// rounding) [default: 0.3 on CPU adapters, 0 (off) on GPUs].
     #[arg(long)]
