@@ -506,7 +506,7 @@ impl Gemm {
             }
             None => (dummy, dummy),
         };
-        let groups = [p.n.div_ceil(64), p.m.div_ceil(32), 1];
+        let groups = [p.n.div_ceil(64), p.m.div_ceil(64), 1];
         Ok(Some(self.tn_sgd.bind(
             gpu,
             &p,
