@@ -424,7 +424,7 @@ fn tn_sgd_row(row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>, block: u32) {
 //   then    v = momentum * v + (dW + wd * W);  W = W - lr * v.
 // W's gradient arena is not written. `bias_grad` writes db as `gemm_tn_vec4` does. Reads a4, b4,
 // threshold; updates W and its velocity. Each invocation: 8 rows x 8 columns, two vec4 of A and
-// two of B per k (twice the multiply-adds per load of `gemm_tn_vec4`'s 4 x 8: measured 15-20 %
+// two of B per k (twice the multiply-adds per load of `gemm_tn_vec4`'s 4 x 8: measured 12-20 %
 // faster on lavapipe with this epilogue); rows past M (M % 8 == 4) are loaded clamped and skipped.
 // Workgroup 8x8 invocations: 64 rows x 64 columns.
 @compute @workgroup_size(8, 8, 1)

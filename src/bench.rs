@@ -25,11 +25,7 @@ fn time_dispatches(gpu: &Gpu, ds: &[crate::kernels::Dispatch], reps: u32) -> any
 }
 
 fn time_dispatch(gpu: &Gpu, d: &crate::kernels::Dispatch, reps: u32) -> anyhow::Result<f64> {
-    run_once(gpu, std::slice::from_ref(d), 0)?; // warm-up
-    let ds = vec![d.clone(); reps as usize];
-    let t = Instant::now();
-    run_once(gpu, &ds, 0)?;
-    Ok(t.elapsed().as_secs_f64() / reps as f64)
+    time_dispatches(gpu, std::slice::from_ref(d), reps)
 }
 
 pub fn run(
@@ -387,8 +383,14 @@ fn input_sparse_products(
         gpu,
         3,
         crate::kernels::sparse::Path::Dense,
-        k.gemm
-            .forward_t(gpu, &pt_probe_x(gpu, batch, cols)?, &pt, None, &y, &k.dummy)?,
+        k.gemm.forward_t(
+            gpu,
+            &Tensor::zeros(gpu, "probe.x", &[batch, cols])?,
+            &pt,
+            None,
+            &y,
+            &k.dummy,
+        )?,
     );
     let (mr, mc) = (4usize, 8usize);
     let mw = Tensor::from_slice(gpu, "mw", &[mr, mc], &vec![1.0f32; mr * mc])?;
@@ -461,11 +463,6 @@ fn print_table(title: (&str, usize), heads: &[f64], labels: &[&str], rows: &[Vec
         }
         println!();
     }
-}
-
-/// A zero input of `batch x cols` (a dispatch to route, never run).
-fn pt_probe_x(gpu: &Gpu, batch: usize, cols: usize) -> anyhow::Result<Tensor> {
-    Ok(Tensor::zeros(gpu, "probe.x", &[batch, cols])?)
 }
 
 /// Adds `sec` to the entry of `label` (seconds, dispatch count), first seen first.

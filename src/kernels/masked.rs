@@ -358,13 +358,14 @@ impl Masked {
                     "{}: the recompute dispatch needs one matrix and {RECOMPUTE_WORDS} words",
                     layer_keep.label
                 );
-                // The template; the floor's reset writes the live counts each step.
+                // The template (words 7-9); the floor's reset writes the live counts (words 4-6)
+                // each step.
                 gpu.queue.write_buffer(
                     &layer_keep.buffer,
-                    layer_keep.offset + 28,
+                    layer_keep.offset + 4 * 7,
                     bytemuck::cast_slice(&again.workgroups),
                 );
-                ds.push(again.indirect_from(layer_keep, 16));
+                ds.push(again.indirect_from(layer_keep, 4 * 4));
             } else {
                 ds.push(again);
             }
