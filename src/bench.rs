@@ -127,6 +127,7 @@ pub fn run(
         }
         sparse_products(&gpu, &k, reps, &mut rand)?;
         input_sparse_products(&gpu, &k, reps, &mut rand)?;
+        input_sparse_weight_gradient(&gpu, &k, reps, &mut rand)?;
         println!(
             "{:<36} {:>12} {:>12} {:>12} {:>12}",
             "masked kernels (us)", "mask_fwd", "mask_reset", "mask_bwd", "penalty"
@@ -441,6 +442,65 @@ fn input_sparse_products(
         &[
             "dense GEMM (P^T) + mask pass",
             "input-sparse (lists+product) + mask pass",
+        ],
+        &table,
+    );
+    Ok(())
+}
+
+/// fc1's weight gradient fused with its SGD step (masked), the full product against the listed
+/// one (`tn_k_lists` + `gemm_tn_sgd_listed`) as the input's nonzero (sample, 8-feature block)
+/// pairs thin out (MNIST's batches: about 0.4). CPU adapters only (the fused form's).
+fn input_sparse_weight_gradient(
+    gpu: &Gpu,
+    k: &Kernels,
+    reps: u32,
+    rand: &mut dyn FnMut(usize) -> Vec<f32>,
+) -> anyhow::Result<()> {
+    use crate::kernels::gemm::{Gemm, SgdTarget};
+    let (batch, rows, cols) = (64usize, 300usize, 784usize);
+    let densities = [1.0, 0.6, 0.4, 0.2, 0.0];
+    let step = crate::kernels::StepRing::new(gpu, k, 1);
+    let g = Tensor::from_slice(gpu, "g", &[batch, rows], &rand(batch * rows))?;
+    let w = Tensor::from_slice(gpu, "w", &[rows, cols], &rand(rows * cols))?;
+    let v = Tensor::zeros(gpu, "v", &[rows, cols])?;
+    let t = Tensor::zeros(gpu, "t", &[rows])?;
+    let parts = Tensor::zeros(gpu, "parts", &[rows, Gemm::dt_blocks(cols)])?;
+    let db = Tensor::zeros(gpu, "db", &[rows])?;
+    let lists = Tensor::zeros(gpu, "k_lists", &[Gemm::k_list_words(cols, batch)])?;
+    let target = SgdTarget {
+        weight: &w,
+        velocity: &v,
+        momentum: 0.9,
+        weight_decay: 0.0,
+        mask: Some((&t, &parts)),
+    };
+    let mut table = vec![Vec::new(); 2];
+    for d in densities {
+        let mut zero_rng = Rng::new(12);
+        let mut x = rand(batch * cols);
+        for block in x.chunks_mut(8) {
+            if zero_rng.range(0.0, 1.0) >= d {
+                block.fill(0.0);
+            }
+        }
+        let x = Tensor::from_slice(gpu, "x", &[batch, cols], &x)?;
+        for (row, listed) in table.iter_mut().zip([None, Some(&lists)]) {
+            let Some(ds) = k
+                .gemm
+                .backward_weight_sgd(gpu, &g, &x, &db, &target, listed, &step, &k.dummy)?
+            else {
+                return Ok(());
+            };
+            row.push(1e6 * time_dispatches(gpu, &ds, reps)?);
+        }
+    }
+    print_table(
+        ("fc1 dW + SGD (us), nonzero blocks", 42),
+        &densities,
+        &[
+            "full (gemm_tn_sgd)",
+            "listed (tn_k_lists + gemm_tn_sgd_listed)",
         ],
         &table,
     );

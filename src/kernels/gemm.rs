@@ -105,6 +105,8 @@ pub struct Gemm {
     pub nt_vec4: Kernel,
     pub tn_vec4: Kernel,
     pub tn_sgd: Kernel,
+    pub tn_sgd_listed: Kernel,
+    pub tn_k_lists: Kernel,
     pub nn_vec4: Kernel,
     pub regblock: Kernel,
     pub tiled: Kernel,
@@ -148,6 +150,18 @@ const TN_SGD: &[(u32, Access)] = &[
     (9, Access::ReadWrite),
     (10, Access::ReadWrite),
     (11, Access::ReadWrite),
+];
+
+/// `gemm_tn_sgd_listed`: TN_SGD and the lists of B's nonzero rows per column block.
+const TN_SGD_LISTED: &[(u32, Access)] = &[
+    (5, Access::Read),
+    (6, Access::Read),
+    (7, Access::ReadWrite),
+    (8, Access::ReadWrite),
+    (9, Access::ReadWrite),
+    (10, Access::ReadWrite),
+    (11, Access::ReadWrite),
+    (12, Access::ReadWrite),
 ];
 
 /// The weight a fused weight-gradient product updates by SGD (`Gemm::backward_weight_sgd`).
@@ -205,6 +219,12 @@ impl Gemm {
             nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
             tn_vec4: f.kernel("gemm_tn_vec4", VEC4_TN, false)?,
             tn_sgd: f.kernel("gemm_tn_sgd", TN_SGD, true)?,
+            tn_sgd_listed: f.kernel("gemm_tn_sgd_listed", TN_SGD_LISTED, true)?,
+            tn_k_lists: f.kernel(
+                "tn_k_lists",
+                &[(6, Access::Read), (12, Access::ReadWrite)],
+                false,
+            )?,
             nn_vec4: f.kernel("gemm_nn_vec4", VEC4, false)?,
             regblock: f.kernel("gemm_regblock", MATMUL, false)?,
             tiled: f.kernel("gemm_tiled", MATMUL, false)?,
@@ -453,11 +473,21 @@ impl Gemm {
         k.div_ceil(8)
     }
 
+    /// The u32 words of `backward_weight_sgd`'s k lists for a weight gradient over `k` samples
+    /// of `n` input features: a count per block of 8 features, then a list of up to `k` samples
+    /// per block.
+    pub fn k_list_words(n: usize, k: usize) -> usize {
+        Self::dt_blocks(n) * (k + 1)
+    }
+
     /// A linear layer's weight-gradient product fused with the weight's SGD step (and, for a
     /// masked weight, the mask's backward): one dispatch instead of the product, `mask_backward`
-    /// and the weight's share of the optimiser pass; db as `backward_weight_bias`. `None` where the
-    /// vec4 weight-gradient form does not apply (GPUs; shapes or offsets it cannot take): the
-    /// caller records the unfused passes.
+    /// and the weight's share of the optimiser pass; db as `backward_weight_bias`. With
+    /// `k_lists` (`k_list_words` long), two dispatches: `tn_k_lists` lists, per block of 8 input
+    /// features, the samples with a nonzero there, and `gemm_tn_sgd_listed` sums over those only
+    /// (for a mostly-zero input such as MNIST's pixels; the same bits as the full sums). `None`
+    /// where the vec4 weight-gradient form does not apply (GPUs; shapes or offsets it cannot
+    /// take): the caller records the unfused passes.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_weight_sgd(
         &self,
@@ -466,9 +496,10 @@ impl Gemm {
         x: &Tensor,
         db: &Tensor,
         target: &SgdTarget<'_>,
+        k_lists: Option<&Tensor>,
         step: &super::StepRing,
         dummy: &Tensor,
-    ) -> Result<Option<Dispatch>> {
+    ) -> Result<Option<Vec<Dispatch>>> {
         let (m, n) = dims2(g);
         let (m2, k) = dims2(x);
         assert_eq!(
@@ -488,7 +519,12 @@ impl Gemm {
         );
         assert_eq!(db.len(), n, "backward_weight_sgd: db length");
         let mut p = GemmParams::linear_backward_weight(m, n, k, false);
-        if self.variant != GemmVariant::RegBlock || vec4_form(&p, g, x) != Some(Vec4Form::Tn) {
+        let aligned =
+            target.weight.offset.is_multiple_of(16) && target.velocity.offset.is_multiple_of(16);
+        if self.variant != GemmVariant::RegBlock
+            || vec4_form(&p, g, x) != Some(Vec4Form::Tn)
+            || !aligned
+        {
             return Ok(None);
         }
         p.bias_grad = 1;
@@ -506,14 +542,35 @@ impl Gemm {
             }
             None => (dummy, dummy),
         };
-        let groups = [p.n.div_ceil(64), p.m.div_ceil(64), 1];
-        Ok(Some(self.tn_sgd.bind(
+        let bufs = [g, x, db, target.weight, target.velocity, t, part];
+        let Some(lists) = k_lists else {
+            let groups = [p.n.div_ceil(64), p.m.div_ceil(64), 1];
+            return Ok(Some(vec![self.tn_sgd.bind(
+                gpu,
+                &p,
+                &bufs,
+                Some(step),
+                groups,
+            )?]));
+        };
+        assert!(
+            lists.len() >= Self::k_list_words(p.n as usize, p.k as usize),
+            "backward_weight_sgd: k lists too small"
+        );
+        let blocks = Self::dt_blocks(p.n as usize) as u32;
+        let build =
+            self.tn_k_lists
+                .bind(gpu, &p, &[x, lists], None, [blocks.div_ceil(64), 1, 1])?;
+        let mut listed_bufs = bufs.to_vec();
+        listed_bufs.push(lists);
+        let product = self.tn_sgd_listed.bind(
             gpu,
             &p,
-            &[g, x, db, target.weight, target.velocity, t, part],
+            &listed_bufs,
             Some(step),
-            groups,
-        )?))
+            [p.m.div_ceil(64), blocks, 1],
+        )?;
+        Ok(Some(vec![build, product]))
     }
 
     /// `db[n] = sum_m g[m][n]`: g (M x N), db (N), on the device's variant.

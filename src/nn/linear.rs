@@ -137,6 +137,13 @@ impl Linear {
         Ok(Some(Switch::new(cx.gpu, &label, SWITCH_SLOTS, sparse_max)?))
     }
 
+    /// Whether this layer's products may skip the input's zeros (`PlanCx::sparse_input`): a
+    /// switched layer (masked, large enough for the sparse products).
+    fn input_sparse(&self, cx: &PlanCx<'_>) -> bool {
+        let numel = self.out_features * self.in_features;
+        self.mask.is_some() && cx.sparse_input > 0.0 && numel >= SPARSE_MIN_WEIGHTS
+    }
+
     /// The lists of P's nonzeros, allocated on first use.
     fn lists(&self, gpu: &Gpu) -> Result<&EllLists> {
         if self.lists.get().is_none() {
@@ -180,13 +187,33 @@ impl Linear {
             weight_decay,
             mask: threshold.as_ref().zip(parts.as_ref()),
         };
-        let Some(d) = k
-            .gemm
-            .backward_weight_sgd(gpu, dy, x2, d_bias, &target, cx.step, &k.dummy)?
+        // The input's zeros skipped in dW = dY^T X where the forward may skip them too.
+        let k_lists = match self.input_sparse(cx) {
+            true => Some(cx.activation(
+                &format!("{}.x_nonzero_samples", self.name),
+                &[crate::kernels::gemm::Gemm::k_list_words(
+                    self.in_features,
+                    x2.shape[0],
+                )],
+            )?),
+            false => None,
+        };
+        let Some(ds) = k.gemm.backward_weight_sgd(
+            gpu,
+            dy,
+            x2,
+            d_bias,
+            &target,
+            k_lists.as_ref(),
+            cx.step,
+            &k.dummy,
+        )?
         else {
             return Ok(false);
         };
-        cx.push(d);
+        for d in ds {
+            cx.push(d);
+        }
         cx.claim_update(self.weight);
         if let (Some(m), Some(parts)) = (&self.mask, &parts) {
             m.threshold_grad(cx, parts)?;

@@ -635,7 +635,10 @@ fn reset_policies_match_reference() {
 /// (`gemm_tn_sgd`, CPU adapters) and `threshold_grad` after it, against the f64 reference chain
 /// dP = G^T X, (dW, dt) = mask_backward(dP), one SGD step (momentum, with and without weight
 /// decay, from a nonzero velocity); the same product on an unmasked weight is dW = G^T X and SGD.
-/// Shapes include a column count that is not a multiple of the 8-column blocks (k = 20).
+/// Shapes include a column count that is not a multiple of the 8-column blocks (k = 20). The
+/// listed form (`tn_k_lists` + `gemm_tn_sgd_listed`, the input's zeros skipped) gives the same
+/// bits as the full one, on inputs dense, mostly zero (whole samples and column blocks of zeros
+/// among them, as MNIST's borders) and all zero.
 #[test]
 fn fused_weight_gradient_sgd_matches_reference() {
     use dst::kernels::gemm::{Gemm, SgdTarget};
@@ -648,57 +651,114 @@ fn fused_weight_gradient_sgd_matches_reference() {
         step: 3,
         ..Default::default()
     });
-    for &(m, n, k) in &[(64, 300, 784), (13, 100, 300), (5, 12, 20), (64, 4, 12)] {
+    let shapes = [
+        (64, 300, 784, 1.0),
+        (64, 300, 784, 0.2),
+        (13, 100, 300, 0.3),
+        (5, 12, 20, 0.5),
+        (64, 4, 12, 1.0),
+        (9, 8, 16, 0.0),
+    ];
+    for &(m, n, k, density) in &shapes {
         for (masked, wd) in [(true, 0.0f32), (true, 5e-4), (false, 0.0), (false, 5e-4)] {
-            let tag = format!("{m}x{n}x{k} masked {masked} wd {wd}");
+            let tag = format!("{m}x{n}x{k} density {density} masked {masked} wd {wd}");
             let g = rand_vec(&mut rng, m * n, -1.0, 1.0);
-            let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
+            let mut x = rand_vec(&mut rng, m * k, -1.0, 1.0);
+            if density < 1.0 {
+                let keep = rand_vec(&mut rng, m * k, 0.0, 1.0);
+                for (i, xi) in x.iter_mut().enumerate() {
+                    let (sample, col) = (i / k, i % k);
+                    if keep[i] >= density || sample % 4 == 1 || col / 8 == 1 {
+                        *xi = 0.0;
+                    }
+                }
+            }
             let w = rand_vec(&mut rng, n * k, -1.5, 1.5);
             let v = rand_vec(&mut rng, n * k, -0.1, 0.1);
             let t = rand_vec(&mut rng, n, 0.0, 0.5);
-            let (gt, xt, wt, vt, tt) = (
+            let (gt, xt, tt) = (
                 c.tensor("g", &[m, n], &g),
                 c.tensor("x", &[m, k], &x),
-                c.tensor("w", &[n, k], &w),
-                c.tensor("v", &[n, k], &v),
                 c.tensor("t", &[n], &t),
             );
-            let parts = c.poisoned("parts", &[n, Gemm::dt_blocks(k)]);
-            let (db, dt) = (c.poisoned("db", &[n]), c.poisoned("dt", &[n]));
-            let target = SgdTarget {
-                weight: &wt,
-                velocity: &vt,
-                momentum,
-                weight_decay: wd,
-                mask: masked.then_some((&tt, &parts)),
-            };
-            let fused =
-                c.k.gemm
-                    .backward_weight_sgd(&c.gpu, &gt, &xt, &db, &target, &c.step, &c.k.dummy)
-                    .unwrap();
-            let Some(fused) = fused else {
-                assert_ne!(
-                    c.k.gemm.variant,
-                    GemmVariant::RegBlock,
-                    "{tag}: no fused kernel"
-                );
-                return;
-            };
-            let mut ds = vec![fused];
-            if masked {
-                ds.push(
-                    c.k.masked
-                        .threshold_grad(&c.gpu, &tt, &parts, &dt, alpha, &c.k.masked.one)
-                        .unwrap(),
+            let mut results = Vec::new();
+            for listed in [false, true] {
+                let (wt, vt) = (c.tensor("w", &[n, k], &w), c.tensor("v", &[n, k], &v));
+                let parts = c.poisoned("parts", &[n, Gemm::dt_blocks(k)]);
+                let (db, dt) = (c.poisoned("db", &[n]), c.poisoned("dt", &[n]));
+                let lists = c.poisoned("k lists", &[Gemm::k_list_words(k, m)]);
+                let target = SgdTarget {
+                    weight: &wt,
+                    velocity: &vt,
+                    momentum,
+                    weight_decay: wd,
+                    mask: masked.then_some((&tt, &parts)),
+                };
+                let fused =
+                    c.k.gemm
+                        .backward_weight_sgd(
+                            &c.gpu,
+                            &gt,
+                            &xt,
+                            &db,
+                            &target,
+                            listed.then_some(&lists),
+                            &c.step,
+                            &c.k.dummy,
+                        )
+                        .unwrap();
+                let Some(mut ds) = fused else {
+                    assert_ne!(
+                        c.k.gemm.variant,
+                        GemmVariant::RegBlock,
+                        "{tag}: no fused kernel"
+                    );
+                    return;
+                };
+                assert_eq!(ds.len(), 1 + listed as usize, "{tag}: dispatches");
+                if masked {
+                    ds.push(
+                        c.k.masked
+                            .threshold_grad(&c.gpu, &tt, &parts, &dt, alpha, &c.k.masked.one)
+                            .unwrap(),
+                    );
+                }
+                run_once(&c.gpu, &ds, 0).unwrap();
+                if listed {
+                    let counts = c.read_u32(&lists);
+                    for (blk, &count) in counts.iter().take(Gemm::dt_blocks(k)).enumerate() {
+                        let want = (0..m)
+                            .filter(|&s| {
+                                (blk * 8..(blk * 8 + 8).min(k)).any(|j| x[s * k + j] != 0.0)
+                            })
+                            .count();
+                        assert_eq!(count as usize, want, "{tag}: samples listed in block {blk}");
+                    }
+                }
+                let dt_got = if masked { c.read(&dt) } else { Vec::new() };
+                results.push([c.read(&wt), c.read(&vt), c.read(&db), dt_got]);
+            }
+            for (what, (full, listed)) in ["weight", "velocity", "db", "dt"]
+                .iter()
+                .zip(results[0].iter().zip(results[1].iter()))
+            {
+                let same = full.len() == listed.len()
+                    && full
+                        .iter()
+                        .zip(listed)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{tag}: the listed product's {what} differs from the full one's"
                 );
             }
-            run_once(&c.gpu, &ds, 0).unwrap();
+            let [w_got, v_got, db_got, dt_got] = &results[0];
             let (gd, xd, td) = (to_f64(&g), to_f64(&x), to_f64(&t));
             let dp = rgemm::backward_weight(&gd, &xd, m, n, k);
             let (mut p_ref, mut v_ref) = (to_f64(&w), to_f64(&v));
             let dw = if masked {
                 let (dw, dt_ref) = reference::mask_backward(&p_ref, &td, &dp, n, k, alpha as f64);
-                assert_close_norm(&format!("dt {tag}"), &c.read(&dt), &dt_ref, 1e-5);
+                assert_close_norm(&format!("dt {tag}"), dt_got, &dt_ref, 1e-5);
                 dw
             } else {
                 dp
@@ -711,11 +771,11 @@ fn fused_weight_gradient_sgd_matches_reference() {
                 momentum as f64,
                 wd as f64,
             );
-            assert_close_norm(&format!("velocity {tag}"), &c.read(&vt), &v_ref, 1e-5);
-            assert_close_norm(&format!("weight {tag}"), &c.read(&wt), &p_ref, 1e-5);
+            assert_close_norm(&format!("velocity {tag}"), v_got, &v_ref, 1e-5);
+            assert_close_norm(&format!("weight {tag}"), w_got, &p_ref, 1e-5);
             assert_close_norm(
                 &format!("bias gradient {tag}"),
-                &c.read(&db),
+                db_got,
                 &rgemm::bias_backward(&gd, m, n),
                 1e-5,
             );
