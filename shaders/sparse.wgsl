@@ -37,7 +37,7 @@ struct SparseParams {
     cnt_base: u32,  // ell_*: where their counts start in list_cnt
     p_transposed: u32, // ell_build: p is stored transposed (cols x rows)
     by_rows: u32,      // ell_build: the row lists (else the column lists)
-    input_max: u32,    // input_lists: at most this many nonzero inputs take the input-sparse product
+    input_max: u32,    // input_lists: at most this much listed work (inputs x samples) takes the input-sparse product
     n_switch: u32,     // input_lists: the slots of the layer's switch (shaders/masked.wgsl)
     fwd_slots: u32,    // input_lists: slots [0, fwd_slots) are the forward's other paths
     input_slot: u32,   // input_lists: the slot of `ell_input_product`
@@ -60,6 +60,7 @@ struct SparseParams {
 @group(0) @binding(12) var<storage, read_write> list_cnt: array<u32>;
 @group(0) @binding(13) var<storage, read_write> switch_args: array<u32>;
 @group(0) @binding(14) var<storage, read> w4: array<vec4<f32>>;
+@group(0) @binding(15) var<storage, read> list_val4: array<vec4<f32>>; // list_val as vec4s
 
 const WG: u32 = 64u;
 const QUAD: u32 = 4u;
@@ -313,45 +314,55 @@ fn ell_product4(@builtin(global_invocation_id) gid: vec3<u32>,
 //
 // A layer's input often holds many exact zeros (MNIST's background pixels, about 81 % of them).
 // lavapipe runs a branch over all lanes whatever the data, but a loop only as long as its longest
-// lane: so the zeros are skipped by lists, not by tests. `input_lists` lists each sample's nonzero
-// inputs (ELL, like `ell_build`'s row lists of a matrix) and decides, from their total, whether
-// the layer's forward takes `ell_input_product` this step; `ell_input_product` then computes
-//   y[b][o] = act(bias[o] + sum_k list_val[k] * Pt[list_idx[k]][o])   (k over sample b's list)
-// from P stored transposed (Pt, inputs x outputs: a masked linear layer's P), adding the products
-// in the order the dense GEMM (`gemm_nn_vec4`) does, minus its products with zeros: the same
-// values (the dense path's fma(0, p, acc) leaves acc as it is).
+// lane: so the zeros are skipped by lists, not by tests. `input_lists` lists, for each block of
+// IB samples, the inputs that are nonzero in at least one of them (MNIST: 46 % of the pixels
+// for 8 samples) and decides, from the listed work, whether the layer's forward takes
+// `ell_input_product` this step; `ell_input_product` then computes
+//   y[b][o] = act(bias[o] + sum_i x[b][i] * Pt[i][o])   (i over the list of b's block)
+// from P stored transposed (Pt, inputs x outputs: a masked linear layer's P), an outer product
+// of IB inputs and 8 outputs per listed i, adding the products in the order the dense GEMM
+// (`gemm_nn_vec4`) does, minus products with zeros: the same values (the dense path's
+// fma(0, p, acc) leaves acc as it is).
 
-// One workgroup. x is batch x cols (sp.rows = batch, sp.cols = its width): lane l builds the lists
-// of samples l, l + 64, ...: list r at list_idx/list_val[r * cols ..], its length list_cnt[r].
-// Then the total count picks the path: input-sparse when at most `input_max` and the mask pass
-// chose the dense forward (slot fwd_slots - 1, the dense GEMM, is on). The switch's slot
-// `input_slot` runs its template when input-sparse, else nothing; slots [0, fwd_slots) (the
-// forward's weight-sparse and dense dispatches, as `mask_reset` set them) are turned off when
-// input-sparse, else left as they are.
+const IB: u32 = 8u; // samples per list (and per `ell_input_product` invocation)
+
+// One workgroup. x is batch x cols (sp.rows = batch, sp.cols = its width): lane l builds the
+// lists of sample blocks l, l + 64, ...: block r's at list_idx[r * cols ..], its length
+// list_cnt[r], and for the n-th listed input the block's IB values at list_val[(r * cols + n) *
+// IB ..] (0 past the batch). Then the listed work (sum over blocks of length x samples) picks the
+// path: input-sparse when at most `input_max`, whichever forward the mask pass chose (on lavapipe
+// this product at MNIST's 46 % listed inputs costs less than the weight-sparse lists, whose
+// build alone scans all of P, at 7.90 % kept: BENCHMARKS.md). The switch's slot `input_slot` runs its template when
+// input-sparse, else nothing; slots [0, fwd_slots) (the forward's weight-sparse and dense
+// dispatches, as `mask_reset` set them) are turned off when input-sparse, else left as they are.
 @compute @workgroup_size(64, 1, 1)
 fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
-    // Only where the mask pass chose the dense forward (its slot fwd_slots - 1 live): a layer that
-    // keeps few weights computes faster from the lists of P's nonzeros (BENCHMARKS.md); then no
-    // lists are built either. Read before the barriers below, so before anyone writes the switch.
-    if (lid.x == 0u) {
-        red_total[0] = switch_args[3u * (sp.fwd_slots - 1u)];
-    }
-    let dense_on = workgroupUniformLoad(&red_total[0]) != 0u;
-    workgroupBarrier();
     var total = 0u;
-    for (var r = lid.x; r < sp.rows && dense_on; r += WG) {
+    let blocks = (sp.rows + IB - 1u) / IB;
+    for (var r = lid.x; r < blocks; r += WG) {
+        let b0 = r * IB;
+        let nb = min(IB, sp.rows - b0);
         let at = r * sp.cols;
         var n = 0u;
         for (var i = 0u; i < sp.cols; i++) {
-            let v = x[at + i];
-            if (v != 0.0) {
+            var any_nz = false;
+            for (var j = 0u; j < nb; j++) {
+                any_nz = any_nz || x[(b0 + j) * sp.cols + i] != 0.0;
+            }
+            if (any_nz) {
                 list_idx[at + n] = i;
-                list_val[at + n] = v;
+                for (var j = 0u; j < IB; j++) {
+                    var v = 0.0;
+                    if (j < nb) {
+                        v = x[(b0 + j) * sp.cols + i];
+                    }
+                    list_val[(at + n) * IB + j] = v;
+                }
                 n++;
             }
         }
         list_cnt[r] = n;
-        total += n;
+        total += n * nb;
     }
     red_total[lid.x] = total;
     workgroupBarrier();
@@ -362,7 +373,7 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
         workgroupBarrier();
     }
     storageBarrier();
-    let on = red_total[0] <= sp.input_max && dense_on;
+    let on = red_total[0] <= sp.input_max;
     let slot = lid.x;
     let t = 3u * sp.n_switch + 4u * slot;
     if (slot == sp.input_slot) {
@@ -378,55 +389,64 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
 
 var<workgroup> red_total: array<u32, 64>;
 
-// Four outputs of `ell_input_product` at (b, o..o + 3), those within sp.rows.
+// Four outputs of `ell_input_product` at (b, o..o + 3) (o + 3 < sp.rows: sp.rows % 4 == 0).
 fn store_input_product(b: u32, o: u32, v: vec4<f32>) {
-    var r = array<f32, 4>(v.x, v.y, v.z, v.w);
-    for (var j = 0u; j < 4u; j++) {
-        if (o + j < sp.rows) {
-            var y1 = r[j];
-            if (sp.has_bias != 0u) {
-                y1 = y1 + bias[o + j];
-            }
-            if (sp.relu != 0u) {
-                y1 = max(y1, 0.0);
-            }
-            y[b * sp.rows + o + j] = y1;
-        }
+    var r = v;
+    if (sp.has_bias != 0u) {
+        r = r + vec4<f32>(bias[o], bias[o + 1u], bias[o + 2u], bias[o + 3u]);
     }
+    if (sp.relu != 0u) {
+        r = max(r, vec4<f32>(0.0));
+    }
+    let at = b * sp.rows + o;
+    y[at] = r.x;
+    y[at + 1u] = r.y;
+    y[at + 2u] = r.z;
+    y[at + 3u] = r.w;
 }
 
-// Reads the input lists (`input_lists`; sp.cols apart), w4 (Pt: sp.cols x sp.rows as vec4s,
-// sp.rows % 4 == 0) and bias; writes y (sp.batch x sp.rows, batch-major), 16 outputs of one
-// sample per invocation (measured on lavapipe: 15-20 % faster than 8, 32 no faster). Workgroup
-// 8 x 8: the 8 invocations of a row share their sample, so their loop has one length.
-@compute @workgroup_size(8, 8, 1)
+// Reads the block lists (`input_lists`; sp.cols apart, with the block's IB values of each listed
+// input as two vec4), w4 (Pt: sp.cols x sp.rows as vec4s, sp.rows % 4 == 0) and bias; writes y
+// (sp.batch x sp.rows, batch-major). Each invocation: IB samples x 8 outputs, per listed input
+// two vec4 of Pt and the two of x (the same for every lane of the workgroup): 64 multiply-adds
+// for five loads (lavapipe's cost is in its loads: x read as 8 scalars took 2.7x as long). Workgroup 8 x 1: its lanes share their sample block,
+// so their loop has one length (lavapipe puts the x axis across its lanes).
+@compute @workgroup_size(8, 1, 1)
 fn ell_input_product(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let b = gid.y;
-    let o0 = gid.x * 16u;
-    if (b >= sp.batch || o0 >= sp.rows) {
+    let o0 = gid.x * 8u;
+    let blk = gid.y;
+    let b0 = blk * IB;
+    if (o0 >= sp.rows || b0 >= sp.batch) {
         return;
     }
     let n4 = sp.rows / 4u;
     let c0 = o0 / 4u;
     let c1 = min(c0 + 1u, n4 - 1u);
-    let c2 = min(c0 + 2u, n4 - 1u);
-    let c3 = min(c0 + 3u, n4 - 1u);
-    var a0 = vec4<f32>(0.0);
-    var a1 = vec4<f32>(0.0);
-    var a2 = vec4<f32>(0.0);
-    var a3 = vec4<f32>(0.0);
-    let at = b * sp.cols;
-    let end = at + list_cnt[b];
-    for (var k = at; k < end; k++) {
-        let v = vec4<f32>(list_val[k]);
-        let f = list_idx[k] * n4;
-        a0 = fma(v, w4[f + c0], a0);
-        a1 = fma(v, w4[f + c1], a1);
-        a2 = fma(v, w4[f + c2], a2);
-        a3 = fma(v, w4[f + c3], a3);
+    var acc: array<vec4<f32>, 16>;
+    for (var j = 0u; j < 16u; j++) {
+        acc[j] = vec4<f32>(0.0);
     }
-    store_input_product(b, o0, a0);
-    store_input_product(b, o0 + 4u, a1);
-    store_input_product(b, o0 + 8u, a2);
-    store_input_product(b, o0 + 12u, a3);
+    let at = blk * sp.cols;
+    let end = at + list_cnt[blk];
+    for (var e = at; e < end; e++) {
+        let i = list_idx[e];
+        let p0 = w4[i * n4 + c0];
+        let p1 = w4[i * n4 + c1];
+        let lo = list_val4[2u * e];
+        let hi = list_val4[2u * e + 1u];
+        for (var j = 0u; j < 4u; j++) {
+            acc[2u * j] = fma(vec4<f32>(lo[j]), p0, acc[2u * j]);
+            acc[2u * j + 1u] = fma(vec4<f32>(lo[j]), p1, acc[2u * j + 1u]);
+            acc[8u + 2u * j] = fma(vec4<f32>(hi[j]), p0, acc[8u + 2u * j]);
+            acc[9u + 2u * j] = fma(vec4<f32>(hi[j]), p1, acc[9u + 2u * j]);
+        }
+    }
+    for (var j = 0u; j < IB; j++) {
+        if (b0 + j < sp.batch) {
+            store_input_product(b0 + j, o0, acc[2u * j]);
+            if (o0 + 4u < sp.rows) {
+                store_input_product(b0 + j, o0 + 4u, acc[2u * j + 1u]);
+            }
+        }
+    }
 }

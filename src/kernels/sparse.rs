@@ -96,13 +96,14 @@ pub fn default_sparse_keep(class: crate::gpu::AdapterClass) -> f64 {
     }
 }
 
-/// The input density at or below which a switched layer's forward takes the input-sparse
-/// product, per adapter class (measured on lavapipe, BENCHMARKS.md: LeNet-300-100's fc1 forward
-/// costs about as much either way at 30-40 % nonzero inputs and 1.6x less at 20 %; on GPUs the
-/// list build is one workgroup's sequential scan: off).
+/// The input density (nonzero (block of 8 samples, input) pairs over all) at or below which a
+/// switched layer's forward takes the input-sparse product, per adapter class. Measured on
+/// lavapipe (BENCHMARKS.md): LeNet-300-100's fc1 forward from MNIST's 46 % costs 1.2 ms with the
+/// lists against 2.6-3.2 ms as a dense GEMM and 1.4 ms by the weight-sparse lists at 7.90 % kept;
+/// on GPUs the list build is one workgroup's sequential scan: off.
 pub fn default_sparse_input(class: crate::gpu::AdapterClass) -> f64 {
     match class {
-        crate::gpu::AdapterClass::Cpu => 0.3,
+        crate::gpu::AdapterClass::Cpu => 0.6,
         crate::gpu::AdapterClass::Gpu => 0.0,
     }
 }
@@ -184,22 +185,27 @@ impl Switch {
 pub struct InputLists {
     pub batch: usize,
     pub width: usize,
-    /// `batch x width`: sample b's nonzero columns at `b * width ..`, ascending.
+    /// `ceil(batch / 8) x width`: for each block of 8 samples, the columns nonzero in at least
+    /// one of them, ascending, at `block * width ..`.
     pub idx: Tensor,
-    /// `batch x width`: their values.
+    /// `ceil(batch / 8) x width x 8`: for each listed column, the block's 8 values there.
     pub val: Tensor,
-    /// `batch`: the list lengths.
+    /// `ceil(batch / 8)`: the list lengths.
     pub cnt: Tensor,
 }
 
 impl InputLists {
+    /// Samples per list (`IB` in shaders/sparse.wgsl).
+    pub const BLOCK: usize = 8;
+
     pub fn new(gpu: &Gpu, label: &str, batch: usize, width: usize) -> Result<InputLists> {
+        let blocks = batch.div_ceil(Self::BLOCK);
         Ok(InputLists {
             batch,
             width,
-            idx: Tensor::zeros(gpu, &format!("{label}.idx"), &[batch, width])?,
-            val: Tensor::zeros(gpu, &format!("{label}.val"), &[batch, width])?,
-            cnt: Tensor::zeros(gpu, &format!("{label}.cnt"), &[batch])?,
+            idx: Tensor::zeros(gpu, &format!("{label}.idx"), &[blocks, width])?,
+            val: Tensor::zeros(gpu, &format!("{label}.val"), &[blocks, width, Self::BLOCK])?,
+            cnt: Tensor::zeros(gpu, &format!("{label}.cnt"), &[blocks])?,
         })
     }
 }
@@ -291,7 +297,7 @@ impl Sparse {
             )?,
             ell_input_product_k: f.kernel(
                 "ell_input_product",
-                &[(10, RW), (11, RW), (12, RW), (14, R), (5, R), (6, RW)],
+                &[(10, RW), (15, R), (12, RW), (14, R), (5, R), (6, RW)],
                 false,
             )?,
         })
@@ -340,8 +346,9 @@ impl Sparse {
         )
     }
 
-    /// `y = act(x P^T + bias)` from the lists of x's nonzeros (`input_lists`) and `pt` = P^T
-    /// (`width x n`, n % 4 == 0, 16-byte aligned); y is batch-major; act is ReLU or none.
+    /// `y = act(x P^T + bias)` from the lists of x's nonzero columns per block of 8 samples, with
+    /// their values (`input_lists`), and `pt` = P^T (`width x n`, n % 4 == 0, 16-byte aligned);
+    /// y is batch-major; act is ReLU or none.
     #[allow(clippy::too_many_arguments)]
     pub fn ell_input_product(
         &self,
@@ -391,7 +398,11 @@ impl Sparse {
                 y,
             ],
             None,
-            [(n as u32).div_ceil(128), batch as u32, 1],
+            [
+                (n as u32).div_ceil(64),
+                batch.div_ceil(InputLists::BLOCK) as u32,
+                1,
+            ],
         )
     }
 

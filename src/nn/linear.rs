@@ -11,9 +11,11 @@
 //! lists of P's nonzeros (shaders/sparse.wgsl, `ell_*`) instead of the dense GEMMs. Both ways are
 //! recorded; the mask pass picks one per step on the GPU from the layer's keep count
 //! (`kernels::sparse::Switch`). `dP = dY^T X` stays dense: the long-tailed estimator sends
-//! gradient to every weight, kept or not. While the dense forward is chosen, such a layer may
-//! compute it from the lists of each sample's nonzero inputs instead (`PlanCx::sparse_input`;
-//! `input_lists` decides per step on the GPU, `ell_input_product` reads P^T).
+//! gradient to every weight, kept or not. Where its input is mostly zeros (MNIST's pixels), such
+//! a layer computes the forward from the lists of the inputs nonzero in each block of 8 samples
+//! instead, whichever of the other two the mask pass chose (`PlanCx::sparse_input`;
+//! `input_lists` decides per step on the GPU, `ell_input_product` reads P^T), and `dP = dY^T X`
+//! from the lists of the samples nonzero in each block of 8 inputs (`gemm_tn_sgd_listed`).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
@@ -137,11 +139,12 @@ impl Linear {
         Ok(Some(Switch::new(cx.gpu, &label, SWITCH_SLOTS, sparse_max)?))
     }
 
-    /// Whether this layer's products may skip the input's zeros (`PlanCx::sparse_input`): a
-    /// switched layer (masked, large enough for the sparse products).
-    fn input_sparse(&self, cx: &PlanCx<'_>) -> bool {
+    /// Whether this layer's weight gradient skips the input's zeros (`PlanCx::sparse_input`): a
+    /// layer, dense or masked, large enough for the sparse products. (Its forward does where the
+    /// layer is also switched: the listed forward reads the transposed P a mask pass writes.)
+    fn input_sparse_gradient(&self, cx: &PlanCx<'_>) -> bool {
         let numel = self.out_features * self.in_features;
-        self.mask.is_some() && cx.sparse_input > 0.0 && numel >= SPARSE_MIN_WEIGHTS
+        cx.sparse_input > 0.0 && numel >= SPARSE_MIN_WEIGHTS
     }
 
     /// The lists of P's nonzeros, allocated on first use.
@@ -187,8 +190,8 @@ impl Linear {
             weight_decay,
             mask: threshold.as_ref().zip(parts.as_ref()),
         };
-        // The input's zeros skipped in dW = dY^T X where the forward may skip them too.
-        let k_lists = match self.input_sparse(cx) {
+        // The input's zeros skipped in dW = dY^T X.
+        let k_lists = match self.input_sparse_gradient(cx) {
             true => Some(cx.activation(
                 &format!("{}.x_nonzero_samples", self.name),
                 &[crate::kernels::gemm::Gemm::k_list_words(

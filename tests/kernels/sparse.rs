@@ -489,13 +489,14 @@ fn the_mask_pass_switches_a_layer_between_dense_and_sparse_products() {
     }
 }
 
-/// The input-sparse forward: `input_lists` lists each sample's nonzero inputs and
-/// `ell_input_product` computes act(x P^T + b) from them, equal to the dense product over the
+/// The input-sparse forward: `input_lists` lists, per block of 8 samples, the inputs nonzero in
+/// any of them (an all-zero block among them) and `ell_input_product` computes act(x P^T + b)
+/// from them, equal to the dense product over the
 /// same transposed P (bit for bit on CPU adapters, where the GEMM adds the same products in the
 /// same order; an all-zero and an all-nonzero sample included). `input_lists` also switches: at
-/// most `input_max` nonzero inputs, where the forward's dense slot is on, turn its slot on and the
-/// forward's other slots off; more, or a weight-sparse forward, leave them as they were and turn
-/// its slot off. A mask pass afterwards sets the weight slots and leaves the input slot alone.
+/// most `input_max` listed inputs (lengths times samples per block) turn its slot on and the
+/// forward's other slots off, whichever (dense or weight-sparse) the mask pass chose; more leave
+/// them as they were and turn its slot off. A mask pass afterwards sets the weight slots and leaves the input slot alone.
 #[test]
 fn input_sparse_forward_equals_the_dense_product_and_switches() {
     use dst::kernels::masked::{PassExtras, ResetPolicy};
@@ -517,13 +518,26 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
                 })
                 .collect();
             x[..width].iter_mut().for_each(|v| *v = 0.0); // sample 0: all zeros
+            if batch >= 16 {
+                x[8 * width..16 * width].iter_mut().for_each(|v| *v = 0.0); // block 1: all zeros
+            }
             let last = (batch - 1) * width;
             x[last..].iter_mut().for_each(|v| *v = 0.5); // last sample: none
+                                                         // Per block of 8 samples: the columns nonzero in any of them; the listed work.
+            let block = InputLists::BLOCK;
             let nnz: Vec<u32> = x
-                .chunks(width)
-                .map(|r| r.iter().filter(|v| **v != 0.0).count() as u32)
+                .chunks(block * width)
+                .map(|bx| {
+                    (0..width)
+                        .filter(|&i| bx.chunks(width).any(|r| r[i] != 0.0))
+                        .count() as u32
+                })
                 .collect();
-            let total: u32 = nnz.iter().sum();
+            let total: u32 = nnz
+                .iter()
+                .enumerate()
+                .map(|(blk, &n)| n * block.min(batch - blk * block) as u32)
+                .sum();
             let pt = rand_vec(&mut rng, width * n, -1.0, 1.0);
             let b = rand_vec(&mut rng, n, -1.0, 1.0);
             let (xt, ptt, bt) = (
@@ -555,7 +569,8 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
             for (input_max, weight_sparse, on) in [
                 (total, false, true),
                 (total - 1, false, false),
-                (u32::MAX, true, false),
+                (u32::MAX, true, true),
+                (total - 1, true, false),
             ] {
                 let sw = Switch::new(&c.gpu, "sw", 9, 0).unwrap();
                 let probe = |k: u32| {
