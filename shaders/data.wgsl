@@ -34,6 +34,7 @@ struct GatherParams {
 @group(0) @binding(6) var<storage, read> crops: array<u32>;
 @group(0) @binding(7) var<storage, read_write> x: array<f32>;
 @group(0) @binding(8) var<storage, read_write> y: array<u32>;
+@group(0) @binding(9) var<storage, read_write> x4: array<vec4<f32>>; // x as vec4s (gather4)
 @group(1) @binding(0) var<uniform> si: StepInfo;
 
 // Byte i of sample `sample`'s image.
@@ -78,6 +79,43 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let sample = perm[si.batch_start + r];
     x[out] = lut[(p / dp.plane) * 256u + image_byte(sample, p)];
+    if (p == 0u) {
+        y[r] = label_at(sample);
+    }
+}
+
+// `gather`, four values per invocation (pixels % 4 == 0, plane % 4 == 0, x 16-byte aligned):
+// one packed u32 of the image, one vec4 store, a quarter of the memory instructions (lavapipe
+// issues each per lane). Workgroups (ceil(pixels / 256), rows).
+@compute @workgroup_size(64, 1, 1)
+fn gather4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let r = gid.y;
+    let p = gid.x * 4u;
+    if (r >= dp.rows || p >= dp.pixels) {
+        return;
+    }
+    let out = (r * dp.pixels + p) / 4u;
+    if (r >= si.valid) {
+        x4[out] = vec4<f32>(0.0);
+        if (p == 0u) {
+            y[r] = 0u;
+        }
+        return;
+    }
+    let sample = perm[si.batch_start + r];
+    var word = 0u;
+    if (sample < dp.split) {
+        word = images_lo[(sample * dp.pixels + p) / 4u];
+    } else {
+        word = images_hi[((sample - dp.split) * dp.pixels + p) / 4u];
+    }
+    let base = (p / dp.plane) * 256u;
+    x4[out] = vec4<f32>(
+        lut[base + (word & 0xffu)],
+        lut[base + ((word >> 8u) & 0xffu)],
+        lut[base + ((word >> 16u) & 0xffu)],
+        lut[base + (word >> 24u)]
+    );
     if (p == 0u) {
         y[r] = label_at(sample);
     }

@@ -40,6 +40,7 @@ pub struct Images<'a> {
 
 pub struct Data {
     pub gather_k: Kernel,
+    pub gather4_k: Kernel,
     pub gather_crop_flip_k: Kernel,
 }
 
@@ -57,8 +58,12 @@ impl Data {
         // The same plus the crop-and-flip draws (binding 6).
         let mut crop = plain.to_vec();
         crop.insert(5, (6, Access::Read));
+        // x as vec4s (binding 9).
+        let mut plain4 = plain;
+        plain4[5] = (9, Access::ReadWrite);
         Ok(Data {
             gather_k: f.kernel("gather", &plain, true)?,
+            gather4_k: f.kernel("gather4", &plain4, true)?,
             gather_crop_flip_k: f.kernel("gather_crop_flip", &crop, true)?,
         })
     }
@@ -94,7 +99,8 @@ impl Data {
 
     /// x[r] = lut[c * 256 + image[perm[start + r]]] (c the channel of each value), y[r] =
     /// labels[perm[start + r]] for r < valid; zero rows after. `labels` holds bytes packed four
-    /// per u32; x is rows x pixels.
+    /// per u32; x is rows x pixels. Four values per invocation (`gather4`) where the image's
+    /// planes are whole u32s and x is 16-byte aligned.
     #[allow(clippy::too_many_arguments)]
     pub fn gather(
         &self,
@@ -108,10 +114,15 @@ impl Data {
         step: &StepRing,
     ) -> Result<Dispatch> {
         let p = Self::params(images, lut, x, y, 0);
+        let bufs = [images.lo, images.hi, labels, perm, lut, x, y];
+        if p.pixels.is_multiple_of(4) && p.plane.is_multiple_of(4) && x.offset.is_multiple_of(16) {
+            let groups = [p.pixels.div_ceil(256), p.rows, 1];
+            return self.gather4_k.bind(gpu, &p, &bufs, Some(step), groups);
+        }
         self.gather_k.bind(
             gpu,
             &p,
-            &[images.lo, images.hi, labels, perm, lut, x, y],
+            &bufs,
             Some(step),
             [p.pixels.div_ceil(64), p.rows, 1],
         )

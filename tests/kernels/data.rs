@@ -32,9 +32,13 @@ fn gather_matches_reference() {
     let c = ctx();
     let mut rng = Rng::new(51);
     // (samples, pixels, rows, batch_start, valid, split): odd pixel counts exercise the byte
-    // packing; a split < samples puts the later samples in the second image buffer.
+    // packing; a split < samples puts the later samples in the second image buffer; pixel counts
+    // that are multiples of 4 take the four-per-invocation gather (`gather4`), with padding rows
+    // and a split among them.
     for &(samples, pixels, rows, start, valid, split) in &[
         (10, 784, 4, 3, 4, 10),
+        (20, 784, 8, 5, 6, 11),
+        (12, 16, 12, 0, 12, 5),
         (9, 7, 5, 6, 3, 9),
         (100, 65, 64, 36, 64, 100),
         (3, 1, 3, 0, 3, 3),
