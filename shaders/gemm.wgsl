@@ -504,7 +504,7 @@ fn tn_k_lists(@builtin(global_invocation_id) gid: vec3<u32>) {
     var count = 0u;
     for (var kk = 0u; kk < gp.k; kk++) {
         let zero = vec4<f32>(0.0);
-        if (any(b4[kk * n4 + ca] != zero) || any(b4[kk * n4 + cb] != zero)) {
+        if (any(b4[kk * n4 + ca] != zero) | any(b4[kk * n4 + cb] != zero)) {
             k_list[base + count] = kk;
             count++;
         }

@@ -344,19 +344,20 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
         let nb = min(IB, sp.rows - b0);
         let at = r * sp.cols;
         var n = 0u;
+        // Each value is loaded once (rows past the batch read row b0 again and count as 0), and
+        // the test is a bitwise or: `||` would branch per sample.
         for (var i = 0u; i < sp.cols; i++) {
+            var v: array<f32, 8>;
             var any_nz = false;
-            for (var j = 0u; j < nb; j++) {
-                any_nz = any_nz || x[(b0 + j) * sp.cols + i] != 0.0;
+            for (var j = 0u; j < IB; j++) {
+                let here = j < nb;
+                v[j] = select(0.0, x[(b0 + select(0u, j, here)) * sp.cols + i], here);
+                any_nz = any_nz | (v[j] != 0.0);
             }
             if (any_nz) {
                 list_idx[at + n] = i;
                 for (var j = 0u; j < IB; j++) {
-                    var v = 0.0;
-                    if (j < nb) {
-                        v = x[(b0 + j) * sp.cols + i];
-                    }
-                    list_val[(at + n) * IB + j] = v;
+                    list_val[(at + n) * IB + j] = v[j];
                 }
                 n++;
             }

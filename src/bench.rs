@@ -128,6 +128,25 @@ pub fn run(
         sparse_products(&gpu, &k, reps, &mut rand)?;
         input_sparse_products(&gpu, &k, reps, &mut rand)?;
         input_sparse_weight_gradient(&gpu, &k, reps, &mut rand)?;
+        // What a dispatch costs besides its work: 64 back to back in one pass, each one
+        // workgroup over 64 values (relu_backward), and the same with no workgroups (a path a
+        // layer's switch turned off).
+        let (dy64, y64) = (
+            Tensor::from_slice(&gpu, "dy64", &[64], &rand(64))?,
+            Tensor::from_slice(&gpu, "y64", &[64], &rand(64))?,
+        );
+        let dx64 = Tensor::zeros(&gpu, "dx64", &[64])?;
+        let one = k.act.relu_backward(&gpu, &dy64, &y64, &dx64)?;
+        let mut none = one.clone();
+        none.workgroups = [0, 1, 1];
+        let per = |d: &crate::kernels::Dispatch| -> anyhow::Result<f64> {
+            Ok(1e6 * time_dispatches(&gpu, &vec![d.clone(); 64], reps.max(1))? / 64.0)
+        };
+        println!(
+            "dispatch overhead (us per dispatch, 64 in one pass): one workgroup {:.1}, none {:.1}",
+            per(&one)?,
+            per(&none)?
+        );
         println!(
             "{:<36} {:>12} {:>12} {:>12} {:>12}",
             "masked kernels (us)", "mask_fwd", "mask_reset", "mask_bwd", "penalty"
