@@ -28,7 +28,8 @@ struct GemmParams {
     masked: u32,    // gemm_tn_sgd: C is dL/dP of a DST-masked weight (mask backward applied first)
     momentum: f32,  // gemm_tn_sgd: SGD's momentum and weight decay
     weight_decay: f32,
-    _pad2: u32,
+    gate: u32,      // store C where bias[row * N + col] > 0, else 0 (the ReLU's backward of the
+                    // layer whose output is this product's input; bias then holds that output)
     _pad3: u32,
     _pad4: u32,
     _pad5: u32,
@@ -52,6 +53,9 @@ fn store_c(row: u32, col: u32, v: f32) {
         }
         if (gp.relu != 0u) {
             r = max(r, 0.0);
+        }
+        if (gp.gate != 0u) {
+            r = select(0.0, r, bias[i] > 0.0);
         }
         c[i] = r;
     }

@@ -27,7 +27,11 @@ pub struct GemmParams {
     /// `gemm_tn_sgd`: SGD's momentum and weight decay.
     pub momentum: f32,
     pub weight_decay: f32,
-    pub _pad: [u32; 4],
+    /// Store C only where `bias[row * N + col] > 0` (else 0): a ReLU's backward fused into the
+    /// product to the input (`Gemm::backward_input_gated`; the bias binding holds the ReLU's
+    /// output, the shape of C).
+    pub gate: u32,
+    pub _pad: [u32; 3],
 }
 
 impl GemmParams {
@@ -389,6 +393,41 @@ impl Gemm {
         assert_eq!(dx.shape, vec![m, k], "backward_input_t: dx shape");
         let p = GemmParams::linear_backward_input_t(m, n, k, accumulate);
         self.matmul(gpu, self.variant, p, g, wt, dummy, dx)
+    }
+
+    /// `backward_input` (or, `transposed`, `backward_input_t`) followed by the backward of the
+    /// ReLU whose output `relu_out` (M x K) is the layer's input: dx = g w where relu_out > 0,
+    /// else 0, in the product's store (one pass over dx instead of two; the same values).
+    pub fn backward_input_gated(
+        &self,
+        gpu: &Gpu,
+        g: &Tensor,
+        w: &Tensor,
+        transposed: bool,
+        relu_out: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Dispatch> {
+        let (m, n) = dims2(g);
+        let (n2, k) = if transposed {
+            let (k, n2) = dims2(w);
+            (n2, k)
+        } else {
+            dims2(w)
+        };
+        assert_eq!(
+            n, n2,
+            "backward_input_gated: g {:?} vs w {:?} (transposed {transposed})",
+            g.shape, w.shape
+        );
+        assert_eq!(dx.shape, vec![m, k], "backward_input_gated: dx shape");
+        assert_eq!(relu_out.len(), m * k, "backward_input_gated: gate size");
+        let mut p = if transposed {
+            GemmParams::linear_backward_input_t(m, n, k, false)
+        } else {
+            GemmParams::linear_backward_input(m, n, k, false)
+        };
+        p.gate = 1;
+        self.matmul(gpu, self.variant, p, g, w, relu_out, dx)
     }
 
     /// Linear input gradient `dx [+]= g w`: g (M x N), w (N x K), dx (M x K).

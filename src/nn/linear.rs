@@ -262,6 +262,11 @@ impl Layer for Linear {
         };
         let (k, gpu) = (cx.kernels, cx.gpu);
         let y = cx.activation(&format!("{}.y", self.name), &[batch, self.out_features])?;
+        if self.relu {
+            // A linear layer that reads y may apply this ReLU's backward in its product to the
+            // input (`relu_gate_key`).
+            cx.save(&relu_output_key(&y), y.clone());
+        }
         let w = self.effective_weight(cx);
         let b = cx.arena.param(self.bias);
         let masked = self.mask.is_some();
@@ -340,9 +345,10 @@ impl Layer for Linear {
             ..x.clone()
         };
         let (k, gpu) = (cx.kernels, cx.gpu);
-        // The fused ReLU's derivative first: dL/d(x w^T + b) = dy where y > 0, else 0.
+        // The fused ReLU's derivative first: dL/d(x w^T + b) = dy where y > 0, else 0 (already
+        // so when the next linear layer applied it in its product to the input).
         let dy_pre;
-        let dy = if self.relu {
+        let dy = if self.relu && !cx.has_saved(&relu_gate_key(y)) {
             dy_pre = cx.activation(
                 &format!("{}.d_preactivation", self.name),
                 &[batch, self.out_features],
@@ -358,12 +364,30 @@ impl Layer for Linear {
                 &[batch, self.in_features],
             )?;
             let w = self.effective_weight(cx);
-            let dense = if self.mask.is_some() {
+            let transposed = self.mask.is_some();
+            let switch = self.saved_switch(cx);
+            // Where the input is a linear layer's ReLU output and only the dense product writes
+            // dx, that ReLU's backward goes into the product's store.
+            if switch.is_none() && cx.has_saved(&relu_output_key(x)) {
+                let relu_out = cx.saved(&relu_output_key(x));
+                cx.push(
+                    k.gemm
+                        .backward_input_gated(gpu, dy, &w, transposed, &relu_out, &dx)?,
+                );
+                cx.save(&relu_gate_key(x), dx.clone());
+                return self.backward_weight(cx, dy, &x2).map(|_| {
+                    Some(Tensor {
+                        shape: x.shape.clone(),
+                        ..dx
+                    })
+                });
+            }
+            let dense = if transposed {
                 k.gemm.backward_input_t(gpu, dy, &w, &dx, false, &k.dummy)?
             } else {
                 k.gemm.backward_input(gpu, dy, &w, &dx, false, &k.dummy)?
             };
-            match (self.lists.get(), self.saved_switch(cx)) {
+            match (self.lists.get(), switch) {
                 (Some(lists), Some(sw)) => {
                     let dy_fm = cx.activation(
                         &format!("{}.d_output_feature_major", self.name),
@@ -388,27 +412,7 @@ impl Layer for Linear {
         } else {
             None
         };
-        // dW (dP for a masked layer, turned into dW and dt by the mask's backward) and db.
-        let d_bias = cx.arena.grad(self.bias);
-        if self.fused_update(cx, dy, &x2, &d_bias)? {
-            return Ok(dx);
-        }
-        let d_weight = match &self.mask {
-            Some(_) => cx.activation(
-                &format!("{}.d_masked_weight", self.name),
-                &[self.out_features, self.in_features],
-            )?,
-            None => cx.arena.grad(self.weight),
-        };
-        for d in k
-            .gemm
-            .backward_weight_bias(gpu, dy, &x2, &d_weight, &d_bias, &k.dummy)?
-        {
-            cx.push(d);
-        }
-        if let Some(m) = &self.mask {
-            m.backward(cx, self.weight, &d_weight)?;
-        }
+        self.backward_weight(cx, dy, &x2)?;
         Ok(dx)
     }
 
@@ -424,5 +428,45 @@ impl Layer for Linear {
             .iter()
             .flat_map(|m| m.views(std::slice::from_ref(&self.name)))
             .collect()
+    }
+}
+
+/// The key under which a linear layer's forward keeps its ReLU output y.
+fn relu_output_key(y: &Tensor) -> String {
+    format!("{}#relu_output", y.label)
+}
+
+/// The key under which the next linear layer records that the gradient it wrote for y already
+/// went through y's ReLU backward.
+fn relu_gate_key(y: &Tensor) -> String {
+    format!("{}#relu_gated", y.label)
+}
+
+impl Linear {
+    /// dW (dP for a masked layer, turned into dW and dt by the mask's backward) and db, from the
+    /// gradient of the pre-activation `dy` and the input `x2` (batch x in).
+    fn backward_weight(&self, cx: &mut PlanCx<'_>, dy: &Tensor, x2: &Tensor) -> Result<()> {
+        let (k, gpu) = (cx.kernels, cx.gpu);
+        let d_bias = cx.arena.grad(self.bias);
+        if self.fused_update(cx, dy, x2, &d_bias)? {
+            return Ok(());
+        }
+        let d_weight = match &self.mask {
+            Some(_) => cx.activation(
+                &format!("{}.d_masked_weight", self.name),
+                &[self.out_features, self.in_features],
+            )?,
+            None => cx.arena.grad(self.weight),
+        };
+        for d in k
+            .gemm
+            .backward_weight_bias(gpu, dy, x2, &d_weight, &d_bias, &k.dummy)?
+        {
+            cx.push(d);
+        }
+        if let Some(m) = &self.mask {
+            m.backward(cx, self.weight, &d_weight)?;
+        }
+        Ok(())
     }
 }

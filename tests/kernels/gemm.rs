@@ -288,3 +288,75 @@ fn transposed_weight_products_and_fused_bias_gradient_match_reference() {
         );
     }
 }
+
+/// The product to the input with the previous layer's ReLU backward in its store
+/// (`backward_input_gated`): the same bits as `backward_input` (or `_t`) followed by
+/// `relu_backward`, on the vec4 shapes and on ones only the general kernels take (fc3's 10
+/// outputs), against the f64 reference of dx = (g w) * [relu_out > 0].
+#[test]
+fn gated_input_gradient_equals_product_then_relu_backward() {
+    let c = ctx();
+    let mut rng = Rng::new(41);
+    for &(m, n, k) in &[(64, 100, 300), (64, 10, 100), (5, 7, 9), (64, 300, 784)] {
+        for transposed in [false, true] {
+            let tag = format!("{m}x{n}x{k} transposed {transposed}");
+            let g = rand_vec(&mut rng, m * n, -1.0, 1.0);
+            let w = rand_vec(&mut rng, n * k, -1.0, 1.0);
+            // A ReLU output: about half zeros.
+            let r: Vec<f32> = rand_vec(&mut rng, m * k, -1.0, 1.0)
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect();
+            let w_stored = if transposed {
+                transpose(&w, n, k)
+            } else {
+                w.clone()
+            };
+            let shape = if transposed { [k, n] } else { [n, k] };
+            let (gt, wt, rt) = (
+                c.tensor("g", &[m, n], &g),
+                c.tensor("w", &shape, &w_stored),
+                c.tensor("relu_out", &[m, k], &r),
+            );
+            let (gated, plain, masked) = (
+                c.poisoned("gated", &[m, k]),
+                c.poisoned("plain", &[m, k]),
+                c.poisoned("masked", &[m, k]),
+            );
+            let gemm = &c.k.gemm;
+            let product = if transposed {
+                gemm.backward_input_t(&c.gpu, &gt, &wt, &plain, false, &c.k.dummy)
+            } else {
+                gemm.backward_input(&c.gpu, &gt, &wt, &plain, false, &c.k.dummy)
+            };
+            let ds = [
+                gemm.backward_input_gated(&c.gpu, &gt, &wt, transposed, &rt, &gated)
+                    .unwrap(),
+                product.unwrap(),
+                c.k.act.relu_backward(&c.gpu, &plain, &rt, &masked).unwrap(),
+            ];
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let (got, want) = (c.read(&gated), c.read(&masked));
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{tag}: not the bits of the product then relu_backward"
+            );
+            let mut want64 = reference::backward_input(&to_f64(&g), &to_f64(&w), m, n, k);
+            for (v, &ri) in want64.iter_mut().zip(&r) {
+                if ri <= 0.0 {
+                    *v = 0.0;
+                }
+            }
+            assert_close_norm(&tag, &got, &want64, TOL);
+        }
+    }
+}
+
+/// `v` (rows x cols, row-major) transposed.
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    (0..rows * cols)
+        .map(|i| v[(i % rows) * cols + i / rows])
+        .collect()
+}
