@@ -332,7 +332,8 @@ const IB: u32 = 8u; // samples per list (and per `ell_input_product` invocation)
 // IB ..] (0 past the batch). Then the listed work (sum over blocks of length x samples) picks the
 // path: input-sparse when at most `input_max`, whichever forward the mask pass chose (on lavapipe
 // this product at MNIST's 46 % listed inputs costs less than the weight-sparse lists, whose
-// build alone scans all of P, at 7.90 % kept: BENCHMARKS.md). The switch's slot `input_slot` runs its template when
+// build alone scans all of P and whose loop runs as long as a lane group's longest row, from
+// trained checkpoints at 7.90 % and 3.02 % kept: BENCHMARKS.md). The switch's slot `input_slot` runs its template when
 // input-sparse, else nothing; slots [0, fwd_slots) (the forward's weight-sparse and dense
 // dispatches, as `mask_reset` set them) are turned off when input-sparse, else left as they are.
 @compute @workgroup_size(64, 1, 1)

@@ -639,8 +639,8 @@ struct Variant {
 /// Time per training step of `model` with the model's paper settings (batch, alpha, optimiser):
 /// dense, DST from initialisation (with the adapter's default products, and with dense products
 /// only) and, with `checkpoint` (a DST checkpoint of `model`), DST from it with dense products,
-/// with the weight-sparse products forced and with the defaults (which include the input-sparse
-/// forward on CPU adapters); every variant built first, then timed in `rounds`
+/// with the weight-sparse products forced, with the input-sparse ones forced (where the layer has
+/// them) and with the defaults; every variant built first, then timed in `rounds`
 /// alternating rounds in one process (the ratios compare times of the same round).
 fn step_times(
     model: &str,
@@ -696,6 +696,12 @@ fn step_times(
             true,
             true,
             Some((1.0, 0.0)),
+        ));
+        specs.push((
+            "DST from checkpoint, input-sparse products",
+            true,
+            true,
+            Some((0.0, 1.0)),
         ));
         specs.push(("DST from checkpoint", true, true, None));
     }
@@ -781,18 +787,19 @@ fn step_times(
         ratio(1, 0),
         ratio(2, 0)
     );
-    if variants.len() == 6 {
+    if variants.len() == 7 {
         println!(
-            "{model} DST from checkpoint / dense step time: {:.3} ({:.3} with dense products, {:.3} with weight-sparse products)",
-            ratio(5, 0),
+            "{model} DST from checkpoint / dense step time: {:.3} ({:.3} with dense products, {:.3} with weight-sparse products, {:.3} with input-sparse products)",
+            ratio(6, 0),
             ratio(3, 0),
-            ratio(4, 0)
+            ratio(4, 0),
+            ratio(5, 0)
         );
     }
     if profile {
         // DST with the adapter's defaults: from the checkpoint when given, else from scratch.
-        let v = if variants.len() == 6 {
-            &variants[5]
+        let v = if variants.len() == 7 {
+            &variants[6]
         } else {
             &variants[1]
         };

@@ -98,9 +98,10 @@ pub fn default_sparse_keep(class: crate::gpu::AdapterClass) -> f64 {
 
 /// The input density (nonzero (block of 8 samples, input) pairs over all) at or below which a
 /// switched layer's forward takes the input-sparse product, per adapter class. Measured on
-/// lavapipe (BENCHMARKS.md): LeNet-300-100's fc1 forward from MNIST's 46 % costs 1.2 ms with the
-/// lists against 2.6-3.2 ms as a dense GEMM and 1.4 ms by the weight-sparse lists at 7.90 % kept;
-/// on GPUs the list build is one workgroup's sequential scan: off.
+/// lavapipe (BENCHMARKS.md): LeNet-300-100's fc1 forward from MNIST's 46 % costs about 1.1 ms
+/// with the lists against 2.6-3.2 ms as a dense GEMM, and steps from trained checkpoints at 7.90 %
+/// and 3.02 % kept are faster with it than with the weight-sparse lists; on GPUs the list build
+/// is one workgroup's sequential scan: off.
 pub fn default_sparse_input(class: crate::gpu::AdapterClass) -> f64 {
     match class {
         crate::gpu::AdapterClass::Cpu => 0.6,

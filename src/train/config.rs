@@ -63,8 +63,10 @@ pub struct TrainConfig {
     /// adapter's default, `kernels::sparse::default_sparse_keep`).
     #[serde(default)]
     pub sparse_keep: Option<f64>,
-    /// Input density at or below which such a layer's forward uses the input-sparse product
-    /// (None: the adapter's default, `kernels::sparse::default_sparse_input`).
+    /// Input density (nonzero (8-sample block, input) pairs) at or below which such a layer's
+    /// forward uses the input-sparse product; above 0, large linear layers' weight gradients
+    /// skip the input's zeros too (None: the adapter's default,
+    /// `kernels::sparse::default_sparse_input`).
     #[serde(default)]
     pub sparse_input: Option<f64>,
 }
