@@ -106,6 +106,26 @@ fn gemm_regblock(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
+// Products with fewer than 64 columns on CPU adapters (a classifier's 10 outputs): one output
+// per invocation over a flat index, so that every lane has work (`gemm_regblock`'s lanes run
+// along blocks of 8 columns: with 10 columns, 6 of its 8 lanes idle, and each busy one loads 16
+// scalars per k). The same sums in the same order. Workgroups: `grid_1d(ceil(M N / 64))`.
+@compute @workgroup_size(64, 1, 1)
+fn gemm_small(@builtin(global_invocation_id) gid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * 64u;
+    if (idx >= gp.m * gp.n) {
+        return;
+    }
+    let row = idx / gp.n;
+    let col = idx % gp.n;
+    var acc = 0.0;
+    for (var kk = 0u; kk < gp.k; kk++) {
+        acc = fma(a[row * gp.a_rs + kk * gp.a_cs], b[kk * gp.b_rs + col * gp.b_cs], acc);
+    }
+    store_c(row, col, acc);
+}
+
 const TS: u32 = 16u;  // outputs per workgroup along each axis (tiled), one per invocation
 const TK: u32 = 32u;  // k-depth of one staged slice
 var<workgroup> a_tile: array<f32, 544>; // TK x (TS + 1), [k][m], padded against bank conflicts

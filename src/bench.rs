@@ -70,13 +70,16 @@ pub fn run(
         let mut rand =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
         // (what, m, n, k) of the products of LeNet-300-100 at batch 64.
-        let shapes: [(&str, usize, usize, usize, u8); 6] = [
+        let shapes: [(&str, usize, usize, usize, u8); 9] = [
             ("fc1 forward      64x784 . 784x300", 64, 300, 784, 0),
             ("fc1 forward, P^T 64x784 . 784x300", 64, 300, 784, 3),
             ("fc1 d_weight    300x64 . 64x784", 64, 300, 784, 2),
             ("fc2 forward      64x300 . 300x100", 64, 100, 300, 0),
             ("fc2 d_input      64x100 . 100x300", 64, 100, 300, 1),
             ("fc2 d_weight    100x64 . 64x300", 64, 100, 300, 2),
+            ("fc3 forward, P^T 64x100 . 100x10", 64, 10, 100, 3),
+            ("fc3 d_input      64x10 . 10x100", 64, 10, 100, 1),
+            ("fc3 d_weight     10x64 . 64x100", 64, 10, 100, 2),
         ];
         println!(
             "{:<36} {:>12} {:>12}",

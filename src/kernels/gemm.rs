@@ -113,6 +113,7 @@ pub struct Gemm {
     pub tn_k_lists: Kernel,
     pub nn_vec4: Kernel,
     pub regblock: Kernel,
+    pub small: Kernel,
     pub tiled: Kernel,
     pub bias_backward_k: Kernel,
     pub bias_backward_split_k: Kernel,
@@ -231,6 +232,7 @@ impl Gemm {
             )?,
             nn_vec4: f.kernel("gemm_nn_vec4", VEC4, false)?,
             regblock: f.kernel("gemm_regblock", MATMUL, false)?,
+            small: f.kernel("gemm_small", MATMUL, false)?,
             tiled: f.kernel("gemm_tiled", MATMUL, false)?,
             bias_backward_k: f.kernel(
                 "bias_backward",
@@ -288,6 +290,13 @@ impl Gemm {
             }
         }
         match variant {
+            GemmVariant::RegBlock if p.n < 64 => self.small.bind(
+                gpu,
+                &p,
+                &[a, b, bias, c],
+                None,
+                super::grid_1d((p.m * p.n).div_ceil(64)),
+            ),
             GemmVariant::RegBlock => self.regblock.bind(
                 gpu,
                 &p,
