@@ -157,18 +157,6 @@ const TN_SGD: &[(u32, Access)] = &[
     (11, Access::ReadWrite),
 ];
 
-/// `gemm_tn_sgd_listed`: TN_SGD and the lists of B's nonzero rows per column block.
-const TN_SGD_LISTED: &[(u32, Access)] = &[
-    (5, Access::Read),
-    (6, Access::Read),
-    (7, Access::ReadWrite),
-    (8, Access::ReadWrite),
-    (9, Access::ReadWrite),
-    (10, Access::ReadWrite),
-    (11, Access::ReadWrite),
-    (12, Access::ReadWrite),
-];
-
 /// The weight a fused weight-gradient product updates by SGD (`Gemm::backward_weight_sgd`).
 pub struct SgdTarget<'a> {
     /// The weight (N x K) and its velocity, views of the parameter and first-moment arenas.
@@ -224,7 +212,12 @@ impl Gemm {
             nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
             tn_vec4: f.kernel("gemm_tn_vec4", VEC4_TN, false)?,
             tn_sgd: f.kernel("gemm_tn_sgd", TN_SGD, true)?,
-            tn_sgd_listed: f.kernel("gemm_tn_sgd_listed", TN_SGD_LISTED, true)?,
+            // TN_SGD and the lists of B's nonzero rows per column block.
+            tn_sgd_listed: f.kernel(
+                "gemm_tn_sgd_listed",
+                &[TN_SGD, &[(12, Access::ReadWrite)]].concat(),
+                true,
+            )?,
             tn_k_lists: f.kernel(
                 "tn_k_lists",
                 &[(6, Access::Read), (12, Access::ReadWrite)],

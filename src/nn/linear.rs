@@ -224,6 +224,33 @@ impl Linear {
         Ok(true)
     }
 
+    /// dW (dP for a masked layer, turned into dW and dt by the mask's backward) and db, from the
+    /// gradient of the pre-activation `dy` and the input `x2` (batch x in).
+    fn backward_weight(&self, cx: &mut PlanCx<'_>, dy: &Tensor, x2: &Tensor) -> Result<()> {
+        let (k, gpu) = (cx.kernels, cx.gpu);
+        let d_bias = cx.arena.grad(self.bias);
+        if self.fused_update(cx, dy, x2, &d_bias)? {
+            return Ok(());
+        }
+        let d_weight = match &self.mask {
+            Some(_) => cx.activation(
+                &format!("{}.d_masked_weight", self.name),
+                &[self.out_features, self.in_features],
+            )?,
+            None => cx.arena.grad(self.weight),
+        };
+        for d in k
+            .gemm
+            .backward_weight_bias(gpu, dy, x2, &d_weight, &d_bias, &k.dummy)?
+        {
+            cx.push(d);
+        }
+        if let Some(m) = &self.mask {
+            m.backward(cx, self.weight, &d_weight)?;
+        }
+        Ok(())
+    }
+
     /// The switch the forward of this plan recorded, if any.
     fn saved_switch(&self, cx: &PlanCx<'_>) -> Option<Switch> {
         let key = format!("{}.switch", self.name);
@@ -368,25 +395,18 @@ impl Layer for Linear {
             let switch = self.saved_switch(cx);
             // Where the input is a linear layer's ReLU output and only the dense product writes
             // dx, that ReLU's backward goes into the product's store.
-            if switch.is_none() && cx.has_saved(&relu_output_key(x)) {
-                let relu_out = cx.saved(&relu_output_key(x));
-                cx.push(
-                    k.gemm
-                        .backward_input_gated(gpu, dy, &w, transposed, &relu_out, &dx)?,
-                );
-                cx.save(&relu_gate_key(x), dx.clone());
-                return self.backward_weight(cx, dy, &x2).map(|_| {
-                    Some(Tensor {
-                        shape: x.shape.clone(),
-                        ..dx
-                    })
-                });
-            }
-            let dense = if transposed {
-                k.gemm.backward_input_t(gpu, dy, &w, &dx, false, &k.dummy)?
-            } else {
-                k.gemm.backward_input(gpu, dy, &w, &dx, false, &k.dummy)?
+            let relu_out = (switch.is_none() && cx.has_saved(&relu_output_key(x)))
+                .then(|| cx.saved(&relu_output_key(x)));
+            let dense = match (&relu_out, transposed) {
+                (Some(r), _) => k
+                    .gemm
+                    .backward_input_gated(gpu, dy, &w, transposed, r, &dx)?,
+                (None, true) => k.gemm.backward_input_t(gpu, dy, &w, &dx, false, &k.dummy)?,
+                (None, false) => k.gemm.backward_input(gpu, dy, &w, &dx, false, &k.dummy)?,
             };
+            if relu_out.is_some() {
+                cx.save(&relu_gate_key(x), dx.clone());
+            }
             match (self.lists.get(), switch) {
                 (Some(lists), Some(sw)) => {
                     let dy_fm = cx.activation(
@@ -440,33 +460,4 @@ fn relu_output_key(y: &Tensor) -> String {
 /// went through y's ReLU backward.
 fn relu_gate_key(y: &Tensor) -> String {
     format!("{}#relu_gated", y.label)
-}
-
-impl Linear {
-    /// dW (dP for a masked layer, turned into dW and dt by the mask's backward) and db, from the
-    /// gradient of the pre-activation `dy` and the input `x2` (batch x in).
-    fn backward_weight(&self, cx: &mut PlanCx<'_>, dy: &Tensor, x2: &Tensor) -> Result<()> {
-        let (k, gpu) = (cx.kernels, cx.gpu);
-        let d_bias = cx.arena.grad(self.bias);
-        if self.fused_update(cx, dy, x2, &d_bias)? {
-            return Ok(());
-        }
-        let d_weight = match &self.mask {
-            Some(_) => cx.activation(
-                &format!("{}.d_masked_weight", self.name),
-                &[self.out_features, self.in_features],
-            )?,
-            None => cx.arena.grad(self.weight),
-        };
-        for d in k
-            .gemm
-            .backward_weight_bias(gpu, dy, x2, &d_weight, &d_bias, &k.dummy)?
-        {
-            cx.push(d);
-        }
-        if let Some(m) = &self.mask {
-            m.backward(cx, self.weight, &d_weight)?;
-        }
-        Ok(())
-    }
 }
