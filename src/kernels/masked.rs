@@ -112,6 +112,7 @@ pub struct Masked {
     dummy_stats: Tensor,
     pub mask_forward_k: Kernel,
     pub mask_forward_rowwise_k: Kernel,
+    pub mask_forward_rowwise4_k: Kernel,
     pub mask_reset_k: Kernel,
     pub mask_backward_k: Kernel,
     pub threshold_grad_k: Kernel,
@@ -160,6 +161,11 @@ impl Masked {
             mask_forward_rowwise_k: f.kernel(
                 "mask_forward_rowwise",
                 &[(1, RW), (2, RW), (3, RW), (4, RW)],
+                false,
+            )?,
+            mask_forward_rowwise4_k: f.kernel(
+                "mask_forward_rowwise4",
+                &[(12, RW), (2, RW), (3, RW), (4, RW)],
                 false,
             )?,
             mask_forward_k: f.kernel(
@@ -264,8 +270,13 @@ impl Masked {
         );
         let buffers = [weight, threshold, masked_weight, row_keep];
         if rowwise {
-            self.mask_forward_rowwise_k
-                .bind(gpu, &p, &buffers, None, grid_1d(p.rows.div_ceil(64)))
+            // Four weights per load where the rows are whole vec4s.
+            let k = if p.cols.is_multiple_of(4) && weight.offset.is_multiple_of(16) {
+                &self.mask_forward_rowwise4_k
+            } else {
+                &self.mask_forward_rowwise_k
+            };
+            k.bind(gpu, &p, &buffers, None, grid_1d(p.rows.div_ceil(64)))
         } else {
             self.mask_forward_k
                 .bind(gpu, &p, &buffers, None, grid_1d(p.rows))
