@@ -382,8 +382,9 @@ fn sparse_products(
 
 /// LeNet-300-100's fc1 forward (batch 64, P stored transposed as in training) at several input
 /// densities (random inputs, the rest exact zeros): the dense GEMM against the input-sparse
-/// product (lists of each sample's nonzero inputs, then the product over them): where it starts
-/// to pay (`--sparse-input`, `kernels::sparse::default_sparse_input`).
+/// product (lists of the inputs nonzero in each block of 8 samples, then the product over them;
+/// random zeros leave most of a block's inputs listed): `--sparse-input`,
+/// `kernels::sparse::default_sparse_input`.
 fn input_sparse_products(
     gpu: &Gpu,
     k: &Kernels,

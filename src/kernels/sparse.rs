@@ -34,7 +34,8 @@ pub struct SparseParams {
     pub p_transposed: u32,
     /// `ell_build`: the row lists (else the column lists).
     pub by_rows: u32,
-    /// `input_lists`: at most this many nonzero inputs take the input-sparse product.
+    /// `input_lists`: at most this much listed work (list lengths times samples per block)
+    /// takes the input-sparse product.
     pub input_max: u32,
     /// `input_lists`: the switch's slots, the forward's other paths (slots below this), the
     /// input-sparse product's slot.
@@ -182,7 +183,8 @@ impl Switch {
     }
 }
 
-/// The lists of each sample's nonzero inputs (`Sparse::input_lists`), a plan's buffers.
+/// The lists of the inputs nonzero in each block of 8 samples (`Sparse::input_lists`), a plan's
+/// buffers.
 pub struct InputLists {
     pub batch: usize,
     pub width: usize,
@@ -304,11 +306,11 @@ impl Sparse {
         })
     }
 
-    /// The lists of each sample's nonzero inputs (`x`: batch x width) into `lists` (`idx`,
-    /// `val`: batch x width, `cnt`: batch), and the switch's input-sparse decision: slot
-    /// `input_slot` on when at most `input_max` inputs are nonzero and the forward's dense slot
-    /// (`fwd_slots - 1`) is on, and then slots `[0, fwd_slots)` (the forward's other paths) off.
-    /// One workgroup.
+    /// The lists of the inputs nonzero in each block of 8 samples (`x`: batch x width) into
+    /// `lists`, with the block's values there, and the switch's input-sparse decision: slot
+    /// `input_slot` on when the listed work (list lengths times samples per block) is at most
+    /// `input_max`, and then slots `[0, fwd_slots)` (the forward's dense and weight-sparse paths)
+    /// off; else slot `input_slot` off and the others as the mask pass set them. One workgroup.
     #[allow(clippy::too_many_arguments)]
     pub fn input_lists(
         &self,

@@ -191,15 +191,11 @@ impl Linear {
             mask: threshold.as_ref().zip(parts.as_ref()),
         };
         // The input's zeros skipped in dW = dY^T X.
-        let k_lists = match self.input_sparse_gradient(cx) {
-            true => Some(cx.activation(
-                &format!("{}.x_nonzero_samples", self.name),
-                &[crate::kernels::gemm::Gemm::k_list_words(
-                    self.in_features,
-                    x2.shape[0],
-                )],
-            )?),
-            false => None,
+        let k_lists = if self.input_sparse_gradient(cx) {
+            let words = crate::kernels::gemm::Gemm::k_list_words(self.in_features, x2.shape[0]);
+            Some(cx.activation(&format!("{}.x_nonzero_samples", self.name), &[words])?)
+        } else {
+            None
         };
         let Some(ds) = k.gemm.backward_weight_sgd(
             gpu,
