@@ -87,6 +87,16 @@ fn lstm_step(@builtin(local_invocation_id) lid: vec3<u32>,
             zo = fma(hv, src[wr + 3u * hs], zo);
         }
     }
+    forward_cell(b, j, zi, zf, zg, zo);
+}
+
+// The cell part of the forward step t = lp.t for (b, j), given the four pre-activations z.
+fn forward_cell(b: u32, j: u32, zi: f32, zf: f32, zg: f32, zo: f32) {
+    let hs = lp.hidden;
+    let t = lp.t;
+    let row = t * lp.batch + b;
+    let xr = row * 4u * hs;
+    let prev = row * hs;
     let ig = sigmoid(zi);
     let fg = sigmoid(zf);
     let gg = tanh_c(zg);
@@ -176,6 +186,134 @@ fn lstm_step_backward(@builtin(local_invocation_id) lid: vec3<u32>,
         }
     }
     backward_cell(b, j, dh);
+}
+
+// Register-blocked forms of the two steps for CPU adapters, over vec4 views of the same buffers
+// (H % 4 == 0, 16-byte aligned). lavapipe runs a workgroup's invocations as SIMD lanes along x
+// and issues every load per lane, so the plain kernels spend more on loads than on arithmetic
+// (`lstm_step`: 1.25 scalar loads per multiply-add). The same sums in the same order as the plain
+// kernels (each accumulator's multiply-adds in increasing k), hence the same bits; rows past the
+// batch are clamped for the loads and skipped for the stores.
+@group(0) @binding(12) var<storage, read> src4: array<vec4<f32>>;         // w_hh^T (H, 4H)
+@group(0) @binding(13) var<storage, read_write> h4: array<vec4<f32>>;     // h_pad
+@group(0) @binding(14) var<storage, read> w_hh4: array<vec4<f32>>;        // w_hh (4H, H)
+@group(0) @binding(15) var<storage, read_write> dgates4: array<vec4<f32>>; // dgates
+
+const FB: u32 = 2u; // lstm_step_blocked: batch rows per invocation (x 4 units x 4 gates)
+
+// Invocation (x, y) computes units [4x, 4x + 4) of batch rows [FB y, FB y + FB): per four steps
+// of the length-H sums FB vec4 of h_{t-1}, and per step 4 vec4 of w_hh^T (one per gate), into
+// 4 FB vec4 accumulators (on lavapipe 4 rows took 1.3-1.8x as long as 2, 1 row 1.5x: registers
+// against loads). Workgroups: (ceil(H / 32), ceil(B / FB)). Bindings: `lstm_step`'s (src unused)
+// with src4 = w_hh^T and h4 = h_pad.
+@compute @workgroup_size(8, 1, 1)
+fn lstm_step_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let hs = lp.hidden;
+    let t = lp.t;
+    let j0 = gid.x * 4u;
+    let b0 = gid.y * FB;
+    if (j0 >= hs || b0 >= lp.batch) {
+        return;
+    }
+    let g4 = 4u * hs;
+    let h4s = hs / 4u; // vec4 per row of h, per gate block of w_hh^T's rows
+    var hb: array<u32, FB>; // h_{t-1} row of each batch row, in vec4 (clamped)
+    var acc: array<vec4<f32>, 8>; // [row * 4 + gate], FB = 2
+    for (var r = 0u; r < FB; r++) {
+        let row = t * lp.batch + min(b0 + r, lp.batch - 1u);
+        hb[r] = row * h4s;
+        for (var q = 0u; q < 4u; q++) {
+            let z = row * g4 + q * hs + j0;
+            acc[r * 4u + q] = vec4<f32>(xproj[z], xproj[z + 1u], xproj[z + 2u], xproj[z + 3u]);
+        }
+    }
+    if (t > 0u) {
+        let jq = gid.x;
+        for (var kq = 0u; kq < h4s; kq++) {
+            var hv: array<vec4<f32>, FB>;
+            for (var r = 0u; r < FB; r++) {
+                hv[r] = h4[hb[r] + kq];
+            }
+            for (var k = 0u; k < 4u; k++) {
+                let w_row = (kq * 4u + k) * 4u * h4s; // row 4 kq + k of w_hh^T, in vec4
+                var wv: array<vec4<f32>, 4>; // [gate]
+                for (var q = 0u; q < 4u; q++) {
+                    wv[q] = src4[w_row + q * h4s + jq];
+                }
+                for (var r = 0u; r < FB; r++) {
+                    let hk = vec4<f32>(hv[r][k]);
+                    for (var q = 0u; q < 4u; q++) {
+                        acc[r * 4u + q] = fma(hk, wv[q], acc[r * 4u + q]);
+                    }
+                }
+            }
+        }
+    }
+    for (var r = 0u; r < FB; r++) {
+        if (b0 + r < lp.batch) {
+            for (var u = 0u; u < 4u; u++) {
+                forward_cell(b0 + r, j0 + u, acc[r * 4u][u], acc[r * 4u + 1u][u],
+                             acc[r * 4u + 2u][u], acc[r * 4u + 3u][u]);
+            }
+        }
+    }
+}
+
+const BB: u32 = 8u; // lstm_step_backward_blocked: batch rows per invocation (x 8 units)
+
+// Invocation (x, y) computes the recurrent dh of units [8x, 8x + 8) and batch rows
+// [BB y, BB y + BB): per four steps of the length-4H sums, BB vec4 of dgates[t+1] and 8 of w_hh
+// (4 k x 2 unit quads) into 2 BB vec4 accumulators; then finishes each as `lstm_step_backward`
+// does. Workgroups: (ceil(H / 64), ceil(B / BB)). Bindings: `lstm_step_backward`'s with
+// w_hh4 = w_hh and dgates4 = dgates.
+@compute @workgroup_size(8, 1, 1)
+fn lstm_step_backward_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let hs = lp.hidden;
+    let t = lp.t;
+    let j0 = gid.x * 8u;
+    let b0 = gid.y * BB;
+    if (j0 >= hs || b0 >= lp.batch) {
+        return;
+    }
+    let h4s = hs / 4u;
+    var acc: array<vec4<f32>, 16>; // [row * 2 + unit quad], BB = 8
+    for (var i = 0u; i < 2u * BB; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    if (t + 1u < lp.steps) {
+        let qa = gid.x * 2u;
+        let qb = min(qa + 1u, h4s - 1u);
+        var db: array<u32, BB>; // dgates[t+1] row of each batch row, in vec4 (clamped)
+        for (var r = 0u; r < BB; r++) {
+            db[r] = ((t + 1u) * lp.batch + min(b0 + r, lp.batch - 1u)) * h4s * 4u;
+        }
+        for (var kq = 0u; kq < hs; kq++) { // 4H / 4 quads of k
+            var wv: array<vec4<f32>, 8>; // [k within the quad * 2 + unit quad]
+            for (var k = 0u; k < 4u; k++) {
+                let w_row = (kq * 4u + k) * h4s;
+                wv[2u * k] = w_hh4[w_row + qa];
+                wv[2u * k + 1u] = w_hh4[w_row + qb];
+            }
+            for (var r = 0u; r < BB; r++) {
+                let dv = dgates4[db[r] + kq];
+                var lo = acc[2u * r];
+                var hi = acc[2u * r + 1u];
+                for (var k = 0u; k < 4u; k++) {
+                    lo = fma(vec4<f32>(dv[k]), wv[2u * k], lo);
+                    hi = fma(vec4<f32>(dv[k]), wv[2u * k + 1u], hi);
+                }
+                acc[2u * r] = lo;
+                acc[2u * r + 1u] = hi;
+            }
+        }
+    }
+    for (var r = 0u; r < BB; r++) {
+        for (var u = 0u; u < 8u; u++) {
+            if (b0 + r < lp.batch && j0 + u < hs) {
+                backward_cell(b0 + r, j0 + u, acc[2u * r + u / 4u][u % 4u]);
+            }
+        }
+    }
 }
 
 var<workgroup> dh_part: array<f32, 256>; // [q][j], for lstm_step_backward_split

@@ -49,6 +49,16 @@ impl StepDims {
         [(self.hidden as u32).div_ceil(64), self.batch as u32, 1]
     }
 
+    /// Workgroups of a blocked kernel: `units` x `rows` outputs per invocation, 8 invocations
+    /// along the units per workgroup.
+    fn blocked_groups(&self, units: usize, rows: usize) -> [u32; 3] {
+        [
+            self.hidden.div_ceil(units).div_ceil(8) as u32,
+            self.batch.div_ceil(rows) as u32,
+            1,
+        ]
+    }
+
     fn y_len(&self) -> usize {
         if self.out_seq {
             self.steps * self.batch * self.hidden
@@ -62,11 +72,27 @@ pub struct Lstm {
     pub step_k: Kernel,
     pub step_backward_k: Kernel,
     pub step_backward_split_k: Kernel,
+    pub step_blocked_k: Kernel,
+    pub step_backward_blocked_k: Kernel,
     pub swap01_k: Kernel,
     /// `step_backward` runs `lstm_step_backward_split` (GPUs: the recurrent sum split four ways
     /// across a workgroup) rather than the plain kernel (CPU adapters). Settable so that tests
     /// check both on any adapter.
     pub split_backward: AtomicBool,
+    /// Both steps run their register-blocked kernels (`lstm_step_blocked`,
+    /// `lstm_step_backward_blocked`: CPU adapters, the same bits as the plain ones); this takes
+    /// precedence over `split_backward`. Settable likewise.
+    pub blocked: AtomicBool,
+}
+
+/// Outputs per invocation of the blocked kernels (keep in sync with FB and BB in
+/// shaders/lstm.wgsl): hidden units x batch rows.
+const FORWARD_BLOCK: (usize, usize) = (4, 2);
+const BACKWARD_BLOCK: (usize, usize) = (8, 8);
+
+/// The blocked kernels read vec4 views: H a multiple of 4 and the viewed tensors 16-byte aligned.
+fn vec4_views(h: usize, views: &[&Tensor]) -> bool {
+    h.is_multiple_of(4) && views.iter().all(|t| t.offset.is_multiple_of(16))
 }
 
 const RW: Access = Access::ReadWrite;
@@ -83,8 +109,35 @@ impl Lstm {
             )?,
             step_backward_k: f.kernel("lstm_step_backward", BACKWARD, false)?,
             step_backward_split_k: f.kernel("lstm_step_backward_split", BACKWARD, false)?,
+            step_blocked_k: f.kernel(
+                "lstm_step_blocked",
+                &[
+                    (1, R),
+                    (12, R),
+                    (3, RW),
+                    (13, RW),
+                    (4, RW),
+                    (5, RW),
+                    (6, RW),
+                ],
+                false,
+            )?,
+            step_backward_blocked_k: f.kernel(
+                "lstm_step_backward_blocked",
+                &[
+                    (14, R),
+                    (4, RW),
+                    (5, RW),
+                    (7, R),
+                    (8, RW),
+                    (15, RW),
+                    (9, RW),
+                ],
+                false,
+            )?,
             swap01_k: f.kernel("swap01", &[(10, R), (11, RW)], false)?,
             split_backward: AtomicBool::new(class == AdapterClass::Gpu),
+            blocked: AtomicBool::new(class == AdapterClass::Cpu),
         })
     }
 
@@ -112,6 +165,16 @@ impl Lstm {
         assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step: c_pad");
         assert!(gates.len() >= tt * b * 4 * h, "lstm step: gates");
         assert!(y.len() >= d.y_len(), "lstm step: y");
+        if self.blocked.load(Ordering::Relaxed) && vec4_views(h, &[w_hh_t, h_pad]) {
+            let (units, rows) = FORWARD_BLOCK;
+            return self.step_blocked_k.bind(
+                gpu,
+                &d.params(t),
+                &[xproj, w_hh_t, h_pad, h_pad, c_pad, gates, y],
+                None,
+                d.blocked_groups(units, rows),
+            );
+        }
         self.step_k.bind(
             gpu,
             &d.params(t),
@@ -144,6 +207,16 @@ impl Lstm {
         assert!(dy.len() >= d.y_len(), "lstm step_backward: dy");
         assert!(dgates.len() >= tt * b * 4 * h, "lstm step_backward: dgates");
         assert!(dc.len() >= tt * b * h, "lstm step_backward: dc");
+        if self.blocked.load(Ordering::Relaxed) && vec4_views(h, &[w_hh, dgates]) {
+            let (units, rows) = BACKWARD_BLOCK;
+            return self.step_backward_blocked_k.bind(
+                gpu,
+                &d.params(t),
+                &[w_hh, c_pad, gates, dy, dgates, dgates, dc],
+                None,
+                d.blocked_groups(units, rows),
+            );
+        }
         let kernel = if self.split_backward.load(Ordering::Relaxed) {
             &self.step_backward_split_k
         } else {

@@ -347,26 +347,123 @@ fn lstm_layer_matches_reference() {
             input: 9,
             hidden: 70,
         },
+        // Hidden sizes the blocked kernels take (H % 4 == 0): a batch that is not a whole number
+        // of their row blocks, and H % 8 == 4 (the backward's second unit quad clamped).
+        Dims {
+            batch: 3,
+            steps: 4,
+            input: 7,
+            hidden: 8,
+        },
+        Dims {
+            batch: 10,
+            steps: 3,
+            input: 5,
+            hidden: 36,
+        },
     ];
-    // Both backward kernels: the plain one (CPU adapters) and the split one (GPUs).
-    let flag = &c.k.lstm.split_backward;
-    let default_split = flag.load(Ordering::Relaxed);
-    for split in [false, true] {
-        flag.store(split, Ordering::Relaxed);
+    // Every recurrent kernel set: plain (GPUs' forward, CPU adapters' fallback), the split
+    // backward (GPUs), the register-blocked steps (CPU adapters, H % 4 == 0).
+    let flags = &c.k.lstm;
+    let defaults = (
+        flags.split_backward.load(Ordering::Relaxed),
+        flags.blocked.load(Ordering::Relaxed),
+    );
+    for (split, blocked) in [(false, false), (true, false), (false, true)] {
+        flags.split_backward.store(split, Ordering::Relaxed);
+        flags.blocked.store(blocked, Ordering::Relaxed);
         for d in sizes {
             for input in [LstmInput::BatchMajor, LstmInput::TimeMajor] {
                 for output in [LstmOutput::Sequence, LstmOutput::Last] {
                     for masked in [true, false] {
                         let pr = Problem::random(&mut rng, d, input, output, masked);
-                        let tag =
-                            format!("{d:?} {input:?} {output:?} masked={masked} split={split}");
+                        let tag = format!(
+                            "{d:?} {input:?} {output:?} masked={masked} split={split} \
+                             blocked={blocked}"
+                        );
                         check_against_reference(&c, &pr, &tag);
                     }
                 }
             }
         }
     }
-    flag.store(default_split, Ordering::Relaxed);
+    flags.split_backward.store(defaults.0, Ordering::Relaxed);
+    flags.blocked.store(defaults.1, Ordering::Relaxed);
+}
+
+/// The register-blocked steps (CPU adapters) give the same bits as the plain kernels: the same
+/// multiply-adds in the same order. Every output of a training pass is compared (y, dx, every
+/// gradient, the saved states and gates), and the plans are checked to run the kernels named.
+#[test]
+fn lstm_blocked_steps_equal_plain_bits() {
+    let c = ctx();
+    let mut rng = Rng::new(202);
+    let flags = &c.k.lstm;
+    let defaults = (
+        flags.split_backward.load(Ordering::Relaxed),
+        flags.blocked.load(Ordering::Relaxed),
+    );
+    flags.split_backward.store(false, Ordering::Relaxed);
+    let sizes = [
+        Dims {
+            batch: 5,
+            steps: 4,
+            input: 6,
+            hidden: 12,
+        },
+        Dims {
+            batch: 17,
+            steps: 3,
+            input: 4,
+            hidden: 72,
+        },
+    ];
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for d in sizes {
+        for output in [LstmOutput::Sequence, LstmOutput::Last] {
+            for masked in [true, false] {
+                let pr = Problem::random(&mut rng, d, LstmInput::BatchMajor, output, masked);
+                let tag = format!("{d:?} {output:?} masked={masked}");
+                let mut results = Vec::new();
+                for blocked in [false, true] {
+                    flags.blocked.store(blocked, Ordering::Relaxed);
+                    let bt = build(&c, &pr, Mode::Train);
+                    let labels: Vec<&str> = bt
+                        .forward
+                        .iter()
+                        .chain(&bt.backward)
+                        .map(|d| d.label.as_str())
+                        .collect();
+                    let (fwd, bwd) = if blocked {
+                        ("lstm.lstm_step_blocked", "lstm.lstm_step_backward_blocked")
+                    } else {
+                        ("lstm.lstm_step", "lstm.lstm_step_backward")
+                    };
+                    let count = |l: &str| labels.iter().filter(|x| **x == l).count();
+                    assert_eq!(count(fwd), d.steps, "{tag} blocked={blocked}: {labels:?}");
+                    assert_eq!(count(bwd), d.steps, "{tag} blocked={blocked}: {labels:?}");
+                    bt.poison(&c);
+                    bt.run(&c);
+                    let mut out = vec![
+                        bits(c.read(&bt.y)),
+                        bits(c.read(bt.dx.as_ref().unwrap())),
+                        bits(c.read(&bt.arena.grads)),
+                    ];
+                    out.extend(bt.saved[1..].iter().map(|t| bits(c.read(t))));
+                    results.push(out);
+                }
+                let names = ["y", "dx", "gradients", "h_pad", "c_pad", "gates"];
+                for (k, name) in names.iter().enumerate() {
+                    assert!(
+                        results[0][k] == results[1][k],
+                        "{tag}: {name} differs between the plain and the blocked kernels"
+                    );
+                }
+            }
+        }
+    }
+    flags.split_backward.store(defaults.0, Ordering::Relaxed);
+    flags.blocked.store(defaults.1, Ordering::Relaxed);
 }
 
 /// Evaluation plans: the same batch twice gives the same bits, also with another batch in
