@@ -9,6 +9,7 @@
 //                 requires 2 pad <= k, so every window holds one)
 //   max_backward  dx[i] = sum of dy over the windows whose FIRST maximum in scan order (row-major
 //                 within the window, strict >) is element i, as PyTorch; overlapping windows sum
+//                 (`max_backward_windows` where the windows tile the input)
 //   avg_forward   y = (sum of the window's in-image elements) / (k k)   (count_include_pad)
 //   avg_backward  dx[i] = sum over the windows holding i of dy / (k k)
 //
@@ -115,6 +116,46 @@ fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>,
         }
     }
     dx[i] = s;
+}
+
+// Reads x, dy; writes dx. Windows that tile the input (stride == k, pad == 0: no overlap, no
+// padding): one invocation per window writes its k x k elements of dx, dy to the window's first
+// maximum and 0 to the others, the same values as `max_backward` (which finds the one window of
+// each element and its maximum again per element: k k argmax scans per window). The last row and
+// column of windows also zero the border that floor mode leaves outside every window.
+@compute @workgroup_size(64, 1, 1)
+fn max_backward_windows(@builtin(global_invocation_id) gid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = gid.x + gid.y * nwg.x * 64u;
+    let ohw = pp.oh * pp.ow;
+    if (o >= pp.batch * pp.channels * ohw) {
+        return;
+    }
+    let plane = o / ohw;
+    let r = o % ohw;
+    let oy = r / pp.ow;
+    let ox = r % pp.ow;
+    let base = plane * pp.h * pp.w;
+    let at = window_argmax(base, oy, ox);
+    let g = 0.0 + dy[o];
+    // Rows and columns this invocation writes: its window's, extended to the border past the
+    // last window.
+    let y0 = oy * pp.k;
+    var y1 = y0 + pp.k;
+    if (oy + 1u == pp.oh) {
+        y1 = pp.h;
+    }
+    let x0 = ox * pp.k;
+    var x1 = x0 + pp.k;
+    if (ox + 1u == pp.ow) {
+        x1 = pp.w;
+    }
+    for (var iy = y0; iy < y1; iy++) {
+        for (var ix = x0; ix < x1; ix++) {
+            let i = iy * pp.w + ix;
+            dx[base + i] = select(0.0, g, i == at);
+        }
+    }
 }
 
 // Reads x; writes y = (sum of each window's in-image elements, row-major) / (k k).

@@ -83,6 +83,7 @@ pub struct PoolParams {
 pub struct Pool {
     pub max_forward_k: Kernel,
     pub max_backward_k: Kernel,
+    pub max_backward_windows_k: Kernel,
     pub avg_forward_k: Kernel,
     pub avg_backward_k: Kernel,
 }
@@ -109,6 +110,11 @@ impl Pool {
         Ok(Pool {
             max_forward_k: f.kernel("max_forward", &[(1, R), (2, RW)], false)?,
             max_backward_k: f.kernel("max_backward", &[(1, R), (3, R), (4, RW)], false)?,
+            max_backward_windows_k: f.kernel(
+                "max_backward_windows",
+                &[(1, R), (3, R), (4, RW)],
+                false,
+            )?,
             avg_forward_k: f.kernel("avg_forward", &[(1, R), (2, RW)], false)?,
             avg_backward_k: f.kernel("avg_backward", &[(3, R), (4, RW)], false)?,
         })
@@ -131,7 +137,30 @@ impl Pool {
 
     /// `dx` given x and dy: each window's gradient goes to its FIRST maximum in scan order
     /// (row-major within the window), as PyTorch; overlapping windows sum; writes every dx.
+    /// Windows that tile the input (stride == k, no padding) take `max_backward_windows`, one
+    /// invocation per window; others the per-element gather (`max_backward_gather`).
     pub fn max_backward(
+        &self,
+        gpu: &Gpu,
+        s: &PoolShape,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Dispatch> {
+        if s.stride != s.k || s.pad != 0 {
+            return self.max_backward_gather(gpu, s, x, dy, dx);
+        }
+        let p = s.params();
+        assert_len(x, s.inputs(), "x", s);
+        assert_len(dy, s.outputs(), "dy", s);
+        assert_len(dx, s.inputs(), "dx", s);
+        self.max_backward_windows_k
+            .bind(gpu, &p, &[x, dy, dx], None, groups(s.outputs()))
+    }
+
+    /// `max_backward` by the per-element gather, for any windows: each dx element sums dy over
+    /// the windows holding it whose first maximum it is.
+    pub fn max_backward_gather(
         &self,
         gpu: &Gpu,
         s: &PoolShape,

@@ -120,6 +120,53 @@ fn pool_matches_reference() {
     }
 }
 
+/// Windows that tile the input (stride == k, no padding) take `max_backward_windows`: the same
+/// bits as the per-element gather, every dx written (NaN-poisoned outputs), the border that floor
+/// mode leaves outside every window (bottom rows, right columns, both) zero.
+#[test]
+fn max_backward_windows_equals_gather() {
+    let c = ctx();
+    let mut rng = Rng::new(59);
+    let shapes = [
+        shape(2, 3, 6, 5, 2, 2, 0),
+        shape(3, 1, 9, 8, 4, 4, 0),
+        shape(2, 3, 7, 9, 2, 2, 0),
+        shape(1, 2, 12, 12, 3, 3, 0),
+        shape(4, 5, 24, 24, 2, 2, 0),
+        shape(1, 1, 3, 3, 1, 1, 0),
+    ];
+    let p = &c.k.pool;
+    for s in &shapes {
+        let xs = [s.batch, s.channels, s.h, s.w];
+        let ys = [s.batch, s.channels, s.out_h(), s.out_w()];
+        let n = xs.iter().product();
+        let x: Vec<f32> = (0..n).map(|_| rng.below(7) as f32 * 0.5 - 1.5).collect();
+        let gy = rand_vec(&mut rng, ys.iter().product(), -1.0, 1.0);
+        let xt = c.tensor("x", &xs, &x);
+        let gt = c.tensor("gy", &ys, &gy);
+        let (dw, dg) = (c.poisoned("dx_windows", &xs), c.poisoned("dx_gather", &xs));
+        let ds = [
+            p.max_backward(&c.gpu, s, &xt, &gt, &dw).unwrap(),
+            p.max_backward_gather(&c.gpu, s, &xt, &gt, &dg).unwrap(),
+        ];
+        assert_eq!(ds[0].label, "pool.max_backward_windows", "{s:?}");
+        assert_eq!(ds[1].label, "pool.max_backward", "{s:?}");
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let (w, g) = (bits(c.read(&dw)), bits(c.read(&dg)));
+        assert!(w == g, "{s:?}: windows {w:?} vs gather {g:?}");
+        let want = reference::max_backward(s, &to_f64(&x), &to_f64(&gy));
+        assert_close(&format!("{s:?}"), &c.read(&dw), &want, 0.0, 0.0);
+    }
+    // Overlapping or padded windows keep the gather.
+    let s = shape(1, 1, 5, 5, 3, 2, 1);
+    let t = c.tensor("x", &[1, 1, 5, 5], &[0.0; 25]);
+    let g = c.tensor("gy", &[1, 1, 3, 3], &[0.0; 9]);
+    let dx = c.poisoned("dx", &[1, 1, 5, 5]);
+    let d = p.max_backward(&c.gpu, &s, &t, &g, &dx).unwrap();
+    assert_eq!(d.label, "pool.max_backward");
+}
+
 /// On a tie the whole gradient goes to the first maximum in scan order (row-major in the window).
 #[test]
 fn max_pool_ties_go_to_first_element() {
