@@ -455,6 +455,8 @@ fn out_index(co: u32, pcol: u32) -> u32 {
 
 // Reads cols4, weight, bias; writes y. y[n][co][p] = bias[co] + sum_k W[co][k] cols[k][P], k in
 // order. One invocation: 8 filters (from the workgroup index) x 8 consecutive columns (two vec4).
+// Consecutive workgroups take the filter blocks of one column slice (the slice of the patch
+// matrix stays in cache across them: LeNet-5's conv2 forward 33-43 -> 31-33 ms on lavapipe).
 @compute @workgroup_size(64, 1, 1)
 fn conv_forward_cols(@builtin(local_invocation_id) lid: vec3<u32>,
                      @builtin(workgroup_id) wid: vec3<u32>,
@@ -464,11 +466,11 @@ fn conv_forward_cols(@builtin(local_invocation_id) lid: vec3<u32>,
     let p_groups = (p_blocks + 63u) / 64u;
     let co_blocks = (cp.c_out + CB - 1u) / CB;
     let g = wid.x + wid.y * nwg.x;
-    let pb = (g % p_groups) * 64u + lid.x;
+    let pb = (g / co_blocks) * 64u + lid.x;
     if (g >= p_groups * co_blocks || pb >= p_blocks) {
         return;
     }
-    let co0 = (g / p_groups) * CB;
+    let co0 = (g % co_blocks) * CB;
     let q0 = pb * 2u;
     let q1 = min(q0 + 1u, np4 - 1u);
     let kdim = cp.c_in * cp.kh * cp.kw;
