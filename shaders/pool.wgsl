@@ -10,6 +10,11 @@
 //   max_backward  dx[i] = sum of dy over the windows whose FIRST maximum in scan order (row-major
 //                 within the window, strict >) is element i, as PyTorch; overlapping windows sum
 //                 (`max_backward_windows` where the windows tile the input)
+//   relu != 0     max pooling of relu(x), fused (a ReLU before a max pool): y = max(window max, 0)
+//                 and dx[i] as above where x[i] > 0, else 0. The same values as a ReLU pass, the
+//                 pooling, its backward and the ReLU's backward: max and ReLU commute, a window
+//                 whose maximum is <= 0 sends no gradient through the ReLU, and one whose maximum
+//                 is positive has the same first maximum in x as in relu(x).
 //   avg_forward   y = (sum of the window's in-image elements) / (k k)   (count_include_pad)
 //   avg_backward  dx[i] = sum over the windows holding i of dy / (k k)
 //
@@ -28,7 +33,7 @@ struct PoolParams {
     pad: u32,
     oh: u32,
     ow: u32,
-    _pad0: u32,
+    relu: u32, // max pooling of relu(x) (see the header)
     _pad1: u32,
     _pad2: u32,
 }
@@ -89,7 +94,11 @@ fn max_forward(@builtin(global_invocation_id) gid: vec3<u32>,
     let plane = o / ohw;
     let r = o % ohw;
     let base = plane * pp.h * pp.w;
-    y[o] = x[base + window_argmax(base, r / pp.ow, r % pp.ow)];
+    var v = x[base + window_argmax(base, r / pp.ow, r % pp.ow)];
+    if (pp.relu != 0u) {
+        v = max(v, 0.0);
+    }
+    y[o] = v;
 }
 
 // Reads x, dy; writes dx. One invocation per dx element: sums dy over the windows holding it whose
@@ -105,6 +114,10 @@ fn max_backward(@builtin(global_invocation_id) gid: vec3<u32>,
     let plane = i / hw;
     let r = i % hw;
     let base = plane * hw;
+    if (pp.relu != 0u && !(x[base + r] > 0.0)) {
+        dx[i] = 0.0;
+        return;
+    }
     let ry = window_range(r / pp.w, pp.oh);
     let rx = window_range(r % pp.w, pp.ow);
     var s = 0.0;
@@ -137,7 +150,10 @@ fn max_backward_windows(@builtin(global_invocation_id) gid: vec3<u32>,
     let ox = r % pp.ow;
     let base = plane * pp.h * pp.w;
     let at = window_argmax(base, oy, ox);
-    let g = 0.0 + dy[o];
+    var g = 0.0 + dy[o];
+    if (pp.relu != 0u && !(x[base + at] > 0.0)) {
+        g = 0.0;
+    }
     // Rows and columns this invocation writes: its window's, extended to the border past the
     // last window.
     let y0 = oy * pp.k;

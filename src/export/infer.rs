@@ -196,8 +196,7 @@ impl Net {
                     let y_shape = [batch, *c_out, s.out_h(), s.out_w()];
                     let y = Tensor::zeros(gpu, "infer.conv", &y_shape)?;
                     ds.push(k.conv.forward(gpu, &s, &x, w, Some(b), &y, &k.dummy)?);
-                    let r = Tensor::zeros(gpu, "infer.relu", &y_shape)?;
-                    ds.push(k.act.relu_forward(gpu, &y, &r)?);
+                    // ReLU then 2x2 max pooling, as one pass.
                     let ps = PoolShape {
                         batch,
                         channels: *c_out,
@@ -209,7 +208,7 @@ impl Net {
                     };
                     let pooled =
                         Tensor::zeros(gpu, "infer.pool", &[batch, *c_out, ps.out_h(), ps.out_w()])?;
-                    ds.push(k.pool.max_forward(gpu, &ps, &r, &pooled)?);
+                    ds.push(k.pool.max_forward(gpu, &ps, true, &y, &pooled)?);
                     x = pooled;
                 }
                 Stage::Linear {

@@ -51,7 +51,15 @@ impl PoolShape {
             pad: self.pad as u32,
             oh: self.out_h() as u32,
             ow: self.out_w() as u32,
-            _pad: [0; 3],
+            relu: 0,
+            _pad: [0; 2],
+        }
+    }
+
+    fn max_params(&self, relu: bool) -> PoolParams {
+        PoolParams {
+            relu: relu as u32,
+            ..self.params()
         }
     }
 
@@ -77,7 +85,9 @@ pub struct PoolParams {
     pub pad: u32,
     pub oh: u32,
     pub ow: u32,
-    pub _pad: [u32; 3],
+    /// Max pooling of relu(x) (shaders/pool.wgsl).
+    pub relu: u32,
+    pub _pad: [u32; 2],
 }
 
 pub struct Pool {
@@ -120,15 +130,17 @@ impl Pool {
         })
     }
 
-    /// `y` = max over each window (padding counts as -inf); writes every y.
+    /// `y` = max over each window (padding counts as -inf); writes every y. With `relu`, of
+    /// relu(x): `max(window max, 0)`, a ReLU before the pooling fused into it.
     pub fn max_forward(
         &self,
         gpu: &Gpu,
         s: &PoolShape,
+        relu: bool,
         x: &Tensor,
         y: &Tensor,
     ) -> Result<Dispatch> {
-        let p = s.params();
+        let p = s.max_params(relu);
         assert_len(x, s.inputs(), "x", s);
         assert_len(y, s.outputs(), "y", s);
         self.max_forward_k
@@ -138,19 +150,21 @@ impl Pool {
     /// `dx` given x and dy: each window's gradient goes to its FIRST maximum in scan order
     /// (row-major within the window), as PyTorch; overlapping windows sum; writes every dx.
     /// Windows that tile the input (stride == k, no padding) take `max_backward_windows`, one
-    /// invocation per window; others the per-element gather (`max_backward_gather`).
+    /// invocation per window; others the per-element gather (`max_backward_gather`). With `relu`
+    /// (the forward's), the gradient with respect to the ReLU's input: 0 where x <= 0.
     pub fn max_backward(
         &self,
         gpu: &Gpu,
         s: &PoolShape,
+        relu: bool,
         x: &Tensor,
         dy: &Tensor,
         dx: &Tensor,
     ) -> Result<Dispatch> {
         if s.stride != s.k || s.pad != 0 {
-            return self.max_backward_gather(gpu, s, x, dy, dx);
+            return self.max_backward_gather(gpu, s, relu, x, dy, dx);
         }
-        let p = s.params();
+        let p = s.max_params(relu);
         assert_len(x, s.inputs(), "x", s);
         assert_len(dy, s.outputs(), "dy", s);
         assert_len(dx, s.inputs(), "dx", s);
@@ -164,11 +178,12 @@ impl Pool {
         &self,
         gpu: &Gpu,
         s: &PoolShape,
+        relu: bool,
         x: &Tensor,
         dy: &Tensor,
         dx: &Tensor,
     ) -> Result<Dispatch> {
-        let p = s.params();
+        let p = s.max_params(relu);
         assert_len(x, s.inputs(), "x", s);
         assert_len(dy, s.outputs(), "dy", s);
         assert_len(dx, s.inputs(), "dx", s);

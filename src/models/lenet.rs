@@ -4,7 +4,6 @@ use crate::gpu::{Gpu, Result};
 use crate::nn::conv::Conv2d;
 use crate::nn::linear::Linear;
 use crate::nn::pool::{Pool2d, PoolKind};
-use crate::nn::relu::Relu;
 use crate::nn::{ArenaBuilder, Layer};
 
 /// LeNet-300-100: FC 784-300-100-10 with ReLU (fused into fc1 and fc2).
@@ -22,8 +21,9 @@ pub fn lenet300(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool) -> Result<Vec<Bo
 }
 
 /// LeNet-5-Caffe: conv 5x5 1->20, ReLU, max-pool 2, conv 5x5 20->50, ReLU, max-pool 2,
-/// FC 800-500, ReLU (fused into fc3), FC 500-10 (convs unpadded, stride 1, with bias). In DST every conv and FC
-/// layer is masked. The order ReLU-then-pool is the paper's code's.
+/// FC 800-500, ReLU (fused into fc3), FC 500-10 (convs unpadded, stride 1, with bias). In DST
+/// every conv and FC layer is masked. The order ReLU-then-pool is the paper's code's; each ReLU
+/// is fused into its pool (`Pool2d::with_relu`: the same values).
 pub fn lenet5(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool) -> Result<Vec<Box<dyn Layer>>> {
     let mut layers: Vec<Box<dyn Layer>> = Vec::new();
     let mut hw = 28;
@@ -32,15 +32,11 @@ pub fn lenet5(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool) -> Result<Vec<Box<
         let name = format!("conv{n}");
         let ids = Conv2d::declare(ab, &name, cin, cout, 5, true, masked);
         layers.push(Box::new(Conv2d::new(gpu, &name, cin, cout, 5, 1, 0, ids)?));
-        layers.push(Box::new(Relu::new(&format!("relu{n}"))));
         hw -= 4;
-        layers.push(Box::new(Pool2d::new(
-            &format!("pool{n}"),
-            PoolKind::Max,
-            2,
-            2,
-            0,
-        )));
+        // ReLU, then the pool: one layer.
+        layers.push(Box::new(
+            Pool2d::new(&format!("pool{n}"), PoolKind::Max, 2, 2, 0).with_relu(),
+        ));
         hw /= 2;
     }
     debug_assert_eq!(50 * hw * hw, 800);

@@ -1,6 +1,8 @@
 //! 2-D max and average pooling (shaders/pool.wgsl), NCHW, floor mode as PyTorch. Max-pool's
 //! backward sends a tie's gradient to the first maximum in scan order; average pooling counts
-//! padding in its divisor (PyTorch's `count_include_pad=True`).
+//! padding in its divisor (PyTorch's `count_include_pad=True`). A max pool may take the ReLU
+//! before it (`with_relu`): the same values as a ReLU layer then the pool, one pass each way
+//! instead of two, and no ReLU output to store.
 
 use super::{Layer, PlanCx};
 use crate::gpu::{Result, Tensor};
@@ -18,6 +20,8 @@ pub struct Pool2d {
     pub k: usize,
     pub stride: usize,
     pub pad: usize,
+    /// Pools relu(x) (max pooling only).
+    pub relu: bool,
 }
 
 impl Pool2d {
@@ -28,7 +32,20 @@ impl Pool2d {
             k,
             stride,
             pad,
+            relu: false,
         }
+    }
+
+    /// This max pool applied to relu(x): a ReLU layer before it, fused.
+    pub fn with_relu(mut self) -> Pool2d {
+        assert_eq!(
+            self.kind,
+            PoolKind::Max,
+            "{}: ReLU fused into max pooling only",
+            self.name
+        );
+        self.relu = true;
+        self
     }
 
     fn shape(&self, batch: usize, per_sample: &[usize]) -> PoolShape {
@@ -67,7 +84,7 @@ impl Layer for Pool2d {
             &[s.batch, s.channels, s.out_h(), s.out_w()],
         )?;
         let d = match self.kind {
-            PoolKind::Max => cx.kernels.pool.max_forward(cx.gpu, &s, x, &y)?,
+            PoolKind::Max => cx.kernels.pool.max_forward(cx.gpu, &s, self.relu, x, &y)?,
             PoolKind::Avg => cx.kernels.pool.avg_forward(cx.gpu, &s, x, &y)?,
         };
         cx.push(d);
@@ -88,7 +105,10 @@ impl Layer for Pool2d {
         let s = self.shape(x.shape[0], &x.shape[1..]);
         let dx = cx.activation(&format!("{}.d_input", self.name), &x.shape)?;
         let d = match self.kind {
-            PoolKind::Max => cx.kernels.pool.max_backward(cx.gpu, &s, x, dy, &dx)?,
+            PoolKind::Max => cx
+                .kernels
+                .pool
+                .max_backward(cx.gpu, &s, self.relu, x, dy, &dx)?,
             PoolKind::Avg => cx.kernels.pool.avg_backward(cx.gpu, &s, dy, &dx)?,
         };
         cx.push(d);

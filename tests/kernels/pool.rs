@@ -58,8 +58,8 @@ fn run_pool(c: &Ctx, s: &PoolShape, x: &[f32], gy: &[f32]) -> Run {
     );
     let p = &c.k.pool;
     let ds = [
-        p.max_forward(&c.gpu, s, &xt, &my).unwrap(),
-        p.max_backward(&c.gpu, s, &xt, &gt, &mdx).unwrap(),
+        p.max_forward(&c.gpu, s, false, &xt, &my).unwrap(),
+        p.max_backward(&c.gpu, s, false, &xt, &gt, &mdx).unwrap(),
         p.avg_forward(&c.gpu, s, &xt, &ay).unwrap(),
         p.avg_backward(&c.gpu, s, &gt, &adx).unwrap(),
     ];
@@ -146,8 +146,9 @@ fn max_backward_windows_equals_gather() {
         let gt = c.tensor("gy", &ys, &gy);
         let (dw, dg) = (c.poisoned("dx_windows", &xs), c.poisoned("dx_gather", &xs));
         let ds = [
-            p.max_backward(&c.gpu, s, &xt, &gt, &dw).unwrap(),
-            p.max_backward_gather(&c.gpu, s, &xt, &gt, &dg).unwrap(),
+            p.max_backward(&c.gpu, s, false, &xt, &gt, &dw).unwrap(),
+            p.max_backward_gather(&c.gpu, s, false, &xt, &gt, &dg)
+                .unwrap(),
         ];
         assert_eq!(ds[0].label, "pool.max_backward_windows", "{s:?}");
         assert_eq!(ds[1].label, "pool.max_backward", "{s:?}");
@@ -163,8 +164,74 @@ fn max_backward_windows_equals_gather() {
     let t = c.tensor("x", &[1, 1, 5, 5], &[0.0; 25]);
     let g = c.tensor("gy", &[1, 1, 3, 3], &[0.0; 9]);
     let dx = c.poisoned("dx", &[1, 1, 5, 5]);
-    let d = p.max_backward(&c.gpu, &s, &t, &g, &dx).unwrap();
+    let d = p.max_backward(&c.gpu, &s, false, &t, &g, &dx).unwrap();
     assert_eq!(d.label, "pool.max_backward");
+}
+
+/// Max pooling with its ReLU fused (`relu`: pooling relu(x)) gives the same bits as a ReLU pass,
+/// the pooling, its backward and the ReLU's backward, with both backward kernels (windows that
+/// tile and the gather), on inputs with many ties and zeros; and the f64 composition.
+#[test]
+fn max_pool_with_relu_equals_relu_then_pool() {
+    let c = ctx();
+    let mut rng = Rng::new(61);
+    let p = &c.k.pool;
+    let a = &c.k.act;
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    let mut shapes = SHAPES.to_vec();
+    shapes.push(shape(4, 5, 24, 24, 2, 2, 0));
+    for s in &shapes {
+        let xs = [s.batch, s.channels, s.h, s.w];
+        let ys = [s.batch, s.channels, s.out_h(), s.out_w()];
+        let n = xs.iter().product();
+        let x: Vec<f32> = (0..n).map(|_| rng.below(7) as f32 * 0.5 - 1.5).collect();
+        let gy = rand_vec(&mut rng, ys.iter().product(), -1.0, 1.0);
+        let xt = c.tensor("x", &xs, &x);
+        let gt = c.tensor("gy", &ys, &gy);
+        // Unfused: r = relu(x), y = pool(r), dr = pool'(dy), dx = relu'(dr).
+        let r = c.poisoned("r", &xs);
+        let (y0, dr, dx0) = (
+            c.poisoned("y0", &ys),
+            c.poisoned("dr", &xs),
+            c.poisoned("dx0", &xs),
+        );
+        // Fused, with the adapter's backward kernel and with the gather.
+        let (y1, dx1, dx2) = (
+            c.poisoned("y1", &ys),
+            c.poisoned("dx1", &xs),
+            c.poisoned("dx2", &xs),
+        );
+        let ds = [
+            a.relu_forward(&c.gpu, &xt, &r).unwrap(),
+            p.max_forward(&c.gpu, s, false, &r, &y0).unwrap(),
+            p.max_backward(&c.gpu, s, false, &r, &gt, &dr).unwrap(),
+            a.relu_backward(&c.gpu, &dr, &r, &dx0).unwrap(),
+            p.max_forward(&c.gpu, s, true, &xt, &y1).unwrap(),
+            p.max_backward(&c.gpu, s, true, &xt, &gt, &dx1).unwrap(),
+            p.max_backward_gather(&c.gpu, s, true, &xt, &gt, &dx2)
+                .unwrap(),
+        ];
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let tag = format!("{s:?}");
+        assert!(bits(c.read(&y0)) == bits(c.read(&y1)), "{tag}: forward");
+        let want = bits(c.read(&dx0));
+        assert!(want == bits(c.read(&dx1)), "{tag}: backward");
+        assert!(want == bits(c.read(&dx2)), "{tag}: backward, gather");
+        let rd: Vec<f64> = x.iter().map(|&v| (v as f64).max(0.0)).collect();
+        let y_ref = reference::max_forward(s, &rd);
+        assert_close(&format!("{tag} y"), &c.read(&y1), &y_ref, 0.0, 0.0);
+        let dx_ref: Vec<f64> = reference::max_backward(s, &rd, &to_f64(&gy))
+            .into_iter()
+            .zip(&x)
+            .map(|(d, &v)| if v > 0.0 { d } else { 0.0 })
+            .collect();
+        assert_close(&format!("{tag} dx"), &c.read(&dx1), &dx_ref, 1e-6, 1e-6);
+        assert!(c
+            .read(&dx1)
+            .iter()
+            .zip(&x)
+            .all(|(d, &v)| v > 0.0 || *d == 0.0));
+    }
 }
 
 /// On a tie the whole gradient goes to the first maximum in scan order (row-major in the window).
