@@ -36,12 +36,14 @@ const VGG16: [Option<usize>; 17] = [
 const VGG_BN_SCALE: f64 = 0.5;
 
 /// VGG-16 for 3x32x32 inputs: 13 x (conv 3x3 pad 1, batch norm, ReLU) with max-pools after convs
-/// 2, 4, 7 and 10, average pool 2x2, FC 512-512, batch norm 1d, ReLU, FC 512-10. Names: conv1..13,
-/// bn1..13, fc1, bn14, fc2.
+/// 2, 4, 7 and 10 (each with the ReLU before it fused), average pool 2x2, FC 512-512, batch
+/// norm 1d, ReLU, FC 512-10. Names: conv1..13, bn1..13, fc1, bn14, fc2.
 pub fn vgg16(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool) -> Result<Vec<Box<dyn Layer>>> {
     let mut layers: Vec<Box<dyn Layer>> = Vec::new();
     let (mut c_in, mut n, mut pools) = (3, 0, 0);
-    for item in VGG16 {
+    for (at, item) in VGG16.into_iter().enumerate() {
+        // A ReLU right before a max pool is fused into it (`Pool2d::with_relu`: the same values).
+        let pool_next = matches!(VGG16.get(at + 1), Some(None));
         match item {
             Some(c_out) => {
                 n += 1;
@@ -53,13 +55,17 @@ pub fn vgg16(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool) -> Result<Vec<Box<d
                 let bn = format!("bn{n}");
                 let ids = BatchNorm::declare_scaled(ab, &bn, c_out, VGG_BN_SCALE);
                 layers.push(Box::new(BatchNorm::new(&bn, c_out, ids)));
-                layers.push(Box::new(Relu::new(&format!("relu{n}"))));
+                if !pool_next {
+                    layers.push(Box::new(Relu::new(&format!("relu{n}"))));
+                }
                 c_in = c_out;
             }
             None => {
                 pools += 1;
                 let name = format!("pool{pools}");
-                layers.push(Box::new(Pool2d::new(&name, PoolKind::Max, 2, 2, 0)));
+                let pool = Pool2d::new(&name, PoolKind::Max, 2, 2, 0);
+                let after_conv = at > 0 && VGG16[at - 1].is_some();
+                layers.push(Box::new(if after_conv { pool.with_relu() } else { pool }));
             }
         }
     }
