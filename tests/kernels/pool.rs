@@ -1,3 +1,4 @@
+use dst::gpu::Tensor;
 use dst::kernels::pool::PoolShape;
 use dst::kernels::run_once;
 use dst::reference::pool as reference;
@@ -120,6 +121,24 @@ fn pool_matches_reference() {
     }
 }
 
+/// x (multiples of 0.5 in [-1.5, 1.5]: ties and zeros) and dy for `s`, on the host and the GPU,
+/// with their shapes.
+#[allow(clippy::type_complexity)]
+fn tied_problem(
+    c: &Ctx,
+    rng: &mut Rng,
+    s: &PoolShape,
+) -> ([usize; 4], [usize; 4], Vec<f32>, Vec<f32>, Tensor, Tensor) {
+    let xs = [s.batch, s.channels, s.h, s.w];
+    let ys = [s.batch, s.channels, s.out_h(), s.out_w()];
+    let n = xs.iter().product();
+    let x: Vec<f32> = (0..n).map(|_| rng.below(7) as f32 * 0.5 - 1.5).collect();
+    let gy = rand_vec(rng, ys.iter().product(), -1.0, 1.0);
+    let xt = c.tensor("x", &xs, &x);
+    let gt = c.tensor("gy", &ys, &gy);
+    (xs, ys, x, gy, xt, gt)
+}
+
 /// Windows that tile the input (stride == k, no padding) take `max_backward_windows`: the same
 /// bits as the per-element gather, every dx written (NaN-poisoned outputs), the border that floor
 /// mode leaves outside every window (bottom rows, right columns, both) zero.
@@ -137,13 +156,7 @@ fn max_backward_windows_equals_gather() {
     ];
     let p = &c.k.pool;
     for s in &shapes {
-        let xs = [s.batch, s.channels, s.h, s.w];
-        let ys = [s.batch, s.channels, s.out_h(), s.out_w()];
-        let n = xs.iter().product();
-        let x: Vec<f32> = (0..n).map(|_| rng.below(7) as f32 * 0.5 - 1.5).collect();
-        let gy = rand_vec(&mut rng, ys.iter().product(), -1.0, 1.0);
-        let xt = c.tensor("x", &xs, &x);
-        let gt = c.tensor("gy", &ys, &gy);
+        let (xs, _, x, gy, xt, gt) = tied_problem(&c, &mut rng, s);
         let (dw, dg) = (c.poisoned("dx_windows", &xs), c.poisoned("dx_gather", &xs));
         let ds = [
             p.max_backward(&c.gpu, s, false, &xt, &gt, &dw).unwrap(),
@@ -181,13 +194,7 @@ fn max_pool_with_relu_equals_relu_then_pool() {
     let mut shapes = SHAPES.to_vec();
     shapes.push(shape(4, 5, 24, 24, 2, 2, 0));
     for s in &shapes {
-        let xs = [s.batch, s.channels, s.h, s.w];
-        let ys = [s.batch, s.channels, s.out_h(), s.out_w()];
-        let n = xs.iter().product();
-        let x: Vec<f32> = (0..n).map(|_| rng.below(7) as f32 * 0.5 - 1.5).collect();
-        let gy = rand_vec(&mut rng, ys.iter().product(), -1.0, 1.0);
-        let xt = c.tensor("x", &xs, &x);
-        let gt = c.tensor("gy", &ys, &gy);
+        let (xs, ys, x, gy, xt, gt) = tied_problem(&c, &mut rng, s);
         // Unfused: r = relu(x), y = pool(r), dr = pool'(dy), dx = relu'(dr).
         let r = c.poisoned("r", &xs);
         let (y0, dr, dx0) = (
