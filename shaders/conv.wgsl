@@ -456,7 +456,8 @@ fn out_index(co: u32, pcol: u32) -> u32 {
 // Reads cols4, weight, bias; writes y. y[n][co][p] = bias[co] + sum_k W[co][k] cols[k][P], k in
 // order. One invocation: 8 filters (from the workgroup index) x 8 consecutive columns (two vec4).
 // Consecutive workgroups take the filter blocks of one column slice (the slice of the patch
-// matrix stays in cache across them: LeNet-5's conv2 forward 33-43 -> 31-33 ms on lavapipe).
+// matrix stays in cache across them: LeNet-5's two conv forwards 33-43 -> 31-33 ms per step on
+// lavapipe).
 @compute @workgroup_size(64, 1, 1)
 fn conv_forward_cols(@builtin(local_invocation_id) lid: vec3<u32>,
                      @builtin(workgroup_id) wid: vec3<u32>,

@@ -204,8 +204,8 @@ const FB: u32 = 2u; // lstm_step_blocked: batch rows per invocation (x 4 units x
 // Invocation (x, y) computes units [4x, 4x + 4) of batch rows [FB y, FB y + FB): per four steps
 // of the length-H sums FB vec4 of h_{t-1}, and per step 4 vec4 of w_hh^T (one per gate), into
 // 4 FB vec4 accumulators (on lavapipe 4 rows took 1.3-1.8x as long as 2, 1 row 1.5x: registers
-// against loads). Workgroups: (ceil(H / 32), ceil(B / FB)). Bindings: `lstm_step`'s (src unused)
-// with src4 = w_hh^T and h4 = h_pad.
+// against loads). Workgroups: (ceil(H / 32), ceil(B / FB)). Bindings: `lstm_step`'s with src4
+// (w_hh^T) in place of src, plus h4 = h_pad.
 @compute @workgroup_size(8, 1, 1)
 fn lstm_step_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
     let hs = lp.hidden;
@@ -264,8 +264,8 @@ const BB: u32 = 8u; // lstm_step_backward_blocked: batch rows per invocation (x 
 // Invocation (x, y) computes the recurrent dh of units [8x, 8x + 8) and batch rows
 // [BB y, BB y + BB): per four steps of the length-4H sums, BB vec4 of dgates[t+1] and 8 of w_hh
 // (4 k x 2 unit quads) into 2 BB vec4 accumulators; then finishes each as `lstm_step_backward`
-// does. Workgroups: (ceil(H / 64), ceil(B / BB)). Bindings: `lstm_step_backward`'s with
-// w_hh4 = w_hh and dgates4 = dgates.
+// does. Workgroups: (ceil(H / 64), ceil(B / BB)). Bindings: `lstm_step_backward`'s with w_hh4
+// in place of w_hh, plus dgates4 = dgates.
 @compute @workgroup_size(8, 1, 1)
 fn lstm_step_backward_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
     let hs = lp.hidden;

@@ -10,9 +10,10 @@
 //! `swap01` to time-major] -> `xproj = X P_ih^T + bias` (one GEMM over all T*B rows) -> one
 //! `lstm_step` per step. Every sequence starts from zero h and c (METHOD.md section 9).
 //! Backward: one `lstm_step_backward` per step in reverse (pre-activation gate gradients
-//! `dgates`; CPU adapters run both steps' register-blocked forms, the same bits), then one GEMM each for dP_hh = dgates^T h_{t-1}, dP_ih = dgates^T X and (when asked)
-//! dX = dgates P_ih, the bias gradient as column sums of dgates, and `mask_backward` for both
-//! weights. Sequences are time-major between LSTM layers: (T, B, H).
+//! `dgates`; CPU adapters run both steps' register-blocked forms, the same bits), then one GEMM
+//! each for dP_hh = dgates^T h_{t-1}, dP_ih = dgates^T X and (when asked) dX = dgates P_ih, the
+//! bias gradient as column sums of dgates, and `mask_backward` for both weights. Sequences are
+//! time-major between LSTM layers: (T, B, H).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
