@@ -161,15 +161,8 @@ impl Pool {
         dy: &Tensor,
         dx: &Tensor,
     ) -> Result<Dispatch> {
-        if s.stride != s.k || s.pad != 0 {
-            return self.max_backward_gather(gpu, s, relu, x, dy, dx);
-        }
-        let p = s.max_params(relu);
-        assert_len(x, s.inputs(), "x", s);
-        assert_len(dy, s.outputs(), "dy", s);
-        assert_len(dx, s.inputs(), "dx", s);
-        self.max_backward_windows_k
-            .bind(gpu, &p, &[x, dy, dx], None, groups(s.outputs()))
+        let tiled = s.stride == s.k && s.pad == 0;
+        self.max_backward_with(gpu, s, relu, tiled, x, dy, dx)
     }
 
     /// `max_backward` by the per-element gather, for any windows: each dx element sums dy over
@@ -183,12 +176,31 @@ impl Pool {
         dy: &Tensor,
         dx: &Tensor,
     ) -> Result<Dispatch> {
+        self.max_backward_with(gpu, s, relu, false, x, dy, dx)
+    }
+
+    /// `max_backward` per window (`windows`: only where they tile the input) or per element.
+    #[allow(clippy::too_many_arguments)]
+    fn max_backward_with(
+        &self,
+        gpu: &Gpu,
+        s: &PoolShape,
+        relu: bool,
+        windows: bool,
+        x: &Tensor,
+        dy: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Dispatch> {
         let p = s.max_params(relu);
         assert_len(x, s.inputs(), "x", s);
         assert_len(dy, s.outputs(), "dy", s);
         assert_len(dx, s.inputs(), "dx", s);
-        self.max_backward_k
-            .bind(gpu, &p, &[x, dy, dx], None, groups(s.inputs()))
+        let (kernel, n) = if windows {
+            (&self.max_backward_windows_k, s.outputs())
+        } else {
+            (&self.max_backward_k, s.inputs())
+        };
+        kernel.bind(gpu, &p, &[x, dy, dx], None, groups(n))
     }
 
     /// `y` = window sum / (k k) (count_include_pad); writes every y.
