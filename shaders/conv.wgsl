@@ -697,6 +697,112 @@ fn conv_col2im(@builtin(global_invocation_id) gid: vec3<u32>,
     dx[i] = acc;
 }
 
+// ---------------------------------- The cols products from P's kept weights (a masked conv's lists)
+//
+// Once DST has pruned a conv, its forward and its input gradient need only P's nonzeros: the
+// lists `ell_build` (shaders/sparse.wgsl) writes from P (c_out x cols, row-major) each step, row
+// lists (list co at co cols, count list_cnt[co]: filter co's kept k, ascending) and column lists
+// (list k at c_out cols + k c_out, count list_cnt[c_out + k]: patch row k's kept filters,
+// ascending), each entry an index and P's value there. The two kernels below are
+// `conv_forward_cols` and `conv_backward_input_cols` without their products with zero: the same
+// fma chains in the same order minus terms that add +0, so the same sums (up to the sign of a
+// zero). One invocation: one list (from the workgroup index: its loads are uniform) x 8
+// consecutive columns (two vec4); consecutive workgroups take consecutive lists over one column
+// slice, which stays in cache. Work is proportional to the kept weights.
+
+@group(0) @binding(13) var<storage, read> list_idx: array<u32>;
+@group(0) @binding(14) var<storage, read> list_val: array<f32>;
+@group(0) @binding(15) var<storage, read> list_cnt: array<u32>;
+
+// Reads list_idx, list_val, list_cnt (the row lists), cols4, bias; writes y (every element).
+// y[n][co][p] = bias[co] + sum over the kept k of filter co, ascending, of P[co][k] cols[k][P].
+@compute @workgroup_size(64, 1, 1)
+fn conv_forward_cols_listed(@builtin(local_invocation_id) lid: vec3<u32>,
+                            @builtin(workgroup_id) wid: vec3<u32>,
+                            @builtin(num_workgroups) nwg: vec3<u32>) {
+    let np4 = cp.batch * cp.oh * cp.ow / 4u;
+    let p_blocks = (np4 + 1u) / 2u;
+    let p_groups = (p_blocks + 63u) / 64u;
+    let g = wid.x + wid.y * nwg.x;
+    let pb = (g / cp.c_out) * 64u + lid.x;
+    if (g >= p_groups * cp.c_out || pb >= p_blocks) {
+        return;
+    }
+    let co = g % cp.c_out;
+    let q0 = pb * 2u;
+    let q1 = min(q0 + 1u, np4 - 1u);
+    let base = co * cp.c_in * cp.kh * cp.kw;
+    let n = list_cnt[co];
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    for (var j = 0u; j < n; j++) {
+        let k = list_idx[base + j];
+        let wv = vec4<f32>(list_val[base + j]);
+        a0 = fma(wv, cols4[k * np4 + q0], a0);
+        a1 = fma(wv, cols4[k * np4 + q1], a1);
+    }
+    var bv = 0.0;
+    if (cp.has_bias != 0u) {
+        bv = bias[co];
+    }
+    for (var h = 0u; h < 2u; h++) {
+        let q = q0 + h;
+        if (q < np4) {
+            let o = out_index(co, q * 4u);
+            let v = select(a0, a1, h == 1u);
+            for (var j = 0u; j < 4u; j++) {
+                y[o + j] = v[j] + bv;
+            }
+        }
+    }
+}
+
+// Reads list_idx, list_val, list_cnt (the column lists), dy4; writes cols_w = dcols (every
+// element). dcols[k][P] = sum over the kept filters co of patch row k, ascending, of
+// P[co][k] dy(n, co, p).
+@compute @workgroup_size(64, 1, 1)
+fn conv_backward_input_cols_listed(@builtin(local_invocation_id) lid: vec3<u32>,
+                                   @builtin(workgroup_id) wid: vec3<u32>,
+                                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let ohw = cp.oh * cp.ow;
+    let np4 = cp.batch * ohw / 4u;
+    let p_blocks = (np4 + 1u) / 2u;
+    let p_groups = (p_blocks + 63u) / 64u;
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    let g = wid.x + wid.y * nwg.x;
+    let pb = (g / kdim) * 64u + lid.x;
+    if (g >= p_groups * kdim || pb >= p_blocks) {
+        return;
+    }
+    let k = g % kdim;
+    let q0 = pb * 2u;
+    let q1 = min(q0 + 1u, np4 - 1u);
+    let ohw4 = ohw / 4u;
+    let d0 = (q0 / ohw4) * cp.c_out * ohw4 + q0 % ohw4;
+    let d1 = (q1 / ohw4) * cp.c_out * ohw4 + q1 % ohw4;
+    let base = cp.c_out * kdim + k * cp.c_out;
+    let n = list_cnt[cp.c_out + k];
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    for (var j = 0u; j < n; j++) {
+        let co = list_idx[base + j];
+        let wv = vec4<f32>(list_val[base + j]);
+        a0 = fma(wv, dy4[d0 + co * ohw4], a0);
+        a1 = fma(wv, dy4[d1 + co * ohw4], a1);
+    }
+    let np = np4 * 4u;
+    cols_w[k * np + q0 * 4u] = a0.x;
+    cols_w[k * np + q0 * 4u + 1u] = a0.y;
+    cols_w[k * np + q0 * 4u + 2u] = a0.z;
+    cols_w[k * np + q0 * 4u + 3u] = a0.w;
+    if (q0 + 1u < np4) {
+        cols_w[k * np + q1 * 4u] = a1.x;
+        cols_w[k * np + q1 * 4u + 1u] = a1.y;
+        cols_w[k * np + q1 * 4u + 2u] = a1.z;
+        cols_w[k * np + q1 * 4u + 3u] = a1.w;
+    }
+}
+
 // ---------------------------------------------------------------- GPU variants (workgroup memory)
 
 const TS: u32 = 16u;  // outputs per workgroup along each axis (tiled), one per invocation

@@ -131,6 +131,7 @@ pub fn run(
         sparse_products(&gpu, &k, reps, &mut rand)?;
         input_sparse_products(&gpu, &k, reps, &mut rand)?;
         input_sparse_weight_gradient(&gpu, &k, reps, &mut rand)?;
+        conv_sparse_products(&gpu, &k, reps, &mut rand)?;
         // What a dispatch costs besides its work: 64 back to back in one pass, each one
         // workgroup over 64 values (relu_backward), and the same with no workgroups (a path a
         // layer's switch turned off).
@@ -374,6 +375,96 @@ fn sparse_products(
             "forward, sparse (lists+fm+product)",
             "d_input, dense GEMM",
             "d_input, sparse (lists+fm+product)",
+        ],
+        &table,
+    );
+    Ok(())
+}
+
+/// The patch-matrix products of LeNet-5's conv2 (batch 64, 20 -> 50 channels, 12x12, 5x5) at
+/// several keep ratios: the dense products over P against the ones over P's lists (lists built
+/// from P, then the product), forward and product to the input (the im2col and col2im around
+/// them are the same on both paths and left out): where a masked conv's lists start to pay
+/// (`--sparse-keep`).
+fn conv_sparse_products(
+    gpu: &Gpu,
+    k: &Kernels,
+    reps: u32,
+    rand: &mut dyn FnMut(usize) -> Vec<f32>,
+) -> anyhow::Result<()> {
+    let s = ConvShape {
+        batch: 64,
+        c_in: 20,
+        h: 12,
+        w: 12,
+        c_out: 50,
+        kh: 5,
+        kw: 5,
+        stride: 1,
+        pad: 0,
+    };
+    if !k.conv.use_cols(gpu, &s) {
+        return Ok(());
+    }
+    let (rows, cols) = (s.c_out, s.cols());
+    let keeps = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02];
+    let x_len = s.batch * s.c_in * s.h * s.w;
+    let y_len = s.batch * rows * s.out_h() * s.out_w();
+    let x = Tensor::from_slice(gpu, "x", &[x_len], &rand(x_len))?;
+    let dy = Tensor::from_slice(gpu, "dy", &[y_len], &rand(y_len))?;
+    let b = Tensor::from_slice(gpu, "b", &[rows], &rand(rows))?;
+    let (y, dx) = (
+        Tensor::zeros(gpu, "y", &[y_len])?,
+        Tensor::zeros(gpu, "dx", &[x_len])?,
+    );
+    let (patches, dcols) = (
+        Tensor::zeros(gpu, "cols", &[s.cols_len()])?,
+        Tensor::zeros(gpu, "dcols", &[s.cols_len()])?,
+    );
+    let lists = crate::kernels::sparse::EllLists::new(gpu, "bench", rows, cols, false)?;
+    let mut table = vec![Vec::new(); 4];
+    for kp in keeps {
+        let mut mask_rng = Rng::new(7);
+        let p: Vec<f32> = rand(rows * cols)
+            .into_iter()
+            .map(|v| {
+                if mask_rng.range(0.0, 1.0) < kp {
+                    v
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let p = Tensor::from_slice(gpu, "p", &[rows, cols], &p)?;
+        let (cv, sp) = (&k.conv, &k.sparse);
+        let [fill, dense_fwd] =
+            cv.forward_cols(gpu, &s, &x, &p, Some(&b), &y, &patches, &k.dummy)?;
+        run_once(gpu, &[fill], 0)?;
+        let [dense_dx, _] = cv.backward_input_cols(gpu, &s, &dy, &p, &dcols, &dx)?;
+        let seqs = [
+            vec![dense_fwd],
+            vec![
+                sp.ell_build(gpu, &p, &lists, true)?,
+                cv.forward_cols_listed(gpu, &s, &lists, &patches, Some(&b), &y, &k.dummy)?,
+            ],
+            vec![dense_dx],
+            vec![
+                sp.ell_build(gpu, &p, &lists, false)?,
+                cv.backward_input_cols_listed(gpu, &s, &lists, &dy, &dcols)?,
+            ],
+        ];
+        for (row, ds) in table.iter_mut().zip(&seqs) {
+            row.push(1e6 * time_dispatches(gpu, ds, reps)?);
+        }
+    }
+    print_table(
+        ("LeNet-5 conv2 products (us) at keep", 36),
+        &keeps,
+        &[
+            "forward, dense",
+            "forward, listed (lists+product)",
+            "d_input, dense (dcols)",
+            "d_input, listed (lists+dcols)",
         ],
         &table,
     );
@@ -724,6 +815,7 @@ fn step_times(
         let mut session = open(masked)?;
         if let Some((keep, input)) = sparse_keep {
             session.sparse_keep = keep;
+            session.sparse_keep_conv = keep;
             session.sparse_input = input;
         }
         if let Some((ck, path)) = ck.filter(|_| from_ck) {

@@ -181,7 +181,8 @@ impl Plan {
 
     /// Builds the plan of one training step (`Mode::Train`) or one evaluation batch (`Mode::Eval`).
     /// The penalty weight is `alpha * alpha_scale[0]`; `reset` is the dead-layer policy;
-    /// `sparse_keep` the keep ratio at or below which masked linear layers use sparse products,
+    /// `sparse_keep` the keep ratio at or below which masked linear layers use sparse products
+    /// (`sparse_keep_conv`: masked convolutions),
     /// `sparse_input` the input density at or below which they compute their forward from the
     /// input's nonzeros;
     /// `fuse_sgd`: with SGD, layers that can may fuse their weights' SGD step into their
@@ -200,6 +201,7 @@ impl Plan {
         alpha_scale: &Tensor,
         reset: crate::kernels::masked::ResetPolicy,
         sparse_keep: f64,
+        sparse_keep_conv: f64,
         sparse_input: f64,
         fuse_sgd: bool,
     ) -> Result<Plan> {
@@ -208,6 +210,7 @@ impl Plan {
         cx.alpha_scale = alpha_scale.clone();
         cx.reset = reset;
         cx.sparse_keep = sparse_keep;
+        cx.sparse_keep_conv = sparse_keep_conv;
         cx.sparse_input = sparse_input;
         if let (
             Mode::Train,

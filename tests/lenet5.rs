@@ -94,3 +94,65 @@ fn checkpoints_of_the_other_lenet_are_refused() {
         "{err}"
     );
 }
+
+/// The convolutions' products over P's lists (forward and product to the input, CPU adapters'
+/// patch-matrix path) train like the dense products: 12 DST steps with them forced on every step
+/// (`sparse_keep_conv` 1) and off (0) give equal parameters and momenta (the listed
+/// sums leave out terms that add +0; on GPUs the plans hold no lists and the runs are the same
+/// run), the listed run is deterministic, and the plans route conv1's forward and conv2's forward
+/// and input gradient through the layers' switches only where asked (also at the CPU default,
+/// 0.5: the mask pass decides each step).
+#[test]
+fn conv_listed_products_train_like_dense_products() {
+    use dst::nn::Mode;
+    let cfg = lenet5(1024, 1);
+    let data = cfg.load_data().unwrap();
+    let opt = cfg.optimizer();
+    let cpu = gpu().class == dst::gpu::AdapterClass::Cpu;
+    let train_steps = |keep_conv: f64, listed: bool| {
+        let mut session = dst::train::Session::new(gpu(), "lenet5", true, 1, false).unwrap();
+        session.sparse_keep = 0.0;
+        session.sparse_input = 0.0;
+        session.sparse_keep_conv = keep_conv;
+        let train = session.upload("train", &data.train).unwrap();
+        train.start_epoch(&session.gpu, 1, 1);
+        let plan = session
+            .plan(&train, 64, Mode::Train, cfg.alpha as f32, opt)
+            .unwrap();
+        let count = |label: &str| {
+            plan.dispatches
+                .iter()
+                .filter(|d| d.label == label)
+                .map(|d| d.indirect.is_some())
+                .collect::<Vec<_>>()
+        };
+        let (n_fwd, n_dx) = if listed { (2, 1) } else { (0, 0) };
+        assert_eq!(count("conv.conv_forward_cols_listed"), vec![true; n_fwd]);
+        assert_eq!(
+            count("conv.conv_backward_input_cols_listed"),
+            vec![true; n_dx]
+        );
+        if cpu {
+            assert_eq!(count("conv.conv_forward_cols"), vec![listed; 2]);
+            assert_eq!(count("conv.conv_backward_input_cols"), vec![listed; 1]);
+        }
+        let infos: Vec<_> = (0..12)
+            .map(|s| opt.step_info(s + 1, cfg.lr, (s as usize * 64) % 960, 64))
+            .collect();
+        session.run_steps(&plan, &infos).unwrap();
+        session.snapshot().unwrap()
+    };
+    // The default builds the switched plan too.
+    let _ = train_steps(0.5, cpu);
+    let dense = train_steps(0.0, false);
+    let listed = train_steps(1.0, cpu);
+    let again = train_steps(1.0, cpu);
+    assert_eq!(dense.tensors.len(), listed.tensors.len());
+    for ((t, _, a), (_, _, b)) in dense.tensors.iter().zip(&listed.tensors) {
+        assert!(a.iter().zip(b).all(|(x, y)| x == y), "{t} differs");
+    }
+    for ((t, _, a), (_, _, b)) in listed.tensors.iter().zip(&again.tensors) {
+        let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+        assert!(same, "{t}: the listed run is not deterministic");
+    }
+}

@@ -2,6 +2,7 @@
 //! gradients; a CPU (register-block) and a GPU (workgroup-memory) variant of each product, and on
 //! CPU adapters a faster path through a patch matrix the layer owns (im2col + vec4 products).
 
+use super::sparse::EllLists;
 use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory};
 use crate::gpu::{AdapterClass, Gpu, Result, Tensor};
 
@@ -128,6 +129,8 @@ pub struct Conv {
     pub backward_weight_cols_k: Kernel,
     pub backward_input_cols_k: Kernel,
     pub col2im: Kernel,
+    pub forward_cols_listed_k: Kernel,
+    pub backward_input_cols_listed_k: Kernel,
     /// The variant the plain wrappers use on this device.
     pub variant: ConvVariant,
 }
@@ -142,9 +145,23 @@ const FORWARD_COLS: &[(u32, Access)] = &[(11, R), (2, R), (3, R), (4, RW)];
 const BACKWARD_WEIGHT_COLS: &[(u32, Access)] = &[(12, R), (11, R), (7, RW)];
 const BACKWARD_INPUT_COLS: &[(u32, Access)] = &[(12, R), (2, R), (9, RW)];
 const COL2IM: &[(u32, Access)] = &[(10, R), (6, RW)];
+const FORWARD_COLS_LISTED: &[(u32, Access)] =
+    &[(13, R), (14, R), (15, R), (11, R), (3, R), (4, RW)];
+const BACKWARD_INPUT_COLS_LISTED: &[(u32, Access)] = &[(13, R), (14, R), (15, R), (12, R), (9, RW)];
 
 /// Filters (or patch rows) per invocation of the cols products (`CB` in the shader).
 const CB: usize = 8;
+
+/// Lists of P for `s`: `c_out x cols`, P row-major (a conv's P is not transposed).
+fn assert_lists(lists: &EllLists, s: &ConvShape) {
+    assert!(
+        lists.rows == s.c_out && lists.cols == s.cols() && !lists.p_transposed,
+        "conv lists {}x{} (transposed {}) for {s:?}",
+        lists.rows,
+        lists.cols,
+        lists.p_transposed
+    );
+}
 
 fn assert_len(t: &Tensor, n: usize, what: &str, s: &ConvShape) {
     assert_eq!(
@@ -209,6 +226,16 @@ impl Conv {
                 false,
             )?,
             col2im: f.kernel("conv_col2im", COL2IM, false)?,
+            forward_cols_listed_k: f.kernel(
+                "conv_forward_cols_listed",
+                FORWARD_COLS_LISTED,
+                false,
+            )?,
+            backward_input_cols_listed_k: f.kernel(
+                "conv_backward_input_cols_listed",
+                BACKWARD_INPUT_COLS_LISTED,
+                false,
+            )?,
             variant: ConvVariant::for_class(class),
         })
     }
@@ -474,10 +501,96 @@ impl Conv {
             None,
             grid_1d(groups as u32),
         )?;
+        Ok([prod, self.gather_dx(gpu, s, cols, dx)?])
+    }
+
+    /// `forward_cols`'s product from the row lists of P (`lists`: `c_out x cols`, built by
+    /// `Sparse::ell_build` from the P the conv uses) over the patch matrix `cols` the forward's
+    /// im2col filled: the same y as the dense product (its products with zero left out). Writes
+    /// every y.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_cols_listed(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        lists: &EllLists,
+        cols: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(bias.is_some());
+        assert_cols(s, gpu);
+        assert_lists(lists, s);
+        assert_len(cols, s.cols_len(), "cols", s);
+        assert_len(y, s.batch * s.c_out * s.out_h() * s.out_w(), "y", s);
+        if let Some(b) = bias {
+            assert_len(b, s.c_out, "bias", s);
+        }
+        // Workgroups: one filter x 64 blocks of 8 columns.
+        let groups = (s.batch * s.out_h() * s.out_w() / 4)
+            .div_ceil(2)
+            .div_ceil(64)
+            * s.c_out;
+        self.forward_cols_listed_k.bind(
+            gpu,
+            &p,
+            &[
+                &lists.idx,
+                &lists.val,
+                &lists.cnt,
+                cols,
+                bias.unwrap_or(dummy),
+                y,
+            ],
+            None,
+            grid_1d(groups as u32),
+        )
+    }
+
+    /// `backward_input_cols`'s product from the column lists of P (`lists` as for
+    /// `forward_cols_listed`): `cols` (overwritten) = P^T dy, every element, the same values as
+    /// the dense product; `col2im` then gathers dx from it as on the dense path.
+    pub fn backward_input_cols_listed(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        lists: &EllLists,
+        dy: &Tensor,
+        cols: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(false);
+        assert_cols(s, gpu);
+        assert_lists(lists, s);
+        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+        assert_len(cols, s.cols_len(), "cols", s);
+        // Workgroups: one patch row x 64 blocks of 8 columns.
+        let groups = (s.batch * s.out_h() * s.out_w() / 4)
+            .div_ceil(2)
+            .div_ceil(64)
+            * s.cols();
+        self.backward_input_cols_listed_k.bind(
+            gpu,
+            &p,
+            &[&lists.idx, &lists.val, &lists.cnt, dy, cols],
+            None,
+            grid_1d(groups as u32),
+        )
+    }
+
+    /// The col2im half of `backward_input_cols` alone: dx from the dcols in `cols`.
+    pub fn gather_dx(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        cols: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(false);
+        assert_len(cols, s.cols_len(), "cols", s);
+        assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
         let n = s.batch * s.c_in * s.h * s.w;
-        let gather =
-            self.col2im
-                .bind(gpu, &p, &[cols, dx], None, grid_1d(n.div_ceil(64) as u32))?;
-        Ok([prod, gather])
+        self.col2im
+            .bind(gpu, &p, &[cols, dx], None, grid_1d(n.div_ceil(64) as u32))
     }
 }

@@ -97,6 +97,17 @@ pub fn default_sparse_keep(class: crate::gpu::AdapterClass) -> f64 {
     }
 }
 
+/// The keep ratio at or below which masked convolutions on the patch-matrix path (CPU adapters
+/// only) switch to the products over P's lists. Measured on lavapipe (`dst bench`'s "LeNet-5
+/// conv2 products" table, BENCHMARKS.md): the listed products cost as much as the dense ones at
+/// about 60-65 % kept, 0.7x at 50 %, 0.16-0.25x at 10 %.
+pub fn default_sparse_keep_conv(class: crate::gpu::AdapterClass) -> f64 {
+    match class {
+        crate::gpu::AdapterClass::Cpu => 0.5,
+        crate::gpu::AdapterClass::Gpu => 0.0,
+    }
+}
+
 /// The input density (nonzero (block of 8 samples, input) pairs over all) at or below which a
 /// switched layer's forward takes the input-sparse product, per adapter class. Measured on
 /// lavapipe (BENCHMARKS.md): LeNet-300-100's fc1 forward from MNIST's 46 % costs about 1.1 ms

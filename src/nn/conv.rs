@@ -5,11 +5,25 @@
 //! `(c_out, c_in, kh, kw)` is viewed as a `(c_out, c_in*kh*kw)` matrix with one threshold per
 //! output filter; `mask_forward` + `mask_reset` make P, the conv runs with P, and `mask_backward`
 //! turns the conv's weight gradient dL/dP into dL/dW and dL/dt.
+//!
+//! Sparse products (beyond the paper, which only simulates sparsity): on the patch-matrix path
+//! (CPU adapters), a masked conv that keeps at most `PlanCx::sparse_keep_conv` of its weights computes
+//! its forward and the product to its input from lists of P's nonzeros (`Sparse::ell_build`,
+//! `Conv::forward_cols_listed`, `Conv::backward_input_cols_listed`) instead of the dense
+//! products: the same values, work proportional to the kept weights. Both ways are recorded; the
+//! mask pass picks one per step on the GPU from the layer's keep count
+//! (`kernels::sparse::Switch`). The weight gradient stays dense (the long-tailed estimator sends
+//! gradient to every weight).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::kernels::conv::ConvShape;
+use crate::kernels::sparse::{EllLists, Path, Switch};
+
+/// The dispatches a switch routes: the forward's (row lists, listed product | dense product),
+/// then the product to the input's (column lists, listed product | dense product).
+const SWITCH_SLOTS: usize = 6;
 
 pub struct Conv2d {
     name: String,
@@ -21,6 +35,8 @@ pub struct Conv2d {
     weight: ParamId,
     bias: Option<ParamId>,
     mask: Option<Mask>,
+    /// P's nonzeros as lists, for the sparse products (allocated by the first plan using them).
+    lists: std::sync::OnceLock<EllLists>,
 }
 
 /// The ids `Conv2d::declare` returns: weight, bias (if any), threshold (if masked).
@@ -75,6 +91,7 @@ impl Conv2d {
             weight: ids.0,
             bias: ids.1,
             mask,
+            lists: std::sync::OnceLock::new(),
         })
     }
 
@@ -99,6 +116,38 @@ impl Conv2d {
             stride: self.stride,
             pad: self.pad,
         }
+    }
+
+    /// This plan's switch: a masked conv on the patch-matrix path when the plan allows sparse
+    /// products.
+    fn switch(&self, cx: &PlanCx<'_>, s: &ConvShape) -> Result<Option<Switch>> {
+        if self.mask.is_none() || cx.sparse_keep_conv <= 0.0 || !cx.kernels.conv.use_cols(cx.gpu, s)
+        {
+            return Ok(None);
+        }
+        let numel = self.c_out * s.cols();
+        let sparse_max = (cx.sparse_keep_conv.min(1.0) * numel as f64).floor() as u32;
+        let label = cx.label(&format!("{}.switch", self.name));
+        Ok(Some(Switch::new(cx.gpu, &label, SWITCH_SLOTS, sparse_max)?))
+    }
+
+    /// The switch the forward of this plan recorded, if any.
+    fn saved_switch(&self, cx: &PlanCx<'_>) -> Option<Switch> {
+        let key = format!("{}.switch", self.name);
+        cx.has_saved(&key).then(|| Switch {
+            args: cx.saved(&key),
+            slots: SWITCH_SLOTS,
+            sparse_max: 0,
+        })
+    }
+
+    /// The lists of P's nonzeros, allocated on first use.
+    fn lists(&self, gpu: &Gpu, s: &ConvShape) -> Result<&EllLists> {
+        if self.lists.get().is_none() {
+            let lists = EllLists::new(gpu, &self.name, self.c_out, s.cols(), false)?;
+            let _ = self.lists.set(lists);
+        }
+        Ok(self.lists.get().expect("set above"))
     }
 
     /// The weight the conv uses: P for masked layers, W for dense ones.
@@ -133,8 +182,9 @@ impl Layer for Conv2d {
     fn forward(&self, cx: &mut PlanCx<'_>, x: &Tensor) -> Result<Tensor> {
         let s = self.shape(x);
         let (k, gpu) = (cx.kernels, cx.gpu);
+        let switch = self.switch(cx, &s)?;
         if let Some(m) = &self.mask {
-            m.forward(cx, self.weight)?;
+            m.forward_switched(cx, self.weight, switch.as_ref())?;
         }
         let y = cx.activation(
             &format!("{}.y", self.name),
@@ -145,11 +195,29 @@ impl Layer for Conv2d {
         if k.conv.use_cols(gpu, &s) {
             // The patch matrix, kept for the backward (weight gradient, then input gradient).
             let cols = cx.activation(&format!("{}.cols", self.name), &[s.cols_len()])?;
-            for d in k
-                .conv
-                .forward_cols(gpu, &s, x, &w, b.as_ref(), &y, &cols, &k.dummy)?
-            {
-                cx.push(d);
+            let [fill, dense] =
+                k.conv
+                    .forward_cols(gpu, &s, x, &w, b.as_ref(), &y, &cols, &k.dummy)?;
+            cx.push(fill);
+            match switch {
+                Some(sw) => {
+                    let lists = self.lists(gpu, &s)?;
+                    let build = k.sparse.ell_build(gpu, &w, lists, true)?;
+                    cx.push(sw.route(gpu, 0, Path::Sparse, build));
+                    let listed = k.conv.forward_cols_listed(
+                        gpu,
+                        &s,
+                        lists,
+                        &cols,
+                        b.as_ref(),
+                        &y,
+                        &k.dummy,
+                    )?;
+                    cx.push(sw.route(gpu, 1, Path::Sparse, listed));
+                    cx.push(sw.route(gpu, 2, Path::Dense, dense));
+                    cx.save(&format!("{}.switch", self.name), sw.args);
+                }
+                None => cx.push(dense),
             }
             cx.save(&format!("{}.cols", self.name), cols);
         } else {
@@ -201,9 +269,18 @@ impl Layer for Conv2d {
         let w = self.effective_weight(cx);
         match &cols {
             Some(c) => {
-                for d in k.conv.backward_input_cols(gpu, &s, dy, &w, c, &dx)? {
-                    cx.push(d);
+                let [dense, gather] = k.conv.backward_input_cols(gpu, &s, dy, &w, c, &dx)?;
+                match (self.lists.get(), self.saved_switch(cx)) {
+                    (Some(lists), Some(sw)) => {
+                        let build = k.sparse.ell_build(gpu, &w, lists, false)?;
+                        cx.push(sw.route(gpu, 3, Path::Sparse, build));
+                        let listed = k.conv.backward_input_cols_listed(gpu, &s, lists, dy, c)?;
+                        cx.push(sw.route(gpu, 4, Path::Sparse, listed));
+                        cx.push(sw.route(gpu, 5, Path::Dense, dense));
+                    }
+                    _ => cx.push(dense),
                 }
+                cx.push(gather);
             }
             None => cx.push(k.conv.backward_input(gpu, &s, dy, &w, &dx)?),
         }

@@ -42,6 +42,8 @@ pub struct PlanCx<'a> {
     /// Masked linear layers that keep at most this fraction of their weights compute their
     /// forward and input-gradient products from the kept weights only (0: never).
     pub sparse_keep: f64,
+    /// The same for masked convolutions (on the patch-matrix path; 0: never).
+    pub sparse_keep_conv: f64,
     /// ... and those whose batch input is at most this fraction nonzero compute their forward
     /// from the input's nonzeros (0: never).
     pub sparse_input: f64,
@@ -79,6 +81,7 @@ impl<'a> PlanCx<'a> {
             reset: crate::kernels::masked::ResetPolicy::Paper,
             stats,
             sparse_keep: 0.0,
+            sparse_keep_conv: 0.0,
             sparse_input: 0.0,
             dispatches: Vec::new(),
             fused_sgd: None,

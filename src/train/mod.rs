@@ -140,6 +140,7 @@ pub fn train(
     session.reset = cfg.reset_policy();
     if let Some(r) = cfg.sparse_keep {
         session.sparse_keep = r;
+        session.sparse_keep_conv = r;
     }
     if let Some(r) = cfg.sparse_input {
         session.sparse_input = r;

@@ -28,6 +28,9 @@ pub struct Session {
     /// Keep ratio at or below which a masked linear layer computes with its kept weights only
     /// (`kernels::sparse::default_sparse_keep` for this adapter unless set).
     pub sparse_keep: f64,
+    /// The same for a masked convolution (`kernels::sparse::default_sparse_keep_conv` unless
+    /// set).
+    pub sparse_keep_conv: f64,
     /// Input density at or below which such a layer computes its forward from its input's
     /// nonzeros (`kernels::sparse::default_sparse_input` for this adapter unless set).
     pub sparse_input: f64,
@@ -57,6 +60,7 @@ impl Session {
             alpha_scale,
             reset: ResetPolicy::Paper,
             sparse_keep: crate::kernels::sparse::default_sparse_keep(gpu_class),
+            sparse_keep_conv: crate::kernels::sparse::default_sparse_keep_conv(gpu_class),
             sparse_input: crate::kernels::sparse::default_sparse_input(gpu_class),
             fuse_sgd: true,
         })
@@ -95,6 +99,7 @@ impl Session {
             &self.alpha_scale,
             self.reset,
             self.sparse_keep,
+            self.sparse_keep_conv,
             self.sparse_input,
             self.fuse_sgd,
         )?)

@@ -279,6 +279,144 @@ fn conv_cols_matches_reference() {
     assert!(!c.k.conv.use_cols(&c.gpu, &SHAPES[1]));
 }
 
+/// The cols products from P's lists (a pruned conv's forward and input gradient) give the dense
+/// cols products' values: on every patch-matrix test shape and LeNet-5's conv2 (stride, padding,
+/// partial filter and column blocks, an odd count of 4-column groups), at keeps 0, 3 %, 30 % and
+/// 100 %, with an all-zero filter and an all-zero patch row; compared element by element (`==`:
+/// the listed sums leave out terms that add +0, so at most a zero's sign differs) on NaN-poisoned
+/// outputs (every y and every dcols written), and against the f64 reference.
+#[test]
+fn conv_listed_products_equal_the_dense_cols_products() {
+    use dst::kernels::sparse::EllLists;
+    let c = ctx();
+    let mut rng = Rng::new(47);
+    let extra = [
+        shape(3, 20, 12, 12, 50, (5, 5), 1, 0),
+        shape(3, 2, 4, 4, 9, (3, 3), 1, 1),
+    ];
+    let shapes: Vec<ConvShape> = SHAPES
+        .iter()
+        .chain(&extra)
+        .copied()
+        .filter(|s| (s.out_h() * s.out_w()) % 4 == 0)
+        .collect();
+    assert!(shapes.len() >= 8);
+    let k = &c.k.conv;
+    let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y);
+    for (i, s) in shapes.iter().enumerate() {
+        let (oh, ow) = (s.out_h(), s.out_w());
+        let (rows, cols) = (s.c_out, s.cols());
+        let x_shape = [s.batch, s.c_in, s.h, s.w];
+        let y_shape = [s.batch, rows, oh, ow];
+        for keep in [0.0, 0.03, 0.3, 1.0] {
+            let tag = format!("{s:?} keep {keep}");
+            let x = rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0);
+            let b = rand_vec(&mut rng, rows, -1.0, 1.0);
+            let gy = rand_vec(&mut rng, s.batch * rows * oh * ow, -1.0, 1.0);
+            let mut p: Vec<f32> = (0..rows * cols)
+                .map(|_| {
+                    let v = rng.range(-1.0, 1.0) as f32;
+                    if rng.range(0.0, 1.0) < keep {
+                        v
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            // An empty filter (the last) and an empty patch row (the first), where others remain.
+            if rows > 1 {
+                p[(rows - 1) * cols..].fill(0.0);
+            }
+            if cols > 1 {
+                (0..rows).for_each(|r| p[r * cols] = 0.0);
+            }
+            let with_bias = i % 2 == 0;
+            let bias = with_bias.then(|| c.tensor("b", &[rows], &b));
+            let xt = c.tensor("x", &x_shape, &x);
+            let pt = c.tensor("p", &[rows, cols], &p);
+            let gt = c.tensor("gy", &y_shape, &gy);
+            let patches = c.poisoned("cols", &[s.cols_len()]);
+            let (y_dense, y_listed) = (c.poisoned("y", &y_shape), c.poisoned("y2", &y_shape));
+            let (dcols_dense, dcols_listed) = (
+                c.poisoned("dcols", &[s.cols_len()]),
+                c.poisoned("dcols2", &[s.cols_len()]),
+            );
+            let (dx_dense, dx_listed) = (c.poisoned("dx", &x_shape), c.poisoned("dx2", &x_shape));
+            let lists = EllLists::new(&c.gpu, "p", rows, cols, false).unwrap();
+            let sp = &c.k.sparse;
+            let mut ds = k
+                .forward_cols(
+                    &c.gpu,
+                    s,
+                    &xt,
+                    &pt,
+                    bias.as_ref(),
+                    &y_dense,
+                    &patches,
+                    &c.k.dummy,
+                )
+                .unwrap()
+                .to_vec();
+            ds.push(sp.ell_build(&c.gpu, &pt, &lists, true).unwrap());
+            ds.push(sp.ell_build(&c.gpu, &pt, &lists, false).unwrap());
+            ds.push(
+                k.forward_cols_listed(
+                    &c.gpu,
+                    s,
+                    &lists,
+                    &patches,
+                    bias.as_ref(),
+                    &y_listed,
+                    &c.k.dummy,
+                )
+                .unwrap(),
+            );
+            ds.extend(
+                k.backward_input_cols(&c.gpu, s, &gt, &pt, &dcols_dense, &dx_dense)
+                    .unwrap(),
+            );
+            ds.push(
+                k.backward_input_cols_listed(&c.gpu, s, &lists, &gt, &dcols_listed)
+                    .unwrap(),
+            );
+            ds.push(k.gather_dx(&c.gpu, s, &dcols_listed, &dx_listed).unwrap());
+            let labels: Vec<&str> = ds.iter().map(|d| d.label.as_str()).collect();
+            assert_eq!(
+                labels[4..],
+                [
+                    "conv.conv_forward_cols_listed",
+                    "conv.conv_backward_input_cols",
+                    "conv.conv_col2im",
+                    "conv.conv_backward_input_cols_listed",
+                    "conv.conv_col2im"
+                ]
+            );
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let yl = c.read(&y_listed);
+            assert!(same(&c.read(&y_dense), &yl), "forward {tag}");
+            let dxl = c.read(&dx_listed);
+            assert!(
+                same(&c.read(&dcols_dense), &c.read(&dcols_listed)),
+                "dcols {tag}"
+            );
+            assert!(same(&c.read(&dx_dense), &dxl), "backward_input {tag}");
+            let (pd, bd) = (to_f64(&p), to_f64(&b));
+            assert_close_norm(
+                &format!("forward {tag}"),
+                &yl,
+                &reference::forward(s, &to_f64(&x), &pd, with_bias.then_some(&bd[..])),
+                TOL,
+            );
+            assert_close_norm(
+                &format!("backward_input {tag}"),
+                &dxl,
+                &reference::backward_input(s, &to_f64(&gy), &pd),
+                TOL,
+            );
+        }
+    }
+}
+
 /// The plain wrappers use the adapter's variant; the same inputs give the same bits twice.
 #[test]
 fn conv_wrappers_are_deterministic() {
