@@ -149,6 +149,9 @@ const FORWARD_COLS_LISTED: &[(u32, Access)] =
     &[(13, R), (14, R), (15, R), (11, R), (3, R), (4, RW)];
 const BACKWARD_INPUT_COLS_LISTED: &[(u32, Access)] = &[(13, R), (14, R), (15, R), (12, R), (9, RW)];
 
+/// vec4s of columns per invocation of the listed cols products (`LQ` in the shader).
+const LISTED_Q: usize = 4;
+
 /// Filters (or patch rows) per invocation of the cols products (`CB` in the shader).
 const CB: usize = 8;
 
@@ -527,11 +530,8 @@ impl Conv {
         if let Some(b) = bias {
             assert_len(b, s.c_out, "bias", s);
         }
-        // Workgroups: one filter x 64 blocks of 8 columns.
-        let groups = (s.batch * s.out_h() * s.out_w() / 4)
-            .div_ceil(2)
-            .div_ceil(64)
-            * s.c_out;
+        // Workgroups: one filter x 64 blocks of 4 LISTED_Q columns.
+        let groups = Self::listed_blocks(s) * s.c_out;
         self.forward_cols_listed_k.bind(
             gpu,
             &p,
@@ -564,11 +564,8 @@ impl Conv {
         assert_lists(lists, s);
         assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
         assert_len(cols, s.cols_len(), "cols", s);
-        // Workgroups: one patch row x 64 blocks of 8 columns.
-        let groups = (s.batch * s.out_h() * s.out_w() / 4)
-            .div_ceil(2)
-            .div_ceil(64)
-            * s.cols();
+        // Workgroups: one patch row x 64 blocks of 4 LISTED_Q columns.
+        let groups = Self::listed_blocks(s) * s.cols();
         self.backward_input_cols_listed_k.bind(
             gpu,
             &p,
@@ -576,6 +573,14 @@ impl Conv {
             None,
             grid_1d(groups as u32),
         )
+    }
+
+    /// Workgroups of 64 column blocks (of `4 LISTED_Q` columns) a list of the listed products
+    /// takes.
+    fn listed_blocks(s: &ConvShape) -> usize {
+        (s.batch * s.out_h() * s.out_w() / 4)
+            .div_ceil(LISTED_Q)
+            .div_ceil(64)
     }
 
     /// The col2im half of `backward_input_cols` alone: dx from the dcols in `cols`.
