@@ -23,7 +23,8 @@ pub struct MemoryReport {
     pub other_bytes: u64,
     /// Resident data, per image (pixels, label, permutation entry).
     pub data_bytes_per_image: u64,
-    /// The activations (and scratch) of one training step and of one evaluation batch.
+    /// The activations (and scratch) of one training step and of one evaluation batch; the
+    /// training step's includes what its plan allocates for the layers (a masked conv's lists).
     pub train_bytes: u64,
     pub eval_bytes: u64,
     /// Images per evaluation batch (500, or fewer where that would not fit one buffer).
@@ -73,6 +74,8 @@ impl MemoryReport {
                 mib(self.eval_bytes),
                 self.eval_batch
             ),
+            "                  (scratch included; CPU adapters: patch matrices, masked convs' lists)"
+                .to_string(),
             format!(
                 "  data            {} bytes per resident image: {} for {images} images",
                 self.data_bytes_per_image,
