@@ -661,6 +661,25 @@ fn conv_col2im(@builtin(global_invocation_id) gid: vec3<u32>,
     let pn = n * ohw;
     let s = cp.stride;
     var acc = 0.0;
+    if (s == 1u) {
+        // Stride 1: the (ky, kx) with an output in range form a rectangle, walked in the same
+        // order without the tests (oy = iy + pad - ky in [0, oh), ox likewise).
+        let ty = i32(iy + cp.pad);
+        let tx = i32(ix + cp.pad);
+        let ky0 = u32(max(ty - i32(cp.oh) + 1, 0));
+        let ky1 = u32(min(ty + 1, i32(cp.kh)));
+        let kx0 = u32(max(tx - i32(cp.ow) + 1, 0));
+        let kx1 = u32(min(tx + 1, i32(cp.kw)));
+        for (var ky = ky0; ky < ky1; ky++) {
+            let krow = (ci * cp.kh + ky) * cp.kw;
+            let at = pn + (u32(ty) - ky) * cp.ow + u32(tx);
+            for (var kx = kx0; kx < kx1; kx++) {
+                acc += cols_r[(krow + kx) * np + at - kx];
+            }
+        }
+        dx[i] = acc;
+        return;
+    }
     for (var ky = 0u; ky < cp.kh; ky++) {
         let ty = i32(iy + cp.pad) - i32(ky);
         if (ty < 0) {
