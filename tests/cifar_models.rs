@@ -150,3 +150,31 @@ fn cifar_models_need_data() {
         assert!(e.contains("dst fetch cifar10"), "{model}: {e}");
     }
 }
+
+/// WRN-16-1's convolutions (3x3 with padding, stride 2, the 1x1 shortcuts) with their listed
+/// products forced on every step (`--sparse-keep 1`) train exactly like the dense products
+/// (`--sparse-keep 0`): 5 DST steps give equal parameters, momenta and running statistics (on CPU
+/// adapters the lists run; on GPUs both runs take the same kernels).
+#[test]
+fn wrn_listed_conv_products_train_like_dense_products() {
+    let data = digits_folder("wrn-listed", 16, 4);
+    let cfg = |keep: f64| TrainConfig {
+        sparse_keep: Some(keep),
+        ..cifar_cfg("wrn-16-1", &data, 16, 1)
+    };
+    let (a, b) = (
+        tmp("cifar_models", "wrn-dense-products"),
+        tmp("cifar_models", "wrn-listed-products"),
+    );
+    run(&cfg(0.0), &a, false).unwrap();
+    run(&cfg(1.0), &b, false).unwrap();
+    let (ca, cb) = (
+        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
+        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
+    );
+    assert_eq!(ca.tensors.len(), cb.tensors.len());
+    for ((name, _, va), (_, _, vb)) in ca.tensors.iter().zip(&cb.tensors) {
+        assert!(va.iter().zip(vb).all(|(x, y)| x == y), "{name} differs");
+    }
+    assert_eq!(step_losses(&a), step_losses(&b));
+}
