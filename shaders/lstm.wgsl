@@ -369,3 +369,82 @@ fn swap01(@builtin(global_invocation_id) gid: vec3<u32>,
     let a1 = r / lp.d0;
     dst[i] = src[(a0 * lp.d1 + a1) * lp.d2 + c];
 }
+
+// ---- The recurrent products from P_hh's kept weights (a masked layer that keeps few) ----
+//
+// `ell_build` (shaders/sparse.wgsl) lists P_hh's (4H x H, row-major) nonzeros each step: row
+// lists (row r = gH + j: its kept columns k ascending, at r H, count list_cnt[r]) and column
+// lists (column j: its kept rows ascending, at 4H H + j 4H, count list_cnt[4H + j]). The two
+// kernels below are `lstm_step` and `lstm_step_backward` with their recurrent sums over those
+// lists: the same fma chains in the same order without the terms whose weight is zero (which
+// leave a sum as it is), so the same bits. One invocation per (b, j), as the plain kernels.
+@group(0) @binding(16) var<storage, read> list_idx: array<u32>;
+@group(0) @binding(17) var<storage, read> list_val: array<f32>;
+@group(0) @binding(18) var<storage, read> list_cnt: array<u32>;
+
+// z_g += sum over the kept k of row gH + j of h_{t-1}[b][k] P_hh[gH + j][k].
+fn listed_row_sum(z: f32, r: u32, prev: u32) -> f32 {
+    let hs = lp.hidden;
+    let base = r * hs;
+    let n = list_cnt[r];
+    var acc = z;
+    for (var e = 0u; e < n; e++) {
+        acc = fma(h_pad[prev + list_idx[base + e]], list_val[base + e], acc);
+    }
+    return acc;
+}
+
+// Reads xproj[t], the row lists, h_pad[t], c_pad[t]; writes what `lstm_step` writes.
+@compute @workgroup_size(64, 1, 1)
+fn lstm_step_listed(@builtin(local_invocation_id) lid: vec3<u32>,
+                    @builtin(workgroup_id) wid: vec3<u32>) {
+    let hs = lp.hidden;
+    let t = lp.t;
+    let b = wid.y;
+    let j = wid.x * WG + lid.x;
+    if (j >= hs || b >= lp.batch) {
+        return;
+    }
+    let g4 = 4u * hs;
+    let row = t * lp.batch + b;
+    let xr = row * g4;
+    var zi = xproj[xr + j];
+    var zf = xproj[xr + hs + j];
+    var zg = xproj[xr + 2u * hs + j];
+    var zo = xproj[xr + 3u * hs + j];
+    if (t > 0u) {
+        let prev = row * hs;
+        zi = listed_row_sum(zi, j, prev);
+        zf = listed_row_sum(zf, hs + j, prev);
+        zg = listed_row_sum(zg, 2u * hs + j, prev);
+        zo = listed_row_sum(zo, 3u * hs + j, prev);
+    }
+    forward_cell(b, j, zi, zf, zg, zo);
+}
+
+// Reads dy, the column lists, gates[t] and gates[t+1], c_pad[t] and c_pad[t+1], dgates[t+1] and
+// dc[t+1]; writes what `lstm_step_backward` writes: the recurrent term of dh_t is the sum over
+// the kept rows k of column j of dgates[t+1][b][k] P_hh[k][j].
+@compute @workgroup_size(64, 1, 1)
+fn lstm_step_backward_listed(@builtin(local_invocation_id) lid: vec3<u32>,
+                             @builtin(workgroup_id) wid: vec3<u32>) {
+    let hs = lp.hidden;
+    let t = lp.t;
+    let b = wid.y;
+    let j = wid.x * WG + lid.x;
+    if (j >= hs || b >= lp.batch) {
+        return;
+    }
+    let g4 = 4u * hs;
+    let row = t * lp.batch + b;
+    var dh = 0.0;
+    if (t + 1u != lp.steps) {
+        let base = (row + lp.batch) * g4;
+        let lb = g4 * hs + j * g4;
+        let n = list_cnt[g4 + j];
+        for (var e = 0u; e < n; e++) {
+            dh = fma(dgates[base + list_idx[lb + e]], list_val[lb + e], dh);
+        }
+    }
+    backward_cell(b, j, dh);
+}

@@ -260,6 +260,18 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
     add_penalty(lid.x);
 }
 
+// The switch of a weight of `groups` stacked matrices (an LSTM's four gates, each reset on its
+// own by `mask_reset`): after the mask pass, sets it from the weight's keep count, the sum of
+// the matrices' counts after their decisions (layer_keep[4g + 1]). One workgroup.
+@compute @workgroup_size(64, 1, 1)
+fn switch_from_groups(@builtin(local_invocation_id) lid: vec3<u32>) {
+    var kept = 0u;
+    for (var g = 0u; g < mp.groups; g++) {
+        kept += layer_keep[4u * g + 1u];
+    }
+    set_switch(lid.x, kept);
+}
+
 // Eight rows per workgroup, eight invocations per row (columns strided by 8, partial sums
 // reduced in a fixed order). Reads d_masked (G = dL/dP), weight, threshold, alpha_scale; writes
 //   d_weight[i][j]  = G*M + G*|W|*H(Q)

@@ -816,6 +816,7 @@ fn step_times(
         if let Some((keep, input)) = sparse_keep {
             session.sparse_keep = keep;
             session.sparse_keep_conv = keep;
+            session.sparse_keep_lstm = keep;
             session.sparse_input = input;
         }
         if let Some((ck, path)) = ck.filter(|_| from_ck) {

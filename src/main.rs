@@ -300,9 +300,10 @@ struct TrainArgs {
     #[arg(long)]
     valid: Option<usize>,
     /// Masked linear layers and convolutions keeping at most this fraction of their weights
-    /// compute their forward and input-gradient products from the kept weights only (0: never,
-    /// 1: always; same results up to float rounding) [default on CPU adapters: 0.2 for linear
-    /// layers, 0.5 for convolutions; 0 (off) on GPUs].
+    /// compute their forward and input-gradient products from the kept weights only, and masked
+    /// LSTM layers their recurrent steps (0: never, 1: always; same results up to float
+    /// rounding) [default on CPU adapters: 0.2 for linear layers, 0.5 for convolutions, 0.05 for
+    /// LSTM layers; 0 (off) on GPUs].
     #[arg(long)]
     sparse_keep: Option<f64>,
     /// A linear layer of 65,536 weights or more skips its input's zeros: its weight gradient

@@ -182,7 +182,8 @@ impl Plan {
     /// Builds the plan of one training step (`Mode::Train`) or one evaluation batch (`Mode::Eval`).
     /// The penalty weight is `alpha * alpha_scale[0]`; `reset` is the dead-layer policy;
     /// `sparse_keep` the keep ratio at or below which masked linear layers use sparse products
-    /// (`sparse_keep_conv`: masked convolutions),
+    /// (`sparse_keep_conv`: masked convolutions, `sparse_keep_lstm`: masked LSTM layers'
+    /// recurrent steps),
     /// `sparse_input` the input density at or below which they compute their forward from the
     /// input's nonzeros;
     /// `fuse_sgd`: with SGD, layers that can may fuse their weights' SGD step into their
@@ -202,6 +203,7 @@ impl Plan {
         reset: crate::kernels::masked::ResetPolicy,
         sparse_keep: f64,
         sparse_keep_conv: f64,
+        sparse_keep_lstm: f64,
         sparse_input: f64,
         fuse_sgd: bool,
     ) -> Result<Plan> {
@@ -211,6 +213,7 @@ impl Plan {
         cx.reset = reset;
         cx.sparse_keep = sparse_keep;
         cx.sparse_keep_conv = sparse_keep_conv;
+        cx.sparse_keep_lstm = sparse_keep_lstm;
         cx.sparse_input = sparse_input;
         if let (
             Mode::Train,

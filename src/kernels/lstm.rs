@@ -5,6 +5,7 @@
 use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::sparse::EllLists;
 use crate::gpu::{AdapterClass, Gpu, Result, Tensor};
 
 pub const SOURCE: &str = include_str!("../../shaders/lstm.wgsl");
@@ -74,6 +75,8 @@ pub struct Lstm {
     pub step_backward_split_k: Kernel,
     pub step_blocked_k: Kernel,
     pub step_backward_blocked_k: Kernel,
+    pub step_listed_k: Kernel,
+    pub step_backward_listed_k: Kernel,
     pub swap01_k: Kernel,
     /// `step_backward` runs `lstm_step_backward_split` (GPUs: the recurrent sum split four ways
     /// across a workgroup) rather than the plain kernel (CPU adapters). Settable so that tests
@@ -136,6 +139,34 @@ impl Lstm {
                 false,
             )?,
             swap01_k: f.kernel("swap01", &[(10, R), (11, RW)], false)?,
+            step_listed_k: f.kernel(
+                "lstm_step_listed",
+                &[
+                    (1, R),
+                    (16, R),
+                    (17, R),
+                    (18, R),
+                    (3, RW),
+                    (4, RW),
+                    (5, RW),
+                    (6, RW),
+                ],
+                false,
+            )?,
+            step_backward_listed_k: f.kernel(
+                "lstm_step_backward_listed",
+                &[
+                    (16, R),
+                    (17, R),
+                    (18, R),
+                    (4, RW),
+                    (5, RW),
+                    (7, R),
+                    (8, RW),
+                    (9, RW),
+                ],
+                false,
+            )?,
             split_backward: AtomicBool::new(class == AdapterClass::Gpu),
             blocked: AtomicBool::new(class == AdapterClass::Cpu),
         })
@@ -255,4 +286,84 @@ impl Lstm {
             grid_1d((n as u32).div_ceil(256)),
         )
     }
+
+    /// `step` with the recurrent product over the row lists of P_hh (`lists`: 4H x H, built by
+    /// `Sparse::ell_build` from the P_hh the layer uses): the same values, work proportional to
+    /// the kept weights.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_listed(
+        &self,
+        gpu: &Gpu,
+        d: StepDims,
+        t: usize,
+        xproj: &Tensor,
+        lists: &EllLists,
+        h_pad: &Tensor,
+        c_pad: &Tensor,
+        gates: &Tensor,
+        y: &Tensor,
+    ) -> Result<Dispatch> {
+        let (b, tt, h) = (d.batch, d.steps, d.hidden);
+        assert!(t < tt, "lstm step {t} of {tt}");
+        assert_listed(lists, h);
+        assert!(xproj.len() >= tt * b * 4 * h, "lstm step: xproj");
+        assert!(h_pad.len() >= (tt + 1) * b * h, "lstm step: h_pad");
+        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step: c_pad");
+        assert!(gates.len() >= tt * b * 4 * h, "lstm step: gates");
+        assert!(y.len() >= d.y_len(), "lstm step: y");
+        self.step_listed_k.bind(
+            gpu,
+            &d.params(t),
+            &[
+                xproj, &lists.idx, &lists.val, &lists.cnt, h_pad, c_pad, gates, y,
+            ],
+            None,
+            d.groups(),
+        )
+    }
+
+    /// `step_backward` with the recurrent product over the column lists of P_hh (`lists` as for
+    /// `step_listed`): the same values.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step_backward_listed(
+        &self,
+        gpu: &Gpu,
+        d: StepDims,
+        t: usize,
+        lists: &EllLists,
+        c_pad: &Tensor,
+        gates: &Tensor,
+        dy: &Tensor,
+        dgates: &Tensor,
+        dc: &Tensor,
+    ) -> Result<Dispatch> {
+        let (b, tt, h) = (d.batch, d.steps, d.hidden);
+        assert!(t < tt, "lstm step {t} of {tt}");
+        assert_listed(lists, h);
+        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step_backward: c_pad");
+        assert!(gates.len() >= tt * b * 4 * h, "lstm step_backward: gates");
+        assert!(dy.len() >= d.y_len(), "lstm step_backward: dy");
+        assert!(dgates.len() >= tt * b * 4 * h, "lstm step_backward: dgates");
+        assert!(dc.len() >= tt * b * h, "lstm step_backward: dc");
+        self.step_backward_listed_k.bind(
+            gpu,
+            &d.params(t),
+            &[
+                &lists.idx, &lists.val, &lists.cnt, c_pad, gates, dy, dgates, dc,
+            ],
+            None,
+            d.groups(),
+        )
+    }
+}
+
+/// Lists of a P_hh of `hidden` units: 4H x H, row-major.
+fn assert_listed(lists: &EllLists, hidden: usize) {
+    assert!(
+        lists.rows == 4 * hidden && lists.cols == hidden && !lists.p_transposed,
+        "lstm lists {}x{} (transposed {}) for {hidden} units",
+        lists.rows,
+        lists.cols,
+        lists.p_transposed
+    );
 }

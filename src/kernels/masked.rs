@@ -117,6 +117,7 @@ pub struct Masked {
     pub mask_backward_k: Kernel,
     pub threshold_grad_k: Kernel,
     pub penalty_k: Kernel,
+    pub switch_from_groups_k: Kernel,
 }
 
 const RW: Access = Access::ReadWrite;
@@ -205,6 +206,7 @@ impl Masked {
                 false,
             )?,
             penalty_k: f.kernel("penalty", &[(2, RW), (9, RW), (10, Access::Read)], false)?,
+            switch_from_groups_k: f.kernel("switch_from_groups", &[(5, RW), (11, RW)], false)?,
         })
     }
 
@@ -438,6 +440,35 @@ impl Masked {
             None,
             [groups as u32, 1, 1],
         )
+    }
+
+    /// Sets `switch` from the keep count of a weight of `groups` stacked matrices (`layer_keep`
+    /// as the mask pass left it: the counts after each matrix's decision), for the layers whose
+    /// mask pass cannot (more than one matrix).
+    pub fn switch_from_groups(
+        &self,
+        gpu: &Gpu,
+        layer_keep: &Tensor,
+        groups: usize,
+        switch: &crate::kernels::sparse::Switch,
+    ) -> Result<Dispatch> {
+        assert!(
+            layer_keep.len() >= 4 * groups,
+            "switch_from_groups: layer_keep"
+        );
+        assert!(
+            switch.slots <= 64,
+            "switch_from_groups: {} slots",
+            switch.slots
+        );
+        let p = MaskParams {
+            groups: groups as u32,
+            n_switch: switch.slots as u32,
+            sparse_max: switch.sparse_max,
+            ..Default::default()
+        };
+        self.switch_from_groups_k
+            .bind(gpu, &p, &[layer_keep, &switch.args], None, [1, 1, 1])
     }
 
     /// `d_weight`, `d_threshold` from `d_masked` = dL/dP (penalty gradient included).

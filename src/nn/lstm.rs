@@ -14,11 +14,23 @@
 //! each for dP_hh = dgates^T h_{t-1}, dP_ih = dgates^T X and (when asked) dX = dgates P_ih, the
 //! bias gradient as column sums of dgates, and `mask_backward` for both weights. Sequences are
 //! time-major between LSTM layers: (T, B, H).
+//!
+//! Sparse recurrence (beyond the paper, which only simulates sparsity): a masked layer whose P_hh
+//! keeps at most `PlanCx::sparse_keep_lstm` of its weights runs its steps' recurrent products
+//! from lists of P_hh's nonzeros (`Sparse::ell_build`, `lstm_step_listed`,
+//! `lstm_step_backward_listed`): the same values, work proportional to the kept weights. Both
+//! ways are recorded; after the mask pass `switch_from_groups` picks one per step on the GPU
+//! from P_hh's keep count (`kernels::sparse::Switch`).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::kernels::lstm::StepDims;
+use crate::kernels::sparse::{EllLists, Path, Switch};
+
+/// The dispatches a switch routes: the row lists, w_hh's transpose (dense steps only), the
+/// forward steps (listed | dense), the column lists, the backward steps (listed | dense).
+const SWITCH_SLOTS: usize = 7;
 
 /// The layout of the layer's input batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +74,8 @@ pub struct Lstm {
     ids: LstmIds,
     mask_ih: Option<Mask>,
     mask_hh: Option<Mask>,
+    /// P_hh's nonzeros as lists, for the listed steps (allocated by the first plan using them).
+    lists_hh: std::sync::OnceLock<EllLists>,
 }
 
 impl Lstm {
@@ -152,6 +166,7 @@ impl Lstm {
             mask_ih: state("ih", ids.threshold_ih, input_size)?,
             mask_hh: state("hh", ids.threshold_hh, hidden)?,
             ids,
+            lists_hh: std::sync::OnceLock::new(),
         })
     }
 
@@ -197,6 +212,37 @@ impl Lstm {
     fn key(&self, what: &str) -> String {
         format!("{}.{what}", self.name)
     }
+
+    /// This plan's switch: a masked layer when the plan allows the listed steps.
+    fn switch(&self, cx: &PlanCx<'_>) -> Result<Option<Switch>> {
+        if self.mask_hh.is_none() || cx.sparse_keep_lstm <= 0.0 {
+            return Ok(None);
+        }
+        let numel = 4 * self.hidden * self.hidden;
+        let sparse_max = (cx.sparse_keep_lstm.min(1.0) * numel as f64).floor() as u32;
+        let label = cx.label(&self.key("switch"));
+        Ok(Some(Switch::new(cx.gpu, &label, SWITCH_SLOTS, sparse_max)?))
+    }
+
+    /// The switch the forward of this plan recorded, if any.
+    fn saved_switch(&self, cx: &PlanCx<'_>) -> Option<Switch> {
+        let key = self.key("switch");
+        cx.has_saved(&key).then(|| Switch {
+            args: cx.saved(&key),
+            slots: SWITCH_SLOTS,
+            sparse_max: 0,
+        })
+    }
+
+    /// The lists of P_hh's nonzeros, allocated on first use.
+    fn lists(&self, gpu: &Gpu) -> Result<&EllLists> {
+        if self.lists_hh.get().is_none() {
+            let g4 = 4 * self.hidden;
+            let lists = EllLists::new(gpu, &self.key("hh"), g4, self.hidden, false)?;
+            let _ = self.lists_hh.set(lists);
+        }
+        Ok(self.lists_hh.get().expect("set above"))
+    }
 }
 
 /// A view of `t` with another shape over the same elements from offset 0 (bindable as is).
@@ -238,6 +284,10 @@ impl Layer for Lstm {
                 m.forward(cx, w)?;
             }
         }
+        let switch = self.switch(cx)?;
+        if let (Some(m), Some(sw)) = (&self.mask_hh, &switch) {
+            m.switch_from_groups(cx, sw)?;
+        }
         let x_tm = match self.input {
             LstmInput::TimeMajor => reshaped(x, &[tn * bn, inp]),
             LstmInput::BatchMajor => {
@@ -261,12 +311,34 @@ impl Layer for Lstm {
             LstmOutput::Last => cx.activation(&self.key("y"), &[bn, hn])?,
         };
         let w_hh_t = cx.activation(&self.key("w_hh_t"), &[hn, 4 * hn])?;
-        cx.push(k.lstm.swap01(gpu, &p_hh, &w_hh_t, (4 * hn, hn, 1))?);
-        for t in 0..tn {
-            cx.push(
-                k.lstm
-                    .step(gpu, d, t, &xproj, &w_hh_t, &h_pad, &c_pad, &gates, &y)?,
-            );
+        let transpose = k.lstm.swap01(gpu, &p_hh, &w_hh_t, (4 * hn, hn, 1))?;
+        match &switch {
+            Some(sw) => {
+                let lists = self.lists(gpu)?;
+                let build = k.sparse.ell_build(gpu, &p_hh, lists, true)?;
+                cx.push(sw.route(gpu, 0, Path::Sparse, build));
+                cx.push(sw.route(gpu, 1, Path::Dense, transpose));
+                for t in 0..tn {
+                    let listed = k
+                        .lstm
+                        .step_listed(gpu, d, t, &xproj, lists, &h_pad, &c_pad, &gates, &y)?;
+                    cx.push(sw.route(gpu, 2, Path::Sparse, listed));
+                    let dense = k
+                        .lstm
+                        .step(gpu, d, t, &xproj, &w_hh_t, &h_pad, &c_pad, &gates, &y)?;
+                    cx.push(sw.route(gpu, 3, Path::Dense, dense));
+                }
+                cx.save(&self.key("switch"), sw.args.clone());
+            }
+            None => {
+                cx.push(transpose);
+                for t in 0..tn {
+                    cx.push(
+                        k.lstm
+                            .step(gpu, d, t, &xproj, &w_hh_t, &h_pad, &c_pad, &gates, &y)?,
+                    );
+                }
+            }
         }
         cx.save(&self.key("x_tm"), x_tm);
         cx.save(&self.key("h_pad"), h_pad);
@@ -294,11 +366,29 @@ impl Layer for Lstm {
         let (p_ih, p_hh) = self.effective(cx);
         let dgates = cx.activation(&self.key("d_gates"), &[tn * bn, g4])?;
         let dc = cx.activation(&self.key("d_cell"), &[tn, bn, hn])?;
-        for t in (0..tn).rev() {
-            cx.push(
-                k.lstm
-                    .step_backward(gpu, d, t, &p_hh, &c_pad, &gates, dy, &dgates, &dc)?,
-            );
+        match (self.lists_hh.get(), self.saved_switch(cx)) {
+            (Some(lists), Some(sw)) => {
+                let build = k.sparse.ell_build(gpu, &p_hh, lists, false)?;
+                cx.push(sw.route(gpu, 4, Path::Sparse, build));
+                for t in (0..tn).rev() {
+                    let listed = k
+                        .lstm
+                        .step_backward_listed(gpu, d, t, lists, &c_pad, &gates, dy, &dgates, &dc)?;
+                    cx.push(sw.route(gpu, 5, Path::Sparse, listed));
+                    let dense = k
+                        .lstm
+                        .step_backward(gpu, d, t, &p_hh, &c_pad, &gates, dy, &dgates, &dc)?;
+                    cx.push(sw.route(gpu, 6, Path::Dense, dense));
+                }
+            }
+            _ => {
+                for t in (0..tn).rev() {
+                    cx.push(
+                        k.lstm
+                            .step_backward(gpu, d, t, &p_hh, &c_pad, &gates, dy, &dgates, &dc)?,
+                    );
+                }
+            }
         }
         let dx = if need_dx {
             let dx_tm = cx.activation(&self.key("d_input_tm"), &[tn * bn, inp])?;

@@ -129,6 +129,21 @@ impl Mask {
         Ok(())
     }
 
+    /// Records the dispatch that sets `switch` from this weight's keep count, for a weight of
+    /// several stacked matrices (whose mask pass cannot; after `forward`).
+    pub fn switch_from_groups(
+        &self,
+        cx: &mut PlanCx<'_>,
+        switch: &crate::kernels::sparse::Switch,
+    ) -> Result<()> {
+        let d =
+            cx.kernels
+                .masked
+                .switch_from_groups(cx.gpu, &self.layer_keep, self.groups, switch)?;
+        cx.push(d);
+        Ok(())
+    }
+
     /// Records dL/dW (into the gradient arena) and dL/dt, penalty included, from `d_masked` =
     /// dL/dP.
     pub fn backward(&self, cx: &mut PlanCx<'_>, weight: ParamId, d_masked: &Tensor) -> Result<()> {

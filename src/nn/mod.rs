@@ -44,6 +44,8 @@ pub struct PlanCx<'a> {
     pub sparse_keep: f64,
     /// The same for masked convolutions (on the patch-matrix path; 0: never).
     pub sparse_keep_conv: f64,
+    /// The same for masked LSTM layers' recurrent steps (0: never).
+    pub sparse_keep_lstm: f64,
     /// ... and those whose batch input is at most this fraction nonzero compute their forward
     /// from the input's nonzeros (0: never).
     pub sparse_input: f64,
@@ -82,6 +84,7 @@ impl<'a> PlanCx<'a> {
             stats,
             sparse_keep: 0.0,
             sparse_keep_conv: 0.0,
+            sparse_keep_lstm: 0.0,
             sparse_input: 0.0,
             dispatches: Vec::new(),
             fused_sgd: None,

@@ -59,9 +59,10 @@ pub struct TrainConfig {
     /// record the epoch that is best on it.
     #[serde(default)]
     pub valid: Option<usize>,
-    /// Keep ratio at or below which masked linear layers and convolutions use sparse products
-    /// (None: the adapter's defaults, `kernels::sparse::default_sparse_keep` and
-    /// `default_sparse_keep_conv`).
+    /// Keep ratio at or below which masked linear layers, convolutions and LSTM layers (their
+    /// recurrent steps) use sparse products (None: the adapter's defaults,
+    /// `kernels::sparse::default_sparse_keep`, `default_sparse_keep_conv`,
+    /// `default_sparse_keep_lstm`).
     #[serde(default)]
     pub sparse_keep: Option<f64>,
     /// Input density (nonzero (8-sample block, input) pairs) at or below which such a layer's

@@ -141,6 +141,7 @@ pub fn train(
     if let Some(r) = cfg.sparse_keep {
         session.sparse_keep = r;
         session.sparse_keep_conv = r;
+        session.sparse_keep_lstm = r;
     }
     if let Some(r) = cfg.sparse_input {
         session.sparse_input = r;

@@ -31,6 +31,9 @@ pub struct Session {
     /// The same for a masked convolution (`kernels::sparse::default_sparse_keep_conv` unless
     /// set).
     pub sparse_keep_conv: f64,
+    /// The same for a masked LSTM layer's recurrent steps
+    /// (`kernels::sparse::default_sparse_keep_lstm` unless set).
+    pub sparse_keep_lstm: f64,
     /// Input density at or below which such a layer computes its forward from its input's
     /// nonzeros (`kernels::sparse::default_sparse_input` for this adapter unless set).
     pub sparse_input: f64,
@@ -61,6 +64,7 @@ impl Session {
             reset: ResetPolicy::Paper,
             sparse_keep: crate::kernels::sparse::default_sparse_keep(gpu_class),
             sparse_keep_conv: crate::kernels::sparse::default_sparse_keep_conv(gpu_class),
+            sparse_keep_lstm: crate::kernels::sparse::default_sparse_keep_lstm(gpu_class),
             sparse_input: crate::kernels::sparse::default_sparse_input(gpu_class),
             fuse_sgd: true,
         })
@@ -100,6 +104,7 @@ impl Session {
             self.reset,
             self.sparse_keep,
             self.sparse_keep_conv,
+            self.sparse_keep_lstm,
             self.sparse_input,
             self.fuse_sgd,
         )?)

@@ -110,9 +110,17 @@ struct Built {
     backward: Vec<dst::kernels::Dispatch>,
     /// Buffers the forward saved (poisoned before a run).
     saved: Vec<Tensor>,
+    /// The switch of the listed steps (`sparse_keep_lstm` > 0, masked).
+    switch: Option<Tensor>,
 }
 
 fn build(c: &Ctx, pr: &Problem, mode: Mode) -> Built {
+    build_with(c, pr, mode, 0.0)
+}
+
+/// `build` with the plan's `sparse_keep_lstm` (the listed recurrent steps where P_hh keeps at
+/// most that fraction).
+fn build_with(c: &Ctx, pr: &Problem, mode: Mode, sparse_keep_lstm: f64) -> Built {
     let Dims {
         batch: b,
         steps: t,
@@ -156,6 +164,7 @@ fn build(c: &Ctx, pr: &Problem, mode: Mode) -> Built {
         pr.alpha as f32,
         stats.clone(),
     );
+    cx.sparse_keep_lstm = sparse_keep_lstm;
     let y = layer.forward(&mut cx, &x).unwrap();
     layer.penalty(&mut cx).unwrap();
     let n_fwd = cx.dispatches.len();
@@ -163,6 +172,7 @@ fn build(c: &Ctx, pr: &Problem, mode: Mode) -> Built {
         .iter()
         .map(|k| cx.saved(&format!("lstm.{k}")))
         .collect();
+    let switch = cx.has_saved("lstm.switch").then(|| cx.saved("lstm.switch"));
     let dx = if mode == Mode::Train {
         layer.backward(&mut cx, &x, &y, &dy, true).unwrap()
     } else {
@@ -181,6 +191,7 @@ fn build(c: &Ctx, pr: &Problem, mode: Mode) -> Built {
         forward,
         backward,
         saved,
+        switch,
     }
 }
 
@@ -464,6 +475,85 @@ fn lstm_blocked_steps_equal_plain_bits() {
     }
     flags.split_backward.store(defaults.0, Ordering::Relaxed);
     flags.blocked.store(defaults.1, Ordering::Relaxed);
+}
+
+/// The listed recurrent steps (a masked layer whose P_hh keeps few weights) give the dense steps'
+/// bits: the same multiply-adds in the same order less those with a zero weight. Every output of
+/// a training pass is compared (y, dx, every gradient, the saved states and gates) on masks that
+/// keep about 5 %, 30 % and all of P_hh, with the default kernels (blocked on CPU adapters) and
+/// with the plain ones; the plans route the steps through the switch, which picks the listed
+/// steps only where P_hh keeps at most the plan's fraction (0.1 here against 30 % kept: dense).
+#[test]
+fn lstm_listed_steps_equal_dense_bits() {
+    let c = ctx();
+    let mut rng = Rng::new(203);
+    let flags = &c.k.lstm;
+    let default_blocked = flags.blocked.load(Ordering::Relaxed);
+    let d = Dims {
+        batch: 5,
+        steps: 4,
+        input: 6,
+        hidden: 12,
+    };
+    let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    for output in [LstmOutput::Sequence, LstmOutput::Last] {
+        for keep in [0.05, 0.3, 1.0] {
+            let mut pr = Problem::random(&mut rng, d, LstmInput::BatchMajor, output, true);
+            // Thresholds that keep about `keep` of P_hh (|w| uniform below 0.8), all of P_ih.
+            let t_hh = vec![0.8 * (1.0 - keep) - 1e-3; 4 * d.hidden];
+            pr.p.t_hh = Some(t_hh);
+            pr.p.t_ih = Some(vec![-1.0; 4 * d.hidden]);
+            for blocked in [false, true] {
+                flags.blocked.store(blocked, Ordering::Relaxed);
+                let tag = format!("{output:?} keep {keep} blocked {blocked}");
+                let mut results = Vec::new();
+                for listed in [0.0, 1.0, 0.1] {
+                    let bt = build_with(&c, &pr, Mode::Train, listed);
+                    let routed = |l: &str| {
+                        bt.forward
+                            .iter()
+                            .chain(&bt.backward)
+                            .filter(|x| x.label == l && x.indirect.is_some())
+                            .count()
+                    };
+                    let want = if listed > 0.0 { d.steps } else { 0 };
+                    assert_eq!(routed("lstm.lstm_step_listed"), want, "{tag}");
+                    assert_eq!(routed("lstm.lstm_step_backward_listed"), want, "{tag}");
+                    bt.poison(&c);
+                    bt.run(&c);
+                    // The switch's live counts: slot 2 (the listed forward steps) runs exactly
+                    // where P_hh keeps at most the plan's fraction, slot 3 (the dense ones)
+                    // elsewhere.
+                    if let Some(sw) = &bt.switch {
+                        let words = c.read_u32(sw);
+                        let on = |slot: usize| words[3 * slot..3 * slot + 3] != [0, 0, 0];
+                        let listed_runs = keep <= listed + 0.02;
+                        assert_eq!(on(2), listed_runs, "{tag} listed {listed}: {words:?}");
+                        assert_eq!(on(3), !listed_runs, "{tag} listed {listed}: {words:?}");
+                    }
+                    let mut out = vec![
+                        bits(c.read(&bt.y)),
+                        bits(c.read(bt.dx.as_ref().unwrap())),
+                        bits(c.read(&bt.arena.grads)),
+                    ];
+                    out.extend(bt.saved[1..].iter().map(|t| bits(c.read(t))));
+                    results.push(out);
+                }
+                let names = ["y", "dx", "gradients", "h_pad", "c_pad", "gates"];
+                for (k, name) in names.iter().enumerate() {
+                    assert!(
+                        results[0][k] == results[1][k],
+                        "{tag}: {name} differs between the dense and the listed steps"
+                    );
+                    assert!(
+                        results[0][k] == results[2][k],
+                        "{tag}: {name} (switch at 0.1)"
+                    );
+                }
+            }
+        }
+    }
+    flags.blocked.store(default_blocked, Ordering::Relaxed);
 }
 
 /// Evaluation plans: the same batch twice gives the same bits, also with another batch in
