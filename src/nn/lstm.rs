@@ -18,9 +18,12 @@
 //! Sparse recurrence (beyond the paper, which only simulates sparsity): a masked layer whose P_hh
 //! keeps at most `PlanCx::sparse_keep_lstm` of its weights runs its steps' recurrent products
 //! from lists of P_hh's nonzeros (`Sparse::ell_build`, `lstm_step_listed`,
-//! `lstm_step_backward_listed`): the same values, work proportional to the kept weights. Both
-//! ways are recorded; after the mask pass `switch_from_groups` picks one per step on the GPU
-//! from P_hh's keep count (`kernels::sparse::Switch`).
+//! `lstm_step_backward_listed`): the same values, work proportional to the kept weights; and
+//! where P_ih keeps at most that fraction, the input projection and the product to the input
+//! run from P_ih's lists (`Sparse::ell_product`, the masked linear layers' listed products: the
+//! same values up to float reassociation). Both ways are recorded; after the mask pass
+//! `switch_from_groups` picks one per step on the GPU from each weight's keep count
+//! (`kernels::sparse::Switch`). The weight gradients stay dense (the long-tailed estimator).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
@@ -31,6 +34,11 @@ use crate::kernels::sparse::{EllLists, Path, Switch};
 /// The dispatches a switch routes: the row lists, w_hh's transpose (dense steps only), the
 /// forward steps (listed | dense), the column lists, the backward steps (listed | dense).
 const SWITCH_SLOTS: usize = 7;
+
+/// The dispatches P_ih's switch routes: the forward's (row lists, x feature-major, listed product
+/// | GEMM), then the product to the input's (column lists, dgates feature-major, listed product |
+/// GEMM).
+const SWITCH_SLOTS_IH: usize = 8;
 
 /// The layout of the layer's input batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +84,8 @@ pub struct Lstm {
     mask_hh: Option<Mask>,
     /// P_hh's nonzeros as lists, for the listed steps (allocated by the first plan using them).
     lists_hh: std::sync::OnceLock<EllLists>,
+    /// P_ih's, for the listed input products.
+    lists_ih: std::sync::OnceLock<EllLists>,
 }
 
 impl Lstm {
@@ -167,6 +177,7 @@ impl Lstm {
             mask_hh: state("hh", ids.threshold_hh, hidden)?,
             ids,
             lists_hh: std::sync::OnceLock::new(),
+            lists_ih: std::sync::OnceLock::new(),
         })
     }
 
@@ -213,35 +224,45 @@ impl Lstm {
         format!("{}.{what}", self.name)
     }
 
-    /// This plan's switch: a masked layer when the plan allows the listed steps.
-    fn switch(&self, cx: &PlanCx<'_>) -> Result<Option<Switch>> {
+    /// This plan's switch of weight `which` ("hh", "ih", of `cols` columns and `slots`
+    /// dispatches): a masked layer when the plan allows the listed products.
+    fn switch(
+        &self,
+        cx: &PlanCx<'_>,
+        which: &str,
+        cols: usize,
+        slots: usize,
+    ) -> Result<Option<Switch>> {
         if self.mask_hh.is_none() || cx.sparse_keep_lstm <= 0.0 {
             return Ok(None);
         }
-        let numel = 4 * self.hidden * self.hidden;
+        let numel = 4 * self.hidden * cols;
         let sparse_max = (cx.sparse_keep_lstm.min(1.0) * numel as f64).floor() as u32;
-        let label = cx.label(&self.key("switch"));
-        Ok(Some(Switch::new(cx.gpu, &label, SWITCH_SLOTS, sparse_max)?))
+        let label = cx.label(&self.key(&format!("switch_{which}")));
+        Ok(Some(Switch::new(cx.gpu, &label, slots, sparse_max)?))
     }
 
-    /// The switch the forward of this plan recorded, if any.
-    fn saved_switch(&self, cx: &PlanCx<'_>) -> Option<Switch> {
-        let key = self.key("switch");
+    /// The switch of `which` the forward of this plan recorded, if any.
+    fn saved_switch(&self, cx: &PlanCx<'_>, which: &str, slots: usize) -> Option<Switch> {
+        let key = self.key(&format!("switch_{which}"));
         cx.has_saved(&key).then(|| Switch {
             args: cx.saved(&key),
-            slots: SWITCH_SLOTS,
+            slots,
             sparse_max: 0,
         })
     }
 
-    /// The lists of P_hh's nonzeros, allocated on first use.
-    fn lists(&self, gpu: &Gpu) -> Result<&EllLists> {
-        if self.lists_hh.get().is_none() {
-            let g4 = 4 * self.hidden;
-            let lists = EllLists::new(gpu, &self.key("hh"), g4, self.hidden, false)?;
-            let _ = self.lists_hh.set(lists);
+    /// The lists of P_hh's (`which` "hh") or P_ih's nonzeros, allocated on first use.
+    fn lists(&self, gpu: &Gpu, which: &str) -> Result<&EllLists> {
+        let (cell, cols) = match which {
+            "hh" => (&self.lists_hh, self.hidden),
+            _ => (&self.lists_ih, self.input_size),
+        };
+        if cell.get().is_none() {
+            let lists = EllLists::new(gpu, &self.key(which), 4 * self.hidden, cols, false)?;
+            let _ = cell.set(lists);
         }
-        Ok(self.lists_hh.get().expect("set above"))
+        Ok(cell.get().expect("set above"))
     }
 }
 
@@ -284,8 +305,12 @@ impl Layer for Lstm {
                 m.forward(cx, w)?;
             }
         }
-        let switch = self.switch(cx)?;
+        let switch = self.switch(cx, "hh", hn, SWITCH_SLOTS)?;
         if let (Some(m), Some(sw)) = (&self.mask_hh, &switch) {
+            m.switch_from_groups(cx, sw)?;
+        }
+        let switch_ih = self.switch(cx, "ih", inp, SWITCH_SLOTS_IH)?;
+        if let (Some(m), Some(sw)) = (&self.mask_ih, &switch_ih) {
             m.switch_from_groups(cx, sw)?;
         }
         let x_tm = match self.input {
@@ -299,10 +324,33 @@ impl Layer for Lstm {
         let (p_ih, p_hh) = self.effective(cx);
         let xproj = cx.activation(&self.key("xproj"), &[tn * bn, 4 * hn])?;
         let bias = cx.arena.param(self.ids.bias);
-        cx.push(
-            k.gemm
-                .forward(gpu, &x_tm, &p_ih, Some(&bias), &xproj, &k.dummy)?,
-        );
+        let dense = k
+            .gemm
+            .forward(gpu, &x_tm, &p_ih, Some(&bias), &xproj, &k.dummy)?;
+        match &switch_ih {
+            Some(sw) => {
+                let (lists, sp) = (self.lists(gpu, "ih")?, &k.sparse);
+                cx.push(sw.route(gpu, 0, Path::Sparse, sp.ell_build(gpu, &p_ih, lists, true)?));
+                let x_fm = cx.activation(&self.key("x_feature_major"), &[inp, tn * bn])?;
+                let d = sp.to_feature_major(gpu, tn * bn, inp, &x_tm, &x_fm)?;
+                cx.push(sw.route(gpu, 1, Path::Sparse, d));
+                let d = sp.ell_product(
+                    gpu,
+                    lists,
+                    true,
+                    tn * bn,
+                    &x_fm,
+                    Some(&bias),
+                    &xproj,
+                    false,
+                    &k.dummy,
+                )?;
+                cx.push(sw.route(gpu, 2, Path::Sparse, d));
+                cx.push(sw.route(gpu, 3, Path::Dense, dense));
+                cx.save(&self.key("switch_ih"), sw.args.clone());
+            }
+            None => cx.push(dense),
+        }
         let h_pad = cx.activation(&self.key("h_pad"), &[tn + 1, bn, hn])?;
         let c_pad = cx.activation(&self.key("c_pad"), &[tn + 1, bn, hn])?;
         let gates = cx.activation(&self.key("gates"), &[tn, bn, 4 * hn])?;
@@ -314,7 +362,7 @@ impl Layer for Lstm {
         let transpose = k.lstm.swap01(gpu, &p_hh, &w_hh_t, (4 * hn, hn, 1))?;
         match &switch {
             Some(sw) => {
-                let lists = self.lists(gpu)?;
+                let lists = self.lists(gpu, "hh")?;
                 let build = k.sparse.ell_build(gpu, &p_hh, lists, true)?;
                 cx.push(sw.route(gpu, 0, Path::Sparse, build));
                 cx.push(sw.route(gpu, 1, Path::Dense, transpose));
@@ -328,7 +376,7 @@ impl Layer for Lstm {
                         .step(gpu, d, t, &xproj, &w_hh_t, &h_pad, &c_pad, &gates, &y)?;
                     cx.push(sw.route(gpu, 3, Path::Dense, dense));
                 }
-                cx.save(&self.key("switch"), sw.args.clone());
+                cx.save(&self.key("switch_hh"), sw.args.clone());
             }
             None => {
                 cx.push(transpose);
@@ -366,7 +414,10 @@ impl Layer for Lstm {
         let (p_ih, p_hh) = self.effective(cx);
         let dgates = cx.activation(&self.key("d_gates"), &[tn * bn, g4])?;
         let dc = cx.activation(&self.key("d_cell"), &[tn, bn, hn])?;
-        match (self.lists_hh.get(), self.saved_switch(cx)) {
+        match (
+            self.lists_hh.get(),
+            self.saved_switch(cx, "hh", SWITCH_SLOTS),
+        ) {
             (Some(lists), Some(sw)) => {
                 let build = k.sparse.ell_build(gpu, &p_hh, lists, false)?;
                 cx.push(sw.route(gpu, 4, Path::Sparse, build));
@@ -392,10 +443,37 @@ impl Layer for Lstm {
         }
         let dx = if need_dx {
             let dx_tm = cx.activation(&self.key("d_input_tm"), &[tn * bn, inp])?;
-            cx.push(
-                k.gemm
-                    .backward_input(gpu, &dgates, &p_ih, &dx_tm, false, &k.dummy)?,
-            );
+            let dense = k
+                .gemm
+                .backward_input(gpu, &dgates, &p_ih, &dx_tm, false, &k.dummy)?;
+            match (
+                self.lists_ih.get(),
+                self.saved_switch(cx, "ih", SWITCH_SLOTS_IH),
+            ) {
+                (Some(lists), Some(sw)) => {
+                    let sp = &k.sparse;
+                    let d = sp.ell_build(gpu, &p_ih, lists, false)?;
+                    cx.push(sw.route(gpu, 4, Path::Sparse, d));
+                    let dg_fm =
+                        cx.activation(&self.key("d_gates_feature_major"), &[g4, tn * bn])?;
+                    let d = sp.to_feature_major(gpu, tn * bn, g4, &dgates, &dg_fm)?;
+                    cx.push(sw.route(gpu, 5, Path::Sparse, d));
+                    let d = sp.ell_product(
+                        gpu,
+                        lists,
+                        false,
+                        tn * bn,
+                        &dg_fm,
+                        None,
+                        &dx_tm,
+                        false,
+                        &k.dummy,
+                    )?;
+                    cx.push(sw.route(gpu, 6, Path::Sparse, d));
+                    cx.push(sw.route(gpu, 7, Path::Dense, dense));
+                }
+                _ => cx.push(dense),
+            }
             Some(match self.input {
                 LstmInput::TimeMajor => Tensor {
                     shape: x.shape.clone(),
