@@ -233,7 +233,12 @@ impl Lstm {
         cols: usize,
         slots: usize,
     ) -> Result<Option<Switch>> {
-        if self.mask_hh.is_none() || cx.sparse_keep_lstm <= 0.0 {
+        let mask = if which == "hh" {
+            &self.mask_hh
+        } else {
+            &self.mask_ih
+        };
+        if mask.is_none() || cx.sparse_keep_lstm <= 0.0 {
             return Ok(None);
         }
         let numel = 4 * self.hidden * cols;
