@@ -70,11 +70,11 @@ fn lstm_step(@builtin(local_invocation_id) lid: vec3<u32>,
     }
     let g4 = 4u * hs;
     let row = t * lp.batch + b;
-    let xr = row * g4;
-    var zi = xproj[xr + j];
-    var zf = xproj[xr + hs + j];
-    var zg = xproj[xr + 2u * hs + j];
-    var zo = xproj[xr + 3u * hs + j];
+    let z = xproj_z(row, j);
+    var zi = z.x;
+    var zf = z.y;
+    var zg = z.z;
+    var zo = z.w;
     let prev = row * hs; // slot t of h_pad / c_pad: h_{t-1}, c_{t-1}
     if (t > 0u) {
         // src = w_hh^T (H, 4H): neighbouring invocations (j) read neighbouring addresses.
@@ -88,6 +88,13 @@ fn lstm_step(@builtin(local_invocation_id) lid: vec3<u32>,
         }
     }
     forward_cell(b, j, zi, zf, zg, zo);
+}
+
+// The four gates' input projections (i, f, g, o) of unit j at row (t, b) of xproj.
+fn xproj_z(row: u32, j: u32) -> vec4<f32> {
+    let hs = lp.hidden;
+    let xr = row * 4u * hs;
+    return vec4<f32>(xproj[xr + j], xproj[xr + hs + j], xproj[xr + 2u * hs + j], xproj[xr + 3u * hs + j]);
 }
 
 // The cell part of the forward step t = lp.t for (b, j), given the four pre-activations z.
@@ -405,13 +412,12 @@ fn lstm_step_listed(@builtin(local_invocation_id) lid: vec3<u32>,
     if (j >= hs || b >= lp.batch) {
         return;
     }
-    let g4 = 4u * hs;
     let row = t * lp.batch + b;
-    let xr = row * g4;
-    var zi = xproj[xr + j];
-    var zf = xproj[xr + hs + j];
-    var zg = xproj[xr + 2u * hs + j];
-    var zo = xproj[xr + 3u * hs + j];
+    let z = xproj_z(row, j);
+    var zi = z.x;
+    var zf = z.y;
+    var zg = z.z;
+    var zo = z.w;
     if (t > 0u) {
         let prev = row * hs;
         zi = listed_row_sum(zi, j, prev);

@@ -324,17 +324,7 @@ fn sparse_products(
     let lists = crate::kernels::sparse::EllLists::new(gpu, "bench", rows, cols, false)?;
     let mut table = vec![Vec::new(); 4];
     for kp in keeps {
-        let mut mask_rng = Rng::new(7);
-        let p: Vec<f32> = rand(rows * cols)
-            .into_iter()
-            .map(|v| {
-                if mask_rng.range(0.0, 1.0) < kp {
-                    v
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let p = masked_rand(rand, rows * cols, kp);
         let p = Tensor::from_slice(gpu, "p", &[rows, cols], &p)?;
         let sp = &k.sparse;
         let seqs = [
@@ -424,17 +414,7 @@ fn conv_sparse_products(
     let lists = crate::kernels::sparse::EllLists::new(gpu, "bench", rows, cols, false)?;
     let mut table = vec![Vec::new(); 4];
     for kp in keeps {
-        let mut mask_rng = Rng::new(7);
-        let p: Vec<f32> = rand(rows * cols)
-            .into_iter()
-            .map(|v| {
-                if mask_rng.range(0.0, 1.0) < kp {
-                    v
-                } else {
-                    0.0
-                }
-            })
-            .collect();
+        let p = masked_rand(rand, rows * cols, kp);
         let p = Tensor::from_slice(gpu, "p", &[rows, cols], &p)?;
         let (cv, sp) = (&k.conv, &k.sparse);
         let [fill, dense_fwd] =
@@ -623,6 +603,22 @@ fn input_sparse_weight_gradient(
 
 /// A table of microseconds: the title (and the width of the label column), a header per column,
 /// a label and a row of values per row.
+/// `n` values of `rand`, each kept with probability `keep` (the same draws for every keep), the
+/// others zero: a random mask's P.
+fn masked_rand(rand: &mut dyn FnMut(usize) -> Vec<f32>, n: usize, keep: f64) -> Vec<f32> {
+    let mut mask_rng = Rng::new(7);
+    rand(n)
+        .into_iter()
+        .map(|v| {
+            if mask_rng.range(0.0, 1.0) < keep {
+                v
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 fn print_table(title: (&str, usize), heads: &[f64], labels: &[&str], rows: &[Vec<f64>]) {
     let (title, width) = title;
     print!("{title:<width$}");

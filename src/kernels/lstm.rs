@@ -60,6 +60,44 @@ impl StepDims {
         ]
     }
 
+    /// The sizes a forward step `t` needs (panics naming the buffer).
+    fn check_forward(
+        &self,
+        t: usize,
+        xproj: &Tensor,
+        h_pad: &Tensor,
+        c_pad: &Tensor,
+        gates: &Tensor,
+        y: &Tensor,
+    ) {
+        let (b, tt, h) = (self.batch, self.steps, self.hidden);
+        assert!(t < tt, "lstm step {t} of {tt}");
+        assert!(xproj.len() >= tt * b * 4 * h, "lstm step: xproj");
+        assert!(h_pad.len() >= (tt + 1) * b * h, "lstm step: h_pad");
+        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step: c_pad");
+        assert!(gates.len() >= tt * b * 4 * h, "lstm step: gates");
+        assert!(y.len() >= self.y_len(), "lstm step: y");
+    }
+
+    /// The sizes a backward step `t` needs (panics naming the buffer).
+    fn check_backward(
+        &self,
+        t: usize,
+        c_pad: &Tensor,
+        gates: &Tensor,
+        dy: &Tensor,
+        dgates: &Tensor,
+        dc: &Tensor,
+    ) {
+        let (b, tt, h) = (self.batch, self.steps, self.hidden);
+        assert!(t < tt, "lstm step {t} of {tt}");
+        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step_backward: c_pad");
+        assert!(gates.len() >= tt * b * 4 * h, "lstm step_backward: gates");
+        assert!(dy.len() >= self.y_len(), "lstm step_backward: dy");
+        assert!(dgates.len() >= tt * b * 4 * h, "lstm step_backward: dgates");
+        assert!(dc.len() >= tt * b * h, "lstm step_backward: dc");
+    }
+
     fn y_len(&self) -> usize {
         if self.out_seq {
             self.steps * self.batch * self.hidden
@@ -188,14 +226,9 @@ impl Lstm {
         gates: &Tensor,
         y: &Tensor,
     ) -> Result<Dispatch> {
-        let (b, tt, h) = (d.batch, d.steps, d.hidden);
-        assert!(t < tt, "lstm step {t} of {tt}");
-        assert!(xproj.len() >= tt * b * 4 * h, "lstm step: xproj");
+        d.check_forward(t, xproj, h_pad, c_pad, gates, y);
+        let h = d.hidden;
         assert_eq!(w_hh_t.len(), 4 * h * h, "lstm step: w_hh_t");
-        assert!(h_pad.len() >= (tt + 1) * b * h, "lstm step: h_pad");
-        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step: c_pad");
-        assert!(gates.len() >= tt * b * 4 * h, "lstm step: gates");
-        assert!(y.len() >= d.y_len(), "lstm step: y");
         if self.blocked.load(Ordering::Relaxed) && vec4_views(h, &[w_hh_t, h_pad]) {
             let (units, rows) = FORWARD_BLOCK;
             return self.step_blocked_k.bind(
@@ -230,14 +263,9 @@ impl Lstm {
         dgates: &Tensor,
         dc: &Tensor,
     ) -> Result<Dispatch> {
-        let (b, tt, h) = (d.batch, d.steps, d.hidden);
-        assert!(t < tt, "lstm step {t} of {tt}");
+        d.check_backward(t, c_pad, gates, dy, dgates, dc);
+        let h = d.hidden;
         assert_eq!(w_hh.len(), 4 * h * h, "lstm step_backward: w_hh");
-        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step_backward: c_pad");
-        assert!(gates.len() >= tt * b * 4 * h, "lstm step_backward: gates");
-        assert!(dy.len() >= d.y_len(), "lstm step_backward: dy");
-        assert!(dgates.len() >= tt * b * 4 * h, "lstm step_backward: dgates");
-        assert!(dc.len() >= tt * b * h, "lstm step_backward: dc");
         if self.blocked.load(Ordering::Relaxed) && vec4_views(h, &[w_hh, dgates]) {
             let (units, rows) = BACKWARD_BLOCK;
             return self.step_backward_blocked_k.bind(
@@ -303,14 +331,8 @@ impl Lstm {
         gates: &Tensor,
         y: &Tensor,
     ) -> Result<Dispatch> {
-        let (b, tt, h) = (d.batch, d.steps, d.hidden);
-        assert!(t < tt, "lstm step {t} of {tt}");
-        assert_listed(lists, h);
-        assert!(xproj.len() >= tt * b * 4 * h, "lstm step: xproj");
-        assert!(h_pad.len() >= (tt + 1) * b * h, "lstm step: h_pad");
-        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step: c_pad");
-        assert!(gates.len() >= tt * b * 4 * h, "lstm step: gates");
-        assert!(y.len() >= d.y_len(), "lstm step: y");
+        d.check_forward(t, xproj, h_pad, c_pad, gates, y);
+        assert_listed(lists, d.hidden);
         self.step_listed_k.bind(
             gpu,
             &d.params(t),
@@ -337,14 +359,8 @@ impl Lstm {
         dgates: &Tensor,
         dc: &Tensor,
     ) -> Result<Dispatch> {
-        let (b, tt, h) = (d.batch, d.steps, d.hidden);
-        assert!(t < tt, "lstm step {t} of {tt}");
-        assert_listed(lists, h);
-        assert!(c_pad.len() >= (tt + 1) * b * h, "lstm step_backward: c_pad");
-        assert!(gates.len() >= tt * b * 4 * h, "lstm step_backward: gates");
-        assert!(dy.len() >= d.y_len(), "lstm step_backward: dy");
-        assert!(dgates.len() >= tt * b * 4 * h, "lstm step_backward: dgates");
-        assert!(dc.len() >= tt * b * h, "lstm step_backward: dc");
+        d.check_backward(t, c_pad, gates, dy, dgates, dc);
+        assert_listed(lists, d.hidden);
         self.step_backward_listed_k.bind(
             gpu,
             &d.params(t),

@@ -249,12 +249,7 @@ impl Linear {
 
     /// The switch the forward of this plan recorded, if any.
     fn saved_switch(&self, cx: &PlanCx<'_>) -> Option<Switch> {
-        let key = format!("{}.switch", self.name);
-        cx.has_saved(&key).then(|| Switch {
-            args: cx.saved(&key),
-            slots: SWITCH_SLOTS,
-            sparse_max: 0,
-        })
+        cx.saved_switch(&format!("{}.switch", self.name), SWITCH_SLOTS)
     }
 
     /// The weight the matmuls use: P for masked layers (stored transposed, `in x out`: the forward

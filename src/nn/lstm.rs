@@ -249,12 +249,7 @@ impl Lstm {
 
     /// The switch of `which` the forward of this plan recorded, if any.
     fn saved_switch(&self, cx: &PlanCx<'_>, which: &str, slots: usize) -> Option<Switch> {
-        let key = self.key(&format!("switch_{which}"));
-        cx.has_saved(&key).then(|| Switch {
-            args: cx.saved(&key),
-            slots,
-            sparse_max: 0,
-        })
+        cx.saved_switch(&self.key(&format!("switch_{which}")), slots)
     }
 
     /// The lists of P_hh's (`which` "hh") or P_ih's nonzeros, allocated on first use.

@@ -134,6 +134,16 @@ impl<'a> PlanCx<'a> {
             .clone()
     }
 
+    /// The switch of `slots` dispatches the forward kept under `key` (its `args`), if any: the
+    /// backward routes its own products through it.
+    pub fn saved_switch(&self, key: &str, slots: usize) -> Option<crate::kernels::sparse::Switch> {
+        self.has_saved(key).then(|| crate::kernels::sparse::Switch {
+            args: self.saved(key),
+            slots,
+            sparse_max: 0,
+        })
+    }
+
     /// A new zero-filled activation buffer of this plan. One too large for a single buffer on
     /// this adapter fails here, while the plan is built (before any step), naming the buffer
     /// and the batch that asks for it.

@@ -166,6 +166,20 @@ fn conv_tiled_matches_reference() {
     check_variant(ConvVariant::Tiled);
 }
 
+/// The test shapes the patch-matrix path takes (oh ow % 4 == 0: strides 1-3, padding 0-2,
+/// partial blocks), with `lenet` (a LeNet-5-like shape) and an odd count of 4-column groups.
+fn cols_shapes(lenet: ConvShape) -> Vec<ConvShape> {
+    let extra = [lenet, shape(3, 2, 4, 4, 9, (3, 3), 1, 1)];
+    let shapes: Vec<ConvShape> = SHAPES
+        .iter()
+        .chain(&extra)
+        .copied()
+        .filter(|s| (s.out_h() * s.out_w()) % 4 == 0)
+        .collect();
+    assert!(shapes.len() >= 8);
+    shapes
+}
+
 /// Runs the patch-matrix path (im2col + forward product, weight gradient from the same patch
 /// matrix, then input gradient through it) on fresh NaN-poisoned outputs and patch matrix.
 fn run_cols(c: &Ctx, s: &ConvShape, (x, w, b, gy): Inputs<'_>) -> Run {
@@ -219,17 +233,7 @@ fn run_cols(c: &Ctx, s: &ConvShape, (x, w, b, gy): Inputs<'_>) -> Run {
 fn conv_cols_matches_reference() {
     let c = ctx();
     let mut rng = Rng::new(43);
-    let extra = [
-        shape(2, 1, 28, 28, 20, (5, 5), 1, 0),
-        shape(3, 2, 4, 4, 9, (3, 3), 1, 1),
-    ];
-    let shapes: Vec<ConvShape> = SHAPES
-        .iter()
-        .chain(&extra)
-        .copied()
-        .filter(|s| (s.out_h() * s.out_w()) % 4 == 0)
-        .collect();
-    assert!(shapes.len() >= 8);
+    let shapes = cols_shapes(shape(2, 1, 28, 28, 20, (5, 5), 1, 0));
     for (i, s) in shapes.iter().enumerate() {
         let x = rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0);
         let w = rand_vec(&mut rng, s.c_out * s.cols(), -1.0, 1.0);
@@ -290,17 +294,7 @@ fn conv_listed_products_equal_the_dense_cols_products() {
     use dst::kernels::sparse::EllLists;
     let c = ctx();
     let mut rng = Rng::new(47);
-    let extra = [
-        shape(3, 20, 12, 12, 50, (5, 5), 1, 0),
-        shape(3, 2, 4, 4, 9, (3, 3), 1, 1),
-    ];
-    let shapes: Vec<ConvShape> = SHAPES
-        .iter()
-        .chain(&extra)
-        .copied()
-        .filter(|s| (s.out_h() * s.out_w()) % 4 == 0)
-        .collect();
-    assert!(shapes.len() >= 8);
+    let shapes = cols_shapes(shape(3, 20, 12, 12, 50, (5, 5), 1, 0));
     let k = &c.k.conv;
     let same = |a: &[f32], b: &[f32]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x == y);
     for (i, s) in shapes.iter().enumerate() {
