@@ -98,6 +98,12 @@ impl StepDims {
         assert!(dc.len() >= tt * b * h, "lstm step_backward: dc");
     }
 
+    /// Workgroups of the listed steps: one unit per workgroup (its lists are uniform across the
+    /// workgroup), 64 batch rows per workgroup.
+    fn listed_groups(&self) -> [u32; 3] {
+        [self.hidden as u32, (self.batch as u32).div_ceil(64), 1]
+    }
+
     fn y_len(&self) -> usize {
         if self.out_seq {
             self.steps * self.batch * self.hidden
@@ -340,7 +346,7 @@ impl Lstm {
                 xproj, &lists.idx, &lists.val, &lists.cnt, h_pad, c_pad, gates, y,
             ],
             None,
-            d.groups(),
+            d.listed_groups(),
         )
     }
 
@@ -368,7 +374,7 @@ impl Lstm {
                 &lists.idx, &lists.val, &lists.cnt, c_pad, gates, dy, dgates, dc,
             ],
             None,
-            d.groups(),
+            d.listed_groups(),
         )
     }
 }
