@@ -493,14 +493,19 @@ fn lstm_listed_steps_equal_dense_bits() {
     let mut rng = Rng::new(203);
     let flags = &c.k.lstm;
     let default_blocked = flags.blocked.load(Ordering::Relaxed);
-    let d = Dims {
-        batch: 5,
-        steps: 4,
-        input: 6,
-        hidden: 12,
-    };
+    // A batch of 70: the listed steps' second workgroup of batch rows, partly filled.
+    let sizes = [(5, 4, 6, 12), (70, 3, 4, 8)].map(|(batch, steps, input, hidden)| Dims {
+        batch,
+        steps,
+        input,
+        hidden,
+    });
     let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-    for output in [LstmOutput::Sequence, LstmOutput::Last] {
+    for (d, output) in [
+        (sizes[0], LstmOutput::Sequence),
+        (sizes[0], LstmOutput::Last),
+        (sizes[1], LstmOutput::Sequence),
+    ] {
         for keep in [0.05, 0.3, 1.0] {
             let mut pr = Problem::random(&mut rng, d, LstmInput::BatchMajor, output, true);
             // Thresholds that keep about `keep` of P_hh (|w| uniform below 0.8), all of P_ih.
@@ -509,7 +514,7 @@ fn lstm_listed_steps_equal_dense_bits() {
             pr.p.t_ih = Some(t_keep);
             for blocked in [false, true] {
                 flags.blocked.store(blocked, Ordering::Relaxed);
-                let tag = format!("{output:?} keep {keep} blocked {blocked}");
+                let tag = format!("{d:?} {output:?} keep {keep} blocked {blocked}");
                 let mut results = Vec::new();
                 for listed in [0.0, 1.0, 0.1] {
                     let bt = build_with(&c, &pr, Mode::Train, listed);
