@@ -24,7 +24,8 @@ pub struct MemoryReport {
     /// Resident data, per image (pixels, label, permutation entry).
     pub data_bytes_per_image: u64,
     /// The activations (and scratch) of one training step and of one evaluation batch; the
-    /// training step's includes what its plan allocates for the layers (a masked conv's lists).
+    /// training step's includes what its plan allocates for the layers (a masked conv's or LSTM's
+    /// lists of kept weights).
     pub train_bytes: u64,
     pub eval_bytes: u64,
     /// Images per evaluation batch (500, or fewer where that would not fit one buffer).
@@ -74,7 +75,7 @@ impl MemoryReport {
                 mib(self.eval_bytes),
                 self.eval_batch
             ),
-            "                  (scratch included; CPU adapters: patch matrices, masked convs' lists)"
+            "                  (scratch included; CPU adapters: patch matrices, lists of kept weights)"
                 .to_string(),
             format!(
                 "  data            {} bytes per resident image: {} for {images} images",
