@@ -15,7 +15,9 @@
 // sum runs in a fixed order, so results are bit-deterministic. Variants: `*_regblock` (CPU adapters
 // such as lavapipe: several outputs per invocation in registers, no workgroup memory), `*_cols`
 // with `conv_im2col` / `conv_col2im` (CPU adapters when oh ow % 4 == 0: a patch matrix the layer
-// owns and vec4 GEMM-like products over it; faster than the implicit forms there) and `*_tiled` /
+// owns and vec4 GEMM-like products over it; faster than the implicit forms there; with
+// `*_cols_listed`, the forward and input-gradient products from the lists of a pruned P's
+// nonzeros) and `*_tiled` /
 // `conv_backward_weight_split` (GPUs: 16x16 workgroup-memory tiles, one output per invocation; one workgroup per
 // weight-gradient element with a fixed-order tree reduction). Grids are 1-D block counts folded
 // into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
