@@ -15,6 +15,19 @@ use crate::nn::Mode;
 use crate::rng::Rng;
 use crate::train::{Session, TrainConfig};
 
+/// LeNet-5-Caffe's conv2 at batch 64 (20 -> 50 channels, 12x12, 5x5): the kernel tables' conv.
+const LENET5_CONV2: ConvShape = ConvShape {
+    batch: 64,
+    c_in: 20,
+    h: 12,
+    w: 12,
+    c_out: 50,
+    kh: 5,
+    kw: 5,
+    stride: 1,
+    pad: 0,
+};
+
 /// Seconds per run of the sequence `ds` (`reps` runs in one submission).
 fn time_dispatches(gpu: &Gpu, ds: &[crate::kernels::Dispatch], reps: u32) -> anyhow::Result<f64> {
     run_once(gpu, ds, 0)?; // warm-up
@@ -190,20 +203,7 @@ pub fn run(
             "conv (GFLOP/s)", "forward", "d_input", "d_weight"
         );
         let conv_shapes = [
-            (
-                "LeNet-5 conv2 b64 20->50 12x12 k5",
-                ConvShape {
-                    batch: 64,
-                    c_in: 20,
-                    h: 12,
-                    w: 12,
-                    c_out: 50,
-                    kh: 5,
-                    kw: 5,
-                    stride: 1,
-                    pad: 0,
-                },
-            ),
+            ("LeNet-5 conv2 b64 20->50 12x12 k5", LENET5_CONV2),
             (
                 "VGG-like b64 64->64 16x16 k3 p1",
                 ConvShape {
@@ -322,13 +322,14 @@ fn sparse_products(
         Tensor::zeros(gpu, "dy_fm", &[rows, batch])?,
     );
     let lists = crate::kernels::sparse::EllLists::new(gpu, "bench", rows, cols, false)?;
-    let mut table = vec![Vec::new(); 4];
+    let mut table = vec![Vec::new(); 5];
     for kp in keeps {
         let p = masked_rand(rand, rows * cols, kp);
         let p = Tensor::from_slice(gpu, "p", &[rows, cols], &p)?;
         let sp = &k.sparse;
         let seqs = [
             vec![k.gemm.forward(gpu, &x, &p, Some(&b), &y, &k.dummy)?],
+            vec![sp.ell_build(gpu, &p, &lists, true)?],
             vec![
                 sp.ell_build(gpu, &p, &lists, true)?,
                 sp.to_feature_major(gpu, batch, cols, &x, &x_fm)?,
@@ -362,6 +363,7 @@ fn sparse_products(
         &keeps,
         &[
             "forward, dense GEMM",
+            "forward, the row lists alone",
             "forward, sparse (lists+fm+product)",
             "d_input, dense GEMM",
             "d_input, sparse (lists+fm+product)",
@@ -382,17 +384,7 @@ fn conv_sparse_products(
     reps: u32,
     rand: &mut dyn FnMut(usize) -> Vec<f32>,
 ) -> anyhow::Result<()> {
-    let s = ConvShape {
-        batch: 64,
-        c_in: 20,
-        h: 12,
-        w: 12,
-        c_out: 50,
-        kh: 5,
-        kw: 5,
-        stride: 1,
-        pad: 0,
-    };
+    let s = LENET5_CONV2;
     if !k.conv.use_cols(gpu, &s) {
         return Ok(());
     }

@@ -111,7 +111,8 @@ pub fn default_sparse_keep_conv(class: crate::gpu::AdapterClass) -> f64 {
 /// The keep ratio of P_hh at or below which a masked LSTM layer's recurrent steps compute from
 /// the lists of its kept weights instead of the dense steps. Measured on lavapipe (BENCHMARKS.md,
 /// LSTM-a from trained checkpoints): the listed steps take about 68 ms per training step at 1.65 %
-/// kept and 220 ms at 10-14 %, the register-blocked dense ones about 165 ms: even at about 8 %.
+/// kept and (estimated from step totals) 220 ms at 10-14 %, the register-blocked dense ones about
+/// 165 ms: even at about 8 %.
 /// Off on GPUs, where the dense steps are the fast path and the list build is a sequential scan.
 pub fn default_sparse_keep_lstm(class: crate::gpu::AdapterClass) -> f64 {
     match class {
