@@ -156,13 +156,21 @@ pub fn run(
         let one = k.act.relu_backward(&gpu, &dy64, &y64, &dx64)?;
         let mut none = one.clone();
         none.workgroups = [0, 1, 1];
+        // The same two with their counts read from a buffer (a switch's routed dispatches).
+        let args = std::sync::Arc::new(gpu.indirect_init("indirect", &[0, 1, 1, 1, 1, 1])?);
+        let mut none_indirect = one.clone();
+        none_indirect.indirect = Some((args.clone(), 0));
+        let mut one_indirect = one.clone();
+        one_indirect.indirect = Some((args, 12));
         let per = |d: &crate::kernels::Dispatch| -> anyhow::Result<f64> {
             Ok(1e6 * time_dispatches(&gpu, &vec![d.clone(); 64], reps.max(1))? / 64.0)
         };
         println!(
-            "dispatch overhead (us per dispatch, 64 in one pass): one workgroup {:.1}, none {:.1}",
+            "dispatch overhead (us per dispatch, 64 in one pass): one workgroup {:.1}, none {:.1}; counts read from a buffer: one {:.1}, none {:.1}",
             per(&one)?,
-            per(&none)?
+            per(&none)?,
+            per(&one_indirect)?,
+            per(&none_indirect)?
         );
         println!(
             "{:<36} {:>12} {:>12} {:>12} {:>12}",
@@ -638,11 +646,23 @@ fn add_to(per: &mut Vec<(String, f64, usize)>, label: &str, sec: f64) {
     }
 }
 
+/// A profile's row: the layer that recorded a dispatch ("step" for the plan's own) and its kernel.
+fn profile_key(owner: &str, kernel: &str) -> String {
+    format!(
+        "{:<8} {kernel}",
+        if owner.is_empty() { "step" } else { owner }
+    )
+}
+
 /// Per-kernel seconds of one step of `plan`, each dispatch timed alone from the host.
 fn wall_profile(gpu: &Gpu, plan: &crate::plan::Plan) -> anyhow::Result<Vec<(String, f64, usize)>> {
     let mut per = Vec::new();
-    for d in &plan.dispatches {
-        add_to(&mut per, &d.label, time_dispatch(gpu, d, 5)?);
+    for (d, owner) in plan.dispatches.iter().zip(&plan.owners) {
+        add_to(
+            &mut per,
+            &profile_key(owner, &d.label),
+            time_dispatch(gpu, d, 5)?,
+        );
     }
     per.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(per)
@@ -705,8 +725,8 @@ fn gpu_profile(
         }
     }
     let mut per = Vec::new();
-    for (d, sum) in plan.dispatches.iter().zip(&sums) {
-        add_to(&mut per, &d.label, sum / steps as f64);
+    for ((d, owner), sum) in plan.dispatches.iter().zip(&plan.owners).zip(&sums) {
+        add_to(&mut per, &profile_key(owner, &d.label), sum / steps as f64);
     }
     per.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(Some(per))
@@ -882,34 +902,78 @@ fn step_times(
         );
     }
     if profile {
-        // DST with the adapter's defaults: from the checkpoint when given, else from scratch.
-        let v = if variants.len() == 7 {
-            &variants[6]
-        } else {
-            &variants[1]
-        };
-        let (per, how) = match gpu_profile(&v.session, &v.plan, 5)? {
-            Some(per) => (per, "GPU timestamps around each dispatch, mean of 5 steps"),
-            None => (
-                wall_profile(&v.session.gpu, &v.plan)?,
-                "each dispatch timed alone on the host, 5 reps: submission overhead included",
-            ),
-        };
-        let total: f64 = per.iter().map(|e| e.1).sum();
-        println!(
-            "  per-kernel profile of the step \"{}\" ({how}; total {:.3} ms; a dispatch the layer's switch turned off counts as empty):",
-            v.label,
-            1e3 * total
-        );
-        for (label, sec, n) in per {
-            println!(
-                "  {label:<40} {n:>4} x  {:>9.3} ms  {:>5.1} %",
-                1e3 * sec,
-                100.0 * sec / total
-            );
+        // The dense step beside DST with the adapter's defaults (from the checkpoint when given,
+        // else from scratch), per layer and kernel: the rows they share bound what DST's
+        // sparsity can save.
+        let dst = if variants.len() == 7 { 6 } else { 1 };
+        let mut how = "";
+        let mut per = Vec::new();
+        for v in [&variants[0], &variants[dst]] {
+            let p = match gpu_profile(&v.session, &v.plan, 5)? {
+                Some(p) => {
+                    how = "GPU timestamps around each dispatch, mean of 5 steps";
+                    p
+                }
+                None => {
+                    how = "each dispatch timed alone on the host, 5 reps: submission overhead included";
+                    wall_profile(&v.session.gpu, &v.plan)?
+                }
+            };
+            per.push(p);
         }
+        print_profiles(
+            how,
+            [variants[0].label.as_str(), variants[dst].label.as_str()],
+            &per,
+        );
     }
     Ok(())
+}
+
+/// Prints two per-layer, per-kernel profiles side by side (rows in the order of the first's
+/// time, then the second's), with their totals and the time of the second in rows the first
+/// also has.
+fn print_profiles(how: &str, labels: [&str; 2], per: &[Vec<(String, f64, usize)>]) {
+    let mut keys: Vec<&str> = per[0].iter().map(|e| e.0.as_str()).collect();
+    for e in &per[1] {
+        if !keys.contains(&e.0.as_str()) {
+            keys.push(&e.0);
+        }
+    }
+    let total = |p: &[(String, f64, usize)]| p.iter().map(|e| e.1).sum::<f64>();
+    let (t0, t1) = (total(&per[0]), total(&per[1]));
+    println!(
+        "  per-kernel profiles ({how}; a dispatch a layer's switch turned off counts, empty), ms and % of the step; A: \"{}\", B: \"{}\":",
+        labels[0], labels[1]
+    );
+    println!("  {:<48} {:>22} {:>22}", "layer    kernel", "A", "B");
+    let cell = |p: &[(String, f64, usize)], k: &str, t: f64| match p.iter().find(|e| e.0 == k) {
+        Some((_, sec, n)) => format!("{n:>3} x {:>7.3} {:>5.1} %", 1e3 * sec, 100.0 * sec / t),
+        None => "-".to_string(),
+    };
+    for k in keys {
+        println!(
+            "  {k:<48} {:>22} {:>22}",
+            cell(&per[0], k, t0),
+            cell(&per[1], k, t1)
+        );
+    }
+    println!(
+        "  {:<48} {:>16.3} ms {:>16.3} ms",
+        "total",
+        1e3 * t0,
+        1e3 * t1
+    );
+    let shared: f64 = per[0]
+        .iter()
+        .filter(|e| per[1].iter().any(|f| f.0 == e.0))
+        .map(|e| e.1)
+        .sum();
+    println!(
+        "  the rows of A that B also has: {:.3} ms, {:.1} % of A",
+        1e3 * shared,
+        100.0 * shared / t0
+    );
 }
 
 /// `count` random images of CIFAR-10's shape and normalisation, augmented like its training set.

@@ -72,8 +72,9 @@ enum Command {
         /// Models whose training steps to time (repeatable; default lenet300).
         #[arg(long = "model", default_value = "lenet300")]
         models: Vec<String>,
-        /// Also time each dispatch of a DST step alone and print where the time goes (the DST
-        /// step with the adapter's default products: from --checkpoint when given).
+        /// Also time each dispatch of the dense step and of a DST step alone and print where the
+        /// time goes, per layer and kernel, side by side (the DST step with the adapter's default
+        /// products: from --checkpoint when given).
         #[arg(long)]
         profile: bool,
         /// A DST checkpoint of the (one) --model: also time DST steps from it, with dense products,

@@ -161,6 +161,8 @@ impl Optimizer {
 
 pub struct Plan {
     pub dispatches: Vec<Dispatch>,
+    /// The layer that recorded each dispatch ("" for the plan's own), for profiles.
+    pub owners: Vec<String>,
     /// Recorded once after the last step of a window (before its stats are read): the divergence
     /// guard over the parameter arenas (training plans only).
     pub window_end: Vec<Dispatch>,
@@ -259,16 +261,20 @@ impl Plan {
         let x = Tensor { shape, ..rows };
         let mut acts = vec![x];
         for layer in &model.layers {
+            cx.layer = layer.name().to_string();
             let y = layer.forward(&mut cx, acts.last().unwrap())?;
             acts.push(y);
         }
+        cx.layer.clear();
         let logits = acts.last().unwrap().clone();
         let train = mode == Mode::Train;
         if train {
             // After the forward: a reset in this forward is already visible (METHOD.md section 3).
             for layer in &model.layers {
+                cx.layer = layer.name().to_string();
                 layer.penalty(&mut cx)?;
             }
+            cx.layer.clear();
         }
         let d_logits = cx.activation("d_logits", &logits.shape)?;
         let logits_out = logits.clone();
@@ -281,11 +287,13 @@ impl Plan {
             let mut dy = d_logits;
             for (i, layer) in model.layers.iter().enumerate().rev() {
                 let need_dx = i > 0;
+                cx.layer = layer.name().to_string();
                 match layer.backward(&mut cx, &acts[i], &acts[i + 1], &dy, need_dx)? {
                     Some(dx) => dy = dx,
                     None => break,
                 }
             }
+            cx.layer.clear();
             let a = &model.arena;
             cx.push(match optimizer {
                 Optimizer::Sgd {
@@ -355,6 +363,7 @@ impl Plan {
         }
         Ok(Plan {
             dispatches: cx.dispatches,
+            owners: cx.owners,
             window_end,
             stats,
             logits: logits_out,

@@ -381,3 +381,41 @@ fn bad_lr_steps_are_clear_errors() {
     assert!(!ok, "--batch without --model");
     assert!(err.contains("--model"), "{err}");
 }
+
+#[test]
+fn bench_profiles_the_dense_and_the_dst_step_per_layer() {
+    let (ok, out, err) = dst(&[
+        "bench",
+        "--reps",
+        "0",
+        "--steps",
+        "2",
+        "--rounds",
+        "1",
+        "--profile",
+    ]);
+    assert!(ok, "{err}");
+    for want in [
+        "lenet300 dense",
+        "lenet300 DST / dense step time:",
+        "A: \"dense\", B: \"DST\"",
+        "the rows of A that B also has:",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    // One row per (layer, kernel), whatever the adapter's kernel variants: the batch gather in
+    // both steps, fc1's mask pass in the DST step only.
+    let row = |layer: &str, kernel: &str| {
+        out.lines()
+            .find(|l| {
+                let mut w = l.split_whitespace();
+                w.next() == Some(layer) && w.next().is_some_and(|k| k.starts_with(kernel))
+            })
+            .unwrap_or_else(|| panic!("no row {layer} {kernel}* in:\n{out}"))
+            .to_string()
+    };
+    let cells = |l: &str| l.matches(" x ").count();
+    assert_eq!(cells(&row("step", "data.gather")), 2);
+    let mask = row("fc1", "masked.mask_forward");
+    assert!(cells(&mask) == 1 && mask.contains(" - "), "{mask}");
+}

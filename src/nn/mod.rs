@@ -50,6 +50,10 @@ pub struct PlanCx<'a> {
     /// from the input's nonzeros (0: never).
     pub sparse_input: f64,
     pub dispatches: Vec<Dispatch>,
+    /// The layer that recorded each dispatch ("" for the plan's own: gather, loss, optimiser).
+    pub owners: Vec<String>,
+    /// The layer now recording (`Plan::build` sets it around each layer's calls).
+    pub layer: String,
     /// SGD's (momentum, weight decay) when a layer may update a weight itself, fused into its
     /// weight-gradient product (training plans with SGD); the plan's optimiser pass then skips
     /// the weights in `self_updated`.
@@ -87,6 +91,8 @@ impl<'a> PlanCx<'a> {
             sparse_keep_lstm: 0.0,
             sparse_input: 0.0,
             dispatches: Vec::new(),
+            owners: Vec::new(),
+            layer: String::new(),
             fused_sgd: None,
             self_updated: Vec::new(),
             prefix: format!("{mode:?}").to_lowercase(),
@@ -101,6 +107,7 @@ impl<'a> PlanCx<'a> {
 
     pub fn push(&mut self, d: Dispatch) {
         self.dispatches.push(d);
+        self.owners.push(self.layer.clone());
     }
 
     /// Records that a dispatch of this plan applies the optimiser step to `id` itself (its
