@@ -399,7 +399,7 @@ fn bench_profiles_the_dense_and_the_dst_step_per_layer() {
         "lenet300 dense",
         "lenet300 DST / dense step time:",
         "A: \"dense\", B: \"DST\"",
-        "the rows of A that B also has:",
+        "in rows both have (per row the smaller time):",
     ] {
         assert!(out.contains(want), "{want:?} missing from:\n{out}");
     }

@@ -77,6 +77,7 @@ pub struct CsrTensors {
 pub struct Sparse {
     pub csr_linear_k: Kernel,
     pub to_feature_major_k: Kernel,
+    pub to_feature_major4_k: Kernel,
     pub csr_linear_fm_k: Kernel,
     pub ell_build_k: Kernel,
     pub ell_product_k: Kernel,
@@ -304,6 +305,11 @@ impl Sparse {
             to_feature_major_k: f.kernel(
                 "to_feature_major",
                 &[(4, R), (6, Access::ReadWrite)],
+                false,
+            )?,
+            to_feature_major4_k: f.kernel(
+                "to_feature_major4",
+                &[(7, R), (8, Access::ReadWrite)],
                 false,
             )?,
             ell_build_k: f.kernel("ell_build", &[(9, R), (10, RW), (11, RW), (12, RW)], false)?,
@@ -611,6 +617,20 @@ impl Sparse {
             batch: batch as u32,
             ..Default::default()
         };
+        // 4 x 4 blocks as vec4s where both sides are whole quads and the views 16-byte aligned.
+        if batch.is_multiple_of(4)
+            && cols.is_multiple_of(4)
+            && x.offset.is_multiple_of(16)
+            && y.offset.is_multiple_of(16)
+        {
+            return self.to_feature_major4_k.bind(
+                gpu,
+                &p,
+                &[x, y],
+                None,
+                grid_1d((batch * cols / 16).div_ceil(64) as u32),
+            );
+        }
         self.to_feature_major_k.bind(
             gpu,
             &p,

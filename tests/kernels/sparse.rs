@@ -155,6 +155,49 @@ fn csr_linear_equals_the_dense_product_of_its_expansion() {
 }
 
 #[test]
+fn to_feature_major_transposes_every_shape() {
+    // The 4 x 4 vec4 blocks (batch and width multiples of 4: LeNet-300-100's fc1, an LSTM's
+    // time-major gates, 2800 x 512) and the scalar copy (either not; 1 x 4,194,560 values fold
+    // its grid into y past 65,535 workgroups).
+    let c = ctx();
+    let mut rng = Rng::new(41);
+    for &(batch, cols) in &[
+        (4, 4),
+        (8, 12),
+        (64, 784),
+        (2800, 512),
+        (5, 8),
+        (8, 5),
+        (1, 64),
+        (3, 3),
+        (1, 4_194_560),
+    ] {
+        let x = rand_vec(&mut rng, batch * cols, -1.0, 1.0);
+        let xt = c.tensor("x", &[batch * cols], &x);
+        let y = c.poisoned("y", &[batch * cols]);
+        let d =
+            c.k.sparse
+                .to_feature_major(&c.gpu, batch, cols, &xt, &y)
+                .unwrap();
+        let vec4 = batch % 4 == 0 && cols % 4 == 0;
+        assert_eq!(
+            d.label,
+            if vec4 {
+                "sparse.to_feature_major4"
+            } else {
+                "sparse.to_feature_major"
+            },
+            "{batch}x{cols}"
+        );
+        run_once(&c.gpu, &[d], 0).unwrap();
+        assert!(
+            c.read(&y) == transpose(&x, batch, cols),
+            "to_feature_major {batch}x{cols}"
+        );
+    }
+}
+
+#[test]
 fn csr_linear_fm_and_to_feature_major_match_reference() {
     // The vec4 fast path: batches that are multiples of 4 (one, several and a partial group of
     // 16 samples per invocation), every density, empty rows; fed by `to_feature_major`.
