@@ -149,7 +149,8 @@ fn set_switch(lane: u32, kept: u32) {
 // The floor's recompute (`recompute` set: the floor of a one-matrix mask): the mask pass records
 // its second `mask_forward` as an indirect dispatch whose workgroup counts are layer_keep[4 ..
 // 6], template at layer_keep[7 .. 9]: the counts become the template when the floor acted (the
-// thresholds moved, P must follow), else 0 (P is already right: the pass costs nothing).
+// thresholds moved, P must follow), else 0 (P is already right: the pass does no work, though an
+// indirect dispatch still costs lavapipe about 30 us: BENCHMARKS.md, sixth round).
 fn set_recompute(lane: u32, acted: bool) {
     if (mp.recompute != 0u && mp.policy == RESET_FLOOR && lane < 3u) {
         layer_keep[4u + lane] = select(0u, layer_keep[7u + lane], acted);

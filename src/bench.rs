@@ -146,8 +146,9 @@ pub fn run(
         input_sparse_weight_gradient(&gpu, &k, reps, &mut rand)?;
         conv_sparse_products(&gpu, &k, reps, &mut rand)?;
         // What a dispatch costs besides its work: 64 back to back in one pass, each one
-        // workgroup over 64 values (relu_backward), and the same with no workgroups (a path a
-        // layer's switch turned off).
+        // workgroup over 64 values (relu_backward), and the same with no workgroups; then both
+        // with their counts read from a buffer, as a layer's switch routes them (a route it turned
+        // off: no workgroups).
         let (dy64, y64) = (
             Tensor::from_slice(&gpu, "dy64", &[64], &rand(64))?,
             Tensor::from_slice(&gpu, "y64", &[64], &rand(64))?,
@@ -306,17 +307,33 @@ pub fn run(
     Ok(())
 }
 
-/// The products of LeNet-300-100's fc1 (batch 64) at several keep ratios: the dense GEMM over P
-/// against the sparse path of a masked linear layer (lists of P's nonzeros, the input made
-/// feature-major, the list product), forward and product to the input: where the sparse path
-/// starts to pay (`--sparse-keep`).
+/// The products of LeNet-300-100's fc1 and fc2 (batch 64) at several keep ratios: the dense
+/// GEMM over P against the sparse path of a masked linear layer (lists of P's nonzeros, the input
+/// made feature-major, the list product), forward and product to the input: where the sparse
+/// path starts to pay (`--sparse-keep`) and why layers below `SPARSE_MIN_WEIGHTS` keep the GEMMs.
 fn sparse_products(
     gpu: &Gpu,
     k: &Kernels,
     reps: u32,
     rand: &mut dyn FnMut(usize) -> Vec<f32>,
 ) -> anyhow::Result<()> {
-    let (batch, rows, cols) = (64usize, 300usize, 784usize);
+    for (name, rows, cols) in [("fc1", 300usize, 784usize), ("fc2", 100, 300)] {
+        sparse_products_of(gpu, k, reps, rand, name, rows, cols)?;
+    }
+    Ok(())
+}
+
+/// `sparse_products` for one `rows x cols` layer.
+fn sparse_products_of(
+    gpu: &Gpu,
+    k: &Kernels,
+    reps: u32,
+    rand: &mut dyn FnMut(usize) -> Vec<f32>,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> anyhow::Result<()> {
+    let batch = 64usize;
     let keeps = [1.0, 0.5, 0.3, 0.2, 0.1, 0.05, 0.02];
     let x = Tensor::from_slice(gpu, "x", &[batch, cols], &rand(batch * cols))?;
     let dy = Tensor::from_slice(gpu, "dy", &[batch, rows], &rand(batch * rows))?;
@@ -367,7 +384,7 @@ fn sparse_products(
         }
     }
     print_table(
-        ("fc1 products (us) at keep", 36),
+        (&format!("{name} products (us) at keep"), 36),
         &keeps,
         &[
             "forward, dense GEMM",

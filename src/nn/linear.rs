@@ -32,8 +32,11 @@ const SWITCH_SLOTS: usize = 9;
 const INPUT_SLOT: usize = 8;
 const FORWARD_SLOTS: usize = 4;
 
-/// Layers with fewer weights keep the dense products only: their GEMMs cost about as much as the
-/// extra dispatches of the sparse path (LeNet-300-100's fc2 and fc3, LeNet-5's fc4).
+/// Layers with fewer weights keep the dense products only (LeNet-300-100's fc2 and fc3, LeNet-5's
+/// fc4): on lavapipe fc2's listed products pay only below about 20 % kept (`dst bench`'s fc2
+/// table), where DST's paper settings leave it at 21-23 %, and a switch would add routed
+/// dispatches (about 30 us each there, run or not) and lose the ReLU backward fused into the
+/// product to the input to every step.
 pub const SPARSE_MIN_WEIGHTS: usize = 65_536;
 
 pub struct Linear {
