@@ -179,7 +179,8 @@ fn add_penalty(lane: u32) {
 // each with its own decision. Sums its rows' row_keep (in a fixed order) to the matrix's keep
 // count; if count / numel <= 0.01 the matrix is dying and `policy` acts (a rare event, so one
 // workgroup does it):
-//   paper: its thresholds are set to 0 and P is recomputed (METHOD.md section 3);
+//   paper: its thresholds are set to 0 and P and row_keep's counts are recomputed (METHOD.md
+//          section 3);
 //   floor: every row keeps at least its strongest weight: a threshold at or above the row's
 //          largest |w| (found by `mask_forward`) comes down to 0.999 of it, the others stay, so
 //          the matrix cannot die and
@@ -239,14 +240,21 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
         set_recompute(lid.x, true);
         return;
     }
-    // The paper's reset: thresholds to 0, P recomputed.
+    // The paper's reset: thresholds to 0, P and its rows' keep counts recomputed (a row per
+    // lane at a time: the input-sparse forward's compaction reads the counts).
     var kept = 0u;
-    for (var i = lid.x; i < numel; i += WG) {
-        let w = weight[e0 + i];
-        let m = dst_step(abs(w));
-        // e0 = 0 when P is transposed (one matrix).
-        masked_weight[p_at((e0 + i) / mp.cols, (e0 + i) % mp.cols)] = w * m;
-        kept += u32(m);
+    for (var r = lid.x; r < grows; r += WG) {
+        var row_kept = 0u;
+        for (var c = 0u; c < mp.cols; c++) {
+            let i = r * mp.cols + c;
+            let w = weight[e0 + i];
+            let m = dst_step(abs(w));
+            // e0 = 0 when P is transposed (one matrix).
+            masked_weight[p_at((e0 + i) / mp.cols, (e0 + i) % mp.cols)] = w * m;
+            row_kept += u32(m);
+        }
+        row_keep[r0 + r] = row_kept;
+        kept += row_kept;
     }
     for (var r = lid.x; r < grows; r += WG) {
         threshold[r0 + r] = 0.0;

@@ -41,8 +41,12 @@ struct SparseParams {
     n_switch: u32,     // input_lists: the slots of the layer's switch (shaders/masked.wgsl)
     fwd_slots: u32,    // input_lists: slots [0, fwd_slots) are the forward's other paths
     input_slot: u32,   // input_lists: the slot of `ell_input_product`
+    outputs: u32,      // input_lists: the layer's outputs (P's rows), for the compaction
+    compact: u32,      // input_lists: 1 when the layer has the compacted product (below)
+    compact_max: u32,  // input_lists: compact when at most this many rows of P keep a weight
+    compact_slot: u32, // input_lists: the slot of `compact_columns`
+    compact_product_slot: u32, // input_lists: the slot of the compacted `ell_input_product`
     _pad0: u32,
-    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> sp: SparseParams;
@@ -61,6 +65,8 @@ struct SparseParams {
 @group(0) @binding(13) var<storage, read_write> switch_args: array<u32>;
 @group(0) @binding(14) var<storage, read> w4: array<vec4<f32>>;
 @group(0) @binding(15) var<storage, read> list_val4: array<vec4<f32>>; // list_val as vec4s
+@group(0) @binding(16) var<storage, read> row_cnt: array<u32>; // input_lists: P's per-row keep counts
+@group(0) @binding(17) var<storage, read_write> order: array<u32>; // the compaction's row order
 
 const WG: u32 = 64u;
 const QUAD: u32 = 4u;
@@ -403,11 +409,26 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
     storageBarrier();
     let on = red_total[0] <= sp.input_max;
+    var compact = false;
+    var n_active = 0u;
+    if (sp.compact != 0u) {
+        n_active = compaction_order(lid.x);
+        compact = on && n_active <= sp.compact_max;
+    }
     let slot = lid.x;
     let t = 3u * sp.n_switch + 4u * slot;
     if (slot == sp.input_slot) {
         for (var a = 0u; a < 3u; a++) {
-            switch_args[3u * slot + a] = select(0u, switch_args[t + a], on);
+            switch_args[3u * slot + a] = select(0u, switch_args[t + a], on && !compact);
+        }
+    } else if (sp.compact != 0u && slot == sp.compact_product_slot) {
+        for (var a = 0u; a < 3u; a++) {
+            switch_args[3u * slot + a] = select(0u, switch_args[t + a], compact);
+        }
+    } else if (sp.compact != 0u && slot == sp.compact_slot) {
+        // `compact_columns`: its template (one invocation per row of P^T) when it runs.
+        for (var a = 0u; a < 3u; a++) {
+            switch_args[3u * slot + a] = select(0u, switch_args[t + a], compact);
         }
     } else if (slot < sp.fwd_slots && on) {
         for (var a = 0u; a < 3u; a++) {
@@ -418,20 +439,110 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
 
 var<workgroup> red_total: array<u32, 64>;
 
-// Four outputs of `ell_input_product` at (b, o..o + 3) (o + 3 < sp.rows: sp.rows % 4 == 0).
-fn store_input_product(b: u32, o: u32, v: vec4<f32>) {
+// ---- The input-sparse forward over the rows of P that keep a weight ----
+//
+// A DST layer prunes whole rows (LeNet-300-100's fc1 at 8 % kept: 199 of its 300 rows keep
+// nothing), whose outputs are act(bias) whatever the input. Where at most `compact_max` rows
+// keep a weight, `input_lists` orders the rows (`order`: those that keep a weight first, then
+// the others, each ascending; order[outputs] = how many keep one), `compact_columns` copies P^T's
+// columns into that order, and `ell_input_product` with `compacted` loops only in the
+// workgroups (64 ordered rows) that hold a kept row: per row the same fma chain as over P^T, so
+// the same values; rows that keep nothing get act(0 + bias), as from a sum of zero products.
+
+var<workgroup> scan: array<u32, 64>;
+
+// vec4 columns of the compacted P^T that the product reads: the rows of every workgroup of 64
+// ordered rows that holds one that keeps a weight (`outputs`: the layer's, in both kernels that
+// call it).
+fn compact_width(n_active: u32) -> u32 {
+    return min(sp.outputs / 4u, 16u * ((n_active + 63u) / 64u));
+}
+
+// All 64 lanes: writes `order` from row_cnt (contiguous chunks of rows per lane, their counts
+// scanned in lane order) and returns how many rows keep a weight.
+fn compaction_order(lane: u32) -> u32 {
+    let n = sp.outputs;
+    let chunk = (n + WG - 1u) / WG;
+    let r0 = min(lane * chunk, n);
+    let r1 = min(r0 + chunk, n);
+    var mine = 0u;
+    for (var r = r0; r < r1; r++) {
+        mine += u32(row_cnt[r] != 0u);
+    }
+    scan[lane] = mine;
+    workgroupBarrier();
+    var before = 0u;
+    var total = 0u;
+    for (var l = 0u; l < WG; l++) {
+        let v = scan[l];
+        before += select(0u, v, l < lane);
+        total += v;
+    }
+    var a = before;          // this lane's rows that keep a weight go here...
+    var e = total + r0 - before; // ...and those that keep none here
+    for (var r = r0; r < r1; r++) {
+        if (row_cnt[r] != 0u) {
+            order[a] = r;
+            a++;
+        } else {
+            order[e] = r;
+            e++;
+        }
+    }
+    if (lane == 0u) {
+        order[n] = total;
+    }
+    storageBarrier();
+    return total;
+}
+
+const COMPACT_ROWS: u32 = 16u; // rows of P^T per workgroup of `compact_columns`
+
+// Reads p (P^T: sp.cols x sp.rows) and `order`; writes y4 (the compacted P^T, the same shape
+// as vec4s): row i's first compact_width vec4s hold P^T[i][order[k]], k ascending. A workgroup
+// copies COMPACT_ROWS rows, lane q the vec4s q, q + 64, ... of each: it reads its four entries
+// of `order` once for all the rows, and the lanes gather from one row of P^T at a time.
+// (One vec4 per invocation on a 2-D grid cost as much as the mask pass on lavapipe, whose cost
+// per workgroup is high; one row per invocation, half that.)
+@compute @workgroup_size(64, 1, 1)
+fn compact_columns(@builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = wid.x + wid.y * nwg.x;
+    let w = compact_width(order[sp.rows]);
+    let n4 = sp.rows / 4u;
+    let c0 = g * COMPACT_ROWS;
+    let c1 = min(c0 + COMPACT_ROWS, sp.cols);
+    for (var q = lid.x; q < w; q += WG) {
+        let k = 4u * q;
+        let o = vec4<u32>(order[k], order[k + 1u], order[k + 2u], order[k + 3u]);
+        for (var c = c0; c < c1; c++) {
+            let base = c * sp.rows;
+            y4[c * n4 + q] = vec4<f32>(p[base + o.x], p[base + o.y], p[base + o.z], p[base + o.w]);
+        }
+    }
+}
+
+// Four outputs of `ell_input_product` at (b, o..o + 3) (o + 3 < sp.rows: sp.rows % 4 == 0),
+// rows order[o..o + 3] where `compacted` (a constant at every call: each entry point compiles
+// its own form).
+fn store_input_product(b: u32, o: u32, v: vec4<f32>, compacted: bool) {
+    var rows = vec4<u32>(o, o + 1u, o + 2u, o + 3u);
+    if (compacted) {
+        rows = vec4<u32>(order[o], order[o + 1u], order[o + 2u], order[o + 3u]);
+    }
     var r = v;
     if (sp.has_bias != 0u) {
-        r = r + vec4<f32>(bias[o], bias[o + 1u], bias[o + 2u], bias[o + 3u]);
+        r = r + vec4<f32>(bias[rows.x], bias[rows.y], bias[rows.z], bias[rows.w]);
     }
     if (sp.relu != 0u) {
         r = max(r, vec4<f32>(0.0));
     }
-    let at = b * sp.rows + o;
-    y[at] = r.x;
-    y[at + 1u] = r.y;
-    y[at + 2u] = r.z;
-    y[at + 3u] = r.w;
+    let at = b * sp.rows;
+    y[at + rows.x] = r.x;
+    y[at + rows.y] = r.y;
+    y[at + rows.z] = r.z;
+    y[at + rows.w] = r.w;
 }
 
 // Reads the block lists (`input_lists`; sp.cols apart, with the block's IB values of each listed
@@ -439,9 +550,9 @@ fn store_input_product(b: u32, o: u32, v: vec4<f32>) {
 // (sp.batch x sp.rows, batch-major). Each invocation: IB samples x 8 outputs, per listed input
 // two vec4 of Pt and the two of x (the same for every lane of the workgroup): 64 multiply-adds
 // for five loads (lavapipe's cost is in its loads: x read as 8 scalars took 2.7x as long). Workgroup 8 x 1: its lanes share their sample block,
-// so their loop has one length (lavapipe puts the x axis across its lanes).
-@compute @workgroup_size(8, 1, 1)
-fn ell_input_product(@builtin(global_invocation_id) gid: vec3<u32>) {
+// so their loop has one length (lavapipe puts the x axis across its lanes). The body of both
+// entry points below; `compacted` is a constant at each.
+fn input_product(gid: vec3<u32>, wid: vec3<u32>, compacted: bool) {
     let o0 = gid.x * 8u;
     let blk = gid.y;
     let b0 = blk * IB;
@@ -456,7 +567,14 @@ fn ell_input_product(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc[j] = vec4<f32>(0.0);
     }
     let at = blk * sp.cols;
-    let end = at + list_cnt[blk];
+    var n = list_cnt[blk];
+    // A workgroup (64 ordered rows) whose rows all keep nothing: act(bias). Decided per
+    // workgroup, so the loop's bound stays uniform. Its other lanes read the copied columns of
+    // rows that keep nothing: zeros (`compact_width` copies whole workgroups' columns).
+    if (compacted && wid.x * 64u >= order[sp.rows]) {
+        n = 0u;
+    }
+    let end = at + n;
     for (var e = at; e < end; e++) {
         let i = list_idx[e];
         let p0 = w4[i * n4 + c0];
@@ -472,10 +590,26 @@ fn ell_input_product(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     for (var j = 0u; j < IB; j++) {
         if (b0 + j < sp.batch) {
-            store_input_product(b0 + j, o0, acc[2u * j]);
+            store_input_product(b0 + j, o0, acc[2u * j], compacted);
             if (o0 + 4u < sp.rows) {
-                store_input_product(b0 + j, o0 + 4u, acc[2u * j + 1u]);
+                store_input_product(b0 + j, o0 + 4u, acc[2u * j + 1u], compacted);
             }
         }
     }
+}
+
+// Reads the block lists, w4 (P^T) and bias; writes y (`input_product` above).
+@compute @workgroup_size(8, 1, 1)
+fn ell_input_product(@builtin(global_invocation_id) gid: vec3<u32>) {
+    input_product(gid, vec3<u32>(0u), false);
+}
+
+// Reads the block lists, w4 (`compact_columns`' copy: P^T's columns in `order`'s order),
+// `order` and bias; writes y: `ell_input_product`'s values.
+// (A form of its own: a branch on a parameter in the one kernel made lavapipe's plain product
+// 1.7x slower.)
+@compute @workgroup_size(8, 1, 1)
+fn ell_input_product_compacted(@builtin(global_invocation_id) gid: vec3<u32>,
+                               @builtin(workgroup_id) wid: vec3<u32>) {
+    input_product(gid, wid, true);
 }

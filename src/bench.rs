@@ -479,14 +479,31 @@ fn input_sparse_products(
     reps: u32,
     rand: &mut dyn FnMut(usize) -> Vec<f32>,
 ) -> anyhow::Result<()> {
-    use crate::kernels::sparse::{InputLists, Switch};
+    use crate::kernels::sparse::{Compaction, InputLists, Path, Switch};
     let (batch, rows, cols) = (64usize, 300usize, 784usize);
     let densities = [1.0, 0.5, 0.4, 0.3, 0.2, 0.1];
     let pt = Tensor::from_slice(gpu, "pt", &[cols, rows], &rand(rows * cols))?;
+    // The same P^T where only every third row of P keeps weights (fc1 at 8 % kept: 101 of 300),
+    // for the compacted product.
+    let third: Vec<f32> = rand(rows * cols)
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| if (i % rows) % 3 == 0 { v } else { 0.0 })
+        .collect();
+    let pt_third = Tensor::from_slice(gpu, "pt_third", &[cols, rows], &third)?;
+    let counts: Vec<u32> = (0..rows).map(|r| u32::from(r % 3 == 0)).collect();
+    let counts = Tensor::from_slice(gpu, "row_counts", &[rows], &counts)?;
+    let pt_c = Tensor::zeros(gpu, "pt_c", &[cols, rows])?;
     let b = Tensor::from_slice(gpu, "b", &[rows], &rand(rows))?;
     let y = Tensor::zeros(gpu, "y", &[batch, rows])?;
-    let lists = InputLists::new(gpu, "bench.input", batch, cols)?;
-    let switch = Switch::new(gpu, "bench.switch", 9, 0)?;
+    let lists = InputLists::new(gpu, "bench.input", batch, cols, rows)?;
+    let switch = Switch::new(gpu, "bench.switch", 11, 0)?;
+    let compaction = Compaction {
+        row_counts: &counts,
+        max_active: rows as u32 / 2,
+        slot: 9,
+        product_slot: 10,
+    };
     // The dense forward in the switch's slot 3: a mask pass (of a small matrix that keeps more
     // than sparse_max = 0 weights) turns it on every rep, as in a training step, before
     // `input_lists` decides (which turns it off when it takes the input-sparse product). Both
@@ -524,7 +541,24 @@ fn input_sparse_products(
             ..Default::default()
         },
     )?;
-    let mut table = vec![Vec::new(); 2];
+    let sp = &k.sparse;
+    let third_plain =
+        sp.ell_input_product(gpu, &lists, &pt_third, Some(&b), &y, false, false, &k.dummy)?;
+    let compacted = [
+        switch.route(
+            gpu,
+            9,
+            Path::Input,
+            sp.compact_columns(gpu, &lists, &pt_third, &pt_c)?,
+        ),
+        switch.route(
+            gpu,
+            10,
+            Path::Input,
+            sp.ell_input_product(gpu, &lists, &pt_c, Some(&b), &y, false, true, &k.dummy)?,
+        ),
+    ];
+    let mut table = vec![Vec::new(); 4];
     for d in densities {
         let mut zero_rng = Rng::new(11);
         let x: Vec<f32> = rand(batch * cols)
@@ -532,12 +566,20 @@ fn input_sparse_products(
             .map(|v| if zero_rng.range(0.0, 1.0) < d { v } else { 0.0 })
             .collect();
         let x = Tensor::from_slice(gpu, "x", &[batch, cols], &x)?;
-        let sp = &k.sparse;
         let mut seqs = [
             vec![k.gemm.forward_t(gpu, &x, &pt, Some(&b), &y, &k.dummy)?],
             vec![
-                sp.input_lists(gpu, &x, &lists, &switch, u32::MAX, 4, 8)?,
-                sp.ell_input_product(gpu, &lists, &pt, Some(&b), &y, false, &k.dummy)?,
+                sp.input_lists(gpu, &x, &lists, &switch, u32::MAX, 4, 8, None)?,
+                sp.ell_input_product(gpu, &lists, &pt, Some(&b), &y, false, false, &k.dummy)?,
+            ],
+            vec![
+                sp.input_lists(gpu, &x, &lists, &switch, u32::MAX, 4, 8, None)?,
+                third_plain.clone(),
+            ],
+            vec![
+                sp.input_lists(gpu, &x, &lists, &switch, u32::MAX, 4, 8, Some(&compaction))?,
+                compacted[0].clone(),
+                compacted[1].clone(),
             ],
         ];
         for s in &mut seqs {
@@ -553,6 +595,8 @@ fn input_sparse_products(
         &[
             "dense GEMM (P^T) + mask pass",
             "input-sparse (lists+product) + mask pass",
+            "the same, 1/3 of P's rows keep weights",
+            "the same, compacted (lists+copy+product)",
         ],
         &table,
     );

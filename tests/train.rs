@@ -279,8 +279,9 @@ fn sparse_products_train_like_dense_products() {
     let train = session.upload("train", &data.train).unwrap();
     let opt = TrainConfig::default().optimizer();
     // (--sparse-keep, --sparse-input, routed dispatches): four for P's lists and the dense
-    // product, one more for the input-sparse product.
-    for (keep, input, routed) in [(1.0, 0.0, 4), (0.0, 0.0, 0), (0.0, 0.3, 5), (0.2, 0.3, 5)] {
+    // product, three more for the input-sparse product (plain, and the compaction's copy and
+    // product).
+    for (keep, input, routed) in [(1.0, 0.0, 4), (0.0, 0.0, 0), (0.0, 0.3, 7), (0.2, 0.3, 7)] {
         session.sparse_keep = keep;
         session.sparse_input = input;
         let plan = session
@@ -396,6 +397,81 @@ fn input_sparse_forward_trains_like_dense_products() {
         ..small(2560, 1)
     };
     assert_trains_alike(&cfg(0.0), &cfg(1.0), "input", true);
+}
+
+/// The input-sparse forward over the rows of P that keep a weight (DST prunes whole rows): from
+/// a state where two thirds of fc1's rows keep nothing (thresholds far above their weights), 12
+/// steps with the input-sparse forward forced, which then runs compacted, give the dense
+/// products' parameters and momenta (bit for bit on CPU adapters), and the compaction's copy is
+/// live at the end.
+#[test]
+fn compacted_input_sparse_forward_trains_like_dense_products() {
+    use dst::nn::Mode;
+    let cfg = small(1024, 1);
+    let data = cfg.load_data().unwrap();
+    let opt = cfg.optimizer();
+    let cpu = gpu().class == dst::gpu::AdapterClass::Cpu;
+    let start = {
+        let session = dst::train::Session::new(gpu(), "lenet300", true, 1, false).unwrap();
+        let mut ck = session.snapshot().unwrap();
+        let t = ck
+            .tensors
+            .iter_mut()
+            .find(|t| t.0 == "fc1.threshold")
+            .expect("fc1.threshold");
+        t.2.iter_mut()
+            .enumerate()
+            .filter(|(r, _)| r % 3 != 0)
+            .for_each(|(_, v)| *v = 100.0);
+        ck
+    };
+    let train_steps = |input: f64| {
+        let mut session = dst::train::Session::new(gpu(), "lenet300", true, 1, false).unwrap();
+        session
+            .restore(&start, std::path::Path::new("start"), true)
+            .unwrap();
+        session.sparse_keep = 0.0;
+        session.sparse_input = input;
+        let train = session.upload("train", &data.train).unwrap();
+        train.start_epoch(&session.gpu, 1, 1);
+        let plan = session
+            .plan(&train, 64, Mode::Train, cfg.alpha as f32, opt)
+            .unwrap();
+        let infos: Vec<_> = (0..12)
+            .map(|s| opt.step_info(s + 1, cfg.lr, (s as usize * 64) % 960, 64))
+            .collect();
+        session.run_steps(&plan, &infos).unwrap();
+        // The copy's workgroup counts after the last step (none when the plan has no copy).
+        let copy = plan
+            .dispatches
+            .iter()
+            .find(|d| d.label == "sparse.compact_columns")
+            .map(|d| {
+                let (buf, at) = d.indirect.clone().expect("routed");
+                let raw = session.gpu.read_ranges(&[(&buf, at, 12)]).unwrap();
+                bytemuck::pod_collect_to_vec::<u8, u32>(&raw[0])
+            });
+        (session.snapshot().unwrap(), copy)
+    };
+    let (dense, none) = train_steps(0.0);
+    assert_eq!(none, None, "no input-sparse forward, no copy");
+    let (compacted, copy) = train_steps(1.0);
+    let copy = copy.expect("the input-sparse plan has the copy");
+    assert_eq!(
+        copy,
+        [49, 1, 1],
+        "the copy ran (784 rows of P^T, 16 a workgroup)"
+    );
+    for ((t, _, a), (_, _, b)) in dense.tensors.iter().zip(&compacted.tensors) {
+        if cpu {
+            assert!(a.iter().zip(b).all(|(x, y)| x == y), "{t} differs");
+        } else {
+            assert!(
+                a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4),
+                "{t} differs"
+            );
+        }
+    }
 }
 
 /// Runs `off`, `on` and `on` again: the repeat gives the same checkpoint bit for bit, and the

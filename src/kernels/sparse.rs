@@ -42,7 +42,16 @@ pub struct SparseParams {
     pub n_switch: u32,
     pub fwd_slots: u32,
     pub input_slot: u32,
-    pub _pad: [u32; 2],
+    /// `input_lists`: the layer's outputs (P's rows), for the compaction.
+    pub outputs: u32,
+    /// `input_lists`: 1 when the layer has the compacted product (`Compaction`).
+    pub compact: u32,
+    /// `input_lists`: compact when at most this many rows of P keep a weight.
+    pub compact_max: u32,
+    /// `input_lists`: the slots of `compact_columns` and of the compacted product.
+    pub compact_slot: u32,
+    pub compact_product_slot: u32,
+    pub _pad: u32,
 }
 
 /// How a batch of vectors lies in memory.
@@ -84,6 +93,8 @@ pub struct Sparse {
     pub ell_product4_k: Kernel,
     pub input_lists_k: Kernel,
     pub ell_input_product_k: Kernel,
+    pub ell_input_product_compacted_k: Kernel,
+    pub compact_columns_k: Kernel,
 }
 
 /// The keep ratio at or below which masked linear layers switch to the sparse products, per
@@ -220,13 +231,37 @@ pub struct InputLists {
     pub val: Tensor,
     /// `ceil(batch / 8)`: the list lengths.
     pub cnt: Tensor,
+    /// `outputs + 1` words: the layer's rows, those that keep a weight first (`Compaction`),
+    /// then how many do.
+    pub order: Tensor,
+    /// The layer's outputs.
+    pub outputs: usize,
+}
+
+/// The input-sparse forward's compaction (shaders/sparse.wgsl, `compaction_order`): where at most
+/// `max_active` rows of P keep a weight, the product runs over those rows only, from a copy of
+/// their columns of P^T.
+pub struct Compaction<'a> {
+    /// P's per-row keep counts (`outputs` words, the mask pass's).
+    pub row_counts: &'a Tensor,
+    pub max_active: u32,
+    /// The switch slots of `compact_columns` and of the compacted `ell_input_product`.
+    pub slot: usize,
+    pub product_slot: usize,
 }
 
 impl InputLists {
     /// Samples per list (`IB` in shaders/sparse.wgsl).
     pub const BLOCK: usize = 8;
 
-    pub fn new(gpu: &Gpu, label: &str, batch: usize, width: usize) -> Result<InputLists> {
+    /// The lists of a `batch x width` input of a layer of `outputs` outputs.
+    pub fn new(
+        gpu: &Gpu,
+        label: &str,
+        batch: usize,
+        width: usize,
+        outputs: usize,
+    ) -> Result<InputLists> {
         let blocks = batch.div_ceil(Self::BLOCK);
         Ok(InputLists {
             batch,
@@ -234,6 +269,8 @@ impl InputLists {
             idx: Tensor::zeros(gpu, &format!("{label}.idx"), &[blocks, width])?,
             val: Tensor::zeros(gpu, &format!("{label}.val"), &[blocks, width, Self::BLOCK])?,
             cnt: Tensor::zeros(gpu, &format!("{label}.cnt"), &[blocks])?,
+            order: Tensor::zeros(gpu, &format!("{label}.order"), &[outputs + 1])?,
+            outputs,
         })
     }
 }
@@ -325,14 +362,45 @@ impl Sparse {
             )?,
             input_lists_k: f.kernel(
                 "input_lists",
-                &[(4, R), (10, RW), (11, RW), (12, RW), (13, RW)],
+                &[
+                    (4, R),
+                    (10, RW),
+                    (11, RW),
+                    (12, RW),
+                    (13, RW),
+                    (16, R),
+                    (17, RW),
+                ],
                 false,
             )?,
+            // Both read `order` in their shared body (the plain one never runs that code).
             ell_input_product_k: f.kernel(
                 "ell_input_product",
-                &[(10, RW), (15, R), (12, RW), (14, R), (5, R), (6, RW)],
+                &[
+                    (10, RW),
+                    (15, R),
+                    (12, RW),
+                    (14, R),
+                    (5, R),
+                    (6, RW),
+                    (17, RW),
+                ],
                 false,
             )?,
+            ell_input_product_compacted_k: f.kernel(
+                "ell_input_product_compacted",
+                &[
+                    (10, RW),
+                    (15, R),
+                    (12, RW),
+                    (14, R),
+                    (5, R),
+                    (6, RW),
+                    (17, RW),
+                ],
+                false,
+            )?,
+            compact_columns_k: f.kernel("compact_columns", &[(9, R), (17, RW), (8, RW)], false)?,
         })
     }
 
@@ -340,7 +408,10 @@ impl Sparse {
     /// `lists`, with the block's values there, and the switch's input-sparse decision: slot
     /// `input_slot` on when the listed work (list lengths times samples per block) is at most
     /// `input_max`, and then slots `[0, fwd_slots)` (the forward's dense and weight-sparse paths)
-    /// off; else slot `input_slot` off and the others as the mask pass set them. One workgroup.
+    /// off; else slot `input_slot` off and the others as the mask pass set them. With
+    /// `compaction`, also the lists' `order`, and when the input-sparse product runs and at most
+    /// `max_active` rows keep a weight, the compaction's two slots on instead of `input_slot`.
+    /// One workgroup.
     #[allow(clippy::too_many_arguments)]
     pub fn input_lists(
         &self,
@@ -351,6 +422,7 @@ impl Sparse {
         input_max: u32,
         fwd_slots: usize,
         input_slot: usize,
+        compaction: Option<&Compaction<'_>>,
     ) -> Result<Dispatch> {
         let (batch, width) = (lists.batch, lists.width);
         assert_eq!(
@@ -361,27 +433,98 @@ impl Sparse {
         );
         assert!(0 < fwd_slots && fwd_slots <= input_slot);
         assert!(input_slot < switch.slots && switch.slots <= 64);
-        let params = SparseParams {
+        let mut params = SparseParams {
             rows: batch as u32,
             cols: width as u32,
             input_max,
             n_switch: switch.slots as u32,
             fwd_slots: fwd_slots as u32,
             input_slot: input_slot as u32,
+            outputs: lists.outputs as u32,
             ..Default::default()
         };
+        // Without a compaction the kernel reads no counts: x stands in for them.
+        let mut row_counts = x;
+        if let Some(c) = compaction {
+            assert!(
+                c.slot.max(c.product_slot) < switch.slots
+                    && c.slot.min(c.product_slot) >= fwd_slots
+                    && c.slot != c.product_slot
+                    && input_slot != c.slot
+                    && input_slot != c.product_slot,
+                "input_lists: compaction slots"
+            );
+            assert!(
+                c.row_counts.len() >= lists.outputs && lists.outputs.is_multiple_of(4),
+                "input_lists: {} row counts for {} outputs",
+                c.row_counts.len(),
+                lists.outputs
+            );
+            params.compact = 1;
+            params.compact_max = c.max_active;
+            params.compact_slot = c.slot as u32;
+            params.compact_product_slot = c.product_slot as u32;
+            row_counts = c.row_counts;
+        }
         self.input_lists_k.bind(
             gpu,
             &params,
-            &[x, &lists.idx, &lists.val, &lists.cnt, &switch.args],
+            &[
+                x,
+                &lists.idx,
+                &lists.val,
+                &lists.cnt,
+                &switch.args,
+                row_counts,
+                &lists.order,
+            ],
             None,
             [1, 1, 1],
         )
     }
 
+    /// P^T's columns (`pt`: width x n) in the lists' `order` (`input_lists` with a compaction)
+    /// into `pt_c`, those of every workgroup of 64 ordered rows that holds a row that keeps a
+    /// weight. Routed through the compaction's slot (`input_lists` turns it on).
+    pub fn compact_columns(
+        &self,
+        gpu: &Gpu,
+        lists: &InputLists,
+        pt: &Tensor,
+        pt_c: &Tensor,
+    ) -> Result<Dispatch> {
+        let n = lists.outputs;
+        assert!(
+            pt.len() == lists.width * n && pt_c.len() == pt.len(),
+            "compact_columns: {} and {} are not {}x{n}",
+            pt.label,
+            pt_c.label,
+            lists.width
+        );
+        assert!(
+            Self::input_product_fits(n, pt_c),
+            "compact_columns: {n} outputs at byte {}",
+            pt_c.offset
+        );
+        let params = SparseParams {
+            rows: n as u32,
+            cols: lists.width as u32,
+            outputs: n as u32,
+            ..Default::default()
+        };
+        self.compact_columns_k.bind(
+            gpu,
+            &params,
+            &[pt, &lists.order, pt_c],
+            None,
+            grid_1d(lists.width.div_ceil(16) as u32),
+        )
+    }
+
     /// `y = act(x P^T + bias)` from the lists of x's nonzero columns per block of 8 samples, with
     /// their values (`input_lists`), and `pt` = P^T (`width x n`, n % 4 == 0, 16-byte aligned);
-    /// y is batch-major; act is ReLU or none.
+    /// y is batch-major; act is ReLU or none. With `compacted`, `pt` holds P^T's columns in the
+    /// lists' `order` (`compact_columns`): the same y, computed for the rows that keep a weight.
     #[allow(clippy::too_many_arguments)]
     pub fn ell_input_product(
         &self,
@@ -391,6 +534,7 @@ impl Sparse {
         bias: Option<&Tensor>,
         y: &Tensor,
         relu: bool,
+        compacted: bool,
         dummy: &Tensor,
     ) -> Result<Dispatch> {
         let (batch, width) = (lists.batch, lists.width);
@@ -419,7 +563,17 @@ impl Sparse {
             relu: relu as u32,
             ..Default::default()
         };
-        self.ell_input_product_k.bind(
+        assert!(
+            !compacted || lists.outputs == n,
+            "ell_input_product: the lists order {} outputs, P^T has {n}",
+            lists.outputs
+        );
+        let k = if compacted {
+            &self.ell_input_product_compacted_k
+        } else {
+            &self.ell_input_product_k
+        };
+        k.bind(
             gpu,
             &params,
             &[
@@ -429,6 +583,7 @@ impl Sparse {
                 pt,
                 bias.unwrap_or(dummy),
                 y,
+                &lists.order,
             ],
             None,
             [

@@ -14,23 +14,35 @@
 //! gradient to every weight, kept or not. Where its input is mostly zeros (MNIST's pixels), such
 //! a layer computes the forward from the lists of the inputs nonzero in each block of 8 samples
 //! instead, whichever of the other two the mask pass chose (`PlanCx::sparse_input`;
-//! `input_lists` decides per step on the GPU, `ell_input_product` reads P^T), and `dP = dY^T X`
-//! from the lists of the samples nonzero in each block of 8 inputs (`gemm_tn_sgd_listed`).
+//! `input_lists` decides per step on the GPU, `ell_input_product` reads P^T; where at most
+//! 40 % of P's rows keep a weight, over those rows only: `compact_columns`,
+//! `ell_input_product_compacted`), and `dP = dY^T X` from the lists of the samples nonzero in
+//! each block of 8 inputs (`gemm_tn_sgd_listed`).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
-use crate::kernels::sparse::{EllLists, InputLists, Path, Switch};
+use crate::kernels::sparse::{Compaction, EllLists, InputLists, Path, Switch};
 
 /// Dispatches a switch routes: forward (lists, x feature-major, product | GEMM), the product
-/// to the input (lists, dy feature-major, product | GEMM), and the forward from the input's
-/// nonzeros (slot `INPUT_SLOT`).
-const SWITCH_SLOTS: usize = 9;
+/// to the input (lists, dy feature-major, product | GEMM), the forward from the input's
+/// nonzeros (slot `INPUT_SLOT`) and the same over the rows of P that keep a weight (the copy of
+/// their columns, the product: `COMPACT_SLOT`, `COMPACT_PRODUCT_SLOT`).
+const SWITCH_SLOTS: usize = 11;
 
 /// The switch slot of the input-sparse forward; slots below `FORWARD_SLOTS` are the forward's
 /// other paths (the last: the dense GEMM), which it turns off when it runs.
 const INPUT_SLOT: usize = 8;
 const FORWARD_SLOTS: usize = 4;
+const COMPACT_SLOT: usize = 9;
+const COMPACT_PRODUCT_SLOT: usize = 10;
+
+/// The input-sparse forward runs over the rows of P that keep a weight, from a copy of their
+/// columns of P^T, where at most this fraction of the rows do (DST prunes whole rows: 199 of
+/// fc1's 300 at 8 % kept). On lavapipe the copy costs about what the plain product spends on a
+/// third of the rows (fc1: 0.28 against 0.8 ms, `dst bench --profile`), and both the copy and
+/// the compacted product go by workgroups of 64 rows.
+const COMPACT_MAX_ROWS: f64 = 0.4;
 
 /// Layers with fewer weights keep the dense products only (LeNet-300-100's fc2 and fc3, LeNet-5's
 /// fc4): on lavapipe fc2's listed products pay only below about 20 % kept (`dst bench`'s fc2
@@ -308,12 +320,53 @@ impl Layer for Linear {
                         &cx.label(&format!("{}.input_lists", self.name)),
                         batch,
                         self.in_features,
+                        self.out_features,
                     )?;
                     let max = (cx.sparse_input.min(1.0) * (batch * self.in_features) as f64) as u32;
-                    cx.push(sp.input_lists(gpu, &x2, &il, &sw, max, FORWARD_SLOTS, INPUT_SLOT)?);
-                    let d =
-                        sp.ell_input_product(gpu, &il, &w, Some(&b), &y, self.relu, &k.dummy)?;
-                    Some(sw.route(gpu, INPUT_SLOT, Path::Input, d))
+                    let counts = m.row_counts();
+                    let compaction = Compaction {
+                        row_counts: &counts,
+                        max_active: (COMPACT_MAX_ROWS * self.out_features as f64) as u32,
+                        slot: COMPACT_SLOT,
+                        product_slot: COMPACT_PRODUCT_SLOT,
+                    };
+                    cx.push(sp.input_lists(
+                        gpu,
+                        &x2,
+                        &il,
+                        &sw,
+                        max,
+                        FORWARD_SLOTS,
+                        INPUT_SLOT,
+                        Some(&compaction),
+                    )?);
+                    let pt_c = cx.activation(
+                        &format!("{}.pt_compacted", self.name),
+                        &[self.in_features, self.out_features],
+                    )?;
+                    let product = |pt: &Tensor, compacted: bool| {
+                        sp.ell_input_product(
+                            gpu,
+                            &il,
+                            pt,
+                            Some(&b),
+                            &y,
+                            self.relu,
+                            compacted,
+                            &k.dummy,
+                        )
+                    };
+                    let copy = sp.compact_columns(gpu, &il, &w, &pt_c)?;
+                    Some([
+                        sw.route(gpu, INPUT_SLOT, Path::Input, product(&w, false)?),
+                        sw.route(gpu, COMPACT_SLOT, Path::Input, copy),
+                        sw.route(
+                            gpu,
+                            COMPACT_PRODUCT_SLOT,
+                            Path::Input,
+                            product(&pt_c, true)?,
+                        ),
+                    ])
                 } else {
                     None
                 };
@@ -337,7 +390,7 @@ impl Layer for Linear {
                 )?;
                 cx.push(sw.route(gpu, 2, Path::Sparse, d));
                 cx.push(sw.route(gpu, 3, Path::Dense, dense));
-                if let Some(d) = input_product {
+                for d in input_product.into_iter().flatten() {
                     cx.push(d);
                 }
                 cx.save(&format!("{}.switch", self.name), sw.args);

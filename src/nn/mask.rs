@@ -72,6 +72,14 @@ impl Mask {
         })
     }
 
+    /// P's per-row keep counts (`rows` words), as the last mask pass of a step left them.
+    pub fn row_counts(&self) -> Tensor {
+        Tensor {
+            shape: vec![self.rows],
+            ..self.row_keep.clone()
+        }
+    }
+
     /// P viewed as the matrix the masked kernels write: `rows x cols`, or `cols x rows` transposed.
     fn masked_weight_matrix(&self) -> Tensor {
         if self.transposed {

@@ -76,9 +76,18 @@ fn mask_forward_reset_backward_match_reference() {
             0.0,
             0.0,
         );
+        // The rows' keep counts of P as the layer uses it: mask_forward's, or after a reset, the
+        // reset's (it recounts them).
+        let row_counts: Vec<u32> = if reset {
+            (0..rows)
+                .map(|r| (0..cols).filter(|&j| p_ref[r * cols + j] != 0.0).count() as u32)
+                .collect()
+        } else {
+            keep_ref.clone()
+        };
         assert_eq!(
             c.read_u32(&l.row_keep)[..rows],
-            keep_ref[..],
+            row_counts[..],
             "row keep counts {tag}"
         );
         // The row maxima the floor policy uses: each row's largest |w|, exactly.
@@ -602,6 +611,16 @@ fn reset_policies_match_reference() {
             }
             assert_close(&format!("P {tag}"), &p_got, &p_ref, 0.0, 0.0);
             assert_close(&format!("t {tag}"), &c.read(&l.t), &t_ref, 0.0, 0.0);
+            // Every policy leaves each row's keep count as P has it (the input-sparse forward's
+            // compaction reads them).
+            let row_counts: Vec<u32> = (0..rows)
+                .map(|r| (0..cols).filter(|&j| p_ref[r * cols + j] != 0.0).count() as u32)
+                .collect();
+            assert_eq!(
+                c.read_u32(&l.row_keep)[..rows],
+                row_counts[..],
+                "{tag}: row counts"
+            );
             let k = c.read_u32(&lk);
             for g in 0..groups {
                 let dying = g % 2 == 0;

@@ -590,7 +590,7 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
             );
             let (y_dense, y_sparse) =
                 (c.poisoned("yd", &[batch, n]), c.poisoned("ys", &[batch, n]));
-            let lists = InputLists::new(&c.gpu, "il", batch, width).unwrap();
+            let lists = InputLists::new(&c.gpu, "il", batch, width, n).unwrap();
             let dense =
                 c.k.gemm
                     .linear(
@@ -606,7 +606,16 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
                     .unwrap();
             let product =
                 c.k.sparse
-                    .ell_input_product(&c.gpu, &lists, &ptt, Some(&bt), &y_sparse, relu, &c.k.dummy)
+                    .ell_input_product(
+                        &c.gpu,
+                        &lists,
+                        &ptt,
+                        Some(&bt),
+                        &y_sparse,
+                        relu,
+                        false,
+                        &c.k.dummy,
+                    )
                     .unwrap();
             // (input_max, the mask pass chose the weight-sparse forward, input-sparse expected)
             for (input_max, weight_sparse, on) in [
@@ -640,7 +649,7 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
                 let before = sw.live(&c.gpu).unwrap();
                 let build =
                     c.k.sparse
-                        .input_lists(&c.gpu, &xt, &lists, &sw, input_max, 4, 8)
+                        .input_lists(&c.gpu, &xt, &lists, &sw, input_max, 4, 8, None)
                         .unwrap();
                 run_once(&c.gpu, &[dense.clone(), build, product.clone()], 0).unwrap();
                 assert_eq!(c.read_u32(&lists.cnt), nnz, "{tag}: list lengths");
@@ -712,6 +721,181 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
                     after[8], want[8],
                     "{tag}: the input slot is input_lists' own"
                 );
+            }
+        }
+    }
+}
+
+/// The input-sparse forward over the rows of P that keep a weight: `input_lists` with a
+/// compaction orders the rows (those with a nonzero count first, then the others, each
+/// ascending; their number last) and routes: the compaction's two slots on and the plain
+/// product's off when the input-sparse product runs and at most `max_active` rows keep a weight,
+/// else the plain product as before. `compact_columns` + the compacted `ell_input_product` give
+/// the plain product's y bit for bit (rows that keep nothing: act(bias)), for row patterns with
+/// none, some, all but one and all rows empty, rows that keep one weight, a group of 8 that
+/// straddles the kept rows' end, and 300 rows (300 % 8 = 4: the last group half outside).
+#[test]
+fn compacted_input_sparse_forward_equals_the_plain_one() {
+    use dst::kernels::sparse::{Compaction, InputLists, Path, Switch};
+    let c = ctx();
+    let mut rng = Rng::new(29);
+    for &(batch, width, n) in &[(64usize, 784usize, 300usize), (13, 30, 12), (8, 9, 4)] {
+        type Pattern = fn(usize, usize) -> bool;
+        let patterns: [(&str, Pattern); 6] = [
+            ("every row", |_, _| true),
+            ("every third row", |r, _| r % 3 == 0),
+            ("the last row", |r, n| r + 1 == n),
+            ("no row", |_, _| false),
+            ("all but the first", |r, _| r != 0),
+            ("the first 9", |r, _| r < 9),
+        ];
+        for (name, keeps) in patterns {
+            for relu in [false, true] {
+                let tag = format!("{batch}x{width}x{n} {name} relu {relu}");
+                let x: Vec<f32> = (0..batch * width)
+                    .map(|_| {
+                        let v = rng.range(-1.0, 1.0) as f32;
+                        if rng.range(0.0, 1.0) < 0.3 {
+                            v
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                // P^T (width x n) whose row r of P keeps weights where `keeps(r, n)`; some of
+                // their entries pruned too.
+                let pt: Vec<f32> = (0..width * n)
+                    .map(|i| {
+                        let v = rng.range(-1.0, 1.0) as f32;
+                        if keeps(i % n, n) && rng.range(0.0, 1.0) < 0.5 {
+                            v
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                // Rows r % 5 == 2 that keep weights keep exactly one (the count 1).
+                let mut pt = pt;
+                for r in (2..n).step_by(5) {
+                    if let Some(first) = (0..width).find(|&i| pt[i * n + r] != 0.0) {
+                        (first + 1..width).for_each(|i| pt[i * n + r] = 0.0);
+                    }
+                }
+                let counts: Vec<u32> = (0..n)
+                    .map(|r| (0..width).filter(|&i| pt[i * n + r] != 0.0).count() as u32)
+                    .collect();
+                let active: Vec<u32> = (0..n as u32).filter(|&r| counts[r as usize] > 0).collect();
+                let empty: Vec<u32> = (0..n as u32).filter(|&r| counts[r as usize] == 0).collect();
+                let b = rand_vec(&mut rng, n, -1.0, 1.0);
+                let xt = c.tensor("x", &[batch, width], &x);
+                let ptt = c.tensor("pt", &[width, n], &pt);
+                let bt = c.tensor("b", &[n], &b);
+                let ct = c.tensor_u32("counts", &[n], &counts);
+                let pt_c = c.poisoned("pt_c", &[width, n]);
+                let lists = InputLists::new(&c.gpu, "il", batch, width, n).unwrap();
+                for max_active in [n as u32 / 2, n as u32] {
+                    let sw = Switch::new(&c.gpu, "sw", 11, 0).unwrap();
+                    let (y_plain, y_c) =
+                        (c.poisoned("yp", &[batch, n]), c.poisoned("yc", &[batch, n]));
+                    let sp = &c.k.sparse;
+                    let plain = sp
+                        .ell_input_product(
+                            &c.gpu,
+                            &lists,
+                            &ptt,
+                            Some(&bt),
+                            &y_plain,
+                            relu,
+                            false,
+                            &c.k.dummy,
+                        )
+                        .unwrap();
+                    let routed = [
+                        sw.route(&c.gpu, 8, Path::Input, plain.clone()),
+                        sw.route(
+                            &c.gpu,
+                            9,
+                            Path::Input,
+                            sp.compact_columns(&c.gpu, &lists, &ptt, &pt_c).unwrap(),
+                        ),
+                        sw.route(
+                            &c.gpu,
+                            10,
+                            Path::Input,
+                            sp.ell_input_product(
+                                &c.gpu,
+                                &lists,
+                                &pt_c,
+                                Some(&bt),
+                                &y_c,
+                                relu,
+                                true,
+                                &c.k.dummy,
+                            )
+                            .unwrap(),
+                        ),
+                    ];
+                    let compaction = Compaction {
+                        row_counts: &ct,
+                        max_active,
+                        slot: 9,
+                        product_slot: 10,
+                    };
+                    let build = sp
+                        .input_lists(&c.gpu, &xt, &lists, &sw, u32::MAX, 4, 8, Some(&compaction))
+                        .unwrap();
+                    let mut ds = vec![build];
+                    ds.extend(routed);
+                    ds.push(plain.clone()); // the plain product, always, for the comparison
+                    run_once(&c.gpu, &ds, 0).unwrap();
+                    let order = c.read_u32(&lists.order);
+                    let want: Vec<u32> = active
+                        .iter()
+                        .chain(&empty)
+                        .copied()
+                        .chain([active.len() as u32])
+                        .collect();
+                    assert_eq!(order, want, "{tag}: order");
+                    let compact = active.len() as u32 <= max_active;
+                    let live = sw.live(&c.gpu).unwrap();
+                    assert_eq!(
+                        live[8] == [0; 3],
+                        compact,
+                        "{tag} max {max_active}: plain slot"
+                    );
+                    assert_eq!(
+                        live[10] == [0; 3],
+                        !compact,
+                        "{tag} max {max_active}: compacted slot"
+                    );
+                    let groups = (active.len().div_ceil(64) * 16).min(n / 4);
+                    let want_copy = if compact {
+                        [width.div_ceil(16) as u32, 1, 1]
+                    } else {
+                        [0; 3]
+                    };
+                    assert_eq!(live[9], want_copy, "{tag} max {max_active}: copy slot");
+                    let yp = c.read(&y_plain);
+                    assert!(yp.iter().all(|v| v.is_finite()), "{tag}: plain y");
+                    if compact {
+                        let yc = c.read(&y_c);
+                        assert!(
+                            yp.iter().zip(&yc).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{tag}: compacted y differs from the plain product's"
+                        );
+                        // Only the copied columns are read: they hold P^T's, in order.
+                        let got = c.read(&pt_c);
+                        for i in 0..width {
+                            for k in 0..4 * groups {
+                                assert_eq!(
+                                    got[i * n + k].to_bits(),
+                                    pt[i * n + order[k] as usize].to_bits(),
+                                    "{tag}: compacted P^T ({i}, {k})"
+                                );
+                            }
+                        }
+                    }
+                }
             }
         }
     }
