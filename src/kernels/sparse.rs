@@ -312,6 +312,17 @@ impl EllLists {
 const R: Access = Access::Read;
 const RW: Access = Access::ReadWrite;
 
+/// The bindings of both forms of `ell_input_product`.
+const INPUT_PRODUCT: &[(u32, Access)] = &[
+    (10, RW),
+    (15, R),
+    (12, RW),
+    (14, R),
+    (5, R),
+    (6, RW),
+    (17, RW),
+];
+
 impl Sparse {
     pub fn new(f: &KernelFactory<'_>) -> Result<Sparse> {
         Ok(Sparse {
@@ -374,30 +385,10 @@ impl Sparse {
                 false,
             )?,
             // Both read `order` in their shared body (the plain one never runs that code).
-            ell_input_product_k: f.kernel(
-                "ell_input_product",
-                &[
-                    (10, RW),
-                    (15, R),
-                    (12, RW),
-                    (14, R),
-                    (5, R),
-                    (6, RW),
-                    (17, RW),
-                ],
-                false,
-            )?,
+            ell_input_product_k: f.kernel("ell_input_product", INPUT_PRODUCT, false)?,
             ell_input_product_compacted_k: f.kernel(
                 "ell_input_product_compacted",
-                &[
-                    (10, RW),
-                    (15, R),
-                    (12, RW),
-                    (14, R),
-                    (5, R),
-                    (6, RW),
-                    (17, RW),
-                ],
+                INPUT_PRODUCT,
                 false,
             )?,
             compact_columns_k: f.kernel("compact_columns", &[(9, R), (17, RW), (8, RW)], false)?,
