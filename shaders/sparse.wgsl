@@ -445,9 +445,9 @@ var<workgroup> red_total: array<u32, 64>;
 // nothing), whose outputs are act(bias) whatever the input. Where at most `compact_max` rows
 // keep a weight, `input_lists` orders the rows (`order`: those that keep a weight first, then
 // the others, each ascending; order[outputs] = how many keep one), `compact_columns` copies P^T's
-// columns into that order, and `ell_input_product` with `compacted` loops only in the
-// workgroups (64 ordered rows) that hold a kept row: per row the same fma chain as over P^T, so
-// the same values; rows that keep nothing get act(0 + bias), as from a sum of zero products.
+// columns into that order, and `ell_input_product_compacted` loops only in the workgroups (64
+// ordered rows) that hold a row that keeps one: per row the same fma chain as over P^T, so the
+// same values; rows that keep nothing get act(0 + bias), as from a sum of zero products.
 
 var<workgroup> scan: array<u32, 64>;
 
