@@ -275,6 +275,22 @@ impl InputLists {
     }
 }
 
+/// The operands of `Sparse::routed_listed_product`.
+pub struct ListedProduct<'a> {
+    /// P, as the lists were made for (`EllLists::p_transposed`).
+    pub p: &'a Tensor,
+    pub lists: &'a EllLists,
+    /// The row lists and the forward (else the column lists and the product to the input).
+    pub by_rows: bool,
+    pub batch: usize,
+    /// The batch-major input and its feature-major copy.
+    pub x: &'a Tensor,
+    pub x_fm: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub y: &'a Tensor,
+    pub relu: bool,
+}
+
 /// A masked matrix's nonzeros as lists for the sparse products: the row lists (`rows` lists of
 /// capacity `cols`) then the column lists (`cols` lists of capacity `rows`), with their counts.
 pub struct EllLists {
@@ -291,6 +307,21 @@ pub struct EllLists {
 }
 
 impl EllLists {
+    /// The lists kept in `cell` (a layer's, shared by its plans), made on first use.
+    pub fn in_cell<'c>(
+        cell: &'c std::sync::OnceLock<EllLists>,
+        gpu: &Gpu,
+        label: &str,
+        rows: usize,
+        cols: usize,
+        p_transposed: bool,
+    ) -> Result<&'c EllLists> {
+        if cell.get().is_none() {
+            let _ = cell.set(EllLists::new(gpu, label, rows, cols, p_transposed)?);
+        }
+        Ok(cell.get().expect("set above"))
+    }
+
     pub fn new(
         gpu: &Gpu,
         label: &str,
@@ -623,6 +654,37 @@ impl Sparse {
             None,
             grid_1d(n.div_ceil(64) as u32),
         )
+    }
+
+    /// A listed product and the dense dispatch it stands in for, routed through `sw`'s slots
+    /// `base .. base + 4`: the lists of `l.p` (`ell_build`), `l.x` made feature-major into
+    /// `l.x_fm`, the list product into `l.y` (`ell_product`: `by_rows`, the forward; else the
+    /// product to the input), then `dense` (the mask pass picks one path each step).
+    pub fn routed_listed_product(
+        &self,
+        gpu: &Gpu,
+        sw: &Switch,
+        base: usize,
+        l: &ListedProduct<'_>,
+        dense: Dispatch,
+        dummy: &Tensor,
+    ) -> Result<[Dispatch; 4]> {
+        let width = if l.by_rows {
+            l.lists.cols
+        } else {
+            l.lists.rows
+        };
+        let build = self.ell_build(gpu, l.p, l.lists, l.by_rows)?;
+        let copy = self.to_feature_major(gpu, l.batch, width, l.x, l.x_fm)?;
+        let product = self.ell_product(
+            gpu, l.lists, l.by_rows, l.batch, l.x_fm, l.bias, l.y, l.relu, dummy,
+        )?;
+        Ok([
+            sw.route(gpu, base, Path::Sparse, build),
+            sw.route(gpu, base + 1, Path::Sparse, copy),
+            sw.route(gpu, base + 2, Path::Sparse, product),
+            sw.route(gpu, base + 3, Path::Dense, dense),
+        ])
     }
 
     /// With the row lists (`by_rows`): `y = act(x P^T + bias)` (`x`: `batch x cols`); with the

@@ -138,11 +138,7 @@ impl Conv2d {
 
     /// The lists of P's nonzeros, allocated on first use.
     fn lists(&self, gpu: &Gpu, s: &ConvShape) -> Result<&EllLists> {
-        if self.lists.get().is_none() {
-            let lists = EllLists::new(gpu, &self.name, self.c_out, s.cols(), false)?;
-            let _ = self.lists.set(lists);
-        }
-        Ok(self.lists.get().expect("set above"))
+        EllLists::in_cell(&self.lists, gpu, &self.name, self.c_out, s.cols(), false)
     }
 
     /// The weight the conv uses: P for masked layers, W for dense ones.

@@ -22,7 +22,7 @@
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
-use crate::kernels::sparse::{Compaction, EllLists, InputLists, Path, Switch};
+use crate::kernels::sparse::{Compaction, EllLists, InputLists, ListedProduct, Path, Switch};
 
 /// Dispatches a switch routes: forward (lists, x feature-major, product | GEMM), the product
 /// to the input (lists, dy feature-major, product | GEMM), the forward from the input's
@@ -164,11 +164,14 @@ impl Linear {
 
     /// The lists of P's nonzeros, allocated on first use.
     fn lists(&self, gpu: &Gpu) -> Result<&EllLists> {
-        if self.lists.get().is_none() {
-            let lists = EllLists::new(gpu, &self.name, self.out_features, self.in_features, true)?;
-            let _ = self.lists.set(lists);
-        }
-        Ok(self.lists.get().expect("set above"))
+        EllLists::in_cell(
+            &self.lists,
+            gpu,
+            &self.name,
+            self.out_features,
+            self.in_features,
+            true,
+        )
     }
 
     /// Records the weight-gradient product fused with the weight's SGD step (and the mask's
@@ -374,22 +377,20 @@ impl Layer for Linear {
                     &format!("{}.x_feature_major", self.name),
                     &[self.in_features, batch],
                 )?;
-                cx.push(sw.route(gpu, 0, Path::Sparse, sp.ell_build(gpu, &w, lists, true)?));
-                let d = sp.to_feature_major(gpu, batch, self.in_features, &x2, &x_fm)?;
-                cx.push(sw.route(gpu, 1, Path::Sparse, d));
-                let d = sp.ell_product(
-                    gpu,
+                let listed = ListedProduct {
+                    p: &w,
                     lists,
-                    true,
+                    by_rows: true,
                     batch,
-                    &x_fm,
-                    Some(&b),
-                    &y,
-                    self.relu,
-                    &k.dummy,
-                )?;
-                cx.push(sw.route(gpu, 2, Path::Sparse, d));
-                cx.push(sw.route(gpu, 3, Path::Dense, dense));
+                    x: &x2,
+                    x_fm: &x_fm,
+                    bias: Some(&b),
+                    y: &y,
+                    relu: self.relu,
+                };
+                for d in sp.routed_listed_product(gpu, &sw, 0, &listed, dense, &k.dummy)? {
+                    cx.push(d);
+                }
                 for d in input_product.into_iter().flatten() {
                     cx.push(d);
                 }
@@ -460,15 +461,23 @@ impl Layer for Linear {
                         &format!("{}.d_output_feature_major", self.name),
                         &[self.out_features, batch],
                     )?;
-                    let sp = &k.sparse;
-                    cx.push(sw.route(gpu, 4, Path::Sparse, sp.ell_build(gpu, &w, lists, false)?));
-                    let d = sp.to_feature_major(gpu, batch, self.out_features, dy, &dy_fm)?;
-                    cx.push(sw.route(gpu, 5, Path::Sparse, d));
-                    let d = sp.ell_product(
-                        gpu, lists, false, batch, &dy_fm, None, &dx, false, &k.dummy,
-                    )?;
-                    cx.push(sw.route(gpu, 6, Path::Sparse, d));
-                    cx.push(sw.route(gpu, 7, Path::Dense, dense));
+                    let listed = ListedProduct {
+                        p: &w,
+                        lists,
+                        by_rows: false,
+                        batch,
+                        x: dy,
+                        x_fm: &dy_fm,
+                        bias: None,
+                        y: &dx,
+                        relu: false,
+                    };
+                    for d in k
+                        .sparse
+                        .routed_listed_product(gpu, &sw, 4, &listed, dense, &k.dummy)?
+                    {
+                        cx.push(d);
+                    }
                 }
                 _ => cx.push(dense),
             }

@@ -29,7 +29,7 @@ use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
 use crate::kernels::lstm::StepDims;
-use crate::kernels::sparse::{EllLists, Path, Switch};
+use crate::kernels::sparse::{EllLists, ListedProduct, Path, Switch};
 
 /// The dispatches a switch routes: the row lists, w_hh's transpose (dense steps only), the
 /// forward steps (listed | dense), the column lists, the backward steps (listed | dense).
@@ -258,11 +258,7 @@ impl Lstm {
             "hh" => (&self.lists_hh, self.hidden),
             _ => (&self.lists_ih, self.input_size),
         };
-        if cell.get().is_none() {
-            let lists = EllLists::new(gpu, &self.key(which), 4 * self.hidden, cols, false)?;
-            let _ = cell.set(lists);
-        }
-        Ok(cell.get().expect("set above"))
+        EllLists::in_cell(cell, gpu, &self.key(which), 4 * self.hidden, cols, false)
     }
 }
 
@@ -329,24 +325,24 @@ impl Layer for Lstm {
             .forward(gpu, &x_tm, &p_ih, Some(&bias), &xproj, &k.dummy)?;
         match &switch_ih {
             Some(sw) => {
-                let (lists, sp) = (self.lists(gpu, "ih")?, &k.sparse);
-                cx.push(sw.route(gpu, 0, Path::Sparse, sp.ell_build(gpu, &p_ih, lists, true)?));
                 let x_fm = cx.activation(&self.key("x_feature_major"), &[inp, tn * bn])?;
-                let d = sp.to_feature_major(gpu, tn * bn, inp, &x_tm, &x_fm)?;
-                cx.push(sw.route(gpu, 1, Path::Sparse, d));
-                let d = sp.ell_product(
-                    gpu,
-                    lists,
-                    true,
-                    tn * bn,
-                    &x_fm,
-                    Some(&bias),
-                    &xproj,
-                    false,
-                    &k.dummy,
-                )?;
-                cx.push(sw.route(gpu, 2, Path::Sparse, d));
-                cx.push(sw.route(gpu, 3, Path::Dense, dense));
+                let listed = ListedProduct {
+                    p: &p_ih,
+                    lists: self.lists(gpu, "ih")?,
+                    by_rows: true,
+                    batch: tn * bn,
+                    x: &x_tm,
+                    x_fm: &x_fm,
+                    bias: Some(&bias),
+                    y: &xproj,
+                    relu: false,
+                };
+                for d in k
+                    .sparse
+                    .routed_listed_product(gpu, sw, 0, &listed, dense, &k.dummy)?
+                {
+                    cx.push(d);
+                }
                 cx.save(&self.key("switch_ih"), sw.args.clone());
             }
             None => cx.push(dense),
@@ -451,26 +447,25 @@ impl Layer for Lstm {
                 self.saved_switch(cx, "ih", SWITCH_SLOTS_IH),
             ) {
                 (Some(lists), Some(sw)) => {
-                    let sp = &k.sparse;
-                    let d = sp.ell_build(gpu, &p_ih, lists, false)?;
-                    cx.push(sw.route(gpu, 4, Path::Sparse, d));
                     let dg_fm =
                         cx.activation(&self.key("d_gates_feature_major"), &[g4, tn * bn])?;
-                    let d = sp.to_feature_major(gpu, tn * bn, g4, &dgates, &dg_fm)?;
-                    cx.push(sw.route(gpu, 5, Path::Sparse, d));
-                    let d = sp.ell_product(
-                        gpu,
+                    let listed = ListedProduct {
+                        p: &p_ih,
                         lists,
-                        false,
-                        tn * bn,
-                        &dg_fm,
-                        None,
-                        &dx_tm,
-                        false,
-                        &k.dummy,
-                    )?;
-                    cx.push(sw.route(gpu, 6, Path::Sparse, d));
-                    cx.push(sw.route(gpu, 7, Path::Dense, dense));
+                        by_rows: false,
+                        batch: tn * bn,
+                        x: &dgates,
+                        x_fm: &dg_fm,
+                        bias: None,
+                        y: &dx_tm,
+                        relu: false,
+                    };
+                    for d in k
+                        .sparse
+                        .routed_listed_product(gpu, &sw, 4, &listed, dense, &k.dummy)?
+                    {
+                        cx.push(d);
+                    }
                 }
                 _ => cx.push(dense),
             }
