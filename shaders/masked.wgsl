@@ -4,7 +4,8 @@
 //   Q = |W| - t[row],  M = S(Q) (strict step),  P = W * M   (the layer computes with P)
 // Forward is two dispatches: `mask_forward` (one pass over W: P and per-row keep counts) and
 // `mask_reset` (the dead-layer reset: when the layer keeps <= 1% of W, thresholds go to 0 and P
-// is recomputed, all on the GPU). `mask_forward_rowwise` is the CPU-adapter variant. Backward is one pass over G = dL/dP: `mask_backward` writes
+// is recomputed, all on the GPU). `mask_forward_rowwise` is the CPU-adapter variant. Backward is
+// one pass over G = dL/dP: `mask_backward` (CPU adapters) or `mask_backward_rows` (GPUs) writes
 // dL/dW and dL/dt (penalty term included). `penalty` accumulates alpha * sum exp(-t).
 // Every reduction runs in a fixed order (no atomics): same inputs, same bits.
 
@@ -85,20 +86,6 @@ fn reduce_f32(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-fn reduce_max_f32(lid: u32, v: f32) -> f32 {
-    red_f[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red_f[lid] = max(red_f[lid], red_f[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = workgroupUniformLoad(&red_f[0]);
-    workgroupBarrier();
-    return r;
-}
-
 // One workgroup per row. Reads weight, threshold; writes masked_weight (P = W * S(|W| - t)),
 // row_keep[row] (the row's count of kept weights) and row_keep[rows + row] (the row's largest
 // |w|, as f32 bits: what the floor policy needs, found while every weight is read anyway).
@@ -121,11 +108,21 @@ fn mask_forward(@builtin(local_invocation_id) lid: vec3<u32>,
         kept += u32(m);
         big = max(big, abs(w));
     }
-    let total = reduce_u32(lid.x, kept);
-    let top = reduce_max_f32(lid.x, big);
+    // Both reductions in one tree (half the barriers; a sum of integers and a maximum: exact in
+    // any order).
+    red_u[lid.x] = kept;
+    red_f[lid.x] = big;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (lid.x < s) {
+            red_u[lid.x] = red_u[lid.x] + red_u[lid.x + s];
+            red_f[lid.x] = max(red_f[lid.x], red_f[lid.x + s]);
+        }
+        workgroupBarrier();
+    }
     if (lid.x == 0u) {
-        row_keep[row] = total;
-        row_keep[mp.rows + row] = bitcast<u32>(top);
+        row_keep[row] = red_u[0];
+        row_keep[mp.rows + row] = bitcast<u32>(red_f[0]);
     }
 }
 
@@ -313,6 +310,32 @@ fn mask_backward(@builtin(local_invocation_id) lid: vec3<u32>,
     }
     if (lid.x == 0u && row < mp.rows) {
         d_threshold[row] = -red_f[slot] - mp.alpha * alpha_scale[0] * exp(-t);
+    }
+}
+
+// GPU variant of `mask_backward` (same reads and writes): one workgroup of 64 per row, columns
+// strided by 64 (coalesced), the row's partial sums reduced in a fixed order. The 8 x 8 form
+// above gives a GPU too few workgroups (38 for LeNet-300-100's fc1, 98 columns per invocation:
+// 32 us on an H100 against about 6 here; BENCHMARKS.md); CPU adapters keep it.
+@compute @workgroup_size(64, 1, 1)
+fn mask_backward_rows(@builtin(local_invocation_id) lid: vec3<u32>,
+                      @builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= mp.rows) {
+        return;
+    }
+    let t = threshold[row];
+    let base = row * mp.cols;
+    var part = 0.0;
+    for (var j = lid.x; j < mp.cols; j += WG) {
+        let r = mask_grads(d_masked[base + j], weight[base + j], t);
+        d_weight[base + j] = r.x;
+        part += r.y;
+    }
+    let s = reduce_f32(lid.x, part);
+    if (lid.x == 0u) {
+        d_threshold[row] = -s - mp.alpha * alpha_scale[0] * exp(-t);
     }
 }
 

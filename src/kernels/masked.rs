@@ -102,7 +102,8 @@ pub struct PassExtras<'a> {
 pub const RECOMPUTE_WORDS: usize = 10;
 
 pub struct Masked {
-    /// Use `mask_forward_rowwise` (CPU adapters) in `mask_forward`.
+    /// Use `mask_forward_rowwise` (CPU adapters) in `mask_forward` and the 8 x 8 `mask_backward`
+    /// in `mask_backward` (else `mask_backward_rows`, a workgroup per row).
     pub rowwise: bool,
     /// A buffer holding 1.0: the alpha scale of dispatches built without the trainer's.
     pub one: Tensor,
@@ -115,12 +116,24 @@ pub struct Masked {
     pub mask_forward_rowwise4_k: Kernel,
     pub mask_reset_k: Kernel,
     pub mask_backward_k: Kernel,
+    pub mask_backward_rows_k: Kernel,
     pub threshold_grad_k: Kernel,
     pub penalty_k: Kernel,
     pub switch_from_groups_k: Kernel,
 }
 
 const RW: Access = Access::ReadWrite;
+
+/// Both forms of the mask's backward: weight, threshold, d_masked, d_weight, d_threshold,
+/// alpha_scale.
+const BACKWARD_BINDINGS: [(u32, Access); 6] = [
+    (1, RW),
+    (2, RW),
+    (6, RW),
+    (7, RW),
+    (8, RW),
+    (10, Access::Read),
+];
 
 fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
     assert_eq!(
@@ -188,18 +201,8 @@ impl Masked {
                 ],
                 false,
             )?,
-            mask_backward_k: f.kernel(
-                "mask_backward",
-                &[
-                    (1, RW),
-                    (2, RW),
-                    (6, RW),
-                    (7, RW),
-                    (8, RW),
-                    (10, Access::Read),
-                ],
-                false,
-            )?,
+            mask_backward_k: f.kernel("mask_backward", &BACKWARD_BINDINGS, false)?,
+            mask_backward_rows_k: f.kernel("mask_backward_rows", &BACKWARD_BINDINGS, false)?,
             threshold_grad_k: f.kernel(
                 "threshold_grad",
                 &[(2, RW), (6, RW), (8, RW), (10, Access::Read)],
@@ -509,22 +512,35 @@ impl Masked {
         alpha: f32,
         alpha_scale: &Tensor,
     ) -> Result<Dispatch> {
-        let mut p = rows_cols(weight, threshold);
-        p.alpha = alpha;
-        self.mask_backward_k.bind(
+        self.mask_backward_with(
+            self.rowwise,
             gpu,
-            &p,
-            &[
-                weight,
-                threshold,
-                d_masked,
-                d_weight,
-                d_threshold,
-                alpha_scale,
-            ],
-            None,
-            grid_1d(p.rows.div_ceil(8)),
+            [weight, threshold, d_masked, d_weight, d_threshold],
+            alpha,
+            alpha_scale,
         )
+    }
+
+    /// `mask_backward_scaled` on an explicit form (`rowwise`: the 8 x 8 one of CPU adapters,
+    /// else a workgroup per row); `t` = weight, threshold, d_masked, d_weight, d_threshold.
+    pub fn mask_backward_with(
+        &self,
+        rowwise: bool,
+        gpu: &Gpu,
+        t: [&Tensor; 5],
+        alpha: f32,
+        alpha_scale: &Tensor,
+    ) -> Result<Dispatch> {
+        let mut p = rows_cols(t[0], t[1]);
+        p.alpha = alpha;
+        let buffers = [t[0], t[1], t[2], t[3], t[4], alpha_scale];
+        if rowwise {
+            self.mask_backward_k
+                .bind(gpu, &p, &buffers, None, grid_1d(p.rows.div_ceil(8)))
+        } else {
+            self.mask_backward_rows_k
+                .bind(gpu, &p, &buffers, None, grid_1d(p.rows))
+        }
     }
 
     /// dL/dt (penalty included) from the partial row sums `parts` (rows x blocks) of a

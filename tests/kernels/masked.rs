@@ -116,8 +116,15 @@ fn mask_forward_reset_backward_match_reference() {
         let stats = c.tensor_u32("stats", &[STATS_WORDS], &[0; STATS_WORDS]);
         let m = &c.k.masked;
         let ds = [
-            m.mask_backward(&c.gpu, &l.w, &l.t, &dg, &dw, &dt, alpha as f32)
-                .unwrap(),
+            // The same two forms of mask_backward (8 x 8 on CPU adapters; workgroup per row).
+            m.mask_backward_with(
+                rowwise,
+                &c.gpu,
+                [&l.w, &l.t, &dg, &dw, &dt],
+                alpha as f32,
+                &m.one,
+            )
+            .unwrap(),
             m.penalty(&c.gpu, &l.t, &stats, alpha as f32).unwrap(),
         ];
         run_once(&c.gpu, &ds, 0).unwrap();
