@@ -10,7 +10,9 @@
 //   backward_weight dW = G^T X       A(m, k) = G[k][m],  B = X
 // Variants: `gemm_regblock` (8x8 outputs per invocation in registers, no workgroup memory:
 // fastest on CPU adapters such as lavapipe) and `gemm_tiled` (16x16 workgroup tiles staged in
-// workgroup memory with coalesced loads, one output per invocation: the GPU kernel). Both write every C element.
+// workgroup memory with coalesced loads, one output per invocation: the GPU kernel; with few
+// output tiles and a long k, `gemm_tiled_split` splits k four ways inside a workgroup). All write
+// every C element.
 
 // Keep in sync with `GemmParams` in src/kernels/gemm.rs.
 struct GemmParams {
@@ -180,6 +182,80 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
         workgroupBarrier();
     }
     store_c(row0 + lid.y, col0 + lid.x, acc);
+}
+
+const SS: u32 = 8u;     // outputs per workgroup along each axis (split-k)
+const SPLIT: u32 = 4u;  // k-ranges per workgroup (split-k)
+var<workgroup> a_split: array<f32, 1152>; // SPLIT x TK x (SS + 1), [z][k][m], padded
+var<workgroup> b_split: array<f32, 1152>; // SPLIT x TK x (SS + 1), [z][k][n]
+var<workgroup> acc_split: array<f32, 256>; // SPLIT x SS x SS partial sums
+
+// GPU variant of `gemm_tiled` for products with few output tiles and a long k (a batch-64 layer's
+// forward: 64 x 300 outputs over k = 784 are 76 tiles of 16 x 16, each a chain of 25 staged slices
+// that leaves a GPU mostly waiting on loads). Workgroup 8 x 8 x 4: 8 x 8 outputs, and the four
+// layers z of invocations each sum one contiguous quarter of k's slices (staged as `gemm_tiled`
+// does, along the contiguous index); then invocation (x, y, 0) adds the four partial sums in order
+// z = 0..3 and stores. Four times the workgroups, a quarter of the chain; the sums' order is fixed
+// (deterministic), not `gemm_tiled`'s. Same reads and writes.
+@compute @workgroup_size(8, 8, 4)
+fn gemm_tiled_split(@builtin(local_invocation_id) lid: vec3<u32>,
+                    @builtin(workgroup_id) wid: vec3<u32>) {
+    let row0 = wid.y * SS;
+    let col0 = wid.x * SS;
+    let z = lid.z;
+    let t = lid.y * SS + lid.x;
+    let slices = (gp.k + TK - 1u) / TK;
+    let per = (slices + SPLIT - 1u) / SPLIT; // slices per layer (uniform: every layer loops alike)
+    let k_begin = z * per * TK;
+    let k_end = min(gp.k, k_begin + per * TK);
+    let a_k_fast = gp.a_cs == 1u;
+    let b_k_fast = gp.b_rs == 1u;
+    let base = z * TK * (SS + 1u);
+    var acc = 0.0;
+    for (var s = 0u; s < per; s++) {
+        let k0 = k_begin + s * TK;
+        // A layer's 64 invocations stage 256 values of each operand (4 each); zero outside the
+        // matrices and past the layer's range.
+        for (var r = 0u; r < 4u; r++) {
+            let e = t + r * 64u;
+            var kk = e / SS;
+            var mm = e % SS;
+            if (a_k_fast) {
+                kk = e % TK;
+                mm = e / TK;
+            }
+            var av = 0.0;
+            if (k0 + kk < k_end && row0 + mm < gp.m) {
+                av = a[(row0 + mm) * gp.a_rs + (k0 + kk) * gp.a_cs];
+            }
+            a_split[base + kk * (SS + 1u) + mm] = av;
+            var kb = e / SS;
+            var nn = e % SS;
+            if (b_k_fast) {
+                kb = e % TK;
+                nn = e / TK;
+            }
+            var bv = 0.0;
+            if (k0 + kb < k_end && col0 + nn < gp.n) {
+                bv = b[(k0 + kb) * gp.b_rs + (col0 + nn) * gp.b_cs];
+            }
+            b_split[base + kb * (SS + 1u) + nn] = bv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            acc = fma(a_split[base + kk * (SS + 1u) + lid.y], b_split[base + kk * (SS + 1u) + lid.x], acc);
+        }
+        workgroupBarrier();
+    }
+    acc_split[z * 64u + t] = acc;
+    workgroupBarrier();
+    if (z == 0u) {
+        var sum = acc_split[t];
+        for (var q = 1u; q < SPLIT; q++) {
+            sum = sum + acc_split[q * 64u + t];
+        }
+        store_c(row0 + lid.y, col0 + lid.x, sum);
+    }
 }
 
 // Bias gradient: c[n] = sum over rows m < M of a[m * N + n] (db = sum_rows G).

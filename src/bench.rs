@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::checkpoint::Checkpoint;
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::conv::{ConvShape, ConvVariant};
-use crate::kernels::gemm::GemmParams;
+use crate::kernels::gemm::{split_k, GemmParams};
 use crate::kernels::{run_once, GemmVariant, Kernels, StepInfo};
 use crate::nn::Mode;
 use crate::rng::Rng;
@@ -95,8 +95,8 @@ pub fn run(
             ("fc3 d_weight     10x64 . 64x100", 64, 10, 100, 2),
         ];
         println!(
-            "{:<36} {:>12} {:>12}",
-            "GEMM (GFLOP/s)", "regblock", "tiled"
+            "{:<36} {:>12} {:>12} {:>14}",
+            "GEMM (GFLOP/s)", "regblock", "tiled", "tiled split k"
         );
         for (what, m, n, kk, kind) in shapes {
             let x = Tensor::from_slice(&gpu, "x", &[m, kk], &rand(m * kk))?;
@@ -135,11 +135,24 @@ pub fn run(
             };
             let flops = 2.0 * (m * n * kk) as f64;
             let mut row = Vec::new();
-            for v in [GemmVariant::RegBlock, GemmVariant::Tiled] {
-                let d = k.gemm.matmul(&gpu, v, p, a_, b_, bias, &out)?;
+            let d = k
+                .gemm
+                .matmul(&gpu, GemmVariant::RegBlock, p, a_, b_, bias, &out)?;
+            row.push(flops / time_dispatch(&gpu, &d, reps)? / 1e9);
+            for split in [false, true] {
+                let d = k.gemm.tiled_with(&gpu, split, p, a_, b_, bias, &out)?;
                 row.push(flops / time_dispatch(&gpu, &d, reps)? / 1e9);
             }
-            println!("{what:<36} {:>12.2} {:>12.2}", row[0], row[1]);
+            // `*`: the form the GPU product takes for this shape.
+            let mark = |split: bool| if split_k(&p) == split { "*" } else { " " };
+            println!(
+                "{what:<36} {:>12.2} {:>11.2}{} {:>13.2}{}",
+                row[0],
+                row[1],
+                mark(false),
+                row[2],
+                mark(true)
+            );
         }
         sparse_products(&gpu, &k, reps, &mut rand)?;
         input_sparse_products(&gpu, &k, reps, &mut rand)?;

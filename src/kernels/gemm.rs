@@ -115,6 +115,7 @@ pub struct Gemm {
     pub regblock: Kernel,
     pub small: Kernel,
     pub tiled: Kernel,
+    pub tiled_split: Kernel,
     pub bias_backward_k: Kernel,
     pub bias_backward_split_k: Kernel,
     /// The variant `forward`/`backward_*` use on this device.
@@ -195,6 +196,13 @@ enum Vec4Form {
     Nn,
 }
 
+/// Whether the GPU product splits k (`gemm_tiled_split`): fewer than 256 output tiles of 16 x 16
+/// (too few workgroups to fill a GPU, each a long chain of staged slices) and k at least 64. A
+/// function of the shape alone: the same product always sums in the same order.
+pub fn split_k(p: &GemmParams) -> bool {
+    p.m.div_ceil(16) * p.n.div_ceil(16) < 256 && p.k >= 64
+}
+
 fn dims2(t: &Tensor) -> (usize, usize) {
     assert_eq!(
         t.shape.len(),
@@ -227,6 +235,7 @@ impl Gemm {
             regblock: f.kernel("gemm_regblock", MATMUL, false)?,
             small: f.kernel("gemm_small", MATMUL, false)?,
             tiled: f.kernel("gemm_tiled", MATMUL, false)?,
+            tiled_split: f.kernel("gemm_tiled_split", MATMUL, false)?,
             bias_backward_k: f.kernel(
                 "bias_backward",
                 &[(1, Access::Read), (4, Access::ReadWrite)],
@@ -297,13 +306,41 @@ impl Gemm {
                 None,
                 [p.n.div_ceil(64), p.m.div_ceil(64), 1],
             ),
-            GemmVariant::Tiled => self.tiled.bind(
+            GemmVariant::Tiled => self.tiled_with(gpu, split_k(&p), p, a, b, bias, c),
+        }
+    }
+
+    /// The GPU product on an explicit form: `gemm_tiled_split` (k split four ways in a workgroup
+    /// of 8 x 8 outputs) when `split`, else `gemm_tiled` (16 x 16 outputs). `matmul` picks with
+    /// `split_k`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tiled_with(
+        &self,
+        gpu: &Gpu,
+        split: bool,
+        p: GemmParams,
+        a: &Tensor,
+        b: &Tensor,
+        bias: &Tensor,
+        c: &Tensor,
+    ) -> Result<Dispatch> {
+        let buffers = [a, b, bias, c];
+        if split {
+            self.tiled_split.bind(
                 gpu,
                 &p,
-                &[a, b, bias, c],
+                &buffers,
+                None,
+                [p.n.div_ceil(8), p.m.div_ceil(8), 1],
+            )
+        } else {
+            self.tiled.bind(
+                gpu,
+                &p,
+                &buffers,
                 None,
                 [p.n.div_ceil(16), p.m.div_ceil(16), 1],
-            ),
+            )
         }
     }
 

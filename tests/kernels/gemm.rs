@@ -1,5 +1,5 @@
 use dst::gpu::Tensor;
-use dst::kernels::gemm::GemmParams;
+use dst::kernels::gemm::{split_k, GemmParams};
 use dst::kernels::{run_once, GemmVariant};
 use dst::reference::gemm as reference;
 use dst::rng::Rng;
@@ -121,6 +121,21 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
                 "backward_weight m{m} n{n} k{k}"
             );
         }
+        if variant == GemmVariant::Tiled {
+            // k split four ways exactly where the shape has few output tiles and a long k.
+            for (d, p, what) in [
+                (&ds[0], pf, "forward"),
+                (&ds[1], pi, "backward_input"),
+                (&ds[2], pw, "backward_weight"),
+            ] {
+                let want = if split_k(&p) {
+                    "gemm.gemm_tiled_split"
+                } else {
+                    "gemm.gemm_tiled"
+                };
+                assert_eq!(d.label, want, "{what} m{m} n{n} k{k}");
+            }
+        }
         run_once(&c.gpu, &ds, 0).unwrap();
         let tag = format!("{variant:?} m{m} n{n} k{k}");
         assert_products(&c, &tag, (m, n, k), (&x, &w, Some(&b), &g), &y, &dx, &dw);
@@ -195,6 +210,72 @@ fn gemm_regblock_generic_matches_reference() {
 #[test]
 fn gemm_tiled_matches_reference() {
     check_linear(GemmVariant::Tiled);
+}
+
+/// Both GPU forms bound directly on every shape, with and without a bias, ReLU or accumulation:
+/// `gemm_tiled` and `gemm_tiled_split` (k split four ways; k shorter than four slices leaves layers
+/// of invocations without any, k not a multiple of the slice ends a layer early).
+#[test]
+fn gemm_tiled_forms_match_reference() {
+    let c = ctx();
+    let mut rng = Rng::new(11);
+    let shapes = SHAPES
+        .iter()
+        .chain(&[(8, 8, 8), (64, 500, 800), (9, 20, 129), (16, 16, 257)]);
+    for (&(m, n, k), split) in shapes.flat_map(|s| [(s, false), (s, true)]) {
+        let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
+        let w = rand_vec(&mut rng, n * k, -1.0, 1.0);
+        let b = rand_vec(&mut rng, n, -1.0, 1.0);
+        let g = rand_vec(&mut rng, m * n, -1.0, 1.0);
+        let (xt, wt, bt, gt) = (
+            c.tensor("x", &[m, k], &x),
+            c.tensor("w", &[n, k], &w),
+            c.tensor("b", &[n], &b),
+            c.tensor("g", &[m, n], &g),
+        );
+        let (y, dx) = (
+            c.poisoned("y", &[m, n]),
+            c.tensor("dx", &[m, k], &vec![0.5; m * k]),
+        );
+        let dw = c.poisoned("dw", &[n, k]);
+        let gemm = &c.k.gemm;
+        let mut pf = GemmParams::linear_forward(m, n, k, true);
+        pf.relu = 1;
+        let pi = GemmParams::linear_backward_input(m, n, k, true);
+        let pw = GemmParams::linear_backward_weight(m, n, k, false);
+        let ds = [
+            gemm.tiled_with(&c.gpu, split, pf, &xt, &wt, &bt, &y)
+                .unwrap(),
+            gemm.tiled_with(&c.gpu, split, pi, &gt, &wt, &c.k.dummy, &dx)
+                .unwrap(),
+            gemm.tiled_with(&c.gpu, split, pw, &gt, &xt, &c.k.dummy, &dw)
+                .unwrap(),
+        ];
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let tag = format!("split={split} m{m} n{n} k{k}");
+        let (xd, wd, gd) = (to_f64(&x), to_f64(&w), to_f64(&g));
+        let y_ref: Vec<f64> = reference::forward(&xd, &wd, Some(&to_f64(&b)), m, n, k)
+            .iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        let dx_ref: Vec<f64> = reference::backward_input(&gd, &wd, m, n, k)
+            .iter()
+            .map(|v| v + 0.5)
+            .collect();
+        assert_close_norm(&format!("forward+relu {tag}"), &c.read(&y), &y_ref, TOL);
+        assert_close_norm(
+            &format!("backward_input+acc {tag}"),
+            &c.read(&dx),
+            &dx_ref,
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_weight {tag}"),
+            &c.read(&dw),
+            &reference::backward_weight(&gd, &xd, m, n, k),
+            TOL,
+        );
+    }
 }
 
 /// The registry's typed wrappers (default variant) and accumulation into an existing output.
