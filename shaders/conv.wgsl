@@ -18,8 +18,9 @@
 // owns and vec4 GEMM-like products over it; faster than the implicit forms there; with
 // `*_cols_listed`, the forward and input-gradient products from the lists of a pruned P's
 // nonzeros) and `*_tiled` /
-// `conv_backward_weight_split` (GPUs: 16x16 workgroup-memory tiles, one output per invocation; one workgroup per
-// weight-gradient element with a fixed-order tree reduction). Grids are 1-D block counts folded
+// `conv_backward_weight_split` (GPUs: 16x16 workgroup-memory tiles, one output per invocation; one
+// workgroup per weight-gradient element with a fixed-order tree reduction, 256 invocations wide
+// instead of 64 for sums over many positions, as in the bias gradient). Grids are 1-D block counts folded
 // into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
 
 // Keep in sync with `ConvParams` in src/kernels/conv.rs.
@@ -991,18 +992,24 @@ fn tree_reduce(t: u32) {
     workgroupBarrier();
 }
 
-// Reads dy, x; writes dw. One 64-invocation workgroup per weight element (co, ci, ky, kx):
-// invocation t sums positions p = t, t + 64, ... (coalesced), then a fixed-order tree sum.
-@compute @workgroup_size(64, 1, 1)
-fn conv_backward_weight_split(@builtin(local_invocation_id) lid: vec3<u32>,
-                              @builtin(workgroup_id) wid: vec3<u32>,
-                              @builtin(num_workgroups) nwg: vec3<u32>) {
+const RED_W: u32 = 256u; // invocations per wide reduction workgroup
+var<workgroup> red_w: array<f32, 256>;
+
+// `tree_reduce` over red_w[0..256].
+fn tree_reduce_wide(t: u32) {
+    for (var half = RED_W / 2u; half > 0u; half = half / 2u) {
+        workgroupBarrier();
+        if (t < half) {
+            red_w[t] = red_w[t] + red_w[t + half];
+        }
+    }
+    workgroupBarrier();
+}
+
+// Invocation t's share of weight element o's gradient: positions p = t, t + lanes, ... in order.
+fn weight_grad_part(o: u32, t: u32, lanes: u32) -> f32 {
     let khw = cp.kh * cp.kw;
     let cols = cp.c_in * khw;
-    let o = wid.x + wid.y * nwg.x;
-    if (o >= cp.c_out * cols) {
-        return;
-    }
     let co = o / cols;
     let k = o % cols;
     let ci = k / khw;
@@ -1010,24 +1017,67 @@ fn conv_backward_weight_split(@builtin(local_invocation_id) lid: vec3<u32>,
     let kx = k % cp.kw;
     let ohw = cp.oh * cp.ow;
     let np = cp.batch * ohw;
-    let t = lid.x;
     var s = 0.0;
-    for (var p = t; p < np; p += RED) {
+    for (var p = t; p < np; p += lanes) {
         let n = p / ohw;
         let r = p % ohw;
         let iy = i32((r / cp.ow) * cp.stride + ky) - i32(cp.pad);
         let ix = i32((r % cp.ow) * cp.stride + kx) - i32(cp.pad);
         s = fma(dy[(n * cp.c_out + co) * ohw + r], x_at(n, ci, iy, ix), s);
     }
-    red[t] = s;
-    tree_reduce(t);
-    if (t == 0u) {
+    return s;
+}
+
+// Invocation t's share of channel co's bias gradient: dy[n][co][r] for r = t, t + lanes, ...
+// over n in order.
+fn bias_grad_part(co: u32, t: u32, lanes: u32) -> f32 {
+    let ohw = cp.oh * cp.ow;
+    var s = 0.0;
+    for (var n = 0u; n < cp.batch; n++) {
+        let base = (n * cp.c_out + co) * ohw;
+        for (var r = t; r < ohw; r += lanes) {
+            s = s + dy[base + r];
+        }
+    }
+    return s;
+}
+
+// Reads dy, x; writes dw. One 64-invocation workgroup per weight element (co, ci, ky, kx):
+// invocation t sums positions p = t, t + 64, ... (coalesced), then a fixed-order tree sum.
+@compute @workgroup_size(64, 1, 1)
+fn conv_backward_weight_split(@builtin(local_invocation_id) lid: vec3<u32>,
+                              @builtin(workgroup_id) wid: vec3<u32>,
+                              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = wid.x + wid.y * nwg.x;
+    if (o >= cp.c_out * cp.c_in * cp.kh * cp.kw) {
+        return;
+    }
+    red[lid.x] = weight_grad_part(o, lid.x, RED);
+    tree_reduce(lid.x);
+    if (lid.x == 0u) {
         dw[o] = red[0];
     }
 }
 
+// `conv_backward_weight_split` with 256 invocations per weight element: for long sums (a GPU
+// layer over many positions, LeNet-5's conv1: 36,864 per weight, 576 per invocation at 64).
+@compute @workgroup_size(256, 1, 1)
+fn conv_backward_weight_split_wide(@builtin(local_invocation_id) lid: vec3<u32>,
+                                   @builtin(workgroup_id) wid: vec3<u32>,
+                                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = wid.x + wid.y * nwg.x;
+    if (o >= cp.c_out * cp.c_in * cp.kh * cp.kw) {
+        return;
+    }
+    red_w[lid.x] = weight_grad_part(o, lid.x, RED_W);
+    tree_reduce_wide(lid.x);
+    if (lid.x == 0u) {
+        dw[o] = red_w[0];
+    }
+}
+
 // Reads dy; writes db. One 64-invocation workgroup per output channel: invocation t sums
-// dy[n][co][r] for r = t, t + 64, ... over n in order, then a fixed-order tree sum. (All adapters.)
+// dy[n][co][r] for r = t, t + 64, ... over n in order, then a fixed-order tree sum.
 @compute @workgroup_size(64, 1, 1)
 fn conv_bias_backward(@builtin(local_invocation_id) lid: vec3<u32>,
                       @builtin(workgroup_id) wid: vec3<u32>,
@@ -1036,18 +1086,25 @@ fn conv_bias_backward(@builtin(local_invocation_id) lid: vec3<u32>,
     if (co >= cp.c_out) {
         return;
     }
-    let ohw = cp.oh * cp.ow;
-    let t = lid.x;
-    var s = 0.0;
-    for (var n = 0u; n < cp.batch; n++) {
-        let base = (n * cp.c_out + co) * ohw;
-        for (var r = t; r < ohw; r += RED) {
-            s = s + dy[base + r];
-        }
-    }
-    red[t] = s;
-    tree_reduce(t);
-    if (t == 0u) {
+    red[lid.x] = bias_grad_part(co, lid.x, RED);
+    tree_reduce(lid.x);
+    if (lid.x == 0u) {
         db[co] = red[0];
+    }
+}
+
+// `conv_bias_backward` with 256 invocations per channel (long sums on GPUs).
+@compute @workgroup_size(256, 1, 1)
+fn conv_bias_backward_wide(@builtin(local_invocation_id) lid: vec3<u32>,
+                           @builtin(workgroup_id) wid: vec3<u32>,
+                           @builtin(num_workgroups) nwg: vec3<u32>) {
+    let co = wid.x + wid.y * nwg.x;
+    if (co >= cp.c_out) {
+        return;
+    }
+    red_w[lid.x] = bias_grad_part(co, lid.x, RED_W);
+    tree_reduce_wide(lid.x);
+    if (lid.x == 0u) {
+        db[co] = red_w[0];
     }
 }

@@ -123,7 +123,9 @@ pub struct Conv {
     pub backward_input_tiled: Kernel,
     pub backward_weight_regblock: Kernel,
     pub backward_weight_split: Kernel,
+    pub backward_weight_split_wide: Kernel,
     pub bias_backward_k: Kernel,
+    pub bias_backward_wide_k: Kernel,
     pub im2col: Kernel,
     pub forward_cols_k: Kernel,
     pub backward_weight_cols_k: Kernel,
@@ -194,6 +196,13 @@ fn tile_groups(rows: usize, cols: usize) -> [u32; 3] {
     grid_1d((rows.div_ceil(16) * cols.div_ceil(16)) as u32)
 }
 
+/// Whether a GPU's weight and bias gradients sum each element with 256 invocations instead of
+/// 64: sums over at least 8,192 positions (batch x output positions; LeNet-5's conv1 at batch 64:
+/// 36,864, 576 per invocation at 64). A function of the shape alone: same sums, same order.
+pub fn wide_sums(s: &ConvShape) -> bool {
+    s.batch * s.out_h() * s.out_w() >= 8192
+}
+
 impl Conv {
     pub fn new(f: &KernelFactory<'_>, class: AdapterClass) -> Result<Conv> {
         Ok(Conv {
@@ -215,7 +224,13 @@ impl Conv {
                 BACKWARD_WEIGHT,
                 false,
             )?,
+            backward_weight_split_wide: f.kernel(
+                "conv_backward_weight_split_wide",
+                BACKWARD_WEIGHT,
+                false,
+            )?,
             bias_backward_k: f.kernel("conv_bias_backward", &[(5, R), (8, RW)], false)?,
+            bias_backward_wide_k: f.kernel("conv_bias_backward_wide", &[(5, R), (8, RW)], false)?,
             im2col: f.kernel("conv_im2col", IM2COL, false)?,
             forward_cols_k: f.kernel("conv_forward_cols", FORWARD_COLS, false)?,
             backward_weight_cols_k: f.kernel(
@@ -377,14 +392,35 @@ impl Conv {
                 self.backward_weight_regblock
                     .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
             }
-            ConvVariant::Tiled => self.backward_weight_split.bind(
-                gpu,
-                &p,
-                &buffers,
-                None,
-                grid_1d((s.c_out * s.cols()) as u32),
-            ),
+            ConvVariant::Tiled => {
+                self.backward_weight_reduction(gpu, wide_sums(s), s, dy, x, d_weight)
+            }
         }
+    }
+
+    /// The GPU weight gradient on an explicit form: a workgroup per weight element, 256
+    /// invocations wide (`wide`) or 64. `backward_weight` picks with `wide_sums`.
+    pub fn backward_weight_reduction(
+        &self,
+        gpu: &Gpu,
+        wide: bool,
+        s: &ConvShape,
+        dy: &Tensor,
+        x: &Tensor,
+        d_weight: &Tensor,
+    ) -> Result<Dispatch> {
+        let k = if wide {
+            &self.backward_weight_split_wide
+        } else {
+            &self.backward_weight_split
+        };
+        k.bind(
+            gpu,
+            &s.params(false),
+            &[dy, x, d_weight],
+            None,
+            grid_1d((s.c_out * s.cols()) as u32),
+        )
     }
 
     /// `d_bias[c_out]` = sum over batch and positions of dy; writes.
@@ -395,11 +431,29 @@ impl Conv {
         dy: &Tensor,
         d_bias: &Tensor,
     ) -> Result<Dispatch> {
+        let wide = self.variant == ConvVariant::Tiled && wide_sums(s);
+        self.bias_backward_with(gpu, wide, s, dy, d_bias)
+    }
+
+    /// `bias_backward` on an explicit form: a workgroup per channel, 256 invocations wide
+    /// (`wide`: GPUs, for long sums) or 64 (every adapter otherwise).
+    pub fn bias_backward_with(
+        &self,
+        gpu: &Gpu,
+        wide: bool,
+        s: &ConvShape,
+        dy: &Tensor,
+        d_bias: &Tensor,
+    ) -> Result<Dispatch> {
         let p = s.params(false);
         assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
         assert_len(d_bias, s.c_out, "d_bias", s);
-        self.bias_backward_k
-            .bind(gpu, &p, &[dy, d_bias], None, grid_1d(s.c_out as u32))
+        let k = if wide {
+            &self.bias_backward_wide_k
+        } else {
+            &self.bias_backward_k
+        };
+        k.bind(gpu, &p, &[dy, d_bias], None, grid_1d(s.c_out as u32))
     }
 
     /// Whether the plain-variant layer should take the patch-matrix path for `s` on this device:

@@ -156,6 +156,74 @@ fn check_variant(variant: ConvVariant) {
     }
 }
 
+/// The GPU weight and bias gradients in both widths (a workgroup of 64 or 256 invocations per
+/// sum), bound directly, on every shape and on one with more than 8,192 positions per sum (which
+/// the Tiled variant gives the wide form).
+#[test]
+fn conv_gradient_sums_in_both_widths_match_reference() {
+    let c = ctx();
+    let mut rng = Rng::new(37);
+    let long = shape(10, 2, 30, 30, 3, (3, 3), 1, 1);
+    assert!(dst::kernels::conv::wide_sums(&long));
+    for (s, wide) in SHAPES
+        .iter()
+        .chain([&long])
+        .flat_map(|s| [(s, false), (s, true)])
+    {
+        let x = rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0);
+        let gy = rand_vec(
+            &mut rng,
+            s.batch * s.c_out * s.out_h() * s.out_w(),
+            -1.0,
+            1.0,
+        );
+        let xt = c.tensor("x", &[s.batch, s.c_in, s.h, s.w], &x);
+        let gt = c.tensor("gy", &[s.batch, s.c_out, s.out_h(), s.out_w()], &gy);
+        let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
+        let db = c.poisoned("db", &[s.c_out]);
+        let k = &c.k.conv;
+        let ds = [
+            k.backward_weight_reduction(&c.gpu, wide, s, &gt, &xt, &dw)
+                .unwrap(),
+            k.bias_backward_with(&c.gpu, wide, s, &gt, &db).unwrap(),
+        ];
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let (xd, gd) = (to_f64(&x), to_f64(&gy));
+        let tag = format!("wide={wide} {s:?}");
+        assert_close_norm(
+            &format!("backward_weight {tag}"),
+            &c.read(&dw),
+            &reference::backward_weight(s, &gd, &xd),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("bias_backward {tag}"),
+            &c.read(&db),
+            &reference::bias_backward(s, &gd),
+            TOL,
+        );
+    }
+    // The Tiled variant takes the wide form exactly for long sums.
+    let (xt, gt) = (
+        c.tensor(
+            "x",
+            &[long.batch * long.c_in * long.h * long.w],
+            &vec![0.0; long.batch * long.c_in * long.h * long.w],
+        ),
+        c.tensor(
+            "gy",
+            &[long.batch * long.c_out * long.out_h() * long.out_w()],
+            &vec![0.0; long.batch * long.c_out * long.out_h() * long.out_w()],
+        ),
+    );
+    let dw = c.poisoned("dw", &[long.c_out, long.cols()]);
+    let d =
+        c.k.conv
+            .backward_weight_with(ConvVariant::Tiled, &c.gpu, &long, &gt, &xt, &dw)
+            .unwrap();
+    assert_eq!(d.label, "conv.conv_backward_weight_split_wide");
+}
+
 #[test]
 fn conv_regblock_matches_reference() {
     check_variant(ConvVariant::RegBlock);
