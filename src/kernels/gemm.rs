@@ -203,6 +203,15 @@ pub fn split_k(p: &GemmParams) -> bool {
     p.m.div_ceil(16) * p.n.div_ceil(16) < 256 && p.k >= 64
 }
 
+/// C (M x N) must fit its tensor.
+fn assert_output_fits(p: &GemmParams, c: &Tensor) {
+    assert!(
+        c.len() >= (p.m * p.n) as usize,
+        "{}: output too small",
+        c.label
+    );
+}
+
 fn dims2(t: &Tensor) -> (usize, usize) {
     assert_eq!(
         t.shape.len(),
@@ -263,11 +272,7 @@ impl Gemm {
         bias: &Tensor,
         c: &Tensor,
     ) -> Result<Dispatch> {
-        assert!(
-            c.len() >= (p.m * p.n) as usize,
-            "{}: output too small",
-            c.label
-        );
+        assert_output_fits(&p, c);
         let groups = [p.n.div_ceil(64), p.m.div_ceil(64), 1];
         if variant == GemmVariant::RegBlock {
             let kernel = match vec4_form(&p, a, b) {
@@ -324,6 +329,7 @@ impl Gemm {
         bias: &Tensor,
         c: &Tensor,
     ) -> Result<Dispatch> {
+        assert_output_fits(&p, c);
         let buffers = [a, b, bias, c];
         if split {
             self.tiled_split.bind(
