@@ -196,6 +196,13 @@ fn tile_groups(rows: usize, cols: usize) -> [u32; 3] {
     grid_1d((rows.div_ceil(16) * cols.div_ceil(16)) as u32)
 }
 
+/// The sizes a weight gradient's tensors must have.
+fn check_weight_grad(s: &ConvShape, dy: &Tensor, x: &Tensor, d_weight: &Tensor) {
+    assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+    assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
+    assert_len(d_weight, s.c_out * s.cols(), "d_weight", s);
+}
+
 /// Whether a GPU's weight and bias gradients sum each element with 256 invocations instead of
 /// 64: sums over at least 8,192 positions (batch x output positions; LeNet-5's conv1 at batch 64:
 /// 36,864, 576 per invocation at 64). A function of the shape alone: same sums, same order.
@@ -381,9 +388,7 @@ impl Conv {
         d_weight: &Tensor,
     ) -> Result<Dispatch> {
         let p = s.params(false);
-        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
-        assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
-        assert_len(d_weight, s.c_out * s.cols(), "d_weight", s);
+        check_weight_grad(s, dy, x, d_weight);
         let buffers = [dy, x, d_weight];
         match variant {
             ConvVariant::RegBlock => {
@@ -409,6 +414,7 @@ impl Conv {
         x: &Tensor,
         d_weight: &Tensor,
     ) -> Result<Dispatch> {
+        check_weight_grad(s, dy, x, d_weight);
         let k = if wide {
             &self.backward_weight_split_wide
         } else {
