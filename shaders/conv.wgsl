@@ -37,6 +37,10 @@ struct ConvParams {
     oh: u32,
     ow: u32,
     has_bias: u32,
+    // `conv_backward_weight_tiled` and `conv_weight_parts_sum` only: positions per split (a
+    // multiple of TK) and the number of splits; 0 elsewhere.
+    run: u32,
+    splits: u32,
 }
 
 @group(0) @binding(0) var<uniform> cp: ConvParams;
@@ -1107,4 +1111,141 @@ fn conv_bias_backward_wide(@builtin(local_invocation_id) lid: vec3<u32>,
     if (lid.x == 0u) {
         db[co] = red_w[0];
     }
+}
+
+// ------------------------------------------------ GPU forms of the patch-matrix products
+//
+// Where most of the implicit input gradient's taps fall outside the output (an unpadded conv on a
+// small image: LeNet-5's conv2 reads 44 % useful taps, and its 20 input channels fill 20 of 32
+// tile rows), GPUs take the patch-matrix route too: `conv_backward_input_cols_tiled` writes dcols
+// = W^T dy with no wasted taps, then `conv_col2im` gathers dx. Its sums are those of
+// `conv_backward_input_cols` (over co in order, one fma each), so the two paths give the same
+// bits. The weight gradient's GPU form over many weights, `conv_backward_weight_tiled`, is a
+// 16x16-tile product whose sum over positions is cut into `splits` fixed runs, each written to
+// its own slice of a partial buffer, then `conv_weight_parts_sum` adds the slices in order.
+
+// Reads dy, weight; writes cols_w = dcols. GEMM view: rows = patch rows k = (ci, ky, kx),
+// columns = positions P = (n, oy, ox), sum over co. Workgroup 16x16, 16x16 outputs.
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_input_cols_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
+                                  @builtin(workgroup_id) wid: vec3<u32>,
+                                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    let ohw = cp.oh * cp.ow;
+    let np = cp.batch * ohw;
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    let o = tile_origin(wid, nwg, kdim, np);
+    if (o.x < 0) {
+        return;
+    }
+    let row0 = u32(o.x);
+    let col0 = u32(o.y);
+    let t = lid.y * 16u + lid.x;
+    var acc = 0.0;
+    for (var c0 = 0u; c0 < cp.c_out; c0 += TK) {
+        for (var r = 0u; r < 2u; r++) {
+            let e = t + r * 256u;
+            // Both operands staged [co][...], neighbouring invocations on neighbouring k or P.
+            let am = e % TS;
+            let ac = e / TS;
+            var av = 0.0;
+            if (c0 + ac < cp.c_out && row0 + am < kdim) {
+                av = weight[(c0 + ac) * kdim + row0 + am];
+            }
+            a_tile[ac * (TS + 1u) + am] = av;
+            let q = col0 + am;
+            var bv = 0.0;
+            if (c0 + ac < cp.c_out && q < np) {
+                bv = dy[((q / ohw) * cp.c_out + c0 + ac) * ohw + q % ohw];
+            }
+            b_tile[ac * (TS + 1u) + am] = bv;
+        }
+        workgroupBarrier();
+        acc = tile_dot(lid, acc);
+        workgroupBarrier();
+    }
+    let k = row0 + lid.y;
+    let q = col0 + lid.x;
+    if (k < kdim && q < np) {
+        cols_w[k * np + q] = acc;
+    }
+}
+
+@group(0) @binding(17) var<storage, read_write> parts: array<f32>;
+@group(0) @binding(18) var<storage, read> parts_r: array<f32>;
+
+// Reads dy, x; writes parts. GEMM view: rows = filters co, columns = patch rows k, sum over
+// positions P in split z's run [z run, (z + 1) run) (`run`, `splits`: ConvParams), in order; workgroup (tile, z) writes its
+// 16x16 sums to parts[z][co][k]. Workgroups: tiles x splits (folded 1-D, split-major).
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_weight_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
+                              @builtin(workgroup_id) wid: vec3<u32>,
+                              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let ohw = cp.oh * cp.ow;
+    let np = cp.batch * ohw;
+    let khw = cp.kh * cp.kw;
+    let kdim = cp.c_in * khw;
+    let tiles = ((cp.c_out + TS - 1u) / TS) * ((kdim + TS - 1u) / TS);
+    let g = wid.x + wid.y * nwg.x;
+    let z = g / tiles;
+    if (z >= cp.splits) {
+        return;
+    }
+    let o = tile_origin(vec3<u32>(g % tiles, 0u, 0u), vec3<u32>(tiles, 1u, 1u), cp.c_out, kdim);
+    let row0 = u32(o.x);
+    let col0 = u32(o.y);
+    let t = lid.y * 16u + lid.x;
+    let p_end = min((z + 1u) * cp.run, np);
+    var acc = 0.0;
+    for (var p0 = z * cp.run; p0 < p_end; p0 += TK) {
+        for (var r = 0u; r < 2u; r++) {
+            let e = t + r * 256u;
+            // dy staged [P][co], neighbouring invocations on neighbouring P.
+            let am = e / TK;
+            let ap = e % TK;
+            let pa = p0 + ap;
+            var av = 0.0;
+            if (pa < p_end && row0 + am < cp.c_out) {
+                av = dy[((pa / ohw) * cp.c_out + row0 + am) * ohw + pa % ohw];
+            }
+            a_tile[ap * (TS + 1u) + am] = av;
+            // Patches staged [P][k], neighbouring invocations on neighbouring k.
+            let bp = e / TS;
+            let bn = e % TS;
+            let pb = p0 + bp;
+            let k = col0 + bn;
+            var bv = 0.0;
+            if (pb < p_end && k < kdim) {
+                let rem = k % khw;
+                let r2 = pb % ohw;
+                bv = x_at(pb / ohw, k / khw,
+                          i32((r2 / cp.ow) * cp.stride + rem / cp.kw) - i32(cp.pad),
+                          i32((r2 % cp.ow) * cp.stride + rem % cp.kw) - i32(cp.pad));
+            }
+            b_tile[bp * (TS + 1u) + bn] = bv;
+        }
+        workgroupBarrier();
+        acc = tile_dot(lid, acc);
+        workgroupBarrier();
+    }
+    let co = row0 + lid.y;
+    let k = col0 + lid.x;
+    if (co < cp.c_out && k < kdim) {
+        parts[(z * cp.c_out + co) * kdim + k] = acc;
+    }
+}
+
+// Reads parts_r; writes dw. dw[o] = parts[0][o] + parts[1][o] + ..., in order.
+@compute @workgroup_size(64, 1, 1)
+fn conv_weight_parts_sum(@builtin(global_invocation_id) gid: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>) {
+    let o = gid.x + gid.y * nwg.x * 64u;
+    let n = cp.c_out * cp.c_in * cp.kh * cp.kw;
+    if (o >= n) {
+        return;
+    }
+    var s = parts_r[o];
+    for (var z = 1u; z < cp.splits; z++) {
+        s = s + parts_r[z * n + o];
+    }
+    dw[o] = s;
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::checkpoint::Checkpoint;
 use crate::gpu::{Gpu, Tensor};
-use crate::kernels::conv::{ConvShape, ConvVariant};
+use crate::kernels::conv::{Conv, ConvShape, ConvVariant};
 use crate::kernels::gemm::{split_k, GemmParams};
 use crate::kernels::{run_once, GemmVariant, Kernels, StepInfo};
 use crate::nn::Mode;
@@ -221,7 +221,7 @@ pub fn run(
             );
         }
         println!(
-            "{:<44} {:>12} {:>12} {:>12}",
+            "{:<54} {:>12} {:>12} {:>12}",
             "conv (GFLOP/s)", "forward", "d_input", "d_weight"
         );
         let conv_shapes = [
@@ -273,13 +273,47 @@ pub fn run(
                     row.push(flops / time_dispatch(&gpu, d, reps)? / 1e9);
                 }
                 println!(
-                    "{:<44} {:>12.2} {:>12.2} {:>12.2}",
+                    "{:<54} {:>12.2} {:>12.2} {:>12.2}",
                     format!("{what} {v:?}"),
                     row[0],
                     row[1],
                     row[2]
                 );
             }
+            // The GPU forms beside the implicit ones: the input gradient through a patch matrix
+            // (product + col2im), the weight gradient split over runs of positions (product +
+            // the partial sums' sum). `*`: the form a GPU layer of this shape takes.
+            let dcols = Tensor::zeros(&gpu, "dcols", &[s.cols_len()])?;
+            let parts = Tensor::zeros(&gpu, "parts", &[Conv::weight_parts_len(&s)])?;
+            let di = time_dispatches(
+                &gpu,
+                &k.conv
+                    .backward_input_cols_tiled(&gpu, &s, &g, &w, &dcols, &dx)?,
+                reps,
+            )?;
+            let dwt = time_dispatches(
+                &gpu,
+                &k.conv
+                    .backward_weight_tiled(&gpu, &s, &g, &x, &parts, &dw)?,
+                reps,
+            )?;
+            let mark = |on: bool| if on { " *" } else { "" };
+            println!(
+                "{:<54} {:>12} {:>12} {:>12}",
+                format!("{what} Tiled, patch matrix | split"),
+                "",
+                format!(
+                    "{:.2}{}",
+                    flops / di / 1e9,
+                    mark(crate::kernels::conv::input_via_cols(&gpu, &s))
+                ),
+                format!(
+                    "{:.2}{}",
+                    flops / dwt / 1e9,
+                    mark(crate::kernels::conv::weight_grad_tiled(&s))
+                )
+            );
+            drop((dcols, parts));
             if k.conv.use_cols(&gpu, &s) {
                 // The patch-matrix path: im2col + product (forward), product + col2im (d_input).
                 let cols = Tensor::zeros(&gpu, "cols", &[s.cols_len()])?;
@@ -300,7 +334,7 @@ pub fn run(
                     row.push(flops / sec / 1e9);
                 }
                 println!(
-                    "{:<44} {:>12.2} {:>12.2} {:>12.2}",
+                    "{:<54} {:>12.2} {:>12.2} {:>12.2}",
                     format!("{what} Cols"),
                     row[0],
                     row[2],

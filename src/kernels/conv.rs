@@ -73,6 +73,8 @@ impl ConvShape {
             oh: self.out_h() as u32,
             ow: self.out_w() as u32,
             has_bias: has_bias as u32,
+            run: 0,
+            splits: 0,
         }
     }
 }
@@ -93,6 +95,10 @@ pub struct ConvParams {
     pub oh: u32,
     pub ow: u32,
     pub has_bias: u32,
+    /// `conv_backward_weight_tiled` and `conv_weight_parts_sum` only: positions per split and
+    /// the number of splits (`weight_splits`); 0 elsewhere.
+    pub run: u32,
+    pub splits: u32,
 }
 
 /// Which kernels `forward`/`backward_*` use.
@@ -100,8 +106,10 @@ pub struct ConvParams {
 pub enum ConvVariant {
     /// Several outputs per invocation in registers, no workgroup memory: CPU adapters (lavapipe).
     RegBlock,
-    /// 64x64 workgroup-memory tiles (forward, input gradient) and one workgroup per weight-gradient
-    /// element with a tree reduction: GPUs.
+    /// 16x16 workgroup-memory tiles, one output per invocation: GPUs. The input gradient goes
+    /// through a patch matrix where most implicit taps would miss the output (`input_via_cols`),
+    /// the weight gradient is a split tile product over many weights (`weight_grad_tiled`) and a
+    /// workgroup-per-element tree reduction otherwise.
     Tiled,
 }
 
@@ -131,6 +139,9 @@ pub struct Conv {
     pub backward_weight_cols_k: Kernel,
     pub backward_input_cols_k: Kernel,
     pub col2im: Kernel,
+    pub backward_input_cols_tiled_k: Kernel,
+    pub backward_weight_tiled_k: Kernel,
+    pub weight_parts_sum: Kernel,
     pub forward_cols_listed_k: Kernel,
     pub backward_input_cols_listed_k: Kernel,
     /// The variant the plain wrappers use on this device.
@@ -147,6 +158,9 @@ const FORWARD_COLS: &[(u32, Access)] = &[(11, R), (2, R), (3, R), (4, RW)];
 const BACKWARD_WEIGHT_COLS: &[(u32, Access)] = &[(12, R), (11, R), (7, RW)];
 const BACKWARD_INPUT_COLS: &[(u32, Access)] = &[(12, R), (2, R), (9, RW)];
 const COL2IM: &[(u32, Access)] = &[(10, R), (6, RW)];
+const BACKWARD_INPUT_COLS_TILED: &[(u32, Access)] = &[(5, R), (2, R), (9, RW)];
+const BACKWARD_WEIGHT_TILED: &[(u32, Access)] = &[(5, R), (1, R), (17, RW)];
+const WEIGHT_PARTS_SUM: &[(u32, Access)] = &[(18, R), (7, RW)];
 const FORWARD_COLS_LISTED: &[(u32, Access)] =
     &[(13, R), (14, R), (15, R), (11, R), (3, R), (4, RW)];
 const BACKWARD_INPUT_COLS_LISTED: &[(u32, Access)] = &[(13, R), (14, R), (15, R), (12, R), (9, RW)];
@@ -210,6 +224,36 @@ pub fn wide_sums(s: &ConvShape) -> bool {
     s.batch * s.out_h() * s.out_w() >= 8192
 }
 
+/// Whether a GPU takes the input gradient through a patch matrix (`backward_input_cols_tiled`):
+/// stride 1, at most half of the input's positions have an output (so more than half of the
+/// implicit form's taps would read nothing: LeNet-5's conv2, 64 of 144) and the patch matrix fits
+/// one binding. Padded 3x3 convs keep the implicit form (almost every tap counts, and no
+/// patch-matrix memory).
+pub fn input_via_cols(gpu: &Gpu, s: &ConvShape) -> bool {
+    s.stride == 1
+        && 2 * s.out_h() * s.out_w() <= s.h * s.w
+        && (4 * s.cols_len()) as u64 <= gpu.max_binding()
+}
+
+/// Whether a GPU's weight gradient is the split tile product (`backward_weight_tiled`) rather
+/// than a workgroup per element: layers with at least 4,096 weights (LeNet-5's conv2: 25,000;
+/// its conv1, 500 weights over 36,864 positions each, keeps the reduction).
+pub fn weight_grad_tiled(s: &ConvShape) -> bool {
+    s.c_out * s.cols() >= 4096
+}
+
+/// Positions per split of `backward_weight_tiled` and the number of splits for `s`: enough
+/// workgroups for a large GPU (at least 1,024 with the 16x16 tiles) and runs of at least 256
+/// positions, a multiple of 32 (the staged slice). A function of the shape alone, so a
+/// gradient always sums in the same order.
+pub fn weight_splits(s: &ConvShape) -> (usize, usize) {
+    let np = s.batch * s.out_h() * s.out_w();
+    let tiles = s.c_out.div_ceil(16) * s.cols().div_ceil(16);
+    let want = 1024usize.div_ceil(tiles).clamp(1, 64);
+    let run = np.div_ceil(want).max(256).next_multiple_of(32);
+    (run, np.div_ceil(run))
+}
+
 impl Conv {
     pub fn new(f: &KernelFactory<'_>, class: AdapterClass) -> Result<Conv> {
         Ok(Conv {
@@ -251,6 +295,17 @@ impl Conv {
                 false,
             )?,
             col2im: f.kernel("conv_col2im", COL2IM, false)?,
+            backward_input_cols_tiled_k: f.kernel(
+                "conv_backward_input_cols_tiled",
+                BACKWARD_INPUT_COLS_TILED,
+                false,
+            )?,
+            backward_weight_tiled_k: f.kernel(
+                "conv_backward_weight_tiled",
+                BACKWARD_WEIGHT_TILED,
+                false,
+            )?,
+            weight_parts_sum: f.kernel("conv_weight_parts_sum", WEIGHT_PARTS_SUM, false)?,
             forward_cols_listed_k: f.kernel(
                 "conv_forward_cols_listed",
                 FORWARD_COLS_LISTED,
@@ -462,6 +517,17 @@ impl Conv {
         k.bind(gpu, &p, &[dy, d_bias], None, grid_1d(s.c_out as u32))
     }
 
+    /// Whether a layer on this device takes `backward_weight_tiled` for `s` (GPUs, many weights).
+    pub fn use_weight_tiled(&self, s: &ConvShape) -> bool {
+        self.variant == ConvVariant::Tiled && weight_grad_tiled(s)
+    }
+
+    /// Whether a layer on this device takes `backward_input_cols_tiled` for `s` (GPUs, convs
+    /// whose implicit input gradient would mostly read nothing).
+    pub fn use_input_cols_tiled(&self, gpu: &Gpu, s: &ConvShape) -> bool {
+        self.variant == ConvVariant::Tiled && input_via_cols(gpu, s)
+    }
+
     /// Whether the plain-variant layer should take the patch-matrix path for `s` on this device:
     /// CPU adapters (the register-block variant), oh ow % 4 == 0, and a patch matrix that fits one
     /// binding.
@@ -644,6 +710,78 @@ impl Conv {
     }
 
     /// The col2im half of `backward_input_cols` alone: dx from the dcols in `cols`.
+    /// `backward_input` through a patch matrix on GPUs: `dcols` (`s.cols_len()` elements, the
+    /// caller's scratch, overwritten) = W^T dy by 16x16 tiles, then dx gathered from it (col2im).
+    /// The same sums as `backward_input_cols`. Writes every dx.
+    pub fn backward_input_cols_tiled(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        weight: &Tensor,
+        dcols: &Tensor,
+        dx: &Tensor,
+    ) -> Result<[Dispatch; 2]> {
+        let p = s.params(false);
+        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+        assert_len(weight, s.c_out * s.cols(), "weight", s);
+        assert_len(dcols, s.cols_len(), "dcols", s);
+        assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
+        let positions = s.batch * s.out_h() * s.out_w();
+        let prod = self.backward_input_cols_tiled_k.bind(
+            gpu,
+            &p,
+            &[dy, weight, dcols],
+            None,
+            tile_groups(s.cols(), positions),
+        )?;
+        Ok([prod, self.gather_dx(gpu, s, dcols, dx)?])
+    }
+
+    /// Elements of the partial-sum scratch `backward_weight_tiled` needs for `s`.
+    pub fn weight_parts_len(s: &ConvShape) -> usize {
+        weight_splits(s).1 * s.c_out * s.cols()
+    }
+
+    /// The weight gradient as a split tile product (GPUs): the sums over each run of positions
+    /// (`weight_splits`) into `parts` (`weight_parts_len` elements, the caller's scratch), then
+    /// their sum in order into `d_weight`. Writes every d_weight element.
+    pub fn backward_weight_tiled(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        x: &Tensor,
+        parts: &Tensor,
+        d_weight: &Tensor,
+    ) -> Result<[Dispatch; 2]> {
+        check_weight_grad(s, dy, x, d_weight);
+        assert_len(parts, Self::weight_parts_len(s), "parts", s);
+        let (run, splits) = weight_splits(s);
+        let p = ConvParams {
+            run: run as u32,
+            splits: splits as u32,
+            ..s.params(false)
+        };
+        let tiles = s.c_out.div_ceil(16) * s.cols().div_ceil(16);
+        let prod = self.backward_weight_tiled_k.bind(
+            gpu,
+            &p,
+            &[dy, x, parts],
+            None,
+            grid_1d((tiles * splits) as u32),
+        )?;
+        let n = s.c_out * s.cols();
+        let sum = self.weight_parts_sum.bind(
+            gpu,
+            &p,
+            &[parts, d_weight],
+            None,
+            grid_1d(n.div_ceil(64) as u32),
+        )?;
+        Ok([prod, sum])
+    }
+
     pub fn gather_dx(
         &self,
         gpu: &Gpu,

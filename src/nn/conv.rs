@@ -233,9 +233,24 @@ impl Layer for Conv2d {
             .conv
             .use_cols(gpu, &s)
             .then(|| cx.saved(&format!("{}.cols", self.name)));
-        let weight_grad = |dw: &Tensor| match &cols {
-            Some(c) => k.conv.backward_weight_cols(gpu, &s, dy, c, dw),
-            None => k.conv.backward_weight(gpu, &s, dy, x, dw),
+        // GPUs: the split tile product's partial sums for layers with many weights.
+        let parts = (cols.is_none() && k.conv.use_weight_tiled(&s))
+            .then(|| {
+                cx.activation(
+                    &format!("{}.d_weight_parts", self.name),
+                    &[crate::kernels::conv::Conv::weight_parts_len(&s)],
+                )
+            })
+            .transpose()?;
+        let weight_grad = |dw: &Tensor| -> Result<Vec<crate::kernels::Dispatch>> {
+            Ok(match (&cols, &parts) {
+                (Some(c), _) => vec![k.conv.backward_weight_cols(gpu, &s, dy, c, dw)?],
+                (None, Some(pt)) => k
+                    .conv
+                    .backward_weight_tiled(gpu, &s, dy, x, pt, dw)?
+                    .to_vec(),
+                (None, None) => vec![k.conv.backward_weight(gpu, &s, dy, x, dw)?],
+            })
         };
         let d_weight = cx.arena.grad(self.weight);
         match &self.mask {
@@ -244,10 +259,16 @@ impl Layer for Conv2d {
                     &format!("{}.d_masked_weight", self.name),
                     &[self.c_out, self.c_in, self.k, self.k],
                 )?;
-                cx.push(weight_grad(&d_masked)?);
+                for d in weight_grad(&d_masked)? {
+                    cx.push(d);
+                }
                 m.backward(cx, self.weight, &d_masked)?;
             }
-            None => cx.push(weight_grad(&d_weight)?),
+            None => {
+                for d in weight_grad(&d_weight)? {
+                    cx.push(d);
+                }
+            }
         }
         if let Some(b) = self.bias {
             let d_bias = cx.arena.grad(b);
@@ -272,6 +293,15 @@ impl Layer for Conv2d {
                     _ => cx.push(dense),
                 }
                 cx.push(gather);
+            }
+            None if k.conv.use_input_cols_tiled(gpu, &s) => {
+                let dcols = cx.activation(&format!("{}.dcols", self.name), &[s.cols_len()])?;
+                for d in k
+                    .conv
+                    .backward_input_cols_tiled(gpu, &s, dy, &w, &dcols, &dx)?
+                {
+                    cx.push(d);
+                }
             }
             None => cx.push(k.conv.backward_input(gpu, &s, dy, &w, &dx)?),
         }

@@ -224,6 +224,109 @@ fn conv_gradient_sums_in_both_widths_match_reference() {
     assert_eq!(d.label, "conv.conv_backward_weight_split_wide");
 }
 
+/// The GPU forms of the input gradient through a patch matrix (`backward_input_cols_tiled` +
+/// col2im) and of the split weight gradient (`backward_weight_tiled` + the partial sums' sum),
+/// bound directly on NaN-poisoned outputs and scratch: on every test shape and on one whose sums
+/// are cut into several runs with a short last run, against the f64 reference; where the CPU
+/// patch-matrix path applies, dx bit for bit against it (the same sums in the same order). Then
+/// the shape rules and which layers take the forms.
+#[test]
+fn conv_gpu_patch_matrix_and_split_forms_match_reference() {
+    use dst::kernels::conv::{input_via_cols, weight_grad_tiled, weight_splits, Conv};
+    let c = ctx();
+    let mut rng = Rng::new(53);
+    let split = shape(4, 3, 20, 20, 20, (3, 3), 1, 1);
+    let (run, splits) = weight_splits(&split);
+    assert!(
+        splits > 2 && !(split.batch * 400).is_multiple_of(run),
+        "{run} {splits}"
+    );
+    for s in SHAPES.iter().chain([&split]) {
+        let np = s.batch * s.out_h() * s.out_w();
+        let (run, splits) = weight_splits(s);
+        assert!(run % 32 == 0 && run >= 256 && splits * run >= np && (splits - 1) * run < np);
+        let x = rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0);
+        let w = rand_vec(&mut rng, s.c_out * s.cols(), -1.0, 1.0);
+        let gy = rand_vec(&mut rng, np * s.c_out, -1.0, 1.0);
+        let xt = c.tensor("x", &[s.batch, s.c_in, s.h, s.w], &x);
+        let wt = c.tensor("w", &[s.c_out, s.cols()], &w);
+        let gt = c.tensor("gy", &[s.batch, s.c_out, s.out_h(), s.out_w()], &gy);
+        let dx = c.poisoned("dx", &[s.batch, s.c_in, s.h, s.w]);
+        let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
+        let dcols = c.poisoned("dcols", &[s.cols_len()]);
+        let parts = c.poisoned("parts", &[Conv::weight_parts_len(s)]);
+        let k = &c.k.conv;
+        let mut ds = k
+            .backward_input_cols_tiled(&c.gpu, s, &gt, &wt, &dcols, &dx)
+            .unwrap()
+            .to_vec();
+        ds.extend(
+            k.backward_weight_tiled(&c.gpu, s, &gt, &xt, &parts, &dw)
+                .unwrap(),
+        );
+        let names = [
+            "backward_input_cols_tiled",
+            "col2im",
+            "backward_weight_tiled",
+            "weight_parts_sum",
+        ];
+        for (d, n) in ds.iter().zip(names) {
+            assert_eq!(d.label, format!("conv.conv_{n}"));
+        }
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let (xd, wd, gd) = (to_f64(&x), to_f64(&w), to_f64(&gy));
+        let got_dx = c.read(&dx);
+        assert_close_norm(
+            &format!("backward_input_cols_tiled {s:?}"),
+            &got_dx,
+            &reference::backward_input(s, &gd, &wd),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("backward_weight_tiled {s:?}"),
+            &c.read(&dw),
+            &reference::backward_weight(s, &gd, &xd),
+            TOL,
+        );
+        if (s.out_h() * s.out_w()) % 4 == 0 {
+            let dx_cols = c.poisoned("dx_cols", &[s.batch, s.c_in, s.h, s.w]);
+            let ds = k
+                .backward_input_cols(&c.gpu, s, &gt, &wt, &dcols, &dx_cols)
+                .unwrap();
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let want = c.read(&dx_cols);
+            for (i, (a, b)) in got_dx.iter().zip(&want).enumerate() {
+                assert!(a == b, "{s:?} dx[{i}]: tiled {a} cols {b}");
+            }
+        }
+    }
+    // The rules: LeNet-5's conv2 takes both forms, its conv1 neither (few weights; it needs no
+    // input gradient), a padded 3x3 conv the split weight gradient only; CPU adapters neither.
+    let (conv1, conv2) = (
+        shape(64, 1, 28, 28, 20, (5, 5), 1, 0),
+        shape(64, 20, 12, 12, 50, (5, 5), 1, 0),
+    );
+    let vgg = shape(64, 64, 16, 16, 64, (3, 3), 1, 1);
+    assert!(input_via_cols(&c.gpu, &conv2) && weight_grad_tiled(&conv2));
+    assert!(!input_via_cols(&c.gpu, &conv1) && !weight_grad_tiled(&conv1));
+    assert!(!input_via_cols(&c.gpu, &vgg) && weight_grad_tiled(&vgg));
+    assert!(!input_via_cols(
+        &c.gpu,
+        &shape(64, 20, 24, 24, 50, (5, 5), 2, 0)
+    ));
+    let gpu = c.gpu.class == AdapterClass::Gpu;
+    assert_eq!(k_uses(&c, &conv2), (gpu, gpu));
+    assert_eq!(k_uses(&c, &conv1), (false, false));
+}
+
+/// Whether this device's layers take the GPU input-gradient and weight-gradient forms for `s`.
+fn k_uses(c: &Ctx, s: &ConvShape) -> (bool, bool) {
+    (
+        c.k.conv.use_input_cols_tiled(&c.gpu, s),
+        c.k.conv.use_weight_tiled(s),
+    )
+}
+
 #[test]
 fn conv_regblock_matches_reference() {
     check_variant(ConvVariant::RegBlock);
