@@ -38,7 +38,7 @@ struct ConvParams {
     ow: u32,
     has_bias: u32,
     // `conv_backward_weight_tiled` and `conv_weight_parts_sum` only: positions per split (a
-    // multiple of TK) and the number of splits; 0 elsewhere.
+    // multiple of 32) and the number of splits; 0 elsewhere.
     run: u32,
     splits: u32,
 }
@@ -841,145 +841,280 @@ fn conv_backward_input_cols_listed(@builtin(local_invocation_id) lid: vec3<u32>,
 }
 
 // ---------------------------------------------------------------- GPU variants (workgroup memory)
+//
+// Every GPU tile product is one loop over a GEMM view C[m][n] = sum_k A[m][k] B[k][n] of the
+// convolution, its operands read through `tile_a` / `tile_b` for the product's kind:
+//
+//   KIND_FORWARD     y      A = W [co][(ci,ky,kx)]          B = patches [(ci,ky,kx)][(n,oy,ox)]
+//   KIND_INPUT       dx     A = W taps [ci][(co,ky,kx)]     B = dy taps [(co,ky,kx)][(n,iy,ix)]
+//   KIND_INPUT_COLS  dcols  A = W^T [(ci,ky,kx)][co]        B = dy [co][(n,oy,ox)]
+//   KIND_WEIGHT      dW     A = dy [co][(n,oy,ox)]          B = patches^T [(n,oy,ox)][(ci,ky,kx)]
+//
+// (a tap that hits no output or the padding reads 0). Two tile forms of the one loop: 16x16
+// outputs per workgroup, one per invocation, slices 32 deep (`tile_sum`: many workgroups for small
+// layers), and 32x32 outputs, 2x2 per invocation, slices 16 deep (`tile_sum_2x2`: a quarter of the
+// staged loads and index arithmetic per output, for layers with many tiles). Both add each
+// output's terms over k in order, one fma each (a slice's zero padding adds +0), so the two forms
+// give the same bits. Every tile entry point binds x, weight and dy (the operands of all kinds;
+// the host binds an operand the kind does not read to one it does).
 
-const TS: u32 = 16u;  // outputs per workgroup along each axis (tiled), one per invocation
-const TK: u32 = 32u;  // k-depth of one staged slice
-var<workgroup> a_tile: array<f32, 544>; // TK x (TS + 1), [k][m], padded against bank conflicts
-var<workgroup> b_tile: array<f32, 544>; // TK x (TS + 1), [k][n]
+const KIND_FORWARD: u32 = 0u;
+const KIND_INPUT: u32 = 1u;
+const KIND_INPUT_COLS: u32 = 2u;
+const KIND_WEIGHT: u32 = 3u;
 
-// The tile of workgroup `wid` in a grid of tiles_m x tiles_n 16x16 tiles (folded 1-D grid):
+var<workgroup> a_tile: array<f32, 544>; // [k][m], rows padded by one against bank conflicts
+var<workgroup> b_tile: array<f32, 544>; // [k][n]
+
+// Rows (m) and columns (n) of the product `kind`; its depth is the caller's k_end.
+fn tile_rows(kind: u32) -> u32 {
+    switch kind {
+        case 0u, 3u: {
+            return cp.c_out;
+        }
+        case 1u: {
+            return cp.c_in;
+        }
+        default: {
+            return cp.c_in * cp.kh * cp.kw;
+        }
+    }
+}
+
+fn tile_cols(kind: u32) -> u32 {
+    switch kind {
+        case 1u: {
+            return cp.batch * cp.h * cp.w;
+        }
+        case 3u: {
+            return cp.c_in * cp.kh * cp.kw;
+        }
+        default: {
+            return cp.batch * cp.oh * cp.ow;
+        }
+    }
+}
+
+// X at patch row k = (ci, ky, kx) and output position p = (n, oy, ox).
+fn patch_at(k: u32, p: u32) -> f32 {
+    let khw = cp.kh * cp.kw;
+    let ohw = cp.oh * cp.ow;
+    let rem = k % khw;
+    let r2 = p % ohw;
+    return x_at(p / ohw, k / khw,
+                i32((r2 / cp.ow) * cp.stride + rem / cp.kw) - i32(cp.pad),
+                i32((r2 % cp.ow) * cp.stride + rem % cp.kw) - i32(cp.pad));
+}
+
+// A[m][k] of the product `kind`, 0 past its rows or k_end.
+fn tile_a(kind: u32, m: u32, k: u32, k_end: u32) -> f32 {
+    if (m >= tile_rows(kind) || k >= k_end) {
+        return 0.0;
+    }
+    let khw = cp.kh * cp.kw;
+    let kdim = cp.c_in * khw;
+    switch kind {
+        case 0u: {
+            return weight[m * kdim + k];
+        }
+        case 1u: {
+            return weight[(k / khw) * kdim + m * khw + k % khw];
+        }
+        case 2u: {
+            return weight[k * kdim + m];
+        }
+        default: {
+            let ohw = cp.oh * cp.ow;
+            return dy[((k / ohw) * cp.c_out + m) * ohw + k % ohw];
+        }
+    }
+}
+
+// B[k][n] of the product `kind`, 0 past its columns or k_end.
+fn tile_b(kind: u32, k: u32, n: u32, k_end: u32) -> f32 {
+    if (k >= k_end || n >= tile_cols(kind)) {
+        return 0.0;
+    }
+    switch kind {
+        case 0u: {
+            return patch_at(k, n);
+        }
+        case 1u: {
+            let khw = cp.kh * cp.kw;
+            let hw = cp.h * cp.w;
+            let rem = k % khw;
+            let r2 = n % hw;
+            return dy_from(n / hw, k / khw, r2 / cp.w, r2 % cp.w, rem / cp.kw, rem % cp.kw);
+        }
+        case 2u: {
+            let ohw = cp.oh * cp.ow;
+            return dy[((n / ohw) * cp.c_out + k) * ohw + n % ohw];
+        }
+        default: {
+            return patch_at(n, k);
+        }
+    }
+}
+
+// Stages slice [k0, k0 + tk) of the product `kind` for the tile at (row0, col0): A as
+// a_tile[k][m] (ts x tk) and B as b_tile[k][n] (tk x ts), two elements of each per invocation
+// (ts tk = 512). Neighbouring invocations read neighbouring addresses: A along k (along m for
+// KIND_INPUT_COLS, whose A is W^T), B along n.
+fn stage(kind: u32, t: u32, row0: u32, col0: u32, k0: u32, k_end: u32, ts: u32, tk: u32) {
+    for (var r = 0u; r < 2u; r++) {
+        let e = t + r * 256u;
+        var am = e / tk;
+        var ak = e % tk;
+        if (kind == KIND_INPUT_COLS) {
+            am = e % ts;
+            ak = e / ts;
+        }
+        a_tile[ak * (ts + 1u) + am] = tile_a(kind, row0 + am, k0 + ak, k_end);
+        let bk = e / ts;
+        let bn = e % ts;
+        b_tile[bk * (ts + 1u) + bn] = tile_b(kind, k0 + bk, col0 + bn, k_end);
+    }
+}
+
+// The 16x16 form: output (row0 + lid.y, col0 + lid.x), summed over k in [k_begin, k_end).
+fn tile_sum(kind: u32, lid: vec3<u32>, row0: u32, col0: u32, k_begin: u32, k_end: u32) -> f32 {
+    let t = lid.y * 16u + lid.x;
+    var acc = 0.0;
+    for (var k0 = k_begin; k0 < k_end; k0 += 32u) {
+        stage(kind, t, row0, col0, k0, k_end, 16u, 32u);
+        workgroupBarrier();
+        for (var kk = 0u; kk < 32u; kk++) {
+            acc = fma(a_tile[kk * 17u + lid.y], b_tile[kk * 17u + lid.x], acc);
+        }
+        workgroupBarrier();
+    }
+    return acc;
+}
+
+// The 32x32 form: outputs (row0 + lid.y + 16 i, col0 + lid.x + 16 j) in component 2 i + j.
+fn tile_sum_2x2(kind: u32, lid: vec3<u32>, row0: u32, col0: u32, k_begin: u32,
+                k_end: u32) -> vec4<f32> {
+    let t = lid.y * 16u + lid.x;
+    var acc = vec4<f32>(0.0);
+    for (var k0 = k_begin; k0 < k_end; k0 += 16u) {
+        stage(kind, t, row0, col0, k0, k_end, 32u, 16u);
+        workgroupBarrier();
+        for (var kk = 0u; kk < 16u; kk++) {
+            let a0 = a_tile[kk * 33u + lid.y];
+            let a1 = a_tile[kk * 33u + lid.y + 16u];
+            let b0 = b_tile[kk * 33u + lid.x];
+            let b1 = b_tile[kk * 33u + lid.x + 16u];
+            acc = fma(vec4<f32>(a0, a0, a1, a1), vec4<f32>(b0, b1, b0, b1), acc);
+        }
+        workgroupBarrier();
+    }
+    return acc;
+}
+
+// The tile of workgroup `wid` in a grid of ts x ts tiles over rows x cols (folded 1-D grid):
 // (row0, col0), or (-1) past the last tile.
-fn tile_origin(wid: vec3<u32>, nwg: vec3<u32>, rows: u32, cols: u32) -> vec2<i32> {
-    let tiles_n = (cols + TS - 1u) / TS;
-    let tiles_m = (rows + TS - 1u) / TS;
+fn tile_origin(wid: vec3<u32>, nwg: vec3<u32>, rows: u32, cols: u32, ts: u32) -> vec2<i32> {
+    let tiles_n = (cols + ts - 1u) / ts;
+    let tiles_m = (rows + ts - 1u) / ts;
     let tile = wid.x + wid.y * nwg.x;
     if (tile >= tiles_n * tiles_m) {
         return vec2<i32>(-1);
     }
-    return vec2<i32>(i32((tile / tiles_n) * TS), i32((tile % tiles_n) * TS));
+    return vec2<i32>(i32((tile / tiles_n) * ts), i32((tile % tiles_n) * ts));
 }
 
-// One staged slice: the sum over its k of a_tile[k][ly] b_tile[k][lx], in order.
-fn tile_dot(lid: vec3<u32>, acc: f32) -> f32 {
-    var s = acc;
-    for (var kk = 0u; kk < TK; kk++) {
-        s = fma(a_tile[kk * (TS + 1u) + lid.y], b_tile[kk * (TS + 1u) + lid.x], s);
+// The outputs of one invocation: 1 (ts 16: v.x) or 2x2 (ts 32); output i at (out_m, out_n).
+fn tile_outputs(ts: u32) -> u32 {
+    return select(1u, 4u, ts == 32u);
+}
+
+fn out_m(lid: vec3<u32>, o: vec2<i32>, i: u32) -> u32 {
+    return u32(o.x) + lid.y + 16u * (i / 2u);
+}
+
+fn out_n(lid: vec3<u32>, o: vec2<i32>, i: u32) -> u32 {
+    return u32(o.y) + lid.x + 16u * (i % 2u);
+}
+
+// The sums of one invocation for the product `kind` (1 or 4, as `tile_outputs`).
+fn tile_sums(kind: u32, lid: vec3<u32>, o: vec2<i32>, ts: u32, k_begin: u32,
+             k_end: u32) -> vec4<f32> {
+    if (ts == 32u) {
+        return tile_sum_2x2(kind, lid, u32(o.x), u32(o.y), k_begin, k_end);
     }
-    return s;
+    return vec4<f32>(tile_sum(kind, lid, u32(o.x), u32(o.y), k_begin, k_end), 0.0, 0.0, 0.0);
+}
+
+// y: the forward on a ts x ts tile (reads x, weight, bias; writes y).
+fn forward_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
+    let ohw = cp.oh * cp.ow;
+    let np = cp.batch * ohw;
+    let o = tile_origin(wid, nwg, cp.c_out, np, ts);
+    if (o.x < 0) {
+        return;
+    }
+    let v = tile_sums(KIND_FORWARD, lid, o, ts, 0u, cp.c_in * cp.kh * cp.kw);
+    for (var i = 0u; i < tile_outputs(ts); i++) {
+        let co = out_m(lid, o, i);
+        let p = out_n(lid, o, i);
+        if (co < cp.c_out && p < np) {
+            var bv = 0.0;
+            if (cp.has_bias != 0u) {
+                bv = bias[co];
+            }
+            y[((p / ohw) * cp.c_out + co) * ohw + p % ohw] = v[i] + bv;
+        }
+    }
 }
 
 // Reads x, weight, bias; writes y. GEMM view: rows = output channels, columns = output positions
-// (n, oy, ox), k = (ci, ky, kx). Workgroup 16x16 invocations, 16x16 outputs, one per invocation
-// (small tiles: enough workgroups for a GPU at LeNet sizes; scalar accumulators stay in
-// registers). Weights are staged k-fastest, patches position-fastest (neighbouring invocations
-// read neighbouring addresses).
+// (n, oy, ox), k = (ci, ky, kx).
 @compute @workgroup_size(16, 16, 1)
 fn conv_forward_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
                       @builtin(workgroup_id) wid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ohw = cp.oh * cp.ow;
-    let np = cp.batch * ohw;
-    let khw = cp.kh * cp.kw;
-    let kdim = cp.c_in * khw;
-    let o = tile_origin(wid, nwg, cp.c_out, np);
+    forward_tile(lid, wid, nwg, 16u);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn conv_forward_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
+                          @builtin(workgroup_id) wid: vec3<u32>,
+                          @builtin(num_workgroups) nwg: vec3<u32>) {
+    forward_tile(lid, wid, nwg, 32u);
+}
+
+// dx: the implicit input gradient on a ts x ts tile (reads dy, weight; writes dx).
+fn input_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
+    let hw = cp.h * cp.w;
+    let nq = cp.batch * hw;
+    let o = tile_origin(wid, nwg, cp.c_in, nq, ts);
     if (o.x < 0) {
         return;
     }
-    let row0 = u32(o.x);
-    let col0 = u32(o.y);
-    let t = lid.y * 16u + lid.x;
-    var acc = 0.0;
-    for (var k0 = 0u; k0 < kdim; k0 += TK) {
-        for (var r = 0u; r < 2u; r++) {
-            let e = t + r * 256u;
-            let am = e / TK;
-            let ak = e % TK;
-            var av = 0.0;
-            if (k0 + ak < kdim && row0 + am < cp.c_out) {
-                av = weight[(row0 + am) * kdim + k0 + ak];
-            }
-            a_tile[ak * (TS + 1u) + am] = av;
-            let bk = e / TS;
-            let bn = e % TS;
-            let k = k0 + bk;
-            let p = col0 + bn;
-            var bv = 0.0;
-            if (k < kdim && p < np) {
-                let ci = k / khw;
-                let rem = k % khw;
-                let r2 = p % ohw;
-                bv = x_at(p / ohw, ci,
-                          i32((r2 / cp.ow) * cp.stride + rem / cp.kw) - i32(cp.pad),
-                          i32((r2 % cp.ow) * cp.stride + rem % cp.kw) - i32(cp.pad));
-            }
-            b_tile[bk * (TS + 1u) + bn] = bv;
+    let v = tile_sums(KIND_INPUT, lid, o, ts, 0u, cp.c_out * cp.kh * cp.kw);
+    for (var i = 0u; i < tile_outputs(ts); i++) {
+        let ci = out_m(lid, o, i);
+        let q = out_n(lid, o, i);
+        if (ci < cp.c_in && q < nq) {
+            dx[((q / hw) * cp.c_in + ci) * hw + q % hw] = v[i];
         }
-        workgroupBarrier();
-        acc = tile_dot(lid, acc);
-        workgroupBarrier();
-    }
-    let co = row0 + lid.y;
-    let p = col0 + lid.x;
-    if (co < cp.c_out && p < np) {
-        var bv = 0.0;
-        if (cp.has_bias != 0u) {
-            bv = bias[co];
-        }
-        y[((p / ohw) * cp.c_out + co) * ohw + p % ohw] = acc + bv;
     }
 }
 
 // Reads dy, weight; writes dx. GEMM view: rows = input channels, columns = input positions
-// (n, iy, ix), k = (co, ky, kx) (taps that hit no output read 0). Workgroup 16x16, 16x16 outputs.
+// (n, iy, ix), k = (co, ky, kx) (taps that hit no output read 0).
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_input_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
                              @builtin(workgroup_id) wid: vec3<u32>,
                              @builtin(num_workgroups) nwg: vec3<u32>) {
-    let hw = cp.h * cp.w;
-    let nq = cp.batch * hw;
-    let khw = cp.kh * cp.kw;
-    let cols = cp.c_in * khw;
-    let kdim = cp.c_out * khw;
-    let o = tile_origin(wid, nwg, cp.c_in, nq);
-    if (o.x < 0) {
-        return;
-    }
-    let row0 = u32(o.x);
-    let col0 = u32(o.y);
-    let t = lid.y * 16u + lid.x;
-    var acc = 0.0;
-    for (var k0 = 0u; k0 < kdim; k0 += TK) {
-        for (var r = 0u; r < 2u; r++) {
-            let e = t + r * 256u;
-            let am = e / TK;
-            let ak = e % TK;
-            let ka = k0 + ak;
-            var av = 0.0;
-            if (ka < kdim && row0 + am < cp.c_in) {
-                av = weight[(ka / khw) * cols + (row0 + am) * khw + ka % khw];
-            }
-            a_tile[ak * (TS + 1u) + am] = av;
-            let bk = e / TS;
-            let bn = e % TS;
-            let k = k0 + bk;
-            let q = col0 + bn;
-            var bv = 0.0;
-            if (k < kdim && q < nq) {
-                let rem = k % khw;
-                let r2 = q % hw;
-                bv = dy_from(q / hw, k / khw, r2 / cp.w, r2 % cp.w, rem / cp.kw, rem % cp.kw);
-            }
-            b_tile[bk * (TS + 1u) + bn] = bv;
-        }
-        workgroupBarrier();
-        acc = tile_dot(lid, acc);
-        workgroupBarrier();
-    }
-    let ci = row0 + lid.y;
-    let q = col0 + lid.x;
-    if (ci < cp.c_in && q < nq) {
-        dx[((q / hw) * cp.c_in + ci) * hw + q % hw] = acc;
-    }
+    input_tile(lid, wid, nwg, 16u);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_input_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
+                                 @builtin(workgroup_id) wid: vec3<u32>,
+                                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    input_tile(lid, wid, nwg, 32u);
 }
 
 const RED: u32 = 64u; // invocations per reduction workgroup
@@ -1121,117 +1256,84 @@ fn conv_bias_backward_wide(@builtin(local_invocation_id) lid: vec3<u32>,
 // = W^T dy with no wasted taps, then `conv_col2im` gathers dx. Its sums are those of
 // `conv_backward_input_cols` (over co in order, one fma each), so the two paths give the same
 // bits. The weight gradient's GPU form over many weights, `conv_backward_weight_tiled`, is a
-// 16x16-tile product whose sum over positions is cut into `splits` fixed runs, each written to
-// its own slice of a partial buffer, then `conv_weight_parts_sum` adds the slices in order.
+// tile product whose sum over positions is cut into `splits` fixed runs, each written to its own
+// slice of a partial buffer, then `conv_weight_parts_sum` adds the slices in order.
+
+// dcols on a ts x ts tile (reads dy, weight; writes cols_w).
+fn input_cols_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
+    let np = cp.batch * cp.oh * cp.ow;
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    let o = tile_origin(wid, nwg, kdim, np, ts);
+    if (o.x < 0) {
+        return;
+    }
+    let v = tile_sums(KIND_INPUT_COLS, lid, o, ts, 0u, cp.c_out);
+    for (var i = 0u; i < tile_outputs(ts); i++) {
+        let k = out_m(lid, o, i);
+        let q = out_n(lid, o, i);
+        if (k < kdim && q < np) {
+            cols_w[k * np + q] = v[i];
+        }
+    }
+}
 
 // Reads dy, weight; writes cols_w = dcols. GEMM view: rows = patch rows k = (ci, ky, kx),
-// columns = positions P = (n, oy, ox), sum over co. Workgroup 16x16, 16x16 outputs.
+// columns = positions P = (n, oy, ox), sum over co.
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_input_cols_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
                                   @builtin(workgroup_id) wid: vec3<u32>,
                                   @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ohw = cp.oh * cp.ow;
-    let np = cp.batch * ohw;
-    let kdim = cp.c_in * cp.kh * cp.kw;
-    let o = tile_origin(wid, nwg, kdim, np);
-    if (o.x < 0) {
-        return;
-    }
-    let row0 = u32(o.x);
-    let col0 = u32(o.y);
-    let t = lid.y * 16u + lid.x;
-    var acc = 0.0;
-    for (var c0 = 0u; c0 < cp.c_out; c0 += TK) {
-        for (var r = 0u; r < 2u; r++) {
-            let e = t + r * 256u;
-            // Both operands staged [co][...], neighbouring invocations on neighbouring k or P.
-            let am = e % TS;
-            let ac = e / TS;
-            var av = 0.0;
-            if (c0 + ac < cp.c_out && row0 + am < kdim) {
-                av = weight[(c0 + ac) * kdim + row0 + am];
-            }
-            a_tile[ac * (TS + 1u) + am] = av;
-            let q = col0 + am;
-            var bv = 0.0;
-            if (c0 + ac < cp.c_out && q < np) {
-                bv = dy[((q / ohw) * cp.c_out + c0 + ac) * ohw + q % ohw];
-            }
-            b_tile[ac * (TS + 1u) + am] = bv;
-        }
-        workgroupBarrier();
-        acc = tile_dot(lid, acc);
-        workgroupBarrier();
-    }
-    let k = row0 + lid.y;
-    let q = col0 + lid.x;
-    if (k < kdim && q < np) {
-        cols_w[k * np + q] = acc;
-    }
+    input_cols_tile(lid, wid, nwg, 16u);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_input_cols_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
+                                      @builtin(workgroup_id) wid: vec3<u32>,
+                                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    input_cols_tile(lid, wid, nwg, 32u);
 }
 
 @group(0) @binding(17) var<storage, read_write> parts: array<f32>;
 @group(0) @binding(18) var<storage, read> parts_r: array<f32>;
 
-// Reads dy, x; writes parts. GEMM view: rows = filters co, columns = patch rows k, sum over
-// positions P in split z's run [z run, (z + 1) run) (`run`, `splits`: ConvParams), in order; workgroup (tile, z) writes its
-// 16x16 sums to parts[z][co][k]. Workgroups: tiles x splits (folded 1-D, split-major).
-@compute @workgroup_size(16, 16, 1)
-fn conv_backward_weight_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
-                              @builtin(workgroup_id) wid: vec3<u32>,
-                              @builtin(num_workgroups) nwg: vec3<u32>) {
-    let ohw = cp.oh * cp.ow;
-    let np = cp.batch * ohw;
-    let khw = cp.kh * cp.kw;
-    let kdim = cp.c_in * khw;
-    let tiles = ((cp.c_out + TS - 1u) / TS) * ((kdim + TS - 1u) / TS);
+// Split z's sums of dW on a ts x ts tile: workgroup (tile, z) of a grid of tiles x splits
+// (folded 1-D, split-major) sums positions [z run, (z + 1) run) in order (`run`, `splits`:
+// ConvParams) and writes parts[z][co][k] (reads dy, x).
+fn weight_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
+    let np = cp.batch * cp.oh * cp.ow;
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    let tiles = ((cp.c_out + ts - 1u) / ts) * ((kdim + ts - 1u) / ts);
     let g = wid.x + wid.y * nwg.x;
     let z = g / tiles;
     if (z >= cp.splits) {
         return;
     }
-    let o = tile_origin(vec3<u32>(g % tiles, 0u, 0u), vec3<u32>(tiles, 1u, 1u), cp.c_out, kdim);
-    let row0 = u32(o.x);
-    let col0 = u32(o.y);
-    let t = lid.y * 16u + lid.x;
-    let p_end = min((z + 1u) * cp.run, np);
-    var acc = 0.0;
-    for (var p0 = z * cp.run; p0 < p_end; p0 += TK) {
-        for (var r = 0u; r < 2u; r++) {
-            let e = t + r * 256u;
-            // dy staged [P][co], neighbouring invocations on neighbouring P.
-            let am = e / TK;
-            let ap = e % TK;
-            let pa = p0 + ap;
-            var av = 0.0;
-            if (pa < p_end && row0 + am < cp.c_out) {
-                av = dy[((pa / ohw) * cp.c_out + row0 + am) * ohw + pa % ohw];
-            }
-            a_tile[ap * (TS + 1u) + am] = av;
-            // Patches staged [P][k], neighbouring invocations on neighbouring k.
-            let bp = e / TS;
-            let bn = e % TS;
-            let pb = p0 + bp;
-            let k = col0 + bn;
-            var bv = 0.0;
-            if (pb < p_end && k < kdim) {
-                let rem = k % khw;
-                let r2 = pb % ohw;
-                bv = x_at(pb / ohw, k / khw,
-                          i32((r2 / cp.ow) * cp.stride + rem / cp.kw) - i32(cp.pad),
-                          i32((r2 % cp.ow) * cp.stride + rem % cp.kw) - i32(cp.pad));
-            }
-            b_tile[bp * (TS + 1u) + bn] = bv;
+    let o = tile_origin(vec3<u32>(g % tiles, 0u, 0u), vec3<u32>(tiles, 1u, 1u), cp.c_out, kdim,
+                        ts);
+    let v = tile_sums(KIND_WEIGHT, lid, o, ts, z * cp.run, min((z + 1u) * cp.run, np));
+    for (var i = 0u; i < tile_outputs(ts); i++) {
+        let co = out_m(lid, o, i);
+        let k = out_n(lid, o, i);
+        if (co < cp.c_out && k < kdim) {
+            parts[(z * cp.c_out + co) * kdim + k] = v[i];
         }
-        workgroupBarrier();
-        acc = tile_dot(lid, acc);
-        workgroupBarrier();
     }
-    let co = row0 + lid.y;
-    let k = col0 + lid.x;
-    if (co < cp.c_out && k < kdim) {
-        parts[(z * cp.c_out + co) * kdim + k] = acc;
-    }
+}
+
+// Reads dy, x; writes parts. GEMM view: rows = filters co, columns = patch rows k, sum over
+// positions P.
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_weight_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
+                              @builtin(workgroup_id) wid: vec3<u32>,
+                              @builtin(num_workgroups) nwg: vec3<u32>) {
+    weight_tile(lid, wid, nwg, 16u);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_weight_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
+                                  @builtin(workgroup_id) wid: vec3<u32>,
+                                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    weight_tile(lid, wid, nwg, 32u);
 }
 
 // Reads parts_r; writes dw. dw[o] = parts[0][o] + parts[1][o] + ..., in order.

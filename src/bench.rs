@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::checkpoint::Checkpoint;
 use crate::gpu::{Gpu, Tensor};
-use crate::kernels::conv::{Conv, ConvShape, ConvVariant};
+use crate::kernels::conv::{Conv, ConvShape, ConvVariant, TileForm};
 use crate::kernels::gemm::{split_k, GemmParams};
 use crate::kernels::{run_once, GemmVariant, Kernels, StepInfo};
 use crate::nn::Mode;
@@ -221,10 +221,20 @@ pub fn run(
             );
         }
         println!(
-            "{:<54} {:>12} {:>12} {:>12}",
+            "{:<62} {:>12} {:>12} {:>12}",
             "conv (GFLOP/s)", "forward", "d_input", "d_weight"
         );
         let conv_shapes = [
+            (
+                "LeNet-5 conv1 b64 1->20 28x28 k5",
+                ConvShape {
+                    c_in: 1,
+                    h: 28,
+                    w: 28,
+                    c_out: 20,
+                    ..LENET5_CONV2
+                },
+            ),
             ("LeNet-5 conv2 b64 20->50 12x12 k5", LENET5_CONV2),
             (
                 "VGG-like b64 64->64 16x16 k3 p1",
@@ -261,58 +271,93 @@ pub fn run(
             let dx = Tensor::zeros(&gpu, "dx", &[s.batch, s.c_in, s.h, s.w])?;
             let dw = Tensor::zeros(&gpu, "dw", &[s.c_out, s.cols()])?;
             let flops = 2.0 * s.macs() as f64;
-            for v in ConvVariant::ALL {
-                let ds = [
-                    k.conv
-                        .forward_with(v, &gpu, &s, &x, &w, Some(&b), &y, &k.dummy)?,
-                    k.conv.backward_input_with(v, &gpu, &s, &g, &w, &dx)?,
-                    k.conv.backward_weight_with(v, &gpu, &s, &g, &x, &dw)?,
-                ];
-                let mut row = Vec::new();
-                for d in &ds {
-                    row.push(flops / time_dispatch(&gpu, d, reps)? / 1e9);
-                }
+            // RegBlock: the CPU kernels. Then the GPU forms, each in both tile forms: the
+            // implicit products (the weight gradient: a workgroup per element, one form), and
+            // the input gradient through a patch matrix (product + col2im) with the weight
+            // gradient split over runs of positions (product + the partial sums' sum). `*`: the
+            // form a GPU layer of this shape takes.
+            let cell = |sec: Option<f64>, taken: bool| match sec {
+                Some(sec) => format!("{:.2}{}", flops / sec / 1e9, if taken { " *" } else { "" }),
+                None => String::new(),
+            };
+            let row = |label: String, cells: [String; 3]| {
                 println!(
-                    "{:<54} {:>12.2} {:>12.2} {:>12.2}",
-                    format!("{what} {v:?}"),
-                    row[0],
-                    row[1],
-                    row[2]
-                );
+                    "{:<62} {:>12} {:>12} {:>12}",
+                    label, cells[0], cells[1], cells[2]
+                )
+            };
+            let v = ConvVariant::RegBlock;
+            let regblock = [
+                k.conv
+                    .forward_with(v, &gpu, &s, &x, &w, Some(&b), &y, &k.dummy)?,
+                k.conv.backward_input_with(v, &gpu, &s, &g, &w, &dx)?,
+                k.conv.backward_weight_with(v, &gpu, &s, &g, &x, &dw)?,
+            ];
+            let mut cells = Vec::new();
+            for d in &regblock {
+                cells.push(cell(Some(time_dispatch(&gpu, d, reps)?), false));
             }
-            // The GPU forms beside the implicit ones: the input gradient through a patch matrix
-            // (product + col2im), the weight gradient split over runs of positions (product +
-            // the partial sums' sum). `*`: the form a GPU layer of this shape takes.
+            row(format!("{what} RegBlock"), cells.try_into().unwrap());
             let dcols = Tensor::zeros(&gpu, "dcols", &[s.cols_len()])?;
             let parts = Tensor::zeros(&gpu, "parts", &[Conv::weight_parts_len(&s)])?;
-            let di = time_dispatches(
-                &gpu,
-                &k.conv
-                    .backward_input_cols_tiled(&gpu, &s, &g, &w, &dcols, &dx)?,
-                reps,
-            )?;
-            let dwt = time_dispatches(
-                &gpu,
-                &k.conv
-                    .backward_weight_tiled(&gpu, &s, &g, &x, &parts, &dw)?,
-                reps,
-            )?;
-            let mark = |on: bool| if on { " *" } else { "" };
-            println!(
-                "{:<54} {:>12} {:>12} {:>12}",
-                format!("{what} Tiled, patch matrix | split"),
-                "",
-                format!(
-                    "{:.2}{}",
-                    flops / di / 1e9,
-                    mark(crate::kernels::conv::input_via_cols(&gpu, &s))
-                ),
-                format!(
-                    "{:.2}{}",
-                    flops / dwt / 1e9,
-                    mark(crate::kernels::conv::weight_grad_tiled(&s))
-                )
-            );
+            let via_cols = crate::kernels::conv::input_via_cols(&gpu, &s);
+            let w_tiled = crate::kernels::conv::weight_grad_tiled(&s);
+            let positions = s.batch * s.out_h() * s.out_w();
+            let (_, splits) = crate::kernels::conv::weight_splits(&s);
+            let forms = [
+                TileForm::for_shape(s.c_out, positions, 1),
+                TileForm::for_shape(s.c_in, s.batch * s.h * s.w, 1),
+                TileForm::for_shape(s.cols(), positions, 1),
+                TileForm::for_shape(s.c_out, s.cols(), splits),
+            ];
+            for form in TileForm::ALL {
+                let fwd =
+                    k.conv
+                        .forward_tiled_with(form, &gpu, &s, &x, &w, Some(&b), &y, &k.dummy)?;
+                let din = k
+                    .conv
+                    .backward_input_tiled_with(form, &gpu, &s, &g, &w, &dx)?;
+                let wred =
+                    k.conv
+                        .backward_weight_with(ConvVariant::Tiled, &gpu, &s, &g, &x, &dw)?;
+                let first = form == TileForm::One;
+                row(
+                    format!("{what} Tiled {}", form.name()),
+                    [
+                        cell(Some(time_dispatch(&gpu, &fwd, reps)?), forms[0] == form),
+                        cell(
+                            Some(time_dispatch(&gpu, &din, reps)?),
+                            !via_cols && forms[1] == form,
+                        ),
+                        cell(
+                            first
+                                .then(|| time_dispatch(&gpu, &wred, reps))
+                                .transpose()?,
+                            !w_tiled,
+                        ),
+                    ],
+                );
+                let dic = k
+                    .conv
+                    .backward_input_cols_tiled_with(form, &gpu, &s, &g, &w, &dcols, &dx)?;
+                let dwt = k
+                    .conv
+                    .backward_weight_tiled_with(form, &gpu, &s, &g, &x, &parts, &dw)?;
+                row(
+                    format!("{what} Tiled {} (patch | split)", form.name()),
+                    [
+                        String::new(),
+                        cell(
+                            Some(time_dispatches(&gpu, &dic, reps)?),
+                            via_cols && forms[2] == form,
+                        ),
+                        cell(
+                            Some(time_dispatches(&gpu, &dwt, reps)?),
+                            w_tiled && forms[3] == form,
+                        ),
+                    ],
+                );
+            }
             drop((dcols, parts));
             if k.conv.use_cols(&gpu, &s) {
                 // The patch-matrix path: im2col + product (forward), product + col2im (d_input).
@@ -334,7 +379,7 @@ pub fn run(
                     row.push(flops / sec / 1e9);
                 }
                 println!(
-                    "{:<54} {:>12.2} {:>12.2} {:>12.2}",
+                    "{:<62} {:>12.2} {:>12.2} {:>12.2}",
                     format!("{what} Cols"),
                     row[0],
                     row[2],

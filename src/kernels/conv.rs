@@ -126,9 +126,10 @@ impl ConvVariant {
 
 pub struct Conv {
     pub forward_regblock: Kernel,
-    pub forward_tiled: Kernel,
+    /// The GPU tile kernels, indexed by `TileForm`.
+    pub forward_tiled: [Kernel; 2],
     pub backward_input_regblock: Kernel,
-    pub backward_input_tiled: Kernel,
+    pub backward_input_tiled: [Kernel; 2],
     pub backward_weight_regblock: Kernel,
     pub backward_weight_split: Kernel,
     pub backward_weight_split_wide: Kernel,
@@ -139,8 +140,8 @@ pub struct Conv {
     pub backward_weight_cols_k: Kernel,
     pub backward_input_cols_k: Kernel,
     pub col2im: Kernel,
-    pub backward_input_cols_tiled_k: Kernel,
-    pub backward_weight_tiled_k: Kernel,
+    pub backward_input_cols_tiled_k: [Kernel; 2],
+    pub backward_weight_tiled_k: [Kernel; 2],
     pub weight_parts_sum: Kernel,
     pub forward_cols_listed_k: Kernel,
     pub backward_input_cols_listed_k: Kernel,
@@ -158,8 +159,12 @@ const FORWARD_COLS: &[(u32, Access)] = &[(11, R), (2, R), (3, R), (4, RW)];
 const BACKWARD_WEIGHT_COLS: &[(u32, Access)] = &[(12, R), (11, R), (7, RW)];
 const BACKWARD_INPUT_COLS: &[(u32, Access)] = &[(12, R), (2, R), (9, RW)];
 const COL2IM: &[(u32, Access)] = &[(10, R), (6, RW)];
-const BACKWARD_INPUT_COLS_TILED: &[(u32, Access)] = &[(5, R), (2, R), (9, RW)];
-const BACKWARD_WEIGHT_TILED: &[(u32, Access)] = &[(5, R), (1, R), (17, RW)];
+// The tile kernels bind x, weight and dy, the operands of every tile product (shaders/conv.wgsl):
+// the last binding of each is an operand its product does not read, bound to one it does.
+const FORWARD_TILED: &[(u32, Access)] = &[(1, R), (2, R), (3, R), (4, RW), (5, R)];
+const BACKWARD_INPUT_TILED: &[(u32, Access)] = &[(5, R), (2, R), (6, RW), (1, R)];
+const BACKWARD_INPUT_COLS_TILED: &[(u32, Access)] = &[(5, R), (2, R), (9, RW), (1, R)];
+const BACKWARD_WEIGHT_TILED: &[(u32, Access)] = &[(5, R), (1, R), (17, RW), (2, R)];
 const WEIGHT_PARTS_SUM: &[(u32, Access)] = &[(18, R), (7, RW)];
 const FORWARD_COLS_LISTED: &[(u32, Access)] =
     &[(13, R), (14, R), (15, R), (11, R), (3, R), (4, RW)];
@@ -203,11 +208,6 @@ fn assert_cols(s: &ConvShape, gpu: &Gpu) {
         cols_fit(gpu, s),
         "conv {s:?}: the cols path needs oh ow % 4 == 0 and a patch matrix within one binding"
     );
-}
-
-/// Workgroups of the 16x16-tile kernels: one per tile, folded into y past the axis limit.
-fn tile_groups(rows: usize, cols: usize) -> [u32; 3] {
-    grid_1d((rows.div_ceil(16) * cols.div_ceil(16)) as u32)
 }
 
 /// The sizes a weight gradient's tensors must have.
@@ -254,17 +254,86 @@ pub fn weight_splits(s: &ConvShape) -> (usize, usize) {
     (run, np.div_ceil(run))
 }
 
+/// The tile form of a GPU tile product (shaders/conv.wgsl): 16x16 outputs per workgroup, one per
+/// invocation, or 32x32, 2x2 per invocation. Both add each output's terms in the same order:
+/// the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileForm {
+    One,
+    TwoByTwo,
+}
+
+/// 32x32 tiles (times splits) from which a product takes the 2x2 form: enough workgroups to
+/// fill a large GPU with four times the work each.
+pub const TILES_2X2: usize = 512;
+
+impl TileForm {
+    pub const ALL: [TileForm; 2] = [TileForm::One, TileForm::TwoByTwo];
+
+    /// The form for `rows x cols` outputs computed over `splits` runs: 2x2 from `TILES_2X2`
+    /// 32x32 tiles on. A function of the shape alone.
+    pub fn for_shape(rows: usize, cols: usize, splits: usize) -> TileForm {
+        if rows.div_ceil(32) * cols.div_ceil(32) * splits >= TILES_2X2 {
+            TileForm::TwoByTwo
+        } else {
+            TileForm::One
+        }
+    }
+
+    /// Outputs per workgroup along each axis.
+    pub fn tile(self) -> usize {
+        match self {
+            TileForm::One => 16,
+            TileForm::TwoByTwo => 32,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    /// `16x16` or `2x2`, as in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            TileForm::One => "16x16",
+            TileForm::TwoByTwo => "2x2",
+        }
+    }
+}
+
+/// The two tile forms of entry point `name` (`name`, `name_2x2`).
+fn tile_kernels(
+    f: &KernelFactory<'_>,
+    name: &str,
+    bindings: &[(u32, Access)],
+) -> Result<[Kernel; 2]> {
+    Ok([
+        f.kernel(name, bindings, false)?,
+        f.kernel(&format!("{name}_2x2"), bindings, false)?,
+    ])
+}
+
+/// Workgroups of a tile kernel: one per tile of `form`, folded into y past the axis limit.
+fn form_groups(form: TileForm, rows: usize, cols: usize, splits: usize) -> [u32; 3] {
+    let t = form.tile();
+    grid_1d((rows.div_ceil(t) * cols.div_ceil(t) * splits) as u32)
+}
+
 impl Conv {
     pub fn new(f: &KernelFactory<'_>, class: AdapterClass) -> Result<Conv> {
         Ok(Conv {
             forward_regblock: f.kernel("conv_forward_regblock", FORWARD, false)?,
-            forward_tiled: f.kernel("conv_forward_tiled", FORWARD, false)?,
+            forward_tiled: tile_kernels(f, "conv_forward_tiled", FORWARD_TILED)?,
             backward_input_regblock: f.kernel(
                 "conv_backward_input_regblock",
                 BACKWARD_INPUT,
                 false,
             )?,
-            backward_input_tiled: f.kernel("conv_backward_input_tiled", BACKWARD_INPUT, false)?,
+            backward_input_tiled: tile_kernels(
+                f,
+                "conv_backward_input_tiled",
+                BACKWARD_INPUT_TILED,
+            )?,
             backward_weight_regblock: f.kernel(
                 "conv_backward_weight_regblock",
                 BACKWARD_WEIGHT,
@@ -295,15 +364,15 @@ impl Conv {
                 false,
             )?,
             col2im: f.kernel("conv_col2im", COL2IM, false)?,
-            backward_input_cols_tiled_k: f.kernel(
+            backward_input_cols_tiled_k: tile_kernels(
+                f,
                 "conv_backward_input_cols_tiled",
                 BACKWARD_INPUT_COLS_TILED,
-                false,
             )?,
-            backward_weight_tiled_k: f.kernel(
+            backward_weight_tiled_k: tile_kernels(
+                f,
                 "conv_backward_weight_tiled",
                 BACKWARD_WEIGHT_TILED,
-                false,
             )?,
             weight_parts_sum: f.kernel("conv_weight_parts_sum", WEIGHT_PARTS_SUM, false)?,
             forward_cols_listed_k: f.kernel(
@@ -367,8 +436,8 @@ impl Conv {
                     .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
             }
             ConvVariant::Tiled => {
-                self.forward_tiled
-                    .bind(gpu, &p, &buffers, None, tile_groups(s.c_out, positions))
+                let form = TileForm::for_shape(s.c_out, positions, 1);
+                self.forward_tiled_with(form, gpu, s, x, weight, bias, y, dummy)
             }
         }
     }
@@ -409,14 +478,64 @@ impl Conv {
                 self.backward_input_regblock
                     .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
             }
-            ConvVariant::Tiled => self.backward_input_tiled.bind(
-                gpu,
-                &p,
-                &buffers,
-                None,
-                tile_groups(s.c_in, positions),
-            ),
+            ConvVariant::Tiled => {
+                let form = TileForm::for_shape(s.c_in, positions, 1);
+                self.backward_input_tiled_with(form, gpu, s, dy, weight, dx)
+            }
         }
+    }
+
+    /// The GPU forward on an explicit tile form (`forward` picks with `TileForm::for_shape`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_tiled_with(
+        &self,
+        form: TileForm,
+        gpu: &Gpu,
+        s: &ConvShape,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        y: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(bias.is_some());
+        assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
+        assert_len(weight, s.c_out * s.cols(), "weight", s);
+        assert_len(y, s.batch * s.c_out * s.out_h() * s.out_w(), "y", s);
+        if let Some(b) = bias {
+            assert_len(b, s.c_out, "bias", s);
+        }
+        let positions = s.batch * s.out_h() * s.out_w();
+        self.forward_tiled[form.index()].bind(
+            gpu,
+            &p,
+            &[x, weight, bias.unwrap_or(dummy), y, x],
+            None,
+            form_groups(form, s.c_out, positions, 1),
+        )
+    }
+
+    /// The GPU implicit input gradient on an explicit tile form.
+    pub fn backward_input_tiled_with(
+        &self,
+        form: TileForm,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        weight: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Dispatch> {
+        let p = s.params(false);
+        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+        assert_len(weight, s.c_out * s.cols(), "weight", s);
+        assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
+        self.backward_input_tiled[form.index()].bind(
+            gpu,
+            &p,
+            &[dy, weight, dx, dy],
+            None,
+            form_groups(form, s.c_in, s.batch * s.h * s.w, 1),
+        )
     }
 
     /// `d_weight (c_out, c_in, kh, kw)` = sum over batch and output positions of dy * x-patch;
@@ -711,10 +830,26 @@ impl Conv {
 
     /// The col2im half of `backward_input_cols` alone: dx from the dcols in `cols`.
     /// `backward_input` through a patch matrix on GPUs: `dcols` (`s.cols_len()` elements, the
-    /// caller's scratch, overwritten) = W^T dy by 16x16 tiles, then dx gathered from it (col2im).
-    /// The same sums as `backward_input_cols`. Writes every dx.
+    /// caller's scratch, overwritten) = W^T dy by tiles, then dx gathered from it (col2im). The
+    /// same sums as `backward_input_cols`. Writes every dx.
     pub fn backward_input_cols_tiled(
         &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        weight: &Tensor,
+        dcols: &Tensor,
+        dx: &Tensor,
+    ) -> Result<[Dispatch; 2]> {
+        let form = TileForm::for_shape(s.cols(), s.batch * s.out_h() * s.out_w(), 1);
+        self.backward_input_cols_tiled_with(form, gpu, s, dy, weight, dcols, dx)
+    }
+
+    /// `backward_input_cols_tiled` on an explicit tile form.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_input_cols_tiled_with(
+        &self,
+        form: TileForm,
         gpu: &Gpu,
         s: &ConvShape,
         dy: &Tensor,
@@ -728,12 +863,12 @@ impl Conv {
         assert_len(dcols, s.cols_len(), "dcols", s);
         assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
         let positions = s.batch * s.out_h() * s.out_w();
-        let prod = self.backward_input_cols_tiled_k.bind(
+        let prod = self.backward_input_cols_tiled_k[form.index()].bind(
             gpu,
             &p,
-            &[dy, weight, dcols],
+            &[dy, weight, dcols, dy],
             None,
-            tile_groups(s.cols(), positions),
+            form_groups(form, s.cols(), positions, 1),
         )?;
         Ok([prod, self.gather_dx(gpu, s, dcols, dx)?])
     }
@@ -755,6 +890,22 @@ impl Conv {
         parts: &Tensor,
         d_weight: &Tensor,
     ) -> Result<[Dispatch; 2]> {
+        let form = TileForm::for_shape(s.c_out, s.cols(), weight_splits(s).1);
+        self.backward_weight_tiled_with(form, gpu, s, dy, x, parts, d_weight)
+    }
+
+    /// `backward_weight_tiled` on an explicit tile form.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_weight_tiled_with(
+        &self,
+        form: TileForm,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        x: &Tensor,
+        parts: &Tensor,
+        d_weight: &Tensor,
+    ) -> Result<[Dispatch; 2]> {
         check_weight_grad(s, dy, x, d_weight);
         assert_len(parts, Self::weight_parts_len(s), "parts", s);
         let (run, splits) = weight_splits(s);
@@ -763,13 +914,12 @@ impl Conv {
             splits: splits as u32,
             ..s.params(false)
         };
-        let tiles = s.c_out.div_ceil(16) * s.cols().div_ceil(16);
-        let prod = self.backward_weight_tiled_k.bind(
+        let prod = self.backward_weight_tiled_k[form.index()].bind(
             gpu,
             &p,
-            &[dy, x, parts],
+            &[dy, x, parts, x],
             None,
-            grid_1d((tiles * splits) as u32),
+            form_groups(form, s.c_out, s.cols(), splits),
         )?;
         let n = s.c_out * s.cols();
         let sum = self.weight_parts_sum.bind(

@@ -319,6 +319,111 @@ fn conv_gpu_patch_matrix_and_split_forms_match_reference() {
     assert_eq!(k_uses(&c, &conv1), (false, false));
 }
 
+/// The GPU tile products in both tile forms (16x16 outputs per workgroup, one per invocation;
+/// 32x32, 2x2 per invocation), bound directly on NaN-poisoned outputs: the same bits on every
+/// test shape, the split shape above and shapes with more than one 32x32 tile on each axis and
+/// partial tiles (the One form against the f64 reference in the tests above). Then which form
+/// the wrappers take.
+#[test]
+fn conv_tile_forms_give_the_same_bits() {
+    use dst::kernels::conv::{weight_splits, Conv, TileForm, TILES_2X2};
+    let c = ctx();
+    let mut rng = Rng::new(59);
+    let extra = [
+        shape(4, 3, 20, 20, 20, (3, 3), 1, 1),
+        shape(2, 40, 9, 11, 70, (3, 3), 1, 1),
+        shape(3, 20, 12, 12, 50, (5, 5), 1, 0),
+    ];
+    for s in SHAPES.iter().chain(&extra) {
+        let np = s.batch * s.out_h() * s.out_w();
+        let x = rand_vec(&mut rng, s.batch * s.c_in * s.h * s.w, -1.0, 1.0);
+        let w = rand_vec(&mut rng, s.c_out * s.cols(), -1.0, 1.0);
+        let b = rand_vec(&mut rng, s.c_out, -1.0, 1.0);
+        let gy = rand_vec(&mut rng, np * s.c_out, -1.0, 1.0);
+        let xt = c.tensor("x", &[s.batch, s.c_in, s.h, s.w], &x);
+        let wt = c.tensor("w", &[s.c_out, s.cols()], &w);
+        let bt = c.tensor("b", &[s.c_out], &b);
+        let gt = c.tensor("gy", &[s.batch, s.c_out, s.out_h(), s.out_w()], &gy);
+        let k = &c.k.conv;
+        let mut outs: Vec<Vec<Vec<f32>>> = Vec::new();
+        for form in TileForm::ALL {
+            let y = c.poisoned("y", &[s.batch, s.c_out, s.out_h(), s.out_w()]);
+            let dx = c.poisoned("dx", &[s.batch, s.c_in, s.h, s.w]);
+            let dx_cols = c.poisoned("dx_cols", &[s.batch, s.c_in, s.h, s.w]);
+            let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
+            let dcols = c.poisoned("dcols", &[s.cols_len()]);
+            let parts = c.poisoned("parts", &[Conv::weight_parts_len(s)]);
+            let mut ds = vec![
+                k.forward_tiled_with(form, &c.gpu, s, &xt, &wt, Some(&bt), &y, &c.k.dummy)
+                    .unwrap(),
+                k.backward_input_tiled_with(form, &c.gpu, s, &gt, &wt, &dx)
+                    .unwrap(),
+            ];
+            ds.extend(
+                k.backward_input_cols_tiled_with(form, &c.gpu, s, &gt, &wt, &dcols, &dx_cols)
+                    .unwrap(),
+            );
+            ds.extend(
+                k.backward_weight_tiled_with(form, &c.gpu, s, &gt, &xt, &parts, &dw)
+                    .unwrap(),
+            );
+            let suffix = if form == TileForm::One { "" } else { "_2x2" };
+            for (d, n) in ds.iter().zip([
+                "forward_tiled",
+                "backward_input_tiled",
+                "backward_input_cols_tiled",
+            ]) {
+                assert_eq!(d.label, format!("conv.conv_{n}{suffix}"));
+            }
+            run_once(&c.gpu, &ds, 0).unwrap();
+            outs.push(vec![c.read(&y), c.read(&dx), c.read(&dx_cols), c.read(&dw)]);
+        }
+        assert_close_norm(
+            &format!("forward 2x2 {s:?}"),
+            &outs[1][0],
+            &reference::forward(s, &to_f64(&x), &to_f64(&w), Some(&to_f64(&b))),
+            TOL,
+        );
+        for (what, (one, two)) in ["y", "dx", "dx (cols)", "dw"]
+            .iter()
+            .zip(outs[0].iter().zip(&outs[1]))
+        {
+            for (i, (a, b)) in one.iter().zip(two).enumerate() {
+                assert!(a == b, "{s:?} {what}[{i}]: 16x16 {a} 2x2 {b}");
+            }
+        }
+    }
+    // The wrappers' choice: 2x2 from TILES_2X2 tiles of 32x32 (times the splits) on.
+    assert_eq!(
+        TileForm::for_shape(32 * TILES_2X2, 32, 1),
+        TileForm::TwoByTwo
+    );
+    assert_eq!(
+        TileForm::for_shape(32 * TILES_2X2 - 32, 32, 1),
+        TileForm::One
+    );
+    assert_eq!(
+        TileForm::for_shape(32, 32 * (TILES_2X2 / 4), 4),
+        TileForm::TwoByTwo
+    );
+    let vgg = shape(64, 64, 16, 16, 64, (3, 3), 1, 1);
+    let d =
+        c.k.conv
+            .forward_with(
+                ConvVariant::Tiled,
+                &c.gpu,
+                &vgg,
+                &c.poisoned("x", &[64 * 64 * 256]),
+                &c.poisoned("w", &[64 * 576]),
+                None,
+                &c.poisoned("y", &[64 * 64 * 256]),
+                &c.k.dummy,
+            )
+            .unwrap();
+    assert_eq!(d.label, "conv.conv_forward_tiled_2x2");
+    assert!(weight_splits(&vgg).1 >= 1);
+}
+
 /// Whether this device's layers take the GPU input-gradient and weight-gradient forms for `s`.
 fn k_uses(c: &Ctx, s: &ConvShape) -> (bool, bool) {
     (
