@@ -263,9 +263,11 @@ pub enum TileForm {
     TwoByTwo,
 }
 
-/// 32x32 tiles (times splits) from which a product takes the 2x2 form: enough workgroups to
-/// fill a large GPU with four times the work each.
-pub const TILES_2X2: usize = 512;
+/// 32x32 tiles (times splits) from which a product takes the 2x2 form. Measured on an H200
+/// (`dst bench`'s conv table, BENCHMARKS.md): at 256 (LeNet-5's conv2 forward; its split weight
+/// gradient, 32 tiles x 8 runs) the 2x2 form ran 1.8x as fast as the 16x16 one; at 64 (conv1's
+/// split weight gradient) 0.88x.
+pub const TILES_2X2: usize = 256;
 
 impl TileForm {
     pub const ALL: [TileForm; 2] = [TileForm::One, TileForm::TwoByTwo];

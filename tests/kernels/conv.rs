@@ -406,6 +406,13 @@ fn conv_tile_forms_give_the_same_bits() {
         TileForm::for_shape(32, 32 * (TILES_2X2 / 4), 4),
         TileForm::TwoByTwo
     );
+    // LeNet-5 at batch 64: conv2's forward (50 x 4,096) and split weight gradient (50 x 500, 8
+    // runs) take 2x2, conv1's split weight gradient (20 x 25, 64 runs) would not.
+    let conv2 = shape(64, 20, 12, 12, 50, (5, 5), 1, 0);
+    assert_eq!(weight_splits(&conv2).1, 8);
+    assert_eq!(TileForm::for_shape(50, 4096, 1), TileForm::TwoByTwo);
+    assert_eq!(TileForm::for_shape(50, 500, 8), TileForm::TwoByTwo);
+    assert_eq!(TileForm::for_shape(20, 25, 64), TileForm::One);
     let vgg = shape(64, 64, 16, 16, 64, (3, 3), 1, 1);
     let d =
         c.k.conv
