@@ -299,7 +299,10 @@ pub fn run(
             }
             row(format!("{what} RegBlock"), cells.try_into().unwrap());
             let dcols = Tensor::zeros(&gpu, "dcols", &[s.cols_len()])?;
-            let parts = Tensor::zeros(&gpu, "parts", &[Conv::weight_parts_len(&s)])?;
+            let parts_len = Conv::weight_parts_len(&s);
+            let parts = (parts_len > 0)
+                .then(|| Tensor::zeros(&gpu, "parts", &[parts_len]))
+                .transpose()?;
             let via_cols = crate::kernels::conv::input_via_cols(&gpu, &s);
             let w_tiled = crate::kernels::conv::weight_grad_tiled(&s);
             let positions = s.batch * s.out_h() * s.out_w();
@@ -340,9 +343,15 @@ pub fn run(
                 let dic = k
                     .conv
                     .backward_input_cols_tiled_with(form, &gpu, &s, &g, &w, &dcols, &dx)?;
-                let dwt = k
-                    .conv
-                    .backward_weight_tiled_with(form, &gpu, &s, &g, &x, &parts, &dw)?;
+                let dwt = k.conv.backward_weight_tiled_with(
+                    form,
+                    &gpu,
+                    &s,
+                    &g,
+                    &x,
+                    parts.as_ref(),
+                    &dw,
+                )?;
                 row(
                     format!("{what} Tiled {} (patch | split)", form.name()),
                     [

@@ -875,23 +875,28 @@ impl Conv {
         Ok([prod, self.gather_dx(gpu, s, dcols, dx)?])
     }
 
-    /// Elements of the partial-sum scratch `backward_weight_tiled` needs for `s`.
+    /// Elements of the partial-sum scratch `backward_weight_tiled` needs for `s`: none for one
+    /// run (the product then writes d_weight itself).
     pub fn weight_parts_len(s: &ConvShape) -> usize {
-        weight_splits(s).1 * s.c_out * s.cols()
+        match weight_splits(s).1 {
+            1 => 0,
+            splits => splits * s.c_out * s.cols(),
+        }
     }
 
     /// The weight gradient as a split tile product (GPUs): the sums over each run of positions
-    /// (`weight_splits`) into `parts` (`weight_parts_len` elements, the caller's scratch), then
-    /// their sum in order into `d_weight`. Writes every d_weight element.
+    /// (`weight_splits`) into `parts` (`weight_parts_len` elements, the caller's scratch; None
+    /// when that is 0), then their sum in order into `d_weight`; over one run, the product
+    /// straight into `d_weight` (one dispatch). Writes every d_weight element.
     pub fn backward_weight_tiled(
         &self,
         gpu: &Gpu,
         s: &ConvShape,
         dy: &Tensor,
         x: &Tensor,
-        parts: &Tensor,
+        parts: Option<&Tensor>,
         d_weight: &Tensor,
-    ) -> Result<[Dispatch; 2]> {
+    ) -> Result<Vec<Dispatch>> {
         let form = TileForm::for_shape(s.c_out, s.cols(), weight_splits(s).1);
         self.backward_weight_tiled_with(form, gpu, s, dy, x, parts, d_weight)
     }
@@ -905,24 +910,37 @@ impl Conv {
         s: &ConvShape,
         dy: &Tensor,
         x: &Tensor,
-        parts: &Tensor,
+        parts: Option<&Tensor>,
         d_weight: &Tensor,
-    ) -> Result<[Dispatch; 2]> {
+    ) -> Result<Vec<Dispatch>> {
         check_weight_grad(s, dy, x, d_weight);
-        assert_len(parts, Self::weight_parts_len(s), "parts", s);
         let (run, splits) = weight_splits(s);
         let p = ConvParams {
             run: run as u32,
             splits: splits as u32,
             ..s.params(false)
         };
-        let prod = self.backward_weight_tiled_k[form.index()].bind(
-            gpu,
-            &p,
-            &[dy, x, parts, x],
-            None,
-            form_groups(form, s.c_out, s.cols(), splits),
-        )?;
+        let groups = form_groups(form, s.c_out, s.cols(), splits);
+        let k = &self.backward_weight_tiled_k[form.index()];
+        let Some(parts) = parts else {
+            assert_eq!(
+                splits, 1,
+                "conv {s:?}: {splits} runs need a partial-sum scratch"
+            );
+            return Ok(vec![k.bind(
+                gpu,
+                &p,
+                &[dy, x, d_weight, x],
+                None,
+                groups,
+            )?]);
+        };
+        assert!(
+            splits > 1,
+            "conv {s:?}: one run needs no partial-sum scratch"
+        );
+        assert_len(parts, Self::weight_parts_len(s), "parts", s);
+        let prod = k.bind(gpu, &p, &[dy, x, parts, x], None, groups)?;
         let n = s.c_out * s.cols();
         let sum = self.weight_parts_sum.bind(
             gpu,
@@ -931,7 +949,7 @@ impl Conv {
             None,
             grid_1d(n.div_ceil(64) as u32),
         )?;
-        Ok([prod, sum])
+        Ok(vec![prod, sum])
     }
 
     pub fn gather_dx(

@@ -233,23 +233,21 @@ impl Layer for Conv2d {
             .conv
             .use_cols(gpu, &s)
             .then(|| cx.saved(&format!("{}.cols", self.name)));
-        // GPUs: the split tile product's partial sums for layers with many weights.
-        let parts = (cols.is_none() && k.conv.use_weight_tiled(&s))
-            .then(|| {
-                cx.activation(
-                    &format!("{}.d_weight_parts", self.name),
-                    &[crate::kernels::conv::Conv::weight_parts_len(&s)],
-                )
-            })
+        // GPUs: the split tile product's partial sums for layers with many weights (none when
+        // one run covers the positions: the product then writes the gradient itself).
+        let tiled = cols.is_none() && k.conv.use_weight_tiled(&s);
+        let parts_len = crate::kernels::conv::Conv::weight_parts_len(&s);
+        let parts = (tiled && parts_len > 0)
+            .then(|| cx.activation(&format!("{}.d_weight_parts", self.name), &[parts_len]))
             .transpose()?;
         let weight_grad = |dw: &Tensor| -> Result<Vec<crate::kernels::Dispatch>> {
-            Ok(match (&cols, &parts) {
-                (Some(c), _) => vec![k.conv.backward_weight_cols(gpu, &s, dy, c, dw)?],
-                (None, Some(pt)) => k
-                    .conv
-                    .backward_weight_tiled(gpu, &s, dy, x, pt, dw)?
-                    .to_vec(),
-                (None, None) => vec![k.conv.backward_weight(gpu, &s, dy, x, dw)?],
+            Ok(match &cols {
+                Some(c) => vec![k.conv.backward_weight_cols(gpu, &s, dy, c, dw)?],
+                None if tiled => {
+                    k.conv
+                        .backward_weight_tiled(gpu, &s, dy, x, parts.as_ref(), dw)?
+                }
+                None => vec![k.conv.backward_weight(gpu, &s, dy, x, dw)?],
             })
         };
         let d_weight = cx.arena.grad(self.weight);

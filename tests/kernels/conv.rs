@@ -254,16 +254,19 @@ fn conv_gpu_patch_matrix_and_split_forms_match_reference() {
         let dx = c.poisoned("dx", &[s.batch, s.c_in, s.h, s.w]);
         let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
         let dcols = c.poisoned("dcols", &[s.cols_len()]);
-        let parts = c.poisoned("parts", &[Conv::weight_parts_len(s)]);
+        // A partial-sum scratch only where the positions take more than one run.
+        assert_eq!(Conv::weight_parts_len(s) > 0, splits > 1);
+        let parts = (splits > 1).then(|| c.poisoned("parts", &[Conv::weight_parts_len(s)]));
         let k = &c.k.conv;
         let mut ds = k
             .backward_input_cols_tiled(&c.gpu, s, &gt, &wt, &dcols, &dx)
             .unwrap()
             .to_vec();
         ds.extend(
-            k.backward_weight_tiled(&c.gpu, s, &gt, &xt, &parts, &dw)
+            k.backward_weight_tiled(&c.gpu, s, &gt, &xt, parts.as_ref(), &dw)
                 .unwrap(),
         );
+        assert_eq!(ds.len(), 3 + usize::from(splits > 1));
         let names = [
             "backward_input_cols_tiled",
             "col2im",
@@ -352,7 +355,8 @@ fn conv_tile_forms_give_the_same_bits() {
             let dx_cols = c.poisoned("dx_cols", &[s.batch, s.c_in, s.h, s.w]);
             let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
             let dcols = c.poisoned("dcols", &[s.cols_len()]);
-            let parts = c.poisoned("parts", &[Conv::weight_parts_len(s)]);
+            let parts_len = Conv::weight_parts_len(s);
+            let parts = (parts_len > 0).then(|| c.poisoned("parts", &[parts_len]));
             let mut ds = vec![
                 k.forward_tiled_with(form, &c.gpu, s, &xt, &wt, Some(&bt), &y, &c.k.dummy)
                     .unwrap(),
@@ -364,7 +368,7 @@ fn conv_tile_forms_give_the_same_bits() {
                     .unwrap(),
             );
             ds.extend(
-                k.backward_weight_tiled_with(form, &c.gpu, s, &gt, &xt, &parts, &dw)
+                k.backward_weight_tiled_with(form, &c.gpu, s, &gt, &xt, parts.as_ref(), &dw)
                     .unwrap(),
             );
             let suffix = if form == TileForm::One { "" } else { "_2x2" };
