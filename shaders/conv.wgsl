@@ -1,5 +1,6 @@
 // conv.wgsl: 2-D convolution (NCHW, f32, any kernel size kh x kw, stride, zero padding) and its
-// three gradients, as implicit GEMMs: patch indices are computed in the kernels, no im2col buffer.
+// three gradients, as implicit GEMMs (patch indices computed in the kernels) or through a patch
+// matrix (im2col / col2im).
 //
 //   x (batch, c_in, h, w)   weight W (c_out, c_in, kh, kw) = (c_out, cols), cols = c_in kh kw
 //   y, dy (batch, c_out, oh, ow)   oh = (h + 2 pad - kh) / stride + 1 (floor), ow likewise
@@ -17,11 +18,14 @@
 // with `conv_im2col` / `conv_col2im` (CPU adapters when oh ow % 4 == 0: a patch matrix the layer
 // owns and vec4 GEMM-like products over it; faster than the implicit forms there; with
 // `*_cols_listed`, the forward and input-gradient products from the lists of a pruned P's
-// nonzeros) and `*_tiled` /
-// `conv_backward_weight_split` (GPUs: 16x16 workgroup-memory tiles, one output per invocation; one
-// workgroup per weight-gradient element with a fixed-order tree reduction, 256 invocations wide
-// instead of 64 for sums over many positions, as in the bias gradient). Grids are 1-D block counts folded
-// into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
+// nonzeros) and `*_tiled` (GPUs: workgroup-memory tiles of 16x16 outputs, one per invocation, or
+// 32x32, 2x2 per invocation (`*_2x2`), over one tile loop; the input gradient through a patch
+// matrix (`conv_backward_input_cols_tiled` + `conv_col2im`) where most implicit taps miss the
+// output; the weight gradient split over runs of positions (`conv_backward_weight_tiled` +
+// `conv_weight_parts_sum`) for layers with many weights, otherwise `conv_backward_weight_split`:
+// one workgroup per weight-gradient element with a fixed-order tree reduction, 256 invocations
+// wide instead of 64 for sums over many positions, as in the bias gradient). Grids are 1-D block
+// counts folded into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
 
 // Keep in sync with `ConvParams` in src/kernels/conv.rs.
 struct ConvParams {

@@ -1,6 +1,8 @@
 //! `shaders/conv.wgsl`: 2-D convolution (NCHW) as implicit GEMMs, its input, weight and bias
-//! gradients; a CPU (register-block) and a GPU (workgroup-memory) variant of each product, and on
-//! CPU adapters a faster path through a patch matrix the layer owns (im2col + vec4 products).
+//! gradients; a CPU (register-block) and a GPU (workgroup-memory tiles, two tile forms) variant of
+//! each product, on CPU adapters a faster path through a patch matrix the layer owns (im2col +
+//! vec4 products), and on GPUs the input gradient through a patch matrix where most implicit taps
+//! would miss the output and a weight gradient split over runs of positions.
 
 use super::sparse::EllLists;
 use super::{grid_1d, Access, Dispatch, Kernel, KernelFactory};
@@ -265,8 +267,8 @@ pub enum TileForm {
 
 /// 32x32 tiles (times splits) from which a product takes the 2x2 form. Measured on an H200
 /// (`dst bench`'s conv table, BENCHMARKS.md): at 256 (LeNet-5's conv2 forward; its split weight
-/// gradient, 32 tiles x 8 runs) the 2x2 form ran 1.8x as fast as the 16x16 one; at 64 (conv1's
-/// split weight gradient) 0.88x.
+/// gradient, 32 tiles x 8 runs) the 2x2 form ran 1.7-2.0x as fast as the 16x16 one; at 64
+/// (conv1's split weight gradient) 0.88-0.89x.
 pub const TILES_2X2: usize = 256;
 
 impl TileForm {
