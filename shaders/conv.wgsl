@@ -1080,6 +1080,7 @@ fn conv_forward_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
     forward_tile(lid, wid, nwg, 16u);
 }
 
+// `conv_forward_tiled` on 32x32 tiles, 2x2 outputs per invocation. Reads x, weight, bias; writes y.
 @compute @workgroup_size(16, 16, 1)
 fn conv_forward_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
                           @builtin(workgroup_id) wid: vec3<u32>,
@@ -1114,6 +1115,7 @@ fn conv_backward_input_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
     input_tile(lid, wid, nwg, 16u);
 }
 
+// `conv_backward_input_tiled` on 32x32 tiles, 2x2 outputs per invocation. Reads dy, weight; writes dx.
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_input_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
                                  @builtin(workgroup_id) wid: vec3<u32>,
@@ -1290,6 +1292,8 @@ fn conv_backward_input_cols_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
     input_cols_tile(lid, wid, nwg, 16u);
 }
 
+// `conv_backward_input_cols_tiled` on 32x32 tiles, 2x2 outputs per invocation. Reads dy, weight;
+// writes cols_w = dcols.
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_input_cols_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
                                       @builtin(workgroup_id) wid: vec3<u32>,
@@ -1324,8 +1328,8 @@ fn weight_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
     }
 }
 
-// Reads dy, x; writes parts. GEMM view: rows = filters co, columns = patch rows k, sum over
-// positions P.
+// Reads dy, x; writes parts (or dw itself, bound there, over one run). GEMM view: rows = filters
+// co, columns = patch rows k, sum over positions P.
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_weight_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
                               @builtin(workgroup_id) wid: vec3<u32>,
@@ -1333,6 +1337,8 @@ fn conv_backward_weight_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
     weight_tile(lid, wid, nwg, 16u);
 }
 
+// `conv_backward_weight_tiled` on 32x32 tiles, 2x2 outputs per invocation. Reads dy, x; writes parts
+// (or dw itself, bound there, over one run).
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_weight_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
                                   @builtin(workgroup_id) wid: vec3<u32>,
