@@ -165,32 +165,7 @@ fn conv_listed_products_train_like_dense_products() {
 /// this runs the GPU plan on CI, which has no GPU (and on a GPU, the CPU plan).
 #[test]
 fn gpu_and_cpu_plans_train_alike() {
-    use dst::gpu::AdapterClass;
-    use dst::nn::Mode;
-    let cfg = lenet5(256, 1);
-    let data = cfg.load_data().unwrap();
-    let opt = cfg.optimizer();
-    let train_steps = |class: AdapterClass| {
-        let mut g = gpu();
-        g.class = class;
-        let mut session = dst::train::Session::new(g, "lenet5", true, 1, false).unwrap();
-        session.sparse_keep = 0.0;
-        session.sparse_keep_conv = 0.0;
-        session.sparse_input = 0.0;
-        let train = session.upload("train", &data.train).unwrap();
-        train.start_epoch(&session.gpu, 1, 1);
-        let plan = session
-            .plan(&train, 64, Mode::Train, cfg.alpha as f32, opt)
-            .unwrap();
-        let labels: Vec<String> = plan.dispatches.iter().map(|d| d.label.clone()).collect();
-        let infos: Vec<_> = (0..3)
-            .map(|s| opt.step_info(s + 1, cfg.lr, s as usize * 64, 64))
-            .collect();
-        session.run_steps(&plan, &infos).unwrap();
-        (session.snapshot().unwrap(), labels)
-    };
-    let (gpu_run, gpu_labels) = train_steps(AdapterClass::Gpu);
-    let (cpu_run, cpu_labels) = train_steps(AdapterClass::Cpu);
+    let (gpu_labels, cpu_labels) = assert_classes_train_alike(&lenet5(256, 1), 64, 3, 1e-5);
     // Each plan holds its class's kernels.
     for k in [
         "conv.conv_forward_tiled_2x2",
@@ -203,21 +178,4 @@ fn gpu_and_cpu_plans_train_alike() {
         assert!(!cpu_labels.iter().any(|l| l == k), "CPU plan with {k}");
     }
     assert!(cpu_labels.iter().any(|l| l == "conv.conv_forward_cols"));
-    assert_eq!(gpu_run.tensors.len(), cpu_run.tensors.len());
-    let mut worst = (0.0f64, String::new());
-    for ((t, _, a), (u, _, b)) in gpu_run.tensors.iter().zip(&cpu_run.tensors) {
-        assert_eq!(t, u);
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6) as f64;
-        for (x, y) in a.iter().zip(b) {
-            let d = (x - y).abs() as f64 / scale;
-            if d > worst.0 {
-                worst = (d, t.clone());
-            }
-        }
-    }
-    eprintln!(
-        "largest difference: {:.3e} of the tensor's scale in {}",
-        worst.0, worst.1
-    );
-    assert!(worst.0 < 1e-5, "{} differs by {:.3e}", worst.1, worst.0);
 }

@@ -76,3 +76,16 @@ fn lstm_a_resume_is_bit_identical() {
     run(&cfg, &b, true).unwrap();
     assert_same_checkpoints(&a, &b);
 }
+
+/// The other adapter class's plan trains like this adapter's own: LSTM-a (DST, Adam, batch 100)
+/// with the GPU kernels (the recurrent backward split across workgroups, tiled products, ...) and
+/// with the CPU adapters' ones, 2 steps from the same state: parameters and Adam's moments agree
+/// within float reassociation. On lavapipe this runs the GPU plan on CI, which has no GPU.
+#[test]
+fn gpu_and_cpu_plans_train_alike() {
+    let (gpu_labels, cpu_labels) = assert_classes_train_alike(&lstm_a(400, 1), 100, 2, 1e-4);
+    assert_ne!(
+        gpu_labels, cpu_labels,
+        "the two plans hold different kernels"
+    );
+}

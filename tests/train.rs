@@ -510,3 +510,20 @@ fn assert_trains_alike(off: &TrainConfig, on: &TrainConfig, name: &str, exact_on
         }
     }
 }
+
+/// The other adapter class's plan trains like this adapter's own: LeNet-300-100 (DST, batch 64)
+/// with the GPU kernels (tiled and split-k products, the row-wise mask backward, ...) and with
+/// the CPU adapters' ones (register blocks, SGD inside the weight gradient), 4 steps from the
+/// same state: parameters and momenta agree within float reassociation. On lavapipe this runs the
+/// GPU plan on CI, which has no GPU.
+#[test]
+fn gpu_and_cpu_plans_train_alike() {
+    let cfg = TrainConfig {
+        limit_train: Some(512),
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    let (gpu_labels, cpu_labels) = assert_classes_train_alike(&cfg, 64, 4, 1e-5);
+    assert!(gpu_labels.iter().any(|l| l == "masked.mask_backward_rows"));
+    assert!(!cpu_labels.iter().any(|l| l == "masked.mask_backward_rows"));
+}
