@@ -212,6 +212,23 @@ fn assert_cols(s: &ConvShape, gpu: &Gpu) {
     );
 }
 
+/// The sizes a forward's tensors must have.
+fn check_forward(s: &ConvShape, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, y: &Tensor) {
+    assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
+    assert_len(weight, s.c_out * s.cols(), "weight", s);
+    assert_len(y, s.batch * s.c_out * s.out_h() * s.out_w(), "y", s);
+    if let Some(b) = bias {
+        assert_len(b, s.c_out, "bias", s);
+    }
+}
+
+/// The sizes an input gradient's tensors must have.
+fn check_input_grad(s: &ConvShape, dy: &Tensor, weight: &Tensor, dx: &Tensor) {
+    assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
+    assert_len(weight, s.c_out * s.cols(), "weight", s);
+    assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
+}
+
 /// The sizes a weight gradient's tensors must have.
 fn check_weight_grad(s: &ConvShape, dy: &Tensor, x: &Tensor, d_weight: &Tensor) {
     assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
@@ -424,12 +441,7 @@ impl Conv {
     ) -> Result<Dispatch> {
         let p = s.params(bias.is_some());
         let (oh, ow) = (s.out_h(), s.out_w());
-        assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
-        assert_len(weight, s.c_out * s.cols(), "weight", s);
-        assert_len(y, s.batch * s.c_out * oh * ow, "y", s);
-        if let Some(b) = bias {
-            assert_len(b, s.c_out, "bias", s);
-        }
+        check_forward(s, x, weight, bias, y);
         let buffers = [x, weight, bias.unwrap_or(dummy), y];
         let positions = s.batch * oh * ow;
         match variant {
@@ -470,9 +482,7 @@ impl Conv {
         dx: &Tensor,
     ) -> Result<Dispatch> {
         let p = s.params(false);
-        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
-        assert_len(weight, s.c_out * s.cols(), "weight", s);
-        assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
+        check_input_grad(s, dy, weight, dx);
         let buffers = [dy, weight, dx];
         let positions = s.batch * s.h * s.w;
         match variant {
@@ -503,12 +513,7 @@ impl Conv {
         dummy: &Tensor,
     ) -> Result<Dispatch> {
         let p = s.params(bias.is_some());
-        assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
-        assert_len(weight, s.c_out * s.cols(), "weight", s);
-        assert_len(y, s.batch * s.c_out * s.out_h() * s.out_w(), "y", s);
-        if let Some(b) = bias {
-            assert_len(b, s.c_out, "bias", s);
-        }
+        check_forward(s, x, weight, bias, y);
         let positions = s.batch * s.out_h() * s.out_w();
         self.forward_tiled[form.index()].bind(
             gpu,
@@ -530,9 +535,7 @@ impl Conv {
         dx: &Tensor,
     ) -> Result<Dispatch> {
         let p = s.params(false);
-        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
-        assert_len(weight, s.c_out * s.cols(), "weight", s);
-        assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
+        check_input_grad(s, dy, weight, dx);
         self.backward_input_tiled[form.index()].bind(
             gpu,
             &p,
@@ -675,13 +678,8 @@ impl Conv {
         let p = s.params(bias.is_some());
         let (oh, ow) = (s.out_h(), s.out_w());
         assert_cols(s, gpu);
-        assert_len(x, s.batch * s.c_in * s.h * s.w, "x", s);
-        assert_len(weight, s.c_out * s.cols(), "weight", s);
-        assert_len(y, s.batch * s.c_out * oh * ow, "y", s);
+        check_forward(s, x, weight, bias, y);
         assert_len(cols, s.cols_len(), "cols", s);
-        if let Some(b) = bias {
-            assert_len(b, s.c_out, "bias", s);
-        }
         let rows = s.cols() * s.batch * oh;
         let fill =
             self.im2col
@@ -737,10 +735,8 @@ impl Conv {
     ) -> Result<[Dispatch; 2]> {
         let p = s.params(false);
         assert_cols(s, gpu);
-        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
-        assert_len(weight, s.c_out * s.cols(), "weight", s);
+        check_input_grad(s, dy, weight, dx);
         assert_len(cols, s.cols_len(), "cols", s);
-        assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
         // Workgroups: one block of 8 patch rows x 64 blocks of 8 columns.
         let groups = (s.batch * s.out_h() * s.out_w() / 4)
             .div_ceil(2)
@@ -862,10 +858,8 @@ impl Conv {
         dx: &Tensor,
     ) -> Result<[Dispatch; 2]> {
         let p = s.params(false);
-        assert_len(dy, s.batch * s.c_out * s.out_h() * s.out_w(), "dy", s);
-        assert_len(weight, s.c_out * s.cols(), "weight", s);
+        check_input_grad(s, dy, weight, dx);
         assert_len(dcols, s.cols_len(), "dcols", s);
-        assert_len(dx, s.batch * s.c_in * s.h * s.w, "dx", s);
         let positions = s.batch * s.out_h() * s.out_w();
         let prod = self.backward_input_cols_tiled_k[form.index()].bind(
             gpu,
