@@ -419,3 +419,42 @@ fn bench_profiles_the_dense_and_the_dst_step_per_layer() {
     let mask = row("fc1", "masked.mask_forward");
     assert!(cells(&mask) == 1 && mask.contains(" - "), "{mask}");
 }
+
+/// The kernel tables (one repetition): every conv shape has its rows for each form (the CPU
+/// kernels, both GPU tile forms, the patch-matrix and split GPU forms), each GPU product marks
+/// exactly one form as the one a GPU's layer takes, and the legend says so.
+#[test]
+fn bench_tables_time_every_conv_form() {
+    let (ok, out, err) = dst(&["bench", "--reps", "1", "--steps", "0"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("(*: the form a GPU's layer of the shape takes"),
+        "{out}"
+    );
+    for shape in [
+        "LeNet-5 conv1 b64 1->20 28x28 k5",
+        "LeNet-5 conv2 b64 20->50 12x12 k5",
+        "VGG-like b64 64->64 16x16 k3 p1",
+    ] {
+        let rows: Vec<&str> = out.lines().filter(|l| l.starts_with(shape)).collect();
+        for form in [
+            "RegBlock",
+            "Tiled 16x16",
+            "Tiled 16x16 (patch | split)",
+            "Tiled 2x2",
+            "Tiled 2x2 (patch | split)",
+        ] {
+            let label = format!("{shape} {form} ");
+            assert!(
+                rows.iter().any(|l| l.starts_with(&label)
+                    && l[label.len()..]
+                        .trim_start()
+                        .starts_with(|c: char| c.is_ascii_digit())),
+                "no timed row {label:?} in:\n{out}"
+            );
+        }
+        // Forward, input gradient, weight gradient: one `*` each among the GPU rows.
+        let marks: usize = rows.iter().map(|l| l.matches(" *").count()).sum();
+        assert_eq!(marks, 3, "{shape}: {rows:#?}");
+    }
+}
