@@ -67,7 +67,7 @@ pub fn assert_same_checkpoints(a: &Path, b: &Path) -> Checkpoint {
     ca
 }
 
-/// `steps` DST steps of `model` (batch `batch`, the run's first images of `cfg`'s data) with a
+/// `steps` DST steps of `cfg`'s model (batch `batch`, the first images of its data) with a
 /// plan built for adapter class `class` on this adapter, sparse products off: the snapshot
 /// (parameters, momenta) and the plan's dispatch labels.
 pub fn steps_as_class(
