@@ -1123,29 +1123,17 @@ fn conv_backward_input_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
     input_tile(lid, wid, nwg, 32u);
 }
 
-const RED: u32 = 64u; // invocations per reduction workgroup
-var<workgroup> red: array<f32, 64>;
+const RED: u32 = 64u;    // invocations per reduction workgroup
+const RED_W: u32 = 256u; // invocations per wide reduction workgroup
+var<workgroup> red: array<f32, 256>;
 
-// Fixed-order tree sum of red[0..64] into red[0] (all invocations of the workgroup call it).
-fn tree_reduce(t: u32) {
-    for (var half = RED / 2u; half > 0u; half = half / 2u) {
+// Fixed-order tree sum of red[0..lanes] into red[0] (lanes RED or RED_W, the workgroup's size;
+// all its invocations call it).
+fn tree_reduce(t: u32, lanes: u32) {
+    for (var half = lanes / 2u; half > 0u; half = half / 2u) {
         workgroupBarrier();
         if (t < half) {
             red[t] = red[t] + red[t + half];
-        }
-    }
-    workgroupBarrier();
-}
-
-const RED_W: u32 = 256u; // invocations per wide reduction workgroup
-var<workgroup> red_w: array<f32, 256>;
-
-// `tree_reduce` over red_w[0..256].
-fn tree_reduce_wide(t: u32) {
-    for (var half = RED_W / 2u; half > 0u; half = half / 2u) {
-        workgroupBarrier();
-        if (t < half) {
-            red_w[t] = red_w[t] + red_w[t + half];
         }
     }
     workgroupBarrier();
@@ -1187,71 +1175,67 @@ fn bias_grad_part(co: u32, t: u32, lanes: u32) -> f32 {
     return s;
 }
 
-// Reads dy, x; writes dw. One 64-invocation workgroup per weight element (co, ci, ky, kx):
-// invocation t sums positions p = t, t + 64, ... (coalesced), then a fixed-order tree sum.
-@compute @workgroup_size(64, 1, 1)
-fn conv_backward_weight_split(@builtin(local_invocation_id) lid: vec3<u32>,
-                              @builtin(workgroup_id) wid: vec3<u32>,
-                              @builtin(num_workgroups) nwg: vec3<u32>) {
+// The weight-gradient element of workgroup `wid`, summed by `lanes` invocations: invocation t
+// sums positions p = t, t + lanes, ... (coalesced), then a fixed-order tree sum into dw.
+fn weight_grad_reduce(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, lanes: u32) {
     let o = wid.x + wid.y * nwg.x;
     if (o >= cp.c_out * cp.c_in * cp.kh * cp.kw) {
         return;
     }
-    red[lid.x] = weight_grad_part(o, lid.x, RED);
-    tree_reduce(lid.x);
+    red[lid.x] = weight_grad_part(o, lid.x, lanes);
+    tree_reduce(lid.x, lanes);
     if (lid.x == 0u) {
         dw[o] = red[0];
     }
 }
 
-// `conv_backward_weight_split` with 256 invocations per weight element: for long sums (a GPU
-// layer over many positions, LeNet-5's conv1: 36,864 per weight, 576 per invocation at 64).
-@compute @workgroup_size(256, 1, 1)
-fn conv_backward_weight_split_wide(@builtin(local_invocation_id) lid: vec3<u32>,
-                                   @builtin(workgroup_id) wid: vec3<u32>,
-                                   @builtin(num_workgroups) nwg: vec3<u32>) {
-    let o = wid.x + wid.y * nwg.x;
-    if (o >= cp.c_out * cp.c_in * cp.kh * cp.kw) {
-        return;
-    }
-    red_w[lid.x] = weight_grad_part(o, lid.x, RED_W);
-    tree_reduce_wide(lid.x);
-    if (lid.x == 0u) {
-        dw[o] = red_w[0];
-    }
-}
-
-// Reads dy; writes db. One 64-invocation workgroup per output channel: invocation t sums
-// dy[n][co][r] for r = t, t + 64, ... over n in order, then a fixed-order tree sum.
-@compute @workgroup_size(64, 1, 1)
-fn conv_bias_backward(@builtin(local_invocation_id) lid: vec3<u32>,
-                      @builtin(workgroup_id) wid: vec3<u32>,
-                      @builtin(num_workgroups) nwg: vec3<u32>) {
+// The bias-gradient element of workgroup `wid` (a channel), summed by `lanes` invocations:
+// invocation t sums dy[n][co][r] for r = t, t + lanes, ... over n in order, then a fixed-order
+// tree sum into db.
+fn bias_grad_reduce(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, lanes: u32) {
     let co = wid.x + wid.y * nwg.x;
     if (co >= cp.c_out) {
         return;
     }
-    red[lid.x] = bias_grad_part(co, lid.x, RED);
-    tree_reduce(lid.x);
+    red[lid.x] = bias_grad_part(co, lid.x, lanes);
+    tree_reduce(lid.x, lanes);
     if (lid.x == 0u) {
         db[co] = red[0];
     }
 }
 
-// `conv_bias_backward` with 256 invocations per channel (long sums on GPUs).
+// Reads dy, x; writes dw. One 64-invocation workgroup per weight element (co, ci, ky, kx).
+@compute @workgroup_size(64, 1, 1)
+fn conv_backward_weight_split(@builtin(local_invocation_id) lid: vec3<u32>,
+                              @builtin(workgroup_id) wid: vec3<u32>,
+                              @builtin(num_workgroups) nwg: vec3<u32>) {
+    weight_grad_reduce(lid, wid, nwg, RED);
+}
+
+// `conv_backward_weight_split` with 256 invocations per weight element: for long sums (a GPU
+// layer over many positions, LeNet-5's conv1: 36,864 per weight, 576 per invocation at 64).
+// Reads dy, x; writes dw.
+@compute @workgroup_size(256, 1, 1)
+fn conv_backward_weight_split_wide(@builtin(local_invocation_id) lid: vec3<u32>,
+                                   @builtin(workgroup_id) wid: vec3<u32>,
+                                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    weight_grad_reduce(lid, wid, nwg, RED_W);
+}
+
+// Reads dy; writes db. One 64-invocation workgroup per output channel.
+@compute @workgroup_size(64, 1, 1)
+fn conv_bias_backward(@builtin(local_invocation_id) lid: vec3<u32>,
+                      @builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    bias_grad_reduce(lid, wid, nwg, RED);
+}
+
+// `conv_bias_backward` with 256 invocations per channel (long sums on GPUs). Reads dy; writes db.
 @compute @workgroup_size(256, 1, 1)
 fn conv_bias_backward_wide(@builtin(local_invocation_id) lid: vec3<u32>,
                            @builtin(workgroup_id) wid: vec3<u32>,
                            @builtin(num_workgroups) nwg: vec3<u32>) {
-    let co = wid.x + wid.y * nwg.x;
-    if (co >= cp.c_out) {
-        return;
-    }
-    red_w[lid.x] = bias_grad_part(co, lid.x, RED_W);
-    tree_reduce_wide(lid.x);
-    if (lid.x == 0u) {
-        db[co] = red_w[0];
-    }
+    bias_grad_reduce(lid, wid, nwg, RED_W);
 }
 
 // ------------------------------------------------ GPU forms of the patch-matrix products
