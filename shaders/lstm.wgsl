@@ -323,14 +323,65 @@ fn lstm_step_backward_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-var<workgroup> dh_part: array<f32, 256>; // [q][j], for lstm_step_backward_split
+// The ways the GPU steps split their recurrent sums; the partial sums of invocation (j, q) sit
+// at [q][j].
+const SPLIT: u32 = 4u;
+var<workgroup> z_part: array<vec4<f32>, WG * SPLIT>; // for lstm_step_split
+
+// GPU variant of `lstm_step` (same bindings, same results up to the order of the recurrent
+// sums): workgroup 64 x SPLIT; invocation (j, q) sums part q of the H-long recurrent dot products
+// of the four gates (part 0 from the input projection, the others from 0), the partial sums are
+// added in order q = 0, 1, ..., and invocation (j, 0) finishes as `lstm_step` does. A serial
+// chain SPLIT times shorter and SPLIT times the invocations: one invocation per (b, j) leaves a
+// GPU a few warps per multiprocessor, each waiting on an H-long chain of loads.
+@compute @workgroup_size(64, SPLIT, 1)
+fn lstm_step_split(@builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(workgroup_id) wid: vec3<u32>) {
+    let hs = lp.hidden;
+    let t = lp.t;
+    let b = wid.y;
+    let j = wid.x * WG + lid.x;
+    let q = lid.y;
+    let g4 = 4u * hs;
+    let row = t * lp.batch + b;
+    let live = j < hs && b < lp.batch;
+    var z = vec4<f32>(0.0);
+    if (live && q == 0u) {
+        z = xproj_z(row, j);
+    }
+    if (live && t > 0u) {
+        let prev = row * hs;
+        let chunk = (hs + SPLIT - 1u) / SPLIT;
+        let k1 = min((q + 1u) * chunk, hs);
+        for (var col = q * chunk; col < k1; col++) {
+            let hv = h_pad[prev + col];
+            let wr = col * g4 + j;
+            z.x = fma(hv, src[wr], z.x);
+            z.y = fma(hv, src[wr + hs], z.y);
+            z.z = fma(hv, src[wr + 2u * hs], z.z);
+            z.w = fma(hv, src[wr + 3u * hs], z.w);
+        }
+    }
+    z_part[q * WG + lid.x] = z;
+    workgroupBarrier();
+    if (!live || q != 0u) {
+        return;
+    }
+    var s = z_part[lid.x];
+    for (var p = 1u; p < SPLIT; p++) {
+        s += z_part[p * WG + lid.x];
+    }
+    forward_cell(b, j, s.x, s.y, s.z, s.w);
+}
+
+var<workgroup> dh_part: array<f32, WG * SPLIT>; // for lstm_step_backward_split
 
 // GPU variant of `lstm_step_backward` (same bindings, same results up to the order of the
-// recurrent sum): workgroup 64 x 4; invocation (j, q) sums the quarter q of the 4H-long recurrent
-// dot product, the four partial sums are added in order q = 0..3, and invocation (j, 0) finishes
-// as `lstm_step_backward` does. A serial chain a quarter as long: the recurrent backward is
+// recurrent sum): workgroup 64 x SPLIT; invocation (j, q) sums part q of the 4H-long recurrent
+// dot product, the partial sums are added in order q = 0, 1, ..., and invocation (j, 0) finishes
+// as `lstm_step_backward` does. A serial chain SPLIT times shorter: the recurrent backward is
 // latency-bound on a GPU. (CPU adapters run the plain kernel: barriers cost more than they save.)
-@compute @workgroup_size(64, 4, 1)
+@compute @workgroup_size(64, SPLIT, 1)
 fn lstm_step_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
                             @builtin(workgroup_id) wid: vec3<u32>) {
     let hs = lp.hidden;
@@ -345,8 +396,9 @@ fn lstm_step_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
     var part = 0.0;
     if (live && !last) {
         let base = (row + lp.batch) * g4;
-        let k1 = (q + 1u) * hs;
-        for (var k = q * hs; k < k1; k++) {
+        let chunk = (g4 + SPLIT - 1u) / SPLIT;
+        let k1 = min((q + 1u) * chunk, g4);
+        for (var k = q * chunk; k < k1; k++) {
             part = fma(dgates[base + k], w_hh[k * hs + j], part);
         }
     }
@@ -355,8 +407,10 @@ fn lstm_step_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
     if (!live || q != 0u) {
         return;
     }
-    let dh = ((dh_part[lid.x] + dh_part[WG + lid.x]) + dh_part[2u * WG + lid.x])
-        + dh_part[3u * WG + lid.x];
+    var dh = dh_part[lid.x];
+    for (var p = 1u; p < SPLIT; p++) {
+        dh += dh_part[p * WG + lid.x];
+    }
     backward_cell(b, j, dh);
 }
 

@@ -116,19 +116,20 @@ impl StepDims {
 pub struct Lstm {
     pub step_k: Kernel,
     pub step_backward_k: Kernel,
+    pub step_split_k: Kernel,
     pub step_backward_split_k: Kernel,
     pub step_blocked_k: Kernel,
     pub step_backward_blocked_k: Kernel,
     pub step_listed_k: Kernel,
     pub step_backward_listed_k: Kernel,
     pub swap01_k: Kernel,
-    /// `step_backward` runs `lstm_step_backward_split` (GPUs: the recurrent sum split four ways
-    /// across a workgroup) rather than the plain kernel (CPU adapters). Settable so that tests
-    /// check both on any adapter.
-    pub split_backward: AtomicBool,
+    /// The steps run `lstm_step_split` and `lstm_step_backward_split` (GPUs: the recurrent sums
+    /// split four ways across a workgroup) rather than the plain kernels (CPU adapters). Settable
+    /// so that tests check both on any adapter.
+    pub split: AtomicBool,
     /// Both steps run their register-blocked kernels (`lstm_step_blocked`,
     /// `lstm_step_backward_blocked`: CPU adapters, the same bits as the plain ones); this takes
-    /// precedence over `split_backward`. Settable likewise.
+    /// precedence over `split`. Settable likewise.
     pub blocked: AtomicBool,
 }
 
@@ -148,12 +149,10 @@ const R: Access = Access::Read;
 impl Lstm {
     pub fn new(f: &KernelFactory<'_>, class: AdapterClass) -> Result<Lstm> {
         const BACKWARD: &[(u32, Access)] = &[(2, R), (4, RW), (5, RW), (7, R), (8, RW), (9, RW)];
+        const FORWARD: &[(u32, Access)] = &[(1, R), (10, R), (3, RW), (4, RW), (5, RW), (6, RW)];
         Ok(Lstm {
-            step_k: f.kernel(
-                "lstm_step",
-                &[(1, R), (10, R), (3, RW), (4, RW), (5, RW), (6, RW)],
-                false,
-            )?,
+            step_k: f.kernel("lstm_step", FORWARD, false)?,
+            step_split_k: f.kernel("lstm_step_split", FORWARD, false)?,
             step_backward_k: f.kernel("lstm_step_backward", BACKWARD, false)?,
             step_backward_split_k: f.kernel("lstm_step_backward_split", BACKWARD, false)?,
             step_blocked_k: f.kernel(
@@ -211,7 +210,7 @@ impl Lstm {
                 ],
                 false,
             )?,
-            split_backward: AtomicBool::new(class == AdapterClass::Gpu),
+            split: AtomicBool::new(class == AdapterClass::Gpu),
             blocked: AtomicBool::new(class == AdapterClass::Cpu),
         })
     }
@@ -245,7 +244,12 @@ impl Lstm {
                 d.blocked_groups(units, rows),
             );
         }
-        self.step_k.bind(
+        let kernel = if self.split.load(Ordering::Relaxed) {
+            &self.step_split_k
+        } else {
+            &self.step_k
+        };
+        kernel.bind(
             gpu,
             &d.params(t),
             &[xproj, w_hh_t, h_pad, c_pad, gates, y],
@@ -282,7 +286,7 @@ impl Lstm {
                 d.blocked_groups(units, rows),
             );
         }
-        let kernel = if self.split_backward.load(Ordering::Relaxed) {
+        let kernel = if self.split.load(Ordering::Relaxed) {
             &self.step_backward_split_k
         } else {
             &self.step_backward_k

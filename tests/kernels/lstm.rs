@@ -375,15 +375,15 @@ fn lstm_layer_matches_reference() {
             hidden: 36,
         },
     ];
-    // Every recurrent kernel set: plain (GPUs' forward, CPU adapters' fallback), the split
-    // backward (GPUs), the register-blocked steps (CPU adapters, H % 4 == 0).
+    // Every recurrent kernel set: plain (CPU adapters' fallback), the split steps (GPUs), the
+    // register-blocked steps (CPU adapters, H % 4 == 0).
     let flags = &c.k.lstm;
     let defaults = (
-        flags.split_backward.load(Ordering::Relaxed),
+        flags.split.load(Ordering::Relaxed),
         flags.blocked.load(Ordering::Relaxed),
     );
     for (split, blocked) in [(false, false), (true, false), (false, true)] {
-        flags.split_backward.store(split, Ordering::Relaxed);
+        flags.split.store(split, Ordering::Relaxed);
         flags.blocked.store(blocked, Ordering::Relaxed);
         for d in sizes {
             for input in [LstmInput::BatchMajor, LstmInput::TimeMajor] {
@@ -400,7 +400,7 @@ fn lstm_layer_matches_reference() {
             }
         }
     }
-    flags.split_backward.store(defaults.0, Ordering::Relaxed);
+    flags.split.store(defaults.0, Ordering::Relaxed);
     flags.blocked.store(defaults.1, Ordering::Relaxed);
 }
 
@@ -413,10 +413,10 @@ fn lstm_blocked_steps_equal_plain_bits() {
     let mut rng = Rng::new(202);
     let flags = &c.k.lstm;
     let defaults = (
-        flags.split_backward.load(Ordering::Relaxed),
+        flags.split.load(Ordering::Relaxed),
         flags.blocked.load(Ordering::Relaxed),
     );
-    flags.split_backward.store(false, Ordering::Relaxed);
+    flags.split.store(false, Ordering::Relaxed);
     let sizes = [
         Dims {
             batch: 5,
@@ -475,7 +475,7 @@ fn lstm_blocked_steps_equal_plain_bits() {
             }
         }
     }
-    flags.split_backward.store(defaults.0, Ordering::Relaxed);
+    flags.split.store(defaults.0, Ordering::Relaxed);
     flags.blocked.store(defaults.1, Ordering::Relaxed);
 }
 
