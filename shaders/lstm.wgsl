@@ -323,8 +323,9 @@ fn lstm_step_backward_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// The ways the GPU steps split their recurrent sums; the partial sums of invocation (j, q) sit
-// at [q][j].
+// The ways the GPU steps split their recurrent sums: 4 fits the WebGPU default of 256
+// invocations per workgroup; `kernels::lstm::source` rewrites this line to 8 for adapters whose
+// workgroups hold 512. The partial sums of invocation (j, q) sit at [q][j].
 const SPLIT: u32 = 4u;
 var<workgroup> z_part: array<vec4<f32>, WG * SPLIT>; // for lstm_step_split
 

@@ -589,6 +589,47 @@ fn workgroups_fit_webgpu_default_limits() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// The LSTM family as adapters with other workgroup limits compile it (`kernels::lstm::source`
+/// rewrites how many ways the GPU steps split their sums): every form validates and translates,
+/// and its split steps use 64 x `split_ways` invocations, within the limit it was made for, and
+/// fit the default workgroup memory.
+#[test]
+fn lstm_split_forms_validate_and_fit_their_limits() {
+    use dst::kernels::lstm::{source, split_ways};
+    let limits = wgpu::Limits::default();
+    assert_eq!(
+        source(limits.max_compute_invocations_per_workgroup),
+        dst::kernels::lstm::SOURCE
+    );
+    for (max, ways) in [(64, 1), (128, 2), (256, 4), (511, 4), (512, 8), (1024, 8)] {
+        assert_eq!(split_ways(max), ways, "{max} invocations");
+        let c = check_module(&format!("lstm for {max}"), &module_source(&source(max)))
+            .unwrap_or_else(|e| panic!("{}", e.join("\n")));
+        let m = &c.module;
+        let mut split = 0;
+        for (index, ep) in m.entry_points.iter().enumerate() {
+            if !ep.name.ends_with("_split") {
+                continue;
+            }
+            split += 1;
+            assert_eq!(ep.workgroup_size, [64, ways, 1], "{max}: {}", ep.name);
+            let uses = c.info.get_entry_point(index);
+            let shared: u32 = m
+                .global_variables
+                .iter()
+                .filter(|(h, v)| v.space == AddressSpace::WorkGroup && !uses[*h].is_empty())
+                .map(|(_, v)| m.types[v.ty].inner.size(m.to_ctx()))
+                .sum();
+            assert!(
+                shared <= limits.max_compute_workgroup_storage_size,
+                "{max}: {} uses {shared} bytes of workgroup memory",
+                ep.name
+            );
+        }
+        assert_eq!(split, 2, "{max}: the forward and backward split steps");
+    }
+}
+
 /// A deliberate type error: the helper must fail, in the front end, naming the module.
 #[test]
 fn broken_shader_fails_front_end() {

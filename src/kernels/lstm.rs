@@ -10,6 +10,31 @@ use crate::gpu::{AdapterClass, Gpu, Result, Tensor};
 
 pub const SOURCE: &str = include_str!("../../shaders/lstm.wgsl");
 
+/// The line of `SOURCE` that sets how many ways the GPU steps split their recurrent sums (a
+/// workgroup of 64 x SPLIT invocations): 4, which fits the WebGPU default of 256 invocations.
+const SPLIT_LINE: &str = "const SPLIT: u32 = 4u;";
+
+/// How many ways the GPU steps split their recurrent sums on an adapter whose workgroups hold at
+/// most `max_invocations`: 8 where 64 x 8 fit (an H200's LSTM-a dense step: 2.60 ms, against
+/// 3.37 with 4 ways and 4.40 unsplit; BENCHMARKS.md), else fewer.
+pub fn split_ways(max_invocations: u32) -> u32 {
+    let mut ways = 8;
+    while ways > 1 && 64 * ways > max_invocations {
+        ways /= 2;
+    }
+    ways
+}
+
+/// `SOURCE` as an adapter whose workgroups hold at most `max_invocations` compiles it: with
+/// `split_ways(max_invocations)` ways.
+pub fn source(max_invocations: u32) -> String {
+    assert!(SOURCE.contains(SPLIT_LINE), "lstm.wgsl: no `{SPLIT_LINE}`");
+    SOURCE.replace(
+        SPLIT_LINE,
+        &format!("const SPLIT: u32 = {}u;", split_ways(max_invocations)),
+    )
+}
+
 /// Keep in sync with `LstmParams` in shaders/lstm.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]

@@ -391,7 +391,13 @@ impl Kernels {
             act: act::Act::new(&mk("act", act::SOURCE)?)?,
             batchnorm: batchnorm::BatchNorm::new(&mk("batchnorm", batchnorm::SOURCE)?)?,
             loss: loss::Loss::new(&mk("loss", loss::SOURCE)?)?,
-            lstm: lstm::Lstm::new(&mk("lstm", lstm::SOURCE)?, gpu.class)?,
+            lstm: lstm::Lstm::new(
+                &mk(
+                    "lstm",
+                    &lstm::source(gpu.limits.max_compute_invocations_per_workgroup),
+                )?,
+                gpu.class,
+            )?,
             data: data::Data::new(&mk("data", data::SOURCE)?)?,
             optim: optim::Optim::new(&mk("optim", optim::SOURCE)?)?,
             conv: conv::Conv::new(&mk("conv", conv::SOURCE)?, gpu.class)?,
