@@ -323,10 +323,12 @@ fn lstm_step_backward_blocked(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// The ways the GPU steps split their recurrent sums: 4 fits the WebGPU default of 256
-// invocations per workgroup; `kernels::lstm::source` rewrites this line to 8 for adapters whose
-// workgroups hold 512. The partial sums of invocation (j, q) sit at [q][j].
+// The ways the GPU steps split their recurrent sums, forward and backward: 4 fits the WebGPU
+// default of 256 invocations per workgroup; `kernels::lstm::source` rewrites these lines to 8
+// and 16 for adapters whose workgroups hold 512 and 1024. The partial sums of invocation (j, q)
+// sit at [q][j].
 const SPLIT: u32 = 4u;
+const SPLIT_BACK: u32 = 4u;
 var<workgroup> z_part: array<vec4<f32>, WG * SPLIT>; // for lstm_step_split
 
 // GPU variant of `lstm_step` (same bindings, same results up to the order of the recurrent
@@ -375,14 +377,14 @@ fn lstm_step_split(@builtin(local_invocation_id) lid: vec3<u32>,
     forward_cell(b, j, s.x, s.y, s.z, s.w);
 }
 
-var<workgroup> dh_part: array<f32, WG * SPLIT>; // for lstm_step_backward_split
+var<workgroup> dh_part: array<f32, WG * SPLIT_BACK>; // for lstm_step_backward_split
 
 // GPU variant of `lstm_step_backward` (same bindings, same results up to the order of the
-// recurrent sum): workgroup 64 x SPLIT; invocation (j, q) sums part q of the 4H-long recurrent
-// dot product, the partial sums are added in order q = 0, 1, ..., and invocation (j, 0) finishes
-// as `lstm_step_backward` does. A serial chain SPLIT times shorter: the recurrent backward is
+// recurrent sum): workgroup 64 x SPLIT_BACK; invocation (j, q) sums part q of the 4H-long
+// recurrent dot product, the partial sums are added in order q = 0, 1, ..., and invocation (j, 0)
+// finishes as `lstm_step_backward` does. A serial chain SPLIT_BACK times shorter: the backward is
 // latency-bound on a GPU. (CPU adapters run the plain kernel: barriers cost more than they save.)
-@compute @workgroup_size(64, SPLIT, 1)
+@compute @workgroup_size(64, SPLIT_BACK, 1)
 fn lstm_step_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
                             @builtin(workgroup_id) wid: vec3<u32>) {
     let hs = lp.hidden;
@@ -397,7 +399,7 @@ fn lstm_step_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
     var part = 0.0;
     if (live && !last) {
         let base = (row + lp.batch) * g4;
-        let chunk = (g4 + SPLIT - 1u) / SPLIT;
+        let chunk = (g4 + SPLIT_BACK - 1u) / SPLIT_BACK;
         let k1 = min((q + 1u) * chunk, g4);
         for (var k = q * chunk; k < k1; k++) {
             part = fma(dgates[base + k], w_hh[k * hs + j], part);
@@ -409,7 +411,7 @@ fn lstm_step_backward_split(@builtin(local_invocation_id) lid: vec3<u32>,
         return;
     }
     var dh = dh_part[lid.x];
-    for (var p = 1u; p < SPLIT; p++) {
+    for (var p = 1u; p < SPLIT_BACK; p++) {
         dh += dh_part[p * WG + lid.x];
     }
     backward_cell(b, j, dh);

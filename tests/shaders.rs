@@ -591,8 +591,8 @@ fn workgroups_fit_webgpu_default_limits() {
 
 /// The LSTM family as adapters with other workgroup limits compile it (`kernels::lstm::source`
 /// rewrites how many ways the GPU steps split their sums): every form validates and translates,
-/// and its split steps use 64 x `split_ways` invocations, within the limit it was made for, and
-/// fit the default workgroup memory.
+/// and its split steps use 64 x `split_ways` invocations (forward, backward), within the limit it
+/// was made for, and fit the default workgroup memory.
 #[test]
 fn lstm_split_forms_validate_and_fit_their_limits() {
     use dst::kernels::lstm::{source, split_ways};
@@ -601,18 +601,29 @@ fn lstm_split_forms_validate_and_fit_their_limits() {
         source(limits.max_compute_invocations_per_workgroup),
         dst::kernels::lstm::SOURCE
     );
-    for (max, ways) in [(64, 1), (128, 2), (256, 4), (511, 4), (512, 8), (1024, 8)] {
+    for (max, ways) in [
+        (64, (1, 1)),
+        (128, (2, 2)),
+        (256, (4, 4)),
+        (511, (4, 4)),
+        (512, (8, 8)),
+        (1023, (8, 8)),
+        (1024, (8, 16)),
+        (4096, (8, 16)),
+    ] {
         assert_eq!(split_ways(max), ways, "{max} invocations");
         let c = check_module(&format!("lstm for {max}"), &module_source(&source(max)))
             .unwrap_or_else(|e| panic!("{}", e.join("\n")));
         let m = &c.module;
-        let mut split = 0;
+        let mut split = Vec::new();
         for (index, ep) in m.entry_points.iter().enumerate() {
-            if !ep.name.ends_with("_split") {
-                continue;
-            }
-            split += 1;
-            assert_eq!(ep.workgroup_size, [64, ways, 1], "{max}: {}", ep.name);
+            let want = match ep.name.as_str() {
+                "lstm_step_split" => ways.0,
+                "lstm_step_backward_split" => ways.1,
+                _ => continue,
+            };
+            split.push(ep.name.clone());
+            assert_eq!(ep.workgroup_size, [64, want, 1], "{max}: {}", ep.name);
             let uses = c.info.get_entry_point(index);
             let shared: u32 = m
                 .global_variables
@@ -626,7 +637,7 @@ fn lstm_split_forms_validate_and_fit_their_limits() {
                 ep.name
             );
         }
-        assert_eq!(split, 2, "{max}: the forward and backward split steps");
+        assert_eq!(split.len(), 2, "{max}: the split steps {split:?}");
     }
 }
 

@@ -10,29 +10,40 @@ use crate::gpu::{AdapterClass, Gpu, Result, Tensor};
 
 pub const SOURCE: &str = include_str!("../../shaders/lstm.wgsl");
 
-/// The line of `SOURCE` that sets how many ways the GPU steps split their recurrent sums (a
-/// workgroup of 64 x SPLIT invocations): 4, which fits the WebGPU default of 256 invocations.
-const SPLIT_LINE: &str = "const SPLIT: u32 = 4u;";
+/// The lines of `SOURCE` that set how many ways the GPU steps split their recurrent sums, forward
+/// and backward (a workgroup of 64 x ways invocations): 4, which fits the WebGPU default of 256
+/// invocations.
+const SPLIT_LINES: [&str; 2] = ["const SPLIT: u32 = 4u;", "const SPLIT_BACK: u32 = 4u;"];
 
-/// How many ways the GPU steps split their recurrent sums on an adapter whose workgroups hold at
-/// most `max_invocations`: 8 where 64 x 8 fit (an H200's LSTM-a dense step: 2.60 ms, against
-/// 3.37 with 4 ways and 4.40 unsplit; BENCHMARKS.md), else fewer.
-pub fn split_ways(max_invocations: u32) -> u32 {
-    let mut ways = 8;
-    while ways > 1 && 64 * ways > max_invocations {
-        ways /= 2;
-    }
-    ways
+/// At most this many ways, forward and backward. On an H200 (LSTM-a, dense step; BENCHMARKS.md):
+/// 4.40 ms unsplit, 3.37 with 4 ways, 2.60-2.69 with 8, 2.38-2.44 with 16 (the backward gained,
+/// the forward's steps took the same time with 8 and 16 ways).
+const MOST_WAYS: (u32, u32) = (8, 16);
+
+/// How many ways the GPU steps split their recurrent sums, forward and backward, on an adapter
+/// whose workgroups hold at most `max_invocations`: `MOST_WAYS`, halved until 64 x ways fit.
+pub fn split_ways(max_invocations: u32) -> (u32, u32) {
+    let fit = |most: u32| {
+        let mut ways = most;
+        while ways > 1 && 64 * ways > max_invocations {
+            ways /= 2;
+        }
+        ways
+    };
+    (fit(MOST_WAYS.0), fit(MOST_WAYS.1))
 }
 
 /// `SOURCE` as an adapter whose workgroups hold at most `max_invocations` compiles it: with
 /// `split_ways(max_invocations)` ways.
 pub fn source(max_invocations: u32) -> String {
-    assert!(SOURCE.contains(SPLIT_LINE), "lstm.wgsl: no `{SPLIT_LINE}`");
-    SOURCE.replace(
-        SPLIT_LINE,
-        &format!("const SPLIT: u32 = {}u;", split_ways(max_invocations)),
-    )
+    let (forward, backward) = split_ways(max_invocations);
+    let mut s = SOURCE.to_string();
+    for (line, ways) in SPLIT_LINES.iter().zip([forward, backward]) {
+        assert!(s.contains(line), "lstm.wgsl: no `{line}`");
+        let name = line.split(':').next().unwrap_or(line);
+        s = s.replace(line, &format!("{name}: u32 = {ways}u;"));
+    }
+    s
 }
 
 /// Keep in sync with `LstmParams` in shaders/lstm.wgsl.
