@@ -184,6 +184,71 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
     store_c(row0 + lid.y, col0 + lid.x, acc);
 }
 
+const T2: u32 = 32u;  // outputs per workgroup along each axis (tiled 2x2), four per invocation
+var<workgroup> a_tile2: array<f32, 1056>; // TK x (T2 + 1), [k][m], padded against bank conflicts
+var<workgroup> b_tile2: array<f32, 1056>; // TK x (T2 + 1), [k][n]
+
+// GPU variant of `gemm_tiled` for products with many output tiles: workgroup 16 x 16, 32 x 32
+// outputs, invocation (x, y) the 2 x 2 outputs (y + 16 i, x + 16 j). Each staged slice (TK deep,
+// staged along the contiguous index as `gemm_tiled` does) feeds four multiply-adds per pair of
+// loads from workgroup memory instead of one. Each output is the same chain of multiply-adds over
+// the same zero-padded slices as in `gemm_tiled`: the same bits.
+@compute @workgroup_size(16, 16, 1)
+fn gemm_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
+                  @builtin(workgroup_id) wid: vec3<u32>) {
+    let row0 = wid.y * T2;
+    let col0 = wid.x * T2;
+    let t = lid.y * 16u + lid.x;
+    let a_k_fast = gp.a_cs == 1u;
+    let b_k_fast = gp.b_rs == 1u;
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0); // [2 i + j]
+    for (var k0 = 0u; k0 < gp.k; k0 += TK) {
+        // 256 invocations stage 1024 values of each operand (4 each); zero outside the matrices.
+        for (var r = 0u; r < 4u; r++) {
+            let e = t + r * 256u;
+            var kk = e / T2;
+            var mm = e % T2;
+            if (a_k_fast) {
+                kk = e % TK;
+                mm = e / TK;
+            }
+            var av = 0.0;
+            if (k0 + kk < gp.k && row0 + mm < gp.m) {
+                av = a[(row0 + mm) * gp.a_rs + (k0 + kk) * gp.a_cs];
+            }
+            a_tile2[kk * (T2 + 1u) + mm] = av;
+            var kb = e / T2;
+            var nn = e % T2;
+            if (b_k_fast) {
+                kb = e % TK;
+                nn = e / TK;
+            }
+            var bv = 0.0;
+            if (k0 + kb < gp.k && col0 + nn < gp.n) {
+                bv = b[(k0 + kb) * gp.b_rs + (col0 + nn) * gp.b_cs];
+            }
+            b_tile2[kb * (T2 + 1u) + nn] = bv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < TK; kk++) {
+            let at = kk * (T2 + 1u);
+            let a0 = a_tile2[at + lid.y];
+            let a1 = a_tile2[at + lid.y + 16u];
+            let b0 = b_tile2[at + lid.x];
+            let b1 = b_tile2[at + lid.x + 16u];
+            acc[0] = fma(a0, b0, acc[0]);
+            acc[1] = fma(a0, b1, acc[1]);
+            acc[2] = fma(a1, b0, acc[2]);
+            acc[3] = fma(a1, b1, acc[3]);
+        }
+        workgroupBarrier();
+    }
+    store_c(row0 + lid.y, col0 + lid.x, acc[0]);
+    store_c(row0 + lid.y, col0 + lid.x + 16u, acc[1]);
+    store_c(row0 + lid.y + 16u, col0 + lid.x, acc[2]);
+    store_c(row0 + lid.y + 16u, col0 + lid.x + 16u, acc[3]);
+}
+
 const SS: u32 = 8u;     // outputs per workgroup along each axis (split-k)
 const SPLIT: u32 = 4u;  // k-ranges per workgroup (split-k)
 var<workgroup> a_split: array<f32, 1152>; // SPLIT x TK x (SS + 1), [z][k][m], padded

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::checkpoint::Checkpoint;
 use crate::gpu::{Gpu, Tensor};
 use crate::kernels::conv::{Conv, ConvShape, ConvVariant, TileForm};
-use crate::kernels::gemm::{split_k, GemmParams};
+use crate::kernels::gemm::{tiled_form, GemmParams, TiledForm};
 use crate::kernels::{run_once, GemmVariant, Kernels, StepInfo};
 use crate::nn::Mode;
 use crate::rng::Rng;
@@ -82,8 +82,15 @@ pub fn run(
         let mut rng = Rng::new(1);
         let mut rand =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
-        // (what, m, n, k) of the products of LeNet-300-100 at batch 64.
-        let shapes: [(&str, usize, usize, usize, u8); 9] = [
+        // The GPU forms run one to two orders of magnitude slower on a CPU adapter, where no
+        // layer takes them: time them there with at most 2 repetitions.
+        let tile_reps = match gpu.class {
+            crate::gpu::AdapterClass::Cpu => reps.min(2),
+            crate::gpu::AdapterClass::Gpu => reps,
+        };
+        // (what, m, n, k) of the products of LeNet-300-100 at batch 64, and of LSTM-a's second
+        // layer (batch 100, 28 steps, hidden 128: the input projection and its two gradients).
+        let shapes: [(&str, usize, usize, usize, u8); 12] = [
             ("fc1 forward      64x784 . 784x300", 64, 300, 784, 0),
             ("fc1 forward, P^T 64x784 . 784x300", 64, 300, 784, 3),
             ("fc1 d_weight    300x64 . 64x784", 64, 300, 784, 2),
@@ -93,10 +100,13 @@ pub fn run(
             ("fc3 forward, P^T 64x100 . 100x10", 64, 10, 100, 3),
             ("fc3 d_input      64x10 . 10x100", 64, 10, 100, 1),
             ("fc3 d_weight     10x64 . 64x100", 64, 10, 100, 2),
+            ("lstm2 xproj   2800x128 . 128x512", 2800, 512, 128, 0),
+            ("lstm2 d_input 2800x512 . 512x128", 2800, 512, 128, 1),
+            ("lstm2 d_weight 512x2800 . 2800x128", 2800, 512, 128, 2),
         ];
         println!(
-            "{:<36} {:>12} {:>12} {:>14}",
-            "GEMM (GFLOP/s)", "regblock", "tiled", "tiled split k"
+            "{:<36} {:>12} {:>12} {:>14} {:>12}",
+            "GEMM (GFLOP/s)", "regblock", "tiled", "tiled split k", "tiled 2x2"
         );
         for (what, m, n, kk, kind) in shapes {
             let x = Tensor::from_slice(&gpu, "x", &[m, kk], &rand(m * kk))?;
@@ -139,19 +149,21 @@ pub fn run(
                 .gemm
                 .matmul(&gpu, GemmVariant::RegBlock, p, a_, b_, bias, &out)?;
             row.push(flops / time_dispatch(&gpu, &d, reps)? / 1e9);
-            for split in [false, true] {
-                let d = k.gemm.tiled_with(&gpu, split, p, a_, b_, bias, &out)?;
-                row.push(flops / time_dispatch(&gpu, &d, reps)? / 1e9);
+            for form in TiledForm::ALL {
+                let d = k.gemm.tiled_with(&gpu, form, p, a_, b_, bias, &out)?;
+                row.push(flops / time_dispatch(&gpu, &d, tile_reps)? / 1e9);
             }
             // `*`: the form the GPU product takes for this shape.
-            let mark = |split: bool| if split_k(&p) == split { "*" } else { " " };
+            let mark = |form: TiledForm| if tiled_form(&p) == form { "*" } else { " " };
             println!(
-                "{what:<36} {:>12.2} {:>11.2}{} {:>13.2}{}",
+                "{what:<36} {:>12.2} {:>11.2}{} {:>13.2}{} {:>11.2}{}",
                 row[0],
                 row[1],
-                mark(false),
+                mark(TiledForm::Tiled),
                 row[2],
-                mark(true)
+                mark(TiledForm::SplitK),
+                row[3],
+                mark(TiledForm::TwoByTwo)
             );
         }
         sparse_products(&gpu, &k, reps, &mut rand)?;
@@ -220,12 +232,6 @@ pub fn run(
                 row[3]
             );
         }
-        // The GPU forms run one to two orders of magnitude slower on a CPU adapter, where no
-        // layer takes them: time them there with at most 2 repetitions.
-        let tile_reps = match gpu.class {
-            crate::gpu::AdapterClass::Cpu => reps.min(2),
-            crate::gpu::AdapterClass::Gpu => reps,
-        };
         println!(
             "{:<62} {:>12} {:>12} {:>12}",
             "conv (GFLOP/s)", "forward", "d_input", "d_weight"

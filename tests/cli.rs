@@ -421,10 +421,11 @@ fn bench_profiles_the_dense_and_the_dst_step_per_layer() {
 }
 
 /// The kernel tables (one repetition): every conv shape has its rows for each form (the CPU
-/// kernels, both GPU tile forms, the patch-matrix and split GPU forms), each GPU product marks
-/// exactly one form as the one a GPU's layer takes, and the legend says so.
+/// kernels, both GPU tile forms, the patch-matrix and split GPU forms), every GEMM its four
+/// forms, each GPU product marks exactly one form as the one a GPU's layer takes, and the legend
+/// says so.
 #[test]
-fn bench_tables_time_every_conv_form() {
+fn bench_tables_time_every_gpu_form() {
     let (ok, out, err) = dst(&["bench", "--reps", "1", "--steps", "0"]);
     assert!(ok, "{err}");
     assert!(
@@ -457,4 +458,26 @@ fn bench_tables_time_every_conv_form() {
         let marks: usize = rows.iter().map(|l| l.matches(" *").count()).sum();
         assert_eq!(marks, 3, "{shape}: {rows:#?}");
     }
+    // The GEMM table: every product timed in its four forms (regblock, tiled, split k, 2 x 2),
+    // one of the three GPU forms marked; LSTM-a's input projection takes the 2 x 2 form.
+    assert!(out.contains("tiled split k    tiled 2x2"), "{out}");
+    let gemm_rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("fc") || l.starts_with("lstm2 "))
+        .filter(|l| l.contains(" . "))
+        .collect();
+    assert_eq!(gemm_rows.len(), 12, "{out}");
+    for row in &gemm_rows {
+        let (_, values) = row.split_at(36);
+        let numbers: Vec<f64> = values
+            .split_whitespace()
+            .filter(|v| *v != "*")
+            .map(|v| v.trim_end_matches('*').parse().expect(row))
+            .collect();
+        assert_eq!(numbers.len(), 4, "{row}");
+        assert!(numbers.iter().all(|v| v.is_finite() && *v > 0.0), "{row}");
+        assert_eq!(row.matches('*').count(), 1, "{row}");
+    }
+    let xproj = gemm_rows.iter().find(|l| l.starts_with("lstm2 xproj")).unwrap();
+    assert!(xproj.trim_end().ends_with('*'), "{xproj}");
 }

@@ -116,6 +116,7 @@ pub struct Gemm {
     pub small: Kernel,
     pub tiled: Kernel,
     pub tiled_split: Kernel,
+    pub tiled_2x2: Kernel,
     pub bias_backward_k: Kernel,
     pub bias_backward_split_k: Kernel,
     /// The variant `forward`/`backward_*` use on this device.
@@ -196,11 +197,37 @@ enum Vec4Form {
     Nn,
 }
 
-/// Whether the GPU product splits k (`gemm_tiled_split`): fewer than 256 output tiles of 16 x 16
-/// (too few workgroups to fill a GPU, each a long chain of staged slices) and k at least 64. A
+/// The GPU product's forms (shaders/gemm.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TiledForm {
+    /// `gemm_tiled`: 16 x 16 outputs per workgroup, one per invocation.
+    Tiled,
+    /// `gemm_tiled_split`: 8 x 8 outputs per workgroup, k split four ways inside it.
+    SplitK,
+    /// `gemm_tiled_2x2`: 32 x 32 outputs per workgroup, 2 x 2 per invocation (`gemm_tiled`'s bits).
+    TwoByTwo,
+}
+
+impl TiledForm {
+    pub const ALL: [TiledForm; 3] = [TiledForm::Tiled, TiledForm::SplitK, TiledForm::TwoByTwo];
+}
+
+/// Products with at least this many output tiles of 32 x 32 take the 2 x 2 form (as the
+/// convolutions' tile products do, `conv::TILES_2X2`).
+pub const TILES_2X2: u32 = 256;
+
+/// The GPU product's form for a shape: k split four ways (`SplitK`) with fewer than 256 output
+/// tiles of 16 x 16 (too few workgroups to fill a GPU, each a long chain of staged slices) and k
+/// at least 64; 2 x 2 outputs per invocation from `TILES_2X2` tiles of 32 x 32; else one. A
 /// function of the shape alone: the same product always sums in the same order.
-pub fn split_k(p: &GemmParams) -> bool {
-    p.m.div_ceil(16) * p.n.div_ceil(16) < 256 && p.k >= 64
+pub fn tiled_form(p: &GemmParams) -> TiledForm {
+    if p.m.div_ceil(16) * p.n.div_ceil(16) < 256 && p.k >= 64 {
+        TiledForm::SplitK
+    } else if p.m.div_ceil(32) * p.n.div_ceil(32) >= TILES_2X2 {
+        TiledForm::TwoByTwo
+    } else {
+        TiledForm::Tiled
+    }
 }
 
 /// C (M x N) must fit its tensor.
@@ -245,6 +272,7 @@ impl Gemm {
             small: f.kernel("gemm_small", MATMUL, false)?,
             tiled: f.kernel("gemm_tiled", MATMUL, false)?,
             tiled_split: f.kernel("gemm_tiled_split", MATMUL, false)?,
+            tiled_2x2: f.kernel("gemm_tiled_2x2", MATMUL, false)?,
             bias_backward_k: f.kernel(
                 "bias_backward",
                 &[(1, Access::Read), (4, Access::ReadWrite)],
@@ -311,18 +339,16 @@ impl Gemm {
                 None,
                 [p.n.div_ceil(64), p.m.div_ceil(64), 1],
             ),
-            GemmVariant::Tiled => self.tiled_with(gpu, split_k(&p), p, a, b, bias, c),
+            GemmVariant::Tiled => self.tiled_with(gpu, tiled_form(&p), p, a, b, bias, c),
         }
     }
 
-    /// The GPU product on an explicit form: `gemm_tiled_split` (k split four ways in a workgroup
-    /// of 8 x 8 outputs) when `split`, else `gemm_tiled` (16 x 16 outputs). `matmul` picks with
-    /// `split_k`.
+    /// The GPU product on an explicit form (`matmul` picks with `tiled_form`).
     #[allow(clippy::too_many_arguments)]
     pub fn tiled_with(
         &self,
         gpu: &Gpu,
-        split: bool,
+        form: TiledForm,
         p: GemmParams,
         a: &Tensor,
         b: &Tensor,
@@ -330,24 +356,18 @@ impl Gemm {
         c: &Tensor,
     ) -> Result<Dispatch> {
         assert_output_fits(&p, c);
-        let buffers = [a, b, bias, c];
-        if split {
-            self.tiled_split.bind(
-                gpu,
-                &p,
-                &buffers,
-                None,
-                [p.n.div_ceil(8), p.m.div_ceil(8), 1],
-            )
-        } else {
-            self.tiled.bind(
-                gpu,
-                &p,
-                &buffers,
-                None,
-                [p.n.div_ceil(16), p.m.div_ceil(16), 1],
-            )
-        }
+        let (kernel, side) = match form {
+            TiledForm::Tiled => (&self.tiled, 16),
+            TiledForm::SplitK => (&self.tiled_split, 8),
+            TiledForm::TwoByTwo => (&self.tiled_2x2, 32),
+        };
+        kernel.bind(
+            gpu,
+            &p,
+            &[a, b, bias, c],
+            None,
+            [p.n.div_ceil(side), p.m.div_ceil(side), 1],
+        )
     }
 
     /// Linear forward `y = x w^T (+ bias)`: x (M x K), w (N x K), y (M x N).

@@ -1,5 +1,5 @@
 use dst::gpu::Tensor;
-use dst::kernels::gemm::{split_k, GemmParams};
+use dst::kernels::gemm::{tiled_form, GemmParams, TiledForm};
 use dst::kernels::{run_once, GemmVariant};
 use dst::reference::gemm as reference;
 use dst::rng::Rng;
@@ -122,18 +122,23 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
             );
         }
         if variant == GemmVariant::Tiled {
-            // k split four ways exactly where the shape has few output tiles and a long k.
+            // k split four ways exactly where the shape has few output tiles and a long k, 2 x 2
+            // outputs per invocation where it has many.
             for (d, p, what) in [
                 (&ds[0], pf, "forward"),
                 (&ds[1], pi, "backward_input"),
                 (&ds[2], pw, "backward_weight"),
             ] {
-                let want = if split_k(&p) {
-                    "gemm.gemm_tiled_split"
+                let tiles16 = p.m.div_ceil(16) * p.n.div_ceil(16);
+                let (want, label) = if tiles16 < 256 && p.k >= 64 {
+                    (TiledForm::SplitK, "gemm.gemm_tiled_split")
+                } else if p.m.div_ceil(32) * p.n.div_ceil(32) >= 256 {
+                    (TiledForm::TwoByTwo, "gemm.gemm_tiled_2x2")
                 } else {
-                    "gemm.gemm_tiled"
+                    (TiledForm::Tiled, "gemm.gemm_tiled")
                 };
-                assert_eq!(d.label, want, "{what} m{m} n{n} k{k}");
+                assert_eq!(tiled_form(&p), want, "{what} m{m} n{n} k{k}");
+                assert_eq!(d.label, label, "{what} m{m} n{n} k{k}");
             }
         }
         run_once(&c.gpu, &ds, 0).unwrap();
@@ -207,22 +212,32 @@ fn gemm_regblock_generic_matches_reference() {
     }
 }
 
+/// The GPU product on every shape, plus one whose forward has 289 output tiles of 32 x 32 (the
+/// 2 x 2 form).
 #[test]
 fn gemm_tiled_matches_reference() {
     check_linear(GemmVariant::Tiled);
+    check_linear_shapes(GemmVariant::Tiled, &[(520, 520, 37)]);
 }
 
-/// Both GPU forms bound directly on every shape, with and without a bias, ReLU or accumulation:
-/// `gemm_tiled` and `gemm_tiled_split` (k split four ways; k shorter than four slices leaves layers
-/// of invocations without any, k not a multiple of the slice ends a layer early).
+/// Every GPU form bound directly on every shape, with and without a bias, ReLU or accumulation:
+/// `gemm_tiled`, `gemm_tiled_split` (k split four ways; k shorter than four slices leaves layers
+/// of invocations without any, k not a multiple of the slice ends a layer early) and
+/// `gemm_tiled_2x2` (32 x 32 outputs per workgroup; shapes that end inside a tile, in either half
+/// of it), which gives `gemm_tiled`'s bits.
 #[test]
 fn gemm_tiled_forms_match_reference() {
     let c = ctx();
     let mut rng = Rng::new(11);
-    let shapes = SHAPES
-        .iter()
-        .chain(&[(8, 8, 8), (64, 500, 800), (9, 20, 129), (16, 16, 257)]);
-    for (&(m, n, k), split) in shapes.flat_map(|s| [(s, false), (s, true)]) {
+    let shapes = SHAPES.iter().chain(&[
+        (8, 8, 8),
+        (64, 500, 800),
+        (9, 20, 129),
+        (16, 16, 257),
+        (40, 33, 70),
+        (100, 130, 31),
+    ]);
+    for &(m, n, k) in shapes {
         let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
         let w = rand_vec(&mut rng, n * k, -1.0, 1.0);
         let b = rand_vec(&mut rng, n, -1.0, 1.0);
@@ -233,26 +248,6 @@ fn gemm_tiled_forms_match_reference() {
             c.tensor("b", &[n], &b),
             c.tensor("g", &[m, n], &g),
         );
-        let (y, dx) = (
-            c.poisoned("y", &[m, n]),
-            c.tensor("dx", &[m, k], &vec![0.5; m * k]),
-        );
-        let dw = c.poisoned("dw", &[n, k]);
-        let gemm = &c.k.gemm;
-        let mut pf = GemmParams::linear_forward(m, n, k, true);
-        pf.relu = 1;
-        let pi = GemmParams::linear_backward_input(m, n, k, true);
-        let pw = GemmParams::linear_backward_weight(m, n, k, false);
-        let ds = [
-            gemm.tiled_with(&c.gpu, split, pf, &xt, &wt, &bt, &y)
-                .unwrap(),
-            gemm.tiled_with(&c.gpu, split, pi, &gt, &wt, &c.k.dummy, &dx)
-                .unwrap(),
-            gemm.tiled_with(&c.gpu, split, pw, &gt, &xt, &c.k.dummy, &dw)
-                .unwrap(),
-        ];
-        run_once(&c.gpu, &ds, 0).unwrap();
-        let tag = format!("split={split} m{m} n{n} k{k}");
         let (xd, wd, gd) = (to_f64(&x), to_f64(&w), to_f64(&g));
         let y_ref: Vec<f64> = reference::forward(&xd, &wd, Some(&to_f64(&b)), m, n, k)
             .iter()
@@ -262,18 +257,38 @@ fn gemm_tiled_forms_match_reference() {
             .iter()
             .map(|v| v + 0.5)
             .collect();
-        assert_close_norm(&format!("forward+relu {tag}"), &c.read(&y), &y_ref, TOL);
-        assert_close_norm(
-            &format!("backward_input+acc {tag}"),
-            &c.read(&dx),
-            &dx_ref,
-            TOL,
-        );
-        assert_close_norm(
-            &format!("backward_weight {tag}"),
-            &c.read(&dw),
-            &reference::backward_weight(&gd, &xd, m, n, k),
-            TOL,
+        let dw_ref = reference::backward_weight(&gd, &xd, m, n, k);
+        let mut outputs = Vec::new();
+        for form in TiledForm::ALL {
+            let (y, dx) = (
+                c.poisoned("y", &[m, n]),
+                c.tensor("dx", &[m, k], &vec![0.5; m * k]),
+            );
+            let dw = c.poisoned("dw", &[n, k]);
+            let gemm = &c.k.gemm;
+            let mut pf = GemmParams::linear_forward(m, n, k, true);
+            pf.relu = 1;
+            let pi = GemmParams::linear_backward_input(m, n, k, true);
+            let pw = GemmParams::linear_backward_weight(m, n, k, false);
+            let ds = [
+                gemm.tiled_with(&c.gpu, form, pf, &xt, &wt, &bt, &y)
+                    .unwrap(),
+                gemm.tiled_with(&c.gpu, form, pi, &gt, &wt, &c.k.dummy, &dx)
+                    .unwrap(),
+                gemm.tiled_with(&c.gpu, form, pw, &gt, &xt, &c.k.dummy, &dw)
+                    .unwrap(),
+            ];
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let tag = format!("{form:?} m{m} n{n} k{k}");
+            let got = [c.read(&y), c.read(&dx), c.read(&dw)];
+            assert_close_norm(&format!("forward+relu {tag}"), &got[0], &y_ref, TOL);
+            assert_close_norm(&format!("backward_input+acc {tag}"), &got[1], &dx_ref, TOL);
+            assert_close_norm(&format!("backward_weight {tag}"), &got[2], &dw_ref, TOL);
+            outputs.push(got.map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()));
+        }
+        assert!(
+            outputs[2] == outputs[0],
+            "m{m} n{n} k{k}: gemm_tiled_2x2 and gemm_tiled differ in their bits"
         );
     }
 }
