@@ -478,6 +478,9 @@ fn bench_tables_time_every_gpu_form() {
         assert!(numbers.iter().all(|v| v.is_finite() && *v > 0.0), "{row}");
         assert_eq!(row.matches('*').count(), 1, "{row}");
     }
-    let xproj = gemm_rows.iter().find(|l| l.starts_with("lstm2 xproj")).unwrap();
+    let xproj = gemm_rows
+        .iter()
+        .find(|l| l.starts_with("lstm2 xproj"))
+        .unwrap();
     assert!(xproj.trim_end().ends_with('*'), "{xproj}");
 }
