@@ -133,47 +133,63 @@ const TK: u32 = 32u;  // k-depth of one staged slice
 var<workgroup> a_tile: array<f32, 544>; // TK x (TS + 1), [k][m], padded against bank conflicts
 var<workgroup> b_tile: array<f32, 544>; // TK x (TS + 1), [k][n]
 
+// One staged value of a slice of A (`stage_a`) or B (`stage_b`) for the tiled kernels: element e
+// of a slice `side` wide (rows of A from row0, columns of B from col0) and TK deep from k0, walked
+// along whichever index of the operand is contiguous (k when a_cs / b_rs is 1, else m / n), so
+// neighbouring invocations load neighbouring addresses; zero outside the matrix and from k_end.
+// `at`: its place in a [k][side + 1] tile (padded against bank conflicts).
+struct Staged {
+    at: u32,
+    v: f32,
+}
+
+fn stage_a(row0: u32, k0: u32, k_end: u32, e: u32, side: u32) -> Staged {
+    var kk = e / side;
+    var mm = e % side;
+    if (gp.a_cs == 1u) {
+        kk = e % TK;
+        mm = e / TK;
+    }
+    var v = 0.0;
+    if (k0 + kk < k_end && row0 + mm < gp.m) {
+        v = a[(row0 + mm) * gp.a_rs + (k0 + kk) * gp.a_cs];
+    }
+    return Staged(kk * (side + 1u) + mm, v);
+}
+
+fn stage_b(col0: u32, k0: u32, k_end: u32, e: u32, side: u32) -> Staged {
+    var kk = e / side;
+    var nn = e % side;
+    if (gp.b_rs == 1u) {
+        kk = e % TK;
+        nn = e / TK;
+    }
+    var v = 0.0;
+    if (k0 + kk < k_end && col0 + nn < gp.n) {
+        v = b[(k0 + kk) * gp.b_rs + (col0 + nn) * gp.b_cs];
+    }
+    return Staged(kk * (side + 1u) + nn, v);
+}
+
 // Reads A, B, bias; writes (or accumulates into) C. Workgroup 16x16 invocations, 16x16 outputs,
 // one per invocation: small tiles give the skinny products of a batch-64 layer (M = 64) enough
-// workgroups to fill a GPU. Each staged slice is read from storage along whichever index of the
-// operand is contiguous (k when a_cs / b_rs is 1, else m / n), so neighbouring invocations load
-// neighbouring addresses (coalesced) for all three products of a layer. k is summed in order.
+// workgroups to fill a GPU. Each staged slice is read from storage coalesced (`stage_a`,
+// `stage_b`) for all three products of a layer. k is summed in order.
 @compute @workgroup_size(16, 16, 1)
 fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(workgroup_id) wid: vec3<u32>) {
     let row0 = wid.y * TS;
     let col0 = wid.x * TS;
     let t = lid.y * 16u + lid.x;
-    let a_k_fast = gp.a_cs == 1u;
-    let b_k_fast = gp.b_rs == 1u;
     var acc = 0.0;
     for (var k0 = 0u; k0 < gp.k; k0 += TK) {
-        // 256 invocations stage 512 values of each operand (2 each); zero outside the matrices.
+        // 256 invocations stage 512 values of each operand (2 each).
         for (var r = 0u; r < 2u; r++) {
             let e = t + r * 256u;
-            // (kk, mm): position in the slice; e walks k fastest or m fastest.
-            var kk = e / TS;
-            var mm = e % TS;
-            if (a_k_fast) {
-                kk = e % TK;
-                mm = e / TK;
-            }
-            var av = 0.0;
-            if (k0 + kk < gp.k && row0 + mm < gp.m) {
-                av = a[(row0 + mm) * gp.a_rs + (k0 + kk) * gp.a_cs];
-            }
-            a_tile[kk * (TS + 1u) + mm] = av;
-            var kb = e / TS;
-            var nn = e % TS;
-            if (b_k_fast) {
-                kb = e % TK;
-                nn = e / TK;
-            }
-            var bv = 0.0;
-            if (k0 + kb < gp.k && col0 + nn < gp.n) {
-                bv = b[(k0 + kb) * gp.b_rs + (col0 + nn) * gp.b_cs];
-            }
-            b_tile[kb * (TS + 1u) + nn] = bv;
+            let sa = stage_a(row0, k0, gp.k, e, TS);
+            a_tile[sa.at] = sa.v;
+            let sb = stage_b(col0, k0, gp.k, e, TS);
+            b_tile[sb.at] = sb.v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
@@ -199,35 +215,15 @@ fn gemm_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
     let row0 = wid.y * T2;
     let col0 = wid.x * T2;
     let t = lid.y * 16u + lid.x;
-    let a_k_fast = gp.a_cs == 1u;
-    let b_k_fast = gp.b_rs == 1u;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0); // [2 i + j]
     for (var k0 = 0u; k0 < gp.k; k0 += TK) {
-        // 256 invocations stage 1024 values of each operand (4 each); zero outside the matrices.
+        // 256 invocations stage 1024 values of each operand (4 each).
         for (var r = 0u; r < 4u; r++) {
             let e = t + r * 256u;
-            var kk = e / T2;
-            var mm = e % T2;
-            if (a_k_fast) {
-                kk = e % TK;
-                mm = e / TK;
-            }
-            var av = 0.0;
-            if (k0 + kk < gp.k && row0 + mm < gp.m) {
-                av = a[(row0 + mm) * gp.a_rs + (k0 + kk) * gp.a_cs];
-            }
-            a_tile2[kk * (T2 + 1u) + mm] = av;
-            var kb = e / T2;
-            var nn = e % T2;
-            if (b_k_fast) {
-                kb = e % TK;
-                nn = e / TK;
-            }
-            var bv = 0.0;
-            if (k0 + kb < gp.k && col0 + nn < gp.n) {
-                bv = b[(k0 + kb) * gp.b_rs + (col0 + nn) * gp.b_cs];
-            }
-            b_tile2[kb * (T2 + 1u) + nn] = bv;
+            let sa = stage_a(row0, k0, gp.k, e, T2);
+            a_tile2[sa.at] = sa.v;
+            let sb = stage_b(col0, k0, gp.k, e, T2);
+            b_tile2[sb.at] = sb.v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
@@ -273,38 +269,18 @@ fn gemm_tiled_split(@builtin(local_invocation_id) lid: vec3<u32>,
     let per = (slices + SPLIT - 1u) / SPLIT; // slices per layer (uniform: every layer loops alike)
     let k_begin = z * per * TK;
     let k_end = min(gp.k, k_begin + per * TK);
-    let a_k_fast = gp.a_cs == 1u;
-    let b_k_fast = gp.b_rs == 1u;
     let base = z * TK * (SS + 1u);
     var acc = 0.0;
     for (var s = 0u; s < per; s++) {
         let k0 = k_begin + s * TK;
-        // A layer's 64 invocations stage 256 values of each operand (4 each); zero outside the
-        // matrices and past the layer's range.
+        // A layer's 64 invocations stage 256 values of each operand (4 each), zero past the
+        // layer's range.
         for (var r = 0u; r < 4u; r++) {
             let e = t + r * 64u;
-            var kk = e / SS;
-            var mm = e % SS;
-            if (a_k_fast) {
-                kk = e % TK;
-                mm = e / TK;
-            }
-            var av = 0.0;
-            if (k0 + kk < k_end && row0 + mm < gp.m) {
-                av = a[(row0 + mm) * gp.a_rs + (k0 + kk) * gp.a_cs];
-            }
-            a_split[base + kk * (SS + 1u) + mm] = av;
-            var kb = e / SS;
-            var nn = e % SS;
-            if (b_k_fast) {
-                kb = e % TK;
-                nn = e / TK;
-            }
-            var bv = 0.0;
-            if (k0 + kb < k_end && col0 + nn < gp.n) {
-                bv = b[(k0 + kb) * gp.b_rs + (col0 + nn) * gp.b_cs];
-            }
-            b_split[base + kb * (SS + 1u) + nn] = bv;
+            let sa = stage_a(row0, k0, k_end, e, SS);
+            a_split[base + sa.at] = sa.v;
+            let sb = stage_b(col0, k0, k_end, e, SS);
+            b_split[base + sb.at] = sb.v;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {

@@ -544,6 +544,17 @@ fn every_entry_point_is_compute_and_documented() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Bytes of workgroup memory entry point `index` of a checked module uses.
+fn workgroup_bytes(c: &Checked, index: usize) -> u32 {
+    let m = &c.module;
+    let uses = c.info.get_entry_point(index);
+    m.global_variables
+        .iter()
+        .filter(|(h, v)| v.space == AddressSpace::WorkGroup && !uses[*h].is_empty())
+        .map(|(_, v)| m.types[v.ty].inner.size(m.to_ctx()))
+        .sum()
+}
+
 #[test]
 fn workgroups_fit_webgpu_default_limits() {
     // The program opens the device with the adapter's own limits, but "any GPU" means the
@@ -571,13 +582,7 @@ fn workgroups_fit_webgpu_default_limits() {
                     limits.max_compute_invocations_per_workgroup
                 ));
             }
-            let uses = c.info.get_entry_point(index);
-            let shared: u32 = m
-                .global_variables
-                .iter()
-                .filter(|(h, v)| v.space == AddressSpace::WorkGroup && !uses[*h].is_empty())
-                .map(|(_, v)| m.types[v.ty].inner.size(m.to_ctx()))
-                .sum();
+            let shared = workgroup_bytes(&c, index);
             if shared > limits.max_compute_workgroup_storage_size {
                 failures.push(format!(
                     "{tag}: {shared} bytes of workgroup memory > {}",
@@ -624,13 +629,7 @@ fn lstm_split_forms_validate_and_fit_their_limits() {
             };
             split.push(ep.name.clone());
             assert_eq!(ep.workgroup_size, [64, want, 1], "{max}: {}", ep.name);
-            let uses = c.info.get_entry_point(index);
-            let shared: u32 = m
-                .global_variables
-                .iter()
-                .filter(|(h, v)| v.space == AddressSpace::WorkGroup && !uses[*h].is_empty())
-                .map(|(_, v)| m.types[v.ty].inner.size(m.to_ctx()))
-                .sum();
+            let shared = workgroup_bytes(&c, index);
             assert!(
                 shared <= limits.max_compute_workgroup_storage_size,
                 "{max}: {} uses {shared} bytes of workgroup memory",
