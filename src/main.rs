@@ -61,7 +61,7 @@ enum Command {
     /// GEMM and convolution throughput of both kernel variants, and step times.
     Bench {
         /// Timed repetitions per shape (0: skip the kernel tables, time steps only; on a CPU
-        /// adapter the conv table times the GPU tile forms at most twice).
+        /// adapter the GEMM and conv tables time the GPU forms at most twice).
         #[arg(long, default_value_t = 20)]
         reps: u32,
         /// Also time full training steps (dense and DST) over this many steps.

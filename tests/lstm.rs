@@ -78,7 +78,7 @@ fn lstm_a_resume_is_bit_identical() {
 }
 
 /// The other adapter class's plan trains like this adapter's own: LSTM-a (DST, Adam, batch 100)
-/// with the GPU kernels (the recurrent backward split across workgroups, tiled products, ...) and
+/// with the GPU kernels (the recurrent steps split across a workgroup, tiled products, ...) and
 /// with the CPU adapters' ones, 2 steps from the same state: parameters and Adam's moments agree
 /// within float reassociation. On lavapipe this runs the GPU plan on CI, which has no GPU.
 #[test]
@@ -88,4 +88,9 @@ fn gpu_and_cpu_plans_train_alike() {
         gpu_labels, cpu_labels,
         "the two plans hold different kernels"
     );
+    // Each plan holds its class's recurrent steps.
+    for k in ["lstm.lstm_step_split", "lstm.lstm_step_backward_split"] {
+        assert!(gpu_labels.iter().any(|l| l == k), "GPU plan without {k}");
+        assert!(!cpu_labels.iter().any(|l| l == k), "CPU plan with {k}");
+    }
 }

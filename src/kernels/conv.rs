@@ -439,20 +439,22 @@ impl Conv {
         y: &Tensor,
         dummy: &Tensor,
     ) -> Result<Dispatch> {
-        let p = s.params(bias.is_some());
         let (oh, ow) = (s.out_h(), s.out_w());
-        check_forward(s, x, weight, bias, y);
-        let buffers = [x, weight, bias.unwrap_or(dummy), y];
-        let positions = s.batch * oh * ow;
         match variant {
             ConvVariant::RegBlock => {
+                check_forward(s, x, weight, bias, y);
                 // Workgroups: one channel block x 64 blocks of 8 columns of an output row.
                 let groups = (s.batch * oh * ow.div_ceil(8)).div_ceil(64) * s.c_out.div_ceil(4);
-                self.forward_regblock
-                    .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
+                self.forward_regblock.bind(
+                    gpu,
+                    &s.params(bias.is_some()),
+                    &[x, weight, bias.unwrap_or(dummy), y],
+                    None,
+                    grid_1d(groups as u32),
+                )
             }
             ConvVariant::Tiled => {
-                let form = TileForm::for_shape(s.c_out, positions, 1);
+                let form = TileForm::for_shape(s.c_out, s.batch * oh * ow, 1);
                 self.forward_tiled_with(form, gpu, s, x, weight, bias, y, dummy)
             }
         }
@@ -481,19 +483,21 @@ impl Conv {
         weight: &Tensor,
         dx: &Tensor,
     ) -> Result<Dispatch> {
-        let p = s.params(false);
-        check_input_grad(s, dy, weight, dx);
-        let buffers = [dy, weight, dx];
-        let positions = s.batch * s.h * s.w;
         match variant {
             ConvVariant::RegBlock => {
+                check_input_grad(s, dy, weight, dx);
                 // Workgroups: one channel block x 64 blocks of 8 columns of an input row.
                 let groups = (s.batch * s.h * s.w.div_ceil(8)).div_ceil(64) * s.c_in.div_ceil(4);
-                self.backward_input_regblock
-                    .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
+                self.backward_input_regblock.bind(
+                    gpu,
+                    &s.params(false),
+                    &[dy, weight, dx],
+                    None,
+                    grid_1d(groups as u32),
+                )
             }
             ConvVariant::Tiled => {
-                let form = TileForm::for_shape(s.c_in, positions, 1);
+                let form = TileForm::for_shape(s.c_in, s.batch * s.h * s.w, 1);
                 self.backward_input_tiled_with(form, gpu, s, dy, weight, dx)
             }
         }
@@ -828,7 +832,6 @@ impl Conv {
             .div_ceil(64)
     }
 
-    /// The col2im half of `backward_input_cols` alone: dx from the dcols in `cols`.
     /// `backward_input` through a patch matrix on GPUs: `dcols` (`s.cols_len()` elements, the
     /// caller's scratch, overwritten) = W^T dy by tiles, then dx gathered from it (col2im). The
     /// same sums as `backward_input_cols`. Writes every dx.
@@ -948,6 +951,7 @@ impl Conv {
         Ok(vec![prod, sum])
     }
 
+    /// The col2im half of `backward_input_cols` alone: dx from the dcols in `cols`.
     pub fn gather_dx(
         &self,
         gpu: &Gpu,

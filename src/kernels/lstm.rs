@@ -16,7 +16,7 @@ pub const SOURCE: &str = include_str!("../../shaders/lstm.wgsl");
 const SPLIT_LINES: [&str; 2] = ["const SPLIT: u32 = 4u;", "const SPLIT_BACK: u32 = 4u;"];
 
 /// At most this many ways, forward and backward. On an H200 (LSTM-a, dense step; BENCHMARKS.md):
-/// 4.40 ms unsplit, 3.37 with 4 ways, 2.60-2.69 with 8, 2.38-2.44 with 16 (the backward gained,
+/// 4.40 ms unsplit, 3.37 with 4 ways, 2.60-2.70 with 8, 2.38-2.44 with 16 (the backward gained,
 /// the forward's steps took the same time with 8 and 16 ways).
 const MOST_WAYS: (u32, u32) = (8, 16);
 
