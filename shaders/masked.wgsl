@@ -339,11 +339,11 @@ fn mask_backward_rows(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 }
 
-// CPU-adapter variant of `mask_forward` (same reads and writes, row maxima included): one invocation per row, columns
-// in order, no workgroup memory or barriers (cheaper than reductions on lavapipe).
-@compute @workgroup_size(64, 1, 1)
-fn mask_forward_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
-                        @builtin(num_workgroups) nwg: vec3<u32>) {
+// The rowwise mask passes (CPU adapters): one invocation per row, columns in order, no workgroup
+// memory or barriers (cheaper than reductions on lavapipe). Writes row_keep (the row's count and
+// its largest |w|) and, with `write_p` (a constant at each call: each entry point compiles its own
+// form), P.
+fn rowwise_pass(gid: vec3<u32>, nwg: vec3<u32>, write_p: bool) {
     let row = gid.x + gid.y * nwg.x * WG;
     if (row >= mp.rows) {
         return;
@@ -355,7 +355,9 @@ fn mask_forward_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
     for (var j = 0u; j < mp.cols; j++) {
         let w = weight[base + j];
         let m = dst_step(abs(w) - t);
-        masked_weight[p_at(row, j)] = w * m;
+        if (write_p) {
+            masked_weight[p_at(row, j)] = w * m;
+        }
         kept += u32(m);
         big = max(big, abs(w));
     }
@@ -363,12 +365,10 @@ fn mask_forward_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
     row_keep[mp.rows + row] = bitcast<u32>(big);
 }
 
-// `mask_forward_rowwise` reading each row's weights four at a time (mp.cols % 4 == 0, weight
-// 16-byte aligned): a quarter of the load instructions, which lavapipe issues per lane. The same
-// values in the same order.
-@compute @workgroup_size(64, 1, 1)
-fn mask_forward_rowwise4(@builtin(global_invocation_id) gid: vec3<u32>,
-                         @builtin(num_workgroups) nwg: vec3<u32>) {
+// `rowwise_pass` reading each row's weights four at a time (mp.cols % 4 == 0, weight 16-byte
+// aligned): a quarter of the load instructions, which lavapipe issues per lane. The same values
+// in the same order.
+fn rowwise_pass4(gid: vec3<u32>, nwg: vec3<u32>, write_p: bool) {
     let row = gid.x + gid.y * nwg.x * WG;
     if (row >= mp.rows) {
         return;
@@ -382,13 +382,46 @@ fn mask_forward_rowwise4(@builtin(global_invocation_id) gid: vec3<u32>,
         for (var c = 0u; c < 4u; c++) {
             let w = w4[c];
             let m = dst_step(abs(w) - t);
-            masked_weight[p_at(row, 4u * j4 + c)] = w * m;
+            if (write_p) {
+                masked_weight[p_at(row, 4u * j4 + c)] = w * m;
+            }
             kept += u32(m);
             big = max(big, abs(w));
         }
     }
     row_keep[row] = kept;
     row_keep[mp.rows + row] = bitcast<u32>(big);
+}
+
+// CPU-adapter variant of `mask_forward` (same reads and writes, row maxima included).
+@compute @workgroup_size(64, 1, 1)
+fn mask_forward_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>) {
+    rowwise_pass(gid, nwg, true);
+}
+
+// `mask_forward_rowwise` reading each row's weights four at a time.
+@compute @workgroup_size(64, 1, 1)
+fn mask_forward_rowwise4(@builtin(global_invocation_id) gid: vec3<u32>,
+                         @builtin(num_workgroups) nwg: vec3<u32>) {
+    rowwise_pass4(gid, nwg, true);
+}
+
+// `mask_forward_rowwise` without P: row_keep only (counts and maxima; P stays bound, as the
+// shared body names it). For a layer whose P is written after the forward's route is known (sparse.wgsl's `masked_columns`): the pass then
+// reads W once and writes a word per row where the full pass writes every element of P (on
+// lavapipe, fc1 of LeNet-300-100: about 0.19 against 0.48 ms, `dst bench --profile`).
+@compute @workgroup_size(64, 1, 1)
+fn mask_count_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    rowwise_pass(gid, nwg, false);
+}
+
+// `mask_count_rowwise` reading each row's weights four at a time.
+@compute @workgroup_size(64, 1, 1)
+fn mask_count_rowwise4(@builtin(global_invocation_id) gid: vec3<u32>,
+                       @builtin(num_workgroups) nwg: vec3<u32>) {
+    rowwise_pass4(gid, nwg, false);
 }
 
 // One workgroup. Reads threshold, alpha_scale; stats[1] += alpha * alpha_scale[0] * sum_i exp(-t[i]) (the penalty's value; stats is the loss stats buffer).

@@ -279,9 +279,20 @@ fn sparse_products_train_like_dense_products() {
     let train = session.upload("train", &data.train).unwrap();
     let opt = TrainConfig::default().optimizer();
     // (--sparse-keep, --sparse-input, routed dispatches): four for P's lists and the dense
-    // product, three more for the input-sparse product (plain, and the compaction's copy and
-    // product).
-    for (keep, input, routed) in [(1.0, 0.0, 4), (0.0, 0.0, 0), (0.0, 0.3, 7), (0.2, 0.3, 7)] {
+    // product, more for the input-sparse product (plain and compacted, and on GPUs the
+    // compaction's copy of P^T's columns, which CPU adapters write unrouted from W:
+    // `masked_columns`).
+    let input = if session.gpu.class == dst::gpu::AdapterClass::Cpu {
+        6
+    } else {
+        7
+    };
+    for (keep, input, routed) in [
+        (1.0, 0.0, 4),
+        (0.0, 0.0, 0),
+        (0.0, 0.3, input),
+        (0.2, 0.3, input),
+    ] {
         session.sparse_keep = keep;
         session.sparse_input = input;
         let plan = session
@@ -402,23 +413,42 @@ fn input_sparse_forward_trains_like_dense_products() {
 /// The input-sparse forward over the rows of P that keep a weight (DST prunes whole rows): from
 /// a state where two thirds of fc1's rows keep nothing (thresholds far above their weights), 12
 /// steps with the input-sparse forward forced, which then runs compacted, give the dense
-/// products' parameters and momenta (bit for bit on CPU adapters), and the compaction's copy is
-/// live at the end.
+/// products' parameters and momenta (bit for bit on CPU adapters), and the compacted product is
+/// live at the end. On CPU adapters the mask pass only counts and P^T is written after the
+/// route is chosen (`masked_columns`: only the compacted columns here); elsewhere the copy of
+/// P^T's columns is routed.
 #[test]
 fn compacted_input_sparse_forward_trains_like_dense_products() {
+    assert_compacted_trains_alike("lenet300", "fc1", 12);
+}
+
+/// The same for LeNet-5's fc3, whose product to the input (to pool2) reads P^T: where the
+/// forward wrote only the compacted columns, the backward writes P^T first (`masked_columns`'
+/// late form).
+#[test]
+fn compacted_forward_of_a_hidden_layer_trains_like_dense_products() {
+    assert_compacted_trains_alike("lenet5", "fc3", 4);
+}
+
+/// `steps` steps of `model` from a state where two thirds of `layer`'s rows keep nothing, with
+/// the input-sparse forward forced against off: the same parameters and momenta (bit for bit
+/// on CPU adapters), the compacted product live at the end, and the plan's P^T writes as the
+/// adapter class has them.
+fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
     use dst::nn::Mode;
     let cfg = small(1024, 1);
     let data = cfg.load_data().unwrap();
     let opt = cfg.optimizer();
     let cpu = gpu().class == dst::gpu::AdapterClass::Cpu;
     let start = {
-        let session = dst::train::Session::new(gpu(), "lenet300", true, 1, false).unwrap();
+        let session = dst::train::Session::new(gpu(), model, true, 1, false).unwrap();
         let mut ck = session.snapshot().unwrap();
+        let name = format!("{layer}.threshold");
         let t = ck
             .tensors
             .iter_mut()
-            .find(|t| t.0 == "fc1.threshold")
-            .expect("fc1.threshold");
+            .find(|t| t.0 == name)
+            .expect("the layer's thresholds");
         t.2.iter_mut()
             .enumerate()
             .filter(|(r, _)| r % 3 != 0)
@@ -426,7 +456,7 @@ fn compacted_input_sparse_forward_trains_like_dense_products() {
         ck
     };
     let train_steps = |input: f64| {
-        let mut session = dst::train::Session::new(gpu(), "lenet300", true, 1, false).unwrap();
+        let mut session = dst::train::Session::new(gpu(), model, true, 1, false).unwrap();
         session
             .restore(&start, std::path::Path::new("start"), true)
             .unwrap();
@@ -437,38 +467,61 @@ fn compacted_input_sparse_forward_trains_like_dense_products() {
         let plan = session
             .plan(&train, 64, Mode::Train, cfg.alpha as f32, opt)
             .unwrap();
-        let infos: Vec<_> = (0..12)
-            .map(|s| opt.step_info(s + 1, cfg.lr, (s as usize * 64) % 960, 64))
+        let infos: Vec<_> = (0..steps)
+            .map(|s| opt.step_info(s as u64 + 1, cfg.lr, (s * 64) % 960, 64))
             .collect();
         session.run_steps(&plan, &infos).unwrap();
-        // The copy's workgroup counts after the last step (none when the plan has no copy).
-        let copy = plan
+        let labels: Vec<String> = plan.dispatches.iter().map(|d| d.label.clone()).collect();
+        // The compacted product's workgroup counts after the last step (none when the plan has
+        // no such product).
+        let product = plan
             .dispatches
             .iter()
-            .find(|d| d.label == "sparse.compact_columns")
+            .find(|d| d.label == "sparse.ell_input_product_compacted")
             .map(|d| {
                 let (buf, at) = d.indirect.clone().expect("routed");
                 let raw = session.gpu.read_ranges(&[(&buf, at, 12)]).unwrap();
                 bytemuck::pod_collect_to_vec::<u8, u32>(&raw[0])
             });
-        (session.snapshot().unwrap(), copy)
+        (session.snapshot().unwrap(), product, labels)
     };
-    let (dense, none) = train_steps(0.0);
-    assert_eq!(none, None, "no input-sparse forward, no copy");
-    let (compacted, copy) = train_steps(1.0);
-    let copy = copy.expect("the input-sparse plan has the copy");
+    let (dense, none, _) = train_steps(0.0);
     assert_eq!(
-        copy,
-        [49, 1, 1],
-        "the copy ran (784 rows of P^T, 16 a workgroup)"
+        none, None,
+        "{model}: no input-sparse forward, no compacted product"
     );
+    let (compacted, product, labels) = train_steps(1.0);
+    let product = product.expect("the input-sparse plan has the compacted product");
+    assert!(product[0] > 0, "{model}: the compacted product ran last");
+    let count = |l: &str| labels.iter().filter(|x| x.as_str() == l).count();
+    let hidden = model != "lenet300";
+    if cpu {
+        assert_eq!(
+            count("masked.mask_count_rowwise4"),
+            1,
+            "{model}: {labels:?}"
+        );
+        // The forward's, and the late one before the product to the input of a hidden layer.
+        assert_eq!(
+            count("sparse.masked_columns"),
+            1 + hidden as usize,
+            "{labels:?}"
+        );
+        assert_eq!(count("sparse.compact_columns"), 0, "{labels:?}");
+    } else {
+        assert_eq!(count("sparse.masked_columns"), 0, "{labels:?}");
+        assert_eq!(count("sparse.compact_columns"), 1, "{labels:?}");
+    }
     for ((t, _, a), (_, _, b)) in dense.tensors.iter().zip(&compacted.tensors) {
         if cpu {
-            assert!(a.iter().zip(b).all(|(x, y)| x == y), "{t} differs");
+            assert!(
+                a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{model}: {t} differs"
+            );
         } else {
             assert!(
                 a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-4),
-                "{t} differs"
+                "{model}: {t} differs"
             );
         }
     }

@@ -95,6 +95,9 @@ pub struct PassExtras<'a> {
     /// `layer_keep` is an indirect buffer of `RECOMPUTE_WORDS` words: under the floor, the second
     /// `mask_forward` runs (indirect) only in steps where the floor acted.
     pub recompute: bool,
+    /// The pass's first `mask_forward` writes the counters only, not P (`mask_count_rowwise`; CPU
+    /// adapters): the layer writes P later itself (sparse.wgsl's `masked_columns`).
+    pub count_only: bool,
 }
 
 /// Words of a one-matrix `layer_keep` that holds the floor's recompute dispatch: the 4 counters,
@@ -114,6 +117,8 @@ pub struct Masked {
     pub mask_forward_k: Kernel,
     pub mask_forward_rowwise_k: Kernel,
     pub mask_forward_rowwise4_k: Kernel,
+    pub mask_count_rowwise_k: Kernel,
+    pub mask_count_rowwise4_k: Kernel,
     pub mask_reset_k: Kernel,
     pub mask_backward_k: Kernel,
     pub mask_backward_rows_k: Kernel,
@@ -179,6 +184,16 @@ impl Masked {
             )?,
             mask_forward_rowwise4_k: f.kernel(
                 "mask_forward_rowwise4",
+                &[(12, RW), (2, RW), (3, RW), (4, RW)],
+                false,
+            )?,
+            mask_count_rowwise_k: f.kernel(
+                "mask_count_rowwise",
+                &[(1, RW), (2, RW), (3, RW), (4, RW)],
+                false,
+            )?,
+            mask_count_rowwise4_k: f.kernel(
+                "mask_count_rowwise4",
                 &[(12, RW), (2, RW), (3, RW), (4, RW)],
                 false,
             )?,
@@ -251,10 +266,34 @@ impl Masked {
             masked_weight,
             row_keep,
             false,
+            false,
         )
     }
 
-    /// `mask_forward_with`, P stored transposed when `p_transposed`.
+    /// `mask_forward`'s counters without writing P (`row_keep` as `mask_forward` writes it; P is
+    /// bound, untouched): a rowwise pass, for CPU adapters.
+    pub fn mask_count(
+        &self,
+        gpu: &Gpu,
+        weight: &Tensor,
+        threshold: &Tensor,
+        masked_weight: &Tensor,
+        row_keep: &Tensor,
+    ) -> Result<Dispatch> {
+        self.mask_forward_layout(
+            true,
+            gpu,
+            weight,
+            threshold,
+            masked_weight,
+            row_keep,
+            false,
+            true,
+        )
+    }
+
+    /// `mask_forward_with`, P stored transposed when `p_transposed`; with `count_only` (rowwise
+    /// only) P is not written.
     #[allow(clippy::too_many_arguments)]
     fn mask_forward_layout(
         &self,
@@ -265,7 +304,12 @@ impl Masked {
         masked_weight: &Tensor,
         row_keep: &Tensor,
         p_transposed: bool,
+        count_only: bool,
     ) -> Result<Dispatch> {
+        assert!(
+            rowwise || !count_only,
+            "the count-only mask pass is rowwise"
+        );
         let mut p = rows_cols(weight, threshold);
         p.p_transposed = p_transposed as u32;
         assert!(
@@ -276,12 +320,22 @@ impl Masked {
         let buffers = [weight, threshold, masked_weight, row_keep];
         if rowwise {
             // Four weights per load where the rows are whole vec4s.
-            let k = if p.cols.is_multiple_of(4) && weight.offset.is_multiple_of(16) {
+            let four = p.cols.is_multiple_of(4) && weight.offset.is_multiple_of(16);
+            let grid = grid_1d(p.rows.div_ceil(64));
+            if count_only {
+                let k = if four {
+                    &self.mask_count_rowwise4_k
+                } else {
+                    &self.mask_count_rowwise_k
+                };
+                return k.bind(gpu, &p, &buffers, None, grid);
+            }
+            let k = if four {
                 &self.mask_forward_rowwise4_k
             } else {
                 &self.mask_forward_rowwise_k
             };
-            k.bind(gpu, &p, &buffers, None, grid_1d(p.rows.div_ceil(64)))
+            k.bind(gpu, &p, &buffers, None, grid)
         } else {
             self.mask_forward_k
                 .bind(gpu, &p, &buffers, None, grid_1d(p.rows))
@@ -335,7 +389,7 @@ impl Masked {
             groups == 1 || (extras.switch.is_none() && !p_transposed && extras.penalty.is_none()),
             "switch, transposed P and fused penalty need one matrix"
         );
-        let fwd = || {
+        let fwd = |count_only| {
             self.mask_forward_layout(
                 self.rowwise,
                 gpu,
@@ -344,6 +398,7 @@ impl Masked {
                 masked_weight,
                 row_keep,
                 p_transposed,
+                count_only,
             )
         };
         // The last reset of the pass writes the final count: it sets the switch and adds the
@@ -365,9 +420,10 @@ impl Masked {
             )
         };
         let floor = policy == ResetPolicy::Floor;
-        let mut ds = vec![fwd()?, reset(policy, !floor)?];
+        // (The floor's recompute writes P too: it runs only in steps where the floor acted.)
+        let mut ds = vec![fwd(extras.count_only)?, reset(policy, !floor)?];
         if floor {
-            let again = fwd()?;
+            let again = fwd(false)?;
             if extras.recompute {
                 assert!(
                     groups == 1 && layer_keep.len() >= RECOMPUTE_WORDS,

@@ -51,7 +51,8 @@ pub struct SparseParams {
     /// `input_lists`: the slots of `compact_columns` and of the compacted product.
     pub compact_slot: u32,
     pub compact_product_slot: u32,
-    pub _pad: u32,
+    /// `masked_columns`: the form a product to the input records.
+    pub late: u32,
 }
 
 /// How a batch of vectors lies in memory.
@@ -95,6 +96,7 @@ pub struct Sparse {
     pub ell_input_product_k: Kernel,
     pub ell_input_product_compacted_k: Kernel,
     pub compact_columns_k: Kernel,
+    pub masked_columns_k: Kernel,
 }
 
 /// The keep ratio at or below which masked linear layers switch to the sparse products, per
@@ -231,8 +233,8 @@ pub struct InputLists {
     pub val: Tensor,
     /// `ceil(batch / 8)`: the list lengths.
     pub cnt: Tensor,
-    /// `outputs + 1` words: the layer's rows, those that keep a weight first (`Compaction`),
-    /// then how many do.
+    /// `outputs + 2` words: the layer's rows, those that keep a weight first (`Compaction`),
+    /// then how many do, then 1 when the compacted product runs this step (else 0).
     pub order: Tensor,
     /// The layer's outputs.
     pub outputs: usize,
@@ -269,7 +271,7 @@ impl InputLists {
             idx: Tensor::zeros(gpu, &format!("{label}.idx"), &[blocks, width])?,
             val: Tensor::zeros(gpu, &format!("{label}.val"), &[blocks, width, Self::BLOCK])?,
             cnt: Tensor::zeros(gpu, &format!("{label}.cnt"), &[blocks])?,
-            order: Tensor::zeros(gpu, &format!("{label}.order"), &[outputs + 1])?,
+            order: Tensor::zeros(gpu, &format!("{label}.order"), &[outputs + 2])?,
             outputs,
         })
     }
@@ -423,6 +425,11 @@ impl Sparse {
                 false,
             )?,
             compact_columns_k: f.kernel("compact_columns", &[(9, R), (17, RW), (8, RW)], false)?,
+            masked_columns_k: f.kernel(
+                "masked_columns",
+                &[(9, R), (18, R), (17, RW), (8, RW), (19, RW)],
+                false,
+            )?,
         })
     }
 
@@ -540,6 +547,60 @@ impl Sparse {
             &[pt, &lists.order, pt_c],
             None,
             grid_1d(lists.width.div_ceil(16) as u32),
+        )
+    }
+
+    /// P = W * S(|W| - t) written once the forward's route is known, for a layer whose mask pass
+    /// only counted (`PassExtras::count_only`): `weight` (`n x width`, row-major), `threshold`
+    /// (n). In the forward form, after `input_lists` with a compaction: where the compacted
+    /// product runs this step, the columns of P^T it reads into `pt_c` (what `compact_columns`
+    /// would copy), else all of P^T into `pt`. With `late` (recorded before a product to the
+    /// input, which reads `pt`): `pt` where the forward wrote only the copy, else nothing. Direct
+    /// dispatches; the decision is read on the GPU from `order`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn masked_columns(
+        &self,
+        gpu: &Gpu,
+        order: &Tensor,
+        weight: &Tensor,
+        threshold: &Tensor,
+        pt: &Tensor,
+        pt_c: &Tensor,
+        late: bool,
+    ) -> Result<Dispatch> {
+        assert_eq!(weight.shape.len(), 2, "masked_columns: W is a matrix");
+        let (n, width) = (weight.shape[0], weight.shape[1]);
+        assert!(
+            threshold.len() == n && order.len() == n + 2,
+            "masked_columns: {} thresholds and {} order words for {n} rows",
+            threshold.len(),
+            order.len()
+        );
+        assert!(
+            pt.len() == n * width && pt_c.len() == pt.len(),
+            "masked_columns: {} and {} are not {width}x{n}",
+            pt.label,
+            pt_c.label
+        );
+        assert!(
+            Self::input_product_fits(n, pt) && Self::input_product_fits(n, pt_c),
+            "masked_columns: {n} outputs at bytes {} and {}",
+            pt.offset,
+            pt_c.offset
+        );
+        let params = SparseParams {
+            rows: n as u32,
+            cols: width as u32,
+            outputs: n as u32,
+            late: late as u32,
+            ..Default::default()
+        };
+        self.masked_columns_k.bind(
+            gpu,
+            &params,
+            &[weight, threshold, order, pt_c, pt],
+            None,
+            grid_1d(width.div_ceil(16) as u32),
         )
     }
 

@@ -312,12 +312,20 @@ impl Layer for Linear {
         match (&self.mask, self.switch(cx)?) {
             (Some(m), Some(sw)) => {
                 let lists = self.lists(gpu)?;
-                m.forward_switched(cx, self.weight, Some(&sw))?;
+                let input_sparse = cx.sparse_input > 0.0
+                    && crate::kernels::sparse::Sparse::input_product_fits(self.out_features, &w);
+                // With the input-sparse forward on a CPU adapter, the mask pass only counts and
+                // P^T is written once `input_lists` has chosen the route (`masked_columns`):
+                // only the compacted product's columns when it runs, else all of it.
+                let deferred = input_sparse && k.masked.rowwise;
+                if deferred {
+                    m.forward_counting(cx, self.weight, &sw)?;
+                } else {
+                    m.forward_switched(cx, self.weight, Some(&sw))?;
+                }
                 // The input-sparse forward decides first: when it runs, it turns the others off.
                 let sp = &k.sparse;
-                let input_product = if cx.sparse_input > 0.0
-                    && crate::kernels::sparse::Sparse::input_product_fits(self.out_features, &w)
-                {
+                let input_product = if input_sparse {
                     let il = InputLists::new(
                         gpu,
                         &cx.label(&format!("{}.input_lists", self.name)),
@@ -359,17 +367,31 @@ impl Layer for Linear {
                             &k.dummy,
                         )
                     };
-                    let copy = sp.compact_columns(gpu, &il, &w, &pt_c)?;
-                    Some([
-                        sw.route(gpu, INPUT_SLOT, Path::Input, product(&w, false)?),
-                        sw.route(gpu, COMPACT_SLOT, Path::Input, copy),
-                        sw.route(
-                            gpu,
-                            COMPACT_PRODUCT_SLOT,
-                            Path::Input,
-                            product(&pt_c, true)?,
-                        ),
-                    ])
+                    let copy = if deferred {
+                        let weight = cx.arena.param(self.weight);
+                        let t = cx.arena.param(m.threshold);
+                        cx.push(sp.masked_columns(gpu, &il.order, &weight, &t, &w, &pt_c, false)?);
+                        cx.save(&deferred_key(&w), il.order.clone());
+                        cx.save(&compacted_key(&w), pt_c.clone());
+                        None
+                    } else {
+                        let copy = sp.compact_columns(gpu, &il, &w, &pt_c)?;
+                        Some(sw.route(gpu, COMPACT_SLOT, Path::Input, copy))
+                    };
+                    Some(
+                        [
+                            Some(sw.route(gpu, INPUT_SLOT, Path::Input, product(&w, false)?)),
+                            copy,
+                            Some(sw.route(
+                                gpu,
+                                COMPACT_PRODUCT_SLOT,
+                                Path::Input,
+                                product(&pt_c, true)?,
+                            )),
+                        ]
+                        .into_iter()
+                        .flatten(),
+                    )
                 } else {
                     None
                 };
@@ -441,6 +463,17 @@ impl Layer for Linear {
             let w = self.effective_weight(cx);
             let transposed = self.mask.is_some();
             let switch = self.saved_switch(cx);
+            // A forward that wrote only the compacted copy of P^T left P^T to this product.
+            if let (Some(m), true) = (&self.mask, cx.has_saved(&deferred_key(&w))) {
+                let order = cx.saved(&deferred_key(&w));
+                let weight = cx.arena.param(self.weight);
+                let t = cx.arena.param(m.threshold);
+                let pt_c = cx.saved(&compacted_key(&w));
+                cx.push(
+                    k.sparse
+                        .masked_columns(gpu, &order, &weight, &t, &w, &pt_c, true)?,
+                );
+            }
             // Where the input is a linear layer's ReLU output and only the dense product writes
             // dx, that ReLU's backward goes into the product's store.
             let relu_out = (switch.is_none() && cx.has_saved(&relu_output_key(x)))
@@ -505,6 +538,17 @@ impl Layer for Linear {
             .flat_map(|m| m.views(std::slice::from_ref(&self.name)))
             .collect()
     }
+}
+
+/// The key under which a linear layer's forward that left P^T (`p`) to `masked_columns` keeps
+/// the input lists' `order` (which records whether it wrote all of P^T).
+fn deferred_key(p: &Tensor) -> String {
+    format!("{}#deferred", p.label)
+}
+
+/// The key under which that forward keeps the compacted copy's buffer (`masked_columns` binds it).
+fn compacted_key(p: &Tensor) -> String {
+    format!("{}#compacted", p.label)
 }
 
 /// The key under which a linear layer's forward keeps its ReLU output y.

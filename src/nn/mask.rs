@@ -110,6 +110,27 @@ impl Mask {
         weight: ParamId,
         switch: Option<&crate::kernels::sparse::Switch>,
     ) -> Result<()> {
+        self.forward_pass(cx, weight, switch, false)
+    }
+
+    /// `forward_switched` whose first pass only counts (`PassExtras::count_only`: CPU adapters):
+    /// the layer writes P itself once its route is known.
+    pub fn forward_counting(
+        &self,
+        cx: &mut PlanCx<'_>,
+        weight: ParamId,
+        switch: &crate::kernels::sparse::Switch,
+    ) -> Result<()> {
+        self.forward_pass(cx, weight, Some(switch), true)
+    }
+
+    fn forward_pass(
+        &self,
+        cx: &mut PlanCx<'_>,
+        weight: ParamId,
+        switch: Option<&crate::kernels::sparse::Switch>,
+        count_only: bool,
+    ) -> Result<()> {
         let w = self.matrix(&cx.arena.param(weight));
         let t = cx.arena.param(self.threshold);
         for d in cx.kernels.masked.mask_pass(
@@ -124,6 +145,7 @@ impl Mask {
             PassExtras {
                 switch,
                 recompute: self.groups == 1,
+                count_only,
                 p_transposed: self.transposed,
                 penalty: self.fused_penalty(cx).then_some(PenaltyInto {
                     stats: &cx.stats,

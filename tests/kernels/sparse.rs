@@ -849,14 +849,14 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                     ds.push(plain.clone()); // the plain product, always, for the comparison
                     run_once(&c.gpu, &ds, 0).unwrap();
                     let order = c.read_u32(&lists.order);
+                    let compact = active.len() as u32 <= max_active;
                     let want: Vec<u32> = active
                         .iter()
                         .chain(&empty)
                         .copied()
-                        .chain([active.len() as u32])
+                        .chain([active.len() as u32, compact as u32])
                         .collect();
                     assert_eq!(order, want, "{tag}: order");
-                    let compact = active.len() as u32 <= max_active;
                     let live = sw.live(&c.gpu).unwrap();
                     assert_eq!(
                         live[8] == [0; 3],
@@ -895,6 +895,128 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// A layer whose mask pass only counts writes P^T once the route is known: `mask_count` writes
+/// `mask_forward`'s counters (counts and row maxima) and leaves P alone; after `input_lists` with
+/// a compaction, `masked_columns` writes the compacted product's columns of P^T (when it runs)
+/// or all of P^T (else), each element w * S(|w| - t) with `mask_forward`'s bits; its late form
+/// writes all of P^T only where the forward wrote the copy. For row patterns with none, some and
+/// all rows pruned whole, thresholds that prune part of a row and keep all of it, and shapes with
+/// a width that is no multiple of 16 (the last workgroup's block short) or of 4.
+#[test]
+fn masked_columns_write_p_after_the_route() {
+    use dst::kernels::sparse::{Compaction, InputLists, Switch};
+    let c = ctx();
+    let mut rng = Rng::new(31);
+    for &(batch, width, n) in &[(64usize, 784usize, 300usize), (13, 30, 12), (8, 9, 4)] {
+        type Pattern = fn(usize) -> f32;
+        let patterns: [(&str, Pattern); 4] = [
+            ("part of every row", |_| 0.3),
+            ("every third row whole", |r| {
+                if r % 3 == 0 {
+                    0.0
+                } else {
+                    100.0
+                }
+            }),
+            ("no row", |_| 100.0),
+            ("the first 9 rows", |r| if r < 9 { 0.5 } else { 100.0 }),
+        ];
+        for (name, thr) in patterns {
+            let tag = format!("{n}x{width} {name}");
+            let w = rand_vec(&mut rng, n * width, -1.0, 1.0);
+            let t: Vec<f32> = (0..n).map(thr).collect();
+            // P^T and the counters as `mask_forward` computes them (f32, strict step).
+            let mut pt = vec![0.0f32; width * n];
+            let mut counts = vec![0u32; n];
+            let mut maxima = vec![0.0f32; n];
+            for r in 0..n {
+                for i in 0..width {
+                    let v = w[r * width + i];
+                    let m = if v.abs() - t[r] > 0.0 { 1.0f32 } else { 0.0 };
+                    pt[i * n + r] = v * m;
+                    counts[r] += m as u32;
+                    maxima[r] = maxima[r].max(v.abs());
+                }
+            }
+            let active: Vec<usize> = (0..n).filter(|&r| counts[r] > 0).collect();
+            let wt = c.tensor("w", &[n, width], &w);
+            let tt = c.tensor("t", &[n], &t);
+            let x: Vec<f32> = (0..batch * width)
+                .map(|_| if rng.range(0.0, 1.0) < 0.3 { 1.0 } else { 0.0 })
+                .collect();
+            let xt = c.tensor("x", &[batch, width], &x);
+            for max_active in [n as u32 / 2, n as u32] {
+                let compact = active.len() as u32 <= max_active;
+                let tag = format!("{tag} max {max_active}");
+                let p = c.poisoned("p", &[width, n]);
+                let pt_c = c.poisoned("pt_c", &[width, n]);
+                let row_keep = c.tensor_u32("row_keep", &[2 * n], &vec![7u32; 2 * n]);
+                let lists = InputLists::new(&c.gpu, "il", batch, width, n).unwrap();
+                let sw = Switch::new(&c.gpu, "sw", 11, 0).unwrap();
+                let compaction = Compaction {
+                    row_counts: &row_keep,
+                    max_active,
+                    slot: 9,
+                    product_slot: 10,
+                };
+                let sp = &c.k.sparse;
+                let ds = vec![
+                    c.k.masked
+                        .mask_count(&c.gpu, &wt, &tt, &p, &row_keep)
+                        .unwrap(),
+                    sp.input_lists(&c.gpu, &xt, &lists, &sw, u32::MAX, 4, 8, Some(&compaction))
+                        .unwrap(),
+                    sp.masked_columns(&c.gpu, &lists.order, &wt, &tt, &p, &pt_c, false)
+                        .unwrap(),
+                ];
+                run_once(&c.gpu, &ds, 0).unwrap();
+                let rk = c.read_u32(&row_keep);
+                assert_eq!(&rk[..n], &counts[..], "{tag}: counts");
+                let got_max: Vec<f32> = rk[n..].iter().map(|&b| f32::from_bits(b)).collect();
+                assert_eq!(got_max, maxima, "{tag}: row maxima");
+                let order = c.read_u32(&lists.order);
+                assert_eq!(order[n + 1], compact as u32, "{tag}: the route");
+                let (got_p, got_c) = (c.read(&p), c.read(&pt_c));
+                if compact {
+                    assert!(got_p.iter().all(|v| v.is_nan()), "{tag}: P^T written");
+                    let cols = (active.len().div_ceil(64) * 64).min(n);
+                    for i in 0..width {
+                        for k in 0..cols {
+                            assert_eq!(
+                                got_c[i * n + k].to_bits(),
+                                pt[i * n + order[k] as usize].to_bits(),
+                                "{tag}: compacted P^T ({i}, {k})"
+                            );
+                        }
+                        // Columns past the copied workgroups: untouched.
+                        assert!(got_c[i * n + cols..(i + 1) * n].iter().all(|v| v.is_nan()));
+                    }
+                } else {
+                    assert!(got_c.iter().all(|v| v.is_nan()), "{tag}: the copy written");
+                    let same = got_p
+                        .iter()
+                        .zip(&pt)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{tag}: P^T");
+                }
+                // The late form: P^T in full where the forward wrote the copy, else untouched.
+                let p2 = c.poisoned("p2", &[width, n]);
+                let late = sp
+                    .masked_columns(&c.gpu, &lists.order, &wt, &tt, &p2, &pt_c, true)
+                    .unwrap();
+                run_once(&c.gpu, &[late], 0).unwrap();
+                let got = c.read(&p2);
+                if compact {
+                    let same = got.iter().zip(&pt).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{tag}: late P^T");
+                } else {
+                    assert!(got.iter().all(|v| v.is_nan()), "{tag}: late form wrote P^T");
                 }
             }
         }
