@@ -260,12 +260,14 @@ impl Plan {
         // The same buffer in the model's per-sample shape (e.g. 1 x 28 x 28 for a conv net).
         let x = Tensor { shape, ..rows };
         let mut acts = vec![x];
-        for layer in &model.layers {
+        for (i, layer) in model.layers.iter().enumerate() {
             cx.layer = layer.name().to_string();
+            cx.first_layer = i == 0;
             let y = layer.forward(&mut cx, acts.last().unwrap())?;
             acts.push(y);
         }
         cx.layer.clear();
+        cx.first_layer = false;
         let logits = acts.last().unwrap().clone();
         let train = mode == Mode::Train;
         if train {

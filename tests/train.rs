@@ -279,11 +279,11 @@ fn sparse_products_train_like_dense_products() {
     let train = session.upload("train", &data.train).unwrap();
     let opt = TrainConfig::default().optimizer();
     // (--sparse-keep, --sparse-input, routed dispatches): four for P's lists and the dense
-    // product, more for the input-sparse product (plain and compacted, and on GPUs the
-    // compaction's copy of P^T's columns, which CPU adapters write unrouted from W:
-    // `masked_columns`).
+    // product, more for the input-sparse product: on GPUs the plain and the compacted product
+    // and the compaction's copy of P^T's columns; on CPU adapters only the compacted product,
+    // which always runs there (its columns written unrouted from W: `masked_columns`).
     let input = if session.gpu.class == dst::gpu::AdapterClass::Cpu {
-        6
+        5
     } else {
         7
     };
@@ -508,6 +508,9 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
             "{labels:?}"
         );
         assert_eq!(count("sparse.compact_columns"), 0, "{labels:?}");
+        // A first layer always takes the compacted product when input-sparse; a hidden one keeps
+        // the plain product for steps where most rows keep a weight.
+        assert_eq!(count("sparse.ell_input_product"), hidden as usize, "{labels:?}");
     } else {
         assert_eq!(count("sparse.masked_columns"), 0, "{labels:?}");
         assert_eq!(count("sparse.compact_columns"), 1, "{labels:?}");

@@ -41,7 +41,11 @@ const COMPACT_PRODUCT_SLOT: usize = 10;
 /// columns of P^T, where at most this fraction of the rows do (DST prunes whole rows: 199 of
 /// fc1's 300 at 8 % kept). On lavapipe the copy costs about what the plain product spends on a
 /// third of the rows (fc1: 0.28 against 0.8 ms, `dst bench --profile`), and both the copy and
-/// the compacted product go by workgroups of 64 rows.
+/// the compacted product go by workgroups of 64 rows. (Where the mask pass only counts, CPU
+/// adapters, `masked_columns` writes the compacted columns from W for what P^T would cost: in a
+/// first layer the compacted product then always runs instead of the plain one, the same values
+/// for any number of such rows. A hidden layer keeps this bound: after a compacted forward its
+/// product to the input needs P^T written too.)
 const COMPACT_MAX_ROWS: f64 = 0.4;
 
 /// Layers with fewer weights keep the dense products only (LeNet-300-100's fc2 and fc3, LeNet-5's
@@ -318,6 +322,10 @@ impl Layer for Linear {
                 // P^T is written once `input_lists` has chosen the route (`masked_columns`):
                 // only the compacted product's columns when it runs, else all of it.
                 let deferred = input_sparse && k.masked.rowwise;
+                // Written from W, the compacted columns cost no more than P^T: where no product
+                // to the input reads P^T after the forward (the plan's first layer, or no
+                // backward), the compacted product runs whenever the input-sparse one does.
+                let always_compact = deferred && (cx.first_layer || cx.mode != super::Mode::Train);
                 if deferred {
                     m.forward_counting(cx, self.weight, &sw)?;
                 } else {
@@ -337,7 +345,11 @@ impl Layer for Linear {
                     let counts = m.row_counts();
                     let compaction = Compaction {
                         row_counts: &counts,
-                        max_active: (COMPACT_MAX_ROWS * self.out_features as f64) as u32,
+                        max_active: if always_compact {
+                            self.out_features as u32
+                        } else {
+                            (COMPACT_MAX_ROWS * self.out_features as f64) as u32
+                        },
                         slot: COMPACT_SLOT,
                         product_slot: COMPACT_PRODUCT_SLOT,
                     };
@@ -367,6 +379,10 @@ impl Layer for Linear {
                             &k.dummy,
                         )
                     };
+                    let plain = (!always_compact)
+                        .then(|| product(&w, false))
+                        .transpose()?
+                        .map(|d| sw.route(gpu, INPUT_SLOT, Path::Input, d));
                     let copy = if deferred {
                         let weight = cx.arena.param(self.weight);
                         let t = cx.arena.param(m.threshold);
@@ -380,7 +396,7 @@ impl Layer for Linear {
                     };
                     Some(
                         [
-                            Some(sw.route(gpu, INPUT_SLOT, Path::Input, product(&w, false)?)),
+                            plain,
                             copy,
                             Some(sw.route(
                                 gpu,

@@ -60,6 +60,9 @@ pub struct PlanCx<'a> {
     pub fused_sgd: Option<(f32, f32)>,
     /// Parameters a layer's fused product updated (`claim_update`).
     pub self_updated: Vec<ParamId>,
+    /// Whether the layer being recorded reads the plan's input (no gradient to its input: a
+    /// training plan's backward asks every other layer for one).
+    pub first_layer: bool,
     prefix: String,
     /// Buffers a layer's forward keeps for its backward (gates, states), by key.
     saved: std::collections::HashMap<String, Tensor>,
@@ -95,6 +98,7 @@ impl<'a> PlanCx<'a> {
             layer: String::new(),
             fused_sgd: None,
             self_updated: Vec::new(),
+            first_layer: false,
             prefix: format!("{mode:?}").to_lowercase(),
             saved: Default::default(),
         }
