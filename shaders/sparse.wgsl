@@ -46,7 +46,7 @@ struct SparseParams {
     compact_max: u32,  // input_lists: compact when at most this many rows of P keep a weight
     compact_slot: u32, // input_lists: the slot of `compact_columns`
     compact_product_slot: u32, // input_lists: the slot of the compacted `ell_input_product`
-    late: u32,         // masked_columns: 1 in the form the product to the input records
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> sp: SparseParams;
@@ -625,7 +625,8 @@ fn ell_input_product_compacted(@builtin(global_invocation_id) gid: vec3<u32>,
 // A layer whose mask pass only counted (masked.wgsl's `mask_count_rowwise`) writes P^T here, after
 // `input_lists` has chosen the forward: when the compacted product runs, only the columns it reads
 // (`compact_columns`' copy, computed from W and t instead of copied from P^T), else all of P^T,
-// which the other routes read. The mask pass's writes of P^T go across its rows, one element per
+// which the other routes read (so after a compacted step P^T is stale: for a layer whose product
+// to the input does not read it, the plan's first). The mask pass's writes of P^T go across its rows, one element per
 // output (transposed); these go along them, a vec4 of outputs at a time. Each element is
 // w * S(|w| - t), as in the mask pass: the same bits.
 
@@ -655,9 +656,8 @@ fn masked_block(lane: u32, c0: u32, c1: u32, width: u32, compacted: bool) {
 
 // Reads p (W: sp.rows x sp.cols, row-major), thr (t, one per row of W) and `order` (`input_lists`
 // with a compaction); writes y4 (the compacted copy, as `compact_columns` writes it) when
-// order[rows + 1] is set, else pt_full (P^T: sp.cols x sp.rows). With `late` (the pass a product
-// to the input records, which reads P^T): P^T when order[rows + 1] is set, else nothing (the
-// forward wrote it). sp.outputs = sp.rows (rows % 4 == 0). A workgroup writes COMPACT_ROWS rows
+// order[rows + 1] is set, else pt_full (P^T: sp.cols x sp.rows). sp.outputs = sp.rows
+// (rows % 4 == 0). A workgroup writes COMPACT_ROWS rows
 // of P^T (inputs): lane q's four rows of W are read along their columns.
 @compute @workgroup_size(64, 1, 1)
 fn masked_columns(@builtin(local_invocation_id) lid: vec3<u32>,
@@ -667,11 +667,7 @@ fn masked_columns(@builtin(local_invocation_id) lid: vec3<u32>,
     let compact = order[sp.rows + 1u] != 0u;
     let c0 = g * COMPACT_ROWS;
     let c1 = min(c0 + COMPACT_ROWS, sp.cols);
-    if (sp.late != 0u) {
-        if (compact) {
-            masked_block(lid.x, c0, c1, sp.rows / 4u, false);
-        }
-    } else if (compact) {
+    if (compact) {
         masked_block(lid.x, c0, c1, compact_width(order[sp.rows]), true);
     } else {
         masked_block(lid.x, c0, c1, sp.rows / 4u, false);

@@ -51,8 +51,7 @@ pub struct SparseParams {
     /// `input_lists`: the slots of `compact_columns` and of the compacted product.
     pub compact_slot: u32,
     pub compact_product_slot: u32,
-    /// `masked_columns`: the form a product to the input records.
-    pub late: u32,
+    pub _pad: u32,
 }
 
 /// How a batch of vectors lies in memory.
@@ -552,12 +551,10 @@ impl Sparse {
 
     /// P = W * S(|W| - t) written once the forward's route is known, for a layer whose mask pass
     /// only counted (`PassExtras::count_only`): `weight` (`n x width`, row-major), `threshold`
-    /// (n). In the forward form, after `input_lists` with a compaction: where the compacted
-    /// product runs this step, the columns of P^T it reads into `pt_c` (what `compact_columns`
-    /// would copy), else all of P^T into `pt`. With `late` (recorded before a product to the
-    /// input, which reads `pt`): `pt` where the forward wrote only the copy, else nothing. Direct
-    /// dispatches; the decision is read on the GPU from `order`.
-    #[allow(clippy::too_many_arguments)]
+    /// (n), after `input_lists` with a compaction: where the compacted product runs this step,
+    /// the columns of P^T it reads into `pt_c` (what `compact_columns` would copy), else all of
+    /// P^T into `pt` (P^T is then stale after a compacted step: for a layer whose product to the
+    /// input does not read it). A direct dispatch; the decision is read on the GPU from `order`.
     pub fn masked_columns(
         &self,
         gpu: &Gpu,
@@ -566,7 +563,6 @@ impl Sparse {
         threshold: &Tensor,
         pt: &Tensor,
         pt_c: &Tensor,
-        late: bool,
     ) -> Result<Dispatch> {
         assert_eq!(weight.shape.len(), 2, "masked_columns: W is a matrix");
         let (n, width) = (weight.shape[0], weight.shape[1]);
@@ -592,7 +588,6 @@ impl Sparse {
             rows: n as u32,
             cols: width as u32,
             outputs: n as u32,
-            late: late as u32,
             ..Default::default()
         };
         self.masked_columns_k.bind(

@@ -41,11 +41,10 @@ const COMPACT_PRODUCT_SLOT: usize = 10;
 /// columns of P^T, where at most this fraction of the rows do (DST prunes whole rows: 199 of
 /// fc1's 300 at 8 % kept). On lavapipe the copy costs about what the plain product spends on a
 /// third of the rows (fc1: 0.28 against 0.8 ms, `dst bench --profile`), and both the copy and
-/// the compacted product go by workgroups of 64 rows. (Where the mask pass only counts, CPU
-/// adapters, `masked_columns` writes the compacted columns from W for what P^T would cost: in a
-/// first layer the compacted product then always runs instead of the plain one, the same values
-/// for any number of such rows. A hidden layer keeps this bound: after a compacted forward its
-/// product to the input needs P^T written too.)
+/// the compacted product go by workgroups of 64 rows. (On CPU adapters a first layer's mask
+/// pass only counts and `masked_columns` writes the compacted columns from W, for what P^T would
+/// cost: there the compacted product always runs instead of the plain one, the same values for
+/// any number of such rows.)
 const COMPACT_MAX_ROWS: f64 = 0.4;
 
 /// Layers with fewer weights keep the dense products only (LeNet-300-100's fc2 and fc3, LeNet-5's
@@ -321,11 +320,16 @@ impl Layer for Linear {
                 // With the input-sparse forward on a CPU adapter, the mask pass only counts and
                 // P^T is written once `input_lists` has chosen the route (`masked_columns`):
                 // only the compacted product's columns when it runs, else all of it.
-                let deferred = input_sparse && k.masked.rowwise;
-                // Written from W, the compacted columns cost no more than P^T: where no product
-                // to the input reads P^T after the forward (the plan's first layer, or no
-                // backward), the compacted product runs whenever the input-sparse one does.
-                let always_compact = deferred && (cx.first_layer || cx.mode != super::Mode::Train);
+                // In the plan's first layer (or a plan without backward), the product to the
+                // input never reads P^T: there the compacted product always runs when the
+                // input-sparse one does (its columns, written from W, cost what P^T would; the
+                // same values for any number of rows that keep a weight). A hidden layer keeps
+                // the full mask pass: after a compacted forward, its product to the input would
+                // need P^T written as well (measured on LeNet-5's fc3: a net loss).
+                let deferred = input_sparse
+                    && k.masked.rowwise
+                    && (cx.first_layer || cx.mode != super::Mode::Train);
+                let always_compact = deferred;
                 if deferred {
                     m.forward_counting(cx, self.weight, &sw)?;
                 } else {
@@ -386,9 +390,7 @@ impl Layer for Linear {
                     let copy = if deferred {
                         let weight = cx.arena.param(self.weight);
                         let t = cx.arena.param(m.threshold);
-                        cx.push(sp.masked_columns(gpu, &il.order, &weight, &t, &w, &pt_c, false)?);
-                        cx.save(&deferred_key(&w), il.order.clone());
-                        cx.save(&compacted_key(&w), pt_c.clone());
+                        cx.push(sp.masked_columns(gpu, &il.order, &weight, &t, &w, &pt_c)?);
                         None
                     } else {
                         let copy = sp.compact_columns(gpu, &il, &w, &pt_c)?;
@@ -479,17 +481,6 @@ impl Layer for Linear {
             let w = self.effective_weight(cx);
             let transposed = self.mask.is_some();
             let switch = self.saved_switch(cx);
-            // A forward that wrote only the compacted copy of P^T left P^T to this product.
-            if let (Some(m), true) = (&self.mask, cx.has_saved(&deferred_key(&w))) {
-                let order = cx.saved(&deferred_key(&w));
-                let weight = cx.arena.param(self.weight);
-                let t = cx.arena.param(m.threshold);
-                let pt_c = cx.saved(&compacted_key(&w));
-                cx.push(
-                    k.sparse
-                        .masked_columns(gpu, &order, &weight, &t, &w, &pt_c, true)?,
-                );
-            }
             // Where the input is a linear layer's ReLU output and only the dense product writes
             // dx, that ReLU's backward goes into the product's store.
             let relu_out = (switch.is_none() && cx.has_saved(&relu_output_key(x)))
@@ -554,17 +545,6 @@ impl Layer for Linear {
             .flat_map(|m| m.views(std::slice::from_ref(&self.name)))
             .collect()
     }
-}
-
-/// The key under which a linear layer's forward that left P^T (`p`) to `masked_columns` keeps
-/// the input lists' `order` (which records whether it wrote all of P^T).
-fn deferred_key(p: &Tensor) -> String {
-    format!("{}#deferred", p.label)
-}
-
-/// The key under which that forward keeps the compacted copy's buffer (`masked_columns` binds it).
-fn compacted_key(p: &Tensor) -> String {
-    format!("{}#compacted", p.label)
 }
 
 /// The key under which a linear layer's forward keeps its ReLU output y.
