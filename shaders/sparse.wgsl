@@ -68,7 +68,6 @@ struct SparseParams {
 @group(0) @binding(16) var<storage, read> row_cnt: array<u32>; // input_lists: P's per-row keep counts
 @group(0) @binding(17) var<storage, read_write> order: array<u32>; // the compaction's row order
 @group(0) @binding(18) var<storage, read> thr: array<f32>; // masked_columns: P's row thresholds
-@group(0) @binding(19) var<storage, read_write> pt_full: array<vec4<f32>>; // masked_columns: P^T
 
 const WG: u32 = 64u;
 const QUAD: u32 = 4u;
@@ -416,9 +415,6 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
     if (sp.compact != 0u) {
         n_active = compaction_order(lid.x);
         compact = on && n_active <= sp.compact_max;
-        if (lid.x == 0u) {
-            order[sp.outputs + 1u] = u32(compact); // for `masked_columns`
-        }
     }
     let slot = lid.x;
     let t = 3u * sp.n_switch + 4u * slot;
@@ -449,8 +445,7 @@ var<workgroup> red_total: array<u32, 64>;
 // A DST layer prunes whole rows (LeNet-300-100's fc1 at 8 % kept: 199 of its 300 rows keep
 // nothing), whose outputs are act(bias) whatever the input. Where at most `compact_max` rows
 // keep a weight, `input_lists` orders the rows (`order`: those that keep a weight first, then
-// the others, each ascending; order[outputs] = how many keep one, order[outputs + 1] = 1 when the
-// compacted product runs this step), `compact_columns` copies P^T's
+// the others, each ascending; order[outputs] = how many keep one), `compact_columns` copies P^T's
 // columns into that order, and `ell_input_product_compacted` loops only in the workgroups (64
 // ordered rows) that hold a row that keeps one: per row the same fma chain as over P^T, so the
 // same values; rows that keep nothing get act(0 + bias), as from a sum of zero products.
@@ -620,56 +615,36 @@ fn ell_input_product_compacted(@builtin(global_invocation_id) gid: vec3<u32>,
     input_product(gid, wid, true);
 }
 
-// ---- P^T written once the forward's route is known (CPU adapters) ----
+// ---- The compacted columns of P^T written from W (CPU adapters) ----
 //
-// A layer whose mask pass only counted (masked.wgsl's `mask_count_rowwise`) writes P^T here, after
-// `input_lists` has chosen the forward: when the compacted product runs, only the columns it reads
-// (`compact_columns`' copy, computed from W and t instead of copied from P^T), else all of P^T,
-// which the other routes read (so after a compacted step P^T is stale: for a layer whose product
-// to the input does not read it, the plan's first). The mask pass's writes of P^T go across its rows, one element per
-// output (transposed); these go along them, a vec4 of outputs at a time. Each element is
+// A layer whose mask pass only counted (masked.wgsl's `mask_count_rowwise`; the plan's first
+// layer, whose product to the input nobody computes, so nothing reads P^T) writes the columns
+// of P^T that the compacted product reads here, after `input_lists` has ordered the rows:
+// `compact_columns`' copy, computed from W and t instead of gathered from P^T. It reads each
+// lane's four rows of W along their columns, a vec4 of outputs at a time. Each element is
 // w * S(|w| - t), as in the mask pass: the same bits.
 
-// Row i of the block `masked_columns` writes (P^T's rows c0 .. c1), lanes over vec4s of outputs:
-// vec4 q of row i of the compacted copy (`compacted`: rows order[4q ..], into y4) or of P^T
-// (rows 4q .., into pt_full); `width` vec4s. `compacted` is a constant at each call.
-fn masked_block(lane: u32, c0: u32, c1: u32, width: u32, compacted: bool) {
-    let n4 = sp.rows / 4u;
-    for (var q = lane; q < width; q += WG) {
-        var o = vec4<u32>(4u * q, 4u * q + 1u, 4u * q + 2u, 4u * q + 3u);
-        if (compacted) {
-            o = vec4<u32>(order[o.x], order[o.y], order[o.z], order[o.w]);
-        }
-        let t = vec4<f32>(thr[o.x], thr[o.y], thr[o.z], thr[o.w]);
-        let r = o * sp.cols;
-        for (var c = c0; c < c1; c++) {
-            let w = vec4<f32>(p[r.x + c], p[r.y + c], p[r.z + c], p[r.w + c]);
-            let v = w * select(vec4<f32>(0.0), vec4<f32>(1.0), abs(w) - t > vec4<f32>(0.0));
-            if (compacted) {
-                y4[c * n4 + q] = v;
-            } else {
-                pt_full[c * n4 + q] = v;
-            }
-        }
-    }
-}
-
 // Reads p (W: sp.rows x sp.cols, row-major), thr (t, one per row of W) and `order` (`input_lists`
-// with a compaction); writes y4 (the compacted copy, as `compact_columns` writes it) when
-// order[rows + 1] is set, else pt_full (P^T: sp.cols x sp.rows). sp.outputs = sp.rows
-// (rows % 4 == 0). A workgroup writes COMPACT_ROWS rows
-// of P^T (inputs): lane q's four rows of W are read along their columns.
+// with a compaction); writes y4 as `compact_columns` does: row c's first compact_width vec4s hold
+// P^T[c][order[k]], k ascending. sp.outputs = sp.rows (rows % 4 == 0). A workgroup writes
+// COMPACT_ROWS rows of P^T (inputs), lane q the vec4s q, q + 64, ... of each.
 @compute @workgroup_size(64, 1, 1)
 fn masked_columns(@builtin(local_invocation_id) lid: vec3<u32>,
                   @builtin(workgroup_id) wid: vec3<u32>,
                   @builtin(num_workgroups) nwg: vec3<u32>) {
     let g = wid.x + wid.y * nwg.x;
-    let compact = order[sp.rows + 1u] != 0u;
     let c0 = g * COMPACT_ROWS;
     let c1 = min(c0 + COMPACT_ROWS, sp.cols);
-    if (compact) {
-        masked_block(lid.x, c0, c1, compact_width(order[sp.rows]), true);
-    } else {
-        masked_block(lid.x, c0, c1, sp.rows / 4u, false);
+    let n4 = sp.rows / 4u;
+    let width = compact_width(order[sp.rows]);
+    for (var q = lid.x; q < width; q += WG) {
+        let k = 4u * q;
+        let o = vec4<u32>(order[k], order[k + 1u], order[k + 2u], order[k + 3u]);
+        let t = vec4<f32>(thr[o.x], thr[o.y], thr[o.z], thr[o.w]);
+        let r = o * sp.cols;
+        for (var c = c0; c < c1; c++) {
+            let w = vec4<f32>(p[r.x + c], p[r.y + c], p[r.z + c], p[r.w + c]);
+            y4[c * n4 + q] = w * select(vec4<f32>(0.0), vec4<f32>(1.0), abs(w) - t > vec4<f32>(0.0));
+        }
     }
 }

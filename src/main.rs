@@ -311,7 +311,8 @@ struct TrainArgs {
     /// A linear layer of 65,536 weights or more skips its input's zeros: its weight gradient
     /// (where SGD is fused into it: CPU adapters) and, masked, its forward when at most this
     /// fraction of the (block of 8 samples, input) pairs hold a nonzero (MNIST: about 46 %),
-    /// ahead of the --sparse-keep products (0: never, 1: always; the same results as the dense
+    /// ahead of the --sparse-keep products; on CPU adapters a masked first layer takes it at any
+    /// density once this is above 0 (0: never, 1: always; the same results as the dense
     /// products) [default: 0.6 on CPU adapters, 0 (off) on GPUs].
     #[arg(long)]
     sparse_input: Option<f64>,

@@ -279,19 +279,16 @@ fn sparse_products_train_like_dense_products() {
     let train = session.upload("train", &data.train).unwrap();
     let opt = TrainConfig::default().optimizer();
     // (--sparse-keep, --sparse-input, routed dispatches): four for P's lists and the dense
-    // product, more for the input-sparse product: on GPUs the plain and the compacted product
-    // and the compaction's copy of P^T's columns; on CPU adapters only the compacted product,
-    // which always runs there (its columns written unrouted from W: `masked_columns`).
-    let input = if session.gpu.class == dst::gpu::AdapterClass::Cpu {
-        5
-    } else {
-        7
-    };
+    // product; on GPUs three more for the input-sparse product (the plain and the compacted
+    // product and the compaction's copy). On CPU adapters fc1, the plan's first layer, takes
+    // the compacted input-sparse product, unrouted, whenever --sparse-input is on: no dispatch
+    // of it goes through the switch.
+    let cpu = session.gpu.class == dst::gpu::AdapterClass::Cpu;
     for (keep, input, routed) in [
         (1.0, 0.0, 4),
         (0.0, 0.0, 0),
-        (0.0, 0.3, input),
-        (0.2, 0.3, input),
+        (0.0, 0.3, if cpu { 0 } else { 7 }),
+        (0.2, 0.3, if cpu { 0 } else { 7 }),
     ] {
         session.sparse_keep = keep;
         session.sparse_input = input;
@@ -307,18 +304,12 @@ fn sparse_products_train_like_dense_products() {
             n, routed,
             "sparse_keep {keep} sparse_input {input}: dispatches through a switch"
         );
-        assert_eq!(
-            plan.dispatches
-                .iter()
-                .any(|d| d.label.starts_with("sparse.ell_")),
-            routed > 0
-        );
-        assert_eq!(
-            plan.dispatches
-                .iter()
-                .any(|d| d.label.starts_with("sparse.input_lists")),
-            input > 0.0
-        );
+        let has = |prefix: &str| plan.dispatches.iter().any(|d| d.label.starts_with(prefix));
+        // The lists of P's nonzeros (`ell_build`) exactly where P's products are routed.
+        assert_eq!(has("sparse.ell_build"), routed > 0);
+        assert_eq!(has("sparse.input_lists"), input > 0.0);
+        assert_eq!(has("sparse.ell_input_product"), input > 0.0);
+        assert_eq!(has("sparse.masked_columns"), cpu && input > 0.0);
     }
 }
 
@@ -477,10 +468,13 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
             .dispatches
             .iter()
             .find(|d| d.label == "sparse.ell_input_product_compacted")
-            .map(|d| {
-                let (buf, at) = d.indirect.clone().expect("routed");
-                let raw = session.gpu.read_ranges(&[(&buf, at, 12)]).unwrap();
-                bytemuck::pod_collect_to_vec::<u8, u32>(&raw[0])
+            .map(|d| match d.indirect.clone() {
+                Some((buf, at)) => {
+                    let raw = session.gpu.read_ranges(&[(&buf, at, 12)]).unwrap();
+                    bytemuck::pod_collect_to_vec::<u8, u32>(&raw[0])
+                }
+                // Unrouted (the first layer on CPU adapters): it runs every step.
+                None => d.workgroups.to_vec(),
             });
         (session.snapshot().unwrap(), product, labels)
     };
@@ -496,7 +490,7 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
     let hidden = model != "lenet300";
     if cpu && !hidden {
         // The first layer's mask pass only counts, P^T's columns are written from W, and the
-        // compacted product always runs: no copy, no plain product.
+        // compacted product always runs, unrouted: no copy, no plain product, no other route.
         assert_eq!(
             count("masked.mask_count_rowwise4"),
             1,
@@ -505,6 +499,7 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
         assert_eq!(count("sparse.masked_columns"), 1, "{labels:?}");
         assert_eq!(count("sparse.compact_columns"), 0, "{labels:?}");
         assert_eq!(count("sparse.ell_input_product"), 0, "{labels:?}");
+        assert_eq!(count("sparse.ell_build"), 0, "{labels:?}");
     } else {
         // GPUs, and a hidden layer (whose product to the input reads P^T): the full mask pass
         // and the routed copy.

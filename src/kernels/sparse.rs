@@ -232,8 +232,8 @@ pub struct InputLists {
     pub val: Tensor,
     /// `ceil(batch / 8)`: the list lengths.
     pub cnt: Tensor,
-    /// `outputs + 2` words: the layer's rows, those that keep a weight first (`Compaction`),
-    /// then how many do, then 1 when the compacted product runs this step (else 0).
+    /// `outputs + 1` words: the layer's rows, those that keep a weight first (`Compaction`),
+    /// then how many do.
     pub order: Tensor,
     /// The layer's outputs.
     pub outputs: usize,
@@ -270,7 +270,7 @@ impl InputLists {
             idx: Tensor::zeros(gpu, &format!("{label}.idx"), &[blocks, width])?,
             val: Tensor::zeros(gpu, &format!("{label}.val"), &[blocks, width, Self::BLOCK])?,
             cnt: Tensor::zeros(gpu, &format!("{label}.cnt"), &[blocks])?,
-            order: Tensor::zeros(gpu, &format!("{label}.order"), &[outputs + 2])?,
+            order: Tensor::zeros(gpu, &format!("{label}.order"), &[outputs + 1])?,
             outputs,
         })
     }
@@ -426,7 +426,7 @@ impl Sparse {
             compact_columns_k: f.kernel("compact_columns", &[(9, R), (17, RW), (8, RW)], false)?,
             masked_columns_k: f.kernel(
                 "masked_columns",
-                &[(9, R), (18, R), (17, RW), (8, RW), (19, RW)],
+                &[(9, R), (18, R), (17, RW), (8, RW)],
                 false,
             )?,
         })
@@ -549,39 +549,30 @@ impl Sparse {
         )
     }
 
-    /// P = W * S(|W| - t) written once the forward's route is known, for a layer whose mask pass
-    /// only counted (`PassExtras::count_only`): `weight` (`n x width`, row-major), `threshold`
-    /// (n), after `input_lists` with a compaction: where the compacted product runs this step,
-    /// the columns of P^T it reads into `pt_c` (what `compact_columns` would copy), else all of
-    /// P^T into `pt` (P^T is then stale after a compacted step: for a layer whose product to the
-    /// input does not read it). A direct dispatch; the decision is read on the GPU from `order`.
+    /// The columns of P^T = (W * S(|W| - t))^T that the compacted product reads, in the lists'
+    /// `order` (`input_lists` with a compaction), into `pt_c`: what `compact_columns` copies from
+    /// P^T, written from `weight` (`n x width`, row-major) and `threshold` (n) for a layer whose
+    /// mask pass only counted (`PassExtras::count_only`) and wrote no P^T.
     pub fn masked_columns(
         &self,
         gpu: &Gpu,
-        order: &Tensor,
+        lists: &InputLists,
         weight: &Tensor,
         threshold: &Tensor,
-        pt: &Tensor,
         pt_c: &Tensor,
     ) -> Result<Dispatch> {
-        assert_eq!(weight.shape.len(), 2, "masked_columns: W is a matrix");
-        let (n, width) = (weight.shape[0], weight.shape[1]);
+        let (n, width) = (lists.outputs, lists.width);
         assert!(
-            threshold.len() == n && order.len() == n + 2,
-            "masked_columns: {} thresholds and {} order words for {n} rows",
+            weight.len() == n * width && threshold.len() == n && pt_c.len() == n * width,
+            "masked_columns: {} ({}), {} thresholds and {} are not {n}x{width}",
+            weight.label,
+            weight.len(),
             threshold.len(),
-            order.len()
-        );
-        assert!(
-            pt.len() == n * width && pt_c.len() == pt.len(),
-            "masked_columns: {} and {} are not {width}x{n}",
-            pt.label,
             pt_c.label
         );
         assert!(
-            Self::input_product_fits(n, pt) && Self::input_product_fits(n, pt_c),
-            "masked_columns: {n} outputs at bytes {} and {}",
-            pt.offset,
+            Self::input_product_fits(n, pt_c),
+            "masked_columns: {n} outputs at byte {}",
             pt_c.offset
         );
         let params = SparseParams {
@@ -593,7 +584,7 @@ impl Sparse {
         self.masked_columns_k.bind(
             gpu,
             &params,
-            &[weight, threshold, order, pt_c, pt],
+            &[weight, threshold, &lists.order, pt_c],
             None,
             grid_1d(width.div_ceil(16) as u32),
         )
