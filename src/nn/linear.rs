@@ -268,6 +268,51 @@ impl Linear {
         Ok(())
     }
 
+    /// Records `input_lists` for this layer's input-sparse forward (`x2`: batch x in; the
+    /// input-sparse product when the listed work is at most `input_max`, compacted when at most
+    /// `max_active` rows keep a weight: `Sparse::input_lists`), and returns the lists and the
+    /// buffer of P^T's compacted columns (in x out).
+    fn input_lists(
+        &self,
+        cx: &mut PlanCx<'_>,
+        m: &Mask,
+        sw: &Switch,
+        x2: &Tensor,
+        input_max: u32,
+        max_active: u32,
+    ) -> Result<(InputLists, Tensor)> {
+        let (batch, n) = (x2.shape[0], self.out_features);
+        let il = InputLists::new(
+            cx.gpu,
+            &cx.label(&format!("{}.input_lists", self.name)),
+            batch,
+            self.in_features,
+            n,
+        )?;
+        let counts = m.row_counts();
+        let compaction = Compaction {
+            row_counts: &counts,
+            max_active,
+            slot: COMPACT_SLOT,
+            product_slot: COMPACT_PRODUCT_SLOT,
+        };
+        cx.push(cx.kernels.sparse.input_lists(
+            cx.gpu,
+            x2,
+            &il,
+            sw,
+            input_max,
+            FORWARD_SLOTS,
+            INPUT_SLOT,
+            Some(&compaction),
+        )?);
+        let pt_c = cx.activation(
+            &format!("{}.pt_compacted", self.name),
+            &[self.in_features, n],
+        )?;
+        Ok((il, pt_c))
+    }
+
     /// The forward of a masked layer whose product to the input never reads P^T (the plan's
     /// first layer, or a plan without backward) on a CPU adapter, with the input-sparse forward
     /// on: the mask pass only counts (`mask_count_rowwise4`), `input_lists` orders the rows (those
@@ -287,36 +332,9 @@ impl Linear {
     ) -> Result<Tensor> {
         let (k, gpu) = (cx.kernels, cx.gpu);
         let sp = &k.sparse;
-        let (batch, n) = (x2.shape[0], self.out_features);
+        let n = self.out_features;
         m.forward_counting(cx, self.weight, sw)?;
-        let il = InputLists::new(
-            gpu,
-            &cx.label(&format!("{}.input_lists", self.name)),
-            batch,
-            self.in_features,
-            n,
-        )?;
-        let counts = m.row_counts();
-        let compaction = Compaction {
-            row_counts: &counts,
-            max_active: n as u32,
-            slot: COMPACT_SLOT,
-            product_slot: COMPACT_PRODUCT_SLOT,
-        };
-        cx.push(sp.input_lists(
-            gpu,
-            x2,
-            &il,
-            sw,
-            u32::MAX,
-            FORWARD_SLOTS,
-            INPUT_SLOT,
-            Some(&compaction),
-        )?);
-        let pt_c = cx.activation(
-            &format!("{}.pt_compacted", self.name),
-            &[self.in_features, n],
-        )?;
+        let (il, pt_c) = self.input_lists(cx, m, sw, x2, u32::MAX, n as u32)?;
         let weight = cx.arena.param(self.weight);
         let t = cx.arena.param(m.threshold);
         cx.push(sp.masked_columns(gpu, &il, &weight, &t, &pt_c)?);
@@ -386,35 +404,9 @@ impl Layer for Linear {
                 // The input-sparse forward decides first: when it runs, it turns the others off.
                 let sp = &k.sparse;
                 let input_product = if input_sparse {
-                    let il = InputLists::new(
-                        gpu,
-                        &cx.label(&format!("{}.input_lists", self.name)),
-                        batch,
-                        self.in_features,
-                        self.out_features,
-                    )?;
                     let max = (cx.sparse_input.min(1.0) * (batch * self.in_features) as f64) as u32;
-                    let counts = m.row_counts();
-                    let compaction = Compaction {
-                        row_counts: &counts,
-                        max_active: (COMPACT_MAX_ROWS * self.out_features as f64) as u32,
-                        slot: COMPACT_SLOT,
-                        product_slot: COMPACT_PRODUCT_SLOT,
-                    };
-                    cx.push(sp.input_lists(
-                        gpu,
-                        &x2,
-                        &il,
-                        &sw,
-                        max,
-                        FORWARD_SLOTS,
-                        INPUT_SLOT,
-                        Some(&compaction),
-                    )?);
-                    let pt_c = cx.activation(
-                        &format!("{}.pt_compacted", self.name),
-                        &[self.in_features, self.out_features],
-                    )?;
+                    let max_active = (COMPACT_MAX_ROWS * self.out_features as f64) as u32;
+                    let (il, pt_c) = self.input_lists(cx, m, &sw, &x2, max, max_active)?;
                     let product = |pt: &Tensor, compacted: bool| {
                         sp.ell_input_product(
                             gpu,
