@@ -408,9 +408,10 @@ fn mask_forward_rowwise4(@builtin(global_invocation_id) gid: vec3<u32>,
 }
 
 // `mask_forward_rowwise` without P: row_keep only (counts and maxima; P stays bound, as the
-// shared body names it). For a layer whose P is written after the forward's route is known (sparse.wgsl's `masked_columns`): the pass then
-// reads W once and writes a word per row where the full pass writes every element of P (on
-// lavapipe, fc1 of LeNet-300-100: about 0.19 against 0.48 ms, `dst bench --profile`).
+// shared body names it). For a layer whose P^T nothing reads (the plan's first layer on a CPU
+// adapter: sparse.wgsl's `masked_columns` writes the columns its forward reads): the pass reads
+// W once and writes two words per row where the full pass writes every element of P (on
+// lavapipe, fc1 of LeNet-300-100: about 0.13 against 0.44-0.54 ms, `dst bench --profile`).
 @compute @workgroup_size(64, 1, 1)
 fn mask_count_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
                       @builtin(num_workgroups) nwg: vec3<u32>) {

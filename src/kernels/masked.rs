@@ -96,7 +96,8 @@ pub struct PassExtras<'a> {
     /// `mask_forward` runs (indirect) only in steps where the floor acted.
     pub recompute: bool,
     /// The pass's first `mask_forward` writes the counters only, not P (`mask_count_rowwise`; CPU
-    /// adapters): the layer writes P later itself (sparse.wgsl's `masked_columns`).
+    /// adapters): for a layer that writes the part of P^T it reads itself (sparse.wgsl's
+    /// `masked_columns`).
     pub count_only: bool,
 }
 

@@ -17,7 +17,8 @@
 //! `input_lists` decides per step on the GPU, `ell_input_product` reads P^T; where at most
 //! 40 % of P's rows keep a weight, over those rows only: `compact_columns`,
 //! `ell_input_product_compacted`), and `dP = dY^T X` from the lists of the samples nonzero in
-//! each block of 8 inputs (`gemm_tn_sgd_listed`).
+//! each block of 8 inputs (`gemm_tn_sgd_listed`). On CPU adapters the plan's first layer takes
+//! the compacted product at every step and writes no P^T (`Linear::forward_counted`).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};

@@ -114,7 +114,7 @@ impl Mask {
     }
 
     /// `forward_switched` whose first pass only counts (`PassExtras::count_only`: CPU adapters):
-    /// the layer writes P itself once its route is known.
+    /// P is not written (`Linear::forward_counted` writes the columns of P^T it reads).
     pub fn forward_counting(
         &self,
         cx: &mut PlanCx<'_>,
