@@ -414,7 +414,8 @@ fn compacted_input_sparse_forward_trains_like_dense_products() {
 }
 
 /// The same for LeNet-5's fc3, whose product to the input (to pool2) reads P^T: a hidden layer
-/// keeps the full mask pass and the copy of P^T's columns.
+/// keeps the full mask pass and the copy of P^T's columns in training (its evaluation plan
+/// takes the first layer's path on CPU adapters).
 #[test]
 fn compacted_forward_of_a_hidden_layer_trains_like_dense_products() {
     assert_compacted_trains_alike("lenet5", "fc3", 4);
@@ -422,8 +423,8 @@ fn compacted_forward_of_a_hidden_layer_trains_like_dense_products() {
 
 /// `steps` steps of `model` from a state where two thirds of `layer`'s rows keep nothing, with
 /// the input-sparse forward forced against off: the same parameters and momenta (bit for bit
-/// on CPU adapters), the compacted product live at the end, and the plan's P^T writes as the
-/// adapter class has them.
+/// on CPU adapters), the compacted product live at the end, the plan's P^T writes as the
+/// adapter class has them, and the same test loss and accuracy from an evaluation plan.
 fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
     use dst::nn::Mode;
     let cfg = small(1024, 1);
@@ -476,14 +477,31 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
                 // Unrouted (the first layer on CPU adapters): it runs every step.
                 None => d.workgroups.to_vec(),
             });
-        (session.snapshot().unwrap(), product, labels)
+        // The trained state evaluated on the test images (an evaluation plan: on CPU adapters
+        // every input-sparse layer of it takes the compacted product, hidden ones too).
+        let test = session.upload("test", &data.test).unwrap();
+        let eval = session.eval_plan(&test, cfg.alpha as f32).unwrap();
+        let scores = session.evaluate(&eval, &test).unwrap();
+        (session.snapshot().unwrap(), product, labels, scores)
     };
-    let (dense, none, _) = train_steps(0.0);
+    let (dense, none, _, dense_scores) = train_steps(0.0);
     assert_eq!(
         none, None,
         "{model}: no input-sparse forward, no compacted product"
     );
-    let (compacted, product, labels) = train_steps(1.0);
+    let (compacted, product, labels, scores) = train_steps(1.0);
+    if cpu {
+        assert_eq!(
+            (scores.0.to_bits(), scores.1.to_bits()),
+            (dense_scores.0.to_bits(), dense_scores.1.to_bits()),
+            "{model}: test loss and accuracy {scores:?} against {dense_scores:?}"
+        );
+    } else {
+        assert!(
+            (scores.0 - dense_scores.0).abs() <= 1e-4,
+            "{model}: {scores:?}"
+        );
+    }
     let product = product.expect("the input-sparse plan has the compacted product");
     assert!(product[0] > 0, "{model}: the compacted product ran last");
     let count = |l: &str| labels.iter().filter(|x| x.as_str() == l).count();
