@@ -592,7 +592,9 @@ fn conv_sparse_products(
 /// densities (random inputs, the rest exact zeros): the dense GEMM against the input-sparse
 /// product (lists of the inputs nonzero in each block of 8 samples, then the product over them;
 /// random zeros leave most of a block's inputs listed): `--sparse-input`,
-/// `kernels::sparse::default_sparse_input`.
+/// `kernels::sparse::default_sparse_input`. The last row is a masked first layer's forward on
+/// CPU adapters, its counting pass over W included (`Linear::forward_counted`); the rows above
+/// include only a small mask pass that sets the switch.
 fn input_sparse_products(
     gpu: &Gpu,
     k: &Kernels,
@@ -678,7 +680,29 @@ fn input_sparse_products(
             sp.ell_input_product(gpu, &lists, &pt_c, Some(&b), &y, false, true, &k.dummy)?,
         ),
     ];
-    let mut table = vec![Vec::new(); 4];
+    // A first layer on a CPU adapter (`Linear::forward_counted`): W whose every third row keeps
+    // its weights (t = 0; the others t = 100), its counting pass, the lists ordering every row,
+    // the compacted columns written from W and the compacted product.
+    let w_third = Tensor::from_slice(gpu, "w_third", &[rows, cols], &rand(rows * cols))?;
+    let t: Vec<f32> = (0..rows)
+        .map(|r| if r % 3 == 0 { 0.0 } else { 100.0 })
+        .collect();
+    let t_third = Tensor::from_slice(gpu, "t_third", &[rows], &t)?;
+    let row_keep = Tensor::zeros(gpu, "row_keep", &[2 * rows])?;
+    let p_unwritten = Tensor::zeros(gpu, "p_unwritten", &[cols, rows])?;
+    let every_row = Compaction {
+        row_counts: &row_keep,
+        max_active: rows as u32,
+        slot: 9,
+        product_slot: 10,
+    };
+    let counting = k
+        .masked
+        .mask_count(gpu, &w_third, &t_third, &p_unwritten, &row_keep)?;
+    let columns = sp.masked_columns(gpu, &lists, &w_third, &t_third, &pt_c)?;
+    let compacted_product =
+        sp.ell_input_product(gpu, &lists, &pt_c, Some(&b), &y, false, true, &k.dummy)?;
+    let mut table = vec![Vec::new(); 5];
     for d in densities {
         let mut zero_rng = Rng::new(11);
         let x: Vec<f32> = rand(batch * cols)
@@ -701,6 +725,12 @@ fn input_sparse_products(
                 compacted[0].clone(),
                 compacted[1].clone(),
             ],
+            vec![
+                counting.clone(),
+                sp.input_lists(gpu, &x, &lists, &switch, u32::MAX, 4, 8, Some(&every_row))?,
+                columns.clone(),
+                compacted_product.clone(),
+            ],
         ];
         for s in &mut seqs {
             s.splice(0..0, mask_pass.iter().cloned());
@@ -717,6 +747,7 @@ fn input_sparse_products(
             "input-sparse (lists+product) + mask pass",
             "the same, 1/3 of P's rows keep weights",
             "the same, compacted (lists+copy+product)",
+            "first layer (count+lists+columns+product)",
         ],
         &table,
     );
