@@ -318,8 +318,8 @@ impl Linear {
     /// first layer, or a plan without backward) on a CPU adapter, with the input-sparse forward
     /// on: the mask pass only counts (`mask_count_rowwise4`), `input_lists` orders the rows (those
     /// that keep a weight first), `masked_columns` writes those rows' columns of P^T from W and
-    /// t, and the compacted product computes y from them: four direct dispatches after the mask
-    /// pass, none routed. The listed product runs at every input density: on lavapipe it beat
+    /// t, and the compacted product computes y from them: five direct dispatches with the mask
+    /// pass's reset, none routed. The listed product runs at every input density: on lavapipe it beat
     /// the dense GEMM even on a dense input (`dst bench`'s fc1 table: 3.1 against 4.6 ms at
     /// density 1), and the compacted one gives the same values for any number of rows that keep
     /// a weight. P^T itself is not written: nothing in such a plan reads it.
@@ -385,9 +385,11 @@ impl Layer for Linear {
         let w = self.effective_weight(cx);
         let b = cx.arena.param(self.bias);
         let masked = self.mask.is_some();
-        let dense = k
-            .gemm
-            .linear(gpu, &x2, &w, masked, Some(&b), &y, self.relu, &k.dummy)?;
+        // The dense product, built where a plan records it (not in `forward_counted`'s).
+        let dense = || {
+            k.gemm
+                .linear(gpu, &x2, &w, masked, Some(&b), &y, self.relu, &k.dummy)
+        };
         match (&self.mask, self.switch(cx)?) {
             (Some(m), Some(sw)) => {
                 let input_sparse = cx.sparse_input > 0.0
@@ -449,7 +451,7 @@ impl Layer for Linear {
                     y: &y,
                     relu: self.relu,
                 };
-                for d in sp.routed_listed_product(gpu, &sw, 0, &listed, dense, &k.dummy)? {
+                for d in sp.routed_listed_product(gpu, &sw, 0, &listed, dense()?, &k.dummy)? {
                     cx.push(d);
                 }
                 for d in input_product.into_iter().flatten() {
@@ -461,7 +463,7 @@ impl Layer for Linear {
                 if let Some(m) = m {
                     m.forward(cx, self.weight)?;
                 }
-                cx.push(dense);
+                cx.push(dense()?);
             }
         }
         Ok(y)
