@@ -72,6 +72,7 @@ fn sgd_ranges(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
 // Adam (bias-corrected, eps added after the square root). Reads grad; updates param, moment1 (m)
 // and moment2 (v):
 //   g = grad + wd * p;  m = m + (1 - b1) (g - m)  (torch's lerp_);  v = b2 v + (1 - b2) g^2;
+//   both moments flushed (`flush_subnormal`: g^2 of a gradient below 1e-19 is subnormal);
 //   p = p - step_size * m / (sqrt(v) / bc2_sqrt + eps),  step_size = lr / (1 - b1^t).
 @compute @workgroup_size(256, 1, 1)
 fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
@@ -85,8 +86,8 @@ fn adam(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
         g = g + op.weight_decay * p;
     }
     let m0 = moment1[i];
-    let m = m0 + op.one_minus_beta1 * (g - m0);
-    let v = op.beta2 * moment2[i] + op.one_minus_beta2 * g * g;
+    let m = flush_subnormal(m0 + op.one_minus_beta1 * (g - m0));
+    let v = flush_subnormal(op.beta2 * moment2[i] + op.one_minus_beta2 * g * g);
     moment1[i] = m;
     moment2[i] = v;
     let denom = sqrt(v) / si.adam_bc2_sqrt + op.eps;

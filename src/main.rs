@@ -233,8 +233,9 @@ struct SweepArgs {
 #[derive(clap::Args, Clone)]
 struct TrainArgs {
     /// Model to train: lenet300 (LeNet-300-100), lenet5 (LeNet-5-Caffe), lstm-a or lstm-b (two
-    /// LSTM layers of 128 / 256 over the image rows). Every flag below that is not given takes
-    /// the paper's setting for the model (`dst info` lists them).
+    /// LSTM layers of 128 / 256 over the image rows) on MNIST; vgg16, wrn-16-8 or wrn-16-1 on
+    /// CIFAR-10. Every flag below that is not given takes the paper's setting for the model
+    /// (`dst info` lists them).
     #[arg(long, default_value = "lenet300")]
     model: String,
     /// Train dense (no masks); DST is the default.

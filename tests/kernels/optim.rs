@@ -229,3 +229,164 @@ fn check_finite_flags_any_non_finite_value() {
         }
     }
 }
+
+/// Optimiser state below the smallest normal f32 is stored as 0 (METHOD.md section 9, item 9),
+/// in the SGD pass, in Adam's two moments and in the weight-gradient product fused with SGD
+/// (full and listed, masked and not): a velocity decaying into the subnormal range (a gradient
+/// of exactly 0, as a pruned neuron's weights get) and one already subnormal (an older
+/// checkpoint's) both become 0; normal values keep their bits, and no weight moves differently
+/// from the unflushed update. The f64 reference flushes alike.
+#[test]
+fn subnormal_optimiser_state_is_stored_as_zero() {
+    use dst::kernels::gemm::{Gemm, SgdTarget};
+    let c = ctx();
+    let tiny = f32::MIN_POSITIVE;
+    assert_eq!(reference::flush_subnormal(0.9 * tiny as f64), 0.0);
+    assert_eq!(reference::flush_subnormal(-(tiny as f64)), -(tiny as f64));
+    let flush = |x: f32| if x.abs() < tiny { 0.0 } else { x };
+    let (lr, momentum) = (0.01f32, 0.9f32);
+    c.set_step(StepInfo {
+        step: 2,
+        lr,
+        adam_step_size: 1e-3,
+        adam_bc2_sqrt: 0.5,
+        ..Default::default()
+    });
+    // (velocity before, what momentum * v gives): decays into the subnormal range, stays normal,
+    // starts subnormal, is 0, is large.
+    let v0 = [
+        1.0e-38f32, -1.1e-38, 2.0e-38, -2.5e-38, 1.0e-40, -3.0e-42, 0.0, 0.5, -0.25, 1.2e-38,
+    ];
+    let n = v0.len();
+    let want_v: Vec<f32> = v0.iter().map(|&v| flush(momentum * v)).collect();
+    assert!(want_v.iter().filter(|&&v| v == 0.0).count() >= 6);
+    assert!(want_v.iter().any(|&v| v != 0.0 && v.abs() < 1e-37));
+
+    // The SGD pass, gradient 0.
+    let p0: Vec<f32> = (0..n).map(|i| 0.1 + 0.05 * i as f32).collect();
+    let (pt, gt) = (c.tensor("p", &[n], &p0), c.tensor("g", &[n], &vec![0.0; n]));
+    let (m1, m2) = (c.tensor("m1", &[n], &v0), c.tensor("m2", &[n], &[0.0; 10]));
+    let d =
+        c.k.optim
+            .sgd(&c.gpu, &pt, &gt, &m1, &m2, momentum, 0.0, &c.step)
+            .unwrap();
+    run_once(&c.gpu, std::slice::from_ref(&d), 0).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&c.read(&m1)), bits(&want_v), "sgd velocities");
+    assert_unmoved("sgd params", &c.read(&pt), &p0, &want_v, lr);
+    let (mut p, mut v) = (to_f64(&p0), to_f64(&v0));
+    reference::sgd(&mut p, &[0.0; 10], &mut v, lr as f64, momentum as f64, 0.0);
+    let zeros_ref: Vec<bool> = v.iter().map(|&x| x == 0.0).collect();
+    let zeros_got: Vec<bool> = want_v.iter().map(|&x| x == 0.0).collect();
+    assert_eq!(
+        zeros_ref, zeros_got,
+        "the reference flushes the same velocities"
+    );
+
+    // Adam: even elements decay from v0 with g 0 (both moments); odd elements have a gradient
+    // of 1e-20 and a second moment of 0, whose (1 - b2) g^2 is 1e-43.
+    let g: Vec<f32> = (0..n)
+        .map(|i| if i % 2 == 0 { 0.0 } else { 1e-20 })
+        .collect();
+    let v2_0: Vec<f32> = (0..n)
+        .map(|i| if i % 2 == 0 { v0[i].abs() } else { 0.0 })
+        .collect();
+    let (pt, gt) = (c.tensor("p", &[n], &p0), c.tensor("g", &[n], &g));
+    let (m1, m2) = (c.tensor("m1", &[n], &v0), c.tensor("m2", &[n], &v2_0));
+    let d =
+        c.k.optim
+            .adam(&c.gpu, &pt, &gt, &m1, &m2, 0.9, 0.999, 1e-8, 0.0, &c.step)
+            .unwrap();
+    run_once(&c.gpu, std::slice::from_ref(&d), 0).unwrap();
+    let (m_got, v_got) = (c.read(&m1), c.read(&m2));
+    for i in 0..n {
+        for (what, x) in [("m", m_got[i]), ("v", v_got[i])] {
+            assert!(
+                x == 0.0 || x.abs() >= tiny,
+                "adam {what}[{i}] = {x:e} is subnormal"
+            );
+        }
+        if g[i] == 0.0 {
+            assert_eq!(v_got[i], flush(0.999 * v0[i].abs()), "adam v[{i}]");
+        } else {
+            assert_eq!(v_got[i], 0.0, "adam v[{i}] from a gradient of 1e-20");
+            assert!(m_got[i].abs() > 1e-22, "adam m[{i}] follows the gradient");
+        }
+    }
+    assert_eq!(m_got[0], 0.0, "adam m from 1e-38 with g 0");
+
+    // The fused weight-gradient product, gradient 0 (G = 0): every velocity decays.
+    let (m, rows, k) = (8usize, 8usize, 16usize);
+    let x: Vec<f32> = (0..m * k)
+        .map(|i| if i % 3 == 0 { 0.5 } else { 0.0 })
+        .collect();
+    let vel: Vec<f32> = (0..rows * k).map(|i| v0[i % n]).collect();
+    let w: Vec<f32> = (0..rows * k).map(|i| 0.3 + 0.004 * i as f32).collect();
+    let want_v: Vec<f32> = vel.iter().map(|&v| flush(momentum * v)).collect();
+    for masked in [false, true] {
+        for listed in [false, true] {
+            let tag = format!("fused masked {masked} listed {listed}");
+            let (gt, xt) = (
+                c.tensor("g", &[m, rows], &vec![0.0; m * rows]),
+                c.tensor("x", &[m, k], &x),
+            );
+            let (wt, vt) = (
+                c.tensor("w", &[rows, k], &w),
+                c.tensor("v", &[rows, k], &vel),
+            );
+            let tt = c.tensor("t", &[rows], &vec![0.1; rows]);
+            let parts = c.poisoned("parts", &[rows, Gemm::dt_blocks(k)]);
+            let db = c.poisoned("db", &[rows]);
+            let lists = c.poisoned("k lists", &[Gemm::k_list_words(k, m)]);
+            let target = SgdTarget {
+                weight: &wt,
+                velocity: &vt,
+                momentum,
+                weight_decay: 0.0,
+                mask: masked.then_some((&tt, &parts)),
+            };
+            let Some(ds) =
+                c.k.gemm
+                    .backward_weight_sgd(
+                        &c.gpu,
+                        &gt,
+                        &xt,
+                        &db,
+                        &target,
+                        listed.then_some(&lists),
+                        &c.step,
+                        &c.k.dummy,
+                    )
+                    .unwrap()
+            else {
+                return; // GPUs: no fused kernel (the unfused passes use the SGD pass above)
+            };
+            run_once(&c.gpu, &ds, 0).unwrap();
+            assert_eq!(bits(&c.read(&vt)), bits(&want_v), "{tag}: velocities");
+            assert_unmoved(&tag, &c.read(&wt), &w, &want_v, lr);
+        }
+    }
+}
+
+/// `got` (parameters after one step from `p0` with velocities `v`): exactly `p0` where the
+/// velocity was flushed (as the unflushed update leaves them: lr times a subnormal moves no
+/// parameter of this size), `p0 - lr * v` within rounding elsewhere.
+fn assert_unmoved(what: &str, got: &[f32], p0: &[f32], v: &[f32], lr: f32) {
+    for i in 0..p0.len() {
+        let unflushed = p0[i] - lr * (0.9 * f32::MIN_POSITIVE);
+        assert_eq!(
+            unflushed, p0[i],
+            "{what}: the unflushed update moves nothing either"
+        );
+        if v[i] == 0.0 {
+            assert_eq!(got[i].to_bits(), p0[i].to_bits(), "{what}[{i}]");
+        } else {
+            let want = p0[i] - lr * v[i];
+            assert!(
+                (got[i] - want).abs() <= 1e-7,
+                "{what}[{i}]: {} vs {want}",
+                got[i]
+            );
+        }
+    }
+}
