@@ -55,6 +55,10 @@ const COMPACT_MAX_ROWS: f64 = 0.4;
 /// product to the input to every step.
 pub const SPARSE_MIN_WEIGHTS: usize = 65_536;
 
+/// Masked layers with fewer outputs (and fewer than `SPARSE_MIN_WEIGHTS` weights) store P as W
+/// is stored, not transposed: the CPU adapters' vec4 products go by blocks of 64 outputs.
+const NARROW_OUTPUTS: usize = 64;
+
 pub struct Linear {
     name: String,
     pub in_features: usize,
@@ -102,6 +106,12 @@ impl Linear {
         out_features: usize,
         ids: (ParamId, ParamId, Option<ParamId>),
     ) -> Result<Linear> {
+        let numel = out_features * in_features;
+        // P transposed (`in x out`) for the fast forward over wide outputs; a narrow layer that
+        // the sparse products never take (a classifier's 10 outputs) keeps W's layout, whose
+        // forward is the dense layer's vec4 product (`gemm_nt_vec4`: 0.14 against 0.26 ms for
+        // the narrow transposed form, `gemm_small`, LeNet-300-100's fc3 on lavapipe).
+        let transposed = out_features >= NARROW_OUTPUTS || numel >= SPARSE_MIN_WEIGHTS;
         let mask = ids
             .2
             .map(|t| {
@@ -112,14 +122,13 @@ impl Linear {
                     &[out_features, in_features],
                     out_features,
                     1,
-                    true,
+                    transposed,
                 )
             })
             .transpose()?;
         // Allocated with the layer where this adapter's default uses them (so that `dst info`
         // counts them with the layer's buffers), else by the first plan that asks for them.
         let lists = std::sync::OnceLock::new();
-        let numel = out_features * in_features;
         if mask.is_some()
             && numel >= SPARSE_MIN_WEIGHTS
             && crate::kernels::sparse::default_sparse_keep(gpu.class) > 0.0
@@ -349,9 +358,14 @@ impl Linear {
         cx.saved_switch(&format!("{}.switch", self.name), SWITCH_SLOTS)
     }
 
-    /// The weight the matmuls use: P for masked layers (stored transposed, `in x out`: the forward
-    /// then reads it along its contiguous output index, the fast GEMM form on CPU adapters), W for
-    /// dense ones (`out x in`, the parameter itself).
+    /// Whether the weight the matmuls use is stored transposed (`in x out`).
+    fn p_transposed(&self) -> bool {
+        self.mask.as_ref().is_some_and(|m| m.transposed)
+    }
+
+    /// The weight the matmuls use: P for masked layers (stored transposed, `in x out`, except in
+    /// narrow layers: the forward then reads it along its contiguous output index, the fast GEMM
+    /// form on CPU adapters), W for dense ones (`out x in`, the parameter itself).
     fn effective_weight(&self, cx: &PlanCx<'_>) -> Tensor {
         match &self.mask {
             Some(m) => m.masked_weight.clone(),
@@ -384,11 +398,18 @@ impl Layer for Linear {
         }
         let w = self.effective_weight(cx);
         let b = cx.arena.param(self.bias);
-        let masked = self.mask.is_some();
         // The dense product, built where a plan records it (not in `forward_counted`'s).
         let dense = || {
-            k.gemm
-                .linear(gpu, &x2, &w, masked, Some(&b), &y, self.relu, &k.dummy)
+            k.gemm.linear(
+                gpu,
+                &x2,
+                &w,
+                self.p_transposed(),
+                Some(&b),
+                &y,
+                self.relu,
+                &k.dummy,
+            )
         };
         match (&self.mask, self.switch(cx)?) {
             (Some(m), Some(sw)) => {
@@ -502,7 +523,7 @@ impl Layer for Linear {
                 &[batch, self.in_features],
             )?;
             let w = self.effective_weight(cx);
-            let transposed = self.mask.is_some();
+            let transposed = self.p_transposed();
             let switch = self.saved_switch(cx);
             // Where the input is a linear layer's ReLU output and only the dense product writes
             // dx, that ReLU's backward goes into the product's store.
