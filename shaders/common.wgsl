@@ -45,8 +45,8 @@ fn mask_grads(g: f32, w: f32, t: f32) -> vec2<f32> {
 // gradient is exactly 0 step after step (a pruned neuron's row, an always-blank input pixel) has
 // a velocity that decays geometrically through the subnormal range, and CPUs compute with
 // subnormals through slow microcode (lavapipe does not flush them): a LeNet-300-100 DST step
-// from a trained checkpoint, a third of whose velocities were subnormal, spent a quarter of its
-// time there. Flushed, such a state reaches 0 and stays there. The parameters do not change: a
+// from a trained checkpoint, a third of whose velocities were subnormal, spent about a sixth of
+// its time there. Flushed, such a state reaches 0 and stays there. The parameters do not change: a
 // velocity that small moves no weight larger than about 1e-30 (METHOD.md section 9, item 9).
 fn flush_subnormal(x: f32) -> f32 {
     return select(x, 0.0, abs(x) < 1.17549435e-38);
