@@ -109,7 +109,7 @@ impl Linear {
         let numel = out_features * in_features;
         // P transposed (`in x out`) for the fast forward over wide outputs; a narrow layer that
         // the sparse products never take (a classifier's 10 outputs) keeps W's layout, whose
-        // forward is the dense layer's vec4 product (`gemm_nt_vec4`: 0.14 against 0.26 ms for
+        // forward is the dense layer's vec4 product (`gemm_nt_vec4`: 0.15 against 0.25 ms for
         // the narrow transposed form, `gemm_small`, LeNet-300-100's fc3 on lavapipe).
         let transposed = out_features >= NARROW_OUTPUTS || numel >= SPARSE_MIN_WEIGHTS;
         let mask = ids
