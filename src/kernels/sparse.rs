@@ -529,17 +529,7 @@ impl Sparse {
             pt_c.label,
             lists.width
         );
-        assert!(
-            Self::input_product_fits(n, pt_c),
-            "compact_columns: {n} outputs at byte {}",
-            pt_c.offset
-        );
-        let params = SparseParams {
-            rows: n as u32,
-            cols: lists.width as u32,
-            outputs: n as u32,
-            ..Default::default()
-        };
+        let params = Self::compacted_columns_params("compact_columns", lists, pt_c);
         self.compact_columns_k.bind(
             gpu,
             &params,
@@ -547,6 +537,23 @@ impl Sparse {
             None,
             grid_1d(lists.width.div_ceil(16) as u32),
         )
+    }
+
+    /// The parameters of `compact_columns` and `masked_columns`, which write `pt_c` (width x n,
+    /// n = the lists' outputs) for the compacted product (`what`: the caller, for the message).
+    fn compacted_columns_params(what: &str, lists: &InputLists, pt_c: &Tensor) -> SparseParams {
+        let n = lists.outputs;
+        assert!(
+            Self::input_product_fits(n, pt_c),
+            "{what}: {n} outputs at byte {}",
+            pt_c.offset
+        );
+        SparseParams {
+            rows: n as u32,
+            cols: lists.width as u32,
+            outputs: n as u32,
+            ..Default::default()
+        }
     }
 
     /// The columns of P^T = (W * S(|W| - t))^T that the compacted product reads, in the lists'
@@ -570,17 +577,7 @@ impl Sparse {
             threshold.len(),
             pt_c.label
         );
-        assert!(
-            Self::input_product_fits(n, pt_c),
-            "masked_columns: {n} outputs at byte {}",
-            pt_c.offset
-        );
-        let params = SparseParams {
-            rows: n as u32,
-            cols: width as u32,
-            outputs: n as u32,
-            ..Default::default()
-        };
+        let params = Self::compacted_columns_params("masked_columns", lists, pt_c);
         self.masked_columns_k.bind(
             gpu,
             &params,
