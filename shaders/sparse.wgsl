@@ -68,6 +68,7 @@ struct SparseParams {
 @group(0) @binding(16) var<storage, read> row_cnt: array<u32>; // input_lists: P's per-row keep counts
 @group(0) @binding(17) var<storage, read_write> order: array<u32>; // the compaction's row order
 @group(0) @binding(18) var<storage, read> thr: array<f32>; // masked_columns: P's row thresholds
+@group(0) @binding(19) var<storage, read_write> list_val4w: array<vec4<f32>>; // input_lists: list_val as vec4s
 
 const WG: u32 = 64u;
 const QUAD: u32 = 4u;
@@ -379,21 +380,24 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
         let nb = min(IB, sp.rows - b0);
         let at = r * sp.cols;
         var n = 0u;
-        // Each value is loaded once (rows past the batch read row b0 again and count as 0), and
-        // the test is a bitwise or: `||` would branch per sample.
-        for (var i = 0u; i < sp.cols; i++) {
-            var v: array<f32, 8>;
-            var any_nz = false;
-            for (var j = 0u; j < IB; j++) {
-                let here = j < nb;
-                v[j] = select(0.0, x[(b0 + select(0u, j, here)) * sp.cols + i], here);
-                any_nz = any_nz | (v[j] != 0.0);
-            }
-            if (any_nz) {
+        // Each value is loaded once (rows past the batch read row b0 again and count as 0), as
+        // two vec4 from offsets fixed before the loop, and stored as two vec4; the test is a
+        // bitwise or: `||` would branch per sample.
+        let c = sp.cols;
+        let j0 = vec4<u32>(0u, 1u, 2u, 3u);
+        let j1 = j0 + vec4<u32>(4u);
+        let in0 = j0 < vec4<u32>(nb);
+        let in1 = j1 < vec4<u32>(nb);
+        let o0 = (vec4<u32>(b0) + select(vec4<u32>(0u), j0, in0)) * c;
+        let o1 = (vec4<u32>(b0) + select(vec4<u32>(0u), j1, in1)) * c;
+        let zero = vec4<f32>(0.0);
+        for (var i = 0u; i < c; i++) {
+            let lo = select(zero, vec4<f32>(x[o0.x + i], x[o0.y + i], x[o0.z + i], x[o0.w + i]), in0);
+            let hi = select(zero, vec4<f32>(x[o1.x + i], x[o1.y + i], x[o1.z + i], x[o1.w + i]), in1);
+            if (any(lo != zero) | any(hi != zero)) {
                 list_idx[at + n] = i;
-                for (var j = 0u; j < IB; j++) {
-                    list_val[(at + n) * IB + j] = v[j];
-                }
+                list_val4w[2u * (at + n)] = lo;
+                list_val4w[2u * (at + n) + 1u] = hi;
                 n++;
             }
         }
