@@ -421,6 +421,14 @@ fn compacted_forward_of_a_hidden_layer_trains_like_dense_products() {
     assert_compacted_trains_alike("lenet5", "fc3", 4);
 }
 
+/// The same for LeNet-300-100's fc2, too small for the sparse products: on CPU adapters it takes
+/// the compacted forward from its input's nonzeros (fc1's ReLU output, whose pruned neurons are
+/// zero for every sample) after a full mask pass, whose P^T its product to the input reads.
+#[test]
+fn compacted_forward_of_a_small_hidden_layer_trains_like_dense_products() {
+    assert_compacted_trains_alike("lenet300", "fc2", 12);
+}
+
 /// `steps` steps of `model` from a state where two thirds of `layer`'s rows keep nothing, with
 /// the input-sparse forward forced against off: the same parameters and momenta (bit for bit
 /// on CPU adapters), the compacted product live at the end, the plan's P^T writes as the
@@ -516,12 +524,14 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
     if unrouted {
         // The first layer's mask pass only counts, P^T's columns are written from W, and the
         // compacted product always runs, unrouted: no copy, no plain product, no other route.
+        // So does fc2's, after a full mask pass (`small_input_sparse`).
         assert_eq!(
             count("masked.mask_count_rowwise4"),
             1,
             "{model}: {labels:?}"
         );
-        assert_eq!(count("sparse.masked_columns"), 1, "{labels:?}");
+        assert_eq!(count("sparse.masked_columns"), 2, "{labels:?}");
+        assert_eq!(count("sparse.ell_input_product_compacted"), 2, "{labels:?}");
         assert_eq!(count("sparse.compact_columns"), 0, "{labels:?}");
         assert_eq!(count("sparse.ell_input_product"), 0, "{labels:?}");
         assert_eq!(count("sparse.ell_build"), 0, "{labels:?}");

@@ -18,7 +18,9 @@
 //! 40 % of P's rows keep a weight, over those rows only: `compact_columns`,
 //! `ell_input_product_compacted`), and `dP = dY^T X` from the lists of the samples nonzero in
 //! each block of 8 inputs (`gemm_tn_sgd_listed`). On CPU adapters the plan's first layer takes
-//! the compacted product at every step and writes no P^T (`Linear::forward_counted`).
+//! the compacted product at every step and writes no P^T (`Linear::forward_counted`); so does a
+//! masked layer too small for the sparse products (LeNet-300-100's fc2), after a mask pass that
+//! writes P^T for its dense product to the input (`Linear::small_input_sparse`).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
@@ -332,6 +334,9 @@ impl Linear {
     /// the dense GEMM even on a dense input (`dst bench`'s fc1 table: 3.1 against 4.6 ms at
     /// density 1), and the compacted one gives the same values for any number of rows that keep
     /// a weight. P^T itself is not written: nothing in such a plan reads it.
+    ///
+    /// With `count_only` false (`small_input_sparse`: a layer whose product to the input reads
+    /// P^T), the mask pass writes P^T as well.
     fn forward_counted(
         &self,
         cx: &mut PlanCx<'_>,
@@ -339,11 +344,16 @@ impl Linear {
         sw: &Switch,
         x2: &Tensor,
         y: &Tensor,
+        count_only: bool,
     ) -> Result<Tensor> {
         let (k, gpu) = (cx.kernels, cx.gpu);
         let sp = &k.sparse;
         let n = self.out_features;
-        m.forward_counting(cx, self.weight, sw)?;
+        if count_only {
+            m.forward_counting(cx, self.weight, sw)?;
+        } else {
+            m.forward(cx, self.weight)?;
+        }
         let (il, pt_c) = self.input_lists(cx, m, sw, x2, u32::MAX, n as u32)?;
         let weight = cx.arena.param(self.weight);
         let t = cx.arena.param(m.threshold);
@@ -351,6 +361,24 @@ impl Linear {
         let b = cx.arena.param(self.bias);
         cx.push(sp.ell_input_product(gpu, &il, &pt_c, Some(&b), y, self.relu, true, &k.dummy)?);
         Ok(y.clone())
+    }
+
+    /// Whether this masked layer, too small for the sparse products (`SPARSE_MIN_WEIGHTS`), takes
+    /// its forward from the input's nonzeros on this CPU adapter (`PlanCx::sparse_input` > 0):
+    /// as `forward_counted` does, over the rows of P that keep a weight, but after a mask pass
+    /// that also writes P^T for the layer's product to the input (which stays the dense GEMM,
+    /// with the ReLU's backward before it fused). LeNet-300-100's fc2 from a trained checkpoint
+    /// (61 of 100 rows keep a weight; 89 of its 300 inputs are pruned neurons of fc1, zero for
+    /// every sample) on lavapipe: lists, columns and product 0.40 ms against 0.80 for
+    /// `gemm_nn_vec4`, which adds the same products in the same order (the same bits).
+    fn small_input_sparse(&self, cx: &PlanCx<'_>) -> bool {
+        let numel = self.out_features * self.in_features;
+        self.mask.is_some()
+            && numel < SPARSE_MIN_WEIGHTS
+            && self.p_transposed()
+            && cx.sparse_input > 0.0
+            && cx.kernels.masked.rowwise
+            && self.out_features.is_multiple_of(4)
     }
 
     /// The switch the forward of this plan recorded, if any.
@@ -421,7 +449,7 @@ impl Layer for Linear {
                     && k.masked.rowwise
                     && (cx.first_layer || cx.mode != super::Mode::Train)
                 {
-                    return self.forward_counted(cx, m, &sw, &x2, &y);
+                    return self.forward_counted(cx, m, &sw, &x2, &y, true);
                 }
                 let lists = self.lists(gpu)?;
                 m.forward_switched(cx, self.weight, Some(&sw))?;
@@ -479,6 +507,12 @@ impl Layer for Linear {
                     cx.push(d);
                 }
                 cx.save(&format!("{}.switch", self.name), sw.args);
+            }
+            (Some(m), None) if self.small_input_sparse(cx) => {
+                // `input_lists` writes its words of a switch; nothing routes through this one.
+                let label = cx.label(&format!("{}.switch", self.name));
+                let sw = Switch::new(gpu, &label, SWITCH_SLOTS, 0)?;
+                return self.forward_counted(cx, m, &sw, &x2, &y, false);
             }
             (m, ..) => {
                 if let Some(m) = m {
