@@ -652,3 +652,71 @@ fn masked_columns(@builtin(local_invocation_id) lid: vec3<u32>,
         }
     }
 }
+
+// ---- The product to the input over the rows of P that keep a weight (CPU adapters) ----
+//
+// A layer that took the compacted forward (`ell_input_product_compacted`, its columns of P^T
+// written by `masked_columns`) computes its product to the input from the same columns:
+//   dx[b][i] = gate(b, i) * sum over k < K of dy[b][order[k]] * Pc[i][k]
+// Pc: the compacted P^T (sp.cols x sp.rows, the first compact_width vec4s of each row valid),
+// K = 4 compact_width (the ordered rows of every workgroup of 64 that holds one that keeps a
+// weight: the others keep nothing, their products are zeros), gate(b, i) = 1 where the output of
+// the ReLU before the layer (bias, sp.batch x sp.cols) is positive, else 0. The sum runs over
+// the ordered rows four at a time as dot products of vec4s (`gemm_nt_vec4`'s form: the dense
+// product's values up to float reassociation, its zero products skipped).
+
+// Reads x (dy: sp.batch x sp.rows), w4 (Pc as vec4s), `order`, bias (the ReLU's output);
+// writes y (dx: sp.batch x sp.cols). Each invocation: 4 samples x 8 inputs; workgroup 8 x 8,
+// the x axis along the inputs (lavapipe's lanes: each lane's samples, and so its loads of dy and
+// `order`, are its group's).
+@compute @workgroup_size(8, 8, 1)
+fn ordered_input_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let b0 = gid.y * 4u;
+    let i0 = gid.x * 8u;
+    if (b0 >= sp.batch || i0 >= sp.cols) {
+        return;
+    }
+    let n4 = sp.rows / 4u;
+    let k4 = compact_width(order[sp.rows]);
+    var rows: array<u32, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        rows[r] = min(b0 + r, sp.batch - 1u) * sp.rows;
+    }
+    var cols: array<u32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        cols[j] = min(i0 + j, sp.cols - 1u) * n4;
+    }
+    var acc: array<array<f32, 8>, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        for (var j = 0u; j < 8u; j++) {
+            acc[r][j] = 0.0;
+        }
+    }
+    for (var kk = 0u; kk < k4; kk++) {
+        let o = vec4<u32>(order[4u * kk], order[4u * kk + 1u], order[4u * kk + 2u], order[4u * kk + 3u]);
+        var av: array<vec4<f32>, 4>;
+        for (var r = 0u; r < 4u; r++) {
+            let at = rows[r];
+            av[r] = vec4<f32>(x[at + o.x], x[at + o.y], x[at + o.z], x[at + o.w]);
+        }
+        var bv: array<vec4<f32>, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            bv[j] = w4[cols[j] + kk];
+        }
+        for (var r = 0u; r < 4u; r++) {
+            for (var j = 0u; j < 8u; j++) {
+                acc[r][j] += dot(av[r], bv[j]);
+            }
+        }
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let b = b0 + r;
+        for (var j = 0u; j < 8u; j++) {
+            let i = i0 + j;
+            if (b < sp.batch && i < sp.cols) {
+                let at = b * sp.cols + i;
+                y[at] = select(0.0, acc[r][j], bias[at] > 0.0);
+            }
+        }
+    }
+}

@@ -388,8 +388,10 @@ fn fused_sgd_trains_like_the_unfused_passes() {
 
 /// The input-sparse forward (fc1 computed from the lists of each image's nonzero pixels, about a
 /// fifth of MNIST's) trains like the dense products: forced on every step (`sparse_input` 1)
-/// against off, 40 steps give the same losses and tensors (bit for bit on CPU adapters, where
-/// both add the same products in the same order), and the run is deterministic.
+/// against off, 40 steps give the same losses and tensors up to float reassociation (on CPU
+/// adapters the forwards add the same products in the same order, and fc2's product to the
+/// input adds those of the rows that keep a weight, in vec4s of the compaction's order), and the
+/// run is deterministic.
 #[test]
 fn input_sparse_forward_trains_like_dense_products() {
     let cfg = |input: f64| TrainConfig {
@@ -398,7 +400,7 @@ fn input_sparse_forward_trains_like_dense_products() {
         sparse_input: Some(input),
         ..small(2560, 1)
     };
-    assert_trains_alike(&cfg(0.0), &cfg(1.0), "input", true);
+    assert_trains_alike(&cfg(0.0), &cfg(1.0), "input", false);
 }
 
 /// The input-sparse forward over the rows of P that keep a weight (DST prunes whole rows): from
@@ -423,7 +425,8 @@ fn compacted_forward_of_a_hidden_layer_trains_like_dense_products() {
 
 /// The same for LeNet-300-100's fc2, too small for the sparse products: on CPU adapters it takes
 /// the compacted forward from its input's nonzeros (fc1's ReLU output, whose pruned neurons are
-/// zero for every sample) after a full mask pass, whose P^T its product to the input reads.
+/// zero for every sample) after a full mask pass, and its product to the input from the same
+/// compacted columns (`ordered_input_grad`).
 #[test]
 fn compacted_forward_of_a_small_hidden_layer_trains_like_dense_products() {
     assert_compacted_trains_alike("lenet300", "fc2", 12);
@@ -431,8 +434,10 @@ fn compacted_forward_of_a_small_hidden_layer_trains_like_dense_products() {
 
 /// `steps` steps of `model` from a state where two thirds of `layer`'s rows keep nothing, with
 /// the input-sparse forward forced against off: the same parameters and momenta (bit for bit
-/// on CPU adapters), the compacted product live at the end, the plan's P^T writes as the
-/// adapter class has them, and the same test loss and accuracy from an evaluation plan.
+/// on CPU adapters, except LeNet-300-100's there, whose fc2's product to the input sums only
+/// the rows that keep a weight: within 1e-4), the compacted product live at the end, the
+/// plan's P^T writes as the adapter class has them, and the same test loss and accuracy from
+/// an evaluation plan (bit for bit where the parameters are).
 fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
     use dst::nn::Mode;
     let cfg = small(1024, 1);
@@ -496,7 +501,8 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
         "{model}: no input-sparse forward, no compacted product"
     );
     let (compacted, product, labels, scores) = train_steps(1.0);
-    if cpu {
+    let exact = cpu && model != "lenet300";
+    if exact {
         assert_eq!(
             (scores.0.to_bits(), scores.1.to_bits()),
             (dense_scores.0.to_bits(), dense_scores.1.to_bits()),
@@ -532,6 +538,7 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
         );
         assert_eq!(count("sparse.masked_columns"), 2, "{labels:?}");
         assert_eq!(count("sparse.ell_input_product_compacted"), 2, "{labels:?}");
+        assert_eq!(count("sparse.ordered_input_grad"), 1, "{labels:?}");
         assert_eq!(count("sparse.compact_columns"), 0, "{labels:?}");
         assert_eq!(count("sparse.ell_input_product"), 0, "{labels:?}");
         assert_eq!(count("sparse.ell_build"), 0, "{labels:?}");
@@ -543,7 +550,7 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
         assert_eq!(count("sparse.compact_columns"), 1, "{labels:?}");
     }
     for ((t, _, a), (_, _, b)) in dense.tensors.iter().zip(&compacted.tensors) {
-        if cpu {
+        if exact {
             assert!(
                 a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
                 "{model}: {t} differs"

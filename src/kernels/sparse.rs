@@ -96,6 +96,7 @@ pub struct Sparse {
     pub ell_input_product_compacted_k: Kernel,
     pub compact_columns_k: Kernel,
     pub masked_columns_k: Kernel,
+    pub ordered_input_grad_k: Kernel,
 }
 
 /// The keep ratio at or below which masked linear layers switch to the sparse products, per
@@ -429,6 +430,11 @@ impl Sparse {
                 &[(9, R), (18, R), (17, RW), (8, RW)],
                 false,
             )?,
+            ordered_input_grad_k: f.kernel(
+                "ordered_input_grad",
+                &[(4, R), (14, R), (17, RW), (5, R), (6, RW)],
+                false,
+            )?,
         })
     }
 
@@ -657,6 +663,56 @@ impl Sparse {
                 batch.div_ceil(InputLists::BLOCK) as u32,
                 1,
             ],
+        )
+    }
+
+    /// A masked linear layer's product to the input, gated by the ReLU before it, from the
+    /// compacted columns of P^T its compacted forward read (`pt_c`: width x n, written by
+    /// `masked_columns` or `compact_columns` in the order of the forward's lists, `order`), dy
+    /// (batch x n) and dx (batch x width):
+    /// `dx[b][i] = sum over the ordered rows r of every workgroup of 64 that holds one that keeps
+    /// a weight of dy[b][r] P[r][i]` where `relu_out[b][i] > 0`, else 0. The dense gated product's
+    /// values (`Gemm::backward_input_gated`) up to float reassociation: the rows that keep
+    /// nothing, whose products are zeros, are skipped.
+    pub fn ordered_input_grad(
+        &self,
+        gpu: &Gpu,
+        order: &Tensor,
+        dy: &Tensor,
+        pt_c: &Tensor,
+        relu_out: &Tensor,
+        dx: &Tensor,
+    ) -> Result<Dispatch> {
+        let (batch, n) = (dy.shape[0], dy.len() / dy.shape[0].max(1));
+        let width = dx.len() / batch.max(1);
+        assert!(
+            dy.len() == batch * n
+                && order.len() > n
+                && pt_c.len() == width * n
+                && relu_out.len() == batch * width
+                && dx.len() == batch * width
+                && Self::input_product_fits(n, pt_c),
+            "ordered_input_grad: {} {:?}, {} ({}), {} and {} are not for {batch} samples, {n} outputs, {width} inputs",
+            dy.label,
+            dy.shape,
+            pt_c.label,
+            pt_c.len(),
+            relu_out.label,
+            dx.label
+        );
+        let params = SparseParams {
+            rows: n as u32,
+            cols: width as u32,
+            batch: batch as u32,
+            outputs: n as u32,
+            ..Default::default()
+        };
+        self.ordered_input_grad_k.bind(
+            gpu,
+            &params,
+            &[dy, pt_c, order, relu_out, dx],
+            None,
+            [(width as u32).div_ceil(64), (batch as u32).div_ceil(32), 1],
         )
     }
 

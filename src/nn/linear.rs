@@ -355,6 +355,11 @@ impl Linear {
             m.forward(cx, self.weight)?;
         }
         let (il, pt_c) = self.input_lists(cx, m, sw, x2, u32::MAX, n as u32)?;
+        if !count_only {
+            // For the product to the input (`ordered_input_grad`).
+            cx.save(&self.compaction_key("order"), il.order.clone());
+            cx.save(&self.compaction_key("columns"), pt_c.clone());
+        }
         let weight = cx.arena.param(self.weight);
         let t = cx.arena.param(m.threshold);
         cx.push(sp.masked_columns(gpu, &il, &weight, &t, &pt_c)?);
@@ -365,12 +370,15 @@ impl Linear {
 
     /// Whether this masked layer, too small for the sparse products (`SPARSE_MIN_WEIGHTS`), takes
     /// its forward from the input's nonzeros on this CPU adapter (`PlanCx::sparse_input` > 0):
-    /// as `forward_counted` does, over the rows of P that keep a weight, but after a mask pass
-    /// that also writes P^T for the layer's product to the input (which stays the dense GEMM,
-    /// with the ReLU's backward before it fused). LeNet-300-100's fc2 from a trained checkpoint
-    /// (61 of 100 rows keep a weight; 89 of its 300 inputs are pruned neurons of fc1, zero for
-    /// every sample) on lavapipe: lists, columns and product 0.40 ms against 0.80 for
-    /// `gemm_nn_vec4`, which adds the same products in the same order (the same bits).
+    /// as `forward_counted` does, over the rows of P that keep a weight, after a mask pass that
+    /// also writes P^T. Its product to the input then reads the same compacted columns
+    /// (`ordered_input_grad`, with the ReLU's backward before the layer fused) where its input
+    /// is a ReLU's output, else P^T (the dense GEMM). LeNet-300-100's fc2 from a trained
+    /// checkpoint (61 of 100 rows keep a weight; 89 of its 300 inputs are pruned neurons of fc1,
+    /// zero for every sample) on lavapipe: forward 0.40 ms with its lists and columns against
+    /// 0.80 for `gemm_nn_vec4`, which adds the same products in the same order (the same bits);
+    /// product to the input 0.51 against 0.79 for `gemm_nt_vec4` (the same values up to float
+    /// reassociation: its sums skip the rows that keep nothing).
     fn small_input_sparse(&self, cx: &PlanCx<'_>) -> bool {
         let numel = self.out_features * self.in_features;
         self.mask.is_some()
@@ -379,6 +387,12 @@ impl Linear {
             && cx.sparse_input > 0.0
             && cx.kernels.masked.rowwise
             && self.out_features.is_multiple_of(4)
+    }
+
+    /// The key under which `forward_counted` keeps the compaction's `order` or P^T's compacted
+    /// `columns` for this layer's product to the input.
+    fn compaction_key(&self, what: &str) -> String {
+        format!("{}#compacted_{what}", self.name)
     }
 
     /// The switch the forward of this plan recorded, if any.
@@ -563,6 +577,23 @@ impl Layer for Linear {
             // dx, that ReLU's backward goes into the product's store.
             let relu_out = (switch.is_none() && cx.has_saved(&relu_output_key(x)))
                 .then(|| cx.saved(&relu_output_key(x)));
+            let ordered = (&relu_out, cx.has_saved(&self.compaction_key("order")));
+            if let (Some(r), true) = ordered {
+                // A small layer's compacted forward (`small_input_sparse`): dx from its columns,
+                // over the rows that keep a weight.
+                let order = cx.saved(&self.compaction_key("order"));
+                let pt_c = cx.saved(&self.compaction_key("columns"));
+                cx.push(
+                    k.sparse
+                        .ordered_input_grad(gpu, &order, dy, &pt_c, r, &dx)?,
+                );
+                cx.save(&relu_gate_key(x), dx.clone());
+                self.backward_weight(cx, dy, &x2)?;
+                return Ok(Some(Tensor {
+                    shape: x.shape.clone(),
+                    ..dx
+                }));
+            }
             let dense = match (&relu_out, transposed) {
                 (Some(r), _) => k
                     .gemm

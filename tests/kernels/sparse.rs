@@ -1007,3 +1007,103 @@ fn masked_columns_write_the_compacted_columns_from_w() {
         }
     }
 }
+
+/// The product to the input over the rows of P that keep a weight: after `input_lists` with a
+/// compaction and `compact_columns`, `ordered_input_grad` gives `dx = dy P` gated by the ReLU
+/// output before the layer (0 where it is 0), against the f64 reference and the dense gated
+/// GEMM over P^T, up to float reassociation, with dy nonzero in the rows that keep nothing too
+/// (their products are zeros all the same). Row patterns with all, some, one and no rows
+/// keeping weights (then dx is 0); batches that are no multiple of 4 and widths no multiple of
+/// 8 (the last invocations clamped), and LeNet-300-100's fc2 (100 rows, 61 keeping weights:
+/// the ordered rows of one workgroup of 64).
+#[test]
+fn ordered_input_grad_equals_the_dense_gated_product() {
+    use dst::kernels::sparse::{Compaction, InputLists, Switch};
+    let c = ctx();
+    let mut rng = Rng::new(37);
+    for &(batch, width, n) in &[(64usize, 300usize, 100usize), (13, 30, 12), (5, 9, 8)] {
+        type Pattern = fn(usize, usize) -> bool;
+        let patterns: [(&str, Pattern); 5] = [
+            ("every row", |_, _| true),
+            ("61 of them", |r, n| n != 100 || (r * 7) % 100 < 61),
+            ("every third row", |r, _| r % 3 == 0),
+            ("the last row", |r, n| r + 1 == n),
+            ("no row", |_, _| false),
+        ];
+        for (name, keeps) in patterns {
+            let tag = format!("{batch}x{width}x{n} {name}");
+            let pt: Vec<f32> = (0..width * n)
+                .map(|i| {
+                    let v = rng.range(-1.0, 1.0) as f32;
+                    if keeps(i % n, n) && rng.range(0.0, 1.0) < 0.5 {
+                        v
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let counts: Vec<u32> = (0..n)
+                .map(|r| (0..width).filter(|&i| pt[i * n + r] != 0.0).count() as u32)
+                .collect();
+            let dy = rand_vec(&mut rng, batch * n, -1.0, 1.0);
+            // The ReLU's output before the layer: about half of it 0.
+            let relu_out: Vec<f32> = (0..batch * width)
+                .map(|_| (rng.range(-1.0, 1.0) as f32).max(0.0))
+                .collect();
+            let x = rand_vec(&mut rng, batch * width, -1.0, 1.0);
+            let (xt, ptt, dyt, rt) = (
+                c.tensor("x", &[batch, width], &x),
+                c.tensor("pt", &[width, n], &pt),
+                c.tensor("dy", &[batch, n], &dy),
+                c.tensor("relu_out", &[batch, width], &relu_out),
+            );
+            let ct = c.tensor_u32("counts", &[n], &counts);
+            let pt_c = c.poisoned("pt_c", &[width, n]);
+            let (dx, dx_dense) = (
+                c.poisoned("dx", &[batch, width]),
+                c.poisoned("dxd", &[batch, width]),
+            );
+            let lists = InputLists::new(&c.gpu, "il", batch, width, n).unwrap();
+            let sw = Switch::new(&c.gpu, "sw", 11, 0).unwrap();
+            let compaction = Compaction {
+                row_counts: &ct,
+                max_active: n as u32,
+                slot: 9,
+                product_slot: 10,
+            };
+            let sp = &c.k.sparse;
+            let ds = [
+                sp.input_lists(&c.gpu, &xt, &lists, &sw, u32::MAX, 4, 8, Some(&compaction))
+                    .unwrap(),
+                sp.compact_columns(&c.gpu, &lists, &ptt, &pt_c).unwrap(),
+                sp.ordered_input_grad(&c.gpu, &lists.order, &dyt, &pt_c, &rt, &dx)
+                    .unwrap(),
+                c.k.gemm
+                    .backward_input_gated(&c.gpu, &dyt, &ptt, true, &rt, &dx_dense)
+                    .unwrap(),
+            ];
+            run_once(&c.gpu, &ds, 0).unwrap();
+            let p = transpose(&pt, width, n); // n x width
+            let mut want =
+                dst::reference::gemm::backward_input(&to_f64(&dy), &to_f64(&p), batch, n, width);
+            want.iter_mut()
+                .zip(&relu_out)
+                .filter(|(_, r)| **r <= 0.0)
+                .for_each(|(v, _)| *v = 0.0);
+            let got = c.read(&dx);
+            assert_close_norm(&format!("{tag}: dx"), &got, &want, 1e-5);
+            assert_close_norm(
+                &format!("{tag}: the dense gated product"),
+                &c.read(&dx_dense),
+                &want,
+                1e-5,
+            );
+            // Gated outputs are exact zeros, and so is all of dx when no row keeps a weight.
+            for (i, (g, r)) in got.iter().zip(&relu_out).enumerate() {
+                if *r <= 0.0 || counts.iter().all(|&k| k == 0) {
+                    assert_eq!(g.to_bits(), 0, "{tag}: dx[{i}]");
+                }
+            }
+        }
+    }
+}
