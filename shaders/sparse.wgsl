@@ -720,3 +720,45 @@ fn ordered_input_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 }
+
+// `masked_columns` for a width that is a multiple of 4 (W read as vec4s: w4, its offset 16-byte
+// aligned): lane q reads its four rows of W four columns at a time, one vec4 per row, and writes
+// the four rows of P^T they make (a 4 x 4 transpose in registers): a quarter of the loads, which
+// lavapipe issues one per lane. The same elements, the same bits.
+@compute @workgroup_size(64, 1, 1)
+fn masked_columns4(@builtin(local_invocation_id) lid: vec3<u32>,
+                   @builtin(workgroup_id) wid: vec3<u32>,
+                   @builtin(num_workgroups) nwg: vec3<u32>) {
+    let g = wid.x + wid.y * nwg.x;
+    let c0 = g * COMPACT_ROWS;
+    let c1 = min(c0 + COMPACT_ROWS, sp.cols);
+    let n4 = sp.rows / 4u;
+    let cols4 = sp.cols / 4u;
+    let width = compact_width(order[sp.rows]);
+    let zero = vec4<f32>(0.0);
+    for (var q = lid.x; q < width; q += WG) {
+        let k = 4u * q;
+        let o = vec4<u32>(order[k], order[k + 1u], order[k + 2u], order[k + 3u]);
+        let r = o * cols4;
+        let tx = vec4<f32>(thr[o.x]);
+        let ty = vec4<f32>(thr[o.y]);
+        let tz = vec4<f32>(thr[o.z]);
+        let tw = vec4<f32>(thr[o.w]);
+        for (var c = c0; c < c1; c += 4u) {
+            let c4 = c / 4u;
+            let wx = w4[r.x + c4];
+            let wy = w4[r.y + c4];
+            let wz = w4[r.z + c4];
+            let ww = w4[r.w + c4];
+            // Row j of W (ordered row k + j) masked: w * S(|w| - t).
+            let px = wx * select(zero, vec4<f32>(1.0), abs(wx) - tx > zero);
+            let py = wy * select(zero, vec4<f32>(1.0), abs(wy) - ty > zero);
+            let pz = wz * select(zero, vec4<f32>(1.0), abs(wz) - tz > zero);
+            let pw = ww * select(zero, vec4<f32>(1.0), abs(ww) - tw > zero);
+            y4[c * n4 + q] = vec4<f32>(px.x, py.x, pz.x, pw.x);
+            y4[(c + 1u) * n4 + q] = vec4<f32>(px.y, py.y, pz.y, pw.y);
+            y4[(c + 2u) * n4 + q] = vec4<f32>(px.z, py.z, pz.z, pw.z);
+            y4[(c + 3u) * n4 + q] = vec4<f32>(px.w, py.w, pz.w, pw.w);
+        }
+    }
+}

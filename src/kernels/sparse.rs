@@ -96,6 +96,7 @@ pub struct Sparse {
     pub ell_input_product_compacted_k: Kernel,
     pub compact_columns_k: Kernel,
     pub masked_columns_k: Kernel,
+    pub masked_columns4_k: Kernel,
     pub ordered_input_grad_k: Kernel,
 }
 
@@ -430,6 +431,11 @@ impl Sparse {
                 &[(9, R), (18, R), (17, RW), (8, RW)],
                 false,
             )?,
+            masked_columns4_k: f.kernel(
+                "masked_columns4",
+                &[(14, R), (18, R), (17, RW), (8, RW)],
+                false,
+            )?,
             ordered_input_grad_k: f.kernel(
                 "ordered_input_grad",
                 &[(4, R), (14, R), (17, RW), (5, R), (6, RW)],
@@ -565,7 +571,8 @@ impl Sparse {
     /// The columns of P^T = (W * S(|W| - t))^T that the compacted product reads, in the lists'
     /// `order` (`input_lists` with a compaction), into `pt_c`: what `compact_columns` copies from
     /// P^T, written from `weight` (`n x width`, row-major) and `threshold` (n) for a layer whose
-    /// mask pass only counted (`PassExtras::count_only`) and wrote no P^T.
+    /// mask pass only counted (`PassExtras::count_only`) and wrote no P^T. `masked_columns4`
+    /// where W's rows can be read as vec4s (width % 4 == 0, offset 16-byte aligned).
     pub fn masked_columns(
         &self,
         gpu: &Gpu,
@@ -584,7 +591,13 @@ impl Sparse {
             pt_c.label
         );
         let params = Self::compacted_columns_params("masked_columns", lists, pt_c);
-        self.masked_columns_k.bind(
+        // W's rows as vec4s where they can be read so.
+        let k = if width.is_multiple_of(4) && weight.offset.is_multiple_of(16) {
+            &self.masked_columns4_k
+        } else {
+            &self.masked_columns_k
+        };
+        k.bind(
             gpu,
             &params,
             &[weight, threshold, &lists.order, pt_c],

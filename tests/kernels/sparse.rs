@@ -907,13 +907,19 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
 /// product reads, in the lists' order, each element w * S(|w| - t) with `mask_forward`'s bits,
 /// and nothing past them. For row patterns with none, some and
 /// all rows pruned whole, thresholds that prune part of a row and keep all of it, and shapes with
-/// a width that is no multiple of 16 (the last workgroup's block short) or of 4.
+/// a width that is no multiple of 16 (the last workgroup's block short) or of 4 (W read as
+/// scalars; as vec4s where it is: 784 and 28).
 #[test]
 fn masked_columns_write_the_compacted_columns_from_w() {
     use dst::kernels::sparse::{Compaction, InputLists, Switch};
     let c = ctx();
     let mut rng = Rng::new(31);
-    for &(batch, width, n) in &[(64usize, 784usize, 300usize), (13, 30, 12), (8, 9, 4)] {
+    for &(batch, width, n) in &[
+        (64usize, 784usize, 300usize),
+        (13, 30, 12),
+        (8, 9, 4),
+        (13, 28, 12),
+    ] {
         type Pattern = fn(usize) -> f32;
         let patterns: [(&str, Pattern); 4] = [
             // Thresholds differ from row to row among the rows that keep weights.
