@@ -336,7 +336,7 @@ impl Linear {
     /// a weight. P^T itself is not written: nothing in such a plan reads it.
     ///
     /// With `count_only` false (`small_input_sparse`: a layer whose product to the input reads
-    /// P^T), the mask pass writes P^T as well.
+    /// P^T, one whose input is no ReLU's output), the mask pass writes P^T as well.
     fn forward_counted(
         &self,
         cx: &mut PlanCx<'_>,
@@ -355,11 +355,9 @@ impl Linear {
             m.forward(cx, self.weight)?;
         }
         let (il, pt_c) = self.input_lists(cx, m, sw, x2, u32::MAX, n as u32)?;
-        if !count_only {
-            // For the product to the input (`ordered_input_grad`).
-            cx.save(&self.compaction_key("order"), il.order.clone());
-            cx.save(&self.compaction_key("columns"), pt_c.clone());
-        }
+        // For the product to the input of a small layer (`ordered_input_grad`).
+        cx.save(&self.compaction_key("order"), il.order.clone());
+        cx.save(&self.compaction_key("columns"), pt_c.clone());
         let weight = cx.arena.param(self.weight);
         let t = cx.arena.param(m.threshold);
         cx.push(sp.masked_columns(gpu, &il, &weight, &t, &pt_c)?);
@@ -370,10 +368,10 @@ impl Linear {
 
     /// Whether this masked layer, too small for the sparse products (`SPARSE_MIN_WEIGHTS`), takes
     /// its forward from the input's nonzeros on this CPU adapter (`PlanCx::sparse_input` > 0):
-    /// as `forward_counted` does, over the rows of P that keep a weight, after a mask pass that
-    /// also writes P^T. Its product to the input then reads the same compacted columns
-    /// (`ordered_input_grad`, with the ReLU's backward before the layer fused) where its input
-    /// is a ReLU's output, else P^T (the dense GEMM). LeNet-300-100's fc2 from a trained
+    /// as `forward_counted` does, over the rows of P that keep a weight. Its product to the
+    /// input then reads the same compacted columns (`ordered_input_grad`, with the ReLU's
+    /// backward before the layer fused) where its input is a ReLU's output (the mask pass only
+    /// counts), else P^T (the dense GEMM; the mask pass writes P^T). LeNet-300-100's fc2 from a trained
     /// checkpoint (61 of 100 rows keep a weight; 89 of its 300 inputs are pruned neurons of fc1,
     /// zero for every sample) on lavapipe: forward 0.40 ms with its lists and columns against
     /// 0.80 for `gemm_nn_vec4`, which adds the same products in the same order (the same bits);
@@ -526,7 +524,10 @@ impl Layer for Linear {
                 // `input_lists` writes its words of a switch; nothing routes through this one.
                 let label = cx.label(&format!("{}.switch", self.name));
                 let sw = Switch::new(gpu, &label, SWITCH_SLOTS, 0)?;
-                return self.forward_counted(cx, m, &sw, &x2, &y, false);
+                // P^T is read only by the dense product to the input of a training plan, which
+                // a layer after a ReLU does not take (`ordered_input_grad`).
+                let count_only = cx.mode != super::Mode::Train || cx.has_saved(&relu_output_key(x));
+                return self.forward_counted(cx, m, &sw, &x2, &y, count_only);
             }
             (m, ..) => {
                 if let Some(m) = m {
@@ -577,7 +578,10 @@ impl Layer for Linear {
             // dx, that ReLU's backward goes into the product's store.
             let relu_out = (switch.is_none() && cx.has_saved(&relu_output_key(x)))
                 .then(|| cx.saved(&relu_output_key(x)));
-            let ordered = (&relu_out, cx.has_saved(&self.compaction_key("order")));
+            let ordered = (
+                &relu_out,
+                self.small_input_sparse(cx) && cx.has_saved(&self.compaction_key("order")),
+            );
             if let (Some(r), true) = ordered {
                 // A small layer's compacted forward (`small_input_sparse`): dx from its columns,
                 // over the rows that keep a weight.
