@@ -361,10 +361,53 @@ fn ell_product4(@builtin(global_invocation_id) gid: vec3<u32>,
 
 const IB: u32 = 8u; // samples per list (and per `ell_input_product` invocation)
 
+// Where the second of a block's two list segments starts: inputs below it are listed from the
+// block's start, the others from here on (two segments, so that `input_lists_split` can build
+// them in two workgroups, one per CPU core on lavapipe).
+fn list_half() -> u32 {
+    return (sp.cols + 1u) / 2u;
+}
+
+// Lists segment `seg` of block r (inputs [0, half) or [half, cols)): the inputs nonzero in at
+// least one of its samples, ascending, at list_idx[r * cols + seg * half ..], with the block's
+// IB values of each at list_val (0 past the batch), their number at list_cnt[2 r + seg].
+// Returns the segment's listed work (its length x the block's samples).
+fn list_segment(r: u32, seg: u32) -> u32 {
+    let b0 = r * IB;
+    let nb = min(IB, sp.rows - b0);
+    let half = list_half();
+    let i0 = seg * half;
+    let i1 = select(half, sp.cols, seg == 1u);
+    let at = r * sp.cols + i0;
+    var n = 0u;
+    // Each value is loaded once (rows past the batch read row b0 again and count as 0), as
+    // two vec4 from offsets fixed before the loop, and stored as two vec4; the test is a
+    // bitwise or: `||` would branch per sample.
+    let c = sp.cols;
+    let j0 = vec4<u32>(0u, 1u, 2u, 3u);
+    let j1 = j0 + vec4<u32>(4u);
+    let in0 = j0 < vec4<u32>(nb);
+    let in1 = j1 < vec4<u32>(nb);
+    let o0 = (vec4<u32>(b0) + select(vec4<u32>(0u), j0, in0)) * c;
+    let o1 = (vec4<u32>(b0) + select(vec4<u32>(0u), j1, in1)) * c;
+    let zero = vec4<f32>(0.0);
+    for (var i = i0; i < i1; i++) {
+        let lo = select(zero, vec4<f32>(x[o0.x + i], x[o0.y + i], x[o0.z + i], x[o0.w + i]), in0);
+        let hi = select(zero, vec4<f32>(x[o1.x + i], x[o1.y + i], x[o1.z + i], x[o1.w + i]), in1);
+        if (any(lo != zero) | any(hi != zero)) {
+            list_idx[at + n] = i;
+            list_val4w[2u * (at + n)] = lo;
+            list_val4w[2u * (at + n) + 1u] = hi;
+            n++;
+        }
+    }
+    list_cnt[2u * r + seg] = n;
+    return n * nb;
+}
+
 // One workgroup. x is batch x cols (sp.rows = batch, sp.cols = its width): lane l builds the
-// lists of sample blocks l, l + 64, ...: block r's at list_idx[r * cols ..], its length
-// list_cnt[r], and for the n-th listed input the block's IB values at list_val[(r * cols + n) *
-// IB ..] (0 past the batch). Then the listed work (sum over blocks of length x samples) picks the
+// lists of sample blocks l, l + 64, ... (both segments: `list_segment`). Then the listed work
+// (sum over blocks of length x samples) picks the
 // path: input-sparse when at most `input_max`, whichever forward the mask pass chose (on lavapipe
 // this product at MNIST's 46 % listed inputs costs less than the weight-sparse lists, whose
 // build alone scans all of P and whose loop runs as long as a lane group's longest row, from
@@ -376,33 +419,7 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
     var total = 0u;
     let blocks = (sp.rows + IB - 1u) / IB;
     for (var r = lid.x; r < blocks; r += WG) {
-        let b0 = r * IB;
-        let nb = min(IB, sp.rows - b0);
-        let at = r * sp.cols;
-        var n = 0u;
-        // Each value is loaded once (rows past the batch read row b0 again and count as 0), as
-        // two vec4 from offsets fixed before the loop, and stored as two vec4; the test is a
-        // bitwise or: `||` would branch per sample.
-        let c = sp.cols;
-        let j0 = vec4<u32>(0u, 1u, 2u, 3u);
-        let j1 = j0 + vec4<u32>(4u);
-        let in0 = j0 < vec4<u32>(nb);
-        let in1 = j1 < vec4<u32>(nb);
-        let o0 = (vec4<u32>(b0) + select(vec4<u32>(0u), j0, in0)) * c;
-        let o1 = (vec4<u32>(b0) + select(vec4<u32>(0u), j1, in1)) * c;
-        let zero = vec4<f32>(0.0);
-        for (var i = 0u; i < c; i++) {
-            let lo = select(zero, vec4<f32>(x[o0.x + i], x[o0.y + i], x[o0.z + i], x[o0.w + i]), in0);
-            let hi = select(zero, vec4<f32>(x[o1.x + i], x[o1.y + i], x[o1.z + i], x[o1.w + i]), in1);
-            if (any(lo != zero) | any(hi != zero)) {
-                list_idx[at + n] = i;
-                list_val4w[2u * (at + n)] = lo;
-                list_val4w[2u * (at + n) + 1u] = hi;
-                n++;
-            }
-        }
-        list_cnt[r] = n;
-        total += n * nb;
+        total += list_segment(r, 0u) + list_segment(r, 1u);
     }
     red_total[lid.x] = total;
     workgroupBarrier();
@@ -439,6 +456,22 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
         for (var a = 0u; a < 3u; a++) {
             switch_args[3u * slot + a] = 0u;
         }
+    }
+}
+
+// `input_lists` for a layer whose input-sparse forward runs at every step, compacted (a
+// CPU adapter's `Linear::forward_counted`: no path to pick, no switch to set): two workgroups,
+// workgroup s the segments s of every block (lane l: blocks l, l + 64, ...), and the first also
+// writes the compaction's `order`. The same lists and order.
+@compute @workgroup_size(64, 1, 1)
+fn input_lists_split(@builtin(local_invocation_id) lid: vec3<u32>,
+                     @builtin(workgroup_id) wid: vec3<u32>) {
+    let blocks = (sp.rows + IB - 1u) / IB;
+    for (var r = lid.x; r < blocks; r += WG) {
+        list_segment(r, wid.x);
+    }
+    if (wid.x == 0u && sp.compact != 0u) {
+        compaction_order(lid.x);
     }
 }
 
@@ -572,15 +605,19 @@ fn input_product(gid: vec3<u32>, wid: vec3<u32>, compacted: bool) {
         acc[j] = vec4<f32>(0.0);
     }
     let at = blk * sp.cols;
-    var n = list_cnt[blk];
+    // The block's two list segments, the second from `list_half` on: entry t of the loop is
+    // list entry at + t of the first segment, then at + half + (t - n0) of the second.
+    let n0 = list_cnt[2u * blk];
+    var n = n0 + list_cnt[2u * blk + 1u];
+    let jump = list_half() - n0;
     // A workgroup (64 ordered rows) whose rows all keep nothing: act(bias). Decided per
     // workgroup, so the loop's bound stays uniform. Its other lanes read the copied columns of
     // rows that keep nothing: zeros (`compact_width` copies whole workgroups' columns).
     if (compacted && wid.x * 64u >= order[sp.rows]) {
         n = 0u;
     }
-    let end = at + n;
-    for (var e = at; e < end; e++) {
+    for (var t = 0u; t < n; t++) {
+        let e = at + t + select(0u, jump, t >= n0);
         let i = list_idx[e];
         let p0 = w4[i * n4 + c0];
         let p1 = w4[i * n4 + c1];

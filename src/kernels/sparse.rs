@@ -92,6 +92,7 @@ pub struct Sparse {
     pub ell_product_k: Kernel,
     pub ell_product4_k: Kernel,
     pub input_lists_k: Kernel,
+    pub input_lists_split_k: Kernel,
     pub ell_input_product_k: Kernel,
     pub ell_input_product_compacted_k: Kernel,
     pub compact_columns_k: Kernel,
@@ -232,7 +233,8 @@ pub struct InputLists {
     pub idx: Tensor,
     /// `ceil(batch / 8) x width x 8`: for each listed column, the block's 8 values there.
     pub val: Tensor,
-    /// `ceil(batch / 8)`: the list lengths.
+    /// `2 ceil(batch / 8)`: the lengths of each block's two list segments (the columns below
+    /// `half()`, listed from the block's start, and the others, from `half()` on).
     pub cnt: Tensor,
     /// `outputs + 1` words: the layer's rows, those that keep a weight first (`Compaction`),
     /// then how many do.
@@ -257,6 +259,11 @@ impl InputLists {
     /// Samples per list (`IB` in shaders/sparse.wgsl).
     pub const BLOCK: usize = 8;
 
+    /// Where a block's second list segment starts (`list_half` in shaders/sparse.wgsl).
+    pub fn half(&self) -> usize {
+        self.width.div_ceil(2)
+    }
+
     /// The lists of a `batch x width` input of a layer of `outputs` outputs.
     pub fn new(
         gpu: &Gpu,
@@ -271,7 +278,7 @@ impl InputLists {
             width,
             idx: Tensor::zeros(gpu, &format!("{label}.idx"), &[blocks, width])?,
             val: Tensor::zeros(gpu, &format!("{label}.val"), &[blocks, width, Self::BLOCK])?,
-            cnt: Tensor::zeros(gpu, &format!("{label}.cnt"), &[blocks])?,
+            cnt: Tensor::zeros(gpu, &format!("{label}.cnt"), &[2 * blocks])?,
             order: Tensor::zeros(gpu, &format!("{label}.order"), &[outputs + 1])?,
             outputs,
         })
@@ -418,6 +425,11 @@ impl Sparse {
                 ],
                 false,
             )?,
+            input_lists_split_k: f.kernel(
+                "input_lists_split",
+                &[(4, R), (10, RW), (19, RW), (12, RW), (16, R), (17, RW)],
+                false,
+            )?,
             // Both read `order` in their shared body (the plain one never runs that code).
             ell_input_product_k: f.kernel("ell_input_product", INPUT_PRODUCT, false)?,
             ell_input_product_compacted_k: f.kernel(
@@ -520,6 +532,52 @@ impl Sparse {
             ],
             None,
             [1, 1, 1],
+        )
+    }
+
+    /// `input_lists` for a layer whose input-sparse forward runs at every step, compacted
+    /// (`Linear::forward_counted`): the same lists and, from `compaction`'s row counts, the same
+    /// `order`, in two workgroups (one per list segment), with no path to pick and no switch.
+    pub fn input_lists_counted(
+        &self,
+        gpu: &Gpu,
+        x: &Tensor,
+        lists: &InputLists,
+        row_counts: &Tensor,
+    ) -> Result<Dispatch> {
+        let (batch, width) = (lists.batch, lists.width);
+        assert_eq!(
+            x.len(),
+            batch * width,
+            "input_lists_counted: {} is not {batch}x{width}",
+            x.label
+        );
+        assert!(
+            row_counts.len() >= lists.outputs && lists.outputs.is_multiple_of(4),
+            "input_lists_counted: {} row counts for {} outputs",
+            row_counts.len(),
+            lists.outputs
+        );
+        let params = SparseParams {
+            rows: batch as u32,
+            cols: width as u32,
+            outputs: lists.outputs as u32,
+            compact: 1,
+            ..Default::default()
+        };
+        self.input_lists_split_k.bind(
+            gpu,
+            &params,
+            &[
+                x,
+                &lists.idx,
+                &lists.val,
+                &lists.cnt,
+                row_counts,
+                &lists.order,
+            ],
+            None,
+            [2, 1, 1],
         )
     }
 

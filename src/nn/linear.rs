@@ -282,13 +282,14 @@ impl Linear {
 
     /// Records `input_lists` for this layer's input-sparse forward (`x2`: batch x in; the
     /// input-sparse product when the listed work is at most `input_max`, compacted when at most
-    /// `max_active` rows keep a weight: `Sparse::input_lists`), and returns the lists and the
+    /// `max_active` rows keep a weight: `Sparse::input_lists`; without a switch, the compacted
+    /// product at every step: `Sparse::input_lists_counted`), and returns the lists and the
     /// buffer of P^T's compacted columns (in x out).
     fn input_lists(
         &self,
         cx: &mut PlanCx<'_>,
         m: &Mask,
-        sw: &Switch,
+        sw: Option<&Switch>,
         x2: &Tensor,
         input_max: u32,
         max_active: u32,
@@ -308,16 +309,20 @@ impl Linear {
             slot: COMPACT_SLOT,
             product_slot: COMPACT_PRODUCT_SLOT,
         };
-        cx.push(cx.kernels.sparse.input_lists(
-            cx.gpu,
-            x2,
-            &il,
-            sw,
-            input_max,
-            FORWARD_SLOTS,
-            INPUT_SLOT,
-            Some(&compaction),
-        )?);
+        let sp = &cx.kernels.sparse;
+        cx.push(match sw {
+            Some(sw) => sp.input_lists(
+                cx.gpu,
+                x2,
+                &il,
+                sw,
+                input_max,
+                FORWARD_SLOTS,
+                INPUT_SLOT,
+                Some(&compaction),
+            )?,
+            None => sp.input_lists_counted(cx.gpu, x2, &il, &counts)?,
+        });
         let pt_c = cx.activation(
             &format!("{}.pt_compacted", self.name),
             &[self.in_features, n],
@@ -341,7 +346,7 @@ impl Linear {
         &self,
         cx: &mut PlanCx<'_>,
         m: &Mask,
-        sw: &Switch,
+        sw: Option<&Switch>,
         x2: &Tensor,
         y: &Tensor,
         count_only: bool,
@@ -354,7 +359,7 @@ impl Linear {
         } else {
             m.forward(cx, self.weight)?;
         }
-        let (il, pt_c) = self.input_lists(cx, m, sw, x2, u32::MAX, n as u32)?;
+        let (il, pt_c) = self.input_lists(cx, m, None, x2, u32::MAX, n as u32)?;
         // For the product to the input of a small layer (`ordered_input_grad`).
         cx.save(&self.compaction_key("order"), il.order.clone());
         cx.save(&self.compaction_key("columns"), pt_c.clone());
@@ -461,7 +466,7 @@ impl Layer for Linear {
                     && k.masked.rowwise
                     && (cx.first_layer || cx.mode != super::Mode::Train)
                 {
-                    return self.forward_counted(cx, m, &sw, &x2, &y, true);
+                    return self.forward_counted(cx, m, Some(&sw), &x2, &y, true);
                 }
                 let lists = self.lists(gpu)?;
                 m.forward_switched(cx, self.weight, Some(&sw))?;
@@ -470,7 +475,7 @@ impl Layer for Linear {
                 let input_product = if input_sparse {
                     let max = (cx.sparse_input.min(1.0) * (batch * self.in_features) as f64) as u32;
                     let max_active = (COMPACT_MAX_ROWS * self.out_features as f64) as u32;
-                    let (il, pt_c) = self.input_lists(cx, m, &sw, &x2, max, max_active)?;
+                    let (il, pt_c) = self.input_lists(cx, m, Some(&sw), &x2, max, max_active)?;
                     let product = |pt: &Tensor, compacted: bool| {
                         sp.ell_input_product(
                             gpu,
@@ -521,13 +526,10 @@ impl Layer for Linear {
                 cx.save(&format!("{}.switch", self.name), sw.args);
             }
             (Some(m), None) if self.small_input_sparse(cx) => {
-                // `input_lists` writes its words of a switch; nothing routes through this one.
-                let label = cx.label(&format!("{}.switch", self.name));
-                let sw = Switch::new(gpu, &label, SWITCH_SLOTS, 0)?;
                 // P^T is read only by the dense product to the input of a training plan, which
                 // a layer after a ReLU does not take (`ordered_input_grad`).
                 let count_only = cx.mode != super::Mode::Train || cx.has_saved(&relu_output_key(x));
-                return self.forward_counted(cx, m, &sw, &x2, &y, count_only);
+                return self.forward_counted(cx, m, None, &x2, &y, count_only);
             }
             (m, ..) => {
                 if let Some(m) = m {

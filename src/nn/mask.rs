@@ -113,15 +113,16 @@ impl Mask {
         self.forward_pass(cx, weight, switch, false)
     }
 
-    /// `forward_switched` whose first pass only counts (`PassExtras::count_only`: CPU adapters):
+    /// `forward_switched` (or `forward`, without a switch) whose first pass only counts
+    /// (`PassExtras::count_only`: CPU adapters):
     /// P is not written (`Linear::forward_counted` writes the columns of P^T it reads).
     pub fn forward_counting(
         &self,
         cx: &mut PlanCx<'_>,
         weight: ParamId,
-        switch: &crate::kernels::sparse::Switch,
+        switch: Option<&crate::kernels::sparse::Switch>,
     ) -> Result<()> {
-        self.forward_pass(cx, weight, Some(switch), true)
+        self.forward_pass(cx, weight, switch, true)
     }
 
     fn forward_pass(

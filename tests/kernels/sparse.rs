@@ -576,6 +576,18 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
                         .count() as u32
                 })
                 .collect();
+            // Each block's two list segments: the columns below width / 2 (rounded up) and the
+            // others.
+            let half = width.div_ceil(2);
+            let segments: Vec<u32> = x
+                .chunks(block * width)
+                .flat_map(|bx| {
+                    [0..half, half..width].map(|cols| {
+                        cols.filter(|&i| bx.chunks(width).any(|r| r[i] != 0.0))
+                            .count() as u32
+                    })
+                })
+                .collect();
             let total: u32 = nnz
                 .iter()
                 .enumerate()
@@ -652,7 +664,7 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
                         .input_lists(&c.gpu, &xt, &lists, &sw, input_max, 4, 8, None)
                         .unwrap();
                 run_once(&c.gpu, &[dense.clone(), build, product.clone()], 0).unwrap();
-                assert_eq!(c.read_u32(&lists.cnt), nnz, "{tag}: list lengths");
+                assert_eq!(c.read_u32(&lists.cnt), segments, "{tag}: list lengths");
                 let live = sw.live(&c.gpu).unwrap();
                 let mut want = before.clone();
                 if on {
@@ -734,6 +746,7 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
 /// the plain product's y bit for bit (rows that keep nothing: act(bias)), for row patterns with
 /// none, some, all but one and all rows empty, rows that keep one weight, a group of 8 that
 /// straddles the kept rows' end, and 300 rows (300 % 8 = 4: the last group half outside).
+/// `input_lists_counted` (two workgroups, no switch) gives the same lists, order and y.
 #[test]
 fn compacted_input_sparse_forward_equals_the_plain_one() {
     use dst::kernels::sparse::{Compaction, InputLists, Path, Switch};
@@ -882,6 +895,34 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                         assert!(
                             yp.iter().zip(&yc).all(|(a, b)| a.to_bits() == b.to_bits()),
                             "{tag}: compacted y differs from the plain product's"
+                        );
+                        // The two-workgroup build of a forward that always runs compacted: the
+                        // same list lengths and order, and from them the same y.
+                        let lists2 = InputLists::new(&c.gpu, "il2", batch, width, n).unwrap();
+                        let y2 = c.poisoned("y2", &[batch, n]);
+                        let ds = [
+                            sp.input_lists_counted(&c.gpu, &xt, &lists2, &ct).unwrap(),
+                            sp.ell_input_product(
+                                &c.gpu,
+                                &lists2,
+                                &pt_c,
+                                Some(&bt),
+                                &y2,
+                                relu,
+                                true,
+                                &c.k.dummy,
+                            )
+                            .unwrap(),
+                        ];
+                        run_once(&c.gpu, &ds, 0).unwrap();
+                        assert_eq!(c.read_u32(&lists2.cnt), c.read_u32(&lists.cnt), "{tag}");
+                        assert_eq!(c.read_u32(&lists2.order), order, "{tag}: counted order");
+                        assert!(
+                            c.read(&y2)
+                                .iter()
+                                .zip(&yc)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{tag}: y from the counted lists"
                         );
                         // Only the copied columns are read: they hold P^T's, in order.
                         let got = c.read(&pt_c);
