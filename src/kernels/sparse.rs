@@ -234,7 +234,8 @@ pub struct InputLists {
     /// `ceil(batch / 8) x width x 8`: for each listed column, the block's 8 values there.
     pub val: Tensor,
     /// `2 ceil(batch / 8)`: the lengths of each block's two list segments (the columns below
-    /// `half()`, listed from the block's start, and the others, from `half()` on).
+    /// half = ceil(width / 2), listed from the block's start, and the others, from half on:
+    /// `list_half` in shaders/sparse.wgsl).
     pub cnt: Tensor,
     /// `outputs + 1` words: the layer's rows, those that keep a weight first (`Compaction`),
     /// then how many do.
@@ -258,11 +259,6 @@ pub struct Compaction<'a> {
 impl InputLists {
     /// Samples per list (`IB` in shaders/sparse.wgsl).
     pub const BLOCK: usize = 8;
-
-    /// Where a block's second list segment starts (`list_half` in shaders/sparse.wgsl).
-    pub fn half(&self) -> usize {
-        self.width.div_ceil(2)
-    }
 
     /// The lists of a `batch x width` input of a layer of `outputs` outputs.
     pub fn new(
@@ -536,8 +532,9 @@ impl Sparse {
     }
 
     /// `input_lists` for a layer whose input-sparse forward runs at every step, compacted
-    /// (`Linear::forward_counted`): the same lists and, from `compaction`'s row counts, the same
-    /// `order`, in two workgroups (one per list segment), with no path to pick and no switch.
+    /// (`Linear::forward_counted`): the same lists and, from P's per-row keep counts
+    /// (`row_counts`), the same `order`, in two workgroups (one per list segment), with no path
+    /// to pick and no switch.
     pub fn input_lists_counted(
         &self,
         gpu: &Gpu,

@@ -19,8 +19,9 @@
 //! `ell_input_product_compacted`), and `dP = dY^T X` from the lists of the samples nonzero in
 //! each block of 8 inputs (`gemm_tn_sgd_listed`). On CPU adapters the plan's first layer takes
 //! the compacted product at every step and writes no P^T (`Linear::forward_counted`); so does a
-//! masked layer too small for the sparse products (LeNet-300-100's fc2), after a mask pass that
-//! writes P^T for its dense product to the input (`Linear::small_input_sparse`).
+//! masked layer too small for the sparse products (LeNet-300-100's fc2), whose product to the
+//! input, after a ReLU, reads the same compacted columns (`Linear::small_input_sparse`,
+//! `ordered_input_grad`).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
@@ -376,12 +377,12 @@ impl Linear {
     /// as `forward_counted` does, over the rows of P that keep a weight. Its product to the
     /// input then reads the same compacted columns (`ordered_input_grad`, with the ReLU's
     /// backward before the layer fused) where its input is a ReLU's output (the mask pass only
-    /// counts), else P^T (the dense GEMM; the mask pass writes P^T). LeNet-300-100's fc2 from a trained
-    /// checkpoint (61 of 100 rows keep a weight; 89 of its 300 inputs are pruned neurons of fc1,
-    /// zero for every sample) on lavapipe: forward 0.40 ms with its lists and columns against
-    /// 0.80 for `gemm_nn_vec4`, which adds the same products in the same order (the same bits);
-    /// product to the input 0.51 against 0.79 for `gemm_nt_vec4` (the same values up to float
-    /// reassociation: its sums skip the rows that keep nothing).
+    /// counts), else P^T (the dense GEMM; the mask pass writes P^T). LeNet-300-100's fc2 from a
+    /// trained checkpoint (61 of 100 rows keep a weight; 89 of its 300 inputs are pruned neurons
+    /// of fc1, zero for every sample) on lavapipe: forward 0.40 ms with its lists and columns
+    /// against 0.80 for `gemm_nn_vec4`, which adds the same products in the same order (the same
+    /// bits); product to the input 0.51 against 0.79 for `gemm_nt_vec4` (the same values up to
+    /// float reassociation: its sums skip the rows that keep nothing).
     fn small_input_sparse(&self, cx: &PlanCx<'_>) -> bool {
         let numel = self.out_features * self.in_features;
         self.mask.is_some()
