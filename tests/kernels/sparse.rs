@@ -738,6 +738,21 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
     }
 }
 
+/// P^T (width x n) whose row r of P keeps weights where `keeps(r, n)`, about half of each such
+/// row's entries (the others pruned too).
+fn pruned_pt(rng: &mut Rng, width: usize, n: usize, keeps: fn(usize, usize) -> bool) -> Vec<f32> {
+    (0..width * n)
+        .map(|i| {
+            let v = rng.range(-1.0, 1.0) as f32;
+            if keeps(i % n, n) && rng.range(0.0, 1.0) < 0.5 {
+                v
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
 /// The input-sparse forward over the rows of P that keep a weight: `input_lists` with a
 /// compaction orders the rows (those with a nonzero count first, then the others, each
 /// ascending; their number last) and routes: the compaction's two slots on and the plain
@@ -775,18 +790,7 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                         }
                     })
                     .collect();
-                // P^T (width x n) whose row r of P keeps weights where `keeps(r, n)`; some of
-                // their entries pruned too.
-                let pt: Vec<f32> = (0..width * n)
-                    .map(|i| {
-                        let v = rng.range(-1.0, 1.0) as f32;
-                        if keeps(i % n, n) && rng.range(0.0, 1.0) < 0.5 {
-                            v
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
+                let pt = pruned_pt(&mut rng, width, n, keeps);
                 // Rows r % 5 == 2 that keep weights keep exactly one (the count 1).
                 let mut pt = pt;
                 for r in (2..n).step_by(5) {
@@ -1079,16 +1083,7 @@ fn ordered_input_grad_equals_the_dense_gated_product() {
         ];
         for (name, keeps) in patterns {
             let tag = format!("{batch}x{width}x{n} {name}");
-            let pt: Vec<f32> = (0..width * n)
-                .map(|i| {
-                    let v = rng.range(-1.0, 1.0) as f32;
-                    if keeps(i % n, n) && rng.range(0.0, 1.0) < 0.5 {
-                        v
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
+            let pt = pruned_pt(&mut rng, width, n, keeps);
             let counts: Vec<u32> = (0..n)
                 .map(|r| (0..width).filter(|&i| pt[i * n + r] != 0.0).count() as u32)
                 .collect();
