@@ -470,7 +470,7 @@ fn input_lists_split(@builtin(local_invocation_id) lid: vec3<u32>,
     for (var r = lid.x; r < blocks; r += WG) {
         list_segment(r, wid.x);
     }
-    if (wid.x == 0u && sp.compact != 0u) {
+    if (wid.x == 0u) {
         compaction_order(lid.x);
     }
 }

@@ -559,7 +559,6 @@ impl Sparse {
             rows: batch as u32,
             cols: width as u32,
             outputs: lists.outputs as u32,
-            compact: 1,
             ..Default::default()
         };
         self.input_lists_split_k.bind(
@@ -751,10 +750,15 @@ impl Sparse {
         relu_out: &Tensor,
         dx: &Tensor,
     ) -> Result<Dispatch> {
-        let (batch, n) = (dy.shape[0], dy.len() / dy.shape[0].max(1));
-        let width = dx.len() / batch.max(1);
         assert!(
-            dy.len() == batch * n
+            dy.shape.len() == 2 && dx.shape.len() == 2,
+            "ordered_input_grad: dy {:?} and dx {:?} are not batch x features",
+            dy.shape,
+            dx.shape
+        );
+        let (batch, n, width) = (dy.shape[0], dy.shape[1], dx.shape[1]);
+        assert!(
+            dx.shape[0] == batch
                 && order.len() > n
                 && pt_c.len() == width * n
                 && relu_out.len() == batch * width

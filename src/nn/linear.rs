@@ -581,27 +581,17 @@ impl Layer for Linear {
             // dx, that ReLU's backward goes into the product's store.
             let relu_out = (switch.is_none() && cx.has_saved(&relu_output_key(x)))
                 .then(|| cx.saved(&relu_output_key(x)));
-            let ordered = (
-                &relu_out,
-                self.small_input_sparse(cx) && cx.has_saved(&self.compaction_key("order")),
-            );
-            if let (Some(r), true) = ordered {
-                // A small layer's compacted forward (`small_input_sparse`): dx from its columns,
-                // over the rows that keep a weight.
-                let order = cx.saved(&self.compaction_key("order"));
-                let pt_c = cx.saved(&self.compaction_key("columns"));
-                cx.push(
+            // A small layer that took the compacted forward (`small_input_sparse`) after a ReLU:
+            // dx from the same columns, over the rows that keep a weight.
+            let ordered =
+                self.small_input_sparse(cx) && cx.has_saved(&self.compaction_key("order"));
+            let product = match (&relu_out, transposed) {
+                (Some(r), _) if ordered => {
+                    let order = cx.saved(&self.compaction_key("order"));
+                    let pt_c = cx.saved(&self.compaction_key("columns"));
                     k.sparse
-                        .ordered_input_grad(gpu, &order, dy, &pt_c, r, &dx)?,
-                );
-                cx.save(&relu_gate_key(x), dx.clone());
-                self.backward_weight(cx, dy, &x2)?;
-                return Ok(Some(Tensor {
-                    shape: x.shape.clone(),
-                    ..dx
-                }));
-            }
-            let dense = match (&relu_out, transposed) {
+                        .ordered_input_grad(gpu, &order, dy, &pt_c, r, &dx)?
+                }
                 (Some(r), _) => k
                     .gemm
                     .backward_input_gated(gpu, dy, &w, transposed, r, &dx)?,
@@ -630,12 +620,12 @@ impl Layer for Linear {
                     };
                     for d in k
                         .sparse
-                        .routed_listed_product(gpu, &sw, 4, &listed, dense, &k.dummy)?
+                        .routed_listed_product(gpu, &sw, 4, &listed, product, &k.dummy)?
                     {
                         cx.push(d);
                     }
                 }
-                _ => cx.push(dense),
+                _ => cx.push(product),
             }
             Some(Tensor {
                 shape: x.shape.clone(),
