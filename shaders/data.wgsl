@@ -86,37 +86,48 @@ fn gather(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // `gather`, four values per invocation (pixels % 4 == 0, plane % 4 == 0, x 16-byte aligned):
 // one packed u32 of the image, one vec4 store, a quarter of the memory instructions (lavapipe
-// issues each per lane). Workgroups (ceil(pixels / 256), rows).
+// issues each per lane). One workgroup per batch row, lane l the quads l, l + 64, ... (a
+// workgroup per 64 quads cost lavapipe about twice as long: it pays per workgroup, and MNIST's
+// 196 quads left a fourth workgroup per row almost idle). Workgroups (1, rows).
 @compute @workgroup_size(64, 1, 1)
-fn gather4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let r = gid.y;
-    let p = gid.x * 4u;
-    if (r >= dp.rows || p >= dp.pixels) {
+fn gather4(@builtin(local_invocation_id) lid: vec3<u32>,
+           @builtin(workgroup_id) wid: vec3<u32>) {
+    let r = wid.y;
+    if (r >= dp.rows) {
         return;
     }
-    let out = (r * dp.pixels + p) / 4u;
+    let quads = dp.pixels / 4u;
+    let row = r * quads;
     if (r >= si.valid) {
-        x4[out] = vec4<f32>(0.0);
-        if (p == 0u) {
+        for (var q = lid.x; q < quads; q += 64u) {
+            x4[row + q] = vec4<f32>(0.0);
+        }
+        if (lid.x == 0u) {
             y[r] = 0u;
         }
         return;
     }
     let sample = perm[si.batch_start + r];
-    var word = 0u;
-    if (sample < dp.split) {
-        word = images_lo[(sample * dp.pixels + p) / 4u];
-    } else {
-        word = images_hi[((sample - dp.split) * dp.pixels + p) / 4u];
+    var src = sample * quads;
+    if (sample >= dp.split) {
+        src = (sample - dp.split) * quads;
     }
-    let base = (p / dp.plane) * 256u;
-    x4[out] = vec4<f32>(
-        lut[base + (word & 0xffu)],
-        lut[base + ((word >> 8u) & 0xffu)],
-        lut[base + ((word >> 16u) & 0xffu)],
-        lut[base + (word >> 24u)]
-    );
-    if (p == 0u) {
+    for (var q = lid.x; q < quads; q += 64u) {
+        var word = 0u;
+        if (sample < dp.split) {
+            word = images_lo[src + q];
+        } else {
+            word = images_hi[src + q];
+        }
+        let base = ((4u * q) / dp.plane) * 256u;
+        x4[row + q] = vec4<f32>(
+            lut[base + (word & 0xffu)],
+            lut[base + ((word >> 8u) & 0xffu)],
+            lut[base + ((word >> 16u) & 0xffu)],
+            lut[base + (word >> 24u)]
+        );
+    }
+    if (lid.x == 0u) {
         y[r] = label_at(sample);
     }
 }

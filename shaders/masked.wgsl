@@ -21,7 +21,7 @@ struct MaskParams {
     p_transposed: u32, // mask_forward*, mask_reset: P stored transposed (cols x rows), one matrix
     penalty: u32,      // mask_reset: also add the penalty's value to stats[1] (one matrix)
     recompute: u32,    // mask_reset, floor: layer_keep[4 ..] holds the recompute dispatch (below)
-    _pad1: u32,
+    batch: u32,        // narrow_weight_grad: the samples summed over
     _pad2: u32,
 }
 
@@ -43,6 +43,9 @@ const RESET_COUNT: u32 = 3u;
 @group(0) @binding(10) var<storage, read> alpha_scale: array<f32>;
 @group(0) @binding(11) var<storage, read_write> switch_args: array<u32>;
 @group(0) @binding(12) var<storage, read_write> weight4: array<vec4<f32>>; // weight as vec4s (rowwise4; read_write as `weight`: it shares the arena with the thresholds)
+@group(0) @binding(13) var<storage, read> nw_dy: array<f32>;         // narrow_weight_grad: dy, batch x rows
+@group(0) @binding(14) var<storage, read> nw_x4: array<vec4<f32>>;   // narrow_weight_grad: x, batch x cols, as vec4s
+@group(0) @binding(15) var<storage, read_write> nw_db: array<f32>;   // narrow_weight_grad: the bias gradient
 
 const WG: u32 = 64u;
 
@@ -192,55 +195,60 @@ fn add_penalty(lane: u32) {
 @compute @workgroup_size(64, 1, 1)
 fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
               @builtin(workgroup_id) wid: vec3<u32>) {
-    let g = wid.x;
+    reset_matrix(lid.x, wid.x);
+}
+
+// `mask_reset`'s work for matrix g, by the 64 lanes of one workgroup (`lane`: the caller's
+// local index).
+fn reset_matrix(lane: u32, g: u32) {
     let grows = mp.rows / mp.groups;
     let r0 = g * grows;
     var part = 0u;
-    for (var r = lid.x; r < grows; r += WG) {
+    for (var r = lane; r < grows; r += WG) {
         part += row_keep[r0 + r];
     }
-    let before = reduce_u32(lid.x, part);
+    let before = reduce_u32(lane, part);
     let numel = grows * mp.cols;
     let e0 = r0 * mp.cols;
     if (mp.policy == RESET_COUNT) {
-        if (lid.x == 0u) {
+        if (lane == 0u) {
             layer_keep[4u * g + 1u] = before;
         }
-        set_switch(lid.x, before);
-        add_penalty(lid.x);
+        set_switch(lane, before);
+        add_penalty(lane);
         return;
     }
     // keep ratio <= 1%, in integers: exactly torch's f32 test `sum / numel <= 0.01` (an f32
     // division may be off by ulps in WGSL).
     let dying = before <= numel / 100u;
     if (!dying || mp.policy == RESET_NONE) {
-        if (lid.x == 0u) {
+        if (lane == 0u) {
             layer_keep[4u * g] = before;
             layer_keep[4u * g + 1u] = before;
         }
-        set_recompute(lid.x, false);
-        set_switch(lid.x, before);
-        add_penalty(lid.x);
+        set_recompute(lane, false);
+        set_switch(lane, before);
+        add_penalty(lane);
         return;
     }
     if (mp.policy == RESET_FLOOR) {
         // Every row keeps at least its strongest weight: a threshold at or above the row's
         // largest |w| comes down to 0.999 of it (rows are independent: one invocation per row).
-        for (var r = lid.x; r < grows; r += WG) {
+        for (var r = lane; r < grows; r += WG) {
             let m = bitcast<f32>(row_keep[mp.rows + r0 + r]); // the row's largest |w|
             threshold[r0 + r] = min(threshold[r0 + r], m * 0.999);
         }
-        if (lid.x == 0u) {
+        if (lane == 0u) {
             layer_keep[4u * g] = before;
             layer_keep[4u * g + 2u] = layer_keep[4u * g + 2u] + 1u;
         }
-        set_recompute(lid.x, true);
+        set_recompute(lane, true);
         return;
     }
     // The paper's reset: thresholds to 0, P and its rows' keep counts recomputed (a row per
     // lane at a time: the input-sparse forward's compaction reads the counts).
     var kept = 0u;
-    for (var r = lid.x; r < grows; r += WG) {
+    for (var r = lane; r < grows; r += WG) {
         var row_kept = 0u;
         for (var c = 0u; c < mp.cols; c++) {
             let i = r * mp.cols + c;
@@ -253,17 +261,17 @@ fn mask_reset(@builtin(local_invocation_id) lid: vec3<u32>,
         row_keep[r0 + r] = row_kept;
         kept += row_kept;
     }
-    for (var r = lid.x; r < grows; r += WG) {
+    for (var r = lane; r < grows; r += WG) {
         threshold[r0 + r] = 0.0;
     }
-    let after = reduce_u32(lid.x, kept);
-    if (lid.x == 0u) {
+    let after = reduce_u32(lane, kept);
+    if (lane == 0u) {
         layer_keep[4u * g] = before;
         layer_keep[4u * g + 1u] = after;
         layer_keep[4u * g + 2u] = layer_keep[4u * g + 2u] + 1u;
     }
-    set_switch(lid.x, after);
-    add_penalty(lid.x);
+    set_switch(lane, after);
+    add_penalty(lane);
 }
 
 // The switch of a weight of `groups` stacked matrices (an LSTM's four gates, each reset on its
@@ -373,6 +381,11 @@ fn rowwise_pass4(gid: vec3<u32>, nwg: vec3<u32>, write_p: bool) {
     if (row >= mp.rows) {
         return;
     }
+    row_pass4(row, write_p);
+}
+
+// `rowwise_pass4`'s work for one row.
+fn row_pass4(row: u32, write_p: bool) {
     let t = threshold[row];
     let base4 = row * (mp.cols / 4u);
     var kept = 0u;
@@ -425,6 +438,32 @@ fn mask_count_rowwise4(@builtin(global_invocation_id) gid: vec3<u32>,
     rowwise_pass4(gid, nwg, false);
 }
 
+// The mask pass of a one-matrix weight of at most 64 rows (a classifier's: LeNet-300-100's fc3,
+// LeNet-5's fc4) in one dispatch instead of two: one workgroup, lane r the rowwise pass of row r
+// (`row_pass4`: mp.cols % 4 == 0, weight 16-byte aligned), then, once every row's counters are
+// written, `mask_reset`'s work for the matrix. The same reads and writes as `mask_forward_rowwise4`
+// followed by `mask_reset` (lavapipe charges about 20-40 us per dispatch: `dst bench`'s dispatch
+// overhead line). The body of both entry points below.
+fn small_pass(lane: u32, write_p: bool) {
+    for (var row = lane; row < mp.rows; row += WG) {
+        row_pass4(row, write_p);
+    }
+    storageBarrier();
+    reset_matrix(lane, 0u);
+}
+
+// `mask_forward_rowwise4` and `mask_reset` of a weight of at most 64 rows (`small_pass`).
+@compute @workgroup_size(64, 1, 1)
+fn mask_pass_small4(@builtin(local_invocation_id) lid: vec3<u32>) {
+    small_pass(lid.x, true);
+}
+
+// `mask_count_rowwise4` and `mask_reset` of a weight of at most 64 rows (`small_pass`).
+@compute @workgroup_size(64, 1, 1)
+fn mask_count_pass_small4(@builtin(local_invocation_id) lid: vec3<u32>) {
+    small_pass(lid.x, false);
+}
+
 // One workgroup. Reads threshold, alpha_scale; stats[1] += alpha * alpha_scale[0] * sum_i exp(-t[i]) (the penalty's value; stats is the loss stats buffer).
 @compute @workgroup_size(64, 1, 1)
 fn penalty(@builtin(local_invocation_id) lid: vec3<u32>) {
@@ -453,4 +492,54 @@ fn threshold_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
         s += d_masked[row * mp.cols + b];
     }
     d_threshold[row] = -s - mp.alpha * alpha_scale[0] * exp(-threshold[row]);
+}
+
+// ---- A narrow layer's weight gradient with the mask's backward (CPU adapters) ----
+//
+// A masked linear layer with few outputs (a classifier's 10: LeNet-300-100's fc3, LeNet-5's fc4)
+// has too few rows for the vec4 weight-gradient forms (`gemm_tn_vec4` wants them in fours) and
+// took three dispatches: dP = dy^T x (`gemm_regblock`), db (`bias_backward`) and
+// `mask_backward`. Here one: a workgroup per row r of W (mp.rows rows, mp.cols % 4 == 0), lane l
+// the columns 4q .. 4q + 3 for q = l, l + 64, ...:
+//   G[r][c]  = sum over k < mp.batch of dy[k][r] * x[k][c]   (fma in k order: `gemm_regblock`'s
+//              sums, the same bits)
+//   d_weight = G*S(Q) + G*|W|*H(Q)                           (`mask_grads`, as `mask_backward`)
+//   d_threshold[r] = -sum_c G*W*H(Q) - alpha * exp(-t[r])    (reduced over the workgroup in a
+//              fixed order: `mask_backward`'s value up to float reassociation)
+//   db[r]    = sum over k of dy[k][r]                        (in k order: `bias_backward`'s bits)
+// The optimiser pass then updates W, b and t as after the three passes.
+
+// Reads nw_dy, nw_x4, weight, threshold, alpha_scale; writes d_weight, d_threshold, nw_db.
+@compute @workgroup_size(64, 1, 1)
+fn narrow_weight_grad(@builtin(local_invocation_id) lid: vec3<u32>,
+                      @builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = wid.x + wid.y * nwg.x;
+    if (row >= mp.rows) {
+        return;
+    }
+    let t = threshold[row];
+    let c4 = mp.cols / 4u;
+    var part = 0.0;
+    for (var q = lid.x; q < c4; q += WG) {
+        var g = vec4<f32>(0.0);
+        for (var k = 0u; k < mp.batch; k++) {
+            g = fma(vec4<f32>(nw_dy[k * mp.rows + row]), nw_x4[k * c4 + q], g);
+        }
+        let base = row * mp.cols + 4u * q;
+        for (var i = 0u; i < 4u; i++) {
+            let r = mask_grads(g[i], weight[base + i], t);
+            d_weight[base + i] = r.x;
+            part += r.y;
+        }
+    }
+    let s = reduce_f32(lid.x, part);
+    if (lid.x == 0u) {
+        d_threshold[row] = -s - mp.alpha * alpha_scale[0] * exp(-t);
+        var db = 0.0;
+        for (var k = 0u; k < mp.batch; k++) {
+            db = db + nw_dy[k * mp.rows + row];
+        }
+        nw_db[row] = db;
+    }
 }

@@ -182,6 +182,9 @@ pub fn run(
         let one = k.act.relu_backward(&gpu, &dy64, &y64, &dx64)?;
         let mut none = one.clone();
         none.workgroups = [0, 1, 1];
+        // 512 workgroups, all but the first with nothing to do (what a workgroup costs by itself).
+        let mut many = one.clone();
+        many.workgroups = [512, 1, 1];
         // The same two with their counts read from a buffer (a switch's routed dispatches).
         let args = std::sync::Arc::new(gpu.indirect_init("indirect", &[0, 1, 1, 1, 1, 1])?);
         let mut none_indirect = one.clone();
@@ -191,12 +194,14 @@ pub fn run(
         let per = |d: &crate::kernels::Dispatch| -> anyhow::Result<f64> {
             Ok(1e6 * time_dispatches(&gpu, &vec![d.clone(); 64], reps.max(1))? / 64.0)
         };
+        let (t_one, t_many) = (per(&one)?, per(&many)?);
         println!(
-            "dispatch overhead (us per dispatch, 64 in one pass): one workgroup {:.1}, none {:.1}; counts read from a buffer: one {:.1}, none {:.1}",
-            per(&one)?,
+            "dispatch overhead (us per dispatch, 64 in one pass): one workgroup {:.1}, none {:.1}; counts read from a buffer: one {:.1}, none {:.1}; per further workgroup of 256 invocations with nothing to do {:.3}",
+            t_one,
             per(&none)?,
             per(&one_indirect)?,
-            per(&none_indirect)?
+            per(&none_indirect)?,
+            (t_many - t_one) / 511.0
         );
         println!(
             "{:<36} {:>12} {:>12} {:>12} {:>12}",
@@ -880,9 +885,28 @@ fn wall_profile(gpu: &Gpu, plan: &crate::plan::Plan) -> anyhow::Result<Vec<(Stri
     Ok(per)
 }
 
+/// Steps `gpu_profile` times each dispatch over.
+const PROFILE_STEPS: u32 = 15;
+
+/// The median of `v` (the mean of the middle two for an even length; 0 for none).
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let h = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[h]
+    } else {
+        0.5 * (v[h - 1] + v[h])
+    }
+}
+
 /// Per-kernel seconds of one step of `plan` measured on the GPU itself: each dispatch in its own
-/// compute pass with timestamps written at its beginning and end, mean over `steps` steps. None
-/// where the adapter has no timestamp queries.
+/// compute pass with timestamps written at its beginning and end; per dispatch the median over
+/// `steps` steps (a shared machine's stalls land in a few steps: the median leaves them out,
+/// where a mean spreads them over every kernel). None where the adapter has no timestamp
+/// queries.
 fn gpu_profile(
     s: &Session,
     plan: &crate::plan::Plan,
@@ -910,7 +934,7 @@ fn gpu_profile(
         mapped_at_creation: false,
     });
     let period_s = gpu.queue.get_timestamp_period() as f64 * 1e-9;
-    let mut sums = vec![0.0f64; n as usize];
+    let mut times = vec![Vec::with_capacity(steps as usize); n as usize];
     for _ in 0..steps {
         let mut enc = gpu
             .device
@@ -932,13 +956,13 @@ fn gpu_profile(
         gpu.queue.submit([enc.finish()]);
         let raw = gpu.read_ranges(&[(&resolved, 0, bytes)])?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&raw[0]);
-        for (i, sum) in sums.iter_mut().enumerate() {
-            *sum += ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s;
+        for (i, t) in times.iter_mut().enumerate() {
+            t.push(ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period_s);
         }
     }
     let mut per = Vec::new();
-    for ((d, owner), sum) in plan.dispatches.iter().zip(&plan.owners).zip(&sums) {
-        add_to(&mut per, &profile_key(owner, &d.label), sum / steps as f64);
+    for ((d, owner), t) in plan.dispatches.iter().zip(&plan.owners).zip(&mut times) {
+        add_to(&mut per, &profile_key(owner, &d.label), median(t));
     }
     per.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(Some(per))
@@ -1118,23 +1142,26 @@ fn step_times(
         // else from scratch), per layer and kernel: the rows they share bound what DST's
         // sparsity can save.
         let dst = if variants.len() == 7 { 6 } else { 1 };
-        let mut how = "";
+        let mut how = String::new();
         let mut per = Vec::new();
         for v in [&variants[0], &variants[dst]] {
-            let p = match gpu_profile(&v.session, &v.plan, 5)? {
+            let p = match gpu_profile(&v.session, &v.plan, PROFILE_STEPS)? {
                 Some(p) => {
-                    how = "GPU timestamps around each dispatch, mean of 5 steps";
+                    how = format!(
+                        "GPU timestamps around each dispatch, median of {PROFILE_STEPS} steps"
+                    );
                     p
                 }
                 None => {
-                    how = "each dispatch timed alone on the host, 5 reps: submission overhead included";
+                    how = "each dispatch timed alone on the host, 5 reps: submission overhead included"
+                        .to_string();
                     wall_profile(&v.session.gpu, &v.plan)?
                 }
             };
             per.push(p);
         }
         print_profiles(
-            how,
+            &how,
             [variants[0].label.as_str(), variants[dst].label.as_str()],
             &per,
         );

@@ -116,7 +116,7 @@ impl Data {
         let p = Self::params(images, lut, x, y, 0);
         let bufs = [images.lo, images.hi, labels, perm, lut, x, y];
         if p.pixels.is_multiple_of(4) && p.plane.is_multiple_of(4) && x.offset.is_multiple_of(16) {
-            let groups = [p.pixels.div_ceil(256), p.rows, 1];
+            let groups = [1, p.rows, 1];
             return self.gather4_k.bind(gpu, &p, &bufs, Some(step), groups);
         }
         self.gather_k.bind(

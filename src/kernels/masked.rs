@@ -27,7 +27,9 @@ pub struct MaskParams {
     pub penalty: u32,
     /// `mask_reset` under the floor: `layer_keep[4 ..]` holds the recompute dispatch.
     pub recompute: u32,
-    pub _pad: [u32; 2],
+    /// `narrow_weight_grad`: the samples its sums run over.
+    pub batch: u32,
+    pub _pad: u32,
 }
 
 /// What `mask_reset` does to a matrix whose keep ratio fell to 1 % or less (METHOD.md section 3).
@@ -121,8 +123,13 @@ pub struct Masked {
     pub mask_count_rowwise_k: Kernel,
     pub mask_count_rowwise4_k: Kernel,
     pub mask_reset_k: Kernel,
+    /// `mask_forward_rowwise4` (or `mask_count_rowwise4`) and `mask_reset` in one dispatch, for
+    /// a one-matrix weight of at most `SMALL_PASS_ROWS` rows (`mask_pass`).
+    pub mask_pass_small4_k: Kernel,
+    pub mask_count_pass_small4_k: Kernel,
     pub mask_backward_k: Kernel,
     pub mask_backward_rows_k: Kernel,
+    pub narrow_weight_grad_k: Kernel,
     pub threshold_grad_k: Kernel,
     pub penalty_k: Kernel,
     pub switch_from_groups_k: Kernel,
@@ -140,6 +147,37 @@ const BACKWARD_BINDINGS: [(u32, Access); 6] = [
     (8, RW),
     (10, Access::Read),
 ];
+
+/// `mask_reset`: weight, threshold, P, row_keep, layer_keep, the switch's args, stats,
+/// alpha_scale.
+const RESET_BINDINGS: [(u32, Access); 8] = [
+    (1, RW),
+    (2, RW),
+    (3, RW),
+    (4, RW),
+    (5, RW),
+    (11, RW),
+    (9, RW),
+    (10, Access::Read),
+];
+
+/// The one-dispatch mask passes (`mask_pass_small4`): `mask_reset`'s and the weight as vec4s.
+const SMALL_PASS_BINDINGS: [(u32, Access); 9] = [
+    (1, RW),
+    (2, RW),
+    (3, RW),
+    (4, RW),
+    (5, RW),
+    (11, RW),
+    (9, RW),
+    (10, Access::Read),
+    (12, RW),
+];
+
+/// The most rows a one-matrix weight may have for its mask pass and reset to be one dispatch on
+/// CPU adapters (`mask_pass_small4`: one workgroup, a row per lane, as the rowwise pass of such a
+/// weight already is).
+pub const SMALL_PASS_ROWS: usize = 64;
 
 fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
     assert_eq!(
@@ -160,7 +198,8 @@ fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
         p_transposed: 0,
         penalty: 0,
         recompute: 0,
-        _pad: [0; 2],
+        batch: 0,
+        _pad: 0,
     }
 }
 
@@ -203,22 +242,29 @@ impl Masked {
                 &[(1, RW), (2, RW), (3, RW), (4, RW)],
                 false,
             )?,
-            mask_reset_k: f.kernel(
-                "mask_reset",
-                &[
-                    (1, RW),
-                    (2, RW),
-                    (3, RW),
-                    (4, RW),
-                    (5, RW),
-                    (11, RW),
-                    (9, RW),
-                    (10, Access::Read),
-                ],
+            mask_reset_k: f.kernel("mask_reset", &RESET_BINDINGS, false)?,
+            mask_pass_small4_k: f.kernel("mask_pass_small4", &SMALL_PASS_BINDINGS, false)?,
+            mask_count_pass_small4_k: f.kernel(
+                "mask_count_pass_small4",
+                &SMALL_PASS_BINDINGS,
                 false,
             )?,
             mask_backward_k: f.kernel("mask_backward", &BACKWARD_BINDINGS, false)?,
             mask_backward_rows_k: f.kernel("mask_backward_rows", &BACKWARD_BINDINGS, false)?,
+            narrow_weight_grad_k: f.kernel(
+                "narrow_weight_grad",
+                &[
+                    (13, Access::Read),
+                    (14, Access::Read),
+                    (1, RW),
+                    (2, RW),
+                    (7, RW),
+                    (8, RW),
+                    (15, RW),
+                    (10, Access::Read),
+                ],
+                false,
+            )?,
             threshold_grad_k: f.kernel(
                 "threshold_grad",
                 &[(2, RW), (6, RW), (8, RW), (10, Access::Read)],
@@ -421,8 +467,41 @@ impl Masked {
             )
         };
         let floor = policy == ResetPolicy::Floor;
+        // A small matrix on a CPU adapter: the first pass and its reset in one dispatch, the
+        // reset's parameters and buffers, the weight also bound as vec4s.
+        let small = self.rowwise
+            && groups == 1
+            && weight.shape[0] <= SMALL_PASS_ROWS
+            && weight.shape[1].is_multiple_of(4)
+            && weight.offset.is_multiple_of(16);
+        let first = if small {
+            let k = if extras.count_only {
+                &self.mask_count_pass_small4_k
+            } else {
+                &self.mask_pass_small4_k
+            };
+            let extras = PassExtras {
+                penalty: extras.penalty.filter(|_| !floor),
+                ..extras
+            };
+            let (p, bufs) = self.reset_args(
+                weight,
+                threshold,
+                masked_weight,
+                row_keep,
+                layer_keep,
+                1,
+                policy,
+                extras,
+            );
+            let mut bufs = bufs.to_vec();
+            bufs.push(weight);
+            vec![k.bind(gpu, &p, &bufs, None, [1, 1, 1])?]
+        } else {
+            vec![fwd(extras.count_only)?, reset(policy, !floor)?]
+        };
         // (The floor's recompute writes P too: it runs only in steps where the floor acted.)
-        let mut ds = vec![fwd(extras.count_only)?, reset(policy, !floor)?];
+        let mut ds = first;
         if floor {
             let again = fwd(false)?;
             if extras.recompute {
@@ -464,6 +543,33 @@ impl Masked {
         policy: ResetPolicy,
         extras: PassExtras<'_>,
     ) -> Result<Dispatch> {
+        let (p, bufs) = self.reset_args(
+            weight,
+            threshold,
+            masked_weight,
+            row_keep,
+            layer_keep,
+            groups,
+            policy,
+            extras,
+        );
+        self.mask_reset_k
+            .bind(gpu, &p, &bufs, None, [groups as u32, 1, 1])
+    }
+
+    /// `mask_reset_policy`'s parameters and buffers (`RESET_BINDINGS`).
+    #[allow(clippy::too_many_arguments)]
+    fn reset_args<'a>(
+        &'a self,
+        weight: &'a Tensor,
+        threshold: &'a Tensor,
+        masked_weight: &'a Tensor,
+        row_keep: &'a Tensor,
+        layer_keep: &'a Tensor,
+        groups: usize,
+        policy: ResetPolicy,
+        extras: PassExtras<'a>,
+    ) -> (MaskParams, [&'a Tensor; 8]) {
         let mut p = rows_cols(weight, threshold);
         p.policy = policy as u32;
         p.p_transposed = extras.p_transposed as u32;
@@ -484,22 +590,17 @@ impl Masked {
         );
         assert!(layer_keep.len() >= 4 * groups, "mask_reset: layer_keep");
         p.groups = groups as u32;
-        self.mask_reset_k.bind(
-            gpu,
-            &p,
-            &[
-                weight,
-                threshold,
-                masked_weight,
-                row_keep,
-                layer_keep,
-                extras.switch.map_or(&self.dummy_switch, |s| &s.args),
-                extras.penalty.map_or(&self.dummy_stats, |p| p.stats),
-                extras.penalty.map_or(&self.one, |p| p.alpha_scale),
-            ],
-            None,
-            [groups as u32, 1, 1],
-        )
+        let bufs = [
+            weight,
+            threshold,
+            masked_weight,
+            row_keep,
+            layer_keep,
+            extras.switch.map_or(&self.dummy_switch, |s| &s.args),
+            extras.penalty.map_or(&self.dummy_stats, |p| p.stats),
+            extras.penalty.map_or(&self.one, |p| p.alpha_scale),
+        ];
+        (p, bufs)
     }
 
     /// Sets `switch` from the keep count of a weight of `groups` stacked matrices (`layer_keep`
@@ -552,6 +653,70 @@ impl Masked {
             d_threshold,
             alpha,
             &self.one,
+        )
+    }
+
+    /// Whether `narrow_weight_grad` takes a layer's weight `rows x cols` with input `x`: CPU
+    /// adapters (where it replaces three dispatches), whole vec4 rows of x.
+    pub fn narrow_weight_grad_fits(&self, cols: usize, x: &Tensor) -> bool {
+        self.rowwise && cols.is_multiple_of(4) && x.offset.is_multiple_of(16)
+    }
+
+    /// A masked linear layer's weight gradient and the mask's backward in one dispatch (a
+    /// workgroup per row of W; `narrow_weight_grad_fits`): from dy (batch x rows) and x (batch
+    /// x cols), `d_weight` (rows x cols) = the mask's backward of dy^T x, `d_threshold` with the
+    /// penalty `alpha * alpha_scale[0]`, and `d_bias` = the column sums of dy: what
+    /// `gemm_regblock`, `bias_backward` and `mask_backward` write (dL/dt up to float
+    /// reassociation).
+    #[allow(clippy::too_many_arguments)]
+    pub fn narrow_weight_grad(
+        &self,
+        gpu: &Gpu,
+        dy: &Tensor,
+        x: &Tensor,
+        weight: &Tensor,
+        threshold: &Tensor,
+        d_weight: &Tensor,
+        d_threshold: &Tensor,
+        d_bias: &Tensor,
+        alpha: f32,
+        alpha_scale: &Tensor,
+    ) -> Result<Dispatch> {
+        let mut p = rows_cols(weight, threshold);
+        let (rows, cols) = (p.rows as usize, p.cols as usize);
+        let batch = dy.len() / rows.max(1);
+        assert!(
+            self.narrow_weight_grad_fits(cols, x)
+                && dy.len() == batch * rows
+                && x.len() == batch * cols
+                && d_weight.len() == rows * cols
+                && d_threshold.len() == rows
+                && d_bias.len() == rows,
+            "narrow_weight_grad: {} ({}), {} ({}), {} and {} are not for {rows} x {cols} (on a CPU adapter, x 16-byte aligned)",
+            dy.label,
+            dy.len(),
+            x.label,
+            x.len(),
+            d_weight.label,
+            d_bias.label
+        );
+        p.batch = batch as u32;
+        p.alpha = alpha;
+        self.narrow_weight_grad_k.bind(
+            gpu,
+            &p,
+            &[
+                dy,
+                x,
+                weight,
+                threshold,
+                d_weight,
+                d_threshold,
+                d_bias,
+                alpha_scale,
+            ],
+            None,
+            grid_1d(p.rows),
         )
     }
 

@@ -262,6 +262,13 @@ impl Linear {
         if self.fused_update(cx, dy, x2, &d_bias)? {
             return Ok(());
         }
+        // A narrow masked layer (P stored as W is) on a CPU adapter: one dispatch for the
+        // product, the mask's backward and db.
+        if let Some(m) = &self.mask {
+            if m.narrow_backward(cx, self.weight, dy, x2, &d_bias)? {
+                return Ok(());
+            }
+        }
         let d_weight = match &self.mask {
             Some(_) => cx.activation(
                 &format!("{}.d_masked_weight", self.name),

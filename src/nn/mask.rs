@@ -196,6 +196,39 @@ impl Mask {
         Ok(())
     }
 
+    /// Records, for a layer whose P is stored as W is (a narrow layer: a classifier's 10
+    /// outputs) on a CPU adapter, its weight gradient dy^T x through the mask's backward into
+    /// the gradient arena, dL/dt (penalty included) and `d_bias` in one dispatch
+    /// (`Masked::narrow_weight_grad`) from `dy` (batch x rows) and the layer's input `x` (batch x
+    /// cols). `false`: it does not apply (nothing recorded).
+    pub fn narrow_backward(
+        &self,
+        cx: &mut PlanCx<'_>,
+        weight: ParamId,
+        dy: &Tensor,
+        x: &Tensor,
+        d_bias: &Tensor,
+    ) -> Result<bool> {
+        let m = &cx.kernels.masked;
+        if self.groups != 1 || self.transposed || !m.narrow_weight_grad_fits(self.cols, x) {
+            return Ok(false);
+        }
+        let d = m.narrow_weight_grad(
+            cx.gpu,
+            dy,
+            x,
+            &self.matrix(&cx.arena.param(weight)),
+            &cx.arena.param(self.threshold),
+            &self.matrix(&cx.arena.grad(weight)),
+            &cx.arena.grad(self.threshold),
+            d_bias,
+            cx.alpha,
+            &cx.alpha_scale,
+        )?;
+        cx.push(d);
+        Ok(true)
+    }
+
     /// Records dL/dt, penalty included, from the partial row sums a fused weight-gradient
     /// product wrote (`gemm_tn_sgd`; one matrix).
     pub fn threshold_grad(&self, cx: &mut PlanCx<'_>, parts: &Tensor) -> Result<()> {

@@ -532,13 +532,21 @@ fn mask_reset_groups_resets_each_matrix_on_its_own() {
 /// dying matrix's too-high thresholds so that every row keeps at least its strongest weight (bit
 /// for bit as the reference), `none` leaves it dying, `paper` zeroes its thresholds, and none of
 /// them touches a healthy matrix. Also with stacked matrices (an LSTM's gates), where only the
-/// dying ones act.
+/// dying ones act. A one-matrix weight of at most 64 rows (a classifier's) on a CPU adapter takes
+/// the pass and its reset in one dispatch (`mask_pass_small4`), also counting only (P not
+/// written, as `Linear::forward_counted` asks).
 #[test]
 fn reset_policies_match_reference() {
-    use dst::kernels::masked::ResetPolicy;
+    use dst::kernels::masked::{ResetPolicy, SMALL_PASS_ROWS};
     let c = ctx();
     let mut rng = Rng::new(19);
-    for &(groups, gr, cols) in &[(1usize, 7usize, 65usize), (1, 300, 784), (4, 5, 33)] {
+    for &(groups, gr, cols) in &[
+        (1usize, 7usize, 65usize),
+        (1, 300, 784),
+        (4, 5, 33),
+        (1, 10, 100),
+        (1, 64, 32),
+    ] {
         let rows = groups * gr;
         let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
         // Matrix g dying when g is even (thresholds near the largest |w|), healthy otherwise.
@@ -557,9 +565,19 @@ fn reset_policies_match_reference() {
         } else {
             &[false]
         };
-        for (&policy, &transposed) in [ResetPolicy::Floor, ResetPolicy::None, ResetPolicy::Paper]
-            .iter()
-            .flat_map(|p| layouts.iter().map(move |t| (p, t)))
+        // The count-only pass is a CPU adapter's (rowwise) form.
+        let counting: &[bool] = if groups == 1 && c.k.masked.rowwise {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        let small =
+            c.k.masked.rowwise && groups == 1 && rows <= SMALL_PASS_ROWS && cols.is_multiple_of(4);
+        for ((&policy, &transposed), &count_only) in
+            [ResetPolicy::Floor, ResetPolicy::None, ResetPolicy::Paper]
+                .iter()
+                .flat_map(|p| layouts.iter().map(move |t| (p, t)))
+                .flat_map(|pt| counting.iter().map(move |c| (pt, c)))
         {
             let l = layer(&c, &w, &t, rows, cols);
             let stats = c.tensor("stats", &[4], &[0.0, 0.5, 0.0, 0.0]);
@@ -588,10 +606,18 @@ fn reset_policies_match_reference() {
                             alpha: 0.25,
                             alpha_scale: &scale,
                         }),
+                        count_only,
                         ..Default::default()
                     },
                 )
                 .unwrap();
+            let floor = policy == ResetPolicy::Floor;
+            let first = if small { 1 } else { 2 };
+            assert_eq!(
+                ds.len(),
+                first + 2 * floor as usize,
+                "{policy:?} {groups}x{gr}x{cols}: dispatches"
+            );
             run_once(&c.gpu, &ds, 0).unwrap();
             let (p_ref, t_ref, counts, acted) = reference::mask_reset_policy(
                 &to_f64(&w),
@@ -601,7 +627,9 @@ fn reset_policies_match_reference() {
                 groups,
                 policy as u32,
             );
-            let tag = format!("{policy:?} {groups}x{gr}x{cols} transposed P {transposed}");
+            let tag = format!(
+                "{policy:?} {groups}x{gr}x{cols} transposed P {transposed} count only {count_only}"
+            );
             let st = c.read(&stats);
             if groups == 1 {
                 // 0.5 already there + alpha 0.25 x scale 2 x sum exp(-t) over the final thresholds.
@@ -616,7 +644,13 @@ fn reset_policies_match_reference() {
                     .map(|i| p_got[(i % cols) * rows + i / cols])
                     .collect();
             }
-            assert_close(&format!("P {tag}"), &p_got, &p_ref, 0.0, 0.0);
+            if count_only && policy == ResetPolicy::None {
+                // Nothing wrote P (the floor's recompute and the paper's reset of this dying
+                // matrix write it in full).
+                assert!(p_got.iter().all(|v| v.is_nan()), "{tag}: P written");
+            } else {
+                assert_close(&format!("P {tag}"), &p_got, &p_ref, 0.0, 0.0);
+            }
             assert_close(&format!("t {tag}"), &c.read(&l.t), &t_ref, 0.0, 0.0);
             // Every policy leaves each row's keep count as P has it (the input-sparse forward's
             // compaction reads them).
@@ -813,19 +847,25 @@ fn fused_weight_gradient_sgd_matches_reference() {
 /// the second `mask_forward` indirect, its counts written by the floor's reset) gives the same P,
 /// thresholds, row and layer counts and penalty as the pass that always recomputes, on a dying
 /// matrix (the floor acts: the counts are the template) and on a healthy one (it does not: 0, the
-/// second pass costs nothing).
+/// second pass costs nothing). Also for a weight whose first pass and reset are one dispatch
+/// (`mask_pass_small4`, CPU adapters).
 #[test]
 fn floor_recompute_runs_only_when_the_floor_acts() {
-    use dst::kernels::masked::{PassExtras, PenaltyInto, ResetPolicy, RECOMPUTE_WORDS};
     let c = ctx();
     let mut rng = Rng::new(23);
-    let (rows, cols) = (7usize, 65usize);
-    let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
+    for (rows, cols) in [(7usize, 65usize), (10, 100)] {
+        floor_recompute_case(&c, &mut rng, rows, cols);
+    }
+}
+
+fn floor_recompute_case(c: &Ctx, rng: &mut Rng, rows: usize, cols: usize) {
+    use dst::kernels::masked::{PassExtras, PenaltyInto, ResetPolicy, RECOMPUTE_WORDS};
+    let w = rand_vec(rng, rows * cols, -1.0, 1.0);
     for (dying, t0) in [(true, 0.995f32), (false, 0.2)] {
         let t = vec![t0; rows];
         let mut results = Vec::new();
         for recompute in [false, true] {
-            let l = layer(&c, &w, &t, rows, cols);
+            let l = layer(c, &w, &t, rows, cols);
             let stats = c.tensor("stats", &[4], &[0.0; 4]);
             let lk = if recompute {
                 let words = [0u32; RECOMPUTE_WORDS];
@@ -860,13 +900,16 @@ fn floor_recompute_runs_only_when_the_floor_acts() {
                         },
                     )
                     .unwrap();
-            assert_eq!(ds.len(), 4);
-            assert_eq!(ds[2].indirect.is_some(), recompute);
+            // The first pass and its reset: one dispatch for a small weight on a CPU adapter.
+            let small = c.k.masked.rowwise && cols.is_multiple_of(4);
+            assert_eq!(ds.len(), 4 - small as usize);
+            let again = &ds[ds.len() - 2];
+            assert_eq!(again.indirect.is_some(), recompute);
             run_once(&c.gpu, &ds, 0).unwrap();
             let k = c.read_u32(&lk);
             if recompute {
                 let template = &k[7..10];
-                assert_eq!(template, &ds[2].workgroups[..], "template");
+                assert_eq!(template, &again.workgroups[..], "template");
                 let live = if dying { template.to_vec() } else { vec![0; 3] };
                 assert_eq!(&k[4..7], &live[..], "dying {dying}: the recompute's counts");
             }
@@ -882,6 +925,103 @@ fn floor_recompute_runs_only_when_the_floor_acts() {
         assert!(
             results[0] == results[1],
             "dying {dying}: recompute changes the pass"
+        );
+    }
+}
+
+/// A narrow masked layer's weight gradient, the mask's backward and db in one dispatch
+/// (`narrow_weight_grad`, CPU adapters) against the three passes it replaces (`Gemm`'s weight
+/// gradient, `bias_backward`, `mask_backward`: dL/dW and db bit for bit, dL/dt up to float
+/// reassociation) and the f64 reference. Shapes: LeNet-300-100's fc3, LeNet-5's fc4, rows the
+/// vec4 product takes (12), a short batch, more rows than a workgroup's lanes, tiny.
+#[test]
+fn narrow_weight_grad_equals_the_three_passes() {
+    let c = ctx();
+    let m = &c.k.masked;
+    let mut rng = Rng::new(31);
+    for &(batch, rows, cols) in &[
+        (64usize, 10usize, 100usize),
+        (64, 10, 500),
+        (7, 12, 20),
+        (13, 70, 8),
+        (1, 3, 4),
+    ] {
+        let tag = format!("{batch}x{rows}x{cols}");
+        let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
+        // Thresholds spread so that Q = |w| - t falls in every piece of the estimator.
+        let t = rand_vec(&mut rng, rows, -0.2, 0.8);
+        let dy = rand_vec(&mut rng, batch * rows, -1.0, 1.0);
+        // The input after a ReLU: a third zeros.
+        let x: Vec<f32> = rand_vec(&mut rng, batch * cols, -0.5, 1.0)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        let l = layer(&c, &w, &t, rows, cols);
+        let (dyt, xt) = (
+            c.tensor("dy", &[batch, rows], &dy),
+            c.tensor("x", &[batch, cols], &x),
+        );
+        if !m.narrow_weight_grad_fits(cols, &xt) {
+            assert!(!m.rowwise, "{tag}: a CPU adapter takes it");
+            return;
+        }
+        let alpha = 0.3f32;
+        let scale = c.tensor("alpha_scale", &[1], &[1.5]);
+        let dp = c.poisoned("dp", &[rows, cols]);
+        let (dw1, dt1, db1) = (
+            c.poisoned("dw1", &[rows, cols]),
+            c.poisoned("dt1", &[rows]),
+            c.poisoned("db1", &[rows]),
+        );
+        let (dw2, dt2, db2) = (
+            c.poisoned("dw2", &[rows, cols]),
+            c.poisoned("dt2", &[rows]),
+            c.poisoned("db2", &[rows]),
+        );
+        let ds = [
+            c.k.gemm
+                .backward_weight(&c.gpu, &dyt, &xt, &dp, false, &c.k.dummy)
+                .unwrap(),
+            c.k.gemm.bias_backward(&c.gpu, &dyt, &db1).unwrap(),
+            m.mask_backward_scaled(&c.gpu, &l.w, &l.t, &dp, &dw1, &dt1, alpha, &scale)
+                .unwrap(),
+            m.narrow_weight_grad(
+                &c.gpu, &dyt, &xt, &l.w, &l.t, &dw2, &dt2, &db2, alpha, &scale,
+            )
+            .unwrap(),
+        ];
+        run_once(&c.gpu, &ds, 0).unwrap();
+        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(c.read(&dw2)), bits(c.read(&dw1)), "{tag}: dL/dW");
+        assert_eq!(bits(c.read(&db2)), bits(c.read(&db1)), "{tag}: db");
+        assert_close_norm(
+            &format!("dL/dt {tag}"),
+            &c.read(&dt2),
+            &to_f64(&c.read(&dt1)),
+            1e-6,
+        );
+        // The f64 reference: dP = dy^T x, the mask's backward (penalty alpha x 1.5), db.
+        let (wd, td, dyd, xd) = (to_f64(&w), to_f64(&t), to_f64(&dy), to_f64(&x));
+        let dp_ref = rgemm::backward_weight(&dyd, &xd, batch, rows, cols);
+        let (dw_ref, dt_ref) =
+            reference::mask_backward(&wd, &td, &dp_ref, rows, cols, alpha as f64 * 1.5);
+        assert_close_norm(
+            &format!("dL/dW {tag} (reference)"),
+            &c.read(&dw2),
+            &dw_ref,
+            1e-5,
+        );
+        assert_close_norm(
+            &format!("dL/dt {tag} (reference)"),
+            &c.read(&dt2),
+            &dt_ref,
+            1e-5,
+        );
+        assert_close_norm(
+            &format!("db {tag} (reference)"),
+            &c.read(&db2),
+            &rgemm::bias_backward(&dyd, batch, rows),
+            1e-5,
         );
     }
 }
