@@ -438,12 +438,15 @@ fn mask_count_rowwise4(@builtin(global_invocation_id) gid: vec3<u32>,
     rowwise_pass4(gid, nwg, false);
 }
 
-// The mask pass of a one-matrix weight of at most 64 rows (a classifier's: LeNet-300-100's fc3,
-// LeNet-5's fc4) in one dispatch instead of two: one workgroup, lane r the rowwise pass of row r
-// (`row_pass4`: mp.cols % 4 == 0, weight 16-byte aligned), then, once every row's counters are
-// written, `mask_reset`'s work for the matrix. The same reads and writes as `mask_forward_rowwise4`
-// followed by `mask_reset` (lavapipe charges about 20-40 us per dispatch: `dst bench`'s dispatch
-// overhead line). The body of both entry points below.
+// The mask pass of a small one-matrix weight (at most `SMALL_PASS_ROWS` rows, src/kernels/
+// masked.rs: LeNet-300-100's fc2 and fc3, LeNet-5's fc4) in one dispatch instead of two: one
+// workgroup, lane l the rowwise passes of rows l, l + 64, ... (`row_pass4`: mp.cols % 4 == 0,
+// weight 16-byte aligned), then, once every row's counters are written, `mask_reset`'s work for
+// the matrix. The same reads and writes as `mask_forward_rowwise4` (or `mask_count_rowwise4`)
+// followed by `mask_reset`. lavapipe charges about 20-40 us per dispatch besides its work (`dst
+// bench`'s dispatch overhead line); fc2's 100 rows in one workgroup instead of two took the
+// time of its two passes (0.09-0.10 ms, `dst bench --profile`). The body of both entry points
+// below.
 fn small_pass(lane: u32, write_p: bool) {
     for (var row = lane; row < mp.rows; row += WG) {
         row_pass4(row, write_p);
@@ -452,13 +455,13 @@ fn small_pass(lane: u32, write_p: bool) {
     reset_matrix(lane, 0u);
 }
 
-// `mask_forward_rowwise4` and `mask_reset` of a weight of at most 64 rows (`small_pass`).
+// `mask_forward_rowwise4` and `mask_reset` of a small weight (`small_pass`).
 @compute @workgroup_size(64, 1, 1)
 fn mask_pass_small4(@builtin(local_invocation_id) lid: vec3<u32>) {
     small_pass(lid.x, true);
 }
 
-// `mask_count_rowwise4` and `mask_reset` of a weight of at most 64 rows (`small_pass`).
+// `mask_count_rowwise4` and `mask_reset` of a small weight (`small_pass`).
 @compute @workgroup_size(64, 1, 1)
 fn mask_count_pass_small4(@builtin(local_invocation_id) lid: vec3<u32>) {
     small_pass(lid.x, false);

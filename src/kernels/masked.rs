@@ -175,9 +175,9 @@ const SMALL_PASS_BINDINGS: [(u32, Access); 9] = [
 ];
 
 /// The most rows a one-matrix weight may have for its mask pass and reset to be one dispatch on
-/// CPU adapters (`mask_pass_small4`: one workgroup, a row per lane, as the rowwise pass of such a
-/// weight already is).
-pub const SMALL_PASS_ROWS: usize = 64;
+/// CPU adapters (`mask_pass_small4`: one workgroup of 64 lanes, each at most two rows; the plain
+/// rowwise pass runs a row per lane in workgroups of 64).
+pub const SMALL_PASS_ROWS: usize = 128;
 
 fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
     assert_eq!(

@@ -532,7 +532,7 @@ fn mask_reset_groups_resets_each_matrix_on_its_own() {
 /// dying matrix's too-high thresholds so that every row keeps at least its strongest weight (bit
 /// for bit as the reference), `none` leaves it dying, `paper` zeroes its thresholds, and none of
 /// them touches a healthy matrix. Also with stacked matrices (an LSTM's gates), where only the
-/// dying ones act. A one-matrix weight of at most 64 rows (a classifier's) on a CPU adapter takes
+/// dying ones act. A small one-matrix weight (`SMALL_PASS_ROWS`) on a CPU adapter takes
 /// the pass and its reset in one dispatch (`mask_pass_small4`), also counting only (P not
 /// written, as `Linear::forward_counted` asks).
 #[test]
@@ -546,6 +546,7 @@ fn reset_policies_match_reference() {
         (4, 5, 33),
         (1, 10, 100),
         (1, 64, 32),
+        (1, 100, 12),
     ] {
         let rows = groups * gr;
         let w = rand_vec(&mut rng, rows * cols, -1.0, 1.0);
