@@ -69,6 +69,7 @@ struct SparseParams {
 @group(0) @binding(17) var<storage, read_write> order: array<u32>; // the compaction's row order
 @group(0) @binding(18) var<storage, read> thr: array<f32>; // masked_columns: P's row thresholds
 @group(0) @binding(19) var<storage, read_write> list_val4w: array<vec4<f32>>; // input_lists: list_val as vec4s
+@group(0) @binding(20) var<storage, read_write> k_list: array<u32>; // input_lists_split_klists: the weight gradient's lists
 
 const WG: u32 = 64u;
 const QUAD: u32 = 4u;
@@ -466,13 +467,57 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
 @compute @workgroup_size(64, 1, 1)
 fn input_lists_split(@builtin(local_invocation_id) lid: vec3<u32>,
                      @builtin(workgroup_id) wid: vec3<u32>) {
+    split_lists(lid.x, wid.x);
+}
+
+// The work of `input_lists_split`'s workgroup s (0 or 1) for lane `lane`.
+fn split_lists(lane: u32, s: u32) {
     let blocks = (sp.rows + IB - 1u) / IB;
-    for (var r = lid.x; r < blocks; r += WG) {
-        list_segment(r, wid.x);
+    for (var r = lane; r < blocks; r += WG) {
+        list_segment(r, s);
     }
-    if (wid.x == 0u) {
-        compaction_order(lid.x);
+    if (s == 0u) {
+        compaction_order(lane);
     }
+}
+
+// `input_lists_split` that also lists, in its workgroups past the first two, what the layer's
+// weight gradient skips the input's zeros by (`weight_grad_lists`: gemm.wgsl's `tn_k_lists`,
+// word for word): one dispatch per step less, and the lists built while the cores would
+// otherwise wait on the two list workgroups.
+@compute @workgroup_size(64, 1, 1)
+fn input_lists_split_klists(@builtin(local_invocation_id) lid: vec3<u32>,
+                            @builtin(workgroup_id) wid: vec3<u32>) {
+    if (wid.x >= 2u) {
+        weight_grad_lists((wid.x - 2u) * WG + lid.x);
+        return;
+    }
+    split_lists(lid.x, wid.x);
+}
+
+// For block `blk` of 8 input columns of x (sp.rows samples x sp.cols inputs, read as vec4s:
+// sp.cols % 4 == 0), the samples with a nonzero there, ascending, at k_list[nb + blk * sp.rows
+// ..], their number at k_list[blk] (nb = ceil(sp.cols / 8) blocks; the last block's second vec4
+// clamped to the last): the lists `gemm_tn_sgd_listed` reads, as gemm.wgsl's `tn_k_lists`
+// builds them.
+fn weight_grad_lists(blk: u32) {
+    let nb = (sp.cols + 7u) / 8u;
+    if (blk >= nb) {
+        return;
+    }
+    let n4 = sp.cols / 4u;
+    let ca = min(2u * blk, n4 - 1u);
+    let cb = min(2u * blk + 1u, n4 - 1u);
+    let base = nb + blk * sp.rows;
+    let zero = vec4<f32>(0.0);
+    var count = 0u;
+    for (var k = 0u; k < sp.rows; k++) {
+        if (any(x4[k * n4 + ca] != zero) | any(x4[k * n4 + cb] != zero)) {
+            k_list[base + count] = k;
+            count++;
+        }
+    }
+    k_list[blk] = count;
 }
 
 var<workgroup> red_total: array<u32, 64>;

@@ -797,9 +797,16 @@ fn input_sparse_weight_gradient(
         }
         let x = Tensor::from_slice(gpu, "x", &[batch, cols], &x)?;
         for (row, listed) in table.iter_mut().zip([None, Some(&lists)]) {
-            let Some(ds) = k
-                .gemm
-                .backward_weight_sgd(gpu, &g, &x, &db, &target, listed, &step, &k.dummy)?
+            let Some(ds) = k.gemm.backward_weight_sgd(
+                gpu,
+                &g,
+                &x,
+                &db,
+                &target,
+                listed.map(crate::kernels::gemm::KLists::Build),
+                &step,
+                &k.dummy,
+            )?
             else {
                 return Ok(());
             };

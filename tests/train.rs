@@ -539,6 +539,9 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
             "{model}: {labels:?}"
         );
         assert_eq!(count("masked.mask_count_pass_small4"), 1, "{labels:?}");
+        // fc1's weight-gradient lists come with its input lists: no dispatch of their own.
+        assert_eq!(count("sparse.input_lists_split_klists"), 1, "{labels:?}");
+        assert_eq!(count("gemm.tn_k_lists"), 0, "{labels:?}");
         assert_eq!(count("masked.mask_forward_rowwise4"), 0, "{labels:?}");
         assert_eq!(count("masked.mask_pass_small4"), 1, "{labels:?}");
         assert_eq!(count("masked.narrow_weight_grad"), 1, "{labels:?}");

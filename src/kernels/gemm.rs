@@ -171,6 +171,15 @@ pub struct SgdTarget<'a> {
     pub mask: Option<(&'a Tensor, &'a Tensor)>,
 }
 
+/// The lists of the samples nonzero in each block of 8 input features that the listed weight
+/// gradient reads (`Gemm::backward_weight_sgd`): to be built by its own dispatch (`tn_k_lists`),
+/// or already built this step (sparse.wgsl's `input_lists_split_klists`, in the layer's forward).
+#[derive(Clone, Copy)]
+pub enum KLists<'a> {
+    Build(&'a Tensor),
+    Built(&'a Tensor),
+}
+
 /// The vec4 fast path (CPU adapters) that computes `p`, if its strides and sizes allow one.
 fn vec4_form(p: &GemmParams, a: &Tensor, b: &Tensor) -> Option<Vec4Form> {
     let aligned = a.offset.is_multiple_of(16) && b.offset.is_multiple_of(16);
@@ -589,7 +598,8 @@ impl Gemm {
     /// and the weight's share of the optimiser pass; db as `backward_weight_bias`. With
     /// `k_lists` (`k_list_words` long), two dispatches: `tn_k_lists` lists, per block of 8 input
     /// features, the samples with a nonzero there, and `gemm_tn_sgd_listed` sums over those only
-    /// (for a mostly-zero input such as MNIST's pixels; the same bits as the full sums). `None`
+    /// (for a mostly-zero input such as MNIST's pixels; the same bits as the full sums); the
+    /// second alone where the lists are `KLists::Built` this step. `None`
     /// where the vec4 weight-gradient form does not apply (GPUs; shapes or offsets it cannot
     /// take): the caller records the unfused passes.
     #[allow(clippy::too_many_arguments)]
@@ -600,7 +610,7 @@ impl Gemm {
         x: &Tensor,
         db: &Tensor,
         target: &SgdTarget<'_>,
-        k_lists: Option<&Tensor>,
+        k_lists: Option<KLists<'_>>,
         step: &super::StepRing,
         dummy: &Tensor,
     ) -> Result<Option<Vec<Dispatch>>> {
@@ -657,24 +667,35 @@ impl Gemm {
                 groups,
             )?]));
         };
+        let (lists, built) = match lists {
+            KLists::Build(l) => (l, false),
+            KLists::Built(l) => (l, true),
+        };
         assert!(
             lists.len() >= Self::k_list_words(p.n as usize, p.k as usize),
             "backward_weight_sgd: k lists too small"
         );
         let blocks = Self::dt_blocks(p.n as usize) as u32;
-        let build =
-            self.tn_k_lists
-                .bind(gpu, &p, &[x, lists], None, [blocks.div_ceil(64), 1, 1])?;
+        let mut ds = Vec::new();
+        if !built {
+            ds.push(self.tn_k_lists.bind(
+                gpu,
+                &p,
+                &[x, lists],
+                None,
+                [blocks.div_ceil(64), 1, 1],
+            )?);
+        }
         let mut listed_bufs = bufs.to_vec();
         listed_bufs.push(lists);
-        let product = self.tn_sgd_listed.bind(
+        ds.push(self.tn_sgd_listed.bind(
             gpu,
             &p,
             &listed_bufs,
             Some(step),
             [p.m.div_ceil(64), blocks, 1],
-        )?;
-        Ok(Some(vec![build, product]))
+        )?);
+        Ok(Some(ds))
     }
 
     /// `db[n] = sum_m g[m][n]`: g (M x N), db (N), on the device's variant.

@@ -93,6 +93,7 @@ pub struct Sparse {
     pub ell_product4_k: Kernel,
     pub input_lists_k: Kernel,
     pub input_lists_split_k: Kernel,
+    pub input_lists_split_klists_k: Kernel,
     pub ell_input_product_k: Kernel,
     pub ell_input_product_compacted_k: Kernel,
     pub compact_columns_k: Kernel,
@@ -426,6 +427,21 @@ impl Sparse {
                 &[(4, R), (10, RW), (19, RW), (12, RW), (16, R), (17, RW)],
                 false,
             )?,
+            // The same and x as vec4s, the weight gradient's lists.
+            input_lists_split_klists_k: f.kernel(
+                "input_lists_split_klists",
+                &[
+                    (4, R),
+                    (10, RW),
+                    (19, RW),
+                    (12, RW),
+                    (16, R),
+                    (17, RW),
+                    (7, R),
+                    (20, RW),
+                ],
+                false,
+            )?,
             // Both read `order` in their shared body (the plain one never runs that code).
             ell_input_product_k: f.kernel("ell_input_product", INPUT_PRODUCT, false)?,
             ell_input_product_compacted_k: f.kernel(
@@ -534,13 +550,17 @@ impl Sparse {
     /// `input_lists` for a layer whose input-sparse forward runs at every step, compacted
     /// (`Linear::forward_counted`): the same lists and, from P's per-row keep counts
     /// (`row_counts`), the same `order`, in two workgroups (one per list segment), with no path
-    /// to pick and no switch.
+    /// to pick and no switch. With `k_lists` (`Gemm::k_list_words` long; the input's width a
+    /// multiple of 4, x 16-byte aligned), further workgroups also write the lists of the samples
+    /// nonzero in each block of 8 inputs that the layer's weight gradient reads
+    /// (`Gemm::backward_weight_sgd` with `KLists::Built`), as `tn_k_lists` would.
     pub fn input_lists_counted(
         &self,
         gpu: &Gpu,
         x: &Tensor,
         lists: &InputLists,
         row_counts: &Tensor,
+        k_lists: Option<&Tensor>,
     ) -> Result<Dispatch> {
         let (batch, width) = (lists.batch, lists.width);
         assert_eq!(
@@ -561,19 +581,36 @@ impl Sparse {
             outputs: lists.outputs as u32,
             ..Default::default()
         };
-        self.input_lists_split_k.bind(
+        let mut bufs = vec![
+            x,
+            &lists.idx,
+            &lists.val,
+            &lists.cnt,
+            row_counts,
+            &lists.order,
+        ];
+        let Some(k_lists) = k_lists else {
+            return self
+                .input_lists_split_k
+                .bind(gpu, &params, &bufs, None, [2, 1, 1]);
+        };
+        let words = crate::kernels::gemm::Gemm::k_list_words(width, batch);
+        assert!(
+            width.is_multiple_of(4) && x.offset.is_multiple_of(16) && k_lists.len() >= words,
+            "input_lists_counted: {} ({width} wide at byte {}) or {} ({} words, {words} needed) does not fit the weight gradient's lists",
+            x.label,
+            x.offset,
+            k_lists.label,
+            k_lists.len()
+        );
+        bufs.extend([x, k_lists]);
+        let blocks = width.div_ceil(8) as u32;
+        self.input_lists_split_klists_k.bind(
             gpu,
             &params,
-            &[
-                x,
-                &lists.idx,
-                &lists.val,
-                &lists.cnt,
-                row_counts,
-                &lists.order,
-            ],
+            &bufs,
             None,
-            [2, 1, 1],
+            [2 + blocks.div_ceil(64), 1, 1],
         )
     }
 

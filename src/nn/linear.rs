@@ -26,6 +26,7 @@
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
 use crate::gpu::{Gpu, Result, Tensor};
+use crate::kernels::gemm::KLists;
 use crate::kernels::sparse::{Compaction, EllLists, InputLists, ListedProduct, Path, Switch};
 
 /// Dispatches a switch routes: forward (lists, x feature-major, product | GEMM), the product
@@ -224,23 +225,24 @@ impl Linear {
             weight_decay,
             mask: threshold.as_ref().zip(parts.as_ref()),
         };
-        // The input's zeros skipped in dW = dY^T X.
-        let k_lists = if self.input_sparse_gradient(cx) {
+        // The input's zeros skipped in dW = dY^T X: the lists the forward built
+        // (`forward_counted`), or built here.
+        let k_lists = if cx.has_saved(&self.k_lists_key()) {
+            Some((cx.saved(&self.k_lists_key()), true))
+        } else if self.input_sparse_gradient(cx) {
             let words = crate::kernels::gemm::Gemm::k_list_words(self.in_features, x2.shape[0]);
-            Some(cx.activation(&format!("{}.x_nonzero_samples", self.name), &[words])?)
+            let l = cx.activation(&format!("{}.x_nonzero_samples", self.name), &[words])?;
+            Some((l, false))
         } else {
             None
         };
-        let Some(ds) = k.gemm.backward_weight_sgd(
-            gpu,
-            dy,
-            x2,
-            d_bias,
-            &target,
-            k_lists.as_ref(),
-            cx.step,
-            &k.dummy,
-        )?
+        let k_lists = k_lists.as_ref().map(|(l, built)| match built {
+            true => KLists::Built(l),
+            false => KLists::Build(l),
+        });
+        let Some(ds) = k
+            .gemm
+            .backward_weight_sgd(gpu, dy, x2, d_bias, &target, k_lists, cx.step, &k.dummy)?
         else {
             return Ok(false);
         };
@@ -318,7 +320,7 @@ impl Linear {
             product_slot: COMPACT_PRODUCT_SLOT,
         };
         let sp = &cx.kernels.sparse;
-        cx.push(match sw {
+        let d = match sw {
             Some(sw) => sp.input_lists(
                 cx.gpu,
                 x2,
@@ -329,8 +331,28 @@ impl Linear {
                 INPUT_SLOT,
                 Some(&compaction),
             )?,
-            None => sp.input_lists_counted(cx.gpu, x2, &il, &counts)?,
-        });
+            None => {
+                // A training plan's fused, listed weight gradient reads the lists of the
+                // samples nonzero per block of 8 inputs: built here, in the same dispatch.
+                let k_lists = (cx.mode == super::Mode::Train
+                    && cx.fused_sgd.is_some()
+                    && self.input_sparse_gradient(cx)
+                    && self.in_features.is_multiple_of(4)
+                    && x2.offset.is_multiple_of(16))
+                .then(|| {
+                    let words =
+                        crate::kernels::gemm::Gemm::k_list_words(self.in_features, x2.shape[0]);
+                    cx.activation(&format!("{}.x_nonzero_samples", self.name), &[words])
+                })
+                .transpose()?;
+                let d = sp.input_lists_counted(cx.gpu, x2, &il, &counts, k_lists.as_ref())?;
+                if let Some(l) = k_lists {
+                    cx.save(&self.k_lists_key(), l);
+                }
+                d
+            }
+        };
+        cx.push(d);
         let pt_c = cx.activation(
             &format!("{}.pt_compacted", self.name),
             &[self.in_features, n],
@@ -404,6 +426,12 @@ impl Linear {
     /// `columns` for this layer's product to the input.
     fn compaction_key(&self, what: &str) -> String {
         format!("{}#compacted_{what}", self.name)
+    }
+
+    /// The key under which `forward_counted` keeps the lists of the input's nonzero samples it
+    /// built for this layer's weight gradient.
+    fn k_lists_key(&self) -> String {
+        format!("{}#x_nonzero_samples", self.name)
     }
 
     /// The switch the forward of this plan recorded, if any.

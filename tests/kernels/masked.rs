@@ -763,7 +763,7 @@ fn fused_weight_gradient_sgd_matches_reference() {
                             &xt,
                             &db,
                             &target,
-                            listed.then_some(&lists),
+                            listed.then_some(dst::kernels::gemm::KLists::Build(&lists)),
                             &c.step,
                             &c.k.dummy,
                         )

@@ -353,7 +353,7 @@ fn subnormal_optimiser_state_is_stored_as_zero() {
                         &xt,
                         &db,
                         &target,
-                        listed.then_some(&lists),
+                        listed.then_some(dst::kernels::gemm::KLists::Build(&lists)),
                         &c.step,
                         &c.k.dummy,
                     )

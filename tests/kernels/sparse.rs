@@ -767,7 +767,12 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
     use dst::kernels::sparse::{Compaction, InputLists, Path, Switch};
     let c = ctx();
     let mut rng = Rng::new(29);
-    for &(batch, width, n) in &[(64usize, 784usize, 300usize), (13, 30, 12), (8, 9, 4)] {
+    for &(batch, width, n) in &[
+        (64usize, 784usize, 300usize),
+        (13, 30, 12),
+        (8, 9, 4),
+        (13, 28, 12),
+    ] {
         type Pattern = fn(usize, usize) -> bool;
         let patterns: [(&str, Pattern); 6] = [
             ("every row", |_, _| true),
@@ -901,11 +906,18 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                             "{tag}: compacted y differs from the plain product's"
                         );
                         // The two-workgroup build of a forward that always runs compacted: the
-                        // same list lengths and order, and from them the same y.
+                        // same list lengths and order, and from them the same y; where the
+                        // width allows, with the weight gradient's lists of the samples
+                        // nonzero per block of 8 inputs (checked below).
                         let lists2 = InputLists::new(&c.gpu, "il2", batch, width, n).unwrap();
                         let y2 = c.poisoned("y2", &[batch, n]);
+                        let k_words = dst::kernels::gemm::Gemm::k_list_words(width, batch);
+                        let k_lists = width
+                            .is_multiple_of(4)
+                            .then(|| c.tensor_u32("k_lists", &[k_words], &vec![u32::MAX; k_words]));
                         let ds = [
-                            sp.input_lists_counted(&c.gpu, &xt, &lists2, &ct).unwrap(),
+                            sp.input_lists_counted(&c.gpu, &xt, &lists2, &ct, k_lists.as_ref())
+                                .unwrap(),
                             sp.ell_input_product(
                                 &c.gpu,
                                 &lists2,
@@ -921,6 +933,23 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                         run_once(&c.gpu, &ds, 0).unwrap();
                         assert_eq!(c.read_u32(&lists2.cnt), c.read_u32(&lists.cnt), "{tag}");
                         assert_eq!(c.read_u32(&lists2.order), order, "{tag}: counted order");
+                        if let Some(kl) = &k_lists {
+                            let got = c.read_u32(kl);
+                            let nb = width.div_ceil(8);
+                            for blk in 0..nb {
+                                let cols = 8 * blk..(8 * blk + 8).min(width);
+                                let want: Vec<u32> = (0..batch)
+                                    .filter(|&k| cols.clone().any(|i| x[k * width + i] != 0.0))
+                                    .map(|k| k as u32)
+                                    .collect();
+                                assert_eq!(got[blk] as usize, want.len(), "{tag}: block {blk}");
+                                assert_eq!(
+                                    got[nb + blk * batch..][..want.len()],
+                                    want[..],
+                                    "{tag}: block {blk}'s samples"
+                                );
+                            }
+                        }
                         assert!(
                             c.read(&y2)
                                 .iter()
