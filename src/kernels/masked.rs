@@ -161,19 +161,6 @@ const RESET_BINDINGS: [(u32, Access); 8] = [
     (10, Access::Read),
 ];
 
-/// The one-dispatch mask passes (`mask_pass_small4`): `mask_reset`'s and the weight as vec4s.
-const SMALL_PASS_BINDINGS: [(u32, Access); 9] = [
-    (1, RW),
-    (2, RW),
-    (3, RW),
-    (4, RW),
-    (5, RW),
-    (11, RW),
-    (9, RW),
-    (10, Access::Read),
-    (12, RW),
-];
-
 /// The most rows a one-matrix weight may have for its mask pass and reset to be one dispatch on
 /// CPU adapters (`mask_pass_small4`: one workgroup of 64 lanes, each at most two rows; the plain
 /// rowwise pass runs a row per lane in workgroups of 64).
@@ -212,6 +199,8 @@ impl Masked {
         dummy_switch: Tensor,
         dummy_stats: Tensor,
     ) -> Result<Masked> {
+        // The one-dispatch mask passes: `mask_reset`'s bindings and the weight as vec4s.
+        let small_pass = [&RESET_BINDINGS[..], &[(12, RW)]].concat();
         Ok(Masked {
             rowwise,
             one,
@@ -243,12 +232,8 @@ impl Masked {
                 false,
             )?,
             mask_reset_k: f.kernel("mask_reset", &RESET_BINDINGS, false)?,
-            mask_pass_small4_k: f.kernel("mask_pass_small4", &SMALL_PASS_BINDINGS, false)?,
-            mask_count_pass_small4_k: f.kernel(
-                "mask_count_pass_small4",
-                &SMALL_PASS_BINDINGS,
-                false,
-            )?,
+            mask_pass_small4_k: f.kernel("mask_pass_small4", &small_pass, false)?,
+            mask_count_pass_small4_k: f.kernel("mask_count_pass_small4", &small_pass, false)?,
             mask_backward_k: f.kernel("mask_backward", &BACKWARD_BINDINGS, false)?,
             mask_backward_rows_k: f.kernel("mask_backward_rows", &BACKWARD_BINDINGS, false)?,
             narrow_weight_grad_k: f.kernel(
