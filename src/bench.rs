@@ -1239,3 +1239,17 @@ fn synthetic_cifar(count: usize) -> crate::data::Dataset {
         augment: true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_empty_lengths() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        // One stalled step does not move it (their mean is 21).
+        assert_eq!(median(&mut [1.0, 100.0, 2.0, 0.5, 1.5]), 1.5);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
+    }
+}

@@ -230,15 +230,16 @@ impl Linear {
         let k_lists = if cx.has_saved(&self.k_lists_key()) {
             Some((cx.saved(&self.k_lists_key()), true))
         } else if self.input_sparse_gradient(cx) {
-            let words = crate::kernels::gemm::Gemm::k_list_words(self.in_features, x2.shape[0]);
-            let l = cx.activation(&format!("{}.x_nonzero_samples", self.name), &[words])?;
-            Some((l, false))
+            Some((self.k_lists_buffer(cx, x2.shape[0])?, false))
         } else {
             None
         };
-        let k_lists = k_lists.as_ref().map(|(l, built)| match built {
-            true => KLists::Built(l),
-            false => KLists::Build(l),
+        let k_lists = k_lists.as_ref().map(|(l, built)| {
+            if *built {
+                KLists::Built(l)
+            } else {
+                KLists::Build(l)
+            }
         });
         let Some(ds) = k
             .gemm
@@ -339,11 +340,7 @@ impl Linear {
                     && self.input_sparse_gradient(cx)
                     && self.in_features.is_multiple_of(4)
                     && x2.offset.is_multiple_of(16))
-                .then(|| {
-                    let words =
-                        crate::kernels::gemm::Gemm::k_list_words(self.in_features, x2.shape[0]);
-                    cx.activation(&format!("{}.x_nonzero_samples", self.name), &[words])
-                })
+                .then(|| self.k_lists_buffer(cx, x2.shape[0]))
                 .transpose()?;
                 let d = sp.input_lists_counted(cx.gpu, x2, &il, &counts, k_lists.as_ref())?;
                 if let Some(l) = k_lists {
@@ -432,6 +429,13 @@ impl Linear {
     /// built for this layer's weight gradient.
     fn k_lists_key(&self) -> String {
         format!("{}#x_nonzero_samples", self.name)
+    }
+
+    /// A buffer for the lists of the samples nonzero in each block of 8 inputs that this
+    /// layer's listed weight gradient reads (`Gemm::k_list_words`), for `batch` samples.
+    fn k_lists_buffer(&self, cx: &PlanCx<'_>, batch: usize) -> Result<Tensor> {
+        let words = crate::kernels::gemm::Gemm::k_list_words(self.in_features, batch);
+        cx.activation(&format!("{}.x_nonzero_samples", self.name), &[words])
     }
 
     /// The switch the forward of this plan recorded, if any.
