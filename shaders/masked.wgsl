@@ -4,9 +4,11 @@
 //   Q = |W| - t[row],  M = S(Q) (strict step),  P = W * M   (the layer computes with P)
 // Forward is two dispatches: `mask_forward` (one pass over W: P and per-row keep counts) and
 // `mask_reset` (the dead-layer reset: when the layer keeps <= 1% of W, thresholds go to 0 and P
-// is recomputed, all on the GPU). `mask_forward_rowwise` is the CPU-adapter variant. Backward is
-// one pass over G = dL/dP: `mask_backward` (CPU adapters) or `mask_backward_rows` (GPUs) writes
-// dL/dW and dL/dt (penalty term included). `penalty` accumulates alpha * sum exp(-t).
+// is recomputed, all on the GPU). `mask_forward_rowwise` is the CPU-adapter variant, and on CPU
+// adapters a small weight takes both in one dispatch (`mask_pass_small4`). Backward is one pass
+// over G = dL/dP: `mask_backward` (CPU adapters) or `mask_backward_rows` (GPUs) writes dL/dW and
+// dL/dt (penalty term included); a narrow linear layer on a CPU adapter computes G itself in the
+// same dispatch (`narrow_weight_grad`). `penalty` accumulates alpha * sum exp(-t).
 // Every reduction runs in a fixed order (no atomics): same inputs, same bits.
 
 // Keep in sync with `MaskParams` in src/kernels/masked.rs.
