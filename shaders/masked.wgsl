@@ -445,7 +445,7 @@ fn mask_count_rowwise4(@builtin(global_invocation_id) gid: vec3<u32>,
 // workgroup, lane l the rowwise passes of rows l, l + 64, ... (`row_pass4`: mp.cols % 4 == 0,
 // weight 16-byte aligned), then, once every row's counters are written, `mask_reset`'s work for
 // the matrix. The same reads and writes as `mask_forward_rowwise4` (or `mask_count_rowwise4`)
-// followed by `mask_reset`. lavapipe charges about 20-40 us per dispatch besides its work (`dst
+// followed by `mask_reset`. lavapipe charges about 25-40 us per dispatch besides its work (`dst
 // bench`'s dispatch overhead line); fc2's 100 rows in one workgroup instead of two took the
 // time of its two passes (0.09-0.10 ms, `dst bench --profile`). The body of both entry points
 // below.

@@ -434,10 +434,9 @@ impl Masked {
             )
         };
         // The last reset of the pass writes the final count: it sets the switch and adds the
-        // penalty (the floor's first one only moves thresholds).
-        let reset = |p, last: bool| {
-            self.mask_reset_policy(
-                gpu,
+        // penalty (the floor's first one only moves thresholds). Its parameters and buffers:
+        let reset_args = |p, last: bool| {
+            self.reset_args(
                 weight,
                 threshold,
                 masked_weight,
@@ -450,6 +449,11 @@ impl Masked {
                     ..extras
                 },
             )
+        };
+        let reset = |p, last: bool| {
+            let (params, bufs) = reset_args(p, last);
+            self.mask_reset_k
+                .bind(gpu, &params, &bufs, None, [groups as u32, 1, 1])
         };
         let floor = policy == ResetPolicy::Floor;
         // A small matrix on a CPU adapter: the first pass and its reset in one dispatch, the
@@ -465,20 +469,7 @@ impl Masked {
             } else {
                 &self.mask_pass_small4_k
             };
-            let extras = PassExtras {
-                penalty: extras.penalty.filter(|_| !floor),
-                ..extras
-            };
-            let (p, bufs) = self.reset_args(
-                weight,
-                threshold,
-                masked_weight,
-                row_keep,
-                layer_keep,
-                1,
-                policy,
-                extras,
-            );
+            let (p, bufs) = reset_args(policy, !floor);
             let mut bufs = bufs.to_vec();
             bufs.push(weight);
             vec![k.bind(gpu, &p, &bufs, None, [1, 1, 1])?]
@@ -669,17 +660,17 @@ impl Masked {
     ) -> Result<Dispatch> {
         let mut p = rows_cols(weight, threshold);
         let (rows, cols) = (p.rows as usize, p.cols as usize);
-        let batch = dy.len() / rows.max(1);
+        let batch = dy.shape[0];
         assert!(
             self.narrow_weight_grad_fits(cols, x)
-                && dy.len() == batch * rows
+                && dy.shape == [batch, rows]
                 && x.len() == batch * cols
                 && d_weight.len() == rows * cols
                 && d_threshold.len() == rows
                 && d_bias.len() == rows,
-            "narrow_weight_grad: {} ({}), {} ({}), {} and {} are not for {rows} x {cols} (on a CPU adapter, x 16-byte aligned)",
+            "narrow_weight_grad: {} {:?}, {} ({}), {} and {} are not for a batch x {rows} dy and {rows} x {cols} W (on a CPU adapter, x 16-byte aligned)",
             dy.label,
-            dy.len(),
+            dy.shape,
             x.label,
             x.len(),
             d_weight.label,

@@ -363,6 +363,9 @@ const INPUT_PRODUCT: &[(u32, Access)] = &[
 
 impl Sparse {
     pub fn new(f: &KernelFactory<'_>) -> Result<Sparse> {
+        // `input_lists_split`: x, the lists (indices, values as vec4s, counts), P's row counts,
+        // the order.
+        let split = [(4, R), (10, RW), (19, RW), (12, RW), (16, R), (17, RW)];
         Ok(Sparse {
             csr_linear_k: f.kernel(
                 "csr_linear",
@@ -422,24 +425,11 @@ impl Sparse {
                 ],
                 false,
             )?,
-            input_lists_split_k: f.kernel(
-                "input_lists_split",
-                &[(4, R), (10, RW), (19, RW), (12, RW), (16, R), (17, RW)],
-                false,
-            )?,
+            input_lists_split_k: f.kernel("input_lists_split", &split, false)?,
             // The same and x as vec4s, the weight gradient's lists.
             input_lists_split_klists_k: f.kernel(
                 "input_lists_split_klists",
-                &[
-                    (4, R),
-                    (10, RW),
-                    (19, RW),
-                    (12, RW),
-                    (16, R),
-                    (17, RW),
-                    (7, R),
-                    (20, RW),
-                ],
+                &[&split[..], &[(7, R), (20, RW)]].concat(),
                 false,
             )?,
             // Both read `order` in their shared body (the plain one never runs that code).
