@@ -677,3 +677,71 @@ fn gemm_tn_sgd_listed(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     tn_sgd_store(&acc, row0, col0, blk);
 }
+
+// ==== Subgroup forms (compiled only on CPU adapters with 8-lane subgroups) ====
+//
+// lavapipe runs a workgroup as SIMD groups of 8 lanes and issues every load of a storage
+// buffer one lane at a time, a load to the same address in all 8 lanes included. Here each
+// lane loads one share of what its group uses alike and `subgroupBroadcast` (a register move)
+// hands it round: the same values and arithmetic, the same bits, in fewer loads.
+
+// One k of `gemm_tn_sgd_listed_sg`: the column block's 8 values of B's row kk come from one
+// load per lane (lane l: the vec4 holding column col0 + l, clamped as `tn_sgd_k` clamps), A's
+// as in `tn_sgd_k`.
+fn tn_sgd_k_sg(acc: ptr<function, array<vec4<f32>, 16>>, kk: u32, row0: u32, col0: u32, l: u32) {
+    let m4 = gp.m / 4u;
+    let n4 = gp.n / 4u;
+    let ra = min(row0 / 4u, m4 - 1u);
+    let a0 = a4[kk * m4 + ra];
+    let a1 = a4[kk * m4 + min(ra + 1u, m4 - 1u)];
+    let bl = b4[kk * n4 + min(col0 / 4u + (l >> 2u), n4 - 1u)][l & 3u];
+    let b0 = vec4<f32>(subgroupBroadcast(bl, 0u), subgroupBroadcast(bl, 1u),
+                       subgroupBroadcast(bl, 2u), subgroupBroadcast(bl, 3u));
+    let b1 = vec4<f32>(subgroupBroadcast(bl, 4u), subgroupBroadcast(bl, 5u),
+                       subgroupBroadcast(bl, 6u), subgroupBroadcast(bl, 7u));
+    for (var i = 0u; i < 4u; i++) {
+        (*acc)[2u * i] = fma(vec4<f32>(a0[i]), b0, (*acc)[2u * i]);
+        (*acc)[2u * i + 1u] = fma(vec4<f32>(a0[i]), b1, (*acc)[2u * i + 1u]);
+        (*acc)[8u + 2u * i] = fma(vec4<f32>(a1[i]), b0, (*acc)[8u + 2u * i]);
+        (*acc)[9u + 2u * i] = fma(vec4<f32>(a1[i]), b1, (*acc)[9u + 2u * i]);
+    }
+}
+
+// `gemm_tn_sgd_listed` with the group's shared loads shared: the list entries 8 at a time (lane
+// l loads entry e + l, the 8 steps take them by broadcast) and B's values per k (`tn_sgd_k_sg`).
+// The same k in the same order, the same sums. Lanes past M run the loop too (their shares feed
+// the others) and store nothing.
+@compute @workgroup_size(8, 1, 1)
+fn gemm_tn_sgd_listed_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                         @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = gid.x * 8u;
+    let blk = gid.y;
+    let col0 = blk * RB;
+    let l = lid.x;
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    let nb = (gp.n + RB - 1u) / RB;
+    let count = k_list[blk];
+    let base = nb + blk * gp.k;
+    let full = count & ~7u;
+    for (var e = 0u; e < full; e += 8u) {
+        let kl = k_list[base + e + l];
+        tn_sgd_k_sg(&acc, subgroupBroadcast(kl, 0u), row0, col0, l);
+        tn_sgd_k_sg(&acc, subgroupBroadcast(kl, 1u), row0, col0, l);
+        tn_sgd_k_sg(&acc, subgroupBroadcast(kl, 2u), row0, col0, l);
+        tn_sgd_k_sg(&acc, subgroupBroadcast(kl, 3u), row0, col0, l);
+        tn_sgd_k_sg(&acc, subgroupBroadcast(kl, 4u), row0, col0, l);
+        tn_sgd_k_sg(&acc, subgroupBroadcast(kl, 5u), row0, col0, l);
+        tn_sgd_k_sg(&acc, subgroupBroadcast(kl, 6u), row0, col0, l);
+        tn_sgd_k_sg(&acc, subgroupBroadcast(kl, 7u), row0, col0, l);
+    }
+    for (var e = full; e < count; e++) {
+        tn_sgd_k_sg(&acc, k_list[base + e], row0, col0, l);
+    }
+    if (row0 >= gp.m) {
+        return;
+    }
+    tn_sgd_store(&acc, row0, col0, blk);
+}

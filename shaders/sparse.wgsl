@@ -845,3 +845,175 @@ fn masked_columns4(@builtin(local_invocation_id) lid: vec3<u32>,
         }
     }
 }
+
+// ==== Subgroup forms (compiled only on CPU adapters with 8-lane subgroups) ====
+//
+// lavapipe runs a workgroup as SIMD groups of 8 lanes and issues every load of a storage
+// buffer one lane at a time, a load to the same address in all 8 lanes included. The forms
+// below let each lane load one share of the values its group uses alike and hand them round
+// with `subgroupBroadcast` (a register move): the same values, the same arithmetic, the same
+// bits, in fewer loads.
+
+// `ordered_input_grad` with the group's dy values and `order` entries loaded once: per four
+// ordered rows, lane l loads order[4 kk + l % 4] and dy at that row for samples l / 4 and
+// l / 4 + 2 of the group's four (2 loads instead of 16, 1 instead of 4), then the 16 values of
+// dy and the 8 vec4 of Pc per lane as there. The subgroup is the workgroup's x row (8 lanes).
+@compute @workgroup_size(8, 8, 1)
+fn ordered_input_grad_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                         @builtin(local_invocation_id) lid: vec3<u32>) {
+    let sl = lid.x;
+    let b0 = gid.y * 4u;
+    let i0 = gid.x * 8u;
+    // Lanes past the inputs still load their share (a partial group's broadcasts read them).
+    let live = b0 < sp.batch && i0 < sp.cols;
+    let n4 = sp.rows / 4u;
+    let k4 = compact_width(order[sp.rows]);
+    let c = sl & 3u;
+    let r_lo = min(b0 + (sl >> 2u), sp.batch - 1u) * sp.rows;
+    let r_hi = min(b0 + (sl >> 2u) + 2u, sp.batch - 1u) * sp.rows;
+    var cols: array<u32, 8>;
+    for (var j = 0u; j < 8u; j++) {
+        cols[j] = min(i0 + j, sp.cols - 1u) * n4;
+    }
+    var acc: array<array<f32, 8>, 4>;
+    for (var r = 0u; r < 4u; r++) {
+        for (var j = 0u; j < 8u; j++) {
+            acc[r][j] = 0.0;
+        }
+    }
+    for (var kk = 0u; kk < k4; kk++) {
+        let o = order[4u * kk + c];
+        let lo = x[r_lo + o];
+        let hi = x[r_hi + o];
+        var av: array<vec4<f32>, 4>;
+        av[0] = vec4<f32>(subgroupBroadcast(lo, 0u), subgroupBroadcast(lo, 1u),
+                          subgroupBroadcast(lo, 2u), subgroupBroadcast(lo, 3u));
+        av[1] = vec4<f32>(subgroupBroadcast(lo, 4u), subgroupBroadcast(lo, 5u),
+                          subgroupBroadcast(lo, 6u), subgroupBroadcast(lo, 7u));
+        av[2] = vec4<f32>(subgroupBroadcast(hi, 0u), subgroupBroadcast(hi, 1u),
+                          subgroupBroadcast(hi, 2u), subgroupBroadcast(hi, 3u));
+        av[3] = vec4<f32>(subgroupBroadcast(hi, 4u), subgroupBroadcast(hi, 5u),
+                          subgroupBroadcast(hi, 6u), subgroupBroadcast(hi, 7u));
+        var bv: array<vec4<f32>, 8>;
+        for (var j = 0u; j < 8u; j++) {
+            bv[j] = w4[cols[j] + kk];
+        }
+        for (var r = 0u; r < 4u; r++) {
+            for (var j = 0u; j < 8u; j++) {
+                acc[r][j] += dot(av[r], bv[j]);
+            }
+        }
+    }
+    if (!live) {
+        return;
+    }
+    for (var r = 0u; r < 4u; r++) {
+        let b = b0 + r;
+        for (var j = 0u; j < 8u; j++) {
+            let i = i0 + j;
+            if (b < sp.batch && i < sp.cols) {
+                let at = b * sp.cols + i;
+                y[at] = select(0.0, acc[r][j], bias[at] > 0.0);
+            }
+        }
+    }
+}
+
+// List entry t of block blk's two segments (`input_product`'s indexing).
+fn list_entry(at: u32, t: u32, n0: u32, jump: u32) -> u32 {
+    return at + t + select(0u, jump, t >= n0);
+}
+
+// One listed input of `input_product_sg`: its row i of Pt (two vec4 per lane), the block's IB
+// values lo (samples 0-3) and hi (4-7) as broadcast; the same fma chain as `input_product`.
+fn input_product_step(acc: ptr<function, array<vec4<f32>, 16>>, i: u32, n4: u32, c0: u32,
+                      c1: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let p0 = w4[i * n4 + c0];
+    let p1 = w4[i * n4 + c1];
+    for (var j = 0u; j < 4u; j++) {
+        (*acc)[2u * j] = fma(vec4<f32>(lo[j]), p0, (*acc)[2u * j]);
+        (*acc)[2u * j + 1u] = fma(vec4<f32>(lo[j]), p1, (*acc)[2u * j + 1u]);
+        (*acc)[8u + 2u * j] = fma(vec4<f32>(hi[j]), p0, (*acc)[8u + 2u * j]);
+        (*acc)[9u + 2u * j] = fma(vec4<f32>(hi[j]), p1, (*acc)[9u + 2u * j]);
+    }
+}
+
+// `input_product` with the group's shared loads shared, 8 list entries at a time: lane l loads
+// entry l's input index and the vec4 (l % 2) of the values of entries l / 2 (va) and 4 + l / 2
+// (vb); each entry then takes them by broadcast (3 loads per lane per 8 entries instead of 24).
+// The same entries in the same order, the same sums. Lanes past the outputs run the loop too
+// (their shares feed the others) and store nothing.
+fn input_product_sg(gid: vec3<u32>, wid: vec3<u32>, l: u32, compacted: bool) {
+    let o0 = gid.x * 8u;
+    let blk = gid.y;
+    let b0 = blk * IB;
+    if (b0 >= sp.batch) {
+        return;
+    }
+    let n4 = sp.rows / 4u;
+    let c0 = min(o0 / 4u, n4 - 1u);
+    let c1 = min(o0 / 4u + 1u, n4 - 1u);
+    var acc: array<vec4<f32>, 16>;
+    for (var j = 0u; j < 16u; j++) {
+        acc[j] = vec4<f32>(0.0);
+    }
+    let at = blk * sp.cols;
+    let n0 = list_cnt[2u * blk];
+    var n = n0 + list_cnt[2u * blk + 1u];
+    let jump = list_half() - n0;
+    if (compacted && wid.x * 64u >= order[sp.rows]) {
+        n = 0u;
+    }
+    let full = n & ~7u;
+    for (var t = 0u; t < full; t += 8u) {
+        let il = list_idx[list_entry(at, t + l, n0, jump)];
+        let va = list_val4[2u * list_entry(at, t + (l >> 1u), n0, jump) + (l & 1u)];
+        let vb = list_val4[2u * list_entry(at, t + 4u + (l >> 1u), n0, jump) + (l & 1u)];
+        input_product_step(&acc, subgroupBroadcast(il, 0u), n4, c0, c1,
+                           subgroupBroadcast(va, 0u), subgroupBroadcast(va, 1u));
+        input_product_step(&acc, subgroupBroadcast(il, 1u), n4, c0, c1,
+                           subgroupBroadcast(va, 2u), subgroupBroadcast(va, 3u));
+        input_product_step(&acc, subgroupBroadcast(il, 2u), n4, c0, c1,
+                           subgroupBroadcast(va, 4u), subgroupBroadcast(va, 5u));
+        input_product_step(&acc, subgroupBroadcast(il, 3u), n4, c0, c1,
+                           subgroupBroadcast(va, 6u), subgroupBroadcast(va, 7u));
+        input_product_step(&acc, subgroupBroadcast(il, 4u), n4, c0, c1,
+                           subgroupBroadcast(vb, 0u), subgroupBroadcast(vb, 1u));
+        input_product_step(&acc, subgroupBroadcast(il, 5u), n4, c0, c1,
+                           subgroupBroadcast(vb, 2u), subgroupBroadcast(vb, 3u));
+        input_product_step(&acc, subgroupBroadcast(il, 6u), n4, c0, c1,
+                           subgroupBroadcast(vb, 4u), subgroupBroadcast(vb, 5u));
+        input_product_step(&acc, subgroupBroadcast(il, 7u), n4, c0, c1,
+                           subgroupBroadcast(vb, 6u), subgroupBroadcast(vb, 7u));
+    }
+    for (var t = full; t < n; t++) {
+        let e = list_entry(at, t, n0, jump);
+        input_product_step(&acc, list_idx[e], n4, c0, c1, list_val4[2u * e], list_val4[2u * e + 1u]);
+    }
+    if (o0 >= sp.rows) {
+        return;
+    }
+    for (var j = 0u; j < IB; j++) {
+        if (b0 + j < sp.batch) {
+            store_input_product(b0 + j, o0, acc[2u * j], compacted);
+            if (o0 + 4u < sp.rows) {
+                store_input_product(b0 + j, o0 + 4u, acc[2u * j + 1u], compacted);
+            }
+        }
+    }
+}
+
+// `ell_input_product` in the subgroup form (`input_product_sg`).
+@compute @workgroup_size(8, 1, 1)
+fn ell_input_product_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                        @builtin(local_invocation_id) lid: vec3<u32>) {
+    input_product_sg(gid, vec3<u32>(0u), lid.x, false);
+}
+
+// `ell_input_product_compacted` in the subgroup form (`input_product_sg`).
+@compute @workgroup_size(8, 1, 1)
+fn ell_input_product_compacted_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                                  @builtin(workgroup_id) wid: vec3<u32>,
+                                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    input_product_sg(gid, wid, lid.x, true);
+}

@@ -70,6 +70,10 @@ pub struct Gpu {
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
     pub class: AdapterClass,
+    /// A CPU adapter whose subgroups are SIMD groups of exactly 8 lanes (lavapipe on AVX2), with
+    /// the `SUBGROUP` feature enabled: the kernel families compile their subgroup forms
+    /// (`kernels::module_source`), which share a group's common loads by broadcast.
+    pub subgroups8: bool,
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
     /// Bytes of every storage buffer created so far, and the largest one (`dst info`'s memory
@@ -158,6 +162,19 @@ pub fn select_adapter(name: Option<&str>) -> Result<wgpu::Adapter> {
     }
 }
 
+/// Whether `adapter` is a Vulkan CPU adapter whose subgroups are exactly 8 lanes wide and that
+/// offers the `SUBGROUP` feature (the subgroup sections are checked for Vulkan: tests/shaders.rs). The subgroup forms of the kernels need those 8 lanes to be one row of
+/// 8 along a workgroup's x axis, as a CPU driver's SIMD groups are (lavapipe with 256-bit
+/// vectors: 8 lanes of f32); GPUs keep the plain forms.
+fn subgroups_of_8(adapter: &wgpu::Adapter) -> bool {
+    let info = adapter.get_info();
+    AdapterClass::of(&info) == AdapterClass::Cpu
+        && info.backend == wgpu::Backend::Vulkan
+        && adapter.features().contains(wgpu::Features::SUBGROUP)
+        && info.subgroup_min_size == 8
+        && info.subgroup_max_size == 8
+}
+
 impl Gpu {
     /// Opens the adapter chosen by the environment (`WGPU_BACKEND`, `WGPU_ADAPTER_NAME`).
     pub fn from_env() -> Result<Gpu> {
@@ -169,7 +186,11 @@ impl Gpu {
     pub fn open(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let wanted = wgpu::Features::TIMESTAMP_QUERY;
+        let subgroups8 = subgroups_of_8(&adapter);
+        let mut wanted = wgpu::Features::TIMESTAMP_QUERY;
+        if subgroups8 {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("dst"),
             required_features: adapter.features() & wanted,
@@ -199,6 +220,7 @@ impl Gpu {
             device,
             queue,
             class: AdapterClass::of(&info),
+            subgroups8,
             info,
             limits,
             errors,

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dst::kernels::{module_source, COMMON_WGSL, FAMILIES};
+use dst::kernels::{module_source, COMMON_WGSL, FAMILIES, SUBGROUP_SECTION};
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, ResourceBinding, ShaderStage, StorageAccess};
@@ -43,6 +43,26 @@ fn capabilities() -> Capabilities {
     Capabilities::default()
 }
 
+/// A validator for the program's modules: `capabilities()`, and with `subgroups` what wgpu-hal
+/// grants a Vulkan device with the `SUBGROUP` feature (compute stage, every operation): the
+/// capabilities of the modules that hold their family's subgroup section (`Gpu::subgroups8`).
+fn validator(subgroups: bool) -> Validator {
+    let mut v = Validator::new(ValidationFlags::all(), capabilities());
+    if subgroups {
+        v = Validator::new(
+            ValidationFlags::all(),
+            capabilities() | Capabilities::SUBGROUP,
+        );
+        v.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    v
+}
+
+/// SPIR-V 1.3 (Vulkan 1.1) is the first with subgroup operations: the subgroup sections are
+/// written for the targets from there on (the Vulkan devices that can have `SUBGROUP`).
+const SUBGROUP_SPV: (u8, u8) = (1, 3);
+
 // ---------------------------------------------------------------- the helper
 
 /// A module that went through every stage.
@@ -58,8 +78,11 @@ struct Checked {
 
 /// Parses, validates and translates `source` (a complete module) for every back end and every
 /// entry point. `name` names the module in every message. Front-end and validator errors stop at
-/// once; back-end errors are collected for every entry point and target.
-fn check_module(name: &str, source: &str) -> Result<Checked, Vec<String>> {
+/// once; back-end errors are collected for every entry point and target. With `subgroups` (a
+/// module with its family's subgroup section) the validator has subgroups (`validator`) and the
+/// targets are the Vulkan ones from SPIR-V 1.3 on: only a Vulkan CPU adapter with 8-lane
+/// subgroups compiles that section (`Gpu::subgroups8`).
+fn check_module(name: &str, source: &str, subgroups: bool) -> Result<Checked, Vec<String>> {
     // Line numbers in messages count the module as assembled: the prelude's lines come first.
     let path = format!(
         "{name} module (common.wgsl, {} lines, + {name}.wgsl)",
@@ -71,14 +94,12 @@ fn check_module(name: &str, source: &str) -> Result<Checked, Vec<String>> {
             e.emit_to_string_with_path(source, &path)
         )]
     })?;
-    let info = Validator::new(ValidationFlags::all(), capabilities())
-        .validate(&module)
-        .map_err(|e| {
-            vec![format!(
-                "{name}: naga validator rejected the module:\n{}",
-                e.emit_to_string_with_path(source, &path)
-            )]
-        })?;
+    let info = validator(subgroups).validate(&module).map_err(|e| {
+        vec![format!(
+            "{name}: naga validator rejected the module:\n{}",
+            e.emit_to_string_with_path(source, &path)
+        )]
+    })?;
 
     let mut errors = Vec::new();
     let mut outputs = 0;
@@ -108,8 +129,17 @@ fn check_module(name: &str, source: &str) -> Result<Checked, Vec<String>> {
             }
         };
         for &(version, zero_init) in SPV_TARGETS {
+            if subgroups && version < SUBGROUP_SPV {
+                continue;
+            }
             match write_spv(
-                &ep_module, &ep_info, ep.stage, &ep.name, version, zero_init, &layout,
+                &ep_module,
+                &ep_info,
+                ep.stage,
+                &ep.name,
+                (version, zero_init),
+                &layout,
+                subgroups,
             ) {
                 Ok(()) => outputs += 1,
                 Err(e) => errors.push(format!(
@@ -117,6 +147,9 @@ fn check_module(name: &str, source: &str) -> Result<Checked, Vec<String>> {
                     version.0, version.1
                 )),
             }
+        }
+        if subgroups {
+            continue; // Vulkan only (above)
         }
         for &version in MSL_VERSIONS {
             match write_msl(&ep_module, &ep_info, ep.stage, &ep.name, version, &layout) {
@@ -204,9 +237,9 @@ fn write_spv(
     info: &ModuleInfo,
     stage: ShaderStage,
     entry: &str,
-    lang_version: (u8, u8),
-    zero_init: spv::ZeroInitializeWorkgroupMemoryMode,
+    (lang_version, zero_init): ((u8, u8), spv::ZeroInitializeWorkgroupMemoryMode),
     layout: &BTreeMap<ResourceBinding, Resource>,
+    subgroups: bool,
 ) -> Result<(), String> {
     // The capabilities wgpu-hal declares on every Vulkan device (plus the two that come with
     // the downlevel flags assumed in `capabilities()`): a shader that needs more fails.
@@ -221,6 +254,18 @@ fn write_spv(
         spv::Capability::SampledCubeArray,
         spv::Capability::SampleRateShading,
     ];
+    // And with the `SUBGROUP` feature, the group operations wgpu-hal declares with it.
+    let group_ops = [
+        spv::Capability::GroupNonUniform,
+        spv::Capability::GroupNonUniformVote,
+        spv::Capability::GroupNonUniformArithmetic,
+        spv::Capability::GroupNonUniformBallot,
+        spv::Capability::GroupNonUniformShuffle,
+        spv::Capability::GroupNonUniformShuffleRelative,
+    ];
+    let capabilities = capabilities
+        .into_iter()
+        .chain(group_ops.into_iter().filter(|_| subgroups));
     // As wgpu-hal's Vulkan bind group layouts: descriptor set = group, and each group's
     // entries renumbered 0, 1, 2, ... in binding order.
     let mut binding_map = spv::BindingMap::default();
@@ -242,7 +287,7 @@ fn write_spv(
         flags: spv::WriterFlags::LABEL_VARYINGS | spv::WriterFlags::FORCE_POINT_SIZE,
         fake_missing_bindings: false,
         binding_map,
-        capabilities: Some(capabilities.into_iter().collect()),
+        capabilities: Some(capabilities.collect()),
         bounds_check_policies: restrict_everything(),
         zero_initialize_workgroup_memory: zero_init,
         force_loop_bounding: true,
@@ -415,7 +460,7 @@ fn check_all_families() -> Vec<(&'static str, Checked)> {
     let mut checked = Vec::new();
     let mut failures = Vec::new();
     for &(family, source) in FAMILIES {
-        match check_module(family, &module_source(source)) {
+        match check_module(family, &module_source(source, false), false) {
             Ok(c) => checked.push((family, c)),
             Err(errors) => failures.extend(errors),
         }
@@ -451,6 +496,43 @@ fn every_family_validates_and_translates_for_vulkan_metal_dx12() {
     }
 }
 
+/// The families' subgroup sections (`SUBGROUP_SECTION` to the end of gemm.wgsl and sparse.wgsl):
+/// the modules that hold them validate with subgroups and translate for Vulkan, every entry
+/// point; without subgroups the validator refuses them (the section is what needs the feature).
+#[test]
+fn subgroup_sections_validate_and_translate_for_vulkan() {
+    let mut with_section = Vec::new();
+    for &(family, source) in FAMILIES {
+        if !source.contains(SUBGROUP_SECTION) {
+            continue;
+        }
+        with_section.push(family);
+        let c = check_module(family, &module_source(source, true), true)
+            .unwrap_or_else(|e| panic!("{}", e.join("\n\n")));
+        let spv = SPV_TARGETS
+            .iter()
+            .filter(|(v, _)| *v >= SUBGROUP_SPV)
+            .count();
+        assert_eq!(c.outputs, c.entry_points.len() * spv, "{family}: outputs");
+        let plain = check_all_families()
+            .into_iter()
+            .find(|(f, _)| *f == family)
+            .unwrap()
+            .1;
+        assert!(
+            c.entry_points.len() > plain.entry_points.len(),
+            "{family}: the section adds no entry point"
+        );
+        let errors = check_module(family, &module_source(source, true), false)
+            .expect_err("a subgroup section passed without subgroups");
+        assert!(
+            errors.join("\n").contains("naga validator"),
+            "{family}: {errors:?}"
+        );
+    }
+    assert_eq!(with_section, ["gemm", "sparse"]);
+}
+
 #[test]
 fn families_are_exactly_the_shader_files() {
     // The registry holds every .wgsl file of shaders/ (the prelude apart), byte for byte, so no
@@ -480,10 +562,23 @@ fn families_are_exactly_the_shader_files() {
             file, source,
             "{family}: source differs from shaders/{family}.wgsl"
         );
-        let module = module_source(source);
+        let module = module_source(source, true);
         assert!(
             module.starts_with(COMMON_WGSL) && module.ends_with(source),
             "{family}: module_source is not prelude + family"
+        );
+        // Without subgroups: the same, up to the subgroup section's first line.
+        let plain = module_source(source, false);
+        let kept = source
+            .find(SUBGROUP_SECTION)
+            .map_or(source, |at| &source[..at]);
+        assert!(
+            plain.starts_with(COMMON_WGSL) && plain.ends_with(kept),
+            "{family}: module_source without subgroups is not prelude + family up to its section"
+        );
+        assert!(
+            !plain.contains("subgroup"),
+            "{family}: a subgroup builtin outside the subgroup section"
         );
     }
 }
@@ -515,7 +610,7 @@ fn every_entry_point_is_compute_and_documented() {
             }
         }
         // The text scan and naga agree on the entry points, and all of them are compute.
-        match naga::front::wgsl::parse_str(&module_source(source)) {
+        match naga::front::wgsl::parse_str(&module_source(source, true)) {
             Ok(module) => {
                 let mut naga_names: Vec<&str> = Vec::new();
                 for ep in &module.entry_points {
@@ -617,8 +712,12 @@ fn lstm_split_forms_validate_and_fit_their_limits() {
         (4096, (8, 16)),
     ] {
         assert_eq!(split_ways(max), ways, "{max} invocations");
-        let c = check_module(&format!("lstm for {max}"), &module_source(&source(max)))
-            .unwrap_or_else(|e| panic!("{}", e.join("\n")));
+        let c = check_module(
+            &format!("lstm for {max}"),
+            &module_source(&source(max), false),
+            false,
+        )
+        .unwrap_or_else(|e| panic!("{}", e.join("\n")));
         let m = &c.module;
         let mut split = Vec::new();
         for (index, ep) in m.entry_points.iter().enumerate() {
@@ -653,7 +752,7 @@ fn bad(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[gid.x] = v;
 }
 "#;
-    let errors = check_module("broken_type", &module_source(broken))
+    let errors = check_module("broken_type", &module_source(broken, false), false)
         .expect_err("a type error passed the shader check");
     let all = errors.join("\n");
     println!("{all}");
@@ -678,7 +777,7 @@ fn bad(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[gid.x] = coeffs[gid.x & 3u];
 }
 "#;
-    let errors = check_module("broken_layout", &module_source(broken))
+    let errors = check_module("broken_layout", &module_source(broken, false), false)
         .expect_err("a uniform array with stride 4 passed the shader check");
     let all = errors.join("\n");
     println!("{all}");
@@ -703,7 +802,8 @@ fn half(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[gid.x] = f32(h);
 }
 "#;
-    let errors = check_module("needs_f16", needs_f16).expect_err("f16 passed the shader check");
+    let errors =
+        check_module("needs_f16", needs_f16, false).expect_err("f16 passed the shader check");
     let all = errors.join("\n");
     println!("{all}");
     assert!(
@@ -717,7 +817,7 @@ fn half(@builtin(global_invocation_id) gid: vec3<u32>) {
 #[test]
 fn back_ends_refuse_missing_bindings() {
     let (family, source) = FAMILIES[0];
-    let module = naga::front::wgsl::parse_str(&module_source(source)).unwrap();
+    let module = naga::front::wgsl::parse_str(&module_source(source, false)).unwrap();
     let info = Validator::new(ValidationFlags::all(), capabilities())
         .validate(&module)
         .unwrap();
@@ -735,11 +835,10 @@ fn back_ends_refuse_missing_bindings() {
     )
     .unwrap();
     let empty = BTreeMap::new();
-    let (version, zero_init) = SPV_TARGETS[0];
     let results = [
         (
             "SPIR-V",
-            write_spv(&m, &i, ep.stage, &ep.name, version, zero_init, &empty),
+            write_spv(&m, &i, ep.stage, &ep.name, SPV_TARGETS[0], &empty, false),
         ),
         (
             "MSL",
@@ -778,8 +877,8 @@ fn good(@builtin(global_invocation_id) gid: vec3<u32>,
     }
 }
 "#;
-    let c =
-        check_module("good", &module_source(good)).unwrap_or_else(|e| panic!("{}", e.join("\n")));
+    let c = check_module("good", &module_source(good, false), false)
+        .unwrap_or_else(|e| panic!("{}", e.join("\n")));
     assert_eq!(c.entry_points, ["good"]);
 }
 

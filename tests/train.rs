@@ -432,6 +432,14 @@ fn compacted_forward_of_a_small_hidden_layer_trains_like_dense_products() {
     assert_compacted_trains_alike("lenet300", "fc2", 12);
 }
 
+/// The suffix of a kernel's subgroup form (`Gpu::subgroups8`: lavapipe) in a dispatch label.
+const SUBGROUP_FORM: &str = "_sg";
+
+/// A dispatch label with a subgroup form's suffix taken off: the plain form's label.
+fn plain_form(label: &str) -> &str {
+    label.strip_suffix(SUBGROUP_FORM).unwrap_or(label)
+}
+
 /// `steps` steps of `model` from a state where two thirds of `layer`'s rows keep nothing, with
 /// the input-sparse forward forced against off: the same parameters and momenta (bit for bit
 /// on CPU adapters, except LeNet-300-100's there, whose fc2's product to the input sums only
@@ -481,7 +489,7 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
         let product = plan
             .dispatches
             .iter()
-            .find(|d| d.label == "sparse.ell_input_product_compacted")
+            .find(|d| plain_form(&d.label) == "sparse.ell_input_product_compacted")
             .map(|d| {
                 d.indirect.clone().map(|(buf, at)| {
                     let raw = session.gpu.read_ranges(&[(&buf, at, 12)]).unwrap();
@@ -526,8 +534,17 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
             assert!(live[0] > 0, "{model}: the compacted product ran last");
         }
     }
-    let count = |l: &str| labels.iter().filter(|x| x.as_str() == l).count();
+    // Kernels counted by their plain form's name; the subgroup forms where the device has them.
+    let count = |l: &str| labels.iter().filter(|x| plain_form(x) == l).count();
+    let subgroup_forms = labels.iter().filter(|x| x.ends_with(SUBGROUP_FORM)).count();
     if unrouted {
+        // fc1's and fc2's compacted products, fc2's product to the input, fc1's listed weight
+        // gradient.
+        assert_eq!(
+            subgroup_forms,
+            if gpu().subgroups8 { 4 } else { 0 },
+            "{labels:?}"
+        );
         // The first layer's mask pass only counts, P^T's columns are written from W, and the
         // compacted product always runs, unrouted: no copy, no plain product, no other route.
         // So does fc2's (`small_input_sparse`), whose product to the input reads those columns.

@@ -110,6 +110,8 @@ pub struct Gemm {
     pub tn_vec4: Kernel,
     pub tn_sgd: Kernel,
     pub tn_sgd_listed: Kernel,
+    /// `gemm_tn_sgd_listed`'s subgroup form (run instead where present).
+    pub tn_sgd_listed_sg: Option<Kernel>,
     pub tn_k_lists: Kernel,
     pub nn_vec4: Kernel,
     pub regblock: Kernel,
@@ -268,6 +270,11 @@ impl Gemm {
             // TN_SGD and the lists of B's nonzero rows per column block.
             tn_sgd_listed: f.kernel(
                 "gemm_tn_sgd_listed",
+                &[TN_SGD, &[(12, Access::ReadWrite)]].concat(),
+                true,
+            )?,
+            tn_sgd_listed_sg: f.subgroup_kernel(
+                "gemm_tn_sgd_listed_sg",
                 &[TN_SGD, &[(12, Access::ReadWrite)]].concat(),
                 true,
             )?,
@@ -688,7 +695,11 @@ impl Gemm {
         }
         let mut listed_bufs = bufs.to_vec();
         listed_bufs.push(lists);
-        ds.push(self.tn_sgd_listed.bind(
+        let listed = self
+            .tn_sgd_listed_sg
+            .as_ref()
+            .unwrap_or(&self.tn_sgd_listed);
+        ds.push(listed.bind(
             gpu,
             &p,
             &listed_bufs,

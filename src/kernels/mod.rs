@@ -37,9 +37,18 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("sparse", sparse::SOURCE),
 ];
 
-/// A family's module exactly as the program compiles it: prelude + family file.
-pub fn module_source(family_source: &str) -> String {
-    format!("{COMMON_WGSL}\n{family_source}")
+/// The line that opens a family file's closing section of subgroup forms: entry points that use
+/// `subgroupBroadcast` and assume 8-lane subgroups along the workgroup's x axis (`Gpu::subgroups8`).
+pub const SUBGROUP_SECTION: &str = "// ==== Subgroup forms";
+
+/// A family's module exactly as the program compiles it: prelude + family file, without the
+/// file's subgroup section (from the `SUBGROUP_SECTION` line to its end) unless `subgroups8`.
+pub fn module_source(family_source: &str, subgroups8: bool) -> String {
+    let body = match family_source.find(SUBGROUP_SECTION) {
+        Some(at) if !subgroups8 => &family_source[..at],
+        _ => family_source,
+    };
+    format!("{COMMON_WGSL}\n{body}")
 }
 
 /// Per-step values, one slot per step of a submission, read through a dynamic uniform offset.
@@ -338,9 +347,15 @@ pub struct Kernels {
     pub dummy: Tensor,
 }
 
-/// Compiles one family's module under a validation scope: a WGSL error names the family.
-pub(crate) fn compile(gpu: &Gpu, family: &str, source: &str) -> Result<wgpu::ShaderModule> {
-    let src = module_source(source);
+/// Compiles one family's module under a validation scope: a WGSL error names the family. With
+/// `subgroups`, the family's subgroup section too (`module_source`).
+pub(crate) fn compile(
+    gpu: &Gpu,
+    family: &str,
+    source: &str,
+    subgroups: bool,
+) -> Result<wgpu::ShaderModule> {
+    let src = module_source(source, subgroups);
     gpu.scoped(&format!("compiling shaders/{family}.wgsl"), || {
         gpu.device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -351,8 +366,24 @@ pub(crate) fn compile(gpu: &Gpu, family: &str, source: &str) -> Result<wgpu::Sha
 }
 
 impl Kernels {
-    /// Creates every pipeline once; `gemm` picks the GEMM variant (None: by adapter class).
+    /// Creates every pipeline once; `gemm` picks the GEMM variant (None: by adapter class). The
+    /// subgroup forms where the device has them (`Gpu::subgroups8`).
     pub fn new(gpu: &Gpu, gemm: Option<GemmVariant>) -> Result<Arc<Kernels>> {
+        Self::with_subgroups(gpu, gemm, gpu.subgroups8)
+    }
+
+    /// `new`, with the kernels' subgroup forms (`subgroups`: only where `Gpu::subgroups8`) or
+    /// without them (the plain forms everywhere: what every other adapter runs; for tests that
+    /// compare the two).
+    pub fn with_subgroups(
+        gpu: &Gpu,
+        gemm: Option<GemmVariant>,
+        subgroups: bool,
+    ) -> Result<Arc<Kernels>> {
+        assert!(
+            !subgroups || gpu.subgroups8,
+            "subgroup forms need a CPU adapter with 8-lane subgroups"
+        );
         let step_layout = gpu
             .device
             .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
@@ -374,8 +405,9 @@ impl Kernels {
             Ok(KernelFactory {
                 gpu,
                 family: family.to_string(),
-                module: compile(gpu, family, source)?,
+                module: compile(gpu, family, source, subgroups)?,
                 step_layout: &step_layout,
+                subgroups,
             })
         };
         let variant = gemm.unwrap_or(GemmVariant::for_class(gpu.class));
@@ -416,6 +448,8 @@ pub struct KernelFactory<'a> {
     family: String,
     module: wgpu::ShaderModule,
     step_layout: &'a wgpu::BindGroupLayout,
+    /// Whether the module holds its family's subgroup section.
+    subgroups: bool,
 }
 
 impl KernelFactory<'_> {
@@ -434,6 +468,19 @@ impl KernelFactory<'_> {
             uses_step,
             self.step_layout,
         )
+    }
+
+    /// A kernel of the family's subgroup section: None where the module was compiled without it.
+    pub fn subgroup_kernel(
+        &self,
+        entry: &str,
+        storage: &[(u32, Access)],
+        uses_step: bool,
+    ) -> Result<Option<Kernel>> {
+        if !self.subgroups {
+            return Ok(None);
+        }
+        self.kernel(entry, storage, uses_step).map(Some)
     }
 }
 

@@ -96,10 +96,15 @@ pub struct Sparse {
     pub input_lists_split_klists_k: Kernel,
     pub ell_input_product_k: Kernel,
     pub ell_input_product_compacted_k: Kernel,
+    /// The subgroup forms of the two above and of `ordered_input_grad` (run instead where
+    /// present).
+    pub ell_input_product_sg_k: Option<Kernel>,
+    pub ell_input_product_compacted_sg_k: Option<Kernel>,
     pub compact_columns_k: Kernel,
     pub masked_columns_k: Kernel,
     pub masked_columns4_k: Kernel,
     pub ordered_input_grad_k: Kernel,
+    pub ordered_input_grad_sg_k: Option<Kernel>,
 }
 
 /// The keep ratio at or below which masked linear layers switch to the sparse products, per
@@ -439,6 +444,16 @@ impl Sparse {
                 INPUT_PRODUCT,
                 false,
             )?,
+            ell_input_product_sg_k: f.subgroup_kernel(
+                "ell_input_product_sg",
+                INPUT_PRODUCT,
+                false,
+            )?,
+            ell_input_product_compacted_sg_k: f.subgroup_kernel(
+                "ell_input_product_compacted_sg",
+                INPUT_PRODUCT,
+                false,
+            )?,
             compact_columns_k: f.kernel("compact_columns", &[(9, R), (17, RW), (8, RW)], false)?,
             masked_columns_k: f.kernel(
                 "masked_columns",
@@ -452,6 +467,11 @@ impl Sparse {
             )?,
             ordered_input_grad_k: f.kernel(
                 "ordered_input_grad",
+                &[(4, R), (14, R), (17, RW), (5, R), (6, RW)],
+                false,
+            )?,
+            ordered_input_grad_sg_k: f.subgroup_kernel(
+                "ordered_input_grad_sg",
                 &[(4, R), (14, R), (17, RW), (5, R), (6, RW)],
                 false,
             )?,
@@ -735,9 +755,13 @@ impl Sparse {
             lists.outputs
         );
         let k = if compacted {
-            &self.ell_input_product_compacted_k
+            self.ell_input_product_compacted_sg_k
+                .as_ref()
+                .unwrap_or(&self.ell_input_product_compacted_k)
         } else {
-            &self.ell_input_product_k
+            self.ell_input_product_sg_k
+                .as_ref()
+                .unwrap_or(&self.ell_input_product_k)
         };
         k.bind(
             gpu,
@@ -806,7 +830,8 @@ impl Sparse {
             outputs: n as u32,
             ..Default::default()
         };
-        self.ordered_input_grad_k.bind(
+        let k = self.ordered_input_grad_sg_k.as_ref();
+        k.unwrap_or(&self.ordered_input_grad_k).bind(
             gpu,
             &params,
             &[dy, pt_c, order, relu_out, dx],

@@ -8,6 +8,8 @@ pub struct Ctx {
     pub gpu: Gpu,
     pub k: Arc<Kernels>,
     pub step: StepRing,
+    /// The kernels without their subgroup forms (`plain_kernels`), built on first use.
+    plain: OnceLock<Arc<Kernels>>,
 }
 
 /// The shared device; a test that cannot get one fails loudly (never passes silently).
@@ -18,13 +20,53 @@ pub fn ctx() -> MutexGuard<'static, Ctx> {
         eprintln!("kernel tests on {}", gpu.describe());
         let k = Kernels::new(&gpu, None).expect("kernels");
         let step = StepRing::new(&gpu, &k, 4);
-        Mutex::new(Ctx { gpu, k, step })
+        Mutex::new(Ctx {
+            gpu,
+            k,
+            step,
+            plain: OnceLock::new(),
+        })
     })
     .lock()
     .unwrap_or_else(|p| p.into_inner())
 }
 
 impl Ctx {
+    /// The kernels with the plain forms only (what every adapter without 8-lane subgroups runs):
+    /// None where `k` has no subgroup forms either (`Gpu::subgroups8` false).
+    pub fn plain_kernels(&self) -> Option<Arc<Kernels>> {
+        self.gpu.subgroups8.then(|| {
+            self.plain
+                .get_or_init(|| Kernels::with_subgroups(&self.gpu, None, false).expect("kernels"))
+                .clone()
+        })
+    }
+
+    /// Where the device runs subgroup forms: `build` on the plain kernels writes into `out` the
+    /// bits `want` (what the default kernels wrote there). `out` is poisoned (NaN) first.
+    pub fn plain_forms_agree(
+        &self,
+        tag: &str,
+        build: impl Fn(&Kernels) -> Vec<dst::kernels::Dispatch>,
+        out: &Tensor,
+        want: &[f32],
+    ) {
+        let Some(plain) = self.plain_kernels() else {
+            return;
+        };
+        self.gpu.write(out, &vec![f32::NAN; out.len()]);
+        dst::kernels::run_once(&self.gpu, &build(&plain), 0).unwrap();
+        let got = self.read(out);
+        let differ = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a.to_bits() != b.to_bits());
+        assert!(
+            got.len() == want.len() && differ.is_none(),
+            "{tag}: the subgroup form and the plain one differ (element {differ:?})"
+        );
+    }
+
     pub fn tensor(&self, label: &str, shape: &[usize], data: &[f32]) -> Tensor {
         Tensor::from_slice(&self.gpu, label, shape, data).unwrap()
     }

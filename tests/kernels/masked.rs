@@ -743,7 +743,12 @@ fn fused_weight_gradient_sgd_matches_reference() {
                 c.tensor("t", &[n], &t),
             );
             let mut results = Vec::new();
-            for listed in [false, true] {
+            // The full product, the listed one and, where the device runs the listed one's
+            // subgroup form, its plain form.
+            let plain = c.plain_kernels();
+            let mut runs = vec![(false, c.k.clone()), (true, c.k.clone())];
+            runs.extend(plain.map(|k| (true, k)));
+            for (listed, kernels) in runs {
                 let (wt, vt) = (c.tensor("w", &[n, k], &w), c.tensor("v", &[n, k], &v));
                 let parts = c.poisoned("parts", &[n, Gemm::dt_blocks(k)]);
                 let (db, dt) = (c.poisoned("db", &[n]), c.poisoned("dt", &[n]));
@@ -755,19 +760,19 @@ fn fused_weight_gradient_sgd_matches_reference() {
                     weight_decay: wd,
                     mask: masked.then_some((&tt, &parts)),
                 };
-                let fused =
-                    c.k.gemm
-                        .backward_weight_sgd(
-                            &c.gpu,
-                            &gt,
-                            &xt,
-                            &db,
-                            &target,
-                            listed.then_some(dst::kernels::gemm::KLists::Build(&lists)),
-                            &c.step,
-                            &c.k.dummy,
-                        )
-                        .unwrap();
+                let fused = kernels
+                    .gemm
+                    .backward_weight_sgd(
+                        &c.gpu,
+                        &gt,
+                        &xt,
+                        &db,
+                        &target,
+                        listed.then_some(dst::kernels::gemm::KLists::Build(&lists)),
+                        &c.step,
+                        &kernels.dummy,
+                    )
+                    .unwrap();
                 let Some(mut ds) = fused else {
                     assert_ne!(
                         c.k.gemm.variant,
@@ -799,20 +804,24 @@ fn fused_weight_gradient_sgd_matches_reference() {
                 let dt_got = if masked { c.read(&dt) } else { Vec::new() };
                 results.push([c.read(&wt), c.read(&vt), c.read(&db), dt_got]);
             }
-            for (what, (full, listed)) in ["weight", "velocity", "db", "dt"]
-                .iter()
-                .zip(results[0].iter().zip(results[1].iter()))
-            {
-                let same = full.len() == listed.len()
-                    && full
-                        .iter()
-                        .zip(listed)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(
-                    same,
-                    "{tag}: the listed product's {what} differs from the full one's"
-                );
+            for (form, result) in results.iter().enumerate().skip(1) {
+                for (what, (full, listed)) in ["weight", "velocity", "db", "dt"]
+                    .iter()
+                    .zip(results[0].iter().zip(result.iter()))
+                {
+                    let same = full.len() == listed.len()
+                        && full
+                            .iter()
+                            .zip(listed)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(
+                        same,
+                        "{tag}: the listed product's {what} (run {form}: 1 the device's form, \
+                         2 the plain one) differs from the full one's"
+                    );
+                }
             }
+            assert_eq!(results.len(), 2 + c.gpu.subgroups8 as usize, "{tag}: runs");
             let [w_got, v_got, db_got, dt_got] = &results[0];
             let (gd, xd, td) = (to_f64(&g), to_f64(&x), to_f64(&t));
             let dp = rgemm::backward_weight(&gd, &xd, m, n, k);

@@ -1,6 +1,7 @@
 use dst::export::Csr;
-use dst::kernels::run_once;
+use dst::gpu::Tensor;
 use dst::kernels::sparse::{CsrTensors, Major};
+use dst::kernels::{run_once, Kernels};
 use dst::reference::sparse as reference;
 use dst::rng::Rng;
 
@@ -899,8 +900,33 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                     assert_eq!(live[9], want_copy, "{tag} max {max_active}: copy slot");
                     let yp = c.read(&y_plain);
                     assert!(yp.iter().all(|v| v.is_finite()), "{tag}: plain y");
+                    let product = |k: &Kernels, pt: &Tensor, y: &Tensor, compacted: bool| {
+                        let d = k.sparse.ell_input_product(
+                            &c.gpu,
+                            &lists,
+                            pt,
+                            Some(&bt),
+                            y,
+                            relu,
+                            compacted,
+                            &k.dummy,
+                        );
+                        vec![d.unwrap()]
+                    };
+                    c.plain_forms_agree(
+                        &format!("{tag}: y"),
+                        |k| product(k, &ptt, &y_plain, false),
+                        &y_plain,
+                        &yp,
+                    );
                     if compact {
                         let yc = c.read(&y_c);
+                        c.plain_forms_agree(
+                            &format!("{tag}: compacted y"),
+                            |k| product(k, &pt_c, &y_c, true),
+                            &y_c,
+                            &yc,
+                        );
                         assert!(
                             yp.iter().zip(&yc).all(|(a, b)| a.to_bits() == b.to_bits()),
                             "{tag}: compacted y differs from the plain product's"
@@ -1100,6 +1126,16 @@ fn masked_columns_write_the_compacted_columns_from_w() {
 fn ordered_input_grad_equals_the_dense_gated_product() {
     use dst::kernels::sparse::{Compaction, InputLists, Switch};
     let c = ctx();
+    // The device's form is the subgroup one exactly where it has 8-lane subgroups (lavapipe):
+    // then the plain form is compared with it below.
+    let sp = &c.k.sparse;
+    assert_eq!(sp.ordered_input_grad_sg_k.is_some(), c.gpu.subgroups8);
+    assert_eq!(sp.ell_input_product_sg_k.is_some(), c.gpu.subgroups8);
+    assert_eq!(
+        sp.ell_input_product_compacted_sg_k.is_some(),
+        c.gpu.subgroups8
+    );
+    assert_eq!(c.k.gemm.tn_sgd_listed_sg.is_some(), c.gpu.subgroups8);
     let mut rng = Rng::new(37);
     for &(batch, width, n) in &[(64usize, 300usize, 100usize), (13, 30, 12), (5, 9, 8)] {
         type Pattern = fn(usize, usize) -> bool;
@@ -1163,6 +1199,17 @@ fn ordered_input_grad_equals_the_dense_gated_product() {
                 .for_each(|(v, _)| *v = 0.0);
             let got = c.read(&dx);
             assert_close_norm(&format!("{tag}: dx"), &got, &want, 1e-5);
+            c.plain_forms_agree(
+                &format!("{tag}: dx"),
+                |k| {
+                    let d =
+                        k.sparse
+                            .ordered_input_grad(&c.gpu, &lists.order, &dyt, &pt_c, &rt, &dx);
+                    vec![d.unwrap()]
+                },
+                &dx,
+                &got,
+            );
             assert_close_norm(
                 &format!("{tag}: the dense gated product"),
                 &c.read(&dx_dense),
