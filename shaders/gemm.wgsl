@@ -745,3 +745,47 @@ fn gemm_tn_sgd_listed_sg(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     tn_sgd_store(&acc, row0, col0, blk);
 }
+
+// `gemm_tn_sgd` with A's values shared: per k, the invocation row's 8 rows of A come from one
+// load per lane (lane l: the vec4 holding row row0 + l, clamped as `tn_sgd_k` clamps) by
+// broadcast, B's two vec4 per lane as there. The same sums. The subgroup is the workgroup's x
+// row (one row0); lanes past N run the loop too (their shares feed the others) and store
+// nothing.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_tn_sgd_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = gid.y * 8u;
+    let col0 = gid.x * RB;
+    let l = lid.x;
+    if (row0 >= gp.m) {
+        return;
+    }
+    let m4 = gp.m / 4u;
+    let n4 = gp.n / 4u;
+    let ra = min(row0 / 4u + (l >> 2u), m4 - 1u);
+    let cb0 = min(col0 / 4u, n4 - 1u);
+    let cb1 = min(col0 / 4u + 1u, n4 - 1u);
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var kk = 0u; kk < gp.k; kk++) {
+        let al = a4[kk * m4 + ra][l & 3u];
+        let a0 = vec4<f32>(subgroupBroadcast(al, 0u), subgroupBroadcast(al, 1u),
+                           subgroupBroadcast(al, 2u), subgroupBroadcast(al, 3u));
+        let a1 = vec4<f32>(subgroupBroadcast(al, 4u), subgroupBroadcast(al, 5u),
+                           subgroupBroadcast(al, 6u), subgroupBroadcast(al, 7u));
+        let b0 = b4[kk * n4 + cb0];
+        let b1 = b4[kk * n4 + cb1];
+        for (var i = 0u; i < 4u; i++) {
+            acc[2u * i] = fma(vec4<f32>(a0[i]), b0, acc[2u * i]);
+            acc[2u * i + 1u] = fma(vec4<f32>(a0[i]), b1, acc[2u * i + 1u]);
+            acc[8u + 2u * i] = fma(vec4<f32>(a1[i]), b0, acc[8u + 2u * i]);
+            acc[9u + 2u * i] = fma(vec4<f32>(a1[i]), b1, acc[9u + 2u * i]);
+        }
+    }
+    if (col0 >= gp.n) {
+        return;
+    }
+    tn_sgd_store(&acc, row0, col0, gid.x);
+}

@@ -109,6 +109,8 @@ pub struct Gemm {
     pub nt_vec4: Kernel,
     pub tn_vec4: Kernel,
     pub tn_sgd: Kernel,
+    /// `gemm_tn_sgd`'s subgroup form (run instead where present).
+    pub tn_sgd_sg: Option<Kernel>,
     pub tn_sgd_listed: Kernel,
     /// `gemm_tn_sgd_listed`'s subgroup form (run instead where present).
     pub tn_sgd_listed_sg: Option<Kernel>,
@@ -267,6 +269,7 @@ impl Gemm {
             nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
             tn_vec4: f.kernel("gemm_tn_vec4", VEC4_TN, false)?,
             tn_sgd: f.kernel("gemm_tn_sgd", TN_SGD, true)?,
+            tn_sgd_sg: f.subgroup_kernel("gemm_tn_sgd_sg", TN_SGD, true)?,
             // TN_SGD and the lists of B's nonzero rows per column block.
             tn_sgd_listed: f.kernel(
                 "gemm_tn_sgd_listed",
@@ -666,7 +669,8 @@ impl Gemm {
         let bufs = [g, x, db, target.weight, target.velocity, t, part];
         let Some(lists) = k_lists else {
             let groups = [p.n.div_ceil(64), p.m.div_ceil(64), 1];
-            return Ok(Some(vec![self.tn_sgd.bind(
+            let full = self.tn_sgd_sg.as_ref().unwrap_or(&self.tn_sgd);
+            return Ok(Some(vec![full.bind(
                 gpu,
                 &p,
                 &bufs,

@@ -1136,6 +1136,7 @@ fn ordered_input_grad_equals_the_dense_gated_product() {
         c.gpu.subgroups8
     );
     assert_eq!(c.k.gemm.tn_sgd_listed_sg.is_some(), c.gpu.subgroups8);
+    assert_eq!(c.k.gemm.tn_sgd_sg.is_some(), c.gpu.subgroups8);
     let mut rng = Rng::new(37);
     for &(batch, width, n) in &[(64usize, 300usize, 100usize), (13, 30, 12), (5, 9, 8)] {
         type Pattern = fn(usize, usize) -> bool;
