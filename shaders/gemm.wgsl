@@ -789,3 +789,49 @@ fn gemm_tn_sgd_sg(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     tn_sgd_store(&acc, row0, col0, gid.x);
 }
+
+const NARROW: u32 = 12u; // most columns of `gemm_nt_narrow_sg`
+
+// `gemm_nt_vec4`'s product C = A B^T (a linear forward) for N <= NARROW (a classifier's few
+// outputs, where `gemm_nt_vec4` keeps 2 of a group's 8 lanes busy): one invocation per row of
+// C, all its columns. Per four k, the lane's vec4 of A and the N vec4 of B that every lane uses
+// alike, from two loads per lane (lane l: those of columns l and 8 + l, clamped) by broadcast.
+// The same dot products added in the same order as `gemm_nt_vec4`: the same bits. Reads a4, b4,
+// bias; writes (or accumulates into) C. Rows past M run the loop too and store nothing.
+@compute @workgroup_size(8, 1, 1)
+fn gemm_nt_narrow_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = gid.x;
+    let l = lid.x;
+    let k4 = gp.k / 4u;
+    let a_at = min(row, gp.m - 1u) * k4;
+    let lo_at = min(l, gp.n - 1u) * k4;
+    let hi_at = min(8u + l, gp.n - 1u) * k4;
+    var acc: array<f32, 12>;
+    for (var j = 0u; j < NARROW; j++) {
+        acc[j] = 0.0;
+    }
+    for (var kk = 0u; kk < k4; kk++) {
+        let av = a4[a_at + kk];
+        let lo = b4[lo_at + kk];
+        let hi = b4[hi_at + kk];
+        acc[0] += dot(av, subgroupBroadcast(lo, 0u));
+        acc[1] += dot(av, subgroupBroadcast(lo, 1u));
+        acc[2] += dot(av, subgroupBroadcast(lo, 2u));
+        acc[3] += dot(av, subgroupBroadcast(lo, 3u));
+        acc[4] += dot(av, subgroupBroadcast(lo, 4u));
+        acc[5] += dot(av, subgroupBroadcast(lo, 5u));
+        acc[6] += dot(av, subgroupBroadcast(lo, 6u));
+        acc[7] += dot(av, subgroupBroadcast(lo, 7u));
+        acc[8] += dot(av, subgroupBroadcast(hi, 0u));
+        acc[9] += dot(av, subgroupBroadcast(hi, 1u));
+        acc[10] += dot(av, subgroupBroadcast(hi, 2u));
+        acc[11] += dot(av, subgroupBroadcast(hi, 3u));
+    }
+    if (row >= gp.m) {
+        return;
+    }
+    for (var j = 0u; j < NARROW; j++) {
+        store_c(row, j, acc[j]);
+    }
+}

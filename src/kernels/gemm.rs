@@ -107,6 +107,8 @@ impl GemmParams {
 
 pub struct Gemm {
     pub nt_vec4: Kernel,
+    /// `gemm_nt_vec4` for at most `NARROW` columns, a subgroup form (run instead where present).
+    pub nt_narrow_sg: Option<Kernel>,
     pub tn_vec4: Kernel,
     pub tn_sgd: Kernel,
     /// `gemm_tn_sgd`'s subgroup form (run instead where present).
@@ -267,6 +269,7 @@ impl Gemm {
     pub fn new(f: &KernelFactory<'_>, variant: GemmVariant) -> Result<Gemm> {
         Ok(Gemm {
             nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
+            nt_narrow_sg: f.subgroup_kernel("gemm_nt_narrow_sg", VEC4, false)?,
             tn_vec4: f.kernel("gemm_tn_vec4", VEC4_TN, false)?,
             tn_sgd: f.kernel("gemm_tn_sgd", TN_SGD, true)?,
             tn_sgd_sg: f.subgroup_kernel("gemm_tn_sgd_sg", TN_SGD, true)?,
@@ -307,6 +310,9 @@ impl Gemm {
         })
     }
 
+    /// The most columns of `gemm_nt_narrow_sg` (shaders/gemm.wgsl).
+    pub const NARROW: u32 = 12;
+
     /// `C = [C +] A B [+ bias]` with the strides in `p`, on the given variant.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
@@ -322,7 +328,15 @@ impl Gemm {
         assert_output_fits(&p, c);
         let groups = [p.n.div_ceil(64), p.m.div_ceil(64), 1];
         if variant == GemmVariant::RegBlock {
-            let kernel = match vec4_form(&p, a, b) {
+            let form = vec4_form(&p, a, b);
+            if let (Some(Vec4Form::Nt), Some(narrow)) = (form, &self.nt_narrow_sg) {
+                if p.n <= Self::NARROW {
+                    // One invocation per row of C.
+                    let groups = [p.m.div_ceil(8), 1, 1];
+                    return narrow.bind(gpu, &p, &[a, b, bias, c], None, groups);
+                }
+            }
+            let kernel = match form {
                 Some(Vec4Form::Nt) => Some(&self.nt_vec4),
                 Some(Vec4Form::Tn) => Some(&self.tn_vec4),
                 Some(Vec4Form::Nn) => Some(&self.nn_vec4),
@@ -670,13 +684,7 @@ impl Gemm {
         let Some(lists) = k_lists else {
             let groups = [p.n.div_ceil(64), p.m.div_ceil(64), 1];
             let full = self.tn_sgd_sg.as_ref().unwrap_or(&self.tn_sgd);
-            return Ok(Some(vec![full.bind(
-                gpu,
-                &p,
-                &bufs,
-                Some(step),
-                groups,
-            )?]));
+            return Ok(Some(vec![full.bind(gpu, &p, &bufs, Some(step), groups)?]));
         };
         let (lists, built) = match lists {
             KLists::Build(l) => (l, false),

@@ -1,5 +1,5 @@
 use dst::gpu::Tensor;
-use dst::kernels::gemm::{tiled_form, GemmParams, TiledForm};
+use dst::kernels::gemm::{tiled_form, Gemm, GemmParams, TiledForm};
 use dst::kernels::{run_once, GemmVariant};
 use dst::reference::gemm as reference;
 use dst::rng::Rng;
@@ -105,9 +105,17 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
                     "gemm.gemm_regblock".to_string()
                 }
             };
+            // With 8-lane subgroups, a forward of at most `Gemm::NARROW` columns takes their
+            // narrow form.
+            let narrow = c.gpu.subgroups8 && n as u32 <= Gemm::NARROW;
+            let nt = if narrow {
+                "gemm_nt_narrow_sg"
+            } else {
+                "gemm_nt_vec4"
+            };
             assert_eq!(
                 ds[0].label,
-                expect(k % 4 == 0, "gemm_nt_vec4", n),
+                expect(k % 4 == 0, nt, n),
                 "forward m{m} n{n} k{k}"
             );
             assert_eq!(
@@ -144,6 +152,19 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
         run_once(&c.gpu, &ds, 0).unwrap();
         let tag = format!("{variant:?} m{m} n{n} k{k}");
         assert_products(&c, &tag, (m, n, k), (&x, &w, Some(&b), &g), &y, &dx, &dw);
+        // The forward's subgroup form gives the plain form's bits.
+        let y_got = c.read(&y);
+        c.plain_forms_agree(
+            &format!("forward {tag}"),
+            |k| {
+                vec![k
+                    .gemm
+                    .matmul(&c.gpu, variant, pf, &xt, &wt, &bt, &y)
+                    .unwrap()]
+            },
+            &y,
+            &y_got,
+        );
         assert_close_norm(
             &format!("bias_backward {tag}"),
             &c.read(&db),
@@ -170,6 +191,10 @@ fn gemm_vec4_paths_match_reference() {
             (64, 300, 784),
             (33, 100, 300),
             (9, 20, 44),
+            // A classifier's 10 outputs (the narrow form: rows past the last group of 8 too).
+            (64, 10, 100),
+            (13, 10, 84),
+            (6, 1, 8),
         ],
     );
 }

@@ -822,7 +822,11 @@ fn fused_weight_gradient_sgd_matches_reference() {
                     );
                 }
             }
-            assert_eq!(results.len(), 2 + 2 * c.gpu.subgroups8 as usize, "{tag}: runs");
+            assert_eq!(
+                results.len(),
+                2 + 2 * c.gpu.subgroups8 as usize,
+                "{tag}: runs"
+            );
             let [w_got, v_got, db_got, dt_got] = &results[0];
             let (gd, xd, td) = (to_f64(&g), to_f64(&x), to_f64(&t));
             let dp = rgemm::backward_weight(&gd, &xd, m, n, k);
