@@ -13,6 +13,10 @@
 // workgroup memory with coalesced loads, one output per invocation: the GPU kernel; with few
 // output tiles and a long k, `gemm_tiled_split` splits k four ways inside a workgroup). All write
 // every C element.
+// The file's closing section (from its `==== Subgroup forms` line on) holds forms of the kernels
+// above that share a SIMD group's common loads by `subgroupBroadcast`: compiled only on Vulkan
+// CPU adapters whose subgroups are exactly 8 lanes (lavapipe: `Gpu::subgroups8`,
+// `kernels::module_source`), with the plain forms' bits.
 
 // Keep in sync with `GemmParams` in src/kernels/gemm.rs.
 struct GemmParams {

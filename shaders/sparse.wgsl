@@ -20,6 +20,10 @@
 // `to_feature_major` turns a batch-major input into the feature-major layout first: a copy of
 // batch x cols values is cheap next to the nnz x batch products it makes cache-friendly.
 // 1-D grids folded into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
+// The file's closing section (from its `==== Subgroup forms` line on) holds forms of the kernels
+// above that share a SIMD group's common loads by `subgroupBroadcast`: compiled only on Vulkan
+// CPU adapters whose subgroups are exactly 8 lanes (lavapipe: `Gpu::subgroups8`,
+// `kernels::module_source`), with the plain forms' bits.
 
 // Keep in sync with `SparseParams` in src/kernels/sparse.rs.
 struct SparseParams {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dst::kernels::{module_source, COMMON_WGSL, FAMILIES, SUBGROUP_SECTION};
+use dst::kernels::{module_source, subgroup_section, COMMON_WGSL, FAMILIES, SUBGROUP_SECTION};
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, ResourceBinding, ShaderStage, StorageAccess};
@@ -496,14 +496,25 @@ fn every_family_validates_and_translates_for_vulkan_metal_dx12() {
     }
 }
 
-/// The families' subgroup sections (`SUBGROUP_SECTION` to the end of gemm.wgsl and sparse.wgsl):
-/// the modules that hold them validate with subgroups and translate for Vulkan, every entry
-/// point; without subgroups the validator refuses them (the section is what needs the feature).
+/// The families' subgroup sections (from the line that begins with `SUBGROUP_SECTION` to the
+/// end of gemm.wgsl and sparse.wgsl): one such line per file; the modules that hold them validate
+/// with subgroups and translate for Vulkan, every entry point; the section holds exactly the
+/// entry points named `*_sg`, and the plain module every other one; without subgroups the
+/// validator refuses the section (it is what needs the feature).
 #[test]
 fn subgroup_sections_validate_and_translate_for_vulkan() {
     let mut with_section = Vec::new();
     for &(family, source) in FAMILIES {
-        if !source.contains(SUBGROUP_SECTION) {
+        let markers = source
+            .lines()
+            .filter(|l| l.starts_with(SUBGROUP_SECTION))
+            .count();
+        assert_eq!(
+            markers,
+            subgroup_section(source).is_some() as usize,
+            "{family}: section lines"
+        );
+        if subgroup_section(source).is_none() {
             continue;
         }
         with_section.push(family);
@@ -519,9 +530,13 @@ fn subgroup_sections_validate_and_translate_for_vulkan() {
             .find(|(f, _)| *f == family)
             .unwrap()
             .1;
-        assert!(
-            c.entry_points.len() > plain.entry_points.len(),
-            "{family}: the section adds no entry point"
+        let (sg, other): (Vec<&String>, Vec<&String>) =
+            c.entry_points.iter().partition(|e| e.ends_with("_sg"));
+        assert!(!sg.is_empty(), "{family}: the section adds no entry point");
+        assert_eq!(
+            other,
+            plain.entry_points.iter().collect::<Vec<_>>(),
+            "{family}: the plain module's entry points"
         );
         let errors = check_module(family, &module_source(source, true), false)
             .expect_err("a subgroup section passed without subgroups");
@@ -569,15 +584,14 @@ fn families_are_exactly_the_shader_files() {
         );
         // Without subgroups: the same, up to the subgroup section's first line.
         let plain = module_source(source, false);
-        let kept = source
-            .find(SUBGROUP_SECTION)
-            .map_or(source, |at| &source[..at]);
+        let kept = subgroup_section(source).map_or(source, |at| &source[..at]);
         assert!(
             plain.starts_with(COMMON_WGSL) && plain.ends_with(kept),
             "{family}: module_source without subgroups is not prelude + family up to its section"
         );
+        let code = |l: &&str| !l.trim_start().starts_with("//");
         assert!(
-            !plain.contains("subgroup"),
+            !plain.lines().filter(code).any(|l| l.contains("subgroup")),
             "{family}: a subgroup builtin outside the subgroup section"
         );
     }

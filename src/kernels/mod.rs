@@ -37,14 +37,26 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("sparse", sparse::SOURCE),
 ];
 
-/// The line that opens a family file's closing section of subgroup forms: entry points that use
-/// `subgroupBroadcast` and assume 8-lane subgroups along the workgroup's x axis (`Gpu::subgroups8`).
+/// How the line that opens a family file's closing section of subgroup forms begins: entry
+/// points that use `subgroupBroadcast` and assume 8-lane subgroups along the workgroup's x axis
+/// (`Gpu::subgroups8`).
 pub const SUBGROUP_SECTION: &str = "// ==== Subgroup forms";
 
+/// Where a family file's subgroup section starts: the first line that begins with
+/// `SUBGROUP_SECTION` (None: the file has none).
+pub fn subgroup_section(family_source: &str) -> Option<usize> {
+    if family_source.starts_with(SUBGROUP_SECTION) {
+        return Some(0);
+    }
+    family_source
+        .find(&format!("\n{SUBGROUP_SECTION}"))
+        .map(|at| at + 1)
+}
+
 /// A family's module exactly as the program compiles it: prelude + family file, without the
-/// file's subgroup section (from the `SUBGROUP_SECTION` line to its end) unless `subgroups8`.
+/// file's subgroup section (`subgroup_section` to the end) unless `subgroups8`.
 pub fn module_source(family_source: &str, subgroups8: bool) -> String {
-    let body = match family_source.find(SUBGROUP_SECTION) {
+    let body = match subgroup_section(family_source) {
         Some(at) if !subgroups8 => &family_source[..at],
         _ => family_source,
     };
