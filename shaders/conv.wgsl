@@ -26,6 +26,10 @@
 // one workgroup per weight-gradient element with a fixed-order tree reduction, 256 invocations
 // wide instead of 64 for sums over many positions, as in the bias gradient). Grids are 1-D block
 // counts folded into y past 65535 workgroups (`grid_1d` in src/kernels/mod.rs).
+// The file's closing section (from its `==== Subgroup forms` line on) holds forms of the three
+// `*_cols` products that share a SIMD group's common loads by `subgroupBroadcast`: compiled only
+// on Vulkan CPU adapters whose subgroups are exactly 8 lanes (lavapipe: `Gpu::subgroups8`,
+// `kernels::module_source`), with the plain forms' bits.
 
 // Keep in sync with `ConvParams` in src/kernels/conv.rs.
 struct ConvParams {
@@ -503,6 +507,12 @@ fn conv_forward_cols(@builtin(local_invocation_id) lid: vec3<u32>,
             acc[2u * i + 1u] = fma(wv, b1, acc[2u * i + 1u]);
         }
     }
+    forward_cols_store(&acc, co0, q0, np4);
+}
+
+// The stores of a `conv_forward_cols` invocation: filters co0.., column vec4s q0, q0 + 1 (those
+// below np4), plus the bias.
+fn forward_cols_store(acc: ptr<function, array<vec4<f32>, 16>>, co0: u32, q0: u32, np4: u32) {
     for (var i = 0u; i < CB; i++) {
         let co = co0 + i;
         if (co >= cp.c_out) {
@@ -516,7 +526,7 @@ fn conv_forward_cols(@builtin(local_invocation_id) lid: vec3<u32>,
             let q = q0 + h;
             if (q < np4) {
                 let o = out_index(co, q * 4u);
-                let v = acc[2u * i + h];
+                let v = (*acc)[2u * i + h];
                 for (var j = 0u; j < 4u; j++) {
                     y[o + j] = v[j] + bv;
                 }
@@ -575,6 +585,12 @@ fn conv_backward_weight_cols(@builtin(local_invocation_id) lid: vec3<u32>,
             }
         }
     }
+    weight_cols_store(&acc, co0, k0, kdim);
+}
+
+// The stores of a `conv_backward_weight_cols` invocation: filters co0.., patch rows k0..k0 + 3
+// (those below kdim).
+fn weight_cols_store(acc: ptr<function, array<array<f32, 4>, 8>>, co0: u32, k0: u32, kdim: u32) {
     for (var i = 0u; i < CB; i++) {
         let co = co0 + i;
         if (co >= cp.c_out) {
@@ -583,7 +599,7 @@ fn conv_backward_weight_cols(@builtin(local_invocation_id) lid: vec3<u32>,
         for (var j = 0u; j < 4u; j++) {
             let k = k0 + j;
             if (k < kdim) {
-                dw[co * kdim + k] = acc[i][j];
+                dw[co * kdim + k] = (*acc)[i][j];
             }
         }
     }
@@ -632,6 +648,13 @@ fn conv_backward_input_cols(@builtin(local_invocation_id) lid: vec3<u32>,
             acc[2u * i + 1u] = fma(wv, b1, acc[2u * i + 1u]);
         }
     }
+    input_cols_store(&acc, k0, q0, np4, kdim);
+}
+
+// The stores of a `conv_backward_input_cols` invocation: patch rows k0.. (below kdim), column
+// vec4s q0, q0 + 1 (below np4).
+fn input_cols_store(acc: ptr<function, array<vec4<f32>, 16>>, k0: u32, q0: u32, np4: u32,
+                    kdim: u32) {
     let np = np4 * 4u;
     for (var i = 0u; i < CB; i++) {
         let k = k0 + i;
@@ -641,7 +664,7 @@ fn conv_backward_input_cols(@builtin(local_invocation_id) lid: vec3<u32>,
         for (var h = 0u; h < 2u; h++) {
             let q = q0 + h;
             if (q < np4) {
-                let v = acc[2u * i + h];
+                let v = (*acc)[2u * i + h];
                 for (var j = 0u; j < 4u; j++) {
                     cols_w[k * np + q * 4u + j] = v[j];
                 }
@@ -1344,4 +1367,190 @@ fn conv_weight_parts_sum(@builtin(global_invocation_id) gid: vec3<u32>,
         s = s + parts_r[z * n + o];
     }
     dw[o] = s;
+}
+
+// ==== Subgroup forms (compiled only on CPU adapters with 8-lane subgroups) ====
+//
+// lavapipe runs a workgroup as SIMD groups of 8 lanes and issues every load of a storage
+// buffer one lane at a time, a load to the same address in all 8 lanes included. The cols
+// products load the 8 filters' (or patch rows') values of their workgroup alike in every lane:
+// here each lane of a subgroup loads one of them and `subgroupBroadcast` (a register move)
+// hands them round. The same values and fma chains: the same bits. Lanes past the columns run
+// the loops too (their loads clamped: their shares feed the others) and store nothing; a
+// subgroup all past them returns (`sl`: the lane's index in its subgroup of 8 consecutive lanes).
+
+// `conv_forward_cols` with the weights shared: per k, lane l loads filter co0 + l's (clamped),
+// 1 load instead of 8.
+@compute @workgroup_size(64, 1, 1)
+fn conv_forward_cols_sg(@builtin(local_invocation_id) lid: vec3<u32>,
+                        @builtin(workgroup_id) wid: vec3<u32>,
+                        @builtin(num_workgroups) nwg: vec3<u32>,
+                        @builtin(subgroup_invocation_id) sl: u32) {
+    let np4 = cp.batch * cp.oh * cp.ow / 4u;
+    let p_blocks = (np4 + 1u) / 2u;
+    let p_groups = (p_blocks + 63u) / 64u;
+    let co_blocks = (cp.c_out + CB - 1u) / CB;
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= p_groups * co_blocks) {
+        return;
+    }
+    let pb = (g / co_blocks) * 64u + lid.x;
+    if (pb - sl >= p_blocks) {
+        return; // the whole subgroup is past the columns
+    }
+    let co0 = (g % co_blocks) * CB;
+    let q0 = pb * 2u;
+    let l0 = min(q0, np4 - 1u);
+    let l1 = min(q0 + 1u, np4 - 1u);
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    let w_at = min(co0 + sl, cp.c_out - 1u) * kdim;
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var k = 0u; k < kdim; k++) {
+        let b0 = cols4[k * np4 + l0];
+        let b1 = cols4[k * np4 + l1];
+        let wl = weight[w_at + k];
+        cols_fma8(&acc, wl, b0, b1);
+    }
+    if (pb < p_blocks) {
+        forward_cols_store(&acc, co0, q0, np4);
+    }
+}
+
+// The 8 rows' multiply-adds of one k of a cols product: row i's value from lane i's `wl`.
+fn cols_fma8(acc: ptr<function, array<vec4<f32>, 16>>, wl: f32, b0: vec4<f32>, b1: vec4<f32>) {
+    let w0 = vec4<f32>(subgroupBroadcast(wl, 0u));
+    let w1 = vec4<f32>(subgroupBroadcast(wl, 1u));
+    let w2 = vec4<f32>(subgroupBroadcast(wl, 2u));
+    let w3 = vec4<f32>(subgroupBroadcast(wl, 3u));
+    let w4 = vec4<f32>(subgroupBroadcast(wl, 4u));
+    let w5 = vec4<f32>(subgroupBroadcast(wl, 5u));
+    let w6 = vec4<f32>(subgroupBroadcast(wl, 6u));
+    let w7 = vec4<f32>(subgroupBroadcast(wl, 7u));
+    (*acc)[0] = fma(w0, b0, (*acc)[0]);
+    (*acc)[1] = fma(w0, b1, (*acc)[1]);
+    (*acc)[2] = fma(w1, b0, (*acc)[2]);
+    (*acc)[3] = fma(w1, b1, (*acc)[3]);
+    (*acc)[4] = fma(w2, b0, (*acc)[4]);
+    (*acc)[5] = fma(w2, b1, (*acc)[5]);
+    (*acc)[6] = fma(w3, b0, (*acc)[6]);
+    (*acc)[7] = fma(w3, b1, (*acc)[7]);
+    (*acc)[8] = fma(w4, b0, (*acc)[8]);
+    (*acc)[9] = fma(w4, b1, (*acc)[9]);
+    (*acc)[10] = fma(w5, b0, (*acc)[10]);
+    (*acc)[11] = fma(w5, b1, (*acc)[11]);
+    (*acc)[12] = fma(w6, b0, (*acc)[12]);
+    (*acc)[13] = fma(w6, b1, (*acc)[13]);
+    (*acc)[14] = fma(w7, b0, (*acc)[14]);
+    (*acc)[15] = fma(w7, b1, (*acc)[15]);
+}
+
+// `conv_backward_input_cols` with the weights shared: per filter co, lane l loads patch row
+// k0 + l's weight (clamped), 1 load instead of 8.
+@compute @workgroup_size(64, 1, 1)
+fn conv_backward_input_cols_sg(@builtin(local_invocation_id) lid: vec3<u32>,
+                               @builtin(workgroup_id) wid: vec3<u32>,
+                               @builtin(num_workgroups) nwg: vec3<u32>,
+                               @builtin(subgroup_invocation_id) sl: u32) {
+    let ohw = cp.oh * cp.ow;
+    let np4 = cp.batch * ohw / 4u;
+    let p_blocks = (np4 + 1u) / 2u;
+    let p_groups = (p_blocks + 63u) / 64u;
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    let k_blocks = (kdim + CB - 1u) / CB;
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= p_groups * k_blocks) {
+        return;
+    }
+    let pb = (g % p_groups) * 64u + lid.x;
+    if (pb - sl >= p_blocks) {
+        return; // the whole subgroup is past the columns
+    }
+    let k0 = (g / p_groups) * CB;
+    let q0 = pb * 2u;
+    let l0 = min(q0, np4 - 1u);
+    let l1 = min(q0 + 1u, np4 - 1u);
+    let ohw4 = ohw / 4u;
+    let d0 = (l0 / ohw4) * cp.c_out * ohw4 + l0 % ohw4;
+    let d1 = (l1 / ohw4) * cp.c_out * ohw4 + l1 % ohw4;
+    let kl = min(k0 + sl, kdim - 1u);
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var co = 0u; co < cp.c_out; co++) {
+        let b0 = dy4[d0 + co * ohw4];
+        let b1 = dy4[d1 + co * ohw4];
+        let wl = weight[co * kdim + kl];
+        cols_fma8(&acc, wl, b0, b1);
+    }
+    if (pb < p_blocks) {
+        input_cols_store(&acc, k0, q0, np4, kdim);
+    }
+}
+
+// `conv_backward_weight_cols` with dy shared: per (n, q), lane l loads filter co0 + l's vec4 of
+// dy (clamped), 1 load instead of 8; the 4 patch rows' vec4 of cols per lane as there.
+@compute @workgroup_size(32, 1, 1)
+fn conv_backward_weight_cols_sg(@builtin(local_invocation_id) lid: vec3<u32>,
+                                @builtin(workgroup_id) wid: vec3<u32>,
+                                @builtin(num_workgroups) nwg: vec3<u32>,
+                                @builtin(subgroup_invocation_id) sl: u32) {
+    let kdim = cp.c_in * cp.kh * cp.kw;
+    let k_blocks = (kdim + 3u) / 4u;
+    let k_groups = (k_blocks + 31u) / 32u;
+    let co_blocks = (cp.c_out + CB - 1u) / CB;
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= k_groups * co_blocks) {
+        return;
+    }
+    let kb = (g % k_groups) * 32u + lid.x;
+    if (kb - sl >= k_blocks) {
+        return; // the whole subgroup is past the patch rows
+    }
+    let k0 = kb * 4u;
+    let co0 = (g / k_groups) * CB;
+    let ohw4 = cp.oh * cp.ow / 4u;
+    let np4 = cp.batch * ohw4;
+    var cb: array<u32, 4>;
+    for (var j = 0u; j < 4u; j++) {
+        cb[j] = min(k0 + j, kdim - 1u) * np4;
+    }
+    let d_at = min(co0 + sl, cp.c_out - 1u) * ohw4;
+    var acc: array<array<f32, 4>, 8>;
+    for (var i = 0u; i < CB; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var n = 0u; n < cp.batch; n++) {
+        let dn = n * cp.c_out * ohw4;
+        let pn = n * ohw4;
+        for (var q = 0u; q < ohw4; q++) {
+            var bv: array<vec4<f32>, 4>;
+            for (var j = 0u; j < 4u; j++) {
+                bv[j] = cols4[cb[j] + pn + q];
+            }
+            let gl = dy4[dn + d_at + q];
+            var gv: array<vec4<f32>, 8>;
+            gv[0] = subgroupBroadcast(gl, 0u);
+            gv[1] = subgroupBroadcast(gl, 1u);
+            gv[2] = subgroupBroadcast(gl, 2u);
+            gv[3] = subgroupBroadcast(gl, 3u);
+            gv[4] = subgroupBroadcast(gl, 4u);
+            gv[5] = subgroupBroadcast(gl, 5u);
+            gv[6] = subgroupBroadcast(gl, 6u);
+            gv[7] = subgroupBroadcast(gl, 7u);
+            for (var i = 0u; i < CB; i++) {
+                for (var j = 0u; j < 4u; j++) {
+                    acc[i][j] += dot(gv[i], bv[j]);
+                }
+            }
+        }
+    }
+    if (kb < k_blocks) {
+        weight_cols_store(&acc, co0, k0, kdim);
+    }
 }

@@ -497,7 +497,7 @@ fn every_family_validates_and_translates_for_vulkan_metal_dx12() {
 }
 
 /// The families' subgroup sections (from the line that begins with `SUBGROUP_SECTION` to the
-/// end of gemm.wgsl and sparse.wgsl): one such line per file; the modules that hold them validate
+/// end of conv.wgsl, gemm.wgsl and sparse.wgsl): one such line per file; the modules that hold them validate
 /// with subgroups and translate for Vulkan, every entry point; the section holds exactly the
 /// entry points named `*_sg`, and the plain module every other one; without subgroups the
 /// validator refuses the section (it is what needs the feature).
@@ -545,7 +545,7 @@ fn subgroup_sections_validate_and_translate_for_vulkan() {
             "{family}: {errors:?}"
         );
     }
-    assert_eq!(with_section, ["gemm", "sparse"]);
+    assert_eq!(with_section, ["conv", "gemm", "sparse"]);
 }
 
 #[test]

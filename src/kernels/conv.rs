@@ -141,6 +141,10 @@ pub struct Conv {
     pub forward_cols_k: Kernel,
     pub backward_weight_cols_k: Kernel,
     pub backward_input_cols_k: Kernel,
+    /// The subgroup forms of the three cols products above (run instead where present).
+    pub forward_cols_sg: Option<Kernel>,
+    pub backward_weight_cols_sg: Option<Kernel>,
+    pub backward_input_cols_sg: Option<Kernel>,
     pub col2im: Kernel,
     pub backward_input_cols_tiled_k: [Kernel; 2],
     pub backward_weight_tiled_k: [Kernel; 2],
@@ -381,6 +385,17 @@ impl Conv {
             )?,
             backward_input_cols_k: f.kernel(
                 "conv_backward_input_cols",
+                BACKWARD_INPUT_COLS,
+                false,
+            )?,
+            forward_cols_sg: f.subgroup_kernel("conv_forward_cols_sg", FORWARD_COLS, false)?,
+            backward_weight_cols_sg: f.subgroup_kernel(
+                "conv_backward_weight_cols_sg",
+                BACKWARD_WEIGHT_COLS,
+                false,
+            )?,
+            backward_input_cols_sg: f.subgroup_kernel(
+                "conv_backward_input_cols_sg",
                 BACKWARD_INPUT_COLS,
                 false,
             )?,
@@ -690,7 +705,11 @@ impl Conv {
                 .bind(gpu, &p, &[x, cols], None, grid_1d(rows.div_ceil(64) as u32))?;
         // Workgroups: one block of 8 filters x 64 blocks of 8 columns.
         let groups = (s.batch * oh * ow / 4).div_ceil(2).div_ceil(64) * s.c_out.div_ceil(CB);
-        let prod = self.forward_cols_k.bind(
+        let prod = self
+            .forward_cols_sg
+            .as_ref()
+            .unwrap_or(&self.forward_cols_k);
+        let prod = prod.bind(
             gpu,
             &p,
             &[cols, weight, bias.unwrap_or(dummy), y],
@@ -717,7 +736,8 @@ impl Conv {
         assert_len(d_weight, s.c_out * s.cols(), "d_weight", s);
         // Workgroups: one block of 8 filters x 32 blocks of 4 patch rows.
         let groups = s.cols().div_ceil(4).div_ceil(32) * s.c_out.div_ceil(CB);
-        self.backward_weight_cols_k.bind(
+        let k = self.backward_weight_cols_sg.as_ref();
+        k.unwrap_or(&self.backward_weight_cols_k).bind(
             gpu,
             &p,
             &[dy, cols, d_weight],
@@ -746,7 +766,8 @@ impl Conv {
             .div_ceil(2)
             .div_ceil(64)
             * s.cols().div_ceil(CB);
-        let prod = self.backward_input_cols_k.bind(
+        let prod = self.backward_input_cols_sg.as_ref();
+        let prod = prod.unwrap_or(&self.backward_input_cols_k).bind(
             gpu,
             &p,
             &[dy, weight, cols],

@@ -1,6 +1,6 @@
 use dst::gpu::AdapterClass;
 use dst::kernels::conv::{ConvShape, ConvVariant};
-use dst::kernels::run_once;
+use dst::kernels::{run_once, Kernels};
 use dst::reference::{conv as reference, masked as rmasked};
 use dst::rng::Rng;
 use serde_json::Value;
@@ -469,7 +469,12 @@ fn cols_shapes(lenet: ConvShape) -> Vec<ConvShape> {
 
 /// Runs the patch-matrix path (im2col + forward product, weight gradient from the same patch
 /// matrix, then input gradient through it) on fresh NaN-poisoned outputs and patch matrix.
-fn run_cols(c: &Ctx, s: &ConvShape, (x, w, b, gy): Inputs<'_>) -> Run {
+fn run_cols(c: &Ctx, s: &ConvShape, inputs: Inputs<'_>) -> Run {
+    run_cols_on(c, &c.k, s, inputs)
+}
+
+/// `run_cols` on the given kernels (the device's, or the plain forms: `Ctx::plain_kernels`).
+fn run_cols_on(c: &Ctx, kernels: &Kernels, s: &ConvShape, (x, w, b, gy): Inputs<'_>) -> Run {
     let (oh, ow) = (s.out_h(), s.out_w());
     let xt = c.tensor("x", &[s.batch, s.c_in, s.h, s.w], x);
     let wt = c.tensor("w", &[s.c_out, s.cols()], w);
@@ -480,9 +485,18 @@ fn run_cols(c: &Ctx, s: &ConvShape, (x, w, b, gy): Inputs<'_>) -> Run {
     let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
     let db = c.poisoned("db", &[s.c_out]);
     let scratch = c.poisoned("cols", &[s.cols_len()]);
-    let k = &c.k.conv;
+    let k = &kernels.conv;
     let mut ds = k
-        .forward_cols(&c.gpu, s, &xt, &wt, bt.as_ref(), &y, &scratch, &c.k.dummy)
+        .forward_cols(
+            &c.gpu,
+            s,
+            &xt,
+            &wt,
+            bt.as_ref(),
+            &y,
+            &scratch,
+            &kernels.dummy,
+        )
         .unwrap()
         .to_vec();
     ds.push(
@@ -502,8 +516,15 @@ fn run_cols(c: &Ctx, s: &ConvShape, (x, w, b, gy): Inputs<'_>) -> Run {
         "col2im",
         "bias_backward",
     ];
+    // The three products in their subgroup forms where the kernels have them.
+    let sg = k.forward_cols_sg.is_some();
     for (d, n) in ds.iter().zip(names) {
-        assert_eq!(d.label, format!("conv.conv_{n}"));
+        let form = if sg && n.ends_with("_cols") {
+            "_sg"
+        } else {
+            ""
+        };
+        assert_eq!(d.label, format!("conv.conv_{n}{form}"));
     }
     run_once(&c.gpu, &ds, 0).unwrap();
     Run {
@@ -532,9 +553,30 @@ fn conv_cols_matches_reference() {
             1.0,
         );
         let with_bias = i % 2 == 0;
-        let r = run_cols(&c, s, (&x, &w, with_bias.then_some(&b[..]), &gy));
+        let inputs = (&x[..], &w[..], with_bias.then_some(&b[..]), &gy[..]);
+        let r = run_cols(&c, s, inputs);
         let (xd, wd, bd, gd) = (to_f64(&x), to_f64(&w), to_f64(&b), to_f64(&gy));
         let tag = format!("cols {s:?}");
+        // Where the device runs the products' subgroup forms: the plain forms' bits.
+        assert_eq!(c.k.conv.forward_cols_sg.is_some(), c.gpu.subgroups8);
+        if let Some(plain) = c.plain_kernels() {
+            let p = run_cols_on(&c, &plain, s, inputs);
+            for (what, a, b) in [
+                ("y", &r.y, &p.y),
+                ("dx", &r.dx, &p.dx),
+                ("dw", &r.dw, &p.dw),
+                ("db", &r.db, &p.db),
+            ] {
+                let same = a.len() == b.len()
+                    && a.iter()
+                        .zip(b.iter())
+                        .all(|(u, v)| u.to_bits() == v.to_bits());
+                assert!(
+                    same,
+                    "{tag}: {what} of the subgroup forms differs from the plain's"
+                );
+            }
+        }
         let bias = with_bias.then_some(&bd[..]);
         assert_close_norm(
             &format!("forward {tag}"),
@@ -662,11 +704,16 @@ fn conv_listed_products_equal_the_dense_cols_products() {
             );
             ds.push(k.gather_dx(&c.gpu, s, &dcols_listed, &dx_listed).unwrap());
             let labels: Vec<&str> = ds.iter().map(|d| d.label.as_str()).collect();
+            let dense_input = if c.gpu.subgroups8 {
+                "conv.conv_backward_input_cols_sg"
+            } else {
+                "conv.conv_backward_input_cols"
+            };
             assert_eq!(
                 labels[4..],
                 [
                     "conv.conv_forward_cols_listed",
-                    "conv.conv_backward_input_cols",
+                    dense_input,
                     "conv.conv_col2im",
                     "conv.conv_backward_input_cols_listed",
                     "conv.conv_col2im"
