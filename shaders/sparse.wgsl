@@ -633,6 +633,20 @@ fn store_input_product(b: u32, o: u32, v: vec4<f32>, compacted: bool) {
     y[at + rows.w] = r.w;
 }
 
+// The stores of an `ell_input_product` invocation: its IB samples (those in the batch) x 8
+// outputs (the second four where o0 + 4 < sp.rows) from acc (`input_product`'s layout).
+fn store_input_products(acc: ptr<function, array<vec4<f32>, 16>>, b0: u32, o0: u32,
+                        compacted: bool) {
+    for (var j = 0u; j < IB; j++) {
+        if (b0 + j < sp.batch) {
+            store_input_product(b0 + j, o0, (*acc)[2u * j], compacted);
+            if (o0 + 4u < sp.rows) {
+                store_input_product(b0 + j, o0 + 4u, (*acc)[2u * j + 1u], compacted);
+            }
+        }
+    }
+}
+
 // Reads the block lists (`input_lists`; sp.cols apart, with the block's IB values of each listed
 // input as two vec4), w4 (Pt: sp.cols x sp.rows as vec4s, sp.rows % 4 == 0) and bias; writes y
 // (sp.batch x sp.rows, batch-major). Each invocation: IB samples x 8 outputs, per listed input
@@ -680,14 +694,7 @@ fn input_product(gid: vec3<u32>, wid: vec3<u32>, compacted: bool) {
             acc[9u + 2u * j] = fma(vec4<f32>(hi[j]), p1, acc[9u + 2u * j]);
         }
     }
-    for (var j = 0u; j < IB; j++) {
-        if (b0 + j < sp.batch) {
-            store_input_product(b0 + j, o0, acc[2u * j], compacted);
-            if (o0 + 4u < sp.rows) {
-                store_input_product(b0 + j, o0 + 4u, acc[2u * j + 1u], compacted);
-            }
-        }
-    }
+    store_input_products(&acc, b0, o0, compacted);
 }
 
 // Reads the block lists, w4 (P^T) and bias; writes y (`input_product` above).
@@ -997,14 +1004,7 @@ fn input_product_sg(gid: vec3<u32>, wid: vec3<u32>, l: u32, compacted: bool) {
     if (o0 >= sp.rows) {
         return;
     }
-    for (var j = 0u; j < IB; j++) {
-        if (b0 + j < sp.batch) {
-            store_input_product(b0 + j, o0, acc[2u * j], compacted);
-            if (o0 + 4u < sp.rows) {
-                store_input_product(b0 + j, o0 + 4u, acc[2u * j + 1u], compacted);
-            }
-        }
-    }
+    store_input_products(&acc, b0, o0, compacted);
 }
 
 // `ell_input_product` in the subgroup form (`input_product_sg`).
