@@ -76,6 +76,9 @@ pub fn run(
     };
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.describe());
+    if gpu.subgroups8 {
+        println!("kernel forms: subgroup forms (8-lane subgroups) where a kernel has one");
+    }
     // --reps 0: step times only.
     if reps > 0 {
         let k = Kernels::new(&gpu, None)?;

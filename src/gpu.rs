@@ -163,9 +163,10 @@ pub fn select_adapter(name: Option<&str>) -> Result<wgpu::Adapter> {
 }
 
 /// Whether `adapter` is a Vulkan CPU adapter whose subgroups are exactly 8 lanes wide and that
-/// offers the `SUBGROUP` feature (the subgroup sections are checked for Vulkan: tests/shaders.rs). The subgroup forms of the kernels need those 8 lanes to be one row of
-/// 8 along a workgroup's x axis, as a CPU driver's SIMD groups are (lavapipe with 256-bit
-/// vectors: 8 lanes of f32); GPUs keep the plain forms.
+/// offers the `SUBGROUP` feature (the subgroup sections are checked for Vulkan:
+/// tests/shaders.rs). The subgroup forms of the kernels need those 8 lanes to be one row of 8
+/// along a workgroup's x axis, as a CPU driver's SIMD groups are (lavapipe with 256-bit vectors:
+/// 8 lanes of f32); GPUs keep the plain forms.
 fn subgroups_of_8(adapter: &wgpu::Adapter) -> bool {
     let info = adapter.get_info();
     AdapterClass::of(&info) == AdapterClass::Cpu
