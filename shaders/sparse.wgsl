@@ -803,13 +803,19 @@ fn ordered_input_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
             }
         }
     }
+    ordered_input_grad_store(&acc, b0, i0);
+}
+
+// The stores of an `ordered_input_grad` invocation: samples b0..b0 + 3 x inputs i0..i0 + 7 (those
+// in range), each gated by the ReLU's output (bias).
+fn ordered_input_grad_store(acc: ptr<function, array<array<f32, 8>, 4>>, b0: u32, i0: u32) {
     for (var r = 0u; r < 4u; r++) {
         let b = b0 + r;
         for (var j = 0u; j < 8u; j++) {
             let i = i0 + j;
             if (b < sp.batch && i < sp.cols) {
                 let at = b * sp.cols + i;
-                y[at] = select(0.0, acc[r][j], bias[at] > 0.0);
+                y[at] = select(0.0, (*acc)[r][j], bias[at] > 0.0);
             }
         }
     }
@@ -875,8 +881,8 @@ fn ordered_input_grad_sg(@builtin(global_invocation_id) gid: vec3<u32>,
     let sl = lid.x;
     let b0 = gid.y * 4u;
     let i0 = gid.x * 8u;
-    // Lanes past the inputs still load their share (a partial group's broadcasts read them).
-    let live = b0 < sp.batch && i0 < sp.cols;
+    // Lanes past the inputs still load their share (a partial group's broadcasts read them);
+    // the stores skip them.
     let n4 = sp.rows / 4u;
     let k4 = compact_width(order[sp.rows]);
     let c = sl & 3u;
@@ -915,19 +921,7 @@ fn ordered_input_grad_sg(@builtin(global_invocation_id) gid: vec3<u32>,
             }
         }
     }
-    if (!live) {
-        return;
-    }
-    for (var r = 0u; r < 4u; r++) {
-        let b = b0 + r;
-        for (var j = 0u; j < 8u; j++) {
-            let i = i0 + j;
-            if (b < sp.batch && i < sp.cols) {
-                let at = b * sp.cols + i;
-                y[at] = select(0.0, acc[r][j], bias[at] > 0.0);
-            }
-        }
-    }
+    ordered_input_grad_store(&acc, b0, i0);
 }
 
 // List entry t of block blk's two segments (`input_product`'s indexing).

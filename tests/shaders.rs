@@ -47,15 +47,15 @@ fn capabilities() -> Capabilities {
 /// grants a Vulkan device with the `SUBGROUP` feature (compute stage, every operation): the
 /// capabilities of the modules that hold their family's subgroup section (`Gpu::subgroups8`).
 fn validator(subgroups: bool) -> Validator {
-    let mut v = Validator::new(ValidationFlags::all(), capabilities());
-    if subgroups {
-        v = Validator::new(
-            ValidationFlags::all(),
-            capabilities() | Capabilities::SUBGROUP,
-        );
-        v.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
-            .subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    if !subgroups {
+        return Validator::new(ValidationFlags::all(), capabilities());
     }
+    let mut v = Validator::new(
+        ValidationFlags::all(),
+        capabilities() | Capabilities::SUBGROUP,
+    );
+    v.subgroup_stages(naga::valid::ShaderStages::COMPUTE)
+        .subgroup_operations(naga::valid::SubgroupOperationSet::all());
     v
 }
 

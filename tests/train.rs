@@ -451,7 +451,10 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
     let cfg = small(1024, 1);
     let data = cfg.load_data().unwrap();
     let opt = cfg.optimizer();
-    let cpu = gpu().class == dst::gpu::AdapterClass::Cpu;
+    let (cpu, subgroups8) = {
+        let g = gpu();
+        (g.class == dst::gpu::AdapterClass::Cpu, g.subgroups8)
+    };
     let start = {
         let session = dst::train::Session::new(gpu(), model, true, 1, false).unwrap();
         let mut ck = session.snapshot().unwrap();
@@ -540,11 +543,7 @@ fn assert_compacted_trains_alike(model: &str, layer: &str, steps: usize) {
     if unrouted {
         // fc1's and fc2's compacted products, fc2's product to the input, fc1's listed weight
         // gradient and fc2's full one, fc3's forward.
-        assert_eq!(
-            subgroup_forms,
-            if gpu().subgroups8 { 6 } else { 0 },
-            "{labels:?}"
-        );
+        assert_eq!(subgroup_forms, if subgroups8 { 6 } else { 0 }, "{labels:?}");
         // The first layer's mask pass only counts, P^T's columns are written from W, and the
         // compacted product always runs, unrouted: no copy, no plain product, no other route.
         // So does fc2's (`small_input_sparse`), whose product to the input reads those columns.

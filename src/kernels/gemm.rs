@@ -267,23 +267,16 @@ fn dims2(t: &Tensor) -> (usize, usize) {
 
 impl Gemm {
     pub fn new(f: &KernelFactory<'_>, variant: GemmVariant) -> Result<Gemm> {
+        // The listed forms: TN_SGD and the lists of B's nonzero rows per column block.
+        let listed = [TN_SGD, &[(12, Access::ReadWrite)]].concat();
         Ok(Gemm {
             nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
             nt_narrow_sg: f.subgroup_kernel("gemm_nt_narrow_sg", VEC4, false)?,
             tn_vec4: f.kernel("gemm_tn_vec4", VEC4_TN, false)?,
             tn_sgd: f.kernel("gemm_tn_sgd", TN_SGD, true)?,
             tn_sgd_sg: f.subgroup_kernel("gemm_tn_sgd_sg", TN_SGD, true)?,
-            // TN_SGD and the lists of B's nonzero rows per column block.
-            tn_sgd_listed: f.kernel(
-                "gemm_tn_sgd_listed",
-                &[TN_SGD, &[(12, Access::ReadWrite)]].concat(),
-                true,
-            )?,
-            tn_sgd_listed_sg: f.subgroup_kernel(
-                "gemm_tn_sgd_listed_sg",
-                &[TN_SGD, &[(12, Access::ReadWrite)]].concat(),
-                true,
-            )?,
+            tn_sgd_listed: f.kernel("gemm_tn_sgd_listed", &listed, true)?,
+            tn_sgd_listed_sg: f.subgroup_kernel("gemm_tn_sgd_listed_sg", &listed, true)?,
             tn_k_lists: f.kernel(
                 "tn_k_lists",
                 &[(6, Access::Read), (12, Access::ReadWrite)],

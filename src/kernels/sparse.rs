@@ -366,6 +366,10 @@ const INPUT_PRODUCT: &[(u32, Access)] = &[
     (17, RW),
 ];
 
+/// The bindings of both forms of `ordered_input_grad`: dy, the compacted P^T, the order, the
+/// ReLU's output, dx.
+const ORDERED_INPUT_GRAD: &[(u32, Access)] = &[(4, R), (14, R), (17, RW), (5, R), (6, RW)];
+
 impl Sparse {
     pub fn new(f: &KernelFactory<'_>) -> Result<Sparse> {
         // `input_lists_split`: x, the lists (indices, values as vec4s, counts), P's row counts,
@@ -465,14 +469,10 @@ impl Sparse {
                 &[(14, R), (18, R), (17, RW), (8, RW)],
                 false,
             )?,
-            ordered_input_grad_k: f.kernel(
-                "ordered_input_grad",
-                &[(4, R), (14, R), (17, RW), (5, R), (6, RW)],
-                false,
-            )?,
+            ordered_input_grad_k: f.kernel("ordered_input_grad", ORDERED_INPUT_GRAD, false)?,
             ordered_input_grad_sg_k: f.subgroup_kernel(
                 "ordered_input_grad_sg",
-                &[(4, R), (14, R), (17, RW), (5, R), (6, RW)],
+                ORDERED_INPUT_GRAD,
                 false,
             )?,
         })
