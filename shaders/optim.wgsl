@@ -113,10 +113,9 @@ fn non_finite(x: f32) -> u32 {
 fn check_finite(@builtin(local_invocation_id) lid: vec3<u32>,
                 @builtin(workgroup_id) wid: vec3<u32>,
                 @builtin(num_workgroups) nwg: vec3<u32>) {
-    let stride = nwg.x * CHECK_WG;
     let with_m2 = arrayLength(&moment2) >= op.n;
     var bad = 0u;
-    for (var i = wid.x * CHECK_WG + lid.x; i < op.n; i += stride) {
+    for (var i = wid.x * CHECK_WG + lid.x; i < op.n; i += nwg.x * CHECK_WG) {
         bad |= non_finite(param[i]) | non_finite(moment1[i]);
         if (with_m2) {
             bad |= non_finite(moment2[i]);

@@ -2,13 +2,16 @@
 //! naga's WGSL front end, its validator (every validation flag, the capabilities wgpu grants a
 //! device that enables no shader feature) and its SPIR-V, MSL and HLSL back ends, one entry point
 //! at a time with options built the way wgpu-hal 30 builds them for Vulkan, Metal and DX12
-//! (`fake_missing_bindings: false`, explicit binding maps, bounds checks on, loop bounding on).
+//! (`fake_missing_bindings: false`, explicit binding maps, bounds checks on, loop bounding as the
+//! program compiles them: `dst::kernels::shader_checks`).
 //! A shader that Vulkan, Metal or DX12 would refuse at the naga stage fails here, on Linux,
 //! without any of those GPUs. (The driver's own compiler, which runs after naga, is not run.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dst::kernels::{module_source, subgroup_section, COMMON_WGSL, FAMILIES, SUBGROUP_SECTION};
+use dst::kernels::{
+    module_source, shader_checks, subgroup_section, COMMON_WGSL, FAMILIES, SUBGROUP_SECTION,
+};
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{AddressSpace, ResourceBinding, ShaderStage, StorageAccess};
@@ -290,7 +293,7 @@ fn write_spv(
         capabilities: Some(capabilities.collect()),
         bounds_check_policies: restrict_everything(),
         zero_initialize_workgroup_memory: zero_init,
-        force_loop_bounding: true,
+        force_loop_bounding: shader_checks().force_loop_bounding,
         debug_info: None,
         ..spv::Options::default()
     };
@@ -348,7 +351,7 @@ fn write_msl(
         fake_missing_bindings: false,
         bounds_check_policies: restrict_everything(),
         zero_initialize_workgroup_memory: true,
-        force_loop_bounding: true,
+        force_loop_bounding: shader_checks().force_loop_bounding,
         ..msl::Options::default()
     };
     let pipeline = msl::PipelineOptions {
@@ -415,7 +418,7 @@ fn write_hlsl(
         immediates_target: None,
         zero_initialize_workgroup_memory: true,
         restrict_indexing: true,
-        force_loop_bounding: true,
+        force_loop_bounding: shader_checks().force_loop_bounding,
         ..hlsl::Options::default()
     };
     let pipeline = hlsl::PipelineOptions {
@@ -944,4 +947,255 @@ fn compute_attributes(file: &str, source: &str) -> Vec<TextEntry> {
         });
     }
     found
+}
+
+// ---------------------------------------------------------------- loops
+
+/// `source` without its comments (each `//` to the end of its line), lines kept.
+fn strip_comments(source: &str) -> String {
+    source
+        .lines()
+        .map(|l| l.find("//").map_or(l, |at| &l[..at]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether `word` occurs in `code` as a whole identifier.
+fn has_word(code: &str, word: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    code.match_indices(word)
+        .any(|(at, _)| !code[..at].ends_with(ident) && !code[at + word.len()..].starts_with(ident))
+}
+
+/// The index of the parenthesis that closes the one opening at `open`.
+fn closing_paren(code: &str, open: usize) -> usize {
+    let mut depth = 0;
+    for (i, c) in code[open..].char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return open + i;
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced parentheses after {}", &code[open..open + 40]);
+}
+
+/// The arguments of a call or parameter list (the inside of its parentheses), split at its
+/// top-level commas and trimmed.
+fn top_level_args(inside: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut args) = (0, 0, Vec::new());
+    for (i, c) in inside.char_indices() {
+        match c {
+            '(' | '[' | '<' => depth += 1,
+            ')' | ']' | '>' => depth -= 1,
+            ',' if depth == 0 => {
+                args.push(inside[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    args.push(inside[start..].trim());
+    args.retain(|a| !a.is_empty());
+    args
+}
+
+/// When `step` is a parameter of the function around `at` in `code`: each call of that function
+/// (where it is) and the argument it passes for `step` (None if `step` is no parameter or there
+/// is no call).
+fn parameter_arguments<'a>(code: &'a str, at: usize, step: &str) -> Option<Vec<(usize, &'a str)>> {
+    let def = code[..at].rfind("fn ")?;
+    let name_end = def + code[def..].find('(')?;
+    let name = code[def + 3..name_end].trim();
+    let params = &code[name_end + 1..closing_paren(code, name_end)];
+    let index = top_level_args(params)
+        .iter()
+        .position(|p| p.split(':').next().map(str::trim) == Some(step))?;
+    let calls: Vec<(usize, &str)> = code
+        .match_indices(&format!("{name}("))
+        .filter(|&(i, _)| {
+            let before = &code[..i];
+            !before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                && !before.ends_with("fn ")
+        })
+        .map(|(i, m)| {
+            let open = i + m.len() - 1;
+            let args = top_level_args(&code[open + 1..closing_paren(code, open)]);
+            (i, args.get(index).copied().unwrap_or(""))
+        })
+        .collect();
+    (!calls.is_empty()).then_some(calls)
+}
+
+/// The text between the brace that opens at or after `from` and its matching close.
+fn braced_body(code: &str, from: usize) -> &str {
+    let open = from + code[from..].find('{').expect("a loop without a body");
+    let mut depth = 0;
+    for (i, c) in code[open..].char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return &code[open + 1..open + i];
+                }
+            }
+            _ => {}
+        }
+    }
+    panic!("unbalanced braces after {}", &code[from..from + 40]);
+}
+
+/// Whether the loop body assigns to `var` (=, op=, ++, --), a nested loop's header included.
+fn assigns(body: &str, var: &str) -> bool {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.';
+    body.match_indices(var).any(|(at, _)| {
+        if body[..at].ends_with(ident) {
+            return false;
+        }
+        let rest = body[at + var.len()..].trim_start();
+        if rest.starts_with(ident) {
+            return false;
+        }
+        rest.starts_with("++")
+            || rest.starts_with("--")
+            || (rest.starts_with('=') && !rest.starts_with("=="))
+            || ["+=", "-=", "*=", "/=", "%=", "|=", "&=", "^=", "<<=", ">>="]
+                .iter()
+                .any(|op| rest.starts_with(op))
+    })
+}
+
+/// Whether `step`, an expression at `at` in `code`, is positive: a literal, a module constant
+/// (`consts`), `nwg.x *` one, or a parameter of the enclosing function for which every call
+/// passes a positive step (up to a few calls deep).
+fn positive_step(
+    code: &str,
+    at: usize,
+    step: &str,
+    consts: &BTreeMap<String, u64>,
+    depth: u32,
+) -> bool {
+    let constant = |name: &str| consts.get(name).is_some_and(|&v| v > 0);
+    let literal = step
+        .strip_suffix('u')
+        .and_then(|d| d.parse::<u64>().ok())
+        .is_some_and(|v| v > 0);
+    literal
+        || constant(step)
+        || step
+            .strip_prefix("nwg.x * ")
+            .is_some_and(|name| constant(name.trim()))
+        || (depth < 4
+            && parameter_arguments(code, at, step).is_some_and(|calls| {
+                calls
+                    .iter()
+                    .all(|&(call_at, arg)| positive_step(code, call_at, arg, consts, depth + 1))
+            }))
+}
+
+/// Why the loop whose header (`for (` .. `)`'s inside) starts at `at` in `code` may not
+/// terminate, or None. A terminating loop here: `var i = ..; i < bound (or i + 1u < bound); i++
+/// (or i += a positive step)`, or `var h = ..; h > 0u; h = h / 2u`, with `i` (`h`) never
+/// assigned in the body. A positive step: a literal, a module constant (`consts`: the
+/// `const NAME: u32 = Nu` values), `nwg.x *` one, or a parameter of the enclosing function
+/// that every call passes one of those for.
+fn loop_header_problem(
+    code: &str,
+    at: usize,
+    header: &str,
+    body: &str,
+    consts: &BTreeMap<String, u64>,
+) -> Option<String> {
+    let parts: Vec<&str> = header.split(';').map(str::trim).collect();
+    let [init, cond, update] = parts[..] else {
+        return Some("not `init; condition; update`".into());
+    };
+    let Some(var) = init
+        .strip_prefix("var ")
+        .and_then(|r| r.split('=').next())
+        .map(str::trim)
+    else {
+        return Some("the counter is not declared by `var` in the header".into());
+    };
+    let positive = |step: &str| positive_step(code, at, step, consts, 0);
+    let counts_up = (cond.starts_with(&format!("{var} < "))
+        || cond.starts_with(&format!("{var} + 1u < ")))
+        && (update == format!("{var}++")
+            || update
+                .strip_prefix(&format!("{var} += "))
+                .is_some_and(|s| positive(s.trim())));
+    let halves = cond == format!("{var} > 0u") && update == format!("{var} = {var} / 2u");
+    if !counts_up && !halves {
+        return Some(format!(
+            "`{cond}; {update}` neither counts up to a bound nor halves to zero"
+        ));
+    }
+    if assigns(body, var) {
+        return Some(format!("the body assigns the counter `{var}`"));
+    }
+    None
+}
+
+/// The program compiles its shaders without wgpu's loop bound (`dst::kernels::shader_checks`:
+/// the driver may then treat an endless loop as unreachable), so every loop of every shader file
+/// must end by construction. Apart from `for` loops of the shapes `loop_header_problem`
+/// accepts, the files may hold only the one binary search of optim.wgsl, and no `loop` statement.
+#[test]
+fn every_loop_terminates_by_construction() {
+    assert!(
+        !shader_checks().force_loop_bounding && shader_checks().bounds_checks,
+        "the program's shader checks changed: revisit this test"
+    );
+    let binary_search = "while (hi - lo > 1u) {\n        let mid = (lo + hi) / 2u;\n        \
+                         if (ranges[1u + 2u * mid] <= i) {\n            lo = mid;\n        } \
+                         else {\n            hi = mid;\n        }\n    }";
+    let mut problems = Vec::new();
+    let mut loops = 0;
+    let files = std::iter::once(("common", COMMON_WGSL)).chain(FAMILIES.iter().copied());
+    for (family, source) in files {
+        let code = strip_comments(&module_source(source, true));
+        let consts: BTreeMap<String, u64> = code
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("const "))
+            .filter_map(|l| {
+                let (name, rest) = l.split_once(": u32 = ")?;
+                let value = rest.trim().strip_suffix("u;")?.parse().ok()?;
+                Some((name.trim().to_string(), value))
+            })
+            .collect();
+        if has_word(&code, "loop") {
+            problems.push(format!("{family}: a `loop` statement"));
+        }
+        let whiles = code.matches("while").count();
+        let searches = code.matches(binary_search).count();
+        if whiles != searches || (searches > 0 && family != "optim") {
+            problems.push(format!(
+                "{family}: {whiles} `while` loop(s), {searches} of them the known binary search"
+            ));
+        }
+        for (at, _) in code.match_indices("for (") {
+            loops += 1;
+            let close = closing_paren(&code, at + "for ".len());
+            let header = &code[at + "for (".len()..close];
+            let body = braced_body(&code, close);
+            if let Some(p) = loop_header_problem(&code, at, header, body, &consts) {
+                problems.push(format!("{family}: `for ({header})`: {p}"));
+            }
+        }
+    }
+    assert!(
+        loops > 200,
+        "found only {loops} for loops: the scan is broken"
+    );
+    assert!(
+        problems.is_empty(),
+        "loops that may not terminate:\n{}",
+        problems.join("\n")
+    );
 }

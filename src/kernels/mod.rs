@@ -359,8 +359,25 @@ pub struct Kernels {
     pub dummy: Tensor,
 }
 
+/// The runtime checks wgpu compiles into our shaders: all of them (bounds, integer division)
+/// except the loop bound. By default naga gives every loop a hidden iteration counter that breaks
+/// out after 2^64 iterations, so that a driver may not treat an endless loop as unreachable; that
+/// counter also hides every loop's trip count from the driver's compiler. On lavapipe it kept LLVM
+/// from unrolling the fixed-count inner loops of the register-blocked kernels (their accumulator
+/// arrays then live in memory): the dense LeNet-300-100 step took 9.6 ms with the counter and
+/// 6.5 ms without it (fc1's forward product 5.0 -> 2.5 ms; BENCHMARKS.md). wgpu's contract for
+/// leaving it out: no shader may loop forever. Ours cannot: every loop is a `for` whose counter
+/// moves monotonically towards its bound, or the one binary search (optim.wgsl, whose interval
+/// shrinks every iteration); tests/shaders.rs checks that shape in every file.
+pub fn shader_checks() -> wgpu::ShaderRuntimeChecks {
+    let mut checks = wgpu::ShaderRuntimeChecks::checked();
+    checks.force_loop_bounding = false;
+    checks
+}
+
 /// Compiles one family's module under a validation scope: a WGSL error names the family. With
-/// `subgroups`, the family's subgroup section too (`module_source`).
+/// `subgroups`, the family's subgroup section too (`module_source`). Compiled with
+/// `shader_checks`.
 pub(crate) fn compile(
     gpu: &Gpu,
     family: &str,
@@ -369,11 +386,17 @@ pub(crate) fn compile(
 ) -> Result<wgpu::ShaderModule> {
     let src = module_source(source, subgroups);
     gpu.scoped(&format!("compiling shaders/{family}.wgsl"), || {
-        gpu.device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(family),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            })
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(family),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        };
+        // SAFETY: `shader_checks` keeps wgpu's bounds and division checks; the one check it
+        // drops, the loop bound, needs every loop to terminate, which tests/shaders.rs
+        // (`every_loop_terminates_by_construction`) checks for every shader file.
+        unsafe {
+            gpu.device
+                .create_shader_module_trusted(desc, shader_checks())
+        }
     })
 }
 
