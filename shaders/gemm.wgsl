@@ -750,20 +750,12 @@ fn gemm_tn_sgd_listed_sg(@builtin(global_invocation_id) gid: vec3<u32>,
     tn_sgd_store(&acc, row0, col0, blk);
 }
 
-// `gemm_tn_sgd` with A's values shared: per k, the invocation row's 8 rows of A come from one
-// load per lane (lane l: the vec4 holding row row0 + l, clamped as `tn_sgd_k` clamps) by
-// broadcast, B's two vec4 per lane as there. The same sums. The subgroup is the workgroup's x
-// row (one row0); lanes past N run the loop too (their shares feed the others) and store
-// nothing.
-@compute @workgroup_size(8, 8, 1)
-fn gemm_tn_sgd_sg(@builtin(global_invocation_id) gid: vec3<u32>,
-                  @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row0 = gid.y * 8u;
-    let col0 = gid.x * RB;
-    let l = lid.x;
-    if (row0 >= gp.m) {
-        return;
-    }
+// The 8 x 8 outputs (rows row0..row0 + 7, columns col0..col0 + 7) of a `gemm_tn_sgd`-shaped
+// invocation with A's values shared: per k, the 8 rows of A come from one load per lane (lane l:
+// the vec4 holding row row0 + l, clamped as `tn_sgd_k` clamps) by broadcast, B's two vec4 per
+// lane as there. The same sums as `tn_sgd_k` in the same order. Every lane of the group must call
+// it (their shares feed the others): a lane past N calls it and stores nothing.
+fn tn_tile8_sg(row0: u32, col0: u32, l: u32) -> array<vec4<f32>, 16> {
     let m4 = gp.m / 4u;
     let n4 = gp.n / 4u;
     let ra = min(row0 / 4u + (l >> 2u), m4 - 1u);
@@ -788,10 +780,54 @@ fn gemm_tn_sgd_sg(@builtin(global_invocation_id) gid: vec3<u32>,
             acc[9u + 2u * i] = fma(vec4<f32>(a1[i]), b1, acc[9u + 2u * i]);
         }
     }
+    return acc;
+}
+
+// `gemm_tn_sgd` with A's values shared (`tn_tile8_sg`). The subgroup is the workgroup's x row
+// (one row0); lanes past N run the loop too and store nothing.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_tn_sgd_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = gid.y * 8u;
+    let col0 = gid.x * RB;
+    if (row0 >= gp.m) {
+        return;
+    }
+    var acc = tn_tile8_sg(row0, col0, lid.x);
     if (col0 >= gp.n) {
         return;
     }
     tn_sgd_store(&acc, row0, col0, gid.x);
+}
+
+// `gemm_tn_vec4`'s product C = A^T B (and, with `bias_grad`, db) over 8 x 8 outputs per
+// invocation with A's values shared (`tn_tile8_sg`): the plain form's 4 x 8 outputs load A's
+// vec4 in every lane of a group alike, one load per k for 32 multiply-adds; here one load per
+// lane per k feeds 64 in each lane. The same sums in the same order as `gemm_tn_vec4` (each
+// output's k ascending, one fma each): the same bits. Workgroup 8x8 invocations: 64 rows x 64
+// columns; rows past M (M % 8 == 4) are loaded clamped and not stored.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_tn_vec4_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = gid.y * 8u;
+    let col0 = gid.x * RB;
+    if (row0 >= gp.m) {
+        return;
+    }
+    let acc = tn_tile8_sg(row0, col0, lid.x);
+    if (col0 >= gp.n) {
+        return;
+    }
+    for (var i = 0u; i < 8u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            store_c(row0 + i, col0 + j, acc[2u * i][j]);
+            store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
+        }
+    }
+    tn_bias_grad(row0, gid.x == 0u);
+    if (row0 + 4u < gp.m) {
+        tn_bias_grad(row0 + 4u, gid.x == 0u);
+    }
 }
 
 const NARROW: u32 = 12u; // most columns of `gemm_nt_narrow_sg`

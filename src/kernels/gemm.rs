@@ -110,6 +110,8 @@ pub struct Gemm {
     /// `gemm_nt_vec4` for at most `NARROW` columns, a subgroup form (run instead where present).
     pub nt_narrow_sg: Option<Kernel>,
     pub tn_vec4: Kernel,
+    /// `gemm_tn_vec4`'s subgroup form, 8 x 8 outputs per invocation (run instead where present).
+    pub tn_vec4_sg: Option<Kernel>,
     pub tn_sgd: Kernel,
     /// `gemm_tn_sgd`'s subgroup form (run instead where present).
     pub tn_sgd_sg: Option<Kernel>,
@@ -273,6 +275,7 @@ impl Gemm {
             nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
             nt_narrow_sg: f.subgroup_kernel("gemm_nt_narrow_sg", VEC4, false)?,
             tn_vec4: f.kernel("gemm_tn_vec4", VEC4_TN, false)?,
+            tn_vec4_sg: f.subgroup_kernel("gemm_tn_vec4_sg", VEC4_TN, false)?,
             tn_sgd: f.kernel("gemm_tn_sgd", TN_SGD, true)?,
             tn_sgd_sg: f.subgroup_kernel("gemm_tn_sgd_sg", TN_SGD, true)?,
             tn_sgd_listed: f.kernel("gemm_tn_sgd_listed", &listed, true)?,
@@ -345,6 +348,7 @@ impl Gemm {
                 };
                 if std::ptr::eq(kernel, &self.tn_vec4) {
                     assert_eq!(p.bias_grad, 0, "matmul writes no bias gradient");
+                    let (kernel, groups) = self.tn_vec4_form(&p);
                     return kernel.bind(gpu, &p, &[a, b, bias, c, &self.no_db], None, groups);
                 }
                 return kernel.bind(gpu, &p, &[a, b, bias, c], None, groups);
@@ -582,8 +586,8 @@ impl Gemm {
         let mut p = GemmParams::linear_backward_weight(m, n, k, false);
         if self.variant == GemmVariant::RegBlock && vec4_form(&p, g, x) == Some(Vec4Form::Tn) {
             p.bias_grad = 1;
-            let groups = [p.n.div_ceil(64), p.m.div_ceil(32), 1];
-            return Ok(vec![self.tn_vec4.bind(
+            let (kernel, groups) = self.tn_vec4_form(&p);
+            return Ok(vec![kernel.bind(
                 gpu,
                 &p,
                 &[g, x, dummy, dw, db],
@@ -595,6 +599,15 @@ impl Gemm {
             self.backward_weight(gpu, g, x, dw, false, dummy)?,
             self.bias_backward(gpu, g, db)?,
         ])
+    }
+
+    /// The kernel of a `gemm_tn_vec4` product and its workgroups: the subgroup form where present
+    /// (64 rows per workgroup), else the plain one (32).
+    fn tn_vec4_form(&self, p: &GemmParams) -> (&Kernel, [u32; 3]) {
+        match &self.tn_vec4_sg {
+            Some(sg) => (sg, [p.n.div_ceil(64), p.m.div_ceil(64), 1]),
+            None => (&self.tn_vec4, [p.n.div_ceil(64), p.m.div_ceil(32), 1]),
+        }
     }
 
     /// Column blocks of the fused weight-gradient product over K input features: the partial

@@ -123,9 +123,15 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
                 expect(n % 4 == 0 && k % 4 == 0, "gemm_nn_vec4", k),
                 "backward_input m{m} n{n} k{k}"
             );
+            // With 8-lane subgroups, the weight gradient takes its subgroup form.
+            let tn = if c.gpu.subgroups8 {
+                "gemm_tn_vec4_sg"
+            } else {
+                "gemm_tn_vec4"
+            };
             assert_eq!(
                 ds[2].label,
-                expect(n % 4 == 0 && k % 4 == 0, "gemm_tn_vec4", k),
+                expect(n % 4 == 0 && k % 4 == 0, tn, k),
                 "backward_weight m{m} n{n} k{k}"
             );
         }
@@ -152,7 +158,7 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
         run_once(&c.gpu, &ds, 0).unwrap();
         let tag = format!("{variant:?} m{m} n{n} k{k}");
         assert_products(&c, &tag, (m, n, k), (&x, &w, Some(&b), &g), &y, &dx, &dw);
-        // The forward's subgroup form gives the plain form's bits.
+        // The forward's and the weight gradient's subgroup forms give the plain forms' bits.
         let y_got = c.read(&y);
         c.plain_forms_agree(
             &format!("forward {tag}"),
@@ -164,6 +170,18 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
             },
             &y,
             &y_got,
+        );
+        let dw_got = c.read(&dw);
+        c.plain_forms_agree(
+            &format!("backward_weight {tag}"),
+            |k| {
+                vec![k
+                    .gemm
+                    .matmul(&c.gpu, variant, pw, &gt, &xt, &c.k.dummy, &dw)
+                    .unwrap()]
+            },
+            &dw,
+            &dw_got,
         );
         assert_close_norm(
             &format!("bias_backward {tag}"),
@@ -404,12 +422,22 @@ fn transposed_weight_products_and_fused_bias_gradient_match_reference() {
         run_once(&c.gpu, &ds, 0).unwrap();
         let tag = format!("m{m} n{n} k{k}");
         assert_products(&c, &tag, (m, n, k), (&x, &w, Some(&b), &g), &y, &dx, &dw);
+        let db_got = c.read(&db);
         assert_close_norm(
             &format!("bias gradient {tag}"),
-            &c.read(&db),
+            &db_got,
             &reference::bias_backward(&to_f64(&g), m, n),
             TOL,
         );
+        // The subgroup form of the fused weight and bias gradients gives the plain form's bits.
+        let dw_got = c.read(&dw);
+        let plain = |k: &dst::kernels::Kernels| {
+            k.gemm
+                .backward_weight_bias(&c.gpu, &gt, &xt, &dw, &db, &c.k.dummy)
+                .unwrap()
+        };
+        c.plain_forms_agree(&format!("dw, fused {tag}"), plain, &dw, &dw_got);
+        c.plain_forms_agree(&format!("db, fused {tag}"), plain, &db, &db_got);
     }
 }
 
