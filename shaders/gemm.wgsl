@@ -830,6 +830,64 @@ fn gemm_tn_vec4_sg(@builtin(global_invocation_id) gid: vec3<u32>,
     }
 }
 
+// `gemm_nt_vec4` (C = A B^T, a linear forward; 4 rows x 8 columns per lane) with A's values
+// shared: every lane of a group (the workgroup's x row: one row0) needs the same 4 vec4 of A per
+// four k, and lanes 0-3 (4-7 alike) load one each, handed round by broadcast; B's 8 vec4 per lane
+// as there. 9 loads per lane per four k instead of 12 (8 x 8 outputs per lane with A shared was
+// slower on lavapipe: its 64 accumulators spill). Each output adds the same dot products in the
+// same order as `gemm_nt_vec4`: the same bits. Lanes past N run the loop too (their shares feed
+// the others) and store nothing. Workgroup 8x8 invocations: 32 rows x 64 columns.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_nt_vec4_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = gid.y * 4u;
+    let col0 = gid.x * RB;
+    if (row0 >= gp.m) {
+        return;
+    }
+    let k4 = gp.k / 4u;
+    let a_at = min(row0 + (lid.x & 3u), gp.m - 1u) * k4;
+    var b_base: array<u32, 8>;
+    for (var j = 0u; j < RB; j++) {
+        b_base[j] = min(col0 + j, gp.n - 1u) * k4;
+    }
+    var acc: array<array<f32, 8>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < RB; j++) {
+            acc[i][j] = 0.0;
+        }
+    }
+    for (var kk = 0u; kk < k4; kk++) {
+        let al = a4[a_at + kk];
+        var bv: array<vec4<f32>, 8>;
+        for (var j = 0u; j < RB; j++) {
+            bv[j] = b4[b_base[j] + kk];
+        }
+        acc[0] = nt_sg_row(acc[0], subgroupBroadcast(al, 0u), bv);
+        acc[1] = nt_sg_row(acc[1], subgroupBroadcast(al, 1u), bv);
+        acc[2] = nt_sg_row(acc[2], subgroupBroadcast(al, 2u), bv);
+        acc[3] = nt_sg_row(acc[3], subgroupBroadcast(al, 3u), bv);
+    }
+    if (col0 >= gp.n) {
+        return;
+    }
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < RB; j++) {
+            store_c(row0 + i, col0 + j, acc[i][j]);
+        }
+    }
+}
+
+// One row of `gemm_nt_vec4_sg`'s outputs: acc[j] + dot(av, bv[j]) for its 8 columns (by value:
+// naga 30's SPIR-V writer failed on a pointer to a row of the accumulator array).
+fn nt_sg_row(acc: array<f32, 8>, av: vec4<f32>, bv: array<vec4<f32>, 8>) -> array<f32, 8> {
+    var out = acc;
+    for (var j = 0u; j < RB; j++) {
+        out[j] += dot(av, bv[j]);
+    }
+    return out;
+}
+
 const NARROW: u32 = 12u; // most columns of `gemm_nt_narrow_sg`
 
 // `gemm_nt_vec4`'s product C = A B^T (a linear forward) for N <= NARROW (a classifier's few

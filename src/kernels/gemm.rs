@@ -107,6 +107,8 @@ impl GemmParams {
 
 pub struct Gemm {
     pub nt_vec4: Kernel,
+    /// `gemm_nt_vec4`'s subgroup form (run instead where present).
+    pub nt_vec4_sg: Option<Kernel>,
     /// `gemm_nt_vec4` for at most `NARROW` columns, a subgroup form (run instead where present).
     pub nt_narrow_sg: Option<Kernel>,
     pub tn_vec4: Kernel,
@@ -273,6 +275,7 @@ impl Gemm {
         let listed = [TN_SGD, &[(12, Access::ReadWrite)]].concat();
         Ok(Gemm {
             nt_vec4: f.kernel("gemm_nt_vec4", VEC4, false)?,
+            nt_vec4_sg: f.subgroup_kernel("gemm_nt_vec4_sg", VEC4, false)?,
             nt_narrow_sg: f.subgroup_kernel("gemm_nt_narrow_sg", VEC4, false)?,
             tn_vec4: f.kernel("gemm_tn_vec4", VEC4_TN, false)?,
             tn_vec4_sg: f.subgroup_kernel("gemm_tn_vec4_sg", VEC4_TN, false)?,
@@ -332,26 +335,22 @@ impl Gemm {
                     return narrow.bind(gpu, &p, &[a, b, bias, c], None, groups);
                 }
             }
-            let kernel = match form {
-                Some(Vec4Form::Nt) => Some(&self.nt_vec4),
-                Some(Vec4Form::Tn) => Some(&self.tn_vec4),
-                Some(Vec4Form::Nn) => Some(&self.nn_vec4),
-                None => None,
-            };
-            if let Some(kernel) = kernel {
-                // gemm_nt_vec4 and gemm_tn_vec4 cover 4 rows per invocation (32 per workgroup),
-                // gemm_nn_vec4 8.
-                let groups = if !std::ptr::eq(kernel, &self.nn_vec4) {
-                    [p.n.div_ceil(64), p.m.div_ceil(32), 1]
-                } else {
-                    groups
-                };
-                if std::ptr::eq(kernel, &self.tn_vec4) {
+            let abc = [a, b, bias, c];
+            match form {
+                Some(Vec4Form::Nt) => {
+                    // 4 rows per invocation (32 per workgroup), in either form.
+                    let kernel = self.nt_vec4_sg.as_ref().unwrap_or(&self.nt_vec4);
+                    let groups = [p.n.div_ceil(64), p.m.div_ceil(32), 1];
+                    return kernel.bind(gpu, &p, &abc, None, groups);
+                }
+                Some(Vec4Form::Tn) => {
                     assert_eq!(p.bias_grad, 0, "matmul writes no bias gradient");
                     let (kernel, groups) = self.tn_vec4_form(&p);
                     return kernel.bind(gpu, &p, &[a, b, bias, c, &self.no_db], None, groups);
                 }
-                return kernel.bind(gpu, &p, &[a, b, bias, c], None, groups);
+                // 8 rows per invocation.
+                Some(Vec4Form::Nn) => return self.nn_vec4.bind(gpu, &p, &abc, None, groups),
+                None => {}
             }
         }
         match variant {

@@ -108,10 +108,10 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
             // With 8-lane subgroups, a forward of at most `Gemm::NARROW` columns takes their
             // narrow form.
             let narrow = c.gpu.subgroups8 && n as u32 <= Gemm::NARROW;
-            let nt = if narrow {
-                "gemm_nt_narrow_sg"
-            } else {
-                "gemm_nt_vec4"
+            let nt = match (narrow, c.gpu.subgroups8) {
+                (true, _) => "gemm_nt_narrow_sg",
+                (false, true) => "gemm_nt_vec4_sg",
+                (false, false) => "gemm_nt_vec4",
             };
             assert_eq!(
                 ds[0].label,
