@@ -888,6 +888,71 @@ fn nt_sg_row(acc: array<f32, 8>, av: vec4<f32>, bv: array<vec4<f32>, 8>) -> arra
     return out;
 }
 
+// `gemm_nn_vec4` (C = A B, a linear product to the input; 8 rows x 8 columns per lane) with A's
+// values shared: every lane of a group (the workgroup's x row: one row0) needs the same 8 vec4 of
+// A per four k; lane l loads row row0 + l's (clamped) and broadcast hands them round, B's 8 vec4
+// per lane as there: 9 loads per lane per four k instead of 16. Each output adds the same fma
+// chain in the same order as `gemm_nn_vec4`: the same bits. Lanes past N run the loop too (their
+// shares feed the others) and store nothing. Workgroup 8x8 invocations: 64 rows x 64 columns.
+@compute @workgroup_size(8, 8, 1)
+fn gemm_nn_vec4_sg(@builtin(global_invocation_id) gid: vec3<u32>,
+                   @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row0 = gid.y * RB;
+    let col0 = gid.x * RB;
+    if (row0 >= gp.m) {
+        return;
+    }
+    let k4 = gp.k / 4u;
+    let n4 = gp.n / 4u;
+    let a_at = min(row0 + lid.x, gp.m - 1u) * k4;
+    let ca = min(col0 / 4u, n4 - 1u);
+    let cb = min(col0 / 4u + 1u, n4 - 1u);
+    var acc: array<vec4<f32>, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = vec4<f32>(0.0);
+    }
+    for (var kq = 0u; kq < k4; kq++) {
+        var bv: array<vec4<f32>, 8>;
+        for (var q = 0u; q < 4u; q++) {
+            let krow = (kq * 4u + q) * n4;
+            bv[2u * q] = b4[krow + ca];
+            bv[2u * q + 1u] = b4[krow + cb];
+        }
+        let al = a4[a_at + kq];
+        nn_sg_row(&acc, 0u, subgroupBroadcast(al, 0u), bv);
+        nn_sg_row(&acc, 1u, subgroupBroadcast(al, 1u), bv);
+        nn_sg_row(&acc, 2u, subgroupBroadcast(al, 2u), bv);
+        nn_sg_row(&acc, 3u, subgroupBroadcast(al, 3u), bv);
+        nn_sg_row(&acc, 4u, subgroupBroadcast(al, 4u), bv);
+        nn_sg_row(&acc, 5u, subgroupBroadcast(al, 5u), bv);
+        nn_sg_row(&acc, 6u, subgroupBroadcast(al, 6u), bv);
+        nn_sg_row(&acc, 7u, subgroupBroadcast(al, 7u), bv);
+    }
+    if (col0 >= gp.n) {
+        return;
+    }
+    for (var i = 0u; i < RB; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            store_c(row0 + i, col0 + j, acc[2u * i][j]);
+            store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
+        }
+    }
+}
+
+// Row i of `gemm_nn_vec4_sg`'s outputs: four k of A's row (av) times B's four rows (bv), fma'd
+// into acc[2i] (columns 0-3) and acc[2i + 1] (4-7) in `gemm_nn_vec4`'s order.
+fn nn_sg_row(acc: ptr<function, array<vec4<f32>, 16>>, i: u32, av: vec4<f32>,
+             bv: array<vec4<f32>, 8>) {
+    var lo = (*acc)[2u * i];
+    var hi = (*acc)[2u * i + 1u];
+    for (var q = 0u; q < 4u; q++) {
+        lo = fma(vec4<f32>(av[q]), bv[2u * q], lo);
+        hi = fma(vec4<f32>(av[q]), bv[2u * q + 1u], hi);
+    }
+    (*acc)[2u * i] = lo;
+    (*acc)[2u * i + 1u] = hi;
+}
+
 const NARROW: u32 = 12u; // most columns of `gemm_nt_narrow_sg`
 
 // `gemm_nt_vec4`'s product C = A B^T (a linear forward) for N <= NARROW (a classifier's few

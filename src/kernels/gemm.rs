@@ -122,6 +122,8 @@ pub struct Gemm {
     pub tn_sgd_listed_sg: Option<Kernel>,
     pub tn_k_lists: Kernel,
     pub nn_vec4: Kernel,
+    /// `gemm_nn_vec4`'s subgroup form (run instead where present).
+    pub nn_vec4_sg: Option<Kernel>,
     pub regblock: Kernel,
     pub small: Kernel,
     pub tiled: Kernel,
@@ -289,6 +291,7 @@ impl Gemm {
                 false,
             )?,
             nn_vec4: f.kernel("gemm_nn_vec4", VEC4, false)?,
+            nn_vec4_sg: f.subgroup_kernel("gemm_nn_vec4_sg", VEC4, false)?,
             regblock: f.kernel("gemm_regblock", MATMUL, false)?,
             small: f.kernel("gemm_small", MATMUL, false)?,
             tiled: f.kernel("gemm_tiled", MATMUL, false)?,
@@ -348,8 +351,11 @@ impl Gemm {
                     let (kernel, groups) = self.tn_vec4_form(&p);
                     return kernel.bind(gpu, &p, &[a, b, bias, c, &self.no_db], None, groups);
                 }
-                // 8 rows per invocation.
-                Some(Vec4Form::Nn) => return self.nn_vec4.bind(gpu, &p, &abc, None, groups),
+                // 8 rows per invocation (64 per workgroup), in either form.
+                Some(Vec4Form::Nn) => {
+                    let kernel = self.nn_vec4_sg.as_ref().unwrap_or(&self.nn_vec4);
+                    return kernel.bind(gpu, &p, &abc, None, groups);
+                }
                 None => {}
             }
         }

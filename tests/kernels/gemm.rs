@@ -118,17 +118,18 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
                 expect(k % 4 == 0, nt, n),
                 "forward m{m} n{n} k{k}"
             );
+            // With 8-lane subgroups, the product to the input and the weight gradient take
+            // their subgroup forms.
+            let (nn, tn) = if c.gpu.subgroups8 {
+                ("gemm_nn_vec4_sg", "gemm_tn_vec4_sg")
+            } else {
+                ("gemm_nn_vec4", "gemm_tn_vec4")
+            };
             assert_eq!(
                 ds[1].label,
-                expect(n % 4 == 0 && k % 4 == 0, "gemm_nn_vec4", k),
+                expect(n % 4 == 0 && k % 4 == 0, nn, k),
                 "backward_input m{m} n{n} k{k}"
             );
-            // With 8-lane subgroups, the weight gradient takes its subgroup form.
-            let tn = if c.gpu.subgroups8 {
-                "gemm_tn_vec4_sg"
-            } else {
-                "gemm_tn_vec4"
-            };
             assert_eq!(
                 ds[2].label,
                 expect(n % 4 == 0 && k % 4 == 0, tn, k),
@@ -158,7 +159,7 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
         run_once(&c.gpu, &ds, 0).unwrap();
         let tag = format!("{variant:?} m{m} n{n} k{k}");
         assert_products(&c, &tag, (m, n, k), (&x, &w, Some(&b), &g), &y, &dx, &dw);
-        // The forward's and the weight gradient's subgroup forms give the plain forms' bits.
+        // The three products' subgroup forms give the plain forms' bits.
         let y_got = c.read(&y);
         c.plain_forms_agree(
             &format!("forward {tag}"),
@@ -170,6 +171,18 @@ fn check_linear_shapes(variant: GemmVariant, shapes: &[(usize, usize, usize)]) {
             },
             &y,
             &y_got,
+        );
+        let dx_got = c.read(&dx);
+        c.plain_forms_agree(
+            &format!("backward_input {tag}"),
+            |k| {
+                vec![k
+                    .gemm
+                    .matmul(&c.gpu, variant, pi, &gt, &wt, &c.k.dummy, &dx)
+                    .unwrap()]
+            },
+            &dx,
+            &dx_got,
         );
         let dw_got = c.read(&dw);
         c.plain_forms_agree(
