@@ -487,28 +487,46 @@ fn gemm_nn_vec4(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc[i] = vec4<f32>(0.0);
     }
     for (var kq = 0u; kq < k4; kq++) {
-        var bv: array<vec4<f32>, 8>;
-        for (var q = 0u; q < 4u; q++) {
-            let krow = (kq * 4u + q) * n4;
-            bv[2u * q] = b4[krow + ca];
-            bv[2u * q + 1u] = b4[krow + cb];
-        }
+        let bv = nn_b_rows(kq, ca, cb, n4);
         for (var i = 0u; i < RB; i++) {
-            let av = a4[a_base[i] + kq];
-            var lo = acc[2u * i];
-            var hi = acc[2u * i + 1u];
-            for (var q = 0u; q < 4u; q++) {
-                lo = fma(vec4<f32>(av[q]), bv[2u * q], lo);
-                hi = fma(vec4<f32>(av[q]), bv[2u * q + 1u], hi);
-            }
-            acc[2u * i] = lo;
-            acc[2u * i + 1u] = hi;
+            nn_row(&acc, i, a4[a_base[i] + kq], bv);
         }
     }
+    nn_store(&acc, row0, col0);
+}
+
+// B's four rows 4 kq..4 kq + 3 at an `gemm_nn_vec4` invocation's two column vec4s (ca, cb):
+// bv[2q] (columns 0-3) and bv[2q + 1] (4-7) of row 4 kq + q.
+fn nn_b_rows(kq: u32, ca: u32, cb: u32, n4: u32) -> array<vec4<f32>, 8> {
+    var bv: array<vec4<f32>, 8>;
+    for (var q = 0u; q < 4u; q++) {
+        let krow = (kq * 4u + q) * n4;
+        bv[2u * q] = b4[krow + ca];
+        bv[2u * q + 1u] = b4[krow + cb];
+    }
+    return bv;
+}
+
+// Row i of a `gemm_nn_vec4` invocation's outputs: four k of A's row (av) times B's four rows
+// (`nn_b_rows`), fma'd into acc[2i] (columns 0-3) and acc[2i + 1] (4-7), k ascending.
+fn nn_row(acc: ptr<function, array<vec4<f32>, 16>>, i: u32, av: vec4<f32>,
+          bv: array<vec4<f32>, 8>) {
+    var lo = (*acc)[2u * i];
+    var hi = (*acc)[2u * i + 1u];
+    for (var q = 0u; q < 4u; q++) {
+        lo = fma(vec4<f32>(av[q]), bv[2u * q], lo);
+        hi = fma(vec4<f32>(av[q]), bv[2u * q + 1u], hi);
+    }
+    (*acc)[2u * i] = lo;
+    (*acc)[2u * i + 1u] = hi;
+}
+
+// The stores of a `gemm_nn_vec4` invocation's 8 x 8 outputs (those in range).
+fn nn_store(acc: ptr<function, array<vec4<f32>, 16>>, row0: u32, col0: u32) {
     for (var i = 0u; i < RB; i++) {
         for (var j = 0u; j < 4u; j++) {
-            store_c(row0 + i, col0 + j, acc[2u * i][j]);
-            store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
+            store_c(row0 + i, col0 + j, (*acc)[2u * i][j]);
+            store_c(row0 + i, col0 + 4u + j, (*acc)[2u * i + 1u][j]);
         }
     }
 }
@@ -892,7 +910,7 @@ fn nt_sg_row(acc: array<f32, 8>, av: vec4<f32>, bv: array<vec4<f32>, 8>) -> arra
 // values shared: every lane of a group (the workgroup's x row: one row0) needs the same 8 vec4 of
 // A per four k; lane l loads row row0 + l's (clamped) and broadcast hands them round, B's 8 vec4
 // per lane as there: 9 loads per lane per four k instead of 16. Each output adds the same fma
-// chain in the same order as `gemm_nn_vec4`: the same bits. Lanes past N run the loop too (their
+// chain in the same order as `gemm_nn_vec4` (`nn_row`, both forms): the same bits. Lanes past N run the loop too (their
 // shares feed the others) and store nothing. Workgroup 8x8 invocations: 64 rows x 64 columns.
 @compute @workgroup_size(8, 8, 1)
 fn gemm_nn_vec4_sg(@builtin(global_invocation_id) gid: vec3<u32>,
@@ -912,45 +930,21 @@ fn gemm_nn_vec4_sg(@builtin(global_invocation_id) gid: vec3<u32>,
         acc[i] = vec4<f32>(0.0);
     }
     for (var kq = 0u; kq < k4; kq++) {
-        var bv: array<vec4<f32>, 8>;
-        for (var q = 0u; q < 4u; q++) {
-            let krow = (kq * 4u + q) * n4;
-            bv[2u * q] = b4[krow + ca];
-            bv[2u * q + 1u] = b4[krow + cb];
-        }
+        let bv = nn_b_rows(kq, ca, cb, n4);
         let al = a4[a_at + kq];
-        nn_sg_row(&acc, 0u, subgroupBroadcast(al, 0u), bv);
-        nn_sg_row(&acc, 1u, subgroupBroadcast(al, 1u), bv);
-        nn_sg_row(&acc, 2u, subgroupBroadcast(al, 2u), bv);
-        nn_sg_row(&acc, 3u, subgroupBroadcast(al, 3u), bv);
-        nn_sg_row(&acc, 4u, subgroupBroadcast(al, 4u), bv);
-        nn_sg_row(&acc, 5u, subgroupBroadcast(al, 5u), bv);
-        nn_sg_row(&acc, 6u, subgroupBroadcast(al, 6u), bv);
-        nn_sg_row(&acc, 7u, subgroupBroadcast(al, 7u), bv);
+        nn_row(&acc, 0u, subgroupBroadcast(al, 0u), bv);
+        nn_row(&acc, 1u, subgroupBroadcast(al, 1u), bv);
+        nn_row(&acc, 2u, subgroupBroadcast(al, 2u), bv);
+        nn_row(&acc, 3u, subgroupBroadcast(al, 3u), bv);
+        nn_row(&acc, 4u, subgroupBroadcast(al, 4u), bv);
+        nn_row(&acc, 5u, subgroupBroadcast(al, 5u), bv);
+        nn_row(&acc, 6u, subgroupBroadcast(al, 6u), bv);
+        nn_row(&acc, 7u, subgroupBroadcast(al, 7u), bv);
     }
     if (col0 >= gp.n) {
         return;
     }
-    for (var i = 0u; i < RB; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            store_c(row0 + i, col0 + j, acc[2u * i][j]);
-            store_c(row0 + i, col0 + 4u + j, acc[2u * i + 1u][j]);
-        }
-    }
-}
-
-// Row i of `gemm_nn_vec4_sg`'s outputs: four k of A's row (av) times B's four rows (bv), fma'd
-// into acc[2i] (columns 0-3) and acc[2i + 1] (4-7) in `gemm_nn_vec4`'s order.
-fn nn_sg_row(acc: ptr<function, array<vec4<f32>, 16>>, i: u32, av: vec4<f32>,
-             bv: array<vec4<f32>, 8>) {
-    var lo = (*acc)[2u * i];
-    var hi = (*acc)[2u * i + 1u];
-    for (var q = 0u; q < 4u; q++) {
-        lo = fma(vec4<f32>(av[q]), bv[2u * q], lo);
-        hi = fma(vec4<f32>(av[q]), bv[2u * q + 1u], hi);
-    }
-    (*acc)[2u * i] = lo;
-    (*acc)[2u * i + 1u] = hi;
+    nn_store(&acc, row0, col0);
 }
 
 const NARROW: u32 = 12u; // most columns of `gemm_nt_narrow_sg`

@@ -967,22 +967,29 @@ fn has_word(code: &str, word: &str) -> bool {
         .any(|(at, _)| !code[..at].ends_with(ident) && !code[at + word.len()..].starts_with(ident))
 }
 
-/// The index of the parenthesis that closes the one opening at `open`.
-fn closing_paren(code: &str, open: usize) -> usize {
+/// The index of the `close` that matches the `open` delimiter at or after `from` in `code`.
+fn matching(code: &str, from: usize, open: char, close: char) -> usize {
+    let start = from + code[from..].find(open).expect("no opening delimiter");
     let mut depth = 0;
-    for (i, c) in code[open..].char_indices() {
-        match c {
-            '(' => depth += 1,
-            ')' => {
-                depth -= 1;
-                if depth == 0 {
-                    return open + i;
-                }
+    for (i, c) in code[start..].char_indices() {
+        if c == open {
+            depth += 1;
+        } else if c == close {
+            depth -= 1;
+            if depth == 0 {
+                return start + i;
             }
-            _ => {}
         }
     }
-    panic!("unbalanced parentheses after {}", &code[open..open + 40]);
+    panic!(
+        "unbalanced {open}{close} after {}",
+        &code[start..start + 40]
+    );
+}
+
+/// The index of the parenthesis that closes the one opening at `open`.
+fn closing_paren(code: &str, open: usize) -> usize {
+    matching(code, open, '(', ')')
 }
 
 /// The arguments of a call or parameter list (the inside of its parentheses), split at its
@@ -1034,21 +1041,9 @@ fn parameter_arguments<'a>(code: &'a str, at: usize, step: &str) -> Option<Vec<(
 
 /// The text between the brace that opens at or after `from` and its matching close.
 fn braced_body(code: &str, from: usize) -> &str {
+    let close = matching(code, from, '{', '}');
     let open = from + code[from..].find('{').expect("a loop without a body");
-    let mut depth = 0;
-    for (i, c) in code[open..].char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth -= 1;
-                if depth == 0 {
-                    return &code[open + 1..open + i];
-                }
-            }
-            _ => {}
-        }
-    }
-    panic!("unbalanced braces after {}", &code[from..from + 40]);
+    &code[open + 1..close]
 }
 
 /// Whether the loop body assigns to `var` (=, op=, ++, --), a nested loop's header included.
