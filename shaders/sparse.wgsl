@@ -584,7 +584,7 @@ fn compaction_order(lane: u32) -> u32 {
     return total;
 }
 
-const COMPACT_ROWS: u32 = 16u; // rows of P^T per workgroup of `compact_columns`
+const COMPACT_ROWS: u32 = 32u; // rows of P^T per workgroup of `compact_columns` (src/kernels/sparse.rs too)
 
 // Reads p (P^T: sp.cols x sp.rows) and `order`; writes y4 (the compacted P^T, the same shape
 // as vec4s): row i's first compact_width vec4s hold P^T[i][order[k]], k ascending. A workgroup

@@ -156,6 +156,12 @@ pub fn default_sparse_input(class: crate::gpu::AdapterClass) -> f64 {
     }
 }
 
+/// Rows of P^T (inputs) per workgroup of `compact_columns` and `masked_columns` (keep in sync
+/// with `COMPACT_ROWS` in shaders/sparse.wgsl). 32 rather than 16 halves the share of each
+/// lane's `order` and threshold loads: fc1's `masked_columns4` 0.42-0.44 -> 0.36-0.39 ms in a
+/// fresh LeNet-300-100 DST step on lavapipe (BENCHMARKS.md).
+pub const COMPACT_ROWS: usize = 32;
+
 /// Which of a layer's two ways of computing a dispatch belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
@@ -648,7 +654,7 @@ impl Sparse {
             &params,
             &[pt, &lists.order, pt_c],
             None,
-            grid_1d(lists.width.div_ceil(16) as u32),
+            grid_1d(lists.width.div_ceil(COMPACT_ROWS) as u32),
         )
     }
 
@@ -703,7 +709,7 @@ impl Sparse {
             &params,
             &[weight, threshold, &lists.order, pt_c],
             None,
-            grid_1d(width.div_ceil(16) as u32),
+            grid_1d(width.div_ceil(COMPACT_ROWS) as u32),
         )
     }
 

@@ -893,7 +893,11 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                     );
                     let groups = (active.len().div_ceil(64) * 16).min(n / 4);
                     let want_copy = if compact {
-                        [width.div_ceil(16) as u32, 1, 1]
+                        [
+                            width.div_ceil(dst::kernels::sparse::COMPACT_ROWS) as u32,
+                            1,
+                            1,
+                        ]
                     } else {
                         [0; 3]
                     };
