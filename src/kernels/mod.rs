@@ -367,8 +367,9 @@ pub struct Kernels {
 /// arrays then live in memory): the dense LeNet-300-100 step took 9.6 ms with the counter and
 /// 6.5 ms without it (fc1's forward product 5.0 -> 2.5 ms; BENCHMARKS.md). wgpu's contract for
 /// leaving it out: no shader may loop forever. Ours cannot: every loop is a `for` whose counter
-/// moves monotonically towards its bound, or the one binary search (optim.wgsl, whose interval
-/// shrinks every iteration); tests/shaders.rs checks that shape in every file.
+/// moves monotonically towards its bound (sizes and counts far below 2^32, so a positive step
+/// cannot wrap past it), a counter halving to zero, or the one binary search (optim.wgsl, whose
+/// interval shrinks every iteration); tests/shaders.rs checks that shape in every file.
 pub fn shader_checks() -> wgpu::ShaderRuntimeChecks {
     let mut checks = wgpu::ShaderRuntimeChecks::checked();
     checks.force_loop_bounding = false;
