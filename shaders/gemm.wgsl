@@ -534,8 +534,10 @@ fn nn_store(acc: ptr<function, array<vec4<f32>, 16>>, row0: u32, col0: u32) {
 // ---- the weight-gradient product fused with the optimiser step (CPU adapters) ----
 @group(0) @binding(8) var<storage, read_write> upd_param: array<vec4<f32>>;     // W, M x N
 @group(0) @binding(9) var<storage, read_write> upd_velocity: array<vec4<f32>>;  // W's SGD velocity
-@group(0) @binding(10) var<storage, read_write> upd_threshold: array<f32>; // t (M), when masked
-@group(0) @binding(11) var<storage, read_write> upd_dt_part: array<f32>;  // M x ceil(N / 8)
+// t (M; M % 4 == 0), when masked, and the partial row sums of dL/dt: ceil(N / 8) x M, block-major
+// (an invocation's 8 rows of one block are two vec4, read and written as such).
+@group(0) @binding(10) var<storage, read_write> upd_threshold: array<vec4<f32>>;
+@group(0) @binding(11) var<storage, read_write> upd_dt_part: array<vec4<f32>>;
 @group(1) @binding(0) var<uniform> si: StepInfo;
 
 // Four elements of `gemm_tn_sgd` at (row, col..col + 3) (none past N: N % 4 == 0): C = g there
@@ -567,16 +569,29 @@ fn tn_sgd_four(row: u32, col: u32, g: vec4<f32>, t: f32) -> f32 {
     return part.x + part.y + part.z + part.w;
 }
 
-// One row of a `gemm_tn_sgd` invocation: columns col..col + 7 from lo (0-3) and hi (4-7); the
-// partial sum of dL/dt goes to upd_dt_part[row][block].
-fn tn_sgd_row(row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>, block: u32) {
-    var t = 0.0;
+// One row of a `gemm_tn_sgd` invocation (threshold t): columns col..col + 7 from lo (0-3) and
+// hi (4-7). Returns the row's partial sum of dL/dt over them.
+fn tn_sgd_row(row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>, t: f32) -> f32 {
+    return tn_sgd_four(row, col, lo, t) + tn_sgd_four(row, col + 4u, hi, t);
+}
+
+// Four rows (row0..row0 + 3, row0 % 4 == 0) of a `gemm_tn_sgd` invocation, columns 0-3 of
+// row i in lo[i], 4-7 in hi[i]: their thresholds one vec4, their partial sums of dL/dt one vec4
+// at upd_dt_part[block][row0 / 4] (4 memory instructions per invocation where one per row took
+// 16). Takes values, not a pointer into the accumulators with a computed index: that index kept
+// them in memory (the listed product took 6 ms instead of 1.7 on lavapipe).
+fn tn_sgd_rows4(lo: array<vec4<f32>, 4>, hi: array<vec4<f32>, 4>, row0: u32, col0: u32,
+                block: u32) {
+    var t = vec4<f32>(0.0);
     if (gp.masked != 0u) {
-        t = upd_threshold[row];
+        t = upd_threshold[row0 / 4u];
     }
-    let part = tn_sgd_four(row, col, lo, t) + tn_sgd_four(row, col + 4u, hi, t);
+    let part = vec4<f32>(tn_sgd_row(row0, col0, lo[0], hi[0], t.x),
+                         tn_sgd_row(row0 + 1u, col0, lo[1], hi[1], t.y),
+                         tn_sgd_row(row0 + 2u, col0, lo[2], hi[2], t.z),
+                         tn_sgd_row(row0 + 3u, col0, lo[3], hi[3], t.w));
     if (gp.masked != 0u) {
-        upd_dt_part[row * ((gp.n + RB - 1u) / RB) + block] = part;
+        upd_dt_part[block * (gp.m / 4u) + row0 / 4u] = part;
     }
 }
 
@@ -584,7 +599,7 @@ fn tn_sgd_row(row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>, block: u32) {
 // outputs never reach memory: each element goes straight into the weight's SGD step, the same
 // arithmetic as `mask_backward` followed by `optim.sgd` (shared functions `mask_grads`,
 // `sgd_velocity`), with one pass over W and its velocity instead of four passes over W, dP, dW:
-//   masked: dW = G*S(Q) + G*|W|*H(Q), and upd_dt_part[i][gid.x] = sum over this invocation's 8
+//   masked: dW = G*S(Q) + G*|W|*H(Q), and upd_dt_part[gid.x][i] = sum over this invocation's 8
 //           columns of G*W*H(Q) (`masked.threshold_grad` finishes dL/dt);
 //   then    v = momentum * v + (dW + wd * W);  W = W - lr * v.
 // W's gradient arena is not written. `bias_grad` writes db as `gemm_tn_vec4` does. Reads a4, b4,
@@ -629,15 +644,11 @@ fn tn_sgd_k(acc: ptr<function, array<vec4<f32>, 16>>, kk: u32, row0: u32, col0: 
 
 // The epilogue of a `gemm_tn_sgd` invocation: its 8 x 8 outputs into the SGD step, db.
 fn tn_sgd_store(acc: ptr<function, array<vec4<f32>, 16>>, row0: u32, col0: u32, block: u32) {
-    tn_sgd_row(row0, col0, (*acc)[0], (*acc)[1], block);
-    tn_sgd_row(row0 + 1u, col0, (*acc)[2], (*acc)[3], block);
-    tn_sgd_row(row0 + 2u, col0, (*acc)[4], (*acc)[5], block);
-    tn_sgd_row(row0 + 3u, col0, (*acc)[6], (*acc)[7], block);
+    tn_sgd_rows4(array((*acc)[0], (*acc)[2], (*acc)[4], (*acc)[6]),
+                 array((*acc)[1], (*acc)[3], (*acc)[5], (*acc)[7]), row0, col0, block);
     if (row0 + 4u < gp.m) {
-        tn_sgd_row(row0 + 4u, col0, (*acc)[8], (*acc)[9], block);
-        tn_sgd_row(row0 + 5u, col0, (*acc)[10], (*acc)[11], block);
-        tn_sgd_row(row0 + 6u, col0, (*acc)[12], (*acc)[13], block);
-        tn_sgd_row(row0 + 7u, col0, (*acc)[14], (*acc)[15], block);
+        tn_sgd_rows4(array((*acc)[8], (*acc)[10], (*acc)[12], (*acc)[14]),
+                     array((*acc)[9], (*acc)[11], (*acc)[13], (*acc)[15]), row0 + 4u, col0, block);
     }
     tn_bias_grad(row0, block == 0u);
     if (row0 + 4u < gp.m) {

@@ -433,11 +433,20 @@ fn mask_count_rowwise(@builtin(global_invocation_id) gid: vec3<u32>,
     rowwise_pass(gid, nwg, false);
 }
 
-// `mask_count_rowwise` reading each row's weights four at a time.
-@compute @workgroup_size(64, 1, 1)
+// Rows per workgroup of `mask_count_rowwise4` (src/kernels/masked.rs too): lavapipe hands whole
+// workgroups to its threads, and fc1's 300 rows in 5 workgroups of 64 split 3:2 over two cores;
+// in 19 of 16, evenly (0.16 -> 0.14 ms, `dst bench --profile`).
+const COUNT_WG: u32 = 16u;
+
+// `mask_count_rowwise` reading each row's weights four at a time, COUNT_WG rows per workgroup.
+@compute @workgroup_size(COUNT_WG, 1, 1)
 fn mask_count_rowwise4(@builtin(global_invocation_id) gid: vec3<u32>,
                        @builtin(num_workgroups) nwg: vec3<u32>) {
-    rowwise_pass4(gid, nwg, false);
+    let row = gid.x + gid.y * nwg.x * COUNT_WG;
+    if (row >= mp.rows) {
+        return;
+    }
+    row_pass4(row, false);
 }
 
 // The mask pass of a small one-matrix weight (at most `SMALL_PASS_ROWS` rows, src/kernels/
@@ -483,9 +492,9 @@ fn penalty(@builtin(local_invocation_id) lid: vec3<u32>) {
 }
 
 // The thresholds' gradient after a weight-gradient product that applied the mask's backward
-// itself (`gemm_tn_sgd`): d_masked holds its partial row sums, rows x mp.cols (mp.cols: the
-// product's column blocks). One invocation per row sums them in order:
-//   d_threshold[i] = -sum_b d_masked[i][b] - alpha * exp(-t[i])    (alpha as in mask_backward)
+// itself (`gemm_tn_sgd`): d_masked holds its partial row sums, mp.cols x rows (mp.cols: the
+// product's column blocks; block-major). One invocation per row sums them in order:
+//   d_threshold[i] = -sum_b d_masked[b][i] - alpha * exp(-t[i])    (alpha as in mask_backward)
 @compute @workgroup_size(64, 1, 1)
 fn threshold_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let row = gid.x;
@@ -494,7 +503,7 @@ fn threshold_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var s = 0.0;
     for (var b = 0u; b < mp.cols; b++) {
-        s += d_masked[row * mp.cols + b];
+        s += d_masked[b * mp.rows + row];
     }
     d_threshold[row] = -s - mp.alpha * alpha_scale[0] * exp(-threshold[row]);
 }

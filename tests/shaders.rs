@@ -706,6 +706,23 @@ fn workgroups_fit_webgpu_default_limits() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Grids the host sizes by a constant of its own cover what the shader's workgroups do: the
+/// entry point's workgroup size is that constant (a smaller one would leave rows unvisited).
+#[test]
+fn host_grid_constants_match_the_workgroup_sizes() {
+    let checked = check_all_families();
+    let size = |family: &str, entry: &str| {
+        let (_, c) = checked.iter().find(|(f, _)| *f == family).unwrap();
+        let ep = c.module.entry_points.iter().find(|e| e.name == entry);
+        ep.unwrap_or_else(|| panic!("{family}: no entry point {entry}"))
+            .workgroup_size
+    };
+    assert_eq!(
+        size("masked", "mask_count_rowwise4"),
+        [dst::kernels::masked::COUNT_WG, 1, 1]
+    );
+}
+
 /// The LSTM family as adapters with other workgroup limits compile it (`kernels::lstm::source`
 /// rewrites how many ways the GPU steps split their sums): every form validates and translates,
 /// and its split steps use 64 x `split_ways` invocations (forward, backward), within the limit it

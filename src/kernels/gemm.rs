@@ -179,7 +179,8 @@ pub struct SgdTarget<'a> {
     pub momentum: f32,
     pub weight_decay: f32,
     /// A DST-masked weight: its thresholds (N) and the partial sums of dL/dt the product writes
-    /// (N x `Gemm::dt_blocks(K)`), finished by `masked.threshold_grad`.
+    /// (`Gemm::dt_blocks(K)` x N, block-major), finished by `masked.threshold_grad`. Both read
+    /// and written as vec4s: N % 4 == 0, 16-byte aligned (else no fused product).
     pub mask: Option<(&'a Tensor, &'a Tensor)>,
 }
 
@@ -668,8 +669,11 @@ impl Gemm {
         );
         assert_eq!(db.len(), n, "backward_weight_sgd: db length");
         let mut p = GemmParams::linear_backward_weight(m, n, k, false);
-        let aligned =
-            target.weight.offset.is_multiple_of(16) && target.velocity.offset.is_multiple_of(16);
+        let aligned = target.weight.offset.is_multiple_of(16)
+            && target.velocity.offset.is_multiple_of(16)
+            && target.mask.is_none_or(|(t, part)| {
+                n.is_multiple_of(4) && t.offset.is_multiple_of(16) && part.offset.is_multiple_of(16)
+            });
         if self.variant != GemmVariant::RegBlock
             || vec4_form(&p, g, x) != Some(Vec4Form::Tn)
             || !aligned

@@ -166,6 +166,10 @@ const RESET_BINDINGS: [(u32, Access); 8] = [
 /// rowwise pass runs a row per lane in workgroups of 64).
 pub const SMALL_PASS_ROWS: usize = 128;
 
+/// Rows per workgroup of `mask_count_rowwise4`, whose grid this sizes (`COUNT_WG` in
+/// shaders/masked.wgsl; tests/shaders.rs checks they agree).
+pub const COUNT_WG: u32 = 16;
+
 fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
     assert_eq!(
         w.shape.len(),
@@ -355,12 +359,15 @@ impl Masked {
             let four = p.cols.is_multiple_of(4) && weight.offset.is_multiple_of(16);
             let grid = grid_1d(p.rows.div_ceil(64));
             if count_only {
-                let k = if four {
-                    &self.mask_count_rowwise4_k
-                } else {
-                    &self.mask_count_rowwise_k
-                };
-                return k.bind(gpu, &p, &buffers, None, grid);
+                if four {
+                    let grid = grid_1d(p.rows.div_ceil(COUNT_WG));
+                    return self
+                        .mask_count_rowwise4_k
+                        .bind(gpu, &p, &buffers, None, grid);
+                }
+                return self
+                    .mask_count_rowwise_k
+                    .bind(gpu, &p, &buffers, None, grid);
             }
             let k = if four {
                 &self.mask_forward_rowwise4_k
@@ -741,9 +748,9 @@ impl Masked {
         }
     }
 
-    /// dL/dt (penalty included) from the partial row sums `parts` (rows x blocks) of a
-    /// weight-gradient product that applied the mask's backward itself (`gemm_tn_sgd`):
-    /// `d_threshold[i] = -sum_b parts[i][b] - alpha * alpha_scale[0] * exp(-t[i])`.
+    /// dL/dt (penalty included) from the partial row sums `parts` (blocks x rows, block-major)
+    /// of a weight-gradient product that applied the mask's backward itself (`gemm_tn_sgd`):
+    /// `d_threshold[i] = -sum_b parts[b][i] - alpha * alpha_scale[0] * exp(-t[i])`.
     pub fn threshold_grad(
         &self,
         gpu: &Gpu,

@@ -355,7 +355,7 @@ pub struct Kernels {
     pub conv: conv::Conv,
     pub pool: pool::Pool,
     pub sparse: sparse::Sparse,
-    /// A 4-byte buffer bound where an entry point's optional input is absent.
+    /// A 16-byte buffer (one vec4) bound where an entry point's optional input is absent.
     pub dummy: Tensor,
 }
 
@@ -471,7 +471,7 @@ impl Kernels {
             conv: conv::Conv::new(&mk("conv", conv::SOURCE)?, gpu.class)?,
             pool: pool::Pool::new(&mk("pool", pool::SOURCE)?)?,
             sparse: sparse::Sparse::new(&mk("sparse", sparse::SOURCE)?)?,
-            dummy: Tensor::zeros(gpu, "dummy", &[1])?,
+            dummy: Tensor::zeros(gpu, "dummy", &[4])?,
             step_layout,
         };
         Ok(Arc::new(kernels))

@@ -209,8 +209,8 @@ impl Linear {
             Some(_) => Some(cx.activation(
                 &format!("{}.d_threshold_parts", self.name),
                 &[
-                    self.out_features,
                     crate::kernels::gemm::Gemm::dt_blocks(self.in_features),
+                    self.out_features,
                 ],
             )?),
             None => None,
