@@ -74,6 +74,7 @@ struct SparseParams {
 @group(0) @binding(18) var<storage, read> thr: array<f32>; // masked_columns: P's row thresholds
 @group(0) @binding(19) var<storage, read_write> list_val4w: array<vec4<f32>>; // input_lists: list_val as vec4s
 @group(0) @binding(20) var<storage, read_write> k_list: array<u32>; // input_lists_split_klists: the weight gradient's lists
+@group(0) @binding(21) var<storage, read> gate4: array<vec4<f32>>; // ordered_input_grad: the ReLU's output as vec4s
 
 const WG: u32 = 64u;
 const QUAD: u32 = 4u;
@@ -611,17 +612,29 @@ fn compact_columns(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 }
 
-// Four outputs of `ell_input_product` at (b, o..o + 3) (o + 3 < sp.rows: sp.rows % 4 == 0),
-// rows order[o..o + 3] where `compacted` (a constant at every call: each entry point compiles
-// its own form).
-fn store_input_product(b: u32, o: u32, v: vec4<f32>, compacted: bool) {
-    var rows = vec4<u32>(o, o + 1u, o + 2u, o + 3u);
+// The rows of four outputs o..o + 3 of `ell_input_product` (o + 3 < sp.rows: sp.rows % 4 == 0):
+// order[o..o + 3] where `compacted` (a constant at every call: each entry point compiles its
+// own form).
+fn input_product_rows(o: u32, compacted: bool) -> vec4<u32> {
     if (compacted) {
-        rows = vec4<u32>(order[o], order[o + 1u], order[o + 2u], order[o + 3u]);
+        return vec4<u32>(order[o], order[o + 1u], order[o + 2u], order[o + 3u]);
     }
+    return vec4<u32>(o, o + 1u, o + 2u, o + 3u);
+}
+
+// The bias of four output rows (zeros without one: not added, see `store_input_product`).
+fn input_product_bias(rows: vec4<u32>) -> vec4<f32> {
+    if (sp.has_bias != 0u) {
+        return vec4<f32>(bias[rows.x], bias[rows.y], bias[rows.z], bias[rows.w]);
+    }
+    return vec4<f32>(0.0);
+}
+
+// Four outputs of `ell_input_product` at sample b, rows `rows`, their bias bv.
+fn store_input_product(b: u32, rows: vec4<u32>, v: vec4<f32>, bv: vec4<f32>) {
     var r = v;
     if (sp.has_bias != 0u) {
-        r = r + vec4<f32>(bias[rows.x], bias[rows.y], bias[rows.z], bias[rows.w]);
+        r = r + bv;
     }
     if (sp.relu != 0u) {
         r = max(r, vec4<f32>(0.0));
@@ -634,14 +647,25 @@ fn store_input_product(b: u32, o: u32, v: vec4<f32>, compacted: bool) {
 }
 
 // The stores of an `ell_input_product` invocation: its IB samples (those in the batch) x 8
-// outputs (the second four where o0 + 4 < sp.rows) from acc (`input_product`'s layout).
+// outputs (the second four where o0 + 4 < sp.rows) from acc (`input_product`'s layout). The
+// rows and their bias are loaded once for all the samples (16 loads per invocation where
+// loading them per sample took 128: lavapipe issues each load per lane).
 fn store_input_products(acc: ptr<function, array<vec4<f32>, 16>>, b0: u32, o0: u32,
                         compacted: bool) {
+    let two = o0 + 4u < sp.rows;
+    let rows_lo = input_product_rows(o0, compacted);
+    let bias_lo = input_product_bias(rows_lo);
+    var rows_hi = rows_lo;
+    var bias_hi = bias_lo;
+    if (two) {
+        rows_hi = input_product_rows(o0 + 4u, compacted);
+        bias_hi = input_product_bias(rows_hi);
+    }
     for (var j = 0u; j < IB; j++) {
         if (b0 + j < sp.batch) {
-            store_input_product(b0 + j, o0, (*acc)[2u * j], compacted);
-            if (o0 + 4u < sp.rows) {
-                store_input_product(b0 + j, o0 + 4u, (*acc)[2u * j + 1u], compacted);
+            store_input_product(b0 + j, rows_lo, (*acc)[2u * j], bias_lo);
+            if (two) {
+                store_input_product(b0 + j, rows_hi, (*acc)[2u * j + 1u], bias_hi);
             }
         }
     }
@@ -759,8 +783,8 @@ fn masked_columns(@builtin(local_invocation_id) lid: vec3<u32>,
 // the ordered rows four at a time as dot products of vec4s (`gemm_nt_vec4`'s form: the dense
 // product's values up to float reassociation, its zero products skipped).
 
-// Reads x (dy: sp.batch x sp.rows), w4 (Pc as vec4s), `order`, bias (the ReLU's output);
-// writes y (dx: sp.batch x sp.cols). Each invocation: 4 samples x 8 inputs; workgroup 8 x 8,
+// Reads x (dy: sp.batch x sp.rows), w4 (Pc as vec4s), `order`, gate4 (the ReLU's output);
+// writes y4 (dx: sp.batch x sp.cols; sp.cols % 4 == 0). Each invocation: 4 samples x 8 inputs; workgroup 8 x 8,
 // the x axis along the inputs (lavapipe's lanes: each lane's samples, and so its loads of dy and
 // `order`, are its group's).
 @compute @workgroup_size(8, 8, 1)
@@ -807,15 +831,22 @@ fn ordered_input_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // The stores of an `ordered_input_grad` invocation: samples b0..b0 + 3 x inputs i0..i0 + 7 (those
-// in range), each gated by the ReLU's output (bias).
+// in range: sp.cols % 4 == 0), each gated by the ReLU's output (gate4), four inputs per load
+// and store (16 memory instructions per invocation where one per element took 64).
 fn ordered_input_grad_store(acc: ptr<function, array<array<f32, 8>, 4>>, b0: u32, i0: u32) {
+    if (i0 >= sp.cols) {
+        return;
+    }
+    let c4 = sp.cols / 4u;
+    let zero = vec4<f32>(0.0);
     for (var r = 0u; r < 4u; r++) {
-        let b = b0 + r;
-        for (var j = 0u; j < 8u; j++) {
-            let i = i0 + j;
-            if (b < sp.batch && i < sp.cols) {
-                let at = b * sp.cols + i;
-                y[at] = select(0.0, (*acc)[r][j], bias[at] > 0.0);
+        if (b0 + r < sp.batch) {
+            let at = (b0 + r) * c4 + i0 / 4u;
+            let lo = vec4<f32>((*acc)[r][0], (*acc)[r][1], (*acc)[r][2], (*acc)[r][3]);
+            y4[at] = select(zero, lo, gate4[at] > zero);
+            if (i0 + 4u < sp.cols) {
+                let hi = vec4<f32>((*acc)[r][4], (*acc)[r][5], (*acc)[r][6], (*acc)[r][7]);
+                y4[at + 1u] = select(zero, hi, gate4[at + 1u] > zero);
             }
         }
     }

@@ -374,7 +374,7 @@ const INPUT_PRODUCT: &[(u32, Access)] = &[
 
 /// The bindings of both forms of `ordered_input_grad`: dy, the compacted P^T, the order, the
 /// ReLU's output, dx.
-const ORDERED_INPUT_GRAD: &[(u32, Access)] = &[(4, R), (14, R), (17, RW), (5, R), (6, RW)];
+const ORDERED_INPUT_GRAD: &[(u32, Access)] = &[(4, R), (14, R), (17, RW), (21, R), (8, RW)];
 
 impl Sparse {
     pub fn new(f: &KernelFactory<'_>) -> Result<Sparse> {
@@ -820,8 +820,9 @@ impl Sparse {
                 && pt_c.len() == width * n
                 && relu_out.len() == batch * width
                 && dx.len() == batch * width
-                && Self::input_product_fits(n, pt_c),
-            "ordered_input_grad: {} {:?}, {} ({}), {} and {} are not for {batch} samples, {n} outputs, {width} inputs",
+                && Self::input_product_fits(n, pt_c)
+                && Self::ordered_input_grad_fits(width, relu_out, dx),
+            "ordered_input_grad: {} {:?}, {} ({}), {} and {} are not for {batch} samples, {n} outputs, {width} inputs (a multiple of 4, 16-byte aligned)",
             dy.label,
             dy.shape,
             pt_c.label,
@@ -844,6 +845,14 @@ impl Sparse {
             None,
             [(width as u32).div_ceil(64), (batch as u32).div_ceil(32), 1],
         )
+    }
+
+    /// Whether `ordered_input_grad` takes `width` inputs with this ReLU output and dx (read and
+    /// written as vec4s).
+    pub fn ordered_input_grad_fits(width: usize, relu_out: &Tensor, dx: &Tensor) -> bool {
+        width.is_multiple_of(4)
+            && relu_out.offset.is_multiple_of(16)
+            && dx.offset.is_multiple_of(16)
     }
 
     /// Whether `ell_input_product` takes a P^T of `n` outputs stored as `pt` (vec4 rows).

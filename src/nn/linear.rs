@@ -408,7 +408,8 @@ impl Linear {
     /// of fc1, zero for every sample) on lavapipe: forward 0.40 ms with its lists and columns
     /// against 0.80 for `gemm_nn_vec4`, which adds the same products in the same order (the same
     /// bits); product to the input 0.51 against 0.79 for `gemm_nt_vec4` (the same values up to
-    /// float reassociation: its sums skip the rows that keep nothing).
+    /// float reassociation: its sums skip the rows that keep nothing). Both widths are multiples
+    /// of 4 (the kernels read and write vec4s).
     fn small_input_sparse(&self, cx: &PlanCx<'_>) -> bool {
         let numel = self.out_features * self.in_features;
         self.mask.is_some()
@@ -417,6 +418,7 @@ impl Linear {
             && cx.sparse_input > 0.0
             && cx.kernels.masked.rowwise
             && self.out_features.is_multiple_of(4)
+            && self.in_features.is_multiple_of(4)
     }
 
     /// The key under which `forward_counted` keeps the compaction's `order` or P^T's compacted

@@ -1124,7 +1124,8 @@ fn masked_columns_write_the_compacted_columns_from_w() {
 /// GEMM over P^T, up to float reassociation, with dy nonzero in the rows that keep nothing too
 /// (their products are zeros all the same). Row patterns with all, some, one and no rows
 /// keeping weights (then dx is 0); batches that are no multiple of 4 and widths no multiple of
-/// 8 (the last invocations clamped), and LeNet-300-100's fc2 (100 rows, 61 keeping weights:
+/// 8 (the last invocations clamped and storing one vec4 of their two; the kernel takes widths
+/// in fours), and LeNet-300-100's fc2 (100 rows, 61 keeping weights:
 /// the ordered rows of one workgroup of 64).
 #[test]
 fn ordered_input_grad_equals_the_dense_gated_product() {
@@ -1142,7 +1143,7 @@ fn ordered_input_grad_equals_the_dense_gated_product() {
     assert_eq!(c.k.gemm.tn_sgd_listed_sg.is_some(), c.gpu.subgroups8);
     assert_eq!(c.k.gemm.tn_sgd_sg.is_some(), c.gpu.subgroups8);
     let mut rng = Rng::new(37);
-    for &(batch, width, n) in &[(64usize, 300usize, 100usize), (13, 30, 12), (5, 9, 8)] {
+    for &(batch, width, n) in &[(64usize, 300usize, 100usize), (13, 28, 12), (5, 12, 8)] {
         type Pattern = fn(usize, usize) -> bool;
         let patterns: [(&str, Pattern); 5] = [
             ("every row", |_, _| true),
