@@ -180,7 +180,8 @@ pub struct SgdTarget<'a> {
     pub weight_decay: f32,
     /// A DST-masked weight: its thresholds (N) and the partial sums of dL/dt the product writes
     /// (`Gemm::dt_blocks(K)` x N, block-major), finished by `masked.threshold_grad`. Both read
-    /// and written as vec4s: N % 4 == 0, 16-byte aligned (else no fused product).
+    /// and written as vec4s: N % 4 == 0, 16-byte aligned (else no fused product), as is the
+    /// thresholds' gradient `threshold_grad` writes.
     pub mask: Option<(&'a Tensor, &'a Tensor)>,
 }
 

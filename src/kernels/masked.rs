@@ -256,7 +256,7 @@ impl Masked {
             )?,
             threshold_grad_k: f.kernel(
                 "threshold_grad",
-                &[(2, RW), (6, RW), (8, RW), (10, Access::Read)],
+                &[(16, RW), (17, RW), (18, RW), (10, Access::Read)],
                 false,
             )?,
             penalty_k: f.kernel("penalty", &[(2, RW), (9, RW), (10, Access::Read)], false)?,
@@ -750,7 +750,8 @@ impl Masked {
 
     /// dL/dt (penalty included) from the partial row sums `parts` (blocks x rows, block-major)
     /// of a weight-gradient product that applied the mask's backward itself (`gemm_tn_sgd`):
-    /// `d_threshold[i] = -sum_b parts[b][i] - alpha * alpha_scale[0] * exp(-t[i])`.
+    /// `d_threshold[i] = -sum_b parts[b][i] - alpha * alpha_scale[0] * exp(-t[i])`. Rows in
+    /// fours, every buffer 16-byte aligned (as the product wants them; read as vec4s).
     pub fn threshold_grad(
         &self,
         gpu: &Gpu,
@@ -765,6 +766,16 @@ impl Masked {
         assert!(
             rows > 0 && parts.len().is_multiple_of(rows),
             "threshold_grad: parts"
+        );
+        assert!(
+            rows.is_multiple_of(4)
+                && [threshold, parts, d_threshold]
+                    .iter()
+                    .all(|t| t.offset.is_multiple_of(16)),
+            "threshold_grad: {rows} rows of {}, {} and {} (rows in fours, 16-byte aligned)",
+            threshold.label,
+            parts.label,
+            d_threshold.label
         );
         let p = MaskParams {
             alpha,
@@ -781,7 +792,7 @@ impl Masked {
             &p,
             &[threshold, parts, d_threshold, alpha_scale],
             None,
-            grid_1d((rows as u32).div_ceil(64)),
+            grid_1d((rows as u32 / 4).div_ceil(16)),
         )
     }
 

@@ -204,6 +204,12 @@ impl Linear {
         let Some((momentum, weight_decay)) = cx.fused_sgd else {
             return Ok(false);
         };
+        // `threshold_grad` writes dL/dt as vec4s.
+        if let Some(m) = &self.mask {
+            if !cx.arena.grad(m.threshold).offset.is_multiple_of(16) {
+                return Ok(false);
+            }
+        }
         let (k, gpu) = (cx.kernels, cx.gpu);
         let parts = match &self.mask {
             Some(_) => Some(cx.activation(
