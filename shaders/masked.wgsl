@@ -496,15 +496,19 @@ fn penalty(@builtin(local_invocation_id) lid: vec3<u32>) {
     }
 }
 
+// Invocations (four rows each) per workgroup of `threshold_grad` (src/kernels/masked.rs too).
+const THRESHOLD_WG: u32 = 16u;
+
 // The thresholds' gradient after a weight-gradient product that applied the mask's backward
 // itself (`gemm_tn_sgd`): d_masked holds its partial row sums, mp.cols x rows (mp.cols: the
 // product's column blocks; block-major). Each row sums them in order:
 //   d_threshold[i] = -sum_b d_masked[b][i] - alpha * exp(-t[i])    (alpha as in mask_backward)
 // Four rows per invocation (mp.rows % 4 == 0, the buffers 16-byte aligned, as the product
 // wants them): a vec4 per block (a quarter of the loads, which lavapipe issues per lane; fc1 of
-// LeNet-300-100, 98 blocks: 0.069 -> 0.046 ms, `dst bench --profile`). Workgroups of 16
-// invocations: fc1's 75 in 5 of them, which two CPU threads share evenly.
-@compute @workgroup_size(16, 1, 1)
+// LeNet-300-100, 98 blocks: 0.069 -> 0.046 ms, `dst bench --profile`). Workgroups of
+// THRESHOLD_WG invocations: fc1's 75 in 5 of them, which two CPU threads share evenly.
+// Reads threshold4, d_masked4, alpha_scale; writes d_threshold4.
+@compute @workgroup_size(THRESHOLD_WG, 1, 1)
 fn threshold_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r4 = gid.x;
     if (4u * r4 >= mp.rows) {

@@ -721,6 +721,10 @@ fn host_grid_constants_match_the_workgroup_sizes() {
         size("masked", "mask_count_rowwise4"),
         [dst::kernels::masked::COUNT_WG, 1, 1]
     );
+    assert_eq!(
+        size("masked", "threshold_grad"),
+        [dst::kernels::masked::THRESHOLD_WG, 1, 1]
+    );
 }
 
 /// The LSTM family as adapters with other workgroup limits compile it (`kernels::lstm::source`

@@ -170,6 +170,10 @@ pub const SMALL_PASS_ROWS: usize = 128;
 /// shaders/masked.wgsl; tests/shaders.rs checks they agree).
 pub const COUNT_WG: u32 = 16;
 
+/// Invocations (four rows each) per workgroup of `threshold_grad` (`THRESHOLD_WG` in
+/// shaders/masked.wgsl; tests/shaders.rs checks they agree).
+pub const THRESHOLD_WG: u32 = 16;
+
 fn rows_cols(w: &Tensor, t: &Tensor) -> MaskParams {
     assert_eq!(
         w.shape.len(),
@@ -792,7 +796,7 @@ impl Masked {
             &p,
             &[threshold, parts, d_threshold, alpha_scale],
             None,
-            grid_1d((rows as u32 / 4).div_ceil(16)),
+            grid_1d((rows as u32 / 4).div_ceil(THRESHOLD_WG)),
         )
     }
 
