@@ -548,8 +548,9 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
         let l = a.limits();
         println!("[{i}] {}", describe_info(&info));
         println!(
-            "    max storage binding {} MiB, max buffer {} MiB, storage buffers/stage {}, workgroup storage {} KiB,",
+            "    max storage binding {} MiB, max uniform binding {} KiB, max buffer {} MiB, storage buffers/stage {}, workgroup storage {} KiB,",
             l.max_storage_buffer_binding_size >> 20,
+            l.max_uniform_buffer_binding_size >> 10,
             l.max_buffer_size >> 20,
             l.max_storage_buffers_per_shader_stage,
             l.max_compute_workgroup_storage_size >> 10
