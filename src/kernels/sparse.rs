@@ -849,7 +849,7 @@ impl Sparse {
 
     /// Whether `ordered_input_grad` takes `width` inputs with this ReLU output and dx (read and
     /// written as vec4s).
-    pub fn ordered_input_grad_fits(width: usize, relu_out: &Tensor, dx: &Tensor) -> bool {
+    fn ordered_input_grad_fits(width: usize, relu_out: &Tensor, dx: &Tensor) -> bool {
         width.is_multiple_of(4)
             && relu_out.offset.is_multiple_of(16)
             && dx.offset.is_multiple_of(16)
