@@ -1223,6 +1223,48 @@ fn print_profiles(how: &str, labels: [&str; 2], per: &[Vec<(String, f64, usize)>
         1e3 * shared,
         100.0 * shared / t0
     );
+    // What each step runs that the other does not, by kernel family (e.g. DST's mask passes
+    // and its sparse products): with the adapter's cost per dispatch (`dst bench`'s overhead
+    // line) this says what a step's own work must shrink to for a given ratio.
+    for (name, mine, other) in [("A", &per[0], &per[1]), ("B", &per[1], &per[0])] {
+        let groups = family_sums(mine, other);
+        if groups.is_empty() {
+            continue;
+        }
+        let parts: Vec<String> = groups
+            .iter()
+            .map(|(f, sec, n)| format!("{f} {:.3} ms ({n} dispatches)", 1e3 * sec))
+            .collect();
+        println!(
+            "  in rows only {name} has, by kernel family: {}",
+            parts.join(", ")
+        );
+    }
+}
+
+/// The rows of `rows` (profile rows: "layer  family.kernel", seconds, dispatches) whose key
+/// `other` lacks, summed per kernel family (the kernel label's part before its '.'), in order
+/// of first appearance.
+fn family_sums(
+    rows: &[(String, f64, usize)],
+    other: &[(String, f64, usize)],
+) -> Vec<(String, f64, usize)> {
+    let mut out: Vec<(String, f64, usize)> = Vec::new();
+    for (key, sec, n) in rows {
+        if other.iter().any(|o| &o.0 == key) {
+            continue;
+        }
+        let kernel = key.split_whitespace().last().unwrap_or(key);
+        let family = kernel.split('.').next().unwrap_or(kernel);
+        match out.iter_mut().find(|g| g.0 == family) {
+            Some(g) => {
+                g.1 += sec;
+                g.2 += n;
+            }
+            None => out.push((family.to_string(), *sec, *n)),
+        }
+    }
+    out
 }
 
 /// `count` random images of CIFAR-10's shape and normalisation, augmented like its training set.
@@ -1245,7 +1287,32 @@ fn synthetic_cifar(count: usize) -> crate::data::Dataset {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{family_sums, median};
+
+    #[test]
+    fn family_sums_groups_only_the_rows_the_other_step_lacks() {
+        let row = |k: &str, s: f64, n: usize| (k.to_string(), s, n);
+        let dst = [
+            row("step     data.gather4", 0.2, 1),
+            row("fc1      masked.mask_reset", 0.05, 1),
+            row("fc1      sparse.masked_columns4", 0.17, 1),
+            row("fc2      masked.threshold_grad", 0.03, 2),
+            row("fc2      sparse.ell_input_product_compacted_sg", 0.12, 1),
+        ];
+        let dense = [
+            row("step     data.gather4", 0.21, 1),
+            row("fc1      gemm.gemm_nt_vec4_sg", 2.2, 1),
+        ];
+        let g = family_sums(&dst, &dense);
+        assert_eq!(g.len(), 2);
+        assert_eq!((g[0].0.as_str(), g[0].2), ("masked", 3));
+        assert!((g[0].1 - 0.08).abs() < 1e-12);
+        assert_eq!((g[1].0.as_str(), g[1].2), ("sparse", 2));
+        assert!((g[1].1 - 0.29).abs() < 1e-12);
+        let g = family_sums(&dense, &dst);
+        assert_eq!(g, vec![row("gemm", 2.2, 1)]);
+        assert!(family_sums(&dense, &dense).is_empty());
+    }
 
     #[test]
     fn median_of_odd_even_and_empty_lengths() {

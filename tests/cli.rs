@@ -421,6 +421,15 @@ fn bench_profiles_the_dense_and_the_dst_step_per_layer() {
     assert_eq!(cells(&row("step", &["data.gather"])), 2);
     let mask = row("fc1", &["masked.mask_forward", "masked.mask_count"]);
     assert!(cells(&mask) == 1 && mask.contains(" - "), "{mask}");
+    // DST's own rows summed by kernel family: its mask passes among them.
+    let own = out
+        .lines()
+        .find(|l| l.starts_with("  in rows only B has, by kernel family: "))
+        .unwrap_or_else(|| panic!("no line of B's own rows in:\n{out}"));
+    assert!(
+        own.contains("masked ") && own.contains(" dispatches)"),
+        "{own}"
+    );
 }
 
 /// The kernel tables (one repetition): every conv shape has its rows for each form (the CPU
