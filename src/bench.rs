@@ -1233,7 +1233,10 @@ fn print_profiles(how: &str, labels: [&str; 2], per: &[Vec<(String, f64, usize)>
         }
         let parts: Vec<String> = groups
             .iter()
-            .map(|(f, sec, n)| format!("{f} {:.3} ms ({n} dispatches)", 1e3 * sec))
+            .map(|(f, sec, n)| {
+                let what = if *n == 1 { "dispatch" } else { "dispatches" };
+                format!("{f} {:.3} ms ({n} {what})", 1e3 * sec)
+            })
             .collect();
         println!(
             "  in rows only {name} has, by kernel family: {}",
