@@ -785,8 +785,8 @@ fn masked_columns(@builtin(local_invocation_id) lid: vec3<u32>,
 
 // Reads x (dy: sp.batch x sp.rows), w4 (Pc as vec4s), `order`, gate4 (the ReLU's output);
 // writes y4 (dx: sp.batch x sp.cols; sp.cols % 4 == 0). Each invocation: 4 samples x 8 inputs;
-// workgroup 8 x 8, the x axis along the inputs (lavapipe's lanes: each lane's samples, and so its loads of dy and
-// `order`, are its group's).
+// workgroup 8 x 8, the x axis along the inputs (lavapipe's lanes: each lane's samples, and so
+// its loads of dy and `order`, are its group's).
 @compute @workgroup_size(8, 8, 1)
 fn ordered_input_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b0 = gid.y * 4u;
