@@ -877,12 +877,13 @@ fn conv_backward_input_cols_listed(@builtin(local_invocation_id) lid: vec3<u32>,
 //   KIND_INPUT_COLS  dcols  A = W^T [(ci,ky,kx)][co]        B = dy [co][(n,oy,ox)]
 //   KIND_WEIGHT      dW     A = dy [co][(n,oy,ox)]          B = patches^T [(n,oy,ox)][(ci,ky,kx)]
 //
-// (a tap that hits no output or the padding reads 0). Two tile forms of the one loop: 16x16
+// (a tap that hits no output or the padding reads 0). Three tile forms of the one loop: 16x16
 // outputs per workgroup, one per invocation, slices 32 deep (`tile_sum`: many workgroups for small
-// layers), and 32x32 outputs, 2x2 per invocation, slices 16 deep (`tile_sum_2x2`: a quarter of the
-// staged loads and index arithmetic per output, for layers with many tiles). Both add each
-// output's terms over k in order, one fma each (a slice's zero padding adds +0), so the two forms
-// give the same bits. Every tile entry point binds x, weight and dy (the operands of all kinds;
+// layers), 32x32 outputs, 2x2 per invocation, slices 16 deep (`tile_sum_2x2`: a quarter of the
+// staged loads and index arithmetic per output, for layers with many tiles), and 64x64 outputs,
+// 4x4 per invocation, slices 8 deep (`tile_sum_4x4`: half the 2x2 form's again, for layers with
+// many more). All add each output's terms over k in order, one fma each (a slice's zero padding
+// adds +0), so the three forms give the same bits. Every tile entry point binds x, weight and dy (the operands of all kinds;
 // the host binds an operand the kind does not read to one it does).
 
 const KIND_FORWARD: u32 = 0u;
@@ -985,7 +986,7 @@ fn tile_b(kind: u32, k: u32, n: u32, k_end: u32) -> f32 {
 
 // Stages slice [k0, k0 + tk) of the product `kind` for the tile at (row0, col0): A as
 // a_tile[k][m] (ts x tk) and B as b_tile[k][n] (tk x ts), two elements of each per invocation
-// (ts tk = 512). Neighbouring invocations read neighbouring addresses: A along k (along m for
+// (ts tk = 512; rows of ts + 1, at most 8 x 65 = 520 of the 544). Neighbouring invocations read neighbouring addresses: A along k (along m for
 // KIND_INPUT_COLS, whose A is W^T), B along n.
 fn stage(kind: u32, t: u32, row0: u32, col0: u32, k0: u32, k_end: u32, ts: u32, tk: u32) {
     for (var r = 0u; r < 2u; r++) {
@@ -1038,6 +1039,33 @@ fn tile_sum_2x2(kind: u32, lid: vec3<u32>, row0: u32, col0: u32, k_begin: u32,
     return acc;
 }
 
+// The 64x64 form: outputs (row0 + lid.y + 16 i, col0 + lid.x + 16 j) in element 4 i + j.
+fn tile_sum_4x4(kind: u32, lid: vec3<u32>, row0: u32, col0: u32, k_begin: u32,
+                k_end: u32) -> array<f32, 16> {
+    let t = lid.y * 16u + lid.x;
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = k_begin; k0 < k_end; k0 += 8u) {
+        stage(kind, t, row0, col0, k0, k_end, 64u, 8u);
+        workgroupBarrier();
+        for (var kk = 0u; kk < 8u; kk++) {
+            let r = kk * 65u;
+            let b = vec4<f32>(b_tile[r + lid.x], b_tile[r + lid.x + 16u],
+                              b_tile[r + lid.x + 32u], b_tile[r + lid.x + 48u]);
+            for (var i = 0u; i < 4u; i++) {
+                acc[i] = fma(vec4<f32>(a_tile[r + lid.y + 16u * i]), b, acc[i]);
+            }
+        }
+        workgroupBarrier();
+    }
+    var out: array<f32, 16>;
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            out[4u * i + j] = acc[i][j];
+        }
+    }
+    return out;
+}
+
 // The tile of workgroup `wid` in a grid of ts x ts tiles over rows x cols (folded 1-D grid):
 // (row0, col0), or (-1) past the last tile.
 fn tile_origin(wid: vec3<u32>, nwg: vec3<u32>, rows: u32, cols: u32, ts: u32) -> vec2<i32> {
@@ -1050,26 +1078,37 @@ fn tile_origin(wid: vec3<u32>, nwg: vec3<u32>, rows: u32, cols: u32, ts: u32) ->
     return vec2<i32>(i32((tile / tiles_n) * ts), i32((tile % tiles_n) * ts));
 }
 
-// The outputs of one invocation: 1 (ts 16: v.x) or 2x2 (ts 32); output i at (out_m, out_n).
+// The outputs of one invocation: 1 (ts 16), 2x2 (ts 32) or 4x4 (ts 64), (ts / 16)^2; output i
+// at (out_m, out_n).
 fn tile_outputs(ts: u32) -> u32 {
-    return select(1u, 4u, ts == 32u);
+    return (ts / 16u) * (ts / 16u);
 }
 
-fn out_m(lid: vec3<u32>, o: vec2<i32>, i: u32) -> u32 {
-    return u32(o.x) + lid.y + 16u * (i / 2u);
+fn out_m(lid: vec3<u32>, o: vec2<i32>, ts: u32, i: u32) -> u32 {
+    return u32(o.x) + lid.y + 16u * (i / (ts / 16u));
 }
 
-fn out_n(lid: vec3<u32>, o: vec2<i32>, i: u32) -> u32 {
-    return u32(o.y) + lid.x + 16u * (i % 2u);
+fn out_n(lid: vec3<u32>, o: vec2<i32>, ts: u32, i: u32) -> u32 {
+    return u32(o.y) + lid.x + 16u * (i % (ts / 16u));
 }
 
-// The sums of one invocation for the product `kind` (1 or 4, as `tile_outputs`).
+// The sums of one invocation for the product `kind` (the first `tile_outputs` elements).
 fn tile_sums(kind: u32, lid: vec3<u32>, o: vec2<i32>, ts: u32, k_begin: u32,
-             k_end: u32) -> vec4<f32> {
-    if (ts == 32u) {
-        return tile_sum_2x2(kind, lid, u32(o.x), u32(o.y), k_begin, k_end);
+             k_end: u32) -> array<f32, 16> {
+    if (ts == 64u) {
+        return tile_sum_4x4(kind, lid, u32(o.x), u32(o.y), k_begin, k_end);
     }
-    return vec4<f32>(tile_sum(kind, lid, u32(o.x), u32(o.y), k_begin, k_end), 0.0, 0.0, 0.0);
+    var out: array<f32, 16>;
+    if (ts == 32u) {
+        let v = tile_sum_2x2(kind, lid, u32(o.x), u32(o.y), k_begin, k_end);
+        out[0] = v.x;
+        out[1] = v.y;
+        out[2] = v.z;
+        out[3] = v.w;
+    } else {
+        out[0] = tile_sum(kind, lid, u32(o.x), u32(o.y), k_begin, k_end);
+    }
+    return out;
 }
 
 // y: the forward on a ts x ts tile (reads x, weight, bias; writes y).
@@ -1082,8 +1121,8 @@ fn forward_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
     }
     let v = tile_sums(KIND_FORWARD, lid, o, ts, 0u, cp.c_in * cp.kh * cp.kw);
     for (var i = 0u; i < tile_outputs(ts); i++) {
-        let co = out_m(lid, o, i);
-        let p = out_n(lid, o, i);
+        let co = out_m(lid, o, ts, i);
+        let p = out_n(lid, o, ts, i);
         if (co < cp.c_out && p < np) {
             var bv = 0.0;
             if (cp.has_bias != 0u) {
@@ -1111,6 +1150,14 @@ fn conv_forward_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
     forward_tile(lid, wid, nwg, 32u);
 }
 
+// `conv_forward_tiled` on 64x64 tiles, 4x4 outputs per invocation.
+@compute @workgroup_size(16, 16, 1)
+fn conv_forward_tiled_4x4(@builtin(local_invocation_id) lid: vec3<u32>,
+                          @builtin(workgroup_id) wid: vec3<u32>,
+                          @builtin(num_workgroups) nwg: vec3<u32>) {
+    forward_tile(lid, wid, nwg, 64u);
+}
+
 // dx: the implicit input gradient on a ts x ts tile (reads dy, weight; writes dx).
 fn input_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
     let hw = cp.h * cp.w;
@@ -1121,8 +1168,8 @@ fn input_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
     }
     let v = tile_sums(KIND_INPUT, lid, o, ts, 0u, cp.c_out * cp.kh * cp.kw);
     for (var i = 0u; i < tile_outputs(ts); i++) {
-        let ci = out_m(lid, o, i);
-        let q = out_n(lid, o, i);
+        let ci = out_m(lid, o, ts, i);
+        let q = out_n(lid, o, ts, i);
         if (ci < cp.c_in && q < nq) {
             dx[((q / hw) * cp.c_in + ci) * hw + q % hw] = v[i];
         }
@@ -1144,6 +1191,14 @@ fn conv_backward_input_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
                                  @builtin(workgroup_id) wid: vec3<u32>,
                                  @builtin(num_workgroups) nwg: vec3<u32>) {
     input_tile(lid, wid, nwg, 32u);
+}
+
+// `conv_backward_input_tiled` on 64x64 tiles, 4x4 outputs per invocation.
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_input_tiled_4x4(@builtin(local_invocation_id) lid: vec3<u32>,
+                                 @builtin(workgroup_id) wid: vec3<u32>,
+                                 @builtin(num_workgroups) nwg: vec3<u32>) {
+    input_tile(lid, wid, nwg, 64u);
 }
 
 const RED: u32 = 64u;    // invocations per reduction workgroup
@@ -1282,8 +1337,8 @@ fn input_cols_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
     }
     let v = tile_sums(KIND_INPUT_COLS, lid, o, ts, 0u, cp.c_out);
     for (var i = 0u; i < tile_outputs(ts); i++) {
-        let k = out_m(lid, o, i);
-        let q = out_n(lid, o, i);
+        let k = out_m(lid, o, ts, i);
+        let q = out_n(lid, o, ts, i);
         if (k < kdim && q < np) {
             cols_w[k * np + q] = v[i];
         }
@@ -1308,6 +1363,14 @@ fn conv_backward_input_cols_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u3
     input_cols_tile(lid, wid, nwg, 32u);
 }
 
+// `conv_backward_input_cols_tiled` on 64x64 tiles, 4x4 outputs per invocation.
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_input_cols_tiled_4x4(@builtin(local_invocation_id) lid: vec3<u32>,
+                                      @builtin(workgroup_id) wid: vec3<u32>,
+                                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    input_cols_tile(lid, wid, nwg, 64u);
+}
+
 @group(0) @binding(17) var<storage, read_write> parts: array<f32>;
 @group(0) @binding(18) var<storage, read> parts_r: array<f32>;
 
@@ -1327,8 +1390,8 @@ fn weight_tile(lid: vec3<u32>, wid: vec3<u32>, nwg: vec3<u32>, ts: u32) {
                         ts);
     let v = tile_sums(KIND_WEIGHT, lid, o, ts, z * cp.run, min((z + 1u) * cp.run, np));
     for (var i = 0u; i < tile_outputs(ts); i++) {
-        let co = out_m(lid, o, i);
-        let k = out_n(lid, o, i);
+        let co = out_m(lid, o, ts, i);
+        let k = out_n(lid, o, ts, i);
         if (co < cp.c_out && k < kdim) {
             parts[(z * cp.c_out + co) * kdim + k] = v[i];
         }
@@ -1351,6 +1414,14 @@ fn conv_backward_weight_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
                                   @builtin(workgroup_id) wid: vec3<u32>,
                                   @builtin(num_workgroups) nwg: vec3<u32>) {
     weight_tile(lid, wid, nwg, 32u);
+}
+
+// `conv_backward_weight_tiled` on 64x64 tiles, 4x4 outputs per invocation.
+@compute @workgroup_size(16, 16, 1)
+fn conv_backward_weight_tiled_4x4(@builtin(local_invocation_id) lid: vec3<u32>,
+                                  @builtin(workgroup_id) wid: vec3<u32>,
+                                  @builtin(num_workgroups) nwg: vec3<u32>) {
+    weight_tile(lid, wid, nwg, 64u);
 }
 
 // Reads parts_r; writes dw. dw[o] = parts[0][o] + parts[1][o] + ..., in order.

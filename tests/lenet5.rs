@@ -159,18 +159,18 @@ fn conv_listed_products_train_like_dense_products() {
 }
 
 /// The other adapter class's plan trains like this adapter's own: LeNet-5 (DST, batch 64) built
-/// with the kernels a GPU takes (workgroup tiles in both forms, the input gradient through a
-/// patch matrix, the split weight gradient, the row-wise mask backward, ...) and with the CPU
-/// adapters' kernels (register blocks, patch matrix), sparse products off in both, 3 SGD steps
-/// from the same state: parameters and momenta agree within float reassociation. On lavapipe
-/// this runs the GPU plan on CI, which has no GPU (and on a GPU, the CPU plan).
+/// with the kernels a GPU takes (workgroup tiles in the 2x2 and 4x4 forms, the input gradient
+/// through a patch matrix, the split weight gradient, the row-wise mask backward, ...) and with the
+/// CPU adapters' kernels (register blocks, patch matrix), sparse products off in both, 3 SGD steps
+/// from the same state: parameters and momenta agree within float reassociation. On lavapipe this
+/// runs the GPU plan on CI, which has no GPU (and on a GPU, the CPU plan).
 #[test]
 fn gpu_and_cpu_plans_train_alike() {
     let (gpu_labels, cpu_labels) = assert_classes_train_alike(&lenet5(256, 1), 64, 3, 1e-5);
     // Each plan holds its class's kernels.
     for k in [
         "conv.conv_forward_tiled_2x2",
-        "conv.conv_backward_input_cols_tiled_2x2",
+        "conv.conv_backward_input_cols_tiled_4x4",
         "conv.conv_backward_weight_tiled_2x2",
         "conv.conv_weight_parts_sum",
         "conv.conv_backward_weight_split_wide",

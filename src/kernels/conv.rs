@@ -1,5 +1,5 @@
 //! `shaders/conv.wgsl`: 2-D convolution (NCHW) as implicit GEMMs, its input, weight and bias
-//! gradients; a CPU (register-block) and a GPU (workgroup-memory tiles, two tile forms) variant of
+//! gradients; a CPU (register-block) and a GPU (workgroup-memory tiles, three tile forms) variant of
 //! each product, on CPU adapters a faster path through a patch matrix the layer owns (im2col +
 //! vec4 products), and on GPUs the input gradient through a patch matrix where most implicit taps
 //! would miss the output and a weight gradient split over runs of positions.
@@ -129,9 +129,9 @@ impl ConvVariant {
 pub struct Conv {
     pub forward_regblock: Kernel,
     /// The GPU tile kernels, indexed by `TileForm`.
-    pub forward_tiled: [Kernel; 2],
+    pub forward_tiled: [Kernel; 3],
     pub backward_input_regblock: Kernel,
-    pub backward_input_tiled: [Kernel; 2],
+    pub backward_input_tiled: [Kernel; 3],
     pub backward_weight_regblock: Kernel,
     pub backward_weight_split: Kernel,
     pub backward_weight_split_wide: Kernel,
@@ -146,8 +146,8 @@ pub struct Conv {
     pub backward_weight_cols_sg: Option<Kernel>,
     pub backward_input_cols_sg: Option<Kernel>,
     pub col2im: Kernel,
-    pub backward_input_cols_tiled_k: [Kernel; 2],
-    pub backward_weight_tiled_k: [Kernel; 2],
+    pub backward_input_cols_tiled_k: [Kernel; 3],
+    pub backward_weight_tiled_k: [Kernel; 3],
     pub weight_parts_sum: Kernel,
     pub forward_cols_listed_k: Kernel,
     pub backward_input_cols_listed_k: Kernel,
@@ -278,12 +278,13 @@ pub fn weight_splits(s: &ConvShape) -> (usize, usize) {
 }
 
 /// The tile form of a GPU tile product (shaders/conv.wgsl): 16x16 outputs per workgroup, one per
-/// invocation, or 32x32, 2x2 per invocation. Both add each output's terms in the same order:
-/// the same bits.
+/// invocation, 32x32, 2x2 per invocation, or 64x64, 4x4 per invocation. All add each output's
+/// terms in the same order: the same bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileForm {
     One,
     TwoByTwo,
+    FourByFour,
 }
 
 /// 32x32 tiles (times splits) from which a product takes the 2x2 form. Measured on an H200
@@ -292,13 +293,27 @@ pub enum TileForm {
 /// (conv1's split weight gradient) 0.88-0.89x.
 pub const TILES_2X2: usize = 256;
 
-impl TileForm {
-    pub const ALL: [TileForm; 2] = [TileForm::One, TileForm::TwoByTwo];
+/// 64x64 tiles (times splits) from which a product of at least 64 rows takes the 4x4 form (half
+/// the 2x2 form's staged loads and index arithmetic per output, a quarter as many workgroups).
+/// Measured on an H200 (`dst bench`'s conv table, BENCHMARKS.md, nineteenth round): the
+/// VGG-like forward (64 x 16,384 outputs, 256 tiles) ran at 7.7 against 5.9 TFLOP/s, its input
+/// gradient 6.4 against 4.4, LeNet-5's conv2 input gradient through the patch matrix (500 x
+/// 4,096) 5.0 against 4.1; with fewer rows than a tile LeNet-5's conv1 forward (20 x 36,864,
+/// 576 tiles) ran at 1.5 against 1.8, and with fewer tiles its conv2 forward (64 tiles) 1.9
+/// against 3.4.
+pub const TILES_4X4: usize = 256;
 
-    /// The form for `rows x cols` outputs computed over `splits` runs: 2x2 from `TILES_2X2`
-    /// 32x32 tiles on. A function of the shape alone.
+impl TileForm {
+    pub const ALL: [TileForm; 3] = [TileForm::One, TileForm::TwoByTwo, TileForm::FourByFour];
+
+    /// The form for `rows x cols` outputs computed over `splits` runs: 4x4 from `TILES_4X4`
+    /// 64x64 tiles on where `rows` fill at least one, else 2x2 from `TILES_2X2` 32x32 tiles on.
+    /// A function of the shape alone.
     pub fn for_shape(rows: usize, cols: usize, splits: usize) -> TileForm {
-        if rows.div_ceil(32) * cols.div_ceil(32) * splits >= TILES_2X2 {
+        let tiles = |t: usize| rows.div_ceil(t) * cols.div_ceil(t) * splits;
+        if rows >= 64 && tiles(64) >= TILES_4X4 {
+            TileForm::FourByFour
+        } else if tiles(32) >= TILES_2X2 {
             TileForm::TwoByTwo
         } else {
             TileForm::One
@@ -310,6 +325,7 @@ impl TileForm {
         match self {
             TileForm::One => 16,
             TileForm::TwoByTwo => 32,
+            TileForm::FourByFour => 64,
         }
     }
 
@@ -317,24 +333,36 @@ impl TileForm {
         self as usize
     }
 
-    /// `16x16` or `2x2`, as in tables.
+    /// `16x16`, `2x2` or `4x4`, as in tables.
     pub fn name(self) -> &'static str {
         match self {
             TileForm::One => "16x16",
             TileForm::TwoByTwo => "2x2",
+            TileForm::FourByFour => "4x4",
+        }
+    }
+
+    /// The suffix of the form's entry points (`name`, `name_2x2`, `name_4x4`).
+    pub fn suffix(self) -> &'static str {
+        match self {
+            TileForm::One => "",
+            TileForm::TwoByTwo => "_2x2",
+            TileForm::FourByFour => "_4x4",
         }
     }
 }
 
-/// The two tile forms of entry point `name` (`name`, `name_2x2`).
+/// The tile forms of entry point `name`, indexed by `TileForm`.
 fn tile_kernels(
     f: &KernelFactory<'_>,
     name: &str,
     bindings: &[(u32, Access)],
-) -> Result<[Kernel; 2]> {
+) -> Result<[Kernel; 3]> {
+    let k = |form: TileForm| f.kernel(&format!("{name}{}", form.suffix()), bindings, false);
     Ok([
-        f.kernel(name, bindings, false)?,
-        f.kernel(&format!("{name}_2x2"), bindings, false)?,
+        k(TileForm::One)?,
+        k(TileForm::TwoByTwo)?,
+        k(TileForm::FourByFour)?,
     ])
 }
 

@@ -322,20 +322,22 @@ fn conv_gpu_patch_matrix_and_split_forms_match_reference() {
     assert_eq!(k_uses(&c, &conv1), (false, false));
 }
 
-/// The GPU tile products in both tile forms (16x16 outputs per workgroup, one per invocation;
-/// 32x32, 2x2 per invocation), bound directly on NaN-poisoned outputs: the same bits on every
-/// test shape, the split shape above and shapes with more than one 32x32 tile on each axis and
-/// partial tiles (the One form against the f64 reference in the tests above). Then which form
-/// the wrappers take.
+/// The GPU tile products in all three tile forms (16x16 outputs per workgroup, one per
+/// invocation; 32x32, 2x2 per invocation; 64x64, 4x4 per invocation), bound directly on
+/// NaN-poisoned outputs: the same bits on every test shape, the split shape above and shapes
+/// with more than one 64x64 tile on each axis of each product and partial tiles (the One form
+/// against the f64 reference in the tests above). Then which form the wrappers take.
 #[test]
 fn conv_tile_forms_give_the_same_bits() {
-    use dst::kernels::conv::{weight_splits, Conv, TileForm, TILES_2X2};
+    use dst::kernels::conv::{weight_splits, Conv, TileForm, TILES_2X2, TILES_4X4};
     let c = ctx();
     let mut rng = Rng::new(59);
     let extra = [
         shape(4, 3, 20, 20, 20, (3, 3), 1, 1),
         shape(2, 40, 9, 11, 70, (3, 3), 1, 1),
         shape(3, 20, 12, 12, 50, (5, 5), 1, 0),
+        // Two 64x64 tiles down every product (70 input channels, 70 filters), partial ones.
+        shape(2, 70, 9, 7, 70, (3, 3), 1, 1),
     ];
     for s in SHAPES.iter().chain(&extra) {
         let np = s.batch * s.out_h() * s.out_w();
@@ -371,7 +373,7 @@ fn conv_tile_forms_give_the_same_bits() {
                 k.backward_weight_tiled_with(form, &c.gpu, s, &gt, &xt, parts.as_ref(), &dw)
                     .unwrap(),
             );
-            let suffix = if form == TileForm::One { "" } else { "_2x2" };
+            let suffix = form.suffix();
             for (d, n) in ds.iter().zip([
                 "forward_tiled",
                 "backward_input_tiled",
@@ -382,22 +384,44 @@ fn conv_tile_forms_give_the_same_bits() {
             run_once(&c.gpu, &ds, 0).unwrap();
             outs.push(vec![c.read(&y), c.read(&dx), c.read(&dx_cols), c.read(&dw)]);
         }
-        assert_close_norm(
-            &format!("forward 2x2 {s:?}"),
-            &outs[1][0],
-            &reference::forward(s, &to_f64(&x), &to_f64(&w), Some(&to_f64(&b))),
-            TOL,
-        );
-        for (what, (one, two)) in ["y", "dx", "dx (cols)", "dw"]
-            .iter()
-            .zip(outs[0].iter().zip(&outs[1]))
-        {
-            for (i, (a, b)) in one.iter().zip(two).enumerate() {
-                assert!(a == b, "{s:?} {what}[{i}]: 16x16 {a} 2x2 {b}");
+        for (form, out) in TileForm::ALL.iter().zip(&outs).skip(1) {
+            let name = form.name();
+            assert_close_norm(
+                &format!("forward {name} {s:?}"),
+                &out[0],
+                &reference::forward(s, &to_f64(&x), &to_f64(&w), Some(&to_f64(&b))),
+                TOL,
+            );
+            for (what, (one, other)) in ["y", "dx", "dx (cols)", "dw"]
+                .iter()
+                .zip(outs[0].iter().zip(out))
+            {
+                for (i, (a, b)) in one.iter().zip(other).enumerate() {
+                    assert!(a == b, "{s:?} {what}[{i}]: 16x16 {a} {name} {b}");
+                }
             }
         }
     }
-    // The wrappers' choice: 2x2 from TILES_2X2 tiles of 32x32 (times the splits) on.
+    // The wrappers' choice: 4x4 from TILES_4X4 tiles of 64x64 (times the splits) on, else 2x2
+    // from TILES_2X2 tiles of 32x32 on.
+    assert_eq!(
+        TileForm::for_shape(64 * TILES_4X4, 64, 1),
+        TileForm::FourByFour
+    );
+    assert_eq!(
+        TileForm::for_shape(64 * TILES_4X4 - 64, 64, 1),
+        TileForm::TwoByTwo
+    );
+    assert_eq!(
+        TileForm::for_shape(64, 64 * (TILES_4X4 / 4), 4),
+        TileForm::FourByFour
+    );
+    // Rows that fill no 64x64 tile keep 2x2 (LeNet-5's conv1 forward: 20 x 36,864 at batch 64).
+    assert_eq!(
+        TileForm::for_shape(63, 64 * TILES_4X4, 1),
+        TileForm::TwoByTwo
+    );
+    assert_eq!(TileForm::for_shape(20, 36864, 1), TileForm::TwoByTwo);
     assert_eq!(
         TileForm::for_shape(32 * TILES_2X2, 32, 1),
         TileForm::TwoByTwo
@@ -431,7 +455,8 @@ fn conv_tile_forms_give_the_same_bits() {
                 &c.k.dummy,
             )
             .unwrap();
-    assert_eq!(d.label, "conv.conv_forward_tiled_2x2");
+    // VGG-like 64 -> 64 channels on 16 x 16 at batch 64: 64 x 16,384 outputs, 256 tiles of 64x64.
+    assert_eq!(d.label, "conv.conv_forward_tiled_4x4");
     assert!(weight_splits(&vgg).1 >= 1);
 }
 
