@@ -880,11 +880,11 @@ fn conv_backward_input_cols_listed(@builtin(local_invocation_id) lid: vec3<u32>,
 // (a tap that hits no output or the padding reads 0). Three tile forms of the one loop: 16x16
 // outputs per workgroup, one per invocation, slices 32 deep (`tile_sum`: many workgroups for small
 // layers), 32x32 outputs, 2x2 per invocation, slices 16 deep (`tile_sum_2x2`: a quarter of the
-// staged loads and index arithmetic per output, for layers with many tiles), and 64x64 outputs,
-// 4x4 per invocation, slices 8 deep (`tile_sum_4x4`: half the 2x2 form's again, for layers with
-// many more). All add each output's terms over k in order, one fma each (a slice's zero padding
-// adds +0), so the three forms give the same bits. Every tile entry point binds x, weight and dy (the operands of all kinds;
-// the host binds an operand the kind does not read to one it does).
+// staged loads and index arithmetic per output, for layers with many tiles), and 64x64 outputs, 4x4
+// per invocation, slices 8 deep (`tile_sum_4x4`: half the 2x2 form's again, for layers with many
+// more). All add each output's terms over k in order, one fma each (a slice's zero padding adds
+// +0), so the three forms give the same bits. Every tile entry point binds x, weight and dy (the
+// operands of all kinds; the host binds an operand the kind does not read to one it does).
 
 const KIND_FORWARD: u32 = 0u;
 const KIND_INPUT: u32 = 1u;
@@ -984,10 +984,10 @@ fn tile_b(kind: u32, k: u32, n: u32, k_end: u32) -> f32 {
     }
 }
 
-// Stages slice [k0, k0 + tk) of the product `kind` for the tile at (row0, col0): A as
-// a_tile[k][m] (ts x tk) and B as b_tile[k][n] (tk x ts), two elements of each per invocation
-// (ts tk = 512; rows of ts + 1, at most 8 x 65 = 520 of the 544). Neighbouring invocations read neighbouring addresses: A along k (along m for
-// KIND_INPUT_COLS, whose A is W^T), B along n.
+// Stages slice [k0, k0 + tk) of the product `kind` for the tile at (row0, col0): A as a_tile[k][m]
+// (ts x tk) and B as b_tile[k][n] (tk x ts), two elements of each per invocation (ts tk = 512; rows
+// of ts + 1, at most 8 x 65 = 520 of the 544). Neighbouring invocations read neighbouring
+// addresses: A along k (along m for KIND_INPUT_COLS, whose A is W^T), B along n.
 fn stage(kind: u32, t: u32, row0: u32, col0: u32, k0: u32, k_end: u32, ts: u32, tk: u32) {
     for (var r = 0u; r < 2u; r++) {
         let e = t + r * 256u;

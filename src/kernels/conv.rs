@@ -1,6 +1,6 @@
 //! `shaders/conv.wgsl`: 2-D convolution (NCHW) as implicit GEMMs, its input, weight and bias
-//! gradients; a CPU (register-block) and a GPU (workgroup-memory tiles, three tile forms) variant of
-//! each product, on CPU adapters a faster path through a patch matrix the layer owns (im2col +
+//! gradients; a CPU (register-block) and a GPU (workgroup-memory tiles, three tile forms) variant
+//! of each product, on CPU adapters a faster path through a patch matrix the layer owns (im2col +
 //! vec4 products), and on GPUs the input gradient through a patch matrix where most implicit taps
 //! would miss the output and a weight gradient split over runs of positions.
 
