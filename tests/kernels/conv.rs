@@ -402,38 +402,26 @@ fn conv_tile_forms_give_the_same_bits() {
             }
         }
     }
-    // The wrappers' choice: 4x4 from TILES_4X4 tiles of 64x64 (times the splits) on, else 2x2
-    // from TILES_2X2 tiles of 32x32 on.
-    assert_eq!(
-        TileForm::for_shape(64 * TILES_4X4, 64, 1),
-        TileForm::FourByFour
-    );
-    assert_eq!(
-        TileForm::for_shape(64 * TILES_4X4 - 64, 64, 1),
-        TileForm::TwoByTwo
-    );
-    assert_eq!(
-        TileForm::for_shape(64, 64 * (TILES_4X4 / 4), 4),
-        TileForm::FourByFour
-    );
-    // Rows that fill no 64x64 tile keep 2x2 (LeNet-5's conv1 forward: 20 x 36,864 at batch 64).
-    assert_eq!(
-        TileForm::for_shape(63, 64 * TILES_4X4, 1),
-        TileForm::TwoByTwo
-    );
-    assert_eq!(TileForm::for_shape(20, 36864, 1), TileForm::TwoByTwo);
-    assert_eq!(
-        TileForm::for_shape(32 * TILES_2X2, 32, 1),
-        TileForm::TwoByTwo
-    );
-    assert_eq!(
-        TileForm::for_shape(32 * TILES_2X2 - 32, 32, 1),
-        TileForm::One
-    );
-    assert_eq!(
-        TileForm::for_shape(32, 32 * (TILES_2X2 / 4), 4),
-        TileForm::TwoByTwo
-    );
+    // The wrappers' choice: 4x4 from TILES_4X4 tiles of 64x64 (times the splits) on where the
+    // rows fill one, else 2x2 from TILES_2X2 tiles of 32x32 on. Rows that fill no 64x64 tile keep
+    // 2x2 (LeNet-5's conv1 forward: 20 x 36,864 at batch 64).
+    use TileForm::{FourByFour, One, TwoByTwo};
+    for (rows, cols, splits, form) in [
+        (64 * TILES_4X4, 64, 1, FourByFour),
+        (64 * TILES_4X4 - 64, 64, 1, TwoByTwo),
+        (64, 64 * (TILES_4X4 / 4), 4, FourByFour),
+        (63, 64 * TILES_4X4, 1, TwoByTwo),
+        (20, 36864, 1, TwoByTwo),
+        (32 * TILES_2X2, 32, 1, TwoByTwo),
+        (32 * TILES_2X2 - 32, 32, 1, One),
+        (32, 32 * (TILES_2X2 / 4), 4, TwoByTwo),
+    ] {
+        assert_eq!(
+            TileForm::for_shape(rows, cols, splits),
+            form,
+            "{rows} x {cols} outputs over {splits} runs"
+        );
+    }
     // LeNet-5 at batch 64: conv2's forward (50 x 4,096) and split weight gradient (50 x 500, 8
     // runs) take 2x2, conv1's split weight gradient (20 x 25, 64 runs) would not.
     let conv2 = shape(64, 20, 12, 12, 50, (5, 5), 1, 0);
