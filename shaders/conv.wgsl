@@ -1150,7 +1150,7 @@ fn conv_forward_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
     forward_tile(lid, wid, nwg, 32u);
 }
 
-// `conv_forward_tiled` on 64x64 tiles, 4x4 outputs per invocation.
+// `conv_forward_tiled` on 64x64 tiles, 4x4 outputs per invocation. Reads x, weight, bias; writes y.
 @compute @workgroup_size(16, 16, 1)
 fn conv_forward_tiled_4x4(@builtin(local_invocation_id) lid: vec3<u32>,
                           @builtin(workgroup_id) wid: vec3<u32>,
@@ -1193,7 +1193,8 @@ fn conv_backward_input_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
     input_tile(lid, wid, nwg, 32u);
 }
 
-// `conv_backward_input_tiled` on 64x64 tiles, 4x4 outputs per invocation.
+// `conv_backward_input_tiled` on 64x64 tiles, 4x4 outputs per invocation. Reads dy, weight;
+// writes dx.
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_input_tiled_4x4(@builtin(local_invocation_id) lid: vec3<u32>,
                                  @builtin(workgroup_id) wid: vec3<u32>,
@@ -1363,7 +1364,8 @@ fn conv_backward_input_cols_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u3
     input_cols_tile(lid, wid, nwg, 32u);
 }
 
-// `conv_backward_input_cols_tiled` on 64x64 tiles, 4x4 outputs per invocation.
+// `conv_backward_input_cols_tiled` on 64x64 tiles, 4x4 outputs per invocation. Reads dy, weight;
+// writes cols_w = dcols.
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_input_cols_tiled_4x4(@builtin(local_invocation_id) lid: vec3<u32>,
                                       @builtin(workgroup_id) wid: vec3<u32>,
@@ -1416,7 +1418,8 @@ fn conv_backward_weight_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
     weight_tile(lid, wid, nwg, 32u);
 }
 
-// `conv_backward_weight_tiled` on 64x64 tiles, 4x4 outputs per invocation.
+// `conv_backward_weight_tiled` on 64x64 tiles, 4x4 outputs per invocation. Reads dy, x; writes
+// parts (or dw itself, bound there, over one run).
 @compute @workgroup_size(16, 16, 1)
 fn conv_backward_weight_tiled_4x4(@builtin(local_invocation_id) lid: vec3<u32>,
                                   @builtin(workgroup_id) wid: vec3<u32>,
