@@ -466,15 +466,16 @@ fn compacted_trains_alike_as(
     let cfg = small(1024, 1);
     let data = cfg.load_data().unwrap();
     let opt = cfg.optimizer();
-    let gpu_class = || gpu().class;
+    // This adapter's own class and subgroups; the plans are built for `class`.
+    let (adapter_cpu, subgroups8) = {
+        let g = gpu();
+        (g.class == dst::gpu::AdapterClass::Cpu, g.subgroups8)
+    };
+    let cpu = class == dst::gpu::AdapterClass::Cpu;
     let gpu = || {
         let mut g = gpu();
         g.class = class;
         g
-    };
-    let (cpu, subgroups8) = {
-        let g = gpu();
-        (g.class == dst::gpu::AdapterClass::Cpu, g.subgroups8)
     };
     let start = {
         let session = dst::train::Session::new(gpu(), model, true, 1, false).unwrap();
@@ -538,7 +539,7 @@ fn compacted_trains_alike_as(
     let (compacted, product, labels, scores) = train_steps(1.0);
     // Bit for bit where a CPU adapter runs its own plan (a GPU's compiler may contract the
     // two paths' multiply-adds differently).
-    let exact = cpu && gpu_class() == dst::gpu::AdapterClass::Cpu && model != "lenet300";
+    let exact = cpu && adapter_cpu && model != "lenet300";
     if exact {
         assert_eq!(
             (scores.0.to_bits(), scores.1.to_bits()),
