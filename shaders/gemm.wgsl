@@ -29,7 +29,8 @@ struct GemmParams {
     b_cs: u32,
     accumulate: u32,
     has_bias: u32,
-    bias_grad: u32, // gemm_tn_vec4: also write db = sum over k of A(m, k) (a linear layer's bias gradient)
+    bias_grad: u32, // gemm_tn_vec4 and the tiled forms: also write db = sum over k of A(m, k) (a
+                    // linear layer's bias gradient)
     relu: u32,      // store C as max(C, 0) (a linear layer's ReLU, fused into its forward)
     masked: u32,    // gemm_tn_sgd: C is dL/dP of a DST-masked weight (mask backward applied first)
     momentum: f32,  // gemm_tn_sgd: SGD's momentum and weight decay
@@ -175,6 +176,22 @@ fn stage_b(col0: u32, k0: u32, k_end: u32, e: u32, side: u32) -> Staged {
     return Staged(kk * (side + 1u) + nn, v);
 }
 
+// The bias gradient in the tiled forms (`bias_grad` set: a linear layer's weight gradient, A(m, k)
+// = G[k][m], db[m] = sum over k of A(m, k), all of G's rows): in the first column of workgroups
+// (wid.x == 0, which stage every slice of A's rows), the invocations with lid.x == `lane` each sum
+// one staged row of A over the slice, in k order, after the slice's products (the zero padding
+// past k adds nothing). So each db element is one chain over k in order (per quarter of k in
+// `gemm_tiled_split`, then the quarters in order): deterministic, no extra dispatch.
+fn bias_grad_lane(wid_x: u32, lid_x: u32, lane: u32) -> bool {
+    return gp.bias_grad != 0u && wid_x == 0u && lid_x == lane;
+}
+
+fn store_db(row: u32, v: f32) {
+    if (row < gp.m) {
+        db[row] = v;
+    }
+}
+
 // Reads A, B, bias; writes (or accumulates into) C. Workgroup 16x16 invocations, 16x16 outputs,
 // one per invocation: small tiles give the skinny products of a batch-64 layer (M = 64) enough
 // workgroups to fill a GPU. Each staged slice is read from storage coalesced (`stage_a`,
@@ -185,7 +202,10 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
     let row0 = wid.y * TS;
     let col0 = wid.x * TS;
     let t = lid.y * 16u + lid.x;
+    // With `bias_grad`, the first column of workgroups also sums its rows of A (`bias_lane`).
+    let bias_lane = bias_grad_lane(wid.x, lid.x, 0u);
     var acc = 0.0;
+    var bsum = 0.0;
     for (var k0 = 0u; k0 < gp.k; k0 += TK) {
         // 256 invocations stage 512 values of each operand (2 each).
         for (var r = 0u; r < 2u; r++) {
@@ -199,9 +219,17 @@ fn gemm_tiled(@builtin(local_invocation_id) lid: vec3<u32>,
         for (var kk = 0u; kk < TK; kk++) {
             acc = fma(a_tile[kk * (TS + 1u) + lid.y], b_tile[kk * (TS + 1u) + lid.x], acc);
         }
+        if (bias_lane) {
+            for (var kk = 0u; kk < TK; kk++) {
+                bsum = bsum + a_tile[kk * (TS + 1u) + lid.y];
+            }
+        }
         workgroupBarrier();
     }
     store_c(row0 + lid.y, col0 + lid.x, acc);
+    if (bias_lane) {
+        store_db(row0 + lid.y, bsum);
+    }
 }
 
 const T2: u32 = 32u;  // outputs per workgroup along each axis (tiled 2x2), four per invocation
@@ -219,6 +247,11 @@ fn gemm_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
     let row0 = wid.y * T2;
     let col0 = wid.x * T2;
     let t = lid.y * 16u + lid.x;
+    // With `bias_grad`: lanes x = 0 and 1 of the first column of workgroups sum A's rows y and
+    // y + 16.
+    let bias_lane = bias_grad_lane(wid.x, lid.x / 2u, 0u);
+    let bias_row = lid.y + 16u * lid.x;
+    var bsum = 0.0;
     var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0); // [2 i + j]
     for (var k0 = 0u; k0 < gp.k; k0 += TK) {
         // 256 invocations stage 1024 values of each operand (4 each).
@@ -241,12 +274,20 @@ fn gemm_tiled_2x2(@builtin(local_invocation_id) lid: vec3<u32>,
             acc[2] = fma(a1, b0, acc[2]);
             acc[3] = fma(a1, b1, acc[3]);
         }
+        if (bias_lane) {
+            for (var kk = 0u; kk < TK; kk++) {
+                bsum = bsum + a_tile2[kk * (T2 + 1u) + bias_row];
+            }
+        }
         workgroupBarrier();
     }
     store_c(row0 + lid.y, col0 + lid.x, acc[0]);
     store_c(row0 + lid.y, col0 + lid.x + 16u, acc[1]);
     store_c(row0 + lid.y + 16u, col0 + lid.x, acc[2]);
     store_c(row0 + lid.y + 16u, col0 + lid.x + 16u, acc[3]);
+    if (bias_lane) {
+        store_db(row0 + bias_row, bsum);
+    }
 }
 
 const SS: u32 = 8u;     // outputs per workgroup along each axis (split-k)
@@ -254,6 +295,7 @@ const SPLIT: u32 = 4u;  // k-ranges per workgroup (split-k)
 var<workgroup> a_split: array<f32, 1152>; // SPLIT x TK x (SS + 1), [z][k][m], padded
 var<workgroup> b_split: array<f32, 1152>; // SPLIT x TK x (SS + 1), [z][k][n]
 var<workgroup> acc_split: array<f32, 256>; // SPLIT x SS x SS partial sums
+var<workgroup> db_split: array<f32, 32>;    // SPLIT x SS partial bias-gradient sums
 
 // GPU variant of `gemm_tiled` for products with few output tiles and a long k (a batch-64 layer's
 // forward: 64 x 300 outputs over k = 784 are 76 tiles of 16 x 16, each a chain of 25 staged slices
@@ -274,6 +316,10 @@ fn gemm_tiled_split(@builtin(local_invocation_id) lid: vec3<u32>,
     let k_begin = z * per * TK;
     let k_end = min(gp.k, k_begin + per * TK);
     let base = z * TK * (SS + 1u);
+    // With `bias_grad`: lane x = 0 of each layer z in the first column of workgroups sums its
+    // quarter of row y of A.
+    let bias_lane = bias_grad_lane(wid.x, lid.x, 0u);
+    var bsum = 0.0;
     var acc = 0.0;
     for (var s = 0u; s < per; s++) {
         let k0 = k_begin + s * TK;
@@ -290,9 +336,17 @@ fn gemm_tiled_split(@builtin(local_invocation_id) lid: vec3<u32>,
         for (var kk = 0u; kk < TK; kk++) {
             acc = fma(a_split[base + kk * (SS + 1u) + lid.y], b_split[base + kk * (SS + 1u) + lid.x], acc);
         }
+        if (bias_lane) {
+            for (var kk = 0u; kk < TK; kk++) {
+                bsum = bsum + a_split[base + kk * (SS + 1u) + lid.y];
+            }
+        }
         workgroupBarrier();
     }
     acc_split[z * 64u + t] = acc;
+    if (bias_lane) {
+        db_split[z * SS + lid.y] = bsum;
+    }
     workgroupBarrier();
     if (z == 0u) {
         var sum = acc_split[t];
@@ -300,6 +354,13 @@ fn gemm_tiled_split(@builtin(local_invocation_id) lid: vec3<u32>,
             sum = sum + acc_split[q * 64u + t];
         }
         store_c(row0 + lid.y, col0 + lid.x, sum);
+        if (bias_lane) {
+            var b = db_split[lid.y];
+            for (var q = 1u; q < SPLIT; q++) {
+                b = b + db_split[q * SS + lid.y];
+            }
+            store_db(row0 + lid.y, b);
+        }
     }
 }
 

@@ -528,13 +528,15 @@ fn threshold_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
 // has too few rows for the vec4 weight-gradient forms (`gemm_tn_vec4` wants them in fours) and
 // took three dispatches: dP = dy^T x (`gemm_regblock`), db (`bias_backward`) and
 // `mask_backward`. Here one: a workgroup per row r of W (mp.rows rows, mp.cols % 4 == 0), lane l
-// the columns 4q .. 4q + 3 for q = l, l + 64, ...:
-//   G[r][c]  = sum over k < mp.batch of dy[k][r] * x[k][c]   (fma in k order: `gemm_regblock`'s
-//              sums, the same bits)
+// the columns 4q .. 4q + 3 for q = l, l + 64, ... (GPUs keep their two passes, the tiled product
+// with db and `mask_backward_rows`: this form was slower there, `Masked::narrow_weight_grad_takes`):
+//   G[r][c]  = sum over k < mp.batch of dy[k][r] * x[k][c]   (fma in k order: the sums of
+//              `gemm_regblock` and `gemm_tiled`, the same bits)
 //   d_weight = G*S(Q) + G*|W|*H(Q)                           (`mask_grads`, as `mask_backward`)
 //   d_threshold[r] = -sum_c G*W*H(Q) - alpha * exp(-t[r])    (reduced over the workgroup in a
 //              fixed order: `mask_backward`'s value up to float reassociation)
-//   db[r]    = sum over k of dy[k][r]                        (in k order: `bias_backward`'s bits)
+//   db[r]    = sum over k of dy[k][r]                        (in k order: the bits of
+//              `bias_backward` and of `gemm_tiled`'s bias gradient)
 // The optimiser pass then updates W, b and t as after the three passes.
 
 // Reads nw_dy, nw_x4, weight, threshold, alpha_scale; writes d_weight, d_threshold, nw_db.

@@ -133,7 +133,7 @@ pub struct Gemm {
     pub bias_backward_split_k: Kernel,
     /// The variant `forward`/`backward_*` use on this device.
     pub variant: GemmVariant,
-    /// Bound as `gemm_tn_vec4`'s db when it writes none.
+    /// Bound as the db of `gemm_tn_vec4` and the tiled forms when they write none.
     no_db: Tensor,
 }
 
@@ -149,6 +149,15 @@ const VEC4: &[(u32, Access)] = &[
     (6, Access::Read),
     (3, Access::Read),
     (4, Access::ReadWrite),
+];
+
+/// The tiled GPU forms: MATMUL and the bias gradient (`bias_grad`; else `no_db` is bound).
+const MATMUL_DB: &[(u32, Access)] = &[
+    (1, Access::Read),
+    (2, Access::Read),
+    (3, Access::Read),
+    (4, Access::ReadWrite),
+    (7, Access::ReadWrite),
 ];
 
 /// `gemm_tn_vec4`: VEC4 and the bias gradient.
@@ -296,9 +305,9 @@ impl Gemm {
             nn_vec4_sg: f.subgroup_kernel("gemm_nn_vec4_sg", VEC4, false)?,
             regblock: f.kernel("gemm_regblock", MATMUL, false)?,
             small: f.kernel("gemm_small", MATMUL, false)?,
-            tiled: f.kernel("gemm_tiled", MATMUL, false)?,
-            tiled_split: f.kernel("gemm_tiled_split", MATMUL, false)?,
-            tiled_2x2: f.kernel("gemm_tiled_2x2", MATMUL, false)?,
+            tiled: f.kernel("gemm_tiled", MATMUL_DB, false)?,
+            tiled_split: f.kernel("gemm_tiled_split", MATMUL_DB, false)?,
+            tiled_2x2: f.kernel("gemm_tiled_2x2", MATMUL_DB, false)?,
             bias_backward_k: f.kernel(
                 "bias_backward",
                 &[(1, Access::Read), (4, Access::ReadWrite)],
@@ -392,7 +401,30 @@ impl Gemm {
         bias: &Tensor,
         c: &Tensor,
     ) -> Result<Dispatch> {
+        assert_eq!(p.bias_grad, 0, "tiled_with writes no bias gradient");
+        self.tiled_db(gpu, form, p, a, b, bias, c, &self.no_db)
+    }
+
+    /// `tiled_with`, also writing `db[m] = sum_k A(m, k)` when `p.bias_grad` is set (in the same
+    /// dispatch: the first column of workgroups sums the rows of A it stages).
+    #[allow(clippy::too_many_arguments)]
+    pub fn tiled_db(
+        &self,
+        gpu: &Gpu,
+        form: TiledForm,
+        p: GemmParams,
+        a: &Tensor,
+        b: &Tensor,
+        bias: &Tensor,
+        c: &Tensor,
+        db: &Tensor,
+    ) -> Result<Dispatch> {
         assert_output_fits(&p, c);
+        assert!(
+            p.bias_grad == 0 || db.len() >= p.m as usize,
+            "{}: bias gradient too small",
+            db.label
+        );
         let (kernel, side) = match form {
             TiledForm::Tiled => (&self.tiled, 16),
             TiledForm::SplitK => (&self.tiled_split, 8),
@@ -401,7 +433,7 @@ impl Gemm {
         kernel.bind(
             gpu,
             &p,
-            &[a, b, bias, c],
+            &[a, b, bias, c, db],
             None,
             [p.n.div_ceil(side), p.m.div_ceil(side), 1],
         )
@@ -569,12 +601,27 @@ impl Gemm {
     }
 
     /// A linear layer's weight and bias gradients, `dw = g^T x` and `db = sum_rows g`: one
-    /// dispatch where the vec4 weight-gradient product applies (the bias sums ride on its loads
-    /// of g), else `backward_weight` and `bias_backward`.
+    /// dispatch where the vec4 weight-gradient product applies or on GPUs (the bias sums ride on
+    /// the product's loads of g), else `backward_weight` and `bias_backward`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward_weight_bias(
         &self,
         gpu: &Gpu,
+        g: &Tensor,
+        x: &Tensor,
+        dw: &Tensor,
+        db: &Tensor,
+        dummy: &Tensor,
+    ) -> Result<Vec<Dispatch>> {
+        self.backward_weight_bias_with(gpu, self.variant, g, x, dw, db, dummy)
+    }
+
+    /// `backward_weight_bias` on an explicit variant.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_weight_bias_with(
+        &self,
+        gpu: &Gpu,
+        variant: GemmVariant,
         g: &Tensor,
         x: &Tensor,
         dw: &Tensor,
@@ -591,7 +638,20 @@ impl Gemm {
         assert_eq!(dw.shape, vec![n, k], "backward_weight_bias: dw shape");
         assert_eq!(db.len(), n, "backward_weight_bias: db length");
         let mut p = GemmParams::linear_backward_weight(m, n, k, false);
-        if self.variant == GemmVariant::RegBlock && vec4_form(&p, g, x) == Some(Vec4Form::Tn) {
+        if variant == GemmVariant::Tiled {
+            p.bias_grad = 1;
+            return Ok(vec![self.tiled_db(
+                gpu,
+                tiled_form(&p),
+                p,
+                g,
+                x,
+                dummy,
+                dw,
+                db,
+            )?]);
+        }
+        if variant == GemmVariant::RegBlock && vec4_form(&p, g, x) == Some(Vec4Form::Tn) {
             p.bias_grad = 1;
             let (kernel, groups) = self.tn_vec4_form(&p);
             return Ok(vec![kernel.bind(
@@ -603,8 +663,8 @@ impl Gemm {
             )?]);
         }
         Ok(vec![
-            self.backward_weight(gpu, g, x, dw, false, dummy)?,
-            self.bias_backward(gpu, g, db)?,
+            self.matmul(gpu, variant, p, g, x, dummy, dw)?,
+            self.bias_backward_with(gpu, variant, g, db)?,
         ])
     }
 

@@ -643,10 +643,21 @@ impl Masked {
         )
     }
 
-    /// Whether `narrow_weight_grad` takes a layer's weight `rows x cols` with input `x`: CPU
-    /// adapters (where it replaces three dispatches), whole vec4 rows of x.
+    /// Whether `narrow_weight_grad` can take a weight of `cols` columns with input `x`: whole
+    /// vec4 rows of x.
     pub fn narrow_weight_grad_fits(&self, cols: usize, x: &Tensor) -> bool {
-        self.rowwise && cols.is_multiple_of(4) && x.offset.is_multiple_of(16)
+        cols.is_multiple_of(4) && x.offset.is_multiple_of(16)
+    }
+
+    /// Whether a one-matrix masked linear layer's backward takes `narrow_weight_grad` on this
+    /// adapter (where it fits): on CPU adapters, for a weight stored as W is (a narrow layer;
+    /// the others take the fused SGD product), where it replaces three dispatches. Not on GPUs:
+    /// there it replaced two (the tiled product with its bias gradient, `mask_backward_rows`)
+    /// for LeNet-300-100's fc2 and fc3 and made the step slower (0.132-0.134 against
+    /// 0.123-0.125 ms on an H200, BENCHMARKS.md): each workgroup sums a whole row's columns
+    /// over the batch, a long chain of loads.
+    pub fn narrow_weight_grad_takes(&self, transposed: bool) -> bool {
+        self.rowwise && !transposed
     }
 
     /// A masked linear layer's weight gradient and the mask's backward in one dispatch (a
@@ -679,7 +690,7 @@ impl Masked {
                 && d_weight.len() == rows * cols
                 && d_threshold.len() == rows
                 && d_bias.len() == rows,
-            "narrow_weight_grad: {} {:?}, {} ({}), {} and {} are not for a batch x {rows} dy and {rows} x {cols} W (on a CPU adapter, x 16-byte aligned)",
+            "narrow_weight_grad: {} {:?}, {} ({}), {} and {} are not for a batch x {rows} dy and {rows} x {cols} W (cols % 4 == 0, x 16-byte aligned)",
             dy.label,
             dy.shape,
             x.label,

@@ -197,10 +197,10 @@ impl Mask {
     }
 
     /// Records, for a layer whose P is stored as W is (a narrow layer: a classifier's 10
-    /// outputs) on a CPU adapter, its weight gradient dy^T x through the mask's backward into
-    /// the gradient arena, dL/dt (penalty included) and `d_bias` in one dispatch
-    /// (`Masked::narrow_weight_grad`) from `dy` (batch x rows) and the layer's input `x` (batch x
-    /// cols). `false`: it does not apply (nothing recorded).
+    /// outputs) on a CPU adapter (`Masked::narrow_weight_grad_takes`), its weight gradient dy^T
+    /// x through the mask's backward into the gradient arena, dL/dt (penalty included) and
+    /// `d_bias` in one dispatch (`Masked::narrow_weight_grad`) from `dy` (batch x rows) and the
+    /// layer's input `x` (batch x cols). `false`: it does not apply (nothing recorded).
     pub fn narrow_backward(
         &self,
         cx: &mut PlanCx<'_>,
@@ -210,7 +210,10 @@ impl Mask {
         d_bias: &Tensor,
     ) -> Result<bool> {
         let m = &cx.kernels.masked;
-        if self.groups != 1 || self.transposed || !m.narrow_weight_grad_fits(self.cols, x) {
+        if self.groups != 1
+            || !m.narrow_weight_grad_takes(self.transposed)
+            || !m.narrow_weight_grad_fits(self.cols, x)
+        {
             return Ok(false);
         }
         let d = m.narrow_weight_grad(

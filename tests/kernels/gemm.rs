@@ -396,7 +396,8 @@ fn gemm_wrappers_and_accumulate() {
 
 /// The products of a masked linear layer, whose P is stored transposed (`forward_t`,
 /// `backward_input_t`), and the weight and bias gradients in one call (`backward_weight_bias`:
-/// one dispatch where the vec4 weight-gradient form applies, else two), against the reference.
+/// one dispatch on GPUs and where the vec4 weight-gradient form applies, else two), against the
+/// reference.
 #[test]
 fn transposed_weight_products_and_fused_bias_gradient_match_reference() {
     let c = ctx();
@@ -429,7 +430,8 @@ fn transposed_weight_products_and_fused_bias_gradient_match_reference() {
         let wb = gemm
             .backward_weight_bias(&c.gpu, &gt, &xt, &dw, &db, &c.k.dummy)
             .unwrap();
-        let fused = gemm.variant == GemmVariant::RegBlock && n % 4 == 0 && k % 4 == 0;
+        // The GPU forms write db in the product's dispatch whatever the shape.
+        let fused = gemm.variant == GemmVariant::Tiled || (n % 4 == 0 && k % 4 == 0);
         assert_eq!(wb.len(), if fused { 1 } else { 2 }, "{m}x{n}x{k}");
         ds.extend(wb);
         run_once(&c.gpu, &ds, 0).unwrap();
@@ -451,6 +453,107 @@ fn transposed_weight_products_and_fused_bias_gradient_match_reference() {
         };
         c.plain_forms_agree(&format!("dw, fused {tag}"), plain, &dw, &dw_got);
         c.plain_forms_agree(&format!("db, fused {tag}"), plain, &db, &db_got);
+    }
+}
+
+/// The GPU weight-gradient products write the bias gradient in the same dispatch
+/// (`backward_weight_bias_with` on `Tiled`, `bias_grad` set): one dispatch on each tiled form,
+/// dw with the bits of the product alone, db against the f64 reference; and with `bias_grad`
+/// off, the forms leave the bias buffer alone.
+#[test]
+fn tiled_weight_gradients_write_the_bias_gradient_in_the_same_dispatch() {
+    let c = ctx();
+    let mut rng = Rng::new(43);
+    // (batch m, out n, in k): the product is n x k over the batch.
+    let shapes = [
+        ((64, 300, 784), TiledForm::Tiled),
+        ((37, 300, 784), TiledForm::Tiled),
+        ((64, 100, 300), TiledForm::SplitK),
+        ((130, 13, 45), TiledForm::SplitK),
+        ((70, 530, 523), TiledForm::TwoByTwo),
+    ];
+    for ((m, n, k), form) in shapes {
+        let tag = format!("m{m} n{n} k{k} {form:?}");
+        let x = rand_vec(&mut rng, m * k, -1.0, 1.0);
+        let g = rand_vec(&mut rng, m * n, -1.0, 1.0);
+        let (xt, gt) = (c.tensor("x", &[m, k], &x), c.tensor("g", &[m, n], &g));
+        let (dw, db) = (c.poisoned("dw", &[n, k]), c.poisoned("db", &[n]));
+        let (dw_alone, db_untouched) = (c.poisoned("dw alone", &[n, k]), c.poisoned("db", &[n]));
+        let gemm = &c.k.gemm;
+        let fused = gemm
+            .backward_weight_bias_with(&c.gpu, GemmVariant::Tiled, &gt, &xt, &dw, &db, &c.k.dummy)
+            .unwrap();
+        let pw = GemmParams::linear_backward_weight(m, n, k, false);
+        assert_eq!(tiled_form(&pw), form, "{tag}");
+        let label = match form {
+            TiledForm::Tiled => "gemm.gemm_tiled",
+            TiledForm::SplitK => "gemm.gemm_tiled_split",
+            TiledForm::TwoByTwo => "gemm.gemm_tiled_2x2",
+        };
+        assert_eq!(fused.len(), 1, "{tag}: one dispatch");
+        assert_eq!(fused[0].label, label, "{tag}");
+        let alone = gemm
+            .matmul(
+                &c.gpu,
+                GemmVariant::Tiled,
+                pw,
+                &gt,
+                &xt,
+                &c.k.dummy,
+                &dw_alone,
+            )
+            .unwrap();
+        run_once(&c.gpu, &[fused[0].clone(), alone], 0).unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert!(
+            bits(c.read(&dw)) == bits(c.read(&dw_alone)),
+            "{tag}: dw differs from the product alone"
+        );
+        let (gd, xd) = (to_f64(&g), to_f64(&x));
+        assert_close_norm(
+            &format!("dw {tag}"),
+            &c.read(&dw),
+            &reference::backward_weight(&gd, &xd, m, n, k),
+            TOL,
+        );
+        assert_close_norm(
+            &format!("db {tag}"),
+            &c.read(&db),
+            &reference::bias_backward(&gd, m, n),
+            TOL,
+        );
+        // Each db element is one chain over the batch in order (by quarters in the split form):
+        // exactly the f32 sums computed here the same way.
+        let (parts, per) = match form {
+            TiledForm::SplitK => (4, m.div_ceil(32).div_ceil(4) * 32),
+            _ => (1, m),
+        };
+        let quarters: Vec<_> = (0..parts)
+            .map(|z| (z * per).min(m)..((z + 1) * per).min(m))
+            .collect();
+        let want: Vec<u32> = (0..n)
+            .map(|j| {
+                let parts = quarters
+                    .iter()
+                    .map(|r| r.clone().fold(0.0f32, |s, i| s + g[i * n + j]));
+                parts.reduce(|a, b| a + b).unwrap().to_bits()
+            })
+            .collect();
+        assert!(
+            bits(c.read(&db)) == want,
+            "{tag}: db is not the sum in order"
+        );
+        // Without `bias_grad`, the product writes no bias gradient.
+        let before = bits(c.read(&db_untouched));
+        run_once(
+            &c.gpu,
+            &[gemm
+                .tiled_with(&c.gpu, form, pw, &gt, &xt, &c.k.dummy, &dw_alone)
+                .unwrap()],
+            0,
+        )
+        .unwrap();
+        assert!(bits(c.read(&db_untouched)) == before, "{tag}: db written");
     }
 }
 

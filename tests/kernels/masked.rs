@@ -1,5 +1,6 @@
+use dst::kernels::gemm::{GemmParams, TiledForm};
 use dst::kernels::loss::STATS_WORDS;
-use dst::kernels::run_once;
+use dst::kernels::{run_once, GemmVariant};
 use dst::reference::{gemm as rgemm, masked as reference, optim as roptim};
 use dst::rng::Rng;
 use serde_json::Value;
@@ -944,18 +945,21 @@ fn floor_recompute_case(c: &Ctx, rng: &mut Rng, rows: usize, cols: usize) {
     }
 }
 
-/// A narrow masked layer's weight gradient, the mask's backward and db in one dispatch
-/// (`narrow_weight_grad`, CPU adapters) against the three passes it replaces (`Gemm`'s weight
-/// gradient, `bias_backward`, `mask_backward`: dL/dW and db bit for bit, dL/dt up to float
-/// reassociation) and the f64 reference. Shapes: LeNet-300-100's fc3, LeNet-5's fc4, rows the
-/// vec4 product takes (12), a short batch, more rows than a workgroup's lanes, tiny.
+/// A small masked layer's weight gradient, the mask's backward and db in one dispatch
+/// (`narrow_weight_grad`) against the passes it replaces: on CPU adapters their own three
+/// (`Gemm`'s weight gradient, `bias_backward`, `mask_backward`), on every adapter the GPU's two
+/// (the 16 x 16 tiled product with its bias gradient, `mask_backward_rows`): dL/dW and db bit for
+/// bit (each a chain over the batch in order), dL/dt up to float reassociation; and the f64
+/// reference. Shapes: LeNet-300-100's fc3 and fc2, LeNet-5's fc4, rows the vec4 product takes
+/// (12), a short batch, more rows than a workgroup's lanes, tiny.
 #[test]
-fn narrow_weight_grad_equals_the_three_passes() {
+fn narrow_weight_grad_equals_the_passes_it_replaces() {
     let c = ctx();
     let m = &c.k.masked;
     let mut rng = Rng::new(31);
     for &(batch, rows, cols) in &[
         (64usize, 10usize, 100usize),
+        (64, 100, 300),
         (64, 10, 500),
         (7, 12, 20),
         (13, 70, 8),
@@ -976,10 +980,7 @@ fn narrow_weight_grad_equals_the_three_passes() {
             c.tensor("dy", &[batch, rows], &dy),
             c.tensor("x", &[batch, cols], &x),
         );
-        if !m.narrow_weight_grad_fits(cols, &xt) {
-            assert!(!m.rowwise, "{tag}: a CPU adapter takes it");
-            return;
-        }
+        assert!(m.narrow_weight_grad_fits(cols, &xt), "{tag}");
         let alpha = 0.3f32;
         let scale = c.tensor("alpha_scale", &[1], &[1.5]);
         let dp = c.poisoned("dp", &[rows, cols]);
@@ -1005,16 +1006,53 @@ fn narrow_weight_grad_equals_the_three_passes() {
             )
             .unwrap(),
         ];
-        run_once(&c.gpu, &ds, 0).unwrap();
-        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(c.read(&dw2)), bits(c.read(&dw1)), "{tag}: dL/dW");
-        assert_eq!(bits(c.read(&db2)), bits(c.read(&db1)), "{tag}: db");
-        assert_close_norm(
-            &format!("dL/dt {tag}"),
-            &c.read(&dt2),
-            &to_f64(&c.read(&dt1)),
-            1e-6,
+        // The GPU's passes: the 16 x 16 tiled product writing db, then `mask_backward_rows`.
+        let (dp3, dw3, dt3, db3) = (
+            c.poisoned("dp3", &[rows, cols]),
+            c.poisoned("dw3", &[rows, cols]),
+            c.poisoned("dt3", &[rows]),
+            c.poisoned("db3", &[rows]),
         );
+        let mut pw = GemmParams::linear_backward_weight(batch, rows, cols, false);
+        pw.bias_grad = 1;
+        let gpu_ds = [
+            c.k.gemm
+                .tiled_db(
+                    &c.gpu,
+                    TiledForm::Tiled,
+                    pw,
+                    &dyt,
+                    &xt,
+                    &c.k.dummy,
+                    &dp3,
+                    &db3,
+                )
+                .unwrap(),
+            m.mask_backward_with(false, &c.gpu, [&l.w, &l.t, &dp3, &dw3, &dt3], alpha, &scale)
+                .unwrap(),
+        ];
+        assert_eq!(gpu_ds[1].label, "masked.mask_backward_rows");
+        run_once(&c.gpu, &ds, 0).unwrap();
+        run_once(&c.gpu, &gpu_ds, 0).unwrap();
+        let bits = |v: Vec<f32>| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let mut passes = vec![("GPU", &dw3, &dt3, &db3)];
+        if c.k.gemm.variant == GemmVariant::RegBlock {
+            passes.push(("CPU", &dw1, &dt1, &db1));
+        }
+        for (class, dw, dt, db) in passes {
+            assert_eq!(
+                bits(c.read(&dw2)),
+                bits(c.read(dw)),
+                "{tag}: dL/dW ({class})"
+            );
+            assert_eq!(bits(c.read(&db2)), bits(c.read(db)), "{tag}: db ({class})");
+            assert_close_norm(
+                &format!("dL/dt {tag} ({class})"),
+                &c.read(&dt2),
+                &to_f64(&c.read(dt)),
+                1e-6,
+            );
+        }
         // The f64 reference: dP = dy^T x, the mask's backward (penalty alpha x 1.5), db.
         let (wd, td, dyd, xd) = (to_f64(&w), to_f64(&t), to_f64(&dy), to_f64(&x));
         let dp_ref = rgemm::backward_weight(&dyd, &xd, batch, rows, cols);
