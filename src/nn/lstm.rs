@@ -485,29 +485,33 @@ impl Layer for Lstm {
         };
         // h_{t-1} for every row (t, b): slots 0..T of h_pad, a view from offset 0.
         let h_prev = reshaped(&h_pad, &[tn * bn, hn]);
+        let d_bias = cx.arena.grad(self.ids.bias);
         for (which, m, w, input, cols) in [
             ("ih", &self.mask_ih, self.ids.weight_ih, &x_tm, inp),
             ("hh", &self.mask_hh, self.ids.weight_hh, &h_prev, hn),
         ] {
-            let d_weight = cx.arena.grad(w);
-            match m {
-                Some(m) => {
-                    let d_masked =
-                        cx.activation(&self.key(&format!("d_masked_{which}")), &[g4, cols])?;
-                    cx.push(
-                        k.gemm
-                            .backward_weight(gpu, &dgates, input, &d_masked, false, &k.dummy)?,
-                    );
-                    m.backward(cx, w, &d_masked)?;
-                }
-                None => cx.push(
-                    k.gemm
-                        .backward_weight(gpu, &dgates, input, &d_weight, false, &k.dummy)?,
-                ),
+            let target = match m {
+                Some(_) => cx.activation(&self.key(&format!("d_masked_{which}")), &[g4, cols])?,
+                None => cx.arena.grad(w),
+            };
+            // The bias gradient (the column sums of dgates) rides on the input weight's product
+            // where that product can write it (`backward_weight_bias`: one dispatch on GPUs and
+            // in the vec4 form, else the product and `bias_backward`).
+            let ds = if which == "ih" {
+                k.gemm
+                    .backward_weight_bias(gpu, &dgates, input, &target, &d_bias, &k.dummy)?
+            } else {
+                vec![k
+                    .gemm
+                    .backward_weight(gpu, &dgates, input, &target, false, &k.dummy)?]
+            };
+            for d in ds {
+                cx.push(d);
+            }
+            if let Some(m) = m {
+                m.backward(cx, w, &target)?;
             }
         }
-        let d_bias = cx.arena.grad(self.ids.bias);
-        cx.push(k.gemm.bias_backward(gpu, &dgates, &d_bias)?);
         Ok(dx)
     }
 
