@@ -180,4 +180,12 @@ fn gpu_and_cpu_plans_train_alike() {
     }
     let cols = ["conv.conv_forward_cols", "conv.conv_forward_cols_sg"];
     assert!(cpu_labels.iter().any(|l| cols.contains(&l.as_str())));
+    // On GPUs conv1's bias gradient rides on its split weight gradient; conv2's (a tiled weight
+    // gradient) keeps its own pass, as both do on CPU adapters.
+    let bias = |ls: &[String]| {
+        ls.iter()
+            .filter(|l| l.starts_with("conv.conv_bias_backward"))
+            .count()
+    };
+    assert_eq!((bias(&gpu_labels), bias(&cpu_labels)), (1, 2));
 }

@@ -153,6 +153,8 @@ pub struct Conv {
     pub backward_input_cols_listed_k: Kernel,
     /// The variant the plain wrappers use on this device.
     pub variant: ConvVariant,
+    /// Bound as the split weight gradients' db when they write none.
+    no_db: Tensor,
 }
 
 const R: Access = Access::Read;
@@ -160,6 +162,8 @@ const RW: Access = Access::ReadWrite;
 const FORWARD: &[(u32, Access)] = &[(1, R), (2, R), (3, R), (4, RW)];
 const BACKWARD_INPUT: &[(u32, Access)] = &[(5, R), (2, R), (6, RW)];
 const BACKWARD_WEIGHT: &[(u32, Access)] = &[(5, R), (1, R), (7, RW)];
+/// The GPU split weight gradients: BACKWARD_WEIGHT and the bias gradient they may write.
+const BACKWARD_WEIGHT_SPLIT: &[(u32, Access)] = &[(5, R), (1, R), (7, RW), (8, RW)];
 const IM2COL: &[(u32, Access)] = &[(1, R), (9, RW)];
 const FORWARD_COLS: &[(u32, Access)] = &[(11, R), (2, R), (3, R), (4, RW)];
 const BACKWARD_WEIGHT_COLS: &[(u32, Access)] = &[(12, R), (11, R), (7, RW)];
@@ -394,12 +398,12 @@ impl Conv {
             )?,
             backward_weight_split: f.kernel(
                 "conv_backward_weight_split",
-                BACKWARD_WEIGHT,
+                BACKWARD_WEIGHT_SPLIT,
                 false,
             )?,
             backward_weight_split_wide: f.kernel(
                 "conv_backward_weight_split_wide",
-                BACKWARD_WEIGHT,
+                BACKWARD_WEIGHT_SPLIT,
                 false,
             )?,
             bias_backward_k: f.kernel("conv_bias_backward", &[(5, R), (8, RW)], false)?,
@@ -450,6 +454,7 @@ impl Conv {
                 false,
             )?,
             variant: ConvVariant::for_class(class),
+            no_db: Tensor::zeros(f.gpu, "conv.no_db", &[4])?,
         })
     }
 
@@ -626,13 +631,45 @@ impl Conv {
                     .bind(gpu, &p, &buffers, None, grid_1d(groups as u32))
             }
             ConvVariant::Tiled => {
-                self.backward_weight_reduction(gpu, wide_sums(s), s, dy, x, d_weight)
+                self.backward_weight_reduction(gpu, wide_sums(s), s, dy, x, d_weight, None)
             }
         }
     }
 
+    /// `backward_weight`, and `d_bias` (the bias gradient, `bias_backward`'s value) in the same
+    /// dispatch where the device's form can write it (GPUs: `backward_weight_reduction`). Returns
+    /// the dispatch and whether it writes `d_bias` (else the caller records `bias_backward`).
+    pub fn backward_weight_bias(
+        &self,
+        gpu: &Gpu,
+        s: &ConvShape,
+        dy: &Tensor,
+        x: &Tensor,
+        d_weight: &Tensor,
+        d_bias: &Tensor,
+    ) -> Result<(Dispatch, bool)> {
+        Ok(match self.variant {
+            ConvVariant::RegBlock => (self.backward_weight(gpu, s, dy, x, d_weight)?, false),
+            ConvVariant::Tiled => (
+                self.backward_weight_reduction(
+                    gpu,
+                    wide_sums(s),
+                    s,
+                    dy,
+                    x,
+                    d_weight,
+                    Some(d_bias),
+                )?,
+                true,
+            ),
+        })
+    }
+
     /// The GPU weight gradient on an explicit form: a workgroup per weight element, 256
-    /// invocations wide (`wide`) or 64. `backward_weight` picks with `wide_sums`.
+    /// invocations wide (`wide`) or 64. `backward_weight` picks with `wide_sums`. With `d_bias`,
+    /// the workgroup of each channel's first weight element also sums the dy it reads into the
+    /// channel's bias gradient (the same positions in the same order, then its own tree sum).
+    #[allow(clippy::too_many_arguments)]
     pub fn backward_weight_reduction(
         &self,
         gpu: &Gpu,
@@ -641,8 +678,12 @@ impl Conv {
         dy: &Tensor,
         x: &Tensor,
         d_weight: &Tensor,
+        d_bias: Option<&Tensor>,
     ) -> Result<Dispatch> {
         check_weight_grad(s, dy, x, d_weight);
+        if let Some(db) = d_bias {
+            assert_len(db, s.c_out, "d_bias", s);
+        }
         let k = if wide {
             &self.backward_weight_split_wide
         } else {
@@ -650,8 +691,8 @@ impl Conv {
         };
         k.bind(
             gpu,
-            &s.params(false),
-            &[dy, x, d_weight],
+            &s.params(d_bias.is_some()),
+            &[dy, x, d_weight, d_bias.unwrap_or(&self.no_db)],
             None,
             grid_1d((s.c_out * s.cols()) as u32),
         )

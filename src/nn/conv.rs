@@ -240,37 +240,51 @@ impl Layer for Conv2d {
         let parts = (tiled && parts_len > 0)
             .then(|| cx.activation(&format!("{}.d_weight_parts", self.name), &[parts_len]))
             .transpose()?;
-        let weight_grad = |dw: &Tensor| -> Result<Vec<crate::kernels::Dispatch>> {
-            Ok(match &cols {
-                Some(c) => vec![k.conv.backward_weight_cols(gpu, &s, dy, c, dw)?],
-                None if tiled => {
+        let d_bias = self.bias.map(|b| cx.arena.grad(b));
+        // The dispatches of dW (dP for a masked layer) and whether they also write db (the GPU's
+        // split form, `backward_weight_bias`).
+        let weight_grad = |dw: &Tensor| -> Result<(Vec<crate::kernels::Dispatch>, bool)> {
+            Ok(match (&cols, &d_bias) {
+                (Some(c), _) => (
+                    vec![k.conv.backward_weight_cols(gpu, &s, dy, c, dw)?],
+                    false,
+                ),
+                (None, _) if tiled => (
                     k.conv
-                        .backward_weight_tiled(gpu, &s, dy, x, parts.as_ref(), dw)?
+                        .backward_weight_tiled(gpu, &s, dy, x, parts.as_ref(), dw)?,
+                    false,
+                ),
+                (None, Some(db)) => {
+                    let (d, wrote) = k.conv.backward_weight_bias(gpu, &s, dy, x, dw, db)?;
+                    (vec![d], wrote)
                 }
-                None => vec![k.conv.backward_weight(gpu, &s, dy, x, dw)?],
+                (None, None) => (vec![k.conv.backward_weight(gpu, &s, dy, x, dw)?], false),
             })
         };
         let d_weight = cx.arena.grad(self.weight);
-        match &self.mask {
+        let bias_done = match &self.mask {
             Some(m) => {
                 let d_masked = cx.activation(
                     &format!("{}.d_masked_weight", self.name),
                     &[self.c_out, self.c_in, self.k, self.k],
                 )?;
-                for d in weight_grad(&d_masked)? {
+                let (ds, bias_done) = weight_grad(&d_masked)?;
+                for d in ds {
                     cx.push(d);
                 }
                 m.backward(cx, self.weight, &d_masked)?;
+                bias_done
             }
             None => {
-                for d in weight_grad(&d_weight)? {
+                let (ds, bias_done) = weight_grad(&d_weight)?;
+                for d in ds {
                     cx.push(d);
                 }
+                bias_done
             }
-        }
-        if let Some(b) = self.bias {
-            let d_bias = cx.arena.grad(b);
-            cx.push(k.conv.bias_backward(gpu, &s, dy, &d_bias)?);
+        };
+        if let (Some(db), false) = (&d_bias, bias_done) {
+            cx.push(k.conv.bias_backward(gpu, &s, dy, db)?);
         }
         if !need_dx {
             return Ok(None);

@@ -157,7 +157,8 @@ fn check_variant(variant: ConvVariant) {
 }
 
 /// The GPU weight and bias gradients in both widths (a workgroup of 64 or 256 invocations per
-/// sum), bound directly, on every shape and on one with more than 8,192 positions per sum (which
+/// sum), bound directly, also with the bias gradient written by the weight gradient's dispatch
+/// (dw the same bits), on every shape and on one with more than 8,192 positions per sum (which
 /// the Tiled variant gives the wide form).
 #[test]
 fn conv_gradient_sums_in_both_widths_match_reference() {
@@ -181,11 +182,18 @@ fn conv_gradient_sums_in_both_widths_match_reference() {
         let gt = c.tensor("gy", &[s.batch, s.c_out, s.out_h(), s.out_w()], &gy);
         let dw = c.poisoned("dw", &[s.c_out, s.cols()]);
         let db = c.poisoned("db", &[s.c_out]);
+        // The same product writing the bias gradient too (GPUs' `backward_weight_bias`).
+        let (dw2, db2) = (
+            c.poisoned("dw2", &[s.c_out, s.cols()]),
+            c.poisoned("db2", &[s.c_out]),
+        );
         let k = &c.k.conv;
         let ds = [
-            k.backward_weight_reduction(&c.gpu, wide, s, &gt, &xt, &dw)
+            k.backward_weight_reduction(&c.gpu, wide, s, &gt, &xt, &dw, None)
                 .unwrap(),
             k.bias_backward_with(&c.gpu, wide, s, &gt, &db).unwrap(),
+            k.backward_weight_reduction(&c.gpu, wide, s, &gt, &xt, &dw2, Some(&db2))
+                .unwrap(),
         ];
         run_once(&c.gpu, &ds, 0).unwrap();
         let (xd, gd) = (to_f64(&x), to_f64(&gy));
@@ -196,12 +204,22 @@ fn conv_gradient_sums_in_both_widths_match_reference() {
             &reference::backward_weight(s, &gd, &xd),
             TOL,
         );
-        assert_close_norm(
-            &format!("bias_backward {tag}"),
-            &c.read(&db),
-            &reference::bias_backward(s, &gd),
-            TOL,
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        assert!(
+            bits(c.read(&dw2)) == bits(c.read(&dw)),
+            "{tag}: dw with the bias gradient differs"
         );
+        for (what, got) in [
+            ("bias_backward", &db),
+            ("bias with the weight gradient", &db2),
+        ] {
+            assert_close_norm(
+                &format!("{what} {tag}"),
+                &c.read(got),
+                &reference::bias_backward(s, &gd),
+                TOL,
+            );
+        }
     }
     // The Tiled variant takes the wide form exactly for long sums.
     let (xt, gt) = (
