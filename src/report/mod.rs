@@ -77,9 +77,39 @@ pub fn find_runs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
     Ok(out)
 }
 
-/// Loads every run under `paths` (see `find_runs`).
+/// Loads every run under `paths` (see `find_runs`). A run that cannot be read (a damaged
+/// `config.json`, `metrics.jsonl` or `summary.json`) is left out with a warning on stderr naming
+/// the file and the problem; an error only when no run at all can be read.
 pub fn load_runs(paths: &[PathBuf]) -> Result<Vec<Run>, ReportError> {
-    find_runs(paths)?.iter().map(|d| Run::load(d)).collect()
+    let (runs, skipped) = load_runs_skipping(paths)?;
+    for e in &skipped {
+        eprintln!("warning: run left out: {e}");
+    }
+    Ok(runs)
+}
+
+/// `load_runs` without the warnings: the runs read, and the error of each run left out. Fails
+/// when none could be read.
+pub fn load_runs_skipping(paths: &[PathBuf]) -> Result<(Vec<Run>, Vec<ReportError>), ReportError> {
+    let mut runs = Vec::new();
+    let mut skipped = Vec::new();
+    for d in find_runs(paths)? {
+        match Run::load(&d) {
+            Ok(r) => runs.push(r),
+            Err(e) => skipped.push(e),
+        }
+    }
+    if runs.is_empty() {
+        return Err(ReportError::NoRuns(format!(
+            "no readable run: {}",
+            skipped
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    Ok((runs, skipped))
 }
 
 /// The Markdown report of hand-made runs (`dst report`): the results table with the paper's

@@ -24,12 +24,32 @@ pub struct RunConfig {
     pub seed: u64,
     pub limit_train: Option<usize>,
     pub data: Option<PathBuf>,
+    /// "sgd" where absent (runs from before Adam).
+    #[serde(default = "default_optimizer")]
     pub optimizer: String,
     /// Images held out of the training set for validation (`--valid N`), when given.
     pub valid: Option<usize>,
     /// `--target-keep R`, when alpha was steered.
     pub target_keep: Option<f64>,
     pub reset: Option<String>,
+    pub weight_decay: f64,
+    /// Learning-rate milestones and factor (absent in older runs: none, 0.1).
+    pub lr_steps: Vec<usize>,
+    #[serde(default = "default_gamma")]
+    pub lr_gamma: f64,
+    pub target_epoch: Option<usize>,
+    /// Kernel choices (the same products, computed another way): not part of a configuration.
+    pub sparse_keep: Option<f64>,
+    pub sparse_input: Option<f64>,
+    pub log_every: usize,
+}
+
+fn default_optimizer() -> String {
+    "sgd".into()
+}
+
+fn default_gamma() -> f64 {
+    0.1
 }
 
 impl RunConfig {
@@ -47,6 +67,42 @@ impl RunConfig {
             k.push_str(&format!(", reset {r}"));
         }
         k
+    }
+
+    /// The settings beyond `kind`, the model, the epochs and the data that change what a run
+    /// computes, as (name, value) to show: the optimizer and its parameters, the batch, the
+    /// learning-rate schedule, and for a steered run its starting alpha and target epoch. Left
+    /// out: the seed, what does not apply (momentum under Adam, the factor of an empty lr
+    /// schedule) and what cannot change the results: `log_every` and the kernel choices
+    /// `sparse_keep` / `sparse_input` (the same products computed another way; their defaults
+    /// differ between adapters anyway).
+    pub fn settings(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("optimizer", self.optimizer.clone()),
+            ("lr", self.lr.to_string()),
+        ];
+        if self.optimizer != "adam" {
+            v.push(("momentum", self.momentum.to_string()));
+        }
+        v.push(("weight decay", self.weight_decay.to_string()));
+        v.push(("batch", self.batch.to_string()));
+        if self.lr_steps.is_empty() {
+            v.push(("lr steps", "none".into()));
+        } else {
+            let steps: Vec<String> = self.lr_steps.iter().map(|s| s.to_string()).collect();
+            v.push(("lr steps", steps.join(",")));
+            v.push(("lr gamma", self.lr_gamma.to_string()));
+        }
+        if !self.dense && self.target_keep.is_some() {
+            v.push(("start alpha", super::table::fmt_alpha(self.alpha)));
+            v.push((
+                "target epoch",
+                self.target_epoch
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "default".into()),
+            ));
+        }
+        v
     }
 }
 

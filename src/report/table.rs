@@ -1,4 +1,5 @@
-//! Aggregating finished runs: one row per configuration (model, dense or alpha, epochs, data), the
+//! Aggregating finished runs: one row per configuration (everything but the seed: model, dense or
+//! alpha, training settings, epochs, data; `RunConfig::settings` says what counts), the
 //! mean ± standard deviation over its seeds of test accuracy and remaining %, under each epoch
 //! selection rule; Markdown and CSV renderings; the paper's Table 1 to compare with.
 
@@ -153,6 +154,11 @@ pub struct Row {
     pub dense: bool,
     /// None for dense rows.
     pub alpha: Option<f64>,
+    /// "dense", "DST alpha 5e-4", "DST target keep 5 %, reset floor" (`RunConfig::kind`), then
+    /// the settings in which this row differs from another row of its model ("lr 0.1").
+    pub label: String,
+    /// The row's settings beyond its kind (`RunConfig::settings`).
+    pub settings: Vec<(String, String)>,
     pub epochs: usize,
     /// Where the data came from: a folder or "embedded subset", and the training-image limit.
     pub data: String,
@@ -165,10 +171,7 @@ pub struct Row {
 
 impl Row {
     pub fn variant(&self) -> String {
-        match self.alpha {
-            None => "dense".into(),
-            Some(a) => format!("DST alpha {}", fmt_alpha(a)),
-        }
+        self.label.clone()
     }
     pub fn get(&self, rule: Rule) -> Option<(Stat, Stat)> {
         self.stats[Rule::ALL.iter().position(|r| *r == rule).unwrap()]
@@ -201,29 +204,41 @@ fn data_label(r: &Run) -> String {
     s
 }
 
-/// Groups runs by configuration (model, dense/alpha, epochs, data) in a stable order: models in
-/// first-seen order, dense before DST, alphas ascending.
+/// Groups runs by configuration: runs fall in one row only when everything but their seed is the
+/// same (model, kind, `RunConfig::settings`, epochs, data). Rows come in a stable order: models in
+/// first-seen order, dense before DST, alphas ascending. A row's label names the settings in
+/// which it differs from another row of its model.
 pub fn rows(runs: &[Run]) -> Vec<Row> {
     let mut rows: Vec<(Row, Vec<&SummaryFile>)> = Vec::new();
     for r in runs {
-        let alpha = (!r.config.dense).then_some(r.config.alpha);
+        let c = &r.config;
+        let alpha = (!c.dense).then_some(c.alpha);
         let data = data_label(r);
-        let model = r.config.model.clone();
+        let kind = c.kind();
+        let settings: Vec<(String, String)> = c
+            .settings()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let i = match rows.iter().position(|(row, _)| {
-            row.model == model
+            row.model == c.model
+                && row.dense == c.dense
+                && row.label == kind
                 && row.alpha == alpha
-                && row.dense == r.config.dense
-                && row.epochs == r.config.epochs
+                && row.settings == settings
+                && row.epochs == c.epochs
                 && row.data == data
         }) {
             Some(i) => i,
             None => {
                 rows.push((
                     Row {
-                        model,
-                        dense: r.config.dense,
+                        model: c.model.clone(),
+                        dense: c.dense,
                         alpha,
-                        epochs: r.config.epochs,
+                        label: kind,
+                        settings,
+                        epochs: c.epochs,
                         data,
                         seeds: Vec::new(),
                         unfinished: 0,
@@ -235,13 +250,35 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
             }
         };
         // A summary of fewer epochs than configured is an older, shorter run being extended.
-        match r.summary.as_ref().filter(|s| s.epochs >= r.config.epochs) {
+        match r.summary.as_ref().filter(|s| s.epochs >= c.epochs) {
             Some(s) => {
-                rows[i].0.seeds.push(r.config.seed);
+                rows[i].0.seeds.push(c.seed);
                 rows[i].1.push(s);
             }
             None => rows[i].0.unfinished += 1,
         }
+    }
+    // Labels: the kind, then every setting that takes two values or more among the rows of the
+    // model that have it (all rows have the optimizer, lr, batch...; only steered ones a start
+    // alpha).
+    let labels: Vec<String> = rows
+        .iter()
+        .map(|(row, _)| {
+            let mut label = row.label.clone();
+            for (k, v) in &row.settings {
+                let differs = rows.iter().any(|(other, _)| {
+                    other.model == row.model
+                        && other.settings.iter().any(|(k2, v2)| k2 == k && v2 != v)
+                });
+                if differs {
+                    let _ = write!(label, ", {k} {v}");
+                }
+            }
+            label
+        })
+        .collect();
+    for ((row, _), label) in rows.iter_mut().zip(labels) {
+        row.label = label;
     }
     let order: Vec<String> = {
         let mut m: Vec<String> = Vec::new();
@@ -275,6 +312,7 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
             .then(a.alpha.unwrap_or(0.0).total_cmp(&b.alpha.unwrap_or(0.0)))
             .then(a.epochs.cmp(&b.epochs))
             .then(a.data.cmp(&b.data))
+            .then(a.label.cmp(&b.label))
     });
     out
 }
@@ -365,7 +403,7 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
 /// One CSV line per row and rule: the figures in machine-readable form.
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
-        "model,dense,alpha,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n",
+        "model,dense,alpha,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n",
     );
     for row in rows {
         for rule in Rule::ALL {
@@ -374,10 +412,11 @@ pub fn csv(rows: &[Row]) -> String {
             };
             let _ = writeln!(
                 s,
-                "{},{},{},{},\"{}\",{},{},{},{},{},{},{},{}",
+                "{},{},{},\"{}\",{},\"{}\",{},{},{},{},{},{},{},{}",
                 row.model,
                 row.dense,
                 row.alpha.map(|a| a.to_string()).unwrap_or_default(),
+                row.label.replace('"', "\"\""),
                 row.epochs,
                 row.data.replace('"', "\"\""),
                 row.seeds

@@ -2,7 +2,9 @@
 //! Table 1 (`dst reproduce table1`). Each run gets its own run directory, named from its settings;
 //! an interrupted study resumes: finished runs are not redone, an unfinished one continues from its
 //! last checkpoint (`dst train --resume` semantics), one that never reached a checkpoint starts
-//! over. The tables and charts come from `report`, which only reads the run directories.
+//! over. A run directory holding another run (other settings, more epochs) is refused, never
+//! reused, and a value given twice (seed, alpha, model) is refused before any work. The tables
+//! and charts come from `report`, which only reads the run directories.
 
 use std::path::{Path, PathBuf};
 
@@ -77,14 +79,126 @@ pub fn run_name(cfg: &TrainConfig) -> String {
     }
 }
 
+/// The settings (from `config.json`) of the run in `dir`, when it holds anything worth keeping (a
+/// summary or a checkpoint); None for a folder that is absent, empty or holds only what an
+/// attempt left before its first checkpoint. Refused: such a folder without a readable
+/// `config.json`.
+fn existing_config(dir: &Path) -> Result<Option<TrainConfig>, StudyError> {
+    let worth = dir.join("summary.json").is_file() || dir.join("checkpoint.safetensors").is_file();
+    if !worth {
+        return Ok(None);
+    }
+    let p = dir.join("config.json");
+    let unreadable = |e: &dyn std::fmt::Display| {
+        StudyError::Config(format!(
+            "{} holds a run whose settings cannot be read ({}: {e}): pick another --out or remove it",
+            dir.display(),
+            p.display()
+        ))
+    };
+    let text = std::fs::read_to_string(&p).map_err(|e| unreadable(&e))?;
+    // Through TrainConfig (as `train`'s resume warning does): fields a newer version added take
+    // their defaults and do not count as differences.
+    serde_json::from_str::<TrainConfig>(&text)
+        .map(Some)
+        .map_err(|e| unreadable(&e))
+}
+
+/// `42`, `0.01`, `sgd`, `none`, `[80,120]`: a setting's value as a flag would take it.
+fn show_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "none".into(),
+        serde_json::Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+/// The settings in which `theirs` (a run on disk) differs from `ours` (the run wanted), as
+/// (name, theirs, ours), compared through `TrainConfig`'s serialisation. Not compared: `epochs`
+/// (a run can be extended; `ensure_run` checks the epochs apart), `log_every` (only how often it
+/// logged), and for two dense runs `alpha` and `reset` (no masks: unused).
+pub fn config_differences(
+    theirs: &TrainConfig,
+    ours: &TrainConfig,
+) -> Vec<(String, String, String)> {
+    let t = serde_json::to_value(theirs).expect("serialisable");
+    let o = serde_json::to_value(ours).expect("serialisable");
+    let both_dense = theirs.dense && ours.dense;
+    o.as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| !matches!(k.as_str(), "epochs" | "log_every"))
+        .filter(|(k, _)| !(both_dense && matches!(k.as_str(), "alpha" | "reset")))
+        .filter_map(|(k, v)| {
+            let tv = t.get(k.as_str()).unwrap_or(&serde_json::Value::Null);
+            (tv != v).then(|| (k.clone(), show_value(tv), show_value(v)))
+        })
+        .collect()
+}
+
+/// Epochs the run in `dir` holds: those of its summary or its checkpoint, the larger.
+fn epochs_held(dir: &Path) -> Option<usize> {
+    let summary = std::fs::read_to_string(dir.join("summary.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("epochs").and_then(|e| e.as_u64()))
+        .map(|e| e as usize);
+    summary.max(checkpoint_epoch(dir))
+}
+
+/// Refuses to reuse (skip or resume) the run in `dir` for `cfg` when it is another run: settings
+/// that differ in anything but the epochs (`config_differences`), more epochs than `cfg` asks
+/// (a report would show figures of a longer run), or a length change of a steered run whose
+/// target epoch follows the length. A folder without a summary or checkpoint is not checked: it
+/// is trained over.
+pub fn check_reuse(cfg: &TrainConfig, dir: &Path) -> Result<(), StudyError> {
+    let Some(theirs) = existing_config(dir)? else {
+        return Ok(());
+    };
+    let diff = config_differences(&theirs, cfg);
+    if !diff.is_empty() {
+        return Err(StudyError::Config(format!(
+            "{} was trained with {}, this study asks for {}: pick another --out or remove it",
+            dir.display(),
+            diff.iter()
+                .map(|(k, t, _)| format!("{k} {t}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            diff.iter()
+                .map(|(k, _, o)| format!("{k} {o}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )));
+    }
+    if let Some(held) = epochs_held(dir).filter(|&e| e > cfg.epochs) {
+        return Err(StudyError::Config(format!(
+            "{} holds {held} epochs of training, this study asks for {}: pass --epochs {held}, pick another --out or remove it",
+            dir.display(),
+            cfg.epochs
+        )));
+    }
+    if theirs.epochs != cfg.epochs && theirs.target_keep.is_some() && theirs.target_epoch.is_none()
+    {
+        return Err(StudyError::Config(format!(
+            "{} was set up for {} epochs, this study asks for {}; its --target-keep schedule follows the run's length, so it cannot be reused: pick another --out or remove it",
+            dir.display(),
+            theirs.epochs,
+            cfg.epochs
+        )));
+    }
+    Ok(())
+}
+
 /// Brings the run in `dir` to `cfg.epochs` epochs: skips it when done, resumes it from its
-/// checkpoint, or trains it from the start. Returns what it found.
+/// checkpoint, or trains it from the start. Returns what it found. A run on disk with other
+/// settings, or more epochs, is refused (`check_reuse`), never reused.
 pub fn ensure_run(
     cfg: &TrainConfig,
     dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<RunState, StudyError> {
     cfg.validate()?;
+    check_reuse(cfg, dir)?;
     let state = run_state(dir, cfg);
     match state {
         RunState::Done => {
@@ -170,7 +284,10 @@ impl Sweep {
         v
     }
 
-    fn check(&self) -> Result<(), StudyError> {
+    /// Checks the grid before any work: at least one alpha (or the dense baseline) and one seed,
+    /// positive alphas, no value given twice (it would be trained once and counted twice), every
+    /// run's settings valid.
+    pub fn check(&self) -> Result<(), StudyError> {
         if self.alphas.is_empty() && !self.dense {
             return Err(StudyError::Config(
                 "--alpha: give at least one value".into(),
@@ -184,11 +301,49 @@ impl Sweep {
                 "--alpha values must be positive (a log axis shows them), got {a}"
             )));
         }
-        for (_, cfg) in self.runs(Path::new(".")) {
+        check_seeds(&self.seeds)?;
+        if let Some(a) = first_repeated(&self.alphas) {
+            return Err(StudyError::Config(format!(
+                "--alpha: {} is given twice; give each alpha once",
+                table::fmt_alpha(*a)
+            )));
+        }
+        let grid = self.runs(Path::new("."));
+        for (_, cfg) in &grid {
             cfg.validate()?;
         }
-        Ok(())
+        check_distinct_dirs(&grid)
     }
+}
+
+/// The first value that appears again later in `xs`.
+fn first_repeated<T: PartialEq>(xs: &[T]) -> Option<&T> {
+    xs.iter()
+        .enumerate()
+        .find(|(i, x)| xs[i + 1..].contains(x))
+        .map(|(_, x)| x)
+}
+
+fn check_seeds(seeds: &[u64]) -> Result<(), StudyError> {
+    match first_repeated(seeds) {
+        Some(s) => Err(StudyError::Config(format!(
+            "--seeds: seed {s} is given twice; give each seed once (a seed is one run, counted once)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Two runs of a grid in one directory would be trained once and reported twice.
+fn check_distinct_dirs(grid: &[(PathBuf, TrainConfig)]) -> Result<(), StudyError> {
+    for (i, (d, _)) in grid.iter().enumerate() {
+        if grid[i + 1..].iter().any(|(e, _)| e == d) {
+            return Err(StudyError::Config(format!(
+                "two runs of this study would share the directory {}: give each value once",
+                d.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Runs (or resumes) the sweep into `out`, then writes `sweep.md`, `sweep.csv` and `sweep.png`
@@ -196,6 +351,11 @@ impl Sweep {
 pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<Run>, StudyError> {
     s.check()?;
     let grid = s.runs(out);
+    // Every run on disk checked before any is trained: a conflict found late would come after
+    // hours of training.
+    for (dir, cfg) in &grid {
+        check_reuse(cfg, dir)?;
+    }
     for (i, (dir, cfg)) in grid.iter().enumerate() {
         progress.line(&format!("[{}/{}] {}", i + 1, grid.len(), run_name(cfg)));
         ensure_run(cfg, dir, progress)?;
@@ -281,6 +441,27 @@ impl Reproduce {
         }
         Ok(v)
     }
+
+    /// Checks the request before any work: at least one model and one seed, none given twice
+    /// (it would be trained once and counted twice), every run's settings valid.
+    pub fn check(&self) -> Result<(), StudyError> {
+        if self.models.is_empty() || self.seeds.is_empty() {
+            return Err(StudyError::Config(
+                "give at least one model and one seed".into(),
+            ));
+        }
+        check_seeds(&self.seeds)?;
+        if let Some(m) = first_repeated(&self.models) {
+            return Err(StudyError::Config(format!(
+                "--model {m} is given twice; give each model once"
+            )));
+        }
+        let grid = self.runs(Path::new("."))?;
+        for (_, cfg) in &grid {
+            cfg.validate()?;
+        }
+        check_distinct_dirs(&grid)
+    }
 }
 
 /// Trains (or resumes) every run of `r` into `out/<model>/`, draws each model's charts into
@@ -290,14 +471,10 @@ pub fn reproduce(
     out: &Path,
     progress: &mut dyn Progress,
 ) -> Result<PathBuf, StudyError> {
-    if r.models.is_empty() || r.seeds.is_empty() {
-        return Err(StudyError::Config(
-            "give at least one model and one seed".into(),
-        ));
-    }
+    r.check()?;
     let grid = r.runs(out)?;
-    for (_, cfg) in &grid {
-        cfg.validate()?;
+    for (dir, cfg) in &grid {
+        check_reuse(cfg, dir)?;
     }
     for (i, (dir, cfg)) in grid.iter().enumerate() {
         progress.line(&format!(
@@ -318,6 +495,47 @@ pub fn reproduce(
     Ok(path)
 }
 
+/// What `runs` used of one setting, shown: the value where all runs agree, otherwise the values
+/// of each model ("lenet300: 20; lstm-a: 30"); "–" for no runs.
+fn used_by<T: PartialEq>(
+    runs: &[Run],
+    get: impl Fn(&Run) -> T,
+    show: impl Fn(&T) -> String,
+) -> String {
+    let mut all: Vec<T> = Vec::new();
+    let mut models: Vec<(&str, Vec<T>)> = Vec::new();
+    for x in runs {
+        let v = get(x);
+        let i = match models.iter().position(|(m, _)| *m == x.config.model) {
+            Some(i) => i,
+            None => {
+                models.push((&x.config.model, Vec::new()));
+                models.len() - 1
+            }
+        };
+        if !all.contains(&v) {
+            all.push(get(x));
+        }
+        if !models[i].1.contains(&v) {
+            models[i].1.push(v);
+        }
+    }
+    match all.as_slice() {
+        [] => "–".into(),
+        [one] => show(one),
+        _ => models
+            .iter()
+            .map(|(m, vs)| {
+                format!(
+                    "{m}: {}",
+                    vs.iter().map(&show).collect::<Vec<_>>().join(" and ")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
 /// REPORT.md of a reproduction (also draws the per-model charts it links to).
 pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<String, ReportError> {
     let rows = table::rows(runs);
@@ -330,30 +548,50 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         a.dedup();
         a
     };
+    // The header tells what the runs used (their config.json), not what was asked: the command
+    // line is the request, which `reproduce` has checked the runs against.
+    let mut seeds: Vec<u64> = Vec::new();
+    for x in runs {
+        if !seeds.contains(&x.config.seed) {
+            seeds.push(x.config.seed);
+        }
+    }
     let mut s = String::from("# Reproduction of Table 1 (MNIST rows)\n\n");
     s.push_str(&format!(
         "Liu et al., *Dynamic Sparse Training*, ICLR 2020, Table 1: the MNIST models this build trains ({}), dense and DST, each with the paper's settings (`TrainConfig::for_model`, METHOD.md section 5) and seeds {}.\n\n",
         r.models.join(", "),
-        r.seeds.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+        seeds.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
     ));
-    s.push_str(&format!(
-        "- adapter: {}\n- data: {}{}\n- epochs: {}\n- command: `dst reproduce table1 --seeds {}{}{}{}{}{}`\n",
-        if adapters.is_empty() { "–".into() } else { adapters.join("; ") },
-        match &r.data {
-            Some(d) => d.display().to_string(),
-            None => "the embedded MNIST subset (10,000 train / 2,000 test images), not the paper's full MNIST".into(),
+    let data = used_by(
+        runs,
+        |x| (x.config.data.clone(), x.config.limit_train, x.config.valid),
+        |(d, limit, valid)| {
+            let mut t = match d {
+                Some(d) => d.display().to_string(),
+                None => "the embedded MNIST subset (10,000 train / 2,000 test images), not the paper's full MNIST".into(),
+            };
+            if let Some(n) = limit {
+                t.push_str(&format!(", first {n} training images"));
+            }
+            if let Some(v) = valid {
+                t.push_str(&format!(", the last {v} of them held out for validation"));
+            }
+            t
         },
-        runs.first()
-            .and_then(|x| x.config.limit_train)
-            .map(|n| format!(", first {n} training images"))
-            .unwrap_or_default(),
-        runs.first().map(|x| x.config.epochs).unwrap_or(0),
+    );
+    let epochs = used_by(runs, |x| x.config.epochs, |e| e.to_string());
+    s.push_str(&format!(
+        "- adapter: {}\n- data: {}\n- epochs: {}\n- command: `dst reproduce table1 --seeds {}{}{}{}{}{}{}`\n",
+        if adapters.is_empty() { "–".into() } else { adapters.join("; ") },
+        data,
+        epochs,
         r.seeds.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","),
         r.epochs.map(|e| format!(" --epochs {e}")).unwrap_or_default(),
         r.data.as_ref().map(|d| format!(" --data {}", d.display())).unwrap_or_default(),
         r.limit_train
             .map(|n| format!(" --limit-train {n}"))
             .unwrap_or_default(),
+        r.valid.map(|n| format!(" --valid {n}")).unwrap_or_default(),
         if r.quick { " --quick" } else { "" },
         r.models.iter().map(|m| format!(" --model {m}")).collect::<String>(),
     ));

@@ -1,0 +1,445 @@
+//! Guards of the studies and the report, on fake run directories (no GPU, no training): a study
+//! never reuses a run on disk made with other settings or more epochs; values given twice are
+//! refused; the report groups only runs that differ in nothing but their seed, and labels rows so
+//! the difference shows; one unreadable run is left out of `dst report` / `dst plot` with a
+//! warning.
+
+use std::path::{Path, PathBuf};
+
+use dst::report::{self, table, Rule};
+use dst::study::{self, Reproduce, RunState, Sweep};
+use dst::train::{Quiet, TrainConfig};
+use serde_json::json;
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dst-guards-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A finished run of `cfg` in `dir`, as `dst train` writes it (config.json, metrics.jsonl,
+/// summary.json), with made-up figures; `config` replaces the config.json written when given.
+fn fake_run(dir: &Path, cfg: &TrainConfig, acc: f64, config: Option<serde_json::Value>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = config.unwrap_or_else(|| serde_json::to_value(cfg).unwrap());
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let keep = if cfg.dense { 1.0 } else { 0.1 };
+    let mut lines = String::new();
+    let mut last = json!({});
+    for e in 1..=cfg.epochs {
+        let step = 10 * e as u64;
+        lines.push_str(&format!(
+            "{}\n",
+            json!({"kind": "step", "step": step, "epoch": e, "loss": 0.5, "penalty": 0.0,
+                   "lr": cfg.lr, "keep": {"fc1": keep, "fc2": keep, "fc3": keep}})
+        ));
+        let layers: Vec<serde_json::Value> = ["fc1", "fc2", "fc3"]
+            .iter()
+            .map(|n| {
+                json!({
+                    "name": n, "shape": [10, 10], "kept": 10, "total": 100, "keep_ratio": keep,
+                    "threshold_min": 0.0, "threshold_mean": 0.01 * e as f64, "threshold_max": 0.1,
+                    "resets": 0
+                })
+            })
+            .collect();
+        last = json!({
+            "epoch": e, "step": step, "train_loss": 0.3, "test_loss": 0.2,
+            "test_acc": acc - (cfg.epochs - e) as f64, "keep_ratio": keep,
+            "layers": layers,
+            "epoch_seconds": 1.0, "ms_per_step": 10.0,
+        });
+        let mut l = last.clone();
+        l["kind"] = json!("epoch");
+        lines.push_str(&format!("{l}\n"));
+    }
+    std::fs::write(dir.join("metrics.jsonl"), lines).unwrap();
+    let summary = json!({
+        "model": cfg.model, "dense": cfg.dense, "adapter": "fake", "data": "embedded",
+        "epochs": cfg.epochs, "steps": 10 * cfg.epochs, "last": last,
+        "best_acc_epoch": cfg.epochs, "best_acc": acc, "best_acc_keep": keep,
+        "lowest_keep_epoch": cfg.epochs, "lowest_keep": keep, "lowest_keep_acc": acc,
+        "mean_ms_per_step": 10.0,
+    });
+    std::fs::write(dir.join("summary.json"), summary.to_string()).unwrap();
+}
+
+fn err_of<T: std::fmt::Debug, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn sweep_spec() -> Sweep {
+    Sweep {
+        base: TrainConfig {
+            limit_train: Some(256),
+            epochs: 2,
+            ..TrainConfig::default()
+        },
+        alphas: vec![5e-4],
+        seeds: vec![1],
+        dense: true,
+    }
+}
+
+/// `dst sweep --lr 0.5` on a sweep folder trained with lr 0.01: refused, naming the run and the
+/// setting, and nothing on disk changes; the same settings (or only another `log_every`) are
+/// reused.
+#[test]
+fn a_sweep_refuses_runs_made_with_other_settings() {
+    let out = tmp("sweep");
+    let spec = sweep_spec();
+    for (dir, cfg) in spec.runs(&out) {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    let runs = study::sweep(&spec, &out, &mut Quiet).unwrap();
+    assert_eq!(runs.len(), 2);
+    let before = std::fs::read(out.join("alpha5e-4-seed1/summary.json")).unwrap();
+
+    let mut other = spec.clone();
+    other.base.lr = 0.5;
+    let e = err_of(study::sweep(&other, &out, &mut Quiet));
+    assert!(
+        e.contains("dense-seed1") && e.contains("lr 0.01") && e.contains("lr 0.5"),
+        "{e}"
+    );
+    assert!(e.contains("pick another --out or remove it"), "{e}");
+    // Every run is refused on its own too, before any GPU work.
+    let (dir, cfg) = &other.runs(&out)[1];
+    let e = err_of(study::ensure_run(cfg, dir, &mut Quiet));
+    assert!(
+        e.contains("alpha5e-4-seed1") && e.contains("lr 0.01"),
+        "{e}"
+    );
+    for (field, value, want) in [
+        ("limit_train", json!(6000), "limit_train 256"),
+        ("optimizer", json!("adam"), "optimizer sgd"),
+        ("reset", json!("floor"), "reset paper"),
+    ] {
+        let mut v = serde_json::to_value(&spec.runs(&out)[1].1).unwrap();
+        v[field] = value;
+        let cfg: TrainConfig = serde_json::from_value(v).unwrap();
+        let e = err_of(study::ensure_run(&cfg, dir, &mut Quiet));
+        assert!(e.contains(want), "{field}: {e}");
+    }
+    assert_eq!(
+        std::fs::read(out.join("alpha5e-4-seed1/summary.json")).unwrap(),
+        before
+    );
+
+    // Only how often it logs: the same runs.
+    let mut relog = spec.clone();
+    relog.base.log_every = 7;
+    study::sweep(&relog, &out, &mut Quiet).unwrap();
+}
+
+/// A config.json written by an older version (fields added since absent) is the run whose
+/// settings are the defaults: reused, not refused.
+#[test]
+fn an_older_config_json_counts_with_its_defaults() {
+    let out = tmp("older");
+    let spec = sweep_spec();
+    let (dir, cfg) = &spec.runs(&out)[1];
+    let mut v = serde_json::to_value(cfg).unwrap();
+    for k in [
+        "lr_steps",
+        "lr_gamma",
+        "optimizer",
+        "target_keep",
+        "target_epoch",
+        "reset",
+        "valid",
+        "sparse_keep",
+        "sparse_input",
+    ] {
+        v.as_object_mut().unwrap().remove(k);
+    }
+    fake_run(dir, cfg, 95.0, Some(v));
+    assert_eq!(
+        study::ensure_run(cfg, dir, &mut Quiet).unwrap(),
+        RunState::Done
+    );
+}
+
+/// A finished run of more epochs than asked is not passed off as the shorter run.
+#[test]
+fn a_longer_run_is_refused() {
+    let out = tmp("longer");
+    let spec = sweep_spec();
+    let (dir, cfg) = &spec.runs(&out)[1];
+    let four = TrainConfig {
+        epochs: 4,
+        ..cfg.clone()
+    };
+    fake_run(dir, &four, 95.0, None);
+    let e = err_of(study::ensure_run(cfg, dir, &mut Quiet));
+    assert!(
+        e.contains("alpha5e-4-seed1") && e.contains("4 epochs") && e.contains("--epochs 4"),
+        "{e}"
+    );
+    assert_eq!(
+        study::ensure_run(&four, dir, &mut Quiet).unwrap(),
+        RunState::Done
+    );
+}
+
+fn quick(limit_train: Option<usize>, epochs: Option<usize>) -> Reproduce {
+    Reproduce {
+        models: vec!["lenet300".into()],
+        seeds: vec![1],
+        epochs,
+        data: None,
+        limit_train,
+        quick: true,
+        valid: None,
+    }
+}
+
+/// `dst reproduce table1 --quick --limit-train 3000` over a quick reproduction on 6000 images, or
+/// asking 3 epochs of runs of 4: refused; REPORT.md tells what the runs used.
+#[test]
+fn a_reproduction_refuses_runs_of_other_data_or_length() {
+    let out = tmp("reproduce");
+    for (dir, cfg) in quick(None, None).runs(&out).unwrap() {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    let e = err_of(study::reproduce(&quick(Some(3000), None), &out, &mut Quiet));
+    assert!(
+        e.contains("lenet300/dense-seed1")
+            && e.contains("limit_train 6000")
+            && e.contains("limit_train 3000"),
+        "{e}"
+    );
+    let report = study::reproduce(&quick(None, None), &out, &mut Quiet).unwrap();
+    let md = std::fs::read_to_string(report).unwrap();
+    assert!(
+        md.contains("first 6000 training images") && md.contains("- epochs: 3\n"),
+        "{md}"
+    );
+    assert!(
+        md.contains("`dst reproduce table1 --seeds 1 --quick --model lenet300`"),
+        "{md}"
+    );
+
+    let out = tmp("reproduce4");
+    for (dir, cfg) in quick(None, Some(4)).runs(&out).unwrap() {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    let e = err_of(study::reproduce(&quick(None, None), &out, &mut Quiet));
+    assert!(e.contains("4 epochs") && e.contains("asks for 3"), "{e}");
+}
+
+/// The header of REPORT.md comes from the runs' own settings, whatever the request says.
+#[test]
+fn the_reproduction_header_tells_what_the_runs_used() {
+    let out = tmp("header");
+    let asked = Reproduce {
+        data: Some(PathBuf::from("/elsewhere/mnist")),
+        valid: Some(500),
+        ..quick(Some(3000), Some(3))
+    };
+    for (dir, cfg) in quick(None, Some(4)).runs(&out).unwrap() {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    let runs = report::load_runs(std::slice::from_ref(&out)).unwrap();
+    let md = study::reproduce_markdown(&asked, &runs, &out).unwrap();
+    assert!(
+        md.contains("first 6000 training images") && md.contains("- epochs: 4\n"),
+        "{md}"
+    );
+    assert!(!md.contains("first 3000 training images"), "{md}");
+    assert!(
+        md.contains("- data: the embedded MNIST subset") && !md.contains("held out"),
+        "{md}"
+    );
+    // The command line is the request (which `reproduce` checks the runs against).
+    assert!(
+        md.contains("--limit-train 3000 --valid 500 --quick"),
+        "{md}"
+    );
+}
+
+/// Seeds, alphas or models given twice would be trained once and counted twice: refused before
+/// any work.
+#[test]
+fn values_given_twice_are_refused() {
+    let out = tmp("twice");
+    let mut s = sweep_spec();
+    s.seeds = vec![1, 2, 1];
+    let e = err_of(study::sweep(&s, &out, &mut Quiet));
+    assert!(
+        e.contains("--seeds") && e.contains("seed 1 is given twice"),
+        "{e}"
+    );
+    let mut s = sweep_spec();
+    s.alphas = vec![1e-4, 1e-4];
+    let e = err_of(study::sweep(&s, &out, &mut Quiet));
+    assert!(
+        e.contains("--alpha") && e.contains("1e-4 is given twice"),
+        "{e}"
+    );
+
+    let mut r = quick(None, None);
+    r.seeds = vec![1, 1];
+    let e = err_of(study::reproduce(&r, &out, &mut Quiet));
+    assert!(e.contains("seed 1 is given twice"), "{e}");
+    let mut r = quick(None, None);
+    r.models = vec!["lenet300".into(), "lenet300".into()];
+    let e = err_of(study::reproduce(&r, &out, &mut Quiet));
+    assert!(e.contains("--model lenet300 is given twice"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "nothing written"
+    );
+
+    for (args, want) in [
+        (
+            &["sweep", "--alpha", "1e-4,1e-4", "--out"][..],
+            "1e-4 is given twice",
+        ),
+        (
+            &["reproduce", "table1", "--quick", "--seeds", "1,1", "--out"][..],
+            "seed 1 is given twice",
+        ),
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(args)
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "{args:?}: {err}");
+    }
+}
+
+/// Finished runs that differ in something besides the seed are separate rows, labelled with the
+/// difference; the seed, `log_every` and the kernel choices do not split a row.
+#[test]
+fn report_rows_hold_one_configuration_each() {
+    let root = tmp("rows");
+    let base = TrainConfig {
+        epochs: 2,
+        ..TrainConfig::default()
+    };
+    fake_run(&root.join("dst-1"), &base, 97.0, None);
+    fake_run(
+        &root.join("dst-2"),
+        &TrainConfig {
+            seed: 2,
+            log_every: 10,
+            sparse_keep: Some(0.3),
+            ..base.clone()
+        },
+        96.0,
+        None,
+    );
+    fake_run(
+        &root.join("steered"),
+        &TrainConfig {
+            target_keep: Some(0.05),
+            reset: "floor".into(),
+            lr: 0.1,
+            ..base.clone()
+        },
+        20.0,
+        None,
+    );
+    let dense = TrainConfig {
+        dense: true,
+        ..base.clone()
+    };
+    fake_run(&root.join("dense-sgd"), &dense, 98.0, None);
+    fake_run(
+        &root.join("dense-adam"),
+        &TrainConfig {
+            optimizer: "adam".into(),
+            lr: 1e-3,
+            seed: 2,
+            ..dense.clone()
+        },
+        90.0,
+        None,
+    );
+    let runs = report::load_runs(std::slice::from_ref(&root)).unwrap();
+    let rows = table::rows(&runs);
+    let got: Vec<(String, Vec<u64>)> = rows
+        .iter()
+        .map(|r| (r.variant(), r.seeds.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("dense, optimizer adam, lr 0.001".to_string(), vec![2]),
+            ("dense, optimizer sgd, lr 0.01".to_string(), vec![1]),
+            (
+                "DST alpha 5e-4, optimizer sgd, lr 0.01".to_string(),
+                vec![1, 2]
+            ),
+            (
+                "DST target keep 5 %, reset floor, optimizer sgd, lr 0.1".to_string(),
+                vec![1]
+            ),
+        ]
+    );
+    let (acc, _) = rows[2].get(Rule::Last).unwrap();
+    assert!((acc.mean - 96.5).abs() < 1e-9 && acc.n == 2, "{acc:?}");
+    let md = report::report_markdown(&runs);
+    assert!(
+        md.contains("| DST target keep 5 %, reset floor, optimizer sgd, lr 0.1 |"),
+        "{md}"
+    );
+    assert!(table::csv(&rows).contains("\"dense, optimizer adam, lr 0.001\""));
+}
+
+/// One run with a damaged config.json: `dst report` and `dst plot` leave it out with a warning
+/// naming the file, and go on; with no readable run at all, a clear error.
+#[test]
+fn a_damaged_run_is_left_out_with_a_warning() {
+    let root = tmp("damaged");
+    let cfg = TrainConfig {
+        epochs: 2,
+        ..TrainConfig::default()
+    };
+    fake_run(&root.join("good"), &cfg, 97.0, None);
+    let bad = root.join("bad");
+    fake_run(&bad, &cfg, 97.0, None);
+    std::fs::write(bad.join("config.json"), "{\"model\": \"lenet300\", ").unwrap();
+
+    let runs = report::load_runs(std::slice::from_ref(&root)).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0].dir.ends_with("good"));
+    let bad_file = bad.join("config.json").display().to_string();
+    let dst = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let plots = root.join("plots").display().to_string();
+    for args in [
+        vec!["report", root.to_str().unwrap()],
+        vec!["plot", root.to_str().unwrap(), "--out", &plots],
+    ] {
+        let o = dst(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("warning") && err.contains(&bad_file) && err.contains("EOF"),
+            "{args:?}: {err}"
+        );
+    }
+
+    std::fs::write(root.join("good/config.json"), "not json").unwrap();
+    let e = err_of(report::load_runs(std::slice::from_ref(&root)));
+    assert!(
+        e.contains("no readable run") && e.contains(&bad_file),
+        "{e}"
+    );
+    let o = dst(&["report", root.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no readable run"));
+}
