@@ -19,13 +19,24 @@ pub enum CheckpointError {
     },
     #[error("{path}: not a valid safetensors file ({reason})")]
     Format { path: PathBuf, reason: String },
-    #[error("{path}: not a dst checkpoint (metadata `format` is {found:?}, expected {FORMAT:?})")]
+    #[error("{path}: {}", not_ours(found.as_deref()))]
     NotOurs {
         path: PathBuf,
         found: Option<String>,
     },
     #[error("{path}: {reason}")]
     Mismatch { path: PathBuf, reason: String },
+}
+
+/// Why a safetensors file with metadata `format` = `found` is not a training checkpoint.
+fn not_ours(found: Option<&str>) -> String {
+    match found {
+        Some(crate::export::FORMAT) => "this is a `dst export` file (for `dst infer` and `dst bench-infer`), \
+             not a training checkpoint (a run directory's checkpoint.safetensors)"
+            .into(),
+        Some(f) => format!("not a dst training checkpoint (its format is `{f}`, expected `{FORMAT}`)"),
+        None => format!("not a dst training checkpoint (no `format` in its metadata, expected `{FORMAT}`)"),
+    }
 }
 
 /// One checkpoint tensor: (name, shape, values).
@@ -93,7 +104,10 @@ impl Checkpoint {
         };
         let mut f = std::fs::File::open(path).map_err(io)?;
         let mut len = [0u8; 8];
-        f.read_exact(&mut len).map_err(io)?;
+        f.read_exact(&mut len).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => format("shorter than a safetensors header".into()),
+            _ => io(e),
+        })?;
         let len = u64::from_le_bytes(len);
         if len > 100 << 20 {
             return Err(format(format!("header of {len} bytes")));
@@ -103,8 +117,8 @@ impl Checkpoint {
         if header.len() as u64 != len {
             return Err(format("header truncated".into()));
         }
-        let v: serde_json::Value =
-            serde_json::from_slice(&header).map_err(|e| format(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(&header)
+            .map_err(|e| format(format!("its header is not JSON: {e}")))?;
         Ok(v.get("__metadata__")
             .and_then(|m| m.as_object())
             .map(|m| {
@@ -145,6 +159,17 @@ impl Checkpoint {
                 });
             }
             let values: Vec<f32> = bytemuck::pod_collect_to_vec(view.data());
+            // Training never saves a non-finite value (a diverged run keeps its last good
+            // checkpoint), so one here means a damaged or edited file.
+            if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(CheckpointError::Mismatch {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "tensor {name} holds a non-finite value ({v}) at index {i}: the file is \
+                         damaged (training never saves one)"
+                    ),
+                });
+            }
             tensors.push((name, view.shape().to_vec(), values));
         }
         Ok(Checkpoint { tensors, metadata })

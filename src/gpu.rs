@@ -114,6 +114,34 @@ fn backends_from_env() -> wgpu::Backends {
     wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all())
 }
 
+/// The error for no adapter at all: the back ends searched and the fix.
+pub fn no_adapter() -> GpuError {
+    GpuError::NoAdapter {
+        backends: backends_text(),
+        hint: NO_ADAPTER_HINT,
+    }
+}
+
+/// The back ends searched, by name ("vulkan, metal, dx12, gl"), and what set them.
+fn backends_text() -> String {
+    let b = backends_from_env();
+    let names: Vec<&str> = [
+        (wgpu::Backends::VULKAN, "vulkan"),
+        (wgpu::Backends::METAL, "metal"),
+        (wgpu::Backends::DX12, "dx12"),
+        (wgpu::Backends::GL, "gl"),
+    ]
+    .iter()
+    .filter(|(f, _)| b.contains(*f))
+    .map(|(_, n)| *n)
+    .collect();
+    let list = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+    match std::env::var("WGPU_BACKEND") {
+        Ok(v) => format!("{list}, as WGPU_BACKEND={v} asks: unset it to search them all"),
+        Err(_) => list,
+    }
+}
+
 /// Every adapter wgpu can see with the current `WGPU_BACKEND`.
 pub fn list_adapters() -> Vec<wgpu::Adapter> {
     pollster::block_on(instance().enumerate_adapters(backends_from_env()))
@@ -134,10 +162,7 @@ fn preference(t: wgpu::DeviceType) -> u8 {
 pub fn select_adapter(name: Option<&str>) -> Result<wgpu::Adapter> {
     let adapters = list_adapters();
     if adapters.is_empty() {
-        return Err(GpuError::NoAdapter {
-            backends: format!("{:?}", backends_from_env()),
-            hint: NO_ADAPTER_HINT,
-        });
+        return Err(no_adapter());
     }
     match name.map(str::trim).filter(|n| !n.is_empty()) {
         Some(wanted) => {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use dst::gpu::{describe_info, list_adapters, Gpu};
 use dst::train::{self, LayerStats, Progress, RunOptions, TrainConfig};
 
@@ -30,7 +30,7 @@ enum Command {
         #[arg(long)]
         model: Option<String>,
         /// Batch size of the memory report [default: the model's].
-        #[arg(long, requires = "model")]
+        #[arg(long, requires = "model", allow_negative_numbers = true)]
         batch: Option<usize>,
         /// Memory of dense training rather than DST.
         #[arg(long, requires = "model")]
@@ -62,10 +62,10 @@ enum Command {
     Bench {
         /// Timed repetitions per shape (0: skip the kernel tables, time steps only; on a CPU
         /// adapter the GEMM and conv tables time the GPU forms at most twice).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
         reps: u32,
         /// Also time full training steps (dense and DST) over this many steps.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
         steps: u32,
         /// Folder with the MNIST IDX files for the step timing (default: embedded subset).
         #[arg(long)]
@@ -84,7 +84,7 @@ enum Command {
         #[arg(long)]
         checkpoint: Option<PathBuf>,
         /// Alternating rounds of the step timings (every variant once per round).
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
         rounds: u32,
     },
     /// Export a checkpoint's masked model as safetensors with PyTorch's names: dense (zeros where
@@ -103,7 +103,7 @@ enum Command {
         /// Folder with the four MNIST IDX files; default: the embedded subset.
         #[arg(long)]
         data: Option<PathBuf>,
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
         batch: usize,
     },
     /// Samples/s of dense-masked against sparse inference of an export at batch 1, 64 and 1024
@@ -114,7 +114,7 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
         /// Samples timed per batch size and mode (at least 3 batches).
-        #[arg(long, default_value_t = 8192)]
+        #[arg(long, default_value_t = 8192, allow_negative_numbers = true)]
         samples: usize,
     },
     /// Charts (PNG) of one or more runs, overlaid and labelled: keep ratio per layer over the
@@ -146,7 +146,7 @@ enum Command {
         #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
         seeds: Vec<u64>,
         /// Epochs per run [default: the paper's 20; 3 with --quick].
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         epochs: Option<usize>,
         /// Folder with the four MNIST IDX files; default: the embedded subset.
         #[arg(long)]
@@ -158,13 +158,13 @@ enum Command {
         #[arg(long = "model")]
         models: Vec<String>,
         /// Use only the first N training images [default: all; 6000 with --quick].
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         limit_train: Option<usize>,
         /// A small version to try it out: 3 epochs on 6000 images, lenet300 only, unless given.
         #[arg(long)]
         quick: bool,
         /// Hold out the last N training images in every run and report the epoch best on them.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         valid: Option<usize>,
     },
     /// The results table (mean ± std over seeds, each epoch-selection rule, the paper's figures)
@@ -201,9 +201,9 @@ struct SweepArgs {
     #[arg(long)]
     out: PathBuf,
     /// Epochs per run [default: the model's].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
@@ -217,16 +217,16 @@ struct SweepArgs {
     /// binary batches (`dst fetch cifar10 --to DIR`); default: the embedded MNIST subset.
     #[arg(long)]
     data: Option<PathBuf>,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     log_every: usize,
     /// Use only the first N training images.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     limit_train: Option<usize>,
     /// Dead-layer policy of every run: paper, floor or none.
     #[arg(long, default_value = "paper")]
     reset: String,
     /// Hold out the last N training images in every run and report the epoch best on them.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     valid: Option<usize>,
 }
 
@@ -246,10 +246,10 @@ struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     alpha: Option<f64>,
     /// Epochs in all [default: the model's, 20; on --resume: the run's own].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
     /// Batch size [default: the model's: 64 for the LeNets, 100 for the LSTMs].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
     /// Learning rate [default: the model's: 0.01 (SGD) for the LeNets, 1e-3 (Adam) for the LSTMs].
     #[arg(long, allow_negative_numbers = true)]
@@ -268,7 +268,7 @@ struct TrainArgs {
     /// Weight decay, applied to every parameter [default: the model's, 0 for the LeNets].
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Folder with the four MNIST IDX files (.gz or raw); default: the embedded subset.
     #[arg(long)]
@@ -277,10 +277,10 @@ struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Log every N steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     log_every: usize,
     /// Use only the first N training images.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     limit_train: Option<usize>,
     /// Optimiser: sgd (with --momentum) or adam (betas 0.9/0.999, eps 1e-8) [default: the
     /// model's: sgd for the LeNets, adam for the LSTMs].
@@ -291,7 +291,7 @@ struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     target_keep: Option<f64>,
     /// The epoch by which --target-keep is to be reached [default: 60 % of the run].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     target_epoch: Option<usize>,
     /// What a masked layer keeping <= 1 % does: paper (its thresholds go to 0: dense again, the
     /// paper's rule), floor (every row keeps at least its strongest weight: no collapse, no jump
@@ -300,14 +300,14 @@ struct TrainArgs {
     reset: String,
     /// Hold out the last N training images as a validation split (never the test set) and report
     /// the epoch best on it.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     valid: Option<usize>,
     /// Masked linear layers and convolutions keeping at most this fraction of their weights
     /// compute their forward and input-gradient products from the kept weights only, and masked
     /// LSTM layers their recurrent steps (0: never, 1: always; same results up to float
     /// rounding) [default on CPU adapters: 0.2 for linear layers, 0.5 for convolutions, 0.05 for
     /// LSTM layers; 0 (off) on GPUs].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     sparse_keep: Option<f64>,
     /// A linear layer of 65,536 weights or more skips its input's zeros: its weight gradient
     /// (where SGD is fused into it: CPU adapters) and, masked, its forward when at most this
@@ -315,7 +315,7 @@ struct TrainArgs {
     /// ahead of the --sparse-keep products; on CPU adapters a masked first layer takes it at any
     /// density once this is above 0 (0: never, 1: always; the same results as the dense
     /// products) [default: 0.6 on CPU adapters, 0 (off) on GPUs].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     sparse_input: Option<f64>,
     /// Continue the run in this directory from its last checkpoint (its config is reused;
     /// --epochs may raise the total).
@@ -342,17 +342,56 @@ fn parse_lr_steps(s: &str) -> Result<LrSteps, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    // The train flags given on the command line (`--resume` takes no others but --epochs).
+    let command = Cli::command();
+    let train_args: Vec<&str> = command
+        .find_subcommand("train")
+        .map(|c| c.get_arguments().map(|a| a.get_id().as_str()).collect())
+        .unwrap_or_default();
+    let given: Vec<String> = matches
+        .subcommand_matches("train")
+        .map(|m| {
+            m.ids()
+                .filter(|id| {
+                    train_args.contains(&id.as_str())
+                        && m.value_source(id.as_str())
+                            == Some(clap::parser::ValueSource::CommandLine)
+                })
+                .map(|id| format!("--{}", id.as_str().replace('_', "-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    match run(cli, &given) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// An error and its causes, each cause once: a message that already quotes its cause (as
+/// "path: reason" does) is not followed by it again.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
+fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
     match cli.command {
         None => {
             // The README's main job, the first run a user sees: DST LeNet-300-100 on the
@@ -360,7 +399,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let args = ["dst", "train", "--target-keep", "0.03", "--reset", "floor"];
             match Cli::parse_from(args).command {
                 Some(Command::Train(a)) => {
-                    cmd_train(a)?;
+                    cmd_train(a, &[])?;
                     println!(
                         "\nThis first run asked for 3 % of the weights (dst train --target-keep 0.03 \
                          --reset floor: alpha steered, every row keeps its strongest weight).\n\
@@ -378,7 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             batch,
             dense,
         }) => cmd_info(model.as_deref(), batch, dense),
-        Some(Command::Train(a)) => cmd_train(a),
+        Some(Command::Train(a)) => cmd_train(a, given),
         Some(Command::Eval { checkpoint, data }) => cmd_eval(checkpoint, data),
         Some(Command::Fetch {
             dataset,
@@ -541,7 +580,7 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
     }
     let adapters = list_adapters();
     if adapters.is_empty() {
-        bail!("no GPU adapter found; {}", dst::gpu::NO_ADAPTER_HINT);
+        return Err(dst::gpu::no_adapter().into());
     }
     for (i, a) in adapters.iter().enumerate() {
         let info = a.get_info();
@@ -634,6 +673,17 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
 /// The model's paper settings, overridden by the flags given.
 fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let d = TrainConfig::for_model(&a.model)?;
+    // Flags that would have no effect are refused rather than ignored.
+    if a.dense && a.alpha.is_some() {
+        bail!("--alpha weights DST's threshold penalty; a --dense run has no masks to use it");
+    }
+    if a.dense && a.reset != "paper" {
+        bail!("--reset says what a masked layer keeping <= 1 % does; a --dense run has none");
+    }
+    let optimizer = a.optimizer.clone().unwrap_or(d.optimizer.clone());
+    if optimizer == "adam" && a.momentum.is_some() {
+        bail!("--momentum is SGD's; Adam uses its own betas (0.9, 0.999)");
+    }
     Ok(TrainConfig {
         model: a.model.clone(),
         dense: a.dense,
@@ -649,7 +699,7 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         limit_train: a.limit_train,
         log_every: a.log_every,
         data: a.data.clone(),
-        optimizer: a.optimizer.clone().unwrap_or(d.optimizer),
+        optimizer,
         target_keep: a.target_keep,
         target_epoch: a.target_epoch,
         reset: a.reset.clone(),
@@ -732,9 +782,25 @@ impl Progress for TermProgress {
     }
 }
 
-fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
-    let (cfg, out, resume) = match &a.resume {
+/// `dst train`; `given`: the flags on its command line (`--lr`, `--resume`, ...).
+fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
+    // made_here: the run's folder did not exist before this command.
+    let (cfg, out, resume, made_here) = match &a.resume {
         Some(dir) => {
+            let others: Vec<&str> = given
+                .iter()
+                .map(String::as_str)
+                .filter(|f| !["--resume", "--epochs"].contains(f))
+                .collect();
+            if !others.is_empty() {
+                bail!(
+                    "--resume continues {} with the settings in its config.json; only --epochs \
+                     may be given with it (also given: {}). To train with other settings, start \
+                     a new run",
+                    dir.display(),
+                    others.join(", ")
+                );
+            }
             let path = dir.join("config.json");
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!("--resume {}: cannot read its config.json", dir.display())
@@ -745,40 +811,50 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
             if let Some(epochs) = a.epochs {
                 cfg.epochs = epochs;
             }
-            (cfg, dir.clone(), true)
+            (cfg, dir.clone(), true, false)
         }
         None => {
             let cfg = config_from(&a)?;
-            let out = a.out.clone().unwrap_or_else(|| {
-                PathBuf::from("runs").join(format!(
-                    "{}-{}{}",
-                    timestamp(),
-                    cfg.model,
-                    if cfg.dense { "-dense" } else { "" }
-                ))
-            });
-            if ["checkpoint.safetensors", "metrics.jsonl"]
-                .iter()
-                .any(|f| out.join(f).exists())
-            {
-                bail!(
-                    "{} already holds a run; continue it with --resume {} or pick another --out",
-                    out.display(),
-                    out.display()
-                );
-            }
-            (cfg, out, false)
+            cfg.validate()?;
+            let (out, made_here) = match &a.out {
+                Some(out) => {
+                    check_new_run_dir(out)?;
+                    (out.clone(), !out.exists())
+                }
+                None => (claim_default_run_dir(&cfg)?, true),
+            };
+            (cfg, out, false, made_here)
         }
     };
     cfg.validate()?;
+    if let Some(e) = cfg.lr_steps.iter().find(|&&e| e >= cfg.epochs) {
+        eprintln!(
+            "warning: --lr-steps {e}: the learning rate changes after epoch {e}, and this run ends \
+             at epoch {} (it applies only if the run is extended with --resume --epochs)",
+            cfg.epochs
+        );
+    }
     let gpu = Gpu::from_env()?;
     let plain = !std::io::stderr().is_terminal();
     eprintln!("adapter: {}", gpu.describe());
     eprintln!(
-        "training {} {} (alpha {}, {} epochs, batch {}, lr {}{}, momentum {}, seed {}) on {} -> {}",
+        "training {} {} ({}{}, {} epochs, batch {}, lr {}{}, momentum {}, seed {}) on {} -> {}",
         if cfg.dense { "dense" } else { "DST" },
         cfg.model,
-        cfg.alpha,
+        match cfg.target_keep {
+            Some(r) => format!(
+                "alpha from {} steered to keep {}% by epoch {}",
+                cfg.alpha,
+                100.0 * r,
+                cfg.target_epoch_or_default()
+            ),
+            None => format!("alpha {}", cfg.alpha),
+        },
+        if cfg.dense || cfg.reset == "paper" {
+            String::new()
+        } else {
+            format!(", reset {}", cfg.reset)
+        },
         cfg.epochs,
         cfg.batch,
         cfg.lr,
@@ -810,7 +886,13 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
             resume,
         },
         &mut progress,
-    )?;
+    );
+    if s.is_err() && made_here {
+        // A run refused before it wrote anything leaves no folder behind (remove_dir removes
+        // only an empty one).
+        let _ = std::fs::remove_dir(&out);
+    }
+    let s = s?;
     print_table(&s.last.layers);
     println!(
         "test accuracy {:.2}%, model keep ratio {:.4} ({:.2}% of weights remain), {:.2} ms/step",
@@ -825,6 +907,71 @@ fn cmd_train(a: TrainArgs) -> anyhow::Result<()> {
     );
     println!("run directory: {}", out.display());
     Ok(())
+}
+
+/// What a new run's `--out` may be: a new folder, or an empty one. A folder with a run in it
+/// is `--resume`'s; one with other files is not ours to write into (config.json, summary.json
+/// and the charts would replace files of the same names).
+fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    if !out.is_dir() {
+        bail!("--out {}: is a file, not a folder; give a folder for the run", out.display());
+    }
+    if ["checkpoint.safetensors", "metrics.jsonl"]
+        .iter()
+        .any(|f| out.join(f).exists())
+    {
+        bail!(
+            "{} already holds a run; continue it with --resume {} or pick another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    let names: Vec<String> = std::fs::read_dir(out)
+        .with_context(|| format!("--out {}: cannot list the folder", out.display()))?
+        .map(|e| e.map_or("?".into(), |e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    if let Some(first) = names.first() {
+        bail!(
+            "--out {} is not empty (it holds `{first}`{}); a run writes config.json, \
+             metrics.jsonl, summary.json, its checkpoint and charts there: give a new or empty \
+             folder",
+            out.display(),
+            match names.len() {
+                1 => String::new(),
+                n => format!(" and {} more", n - 1),
+            }
+        );
+    }
+    Ok(())
+}
+
+/// The default run folder, runs/<timestamp>-<model>[-dense], made here (exclusively: two runs
+/// started in the same second get two folders, the second with a suffix -2, -3, ...).
+fn claim_default_run_dir(cfg: &TrainConfig) -> anyhow::Result<PathBuf> {
+    let base = format!(
+        "{}-{}{}",
+        timestamp(),
+        cfg.model,
+        if cfg.dense { "-dense" } else { "" }
+    );
+    claim_run_dir(std::path::Path::new("runs"), &base)
+}
+
+/// Makes `root/base`, or `root/base-2`, `-3`, ... when taken, and returns it.
+fn claim_run_dir(root: &std::path::Path, base: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+    for n in 1..1000 {
+        let dir = root.join(if n == 1 { base.to_string() } else { format!("{base}-{n}") });
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    bail!("{}: 999 run folders named {base} already exist", root.display())
 }
 
 fn print_table(layers: &[LayerStats]) {
@@ -890,4 +1037,35 @@ fn cmd_fetch(dataset: &str, to: &std::path::Path, extra: Vec<String>) -> anyhow:
         _ => bail!("unknown dataset {dataset:?}; available: mnist, cifar10"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_folders_claimed_in_the_same_second_differ() {
+        let root = std::env::temp_dir().join(format!("dst-claim-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let a = claim_run_dir(&root, "20260101-000000-lenet300").unwrap();
+        let b = claim_run_dir(&root, "20260101-000000-lenet300").unwrap();
+        let c = claim_run_dir(&root, "20260101-000000-lenet300").unwrap();
+        assert_eq!(a, root.join("20260101-000000-lenet300"));
+        assert_eq!(b, root.join("20260101-000000-lenet300-2"));
+        assert_eq!(c, root.join("20260101-000000-lenet300-3"));
+        assert!(a.is_dir() && b.is_dir() && c.is_dir());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_error_quotes_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "File exists (os error 17)");
+        let e = anyhow::Error::new(dst::train::TrainError::Io {
+            path: "afile".into(),
+            source: io,
+        });
+        assert_eq!(error_text(&e), "afile: File exists (os error 17)");
+        let e = anyhow::anyhow!("inner reason").context("outer");
+        assert_eq!(error_text(&e), "outer: inner reason");
+    }
 }

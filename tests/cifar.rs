@@ -223,7 +223,11 @@ fn reader_names_missing_files() {
     );
     assert!(!err.to_string().contains("data_batch_1"));
     let err = cifar::load_dir(&dir.join("nowhere")).unwrap_err();
-    assert!(matches!(err, DataError::Missing { ref missing, .. } if missing.len() == 6));
+    assert!(
+        matches!(err, DataError::NotAFolder { why: "no such folder", dataset: "CIFAR-10", .. }),
+        "{err}"
+    );
+    assert_mentions(&err, &["nowhere", "no such folder"]);
     // CIFAR-10 is not embedded: the error says how to get it.
     let err = DatasetKind::Cifar10.load(None).unwrap_err();
     assert_mentions(

@@ -38,6 +38,18 @@ fn bad_training_flags_are_clear_errors() {
             &["train", "--no-such-flag"],
             "unexpected argument '--no-such-flag'",
         ),
+        // Negative values reach the value check instead of reading as flags.
+        (&["train", "--epochs", "-1"], "invalid value '-1' for '--epochs"),
+        (&["train", "--sparse-keep", "-0.5"], "--sparse-keep must be a fraction"),
+        // Flags that would do nothing are refused, not ignored.
+        (&["train", "--dense", "--alpha", "1e-3"], "a --dense run has no masks"),
+        (&["train", "--dense", "--reset", "floor"], "a --dense run has none"),
+        (
+            &["train", "--optimizer", "adam", "--momentum", "0.5"],
+            "--momentum is SGD's",
+        ),
+        (&["bench", "--rounds", "0"], "--rounds must be >= 1"),
+        (&["bench", "--reps", "0", "--steps", "0"], "nothing to time"),
     ];
     for (args, want) in cases {
         let (ok, _, err) = dst(args);
@@ -156,6 +168,8 @@ fn no_adapter_names_the_fix() {
             err.contains("no GPU adapter found") && err.contains("mesa-vulkan-drivers"),
             "{args:?}: {err}"
         );
+        // The back ends searched, by name, and the variable that narrowed them.
+        assert!(err.contains("as WGPU_BACKEND=") && !err.contains("Backends("), "{err}");
         assert!(!err.contains("panicked"), "{err}");
     }
 }
@@ -495,4 +509,85 @@ fn bench_tables_time_every_gpu_form() {
         .find(|l| l.starts_with("lstm2 xproj"))
         .unwrap();
     assert!(xproj.trim_end().ends_with('*'), "{xproj}");
+}
+
+/// What a user's files survive: a new run refuses a folder holding other files and a file as
+/// `--out`; `--resume` refuses flags it would ignore; `dst export` refuses to write over the
+/// checkpoint it reads or any file but an earlier export; damaged or wrong files given as a
+/// checkpoint are named as such; a run refused once the adapter is open leaves no folder.
+#[test]
+fn user_files_are_never_overwritten_and_wrong_files_are_named() {
+    let root = std::env::temp_dir().join(format!("dst-cli-guard-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let p = |name: &str| root.join(name).to_str().unwrap().to_string();
+
+    // A folder with the user's own config.json is not a run folder.
+    std::fs::create_dir_all(root.join("mine")).unwrap();
+    std::fs::write(root.join("mine/config.json"), b"{\"mine\": true}").unwrap();
+    let (ok, _, err) = dst(&["train", "--epochs", "1", "--limit-train", "64", "--out", &p("mine")]);
+    assert!(!ok && err.contains("is not empty") && err.contains("config.json"), "{err}");
+    assert_eq!(std::fs::read(root.join("mine/config.json")).unwrap(), b"{\"mine\": true}");
+    std::fs::write(root.join("afile"), b"text").unwrap();
+    let (ok, _, err) = dst(&["train", "--epochs", "1", "--out", &p("afile")]);
+    assert!(!ok && err.contains("is a file, not a folder"), "{err}");
+    // Each cause once (no "File exists: File exists").
+    assert_eq!(err.matches("afile").count(), 1, "{err}");
+
+    // A short run to work on.
+    let (ok, _, err) = dst(&["train", "--epochs", "1", "--limit-train", "640", "--out", &p("run")]);
+    assert!(ok, "{err}");
+    let ck = p("run/checkpoint.safetensors");
+    let ck_bytes = std::fs::read(&ck).unwrap();
+
+    let (ok, _, err) = dst(&["train", "--resume", &p("run"), "--epochs", "3", "--lr", "0.5"]);
+    assert!(!ok && err.contains("only --epochs") && err.contains("--lr"), "{err}");
+    assert!(!err.contains("--epochs,") && !err.contains("--resume,"), "{err}");
+
+    let (ok, _, err) = dst(&["export", &ck, "--out", &ck]);
+    assert!(!ok && err.contains("would destroy it"), "{err}");
+    let (ok, _, err) = dst(&["export", &ck, "--out", &p("afile")]);
+    assert!(!ok && err.contains("not a dst export"), "{err}");
+    assert_eq!(std::fs::read(root.join("afile")).unwrap(), b"text");
+    let (ok, _, err) = dst(&["export", &ck, "--out", &p("run")]);
+    assert!(!ok && err.contains("is a folder"), "{err}");
+    let (ok, _, err) = dst(&["export", &ck, "--out", &p("m.safetensors")]);
+    assert!(ok, "{err}");
+    // An earlier export is replaced.
+    let (ok, stdout, err) = dst(&["export", &ck, "--out", &p("m.safetensors"), "--format", "dense"]);
+    assert!(ok, "{err}");
+    assert!(stdout.contains("about the same size"), "{stdout}");
+    assert_eq!(std::fs::read(&ck).unwrap(), ck_bytes, "the checkpoint is untouched");
+
+    let (ok, _, err) = dst(&["eval", "--checkpoint", &p("m.safetensors")]);
+    assert!(!ok && err.contains("`dst export` file"), "{err}");
+    let (ok, _, err) = dst(&["eval", "--checkpoint", &p("afile")]);
+    assert!(!ok && err.contains("not a valid safetensors file"), "{err}");
+
+    // A NaN written into a copy of the checkpoint: refused, naming the tensor.
+    let mut bytes = ck_bytes.clone();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let at = 8 + n + header["fc2.bias"]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(root.join("nan.safetensors"), &bytes).unwrap();
+    for cmd in [
+        vec!["eval", "--checkpoint", &p("nan.safetensors")][..].to_vec(),
+        vec!["export", &p("nan.safetensors"), "--out", &p("nan-export")],
+    ] {
+        let (ok, _, err) = dst(&cmd);
+        assert!(!ok && err.contains("fc2.bias") && err.contains("non-finite"), "{cmd:?}: {err}");
+    }
+
+    // Refused after the adapter is open (the data folder is missing): the default run folder it
+    // claimed is gone again.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["train", "--epochs", "1", "--data", "no-such-folder"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("no such folder"), "{err}");
+    assert_eq!(std::fs::read_dir(root.join("runs")).unwrap().count(), 0, "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
 }

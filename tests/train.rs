@@ -192,7 +192,7 @@ fn foreign_checkpoints_are_refused() {
     let raw = safetensors_without_format(&other);
     std::fs::write(&foreign, raw).unwrap();
     let err = Checkpoint::load(&foreign).unwrap_err().to_string();
-    assert!(err.contains("not a dst checkpoint"), "{err}");
+    assert!(err.contains("not a dst training checkpoint"), "{err}");
 }
 
 fn safetensors_without_format(ck: &Checkpoint) -> Vec<u8> {

@@ -102,6 +102,7 @@ pub fn read_batch(path: &Path) -> Result<(Vec<u8>, Vec<u8>), DataError> {
 /// The folder that holds the six files: `dir` itself, or `dir/cifar-10-batches-bin` when only
 /// that has them (the archive unpacked as it is). Otherwise an error naming the missing files.
 pub fn locate(dir: &Path) -> Result<PathBuf, DataError> {
+    super::check_folder(dir, "CIFAR-10")?;
     let missing = |d: &Path| -> Vec<String> {
         FILES
             .iter()

@@ -143,6 +143,12 @@ pub enum DataError {
         test_rows: usize,
         test_cols: usize,
     },
+    #[error("{dir}: {why}; give the folder that holds the {dataset} files (`dst fetch` writes one)")]
+    NotAFolder {
+        dir: String,
+        dataset: &'static str,
+        why: &'static str,
+    },
     #[error("{dir}: missing {dataset} file(s): {}", missing.join(", "))]
     Missing {
         dir: String,
@@ -369,9 +375,24 @@ fn assemble(arrays: [(IdxArray, String); 4], source: String) -> Result<TrainTest
     })
 }
 
+/// A data folder that is not one: missing, or a file.
+pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), DataError> {
+    let why = match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "is a file, not a folder",
+        Err(_) => "no such folder",
+    };
+    Err(DataError::NotAFolder {
+        dir: dir.display().to_string(),
+        dataset,
+        why,
+    })
+}
+
 /// Loads MNIST from `dir`, which must hold the four standard files, each either raw
 /// (`NAME`) or gzip (`NAME.gz`); the raw file is used when both exist.
 pub fn load_dir(dir: &Path) -> Result<Mnist, DataError> {
+    check_folder(dir, "MNIST")?;
     let mut paths = Vec::with_capacity(4);
     let mut missing = Vec::new();
     for name in MNIST_NAMES {

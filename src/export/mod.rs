@@ -407,7 +407,10 @@ pub fn from_checkpoint(
 }
 
 /// `dst export`: reads a training checkpoint, writes its export to `out` atomically.
+/// Refuses an `out` that holds anything but an earlier export: the checkpoint it reads, a
+/// folder, any other file. Nothing is overwritten but what `dst export` itself wrote.
 pub fn export(checkpoint: &Path, layout: Layout, out: &Path) -> Result<ExportReport, ExportError> {
+    check_out(checkpoint, out)?;
     let ck = Checkpoint::load(checkpoint)?;
     let (export, mut report) = from_checkpoint(&ck, checkpoint, layout)?;
     let bytes = serialize(&export).map_err(|e| invalid(out, e))?;
@@ -417,6 +420,52 @@ pub fn export(checkpoint: &Path, layout: Layout, out: &Path) -> Result<ExportRep
     })?;
     report.file_bytes = bytes.len() as u64;
     Ok(report)
+}
+
+/// How an export's size compares with the model's dense f32 weights.
+pub fn size_note(file: u64, dense: u64, layout: Layout) -> String {
+    let r = dense as f64 / file.max(1) as f64;
+    if r >= 1.005 {
+        format!("{r:.2}x smaller")
+    } else if r > 0.995 {
+        "about the same size".into()
+    } else if layout == Layout::Csr {
+        format!(
+            "{:.2}x larger: at this keep ratio CSR's column indices outweigh the zeros it leaves \
+             out; `--format dense` gives the smaller file",
+            1.0 / r
+        )
+    } else {
+        format!("{:.2}x larger", 1.0 / r)
+    }
+}
+
+/// `export`'s guard on its output path (see there).
+fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
+    let Ok(meta) = std::fs::metadata(out) else {
+        return Ok(()); // nothing there (a missing folder fails at the write, naming it)
+    };
+    if meta.is_dir() {
+        return Err(invalid(out, "is a folder; give the export file's path (e.g. model.safetensors)"));
+    }
+    if let (Ok(a), Ok(b)) = (out.canonicalize(), checkpoint.canonicalize()) {
+        if a == b {
+            return Err(invalid(
+                out,
+                "is the checkpoint being exported: writing there would destroy it; pick another --out",
+            ));
+        }
+    }
+    let is_export = crate::checkpoint::Checkpoint::read_metadata(out)
+        .is_ok_and(|m| m.get("format").map(String::as_str) == Some(FORMAT));
+    if !is_export {
+        return Err(invalid(
+            out,
+            "already exists and is not a dst export; `dst export` replaces only its own files: \
+             remove it or pick another --out",
+        ));
+    }
+    Ok(())
 }
 
 /// `dst export`: writes the export and prints what each masked layer keeps and the sizes.
@@ -433,13 +482,13 @@ pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
         println!("{} matrix(es) kept <= 1% and were reset to dense, as evaluation does (METHOD.md section 3)", r.resets);
     }
     println!(
-        "{} export of {} -> {}: {} bytes; dense f32 {} bytes ({:.2}x smaller)",
+        "{} export of {} -> {}: {} bytes; dense f32 {} bytes ({})",
         r.layout.name(),
         r.model,
         out.display(),
         r.file_bytes,
         r.dense_f32_bytes,
-        r.dense_f32_bytes as f64 / r.file_bytes as f64
+        size_note(r.file_bytes, r.dense_f32_bytes, r.layout)
     );
     Ok(())
 }

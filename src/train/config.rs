@@ -316,6 +316,12 @@ impl TrainConfig {
         Ok((m, valid))
     }
 
+    /// The epoch by which `--target-keep` is to be reached: `target_epoch`, or 60 % of the run.
+    pub fn target_epoch_or_default(&self) -> usize {
+        self.target_epoch
+            .unwrap_or(((self.epochs as f64 * 0.6).ceil() as usize).max(1))
+    }
+
     pub fn reset_policy(&self) -> ResetPolicy {
         ResetPolicy::parse(&self.reset).unwrap_or(ResetPolicy::Paper)
     }

@@ -150,9 +150,7 @@ pub fn train(
     let mut history: Vec<EpochRecord> = Vec::new();
     let steps_per_epoch = data.train.count.div_ceil(cfg.batch) as u64;
     let mut control = cfg.target_keep.map(|r| {
-        let e = cfg
-            .target_epoch
-            .unwrap_or(((cfg.epochs as f64 * 0.6).ceil() as usize).max(1));
+        let e = cfg.target_epoch_or_default();
         control::AlphaController::new(cfg.alpha, r, e as u64 * steps_per_epoch)
     });
     if opts.resume {
@@ -208,10 +206,15 @@ pub fn train(
             run.dir.display(),
             epoch0 + 1
         ));
-    } else {
-        std::fs::create_dir_all(&run.dir).map_err(run.io(&run.dir))?;
+    } else if ["checkpoint.safetensors", "metrics.jsonl"]
+        .iter()
+        .any(|f| run.dir.join(f).exists())
+    {
+        return Err(TrainError::Config(format!(
+            "{} already holds a run; resume it or pick another folder",
+            run.dir.display()
+        )));
     }
-    run.write_json(&run.config(), cfg)?;
 
     let train_data = session.upload("train", &data.train)?;
     let test_data = session.upload("test", &data.test)?;
@@ -226,6 +229,12 @@ pub fn train(
         }
         None => None,
     };
+    // The run's folder and config only once nothing can refuse the run any more (a batch the
+    // adapter cannot take is refused by `plan`): a refused run leaves no files behind.
+    if !opts.resume {
+        std::fs::create_dir_all(&run.dir).map_err(run.io(&run.dir))?;
+    }
+    run.write_json(&run.config(), cfg)?;
     let n = data.train.count;
     progress.line(&format!(
         "ready in {:.2} s: {} train / {} test images on the GPU, pipelines built, plans of {} (step) and {} (eval batch) dispatches",
