@@ -9,7 +9,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::runs::Run;
-use super::ReportError;
+use super::{write_charts, Drawn, ReportError};
 
 /// DejaVu Sans (Bitstream Vera licence, see assets/README.md): the only font the charts use, so
 /// they look the same on every machine, with or without system fonts.
@@ -28,12 +28,12 @@ fn register_font() {
     });
 }
 
-/// Draws a `w` x `h` picture with `f` and writes it as PNG to `path`.
-pub(crate) fn render(
+/// Draws a `w` x `h` picture with `f` and returns it as PNG; `path` names it in errors.
+pub(crate) fn render_png(
     path: &Path,
     (w, h): (u32, u32),
     f: impl FnOnce(&Area) -> DrawResult,
-) -> Result<(), ReportError> {
+) -> Result<Vec<u8>, ReportError> {
     register_font();
     let mut buf = vec![255u8; (w * h * 3) as usize];
     {
@@ -47,15 +47,33 @@ pub(crate) fn render(
         root.present().map_err(|e| draw(e.into()))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer of w*h*3 bytes");
+    let mut png = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| ReportError::Draw {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    Ok(png)
+}
+
+/// Draws a `w` x `h` picture with `f` and writes it as PNG to `path`, creating its folder. No
+/// guard: for the files of a study's own folders; `dst plot` and `dst masks` go through
+/// `write_charts`.
+pub(crate) fn render(
+    path: &Path,
+    size: (u32, u32),
+    f: impl FnOnce(&Area) -> DrawResult,
+) -> Result<(), ReportError> {
+    let png = render_png(path, size, f)?;
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
     }
-    img.save(path).map_err(|e| ReportError::Io {
+    crate::checkpoint::write_atomic(path, &png).map_err(|source| ReportError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::other(e),
+        source,
     })
 }
 
@@ -236,9 +254,10 @@ fn title(runs: &[Run], what: &str) -> String {
 
 /// Draws the charts of `runs` (overlaid when several) into `out`; returns the files written.
 /// Charts without data (a dense run has no keep ratios to follow, alpha only when logged) are
-/// left out.
+/// left out. Replaces only files of its own, and draws into a run's folder only that run's charts
+/// (see `write_charts`): otherwise refuses, and writes nothing.
 pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
-    let mut written = Vec::new();
+    let mut pictures: Vec<(&str, Vec<u8>)> = Vec::new();
     const SIZE: (u32, u32) = (1000, 620);
 
     // Per-layer keep ratio over the steps.
@@ -260,8 +279,8 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
         }
     }
     if !keep.is_empty() {
-        let path = out.join("keep_per_layer.png");
-        render(&path, SIZE, |a| {
+        let name = "keep_per_layer.png";
+        let png = render_png(&out.join(name), SIZE, |a| {
             line_panel(
                 a,
                 &Panel {
@@ -274,7 +293,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 },
             )
         })?;
-        written.push(path);
+        pictures.push((name, png));
     }
 
     // Test accuracy and remaining % per epoch.
@@ -316,8 +335,8 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
         });
     }
     if !acc.is_empty() {
-        let path = out.join("accuracy_remaining.png");
-        render(&path, (SIZE.0, 900), |a| {
+        let name = "accuracy_remaining.png";
+        let png = render_png(&out.join(name), (SIZE.0, 900), |a| {
             let halves = a.split_evenly((2, 1));
             line_panel(
                 &halves[0],
@@ -342,7 +361,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 },
             )
         })?;
-        written.push(path);
+        pictures.push((name, png));
     }
 
     // Threshold mean per layer and epoch.
@@ -369,8 +388,8 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
         }
     }
     if !thr.is_empty() {
-        let path = out.join("thresholds.png");
-        render(&path, SIZE, |a| {
+        let name = "thresholds.png";
+        let png = render_png(&out.join(name), SIZE, |a| {
             line_panel(
                 a,
                 &Panel {
@@ -383,7 +402,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 },
             )
         })?;
-        written.push(path);
+        pictures.push((name, png));
     }
 
     // Alpha over the steps, where logged.
@@ -404,8 +423,8 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     }
     if !alpha.is_empty() {
         let positive = alpha.iter().all(|s| s.points.iter().all(|p| p.1 > 0.0));
-        let path = out.join("alpha.png");
-        render(&path, SIZE, |a| {
+        let name = "alpha.png";
+        let png = render_png(&out.join(name), SIZE, |a| {
             line_panel(
                 a,
                 &Panel {
@@ -418,12 +437,13 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 },
             )
         })?;
-        written.push(path);
+        pictures.push((name, png));
     }
-    Ok(written)
+    write_charts(out, &pictures, Drawn::Runs(runs))
 }
 
-/// Draws the charts of the run in `dir` into `dir` (what `dst train` does at the end of a run).
+/// Draws the charts of the run in `dir` into `dir` (what `dst train` does at the end of a run and
+/// of each `--resume`): a run's own charts in its own folder, which they may always replace.
 pub fn draw_run_charts(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let run = Run::load(dir)?;
     plot_runs(std::slice::from_ref(&run), dir)

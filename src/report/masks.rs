@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use super::charts::{render, Area, DrawResult, FAMILY};
-use super::ReportError;
+use super::charts::{render_png, Area, DrawResult, FAMILY};
+use super::{write_charts, Drawn, ReportError};
 use crate::checkpoint::Checkpoint;
 
 /// The mask of a `rows` x `cols` weight matrix with one threshold per row, row-major.
@@ -287,6 +287,7 @@ fn keep_note(m: &[bool]) -> (f64, &'static str) {
 }
 
 /// Writes the mask pictures of `ck`'s first layer into `out`; returns the files written.
+/// Replaces only pictures of its own (see `write_charts`): otherwise refuses, and writes nothing.
 pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let model = ck.meta("model").unwrap_or("").to_string();
     if ck.meta("masked") == Some("false") {
@@ -298,14 +299,14 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         .meta("epoch")
         .map(|e| format!(", epoch {e}"))
         .unwrap_or_default();
-    let mut written = Vec::new();
+    let mut pngs: Vec<(&str, Vec<u8>)> = Vec::new();
     if ck.get("fc1.weight").map(|t| t.1.get(1) == Some(&784)) == Some(true) {
         let (w, t, rows, cols) = matrix(ck, "fc1.weight", "fc1.threshold", None)?;
         let m = mask(&w, &t, rows, cols);
         let frac = column_keep_fraction(&m, rows, cols);
         let (k, note) = keep_note(&m);
-        let path = out.join("fc1_input_keep.png");
-        render(&path, (760, 640), |a| {
+        let name = "fc1_input_keep.png";
+        let png = render_png(&out.join(name), (760, 640), |a| {
             heat_map(
                 a,
                 &format!(
@@ -319,7 +320,7 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
                 "fraction of the fc1 rows",
             )
         })?;
-        written.push(path);
+        pngs.push((name, png));
 
         // The 48 neurons that keep the most inputs (a sparse fc1 often leaves most neurons with
         // none, and an even sample of rows would show empty squares), in row order.
@@ -332,8 +333,8 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         let empty = (0..rows).filter(|&r| kept_of(r) == 0).count();
         let px = 3;
         let per_row = 8;
-        let path = out.join("fc1_neuron_masks.png");
-        render(&path, grid_size(n, per_row, (28, 28), px), |a| {
+        let name = "fc1_neuron_masks.png";
+        let png = render_png(&out.join(name), grid_size(n, per_row, (28, 28), px), |a| {
             picture_grid(
                 a,
                 &format!(
@@ -357,7 +358,7 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
                 },
             )
         })?;
-        written.push(path);
+        pngs.push((name, png));
     } else if let Some((_, shape, _)) = ck.get("conv1.weight") {
         if shape.len() != 4 {
             return Err(ReportError::Checkpoint(format!(
@@ -374,9 +375,12 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         let per_row = 10.min(c_out);
         let pictures = 2 * c_out;
         let px = 12;
-        let path = out.join("conv1_filters.png");
-        render(&path, grid_size(pictures, per_row, (kh, kw), px), |a| {
-            picture_grid(
+        let name = "conv1_filters.png";
+        let png = render_png(
+            &out.join(name),
+            grid_size(pictures, per_row, (kh, kw), px),
+            |a| {
+                picture_grid(
                 a,
                 &format!(
                     "{model} conv1: {c_out} filters {kh}x{kw} (red +, blue -), masks below (dark: kept); keep {:.1}%{epoch}{note}",
@@ -412,8 +416,9 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
                     }
                 },
             )
-        })?;
-        written.push(path);
+            },
+        )?;
+        pngs.push((name, png));
     } else if let Some((_, shape, _)) = ck.get("lstm1.weight_ih") {
         if shape.len() != 2 || shape[0] == 0 || !shape[0].is_multiple_of(4) {
             return Err(ReportError::Checkpoint(format!(
@@ -436,8 +441,8 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
             all.extend(m);
         }
         let (k, _) = keep_note(&all);
-        let path = out.join("lstm1_input_keep.png");
-        render(&path, (900, 420), |a| {
+        let name = "lstm1_input_keep.png";
+        let png = render_png(&out.join(name), (900, 420), |a| {
             heat_map(
                 a,
                 &format!(
@@ -451,11 +456,11 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
                 "fraction of units",
             )
         })?;
-        written.push(path);
+        pngs.push((name, png));
     } else {
         return Err(ReportError::Checkpoint(format!(
             "no mask picture for model {model:?}: its first layer is neither fc1 over 784 pixels, conv1 nor lstm1"
         )));
     }
-    Ok(written)
+    write_charts(out, &pngs, Drawn::Checkpoint(ck))
 }

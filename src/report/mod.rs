@@ -30,6 +30,9 @@ pub enum ReportError {
     Checkpoint(String),
     #[error("{0}")]
     NoRuns(String),
+    /// A chart command would write where it must not (see `write_charts`); nothing written.
+    #[error("{path}: {reason}")]
+    Refused { path: PathBuf, reason: String },
 }
 
 /// The run directories under `paths`: each path that holds a `config.json` is a run; any other
@@ -158,4 +161,212 @@ pub fn write_text(path: &Path, text: &str) -> Result<(), ReportError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The file in a chart folder that lists the pictures `dst plot` and `dst masks` wrote there, one
+/// `SHA-256  name` line each (the format of `sha256sum`: `sha256sum -c .dst-charts` checks them).
+pub const CHARTS_MANIFEST: &str = ".dst-charts";
+
+/// Whose pictures a chart command draws; decides which files already in its folder it may replace.
+pub(crate) enum Drawn<'a> {
+    /// `dst plot`, and `dst train`'s charts of its run: these runs.
+    Runs(&'a [Run]),
+    /// `dst masks`: this checkpoint.
+    Checkpoint(&'a crate::checkpoint::Checkpoint),
+}
+
+/// A folder of a run (`dst train` writes these two there).
+fn is_run_folder(dir: &Path) -> bool {
+    dir.join("config.json").exists() || dir.join("metrics.jsonl").exists()
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// The checkpoint is the run's in `dir`: its settings are that run's `config.json`.
+fn checkpoint_of_run(ck: &crate::checkpoint::Checkpoint, dir: &Path) -> bool {
+    let mine = ck
+        .meta("config")
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok());
+    let theirs = std::fs::read_to_string(dir.join("config.json"))
+        .ok()
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
+    mine.is_some() && mine == theirs
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The (hash, name) lines of `dir`'s manifest; none when it is absent or unreadable.
+fn read_manifest(dir: &Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(dir.join(CHARTS_MANIFEST))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (h, n) = l.split_once("  ")?;
+            Some((h.to_string(), n.to_string()))
+        })
+        .collect()
+}
+
+fn write_manifest(dir: &Path, lines: &[(String, String)]) -> Result<(), ReportError> {
+    let text: String = lines.iter().map(|(h, n)| format!("{h}  {n}\n")).collect();
+    let path = dir.join(CHARTS_MANIFEST);
+    crate::checkpoint::write_atomic(&path, text.as_bytes())
+        .map_err(|source| ReportError::Io { path, source })
+}
+
+/// Writes the pictures `files` (name, PNG bytes) into `out` and returns their paths, replacing
+/// only files that are the command's own; otherwise refuses before writing anything:
+///
+/// - `out` (or a folder above it) that is a file is refused;
+/// - a run's folder (it holds `config.json` or `metrics.jsonl`) takes that run's charts, drawn
+///   alone, and they may replace what is there (`dst train` draws them at the end of each run
+///   and `--resume`); charts of other runs, or of several runs, are refused there. Mask pictures
+///   of a checkpoint go into any folder under the next rule, and may replace those of a run
+///   whose `config.json` the checkpoint's settings match;
+/// - in any other folder an existing file may be replaced only if the folder's `.dst-charts`
+///   lists it with its current SHA-256: dst wrote it there and nobody changed it since.
+///
+/// The names written are added to `.dst-charts` (merged: the other lines stay) before the files
+/// are written (so an interrupted write leaves them replaceable), then listed with their new hash
+/// only. A run's own charts in its own folder leave no `.dst-charts` there.
+pub(crate) fn write_charts(
+    out: &Path,
+    files: &[(&str, Vec<u8>)],
+    drawn: Drawn,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let dir = if out.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        out
+    };
+    let refuse = |path: &Path, reason: String| ReportError::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    // The folder, or the nearest one above it that exists, must be a folder.
+    let mut up = Some(dir);
+    while let Some(p) = up {
+        match std::fs::metadata(p) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(refuse(
+                    p,
+                    "is a file, not a folder; give a folder for the pictures (--out)".into(),
+                ))
+            }
+            Err(_) => up = p.parent().filter(|q| !q.as_os_str().is_empty()),
+        }
+    }
+    let (own, manifest) = if dir.is_dir() {
+        let run_folder = is_run_folder(dir);
+        let own = match &drawn {
+            Drawn::Runs(runs) => runs.len() == 1 && same_dir(&runs[0].dir, dir),
+            Drawn::Checkpoint(ck) => run_folder && checkpoint_of_run(ck, dir),
+        };
+        if let (Drawn::Runs(runs), true, false) = (&drawn, run_folder, own) {
+            let list = runs
+                .iter()
+                .map(|r| r.dir.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let what = if runs.iter().any(|r| same_dir(&r.dir, dir)) {
+                format!(
+                    "is a run folder, and {} runs are drawn, it among them ({list})",
+                    runs.len()
+                )
+            } else {
+                format!(
+                    "is the folder of another run than {} drawn ({list})",
+                    if runs.len() > 1 { "those" } else { "the one" }
+                )
+            };
+            return Err(refuse(
+                dir,
+                format!(
+                    "{what}; a run folder takes only its own run's charts, drawn alone: pick \
+                     another --out"
+                ),
+            ));
+        }
+        let manifest = read_manifest(dir);
+        if !own {
+            let theirs: Vec<&str> = files
+                .iter()
+                .map(|(name, _)| *name)
+                .filter(|name| {
+                    let path = dir.join(name);
+                    if std::fs::symlink_metadata(&path).is_err() {
+                        return false; // nothing there
+                    }
+                    let hash = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
+                    !manifest
+                        .iter()
+                        .any(|(h, n)| n == name && Some(h) == hash.as_ref())
+                })
+                .collect();
+            if !theirs.is_empty() {
+                return Err(refuse(
+                    dir,
+                    format!(
+                        "would replace {}, which dst did not write there (or which changed since); \
+                         `dst plot` and `dst masks` replace only their own pictures (listed in \
+                         {}): remove {} or pick another --out",
+                        theirs.join(", "),
+                        CHARTS_MANIFEST,
+                        if theirs.len() > 1 { "them" } else { "it" }
+                    ),
+                ));
+            }
+        }
+        (own, manifest)
+    } else {
+        (false, Vec::new())
+    };
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let record = !(own && matches!(drawn, Drawn::Runs(_)));
+    let new: Vec<(String, String)> = files
+        .iter()
+        .map(|(name, bytes)| (sha256_hex(bytes), name.to_string()))
+        .collect();
+    if record {
+        let mut both = manifest.clone();
+        for e in &new {
+            if !both.contains(e) {
+                both.push(e.clone());
+            }
+        }
+        write_manifest(dir, &both)?;
+    }
+    let mut written = Vec::new();
+    for (name, bytes) in files {
+        let path = out.join(name);
+        crate::checkpoint::write_atomic(&path, bytes).map_err(|source| ReportError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path);
+    }
+    if record {
+        let mut after: Vec<(String, String)> = manifest
+            .into_iter()
+            .filter(|(_, n)| !new.iter().any(|(_, m)| m == n))
+            .collect();
+        after.extend(new);
+        write_manifest(dir, &after)?;
+    }
+    Ok(written)
 }

@@ -1,0 +1,288 @@
+//! `dst plot` and `dst masks` replace only files they wrote: a file of the user's in the output
+//! folder (same name as a chart) is left alone and the command fails naming it, before writing
+//! anything; the same command repeated into the same folder works (its own charts, recorded with
+//! their SHA-256 in the folder's `.dst-charts`); a run's folder takes that run's own charts only
+//! (what `dst train` draws there), never other runs'; an `--out` that is a file is refused as
+//! such. Fake run folders and a small checkpoint written here: no GPU, no training.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use dst::checkpoint::Checkpoint;
+use serde_json::json;
+
+const PRECIOUS: &[u8] = b"MY PRECIOUS\n";
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dst-chart-outputs-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A run folder as `dst train` writes it (config.json, metrics.jsonl), 2 epochs, 3 layers.
+fn fake_run(dir: &Path, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = json!({
+        "model": "lenet300", "dense": false, "alpha": 5e-4, "epochs": 2, "batch": 64,
+        "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "seed": seed, "limit_train": null,
+        "log_every": 10, "data": null, "optimizer": "sgd"
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let mut text = String::new();
+    for epoch in 1..=2u64 {
+        for s in 1..=2u64 {
+            let step = (epoch - 1) * 20 + s * 10;
+            let k = 1.0 / step as f64;
+            text.push_str(&format!(
+                "{}\n",
+                json!({"kind": "step", "step": step, "epoch": epoch, "loss": 0.5, "penalty": 0.01,
+                       "lr": 0.01, "alpha": 5e-4, "keep": {"fc1": k, "fc2": 2.0 * k, "fc3": 0.5}})
+            ));
+        }
+        let layers: Vec<serde_json::Value> = ["fc1", "fc2", "fc3"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                json!({"name": n, "shape": [10, 10], "kept": 50, "total": 100, "keep_ratio": 0.5,
+                       "threshold_min": 0.0, "threshold_mean": 0.01 * (epoch as usize * (i + 1)) as f64,
+                       "threshold_max": 0.1, "resets": 0})
+            })
+            .collect();
+        text.push_str(&format!(
+            "{}\n",
+            json!({"kind": "epoch", "epoch": epoch, "step": epoch * 20, "train_loss": 0.3,
+                   "test_loss": 0.2, "test_acc": 90.0 + epoch as f64 + seed as f64,
+                   "keep_ratio": 0.5 / epoch as f64, "layers": layers,
+                   "epoch_seconds": 1.0, "ms_per_step": 10.0})
+        ));
+    }
+    std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
+}
+
+/// A small masked LeNet-300-100 checkpoint file (fc1 over the 784 pixels).
+fn fake_checkpoint(path: &Path) {
+    let mut ck = Checkpoint::default();
+    ck.metadata.insert("model".into(), "lenet300".into());
+    ck.metadata.insert("masked".into(), "true".into());
+    let w: Vec<f32> = (0..300 * 784)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    ck.tensors = vec![
+        ("fc1.weight".into(), vec![300, 784], w),
+        ("fc1.threshold".into(), vec![300], vec![0.5; 300]),
+    ];
+    ck.save(path).unwrap();
+}
+
+fn dst(cwd: &Path, args: &[&Path]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dst"))
+        .current_dir(cwd)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn p(s: &str) -> &Path {
+    Path::new(s)
+}
+
+fn ok(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The command failed, without a panic, and its message holds each of `want`.
+fn refused(o: &Output, what: &str, want: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{what} must fail; stderr: {err}");
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    for w in want {
+        assert!(err.contains(w), "{what}: {err:?} lacks {w:?}");
+    }
+}
+
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG"))
+}
+
+#[test]
+fn plot_leaves_the_users_files_alone_and_replaces_its_own() {
+    let root = tmp("plot");
+    fake_run(&root.join("l300"), 1);
+    fake_run(&root.join("l5"), 2);
+
+    // A user's file of a chart's name: refused before anything is written, the file named.
+    let user = root.join("pdir");
+    std::fs::create_dir_all(&user).unwrap();
+    std::fs::write(user.join("keep_per_layer.png"), PRECIOUS).unwrap();
+    let o = dst(&root, &[p("plot"), p("l300"), p("--out"), p("pdir")]);
+    refused(
+        &o,
+        "plot into the user's folder",
+        &["pdir", "keep_per_layer.png", "--out"],
+    );
+    assert_eq!(
+        std::fs::read(user.join("keep_per_layer.png")).unwrap(),
+        PRECIOUS
+    );
+    assert!(
+        !user.join("accuracy_remaining.png").exists(),
+        "nothing written"
+    );
+
+    // The same command twice into a new folder: its own charts, replaced.
+    let o = dst(
+        &root,
+        &[p("plot"), p("l300"), p("l5"), p("--out"), p("charts")],
+    );
+    ok(&o, "first plot");
+    assert!(is_png(&root.join("charts/thresholds.png")));
+    let o = dst(
+        &root,
+        &[p("plot"), p("l300"), p("l5"), p("--out"), p("charts")],
+    );
+    ok(&o, "the same plot again");
+    // Other runs drawn into the same folder: still dst's own charts.
+    let o = dst(&root, &[p("plot"), p("l5"), p("--out"), p("charts")]);
+    ok(&o, "another plot into dst's chart folder");
+    // A chart the user changed since is theirs now.
+    std::fs::write(root.join("charts/alpha.png"), PRECIOUS).unwrap();
+    let o = dst(&root, &[p("plot"), p("l300"), p("--out"), p("charts")]);
+    refused(&o, "plot over a chart the user changed", &["alpha.png"]);
+    assert_eq!(
+        std::fs::read(root.join("charts/alpha.png")).unwrap(),
+        PRECIOUS
+    );
+
+    // The default ./plots of several runs: an existing thresholds.png of the user's is kept.
+    std::fs::create_dir_all(root.join("plots")).unwrap();
+    std::fs::write(root.join("plots/thresholds.png"), PRECIOUS).unwrap();
+    let o = dst(&root, &[p("plot"), p("l300"), p("l5")]);
+    refused(&o, "plot into ./plots", &["plots", "thresholds.png"]);
+    assert_eq!(
+        std::fs::read(root.join("plots/thresholds.png")).unwrap(),
+        PRECIOUS
+    );
+    assert!(
+        !root.join("plots/keep_per_layer.png").exists(),
+        "nothing written"
+    );
+
+    // --out a file.
+    std::fs::write(root.join("afile"), PRECIOUS).unwrap();
+    let o = dst(&root, &[p("plot"), p("l300"), p("--out"), p("afile")]);
+    refused(
+        &o,
+        "plot --out a file",
+        &["afile", "is a file, not a folder"],
+    );
+    assert_eq!(std::fs::read(root.join("afile")).unwrap(), PRECIOUS);
+}
+
+#[test]
+fn a_run_folder_takes_only_its_own_charts() {
+    let root = tmp("runs");
+    fake_run(&root.join("l300"), 1);
+    fake_run(&root.join("l5"), 2);
+    fake_run(&root.join("lstm"), 3);
+
+    // A run's charts in its own folder, as `dst train` draws them (no manifest there: charts
+    // drawn before are its own), again and again; by default and through --out.
+    dst::report::draw_run_charts(&root.join("l5")).unwrap();
+    let own = std::fs::read(root.join("l5/keep_per_layer.png")).unwrap();
+    dst::report::draw_run_charts(&root.join("l5")).unwrap();
+    ok(
+        &dst(&root, &[p("plot"), p("l5")]),
+        "plot a run into its folder",
+    );
+    ok(
+        &dst(&root, &[p("plot"), p("l5"), p("--out"), p("./l5/")]),
+        "plot a run into its folder, named",
+    );
+    assert_eq!(
+        std::fs::read(root.join("l5/keep_per_layer.png")).unwrap(),
+        own
+    );
+
+    // Other runs' charts into l5: refused, l5's charts untouched.
+    for (args, what) in [
+        (
+            &["plot", "l300", "lstm", "--out", "l5"][..],
+            "two other runs",
+        ),
+        (&["plot", "l300", "--out", "l5"][..], "another run"),
+        (
+            &["plot", "l300", "l5", "--out", "l5"][..],
+            "l5 with another run",
+        ),
+    ] {
+        let args: Vec<&Path> = args.iter().map(|a| p(a)).collect();
+        let o = dst(&root, &args);
+        refused(&o, what, &["l5", "run folder", "--out"]);
+        assert_eq!(
+            std::fs::read(root.join("l5/keep_per_layer.png")).unwrap(),
+            own,
+            "{what}"
+        );
+    }
+    // Into a run folder without charts yet, too.
+    let o = dst(&root, &[p("plot"), p("l300"), p("--out"), p("lstm")]);
+    refused(
+        &o,
+        "another run into a folder without charts",
+        &["lstm", "run folder"],
+    );
+    assert!(!root.join("lstm/keep_per_layer.png").exists());
+}
+
+#[test]
+fn masks_leave_the_users_files_alone_and_replace_their_own() {
+    let root = tmp("masks");
+    let ck = root.join("ck.safetensors");
+    fake_checkpoint(&ck);
+
+    let user = root.join("userdir");
+    std::fs::create_dir_all(&user).unwrap();
+    std::fs::write(user.join("fc1_input_keep.png"), PRECIOUS).unwrap();
+    let o = dst(&root, &[p("masks"), &ck, p("--out"), p("userdir")]);
+    refused(
+        &o,
+        "masks into the user's folder",
+        &["userdir", "fc1_input_keep.png", "--out"],
+    );
+    assert_eq!(
+        std::fs::read(user.join("fc1_input_keep.png")).unwrap(),
+        PRECIOUS
+    );
+    assert!(
+        !user.join("fc1_neuron_masks.png").exists(),
+        "nothing written"
+    );
+
+    // Twice into the same folder, and by default next to the checkpoint: its own pictures.
+    for _ in 0..2 {
+        ok(
+            &dst(&root, &[p("masks"), &ck, p("--out"), p("m")]),
+            "masks --out m",
+        );
+        ok(
+            &dst(&root, &[p("masks"), &ck]),
+            "masks next to the checkpoint",
+        );
+    }
+    assert!(is_png(&root.join("m/fc1_input_keep.png")));
+    assert!(is_png(&root.join("fc1_neuron_masks.png")));
+
+    std::fs::write(root.join("afile"), PRECIOUS).unwrap();
+    let o = dst(&root, &[p("masks"), &ck, p("--out"), p("afile")]);
+    refused(
+        &o,
+        "masks --out a file",
+        &["afile", "is a file, not a folder"],
+    );
+    assert_eq!(std::fs::read(root.join("afile")).unwrap(), PRECIOUS);
+}
