@@ -497,3 +497,237 @@ fn lstm_exports_with_nn_lstm_names_and_per_gate_resets() {
     assert_eq!(back.entries[0].csr(), w);
     assert!(infer::check_supported(&back.model).is_err());
 }
+
+/// Writes `count` images (`side` x `side`, pixels from the embedded test set, cycled) and labels
+/// as the raw IDX files `names` (images, labels) in `dir`.
+fn write_idx(dir: &Path, names: [&str; 2], count: usize, side: usize) {
+    let src = dst::data::load_embedded().test;
+    let mut img = vec![0, 0, 8, 3];
+    for d in [count, side, side] {
+        img.extend((d as u32).to_be_bytes());
+    }
+    let px = side * side;
+    img.extend((0..count * px).map(|i| src.images[i % src.images.len()]));
+    let mut lab = vec![0, 0, 8, 1];
+    lab.extend((count as u32).to_be_bytes());
+    lab.extend(&src.labels[..count]);
+    std::fs::write(dir.join(names[0]), img).unwrap();
+    std::fs::write(dir.join(names[1]), lab).unwrap();
+}
+
+const TRAIN: [&str; 2] = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte"];
+const TEST: [&str; 2] = ["t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"];
+
+/// Runs the binary: (success, stdout, stderr).
+fn dst_cli(args: &[&str]) -> (bool, String, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn images_of_another_size_are_refused_before_any_gpu_work() {
+    let ck_path = {
+        let _g = serial();
+        checkpoint("lenet300", 640)
+    };
+    let dir = tmp("32px");
+    let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
+    let data = dir.join("mnist32");
+    std::fs::create_dir_all(&data).unwrap();
+    write_idx(&data, TRAIN, 20, 32);
+    write_idx(&data, TEST, 20, 32);
+    let (file, data) = (csr_path.to_str().unwrap(), data.to_str().unwrap());
+    for cmd in ["infer", "bench-infer"] {
+        let mut args = vec![cmd, file, "--data", data];
+        if cmd == "bench-infer" {
+            args.extend(["--samples", "8"]);
+        }
+        let (ok, out, err) = dst_cli(&args);
+        assert!(!ok, "{cmd} accepted 32x32 images");
+        assert!(!err.contains("panicked"), "{cmd}: {err}");
+        assert!(
+            err.contains("32x32 images, lenet300 expects 28x28"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            !out.contains("adapter") && !err.contains("adapter"),
+            "{cmd}: GPU opened: {out} {err}"
+        );
+    }
+    // The library: an error, not a panic in the upload.
+    let _g = serial();
+    let ds = dst::data::load_dir(Path::new(data)).unwrap().test;
+    let g = gpu();
+    let e = export::load(&csr_path).unwrap();
+    let net = Net::new(&g, Kernels::new(&g, None).unwrap(), &e, Mode::Sparse).unwrap();
+    let err = infer::throughput(&g, &net, &ds, 4, 3)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("32x32 images"), "{err}");
+}
+
+#[test]
+fn infer_reads_only_the_test_files_and_lists_every_masked_layer() {
+    let ck_path = {
+        let _g = serial();
+        checkpoint("lenet5", 256)
+    };
+    let dir = tmp("l5-cli");
+    let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
+    let e = export::load(&csr_path).unwrap();
+    let table = infer::layer_table(&e);
+    let names: Vec<&str> = table
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["conv1.weight", "conv2.weight", "fc3.weight", "fc4.weight"]
+    );
+    let conv2 = e.get("conv2.weight").unwrap().csr().nnz();
+    assert!(
+        table[1].contains(&format!("{conv2} of 25000 kept")),
+        "{}",
+        table[1]
+    );
+    assert!(table[1].contains("50 x 20 x 5 x 5"), "{}", table[1]);
+
+    // A folder with only the two t10k files.
+    let data = dir.join("t10k-only");
+    std::fs::create_dir_all(&data).unwrap();
+    write_idx(&data, TEST, 40, 28);
+    let file = csr_path.to_str().unwrap();
+    let (ok, out, err) = {
+        let _g = serial();
+        dst_cli(&[
+            "infer",
+            file,
+            "--data",
+            data.to_str().unwrap(),
+            "--batch",
+            "16",
+        ])
+    };
+    assert!(ok, "{err}");
+    for n in names {
+        assert!(out.contains(n), "{n} not listed: {out}");
+    }
+    let last = out.lines().last().unwrap();
+    assert!(
+        last.contains(&format!(
+            "on the 40 test images of {}, sparse",
+            data.display()
+        )),
+        "{last}"
+    );
+    assert!(
+        !last.contains("train") && last.matches("40").count() == 1,
+        "{last}"
+    );
+    // The embedded subset, named once.
+    let l = infer::load_test(None).unwrap();
+    assert_eq!(
+        (l.images.count, l.source.as_str()),
+        (2000, "the embedded MNIST subset")
+    );
+
+    // Test files missing: a clear refusal naming them.
+    std::fs::remove_file(data.join(TEST[1])).unwrap();
+    let err = infer::load_test(Some(&data)).err().unwrap().to_string();
+    assert!(
+        err.contains("missing MNIST test file(s): t10k-labels-idx1-ubyte"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_batch_larger_than_the_adapter_allows_is_capped_with_the_same_logits() {
+    let _g = serial();
+    let ck_path = checkpoint("lenet5", 256);
+    let dir = tmp("cap");
+    let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
+    let e = export::load(&csr_path).unwrap();
+    let mut data = dst::data::load_embedded();
+    data.test = data.test.limit(200);
+    let g = gpu();
+    let net = Net::new(&g, Kernels::new(&g, None).unwrap(), &e, Mode::Sparse).unwrap();
+    let want = infer::logits(&g, &net, &data.test, 20).unwrap();
+    // An adapter with 4 MiB bindings: conv1's output, 20 x 24 x 24 f32 per image, bounds it.
+    let mut small = gpu();
+    small.limits.max_storage_buffer_binding_size = 4 << 20;
+    let net = Net::new(
+        &small,
+        Kernels::new(&small, None).unwrap(),
+        &e,
+        Mode::Sparse,
+    )
+    .unwrap();
+    assert_eq!(net.sample_floats(), 20 * 24 * 24);
+    assert_eq!(net.max_batch(&small), (4 << 20) / (4 * 11520));
+    assert!(infer::batch_note(&small, &net, 200, "--batch 200")
+        .unwrap()
+        .contains("running 91 images at a time"));
+    assert!(infer::batch_note(&small, &net, 91, "--batch 91").is_none());
+    let got = infer::logits(&small, &net, &data.test, 200).unwrap();
+    assert_eq!(got.len(), want.len());
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "capped batch: logits differ by {worst}");
+    assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
+}
+
+#[test]
+fn a_bad_shape_in_the_metadata_is_printed_plainly() {
+    let ck_path = {
+        let _g = serial();
+        checkpoint("lenet300", 640)
+    };
+    let dir = tmp("meta");
+    let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
+    let mut e = export::load(&csr_path).unwrap();
+    e.entries[0].shape = vec![300, 884]; // only the metadata `fc1.weight.shape` changes
+    let err = reload(&e, &dir, "shape884").err().unwrap();
+    assert!(
+        err.contains("metadata `fc1.weight.shape` is [300,884], lenet300 expects [300, 784]"),
+        "{err}"
+    );
+    assert!(!err.contains("Some("), "{err}");
+    // The LSTM refusal names the command that refused.
+    let err = infer::check_supported_by("dst bench-infer", "lstm-b")
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("dst bench-infer runs"), "{err}");
+}
+
+#[test]
+fn the_lstm_refusal_names_the_command_given() {
+    let mut ck = Checkpoint::default();
+    ck.metadata.insert("model".into(), "lstm-a".into());
+    for s in export::model_params("lstm-a").unwrap() {
+        let n = s.shape.iter().product();
+        ck.tensors
+            .push((s.name.to_string(), s.shape.clone(), vec![0.1; n]));
+    }
+    let (e, _) = export::from_checkpoint(&ck, Path::new("lstm"), Layout::Csr).unwrap();
+    let p = tmp("lstm-cli").join("lstm-a.safetensors");
+    std::fs::write(&p, export::serialize(&e).unwrap()).unwrap();
+    for cmd in ["infer", "bench-infer"] {
+        let (ok, _, err) = dst_cli(&[cmd, p.to_str().unwrap()]);
+        assert!(
+            !ok && err.contains(&format!(
+                "error: dst {cmd} runs lenet300 and lenet5 exports"
+            )),
+            "{cmd}: {err}"
+        );
+    }
+}

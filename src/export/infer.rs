@@ -69,15 +69,129 @@ pub struct Plan {
 
 /// The models `dst infer` runs.
 pub fn check_supported(model: &str) -> anyhow::Result<()> {
+    check_supported_by("dst infer", model)
+}
+
+/// The models sparse inference runs, in the words of `command` (`dst infer`, `dst bench-infer`).
+pub fn check_supported_by(command: &str, model: &str) -> anyhow::Result<()> {
     match model {
         "lenet300" | "lenet5" => Ok(()),
         "lstm-a" | "lstm-b" => anyhow::bail!(
-            "dst infer runs lenet300 and lenet5 exports; {model} exports (PyTorch nn.LSTM names, \
+            "{command} runs lenet300 and lenet5 exports; {model} exports (PyTorch nn.LSTM names, \
              dense or CSR gate matrices) are for loading in PyTorch or scipy: sparse LSTM \
              inference is not implemented"
         ),
         _ => anyhow::bail!("unknown model {model:?}"),
     }
+}
+
+/// The per-sample input shape of a supported model: `[1, 28, 28]` (lenet5) or `[784]`.
+pub fn input_shape(model: &str) -> Vec<usize> {
+    if model == "lenet5" {
+        vec![1, 28, 28]
+    } else {
+        vec![784]
+    }
+}
+
+/// Refuses images `model` cannot take (their size), before any GPU work.
+pub fn check_images(model: &str, ds: &Dataset) -> anyhow::Result<()> {
+    let want: usize = input_shape(model).iter().product();
+    if ds.pixels() != want {
+        let got = if ds.channels == 1 {
+            format!("{}x{}", ds.rows, ds.cols)
+        } else {
+            format!("{}x{}x{}", ds.channels, ds.rows, ds.cols)
+        };
+        anyhow::bail!(
+            "{got} images, {model} expects 28x28 MNIST images ({want} values per image, got {})",
+            ds.pixels()
+        );
+    }
+    Ok(())
+}
+
+/// The test set inference classifies, and where it came from.
+pub struct TestSet {
+    pub images: Dataset,
+    /// The folder, or "the embedded MNIST subset".
+    pub source: String,
+}
+
+/// The MNIST test set of `dir` (only `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, raw
+/// or `.gz`, are read: the train files need not be there), or the embedded subset's.
+pub fn load_test(dir: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
+    use crate::data::{idx, DataError, MNIST_NAMES};
+    let Some(dir) = dir else {
+        return Ok(TestSet {
+            images: crate::data::try_load_embedded()?.test,
+            source: "the embedded MNIST subset".into(),
+        });
+    };
+    crate::data::check_folder(dir, "MNIST")?;
+    let mut paths = Vec::new();
+    let mut missing = Vec::new();
+    for name in &MNIST_NAMES[2..] {
+        let (raw, gz) = (dir.join(name), dir.join(format!("{name}.gz")));
+        if raw.is_file() {
+            paths.push(raw);
+        } else if gz.is_file() {
+            paths.push(gz);
+        } else {
+            missing.push(format!("{name} (or {name}.gz)"));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(DataError::Missing {
+            dir: dir.display().to_string(),
+            dataset: "MNIST test",
+            missing,
+        }
+        .into());
+    }
+    let (images, labels) = (&paths[0], &paths[1]);
+    let images = Dataset::from_idx(
+        idx::read_idx(images)?,
+        idx::read_idx(labels)?,
+        &images.display().to_string(),
+        &labels.display().to_string(),
+    )?;
+    Ok(TestSet {
+        images,
+        source: dir.display().to_string(),
+    })
+}
+
+/// One line per weight with a mask (fully connected and convolutional): its shape, the weights
+/// kept of the total, and how inference computes it.
+pub fn layer_table(export: &Export) -> Vec<String> {
+    export
+        .entries
+        .iter()
+        .filter(|e| e.shape.len() >= 2)
+        .map(|e| {
+            let shape = e
+                .shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(" x ");
+            let kept = e.csr().nnz();
+            let total: usize = e.shape.iter().product();
+            let how = if e.shape.len() == 2 {
+                "sparse (CSR)"
+            } else {
+                "dense (conv on the masked weights)"
+            };
+            format!(
+                "{:<14} {:<16} {:>17} kept ({:.2}%), {how}",
+                e.name,
+                shape,
+                format!("{kept} of {total}"),
+                100.0 * kept as f64 / total.max(1) as f64
+            )
+        })
+        .collect()
 }
 
 impl Net {
@@ -148,11 +262,7 @@ impl Net {
                 relu,
             });
         }
-        let input = if export.model == "lenet5" {
-            vec![1, 28, 28]
-        } else {
-            vec![784]
-        };
+        let input = input_shape(&export.model);
         Ok(Net {
             model: export.model.clone(),
             mode,
@@ -161,6 +271,52 @@ impl Net {
             kernels,
             stages,
         })
+    }
+
+    /// Values (f32) per sample of the largest buffer whose size grows with the batch: the
+    /// input, each layer's output and, before a sparse layer, its feature-major copy.
+    pub fn sample_floats(&self) -> usize {
+        let mut dims = self.input.clone();
+        let mut most: usize = dims.iter().product();
+        for st in &self.stages {
+            match st {
+                Stage::ConvReluPool { c_in, c_out, k, .. } => {
+                    let s = ConvShape {
+                        batch: 1,
+                        c_in: *c_in,
+                        h: dims[1],
+                        w: dims[2],
+                        c_out: *c_out,
+                        kh: *k,
+                        kw: *k,
+                        stride: 1,
+                        pad: 0,
+                    };
+                    let ps = PoolShape {
+                        batch: 1,
+                        channels: *c_out,
+                        h: s.out_h(),
+                        w: s.out_w(),
+                        k: 2,
+                        stride: 2,
+                        pad: 0,
+                    };
+                    most = most.max(c_out * s.out_h() * s.out_w());
+                    dims = vec![*c_out, ps.out_h(), ps.out_w()];
+                }
+                Stage::Linear { rows, cols, .. } => {
+                    most = most.max(*rows).max(*cols);
+                    dims = vec![*rows];
+                }
+            }
+        }
+        most
+    }
+
+    /// The largest batch whose buffers fit the adapter's largest storage binding (at least 1).
+    pub fn max_batch(&self, gpu: &Gpu) -> usize {
+        let per = 4 * self.sample_floats().max(1) as u64;
+        (gpu.max_binding() / per).clamp(1, usize::MAX as u64) as usize
     }
 
     /// The dispatches of one batch of `batch` samples.
@@ -312,17 +468,11 @@ pub fn images(ds: &Dataset, from: usize, n: usize, batch: usize) -> Vec<f32> {
     v
 }
 
-/// Logits `(count, classes)` of every image of `ds`, `batch` at a time.
+/// Logits `(count, classes)` of every image of `ds`, `batch` at a time (at most `ds.count` and
+/// `net.max_batch`: each sample is computed on its own, so the batch changes only the speed).
 pub fn logits(gpu: &Gpu, net: &Net, ds: &Dataset, batch: usize) -> anyhow::Result<Vec<f32>> {
-    anyhow::ensure!(
-        ds.pixels() == net.input.iter().product::<usize>(),
-        "{}x{} images, {} expects {:?}",
-        ds.rows,
-        ds.cols,
-        net.model,
-        net.input
-    );
-    let batch = batch.clamp(1, ds.count.max(1));
+    check_images(&net.model, ds)?;
+    let batch = batch.clamp(1, ds.count.max(1)).min(net.max_batch(gpu));
     let plan = net.plan(gpu, batch)?;
     let mut out = Vec::with_capacity(ds.count * net.classes);
     let mut at = 0;
@@ -362,6 +512,8 @@ pub fn throughput(
     batch: usize,
     reps: usize,
 ) -> anyhow::Result<(f64, Vec<f32>)> {
+    check_images(&net.model, ds)?;
+    anyhow::ensure!(ds.count > 0, "no images to time inference on");
     let plan = net.plan(gpu, batch)?;
     let mut input = Vec::with_capacity(batch * ds.pixels());
     for i in 0..batch {
@@ -378,8 +530,26 @@ pub fn throughput(
     Ok(((batch * reps) as f64 / secs, gpu.read::<f32>(&plan.logits)?))
 }
 
-/// `dst infer`: checks the export (before any GPU work), classifies `data`'s test set with sparse
-/// inference and prints the accuracy.
+/// The note printed when a batch of `asked` samples (`what`: how the user asked for it) is more
+/// than the adapter's buffers allow for `net`; `None` when it fits.
+pub fn batch_note(gpu: &Gpu, net: &Net, asked: usize, what: &str) -> Option<String> {
+    let max = net.max_batch(gpu);
+    (asked > max).then(|| {
+        let per = 4 * net.sample_floats() as u64;
+        format!(
+            "note: {what} needs {} MiB in one buffer for {}, this adapter allows {} \
+             MiB: running {max} images at a time, the largest batch that fits (the results are \
+             the same; the batch only sets the speed)",
+            (asked as u64 * per) >> 20,
+            net.model,
+            gpu.max_binding() >> 20
+        )
+    })
+}
+
+/// `dst infer`: checks the export and the images (before any GPU work), classifies the test set
+/// of `data` (its two t10k files; the embedded subset's without `data`) with sparse inference
+/// and prints the accuracy.
 pub fn run(
     file: &std::path::Path,
     data: Option<&std::path::Path>,
@@ -388,42 +558,42 @@ pub fn run(
     anyhow::ensure!(batch >= 1, "--batch must be >= 1, got {batch}");
     let export = super::load(file)?;
     check_supported(&export.model)?;
-    let data = match data {
-        Some(d) => crate::data::load_dir(d)?,
-        None => crate::data::try_load_embedded()?,
-    };
+    let test = load_test(data)?;
+    check_images(&export.model, &test.images)?;
     let gpu = Gpu::from_env()?;
     eprintln!("adapter: {}", gpu.describe());
     let kernels = Kernels::new(&gpu, None)?;
     let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
-    for e in export.entries.iter().filter(|e| e.shape.len() == 2) {
-        let c = e.csr();
-        println!(
-            "{:<12} {:>4} x {:<4} {:>7} kept ({:.2}%), sparse",
-            e.name,
-            c.rows,
-            c.cols,
-            c.nnz(),
-            100.0 * c.nnz() as f64 / (c.rows * c.cols) as f64
-        );
+    let count = test.images.count;
+    let asked = batch.min(count.max(1));
+    let what = if asked == batch {
+        format!("--batch {batch}")
+    } else {
+        format!("--batch {batch} (all {asked} test images)")
+    };
+    if let Some(note) = batch_note(&gpu, &net, asked, &what) {
+        eprintln!("{note}");
+    }
+    for line in layer_table(&export) {
+        println!("{line}");
     }
     let t = Instant::now();
-    let l = logits(&gpu, &net, &data.test, batch)?;
+    let l = logits(&gpu, &net, &test.images, batch)?;
     let secs = t.elapsed().as_secs_f64();
     let pred = predictions(&l, net.classes);
     let correct = pred
         .iter()
-        .zip(&data.test.labels)
+        .zip(&test.images.labels)
         .filter(|(p, &y)| **p == y as usize)
         .count();
     println!(
-        "test accuracy {:.2}% on {} ({} images), sparse inference of {} ({} export), {:.0} images/s",
-        100.0 * correct as f64 / data.test.count.max(1) as f64,
-        data.source,
-        data.test.count,
+        "test accuracy {:.2}% on the {count} test images of {}, sparse inference of {} ({} \
+         export), {:.0} images/s",
+        100.0 * correct as f64 / count.max(1) as f64,
+        test.source,
         export.model,
         export.layout.name(),
-        data.test.count as f64 / secs
+        count as f64 / secs
     );
     Ok(())
 }
@@ -441,11 +611,9 @@ pub fn bench(
     samples: usize,
 ) -> anyhow::Result<()> {
     let export = super::load(file)?;
-    check_supported(&export.model)?;
-    let data = match data {
-        Some(d) => crate::data::load_dir(d)?,
-        None => crate::data::try_load_embedded()?,
-    };
+    check_supported_by("dst bench-infer", &export.model)?;
+    let test = load_test(data)?;
+    check_images(&export.model, &test.images)?;
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.describe());
     let kernels = Kernels::new(&gpu, None)?;
@@ -474,13 +642,17 @@ pub fn bench(
         "batch", "batches", "dense-masked/s", "sparse/s", "speedup", "max |dlogit|"
     );
     for &b in batches {
+        if let Some(note) = batch_note(&gpu, &dense, b, &format!("batch {b}")) {
+            eprintln!("{note}");
+        }
+        let b = b.max(1).min(dense.max_batch(&gpu));
         let reps = (samples / b).max(3);
         // Alternating rounds, the best of each mode: robust to a shared, noisy machine.
         let (mut d, mut s, mut ld, mut ls) = (0.0f64, 0.0f64, Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            let (x, l) = throughput(&gpu, &dense, &data.test, b, reps)?;
+            let (x, l) = throughput(&gpu, &dense, &test.images, b, reps)?;
             (d, ld) = (d.max(x), l);
-            let (x, l) = throughput(&gpu, &sparse, &data.test, b, reps)?;
+            let (x, l) = throughput(&gpu, &sparse, &test.images, b, reps)?;
             (s, ls) = (s.max(x), l);
         }
         let diff = ld

@@ -695,8 +695,9 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
             if declared.map(|d| serde_json::from_str::<Vec<usize>>(d).ok())
                 != Some(Some(shape.clone()))
             {
+                let declared = declared.map_or("missing".into(), |d| d.to_string());
                 return Err(bad(format!(
-                    "metadata `{name}.shape` is {declared:?}, {model} expects {shape:?}"
+                    "metadata `{name}.shape` is {declared}, {model} expects {shape:?}"
                 )));
             }
             let c = Csr::from_parts(rows, cols, &crow, &col, val)
