@@ -39,6 +39,34 @@ fn not_ours(found: Option<&str>) -> String {
     }
 }
 
+/// The metadata key of the SHA-256 of a checkpoint's tensors (`tensors_sha256`).
+pub const HASH_KEY: &str = "tensors_sha256";
+
+/// SHA-256, as hex, of tensors in name order: each name, its shape and its f32 values (little
+/// endian). What `save` stores under `HASH_KEY` and `load` checks: a flipped bit is refused.
+pub fn tensors_sha256(tensors: &[NamedTensor]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&NamedTensor> = tensors.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    for (name, shape, values) in sorted {
+        h.update((name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update((shape.len() as u64).to_le_bytes());
+        for d in shape {
+            h.update((*d as u64).to_le_bytes());
+        }
+        if cfg!(target_endian = "little") {
+            h.update(bytemuck::cast_slice::<f32, u8>(values));
+        } else {
+            for v in values {
+                h.update(v.to_le_bytes());
+            }
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One checkpoint tensor: (name, shape, values).
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
@@ -83,6 +111,7 @@ impl Checkpoint {
             })?;
         let mut meta = self.metadata.clone();
         meta.insert("format".into(), FORMAT.into());
+        meta.insert(HASH_KEY.into(), tensors_sha256(&self.tensors));
         let data =
             safetensors::serialize(views, Some(meta)).map_err(|e| CheckpointError::Format {
                 path: path.to_path_buf(),
@@ -172,6 +201,20 @@ impl Checkpoint {
             }
             tensors.push((name, view.shape().to_vec(), values));
         }
+        // Checkpoints before the hash have none: they load as they did.
+        if let Some(want) = metadata.get(HASH_KEY) {
+            if *want != tensors_sha256(&tensors) {
+                return Err(CheckpointError::Mismatch {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "its tensors do not match the SHA-256 in its metadata (`{HASH_KEY}`): \
+                         the file is damaged or was edited"
+                    ),
+                });
+            }
+        }
+        let mut metadata = metadata;
+        metadata.remove(HASH_KEY);
         Ok(Checkpoint { tensors, metadata })
     }
 }

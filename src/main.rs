@@ -100,7 +100,8 @@ enum Command {
     /// Classify the test set from an export (lenet300, lenet5) with sparse GPU inference.
     Infer {
         file: PathBuf,
-        /// Folder with the four MNIST IDX files; default: the embedded subset.
+        /// Folder with the MNIST test files (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte,
+        /// raw or .gz); default: the embedded subset.
         #[arg(long)]
         data: Option<PathBuf>,
         #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
@@ -110,7 +111,8 @@ enum Command {
     /// (best of 3 alternating rounds each).
     BenchInfer {
         file: PathBuf,
-        /// Folder with the MNIST IDX files (the inputs); default: the embedded subset.
+        /// Folder with the MNIST test files (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte,
+        /// raw or .gz; the inputs); default: the embedded subset.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Samples timed per batch size and mode (at least 3 batches).
@@ -342,6 +344,21 @@ fn parse_lr_steps(s: &str) -> Result<LrSteps, String> {
 }
 
 fn main() -> ExitCode {
+    // A closed stdout (`dst info | head -1`) ends the program quietly, as a closed pipe ends
+    // other command-line tools (status 141: 128 + SIGPIPE), instead of a panic from `println!`.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info)
+    }));
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
@@ -370,7 +387,21 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_text(&e));
-            ExitCode::FAILURE
+            let interrupted = e.chain().any(|c| {
+                let t = c.downcast_ref::<train::TrainError>().or_else(|| {
+                    match c.downcast_ref::<dst::study::StudyError>() {
+                        Some(dst::study::StudyError::Train(t)) => Some(t),
+                        _ => None,
+                    }
+                });
+                matches!(t, Some(train::TrainError::Interrupted { .. }))
+            });
+            // 130: the shell's code for a command stopped by Ctrl-C.
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -838,7 +869,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     let plain = !std::io::stderr().is_terminal();
     eprintln!("adapter: {}", gpu.describe());
     eprintln!(
-        "training {} {} ({}{}, {} epochs, batch {}, lr {}{}, momentum {}, seed {}) on {} -> {}",
+        "training {} {} ({}{}, {} epoch{}, batch {}, {} lr {}{}{}, seed {}) on {} -> {}",
         if cfg.dense { "dense" } else { "DST" },
         cfg.model,
         match cfg.target_keep {
@@ -856,14 +887,20 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             format!(", reset {}", cfg.reset)
         },
         cfg.epochs,
+        if cfg.epochs == 1 { "" } else { "s" },
         cfg.batch,
+        cfg.optimizer,
         cfg.lr,
         if cfg.lr_steps.is_empty() {
             String::new()
         } else {
             format!(" x{} after epochs {:?}", cfg.lr_gamma, cfg.lr_steps)
         },
-        cfg.momentum,
+        if cfg.optimizer == "adam" {
+            String::new()
+        } else {
+            format!(", momentum {}", cfg.momentum)
+        },
         cfg.seed,
         cfg.data
             .as_ref()

@@ -591,3 +591,108 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
     assert_eq!(std::fs::read_dir(root.join("runs")).unwrap().count(), 0, "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// The epochs and step lines of a run's metrics.jsonl.
+fn logged(dir: &std::path::Path) -> (Vec<u64>, Vec<u64>) {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let (mut epochs, mut steps) = (Vec::new(), Vec::new());
+    for l in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        match v["kind"].as_str() {
+            Some("epoch") => epochs.push(v["epoch"].as_u64().unwrap()),
+            _ => steps.push(v["step"].as_u64().unwrap()),
+        }
+    }
+    (epochs, steps)
+}
+
+/// Ctrl-C stops a run at its next log point with status 130 and says how to go on; the resumed
+/// run logs every step and epoch once. A run stopped before its first checkpoint starts over on
+/// --resume; one stopped between its last checkpoint and its summary gets its summary.
+#[cfg(unix)]
+#[test]
+fn interrupted_runs_resume_cleanly() {
+    let root = std::env::temp_dir().join(format!("dst-cli-int-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let run = root.join("run");
+    let r = run.to_str().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["train", "--epochs", "200", "--limit-train", "640", "--log-every", "2"])
+        .args(["--out", r])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !run.join("checkpoint.safetensors").exists() {
+        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 2 minutes");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted at epoch") && err.contains("--resume"), "{err}");
+    let saved: u64 = err
+        .split("checkpoint of epoch ")
+        .nth(1)
+        .and_then(|t| t.split(':').next())
+        .and_then(|t| t.parse().ok())
+        .expect(&err);
+    let (_, steps) = logged(&run);
+    // The run went on past its checkpoint: lines the resume must not repeat.
+    assert!(*steps.last().unwrap() > saved * 10, "{steps:?}");
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", &(saved + 1).to_string()]);
+    assert!(ok, "{err}");
+    let (epochs, steps) = logged(&run);
+    assert_eq!(epochs, (1..=saved + 1).collect::<Vec<_>>());
+    assert!(steps.windows(2).all(|w| w[0] < w[1]), "{steps:?}");
+    assert_eq!(*steps.last().unwrap(), (saved + 1) * 10);
+
+    // Complete but no summary: --resume writes it.
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", &(saved + 1).to_string()]);
+    assert!(ok && err.contains("no summary"), "{err}");
+    assert!(run.join("summary.json").is_file());
+
+    // No checkpoint yet: --resume starts it over, its old lines gone.
+    std::fs::remove_file(run.join("checkpoint.safetensors")).unwrap();
+    std::fs::remove_file(run.join("summary.json")).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "1"]);
+    assert!(ok && err.contains("training it from the start"), "{err}");
+    assert_eq!(logged(&run).0, vec![1]);
+
+    // One flipped bit in a tensor: refused by its SHA-256.
+    let ck = run.join("checkpoint.safetensors");
+    let mut bytes = std::fs::read(&ck).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let at = 8 + n + header["fc1.weight"]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[at + 3] ^= 0x10;
+    let bad = root.join("flipped.safetensors");
+    std::fs::write(&bad, &bytes).unwrap();
+    let (ok, _, err) = dst(&["eval", "--checkpoint", bad.to_str().unwrap()]);
+    assert!(!ok && err.contains("SHA-256"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A closed stdout ends a command quietly (status 141), not with a panic.
+#[cfg(unix)]
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .arg("info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before the first line
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(141), "{err}");
+}

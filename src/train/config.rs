@@ -140,6 +140,14 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    #[error("interrupted at epoch {epoch}, step {step}; {}", interrupted_hint(*saved, dir))]
+    Interrupted {
+        epoch: usize,
+        step: u64,
+        /// The epoch of the checkpoint on disk (0: none yet).
+        saved: usize,
+        dir: PathBuf,
+    },
     #[error("training diverged at epoch {epoch}, step {step}: {what}; the learning rate (--lr) is most likely too large for this model, or --alpha is; try a smaller one (the last good checkpoint, if any, is kept unchanged in {dir})")]
     Diverged {
         epoch: usize,
@@ -324,5 +332,15 @@ impl TrainConfig {
 
     pub fn reset_policy(&self) -> ResetPolicy {
         ResetPolicy::parse(&self.reset).unwrap_or(ResetPolicy::Paper)
+    }
+}
+
+/// What an interrupted run's folder holds, and how to go on.
+fn interrupted_hint(saved: usize, dir: &std::path::Path) -> String {
+    let d = dir.display();
+    if saved == 0 {
+        format!("{d} has no checkpoint yet: `dst train --resume {d}` starts it over (a sweep or reproduction: run its command again)")
+    } else {
+        format!("{d} keeps the checkpoint of epoch {saved}: continue with `dst train --resume {d}` (a sweep or reproduction: run its command again)")
     }
 }

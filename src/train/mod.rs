@@ -5,6 +5,7 @@
 
 mod config;
 pub mod control;
+pub mod interrupt;
 pub mod memory;
 mod run_dir;
 mod session;
@@ -153,7 +154,27 @@ pub fn train(
         let e = cfg.target_epoch_or_default();
         control::AlphaController::new(cfg.alpha, r, e as u64 * steps_per_epoch)
     });
-    if opts.resume {
+    // A run stopped before its first checkpoint has nothing to continue from: it starts over
+    // (the same run: training is deterministic), and what the attempt logged goes.
+    let resume = opts.resume && run.checkpoint().exists();
+    if opts.resume && !resume {
+        if !run.dir.join("config.json").is_file() {
+            return Err(TrainError::Config(format!(
+                "{} holds no run to resume (no config.json, no checkpoint)",
+                run.dir.display()
+            )));
+        }
+        for f in [run.metrics(), run.summary()] {
+            if f.exists() {
+                std::fs::remove_file(&f).map_err(run.io(&f))?;
+            }
+        }
+        progress.line(&format!(
+            "{} has no checkpoint yet (it stopped before its first epoch ended): training it from the start",
+            run.dir.display()
+        ));
+    }
+    if resume {
         let path = run.checkpoint();
         let ck = Checkpoint::load(&path)?;
         session.restore(&ck, &path, true)?;
@@ -196,19 +217,31 @@ pub fn train(
             ));
         }
         if epoch0 >= cfg.epochs {
+            if !run.summary().exists() && !history.is_empty() {
+                // Stopped between its last checkpoint and its summary: finish it.
+                progress.line(&format!(
+                    "{} holds all {epoch0} epochs but no summary (it stopped right after its last \
+                     checkpoint): writing the summary and charts",
+                    run.dir.display()
+                ));
+                return finish(cfg, &session, &data, &history, step, &run, progress);
+            }
             return Err(TrainError::Config(format!(
                 "{} already holds {epoch0} epochs; pass --epochs larger than that to continue",
                 run.dir.display()
             )));
         }
+        trim_metrics(&run, step)?;
+        remove_stale_temporaries(&run);
         progress.line(&format!(
             "resuming {} at epoch {} (step {step})",
             run.dir.display(),
             epoch0 + 1
         ));
-    } else if ["checkpoint.safetensors", "metrics.jsonl"]
-        .iter()
-        .any(|f| run.dir.join(f).exists())
+    } else if !opts.resume
+        && ["checkpoint.safetensors", "metrics.jsonl"]
+            .iter()
+            .any(|f| run.dir.join(f).exists())
     {
         return Err(TrainError::Config(format!(
             "{} already holds a run; resume it or pick another folder",
@@ -231,7 +264,7 @@ pub fn train(
     };
     // The run's folder and config only once nothing can refuse the run any more (a batch the
     // adapter cannot take is refused by `plan`): a refused run leaves no files behind.
-    if !opts.resume {
+    if !resume {
         std::fs::create_dir_all(&run.dir).map_err(run.io(&run.dir))?;
     }
     run.write_json(&run.config(), cfg)?;
@@ -245,6 +278,8 @@ pub fn train(
         eval_plan.dispatches.len()
     ));
 
+    let _catching = interrupt::Catching::new();
+    let mut saved = epoch0; // the epoch of the checkpoint on disk (0: none)
     for epoch in epoch0 + 1..=cfg.epochs {
         let t0 = Instant::now();
         train_data.start_epoch(&session.gpu, cfg.seed, epoch);
@@ -329,6 +364,15 @@ pub fn train(
             log_steps = 0;
             run.append_metric(&line)?;
             progress.step(done, &format!("loss {loss:.4}"));
+            if interrupt::requested() {
+                progress.finish_epoch();
+                return Err(TrainError::Interrupted {
+                    epoch,
+                    step,
+                    saved,
+                    dir: run.dir.clone(),
+                });
+            }
         }
         let train_seconds = t0.elapsed().as_secs_f64();
         let (test_loss, test_acc) = session.evaluate(&eval_plan, &test_data)?;
@@ -415,8 +459,22 @@ pub fn train(
             serde_json::to_string(&history).expect("serialisable"),
         );
         ck.save(&run.checkpoint())?;
+        saved = epoch;
     }
-    let summary = summarize(cfg, &session, &data, &history, step);
+    finish(cfg, &session, &data, &history, step, &run, progress)
+}
+
+/// The end of a run: summary.json, the first layer's input mask picture and the charts.
+fn finish(
+    cfg: &TrainConfig,
+    session: &Session,
+    data: &Mnist,
+    history: &[EpochRecord],
+    step: u64,
+    run: &RunDir,
+    progress: &mut dyn Progress,
+) -> Result<Summary> {
+    let summary = summarize(cfg, session, data, history, step);
     run.write_json(&run.summary(), &summary)?;
     if let Some(img) = session.input_mask_image(data.train.rows, data.train.cols)? {
         let path = run.dir.join("input_mask.png");
@@ -433,6 +491,47 @@ pub fn train(
         progress.line(&format!("warning: charts not drawn: {e}"));
     }
     Ok(summary)
+}
+
+/// On resume: metrics.jsonl without the lines logged after the checkpoint (`step` beyond it; an
+/// epoch line is written before its checkpoint) and without a line cut short by a crash, so
+/// that the steps the resumed run replays are not logged twice.
+fn trim_metrics(run: &RunDir, step: u64) -> Result<()> {
+    let path = run.metrics();
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+                .is_some_and(|s| s <= step)
+        })
+        .collect();
+    if kept.len() == text.lines().count() && text.ends_with('\n') {
+        return Ok(());
+    }
+    let mut out = kept.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    crate::checkpoint::write_atomic(&path, out.as_bytes()).map_err(run.io(&path))
+}
+
+/// The temporary files of atomic writes a crash left in the run folder
+/// (`.checkpoint.safetensors.tmp-PID` and the like).
+fn remove_stale_temporaries(run: &RunDir) {
+    let Ok(entries) = std::fs::read_dir(&run.dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") && e.path().is_file() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn summarize(
