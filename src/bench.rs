@@ -57,7 +57,9 @@ pub fn run(
         anyhow::bail!("--rounds must be >= 1 (each round times every step variant once)");
     }
     if reps == 0 && steps == 0 {
-        anyhow::bail!("nothing to time: --reps 0 leaves out the kernel tables and --steps 0 the step times");
+        anyhow::bail!(
+            "nothing to time: --reps 0 leaves out the kernel tables and --steps 0 the step times"
+        );
     }
     // A checkpoint is read and checked before any GPU work.
     let ck = match checkpoint {

@@ -31,11 +31,17 @@ pub enum CheckpointError {
 /// Why a safetensors file with metadata `format` = `found` is not a training checkpoint.
 fn not_ours(found: Option<&str>) -> String {
     match found {
-        Some(crate::export::FORMAT) => "this is a `dst export` file (for `dst infer` and `dst bench-infer`), \
+        Some(crate::export::FORMAT) => {
+            "this is a `dst export` file (for `dst infer` and `dst bench-infer`), \
              not a training checkpoint (a run directory's checkpoint.safetensors)"
-            .into(),
-        Some(f) => format!("not a dst training checkpoint (its format is `{f}`, expected `{FORMAT}`)"),
-        None => format!("not a dst training checkpoint (no `format` in its metadata, expected `{FORMAT}`)"),
+                .into()
+        }
+        Some(f) => {
+            format!("not a dst training checkpoint (its format is `{f}`, expected `{FORMAT}`)")
+        }
+        None => format!(
+            "not a dst training checkpoint (no `format` in its metadata, expected `{FORMAT}`)"
+        ),
     }
 }
 

@@ -135,7 +135,11 @@ fn backends_text() -> String {
     .filter(|(f, _)| b.contains(*f))
     .map(|(_, n)| *n)
     .collect();
-    let list = if names.is_empty() { "none".to_string() } else { names.join(", ") };
+    let list = if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    };
     match std::env::var("WGPU_BACKEND") {
         Ok(v) => format!("{list}, as WGPU_BACKEND={v} asks: unset it to search them all"),
         Err(_) => list,

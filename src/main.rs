@@ -388,12 +388,13 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {}", error_text(&e));
             let interrupted = e.chain().any(|c| {
-                let t = c.downcast_ref::<train::TrainError>().or_else(|| {
-                    match c.downcast_ref::<dst::study::StudyError>() {
+                let t =
+                    c.downcast_ref::<train::TrainError>().or_else(|| match c
+                        .downcast_ref::<dst::study::StudyError>()
+                    {
                         Some(dst::study::StudyError::Train(t)) => Some(t),
                         _ => None,
-                    }
-                });
+                    });
                 matches!(t, Some(train::TrainError::Interrupted { .. }))
             });
             // 130: the shell's code for a command stopped by Ctrl-C.
@@ -954,7 +955,10 @@ fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
         return Ok(());
     }
     if !out.is_dir() {
-        bail!("--out {}: is a file, not a folder; give a folder for the run", out.display());
+        bail!(
+            "--out {}: is a file, not a folder; give a folder for the run",
+            out.display()
+        );
     }
     if ["checkpoint.safetensors", "metrics.jsonl"]
         .iter()
@@ -1001,14 +1005,21 @@ fn claim_default_run_dir(cfg: &TrainConfig) -> anyhow::Result<PathBuf> {
 fn claim_run_dir(root: &std::path::Path, base: &str) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
     for n in 1..1000 {
-        let dir = root.join(if n == 1 { base.to_string() } else { format!("{base}-{n}") });
+        let dir = root.join(if n == 1 {
+            base.to_string()
+        } else {
+            format!("{base}-{n}")
+        });
         match std::fs::create_dir(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
         }
     }
-    bail!("{}: 999 run folders named {base} already exist", root.display())
+    bail!(
+        "{}: 999 run folders named {base} already exist",
+        root.display()
+    )
 }
 
 fn print_table(layers: &[LayerStats]) {
@@ -1096,7 +1107,10 @@ mod tests {
 
     #[test]
     fn an_error_quotes_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "File exists (os error 17)");
+        let io = std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "File exists (os error 17)",
+        );
         let e = anyhow::Error::new(dst::train::TrainError::Io {
             path: "afile".into(),
             source: io,

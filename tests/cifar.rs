@@ -224,7 +224,14 @@ fn reader_names_missing_files() {
     assert!(!err.to_string().contains("data_batch_1"));
     let err = cifar::load_dir(&dir.join("nowhere")).unwrap_err();
     assert!(
-        matches!(err, DataError::NotAFolder { why: "no such folder", dataset: "CIFAR-10", .. }),
+        matches!(
+            err,
+            DataError::NotAFolder {
+                why: "no such folder",
+                dataset: "CIFAR-10",
+                ..
+            }
+        ),
         "{err}"
     );
     assert_mentions(&err, &["nowhere", "no such folder"]);

@@ -39,11 +39,23 @@ fn bad_training_flags_are_clear_errors() {
             "unexpected argument '--no-such-flag'",
         ),
         // Negative values reach the value check instead of reading as flags.
-        (&["train", "--epochs", "-1"], "invalid value '-1' for '--epochs"),
-        (&["train", "--sparse-keep", "-0.5"], "--sparse-keep must be a fraction"),
+        (
+            &["train", "--epochs", "-1"],
+            "invalid value '-1' for '--epochs",
+        ),
+        (
+            &["train", "--sparse-keep", "-0.5"],
+            "--sparse-keep must be a fraction",
+        ),
         // Flags that would do nothing are refused, not ignored.
-        (&["train", "--dense", "--alpha", "1e-3"], "a --dense run has no masks"),
-        (&["train", "--dense", "--reset", "floor"], "a --dense run has none"),
+        (
+            &["train", "--dense", "--alpha", "1e-3"],
+            "a --dense run has no masks",
+        ),
+        (
+            &["train", "--dense", "--reset", "floor"],
+            "a --dense run has none",
+        ),
         (
             &["train", "--optimizer", "adam", "--momentum", "0.5"],
             "--momentum is SGD's",
@@ -169,7 +181,10 @@ fn no_adapter_names_the_fix() {
             "{args:?}: {err}"
         );
         // The back ends searched, by name, and the variable that narrowed them.
-        assert!(err.contains("as WGPU_BACKEND=") && !err.contains("Backends("), "{err}");
+        assert!(
+            err.contains("as WGPU_BACKEND=") && !err.contains("Backends("),
+            "{err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
     }
 }
@@ -525,9 +540,23 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
     // A folder with the user's own config.json is not a run folder.
     std::fs::create_dir_all(root.join("mine")).unwrap();
     std::fs::write(root.join("mine/config.json"), b"{\"mine\": true}").unwrap();
-    let (ok, _, err) = dst(&["train", "--epochs", "1", "--limit-train", "64", "--out", &p("mine")]);
-    assert!(!ok && err.contains("is not empty") && err.contains("config.json"), "{err}");
-    assert_eq!(std::fs::read(root.join("mine/config.json")).unwrap(), b"{\"mine\": true}");
+    let (ok, _, err) = dst(&[
+        "train",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--out",
+        &p("mine"),
+    ]);
+    assert!(
+        !ok && err.contains("is not empty") && err.contains("config.json"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(root.join("mine/config.json")).unwrap(),
+        b"{\"mine\": true}"
+    );
     std::fs::write(root.join("afile"), b"text").unwrap();
     let (ok, _, err) = dst(&["train", "--epochs", "1", "--out", &p("afile")]);
     assert!(!ok && err.contains("is a file, not a folder"), "{err}");
@@ -535,14 +564,36 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
     assert_eq!(err.matches("afile").count(), 1, "{err}");
 
     // A short run to work on.
-    let (ok, _, err) = dst(&["train", "--epochs", "1", "--limit-train", "640", "--out", &p("run")]);
+    let (ok, _, err) = dst(&[
+        "train",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "640",
+        "--out",
+        &p("run"),
+    ]);
     assert!(ok, "{err}");
     let ck = p("run/checkpoint.safetensors");
     let ck_bytes = std::fs::read(&ck).unwrap();
 
-    let (ok, _, err) = dst(&["train", "--resume", &p("run"), "--epochs", "3", "--lr", "0.5"]);
-    assert!(!ok && err.contains("only --epochs") && err.contains("--lr"), "{err}");
-    assert!(!err.contains("--epochs,") && !err.contains("--resume,"), "{err}");
+    let (ok, _, err) = dst(&[
+        "train",
+        "--resume",
+        &p("run"),
+        "--epochs",
+        "3",
+        "--lr",
+        "0.5",
+    ]);
+    assert!(
+        !ok && err.contains("only --epochs") && err.contains("--lr"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("--epochs,") && !err.contains("--resume,"),
+        "{err}"
+    );
 
     let (ok, _, err) = dst(&["export", &ck, "--out", &ck]);
     assert!(!ok && err.contains("would destroy it"), "{err}");
@@ -554,10 +605,21 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
     let (ok, _, err) = dst(&["export", &ck, "--out", &p("m.safetensors")]);
     assert!(ok, "{err}");
     // An earlier export is replaced.
-    let (ok, stdout, err) = dst(&["export", &ck, "--out", &p("m.safetensors"), "--format", "dense"]);
+    let (ok, stdout, err) = dst(&[
+        "export",
+        &ck,
+        "--out",
+        &p("m.safetensors"),
+        "--format",
+        "dense",
+    ]);
     assert!(ok, "{err}");
     assert!(stdout.contains("about the same size"), "{stdout}");
-    assert_eq!(std::fs::read(&ck).unwrap(), ck_bytes, "the checkpoint is untouched");
+    assert_eq!(
+        std::fs::read(&ck).unwrap(),
+        ck_bytes,
+        "the checkpoint is untouched"
+    );
 
     let (ok, _, err) = dst(&["eval", "--checkpoint", &p("m.safetensors")]);
     assert!(!ok && err.contains("`dst export` file"), "{err}");
@@ -576,7 +638,10 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
         vec!["export", &p("nan.safetensors"), "--out", &p("nan-export")],
     ] {
         let (ok, _, err) = dst(&cmd);
-        assert!(!ok && err.contains("fc2.bias") && err.contains("non-finite"), "{cmd:?}: {err}");
+        assert!(
+            !ok && err.contains("fc2.bias") && err.contains("non-finite"),
+            "{cmd:?}: {err}"
+        );
     }
 
     // Refused after the adapter is open (the data folder is missing): the default run folder it
@@ -587,8 +652,15 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("no such folder"), "{err}");
-    assert_eq!(std::fs::read_dir(root.join("runs")).unwrap().count(), 0, "{err}");
+    assert!(
+        !o.status.success() && err.contains("no such folder"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(root.join("runs")).unwrap().count(),
+        0,
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 
@@ -618,14 +690,25 @@ fn interrupted_runs_resume_cleanly() {
     let run = root.join("run");
     let r = run.to_str().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_dst"))
-        .args(["train", "--epochs", "200", "--limit-train", "640", "--log-every", "2"])
+        .args([
+            "train",
+            "--epochs",
+            "200",
+            "--limit-train",
+            "640",
+            "--log-every",
+            "2",
+        ])
         .args(["--out", r])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let t0 = std::time::Instant::now();
     while !run.join("checkpoint.safetensors").exists() {
-        assert!(t0.elapsed().as_secs() < 120, "no checkpoint after 2 minutes");
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no checkpoint after 2 minutes"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     let kill = Command::new("kill")
@@ -636,7 +719,10 @@ fn interrupted_runs_resume_cleanly() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted at epoch") && err.contains("--resume"), "{err}");
+    assert!(
+        err.contains("interrupted at epoch") && err.contains("--resume"),
+        "{err}"
+    );
     let saved: u64 = err
         .split("checkpoint of epoch ")
         .nth(1)

@@ -9,7 +9,7 @@ pub mod fetch;
 pub mod idx;
 pub mod tar;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use idx::IdxArray;
 
@@ -143,7 +143,9 @@ pub enum DataError {
         test_rows: usize,
         test_cols: usize,
     },
-    #[error("{dir}: {why}; give the folder that holds the {dataset} files (`dst fetch` writes one)")]
+    #[error(
+        "{dir}: {why}; give the folder that holds the {dataset} files (`dst fetch` writes one)"
+    )]
     NotAFolder {
         dir: String,
         dataset: &'static str,
@@ -389,13 +391,18 @@ pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), Data
     })
 }
 
-/// Loads MNIST from `dir`, which must hold the four standard files, each either raw
-/// (`NAME`) or gzip (`NAME.gz`); the raw file is used when both exist.
-pub fn load_dir(dir: &Path) -> Result<Mnist, DataError> {
+/// The paths of the IDX files `names` in the folder `dir`, each raw (`NAME`) or gzip
+/// (`NAME.gz`; the raw file when both exist); an error naming the folder and every one missing
+/// (`dataset` names what they make up).
+pub fn idx_files(
+    dir: &Path,
+    names: &[&str],
+    dataset: &'static str,
+) -> Result<Vec<PathBuf>, DataError> {
     check_folder(dir, "MNIST")?;
-    let mut paths = Vec::with_capacity(4);
+    let mut paths = Vec::with_capacity(names.len());
     let mut missing = Vec::new();
-    for name in MNIST_NAMES {
+    for name in names {
         let raw = dir.join(name);
         let gz = dir.join(format!("{name}.gz"));
         if raw.is_file() {
@@ -409,10 +416,17 @@ pub fn load_dir(dir: &Path) -> Result<Mnist, DataError> {
     if !missing.is_empty() {
         return Err(DataError::Missing {
             dir: dir.display().to_string(),
-            dataset: "MNIST",
+            dataset,
             missing,
         });
     }
+    Ok(paths)
+}
+
+/// Loads MNIST from `dir`, which must hold the four standard files, each either raw
+/// (`NAME`) or gzip (`NAME.gz`); the raw file is used when both exist.
+pub fn load_dir(dir: &Path) -> Result<Mnist, DataError> {
+    let paths = idx_files(dir, &MNIST_NAMES, "MNIST")?;
     let mut arrays = Vec::with_capacity(4);
     for path in &paths {
         arrays.push((idx::read_idx(path)?, path.display().to_string()));

@@ -121,34 +121,14 @@ pub struct TestSet {
 /// The MNIST test set of `dir` (only `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte`, raw
 /// or `.gz`, are read: the train files need not be there), or the embedded subset's.
 pub fn load_test(dir: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
-    use crate::data::{idx, DataError, MNIST_NAMES};
+    use crate::data::{idx, MNIST_NAMES};
     let Some(dir) = dir else {
         return Ok(TestSet {
             images: crate::data::try_load_embedded()?.test,
             source: "the embedded MNIST subset".into(),
         });
     };
-    crate::data::check_folder(dir, "MNIST")?;
-    let mut paths = Vec::new();
-    let mut missing = Vec::new();
-    for name in &MNIST_NAMES[2..] {
-        let (raw, gz) = (dir.join(name), dir.join(format!("{name}.gz")));
-        if raw.is_file() {
-            paths.push(raw);
-        } else if gz.is_file() {
-            paths.push(gz);
-        } else {
-            missing.push(format!("{name} (or {name}.gz)"));
-        }
-    }
-    if !missing.is_empty() {
-        return Err(DataError::Missing {
-            dir: dir.display().to_string(),
-            dataset: "MNIST test",
-            missing,
-        }
-        .into());
-    }
+    let paths = crate::data::idx_files(dir, &MNIST_NAMES[2..], "MNIST test")?;
     let (images, labels) = (&paths[0], &paths[1]);
     let images = Dataset::from_idx(
         idx::read_idx(images)?,

@@ -446,7 +446,10 @@ fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
         return Ok(()); // nothing there (a missing folder fails at the write, naming it)
     };
     if meta.is_dir() {
-        return Err(invalid(out, "is a folder; give the export file's path (e.g. model.safetensors)"));
+        return Err(invalid(
+            out,
+            "is a folder; give the export file's path (e.g. model.safetensors)",
+        ));
     }
     if let (Ok(a), Ok(b)) = (out.canonicalize(), checkpoint.canonicalize()) {
         if a == b {
