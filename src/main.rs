@@ -1068,6 +1068,12 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn cmd_fetch(dataset: &str, to: &std::path::Path, extra: Vec<String>) -> anyhow::Result<()> {
     use dst::data::fetch;
+    if let Some(m) = extra
+        .iter()
+        .find(|m| !(m.starts_with("http://") || m.starts_with("https://")))
+    {
+        bail!("--mirror {m}: give a base URL starting with http:// or https://");
+    }
     let mut mirrors = extra;
     match dataset {
         "mnist" => {

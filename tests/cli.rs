@@ -61,6 +61,17 @@ fn bad_training_flags_are_clear_errors() {
             "--momentum is SGD's",
         ),
         (&["bench", "--rounds", "0"], "--rounds must be >= 1"),
+        (
+            &[
+                "fetch",
+                "mnist",
+                "--to",
+                "/nonexistent/m",
+                "--mirror",
+                "example.org/mnist",
+            ],
+            "--mirror example.org/mnist: give a base URL starting with http://",
+        ),
         (&["bench", "--reps", "0", "--steps", "0"], "nothing to time"),
     ];
     for (args, want) in cases {

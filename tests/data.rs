@@ -608,3 +608,35 @@ fn fetch_unreachable_mirrors_are_listed() {
     assert!(matches!(err, FetchError::NoMirrors { .. }));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A failed fetch into a folder it made leaves no empty folder; the gzip error names the URL once
+/// (the attempt's line) and the file.
+#[test]
+fn a_failed_fetch_leaves_no_folder_and_names_the_url_once() {
+    let mut routes = HashMap::new();
+    let mut body = gz(&labels(7));
+    body.truncate(body.len() - 6);
+    routes.insert("/t10k-labels-idx1-ubyte.gz".to_string(), body);
+    let server = Server::start(routes, 4);
+    let parent = tmpdir("fetch-new");
+    let dir = parent.join("mnist");
+    let spec = FileSpec {
+        name: "t10k-labels-idx1-ubyte",
+        sha256: Box::leak(fetch::sha256_hex(&labels(7)).into_boxed_str()),
+    };
+    let err = fetch::fetch(
+        &dir,
+        std::slice::from_ref(&server.base),
+        &[spec],
+        &mut |_| {},
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    let url = format!(
+        "{}/t10k-labels-idx1-ubyte.gz",
+        server.base.trim_end_matches('/')
+    );
+    assert_eq!(text.matches(&url).count(), 1, "{text}");
+    assert!(!dir.exists(), "the folder it made is left behind");
+    std::fs::remove_dir_all(&parent).unwrap();
+}

@@ -207,10 +207,26 @@ pub fn fetch(
     files: &[FileSpec],
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), FetchError> {
+    let made = !to.exists();
     fs::create_dir_all(to).map_err(|source| FetchError::CreateDir {
         dir: to.display().to_string(),
         source,
     })?;
+    let result = fetch_into(to, mirrors, files, progress);
+    if result.is_err() && made {
+        // A failed fetch leaves no empty folder it made (remove_dir removes only an empty one).
+        let _ = fs::remove_dir(to);
+    }
+    result
+}
+
+/// `fetch` into the existing folder `to`.
+fn fetch_into(
+    to: &Path,
+    mirrors: &[String],
+    files: &[FileSpec],
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), FetchError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_response(Some(Duration::from_secs(60)))
@@ -245,7 +261,8 @@ pub fn fetch(
             let url = format!("{base}{sep}{gz_name}");
             progress(&format!("{gz_name}: downloading {url}"));
             match download(&agent, &url).and_then(|bytes| {
-                verify(&bytes, spec, &url)?;
+                // Named by the file: the attempt's line already names the URL.
+                verify(&bytes, spec, &gz_name)?;
                 Ok(bytes)
             }) {
                 Ok(bytes) => {
