@@ -286,3 +286,37 @@ fn masks_leave_the_users_files_alone_and_replace_their_own() {
     );
     assert_eq!(std::fs::read(root.join("afile")).unwrap(), PRECIOUS);
 }
+
+/// A run given twice, under two spellings of its path, is drawn and counted once.
+#[test]
+fn a_run_given_twice_counts_once() {
+    let root = std::env::temp_dir().join(format!("dst-find-twice-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for d in ["r", "s"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        std::fs::write(root.join(d).join("config.json"), b"{}").unwrap();
+    }
+    let again = root.join("s").join("..").join("r");
+    let runs = dst::report::find_runs(&[root.join("r"), root.join("s"), again]).unwrap();
+    assert_eq!(runs, vec![root.join("r"), root.join("s")]);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Two runs in folders of the same name get legend names that tell them apart.
+#[test]
+fn runs_of_the_same_folder_name_are_told_apart() {
+    let root = std::env::temp_dir().join(format!("dst-labels-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    fake_run(&root.join("a/run"), 1);
+    fake_run(&root.join("b/run"), 2);
+    fake_run(&root.join("c/other"), 3);
+    let runs =
+        dst::report::load_runs(&[root.join("a/run"), root.join("b/run"), root.join("c/other")])
+            .unwrap();
+    let labels: Vec<String> = runs
+        .iter()
+        .map(|r| dst::report::charts::distinct_label(&runs, r))
+        .collect();
+    assert_eq!(labels, ["a/run", "b/run", "other"]);
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -238,9 +238,24 @@ fn series_label(runs: &[Run], run: &Run, what: &str) -> String {
     match (runs.len() > 1, what.is_empty()) {
         (false, true) => run.label(),
         (false, false) => what.to_string(),
-        (true, true) => run.label(),
-        (true, false) => format!("{}: {what}", run.label()),
+        (true, true) => distinct_label(runs, run),
+        (true, false) => format!("{}: {what}", distinct_label(runs, run)),
     }
+}
+
+/// A run's legend name among `runs`: its folder's name, or with the parent folder's name too
+/// (`sweep-a/alpha5e-4-seed1`) when another run's folder has the same name.
+pub fn distinct_label(runs: &[Run], run: &Run) -> String {
+    let name = run.label();
+    if runs
+        .iter()
+        .any(|r| !std::ptr::eq(r, run) && r.dir != run.dir && r.label() == name)
+    {
+        if let Some(parent) = run.dir.parent().and_then(|p| p.file_name()) {
+            return format!("{}/{name}", parent.to_string_lossy());
+        }
+    }
+    name
 }
 
 fn title(runs: &[Run], what: &str) -> String {

@@ -76,7 +76,14 @@ pub fn find_runs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
             )));
         }
     }
-    out.dedup();
+    // The same run given twice (or as `a` and `./a`) counts once.
+    let mut seen = Vec::new();
+    out.retain(|d| {
+        let key = d.canonicalize().unwrap_or_else(|_| d.clone());
+        let new = !seen.contains(&key);
+        seen.push(key);
+        new
+    });
     Ok(out)
 }
 
