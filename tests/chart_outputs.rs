@@ -320,3 +320,22 @@ fn runs_of_the_same_folder_name_are_told_apart() {
     assert_eq!(labels, ["a/run", "b/run", "other"]);
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A log axis over about a decade labels 1, 2 and 5 times its decades (plotters alone labelled
+/// only the one decade line such an axis holds); over more decades, the decades.
+#[test]
+fn log_axes_label_more_than_one_value() {
+    use dst::report::charts::log_ticks;
+    let close = |a: &[f64], b: &[f64]| {
+        a.len() == b.len()
+            && a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-12 * y.abs())
+    };
+    let t = log_ticks(0.1, 1.2);
+    assert!(close(&t, &[0.1, 0.2, 0.5, 1.0]), "{t:?}");
+    let t = log_ticks(0.01, 1.0);
+    assert!(close(&t, &[0.01, 0.1, 1.0]), "{t:?}");
+    let t = log_ticks(1e-4, 1e-1);
+    assert!(close(&t, &[1e-4, 1e-3, 1e-2, 1e-1]), "{t:?}");
+}

@@ -145,6 +145,28 @@ fn log_range(vals: impl Iterator<Item = f64> + Clone, floor: f64, top: Option<f6
     }
 }
 
+/// The labelled values of a log axis over [lo, hi]: the decades, and over about one decade or
+/// less also 2 and 5 times them, so that such an axis shows more than the one decade line it
+/// may hold (plotters' own choice labels decades only).
+pub fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let steps: &[f64] = if (hi / lo).log10() <= 1.5 {
+        &[1.0, 2.0, 5.0]
+    } else {
+        &[1.0]
+    };
+    let (d0, d1) = (lo.log10().floor() as i32, hi.log10().ceil() as i32);
+    let mut v = Vec::new();
+    for d in d0..=d1 {
+        for m in steps {
+            let x = m * 10f64.powi(d);
+            if x >= lo * (1.0 - 1e-9) && x <= hi * (1.0 + 1e-9) {
+                v.push(x);
+            }
+        }
+    }
+    v
+}
+
 struct Panel<'s> {
     title: &'s str,
     x_desc: &'s str,
@@ -170,16 +192,14 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     let n = p.series.len();
     let style = |i: usize| colour(i, n).stroke_width(2);
     macro_rules! finish {
-        ($chart:expr, $clamp:expr) => {{
+        ($chart:expr, $clamp:expr, $y_labels:expr) => {{
             let mut chart = $chart;
             // Steps and epochs are whole numbers: whole-number ticks only.
             let span = (x1 - x0).round().max(1.0) as usize;
             chart
                 .configure_mesh()
                 .x_labels((span + 1).min(10))
-                // On a log axis, few enough labels that plotters gives decades only (with more,
-                // it labels the top decade twice, a pixel apart).
-                .y_labels(if p.log_y.is_some() { 5 } else { 10 })
+                .y_labels($y_labels)
                 .x_label_formatter(&|x| {
                     if (x - x.round()).abs() < 1e-6 {
                         format!("{x:.0}")
@@ -222,13 +242,16 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     match p.log_y {
         Some((floor, top)) => {
             let (y0, y1) = log_range(ys, floor, top);
-            let chart = b.build_cartesian_2d(x0..x1, (y0..y1).log_scale())?;
-            finish!(chart, |y: f64| y.max(y0));
+            let ticks = log_ticks(y0, y1);
+            let n = ticks.len();
+            let chart =
+                b.build_cartesian_2d(x0..x1, (y0..y1).log_scale().with_key_points(ticks))?;
+            finish!(chart, |y: f64| y.max(y0), n);
         }
         None => {
             let (y0, y1) = lin_range(ys, 0.05);
             let chart = b.build_cartesian_2d(x0..x1, y0..y1)?;
-            finish!(chart, |y: f64| y);
+            finish!(chart, |y: f64| y, 10);
         }
     }
     Ok(())
