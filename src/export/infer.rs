@@ -174,6 +174,39 @@ pub fn layer_table(export: &Export) -> Vec<String> {
         .collect()
 }
 
+/// A conv stage's shapes: the k x k convolution (stride 1, no padding) of `batch` images of
+/// `c_in` x h x w, and the 2 x 2 max pooling (stride 2) of its output.
+fn conv_pool_shapes(
+    batch: usize,
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    h: usize,
+    w: usize,
+) -> (ConvShape, PoolShape) {
+    let s = ConvShape {
+        batch,
+        c_in,
+        h,
+        w,
+        c_out,
+        kh: k,
+        kw: k,
+        stride: 1,
+        pad: 0,
+    };
+    let ps = PoolShape {
+        batch,
+        channels: c_out,
+        h: s.out_h(),
+        w: s.out_w(),
+        k: 2,
+        stride: 2,
+        pad: 0,
+    };
+    (s, ps)
+}
+
 impl Net {
     pub fn new(
         gpu: &Gpu,
@@ -261,26 +294,7 @@ impl Net {
         for st in &self.stages {
             match st {
                 Stage::ConvReluPool { c_in, c_out, k, .. } => {
-                    let s = ConvShape {
-                        batch: 1,
-                        c_in: *c_in,
-                        h: dims[1],
-                        w: dims[2],
-                        c_out: *c_out,
-                        kh: *k,
-                        kw: *k,
-                        stride: 1,
-                        pad: 0,
-                    };
-                    let ps = PoolShape {
-                        batch: 1,
-                        channels: *c_out,
-                        h: s.out_h(),
-                        w: s.out_w(),
-                        k: 2,
-                        stride: 2,
-                        pad: 0,
-                    };
+                    let (s, ps) = conv_pool_shapes(1, *c_in, *c_out, *k, dims[1], dims[2]);
                     most = most.max(c_out * s.out_h() * s.out_w());
                     dims = vec![*c_out, ps.out_h(), ps.out_w()];
                 }
@@ -318,30 +332,12 @@ impl Net {
                     w,
                     b,
                 } => {
-                    let s = ConvShape {
-                        batch,
-                        c_in: *c_in,
-                        h: x.shape[2],
-                        w: x.shape[3],
-                        c_out: *c_out,
-                        kh: *kk,
-                        kw: *kk,
-                        stride: 1,
-                        pad: 0,
-                    };
+                    let (s, ps) =
+                        conv_pool_shapes(batch, *c_in, *c_out, *kk, x.shape[2], x.shape[3]);
                     let y_shape = [batch, *c_out, s.out_h(), s.out_w()];
                     let y = Tensor::zeros(gpu, "infer.conv", &y_shape)?;
                     ds.push(k.conv.forward(gpu, &s, &x, w, Some(b), &y, &k.dummy)?);
                     // ReLU then 2x2 max pooling, as one pass.
-                    let ps = PoolShape {
-                        batch,
-                        channels: *c_out,
-                        h: s.out_h(),
-                        w: s.out_w(),
-                        k: 2,
-                        stride: 2,
-                        pad: 0,
-                    };
                     let pooled =
                         Tensor::zeros(gpu, "infer.pool", &[batch, *c_out, ps.out_h(), ps.out_w()])?;
                     ds.push(k.pool.max_forward(gpu, &ps, true, &y, &pooled)?);
