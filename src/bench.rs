@@ -167,13 +167,13 @@ pub fn run(
             // `*`: the form the GPU product takes for this shape.
             let mark = |form: TiledForm| if tiled_form(&p) == form { "*" } else { " " };
             println!(
-                "{what:<36} {:>12.2} {:>11.2}{} {:>13.2}{} {:>11.2}{}",
-                row[0],
-                row[1],
+                "{what:<36} {:>12} {:>11}{} {:>13}{} {:>11}{}",
+                rate(row[0]),
+                rate(row[1]),
                 mark(TiledForm::Tiled),
-                row[2],
+                rate(row[2]),
                 mark(TiledForm::SplitK),
-                row[3],
+                rate(row[3]),
                 mark(TiledForm::TwoByTwo)
             );
         }
@@ -305,7 +305,11 @@ pub fn run(
             // gradient split over runs of positions (product + the partial sums' sum). `*`: the
             // form a GPU layer of this shape takes.
             let cell = |sec: Option<f64>, taken: bool| match sec {
-                Some(sec) => format!("{:.2}{}", flops / sec / 1e9, if taken { " *" } else { "" }),
+                Some(sec) => format!(
+                    "{}{}",
+                    rate(flops / sec / 1e9),
+                    if taken { " *" } else { "" }
+                ),
                 None => String::new(),
             };
             let row = |label: String, cells: [String; 3]| {
@@ -419,11 +423,11 @@ pub fn run(
                     row.push(flops / sec / 1e9);
                 }
                 println!(
-                    "{:<62} {:>12.2} {:>12.2} {:>12.2}",
+                    "{:<62} {:>12} {:>12} {:>12}",
                     format!("{what} Cols"),
-                    row[0],
-                    row[2],
-                    row[1]
+                    rate(row[0]),
+                    rate(row[2]),
+                    rate(row[1])
                 );
             }
         }
@@ -1296,9 +1300,19 @@ fn synthetic_cifar(count: usize) -> crate::data::Dataset {
     }
 }
 
+/// A rate (GFLOP/s) with two decimals, or with three significant digits below 0.01: a tiny product
+/// timed on a busy machine shows what it measured, never a 0.00 that reads as "not timed".
+fn rate(v: f64) -> String {
+    if v == 0.0 || v.abs() >= 0.01 || !v.is_finite() {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.2e}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{family_sums, median};
+    use super::{family_sums, median, rate};
 
     #[test]
     fn family_sums_groups_only_the_rows_the_other_step_lacks() {
@@ -1323,6 +1337,15 @@ mod tests {
         let g = family_sums(&dense, &dst);
         assert_eq!(g, vec![row("gemm", 2.2, 1)]);
         assert!(family_sums(&dense, &dense).is_empty());
+    }
+
+    #[test]
+    fn rates_below_a_hundredth_keep_their_digits() {
+        assert_eq!(rate(12.345), "12.35");
+        assert_eq!(rate(0.01), "0.01");
+        assert_eq!(rate(0.0), "0.00");
+        assert_eq!(rate(0.004321), "4.32e-3");
+        assert!(rate(0.004321).parse::<f64>().unwrap() > 0.0);
     }
 
     #[test]
