@@ -121,45 +121,59 @@ fn controller_state_survives_a_resume() {
     }
 }
 
-/// The controller updates every `control::EVERY` steps whatever `--log-every` says: logging every
-/// 100 or every 200 steps (200 steps per epoch) gives the same run bit for bit. (It once updated
-/// at log points only, so a run logged rarely steered too late.)
+/// The controller updates every `control::cadence` steps of an epoch (100, or a quarter epoch when
+/// shorter) and at its end, whatever `--log-every` says: logging every 100, 200, 150 or 30 steps
+/// (250 steps per epoch, updates every 63) gives the same run bit for bit. (It once updated at log
+/// points only, so a run logged rarely steered too late; later also at every log point, so 150 or
+/// 30 steered more often.)
 #[test]
 fn controller_cadence_does_not_depend_on_log_every() {
-    assert_eq!(dst::train::control::EVERY, 100);
+    use dst::train::control::{cadence, EVERY};
+    assert_eq!(EVERY, 100);
+    assert_eq!(
+        [938, 400, 399, 250, 157, 50, 3, 1, 0].map(cadence),
+        [100, 100, 100, 63, 40, 13, 1, 1, 1]
+    );
     let cfg = TrainConfig {
         batch: 16,
         log_every: 100,
         target_epoch: Some(2),
-        ..targeted(3200, 2, 0.2)
+        ..targeted(4000, 2, 0.2)
     };
-    let (a, b) = (tmp("control", "log100"), tmp("control", "log200"));
+    let a = tmp("control", "log100");
     run(&cfg, &a, false).unwrap();
-    run(
-        &TrainConfig {
-            log_every: 200,
-            ..cfg.clone()
-        },
-        &b,
-        false,
-    )
-    .unwrap();
-    let (ca, cb) = (
-        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
-        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
-    );
-    assert_eq!(ca.meta("alpha"), cb.meta("alpha"));
+    let ca = Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap();
     let alpha: f64 = ca.meta("alpha").unwrap().parse().unwrap();
     assert_ne!(alpha, 5e-4, "alpha never moved");
-    for ((na, _, va), (_, _, vb)) in ca.tensors.iter().zip(&cb.tensors) {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(
-            bits(va) == bits(vb),
-            "tensor {na} differs with --log-every 200"
+    for every in [200, 150, 30] {
+        let b = tmp("control", &format!("log{every}"));
+        run(
+            &TrainConfig {
+                log_every: every,
+                ..cfg.clone()
+            },
+            &b,
+            false,
+        )
+        .unwrap();
+        let cb = Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap();
+        assert_eq!(ca.meta("alpha"), cb.meta("alpha"), "--log-every {every}");
+        for ((na, _, va), (_, _, vb)) in ca.tensors.iter().zip(&cb.tensors) {
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(va) == bits(vb),
+                "tensor {na} differs with --log-every {every}"
+            );
+        }
+        // One step line per log point: 100, 200, 250 of each epoch at --log-every 100.
+        let per_epoch = 250usize.div_ceil(every);
+        assert_eq!(
+            metrics(&b, "step").len(),
+            2 * per_epoch,
+            "--log-every {every}"
         );
     }
-    // Half as many step lines when logging half as often.
-    assert_eq!(metrics(&a, "step").len(), 2 * metrics(&b, "step").len());
+    assert_eq!(metrics(&a, "step").len(), 2 * 3);
 }
 
 /// `--lr-steps`: the learning rate of each epoch is lr times gamma for every step passed

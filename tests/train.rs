@@ -124,6 +124,50 @@ fn resume_is_bit_identical() {
     assert_same_checkpoints(&a, &b);
 }
 
+/// A run stopped after a checkpoint but before its summary: `--resume` with fewer epochs than it
+/// holds is refused (it used to write a summary claiming the smaller count), with as many it is
+/// finished there, its config and metrics agreeing with the summary.
+#[test]
+fn unfinished_runs_end_only_where_their_checkpoint_is() {
+    let cfg = TrainConfig {
+        log_every: 5,
+        ..small(640, 2)
+    };
+    let a = tmp("test", "unfinished");
+    run(&cfg, &a, false).unwrap();
+    std::fs::remove_file(a.join("summary.json")).unwrap();
+    // What the interrupted third epoch had logged past the checkpoint.
+    let mut lines = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    lines.push_str("{\"kind\":\"step\",\"step\":25,\"epoch\":3,\"loss\":1.0}\n");
+    std::fs::write(a.join("metrics.jsonl"), lines).unwrap();
+    let err = run(
+        &TrainConfig {
+            epochs: 1,
+            ..cfg.clone()
+        },
+        &a,
+        true,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("already holds 2 epochs") && err.contains("--epochs 2 to end it there"),
+        "{err}"
+    );
+    assert!(!a.join("summary.json").exists());
+    let s = run(&cfg, &a, true).unwrap();
+    assert_eq!(s.last.epoch, 2);
+    assert!(a.join("summary.json").is_file());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["epochs"], 2);
+    let steps: Vec<u64> = metrics(&a, "step")
+        .iter()
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(*steps.last().unwrap(), 20, "{steps:?}");
+}
+
 /// Adam: the loss falls, and a resume is bit-identical too (its second moments are checkpointed).
 #[test]
 fn adam_learns_and_resumes_bit_identically() {

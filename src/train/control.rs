@@ -1,16 +1,22 @@
 //! The target-keep controller (`--target-keep R`): steers alpha so that the model keep ratio
 //! follows a path from 1 down to R, reached by the target step, and then holds R.
 //!
-//! It runs on the host every `EVERY` steps (at every log point when `--log-every` is smaller),
-//! from the keep counters the loop reads there: its cadence, and so the run, does not depend on
-//! how often the user logs. Its only state is alpha (an f64), saved in every
+//! It runs on the host every `cadence(steps per epoch)` steps of an epoch (`EVERY`, or a quarter
+//! of an epoch when that is shorter) and at the epoch's end, from the keep counters the loop reads
+//! there: its cadence, and so the run, does not depend on how often the user logs. Its only state is alpha (an f64), saved in every
 //! checkpoint, so a resumed run takes the same decisions bit for bit. The path is geometric,
 //! `k*(s) = R^(s / S)` for s < S, then R; each update multiplies alpha by
 //! `exp(GAIN * ln(k / k*(s)))`, limited to [0.8, 1.25] per update: a run that keeps more than the
 //! path gets a larger alpha (thresholds rise faster), one below it a smaller alpha.
 
-/// Steps between two updates (at most; `--log-every` below it updates at every log point).
+/// Steps between two updates in epochs of 400 steps or more (an epoch's end updates too).
 pub const EVERY: u64 = 100;
+
+/// Steps between two updates in an epoch of `steps_per_epoch` steps: `EVERY`, or a quarter of the
+/// epoch when that is shorter (at least four updates an epoch on small data sets).
+pub fn cadence(steps_per_epoch: u64) -> u64 {
+    EVERY.min(steps_per_epoch.div_ceil(4)).max(1)
+}
 /// Strength of one update: alpha is multiplied by (k / k*)^GAIN.
 const GAIN: f64 = 0.5;
 /// Alpha stays within these bounds.

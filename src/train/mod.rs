@@ -216,19 +216,37 @@ pub fn train(
                 changed.join(", ")
             ));
         }
-        if epoch0 >= cfg.epochs {
-            if !run.summary().exists() && !history.is_empty() {
-                // Stopped between its last checkpoint and its summary: finish it.
-                progress.line(&format!(
+        let unfinished = !run.summary().exists() && !history.is_empty();
+        if epoch0 == cfg.epochs && unfinished {
+            // Stopped between its last checkpoint and its summary (or asked to end where it
+            // stopped): finish it, its config saying how many epochs it ran.
+            let started_for = theirs.get("epochs").and_then(|e| e.as_u64());
+            progress.line(&match started_for {
+                Some(e) if e > epoch0 as u64 => format!(
+                    "ending {} at epoch {epoch0} as asked (it was started for {e}): writing the \
+                     summary and charts",
+                    run.dir.display()
+                ),
+                _ => format!(
                     "{} holds all {epoch0} epochs but no summary (it stopped right after its last \
                      checkpoint): writing the summary and charts",
                     run.dir.display()
-                ));
-                return finish(cfg, &session, &data, &history, step, &run, progress);
-            }
+                ),
+            });
+            trim_metrics(&run, step)?;
+            remove_stale_temporaries(&run);
+            run.write_json(&run.config(), cfg)?;
+            return finish(cfg, &session, &data, &history, step, &run, progress);
+        }
+        if epoch0 >= cfg.epochs {
             return Err(TrainError::Config(format!(
-                "{} already holds {epoch0} epochs; pass --epochs larger than that to continue",
-                run.dir.display()
+                "{} already holds {epoch0} epochs; pass --epochs larger than that to continue{}",
+                run.dir.display(),
+                if unfinished {
+                    format!(" (or --epochs {epoch0} to end it there)")
+                } else {
+                    String::new()
+                }
             )));
         }
         trim_metrics(&run, step)?;
@@ -286,17 +304,18 @@ pub fn train(
         progress.start_epoch(epoch, cfg.epochs, steps_per_epoch);
         let mut epoch_stats = Stats::default();
         let mut done = 0u64;
-        // Steps run between host checks: the log interval, and with a target-keep controller at
-        // most `control::EVERY` (its cadence must not depend on how often the user logs).
-        let check_every = match control {
-            Some(_) => (cfg.log_every as u64).min(control::EVERY),
-            None => cfg.log_every as u64,
-        };
+        // Steps run between host checks: up to the next log point, and with a target-keep
+        // controller up to its next update (every `control::cadence` steps of the epoch and at
+        // its end, whatever the log interval: the run must not depend on how often the user logs).
+        let every = control::cadence(steps_per_epoch);
         let mut next_log = (cfg.log_every as u64).min(steps_per_epoch);
         let mut log_stats = Stats::default();
         let mut log_steps = 0u64;
         while done < steps_per_epoch {
-            let window = check_every.min(next_log - done);
+            let window = match control {
+                Some(_) => (next_log - done).min(every - done % every),
+                None => next_log - done,
+            };
             let alpha_now = control.as_ref().map_or(cfg.alpha, |c| c.alpha);
             if control.is_some() {
                 session.set_alpha_scale((alpha_now / cfg.alpha) as f32);
@@ -339,7 +358,9 @@ pub fn train(
             let model_keep = kept as f64 / total.max(1) as f64;
             let target_now = control.as_ref().map(|c| c.target_at(step));
             if let Some(c) = control.as_mut() {
-                c.update(step, model_keep);
+                if done % every == 0 || done == steps_per_epoch {
+                    c.update(step, model_keep);
+                }
             }
             if done < next_log {
                 continue;
