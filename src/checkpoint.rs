@@ -9,6 +9,97 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 /// The format tag every checkpoint of this program carries.
 pub const FORMAT: &str = "dst-checkpoint-1";
 
+/// The name of the checkpoint a training run writes into its run folder (`RunDir::checkpoint`);
+/// a folder given where a checkpoint is expected means this file in it.
+pub const FILE_NAME: &str = "checkpoint.safetensors";
+
+/// The checkpoint file `path` names: `path` itself, or, when it is a folder (a run folder),
+/// its `checkpoint.safetensors`; a folder without one is refused, saying so. Every reader of
+/// checkpoints (`Checkpoint::load`, `Checkpoint::read_metadata`) goes through this.
+pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let file = path.join(FILE_NAME);
+    if file.is_file() {
+        return Ok(file);
+    }
+    Err(CheckpointError::FolderWithout {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Bytes of a file's start read to describe a file that is not a safetensors file.
+const PREFIX: usize = 64;
+
+/// The header length in the first 8 bytes of `prefix` (the start of the file at `path`, at
+/// least its first 8 bytes when the file has them), checked against the file's size
+/// `file_len`: a length the file cannot hold is refused with what the file looks like instead
+/// (text: its first characters; otherwise the two sizes).
+fn header_len(path: &Path, prefix: &[u8], file_len: u64) -> Result<u64, CheckpointError> {
+    let Some(first) = prefix.get(..8) else {
+        return Err(CheckpointError::Format {
+            path: path.to_path_buf(),
+            reason: "shorter than a safetensors header".into(),
+        });
+    };
+    let len = u64::from_le_bytes(first.try_into().expect("8 bytes"));
+    if len <= file_len.saturating_sub(8) {
+        return Ok(len);
+    }
+    if let Some(text) = text_start(prefix, prefix.len() as u64 == file_len) {
+        let mut what = format!("it holds text (starts with `{text}`)");
+        // A run folder's config.json, metrics.jsonl or summary.json: point at its checkpoint.
+        if let Some(ck) = path
+            .parent()
+            .map(|d| d.join(FILE_NAME))
+            .filter(|c| c.is_file())
+        {
+            what.push_str(&format!(
+                "; the checkpoint of its folder is {}",
+                ck.display()
+            ));
+        }
+        return Err(CheckpointError::NotSafetensors {
+            path: path.to_path_buf(),
+            what,
+        });
+    }
+    Err(CheckpointError::Format {
+        path: path.to_path_buf(),
+        reason: format!(
+            "its 8-byte header length says {len} bytes, but the whole file has only {file_len}"
+        ),
+    })
+}
+
+/// The first characters of `bytes`, escaped, when they read as text (UTF-8 without control
+/// characters other than tab, CR and LF); `whole`: `bytes` is the whole file (no "..." after).
+fn text_start(bytes: &[u8], whole: bool) -> Option<String> {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        // A character cut at the end of the prefix still reads as text.
+        Err(e) if e.error_len().is_none() && e.valid_up_to() > 0 => {
+            std::str::from_utf8(&bytes[..e.valid_up_to()]).expect("valid prefix")
+        }
+        Err(_) => return None,
+    };
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return None;
+    }
+    const SHOWN: usize = 16;
+    let shown: String = text.chars().take(SHOWN).collect();
+    let more = !whole || text.chars().count() > SHOWN;
+    Some(format!(
+        "{}{}",
+        shown.escape_debug(),
+        if more { "..." } else { "" }
+    ))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{path}: {source}")]
@@ -26,6 +117,13 @@ pub enum CheckpointError {
     },
     #[error("{path}: {reason}")]
     Mismatch { path: PathBuf, reason: String },
+    #[error(
+        "{path} is a folder without a checkpoint.safetensors; give a checkpoint file (a run \
+         folder's checkpoint.safetensors)"
+    )]
+    FolderWithout { path: PathBuf },
+    #[error("{path} is not a safetensors checkpoint: {what}")]
+    NotSafetensors { path: PathBuf, what: String },
 }
 
 /// Why a safetensors file with metadata `format` = `found` is not a training checkpoint.
@@ -126,9 +224,11 @@ impl Checkpoint {
         write_atomic(path, &data).map_err(io)
     }
 
-    /// The metadata of the checkpoint at `path`, from its header alone (no tensor is read).
+    /// The metadata of the checkpoint at `path` (a file, or a run folder: see [`resolve`]), from
+    /// its header alone (no tensor is read).
     pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, CheckpointError> {
         use std::io::Read;
+        let path = &resolve(path)?;
         let io = |source| CheckpointError::Io {
             path: path.to_path_buf(),
             source,
@@ -138,17 +238,20 @@ impl Checkpoint {
             reason,
         };
         let mut f = std::fs::File::open(path).map_err(io)?;
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => format("shorter than a safetensors header".into()),
-            _ => io(e),
-        })?;
-        let len = u64::from_le_bytes(len);
+        let file_len = f.metadata().map_err(io)?.len();
+        let mut prefix = Vec::with_capacity(PREFIX);
+        f.by_ref()
+            .take(PREFIX as u64)
+            .read_to_end(&mut prefix)
+            .map_err(io)?;
+        let len = header_len(path, &prefix, file_len)?;
         if len > 100 << 20 {
             return Err(format(format!("header of {len} bytes")));
         }
-        let mut header = Vec::with_capacity(len as usize);
-        f.take(len).read_to_end(&mut header).map_err(io)?;
+        let mut header = prefix.split_off(8);
+        header.truncate(len as usize);
+        let rest = len - header.len() as u64;
+        f.take(rest).read_to_end(&mut header).map_err(io)?;
         if header.len() as u64 != len {
             return Err(format("header truncated".into()));
         }
@@ -164,11 +267,14 @@ impl Checkpoint {
             .unwrap_or_default())
     }
 
+    /// Reads and checks the checkpoint at `path` (a file, or a run folder: see [`resolve`]).
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        let path = &resolve(path)?;
         let data = std::fs::read(path).map_err(|source| CheckpointError::Io {
             path: path.to_path_buf(),
             source,
         })?;
+        header_len(path, &data[..data.len().min(PREFIX)], data.len() as u64)?;
         let fmt = |e: safetensors::SafeTensorError| CheckpointError::Format {
             path: path.to_path_buf(),
             reason: e.to_string(),

@@ -42,8 +42,9 @@ enum Command {
     Eval {
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Folder of the checkpoint's dataset (MNIST: the four IDX files, .gz or raw; CIFAR-10:
-        /// the six binary batches); default: the embedded MNIST subset.
+        /// Folder of the checkpoint's dataset (MNIST: the two test files t10k-images-idx3-ubyte
+        /// and t10k-labels-idx1-ubyte, .gz or raw; CIFAR-10: the six binary batches); default:
+        /// the embedded MNIST subset.
         #[arg(long)]
         data: Option<PathBuf>,
     },
@@ -120,7 +121,7 @@ enum Command {
         samples: usize,
     },
     /// Charts (PNG) of one or more runs, overlaid and labelled: keep ratio per layer over the
-    /// steps, accuracy and remaining % per epoch, threshold means, alpha when logged.
+    /// steps, accuracy and remaining % per epoch, threshold means, alpha of the DST runs.
     Plot {
         /// Run directories (or folders holding runs, e.g. a sweep's).
         #[arg(required = true)]
@@ -244,16 +245,19 @@ struct TrainArgs {
     #[arg(long)]
     dense: bool,
     /// Sparsity penalty weight alpha (METHOD.md section 2) [default: the model's: 5e-4 for the
-    /// LeNets, 1e-4 for the LSTMs].
+    /// LeNets, 1e-4 for the LSTMs, 5e-6 for the CIFAR-10 models].
     #[arg(long, allow_negative_numbers = true)]
     alpha: Option<f64>,
-    /// Epochs in all [default: the model's, 20; on --resume: the run's own].
+    /// Epochs in all [default: the model's: 20 for the MNIST models, 160 for the CIFAR-10 ones;
+    /// on --resume: the run's own].
     #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
-    /// Batch size [default: the model's: 64 for the LeNets, 100 for the LSTMs].
+    /// Batch size [default: the model's: 64 for the LeNets and the CIFAR-10 models, 100 for the
+    /// LSTMs].
     #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
-    /// Learning rate [default: the model's: 0.01 (SGD) for the LeNets, 1e-3 (Adam) for the LSTMs].
+    /// Learning rate [default: the model's: 0.01 (SGD) for the LeNets, 1e-3 (Adam) for the LSTMs,
+    /// 0.1 (SGD) for the CIFAR-10 models].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Epochs after which the learning rate is multiplied by --lr-gamma, comma-separated (e.g.
@@ -261,31 +265,36 @@ struct TrainArgs {
     /// 80,120 for the CIFAR-10 models, none for the MNIST ones].
     #[arg(long, value_parser = parse_lr_steps)]
     lr_steps: Option<LrSteps>,
-    /// The factor --lr-steps apply.
-    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
-    lr_gamma: f64,
-    /// SGD momentum [default: the model's, 0.9 for the LeNets].
+    /// The factor --lr-steps apply (only with learning-rate steps: --lr-steps, or a model's
+    /// default ones) [default: 0.1].
+    #[arg(long, allow_negative_numbers = true)]
+    lr_gamma: Option<f64>,
+    /// SGD momentum [default: the model's, 0.9 for the LeNets and the CIFAR-10 models].
     #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
-    /// Weight decay, applied to every parameter [default: the model's, 0 for the LeNets].
+    /// Weight decay, applied to every parameter [default: the model's: 0 for the MNIST models,
+    /// 1e-4 for the CIFAR-10 ones].
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
-    /// Folder with the four MNIST IDX files (.gz or raw); default: the embedded subset.
+    /// Folder of the model's dataset: MNIST's four IDX files (.gz or raw), or CIFAR-10's six
+    /// binary batches (`dst fetch cifar10 --to DIR`; the CIFAR-10 models need it); default: the
+    /// embedded MNIST subset.
     #[arg(long)]
     data: Option<PathBuf>,
     /// Run directory (default: runs/<timestamp>-<model>).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Log every N steps.
+    /// Log a line every N steps (and at each epoch's end); only the logging follows it (the
+    /// --target-keep controller keeps its own cadence).
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     log_every: usize,
     /// Use only the first N training images.
     #[arg(long, allow_negative_numbers = true)]
     limit_train: Option<usize>,
     /// Optimiser: sgd (with --momentum) or adam (betas 0.9/0.999, eps 1e-8) [default: the
-    /// model's: sgd for the LeNets, adam for the LSTMs].
+    /// model's: sgd for the LeNets and the CIFAR-10 models, adam for the LSTMs].
     #[arg(long)]
     optimizer: Option<String>,
     /// Steer alpha so that the model keeps this fraction of its masked weights by
@@ -553,6 +562,8 @@ fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn cmd_masks(checkpoint: &std::path::Path, out: Option<PathBuf>) -> anyhow::Result<()> {
+    // A run folder reads as its checkpoint, and its pictures go into it.
+    let checkpoint = &dst::checkpoint::resolve(checkpoint)?;
     let ck = dst::checkpoint::Checkpoint::load(checkpoint)?;
     let out = out.unwrap_or_else(|| {
         checkpoint
@@ -656,7 +667,7 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
         let d = &m.defaults;
         println!("  {:<9} {}", m.name, m.about);
         println!(
-            "            {} lr {}{}{}, batch {}, {} epochs, alpha {}, weight decay {}",
+            "            {} lr {}{}{}, batch {}, {}, alpha {}, weight decay {}",
             d.optimizer,
             d.lr,
             if d.lr_steps.is_empty() {
@@ -670,20 +681,28 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
                 String::new()
             },
             d.batch,
-            d.epochs,
+            dst::report::plural(d.epochs, "epoch"),
             d.alpha,
             d.weight_decay
         );
     }
     if let Some(name) = model {
         let gpu = Gpu::from_env()?;
-        let m = dst::models::Model::build(&gpu, name, true, 1, false)?;
+        // The model as the memory report below builds it: masked (DST) unless --dense.
+        let m = dst::models::Model::build(&gpu, name, !dense, 1, false)?;
         let params: usize = m.arena.layout.entries.iter().map(|e| e.len()).sum();
         let masked: usize = m.mask_views().iter().map(|v| v.rows * v.cols).sum();
-        println!(
-            "{name}: input {:?}, {params} parameters in DST (thresholds included), {masked} of them masked weights",
-            m.input
-        );
+        if dense {
+            println!(
+                "{name}: input {:?}, {params} parameters in dense training (no masks, no thresholds)",
+                m.input
+            );
+        } else {
+            println!(
+                "{name}: input {:?}, {params} parameters in DST (thresholds included), {masked} of them masked weights",
+                m.input
+            );
+        }
         for line in m.describe() {
             println!("  {line}");
         }
@@ -716,6 +735,18 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if optimizer == "adam" && a.momentum.is_some() {
         bail!("--momentum is SGD's; Adam uses its own betas (0.9, 0.999)");
     }
+    let lr_steps = a.lr_steps.clone().map_or(d.lr_steps, |s| s.0);
+    if lr_steps.is_empty() && a.lr_gamma.is_some() {
+        bail!(
+            "--lr-gamma multiplies the learning rate at the --lr-steps epochs, and this run has \
+             none ({}): give --lr-steps too (e.g. --lr-steps 15), or drop --lr-gamma",
+            if a.lr_steps.is_some() {
+                "--lr-steps none".to_string()
+            } else {
+                format!("{} has no default steps", a.model)
+            }
+        );
+    }
     Ok(TrainConfig {
         model: a.model.clone(),
         dense: a.dense,
@@ -723,8 +754,8 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         epochs: a.epochs.unwrap_or(d.epochs),
         batch: a.batch.unwrap_or(d.batch),
         lr: a.lr.unwrap_or(d.lr),
-        lr_steps: a.lr_steps.clone().map_or(d.lr_steps, |s| s.0),
-        lr_gamma: a.lr_gamma,
+        lr_steps,
+        lr_gamma: a.lr_gamma.unwrap_or(d.lr_gamma),
         momentum: a.momentum.unwrap_or(d.momentum),
         weight_decay: a.weight_decay.unwrap_or(d.weight_decay),
         seed: a.seed,
@@ -817,6 +848,7 @@ impl Progress for TermProgress {
 /// `dst train`; `given`: the flags on its command line (`--lr`, `--resume`, ...).
 fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     // made_here: the run's folder did not exist before this command.
+    let mut made_runs = false;
     let (cfg, out, resume, made_here) = match &a.resume {
         Some(dir) => {
             let others: Vec<&str> = given
@@ -853,7 +885,11 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
                     check_new_run_dir(out)?;
                     (out.clone(), !out.exists())
                 }
-                None => (claim_default_run_dir(&cfg)?, true),
+                None => {
+                    // `runs` too goes again if this run made it and is refused.
+                    made_runs = !std::path::Path::new("runs").exists();
+                    (claim_default_run_dir(&cfg)?, true)
+                }
             };
             (cfg, out, false, made_here)
         }
@@ -929,6 +965,9 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         // A run refused before it wrote anything leaves no folder behind (remove_dir removes
         // only an empty one).
         let _ = std::fs::remove_dir(&out);
+        if made_runs {
+            let _ = std::fs::remove_dir("runs");
+        }
     }
     let s = s?;
     print_table(&s.last.layers);
@@ -1050,7 +1089,28 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
         .get("model")
         .and_then(|m| dst::models::info(m).ok())
         .map_or(dst::data::DatasetKind::Mnist, |i| i.dataset);
-    let data = kind.load(data.as_deref())?;
+    // Only the test set is scored: an MNIST folder needs only its two test files (t10k-*), as
+    // `dst infer` does. `what` names the data in the result line.
+    let (data, what) = match (kind, data.as_deref()) {
+        (dst::data::DatasetKind::Mnist, dir) => {
+            let t = dst::export::infer::load_test(dir)?;
+            let what = match dir {
+                Some(d) => format!("MNIST in {}", d.display()),
+                None => "the embedded MNIST subset".to_string(),
+            };
+            let data = dst::data::TrainTest {
+                train: t.images.limit(0),
+                test: t.images,
+                source: t.source,
+            };
+            (data, what)
+        }
+        (kind, dir) => {
+            let data = kind.load(dir)?;
+            let what = data.source.clone();
+            (data, what)
+        }
+    };
     let gpu = Gpu::from_env()?;
     let (acc, layers, adapter) = train::evaluate_checkpoint(gpu, &checkpoint, &data)?;
     eprintln!("adapter: {adapter}");
@@ -1058,9 +1118,8 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     let kept: u64 = layers.iter().map(|l| l.kept).sum();
     let total: u64 = layers.iter().map(|l| l.total).sum();
     println!(
-        "test accuracy {acc:.2}% on {} ({} images), model keep ratio {:.4}",
-        data.source,
-        data.test.count,
+        "test accuracy {acc:.2}% on the {} of {what}, model keep ratio {:.4}",
+        dst::report::plural(data.test.count, "test image"),
         kept as f64 / total.max(1) as f64
     );
     Ok(())

@@ -60,6 +60,35 @@ fn fake_run(dir: &Path, seed: u64) {
     std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
 }
 
+/// A dense run folder as `dst train --dense` writes it: alpha 0 logged at every step (no
+/// penalty), no keep ratios or thresholds to follow.
+fn fake_dense_run(dir: &Path, seed: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = json!({
+        "model": "lenet300", "dense": true, "alpha": 5e-4, "epochs": 2, "batch": 64,
+        "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0, "seed": seed, "limit_train": null,
+        "log_every": 10, "data": null, "optimizer": "sgd"
+    });
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let mut text = String::new();
+    for epoch in 1..=2u64 {
+        for s in 1..=2u64 {
+            text.push_str(&format!(
+                "{}\n",
+                json!({"kind": "step", "step": (epoch - 1) * 20 + s * 10, "epoch": epoch,
+                       "loss": 0.5, "penalty": 0.0, "lr": 0.01, "alpha": 0.0, "keep": {}})
+            ));
+        }
+        text.push_str(&format!(
+            "{}\n",
+            json!({"kind": "epoch", "epoch": epoch, "step": epoch * 20, "train_loss": 0.3,
+                   "test_loss": 0.2, "test_acc": 95.0 + epoch as f64, "keep_ratio": 1.0,
+                   "layers": [], "epoch_seconds": 1.0, "ms_per_step": 10.0})
+        ));
+    }
+    std::fs::write(dir.join("metrics.jsonl"), text).unwrap();
+}
+
 /// A small masked LeNet-300-100 checkpoint file (fc1 over the 784 pixels).
 fn fake_checkpoint(path: &Path) {
     let mut ck = Checkpoint::default();
@@ -338,4 +367,61 @@ fn log_axes_label_more_than_one_value() {
     assert!(close(&t, &[0.01, 0.1, 1.0]), "{t:?}");
     let t = log_ticks(1e-4, 1e-1);
     assert!(close(&t, &[1e-4, 1e-3, 1e-2, 1e-1]), "{t:?}");
+}
+
+/// A dense run logs alpha 0: it draws no alpha.png (an empty chart of 0), in its own folder or
+/// with others, where a DST run's alpha is drawn alone. A chart an earlier drawing left that the
+/// runs drawn now have no data for is removed where it is dst's own (its run's folder, or listed
+/// in `.dst-charts` unchanged), and left alone where it is the user's.
+#[test]
+fn dense_runs_draw_no_alpha_chart() {
+    let root = tmp("dense-alpha");
+    fake_run(&root.join("l300"), 1);
+    fake_dense_run(&root.join("dense"), 1);
+
+    // Its own folder: no alpha.png; one that an earlier version drew there is removed.
+    std::fs::write(root.join("dense/alpha.png"), b"an empty chart of alpha 0").unwrap();
+    let files = dst::report::draw_run_charts(&root.join("dense")).unwrap();
+    assert!(files.iter().all(|f| !f.ends_with("alpha.png")), "{files:?}");
+    assert!(is_png(&root.join("dense/accuracy_remaining.png")));
+    assert!(!root.join("dense/alpha.png").exists());
+
+    // With a DST run: the chart holds the DST run's alpha only.
+    ok(
+        &dst(
+            &root,
+            &[p("plot"), p("l300"), p("dense"), p("--out"), p("charts")],
+        ),
+        "plot DST and dense",
+    );
+    assert!(is_png(&root.join("charts/alpha.png")));
+    // The dense run alone into the same folder: no alpha (or keep, or threshold) chart, and
+    // those drawn before are gone from the folder and from its manifest.
+    let o = dst(&root, &[p("plot"), p("dense"), p("--out"), p("charts")]);
+    ok(&o, "plot the dense run alone");
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("alpha.png"),
+        "{o:?}"
+    );
+    for gone in ["alpha.png", "keep_per_layer.png", "thresholds.png"] {
+        assert!(!root.join("charts").join(gone).exists(), "{gone} left");
+    }
+    assert!(is_png(&root.join("charts/accuracy_remaining.png")));
+    let manifest = std::fs::read_to_string(root.join("charts/.dst-charts")).unwrap();
+    assert!(
+        manifest.contains("accuracy_remaining.png") && !manifest.contains("alpha.png"),
+        "{manifest}"
+    );
+
+    // A file of the user's of such a name stays.
+    std::fs::create_dir_all(root.join("mine")).unwrap();
+    std::fs::write(root.join("mine/alpha.png"), PRECIOUS).unwrap();
+    ok(
+        &dst(&root, &[p("plot"), p("dense"), p("--out"), p("mine")]),
+        "plot the dense run next to the user's alpha.png",
+    );
+    assert_eq!(
+        std::fs::read(root.join("mine/alpha.png")).unwrap(),
+        PRECIOUS
+    );
 }

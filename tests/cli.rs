@@ -60,6 +60,25 @@ fn bad_training_flags_are_clear_errors() {
             &["train", "--optimizer", "adam", "--momentum", "0.5"],
             "--momentum is SGD's",
         ),
+        // --lr-gamma scales nothing without learning-rate steps (the MNIST models have none by
+        // default; --lr-steps none drops a CIFAR-10 model's).
+        (
+            &["train", "--lr-gamma", "0.5"],
+            "--lr-gamma multiplies the learning rate at the --lr-steps epochs, and this run has \
+             none (lenet300 has no default steps)",
+        ),
+        (
+            &[
+                "train",
+                "--model",
+                "vgg16",
+                "--lr-steps",
+                "none",
+                "--lr-gamma",
+                "0.5",
+            ],
+            "this run has none (--lr-steps none)",
+        ),
         (&["bench", "--rounds", "0"], "--rounds must be >= 1"),
         (
             &[
@@ -163,6 +182,34 @@ fn train_then_eval_through_the_binary() {
         stdout.contains("test accuracy") && stdout.contains("fc3"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("on the 2000 test images of the embedded MNIST subset,"),
+        "{stdout}"
+    );
+    // eval scores the test set only: a folder with just the two test files (as `dst infer`
+    // takes) will do.
+    let test_only = out.join("t10k-only");
+    std::fs::create_dir_all(&test_only).unwrap();
+    let assets = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist-subset");
+    for f in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::copy(assets.join(f), test_only.join(f)).unwrap();
+    }
+    let (ok, stdout, err) = dst(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--data",
+        test_only.to_str().unwrap(),
+    ]);
+    assert!(ok, "eval with only the test files: {err}");
+    assert!(
+        stdout.contains(&format!(
+            "on the 2000 test images of MNIST in {},",
+            test_only.display()
+        )),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&test_only).unwrap();
     let (ok, _, err) = dst(&["train", "--epochs", "1", "--out", o]);
     assert!(!ok && err.contains("already holds a run"), "{err}");
 }
@@ -253,6 +300,19 @@ fn help_and_info_list_the_models() {
     for m in ["lenet300", "lenet5", "lstm-a", "lstm-b"] {
         assert!(help.contains(m), "train --help lacks {m}: {help}");
     }
+    // The CIFAR-10 models' defaults and data are described too, not only the MNIST ones'.
+    for part in [
+        "5e-6 for the CIFAR-10 models",
+        "64 for the LeNets and the CIFAR-10 models",
+        "0.1 (SGD) for the CIFAR-10 models",
+        "or CIFAR-10's six binary batches",
+    ] {
+        assert!(help.contains(part), "train --help lacks {part:?}: {help}");
+    }
+    assert!(
+        !help.contains("Folder with the four MNIST IDX files"),
+        "{help}"
+    );
     let (ok, _, err) = dst(&["info", "--model", "vgg99"]);
     assert!(!ok && err.contains("unknown model \"vgg99\""), "{err}");
     let (ok, out, err) = dst(&["info", "--model", "lenet5"]);
@@ -409,12 +469,37 @@ fn info_reports_memory_and_refuses_a_batch_that_cannot_fit() {
     assert!(!dir.join("checkpoint.safetensors").exists());
 }
 
+/// `dst info --model M --dense` counts and describes the dense model (no thresholds, no masks).
+#[test]
+fn info_dense_counts_the_dense_parameters() {
+    let (ok, out, err) = dst(&["info", "--model", "lenet300", "--dense"]);
+    assert!(ok, "{err}");
+    // 266,610 weights and biases; no thresholds.
+    assert!(
+        out.contains("lenet300: input [784], 266610 parameters in dense training"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("in DST") && !out.contains("masked weights)"),
+        "{out}"
+    );
+    assert!(out.contains("GPU memory of lenet300 (dense)"), "{out}");
+}
+
 #[test]
 fn bad_lr_steps_are_clear_errors() {
     let (ok, _, err) = dst(&["train", "--lr-steps", "5,3"]);
     assert!(!ok);
     assert!(
         err.contains("--lr-steps must be increasing epochs"),
+        "{err}"
+    );
+    // A model whose default settings have steps takes --lr-gamma: the run gets past it (and
+    // stops at the missing CIFAR-10 folder).
+    let (ok, _, err) = dst(&["train", "--model", "vgg16", "--lr-gamma", "0.5"]);
+    assert!(!ok);
+    assert!(
+        !err.contains("--lr-gamma") && err.contains("not embedded"),
         "{err}"
     );
     let (ok, _, err) = dst(&["info", "--batch", "64"]);
@@ -656,7 +741,7 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
     }
 
     // Refused after the adapter is open (the data folder is missing): the default run folder it
-    // claimed is gone again.
+    // claimed is gone again, and so is the `runs` folder it made for it.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
         .args(["train", "--epochs", "1", "--data", "no-such-folder"])
         .current_dir(&root)
@@ -667,11 +752,7 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
         !o.status.success() && err.contains("no such folder"),
         "{err}"
     );
-    assert_eq!(
-        std::fs::read_dir(root.join("runs")).unwrap().count(),
-        0,
-        "{err}"
-    );
+    assert!(!root.join("runs").exists(), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

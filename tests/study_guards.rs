@@ -136,6 +136,20 @@ fn a_sweep_refuses_runs_made_with_other_settings() {
     study::sweep(&relog, &out, &mut Quiet).unwrap();
 }
 
+/// sweep.md names a one-epoch sweep's length in the singular.
+#[test]
+fn a_one_epoch_sweep_reads_1_epoch() {
+    let out = tmp("one-epoch");
+    let mut spec = sweep_spec();
+    spec.base.epochs = 1;
+    for (dir, cfg) in spec.runs(&out) {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    study::sweep(&spec, &out, &mut Quiet).unwrap();
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(md.contains("Model lenet300, 1 epoch, batch 64"), "{md}");
+}
+
 /// A config.json written by an older version (fields added since absent) is the run whose
 /// settings are the defaults: reused, not refused.
 #[test]
@@ -213,6 +227,20 @@ fn a_reproduction_refuses_runs_of_other_data_or_length() {
             && e.contains("limit_train 3000"),
         "{e}"
     );
+    // The full reproduction on a data folder over the quick one: the embedded data is named
+    // as such (not "data none").
+    let full = Reproduce {
+        data: Some(PathBuf::from("/elsewhere/mnist")),
+        quick: false,
+        ..quick(None, Some(3))
+    };
+    let e = err_of(study::reproduce(&full, &out, &mut Quiet));
+    assert!(
+        e.contains("was trained with data the embedded subset, limit_train 6000")
+            && e.contains("asks for data /elsewhere/mnist, limit_train none"),
+        "{e}"
+    );
+    assert!(!e.contains("data none"), "{e}");
     let report = study::reproduce(&quick(None, None), &out, &mut Quiet).unwrap();
     let md = std::fs::read_to_string(report).unwrap();
     assert!(

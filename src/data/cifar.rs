@@ -118,11 +118,28 @@ pub fn locate(dir: &Path) -> Result<PathBuf, DataError> {
     if inner.is_dir() && missing(&inner).is_empty() {
         return Ok(inner);
     }
+    if !holds_any(dir) && super::holds_mnist(dir) {
+        return Err(DataError::OtherDataset {
+            dir: dir.display().to_string(),
+            found: super::DatasetKind::Mnist,
+            wanted: super::DatasetKind::Cifar10,
+            model: None,
+            expected: here,
+        });
+    }
     Err(DataError::Missing {
         dir: dir.display().to_string(),
         dataset: "CIFAR-10",
         missing: here,
     })
+}
+
+/// Whether `dir` (or its `cifar-10-batches-bin`) holds any of the six files.
+pub fn holds_any(dir: &Path) -> bool {
+    let inner = dir.join(ARCHIVE_FOLDER);
+    FILES
+        .iter()
+        .any(|f| dir.join(f).is_file() || inner.join(f).is_file())
 }
 
 /// A dataset of CIFAR-10 images.

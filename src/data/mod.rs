@@ -44,9 +44,8 @@ impl DatasetKind {
     /// is not embedded: an error that says how to fetch it).
     pub fn load(self, dir: Option<&Path>) -> Result<TrainTest, DataError> {
         match (self, dir) {
-            (DatasetKind::Mnist, Some(d)) => load_dir(d),
+            (_, Some(d)) => self.load_for_model(None, d),
             (DatasetKind::Mnist, None) => try_load_embedded(),
-            (DatasetKind::Cifar10, Some(d)) => cifar::load_dir(d),
             (DatasetKind::Cifar10, None) => Err(DataError::NotEmbedded {
                 dataset: self.name(),
                 hint: "download it with `dst fetch cifar10 --to data/cifar10` and pass \
@@ -54,6 +53,55 @@ impl DatasetKind {
             }),
         }
     }
+
+    /// `load` from the folder `dir` for `model` (a model that trains on this dataset): the
+    /// same, but a folder of the other dataset is refused naming the model ("DIR holds MNIST,
+    /// but vgg16 trains on CIFAR-10: ...") rather than "the model".
+    pub fn load_for(self, model: &str, dir: &Path) -> Result<TrainTest, DataError> {
+        self.load_for_model(Some(model), dir)
+    }
+
+    fn load_for_model(self, model: Option<&str>, dir: &Path) -> Result<TrainTest, DataError> {
+        let loaded = match self {
+            DatasetKind::Mnist => load_dir(dir),
+            DatasetKind::Cifar10 => cifar::load_dir(dir),
+        };
+        loaded.map_err(|e| match e {
+            DataError::OtherDataset {
+                dir,
+                found,
+                wanted,
+                model: None,
+                expected,
+            } => DataError::OtherDataset {
+                dir,
+                found,
+                wanted,
+                model: model.map(str::to_string),
+                expected,
+            },
+            e => e,
+        })
+    }
+
+    /// How to get this dataset into a folder (`dst fetch`), for error messages.
+    pub fn fetch_hint(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => {
+                "get MNIST with `dst fetch mnist --to data/mnist` and pass `--data data/mnist`, \
+                 or leave out --data for the embedded MNIST subset"
+            }
+            DatasetKind::Cifar10 => {
+                "get CIFAR-10 with `dst fetch cifar10 --to data/cifar10` and pass \
+                 `--data data/cifar10`"
+            }
+        }
+    }
+}
+
+/// "1 byte", "2 bytes": `n` and `unit`, plural unless `n` is 1.
+pub(crate) fn count(n: usize, unit: &str) -> String {
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Number of classes (digits 0..9).
@@ -157,7 +205,12 @@ pub enum DataError {
         dataset: &'static str,
         missing: Vec<String>,
     },
-    #[error("{file}: {size} bytes is not a whole number of {record}-byte records ({} whole records and {} bytes over)", size / record, size % record)]
+    #[error(
+        "{file}: {} is not a whole number of {record}-byte records ({} and {} over)",
+        count(*size, "byte"),
+        count(size / record, "whole record"),
+        count(size % record, "byte")
+    )]
     PartialRecord {
         file: String,
         size: usize,
@@ -172,6 +225,26 @@ pub enum DataError {
         offset: usize,
         value: u8,
         classes: usize,
+    },
+    #[error(
+        "{dir} holds {}, but {} trains on {}: it has none of the {} files ({}); {}",
+        found.name(),
+        model.as_deref().unwrap_or("the model"),
+        wanted.name(),
+        wanted.name(),
+        expected.join(", "),
+        wanted.fetch_hint()
+    )]
+    OtherDataset {
+        dir: String,
+        /// The dataset whose files the folder holds.
+        found: DatasetKind,
+        /// The dataset the model trains on.
+        wanted: DatasetKind,
+        /// The model, when the loader was told (`DatasetKind::load_for`).
+        model: Option<String>,
+        /// The files of `wanted` looked for.
+        expected: Vec<String>,
     },
     #[error("{dataset} is not embedded in the program: {hint}")]
     NotEmbedded {
@@ -413,6 +486,15 @@ pub fn idx_files(
             missing.push(format!("{name} (or {name}.gz)"));
         }
     }
+    if missing.len() == names.len() && cifar::holds_any(dir) {
+        return Err(DataError::OtherDataset {
+            dir: dir.display().to_string(),
+            found: DatasetKind::Cifar10,
+            wanted: DatasetKind::Mnist,
+            model: None,
+            expected: names.iter().map(|n| n.to_string()).collect(),
+        });
+    }
     if !missing.is_empty() {
         return Err(DataError::Missing {
             dir: dir.display().to_string(),
@@ -421,6 +503,13 @@ pub fn idx_files(
         });
     }
     Ok(paths)
+}
+
+/// Whether `dir` holds any of the four MNIST files (raw or gzip).
+pub fn holds_mnist(dir: &Path) -> bool {
+    MNIST_NAMES
+        .iter()
+        .any(|n| dir.join(n).is_file() || dir.join(format!("{n}.gz")).is_file())
 }
 
 /// Loads MNIST from `dir`, which must hold the four standard files, each either raw

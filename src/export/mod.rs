@@ -451,6 +451,7 @@ fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
             "is a folder; give the export file's path (e.g. model.safetensors)",
         ));
     }
+    let checkpoint = crate::checkpoint::resolve(checkpoint).unwrap_or(checkpoint.to_path_buf());
     if let (Ok(a), Ok(b)) = (out.canonicalize(), checkpoint.canonicalize()) {
         if a == b {
             return Err(invalid(

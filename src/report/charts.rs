@@ -1,7 +1,8 @@
 //! Training charts (PNG) of one or several runs, overlaid and labelled: per-layer keep ratio over
 //! the steps (log y), test accuracy and remaining % per epoch, per-layer threshold mean per
-//! epoch, and alpha over the steps when the run logged it. Drawn with plotters into an RGB buffer
-//! and encoded by `image`; text uses the DejaVu Sans font embedded from `assets/fonts/`.
+//! epoch, and alpha over the steps of the DST runs (a dense run's alpha is 0). Drawn with
+//! plotters into an RGB buffer and encoded by `image`; text uses the DejaVu Sans font embedded
+//! from `assets/fonts/`.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::runs::Run;
-use super::{write_charts, Drawn, ReportError};
+use super::{write_charts_replacing, Drawn, ReportError};
 
 /// DejaVu Sans (Bitstream Vera licence, see assets/README.md): the only font the charts use, so
 /// they look the same on every machine, with or without system fonts.
@@ -291,9 +292,11 @@ fn title(runs: &[Run], what: &str) -> String {
 }
 
 /// Draws the charts of `runs` (overlaid when several) into `out`; returns the files written.
-/// Charts without data (a dense run has no keep ratios to follow, alpha only when logged) are
-/// left out. Replaces only files of its own, and draws into a run's folder only that run's charts
-/// (see `write_charts`): otherwise refuses, and writes nothing.
+/// Charts without data are left out (a dense run has no keep ratios or thresholds to follow and
+/// no alpha: `alpha.png` only when a DST run logged an alpha other than 0), and such a chart that
+/// an earlier drawing left in `out` is removed when it is this command's own to replace.
+/// Replaces only files of its own, and draws into a run's folder only that run's charts (see
+/// `write_charts`): otherwise refuses, and writes nothing.
 pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let mut pictures: Vec<(&str, Vec<u8>)> = Vec::new();
     const SIZE: (u32, u32) = (1000, 620);
@@ -443,9 +446,10 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
         pictures.push((name, png));
     }
 
-    // Alpha over the steps, where logged.
+    // Alpha over the steps, of the DST runs that logged it (a dense run logs alpha 0: no penalty
+    // to weigh); drawn only when some run's alpha is not 0.
     let mut alpha = Vec::new();
-    for r in runs {
+    for r in runs.iter().filter(|r| !r.config.dense) {
         let points: Vec<(f64, f64)> = r
             .steps
             .iter()
@@ -459,7 +463,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             });
         }
     }
-    if !alpha.is_empty() {
+    if alpha.iter().any(|s| s.points.iter().any(|p| p.1 != 0.0)) {
         let positive = alpha.iter().all(|s| s.points.iter().all(|p| p.1 > 0.0));
         let name = "alpha.png";
         let png = render_png(&out.join(name), SIZE, |a| {
@@ -477,8 +481,17 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
         })?;
         pictures.push((name, png));
     }
-    write_charts(out, &pictures, Drawn::Runs(runs))
+    write_charts_replacing(out, &pictures, CHARTS, Drawn::Runs(runs))
 }
+
+/// Every chart `plot_runs` may draw: one it leaves out this time (no data for it) is removed
+/// where an earlier drawing of these names left one (see `write_charts`).
+const CHARTS: &[&str] = &[
+    "keep_per_layer.png",
+    "accuracy_remaining.png",
+    "thresholds.png",
+    "alpha.png",
+];
 
 /// Draws the charts of the run in `dir` into `dir` (what `dst train` does at the end of a run and
 /// of each `--resume`): a run's own charts in its own folder, which they may always replace.
@@ -615,7 +628,10 @@ pub fn sweep_chart(
                                     6,
                                     c.stroke_width(2),
                                 ))?
-                                .label(format!("{m} dense baseline ({} seeds)", d.seeds.len()))
+                                .label(format!(
+                                    "{m} dense baseline ({})",
+                                    super::plural(d.seeds.len(), "seed")
+                                ))
                                 .legend(move |(x, y)| {
                                     PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3))
                                 });

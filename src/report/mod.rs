@@ -122,6 +122,15 @@ pub fn load_runs_skipping(paths: &[PathBuf]) -> Result<(Vec<Run>, Vec<ReportErro
     Ok((runs, skipped))
 }
 
+/// `n` and `word`, plural unless `n` is 1: "1 epoch", "3 epochs".
+pub fn plural(n: usize, word: &str) -> String {
+    if n == 1 {
+        format!("{n} {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 /// The Markdown report of hand-made runs (`dst report`): the results table with the paper's
 /// figures where a model has them, and the list of runs.
 pub fn report_markdown(runs: &[Run]) -> String {
@@ -138,9 +147,9 @@ pub fn report_markdown(runs: &[Run]) -> String {
                 100.0 * s.last.keep_ratio
             ),
             _ => format!(
-                "unfinished ({} of {} epochs logged)",
+                "unfinished ({} of {} logged)",
                 r.epochs.len(),
-                c.epochs
+                plural(c.epochs, "epoch")
             ),
         };
         s.push_str(&format!(
@@ -250,6 +259,20 @@ fn write_manifest(dir: &Path, lines: &[(String, String)]) -> Result<(), ReportEr
 pub(crate) fn write_charts(
     out: &Path,
     files: &[(&str, Vec<u8>)],
+    drawn: Drawn,
+) -> Result<Vec<PathBuf>, ReportError> {
+    write_charts_replacing(out, files, &[], drawn)
+}
+
+/// `write_charts`, where `family` names every picture the command may draw: one of them not in
+/// `files` this time (a chart without data) that an earlier drawing left in `out` is removed, so
+/// that the folder shows no chart the runs drawn now do not back, when it is the command's own
+/// to replace: listed in `.dst-charts` with its current SHA-256 (its line goes too), or a run's
+/// own chart in its own folder. Any other file of such a name is left alone.
+pub(crate) fn write_charts_replacing(
+    out: &Path,
+    files: &[(&str, Vec<u8>)],
+    family: &[&str],
     drawn: Drawn,
 ) -> Result<Vec<PathBuf>, ReportError> {
     let dir = if out.as_os_str().is_empty() {
@@ -367,10 +390,47 @@ pub(crate) fn write_charts(
         })?;
         written.push(path);
     }
+    // Charts of the family not drawn this time: an earlier drawing's, removed where they are
+    // this command's own.
+    let mut removed: Vec<&str> = Vec::new();
+    for name in family
+        .iter()
+        .copied()
+        .filter(|n| !files.iter().any(|(f, _)| f == n))
+    {
+        let path = dir.join(name);
+        let is_file = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file());
+        if !is_file {
+            // Nothing there (or not a file of ours): a manifest line of it is stale.
+            removed.push(name);
+            continue;
+        }
+        let ours = if own && matches!(drawn, Drawn::Runs(_)) {
+            true
+        } else {
+            let hash = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
+            manifest
+                .iter()
+                .any(|(h, n)| n == name && Some(h) == hash.as_ref())
+        };
+        if ours {
+            std::fs::remove_file(&path)
+                .or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+                .map_err(|source| ReportError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            removed.push(name);
+        }
+    }
     if record {
         let mut after: Vec<(String, String)> = manifest
             .into_iter()
             .filter(|(_, n)| !new.iter().any(|(_, m)| m == n))
+            .filter(|(_, n)| !removed.contains(&n.as_str()))
             .collect();
         after.extend(new);
         write_manifest(dir, &after)?;

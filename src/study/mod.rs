@@ -104,9 +104,11 @@ fn existing_config(dir: &Path) -> Result<Option<TrainConfig>, StudyError> {
         .map_err(|e| unreadable(&e))
 }
 
-/// `42`, `0.01`, `sgd`, `none`, `[80,120]`: a setting's value as a flag would take it.
-fn show_value(v: &serde_json::Value) -> String {
+/// `42`, `0.01`, `sgd`, `none`, `[80,120]`: the value of the setting `key` as a flag would take
+/// it; no `data` folder reads "the embedded subset".
+fn show_value(key: &str, v: &serde_json::Value) -> String {
     match v {
+        serde_json::Value::Null if key == "data" => "the embedded subset".into(),
         serde_json::Value::Null => "none".into(),
         serde_json::Value::String(s) => s.clone(),
         v => v.to_string(),
@@ -131,7 +133,7 @@ pub fn config_differences(
         .filter(|(k, _)| !(both_dense && matches!(k.as_str(), "alpha" | "reset")))
         .filter_map(|(k, v)| {
             let tv = t.get(k.as_str()).unwrap_or(&serde_json::Value::Null);
-            (tv != v).then(|| (k.clone(), show_value(tv), show_value(v)))
+            (tv != v).then(|| (k.clone(), show_value(k, tv), show_value(k, v)))
         })
         .collect()
 }
@@ -180,9 +182,9 @@ pub fn check_reuse(cfg: &TrainConfig, dir: &Path) -> Result<(), StudyError> {
     if theirs.epochs != cfg.epochs && theirs.target_keep.is_some() && theirs.target_epoch.is_none()
     {
         return Err(StudyError::Config(format!(
-            "{} was set up for {} epochs, this study asks for {}; its --target-keep schedule follows the run's length, so it cannot be reused: pick another --out or remove it",
+            "{} was set up for {}, this study asks for {}; its --target-keep schedule follows the run's length, so it cannot be reused: pick another --out or remove it",
             dir.display(),
-            theirs.epochs,
+            report::plural(theirs.epochs, "epoch"),
             cfg.epochs
         )));
     }
@@ -375,9 +377,9 @@ pub fn write_sweep_report(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, Repo
     if let Some(r) = runs.first() {
         let c = &r.config;
         md.push_str(&format!(
-            "Model {}, {} epochs, batch {}, {} lr {}, data: {}. Accuracy and remaining % against alpha: [sweep.png](sweep.png); the same figures as CSV: [sweep.csv](sweep.csv).\n\n",
+            "Model {}, {}, batch {}, {} lr {}, data: {}. Accuracy and remaining % against alpha: [sweep.png](sweep.png); the same figures as CSV: [sweep.csv](sweep.csv).\n\n",
             c.model,
-            c.epochs,
+            report::plural(c.epochs, "epoch"),
             c.batch,
             c.optimizer,
             c.lr,
@@ -571,7 +573,7 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
                 None => "the embedded MNIST subset (10,000 train / 2,000 test images), not the paper's full MNIST".into(),
             };
             if let Some(n) = limit {
-                t.push_str(&format!(", first {n} training images"));
+                t.push_str(&format!(", first {}", report::plural(*n, "training image")));
             }
             if let Some(v) = valid {
                 t.push_str(&format!(", the last {v} of them held out for validation"));
@@ -614,7 +616,7 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         };
         let c = &first.config;
         s.push_str(&format!(
-            "\n## {}\n\n{} lr {}{}, batch {}, alpha {} (DST), {} epochs.\n\n",
+            "\n## {}\n\n{} lr {}{}, batch {}, alpha {} (DST), {}.\n\n",
             table::paper_row(m).map(|p| p.title).unwrap_or(m),
             c.optimizer,
             c.lr,
@@ -631,7 +633,7 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
                     .map(|x| x.config.alpha)
                     .unwrap_or(c.alpha)
             ),
-            c.epochs
+            report::plural(c.epochs, "epoch")
         ));
         // Charts: the first DST seed alone (per-layer lines), then every run's accuracy.
         let dst_runs: Vec<Run> = of_model

@@ -302,7 +302,10 @@ impl TrainConfig {
     /// `load_data` and the validation split, if any.
     pub fn load_data_split(&self) -> Result<(Mnist, Option<crate::data::Dataset>)> {
         let kind = crate::models::info(&self.model)?.dataset;
-        let mut m = kind.load(self.data.as_deref())?;
+        let mut m = match self.data.as_deref() {
+            Some(dir) => kind.load_for(&self.model, dir)?,
+            None => kind.load(None)?,
+        };
         if let Some(n) = self.limit_train {
             m.train = m.train.limit(n);
         }

@@ -358,7 +358,7 @@ pub fn train(
             let model_keep = kept as f64 / total.max(1) as f64;
             let target_now = control.as_ref().map(|c| c.target_at(step));
             if let Some(c) = control.as_mut() {
-                if done % every == 0 || done == steps_per_epoch {
+                if done.is_multiple_of(every) || done == steps_per_epoch {
                     c.update(step, model_keep);
                 }
             }
