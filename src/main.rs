@@ -43,8 +43,8 @@ enum Command {
         #[arg(long)]
         checkpoint: PathBuf,
         /// Folder of the checkpoint's dataset (MNIST: the two test files t10k-images-idx3-ubyte
-        /// and t10k-labels-idx1-ubyte, .gz or raw; CIFAR-10: the six binary batches); default:
-        /// the embedded MNIST subset.
+        /// and t10k-labels-idx1-ubyte, .gz or raw; CIFAR-10: test_batch.bin); default: the
+        /// embedded MNIST subset.
         #[arg(long)]
         data: Option<PathBuf>,
     },
@@ -1103,6 +1103,12 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
                 test: t.images,
                 source: t.source,
             };
+            (data, what)
+        }
+        (dst::data::DatasetKind::Cifar10, Some(dir)) => {
+            // CIFAR-10: test_batch.bin alone will do.
+            let data = dst::data::cifar::load_test_dir(dir)?;
+            let what = data.source.clone();
             (data, what)
         }
         (kind, dir) => {

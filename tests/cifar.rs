@@ -132,6 +132,33 @@ fn reader_loads_generated_batches() {
     std::fs::remove_dir_all(&outer).unwrap();
 }
 
+/// `dst eval` reads only the test batch: a folder (or its archive folder) with test_batch.bin
+/// alone loads, its training set empty; without it, only that file is named as missing.
+#[test]
+fn test_set_alone_loads_from_test_batch() {
+    let dir = tmpdir("test-only");
+    let files = valid_files();
+    std::fs::write(dir.join("test_batch.bin"), &files[5]).unwrap();
+    let d = cifar::load_test_dir(&dir).unwrap();
+    assert_eq!((d.train.count, d.test.count), (0, 3));
+    assert_eq!(d.test.labels, vec![6, 7, 8]);
+    assert!(!d.test.augment && d.train.channels == 3);
+    let outer = tmpdir("test-only-outer");
+    std::fs::rename(&dir, outer.join(cifar::ARCHIVE_FOLDER)).unwrap();
+    let e = cifar::load_test_dir(&outer).unwrap();
+    assert_eq!(e.test, d.test);
+    let empty = tmpdir("test-only-empty");
+    std::fs::write(empty.join("data_batch_1.bin"), &files[0]).unwrap();
+    let err = cifar::load_test_dir(&empty).unwrap_err();
+    assert!(
+        matches!(&err, DataError::Missing { missing, .. } if missing == &vec!["test_batch.bin".to_string()]),
+        "{err}"
+    );
+    for d in [outer, empty] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
+
 #[test]
 fn reader_refuses_partial_records() {
     for (which, delta) in [(2usize, -1isize), (5, 1), (0, -(RECORD as isize) + 5)] {

@@ -80,6 +80,27 @@ fn wrn_16_1_learns_digits() {
         dst::train::evaluate_checkpoint(gpu(), &out.join("checkpoint.safetensors"), &test).unwrap();
     assert_eq!(acc, summary.last.test_acc);
     assert_eq!(layers.len(), 16, "conv1, 14 block convs and shortcuts, fc");
+    // Through the binary, from a folder holding only test_batch.bin: the same accuracy.
+    let only = tmp("cifar_models", "wrn-test-only");
+    std::fs::create_dir_all(&only).unwrap();
+    std::fs::copy(data.join("test_batch.bin"), only.join("test_batch.bin")).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["eval", "--checkpoint"])
+        .arg(&out)
+        .arg("--data")
+        .arg(&only)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        text.contains(&format!(
+            "test accuracy {:.2}% on the 100 test images of CIFAR-10 in {}",
+            summary.last.test_acc,
+            only.display()
+        )),
+        "{text}"
+    );
     let steps = metrics(&out, "step");
     let loss = |v: &serde_json::Value| v["loss"].as_f64().unwrap();
     let (first, last) = (loss(&steps[0]), loss(steps.last().unwrap()));

@@ -175,6 +175,33 @@ pub fn load_dir(dir: &Path) -> Result<TrainTest, DataError> {
     })
 }
 
+/// Only CIFAR-10's test set from `dir` (or its `cifar-10-batches-bin`): `test_batch.bin`, all
+/// that scoring a model needs (`dst eval`). The training set comes back empty.
+pub fn load_test_dir(dir: &Path) -> Result<TrainTest, DataError> {
+    super::check_folder(dir, "CIFAR-10")?;
+    let inner = dir.join(ARCHIVE_FOLDER);
+    let Some(dir) = [dir.to_path_buf(), inner]
+        .into_iter()
+        .find(|d| d.join(TEST_FILE).is_file())
+    else {
+        // A folder of MNIST is named as such; otherwise the one file wanted.
+        return Err(match locate(dir) {
+            Err(e @ DataError::OtherDataset { .. }) => e,
+            _ => DataError::Missing {
+                dir: dir.display().to_string(),
+                dataset: "CIFAR-10",
+                missing: vec![TEST_FILE.to_string()],
+            },
+        });
+    };
+    let (ti, tl) = read_batch(&dir.join(TEST_FILE))?;
+    Ok(TrainTest {
+        train: dataset(Vec::new(), Vec::new(), true),
+        test: dataset(ti, tl, false),
+        source: format!("CIFAR-10 in {}", dir.display()),
+    })
+}
+
 /// Whether `dir` holds the six files, each a valid, non-empty set of records (reads them all).
 pub fn check_dir(dir: &Path) -> Result<(), DataError> {
     for f in FILES {
