@@ -875,11 +875,13 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             if let Some(epochs) = a.epochs {
                 cfg.epochs = epochs;
             }
+            cfg.check_data()?;
             (cfg, dir.clone(), true, false)
         }
         None => {
             let cfg = config_from(&a)?;
             cfg.validate()?;
+            cfg.check_data()?;
             let (out, made_here) = match &a.out {
                 Some(out) => {
                     check_new_run_dir(out)?;

@@ -740,8 +740,7 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
         );
     }
 
-    // Refused after the adapter is open (the data folder is missing): the default run folder it
-    // claimed is gone again, and so is the `runs` folder it made for it.
+    // A missing data folder is refused before the adapter opens.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
         .args(["train", "--epochs", "1", "--data", "no-such-folder"])
         .current_dir(&root)
@@ -749,7 +748,22 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("no such folder"),
+        !o.status.success() && err.contains("no such folder") && !err.contains("adapter:"),
+        "{err}"
+    );
+    assert!(!root.join("runs").exists(), "{err}");
+    // Refused after the adapter is open (a batch its buffers cannot take): the default run
+    // folder it claimed is gone again, and so is the `runs` folder it made for it.
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args([
+            "train", "--model", "lenet5", "--epochs", "1", "--batch", "65535",
+        ])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("adapter:") && err.contains("use a smaller --batch"),
         "{err}"
     );
     assert!(!root.join("runs").exists(), "{err}");

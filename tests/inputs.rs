@@ -284,6 +284,10 @@ fn run_folders_serve_as_checkpoints_through_the_binary() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert_mentions(&err, &["mn holds MNIST, but vgg16 trains on CIFAR-10"]);
+    assert!(
+        !err.contains("adapter:"),
+        "refused before the adapter opens: {err}"
+    );
     assert!(!root.join("runs").exists(), "a refused run left runs/");
     std::fs::remove_dir_all(&root).unwrap();
 }

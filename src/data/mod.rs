@@ -66,22 +66,17 @@ impl DatasetKind {
             DatasetKind::Mnist => load_dir(dir),
             DatasetKind::Cifar10 => cifar::load_dir(dir),
         };
-        loaded.map_err(|e| match e {
-            DataError::OtherDataset {
-                dir,
-                found,
-                wanted,
-                model: None,
-                expected,
-            } => DataError::OtherDataset {
-                dir,
-                found,
-                wanted,
-                model: model.map(str::to_string),
-                expected,
-            },
-            e => e,
-        })
+        loaded.map_err(|e| naming_model(e, model))
+    }
+
+    /// Whether `dir` holds this dataset's files for `model`, without reading them: the errors of
+    /// `load_for` about missing files or another dataset's folder, before any work.
+    pub fn locate_for(self, model: &str, dir: &Path) -> Result<(), DataError> {
+        let found = match self {
+            DatasetKind::Mnist => idx_files(dir, &MNIST_NAMES, "MNIST").map(|_| ()),
+            DatasetKind::Cifar10 => cifar::locate(dir).map(|_| ()),
+        };
+        found.map_err(|e| naming_model(e, Some(model)))
     }
 
     /// How to get this dataset into a folder (`dst fetch`), for error messages.
@@ -106,6 +101,26 @@ pub(crate) fn count(n: usize, unit: &str) -> String {
 
 /// Number of classes (digits 0..9).
 pub const CLASSES: usize = 10;
+
+/// `e` with the model's name where it says the folder holds another dataset.
+fn naming_model(e: DataError, model: Option<&str>) -> DataError {
+    match e {
+        DataError::OtherDataset {
+            dir,
+            found,
+            wanted,
+            model: None,
+            expected,
+        } => DataError::OtherDataset {
+            dir,
+            found,
+            wanted,
+            model: model.map(str::to_string),
+            expected,
+        },
+        e => e,
+    }
+}
 
 /// The four standard MNIST file names (without `.gz`), in the order
 /// train images, train labels, test images, test labels.

@@ -299,6 +299,17 @@ impl TrainConfig {
         Ok(self.load_data_split()?.0)
     }
 
+    /// Whether `data` holds the model's dataset files, without reading them (nothing to check
+    /// for the embedded subset): a run refused for its data before it opens an adapter.
+    pub fn check_data(&self) -> Result<()> {
+        if let Some(dir) = &self.data {
+            crate::models::info(&self.model)?
+                .dataset
+                .locate_for(&self.model, dir)?;
+        }
+        Ok(())
+    }
+
     /// `load_data` and the validation split, if any.
     pub fn load_data_split(&self) -> Result<(Mnist, Option<crate::data::Dataset>)> {
         let kind = crate::models::info(&self.model)?.dataset;
