@@ -898,11 +898,25 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     };
     cfg.validate()?;
     if let Some(e) = cfg.lr_steps.iter().find(|&&e| e >= cfg.epochs) {
-        eprintln!(
-            "warning: --lr-steps {e}: the learning rate changes after epoch {e}, and this run ends \
-             at epoch {} (it applies only if the run is extended with --resume --epochs)",
-            cfg.epochs
-        );
+        if given.iter().any(|f| f == "--lr-steps") || a.resume.is_some() {
+            eprintln!(
+                "warning: --lr-steps {e}: the learning rate changes after epoch {e}, and this run \
+                 ends at epoch {} (it applies only if the run is extended with --resume --epochs)",
+                cfg.epochs
+            );
+        } else {
+            eprintln!(
+                "note: {}'s learning-rate steps (after epochs {}) reach past this run's end at \
+                 epoch {}; give --lr-steps to lower the rate within it",
+                cfg.model,
+                cfg.lr_steps
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cfg.epochs
+            );
+        }
     }
     let gpu = Gpu::from_env()?;
     let plain = !std::io::stderr().is_terminal();

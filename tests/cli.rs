@@ -505,6 +505,40 @@ fn bad_lr_steps_are_clear_errors() {
     let (ok, _, err) = dst(&["info", "--batch", "64"]);
     assert!(!ok, "--batch without --model");
     assert!(err.contains("--model"), "{err}");
+    // Steps past the run's end: a warning naming the flag when given, a note naming the model's
+    // own steps otherwise (here both runs then stop at a batch the adapter cannot take).
+    let (ok, _, err) = dst(&[
+        "train",
+        "--model",
+        "lenet5",
+        "--lr-steps",
+        "5",
+        "--epochs",
+        "2",
+        "--batch",
+        "65535",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("warning: --lr-steps 5: the learning rate changes after epoch 5"),
+        "{err}"
+    );
+    let cifar = std::env::temp_dir().join(format!("dst-cli-lr-note-{}", std::process::id()));
+    std::fs::create_dir_all(&cifar).unwrap();
+    for f in dst::data::cifar::FILES {
+        std::fs::write(cifar.join(f), vec![1u8; dst::data::cifar::RECORD]).unwrap();
+    }
+    let c = cifar.to_str().unwrap();
+    let (ok, _, err) = dst(&[
+        "train", "--model", "vgg16", "--data", c, "--epochs", "1", "--batch", "65535",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("note: vgg16's learning-rate steps (after epochs 80, 120) reach past")
+            && !err.contains("--lr-steps 80"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&cifar).unwrap();
 }
 
 #[test]
