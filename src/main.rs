@@ -994,10 +994,18 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         100.0 * s.last.keep_ratio,
         s.mean_ms_per_step
     );
-    println!(
-        "best accuracy {:.2}% (epoch {}, keep {:.4}); lowest keep {:.4} (epoch {}, accuracy {:.2}%)",
-        s.best_acc, s.best_acc_epoch, s.best_acc_keep, s.lowest_keep, s.lowest_keep_epoch, s.lowest_keep_acc
-    );
+    if s.dense {
+        // Nothing masked: no keep ratio to pick an epoch by.
+        println!(
+            "best accuracy {:.2}% (epoch {})",
+            s.best_acc, s.best_acc_epoch
+        );
+    } else {
+        println!(
+            "best accuracy {:.2}% (epoch {}, keep {:.4}); lowest keep {:.4} (epoch {}, accuracy {:.2}%)",
+            s.best_acc, s.best_acc_epoch, s.best_acc_keep, s.lowest_keep, s.lowest_keep_epoch, s.lowest_keep_acc
+        );
+    }
     println!("run directory: {}", out.display());
     Ok(())
 }

@@ -319,6 +319,68 @@ fn tables_agree_with_the_run_summaries() {
     assert_eq!(String::from_utf8_lossy(&o.stdout), md);
 }
 
+/// Runs on two data folders of one name are two rows, each named by its folder's path (they
+/// used to be averaged together); a run folder copied (its seed again in one row) counts once and
+/// is said so; a single run's standard deviations are empty in the CSV, not a measured 0.
+#[test]
+fn rows_keep_data_folders_apart_and_count_a_seed_once() {
+    let root = tmp("data-rows");
+    let (a, b) = (root.join("a").join("mnist"), root.join("b").join("mnist"));
+    let runs_dir = root.join("runs");
+    let fake = |name: &str, data: &Path, acc: f64| {
+        let dir = runs_dir.join(name);
+        write_fake(
+            &dir,
+            &Fake {
+                model: "lenet300",
+                dense: false,
+                alpha: 5e-4,
+                seed: 1,
+                epochs: 1,
+                history: vec![(acc, 0.05)],
+                valid: None,
+                finished: true,
+            },
+        );
+        let path = dir.join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        c["data"] = json!(data);
+        std::fs::write(&path, c.to_string()).unwrap();
+    };
+    for d in [&a, &b] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    fake("on-a", &a, 97.0);
+    fake("on-b", &b, 91.0);
+    fake("on-a-copy", &a, 97.0);
+    let runs = report::load_runs(std::slice::from_ref(&runs_dir)).unwrap();
+    assert_eq!(runs.len(), 3);
+    let rows = table::rows(&runs);
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    let data: Vec<&str> = rows.iter().map(|r| r.data.as_str()).collect();
+    let canon = |p: &Path| p.canonicalize().unwrap().display().to_string();
+    assert!(
+        data.contains(&canon(&a).as_str()) && data.contains(&canon(&b).as_str()),
+        "{data:?}"
+    );
+    let on_a = rows.iter().find(|r| r.data == canon(&a)).unwrap();
+    assert_eq!(
+        (on_a.seeds.as_slice(), on_a.repeated.as_slice()),
+        (&[1][..], &[1][..])
+    );
+    let (acc, _) = on_a.get(Rule::Last).unwrap();
+    assert_eq!((acc.n, acc.mean), (1, 97.0));
+    let md = table::markdown(&rows, false);
+    assert!(md.contains("1 (seed 1 given again, counted once)"), "{md}");
+    let csv = table::csv(&rows);
+    let line = csv.lines().find(|l| l.contains(",last,")).unwrap();
+    let f: Vec<&str> = line.rsplit(',').take(4).collect();
+    assert!(f[0].is_empty() && f[2].is_empty(), "{line}");
+    assert_eq!(f[3].parse::<f64>().unwrap(), 97.0, "{line}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn metrics_of_a_resumed_run_read_as_one_history() {
     let dir = tmp("resumed");

@@ -86,6 +86,14 @@ fn large_alpha_prunes_dense_does_not() {
     let s = run(&cfg, &out, false).unwrap();
     assert_eq!(s.last.keep_ratio, 1.0);
     assert!(s.last.layers.iter().all(|l| l.keep_ratio == 1.0));
+    // Its step lines keep everything too (they logged 0, from no masked layers).
+    let steps = metrics(&out, "step");
+    assert!(!steps.is_empty());
+    assert!(
+        steps.iter().all(|v| v["model_keep"] == 1.0),
+        "{:?}",
+        steps[0]
+    );
     let ck = Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
     assert!(
         ck.get("fc1.threshold").is_none(),

@@ -163,6 +163,8 @@ pub struct Row {
     /// Where the data came from: a folder or "embedded subset", and the training-image limit.
     pub data: String,
     pub seeds: Vec<u64>,
+    /// Seeds of finished runs given again (copies of a run): counted once, under `seeds`.
+    pub repeated: Vec<u64>,
     /// Run directories that have not finished (no summary.json), left out of the figures.
     pub unfinished: usize,
     /// Per rule (in `Rule::ALL` order): (test accuracy %, remaining %) over the finished runs.
@@ -186,8 +188,11 @@ pub fn fmt_alpha(a: f64) -> String {
     format!("{a:e}")
 }
 
-fn data_label(r: &Run) -> String {
+/// Where a run's data came from, for a table: the folder's name (`full`: its whole path), or
+/// "embedded subset", and the training-image limit and validation split.
+fn data_label(r: &Run, full: bool) -> String {
     let src = match &r.config.data {
+        Some(d) if full => data_path(d),
         Some(d) => d
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -204,33 +209,45 @@ fn data_label(r: &Run) -> String {
     s
 }
 
+/// A data folder as it names one place: its canonical path where it still exists.
+fn data_path(d: &std::path::Path) -> String {
+    d.canonicalize()
+        .unwrap_or_else(|_| d.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// Groups runs by configuration: runs fall in one row only when everything but their seed is the
 /// same (model, kind, `RunConfig::settings`, epochs, data). Rows come in a stable order: models in
 /// first-seen order, dense before DST, alphas ascending. A row's label names the settings in
 /// which it differs from another row of its model.
 pub fn rows(runs: &[Run]) -> Vec<Row> {
     let mut rows: Vec<(Row, Vec<&SummaryFile>)> = Vec::new();
+    // Per row: its data as the full path (runs on two folders of one name are two rows).
+    let mut full_data: Vec<String> = Vec::new();
     for r in runs {
         let c = &r.config;
         let alpha = (!c.dense).then_some(c.alpha);
-        let data = data_label(r);
+        let data = data_label(r, false);
+        let full = data_label(r, true);
         let kind = c.kind();
         let settings: Vec<(String, String)> = c
             .settings()
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        let i = match rows.iter().position(|(row, _)| {
-            row.model == c.model
+        let i = match rows.iter().enumerate().position(|(j, (row, _))| {
+            full_data[j] == full
+                && row.model == c.model
                 && row.dense == c.dense
                 && row.label == kind
                 && row.alpha == alpha
                 && row.settings == settings
                 && row.epochs == c.epochs
-                && row.data == data
         }) {
             Some(i) => i,
             None => {
+                full_data.push(full);
                 rows.push((
                     Row {
                         model: c.model.clone(),
@@ -241,6 +258,7 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                         epochs: c.epochs,
                         data,
                         seeds: Vec::new(),
+                        repeated: Vec::new(),
                         unfinished: 0,
                         stats: [None; 3],
                     },
@@ -251,11 +269,25 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
         };
         // A summary of fewer epochs than configured is an older, shorter run being extended.
         match r.summary.as_ref().filter(|s| s.epochs >= c.epochs) {
+            // The same seed twice (a run folder copied): one run, counted once.
+            Some(_) if rows[i].0.seeds.contains(&c.seed) => rows[i].0.repeated.push(c.seed),
             Some(s) => {
                 rows[i].0.seeds.push(c.seed);
                 rows[i].1.push(s);
             }
             None => rows[i].0.unfinished += 1,
+        }
+    }
+    // Rows whose data folders share a name but not a path: named by their paths.
+    let clashes: Vec<bool> = (0..rows.len())
+        .map(|i| {
+            (0..rows.len())
+                .any(|j| rows[j].0.data == rows[i].0.data && full_data[j] != full_data[i])
+        })
+        .collect();
+    for ((row, _), (clash, full)) in rows.iter_mut().zip(clashes.into_iter().zip(&full_data)) {
+        if clash {
+            row.data = full.clone();
         }
     }
     // Labels: the kind, then every setting that takes two values or more among the rows of the
@@ -355,6 +387,17 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
         if row.unfinished > 0 {
             let _ = write!(seeds, " ({} unfinished)", row.unfinished);
         }
+        if !row.repeated.is_empty() {
+            let _ = write!(
+                seeds,
+                " (seed {} given again, counted once)",
+                row.repeated
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let _ = write!(
             s,
             "| {} | {} | {} | {} | {} |",
@@ -400,7 +443,17 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
     s
 }
 
-/// One CSV line per row and rule: the figures in machine-readable form.
+/// A standard deviation for the CSV: empty for a single run, which has none.
+fn std(s: &Stat) -> String {
+    if s.n < 2 {
+        String::new()
+    } else {
+        s.std.to_string()
+    }
+}
+
+/// One CSV line per row and rule: the figures in machine-readable form (a single run's standard
+/// deviations empty).
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(
         "model,dense,alpha,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n",
@@ -428,9 +481,9 @@ pub fn csv(rows: &[Row]) -> String {
                 row.unfinished,
                 rule.key(),
                 acc.mean,
-                acc.std,
+                std(&acc),
                 rem.mean,
-                rem.std
+                std(&rem)
             );
         }
     }

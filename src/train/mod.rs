@@ -355,7 +355,12 @@ pub fn train(
             let (kept, total) = keeps
                 .iter()
                 .fold((0u64, 0u64), |(a, b), (_, k, t)| (a + k, b + t));
-            let model_keep = kept as f64 / total.max(1) as f64;
+            // A dense model masks nothing: it keeps everything.
+            let model_keep = if total == 0 {
+                1.0
+            } else {
+                kept as f64 / total as f64
+            };
             let target_now = control.as_ref().map(|c| c.target_at(step));
             if let Some(c) = control.as_mut() {
                 if done.is_multiple_of(every) || done == steps_per_epoch {
@@ -555,6 +560,25 @@ fn remove_stale_temporaries(run: &RunDir) {
     }
 }
 
+/// The epochs a summary names: best test accuracy, lowest keep ratio, best validation accuracy
+/// (never the test set). Ties go to the earliest epoch, as the reference trainer's strict `>`
+/// picks. `h` holds at least one epoch.
+fn picks(h: &[EpochRecord]) -> (&EpochRecord, &EpochRecord, Option<&EpochRecord>) {
+    let first_best = |better: fn(&EpochRecord, &EpochRecord) -> bool| {
+        h.iter().reduce(|b, r| if better(r, b) { r } else { b })
+    };
+    let best = first_best(|r, b| r.test_acc > b.test_acc).expect("at least one epoch");
+    let low = first_best(|r, b| r.keep_ratio < b.keep_ratio).expect("at least one epoch");
+    let best_valid = h.iter().filter(|r| r.valid_acc.is_some()).reduce(|b, r| {
+        if r.valid_acc > b.valid_acc {
+            r
+        } else {
+            b
+        }
+    });
+    (best, low, best_valid)
+}
+
 fn summarize(
     cfg: &TrainConfig,
     s: &Session,
@@ -563,22 +587,7 @@ fn summarize(
     steps: u64,
 ) -> Summary {
     let last = h.last().expect("at least one epoch").clone();
-    let best = h
-        .iter()
-        .max_by(|a, b| a.test_acc.total_cmp(&b.test_acc))
-        .unwrap();
-    let low = h
-        .iter()
-        .min_by(|a, b| a.keep_ratio.total_cmp(&b.keep_ratio))
-        .unwrap();
-    // The first epoch with the best validation accuracy (never the test set).
-    let best_valid = h.iter().filter(|r| r.valid_acc.is_some()).fold(
-        None::<&EpochRecord>,
-        |best, r| match best {
-            Some(b) if b.valid_acc >= r.valid_acc => Some(b),
-            _ => Some(r),
-        },
-    );
+    let (best, low, best_valid) = picks(h);
     Summary {
         model: cfg.model.clone(),
         dense: cfg.dense,
@@ -651,4 +660,50 @@ pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> 
         out.extend_from_slice(&l[..valid * classes]);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{picks, EpochRecord};
+
+    fn epoch(epoch: usize, test_acc: f64, keep_ratio: f64, valid: Option<f64>) -> EpochRecord {
+        EpochRecord {
+            epoch,
+            step: 10 * epoch as u64,
+            train_loss: 0.0,
+            train_penalty: 0.0,
+            train_acc: 0.0,
+            test_loss: 0.0,
+            test_acc,
+            keep_ratio,
+            layers: Vec::new(),
+            epoch_seconds: 0.0,
+            ms_per_step: 0.0,
+            alpha: 0.0,
+            valid_acc: valid,
+        }
+    }
+
+    /// Ties go to the earliest epoch for every pick (the best accuracy once took the last).
+    #[test]
+    fn picks_take_the_first_of_equals() {
+        let h = [
+            epoch(1, 90.0, 0.5, None),
+            epoch(2, 97.0, 0.1, Some(95.0)),
+            epoch(3, 97.0, 0.1, Some(95.0)),
+            epoch(4, 96.0, 0.2, Some(94.0)),
+        ];
+        let (best, low, valid) = picks(&h);
+        assert_eq!(
+            (best.epoch, low.epoch, valid.map(|r| r.epoch)),
+            (2, 2, Some(2))
+        );
+        let (best, low, valid) = picks(&h[..1]);
+        assert_eq!(
+            (best.epoch, low.epoch, valid.map(|r| r.epoch)),
+            (1, 1, None)
+        );
+        let h = [epoch(1, 90.0, 1.0, None), epoch(2, 91.0, 1.0, None)];
+        assert_eq!((picks(&h).0.epoch, picks(&h).1.epoch), (2, 1));
+    }
 }
