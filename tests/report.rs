@@ -573,6 +573,43 @@ fn sweep_spec(epochs: usize) -> Sweep {
     }
 }
 
+/// A run that diverges does not stop a sweep: the others train, sweep.md is written with the
+/// diverged runs counted unfinished, and the error names each diverged run (it used to stop at
+/// the first, with no report).
+#[test]
+fn a_diverged_run_leaves_the_sweep_going() {
+    let out = tmp("sweep-diverged");
+    let spec = Sweep {
+        base: TrainConfig {
+            lr: 1e6,
+            ..sweep_spec(1).base
+        },
+        ..sweep_spec(1)
+    };
+    let err = study::sweep(&spec, &out, &mut Quiet).unwrap_err();
+    let study::StudyError::Diverged { total, runs, .. } = &err else {
+        panic!("not a divergence: {err}");
+    };
+    assert_eq!(*total, 3);
+    let unfinished: Vec<String> = spec
+        .runs(&out)
+        .iter()
+        .filter(|(d, _)| !d.join("summary.json").exists())
+        .map(|(d, _)| d.display().to_string())
+        .collect();
+    assert!(!unfinished.is_empty());
+    assert_eq!(runs.len(), unfinished.len(), "{err}");
+    for d in &unfinished {
+        assert!(runs.iter().any(|r| r.contains(d.as_str())), "{d}: {err}");
+    }
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(md.contains("unfinished"), "{md}");
+    assert!(
+        err.to_string().contains("sweep.md counts these unfinished"),
+        "{err}"
+    );
+}
+
 fn file_state(p: &Path) -> (std::time::SystemTime, Vec<u8>) {
     (
         std::fs::metadata(p).unwrap().modified().unwrap(),

@@ -22,6 +22,19 @@ pub enum StudyError {
     Report(#[from] ReportError),
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    #[error(
+        "{} of {total} runs diverged (the others finished; {report} counts these unfinished, and \
+         running the command again retries them, from their last checkpoint if they have one):\n{}",
+        runs.len(),
+        runs.join("\n")
+    )]
+    Diverged {
+        total: usize,
+        /// The report written without them.
+        report: String,
+        /// Each diverged run's message.
+        runs: Vec<String>,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -358,16 +371,49 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
     for (dir, cfg) in &grid {
         check_reuse(cfg, dir)?;
     }
-    for (i, (dir, cfg)) in grid.iter().enumerate() {
-        progress.line(&format!("[{}/{}] {}", i + 1, grid.len(), run_name(cfg)));
-        ensure_run(cfg, dir, progress)?;
-    }
+    let diverged = train_grid(&grid, progress, |cfg| run_name(cfg))?;
     let runs: Vec<Run> = grid
         .iter()
         .map(|(d, _)| Run::load(d))
         .collect::<Result<_, _>>()?;
     write_sweep_report(&runs, out)?;
+    diverged_error(diverged, grid.len(), "sweep.md")?;
     Ok(runs)
+}
+
+/// Trains (or continues, or keeps) every run of `grid` in order, `name` labelling each in the
+/// progress. A run that diverges does not stop the others: returned are the diverged runs'
+/// messages. Any other error stops at once.
+fn train_grid(
+    grid: &[(PathBuf, TrainConfig)],
+    progress: &mut dyn Progress,
+    name: impl Fn(&TrainConfig) -> String,
+) -> Result<Vec<String>, StudyError> {
+    let mut diverged = Vec::new();
+    for (i, (dir, cfg)) in grid.iter().enumerate() {
+        progress.line(&format!("[{}/{}] {}", i + 1, grid.len(), name(cfg)));
+        match ensure_run(cfg, dir, progress) {
+            Ok(_) => {}
+            Err(StudyError::Train(e @ TrainError::Diverged { .. })) => {
+                progress.line(&format!("{e}; going on with the other runs"));
+                diverged.push(format!("  {}: {e}", dir.display()));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(diverged)
+}
+
+/// Err naming the diverged runs, once the report (`report`) is written without them.
+fn diverged_error(runs: Vec<String>, total: usize, report: &str) -> Result<(), StudyError> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    Err(StudyError::Diverged {
+        total,
+        report: report.to_string(),
+        runs,
+    })
 }
 
 /// `sweep.md`, `sweep.csv` and `sweep.png` in `out` from the runs of a sweep.
@@ -478,22 +524,16 @@ pub fn reproduce(
     for (dir, cfg) in &grid {
         check_reuse(cfg, dir)?;
     }
-    for (i, (dir, cfg)) in grid.iter().enumerate() {
-        progress.line(&format!(
-            "[{}/{}] {} {}",
-            i + 1,
-            grid.len(),
-            cfg.model,
-            run_name(cfg)
-        ));
-        ensure_run(cfg, dir, progress)?;
-    }
+    let diverged = train_grid(&grid, progress, |cfg| {
+        format!("{} {}", cfg.model, run_name(cfg))
+    })?;
     let runs: Vec<Run> = grid
         .iter()
         .map(|(d, _)| Run::load(d))
         .collect::<Result<_, _>>()?;
     let path = out.join("REPORT.md");
     report::write_text(&path, &reproduce_markdown(r, &runs, out)?)?;
+    diverged_error(diverged, grid.len(), "REPORT.md")?;
     Ok(path)
 }
 
