@@ -425,3 +425,39 @@ fn dense_runs_draw_no_alpha_chart() {
         PRECIOUS
     );
 }
+
+/// Overlaid runs keep one colour each in every panel of `accuracy_remaining.png`: a run's
+/// validation line is dashed in its colour (Tableau blue and orange for two runs), rather than
+/// taking the next colours (green, red), which gave a run one colour above and another below.
+#[test]
+fn a_run_keeps_its_colour_across_panels() {
+    let root = tmp("colours");
+    for (name, seed) in [("a", 1), ("b", 2)] {
+        let dir = root.join(name);
+        fake_run(&dir, seed);
+        let path = dir.join("metrics.jsonl");
+        let text: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                if v["kind"] == "epoch" {
+                    v["valid_acc"] = json!(v["test_acc"].as_f64().unwrap() - 3.0);
+                }
+                format!("{v}\n")
+            })
+            .collect();
+        std::fs::write(&path, text).unwrap();
+    }
+    let o = dst(&root, &[p("plot"), p("a"), p("b"), p("--out"), p("charts")]);
+    ok(&o, "plot");
+    let img = image::open(root.join("charts").join("accuracy_remaining.png"))
+        .unwrap()
+        .to_rgb8();
+    let count = |c: [u8; 3]| img.pixels().filter(|px| px.0 == c).count();
+    let (blue, orange) = (count([31, 119, 180]), count([255, 127, 14]));
+    let (green, red) = (count([44, 160, 44]), count([214, 39, 40]));
+    assert!(blue > 100 && orange > 100, "blue {blue}, orange {orange}");
+    assert_eq!((green, red), (0, 0), "colours beyond the two runs'");
+    std::fs::remove_dir_all(&root).unwrap();
+}

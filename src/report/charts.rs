@@ -106,6 +106,9 @@ struct Series {
     label: String,
     points: Vec<(f64, f64)>,
     dashed: bool,
+    /// The colour's index, where a series is to keep its run's colour across panels (the run's
+    /// index among those drawn); None: its place in the panel.
+    colour: Option<usize>,
 }
 
 /// A padded linear range around the values (never empty).
@@ -190,8 +193,9 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(72);
-    let n = p.series.len();
-    let style = |i: usize| colour(i, n).stroke_width(2);
+    let index = |i: usize| p.series[i].colour.unwrap_or(i);
+    let n = (0..p.series.len()).map(|i| index(i) + 1).max().unwrap_or(0);
+    let style = |i: usize| colour(index(i), n).stroke_width(2);
     macro_rules! finish {
         ($chart:expr, $clamp:expr, $y_labels:expr) => {{
             let mut chart = $chart;
@@ -222,8 +226,13 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
                 } else {
                     chart.draw_series(LineSeries::new(pts.clone(), st))?
                 };
+                // A dashed series' legend line is dashed too.
+                let (c, dashed) = (colour(index(i), n).stroke_width(3), s.dashed);
                 anno.label(s.label.clone()).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 22, y)], colour(i, n).stroke_width(3))
+                    let gap = if dashed { (9, 14) } else { (22, 22) };
+                    EmptyElement::at((x, y))
+                        + PathElement::new(vec![(0, 0), (gap.0, 0)], c)
+                        + PathElement::new(vec![(gap.1, 0), (22, 0)], c)
                 });
                 if pts.len() == 1 {
                     chart.draw_series(std::iter::once(Circle::new(pts[0], 3, st.filled())))?;
@@ -315,6 +324,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                     label: series_label(runs, r, &name),
                     points,
                     dashed: false,
+                    colour: None,
                 });
             }
         }
@@ -340,7 +350,8 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     // Test accuracy and remaining % per epoch.
     let mut acc = Vec::new();
     let mut rem = Vec::new();
-    for r in runs {
+    // Each run in its own colour in both panels (its validation line dashed in that colour).
+    for (k, r) in runs.iter().enumerate() {
         if r.epochs.is_empty() {
             continue;
         }
@@ -352,6 +363,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 .map(|e| (e.epoch as f64, e.test_acc))
                 .collect(),
             dashed: false,
+            colour: Some(k),
         });
         let valid: Vec<(f64, f64)> = r
             .epochs
@@ -363,6 +375,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 label: series_label(runs, r, "validation"),
                 points: valid,
                 dashed: true,
+                colour: Some(k),
             });
         }
         rem.push(Series {
@@ -373,6 +386,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 .map(|e| (e.epoch as f64, 100.0 * e.keep_ratio))
                 .collect(),
             dashed: false,
+            colour: Some(k),
         });
     }
     if !acc.is_empty() {
@@ -424,6 +438,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                     label: series_label(runs, r, &name),
                     points,
                     dashed: false,
+                    colour: None,
                 });
             }
         }
@@ -449,7 +464,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     // Alpha over the steps, of the DST runs that logged it (a dense run logs alpha 0: no penalty
     // to weigh); drawn only when some run's alpha is not 0.
     let mut alpha = Vec::new();
-    for r in runs.iter().filter(|r| !r.config.dense) {
+    for (k, r) in runs.iter().enumerate().filter(|(_, r)| !r.config.dense) {
         let points: Vec<(f64, f64)> = r
             .steps
             .iter()
@@ -460,6 +475,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 label: series_label(runs, r, if runs.len() > 1 { "" } else { "alpha" }),
                 points,
                 dashed: false,
+                colour: Some(k),
             });
         }
     }
