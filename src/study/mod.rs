@@ -371,7 +371,7 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
     for (dir, cfg) in &grid {
         check_reuse(cfg, dir)?;
     }
-    let diverged = train_grid(&grid, progress, |cfg| run_name(cfg))?;
+    let diverged = train_grid(&grid, progress, run_name)?;
     let runs: Vec<Run> = grid
         .iter()
         .map(|(d, _)| Run::load(d))
