@@ -897,8 +897,20 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         }
     };
     cfg.validate()?;
+    // Steps the run will not reach: named as the user's (--lr-steps, or kept from the run a
+    // --resume continues) or as the model's own.
+    let model_steps =
+        dst::models::info(&cfg.model).map_or(Vec::new(), |m| m.defaults.lr_steps.to_vec());
+    let own_steps = given.iter().any(|f| f == "--lr-steps")
+        || (a.resume.is_some() && cfg.lr_steps != model_steps);
+    let past: Vec<String> = cfg
+        .lr_steps
+        .iter()
+        .filter(|&&e| e >= cfg.epochs)
+        .map(|e| e.to_string())
+        .collect();
     if let Some(e) = cfg.lr_steps.iter().find(|&&e| e >= cfg.epochs) {
-        if given.iter().any(|f| f == "--lr-steps") || a.resume.is_some() {
+        if own_steps {
             eprintln!(
                 "warning: --lr-steps {e}: the learning rate changes after epoch {e}, and this run \
                  ends at epoch {} (it applies only if the run is extended with --resume --epochs)",
@@ -906,19 +918,28 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             );
         } else {
             eprintln!(
-                "note: {}'s learning-rate steps (after epochs {}) reach past this run's end at \
-                 epoch {}; give --lr-steps to lower the rate within it",
+                "note: {}'s learning-rate {} after {} {} {} past this run's end at epoch {}; give \
+                 --lr-steps to lower the rate within it",
                 cfg.model,
-                cfg.lr_steps
-                    .iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                if past.len() == 1 { "step" } else { "steps" },
+                if past.len() == 1 { "epoch" } else { "epochs" },
+                past.join(", "),
+                if past.len() == 1 { "lies" } else { "lie" },
                 cfg.epochs
             );
         }
     }
-    let gpu = Gpu::from_env()?;
+    // A run refused before it wrote anything leaves no folder behind (remove_dir removes only an
+    // empty one), nor the `runs` folder made for it.
+    let unclaim = || {
+        if made_here {
+            let _ = std::fs::remove_dir(&out);
+            if made_runs {
+                let _ = std::fs::remove_dir("runs");
+            }
+        }
+    };
+    let gpu = Gpu::from_env().inspect_err(|_| unclaim())?;
     let plain = !std::io::stderr().is_terminal();
     eprintln!("adapter: {}", gpu.describe());
     eprintln!(
@@ -977,13 +998,8 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         },
         &mut progress,
     );
-    if s.is_err() && made_here {
-        // A run refused before it wrote anything leaves no folder behind (remove_dir removes
-        // only an empty one).
-        let _ = std::fs::remove_dir(&out);
-        if made_runs {
-            let _ = std::fs::remove_dir("runs");
-        }
+    if s.is_err() {
+        unclaim();
     }
     let s = s?;
     print_table(&s.last.layers);

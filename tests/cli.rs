@@ -506,7 +506,8 @@ fn bad_lr_steps_are_clear_errors() {
     assert!(!ok, "--batch without --model");
     assert!(err.contains("--model"), "{err}");
     // Steps past the run's end: a warning naming the flag when given, a note naming the model's
-    // own steps otherwise (here both runs then stop at a batch the adapter cannot take).
+    // own steps otherwise, only those it will not reach (here the runs then stop at a --valid
+    // larger than their training set).
     let (ok, _, err) = dst(&[
         "train",
         "--model",
@@ -515,8 +516,8 @@ fn bad_lr_steps_are_clear_errors() {
         "5",
         "--epochs",
         "2",
-        "--batch",
-        "65535",
+        "--valid",
+        "99999",
     ]);
     assert!(!ok);
     assert!(
@@ -530,12 +531,22 @@ fn bad_lr_steps_are_clear_errors() {
     }
     let c = cifar.to_str().unwrap();
     let (ok, _, err) = dst(&[
-        "train", "--model", "vgg16", "--data", c, "--epochs", "1", "--batch", "65535",
+        "train", "--model", "vgg16", "--data", c, "--epochs", "1", "--valid", "99999",
     ]);
     assert!(!ok);
     assert!(
-        err.contains("note: vgg16's learning-rate steps (after epochs 80, 120) reach past")
-            && !err.contains("--lr-steps 80"),
+        err.contains(
+            "note: vgg16's learning-rate steps after epochs 80, 120 lie past this run's end at \
+             epoch 1"
+        ) && !err.contains("--lr-steps 80"),
+        "{err}"
+    );
+    let (ok, _, err) = dst(&[
+        "train", "--model", "vgg16", "--data", c, "--epochs", "100", "--valid", "99999",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("note: vgg16's learning-rate step after epoch 120 lies past this run's end"),
         "{err}"
     );
     std::fs::remove_dir_all(&cifar).unwrap();
@@ -786,18 +797,16 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
         "{err}"
     );
     assert!(!root.join("runs").exists(), "{err}");
-    // Refused after the adapter is open (a batch its buffers cannot take): the default run
-    // folder it claimed is gone again, and so is the `runs` folder it made for it.
+    // Refused after the adapter is open (a validation split as large as the training set): the
+    // default run folder it claimed is gone again, and so is the `runs` folder it made for it.
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
-        .args([
-            "train", "--model", "lenet5", "--epochs", "1", "--batch", "65535",
-        ])
+        .args(["train", "--epochs", "1", "--valid", "99999"])
         .current_dir(&root)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("adapter:") && err.contains("use a smaller --batch"),
+        !o.status.success() && err.contains("adapter:") && err.contains("leaves no training"),
         "{err}"
     );
     assert!(!root.join("runs").exists(), "{err}");

@@ -121,6 +121,53 @@ fn controller_state_survives_a_resume() {
     }
 }
 
+/// A targeted run without --target-epoch, resumed for more epochs, keeps the target epoch of the
+/// length it started with (the default, 60 % of the run, would otherwise move under it): 2 epochs
+/// resumed to 4 end bit for bit where a 4-epoch run with --target-epoch 2 does, and its config
+/// says so.
+#[test]
+fn a_longer_resume_keeps_the_target_epoch() {
+    let cfg = TrainConfig {
+        target_epoch: None,
+        ..targeted(640, 4, 0.3)
+    };
+    let (a, b) = (tmp("control", "pin-resumed"), tmp("control", "pin-once"));
+    run(
+        &TrainConfig {
+            epochs: 2,
+            ..cfg.clone()
+        },
+        &a,
+        false,
+    )
+    .unwrap();
+    run(&cfg, &a, true).unwrap();
+    run(
+        &TrainConfig {
+            target_epoch: Some(2),
+            ..cfg.clone()
+        },
+        &b,
+        false,
+    )
+    .unwrap();
+    let (ca, cb) = (
+        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
+        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
+    );
+    assert_eq!(ca.meta("alpha"), cb.meta("alpha"));
+    for ((na, _, va), (_, _, vb)) in ca.tensors.iter().zip(&cb.tensors) {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(bits(va) == bits(vb), "tensor {na} differs");
+    }
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (config["epochs"].clone(), config["target_epoch"].clone()),
+        (4.into(), 2.into())
+    );
+}
+
 /// The controller updates every `control::cadence` steps of an epoch (100, or a quarter epoch when
 /// shorter) and at its end, whatever `--log-every` says: logging every 100, 200, 150 or 30 steps
 /// (250 steps per epoch, updates every 63) gives the same run bit for bit. (It once updated at log

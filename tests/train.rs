@@ -174,6 +174,32 @@ fn unfinished_runs_end_only_where_their_checkpoint_is() {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(*steps.last().unwrap(), 20, "{steps:?}");
+
+    // Extended to 3 epochs and stopped after its checkpoint, before the new summary: the
+    // 2-epoch summary left there does not make it finished.
+    run(
+        &TrainConfig {
+            epochs: 3,
+            ..cfg.clone()
+        },
+        &a,
+        true,
+    )
+    .unwrap();
+    let mut summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
+    summary["epochs"] = 2.into();
+    std::fs::write(a.join("summary.json"), summary.to_string()).unwrap();
+    let s = run(
+        &TrainConfig {
+            epochs: 3,
+            ..cfg.clone()
+        },
+        &a,
+        true,
+    )
+    .unwrap();
+    assert_eq!((s.epochs, s.last.epoch), (3, 3));
 }
 
 /// Adam: the loss falls, and a resume is bit-identical too (its second moments are checkpointed).

@@ -179,11 +179,14 @@ pub fn load_dir(dir: &Path) -> Result<TrainTest, DataError> {
 /// that scoring a model needs (`dst eval`). The training set comes back empty.
 pub fn load_test_dir(dir: &Path) -> Result<TrainTest, DataError> {
     super::check_folder(dir, "CIFAR-10")?;
+    // The folder training reads (`locate`) where it holds all six, else the first with the file.
     let inner = dir.join(ARCHIVE_FOLDER);
-    let Some(dir) = [dir.to_path_buf(), inner]
-        .into_iter()
-        .find(|d| d.join(TEST_FILE).is_file())
-    else {
+    let found = locate(dir).ok().or_else(|| {
+        [dir.to_path_buf(), inner]
+            .into_iter()
+            .find(|d| d.join(TEST_FILE).is_file())
+    });
+    let Some(dir) = found else {
         // A folder of MNIST is named as such; otherwise the one file wanted.
         return Err(match locate(dir) {
             Err(e @ DataError::OtherDataset { .. }) => e,

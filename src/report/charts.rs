@@ -106,9 +106,9 @@ struct Series {
     label: String,
     points: Vec<(f64, f64)>,
     dashed: bool,
-    /// The colour's index, where a series is to keep its run's colour across panels (the run's
-    /// index among those drawn); None: its place in the panel.
-    colour: Option<usize>,
+    /// The colour, where a series is to keep its run's colour across panels and charts: (the
+    /// run's index, how many runs are drawn); None: its place in the panel.
+    colour: Option<(usize, usize)>,
 }
 
 /// A padded linear range around the values (never empty).
@@ -193,9 +193,12 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(72);
-    let index = |i: usize| p.series[i].colour.unwrap_or(i);
-    let n = (0..p.series.len()).map(|i| index(i) + 1).max().unwrap_or(0);
-    let style = |i: usize| colour(index(i), n).stroke_width(2);
+    let n = p.series.len();
+    let pick = |i: usize| {
+        let (k, of) = p.series[i].colour.unwrap_or((i, n));
+        colour(k, of)
+    };
+    let style = |i: usize| pick(i).stroke_width(2);
     macro_rules! finish {
         ($chart:expr, $clamp:expr, $y_labels:expr) => {{
             let mut chart = $chart;
@@ -227,7 +230,7 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
                     chart.draw_series(LineSeries::new(pts.clone(), st))?
                 };
                 // A dashed series' legend line is dashed too.
-                let (c, dashed) = (colour(index(i), n).stroke_width(3), s.dashed);
+                let (c, dashed) = (pick(i).stroke_width(3), s.dashed);
                 anno.label(s.label.clone()).legend(move |(x, y)| {
                     let gap = if dashed { (9, 14) } else { (22, 22) };
                     EmptyElement::at((x, y))
@@ -363,7 +366,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 .map(|e| (e.epoch as f64, e.test_acc))
                 .collect(),
             dashed: false,
-            colour: Some(k),
+            colour: Some((k, runs.len())),
         });
         let valid: Vec<(f64, f64)> = r
             .epochs
@@ -375,7 +378,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 label: series_label(runs, r, "validation"),
                 points: valid,
                 dashed: true,
-                colour: Some(k),
+                colour: Some((k, runs.len())),
             });
         }
         rem.push(Series {
@@ -386,7 +389,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 .map(|e| (e.epoch as f64, 100.0 * e.keep_ratio))
                 .collect(),
             dashed: false,
-            colour: Some(k),
+            colour: Some((k, runs.len())),
         });
     }
     if !acc.is_empty() {
@@ -475,7 +478,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 label: series_label(runs, r, if runs.len() > 1 { "" } else { "alpha" }),
                 points,
                 dashed: false,
-                colour: Some(k),
+                colour: Some((k, runs.len())),
             });
         }
     }

@@ -188,11 +188,13 @@ pub fn fmt_alpha(a: f64) -> String {
     format!("{a:e}")
 }
 
-/// Where a run's data came from, for a table: the folder's name (`full`: its whole path), or
-/// "embedded subset", and the training-image limit and validation split.
+/// Where a run's data came from, for a table: the folder's name (`full`: its whole canonical
+/// path, where the folder still exists), or "embedded subset", and the training-image limit and
+/// validation split.
 fn data_label(r: &Run, full: bool) -> String {
+    let canonical = r.config.data.as_ref().and_then(|d| d.canonicalize().ok());
     let src = match &r.config.data {
-        Some(d) if full => data_path(d),
+        Some(_) if full && canonical.is_some() => canonical.unwrap().display().to_string(),
         Some(d) => d
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -207,14 +209,6 @@ fn data_label(r: &Run, full: bool) -> String {
         let _ = write!(s, ", {v} held out");
     }
     s
-}
-
-/// A data folder as it names one place: its canonical path where it still exists.
-fn data_path(d: &std::path::Path) -> String {
-    d.canonicalize()
-        .unwrap_or_else(|_| d.to_path_buf())
-        .display()
-        .to_string()
 }
 
 /// Groups runs by configuration: runs fall in one row only when everything but their seed is the
@@ -270,7 +264,11 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
         // A summary of fewer epochs than configured is an older, shorter run being extended.
         match r.summary.as_ref().filter(|s| s.epochs >= c.epochs) {
             // The same seed twice (a run folder copied): one run, counted once.
-            Some(_) if rows[i].0.seeds.contains(&c.seed) => rows[i].0.repeated.push(c.seed),
+            Some(_) if rows[i].0.seeds.contains(&c.seed) => {
+                if !rows[i].0.repeated.contains(&c.seed) {
+                    rows[i].0.repeated.push(c.seed);
+                }
+            }
             Some(s) => {
                 rows[i].0.seeds.push(c.seed);
                 rows[i].1.push(s);
@@ -390,7 +388,12 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
         if !row.repeated.is_empty() {
             let _ = write!(
                 seeds,
-                " (seed {} given again, counted once)",
+                " ({} {} given again, counted once)",
+                if row.repeated.len() == 1 {
+                    "seed"
+                } else {
+                    "seeds"
+                },
                 row.repeated
                     .iter()
                     .map(|x| x.to_string())

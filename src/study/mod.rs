@@ -23,8 +23,9 @@ pub enum StudyError {
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
     #[error(
-        "{} of {total} runs diverged (the others finished; {report} counts these unfinished, and \
-         running the command again retries them, from their last checkpoint if they have one):\n{}",
+        "{} of {total} runs diverged (the others finished; {report} counts these unfinished; \
+         training is deterministic, so they diverge again if rerun as they are: try a smaller \
+         --lr or --alpha in another --out):\n{}",
         runs.len(),
         runs.join("\n")
     )]

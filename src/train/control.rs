@@ -13,7 +13,8 @@
 pub const EVERY: u64 = 100;
 
 /// Steps between two updates in an epoch of `steps_per_epoch` steps: `EVERY`, or a quarter of the
-/// epoch when that is shorter (at least four updates an epoch on small data sets).
+/// epoch when that is shorter (four updates an epoch on small data sets, and one every step in
+/// epochs of 4 steps or fewer).
 pub fn cadence(steps_per_epoch: u64) -> u64 {
     EVERY.min(steps_per_epoch.div_ceil(4)).max(1)
 }

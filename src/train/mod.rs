@@ -130,6 +130,19 @@ pub fn train(
     let run = RunDir {
         dir: opts.out.clone(),
     };
+    // A targeted run resumed for another length keeps the path it steered by: without
+    // --target-epoch, the default (60 % of the run) stays that of the length it started with.
+    let pinned;
+    let cfg = match pinned_target_epoch(cfg, opts, &run) {
+        Some(e) => {
+            pinned = TrainConfig {
+                target_epoch: Some(e),
+                ..cfg.clone()
+            };
+            &pinned
+        }
+        None => cfg,
+    };
     let (data, valid) = cfg.load_data_split()?;
     let mut session = Session::new(
         gpu,
@@ -202,7 +215,13 @@ pub fn train(
             .as_object()
             .into_iter()
             .flatten()
-            .filter(|(k, v)| k.as_str() != "epochs" && theirs.get(k.as_str()) != Some(*v))
+            .filter(|(k, v)| {
+                k.as_str() != "epochs"
+                    && theirs.get(k.as_str()) != Some(*v)
+                    // The default target epoch pinned above is the run's own.
+                    && !(k.as_str() == "target_epoch"
+                        && theirs.get("target_epoch").is_none_or(|t| t.is_null()))
+            })
             .map(|(k, v)| {
                 format!(
                     "{k} {} -> {v}",
@@ -216,7 +235,9 @@ pub fn train(
                 changed.join(", ")
             ));
         }
-        let unfinished = !run.summary().exists() && !history.is_empty();
+        // No summary, or one of a shorter run this one extends.
+        let summarised = read_summary_epochs(&run).is_some_and(|e| e >= epoch0);
+        let unfinished = !summarised && !history.is_empty();
         if epoch0 == cfg.epochs && unfinished {
             // Stopped between its last checkpoint and its summary (or asked to end where it
             // stopped): finish it, its config saying how many epochs it ran.
@@ -522,6 +543,26 @@ fn finish(
 /// On resume: metrics.jsonl without the lines logged after the checkpoint (`step` beyond it; an
 /// epoch line is written before its checkpoint) and without a line cut short by a crash, so
 /// that the steps the resumed run replays are not logged twice.
+/// The epochs `summary.json` of `run` was written for, if it has a readable one.
+fn read_summary_epochs(run: &RunDir) -> Option<usize> {
+    let text = std::fs::read_to_string(run.summary()).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("epochs")?.as_u64().map(|e| e as usize)
+}
+
+/// The target epoch a resumed run must keep: where it steers to a target keep without
+/// `--target-epoch` and is resumed for another length than its checkpoint's config, the default
+/// of that config's length (the controller's path would otherwise move under it).
+fn pinned_target_epoch(cfg: &TrainConfig, opts: &RunOptions, run: &RunDir) -> Option<usize> {
+    if !opts.resume || cfg.target_keep.is_none() || cfg.target_epoch.is_some() {
+        return None;
+    }
+    let meta = Checkpoint::read_metadata(&run.checkpoint()).ok()?;
+    let theirs: TrainConfig = serde_json::from_str(meta.get("config")?).ok()?;
+    (theirs.epochs != cfg.epochs && theirs.target_epoch.is_none())
+        .then(|| theirs.target_epoch_or_default())
+}
+
 fn trim_metrics(run: &RunDir, step: u64) -> Result<()> {
     let path = run.metrics();
     let Ok(text) = std::fs::read_to_string(&path) else {
