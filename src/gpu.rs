@@ -79,7 +79,8 @@ pub struct Gpu {
     /// Bytes of every storage buffer created so far, and the largest one (`dst info`'s memory
     /// report).
     allocated: std::sync::atomic::AtomicU64,
-    largest: std::sync::atomic::AtomicU64,
+    /// The largest one's size and label.
+    largest: Arc<Mutex<(u64, String)>>,
 }
 
 /// Keeps a headless compute program away from display servers.
@@ -362,7 +363,10 @@ impl Gpu {
         }
         use std::sync::atomic::Ordering::Relaxed;
         self.allocated.fetch_add(needed, Relaxed);
-        self.largest.fetch_max(needed, Relaxed);
+        let mut largest = self.largest.lock().unwrap_or_else(|e| e.into_inner());
+        if needed > largest.0 {
+            *largest = (needed, what.to_string());
+        }
         Ok(())
     }
 
@@ -371,9 +375,12 @@ impl Gpu {
         self.allocated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The largest storage buffer created so far, in bytes.
-    pub fn largest(&self) -> u64 {
-        self.largest.load(std::sync::atomic::Ordering::Relaxed)
+    /// The largest storage buffer created so far: its size in bytes and its label.
+    pub fn largest(&self) -> (u64, String) {
+        self.largest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A uniform buffer holding one `Pod` value.

@@ -424,6 +424,19 @@ fn info_reports_memory_and_refuses_a_batch_that_cannot_fit() {
     ] {
         assert!(out.contains(part), "{part}: {out}");
     }
+    // The largest buffer is named: "largest single buffer 1.79 MiB (fc1.list_idx; this ...".
+    let named = out
+        .split("largest single buffer ")
+        .nth(1)
+        .and_then(|r| r.split_once(" MiB ("))
+        .and_then(|(_, r)| r.split_once("; this adapter allows"))
+        .map(|(name, _)| name.to_string());
+    assert!(
+        named
+            .as_deref()
+            .is_some_and(|n| !n.is_empty() && !n.contains(' ')),
+        "{out}"
+    );
     // Evaluation batches are the program's choice: where 500 images of WRN-16-8 cannot fit one
     // buffer (lavapipe binds at most 128 MiB), fewer are taken instead of failing.
     let (ok, out, err) = dst(&["info", "--model", "wrn-16-8", "--batch", "2"]);

@@ -30,8 +30,8 @@ pub struct MemoryReport {
     pub eval_bytes: u64,
     /// Images per evaluation batch (500, or fewer where that would not fit one buffer).
     pub eval_batch: usize,
-    /// The largest single buffer, and the adapter's limit for one.
-    pub largest: u64,
+    /// The largest single buffer (bytes, label), and the adapter's limit for one.
+    pub largest: (u64, String),
     pub limit: u64,
 }
 
@@ -83,9 +83,10 @@ impl MemoryReport {
                 mib(self.data_bytes_per_image * images)
             ),
             format!(
-                "  total           {}; largest single buffer {} (this adapter allows {})",
+                "  total           {}; largest single buffer {} ({}; this adapter allows {})",
                 mib(self.total(images)),
-                mib(self.largest),
+                mib(self.largest.0),
+                self.largest.1,
                 mib(self.limit)
             ),
         ]
