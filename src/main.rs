@@ -287,7 +287,8 @@ struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Log a line every N steps (and at each epoch's end); only the logging follows it (the
-    /// --target-keep controller keeps its own cadence).
+    /// --target-keep controller keeps its own cadence, the progress bar moves at least every 100
+    /// steps).
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     log_every: usize,
     /// Use only the first N training images.

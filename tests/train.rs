@@ -202,6 +202,54 @@ fn unfinished_runs_end_only_where_their_checkpoint_is() {
     assert_eq!((s.epochs, s.last.epoch), (3, 3));
 }
 
+/// Steps the progress bar was shown at.
+struct Recorder(Vec<u64>);
+impl dst::train::Progress for Recorder {
+    fn start_epoch(&mut self, _: usize, _: usize, _: u64) {}
+    fn step(&mut self, done: u64, _: &str) {
+        self.0.push(done);
+    }
+    fn line(&mut self, _: &str) {}
+    fn finish_epoch(&mut self) {}
+}
+
+/// The progress bar moves every `PROGRESS_EVERY` steps however rarely lines are logged (it stood
+/// at 0 for a whole epoch shorter than --log-every), and the run is the same bit for bit.
+#[test]
+fn progress_moves_between_rare_log_points() {
+    assert_eq!(dst::train::PROGRESS_EVERY, 100);
+    let cfg = TrainConfig {
+        epochs: 1,
+        log_every: 1000,
+        ..Default::default()
+    };
+    let a = tmp("test", "progress-rare");
+    let mut rec = Recorder(Vec::new());
+    dst::train::train(
+        gpu(),
+        &cfg,
+        &dst::train::RunOptions {
+            out: a.clone(),
+            resume: false,
+        },
+        &mut rec,
+    )
+    .unwrap();
+    assert_eq!(rec.0, [100, 157], "the embedded subset: 157 steps an epoch");
+    assert_eq!(metrics(&a, "step").len(), 1, "one line, at the epoch's end");
+    let b = tmp("test", "progress-often");
+    run(
+        &TrainConfig {
+            log_every: 157,
+            ..cfg.clone()
+        },
+        &b,
+        false,
+    )
+    .unwrap();
+    assert_same_checkpoints(&a, &b);
+}
+
 /// Adam: the loss falls, and a resume is bit-identical too (its second moments are checkpointed).
 #[test]
 fn adam_learns_and_resumes_bit_identically() {

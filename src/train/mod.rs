@@ -333,10 +333,12 @@ pub fn train(
         let mut log_stats = Stats::default();
         let mut log_steps = 0u64;
         while done < steps_per_epoch {
-            let window = match control {
-                Some(_) => (next_log - done).min(every - done % every),
-                None => next_log - done,
-            };
+            // The progress bar moves every PROGRESS_EVERY steps too, however rarely lines are
+            // logged (more submissions, the same steps).
+            let mut window = (next_log - done).min(PROGRESS_EVERY - done % PROGRESS_EVERY);
+            if control.is_some() {
+                window = window.min(every - done % every);
+            }
             let alpha_now = control.as_ref().map_or(cfg.alpha, |c| c.alpha);
             if control.is_some() {
                 session.set_alpha_scale((alpha_now / cfg.alpha) as f32);
@@ -372,6 +374,16 @@ pub fn train(
                 acc.seen += s.seen;
             }
             log_steps += window;
+            let at_update =
+                control.is_some() && (done.is_multiple_of(every) || done == steps_per_epoch);
+            if done < next_log && !at_update {
+                // Only the progress bar's point: no keep counts to read.
+                progress.step(
+                    done,
+                    &format!("loss {:.4}", log_stats.loss_sum / log_steps as f64),
+                );
+                continue;
+            }
             let keeps = session.keep_counts()?;
             let (kept, total) = keeps
                 .iter()
@@ -384,11 +396,15 @@ pub fn train(
             };
             let target_now = control.as_ref().map(|c| c.target_at(step));
             if let Some(c) = control.as_mut() {
-                if done.is_multiple_of(every) || done == steps_per_epoch {
+                if at_update {
                     c.update(step, model_keep);
                 }
             }
             if done < next_log {
+                progress.step(
+                    done,
+                    &format!("loss {:.4}", log_stats.loss_sum / log_steps as f64),
+                );
                 continue;
             }
             next_log = (done + cfg.log_every as u64).min(steps_per_epoch);
@@ -543,6 +559,9 @@ fn finish(
 /// On resume: metrics.jsonl without the lines logged after the checkpoint (`step` beyond it; an
 /// epoch line is written before its checkpoint) and without a line cut short by a crash, so
 /// that the steps the resumed run replays are not logged twice.
+/// Steps between two moves of the progress bar, when lines are logged more rarely.
+pub const PROGRESS_EVERY: u64 = 100;
+
 /// The epochs `summary.json` of `run` was written for, if it has a readable one.
 fn read_summary_epochs(run: &RunDir) -> Option<usize> {
     let text = std::fs::read_to_string(run.summary()).ok()?;
