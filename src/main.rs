@@ -910,7 +910,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         .filter(|&&e| e >= cfg.epochs)
         .map(|e| e.to_string())
         .collect();
-    if let Some(e) = cfg.lr_steps.iter().find(|&&e| e >= cfg.epochs) {
+    if let Some(e) = past.first() {
         if own_steps {
             eprintln!(
                 "warning: --lr-steps {e}: the learning rate changes after epoch {e}, and this run \
@@ -944,7 +944,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     let plain = !std::io::stderr().is_terminal();
     eprintln!("adapter: {}", gpu.describe());
     eprintln!(
-        "training {} {} ({}{}, {} epoch{}, batch {}, {} lr {}{}{}, seed {}) on {} -> {}",
+        "training {} {} ({}{}, {}, batch {}, {} lr {}{}{}, seed {}) on {} -> {}",
         if cfg.dense { "dense" } else { "DST" },
         cfg.model,
         match cfg.target_keep {
@@ -961,8 +961,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         } else {
             format!(", reset {}", cfg.reset)
         },
-        cfg.epochs,
-        if cfg.epochs == 1 { "" } else { "s" },
+        dst::report::plural(cfg.epochs, "epoch"),
         cfg.batch,
         cfg.optimizer,
         cfg.lr,

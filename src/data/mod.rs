@@ -94,11 +94,6 @@ impl DatasetKind {
     }
 }
 
-/// "1 byte", "2 bytes": `n` and `unit`, plural unless `n` is 1.
-pub(crate) fn count(n: usize, unit: &str) -> String {
-    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
-}
-
 /// Number of classes (digits 0..9).
 pub const CLASSES: usize = 10;
 
@@ -222,9 +217,9 @@ pub enum DataError {
     },
     #[error(
         "{file}: {} is not a whole number of {record}-byte records ({} and {} over)",
-        count(*size, "byte"),
-        count(size / record, "whole record"),
-        count(size % record, "byte")
+        crate::report::plural(*size, "byte"),
+        crate::report::plural(size / record, "whole record"),
+        crate::report::plural(size % record, "byte")
     )]
     PartialRecord {
         file: String,

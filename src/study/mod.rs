@@ -56,12 +56,7 @@ pub enum RunState {
 }
 
 pub fn run_state(dir: &Path, cfg: &TrainConfig) -> RunState {
-    let finished = std::fs::read_to_string(dir.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("epochs").and_then(|e| e.as_u64()))
-        .is_some_and(|e| e as usize >= cfg.epochs);
-    if finished {
+    if train::summary_epochs(dir).is_some_and(|e| e >= cfg.epochs) {
         RunState::Done
     } else if checkpoint_epoch(dir).is_some_and(|e| e < cfg.epochs) {
         RunState::Resume
@@ -154,12 +149,7 @@ pub fn config_differences(
 
 /// Epochs the run in `dir` holds: those of its summary or its checkpoint, the larger.
 fn epochs_held(dir: &Path) -> Option<usize> {
-    let summary = std::fs::read_to_string(dir.join("summary.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .and_then(|v| v.get("epochs").and_then(|e| e.as_u64()))
-        .map(|e| e as usize);
-    summary.max(checkpoint_epoch(dir))
+    train::summary_epochs(dir).max(checkpoint_epoch(dir))
 }
 
 /// Refuses to reuse (skip or resume) the run in `dir` for `cfg` when it is another run: settings

@@ -236,7 +236,7 @@ pub fn train(
             ));
         }
         // No summary, or one of a shorter run this one extends.
-        let summarised = read_summary_epochs(&run).is_some_and(|e| e >= epoch0);
+        let summarised = summary_epochs(&run.dir).is_some_and(|e| e >= epoch0);
         let unfinished = !summarised && !history.is_empty();
         if epoch0 == cfg.epochs && unfinished {
             // Stopped between its last checkpoint and its summary (or asked to end where it
@@ -374,14 +374,13 @@ pub fn train(
                 acc.seen += s.seen;
             }
             log_steps += window;
+            // The mean loss since the last log point: the progress bar's, and the log line's.
+            let loss = log_stats.loss_sum / log_steps as f64;
             let at_update =
                 control.is_some() && (done.is_multiple_of(every) || done == steps_per_epoch);
             if done < next_log && !at_update {
                 // Only the progress bar's point: no keep counts to read.
-                progress.step(
-                    done,
-                    &format!("loss {:.4}", log_stats.loss_sum / log_steps as f64),
-                );
+                progress.step(done, &format!("loss {loss:.4}"));
                 continue;
             }
             let keeps = session.keep_counts()?;
@@ -401,14 +400,10 @@ pub fn train(
                 }
             }
             if done < next_log {
-                progress.step(
-                    done,
-                    &format!("loss {:.4}", log_stats.loss_sum / log_steps as f64),
-                );
+                progress.step(done, &format!("loss {loss:.4}"));
                 continue;
             }
             next_log = (done + cfg.log_every as u64).min(steps_per_epoch);
-            let loss = log_stats.loss_sum / log_steps as f64;
             let mut line = serde_json::json!({
                 "kind": "step", "step": step, "epoch": epoch, "loss": loss,
                 "penalty": log_stats.penalty_sum / log_steps as f64, "lr": cfg.lr_at(epoch),
@@ -556,15 +551,13 @@ fn finish(
     Ok(summary)
 }
 
-/// On resume: metrics.jsonl without the lines logged after the checkpoint (`step` beyond it; an
-/// epoch line is written before its checkpoint) and without a line cut short by a crash, so
-/// that the steps the resumed run replays are not logged twice.
 /// Steps between two moves of the progress bar, when lines are logged more rarely.
 pub const PROGRESS_EVERY: u64 = 100;
 
-/// The epochs `summary.json` of `run` was written for, if it has a readable one.
-fn read_summary_epochs(run: &RunDir) -> Option<usize> {
-    let text = std::fs::read_to_string(run.summary()).ok()?;
+/// The epochs the `summary.json` of the run folder `dir` was written for, if it has a readable
+/// one.
+pub fn summary_epochs(dir: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     v.get("epochs")?.as_u64().map(|e| e as usize)
 }
@@ -582,6 +575,9 @@ fn pinned_target_epoch(cfg: &TrainConfig, opts: &RunOptions, run: &RunDir) -> Op
         .then(|| theirs.target_epoch_or_default())
 }
 
+/// On resume: metrics.jsonl without the lines logged after the checkpoint (`step` beyond it; an
+/// epoch line is written before its checkpoint) and without a line cut short by a crash, so
+/// that the steps the resumed run replays are not logged twice.
 fn trim_metrics(run: &RunDir, step: u64) -> Result<()> {
     let path = run.metrics();
     let Ok(text) = std::fs::read_to_string(&path) else {
