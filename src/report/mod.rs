@@ -234,6 +234,15 @@ fn read_manifest(dir: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The file `name` in `dir` is listed in `manifest` with its current SHA-256: dst wrote it there
+/// and nobody changed it since.
+fn listed(manifest: &[(String, String)], dir: &Path, name: &str) -> bool {
+    let hash = std::fs::read(dir.join(name)).ok().map(|b| sha256_hex(&b));
+    manifest
+        .iter()
+        .any(|(h, n)| n == name && Some(h) == hash.as_ref())
+}
+
 fn write_manifest(dir: &Path, lines: &[(String, String)]) -> Result<(), ReportError> {
     let text: String = lines.iter().map(|(h, n)| format!("{h}  {n}\n")).collect();
     let path = dir.join(CHARTS_MANIFEST);
@@ -335,14 +344,9 @@ pub(crate) fn write_charts_replacing(
                 .iter()
                 .map(|(name, _)| *name)
                 .filter(|name| {
-                    let path = dir.join(name);
-                    if std::fs::symlink_metadata(&path).is_err() {
-                        return false; // nothing there
-                    }
-                    let hash = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
-                    !manifest
-                        .iter()
-                        .any(|(h, n)| n == name && Some(h) == hash.as_ref())
+                    // Something there that is not ours.
+                    std::fs::symlink_metadata(dir.join(name)).is_ok()
+                        && !listed(&manifest, dir, name)
                 })
                 .collect();
             if !theirs.is_empty() {
@@ -405,15 +409,8 @@ pub(crate) fn write_charts_replacing(
             removed.push(name);
             continue;
         }
-        let ours = if own && matches!(drawn, Drawn::Runs(_)) {
-            true
-        } else {
-            let hash = std::fs::read(&path).ok().map(|b| sha256_hex(&b));
-            manifest
-                .iter()
-                .any(|(h, n)| n == name && Some(h) == hash.as_ref())
-        };
-        if ours {
+        // A run's own chart in its own folder (nothing recorded there), or one listed.
+        if !record || listed(&manifest, dir, name) {
             std::fs::remove_file(&path)
                 .or_else(|e| match e.kind() {
                     std::io::ErrorKind::NotFound => Ok(()),
