@@ -98,15 +98,22 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Classify the test set from an export (lenet300, lenet5) with sparse GPU inference.
+    /// Classify the test set from an export: sparse GPU inference for lenet300 and lenet5, the
+    /// masked weights through the trainer's dense kernels for the other models.
     Infer {
         file: PathBuf,
-        /// Folder with the MNIST test files (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte,
-        /// raw or .gz); default: the embedded subset.
+        /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
+        /// (raw or .gz; default: the embedded subset), CIFAR-10's test_batch.bin (required).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// Images per batch of sparse inference (LeNet-300-100, LeNet-5; the other models run
+        /// in the trainer's evaluation batches).
         #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
         batch: usize,
+        /// Write each test image's index, label, predicted class and logits to this CSV file
+        /// (a new file, or one `dst infer` wrote before).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Samples/s of dense-masked against sparse inference of an export at batch 1, 64 and 1024
     /// (best of 3 alternating rounds each).
@@ -488,9 +495,12 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             format,
             out,
         }) => dst::export::run(&checkpoint, &format, &out),
-        Some(Command::Infer { file, data, batch }) => {
-            dst::export::infer::run(&file, data.as_deref(), batch)
-        }
+        Some(Command::Infer {
+            file,
+            data,
+            batch,
+            out,
+        }) => dst::export::infer::run(&file, data.as_deref(), batch, out.as_deref()),
         Some(Command::BenchInfer {
             file,
             data,

@@ -63,6 +63,7 @@ fn cifar_cfg(model: &str, data: &Path, batch: usize, epochs: usize) -> TrainConf
 /// (test accuracy through the running statistics lags this early and is not asserted); every conv
 /// and the FC are masked, the checkpoint holds the batch norms' running statistics, and they
 /// moved from their initial values; evaluating the checkpoint gives the run's last accuracy.
+/// Its export (`exports_like_eval`) computes what the checkpoint does.
 #[test]
 fn wrn_16_1_learns_digits() {
     let data = digits_folder("wrn-learn", 160, 100);
@@ -122,6 +123,103 @@ fn wrn_16_1_learns_digits() {
     assert!(rv.iter().any(|&v| v != 1.0), "running var never updated");
     assert_eq!(tensor("block2_1.shortcut.threshold").len(), 32);
     assert_eq!(tensor("fc.threshold").len(), 10);
+    exports_like_eval(&out, &only, &layers, &summary);
+}
+
+/// The run at `out` exported dense and CSR: the masks keep what the trainer's GPU counted per
+/// layer, the two layouts hold the same weights, the batch norms' statistics and step count
+/// travel, and `dst infer` (the dense path: WRN has no sparse inference kernels) on the test
+/// folder `test_only` gives the run's accuracy, its `--out` CSV the checkpoint's logits.
+fn exports_like_eval(
+    out: &Path,
+    test_only: &Path,
+    layers: &[dst::train::LayerStats],
+    summary: &dst::train::Summary,
+) {
+    use dst::export::{self, Layout, Value};
+    let ck_path = out.join("checkpoint.safetensors");
+    let ck = Checkpoint::load(&ck_path).unwrap();
+    let steps: i64 = ck.meta("step").unwrap().parse().unwrap();
+    let mut loaded = Vec::new();
+    for layout in [Layout::Dense, Layout::Csr] {
+        let file = out.join(format!("export-{}.safetensors", layout.name()));
+        let r = export::export(&ck_path, layout, &file).unwrap();
+        let kept: Vec<(String, u64)> = r
+            .layers
+            .iter()
+            .map(|(n, k, _)| (n.trim_end_matches(".weight").to_string(), *k as u64))
+            .collect();
+        let gpu_kept: Vec<(String, u64)> =
+            layers.iter().map(|l| (l.name.clone(), l.kept)).collect();
+        assert_eq!(kept, gpu_kept, "{}", layout.name());
+        loaded.push((file.clone(), export::load(&file).unwrap()));
+    }
+    let (dense, csr) = (&loaded[0].1, &loaded[1].1);
+    assert_eq!(dense.entries.len(), csr.entries.len());
+    for (a, b) in dense.entries.iter().zip(&csr.entries) {
+        assert_eq!((&a.name, &a.shape), (&b.name, &b.shape));
+        assert!(
+            a.dense() == b.dense(),
+            "{} differs between the layouts",
+            a.name
+        );
+    }
+    assert!(matches!(
+        csr.get("block2_1.shortcut.weight").unwrap().value,
+        Value::Csr(_)
+    ));
+    let rv = csr.get("block3_2.bn2.running_var").unwrap().dense();
+    assert!(rv == ck.get("block3_2.bn2.running_var").unwrap().2);
+    assert!(
+        matches!(csr.get("block3_2.bn2.num_batches_tracked").unwrap().value, Value::Int(n) if n == steps)
+    );
+    // `dst infer` on the CSR export through the binary.
+    let pred = out.join("predictions.csv");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .arg("infer")
+        .arg(&loaded[1].0)
+        .arg("--data")
+        .arg(test_only)
+        .arg("--out")
+        .arg(&pred)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        text.contains(&format!(
+            "test accuracy {:.2}% on the 100 test images of CIFAR-10 in {}, dense inference",
+            summary.last.test_acc,
+            test_only.display()
+        )),
+        "{text}"
+    );
+    let test = dst::data::cifar::load_test_dir(test_only).unwrap().test;
+    let want = dst::train::checkpoint_logits(gpu(), &ck_path, &test).unwrap();
+    let csv = std::fs::read_to_string(&pred).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("index,label,prediction,logit_0,"));
+    let mut rows = 0;
+    for (i, line) in lines.enumerate() {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), 13, "{line}");
+        assert_eq!(
+            (f[0].parse::<usize>().unwrap(), f[1].parse::<u8>().unwrap()),
+            (i, test.labels[i])
+        );
+        for (c, v) in f[3..].iter().enumerate() {
+            let (got, w) = (v.parse::<f32>().unwrap(), want[i * 10 + c]);
+            assert!(
+                (got - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "image {i} logit {c}: {got} vs {w}"
+            );
+        }
+        rows += 1;
+    }
+    assert_eq!(rows, 100);
 }
 
 /// VGG-16 (full width, batch 4, 12 records): two epochs straight, or one and a resume, give the

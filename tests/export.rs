@@ -380,9 +380,12 @@ fn bad_exports_are_refused_before_any_gpu_work() {
         "not finite",
     );
 
-    // An LSTM export loads (for PyTorch) but `dst infer` refuses it with a clear message.
+    // An LSTM export has no sparse inference: `Net` refuses it, naming where it runs.
     let err = infer::check_supported("lstm-a").unwrap_err().to_string();
-    assert!(err.contains("not implemented"), "{err}");
+    assert!(
+        err.contains("runs in `dst infer` on the trainer's dense kernels"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -709,8 +712,11 @@ fn a_bad_shape_in_the_metadata_is_printed_plainly() {
     assert!(err.starts_with("dst bench-infer runs"), "{err}");
 }
 
+/// A synthetic LSTM-a export: `dst infer` classifies with it through the trainer's dense kernels
+/// (and says so), `dst bench-infer`, which compares sparse with dense inference, refuses it
+/// naming itself and where the export runs instead.
 #[test]
-fn the_lstm_refusal_names_the_command_given() {
+fn lstm_exports_infer_densely_and_bench_infer_refuses_them() {
     let mut ck = Checkpoint::default();
     ck.metadata.insert("model".into(), "lstm-a".into());
     for s in export::model_params("lstm-a").unwrap() {
@@ -721,13 +727,96 @@ fn the_lstm_refusal_names_the_command_given() {
     let (e, _) = export::from_checkpoint(&ck, Path::new("lstm"), Layout::Csr).unwrap();
     let p = tmp("lstm-cli").join("lstm-a.safetensors");
     std::fs::write(&p, export::serialize(&e).unwrap()).unwrap();
-    for cmd in ["infer", "bench-infer"] {
-        let (ok, _, err) = dst_cli(&[cmd, p.to_str().unwrap()]);
-        assert!(
-            !ok && err.contains(&format!(
-                "error: dst {cmd} runs lenet300 and lenet5 exports"
-            )),
-            "{cmd}: {err}"
+    let (ok, out, err) = {
+        let _g = serial();
+        dst_cli(&["infer", p.to_str().unwrap()])
+    };
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "on the 2000 test images of the embedded MNIST subset, dense inference (the masked \
+             weights, zeros included, through the trainer's kernels: lstm-a has no sparse \
+             inference kernels) of lstm-a (csr export)"
+        ),
+        "{out}"
+    );
+    let (ok, _, err) = dst_cli(&["bench-infer", p.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("error: dst bench-infer runs lenet300 and lenet5 exports")
+            && err.contains("a lstm-a export runs in `dst infer`"),
+        "{err}"
+    );
+}
+
+/// A trained LSTM-a's export, run by `dst infer`'s dense path (`to_checkpoint`: nn.LSTM's two
+/// biases summed back into the trainer's one), gives the checkpoint's evaluation logits.
+#[test]
+fn lstm_export_infers_like_eval() {
+    let _g = serial();
+    let ck_path = checkpoint("lstm-a", 200);
+    let dir = tmp("lstm-eval");
+    let mut data = dst::data::load_embedded();
+    data.test = data.test.limit(300);
+    let want = train::checkpoint_logits(gpu(), &ck_path, &data.test).unwrap();
+    for layout in [Layout::Dense, Layout::Csr] {
+        let (path, report) = export_to(&ck_path, layout, &dir);
+        assert_eq!(report.layers.len(), 4, "lstm1/2 weight_ih, weight_hh");
+        let e = export::load(&path).unwrap();
+        let ck = export::to_checkpoint(&e).unwrap();
+        assert_eq!(ck.meta("masked"), Some("false"));
+        let (got, _) = train::restored_logits(gpu(), &ck, &path, &data.test).unwrap();
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "{}: logits differ by {worst}", layout.name());
+    }
+}
+
+/// The export's tensor list of every model is the trainer's: each parameter (thresholds aside)
+/// and each non-trainable state, with its shape, under the name the export reads it by.
+#[test]
+fn every_models_export_lists_the_trainers_tensors() {
+    let _g = serial();
+    let g = gpu();
+    for info in dst::models::MODELS {
+        let specs = export::model_params(info.name).unwrap();
+        let model = dst::models::Model::build(&g, info.name, true, 0, false).unwrap();
+        let layout = &model.arena.layout;
+        let mut trainer: Vec<(String, Vec<usize>)> = layout
+            .entries
+            .iter()
+            .filter(|e| !e.name.contains(".threshold"))
+            .chain(&layout.states)
+            .map(|e| (e.name.clone(), e.shape.clone()))
+            .collect();
+        let mut ours: Vec<(String, Vec<usize>)> = specs
+            .iter()
+            .map(|s| (s.name.clone(), s.shape.clone()))
+            .collect();
+        trainer.sort();
+        ours.sort();
+        assert_eq!(ours, trainer, "{}", info.name);
+        // Every masked weight names the threshold the trainer declares for it.
+        for s in specs.iter().filter(|s| s.threshold.is_some()) {
+            let t = s.threshold.as_deref().unwrap();
+            let e = layout
+                .find(t)
+                .unwrap_or_else(|| panic!("{}: no {t}", info.name));
+            assert_eq!(e.shape, [s.shape[0]], "{t}");
+        }
+        let masked = layout
+            .entries
+            .iter()
+            .filter(|e| e.name.contains(".threshold"))
+            .count();
+        assert_eq!(
+            specs.iter().filter(|s| s.threshold.is_some()).count(),
+            masked,
+            "{}",
+            info.name
         );
     }
 }

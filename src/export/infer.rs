@@ -2,6 +2,8 @@
 //! `csr_linear` (shaders/sparse.wgsl), activations feature-major between sparse layers; LeNet-5's
 //! convolutions run dense (shaders/conv.wgsl, act.wgsl, pool.wgsl). `Mode::DenseMasked` runs the
 //! same network with the dense GEMM on the masked weights, the baseline of `dst bench-infer`.
+//! Models without sparse inference kernels (the LSTMs, the CIFAR-10 models) run their export as
+//! the dense model's checkpoint through the trainer's evaluation plan (`run`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,30 +69,35 @@ pub struct Plan {
     pub dispatches: Vec<Dispatch>,
 }
 
-/// The models `dst infer` runs.
+/// Whether `model` has sparse inference (`Net`): LeNet-300-100 and LeNet-5-Caffe. `dst infer`
+/// runs the other models' exports through the trainer's evaluation plan (`run_dense`).
+pub fn has_sparse(model: &str) -> bool {
+    matches!(model, "lenet300" | "lenet5")
+}
+
+/// The models sparse inference (`Net`) runs.
 pub fn check_supported(model: &str) -> anyhow::Result<()> {
-    check_supported_by("dst infer", model)
+    check_supported_by("sparse inference", model)
 }
 
-/// The models sparse inference runs, in the words of `command` (`dst infer`, `dst bench-infer`).
+/// The models sparse inference runs, in the words of `command` (`dst bench-infer`).
 pub fn check_supported_by(command: &str, model: &str) -> anyhow::Result<()> {
-    match model {
-        "lenet300" | "lenet5" => Ok(()),
-        "lstm-a" | "lstm-b" => anyhow::bail!(
-            "{command} runs lenet300 and lenet5 exports; {model} exports (PyTorch nn.LSTM names, \
-             dense or CSR gate matrices) are for loading in PyTorch or scipy: sparse LSTM \
-             inference is not implemented"
-        ),
-        _ => anyhow::bail!("unknown model {model:?}"),
+    if has_sparse(model) {
+        return Ok(());
     }
+    crate::models::check_name(model)?;
+    anyhow::bail!(
+        "{command} runs lenet300 and lenet5 exports, the models with sparse inference kernels; \
+         a {model} export runs in `dst infer` on the trainer's dense kernels (masked weights, \
+         zeros included), or loads in PyTorch or scipy"
+    )
 }
 
-/// The per-sample input shape of a supported model: `[1, 28, 28]` (lenet5) or `[784]`.
+/// The per-sample input shape of `model` (`[784]` for lenet300's export: images flattened).
 pub fn input_shape(model: &str) -> Vec<usize> {
-    if model == "lenet5" {
-        vec![1, 28, 28]
-    } else {
-        vec![784]
+    match crate::models::info(model) {
+        Ok(i) if model != "lenet300" => i.input.to_vec(),
+        _ => vec![784],
     }
 }
 
@@ -103,8 +110,12 @@ pub fn check_images(model: &str, ds: &Dataset) -> anyhow::Result<()> {
         } else {
             format!("{}x{}x{}", ds.channels, ds.rows, ds.cols)
         };
+        let kind = match crate::models::info(model).map(|i| i.dataset) {
+            Ok(crate::data::DatasetKind::Cifar10) => "3x32x32 CIFAR-10",
+            _ => "28x28 MNIST",
+        };
         anyhow::bail!(
-            "{got} images, {model} expects 28x28 MNIST images ({want} values per image, got {})",
+            "{got} images, {model} expects {kind} images ({want} values per image, got {})",
             ds.pixels()
         );
     }
@@ -145,10 +156,10 @@ pub fn load_test(dir: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
 /// One line per weight with a mask (fully connected and convolutional): its shape, the weights
 /// kept of the total, and how inference computes it.
 pub fn layer_table(export: &Export) -> Vec<String> {
-    export
-        .entries
-        .iter()
-        .filter(|e| e.shape.len() >= 2)
+    let sparse = has_sparse(&export.model);
+    let weights = || export.entries.iter().filter(|e| e.shape.len() >= 2);
+    let width = weights().map(|e| e.name.len()).max().unwrap_or(0).max(14);
+    weights()
         .map(|e| {
             let shape = e
                 .shape
@@ -158,13 +169,15 @@ pub fn layer_table(export: &Export) -> Vec<String> {
                 .join(" x ");
             let kept = e.csr().nnz();
             let total: usize = e.shape.iter().product();
-            let how = if e.shape.len() == 2 {
+            let how = if !sparse {
+                "dense (the masked weights)"
+            } else if e.shape.len() == 2 {
                 "sparse (CSR)"
             } else {
                 "dense (conv on the masked weights)"
             };
             format!(
-                "{:<14} {:<16} {:>17} kept ({:.2}%), {how}",
+                "{:<width$} {:<16} {:>17} kept ({:.2}%), {how}",
                 e.name,
                 shape,
                 format!("{kept} of {total}"),
@@ -523,55 +536,162 @@ pub fn batch_note(gpu: &Gpu, net: &Net, asked: usize, what: &str) -> Option<Stri
     })
 }
 
-/// `dst infer`: checks the export and the images (before any GPU work), classifies the test set
-/// of `data` (its two t10k files; the embedded subset's without `data`) with sparse inference
-/// and prints the accuracy.
+/// The header of the predictions file `dst infer --out` writes (and alone replaces).
+pub const PREDICTIONS_HEADER: &str = "index,label,prediction";
+
+/// `dst infer --out`'s guard: `out` may be new or an earlier predictions file of `dst infer`
+/// (first line `PREDICTIONS_HEADER`...), nothing else (a folder, the export, any other file).
+fn check_predictions_out(out: &std::path::Path) -> anyhow::Result<()> {
+    let Ok(meta) = std::fs::metadata(out) else {
+        return Ok(());
+    };
+    anyhow::ensure!(
+        !meta.is_dir(),
+        "--out {}: is a folder; give the predictions file's path (e.g. predictions.csv)",
+        out.display()
+    );
+    let mut head = [0u8; 64];
+    let n = std::fs::File::open(out)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .unwrap_or(0);
+    anyhow::ensure!(
+        head[..n].starts_with(PREDICTIONS_HEADER.as_bytes()),
+        "--out {}: already exists and is not a predictions file of `dst infer`; it replaces only \
+         its own files: remove it or pick another --out",
+        out.display()
+    );
+    Ok(())
+}
+
+/// The predictions CSV: per test image its index, label, predicted class and logits.
+pub fn predictions_csv(logits: &[f32], labels: &[u8], classes: usize) -> String {
+    let mut s = String::from(PREDICTIONS_HEADER);
+    for c in 0..classes {
+        s.push_str(&format!(",logit_{c}"));
+    }
+    s.push('\n');
+    for (i, (row, p)) in logits
+        .chunks(classes)
+        .zip(predictions(logits, classes))
+        .enumerate()
+    {
+        s.push_str(&format!("{i},{},{p}", labels[i]));
+        for v in row {
+            s.push_str(&format!(",{v:e}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// `dst infer`: checks the export, the images and `out` (before any GPU work), classifies the
+/// test set of `data` (MNIST: its two t10k files, the embedded subset's without `data`;
+/// CIFAR-10: its `test_batch.bin`) and prints the accuracy; `out`: writes every image's
+/// prediction and logits there (`predictions_csv`). LeNet-300-100 and LeNet-5 run with sparse
+/// inference (`Net`); the other models' exports as the dense model's checkpoint
+/// (`super::to_checkpoint`: the masked weights, zeros included) through the trainer's
+/// evaluation plan, in its batches (`--batch` applies to sparse inference only).
 pub fn run(
     file: &std::path::Path,
     data: Option<&std::path::Path>,
     batch: usize,
+    out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(batch >= 1, "--batch must be >= 1, got {batch}");
+    if let Some(out) = out {
+        check_predictions_out(out)?;
+    }
     let export = super::load(file)?;
-    check_supported(&export.model)?;
-    let test = load_test(data)?;
+    let sparse = has_sparse(&export.model);
+    let test = test_set_for(&export.model, data)?;
     check_images(&export.model, &test.images)?;
+    let ck = if sparse {
+        None
+    } else {
+        Some(super::to_checkpoint(&export).map_err(anyhow::Error::msg)?)
+    };
     let gpu = Gpu::from_env()?;
     eprintln!("adapter: {}", gpu.describe());
-    let kernels = Kernels::new(&gpu, None)?;
-    let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
     let count = test.images.count;
-    let asked = batch.min(count.max(1));
-    let what = if asked == batch {
-        format!("--batch {batch}")
-    } else {
-        format!("--batch {batch} (all {asked} test images)")
+    let (l, secs, how) = match ck {
+        None => {
+            let kernels = Kernels::new(&gpu, None)?;
+            let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
+            let asked = batch.min(count.max(1));
+            let what = if asked == batch {
+                format!("--batch {batch}")
+            } else {
+                format!("--batch {batch} (all {asked} test images)")
+            };
+            if let Some(note) = batch_note(&gpu, &net, asked, &what) {
+                eprintln!("{note}");
+            }
+            for line in layer_table(&export) {
+                println!("{line}");
+            }
+            let t = Instant::now();
+            let l = logits(&gpu, &net, &test.images, batch)?;
+            (l, t.elapsed().as_secs_f64(), "sparse inference".to_string())
+        }
+        Some(ck) => {
+            for line in layer_table(&export) {
+                println!("{line}");
+            }
+            let (l, secs) = crate::train::restored_logits(gpu, &ck, file, &test.images)?;
+            let how = format!(
+                "dense inference (the masked weights, zeros included, through the trainer's \
+                 kernels: {} has no sparse inference kernels)",
+                export.model
+            );
+            (l, secs, how)
+        }
     };
-    if let Some(note) = batch_note(&gpu, &net, asked, &what) {
-        eprintln!("{note}");
-    }
-    for line in layer_table(&export) {
-        println!("{line}");
-    }
-    let t = Instant::now();
-    let l = logits(&gpu, &net, &test.images, batch)?;
-    let secs = t.elapsed().as_secs_f64();
-    let pred = predictions(&l, net.classes);
+    let classes = l.len() / count.max(1);
+    let pred = predictions(&l, classes.max(1));
     let correct = pred
         .iter()
         .zip(&test.images.labels)
         .filter(|(p, &y)| **p == y as usize)
         .count();
+    if let Some(out) = out {
+        let csv = predictions_csv(&l, &test.images.labels, classes.max(1));
+        crate::checkpoint::write_atomic(out, csv.as_bytes())
+            .map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
+    }
     println!(
-        "test accuracy {:.2}% on the {count} test images of {}, sparse inference of {} ({} \
-         export), {:.0} images/s",
+        "test accuracy {:.2}% on the {count} test images of {}, {how} of {} ({} export), {:.0} \
+         images/s",
         100.0 * correct as f64 / count.max(1) as f64,
         test.source,
         export.model,
         export.layout.name(),
         count as f64 / secs
     );
+    if let Some(out) = out {
+        println!("predictions: {}", out.display());
+    }
     Ok(())
+}
+
+/// The test set of `model`'s dataset for `dst infer`: MNIST as `load_test`; CIFAR-10's
+/// `test_batch.bin` in `data` (no CIFAR-10 images are embedded).
+fn test_set_for(model: &str, data: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
+    match crate::models::info(model)?.dataset {
+        crate::data::DatasetKind::Cifar10 => {
+            let Some(dir) = data else {
+                anyhow::bail!(
+                    "{model} classifies CIFAR-10 images, and none are embedded: give --data DIR \
+                     with CIFAR-10's test_batch.bin (`dst fetch cifar10 --to DIR`)"
+                );
+            };
+            let t = crate::data::cifar::load_test_dir(dir)?;
+            Ok(TestSet {
+                images: t.test,
+                source: t.source,
+            })
+        }
+        crate::data::DatasetKind::Mnist => load_test(data),
+    }
 }
 
 /// Timed rounds per mode and batch size in `bench`.

@@ -9,7 +9,8 @@
 //! dead-layer reset included (METHOD.md sections 1 and 3). `load` reads an export back and
 //! refuses, before any GPU work, a truncated or tampered file, one whose tensors are not the
 //! model's, and a CSR triplet whose indices are out of range or not increasing. `infer` runs an
-//! export on the GPU with the sparse kernel (shaders/sparse.wgsl).
+//! export on the GPU with the sparse kernel (shaders/sparse.wgsl) where the model has one, else
+//! through the trainer's evaluation plan (`to_checkpoint`).
 
 pub mod csr;
 pub mod infer;
@@ -72,149 +73,207 @@ fn invalid(path: &Path, reason: impl Into<String>) -> ExportError {
     }
 }
 
-/// One weight of a model as the trainer stores it.
+/// One tensor of a model as the trainer stores it: a weight, a bias, or a batch norm's
+/// parameter or running statistic.
 #[derive(Clone, Debug)]
 pub struct ParamSpec {
-    /// The checkpoint's name (`fc1.weight`, `lstm1.weight_ih`).
-    pub name: &'static str,
+    /// The checkpoint's name (`fc1.weight`, `lstm1.weight_ih`, `bn1.running_mean`).
+    pub name: String,
     /// The exported (PyTorch) name (`fc1.weight`, `lstm1.weight_ih_l0`).
-    pub export: &'static str,
+    pub export: String,
     pub shape: Vec<usize>,
     /// The checkpoint's threshold tensor, for a masked weight of a DST model.
-    pub threshold: Option<&'static str>,
+    pub threshold: Option<String>,
     /// Stacked matrices with their own reset each (4 for LSTM gates, else 1).
     pub groups: usize,
 }
 
 fn p(
-    name: &'static str,
-    export: &'static str,
+    name: &str,
+    export: &str,
     shape: &[usize],
-    threshold: Option<&'static str>,
+    threshold: Option<&str>,
     groups: usize,
 ) -> ParamSpec {
     ParamSpec {
-        name,
-        export,
+        name: name.to_string(),
+        export: export.to_string(),
         shape: shape.to_vec(),
-        threshold,
+        threshold: threshold.map(str::to_string),
         groups,
     }
 }
 
-/// The parameters of `model` in layer order (weights and biases; thresholds named by the weights
-/// they mask), or an error naming the models.
+/// A masked layer's weight `<layer>.weight` (threshold `<layer>.threshold`), same name exported.
+fn masked_weight(layer: &str, shape: &[usize]) -> ParamSpec {
+    let w = format!("{layer}.weight");
+    p(&w, &w, shape, Some(&format!("{layer}.threshold")), 1)
+}
+
+/// An unmasked tensor, same name in the checkpoint and the export.
+fn plain(name: &str, shape: &[usize]) -> ParamSpec {
+    p(name, name, shape, None, 1)
+}
+
+/// A fully connected layer: masked weight `(out, in)`, bias.
+fn fc(specs: &mut Vec<ParamSpec>, layer: &str, out: usize, inp: usize) {
+    specs.push(masked_weight(layer, &[out, inp]));
+    specs.push(plain(&format!("{layer}.bias"), &[out]));
+}
+
+/// A batch norm over `c` channels: weight (gamma), bias (beta), running mean and variance.
+fn bn(specs: &mut Vec<ParamSpec>, layer: &str, c: usize) {
+    for part in ["weight", "bias", "running_mean", "running_var"] {
+        specs.push(plain(&format!("{layer}.{part}"), &[c]));
+    }
+}
+
+/// A conv 3x3 / 1x1 without bias (the CIFAR-10 models'), masked.
+fn conv(specs: &mut Vec<ParamSpec>, layer: &str, c_out: usize, c_in: usize, k: usize) {
+    specs.push(masked_weight(layer, &[c_out, c_in, k, k]));
+}
+
+/// The CIFAR-10 models' tensors in the order `models::cifar` declares them.
+fn cifar_params(model: &str) -> Option<Vec<ParamSpec>> {
+    let mut s = Vec::new();
+    match model {
+        "vgg16" => {
+            let (mut c_in, mut n) = (3, 0);
+            for c_out in crate::models::cifar::VGG16.into_iter().flatten() {
+                n += 1;
+                conv(&mut s, &format!("conv{n}"), c_out, c_in, 3);
+                bn(&mut s, &format!("bn{n}"), c_out);
+                c_in = c_out;
+            }
+            fc(&mut s, "fc1", 512, 512);
+            bn(&mut s, "bn14", 512);
+            fc(&mut s, "fc2", 10, 512);
+        }
+        "wrn-16-8" | "wrn-16-1" => {
+            let k = if model == "wrn-16-8" { 8 } else { 1 };
+            conv(&mut s, "conv1", 16, 3, 3);
+            let mut c_in = 16;
+            for (g, (width, stride)) in crate::models::cifar::wrn_groups(k).into_iter().enumerate()
+            {
+                for b in 0..2 {
+                    let name = format!("block{}_{}", g + 1, b + 1);
+                    let stride = if b == 0 { stride } else { 1 };
+                    bn(&mut s, &format!("{name}.bn1"), c_in);
+                    conv(&mut s, &format!("{name}.conv1"), width, c_in, 3);
+                    bn(&mut s, &format!("{name}.bn2"), width);
+                    conv(&mut s, &format!("{name}.conv2"), width, width, 3);
+                    if crate::nn::residual::PreActBlock::has_shortcut(c_in, width, stride) {
+                        conv(&mut s, &format!("{name}.shortcut"), width, c_in, 1);
+                    }
+                    c_in = width;
+                }
+            }
+            bn(&mut s, "bn", c_in);
+            fc(&mut s, "fc", 10, c_in);
+        }
+        _ => return None,
+    }
+    Some(s)
+}
+
+/// The tensors of `model` in layer order (weights, biases, batch norms' parameters and running
+/// statistics; thresholds named by the weights they mask), or an error naming the models.
 pub fn model_params(model: &str) -> Result<Vec<ParamSpec>, String> {
+    if let Some(specs) = cifar_params(model) {
+        return Ok(specs);
+    }
     Ok(match model {
-        "lenet300" => vec![
-            p(
-                "fc1.weight",
-                "fc1.weight",
-                &[300, 784],
-                Some("fc1.threshold"),
-                1,
-            ),
-            p("fc1.bias", "fc1.bias", &[300], None, 1),
-            p(
-                "fc2.weight",
-                "fc2.weight",
-                &[100, 300],
-                Some("fc2.threshold"),
-                1,
-            ),
-            p("fc2.bias", "fc2.bias", &[100], None, 1),
-            p(
-                "fc3.weight",
-                "fc3.weight",
-                &[10, 100],
-                Some("fc3.threshold"),
-                1,
-            ),
-            p("fc3.bias", "fc3.bias", &[10], None, 1),
-        ],
+        "lenet300" => {
+            let mut s = Vec::new();
+            fc(&mut s, "fc1", 300, 784);
+            fc(&mut s, "fc2", 100, 300);
+            fc(&mut s, "fc3", 10, 100);
+            s
+        }
         "lenet5" => vec![
-            p(
-                "conv1.weight",
-                "conv1.weight",
-                &[20, 1, 5, 5],
-                Some("conv1.threshold"),
-                1,
-            ),
-            p("conv1.bias", "conv1.bias", &[20], None, 1),
-            p(
-                "conv2.weight",
-                "conv2.weight",
-                &[50, 20, 5, 5],
-                Some("conv2.threshold"),
-                1,
-            ),
-            p("conv2.bias", "conv2.bias", &[50], None, 1),
-            p(
-                "fc3.weight",
-                "fc3.weight",
-                &[500, 800],
-                Some("fc3.threshold"),
-                1,
-            ),
-            p("fc3.bias", "fc3.bias", &[500], None, 1),
-            p(
-                "fc4.weight",
-                "fc4.weight",
-                &[10, 500],
-                Some("fc4.threshold"),
-                1,
-            ),
-            p("fc4.bias", "fc4.bias", &[10], None, 1),
+            masked_weight("conv1", &[20, 1, 5, 5]),
+            plain("conv1.bias", &[20]),
+            masked_weight("conv2", &[50, 20, 5, 5]),
+            plain("conv2.bias", &[50]),
+            masked_weight("fc3", &[500, 800]),
+            plain("fc3.bias", &[500]),
+            masked_weight("fc4", &[10, 500]),
+            plain("fc4.bias", &[10]),
         ],
         "lstm-a" | "lstm-b" => {
             let h = if model == "lstm-a" { 128 } else { 256 };
-            vec![
-                p(
-                    "lstm1.weight_ih",
-                    "lstm1.weight_ih_l0",
-                    &[4 * h, 28],
-                    Some("lstm1.threshold_ih"),
-                    4,
-                ),
-                p(
-                    "lstm1.weight_hh",
-                    "lstm1.weight_hh_l0",
-                    &[4 * h, h],
-                    Some("lstm1.threshold_hh"),
-                    4,
-                ),
-                p("lstm1.bias", "lstm1.bias_ih_l0", &[4 * h], None, 1),
-                p(
-                    "lstm2.weight_ih",
-                    "lstm2.weight_ih_l0",
-                    &[4 * h, h],
-                    Some("lstm2.threshold_ih"),
-                    4,
-                ),
-                p(
-                    "lstm2.weight_hh",
-                    "lstm2.weight_hh_l0",
-                    &[4 * h, h],
-                    Some("lstm2.threshold_hh"),
-                    4,
-                ),
-                p("lstm2.bias", "lstm2.bias_ih_l0", &[4 * h], None, 1),
-                p("fc.weight", "fc.weight", &[10, h], None, 1),
-                p("fc.bias", "fc.bias", &[10], None, 1),
-            ]
-        }
-        _ if crate::models::check_name(model).is_ok() => {
-            return Err(format!(
-                "{model:?} cannot be exported yet (export and inference cover the MNIST models: \
-                 lenet300, lenet5, lstm-a, lstm-b)"
-            ))
+            let mut s = Vec::new();
+            for (l, inp) in [("lstm1", 28), ("lstm2", h)] {
+                for part in ["ih", "hh"] {
+                    let cols = if part == "ih" { inp } else { h };
+                    s.push(p(
+                        &format!("{l}.weight_{part}"),
+                        &format!("{l}.weight_{part}_l0"),
+                        &[4 * h, cols],
+                        Some(&format!("{l}.threshold_{part}")),
+                        4,
+                    ));
+                }
+                s.push(p(
+                    &format!("{l}.bias"),
+                    &format!("{l}.bias_ih_l0"),
+                    &[4 * h],
+                    None,
+                    1,
+                ));
+            }
+            s.push(plain("fc.weight", &[10, h]));
+            s.push(plain("fc.bias", &[10]));
+            s
         }
         _ => {
             return Err(format!(
-                "unknown model {model:?}; available: lenet300, lenet5, lstm-a, lstm-b"
+                "unknown model {model:?}; available: {}",
+                crate::models::MODELS
+                    .iter()
+                    .map(|m| m.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         }
     })
+}
+
+/// The entries an export of `specs` holds, in order: each spec's exported name and dense shape,
+/// and the companions PyTorch's modules expect besides: an `nn.LSTM`'s second bias
+/// `<layer>.bias_hh_l0` (0: the trainer has one bias per layer, METHOD.md section 5) and a batch
+/// norm's `<layer>.num_batches_tracked` (an I64 scalar: the training steps taken).
+fn export_entries(specs: &[ParamSpec]) -> Vec<(String, Vec<usize>, Companion)> {
+    let mut out = Vec::new();
+    for s in specs {
+        out.push((s.export.clone(), s.shape.clone(), Companion::None));
+        if let Some(layer) = s.export.strip_suffix(".bias_ih_l0") {
+            out.push((
+                format!("{layer}.bias_hh_l0"),
+                s.shape.clone(),
+                Companion::ZeroBias,
+            ));
+        }
+        if let Some(layer) = s.export.strip_suffix(".running_var") {
+            out.push((
+                format!("{layer}.num_batches_tracked"),
+                vec![],
+                Companion::Steps,
+            ));
+        }
+    }
+    out
+}
+
+/// What an `export_entries` entry holds that is not a checkpoint tensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Companion {
+    /// A checkpoint tensor.
+    None,
+    /// `nn.LSTM`'s `bias_hh_l0`: zeros.
+    ZeroBias,
+    /// `nn.BatchNorm`'s `num_batches_tracked`: the checkpoint's step.
+    Steps,
 }
 
 /// The mask of `w` (`rows x cols`, `groups` stacked matrices of `rows / groups` rows) under
@@ -260,6 +319,8 @@ pub enum Value {
     Dense(Vec<f32>),
     /// Over the row view `(shape[0], product of the rest)`.
     Csr(Csr),
+    /// An I64 scalar (a batch norm's `num_batches_tracked`).
+    Int(i64),
 }
 
 /// One weight or bias of an export, by its exported name, with its dense shape.
@@ -271,17 +332,19 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The dense values (CSR expanded).
+    /// The dense values (CSR expanded; an integer as its f32).
     pub fn dense(&self) -> Vec<f32> {
         match &self.value {
             Value::Dense(v) => v.clone(),
             Value::Csr(c) => c.to_dense(),
+            Value::Int(i) => vec![*i as f32],
         }
     }
     /// The row view `(shape[0], rest)` as CSR (a dense tensor: its non-zero entries).
     pub fn csr(&self) -> Csr {
         match &self.value {
             Value::Csr(c) => c.clone(),
+            Value::Int(_) => Csr::from_dense(1, 1, &self.dense()),
             Value::Dense(v) => {
                 let rows = self.shape[0];
                 Csr::from_dense(rows, v.len() / rows.max(1), v)
@@ -303,10 +366,12 @@ impl Export {
         self.entries.iter().find(|e| e.name == name)
     }
 
-    /// Bytes of every entry as dense f32: what the masked model costs without sparse storage.
+    /// Bytes of every f32 entry stored dense: what the masked model costs without sparse
+    /// storage (the integer counters, 8 bytes each, are left out).
     pub fn dense_f32_bytes(&self) -> u64 {
         self.entries
             .iter()
+            .filter(|e| !matches!(e.value, Value::Int(_)))
             .map(|e| 4 * e.shape.iter().product::<usize>() as u64)
             .sum()
     }
@@ -347,18 +412,19 @@ pub fn from_checkpoint(
             None => Err(invalid(path, format!("tensor {name} is missing"))),
         }
     };
+    let steps: i64 = ck.meta("step").and_then(|v| v.parse().ok()).unwrap_or(0);
     for s in &specs {
-        let w = tensor(s.name, &s.shape)?;
+        let w = tensor(&s.name, &s.shape)?;
         let rows = s.shape[0];
         let cols = s.shape[1..].iter().product::<usize>();
-        let threshold = s.threshold.filter(|_| masked);
+        let threshold = s.threshold.as_deref().filter(|_| masked);
         let value = match threshold {
             Some(tn) => {
                 let t = tensor(tn, &[rows])?;
                 let (mask, r) = derive_mask(&w, &t, rows, cols, s.groups);
                 resets += r;
                 layers.push((
-                    s.export.to_string(),
+                    s.export.clone(),
                     mask.iter().filter(|&&m| m).count(),
                     mask.len(),
                 ));
@@ -377,18 +443,19 @@ pub fn from_checkpoint(
             None => Value::Dense(w),
         };
         entries.push(Entry {
-            name: s.export.to_string(),
+            name: s.export.clone(),
             shape: s.shape.clone(),
             value,
         });
-        // nn.LSTM has two bias vectors; the trainer one (METHOD.md section 5): the second is 0.
-        if let Some(layer) = s.export.strip_suffix(".bias_ih_l0") {
-            entries.push(Entry {
-                name: format!("{layer}.bias_hh_l0"),
-                shape: s.shape.clone(),
-                value: Value::Dense(vec![0.0; rows]),
-            });
-        }
+    }
+    // The companions PyTorch's modules expect, after the entry they belong to.
+    for (at, (name, shape, companion)) in export_entries(&specs).into_iter().enumerate() {
+        let value = match companion {
+            Companion::None => continue,
+            Companion::ZeroBias => Value::Dense(vec![0.0; shape[0]]),
+            Companion::Steps => Value::Int(steps),
+        };
+        entries.insert(at, Entry { name, shape, value });
     }
     let export = Export {
         model: model.clone(),
@@ -404,6 +471,33 @@ pub fn from_checkpoint(
         resets,
     };
     Ok((export, report))
+}
+
+/// The export as a checkpoint of the dense model (`masked` false, no thresholds, no optimiser
+/// state): the masked weights with their zeros, the biases (an LSTM layer's one bias the sum of
+/// `bias_ih_l0` and `bias_hh_l0`), the batch norms' parameters and running statistics. What the
+/// trainer's evaluation plan computes from it is what the export's model computes.
+pub fn to_checkpoint(export: &Export) -> Result<Checkpoint, String> {
+    let specs = model_params(&export.model)?;
+    let mut ck = Checkpoint::default();
+    ck.metadata.insert("model".into(), export.model.clone());
+    ck.metadata.insert("masked".into(), "false".into());
+    let get = |name: &str| {
+        export
+            .get(name)
+            .map(Entry::dense)
+            .ok_or_else(|| format!("the export has no tensor {name}"))
+    };
+    for s in &specs {
+        let mut v = get(&s.export)?;
+        if let Some(layer) = s.export.strip_suffix(".bias_ih_l0") {
+            for (a, b) in v.iter_mut().zip(get(&format!("{layer}.bias_hh_l0"))?) {
+                *a += b;
+            }
+        }
+        ck.tensors.push((s.name.clone(), s.shape.clone(), v));
+    }
+    Ok(ck)
 }
 
 /// `dst export`: reads a training checkpoint, writes its export to `out` atomically.
@@ -476,9 +570,10 @@ fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
 pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
     let layout = Layout::parse(format).map_err(anyhow::Error::msg)?;
     let r = export(checkpoint, layout, out)?;
+    let width = r.layers.iter().map(|l| l.0.len()).max().unwrap_or(0).max(20);
     for (name, kept, total) in &r.layers {
         println!(
-            "{name:<20} {kept:>8} of {total:>8} kept ({:.2}%)",
+            "{name:<width$} {kept:>8} of {total:>8} kept ({:.2}%)",
             100.0 * *kept as f64 / *total as f64
         );
     }
@@ -506,6 +601,7 @@ fn stored(e: &Entry) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
             e.shape.clone(),
             bytemuck::cast_slice(v).to_vec(),
         )],
+        Value::Int(i) => vec![(e.name.clone(), Dtype::I64, vec![], i.to_le_bytes().to_vec())],
         Value::Csr(c) => {
             let crow_t = csr::index_dtype(c.nnz() as u64);
             let col_t = csr::index_dtype(c.cols.saturating_sub(1) as u64);
@@ -563,7 +659,11 @@ pub fn serialize(export: &Export) -> Result<Vec<u8>, String> {
             serde_json::json!({
                 "name": e.name,
                 "shape": e.shape,
-                "storage": match e.value { Value::Dense(_) => "dense", Value::Csr(_) => "csr" },
+                "storage": match e.value {
+                    Value::Dense(_) => "dense",
+                    Value::Csr(_) => "csr",
+                    Value::Int(_) => "i64",
+                },
             })
         })
         .collect();
@@ -643,13 +743,7 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
     let layout = Layout::parse(meta.get("layout").map(String::as_str).unwrap_or(""))
         .map_err(|e| bad(format!("metadata `layout`: {e}")))?;
     // The entries a model's export holds, in order, with their shapes.
-    let mut expected: Vec<(String, Vec<usize>)> = Vec::new();
-    for s in &specs {
-        expected.push((s.export.to_string(), s.shape.clone()));
-        if let Some(layer) = s.export.strip_suffix(".bias_ih_l0") {
-            expected.push((format!("{layer}.bias_hh_l0"), s.shape.clone()));
-        }
-    }
+    let expected = export_entries(&specs);
     let mut used = 0usize;
     let mut entries = Vec::new();
     let f32s = |name: &str, shape: Option<&[usize]>| -> Result<Vec<f32>, ExportError> {
@@ -672,7 +766,30 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
         }
         Ok(v)
     };
-    for (name, shape) in expected {
+    for (name, shape, companion) in expected {
+        if companion == Companion::Steps {
+            let (dtype, s, bytes) = map
+                .get(&name)
+                .ok_or_else(|| bad(format!("tensor {name} is missing")))?;
+            if *dtype != Dtype::I64 || !s.is_empty() {
+                return Err(bad(format!(
+                    "tensor {name} is {dtype:?} of shape {s:?}, expected an I64 scalar"
+                )));
+            }
+            let v = i64::from_le_bytes((*bytes).try_into().map_err(|_| {
+                bad(format!(
+                    "tensor {name} holds {} bytes, expected 8",
+                    bytes.len()
+                ))
+            })?);
+            used += 1;
+            entries.push(Entry {
+                name,
+                shape,
+                value: Value::Int(v),
+            });
+            continue;
+        }
         let rows = shape[0];
         let cols = shape[1..].iter().product::<usize>();
         let value = if map.contains_key(&name) {

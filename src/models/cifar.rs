@@ -12,7 +12,7 @@ use crate::nn::residual::PreActBlock;
 use crate::nn::{ArenaBuilder, Layer};
 
 /// VGG-16's convolution widths; `None` is a 2x2 max-pool (after convs 2, 4, 7 and 10).
-const VGG16: [Option<usize>; 17] = [
+pub(crate) const VGG16: [Option<usize>; 17] = [
     Some(64),
     Some(64),
     None,
@@ -90,10 +90,7 @@ fn wrn16(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool, k: usize) -> Result<Vec
     let ids = Conv2d::declare(ab, "conv1", 3, 16, 3, false, masked);
     layers.push(Box::new(Conv2d::new(gpu, "conv1", 3, 16, 3, 1, 1, ids)?));
     let mut c_in = 16;
-    for (g, (width, stride)) in [(16 * k, 1), (32 * k, 2), (64 * k, 2)]
-        .into_iter()
-        .enumerate()
-    {
+    for (g, (width, stride)) in wrn_groups(k).into_iter().enumerate() {
         for b in 0..2 {
             let name = format!("block{}_{}", g + 1, b + 1);
             let s = if b == 0 { stride } else { 1 };
@@ -110,6 +107,11 @@ fn wrn16(gpu: &Gpu, ab: &mut ArenaBuilder, masked: bool, k: usize) -> Result<Vec
     let ids = Linear::declare(ab, "fc", c_in, 10, masked);
     layers.push(Box::new(Linear::new(gpu, "fc", c_in, 10, ids)?));
     Ok(layers)
+}
+
+/// WRN-16-`k`'s three groups: (width, stride of the group's first block).
+pub(crate) fn wrn_groups(k: usize) -> [(usize, usize); 3] {
+    [(16 * k, 1), (32 * k, 2), (64 * k, 2)]
 }
 
 /// WRN-16-8, the paper's (widths 128, 256, 512; 11M parameters).

@@ -33,6 +33,12 @@ pub struct PreActBlock {
 }
 
 impl PreActBlock {
+    /// Whether a block `c_in -> c_out` with the first conv's `stride` has a shortcut
+    /// convolution (else its shortcut is the identity).
+    pub fn has_shortcut(c_in: usize, c_out: usize, stride: usize) -> bool {
+        c_in != c_out || stride != 1
+    }
+
     /// Declares and builds a block `c_in -> c_out` with the first conv's `stride`; the shortcut is
     /// a convolution exactly when `c_in != c_out` or `stride != 1`. Convs have no bias; `masked`:
     /// every conv (the shortcut included) is a DST masked conv.
@@ -56,7 +62,7 @@ impl PreActBlock {
         );
         let ids = Conv2d::declare(ab, &sub("conv2"), c_out, c_out, 3, false, masked);
         let conv2 = Conv2d::new(gpu, &sub("conv2"), c_out, c_out, 3, 1, 1, ids)?;
-        let shortcut = if c_in != c_out || stride != 1 {
+        let shortcut = if Self::has_shortcut(c_in, c_out, stride) {
             let ids = Conv2d::declare(ab, &sub("shortcut"), c_in, c_out, 1, false, masked);
             Some(Conv2d::new(
                 gpu,

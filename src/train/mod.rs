@@ -673,12 +673,21 @@ fn restored_eval(
     path: &Path,
     data: &crate::data::Dataset,
 ) -> Result<(Session, GpuData, Plan)> {
-    let ck = Checkpoint::load(path)?;
+    restored_eval_of(gpu, &Checkpoint::load(path)?, path, data)
+}
+
+/// `restored_eval` of a checkpoint already in memory (`path` names it in errors).
+fn restored_eval_of(
+    gpu: Gpu,
+    ck: &Checkpoint,
+    path: &Path,
+    data: &crate::data::Dataset,
+) -> Result<(Session, GpuData, Plan)> {
     let model = ck.meta("model").unwrap_or("").to_string();
     let masked = ck.meta("masked") == Some("true");
     check_name(&model)?;
     let session = Session::new(gpu, &model, masked, 0, false)?;
-    session.restore(&ck, path, false)?;
+    session.restore(ck, path, false)?;
     let test = session.upload("test", data)?;
     let plan = session.eval_plan(&test, 0.0)?;
     Ok((session, test, plan))
@@ -698,7 +707,20 @@ pub fn evaluate_checkpoint(
 /// The masked model's logits `(count, classes)` of every test image of `data`, computed by the
 /// evaluation plan (batches of up to 500, the reset rule applied as in `evaluate_checkpoint`).
 pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> Result<Vec<f32>> {
-    let (session, _, plan) = restored_eval(gpu, path, data)?;
+    Ok(restored_logits(gpu, &Checkpoint::load(path)?, path, data)?.0)
+}
+
+/// `checkpoint_logits` of a checkpoint in memory (`path` names it in errors), with the seconds
+/// its batches took (the session's setup left out): `dst infer` of a model without sparse
+/// inference runs its export through here (`export::to_checkpoint`).
+pub fn restored_logits(
+    gpu: Gpu,
+    ck: &Checkpoint,
+    path: &Path,
+    data: &crate::data::Dataset,
+) -> Result<(Vec<f32>, f64)> {
+    let (session, _, plan) = restored_eval_of(gpu, ck, path, data)?;
+    let t = std::time::Instant::now();
     let b = plan.batch;
     let classes = session.model.classes;
     let mut out = Vec::with_capacity(data.count * classes);
@@ -715,7 +737,7 @@ pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> 
         let l = session.gpu.read::<f32>(&plan.logits)?;
         out.extend_from_slice(&l[..valid * classes]);
     }
-    Ok(out)
+    Ok((out, t.elapsed().as_secs_f64()))
 }
 
 #[cfg(test)]
