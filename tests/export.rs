@@ -820,3 +820,68 @@ fn every_models_export_lists_the_trainers_tensors() {
         );
     }
 }
+
+/// `dst infer --out` (sparse path): one CSV row per test image with its label, the class of its
+/// largest logit and the logits of sparse inference; a second run replaces the file; a file it
+/// did not write and a folder are refused before any GPU work, left as they were.
+#[test]
+fn infer_writes_predictions_and_replaces_only_its_own_file() {
+    let ck_path = {
+        let _g = serial();
+        checkpoint("lenet300", 640)
+    };
+    let dir = tmp("pred");
+    let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
+    let file = csr_path.to_str().unwrap();
+    let pred = dir.join("pred.csv");
+    let want = {
+        let _g = serial();
+        let g = gpu();
+        let e = export::load(&csr_path).unwrap();
+        let net = Net::new(&g, Kernels::new(&g, None).unwrap(), &e, Mode::Sparse).unwrap();
+        infer::logits(&g, &net, &infer::load_test(None).unwrap().images, 500).unwrap()
+    };
+    let labels = infer::load_test(None).unwrap().images.labels;
+    for _ in 0..2 {
+        let (ok, out, err) = {
+            let _g = serial();
+            dst_cli(&["infer", file, "--out", pred.to_str().unwrap()])
+        };
+        assert!(ok, "{err}");
+        assert!(
+            out.ends_with(&format!("predictions: {}\n", pred.display())),
+            "{out}"
+        );
+        let csv = std::fs::read_to_string(&pred).unwrap();
+        let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(',').collect()).collect();
+        assert_eq!(rows[0][..4], ["index", "label", "prediction", "logit_0"]);
+        assert_eq!(rows.len(), 2001);
+        let mut correct = 0;
+        for (i, r) in rows[1..].iter().enumerate() {
+            let logits: Vec<f32> = r[3..].iter().map(|v| v.parse().unwrap()).collect();
+            assert_eq!(logits, want[i * 10..i * 10 + 10], "image {i}");
+            assert_eq!(r[1], labels[i].to_string());
+            let p: usize = r[2].parse().unwrap();
+            assert!(logits.iter().all(|&v| v <= logits[p]), "image {i}: {r:?}");
+            correct += (p == labels[i] as usize) as usize;
+        }
+        let acc = format!("test accuracy {:.2}%", 100.0 * correct as f64 / 2000.0);
+        assert!(out.contains(&acc), "{acc}: {out}");
+    }
+    let other = dir.join("notes.txt");
+    std::fs::write(&other, "keep me").unwrap();
+    for (target, needle) in [
+        (&other, "is not a predictions file of `dst infer`"),
+        (&dir, "is a folder"),
+        (&csr_path, "is not a predictions file of `dst infer`"),
+    ] {
+        let (ok, out, err) = dst_cli(&["infer", file, "--out", target.to_str().unwrap()]);
+        assert!(!ok && err.contains(needle), "{err}");
+        assert!(
+            !err.contains("adapter") && !out.contains("adapter"),
+            "GPU opened: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
+    assert!(export::load(&csr_path).is_ok());
+}

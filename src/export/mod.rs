@@ -570,7 +570,13 @@ fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
 pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
     let layout = Layout::parse(format).map_err(anyhow::Error::msg)?;
     let r = export(checkpoint, layout, out)?;
-    let width = r.layers.iter().map(|l| l.0.len()).max().unwrap_or(0).max(20);
+    let width = r
+        .layers
+        .iter()
+        .map(|l| l.0.len())
+        .max()
+        .unwrap_or(0)
+        .max(20);
     for (name, kept, total) in &r.layers {
         println!(
             "{name:<width$} {kept:>8} of {total:>8} kept ({:.2}%)",
