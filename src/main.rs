@@ -108,8 +108,9 @@ enum Command {
         data: Option<PathBuf>,
         /// Images per batch of sparse inference (LeNet-300-100, LeNet-5; the other models run
         /// in the trainer's evaluation batches).
-        #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
-        batch: usize,
+        /// [default: 500]
+        #[arg(long, allow_negative_numbers = true)]
+        batch: Option<usize>,
         /// Write each test image's index, label, predicted class and logits to this CSV file
         /// (a new file, or one `dst infer` wrote before).
         #[arg(long)]
@@ -1132,40 +1133,23 @@ fn print_table(layers: &[LayerStats]) {
 }
 
 fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
-    // The checkpoint's model decides the dataset (a model unknown here is refused later, with
-    // the list of models).
+    // The checkpoint's model decides the dataset (a model unknown here reads MNIST and is
+    // refused later, with the list of models). Only the test set is scored: an MNIST folder
+    // needs only its two test files (t10k-*), a CIFAR-10 one its test_batch.bin, as for
+    // `dst infer`. `what` names the data in the result line.
     let meta = dst::checkpoint::Checkpoint::read_metadata(&checkpoint)?;
-    let kind = meta
-        .get("model")
-        .and_then(|m| dst::models::info(m).ok())
-        .map_or(dst::data::DatasetKind::Mnist, |i| i.dataset);
-    // Only the test set is scored: an MNIST folder needs only its two test files (t10k-*), as
-    // `dst infer` does. `what` names the data in the result line.
-    let (data, what) = match (kind, data.as_deref()) {
-        (dst::data::DatasetKind::Mnist, dir) => {
-            let t = dst::export::infer::load_test(dir)?;
-            let what = match dir {
-                Some(d) => format!("MNIST in {}", d.display()),
-                None => "the embedded MNIST subset".to_string(),
-            };
-            let data = dst::data::TrainTest {
-                train: t.images.limit(0),
-                test: t.images,
-                source: t.source,
-            };
-            (data, what)
-        }
-        (dst::data::DatasetKind::Cifar10, Some(dir)) => {
-            // CIFAR-10: test_batch.bin alone will do.
-            let data = dst::data::cifar::load_test_dir(dir)?;
-            let what = data.source.clone();
-            (data, what)
-        }
-        (kind, dir) => {
-            let data = kind.load(dir)?;
-            let what = data.source.clone();
-            (data, what)
-        }
+    let model = meta.get("model").cloned().unwrap_or_default();
+    let t = dst::export::infer::test_set(&model, data.as_deref())?;
+    let mnist =
+        dst::models::info(&model).map_or(true, |i| i.dataset == dst::data::DatasetKind::Mnist);
+    let what = match data.as_deref() {
+        Some(d) if mnist => format!("MNIST in {}", d.display()),
+        _ => t.source.clone(),
+    };
+    let data = dst::data::TrainTest {
+        train: t.images.limit(0),
+        test: t.images,
+        source: t.source,
     };
     let gpu = Gpu::from_env()?;
     let (acc, layers, adapter) = train::evaluate_checkpoint(gpu, &checkpoint, &data)?;

@@ -220,6 +220,34 @@ fn exports_like_eval(
         rows += 1;
     }
     assert_eq!(rows, 100);
+    // An MNIST folder given for this export, to `dst infer` and to `dst eval`: named as such,
+    // with the model and the one file they need, before any GPU work.
+    let mnist = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist-subset");
+    for args in [
+        vec!["infer".into(), loaded[1].0.display().to_string()],
+        vec![
+            "eval".into(),
+            "--checkpoint".into(),
+            ck_path.display().to_string(),
+        ],
+    ] {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(&args)
+            .arg("--data")
+            .arg(&mnist)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?}");
+        assert!(
+            err.contains(&format!(
+                "{} holds MNIST, but wrn-16-1 trains on CIFAR-10: it has none of the CIFAR-10 \
+                 files (test_batch.bin)",
+                mnist.display()
+            )) && !err.contains("adapter"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// VGG-16 (full width, batch 4, 12 records): two epochs straight, or one and a resume, give the
@@ -248,6 +276,20 @@ fn vgg16_resume_is_bit_identical() {
     .unwrap();
     run(&cfg, &b, true).unwrap();
     let ck = assert_same_checkpoints(&a, &b);
+    // Its export, as `dst infer` runs it (the dense model, bn14 a 1-d batch norm), computes the
+    // checkpoint's logits.
+    let ck_path = a.join("checkpoint.safetensors");
+    let file = a.join("export.safetensors");
+    dst::export::export(&ck_path, dst::export::Layout::Csr, &file).unwrap();
+    let e = dst::export::load(&file).unwrap();
+    let test = dst::data::cifar::load_test_dir(&data).unwrap().test;
+    let want = dst::train::checkpoint_logits(gpu(), &ck_path, &test).unwrap();
+    let dense = dst::export::to_checkpoint(&e).unwrap();
+    let (got, _) = dst::train::restored_logits(gpu(), &dense, &file, &test).unwrap();
+    assert_eq!(got.len(), 40);
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");
+    }
     assert!(ck.tensors.iter().any(|(n, _, _)| n == "bn14.running_mean"));
     let lrs: Vec<f64> = metrics(&a, "step")
         .iter()

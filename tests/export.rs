@@ -302,7 +302,7 @@ fn bad_exports_are_refused_before_any_gpu_work() {
     other.model = "vgg16".into();
     refused(
         reload(&other, &dir, "cifar"),
-        "\"vgg16\" cannot be exported yet",
+        "tensor conv1.weight is missing (neither dense nor CSR): not an export of vgg16?",
     );
     // A wrong shape.
     let mut other = good.clone();
@@ -729,9 +729,13 @@ fn lstm_exports_infer_densely_and_bench_infer_refuses_them() {
     std::fs::write(&p, export::serialize(&e).unwrap()).unwrap();
     let (ok, out, err) = {
         let _g = serial();
-        dst_cli(&["infer", p.to_str().unwrap()])
+        dst_cli(&["infer", p.to_str().unwrap(), "--batch", "7"])
     };
     assert!(ok, "{err}");
+    assert!(
+        err.contains("note: --batch 7 is not used: lstm-a has no sparse inference kernels"),
+        "{err}"
+    );
     assert!(
         out.contains(
             "on the 2000 test images of the embedded MNIST subset, dense inference (the masked \
@@ -743,7 +747,7 @@ fn lstm_exports_infer_densely_and_bench_infer_refuses_them() {
     let (ok, _, err) = dst_cli(&["bench-infer", p.to_str().unwrap()]);
     assert!(
         !ok && err.contains("error: dst bench-infer runs lenet300 and lenet5 exports")
-            && err.contains("a lstm-a export runs in `dst infer`"),
+            && err.contains("an export of lstm-a runs in `dst infer`"),
         "{err}"
     );
 }
@@ -796,6 +800,23 @@ fn every_models_export_lists_the_trainers_tensors() {
             .iter()
             .map(|s| (s.name.clone(), s.shape.clone()))
             .collect();
+        // In layer order: the parameters as the arena declares them, the states likewise.
+        let is_state = |n: &str| layout.find_state(n).is_some();
+        let params: Vec<&String> = ours.iter().map(|e| &e.0).filter(|n| !is_state(n)).collect();
+        let states: Vec<&String> = ours.iter().map(|e| &e.0).filter(|n| is_state(n)).collect();
+        let arena_params: Vec<&String> = layout
+            .entries
+            .iter()
+            .map(|e| &e.name)
+            .filter(|n| !n.contains(".threshold"))
+            .collect();
+        let arena_states: Vec<&String> = layout.states.iter().map(|e| &e.name).collect();
+        assert_eq!(
+            (params, states),
+            (arena_params, arena_states),
+            "{}",
+            info.name
+        );
         trainer.sort();
         ours.sort();
         assert_eq!(ours, trainer, "{}", info.name);
@@ -870,10 +891,14 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
     }
     let other = dir.join("notes.txt");
     std::fs::write(&other, "keep me").unwrap();
+    let nowhere = dir.join("no-such-folder").join("p.csv");
+    let slash = PathBuf::from(format!("{}/", dir.join("new-folder").display()));
     for (target, needle) in [
         (&other, "is not a predictions file of `dst infer`"),
         (&dir, "is a folder"),
         (&csr_path, "is not a predictions file of `dst infer`"),
+        (&nowhere, "no-such-folder does not exist"),
+        (&slash, "names a folder"),
     ] {
         let (ok, out, err) = dst_cli(&["infer", file, "--out", target.to_str().unwrap()]);
         assert!(!ok && err.contains(needle), "{err}");
@@ -884,4 +909,90 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
     }
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
     assert!(export::load(&csr_path).is_ok());
+}
+
+/// A CIFAR-10 model's export (a synthetic WRN-16-1 checkpoint): batch norms carry
+/// `num_batches_tracked` (an I64 scalar, the checkpoint's step) after their running variance;
+/// a re-signed file whose counter is missing, not an I64 scalar or negative, or whose running
+/// variance is negative, is refused naming the tensor.
+#[test]
+fn batch_norm_counters_travel_and_are_checked() {
+    let mut ck = Checkpoint::default();
+    ck.metadata.insert("model".into(), "wrn-16-1".into());
+    ck.metadata.insert("masked".into(), "true".into());
+    ck.metadata.insert("step".into(), "42".into());
+    for s in export::model_params("wrn-16-1").unwrap() {
+        let n: usize = s.shape.iter().product();
+        ck.tensors
+            .push((s.name.clone(), s.shape.clone(), vec![0.25; n]));
+        if let Some(t) = &s.threshold {
+            ck.tensors
+                .push((t.clone(), vec![s.shape[0]], vec![0.1; s.shape[0]]));
+        }
+    }
+    let (e, report) = export::from_checkpoint(&ck, Path::new("wrn"), Layout::Csr).unwrap();
+    assert_eq!(
+        report.layers.len(),
+        16,
+        "conv1, 12 block convs, 2 shortcuts, fc"
+    );
+    let names: Vec<&str> = e.entries.iter().map(|e| e.name.as_str()).collect();
+    let at = names
+        .iter()
+        .position(|n| *n == "block2_1.bn1.running_var")
+        .unwrap();
+    assert_eq!(names[at + 1], "block2_1.bn1.num_batches_tracked");
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.ends_with("num_batches_tracked"))
+            .count(),
+        13
+    );
+    assert!(matches!(e.entries[at + 1].value, Value::Int(42)));
+    let dir = tmp("bn-counters");
+    let back = reload(&e, &dir, "ok").unwrap();
+    assert!(matches!(back.entries[at + 1].value, Value::Int(42)));
+    assert_eq!(back.entries.len(), e.entries.len());
+
+    let with = |f: &dyn Fn(&mut export::Export)| {
+        let mut x = e.clone();
+        f(&mut x);
+        x
+    };
+    let counter = "block2_1.bn1.num_batches_tracked";
+    refused(
+        reload(
+            &with(&|x| {
+                x.entries.remove(at + 1);
+            }),
+            &dir,
+            "gone",
+        ),
+        &format!("tensor {counter} is missing"),
+    );
+    refused(
+        reload(
+            &with(&|x| x.entries[at + 1].value = Value::Dense(vec![42.0])),
+            &dir,
+            "f32",
+        ),
+        "expected an I64 scalar",
+    );
+    refused(
+        reload(
+            &with(&|x| x.entries[at + 1].value = Value::Int(-1)),
+            &dir,
+            "neg",
+        ),
+        "never negative",
+    );
+    refused(
+        reload(
+            &with(&|x| x.entries[at].value = Value::Dense(vec![-1.0; 16])),
+            &dir,
+            "var",
+        ),
+        "block2_1.bn1.running_var[0] is negative",
+    );
 }

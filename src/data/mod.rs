@@ -98,6 +98,27 @@ impl DatasetKind {
 pub const CLASSES: usize = 10;
 
 /// `e` with the model's name where it says the folder holds another dataset.
+/// `e`, where it says the folder holds the other dataset, naming `model` and only the files
+/// `wanted` of its dataset (a test set's, where only that is read).
+pub fn naming_model_files(e: DataError, model: &str, wanted: &[&str]) -> DataError {
+    match naming_model(e, Some(model)) {
+        DataError::OtherDataset {
+            dir,
+            found,
+            wanted: kind,
+            model,
+            ..
+        } => DataError::OtherDataset {
+            dir,
+            found,
+            wanted: kind,
+            model,
+            expected: wanted.iter().map(|f| f.to_string()).collect(),
+        },
+        e => e,
+    }
+}
+
 fn naming_model(e: DataError, model: Option<&str>) -> DataError {
     match e {
         DataError::OtherDataset {

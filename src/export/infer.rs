@@ -88,7 +88,7 @@ pub fn check_supported_by(command: &str, model: &str) -> anyhow::Result<()> {
     crate::models::check_name(model)?;
     anyhow::bail!(
         "{command} runs lenet300 and lenet5 exports, the models with sparse inference kernels; \
-         a {model} export runs in `dst infer` on the trainer's dense kernels (masked weights, \
+         an export of {model} runs in `dst infer` on the trainer's dense kernels (masked weights, \
          zeros included), or loads in PyTorch or scipy"
     )
 }
@@ -159,14 +159,17 @@ pub fn layer_table(export: &Export) -> Vec<String> {
     let sparse = has_sparse(&export.model);
     let weights = || export.entries.iter().filter(|e| e.shape.len() >= 2);
     let width = weights().map(|e| e.name.len()).max().unwrap_or(0).max(14);
+    let dims = |e: &super::Entry| {
+        e.shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" x ")
+    };
+    let shape_width = weights().map(|e| dims(e).len()).max().unwrap_or(0).max(16);
     weights()
         .map(|e| {
-            let shape = e
-                .shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(" x ");
+            let shape = dims(e);
             let kept = e.csr().nnz();
             let total: usize = e.shape.iter().product();
             let how = if !sparse {
@@ -177,7 +180,7 @@ pub fn layer_table(export: &Export) -> Vec<String> {
                 "dense (conv on the masked weights)"
             };
             format!(
-                "{:<width$} {:<16} {:>17} kept ({:.2}%), {how}",
+                "{:<width$} {:<shape_width$} {:>17} kept ({:.2}%), {how}",
                 e.name,
                 shape,
                 format!("{kept} of {total}"),
@@ -536,6 +539,9 @@ pub fn batch_note(gpu: &Gpu, net: &Net, asked: usize, what: &str) -> Option<Stri
     })
 }
 
+/// `dst infer`'s batch of sparse inference unless `--batch` is given.
+pub const DEFAULT_BATCH: usize = 500;
+
 /// The header of the predictions file `dst infer --out` writes (and alone replaces).
 pub const PREDICTIONS_HEADER: &str = "index,label,prediction";
 
@@ -543,6 +549,22 @@ pub const PREDICTIONS_HEADER: &str = "index,label,prediction";
 /// (first line `PREDICTIONS_HEADER`...), nothing else (a folder, the export, any other file).
 fn check_predictions_out(out: &std::path::Path) -> anyhow::Result<()> {
     let Ok(meta) = std::fs::metadata(out) else {
+        // A new file: its folder must be there (found now, not after the inference).
+        anyhow::ensure!(
+            !out.as_os_str().to_string_lossy().ends_with('/'),
+            "--out {}: names a folder; give the predictions file's path (e.g. predictions.csv)",
+            out.display()
+        );
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        anyhow::ensure!(
+            parent.is_dir(),
+            "--out {}: the folder {} does not exist",
+            out.display(),
+            parent.display()
+        );
         return Ok(());
     };
     anyhow::ensure!(
@@ -594,16 +616,18 @@ pub fn predictions_csv(logits: &[f32], labels: &[u8], classes: usize) -> String 
 pub fn run(
     file: &std::path::Path,
     data: Option<&std::path::Path>,
-    batch: usize,
+    batch: Option<usize>,
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
+    let asked_batch = batch;
+    let batch = batch.unwrap_or(DEFAULT_BATCH);
     anyhow::ensure!(batch >= 1, "--batch must be >= 1, got {batch}");
     if let Some(out) = out {
         check_predictions_out(out)?;
     }
     let export = super::load(file)?;
     let sparse = has_sparse(&export.model);
-    let test = test_set_for(&export.model, data)?;
+    let test = test_set(&export.model, data)?;
     check_images(&export.model, &test.images)?;
     let ck = if sparse {
         None
@@ -634,6 +658,14 @@ pub fn run(
             (l, t.elapsed().as_secs_f64(), "sparse inference".to_string())
         }
         Some(ck) => {
+            if let Some(b) = asked_batch {
+                eprintln!(
+                    "note: --batch {b} is not used: {} has no sparse inference kernels, and its \
+                     export runs in the trainer's evaluation batches (the results do not depend \
+                     on the batch)",
+                    export.model
+                );
+            }
             for line in layer_table(&export) {
                 println!("{line}");
             }
@@ -673,24 +705,32 @@ pub fn run(
     Ok(())
 }
 
-/// The test set of `model`'s dataset for `dst infer`: MNIST as `load_test`; CIFAR-10's
-/// `test_batch.bin` in `data` (no CIFAR-10 images are embedded).
-fn test_set_for(model: &str, data: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
-    match crate::models::info(model)?.dataset {
-        crate::data::DatasetKind::Cifar10 => {
+/// The test set of `model`'s dataset (`dst infer`, `dst eval`): MNIST as `load_test` (the
+/// embedded subset's without `data`), CIFAR-10's `test_batch.bin` in `data` (required: no
+/// CIFAR-10 images are embedded). A folder of the other dataset is named as such, with `model`
+/// and the test files it lacks. A model unknown here reads MNIST (the caller names it later).
+pub fn test_set(model: &str, data: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
+    use crate::data::{naming_model_files, DatasetKind, MNIST_NAMES};
+    let kind = crate::models::info(model).map_or(DatasetKind::Mnist, |i| i.dataset);
+    match kind {
+        DatasetKind::Cifar10 => {
             let Some(dir) = data else {
                 anyhow::bail!(
                     "{model} classifies CIFAR-10 images, and none are embedded: give --data DIR \
                      with CIFAR-10's test_batch.bin (`dst fetch cifar10 --to DIR`)"
                 );
             };
-            let t = crate::data::cifar::load_test_dir(dir)?;
+            let t = crate::data::cifar::load_test_dir(dir)
+                .map_err(|e| naming_model_files(e, model, &[crate::data::cifar::TEST_FILE]))?;
             Ok(TestSet {
                 images: t.test,
                 source: t.source,
             })
         }
-        crate::data::DatasetKind::Mnist => load_test(data),
+        DatasetKind::Mnist => load_test(data).map_err(|e| match e.downcast() {
+            Ok(e) => naming_model_files(e, model, &MNIST_NAMES[2..]).into(),
+            Err(e) => e,
+        }),
     }
 }
 

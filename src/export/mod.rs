@@ -313,6 +313,14 @@ pub fn derive_mask(
     (mask, resets)
 }
 
+/// The f32 values a dense entry holds (none for the others).
+fn value_slice(v: &Value) -> &[f32] {
+    match v {
+        Value::Dense(v) => v,
+        _ => &[],
+    }
+}
+
 /// A stored tensor of an export.
 #[derive(Clone, Debug)]
 pub enum Value {
@@ -593,7 +601,11 @@ pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
         out.display(),
         r.file_bytes,
         r.dense_f32_bytes,
-        size_note(r.file_bytes, r.dense_f32_bytes, r.layout)
+        if r.layout == Layout::Csr && r.layers.is_empty() {
+            "a dense run: it has no masks, so every tensor is stored dense".to_string()
+        } else {
+            size_note(r.file_bytes, r.dense_f32_bytes, r.layout)
+        }
     );
     Ok(())
 }
@@ -788,6 +800,11 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
                     bytes.len()
                 ))
             })?);
+            if v < 0 {
+                return Err(bad(format!(
+                    "tensor {name} is {v}: a count of steps, never negative"
+                )));
+            }
             used += 1;
             entries.push(Entry {
                 name,
@@ -835,6 +852,13 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
                 "tensor {name} is missing (neither dense nor CSR): not an export of {model}?"
             )));
         };
+        if name.ends_with(".running_var") {
+            if let Some(i) = value_slice(&value).iter().position(|&v| v < 0.0) {
+                return Err(bad(format!(
+                    "tensor {name}[{i}] is negative: a batch norm's running variance never is"
+                )));
+            }
+        }
         entries.push(Entry { name, shape, value });
     }
     if used != map.len() {
