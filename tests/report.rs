@@ -535,6 +535,41 @@ fn mask_pictures_of_each_model_family() {
     let img = image::open(&files[0]).unwrap();
     check_png(&files[0], (img.width(), img.height()));
 
+    // WRN-16-1: 16 filters 3x3 over RGB, the channels side by side (a blank column between
+    // them), cells wide enough for "mask 27/27"; filters 16-19 of the last band do not exist
+    // and get no frame. Thresholds 0.5 keep channel 2 (|w| = 0.9) and drop channels 0 and 1.
+    let w: Vec<f32> = (0..16 * 27)
+        .map(|i| [0.1, -0.2, 0.9][(i % 27) / 9] * if i % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    let ck = checkpoint(
+        "wrn-16-1",
+        vec![
+            ("conv1.weight", vec![16, 3, 3, 3], w),
+            ("conv1.threshold", vec![16], vec![0.5; 16]),
+        ],
+    );
+    let files = report::mask_images(&ck, &out).unwrap();
+    assert!(files[0].ends_with("conv1_filters.png"));
+    // 10 per row: cells of 12 px, pictures 11 cells wide, gaps of 14; 4 bands of 36 + 24 px.
+    check_png(
+        &files[0],
+        (14 + 10 * (11 * 12 + 14) + 14, 40 + 8 + 4 * 60 + 10),
+    );
+    let img = image::open(&files[0]).unwrap().to_rgb8();
+    let frame = |x: u32, y: u32| img.get_pixel(x, y).0 == [150, 150, 150];
+    // The first frame's top edge: the left edge of picture 0 at x = 13.
+    let top = (0..img.height()).find(|&y| frame(13, y)).unwrap();
+    let left = |col: u32| 13 + col * (11 * 12 + 14);
+    assert!(frame(left(5), top + 120), "filter 15 has a frame");
+    assert!(
+        !frame(left(6), top + 120),
+        "filter 16 does not exist: no frame"
+    );
+    // Filter 0's mask (band 1): channel 0 dropped (light), channel 2 kept (dark).
+    let cell = |c: u32| *img.get_pixel(14 + c * 4 * 12 + 6, top + 1 + 60 + 6);
+    assert_eq!(cell(0).0, [238, 238, 238]);
+    assert_eq!(cell(2).0, [20, 30, 80]);
+
     // LSTM-a: lstm1's input matrices over the 28 pixel columns.
     let w: Vec<f32> = (0..512 * 28)
         .map(|i| ((i % 28) as f32 - 13.5).abs() / 14.0 * if i % 3 == 0 { -1.0 } else { 1.0 })

@@ -4,8 +4,8 @@
 //! - a first layer that reads the 784 pixels (LeNet-300-100's fc1): a 28x28 heat map of the
 //!   fraction of its rows that keep each pixel, with a colour scale, and a grid of the masks of
 //!   the 48 neurons that keep the most;
-//! - a convolution over the image (LeNet-5-Caffe's conv1, 20 filters 5x5): every filter's weights
-//!   and mask;
+//! - a convolution over the image (LeNet-5-Caffe's conv1, 20 filters 5x5; the CIFAR-10 models'
+//!   conv1, 3x3 over RGB, the channels side by side): every filter's weights and mask;
 //! - an LSTM reading one 28-pixel image row per step (lstm1): per gate, the fraction of hidden
 //!   units whose input matrix keeps each pixel column, a 4x28 heat map.
 //!
@@ -221,8 +221,11 @@ fn heat_map(
     Ok(())
 }
 
-/// A grid of small pictures, each `ph` x `pw` cells coloured by `cell(i, y, x)`, with a caption
-/// per picture and a title.
+/// The input channels of a convolution's filter that `mask_images` draws.
+const MAX_CHANNELS: usize = 4;
+
+/// A grid of small pictures (those of `n` slots that are `present`), each `ph` x `pw` cells
+/// coloured by `cell(i, y, x)`, with a caption per picture and a title.
 #[allow(clippy::too_many_arguments)]
 fn picture_grid(
     area: &Area,
@@ -231,13 +234,14 @@ fn picture_grid(
     per_row: usize,
     (ph, pw): (usize, usize),
     px: u32,
+    present: &dyn Fn(usize) -> bool,
     caption: &dyn Fn(usize) -> String,
     cell: &dyn Fn(usize, usize, usize) -> RGBColor,
 ) -> DrawResult {
     let area = area.titled(title, (FAMILY, 17))?;
     let (cw, ch) = (pw as u32 * px, ph as u32 * px);
     let (gap_x, gap_y) = (14u32, 24u32);
-    for i in 0..n {
+    for i in (0..n).filter(|&i| present(i)) {
         let (gx, gy) = ((i % per_row) as u32, (i / per_row) as u32);
         let x0 = 14 + gx * (cw + gap_x);
         let y0 = 8 + gy * (ch + gap_y) + 16;
@@ -344,6 +348,7 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
                 per_row,
                 (28, 28),
                 px,
+                &|_| true,
                 &|i| {
                     let r = pick[i];
                     let kept = m[r * cols..(r + 1) * cols].iter().filter(|b| **b).count();
@@ -365,35 +370,46 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
                 "conv1.weight has shape {shape:?}, expected (c_out, c_in, kh, kw)"
             )));
         }
-        // Pictures show the first input channel (conv1 of an MNIST model has only that one).
-        let (c_out, kh, kw) = (shape[0], shape[2], shape[3]);
+        // A picture shows a filter's input channels side by side, a blank column between them
+        // (RGB for the CIFAR-10 models; only the first few where there are more).
+        let (c_out, c_in, kh, kw) = (shape[0], shape[1], shape[2], shape[3]);
+        let shown = c_in.min(MAX_CHANNELS);
+        let pw = shown * (kw + 1) - 1;
         let (w, t, rows, cols) = matrix(ck, "conv1.weight", "conv1.threshold", None)?;
         let m = mask(&w, &t, rows, cols);
         let (k, note) = keep_note(&m);
         let wmax = w.iter().fold(0f32, |a, b| a.max(b.abs())).max(1e-12) as f64;
-        // Each filter twice: weights (first input channel), then its mask.
+        // Each band of filters twice: weights, then their masks; as many bands as it takes.
         let per_row = 10.min(c_out);
-        let pictures = 2 * c_out;
-        let px = 12;
+        let pictures = 2 * per_row * c_out.div_ceil(per_row);
+        // Cells wide enough for the captions ("mask 27/27").
+        let px = 12.max(60u32.div_ceil(pw as u32));
+        let channels = match (c_in, shown) {
+            (1, _) => String::new(),
+            (3, 3) => ", channels R, G, B side by side".to_string(),
+            (c, s) if c == s => format!(", its {c} input channels side by side"),
+            (c, s) => format!(", the first {s} of its {c} input channels side by side"),
+        };
+        let filter = |i: usize| (i / per_row / 2) * per_row + i % per_row;
         let name = "conv1_filters.png";
         let png = render_png(
             &out.join(name),
-            grid_size(pictures, per_row, (kh, kw), px),
+            grid_size(pictures, per_row, (kh, pw), px),
             |a| {
                 picture_grid(
                 a,
                 &format!(
-                    "{model} conv1: {c_out} filters {kh}x{kw} (red +, blue -), masks below (dark: kept); keep {:.1}%{epoch}{note}",
+                    "{model} conv1: {c_out} filters {kh}x{kw}{channels} (red +, blue -), masks below (dark: kept); keep {:.1}%{epoch}{note}",
                     100.0 * k
                 ),
                 pictures,
                 per_row,
-                (kh, kw),
+                (kh, pw),
                 px,
+                &|i| filter(i) < c_out,
                 &|i| {
-                    let (band, col) = (i / per_row, i % per_row);
-                    let f = (band / 2) * per_row + col;
-                    if band % 2 == 0 {
+                    let f = filter(i);
+                    if (i / per_row) % 2 == 0 {
                         format!("filter {f}")
                     } else {
                         let kept = m[f * cols..(f + 1) * cols].iter().filter(|b| **b).count();
@@ -401,12 +417,12 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
                     }
                 },
                 &|i, y, x| {
-                    let (band, col) = (i / per_row, i % per_row);
-                    let f = (band / 2) * per_row + col;
-                    if f >= c_out {
+                    let (band, f) = (i / per_row, filter(i));
+                    let (c, xx) = (x / (kw + 1), x % (kw + 1));
+                    if f >= c_out || xx == kw {
                         return WHITE;
                     }
-                    let j = f * cols + y * kw + x; // input channel 0
+                    let j = f * cols + (c * kh + y) * kw + xx;
                     if band % 2 == 0 {
                         diverging(w[j] as f64 / wmax)
                     } else if m[j] {
