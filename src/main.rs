@@ -150,7 +150,8 @@ enum Command {
     /// then sweep.md, sweep.csv and sweep.png (accuracy and remaining % against alpha).
     Sweep(SweepArgs),
     /// Reproduce a table of the paper: `table1` trains its MNIST rows (dense and DST, the paper's
-    /// settings, several seeds; resumable) and writes REPORT.md next to the paper's numbers.
+    /// settings, several seeds; resumable) and writes REPORT.md next to the paper's numbers; its
+    /// CIFAR-10 rows with `--model vgg16 --model wrn-16-8 --data DIR` (160 epochs each).
     Reproduce {
         /// Which table: table1.
         table: String,
@@ -159,7 +160,8 @@ enum Command {
         /// Epochs per run [default: the paper's 20; 3 with --quick].
         #[arg(long, allow_negative_numbers = true)]
         epochs: Option<usize>,
-        /// Folder with the four MNIST IDX files; default: the embedded subset.
+        /// Folder of the models' dataset: MNIST's four IDX files (default: the embedded subset),
+        /// or CIFAR-10's six batches for vgg16 and wrn-16-8 (one dataset per command).
         #[arg(long)]
         data: Option<PathBuf>,
         #[arg(long, default_value = "runs/table1")]
@@ -529,9 +531,9 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             } else if quick {
                 vec!["lenet300".into()]
             } else {
-                dst::report::table::PAPER_TABLE1
-                    .iter()
-                    .map(|r| r.model.to_string())
+                dst::report::table::mnist_rows()
+                    .into_iter()
+                    .map(str::to_string)
                     .collect()
             };
             let r = dst::study::Reproduce {

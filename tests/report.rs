@@ -381,6 +381,42 @@ fn rows_keep_data_folders_apart_and_count_a_seed_once() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// Table 1's CIFAR-10 rows sit beside VGG-16 runs: the dense accuracy, and the paper's two DST
+/// results as `a / b`, named in the note under the table.
+#[test]
+fn cifar_rows_show_the_papers_two_dst_results() {
+    let root = tmp("cifar-rows");
+    for (name, dense) in [("dense", true), ("dst", false)] {
+        write_fake(
+            &root.join(name),
+            &Fake {
+                model: "vgg16",
+                dense,
+                alpha: 5e-6,
+                seed: 1,
+                epochs: 1,
+                history: vec![(90.0, if dense { 1.0 } else { 0.1 })],
+                valid: None,
+                finished: true,
+            },
+        );
+    }
+    let runs = report::load_runs(std::slice::from_ref(&root)).unwrap();
+    let md = table::markdown(&table::rows(&runs), true);
+    for want in [
+        "| 93.75 ± 0.21 | 100 |",
+        "| 93.93 ± 0.05 / 93.02 ± 0.37 | 8.82 ± 0.34 / 3.76 ± 0.53 |",
+        "CIFAR-10 rows: 160 epochs, two DST results each",
+    ] {
+        assert!(md.contains(want), "lacks {want:?}:\n{md}");
+    }
+    assert_eq!(
+        table::mnist_rows(),
+        ["lenet300", "lenet5", "lstm-a", "lstm-b"]
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn metrics_of_a_resumed_run_read_as_one_history() {
     let dir = tmp("resumed");
@@ -798,6 +834,12 @@ fn dst_lenet300_prunes_the_mnist_border() {
 fn bad_report_flags_are_clear_errors() {
     let empty = tmp("empty");
     let empty = empty.to_str().unwrap();
+    // The six CIFAR-10 file names (the files are located, not read, before a run starts).
+    let cifar = tmp("cifar-names");
+    for f in dst::data::cifar::FILES {
+        std::fs::write(cifar.join(f), b"").unwrap();
+    }
+    let cifar = cifar.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &["sweep", "--alpha", "0", "--out", "x"],
@@ -811,6 +853,22 @@ fn bad_report_flags_are_clear_errors() {
         (
             &["reproduce", "table1", "--model", "wrn"],
             "unknown model \"wrn\"",
+        ),
+        // One --data for models of both datasets: refused before any run trains.
+        (
+            &[
+                "reproduce",
+                "table1",
+                "--model",
+                "vgg16",
+                "--model",
+                "lenet300",
+                "--data",
+                cifar,
+                "--out",
+                empty,
+            ],
+            "holds CIFAR-10, but lenet300 trains on MNIST",
         ),
         (
             &["masks", "/nonexistent/ck.safetensors"],
