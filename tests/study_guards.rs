@@ -228,18 +228,35 @@ fn a_reproduction_refuses_runs_of_other_data_or_length() {
         "{e}"
     );
     // The full reproduction on a data folder over the quick one: the embedded data is named
-    // as such (not "data none").
+    // as such (not "data none"). The folder holds MNIST's files (a folder of the wrong dataset,
+    // or none, is refused before this check).
+    let elsewhere = tmp("elsewhere").join("mnist");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let subset = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist-subset");
+    for f in std::fs::read_dir(&subset).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, elsewhere.join(f.file_name().unwrap())).unwrap();
+    }
     let full = Reproduce {
-        data: Some(PathBuf::from("/elsewhere/mnist")),
+        data: Some(elsewhere.clone()),
         quick: false,
         ..quick(None, Some(3))
     };
     let e = err_of(study::reproduce(&full, &out, &mut Quiet));
     assert!(
         e.contains("was trained with data the embedded subset, limit_train 6000")
-            && e.contains("asks for data /elsewhere/mnist, limit_train none"),
+            && e.contains(&format!(
+                "asks for data {}, limit_train none",
+                elsewhere.display()
+            )),
         "{e}"
     );
+    let missing = Reproduce {
+        data: Some(PathBuf::from("/elsewhere/mnist")),
+        ..full.clone()
+    };
+    let e = err_of(study::reproduce(&missing, &out, &mut Quiet));
+    assert!(e.contains("/elsewhere/mnist: no such folder"), "{e}");
     assert!(!e.contains("data none"), "{e}");
     let report = study::reproduce(&quick(None, None), &out, &mut Quiet).unwrap();
     let md = std::fs::read_to_string(report).unwrap();
