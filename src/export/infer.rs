@@ -70,7 +70,7 @@ pub struct Plan {
 }
 
 /// Whether `model` has sparse inference (`Net`): LeNet-300-100 and LeNet-5-Caffe. `dst infer`
-/// runs the other models' exports through the trainer's evaluation plan (`run_dense`).
+/// runs the other models' exports through the trainer's evaluation plan (`run`).
 pub fn has_sparse(model: &str) -> bool {
     matches!(model, "lenet300" | "lenet5")
 }
