@@ -85,15 +85,13 @@ fn wrn_16_1_learns_digits() {
     let only = tmp("cifar_models", "wrn-test-only");
     std::fs::create_dir_all(&only).unwrap();
     std::fs::copy(data.join("test_batch.bin"), only.join("test_batch.bin")).unwrap();
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
-        .args(["eval", "--checkpoint"])
-        .arg(&out)
-        .arg("--data")
-        .arg(&only)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = dst_ok(&[
+        "eval".as_ref(),
+        "--checkpoint".as_ref(),
+        out.as_ref(),
+        "--data".as_ref(),
+        only.as_ref(),
+    ]);
     assert!(
         text.contains(&format!(
             "test accuracy {:.2}% on the 100 test images of CIFAR-10 in {}",
@@ -124,6 +122,20 @@ fn wrn_16_1_learns_digits() {
     assert_eq!(tensor("block2_1.shortcut.threshold").len(), 32);
     assert_eq!(tensor("fc.threshold").len(), 10);
     exports_like_eval(&out, &only, &layers, &summary);
+}
+
+/// The binary's stdout for `args`, which must succeed.
+fn dst_ok(args: &[&std::ffi::OsStr]) -> String {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// The run at `out` exported dense and CSR: the masks keep what the trainer's GPU counted per
@@ -175,17 +187,14 @@ fn exports_like_eval(
     );
     // `dst infer` on the CSR export through the binary.
     let pred = out.join("predictions.csv");
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
-        .arg("infer")
-        .arg(&loaded[1].0)
-        .arg("--data")
-        .arg(test_only)
-        .arg("--out")
-        .arg(&pred)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = dst_ok(&[
+        "infer".as_ref(),
+        loaded[1].0.as_ref(),
+        "--data".as_ref(),
+        test_only.as_ref(),
+        "--out".as_ref(),
+        pred.as_ref(),
+    ]);
     assert!(
         text.contains(&format!(
             "test accuracy {:.2}% on the 100 test images of CIFAR-10 in {}, dense inference",
