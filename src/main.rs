@@ -1154,7 +1154,9 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
         source: t.source,
     };
     let gpu = Gpu::from_env()?;
-    let (acc, layers, adapter) = train::evaluate_checkpoint(gpu, &checkpoint, &data)?;
+    let mut progress = dst::export::infer::progress_line(data.test.count);
+    let (acc, layers, adapter) =
+        train::evaluate_checkpoint_with(gpu, &checkpoint, &data, &mut progress)?;
     eprintln!("adapter: {adapter}");
     print_table(&layers);
     let kept: u64 = layers.iter().map(|l| l.kept).sum();

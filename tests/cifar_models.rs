@@ -294,7 +294,7 @@ fn vgg16_resume_is_bit_identical() {
     let test = dst::data::cifar::load_test_dir(&data).unwrap().test;
     let want = dst::train::checkpoint_logits(gpu(), &ck_path, &test).unwrap();
     let dense = dst::export::to_checkpoint(&e).unwrap();
-    let (got, _) = dst::train::restored_logits(gpu(), &dense, &file, &test).unwrap();
+    let (got, _) = dst::train::restored_logits(gpu(), &dense, &file, &test, &mut |_| {}).unwrap();
     assert_eq!(got.len(), 40);
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{g} vs {w}");

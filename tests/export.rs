@@ -768,7 +768,7 @@ fn lstm_export_infers_like_eval() {
         let e = export::load(&path).unwrap();
         let ck = export::to_checkpoint(&e).unwrap();
         assert_eq!(ck.meta("masked"), Some("false"));
-        let (got, _) = train::restored_logits(gpu(), &ck, &path, &data.test).unwrap();
+        let (got, _) = train::restored_logits(gpu(), &ck, &path, &data.test, &mut |_| {}).unwrap();
         assert_eq!(got.len(), want.len());
         let worst = got
             .iter()
@@ -995,4 +995,30 @@ fn batch_norm_counters_travel_and_are_checked() {
         ),
         "block2_1.bn1.running_var[0] is negative",
     );
+}
+
+/// `dst eval`'s evaluation in chunks gives one submission's loss and accuracy, and reports the
+/// images done after each chunk.
+#[test]
+fn evaluation_in_chunks_reports_progress_and_the_same_figures() {
+    let _g = serial();
+    let ck_path = checkpoint("lenet300", 640);
+    let ck = Checkpoint::load(&ck_path).unwrap();
+    let session = train::Session::new(gpu(), "lenet300", true, 0, false).unwrap();
+    session.restore(&ck, &ck_path, false).unwrap();
+    let data = dst::data::load_embedded();
+    let test = session.upload("test", &data.test).unwrap();
+    let plan = session.eval_plan(&test, 0.0).unwrap();
+    let whole = session.evaluate(&plan, &test).unwrap();
+    let mut seen = Vec::new();
+    let chunked = session
+        .evaluate_in_chunks(&plan, &test, 1, &mut |d| seen.push(d))
+        .unwrap();
+    assert_eq!(whole, chunked);
+    let b = plan.batch;
+    let want: Vec<usize> = (1..=2000usize.div_ceil(b))
+        .map(|i| (i * b).min(2000))
+        .collect();
+    assert!(want.len() > 1, "batch {b}");
+    assert_eq!(seen, want);
 }

@@ -539,6 +539,25 @@ pub fn batch_note(gpu: &Gpu, net: &Net, asked: usize, what: &str) -> Option<Stri
     })
 }
 
+/// A progress reporter for an evaluation of `total` images: on a terminal, one line on stderr
+/// rewritten as images are done and cleared at the end; elsewhere (logs, pipes) nothing.
+pub fn progress_line(total: usize) -> impl FnMut(usize) {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    move |done: usize| {
+        if !tty {
+            return;
+        }
+        let mut e = std::io::stderr();
+        if done >= total {
+            let _ = write!(e, "\r\x1b[K");
+        } else {
+            let _ = write!(e, "\r  {done}/{total} test images");
+        }
+        let _ = e.flush();
+    }
+}
+
 /// `dst infer`'s batch of sparse inference unless `--batch` is given.
 pub const DEFAULT_BATCH: usize = 500;
 
@@ -669,7 +688,9 @@ pub fn run(
             for line in layer_table(&export) {
                 println!("{line}");
             }
-            let (l, secs) = crate::train::restored_logits(gpu, &ck, file, &test.images)?;
+            let mut progress = progress_line(count);
+            let (l, secs) =
+                crate::train::restored_logits(gpu, &ck, file, &test.images, &mut progress)?;
             let how = format!(
                 "dense inference (the masked weights, zeros included, through the trainer's \
                  kernels: {} has no sparse inference kernels)",

@@ -699,15 +699,29 @@ pub fn evaluate_checkpoint(
     path: &Path,
     data: &Mnist,
 ) -> Result<(f64, Vec<LayerStats>, String)> {
+    evaluate_checkpoint_with(gpu, path, data, &mut |_| {})
+}
+
+/// Evaluation batches per submission where a command reports its progress.
+pub const EVAL_CHUNK: usize = 10;
+
+/// `evaluate_checkpoint` calling `progress(images done)` every `EVAL_CHUNK` batches (`dst eval`
+/// on a slow adapter); the same accuracy.
+pub fn evaluate_checkpoint_with(
+    gpu: Gpu,
+    path: &Path,
+    data: &Mnist,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(f64, Vec<LayerStats>, String)> {
     let (session, test, plan) = restored_eval(gpu, path, &data.test)?;
-    let (_, acc) = session.evaluate(&plan, &test)?;
+    let (_, acc) = session.evaluate_in_chunks(&plan, &test, EVAL_CHUNK, progress)?;
     Ok((acc, session.layer_stats()?, session.gpu.describe()))
 }
 
 /// The masked model's logits `(count, classes)` of every test image of `data`, computed by the
 /// evaluation plan (batches of up to 500, the reset rule applied as in `evaluate_checkpoint`).
 pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> Result<Vec<f32>> {
-    Ok(restored_logits(gpu, &Checkpoint::load(path)?, path, data)?.0)
+    Ok(restored_logits(gpu, &Checkpoint::load(path)?, path, data, &mut |_| {})?.0)
 }
 
 /// `checkpoint_logits` of a checkpoint in memory (`path` names it in errors), with the seconds
@@ -718,6 +732,7 @@ pub fn restored_logits(
     ck: &Checkpoint,
     path: &Path,
     data: &crate::data::Dataset,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<(Vec<f32>, f64)> {
     let (session, _, plan) = restored_eval_of(gpu, ck, path, data)?;
     let t = std::time::Instant::now();
@@ -736,6 +751,7 @@ pub fn restored_logits(
         )?;
         let l = session.gpu.read::<f32>(&plan.logits)?;
         out.extend_from_slice(&l[..valid * classes]);
+        progress(out.len() / classes);
     }
     Ok((out, t.elapsed().as_secs_f64()))
 }

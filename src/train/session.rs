@@ -193,6 +193,18 @@ impl Session {
 
     /// Test loss and accuracy over `data` (forward passes with the reset rule, as in training).
     pub fn evaluate(&self, plan: &Plan, data: &GpuData) -> Result<(f64, f64)> {
+        self.evaluate_in_chunks(plan, data, usize::MAX, &mut |_| {})
+    }
+
+    /// `evaluate` submitted `chunk` batches at a time, `progress(images done)` after each
+    /// submission: the same sums in the same order (the statistics add up on the GPU until read).
+    pub fn evaluate_in_chunks(
+        &self,
+        plan: &Plan,
+        data: &GpuData,
+        chunk: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<(f64, f64)> {
         let b = plan.batch;
         let infos: Vec<StepInfo> = (0..data.count.div_ceil(b))
             .map(|i| StepInfo {
@@ -201,7 +213,12 @@ impl Session {
                 ..Default::default()
             })
             .collect();
-        self.run_steps(plan, &infos)?;
+        let mut done = 0;
+        for part in infos.chunks(chunk.max(1)) {
+            self.run_steps(plan, part)?;
+            done += part.iter().map(|i| i.valid as usize).sum::<usize>();
+            progress(done);
+        }
         let s = self.take_stats(&plan.stats)?;
         Ok((
             s.loss_sum / infos.len() as f64,
