@@ -268,6 +268,16 @@ fn a_reproduction_refuses_runs_of_other_data_or_length() {
         md.contains("`dst reproduce table1 --seeds 1 --quick --model lenet300`"),
         "{md}"
     );
+    // An MNIST reproduction: so titled, and the CIFAR-10 rows' command named (they are in this
+    // build).
+    assert!(
+        md.starts_with("# Reproduction of Table 1 (MNIST rows)")
+            && md.contains(
+                "- Table 1's CIFAR-10 rows: `dst reproduce table1 --model vgg16 --model wrn-16-8"
+            )
+            && !md.contains("not in this build"),
+        "{md}"
+    );
 
     let out = tmp("reproduce4");
     for (dir, cfg) in quick(None, Some(4)).runs(&out).unwrap() {
