@@ -110,15 +110,16 @@ fn controller_state_survives_a_resume() {
         "the controller's alpha is checkpointed"
     );
     run(&cfg, &b, true).unwrap();
-    let (ca, cb) = (
-        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
-        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
-    );
-    assert_eq!(ca.meta("alpha"), cb.meta("alpha"));
-    for ((na, _, va), (_, _, vb)) in ca.tensors.iter().zip(&cb.tensors) {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(bits(va) == bits(vb), "tensor {na} differs after resume");
-    }
+    assert_same_checkpoints(&a, &b);
+    assert_eq!(alpha_of(&a), alpha_of(&b));
+}
+
+/// The controller's alpha in a run's checkpoint.
+fn alpha_of(run: &std::path::Path) -> Option<String> {
+    Checkpoint::load(&run.join("checkpoint.safetensors"))
+        .unwrap()
+        .meta("alpha")
+        .map(str::to_string)
 }
 
 /// A targeted run without --target-epoch, resumed for more epochs, keeps the target epoch of the
@@ -151,15 +152,8 @@ fn a_longer_resume_keeps_the_target_epoch() {
         false,
     )
     .unwrap();
-    let (ca, cb) = (
-        Checkpoint::load(&a.join("checkpoint.safetensors")).unwrap(),
-        Checkpoint::load(&b.join("checkpoint.safetensors")).unwrap(),
-    );
-    assert_eq!(ca.meta("alpha"), cb.meta("alpha"));
-    for ((na, _, va), (_, _, vb)) in ca.tensors.iter().zip(&cb.tensors) {
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert!(bits(va) == bits(vb), "tensor {na} differs");
-    }
+    assert_same_checkpoints(&a, &b);
+    assert_eq!(alpha_of(&a), alpha_of(&b));
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
     assert_eq!(

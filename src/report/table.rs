@@ -227,15 +227,14 @@ pub fn fmt_alpha(a: f64) -> String {
 /// validation split.
 fn data_label(r: &Run, full: bool) -> String {
     let canonical = r.config.data.as_ref().and_then(|d| d.canonicalize().ok());
-    let src = match &r.config.data {
-        Some(_) if full && canonical.is_some() => canonical.unwrap().display().to_string(),
-        Some(d) => d
+    let mut s = match (&r.config.data, canonical) {
+        (Some(_), Some(c)) if full => c.display().to_string(),
+        (Some(d), _) => d
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| d.display().to_string()),
-        None => "embedded subset".into(),
+        (None, _) => "embedded subset".into(),
     };
-    let mut s = src;
     if let Some(n) = r.config.limit_train {
         let _ = write!(s, ", first {n} train");
     }
