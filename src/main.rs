@@ -99,7 +99,8 @@ enum Command {
         out: PathBuf,
     },
     /// Classify the test set from an export: sparse GPU inference for lenet300 and lenet5, the
-    /// masked weights through the trainer's dense kernels for the other models.
+    /// trainer's evaluation for the other models (the dense model on the masked weights; an LSTM
+    /// whose gate matrices keep few weights runs masked on a CPU adapter, from its kept weights).
     Infer {
         file: PathBuf,
         /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
@@ -117,14 +118,16 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Samples/s of dense-masked against sparse inference of an export at batch 1, 64 and 1024
-    /// (best of 3 alternating rounds each).
+    /// (best of 3 alternating rounds each); for the models without sparse inference kernels
+    /// (LSTMs, CIFAR-10), the trainer's evaluation of the dense model against the masked one.
     BenchInfer {
         file: PathBuf,
-        /// Folder with the MNIST test files (t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte,
-        /// raw or .gz; the inputs); default: the embedded subset.
+        /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
+        /// (raw or .gz; default: the embedded subset), CIFAR-10's test_batch.bin (required).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Samples timed per batch size and mode (at least 3 batches).
+        /// Samples timed per batch size and mode (at least 3 batches; the models without sparse
+        /// kernels: the first this many test images).
         #[arg(long, default_value_t = 8192, allow_negative_numbers = true)]
         samples: usize,
     },

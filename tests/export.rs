@@ -585,7 +585,7 @@ fn infer_reads_only_the_test_files_and_lists_every_masked_layer() {
     let dir = tmp("l5-cli");
     let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
     let e = export::load(&csr_path).unwrap();
-    let table = infer::layer_table(&e);
+    let table = infer::layer_table(&e, infer::Route::Sparse);
     let names: Vec<&str> = table
         .iter()
         .map(|l| l.split_whitespace().next().unwrap())
@@ -705,26 +705,22 @@ fn a_bad_shape_in_the_metadata_is_printed_plainly() {
         "{err}"
     );
     assert!(!err.contains("Some("), "{err}");
-    // The LSTM refusal names the command that refused.
-    let err = infer::check_supported_by("dst bench-infer", "lstm-b")
-        .unwrap_err()
-        .to_string();
-    assert!(err.starts_with("dst bench-infer runs"), "{err}");
+    // Sparse inference's refusal of an LSTM names where its exports run.
+    let err = infer::check_supported("lstm-b").unwrap_err().to_string();
+    assert!(
+        err.starts_with("sparse inference runs lenet300 and lenet5 exports")
+            && err.contains("an export of lstm-b runs in `dst infer` and `dst bench-infer`"),
+        "{err}"
+    );
 }
 
-/// A synthetic LSTM-a export: `dst infer` classifies with it through the trainer's dense kernels
-/// (and says so), `dst bench-infer`, which compares sparse with dense inference, refuses it
-/// naming itself and where the export runs instead.
+/// A synthetic LSTM-a export without zeros (as a dense run's): `dst infer` classifies with it
+/// through the trainer's dense kernels and says so; `dst bench-infer` compares the dense model
+/// with the masked one and says that `dst infer` runs the dense one.
 #[test]
-fn lstm_exports_infer_densely_and_bench_infer_refuses_them() {
-    let mut ck = Checkpoint::default();
-    ck.metadata.insert("model".into(), "lstm-a".into());
-    for s in export::model_params("lstm-a").unwrap() {
-        let n = s.shape.iter().product();
-        ck.tensors
-            .push((s.name.to_string(), s.shape.clone(), vec![0.1; n]));
-    }
-    let (e, _) = export::from_checkpoint(&ck, Path::new("lstm"), Layout::Csr).unwrap();
+fn lstm_exports_infer_densely_and_bench_infer_compares_evaluations() {
+    let e = lstm_export(1.0, 1);
+    assert!(!export::has_pruned_weights(&e));
     let p = tmp("lstm-cli").join("lstm-a.safetensors");
     std::fs::write(&p, export::serialize(&e).unwrap()).unwrap();
     let (ok, out, err) = {
@@ -744,12 +740,121 @@ fn lstm_exports_infer_densely_and_bench_infer_refuses_them() {
         ),
         "{out}"
     );
-    let (ok, _, err) = dst_cli(&["bench-infer", p.to_str().unwrap()]);
+    assert_eq!(out.matches("dense (the masked weights)").count(), 4, "{out}");
+    assert!(!out.contains("fc.weight"), "the head has no mask: {out}");
+    let (ok, out, err) = {
+        let _g = serial();
+        dst_cli(&["bench-infer", p.to_str().unwrap(), "--samples", "100"])
+    };
+    assert!(ok, "{err}");
     assert!(
-        !ok && err.contains("error: dst bench-infer runs lenet300 and lenet5 exports")
-            && err.contains("an export of lstm-a runs in `dst infer`"),
-        "{err}"
+        out.contains(
+            "lstm-a (csr export) has no sparse inference kernels: the trainer's evaluation of \
+             the dense model against the masked one, batches of 100, 100 test images of the \
+             embedded MNIST subset"
+        ) && out.contains("`dst infer` runs this export as the dense model"),
+        "{out}"
     );
+    assert_eq!(out.matches("dense, masked").count(), 4, "{out}");
+}
+
+/// A synthetic LSTM-a export: U(-0.4, 0.4) weights, each gate matrix keeping about `keep` of
+/// them (the others exactly 0), the head dense.
+fn lstm_export(keep: f64, seed: u64) -> export::Export {
+    let mut state = seed;
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut ck = Checkpoint::default();
+    ck.metadata.insert("model".into(), "lstm-a".into());
+    for s in export::model_params("lstm-a").unwrap() {
+        let n = s.shape.iter().product();
+        let v = (0..n)
+            .map(|_| {
+                let w = ((uniform() - 0.5) * 0.8) as f32;
+                let kept = s.threshold.is_none() || uniform() < keep;
+                if kept && w != 0.0 {
+                    w
+                } else if kept {
+                    0.25
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        ck.tensors.push((s.name.to_string(), s.shape.clone(), v));
+    }
+    export::from_checkpoint(&ck, Path::new("lstm"), Layout::Csr)
+        .unwrap()
+        .0
+}
+
+/// An LSTM-a export keeping 3 % of each gate matrix (under the 5 % at which a CPU adapter's
+/// trainer runs the LSTM's products over the kept weights): its masked checkpoint (every
+/// threshold 0) computes the dense model's logits; on a CPU adapter `dst infer` runs it so and
+/// marks the layers; `dst bench-infer` gives both evaluations' logits within float rounding.
+#[test]
+fn a_pruned_lstm_export_infers_from_its_kept_weights() {
+    let e = lstm_export(0.03, 7);
+    assert!(export::has_pruned_weights(&e));
+    let masked = export::to_masked_checkpoint(&e).unwrap();
+    assert_eq!(masked.meta("masked"), Some("true"));
+    for part in ["ih", "hh"] {
+        let (_, shape, t) = masked.get(&format!("lstm2.threshold_{part}")).unwrap();
+        assert_eq!((shape.as_slice(), t.iter().all(|&t| t == 0.0)), (&[512][..], true));
+    }
+    let table = infer::layer_table(&e, infer::Route::Masked(dst::gpu::AdapterClass::Cpu));
+    assert_eq!(table.len(), 4, "{table:?}");
+    for line in &table {
+        assert!(line.ends_with("its kept weights only"), "{line}");
+    }
+    let table = infer::layer_table(&e, infer::Route::Masked(dst::gpu::AdapterClass::Gpu));
+    assert!(table.iter().all(|l| l.ends_with("dense, masked")), "{table:?}");
+
+    let mut data = dst::data::load_embedded();
+    data.test = data.test.limit(200);
+    let p = tmp("lstm-pruned").join("lstm-a.safetensors");
+    std::fs::write(&p, export::serialize(&e).unwrap()).unwrap();
+    let _g = serial();
+    let g = gpu();
+    let on_cpu = g.class == dst::gpu::AdapterClass::Cpu;
+    assert_eq!(infer::masked_evaluation(&g, &e), on_cpu);
+    let dense = export::to_checkpoint(&e).unwrap();
+    let (want, _) = train::restored_logits(g, &dense, &p, &data.test, &mut |_| {}).unwrap();
+    let (got, _) = train::restored_logits(gpu(), &masked, &p, &data.test, &mut |_| {}).unwrap();
+    assert_eq!(got.len(), 2000);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "logits differ by {worst}");
+    assert!(want.iter().any(|&l| l.abs() > 1e-3), "the logits say something");
+
+    let (ok, out, err) = dst_cli(&["infer", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    if on_cpu {
+        assert!(
+            out.contains("masked inference (the trainer's masked evaluation: the layers marked \
+                          above compute from their kept weights only) of lstm-a (csr export)"),
+            "{out}"
+        );
+        assert_eq!(out.matches("its kept weights only").count(), 4, "{out}");
+    }
+    let (ok, out, err) = dst_cli(&["bench-infer", p.to_str().unwrap(), "--samples", "100"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.contains("`dst infer` runs this export as the dense model"),
+        !on_cpu,
+        "{out}"
+    );
+    let mut lines = out.lines().skip_while(|l| !l.contains("max |dlogit|"));
+    let row = lines.nth(1).unwrap();
+    let diff: f32 = row.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(diff <= 1e-4, "{row}");
 }
 
 /// A trained LSTM-a's export, run by `dst infer`'s dense path (`to_checkpoint`: nn.LSTM's two

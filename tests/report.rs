@@ -690,7 +690,8 @@ fn file_state(p: &Path) -> (std::time::SystemTime, Vec<u8>) {
 
 /// A real tiny sweep (LeNet-300-100, 2 alphas x 1 seed and the dense baseline, 256 images, 2
 /// epochs) that starts with one run interrupted after its first epoch: that run resumes, the
-/// others are trained; a second call redoes nothing; the tables agree with the summaries.
+/// others are trained; a second call redoes nothing; the tables agree with the summaries; a run
+/// whose summary is lost gets it back without training.
 #[test]
 fn tiny_sweep_resumes_and_reports() {
     let out = tmp("sweep");
@@ -778,6 +779,41 @@ fn tiny_sweep_resumes_and_reports() {
         );
     }
     check_png(&out.join("sweep.png"), (1000, 900));
+
+    // A run that stopped between its last checkpoint and its summary gets its summary back from
+    // the checkpoint, without training again.
+    let (dir, cfg) = &grid[2];
+    let summary = std::fs::read(dir.join("summary.json")).unwrap();
+    let checkpoint = file_state(&dir.join("checkpoint.safetensors"));
+    std::fs::remove_file(dir.join("summary.json")).unwrap();
+    assert_eq!(study::run_state(dir, cfg), RunState::Resume);
+    study::sweep(&spec, &out, &mut Quiet).unwrap();
+    assert!(
+        file_state(&dir.join("checkpoint.safetensors")) == checkpoint,
+        "the finished run was trained again"
+    );
+    // The same figures (read back from metrics.jsonl: equal to about 1e-16).
+    let rounded = |bytes: &[u8]| {
+        let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+        fn round(v: &serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::Number(n) if n.is_f64() => {
+                    format!("{:.12e}", n.as_f64().unwrap()).into()
+                }
+                serde_json::Value::Array(a) => a.iter().map(round).collect(),
+                serde_json::Value::Object(o) => {
+                    o.iter().map(|(k, v)| (k.clone(), round(v))).collect()
+                }
+                v => v.clone(),
+            }
+        }
+        round(&v)
+    };
+    assert_eq!(
+        rounded(&std::fs::read(dir.join("summary.json")).unwrap()),
+        rounded(&summary)
+    );
+    assert_eq!(study::run_state(dir, cfg), RunState::Done);
 }
 
 /// DST LeNet-300-100 on 6400 embedded images (alpha 5e-3, 5 epochs, ~11 s on lavapipe): fc1

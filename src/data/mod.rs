@@ -503,7 +503,7 @@ pub fn idx_files(
     names: &[&str],
     dataset: &'static str,
 ) -> Result<Vec<PathBuf>, DataError> {
-    check_folder(dir, "MNIST")?;
+    check_folder(dir, dataset)?;
     let mut paths = Vec::with_capacity(names.len());
     let mut missing = Vec::new();
     for name in names {

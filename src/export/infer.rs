@@ -77,19 +77,14 @@ pub fn has_sparse(model: &str) -> bool {
 
 /// The models sparse inference (`Net`) runs.
 pub fn check_supported(model: &str) -> anyhow::Result<()> {
-    check_supported_by("sparse inference", model)
-}
-
-/// The models sparse inference runs, in the words of `command` (`dst bench-infer`).
-pub fn check_supported_by(command: &str, model: &str) -> anyhow::Result<()> {
     if has_sparse(model) {
         return Ok(());
     }
     crate::models::check_name(model)?;
     anyhow::bail!(
-        "{command} runs lenet300 and lenet5 exports, the models with sparse inference kernels; \
-         an export of {model} runs in `dst infer` on the trainer's dense kernels (masked weights, \
-         zeros included), or loads in PyTorch or scipy"
+        "sparse inference runs lenet300 and lenet5 exports, the models with sparse inference \
+         kernels; an export of {model} runs in `dst infer` and `dst bench-infer` through the \
+         trainer's evaluation, or loads in PyTorch or scipy"
     )
 }
 
@@ -153,11 +148,70 @@ pub fn load_test(dir: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
     })
 }
 
+/// How `dst infer` computes an export's weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Sparse inference (`Net`): LeNet-300-100 and LeNet-5.
+    Sparse,
+    /// The dense model's checkpoint through the trainer's evaluation plan (`to_checkpoint`).
+    Dense,
+    /// The masked model's checkpoint through the trainer's evaluation plan
+    /// (`to_masked_checkpoint`) on an adapter of this class: layers that keep few weights
+    /// compute from the kept ones (`kept_products`).
+    Masked(crate::gpu::AdapterClass),
+}
+
+/// An LSTM gate matrix (`weight_ih`, `weight_hh`): its masked layer has a switch between the
+/// dense and the kept-weight products in every plan where the trainer's LSTM ratio is above 0.
+fn lstm_gates(e: &super::Entry) -> bool {
+    e.name.contains(".weight_hh") || e.name.contains(".weight_ih")
+}
+
+/// Whether the trainer's masked evaluation on an adapter of `class` computes the LSTM gate
+/// matrix `e` from its kept weights only: it keeps at most the LSTM switch ratio of its weights
+/// (`kernels::sparse::default_sparse_keep_lstm`), the bound the trainer's switch compares the
+/// same count with. False for any other weight: whether a convolution or linear layer switches
+/// depends on the plan (batch, buffer limits, input density), so `dst infer` runs those models
+/// dense.
+pub fn kept_products(class: crate::gpu::AdapterClass, e: &super::Entry) -> bool {
+    let ratio = crate::kernels::sparse::default_sparse_keep_lstm(class);
+    let numel: usize = e.shape.iter().product();
+    lstm_gates(e) && ratio > 0.0 && e.csr().nnz() as f64 <= (ratio.min(1.0) * numel as f64).floor()
+}
+
+/// The export's masked weights (weights, biases and other tensors left out).
+fn masked_entries(export: &Export) -> Vec<&super::Entry> {
+    let specs = super::model_params(&export.model).unwrap_or_default();
+    export
+        .entries
+        .iter()
+        .filter(|e| {
+            specs
+                .iter()
+                .any(|s| s.export == e.name && s.threshold.is_some())
+        })
+        .collect()
+}
+
+/// Whether `dst infer` runs an export without sparse inference kernels through the trainer's
+/// masked evaluation on `gpu`: an LSTM export with a gate matrix that computes from its kept
+/// weights there (CPU adapters; on GPUs the dense products are the fast path and the switches
+/// are off).
+pub fn masked_evaluation(gpu: &Gpu, export: &Export) -> bool {
+    masked_evaluation_on(gpu.class, export)
+}
+
+fn masked_evaluation_on(class: crate::gpu::AdapterClass, export: &Export) -> bool {
+    masked_entries(export)
+        .into_iter()
+        .any(|e| kept_products(class, e))
+}
+
 /// One line per weight with a mask (fully connected and convolutional): its shape, the weights
-/// kept of the total, and how inference computes it.
-pub fn layer_table(export: &Export) -> Vec<String> {
-    let sparse = has_sparse(&export.model);
-    let weights = || export.entries.iter().filter(|e| e.shape.len() >= 2);
+/// kept of the total, and how inference computes it (`route`).
+pub fn layer_table(export: &Export, route: Route) -> Vec<String> {
+    let masked = masked_entries(export);
+    let weights = || masked.iter().copied();
     let width = weights().map(|e| e.name.len()).max().unwrap_or(0).max(14);
     let dims = |e: &super::Entry| {
         e.shape
@@ -172,12 +226,13 @@ pub fn layer_table(export: &Export) -> Vec<String> {
             let shape = dims(e);
             let kept = e.csr().nnz();
             let total: usize = e.shape.iter().product();
-            let how = if !sparse {
-                "dense (the masked weights)"
-            } else if e.shape.len() == 2 {
-                "sparse (CSR)"
-            } else {
-                "dense (conv on the masked weights)"
+            let how = match route {
+                Route::Dense => "dense (the masked weights)",
+                Route::Masked(class) if kept_products(class, e) => "its kept weights only",
+                Route::Masked(_) if lstm_gates(e) => "dense, masked",
+                Route::Masked(_) => "masked (the trainer's products)",
+                Route::Sparse if e.shape.len() == 2 => "sparse (CSR)",
+                Route::Sparse => "dense (conv on the masked weights)",
             };
             format!(
                 "{:<width$} {:<shape_width$} {:>17} kept ({:.2}%), {how}",
@@ -648,56 +703,70 @@ pub fn run(
     let sparse = has_sparse(&export.model);
     let test = test_set(&export.model, data)?;
     check_images(&export.model, &test.images)?;
-    let ck = if sparse {
-        None
-    } else {
-        Some(super::to_checkpoint(&export).map_err(anyhow::Error::msg)?)
-    };
+    // Fails here, before the adapter opens, for an export without the model's tensors.
+    if !sparse {
+        super::to_checkpoint(&export).map_err(anyhow::Error::msg)?;
+    }
     let gpu = Gpu::from_env()?;
     eprintln!("adapter: {}", gpu.describe());
     let count = test.images.count;
-    let (l, secs, how) = match ck {
-        None => {
-            let kernels = Kernels::new(&gpu, None)?;
-            let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
-            let asked = batch.min(count.max(1));
-            let what = if asked == batch {
-                format!("--batch {batch}")
-            } else {
-                format!("--batch {batch} (all {asked} test images)")
-            };
-            if let Some(note) = batch_note(&gpu, &net, asked, &what) {
-                eprintln!("{note}");
-            }
-            for line in layer_table(&export) {
-                println!("{line}");
-            }
-            let t = Instant::now();
-            let l = logits(&gpu, &net, &test.images, batch)?;
-            (l, t.elapsed().as_secs_f64(), "sparse inference".to_string())
+    let (l, secs, how) = if sparse {
+        let kernels = Kernels::new(&gpu, None)?;
+        let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
+        let asked = batch.min(count.max(1));
+        let what = if asked == batch {
+            format!("--batch {batch}")
+        } else {
+            format!("--batch {batch} (all {asked} test images)")
+        };
+        if let Some(note) = batch_note(&gpu, &net, asked, &what) {
+            eprintln!("{note}");
         }
-        Some(ck) => {
-            if let Some(b) = asked_batch {
-                eprintln!(
-                    "note: --batch {b} is not used: {} has no sparse inference kernels, and its \
-                     export runs in the trainer's evaluation batches (the results do not depend \
-                     on the batch)",
-                    export.model
-                );
-            }
-            for line in layer_table(&export) {
-                println!("{line}");
-            }
-            let mut progress = progress_line(count);
-            let (l, secs) =
-                crate::train::restored_logits(gpu, &ck, file, &test.images, &mut progress)?;
-            let how = format!(
+        for line in layer_table(&export, Route::Sparse) {
+            println!("{line}");
+        }
+        let t = Instant::now();
+        let l = logits(&gpu, &net, &test.images, batch)?;
+        (l, t.elapsed().as_secs_f64(), "sparse inference".to_string())
+    } else {
+        if let Some(b) = asked_batch {
+            eprintln!(
+                "note: --batch {b} is not used: {} has no sparse inference kernels, and its \
+                 export runs in the trainer's evaluation batches (the results do not depend \
+                 on the batch)",
+                export.model
+            );
+        }
+        let masked = masked_evaluation(&gpu, &export);
+        let route = if masked {
+            Route::Masked(gpu.class)
+        } else {
+            Route::Dense
+        };
+        for line in layer_table(&export, route) {
+            println!("{line}");
+        }
+        let ck = if masked {
+            super::to_masked_checkpoint(&export)
+        } else {
+            super::to_checkpoint(&export)
+        }
+        .map_err(anyhow::Error::msg)?;
+        let mut progress = progress_line(count);
+        let (l, secs) =
+            crate::train::restored_logits(gpu, &ck, file, &test.images, &mut progress)?;
+        let how = if masked {
+            "masked inference (the trainer's masked evaluation: the layers marked above compute \
+             from their kept weights only)"
+                .to_string()
+        } else {
+            format!(
                 "dense inference (the masked weights, zeros included, through the trainer's \
                  kernels: {} has no sparse inference kernels)",
                 export.model
-            );
-            (l, secs, how)
-        }
+            )
+        };
+        (l, secs, how)
     };
     let classes = l.len() / count.max(1);
     let pred = predictions(&l, classes.max(1));
@@ -768,7 +837,9 @@ pub fn bench(
     samples: usize,
 ) -> anyhow::Result<()> {
     let export = super::load(file)?;
-    check_supported_by("dst bench-infer", &export.model)?;
+    if !has_sparse(&export.model) {
+        return bench_evaluation(file, &export, data, samples);
+    }
     let test = load_test(data)?;
     check_images(&export.model, &test.images)?;
     let gpu = Gpu::from_env()?;
@@ -820,6 +891,66 @@ pub fn bench(
         println!(
             "{b:>6} {reps:>8} {d:>18.0} {s:>18.0} {:>8.2}x {diff:>12.2e}",
             s / d
+        );
+    }
+    Ok(())
+}
+
+/// `dst bench-infer` of a model without sparse inference kernels: images/s of the trainer's
+/// evaluation of the dense model's checkpoint against the masked model's (`to_checkpoint`,
+/// `to_masked_checkpoint`) over the first `samples` test images, in one process (the best of
+/// `ROUNDS` alternating rounds each), and the largest logit difference between the two.
+fn bench_evaluation(
+    file: &std::path::Path,
+    export: &Export,
+    data: Option<&std::path::Path>,
+    samples: usize,
+) -> anyhow::Result<()> {
+    use crate::train::Restored;
+    let test = test_set(&export.model, data)?;
+    check_images(&export.model, &test.images)?;
+    let images = test.images.limit(samples.max(1));
+    let dense_ck = super::to_checkpoint(export).map_err(anyhow::Error::msg)?;
+    let masked_ck = super::to_masked_checkpoint(export).map_err(anyhow::Error::msg)?;
+    let gpu = Gpu::from_env()?;
+    println!("adapter: {}", gpu.describe());
+    let class = gpu.class;
+    for line in layer_table(export, Route::Masked(class)) {
+        println!("{line}");
+    }
+    let dense = Restored::new(gpu, &dense_ck, file, &images)?;
+    let masked = Restored::new(Gpu::from_env()?, &masked_ck, file, &images)?;
+    println!(
+        "{} ({} export) has no sparse inference kernels: the trainer's evaluation of the dense \
+         model against the masked one, batches of {}, {} test images of {}",
+        export.model,
+        export.layout.name(),
+        dense.batch(),
+        images.count,
+        test.source
+    );
+    println!(
+        "{:>18} {:>18} {:>9} {:>12}",
+        "dense/s", "masked/s", "speedup", "max |dlogit|"
+    );
+    let (mut d, mut m, mut ld, mut lm) = (0.0f64, 0.0f64, Vec::new(), Vec::new());
+    let n = images.count as f64;
+    for _ in 0..ROUNDS {
+        let (l, secs) = dense.logits(images.count, &mut |_| {})?;
+        (d, ld) = (d.max(n / secs), l);
+        let (l, secs) = masked.logits(images.count, &mut |_| {})?;
+        (m, lm) = (m.max(n / secs), l);
+    }
+    let diff = ld
+        .iter()
+        .zip(&lm)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("{d:>18.0} {m:>18.0} {:>8.2}x {diff:>12.2e}", m / d);
+    if !masked_evaluation_on(class, export) {
+        println!(
+            "`dst infer` runs this export as the dense model (the masked one only for an LSTM \
+             export with a gate matrix marked \"its kept weights only\")"
         );
     }
     Ok(())

@@ -508,6 +508,35 @@ pub fn to_checkpoint(export: &Export) -> Result<Checkpoint, String> {
     Ok(ck)
 }
 
+/// `to_checkpoint` as a checkpoint of the masked (DST) model, every threshold 0: the mask the
+/// trainer derives, `|W| > 0`, keeps exactly the export's nonzero weights (a kept weight of
+/// exactly 0 would add nothing either way), so the trainer's masked evaluation computes the
+/// export's model, and where a layer keeps few weights it runs the products over the kept ones
+/// (on CPU adapters, `kernels::sparse`'s switches).
+pub fn to_masked_checkpoint(export: &Export) -> Result<Checkpoint, String> {
+    let mut ck = to_checkpoint(export)?;
+    ck.metadata.insert("masked".into(), "true".into());
+    for s in model_params(&export.model)? {
+        if let Some(t) = s.threshold {
+            ck.tensors.push((t, vec![s.shape[0]], vec![0.0; s.shape[0]]));
+        }
+    }
+    Ok(ck)
+}
+
+/// Whether any masked weight of the export has a zero: the export of a DST run (a dense run's
+/// weights have none).
+pub fn has_pruned_weights(export: &Export) -> bool {
+    let Ok(specs) = model_params(&export.model) else {
+        return false;
+    };
+    specs
+        .iter()
+        .filter(|s| s.threshold.is_some())
+        .filter_map(|s| export.get(&s.export))
+        .any(|e| e.csr().nnz() < e.shape.iter().product::<usize>())
+}
+
 /// `dst export`: reads a training checkpoint, writes its export to `out` atomically.
 /// Refuses an `out` that holds anything but an earlier export: the checkpoint it reads, a
 /// folder, any other file. Nothing is overwritten but what `dst export` itself wrote.

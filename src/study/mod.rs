@@ -49,7 +49,8 @@ pub enum StudyError {
 pub enum RunState {
     /// `summary.json` of at least the wanted epochs: nothing to do.
     Done,
-    /// A checkpoint exists: continue from it.
+    /// A checkpoint of at most the wanted epochs exists: continue from it (one of all of them
+    /// lacks only its summary, which the trainer writes without training).
     Resume,
     /// Nothing usable: train from the start.
     Fresh,
@@ -58,15 +59,15 @@ pub enum RunState {
 pub fn run_state(dir: &Path, cfg: &TrainConfig) -> RunState {
     if train::summary_epochs(dir).is_some_and(|e| e >= cfg.epochs) {
         RunState::Done
-    } else if checkpoint_epoch(dir).is_some_and(|e| e < cfg.epochs) {
+    } else if checkpoint_epoch(dir).is_some_and(|e| e <= cfg.epochs) {
         RunState::Resume
     } else {
         RunState::Fresh
     }
 }
 
-/// The epoch a run directory's checkpoint holds. A checkpoint of all the wanted epochs without a
-/// summary (a crash between the two writes) cannot be resumed: such a run starts over.
+/// The epoch a run directory's checkpoint holds. One of all the wanted epochs without a summary (a
+/// crash between the two writes) is finished from the checkpoint, not trained again.
 fn checkpoint_epoch(dir: &Path) -> Option<usize> {
     let p = dir.join("checkpoint.safetensors");
     if !p.is_file() {

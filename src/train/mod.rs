@@ -726,7 +726,7 @@ pub fn checkpoint_logits(gpu: Gpu, path: &Path, data: &crate::data::Dataset) -> 
 
 /// `checkpoint_logits` of a checkpoint in memory (`path` names it in errors), with the seconds
 /// its batches took (the session's setup left out): `dst infer` of a model without sparse
-/// inference runs its export through here (`export::to_checkpoint`).
+/// inference runs its export through here (`export::to_checkpoint`, `to_masked_checkpoint`).
 pub fn restored_logits(
     gpu: Gpu,
     ck: &Checkpoint,
@@ -734,26 +734,62 @@ pub fn restored_logits(
     data: &crate::data::Dataset,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(Vec<f32>, f64)> {
-    let (session, _, plan) = restored_eval_of(gpu, ck, path, data)?;
-    let t = std::time::Instant::now();
-    let b = plan.batch;
-    let classes = session.model.classes;
-    let mut out = Vec::with_capacity(data.count * classes);
-    for i in 0..data.count.div_ceil(b) {
-        let valid = (data.count - i * b).min(b);
-        session.run_steps(
-            &plan,
-            &[StepInfo {
-                batch_start: (i * b) as u32,
-                valid: valid as u32,
-                ..Default::default()
-            }],
-        )?;
-        let l = session.gpu.read::<f32>(&plan.logits)?;
-        out.extend_from_slice(&l[..valid * classes]);
-        progress(out.len() / classes);
+    let restored = Restored::new(gpu, ck, path, data)?;
+    restored.logits(data.count, progress)
+}
+
+/// A checkpoint restored into its own session with the evaluation plan over a test set on the
+/// GPU: its logits can be computed again and again (`dst bench-infer` times them).
+pub struct Restored {
+    pub session: Session,
+    _data: GpuData,
+    plan: Plan,
+}
+
+impl Restored {
+    pub fn new(
+        gpu: Gpu,
+        ck: &Checkpoint,
+        path: &Path,
+        data: &crate::data::Dataset,
+    ) -> Result<Restored> {
+        let (session, data, plan) = restored_eval_of(gpu, ck, path, data)?;
+        Ok(Restored {
+            session,
+            _data: data,
+            plan,
+        })
     }
-    Ok((out, t.elapsed().as_secs_f64()))
+
+    /// The logits `(count, classes)` of the first `count` images of the test set it was made
+    /// with, with the seconds their batches took; `progress(images done)` after each batch.
+    pub fn logits(&self, count: usize, progress: &mut dyn FnMut(usize)) -> Result<(Vec<f32>, f64)> {
+        let (session, plan) = (&self.session, &self.plan);
+        let t = std::time::Instant::now();
+        let b = plan.batch;
+        let classes = session.model.classes;
+        let mut out = Vec::with_capacity(count * classes);
+        for i in 0..count.div_ceil(b) {
+            let valid = (count - i * b).min(b);
+            session.run_steps(
+                plan,
+                &[StepInfo {
+                    batch_start: (i * b) as u32,
+                    valid: valid as u32,
+                    ..Default::default()
+                }],
+            )?;
+            let l = session.gpu.read::<f32>(&plan.logits)?;
+            out.extend_from_slice(&l[..valid * classes]);
+            progress(out.len() / classes);
+        }
+        Ok((out, t.elapsed().as_secs_f64()))
+    }
+
+    /// Images per evaluation batch.
+    pub fn batch(&self) -> usize {
+        self.plan.batch
+    }
 }
 
 #[cfg(test)]
