@@ -49,6 +49,7 @@ pub fn run(
     profile: bool,
     checkpoint: Option<&Path>,
     rounds: u32,
+    gpu_forms: bool,
 ) -> anyhow::Result<()> {
     for m in models {
         crate::models::check_name(m)?;
@@ -94,10 +95,14 @@ pub fn run(
         let mut rand =
             |n: usize| -> Vec<f32> { (0..n).map(|_| rng.range(-1.0, 1.0) as f32).collect() };
         // The GPU forms run one to two orders of magnitude slower on a CPU adapter, where no
-        // layer takes them: time them there with at most 2 repetitions.
+        // layer takes them: there they are built but timed only with --gpu-forms, at most twice.
         let tile_reps = match gpu.class {
-            crate::gpu::AdapterClass::Cpu => reps.min(2),
-            crate::gpu::AdapterClass::Gpu => reps,
+            crate::gpu::AdapterClass::Cpu => gpu_forms.then(|| reps.min(2)),
+            crate::gpu::AdapterClass::Gpu => Some(reps),
+        };
+        // Seconds per run of a GPU form's dispatches (None: not timed).
+        let time_gpu = |ds: &[crate::kernels::Dispatch]| -> anyhow::Result<Option<f64>> {
+            tile_reps.map(|r| time_dispatches(&gpu, ds, r)).transpose()
         };
         // (what, m, n, k) of the products of LeNet-300-100 at batch 64, and of LSTM-a's second
         // layer (batch 100, 28 steps, hidden 128: the input projection and its two gradients).
@@ -159,21 +164,21 @@ pub fn run(
             let d = k
                 .gemm
                 .matmul(&gpu, GemmVariant::RegBlock, p, a_, b_, bias, &out)?;
-            row.push(flops / time_dispatch(&gpu, &d, reps)? / 1e9);
+            row.push(rate(flops / time_dispatch(&gpu, &d, reps)? / 1e9));
             for form in TiledForm::ALL {
                 let d = k.gemm.tiled_with(&gpu, form, p, a_, b_, bias, &out)?;
-                row.push(flops / time_dispatch(&gpu, &d, tile_reps)? / 1e9);
+                row.push(time_gpu(&[d])?.map_or("-".into(), |t| rate(flops / t / 1e9)));
             }
             // `*`: the form the GPU product takes for this shape.
             let mark = |form: TiledForm| if tiled_form(&p) == form { "*" } else { " " };
             println!(
                 "{what:<36} {:>12} {:>11}{} {:>13}{} {:>11}{}",
-                rate(row[0]),
-                rate(row[1]),
+                row[0],
+                row[1],
                 mark(TiledForm::Tiled),
-                rate(row[2]),
+                row[2],
                 mark(TiledForm::SplitK),
-                rate(row[3]),
+                row[3],
                 mark(TiledForm::TwoByTwo)
             );
         }
@@ -304,13 +309,13 @@ pub fn run(
             // the input gradient through a patch matrix (product + col2im) with the weight
             // gradient split over runs of positions (product + the partial sums' sum). `*`: the
             // form a GPU layer of this shape takes.
-            let cell = |sec: Option<f64>, taken: bool| match sec {
-                Some(sec) => format!(
+            // `-`: a GPU form not timed (a CPU adapter without --gpu-forms).
+            let cell = |sec: Option<f64>, taken: bool| {
+                format!(
                     "{}{}",
-                    rate(flops / sec / 1e9),
+                    sec.map_or("-".into(), |sec| rate(flops / sec / 1e9)),
                     if taken { " *" } else { "" }
-                ),
-                None => String::new(),
+                )
             };
             let row = |label: String, cells: [String; 3]| {
                 println!(
@@ -359,20 +364,13 @@ pub fn run(
                 row(
                     format!("{what} Tiled {}", form.name()),
                     [
-                        cell(
-                            Some(time_dispatch(&gpu, &fwd, tile_reps)?),
-                            forms[0] == form,
-                        ),
-                        cell(
-                            Some(time_dispatch(&gpu, &din, tile_reps)?),
-                            !via_cols && forms[1] == form,
-                        ),
-                        cell(
-                            first
-                                .then(|| time_dispatch(&gpu, &wred, tile_reps))
-                                .transpose()?,
-                            !w_tiled,
-                        ),
+                        cell(time_gpu(&[fwd])?, forms[0] == form),
+                        cell(time_gpu(&[din])?, !via_cols && forms[1] == form),
+                        if first {
+                            cell(time_gpu(&[wred])?, !w_tiled)
+                        } else {
+                            String::new()
+                        },
                     ],
                 );
                 let dic = k
@@ -391,14 +389,8 @@ pub fn run(
                     format!("{what} Tiled {} (patch | split)", form.name()),
                     [
                         String::new(),
-                        cell(
-                            Some(time_dispatches(&gpu, &dic, tile_reps)?),
-                            via_cols && forms[2] == form,
-                        ),
-                        cell(
-                            Some(time_dispatches(&gpu, &dwt, tile_reps)?),
-                            w_tiled && forms[3] == form,
-                        ),
+                        cell(time_gpu(&dic)?, via_cols && forms[2] == form),
+                        cell(time_gpu(&dwt)?, w_tiled && forms[3] == form),
                     ],
                 );
             }
@@ -435,6 +427,12 @@ pub fn run(
             "(*: the form a GPU's layer of the shape takes; a CPU adapter's layer takes Cols where \
              it is listed, RegBlock otherwise)"
         );
+        if tile_reps.is_none() {
+            println!(
+                "(-: a GPU form, not timed on a CPU adapter, where no layer takes it and it runs \
+                 10-100x slower; --gpu-forms times it)"
+            );
+        }
         drop(k);
     }
     if steps == 0 {

@@ -62,7 +62,7 @@ enum Command {
     /// GEMM and convolution throughput of both kernel variants, and step times.
     Bench {
         /// Timed repetitions per shape (0: skip the kernel tables, time steps only; on a CPU
-        /// adapter the GEMM and conv tables time the GPU forms at most twice).
+        /// adapter the GEMM and conv tables time the GPU forms only with --gpu-forms).
         #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
         reps: u32,
         /// Also time full training steps (dense and DST) over this many steps.
@@ -87,6 +87,10 @@ enum Command {
         /// Alternating rounds of the step timings (every variant once per round).
         #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
         rounds: u32,
+        /// On a CPU adapter, also time the GPU forms of the GEMM and conv kernels (10-100x
+        /// slower there, where no layer takes them; at most 2 repetitions). GPUs always time them.
+        #[arg(long)]
+        gpu_forms: bool,
     },
     /// Export a checkpoint's masked model as safetensors with PyTorch's names: dense (zeros where
     /// the mask is 0) or csr (crow_indices / col_indices / values per masked layer).
@@ -487,6 +491,7 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             profile,
             checkpoint,
             rounds,
+            gpu_forms,
         }) => dst::bench::run(
             reps,
             steps,
@@ -495,6 +500,7 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             profile,
             checkpoint.as_deref(),
             rounds,
+            gpu_forms,
         ),
         Some(Command::Export {
             checkpoint,

@@ -618,15 +618,25 @@ fn bench_profiles_the_dense_and_the_dst_step_per_layer() {
 /// The kernel tables (one repetition): every conv shape has its rows for each form (the CPU
 /// kernels, both GPU tile forms, the patch-matrix and split GPU forms), every GEMM its four
 /// forms, each GPU product marks exactly one form as the one a GPU's layer takes, and the legend
-/// says so.
+/// says so. On a CPU adapter the GPU forms are built but not timed (`-`) without --gpu-forms.
 #[test]
-fn bench_tables_time_every_gpu_form() {
+fn bench_tables_list_every_gpu_form() {
     let (ok, out, err) = dst(&["bench", "--reps", "1", "--steps", "0"]);
     assert!(ok, "{err}");
+    let cpu = out.lines().next().unwrap_or("").contains("Cpu, driver");
     assert!(
         out.contains("(*: the form a GPU's layer of the shape takes"),
         "{out}"
     );
+    assert_eq!(
+        out.contains("(-: a GPU form, not timed on a CPU adapter"),
+        cpu,
+        "{out}"
+    );
+    // A timed cell starts with a digit; an untimed GPU form's is `-` (CPU adapters only).
+    let timed = |cell: &str, gpu_form: bool| {
+        cell.starts_with(|c: char| c.is_ascii_digit()) || (cpu && gpu_form && cell.starts_with('-'))
+    };
     for shape in [
         "LeNet-5 conv1 b64 1->20 28x28 k5",
         "LeNet-5 conv2 b64 20->50 12x12 k5",
@@ -643,18 +653,16 @@ fn bench_tables_time_every_gpu_form() {
             let label = format!("{shape} {form} ");
             assert!(
                 rows.iter().any(|l| l.starts_with(&label)
-                    && l[label.len()..]
-                        .trim_start()
-                        .starts_with(|c: char| c.is_ascii_digit())),
-                "no timed row {label:?} in:\n{out}"
+                    && timed(l[label.len()..].trim_start(), form != "RegBlock")),
+                "no row {label:?} in:\n{out}"
             );
         }
         // Forward, input gradient, weight gradient: one `*` each among the GPU rows.
         let marks: usize = rows.iter().map(|l| l.matches(" *").count()).sum();
         assert_eq!(marks, 3, "{shape}: {rows:#?}");
     }
-    // The GEMM table: every product timed in its four forms (regblock, tiled, split k, 2 x 2),
-    // one of the three GPU forms marked; LSTM-a's input projection takes the 2 x 2 form.
+    // The GEMM table: every product in its four forms (regblock, tiled, split k, 2 x 2), one of
+    // the three GPU forms marked; LSTM-a's input projection takes the 2 x 2 form.
     assert!(out.contains("tiled split k    tiled 2x2"), "{out}");
     let gemm_rows: Vec<&str> = out
         .lines()
@@ -664,13 +672,20 @@ fn bench_tables_time_every_gpu_form() {
     assert_eq!(gemm_rows.len(), 12, "{out}");
     for row in &gemm_rows {
         let (_, values) = row.split_at(36);
-        let numbers: Vec<f64> = values
+        let cells: Vec<&str> = values
             .split_whitespace()
             .filter(|v| *v != "*")
-            .map(|v| v.trim_end_matches('*').parse().expect(row))
+            .map(|v| v.trim_end_matches('*'))
             .collect();
-        assert_eq!(numbers.len(), 4, "{row}");
-        assert!(numbers.iter().all(|v| v.is_finite() && *v > 0.0), "{row}");
+        assert_eq!(cells.len(), 4, "{row}");
+        let regblock: f64 = cells[0].parse().expect(row);
+        assert!(regblock.is_finite() && regblock > 0.0, "{row}");
+        for c in &cells[1..] {
+            if *c != "-" || !cpu {
+                let v: f64 = c.parse().expect(row);
+                assert!(v.is_finite() && v > 0.0, "{row}");
+            }
+        }
         assert_eq!(row.matches('*').count(), 1, "{row}");
     }
     let xproj = gemm_rows

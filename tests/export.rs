@@ -383,7 +383,7 @@ fn bad_exports_are_refused_before_any_gpu_work() {
     // An LSTM export has no sparse inference: `Net` refuses it, naming where it runs.
     let err = infer::check_supported("lstm-a").unwrap_err().to_string();
     assert!(
-        err.contains("runs in `dst infer` on the trainer's dense kernels"),
+        err.contains("runs in `dst infer` and `dst bench-infer` through the trainer's evaluation"),
         "{err}"
     );
 }
