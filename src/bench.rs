@@ -41,6 +41,10 @@ fn time_dispatch(gpu: &Gpu, d: &crate::kernels::Dispatch, reps: u32) -> anyhow::
     time_dispatches(gpu, std::slice::from_ref(d), reps)
 }
 
+/// `dst bench`: the kernel tables (`reps` repetitions; a CPU adapter times the GPU forms only
+/// with `gpu_forms`) and the step times of `models` (`steps` steps, `rounds` alternating rounds;
+/// `profile`: per dispatch; `checkpoint`: also from a DST checkpoint of the one model).
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     reps: u32,
     steps: u32,

@@ -744,6 +744,8 @@ pub struct Restored {
     pub session: Session,
     _data: GpuData,
     plan: Plan,
+    /// Images in the test set.
+    count: usize,
 }
 
 impl Restored {
@@ -753,17 +755,21 @@ impl Restored {
         path: &Path,
         data: &crate::data::Dataset,
     ) -> Result<Restored> {
+        let count = data.count;
         let (session, data, plan) = restored_eval_of(gpu, ck, path, data)?;
         Ok(Restored {
             session,
             _data: data,
             plan,
+            count,
         })
     }
 
     /// The logits `(count, classes)` of the first `count` images of the test set it was made
-    /// with, with the seconds their batches took; `progress(images done)` after each batch.
+    /// with (all of them at most), with the seconds their batches took; `progress(images done)`
+    /// after each batch.
     pub fn logits(&self, count: usize, progress: &mut dyn FnMut(usize)) -> Result<(Vec<f32>, f64)> {
+        let count = count.min(self.count);
         let (session, plan) = (&self.session, &self.plan);
         let t = std::time::Instant::now();
         let b = plan.batch;
