@@ -703,32 +703,16 @@ pub fn run(
     let sparse = has_sparse(&export.model);
     let test = test_set(&export.model, data)?;
     check_images(&export.model, &test.images)?;
-    // Fails here, before the adapter opens, for an export without the model's tensors.
-    if !sparse {
-        super::to_checkpoint(&export).map_err(anyhow::Error::msg)?;
-    }
+    // Built before the adapter opens: an export without the model's tensors fails here.
+    let dense = if sparse {
+        None
+    } else {
+        Some(super::to_checkpoint(&export).map_err(anyhow::Error::msg)?)
+    };
     let gpu = Gpu::from_env()?;
     eprintln!("adapter: {}", gpu.describe());
     let count = test.images.count;
-    let (l, secs, how) = if sparse {
-        let kernels = Kernels::new(&gpu, None)?;
-        let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
-        let asked = batch.min(count.max(1));
-        let what = if asked == batch {
-            format!("--batch {batch}")
-        } else {
-            format!("--batch {batch} (all {asked} test images)")
-        };
-        if let Some(note) = batch_note(&gpu, &net, asked, &what) {
-            eprintln!("{note}");
-        }
-        for line in layer_table(&export, Route::Sparse) {
-            println!("{line}");
-        }
-        let t = Instant::now();
-        let l = logits(&gpu, &net, &test.images, batch)?;
-        (l, t.elapsed().as_secs_f64(), "sparse inference".to_string())
-    } else {
+    let (l, secs, how) = if let Some(dense) = dense {
         if let Some(b) = asked_batch {
             eprintln!(
                 "note: --batch {b} is not used: {} has no sparse inference kernels, and its \
@@ -747,14 +731,12 @@ pub fn run(
             println!("{line}");
         }
         let ck = if masked {
-            super::to_masked_checkpoint(&export)
+            super::with_zero_thresholds(dense, &export.model).map_err(anyhow::Error::msg)?
         } else {
-            super::to_checkpoint(&export)
-        }
-        .map_err(anyhow::Error::msg)?;
+            dense
+        };
         let mut progress = progress_line(count);
-        let (l, secs) =
-            crate::train::restored_logits(gpu, &ck, file, &test.images, &mut progress)?;
+        let (l, secs) = crate::train::restored_logits(gpu, &ck, file, &test.images, &mut progress)?;
         let how = if masked {
             "masked inference (the trainer's masked evaluation: the layers marked above compute \
              from their kept weights only)"
@@ -767,6 +749,24 @@ pub fn run(
             )
         };
         (l, secs, how)
+    } else {
+        let kernels = Kernels::new(&gpu, None)?;
+        let net = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
+        let asked = batch.min(count.max(1));
+        let what = if asked == batch {
+            format!("--batch {batch}")
+        } else {
+            format!("--batch {batch} (all {asked} test images)")
+        };
+        if let Some(note) = batch_note(&gpu, &net, asked, &what) {
+            eprintln!("{note}");
+        }
+        for line in layer_table(&export, Route::Sparse) {
+            println!("{line}");
+        }
+        let t = Instant::now();
+        let l = logits(&gpu, &net, &test.images, batch)?;
+        (l, t.elapsed().as_secs_f64(), "sparse inference".to_string())
     };
     let classes = l.len() / count.max(1);
     let pred = predictions(&l, classes.max(1));

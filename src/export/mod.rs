@@ -514,27 +514,20 @@ pub fn to_checkpoint(export: &Export) -> Result<Checkpoint, String> {
 /// export's model, and where a layer keeps few weights it runs the products over the kept ones
 /// (on CPU adapters, `kernels::sparse`'s switches).
 pub fn to_masked_checkpoint(export: &Export) -> Result<Checkpoint, String> {
-    let mut ck = to_checkpoint(export)?;
+    with_zero_thresholds(to_checkpoint(export)?, &export.model)
+}
+
+/// The dense checkpoint `ck` of `model` (`to_checkpoint`) as the masked model's, every threshold
+/// 0 (`to_masked_checkpoint`).
+pub fn with_zero_thresholds(mut ck: Checkpoint, model: &str) -> Result<Checkpoint, String> {
     ck.metadata.insert("masked".into(), "true".into());
-    for s in model_params(&export.model)? {
+    for s in model_params(model)? {
         if let Some(t) = s.threshold {
-            ck.tensors.push((t, vec![s.shape[0]], vec![0.0; s.shape[0]]));
+            ck.tensors
+                .push((t, vec![s.shape[0]], vec![0.0; s.shape[0]]));
         }
     }
     Ok(ck)
-}
-
-/// Whether any masked weight of the export has a zero: the export of a DST run (a dense run's
-/// weights have none).
-pub fn has_pruned_weights(export: &Export) -> bool {
-    let Ok(specs) = model_params(&export.model) else {
-        return false;
-    };
-    specs
-        .iter()
-        .filter(|s| s.threshold.is_some())
-        .filter_map(|s| export.get(&s.export))
-        .any(|e| e.csr().nnz() < e.shape.iter().product::<usize>())
 }
 
 /// `dst export`: reads a training checkpoint, writes its export to `out` atomically.
