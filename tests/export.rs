@@ -237,6 +237,83 @@ fn lenet5_exports_and_infers_with_sparse_fc_layers() {
     assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
 }
 
+/// LeNet-5's sparse inference computes a convolution that keeps at most the trainer's conv
+/// switch ratio (CPU adapters: 50 %) from the lists of its kept weights, over the patch matrix,
+/// and one that keeps more, or any on a GPU, densely: the same logits as the dense products on
+/// the masked weights (`Mode::DenseMasked`), and the layer table says which convolution computes
+/// how. conv2 is cut to its largest tenth of weights, one filter to none.
+#[test]
+fn lenet5_sparse_inference_computes_pruned_convolutions_from_their_kept_weights() {
+    let ck_path = {
+        let _g = serial();
+        checkpoint("lenet5", 256)
+    };
+    let dir = tmp("l5-listed");
+    let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
+    let mut e = export::load(&csr_path).unwrap();
+    let conv2 = e
+        .entries
+        .iter_mut()
+        .find(|x| x.name == "conv2.weight")
+        .unwrap();
+    let mut w = conv2.dense();
+    let mut mags: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+    mags.sort_by(|a, b| a.total_cmp(b));
+    let cut = mags[mags.len() * 9 / 10];
+    for (i, v) in w.iter_mut().enumerate() {
+        if v.abs() < cut || i < 500 {
+            *v = 0.0;
+        }
+    }
+    conv2.value = Value::Csr(Csr::from_dense(50, 500, &w));
+    let g = gpu();
+    let cpu = g.class == dst::gpu::AdapterClass::Cpu;
+    assert_eq!(
+        infer::listed_conv(g.class, e.get("conv2.weight").unwrap()),
+        cpu
+    );
+    let conv1_kept = e.get("conv1.weight").unwrap().csr().nnz();
+    assert!(conv1_kept > 250, "conv1 keeps {conv1_kept} of 500");
+    assert!(!infer::listed_conv(g.class, e.get("conv1.weight").unwrap()));
+    let table = infer::layer_table(&e, infer::Route::Sparse(g.class));
+    assert!(
+        table[0].ends_with("dense (conv on the masked weights)"),
+        "{}",
+        table[0]
+    );
+    let conv2_line = if cpu {
+        "its kept weights only"
+    } else {
+        "dense (conv on the masked weights)"
+    };
+    assert!(table[1].ends_with(conv2_line), "{}", table[1]);
+
+    let kernels = Kernels::new(&g, None).unwrap();
+    let sparse = Net::new(&g, kernels.clone(), &e, Mode::Sparse).unwrap();
+    let dense = Net::new(&g, kernels, &e, Mode::DenseMasked).unwrap();
+    let listed = |net: &Net| {
+        net.plan(&g, 100)
+            .unwrap()
+            .dispatches
+            .iter()
+            .filter(|d| d.label.contains("conv_forward_cols_listed"))
+            .count()
+    };
+    assert_eq!(listed(&sparse), usize::from(cpu));
+    assert_eq!(listed(&dense), 0);
+    let mut data = dst::data::load_embedded();
+    data.test = data.test.limit(300);
+    let got = infer::logits(&g, &sparse, &data.test, 100).unwrap();
+    let want = infer::logits(&g, &dense, &data.test, 100).unwrap();
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-5, "listed conv: logits differ by {worst}");
+    assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
+}
+
 /// Writes `e` with a valid checksum (so the checks behind it are what refuses) and loads it.
 fn reload(e: &export::Export, dir: &Path, name: &str) -> Result<export::Export, String> {
     let p = dir.join(name);
@@ -585,7 +662,7 @@ fn infer_reads_only_the_test_files_and_lists_every_masked_layer() {
     let dir = tmp("l5-cli");
     let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
     let e = export::load(&csr_path).unwrap();
-    let table = infer::layer_table(&e, infer::Route::Sparse);
+    let table = infer::layer_table(&e, infer::Route::Sparse(gpu().class));
     let names: Vec<&str> = table
         .iter()
         .map(|l| l.split_whitespace().next().unwrap())
@@ -662,7 +739,9 @@ fn a_batch_larger_than_the_adapter_allows_is_capped_with_the_same_logits() {
     let g = gpu();
     let net = Net::new(&g, Kernels::new(&g, None).unwrap(), &e, Mode::Sparse).unwrap();
     let want = infer::logits(&g, &net, &data.test, 20).unwrap();
-    // An adapter with 4 MiB bindings: conv1's output, 20 x 24 x 24 f32 per image, bounds it.
+    // An adapter with 4 MiB bindings. What bounds the batch: on a CPU adapter conv2's patch
+    // matrix, 20 x 5 x 5 rows of 8 x 8 positions per image; on a GPU conv1's output, 20 x 24 x 24
+    // f32 per image.
     let mut small = gpu();
     small.limits.max_storage_buffer_binding_size = 4 << 20;
     let net = Net::new(
@@ -672,12 +751,18 @@ fn a_batch_larger_than_the_adapter_allows_is_capped_with_the_same_logits() {
         Mode::Sparse,
     )
     .unwrap();
-    assert_eq!(net.sample_floats(), 20 * 24 * 24);
-    assert_eq!(net.max_batch(&small), (4 << 20) / (4 * 11520));
+    let per_image = if small.class == dst::gpu::AdapterClass::Cpu {
+        500 * 8 * 8
+    } else {
+        20 * 24 * 24
+    };
+    assert_eq!(net.sample_floats(), per_image);
+    let most = (4 << 20) / (4 * per_image);
+    assert_eq!(net.max_batch(&small), most);
     assert!(infer::batch_note(&small, &net, 200, "--batch 200")
         .unwrap()
-        .contains("running 91 images at a time"));
-    assert!(infer::batch_note(&small, &net, 91, "--batch 91").is_none());
+        .contains(&format!("running {most} images at a time")));
+    assert!(infer::batch_note(&small, &net, most, &format!("--batch {most}")).is_none());
     let got = infer::logits(&small, &net, &data.test, 200).unwrap();
     assert_eq!(got.len(), want.len());
     let worst = got

@@ -1,7 +1,10 @@
 //! Inference from an export on the GPU: fully connected layers from their CSR form through
-//! `csr_linear` (shaders/sparse.wgsl), activations feature-major between sparse layers; LeNet-5's
-//! convolutions run dense (shaders/conv.wgsl, act.wgsl, pool.wgsl). `Mode::DenseMasked` runs the
-//! same network with the dense GEMM on the masked weights, the baseline of `dst bench-infer`.
+//! `csr_linear` (shaders/sparse.wgsl), activations feature-major between sparse layers. LeNet-5's
+//! convolutions (shaders/conv.wgsl, then ReLU and pooling in pool.wgsl) run, on CPU adapters,
+//! through a patch matrix: from the lists of their kept weights where they keep at most the
+//! trainer's conv switch ratio (`listed_conv`), else the dense product; on GPUs, dense.
+//! `Mode::DenseMasked` runs the same network with the dense products on the masked weights, the
+//! baseline of `dst bench-infer`.
 //! Models without sparse inference kernels (the LSTMs, the CIFAR-10 models) run their export as
 //! the dense model's checkpoint through the trainer's evaluation plan (`run`).
 
@@ -10,19 +13,20 @@ use std::time::Instant;
 
 use crate::data::Dataset;
 use crate::gpu::{Gpu, Tensor};
-use crate::kernels::conv::ConvShape;
+use crate::kernels::conv::{ConvShape, ConvVariant};
 use crate::kernels::pool::PoolShape;
-use crate::kernels::sparse::{CsrTensors, Major};
+use crate::kernels::sparse::{CsrTensors, EllLists, Major};
 use crate::kernels::{run_once, Dispatch, Kernels};
 
 use super::Export;
 
-/// How the fully connected layers compute.
+/// How the masked layers compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// From CSR with `csr_linear`.
+    /// Fully connected layers from CSR with `csr_linear`; convolutions that `listed_conv` marks
+    /// from the lists of their kept weights.
     Sparse,
-    /// Dense GEMM on the masked weights (zeros included), as evaluation runs them.
+    /// Dense products on the masked weights (zeros included), as evaluation runs them.
     DenseMasked,
 }
 
@@ -39,6 +43,9 @@ enum Stage {
         k: usize,
         w: Tensor,
         b: Tensor,
+        /// The row lists of the kept weights (`Mode::Sparse`, a conv `listed_conv` marks): the
+        /// patch-matrix product over them.
+        lists: Option<EllLists>,
     },
     Linear {
         rows: usize,
@@ -58,6 +65,9 @@ pub struct Net {
     pub classes: usize,
     pub kernels: Arc<Kernels>,
     stages: Vec<Stage>,
+    /// Convolutions go through a patch matrix (`Conv::forward_cols`): CPU adapters, where that
+    /// path is the fast one (the trainer's too).
+    patch_matrix: bool,
 }
 
 /// The dispatches of one batch of a `Net`, with its input and logits buffers.
@@ -151,8 +161,9 @@ pub fn load_test(dir: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
 /// How `dst infer` computes an export's weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// Sparse inference (`Net`): LeNet-300-100 and LeNet-5.
-    Sparse,
+    /// Sparse inference (`Net`, `Mode::Sparse`) on an adapter of this class: LeNet-300-100 and
+    /// LeNet-5.
+    Sparse(crate::gpu::AdapterClass),
     /// The dense model's checkpoint through the trainer's evaluation plan (`to_checkpoint`).
     Dense,
     /// The masked model's checkpoint through the trainer's evaluation plan
@@ -177,6 +188,44 @@ pub fn kept_products(class: crate::gpu::AdapterClass, e: &super::Entry) -> bool 
     let ratio = crate::kernels::sparse::default_sparse_keep_lstm(class);
     let numel: usize = e.shape.iter().product();
     lstm_gates(e) && ratio > 0.0 && e.csr().nnz() as f64 <= (ratio.min(1.0) * numel as f64).floor()
+}
+
+/// Whether sparse inference (`Net`, `Mode::Sparse`) on an adapter of `class` computes the
+/// convolution weight `e` from its kept weights only: it keeps at most the trainer's conv switch
+/// ratio of them (`kernels::sparse::default_sparse_keep_conv`: CPU adapters, whose patch-matrix
+/// product over the kept weights is the faster one there; 0 on GPUs).
+pub fn listed_conv(class: crate::gpu::AdapterClass, e: &super::Entry) -> bool {
+    let ratio = crate::kernels::sparse::default_sparse_keep_conv(class);
+    let numel: usize = e.shape.iter().product();
+    e.shape.len() == 4
+        && ratio > 0.0
+        && e.csr().nnz() as f64 <= (ratio.min(1.0) * numel as f64).floor()
+}
+
+/// The row lists (`EllLists`, as `Sparse::ell_build` writes them from P) of a convolution
+/// weight's kept weights, from its CSR form (rows: filters, columns: (c_in, ky, kx)), made here
+/// once: the lists of filter r at r x cols, columns ascending, their lengths at cnt[r]. The
+/// column lists, which only the input gradient reads, are left zero.
+fn conv_lists(gpu: &Gpu, name: &str, e: &super::Entry) -> anyhow::Result<EllLists> {
+    let c = e.csr();
+    let (rows, cols) = (c.rows, c.cols);
+    let mut idx = vec![0u32; 2 * rows * cols];
+    let mut val = vec![0f32; 2 * rows * cols];
+    let mut cnt = vec![0u32; rows + cols];
+    for r in 0..rows {
+        let (a, b) = (c.crow[r] as usize, c.crow[r + 1] as usize);
+        idx[r * cols..r * cols + (b - a)].copy_from_slice(&c.col[a..b]);
+        val[r * cols..r * cols + (b - a)].copy_from_slice(&c.val[a..b]);
+        cnt[r] = (b - a) as u32;
+    }
+    Ok(EllLists {
+        rows,
+        cols,
+        p_transposed: false,
+        idx: Tensor::from_slice(gpu, &format!("{name}.list_idx"), &[idx.len()], &idx)?,
+        val: Tensor::from_slice(gpu, &format!("{name}.list_val"), &[val.len()], &val)?,
+        cnt: Tensor::from_slice(gpu, &format!("{name}.list_cnt"), &[cnt.len()], &cnt)?,
+    })
 }
 
 /// The export's masked weights (weights, biases and other tensors left out).
@@ -231,8 +280,9 @@ pub fn layer_table(export: &Export, route: Route) -> Vec<String> {
                 Route::Masked(class) if kept_products(class, e) => "its kept weights only",
                 Route::Masked(_) if lstm_gates(e) => "dense, masked",
                 Route::Masked(_) => "masked (the trainer's products)",
-                Route::Sparse if e.shape.len() == 2 => "sparse (CSR)",
-                Route::Sparse => "dense (conv on the masked weights)",
+                Route::Sparse(_) if e.shape.len() == 2 => "sparse (CSR)",
+                Route::Sparse(class) if listed_conv(class, e) => "its kept weights only",
+                Route::Sparse(_) => "dense (conv on the masked weights)",
             };
             format!(
                 "{:<width$} {:<shape_width$} {:>17} kept ({:.2}%), {how}",
@@ -293,14 +343,23 @@ impl Net {
             Ok(Tensor::from_slice(gpu, name, &e.shape, &e.dense())?)
         };
         let mut stages = Vec::new();
+        let patch_matrix = kernels.conv.variant == ConvVariant::RegBlock;
         let fcs: &[(&str, bool)] = if export.model == "lenet5" {
             for (name, c_in, c_out) in [("conv1", 1, 20), ("conv2", 20, 50)] {
+                let weight = format!("{name}.weight");
+                let e = export
+                    .get(&weight)
+                    .ok_or_else(|| anyhow::anyhow!("{weight} missing"))?;
+                let lists = (mode == Mode::Sparse && patch_matrix && listed_conv(gpu.class, e))
+                    .then(|| conv_lists(gpu, name, e))
+                    .transpose()?;
                 stages.push(Stage::ConvReluPool {
                     c_in,
                     c_out,
                     k: 5,
-                    w: dense(&format!("{name}.weight"))?,
+                    w: dense(&weight)?,
                     b: dense(&format!("{name}.bias"))?,
+                    lists,
                 });
             }
             &[("fc3", true), ("fc4", false)]
@@ -354,11 +413,13 @@ impl Net {
             classes: 10,
             kernels,
             stages,
+            patch_matrix,
         })
     }
 
     /// Values (f32) per sample of the largest buffer whose size grows with the batch: the
-    /// input, each layer's output and, before a sparse layer, its feature-major copy.
+    /// input, each layer's output, a convolution's patch matrix (CPU adapters: `patch_matrix`)
+    /// and, before a sparse layer, its feature-major copy.
     pub fn sample_floats(&self) -> usize {
         let mut dims = self.input.clone();
         let mut most: usize = dims.iter().product();
@@ -367,6 +428,9 @@ impl Net {
                 Stage::ConvReluPool { c_in, c_out, k, .. } => {
                     let (s, ps) = conv_pool_shapes(1, *c_in, *c_out, *k, dims[1], dims[2]);
                     most = most.max(c_out * s.out_h() * s.out_w());
+                    if self.patch_matrix {
+                        most = most.max(s.cols_len());
+                    }
                     dims = vec![*c_out, ps.out_h(), ps.out_w()];
                 }
                 Stage::Linear { rows, cols, .. } => {
@@ -402,12 +466,35 @@ impl Net {
                     k: kk,
                     w,
                     b,
+                    lists,
                 } => {
                     let (s, ps) =
                         conv_pool_shapes(batch, *c_in, *c_out, *kk, x.shape[2], x.shape[3]);
                     let y_shape = [batch, *c_out, s.out_h(), s.out_w()];
                     let y = Tensor::zeros(gpu, "infer.conv", &y_shape)?;
-                    ds.push(k.conv.forward(gpu, &s, &x, w, Some(b), &y, &k.dummy)?);
+                    if self.patch_matrix && k.conv.use_cols(gpu, &s) {
+                        // im2col, then the product: over the kept weights' lists where the conv
+                        // has them (the same sums as the dense product, its zeros left out).
+                        let cols = Tensor::zeros(gpu, "infer.cols", &[s.cols_len()])?;
+                        let [fill, dense] =
+                            k.conv
+                                .forward_cols(gpu, &s, &x, w, Some(b), &y, &cols, &k.dummy)?;
+                        ds.push(fill);
+                        ds.push(match lists {
+                            Some(l) => k.conv.forward_cols_listed(
+                                gpu,
+                                &s,
+                                l,
+                                &cols,
+                                Some(b),
+                                &y,
+                                &k.dummy,
+                            )?,
+                            None => dense,
+                        });
+                    } else {
+                        ds.push(k.conv.forward(gpu, &s, &x, w, Some(b), &y, &k.dummy)?);
+                    }
                     // ReLU then 2x2 max pooling, as one pass.
                     let pooled =
                         Tensor::zeros(gpu, "infer.pool", &[batch, *c_out, ps.out_h(), ps.out_w()])?;
@@ -761,7 +848,7 @@ pub fn run(
         if let Some(note) = batch_note(&gpu, &net, asked, &what) {
             eprintln!("{note}");
         }
-        for line in layer_table(&export, Route::Sparse) {
+        for line in layer_table(&export, Route::Sparse(gpu.class)) {
             println!("{line}");
         }
         let t = Instant::now();
@@ -847,24 +934,21 @@ pub fn bench(
     let kernels = Kernels::new(&gpu, None)?;
     let dense = Net::new(&gpu, kernels.clone(), &export, Mode::DenseMasked)?;
     let sparse = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
-    let kept: usize = export
-        .entries
+    let masked = masked_entries(&export);
+    let kept: usize = masked.iter().map(|e| e.csr().nnz()).sum();
+    let total: usize = masked
         .iter()
-        .filter(|e| e.shape.len() == 2)
-        .map(|e| e.csr().nnz())
-        .sum();
-    let total: usize = export
-        .entries
-        .iter()
-        .filter(|e| e.shape.len() == 2)
-        .map(|e| e.shape[0] * e.shape[1])
+        .map(|e| e.shape.iter().product::<usize>())
         .sum();
     println!(
-        "{} ({} export): FC layers keep {kept} of {total} weights ({:.2}%)",
+        "{} ({} export): its masked layers keep {kept} of {total} weights ({:.2}%)",
         export.model,
         export.layout.name(),
         100.0 * kept as f64 / total as f64
     );
+    for line in layer_table(&export, Route::Sparse(gpu.class)) {
+        println!("{line}");
+    }
     println!(
         "{:>6} {:>8} {:>18} {:>18} {:>9} {:>12}",
         "batch", "batches", "dense-masked/s", "sparse/s", "speedup", "max |dlogit|"
