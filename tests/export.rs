@@ -59,6 +59,15 @@ fn checkpoint(model: &'static str, limit: usize) -> PathBuf {
     p
 }
 
+/// The largest absolute difference between two sets of logits of the same length.
+fn largest_difference(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "logit counts");
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max)
+}
+
 fn export_to(ck: &Path, layout: Layout, dir: &Path) -> (PathBuf, export::ExportReport) {
     let out = dir.join(format!("{}.safetensors", layout.name()));
     let r = export::export(ck, layout, &out).unwrap();
@@ -191,12 +200,7 @@ fn lenet300_export_round_trips_and_infers_like_eval() {
     ] {
         let net = Net::new(&g, k.clone(), e, mode).unwrap();
         let got = infer::logits(&g, &net, &data.test, batch).unwrap();
-        assert_eq!(got.len(), want.len());
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = largest_difference(&got, &want);
         assert!(worst <= 1e-5, "{what}: logits differ by {worst}");
         let (p, q) = (infer::predictions(&got, 10), infer::predictions(&want, 10));
         assert_eq!(p, q, "{what}: predictions");
@@ -228,11 +232,7 @@ fn lenet5_exports_and_infers_with_sparse_fc_layers() {
     let g = gpu();
     let net = Net::new(&g, Kernels::new(&g, None).unwrap(), &csr, Mode::Sparse).unwrap();
     let got = infer::logits(&g, &net, &data.test, 100).unwrap();
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = largest_difference(&got, &want);
     assert!(worst <= 1e-5, "lenet5 logits differ by {worst}");
     assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
 }
@@ -305,11 +305,7 @@ fn lenet5_sparse_inference_computes_pruned_convolutions_from_their_kept_weights(
     data.test = data.test.limit(300);
     let got = infer::logits(&g, &sparse, &data.test, 100).unwrap();
     let want = infer::logits(&g, &dense, &data.test, 100).unwrap();
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = largest_difference(&got, &want);
     assert!(worst <= 1e-5, "listed conv: logits differ by {worst}");
     assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
 }
@@ -764,12 +760,7 @@ fn a_batch_larger_than_the_adapter_allows_is_capped_with_the_same_logits() {
         .contains(&format!("running {most} images at a time")));
     assert!(infer::batch_note(&small, &net, most, &format!("--batch {most}")).is_none());
     let got = infer::logits(&small, &net, &data.test, 200).unwrap();
-    assert_eq!(got.len(), want.len());
-    let worst = got
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = largest_difference(&got, &want);
     assert!(worst <= 1e-5, "capped batch: logits differ by {worst}");
     assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
 }
