@@ -185,9 +185,14 @@ fn lstm_gates(e: &super::Entry) -> bool {
 /// depends on the plan (batch, buffer limits, input density), so `dst infer` runs those models
 /// dense.
 pub fn kept_products(class: crate::gpu::AdapterClass, e: &super::Entry) -> bool {
-    let ratio = crate::kernels::sparse::default_sparse_keep_lstm(class);
+    lstm_gates(e) && keeps_at_most(e, crate::kernels::sparse::default_sparse_keep_lstm(class))
+}
+
+/// Whether the weight `e` keeps at most `ratio` of its weights, as a trainer's switch at that
+/// ratio counts (at most floor(ratio x weights) kept; never with a ratio of 0).
+fn keeps_at_most(e: &super::Entry, ratio: f64) -> bool {
     let numel: usize = e.shape.iter().product();
-    lstm_gates(e) && ratio > 0.0 && e.csr().nnz() as f64 <= (ratio.min(1.0) * numel as f64).floor()
+    ratio > 0.0 && e.csr().nnz() as f64 <= (ratio.min(1.0) * numel as f64).floor()
 }
 
 /// Whether sparse inference (`Net`, `Mode::Sparse`) on an adapter of `class` computes the
@@ -195,11 +200,7 @@ pub fn kept_products(class: crate::gpu::AdapterClass, e: &super::Entry) -> bool 
 /// ratio of them (`kernels::sparse::default_sparse_keep_conv`: CPU adapters, whose patch-matrix
 /// product over the kept weights is the faster one there; 0 on GPUs).
 pub fn listed_conv(class: crate::gpu::AdapterClass, e: &super::Entry) -> bool {
-    let ratio = crate::kernels::sparse::default_sparse_keep_conv(class);
-    let numel: usize = e.shape.iter().product();
-    e.shape.len() == 4
-        && ratio > 0.0
-        && e.csr().nnz() as f64 <= (ratio.min(1.0) * numel as f64).floor()
+    e.shape.len() == 4 && keeps_at_most(e, crate::kernels::sparse::default_sparse_keep_conv(class))
 }
 
 /// The row lists (`EllLists`, as `Sparse::ell_build` writes them from P) of a convolution
