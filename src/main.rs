@@ -134,6 +134,11 @@ enum Command {
         /// kernels: the first this many test images).
         #[arg(long, default_value_t = 8192, allow_negative_numbers = true)]
         samples: usize,
+        /// Also time each dispatch of both modes alone, per batch size: the dispatch repeated
+        /// back to back in one submission, microseconds each, the best of the rounds
+        /// (LeNet-300-100 and LeNet-5).
+        #[arg(long)]
+        profile: bool,
     },
     /// Charts (PNG) of one or more runs, overlaid and labelled: keep ratio per layer over the
     /// steps, accuracy and remaining % per epoch, threshold means, alpha of the DST runs.
@@ -517,7 +522,8 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             file,
             data,
             samples,
-        }) => dst::export::infer::bench(&file, data.as_deref(), &[1, 64, 1024], samples),
+            profile,
+        }) => dst::export::infer::bench(&file, data.as_deref(), &[1, 64, 1024], samples, profile),
         Some(Command::Plot { runs, out }) => cmd_plot(&runs, out),
         Some(Command::Masks { checkpoint, out }) => cmd_masks(&checkpoint, out),
         Some(Command::Sweep(a)) => cmd_sweep(a),

@@ -310,6 +310,181 @@ fn lenet5_sparse_inference_computes_pruned_convolutions_from_their_kept_weights(
     assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
 }
 
+/// `e`'s weight `name` with only what `keep(row, value, its rank by magnitude in the matrix)`
+/// keeps, as CSR.
+fn cut(e: &mut export::Export, name: &str, keep: impl Fn(usize, f32, f64) -> bool) {
+    let entry = e.entries.iter_mut().find(|x| x.name == name).unwrap();
+    let (rows, cols) = (entry.shape[0], entry.shape[1]);
+    let mut w = entry.dense();
+    let mut mags: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+    mags.sort_by(|a, b| a.total_cmp(b));
+    for (i, v) in w.iter_mut().enumerate() {
+        let rank = mags.partition_point(|m| *m < v.abs()) as f64 / mags.len() as f64;
+        if !keep(i / cols, *v, rank) {
+            *v = 0.0;
+        }
+    }
+    entry.value = Value::Csr(Csr::from_dense(rows, cols, &w));
+}
+
+/// Each route of a fully connected layer (`infer::fc_route`) gives the dense products' logits
+/// (`Mode::DenseMasked`) at batches 1, 7 and 64. With a CPU adapter's routes: fc1 cut to its
+/// largest 3 % of weights (nearly every row keeps some) from CSR, its feature-major output
+/// turned around for fc2, which keeps weights in 34 of its 100 rows (then in none): the
+/// input-sparse product over the workgroups of rows that keep one; the logits dense. With a
+/// GPU's: CSR throughout, feature-major between the layers. Each runs on any adapter
+/// (`Net::for_class`). A batch cap that is not a whole block of the lists' 8 samples is lowered
+/// to one.
+#[test]
+fn every_fc_route_gives_the_dense_products_logits() {
+    use dst::gpu::AdapterClass::{Cpu, Gpu as GpuClass};
+    use infer::FcRoute;
+    let ck_path = {
+        let _g = serial();
+        checkpoint("lenet300", 640)
+    };
+    let dir = tmp("fc-routes");
+    let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
+    let mut e = export::load(&csr_path).unwrap();
+    cut(&mut e, "fc1.weight", |_, _, rank| rank >= 0.97);
+    cut(&mut e, "fc2.weight", |row, _, _| row >= 66);
+    let route = |e: &export::Export, class, name: &str| {
+        infer::fc_route(class, e.get(&format!("{name}.weight")).unwrap())
+    };
+    assert_eq!(route(&e, Cpu, "fc1"), FcRoute::Csr);
+    assert_eq!(route(&e, Cpu, "fc2"), FcRoute::InputSparse);
+    assert_eq!(route(&e, Cpu, "fc3"), FcRoute::Dense);
+    for name in ["fc1", "fc2", "fc3"] {
+        assert_eq!(route(&e, GpuClass, name), FcRoute::Csr);
+    }
+    let table = infer::layer_table(&e, infer::Route::Sparse(Cpu));
+    assert!(table[0].ends_with("sparse (CSR)"), "{}", table[0]);
+    assert!(
+        table[1].ends_with("its rows that keep a weight, the input's nonzeros"),
+        "{}",
+        table[1]
+    );
+    assert!(
+        table[2].ends_with("dense (the masked weights)"),
+        "{}",
+        table[2]
+    );
+
+    let mut data = dst::data::load_embedded();
+    data.test = data.test.limit(130);
+    let _g = serial();
+    let g = gpu();
+    let k = Kernels::new(&g, None).unwrap();
+    let check = |e: &export::Export, what: &str| {
+        let dense = Net::new(&g, k.clone(), e, Mode::DenseMasked).unwrap();
+        let want = infer::logits(&g, &dense, &data.test, 64).unwrap();
+        for (class, kernels) in [
+            (
+                Cpu,
+                [
+                    "csr_linear_fm",
+                    "to_feature_major",
+                    "ell_input_product_compacted",
+                    "gemm",
+                ],
+            ),
+            (
+                GpuClass,
+                [
+                    "csr_linear_fm",
+                    "csr_linear_fm",
+                    "csr_linear",
+                    "to_feature_major",
+                ],
+            ),
+        ] {
+            let net = Net::for_class(&g, k.clone(), e, Mode::Sparse, class).unwrap();
+            let labels: Vec<String> = net
+                .plan(&g, 64)
+                .unwrap()
+                .dispatches
+                .iter()
+                .map(|d| d.label.clone())
+                .collect();
+            for kernel in kernels {
+                assert!(
+                    labels.iter().any(|l| l.contains(kernel)),
+                    "{what}, {class:?} routes: no {kernel} in {labels:?}"
+                );
+            }
+            for batch in [1, 7, 64] {
+                let got = infer::logits(&g, &net, &data.test, batch).unwrap();
+                let worst = largest_difference(&got, &want);
+                assert!(
+                    worst <= 1e-5,
+                    "{what}, {class:?} routes, batch {batch}: logits differ by {worst}"
+                );
+                assert_eq!(
+                    infer::predictions(&got, 10),
+                    infer::predictions(&want, 10),
+                    "{what}, {class:?} routes, batch {batch}"
+                );
+            }
+        }
+    };
+    check(&e, "fc2 in 34 rows");
+    cut(&mut e, "fc2.weight", |_, _, _| false);
+    assert_eq!(route(&e, Cpu, "fc2"), FcRoute::InputSparse);
+    check(&e, "fc2 empty");
+
+    // Bindings for 45 samples of fc1's 784 inputs (and fc2's 120,000 bytes of weights): the
+    // lists take whole blocks of 8.
+    let mut small = gpu();
+    small.limits.max_storage_buffer_binding_size = 45 * 4 * 784;
+    let net = Net::for_class(
+        &small,
+        Kernels::new(&small, None).unwrap(),
+        &e,
+        Mode::Sparse,
+        Cpu,
+    )
+    .unwrap();
+    assert_eq!(net.sample_floats(), 784);
+    assert_eq!(net.max_batch(&small), 40);
+    let got = infer::logits(&small, &net, &data.test, 45).unwrap();
+    let dense = Net::new(&g, k.clone(), &e, Mode::DenseMasked).unwrap();
+    let want = infer::logits(&g, &dense, &data.test, 64).unwrap();
+    assert!(largest_difference(&got, &want) <= 1e-5);
+
+    // `bench-infer --profile`: each dispatch of both modes, per batch size.
+    let (ok, out, err) = dst_cli(&[
+        "bench-infer",
+        csr_path.to_str().unwrap(),
+        "--samples",
+        "8",
+        "--profile",
+    ]);
+    assert!(ok, "{err}");
+    let sparse_kernel = if g.class == Cpu {
+        "ell_input_product_compacted"
+    } else {
+        "csr_linear"
+    };
+    // Batches 1, 64 and 1024; a GPU's sparse plan makes the input feature-major first, except at
+    // batch 1.
+    for (mode, kernel, dispatches) in [
+        ("dense-masked", "gemm", 3 * 5),
+        (
+            "sparse",
+            sparse_kernel,
+            if g.class == Cpu { 3 * 5 } else { 3 + 2 * 4 },
+        ),
+    ] {
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(mode))
+            .collect();
+        assert_eq!(lines.len(), dispatches, "{mode}: {out}");
+        assert!(lines.iter().any(|l| l.contains(kernel)), "{mode}: {out}");
+        assert!(lines.iter().all(|l| l.ends_with(" us")), "{out}");
+    }
+}
+
 /// Writes `e` with a valid checksum (so the checks behind it are what refuses) and loads it.
 fn reload(e: &export::Export, dir: &Path, name: &str) -> Result<export::Export, String> {
     let p = dir.join(name);
@@ -827,6 +1002,11 @@ fn lstm_exports_infer_densely_and_bench_infer_compares_evaluations() {
         dst_cli(&["bench-infer", p.to_str().unwrap(), "--samples", "100"])
     };
     assert!(ok, "{err}");
+    let (ok, _, refused) = dst_cli(&["bench-infer", p.to_str().unwrap(), "--profile"]);
+    assert!(
+        !ok && refused.contains("lstm-a has no sparse inference kernels"),
+        "{refused}"
+    );
     assert!(
         out.contains(
             "lstm-a (csr export) has no sparse inference kernels: the trainer's evaluation of \

@@ -1,5 +1,9 @@
-//! Inference from an export on the GPU: fully connected layers from their CSR form through
-//! `csr_linear` (shaders/sparse.wgsl), activations feature-major between sparse layers. LeNet-5's
+//! Inference from an export on the GPU. Fully connected layers (`fc_route`): on GPUs from their
+//! CSR form through `csr_linear` (shaders/sparse.wgsl), activations feature-major between sparse
+//! layers; on CPU adapters by the cheapest of that, the trainer's forward there (the product
+//! over the input's nonzeros and the rows that keep a weight: `input_lists_counted`,
+//! `ell_input_product`, its columns of P^T written once from the export) and the dense product
+//! (LeNet-300-100 at 8 % kept: fc1 and fc2 the trainer's way, the logits dense). LeNet-5's
 //! convolutions (shaders/conv.wgsl, then ReLU and pooling in pool.wgsl) run, on CPU adapters,
 //! through a patch matrix: from the lists of their kept weights where they keep at most the
 //! trainer's conv switch ratio (`listed_conv`), else the dense product; on GPUs, dense.
@@ -12,10 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::data::Dataset;
-use crate::gpu::{Gpu, Tensor};
+use crate::gpu::{AdapterClass, Gpu, Tensor};
 use crate::kernels::conv::{ConvShape, ConvVariant};
 use crate::kernels::pool::PoolShape;
-use crate::kernels::sparse::{CsrTensors, EllLists, Major};
+use crate::kernels::sparse::{CsrTensors, EllLists, InputLists, Major};
 use crate::kernels::{run_once, Dispatch, Kernels};
 
 use super::Export;
@@ -23,8 +27,8 @@ use super::Export;
 /// How the masked layers compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Fully connected layers from CSR with `csr_linear`; convolutions that `listed_conv` marks
-    /// from the lists of their kept weights.
+    /// Fully connected layers as `fc_route` says (GPUs: from CSR with `csr_linear`);
+    /// convolutions that `listed_conv` marks from the lists of their kept weights.
     Sparse,
     /// Dense products on the masked weights (zeros included), as evaluation runs them.
     DenseMasked,
@@ -32,7 +36,69 @@ pub enum Mode {
 
 enum Fc {
     Sparse(CsrTensors),
+    /// `FcRoute::InputSparse`: P's per-row keep counts (u32) and the columns of P^T that the
+    /// compacted product reads (inputs x outputs, in the order `input_lists_counted` gives the
+    /// rows: those that keep a weight first), written once in `Net::new`.
+    InputSparse {
+        counts: Tensor,
+        pt_c: Tensor,
+    },
     Dense(Tensor),
+}
+
+/// How sparse inference computes a fully connected layer (`fc_route`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FcRoute {
+    /// `csr_linear` from the CSR form: work in proportion to the kept weights.
+    Csr,
+    /// The trainer's forward on CPU adapters: the lists of the input's nonzeros per block of 8
+    /// samples (`input_lists_counted`), then the product over them and over the workgroups of
+    /// 64 rows that hold a row that keeps a weight (`ell_input_product`, compacted, from P^T's
+    /// columns written once). Outputs a multiple of 4 only (its vec4 columns).
+    InputSparse,
+    /// The dense product of the masked weights.
+    Dense,
+}
+
+/// `fc_route`'s cost of a kept weight in `csr_linear` on a CPU adapter, in multiply-adds of the
+/// dense and listed products: there its loads decide, one vec4 of activations per kept weight
+/// and 4 samples, where the register-blocked products load one per 16 multiply-adds. Measured
+/// on lavapipe (BENCHMARKS.md): LeNet-300-100's fc1 at 5.84 % kept, 13,733 kept weights took
+/// 2.6-3.0 ms at batch 64 in `csr_linear_fm`, and the listed product over 128 rows x 784 inputs
+/// (46 % listed) 1.2 ms: 7.8 multiply-adds' time per kept weight.
+const CSR_COST: f64 = 8.0;
+
+/// The fraction of its inputs that `fc_route` counts as listed in the input-sparse product (it
+/// depends on the data: 46 % of MNIST's pixels are nonzero in at least one of 8 images, and a
+/// ReLU's output is about half zeros).
+const LISTED_INPUTS: f64 = 0.5;
+
+/// How sparse inference on an adapter of `class` computes the fully connected layer `e`
+/// (`rows x cols`). GPUs: from CSR. CPU adapters: the cheapest of the three by a cost in
+/// multiply-adds per sample: the dense product rows x cols; `csr_linear`, `CSR_COST` per kept
+/// weight; the input-sparse product (outputs a multiple of 4), `LISTED_INPUTS` x cols x the rows
+/// of the workgroups of 64 that hold a row that keeps a weight. LeNet-300-100 at 8 % kept: fc1
+/// and fc2 input-sparse, the logits dense; LeNet-5 at 3 %: fc3 (346 of 500 rows keep weights)
+/// from CSR, the logits dense.
+pub fn fc_route(class: AdapterClass, e: &super::Entry) -> FcRoute {
+    if class == AdapterClass::Gpu {
+        return FcRoute::Csr;
+    }
+    let (rows, cols) = (e.shape[0], e.shape[1]);
+    let c = e.csr();
+    let live = c.crow.windows(2).filter(|w| w[1] > w[0]).count();
+    let dense = (rows * cols) as f64;
+    let csr = CSR_COST * c.nnz() as f64;
+    let listed = rows
+        .is_multiple_of(4)
+        .then(|| LISTED_INPUTS * (rows.min(64 * live.div_ceil(64)) * cols) as f64);
+    if listed.is_some_and(|l| l <= dense.min(csr)) {
+        FcRoute::InputSparse
+    } else if csr < dense {
+        FcRoute::Csr
+    } else {
+        FcRoute::Dense
+    }
 }
 
 enum Stage {
@@ -229,6 +295,35 @@ fn conv_lists(gpu: &Gpu, name: &str, e: &super::Entry) -> anyhow::Result<EllList
     })
 }
 
+/// A fully connected layer's operands for `FcRoute::InputSparse`, from its export entry `e`
+/// (`rows x cols`, rows % 4 == 0): P's per-row keep counts, and the columns of P^T that the
+/// compacted product reads, written here once with the trainer's kernels: `input_lists_counted`
+/// orders the rows from the counts (on a zero input), and `masked_columns` writes the columns
+/// from the export's weights with every threshold 0, so that P holds exactly its nonzeros. Each
+/// plan's lists dispatch writes the same order again before its product reads it.
+fn input_sparse_fc(gpu: &Gpu, k: &Kernels, name: &str, e: &super::Entry) -> anyhow::Result<Fc> {
+    let (rows, cols) = (e.shape[0], e.shape[1]);
+    let c = e.csr();
+    let counts: Vec<u32> = c.crow.windows(2).map(|w| w[1] - w[0]).collect();
+    let counts = Tensor::from_slice(gpu, &format!("{name}.row_counts"), &[rows], &counts)?;
+    let weight = Tensor::from_slice(gpu, &format!("{name}.weight"), &[rows, cols], &e.dense())?;
+    let zero_thresholds = Tensor::zeros(gpu, &format!("{name}.threshold"), &[rows])?;
+    let x = Tensor::zeros(gpu, &format!("{name}.x"), &[1, cols])?;
+    let lists = InputLists::new(gpu, &format!("{name}.lists"), 1, cols, rows)?;
+    let pt_c = Tensor::zeros(gpu, &format!("{name}.pt_compacted"), &[cols, rows])?;
+    run_once(
+        gpu,
+        &[
+            k.sparse
+                .input_lists_counted(gpu, &x, &lists, &counts, None)?,
+            k.sparse
+                .masked_columns(gpu, &lists, &weight, &zero_thresholds, &pt_c)?,
+        ],
+        0,
+    )?;
+    Ok(Fc::InputSparse { counts, pt_c })
+}
+
 /// The export's masked weights (weights, biases and other tensors left out).
 fn masked_entries(export: &Export) -> Vec<&super::Entry> {
     let specs = super::model_params(&export.model).unwrap_or_default();
@@ -281,7 +376,11 @@ pub fn layer_table(export: &Export, route: Route) -> Vec<String> {
                 Route::Masked(class) if kept_products(class, e) => "its kept weights only",
                 Route::Masked(_) if lstm_gates(e) => "dense, masked",
                 Route::Masked(_) => "masked (the trainer's products)",
-                Route::Sparse(_) if e.shape.len() == 2 => "sparse (CSR)",
+                Route::Sparse(class) if e.shape.len() == 2 => match fc_route(class, e) {
+                    FcRoute::Csr => "sparse (CSR)",
+                    FcRoute::InputSparse => "its rows that keep a weight, the input's nonzeros",
+                    FcRoute::Dense => "dense (the masked weights)",
+                },
                 Route::Sparse(class) if listed_conv(class, e) => "its kept weights only",
                 Route::Sparse(_) => "dense (conv on the masked weights)",
             };
@@ -336,6 +435,18 @@ impl Net {
         export: &Export,
         mode: Mode,
     ) -> anyhow::Result<Net> {
+        Net::for_class(gpu, kernels, export, mode, gpu.class)
+    }
+
+    /// `Net::new` with the routes of an adapter of `class` (`fc_route`, `listed_conv`): the
+    /// tests run a GPU's routes on a CPU adapter with it.
+    pub fn for_class(
+        gpu: &Gpu,
+        kernels: Arc<Kernels>,
+        export: &Export,
+        mode: Mode,
+        class: AdapterClass,
+    ) -> anyhow::Result<Net> {
         check_supported(&export.model)?;
         let dense = |name: &str| -> anyhow::Result<Tensor> {
             let e = export
@@ -351,7 +462,7 @@ impl Net {
                 let e = export
                     .get(&weight)
                     .ok_or_else(|| anyhow::anyhow!("{weight} missing"))?;
-                let lists = (mode == Mode::Sparse && patch_matrix && listed_conv(gpu.class, e))
+                let lists = (mode == Mode::Sparse && patch_matrix && listed_conv(class, e))
                     .then(|| conv_lists(gpu, name, e))
                     .transpose()?;
                 stages.push(Stage::ConvReluPool {
@@ -372,11 +483,16 @@ impl Net {
                 .get(&format!("{name}.weight"))
                 .expect("validated export");
             let (rows, cols) = (e.shape[0], e.shape[1]);
-            let w = match mode {
-                Mode::DenseMasked => {
+            let route = match mode {
+                Mode::DenseMasked => FcRoute::Dense,
+                Mode::Sparse => fc_route(class, e),
+            };
+            let w = match route {
+                FcRoute::Dense => {
                     Fc::Dense(Tensor::from_slice(gpu, name, &[rows, cols], &e.dense())?)
                 }
-                Mode::Sparse => {
+                FcRoute::InputSparse => input_sparse_fc(gpu, &kernels, name, e)?,
+                FcRoute::Csr => {
                     let c = e.csr();
                     // At least one element each: an all-pruned layer still binds.
                     let col: Vec<u32> = if c.col.is_empty() {
@@ -420,7 +536,8 @@ impl Net {
 
     /// Values (f32) per sample of the largest buffer whose size grows with the batch: the
     /// input, each layer's output, a convolution's patch matrix (CPU adapters: `patch_matrix`)
-    /// and, before a sparse layer, its feature-major copy.
+    /// and, before a sparse layer, its feature-major copy or its input's lists (the values of
+    /// each listed input for a block of samples: the input's width per sample).
     pub fn sample_floats(&self) -> usize {
         let mut dims = self.input.clone();
         let mut most: usize = dims.iter().product();
@@ -446,7 +563,22 @@ impl Net {
     /// The largest batch whose buffers fit the adapter's largest storage binding (at least 1).
     pub fn max_batch(&self, gpu: &Gpu) -> usize {
         let per = 4 * self.sample_floats().max(1) as u64;
-        (gpu.max_binding() / per).clamp(1, usize::MAX as u64) as usize
+        let most = (gpu.max_binding() / per).clamp(1, usize::MAX as u64) as usize;
+        // The input lists hold whole blocks of samples.
+        let lists = self.stages.iter().any(|st| {
+            matches!(
+                st,
+                Stage::Linear {
+                    w: Fc::InputSparse { .. },
+                    ..
+                }
+            )
+        });
+        if lists && most >= InputLists::BLOCK {
+            most - most % InputLists::BLOCK
+        } else {
+            most
+        }
     }
 
     /// The dispatches of one batch of `batch` samples.
@@ -526,25 +658,46 @@ impl Net {
                             } else {
                                 x2
                             };
-                            let y_major = if i == last {
-                                Major::Batch
-                            } else {
+                            // Feature-major out where the next layer is sparse too; batch-major
+                            // for the logits and for a next layer of another route (CPU adapters),
+                            // which reads batch-major: there the feature-major product, then a
+                            // copy that turns it around.
+                            let next_csr = matches!(
+                                self.stages.get(i + 1),
+                                Some(Stage::Linear {
+                                    w: Fc::Sparse(_),
+                                    ..
+                                })
+                            );
+                            let y_major = if next_csr {
                                 Major::Feature
+                            } else {
+                                Major::Batch
                             };
                             if major == Major::Feature
-                                && y_major == Major::Feature
+                                && (y_major == Major::Feature || i != last)
                                 && batch.is_multiple_of(4)
                             {
+                                let out = if y_major == Major::Feature {
+                                    y.clone()
+                                } else {
+                                    Tensor::zeros(gpu, "infer.fc_fm", &[*rows, batch])?
+                                };
                                 ds.push(k.sparse.csr_linear_fm(
                                     gpu,
                                     c,
                                     batch,
                                     &x2,
                                     Some(b),
-                                    &y,
+                                    &out,
                                     *relu,
                                     &k.dummy,
                                 )?);
+                                if y_major == Major::Batch {
+                                    ds.push(
+                                        k.sparse.to_feature_major(gpu, *rows, batch, &out, &y)?,
+                                    );
+                                }
                             } else {
                                 ds.push(k.sparse.csr_linear(
                                     gpu,
@@ -562,7 +715,27 @@ impl Net {
                             major = y_major;
                             x = y;
                         }
+                        Fc::InputSparse { counts, pt_c } => {
+                            assert_eq!(major, Major::Batch, "the lists read a batch-major input");
+                            let lists = InputLists::new(gpu, "infer.lists", batch, *cols, *rows)?;
+                            ds.push(
+                                k.sparse
+                                    .input_lists_counted(gpu, &x2, &lists, counts, None)?,
+                            );
+                            ds.push(k.sparse.ell_input_product(
+                                gpu,
+                                &lists,
+                                pt_c,
+                                Some(b),
+                                &y,
+                                *relu,
+                                true,
+                                &k.dummy,
+                            )?);
+                            x = y;
+                        }
                         Fc::Dense(wt) => {
+                            assert_eq!(major, Major::Batch, "the GEMM reads a batch-major input");
                             ds.push(k.gemm.forward(gpu, &x2, wt, Some(b), &y, &k.dummy)?);
                             if *relu {
                                 let r = Tensor::zeros(gpu, "infer.relu", &[batch, *rows])?;
@@ -638,6 +811,16 @@ pub fn predictions(logits: &[f32], classes: usize) -> Vec<usize> {
         .collect()
 }
 
+/// A batch of `batch` images from the first of `ds` (again from the first where it has fewer),
+/// as the trainer's input values: the timed input of `throughput` and `dispatch_times`.
+fn first_images(ds: &Dataset, batch: usize) -> Vec<f32> {
+    let mut input = Vec::with_capacity(batch * ds.pixels());
+    for i in 0..batch {
+        input.extend(images(ds, i % ds.count, 1, 1));
+    }
+    input
+}
+
 /// Samples per second of `net` at `batch`, over `reps` back-to-back batches in one submission
 /// (after one warm-up batch), on the first images of `ds`; also returns the logits.
 pub fn throughput(
@@ -650,11 +833,7 @@ pub fn throughput(
     check_images(&net.model, ds)?;
     anyhow::ensure!(ds.count > 0, "no images to time inference on");
     let plan = net.plan(gpu, batch)?;
-    let mut input = Vec::with_capacity(batch * ds.pixels());
-    for i in 0..batch {
-        input.extend(images(ds, i % ds.count, 1, 1));
-    }
-    gpu.write(&plan.input, &input);
+    gpu.write(&plan.input, &first_images(ds, batch));
     run_once(gpu, &plan.dispatches, 0)?;
     let all: Vec<Dispatch> = (0..reps)
         .flat_map(|_| plan.dispatches.iter().cloned())
@@ -923,9 +1102,16 @@ pub fn bench(
     data: Option<&std::path::Path>,
     batches: &[usize],
     samples: usize,
+    profile: bool,
 ) -> anyhow::Result<()> {
     let export = super::load(file)?;
     if !has_sparse(&export.model) {
+        anyhow::ensure!(
+            !profile,
+            "--profile times sparse inference's dispatches: {} has no sparse inference kernels \
+             (LeNet-300-100 and LeNet-5 have)",
+            export.model
+        );
         return bench_evaluation(file, &export, data, samples);
     }
     let test = load_test(data)?;
@@ -977,8 +1163,65 @@ pub fn bench(
             "{b:>6} {reps:>8} {d:>18.0} {s:>18.0} {:>8.2}x {diff:>12.2e}",
             s / d
         );
+        if profile {
+            let (mut pd, mut ps) = (Vec::new(), Vec::new());
+            for _ in 0..ROUNDS {
+                best_of(
+                    &mut pd,
+                    dispatch_times(&gpu, &dense, &test.images, b, reps)?,
+                );
+                best_of(
+                    &mut ps,
+                    dispatch_times(&gpu, &sparse, &test.images, b, reps)?,
+                );
+            }
+            for (mode, times) in [("dense-masked", pd), ("sparse", ps)] {
+                for (i, (label, us)) in times.iter().enumerate() {
+                    println!("{:>6} {mode:>12} {i:>3} {label:<44} {us:>10.1} us", "");
+                }
+            }
+        }
     }
     Ok(())
+}
+
+/// Keeps the smaller time of each dispatch (`best` empty: takes `times`).
+fn best_of(best: &mut Vec<(String, f64)>, times: Vec<(String, f64)>) {
+    if best.is_empty() {
+        *best = times;
+    } else {
+        for (b, t) in best.iter_mut().zip(times) {
+            b.1 = b.1.min(t.1);
+        }
+    }
+}
+
+/// Microseconds per run of each dispatch of `net`'s plan at `batch` alone: the dispatch
+/// repeated `reps` times back to back in one submission (each reads what the one before it in
+/// the plan wrote in a first full run, and rewrites the same values), with its label.
+pub fn dispatch_times(
+    gpu: &Gpu,
+    net: &Net,
+    ds: &Dataset,
+    batch: usize,
+    reps: usize,
+) -> anyhow::Result<Vec<(String, f64)>> {
+    check_images(&net.model, ds)?;
+    anyhow::ensure!(ds.count > 0, "no images to time inference on");
+    let plan = net.plan(gpu, batch)?;
+    gpu.write(&plan.input, &first_images(ds, batch));
+    run_once(gpu, &plan.dispatches, 0)?;
+    let mut out = Vec::with_capacity(plan.dispatches.len());
+    for d in &plan.dispatches {
+        let all = vec![d.clone(); reps.max(1)];
+        let t = Instant::now();
+        run_once(gpu, &all, 0)?;
+        out.push((
+            d.label.clone(),
+            t.elapsed().as_secs_f64() * 1e6 / all.len() as f64,
+        ));
+    }
+    Ok(out)
 }
 
 /// `dst bench-infer` of a model without sparse inference kernels: images/s of the trainer's
