@@ -139,6 +139,11 @@ enum Command {
         /// (LeNet-300-100 and LeNet-5).
         #[arg(long)]
         profile: bool,
+        /// Sparse inference with the routes of this adapter class, `cpu` or `gpu` [default: the
+        /// adapter's]: which product each layer takes (the layer table says), to compare them
+        /// on one adapter.
+        #[arg(long, value_parser = ["cpu", "gpu"])]
+        routes: Option<String>,
     },
     /// Charts (PNG) of one or more runs, overlaid and labelled: keep ratio per layer over the
     /// steps, accuracy and remaining % per epoch, threshold means, alpha of the DST runs.
@@ -523,7 +528,15 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             data,
             samples,
             profile,
-        }) => dst::export::infer::bench(&file, data.as_deref(), &[1, 64, 1024], samples, profile),
+            routes,
+        }) => {
+            let routes = routes.map(|r| match r.as_str() {
+                "cpu" => dst::gpu::AdapterClass::Cpu,
+                _ => dst::gpu::AdapterClass::Gpu,
+            });
+            let batches = [1, 64, 1024];
+            dst::export::infer::bench(&file, data.as_deref(), &batches, samples, profile, routes)
+        }
         Some(Command::Plot { runs, out }) => cmd_plot(&runs, out),
         Some(Command::Masks { checkpoint, out }) => cmd_masks(&checkpoint, out),
         Some(Command::Sweep(a)) => cmd_sweep(a),

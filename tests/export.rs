@@ -451,38 +451,53 @@ fn every_fc_route_gives_the_dense_products_logits() {
     let want = infer::logits(&g, &dense, &data.test, 64).unwrap();
     assert!(largest_difference(&got, &want) <= 1e-5);
 
-    // `bench-infer --profile`: each dispatch of both modes, per batch size.
-    let (ok, out, err) = dst_cli(&[
-        "bench-infer",
-        csr_path.to_str().unwrap(),
-        "--samples",
-        "8",
-        "--profile",
-    ]);
-    assert!(ok, "{err}");
-    let sparse_kernel = if g.class == Cpu {
-        "ell_input_product_compacted"
-    } else {
-        "csr_linear"
-    };
-    // Batches 1, 64 and 1024; a GPU's sparse plan makes the input feature-major first, except at
-    // batch 1.
-    for (mode, kernel, dispatches) in [
-        ("dense-masked", "gemm", 3 * 5),
-        (
-            "sparse",
-            sparse_kernel,
-            if g.class == Cpu { 3 * 5 } else { 3 + 2 * 4 },
-        ),
-    ] {
-        let lines: Vec<&str> = out
-            .lines()
-            .filter(|l| l.split_whitespace().next() == Some(mode))
-            .collect();
-        assert_eq!(lines.len(), dispatches, "{mode}: {out}");
-        assert!(lines.iter().any(|l| l.contains(kernel)), "{mode}: {out}");
-        assert!(lines.iter().all(|l| l.ends_with(" us")), "{out}");
+    // `bench-infer --profile`: each dispatch of both modes, per batch size; with `--routes`,
+    // the other adapter class's routes.
+    let other = if g.class == Cpu { "gpu" } else { "cpu" };
+    for routes in [None, Some(other)] {
+        let file = csr_path.to_str().unwrap();
+        let mut args = vec!["bench-infer", file, "--samples", "8", "--profile"];
+        args.extend(routes.iter().flat_map(|r| ["--routes", r]));
+        let (ok, out, err) = dst_cli(&args);
+        assert!(ok, "{err}");
+        let cpu_routes = (g.class == Cpu) == routes.is_none();
+        assert_eq!(
+            out.contains("sparse inference with the routes of a"),
+            routes.is_some(),
+            "{out}"
+        );
+        let (kernel, dispatches) = if cpu_routes {
+            ("ell_input_product_compacted", 3 * 5)
+        } else {
+            // A GPU's sparse plan makes the input feature-major first, except at batch 1.
+            ("csr_linear", 3 + 2 * 4)
+        };
+        // Batches 1, 64 and 1024.
+        for (mode, kernel, dispatches) in [
+            ("dense-masked", "gemm", 3 * 5),
+            ("sparse", kernel, dispatches),
+        ] {
+            // "  sparse  3 sparse.csr_linear_fm   2636.1 us": mode, index, kernel, time.
+            let lines: Vec<Vec<&str>> = out
+                .lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|w| w.len() == 5 && w[0] == mode && w[1].parse::<usize>().is_ok())
+                .collect();
+            assert_eq!(lines.len(), dispatches, "{routes:?} {mode}: {out}");
+            assert!(
+                lines.iter().any(|w| w[2].contains(kernel)),
+                "{routes:?} {mode}: {out}"
+            );
+            assert!(
+                lines
+                    .iter()
+                    .all(|w| w[4] == "us" && w[3].parse::<f64>().is_ok_and(|t| t > 0.0)),
+                "{out}"
+            );
+        }
     }
+    let (ok, _, err) = dst_cli(&["bench-infer", csr_path.to_str().unwrap(), "--routes", "tpu"]);
+    assert!(!ok && err.contains("tpu"), "{err}");
 }
 
 /// Writes `e` with a valid checksum (so the checks behind it are what refuses) and loads it.

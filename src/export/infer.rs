@@ -1096,19 +1096,23 @@ pub const ROUNDS: usize = 3;
 
 /// `dst bench-infer`: samples/s of dense-masked against sparse inference of an export at each
 /// batch size, in one process (the best of `ROUNDS` alternating rounds each), and the largest
-/// logit difference between the two.
+/// logit difference between the two; with `profile`, each dispatch's time alone too
+/// (`dispatch_times`). Sparse inference takes the routes of `routes` (default: the adapter's
+/// class).
 pub fn bench(
     file: &std::path::Path,
     data: Option<&std::path::Path>,
     batches: &[usize],
     samples: usize,
     profile: bool,
+    routes: Option<AdapterClass>,
 ) -> anyhow::Result<()> {
     let export = super::load(file)?;
     if !has_sparse(&export.model) {
+        let flag = if profile { "--profile" } else { "--routes" };
         anyhow::ensure!(
-            !profile,
-            "--profile times sparse inference's dispatches: {} has no sparse inference kernels \
+            !profile && routes.is_none(),
+            "{flag} is for sparse inference: {} has no sparse inference kernels \
              (LeNet-300-100 and LeNet-5 have)",
             export.model
         );
@@ -1119,8 +1123,9 @@ pub fn bench(
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.describe());
     let kernels = Kernels::new(&gpu, None)?;
+    let class = routes.unwrap_or(gpu.class);
     let dense = Net::new(&gpu, kernels.clone(), &export, Mode::DenseMasked)?;
-    let sparse = Net::new(&gpu, kernels, &export, Mode::Sparse)?;
+    let sparse = Net::for_class(&gpu, kernels, &export, Mode::Sparse, class)?;
     let masked = masked_entries(&export);
     let kept: usize = masked.iter().map(|e| e.csr().nnz()).sum();
     let total: usize = masked
@@ -1133,7 +1138,14 @@ pub fn bench(
         export.layout.name(),
         100.0 * kept as f64 / total as f64
     );
-    for line in layer_table(&export, Route::Sparse(gpu.class)) {
+    if class != gpu.class {
+        let name = match class {
+            AdapterClass::Cpu => "CPU",
+            AdapterClass::Gpu => "GPU",
+        };
+        println!("sparse inference with the routes of a {name} adapter (--routes)");
+    }
+    for line in layer_table(&export, Route::Sparse(class)) {
         println!("{line}");
     }
     println!(
