@@ -63,9 +63,11 @@ pub enum FcRoute {
 /// `fc_route`'s cost of a kept weight in `csr_linear` on a CPU adapter, in multiply-adds of the
 /// dense and listed products: there its loads decide, one vec4 of activations per kept weight
 /// and 4 samples, where the register-blocked products load one per 16 multiply-adds. Measured
-/// on lavapipe (BENCHMARKS.md): LeNet-300-100's fc1 at 5.84 % kept, 13,733 kept weights took
-/// 2.6-3.0 ms at batch 64 in `csr_linear_fm`, and the listed product over 128 rows x 784 inputs
-/// (46 % listed) 1.2 ms: 7.8 multiply-adds' time per kept weight.
+/// on one lavapipe thread (`dst bench-infer --profile`, default routes against `--routes gpu`,
+/// BENCHMARKS.md): LeNet-300-100's fc1 at 5.84 % kept, batch 64, `csr_linear_fm` 2.4-2.5 ms for
+/// 13,733 kept weights, the lists and the listed product 0.8-1.5 ms for 128 rows x 784 inputs at
+/// 46 % listed: 6-13 multiply-adds' time per kept weight. LeNet-5's fc3 at 3 % (8,700 kept, 346
+/// of 500 rows keep some) is faster from CSR, as 8 says (the choice turns at 17).
 const CSR_COST: f64 = 8.0;
 
 /// The fraction of its inputs that `fc_route` counts as listed in the input-sparse product (it
