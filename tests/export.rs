@@ -310,9 +310,9 @@ fn lenet5_sparse_inference_computes_pruned_convolutions_from_their_kept_weights(
     assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
 }
 
-/// `e`'s weight `name` with only what `keep(row, value, its rank by magnitude in the matrix)`
-/// keeps, as CSR.
-fn cut(e: &mut export::Export, name: &str, keep: impl Fn(usize, f32, f64) -> bool) {
+/// `e`'s weight `name` with only the weights `keep(row, rank)` keeps (rank: the fraction of the
+/// matrix's magnitudes below the weight's), as CSR.
+fn cut(e: &mut export::Export, name: &str, keep: impl Fn(usize, f64) -> bool) {
     let entry = e.entries.iter_mut().find(|x| x.name == name).unwrap();
     let (rows, cols) = (entry.shape[0], entry.shape[1]);
     let mut w = entry.dense();
@@ -320,7 +320,7 @@ fn cut(e: &mut export::Export, name: &str, keep: impl Fn(usize, f32, f64) -> boo
     mags.sort_by(|a, b| a.total_cmp(b));
     for (i, v) in w.iter_mut().enumerate() {
         let rank = mags.partition_point(|m| *m < v.abs()) as f64 / mags.len() as f64;
-        if !keep(i / cols, *v, rank) {
+        if !keep(i / cols, rank) {
             *v = 0.0;
         }
     }
@@ -346,8 +346,8 @@ fn every_fc_route_gives_the_dense_products_logits() {
     let dir = tmp("fc-routes");
     let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
     let mut e = export::load(&csr_path).unwrap();
-    cut(&mut e, "fc1.weight", |_, _, rank| rank >= 0.97);
-    cut(&mut e, "fc2.weight", |row, _, _| row >= 66);
+    cut(&mut e, "fc1.weight", |_, rank| rank >= 0.97);
+    cut(&mut e, "fc2.weight", |row, _| row >= 66);
     let route = |e: &export::Export, class, name: &str| {
         infer::fc_route(class, e.get(&format!("{name}.weight")).unwrap())
     };
@@ -428,7 +428,7 @@ fn every_fc_route_gives_the_dense_products_logits() {
         }
     };
     check(&e, "fc2 in 34 rows");
-    cut(&mut e, "fc2.weight", |_, _, _| false);
+    cut(&mut e, "fc2.weight", |_, _| false);
     assert_eq!(route(&e, Cpu, "fc2"), FcRoute::InputSparse);
     check(&e, "fc2 empty");
 
@@ -1017,11 +1017,16 @@ fn lstm_exports_infer_densely_and_bench_infer_compares_evaluations() {
         dst_cli(&["bench-infer", p.to_str().unwrap(), "--samples", "100"])
     };
     assert!(ok, "{err}");
-    let (ok, _, refused) = dst_cli(&["bench-infer", p.to_str().unwrap(), "--profile"]);
-    assert!(
-        !ok && refused.contains("lstm-a has no sparse inference kernels"),
-        "{refused}"
-    );
+    for flag in [&["--profile"][..], &["--routes", "cpu"]] {
+        let mut args = vec!["bench-infer", p.to_str().unwrap()];
+        args.extend(flag);
+        let (ok, _, refused) = dst_cli(&args);
+        let want = format!(
+            "{} is for sparse inference: lstm-a has no sparse inference kernels",
+            flag[0]
+        );
+        assert!(!ok && refused.contains(&want), "{refused}");
+    }
     assert!(
         out.contains(
             "lstm-a (csr export) has no sparse inference kernels: the trainer's evaluation of \
