@@ -251,21 +251,9 @@ fn lenet5_sparse_inference_computes_pruned_convolutions_from_their_kept_weights(
     let dir = tmp("l5-listed");
     let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
     let mut e = export::load(&csr_path).unwrap();
-    let conv2 = e
-        .entries
-        .iter_mut()
-        .find(|x| x.name == "conv2.weight")
-        .unwrap();
-    let mut w = conv2.dense();
-    let mut mags: Vec<f32> = w.iter().map(|v| v.abs()).collect();
-    mags.sort_by(|a, b| a.total_cmp(b));
-    let cut = mags[mags.len() * 9 / 10];
-    for (i, v) in w.iter_mut().enumerate() {
-        if v.abs() < cut || i < 500 {
-            *v = 0.0;
-        }
-    }
-    conv2.value = Value::Csr(Csr::from_dense(50, 500, &w));
+    cut(&mut e, "conv2.weight", |filter, rank| {
+        filter > 0 && rank >= 0.9
+    });
     let g = gpu();
     let cpu = g.class == dst::gpu::AdapterClass::Cpu;
     assert_eq!(
@@ -310,11 +298,12 @@ fn lenet5_sparse_inference_computes_pruned_convolutions_from_their_kept_weights(
     assert_eq!(infer::predictions(&got, 10), infer::predictions(&want, 10));
 }
 
-/// `e`'s weight `name` with only the weights `keep(row, rank)` keeps (rank: the fraction of the
-/// matrix's magnitudes below the weight's), as CSR.
+/// `e`'s weight `name` with only the weights `keep(row, rank)` keeps (row: the output or filter;
+/// rank: the fraction of the weight's magnitudes below its own), as CSR.
 fn cut(e: &mut export::Export, name: &str, keep: impl Fn(usize, f64) -> bool) {
     let entry = e.entries.iter_mut().find(|x| x.name == name).unwrap();
-    let (rows, cols) = (entry.shape[0], entry.shape[1]);
+    let rows = entry.shape[0];
+    let cols: usize = entry.shape[1..].iter().product();
     let mut w = entry.dense();
     let mut mags: Vec<f32> = w.iter().map(|v| v.abs()).collect();
     mags.sort_by(|a, b| a.total_cmp(b));

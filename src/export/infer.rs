@@ -88,7 +88,7 @@ pub fn fc_route(class: AdapterClass, e: &super::Entry) -> FcRoute {
     }
     let (rows, cols) = (e.shape[0], e.shape[1]);
     let c = e.csr();
-    let live = c.crow.windows(2).filter(|w| w[1] > w[0]).count();
+    let live = row_counts(&c).iter().filter(|&&n| n > 0).count();
     let dense = (rows * cols) as f64;
     let csr = CSR_COST * c.nnz() as f64;
     let listed = rows
@@ -101,6 +101,11 @@ pub fn fc_route(class: AdapterClass, e: &super::Entry) -> FcRoute {
     } else {
         FcRoute::Dense
     }
+}
+
+/// The weights each row of `c` keeps.
+fn row_counts(c: &super::Csr) -> Vec<u32> {
+    c.crow.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
 enum Stage {
@@ -305,8 +310,7 @@ fn conv_lists(gpu: &Gpu, name: &str, e: &super::Entry) -> anyhow::Result<EllList
 /// plan's lists dispatch writes the same order again before its product reads it.
 fn input_sparse_fc(gpu: &Gpu, k: &Kernels, name: &str, e: &super::Entry) -> anyhow::Result<Fc> {
     let (rows, cols) = (e.shape[0], e.shape[1]);
-    let c = e.csr();
-    let counts: Vec<u32> = c.crow.windows(2).map(|w| w[1] - w[0]).collect();
+    let counts = row_counts(&e.csr());
     let counts = Tensor::from_slice(gpu, &format!("{name}.row_counts"), &[rows], &counts)?;
     let weight = Tensor::from_slice(gpu, &format!("{name}.weight"), &[rows, cols], &e.dense())?;
     let zero_thresholds = Tensor::zeros(gpu, &format!("{name}.threshold"), &[rows])?;
