@@ -227,11 +227,9 @@ fn to_feature_major4(@builtin(global_invocation_id) gid: vec3<u32>,
 // the GPU each step by `mask_reset` (shaders/masked.wgsl) from the layer's keep count.
 
 // P's element (r, c): p row-major, or transposed (a linear layer's P, see shaders/masked.wgsl).
+// (One load at an index picked by `select`: lavapipe runs both sides of a branch, both loads.)
 fn p_elem(r: u32, c: u32) -> f32 {
-    if (sp.p_transposed != 0u) {
-        return p[c * sp.rows + r];
-    }
-    return p[r * sp.cols + c];
+    return p[select(r * sp.cols + c, c * sp.rows + r, sp.p_transposed != 0u)];
 }
 
 // Reads p (rows x cols); writes the row lists (`by_rows`: list r, the columns where row r is
@@ -253,18 +251,15 @@ fn ell_build(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     let dst = sp.list_base + l * len;
     var n = 0u;
+    // Each element is written at the list's end, which moves on only past a nonzero: no branch
+    // (lavapipe runs a branch's stores anyway, lane by lane under a mask, and both sides of one:
+    // so the element's place is picked by `select` too). The entry past the count may hold a
+    // zero; no reader looks there.
     for (var i = 0u; i < len; i++) {
-        var v: f32;
-        if (by_rows) {
-            v = p_elem(l, i);
-        } else {
-            v = p_elem(i, l);
-        }
-        if (v != 0.0) {
-            list_idx[dst + n] = i;
-            list_val[dst + n] = v;
-            n++;
-        }
+        let v = p_elem(select(i, l, by_rows), select(l, i, by_rows));
+        list_idx[dst + n] = i;
+        list_val[dst + n] = v;
+        n += u32(v != 0.0);
     }
     list_cnt[sp.cnt_base + l] = n;
 }
@@ -369,9 +364,11 @@ const IB: u32 = 8u; // samples per list (and per `ell_input_product` invocation)
 
 // Where the second of a block's two list segments starts: inputs below it are listed from the
 // block's start, the others from here on (two segments, so that `input_lists_split` can build
-// them in two workgroups, one per CPU core on lavapipe).
+// them in two workgroups, one per CPU core on lavapipe). A multiple of 4 (half the input's vec4s,
+// rounded up), so that `list_segment4` starts both segments on a vec4; the width where that is
+// past it (widths below 8).
 fn list_half() -> u32 {
-    return (sp.cols + 1u) / 2u;
+    return min(sp.cols, 4u * ((sp.cols + 7u) / 8u));
 }
 
 // Lists segment `seg` of block r (inputs [0, half) or [half, cols)): the inputs nonzero in at
@@ -411,6 +408,61 @@ fn list_segment(r: u32, seg: u32) -> u32 {
     return n * nb;
 }
 
+// `list_segment` for an input whose width is a multiple of 4 (read as vec4s, x4, from a 16-byte
+// aligned offset): four inputs per iteration from one vec4 load per sample, a quarter of the
+// loads (lavapipe issues each lane by lane: at batch 64 on fc1 they were most of the lists'
+// time). The same lists, values and counts.
+fn list_segment4(r: u32, seg: u32) -> u32 {
+    let b0 = r * IB;
+    let nb = min(IB, sp.rows - b0);
+    let half = list_half();
+    let q0 = seg * half / 4u;
+    let q1 = select(half, sp.cols, seg == 1u) / 4u;
+    let at = r * sp.cols;
+    var n = seg * half;
+    let c4 = sp.cols / 4u;
+    let j0 = vec4<u32>(0u, 1u, 2u, 3u);
+    let j1 = j0 + vec4<u32>(4u);
+    let in0 = j0 < vec4<u32>(nb);
+    let in1 = j1 < vec4<u32>(nb);
+    let o0 = (vec4<u32>(b0) + select(vec4<u32>(0u), j0, in0)) * c4;
+    let o1 = (vec4<u32>(b0) + select(vec4<u32>(0u), j1, in1)) * c4;
+    for (var q = q0; q < q1; q++) {
+        let s0 = x4[o0.x + q];
+        let s1 = x4[o0.y + q];
+        let s2 = x4[o0.z + q];
+        let s3 = x4[o0.w + q];
+        let s4 = x4[o1.x + q];
+        let s5 = x4[o1.y + q];
+        let s6 = x4[o1.z + q];
+        let s7 = x4[o1.w + q];
+        let i = 4u * q;
+        n = list_one(at, n, i, in0, in1, vec4<f32>(s0.x, s1.x, s2.x, s3.x), vec4<f32>(s4.x, s5.x, s6.x, s7.x));
+        n = list_one(at, n, i + 1u, in0, in1, vec4<f32>(s0.y, s1.y, s2.y, s3.y), vec4<f32>(s4.y, s5.y, s6.y, s7.y));
+        n = list_one(at, n, i + 2u, in0, in1, vec4<f32>(s0.z, s1.z, s2.z, s3.z), vec4<f32>(s4.z, s5.z, s6.z, s7.z));
+        n = list_one(at, n, i + 3u, in0, in1, vec4<f32>(s0.w, s1.w, s2.w, s3.w), vec4<f32>(s4.w, s5.w, s6.w, s7.w));
+    }
+    let count = n - seg * half;
+    list_cnt[2u * r + seg] = count;
+    return count * nb;
+}
+
+// Input i of `list_segment4` (its block's values lo: samples 0-3, hi: 4-7, those past the batch
+// zeroed by in0, in1) written at list entry at + n, which the next input takes again unless one
+// of them is nonzero; returns the next entry. Written whatever the values: lavapipe runs a
+// branch's stores anyway, lane by lane under a mask (the entry past a segment's count may hold
+// such a zero entry; no reader looks past the count, and the entry is at most the input's own).
+fn list_one(at: u32, n: u32, i: u32, in0: vec4<bool>, in1: vec4<bool>, lo_all: vec4<f32>,
+            hi_all: vec4<f32>) -> u32 {
+    let zero = vec4<f32>(0.0);
+    let lo = select(zero, lo_all, in0);
+    let hi = select(zero, hi_all, in1);
+    list_idx[at + n] = i;
+    list_val4w[2u * (at + n)] = lo;
+    list_val4w[2u * (at + n) + 1u] = hi;
+    return n + u32(any(lo != zero) | any(hi != zero));
+}
+
 // One workgroup. x is batch x cols (sp.rows = batch, sp.cols = its width): lane l builds the
 // lists of sample blocks l, l + 64, ... (both segments: `list_segment`). Then the listed work
 // (sum over blocks of length x samples) picks the
@@ -427,11 +479,29 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
     for (var r = lid.x; r < blocks; r += WG) {
         total += list_segment(r, 0u) + list_segment(r, 1u);
     }
-    red_total[lid.x] = total;
+    set_switch(lid.x, total);
+}
+
+// `input_lists` for an input whose width is a multiple of 4, read as vec4s (x4, 16-byte
+// aligned: `list_segment4`). The same lists, order and switch. (Its own entry point: naga keeps
+// both sides of a branch on a constant argument, and the scalar form binds no x4.)
+@compute @workgroup_size(64, 1, 1)
+fn input_lists4(@builtin(local_invocation_id) lid: vec3<u32>) {
+    var total = 0u;
+    let blocks = (sp.rows + IB - 1u) / IB;
+    for (var r = lid.x; r < blocks; r += WG) {
+        total += list_segment4(r, 0u) + list_segment4(r, 1u);
+    }
+    set_switch(lid.x, total);
+}
+
+// The end of `input_lists` for lane `lane`, its blocks' listed work `total`: the path, the order.
+fn set_switch(lane: u32, total: u32) {
+    red_total[lane] = total;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid.x < s) {
-            red_total[lid.x] = red_total[lid.x] + red_total[lid.x + s];
+        if (lane < s) {
+            red_total[lane] = red_total[lane] + red_total[lane + s];
         }
         workgroupBarrier();
     }
@@ -440,10 +510,10 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
     var compact = false;
     var n_active = 0u;
     if (sp.compact != 0u) {
-        n_active = compaction_order(lid.x);
+        n_active = compaction_order(lane);
         compact = on && n_active <= sp.compact_max;
     }
-    let slot = lid.x;
+    let slot = lane;
     let t = 3u * sp.n_switch + 4u * slot;
     if (slot == sp.input_slot) {
         for (var a = 0u; a < 3u; a++) {
@@ -472,14 +542,28 @@ fn input_lists(@builtin(local_invocation_id) lid: vec3<u32>) {
 @compute @workgroup_size(64, 1, 1)
 fn input_lists_split(@builtin(local_invocation_id) lid: vec3<u32>,
                      @builtin(workgroup_id) wid: vec3<u32>) {
-    split_lists(lid.x, wid.x);
+    let blocks = (sp.rows + IB - 1u) / IB;
+    for (var r = lid.x; r < blocks; r += WG) {
+        list_segment(r, wid.x);
+    }
+    if (wid.x == 0u) {
+        compaction_order(lid.x);
+    }
 }
 
-// The work of `input_lists_split`'s workgroup s (0 or 1) for lane `lane`.
-fn split_lists(lane: u32, s: u32) {
+// `input_lists_split` for an input whose width is a multiple of 4, read as vec4s (x4, 16-byte
+// aligned: `list_segment4`). The same lists and order.
+@compute @workgroup_size(64, 1, 1)
+fn input_lists_split4(@builtin(local_invocation_id) lid: vec3<u32>,
+                      @builtin(workgroup_id) wid: vec3<u32>) {
+    split_lists4(lid.x, wid.x);
+}
+
+// The work of `input_lists_split4`'s workgroup s (0 or 1) for lane `lane`.
+fn split_lists4(lane: u32, s: u32) {
     let blocks = (sp.rows + IB - 1u) / IB;
     for (var r = lane; r < blocks; r += WG) {
-        list_segment(r, s);
+        list_segment4(r, s);
     }
     if (s == 0u) {
         compaction_order(lane);
@@ -498,7 +582,7 @@ fn input_lists_split_klists(@builtin(local_invocation_id) lid: vec3<u32>,
         weight_grad_lists((wid.x - 2u) * WG + lid.x);
         return;
     }
-    split_lists(lid.x, wid.x);
+    split_lists4(lid.x, wid.x);
 }
 
 // For block `blk` of 8 input columns of x (sp.rows samples x sp.cols inputs, read as vec4s:
@@ -518,10 +602,8 @@ fn weight_grad_lists(blk: u32) {
     let zero = vec4<f32>(0.0);
     var count = 0u;
     for (var k = 0u; k < sp.rows; k++) {
-        if (any(x4[k * n4 + ca] != zero) | any(x4[k * n4 + cb] != zero)) {
-            k_list[base + count] = k;
-            count++;
-        }
+        k_list[base + count] = k;
+        count += u32(any(x4[k * n4 + ca] != zero) | any(x4[k * n4 + cb] != zero));
     }
     k_list[blk] = count;
 }
@@ -558,25 +640,25 @@ fn compaction_order(lane: u32) -> u32 {
     for (var r = r0; r < r1; r++) {
         mine += u32(row_cnt[r] != 0u);
     }
+    // The lanes' counts scanned in lane order, in log2(WG) steps (each lane reading all WG
+    // counts cost as much as listing a sample's 784 inputs on lavapipe).
     scan[lane] = mine;
     workgroupBarrier();
-    var before = 0u;
-    var total = 0u;
-    for (var l = 0u; l < WG; l++) {
-        let v = scan[l];
-        before += select(0u, v, l < lane);
-        total += v;
+    for (var d = 1u; d < WG; d *= 2u) {
+        let add = select(0u, scan[max(lane, d) - d], lane >= d);
+        workgroupBarrier();
+        scan[lane] += add;
+        workgroupBarrier();
     }
+    let before = scan[lane] - mine;
+    let total = scan[WG - 1u];
     var a = before;          // this lane's rows that keep a weight go here...
     var e = total + r0 - before; // ...and those that keep none here
     for (var r = r0; r < r1; r++) {
-        if (row_cnt[r] != 0u) {
-            order[a] = r;
-            a++;
-        } else {
-            order[e] = r;
-            e++;
-        }
+        let keeps = row_cnt[r] != 0u;
+        order[select(e, a, keeps)] = r; // one store, no branch (both sides would run)
+        a += u32(keeps);
+        e += u32(!keeps);
     }
     if (lane == 0u) {
         order[n] = total;

@@ -92,7 +92,11 @@ pub struct Sparse {
     pub ell_product_k: Kernel,
     pub ell_product4_k: Kernel,
     pub input_lists_k: Kernel,
+    /// `input_lists` reading x as vec4s (its width a multiple of 4, 16-byte aligned).
+    pub input_lists4_k: Kernel,
     pub input_lists_split_k: Kernel,
+    /// `input_lists_split` reading x as vec4s (as `input_lists4_k`).
+    pub input_lists_split4_k: Kernel,
     pub input_lists_split_klists_k: Kernel,
     pub ell_input_product_k: Kernel,
     pub ell_input_product_compacted_k: Kernel,
@@ -246,14 +250,20 @@ pub struct InputLists {
     /// `ceil(batch / 8) x width x 8`: for each listed column, the block's 8 values there.
     pub val: Tensor,
     /// `2 ceil(batch / 8)`: the lengths of each block's two list segments (the columns below
-    /// half = ceil(width / 2), listed from the block's start, and the others, from half on:
-    /// `list_half` in shaders/sparse.wgsl).
+    /// half = min(width, 4 ceil(width / 8)), listed from the block's start, and the others, from
+    /// half on: `list_half` in shaders/sparse.wgsl).
     pub cnt: Tensor,
     /// `outputs + 1` words: the layer's rows, those that keep a weight first (`Compaction`),
     /// then how many do.
     pub order: Tensor,
     /// The layer's outputs.
     pub outputs: usize,
+}
+
+/// Whether the list builders may read `x` (`width` wide) as vec4s (`list_segment4` in
+/// shaders/sparse.wgsl): its width a multiple of 4 from a 16-byte aligned offset.
+fn wide_input(x: &Tensor, width: usize) -> bool {
+    width.is_multiple_of(4) && x.offset.is_multiple_of(16)
 }
 
 /// The input-sparse forward's compaction (shaders/sparse.wgsl, `compaction_order`): where at most
@@ -381,6 +391,15 @@ impl Sparse {
         // `input_lists_split`: x, the lists (indices, values as vec4s, counts), P's row counts,
         // the order.
         let split = [(4, R), (10, RW), (19, RW), (12, RW), (16, R), (17, RW)];
+        let lists = [
+            (4, R),
+            (10, RW),
+            (19, RW),
+            (12, RW),
+            (13, RW),
+            (16, R),
+            (17, RW),
+        ];
         Ok(Sparse {
             csr_linear_k: f.kernel(
                 "csr_linear",
@@ -427,20 +446,15 @@ impl Sparse {
                 &[(10, RW), (11, RW), (12, RW), (7, R), (5, R), (6, RW)],
                 false,
             )?,
-            input_lists_k: f.kernel(
-                "input_lists",
-                &[
-                    (4, R),
-                    (10, RW),
-                    (19, RW),
-                    (12, RW),
-                    (13, RW),
-                    (16, R),
-                    (17, RW),
-                ],
+            input_lists_k: f.kernel("input_lists", &lists, false)?,
+            // The same and x as vec4s.
+            input_lists4_k: f.kernel("input_lists4", &[&lists[..], &[(7, R)]].concat(), false)?,
+            input_lists_split_k: f.kernel("input_lists_split", &split, false)?,
+            input_lists_split4_k: f.kernel(
+                "input_lists_split4",
+                &[&split[..], &[(7, R)]].concat(),
                 false,
             )?,
-            input_lists_split_k: f.kernel("input_lists_split", &split, false)?,
             // The same and x as vec4s, the weight gradient's lists.
             input_lists_split_klists_k: f.kernel(
                 "input_lists_split_klists",
@@ -546,21 +560,22 @@ impl Sparse {
             params.compact_product_slot = c.product_slot as u32;
             row_counts = c.row_counts;
         }
-        self.input_lists_k.bind(
-            gpu,
-            &params,
-            &[
-                x,
-                &lists.idx,
-                &lists.val,
-                &lists.cnt,
-                &switch.args,
-                row_counts,
-                &lists.order,
-            ],
-            None,
-            [1, 1, 1],
-        )
+        let mut bufs = vec![
+            x,
+            &lists.idx,
+            &lists.val,
+            &lists.cnt,
+            &switch.args,
+            row_counts,
+            &lists.order,
+        ];
+        let k = if wide_input(x, width) {
+            bufs.push(x);
+            &self.input_lists4_k
+        } else {
+            &self.input_lists_k
+        };
+        k.bind(gpu, &params, &bufs, None, [1, 1, 1])
     }
 
     /// `input_lists` for a layer whose input-sparse forward runs at every step, compacted
@@ -606,13 +621,17 @@ impl Sparse {
             &lists.order,
         ];
         let Some(k_lists) = k_lists else {
-            return self
-                .input_lists_split_k
-                .bind(gpu, &params, &bufs, None, [2, 1, 1]);
+            let k = if wide_input(x, width) {
+                bufs.push(x);
+                &self.input_lists_split4_k
+            } else {
+                &self.input_lists_split_k
+            };
+            return k.bind(gpu, &params, &bufs, None, [2, 1, 1]);
         };
         let words = crate::kernels::gemm::Gemm::k_list_words(width, batch);
         assert!(
-            width.is_multiple_of(4) && x.offset.is_multiple_of(16) && k_lists.len() >= words,
+            wide_input(x, width) && k_lists.len() >= words,
             "input_lists_counted: {} ({width} wide at byte {}) or {} ({} words, {words} needed) does not fit the weight gradient's lists",
             x.label,
             x.offset,

@@ -577,9 +577,9 @@ fn input_sparse_forward_equals_the_dense_product_and_switches() {
                         .count() as u32
                 })
                 .collect();
-            // Each block's two list segments: the columns below width / 2 (rounded up) and the
-            // others.
-            let half = width.div_ceil(2);
+            // Each block's two list segments: the columns below half the width's vec4s (rounded
+            // up; the width where that is past it) and the others.
+            let half = width.min(4 * width.div_ceil(8));
             let segments: Vec<u32> = x
                 .chunks(block * width)
                 .flat_map(|bx| {
@@ -987,6 +987,37 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                                 .all(|(a, b)| a.to_bits() == b.to_bits()),
                             "{tag}: y from the counted lists"
                         );
+                        if k_lists.is_some() {
+                            // Without the weight gradient's lists: the two-workgroup build
+                            // alone (its vec4 form at these widths), the same again.
+                            let lists3 = InputLists::new(&c.gpu, "il3", batch, width, n).unwrap();
+                            let y3 = c.poisoned("y3", &[batch, n]);
+                            let ds = [
+                                sp.input_lists_counted(&c.gpu, &xt, &lists3, &ct, None)
+                                    .unwrap(),
+                                sp.ell_input_product(
+                                    &c.gpu,
+                                    &lists3,
+                                    &pt_c,
+                                    Some(&bt),
+                                    &y3,
+                                    relu,
+                                    true,
+                                    &c.k.dummy,
+                                )
+                                .unwrap(),
+                            ];
+                            run_once(&c.gpu, &ds, 0).unwrap();
+                            assert_eq!(c.read_u32(&lists3.cnt), c.read_u32(&lists.cnt), "{tag}");
+                            assert_eq!(c.read_u32(&lists3.order), order, "{tag}: order (alone)");
+                            assert!(
+                                c.read(&y3)
+                                    .iter()
+                                    .zip(&yc)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{tag}: y from the counted lists (alone)"
+                            );
+                        }
                         // Only the copied columns are read: they hold P^T's, in order.
                         let got = c.read(&pt_c);
                         for i in 0..width {
