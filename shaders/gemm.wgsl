@@ -737,13 +737,12 @@ fn tn_k_lists(@builtin(global_invocation_id) gid: vec3<u32>) {
     let cb = min(blk * 2u + 1u, n4 - 1u);
     let base = nb + blk * gp.k;
     var count = 0u;
-    // Each k is written at the list's end, which moves on only past a nonzero: no branch,
-    // whose stores lavapipe runs anyway, lane by lane under a mask (the entry past the count may
-    // hold a k left out; no reader looks there).
     for (var kk = 0u; kk < gp.k; kk++) {
         let zero = vec4<f32>(0.0);
-        k_list[base + count] = kk;
-        count += u32(any(b4[kk * n4 + ca] != zero) | any(b4[kk * n4 + cb] != zero));
+        if (any(b4[kk * n4 + ca] != zero) | any(b4[kk * n4 + cb] != zero)) {
+            k_list[base + count] = kk;
+            count++;
+        }
     }
     k_list[blk] = count;
 }

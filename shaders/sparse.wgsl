@@ -251,15 +251,14 @@ fn ell_build(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     let dst = sp.list_base + l * len;
     var n = 0u;
-    // Each element is written at the list's end, which moves on only past a nonzero: no branch
-    // (lavapipe runs a branch's stores anyway, lane by lane under a mask, and both sides of one:
-    // so the element's place is picked by `select` too). The entry past the count may hold a
-    // zero; no reader looks there.
     for (var i = 0u; i < len; i++) {
+        // One load, its place picked by `select` (lavapipe runs both sides of a branch).
         let v = p_elem(select(i, l, by_rows), select(l, i, by_rows));
-        list_idx[dst + n] = i;
-        list_val[dst + n] = v;
-        n += u32(v != 0.0);
+        if (v != 0.0) {
+            list_idx[dst + n] = i;
+            list_val[dst + n] = v;
+            n++;
+        }
     }
     list_cnt[sp.cnt_base + l] = n;
 }
@@ -437,10 +436,14 @@ fn list_segment4(r: u32, seg: u32) -> u32 {
         let s6 = x4[o1.z + q];
         let s7 = x4[o1.w + q];
         let i = 4u * q;
-        n = list_one(at, n, i, in0, in1, vec4<f32>(s0.x, s1.x, s2.x, s3.x), vec4<f32>(s4.x, s5.x, s6.x, s7.x));
-        n = list_one(at, n, i + 1u, in0, in1, vec4<f32>(s0.y, s1.y, s2.y, s3.y), vec4<f32>(s4.y, s5.y, s6.y, s7.y));
-        n = list_one(at, n, i + 2u, in0, in1, vec4<f32>(s0.z, s1.z, s2.z, s3.z), vec4<f32>(s4.z, s5.z, s6.z, s7.z));
-        n = list_one(at, n, i + 3u, in0, in1, vec4<f32>(s0.w, s1.w, s2.w, s3.w), vec4<f32>(s4.w, s5.w, s6.w, s7.w));
+        n = list_one(at, n, i, in0, in1, vec4<f32>(s0.x, s1.x, s2.x, s3.x),
+                     vec4<f32>(s4.x, s5.x, s6.x, s7.x));
+        n = list_one(at, n, i + 1u, in0, in1, vec4<f32>(s0.y, s1.y, s2.y, s3.y),
+                     vec4<f32>(s4.y, s5.y, s6.y, s7.y));
+        n = list_one(at, n, i + 2u, in0, in1, vec4<f32>(s0.z, s1.z, s2.z, s3.z),
+                     vec4<f32>(s4.z, s5.z, s6.z, s7.z));
+        n = list_one(at, n, i + 3u, in0, in1, vec4<f32>(s0.w, s1.w, s2.w, s3.w),
+                     vec4<f32>(s4.w, s5.w, s6.w, s7.w));
     }
     let count = n - seg * half;
     list_cnt[2u * r + seg] = count;
@@ -602,8 +605,10 @@ fn weight_grad_lists(blk: u32) {
     let zero = vec4<f32>(0.0);
     var count = 0u;
     for (var k = 0u; k < sp.rows; k++) {
-        k_list[base + count] = k;
-        count += u32(any(x4[k * n4 + ca] != zero) | any(x4[k * n4 + cb] != zero));
+        if (any(x4[k * n4 + ca] != zero) | any(x4[k * n4 + cb] != zero)) {
+            k_list[base + count] = k;
+            count++;
+        }
     }
     k_list[blk] = count;
 }
