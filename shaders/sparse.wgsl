@@ -77,6 +77,7 @@ struct SparseParams {
 @group(0) @binding(21) var<storage, read> gate4: array<vec4<f32>>; // ordered_input_grad: the ReLU's output as vec4s
 
 const WG: u32 = 64u;
+const WG_LOG2: u32 = 6u; // log2(WG): the steps of `compaction_order`'s scan
 const QUAD: u32 = 4u;
 
 // Reads crow, col, val (the CSR weight), x and bias; writes y for one row and up to QUAD samples.
@@ -649,7 +650,8 @@ fn compaction_order(lane: u32) -> u32 {
     // counts cost as much as listing a sample's 784 inputs on lavapipe).
     scan[lane] = mine;
     workgroupBarrier();
-    for (var d = 1u; d < WG; d *= 2u) {
+    for (var s = 0u; s < WG_LOG2; s++) {
+        let d = 1u << s;
         let add = select(0u, scan[max(lane, d) - d], lane >= d);
         workgroupBarrier();
         scan[lane] += add;
