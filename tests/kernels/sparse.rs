@@ -939,30 +939,44 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                         // same list lengths and order, and from them the same y; where the
                         // width allows, with the weight gradient's lists of the samples
                         // nonzero per block of 8 inputs (checked below).
-                        let lists2 = InputLists::new(&c.gpu, "il2", batch, width, n).unwrap();
-                        let y2 = c.poisoned("y2", &[batch, n]);
+                        // Without them, where they are built, the same again (the build alone:
+                        // its vec4 form at these widths).
+                        let counted = |k_lists: Option<&Tensor>, what: &str| {
+                            let lists2 = InputLists::new(&c.gpu, "il2", batch, width, n).unwrap();
+                            let y2 = c.poisoned("y2", &[batch, n]);
+                            let ds = [
+                                sp.input_lists_counted(&c.gpu, &xt, &lists2, &ct, k_lists)
+                                    .unwrap(),
+                                sp.ell_input_product(
+                                    &c.gpu,
+                                    &lists2,
+                                    &pt_c,
+                                    Some(&bt),
+                                    &y2,
+                                    relu,
+                                    true,
+                                    &c.k.dummy,
+                                )
+                                .unwrap(),
+                            ];
+                            run_once(&c.gpu, &ds, 0).unwrap();
+                            let cnt = c.read_u32(&lists2.cnt);
+                            assert_eq!(cnt, c.read_u32(&lists.cnt), "{tag} {what}");
+                            let got = c.read_u32(&lists2.order);
+                            assert_eq!(got, order, "{tag} {what}: counted order");
+                            assert!(
+                                c.read(&y2)
+                                    .iter()
+                                    .zip(&yc)
+                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                                "{tag} {what}: y from the counted lists"
+                            );
+                        };
                         let k_words = dst::kernels::gemm::Gemm::k_list_words(width, batch);
                         let k_lists = width
                             .is_multiple_of(4)
                             .then(|| c.tensor_u32("k_lists", &[k_words], &vec![u32::MAX; k_words]));
-                        let ds = [
-                            sp.input_lists_counted(&c.gpu, &xt, &lists2, &ct, k_lists.as_ref())
-                                .unwrap(),
-                            sp.ell_input_product(
-                                &c.gpu,
-                                &lists2,
-                                &pt_c,
-                                Some(&bt),
-                                &y2,
-                                relu,
-                                true,
-                                &c.k.dummy,
-                            )
-                            .unwrap(),
-                        ];
-                        run_once(&c.gpu, &ds, 0).unwrap();
-                        assert_eq!(c.read_u32(&lists2.cnt), c.read_u32(&lists.cnt), "{tag}");
-                        assert_eq!(c.read_u32(&lists2.order), order, "{tag}: counted order");
+                        counted(k_lists.as_ref(), "with the weight gradient's lists");
                         if let Some(kl) = &k_lists {
                             let got = c.read_u32(kl);
                             let nb = width.div_ceil(8);
@@ -979,44 +993,7 @@ fn compacted_input_sparse_forward_equals_the_plain_one() {
                                     "{tag}: block {blk}'s samples"
                                 );
                             }
-                        }
-                        assert!(
-                            c.read(&y2)
-                                .iter()
-                                .zip(&yc)
-                                .all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{tag}: y from the counted lists"
-                        );
-                        if k_lists.is_some() {
-                            // Without the weight gradient's lists: the two-workgroup build
-                            // alone (its vec4 form at these widths), the same again.
-                            let lists3 = InputLists::new(&c.gpu, "il3", batch, width, n).unwrap();
-                            let y3 = c.poisoned("y3", &[batch, n]);
-                            let ds = [
-                                sp.input_lists_counted(&c.gpu, &xt, &lists3, &ct, None)
-                                    .unwrap(),
-                                sp.ell_input_product(
-                                    &c.gpu,
-                                    &lists3,
-                                    &pt_c,
-                                    Some(&bt),
-                                    &y3,
-                                    relu,
-                                    true,
-                                    &c.k.dummy,
-                                )
-                                .unwrap(),
-                            ];
-                            run_once(&c.gpu, &ds, 0).unwrap();
-                            assert_eq!(c.read_u32(&lists3.cnt), c.read_u32(&lists.cnt), "{tag}");
-                            assert_eq!(c.read_u32(&lists3.order), order, "{tag}: order (alone)");
-                            assert!(
-                                c.read(&y3)
-                                    .iter()
-                                    .zip(&yc)
-                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{tag}: y from the counted lists (alone)"
-                            );
+                            counted(None, "alone");
                         }
                         // Only the copied columns are read: they hold P^T's, in order.
                         let got = c.read(&pt_c);
