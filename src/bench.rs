@@ -926,6 +926,28 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Tukey's hinges of `v`: the medians of its lower and upper halves (the middle value in both
+/// for an odd length) around its median; None for fewer than 2 values.
+fn quartiles(v: &mut [f64]) -> Option<(f64, f64, f64)> {
+    if v.len() < 2 {
+        return None;
+    }
+    let m = median(v); // sorts v
+    let h = v.len().div_ceil(2);
+    let lo = median(&mut v[..h].to_vec());
+    let hi = median(&mut v[v.len() - h..].to_vec());
+    Some((lo, m, hi))
+}
+
+/// The order in which round `r` runs `n` variants: as given in even rounds, reversed in odd ones.
+fn round_order(n: usize, r: u32) -> Vec<usize> {
+    if r.is_multiple_of(2) {
+        (0..n).collect()
+    } else {
+        (0..n).rev().collect()
+    }
+}
+
 /// Per-kernel seconds of one step of `plan` measured on the GPU itself: each dispatch in its own
 /// compute pass with timestamps written at its beginning and end; per dispatch the median over
 /// `steps` steps (a shared machine's stalls land in a few steps: the median leaves them out,
@@ -1122,21 +1144,35 @@ fn step_times(
             plan,
         });
     }
-    // times[round][variant]
+    // times[round][variant]; odd rounds run the variants in reverse order, so a machine that
+    // slows down or speeds up steadily during a round favours no variant over two rounds.
     let mut times = Vec::new();
-    for _ in 0..rounds.max(1) {
-        let mut row = Vec::new();
-        for v in &variants {
+    for r in 0..rounds.max(1) {
+        let mut row = vec![0.0; variants.len()];
+        for i in round_order(variants.len(), r) {
+            let v = &variants[i];
             let t = Instant::now();
             v.session.run_steps(&v.plan, &infos)?;
             v.session.gpu.wait()?;
-            row.push(1e3 * t.elapsed().as_secs_f64() / steps as f64);
+            row[i] = 1e3 * t.elapsed().as_secs_f64() / steps as f64;
         }
         times.push(row);
     }
     let mean = |i: usize| times.iter().map(|r| r[i]).sum::<f64>() / times.len() as f64;
-    let ratio =
-        |i: usize, j: usize| times.iter().map(|r| r[i] / r[j]).sum::<f64>() / times.len() as f64;
+    // Each round's ratio, then their median: a burst of load on a shared machine moves a few
+    // rounds, which a mean would spread over the figure.
+    let ratios = |i: usize, j: usize| -> Vec<f64> { times.iter().map(|r| r[i] / r[j]).collect() };
+    let ratio = |i: usize, j: usize| median(&mut ratios(i, j));
+    // From 4 rounds on, the main ratios also say how far the rounds spread.
+    let spread = |i: usize, j: usize| match quartiles(&mut ratios(i, j)) {
+        Some((q1, _, q3)) if times.len() >= 4 => {
+            format!(
+                " [median of {} rounds; quartiles {q1:.3}-{q3:.3}]",
+                times.len()
+            )
+        }
+        _ => String::new(),
+    };
     for (i, v) in variants.iter().enumerate() {
         let per_round: Vec<String> = times.iter().map(|r| format!("{:.3}", r[i])).collect();
         println!(
@@ -1148,17 +1184,19 @@ fn step_times(
         );
     }
     println!(
-        "{model} DST / dense step time: {:.3} ({:.3} with dense products)",
+        "{model} DST / dense step time: {:.3} ({:.3} with dense products){}",
         ratio(1, 0),
-        ratio(2, 0)
+        ratio(2, 0),
+        spread(1, 0)
     );
     if variants.len() == 7 {
         println!(
-            "{model} DST from checkpoint / dense step time: {:.3} ({:.3} with dense products, {:.3} with weight-sparse products, {:.3} with input-sparse products)",
+            "{model} DST from checkpoint / dense step time: {:.3} ({:.3} with dense products, {:.3} with weight-sparse products, {:.3} with input-sparse products){}",
             ratio(6, 0),
             ratio(3, 0),
             ratio(4, 0),
-            ratio(5, 0)
+            ratio(5, 0),
+            spread(6, 0)
         );
     }
     if profile {
@@ -1314,7 +1352,7 @@ fn rate(v: f64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{family_sums, median, rate};
+    use super::{family_sums, median, quartiles, rate, round_order};
 
     #[test]
     fn family_sums_groups_only_the_rows_the_other_step_lacks() {
@@ -1357,5 +1395,37 @@ mod tests {
         assert_eq!(median(&mut [1.0, 100.0, 2.0, 0.5, 1.5]), 1.5);
         assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median(&mut []), 0.0);
+    }
+
+    #[test]
+    fn quartiles_are_the_halves_medians() {
+        assert_eq!(quartiles(&mut []), None);
+        assert_eq!(quartiles(&mut [2.0]), None);
+        assert_eq!(quartiles(&mut [2.0, 1.0]), Some((1.0, 1.5, 2.0)));
+        // Odd: the middle value belongs to both halves.
+        assert_eq!(
+            quartiles(&mut [5.0, 1.0, 4.0, 2.0, 3.0]),
+            Some((2.0, 3.0, 4.0))
+        );
+        // Even: 1 2 | 3 4 5 | 6 7 8 -> halves 1-4 and 5-8.
+        assert_eq!(
+            quartiles(&mut [8.0, 1.0, 7.0, 2.0, 6.0, 3.0, 5.0, 4.0]),
+            Some((2.5, 4.5, 6.5))
+        );
+        // An outlier moves neither hinge.
+        assert_eq!(
+            quartiles(&mut [0.7, 0.72, 0.69, 9.0, 0.71]),
+            Some((0.7, 0.71, 0.72))
+        );
+    }
+
+    #[test]
+    fn odd_rounds_run_the_variants_in_reverse() {
+        assert_eq!(round_order(3, 0), vec![0, 1, 2]);
+        assert_eq!(round_order(3, 1), vec![2, 1, 0]);
+        assert_eq!(round_order(3, 2), vec![0, 1, 2]);
+        let mut seen = round_order(7, 5);
+        seen.sort();
+        assert_eq!(seen, (0..7).collect::<Vec<_>>());
     }
 }

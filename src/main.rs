@@ -84,7 +84,10 @@ enum Command {
         /// low keep ratio).
         #[arg(long)]
         checkpoint: Option<PathBuf>,
-        /// Alternating rounds of the step timings (every variant once per round).
+        /// Alternating rounds of the step timings (every variant once per round, the order
+        /// reversed every other round); each ratio printed is the median of the rounds' ratios,
+        /// with their quartiles from 4 rounds on. On a noisy machine many short rounds (e.g.
+        /// --steps 10 --rounds 40) pair the variants more closely in time.
         #[arg(long, default_value_t = 2, allow_negative_numbers = true)]
         rounds: u32,
         /// On a CPU adapter, also time the GPU forms of the GEMM and conv kernels (10-100x

@@ -615,6 +615,41 @@ fn bench_profiles_the_dense_and_the_dst_step_per_layer() {
     );
 }
 
+/// From 4 rounds on the step ratios are the median of the rounds' ratios, with their quartiles;
+/// every variant lists one time per round.
+#[test]
+fn bench_rounds_give_median_ratios_with_quartiles() {
+    let (ok, out, err) = dst(&["bench", "--reps", "0", "--steps", "1", "--rounds", "4"]);
+    assert!(ok, "{err}");
+    let rounds = |label: &str| -> Vec<f64> {
+        let l = out
+            .lines()
+            .find(|l| l.starts_with(&format!("lenet300 {label} ")))
+            .unwrap_or_else(|| panic!("no {label} line in:\n{out}"));
+        let r = l.split("[rounds: ").nth(1).expect("round times");
+        r.trim_end_matches(']')
+            .split(", ")
+            .map(|t| t.parse().unwrap())
+            .collect()
+    };
+    let (dense, dst) = (rounds("dense"), rounds("DST"));
+    assert_eq!((dense.len(), dst.len()), (4, 4), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("lenet300 DST / dense step time: "))
+        .unwrap_or_else(|| panic!("no ratio line in:\n{out}"));
+    assert!(line.contains(" [median of 4 rounds; quartiles "), "{line}");
+    let printed: f64 = line.split_whitespace().nth(6).unwrap().parse().unwrap();
+    let mut r: Vec<f64> = dst.iter().zip(&dense).map(|(a, b)| a / b).collect();
+    r.sort_by(f64::total_cmp);
+    let want = 0.5 * (r[1] + r[2]);
+    // The printed times carry 3 decimals.
+    assert!(
+        (printed - want).abs() < 2e-3 * want.max(1.0),
+        "{printed} vs {want}: {out}"
+    );
+}
+
 /// The kernel tables (one repetition): every conv shape has its rows for each form (the CPU
 /// kernels, both GPU tile forms, the patch-matrix and split GPU forms), every GEMM its four
 /// forms, each GPU product marks exactly one form as the one a GPU's layer takes, and the legend
