@@ -439,6 +439,60 @@ fn sparse_products_train_like_dense_products() {
     }
 }
 
+/// A dense LeNet-300-100 trains alike with its first layer's forward from the input's nonzeros
+/// (`--sparse-input` on, the CPU adapters' default: W^T copied each step, the compacted product
+/// over every row, the weight gradient's sample lists built with the input lists) and with the
+/// dense GEMM: step losses and every tensor agree up to float reassociation after 40 steps, and
+/// the listed run is deterministic. On a CPU adapter the plan has those dispatches exactly when
+/// the input-sparse products are on; GPUs keep the GEMM.
+#[test]
+fn dense_first_layer_from_the_input_nonzeros_trains_like_the_gemm() {
+    let cfg = |input: f64| TrainConfig {
+        log_every: 5,
+        dense: true,
+        sparse_input: Some(input),
+        ..small(2560, 1)
+    };
+    assert_trains_alike(&cfg(0.0), &cfg(1.0), "dense-listed", false);
+    let mut session = dst::train::Session::new(gpu(), "lenet300", false, 1, false).unwrap();
+    let data = TrainConfig::default().load_data().unwrap();
+    let train = session.upload("train", &data.train).unwrap();
+    let opt = TrainConfig::default().optimizer();
+    let cpu = session.gpu.class == dst::gpu::AdapterClass::Cpu;
+    for input in [0.0, 0.3] {
+        session.sparse_input = input;
+        let plan = session
+            .plan(&train, 64, dst::nn::Mode::Train, 0.0, opt)
+            .unwrap();
+        let fc1: Vec<&str> = plan
+            .dispatches
+            .iter()
+            .zip(&plan.owners)
+            .filter(|(_, o)| *o == "fc1")
+            .map(|(d, _)| d.label.as_str())
+            .collect();
+        let has = |prefix: &str| fc1.iter().any(|l| l.starts_with(prefix));
+        let listed = cpu && input > 0.0;
+        assert_eq!(has("sparse.input_lists"), listed, "{input}: {fc1:?}");
+        assert_eq!(has("sparse.masked_columns"), listed, "{input}: {fc1:?}");
+        assert_eq!(has("sparse.ell_input_product"), listed, "{input}: {fc1:?}");
+        assert_eq!(has("gemm.gemm_nt"), !listed, "{input}: {fc1:?}");
+        // The weight gradient's sample lists come from the input lists' dispatch.
+        if listed {
+            assert!(!has("gemm.tn_k_lists"), "{fc1:?}");
+        }
+        // fc2, not the first layer, keeps the GEMM.
+        assert!(
+            !plan
+                .dispatches
+                .iter()
+                .zip(&plan.owners)
+                .any(|(d, o)| o == "fc2" && d.label.starts_with("sparse.")),
+            "{input}"
+        );
+    }
+}
+
 /// Training plans with SGD fuse each linear weight's SGD step (and, masked, the mask's backward)
 /// into its weight-gradient product on CPU adapters (`gemm_tn_sgd`), and their optimiser pass
 /// skips those weights: 30 steps of LeNet-300-100, DST and dense, with and without weight decay,

@@ -22,6 +22,10 @@
 //! masked layer too small for the sparse products (LeNet-300-100's fc2), whose product to the
 //! input, after a ReLU, reads the same compacted columns (`Linear::small_input_sparse`,
 //! `ordered_input_grad`).
+//!
+//! A dense layer as large as the sparse products ask (LeNet-300-100's fc1 in `--dense` runs)
+//! takes the same compacted forward from its input's nonzeros on CPU adapters when it is the
+//! plan's first layer, from W^T written each pass (`Linear::dense_input_sparse`).
 
 use super::mask::Mask;
 use super::{ArenaBuilder, Init, Layer, MaskView, ParamId, PlanCx};
@@ -75,6 +79,11 @@ pub struct Linear {
     lists: std::sync::OnceLock<EllLists>,
     /// A ReLU after the layer, fused into its products (`with_relu`).
     relu: bool,
+    /// For a dense layer large enough for the input-sparse forward (`dense_input_sparse`): one
+    /// value per row, -1.0, which serves as the rows' counts for `input_lists` (nonzero: every
+    /// row computes) and as thresholds for `masked_columns` (|w| - (-1) > 0 for every finite w:
+    /// P^T = W^T, bit for bit).
+    all_rows: Option<Tensor>,
 }
 
 impl Linear {
@@ -139,6 +148,17 @@ impl Linear {
         {
             let _ = lists.set(EllLists::new(gpu, name, out_features, in_features, true)?);
         }
+        let all_rows =
+            (ids.2.is_none() && numel >= SPARSE_MIN_WEIGHTS && out_features.is_multiple_of(4))
+                .then(|| {
+                    Tensor::from_slice(
+                        gpu,
+                        &format!("{name}.all_rows"),
+                        &[out_features],
+                        &vec![-1.0f32; out_features],
+                    )
+                })
+                .transpose()?;
         Ok(Linear {
             name: name.to_string(),
             in_features,
@@ -148,6 +168,7 @@ impl Linear {
             mask,
             lists,
             relu: false,
+            all_rows,
         })
     }
 
@@ -305,7 +326,7 @@ impl Linear {
     fn input_lists(
         &self,
         cx: &mut PlanCx<'_>,
-        m: &Mask,
+        counts: &Tensor,
         sw: Option<&Switch>,
         x2: &Tensor,
         input_max: u32,
@@ -319,9 +340,8 @@ impl Linear {
             self.in_features,
             n,
         )?;
-        let counts = m.row_counts();
         let compaction = Compaction {
-            row_counts: &counts,
+            row_counts: counts,
             max_active,
             slot: COMPACT_SLOT,
             product_slot: COMPACT_PRODUCT_SLOT,
@@ -348,7 +368,7 @@ impl Linear {
                     && x2.offset.is_multiple_of(16))
                 .then(|| self.k_lists_buffer(cx, x2.shape[0]))
                 .transpose()?;
-                let d = sp.input_lists_counted(cx.gpu, x2, &il, &counts, k_lists.as_ref())?;
+                let d = sp.input_lists_counted(cx.gpu, x2, &il, counts, k_lists.as_ref())?;
                 if let Some(l) = k_lists {
                     cx.save(&self.k_lists_key(), l);
                 }
@@ -392,7 +412,7 @@ impl Linear {
         } else {
             m.forward(cx, self.weight)?;
         }
-        let (il, pt_c) = self.input_lists(cx, m, None, x2, u32::MAX, n as u32)?;
+        let (il, pt_c) = self.input_lists(cx, &m.row_counts(), None, x2, u32::MAX, n as u32)?;
         // For the product to the input of a small layer (`ordered_input_grad`).
         cx.save(&self.compaction_key("order"), il.order.clone());
         cx.save(&self.compaction_key("columns"), pt_c.clone());
@@ -402,6 +422,52 @@ impl Linear {
         let b = cx.arena.param(self.bias);
         cx.push(sp.ell_input_product(gpu, &il, &pt_c, Some(&b), y, self.relu, true, &k.dummy)?);
         Ok(y.clone())
+    }
+
+    /// The rows' constant (`all_rows`) where this dense layer computes its forward from the
+    /// input's nonzeros: on a CPU adapter with the input-sparse products on, as the plan's first
+    /// layer (or in a plan without backward), as a masked first layer does (`forward_counted`).
+    /// Its weight is not stored transposed, so each pass writes W^T first (`masked_columns` with
+    /// thresholds below every |w|). On lavapipe LeNet-300-100's fc1 then costs the lists, that
+    /// copy and the listed product where the dense GEMM spent 40 % of the dense step
+    /// (BENCHMARKS.md, thirty-second round), and the weight gradient reads the lists of nonzero
+    /// samples those lists' dispatch builds (no `tn_k_lists`). The product to the input (none for
+    /// a first layer) stays the GEMM over W.
+    fn dense_input_sparse(&self, cx: &PlanCx<'_>) -> Option<Tensor> {
+        self.all_rows.clone().filter(|_| {
+            self.mask.is_none()
+                && cx.sparse_input > 0.0
+                && cx.kernels.masked.rowwise
+                && (cx.first_layer || cx.mode != super::Mode::Train)
+        })
+    }
+
+    /// The forward of a dense layer from its input's nonzeros (`dense_input_sparse`): the lists
+    /// (every row in order), W^T, the compacted product over all rows.
+    fn forward_dense_listed(
+        &self,
+        cx: &mut PlanCx<'_>,
+        rows: &Tensor,
+        x2: &Tensor,
+        y: &Tensor,
+    ) -> Result<()> {
+        let n = self.out_features;
+        let (il, pt_c) = self.input_lists(cx, rows, None, x2, u32::MAX, n as u32)?;
+        let (k, gpu) = (cx.kernels, cx.gpu);
+        let weight = cx.arena.param(self.weight);
+        cx.push(k.sparse.masked_columns(gpu, &il, &weight, rows, &pt_c)?);
+        let b = cx.arena.param(self.bias);
+        cx.push(k.sparse.ell_input_product(
+            gpu,
+            &il,
+            &pt_c,
+            Some(&b),
+            y,
+            self.relu,
+            true,
+            &k.dummy,
+        )?);
+        Ok(())
     }
 
     /// Whether this masked layer, too small for the sparse products (`SPARSE_MIN_WEIGHTS`), takes
@@ -523,7 +589,8 @@ impl Layer for Linear {
                 let input_product = if input_sparse {
                     let max = (cx.sparse_input.min(1.0) * (batch * self.in_features) as f64) as u32;
                     let max_active = (COMPACT_MAX_ROWS * self.out_features as f64) as u32;
-                    let (il, pt_c) = self.input_lists(cx, m, Some(&sw), &x2, max, max_active)?;
+                    let (il, pt_c) =
+                        self.input_lists(cx, &m.row_counts(), Some(&sw), &x2, max, max_active)?;
                     let product = |pt: &Tensor, compacted: bool| {
                         sp.ell_input_product(
                             gpu,
@@ -578,6 +645,10 @@ impl Layer for Linear {
                 // a layer after a ReLU does not take (`ordered_input_grad`).
                 let count_only = cx.mode != super::Mode::Train || cx.has_saved(&relu_output_key(x));
                 return self.forward_counted(cx, m, None, &x2, &y, count_only);
+            }
+            (None, _) if self.dense_input_sparse(cx).is_some() => {
+                let rows = self.dense_input_sparse(cx).expect("checked");
+                self.forward_dense_listed(cx, &rows, &x2, &y)?;
             }
             (m, ..) => {
                 if let Some(m) = m {
