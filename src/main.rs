@@ -581,6 +581,13 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Report { runs, out }) => {
+            if let Some(p) = &out {
+                dst::report::check_own_text(
+                    p,
+                    dst::report::REPORT_HEADER,
+                    "a report of `dst report`",
+                )?;
+            }
             let md = dst::report::report_markdown(&dst::report::load_runs(&runs)?);
             match out {
                 Some(p) => {

@@ -316,6 +316,169 @@ fn masks_leave_the_users_files_alone_and_replace_their_own() {
     assert_eq!(std::fs::read(root.join("afile")).unwrap(), PRECIOUS);
 }
 
+/// A checkpoint's mask pictures go into a run's folder only when it is that run's checkpoint:
+/// another run's folder is refused, its pictures left as they were.
+#[test]
+fn masks_refuse_another_runs_folder() {
+    let root = tmp("masks-other-run");
+    let ck = root.join("ck.safetensors");
+    fake_checkpoint(&ck); // no settings: no run's checkpoint
+    fake_run(&root.join("run"), 1);
+    std::fs::write(root.join("run/fc1_input_keep.png"), PRECIOUS).unwrap();
+    let o = dst(&root, &[p("masks"), &ck, p("--out"), p("run")]);
+    refused(
+        &o,
+        "masks into another run's folder",
+        &["run", "another run than the checkpoint's", "--out"],
+    );
+    assert_eq!(
+        std::fs::read(root.join("run/fc1_input_keep.png")).unwrap(),
+        PRECIOUS
+    );
+    assert!(!root.join("run/fc1_neuron_masks.png").exists());
+}
+
+/// `dst report --out` replaces only a report of its own: a user's file, a run's config.json or
+/// checkpoint, and a folder are refused and left as they were.
+#[test]
+fn report_replaces_only_its_own_reports() {
+    let root = tmp("report-out");
+    fake_run(&root.join("run"), 1);
+    let config = std::fs::read(root.join("run/config.json")).unwrap();
+    std::fs::write(root.join("notes.md"), PRECIOUS).unwrap();
+    let ck = root.join("run/checkpoint.safetensors");
+    fake_checkpoint(&ck);
+    let ck_bytes = std::fs::read(&ck).unwrap();
+    for (out, want) in [
+        ("notes.md", "is not a report of `dst report`"),
+        ("run/config.json", "is not a report of `dst report`"),
+        (
+            "run/checkpoint.safetensors",
+            "is not a report of `dst report`",
+        ),
+        ("run", "is a folder"),
+    ] {
+        let o = dst(&root, &[p("report"), p("run"), p("--out"), p(out)]);
+        refused(&o, &format!("report --out {out}"), &[out, want]);
+    }
+    assert_eq!(std::fs::read(root.join("notes.md")).unwrap(), PRECIOUS);
+    assert_eq!(std::fs::read(root.join("run/config.json")).unwrap(), config);
+    assert_eq!(std::fs::read(&ck).unwrap(), ck_bytes);
+    // Its own report, written and then replaced.
+    for _ in 0..2 {
+        ok(
+            &dst(
+                &root,
+                &[p("report"), p("run"), p("--out"), p("r/report.md")],
+            ),
+            "report --out r/report.md",
+        );
+    }
+    let md = std::fs::read_to_string(root.join("r/report.md")).unwrap();
+    assert!(md.starts_with(dst::report::REPORT_HEADER), "{md}");
+}
+
+/// `dst sweep` and `dst reproduce` refuse, before any run trains, an --out that is a training
+/// run's folder or a file, and one holding a sweep.md, sweep.csv, sweep.png or REPORT.md they
+/// did not write; nothing there changes.
+#[test]
+fn studies_refuse_folders_and_files_not_their_own() {
+    let root = tmp("study-out");
+    fake_run(&root.join("run"), 1);
+    std::fs::write(root.join("afile"), PRECIOUS).unwrap();
+    for name in ["sweep.md", "sweep.csv", "sweep.png", "REPORT.md"] {
+        let d = root.join(format!("user-{name}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join(name), PRECIOUS).unwrap();
+    }
+    let sweep = |out: &str| {
+        dst(
+            &root,
+            &[
+                p("sweep"),
+                p("--alpha"),
+                p("1e-4"),
+                p("--no-dense"),
+                p("--epochs"),
+                p("1"),
+                p("--limit-train"),
+                p("64"),
+                p("--out"),
+                p(out),
+            ],
+        )
+    };
+    let reproduce = |out: &str| {
+        dst(
+            &root,
+            &[
+                p("reproduce"),
+                p("table1"),
+                p("--quick"),
+                p("--seeds"),
+                p("1"),
+                p("--epochs"),
+                p("1"),
+                p("--limit-train"),
+                p("64"),
+                p("--out"),
+                p(out),
+            ],
+        )
+    };
+    for (o, what, want) in [
+        (
+            sweep("run"),
+            "sweep into a run",
+            "is the folder of a training run",
+        ),
+        (
+            sweep("afile"),
+            "sweep into a file",
+            "is a file, not a folder",
+        ),
+        (
+            sweep("user-sweep.md"),
+            "sweep over sweep.md",
+            "is not a `dst sweep` report",
+        ),
+        (
+            sweep("user-sweep.csv"),
+            "sweep over sweep.csv",
+            "is not a `dst sweep` table",
+        ),
+        (
+            sweep("user-sweep.png"),
+            "sweep over sweep.png",
+            "no `dst sweep` report lies beside it",
+        ),
+        (
+            reproduce("run"),
+            "reproduce into a run",
+            "is the folder of a training run",
+        ),
+        (
+            reproduce("user-REPORT.md"),
+            "reproduce over REPORT.md",
+            "is not a `dst reproduce` report",
+        ),
+    ] {
+        refused(&o, what, &[want]);
+    }
+    for name in ["sweep.md", "sweep.csv", "sweep.png", "REPORT.md"] {
+        let d = root.join(format!("user-{name}"));
+        assert_eq!(std::fs::read(d.join(name)).unwrap(), PRECIOUS, "{name}");
+        assert_eq!(
+            std::fs::read_dir(&d).unwrap().count(),
+            1,
+            "nothing added to {d:?}"
+        );
+    }
+    assert_eq!(std::fs::read(root.join("afile")).unwrap(), PRECIOUS);
+    let run: Vec<_> = std::fs::read_dir(root.join("run")).unwrap().collect();
+    assert_eq!(run.len(), 2, "config.json and metrics.jsonl only");
+}
+
 /// A run given twice, under two spellings of its path, is drawn and counted once.
 #[test]
 fn a_run_given_twice_counts_once() {

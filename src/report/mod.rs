@@ -135,7 +135,7 @@ pub fn plural(n: usize, word: &str) -> String {
 /// figures where a model has them, and the list of runs.
 pub fn report_markdown(runs: &[Run]) -> String {
     let rows = table::rows(runs);
-    let mut s = String::from("# DST results\n\n");
+    let mut s = format!("{REPORT_HEADER}\n");
     s.push_str(&table::markdown(&rows, true));
     s.push_str("\n## Runs\n\n| run | model | variant | seed | epochs | status |\n|---|---|---|---|---|---|\n");
     for r in runs {
@@ -165,6 +165,49 @@ pub fn report_markdown(runs: &[Run]) -> String {
     s
 }
 
+/// The first line of every report `dst report` writes: a file that begins so is one of its
+/// own, which `--out` may replace.
+pub const REPORT_HEADER: &str = "# DST results\n";
+
+/// Refuses, before anything is written, to replace `path` unless it is absent or a file that
+/// begins with `header`: one of the files of that kind dst writes (`what` names it in the
+/// message). A folder, a checkpoint, a run's `config.json` or a user's notes are left alone.
+pub fn check_own_text(path: &Path, header: &str, what: &str) -> Result<(), ReportError> {
+    let refuse = |reason: String| ReportError::Refused {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(()); // nothing there (a folder that cannot be made fails at the write)
+    };
+    if meta.is_dir() {
+        return Err(refuse("is a folder; give the file's path".to_string()));
+    }
+    let mut head = vec![0u8; header.len()];
+    let read = std::fs::File::open(path).and_then(|mut f| {
+        use std::io::Read;
+        let mut n = 0;
+        while n < head.len() {
+            match f.read(&mut head[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    });
+    match read {
+        Ok(n) if n == head.len() && head == header.as_bytes() => Ok(()),
+        Ok(_) => Err(refuse(format!(
+            "already exists and is not {what}; dst replaces only its own files there: remove it \
+             or pick another --out"
+        ))),
+        Err(source) => Err(ReportError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Writes `text` to `path`, creating its folder.
 pub fn write_text(path: &Path, text: &str) -> Result<(), ReportError> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -192,7 +235,7 @@ pub(crate) enum Drawn<'a> {
 }
 
 /// A folder of a run (`dst train` writes these two there).
-fn is_run_folder(dir: &Path) -> bool {
+pub(crate) fn is_run_folder(dir: &Path) -> bool {
     dir.join("config.json").exists() || dir.join("metrics.jsonl").exists()
 }
 
@@ -257,8 +300,9 @@ fn write_manifest(dir: &Path, lines: &[(String, String)]) -> Result<(), ReportEr
 /// - a run's folder (it holds `config.json` or `metrics.jsonl`) takes that run's charts, drawn
 ///   alone, and they may replace what is there (`dst train` draws them at the end of each run
 ///   and `--resume`); charts of other runs, or of several runs, are refused there. Mask pictures
-///   of a checkpoint go into any folder under the next rule, and may replace those of a run
-///   whose `config.json` the checkpoint's settings match;
+///   of a checkpoint go into a run's folder only where its `config.json` matches the settings
+///   the checkpoint holds (the run's own), and may replace what is there; any other folder
+///   takes them under the next rule;
 /// - in any other folder an existing file may be replaced only if the folder's `.dst-charts`
 ///   lists it with its current SHA-256: dst wrote it there and nobody changed it since.
 ///
@@ -336,6 +380,15 @@ pub(crate) fn write_charts_replacing(
                     "{what}; a run folder takes only its own run's charts, drawn alone: pick \
                      another --out"
                 ),
+            ));
+        }
+        if let (Drawn::Checkpoint(_), true, false) = (&drawn, run_folder, own) {
+            return Err(refuse(
+                dir,
+                "is the folder of another run than the checkpoint's (its config.json differs \
+                 from the settings the checkpoint holds); a run folder takes only its own \
+                 run's mask pictures: pick another --out"
+                    .into(),
             ));
         }
         let manifest = read_manifest(dir);

@@ -357,6 +357,25 @@ fn check_distinct_dirs(grid: &[(PathBuf, TrainConfig)]) -> Result<(), StudyError
 /// there. Returns the run directories as read back.
 pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<Run>, StudyError> {
     s.check()?;
+    check_study_folder(out)?;
+    report::check_own_text(&out.join("sweep.md"), SWEEP_HEADER, "a `dst sweep` report")?;
+    report::check_own_text(
+        &out.join("sweep.csv"),
+        table::CSV_HEADER,
+        "a `dst sweep` table",
+    )?;
+    // sweep.png only beside a sweep.md of dst's (checked above): a picture alone there may be
+    // anyone's.
+    let png = out.join("sweep.png");
+    if png.exists() && !out.join("sweep.md").is_file() {
+        return Err(ReportError::Refused {
+            path: png,
+            reason: "already exists and no `dst sweep` report lies beside it; dst replaces only \
+                     its own files there: remove it or pick another --out"
+                .to_string(),
+        }
+        .into());
+    }
     let grid = s.runs(out);
     // Every run on disk checked before any is trained: a conflict found late would come after
     // hours of training.
@@ -408,10 +427,38 @@ fn diverged_error(runs: Vec<String>, total: usize, report: &str) -> Result<(), S
     })
 }
 
+/// The first line of `sweep.md`.
+const SWEEP_HEADER: &str = "# Alpha sweep\n";
+
+/// The first line of `REPORT.md` (`dst reproduce`).
+const REPRODUCE_HEADER: &str = "# Reproduction of Table 1";
+
+/// Refuses a study's `--out` that is a file or a training run's folder (its runs would nest in
+/// that run's folder, beside its checkpoint), before anything trains.
+fn check_study_folder(out: &Path) -> Result<(), StudyError> {
+    let refuse = |reason: &str| {
+        StudyError::Report(ReportError::Refused {
+            path: out.to_path_buf(),
+            reason: reason.to_string(),
+        })
+    };
+    if out.is_file() {
+        return Err(refuse(
+            "is a file, not a folder: give a folder for the study's runs",
+        ));
+    }
+    if report::is_run_folder(out) {
+        return Err(refuse(
+            "is the folder of a training run: a study's runs go into a folder of their own; pick another --out",
+        ));
+    }
+    Ok(())
+}
+
 /// `sweep.md`, `sweep.csv` and `sweep.png` in `out` from the runs of a sweep.
 pub fn write_sweep_report(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let rows = table::rows(runs);
-    let mut md = String::from("# Alpha sweep\n\n");
+    let mut md = format!("{SWEEP_HEADER}\n");
     if let Some(r) = runs.first() {
         let c = &r.config;
         md.push_str(&format!(
@@ -519,6 +566,12 @@ pub fn reproduce(
     progress: &mut dyn Progress,
 ) -> Result<PathBuf, StudyError> {
     r.check()?;
+    check_study_folder(out)?;
+    report::check_own_text(
+        &out.join("REPORT.md"),
+        REPRODUCE_HEADER,
+        "a `dst reproduce` report",
+    )?;
     let grid = r.runs(out)?;
     for (dir, cfg) in &grid {
         check_reuse(cfg, dir)?;
