@@ -351,6 +351,11 @@ fn divergence_stops_and_keeps_last_checkpoint() {
     assert!(matches!(err, TrainError::Diverged { .. }), "{err}");
     let msg = err.to_string();
     assert!(msg.contains("--alpha") && msg.contains("--lr"), "{msg}");
+    // A retry with other settings needs another folder: the message says so.
+    assert!(
+        msg.contains(&format!("remove {}", out.display())) && msg.contains("another --out"),
+        "{msg}"
+    );
     assert_eq!(
         std::fs::read(&ck_path).unwrap(),
         before,

@@ -148,7 +148,7 @@ pub enum TrainError {
         saved: usize,
         dir: PathBuf,
     },
-    #[error("training diverged at epoch {epoch}, step {step}: {what}; the learning rate (--lr) is most likely too large for this model, or --alpha is; try a smaller one (the last good checkpoint, if any, is kept unchanged in {dir})")]
+    #[error("training diverged at epoch {epoch}, step {step}: {what}; the learning rate (--lr) is most likely too large for this model, or --alpha is; try a smaller one. The last good checkpoint, if any, is kept unchanged in {dir}; `--resume` would continue with the same settings, so to train with others remove {dir} or pick another --out")]
     Diverged {
         epoch: usize,
         step: u64,

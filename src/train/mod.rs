@@ -261,8 +261,9 @@ pub fn train(
         }
         if epoch0 >= cfg.epochs {
             return Err(TrainError::Config(format!(
-                "{} already holds {epoch0} epochs; pass --epochs larger than that to continue{}",
+                "{} already holds {}; pass --epochs larger than that to continue{}",
                 run.dir.display(),
+                crate::report::plural(epoch0, "epoch"),
                 if unfinished {
                     format!(" (or --epochs {epoch0} to end it there)")
                 } else {
