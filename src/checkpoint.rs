@@ -30,13 +30,17 @@ pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
 }
 
 /// Bytes of a file's start read to describe a file that is not a safetensors file.
-const PREFIX: usize = 64;
+pub(crate) const PREFIX: usize = 64;
 
 /// The header length in the first 8 bytes of `prefix` (the start of the file at `path`, at
 /// least its first 8 bytes when the file has them), checked against the file's size
 /// `file_len`: a length the file cannot hold is refused with what the file looks like instead
 /// (text: its first characters; otherwise the two sizes).
-fn header_len(path: &Path, prefix: &[u8], file_len: u64) -> Result<u64, CheckpointError> {
+pub(crate) fn header_len(
+    path: &Path,
+    prefix: &[u8],
+    file_len: u64,
+) -> Result<u64, CheckpointError> {
     let Some(first) = prefix.get(..8) else {
         return Err(CheckpointError::Format {
             path: path.to_path_buf(),
@@ -49,11 +53,13 @@ fn header_len(path: &Path, prefix: &[u8], file_len: u64) -> Result<u64, Checkpoi
     }
     if let Some(text) = text_start(prefix, prefix.len() as u64 == file_len) {
         let mut what = format!("it holds text (starts with `{text}`)");
-        // A run folder's config.json, metrics.jsonl or summary.json: point at its checkpoint.
+        // A run folder's config.json, metrics.jsonl or summary.json: point at its checkpoint
+        // (not when this is that checkpoint).
+        let is_the_checkpoint = path.file_name() == Some(std::ffi::OsStr::new(FILE_NAME));
         if let Some(ck) = path
             .parent()
             .map(|d| d.join(FILE_NAME))
-            .filter(|c| c.is_file())
+            .filter(|c| !is_the_checkpoint && c.is_file())
         {
             what.push_str(&format!(
                 "; the checkpoint of its folder is {}",
@@ -277,7 +283,7 @@ impl Checkpoint {
         header_len(path, &data[..data.len().min(PREFIX)], data.len() as u64)?;
         let fmt = |e: safetensors::SafeTensorError| CheckpointError::Format {
             path: path.to_path_buf(),
-            reason: e.to_string(),
+            reason: format!("truncated or damaged? {e}"),
         };
         let (_, header) = SafeTensors::read_metadata(&data).map_err(fmt)?;
         let metadata = header.metadata().clone().unwrap_or_default();

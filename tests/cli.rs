@@ -994,3 +994,33 @@ fn a_closed_stdout_is_no_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(o.status.code(), Some(141), "{err}");
 }
+
+/// A --limit-train larger than the training set trains on all of it, and says so.
+#[test]
+fn a_limit_above_the_training_set_is_noted() {
+    let out = std::env::temp_dir().join(format!("dst-cli-limit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_str().unwrap();
+    // 10 training images after a validation split of 9,990: one step.
+    let args = [
+        "train",
+        "--limit-train",
+        "100000",
+        "--valid",
+        "9990",
+        "--epochs",
+        "1",
+        "--out",
+        o,
+    ];
+    let (ok, stdout, err) = dst(&args);
+    assert!(ok, "{err}");
+    let all = format!("{stdout}{err}");
+    assert!(
+        all.contains(
+            "note: --limit-train 100000 is more than the 10000 training images there are; all of them are used"
+        ),
+        "{all}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}

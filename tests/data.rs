@@ -202,6 +202,24 @@ fn wrong_ndim_is_an_error() {
     let err = load_with(3, idx_bytes(8, &[5, 1], &[0, 1, 2, 3, 4]), false);
     assert!(matches!(err, DataError::WrongNdim { got: 2, .. }));
     assert_mentions(&err, &["t10k-labels-idx1-ubyte", "labels"]);
+
+    // A labels file with an images header (its payload too short for those dimensions): named
+    // as the wrong kind of file, before the payload's size is checked. Gzip alike.
+    for gzip in [false, true] {
+        let err = load_with(1, idx_bytes(8, &[12, 28, 28], &[0; 12]), gzip);
+        assert!(matches!(err, DataError::WrongNdim { got: 3, .. }), "{err}");
+        assert_mentions(
+            &err,
+            &["train-labels-idx1-ubyte", "labels", "expected 1, got 3"],
+        );
+    }
+    // And images with a labels header.
+    let err = load_with(2, idx_bytes(8, &[5], &[0; 5 * 28 * 28]), false);
+    assert!(matches!(err, DataError::WrongNdim { got: 1, .. }), "{err}");
+    assert_mentions(
+        &err,
+        &["t10k-images-idx3-ubyte", "images", "expected 3, got 1"],
+    );
 }
 
 #[test]

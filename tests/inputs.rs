@@ -165,6 +165,67 @@ fn another_file_given_as_a_checkpoint_says_what_it_is() {
     std::fs::remove_dir_all(&run).unwrap();
 }
 
+/// Files that are not what a command reads, and outputs it cannot write, are named as such
+/// before any work: a truncated checkpoint says it may be truncated; a run folder's own
+/// checkpoint holding text does not point at itself; `infer` of a folder or of a text file
+/// says what it is; `export --out` into a missing folder names the folder.
+#[test]
+fn damaged_inputs_and_missing_folders_are_named() {
+    let run = tmpdir("damaged");
+    let ck = save_checkpoint(&run);
+    let bytes = std::fs::read(&ck).unwrap();
+    let cut = run.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 4]).unwrap();
+    let err = Checkpoint::load(&cut).unwrap_err().to_string();
+    assert_mentions(
+        &err,
+        &["not a valid safetensors file (truncated or damaged?"],
+    );
+
+    std::fs::write(&ck, "# notes, not a checkpoint at all\n").unwrap();
+    let err = Checkpoint::load(&ck).unwrap_err().to_string();
+    assert_mentions(&err, &["it holds text (starts with `# notes"]);
+    assert!(!err.contains("the checkpoint of its folder"), "{err}");
+
+    let d = run.display().to_string();
+    let (ok, _, err) = dst(&["infer", &d]);
+    assert!(!ok);
+    assert_mentions(&err, &[&d, "is a folder; give an export file"]);
+    assert!(!err.contains("os error"), "{err}");
+    let note = run.join("note.txt");
+    std::fs::write(&note, "hello, world, these are words\n").unwrap();
+    let n = note.display().to_string();
+    for cmd in ["infer", "bench-infer"] {
+        let (ok, _, err) = dst(&[cmd, &n]);
+        assert!(!ok, "{cmd}");
+        assert_mentions(
+            &err,
+            &[
+                &n,
+                "not a safetensors file: it holds text (starts with `hello",
+            ],
+        );
+    }
+
+    let out = run.join("nodir/model.safetensors");
+    let (ok, _, err) = dst(&[
+        "export",
+        &cut.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert!(!ok);
+    assert_mentions(
+        &err,
+        &[&format!(
+            "the folder {} does not exist",
+            run.join("nodir").display()
+        )],
+    );
+    assert!(!run.join("nodir").exists());
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
 /// Writes the four MNIST file names (gzip) into `dir`; their contents do not matter here.
 fn write_mnist_names(dir: &Path) {
     for n in MNIST_NAMES {

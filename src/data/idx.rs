@@ -47,27 +47,69 @@ pub fn gunzip(bytes: &[u8], name: &str) -> Result<Vec<u8>, DataError> {
     Ok(out)
 }
 
+/// What an IDX file must hold: images (3 dimensions) or labels (1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdxKind {
+    Images,
+    Labels,
+}
+
+impl IdxKind {
+    /// The kind of a standard MNIST file name (`*-idx3-ubyte`: images, `*-idx1-ubyte`: labels).
+    pub fn of_name(name: &str) -> Option<IdxKind> {
+        if name.contains("idx3") {
+            Some(IdxKind::Images)
+        } else if name.contains("idx1") {
+            Some(IdxKind::Labels)
+        } else {
+            None
+        }
+    }
+
+    fn ndim(self) -> (usize, &'static str, &'static str) {
+        match self {
+            IdxKind::Images => (3, "3", "images"),
+            IdxKind::Labels => (1, "1", "labels"),
+        }
+    }
+}
+
 /// Parses an IDX array from `bytes`, decompressing first if they are gzip.
 /// `name` (usually the path) is used in error messages.
 pub fn parse_idx(bytes: &[u8], name: &str) -> Result<IdxArray, DataError> {
+    parse_idx_as(bytes, name, None)
+}
+
+/// `parse_idx`, where the header must also give `kind`'s number of dimensions: a labels file
+/// with an images header is named as such, not as a payload too short for its dimensions.
+pub fn parse_idx_as(
+    bytes: &[u8],
+    name: &str,
+    kind: Option<IdxKind>,
+) -> Result<IdxArray, DataError> {
     if is_gzip(bytes) {
         let raw = gunzip(bytes, name)?;
-        parse_raw(&raw, name)
+        parse_raw(&raw, name, kind)
     } else {
-        parse_raw(bytes, name)
+        parse_raw(bytes, name, kind)
     }
 }
 
 /// Reads and parses an IDX file (raw or gzip).
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
+    read_idx_as(path, None)
+}
+
+/// `read_idx` with the header checked for `kind` (`parse_idx_as`).
+pub fn read_idx_as(path: &Path, kind: Option<IdxKind>) -> Result<IdxArray, DataError> {
     let bytes = std::fs::read(path).map_err(|source| DataError::Io {
         file: path.display().to_string(),
         source,
     })?;
-    parse_idx(&bytes, &path.display().to_string())
+    parse_idx_as(&bytes, &path.display().to_string(), kind)
 }
 
-fn parse_raw(bytes: &[u8], name: &str) -> Result<IdxArray, DataError> {
+fn parse_raw(bytes: &[u8], name: &str, kind: Option<IdxKind>) -> Result<IdxArray, DataError> {
     let file = || name.to_string();
     if bytes.len() < 4 {
         return Err(DataError::HeaderTruncated {
@@ -96,6 +138,16 @@ fn parse_raw(bytes: &[u8], name: &str) -> Result<IdxArray, DataError> {
             expected: "at least 1",
             got: 0,
         });
+    }
+    if let Some((want, expected, what)) = kind.map(IdxKind::ndim) {
+        if ndim != want {
+            return Err(DataError::WrongNdim {
+                file: file(),
+                what,
+                expected,
+                got: ndim,
+            });
+        }
     }
     let header = 4 + 4 * ndim;
     if bytes.len() < header {

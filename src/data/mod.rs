@@ -549,7 +549,10 @@ pub fn load_dir(dir: &Path) -> Result<Mnist, DataError> {
     let paths = idx_files(dir, &MNIST_NAMES, "MNIST")?;
     let mut arrays = Vec::with_capacity(4);
     for path in &paths {
-        arrays.push((idx::read_idx(path)?, path.display().to_string()));
+        let kind = path
+            .file_name()
+            .and_then(|n| idx::IdxKind::of_name(&n.to_string_lossy()));
+        arrays.push((idx::read_idx_as(path, kind)?, path.display().to_string()));
     }
     let arrays: [(IdxArray, String); 4] = arrays.try_into().expect("four paths");
     assemble(arrays, dir.display().to_string())

@@ -220,8 +220,8 @@ pub fn load_test(dir: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
     let paths = crate::data::idx_files(dir, &MNIST_NAMES[2..], "MNIST test")?;
     let (images, labels) = (&paths[0], &paths[1]);
     let images = Dataset::from_idx(
-        idx::read_idx(images)?,
-        idx::read_idx(labels)?,
+        idx::read_idx_as(images, Some(idx::IdxKind::Images))?,
+        idx::read_idx_as(labels, Some(idx::IdxKind::Labels))?,
         &images.display().to_string(),
         &labels.display().to_string(),
     )?;

@@ -567,7 +567,19 @@ pub fn size_note(file: u64, dense: u64, layout: Layout) -> String {
 /// `export`'s guard on its output path (see there).
 fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
     let Ok(meta) = std::fs::metadata(out) else {
-        return Ok(()); // nothing there (a missing folder fails at the write, naming it)
+        // Nothing there: its folder must exist (as `dst infer --out` asks), checked before any
+        // work.
+        let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(dir) = parent.filter(|p| !p.is_dir()) {
+            return Err(invalid(
+                out,
+                format!(
+                    "the folder {} does not exist; create it or pick another --out",
+                    dir.display()
+                ),
+            ));
+        }
+        return Ok(());
     };
     if meta.is_dir() {
         return Err(invalid(
@@ -731,6 +743,12 @@ pub fn serialize(export: &Export) -> Result<Vec<u8>, String> {
 
 /// Reads and checks an export file; every refusal happens here, before any GPU work.
 pub fn load(path: &Path) -> Result<Export, ExportError> {
+    if path.is_dir() {
+        return Err(invalid(
+            path,
+            "is a folder; give an export file (`dst export` writes one, e.g. model.safetensors)",
+        ));
+    }
     let data = std::fs::read(path).map_err(|source| ExportError::Io {
         path: path.to_path_buf(),
         source,
@@ -741,6 +759,17 @@ pub fn load(path: &Path) -> Result<Export, ExportError> {
 /// `load` on bytes already read (`path` names them in errors).
 pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
     let bad = |r: String| invalid(path, r);
+    // A text file or a header length the file cannot hold: said as such (what the file holds).
+    let prefix = &data[..data.len().min(crate::checkpoint::PREFIX)];
+    crate::checkpoint::header_len(path, prefix, data.len() as u64).map_err(|e| match e {
+        CheckpointError::NotSafetensors { what, .. } => {
+            bad(format!("not a safetensors file: {what}"))
+        }
+        CheckpointError::Format { reason, .. } => bad(format!(
+            "not a valid safetensors file (truncated or damaged? {reason})"
+        )),
+        e => e.into(),
+    })?;
     let (_, header) = SafeTensors::read_metadata(data).map_err(|e| {
         bad(format!(
             "not a valid safetensors file (truncated or damaged?): {e}"

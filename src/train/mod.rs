@@ -144,6 +144,12 @@ pub fn train(
         None => cfg,
     };
     let (data, valid) = cfg.load_data_split()?;
+    let held = data.train.count + valid.as_ref().map_or(0, |v| v.count);
+    if let Some(n) = cfg.limit_train.filter(|&n| n > held) {
+        progress.line(&format!(
+            "note: --limit-train {n} is more than the {held} training images there are; all of them are used"
+        ));
+    }
     let mut session = Session::new(
         gpu,
         &cfg.model,
