@@ -317,8 +317,8 @@ struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Log a line every N steps (and at each epoch's end); only the logging follows it (the
-    /// --target-keep controller keeps its own cadence, the progress bar moves at least every 100
-    /// steps).
+    /// --target-keep controller keeps its own cadence, the progress bar moves every tenth of an
+    /// epoch, at least every 100 steps).
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     log_every: usize,
     /// Use only the first N training images.
@@ -666,6 +666,7 @@ fn term_progress() -> TermProgress {
         epoch: 0,
         epochs: 0,
         steps: 0,
+        printed: 0,
     }
 }
 
@@ -848,22 +849,33 @@ fn timestamp() -> String {
     )
 }
 
+/// Seconds left, short: `42s`, `3m05s`, `2h10m`.
+fn eta_text(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 struct TermProgress {
     bar: Option<indicatif::ProgressBar>,
     plain: bool,
     epoch: usize,
     epochs: usize,
     steps: u64,
+    /// The last step a plain (non-terminal) line was printed for.
+    printed: u64,
 }
 
 impl Progress for TermProgress {
     fn start_epoch(&mut self, epoch: usize, epochs: usize, steps: u64) {
-        (self.epoch, self.epochs, self.steps) = (epoch, epochs, steps);
+        (self.epoch, self.epochs, self.steps, self.printed) = (epoch, epochs, steps, 0);
         if !self.plain {
             let bar = indicatif::ProgressBar::new(steps);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:30}] {pos}/{len} steps {msg} ({eta})",
+                    "epoch {prefix} [{bar:30}] {pos}/{len} steps {msg}",
                 )
                 .unwrap()
                 .progress_chars("=> "),
@@ -875,13 +887,23 @@ impl Progress for TermProgress {
     fn step(&mut self, done: u64, msg: &str) {
         match &self.bar {
             Some(bar) => {
-                bar.set_message(msg.to_string());
+                // The position first: a redraw between the two never shows this message (the
+                // loss so far) beside the last position.
                 bar.set_position(done);
+                // The time left once there is a rate to tell it from (at 0 steps indicatif's
+                // estimate reads "0s", as if done).
+                let eta = eta_text(bar.eta().as_secs());
+                bar.set_message(format!("{msg} (eta {eta})"));
             }
-            None => eprintln!(
-                "epoch {}/{} step {done}/{} {msg}",
-                self.epoch, self.epochs, self.steps
-            ),
+            // Lines, not a bar: one per 100 steps at most, and the epoch's last.
+            None if done >= self.printed + 100 || done == self.steps => {
+                self.printed = done;
+                eprintln!(
+                    "epoch {}/{} step {done}/{} {msg}",
+                    self.epoch, self.epochs, self.steps
+                )
+            }
+            None => {}
         }
     }
     fn line(&mut self, msg: &str) {
@@ -915,6 +937,26 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
                      a new run",
                     dir.display(),
                     others.join(", ")
+                );
+            }
+            // A run's checkpoint stands for its folder, as in the other commands.
+            let dir = &match dir.file_name() {
+                Some(n) if n == "checkpoint.safetensors" && dir.is_file() => dir
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."))
+                    .to_path_buf(),
+                _ => dir.clone(),
+            };
+            if !dir.is_dir() {
+                bail!(
+                    "--resume {}: {}; give the folder of the run to continue",
+                    dir.display(),
+                    if dir.exists() {
+                        "is a file, not a run folder"
+                    } else {
+                        "no such folder"
+                    }
                 );
             }
             let path = dir.join("config.json");
@@ -1034,11 +1076,8 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         out.display()
     );
     let mut progress = TermProgress {
-        bar: None,
         plain,
-        epoch: 0,
-        epochs: 0,
-        steps: 0,
+        ..term_progress()
     };
     let s = train::train(
         gpu,
@@ -1237,6 +1276,15 @@ fn cmd_fetch(dataset: &str, to: &std::path::Path, extra: Vec<String>) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eta_text_is_short() {
+        assert_eq!(eta_text(0), "0s");
+        assert_eq!(eta_text(59), "59s");
+        assert_eq!(eta_text(60), "1m00s");
+        assert_eq!(eta_text(185), "3m05s");
+        assert_eq!(eta_text(7800), "2h10m");
+    }
 
     #[test]
     fn run_folders_claimed_in_the_same_second_differ() {

@@ -1024,3 +1024,25 @@ fn a_limit_above_the_training_set_is_noted() {
     );
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// `--resume` takes a run's folder or its checkpoint; a missing folder or another file is named.
+#[test]
+fn resume_takes_the_run_folder_or_its_checkpoint() {
+    let out = std::env::temp_dir().join(format!("dst-cli-resume-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_str().unwrap();
+    let (ok, _, err) = dst(&["train", "--limit-train", "64", "--epochs", "1", "--out", o]);
+    assert!(ok, "{err}");
+    let ck = out.join("checkpoint.safetensors");
+    let (ok, _, err) = dst(&["train", "--resume", ck.to_str().unwrap(), "--epochs", "2"]);
+    assert!(ok, "{err}");
+    let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
+    assert!(summary.contains("\"epochs\": 2"), "{summary}");
+    let missing = out.join("nonexistent");
+    let (ok, _, err) = dst(&["train", "--resume", missing.to_str().unwrap()]);
+    assert!(!ok && err.contains("no such folder"), "{err}");
+    let cfg = out.join("config.json");
+    let (ok, _, err) = dst(&["train", "--resume", cfg.to_str().unwrap()]);
+    assert!(!ok && err.contains("is a file, not a run folder"), "{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+}

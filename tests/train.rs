@@ -213,11 +213,16 @@ impl dst::train::Progress for Recorder {
     fn finish_epoch(&mut self) {}
 }
 
-/// The progress bar moves every `PROGRESS_EVERY` steps however rarely lines are logged (it stood
-/// at 0 for a whole epoch shorter than --log-every), and the run is the same bit for bit.
+/// The progress bar moves every tenth of an epoch (at most 100 steps) however rarely lines are
+/// logged (it stood at 0 for a whole epoch shorter than --log-every), and the run is the same
+/// bit for bit.
 #[test]
 fn progress_moves_between_rare_log_points() {
-    assert_eq!(dst::train::PROGRESS_EVERY, 100);
+    use dst::train::progress_every;
+    assert_eq!(
+        [1, 10, 11, 157, 938, 5000].map(progress_every),
+        [1, 1, 2, 16, 94, 100]
+    );
     let cfg = TrainConfig {
         epochs: 1,
         log_every: 1000,
@@ -235,7 +240,8 @@ fn progress_moves_between_rare_log_points() {
         &mut rec,
     )
     .unwrap();
-    assert_eq!(rec.0, [100, 157], "the embedded subset: 157 steps an epoch");
+    let want: Vec<u64> = (1..=9).map(|i| 16 * i).chain([157]).collect();
+    assert_eq!(rec.0, want, "the embedded subset: 157 steps an epoch");
     assert_eq!(metrics(&a, "step").len(), 1, "one line, at the epoch's end");
     let b = tmp("test", "progress-often");
     run(

@@ -340,9 +340,10 @@ pub fn train(
         let mut log_stats = Stats::default();
         let mut log_steps = 0u64;
         while done < steps_per_epoch {
-            // The progress bar moves every PROGRESS_EVERY steps too, however rarely lines are
+            // The progress bar moves every `progress_every` steps too, however rarely lines are
             // logged (more submissions, the same steps).
-            let mut window = (next_log - done).min(PROGRESS_EVERY - done % PROGRESS_EVERY);
+            let bar = progress_every(steps_per_epoch);
+            let mut window = (next_log - done).min(bar - done % bar);
             if control.is_some() {
                 window = window.min(every - done % every);
             }
@@ -558,8 +559,11 @@ fn finish(
     Ok(summary)
 }
 
-/// Steps between two moves of the progress bar, when lines are logged more rarely.
-pub const PROGRESS_EVERY: u64 = 100;
+/// Steps between two moves of the progress bar, when lines are logged more rarely: a tenth of
+/// the epoch, at most 100 steps (an epoch of 100 steps or fewer moved it only at its end).
+pub fn progress_every(steps_per_epoch: u64) -> u64 {
+    steps_per_epoch.div_ceil(10).clamp(1, 100)
+}
 
 /// The epochs the `summary.json` of the run folder `dir` was written for, if it has a readable
 /// one.
