@@ -40,6 +40,7 @@ enum Command {
     Train(TrainArgs),
     /// Test accuracy and per-layer keep ratios of a checkpoint.
     Eval {
+        /// The checkpoint, or the folder of the run that holds it.
         #[arg(long)]
         checkpoint: PathBuf,
         /// Folder of the checkpoint's dataset (MNIST: the two test files t10k-images-idx3-ubyte
@@ -98,6 +99,7 @@ enum Command {
     /// Export a checkpoint's masked model as safetensors with PyTorch's names: dense (zeros where
     /// the mask is 0) or csr (crow_indices / col_indices / values per masked layer).
     Export {
+        /// The checkpoint, or the folder of the run that holds it.
         checkpoint: PathBuf,
         /// dense or csr.
         #[arg(long, default_value = "csr")]
@@ -109,6 +111,7 @@ enum Command {
     /// trainer's evaluation for the other models (the dense model on the masked weights; an LSTM
     /// whose gate matrices keep few weights runs masked on a CPU adapter, from its kept weights).
     Infer {
+        /// An export file (`dst export` writes it).
         file: PathBuf,
         /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
         /// (raw or .gz; default: the embedded subset), CIFAR-10's test_batch.bin (required).
@@ -128,6 +131,7 @@ enum Command {
     /// (best of 3 alternating rounds each); for the models without sparse inference kernels
     /// (LSTMs, CIFAR-10), the trainer's evaluation of the dense model against the masked one.
     BenchInfer {
+        /// An export file (`dst export` writes it).
         file: PathBuf,
         /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
         /// (raw or .gz; default: the embedded subset), CIFAR-10's test_batch.bin (required).
@@ -161,6 +165,7 @@ enum Command {
     /// Pictures of a checkpoint's first-layer masks (no GPU): per-pixel keep heat map and
     /// neuron masks (LeNet-300-100), filters and masks (LeNet-5), per-gate pixel columns (LSTM).
     Masks {
+        /// The checkpoint, or the folder of the run that holds it.
         checkpoint: PathBuf,
         /// Where the PNGs go [default: the checkpoint's folder].
         #[arg(long)]
@@ -214,6 +219,7 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 struct SweepArgs {
+    /// The model of every run (`dst info` lists them).
     #[arg(long, default_value = "lenet300")]
     model: String,
     /// Alphas to try, comma-separated (e.g. 1e-5,1e-4,5e-4,1e-3).
@@ -236,20 +242,26 @@ struct SweepArgs {
     /// Epochs per run [default: the model's].
     #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
+    /// Batch size of every run [default: the model's].
     #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
+    /// Learning rate of every run [default: the model's].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
+    /// SGD momentum [default: the model's].
     #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
+    /// Weight decay [default: the model's].
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
+    /// sgd or adam [default: the model's].
     #[arg(long)]
     optimizer: Option<String>,
     /// Folder of the model's dataset: MNIST's four IDX files (.gz or raw), or CIFAR-10's six
     /// binary batches (`dst fetch cifar10 --to DIR`); default: the embedded MNIST subset.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Log a line every N steps in every run (and at each epoch's end).
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     log_every: usize,
     /// Use only the first N training images.
@@ -673,6 +685,10 @@ fn term_progress() -> TermProgress {
 fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::Result<()> {
     if let Some(m) = model {
         dst::models::check_name(m)?;
+    }
+    // A batch no run could take, refused before anything is printed (as `dst train` does).
+    if let Some(b) = batch.filter(|b| !(1..=65_535).contains(b)) {
+        bail!("--batch must be in 1..=65535, got {b}");
     }
     let adapters = list_adapters();
     if adapters.is_empty() {
@@ -1231,10 +1247,10 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
         source: t.source,
     };
     let gpu = Gpu::from_env()?;
+    // Said before the work, which takes a while on a CPU adapter.
+    eprintln!("adapter: {}", gpu.describe());
     let mut progress = dst::export::infer::progress_line(data.test.count);
-    let (acc, layers, adapter) =
-        train::evaluate_checkpoint_with(gpu, &checkpoint, &data, &mut progress)?;
-    eprintln!("adapter: {adapter}");
+    let (acc, layers, _) = train::evaluate_checkpoint_with(gpu, &checkpoint, &data, &mut progress)?;
     print_table(&layers);
     let kept: u64 = layers.iter().map(|l| l.kept).sum();
     let total: u64 = layers.iter().map(|l| l.total).sum();

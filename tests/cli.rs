@@ -186,6 +186,8 @@ fn train_then_eval_through_the_binary() {
         stdout.contains("on the 2000 test images of the embedded MNIST subset,"),
         "{stdout}"
     );
+    // The adapter is named before the work: the first line on stderr.
+    assert!(err.starts_with("adapter: "), "{err}");
     // eval scores the test set only: a folder with just the two test files (as `dst infer`
     // takes) will do.
     let test_only = out.join("t10k-only");
@@ -457,6 +459,13 @@ fn info_reports_memory_and_refuses_a_batch_that_cannot_fit() {
         assert!(eval_batch < 500, "{out}");
     }
     assert!(eval_batch >= 1);
+    // A batch no run could take: refused before anything is printed.
+    let (ok, out, err) = dst(&["info", "--model", "lenet300", "--batch", "0"]);
+    assert!(
+        !ok && err.contains("--batch must be in 1..=65535, got 0"),
+        "{err}"
+    );
+    assert!(out.is_empty(), "{out}");
     let (ok, _, err) = dst(&["info", "--model", "lenet5", "--batch", "65535"]);
     assert!(!ok);
     assert!(

@@ -868,12 +868,20 @@ pub fn batch_note(gpu: &Gpu, net: &Net, asked: usize, what: &str) -> Option<Stri
 }
 
 /// A progress reporter for an evaluation of `total` images: on a terminal, one line on stderr
-/// rewritten as images are done and cleared at the end; elsewhere (logs, pipes) nothing.
+/// rewritten as images are done and cleared at the end; elsewhere (logs, pipes) a line on
+/// stderr as each quarter of them is passed, before the end.
 pub fn progress_line(total: usize) -> impl FnMut(usize) {
     use std::io::{IsTerminal, Write};
     let tty = std::io::stderr().is_terminal();
+    let mut quarter = 0;
     move |done: usize| {
         if !tty {
+            // A log (not a terminal): a line at each quarter passed, none at the end.
+            let q = 4 * done / total.max(1);
+            if q > quarter && done < total {
+                quarter = q;
+                eprintln!("  {done}/{total} test images");
+            }
             return;
         }
         let mut e = std::io::stderr();

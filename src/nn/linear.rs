@@ -646,14 +646,12 @@ impl Layer for Linear {
                 let count_only = cx.mode != super::Mode::Train || cx.has_saved(&relu_output_key(x));
                 return self.forward_counted(cx, m, None, &x2, &y, count_only);
             }
-            (None, _) if self.dense_input_sparse(cx).is_some() => {
-                let rows = self.dense_input_sparse(cx).expect("checked");
-                self.forward_dense_listed(cx, &rows, &x2, &y)?;
-            }
-            (m, ..) => {
-                if let Some(m) = m {
-                    m.forward(cx, self.weight)?;
-                }
+            (None, _) => match self.dense_input_sparse(cx) {
+                Some(rows) => self.forward_dense_listed(cx, &rows, &x2, &y)?,
+                None => cx.push(dense()?),
+            },
+            (Some(m), _) => {
+                m.forward(cx, self.weight)?;
                 cx.push(dense()?);
             }
         }
