@@ -292,6 +292,25 @@ fn masks_leave_the_users_files_alone_and_replace_their_own() {
         "nothing written"
     );
 
+    // A run's folder whose pictures dst drew (listed in its .dst-charts) takes no other
+    // checkpoint's (this one holds no settings: it is no run's checkpoint).
+    ok(
+        &dst(&root, &[p("masks"), &ck, p("--out"), p("run")]),
+        "masks into a plain folder",
+    );
+    fake_run(&root.join("run"), 1);
+    let before = std::fs::read(root.join("run/fc1_input_keep.png")).unwrap();
+    let o = dst(&root, &[p("masks"), &ck, p("--out"), p("run")]);
+    refused(
+        &o,
+        "masks into another run's folder",
+        &["run", "another run than the checkpoint's", "--out"],
+    );
+    assert_eq!(
+        std::fs::read(root.join("run/fc1_input_keep.png")).unwrap(),
+        before
+    );
+
     // Twice into the same folder, and by default next to the checkpoint: its own pictures.
     for _ in 0..2 {
         ok(
@@ -314,28 +333,6 @@ fn masks_leave_the_users_files_alone_and_replace_their_own() {
         &["afile", "is a file, not a folder"],
     );
     assert_eq!(std::fs::read(root.join("afile")).unwrap(), PRECIOUS);
-}
-
-/// A checkpoint's mask pictures go into a run's folder only when it is that run's checkpoint:
-/// another run's folder is refused, its pictures left as they were.
-#[test]
-fn masks_refuse_another_runs_folder() {
-    let root = tmp("masks-other-run");
-    let ck = root.join("ck.safetensors");
-    fake_checkpoint(&ck); // no settings: no run's checkpoint
-    fake_run(&root.join("run"), 1);
-    std::fs::write(root.join("run/fc1_input_keep.png"), PRECIOUS).unwrap();
-    let o = dst(&root, &[p("masks"), &ck, p("--out"), p("run")]);
-    refused(
-        &o,
-        "masks into another run's folder",
-        &["run", "another run than the checkpoint's", "--out"],
-    );
-    assert_eq!(
-        std::fs::read(root.join("run/fc1_input_keep.png")).unwrap(),
-        PRECIOUS
-    );
-    assert!(!root.join("run/fc1_neuron_masks.png").exists());
 }
 
 /// `dst report --out` replaces only a report of its own: a user's file, a run's config.json or
