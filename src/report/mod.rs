@@ -183,20 +183,14 @@ pub fn check_own_text(path: &Path, header: &str, what: &str) -> Result<(), Repor
     if meta.is_dir() {
         return Err(refuse("is a folder; give the file's path".to_string()));
     }
-    let mut head = vec![0u8; header.len()];
-    let read = std::fs::File::open(path).and_then(|mut f| {
+    // The file's first header.len() bytes (fewer if it is shorter).
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| {
         use std::io::Read;
-        let mut n = 0;
-        while n < head.len() {
-            match f.read(&mut head[n..])? {
-                0 => break,
-                k => n += k,
-            }
-        }
-        Ok(n)
+        f.take(header.len() as u64).read_to_end(&mut head)
     });
     match read {
-        Ok(n) if n == head.len() && head == header.as_bytes() => Ok(()),
+        Ok(_) if head == header.as_bytes() => Ok(()),
         Ok(_) => Err(refuse(format!(
             "already exists and is not {what}; dst replaces only its own files there: remove it \
              or pick another --out"

@@ -488,11 +488,11 @@ fn std(s: &Stat) -> String {
     }
 }
 
-/// One CSV line per row and rule: the figures in machine-readable form (a single run's standard
-/// deviations empty).
 /// The first line of `csv`'s tables.
 pub const CSV_HEADER: &str = "model,dense,alpha,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n";
 
+/// One CSV line per row and rule: the figures in machine-readable form (a single run's standard
+/// deviations empty).
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(CSV_HEADER);
     for row in rows {
