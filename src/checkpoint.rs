@@ -337,18 +337,32 @@ impl Checkpoint {
     }
 }
 
-/// Writes `data` to `path` through a temporary file in the same folder and a rename.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
+/// Whether `write_atomic(path, ..)` can create its temporary file beside `path`: creates and
+/// removes it, so that a command finds a read-only folder before its work, not after.
+pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    let tmp = temporary_beside(path);
+    std::fs::File::create(&tmp)?;
+    std::fs::remove_file(&tmp)
+}
+
+/// The temporary file `write_atomic` writes before renaming it to `path`.
+fn temporary_beside(path: &Path) -> PathBuf {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let tmp = match dir {
-        Some(d) => d.join(format!(".{name}.tmp-{}", std::process::id())),
-        None => PathBuf::from(format!(".{name}.tmp-{}", std::process::id())),
-    };
+    let tmp = format!(".{name}.tmp-{}", std::process::id());
+    match dir {
+        Some(d) => d.join(tmp),
+        None => PathBuf::from(tmp),
+    }
+}
+
+/// Writes `data` to `path` through a temporary file in the same folder and a rename.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = temporary_beside(path);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;

@@ -1042,11 +1042,34 @@ fn resume_takes_the_run_folder_or_its_checkpoint() {
     let o = out.to_str().unwrap();
     let (ok, _, err) = dst(&["train", "--limit-train", "64", "--epochs", "1", "--out", o]);
     assert!(ok, "{err}");
+    // A damaged line in metrics.jsonl is dropped with a warning; a last line cut short (a
+    // crash) goes silently.
+    let metrics = out.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    std::fs::write(&metrics, format!("{first}\nnot json\n{rest}{{\"step\": 1")).unwrap();
     let ck = out.join("checkpoint.safetensors");
     let (ok, _, err) = dst(&["train", "--resume", ck.to_str().unwrap(), "--epochs", "2"]);
     assert!(ok, "{err}");
+    assert!(
+        err.contains("dropped 1 damaged line (not a JSON log line"),
+        "{err}"
+    );
     let summary = std::fs::read_to_string(out.join("summary.json")).unwrap();
     assert!(summary.contains("\"epochs\": 2"), "{summary}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.starts_with(first) && !text.contains("not json"),
+        "{text}"
+    );
+    // A missing one is named; the run goes on and logs from where it resumed.
+    std::fs::remove_file(&metrics).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", o, "--epochs", "3"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("metrics.jsonl is missing"), "{err}");
+    assert!(std::fs::read_to_string(&metrics)
+        .unwrap()
+        .contains("\"epoch\":3"));
     let missing = out.join("nonexistent");
     let (ok, _, err) = dst(&["train", "--resume", missing.to_str().unwrap()]);
     assert!(!ok && err.contains("no such folder"), "{err}");

@@ -1237,7 +1237,8 @@ fn every_models_export_lists_the_trainers_tensors() {
 
 /// `dst infer --out` (sparse path): one CSV row per test image with its label, the class of its
 /// largest logit and the logits of sparse inference; a second run replaces the file; a file it
-/// did not write and a folder are refused before any GPU work, left as they were.
+/// did not write, a folder and a place it cannot write are refused before any GPU work, left as
+/// they were.
 #[test]
 fn infer_writes_predictions_and_replaces_only_its_own_file() {
     let ck_path = {
@@ -1286,13 +1287,19 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
     std::fs::write(&other, "keep me").unwrap();
     let nowhere = dir.join("no-such-folder").join("p.csv");
     let slash = PathBuf::from(format!("{}/", dir.join("new-folder").display()));
-    for (target, needle) in [
+    // A folder that takes no new file, for root too (CI runs as root): sysfs's top.
+    let unwritable = PathBuf::from("/sys/dst-predictions.csv");
+    let mut cases = vec![
         (&other, "is not a predictions file of `dst infer`"),
         (&dir, "is a folder"),
         (&csr_path, "is not a predictions file of `dst infer`"),
         (&nowhere, "no-such-folder does not exist"),
         (&slash, "names a folder"),
-    ] {
+    ];
+    if cfg!(target_os = "linux") {
+        cases.push((&unwritable, "/sys/dst-predictions.csv: cannot write there"));
+    }
+    for (target, needle) in cases {
         let (ok, out, err) = dst_cli(&["infer", file, "--out", target.to_str().unwrap()]);
         assert!(!ok && err.contains(needle), "{err}");
         assert!(

@@ -920,7 +920,7 @@ fn check_predictions_out(out: &std::path::Path) -> anyhow::Result<()> {
             out.display(),
             parent.display()
         );
-        return Ok(());
+        return writable(out);
     };
     anyhow::ensure!(
         !meta.is_dir(),
@@ -937,7 +937,14 @@ fn check_predictions_out(out: &std::path::Path) -> anyhow::Result<()> {
          its own files: remove it or pick another --out",
         out.display()
     );
-    Ok(())
+    writable(out)
+}
+
+/// `--out`'s folder takes the file (`write_atomic`'s temporary beside it): checked before the
+/// inference, which may take minutes.
+fn writable(out: &std::path::Path) -> anyhow::Result<()> {
+    crate::checkpoint::check_writable(out)
+        .map_err(|e| anyhow::anyhow!("--out {}: cannot write there: {e}", out.display()))
 }
 
 /// The predictions CSV: per test image its index, label, predicted class and logits.

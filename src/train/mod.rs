@@ -260,7 +260,9 @@ pub fn train(
                     run.dir.display()
                 ),
             });
-            trim_metrics(&run, step)?;
+            if let Some(w) = trim_metrics(&run, step)? {
+                progress.line(&w);
+            }
             remove_stale_temporaries(&run);
             run.write_json(&run.config(), cfg)?;
             return finish(cfg, &session, &data, &history, step, &run, progress);
@@ -277,13 +279,16 @@ pub fn train(
                 }
             )));
         }
-        trim_metrics(&run, step)?;
+        let metrics_warning = trim_metrics(&run, step)?;
         remove_stale_temporaries(&run);
         progress.line(&format!(
             "resuming {} at epoch {} (step {step})",
             run.dir.display(),
             epoch0 + 1
         ));
+        if let Some(w) = metrics_warning {
+            progress.line(&w);
+        }
     } else if !opts.resume
         && ["checkpoint.safetensors", "metrics.jsonl"]
             .iter()
@@ -588,29 +593,58 @@ fn pinned_target_epoch(cfg: &TrainConfig, opts: &RunOptions, run: &RunDir) -> Op
 
 /// On resume: metrics.jsonl without the lines logged after the checkpoint (`step` beyond it; an
 /// epoch line is written before its checkpoint) and without a line cut short by a crash, so
-/// that the steps the resumed run replays are not logged twice.
-fn trim_metrics(run: &RunDir, step: u64) -> Result<()> {
+/// that the steps the resumed run replays are not logged twice. Returns a warning when the file
+/// is missing or held damaged lines before its last (a crash cuts only the last short): the
+/// run goes on, but its charts lack what was lost.
+fn trim_metrics(run: &RunDir, step: u64) -> Result<Option<String>> {
     let path = run.metrics();
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(());
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((step > 0).then(|| {
+                format!(
+                    "warning: {} is missing; the run goes on, but its log and charts will \
+                     start at step {step}",
+                    path.display()
+                )
+            }));
+        }
+        Err(e) => return Err(run.io(&path)(e)),
     };
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .ok()
-                .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
-                .is_some_and(|s| s <= step)
-        })
-        .collect();
-    if kept.len() == text.lines().count() && text.ends_with('\n') {
-        return Ok(());
+    let lines: Vec<&str> = text.lines().collect();
+    let cut_short = !text.ends_with('\n');
+    let step_of = |l: &str| {
+        serde_json::from_str::<serde_json::Value>(l)
+            .ok()
+            .and_then(|v| v.get("step").and_then(|s| s.as_u64()))
+    };
+    let mut damaged = 0usize;
+    let mut kept: Vec<&str> = Vec::with_capacity(lines.len());
+    for (i, l) in lines.iter().enumerate() {
+        match step_of(l) {
+            Some(s) if s <= step => kept.push(l),
+            Some(_) => {}
+            None if cut_short && i + 1 == lines.len() => {}
+            None => damaged += 1,
+        }
+    }
+    let warning = (damaged > 0).then(|| {
+        format!(
+            "warning: {}: dropped {} (not a JSON log line with a step: damaged or edited); the \
+             run goes on, but its log and charts lack what they held",
+            path.display(),
+            crate::report::plural(damaged, "damaged line"),
+        )
+    });
+    if kept.len() == lines.len() && !cut_short {
+        return Ok(warning);
     }
     let mut out = kept.join("\n");
     if !out.is_empty() {
         out.push('\n');
     }
-    crate::checkpoint::write_atomic(&path, out.as_bytes()).map_err(run.io(&path))
+    crate::checkpoint::write_atomic(&path, out.as_bytes()).map_err(run.io(&path))?;
+    Ok(warning)
 }
 
 /// The temporary files of atomic writes a crash left in the run folder
