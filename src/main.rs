@@ -779,11 +779,14 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
         let batch = batch.unwrap_or(dst::models::info(name)?.defaults.batch);
         let report = dst::train::memory::measure(gpu, name, batch, dense)?;
         // The full dataset's train and test images, resident on the GPU while the model trains.
-        let images = match dst::models::info(name)?.dataset {
-            dst::data::DatasetKind::Mnist => 70_000,
-            dst::data::DatasetKind::Cifar10 => 60_000,
+        let (images, what) = match dst::models::info(name)?.dataset {
+            dst::data::DatasetKind::Mnist => (
+                70_000,
+                "full MNIST's 70000 images (the embedded subset: 12000)",
+            ),
+            dst::data::DatasetKind::Cifar10 => (60_000, "CIFAR-10's 60000 images"),
         };
-        for line in report.lines(images) {
+        for line in report.lines(images, what) {
             println!("{line}");
         }
     }
@@ -1207,14 +1210,22 @@ fn claim_run_dir(root: &std::path::Path, base: &str) -> anyhow::Result<PathBuf> 
     )
 }
 
+/// The per-layer table: the name column as wide as the longest name (a residual block's
+/// `block2_1.shortcut`), so that the columns stay aligned.
 fn print_table(layers: &[LayerStats]) {
+    let w = layers
+        .iter()
+        .map(|l| l.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(8);
     println!(
-        "{:<8} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "{:<w$} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "layer", "shape", "kept", "total", "keep", "t min", "t mean", "t max"
     );
     for l in layers {
         println!(
-            "{:<8} {:>10} {:>10} {:>10} {:>9.4} {:>9.4} {:>9.4} {:>9.4}",
+            "{:<w$} {:>10} {:>10} {:>10} {:>9.4} {:>9.4} {:>9.4} {:>9.4}",
             l.name,
             format!("{}x{}", l.shape[0], l.shape[1]),
             l.kept,

@@ -563,8 +563,14 @@ fn dense_runs_draw_no_alpha_chart() {
         !String::from_utf8_lossy(&o.stdout).contains("alpha.png"),
         "{o:?}"
     );
+    let err = String::from_utf8_lossy(&o.stderr);
     for gone in ["alpha.png", "keep_per_layer.png", "thresholds.png"] {
         assert!(!root.join("charts").join(gone).exists(), "{gone} left");
+        // Named as it goes.
+        assert!(
+            err.contains(&format!("removed charts/{gone}: drawn there before")),
+            "{err}"
+        );
     }
     assert!(is_png(&root.join("charts/accuracy_remaining.png")));
     let manifest = std::fs::read_to_string(root.join("charts/.dst-charts")).unwrap();

@@ -100,6 +100,18 @@ fn wrn_16_1_learns_digits() {
         )),
         "{text}"
     );
+    // Its layer table stays aligned with names as long as `block2_1.shortcut`: every line
+    // (header and 16 layers) is as long as the header.
+    let table: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("layer "))
+        .take(17)
+        .collect();
+    assert!(
+        table.iter().any(|l| l.starts_with("block2_1.shortcut ")),
+        "{text}"
+    );
+    assert!(table.iter().all(|l| l.len() == table[0].len()), "{text}");
     let steps = metrics(&out, "step");
     let loss = |v: &serde_json::Value| v["loss"].as_f64().unwrap();
     let (first, last) = (loss(&steps[0]), loss(steps.last().unwrap()));

@@ -265,7 +265,10 @@ fn a_reproduction_refuses_runs_of_other_data_or_length() {
         "{md}"
     );
     assert!(
-        md.contains("`dst reproduce table1 --seeds 1 --quick --model lenet300`"),
+        md.contains(&format!(
+            "`dst reproduce table1 --seeds 1 --quick --model lenet300 --out {}`",
+            out.display()
+        )),
         "{md}"
     );
     // An MNIST reproduction: so titled, and the CIFAR-10 rows' command named (they are in this

@@ -248,7 +248,7 @@ pub enum DataError {
         record: usize,
     },
     #[error(
-        "{file}: record {record} (byte offset {offset}) has label {value}, outside 0..{classes}"
+        "{file}: record {record} (byte offset {offset}) has label {value}, outside 0-{max}", max = .classes - 1
     )]
     RecordLabel {
         file: String,

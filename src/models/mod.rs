@@ -224,11 +224,18 @@ impl Model {
     pub fn describe(&self) -> Vec<String> {
         let mut shape = self.input.clone();
         let mut out = Vec::new();
+        let w = self
+            .layers
+            .iter()
+            .map(|l| l.name().len())
+            .max()
+            .unwrap_or(0)
+            .max(8);
         for l in &self.layers {
             shape = l.output_shape(&shape);
             let masked: usize = l.mask_views().iter().map(|v| v.rows * v.cols).sum();
             out.push(format!(
-                "{:<8} -> {:?}{}",
+                "{:<w$} -> {:?}{}",
                 l.name(),
                 shape,
                 if masked > 0 {

@@ -467,6 +467,10 @@ pub(crate) fn write_charts_replacing(
                     path: path.clone(),
                     source,
                 })?;
+            eprintln!(
+                "removed {}: drawn there before, but the runs drawn now have no data for it",
+                path.display()
+            );
             removed.push(name);
         }
     }

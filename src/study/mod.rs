@@ -688,7 +688,7 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
     );
     let epochs = used_by(runs, |x| x.config.epochs, |e| e.to_string());
     s.push_str(&format!(
-        "- adapter: {}\n- data: {}\n- epochs: {}\n- command: `dst reproduce table1 --seeds {}{}{}{}{}{}{}`\n",
+        "- adapter: {}\n- data: {}\n- epochs: {}\n- command: `dst reproduce table1 --seeds {}{}{}{}{}{}{} --out {}`\n",
         if adapters.is_empty() { "–".into() } else { adapters.join("; ") },
         data,
         epochs,
@@ -701,6 +701,7 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         r.valid.map(|n| format!(" --valid {n}")).unwrap_or_default(),
         if r.quick { " --quick" } else { "" },
         r.models.iter().map(|m| format!(" --model {m}")).collect::<String>(),
+        out.display(),
     ));
     // An MNIST reproduction leaves out the CIFAR-10 rows: how to run them.
     if only(&mnist) {

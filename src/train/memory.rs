@@ -45,8 +45,9 @@ impl MemoryReport {
             + self.data_bytes_per_image * images
     }
 
-    /// The report as lines of text.
-    pub fn lines(&self, images: u64) -> Vec<String> {
+    /// The report as lines of text, the data line for `images` resident images, named by `what`
+    /// (e.g. "full MNIST's 70000 images").
+    pub fn lines(&self, images: u64, what: &str) -> Vec<String> {
         let mib = |b: u64| format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64);
         vec![
             format!(
@@ -78,7 +79,7 @@ impl MemoryReport {
             "                  (scratch included; CPU adapters: patch matrices, lists of kept weights)"
                 .to_string(),
             format!(
-                "  data            {} bytes per resident image: {} for {images} images",
+                "  data            {} bytes per resident image: {} for {what}",
                 self.data_bytes_per_image,
                 mib(self.data_bytes_per_image * images)
             ),
