@@ -341,13 +341,13 @@ pub fn train(
         // controller up to its next update (every `control::cadence` steps of the epoch and at
         // its end, whatever the log interval: the run must not depend on how often the user logs).
         let every = control::cadence(steps_per_epoch);
+        // The progress bar moves every `progress_every` steps too, however rarely lines are
+        // logged (more submissions, the same steps).
+        let bar = progress_every(steps_per_epoch);
         let mut next_log = (cfg.log_every as u64).min(steps_per_epoch);
         let mut log_stats = Stats::default();
         let mut log_steps = 0u64;
         while done < steps_per_epoch {
-            // The progress bar moves every `progress_every` steps too, however rarely lines are
-            // logged (more submissions, the same steps).
-            let bar = progress_every(steps_per_epoch);
             let mut window = (next_log - done).min(bar - done % bar);
             if control.is_some() {
                 window = window.min(every - done % every);
@@ -595,7 +595,7 @@ fn pinned_target_epoch(cfg: &TrainConfig, opts: &RunOptions, run: &RunDir) -> Op
 /// epoch line is written before its checkpoint) and without a line cut short by a crash, so
 /// that the steps the resumed run replays are not logged twice. Returns a warning when the file
 /// is missing or held damaged lines before its last (a crash cuts only the last short): the
-/// run goes on, but its charts lack what was lost.
+/// run goes on, its log and charts without what was lost.
 fn trim_metrics(run: &RunDir, step: u64) -> Result<Option<String>> {
     let path = run.metrics();
     let text = match std::fs::read_to_string(&path) {
@@ -603,8 +603,8 @@ fn trim_metrics(run: &RunDir, step: u64) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Ok((step > 0).then(|| {
                 format!(
-                    "warning: {} is missing; the run goes on, but its log and charts will \
-                     start at step {step}",
+                    "warning: {} is missing: its log and charts hold only what is logged \
+                     from step {step} on",
                     path.display()
                 )
             }));
@@ -630,8 +630,8 @@ fn trim_metrics(run: &RunDir, step: u64) -> Result<Option<String>> {
     }
     let warning = (damaged > 0).then(|| {
         format!(
-            "warning: {}: dropped {} (not a JSON log line with a step: damaged or edited); the \
-             run goes on, but its log and charts lack what they held",
+            "warning: {}: dropped {} (not a JSON log line with a step: damaged or edited); \
+             its log and charts lack what they held",
             path.display(),
             crate::report::plural(damaged, "damaged line"),
         )
