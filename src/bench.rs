@@ -1113,12 +1113,7 @@ fn step_times(
             session.restore(ck, path, true)?;
             // The run's dead-layer policy: under the paper's reset a layer that a floor run kept
             // at <= 1 % would turn dense again in the first step.
-            if let Some(c) = ck
-                .meta("config")
-                .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
-            {
-                session.reset = c.reset_policy();
-            }
+            session.reset = crate::train::reset_policy_of(ck);
         }
         let train = session.upload("train", &train_set)?;
         train.start_epoch(&session.gpu, 1, 1);

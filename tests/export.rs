@@ -9,6 +9,7 @@ use dst::checkpoint::Checkpoint;
 use dst::export::infer::{self, Mode, Net};
 use dst::export::{self, Csr, Layout, Value};
 use dst::gpu::Gpu;
+use dst::kernels::masked::ResetPolicy::{self, Floor, Paper};
 use dst::kernels::Kernels;
 use dst::train::{self, Quiet, RunOptions, TrainConfig};
 
@@ -79,17 +80,124 @@ fn export_to(ck: &Path, layout: Layout, dir: &Path) -> (PathBuf, export::ExportR
 fn mask_rule_mirrors_the_trainer_reset() {
     // Row 0 keeps 1 of 4 (> 1%); a 10x10 matrix keeping 1 weight (1% <= 1%) is reset to dense.
     let w = [0.5f32, -0.1, 0.2, 0.0];
-    let (m, r) = export::derive_mask(&w, &[0.3], 1, 4, 1);
+    let (m, r) = export::derive_mask(&w, &[0.3], 1, 4, 1, Paper);
     assert_eq!((m, r), (vec![true, false, false, false], 0));
     let mut w = vec![0.1f32; 100];
     w[7] = 0.9;
     w[50] = 0.0;
-    let (m, r) = export::derive_mask(&w, &[0.5; 10], 10, 10, 1);
+    let (m, r) = export::derive_mask(&w, &[0.5; 10], 10, 10, 1, Paper);
     assert_eq!(r, 1);
     assert_eq!(m.iter().filter(|&&k| k).count(), 99, "reset: |W| > 0 only");
     // Strict step: |W| - t == 0 is pruned.
-    let (m, _) = export::derive_mask(&[0.25f32; 200], &[0.25, -1.0], 2, 100, 1);
+    let (m, _) = export::derive_mask(&[0.25f32; 200], &[0.25, -1.0], 2, 100, 1, Paper);
     assert_eq!(m.iter().filter(|&&k| k).count(), 100);
+}
+
+/// The floor and `none` policies derive the masks training used: against the f64 reference's
+/// `mask_reset_policy` on stacked matrices, one dying (floored: each row keeps its strongest
+/// weight), one not (untouched), under every policy.
+#[test]
+fn mask_rule_follows_the_runs_reset_policy() {
+    let (rows, cols, groups) = (8, 50, 2);
+    let mut w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+        .collect();
+    w[3 * cols + 7] = 2.0; // row 3's strongest
+                           // Matrix 0 (rows 0-3): thresholds above every |w| (dying); matrix 1: a real mask.
+    let t: Vec<f32> = (0..rows).map(|r| if r < 4 { 5.0 } else { 0.3 }).collect();
+    for (policy, code) in [(Paper, 0), (Floor, 1), (ResetPolicy::None, 2)] {
+        let (m, acted) = export::derive_mask(&w, &t, rows, cols, groups, policy);
+        let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        let t64: Vec<f64> = t.iter().map(|&v| v as f64).collect();
+        let (p, _, counts, fired) =
+            dst::reference::masked::mask_reset_policy(&w64, &t64, rows, cols, groups, code);
+        let want: Vec<bool> = p.iter().map(|&v| v != 0.0).collect(); // P = W * M
+        assert_eq!(m, want, "{policy:?}");
+        assert_eq!(acted, fired.iter().filter(|&&f| f).count(), "{policy:?}");
+        let kept0 = m[..4 * cols].iter().filter(|&&k| k).count() as u32;
+        assert_eq!(kept0, counts[0][1], "{policy:?}");
+        let expect0 = match policy {
+            Paper => 4 * cols - (0..4 * cols).filter(|&i| w[i] == 0.0).count(),
+            // Per row, what lies above 0.999 of its largest |w|: at least one weight each.
+            Floor => (0..4)
+                .map(|r| {
+                    let row = &w[r * cols..(r + 1) * cols];
+                    let m = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    let n = row.iter().filter(|v| v.abs() - m * 0.999 > 0.0).count();
+                    assert!(n >= 1);
+                    n
+                })
+                .sum(),
+            _ => 0,
+        };
+        assert_eq!(kept0 as usize, expect0, "{policy:?}");
+        assert_eq!(acted, (policy != ResetPolicy::None) as usize, "{policy:?}");
+    }
+}
+
+/// A `--reset floor` run's checkpoint is evaluated and exported under the floor, as it trained:
+/// a layer it kept at <= 1 % keeps a weight per row in `eval` and in the export, where the
+/// paper's reset (the old behaviour, and still the rule of a paper run) makes it dense.
+#[test]
+fn a_floor_runs_checkpoint_is_evaluated_and_exported_under_its_floor() {
+    let _g = serial();
+    let dir = tmp("floor");
+    let mut ck = Checkpoint::load(&checkpoint("lenet300", 640)).unwrap();
+    // fc2 dies: every threshold above every weight.
+    let t = ck
+        .tensors
+        .iter_mut()
+        .find(|t| t.0 == "fc2.threshold")
+        .unwrap();
+    t.2.fill(10.0);
+    let mut cfg: TrainConfig = serde_json::from_str(ck.meta("config").unwrap()).unwrap();
+    let paper = dir.join("paper.safetensors");
+    ck.save(&paper).unwrap();
+    cfg.reset = "floor".into();
+    ck.metadata
+        .insert("config".into(), serde_json::to_string(&cfg).unwrap());
+    let floor = dir.join("floor.safetensors");
+    ck.save(&floor).unwrap();
+    let data = dst::data::load_embedded();
+    let fc2_kept = |path: &Path| {
+        let (_, layers, _) = train::evaluate_checkpoint(gpu(), path, &data).unwrap();
+        let l = layers.iter().find(|l| l.name == "fc2").unwrap();
+        let (e, r) =
+            export::from_checkpoint(&Checkpoint::load(path).unwrap(), path, Layout::Csr).unwrap();
+        let exported = r.layers.iter().find(|l| l.0 == "fc2.weight").unwrap().1;
+        assert_eq!(
+            e.get("fc2.weight")
+                .unwrap()
+                .dense()
+                .iter()
+                .filter(|&&v| v != 0.0)
+                .count(),
+            exported
+        );
+        (l.kept, exported as u64, r.policy)
+    };
+    // The floor keeps, per row, what lies above 0.999 of the row's largest |w| (f32): at least
+    // one weight each.
+    let w = &ck.get("fc2.weight").unwrap().2;
+    let want: u64 = w
+        .chunks(300)
+        .map(|row| {
+            let m = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            row.iter().filter(|v| v.abs() - m * 0.999 > 0.0).count() as u64
+        })
+        .sum();
+    assert!((100..3000).contains(&want), "{want}");
+    assert_eq!(
+        fc2_kept(&floor),
+        (want, want, Floor),
+        "the floor's weights per row"
+    );
+    let (kept, exported, policy) = fc2_kept(&paper);
+    assert_eq!(policy, Paper);
+    assert!(
+        kept > 29_000 && exported == kept,
+        "reset to dense: {kept} {exported}"
+    );
 }
 
 #[test]
@@ -127,7 +235,7 @@ fn lenet300_export_round_trips_and_infers_like_eval() {
         let w = &ck.get(&format!("{l}.weight")).unwrap().2;
         let t = &ck.get(&format!("{l}.threshold")).unwrap().2;
         let (rows, cols) = (t.len(), w.len() / t.len());
-        let (mask, _) = export::derive_mask(w, t, rows, cols, 1);
+        let (mask, _) = export::derive_mask(w, t, rows, cols, 1, Paper);
         let want: Vec<f32> = w
             .iter()
             .zip(&mask)

@@ -22,6 +22,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::kernels::masked::ResetPolicy;
 pub use csr::{Csr, CsrError};
 
 /// The format tag every export of this program carries in its metadata.
@@ -279,21 +280,24 @@ enum Companion {
 /// The mask of `w` (`rows x cols`, `groups` stacked matrices of `rows / groups` rows) under
 /// per-row thresholds `t`, as the trainer's forward computes it: `|W| - t > 0` in f32, and a
 /// matrix keeping at most 1% (integer test `kept <= numel / 100`, as shaders/masked.wgsl) is
-/// reset: its thresholds count as 0 (METHOD.md section 3). Returns the mask and the number of
-/// matrices reset.
+/// dying: `policy` (the run's `--reset`) acts on it as in training. The paper's reset counts its
+/// thresholds as 0 (METHOD.md section 3); the floor brings each threshold at or above its row's
+/// largest |w| down to 0.999 of it (in f32, as the shader); `none` leaves it. Returns the mask
+/// and the number of matrices the policy acted on.
 pub fn derive_mask(
     w: &[f32],
     t: &[f32],
     rows: usize,
     cols: usize,
     groups: usize,
+    policy: ResetPolicy,
 ) -> (Vec<bool>, usize) {
     assert_eq!(w.len(), rows * cols);
     assert_eq!(t.len(), rows);
     assert_eq!(rows % groups, 0);
     let per = rows / groups;
     let mut mask = vec![false; rows * cols];
-    let mut resets = 0;
+    let mut acted = 0;
     for g in 0..groups {
         let rr = g * per..(g + 1) * per;
         let keep = |r: usize, c: usize, t: f32| w[r * cols + c].abs() - t > 0.0;
@@ -301,16 +305,24 @@ pub fn derive_mask(
             .clone()
             .map(|r| (0..cols).filter(|&c| keep(r, c, t[r])).count())
             .sum();
-        let reset = kept <= per * cols / 100;
-        resets += reset as usize;
+        let dying = kept <= per * cols / 100 && policy != ResetPolicy::None;
+        acted += dying as usize;
         for r in rr {
-            let tr = if reset { 0.0 } else { t[r] };
+            let row = &w[r * cols..(r + 1) * cols];
+            let tr = match (dying, policy) {
+                (false, _) => t[r],
+                (true, ResetPolicy::Floor) => {
+                    let m = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                    t[r].min(m * 0.999)
+                }
+                (true, _) => 0.0,
+            };
             for c in 0..cols {
                 mask[r * cols + c] = keep(r, c, tr);
             }
         }
     }
-    (mask, resets)
+    (mask, acted)
 }
 
 /// The f32 values a dense entry holds (none for the others).
@@ -394,8 +406,10 @@ pub struct ExportReport {
     pub file_bytes: u64,
     /// (exported name, kept, total) of each masked weight.
     pub layers: Vec<(String, usize, usize)>,
-    /// Matrices whose mask the dead-layer reset made dense.
+    /// Matrices whose mask the dead-layer policy acted on.
     pub resets: usize,
+    /// The run's dead-layer policy (`--reset`) the masks were derived under.
+    pub policy: ResetPolicy,
 }
 
 /// Builds the export of a training checkpoint (mask derived as in evaluation).
@@ -421,6 +435,7 @@ pub fn from_checkpoint(
         }
     };
     let steps: i64 = ck.meta("step").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let policy = crate::train::reset_policy_of(ck);
     for s in &specs {
         let w = tensor(&s.name, &s.shape)?;
         let rows = s.shape[0];
@@ -429,7 +444,7 @@ pub fn from_checkpoint(
         let value = match threshold {
             Some(tn) => {
                 let t = tensor(tn, &[rows])?;
-                let (mask, r) = derive_mask(&w, &t, rows, cols, s.groups);
+                let (mask, r) = derive_mask(&w, &t, rows, cols, s.groups, policy);
                 resets += r;
                 layers.push((
                     s.export.clone(),
@@ -477,6 +492,7 @@ pub fn from_checkpoint(
         file_bytes: 0,
         layers,
         resets,
+        policy,
     };
     Ok((export, report))
 }
@@ -626,7 +642,13 @@ pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
         );
     }
     if r.resets > 0 {
-        println!("{} matrix(es) kept <= 1% and were reset to dense, as evaluation does (METHOD.md section 3)", r.resets);
+        let what = match r.policy {
+            ResetPolicy::Floor => {
+                "so each row keeps at least its strongest weight (the run's --reset floor)"
+            }
+            _ => "and were reset to dense, as evaluation does (METHOD.md section 3)",
+        };
+        println!("{} matrix(es) kept <= 1% {what}", r.resets);
     }
     println!(
         "{} export of {} -> {}: {} bytes; dense f32 {} bytes ({})",

@@ -349,6 +349,16 @@ impl TrainConfig {
     }
 }
 
+/// The dead-layer policy of the run that wrote `ck` (its `config` metadata's `--reset`): every
+/// reader that derives a mask from the checkpoint (evaluation, export, inference, bench) applies
+/// it, so a `--reset floor` run is not judged by the paper's reset. The paper's rule where the
+/// checkpoint records no run configuration (an export turned back into a checkpoint).
+pub fn reset_policy_of(ck: &crate::checkpoint::Checkpoint) -> ResetPolicy {
+    ck.meta("config")
+        .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
+        .map_or(ResetPolicy::Paper, |c| c.reset_policy())
+}
+
 /// What an interrupted run's folder holds, and how to go on.
 fn interrupted_hint(saved: usize, dir: &std::path::Path) -> String {
     let d = dir.display();

@@ -10,7 +10,7 @@ pub mod memory;
 mod run_dir;
 mod session;
 
-pub use config::{TrainConfig, TrainError};
+pub use config::{reset_policy_of, TrainConfig, TrainError};
 pub use run_dir::RunDir;
 pub use session::{Session, Stats};
 
@@ -731,8 +731,11 @@ fn restored_eval_of(
     let model = ck.meta("model").unwrap_or("").to_string();
     let masked = ck.meta("masked") == Some("true");
     check_name(&model)?;
-    let session = Session::new(gpu, &model, masked, 0, false)?;
+    let mut session = Session::new(gpu, &model, masked, 0, false)?;
     session.restore(ck, path, false)?;
+    // The run's dead-layer policy, as training applied it (the paper's reset would turn a
+    // layer a `--reset floor` run kept at <= 1 % dense again).
+    session.reset = config::reset_policy_of(ck);
     let test = session.upload("test", data)?;
     let plan = session.eval_plan(&test, 0.0)?;
     Ok((session, test, plan))
