@@ -10,8 +10,9 @@
 //!   units whose input matrix keeps each pixel column, a 4x28 heat map.
 //!
 //! The dead-layer reset (METHOD.md section 3) happens in the forward pass, not in the stored
-//! thresholds: a layer whose stored mask keeps at most 1% would run densely; the pictures show
-//! the stored mask and say so in their title.
+//! thresholds: a layer whose stored mask keeps at most 1% would run densely (under a `--reset
+//! floor` run's policy, with each row's strongest weight); the pictures show the stored mask
+//! and say so in their title.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ use plotters::prelude::*;
 use super::charts::{render_png, Area, DrawResult, FAMILY};
 use super::{write_charts, Drawn, ReportError};
 use crate::checkpoint::Checkpoint;
+use crate::kernels::masked::ResetPolicy;
 
 /// The mask of a `rows` x `cols` weight matrix with one threshold per row, row-major.
 pub fn mask(w: &[f32], t: &[f32], rows: usize, cols: usize) -> Vec<bool> {
@@ -277,17 +279,19 @@ fn grid_size(n: usize, per_row: usize, (ph, pw): (usize, usize), px: u32) -> (u3
     (w.max(820), h)
 }
 
-/// Model keep ratio of a layer's stored mask, and a note when the reset would fire.
-fn keep_note(m: &[bool]) -> (f64, &'static str) {
+/// Model keep ratio of a layer's stored mask, and a note when the run's dead-layer policy
+/// (`policy`, its `--reset`) would act on it in the forward pass.
+fn keep_note(m: &[bool], policy: ResetPolicy) -> (f64, &'static str) {
     let k = m.iter().filter(|b| **b).count() as f64 / m.len().max(1) as f64;
-    (
-        k,
-        if k <= 0.01 {
-            " (at most 1% kept: the forward pass resets this layer to dense)"
-        } else {
-            ""
-        },
-    )
+    let note = match policy {
+        _ if k > 0.01 => "",
+        ResetPolicy::Floor => {
+            " (at most 1% kept: the run's floor keeps each row's strongest weight in the forward pass)"
+        }
+        ResetPolicy::None | ResetPolicy::Count => "",
+        ResetPolicy::Paper => " (at most 1% kept: the forward pass resets this layer to dense)",
+    };
+    (k, note)
 }
 
 /// Writes the mask pictures of `ck`'s first layer into `out`; returns the files written.
@@ -308,7 +312,7 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         let (w, t, rows, cols) = matrix(ck, "fc1.weight", "fc1.threshold", None)?;
         let m = mask(&w, &t, rows, cols);
         let frac = column_keep_fraction(&m, rows, cols);
-        let (k, note) = keep_note(&m);
+        let (k, note) = keep_note(&m, crate::train::reset_policy_of(ck));
         let name = "fc1_input_keep.png";
         let png = render_png(&out.join(name), (760, 640), |a| {
             heat_map(
@@ -377,7 +381,7 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         let pw = shown * (kw + 1) - 1;
         let (w, t, rows, cols) = matrix(ck, "conv1.weight", "conv1.threshold", None)?;
         let m = mask(&w, &t, rows, cols);
-        let (k, note) = keep_note(&m);
+        let (k, note) = keep_note(&m, crate::train::reset_policy_of(ck));
         let wmax = w.iter().fold(0f32, |a, b| a.max(b.abs())).max(1e-12) as f64;
         // Each band of filters twice: weights, then their masks; as many bands as it takes.
         let per_row = 10.min(c_out);
@@ -456,7 +460,7 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
             values.extend(column_keep_fraction(&m, rows, cols));
             all.extend(m);
         }
-        let (k, _) = keep_note(&all);
+        let (k, _) = keep_note(&all, crate::train::reset_policy_of(ck));
         let name = "lstm1_input_keep.png";
         let png = render_png(&out.join(name), (900, 420), |a| {
             heat_map(
@@ -479,4 +483,26 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         )));
     }
     write_charts(out, &pngs, Drawn::Checkpoint(ck))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{keep_note, ResetPolicy};
+
+    /// A title's note follows the run's policy: the paper's reset makes a layer at <= 1 % dense,
+    /// the floor keeps a weight per row, `none` does nothing; above 1 % there is no note.
+    #[test]
+    fn the_note_names_what_the_runs_policy_does() {
+        let mut m = vec![false; 1000];
+        m[0] = true;
+        assert!(keep_note(&m, ResetPolicy::Paper)
+            .1
+            .contains("resets this layer to dense"));
+        assert!(keep_note(&m, ResetPolicy::Floor)
+            .1
+            .contains("strongest weight"));
+        assert_eq!(keep_note(&m, ResetPolicy::None), (0.001, ""));
+        m[..20].fill(true);
+        assert_eq!(keep_note(&m, ResetPolicy::Paper), (0.02, ""));
+    }
 }
