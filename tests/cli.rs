@@ -968,9 +968,30 @@ fn interrupted_runs_resume_cleanly() {
     assert!(ok && err.contains("no summary"), "{err}");
     assert!(run.join("summary.json").is_file());
 
-    // No checkpoint yet: --resume starts it over, its old lines gone.
+    // A checkpoint gone from a run that logged epochs: refused, its results left as they are
+    // (once it was retrained from scratch over them).
     std::fs::remove_file(run.join("checkpoint.safetensors")).unwrap();
+    let before = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "1"]);
+    assert!(
+        !ok && err.contains("a finished run (summary.json)") && err.contains("is missing"),
+        "{err}"
+    );
     std::fs::remove_file(run.join("summary.json")).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "1"]);
+    assert!(!ok && err.contains("epochs in metrics.jsonl"), "{err}");
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), before);
+
+    // No checkpoint yet (stopped in its first epoch: only step lines): --resume starts it
+    // over, its old lines gone.
+    let text = String::from_utf8(before).unwrap();
+    let first_epoch: String = text
+        .lines()
+        .take_while(|l| !l.contains("\"kind\":\"epoch\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!first_epoch.is_empty() && first_epoch.len() < text.len());
+    std::fs::write(run.join("metrics.jsonl"), first_epoch).unwrap();
     let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "1"]);
     assert!(ok && err.contains("training it from the start"), "{err}");
     assert_eq!(logged(&run).0, vec![1]);
@@ -986,6 +1007,53 @@ fn interrupted_runs_resume_cleanly() {
     std::fs::write(&bad, &bytes).unwrap();
     let (ok, _, err) = dst(&["eval", "--checkpoint", bad.to_str().unwrap()]);
     assert!(!ok && err.contains("SHA-256"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A relative --data is recorded as an absolute path, so that the run resumes from any folder
+/// with the same data (it once failed there, or read that folder's files).
+#[test]
+fn a_relative_data_folder_resumes_from_anywhere() {
+    let root = std::env::temp_dir().join(format!("dst-cli-rel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let run = root.join("run");
+    let r = run.to_str().unwrap();
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dst_in = |dir: &std::path::Path, args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = dst_in(
+        here,
+        &[
+            "train",
+            "--data",
+            "assets/mnist-subset",
+            "--limit-train",
+            "128",
+            "--epochs",
+            "1",
+            "--out",
+            r,
+        ],
+    );
+    assert!(ok, "{err}");
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["data"].as_str().map(std::path::PathBuf::from),
+        Some(here.join("assets/mnist-subset"))
+    );
+    let (ok, err) = dst_in(&root, &["train", "--resume", "run", "--epochs", "2"]);
+    assert!(ok && err.contains("resuming"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

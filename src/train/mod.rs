@@ -130,6 +130,23 @@ pub fn train(
     let run = RunDir {
         dir: opts.out.clone(),
     };
+    // The data folder as an absolute path: config.json and the checkpoint record it, and a
+    // `--resume` from another working folder must read the same data (a relative path would
+    // fail there, or read another folder's files).
+    let absolute;
+    let cfg = match cfg.data.as_deref().filter(|d| d.is_relative()) {
+        Some(d) => {
+            absolute = TrainConfig {
+                data: Some(
+                    std::path::absolute(d)
+                        .map_err(|e| TrainError::Config(format!("--data {}: {e}", d.display())))?,
+                ),
+                ..cfg.clone()
+            };
+            &absolute
+        }
+        None => cfg,
+    };
     // A targeted run resumed for another length keeps the path it steered by: without
     // --target-epoch, the default (60 % of the run) stays that of the length it started with.
     let pinned;
@@ -181,6 +198,32 @@ pub fn train(
             return Err(TrainError::Config(format!(
                 "{} holds no run to resume (no config.json, no checkpoint)",
                 run.dir.display()
+            )));
+        }
+        // Starting over is for a run stopped before its first checkpoint. A summary, or a
+        // second epoch logged (an epoch's line precedes its checkpoint), says a checkpoint was
+        // written and has gone: refuse rather than replace the run's results.
+        let epochs_logged = std::fs::read_to_string(run.metrics())
+            .map(|t| {
+                t.lines()
+                    .filter(|l| {
+                        serde_json::from_str::<serde_json::Value>(l)
+                            .is_ok_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some("epoch"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        if run.summary().exists() || epochs_logged >= 2 {
+            return Err(TrainError::Config(format!(
+                "{} records {} but its {} is missing: there is nothing to continue from. Put the \
+                 checkpoint back, or train again into another folder; nothing was changed",
+                run.dir.display(),
+                if run.summary().exists() {
+                    "a finished run (summary.json)".to_string()
+                } else {
+                    format!("{epochs_logged} epochs in metrics.jsonl")
+                },
+                run.checkpoint().display()
             )));
         }
         for f in [run.metrics(), run.summary()] {
