@@ -177,6 +177,29 @@ pub fn tensors_sha256(tensors: &[NamedTensor]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The metadata key of the SHA-256 of a checkpoint's other metadata (`metadata_sha256`).
+pub const META_HASH_KEY: &str = "metadata_sha256";
+
+/// SHA-256, as hex, of metadata in key order (each key and value with its length), the two
+/// hash keys left out. What `save` stores under `META_HASH_KEY` and `load` checks: an edited
+/// epoch, step, model or configuration is refused like an edited tensor.
+pub fn metadata_sha256(meta: &HashMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut keys: Vec<&String> = meta
+        .keys()
+        .filter(|k| *k != HASH_KEY && *k != META_HASH_KEY)
+        .collect();
+    keys.sort();
+    let mut h = Sha256::new();
+    for k in keys {
+        for part in [k, &meta[k]] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One checkpoint tensor: (name, shape, values).
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 
@@ -222,6 +245,8 @@ impl Checkpoint {
         let mut meta = self.metadata.clone();
         meta.insert("format".into(), FORMAT.into());
         meta.insert(HASH_KEY.into(), tensors_sha256(&self.tensors));
+        meta.remove(META_HASH_KEY);
+        meta.insert(META_HASH_KEY.into(), metadata_sha256(&meta));
         let data =
             safetensors::serialize(views, Some(meta)).map_err(|e| CheckpointError::Format {
                 path: path.to_path_buf(),
@@ -319,20 +344,41 @@ impl Checkpoint {
             }
             tensors.push((name, view.shape().to_vec(), values));
         }
-        // Checkpoints before the hash have none: they load as they did.
-        if let Some(want) = metadata.get(HASH_KEY) {
-            if *want != tensors_sha256(&tensors) {
+        let edited = |what: &str, key: &str| CheckpointError::Mismatch {
+            path: path.to_path_buf(),
+            reason: format!(
+                "its {what} do not match the SHA-256 in its metadata (`{key}`): the file is \
+                 damaged or was edited"
+            ),
+        };
+        // Every checkpoint dst writes carries the hash of its tensors: one without it was
+        // damaged or edited, and its tensors cannot be trusted.
+        match metadata.get(HASH_KEY) {
+            Some(want) if *want == tensors_sha256(&tensors) => {}
+            Some(_) => return Err(edited("tensors", HASH_KEY)),
+            None => {
                 return Err(CheckpointError::Mismatch {
                     path: path.to_path_buf(),
                     reason: format!(
-                        "its tensors do not match the SHA-256 in its metadata (`{HASH_KEY}`): \
-                         the file is damaged or was edited"
+                        "it has no SHA-256 of its tensors (`{HASH_KEY}`) in its metadata: the \
+                         file is damaged or was edited"
                     ),
-                });
+                })
+            }
+        }
+        // The metadata's hash: checkpoints written before it was added have none, and load
+        // with their tensors checked.
+        if let Some(want) = metadata.get(META_HASH_KEY) {
+            if *want != metadata_sha256(&metadata) {
+                return Err(edited(
+                    "metadata (epoch, step, model, configuration)",
+                    META_HASH_KEY,
+                ));
             }
         }
         let mut metadata = metadata;
         metadata.remove(HASH_KEY);
+        metadata.remove(META_HASH_KEY);
         Ok(Checkpoint { tensors, metadata })
     }
 }

@@ -325,6 +325,48 @@ fn foreign_checkpoints_are_refused() {
     std::fs::write(&foreign, raw).unwrap();
     let err = Checkpoint::load(&foreign).unwrap_err().to_string();
     assert!(err.contains("not a dst training checkpoint"), "{err}");
+
+    // Edited metadata, same length so the header stays valid: the epoch (a resume would rerun
+    // or skip epochs), the hash of the tensors removed. Both refused.
+    let edit = |from: &str, to: &str, name: &str| {
+        let mut b = bytes.clone();
+        let at = b
+            .windows(from.len())
+            .position(|w| w == from.as_bytes())
+            .unwrap_or_else(|| panic!("{from} not in the header"));
+        b[at..at + to.len()].copy_from_slice(to.as_bytes());
+        let p = out.join(name);
+        std::fs::write(&p, b).unwrap();
+        Checkpoint::load(&p).unwrap_err().to_string()
+    };
+    let err = edit("\"epoch\":\"1\"", "\"epoch\":\"0\"", "epoch.safetensors");
+    assert!(
+        err.contains("metadata_sha256") && err.contains("edited"),
+        "{err}"
+    );
+    let err = edit(
+        "\"tensors_sha256\"",
+        "\"tensors_sha25X\"",
+        "nohash.safetensors",
+    );
+    assert!(err.contains("no SHA-256 of its tensors"), "{err}");
+
+    // A threshold in a dense model's checkpoint (hashes valid): the model has no place for it,
+    // and it is refused rather than ignored.
+    let mut extra = Checkpoint::load(&path).unwrap();
+    extra
+        .tensors
+        .push(("fc1.threshold".into(), vec![300], vec![0.5; 300]));
+    let p = out.join("extra.safetensors");
+    extra.save(&p).unwrap();
+    let data = dst::data::load_embedded();
+    let err = dst::train::evaluate_checkpoint(gpu(), &p, &data)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tensor fc1.threshold has no place in the model"),
+        "{err}"
+    );
 }
 
 fn safetensors_without_format(ck: &Checkpoint) -> Vec<u8> {

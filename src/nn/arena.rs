@@ -321,6 +321,24 @@ impl Arena {
                 None => Err(format!("tensor {name} is missing")),
             }
         };
+        // A tensor the model has no place for (a threshold in a dense model's checkpoint, a
+        // layer of another model) would be silently ignored: the file is not this model's.
+        let known = |name: &str| {
+            self.layout.states.iter().any(|e| e.name == name)
+                || self.layout.entries.iter().any(|e| {
+                    e.name == name
+                        || momentum_name(&e.name) == name
+                        || second_moment_name(&e.name) == name
+                })
+        };
+        if let Some((name, _, _)) = ck.tensors.iter().find(|t| !known(&t.0)) {
+            return Err(format!(
+                "tensor {name} has no place in the model (its metadata says model {}, masked {}): \
+                 the file is damaged or was edited",
+                ck.meta("model").unwrap_or("?"),
+                ck.meta("masked").unwrap_or("?")
+            ));
+        }
         let n = self.layout.total;
         let adam = self.has_moment2();
         let mut params = vec![0.0f32; n];
