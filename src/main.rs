@@ -545,6 +545,9 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             profile,
             routes,
         }) => {
+            if samples == 0 {
+                bail!("--samples must be >= 1: it is how many test samples each mode is timed on");
+            }
             let routes = routes.map(|r| match r.as_str() {
                 "cpu" => dst::gpu::AdapterClass::Cpu,
                 _ => dst::gpu::AdapterClass::Gpu,
@@ -643,6 +646,7 @@ fn cmd_masks(checkpoint: &std::path::Path, out: Option<PathBuf>) -> anyhow::Resu
 
 fn cmd_sweep(a: SweepArgs) -> anyhow::Result<()> {
     let d = TrainConfig::for_model(&a.model)?;
+    check_momentum(a.optimizer.as_deref().unwrap_or(&d.optimizer), a.momentum)?;
     let base = TrainConfig {
         model: a.model.clone(),
         epochs: a.epochs.unwrap_or(d.epochs),
@@ -793,6 +797,14 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
     Ok(())
 }
 
+/// `--momentum` is SGD's: refused with Adam rather than ignored (`train` and `sweep`).
+fn check_momentum(optimizer: &str, momentum: Option<f64>) -> anyhow::Result<()> {
+    if optimizer == "adam" && momentum.is_some() {
+        bail!("--momentum is SGD's; Adam uses its own betas (0.9, 0.999)");
+    }
+    Ok(())
+}
+
 /// The model's paper settings, overridden by the flags given.
 fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let d = TrainConfig::for_model(&a.model)?;
@@ -803,10 +815,14 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if a.dense && a.reset != "paper" {
         bail!("--reset says what a masked layer keeping <= 1 % does; a --dense run has none");
     }
-    let optimizer = a.optimizer.clone().unwrap_or(d.optimizer.clone());
-    if optimizer == "adam" && a.momentum.is_some() {
-        bail!("--momentum is SGD's; Adam uses its own betas (0.9, 0.999)");
+    if a.dense && (a.sparse_keep.is_some() || a.sparse_input.is_some()) {
+        bail!(
+            "--sparse-keep and --sparse-input say when a masked layer's products skip its \
+             pruned weights; a --dense run has no masks"
+        );
     }
+    let optimizer = a.optimizer.clone().unwrap_or(d.optimizer.clone());
+    check_momentum(&optimizer, a.momentum)?;
     let lr_steps = a.lr_steps.clone().map_or(d.lr_steps, |s| s.0);
     if lr_steps.is_empty() && a.lr_gamma.is_some() {
         bail!(

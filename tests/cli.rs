@@ -47,7 +47,13 @@ fn bad_training_flags_are_clear_errors() {
             &["train", "--sparse-keep", "-0.5"],
             "--sparse-keep must be a fraction",
         ),
+        // 0 in f32, the precision training computes in.
+        (&["train", "--lr", "1e-46"], "--lr 1e-46 is 0 in f32"),
         // Flags that would do nothing are refused, not ignored.
+        (
+            &["train", "--dense", "--sparse-keep", "0.5"],
+            "--sparse-keep and --sparse-input say",
+        ),
         (
             &["train", "--dense", "--alpha", "1e-3"],
             "a --dense run has no masks",
@@ -398,6 +404,22 @@ fn bad_infer_and_sweep_flags_are_clear_errors() {
         "{err}"
     );
     assert!(!std::path::Path::new("/tmp/dst-never-written").exists());
+    // Refused as `train` refuses them (once sweep ran Adam and ignored the momentum).
+    let (ok, _, err) = dst(&[
+        "sweep",
+        "--alpha",
+        "1e-3",
+        "--optimizer",
+        "adam",
+        "--momentum",
+        "0.5",
+        "--out",
+        "/tmp/dst-never-written",
+    ]);
+    assert!(!ok && err.contains("--momentum is SGD's"), "{err}");
+    assert!(!std::path::Path::new("/tmp/dst-never-written").exists());
+    let (ok, _, err) = dst(&["bench-infer", "/nonexistent.safetensors", "--samples", "0"]);
+    assert!(!ok && err.contains("--samples must be >= 1"), "{err}");
 }
 
 /// `dst info --model M --batch B` reports the GPU memory of training M at batch B (parameters

@@ -171,6 +171,14 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("--lr must be a positive number, got {}", self.lr));
         }
+        // The GPU computes in f32: a rate that rounds to 0 (or to infinity) there trains nothing.
+        if !(self.lr as f32 > 0.0 && (self.lr as f32).is_finite()) {
+            return bad(format!(
+                "--lr {:e} is {} in f32, the precision training computes in: give a rate \
+                 between about 1e-45 and 3e38",
+                self.lr, self.lr as f32
+            ));
+        }
         if !(self.lr_gamma.is_finite() && self.lr_gamma > 0.0) {
             return bad(format!(
                 "--lr-gamma must be a positive number, got {}",
