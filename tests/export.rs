@@ -863,13 +863,13 @@ fn lstm_exports_with_nn_lstm_names_and_per_gate_resets() {
 
 /// Writes `count` images (`side` x `side`, pixels from the embedded test set, cycled) and labels
 /// as the raw IDX files `names` (images, labels) in `dir`.
-fn write_idx(dir: &Path, names: [&str; 2], count: usize, side: usize) {
+fn write_idx(dir: &Path, names: [&str; 2], count: usize, rows: usize, cols: usize) {
     let src = dst::data::load_embedded().test;
     let mut img = vec![0, 0, 8, 3];
-    for d in [count, side, side] {
+    for d in [count, rows, cols] {
         img.extend((d as u32).to_be_bytes());
     }
-    let px = side * side;
+    let px = rows * cols;
     img.extend((0..count * px).map(|i| src.images[i % src.images.len()]));
     let mut lab = vec![0, 0, 8, 1];
     lab.extend((count as u32).to_be_bytes());
@@ -904,8 +904,8 @@ fn images_of_another_size_are_refused_before_any_gpu_work() {
     let (csr_path, _) = export_to(&ck_path, Layout::Csr, &dir);
     let data = dir.join("mnist32");
     std::fs::create_dir_all(&data).unwrap();
-    write_idx(&data, TRAIN, 20, 32);
-    write_idx(&data, TEST, 20, 32);
+    write_idx(&data, TRAIN, 20, 32, 32);
+    write_idx(&data, TEST, 20, 32, 32);
     let (file, data) = (csr_path.to_str().unwrap(), data.to_str().unwrap());
     for cmd in ["infer", "bench-infer"] {
         let mut args = vec![cmd, file, "--data", data];
@@ -934,6 +934,29 @@ fn images_of_another_size_are_refused_before_any_gpu_work() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("32x32 images"), "{err}");
+
+    // 7x112 images hold 784 values, as 28x28 ones do: refused by their shape, in inference,
+    // evaluation and training (they once trained as 28x28 images).
+    let odd = dir.join("mnist7x112");
+    std::fs::create_dir_all(&odd).unwrap();
+    write_idx(&odd, TRAIN, 20, 7, 112);
+    write_idx(&odd, TEST, 20, 7, 112);
+    let odd = odd.to_str().unwrap();
+    let (ok, _, err) = dst_cli(&["infer", file, "--data", odd]);
+    assert!(
+        !ok && err.contains("7x112 images, lenet300 expects 28x28"),
+        "{err}"
+    );
+    let ck = ck_path.to_str().unwrap();
+    let (ok, _, err) = dst_cli(&["eval", "--checkpoint", ck, "--data", odd]);
+    assert!(!ok && err.contains("1x7x112 images"), "eval: {err}");
+    let out = dir.join("odd-run");
+    let (ok, _, err) = dst_cli(&["train", "--data", odd, "--out", out.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("1x7x112 images") && err.contains("expects 1x28x28"),
+        "train: {err}"
+    );
+    assert!(!out.exists(), "a refused run leaves no folder");
 }
 
 #[test]
@@ -965,7 +988,7 @@ fn infer_reads_only_the_test_files_and_lists_every_masked_layer() {
     // A folder with only the two t10k files.
     let data = dir.join("t10k-only");
     std::fs::create_dir_all(&data).unwrap();
-    write_idx(&data, TEST, 40, 28);
+    write_idx(&data, TEST, 40, 28, 28);
     let file = csr_path.to_str().unwrap();
     let (ok, out, err) = {
         let _g = serial();

@@ -182,7 +182,9 @@ pub fn input_shape(model: &str) -> Vec<usize> {
 /// Refuses images `model` cannot take (their size), before any GPU work.
 pub fn check_images(model: &str, ds: &Dataset) -> anyhow::Result<()> {
     let want: usize = input_shape(model).iter().product();
-    if ds.pixels() != want {
+    // The shape, not only the number of values: 7x112 images are 784 values too.
+    let shape = crate::models::info(model).map(|i| i.dataset.shape());
+    if ds.pixels() != want || shape.is_ok_and(|s| s != [ds.channels, ds.rows, ds.cols]) {
         let got = if ds.channels == 1 {
             format!("{}x{}", ds.rows, ds.cols)
         } else {

@@ -73,10 +73,22 @@ impl Session {
     /// Puts `ds` on the GPU (a training set with `augment` gets its crop-and-flip draws, used by
     /// training plans; call `GpuData::start_epoch` each epoch).
     pub fn upload(&self, name: &str, ds: &Dataset) -> Result<GpuData> {
-        if ds.pixels() != self.model.input.iter().product::<usize>() {
+        // The shape, not only the number of values: 7x112 images are 784 values too.
+        let want = crate::models::info(&self.model.name).map(|i| i.dataset.shape());
+        let got = [ds.channels, ds.rows, ds.cols];
+        if ds.pixels() != self.model.input.iter().product::<usize>()
+            || want.as_ref().is_ok_and(|w| *w != got)
+        {
             return Err(TrainError::Config(format!(
-                "{name} data has {}x{}x{} images (channels x rows x cols), {} expects {:?} values per sample",
-                ds.channels, ds.rows, ds.cols, self.model.name, self.model.input
+                "{name} data has {}x{}x{} images (channels x rows x cols), {} expects {}",
+                ds.channels,
+                ds.rows,
+                ds.cols,
+                self.model.name,
+                match want {
+                    Ok([c, r, k]) => format!("{c}x{r}x{k}"),
+                    Err(_) => format!("{:?} values per sample", self.model.input),
+                }
             )));
         }
         Ok(GpuData::upload(&self.gpu, name, ds)?)
