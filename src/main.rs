@@ -622,6 +622,17 @@ fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
         [one] => one.dir.clone(),
         _ => PathBuf::from("plots"),
     });
+    if runs.len() > 1 {
+        for r in runs
+            .iter()
+            .filter(|r| r.steps.is_empty() && r.epochs.is_empty())
+        {
+            eprintln!(
+                "warning: {} logged nothing yet (metrics.jsonl missing or empty): not in the charts",
+                r.dir.display()
+            );
+        }
+    }
     for p in dst::report::plot_runs(&runs, &out)? {
         println!("{}", p.display());
     }

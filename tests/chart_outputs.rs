@@ -627,3 +627,29 @@ fn a_run_keeps_its_colour_across_panels() {
     assert_eq!((green, red), (0, 0), "colours beyond the two runs'");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A run that logged nothing (no metrics.jsonl): `dst plot` fails naming it, and the charts an
+/// earlier drawing left in its folder stay (it once drew nothing and succeeded); beside a run
+/// that logged, a warning names it.
+#[test]
+fn a_run_that_logged_nothing_is_no_silent_success() {
+    let root = tmp("nothing-logged");
+    fake_run(&root.join("r"), 1);
+    ok(&dst(&root, &[p("plot"), p("r")]), "plot r");
+    let chart = root.join("r").join("keep_per_layer.png");
+    let drawn = std::fs::read(&chart).unwrap();
+    std::fs::remove_file(root.join("r").join("metrics.jsonl")).unwrap();
+    refused(
+        &dst(&root, &[p("plot"), p("r")]),
+        "plot of a run without metrics",
+        &["nothing to draw", "r logged no step or epoch"],
+    );
+    assert_eq!(std::fs::read(&chart).unwrap(), drawn, "its charts stay");
+    fake_run(&root.join("s"), 2);
+    let o = dst(&root, &[p("plot"), p("r"), p("s"), p("--out"), p("both")]);
+    ok(&o, "plot r s");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("r logged nothing yet"), "{err}");
+    assert!(is_png(&root.join("both").join("keep_per_layer.png")));
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -310,6 +310,20 @@ fn title(runs: &[Run], what: &str) -> String {
 /// Replaces only files of its own, and draws into a run's folder only that run's charts (see
 /// `write_charts`): otherwise refuses, and writes nothing.
 pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    // Nothing logged at all: an error naming the runs, and `out` left as it is (drawing
+    // nothing would remove its charts and still succeed).
+    if runs
+        .iter()
+        .all(|r| r.steps.is_empty() && r.epochs.is_empty())
+    {
+        return Err(ReportError::NoRuns(format!(
+            "nothing to draw: {} logged no step or epoch (metrics.jsonl missing or empty)",
+            runs.iter()
+                .map(|r| r.dir.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     let mut pictures: Vec<(&str, Vec<u8>)> = Vec::new();
     const SIZE: (u32, u32) = (1000, 620);
 
