@@ -383,6 +383,17 @@ impl Checkpoint {
     }
 }
 
+/// The file that keeps `path` from being a folder, or from being made one: `path` itself, or
+/// the first of its parents that exists, where that is not a folder (`out/sub` where `out` is a
+/// file). `None` where nothing in the way is a file (`path` may still be missing).
+pub fn file_in_the_way(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .find(|a| std::fs::symlink_metadata(a).is_ok())
+        .filter(|a| !a.is_dir())
+        .map(Path::to_path_buf)
+}
+
 /// Whether `write_atomic(path, ..)` can create its temporary file beside `path`: creates and
 /// removes it, so that a command finds a read-only folder before its work, not after.
 pub fn check_writable(path: &Path) -> std::io::Result<()> {

@@ -1167,6 +1167,15 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
 /// and the charts would replace files of the same names).
 fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
     if !out.exists() {
+        // A folder that cannot be made (a parent is a file): refused now, not after the
+        // adapter and the data are ready.
+        if let Some(f) = dst::checkpoint::file_in_the_way(out) {
+            bail!(
+                "--out {}: the folder cannot be made: {} is a file",
+                out.display(),
+                f.display()
+            );
+        }
         return Ok(());
     }
     if !out.is_dir() {

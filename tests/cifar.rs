@@ -254,10 +254,10 @@ fn reader_names_missing_files() {
         matches!(
             err,
             DataError::NotAFolder {
-                why: "no such folder",
+                ref why,
                 dataset: "CIFAR-10",
                 ..
-            }
+            } if why == "no such folder"
         ),
         "{err}"
     );

@@ -133,6 +133,37 @@ fn unknown_adapter_is_a_one_line_error() {
     assert!(line.contains("no-such-adapter-xyz"), "{err}");
 }
 
+/// A path under a file: `train --out` is refused before the adapter opens, and `--data` names
+/// the file in the way rather than only a missing folder.
+#[test]
+fn paths_under_a_file_name_the_file() {
+    let root = std::env::temp_dir().join(format!("dst-cli-under-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let file = root.join("afile");
+    std::fs::write(&file, b"mine").unwrap();
+    let sub = file.join("sub");
+    let (ok, _, err) = dst(&["train", "--out", sub.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains(&format!(
+            "the folder cannot be made: {} is a file",
+            file.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("adapter"),
+        "refused only after the adapter opened: {err}"
+    );
+    let (ok, _, err) = dst(&["train", "--data", sub.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains(&format!("no such folder ({} is a file)", file.display())),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 #[test]
 fn eval_and_resume_flags_check_their_paths() {
     let (ok, _, err) = dst(&["eval", "--checkpoint", "/nonexistent/ck.safetensors"]);

@@ -1427,6 +1427,9 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
         (&nowhere, "no-such-folder does not exist"),
         (&slash, "names a folder"),
     ];
+    let under_file = other.join("p.csv");
+    let in_the_way = format!("cannot exist: {} is a file", other.display());
+    cases.push((&under_file, &in_the_way));
     // (Where /sys is not mounted sysfs and takes files, that case is left out.)
     let sys_refuses = std::fs::File::create("/sys/.dst-probe").is_err();
     let _ = std::fs::remove_file("/sys/.dst-probe");

@@ -223,6 +223,18 @@ fn damaged_inputs_and_missing_folders_are_named() {
         )],
     );
     assert!(!run.join("nodir").exists());
+    // A parent that is a file: named as what is in the way, not as a missing folder.
+    let file = run.join("a-file");
+    std::fs::write(&file, b"mine").unwrap();
+    let (ok, _, err) = dst(&[
+        "export",
+        &cut.display().to_string(),
+        "--out",
+        &file.join("model.safetensors").display().to_string(),
+    ]);
+    assert!(!ok);
+    assert_mentions(&err, &[&format!("{} is a file", file.display())]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
     std::fs::remove_dir_all(&run).unwrap();
 }
 

@@ -228,7 +228,7 @@ pub enum DataError {
     NotAFolder {
         dir: String,
         dataset: &'static str,
-        why: &'static str,
+        why: String,
     },
     #[error("{dir}: missing {dataset} file(s): {}", missing.join(", "))]
     Missing {
@@ -485,8 +485,11 @@ fn assemble(arrays: [(IdxArray, String); 4], source: String) -> Result<TrainTest
 pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), DataError> {
     let why = match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => "is a file, not a folder",
-        Err(_) => "no such folder",
+        Ok(_) => "is a file, not a folder".to_string(),
+        Err(_) => match crate::checkpoint::file_in_the_way(dir) {
+            Some(f) => format!("no such folder ({} is a file)", f.display()),
+            None => "no such folder".to_string(),
+        },
     };
     Err(DataError::NotAFolder {
         dir: dir.display().to_string(),

@@ -916,6 +916,14 @@ fn check_predictions_out(out: &std::path::Path) -> anyhow::Result<()> {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => std::path::Path::new("."),
         };
+        if let Some(f) = crate::checkpoint::file_in_the_way(parent) {
+            anyhow::bail!(
+                "--out {}: the folder {} cannot exist: {} is a file",
+                out.display(),
+                parent.display(),
+                f.display()
+            );
+        }
         anyhow::ensure!(
             parent.is_dir(),
             "--out {}: the folder {} does not exist",

@@ -589,10 +589,17 @@ fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
         if let Some(dir) = parent.filter(|p| !p.is_dir()) {
             return Err(invalid(
                 out,
-                format!(
-                    "the folder {} does not exist; create it or pick another --out",
-                    dir.display()
-                ),
+                match crate::checkpoint::file_in_the_way(dir) {
+                    Some(f) => format!(
+                        "the folder {} cannot exist: {} is a file; pick another --out",
+                        dir.display(),
+                        f.display()
+                    ),
+                    None => format!(
+                        "the folder {} does not exist; create it or pick another --out",
+                        dir.display()
+                    ),
+                },
             ));
         }
         return Ok(());
