@@ -19,6 +19,8 @@ pub enum GpuError {
         backends: String,
         hint: &'static str,
     },
+    #[error("WGPU_BACKEND={value:?}: {part:?} is no back end wgpu knows (vulkan, metal, dx12, gl, or a comma-separated list of them); fix it or unset it to search them all")]
+    UnknownBackend { value: String, part: String },
     #[error("no adapter matches WGPU_ADAPTER_NAME={wanted:?}; available: {available}")]
     AdapterNotFound { wanted: String, available: String },
     #[error("could not open a device on {adapter}: {source}")]
@@ -147,9 +149,25 @@ fn backends_text() -> String {
     }
 }
 
-/// Every adapter wgpu can see with the current `WGPU_BACKEND`.
-pub fn list_adapters() -> Vec<wgpu::Adapter> {
-    pollster::block_on(instance().enumerate_adapters(backends_from_env()))
+/// Every adapter wgpu can see with the current `WGPU_BACKEND`; a name in it that wgpu does not
+/// know is an error (wgpu would skip it, and the search find no adapter, or fewer, unsaid).
+pub fn list_adapters() -> Result<Vec<wgpu::Adapter>> {
+    if let Ok(value) = std::env::var("WGPU_BACKEND") {
+        const KNOWN: [&str; 11] = [
+            "vulkan", "vk", "dx12", "d3d12", "metal", "mtl", "opengl", "gles", "gl", "webgpu",
+            "noop",
+        ];
+        let lower = value.to_lowercase();
+        if let Some(part) = lower.split(',').map(str::trim).find(|p| !KNOWN.contains(p)) {
+            return Err(GpuError::UnknownBackend {
+                value: value.clone(),
+                part: part.to_string(),
+            });
+        }
+    }
+    Ok(pollster::block_on(
+        instance().enumerate_adapters(backends_from_env()),
+    ))
 }
 
 fn preference(t: wgpu::DeviceType) -> u8 {
@@ -165,7 +183,7 @@ fn preference(t: wgpu::DeviceType) -> u8 {
 /// Chooses the adapter: the first whose name contains `WGPU_ADAPTER_NAME` (case-insensitive)
 /// when that is set, else the most capable kind (discrete > integrated > virtual > CPU).
 pub fn select_adapter(name: Option<&str>) -> Result<wgpu::Adapter> {
-    let adapters = list_adapters();
+    let adapters = list_adapters()?;
     if adapters.is_empty() {
         return Err(no_adapter());
     }

@@ -705,7 +705,7 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
     if let Some(b) = batch.filter(|b| !(1..=65_535).contains(b)) {
         bail!("--batch must be in 1..=65535, got {b}");
     }
-    let adapters = list_adapters();
+    let adapters = list_adapters()?;
     if adapters.is_empty() {
         return Err(dst::gpu::no_adapter().into());
     }

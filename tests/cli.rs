@@ -133,6 +133,25 @@ fn unknown_adapter_is_a_one_line_error() {
     assert!(line.contains("no-such-adapter-xyz"), "{err}");
 }
 
+/// A WGPU_BACKEND that names no back end is said to, not reported as "no adapter found".
+#[test]
+fn unknown_backend_names_the_variable() {
+    for value in ["bogus", "vulkan,bogus"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_dst"))
+            .arg("info")
+            .env("WGPU_BACKEND", value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{err}");
+        assert!(
+            err.contains(&format!("WGPU_BACKEND={value:?}: \"bogus\" is no back end"))
+                && !err.contains("no GPU adapter found"),
+            "{err}"
+        );
+    }
+}
+
 /// A path under a file: `train --out` is refused before the adapter opens, and `--data` names
 /// the file in the way rather than only a missing folder.
 #[test]
