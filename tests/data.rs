@@ -497,6 +497,43 @@ fn fetch_downloads_verifies_then_skips() {
         log.iter().all(|l| l.contains("ok, already present")),
         "{log:?}"
     );
+
+    // A raw file beside its verified .gz is what training reads: the real one is verified too;
+    // a damaged one is an error naming it (once the folder was said to be ready), left alone,
+    // and nothing is downloaded.
+    let raw = dir.join(MNIST_NAMES[0]);
+    std::fs::write(&raw, &valid_set()[0]).unwrap();
+    log.clear();
+    fetch::fetch(
+        &dir,
+        &[format!("{}/mnist/", server.base)],
+        &specs,
+        &mut |s| log.push(s.to_string()),
+    )
+    .unwrap();
+    assert!(
+        log[0].contains("raw copy present, SHA-256 verified"),
+        "{log:?}"
+    );
+    let mut damaged = valid_set()[0].clone();
+    let last = damaged.len() - 1;
+    damaged[last] ^= 1;
+    std::fs::write(&raw, &damaged).unwrap();
+    let err = fetch::fetch(
+        &dir,
+        &[format!("{}/mnist/", server.base)],
+        &specs,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(&raw.display().to_string())
+            && err.contains("reads this raw file rather than the .gz"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&raw).unwrap(), damaged);
+    assert_eq!(server.hits().len(), 4);
     std::fs::remove_dir_all(dir.parent().unwrap().parent().unwrap()).unwrap();
 }
 

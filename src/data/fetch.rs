@@ -124,6 +124,8 @@ pub enum FetchError {
         file: String,
         attempts: Vec<Attempt>,
     },
+    #[error("{path}: {reason}; the training data loader reads this raw file rather than the .gz beside it: remove it (or put the real file there) and fetch again")]
+    BadRaw { path: String, reason: String },
     #[error("{dir} exists but is not a complete {dataset} folder ({reason}); remove it or choose another --to")]
     Occupied {
         dir: String,
@@ -233,6 +235,29 @@ fn fetch_into(
         .timeout_global(Some(Duration::from_secs(30 * 60)))
         .build()
         .into();
+    // A raw file (`NAME`, not `NAME.gz`) already there is what training reads: it must be the
+    // real one too, or the folder is not ready whatever the .gz holds. Checked before any
+    // download, and left alone (it is the user's).
+    for spec in files {
+        let raw = to.join(spec.name);
+        if !raw.is_file() {
+            continue;
+        }
+        let shown = raw.display().to_string();
+        let got = fs::read(&raw)
+            .map(|b| sha256_hex(&b))
+            .map_err(|e| FetchError::BadRaw {
+                path: shown.clone(),
+                reason: format!("cannot read it ({e})"),
+            })?;
+        if !got.eq_ignore_ascii_case(spec.sha256) {
+            return Err(FetchError::BadRaw {
+                path: shown,
+                reason: format!("its SHA-256 is {got}, expected {}", spec.sha256),
+            });
+        }
+        progress(&format!("{shown}: ok, raw copy present, SHA-256 verified"));
+    }
     for spec in files {
         let gz_name = format!("{}.gz", spec.name);
         let dest = to.join(&gz_name);
