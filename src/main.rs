@@ -1249,12 +1249,7 @@ fn claim_run_dir(root: &std::path::Path, base: &str) -> anyhow::Result<PathBuf> 
 /// The per-layer table: the name column as wide as the longest name (a residual block's
 /// `block2_1.shortcut`), so that the columns stay aligned.
 fn print_table(layers: &[LayerStats]) {
-    let w = layers
-        .iter()
-        .map(|l| l.name.len())
-        .max()
-        .unwrap_or(0)
-        .max(8);
+    let w = dst::models::name_width(layers.iter().map(|l| l.name.as_str()));
     println!(
         "{:<w$} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "layer", "shape", "kept", "total", "keep", "t min", "t mean", "t max"

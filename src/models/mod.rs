@@ -224,13 +224,7 @@ impl Model {
     pub fn describe(&self) -> Vec<String> {
         let mut shape = self.input.clone();
         let mut out = Vec::new();
-        let w = self
-            .layers
-            .iter()
-            .map(|l| l.name().len())
-            .max()
-            .unwrap_or(0)
-            .max(8);
+        let w = name_width(self.layers.iter().map(|l| l.name()));
         for l in &self.layers {
             shape = l.output_shape(&shape);
             let masked: usize = l.mask_views().iter().map(|v| v.rows * v.cols).sum();
@@ -247,4 +241,10 @@ impl Model {
         }
         out
     }
+}
+
+/// The width of a table's layer-name column: the longest of `names`, at least 8 (`dst info`'s
+/// layer list, `dst eval`'s table).
+pub fn name_width<'a>(names: impl Iterator<Item = &'a str>) -> usize {
+    names.map(str::len).max().unwrap_or(0).max(8)
 }
