@@ -501,3 +501,23 @@ fn a_damaged_run_is_left_out_with_a_warning() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("no readable run"));
 }
+
+/// `train` records --data as an absolute path: a sweep given the same folder relative (run again
+/// to resume it) reuses its runs, as it did before; another folder is still refused.
+#[test]
+fn a_relative_data_folder_is_the_same_folder() {
+    let out = tmp("relative-data");
+    let mut spec = sweep_spec();
+    let here = std::env::current_dir().unwrap();
+    spec.base.data = Some(here.join("assets/mnist-subset"));
+    for (dir, cfg) in spec.runs(&out) {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    spec.base.data = Some("assets/mnist-subset".into());
+    let (dir, cfg) = &spec.runs(&out)[1];
+    study::check_reuse(cfg, dir).unwrap();
+    spec.base.data = Some("assets/elsewhere".into());
+    let (dir, cfg) = &spec.runs(&out)[1];
+    let e = err_of(study::check_reuse(cfg, dir));
+    assert!(e.contains("assets/elsewhere"), "{e}");
+}

@@ -141,6 +141,8 @@ pub fn config_differences(
         .flatten()
         .filter(|(k, _)| !matches!(k.as_str(), "epochs" | "log_every"))
         .filter(|(k, _)| !(both_dense && matches!(k.as_str(), "alpha" | "reset")))
+        // `train` records --data absolute: the same folder given relative is no difference.
+        .filter(|(k, v)| !(k.as_str() == "data" && train::same_data_values(t.get("data"), v)))
         .filter_map(|(k, v)| {
             let tv = t.get(k.as_str()).unwrap_or(&serde_json::Value::Null);
             (tv != v).then(|| (k.clone(), show_value(k, tv), show_value(k, v)))

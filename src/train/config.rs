@@ -357,6 +357,22 @@ impl TrainConfig {
     }
 }
 
+/// Whether two recorded `--data` settings name the same folder: both the embedded subset, or the
+/// same path once made absolute against the working folder (a relative path that an older
+/// version recorded, or a study's flag, against the absolute one `train` records now), or the
+/// same folder once links are resolved.
+pub fn same_data(a: Option<&std::path::Path>, b: Option<&std::path::Path>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a == b
+                || matches!((std::path::absolute(a), std::path::absolute(b)), (Ok(x), Ok(y)) if x == y)
+                || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+        }
+        _ => false,
+    }
+}
+
 /// The dead-layer policy of the run that wrote `ck` (its `config` metadata's `--reset`): every
 /// reader that derives a mask from the checkpoint (evaluation, export, inference, bench) applies
 /// it, so a `--reset floor` run is not judged by the paper's reset. The paper's rule where the

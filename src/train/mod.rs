@@ -10,7 +10,7 @@ pub mod memory;
 mod run_dir;
 mod session;
 
-pub use config::{reset_policy_of, TrainConfig, TrainError};
+pub use config::{reset_policy_of, same_data, TrainConfig, TrainError};
 pub use run_dir::RunDir;
 pub use session::{Session, Stats};
 
@@ -267,6 +267,8 @@ pub fn train(
             .filter(|(k, v)| {
                 k.as_str() != "epochs"
                     && theirs.get(k.as_str()) != Some(*v)
+                    // A relative --data an older version recorded is the same folder.
+                    && !(k.as_str() == "data" && same_data_values(theirs.get("data"), v))
                     // The default target epoch pinned above is the run's own.
                     && !(k.as_str() == "target_epoch"
                         && theirs.get("target_epoch").is_none_or(|t| t.is_null()))
@@ -702,6 +704,12 @@ fn remove_stale_temporaries(run: &RunDir) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// `same_data` of two `data` values of serialised configs (null: the embedded subset).
+pub fn same_data_values(a: Option<&serde_json::Value>, b: &serde_json::Value) -> bool {
+    let path = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(PathBuf::from);
+    same_data(path(a).as_deref(), path(Some(b)).as_deref())
 }
 
 /// The epochs a summary names: best test accuracy, lowest keep ratio, best validation accuracy
