@@ -1021,7 +1021,8 @@ struct Variant {
     plan: crate::plan::Plan,
 }
 
-/// Time per training step of `model` with the model's paper settings (batch, alpha, optimiser):
+/// Time per training step of `model` with the model's paper settings (batch, alpha, optimiser;
+/// with `checkpoint`, those of its run):
 /// dense, DST from initialisation (with the adapter's default products, and with dense products
 /// only) and, with `checkpoint` (a DST checkpoint of `model`), DST from it with dense products,
 /// with the weight-sparse products forced, with the input-sparse ones forced (where the layer has
@@ -1035,10 +1036,36 @@ fn step_times(
     ck: Option<(&Checkpoint, &Path)>,
     rounds: u32,
 ) -> anyhow::Result<()> {
-    let cfg = TrainConfig {
+    let mut cfg = TrainConfig {
         data: data.map(Path::to_path_buf),
         ..TrainConfig::for_model(model)?
     };
+    // With a checkpoint, every variant steps with its run's optimiser settings, batch and alpha
+    // (a checkpoint of an SGD-trained LSTM has no Adam moments to restore; an Adam-trained
+    // LeNet would otherwise be stepped with SGD).
+    let run = ck
+        .and_then(|(c, _)| c.meta("config"))
+        .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
+        .filter(|r| r.model == model);
+    if let (Some(r), Some((_, path))) = (run, ck) {
+        cfg = TrainConfig {
+            optimizer: r.optimizer,
+            lr: r.lr,
+            momentum: r.momentum,
+            weight_decay: r.weight_decay,
+            batch: r.batch,
+            alpha: r.alpha,
+            ..cfg
+        };
+        println!(
+            "{model}: every variant with the settings of {}'s run: optimizer {}, lr {}, batch {}, alpha {}",
+            path.display(),
+            cfg.optimizer,
+            cfg.lr,
+            cfg.batch,
+            cfg.alpha
+        );
+    }
     let kind = crate::models::info(model)?.dataset;
     // Without --data a CIFAR-10 model times its steps on random images of CIFAR-10's shape
     // (step time does not depend on the values); MNIST models use the embedded subset.

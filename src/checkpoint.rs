@@ -361,7 +361,8 @@ impl Checkpoint {
                     path: path.to_path_buf(),
                     reason: format!(
                         "it has no SHA-256 of its tensors (`{HASH_KEY}`) in its metadata: the \
-                         file is damaged or was edited"
+                         file is damaged or was edited, or a dst older than that hash wrote it \
+                         (train it again)"
                     ),
                 })
             }

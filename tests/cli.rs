@@ -272,6 +272,49 @@ fn train_then_eval_through_the_binary() {
     assert!(!ok && err.contains("already holds a run"), "{err}");
 }
 
+/// `dst bench --checkpoint` steps every variant with the settings of the checkpoint's run (an
+/// Adam-trained LeNet-300-100 was once stepped with the model's SGD; an SGD-trained LSTM's
+/// checkpoint could not be restored).
+#[test]
+fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
+    let out = std::env::temp_dir().join(format!("dst-cli-bench-adam-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let o = out.to_str().unwrap();
+    let (ok, _, err) = dst(&[
+        "train",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "256",
+        "--out",
+        o,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, stdout, err) = dst(&[
+        "bench",
+        "--reps",
+        "0",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--checkpoint",
+        o,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("every variant with the settings of")
+            && stdout.contains("optimizer adam, lr 0.001, batch 64"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("DST from checkpoint ("), "{stdout}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 /// With no adapter at all (here: a back end this OS does not have), commands say so and name
 /// the fix, with a non-zero exit and no panic.
 #[test]

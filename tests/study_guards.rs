@@ -521,3 +521,65 @@ fn a_relative_data_folder_is_the_same_folder() {
     let e = err_of(study::check_reuse(cfg, dir));
     assert!(e.contains("assets/elsewhere"), "{e}");
 }
+
+/// A study's run whose checkpoint cannot be read, or whose checkpoint went missing after it
+/// finished, is refused naming it, and nothing in its folder changes (both were once taken for
+/// "nothing usable" and trained over, the run's results deleted).
+#[test]
+fn a_run_with_a_bad_or_missing_checkpoint_is_not_trained_over() {
+    let out = tmp("bad-checkpoint");
+    let mut spec = sweep_spec();
+    spec.base.epochs = 1;
+    let (dir, cfg) = spec.runs(&out)[1].clone();
+    fake_run(&dir, &cfg, 95.0, None);
+    let files = |d: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let b = std::fs::read(&p).unwrap();
+                (p, b)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    // Finished for 1 epoch, no checkpoint: asked for 2, it cannot be extended.
+    let longer = TrainConfig {
+        epochs: 2,
+        ..cfg.clone()
+    };
+    let before = files(&dir);
+    let e = err_of(study::ensure_run(&longer, &dir, &mut Quiet));
+    assert!(
+        e.contains("checkpoint is missing, so it cannot be extended"),
+        "{e}"
+    );
+    assert_eq!(files(&dir), before);
+    // A damaged checkpoint beside it: named, left as it is.
+    std::fs::write(dir.join("checkpoint.safetensors"), b"not a checkpoint").unwrap();
+    let before = files(&dir);
+    let e = err_of(study::ensure_run(&longer, &dir, &mut Quiet));
+    assert!(
+        e.contains("its checkpoint cannot be used") && e.contains("checkpoint.safetensors"),
+        "{e}"
+    );
+    assert_eq!(files(&dir), before);
+}
+
+/// A finished run that lost its metrics.jsonl is in the reproduction's table (from its summary)
+/// but not in its charts: REPORT.md is still written (the charts once failed the command with
+/// "nothing to draw").
+#[test]
+fn a_reproduction_with_a_run_that_lost_its_log_is_still_reported() {
+    let out = tmp("reproduce-no-log");
+    let runs = quick(None, None).runs(&out).unwrap();
+    for (dir, cfg) in &runs {
+        fake_run(dir, cfg, 95.0, None);
+    }
+    let dst_run = runs.iter().find(|(_, c)| !c.dense).unwrap();
+    std::fs::remove_file(dst_run.0.join("metrics.jsonl")).unwrap();
+    let report = study::reproduce(&quick(None, None), &out, &mut Quiet).unwrap();
+    let md = std::fs::read_to_string(report).unwrap();
+    assert!(md.contains("alpha5e-4-seed1"), "{md}");
+}

@@ -208,6 +208,18 @@ pub fn ensure_run(
 ) -> Result<RunState, StudyError> {
     cfg.validate()?;
     check_reuse(cfg, dir)?;
+    // A checkpoint there that cannot be read (damaged, edited, or not dst's) is named, not
+    // taken for no checkpoint: the run would be trained over.
+    let ck = dir.join("checkpoint.safetensors");
+    if ck.is_file() {
+        if let Err(e) = crate::checkpoint::Checkpoint::load(&ck) {
+            return Err(StudyError::Config(format!(
+                "{}: its checkpoint cannot be used ({e}); nothing was changed: remove the run's \
+                 folder to train it again, or pick another --out",
+                dir.display()
+            )));
+        }
+    }
     let state = run_state(dir, cfg);
     match state {
         RunState::Done => {
@@ -233,6 +245,14 @@ pub fn ensure_run(
             )?;
         }
         RunState::Fresh => {
+            if let Some(what) = train::lost_checkpoint(dir) {
+                return Err(StudyError::Config(format!(
+                    "{} records {what} but its checkpoint is missing, so it cannot be extended; \
+                     nothing was changed: put the checkpoint back, remove the run's folder to \
+                     train it again, or pick another --out",
+                    dir.display()
+                )));
+            }
             // What an attempt left that cannot be continued.
             for f in ["metrics.jsonl", "summary.json", "checkpoint.safetensors"] {
                 let p = dir.join(f);
@@ -746,12 +766,17 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
             ),
             report::plural(c.epochs, "epoch")
         ));
-        // Charts: the first DST seed alone (per-layer lines), then every run's accuracy.
+        // Charts: the first DST seed alone (per-layer lines), then every run's accuracy; of the
+        // runs that logged (a finished run may have lost its metrics.jsonl: it is in the table,
+        // from its summary, but has no lines to draw).
+        let logged = |x: &&Run| !(x.steps.is_empty() && x.epochs.is_empty());
         let dst_runs: Vec<Run> = of_model
             .iter()
             .filter(|x| !x.config.dense)
+            .filter(logged)
             .cloned()
             .collect();
+        let drawn: Vec<Run> = of_model.iter().filter(logged).cloned().collect();
         let dir = out.join("charts").join(m);
         let mut files = Vec::new();
         if let Some(one) = dst_runs.first() {
@@ -760,8 +785,8 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
                 &dir.join("dst-first-seed"),
             )?);
         }
-        if of_model.len() > 1 {
-            let all = report::plot_runs(&of_model, &dir.join("all-runs"))?;
+        if drawn.len() > 1 {
+            let all = report::plot_runs(&drawn, &dir.join("all-runs"))?;
             files.extend(
                 all.into_iter()
                     .filter(|p| p.ends_with("accuracy_remaining.png")),

@@ -200,29 +200,13 @@ pub fn train(
                 run.dir.display()
             )));
         }
-        // Starting over is for a run stopped before its first checkpoint. A summary, or a
-        // second epoch logged (an epoch's line precedes its checkpoint), says a checkpoint was
-        // written and has gone: refuse rather than replace the run's results.
-        let epochs_logged = std::fs::read_to_string(run.metrics())
-            .map(|t| {
-                t.lines()
-                    .filter(|l| {
-                        serde_json::from_str::<serde_json::Value>(l)
-                            .is_ok_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some("epoch"))
-                    })
-                    .count()
-            })
-            .unwrap_or(0);
-        if run.summary().exists() || epochs_logged >= 2 {
+        // Starting over is for a run stopped before its first checkpoint: not for one whose
+        // checkpoint was written and has gone (its results would be replaced).
+        if let Some(what) = lost_checkpoint(&run.dir) {
             return Err(TrainError::Config(format!(
-                "{} records {} but its {} is missing: there is nothing to continue from. Put the \
-                 checkpoint back, or train again into another folder; nothing was changed",
+                "{} records {what} but its {} is missing: there is nothing to continue from. Put \
+                 the checkpoint back, or train again into another folder; nothing was changed",
                 run.dir.display(),
-                if run.summary().exists() {
-                    "a finished run (summary.json)".to_string()
-                } else {
-                    format!("{epochs_logged} epochs in metrics.jsonl")
-                },
                 run.checkpoint().display()
             )));
         }
@@ -232,7 +216,8 @@ pub fn train(
             }
         }
         progress.line(&format!(
-            "{} has no checkpoint yet (it stopped before its first epoch ended): training it from the start",
+            "{} has no checkpoint yet (it stopped before its first checkpoint was written): \
+             training it from the start",
             run.dir.display()
         ));
     }
@@ -704,6 +689,33 @@ fn remove_stale_temporaries(run: &RunDir) {
             let _ = std::fs::remove_file(e.path());
         }
     }
+}
+
+/// What says that the run in `dir` wrote a checkpoint that is no longer there: a summary, or a
+/// second epoch logged (an epoch's line precedes its checkpoint, so one line alone may be that
+/// of an epoch whose checkpoint was never written). `None` where its checkpoint is there, or
+/// none was written for sure.
+pub fn lost_checkpoint(dir: &Path) -> Option<String> {
+    let run = RunDir {
+        dir: dir.to_path_buf(),
+    };
+    if run.checkpoint().exists() {
+        return None;
+    }
+    if run.summary().exists() {
+        return Some("a finished run (summary.json)".into());
+    }
+    let epochs_logged = std::fs::read_to_string(run.metrics())
+        .map(|t| {
+            t.lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .is_ok_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some("epoch"))
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    (epochs_logged >= 2).then(|| format!("{epochs_logged} epochs in metrics.jsonl"))
 }
 
 /// `same_data` of two `data` values of serialised configs (null: the embedded subset).
