@@ -128,14 +128,10 @@ pub fn measure(
     .map(|t| t.len() as u64)
     .sum::<u64>();
     let a1 = g.allocated();
-    let input = &session.model.input;
-    let (channels, rows, cols) = match input[..] {
-        [c, h, w] => (c, h, w),
-        [h, w] => (1, h, w),
-        _ => (1, 1, input.iter().product()),
-    };
     let images = batch.max(super::session::EVAL_BATCH);
     let kind = crate::models::info(model)?.dataset;
+    // Images of the model's dataset's shape (lenet300 reads its 28x28 images flat).
+    let [channels, rows, cols] = kind.shape();
     let ds = Dataset {
         images: vec![0; images * channels * rows * cols],
         labels: vec![0; images],
