@@ -583,3 +583,26 @@ fn a_reproduction_with_a_run_that_lost_its_log_is_still_reported() {
     let md = std::fs::read_to_string(report).unwrap();
     assert!(md.contains("alpha5e-4-seed1"), "{md}");
 }
+
+/// A study's --out under a file is refused naming the file, before any run.
+#[test]
+fn a_study_folder_under_a_file_names_the_file() {
+    let root = tmp("under-file");
+    let file = root.join("afile");
+    std::fs::write(&file, b"mine").unwrap();
+    let e = err_of(study::sweep(&sweep_spec(), &file.join("sw"), &mut Quiet));
+    assert!(
+        e.contains(&format!(
+            "the folder cannot be made: {} is a file",
+            file.display()
+        )),
+        "{e}"
+    );
+    let e = err_of(study::reproduce(
+        &quick(None, None),
+        &file.join("rp"),
+        &mut Quiet,
+    ));
+    assert!(e.contains("the folder cannot be made"), "{e}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+}

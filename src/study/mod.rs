@@ -469,6 +469,12 @@ fn check_study_folder(out: &Path) -> Result<(), StudyError> {
             "is a file, not a folder: give a folder for the study's runs",
         ));
     }
+    if let Some(f) = crate::checkpoint::file_in_the_way(out) {
+        return Err(refuse(&format!(
+            "the folder cannot be made: {} is a file",
+            f.display()
+        )));
+    }
     if report::is_run_folder(out) {
         return Err(refuse(
             "is the folder of a training run: a study's runs go into a folder of their own; pick another --out",
