@@ -14,6 +14,20 @@ fn dst(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// A path in the temp folder for this process's test `tag`, with nothing there.
+fn nothing_at(tag: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("dst-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+/// `nothing_at(tag)`, made an empty folder.
+fn empty_folder(tag: &str) -> std::path::PathBuf {
+    let p = nothing_at(tag);
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
 #[test]
 fn bad_training_flags_are_clear_errors() {
     let cases: &[(&[&str], &str)] = &[
@@ -156,9 +170,7 @@ fn unknown_backend_names_the_variable() {
 /// the file in the way rather than only a missing folder.
 #[test]
 fn paths_under_a_file_name_the_file() {
-    let root = std::env::temp_dir().join(format!("dst-cli-under-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
+    let root = empty_folder("under");
     let file = root.join("afile");
     std::fs::write(&file, b"mine").unwrap();
     let sub = file.join("sub");
@@ -197,9 +209,7 @@ fn eval_and_resume_flags_check_their_paths() {
 /// `dst fetch cifar10` into a folder that holds something else refuses before any download.
 #[test]
 fn fetch_cifar10_leaves_an_occupied_folder_alone() {
-    let dir = std::env::temp_dir().join(format!("dst-cli-cifar-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = empty_folder("cifar");
     std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
     // A mirror that cannot answer: the command must stop before trying any.
     let (ok, _, err) = dst(&[
@@ -222,8 +232,7 @@ fn fetch_cifar10_leaves_an_occupied_folder_alone() {
 /// second run into the same directory.
 #[test]
 fn train_then_eval_through_the_binary() {
-    let out = std::env::temp_dir().join(format!("dst-cli-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = nothing_at("run");
     let o = out.to_str().unwrap();
     let (ok, stdout, err) = dst(&["train", "--epochs", "1", "--limit-train", "640", "--out", o]);
     assert!(ok, "{err}");
@@ -277,8 +286,7 @@ fn train_then_eval_through_the_binary() {
 /// checkpoint could not be restored).
 #[test]
 fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
-    let out = std::env::temp_dir().join(format!("dst-cli-bench-adam-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = nothing_at("bench-adam");
     let o = out.to_str().unwrap();
     let (ok, _, err) = dst(&[
         "train",
@@ -353,8 +361,7 @@ fn no_adapter_names_the_fix() {
 /// used to make libwayland print `error: XDG_RUNTIME_DIR is invalid ...` on every enumeration).
 #[test]
 fn headless_commands_print_no_error_lines() {
-    let out = std::env::temp_dir().join(format!("dst-cli-headless-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = nothing_at("headless");
     let runs: [&[&str]; 2] = [
         &["info"],
         &[
@@ -663,8 +670,7 @@ fn bad_lr_steps_are_clear_errors() {
         err.contains("warning: --lr-steps 5: the learning rate changes after epoch 5"),
         "{err}"
     );
-    let cifar = std::env::temp_dir().join(format!("dst-cli-lr-note-{}", std::process::id()));
-    std::fs::create_dir_all(&cifar).unwrap();
+    let cifar = empty_folder("lr-note");
     for f in dst::data::cifar::FILES {
         std::fs::write(cifar.join(f), vec![1u8; dst::data::cifar::RECORD]).unwrap();
     }
@@ -862,9 +868,7 @@ fn bench_tables_list_every_gpu_form() {
 /// checkpoint are named as such; a run refused once the adapter is open leaves no folder.
 #[test]
 fn user_files_are_never_overwritten_and_wrong_files_are_named() {
-    let root = std::env::temp_dir().join(format!("dst-cli-guard-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
+    let root = empty_folder("guard");
     let p = |name: &str| root.join(name).to_str().unwrap().to_string();
 
     // A folder with the user's own config.json is not a run folder.
@@ -1022,9 +1026,7 @@ fn logged(dir: &std::path::Path) -> (Vec<u64>, Vec<u64>) {
 #[cfg(unix)]
 #[test]
 fn interrupted_runs_resume_cleanly() {
-    let root = std::env::temp_dir().join(format!("dst-cli-int-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
+    let root = empty_folder("int");
     let run = root.join("run");
     let r = run.to_str().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_dst"))
@@ -1129,9 +1131,7 @@ fn interrupted_runs_resume_cleanly() {
 /// with the same data (it once failed there, or read that folder's files).
 #[test]
 fn a_relative_data_folder_resumes_from_anywhere() {
-    let root = std::env::temp_dir().join(format!("dst-cli-rel-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    std::fs::create_dir_all(&root).unwrap();
+    let root = empty_folder("rel");
     let run = root.join("run");
     let r = run.to_str().unwrap();
     let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -1192,8 +1192,7 @@ fn a_closed_stdout_is_no_panic() {
 /// A --limit-train larger than the training set trains on all of it, and says so.
 #[test]
 fn a_limit_above_the_training_set_is_noted() {
-    let out = std::env::temp_dir().join(format!("dst-cli-limit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = nothing_at("limit");
     let o = out.to_str().unwrap();
     // 10 training images after a validation split of 9,990: one step.
     let args = [
@@ -1222,8 +1221,7 @@ fn a_limit_above_the_training_set_is_noted() {
 /// `--resume` takes a run's folder or its checkpoint; a missing folder or another file is named.
 #[test]
 fn resume_takes_the_run_folder_or_its_checkpoint() {
-    let out = std::env::temp_dir().join(format!("dst-cli-resume-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let out = nothing_at("resume");
     let o = out.to_str().unwrap();
     let (ok, _, err) = dst(&["train", "--limit-train", "64", "--epochs", "1", "--out", o]);
     assert!(ok, "{err}");

@@ -482,15 +482,18 @@ fn fetch_downloads_verifies_then_skips() {
         4
     );
 
+    // The same fetch again, its log lines collected.
+    let again = |log: &mut Vec<String>| {
+        log.clear();
+        fetch::fetch(
+            &dir,
+            &[format!("{}/mnist/", server.base)],
+            &specs,
+            &mut |s| log.push(s.to_string()),
+        )
+    };
     // Second run: everything present and verified, no request made.
-    log.clear();
-    fetch::fetch(
-        &dir,
-        &[format!("{}/mnist/", server.base)],
-        &specs,
-        &mut |s| log.push(s.to_string()),
-    )
-    .unwrap();
+    again(&mut log).unwrap();
     assert_eq!(server.hits().len(), 4);
     assert_eq!(log.len(), 4);
     assert!(
@@ -503,14 +506,7 @@ fn fetch_downloads_verifies_then_skips() {
     // and nothing is downloaded.
     let raw = dir.join(MNIST_NAMES[0]);
     std::fs::write(&raw, &valid_set()[0]).unwrap();
-    log.clear();
-    fetch::fetch(
-        &dir,
-        &[format!("{}/mnist/", server.base)],
-        &specs,
-        &mut |s| log.push(s.to_string()),
-    )
-    .unwrap();
+    again(&mut log).unwrap();
     assert!(
         log[0].contains("raw copy present, SHA-256 verified"),
         "{log:?}"
@@ -519,14 +515,7 @@ fn fetch_downloads_verifies_then_skips() {
     let last = damaged.len() - 1;
     damaged[last] ^= 1;
     std::fs::write(&raw, &damaged).unwrap();
-    let err = fetch::fetch(
-        &dir,
-        &[format!("{}/mnist/", server.base)],
-        &specs,
-        &mut |_| {},
-    )
-    .unwrap_err()
-    .to_string();
+    let err = again(&mut log).unwrap_err().to_string();
     assert!(
         err.contains(&raw.display().to_string())
             && err.contains("reads this raw file rather than the .gz"),
