@@ -1127,6 +1127,53 @@ fn interrupted_runs_resume_cleanly() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// Ctrl-C while an epoch has no log point left but its end (10 steps, --log-every 100) or while
+/// it is evaluated: the epoch is evaluated and saved, and the run stops at that checkpoint (it
+/// once trained the epoch to its end and threw it away, keeping the one before).
+#[cfg(unix)]
+#[test]
+fn ctrl_c_keeps_the_epoch_it_interrupts() {
+    let root = empty_folder("int-epoch");
+    let run = root.join("run");
+    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["train", "--epochs", "200", "--limit-train", "640"])
+        .args(["--out", run.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !run.join("checkpoint.safetensors").exists() {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no checkpoint after 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    let at: u64 = err
+        .split("interrupted at epoch ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .and_then(|t| t.parse().ok())
+        .expect(&err);
+    assert!(
+        err.contains(&format!("keeps the checkpoint of epoch {at}:")),
+        "{err}"
+    );
+    let ck = dst::checkpoint::Checkpoint::load(&run.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(ck.meta("epoch"), Some(at.to_string().as_str()));
+    let (epochs, _) = logged(&run);
+    assert_eq!(*epochs.last().unwrap(), at, "the epoch is logged");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A relative --data is recorded as an absolute path, so that the run resumes from any folder
 /// with the same data (it once failed there, or read that folder's files).
 #[test]

@@ -465,7 +465,9 @@ pub fn train(
             log_steps = 0;
             run.append_metric(&line)?;
             progress.step(done, &format!("loss {loss:.4}"));
-            if interrupt::requested() {
+            // At the epoch's last log point the epoch is evaluated and saved first (below): its
+            // steps are done, and stopping here would throw them away.
+            if interrupt::requested() && done < steps_per_epoch {
                 progress.finish_epoch();
                 return Err(TrainError::Interrupted {
                     epoch,
@@ -561,6 +563,16 @@ pub fn train(
         );
         ck.save(&run.checkpoint())?;
         saved = epoch;
+        // Ctrl-C during the epoch's last steps or its evaluation: stop at the checkpoint just
+        // written (the next log point is the next epoch's).
+        if interrupt::requested() && epoch < cfg.epochs {
+            return Err(TrainError::Interrupted {
+                epoch,
+                step,
+                saved,
+                dir: run.dir.clone(),
+            });
+        }
     }
     finish(cfg, &session, &data, &history, step, &run, progress)
 }
