@@ -653,3 +653,50 @@ fn a_run_that_logged_nothing_is_no_silent_success() {
     assert!(is_png(&root.join("both").join("keep_per_layer.png")));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// Two runs of the same command (the same config.json): one's mask pictures are refused in the
+/// other's folder, whose own checkpoint holds other weights (they once replaced its pictures),
+/// and taken in its own; a run folder whose config.json cannot be read is named as such.
+#[test]
+fn masks_tell_runs_of_the_same_settings_apart() {
+    let root = tmp("masks-same-settings");
+    let mut cks = Vec::new();
+    for (name, bias) in [("a", 0.0f32), ("b", 0.25)] {
+        let dir = root.join(name);
+        fake_run(&dir, 3);
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+        let mut ck = Checkpoint::default();
+        ck.metadata.insert("model".into(), "lenet300".into());
+        ck.metadata.insert("masked".into(), "true".into());
+        ck.metadata.insert("config".into(), config);
+        let w: Vec<f32> = (0..300 * 784)
+            .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0 + bias)
+            .collect();
+        ck.tensors = vec![
+            ("fc1.weight".into(), vec![300, 784], w),
+            ("fc1.threshold".into(), vec![300], vec![0.5; 300]),
+        ];
+        ck.save(&dir.join("checkpoint.safetensors")).unwrap();
+        cks.push(dir.join("checkpoint.safetensors"));
+    }
+    ok(&dst(&root, &[p("masks"), p("b")]), "masks of b into b");
+    let before = std::fs::read(root.join("b/fc1_input_keep.png")).unwrap();
+    let o = dst(&root, &[p("masks"), &cks[0], p("--out"), p("b")]);
+    refused(
+        &o,
+        "a's masks into b",
+        &["another run than the checkpoint's", "holds other weights"],
+    );
+    assert_eq!(
+        std::fs::read(root.join("b/fc1_input_keep.png")).unwrap(),
+        before
+    );
+    ok(&dst(&root, &[p("masks"), p("a")]), "masks of a into a");
+    std::fs::write(root.join("b/config.json"), b"{ damaged").unwrap();
+    let o = dst(&root, &[p("masks"), &cks[1], p("--out"), p("b")]);
+    refused(
+        &o,
+        "b with a damaged config",
+        &["config.json cannot be read"],
+    );
+}

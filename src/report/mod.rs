@@ -240,15 +240,34 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// The checkpoint is the run's in `dir`: its settings are that run's `config.json`.
-fn checkpoint_of_run(ck: &crate::checkpoint::Checkpoint, dir: &Path) -> bool {
+/// Whether the checkpoint is the run's in `dir`: its settings are that run's `config.json`, and
+/// where the run still holds its checkpoint, that checkpoint has the same tensors (two runs of
+/// the same command have the same settings). `Err` says why not.
+fn checkpoint_of_run(ck: &crate::checkpoint::Checkpoint, dir: &Path) -> Result<(), String> {
     let mine = ck
         .meta("config")
         .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok());
     let theirs = std::fs::read_to_string(dir.join("config.json"))
-        .ok()
-        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok());
-    mine.is_some() && mine == theirs
+        .map_err(|e| e.to_string())
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).map_err(|e| e.to_string()))
+        .map_err(|e| format!("its config.json cannot be read ({e})"))?;
+    if mine.as_ref() != Some(&theirs) {
+        return Err("its config.json differs from the settings the checkpoint holds".into());
+    }
+    let own = dir.join("checkpoint.safetensors");
+    if own.is_file() {
+        let hash = crate::checkpoint::Checkpoint::read_metadata(&own)
+            .ok()
+            .and_then(|m| m.get(crate::checkpoint::HASH_KEY).cloned());
+        if hash != Some(crate::checkpoint::tensors_sha256(&ck.tensors)) {
+            return Err(
+                "its own checkpoint.safetensors holds other weights (a run with the same \
+                 settings)"
+                    .into(),
+            );
+        }
+    }
+    Ok(())
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -349,7 +368,7 @@ pub(crate) fn write_charts_replacing(
         let run_folder = is_run_folder(dir);
         let own = match &drawn {
             Drawn::Runs(runs) => runs.len() == 1 && same_dir(&runs[0].dir, dir),
-            Drawn::Checkpoint(ck) => run_folder && checkpoint_of_run(ck, dir),
+            Drawn::Checkpoint(ck) => run_folder && checkpoint_of_run(ck, dir).is_ok(),
         };
         if let (Drawn::Runs(runs), true, false) = (&drawn, run_folder, own) {
             let list = runs
@@ -376,13 +395,14 @@ pub(crate) fn write_charts_replacing(
                 ),
             ));
         }
-        if let (Drawn::Checkpoint(_), true, false) = (&drawn, run_folder, own) {
+        if let (Drawn::Checkpoint(ck), true, false) = (&drawn, run_folder, own) {
+            let why = checkpoint_of_run(ck, dir).err().unwrap_or_default();
             return Err(refuse(
                 dir,
-                "is the folder of another run than the checkpoint's (its config.json differs \
-                 from the settings the checkpoint holds); a run folder takes only its own \
-                 run's mask pictures: pick another --out"
-                    .into(),
+                format!(
+                    "is the folder of another run than the checkpoint's ({why}); a run folder \
+                     takes only its own run's mask pictures: pick another --out"
+                ),
             ));
         }
         let manifest = read_manifest(dir);
