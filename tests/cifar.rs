@@ -545,6 +545,8 @@ fn archive() -> Vec<u8> {
 fn spec_for(bytes: &[u8]) -> ArchiveSpec {
     ArchiveSpec {
         md5: Box::leak(fetch::md5_hex(bytes).into_boxed_str()),
+        // The test archives hold a few records per file, not CIFAR-10's 10,000.
+        validate: cifar::check_dir,
         ..CIFAR10_ARCHIVE
     }
 }
@@ -763,5 +765,30 @@ fn fetch_archive_respects_an_existing_folder() {
     .unwrap();
     assert_eq!(entries(&empty).len(), 6);
     assert_eq!(entries(&parent), vec!["busy", "empty"]);
+    std::fs::remove_dir_all(&parent).unwrap();
+}
+
+/// `dst fetch cifar10` takes a folder as present only when it holds the whole dataset: six valid
+/// files of a few records each (a subset, or a cut copy) are an incomplete folder, named, left
+/// alone and not downloaded over (it was once reported ready).
+#[test]
+fn fetch_archive_does_not_take_a_subset_for_cifar10() {
+    let parent = tmpdir("fetch-subset");
+    let to = parent.join("cifar10");
+    std::fs::create_dir_all(&to).unwrap();
+    for (f, bytes) in FILES.iter().zip(valid_files()) {
+        std::fs::write(to.join(f), bytes).unwrap();
+    }
+    cifar::check_dir(&to).unwrap();
+    let err = fetch::fetch_archive(&to, &[], &CIFAR10_ARCHIVE, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, FetchError::Occupied { .. }), "{err}");
+    assert_mentions(
+        &err,
+        &[
+            "not a complete CIFAR-10 folder",
+            "where CIFAR-10's file holds 10000",
+        ],
+    );
+    assert_eq!(entries(&to).len(), 6);
     std::fs::remove_dir_all(&parent).unwrap();
 }

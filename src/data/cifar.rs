@@ -205,6 +205,33 @@ pub fn load_test_dir(dir: &Path) -> Result<TrainTest, DataError> {
     })
 }
 
+/// Records in each of CIFAR-10's six batch files as published.
+pub const RECORDS_PER_FILE: usize = 10_000;
+
+/// `check_dir`, and each file as large as the published one (`RECORDS_PER_FILE` records): the
+/// whole dataset, not a valid subset (`dst fetch cifar10` takes such a folder as present).
+pub fn check_complete(dir: &Path) -> Result<(), DataError> {
+    check_dir(dir)?;
+    for f in FILES {
+        let p = dir.join(f);
+        let size = std::fs::metadata(&p)
+            .map_err(|source| DataError::Io {
+                file: p.display().to_string(),
+                source,
+            })?
+            .len() as usize;
+        if size != RECORDS_PER_FILE * RECORD {
+            return Err(DataError::Incomplete {
+                file: p.display().to_string(),
+                dataset: "CIFAR-10",
+                records: size / RECORD,
+                want: RECORDS_PER_FILE,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Whether `dir` holds the six files, each a valid, non-empty set of records (reads them all).
 pub fn check_dir(dir: &Path) -> Result<(), DataError> {
     for f in FILES {

@@ -341,7 +341,7 @@ pub const CIFAR10_ARCHIVE: ArchiveSpec = ArchiveSpec {
     md5: "c32a1d4ab5d03f1284b67883e8d87530",
     folder: "cifar-10-batches-bin/",
     members: &cifar::FILES,
-    validate: cifar::check_dir,
+    validate: cifar::check_complete,
 };
 
 /// Where CIFAR-10 is published (base URLs).

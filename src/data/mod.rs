@@ -247,6 +247,13 @@ pub enum DataError {
         size: usize,
         record: usize,
     },
+    #[error("{file}: {records} records, where {dataset}'s file holds {want}: an incomplete copy")]
+    Incomplete {
+        file: String,
+        dataset: &'static str,
+        records: usize,
+        want: usize,
+    },
     #[error(
         "{file}: record {record} (byte offset {offset}) has label {value}, outside 0-{max}", max = .classes - 1
     )]
