@@ -373,6 +373,20 @@ fn rows_keep_data_folders_apart_and_count_a_seed_once() {
     assert_eq!((acc.n, acc.mean), (1, 97.0));
     let md = table::markdown(&rows, false);
     assert!(md.contains("1 (seed 1 given again, counted once)"), "{md}");
+    // The same seed again with other results (another adapter, other products): not a copy,
+    // and the table says which counted (it once passed for a copy).
+    fake("on-a-other", &a, 95.0);
+    let runs = report::load_runs(std::slice::from_ref(&runs_dir)).unwrap();
+    let rows = table::rows(&runs);
+    let on_a = rows.iter().find(|r| r.data == canon(&a)).unwrap();
+    assert_eq!(on_a.differing, [1]);
+    let md = table::markdown(&rows, false);
+    assert!(
+        md.contains("| 1 (seed 1 given again with other results: the first given counted) |"),
+        "{md}"
+    );
+    std::fs::remove_dir_all(runs_dir.join("on-a-other")).unwrap();
+    let rows = table::rows(&report::load_runs(std::slice::from_ref(&runs_dir)).unwrap());
     let csv = table::csv(&rows);
     let line = csv.lines().find(|l| l.contains(",last,")).unwrap();
     let f: Vec<&str> = line.rsplit(',').take(4).collect();

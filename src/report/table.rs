@@ -199,6 +199,10 @@ pub struct Row {
     pub seeds: Vec<u64>,
     /// Seeds of finished runs given again (copies of a run): counted once, under `seeds`.
     pub repeated: Vec<u64>,
+    /// Of `repeated`, the seeds whose runs given again hold other results than the one counted
+    /// (not copies: another adapter, other products): the first given is counted, and the
+    /// table says so.
+    pub differing: Vec<u64>,
     /// Run directories that have not finished (no summary.json), left out of the figures.
     pub unfinished: usize,
     /// Per rule (in `Rule::ALL` order): (test accuracy %, remaining %) over the finished runs.
@@ -286,6 +290,7 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                         data,
                         seeds: Vec::new(),
                         repeated: Vec::new(),
+                        differing: Vec::new(),
                         unfinished: 0,
                         stats: [None; 3],
                     },
@@ -297,9 +302,28 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
         // A summary of fewer epochs than configured is an older, shorter run being extended.
         match r.summary.as_ref().filter(|s| s.epochs >= c.epochs) {
             // The same seed twice (a run folder copied): one run, counted once.
-            Some(_) if rows[i].0.seeds.contains(&c.seed) => {
-                if !rows[i].0.repeated.contains(&c.seed) {
-                    rows[i].0.repeated.push(c.seed);
+            Some(s) if rows[i].0.seeds.contains(&c.seed) => {
+                let (row, summaries) = &mut rows[i];
+                if !row.repeated.contains(&c.seed) {
+                    row.repeated.push(c.seed);
+                }
+                let at = row
+                    .seeds
+                    .iter()
+                    .position(|&x| x == c.seed)
+                    .expect("present");
+                let first = summaries[at];
+                let figures = |s: &SummaryFile| {
+                    [
+                        s.last.test_acc,
+                        s.last.keep_ratio,
+                        s.best_acc,
+                        s.lowest_keep,
+                        s.lowest_keep_acc,
+                    ]
+                };
+                if figures(first) != figures(s) && !row.differing.contains(&c.seed) {
+                    row.differing.push(c.seed);
                 }
             }
             Some(s) => {
@@ -418,20 +442,31 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
         if row.unfinished > 0 {
             let _ = write!(seeds, " ({} unfinished)", row.unfinished);
         }
-        if !row.repeated.is_empty() {
-            let _ = write!(
-                seeds,
-                " ({} {} given again, counted once)",
-                if row.repeated.len() == 1 {
-                    "seed"
-                } else {
-                    "seeds"
-                },
-                row.repeated
+        let list = |seeds: &[u64]| {
+            format!(
+                "{} {}",
+                if seeds.len() == 1 { "seed" } else { "seeds" },
+                seeds
                     .iter()
                     .map(|x| x.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
+            )
+        };
+        let copies: Vec<u64> = row
+            .repeated
+            .iter()
+            .copied()
+            .filter(|x| !row.differing.contains(x))
+            .collect();
+        if !copies.is_empty() {
+            let _ = write!(seeds, " ({} given again, counted once)", list(&copies));
+        }
+        if !row.differing.is_empty() {
+            let _ = write!(
+                seeds,
+                " ({} given again with other results: the first given counted)",
+                list(&row.differing)
             );
         }
         let _ = write!(
