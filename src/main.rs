@@ -448,6 +448,10 @@ fn main() -> ExitCode {
                         _ => None,
                     });
                 matches!(t, Some(train::TrainError::Interrupted { .. }))
+                    || matches!(
+                        c.downcast_ref::<dst::study::StudyError>(),
+                        Some(dst::study::StudyError::Interrupted { .. })
+                    )
             });
             // 130: the shell's code for a command stopped by Ctrl-C.
             if interrupted {

@@ -1174,6 +1174,45 @@ fn ctrl_c_keeps_the_epoch_it_interrupts() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// Ctrl-C as a sweep's run sets up (before its adapter and data are ready): the run stops at its
+/// first log point with the message that says how to go on (the process once died silently).
+#[cfg(unix)]
+#[test]
+fn ctrl_c_while_a_sweeps_run_sets_up_says_how_to_go_on() {
+    use std::io::BufRead;
+    let root = empty_folder("int-sweep");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["sweep", "--alpha", "5e-4", "--no-dense", "--epochs", "50"])
+        .args(["--limit-train", "640", "--log-every", "2", "--out"])
+        .arg(root.join("sw"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        err.push_str(&l);
+        err.push('\n');
+        if l.starts_with("[1/1]") {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    for l in lines {
+        err.push_str(&l.unwrap());
+        err.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A relative --data is recorded as an absolute path, so that the run resumes from any folder
 /// with the same data (it once failed there, or read that folder's files).
 #[test]

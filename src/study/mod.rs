@@ -22,11 +22,19 @@ pub enum StudyError {
     Report(#[from] ReportError),
     #[error(transparent)]
     Gpu(#[from] crate::gpu::GpuError),
+    /// Ctrl-C between two runs (while the next one was starting): the finished runs stay.
     #[error(
-        "{} of {total} runs diverged (the others finished; {report} counts these unfinished; \
-         training is deterministic, so they diverge again if rerun as they are: try a smaller \
-         --lr or --alpha in another --out):\n{}",
+        "interrupted before run {next} of {total} started: the runs before it are kept; run the \
+         same command again to go on"
+    )]
+    Interrupted { next: usize, total: usize },
+    #[error(
+        "{} of {total} runs diverged ({}; {report} counts {} unfinished; training is \
+         deterministic, so they diverge again if rerun as they are: try a smaller --lr or \
+         --alpha in another --out):\n{}",
         runs.len(),
+        if runs.len() == *total { "none finished" } else { "the others finished" },
+        if runs.len() == 1 { "it" } else { "these" },
         runs.join("\n")
     )]
     Diverged {
@@ -423,7 +431,16 @@ fn train_grid(
     name: impl Fn(&TrainConfig) -> String,
 ) -> Result<Vec<String>, StudyError> {
     let mut diverged = Vec::new();
+    // Ctrl-C while a run sets up (or between two runs) asks to stop too: the run stops at its
+    // first log point, or the next one does not start, with a message either way.
+    let _catching = train::interrupt::Catching::new();
     for (i, (dir, cfg)) in grid.iter().enumerate() {
+        if train::interrupt::requested() {
+            return Err(StudyError::Interrupted {
+                next: i + 1,
+                total: grid.len(),
+            });
+        }
         progress.line(&format!("[{}/{}] {}", i + 1, grid.len(), name(cfg)));
         match ensure_run(cfg, dir, progress) {
             Ok(_) => {}
