@@ -792,3 +792,25 @@ fn fetch_archive_does_not_take_a_subset_for_cifar10() {
     assert_eq!(entries(&to).len(), 6);
     std::fs::remove_dir_all(&parent).unwrap();
 }
+
+/// `fetch cifar10 --to` a file, or a folder under a file, is refused naming the file; a fetch
+/// that fails removes the folders it made above `--to` (no network: every mirror fails).
+#[test]
+fn fetch_archive_names_a_file_in_the_way_and_leaves_no_folders() {
+    let parent = tmpdir("fetch-in-the-way");
+    let file = parent.join("afile");
+    std::fs::write(&file, b"mine").unwrap();
+    let spec = spec_for(b"x");
+    let err = fetch::fetch_archive(&file, &[], &spec, &mut |_| {}).unwrap_err();
+    assert_mentions(&err, &["afile", "it is a file, not a folder"]);
+    let err = fetch::fetch_archive(&file.join("sub"), &[], &spec, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, FetchError::UnderFile { .. }), "{err}");
+    assert_mentions(&err, &["the folder cannot be made", "afile is a file"]);
+    assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+    // Nothing listens on port 9 here: the mirror fails, and fc/new/ goes with fc/.
+    let to = parent.join("fc/new/cifar10");
+    let mirrors = ["http://127.0.0.1:9/".to_string()];
+    fetch::fetch_archive(&to, &mirrors, &spec, &mut |_| {}).unwrap_err();
+    assert!(!parent.join("fc").exists(), "{:?}", entries(&parent));
+    std::fs::remove_dir_all(&parent).unwrap();
+}

@@ -682,5 +682,26 @@ fn a_failed_fetch_leaves_no_folder_and_names_the_url_once() {
     );
     assert_eq!(text.matches(&url).count(), 1, "{text}");
     assert!(!dir.exists(), "the folder it made is left behind");
+    // Folders it made above the target go too; a target under a file is named.
+    let nested = parent.join("a/b/mnist");
+    fetch::fetch(
+        &nested,
+        &["http://127.0.0.1:9/".to_string()],
+        &[spec],
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert!(
+        !parent.join("a").exists(),
+        "the folders it made are left behind"
+    );
+    std::fs::write(parent.join("afile"), b"mine").unwrap();
+    let err = fetch::fetch(&parent.join("afile/mnist"), &[], &[spec], &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the folder cannot be made") && err.contains("afile is a file"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&parent).unwrap();
 }

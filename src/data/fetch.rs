@@ -126,6 +126,8 @@ pub enum FetchError {
     },
     #[error("{path}: {reason}; the training data loader reads this raw file rather than the .gz beside it: remove it (or put the real file there) and fetch again")]
     BadRaw { path: String, reason: String },
+    #[error("{dir}: the folder cannot be made: {file} is a file; choose another --to")]
+    UnderFile { dir: String, file: String },
     #[error("{dir} exists but is not a complete {dataset} folder ({reason}); remove it or choose another --to")]
     Occupied {
         dir: String,
@@ -209,15 +211,31 @@ pub fn fetch(
     files: &[FileSpec],
     progress: &mut dyn FnMut(&str),
 ) -> Result<(), FetchError> {
-    let made = !to.exists();
+    if let Some(f) = crate::checkpoint::file_in_the_way(to) {
+        return Err(FetchError::UnderFile {
+            dir: to.display().to_string(),
+            file: f.display().to_string(),
+        });
+    }
+    // The top-most folder this fetch makes (`to` or one above it), if any.
+    let made = to
+        .ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| !a.exists())
+        .last()
+        .map(Path::to_path_buf);
     fs::create_dir_all(to).map_err(|source| FetchError::CreateDir {
         dir: to.display().to_string(),
         source,
     })?;
     let result = fetch_into(to, mirrors, files, progress);
-    if result.is_err() && made {
+    if let (Err(_), Some(top)) = (&result, &made) {
         // A failed fetch leaves no empty folder it made (remove_dir removes only an empty one).
-        let _ = fs::remove_dir(to);
+        for a in to.ancestors() {
+            if fs::remove_dir(a).is_err() || a == top.as_path() {
+                break;
+            }
+        }
     }
     result
 }
@@ -480,6 +498,51 @@ impl Drop for TempDir {
 /// its temporary folder. A mirror that fails in any way (network, HTTP status, MD5, unpacking)
 /// is followed by the next. `progress` receives one human-readable line per step.
 pub fn fetch_archive(
+    to: &Path,
+    mirrors: &[String],
+    spec: &ArchiveSpec,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), FetchError> {
+    // A file where the folder is to be, or above it: named before anything is made.
+    match crate::checkpoint::file_in_the_way(to) {
+        Some(f) if f == to => {
+            return Err(FetchError::Occupied {
+                dir: to.display().to_string(),
+                dataset: spec.dataset,
+                reason: "it is a file, not a folder".to_string(),
+            })
+        }
+        Some(f) => {
+            return Err(FetchError::UnderFile {
+                dir: to.display().to_string(),
+                file: f.display().to_string(),
+            })
+        }
+        None => {}
+    }
+    // The folders above `to` that a failed fetch made go again (each only if empty).
+    let made = to
+        .parent()
+        .and_then(|p| {
+            p.ancestors()
+                .filter(|a| !a.as_os_str().is_empty())
+                .take_while(|a| !a.exists())
+                .last()
+        })
+        .map(Path::to_path_buf);
+    let result = fetch_archive_into(to, mirrors, spec, progress);
+    if let (Err(_), Some(top), Some(parent)) = (&result, &made, to.parent()) {
+        for a in parent.ancestors() {
+            if fs::remove_dir(a).is_err() || a == top.as_path() {
+                break;
+            }
+        }
+    }
+    result
+}
+
+/// `fetch_archive` once `to` is known not to be under a file.
+fn fetch_archive_into(
     to: &Path,
     mirrors: &[String],
     spec: &ArchiveSpec,
