@@ -354,6 +354,7 @@ fn report_replaces_only_its_own_reports() {
             "is not a report of `dst report`",
         ),
         ("run", "is a folder"),
+        ("notes.md/r.md", "notes.md is a file, not a folder"),
     ] {
         let o = dst(&root, &[p("report"), p("run"), p("--out"), p(out)]);
         refused(&o, &format!("report --out {out}"), &[out, want]);

@@ -178,7 +178,14 @@ pub fn check_own_text(path: &Path, header: &str, what: &str) -> Result<(), Repor
         reason,
     };
     let Ok(meta) = std::fs::metadata(path) else {
-        return Ok(()); // nothing there (a folder that cannot be made fails at the write)
+        // Nothing there: its folder must be one, or one that can be made.
+        return match path.parent().and_then(crate::checkpoint::file_in_the_way) {
+            Some(f) => Err(refuse(format!(
+                "cannot be written: {} is a file, not a folder",
+                f.display()
+            ))),
+            None => Ok(()),
+        };
     };
     if meta.is_dir() {
         return Err(refuse("is a folder; give the file's path".to_string()));
