@@ -693,6 +693,14 @@ fn a_diverged_run_leaves_the_sweep_going() {
         err.to_string().contains("sweep.md counts these unfinished"),
         "{err}"
     );
+    // One seed per row: each diverged run's row is in sweep.csv without figures (n 0, 1
+    // unfinished, no rule), as sweep.md lists it (they once had no line at all).
+    let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
+    let empty: Vec<&str> = csv.lines().filter(|l| l.ends_with(",,0,1,,,,,")).collect();
+    assert_eq!(empty.len(), unfinished.len(), "{csv}");
+    if unfinished.len() == *total {
+        assert!(err.to_string().contains("(none finished;"), "{err}");
+    }
 }
 
 fn file_state(p: &Path) -> (std::time::SystemTime, Vec<u8>) {

@@ -527,10 +527,26 @@ fn std(s: &Stat) -> String {
 pub const CSV_HEADER: &str = "model,dense,alpha,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n";
 
 /// One CSV line per row and rule: the figures in machine-readable form (a single run's standard
-/// deviations empty).
+/// deviations empty); a row without a finished run, one line without a rule or figures.
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(CSV_HEADER);
     for row in rows {
+        // A row with no finished run (all unfinished, or diverged) is listed too, without
+        // figures: its `unfinished` count is what there is to say.
+        if Rule::ALL.iter().all(|r| row.get(*r).is_none()) {
+            let _ = writeln!(
+                s,
+                "{},{},{},\"{}\",{},\"{}\",,0,{},,,,,",
+                row.model,
+                row.dense,
+                row.alpha.map(|a| a.to_string()).unwrap_or_default(),
+                row.label.replace('"', "\"\""),
+                row.epochs,
+                row.data.replace('"', "\"\""),
+                row.unfinished,
+            );
+            continue;
+        }
         for rule in Rule::ALL {
             let Some((acc, rem)) = row.get(rule) else {
                 continue;

@@ -29,12 +29,11 @@ pub enum StudyError {
     )]
     Interrupted { next: usize, total: usize },
     #[error(
-        "{} of {total} runs diverged ({}; {report} counts {} unfinished; training is \
+        "{} of {total} runs diverged ({}; {report} counts these unfinished; training is \
          deterministic, so they diverge again if rerun as they are: try a smaller --lr or \
          --alpha in another --out):\n{}",
         runs.len(),
         if runs.len() == *total { "none finished" } else { "the others finished" },
-        if runs.len() == 1 { "it" } else { "these" },
         runs.join("\n")
     )]
     Diverged {
