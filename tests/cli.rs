@@ -1020,26 +1020,23 @@ fn logged(dir: &std::path::Path) -> (Vec<u64>, Vec<u64>) {
     (epochs, steps)
 }
 
-/// Ctrl-C stops a run at its next log point with status 130 and says how to go on; the resumed
-/// run logs every step and epoch once. A run stopped before its first checkpoint starts over on
-/// --resume; one stopped between its last checkpoint and its summary gets its summary.
-#[cfg(unix)]
-#[test]
-fn interrupted_runs_resume_cleanly() {
-    let root = empty_folder("int");
-    let run = root.join("run");
-    let r = run.to_str().unwrap();
+/// Ctrl-C (SIGINT) to the process `pid`.
+fn sigint(pid: u32) {
+    let kill = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// `dst train --epochs 200 --limit-train 640 EXTRA --out RUN` stopped by Ctrl-C as soon as its
+/// first checkpoint is there: its stderr, once it exited with status 130.
+fn train_interrupted_after_first_checkpoint(run: &std::path::Path, extra: &[&str]) -> String {
     let child = Command::new(env!("CARGO_BIN_EXE_dst"))
-        .args([
-            "train",
-            "--epochs",
-            "200",
-            "--limit-train",
-            "640",
-            "--log-every",
-            "2",
-        ])
-        .args(["--out", r])
+        .args(["train", "--epochs", "200", "--limit-train", "640"])
+        .args(extra)
+        .arg("--out")
+        .arg(run)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -1049,16 +1046,25 @@ fn interrupted_runs_resume_cleanly() {
             t0.elapsed().as_secs() < 120,
             "no checkpoint after 2 minutes"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigint(child.id());
     let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(130), "{err}");
+    err
+}
+
+/// Ctrl-C stops a run at its next log point with status 130 and says how to go on; the resumed
+/// run logs every step and epoch once. A run stopped before its first checkpoint starts over on
+/// --resume; one stopped between its last checkpoint and its summary gets its summary.
+#[cfg(unix)]
+#[test]
+fn interrupted_runs_resume_cleanly() {
+    let root = empty_folder("int");
+    let run = root.join("run");
+    let r = run.to_str().unwrap();
+    let err = train_interrupted_after_first_checkpoint(&run, &["--log-every", "2"]);
     assert!(
         err.contains("interrupted at epoch") && err.contains("--resume"),
         "{err}"
@@ -1135,28 +1141,7 @@ fn interrupted_runs_resume_cleanly() {
 fn ctrl_c_keeps_the_epoch_it_interrupts() {
     let root = empty_folder("int-epoch");
     let run = root.join("run");
-    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
-        .args(["train", "--epochs", "200", "--limit-train", "640"])
-        .args(["--out", run.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while !run.join("checkpoint.safetensors").exists() {
-        assert!(
-            t0.elapsed().as_secs() < 120,
-            "no checkpoint after 2 minutes"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(130), "{err}");
+    let err = train_interrupted_after_first_checkpoint(&run, &[]);
     let at: u64 = err
         .split("interrupted at epoch ")
         .nth(1)
@@ -1198,11 +1183,7 @@ fn ctrl_c_while_a_sweeps_run_sets_up_says_how_to_go_on() {
             break;
         }
     }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    sigint(child.id());
     for l in lines {
         err.push_str(&l.unwrap());
         err.push('\n');

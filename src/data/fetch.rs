@@ -217,27 +217,37 @@ pub fn fetch(
             file: f.display().to_string(),
         });
     }
-    // The top-most folder this fetch makes (`to` or one above it), if any.
-    let made = to
-        .ancestors()
-        .filter(|a| !a.as_os_str().is_empty())
-        .take_while(|a| !a.exists())
-        .last()
-        .map(Path::to_path_buf);
+    let made = first_missing(to);
     fs::create_dir_all(to).map_err(|source| FetchError::CreateDir {
         dir: to.display().to_string(),
         source,
     })?;
     let result = fetch_into(to, mirrors, files, progress);
-    if let (Err(_), Some(top)) = (&result, &made) {
-        // A failed fetch leaves no empty folder it made (remove_dir removes only an empty one).
-        for a in to.ancestors() {
-            if fs::remove_dir(a).is_err() || a == top.as_path() {
-                break;
-            }
-        }
+    if result.is_err() {
+        remove_made(to, made.as_deref());
     }
     result
+}
+
+/// The top-most of `dir` and the folders above it that do not exist (what `create_dir_all(dir)`
+/// makes first), if any.
+fn first_missing(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .filter(|a| !a.as_os_str().is_empty())
+        .take_while(|a| !a.exists())
+        .last()
+        .map(Path::to_path_buf)
+}
+
+/// After a failed fetch: `dir` and the folders above it up to `top` (`first_missing`, before the
+/// fetch made them), each removed only if empty (`remove_dir`), from the innermost out.
+fn remove_made(dir: &Path, top: Option<&Path>) {
+    let Some(top) = top else { return };
+    for a in dir.ancestors() {
+        if fs::remove_dir(a).is_err() || a == top {
+            break;
+        }
+    }
 }
 
 /// `fetch` into the existing folder `to`.
@@ -521,22 +531,11 @@ pub fn fetch_archive(
         None => {}
     }
     // The folders above `to` that a failed fetch made go again (each only if empty).
-    let made = to
-        .parent()
-        .and_then(|p| {
-            p.ancestors()
-                .filter(|a| !a.as_os_str().is_empty())
-                .take_while(|a| !a.exists())
-                .last()
-        })
-        .map(Path::to_path_buf);
+    let parent = to.parent().filter(|p| !p.as_os_str().is_empty());
+    let made = parent.and_then(first_missing);
     let result = fetch_archive_into(to, mirrors, spec, progress);
-    if let (Err(_), Some(top), Some(parent)) = (&result, &made, to.parent()) {
-        for a in parent.ancestors() {
-            if fs::remove_dir(a).is_err() || a == top.as_path() {
-                break;
-            }
-        }
+    if let (Err(_), Some(parent)) = (&result, parent) {
+        remove_made(parent, made.as_deref());
     }
     result
 }

@@ -531,20 +531,20 @@ pub const CSV_HEADER: &str = "model,dense,alpha,variant,epochs,data,seeds,n,unfi
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(CSV_HEADER);
     for row in rows {
+        // model, dense, alpha, variant, epochs, data: the row's settings on each of its lines.
+        let head = format!(
+            "{},{},{},\"{}\",{},\"{}\"",
+            row.model,
+            row.dense,
+            row.alpha.map(|a| a.to_string()).unwrap_or_default(),
+            row.label.replace('"', "\"\""),
+            row.epochs,
+            row.data.replace('"', "\"\""),
+        );
         // A row with no finished run (all unfinished, or diverged) is listed too, without
         // figures: its `unfinished` count is what there is to say.
         if Rule::ALL.iter().all(|r| row.get(*r).is_none()) {
-            let _ = writeln!(
-                s,
-                "{},{},{},\"{}\",{},\"{}\",,0,{},,,,,",
-                row.model,
-                row.dense,
-                row.alpha.map(|a| a.to_string()).unwrap_or_default(),
-                row.label.replace('"', "\"\""),
-                row.epochs,
-                row.data.replace('"', "\"\""),
-                row.unfinished,
-            );
+            let _ = writeln!(s, "{head},,0,{},,,,,", row.unfinished);
             continue;
         }
         for rule in Rule::ALL {
@@ -553,13 +553,7 @@ pub fn csv(rows: &[Row]) -> String {
             };
             let _ = writeln!(
                 s,
-                "{},{},{},\"{}\",{},\"{}\",{},{},{},{},{},{},{},{}",
-                row.model,
-                row.dense,
-                row.alpha.map(|a| a.to_string()).unwrap_or_default(),
-                row.label.replace('"', "\"\""),
-                row.epochs,
-                row.data.replace('"', "\"\""),
+                "{head},{},{},{},{},{},{},{},{}",
                 row.seeds
                     .iter()
                     .map(|x| x.to_string())
