@@ -521,6 +521,18 @@ fn charts_are_real_pictures() {
     let p = root.join("sweep.png");
     report::charts::sweep_chart(&rows, Rule::Last, &p).unwrap();
     check_png(&p, (1000, 900));
+    // Rows without a finished run: an error, and no picture of empty axes.
+    let none = root.join("none.png");
+    let unfinished: Vec<table::Row> = rows
+        .iter()
+        .map(|r| table::Row {
+            stats: [None; 3],
+            ..r.clone()
+        })
+        .collect();
+    let e = report::charts::sweep_chart(&unfinished, Rule::Last, &none).unwrap_err();
+    assert!(e.to_string().contains("no row has a finished run"), "{e}");
+    assert!(!none.exists());
 }
 
 /// A checkpoint of `model` with the given tensors.
@@ -700,6 +712,15 @@ fn a_diverged_run_leaves_the_sweep_going() {
     assert_eq!(empty.len(), unfinished.len(), "{csv}");
     if unfinished.len() == *total {
         assert!(err.to_string().contains("(none finished;"), "{err}");
+        // No chart of empty axes: sweep.md says why there is none.
+        assert!(!out.join("sweep.png").exists());
+        assert!(
+            md.contains("No run finished") && !md.contains("(sweep.png)"),
+            "{md}"
+        );
+        assert!(!md.contains("Epoch selection"), "{md}");
+    } else {
+        check_png(&out.join("sweep.png"), (1000, 900));
     }
 }
 

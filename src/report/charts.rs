@@ -535,7 +535,7 @@ pub fn draw_run_charts(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
 
 /// Test accuracy (top) and remaining % (bottom, log) against alpha (log x) of a sweep's rows
 /// under `rule`: mean with a ± std bar per alpha, one line per model; dense rows as dashed
-/// horizontal baselines.
+/// horizontal baselines. An error (nothing written) when no row has a finished run.
 pub fn sweep_chart(
     rows: &[super::table::Row],
     rule: super::table::Rule,
@@ -569,6 +569,13 @@ pub fn sweep_chart(
         .iter()
         .filter(|r| r.dense && r.get(rule).is_some())
         .collect();
+    if dst.is_empty() && dense.is_empty() {
+        // Empty axes would pass for a chart: say why there is none instead.
+        return Err(ReportError::NoRuns(format!(
+            "nothing to draw in {}: no row has a finished run",
+            path.display()
+        )));
+    }
     render(path, (1000, 900), |root| {
         let halves = root.split_evenly((2, 1));
         for (k, area) in halves.iter().enumerate() {

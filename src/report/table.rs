@@ -504,6 +504,10 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
         }
         s.push('\n');
     }
+    if rules.is_empty() && !paper {
+        // No figures to explain: no row has a finished run.
+        return s;
+    }
     s.push_str("\nMean ± sample standard deviation over the seeds listed (n − 1 in the denominator); remaining % = 100 × the model keep ratio (METHOD.md section 4). Epoch selection:\n\n");
     for r in &rules {
         let _ = writeln!(s, "- *{}*: {}", r.short(), r.explain());

@@ -502,21 +502,32 @@ fn check_study_folder(out: &Path) -> Result<(), StudyError> {
 /// `sweep.md`, `sweep.csv` and `sweep.png` in `out` from the runs of a sweep.
 pub fn write_sweep_report(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let rows = table::rows(runs);
+    // Every run diverged: no chart (empty axes would pass for one), and none left from before.
+    let finished = rows.iter().any(|r| r.get(Rule::Last).is_some());
     let mut md = format!("{SWEEP_HEADER}\n");
     if let Some(r) = runs.first() {
         let c = &r.config;
         md.push_str(&format!(
-            "Model {}, {}, batch {}, {} lr {}, data: {}. Accuracy and remaining % against alpha: [sweep.png](sweep.png); the same figures as CSV: [sweep.csv](sweep.csv).\n\n",
+            "Model {}, {}, batch {}, {} lr {}, data: {}. {}The figures as CSV: [sweep.csv](sweep.csv).\n\n",
             c.model,
             report::plural(c.epochs, "epoch"),
             c.batch,
             c.optimizer,
             c.lr,
-            rows.first().map(|r| r.data.as_str()).unwrap_or("")
+            rows.first().map(|r| r.data.as_str()).unwrap_or(""),
+            if finished {
+                "Accuracy and remaining % against alpha: [sweep.png](sweep.png). "
+            } else {
+                ""
+            }
         ));
     }
     md.push_str(&table::markdown(&rows, false));
-    md.push_str("\n![accuracy and remaining % against alpha](sweep.png)\n");
+    if finished {
+        md.push_str("\n![accuracy and remaining % against alpha](sweep.png)\n");
+    } else {
+        md.push_str("\nNo run finished: there is no sweep.png to draw.\n");
+    }
     let (p_md, p_csv, p_png) = (
         out.join("sweep.md"),
         out.join("sweep.csv"),
@@ -524,8 +535,23 @@ pub fn write_sweep_report(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, Repo
     );
     report::write_text(&p_md, &md)?;
     report::write_text(&p_csv, &table::csv(&rows))?;
+    if !finished {
+        remove_stale(&p_png)?;
+        return Ok(vec![p_md, p_csv]);
+    }
     report::charts::sweep_chart(&rows, Rule::Last, &p_png)?;
     Ok(vec![p_md, p_csv, p_png])
+}
+
+/// Removes `path` if it is there (a chart an earlier drawing left that no longer has data).
+fn remove_stale(path: &Path) -> Result<(), ReportError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(ReportError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// `dst reproduce table1`: rows of the paper's Table 1 (by default its MNIST rows).
