@@ -1019,7 +1019,8 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             if let Some(epochs) = a.epochs {
                 cfg.epochs = epochs;
             }
-            cfg.check_data()?;
+            cfg.check_data()
+                .map_err(|e| train::resumed_data_error(e, &cfg, dir))?;
             (cfg, dir.clone(), true, false)
         }
         None => {
@@ -1086,7 +1087,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     let gpu = Gpu::from_env().inspect_err(|_| unclaim())?;
     let plain = !std::io::stderr().is_terminal();
     eprintln!("adapter: {}", gpu.describe());
-    eprintln!(
+    let header = format!(
         "training {} {} ({}{}, {}, batch {}, {} lr {}{}{}, seed {}) on {} -> {}",
         if cfg.dense { "dense" } else { "DST" },
         cfg.model,
@@ -1135,6 +1136,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         &RunOptions {
             out: out.clone(),
             resume,
+            header: Some(header),
         },
         &mut progress,
     );
@@ -1201,6 +1203,8 @@ fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
     let names: Vec<String> = std::fs::read_dir(out)
         .with_context(|| format!("--out {}: cannot list the folder", out.display()))?
         .map(|e| e.map_or("?".into(), |e| e.file_name().to_string_lossy().into_owned()))
+        // The lock file of a run that never wrote anything (`train::LOCK_FILE`).
+        .filter(|n| n != dst::train::LOCK_FILE)
         .collect();
     if let Some(first) = names.first() {
         bail!(

@@ -1090,6 +1090,14 @@ fn interrupted_runs_resume_cleanly() {
     let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", &(saved + 1).to_string()]);
     assert!(ok && err.contains("no summary"), "{err}");
     assert!(run.join("summary.json").is_file());
+    // Finished: refused as the run's state (not as an invalid configuration), and with no
+    // "training ..." header announcing a run that does not start.
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", &(saved + 1).to_string()]);
+    assert!(!ok && err.contains("already holds"), "{err}");
+    assert!(
+        !err.contains("training DST") && !err.contains("invalid configuration"),
+        "{err}"
+    );
 
     // A checkpoint gone from a run that logged epochs: refused, its results left as they are
     // (once it was retrained from scratch over them).
@@ -1117,6 +1125,12 @@ fn interrupted_runs_resume_cleanly() {
     std::fs::write(run.join("metrics.jsonl"), first_epoch).unwrap();
     let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "1"]);
     assert!(ok && err.contains("training it from the start"), "{err}");
+    // The header first, then what the run found.
+    let header = err.find("training DST").expect(&err);
+    assert!(
+        header < err.find("training it from the start").unwrap(),
+        "{err}"
+    );
     assert_eq!(logged(&run).0, vec![1]);
 
     // One flipped bit in a tensor: refused by its SHA-256.
@@ -1236,6 +1250,40 @@ fn a_relative_data_folder_resumes_from_anywhere() {
     );
     let (ok, err) = dst_in(&root, &["train", "--resume", "run", "--epochs", "2"]);
     assert!(ok && err.contains("resuming"), "{err}");
+
+    // Its data moved away: --resume (which takes no --data) says where the run reads it from
+    // and how to go on, and changes nothing.
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for e in std::fs::read_dir(here.join("assets/mnist-subset")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
+    }
+    let moved = root.join("moved");
+    let (ok, err) = dst_in(
+        &root,
+        &[
+            "train",
+            "--data",
+            "data",
+            "--limit-train",
+            "128",
+            "--epochs",
+            "1",
+            "--out",
+            "moved",
+        ],
+    );
+    assert!(ok, "{err}");
+    std::fs::rename(&data, root.join("data-elsewhere")).unwrap();
+    let before = std::fs::read(moved.join("metrics.jsonl")).unwrap();
+    let (ok, err) = dst_in(&root, &["train", "--resume", "moved", "--epochs", "2"]);
+    assert!(
+        !ok && err.contains("config.json records that folder")
+            && err.contains("put the files back"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(moved.join("metrics.jsonl")).unwrap(), before);
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -523,6 +523,13 @@ fn fetch_downloads_verifies_then_skips() {
     );
     assert_eq!(std::fs::read(&raw).unwrap(), damaged);
     assert_eq!(server.hits().len(), 4);
+    // A verified raw file without its .gz: the folder is ready, nothing is downloaded.
+    std::fs::write(&raw, &valid_set()[0]).unwrap();
+    std::fs::remove_file(dir.join(format!("{}.gz", MNIST_NAMES[0]))).unwrap();
+    again(&mut log).unwrap();
+    assert_eq!(server.hits().len(), 4, "{log:?}");
+    assert!(!log.iter().any(|l| l.contains("downloading")), "{log:?}");
+    assert_eq!(load_dir(&dir).unwrap().train.count, 12);
     std::fs::remove_dir_all(dir.parent().unwrap().parent().unwrap()).unwrap();
 }
 

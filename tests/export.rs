@@ -51,6 +51,7 @@ fn checkpoint(model: &'static str, limit: usize) -> PathBuf {
         &RunOptions {
             out: out.clone(),
             resume: false,
+            header: None,
         },
         &mut Quiet,
     )
@@ -944,7 +945,9 @@ fn images_of_another_size_are_refused_before_any_gpu_work() {
     let odd = odd.to_str().unwrap();
     let (ok, _, err) = dst_cli(&["infer", file, "--data", odd]);
     assert!(
-        !ok && err.contains("7x112 images, lenet300 expects 28x28"),
+        !ok && err.contains("7x112 images, lenet300 expects 28x28")
+            && err.contains("in another shape")
+            && !err.contains("got 784"),
         "{err}"
     );
     let ck = ck_path.to_str().unwrap();

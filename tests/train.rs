@@ -236,6 +236,7 @@ fn progress_moves_between_rare_log_points() {
         &dst::train::RunOptions {
             out: a.clone(),
             resume: false,
+            header: None,
         },
         &mut rec,
     )
@@ -916,4 +917,84 @@ fn gpu_and_cpu_plans_train_alike() {
     let (gpu_labels, cpu_labels) = assert_classes_train_alike(&cfg, 64, 4, 1e-5);
     assert!(gpu_labels.iter().any(|l| l == "masked.mask_backward_rows"));
     assert!(!cpu_labels.iter().any(|l| l == "masked.mask_backward_rows"));
+}
+
+/// A run another process is writing (the lock on its `.dst.lock` held) is refused by `--resume`,
+/// by a study that would extend it and by a new run given its folder, before anything there is
+/// read or changed (two processes once wrote one folder together: one config, the other's
+/// checkpoint, both logs interleaved); released, the run resumes.
+#[test]
+fn a_run_in_use_is_refused() {
+    let cfg = small(640, 1);
+    let a = tmp("test", "in-use");
+    run(&cfg, &a, false).unwrap();
+    let files = |d: &std::path::Path| -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = files(&a);
+    // Another process's lock: a second open file of the lock is locked apart from train's.
+    let held = std::fs::File::open(a.join(dst::train::LOCK_FILE)).unwrap();
+    held.try_lock().unwrap();
+    let two = TrainConfig {
+        epochs: 2,
+        ..cfg.clone()
+    };
+    let in_use = |e: String| {
+        assert!(
+            e.contains("is in use by another dst process") && e.contains("nothing was changed"),
+            "{e}"
+        );
+    };
+    let e = run(&two, &a, true).unwrap_err();
+    assert!(matches!(e, TrainError::InUse { .. }), "{e}");
+    in_use(e.to_string());
+    let e = dst::study::ensure_run(&two, &a, &mut dst::train::Quiet).unwrap_err();
+    in_use(e.to_string());
+    assert_eq!(files(&a), before);
+    // An attempt stopped in its first epoch (no checkpoint: a study trains it again, its lines
+    // removed first) that another process is training: its lines stay.
+    let c = tmp("test", "in-use-attempt");
+    run(&cfg, &c, false).unwrap();
+    for f in ["checkpoint.safetensors", "summary.json"] {
+        std::fs::remove_file(c.join(f)).unwrap();
+    }
+    let steps: String = std::fs::read_to_string(c.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"step\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!steps.is_empty());
+    std::fs::write(c.join("metrics.jsonl"), &steps).unwrap();
+    let held_c = std::fs::File::open(c.join(dst::train::LOCK_FILE)).unwrap();
+    held_c.try_lock().unwrap();
+    in_use(
+        dst::study::ensure_run(&cfg, &c, &mut dst::train::Quiet)
+            .unwrap_err()
+            .to_string(),
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.join("metrics.jsonl")).unwrap(),
+        steps
+    );
+    drop(held_c);
+    // A new run into an empty folder someone holds.
+    let b = tmp("test", "in-use-new");
+    std::fs::create_dir_all(&b).unwrap();
+    let held_b = std::fs::File::create(b.join(dst::train::LOCK_FILE)).unwrap();
+    held_b.try_lock().unwrap();
+    in_use(run(&cfg, &b, false).unwrap_err().to_string());
+    assert!(!b.join("config.json").exists());
+    drop((held, held_b));
+    assert_eq!(run(&two, &a, true).unwrap().last.epoch, 2);
+    assert_eq!(run(&cfg, &b, false).unwrap().last.epoch, 1);
 }

@@ -265,7 +265,9 @@ fn fetch_into(
         .into();
     // A raw file (`NAME`, not `NAME.gz`) already there is what training reads: it must be the
     // real one too, or the folder is not ready whatever the .gz holds. Checked before any
-    // download, and left alone (it is the user's).
+    // download, and left alone (it is the user's). Verified, it makes its .gz unneeded: a
+    // folder of raw files is ready as it is.
+    let mut raw_ok = Vec::new();
     for spec in files {
         let raw = to.join(spec.name);
         if !raw.is_file() {
@@ -285,8 +287,12 @@ fn fetch_into(
             });
         }
         progress(&format!("{shown}: ok, raw copy present, SHA-256 verified"));
+        raw_ok.push(spec.name);
     }
     for spec in files {
+        if raw_ok.contains(&spec.name) {
+            continue;
+        }
         let gz_name = format!("{}.gz", spec.name);
         let dest = to.join(&gz_name);
         let shown = dest.display().to_string();

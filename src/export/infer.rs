@@ -194,10 +194,13 @@ pub fn check_images(model: &str, ds: &Dataset) -> anyhow::Result<()> {
             Ok(crate::data::DatasetKind::Cifar10) => "3x32x32 CIFAR-10",
             _ => "28x28 MNIST",
         };
-        anyhow::bail!(
-            "{got} images, {model} expects {kind} images ({want} values per image, got {})",
-            ds.pixels()
-        );
+        // The value count only where it differs: "(784 values, got 784)" would read as no fault.
+        let count = if ds.pixels() == want {
+            format!(" (the same {want} values per image, in another shape)")
+        } else {
+            format!(" ({want} values per image, got {})", ds.pixels())
+        };
+        anyhow::bail!("{got} images, {model} expects {kind} images{count}");
     }
     Ok(())
 }

@@ -247,6 +247,7 @@ pub fn ensure_run(
                 &RunOptions {
                     out: dir.to_path_buf(),
                     resume: true,
+                    header: None,
                 },
                 progress,
             )?;
@@ -257,6 +258,21 @@ pub fn ensure_run(
                     "{} records {what} but its checkpoint is missing, so it cannot be extended; \
                      nothing was changed: put the checkpoint back, remove the run's folder to \
                      train it again, or pick another --out",
+                    dir.display()
+                )));
+            }
+            // The same study started twice: what another process is training (its lock
+            // held) is not removed; the state is read again under the lock, held until `train`
+            // takes it for itself.
+            let lock = if dir.is_dir() {
+                train::lock_run(dir)?
+            } else {
+                None
+            };
+            if run_state(dir, cfg) != RunState::Fresh {
+                return Err(StudyError::Config(format!(
+                    "{}: another dst process changed this run while it was being looked at; \
+                     nothing was changed: run the same command again",
                     dir.display()
                 )));
             }
@@ -271,12 +287,14 @@ pub fn ensure_run(
                 }
             }
             progress.line(&format!("{}: training", dir.display()));
+            drop(lock);
             train::train(
                 Gpu::from_env()?,
                 cfg,
                 &RunOptions {
                     out: dir.to_path_buf(),
                     resume: false,
+                    header: None,
                 },
                 progress,
             )?;

@@ -126,6 +126,17 @@ impl TrainConfig {
 pub enum TrainError {
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The run folder's state refuses the call (nothing to resume, a run already there, every
+    /// epoch already trained): nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    /// Another process holds the run folder's lock (`.dst.lock`): it is training that run.
+    #[error(
+        "{} is in use by another dst process (it is training or resuming this run); wait for \
+         it to end, or pick another folder; nothing was changed",
+        dir.display()
+    )]
+    InUse { dir: PathBuf },
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]

@@ -115,6 +115,40 @@ pub struct RunOptions {
     pub out: PathBuf,
     /// Continue the run in `out` from its checkpoint.
     pub resume: bool,
+    /// A line that announces the run (the CLI's "training ..."), given to the progress once the
+    /// run's folder has accepted it: a refused `--resume` prints no header first.
+    pub header: Option<String>,
+}
+
+/// The lock file in a run's folder. `train` holds an advisory lock on it while it writes the run
+/// (the system releases it when the process ends, however it ends), so a second process that
+/// would write the same run (a second `--resume`, the same sweep started twice, two runs given
+/// one --out) is refused instead of interleaving its files with the first's.
+pub const LOCK_FILE: &str = ".dst.lock";
+
+/// Takes `dir`'s run lock; `None` where the file system has no locks (then nothing is refused).
+pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
+    let path = dir.join(LOCK_FILE);
+    let io = |source| TrainError::Io {
+        path: path.clone(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io)?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::InUse {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            Ok(None)
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+    }
 }
 
 /// Trains per `cfg` into `opts.out`; returns the summary. On resume, `cfg` must be the run's
@@ -130,6 +164,15 @@ pub fn train(
     let run = RunDir {
         dir: opts.out.clone(),
     };
+    // A run to continue is locked before anything in its folder is read; a new one once its
+    // folder is made (below).
+    let mut _lock = if opts.resume && run.dir.is_dir() {
+        lock_run(&run.dir)?
+    } else {
+        None
+    };
+    // Lines for the progress after the header, once the folder has accepted the run.
+    let mut notes: Vec<String> = Vec::new();
     // The data folder as an absolute path: config.json and the checkpoint record it, and a
     // `--resume` from another working folder must read the same data (a relative path would
     // fail there, or read another folder's files).
@@ -160,10 +203,16 @@ pub fn train(
         }
         None => cfg,
     };
-    let (data, valid) = cfg.load_data_split()?;
+    let (data, valid) = cfg.load_data_split().map_err(|e| {
+        if opts.resume {
+            resumed_data_error(e, cfg, &run.dir)
+        } else {
+            e
+        }
+    })?;
     let held = data.train.count + valid.as_ref().map_or(0, |v| v.count);
     if let Some(n) = cfg.limit_train.filter(|&n| n > held) {
-        progress.line(&format!(
+        notes.push(format!(
             "note: --limit-train {n} is more than the {held} training images there are; all of them are used"
         ));
     }
@@ -195,7 +244,7 @@ pub fn train(
     let resume = opts.resume && run.checkpoint().exists();
     if opts.resume && !resume {
         if !run.dir.join("config.json").is_file() {
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Refused(format!(
                 "{} holds no run to resume (no config.json, no checkpoint)",
                 run.dir.display()
             )));
@@ -203,7 +252,7 @@ pub fn train(
         // Starting over is for a run stopped before its first checkpoint: not for one whose
         // checkpoint was written and has gone (its results would be replaced).
         if let Some(what) = lost_checkpoint(&run.dir) {
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Refused(format!(
                 "{} records {what} but its {} is missing: there is nothing to continue from. Put \
                  the checkpoint back, or train again into another folder; nothing was changed",
                 run.dir.display(),
@@ -215,7 +264,7 @@ pub fn train(
                 std::fs::remove_file(&f).map_err(run.io(&f))?;
             }
         }
-        progress.line(&format!(
+        notes.push(format!(
             "{} has no checkpoint yet (it stopped before its first checkpoint was written): \
              training it from the start",
             run.dir.display()
@@ -278,6 +327,7 @@ pub fn train(
             // Stopped between its last checkpoint and its summary (or asked to end where it
             // stopped): finish it, its config saying how many epochs it ran.
             let started_for = theirs.get("epochs").and_then(|e| e.as_u64());
+            announce(progress, opts, &mut notes);
             progress.line(&match started_for {
                 Some(e) if e > epoch0 as u64 => format!(
                     "ending {} at epoch {epoch0} as asked (it was started for {e}): writing the \
@@ -298,7 +348,7 @@ pub fn train(
             return finish(cfg, &session, &data, &history, step, &run, progress);
         }
         if epoch0 >= cfg.epochs {
-            return Err(TrainError::Config(format!(
+            return Err(TrainError::Refused(format!(
                 "{} already holds {}; pass --epochs larger than that to continue{}",
                 run.dir.display(),
                 crate::report::plural(epoch0, "epoch"),
@@ -311,25 +361,24 @@ pub fn train(
         }
         let metrics_warning = trim_metrics(&run, step)?;
         remove_stale_temporaries(&run);
-        progress.line(&format!(
+        notes.push(format!(
             "resuming {} at epoch {} (step {step})",
             run.dir.display(),
             epoch0 + 1
         ));
-        if let Some(w) = metrics_warning {
-            progress.line(&w);
-        }
+        notes.extend(metrics_warning);
     } else if !opts.resume
         && ["checkpoint.safetensors", "metrics.jsonl"]
             .iter()
             .any(|f| run.dir.join(f).exists())
     {
-        return Err(TrainError::Config(format!(
+        return Err(TrainError::Refused(format!(
             "{} already holds a run; resume it or pick another folder",
             run.dir.display()
         )));
     }
 
+    announce(progress, opts, &mut notes);
     let train_data = session.upload("train", &data.train)?;
     let test_data = session.upload("test", &data.test)?;
     let alpha = if cfg.masked() { cfg.alpha as f32 } else { 0.0 };
@@ -347,6 +396,17 @@ pub fn train(
     // adapter cannot take is refused by `plan`): a refused run leaves no files behind.
     if !resume {
         std::fs::create_dir_all(&run.dir).map_err(run.io(&run.dir))?;
+    }
+    if !opts.resume {
+        _lock = lock_run(&run.dir)?;
+        // Another process may have claimed the folder since it was checked, and finished.
+        if [run.checkpoint(), run.metrics()].iter().any(|f| f.exists()) {
+            return Err(TrainError::Refused(format!(
+                "{} already holds a run (another dst process wrote it meanwhile); resume it or \
+                 pick another folder",
+                run.dir.display()
+            )));
+        }
     }
     run.write_json(&run.config(), cfg)?;
     let n = data.train.count;
@@ -687,6 +747,35 @@ fn trim_metrics(run: &RunDir, step: u64) -> Result<Option<String>> {
     }
     crate::checkpoint::write_atomic(&path, out.as_bytes()).map_err(run.io(&path))?;
     Ok(warning)
+}
+
+/// A data error of the run in `dir` that `--resume` continues: where its data folder is gone (or
+/// lacks its files), says that the run reads it from there (`--resume` takes no `--data`) and
+/// how to go on.
+pub fn resumed_data_error(e: TrainError, cfg: &TrainConfig, dir: &Path) -> TrainError {
+    use crate::data::DataError;
+    match (&e, &cfg.data) {
+        (TrainError::Data(DataError::NotAFolder { .. } | DataError::Missing { .. }), Some(d)) => {
+            TrainError::Refused(format!(
+                "{e}; {} reads its data from {} (its config.json records that folder): put the \
+                 files back there, or, if they moved, set \"data\" in its config.json to their \
+                 new folder; nothing was changed",
+                dir.display(),
+                d.display()
+            ))
+        }
+        _ => e,
+    }
+}
+
+/// The run's header (`RunOptions::header`) and the notes held back for it, once.
+fn announce(progress: &mut dyn Progress, opts: &RunOptions, notes: &mut Vec<String>) {
+    if let Some(h) = &opts.header {
+        progress.line(h);
+    }
+    for n in notes.drain(..) {
+        progress.line(&n);
+    }
 }
 
 /// The temporary files of atomic writes a crash left in the run folder

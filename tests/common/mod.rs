@@ -28,6 +28,7 @@ pub fn run(cfg: &TrainConfig, out: &Path, resume: bool) -> Result<train::Summary
         &RunOptions {
             out: out.to_path_buf(),
             resume,
+            header: None,
         },
         &mut Quiet,
     )
