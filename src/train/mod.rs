@@ -216,6 +216,13 @@ pub fn train(
             "note: --limit-train {n} is more than the {held} training images there are; all of them are used"
         ));
     }
+    if cfg.batch > data.train.count {
+        notes.push(format!(
+            "note: --batch {} is more than the {} training images: each epoch is one step over \
+             all of them (the GPU buffers are still sized for {})",
+            cfg.batch, data.train.count, cfg.batch
+        ));
+    }
     let mut session = Session::new(
         gpu,
         &cfg.model,
