@@ -1009,6 +1009,9 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
                     }
                 );
             }
+            if train::in_use(dir) {
+                return Err(train::TrainError::InUse { dir: dir.clone() }.into());
+            }
             let path = dir.join("config.json");
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!("--resume {}: cannot read its config.json", dir.display())
@@ -1189,6 +1192,13 @@ fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
             "--out {}: is a file, not a folder; give a folder for the run",
             out.display()
         );
+    }
+    // Being written by another process: said so, whatever the folder holds by now.
+    if train::in_use(out) {
+        return Err(train::TrainError::InUse {
+            dir: out.to_path_buf(),
+        }
+        .into());
     }
     if ["checkpoint.safetensors", "metrics.jsonl"]
         .iter()

@@ -1381,3 +1381,30 @@ fn resume_takes_the_run_folder_or_its_checkpoint() {
     assert!(!ok && err.contains("is a file, not a run folder"), "{err}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// A new run given a folder another process is training is told the folder is in use, whatever
+/// that run has written by then (it was told to resume it, or that the folder is not empty), and
+/// a --resume of it alike; nothing there changes, and no "training ..." header is printed.
+#[test]
+fn a_folder_being_trained_is_named_in_use() {
+    let out = empty_folder("in-use");
+    let o = out.to_str().unwrap();
+    std::fs::write(out.join("config.json"), "{}").unwrap();
+    std::fs::write(out.join("metrics.jsonl"), "").unwrap();
+    let held = std::fs::File::create(out.join(dst::train::LOCK_FILE)).unwrap();
+    held.try_lock().unwrap();
+    for args in [
+        vec!["train", "--epochs", "1", "--out", o],
+        vec!["train", "--resume", o, "--epochs", "2"],
+    ] {
+        let (ok, _, err) = dst(&args);
+        assert!(
+            !ok && err.contains("is in use by another dst process")
+                && !err.contains("training DST"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read(out.join("config.json")).unwrap(), b"{}");
+    drop(held);
+    std::fs::remove_dir_all(&out).unwrap();
+}

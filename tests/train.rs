@@ -940,10 +940,16 @@ fn a_run_in_use_is_refused() {
         v.sort();
         v
     };
-    let before = files(&a);
+    // A refused call makes no lock file (a run of an older version has none).
+    std::fs::remove_file(a.join(dst::train::LOCK_FILE)).unwrap();
+    let e = run(&cfg, &a, true).unwrap_err();
+    assert!(matches!(e, TrainError::Refused(_)), "{e}");
+    assert!(!a.join(dst::train::LOCK_FILE).exists());
     // Another process's lock: a second open file of the lock is locked apart from train's.
-    let held = std::fs::File::open(a.join(dst::train::LOCK_FILE)).unwrap();
+    let held = std::fs::File::create(a.join(dst::train::LOCK_FILE)).unwrap();
     held.try_lock().unwrap();
+    assert!(dst::train::in_use(&a));
+    let before = files(&a);
     let two = TrainConfig {
         epochs: 2,
         ..cfg.clone()

@@ -214,6 +214,14 @@ pub fn ensure_run(
     progress: &mut dyn Progress,
 ) -> Result<RunState, StudyError> {
     cfg.validate()?;
+    // The same study started twice: the run the other process is training is named as in use
+    // (not as finished, resumable or unfinished: what it holds changes while it is read).
+    if train::in_use(dir) {
+        return Err(TrainError::InUse {
+            dir: dir.to_path_buf(),
+        }
+        .into());
+    }
     check_reuse(cfg, dir)?;
     // A checkpoint there that cannot be read (damaged, edited, or not dst's) is named, not
     // taken for no checkpoint: the run would be trained over.

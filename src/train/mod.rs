@@ -126,6 +126,40 @@ pub struct RunOptions {
 /// one --out) is refused instead of interleaving its files with the first's.
 pub const LOCK_FILE: &str = ".dst.lock";
 
+/// Whether another process holds `dir`'s run lock (`LOCK_FILE`; none is made here).
+pub fn in_use(dir: &Path) -> bool {
+    std::fs::File::open(dir.join(LOCK_FILE))
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
+/// The (length, modification time) of a run's checkpoint and metrics.jsonl, where they exist.
+type Stamps = [Option<(u64, std::time::SystemTime)>; 2];
+
+fn stamps(run: &RunDir) -> Stamps {
+    [run.checkpoint(), run.metrics()].map(|p| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((m.len(), m.modified().ok()?))
+    })
+}
+
+/// Takes the run's lock before a resumed run's first write (once), and refuses the call if
+/// another process changed the run since `seen` (it trained the run further, or started it
+/// over, and ended): what this call read of it is out of date.
+fn claim(run: &RunDir, seen: &Stamps, lock: &mut Option<std::fs::File>) -> Result<()> {
+    if lock.is_some() {
+        return Ok(());
+    }
+    *lock = lock_run(&run.dir)?;
+    if stamps(run) != *seen {
+        return Err(TrainError::Refused(format!(
+            "{}: another dst process changed this run while it was being read; nothing was \
+             changed: run the same command again",
+            run.dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Takes `dir`'s run lock; `None` where the file system has no locks (then nothing is refused).
 pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
     let path = dir.join(LOCK_FILE);
@@ -164,13 +198,16 @@ pub fn train(
     let run = RunDir {
         dir: opts.out.clone(),
     };
-    // A run to continue is locked before anything in its folder is read; a new one once its
-    // folder is made (below).
-    let mut _lock = if opts.resume && run.dir.is_dir() {
-        lock_run(&run.dir)?
-    } else {
-        None
-    };
+    // A folder another process is writing is refused before anything there is read. The lock
+    // itself is taken before this call's first write (`claim`): a refused call leaves the folder
+    // as it was, no lock file made.
+    if in_use(&run.dir) {
+        return Err(TrainError::InUse {
+            dir: run.dir.clone(),
+        });
+    }
+    let seen = stamps(&run);
+    let mut _lock = None;
     // Lines for the progress after the header, once the folder has accepted the run.
     let mut notes: Vec<String> = Vec::new();
     // The data folder as an absolute path: config.json and the checkpoint record it, and a
@@ -266,6 +303,7 @@ pub fn train(
                 run.checkpoint().display()
             )));
         }
+        claim(&run, &seen, &mut _lock)?;
         for f in [run.metrics(), run.summary()] {
             if f.exists() {
                 std::fs::remove_file(&f).map_err(run.io(&f))?;
@@ -334,6 +372,7 @@ pub fn train(
             // Stopped between its last checkpoint and its summary (or asked to end where it
             // stopped): finish it, its config saying how many epochs it ran.
             let started_for = theirs.get("epochs").and_then(|e| e.as_u64());
+            claim(&run, &seen, &mut _lock)?;
             announce(progress, opts, &mut notes);
             progress.line(&match started_for {
                 Some(e) if e > epoch0 as u64 => format!(
@@ -366,6 +405,7 @@ pub fn train(
                 }
             )));
         }
+        claim(&run, &seen, &mut _lock)?;
         let metrics_warning = trim_metrics(&run, step)?;
         remove_stale_temporaries(&run);
         notes.push(format!(
