@@ -262,6 +262,15 @@ fn reader_names_missing_files() {
         "{err}"
     );
     assert_mentions(&err, &["nowhere", "no such folder"]);
+    // A link to nothing is named as such (it was once "a file").
+    #[cfg(unix)]
+    {
+        let link = dir.join("dangling");
+        std::os::unix::fs::symlink(dir.join("gone"), &link).unwrap();
+        let err = cifar::load_dir(&link).unwrap_err();
+        assert_mentions(&err, &["dangling", "a symbolic link to nothing"]);
+        assert!(!err.to_string().contains("is a file"), "{err}");
+    }
     // CIFAR-10 is not embedded: the error says how to get it.
     let err = DatasetKind::Cifar10.load(None).unwrap_err();
     assert_mentions(

@@ -508,7 +508,7 @@ fn fetch_downloads_verifies_then_skips() {
     std::fs::write(&raw, &valid_set()[0]).unwrap();
     again(&mut log).unwrap();
     assert!(
-        log[0].contains("raw copy present, SHA-256 verified"),
+        log[0].contains("raw file present, SHA-256 verified"),
         "{log:?}"
     );
     let mut damaged = valid_set()[0].clone();
@@ -517,8 +517,7 @@ fn fetch_downloads_verifies_then_skips() {
     std::fs::write(&raw, &damaged).unwrap();
     let err = again(&mut log).unwrap_err().to_string();
     assert!(
-        err.contains(&raw.display().to_string())
-            && err.contains("reads this raw file rather than the .gz"),
+        err.contains(&raw.display().to_string()) && err.contains("dst reads this raw file"),
         "{err}"
     );
     assert_eq!(std::fs::read(&raw).unwrap(), damaged);

@@ -124,7 +124,7 @@ pub enum FetchError {
         file: String,
         attempts: Vec<Attempt>,
     },
-    #[error("{path}: {reason}; the training data loader reads this raw file rather than the .gz beside it: remove it (or put the real file there) and fetch again")]
+    #[error("{path}: {reason}; dst reads this raw file, and a .gz of it only where it is absent: remove it (or put the real file there) and fetch again")]
     BadRaw { path: String, reason: String },
     #[error("{dir}: the folder cannot be made: {file} is a file; choose another --to")]
     UnderFile { dir: String, file: String },
@@ -286,7 +286,7 @@ fn fetch_into(
                 reason: format!("its SHA-256 is {got}, expected {}", spec.sha256),
             });
         }
-        progress(&format!("{shown}: ok, raw copy present, SHA-256 verified"));
+        progress(&format!("{shown}: ok, raw file present, SHA-256 verified"));
         raw_ok.push(spec.name);
     }
     for spec in files {

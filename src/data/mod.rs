@@ -493,6 +493,10 @@ pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), Data
     let why = match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => "is a file, not a folder".to_string(),
+        // A link to nothing is no file in the way.
+        Err(_) if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) => {
+            "a symbolic link to nothing (its target does not exist)".to_string()
+        }
         Err(_) => match crate::checkpoint::file_in_the_way(dir) {
             Some(f) => format!("no such folder ({} is a file)", f.display()),
             None => "no such folder".to_string(),
