@@ -1200,10 +1200,10 @@ fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
         }
         .into());
     }
-    if ["checkpoint.safetensors", "metrics.jsonl"]
-        .iter()
-        .any(|f| out.join(f).exists())
-    {
+    let run = train::RunDir {
+        dir: out.to_path_buf(),
+    };
+    if run.holds_run() {
         bail!(
             "{} already holds a run; continue it with --resume {} or pick another --out",
             out.display(),

@@ -414,11 +414,7 @@ pub fn train(
             epoch0 + 1
         ));
         notes.extend(metrics_warning);
-    } else if !opts.resume
-        && ["checkpoint.safetensors", "metrics.jsonl"]
-            .iter()
-            .any(|f| run.dir.join(f).exists())
-    {
+    } else if !opts.resume && run.holds_run() {
         return Err(TrainError::Refused(format!(
             "{} already holds a run; resume it or pick another folder",
             run.dir.display()
@@ -447,7 +443,7 @@ pub fn train(
     if !opts.resume {
         _lock = lock_run(&run.dir)?;
         // Another process may have claimed the folder since it was checked, and finished.
-        if [run.checkpoint(), run.metrics()].iter().any(|f| f.exists()) {
+        if run.holds_run() {
             return Err(TrainError::Refused(format!(
                 "{} already holds a run (another dst process wrote it meanwhile); resume it or \
                  pick another folder",

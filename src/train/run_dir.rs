@@ -26,6 +26,11 @@ impl RunDir {
         self.dir.join("summary.json")
     }
 
+    /// It holds a run's checkpoint or log: no folder for a new run.
+    pub fn holds_run(&self) -> bool {
+        self.checkpoint().exists() || self.metrics().exists()
+    }
+
     pub(crate) fn io(&self, path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
         let p = path.to_path_buf();
         move |source| TrainError::Io {
