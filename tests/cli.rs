@@ -1173,6 +1173,61 @@ fn ctrl_c_keeps_the_epoch_it_interrupts() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A second Ctrl-C stops a run at once (killed by SIGINT, not at a log point), and still says how
+/// to go on from what the run folder keeps.
+#[cfg(unix)]
+#[test]
+fn a_second_ctrl_c_stops_at_once_and_says_how_to_go_on() {
+    use std::io::BufRead;
+    use std::os::unix::process::ExitStatusExt;
+    let root = empty_folder("int-twice");
+    let run = root.join("run");
+    // 1250 steps (the embedded subset's 10,000 images in batches of 8) to the first log point:
+    // both signals land well before it, 50 ms apart.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args([
+            "train",
+            "--epochs",
+            "2",
+            "--batch",
+            "8",
+            "--log-every",
+            "100000",
+        ])
+        .arg("--out")
+        .arg(&run)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        err.push_str(&l);
+        err.push('\n');
+        if l.starts_with("ready in") {
+            break;
+        }
+    }
+    sigint(child.id());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    sigint(child.id());
+    for l in lines {
+        err.push_str(&l.unwrap());
+        err.push('\n');
+    }
+    let status = child.wait().unwrap();
+    // Killed by SIGINT (2), not an exit with status 130 at a log point.
+    assert_eq!(status.signal(), Some(2), "{status:?}: {err}");
+    assert!(
+        err.contains("stopped at once")
+            && err.contains(&format!("dst train --resume {}", run.display())),
+        "{err}"
+    );
+    assert!(!err.contains("interrupted at epoch"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// Ctrl-C as a sweep's run sets up (before its adapter and data are ready): the run stops at its
 /// first log point with the message that says how to go on (the process once died silently).
 #[cfg(unix)]

@@ -436,6 +436,17 @@ fn blown_up_parameters_stop_the_run() {
             assert!(v.iter().all(|x| x.is_finite()), "{name} is not finite");
         }
     }
+    // A dense run has no --alpha: its message names only the learning rate.
+    let out = tmp("test", "blowup-dense");
+    let cfg = TrainConfig {
+        lr: 1e6,
+        dense: true,
+        ..small(640, 1)
+    };
+    let err = run(&cfg, &out, false).unwrap_err();
+    assert!(matches!(err, TrainError::Diverged { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("--lr") && !msg.contains("--alpha"), "{msg}");
 }
 
 /// The sparse products (forward and product to the input from the lists of kept weights) train

@@ -458,7 +458,9 @@ fn train_grid(
     let mut diverged = Vec::new();
     // Ctrl-C while a run sets up (or between two runs) asks to stop too: the run stops at its
     // first log point, or the next one does not start, with a message either way.
-    let _catching = train::interrupt::Catching::new();
+    let _catching = train::interrupt::Catching::new(
+        "run the same command again to go on from the runs' last checkpoints",
+    );
     for (i, (dir, cfg)) in grid.iter().enumerate() {
         if train::interrupt::requested() {
             return Err(StudyError::Interrupted {

@@ -159,12 +159,14 @@ pub enum TrainError {
         saved: usize,
         dir: PathBuf,
     },
-    #[error("training diverged at epoch {epoch}, step {step}: {what}; the learning rate (--lr) is most likely too large for this model, or --alpha is; try a smaller one. The last good checkpoint, if any, is kept unchanged in {dir}; `--resume` would continue with the same settings, so to train with others remove {dir} or pick another --out")]
+    #[error("training diverged at epoch {epoch}, step {step}: {what}; the learning rate (--lr) is most likely too large for this model{}; try a smaller one. The last good checkpoint, if any, is kept unchanged in {dir}; `--resume` would continue with the same settings, so to train with others remove {dir} or pick another --out", if *dense { "" } else { ", or --alpha is" })]
     Diverged {
         epoch: usize,
         step: u64,
         what: &'static str,
         dir: PathBuf,
+        /// A dense run: no --alpha to blame.
+        dense: bool,
     },
 }
 

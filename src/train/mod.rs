@@ -462,7 +462,11 @@ pub fn train(
         eval_plan.dispatches.len()
     ));
 
-    let _catching = interrupt::Catching::new();
+    let _catching = interrupt::Catching::new(&format!(
+        "{d} keeps its last checkpoint, if one was written: continue with `dst train --resume \
+         {d}` (a sweep or reproduction: run its command again)",
+        d = run.dir.display()
+    ));
     let mut saved = epoch0; // the epoch of the checkpoint on disk (0: none)
     for epoch in epoch0 + 1..=cfg.epochs {
         let t0 = Instant::now();
@@ -511,6 +515,7 @@ pub fn train(
                         "parameters or optimiser state hold NaN or infinite values"
                     },
                     dir: run.dir.clone(),
+                    dense: cfg.dense,
                 });
             }
             for acc in [&mut epoch_stats, &mut log_stats] {
@@ -647,6 +652,7 @@ pub fn train(
                     "parameters hold NaN or infinite values"
                 },
                 dir: run.dir.clone(),
+                dense: cfg.dense,
             });
         }
         ck.metadata.insert("epoch".into(), epoch.to_string());
