@@ -1289,7 +1289,7 @@ fn print_table(layers: &[LayerStats]) {
 
 fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     // The checkpoint's model decides the dataset (a model unknown here reads MNIST and is
-    // refused later, with the list of models). Only the test set is scored: an MNIST folder
+    // refused below, with the list of models). Only the test set is scored: an MNIST folder
     // needs only its two test files (t10k-*), a CIFAR-10 one its test_batch.bin, as for
     // `dst infer`. `what` names the data in the result line.
     let meta = dst::checkpoint::Checkpoint::read_metadata(&checkpoint)?;
@@ -1306,11 +1306,16 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
         test: t.images,
         source: t.source,
     };
+    // The whole file read and checked (a damaged tensor, a model this build lacks) before the
+    // adapter opens.
+    let ck = dst::checkpoint::Checkpoint::load(&checkpoint)?;
+    dst::models::check_name(&model)?;
     let gpu = Gpu::from_env()?;
     // Said before the work, which takes a while on a CPU adapter.
     eprintln!("adapter: {}", gpu.describe());
     let mut progress = dst::export::infer::progress_line(data.test.count);
-    let (acc, layers, _) = train::evaluate_checkpoint_with(gpu, &checkpoint, &data, &mut progress)?;
+    let (acc, layers, _) =
+        train::evaluate_checkpoint_with(gpu, &ck, &checkpoint, &data, &mut progress)?;
     print_table(&layers);
     let kept: u64 = layers.iter().map(|l| l.kept).sum();
     let total: u64 = layers.iter().map(|l| l.total).sum();

@@ -976,6 +976,8 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
             !ok && err.contains("fc2.bias") && err.contains("non-finite"),
             "{cmd:?}: {err}"
         );
+        // Refused from the file alone, before an adapter is opened.
+        assert!(!err.contains("adapter:"), "{cmd:?}: {err}");
     }
 
     // A missing data folder is refused before the adapter opens.

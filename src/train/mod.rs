@@ -924,17 +924,8 @@ fn summarize(
     }
 }
 
-/// The checkpoint at `path` restored into a new session (its model, dense or masked), `data`
-/// uploaded, and the evaluation plan over it.
-fn restored_eval(
-    gpu: Gpu,
-    path: &Path,
-    data: &crate::data::Dataset,
-) -> Result<(Session, GpuData, Plan)> {
-    restored_eval_of(gpu, &Checkpoint::load(path)?, path, data)
-}
-
-/// `restored_eval` of a checkpoint already in memory (`path` names it in errors).
+/// The checkpoint `ck` (read from `path`, which names it in errors) restored into a new session
+/// (its model, dense or masked), `data` uploaded, and the evaluation plan over it.
 fn restored_eval_of(
     gpu: Gpu,
     ck: &Checkpoint,
@@ -960,21 +951,23 @@ pub fn evaluate_checkpoint(
     path: &Path,
     data: &Mnist,
 ) -> Result<(f64, Vec<LayerStats>, String)> {
-    evaluate_checkpoint_with(gpu, path, data, &mut |_| {})
+    evaluate_checkpoint_with(gpu, &Checkpoint::load(path)?, path, data, &mut |_| {})
 }
 
 /// Evaluation batches per submission where a command reports its progress.
 pub const EVAL_CHUNK: usize = 10;
 
-/// `evaluate_checkpoint` calling `progress(images done)` every `EVAL_CHUNK` batches (`dst eval`
-/// on a slow adapter); the same accuracy.
+/// `evaluate_checkpoint` of a checkpoint already in memory (`path` names it in errors; `dst
+/// eval` loads it before it opens the adapter), calling `progress(images done)` every
+/// `EVAL_CHUNK` batches (`dst eval` on a slow adapter); the same accuracy.
 pub fn evaluate_checkpoint_with(
     gpu: Gpu,
+    ck: &Checkpoint,
     path: &Path,
     data: &Mnist,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(f64, Vec<LayerStats>, String)> {
-    let (session, test, plan) = restored_eval(gpu, path, &data.test)?;
+    let (session, test, plan) = restored_eval_of(gpu, ck, path, &data.test)?;
     let (_, acc) = session.evaluate_in_chunks(&plan, &test, EVAL_CHUNK, progress)?;
     Ok((acc, session.layer_stats()?, session.gpu.describe()))
 }
