@@ -372,7 +372,7 @@ struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     sparse_input: Option<f64>,
     /// Continue the run in this directory from its last checkpoint (its config is reused;
-    /// --epochs may raise the total).
+    /// --epochs may change the total).
     #[arg(long)]
     resume: Option<PathBuf>,
 }
@@ -830,10 +830,11 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if a.dense && a.reset != "paper" {
         bail!("--reset says what a masked layer keeping <= 1 % does; a --dense run has none");
     }
-    if a.dense && (a.sparse_keep.is_some() || a.sparse_input.is_some()) {
+    // (--sparse-input applies to dense layers too: their input's zeros.)
+    if a.dense && a.sparse_keep.is_some() {
         bail!(
-            "--sparse-keep and --sparse-input say when a masked layer's products skip its \
-             pruned weights; a --dense run has no masks"
+            "--sparse-keep says when a masked layer's products skip its pruned weights; a \
+             --dense run has no masks"
         );
     }
     let optimizer = a.optimizer.clone().unwrap_or(d.optimizer.clone());
@@ -1018,9 +1019,13 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             })?;
             let mut cfg: TrainConfig = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a dst run config", path.display()))?;
-            // Only the length of the run may change on resume.
+            // Only the length of the run may change on resume. A targeted run keeps the target
+            // epoch it steered by (the header names it).
             if let Some(epochs) = a.epochs {
                 cfg.epochs = epochs;
+            }
+            if let Some(e) = train::pinned_target_epoch(&cfg, true, dir) {
+                cfg.target_epoch = Some(e);
             }
             cfg.check_data()
                 .map_err(|e| train::resumed_data_error(e, &cfg, dir))?;
@@ -1044,7 +1049,23 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             (cfg, out, false, made_here)
         }
     };
-    cfg.validate()?;
+    if resume {
+        cfg.validate_resumed()?;
+    } else {
+        cfg.validate()?;
+    }
+    // Said with the header, once the run's folder accepts the resumed run.
+    let short_of_target = cfg.target_keep.and_then(|r| {
+        let e = cfg.target_epoch_or_default();
+        (e > cfg.epochs).then(|| {
+            format!(
+                "\nnote: this run steers to keep {}% by epoch {e} and now ends at epoch {}: it \
+                 stops before its keep ratio reaches the target",
+                dst::report::percent(r),
+                cfg.epochs
+            )
+        })
+    });
     // Steps the run will not reach: named as the user's (--lr-steps, or kept from the run a
     // --resume continues) or as the model's own.
     let model_steps =
@@ -1098,7 +1119,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             Some(r) => format!(
                 "alpha from {} steered to keep {}% by epoch {}",
                 cfg.alpha,
-                100.0 * r,
+                dst::report::percent(r),
                 cfg.target_epoch_or_default()
             ),
             None => format!("alpha {}", cfg.alpha),
@@ -1121,6 +1142,10 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             String::new()
         } else {
             format!(", momentum {}", cfg.momentum)
+        } + &if cfg.weight_decay == 0.0 {
+            String::new()
+        } else {
+            format!(", weight decay {}", cfg.weight_decay)
         },
         cfg.seed,
         cfg.data
@@ -1128,7 +1153,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "the embedded MNIST subset".into()),
         out.display()
-    );
+    ) + short_of_target.as_deref().unwrap_or("");
     let mut progress = TermProgress {
         plain,
         ..term_progress()

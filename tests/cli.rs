@@ -66,7 +66,7 @@ fn bad_training_flags_are_clear_errors() {
         // Flags that would do nothing are refused, not ignored.
         (
             &["train", "--dense", "--sparse-keep", "0.5"],
-            "--sparse-keep and --sparse-input say",
+            "--sparse-keep says when a masked layer's",
         ),
         (
             &["train", "--dense", "--alpha", "1e-3"],
@@ -1175,6 +1175,104 @@ fn ctrl_c_keeps_the_epoch_it_interrupts() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A targeted run resumed for another length names the target epoch it keeps steering by (the
+/// default of the length it started with), and one resumed to end before its target epoch goes
+/// on with a note (it was once refused, naming a --target-epoch the command did not give). The
+/// header gives the target as a clean percentage and names a weight decay.
+#[cfg(unix)]
+#[test]
+fn a_targeted_run_resumed_for_another_length_names_its_target_epoch() {
+    let root = empty_folder("tk-resume");
+    let run = root.join("a");
+    let r = run.to_str().unwrap();
+    let (ok, _, err) = dst(&[
+        "train",
+        "--epochs",
+        "3",
+        "--limit-train",
+        "640",
+        "--target-keep",
+        "0.07",
+        "--weight-decay",
+        "0.0001",
+        "--out",
+        r,
+    ]);
+    assert!(ok, "{err}");
+    // 60 % of 3 epochs: epoch 2; 0.07 is "7", not 7.000000000000001.
+    assert!(
+        err.contains("steered to keep 7% by epoch 2,") && err.contains("weight decay 0.0001"),
+        "{err}"
+    );
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "5"]);
+    // Still epoch 2 (5 epochs' default would be 3): the path the controller keeps.
+    assert!(
+        ok && err.contains("steered to keep 7% by epoch 2,"),
+        "{err}"
+    );
+    assert!(!err.contains("stops before"), "{err}");
+
+    let b = root.join("b");
+    let err = train_interrupted_after_first_checkpoint(
+        &b,
+        &["--target-keep", "0.07", "--target-epoch", "150"],
+    );
+    let saved: u64 = err
+        .split("checkpoint of epoch ")
+        .nth(1)
+        .and_then(|t| t.split(':').next())
+        .and_then(|t| t.parse().ok())
+        .expect(&err);
+    let end = (saved + 1).to_string();
+    let (ok, _, err) = dst(&["train", "--resume", b.to_str().unwrap(), "--epochs", &end]);
+    assert!(
+        ok && err.contains(&format!(
+            "steers to keep 7% by epoch 150 and now ends at epoch {end}"
+        )),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// --sparse-input applies to a dense run's first layer (its input's zeros): taken, not refused.
+#[test]
+fn a_dense_run_takes_sparse_input() {
+    let root = empty_folder("dense-si");
+    let plan = |si: Option<&str>| {
+        let out = root.join(si.unwrap_or("default"));
+        let mut args = vec!["train", "--dense", "--epochs", "1", "--limit-train", "128"];
+        if let Some(si) = si {
+            args.extend(["--sparse-input", si]);
+        }
+        args.extend(["--out", out.to_str().unwrap()]);
+        let (ok, _, err) = dst(&args);
+        assert!(ok, "{err}");
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(
+            config["sparse_input"].as_f64(),
+            si.map(|s| s.parse().unwrap())
+        );
+        let n: usize = err
+            .split("plans of ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|t| t.parse().ok())
+            .expect(&err);
+        (n, err.contains(", Cpu,"))
+    };
+    let (never, cpu) = plan(Some("0"));
+    let (default, _) = plan(None);
+    // On CPU adapters the default takes the first layer from the input's nonzeros (W^T written
+    // at every step): another plan than --sparse-input 0's. GPUs default to 0.
+    if cpu {
+        assert_ne!(never, default);
+    } else {
+        assert_eq!(never, default);
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A second Ctrl-C stops a run at once (killed by SIGINT, not at a log point), and still says how
 /// to go on from what the run folder keeps.
 #[cfg(unix)]
@@ -1341,6 +1439,20 @@ fn a_relative_data_folder_resumes_from_anywhere() {
         "{err}"
     );
     assert_eq!(std::fs::read(moved.join("metrics.jsonl")).unwrap(), before);
+    // The advice followed (config.json's "data" set to the new folder): the run goes on with a
+    // note on the data, not a warning that its settings changed.
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(moved.join("config.json")).unwrap()).unwrap();
+    let elsewhere = std::path::absolute(root.join("data-elsewhere")).unwrap();
+    config["data"] = elsewhere.to_str().unwrap().into();
+    std::fs::write(moved.join("config.json"), config.to_string()).unwrap();
+    let (ok, err) = dst_in(&root, &["train", "--resume", "moved", "--epochs", "2"]);
+    assert!(
+        ok && err.contains(&format!("reading the data from {}", elsewhere.display()))
+            && err.contains("if the files are the same")
+            && !err.contains("settings that differ"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

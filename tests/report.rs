@@ -968,3 +968,14 @@ fn bad_report_flags_are_clear_errors() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+/// Target keeps in labels carry no float noise: 0.07 is "7", not "7.000000000000001".
+#[test]
+fn percentages_carry_no_float_noise() {
+    use dst::report::percent;
+    assert_eq!(percent(0.07), "7");
+    assert_eq!(percent(0.029), "2.9");
+    assert_eq!(percent(0.025), "2.5");
+    assert_eq!(percent(1e-9), "0.0000001");
+    assert_eq!(percent(0.123456789), "12.3456789");
+}

@@ -122,6 +122,13 @@ pub fn load_runs_skipping(paths: &[PathBuf]) -> Result<(Vec<Run>, Vec<ReportErro
     Ok((runs, skipped))
 }
 
+/// A fraction as a percentage for labels, without the float noise of `100 * r`: 0.07 gives "7",
+/// 0.029 "2.9", 1e-9 "0.0000001" (12 significant digits at most).
+pub fn percent(r: f64) -> String {
+    let v: f64 = format!("{:.11e}", 100.0 * r).parse().unwrap_or(100.0 * r);
+    format!("{v}")
+}
+
 /// `n` and `word`, plural unless `n` is 1: "1 epoch", "3 epochs".
 pub fn plural(n: usize, word: &str) -> String {
     if n == 1 {

@@ -60,7 +60,7 @@ impl RunConfig {
             return "dense".into();
         }
         let mut k = match self.target_keep {
-            Some(r) => format!("DST target keep {} %", 100.0 * r),
+            Some(r) => format!("DST target keep {} %", super::percent(r)),
             None => format!("DST alpha {}", super::table::fmt_alpha(self.alpha)),
         };
         if let Some(r) = self.reset.as_deref().filter(|r| *r != "paper") {

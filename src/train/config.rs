@@ -179,6 +179,17 @@ impl TrainConfig {
 
     /// Checks every value before any GPU work.
     pub fn validate(&self) -> Result<()> {
+        self.check(false)
+    }
+
+    /// `validate` for a run resumed for another length: its target epoch (`--target-epoch`, or
+    /// the default it was started with) may lie past its new end, where the run stops before
+    /// its keep ratio reaches the target.
+    pub fn validate_resumed(&self) -> Result<()> {
+        self.check(true)
+    }
+
+    fn check(&self, resumed: bool) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
         check_name(&self.model)?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
@@ -271,7 +282,7 @@ impl TrainConfig {
             if self.target_keep.is_none() {
                 return bad("--target-epoch needs --target-keep".into());
             }
-            if e == 0 || e > self.epochs {
+            if e == 0 || (e > self.epochs && !resumed) {
                 return bad(format!(
                     "--target-epoch must be in 1..={} (the run's epochs), got {e}",
                     self.epochs

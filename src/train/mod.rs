@@ -186,14 +186,18 @@ pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
 }
 
 /// Trains per `cfg` into `opts.out`; returns the summary. On resume, `cfg` must be the run's
-/// config (its `epochs` may be raised).
+/// config (its `epochs` may change).
 pub fn train(
     gpu: Gpu,
     cfg: &TrainConfig,
     opts: &RunOptions,
     progress: &mut dyn Progress,
 ) -> Result<Summary> {
-    cfg.validate()?;
+    if opts.resume {
+        cfg.validate_resumed()?;
+    } else {
+        cfg.validate()?;
+    }
     let setup = Instant::now();
     let run = RunDir {
         dir: opts.out.clone(),
@@ -230,7 +234,7 @@ pub fn train(
     // A targeted run resumed for another length keeps the path it steered by: without
     // --target-epoch, the default (60 % of the run) stays that of the length it started with.
     let pinned;
-    let cfg = match pinned_target_epoch(cfg, opts, &run) {
+    let cfg = match pinned_target_epoch(cfg, opts.resume, &run.dir) {
         Some(e) => {
             pinned = TrainConfig {
                 target_epoch: Some(e),
@@ -344,10 +348,9 @@ pub fn train(
             .into_iter()
             .flatten()
             .filter(|(k, v)| {
-                k.as_str() != "epochs"
+                // The data folder: said apart, below.
+                !["epochs", "data"].contains(&k.as_str())
                     && theirs.get(k.as_str()) != Some(*v)
-                    // A relative --data an older version recorded is the same folder.
-                    && !(k.as_str() == "data" && same_data_values(theirs.get("data"), v))
                     // The default target epoch pinned above is the run's own.
                     && !(k.as_str() == "target_epoch"
                         && theirs.get("target_epoch").is_none_or(|t| t.is_null()))
@@ -365,6 +368,24 @@ pub fn train(
                 changed.join(", ")
             ));
         }
+        // A data folder moved (config.json edited, as `resumed_data_error` says): the same run if
+        // the files are the same, which only the user can know. (A relative --data an older
+        // version recorded is the same folder.)
+        let now = ours.get("data").unwrap_or(&serde_json::Value::Null);
+        if let Some(then) = theirs.get("data").filter(|&t| t != now) {
+            if !same_data_values(Some(then), now) {
+                let name = |v: &serde_json::Value| match v.as_str() {
+                    Some(d) => d.to_string(),
+                    None => "the embedded MNIST subset".to_string(),
+                };
+                progress.line(&format!(
+                    "note: reading the data from {} (the checkpoint's run read {}): the result \
+                     matches an uninterrupted run if the files are the same",
+                    name(now),
+                    name(then)
+                ));
+            }
+        }
         // No summary, or one of a shorter run this one extends.
         let summarised = summary_epochs(&run.dir).is_some_and(|e| e >= epoch0);
         let unfinished = !summarised && !history.is_empty();
@@ -381,9 +402,13 @@ pub fn train(
                     run.dir.display()
                 ),
                 _ => format!(
-                    "{} holds all {epoch0} epochs but no summary (it stopped right after its last \
-                     checkpoint): writing the summary and charts",
-                    run.dir.display()
+                    "{} holds {} but no summary (it stopped right after its last checkpoint): \
+                     writing the summary and charts",
+                    run.dir.display(),
+                    match epoch0 {
+                        1 => "its one epoch".to_string(),
+                        n => format!("all {n} epochs"),
+                    }
                 ),
             });
             if let Some(w) = trim_metrics(&run, step)? {
@@ -729,13 +754,17 @@ pub fn summary_epochs(dir: &Path) -> Option<usize> {
     v.get("epochs")?.as_u64().map(|e| e as usize)
 }
 
-/// The target epoch a resumed run must keep: where it steers to a target keep without
-/// `--target-epoch` and is resumed for another length than its checkpoint's config, the default
-/// of that config's length (the controller's path would otherwise move under it).
-fn pinned_target_epoch(cfg: &TrainConfig, opts: &RunOptions, run: &RunDir) -> Option<usize> {
-    if !opts.resume || cfg.target_keep.is_none() || cfg.target_epoch.is_some() {
+/// The target epoch a resumed run (in `dir`) must keep: where it steers to a target keep
+/// without `--target-epoch` and is resumed for another length than its checkpoint's config, the
+/// default of that config's length (the controller's path would otherwise move under it).
+/// `dst train --resume` pins it before it prints the run's header.
+pub fn pinned_target_epoch(cfg: &TrainConfig, resume: bool, dir: &Path) -> Option<usize> {
+    if !resume || cfg.target_keep.is_none() || cfg.target_epoch.is_some() {
         return None;
     }
+    let run = RunDir {
+        dir: dir.to_path_buf(),
+    };
     let meta = Checkpoint::read_metadata(&run.checkpoint()).ok()?;
     let theirs: TrainConfig = serde_json::from_str(meta.get("config")?).ok()?;
     (theirs.epochs != cfg.epochs && theirs.target_epoch.is_none())
