@@ -269,7 +269,9 @@ impl Checkpoint {
             reason,
         };
         let mut f = std::fs::File::open(path).map_err(io)?;
-        let file_len = f.metadata().map_err(io)?.len();
+        // A pipe's size is unknown (0 to stat): a header it cuts short is caught below.
+        let meta = f.metadata().map_err(io)?;
+        let file_len = if meta.is_file() { meta.len() } else { u64::MAX };
         let mut prefix = Vec::with_capacity(PREFIX);
         f.by_ref()
             .take(PREFIX as u64)
@@ -305,6 +307,15 @@ impl Checkpoint {
             path: path.to_path_buf(),
             source,
         })?;
+        if data.is_empty() && !path.is_file() {
+            return Err(CheckpointError::Format {
+                path: path.to_path_buf(),
+                reason: "nothing could be read from it: it is not a regular file (a pipe gives \
+                         its bytes only once, and this command reads the file twice); give the \
+                         file itself"
+                    .into(),
+            });
+        }
         header_len(path, &data[..data.len().min(PREFIX)], data.len() as u64)?;
         let fmt = |e: safetensors::SafeTensorError| CheckpointError::Format {
             path: path.to_path_buf(),

@@ -653,7 +653,12 @@ fn cmd_masks(checkpoint: &std::path::Path, out: Option<PathBuf>) -> anyhow::Resu
             .map(|p| p.to_path_buf())
             .unwrap_or_default()
     });
-    for p in dst::report::mask_images(&ck, &out)? {
+    let pictures = dst::report::mask_images(&ck, &out).map_err(|e| match e {
+        // The checkpoint named, as every other error about it does.
+        dst::report::ReportError::Checkpoint(m) => anyhow::anyhow!("{}: {m}", checkpoint.display()),
+        e => e.into(),
+    })?;
+    for p in pictures {
         println!("{}", p.display());
     }
     Ok(())
@@ -1313,12 +1318,14 @@ fn print_table(layers: &[LayerStats]) {
 }
 
 fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
-    // The checkpoint's model decides the dataset (a model unknown here reads MNIST and is
-    // refused below, with the list of models). Only the test set is scored: an MNIST folder
+    // The checkpoint's model decides the dataset. Only the test set is scored: an MNIST folder
     // needs only its two test files (t10k-*), a CIFAR-10 one its test_batch.bin, as for
     // `dst infer`. `what` names the data in the result line.
-    let meta = dst::checkpoint::Checkpoint::read_metadata(&checkpoint)?;
-    let model = meta.get("model").cloned().unwrap_or_default();
+    // The whole file read and checked once (a damaged tensor, a model this build lacks) before
+    // the adapter opens; once, so that it may come through a pipe.
+    let ck = dst::checkpoint::Checkpoint::load(&checkpoint)?;
+    let model = ck.meta("model").unwrap_or_default().to_string();
+    dst::models::check_name(&model)?;
     let t = dst::export::infer::test_set(&model, data.as_deref())?;
     let mnist =
         dst::models::info(&model).map_or(true, |i| i.dataset == dst::data::DatasetKind::Mnist);
@@ -1331,10 +1338,6 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
         test: t.images,
         source: t.source,
     };
-    // The whole file read and checked (a damaged tensor, a model this build lacks) before the
-    // adapter opens.
-    let ck = dst::checkpoint::Checkpoint::load(&checkpoint)?;
-    dst::models::check_name(&model)?;
     let gpu = Gpu::from_env()?;
     // Said before the work, which takes a while on a CPU adapter.
     eprintln!("adapter: {}", gpu.describe());

@@ -1234,6 +1234,85 @@ fn a_targeted_run_resumed_for_another_length_names_its_target_epoch() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// `dst` with a deadline: (success, stderr), or a failure naming the command that hung.
+#[cfg(unix)]
+fn dst_within(args: &[&str], secs: u64) -> (bool, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed().as_secs() >= secs {
+            let _ = child.kill();
+            panic!("dst {args:?} still running after {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// Pipes: an --out that is a pipe is refused at once (reading it to see whose file it is once
+/// waited forever), and `dst eval` takes a checkpoint through a pipe (it reads it once).
+#[cfg(unix)]
+#[test]
+fn pipes_as_out_are_refused_and_eval_reads_a_piped_checkpoint() {
+    let root = empty_folder("pipes");
+    let p = |n: &str| root.join(n).to_str().unwrap().to_string();
+    let (ok, _, err) = dst(&[
+        "train",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "128",
+        "--out",
+        &p("run"),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = dst(&["export", &p("run"), "--out", &p("e.safetensors")]);
+    assert!(ok, "{err}");
+    let fifo = p("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    for args in [
+        vec!["infer", &p("e.safetensors"), "--out", &fifo],
+        vec!["export", &p("run"), "--out", &fifo],
+    ] {
+        let (ok, err) = dst_within(&args, 60);
+        assert!(
+            !ok && err.contains("is not a regular file"),
+            "{args:?}: {err}"
+        );
+    }
+    // A writer on the other end, as `<(cat checkpoint)` would be.
+    let bytes = std::fs::read(root.join("run/checkpoint.safetensors")).unwrap();
+    let f = fifo.clone();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&f)
+            .and_then(|mut w| w.write_all(&bytes));
+    });
+    let (ok, err) = dst_within(&["eval", "--checkpoint", &fifo], 120);
+    if !ok {
+        // Never opened: a reader here releases the writer.
+        drop(std::fs::File::open(&fifo));
+    }
+    writer.join().unwrap();
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// --sparse-input applies to a dense run's first layer (its input's zeros): taken, not refused.
 #[test]
 fn a_dense_run_takes_sparse_input() {
@@ -1270,6 +1349,13 @@ fn a_dense_run_takes_sparse_input() {
     } else {
         assert_eq!(never, default);
     }
+    // A dense run has no masks to draw: said naming its checkpoint.
+    let ck = root.join("default").join("checkpoint.safetensors");
+    let (ok, _, err) = dst(&["masks", root.join("default").to_str().unwrap()]);
+    assert!(
+        !ok && err.contains(&ck.display().to_string()) && err.contains("no masks to draw"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -598,6 +598,27 @@ fn every_fc_route_gives_the_dense_products_logits() {
     assert!(!ok && err.contains("tpu"), "{err}");
 }
 
+/// A safetensors file's bytes with metadata `key` set to `value` (None: removed), the tensors
+/// as they are.
+fn with_metadata(bytes: &[u8], key: &str, value: Option<&str>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let meta = header["__metadata__"].as_object_mut().unwrap();
+    assert!(meta.contains_key(key), "{key}");
+    match value {
+        Some(v) => meta.insert(key.into(), v.into()),
+        None => meta.remove(key),
+    };
+    let mut h = serde_json::to_vec(&header).unwrap();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend(h);
+    out.extend(&bytes[8 + n..]);
+    out
+}
+
 /// Writes `e` with a valid checksum (so the checks behind it are what refuses) and loads it.
 fn reload(e: &export::Export, dir: &Path, name: &str) -> Result<export::Export, String> {
     let p = dir.join(name);
@@ -653,6 +674,18 @@ fn bad_exports_are_refused_before_any_gpu_work() {
         export::load(&ck_path).map_err(|e| e.to_string()),
         "run `dst export`",
     );
+    // Edited metadata, the tensors untouched: a CSR file relabelled dense (`dst infer` once
+    // reported it as a dense export), or its size claim changed.
+    for (key, value) in [("layout", "dense"), ("dense_f32_bytes", "1")] {
+        std::fs::write(at("relabelled"), with_metadata(&bytes, key, Some(value))).unwrap();
+        refused(
+            export::load(&at("relabelled")).map_err(|e| e.to_string()),
+            "its metadata (model, layout, order, shapes) does not match",
+        );
+    }
+    // An export written before the metadata's hash: loads, its tensors checked.
+    std::fs::write(at("older"), with_metadata(&bytes, "metadata_sha256", None)).unwrap();
+    assert!(export::load(&at("older")).is_ok());
 
     // Another model's tensors under this name, and an unknown model.
     let mut other = good.clone();

@@ -940,6 +940,13 @@ fn check_predictions_out(out: &std::path::Path) -> anyhow::Result<()> {
         "--out {}: is a folder; give the predictions file's path (e.g. predictions.csv)",
         out.display()
     );
+    // A pipe or a device (never read: reading a pipe this process writes would wait forever).
+    anyhow::ensure!(
+        meta.is_file(),
+        "--out {}: is not a regular file (a pipe or a device); the predictions are written to a \
+         file, replaced whole: give a file's path",
+        out.display()
+    );
     let mut head = [0u8; 64];
     let n = std::fs::File::open(out)
         .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
@@ -1082,9 +1089,9 @@ pub fn run(
             .map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
     }
     println!(
-        "test accuracy {:.2}% on the {count} test images of {}, {how} of {} ({} export), {:.0} \
-         images/s",
+        "test accuracy {:.2}% on the {} of {}, {how} of {} ({} export), {:.0} images/s",
         100.0 * correct as f64 / count.max(1) as f64,
+        crate::report::plural(count, "test image"),
         test.source,
         export.model,
         export.layout.name(),
@@ -1296,11 +1303,11 @@ fn bench_evaluation(
     let masked = Restored::new(Gpu::from_env()?, &masked_ck, file, &images)?;
     println!(
         "{} ({} export) has no sparse inference kernels: the trainer's evaluation of the dense \
-         model against the masked one, batches of {}, {} test images of {}",
+         model against the masked one, batches of {}, {} of {}",
         export.model,
         export.layout.name(),
         dense.batch(),
-        images.count,
+        crate::report::plural(images.count, "test image"),
         test.source
     );
     println!(

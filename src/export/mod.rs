@@ -610,6 +610,14 @@ fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
             "is a folder; give the export file's path (e.g. model.safetensors)",
         ));
     }
+    // A pipe or a device (never read: reading a pipe this process writes would wait forever).
+    if !meta.is_file() {
+        return Err(invalid(
+            out,
+            "is not a regular file (a pipe or a device); an export is written to a file, \
+             replaced whole: give a file's path",
+        ));
+    }
     let checkpoint = crate::checkpoint::resolve(checkpoint).unwrap_or(checkpoint.to_path_buf());
     if let (Ok(a), Ok(b)) = (out.canonicalize(), checkpoint.canonicalize()) {
         if a == b {
@@ -722,7 +730,7 @@ fn digest(tensors: &BTreeMap<String, (Dtype, Vec<usize>, &[u8])>) -> String {
 
 /// The safetensors bytes of an export, with metadata: `format`, `model`, `layout`, `order` (a JSON
 /// list of every entry in layer order with its dense shape and storage), one `<name>.shape` per
-/// CSR entry, `dense_f32_bytes` and `sha256` (of the tensors).
+/// CSR entry, `dense_f32_bytes`, `sha256` (of the tensors) and `metadata_sha256` (of the rest).
 pub fn serialize(export: &Export) -> Result<Vec<u8>, String> {
     let all: Vec<_> = export.entries.iter().flat_map(stored).collect();
     let map: BTreeMap<String, (Dtype, Vec<usize>, &[u8])> = all
@@ -762,6 +770,10 @@ pub fn serialize(export: &Export) -> Result<Vec<u8>, String> {
         export.dense_f32_bytes().to_string(),
     );
     meta.insert("sha256".into(), digest(&map));
+    // And one of the rest of the metadata (the tensors' hash included), as a checkpoint has: an
+    // edited layout, order or shape is refused like an edited tensor.
+    let meta_hash = crate::checkpoint::metadata_sha256(&meta);
+    meta.insert(crate::checkpoint::META_HASH_KEY.into(), meta_hash);
     let views = all
         .iter()
         .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
@@ -815,7 +827,11 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
         }
         other => {
             return Err(bad(format!(
-                "not a dst export (metadata `format` is {other:?}, expected {FORMAT:?})"
+                "not a dst export ({}, where a dst export has \"{FORMAT}\")",
+                match other {
+                    Some(f) => format!("its metadata `format` is \"{f}\""),
+                    None => "it has no metadata `format`".to_string(),
+                }
             )))
         }
     }
@@ -835,6 +851,17 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
         return Err(bad(
             "the tensors do not match the file's SHA-256 (the file was modified or damaged)".into(),
         ));
+    }
+    // Exports written before the metadata's hash was added have none, and load with their
+    // tensors checked.
+    if let Some(want) = meta.get(crate::checkpoint::META_HASH_KEY) {
+        if *want != crate::checkpoint::metadata_sha256(&meta) {
+            return Err(bad(format!(
+                "its metadata (model, layout, order, shapes) does not match the SHA-256 in \
+                 `{}`: the file was modified or damaged",
+                crate::checkpoint::META_HASH_KEY
+            )));
+        }
     }
     let model = meta.get("model").cloned().unwrap_or_default();
     let specs = model_params(&model).map_err(|e| bad(format!("metadata `model`: {e}")))?;

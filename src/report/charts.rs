@@ -29,6 +29,47 @@ fn register_font() {
     });
 }
 
+/// `title` broken at spaces into lines that each fit `width` px in the font of `size` px (a word
+/// wider than that alone on its line).
+pub(crate) fn title_lines(title: &str, size: u32, width: u32) -> Vec<&str> {
+    register_font();
+    let font: FontDesc = (FAMILY, size).into_font();
+    let room = width.saturating_sub(24);
+    let fits = |t: &str| font.box_size(t).map_or(true, |(w, _)| w <= room);
+    let mut lines = Vec::new();
+    let mut rest = title;
+    while !fits(rest) {
+        // The longest start that fits and ends before a space (at least one word).
+        let Some(cut) = rest
+            .rmatch_indices(' ')
+            .map(|(i, _)| i)
+            .find(|&i| fits(&rest[..i]))
+            .or_else(|| rest.find(' '))
+        else {
+            break;
+        };
+        lines.push(&rest[..cut]);
+        rest = &rest[cut + 1..];
+    }
+    lines.push(rest);
+    lines
+}
+
+/// Draws `title` at the top of `area` in the font of `size` px, on as many lines as
+/// `title_lines` gives for the area's width (a long note once ran off both edges of a picture),
+/// and returns the area below it.
+pub(crate) fn fit_title<'a>(
+    area: &Area<'a>,
+    title: &str,
+    size: u32,
+) -> Result<Area<'a>, Box<dyn std::error::Error>> {
+    let mut below = area.clone();
+    for line in title_lines(title, size, area.dim_in_pixel().0) {
+        below = below.titled(line, (FAMILY, size))?;
+    }
+    Ok(below)
+}
+
 /// Draws a `w` x `h` picture with `f` and returns it as PNG; `path` names it in errors.
 pub(crate) fn render_png(
     path: &Path,

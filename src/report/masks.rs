@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
-use super::charts::{render_png, Area, DrawResult, FAMILY};
+use super::charts::{fit_title, render_png, title_lines, Area, DrawResult, FAMILY};
 use super::{write_charts, Drawn, ReportError};
 use crate::checkpoint::Checkpoint;
 use crate::kernels::masked::ResetPolicy;
@@ -151,8 +151,8 @@ fn heat_map(
     let norm = |v: f64| (v - vmin) / (vmax - vmin);
     let dim_w = area.dim_in_pixel().0;
     let (main, bar) = area.split_horizontally(dim_w as i32 - 150);
+    let main = fit_title(&main, title, 20)?;
     let mut chart = ChartBuilder::on(&main)
-        .caption(title, (FAMILY, 20))
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(if y_labels.is_some() { 90 } else { 50 })
@@ -240,7 +240,7 @@ fn picture_grid(
     caption: &dyn Fn(usize) -> String,
     cell: &dyn Fn(usize, usize, usize) -> RGBColor,
 ) -> DrawResult {
-    let area = area.titled(title, (FAMILY, 17))?;
+    let area = fit_title(area, title, GRID_TITLE)?;
     let (cw, ch) = (pw as u32 * px, ph as u32 * px);
     let (gap_x, gap_y) = (14u32, 24u32);
     for i in (0..n).filter(|&i| present(i)) {
@@ -272,12 +272,24 @@ fn picture_grid(
     Ok(())
 }
 
-fn grid_size(n: usize, per_row: usize, (ph, pw): (usize, usize), px: u32) -> (u32, u32) {
+/// The size of a `picture_grid` picture, with room for its title on as many lines as it takes.
+fn grid_size(
+    n: usize,
+    per_row: usize,
+    (ph, pw): (usize, usize),
+    px: u32,
+    title: &str,
+) -> (u32, u32) {
     let rows = n.div_ceil(per_row) as u32;
-    let w = 14 + per_row as u32 * (pw as u32 * px + 14) + 14;
-    let h = 40 + 8 + rows * (ph as u32 * px + 24) + 10;
-    (w.max(820), h)
+    let w = (14 + per_row as u32 * (pw as u32 * px + 14) + 14).max(820);
+    // A line of the title takes about 27 px (17 px text and its padding).
+    let more_lines = title_lines(title, GRID_TITLE, w).len() as u32 - 1;
+    let h = 40 + 27 * more_lines + 8 + rows * (ph as u32 * px + 24) + 10;
+    (w, h)
 }
+
+/// The title size of a `picture_grid`, px.
+const GRID_TITLE: u32 = 17;
 
 /// Model keep ratio of a layer's stored mask, and a note when the run's dead-layer policy
 /// (`policy`, its `--reset`) would act on it in the forward pass.
@@ -342,12 +354,14 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         let px = 3;
         let per_row = 8;
         let name = "fc1_neuron_masks.png";
-        let png = render_png(&out.join(name), grid_size(n, per_row, (28, 28), px), |a| {
+        let title = format!(
+            "{model} fc1: the {n} of its {rows} neurons that keep the most inputs (dark: kept); {empty} keep none{epoch}"
+        );
+        let size = grid_size(n, per_row, (28, 28), px, &title);
+        let png = render_png(&out.join(name), size, |a| {
             picture_grid(
                 a,
-                &format!(
-                    "{model} fc1: the {n} of its {rows} neurons that keep the most inputs (dark: kept); {empty} keep none{epoch}"
-                ),
+                &title,
                 n,
                 per_row,
                 (28, 28),
@@ -396,46 +410,47 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         };
         let filter = |i: usize| (i / per_row / 2) * per_row + i % per_row;
         let name = "conv1_filters.png";
+        let title = format!(
+            "{model} conv1: {c_out} filters {kh}x{kw}{channels} (red +, blue -), masks below (dark: kept); keep {:.1}%{epoch}{note}",
+            100.0 * k
+        );
         let png = render_png(
             &out.join(name),
-            grid_size(pictures, per_row, (kh, pw), px),
+            grid_size(pictures, per_row, (kh, pw), px, &title),
             |a| {
                 picture_grid(
-                a,
-                &format!(
-                    "{model} conv1: {c_out} filters {kh}x{kw}{channels} (red +, blue -), masks below (dark: kept); keep {:.1}%{epoch}{note}",
-                    100.0 * k
-                ),
-                pictures,
-                per_row,
-                (kh, pw),
-                px,
-                &|i| filter(i) < c_out,
-                &|i| {
-                    let f = filter(i);
-                    if (i / per_row) % 2 == 0 {
-                        format!("filter {f}")
-                    } else {
-                        let kept = m[f * cols..(f + 1) * cols].iter().filter(|b| **b).count();
-                        format!("mask {kept}/{cols}")
-                    }
-                },
-                &|i, y, x| {
-                    let (band, f) = (i / per_row, filter(i));
-                    let (c, xx) = (x / (kw + 1), x % (kw + 1));
-                    if f >= c_out || xx == kw {
-                        return WHITE;
-                    }
-                    let j = f * cols + (c * kh + y) * kw + xx;
-                    if band % 2 == 0 {
-                        diverging(w[j] as f64 / wmax)
-                    } else if m[j] {
-                        RGBColor(20, 30, 80)
-                    } else {
-                        RGBColor(238, 238, 238)
-                    }
-                },
-            )
+                    a,
+                    &title,
+                    pictures,
+                    per_row,
+                    (kh, pw),
+                    px,
+                    &|i| filter(i) < c_out,
+                    &|i| {
+                        let f = filter(i);
+                        if (i / per_row) % 2 == 0 {
+                            format!("filter {f}")
+                        } else {
+                            let kept = m[f * cols..(f + 1) * cols].iter().filter(|b| **b).count();
+                            format!("mask {kept}/{cols}")
+                        }
+                    },
+                    &|i, y, x| {
+                        let (band, f) = (i / per_row, filter(i));
+                        let (c, xx) = (x / (kw + 1), x % (kw + 1));
+                        if f >= c_out || xx == kw {
+                            return WHITE;
+                        }
+                        let j = f * cols + (c * kh + y) * kw + xx;
+                        if band % 2 == 0 {
+                            diverging(w[j] as f64 / wmax)
+                        } else if m[j] {
+                            RGBColor(20, 30, 80)
+                        } else {
+                            RGBColor(238, 238, 238)
+                        }
+                    },
+                )
             },
         )?;
         pngs.push((name, png));
@@ -504,5 +519,35 @@ mod tests {
         assert_eq!(keep_note(&m, ResetPolicy::None), (0.001, ""));
         m[..20].fill(true);
         assert_eq!(keep_note(&m, ResetPolicy::Paper), (0.02, ""));
+    }
+
+    /// A title too wide for its picture is broken at spaces into lines that each fit (it once ran
+    /// off both edges), and a grid picture grows by the lines it adds; a short one stays one line.
+    #[test]
+    fn long_titles_go_on_more_lines() {
+        use super::{grid_size, title_lines, GRID_TITLE};
+        // 1 of 200 weights kept under the floor: the note that overran.
+        let mut m = vec![false; 200];
+        m[0] = true;
+        let long = format!(
+            "lenet300 fc1: rows keeping each input pixel (keep 0.14%, epoch 3){}",
+            keep_note(&m, ResetPolicy::Floor).1
+        );
+        let lines = title_lines(&long, 20, 610);
+        assert!(lines.len() >= 2, "{lines:?}");
+        assert_eq!(lines.join(" "), long);
+        let font: plotters::style::FontDesc = (super::FAMILY, 20).into();
+        for l in &lines {
+            assert!(font.box_size(l).unwrap().0 <= 610 - 24, "{l}");
+        }
+        assert_eq!(title_lines("lenet300 fc1", 20, 610), ["lenet300 fc1"]);
+        let short = grid_size(48, 8, (28, 28), 3, "fc1");
+        let tall = grid_size(48, 8, (28, 28), 3, &long.repeat(2));
+        assert_eq!(short.0, tall.0);
+        let more = title_lines(&long.repeat(2), GRID_TITLE, short.0).len() as u32 - 1;
+        assert!(
+            more >= 1 && tall.1 == short.1 + 27 * more,
+            "{short:?} {tall:?}"
+        );
     }
 }
