@@ -1177,7 +1177,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         unclaim();
     }
     let s = s?;
-    print_table(&s.last.layers);
+    print_table(&s.last.layers, !s.dense);
     println!(
         "test accuracy {:.2}%, model keep ratio {:.4} ({:.2}% of weights remain), {:.2} ms/step",
         s.last.test_acc,
@@ -1295,8 +1295,16 @@ fn claim_run_dir(root: &std::path::Path, base: &str) -> anyhow::Result<PathBuf> 
 }
 
 /// The per-layer table: the name column as wide as the longest name (a residual block's
-/// `block2_1.shortcut`), so that the columns stay aligned.
-fn print_table(layers: &[LayerStats]) {
+/// `block2_1.shortcut`), so that the columns stay aligned. A dense model has no thresholds: its
+/// threshold columns read "-".
+fn print_table(layers: &[LayerStats], masked: bool) {
+    let t = |v: f64| {
+        if masked {
+            format!("{v:.4}")
+        } else {
+            "-".to_string()
+        }
+    };
     let w = dst::models::name_width(layers.iter().map(|l| l.name.as_str()));
     println!(
         "{:<w$} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
@@ -1304,15 +1312,15 @@ fn print_table(layers: &[LayerStats]) {
     );
     for l in layers {
         println!(
-            "{:<w$} {:>10} {:>10} {:>10} {:>9.4} {:>9.4} {:>9.4} {:>9.4}",
+            "{:<w$} {:>10} {:>10} {:>10} {:>9.4} {:>9} {:>9} {:>9}",
             l.name,
             format!("{}x{}", l.shape[0], l.shape[1]),
             l.kept,
             l.total,
             l.keep_ratio,
-            l.threshold_min,
-            l.threshold_mean,
-            l.threshold_max
+            t(l.threshold_min),
+            t(l.threshold_mean),
+            t(l.threshold_max)
         );
     }
 }
@@ -1327,6 +1335,8 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     let model = ck.meta("model").unwrap_or_default().to_string();
     dst::models::check_name(&model)?;
     let t = dst::export::infer::test_set(&model, data.as_deref())?;
+    // Images of another size: refused naming their folder, before the adapter opens.
+    dst::export::infer::check_test_set(&model, &t)?;
     let mnist =
         dst::models::info(&model).map_or(true, |i| i.dataset == dst::data::DatasetKind::Mnist);
     let what = match data.as_deref() {
@@ -1344,7 +1354,7 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     let mut progress = dst::export::infer::progress_line(data.test.count);
     let (acc, layers, _) =
         train::evaluate_checkpoint_with(gpu, &ck, &checkpoint, &data, &mut progress)?;
-    print_table(&layers);
+    print_table(&layers, ck.meta("masked") != Some("false"));
     let kept: u64 = layers.iter().map(|l| l.kept).sum();
     let total: u64 = layers.iter().map(|l| l.total).sum();
     println!(

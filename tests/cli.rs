@@ -1349,6 +1349,20 @@ fn a_dense_run_takes_sparse_input() {
     } else {
         assert_eq!(never, default);
     }
+    // Nor thresholds: eval's table shows none (not 0.0000).
+    let (ok, stdout, err) = dst(&[
+        "eval",
+        "--checkpoint",
+        root.join("default").to_str().unwrap(),
+    ]);
+    let fc1 = stdout
+        .lines()
+        .find(|l| l.starts_with("fc1 "))
+        .unwrap_or_default();
+    assert!(
+        ok && fc1.ends_with(" -") && !fc1.contains("0.0000"),
+        "{stdout}{err}"
+    );
     // A dense run has no masks to draw: said naming its checkpoint.
     let ck = root.join("default").join("checkpoint.safetensors");
     let (ok, _, err) = dst(&["masks", root.join("default").to_str().unwrap()]);

@@ -950,7 +950,7 @@ fn images_of_another_size_are_refused_before_any_gpu_work() {
         assert!(!ok, "{cmd} accepted 32x32 images");
         assert!(!err.contains("panicked"), "{cmd}: {err}");
         assert!(
-            err.contains("32x32 images, lenet300 expects 28x28"),
+            err.contains(&format!("{data}: 32x32 images, lenet300 expects 28x28")),
             "{cmd}: {err}"
         );
         assert!(
@@ -984,8 +984,13 @@ fn images_of_another_size_are_refused_before_any_gpu_work() {
         "{err}"
     );
     let ck = ck_path.to_str().unwrap();
+    // eval: the folder named, before the adapter opens.
     let (ok, _, err) = dst_cli(&["eval", "--checkpoint", ck, "--data", odd]);
-    assert!(!ok && err.contains("1x7x112 images"), "eval: {err}");
+    assert!(
+        !ok && err.contains(&format!("{odd}: 7x112 images, lenet300 expects 28x28"))
+            && !err.contains("adapter"),
+        "eval: {err}"
+    );
     let out = dir.join("odd-run");
     let (ok, _, err) = dst_cli(&["train", "--data", odd, "--out", out.to_str().unwrap()]);
     assert!(

@@ -205,6 +205,11 @@ pub fn check_images(model: &str, ds: &Dataset) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `check_images` of a test set, the refusal naming where its images came from.
+pub fn check_test_set(model: &str, t: &TestSet) -> anyhow::Result<()> {
+    check_images(model, &t.images).map_err(|e| anyhow::anyhow!("{}: {e}", t.source))
+}
+
 /// The test set inference classifies, and where it came from.
 pub struct TestSet {
     pub images: Dataset,
@@ -1010,7 +1015,7 @@ pub fn run(
     let export = super::load(file)?;
     let sparse = has_sparse(&export.model);
     let test = test_set(&export.model, data)?;
-    check_images(&export.model, &test.images)?;
+    check_test_set(&export.model, &test)?;
     // Built before the adapter opens: an export without the model's tensors fails here.
     let dense = if sparse {
         None
@@ -1160,7 +1165,7 @@ pub fn bench(
         return bench_evaluation(file, &export, data, samples);
     }
     let test = load_test(data)?;
-    check_images(&export.model, &test.images)?;
+    check_test_set(&export.model, &test)?;
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.describe());
     let kernels = Kernels::new(&gpu, None)?;
@@ -1289,7 +1294,7 @@ fn bench_evaluation(
 ) -> anyhow::Result<()> {
     use crate::train::Restored;
     let test = test_set(&export.model, data)?;
-    check_images(&export.model, &test.images)?;
+    check_test_set(&export.model, &test)?;
     let images = test.images.limit(samples.max(1));
     let dense_ck = super::to_checkpoint(export).map_err(anyhow::Error::msg)?;
     let masked_ck = super::to_masked_checkpoint(export).map_err(anyhow::Error::msg)?;
