@@ -1258,8 +1258,8 @@ fn dst_within(args: &[&str], secs: u64) -> (bool, String) {
     )
 }
 
-/// Pipes: an --out that is a pipe is refused at once (reading it to see whose file it is once
-/// waited forever), and `dst eval` takes a checkpoint through a pipe (it reads it once).
+/// Pipes: an --out file that is a pipe is refused at once (infer, export, report: reading it to
+/// see whose file it is once waited forever), and `dst eval` takes a checkpoint through a pipe (it reads it once).
 #[cfg(unix)]
 #[test]
 fn pipes_as_out_are_refused_and_eval_reads_a_piped_checkpoint() {
@@ -1286,6 +1286,7 @@ fn pipes_as_out_are_refused_and_eval_reads_a_piped_checkpoint() {
     for args in [
         vec!["infer", &p("e.safetensors"), "--out", &fifo],
         vec!["export", &p("run"), "--out", &fifo],
+        vec!["report", &p("run"), "--out", &fifo],
     ] {
         let (ok, err) = dst_within(&args, 60);
         assert!(

@@ -197,6 +197,14 @@ pub fn check_own_text(path: &Path, header: &str, what: &str) -> Result<(), Repor
     if meta.is_dir() {
         return Err(refuse("is a folder; give the file's path".to_string()));
     }
+    // A pipe or a device: never read (reading a pipe this process writes would wait forever).
+    if !meta.is_file() {
+        return Err(refuse(
+            "is not a regular file (a pipe or a device): dst writes its reports to files, \
+             replaced whole; give a file's path"
+                .to_string(),
+        ));
+    }
     // The file's first header.len() bytes (fewer if it is shorter).
     let mut head = Vec::new();
     let read = std::fs::File::open(path).and_then(|f| {
