@@ -1231,6 +1231,37 @@ fn a_targeted_run_resumed_for_another_length_names_its_target_epoch() {
         )),
         "{err}"
     );
+
+    // A target below what the dead-layer policy lets the model keep: noted (LeNet-300-100's
+    // floor: one weight per row, 410 of 266,200), not under --reset none.
+    for (reset, note) in [
+        ("floor", Some("about 0.15%")),
+        ("paper", Some("about 1%")),
+        ("none", None),
+    ] {
+        let out = root.join(format!("low-{reset}"));
+        let (ok, _, err) = dst(&[
+            "train",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "128",
+            "--target-keep",
+            "0.0001",
+            "--reset",
+            reset,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        match note {
+            Some(n) => assert!(
+                err.contains("--target-keep 0.01% is below what") && err.contains(n),
+                "{reset}: {err}"
+            ),
+            None => assert!(!err.contains("is below what"), "{reset}: {err}"),
+        }
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
 

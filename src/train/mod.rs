@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::Checkpoint;
 use crate::data::Mnist;
 use crate::gpu::Gpu;
+use crate::kernels::masked::ResetPolicy;
 use crate::kernels::StepInfo;
 use crate::models::check_name;
 use crate::nn::Mode;
@@ -272,6 +273,19 @@ pub fn train(
         cfg.optimizer().is_adam(),
     )?;
     session.reset = cfg.reset_policy();
+    if let Some(r) = cfg.target_keep {
+        let (low, why) = lowest_reachable_keep(&session.model.mask_views(), session.reset);
+        if r < low {
+            notes.push(format!(
+                "note: --target-keep {}% is below what --reset {} lets {} keep (about {}%: {why}); \
+                 the run steers towards it but stays above",
+                crate::report::percent(r),
+                cfg.reset,
+                cfg.model,
+                crate::report::percent((low * 1e4).round() / 1e4)
+            ));
+        }
+    }
     if let Some(r) = cfg.sparse_keep {
         session.sparse_keep = r;
         session.sparse_keep_conv = r;
@@ -843,6 +857,31 @@ pub fn resumed_data_error(e: TrainError, cfg: &TrainConfig, dir: &Path) -> Train
             ))
         }
         _ => e,
+    }
+}
+
+/// About the lowest model keep ratio the dead-layer policy lets the masked matrices `views`
+/// reach, and why. The paper's reset turns a matrix keeping 1 % or less dense again, so each
+/// keeps more than 1 %; the floor keeps each row's strongest weight in a matrix at 1 % or less, so
+/// each keeps at least min(its rows, 1 % of its weights); without a reset, nothing.
+pub fn lowest_reachable_keep(
+    views: &[crate::nn::MaskView],
+    policy: ResetPolicy,
+) -> (f64, &'static str) {
+    let total: usize = views.iter().map(|v| v.rows * v.cols).sum();
+    let kept = |per: &dyn Fn(&crate::nn::MaskView) -> f64| {
+        views.iter().map(per).sum::<f64>() / total.max(1) as f64
+    };
+    match policy {
+        ResetPolicy::Paper => (
+            kept(&|v| 0.01 * (v.rows * v.cols) as f64),
+            "a layer keeping 1% or less turns dense again; --reset floor goes lower",
+        ),
+        ResetPolicy::Floor => (
+            kept(&|v| (v.rows as f64).min(0.01 * (v.rows * v.cols) as f64)),
+            "a layer at 1% or less keeps each row's strongest weight",
+        ),
+        ResetPolicy::None | ResetPolicy::Count => (0.0, ""),
     }
 }
 
