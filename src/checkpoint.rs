@@ -310,9 +310,9 @@ impl Checkpoint {
         if data.is_empty() && !path.is_file() {
             return Err(CheckpointError::Format {
                 path: path.to_path_buf(),
-                reason: "nothing could be read from it: it is not a regular file (a pipe gives \
-                         its bytes only once, and this command reads the file twice); give the \
-                         file itself"
+                reason: "nothing could be read from it: it is not a regular file, and a pipe \
+                         gives its bytes only once (most commands read a checkpoint twice); give \
+                         the file itself"
                     .into(),
             });
         }
