@@ -55,8 +55,23 @@ pub fn run(
     rounds: u32,
     gpu_forms: bool,
 ) -> anyhow::Result<()> {
-    for m in models {
+    for (i, m) in models.iter().enumerate() {
         crate::models::check_name(m)?;
+        if models[..i].contains(m) {
+            anyhow::bail!("--model {m} is given twice: each model is timed once");
+        }
+    }
+    // Flags of the step times: said to do nothing rather than ignored.
+    if steps == 0 {
+        for (given, flag) in [
+            (profile, "--profile"),
+            (checkpoint.is_some(), "--checkpoint"),
+            (data.is_some(), "--data"),
+        ] {
+            if given {
+                anyhow::bail!("{flag} is for the step times, which --steps 0 leaves out");
+            }
+        }
     }
     if rounds == 0 {
         anyhow::bail!("--rounds must be >= 1 (each round times every step variant once)");
@@ -1047,14 +1062,19 @@ fn step_times(
         .and_then(|(c, _)| c.meta("config"))
         .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
         .filter(|r| r.model == model);
-    if let (Some(r), Some((_, path))) = (run, ck) {
+    if let (Some(r), Some((c, path))) = (run, ck) {
+        // A --target-keep run's alpha moves: the one it had reached at its checkpoint.
+        let alpha = c
+            .meta("alpha")
+            .and_then(|a| a.parse::<f64>().ok())
+            .unwrap_or(r.alpha);
         cfg = TrainConfig {
             optimizer: r.optimizer,
             lr: r.lr,
             momentum: r.momentum,
             weight_decay: r.weight_decay,
             batch: r.batch,
-            alpha: r.alpha,
+            alpha,
             ..cfg
         };
         println!(

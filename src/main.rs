@@ -646,6 +646,13 @@ fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
 fn cmd_masks(checkpoint: &std::path::Path, out: Option<PathBuf>) -> anyhow::Result<()> {
     // A run folder reads as its checkpoint, and its pictures go into it.
     let checkpoint = &dst::checkpoint::resolve(checkpoint)?;
+    // A checkpoint that is no file in a folder (a pipe) has no run folder to draw into.
+    if out.is_none() && !checkpoint.is_file() {
+        bail!(
+            "{}: not a checkpoint file in a run folder, where the pictures would go: give --out",
+            checkpoint.display()
+        );
+    }
     let ck = dst::checkpoint::Checkpoint::load(checkpoint)?;
     let out = out.unwrap_or_else(|| {
         checkpoint
@@ -1121,6 +1128,8 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         if cfg.dense { "dense" } else { "DST" },
         cfg.model,
         match cfg.target_keep {
+            // A dense run has no thresholds for alpha to push.
+            _ if cfg.dense => "no masks".to_string(),
             Some(r) => format!(
                 "alpha from {} steered to keep {}% by epoch {}",
                 cfg.alpha,

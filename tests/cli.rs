@@ -1211,6 +1211,25 @@ fn a_targeted_run_resumed_for_another_length_names_its_target_epoch() {
         "{err}"
     );
     assert!(!err.contains("stops before"), "{err}");
+    // bench steps from the checkpoint with the alpha the run had reached, not its start.
+    let meta = dst::checkpoint::Checkpoint::read_metadata(&run).unwrap();
+    let alpha: f64 = meta["alpha"].parse().unwrap();
+    assert_ne!(alpha, 5e-4);
+    let (ok, stdout, err) = dst(&[
+        "bench",
+        "--reps",
+        "0",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--checkpoint",
+        r,
+    ]);
+    assert!(
+        ok && stdout.contains(&format!("alpha {alpha}\n")),
+        "{stdout}{err}"
+    );
 
     let b = root.join("b");
     let err = train_interrupted_after_first_checkpoint(
@@ -1263,6 +1282,36 @@ fn a_targeted_run_resumed_for_another_length_names_its_target_epoch() {
         }
     }
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// `dst bench` refuses what it would silently ignore: a step-time flag with --steps 0, and a
+/// model given twice (it was timed twice).
+#[test]
+fn bench_refuses_flags_it_would_ignore() {
+    for (args, want) in [
+        (
+            &["bench", "--reps", "1", "--steps", "0", "--profile"][..],
+            "--profile is for the step times, which --steps 0 leaves out",
+        ),
+        (
+            &["bench", "--reps", "1", "--steps", "0", "--checkpoint", "x"][..],
+            "--checkpoint is for the step times",
+        ),
+        (
+            &["bench", "--reps", "1", "--steps", "0", "--data", "x"][..],
+            "--data is for the step times",
+        ),
+        (
+            &["bench", "--model", "lenet300", "--model", "lenet300"][..],
+            "--model lenet300 is given twice",
+        ),
+    ] {
+        let (ok, _, err) = dst(args);
+        assert!(
+            !ok && err.contains(want) && !err.contains("adapter:"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// `dst` with a deadline: (success, stderr), or a failure naming the command that hung.
@@ -1325,6 +1374,9 @@ fn pipes_as_out_are_refused_and_eval_reads_a_piped_checkpoint() {
             "{args:?}: {err}"
         );
     }
+    // masks draws into a checkpoint's run folder: a pipe has none.
+    let (ok, err) = dst_within(&["masks", &fifo], 60);
+    assert!(!ok && err.contains("give --out"), "{err}");
     // A writer on the other end, as `<(cat checkpoint)` would be.
     let bytes = std::fs::read(root.join("run/checkpoint.safetensors")).unwrap();
     let f = fifo.clone();
@@ -1357,7 +1409,11 @@ fn a_dense_run_takes_sparse_input() {
         }
         args.extend(["--out", out.to_str().unwrap()]);
         let (ok, _, err) = dst(&args);
-        assert!(ok, "{err}");
+        // No alpha named for a model without masks.
+        assert!(
+            ok && err.contains("training dense lenet300 (no masks, "),
+            "{err}"
+        );
         let config: serde_json::Value =
             serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
         assert_eq!(

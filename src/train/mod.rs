@@ -851,7 +851,7 @@ pub fn resumed_data_error(e: TrainError, cfg: &TrainConfig, dir: &Path) -> Train
             TrainError::Refused(format!(
                 "{e}; {} reads its data from {} (its config.json records that folder): put the \
                  files back there, or, if they moved, set \"data\" in its config.json to their \
-                 new folder; nothing was changed",
+                 new folder (its absolute path); nothing was changed",
                 dir.display(),
                 d.display()
             ))
