@@ -607,7 +607,9 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
                     "a report of `dst report`",
                 )?;
             }
-            let md = dst::report::report_markdown(&dst::report::load_runs(&runs)?);
+            let runs = dst::report::load_runs(&runs)?;
+            warn_torn(&runs);
+            let md = dst::report::report_markdown(&runs);
             match out {
                 Some(p) => {
                     dst::report::write_text(&p, &md)?;
@@ -620,8 +622,22 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
     }
 }
 
+/// A warning per run whose metrics.jsonl ended in a line cut short or damaged (left out).
+fn warn_torn(runs: &[dst::report::Run]) {
+    for r in runs {
+        if let Some(n) = r.torn_line {
+            eprintln!(
+                "warning: {}: line {n}, the last, is cut short or damaged (a crash mid-write?): \
+                 left out",
+                r.dir.join("metrics.jsonl").display()
+            );
+        }
+    }
+}
+
 fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
     let runs = dst::report::load_runs(runs)?;
+    warn_torn(&runs);
     let out = out.unwrap_or_else(|| match runs.as_slice() {
         [one] => one.dir.clone(),
         _ => PathBuf::from("plots"),

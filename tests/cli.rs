@@ -1284,6 +1284,35 @@ fn a_targeted_run_resumed_for_another_length_names_its_target_epoch() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A metrics.jsonl whose last line is damaged (a crash mid-write): plot and report leave it out
+/// with a warning naming it (they once dropped it silently).
+#[test]
+fn plot_and_report_name_a_damaged_last_metrics_line() {
+    let root = empty_folder("torn");
+    let run = root.join("run");
+    let r = run.to_str().unwrap();
+    let (ok, _, err) = dst(&["train", "--epochs", "1", "--limit-train", "128", "--out", r]);
+    assert!(ok, "{err}");
+    let metrics = run.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    let n = text.lines().count() + 1;
+    text.push_str("{\"kind\": \"epo\n");
+    std::fs::write(&metrics, text).unwrap();
+    let want = format!(
+        "{}: line {n}, the last, is cut short or damaged",
+        metrics.display()
+    );
+    let plots = root.join("plots");
+    for args in [
+        vec!["plot", r, "--out", plots.to_str().unwrap()],
+        vec!["report", r],
+    ] {
+        let (ok, _, err) = dst(&args);
+        assert!(ok && err.contains(&want), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// `dst bench` refuses what it would silently ignore: a step-time flag with --steps 0, and a
 /// model given twice (it was timed twice).
 #[test]

@@ -188,6 +188,9 @@ pub struct Run {
     pub epochs: Vec<EpochLine>,
     /// None while the run has not finished.
     pub summary: Option<SummaryFile>,
+    /// The line of `metrics.jsonl` left out as cut short or damaged (its last: a crash
+    /// mid-write), for the commands to warn about.
+    pub torn_line: Option<usize>,
 }
 
 impl Run {
@@ -196,10 +199,10 @@ impl Run {
     pub fn load(dir: &Path) -> Result<Run, ReportError> {
         let config: RunConfig = read_json(&dir.join("config.json"))?;
         let metrics = dir.join("metrics.jsonl");
-        let (steps, epochs) = if metrics.exists() {
+        let (steps, epochs, torn_line) = if metrics.exists() {
             read_metrics(&metrics)?
         } else {
-            (Vec::new(), Vec::new())
+            (Vec::new(), Vec::new(), None)
         };
         let sp = dir.join("summary.json");
         let summary = if sp.exists() {
@@ -213,6 +216,7 @@ impl Run {
             steps,
             epochs,
             summary,
+            torn_line,
         })
     }
 
@@ -250,8 +254,10 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
 /// Reads `metrics.jsonl`. A resumed run may have logged a step or an epoch twice (the lines of an
 /// interrupted epoch, then the same epoch again after the resume): a line whose step (epoch) is
 /// not after the last one kept replaces everything from that point on, so the result is the
-/// history of the run as it finally went. A torn last line (a crash mid-write) is skipped.
-fn read_metrics(path: &Path) -> Result<(Vec<StepLine>, Vec<EpochLine>), ReportError> {
+/// history of the run as it finally went. A torn last line (a crash mid-write) is skipped, its
+/// number returned.
+type Metrics = (Vec<StepLine>, Vec<EpochLine>, Option<usize>);
+fn read_metrics(path: &Path) -> Result<Metrics, ReportError> {
     let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
         path: path.to_path_buf(),
         source,
@@ -259,13 +265,17 @@ fn read_metrics(path: &Path) -> Result<(Vec<StepLine>, Vec<EpochLine>), ReportEr
     let mut steps: Vec<StepLine> = Vec::new();
     let mut epochs: Vec<EpochLine> = Vec::new();
     let n = text.lines().count();
+    let mut torn = None;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let v: serde_json::Value = match serde_json::from_str(line) {
             Ok(v) => v,
-            Err(_) if i + 1 == n => continue,
+            Err(_) if i + 1 == n => {
+                torn = Some(n);
+                continue;
+            }
             Err(e) => {
                 return Err(ReportError::Format {
                     path: path.to_path_buf(),
@@ -293,5 +303,5 @@ fn read_metrics(path: &Path) -> Result<(Vec<StepLine>, Vec<EpochLine>), ReportEr
             _ => {}
         }
     }
-    Ok((steps, epochs))
+    Ok((steps, epochs, torn))
 }
