@@ -1490,18 +1490,49 @@ fn a_dense_run_takes_sparse_input() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// `child` (its stderr piped) sent `signals` Ctrl-Cs 50 ms apart once its stderr has a line
+/// starting with `mark`: its exit status and all its stderr.
+#[cfg(unix)]
+fn ctrl_c_after(
+    mut child: std::process::Child,
+    mark: &str,
+    signals: usize,
+) -> (std::process::ExitStatus, String) {
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut err = String::new();
+    for l in lines.by_ref() {
+        let l = l.unwrap();
+        err.push_str(&l);
+        err.push('\n');
+        if l.starts_with(mark) {
+            break;
+        }
+    }
+    for i in 0..signals {
+        if i > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        sigint(child.id());
+    }
+    for l in lines {
+        err.push_str(&l.unwrap());
+        err.push('\n');
+    }
+    (child.wait().unwrap(), err)
+}
+
 /// A second Ctrl-C stops a run at once (killed by SIGINT, not at a log point), and still says how
 /// to go on from what the run folder keeps.
 #[cfg(unix)]
 #[test]
 fn a_second_ctrl_c_stops_at_once_and_says_how_to_go_on() {
-    use std::io::BufRead;
     use std::os::unix::process::ExitStatusExt;
     let root = empty_folder("int-twice");
     let run = root.join("run");
     // 1250 steps (the embedded subset's 10,000 images in batches of 8) to the first log point:
     // both signals land well before it, 50 ms apart.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dst"))
+    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
         .args([
             "train",
             "--epochs",
@@ -1516,24 +1547,7 @@ fn a_second_ctrl_c_stops_at_once_and_says_how_to_go_on() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut err = String::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        err.push_str(&l);
-        err.push('\n');
-        if l.starts_with("ready in") {
-            break;
-        }
-    }
-    sigint(child.id());
-    std::thread::sleep(std::time::Duration::from_millis(50));
-    sigint(child.id());
-    for l in lines {
-        err.push_str(&l.unwrap());
-        err.push('\n');
-    }
-    let status = child.wait().unwrap();
+    let (status, err) = ctrl_c_after(child, "ready in", 2);
     // Killed by SIGINT (2), not an exit with status 130 at a log point.
     assert_eq!(status.signal(), Some(2), "{status:?}: {err}");
     assert!(
@@ -1550,31 +1564,15 @@ fn a_second_ctrl_c_stops_at_once_and_says_how_to_go_on() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_while_a_sweeps_run_sets_up_says_how_to_go_on() {
-    use std::io::BufRead;
     let root = empty_folder("int-sweep");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dst"))
+    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
         .args(["sweep", "--alpha", "5e-4", "--no-dense", "--epochs", "50"])
         .args(["--limit-train", "640", "--log-every", "2", "--out"])
         .arg(root.join("sw"))
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut err = String::new();
-    for l in lines.by_ref() {
-        let l = l.unwrap();
-        err.push_str(&l);
-        err.push('\n');
-        if l.starts_with("[1/1]") {
-            break;
-        }
-    }
-    sigint(child.id());
-    for l in lines {
-        err.push_str(&l.unwrap());
-        err.push('\n');
-    }
-    let status = child.wait().unwrap();
+    let (status, err) = ctrl_c_after(child, "[1/1]", 1);
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
