@@ -77,7 +77,8 @@ enum Command {
         models: Vec<String>,
         /// Also time each dispatch of the dense step and of a DST step alone and print where the
         /// time goes, per layer and kernel, side by side (the DST step with the adapter's default
-        /// products: from --checkpoint when given).
+        /// products: from --checkpoint when given); each dispatch's median over 15 steps of its
+        /// own, whatever --steps is.
         #[arg(long)]
         profile: bool,
         /// A DST checkpoint of the (one) --model: also time DST steps from it, with dense products,
