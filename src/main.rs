@@ -1053,7 +1053,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             if let Some(epochs) = a.epochs {
                 cfg.epochs = epochs;
             }
-            if let Some(e) = train::pinned_target_epoch(&cfg, true, dir) {
+            if let Some(e) = train::pinned_target_epoch(&cfg, dir) {
                 cfg.target_epoch = Some(e);
             }
             cfg.check_data()
@@ -1141,7 +1141,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     let plain = !std::io::stderr().is_terminal();
     eprintln!("adapter: {}", gpu.describe());
     let header = format!(
-        "training {} {} ({}{}, {}, batch {}, {} lr {}{}{}, seed {}) on {} -> {}",
+        "training {} {} ({}{}, {}, batch {}, {} lr {}{}{}{}, seed {}) on {} -> {}",
         if cfg.dense { "dense" } else { "DST" },
         cfg.model,
         match cfg.target_keep {
@@ -1173,7 +1173,8 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             String::new()
         } else {
             format!(", momentum {}", cfg.momentum)
-        } + &if cfg.weight_decay == 0.0 {
+        },
+        if cfg.weight_decay == 0.0 {
             String::new()
         } else {
             format!(", weight decay {}", cfg.weight_decay)
@@ -1352,14 +1353,14 @@ fn print_table(layers: &[LayerStats], masked: bool) {
 }
 
 fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
-    // The checkpoint's model decides the dataset. Only the test set is scored: an MNIST folder
-    // needs only its two test files (t10k-*), a CIFAR-10 one its test_batch.bin, as for
-    // `dst infer`. `what` names the data in the result line.
     // The whole file read and checked once (a damaged tensor, a model this build lacks) before
     // the adapter opens; once, so that it may come through a pipe.
     let ck = dst::checkpoint::Checkpoint::load(&checkpoint)?;
     let model = ck.meta("model").unwrap_or_default().to_string();
     dst::models::check_name(&model)?;
+    // The checkpoint's model decides the dataset. Only the test set is scored: an MNIST folder
+    // needs only its two test files (t10k-*), a CIFAR-10 one its test_batch.bin, as for
+    // `dst infer`. `what` names the data in the result line.
     let t = dst::export::infer::test_set(&model, data.as_deref())?;
     // Images of another size: refused naming their folder, before the adapter opens.
     dst::export::infer::check_test_set(&model, &t)?;

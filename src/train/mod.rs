@@ -235,7 +235,11 @@ pub fn train(
     // A targeted run resumed for another length keeps the path it steered by: without
     // --target-epoch, the default (60 % of the run) stays that of the length it started with.
     let pinned;
-    let cfg = match pinned_target_epoch(cfg, opts.resume, &run.dir) {
+    let cfg = match opts
+        .resume
+        .then(|| pinned_target_epoch(cfg, &run.dir))
+        .flatten()
+    {
         Some(e) => {
             pinned = TrainConfig {
                 target_epoch: Some(e),
@@ -772,8 +776,8 @@ pub fn summary_epochs(dir: &Path) -> Option<usize> {
 /// without `--target-epoch` and is resumed for another length than its checkpoint's config, the
 /// default of that config's length (the controller's path would otherwise move under it).
 /// `dst train --resume` pins it before it prints the run's header.
-pub fn pinned_target_epoch(cfg: &TrainConfig, resume: bool, dir: &Path) -> Option<usize> {
-    if !resume || cfg.target_keep.is_none() || cfg.target_epoch.is_some() {
+pub fn pinned_target_epoch(cfg: &TrainConfig, dir: &Path) -> Option<usize> {
+    if cfg.target_keep.is_none() || cfg.target_epoch.is_some() {
         return None;
     }
     let run = RunDir {
@@ -864,7 +868,7 @@ pub fn resumed_data_error(e: TrainError, cfg: &TrainConfig, dir: &Path) -> Train
 /// reach, and why. The paper's reset turns a matrix keeping 1 % or less dense again, so each
 /// keeps more than 1 %; the floor keeps each row's strongest weight in a matrix at 1 % or less, so
 /// each keeps at least min(its rows, 1 % of its weights); without a reset, nothing.
-pub fn lowest_reachable_keep(
+fn lowest_reachable_keep(
     views: &[crate::nn::MaskView],
     policy: ResetPolicy,
 ) -> (f64, &'static str) {
