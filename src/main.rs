@@ -453,6 +453,10 @@ fn main() -> ExitCode {
                         c.downcast_ref::<dst::study::StudyError>(),
                         Some(dst::study::StudyError::Interrupted { .. })
                     )
+                    || matches!(
+                        c.downcast_ref::<dst::data::fetch::FetchError>(),
+                        Some(dst::data::fetch::FetchError::Interrupted { .. })
+                    )
             });
             // 130: the shell's code for a command stopped by Ctrl-C.
             if interrupted {
@@ -1401,6 +1405,11 @@ fn cmd_fetch(dataset: &str, to: &std::path::Path, extra: Vec<String>) -> anyhow:
         bail!("--mirror {m}: give a base URL starting with http:// or https://");
     }
     let mut mirrors = extra;
+    // The first Ctrl-C stops the download and removes what it left; a second stops at once.
+    let _catching = train::interrupt::Catching::saying(
+        "stopping the download (Ctrl-C again to stop at once)",
+        "`dst fetch` run again removes what this download left",
+    );
     match dataset {
         "mnist" => {
             mirrors.extend(fetch::MNIST_MIRRORS.iter().map(|s| s.to_string()));

@@ -1559,6 +1559,74 @@ fn a_second_ctrl_c_stops_at_once_and_says_how_to_go_on() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A local server whose every answer is a 200 with a 100 MB body it trickles out (1 KB each 20 ms)
+/// until the client goes: a download that Ctrl-C has to stop. Its base URL.
+#[cfg(unix)]
+fn trickling_server() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n";
+                if conn.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                while conn.write_all(&[0x1f; 1024]).is_ok() {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            });
+        }
+    });
+    base
+}
+
+/// Ctrl-C during `dst fetch` stops the download with status 130 and leaves nothing behind: no
+/// target folder, no folder above it that the fetch made, no partial archive (`.NAME.part`).
+/// Once the folder was left empty, and CIFAR-10's hidden `.part` folder held the partial archive.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_a_fetch_and_leaves_nothing() {
+    let root = empty_folder("int-fetch");
+    let base = trickling_server();
+    for (dataset, mark) in [
+        ("mnist", "train-images-idx3-ubyte.gz: downloading"),
+        ("cifar10", "cifar-10-binary.tar.gz: downloading"),
+    ] {
+        let to = root.join("made").join(dataset);
+        let child = Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(["fetch", dataset, "--mirror", &base, "--to"])
+            .arg(&to)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Well into the body: the download is under way when the signal comes.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (status, err) = ctrl_c_after(child, mark, 1);
+        assert_eq!(status.code(), Some(130), "{dataset}: {err}");
+        assert!(
+            err.contains("stopping the download") && err.contains("stopped by Ctrl-C"),
+            "{dataset}: {err}"
+        );
+        assert!(!err.contains("every mirror failed"), "{dataset}: {err}");
+        let left: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{dataset} left {left:?}: {err}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// Ctrl-C as a sweep's run sets up (before its adapter and data are ready): the run stops at its
 /// first log point with the message that says how to go on (the process once died silently).
 #[cfg(unix)]

@@ -69,6 +69,8 @@ pub enum AttemptError {
     Md5Mismatch { expected: String, got: String },
     /// The archive (with the right checksum) could not be unpacked or holds bad files.
     Archive(String),
+    /// Ctrl-C asked the fetch to stop (see `crate::train::interrupt`): no other mirror is tried.
+    Interrupted,
 }
 
 impl fmt::Display for AttemptError {
@@ -84,6 +86,7 @@ impl fmt::Display for AttemptError {
                 write!(f, "MD5 mismatch: expected {expected}, got {got}")
             }
             AttemptError::Archive(e) => write!(f, "{e}"),
+            AttemptError::Interrupted => write!(f, "stopped by Ctrl-C"),
         }
     }
 }
@@ -134,6 +137,39 @@ pub enum FetchError {
         dataset: &'static str,
         reason: String,
     },
+    /// Ctrl-C stopped the fetch; what it was downloading was not kept.
+    #[error("{file}: the download was stopped by Ctrl-C and not kept; {kept}")]
+    Interrupted { file: String, kept: String },
+}
+
+/// Whether Ctrl-C asked a fetch to stop, as an attempt's error.
+fn check_interrupt() -> Result<(), AttemptError> {
+    if crate::train::interrupt::requested() {
+        Err(AttemptError::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// A body read in 64 KiB pieces into `sink`, stopping when Ctrl-C asks; `on_piece` sees each
+/// piece's bytes and the total so far.
+fn read_body(
+    body: &mut dyn Read,
+    sink: &mut dyn FnMut(&[u8], u64) -> Result<(), AttemptError>,
+) -> Result<(), AttemptError> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        check_interrupt()?;
+        let n = match body.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(AttemptError::Network(e.to_string())),
+        };
+        total += n as u64;
+        sink(&buf[..n], total)?;
+    }
 }
 
 /// Lower-case hex SHA-256 of `bytes`.
@@ -167,12 +203,17 @@ fn download(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, AttemptError> {
     if !(200..300).contains(&status) {
         return Err(AttemptError::Status(status));
     }
-    response
+    let mut body = response
         .into_body()
         .into_with_config()
         .limit(MAX_DOWNLOAD)
-        .read_to_vec()
-        .map_err(|e| AttemptError::Network(e.to_string()))
+        .reader();
+    let mut bytes = Vec::new();
+    read_body(&mut body, &mut |piece, _| {
+        bytes.extend_from_slice(piece);
+        Ok(())
+    })?;
+    Ok(bytes)
 }
 
 /// Writes `bytes` to `dest` through a temporary file in the same directory and a rename,
@@ -333,6 +374,23 @@ fn fetch_into(
                     done = true;
                     break;
                 }
+                Err(AttemptError::Interrupted) => {
+                    let any = files.iter().any(|f| {
+                        to.join(f.name).is_file() || to.join(format!("{}.gz", f.name)).is_file()
+                    });
+                    let kept = if !any {
+                        "no file was written".to_string()
+                    } else {
+                        format!(
+                            "the files verified so far stay in {}, and `dst fetch` again goes on from them",
+                            to.display()
+                        )
+                    };
+                    return Err(FetchError::Interrupted {
+                        file: gz_name,
+                        kept,
+                    });
+                }
                 Err(error) => {
                     progress(&format!("{gz_name}: {url} failed: {error}"));
                     attempts.push(Attempt { url, error });
@@ -417,23 +475,16 @@ fn download_to(
         |e: std::io::Error| AttemptError::Archive(format!("cannot write {}: {e}", dest.display()));
     let mut file = fs::File::create(dest).map_err(local)?;
     let mut md5 = Md5::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let (mut total, mut shown) = (0u64, 0u64);
-    loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(AttemptError::Network(e.to_string())),
-        };
-        md5.update(&buf[..n]);
-        file.write_all(&buf[..n]).map_err(local)?;
-        total += n as u64;
+    let mut shown = 0u64;
+    read_body(&mut body, &mut |piece, total| {
+        md5.update(piece);
+        file.write_all(piece).map_err(local)?;
         if total - shown >= 32 << 20 {
             shown = total;
             progress(&format!("  {} MiB", total >> 20));
         }
-    }
+        Ok(())
+    })?;
     file.sync_all().map_err(local)?;
     Ok(hex(&md5.finalize()))
 }
@@ -641,6 +692,12 @@ fn fetch_archive_into(
             Ok(()) => {
                 done = true;
                 break;
+            }
+            Err(AttemptError::Interrupted) => {
+                return Err(FetchError::Interrupted {
+                    file: spec.name.to_string(),
+                    kept: format!("nothing was written to {shown}"),
+                });
             }
             Err(error) => {
                 progress(&format!("{}: {url} failed: {error}", spec.name));
