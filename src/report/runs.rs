@@ -98,8 +98,8 @@ impl RunConfig {
             v.push((
                 "target epoch",
                 self.target_epoch
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "default".into()),
+                    .unwrap_or_else(|| crate::train::default_target_epoch(self.epochs))
+                    .to_string(),
             ));
         }
         v
@@ -304,4 +304,31 @@ fn read_metrics(path: &Path) -> Result<Metrics, ReportError> {
         }
     }
     Ok((steps, epochs, torn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A steered run without `--target-epoch` shows the epoch it steers by (60 % of its length,
+    /// as the trainer computes it), so that it groups with a run that gave that epoch.
+    #[test]
+    fn a_default_target_epoch_is_shown_as_its_number() {
+        let setting = |target_epoch| {
+            let c = RunConfig {
+                epochs: 20,
+                target_keep: Some(0.025),
+                target_epoch,
+                optimizer: "sgd".into(),
+                ..RunConfig::default()
+            };
+            c.settings()
+                .into_iter()
+                .find(|(k, _)| *k == "target epoch")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(setting(None).as_deref(), Some("12"));
+        assert_eq!(setting(Some(12)), setting(None));
+        assert_eq!(setting(Some(5)).as_deref(), Some("5"));
+    }
 }

@@ -373,12 +373,18 @@ impl TrainConfig {
     /// The epoch by which `--target-keep` is to be reached: `target_epoch`, or 60 % of the run.
     pub fn target_epoch_or_default(&self) -> usize {
         self.target_epoch
-            .unwrap_or(((self.epochs as f64 * 0.6).ceil() as usize).max(1))
+            .unwrap_or_else(|| default_target_epoch(self.epochs))
     }
 
     pub fn reset_policy(&self) -> ResetPolicy {
         ResetPolicy::parse(&self.reset).unwrap_or(ResetPolicy::Paper)
     }
+}
+
+/// The epoch by which `--target-keep` is reached without `--target-epoch`: 60 % of the run's
+/// `epochs`, rounded up.
+pub fn default_target_epoch(epochs: usize) -> usize {
+    ((epochs as f64 * 0.6).ceil() as usize).max(1)
 }
 
 /// Whether two recorded `--data` settings name the same folder: both the embedded subset, or the

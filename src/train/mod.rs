@@ -10,7 +10,7 @@ pub mod memory;
 mod run_dir;
 mod session;
 
-pub use config::{reset_policy_of, same_data, TrainConfig, TrainError};
+pub use config::{default_target_epoch, reset_policy_of, same_data, TrainConfig, TrainError};
 pub use run_dir::RunDir;
 pub use session::{Session, Stats};
 
