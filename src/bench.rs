@@ -273,7 +273,7 @@ pub fn run(
             );
         }
         println!(
-            "{:<62} {:>12} {:>12} {:>12}",
+            "{:<62} {:>10}   {:>10}   {:>10}",
             "conv (GFLOP/s)", "forward", "d_input", "d_weight"
         );
         let conv_shapes = [
@@ -330,10 +330,11 @@ pub fn run(
             // form a GPU layer of this shape takes.
             // `-`: a GPU form not timed (a CPU adapter without --gpu-forms).
             let cell = |sec: Option<f64>, taken: bool| {
+                // The marker in a column of its own, so that the figures stay aligned.
                 format!(
-                    "{}{}",
+                    "{:>10}{}",
                     sec.map_or("-".into(), |sec| rate(flops / sec / 1e9)),
-                    if taken { " *" } else { "" }
+                    if taken { " *" } else { "  " }
                 )
             };
             let row = |label: String, cells: [String; 3]| {
@@ -434,7 +435,7 @@ pub fn run(
                     row.push(flops / sec / 1e9);
                 }
                 println!(
-                    "{:<62} {:>12} {:>12} {:>12}",
+                    "{:<62} {:>10}   {:>10}   {:>10}",
                     format!("{what} Cols"),
                     rate(row[0]),
                     rate(row[2]),
