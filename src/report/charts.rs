@@ -171,6 +171,14 @@ fn lin_range(vals: impl Iterator<Item = f64> + Clone, pad: f64) -> (f64, f64) {
     (lo - d, hi + d)
 }
 
+/// A linear axis's label for `y` (plotters' own format) on an axis spanning `span`: a tick
+/// that is zero but for float noise (-1e-17: "-0.0") is labelled 0.
+fn lin_tick(y: f64, span: f64) -> String {
+    use plotters::coord::{ranged1d::ValueFormatter, types::RangedCoordf64};
+    let y = if y.abs() <= 1e-9 * span.abs() { 0.0 } else { y };
+    <RangedCoordf64 as ValueFormatter<f64>>::format(&y)
+}
+
 /// A log range from the smallest positive value's decade (at least `floor`) to `hi`.
 fn log_range(vals: impl Iterator<Item = f64> + Clone, floor: f64, top: Option<f64>) -> (f64, f64) {
     let lo = vals
@@ -218,7 +226,57 @@ struct Panel<'s> {
     y_desc: &'s str,
     series: &'s [Series],
     log_y: Option<(f64, Option<f64>)>,
+    /// The legend's corner where the lines leave it free (`legend_corner`), else the free-est.
     legend: SeriesLabelPosition,
+}
+
+/// The corner for a legend box of `w` x `h` (fractions of the plot) that covers the fewest
+/// points of `lines` (each a polyline in plot fractions, 0..1 up and right), sampled along each
+/// segment; `preferred` wins ties, then upper left, upper right, lower left, lower right.
+fn legend_corner(
+    lines: &[Vec<(f64, f64)>],
+    w: f64,
+    h: f64,
+    preferred: SeriesLabelPosition,
+) -> SeriesLabelPosition {
+    use SeriesLabelPosition::*;
+    let (w, h) = (w.min(1.0), h.min(1.0));
+    // Each corner's box, as (x from, x to, y from, y to).
+    let boxed = |c: &SeriesLabelPosition| match c {
+        UpperLeft => (0.0, w, 1.0 - h, 1.0),
+        UpperRight => (1.0 - w, 1.0, 1.0 - h, 1.0),
+        LowerLeft => (0.0, w, 0.0, h),
+        _ => (1.0 - w, 1.0, 0.0, h),
+    };
+    let covered = |c: &SeriesLabelPosition| {
+        let (xa, xb, ya, yb) = boxed(c);
+        let inside = |(x, y): (f64, f64)| x >= xa && x <= xb && y >= ya && y <= yb;
+        let mut n = 0usize;
+        for line in lines {
+            if let [only] = line.as_slice() {
+                n += inside(*only) as usize;
+            }
+            for seg in line.windows(2) {
+                let (a, b) = (seg[0], seg[1]);
+                n += (0..=16)
+                    .map(|k| {
+                        let t = k as f64 / 16.0;
+                        (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1))
+                    })
+                    .filter(|&q| inside(q))
+                    .count();
+            }
+        }
+        n
+    };
+    let mut best = (covered(&preferred), preferred.clone());
+    for c in [UpperLeft, UpperRight, LowerLeft, LowerRight] {
+        let n = covered(&c);
+        if n < best.0 {
+            best = (n, c);
+        }
+    }
+    best.1
 }
 
 /// A line chart with axes, ticks, a title and a legend.
@@ -241,13 +299,13 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     };
     let style = |i: usize| pick(i).stroke_width(2);
     macro_rules! finish {
-        ($chart:expr, $clamp:expr, $y_labels:expr) => {{
+        ($chart:expr, $legend:expr, $clamp:expr, $y_labels:expr $(, $y_format:expr)?) => {{
             let mut chart = $chart;
             // Steps and epochs are whole numbers: whole-number ticks only.
             let span = (x1 - x0).round().max(1.0) as usize;
-            chart
-                .configure_mesh()
-                .x_labels((span + 1).min(10))
+            let mut mesh = chart.configure_mesh();
+            $(mesh.y_label_formatter($y_format);)?
+            mesh.x_labels((span + 1).min(10))
                 .y_labels($y_labels)
                 .x_label_formatter(&|x| {
                     if (x - x.round()).abs() < 1e-6 {
@@ -285,7 +343,7 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
             if !p.series.is_empty() {
                 chart
                     .configure_series_labels()
-                    .position(p.legend.clone())
+                    .position($legend)
                     .label_font((FAMILY, 14))
                     .background_style(WHITE.mix(0.85))
                     .border_style(RGBColor(160, 160, 160))
@@ -293,19 +351,42 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
             }
         }};
     }
+    // The legend's size as fractions of the plot (its 14 px font: about 7 px a character, a
+    // 19 px line, the sample line and the padding) and the lines as fractions of the axes.
+    let legend_of = |unit_y: &dyn Fn(f64) -> f64| {
+        let (w, h) = area.dim_in_pixel();
+        let (pw, ph) = ((w as f64 - 96.0).max(1.0), (h as f64 - 110.0).max(1.0));
+        let chars = p.series.iter().map(|s| s.label.chars().count()).max();
+        let bw = (chars.unwrap_or(0) as f64 * 7.0 + 50.0) / pw;
+        let bh = (n as f64 * 19.0 + 16.0) / ph;
+        let lines: Vec<Vec<(f64, f64)>> = p
+            .series
+            .iter()
+            .map(|s| {
+                s.points
+                    .iter()
+                    .map(|&(x, y)| ((x - x0) / (x1 - x0).max(1e-12), unit_y(y)))
+                    .collect()
+            })
+            .collect();
+        legend_corner(&lines, bw, bh, p.legend.clone())
+    };
     match p.log_y {
         Some((floor, top)) => {
             let (y0, y1) = log_range(ys, floor, top);
+            let legend = legend_of(&|y: f64| (y.max(y0) / y0).ln() / (y1 / y0).ln());
             let ticks = log_ticks(y0, y1);
             let n = ticks.len();
             let chart =
                 b.build_cartesian_2d(x0..x1, (y0..y1).log_scale().with_key_points(ticks))?;
-            finish!(chart, |y: f64| y.max(y0), n);
+            finish!(chart, legend, |y: f64| y.max(y0), n);
         }
         None => {
             let (y0, y1) = lin_range(ys, 0.05);
+            let legend = legend_of(&|y: f64| (y - y0) / (y1 - y0));
             let chart = b.build_cartesian_2d(x0..x1, y0..y1)?;
-            finish!(chart, |y: f64| y, 10);
+            let y_format = |y: &f64| lin_tick(*y, y1 - y0);
+            finish!(chart, legend, |y: f64| y, 10, &y_format);
         }
     }
     Ok(())
@@ -745,4 +826,38 @@ pub fn sweep_chart(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{legend_corner, lin_tick};
+
+    /// A zero tick is "0.0", whatever its sign or float noise (it was once "-0.0"); others keep
+    /// plotters' format.
+    #[test]
+    fn a_zero_tick_has_no_minus_sign() {
+        for noise in [-0.0, -1.4e-17, 2e-18] {
+            assert_eq!(lin_tick(noise, 0.2), "0.0");
+        }
+        assert_eq!(lin_tick(-0.05, 0.2), "-0.05");
+        assert_eq!(lin_tick(0.25, 1.0), "0.25");
+    }
+
+    /// The legend goes where the lines leave room: its preferred corner when that is free,
+    /// else the corner its box covers least of them (segments count, not only their ends).
+    #[test]
+    fn the_legend_avoids_the_lines() {
+        use plotters::prelude::SeriesLabelPosition::*;
+        // From the upper left down to the lower right: both of those corners are taken.
+        let falling = vec![vec![(0.0, 1.0), (1.0, 0.0)]];
+        assert_eq!(legend_corner(&falling, 0.3, 0.2, UpperLeft), UpperRight);
+        assert_eq!(legend_corner(&falling, 0.3, 0.2, LowerRight), UpperRight);
+        // A line along the top: the lower corners, the preferred one first.
+        let top = vec![vec![(0.0, 0.95), (1.0, 0.95)]];
+        assert_eq!(legend_corner(&top, 0.3, 0.2, UpperRight), LowerLeft);
+        assert_eq!(legend_corner(&top, 0.3, 0.2, LowerRight), LowerRight);
+        // Two points far apart whose segment crosses the upper left corner's box.
+        let across = vec![vec![(0.0, 0.5), (0.5, 1.0)]];
+        assert_ne!(legend_corner(&across, 0.3, 0.3, UpperLeft), UpperLeft);
+    }
 }
