@@ -1736,6 +1736,35 @@ fn a_relative_data_folder_resumes_from_anywhere() {
             && !err.contains("settings that differ"),
         "{err}"
     );
+
+    // `--data cw/../data-elsewhere` is recorded as the folder it names, so the run resumes once
+    // `cw` is gone (it once recorded ".../cw/../data-elsewhere").
+    let cw = root.join("cw");
+    std::fs::create_dir_all(&cw).unwrap();
+    let (ok, err) = dst_in(
+        &cw,
+        &[
+            "train",
+            "--data",
+            "../data-elsewhere",
+            "--limit-train",
+            "128",
+            "--epochs",
+            "1",
+            "--out",
+            "../up",
+        ],
+    );
+    assert!(ok, "{err}");
+    std::fs::remove_dir(&cw).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("up/config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["data"].as_str().map(std::path::PathBuf::from),
+        Some(elsewhere.canonicalize().unwrap())
+    );
+    let (ok, err) = dst_in(&root, &["train", "--resume", "up", "--epochs", "2"]);
+    assert!(ok && err.contains("resuming"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -218,12 +218,18 @@ pub fn train(
     // The data folder as an absolute path: config.json and the checkpoint record it, and a
     // `--resume` from another working folder must read the same data (a relative path would
     // fail there, or read another folder's files).
+    // One with `..` in it is resolved as the file system does (`cw/../mn` is `mn`, and stays
+    // readable once `cw` is gone).
     let absolute;
-    let cfg = match cfg.data.as_deref().filter(|d| d.is_relative()) {
+    let up = |d: &Path| d.components().any(|c| c == std::path::Component::ParentDir);
+    let cfg = match cfg.data.as_deref().filter(|d| d.is_relative() || up(d)) {
         Some(d) => {
             absolute = TrainConfig {
                 data: Some(
-                    std::path::absolute(d)
+                    up(d)
+                        .then(|| d.canonicalize().ok())
+                        .flatten()
+                        .map_or_else(|| std::path::absolute(d), Ok)
                         .map_err(|e| TrainError::Config(format!("--data {}: {e}", d.display())))?,
                 ),
                 ..cfg.clone()
