@@ -802,6 +802,30 @@ fn fetch_archive_does_not_take_a_subset_for_cifar10() {
     std::fs::remove_dir_all(&parent).unwrap();
 }
 
+/// A complete CIFAR-10 copy as its archive unpacks (`DIR/cifar-10-batches-bin/`), which training
+/// reads from `--data DIR`, is present for `fetch cifar10 --to DIR` too (it was refused as a
+/// folder missing data_batch_1.bin). Full-size files of zero bytes: every record label 0.
+#[test]
+fn fetch_archive_takes_the_archives_own_layout_as_present() {
+    let parent = tmpdir("fetch-nested");
+    let to = parent.join("cifar10");
+    let inner = to.join(cifar::ARCHIVE_FOLDER);
+    std::fs::create_dir_all(&inner).unwrap();
+    for f in FILES {
+        let file = std::fs::File::create(inner.join(f)).unwrap();
+        file.set_len((cifar::RECORDS_PER_FILE * RECORD) as u64).unwrap();
+    }
+    let mut log = Vec::new();
+    fetch::fetch_archive(&to, &[], &CIFAR10_ARCHIVE, &mut |l| log.push(l.to_string())).unwrap();
+    assert!(log.iter().any(|l| l.contains("already present")), "{log:?}");
+    // One file short of complete: that file is named, in the folder that lacks it.
+    std::fs::remove_file(inner.join("test_batch.bin")).unwrap();
+    let err = fetch::fetch_archive(&to, &[], &CIFAR10_ARCHIVE, &mut |_| {}).unwrap_err();
+    assert_mentions(&err, &["cifar-10-batches-bin: missing", "test_batch.bin"]);
+    assert!(!err.to_string().contains("data_batch_1.bin"), "{err}");
+    std::fs::remove_dir_all(&parent).unwrap();
+}
+
 /// `fetch cifar10 --to` a file, or a folder under a file, is refused naming the file; a fetch
 /// that fails removes the folders it made above `--to` (no network: every mirror fails).
 #[test]

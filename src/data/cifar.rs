@@ -115,8 +115,19 @@ pub fn locate(dir: &Path) -> Result<PathBuf, DataError> {
         return Ok(dir.to_path_buf());
     }
     let inner = dir.join(ARCHIVE_FOLDER);
-    if inner.is_dir() && missing(&inner).is_empty() {
-        return Ok(inner);
+    if inner.is_dir() {
+        let there = missing(&inner);
+        if there.is_empty() {
+            return Ok(inner);
+        }
+        // The archive's folder holds some of them and `dir` none: what it lacks.
+        if there.len() < FILES.len() && here.len() == FILES.len() {
+            return Err(DataError::Missing {
+                dir: inner.display().to_string(),
+                dataset: "CIFAR-10",
+                missing: there,
+            });
+        }
     }
     if !holds_any(dir) && super::holds_mnist(dir) {
         return Err(DataError::OtherDataset {
@@ -208,9 +219,12 @@ pub fn load_test_dir(dir: &Path) -> Result<TrainTest, DataError> {
 /// Records in each of CIFAR-10's six batch files as published.
 pub const RECORDS_PER_FILE: usize = 10_000;
 
-/// `check_dir`, and each file as large as the published one (`RECORDS_PER_FILE` records): the
-/// whole dataset, not a valid subset (`dst fetch cifar10` takes such a folder as present).
+/// `check_dir` of the folder `locate` finds (`dir` or, as the archive unpacks, its
+/// `cifar-10-batches-bin`), and each file as large as the published one (`RECORDS_PER_FILE`
+/// records): the whole dataset, not a valid subset (`dst fetch cifar10` takes such a folder as
+/// present, as training reads it).
 pub fn check_complete(dir: &Path) -> Result<(), DataError> {
+    let dir = &locate(dir)?;
     check_dir(dir)?;
     for f in FILES {
         let p = dir.join(f);

@@ -197,7 +197,7 @@ pub enum DataError {
         expected: usize,
         got: usize,
     },
-    #[error("{file}: empty dataset (dimensions {dims:?})")]
+    #[error("{file}: holds no samples (dimensions {dims:?})")]
     Empty { file: String, dims: Vec<usize> },
     #[error("image/label count mismatch: {images} has {n_images} images, {labels} has {n_labels} labels")]
     CountMismatch {
