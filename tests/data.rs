@@ -289,7 +289,7 @@ fn empty_dataset_is_an_error() {
     let err = load_with(2, images(0, 0), false);
     // The image file is checked first.
     assert!(matches!(err, DataError::Empty { .. }));
-    assert_mentions(&err, &["t10k-images-idx3-ubyte", "empty"]);
+    assert_mentions(&err, &["t10k-images-idx3-ubyte", "holds no samples"]);
 }
 
 #[test]
