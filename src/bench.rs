@@ -1084,7 +1084,10 @@ fn step_times(
             cfg.optimizer,
             cfg.lr,
             cfg.batch,
-            cfg.alpha
+            // A steered alpha to 4 digits (1.921e-5, not 0.000019211184705376156).
+            Some(format!("{:e}", cfg.alpha))
+                .filter(|a| a.len() <= 8)
+                .unwrap_or_else(|| format!("{:.3e}", cfg.alpha))
         );
     }
     let kind = crate::models::info(model)?.dataset;

@@ -1092,8 +1092,8 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         let e = cfg.target_epoch_or_default();
         (e > cfg.epochs).then(|| {
             format!(
-                "\nnote: this run steers to keep {}% by epoch {e} and now ends at epoch {}: it \
-                 stops before its keep ratio reaches the target",
+                "\nnote: this run steers to keep {}% by epoch {e} and now ends at epoch {}, \
+                 before its target epoch: it follows the path to the target that far",
                 dst::report::percent(r),
                 cfg.epochs
             )
@@ -1329,11 +1329,15 @@ fn claim_run_dir(root: &std::path::Path, base: &str) -> anyhow::Result<PathBuf> 
 /// `block2_1.shortcut`), so that the columns stay aligned. A dense model has no thresholds: its
 /// threshold columns read "-".
 fn print_table(layers: &[LayerStats], masked: bool) {
+    // A threshold too small for 4 decimals (CIFAR-10's alpha 5e-6 leaves them near 1e-5) in
+    // scientific notation: "-0.0000" said nothing.
     let t = |v: f64| {
-        if masked {
-            format!("{v:.4}")
-        } else {
+        if !masked {
             "-".to_string()
+        } else if v != 0.0 && v.abs() < 5e-4 {
+            format!("{v:.2e}")
+        } else {
+            format!("{v:.4}")
         }
     };
     let w = dst::models::name_width(layers.iter().map(|l| l.name.as_str()));
@@ -1343,12 +1347,12 @@ fn print_table(layers: &[LayerStats], masked: bool) {
     );
     for l in layers {
         println!(
-            "{:<w$} {:>10} {:>10} {:>10} {:>9.4} {:>9} {:>9} {:>9}",
+            "{:<w$} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
             l.name,
             format!("{}x{}", l.shape[0], l.shape[1]),
             l.kept,
             l.total,
-            l.keep_ratio,
+            dst::report::share(l.kept as u64, l.total as u64, 1.0, 4),
             t(l.threshold_min),
             t(l.threshold_mean),
             t(l.threshold_max)

@@ -813,7 +813,8 @@ fn fetch_archive_takes_the_archives_own_layout_as_present() {
     std::fs::create_dir_all(&inner).unwrap();
     for f in FILES {
         let file = std::fs::File::create(inner.join(f)).unwrap();
-        file.set_len((cifar::RECORDS_PER_FILE * RECORD) as u64).unwrap();
+        file.set_len((cifar::RECORDS_PER_FILE * RECORD) as u64)
+            .unwrap();
     }
     let mut log = Vec::new();
     fetch::fetch_archive(&to, &[], &CIFAR10_ARCHIVE, &mut |l| log.push(l.to_string())).unwrap();

@@ -1210,7 +1210,12 @@ fn a_targeted_run_resumed_for_another_length_names_its_target_epoch() {
         ok && err.contains("steered to keep 7% by epoch 2,"),
         "{err}"
     );
-    assert!(!err.contains("stops before"), "{err}");
+    assert!(!err.contains("before its target epoch"), "{err}");
+    // It goes on from the alpha of its checkpoint, and says so.
+    assert!(
+        err.contains("at this checkpoint: the controller goes on from there"),
+        "{err}"
+    );
     // bench steps from the checkpoint with the alpha the run had reached, not its start.
     let meta = dst::checkpoint::Checkpoint::read_metadata(&run).unwrap();
     let alpha: f64 = meta["alpha"].parse().unwrap();
@@ -1227,8 +1232,25 @@ fn a_targeted_run_resumed_for_another_length_names_its_target_epoch() {
         r,
     ]);
     assert!(
-        ok && stdout.contains(&format!("alpha {alpha}\n")),
+        ok && stdout.contains(&format!("alpha {alpha:.3e}\n")),
         "{stdout}{err}"
+    );
+
+    // Two epochs of 10 steps cannot bring it to 10 %: the run ends with a warning saying so.
+    let (ok, _, err) = dst(&[
+        "train",
+        "--epochs",
+        "2",
+        "--limit-train",
+        "640",
+        "--target-keep",
+        "0.1",
+        "--out",
+        root.join("short").to_str().unwrap(),
+    ]);
+    assert!(
+        ok && err.contains("well above its target 10%") && err.contains("20 steps"),
+        "{err}"
     );
 
     let b = root.join("b");

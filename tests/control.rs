@@ -20,6 +20,32 @@ fn targeted(limit: usize, epochs: usize, target: f64) -> TrainConfig {
     }
 }
 
+/// A steered run that ends far from its target is told so, either way, and how to go on; one
+/// within `TARGET_SLACK` of it, or held above it by its reset policy (said at its start), is not.
+#[test]
+fn a_run_that_misses_its_target_is_told() {
+    use dst::train::{target_missed, TARGET_SLACK};
+    let above = target_missed(0.1, 0.9734, 0.0, 20).expect("far above");
+    assert!(
+        above.contains("97.34%") && above.contains("target 10%") && above.contains("20 steps"),
+        "{above}"
+    );
+    assert!(
+        above.contains("--alpha") && above.contains("--epochs"),
+        "{above}"
+    );
+    let below = target_missed(0.215, 0.025, 0.0, 200).expect("far below");
+    assert!(
+        below.contains("2.5%") && below.contains("below its target 21.5%"),
+        "{below}"
+    );
+    assert!(below.contains("--target-epoch"), "{below}");
+    assert_eq!(target_missed(0.1, 0.1 * TARGET_SLACK * 0.99, 0.0, 20), None);
+    assert_eq!(target_missed(0.1, 0.1 / TARGET_SLACK * 1.01, 0.0, 20), None);
+    // --target-keep 0.1 % under the paper's reset (which keeps at least 1 %).
+    assert_eq!(target_missed(0.001, 0.012, 0.01, 2000), None);
+}
+
 /// The path starts at 1, reaches the target at the target step and stays; an update raises alpha
 /// when the model keeps more than the path asks, lowers it when less, by at most 1.25x.
 #[test]

@@ -979,3 +979,17 @@ fn percentages_carry_no_float_noise() {
     assert_eq!(percent(1e-9), "0.0000001");
     assert_eq!(percent(0.123456789), "12.3456789");
 }
+
+/// Shares of kept weights are never rounded to all or none unless they are: a layer keeping all
+/// but one of 36,864 weights once showed "100.00%" (and "1.0000").
+#[test]
+fn shares_never_round_to_all_or_none() {
+    use dst::report::share;
+    assert_eq!(share(36863, 36864, 100.0, 2), "99.99");
+    assert_eq!(share(36864, 36864, 100.0, 2), "100.00");
+    assert_eq!(share(36863, 36864, 1.0, 4), "0.9999");
+    assert_eq!(share(1, 1_000_000, 100.0, 2), "0.01");
+    assert_eq!(share(0, 1_000_000, 100.0, 2), "0.00");
+    assert_eq!(share(8, 100, 100.0, 2), "8.00");
+    assert_eq!(share(1, 3, 1.0, 4), "0.3333");
+}

@@ -401,11 +401,11 @@ pub fn layer_table(export: &Export, route: Route) -> Vec<String> {
                 Route::Sparse(_) => "dense (conv on the masked weights)",
             };
             format!(
-                "{:<width$} {:<shape_width$} {:>17} kept ({:.2}%), {how}",
+                "{:<width$} {:<shape_width$} {:>17} kept ({}%), {how}",
                 e.name,
                 shape,
                 format!("{kept} of {total}"),
-                100.0 * kept as f64 / total.max(1) as f64
+                crate::report::share(kept as u64, total as u64, 100.0, 2)
             )
         })
         .collect()
@@ -1179,10 +1179,10 @@ pub fn bench(
         .map(|e| e.shape.iter().product::<usize>())
         .sum();
     println!(
-        "{} ({} export): its masked layers keep {kept} of {total} weights ({:.2}%)",
+        "{} ({} export): its masked layers keep {kept} of {total} weights ({}%)",
         export.model,
         export.layout.name(),
-        100.0 * kept as f64 / total as f64
+        crate::report::share(kept as u64, total as u64, 100.0, 2)
     );
     if class != gpu.class {
         let name = match class {

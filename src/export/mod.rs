@@ -652,8 +652,8 @@ pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
         .max(20);
     for (name, kept, total) in &r.layers {
         println!(
-            "{name:<width$} {kept:>8} of {total:>8} kept ({:.2}%)",
-            100.0 * *kept as f64 / *total as f64
+            "{name:<width$} {kept:>8} of {total:>8} kept ({}%)",
+            crate::report::share(*kept as u64, *total as u64, 100.0, 2)
         );
     }
     if r.resets > 0 {

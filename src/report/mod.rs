@@ -129,6 +129,17 @@ pub fn percent(r: f64) -> String {
     format!("{v}")
 }
 
+/// `part` of `whole` times `scale` (1: a fraction, 100: a percentage) with `decimals` decimals,
+/// never rounded to the whole or to nothing unless it is: 36863 of 36864 is "99.99" %, not
+/// "100.00", and 1 of 10^6 is "0.01", not "0.00".
+pub fn share(part: u64, whole: u64, scale: f64, decimals: usize) -> String {
+    let x = scale * part as f64 / whole.max(1) as f64;
+    let step = 10f64.powi(-(decimals as i32));
+    let x = if part < whole { x.min(scale - step) } else { x };
+    let x = if part > 0 { x.max(step) } else { x };
+    format!("{x:.decimals$}")
+}
+
 /// `n` and `word`, plural unless `n` is 1: "1 epoch", "3 epochs".
 pub fn plural(n: usize, word: &str) -> String {
     if n == 1 {

@@ -354,6 +354,9 @@ pub fn train(
             ck.meta("alpha").and_then(|s| s.parse::<f64>().ok()),
         ) {
             c.alpha = a;
+            notes.push(format!(
+                "alpha is {a:.2e} at this checkpoint: the controller goes on from there"
+            ));
         }
         if let Some(h) = ck.meta("history") {
             history = serde_json::from_str(h).unwrap_or_default();
@@ -747,6 +750,15 @@ fn finish(
 ) -> Result<Summary> {
     let summary = summarize(cfg, session, data, history, step);
     run.write_json(&run.summary(), &summary)?;
+    if let (Some(r), false) = (cfg.target_keep, cfg.dense) {
+        // A run that ends before its target epoch was told so at its start.
+        if cfg.epochs >= cfg.target_epoch_or_default() {
+            let (low, _) = lowest_reachable_keep(&session.model.mask_views(), session.reset);
+            if let Some(w) = target_missed(r, summary.last.keep_ratio, low, step) {
+                progress.line(&w);
+            }
+        }
+    }
     if let Some(img) = session.input_mask_image(data.train.rows, data.train.cols)? {
         let path = run.dir.join("input_mask.png");
         img.save(&path).map_err(|e| TrainError::Io {
@@ -892,6 +904,37 @@ fn lowest_reachable_keep(
             "a layer at 1% or less keeps each row's strongest weight",
         ),
         ResetPolicy::None | ResetPolicy::Count => (0.0, ""),
+    }
+}
+
+/// How far from its target keep ratio `target` a steered run may end (a factor either way)
+/// before it is told so.
+pub const TARGET_SLACK: f64 = 1.3;
+
+/// The warning for a steered run that ends keeping `keep` of its weights after `steps` steps,
+/// more than `TARGET_SLACK` away from its `target`; none when it is closer, or when the reset
+/// policy keeps it above a target below `low` (the lowest keep it allows: said at the start).
+pub fn target_missed(target: f64, keep: f64, low: f64, steps: u64) -> Option<String> {
+    let pct = |x: f64| crate::report::percent((x * 1e4).round() / 1e4);
+    if keep > target * TARGET_SLACK && target >= low {
+        Some(format!(
+            "warning: the run ends keeping {}% of its weights, well above its target {}%: alpha \
+             moves by at most 25% per update, and {} were too few to raise the thresholds that \
+             far; train longer (more --epochs or more data) or start from a larger --alpha",
+            pct(keep),
+            crate::report::percent(target),
+            crate::report::plural(steps as usize, "step")
+        ))
+    } else if keep < target / TARGET_SLACK {
+        Some(format!(
+            "warning: the run ends keeping {}% of its weights, well below its target {}%: the \
+             thresholds went on rising after alpha was lowered; a later --target-epoch or more \
+             epochs give a gentler path",
+            pct(keep),
+            crate::report::percent(target)
+        ))
+    } else {
+        None
     }
 }
 
