@@ -1352,7 +1352,7 @@ fn print_table(layers: &[LayerStats], masked: bool) {
             format!("{}x{}", l.shape[0], l.shape[1]),
             l.kept,
             l.total,
-            dst::report::share(l.kept as u64, l.total as u64, 1.0, 4),
+            dst::report::share(l.kept, l.total, 1.0, 4),
             t(l.threshold_min),
             t(l.threshold_mean),
             t(l.threshold_max)

@@ -151,12 +151,12 @@ fn check_interrupt() -> Result<(), AttemptError> {
     }
 }
 
-/// A body read in 64 KiB pieces into `sink`, stopping when Ctrl-C asks; `on_piece` sees each
+/// Takes each piece of a download and the bytes so far.
+type Sink<'a> = dyn FnMut(&[u8], u64) -> Result<(), AttemptError> + 'a;
+
+/// A body read in 64 KiB pieces into `sink`, stopping when Ctrl-C asks; `sink` sees each
 /// piece's bytes and the total so far.
-fn read_body(
-    body: &mut dyn Read,
-    sink: &mut dyn FnMut(&[u8], u64) -> Result<(), AttemptError>,
-) -> Result<(), AttemptError> {
+fn read_body(body: &mut dyn Read, sink: &mut Sink) -> Result<(), AttemptError> {
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
     loop {
