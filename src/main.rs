@@ -397,8 +397,9 @@ fn parse_lr_steps(s: &str) -> Result<LrSteps, String> {
 }
 
 fn main() -> ExitCode {
-    // A closed stdout (`dst info | head -1`) ends the program quietly, as a closed pipe ends
-    // other command-line tools (status 141: 128 + SIGPIPE), instead of a panic from `println!`.
+    // A closed stdout or stderr (`dst info | head -1`) ends the program quietly, as a closed
+    // pipe ends other command-line tools (status 141: 128 + SIGPIPE), instead of a panic from
+    // `println!`. (Training's progress stops the run at its next log point first: `say`.)
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let msg = info
@@ -407,7 +408,10 @@ fn main() -> ExitCode {
             .map(String::as_str)
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or("");
-        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+        if (msg.starts_with("failed printing to stdout")
+            || msg.starts_with("failed printing to stderr"))
+            && msg.contains("Broken pipe")
+        {
             std::process::exit(141);
         }
         default_hook(info)
@@ -731,6 +735,7 @@ fn term_progress() -> TermProgress {
         epochs: 0,
         steps: 0,
         printed: 0,
+        gone: false,
     }
 }
 
@@ -950,6 +955,25 @@ struct TermProgress {
     steps: u64,
     /// The last step a plain (non-terminal) line was printed for.
     printed: u64,
+    /// Stderr was closed (a pipe whose reader is gone): nothing more is written.
+    gone: bool,
+}
+
+impl TermProgress {
+    /// A line on stderr. A closed one (`dst train 2>&1 | head`) stops the run at its next log
+    /// point with its checkpoint, as a first Ctrl-C does, instead of killing it mid-epoch.
+    fn say(&mut self, text: &str) {
+        use std::io::Write;
+        if self.gone {
+            return;
+        }
+        if let Err(e) = writeln!(std::io::stderr(), "{text}") {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                self.gone = true;
+                train::interrupt::request();
+            }
+        }
+    }
 }
 
 impl Progress for TermProgress {
@@ -982,10 +1006,11 @@ impl Progress for TermProgress {
             // Lines, not a bar: one per 100 steps at most, and the epoch's last.
             None if done >= self.printed + 100 || done == self.steps => {
                 self.printed = done;
-                eprintln!(
+                let text = format!(
                     "epoch {}/{} step {done}/{} {msg}",
                     self.epoch, self.epochs, self.steps
-                )
+                );
+                self.say(&text)
             }
             None => {}
         }
@@ -993,7 +1018,7 @@ impl Progress for TermProgress {
     fn line(&mut self, msg: &str) {
         match &self.bar {
             Some(bar) => bar.println(msg),
-            None => eprintln!("{msg}"),
+            None => self.say(msg),
         }
     }
     fn finish_epoch(&mut self) {

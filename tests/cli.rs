@@ -1807,6 +1807,44 @@ fn a_closed_stdout_is_no_panic() {
     assert_eq!(o.status.code(), Some(141), "{err}");
 }
 
+/// `dst train 2>&1 | head`: once its stderr is closed, a run stops at its next log point as a
+/// first Ctrl-C stops it (status 141, like other tools at a closed pipe), keeping the checkpoint
+/// of its last whole epoch to resume from. It once panicked (status 101) mid-epoch.
+#[cfg(unix)]
+#[test]
+fn a_run_whose_output_is_closed_stops_with_its_checkpoint() {
+    use std::io::BufRead;
+    let root = empty_folder("closed-stderr");
+    let run = root.join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["train", "--epochs", "50", "--limit-train", "640"])
+        .args(["--log-every", "2", "--out"])
+        .arg(&run)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for l in lines.by_ref() {
+        if l.unwrap().starts_with("epoch   2 ") {
+            break;
+        }
+    }
+    drop(lines);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(141), "{status:?}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let epochs = metrics.matches("\"kind\":\"epoch\"").count();
+    assert!(
+        (2..4).contains(&epochs),
+        "{epochs} epochs logged:\n{metrics}"
+    );
+    assert!(run.join("checkpoint.safetensors").is_file());
+    let (ok, _, err) = dst(&["train", "--resume", run.to_str().unwrap(), "--epochs", "4"]);
+    assert!(ok && err.contains("resuming"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A --limit-train larger than the training set trains on all of it, and says so.
 #[test]
 fn a_limit_above_the_training_set_is_noted() {

@@ -27,6 +27,12 @@ pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
 
+/// Asks the running training to stop at its next log point, as a first Ctrl-C does (its output
+/// was closed: `dst train | head`).
+pub fn request() {
+    REQUESTED.store(true, Ordering::SeqCst);
+}
+
 /// While alive, the first Ctrl-C asks the training loop to stop instead of killing the process;
 /// a second one kills it after printing `hint` (how to go on from what was saved).
 pub struct Catching {
