@@ -45,7 +45,7 @@ enum Command {
         checkpoint: PathBuf,
         /// Folder of the checkpoint's dataset (MNIST: the two test files t10k-images-idx3-ubyte
         /// and t10k-labels-idx1-ubyte, .gz or raw; CIFAR-10: test_batch.bin); default: the
-        /// embedded MNIST subset.
+        /// folder the run trained on (its checkpoint records it), else the embedded MNIST subset.
         #[arg(long)]
         data: Option<PathBuf>,
     },
@@ -1391,6 +1391,33 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     let ck = dst::checkpoint::Checkpoint::load(&checkpoint)?;
     let model = ck.meta("model").unwrap_or_default().to_string();
     dst::models::check_name(&model)?;
+    // Without --data: the folder the run trained on (its checkpoint's config records it), so
+    // that eval scores the test set the run scored; the embedded subset where the run had none,
+    // or where its folder has gone (said so).
+    let recorded = ck
+        .meta("config")
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .and_then(|c| c["data"].as_str().map(PathBuf::from));
+    let data = match (data, recorded) {
+        (Some(d), _) => Some(d),
+        (None, Some(r)) if r.is_dir() => {
+            eprintln!(
+                "note: no --data: the test set of {}, which the run trained on (give --data for \
+                 another)",
+                r.display()
+            );
+            Some(r)
+        }
+        (None, Some(r)) => {
+            eprintln!(
+                "warning: the run trained on {}, which is not there now; give --data with its \
+                 test files to score what it scored",
+                r.display()
+            );
+            None
+        }
+        (None, None) => None,
+    };
     // The checkpoint's model decides the dataset. Only the test set is scored: an MNIST folder
     // needs only its two test files (t10k-*), a CIFAR-10 one its test_batch.bin, as for
     // `dst infer`. `what` names the data in the result line.

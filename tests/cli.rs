@@ -1790,6 +1790,47 @@ fn a_relative_data_folder_resumes_from_anywhere() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// `dst eval` without --data scores the test set of the folder the run trained on (it scored
+/// the embedded subset's, another number than the run's), and says so; where that folder has
+/// gone, it warns and scores the embedded subset.
+#[test]
+fn eval_scores_the_data_the_run_trained_on() {
+    let root = empty_folder("eval-data");
+    let data = root.join("mnist");
+    std::fs::create_dir_all(&data).unwrap();
+    let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for e in std::fs::read_dir(here.join("assets/mnist-subset")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), data.join(e.file_name())).unwrap();
+    }
+    let run = root.join("run");
+    let (ok, _, err) = dst(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--limit-train",
+        "128",
+        "--epochs",
+        "1",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = dst(&["eval", "--checkpoint", run.to_str().unwrap()]);
+    assert!(
+        ok && err.contains("which the run trained on")
+            && out.contains(&format!("MNIST in {}", data.display())),
+        "{out}{err}"
+    );
+    std::fs::rename(&data, root.join("gone")).unwrap();
+    let (ok, out, err) = dst(&["eval", "--checkpoint", run.to_str().unwrap()]);
+    assert!(
+        ok && err.contains("which is not there now") && out.contains("embedded MNIST subset"),
+        "{out}{err}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A closed stdout ends a command quietly (status 141), not with a panic.
 #[cfg(unix)]
 #[test]
