@@ -1831,6 +1831,52 @@ fn eval_scores_the_data_the_run_trained_on() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// The checkpoint of another run of the same model, copied into a run folder, is refused by
+/// `--resume` before anything changes: it was resumed with a warning, and then the folder's log
+/// skipped epochs (a checkpoint ahead of it) or lost them (one behind it).
+#[test]
+fn resume_refuses_another_runs_checkpoint() {
+    let root = empty_folder("foreign-ck");
+    let train = |name: &str, epochs: &str, seed: &str| {
+        let (ok, _, err) = dst(&[
+            "train",
+            "--limit-train",
+            "128",
+            "--epochs",
+            epochs,
+            "--seed",
+            seed,
+            "--out",
+            root.join(name).to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+    };
+    train("a", "1", "1");
+    train("b", "2", "2");
+    for name in ["a", "b"] {
+        let ck = root.join(name).join("checkpoint.safetensors");
+        std::fs::copy(&ck, root.join(format!("{name}.safetensors"))).unwrap();
+    }
+    for (into, from) in [("a", "b"), ("b", "a")] {
+        let dir = root.join(into);
+        std::fs::copy(
+            root.join(format!("{from}.safetensors")),
+            dir.join("checkpoint.safetensors"),
+        )
+        .unwrap();
+        let before = std::fs::read(dir.join("metrics.jsonl")).unwrap();
+        let (ok, _, err) = dst(&["train", "--resume", dir.to_str().unwrap(), "--epochs", "4"]);
+        assert!(
+            !ok && err.contains("is not the checkpoint of the run that")
+                && err.contains("its epoch 1 ended at step 2 ")
+                && err.contains("Nothing was changed"),
+            "{into}: {err}"
+        );
+        assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), before);
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A closed stdout ends a command quietly (status 141), not with a panic.
 #[cfg(unix)]
 #[test]

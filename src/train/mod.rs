@@ -361,6 +361,16 @@ pub fn train(
         if let Some(h) = ck.meta("history") {
             history = serde_json::from_str(h).unwrap_or_default();
         }
+        // A checkpoint of another run put in this folder: refused before anything changes (its
+        // resume would drop or skip the epochs this folder's log holds).
+        if let Some(why) = foreign_checkpoint(&run, &history, epoch0) {
+            return Err(TrainError::Refused(format!(
+                "{} is not the checkpoint of the run that {} logs: {why}. Nothing was changed; \
+                 put the run's own checkpoint back, or train into another folder",
+                path.display(),
+                run.metrics().display()
+            )));
+        }
         // A resume with other settings is allowed (e.g. a lower lr) but is no longer the same run.
         // Through TrainConfig, so that fields a newer version added take their defaults and do
         // not count as changes.
@@ -376,7 +386,9 @@ pub fn train(
             .flatten()
             .filter(|(k, v)| {
                 // The data folder: said apart, below.
-                !["epochs", "data"].contains(&k.as_str())
+                // `log_every` sets only what is logged (the controller's cadence does not
+                // follow it): no change to the result.
+                !["epochs", "data", "log_every"].contains(&k.as_str())
                     && theirs.get(k.as_str()) != Some(*v)
                     // The default target epoch pinned above is the run's own.
                     && !(k.as_str() == "target_epoch"
@@ -987,6 +999,54 @@ pub fn lost_checkpoint(dir: &Path) -> Option<String> {
         })
         .unwrap_or(0);
     (epochs_logged >= 2).then(|| format!("{epochs_logged} epochs in metrics.jsonl"))
+}
+
+/// Why the checkpoint whose epoch records are `history` (its epoch `epoch0`) is not that of the
+/// run logged in `run`'s metrics.jsonl: an epoch the log holds, up to `epoch0`, that the
+/// checkpoint does not record the same (step, losses, accuracy). None when they agree, or when
+/// there is nothing to compare (no log, a checkpoint without its history).
+fn foreign_checkpoint(run: &RunDir, history: &[EpochRecord], epoch0: usize) -> Option<String> {
+    if history.is_empty() {
+        return None;
+    }
+    let text = std::fs::read_to_string(run.metrics()).ok()?;
+    for line in text.lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if v.get("kind").and_then(|k| k.as_str()) != Some("epoch") {
+            continue;
+        }
+        let Ok(logged) = serde_json::from_value::<EpochRecord>(v) else {
+            continue;
+        };
+        if logged.epoch > epoch0 {
+            continue;
+        }
+        let same = |r: &&EpochRecord| {
+            r.epoch == logged.epoch
+                && r.step == logged.step
+                && r.train_loss.to_bits() == logged.train_loss.to_bits()
+                && r.test_acc.to_bits() == logged.test_acc.to_bits()
+        };
+        match history.iter().find(|r| r.epoch == logged.epoch) {
+            Some(r) if same(&r) => {}
+            Some(r) => {
+                return Some(format!(
+                    "its epoch {} ended at step {} with test accuracy {:.2}%, the log's at step {} \
+                     with {:.2}%",
+                    r.epoch, r.step, r.test_acc, logged.step, logged.test_acc
+                ))
+            }
+            None => {
+                return Some(format!(
+                    "it records no epoch {}, which the log holds",
+                    logged.epoch
+                ))
+            }
+        }
+    }
+    None
 }
 
 /// `same_data` of two `data` values of serialised configs (null: the embedded subset).
