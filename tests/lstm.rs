@@ -94,3 +94,27 @@ fn gpu_and_cpu_plans_train_alike() {
         assert!(!cpu_labels.iter().any(|l| l == k), "CPU plan with {k}");
     }
 }
+
+/// A dense LSTM-a lists every weight matrix in its layer table, summary and metrics: each LSTM
+/// layer's `weight_ih` and `weight_hh` and the head (it once listed the head alone, 0.6 % of its
+/// weights).
+#[test]
+fn a_dense_lstm_lists_its_gate_matrices() {
+    let session = train::Session::new(gpu(), "lstm-a", false, 1, true).unwrap();
+    let layers = session.layer_stats().unwrap();
+    let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "lstm1.weight_ih",
+            "lstm1.weight_hh",
+            "lstm2.weight_ih",
+            "lstm2.weight_hh",
+            "fc"
+        ]
+    );
+    assert_eq!(layers[0].shape, vec![512, 28]);
+    let total: u64 = layers.iter().map(|l| l.total).sum();
+    assert_eq!(total, 14336 + 3 * 65536 + 1280);
+    assert!(layers.iter().all(|l| l.kept == l.total));
+}

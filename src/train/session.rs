@@ -284,8 +284,10 @@ impl Session {
         let mut out = Vec::new();
         if views.is_empty() {
             for e in &self.model.arena.layout.entries {
-                // Matrices and kernels only: batch norm's 1-D weight (gamma) is no layer here.
-                if e.name.ends_with(".weight") && e.shape.len() >= 2 {
+                // Matrices and kernels only (`.weight`, and an LSTM's `.weight_ih` and
+                // `.weight_hh`): batch norm's 1-D weight (gamma) is no layer here.
+                let last = e.name.rsplit('.').next().unwrap_or("");
+                if last.starts_with("weight") && e.shape.len() >= 2 {
                     let n = e.len() as u64;
                     out.push(LayerStats {
                         name: e.name.trim_end_matches(".weight").to_string(),
