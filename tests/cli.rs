@@ -40,6 +40,25 @@ fn bad_training_flags_are_clear_errors() {
         ),
         (&["train", "--epochs", "0"], "--epochs must be >= 1"),
         (
+            &["train", "--valid", "500", "--limit-train", "500"],
+            "--valid 500 leaves no training images of the 500 that --limit-train takes",
+        ),
+        // Refused before its first run trains (it once said "[1/2] ...: training" first).
+        (
+            &[
+                "sweep",
+                "--alpha",
+                "1e-3",
+                "--valid",
+                "500",
+                "--limit-train",
+                "500",
+                "--out",
+                "/nonexistent/sweep",
+            ],
+            "--valid 500 leaves no training images",
+        ),
+        (
             &["train", "--momentum", "1.5"],
             "--momentum must be in [0, 1)",
         ),
@@ -116,6 +135,10 @@ fn bad_training_flags_are_clear_errors() {
     for (args, want) in cases {
         let (ok, _, err) = dst(args);
         assert!(!ok, "{args:?} must fail");
+        assert!(
+            !err.contains(": training") && !err.contains("adapter:"),
+            "{args:?}: {err}"
+        );
         assert!(
             err.contains(want),
             "{args:?}: stderr {err:?} lacks {want:?}"

@@ -292,6 +292,14 @@ impl TrainConfig {
         if self.valid == Some(0) {
             return bad("--valid must be >= 1".into());
         }
+        // Known before the data is read (a study checks every run's before the first trains).
+        if let (Some(v), Some(n)) = (self.valid, self.limit_train) {
+            if v >= n {
+                return bad(format!(
+                    "--valid {v} leaves no training images of the {n} that --limit-train takes"
+                ));
+            }
+        }
         let dataset = crate::models::info(&self.model)?.dataset;
         if self.data.is_none() && dataset != crate::data::DatasetKind::Mnist {
             return bad(format!(
