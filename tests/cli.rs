@@ -1983,7 +1983,7 @@ fn a_limit_above_the_training_set_is_noted() {
     );
     // A batch of 64 over those 10: said so.
     assert!(
-        all.contains("note: --batch 64 is more than the 10 training images"),
+        all.contains("note: the batch of 64 is more than the 10 training images"),
         "{all}"
     );
     std::fs::remove_dir_all(&out).unwrap();

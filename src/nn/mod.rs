@@ -163,7 +163,7 @@ impl<'a> PlanCx<'a> {
         Tensor::zeros(self.gpu, &label, shape).map_err(|e| match e {
             crate::gpu::GpuError::TooLarge { needed, limit, .. } => crate::gpu::GpuError::TooLarge {
                 what: format!(
-                    "the activation {label} {shape:?} (first dimension: the batch; use a smaller --batch)"
+                    "the activation {label} {shape:?} (its size grows with the batch; use a smaller --batch)"
                 ),
                 needed,
                 limit,

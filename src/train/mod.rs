@@ -270,8 +270,8 @@ pub fn train(
     }
     if cfg.batch > data.train.count {
         notes.push(format!(
-            "note: --batch {} is more than the {} training images: each epoch is one step over \
-             all of them (the GPU buffers are still sized for {})",
+            "note: the batch of {} is more than the {} training images: each epoch is one step \
+             over all of them (the GPU buffers are still sized for {})",
             cfg.batch, data.train.count, cfg.batch
         ));
     }
