@@ -389,6 +389,14 @@ fn studies_refuse_folders_and_files_not_their_own() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(name), PRECIOUS).unwrap();
     }
+    // Data folders: MNIST's files (one is enough), CIFAR-10's as its archive unpacks.
+    for (d, f) in [
+        ("mnist", "t10k-labels-idx1-ubyte.gz"),
+        ("cifar/cifar-10-batches-bin", "data_batch_1.bin"),
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+        std::fs::write(root.join(d).join(f), PRECIOUS).unwrap();
+    }
     let sweep = |out: &str| {
         dst(
             &root,
@@ -456,6 +464,16 @@ fn studies_refuse_folders_and_files_not_their_own() {
             "is the folder of a training run",
         ),
         (
+            sweep("mnist"),
+            "sweep into MNIST",
+            "holds a dataset's files",
+        ),
+        (
+            reproduce("cifar"),
+            "reproduce into CIFAR-10",
+            "holds a dataset's files",
+        ),
+        (
             reproduce("user-REPORT.md"),
             "reproduce over REPORT.md",
             "is not a `dst reproduce` report",
@@ -473,6 +491,8 @@ fn studies_refuse_folders_and_files_not_their_own() {
         );
     }
     assert_eq!(std::fs::read(root.join("afile")).unwrap(), PRECIOUS);
+    assert_eq!(std::fs::read_dir(root.join("mnist")).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(root.join("cifar")).unwrap().count(), 1);
     let run: Vec<_> = std::fs::read_dir(root.join("run")).unwrap().collect();
     assert_eq!(run.len(), 2, "config.json and metrics.jsonl only");
 }

@@ -524,6 +524,11 @@ fn check_study_folder(out: &Path) -> Result<(), StudyError> {
             "is the folder of a training run: a study's runs go into a folder of their own; pick another --out",
         ));
     }
+    if crate::data::holds_mnist(out) || crate::data::cifar::holds_any(out) {
+        return Err(refuse(
+            "holds a dataset's files: a study's runs go into a folder of their own; pick another --out",
+        ));
+    }
     Ok(())
 }
 
