@@ -55,6 +55,18 @@ pub fn run(
     rounds: u32,
     gpu_forms: bool,
 ) -> anyhow::Result<()> {
+    // No --model: the checkpoint's, else LeNet-300-100.
+    let default;
+    let models = if models.is_empty() {
+        let model = match checkpoint {
+            Some(p) => Checkpoint::read_metadata(p)?.get("model").cloned(),
+            None => None,
+        };
+        default = [model.unwrap_or_else(|| "lenet300".into())];
+        &default[..]
+    } else {
+        models
+    };
     for (i, m) in models.iter().enumerate() {
         crate::models::check_name(m)?;
         if models[..i].contains(m) {

@@ -69,11 +69,14 @@ enum Command {
         /// Also time full training steps (dense and DST) over this many steps.
         #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
         steps: u32,
-        /// Folder with the MNIST IDX files for the step timing (default: embedded subset).
+        /// Folder of the model's dataset for the step timing: MNIST's IDX files or CIFAR-10's
+        /// batch files (default: the embedded MNIST subset; for CIFAR-10 models, random images
+        /// of its shape).
         #[arg(long)]
         data: Option<PathBuf>,
-        /// Models whose training steps to time (repeatable; default lenet300).
-        #[arg(long = "model", default_value = "lenet300")]
+        /// Models whose training steps to time (repeatable; default: the --checkpoint's model,
+        /// else lenet300).
+        #[arg(long = "model")]
         models: Vec<String>,
         /// Also time each dispatch of the dense step and of a DST step alone and print where the
         /// time goes, per layer and kernel, side by side (the DST step with the adapter's default

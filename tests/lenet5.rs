@@ -47,6 +47,22 @@ fn short_lenet5_run_learns() {
     assert_eq!(shape, &vec![50, 20, 5, 5]);
     let (_, shape, _) = ck.get("conv1.threshold").unwrap();
     assert_eq!(shape, &vec![20]);
+    // `dst bench --checkpoint` of it without --model times the checkpoint's model (it once
+    // timed LeNet-300-100 and refused the checkpoint).
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["bench", "--reps", "0", "--steps", "1", "--rounds", "1"])
+        .arg("--checkpoint")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(
+        o.status.success() && stdout.contains("lenet5: every variant with the settings of"),
+        "{stdout}{stderr}"
+    );
 }
 
 /// 2 epochs in one go and 1 + 1 with a resume give bit-identical parameters and momenta.
