@@ -1205,7 +1205,17 @@ fn step_times(
     // times[round][variant]; odd rounds run the variants in reverse order, so a machine that
     // slows down or speeds up steadily during a round favours no variant over two rounds.
     let mut times = Vec::new();
+    let started = Instant::now();
     for r in 0..rounds.max(1) {
+        // Where a round takes a while (a CIFAR-10 model on a CPU adapter), how far it is.
+        if r > 0 && started.elapsed().as_secs_f64() > 2.0 {
+            let per = started.elapsed().as_secs_f64() / r as f64;
+            eprintln!(
+                "{model}: round {r} of {} timed; about {} left",
+                rounds.max(1),
+                crate::report::eta_text((per * (rounds.max(1) - r) as f64) as u64)
+            );
+        }
         let mut row = vec![0.0; variants.len()];
         for i in round_order(variants.len(), r) {
             let v = &variants[i];

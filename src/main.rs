@@ -941,15 +941,6 @@ fn timestamp() -> String {
     )
 }
 
-/// Seconds left, short: `42s`, `3m05s`, `2h10m`.
-fn eta_text(s: u64) -> String {
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
-    }
-}
-
 struct TermProgress {
     bar: Option<indicatif::ProgressBar>,
     plain: bool,
@@ -1003,7 +994,7 @@ impl Progress for TermProgress {
                 bar.set_position(done);
                 // The time left once there is a rate to tell it from (at 0 steps indicatif's
                 // estimate reads "0s", as if done).
-                let eta = eta_text(bar.eta().as_secs());
+                let eta = dst::report::eta_text(bar.eta().as_secs());
                 bar.set_message(format!("{msg} (eta {eta})"));
             }
             // Lines, not a bar: one per 100 steps at most, and the epoch's last.
@@ -1493,6 +1484,7 @@ mod tests {
 
     #[test]
     fn eta_text_is_short() {
+        use dst::report::eta_text;
         assert_eq!(eta_text(0), "0s");
         assert_eq!(eta_text(59), "59s");
         assert_eq!(eta_text(60), "1m00s");

@@ -140,6 +140,15 @@ pub fn share(part: u64, whole: u64, scale: f64, decimals: usize) -> String {
     format!("{x:.decimals$}")
 }
 
+/// Seconds left, short: `42s`, `3m05s`, `2h10m`.
+pub fn eta_text(s: u64) -> String {
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+    }
+}
+
 /// `n` and `word`, plural unless `n` is 1: "1 epoch", "3 epochs".
 pub fn plural(n: usize, word: &str) -> String {
     if n == 1 {
