@@ -1986,6 +1986,11 @@ fn a_limit_above_the_training_set_is_noted() {
         all.contains("note: the batch of 64 is more than the 10 training images"),
         "{all}"
     );
+    // The split is named where the images are counted.
+    assert!(
+        all.contains(": 10 train / 9990 validation / 2000 test images on the GPU"),
+        "{all}"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 

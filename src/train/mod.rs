@@ -518,9 +518,12 @@ pub fn train(
     run.write_json(&run.config(), cfg)?;
     let n = data.train.count;
     progress.line(&format!(
-        "ready in {:.2} s: {} train / {} test images on the GPU, pipelines built, plans of {} (step) and {} (eval batch) dispatches",
+        "ready in {:.2} s: {} train / {}{} test images on the GPU, pipelines built, plans of {} (step) and {} (eval batch) dispatches",
         setup.elapsed().as_secs_f64(),
         n,
+        valid
+            .as_ref()
+            .map_or(String::new(), |v| format!("{} validation / ", v.count)),
         data.test.count,
         train_plan.dispatches.len(),
         eval_plan.dispatches.len()
