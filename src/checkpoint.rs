@@ -52,23 +52,18 @@ pub(crate) fn header_len(
         return Ok(len);
     }
     if let Some(text) = text_start(prefix, prefix.len() as u64 == file_len) {
-        let mut what = format!("it holds text (starts with `{text}`)");
+        let what = format!("it holds text (starts with `{text}`)");
         // A run folder's config.json, metrics.jsonl or summary.json: point at its checkpoint
         // (not when this is that checkpoint).
         let is_the_checkpoint = path.file_name() == Some(std::ffi::OsStr::new(FILE_NAME));
-        if let Some(ck) = path
+        let sibling = path
             .parent()
             .map(|d| d.join(FILE_NAME))
-            .filter(|c| !is_the_checkpoint && c.is_file())
-        {
-            what.push_str(&format!(
-                "; the checkpoint of its folder is {}",
-                ck.display()
-            ));
-        }
+            .filter(|c| !is_the_checkpoint && c.is_file());
         return Err(CheckpointError::NotSafetensors {
             path: path.to_path_buf(),
             what,
+            sibling,
         });
     }
     Err(CheckpointError::Format {
@@ -128,8 +123,16 @@ pub enum CheckpointError {
          folder's checkpoint.safetensors)"
     )]
     FolderWithout { path: PathBuf },
-    #[error("{path} is not a safetensors checkpoint: {what}")]
-    NotSafetensors { path: PathBuf, what: String },
+    #[error(
+        "{path} is not a safetensors checkpoint: {what}{}",
+        sibling.as_ref().map_or(String::new(), |c| format!("; the checkpoint of its folder is {}", c.display()))
+    )]
+    NotSafetensors {
+        path: PathBuf,
+        what: String,
+        /// The checkpoint of the folder of a run's text file (config.json, metrics.jsonl).
+        sibling: Option<PathBuf>,
+    },
 }
 
 /// Why a safetensors file with metadata `format` = `found` is not a training checkpoint.

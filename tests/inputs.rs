@@ -140,6 +140,16 @@ fn another_file_given_as_a_checkpoint_says_what_it_is() {
             &format!("; the checkpoint of its folder is {}", ck.display()),
         ],
     );
+    // `dst infer`, which reads exports, points at `dst export` of that checkpoint instead.
+    let err = dst(&["infer", &c]).2;
+    assert_mentions(
+        &err,
+        &[&format!(
+            "export its folder's checkpoint first: `dst export {} --out FILE`",
+            ck.display()
+        )],
+    );
+    assert!(!err.contains("the checkpoint of its folder is"), "{err}");
     // A short text file, whole: no "..." after it.
     let note = run.join("note.txt");
     std::fs::write(&note, "hello, world\n").unwrap();

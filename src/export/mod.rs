@@ -803,9 +803,14 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
     // A text file or a header length the file cannot hold: said as such (what the file holds).
     let prefix = &data[..data.len().min(crate::checkpoint::PREFIX)];
     crate::checkpoint::header_len(path, prefix, data.len() as u64).map_err(|e| match e {
-        CheckpointError::NotSafetensors { what, .. } => {
-            bad(format!("not a safetensors file: {what}"))
-        }
+        // A run's text file: its folder's checkpoint is exported first (infer reads exports).
+        CheckpointError::NotSafetensors { what, sibling, .. } => bad(format!(
+            "not a safetensors file: {what}{}",
+            sibling.map_or(String::new(), |c| format!(
+                "; export its folder's checkpoint first: `dst export {} --out FILE`",
+                c.display()
+            ))
+        )),
         CheckpointError::Format { reason, .. } => bad(format!(
             "not a valid safetensors file (truncated or damaged? {reason})"
         )),
