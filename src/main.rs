@@ -1102,7 +1102,18 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         }
     };
     if resume {
-        cfg.validate_resumed()?;
+        // The settings come from the run's config.json (a hand-edited value is named there).
+        cfg.validate_resumed().with_context(|| {
+            format!(
+                "the settings of {} (its config.json{})",
+                out.display(),
+                if given.iter().any(|f| f == "--epochs") {
+                    ", with --epochs"
+                } else {
+                    ""
+                }
+            )
+        })?;
     } else {
         cfg.validate()?;
     }

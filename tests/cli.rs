@@ -1900,6 +1900,30 @@ fn resume_refuses_another_runs_checkpoint() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A value `--resume` cannot run, edited into a run's config.json, is refused naming the file
+/// (the message named only the flag, which the user never gave).
+#[test]
+fn a_bad_value_in_config_json_is_named_there() {
+    let root = empty_folder("bad-config");
+    let run = root.join("run");
+    let r = run.to_str().unwrap();
+    let (ok, _, err) = dst(&["train", "--limit-train", "64", "--epochs", "1", "--out", r]);
+    assert!(ok, "{err}");
+    let path = run.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["alpha"] = (-1.0).into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "2"]);
+    assert!(
+        !ok && err.contains(&format!(
+            "the settings of {r} (its config.json, with --epochs)"
+        )) && err.contains("--alpha must be >= 0, got -1"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A closed stdout ends a command quietly (status 141), not with a panic.
 #[cfg(unix)]
 #[test]
