@@ -318,6 +318,37 @@ fn the_reproduction_header_tells_what_the_runs_used() {
         md.contains("--limit-train 3000 --valid 500 --quick"),
         "{md}"
     );
+    // Plain words, no internal names: one model, its seeds.
+    assert!(
+        md.contains("Table 1: the model lenet300, dense and DST")
+            && md.contains("(`dst info` lists them; METHOD.md section 5) and seed 1.")
+            && !md.contains("TrainConfig"),
+        "{md}"
+    );
+}
+
+/// A reproduction of a model outside Table 1 (WRN-16-1) says it has no paper figures.
+#[test]
+fn a_model_outside_table_1_is_named_as_such() {
+    let out = tmp("outside");
+    let r = Reproduce {
+        models: vec!["wrn-16-1".into()],
+        seeds: vec![1],
+        data: Some(PathBuf::from("/elsewhere/cifar10")),
+        ..quick(None, Some(1))
+    };
+    for (dir, cfg) in r.runs(&out).unwrap() {
+        fake_run(&dir, &cfg, 60.0, None);
+    }
+    let runs = report::load_runs(std::slice::from_ref(&out)).unwrap();
+    let md = study::reproduce_markdown(&r, &runs, &out).unwrap();
+    assert!(
+        md.contains("the model wrn-16-1, dense and DST")
+            && md.contains(
+                "and seed 1. wrn-16-1 is not in the paper's table: it has no paper figures."
+            ),
+        "{md}"
+    );
 }
 
 /// Seeds, alphas or models given twice would be trained once and counted twice: refused before

@@ -767,10 +767,23 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
     } else {
         "# Reproduction of Table 1\n\n"
     });
+    let outside: Vec<&str> = r
+        .models
+        .iter()
+        .map(String::as_str)
+        .filter(|m| !mnist.contains(m) && !cifar.contains(m))
+        .collect();
     s.push_str(&format!(
-        "Liu et al., *Dynamic Sparse Training*, ICLR 2020, Table 1: the models {}, dense and DST, each with the paper's settings (`TrainConfig::for_model`, METHOD.md section 5) and seeds {}.\n\n",
+        "Liu et al., *Dynamic Sparse Training*, ICLR 2020, Table 1: {} {}, dense and DST, each with the paper's settings (`dst info` lists them; METHOD.md section 5) and {} {}.{}\n\n",
+        if r.models.len() == 1 { "the model" } else { "the models" },
         r.models.join(", "),
-        seeds.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+        if seeds.len() == 1 { "seed" } else { "seeds" },
+        seeds.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", "),
+        match outside.as_slice() {
+            [] => String::new(),
+            [m] => format!(" {m} is not in the paper's table: it has no paper figures."),
+            ms => format!(" {} are not in the paper's table: they have no paper figures.", ms.join(", ")),
+        }
     ));
     let data = used_by(
         runs,
