@@ -717,6 +717,24 @@ fn bad_lr_steps_are_clear_errors() {
         err.contains("note: vgg16's learning-rate step after epoch 120 lies past this run's end"),
         "{err}"
     );
+    // A truncated or empty batch file is named before the adapter opens, as a missing one is.
+    let batch3 = cifar.join("data_batch_3.bin");
+    for (bytes, want) in [
+        (
+            dst::data::cifar::RECORD + 7,
+            "is not a whole number of 3073-byte records",
+        ),
+        (0, "holds no samples"),
+    ] {
+        std::fs::write(&batch3, vec![1u8; bytes]).unwrap();
+        let (ok, _, err) = dst(&["train", "--model", "vgg16", "--data", c, "--epochs", "1"]);
+        assert!(
+            !ok && err.contains("data_batch_3.bin")
+                && err.contains(want)
+                && !err.contains("adapter:"),
+            "{err}"
+        );
+    }
     std::fs::remove_dir_all(&cifar).unwrap();
 }
 

@@ -145,6 +145,35 @@ pub fn locate(dir: &Path) -> Result<PathBuf, DataError> {
     })
 }
 
+/// The six files of `dir` (as `locate` found it) each a non-empty whole number of records, from
+/// their sizes alone: a truncated copy is named before the adapter opens and the files are read
+/// (where their labels are checked too).
+pub fn check_sizes(dir: &Path) -> Result<(), DataError> {
+    for f in FILES {
+        let p = dir.join(f);
+        let size = std::fs::metadata(&p)
+            .map_err(|source| DataError::Io {
+                file: p.display().to_string(),
+                source,
+            })?
+            .len() as usize;
+        if !size.is_multiple_of(RECORD) {
+            return Err(DataError::PartialRecord {
+                file: p.display().to_string(),
+                size,
+                record: RECORD,
+            });
+        }
+        if size == 0 {
+            return Err(DataError::Empty {
+                file: p.display().to_string(),
+                dims: vec![0, CHANNELS, SIDE, SIDE],
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Whether `dir` (or its `cifar-10-batches-bin`) holds any of the six files.
 pub fn holds_any(dir: &Path) -> bool {
     let inner = dir.join(ARCHIVE_FOLDER);
