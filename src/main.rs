@@ -215,7 +215,8 @@ enum Command {
         /// Run directories (or folders holding runs).
         #[arg(required = true)]
         runs: Vec<PathBuf>,
-        /// Write the Markdown here [default: print it].
+        /// Write the Markdown here [default: print it]; a name ending in .csv gets the table as
+        /// CSV (the columns of a sweep's sweep.csv).
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -612,16 +613,32 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Report { runs, out }) => {
+            // `--out x.csv`: the table as CSV (sweep.csv's columns), not Markdown under that name.
+            let csv = out
+                .as_ref()
+                .is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")));
             if let Some(p) = &out {
-                dst::report::check_own_text(
-                    p,
-                    dst::report::REPORT_HEADER,
-                    "a report of `dst report`",
-                )?;
+                if csv {
+                    dst::report::check_own_text(
+                        p,
+                        dst::report::table::CSV_HEADER,
+                        "a table of `dst report` or `dst sweep`",
+                    )?;
+                } else {
+                    dst::report::check_own_text(
+                        p,
+                        dst::report::REPORT_HEADER,
+                        "a report of `dst report`",
+                    )?;
+                }
             }
             let runs = dst::report::load_runs(&runs)?;
             warn_torn(&runs);
-            let md = dst::report::report_markdown(&runs);
+            let md = if csv {
+                dst::report::table::csv(&dst::report::table::rows(&runs))
+            } else {
+                dst::report::report_markdown(&runs)
+            };
             match out {
                 Some(p) => {
                     dst::report::write_text(&p, &md)?;

@@ -374,6 +374,27 @@ fn report_replaces_only_its_own_reports() {
     }
     let md = std::fs::read_to_string(root.join("r/report.md")).unwrap();
     assert!(md.starts_with(dst::report::REPORT_HEADER), "{md}");
+    // A .csv name gets the table as CSV (it got Markdown), and replaces only a table of its own.
+    std::fs::write(root.join("mine.csv"), PRECIOUS).unwrap();
+    let o = dst(&root, &[p("report"), p("run"), p("--out"), p("mine.csv")]);
+    refused(
+        &o,
+        "report --out mine.csv",
+        &["mine.csv", "is not a table of"],
+    );
+    assert_eq!(std::fs::read(root.join("mine.csv")).unwrap(), PRECIOUS);
+    for _ in 0..2 {
+        ok(
+            &dst(
+                &root,
+                &[p("report"), p("run"), p("--out"), p("r/table.CSV")],
+            ),
+            "report --out r/table.CSV",
+        );
+    }
+    let csv = std::fs::read_to_string(root.join("r/table.CSV")).unwrap();
+    assert!(csv.starts_with(dst::report::table::CSV_HEADER), "{csv}");
+    assert!(csv.lines().count() >= 2, "{csv}");
 }
 
 /// `dst sweep` and `dst reproduce` refuse, before any run trains, an --out that is a training
