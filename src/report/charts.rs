@@ -730,8 +730,46 @@ pub fn sweep_chart(
             .margin(12)
             .x_label_area_size(44)
             .y_label_area_size(72);
+            // The legend where the lines, bars and baselines leave room (`legend_corner`), from
+            // each point's place as a fraction of the axes (`unit_y` for the y axis).
+            let corner = |unit_y: &dyn Fn(f64) -> f64| {
+                let (w, h) = area.dim_in_pixel();
+                let (pw, ph) = ((w as f64 - 96.0).max(1.0), (h as f64 - 110.0).max(1.0));
+                let ux = |a: f64| (a / a0).ln() / (a1 / a0).ln();
+                let (mut lines, mut labels, mut chars) = (Vec::new(), 0usize, 0usize);
+                for m in &models {
+                    let mut pts: Vec<(f64, f64)> = dst
+                        .iter()
+                        .filter(|r| r.model == *m)
+                        .map(|r| (ux(r.alpha.unwrap()), unit_y(val(r).mean)))
+                        .collect();
+                    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    if !pts.is_empty() {
+                        lines.push(pts);
+                        (labels, chars) = (labels + 1, chars.max(m.len() + 17));
+                    }
+                    for d in dense.iter().filter(|r| r.model == *m) {
+                        let y = unit_y(val(d).mean);
+                        lines.push(vec![(0.0, y), (1.0, y)]);
+                        (labels, chars) = (labels + 1, chars.max(m.len() + 28));
+                    }
+                }
+                for r in &dst {
+                    let (x, s) = (ux(r.alpha.unwrap()), val(r));
+                    lines.push(vec![
+                        (x, unit_y(s.mean - s.std)),
+                        (x, unit_y(s.mean + s.std)),
+                    ]);
+                }
+                legend_corner(
+                    &lines,
+                    (chars as f64 * 7.0 + 50.0) / pw,
+                    (labels as f64 * 19.0 + 16.0) / ph,
+                    SeriesLabelPosition::LowerLeft,
+                )
+            };
             macro_rules! body {
-                ($chart:expr, $clamp:expr) => {{
+                ($chart:expr, $legend:expr, $clamp:expr) => {{
                     let mut chart = $chart;
                     chart
                         .configure_mesh()
@@ -765,7 +803,12 @@ pub fn sweep_chart(
                                     pts.iter().map(|p| (p.0, $clamp(p.1))),
                                     c.stroke_width(2),
                                 ))?
-                                .label(format!("{m} DST (mean ± std)"))
+                                // One seed per alpha: no spread to show.
+                                .label(if dst.iter().any(|r| r.model == *m && r.seeds.len() > 1) {
+                                    format!("{m} DST (mean ± std)")
+                                } else {
+                                    format!("{m} DST (1 seed)")
+                                })
                                 .legend(move |(x, y)| {
                                     PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3))
                                 });
@@ -801,7 +844,7 @@ pub fn sweep_chart(
                     }
                     chart
                         .configure_series_labels()
-                        .position(SeriesLabelPosition::LowerLeft)
+                        .position($legend)
                         .label_font((FAMILY, 14))
                         .background_style(WHITE.mix(0.85))
                         .border_style(RGBColor(160, 160, 160))
@@ -810,18 +853,22 @@ pub fn sweep_chart(
             }
             if k == 0 {
                 let (y0, y1) = lin_range(ys.iter().copied(), 0.1);
+                let legend = corner(&|y: f64| (y - y0) / (y1 - y0));
                 let chart = b.build_cartesian_2d(
                     (a0..a1).log_scale().with_key_points(ticks.clone()),
                     y0..y1,
                 )?;
-                body!(chart, |y: f64| y);
+                body!(chart, legend, |y: f64| y);
             } else {
                 let (y0, y1) = log_range(ys.iter().copied(), 1e-3, Some(150.0));
+                let legend = corner(&|y: f64| (y.max(y0) / y0).ln() / (y1 / y0).ln());
+                // 2 and 5 times the decades too where the axis spans little more than one
+                // (plotters' own ticks labelled only 10 and 100).
                 let chart = b.build_cartesian_2d(
                     (a0..a1).log_scale().with_key_points(ticks.clone()),
-                    (y0..y1).log_scale(),
+                    (y0..y1).log_scale().with_key_points(log_ticks(y0, y1)),
                 )?;
-                body!(chart, |y: f64| y.max(y0));
+                body!(chart, legend, |y: f64| y.max(y0));
             }
         }
         Ok(())

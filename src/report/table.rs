@@ -440,7 +440,8 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         if row.unfinished > 0 {
-            let _ = write!(seeds, " ({} unfinished)", row.unfinished);
+            let sep = if seeds.is_empty() { "" } else { " " };
+            let _ = write!(seeds, "{sep}({} unfinished)", row.unfinished);
         }
         let list = |seeds: &[u64]| {
             format!(
