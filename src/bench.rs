@@ -55,24 +55,6 @@ pub fn run(
     rounds: u32,
     gpu_forms: bool,
 ) -> anyhow::Result<()> {
-    // No --model: the checkpoint's, else LeNet-300-100.
-    let default;
-    let models = if models.is_empty() {
-        let model = match checkpoint {
-            Some(p) => Checkpoint::read_metadata(p)?.get("model").cloned(),
-            None => None,
-        };
-        default = [model.unwrap_or_else(|| "lenet300".into())];
-        &default[..]
-    } else {
-        models
-    };
-    for (i, m) in models.iter().enumerate() {
-        crate::models::check_name(m)?;
-        if models[..i].contains(m) {
-            anyhow::bail!("--model {m} is given twice: each model is timed once");
-        }
-    }
     // Flags of the step times: said to do nothing rather than ignored.
     if steps == 0 {
         for (given, flag) in [
@@ -92,6 +74,24 @@ pub fn run(
         anyhow::bail!(
             "nothing to time: --reps 0 leaves out the kernel tables and --steps 0 the step times"
         );
+    }
+    // No --model: the checkpoint's, else LeNet-300-100.
+    let default;
+    let models = if models.is_empty() {
+        let model = match checkpoint {
+            Some(p) => Checkpoint::read_metadata(p)?.get("model").cloned(),
+            None => None,
+        };
+        default = [model.unwrap_or_else(|| "lenet300".into())];
+        &default[..]
+    } else {
+        models
+    };
+    for (i, m) in models.iter().enumerate() {
+        crate::models::check_name(m)?;
+        if models[..i].contains(m) {
+            anyhow::bail!("--model {m} is given twice: each model is timed once");
+        }
     }
     // A checkpoint is read and checked before any GPU work.
     let ck = match checkpoint {
