@@ -1088,6 +1088,25 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             })?;
             let mut cfg: TrainConfig = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a dst run config", path.display()))?;
+            // A key dst does not know (a misspelt one, beside the real one or in its place,
+            // where the real one has a default) is named, not silently ignored.
+            let known = serde_json::to_value(&cfg).unwrap_or_default();
+            let unknown: Vec<String> = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.as_object().cloned())
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .filter(|k| known.get(k).is_none())
+                .collect();
+            if !unknown.is_empty() {
+                eprintln!(
+                    "warning: {} has {} dst does not know, left out: {}",
+                    path.display(),
+                    if unknown.len() == 1 { "a key" } else { "keys" },
+                    unknown.join(", ")
+                );
+            }
             // Only the length of the run may change on resume. A targeted run keeps the target
             // epoch it steered by (the header names it).
             if let Some(epochs) = a.epochs {

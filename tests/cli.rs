@@ -1931,12 +1931,18 @@ fn a_bad_value_in_config_json_is_named_there() {
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     config["alpha"] = (-1.0).into();
+    // A key dst does not know (a misspelling) is named too, not silently ignored.
+    config["weight_decy"] = 0.1.into();
     std::fs::write(&path, config.to_string()).unwrap();
     let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "2"]);
     assert!(
         !ok && err.contains(&format!(
             "the settings of {r} (its config.json, with --epochs)"
         )) && err.contains("--alpha must be >= 0, got -1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("has a key dst does not know, left out: weight_decy"),
         "{err}"
     );
     std::fs::remove_dir_all(&root).unwrap();
