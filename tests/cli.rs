@@ -1795,8 +1795,29 @@ fn a_relative_data_folder_resumes_from_anywhere() {
     let (ok, err) = dst_in(&root, &["train", "--resume", "moved", "--epochs", "2"]);
     assert!(
         ok && err.contains(&format!("reading the data from {}", elsewhere.display()))
-            && err.contains("if the files are the same")
-            && !err.contains("settings that differ"),
+            && err.contains("the same files (their SHA-256 matches)")
+            && !err.contains("settings that differ")
+            && !err.contains("differ from those"),
+        "{err}"
+    );
+    // Other files in that folder (a test label changed, in a raw file that is read before its
+    // .gz): the resume says the data differs from what the run trained on.
+    let mut labels = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(
+            std::fs::File::open(elsewhere.join("t10k-labels-idx1-ubyte.gz")).unwrap(),
+        ),
+        &mut labels,
+    )
+    .unwrap();
+    labels[8] = (labels[8] + 1) % 10;
+    std::fs::write(elsewhere.join("t10k-labels-idx1-ubyte"), &labels).unwrap();
+    let (ok, err) = dst_in(&root, &["train", "--resume", "moved", "--epochs", "3"]);
+    assert!(
+        ok && err.contains(
+            "warning: the images and labels read now differ from those the \
+             checkpoint's run trained on"
+        ),
         "{err}"
     );
 

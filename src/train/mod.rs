@@ -262,6 +262,9 @@ pub fn train(
             e
         }
     })?;
+    // What the run trains and is scored on, as a SHA-256 its checkpoints record: a resume on
+    // other files (a data folder edited, or another one put in its place) is told so.
+    let data_sha256 = data_fingerprint(&data, valid.as_ref());
     let held = data.train.count + valid.as_ref().map_or(0, |v| v.count);
     if let Some(n) = cfg.limit_train.filter(|&n| n > held) {
         notes.push(format!(
@@ -411,6 +414,14 @@ pub fn train(
         // the files are the same, which only the user can know. (A relative --data an older
         // version recorded is the same folder.)
         let now = ours.get("data").unwrap_or(&serde_json::Value::Null);
+        // The files themselves, where the checkpoint records their SHA-256 (older ones do not).
+        let same_files = ck.meta("data_sha256").map(|h| h == data_sha256);
+        if same_files == Some(false) {
+            progress.line(
+                "warning: the images and labels read now differ from those the checkpoint's run \
+                 trained on (their SHA-256): the result will not match an uninterrupted run",
+            );
+        }
         if let Some(then) = theirs.get("data").filter(|&t| t != now) {
             if !same_data_values(Some(then), now) {
                 let name = |v: &serde_json::Value| match v.as_str() {
@@ -418,10 +429,14 @@ pub fn train(
                     None => "the embedded MNIST subset".to_string(),
                 };
                 progress.line(&format!(
-                    "note: reading the data from {} (the checkpoint's run read {}): the result \
-                     matches an uninterrupted run if the files are the same",
+                    "note: reading the data from {} (the checkpoint's run read {}): {}",
                     name(now),
-                    name(then)
+                    name(then),
+                    match same_files {
+                        Some(true) => "the same files (their SHA-256 matches)",
+                        Some(false) => "other files",
+                        None => "the result matches an uninterrupted run if the files are the same",
+                    }
                 ));
             }
         }
@@ -724,6 +739,8 @@ pub fn train(
         }
         ck.metadata.insert("epoch".into(), epoch.to_string());
         ck.metadata.insert("step".into(), step.to_string());
+        ck.metadata
+            .insert("data_sha256".into(), data_sha256.clone());
         if let Some(c) = &control {
             // Display of an f64 round-trips exactly: a resume continues with the same alpha.
             ck.metadata.insert("alpha".into(), c.alpha.to_string());
@@ -1050,6 +1067,22 @@ fn foreign_checkpoint(run: &RunDir, history: &[EpochRecord], epoch0: usize) -> O
         }
     }
     None
+}
+
+/// SHA-256 (hex) of the images and labels of the training set, the validation split (if any)
+/// and the test set, each after its count.
+fn data_fingerprint(data: &Mnist, valid: Option<&crate::data::Dataset>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for d in [Some(&data.train), valid, Some(&data.test)]
+        .into_iter()
+        .flatten()
+    {
+        h.update((d.count as u64).to_le_bytes());
+        h.update(&d.images);
+        h.update(&d.labels);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `same_data` of two `data` values of serialised configs (null: the embedded subset).
