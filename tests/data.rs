@@ -159,6 +159,20 @@ fn truncated_payload_is_an_error() {
     }
 }
 
+/// Bytes after a whole gzip stream are named as trailing data (they were "invalid gzip
+/// header", as if the stream were damaged); a stream cut short is still corrupt or truncated.
+#[test]
+fn bytes_after_the_gzip_stream_are_named() {
+    let mut bytes = gz(&labels(5));
+    bytes.extend_from_slice(b"\0\0junk");
+    let err = idx::gunzip(&bytes, "t.gz").unwrap_err();
+    assert_mentions(&err, &["t.gz", "followed by 6 bytes that are not gzip"]);
+    let mut cut = gz(&labels(5));
+    cut.truncate(cut.len() - 4);
+    let err = idx::gunzip(&cut, "t.gz").unwrap_err();
+    assert!(!err.to_string().contains("followed by"), "{err}");
+}
+
 #[test]
 fn trailing_bytes_are_an_error() {
     let mut bad = labels(5);

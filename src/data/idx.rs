@@ -31,13 +31,32 @@ pub fn is_gzip(bytes: &[u8]) -> bool {
 /// garbage, or output above [`MAX_DECOMPRESSED`] is an error naming `name`.
 pub fn gunzip(bytes: &[u8], name: &str) -> Result<Vec<u8>, DataError> {
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(bytes)
-        .take(MAX_DECOMPRESSED + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| DataError::Gzip {
-            file: name.to_string(),
-            reason: e.to_string(),
-        })?;
+    let gzip_error = |reason: String| DataError::Gzip {
+        file: name.to_string(),
+        reason,
+    };
+    // Member after member (a multi-member file is one stream); bytes after a whole member that
+    // begin no other are said as such (`gzip -t` calls them trailing garbage), not as a damaged
+    // stream.
+    let mut rest = bytes;
+    loop {
+        let mut member = flate2::bufread::GzDecoder::new(rest);
+        (&mut member)
+            .take(MAX_DECOMPRESSED + 1 - out.len().min(MAX_DECOMPRESSED as usize) as u64)
+            .read_to_end(&mut out)
+            .map_err(|e| gzip_error(e.to_string()))?;
+        rest = member.into_inner();
+        if rest.is_empty() || out.len() as u64 > MAX_DECOMPRESSED {
+            break;
+        }
+        if !rest.starts_with(&[0x1f, 0x8b]) {
+            return Err(gzip_error(format!(
+                "its gzip data is followed by {} that {} not gzip (trailing data)",
+                crate::report::plural(rest.len(), "byte"),
+                if rest.len() == 1 { "is" } else { "are" }
+            )));
+        }
+    }
     if out.len() as u64 > MAX_DECOMPRESSED {
         return Err(DataError::TooLarge {
             file: name.to_string(),
