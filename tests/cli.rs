@@ -1966,6 +1966,15 @@ fn a_bad_value_in_config_json_is_named_there() {
         err.contains("has a key dst does not know, left out: weight_decy"),
         "{err}"
     );
+    // Another optimiser: named as such (it was "tensor optim.second_moment... is missing").
+    config["alpha"] = 5e-4.into();
+    config["optimizer"] = "adam".into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "2"]);
+    assert!(
+        !ok && err.contains("trained with sgd, and its config.json now says adam"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -349,6 +349,21 @@ pub fn train(
     if resume {
         let path = run.checkpoint();
         let ck = Checkpoint::load(&path)?;
+        // Another optimiser than the checkpoint's (config.json edited): its state cannot carry
+        // over. Said as such, not as a tensor the checkpoint lacks.
+        let their_optimizer = ck
+            .meta("config")
+            .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
+            .map(|c| c.optimizer);
+        if let Some(o) = their_optimizer.filter(|o| *o != cfg.optimizer) {
+            return Err(TrainError::Refused(format!(
+                "{} trained with {o}, and its config.json now says {}: an optimiser's state does \
+                 not carry over to another; set \"optimizer\" back to \"{o}\", or train anew \
+                 into another folder",
+                run.dir.display(),
+                cfg.optimizer
+            )));
+        }
         session.restore(&ck, &path, true)?;
         epoch0 = ck.meta("epoch").and_then(|s| s.parse().ok()).unwrap_or(0);
         step = ck.meta("step").and_then(|s| s.parse().ok()).unwrap_or(0);
