@@ -1550,6 +1550,20 @@ fn a_dense_run_takes_sparse_input() {
         !ok && err.contains(&ck.display().to_string()) && err.contains("no masks to draw"),
         "{err}"
     );
+    // Its csr export stores every tensor dense: `dst infer` names it a dense run's export.
+    let file = root.join("dense.safetensors");
+    let (ok, _, err) = dst(&[
+        "export",
+        ck.to_str().unwrap(),
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (ok, stdout, err) = dst(&["infer", file.to_str().unwrap()]);
+    assert!(
+        ok && stdout.contains("(csr export of a dense run)"),
+        "{stdout}{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -1094,12 +1094,12 @@ pub fn run(
             .map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
     }
     println!(
-        "test accuracy {:.2}% on the {} of {}, {how} of {} ({} export), {:.0} images/s",
+        "test accuracy {:.2}% on the {} of {}, {how} of {} ({}), {:.0} images/s",
         100.0 * correct as f64 / count.max(1) as f64,
         crate::report::plural(count, "test image"),
         test.source,
         export.model,
-        export.layout.name(),
+        export.describe(),
         count as f64 / secs
     );
     if let Some(out) = out {
@@ -1179,9 +1179,9 @@ pub fn bench(
         .map(|e| e.shape.iter().product::<usize>())
         .sum();
     println!(
-        "{} ({} export): its masked layers keep {kept} of {total} weights ({}%)",
+        "{} ({}): its masked layers keep {kept} of {total} weights ({}%)",
         export.model,
-        export.layout.name(),
+        export.describe(),
         crate::report::share(kept as u64, total as u64, 100.0, 2)
     );
     if class != gpu.class {
@@ -1307,10 +1307,10 @@ fn bench_evaluation(
     let dense = Restored::new(gpu, &dense_ck, file, &images)?;
     let masked = Restored::new(Gpu::from_env()?, &masked_ck, file, &images)?;
     println!(
-        "{} ({} export) has no sparse inference kernels: the trainer's evaluation of the dense \
+        "{} ({}) has no sparse inference kernels: the trainer's evaluation of the dense \
          model against the masked one, batches of {}, {} of {}",
         export.model,
-        export.layout.name(),
+        export.describe(),
         dense.batch(),
         crate::report::plural(images.count, "test image"),
         test.source

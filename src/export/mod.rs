@@ -386,6 +386,19 @@ impl Export {
         self.entries.iter().find(|e| e.name == name)
     }
 
+    /// "dense export", "csr export", or "csr export of a dense run" for one that stores no
+    /// tensor as CSR (a dense run has no masks: `export` stores it all dense).
+    pub fn describe(&self) -> String {
+        let csr = self
+            .entries
+            .iter()
+            .any(|e| matches!(e.value, Value::Csr(_)));
+        match self.layout {
+            Layout::Csr if !csr => "csr export of a dense run".into(),
+            l => format!("{} export", l.name()),
+        }
+    }
+
     /// Bytes of every f32 entry stored dense: what the masked model costs without sparse
     /// storage (the integer counters, 8 bytes each, are left out).
     pub fn dense_f32_bytes(&self) -> u64 {
