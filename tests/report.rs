@@ -914,10 +914,11 @@ fn dst_lenet300_prunes_the_mnist_border() {
 fn bad_report_flags_are_clear_errors() {
     let empty = tmp("empty");
     let empty = empty.to_str().unwrap();
-    // The six CIFAR-10 file names (the files are located, not read, before a run starts).
+    // The six CIFAR-10 files, one record each (their sizes are checked, not their contents,
+    // before a run starts).
     let cifar = tmp("cifar-names");
     for f in dst::data::cifar::FILES {
-        std::fs::write(cifar.join(f), b"").unwrap();
+        std::fs::write(cifar.join(f), vec![0u8; dst::data::cifar::RECORD]).unwrap();
     }
     let cifar = cifar.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
