@@ -145,18 +145,23 @@ pub fn locate(dir: &Path) -> Result<PathBuf, DataError> {
     })
 }
 
+/// The size of the file `p` in bytes.
+fn file_size(p: &Path) -> Result<usize, DataError> {
+    Ok(std::fs::metadata(p)
+        .map_err(|source| DataError::Io {
+            file: p.display().to_string(),
+            source,
+        })?
+        .len() as usize)
+}
+
 /// The six files of `dir` (as `locate` found it) each a non-empty whole number of records, from
 /// their sizes alone: a truncated copy is named before the adapter opens and the files are read
 /// (where their labels are checked too).
 pub fn check_sizes(dir: &Path) -> Result<(), DataError> {
     for f in FILES {
         let p = dir.join(f);
-        let size = std::fs::metadata(&p)
-            .map_err(|source| DataError::Io {
-                file: p.display().to_string(),
-                source,
-            })?
-            .len() as usize;
+        let size = file_size(&p)?;
         if !size.is_multiple_of(RECORD) {
             return Err(DataError::PartialRecord {
                 file: p.display().to_string(),
@@ -257,12 +262,7 @@ pub fn check_complete(dir: &Path) -> Result<(), DataError> {
     check_dir(dir)?;
     for f in FILES {
         let p = dir.join(f);
-        let size = std::fs::metadata(&p)
-            .map_err(|source| DataError::Io {
-                file: p.display().to_string(),
-                source,
-            })?
-            .len() as usize;
+        let size = file_size(&p)?;
         if size != RECORDS_PER_FILE * RECORD {
             return Err(DataError::Incomplete {
                 file: p.display().to_string(),
