@@ -1163,7 +1163,7 @@ fn lstm_exports_infer_densely_and_bench_infer_compares_evaluations() {
         out.contains(
             "on the 2000 test images of the embedded MNIST subset, dense inference (the masked \
              weights, zeros included, through the trainer's kernels: lstm-a has no sparse \
-             inference kernels) of lstm-a (csr export)"
+             inference kernels) of lstm-a (csr export of a dense run)"
         ),
         "{out}"
     );
@@ -1190,7 +1190,8 @@ fn lstm_exports_infer_densely_and_bench_infer_compares_evaluations() {
     }
     assert!(
         out.contains(
-            "lstm-a (csr export) has no sparse inference kernels: the trainer's evaluation of \
+            "lstm-a (csr export of a dense run) has no sparse inference kernels: the trainer's \
+             evaluation of \
              the dense model against the masked one, batches of 100, 100 test images of the \
              embedded MNIST subset"
         ) && out.contains("`dst infer` runs this export as the dense model"),

@@ -387,14 +387,22 @@ impl Export {
     }
 
     /// "dense export", "csr export", or "csr export of a dense run" for one that stores no
-    /// tensor as CSR (a dense run has no masks: `export` stores it all dense).
+    /// tensor as CSR and no zero in a maskable weight (a dense run has no masks: `export`
+    /// stores it all dense).
     pub fn describe(&self) -> String {
-        let csr = self
-            .entries
-            .iter()
-            .any(|e| matches!(e.value, Value::Csr(_)));
+        let specs = model_params(&self.model).unwrap_or_default();
+        let pruned = self.entries.iter().any(|e| match &e.value {
+            Value::Csr(_) => true,
+            Value::Dense(w) => {
+                specs
+                    .iter()
+                    .any(|s| s.export == e.name && s.threshold.is_some())
+                    && w.contains(&0.0)
+            }
+            Value::Int(_) => false,
+        });
         match self.layout {
-            Layout::Csr if !csr => "csr export of a dense run".into(),
+            Layout::Csr if !pruned => "csr export of a dense run".into(),
             l => format!("{} export", l.name()),
         }
     }
