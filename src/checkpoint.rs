@@ -177,7 +177,7 @@ pub fn tensors_sha256(tensors: &[NamedTensor]) -> String {
             }
         }
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::data::fetch::hex(&h.finalize())
 }
 
 /// The metadata key of the SHA-256 of a checkpoint's other metadata (`metadata_sha256`).
@@ -200,7 +200,7 @@ pub fn metadata_sha256(meta: &HashMap<String, String>) -> String {
             h.update(part.as_bytes());
         }
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::data::fetch::hex(&h.finalize())
 }
 
 /// One checkpoint tensor: (name, shape, values).

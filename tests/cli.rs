@@ -21,6 +21,11 @@ fn nothing_at(tag: &str) -> std::path::PathBuf {
     p
 }
 
+/// The JSON file at `path` (a run's config.json).
+fn read_json(path: impl AsRef<std::path::Path>) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 /// `nothing_at(tag)`, made an empty folder.
 fn empty_folder(tag: &str) -> std::path::PathBuf {
     let p = nothing_at(tag);
@@ -1506,8 +1511,7 @@ fn a_dense_run_takes_sparse_input() {
             ok && err.contains("training dense lenet300 (no masks, "),
             "{err}"
         );
-        let config: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let config = read_json(out.join("config.json"));
         assert_eq!(
             config["sparse_input"].as_f64(),
             si.map(|s| s.parse().unwrap())
@@ -1757,8 +1761,7 @@ fn a_relative_data_folder_resumes_from_anywhere() {
         ],
     );
     assert!(ok, "{err}");
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run.join("config.json")).unwrap()).unwrap();
+    let config = read_json(run.join("config.json"));
     assert_eq!(
         config["data"].as_str().map(std::path::PathBuf::from),
         Some(here.join("assets/mnist-subset"))
@@ -1801,8 +1804,7 @@ fn a_relative_data_folder_resumes_from_anywhere() {
     assert_eq!(std::fs::read(moved.join("metrics.jsonl")).unwrap(), before);
     // The advice followed (config.json's "data" set to the new folder): the run goes on with a
     // note on the data, not a warning that its settings changed.
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(moved.join("config.json")).unwrap()).unwrap();
+    let mut config = read_json(moved.join("config.json"));
     let elsewhere = std::path::absolute(root.join("data-elsewhere")).unwrap();
     config["data"] = elsewhere.to_str().unwrap().into();
     std::fs::write(moved.join("config.json"), config.to_string()).unwrap();
@@ -1855,8 +1857,7 @@ fn a_relative_data_folder_resumes_from_anywhere() {
     );
     assert!(ok, "{err}");
     std::fs::remove_dir(&cw).unwrap();
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join("up/config.json")).unwrap()).unwrap();
+    let config = read_json(root.join("up/config.json"));
     assert_eq!(
         config["data"].as_str().map(std::path::PathBuf::from),
         Some(elsewhere.canonicalize().unwrap())
@@ -1963,8 +1964,7 @@ fn a_bad_value_in_config_json_is_named_there() {
     let (ok, _, err) = dst(&["train", "--limit-train", "64", "--epochs", "1", "--out", r]);
     assert!(ok, "{err}");
     let path = run.join("config.json");
-    let mut config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut config = read_json(&path);
     config["alpha"] = (-1.0).into();
     // A key dst does not know (a misspelling) is named too, not silently ignored.
     config["weight_decy"] = 0.1.into();

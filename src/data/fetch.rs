@@ -174,10 +174,7 @@ fn read_body(body: &mut dyn Read, sink: &mut Sink) -> Result<(), AttemptError> {
 
 /// Lower-case hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes))
 }
 
 /// Verifies gzip bytes against a spec: decompresses them and compares the SHA-256.
@@ -447,7 +444,8 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     hex(&Md5::digest(bytes))
 }
 
-fn hex(digest: &[u8]) -> String {
+/// Lower-case hex of a digest's bytes.
+pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -746,7 +746,7 @@ fn digest(tensors: &BTreeMap<String, (Dtype, Vec<usize>, &[u8])>) -> String {
         h.update(format!("{name}\0{dtype:?}\0{shape:?}\0{}\0", bytes.len()).as_bytes());
         h.update(bytes);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::data::fetch::hex(&h.finalize())
 }
 
 /// The safetensors bytes of an export, with metadata: `format`, `model`, `layout`, `order` (a JSON

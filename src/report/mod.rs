@@ -9,6 +9,8 @@ pub mod table;
 
 use std::path::{Path, PathBuf};
 
+use crate::data::fetch::sha256_hex;
+
 pub use charts::{draw_run_charts, plot_runs};
 pub use masks::mask_images;
 pub use runs::Run;
@@ -310,14 +312,6 @@ fn checkpoint_of_run(ck: &crate::checkpoint::Checkpoint, dir: &Path) -> Result<(
         }
     }
     Ok(())
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The (hash, name) lines of `dir`'s manifest; none when it is absent or unreadable.

@@ -426,8 +426,8 @@ pub fn train(
             ));
         }
         // A data folder moved (config.json edited, as `resumed_data_error` says): the same run if
-        // the files are the same, which only the user can know. (A relative --data an older
-        // version recorded is the same folder.)
+        // the files are the same, which the checkpoint's SHA-256 of them tells where it has one.
+        // (A relative --data an older version recorded is the same folder.)
         let now = ours.get("data").unwrap_or(&serde_json::Value::Null);
         // The files themselves, where the checkpoint records their SHA-256 (older ones do not).
         let same_files = ck.meta("data_sha256").map(|h| h == data_sha256);
@@ -1097,7 +1097,7 @@ fn data_fingerprint(data: &Mnist, valid: Option<&crate::data::Dataset>) -> Strin
         h.update(&d.images);
         h.update(&d.labels);
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::data::fetch::hex(&h.finalize())
 }
 
 /// `same_data` of two `data` values of serialised configs (null: the embedded subset).
