@@ -2086,6 +2086,41 @@ fn a_limit_above_the_training_set_is_noted() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// A batch above the training set is one step over all of it, with buffers sized for the set:
+/// LeNet-5 at the largest batch on 10 images trains (its buffers for 65,535 images were refused).
+/// Its summary counts the images trained on.
+#[test]
+fn a_batch_above_the_training_set_fits_the_set() {
+    let out = nothing_at("huge-batch");
+    let o = out.to_str().unwrap();
+    let args = [
+        "train",
+        "--model",
+        "lenet5",
+        "--limit-train",
+        "10",
+        "--batch",
+        "65535",
+        "--epochs",
+        "1",
+        "--out",
+        o,
+    ];
+    let (ok, stdout, err) = dst(&args);
+    assert!(ok, "{err}");
+    let all = format!("{stdout}{err}");
+    assert!(
+        all.contains("note: the batch of 65535 is more than the 10 training images: each epoch is one step over all of them"),
+        "{all}"
+    );
+    let summary = read_json(&out.join("summary.json"));
+    assert_eq!(
+        (summary["steps"].as_u64(), summary["train_images"].as_u64()),
+        (Some(1), Some(10))
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 /// `--resume` takes a run's folder or its checkpoint; a missing folder or another file is named.
 #[test]
 fn resume_takes_the_run_folder_or_its_checkpoint() {

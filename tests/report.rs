@@ -395,6 +395,62 @@ fn rows_keep_data_folders_apart_and_count_a_seed_once() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A `--limit-train` above the images there are trained on all of them: the table does not say
+/// "first N train" of such a run (it did, from the config alone), and puts it in the row of the
+/// run without a limit. A limit that left images out is still named.
+#[test]
+fn a_limit_above_the_set_is_not_named() {
+    let root = tmp("limit-rows");
+    let fake = |name: &str, limit: Option<usize>, trained: Option<usize>, seed: u64| {
+        let dir = root.join(name);
+        write_fake(
+            &dir,
+            &Fake {
+                model: "lenet300",
+                dense: false,
+                alpha: 5e-4,
+                seed,
+                epochs: 1,
+                history: vec![(95.0, 0.05)],
+                valid: None,
+                finished: true,
+            },
+        );
+        let edit = |file: &str, key: &str, v: serde_json::Value| {
+            let path = dir.join(file);
+            let mut c: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            c[key] = v;
+            std::fs::write(&path, c.to_string()).unwrap();
+        };
+        edit("config.json", "limit_train", json!(limit));
+        if let Some(t) = trained {
+            edit("summary.json", "train_images", json!(t));
+        }
+    };
+    fake("all", None, Some(10_000), 1);
+    fake("limit-above", Some(60_000), Some(10_000), 2);
+    fake("limit-below", Some(1_000), Some(1_000), 3);
+    // A run from before summaries counted their images: its limit is named, as before.
+    fake("old", Some(60_000), None, 4);
+    let rows = table::rows(&report::load_runs(std::slice::from_ref(&root)).unwrap());
+    let mut data: Vec<(&str, &[u64])> = rows
+        .iter()
+        .map(|r| (r.data.as_str(), r.seeds.as_slice()))
+        .collect();
+    data.sort();
+    assert_eq!(
+        data,
+        [
+            ("embedded subset", &[1u64, 2][..]),
+            ("embedded subset, first 1000 train", &[3][..]),
+            ("embedded subset, first 60000 train", &[4][..]),
+        ],
+        "{rows:#?}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// Table 1's CIFAR-10 rows sit beside VGG-16 runs: the dense accuracy, and the paper's two DST
 /// results as `a / b`, named in the note under the table.
 #[test]

@@ -39,6 +39,7 @@ fn short_dst_run_learns() {
         "keep {}",
         s.last.keep_ratio
     );
+    assert_eq!(s.train_images, Some(6400), "the images trained on");
     for f in [
         "config.json",
         "metrics.jsonl",

@@ -177,6 +177,8 @@ pub struct SummaryFile {
     pub best_valid_test_acc: Option<f64>,
     /// Model keep ratio at that epoch.
     pub best_valid_keep: Option<f64>,
+    /// The images trained on, after `--limit-train` and `--valid` (absent in older runs).
+    pub train_images: Option<usize>,
 }
 
 /// A run directory as read from disk.

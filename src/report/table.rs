@@ -228,7 +228,8 @@ pub fn fmt_alpha(a: f64) -> String {
 
 /// Where a run's data came from, for a table: the folder's name (`full`: its whole canonical
 /// path, where the folder still exists), or "embedded subset", and the training-image limit and
-/// validation split.
+/// validation split. A limit above the images there are (known from a finished run's summary)
+/// is left out: such a run trained on all of them.
 fn data_label(r: &Run, full: bool) -> String {
     let canonical = r.config.data.as_ref().and_then(|d| d.canonicalize().ok());
     let mut s = match (&r.config.data, canonical) {
@@ -239,7 +240,16 @@ fn data_label(r: &Run, full: bool) -> String {
             .unwrap_or_else(|| d.display().to_string()),
         (None, _) => "embedded subset".into(),
     };
-    if let Some(n) = r.config.limit_train {
+    let held = r
+        .summary
+        .as_ref()
+        .and_then(|x| x.train_images)
+        .map(|t| t + r.config.valid.unwrap_or(0));
+    if let Some(n) = r
+        .config
+        .limit_train
+        .filter(|&n| held.is_none_or(|h| n <= h))
+    {
         let _ = write!(s, ", first {n} train");
     }
     if let Some(v) = r.config.valid {

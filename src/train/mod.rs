@@ -92,6 +92,10 @@ pub struct Summary {
     pub best_valid_test_acc: Option<f64>,
     #[serde(default)]
     pub best_valid_keep: Option<f64>,
+    /// The images trained on (after `--limit-train` and the `--valid` hold-out): a report tells
+    /// from it whether a `--limit-train` left any out.
+    #[serde(default)]
+    pub train_images: Option<usize>,
 }
 
 /// Where progress goes: a bar on a terminal, plain lines otherwise.
@@ -274,8 +278,8 @@ pub fn train(
     if cfg.batch > data.train.count {
         notes.push(format!(
             "note: the batch of {} is more than the {} training images: each epoch is one step \
-             over all of them (the GPU buffers are still sized for {})",
-            cfg.batch, data.train.count, cfg.batch
+             over all of them",
+            cfg.batch, data.train.count
         ));
     }
     let mut session = Session::new(
@@ -519,7 +523,9 @@ pub fn train(
     let train_data = session.upload("train", &data.train)?;
     let test_data = session.upload("test", &data.test)?;
     let alpha = if cfg.masked() { cfg.alpha as f32 } else { 0.0 };
-    let train_plan = session.plan(&train_data, cfg.batch, Mode::Train, alpha, cfg.optimizer())?;
+    // A batch above the training set is one step over all of it: the buffers are sized for that.
+    let plan_batch = cfg.batch.min(data.train.count);
+    let train_plan = session.plan(&train_data, plan_batch, Mode::Train, alpha, cfg.optimizer())?;
     let eval_plan = session.eval_plan(&test_data, alpha)?;
     let valid_data = match &valid {
         Some(v) => {
@@ -1152,6 +1158,7 @@ fn summarize(
         best_valid_acc: best_valid.and_then(|r| r.valid_acc),
         best_valid_test_acc: best_valid.map(|r| r.test_acc),
         best_valid_keep: best_valid.map(|r| r.keep_ratio),
+        train_images: Some(data.train.count),
         last,
     }
 }
