@@ -381,14 +381,25 @@ impl Checkpoint {
                 })
             }
         }
-        // The metadata's hash: checkpoints written before it was added have none, and load
-        // with their tensors checked.
-        if let Some(want) = metadata.get(META_HASH_KEY) {
-            if *want != metadata_sha256(&metadata) {
+        // The metadata's hash, required like the tensors': were a file without it taken as one
+        // from an older dst, deleting the hash would let any edit of the metadata through.
+        match metadata.get(META_HASH_KEY) {
+            Some(want) if *want == metadata_sha256(&metadata) => {}
+            Some(_) => {
                 return Err(edited(
                     "metadata (epoch, step, model, configuration)",
                     META_HASH_KEY,
-                ));
+                ))
+            }
+            None => {
+                return Err(CheckpointError::Mismatch {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "it has no SHA-256 of its metadata (`{META_HASH_KEY}`): the file is \
+                         damaged or was edited, or a dst older than that hash wrote it (train \
+                         it again)"
+                    ),
+                })
             }
         }
         let mut metadata = metadata;

@@ -683,9 +683,19 @@ fn bad_exports_are_refused_before_any_gpu_work() {
             "its metadata (model, layout, order, shapes) does not match",
         );
     }
-    // An export written before the metadata's hash: loads, its tensors checked.
-    std::fs::write(at("older"), with_metadata(&bytes, "metadata_sha256", None)).unwrap();
-    assert!(export::load(&at("older")).is_ok());
+    // The metadata's hash deleted, and the metadata then edited: refused (a file without the
+    // hash once loaded as an older export, so deleting it let any edit through).
+    let bare = with_metadata(&bytes, "metadata_sha256", None);
+    std::fs::write(at("older"), &bare).unwrap();
+    refused(
+        export::load(&at("older")).map_err(|e| e.to_string()),
+        "metadata `metadata_sha256` is missing",
+    );
+    std::fs::write(at("older"), with_metadata(&bare, "layout", Some("dense"))).unwrap();
+    refused(
+        export::load(&at("older")).map_err(|e| e.to_string()),
+        "metadata `metadata_sha256` is missing",
+    );
 
     // Another model's tensors under this name, and an unknown model.
     let mut other = good.clone();

@@ -352,6 +352,13 @@ fn foreign_checkpoints_are_refused() {
         "nohash.safetensors",
     );
     assert!(err.contains("no SHA-256 of its tensors"), "{err}");
+    // The metadata's hash renamed away (the epoch could then be edited unseen): refused too.
+    let err = edit(
+        "\"metadata_sha256\"",
+        "\"metadata_sha25X\"",
+        "nometahash.safetensors",
+    );
+    assert!(err.contains("no SHA-256 of its metadata"), "{err}");
 
     // A threshold in a dense model's checkpoint (hashes valid): the model has no place for it,
     // and it is refused rather than ignored.

@@ -878,15 +878,22 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
             "the tensors do not match the file's SHA-256 (the file was modified or damaged)".into(),
         ));
     }
-    // Exports written before the metadata's hash was added have none, and load with their
-    // tensors checked.
-    if let Some(want) = meta.get(crate::checkpoint::META_HASH_KEY) {
-        if *want != crate::checkpoint::metadata_sha256(&meta) {
+    // The metadata's hash, required like the tensors' (a file without it taken as an older
+    // export would let any edit of the metadata through once the hash was deleted).
+    let key = crate::checkpoint::META_HASH_KEY;
+    match meta.get(key) {
+        Some(want) if *want == crate::checkpoint::metadata_sha256(&meta) => {}
+        Some(_) => {
             return Err(bad(format!(
                 "its metadata (model, layout, order, shapes) does not match the SHA-256 in \
-                 `{}`: the file was modified or damaged",
-                crate::checkpoint::META_HASH_KEY
-            )));
+                 `{key}`: the file was modified or damaged"
+            )))
+        }
+        None => {
+            return Err(bad(format!(
+                "metadata `{key}` is missing: the file was modified or damaged, or a dst older \
+                 than that hash wrote it (export the checkpoint again)"
+            )))
         }
     }
     let model = meta.get("model").cloned().unwrap_or_default();
