@@ -722,16 +722,20 @@ fn bad_lr_steps_are_clear_errors() {
         err.contains("note: vgg16's learning-rate step after epoch 120 lies past this run's end"),
         "{err}"
     );
-    // A truncated or empty batch file is named before the adapter opens, as a missing one is.
+    // A truncated or empty batch file, or one with a label that is no class, is named before
+    // the adapter opens, as a missing one is.
     let batch3 = cifar.join("data_batch_3.bin");
+    let mut bad_label = vec![1u8; 3 * dst::data::cifar::RECORD];
+    bad_label[2 * dst::data::cifar::RECORD] = 12;
     for (bytes, want) in [
         (
-            dst::data::cifar::RECORD + 7,
+            vec![1u8; dst::data::cifar::RECORD + 7],
             "is not a whole number of 3073-byte records",
         ),
-        (0, "holds no samples"),
+        (vec![], "holds no samples"),
+        (bad_label, "record 2"),
     ] {
-        std::fs::write(&batch3, vec![1u8; bytes]).unwrap();
+        std::fs::write(&batch3, bytes).unwrap();
         let (ok, _, err) = dst(&["train", "--model", "vgg16", "--data", c, "--epochs", "1"]);
         assert!(
             !ok && err.contains("data_batch_3.bin")

@@ -155,10 +155,10 @@ fn file_size(p: &Path) -> Result<usize, DataError> {
         .len() as usize)
 }
 
-/// The six files of `dir` (as `locate` found it) each a non-empty whole number of records, from
-/// their sizes alone: a truncated copy is named before the adapter opens and the files are read
-/// (where their labels are checked too).
-pub fn check_sizes(dir: &Path) -> Result<(), DataError> {
+/// The six files of `dir` (as `locate` found it) each a non-empty whole number of records whose
+/// labels are classes, from their sizes and their label bytes alone (one byte per record, not
+/// the pixels): a truncated or damaged copy is named before the adapter opens.
+pub fn check_files(dir: &Path) -> Result<(), DataError> {
     for f in FILES {
         let p = dir.join(f);
         let size = file_size(&p)?;
@@ -173,6 +173,34 @@ pub fn check_sizes(dir: &Path) -> Result<(), DataError> {
             return Err(DataError::Empty {
                 file: p.display().to_string(),
                 dims: vec![0, CHANNELS, SIDE, SIDE],
+            });
+        }
+        check_labels(&p, size / RECORD)?;
+    }
+    Ok(())
+}
+
+/// The label byte of each of the `records` records of `p` below 10 (as `parse_batch` checks),
+/// read one byte per record.
+fn check_labels(p: &Path, records: usize) -> Result<(), DataError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source| DataError::Io {
+        file: p.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::File::open(p).map_err(io)?;
+    let mut label = [0u8; 1];
+    for record in 0..records {
+        let offset = record * RECORD;
+        f.seek(SeekFrom::Start(offset as u64)).map_err(io)?;
+        f.read_exact(&mut label).map_err(io)?;
+        if label[0] as usize >= CLASSES {
+            return Err(DataError::RecordLabel {
+                file: p.display().to_string(),
+                record,
+                offset,
+                value: label[0],
+                classes: CLASSES,
             });
         }
     }

@@ -74,7 +74,7 @@ impl DatasetKind {
     pub fn locate_for(self, model: &str, dir: &Path) -> Result<(), DataError> {
         let found = match self {
             DatasetKind::Mnist => idx_files(dir, &MNIST_NAMES, "MNIST").map(|_| ()),
-            DatasetKind::Cifar10 => cifar::locate(dir).and_then(|d| cifar::check_sizes(&d)),
+            DatasetKind::Cifar10 => cifar::locate(dir).and_then(|d| cifar::check_files(&d)),
         };
         found.map_err(|e| naming_model(e, Some(model)))
     }
