@@ -420,7 +420,16 @@ fn main() -> ExitCode {
         }
         default_hook(info)
     }));
-    let matches = Cli::command().get_matches();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(m) => m,
+        Err(e) => match (e.kind(), no_such_option(&e.render().to_string())) {
+            (clap::error::ErrorKind::UnknownArgument, Some(text)) => {
+                eprint!("{text}");
+                std::process::exit(2)
+            }
+            _ => e.exit(),
+        },
+    };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -490,6 +499,39 @@ fn error_text(e: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+/// Clap's message for an option the command lacks, where clap suggests passing it as a value
+/// (`tip: to pass '--data' as a value, use '-- --data'`, for a command that takes positional
+/// arguments) rewritten to say that the command has no such option. None for other messages.
+fn no_such_option(text: &str) -> Option<String> {
+    let command = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Usage: "))?
+        .split(" [")
+        .next()?
+        .split(" <")
+        .next()?
+        .trim()
+        .to_string();
+    let mut found = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let tip = l
+                .trim_start()
+                .strip_prefix("tip: to pass '")
+                .and_then(|r| r.split_once("' as a value, use '-- "));
+            match tip {
+                Some((arg, _)) if arg.starts_with("--") => {
+                    found = true;
+                    format!("  tip: `{command}` has no option {arg}; `{command} --help` lists its options")
+                }
+                _ => l.to_string(),
+            }
+        })
+        .collect();
+    found.then(|| lines.join("\n") + "\n")
 }
 
 fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
@@ -1528,6 +1570,24 @@ fn cmd_fetch(dataset: &str, to: &std::path::Path, extra: Vec<String>) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An option the command lacks is named as such; clap's tip to pass it as a value after
+    /// `--` is gone. Other tips (a similar option) stay as clap words them.
+    #[test]
+    fn a_missing_option_is_named_as_missing() {
+        let text = |args: &[&str]| Cli::command().try_get_matches_from(args).unwrap_err();
+        let e = text(&["dst", "report", "runs", "--data", "x"]);
+        let fixed = no_such_option(&e.render().to_string()).unwrap();
+        assert!(
+            fixed.contains(
+                "tip: `dst report` has no option --data; `dst report --help` lists its options"
+            ) && !fixed.contains("-- --data")
+                && fixed.contains("unexpected argument '--data'"),
+            "{fixed}"
+        );
+        let e = text(&["dst", "train", "--epoch", "3"]);
+        assert_eq!(no_such_option(&e.render().to_string()), None);
+    }
 
     #[test]
     fn eta_text_is_short() {

@@ -76,6 +76,12 @@ fn bad_training_flags_are_clear_errors() {
             &["train", "--no-such-flag"],
             "unexpected argument '--no-such-flag'",
         ),
+        // A flag another command has: named as missing here (clap's tip said to pass it as a
+        // value after `--`).
+        (
+            &["report", "runs", "--data", "x"],
+            "tip: `dst report` has no option --data; `dst report --help` lists its options",
+        ),
         // Negative values reach the value check instead of reading as flags.
         (
             &["train", "--epochs", "-1"],
