@@ -29,6 +29,36 @@ pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
     })
 }
 
+/// Where the checkpoint read from `path` sits in a run folder (beside a `config.json`) whose run
+/// is of another model, or dense where the checkpoint is masked or the reverse: a checkpoint
+/// copied into another run's folder. Says so, for commands that read the checkpoint but would
+/// otherwise show nothing of the folder's run (eval, export). None where they agree, or where
+/// there is no readable config.json beside it.
+pub fn foreign_to_its_folder(ck: &Checkpoint, path: &Path) -> Option<String> {
+    let file = resolve(path).ok()?;
+    let dir = file
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let config = dir.join("config.json");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).ok()?).ok()?;
+    let (model, dense) = (v.get("model")?.as_str()?, v.get("dense")?.as_bool()?);
+    let kind = |m: &str, dense: bool| format!("{} {m}", if dense { "dense" } else { "DST" });
+    let mine = ck.meta("model")?;
+    let my_dense = ck.meta("masked") == Some("false");
+    (model != mine || dense != my_dense).then(|| {
+        format!(
+            "{} is a checkpoint of {}, but {} beside it is of a {} run: not that run's \
+             checkpoint (the results below are the checkpoint's)",
+            file.display(),
+            kind(mine, my_dense),
+            config.display(),
+            kind(model, dense)
+        )
+    })
+}
+
 /// Bytes of a file's start read to describe a file that is not a safetensors file.
 pub(crate) const PREFIX: usize = 64;
 

@@ -1474,6 +1474,9 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     let ck = dst::checkpoint::Checkpoint::load(&checkpoint)?;
     let model = ck.meta("model").unwrap_or_default().to_string();
     dst::models::check_name(&model)?;
+    if let Some(w) = dst::checkpoint::foreign_to_its_folder(&ck, &checkpoint) {
+        eprintln!("warning: {w}");
+    }
     // Without --data: the folder the run trained on (its checkpoint's config records it), so
     // that eval scores the test set the run scored; the embedded subset where the run had none,
     // or where its folder has gone (said so).

@@ -1961,6 +1961,51 @@ fn resume_refuses_another_runs_checkpoint() {
         );
         assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), before);
     }
+    // Another model's checkpoint, trained with another optimiser (Adam): the model is named
+    // (the refusal once blamed the optimiser in config.json). Eval and export of the folder
+    // score and write the checkpoint, and warn that it is not the folder's run.
+    let (ok, _, err) = dst(&[
+        "train",
+        "--model",
+        "lstm-a",
+        "--limit-train",
+        "100",
+        "--epochs",
+        "1",
+        "--out",
+        root.join("c").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let a = root.join("a");
+    std::fs::copy(
+        root.join("c").join("checkpoint.safetensors"),
+        a.join("checkpoint.safetensors"),
+    )
+    .unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", a.to_str().unwrap(), "--epochs", "4"]);
+    assert!(
+        !ok && err.contains("is a checkpoint of lstm-a, and")
+            && err.contains("config.json trains lenet300")
+            && !err.contains("optimizer"),
+        "{err}"
+    );
+    let warning = "is a checkpoint of DST lstm-a, but";
+    let (ok, _, err) = dst(&["eval", "--checkpoint", a.to_str().unwrap()]);
+    assert!(
+        ok && err.contains(warning) && err.contains("of a DST lenet300 run"),
+        "{err}"
+    );
+    let out = root.join("a.csr.safetensors");
+    let (ok, _, err) = dst(&[
+        "export",
+        a.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok && err.contains(warning), "{err}");
+    // The run's own checkpoint: no warning.
+    let (ok, _, err) = dst(&["eval", "--checkpoint", root.join("c").to_str().unwrap()]);
+    assert!(ok && !err.contains("warning"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
 

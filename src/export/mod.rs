@@ -573,6 +573,9 @@ pub fn with_zero_thresholds(mut ck: Checkpoint, model: &str) -> Result<Checkpoin
 pub fn export(checkpoint: &Path, layout: Layout, out: &Path) -> Result<ExportReport, ExportError> {
     check_out(checkpoint, out)?;
     let ck = Checkpoint::load(checkpoint)?;
+    if let Some(w) = crate::checkpoint::foreign_to_its_folder(&ck, checkpoint) {
+        eprintln!("warning: {w}");
+    }
     let (export, mut report) = from_checkpoint(&ck, checkpoint, layout)?;
     let bytes = serialize(&export).map_err(|e| invalid(out, e))?;
     crate::checkpoint::write_atomic(out, &bytes).map_err(|source| ExportError::Io {

@@ -353,6 +353,16 @@ pub fn train(
     if resume {
         let path = run.checkpoint();
         let ck = Checkpoint::load(&path)?;
+        // Another model's checkpoint put in this folder: said first (the optimiser check below
+        // would otherwise blame config.json).
+        if let Some(m) = ck.meta("model").filter(|m| *m != cfg.model) {
+            return Err(TrainError::Refused(format!(
+                "{} is a checkpoint of {m}, and {}'s config.json trains {}: it is not this run's                  checkpoint. Nothing was changed; put the run's own checkpoint back, or train                  into another folder",
+                path.display(),
+                run.dir.display(),
+                cfg.model
+            )));
+        }
         // Another optimiser than the checkpoint's (config.json edited): its state cannot carry
         // over. Said as such, not as a tensor the checkpoint lacks.
         let their_optimizer = ck
