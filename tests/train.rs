@@ -131,6 +131,50 @@ fn resume_is_bit_identical() {
     assert!(err.to_string().contains("--epochs"), "{err}");
     run(&cfg, &b, true).unwrap();
     assert_same_checkpoints(&a, &b);
+    // The summaries too, but for the timings: the history the checkpoint carries reads back as
+    // the same floats (without serde_json's float_roundtrip, a loss could come back one ULP off).
+    let summary = |dir: &std::path::Path| {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        for k in ["epoch_seconds", "ms_per_step"] {
+            v["last"].as_object_mut().unwrap().remove(k).expect(k);
+        }
+        v.as_object_mut()
+            .unwrap()
+            .remove("mean_ms_per_step")
+            .unwrap();
+        v
+    };
+    assert_eq!(summary(&a), summary(&b));
+}
+
+/// Floats written to JSON (metrics, summaries, the history a checkpoint carries and a resume
+/// reads back) come back as the same f64: a resumed run records the numbers of one that never
+/// stopped. Without serde_json's float_roundtrip feature, some come back one ULP off (a resumed
+/// sweep's lowest keep read 0.99255822689707 where the run that never stopped had
+/// 0.9925582268970699).
+#[test]
+fn json_floats_read_back_exactly() {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut off = Vec::new();
+    for i in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Accuracies, losses and keep ratios: [0, 100) at every scale of the mantissa.
+        let v = (x >> 11) as f64 / (1u64 << 53) as f64 * [1.0, 100.0, 1e-3][i % 3];
+        let back: f64 = serde_json::from_str(&serde_json::to_string(&v).unwrap()).unwrap();
+        if back.to_bits() != v.to_bits() {
+            off.push((v, back));
+        }
+    }
+    assert!(
+        off.is_empty(),
+        "{} of 200000, e.g. {:?}",
+        off.len(),
+        &off[..off.len().min(3)]
+    );
 }
 
 /// A run stopped after a checkpoint but before its summary: `--resume` with fewer epochs than it
