@@ -693,9 +693,24 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
     }
 }
 
-/// A warning per run whose metrics.jsonl ended in a line cut short or damaged (left out).
+/// A warning per run whose metrics.jsonl holds damaged lines (left out), or ended in a line cut
+/// short or damaged.
 fn warn_torn(runs: &[dst::report::Run]) {
     for r in runs {
+        if !r.damaged_lines.is_empty() {
+            let n = &r.damaged_lines;
+            eprintln!(
+                "warning: {}: {} {} not a log line (damaged or edited): left out, the run's other \
+                 lines read",
+                r.dir.join("metrics.jsonl").display(),
+                if n.len() == 1 { "line" } else { "lines" },
+                n.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    + if n.len() == 1 { " is" } else { " are" }
+            );
+        }
         if let Some(n) = r.torn_line {
             eprintln!(
                 "warning: {}: line {n}, the last, is cut short or damaged (a crash mid-write?): \

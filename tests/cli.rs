@@ -1388,6 +1388,16 @@ fn plot_and_report_name_a_damaged_last_metrics_line() {
         let (ok, _, err) = dst(&args);
         assert!(ok && err.contains(&want), "{args:?}: {err}");
     }
+    // A damaged line amid the log: named and left out, the run read (it was left out whole).
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    std::fs::write(&metrics, format!("garbage\n{text}")).unwrap();
+    let (ok, out, err) = dst(&["report", r]);
+    assert!(
+        ok && err.contains("line 1 is not a log line (damaged or edited): left out")
+            && !err.contains("run left out")
+            && out.contains("| done: last epoch"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

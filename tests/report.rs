@@ -755,12 +755,22 @@ fn a_diverged_run_leaves_the_sweep_going() {
     for d in &unfinished {
         assert!(runs.iter().any(|r| r.contains(d.as_str())), "{d}: {err}");
     }
+    // sweep.md shows them as diverged (they read as unfinished: their logs now end with the
+    // divergence).
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
-    assert!(md.contains("unfinished"), "{md}");
     assert!(
-        err.to_string().contains("sweep.md counts these unfinished"),
+        md.contains("(1 diverged)") && !md.contains("unfinished"),
+        "{md}"
+    );
+    assert!(
+        err.to_string().contains("sweep.md lists them as diverged"),
         "{err}"
     );
+    let runs = report::load_runs(std::slice::from_ref(&out)).unwrap();
+    let diverged = runs.iter().filter(|r| r.diverged.is_some()).count();
+    assert_eq!(diverged, unfinished.len());
+    let listed = report::report_markdown(&runs);
+    assert!(listed.contains("| diverged at epoch 1, step "), "{listed}");
     // One seed per row: each diverged run's row is in sweep.csv without figures (n 0, 1
     // unfinished, no rule), as sweep.md lists it (they once had no line at all).
     let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();

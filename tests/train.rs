@@ -462,6 +462,45 @@ fn divergence_stops_and_keeps_last_checkpoint() {
         before,
         "the last good checkpoint must stay"
     );
+    assert!(
+        msg.contains("last good checkpoint (epoch 1) is kept unchanged"),
+        "{msg}"
+    );
+
+    // A run that diverges before its first checkpoint: said so; its log ends with the
+    // divergence, which a report reads (it showed the run as unfinished).
+    let fresh = tmp("test", "diverge-fresh");
+    let err = run(
+        &TrainConfig {
+            log_every: 5,
+            ..bad.clone()
+        },
+        &fresh,
+        false,
+    )
+    .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("No checkpoint had been written")
+            && msg.contains(&format!("remove {}", fresh.display())),
+        "{msg}"
+    );
+    assert!(!fresh.join("checkpoint.safetensors").exists());
+    let metrics = fresh.join("metrics.jsonl");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["kind"], "diverged", "{text}");
+    let r = dst::report::Run::load(&fresh).unwrap();
+    let d = r.diverged.as_ref().expect("read as diverged");
+    assert_eq!((d.epoch, d.step), (1, last["step"].as_u64().unwrap()));
+    // A damaged line amid the log is left out, named; the run is still read (it was left out
+    // of reports whole).
+    std::fs::write(&metrics, format!("not json\n{text}")).unwrap();
+    let r = dst::report::Run::load(&fresh).unwrap();
+    assert_eq!(
+        (r.damaged_lines.as_slice(), r.diverged.is_some()),
+        (&[1][..], true)
+    );
 }
 
 /// The blow-up of a too-large learning rate whose loss stays finite (thresholds run to +inf, so

@@ -175,11 +175,21 @@ pub fn report_markdown(runs: &[Run]) -> String {
                 s.last.test_acc,
                 100.0 * s.last.keep_ratio
             ),
-            _ => format!(
-                "unfinished ({} of {} logged)",
-                r.epochs.len(),
-                plural(c.epochs, "epoch")
-            ),
+            _ => match &r.diverged {
+                Some(d) => format!(
+                    "diverged at epoch {}, step {} ({}; {} of {} logged)",
+                    d.epoch,
+                    d.step,
+                    d.what,
+                    r.epochs.len(),
+                    plural(c.epochs, "epoch")
+                ),
+                None => format!(
+                    "unfinished ({} of {} logged)",
+                    r.epochs.len(),
+                    plural(c.epochs, "epoch")
+                ),
+            },
         };
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",

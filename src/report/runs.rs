@@ -193,6 +193,18 @@ pub struct Run {
     /// The line of `metrics.jsonl` left out as cut short or damaged (its last: a crash
     /// mid-write), for the commands to warn about.
     pub torn_line: Option<usize>,
+    /// Other lines of `metrics.jsonl` left out as damaged (not log lines), 1-based.
+    pub damaged_lines: Vec<usize>,
+    /// Where the run diverged, when that is the last thing its log says.
+    pub diverged: Option<DivergedLine>,
+}
+
+/// A line of kind "diverged": the run stopped there, its parameters or loss not finite.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct DivergedLine {
+    pub epoch: usize,
+    pub step: u64,
+    pub what: String,
 }
 
 impl Run {
@@ -201,10 +213,10 @@ impl Run {
     pub fn load(dir: &Path) -> Result<Run, ReportError> {
         let config: RunConfig = read_json(&dir.join("config.json"))?;
         let metrics = dir.join("metrics.jsonl");
-        let (steps, epochs, torn_line) = if metrics.exists() {
+        let m = if metrics.exists() {
             read_metrics(&metrics)?
         } else {
-            (Vec::new(), Vec::new(), None)
+            Metrics::default()
         };
         let sp = dir.join("summary.json");
         let summary = if sp.exists() {
@@ -215,10 +227,12 @@ impl Run {
         Ok(Run {
             dir: dir.to_path_buf(),
             config,
-            steps,
-            epochs,
+            steps: m.steps,
+            epochs: m.epochs,
             summary,
-            torn_line,
+            torn_line: m.torn,
+            damaged_lines: m.damaged,
+            diverged: m.diverged,
         })
     }
 
@@ -253,59 +267,66 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
     })
 }
 
+/// What `metrics.jsonl` holds, as `read_metrics` reads it.
+#[derive(Default)]
+struct Metrics {
+    steps: Vec<StepLine>,
+    epochs: Vec<EpochLine>,
+    torn: Option<usize>,
+    damaged: Vec<usize>,
+    diverged: Option<DivergedLine>,
+}
+
 /// Reads `metrics.jsonl`. A resumed run may have logged a step or an epoch twice (the lines of an
 /// interrupted epoch, then the same epoch again after the resume): a line whose step (epoch) is
 /// not after the last one kept replaces everything from that point on, so the result is the
 /// history of the run as it finally went. A torn last line (a crash mid-write) is skipped, its
-/// number returned.
-type Metrics = (Vec<StepLine>, Vec<EpochLine>, Option<usize>);
+/// number returned; so is any other line that is not a log line (damaged or edited), the run's
+/// other lines read. A "diverged" line counts only where nothing was logged after it.
 fn read_metrics(path: &Path) -> Result<Metrics, ReportError> {
     let text = std::fs::read_to_string(path).map_err(|source| ReportError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut steps: Vec<StepLine> = Vec::new();
-    let mut epochs: Vec<EpochLine> = Vec::new();
+    let mut m = Metrics::default();
     let n = text.lines().count();
-    let mut torn = None;
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(_) if i + 1 == n => {
-                torn = Some(n);
-                continue;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            if i + 1 == n {
+                m.torn = Some(n);
+            } else {
+                m.damaged.push(i + 1);
             }
-            Err(e) => {
-                return Err(ReportError::Format {
-                    path: path.to_path_buf(),
-                    reason: format!("line {}: {e}", i + 1),
-                })
-            }
+            continue;
         };
-        let bad = |e: serde_json::Error| ReportError::Format {
-            path: path.to_path_buf(),
-            reason: format!("line {}: {e}", i + 1),
+        let kind = v.get("kind").and_then(|k| k.as_str()).map(str::to_string);
+        let ok = match kind.as_deref() {
+            Some("step") => serde_json::from_value::<StepLine>(v).map(|s| {
+                let keep = m.steps.partition_point(|p| p.step < s.step);
+                m.steps.truncate(keep);
+                m.steps.push(s);
+            }),
+            Some("epoch") => serde_json::from_value::<EpochLine>(v).map(|e| {
+                let keep = m.epochs.partition_point(|p| p.epoch < e.epoch);
+                m.epochs.truncate(keep);
+                m.epochs.push(e);
+            }),
+            Some("diverged") => serde_json::from_value::<DivergedLine>(v).map(|d| {
+                m.diverged = Some(d);
+            }),
+            _ => Ok(()),
         };
-        match v.get("kind").and_then(|k| k.as_str()) {
-            Some("step") => {
-                let s: StepLine = serde_json::from_value(v).map_err(bad)?;
-                let keep = steps.partition_point(|p| p.step < s.step);
-                steps.truncate(keep);
-                steps.push(s);
-            }
-            Some("epoch") => {
-                let e: EpochLine = serde_json::from_value(v).map_err(bad)?;
-                let keep = epochs.partition_point(|p| p.epoch < e.epoch);
-                epochs.truncate(keep);
-                epochs.push(e);
-            }
-            _ => {}
+        match ok {
+            Err(_) => m.damaged.push(i + 1),
+            // Logged after a divergence (a resume from the checkpoint before it): the run went on.
+            Ok(()) if matches!(kind.as_deref(), Some("step" | "epoch")) => m.diverged = None,
+            Ok(()) => {}
         }
     }
-    Ok((steps, epochs, torn))
+    Ok(m)
 }
 
 #[cfg(test)]

@@ -205,6 +205,8 @@ pub struct Row {
     pub differing: Vec<u64>,
     /// Run directories that have not finished (no summary.json), left out of the figures.
     pub unfinished: usize,
+    /// Of `unfinished`, the runs that diverged (their log ends with the divergence).
+    pub diverged: usize,
     /// Per rule (in `Rule::ALL` order): (test accuracy %, remaining %) over the finished runs.
     pub stats: [Option<(Stat, Stat)>; 3],
 }
@@ -302,6 +304,7 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                         repeated: Vec::new(),
                         differing: Vec::new(),
                         unfinished: 0,
+                        diverged: 0,
                         stats: [None; 3],
                     },
                     Vec::new(),
@@ -340,7 +343,10 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                 rows[i].0.seeds.push(c.seed);
                 rows[i].1.push(s);
             }
-            None => rows[i].0.unfinished += 1,
+            None => {
+                rows[i].0.unfinished += 1;
+                rows[i].0.diverged += usize::from(r.diverged.is_some());
+            }
         }
     }
     // Rows whose data folders share a name but not a path: named by their paths.
@@ -451,7 +457,11 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
             .join(", ");
         if row.unfinished > 0 {
             let sep = if seeds.is_empty() { "" } else { " " };
-            let _ = write!(seeds, "{sep}({} unfinished)", row.unfinished);
+            let _ = match (row.unfinished, row.diverged) {
+                (u, 0) => write!(seeds, "{sep}({u} unfinished)"),
+                (u, d) if d == u => write!(seeds, "{sep}({d} diverged)"),
+                (u, d) => write!(seeds, "{sep}({u} unfinished, {d} of them diverged)"),
+            };
         }
         let list = |seeds: &[u64]| {
             format!(

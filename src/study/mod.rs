@@ -29,7 +29,7 @@ pub enum StudyError {
     )]
     Interrupted { next: usize, total: usize },
     #[error(
-        "{} of {total} runs diverged ({}; {report} counts these unfinished; training is \
+        "{} of {total} runs diverged ({}; {report} lists them as diverged; training is \
          deterministic, so they diverge again if rerun as they are: try a smaller --lr or \
          --alpha in another --out):\n{}",
         runs.len(),

@@ -159,7 +159,7 @@ pub enum TrainError {
         saved: usize,
         dir: PathBuf,
     },
-    #[error("training diverged at epoch {epoch}, step {step}: {what}; the learning rate (--lr) is most likely too large for this model{}; try a smaller one. The last good checkpoint, if any, is kept unchanged in {dir}; `--resume` would continue with the same settings, so to train with others remove {dir} or pick another --out", if *dense { "" } else { ", or --alpha is" })]
+    #[error("training diverged at epoch {epoch}, step {step}: {what}; the learning rate (--lr) is most likely too large for this model{}; try a smaller one. {}", if *dense { "" } else { ", or --alpha is" }, diverged_rest(*saved, dir))]
     Diverged {
         epoch: usize,
         step: u64,
@@ -167,7 +167,27 @@ pub enum TrainError {
         dir: PathBuf,
         /// A dense run: no --alpha to blame.
         dense: bool,
+        /// The epoch of the checkpoint on disk (0: none was written).
+        saved: usize,
     },
+}
+
+/// What a diverged run leaves in `dir`, and how to train there with other settings.
+fn diverged_rest(saved: usize, dir: &std::path::Path) -> String {
+    let d = dir.display();
+    if saved > 0 {
+        format!(
+            "Its last good checkpoint (epoch {saved}) is kept unchanged in {d}; `--resume` would \
+             continue with the same settings, so to train with others remove {d} or pick another \
+             --out"
+        )
+    } else {
+        format!(
+            "No checkpoint had been written: {d} holds only the run's settings and log (its \
+             metrics.jsonl ends with the divergence); to train with other settings remove {d} or \
+             pick another --out"
+        )
+    }
 }
 
 impl TrainConfig {

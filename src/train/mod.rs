@@ -619,17 +619,16 @@ pub fn train(
             step += window;
             let s = session.take_stats(&train_plan.stats)?;
             if s.non_finite || s.non_finite_params {
-                return Err(TrainError::Diverged {
-                    epoch,
-                    step,
-                    what: if s.non_finite {
+                return Err(diverged(
+                    &run,
+                    cfg,
+                    (epoch, step, saved),
+                    if s.non_finite {
                         "the loss is not finite"
                     } else {
                         "parameters or optimiser state hold NaN or infinite values"
                     },
-                    dir: run.dir.clone(),
-                    dense: cfg.dense,
-                });
+                ));
             }
             for acc in [&mut epoch_stats, &mut log_stats] {
                 acc.loss_sum += s.loss_sum;
@@ -756,17 +755,16 @@ pub fn train(
             .iter()
             .find(|(_, _, v)| v.iter().any(|x| !x.is_finite()))
         {
-            return Err(TrainError::Diverged {
-                epoch,
-                step,
-                what: if name.starts_with("optim.") {
+            return Err(diverged(
+                &run,
+                cfg,
+                (epoch, step, saved),
+                if name.starts_with("optim.") {
                     "optimiser state holds NaN or infinite values"
                 } else {
                     "parameters hold NaN or infinite values"
                 },
-                dir: run.dir.clone(),
-                dense: cfg.dense,
-            });
+            ));
         }
         ck.metadata.insert("epoch".into(), epoch.to_string());
         ck.metadata.insert("step".into(), step.to_string());
@@ -868,6 +866,30 @@ pub fn pinned_target_epoch(cfg: &TrainConfig, dir: &Path) -> Option<usize> {
     let theirs: TrainConfig = serde_json::from_str(meta.get("config")?).ok()?;
     (theirs.epochs != cfg.epochs && theirs.target_epoch.is_none())
         .then(|| theirs.target_epoch_or_default())
+}
+
+/// The error of a run that diverged at (`epoch`, `step`) with its last checkpoint at epoch
+/// `saved` (0: none), after a line of kind "diverged" is added to its metrics.jsonl: a report
+/// then shows the run as diverged, not as unfinished. A resume drops the line with the others
+/// logged after its checkpoint.
+fn diverged(
+    run: &RunDir,
+    cfg: &TrainConfig,
+    (epoch, step, saved): (usize, u64, usize),
+    what: &'static str,
+) -> TrainError {
+    // Best effort: the error says what happened whether or not the line could be written.
+    let _ = run.append_metric(&serde_json::json!({
+        "kind": "diverged", "epoch": epoch, "step": step, "what": what,
+    }));
+    TrainError::Diverged {
+        epoch,
+        step,
+        what,
+        dir: run.dir.clone(),
+        dense: cfg.dense,
+        saved,
+    }
 }
 
 /// On resume: metrics.jsonl without the lines logged after the checkpoint (`step` beyond it; an
