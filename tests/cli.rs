@@ -88,6 +88,10 @@ fn bad_training_flags_are_clear_errors() {
             "invalid value '-1' for '--epochs",
         ),
         (
+            &["train", "--epochs", "99999999999"],
+            "--epochs 99999999999 is more than 100000",
+        ),
+        (
             &["train", "--sparse-keep", "-0.5"],
             "--sparse-keep must be a fraction",
         ),

@@ -190,6 +190,9 @@ fn diverged_rest(saved: usize, dir: &std::path::Path) -> String {
     }
 }
 
+/// The most epochs a run may take (`--epochs`).
+pub const MAX_EPOCHS: usize = 100_000;
+
 impl TrainConfig {
     /// The learning rate of (1-based) `epoch`: `lr` times `lr_gamma` for every step passed.
     pub fn lr_at(&self, epoch: usize) -> f64 {
@@ -255,6 +258,13 @@ impl TrainConfig {
         }
         if self.epochs == 0 {
             return bad("--epochs must be >= 1".into());
+        }
+        // A typo guard: the paper's longest runs take 160 epochs.
+        if self.epochs > MAX_EPOCHS {
+            return bad(format!(
+                "--epochs {} is more than {MAX_EPOCHS} (the paper's longest runs take 160)",
+                self.epochs
+            ));
         }
         if self.log_every == 0 {
             return bad("--log-every must be >= 1".into());
