@@ -454,6 +454,16 @@ fn main() -> ExitCode {
         })
         .unwrap_or_default();
     match run(cli, &given) {
+        // Ctrl-C came with nothing left to stop at (a run's last epoch under way, a study's last
+        // run): the work finished and is written, and the status still says a Ctrl-C came, so
+        // that a script's loop stops as it would have.
+        Ok(()) if train::interrupt::requested() => {
+            eprintln!(
+                "interrupt: Ctrl-C came with no log point left to stop at: the command finished \
+                 and its results are complete (status 130, as for Ctrl-C)"
+            );
+            ExitCode::from(130)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_text(&e));

@@ -1117,6 +1117,40 @@ fn train_interrupted_after_first_checkpoint(run: &std::path::Path, extra: &[&str
     err
 }
 
+/// Ctrl-C in a run's last epoch with no log point before its end: the run finishes (summary
+/// written), says so, and exits with status 130 (it said "stopping at the next log point" and
+/// exited 0, so a script's loop went on).
+#[cfg(unix)]
+#[test]
+fn ctrl_c_in_the_last_epoch_finishes_with_status_130() {
+    let run = nothing_at("int-last");
+    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["train", "--epochs", "1", "--log-every", "100000", "--out"])
+        .arg(&run)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // config.json is written just before the first step.
+    let t0 = std::time::Instant::now();
+    while !run.join("config.json").exists() {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "no config.json after 2 minutes"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    sigint(child.id());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupt: Ctrl-C came with no log point left to stop at: the command finished")
+            && run.join("summary.json").is_file(),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&run).unwrap();
+}
+
 /// Ctrl-C stops a run at its next log point with status 130 and says how to go on; the resumed
 /// run logs every step and epoch once. A run stopped before its first checkpoint starts over on
 /// --resume; one stopped between its last checkpoint and its summary gets its summary.
