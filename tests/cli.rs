@@ -1144,8 +1144,9 @@ fn ctrl_c_in_the_last_epoch_finishes_with_status_130() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(130), "{err}");
     assert!(
-        err.contains("interrupt: Ctrl-C came with no log point left to stop at: the command finished")
-            && run.join("summary.json").is_file(),
+        err.contains(
+            "interrupt: Ctrl-C came with no log point left to stop at: the command finished"
+        ) && run.join("summary.json").is_file(),
         "{err}"
     );
     std::fs::remove_dir_all(&run).unwrap();

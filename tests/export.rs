@@ -1208,6 +1208,21 @@ fn lstm_exports_infer_densely_and_bench_infer_compares_evaluations() {
         "{out}"
     );
     assert_eq!(out.matches("dense, masked").count(), 4, "{out}");
+    // The spread of the rounds' speed-ups is shown with the best of each mode's.
+    let spread = out
+        .lines()
+        .find_map(|l| l.strip_prefix("speedup of each round: "))
+        .expect(&out);
+    let (lo, hi) = spread.split_once(" to ").expect(spread);
+    let x = |t: &str| {
+        t.trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse::<f64>()
+    };
+    let (lo, hi) = (
+        x(lo).expect(spread),
+        x(hi.split('x').next().unwrap()).expect(spread),
+    );
+    assert!(0.0 < lo && lo <= hi, "{spread}");
 }
 
 /// Whether a gate matrix of the LSTM export `e` has a zero weight.

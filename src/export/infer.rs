@@ -1321,10 +1321,17 @@ fn bench_evaluation(
     );
     let (mut d, mut m, mut ld, mut lm) = (0.0f64, 0.0f64, Vec::new(), Vec::new());
     let n = images.count as f64;
+    // One untimed round of each first (the first evaluation of a plan pays for its set-up), then
+    // the timed ones; the ratio of each round too, whose spread says how noisy the machine is.
+    dense.logits(images.count, &mut |_| {})?;
+    masked.logits(images.count, &mut |_| {})?;
+    let mut ratios = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let (l, secs) = dense.logits(images.count, &mut |_| {})?;
-        (d, ld) = (d.max(n / secs), l);
+        let rate = n / secs;
+        (d, ld) = (d.max(rate), l);
         let (l, secs) = masked.logits(images.count, &mut |_| {})?;
+        ratios.push((n / secs) / rate);
         (m, lm) = (m.max(n / secs), l);
     }
     let diff = ld
@@ -1333,6 +1340,17 @@ fn bench_evaluation(
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
     println!("{d:>18.0} {m:>18.0} {:>8.2}x {diff:>12.2e}", m / d);
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    println!(
+        "speedup of each round: {lo:.2}x to {hi:.2}x{}",
+        if hi > 1.25 * lo {
+            " (rounds this far apart: a busy machine; more --samples time longer rounds)"
+        } else {
+            ""
+        }
+    );
     if !masked_evaluation_on(class, export) {
         println!(
             "`dst infer` runs this export as the dense model (the masked one only for an LSTM \
