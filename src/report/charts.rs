@@ -189,7 +189,15 @@ fn log_range(vals: impl Iterator<Item = f64> + Clone, floor: f64, top: Option<f6
     if !lo.is_finite() {
         return (floor, top.unwrap_or(1.0));
     }
-    let lo = 10f64.powf(lo.log10().floor()).max(floor);
+    // The decade below the smallest value; one exactly on a decade (a keep ratio of 1 at the
+    // first step) gets the decade under it, so that it is not drawn on the axis.
+    let e = lo.log10();
+    let e = if (e - e.round()).abs() < 1e-9 {
+        e.round() - 1.0
+    } else {
+        e.floor()
+    };
+    let lo = 10f64.powf(e).max(floor);
     let hi = top.unwrap_or_else(|| 10f64.powf(hi.log10().ceil()));
     if hi <= lo {
         (lo, lo * 10.0)
@@ -280,6 +288,48 @@ fn legend_corner(
 }
 
 /// A line chart with axes, ticks, a title and a legend.
+/// A legend with more entries than this goes beside the plot, in columns (`side_legend`),
+/// rather than over it.
+const LEGEND_INSIDE: usize = 12;
+/// A side legend's line height, and its top and bottom margin, in px.
+const SIDE_ROW: u32 = 19;
+const SIDE_MARGIN: u32 = 44;
+
+/// The width in px of the side legend of `series` in a panel `height` px high: none where the
+/// legend fits inside the plot. Columns of `SIDE_ROW` px lines, as many as the height needs.
+fn side_legend_width(series: &[Series], height: u32) -> u32 {
+    if series.len() <= LEGEND_INSIDE {
+        return 0;
+    }
+    let rows = (height.saturating_sub(2 * SIDE_MARGIN) / SIDE_ROW).max(1) as usize;
+    let cols = series.len().div_ceil(rows) as u32;
+    let chars = series
+        .iter()
+        .map(|s| s.label.chars().count())
+        .max()
+        .unwrap_or(0) as u32;
+    cols * (chars * 7 + 44) + 12
+}
+
+/// Draws the legend of `series` (colours from `pick`) into `area`, column by column.
+fn side_legend(area: &Area, series: &[Series], pick: &dyn Fn(usize) -> RGBColor) -> DrawResult {
+    let (w, h) = area.dim_in_pixel();
+    let rows = (h.saturating_sub(2 * SIDE_MARGIN) / SIDE_ROW).max(1) as usize;
+    let cols = series.len().div_ceil(rows).max(1) as i32;
+    let col_w = (w as i32 - 12) / cols;
+    let font = (FAMILY, 14).into_font().color(&BLACK);
+    for (i, s) in series.iter().enumerate() {
+        let (col, row) = ((i / rows) as i32, (i % rows) as i32);
+        let (x, y) = (4 + col * col_w, SIDE_MARGIN as i32 + row * SIDE_ROW as i32);
+        let c = pick(i).stroke_width(3);
+        let gap = if s.dashed { (9, 14) } else { (22, 22) };
+        area.draw(&PathElement::new(vec![(x, y), (x + gap.0, y)], c))?;
+        area.draw(&PathElement::new(vec![(x + gap.1, y), (x + 22, y)], c))?;
+        area.draw(&Text::new(s.label.clone(), (x + 28, y - 8), font.clone()))?;
+    }
+    Ok(())
+}
+
 fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     let xs = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0));
     let ys = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.1));
@@ -287,6 +337,15 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
         let (a, b) = lin_range(xs, 0.0);
         (a.min(b), b)
     };
+    // Many series: the legend beside the plot (the image is made wider for it by the caller).
+    let side = side_legend_width(p.series, area.dim_in_pixel().1);
+    let (area, beside) = if side > 0 {
+        let (a, b) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(side));
+        (a, Some(b))
+    } else {
+        (area.clone(), None)
+    };
+    let area = &area;
     let mut b = ChartBuilder::on(area);
     b.caption(p.title, (FAMILY, 22))
         .margin(12)
@@ -340,7 +399,9 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
                     chart.draw_series(std::iter::once(Circle::new(pts[0], 3, st.filled())))?;
                 }
             }
-            if !p.series.is_empty() {
+            if let Some(beside) = &beside {
+                side_legend(beside, p.series, &pick)?;
+            } else if !p.series.is_empty() {
                 chart
                     .configure_series_labels()
                     .position($legend)
@@ -468,9 +529,11 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             }
         }
     }
+    // The per-layer charts are made wider by their side legend, if any.
+    let wide = |series: &[Series]| (SIZE.0 + side_legend_width(series, SIZE.1), SIZE.1);
     if !keep.is_empty() {
         let name = "keep_per_layer.png";
-        let png = render_png(&out.join(name), SIZE, |a| {
+        let png = render_png(&out.join(name), wide(&keep), |a| {
             line_panel(
                 a,
                 &Panel {
@@ -584,7 +647,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     }
     if !thr.is_empty() {
         let name = "thresholds.png";
-        let png = render_png(&out.join(name), SIZE, |a| {
+        let png = render_png(&out.join(name), wide(&thr), |a| {
             line_panel(
                 a,
                 &Panel {
@@ -877,7 +940,44 @@ pub fn sweep_chart(
 
 #[cfg(test)]
 mod tests {
-    use super::{legend_corner, lin_tick};
+    use super::{legend_corner, lin_tick, log_range, side_legend_width, Series, LEGEND_INSIDE};
+
+    /// A log axis whose smallest value is on a decade (a keep ratio of 1 at the first step)
+    /// starts a decade below it: the point is not drawn on the axis (the axis was 1.0-1.5).
+    #[test]
+    fn a_value_on_a_decade_is_above_the_log_axis() {
+        assert_eq!(log_range([1.0].into_iter(), 1e-4, Some(1.5)), (0.1, 1.5));
+        assert_eq!(
+            log_range([0.984, 1.0].into_iter(), 1e-4, Some(1.5)),
+            (0.1, 1.5)
+        );
+        assert_eq!(
+            log_range([0.02, 0.5].into_iter(), 1e-4, Some(1.5)),
+            (0.01, 1.5)
+        );
+        assert_eq!(log_range([1e-4].into_iter(), 1e-4, Some(1.5)), (1e-4, 1.5));
+    }
+
+    /// Up to `LEGEND_INSIDE` series the legend sits in the plot; more (a VGG-16 or several runs'
+    /// layers) go beside it, in as many columns as the height needs (47 entries ran off the
+    /// bottom of the plot, over the lines).
+    #[test]
+    fn many_series_get_a_legend_beside_the_plot() {
+        let series = |n: usize| -> Vec<Series> {
+            (0..n)
+                .map(|i| Series {
+                    label: format!("run: layer{i:02}"),
+                    points: vec![(0.0, 1.0)],
+                    dashed: false,
+                    colour: None,
+                })
+                .collect()
+        };
+        assert_eq!(side_legend_width(&series(LEGEND_INSIDE), 620), 0);
+        let one = side_legend_width(&series(LEGEND_INSIDE + 1), 620);
+        let two = side_legend_width(&series(47), 620);
+        assert!(one > 100 && two > one + 100, "{one} {two}");
+    }
 
     /// A zero tick is "0.0", whatever its sign or float noise (it was once "-0.0"); others keep
     /// plotters' format.
