@@ -480,8 +480,11 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         let png = render_png(&out.join(name), (900, 420), |a| {
             heat_map(
                 a,
+                // "LSTM-a", not "lstm-a lstm1": this font's l reads as a capital I.
                 &format!(
-                    "{model} lstm1 input matrices: units keeping each pixel column (keep {:.1}%{epoch})",
+                    "{} layer 1 input matrices: units keeping each column (keep \
+                     {:.1}%{epoch})",
+                    model.replacen("lstm", "LSTM", 1),
                     100.0 * k
                 ),
                 &values,
