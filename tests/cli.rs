@@ -2217,7 +2217,7 @@ fn a_batch_above_the_training_set_fits_the_set() {
         all.contains("note: the batch of 65535 is more than the 10 training images: each epoch is one step over all of them"),
         "{all}"
     );
-    let summary = read_json(&out.join("summary.json"));
+    let summary = read_json(out.join("summary.json"));
     assert_eq!(
         (summary["steps"].as_u64(), summary["train_images"].as_u64()),
         (Some(1), Some(10))
