@@ -198,7 +198,15 @@ fn log_range(vals: impl Iterator<Item = f64> + Clone, floor: f64, top: Option<f6
         e.floor()
     };
     let lo = 10f64.powf(e).max(floor);
-    let hi = top.unwrap_or_else(|| 10f64.powf(hi.log10().ceil()));
+    // Likewise the decade above the largest value (where no top is given).
+    let hi = top.unwrap_or_else(|| {
+        let e = hi.log10();
+        10f64.powf(if (e - e.round()).abs() < 1e-9 {
+            e.round() + 1.0
+        } else {
+            e.ceil()
+        })
+    });
     if hi <= lo {
         (lo, lo * 10.0)
     } else {
@@ -287,7 +295,6 @@ fn legend_corner(
     best.1
 }
 
-/// A line chart with axes, ticks, a title and a legend.
 /// A legend with more entries than this goes beside the plot, in columns (`side_legend`),
 /// rather than over it.
 const LEGEND_INSIDE: usize = 12;
@@ -330,6 +337,7 @@ fn side_legend(area: &Area, series: &[Series], pick: &dyn Fn(usize) -> RGBColor)
     Ok(())
 }
 
+/// A line chart with axes, ticks, a title and a legend.
 fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     let xs = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0));
     let ys = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.1));
@@ -956,6 +964,17 @@ mod tests {
             (0.01, 1.5)
         );
         assert_eq!(log_range([1e-4].into_iter(), 1e-4, Some(1.5)), (1e-4, 1.5));
+        // Without a top: a constant alpha of 1e-3 sits between two decades, not on an edge.
+        let (lo, hi) = log_range([1e-3, 1e-3].into_iter(), 1e-12, None);
+        assert!(
+            (lo / 1e-4 - 1.0).abs() < 1e-9 && (hi / 1e-2 - 1.0).abs() < 1e-9,
+            "{lo} {hi}"
+        );
+        let (lo, hi) = log_range([5e-4].into_iter(), 1e-12, None);
+        assert!(
+            (lo / 1e-4 - 1.0).abs() < 1e-9 && (hi / 1e-3 - 1.0).abs() < 1e-9,
+            "{lo} {hi}"
+        );
     }
 
     /// Up to `LEGEND_INSIDE` series the legend sits in the plot; more (a VGG-16 or several runs'
