@@ -1047,6 +1047,18 @@ struct Variant {
     label: String,
     session: Session,
     plan: crate::plan::Plan,
+    /// Of a variant restored from a checkpoint: the share of its masked weights kept at the
+    /// checkpoint (its label names it, and what the timed steps moved it to).
+    kept_at_checkpoint: Option<f64>,
+}
+
+/// The share of `session`'s masked weights its masks keep now.
+fn kept_share(session: &Session) -> Result<f64, crate::train::TrainError> {
+    let (kept, total) = session
+        .keep_counts()?
+        .iter()
+        .fold((0, 0), |(k, t), (_, kk, tt)| (k + kk, t + tt));
+    Ok(kept as f64 / total.max(1) as f64)
 }
 
 /// Time per training step of `model` with the model's paper settings (batch, alpha, optimiser;
@@ -1172,11 +1184,22 @@ fn step_times(
             session.sparse_keep_lstm = keep;
             session.sparse_input = input;
         }
+        let mut kept_at_checkpoint = None;
         if let Some((ck, path)) = ck.filter(|_| from_ck) {
             session.restore(ck, path, true)?;
             // The run's dead-layer policy: under the paper's reset a layer that a floor run kept
             // at <= 1 % would turn dense again in the first step.
             session.reset = crate::train::reset_policy_of(ck);
+            // As `dst eval` gives it: the session counts its masks only once a step ran.
+            let (_, report) = crate::export::from_checkpoint(ck, path, crate::export::Layout::Csr)
+                .map_err(|e| crate::train::TrainError::Refused(e.to_string()))?;
+            let (kept, total) = report
+                .layers
+                .iter()
+                .fold((0u64, 0u64), |(k, t), (_, kk, tt)| {
+                    (k + *kk as u64, t + *tt as u64)
+                });
+            kept_at_checkpoint = Some(kept as f64 / total.max(1) as f64);
         }
         let train = session.upload("train", &train_set)?;
         train.start_epoch(&session.gpu, 1, 1);
@@ -1184,22 +1207,11 @@ fn step_times(
         let plan = session.plan(&train, batch, Mode::Train, alpha, opt)?;
         session.run_steps(&plan, &infos[..infos.len().min(5)])?; // warm-up
         session.gpu.wait()?;
-        let label = if from_ck {
-            let (kept, total) = session
-                .keep_counts()?
-                .iter()
-                .fold((0, 0), |(k, t), (_, kk, tt)| (k + kk, t + tt));
-            format!(
-                "{label} ({:.2} % kept)",
-                100.0 * kept as f64 / total.max(1) as f64
-            )
-        } else {
-            label.to_string()
-        };
         variants.push(Variant {
-            label,
+            label: label.to_string(),
             session,
             plan,
+            kept_at_checkpoint,
         });
     }
     // times[round][variant]; odd rounds run the variants in reverse order, so a machine that
@@ -1225,6 +1237,24 @@ fn step_times(
             row[i] = 1e3 * t.elapsed().as_secs_f64() / steps as f64;
         }
         times.push(row);
+    }
+    // A variant from the checkpoint is labelled with the checkpoint's keep ratio, and with the
+    // one the warm-up and timed steps (the bench's alpha and learning rate, not the run's)
+    // left, where they moved it.
+    for v in &mut variants {
+        if let Some(at) = v.kept_at_checkpoint {
+            let now = kept_share(&v.session)?;
+            v.label = if (100.0 * (now - at)).abs() >= 0.005 {
+                format!(
+                    "{} ({:.2} % kept; {:.2} % after the timed steps)",
+                    v.label,
+                    100.0 * at,
+                    100.0 * now
+                )
+            } else {
+                format!("{} ({:.2} % kept)", v.label, 100.0 * at)
+            };
+        }
     }
     let mean = |i: usize| times.iter().map(|r| r[i]).sum::<f64>() / times.len() as f64;
     // Each round's ratio, then their median: a burst of load on a shared machine moves a few

@@ -357,7 +357,25 @@ fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
             && stdout.contains("optimizer adam, lr 0.001, batch 64"),
         "{stdout}"
     );
-    assert!(stdout.contains("DST from checkpoint ("), "{stdout}");
+    // Labelled with the checkpoint's keep ratio, as eval gives it (it was the ratio after the
+    // warm-up steps, which the bench's steps move).
+    let label: f64 = stdout
+        .split("DST from checkpoint (")
+        .nth(1)
+        .and_then(|t| t.split(" % kept").next())
+        .and_then(|t| t.parse().ok())
+        .expect(&stdout);
+    let (ok, eval, err) = dst(&["eval", "--checkpoint", o]);
+    assert!(ok, "{err}");
+    let ratio: f64 = eval
+        .split("model keep ratio ")
+        .nth(1)
+        .and_then(|t| t.trim().parse().ok())
+        .expect(&eval);
+    assert!(
+        (label / 100.0 - ratio).abs() < 1e-4,
+        "{label} % vs {ratio}: {stdout}"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
