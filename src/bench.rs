@@ -105,9 +105,13 @@ pub fn run(
             let (m, masked) = (ck.meta("model").unwrap_or("?"), ck.meta("masked"));
             if m != model || masked != Some("true") {
                 anyhow::bail!(
-                    "{}: a checkpoint of {m} (masked: {}), but --checkpoint needs a DST checkpoint of --model {model}",
+                    "{}: a checkpoint of {} {m}, but --checkpoint needs a DST checkpoint of --model {model}",
                     path.display(),
-                    masked.unwrap_or("?")
+                    match masked {
+                        Some("true") => "DST",
+                        Some("false") => "dense",
+                        _ => "unknown kind of",
+                    }
                 );
             }
             Some((ck, path))

@@ -377,6 +377,24 @@ fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
         "{label} % vs {ratio}: {stdout}"
     );
     std::fs::remove_dir_all(&out).unwrap();
+    // A dense run's checkpoint is named as such (it read "masked: false").
+    let (ok, _, err) = dst(&[
+        "train",
+        "--dense",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--out",
+        o,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = dst(&["bench", "--reps", "0", "--steps", "1", "--checkpoint", o]);
+    assert!(
+        !ok && err.contains("a checkpoint of dense lenet300, but --checkpoint needs a DST"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
 }
 
 /// With no adapter at all (here: a back end this OS does not have), commands say so and name
