@@ -99,14 +99,14 @@ fn checkpoints_of_the_other_lenet_are_refused() {
     // Each run directory resumed with the other model's config.
     let err = run(&lenet5(128, 2), &d300, true).unwrap_err().to_string();
     assert!(
-        err.contains("checkpoint of model lenet300") && err.contains("expected lenet5"),
+        err.contains("is a checkpoint of lenet300") && err.contains("config.json trains lenet5"),
         "{err}"
     );
     let err = run(&TrainConfig { epochs: 2, ..c300 }, &d5, true)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("checkpoint of model lenet5") && err.contains("expected lenet300"),
+        err.contains("is a checkpoint of lenet5") && err.contains("config.json trains lenet300"),
         "{err}"
     );
 }

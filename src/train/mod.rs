@@ -357,7 +357,9 @@ pub fn train(
         // would otherwise blame config.json).
         if let Some(m) = ck.meta("model").filter(|m| *m != cfg.model) {
             return Err(TrainError::Refused(format!(
-                "{} is a checkpoint of {m}, and {}'s config.json trains {}: it is not this run's                  checkpoint. Nothing was changed; put the run's own checkpoint back, or train                  into another folder",
+                "{} is a checkpoint of {m}, and {}'s config.json trains {}: it is not this run's \
+                 checkpoint. Nothing was changed; put the run's own checkpoint back, or train \
+                 into another folder",
                 path.display(),
                 run.dir.display(),
                 cfg.model
