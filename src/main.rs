@@ -1361,6 +1361,23 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             s.best_acc, s.best_acc_epoch, s.best_acc_keep, s.lowest_keep, s.lowest_keep_epoch, s.lowest_keep_acc
         );
     }
+    // The pick that does not look at the test set (`--valid`), said beside those that do.
+    if let (Some(e), Some(v), Some(t), Some(k)) = (
+        s.best_valid_epoch,
+        s.best_valid_acc,
+        s.best_valid_test_acc,
+        s.best_valid_keep,
+    ) {
+        println!(
+            "best on validation: epoch {e}, validation {v:.2}%, test {t:.2}%{} (the pick that \
+             does not look at the test set)",
+            if s.dense {
+                String::new()
+            } else {
+                format!(", keep {k:.4}")
+            }
+        );
+    }
     println!("run directory: {}", out.display());
     Ok(())
 }

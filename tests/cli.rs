@@ -2223,6 +2223,12 @@ fn a_limit_above_the_training_set_is_noted() {
         all.contains(": 10 train / 9990 validation / 2000 test images on the GPU"),
         "{all}"
     );
+    // The epoch picked on the validation split is in the closing lines (only in summary.json
+    // before).
+    assert!(
+        stdout.contains("best on validation: epoch 1, validation ") && stdout.contains(", keep "),
+        "{stdout}"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
