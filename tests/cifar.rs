@@ -554,8 +554,9 @@ fn archive() -> Vec<u8> {
 fn spec_for(bytes: &[u8]) -> ArchiveSpec {
     ArchiveSpec {
         md5: Box::leak(fetch::md5_hex(bytes).into_boxed_str()),
-        // The test archives hold a few records per file, not CIFAR-10's 10,000.
-        validate: cifar::check_dir,
+        // The test archives hold a few records per file, not CIFAR-10's 10,000: the real
+        // check (`check_complete`) but for the count.
+        validate: |d| cifar::check_dir(&cifar::locate(d)?),
         ..CIFAR10_ARCHIVE
     }
 }
@@ -756,10 +757,52 @@ fn fetch_archive_respects_an_existing_folder() {
         ],
     );
     assert_eq!(entries(&busy), vec!["data_batch_1.bin"]);
+    // MNIST's folder is named as such (it got the message meant for a model given the wrong
+    // --data, which ended "remove it"), and MNIST is not fetched beside CIFAR-10's files.
+    let mnist = parent.join("mnist");
+    std::fs::create_dir_all(&mnist).unwrap();
+    for f in [
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        std::fs::write(mnist.join(f), b"x").unwrap();
+    }
+    let err = fetch::fetch_archive(
+        &mnist,
+        std::slice::from_ref(&server.base),
+        &spec,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} holds MNIST; CIFAR-10 goes into a folder of its own: choose another --to",
+            mnist.display()
+        )
+    );
+    let err = fetch::fetch(
+        &busy,
+        std::slice::from_ref(&server.base),
+        &fetch::MNIST_FILES,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} holds CIFAR-10; MNIST goes into a folder of its own: choose another --to",
+            busy.display()
+        )
+    );
+    assert_eq!(entries(&busy), vec!["data_batch_1.bin"]);
     assert!(
         server.hits().is_empty(),
         "no download for an occupied folder"
     );
+    std::fs::remove_dir_all(&mnist).unwrap();
     // An empty folder is filled; a leftover temporary folder of an interrupted fetch goes.
     let empty = parent.join("empty");
     std::fs::create_dir_all(&empty).unwrap();

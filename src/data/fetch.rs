@@ -131,6 +131,12 @@ pub enum FetchError {
     BadRaw { path: String, reason: String },
     #[error("{dir}: the folder cannot be made: {file} is a file; choose another --to")]
     UnderFile { dir: String, file: String },
+    #[error("{dir} holds {found}; {dataset} goes into a folder of its own: choose another --to")]
+    HoldsOther {
+        dir: String,
+        found: &'static str,
+        dataset: &'static str,
+    },
     #[error("{dir} exists but is not a complete {dataset} folder ({reason}); remove it or choose another --to")]
     Occupied {
         dir: String,
@@ -253,6 +259,14 @@ pub fn fetch(
         return Err(FetchError::UnderFile {
             dir: to.display().to_string(),
             file: f.display().to_string(),
+        });
+    }
+    // MNIST's files beside CIFAR-10's: refused (one folder, one dataset).
+    if to.is_dir() && cifar::holds_any(to) {
+        return Err(FetchError::HoldsOther {
+            dir: to.display().to_string(),
+            found: "CIFAR-10",
+            dataset: "MNIST",
         });
     }
     let made = first_missing(to);
@@ -614,6 +628,15 @@ fn fetch_archive_into(
                     .map(|mut d| d.next().is_none())
                     .unwrap_or(false);
                 if !empty {
+                    // The other dataset's folder: said as such (its own message is written for
+                    // a model given the wrong --data, and "remove it" would cost good data).
+                    if let DataError::OtherDataset { found, .. } = e {
+                        return Err(FetchError::HoldsOther {
+                            dir: shown,
+                            found: found.name(),
+                            dataset: spec.dataset,
+                        });
+                    }
                     return Err(FetchError::Occupied {
                         dir: shown,
                         dataset: spec.dataset,
