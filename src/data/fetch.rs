@@ -80,7 +80,10 @@ impl fmt::Display for AttemptError {
             AttemptError::Status(code) => write!(f, "HTTP status {code}"),
             AttemptError::Gzip(e) => write!(f, "{e}"),
             AttemptError::ShaMismatch { expected, got } => {
-                write!(f, "SHA-256 mismatch: expected {expected}, got {got}")
+                write!(
+                    f,
+                    "SHA-256 mismatch of the decompressed file: expected {expected}, got {got}"
+                )
             }
             AttemptError::Md5Mismatch { expected, got } => {
                 write!(f, "MD5 mismatch: expected {expected}, got {got}")
@@ -185,7 +188,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Verifies gzip bytes against a spec: decompresses them and compares the SHA-256.
 fn verify(gz: &[u8], spec: &FileSpec, name: &str) -> Result<(), AttemptError> {
-    let raw = idx::gunzip(gz, name).map_err(|e| AttemptError::Gzip(e.to_string()))?;
+    // The error without the file's name, which the line it goes into starts with.
+    let raw = idx::gunzip(gz, name).map_err(|e| {
+        let e = e.to_string();
+        AttemptError::Gzip(
+            e.strip_prefix(&format!("{name}: "))
+                .unwrap_or(&e)
+                .to_string(),
+        )
+    })?;
     let got = sha256_hex(&raw);
     if got.eq_ignore_ascii_case(spec.sha256) {
         Ok(())
