@@ -634,6 +634,24 @@ fn fetch_corrupt_gzip_is_an_error() {
         &mut |_| {},
     )
     .unwrap_err();
+    // A folder where the download is to go: named before any download (it was after).
+    let blocked = tmpdir("fetch-blocked");
+    std::fs::create_dir_all(blocked.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let hits = server.hits().len();
+    let spec = FileSpec {
+        name: "t10k-labels-idx1-ubyte",
+        sha256: Box::leak(fetch::sha256_hex(&labels(7)).into_boxed_str()),
+    };
+    let refused = fetch::fetch(
+        &blocked,
+        std::slice::from_ref(&server.base),
+        &[spec],
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_mentions(&refused, &["t10k-labels-idx1-ubyte.gz", "not a file"]);
+    assert_eq!(server.hits().len(), hits, "no download");
+    std::fs::remove_dir_all(&blocked).unwrap();
     assert_mentions(&err, &["t10k-labels-idx1-ubyte.gz", "gzip"]);
     // The file is named once, where the line starts (the gzip error named it again).
     assert_eq!(

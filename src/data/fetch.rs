@@ -330,6 +330,19 @@ fn fetch_into(
     // real one too, or the folder is not ready whatever the .gz holds. Checked before any
     // download, and left alone (it is the user's). Verified, it makes its .gz unneeded: a
     // folder of raw files is ready as it is.
+    // Something that is not a file where a download is to go (a folder of its name): named
+    // before any download, not after it.
+    for spec in files {
+        let dest = to.join(format!("{}.gz", spec.name));
+        if dest.exists() && !dest.is_file() && !to.join(spec.name).is_file() {
+            return Err(FetchError::Write {
+                path: dest.display().to_string(),
+                source: std::io::Error::other(
+                    "not a file (a folder?): the download cannot go there; move it away",
+                ),
+            });
+        }
+    }
     let mut raw_ok = Vec::new();
     for spec in files {
         let raw = to.join(spec.name);
