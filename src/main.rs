@@ -1182,6 +1182,8 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             if let Some(e) = train::pinned_target_epoch(&cfg, dir) {
                 cfg.target_epoch = Some(e);
             }
+            // A length the checkpoint already holds: refused before the adapter opens.
+            train::check_resume_length(dir, cfg.epochs)?;
             cfg.check_data()
                 .map_err(|e| train::resumed_data_error(e, &cfg, dir))?;
             (cfg, dir.clone(), true, false)

@@ -504,16 +504,7 @@ pub fn train(
             return finish(cfg, &session, &data, &history, step, &run, progress);
         }
         if epoch0 >= cfg.epochs {
-            return Err(TrainError::Refused(format!(
-                "{} already holds {}; pass --epochs larger than that to continue{}",
-                run.dir.display(),
-                crate::report::plural(epoch0, "epoch"),
-                if unfinished {
-                    format!(" (or --epochs {epoch0} to end it there)")
-                } else {
-                    String::new()
-                }
-            )));
+            return Err(length_refusal(&run.dir, epoch0, unfinished));
         }
         claim(&run, &seen, &mut _lock)?;
         let metrics_warning = trim_metrics(&run, step)?;
@@ -847,6 +838,44 @@ pub fn progress_every(steps_per_epoch: u64) -> u64 {
 
 /// The epochs the `summary.json` of the run folder `dir` was written for, if it has a readable
 /// one.
+/// `--resume` of the run in `dir`, whose checkpoint holds `epoch0` epochs, for no more than
+/// that: refused (`unfinished`: it has no summary yet, and may end there).
+fn length_refusal(dir: &Path, epoch0: usize, unfinished: bool) -> TrainError {
+    TrainError::Refused(format!(
+        "{} already holds {}; pass --epochs larger than that to continue{}",
+        dir.display(),
+        crate::report::plural(epoch0, "epoch"),
+        if unfinished {
+            format!(" (or --epochs {epoch0} to end it there)")
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// The refusal `run` gives a `--resume` of the run in `dir` for `epochs` epochs that its
+/// checkpoint already holds, from the checkpoint's metadata alone: before an adapter opens.
+/// Ok where it goes on, or where the checkpoint cannot be read (the run says why).
+pub fn check_resume_length(dir: &Path, epochs: usize) -> Result<()> {
+    let run = RunDir {
+        dir: dir.to_path_buf(),
+    };
+    let Ok(meta) = Checkpoint::read_metadata(&run.checkpoint()) else {
+        return Ok(());
+    };
+    let epoch0: usize = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
+    let has_history = meta
+        .get("history")
+        .and_then(|h| serde_json::from_str::<Vec<serde_json::Value>>(h).ok())
+        .is_some_and(|h| !h.is_empty());
+    let summarised = summary_epochs(dir).is_some_and(|e| e >= epoch0);
+    let unfinished = !summarised && has_history;
+    if epoch0 > epochs || (epoch0 == epochs && !unfinished && epoch0 > 0) {
+        return Err(length_refusal(dir, epoch0, unfinished));
+    }
+    Ok(())
+}
+
 pub fn summary_epochs(dir: &Path) -> Option<usize> {
     let text = std::fs::read_to_string(dir.join("summary.json")).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
