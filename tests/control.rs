@@ -39,7 +39,12 @@ fn a_run_that_misses_its_target_is_told() {
         below.contains("2.5%") && below.contains("below its target 21.5%"),
         "{below}"
     );
-    assert!(below.contains("--target-epoch"), "{below}");
+    // A resumed run keeps its target epoch: the advice is for a new run.
+    assert!(
+        below.contains("a new run with a later --target-epoch")
+            && below.contains("a resumed run keeps the target epoch it started with"),
+        "{below}"
+    );
     assert_eq!(target_missed(0.1, 0.1 * TARGET_SLACK * 0.99, 0.0, 20), None);
     assert_eq!(target_missed(0.1, 0.1 / TARGET_SLACK * 1.01, 0.0, 20), None);
     // --target-keep 0.1 % under the paper's reset (which keeps at least 1 %).

@@ -1036,7 +1036,8 @@ pub fn target_missed(target: f64, keep: f64, low: f64, steps: u64) -> Option<Str
         Some(format!(
             "warning: the run ends keeping {}% of its weights, well above its target {}%: alpha \
              moves by at most 25% per update, and {} were too few to raise the thresholds that \
-             far; train longer (more --epochs or more data) or start from a larger --alpha",
+             far; train longer (more --epochs, also with --resume, or more data) or start from a \
+             larger --alpha",
             pct(keep),
             crate::report::percent(target),
             crate::report::plural(steps as usize, "step")
@@ -1044,8 +1045,9 @@ pub fn target_missed(target: f64, keep: f64, low: f64, steps: u64) -> Option<Str
     } else if keep < target / TARGET_SLACK {
         Some(format!(
             "warning: the run ends keeping {}% of its weights, well below its target {}%: the \
-             thresholds went on rising after alpha was lowered; a later --target-epoch or more \
-             epochs give a gentler path",
+             thresholds went on rising after alpha was lowered; a new run with a later \
+             --target-epoch or more epochs gives a gentler path (a resumed run keeps the target \
+             epoch it started with)",
             pct(keep),
             crate::report::percent(target)
         ))
