@@ -1481,6 +1481,15 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
         let acc = format!("test accuracy {:.2}%", 100.0 * correct as f64 / 2000.0);
         assert!(out.contains(&acc), "{acc}: {out}");
     }
+    // What `dst infer` wrote reads as its own; a file that only begins like it does not (its
+    // header alone is a common one: such a file was replaced).
+    let csv = std::fs::read_to_string(&pred).unwrap();
+    assert!(infer::is_predictions_file(&csv));
+    let mut edited = csv.clone();
+    edited.push_str("my notes\n");
+    assert!(!infer::is_predictions_file(&edited));
+    let theirs = dir.join("theirs.csv");
+    std::fs::write(&theirs, "index,label,prediction\nimportant\n").unwrap();
     let other = dir.join("notes.txt");
     std::fs::write(&other, "keep me").unwrap();
     let nowhere = dir.join("no-such-folder").join("p.csv");
@@ -1489,6 +1498,7 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
     let unwritable = PathBuf::from("/sys/dst-predictions.csv");
     let mut cases = vec![
         (&other, "is not a predictions file of `dst infer`"),
+        (&theirs, "is not a predictions file of `dst infer`"),
         (&dir, "is a folder"),
         (&csr_path, "is not a predictions file of `dst infer`"),
         (&nowhere, "no-such-folder does not exist"),
@@ -1512,6 +1522,10 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
         );
     }
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
+    assert_eq!(
+        std::fs::read_to_string(&theirs).unwrap(),
+        "index,label,prediction\nimportant\n"
+    );
     assert!(export::load(&csr_path).is_ok());
 }
 

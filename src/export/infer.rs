@@ -952,17 +952,50 @@ fn check_predictions_out(out: &std::path::Path) -> anyhow::Result<()> {
          file, replaced whole: give a file's path",
         out.display()
     );
-    let mut head = [0u8; 64];
-    let n = std::fs::File::open(out)
-        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-        .unwrap_or(0);
+    // The whole file must read as one `dst infer` writes (its header alone is a common one).
+    let ours = meta.len() <= MAX_PREDICTIONS_BYTES
+        && std::fs::read_to_string(out).is_ok_and(|t| is_predictions_file(&t));
     anyhow::ensure!(
-        head[..n].starts_with(PREDICTIONS_HEADER.as_bytes()),
+        ours,
         "--out {}: already exists and is not a predictions file of `dst infer`; it replaces only \
          its own files: remove it or pick another --out",
         out.display()
     );
     writable(out)
+}
+
+/// The largest file `check_predictions_out` reads to tell whether it is a predictions file
+/// (CIFAR-10's 10,000 test images take about 1.5 MB).
+const MAX_PREDICTIONS_BYTES: u64 = 256 << 20;
+
+/// Whether `text` is a predictions file as `predictions_csv` writes it: the header with its
+/// logit columns `logit_0..logit_{k-1}`, then one row per image numbered from 0: its label,
+/// predicted class and `k` logits.
+pub fn is_predictions_file(text: &str) -> bool {
+    let mut lines = text.lines();
+    let Some(header) = lines.next() else {
+        return false;
+    };
+    let Some(logits) = header.strip_prefix(PREDICTIONS_HEADER) else {
+        return false;
+    };
+    let k = logits.split(',').skip(1).count();
+    let columns_ok = logits
+        .split(',')
+        .skip(1)
+        .enumerate()
+        .all(|(c, name)| name == format!("logit_{c}"));
+    if k == 0 || !columns_ok || !logits.starts_with(',') {
+        return false;
+    }
+    lines.enumerate().all(|(i, l)| {
+        let f: Vec<&str> = l.split(',').collect();
+        f.len() == 3 + k
+            && f[0] == i.to_string()
+            && f[1].parse::<u8>().is_ok()
+            && f[2].parse::<usize>().is_ok_and(|p| p < k)
+            && f[3..].iter().all(|v| v.parse::<f32>().is_ok())
+    })
 }
 
 /// `--out`'s folder takes the file (`write_atomic`'s temporary beside it): checked before the
