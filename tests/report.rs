@@ -1045,6 +1045,12 @@ fn percentages_carry_no_float_noise() {
     assert_eq!(percent(0.025), "2.5");
     assert_eq!(percent(1e-9), "0.0000001");
     assert_eq!(percent(0.123456789), "12.3456789");
+    // The CSV's figures likewise (`dst report --out x.csv` gave 26.299999999999997).
+    use dst::report::table::csv_number;
+    assert_eq!(csv_number(26.299999999999997), "26.3");
+    assert_eq!(csv_number((97.88 + 97.91 + 97.89) / 3.0), "97.8933333333");
+    assert_eq!(csv_number(98.2), "98.2");
+    assert_eq!(csv_number(0.0), "0");
 }
 
 /// Shares of kept weights are never rounded to all or none unless they are: a layer keeping all
