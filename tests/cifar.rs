@@ -228,6 +228,46 @@ fn reader_refuses_bad_labels() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The training images are counted from the files' sizes, without reading them (what
+/// `--valid` is checked against before an adapter opens); MNIST's from a label file's header.
+#[test]
+fn training_images_are_counted_without_reading_them() {
+    use dst::data::DatasetKind;
+    let dir = tmpdir("count");
+    write_files(&dir, &valid_files());
+    let train: usize = COUNTS[..5].iter().sum();
+    assert_eq!(DatasetKind::Cifar10.train_count(Some(&dir)), Some(train));
+    assert_eq!(DatasetKind::Cifar10.train_count(None), None);
+    assert_eq!(DatasetKind::Mnist.train_count(None), Some(10_000));
+    // Raw and gzip label files alike.
+    let mnist = tmpdir("count-mnist");
+    let subset = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist-subset");
+    for f in [
+        "train-labels-idx1-ubyte",
+        "train-images-idx3-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ] {
+        std::fs::copy(
+            subset.join(format!("{f}.gz")),
+            mnist.join(format!("{f}.gz")),
+        )
+        .unwrap();
+    }
+    assert_eq!(DatasetKind::Mnist.train_count(Some(&mnist)), Some(10_000));
+    let mut raw = Vec::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(
+        std::fs::File::open(subset.join("train-labels-idx1-ubyte.gz")).unwrap(),
+    )
+    .read_to_end(&mut raw)
+    .unwrap();
+    std::fs::write(mnist.join("train-labels-idx1-ubyte"), &raw[..8]).unwrap();
+    assert_eq!(DatasetKind::Mnist.train_count(Some(&mnist)), Some(10_000));
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&mnist).unwrap();
+}
+
 #[test]
 fn reader_names_missing_files() {
     let dir = tmpdir("missing");

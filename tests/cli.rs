@@ -14,6 +14,29 @@ fn dst(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `dst(args)` where no adapter can be had (a back end this OS lacks): a command stops where it
+/// opens the adapter, after what it says before that (its notes).
+fn dst_without_adapter(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(args)
+        .env(
+            "WGPU_BACKEND",
+            if cfg!(target_os = "macos") {
+                "dx12"
+            } else {
+                "metal"
+            },
+        )
+        .env_remove("WGPU_ADAPTER_NAME")
+        .output()
+        .expect("run dst");
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
 /// A path in the temp folder for this process's test `tag`, with nothing there.
 fn nothing_at(tag: &str) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("dst-cli-{tag}-{}", std::process::id()));
@@ -726,9 +749,9 @@ fn bad_lr_steps_are_clear_errors() {
     assert!(!ok, "--batch without --model");
     assert!(err.contains("--model"), "{err}");
     // Steps past the run's end: a warning naming the flag when given, a note naming the model's
-    // own steps otherwise, only those it will not reach (here the runs then stop at a --valid
-    // larger than their training set).
-    let (ok, _, err) = dst(&[
+    // own steps otherwise, only those it will not reach (here the runs then stop where they
+    // would open the adapter: there is none to be had).
+    let (ok, _, err) = dst_without_adapter(&[
         "train",
         "--model",
         "lenet5",
@@ -736,8 +759,6 @@ fn bad_lr_steps_are_clear_errors() {
         "5",
         "--epochs",
         "2",
-        "--valid",
-        "99999",
     ]);
     assert!(!ok);
     assert!(
@@ -749,9 +770,8 @@ fn bad_lr_steps_are_clear_errors() {
         std::fs::write(cifar.join(f), vec![1u8; dst::data::cifar::RECORD]).unwrap();
     }
     let c = cifar.to_str().unwrap();
-    let (ok, _, err) = dst(&[
-        "train", "--model", "vgg16", "--data", c, "--epochs", "1", "--valid", "99999",
-    ]);
+    let (ok, _, err) =
+        dst_without_adapter(&["train", "--model", "vgg16", "--data", c, "--epochs", "1"]);
     assert!(!ok);
     assert!(
         err.contains(
@@ -760,9 +780,8 @@ fn bad_lr_steps_are_clear_errors() {
         ) && !err.contains("--lr-steps 80"),
         "{err}"
     );
-    let (ok, _, err) = dst(&[
-        "train", "--model", "vgg16", "--data", c, "--epochs", "100", "--valid", "99999",
-    ]);
+    let (ok, _, err) =
+        dst_without_adapter(&["train", "--model", "vgg16", "--data", c, "--epochs", "100"]);
     assert!(!ok);
     assert!(
         err.contains("note: vgg16's learning-rate step after epoch 120 lies past this run's end"),
@@ -1088,8 +1107,8 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
         "{err}"
     );
     assert!(!root.join("runs").exists(), "{err}");
-    // Refused after the adapter is open (a validation split as large as the training set): the
-    // default run folder it claimed is gone again, and so is the `runs` folder it made for it.
+    // A validation split as large as the training set: refused before the adapter opens, from
+    // the images' count (it was after).
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
         .args(["train", "--epochs", "1", "--valid", "99999"])
         .current_dir(&root)
@@ -1097,7 +1116,38 @@ fn user_files_are_never_overwritten_and_wrong_files_are_named() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("adapter:") && err.contains("leaves no training"),
+        !o.status.success()
+            && !err.contains("adapter:")
+            && err
+                .contains("--valid 99999 leaves no training images (the training set holds 10000)"),
+        "{err}"
+    );
+    assert!(!root.join("runs").exists(), "{err}");
+    // Refused after the adapter is open (a training-image file cut short, which only reading it
+    // finds): the default run folder it claimed is gone again, and so is the `runs` folder it
+    // made for it.
+    let cut = root.join("cut-mnist");
+    std::fs::create_dir_all(&cut).unwrap();
+    let subset = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/mnist-subset");
+    for f in std::fs::read_dir(&subset).unwrap().flatten() {
+        let bytes = std::fs::read(f.path()).unwrap();
+        let keep = if f.file_name() == "train-images-idx3-ubyte.gz" {
+            bytes.len() / 2
+        } else {
+            bytes.len()
+        };
+        std::fs::write(cut.join(f.file_name()), &bytes[..keep]).unwrap();
+    }
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["train", "--epochs", "1", "--data", "cut-mnist"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("adapter:")
+            && err.contains("train-images-idx3-ubyte.gz"),
         "{err}"
     );
     assert!(!root.join("runs").exists(), "{err}");

@@ -79,6 +79,44 @@ impl DatasetKind {
         found.map_err(|e| naming_model(e, Some(model)))
     }
 
+    /// The number of training images in `dir` (None: the embedded MNIST subset), from the
+    /// label file's IDX header (MNIST) or the batch files' sizes (CIFAR-10), without reading the
+    /// images: what `--valid` and `--limit-train` are checked against before an adapter opens.
+    /// None where it cannot be told so cheaply (loading the data then says why).
+    pub fn train_count(self, dir: Option<&Path>) -> Option<usize> {
+        use std::io::Read;
+        let header = |mut r: Box<dyn Read + '_>| -> Option<usize> {
+            let mut h = [0u8; 8];
+            r.read_exact(&mut h).ok()?;
+            Some(u32::from_be_bytes([h[4], h[5], h[6], h[7]]) as usize)
+        };
+        let gz = |bytes: &'static [u8]| header(Box::new(flate2::read::GzDecoder::new(bytes)));
+        match (self, dir) {
+            (DatasetKind::Mnist, None) => gz(EMBEDDED[1].1),
+            (DatasetKind::Mnist, Some(d)) => {
+                let path = idx_files(d, &MNIST_NAMES[1..2], "MNIST").ok()?.pop()?;
+                let f = std::fs::File::open(&path).ok()?;
+                if path.extension().is_some_and(|e| e == "gz") {
+                    header(Box::new(flate2::read::GzDecoder::new(f)))
+                } else {
+                    header(Box::new(f))
+                }
+            }
+            (DatasetKind::Cifar10, Some(d)) => {
+                let d = cifar::locate(d).ok()?;
+                cifar::TRAIN_FILES
+                    .iter()
+                    .map(|f| {
+                        std::fs::metadata(d.join(f))
+                            .ok()
+                            .map(|m| m.len() as usize / cifar::RECORD)
+                    })
+                    .sum()
+            }
+            (DatasetKind::Cifar10, None) => None,
+        }
+    }
+
     /// How to get this dataset into a folder (`dst fetch`), for error messages.
     pub fn fetch_hint(self) -> &'static str {
         match self {

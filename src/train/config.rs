@@ -372,10 +372,19 @@ impl TrainConfig {
     /// Whether `data` holds the model's dataset files, without reading them (nothing to check
     /// for the embedded subset): a run refused for its data before it opens an adapter.
     pub fn check_data(&self) -> Result<()> {
+        let kind = crate::models::info(&self.model)?.dataset;
         if let Some(dir) = &self.data {
-            crate::models::info(&self.model)?
-                .dataset
-                .locate_for(&self.model, dir)?;
+            kind.locate_for(&self.model, dir)?;
+        }
+        // A validation split that leaves nothing to train on, from the images' count alone
+        // (`load_data_split` says the same once the data is read).
+        if let (Some(v), Some(n)) = (self.valid, kind.train_count(self.data.as_deref())) {
+            let n = self.limit_train.map_or(n, |l| l.min(n));
+            if v >= n {
+                return Err(TrainError::Config(format!(
+                    "--valid {v} leaves no training images (the training set holds {n})"
+                )));
+            }
         }
         Ok(())
     }
