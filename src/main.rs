@@ -555,7 +555,8 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
                     cmd_train(a, &[])?;
                     println!(
                         "\nThis first run asked for 3 % of the weights (dst train --target-keep 0.03 \
-                         --reset floor: alpha steered, every row keeps its strongest weight).\n\
+                         --reset floor: alpha steered, and a layer down to 1 % or less keeps each \
+                         row's strongest weight rather than going dense again).\n\
                          The paper's exact settings (alpha 5e-4 fixed, the paper's reset): `dst train`; \
                          on full MNIST: `dst fetch mnist --to data/mnist` then `dst train --data data/mnist`.\n\
                          Other models: `dst info`; the method: METHOD.md."

@@ -20,6 +20,46 @@ fn targeted(limit: usize, epochs: usize, target: f64) -> TrainConfig {
     }
 }
 
+/// A run that ends at about chance accuracy is told so, with the likely why: pruned too hard
+/// (a floor run of alpha 2e-2 sat at 11 % keeping one weight per row, and ended as if fine), or
+/// too short. One above 1.5x chance is not.
+#[test]
+fn a_run_at_chance_is_told() {
+    use dst::train::{at_chance, EpochRecord};
+    let record = |acc: f64, keep: f64| -> EpochRecord {
+        serde_json::from_value(serde_json::json!({
+            "epoch": 8, "step": 632, "train_loss": 2.3, "train_penalty": 0.0, "train_acc": 11.0,
+            "test_loss": 2.3, "test_acc": acc, "keep_ratio": keep, "layers": [],
+            "epoch_seconds": 1.0, "ms_per_step": 1.0,
+        }))
+        .unwrap()
+    };
+    let floor = TrainConfig {
+        alpha: 2e-2,
+        reset: "floor".into(),
+        ..Default::default()
+    };
+    let w = at_chance(&floor, &record(11.7, 0.0016), 10).expect("at chance");
+    assert!(
+        w.contains("test accuracy 11.70% is about chance (10 classes: 10%)")
+            && w.contains("it keeps 0.16% of its weights: --alpha 0.02 prunes too hard"),
+        "{w}"
+    );
+    let steered = TrainConfig {
+        target_keep: Some(0.001),
+        ..floor.clone()
+    };
+    let w = at_chance(&steered, &record(11.7, 0.0016), 10).unwrap();
+    assert!(
+        w.contains("--target-keep 0.001 asks for more pruning"),
+        "{w}"
+    );
+    let short = at_chance(&TrainConfig::default(), &record(12.0, 0.9), 10).unwrap();
+    assert!(short.contains("train longer"), "{short}");
+    assert_eq!(at_chance(&floor, &record(15.0, 0.0016), 10), None);
+    assert_eq!(at_chance(&floor, &record(92.0, 0.03), 10), None);
+}
+
 /// A steered run that ends far from its target is told so, either way, and how to go on; one
 /// within `TARGET_SLACK` of it, or held above it by its reset policy (said at its start), is not.
 #[test]
@@ -116,6 +156,20 @@ fn target_keep_is_reached_and_held() {
         .collect();
     assert_eq!(alphas[0], 5e-4, "the first window runs at --alpha");
     assert!(alphas.iter().any(|&a| a != 5e-4), "alpha never moved");
+    // An epoch line gives the alpha its epoch's last steps trained with, as that epoch's last
+    // step line does (it gave the next epoch's, set by the update at the epoch's end).
+    for (i, v) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v["kind"] == "epoch")
+    {
+        let last_step = lines[..i]
+            .iter()
+            .rev()
+            .find(|l| l["kind"] == "step")
+            .unwrap();
+        assert_eq!(v["alpha"], last_step["alpha"], "epoch {}", v["epoch"]);
+    }
     assert!(s.last.test_acc > 70.0, "accuracy {}", s.last.test_acc);
 }
 

@@ -57,7 +57,8 @@ pub struct EpochRecord {
     pub layers: Vec<LayerStats>,
     pub epoch_seconds: f64,
     pub ms_per_step: f64,
-    /// The penalty weight at the epoch's end (it moves under `--target-keep`).
+    /// The penalty weight the epoch's last steps trained with (it moves under `--target-keep`;
+    /// the update at the epoch's end is the next epoch's, and the checkpoint's `alpha`).
     #[serde(default)]
     pub alpha: f64,
     /// Accuracy on the validation split (`--valid N`).
@@ -590,12 +591,16 @@ pub fn train(
         let mut next_log = (cfg.log_every as u64).min(steps_per_epoch);
         let mut log_stats = Stats::default();
         let mut log_steps = 0u64;
+        // The alpha the epoch's last steps trained with (the controller's update at the epoch's
+        // end sets the next epoch's).
+        let mut alpha_used = control.as_ref().map_or(cfg.alpha, |c| c.alpha);
         while done < steps_per_epoch {
             let mut window = (next_log - done).min(bar - done % bar);
             if control.is_some() {
                 window = window.min(every - done % every);
             }
             let alpha_now = control.as_ref().map_or(cfg.alpha, |c| c.alpha);
+            alpha_used = alpha_now;
             if control.is_some() {
                 session.set_alpha_scale((alpha_now / cfg.alpha) as f32);
             }
@@ -711,11 +716,7 @@ pub fn train(
             layers,
             epoch_seconds: t0.elapsed().as_secs_f64(),
             ms_per_step: 1e3 * train_seconds / steps_per_epoch as f64,
-            alpha: if cfg.masked() {
-                control.as_ref().map_or(cfg.alpha, |c| c.alpha)
-            } else {
-                0.0
-            },
+            alpha: if cfg.masked() { alpha_used } else { 0.0 },
             valid_acc,
         };
         progress.finish_epoch();
@@ -727,7 +728,7 @@ pub fn train(
                 .map_or(String::new(), |v| format!("  valid acc {v:.2}%")),
             control
                 .as_ref()
-                .map_or(String::new(), |c| format!("  alpha {:.3e}", c.alpha)),
+                .map_or(String::new(), |_| format!("  alpha {alpha_used:.3e}")),
             rec.keep_ratio,
             rec.layers
                 .iter()
@@ -812,6 +813,10 @@ fn finish(
                 progress.line(&w);
             }
         }
+    }
+    let classes = crate::models::info(&cfg.model).map_or(10, |m| m.classes);
+    if let Some(w) = at_chance(cfg, &summary.last, classes) {
+        progress.line(&w);
     }
     if let Some(img) = session.input_mask_image(data.train.rows, data.train.cols)? {
         let path = run.dir.join("input_mask.png");
@@ -1054,6 +1059,39 @@ pub fn target_missed(target: f64, keep: f64, low: f64, steps: u64) -> Option<Str
     } else {
         None
     }
+}
+
+/// A warning where a run ends with test accuracy about chance (below 1.5 times 1 / `classes`):
+/// the model has not learned, and the likely why. A masked model keeping 1 % or less was pruned
+/// too hard (under `--reset floor` it can sit there, each row keeping one weight); otherwise the
+/// run was too short or its learning rate unsuited.
+pub fn at_chance(cfg: &TrainConfig, last: &EpochRecord, classes: usize) -> Option<String> {
+    let chance = 100.0 / classes.max(1) as f64;
+    if last.test_acc >= 1.5 * chance {
+        return None;
+    }
+    let why = if cfg.masked() && last.keep_ratio <= 0.01 {
+        let keep =
+            crate::report::share((last.keep_ratio * 1e6).round() as u64, 1_000_000, 100.0, 2);
+        match cfg.target_keep {
+            Some(r) => format!(
+                "it keeps {keep}% of its weights: --target-keep {r} asks for more pruning than \
+                 this model learns with in this run; ask for a larger share"
+            ),
+            None => format!(
+                "it keeps {keep}% of its weights: --alpha {} prunes too hard for this run; lower \
+                 it, or ask for a share of the weights with --target-keep",
+                cfg.alpha
+            ),
+        }
+    } else {
+        "train longer (more --epochs or more data), or try another --lr".to_string()
+    };
+    Some(format!(
+        "warning: test accuracy {:.2}% is about chance ({classes} classes: {chance:.0}%): the \
+         model has not learned; {why}",
+        last.test_acc
+    ))
 }
 
 /// The run's header (`RunOptions::header`) and the notes held back for it, once.
