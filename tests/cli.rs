@@ -1177,30 +1177,37 @@ fn sigint(pid: u32) {
     assert!(kill.success());
 }
 
-/// `dst train --epochs 200 --limit-train 640 EXTRA --out RUN` stopped by Ctrl-C as soon as its
-/// first checkpoint is there: its stderr, once it exited with status 130.
-fn train_interrupted_after_first_checkpoint(run: &std::path::Path, extra: &[&str]) -> String {
+/// `dst ARGS --out RUN` stopped by Ctrl-C as soon as RUN holds `wait_for`: its stderr, once it
+/// exited with status 130.
+fn stopped_by_ctrl_c(run: &std::path::Path, args: &[&str], wait_for: &str) -> String {
     let child = Command::new(env!("CARGO_BIN_EXE_dst"))
-        .args(["train", "--epochs", "200", "--limit-train", "640"])
-        .args(extra)
+        .args(args)
         .arg("--out")
         .arg(run)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let t0 = std::time::Instant::now();
-    while !run.join("checkpoint.safetensors").exists() {
+    while !run.join(wait_for).exists() {
         assert!(
             t0.elapsed().as_secs() < 120,
-            "no checkpoint after 2 minutes"
+            "no {wait_for} after 2 minutes"
         );
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
     sigint(child.id());
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(130), "{err}");
     err
+}
+
+/// `dst train --epochs 200 --limit-train 640 EXTRA --out RUN` stopped by Ctrl-C as soon as its
+/// first checkpoint is there: its stderr, once it exited with status 130.
+fn train_interrupted_after_first_checkpoint(run: &std::path::Path, extra: &[&str]) -> String {
+    let mut args = vec!["train", "--epochs", "200", "--limit-train", "640"];
+    args.extend(extra);
+    stopped_by_ctrl_c(run, &args, "checkpoint.safetensors")
 }
 
 /// Ctrl-C in a run's last epoch with no log point before its end: the run finishes (summary
@@ -1210,25 +1217,9 @@ fn train_interrupted_after_first_checkpoint(run: &std::path::Path, extra: &[&str
 #[test]
 fn ctrl_c_in_the_last_epoch_finishes_with_status_130() {
     let run = nothing_at("int-last");
-    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
-        .args(["train", "--epochs", "1", "--log-every", "100000", "--out"])
-        .arg(&run)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // config.json is written just before the first step.
-    let t0 = std::time::Instant::now();
-    while !run.join("config.json").exists() {
-        assert!(
-            t0.elapsed().as_secs() < 120,
-            "no config.json after 2 minutes"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    sigint(child.id());
-    let o = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert_eq!(o.status.code(), Some(130), "{err}");
+    let args = ["train", "--epochs", "1", "--log-every", "100000"];
+    let err = stopped_by_ctrl_c(&run, &args, "config.json");
     assert!(
         err.contains(
             "interrupt: Ctrl-C came with no log point left to stop at: the command finished"

@@ -141,6 +141,20 @@ fn write_fake(dir: &Path, f: &Fake) -> serde_json::Value {
     s
 }
 
+/// A finished one-epoch DST LeNet-300-100 run of `seed` at test accuracy `acc`, 5 % kept.
+fn one_epoch_dst(seed: u64, acc: f64) -> Fake {
+    Fake {
+        model: "lenet300",
+        dense: false,
+        alpha: 5e-4,
+        seed,
+        epochs: 1,
+        history: vec![(acc, 0.05)],
+        valid: None,
+        finished: true,
+    }
+}
+
 fn mean_std(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let m = xs.iter().sum::<f64>() / n;
@@ -329,19 +343,7 @@ fn rows_keep_data_folders_apart_and_count_a_seed_once() {
     let runs_dir = root.join("runs");
     let fake = |name: &str, data: &Path, acc: f64| {
         let dir = runs_dir.join(name);
-        write_fake(
-            &dir,
-            &Fake {
-                model: "lenet300",
-                dense: false,
-                alpha: 5e-4,
-                seed: 1,
-                epochs: 1,
-                history: vec![(acc, 0.05)],
-                valid: None,
-                finished: true,
-            },
-        );
+        write_fake(&dir, &one_epoch_dst(1, acc));
         let path = dir.join("config.json");
         let mut c: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -403,19 +405,7 @@ fn a_limit_above_the_set_is_not_named() {
     let root = tmp("limit-rows");
     let fake = |name: &str, limit: Option<usize>, trained: Option<usize>, seed: u64| {
         let dir = root.join(name);
-        write_fake(
-            &dir,
-            &Fake {
-                model: "lenet300",
-                dense: false,
-                alpha: 5e-4,
-                seed,
-                epochs: 1,
-                history: vec![(95.0, 0.05)],
-                valid: None,
-                finished: true,
-            },
-        );
+        write_fake(&dir, &one_epoch_dst(seed, 95.0));
         let edit = |file: &str, key: &str, v: serde_json::Value| {
             let path = dir.join(file);
             let mut c: serde_json::Value =
