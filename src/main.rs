@@ -1573,6 +1573,12 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     let (acc, layers, _) =
         train::evaluate_checkpoint_with(gpu, &ck, &checkpoint, &data, &mut progress)?;
     print_table(&layers, ck.meta("masked") != Some("false"));
+    // Where the run's dead-layer policy acted on a mask, said as `dst export` says it.
+    if let Ok((_, r)) = dst::export::from_checkpoint(&ck, &checkpoint, dst::export::Layout::Dense) {
+        if let Some(note) = dst::export::policy_note(r.resets, r.policy) {
+            println!("{note}");
+        }
+    }
     let kept: u64 = layers.iter().map(|l| l.kept).sum();
     let total: u64 = layers.iter().map(|l| l.total).sum();
     println!(

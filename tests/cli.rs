@@ -2231,6 +2231,29 @@ fn a_run_whose_output_is_closed_stops_with_its_checkpoint() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// `dst eval` says where the run's dead-layer policy acted on a mask, as `dst export` does (it
+/// said nothing): here fc2's thresholds raised above every weight, which the paper's reset makes
+/// dense again.
+#[test]
+fn eval_says_where_the_reset_acted() {
+    let out = nothing_at("eval-reset");
+    let o = out.to_str().unwrap();
+    let (ok, _, err) = dst(&["train", "--limit-train", "64", "--epochs", "1", "--out", o]);
+    assert!(ok, "{err}");
+    let mut ck = dst::checkpoint::Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
+    for t in ck.tensors.iter_mut().filter(|t| t.0 == "fc2.threshold") {
+        t.2.iter_mut().for_each(|v| *v = 1e3);
+    }
+    let edited = out.join("dead-fc2.safetensors");
+    ck.save(&edited).unwrap();
+    let note = "1 matrix(es) kept <= 1% and were reset to dense";
+    let (ok, stdout, err) = dst(&["eval", "--checkpoint", edited.to_str().unwrap()]);
+    assert!(ok && stdout.contains(note), "{stdout}{err}");
+    let (ok, stdout, err) = dst(&["eval", "--checkpoint", o]);
+    assert!(ok && !stdout.contains("matrix(es)"), "{stdout}{err}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 /// A --limit-train larger than the training set trains on all of it, and says so.
 #[test]
 fn a_limit_above_the_training_set_is_noted() {

@@ -586,6 +586,18 @@ pub fn export(checkpoint: &Path, layout: Layout, out: &Path) -> Result<ExportRep
     Ok(report)
 }
 
+/// What the run's dead-layer policy did to the masks of `resets` matrices that keep 1 % or less,
+/// where it did anything (`dst export`, `dst eval`).
+pub fn policy_note(resets: usize, policy: ResetPolicy) -> Option<String> {
+    let what = match policy {
+        ResetPolicy::Floor => {
+            "so each row keeps at least its strongest weight (the run's --reset floor)"
+        }
+        _ => "and were reset to dense, as evaluation does (METHOD.md section 3)",
+    };
+    (resets > 0).then(|| format!("{resets} matrix(es) kept <= 1% {what}"))
+}
+
 /// How an export's size compares with the model's dense f32 weights.
 pub fn size_note(file: u64, dense: u64, layout: Layout) -> String {
     let r = dense as f64 / file.max(1) as f64;
@@ -680,14 +692,8 @@ pub fn run(checkpoint: &Path, format: &str, out: &Path) -> anyhow::Result<()> {
             crate::report::share(*kept as u64, *total as u64, 100.0, 2)
         );
     }
-    if r.resets > 0 {
-        let what = match r.policy {
-            ResetPolicy::Floor => {
-                "so each row keeps at least its strongest weight (the run's --reset floor)"
-            }
-            _ => "and were reset to dense, as evaluation does (METHOD.md section 3)",
-        };
-        println!("{} matrix(es) kept <= 1% {what}", r.resets);
+    if let Some(note) = policy_note(r.resets, r.policy) {
+        println!("{note}");
     }
     println!(
         "{} export of {} -> {}: {} bytes; dense f32 {} bytes ({})",
