@@ -40,6 +40,10 @@ fn short_dst_run_learns() {
         s.last.keep_ratio
     );
     assert_eq!(s.train_images, Some(6400), "the images trained on");
+    assert_eq!(
+        s.data,
+        "embedded MNIST subset (10000 train / 2000 test); trained on 6400 of its images"
+    );
     for f in [
         "config.json",
         "metrics.jsonl",

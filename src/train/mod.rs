@@ -1247,7 +1247,18 @@ fn summarize(
         model: cfg.model.clone(),
         dense: cfg.dense,
         adapter: s.gpu.describe(),
-        data: data.source.clone(),
+        // The source describes the whole set; a run that used part of it says so.
+        data: if cfg.limit_train.is_some() || cfg.valid.is_some() {
+            format!(
+                "{}; trained on {} of its images{}",
+                data.source,
+                data.train.count,
+                cfg.valid
+                    .map_or(String::new(), |v| format!(", {v} held out for validation"))
+            )
+        } else {
+            data.source.clone()
+        },
         epochs: cfg.epochs,
         steps,
         best_acc_epoch: best.epoch,
