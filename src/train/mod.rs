@@ -473,8 +473,7 @@ pub fn train(
             }
         }
         // No summary, or one of a shorter run this one extends.
-        let summarised = summary_epochs(&run.dir).is_some_and(|e| e >= epoch0);
-        let unfinished = !summarised && !history.is_empty();
+        let unfinished = unfinished(&run.dir, epoch0, !history.is_empty());
         if epoch0 == cfg.epochs && unfinished {
             // Stopped between its last checkpoint and its summary (or asked to end where it
             // stopped): finish it, its config saying how many epochs it ran.
@@ -843,6 +842,14 @@ pub fn progress_every(steps_per_epoch: u64) -> u64 {
 
 /// The epochs the `summary.json` of the run folder `dir` was written for, if it has a readable
 /// one.
+/// Whether the run in `dir`, whose checkpoint holds `epoch0` epochs (with their records:
+/// `has_history`), has no summary of them yet: stopped between its last checkpoint and its
+/// summary, or extended past the length its summary was written for.
+fn unfinished(dir: &Path, epoch0: usize, has_history: bool) -> bool {
+    let summarised = summary_epochs(dir).is_some_and(|e| e >= epoch0);
+    !summarised && has_history
+}
+
 /// `--resume` of the run in `dir`, whose checkpoint holds `epoch0` epochs, for no more than
 /// that: refused (`unfinished`: it has no summary yet, and may end there).
 fn length_refusal(dir: &Path, epoch0: usize, unfinished: bool) -> TrainError {
@@ -873,8 +880,7 @@ pub fn check_resume_length(dir: &Path, epochs: usize) -> Result<()> {
         .get("history")
         .and_then(|h| serde_json::from_str::<Vec<serde_json::Value>>(h).ok())
         .is_some_and(|h| !h.is_empty());
-    let summarised = summary_epochs(dir).is_some_and(|e| e >= epoch0);
-    let unfinished = !summarised && has_history;
+    let unfinished = unfinished(dir, epoch0, has_history);
     if epoch0 > epochs || (epoch0 == epochs && !unfinished && epoch0 > 0) {
         return Err(length_refusal(dir, epoch0, unfinished));
     }
