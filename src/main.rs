@@ -1129,7 +1129,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             }
             // A run's checkpoint stands for its folder, as in the other commands.
             let dir = &match dir.file_name() {
-                Some(n) if n == "checkpoint.safetensors" && dir.is_file() => dir
+                Some(n) if n == dst::checkpoint::FILE_NAME && dir.is_file() => dir
                     .parent()
                     .filter(|p| !p.as_os_str().is_empty())
                     .unwrap_or(std::path::Path::new("."))
@@ -1345,6 +1345,12 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
     }
     let s = s?;
     print_table(&s.last.layers, !s.dense);
+    // Where the run's policy acts on its final masks (the floor, or a reset to dense), said as
+    // `dst eval` and `dst export` say it.
+    let ck_path = out.join(dst::checkpoint::FILE_NAME);
+    if let Ok(ck) = dst::checkpoint::Checkpoint::load(&ck_path) {
+        print_policy_note(&ck, &ck_path);
+    }
     println!(
         "test accuracy {:.2}%, model keep ratio {:.4} ({:.2}% of weights remain), {:.2} ms/step",
         s.last.test_acc,
@@ -1484,14 +1490,10 @@ fn claim_run_dir(root: &std::path::Path, base: &str) -> anyhow::Result<PathBuf> 
 fn print_table(layers: &[LayerStats], masked: bool) {
     // A threshold too small for 4 decimals (CIFAR-10's alpha 5e-6 leaves them near 1e-5) in
     // scientific notation: "-0.0000" said nothing.
-    let t = |v: f64| {
-        if !masked {
-            "-".to_string()
-        } else if v != 0.0 && v.abs() < 5e-4 {
-            format!("{v:.2e}")
-        } else {
-            format!("{v:.4}")
-        }
+    let t = |v: Option<f64>| match v {
+        Some(v) if masked && v != 0.0 && v.abs() < 5e-4 => format!("{v:.2e}"),
+        Some(v) if masked => format!("{v:.4}"),
+        _ => "-".to_string(),
     };
     let w = dst::models::name_width(layers.iter().map(|l| l.name.as_str()));
     println!(
@@ -1510,6 +1512,16 @@ fn print_table(layers: &[LayerStats], masked: bool) {
             t(l.threshold_mean),
             t(l.threshold_max)
         );
+    }
+}
+
+/// Where the run's dead-layer policy acts on a checkpoint's masks (a matrix that keeps 1 % or
+/// less), one line as `dst export` says it; nothing where it does not.
+fn print_policy_note(ck: &dst::checkpoint::Checkpoint, path: &std::path::Path) {
+    if let Ok((_, r)) = dst::export::from_checkpoint(ck, path, dst::export::Layout::Dense) {
+        if let Some(note) = dst::export::policy_note(r.resets, r.policy) {
+            println!("{note}");
+        }
     }
 }
 
@@ -1573,12 +1585,7 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     let (acc, layers, _) =
         train::evaluate_checkpoint_with(gpu, &ck, &checkpoint, &data, &mut progress)?;
     print_table(&layers, ck.meta("masked") != Some("false"));
-    // Where the run's dead-layer policy acted on a mask, said as `dst export` says it.
-    if let Ok((_, r)) = dst::export::from_checkpoint(&ck, &checkpoint, dst::export::Layout::Dense) {
-        if let Some(note) = dst::export::policy_note(r.resets, r.policy) {
-            println!("{note}");
-        }
-    }
+    print_policy_note(&ck, &checkpoint);
     let kept: u64 = layers.iter().map(|l| l.kept).sum();
     let total: u64 = layers.iter().map(|l| l.total).sum();
     println!(

@@ -1686,6 +1686,13 @@ fn a_dense_run_takes_sparse_input() {
         ok && fc1.ends_with(" -") && !fc1.contains("0.0000"),
         "{stdout}{err}"
     );
+    // And its summary.json gives them as null, not 0.0.
+    let summary = read_json(root.join("default").join("summary.json"));
+    let layer = &summary["last"]["layers"][0];
+    assert!(
+        layer["threshold_mean"].is_null() && layer["threshold_max"].is_null(),
+        "{layer}"
+    );
     // A dense run has no masks to draw: said naming its checkpoint.
     let ck = root.join("default").join("checkpoint.safetensors");
     let (ok, _, err) = dst(&["masks", root.join("default").to_str().unwrap()]);
@@ -2233,13 +2240,30 @@ fn a_run_whose_output_is_closed_stops_with_its_checkpoint() {
 
 /// `dst eval` says where the run's dead-layer policy acted on a mask, as `dst export` does (it
 /// said nothing): here fc2's thresholds raised above every weight, which the paper's reset makes
-/// dense again.
+/// dense again. `dst train`'s closing table says it too, here of a run pruned to the floor.
 #[test]
 fn eval_says_where_the_reset_acted() {
     let out = nothing_at("eval-reset");
     let o = out.to_str().unwrap();
-    let (ok, _, err) = dst(&["train", "--limit-train", "64", "--epochs", "1", "--out", o]);
-    assert!(ok, "{err}");
+    let (ok, stdout, err) = dst(&["train", "--limit-train", "64", "--epochs", "1", "--out", o]);
+    assert!(ok && !stdout.contains("matrix(es)"), "{stdout}{err}");
+    let floor = nothing_at("train-floor");
+    let (ok, stdout, err) = dst(&[
+        "train",
+        "--limit-train",
+        "1000",
+        "--epochs",
+        "2",
+        "--reset",
+        "floor",
+        "--alpha",
+        "0.05",
+        "--out",
+        floor.to_str().unwrap(),
+    ]);
+    let at_the_floor = "kept <= 1% so each row keeps at least its strongest weight";
+    assert!(ok && stdout.contains(at_the_floor), "{stdout}{err}");
+    std::fs::remove_dir_all(&floor).unwrap();
     let mut ck = dst::checkpoint::Checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
     for t in ck.tensors.iter_mut().filter(|t| t.0 == "fc2.threshold") {
         t.2.iter_mut().for_each(|v| *v = 1e3);

@@ -481,7 +481,19 @@ fn report_rows_hold_one_configuration_each() {
         md.contains("| DST target keep 5 %, reset floor, optimizer sgd, lr 0.1 |"),
         "{md}"
     );
-    assert!(table::csv(&rows).contains("\"dense, optimizer adam, lr 0.001\""));
+    let csv = table::csv(&rows);
+    assert!(csv.contains("\"dense, optimizer adam, lr 0.001\""));
+    // A steered row: its starting alpha and the keep it steered toward, each in its column; a
+    // fixed-alpha row has no target, a dense row neither.
+    assert!(
+        csv.contains("lenet300,false,0.0005,0.05,\"DST target keep 5 %, reset floor,"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("lenet300,false,0.0005,,\"DST alpha 5e-4,")
+            && csv.contains("lenet300,true,,,\"dense, optimizer sgd"),
+        "{csv}"
+    );
 }
 
 /// One run with a damaged config.json: `dst report` and `dst plot` leave it out with a warning

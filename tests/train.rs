@@ -74,8 +74,8 @@ fn large_alpha_prunes_dense_does_not() {
     );
     let fc1 = &s.last.layers[0];
     assert!(
-        fc1.threshold_mean > 0.0,
-        "thresholds must rise: {}",
+        fc1.threshold_mean.unwrap() > 0.0,
+        "thresholds must rise: {:?}",
         fc1.threshold_mean
     );
     assert!(

@@ -640,7 +640,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                     e.layers
                         .iter()
                         .find(|l| l.name == name)
-                        .map(|l| (e.epoch as f64, l.threshold_mean))
+                        .and_then(|l| Some((e.epoch as f64, l.threshold_mean?)))
                 })
                 .collect();
             if !points.is_empty() {

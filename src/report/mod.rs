@@ -308,7 +308,7 @@ fn checkpoint_of_run(ck: &crate::checkpoint::Checkpoint, dir: &Path) -> Result<(
     if mine.as_ref() != Some(&theirs) {
         return Err("its config.json differs from the settings the checkpoint holds".into());
     }
-    let own = dir.join("checkpoint.safetensors");
+    let own = dir.join(crate::checkpoint::FILE_NAME);
     if own.is_file() {
         let hash = crate::checkpoint::Checkpoint::read_metadata(&own)
             .ok()

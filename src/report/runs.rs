@@ -115,9 +115,10 @@ pub struct LayerLine {
     pub kept: u64,
     pub total: u64,
     pub keep_ratio: f64,
-    pub threshold_min: f64,
-    pub threshold_mean: f64,
-    pub threshold_max: f64,
+    /// `null` for a dense run (logs written before that read 0.0).
+    pub threshold_min: Option<f64>,
+    pub threshold_mean: Option<f64>,
+    pub threshold_max: Option<f64>,
     pub resets: u32,
 }
 

@@ -186,8 +186,10 @@ fn show_paper(s: PaperStat) -> String {
 pub struct Row {
     pub model: String,
     pub dense: bool,
-    /// None for dense rows.
+    /// None for dense rows; a steered run's starting alpha.
     pub alpha: Option<f64>,
+    /// `--target-keep`: the keep ratio a steered DST row asked for (its alpha moved toward it).
+    pub target_keep: Option<f64>,
     /// "dense", "DST alpha 5e-4", "DST target keep 5 %, reset floor" (`RunConfig::kind`), then
     /// the settings in which this row differs from another row of its model ("lr 0.1").
     pub label: String,
@@ -271,6 +273,7 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
     for r in runs {
         let c = &r.config;
         let alpha = (!c.dense).then_some(c.alpha);
+        let target_keep = c.target_keep.filter(|_| !c.dense);
         let data = data_label(r, false);
         let full = data_label(r, true);
         let kind = c.kind();
@@ -285,6 +288,7 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                 && row.dense == c.dense
                 && row.label == kind
                 && row.alpha == alpha
+                && row.target_keep == target_keep
                 && row.settings == settings
                 && row.epochs == c.epochs
         }) {
@@ -296,6 +300,7 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                         model: c.model.clone(),
                         dense: c.dense,
                         alpha,
+                        target_keep,
                         label: kind,
                         settings,
                         epochs: c.epochs,
@@ -556,19 +561,22 @@ pub fn csv_number(x: f64) -> String {
 }
 
 /// The first line of `csv`'s tables.
-pub const CSV_HEADER: &str = "model,dense,alpha,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n";
+pub const CSV_HEADER: &str = "model,dense,alpha,target_keep,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n";
 
 /// One CSV line per row and rule: the figures in machine-readable form (a single run's standard
-/// deviations empty); a row without a finished run, one line without a rule or figures.
+/// deviations empty); a row without a finished run, one line without a rule or figures. `alpha`
+/// is a steered row's starting alpha, `target_keep` the keep ratio it steered toward.
 pub fn csv(rows: &[Row]) -> String {
     let mut s = String::from(CSV_HEADER);
     for row in rows {
-        // model, dense, alpha, variant, epochs, data: the row's settings on each of its lines.
+        // model, dense, alpha, target_keep, variant, epochs, data: the row's settings on each
+        // of its lines.
         let head = format!(
-            "{},{},{},\"{}\",{},\"{}\"",
+            "{},{},{},{},\"{}\",{},\"{}\"",
             row.model,
             row.dense,
             row.alpha.map(|a| a.to_string()).unwrap_or_default(),
+            row.target_keep.map(|a| a.to_string()).unwrap_or_default(),
             row.label.replace('"', "\"\""),
             row.epochs,
             row.data.replace('"', "\"\""),

@@ -76,7 +76,7 @@ pub fn run_state(dir: &Path, cfg: &TrainConfig) -> RunState {
 /// The epoch a run directory's checkpoint holds. One of all the wanted epochs without a summary (a
 /// crash between the two writes) is finished from the checkpoint, not trained again.
 fn checkpoint_epoch(dir: &Path) -> Option<usize> {
-    let p = dir.join("checkpoint.safetensors");
+    let p = dir.join(crate::checkpoint::FILE_NAME);
     if !p.is_file() {
         return None;
     }
@@ -101,7 +101,8 @@ pub fn run_name(cfg: &TrainConfig) -> String {
 /// attempt left before its first checkpoint. Refused: such a folder without a readable
 /// `config.json`.
 fn existing_config(dir: &Path) -> Result<Option<TrainConfig>, StudyError> {
-    let worth = dir.join("summary.json").is_file() || dir.join("checkpoint.safetensors").is_file();
+    let worth =
+        dir.join("summary.json").is_file() || dir.join(crate::checkpoint::FILE_NAME).is_file();
     if !worth {
         return Ok(None);
     }
@@ -225,7 +226,7 @@ pub fn ensure_run(
     check_reuse(cfg, dir)?;
     // A checkpoint there that cannot be read (damaged, edited, or not dst's) is named, not
     // taken for no checkpoint: the run would be trained over.
-    let ck = dir.join("checkpoint.safetensors");
+    let ck = dir.join(crate::checkpoint::FILE_NAME);
     if ck.is_file() {
         if let Err(e) = crate::checkpoint::Checkpoint::load(&ck) {
             return Err(StudyError::Config(format!(

@@ -38,9 +38,10 @@ pub struct LayerStats {
     pub kept: u64,
     pub total: u64,
     pub keep_ratio: f64,
-    pub threshold_min: f64,
-    pub threshold_mean: f64,
-    pub threshold_max: f64,
+    /// The row thresholds' range and mean; `null` for a dense run's layers, which have none.
+    pub threshold_min: Option<f64>,
+    pub threshold_mean: Option<f64>,
+    pub threshold_max: Option<f64>,
     pub resets: u32,
 }
 

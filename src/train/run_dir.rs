@@ -14,7 +14,7 @@ pub struct RunDir {
 
 impl RunDir {
     pub fn checkpoint(&self) -> PathBuf {
-        self.dir.join("checkpoint.safetensors")
+        self.dir.join(crate::checkpoint::FILE_NAME)
     }
     pub fn config(&self) -> PathBuf {
         self.dir.join("config.json")

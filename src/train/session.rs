@@ -296,9 +296,9 @@ impl Session {
                         kept: n,
                         total: n,
                         keep_ratio: 1.0,
-                        threshold_min: 0.0,
-                        threshold_mean: 0.0,
-                        threshold_max: 0.0,
+                        threshold_min: None,
+                        threshold_mean: None,
+                        threshold_max: None,
                         resets: 0,
                     });
                 }
@@ -315,9 +315,9 @@ impl Session {
                 kept: k[1] as u64,
                 total,
                 keep_ratio: k[1] as f64 / total as f64,
-                threshold_min: t.iter().copied().fold(f32::INFINITY, f32::min) as f64,
-                threshold_mean: t.iter().map(|&x| x as f64).sum::<f64>() / t.len() as f64,
-                threshold_max: t.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64,
+                threshold_min: Some(t.iter().copied().fold(f32::INFINITY, f32::min) as f64),
+                threshold_mean: Some(t.iter().map(|&x| x as f64).sum::<f64>() / t.len() as f64),
+                threshold_max: Some(t.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64),
                 resets: k[2],
             });
         }
