@@ -671,16 +671,21 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
                 .as_ref()
                 .is_some_and(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")));
             if let Some(p) = &out {
+                use dst::report::Own;
                 if csv {
                     dst::report::check_own_text(
                         p,
-                        dst::report::table::CSV_HEADER,
+                        Own::Csv {
+                            heads: dst::report::table::CSV_HEADERS,
+                        },
                         "a table of `dst report` or `dst sweep`",
                     )?;
                 } else {
                     dst::report::check_own_text(
                         p,
-                        dst::report::REPORT_HEADER,
+                        Own::Markdown {
+                            header: dst::report::REPORT_HEADER,
+                        },
                         "a report of `dst report`",
                     )?;
                 }
@@ -693,8 +698,12 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
                 dst::report::report_markdown(&runs)
             };
             match out {
-                Some(p) => {
+                Some(p) if csv => {
                     dst::report::write_text(&p, &md)?;
+                    println!("report: {}", p.display());
+                }
+                Some(p) => {
+                    dst::report::write_markdown(&p, &md)?;
                     println!("report: {}", p.display());
                 }
                 None => print!("{md}"),

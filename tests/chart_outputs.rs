@@ -374,6 +374,32 @@ fn report_replaces_only_its_own_reports() {
     }
     let md = std::fs::read_to_string(root.join("r/report.md")).unwrap();
     assert!(md.starts_with(dst::report::REPORT_HEADER), "{md}");
+    // Its last line seals it: notes added to it, or a report without the seal (an older dst's),
+    // are not replaced (the notes were lost).
+    assert!(
+        md.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("<!-- dst: SHA-256 of the text above: ")),
+        "{md}"
+    );
+    let noted = format!("{md}\nMy notes on these runs.\n");
+    let older = format!("{}\n| a table |\n", dst::report::REPORT_HEADER);
+    for text in [&noted, &older] {
+        std::fs::write(root.join("r/report.md"), text).unwrap();
+        let o = dst(
+            &root,
+            &[p("report"), p("run"), p("--out"), p("r/report.md")],
+        );
+        refused(
+            &o,
+            "report --out over an edited report",
+            &["r/report.md", "changed after dst wrote it"],
+        );
+        assert_eq!(
+            &std::fs::read_to_string(root.join("r/report.md")).unwrap(),
+            text
+        );
+    }
     // A .csv name gets the table as CSV (it got Markdown), and replaces only a table of its own.
     std::fs::write(root.join("mine.csv"), PRECIOUS).unwrap();
     let o = dst(&root, &[p("report"), p("run"), p("--out"), p("mine.csv")]);
@@ -395,15 +421,31 @@ fn report_replaces_only_its_own_reports() {
     let csv = std::fs::read_to_string(root.join("r/table.CSV")).unwrap();
     assert!(csv.starts_with(dst::report::table::CSV_HEADER), "{csv}");
     assert!(csv.lines().count() >= 2, "{csv}");
+    // A table of an older dst (no target_keep column) is its own too.
+    let older = dst::report::table::CSV_HEADERS[1];
+    assert!(!older.contains("target_keep"));
+    std::fs::write(root.join("old.csv"), format!("{older}lenet300,false,...\n")).unwrap();
+    ok(
+        &dst(&root, &[p("report"), p("run"), p("--out"), p("old.csv")]),
+        "report --out old.csv",
+    );
+    let csv = std::fs::read_to_string(root.join("old.csv")).unwrap();
+    assert!(csv.starts_with(dst::report::table::CSV_HEADER), "{csv}");
 }
 
 /// `dst sweep` and `dst reproduce` refuse, before any run trains, an --out that is a training
-/// run's folder or a file, and one holding a sweep.md, sweep.csv, sweep.png or REPORT.md they
-/// did not write; nothing there changes.
+/// run's folder or a file, one holding a sweep.md, sweep.csv, sweep.png or REPORT.md they
+/// did not write, and one holding the other kind of study; nothing there changes.
 #[test]
 fn studies_refuse_folders_and_files_not_their_own() {
     let root = tmp("study-out");
     fake_run(&root.join("run"), 1);
+    // The other kind of study: a sweep's runs lie in its folder, a reproduction's in a folder per
+    // model; each has its report.
+    fake_run(&root.join("a-sweep/alpha1e-4-seed1"), 1);
+    fake_run(&root.join("a-reproduction/lenet300/dst-seed1"), 1);
+    std::fs::create_dir_all(root.join("sweep-report")).unwrap();
+    std::fs::write(root.join("sweep-report/sweep.md"), PRECIOUS).unwrap();
     std::fs::write(root.join("afile"), PRECIOUS).unwrap();
     for name in ["sweep.md", "sweep.csv", "sweep.png", "REPORT.md"] {
         let d = root.join(format!("user-{name}"));
@@ -499,6 +541,31 @@ fn studies_refuse_folders_and_files_not_their_own() {
             "reproduce over REPORT.md",
             "is not a `dst reproduce` report",
         ),
+        (
+            sweep("user-REPORT.md"),
+            "sweep beside REPORT.md",
+            "looks like a `dst reproduce` study (REPORT.md)",
+        ),
+        (
+            sweep("a-reproduction"),
+            "sweep into a reproduction",
+            "looks like a `dst reproduce` study (runs in",
+        ),
+        (
+            reproduce("a-sweep"),
+            "reproduce into a sweep",
+            "looks like a `dst sweep` study (the run",
+        ),
+        (
+            reproduce("sweep-report"),
+            "reproduce beside sweep.md",
+            "looks like a `dst sweep` study (sweep.md)",
+        ),
+        (
+            reproduce("user-sweep.png"),
+            "reproduce beside sweep.png",
+            "looks like a `dst sweep` study (sweep.png)",
+        ),
     ] {
         refused(&o, what, &[want]);
     }
@@ -516,6 +583,9 @@ fn studies_refuse_folders_and_files_not_their_own() {
     assert_eq!(std::fs::read_dir(root.join("cifar")).unwrap().count(), 1);
     let run: Vec<_> = std::fs::read_dir(root.join("run")).unwrap().collect();
     assert_eq!(run.len(), 2, "config.json and metrics.jsonl only");
+    for (d, n) in [("a-sweep", 1), ("a-reproduction", 1), ("sweep-report", 1)] {
+        assert_eq!(std::fs::read_dir(root.join(d)).unwrap().count(), n, "{d}");
+    }
 }
 
 /// A run given twice, under two spellings of its path, is drawn and counted once.

@@ -208,10 +208,39 @@ pub fn report_markdown(runs: &[Run]) -> String {
 /// own, which `--out` may replace.
 pub const REPORT_HEADER: &str = "# DST results\n";
 
-/// Refuses, before anything is written, to replace `path` unless it is absent or a file that
-/// begins with `header`: one of the files of that kind dst writes (`what` names it in the
-/// message). A folder, a checkpoint, a run's `config.json` or a user's notes are left alone.
-pub fn check_own_text(path: &Path, header: &str, what: &str) -> Result<(), ReportError> {
+/// The start of the last line of every Markdown file dst writes (`dst report`, `sweep.md`,
+/// `REPORT.md`): an HTML comment (not shown where Markdown is rendered) that holds the SHA-256
+/// of the text above it. A file whose text no longer matches it was edited, and is not replaced.
+const SEAL: &str = "<!-- dst: SHA-256 of the text above: ";
+
+/// `text` with its seal as the last line.
+pub fn sealed(text: &str) -> String {
+    format!("{text}{SEAL}{} -->\n", sha256_hex(text.as_bytes()))
+}
+
+/// Whether `bytes` end with a seal that matches the text above it (the file is as dst wrote it).
+fn unedited(bytes: &[u8]) -> bool {
+    let Some(body) = bytes.strip_suffix(b" -->\n") else {
+        return false;
+    };
+    let Some(at) = body.windows(SEAL.len()).rposition(|w| w == SEAL.as_bytes()) else {
+        return false;
+    };
+    body[at + SEAL.len()..] == *sha256_hex(&body[..at]).as_bytes()
+}
+
+/// A file `check_own_text` may replace: one of dst's files of the kind, known by how it begins
+/// (`heads`: the kind's first bytes, now and in earlier versions of dst), and for Markdown also
+/// unedited since (its seal).
+pub enum Own<'a> {
+    Markdown { header: &'a str },
+    Csv { heads: &'a [&'a str] },
+}
+
+/// Refuses, before anything is written, to replace `path` unless it is absent or a file of the
+/// kind `own` describes (`what` names it in the message). A folder, a checkpoint, a run's
+/// `config.json`, a user's notes, or a report of dst's with notes added to it are left alone.
+pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportError> {
     let refuse = |reason: String| ReportError::Refused {
         path: path.to_path_buf(),
         reason,
@@ -237,23 +266,57 @@ pub fn check_own_text(path: &Path, header: &str, what: &str) -> Result<(), Repor
                 .to_string(),
         ));
     }
-    // The file's first header.len() bytes (fewer if it is shorter).
-    let mut head = Vec::new();
-    let read = std::fs::File::open(path).and_then(|f| {
-        use std::io::Read;
-        f.take(header.len() as u64).read_to_end(&mut head)
-    });
-    match read {
-        Ok(_) if head == header.as_bytes() => Ok(()),
-        Ok(_) => Err(refuse(format!(
+    let io = |source| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let not_ours = || {
+        refuse(format!(
             "already exists and is not {what}; dst replaces only its own files there: remove it \
              or pick another --out"
-        ))),
-        Err(source) => Err(ReportError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
+        ))
+    };
+    match own {
+        Own::Csv { heads } => {
+            // The file's first bytes, as many as the longest head (fewer if it is shorter).
+            let longest = heads.iter().map(|h| h.len()).max().unwrap_or(0);
+            let mut head = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| {
+                    use std::io::Read;
+                    f.take(longest as u64).read_to_end(&mut head)
+                })
+                .map_err(io)?;
+            if heads.iter().any(|h| head.starts_with(h.as_bytes())) {
+                Ok(())
+            } else {
+                Err(not_ours())
+            }
+        }
+        Own::Markdown { header } => {
+            // Reports are small: a file far larger than any is no report of dst's.
+            if meta.len() > 64 << 20 {
+                return Err(not_ours());
+            }
+            let bytes = std::fs::read(path).map_err(io)?;
+            if !bytes.starts_with(header.as_bytes()) {
+                Err(not_ours())
+            } else if unedited(&bytes) {
+                Ok(())
+            } else {
+                Err(refuse(format!(
+                    "is {what} that was changed after dst wrote it (the SHA-256 on its last line \
+                     no longer matches its text), or one from a dst older than that line: \
+                     replacing it could lose what was added; move it away or pick another --out"
+                )))
+            }
+        }
     }
+}
+
+/// Writes Markdown `text` to `path` with its seal as the last line (`sealed`), creating its folder.
+pub fn write_markdown(path: &Path, text: &str) -> Result<(), ReportError> {
+    write_text(path, &sealed(text))
 }
 
 /// Writes `text` to `path`, creating its folder.

@@ -563,6 +563,13 @@ pub fn csv_number(x: f64) -> String {
 /// The first line of `csv`'s tables.
 pub const CSV_HEADER: &str = "model,dense,alpha,target_keep,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n";
 
+/// The first lines `csv`'s tables have had, the current one first (before `target_keep`): a CSV
+/// that begins with one of them is dst's own, which a new table may replace.
+pub const CSV_HEADERS: &[&str] = &[
+    CSV_HEADER,
+    "model,dense,alpha,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n",
+];
+
 /// One CSV line per row and rule: the figures in machine-readable form (a single run's standard
 /// deviations empty); a row without a finished run, one line without a rule or figures. `alpha`
 /// is a steered row's starting alpha, `target_keep` the keep ratio it steered toward.

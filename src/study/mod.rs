@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::gpu::Gpu;
-use crate::report::{self, table, ReportError, Rule, Run};
+use crate::report::{self, table, Own, ReportError, Rule, Run};
 use crate::train::{self, Progress, RunOptions, TrainConfig, TrainError};
 
 #[derive(Debug, thiserror::Error)]
@@ -413,11 +413,19 @@ fn check_distinct_dirs(grid: &[(PathBuf, TrainConfig)]) -> Result<(), StudyError
 /// there. Returns the run directories as read back.
 pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<Run>, StudyError> {
     s.check()?;
-    check_study_folder(out)?;
-    report::check_own_text(&out.join("sweep.md"), SWEEP_HEADER, "a `dst sweep` report")?;
+    check_study_folder(out, Study::Sweep)?;
+    report::check_own_text(
+        &out.join("sweep.md"),
+        Own::Markdown {
+            header: SWEEP_HEADER,
+        },
+        "a `dst sweep` report",
+    )?;
     report::check_own_text(
         &out.join("sweep.csv"),
-        table::CSV_HEADER,
+        Own::Csv {
+            heads: table::CSV_HEADERS,
+        },
         "a `dst sweep` table",
     )?;
     // sweep.png only beside a sweep.md of dst's (checked above): a picture alone there may be
@@ -500,9 +508,19 @@ const SWEEP_HEADER: &str = "# Alpha sweep\n";
 /// The first line of `REPORT.md` (`dst reproduce`).
 const REPRODUCE_HEADER: &str = "# Reproduction of Table 1";
 
+/// The two kinds of study, each with its own layout: a sweep's runs lie in its folder
+/// (`dense-seed1/`), a reproduction's one level down, in a folder per model (`lenet300/...`),
+/// with `charts/` beside them.
+#[derive(Clone, Copy, PartialEq)]
+enum Study {
+    Sweep,
+    Reproduce,
+}
+
 /// Refuses a study's `--out` that is a file or a training run's folder (its runs would nest in
-/// that run's folder, beside its checkpoint), before anything trains.
-fn check_study_folder(out: &Path) -> Result<(), StudyError> {
+/// that run's folder, beside its checkpoint), or that holds the other kind of study (its report
+/// and charts would take in both studies' runs), before anything trains.
+fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
     let refuse = |reason: &str| {
         StudyError::Report(ReportError::Refused {
             path: out.to_path_buf(),
@@ -529,6 +547,47 @@ fn check_study_folder(out: &Path) -> Result<(), StudyError> {
         return Err(refuse(
             "holds a dataset's files: a study's runs go into a folder of their own; pick another --out",
         ));
+    }
+    let children: Vec<PathBuf> = std::fs::read_dir(out)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default();
+    // What of the other kind of study lies there: its report, or runs at its depth.
+    let other = match kind {
+        Study::Sweep => ["REPORT.md", "charts"]
+            .into_iter()
+            .find(|f| out.join(f).exists())
+            .map(str::to_string)
+            .or_else(|| {
+                children.iter().find_map(|c| {
+                    let runs_below = !report::is_run_folder(c)
+                        && std::fs::read_dir(c)
+                            .is_ok_and(|d| d.flatten().any(|e| report::is_run_folder(&e.path())));
+                    runs_below.then(|| format!("runs in {}", c.display()))
+                })
+            })
+            .map(|what| ("`dst reproduce`", what)),
+        Study::Reproduce => ["sweep.md", "sweep.csv", "sweep.png"]
+            .into_iter()
+            .find(|f| out.join(f).exists())
+            .map(str::to_string)
+            .or_else(|| {
+                children
+                    .iter()
+                    .find(|c| report::is_run_folder(c))
+                    .map(|c| format!("the run {}", c.display()))
+            })
+            .map(|what| ("`dst sweep`", what)),
+    };
+    if let Some((study, what)) = other {
+        return Err(refuse(&format!(
+            "holds what looks like a {study} study ({what}): a study's runs go into a folder of \
+             their own, or its report would mix the two; pick another --out"
+        )));
     }
     Ok(())
 }
@@ -567,7 +626,7 @@ pub fn write_sweep_report(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, Repo
         out.join("sweep.csv"),
         out.join("sweep.png"),
     );
-    report::write_text(&p_md, &md)?;
+    report::write_markdown(&p_md, &md)?;
     report::write_text(&p_csv, &table::csv(&rows))?;
     if !finished {
         remove_stale(&p_png)?;
@@ -670,10 +729,12 @@ pub fn reproduce(
     progress: &mut dyn Progress,
 ) -> Result<PathBuf, StudyError> {
     r.check()?;
-    check_study_folder(out)?;
+    check_study_folder(out, Study::Reproduce)?;
     report::check_own_text(
         &out.join("REPORT.md"),
-        REPRODUCE_HEADER,
+        Own::Markdown {
+            header: REPRODUCE_HEADER,
+        },
         "a `dst reproduce` report",
     )?;
     let grid = r.runs(out)?;
@@ -688,7 +749,7 @@ pub fn reproduce(
         .map(|(d, _)| Run::load(d))
         .collect::<Result<_, _>>()?;
     let path = out.join("REPORT.md");
-    report::write_text(&path, &reproduce_markdown(r, &runs, out)?)?;
+    report::write_markdown(&path, &reproduce_markdown(r, &runs, out)?)?;
     diverged_error(diverged, grid.len(), "REPORT.md")?;
     Ok(path)
 }
