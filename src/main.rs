@@ -13,7 +13,10 @@ use dst::train::{self, LayerStats, Progress, RunOptions, TrainConfig};
 #[command(
     name = "dst",
     version,
-    about = "Dynamic Sparse Training (Liu et al., ICLR 2020) on any GPU through wgpu"
+    about = "Dynamic Sparse Training (Liu et al., ICLR 2020) on any GPU through wgpu",
+    after_help = "With no command, dst runs its first example: `dst train --target-keep 0.03 \
+                  --reset floor` (DST LeNet-300-100 on the embedded MNIST subset, about a minute \
+                  on a CPU adapter), which writes a run folder under runs/."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -54,6 +57,8 @@ enum Command {
     Fetch {
         /// Dataset name: mnist or cifar10.
         dataset: String,
+        /// The folder the dataset's files go into (made if missing; one dataset per folder);
+        /// files already there that verify are kept.
         #[arg(long)]
         to: PathBuf,
         /// Base URL to try before the public mirrors (repeatable); the file name is appended.
@@ -108,6 +113,8 @@ enum Command {
         /// dense or csr.
         #[arg(long, default_value = "csr")]
         format: String,
+        /// The export file to write (safetensors); an existing file is replaced only if it is
+        /// an export of dst's.
         #[arg(long)]
         out: PathBuf,
     },
@@ -167,7 +174,8 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Pictures of a checkpoint's first-layer masks (no GPU): per-pixel keep heat map and
-    /// neuron masks (LeNet-300-100), filters and masks (LeNet-5), per-gate pixel columns (LSTM).
+    /// neuron masks (LeNet-300-100), filters and masks (LeNet-5, and the CIFAR-10 models' RGB
+    /// filters), per-gate pixel columns (LSTM).
     Masks {
         /// The checkpoint, or the folder of the run that holds it.
         checkpoint: PathBuf,
@@ -184,6 +192,7 @@ enum Command {
     Reproduce {
         /// Which table: table1.
         table: String,
+        /// Seeds, comma-separated: each model's dense and DST runs once per seed.
         #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
         seeds: Vec<u64>,
         /// Epochs per run [default: the paper's 20; 3 with --quick].
@@ -193,10 +202,13 @@ enum Command {
         /// or CIFAR-10's six batches for vgg16 and wrn-16-8 (one dataset per command).
         #[arg(long)]
         data: Option<PathBuf>,
+        /// The reproduction's folder: a folder of runs per model, charts/ and REPORT.md; run the
+        /// same command again to resume.
         #[arg(long, default_value = "runs/table1")]
         out: PathBuf,
         /// Models to train (repeatable) [default: lenet300, lenet5, lstm-a, lstm-b; lenet300 with
-        /// --quick].
+        /// --quick; the CIFAR-10 rows: vgg16, wrn-16-8, and wrn-16-1, a narrow WRN for quick
+        /// runs, with --data].
         #[arg(long = "model")]
         models: Vec<String>,
         /// Use only the first N training images [default: all; 6000 with --quick].
@@ -323,6 +335,8 @@ struct TrainArgs {
     /// 1e-4 for the CIFAR-10 ones].
     #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
+    /// Seed of the initial weights and of each epoch's order of training images (a run is
+    /// repeatable from it on one adapter).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     seed: u64,
     /// Folder of the model's dataset: MNIST's four IDX files (.gz or raw), or CIFAR-10's six
@@ -420,16 +434,17 @@ fn main() -> ExitCode {
         }
         default_hook(info)
     }));
-    let matches = match Cli::command().try_get_matches() {
-        Ok(m) => m,
-        Err(e) => match (e.kind(), no_such_option(&e.render().to_string())) {
-            (clap::error::ErrorKind::UnknownArgument, Some(text)) => {
-                eprint!("{text}");
-                std::process::exit(2)
-            }
-            _ => e.exit(),
-        },
-    };
+    let matches =
+        match Cli::command().try_get_matches_from(joined_negative_values(std::env::args_os())) {
+            Ok(m) => m,
+            Err(e) => match (e.kind(), no_such_option(&e.render().to_string())) {
+                (clap::error::ErrorKind::UnknownArgument, Some(text)) => {
+                    eprint!("{text}");
+                    std::process::exit(2)
+                }
+                _ => e.exit(),
+            },
+        };
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
@@ -511,6 +526,36 @@ fn error_text(e: &anyhow::Error) -> String {
     text
 }
 
+/// The command line with a negative number in scientific notation after an option joined to it
+/// (`--alpha -1e-4` as `--alpha=-1e-4`): clap reads only plain negative numbers (`-0.0001`) as
+/// values, and took `-1e-4` for options `-1`, `-e`, ... ("unexpected argument '-1'"). dst has no
+/// short option that such a word could mean.
+fn joined_negative_values(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let negative = |w: &str| {
+        w.starts_with('-')
+            && w.contains(['e', 'E'])
+            && w.split(',').all(|v| v.trim().parse::<f64>().is_ok())
+    };
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    for a in args {
+        let option = out
+            .last()
+            .and_then(|p| p.to_str())
+            .is_some_and(|p| p.starts_with("--") && p.len() > 2 && !p.contains('='));
+        match a.to_str() {
+            Some(w) if option && negative(w) => {
+                let last = out.last_mut().expect("an option before");
+                last.push("=");
+                last.push(w);
+            }
+            _ => out.push(a),
+        }
+    }
+    out
+}
+
 /// Clap's message for an option the command lacks, where clap suggests passing it as a value
 /// (`tip: to pass '--data' as a value, use '-- --data'`, for a command that takes positional
 /// arguments) rewritten to say that the command has no such option. None for other messages.
@@ -550,6 +595,10 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             // The README's main job, the first run a user sees: DST LeNet-300-100 on the
             // embedded subset, steered to a clearly sparse network (3 % of the weights).
             let args = ["dst", "train", "--target-keep", "0.03", "--reset", "floor"];
+            eprintln!(
+                "no command given: the first example, `{}` (`dst --help` lists the commands)",
+                args.join(" ")
+            );
             match Cli::parse_from(args).command {
                 Some(Command::Train(a)) => {
                     cmd_train(a, &[])?;
@@ -768,8 +817,9 @@ fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
 fn cmd_masks(checkpoint: &std::path::Path, out: Option<PathBuf>) -> anyhow::Result<()> {
     // A run folder reads as its checkpoint, and its pictures go into it.
     let checkpoint = &dst::checkpoint::resolve(checkpoint)?;
-    // A checkpoint that is no file in a folder (a pipe) has no run folder to draw into.
-    if out.is_none() && !checkpoint.is_file() {
+    // A checkpoint that is no file in a folder (a pipe) has no run folder to draw into. (One
+    // that is not there at all is said so where it is read.)
+    if out.is_none() && checkpoint.exists() && !checkpoint.is_file() {
         bail!(
             "{}: not a checkpoint file in a run folder, where the pictures would go: give --out",
             checkpoint.display()
@@ -1657,6 +1707,56 @@ mod tests {
         );
         let e = text(&["dst", "train", "--epoch", "3"]);
         assert_eq!(no_such_option(&e.render().to_string()), None);
+    }
+
+    /// Every option and argument of every command says what it is in `--help` (`--seed` and
+    /// reproduce's `--seeds` and `--out` said nothing).
+    #[test]
+    fn every_option_is_described() {
+        let cli = Cli::command();
+        let mut bare = Vec::new();
+        for c in cli.get_subcommands() {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.get_help().is_none() && !["help", "version"].contains(&id) {
+                    bare.push(format!("dst {} {id}", c.get_name()));
+                }
+            }
+        }
+        assert!(bare.is_empty(), "no help text: {bare:?}");
+    }
+
+    /// A negative number in scientific notation after an option is its value (clap read
+    /// `-1e-4` as options), so that it meets the option's own check; nothing else changes.
+    #[test]
+    fn negative_exponents_are_values() {
+        let join = |args: &[&str]| -> Vec<String> {
+            joined_negative_values(args.iter().map(std::ffi::OsString::from))
+                .into_iter()
+                .map(|a| a.into_string().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            join(&["dst", "sweep", "--alpha", "-1e-4,1e-3", "--out", "x"]),
+            ["dst", "sweep", "--alpha=-1e-4,1e-3", "--out", "x"]
+        );
+        assert_eq!(
+            join(&["dst", "train", "--alpha", "-1E-4"]),
+            ["dst", "train", "--alpha=-1E-4"]
+        );
+        for args in [
+            &["dst", "train", "--alpha", "-0.0001"][..],
+            &["dst", "train", "--alpha=-1e-4"][..],
+            &["dst", "train", "--alpha", "1e-4", "-e"][..],
+            &["dst", "-1e-4"][..],
+        ] {
+            assert_eq!(join(args), args);
+        }
+        let e = Cli::command()
+            .try_get_matches_from(join(&["dst", "train", "--alpha", "-1e-4"]))
+            .unwrap();
+        let (_, m) = e.subcommand().unwrap();
+        assert_eq!(m.get_one::<f64>("alpha"), Some(&-1e-4));
     }
 
     #[test]

@@ -17,17 +17,7 @@ fn dst(args: &[&str]) -> (bool, String, String) {
 /// `dst(args)` where no adapter can be had (a back end this OS lacks): a command stops where it
 /// opens the adapter, after what it says before that (its notes).
 fn dst_without_adapter(args: &[&str]) -> (bool, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_dst"))
-        .args(args)
-        .env(
-            "WGPU_BACKEND",
-            if cfg!(target_os = "macos") {
-                "dx12"
-            } else {
-                "metal"
-            },
-        )
-        .env_remove("WGPU_ADAPTER_NAME")
+    let o = without_adapter(Command::new(env!("CARGO_BIN_EXE_dst")).args(args))
         .output()
         .expect("run dst");
     (
@@ -35,6 +25,19 @@ fn dst_without_adapter(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&o.stdout).into_owned(),
         String::from_utf8_lossy(&o.stderr).into_owned(),
     )
+}
+
+/// `c` set to find no adapter: a back end this OS does not have.
+fn without_adapter(c: &mut Command) -> &mut Command {
+    c.env(
+        "WGPU_BACKEND",
+        if cfg!(target_os = "macos") {
+            "dx12"
+        } else {
+            "metal"
+        },
+    )
+    .env_remove("WGPU_ADAPTER_NAME")
 }
 
 /// A path in the temp folder for this process's test `tag`, with nothing there.
@@ -425,17 +428,7 @@ fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
 #[test]
 fn no_adapter_names_the_fix() {
     for args in [&["info"][..], &["train", "--epochs", "1"][..]] {
-        let o = Command::new(env!("CARGO_BIN_EXE_dst"))
-            .args(args)
-            .env(
-                "WGPU_BACKEND",
-                if cfg!(target_os = "macos") {
-                    "dx12"
-                } else {
-                    "metal"
-                },
-            )
-            .env_remove("WGPU_ADAPTER_NAME")
+        let o = without_adapter(Command::new(env!("CARGO_BIN_EXE_dst")).args(args))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
@@ -571,17 +564,8 @@ fn bad_target_and_reset_flags_are_clear_errors() {
             "--sparse-input must be a fraction from 0 to 1",
         ),
     ] {
-        let o = Command::new(env!("CARGO_BIN_EXE_dst"))
-            .args(args)
-            // A back end this OS lacks: a value that got past validation would fail naming that.
-            .env(
-                "WGPU_BACKEND",
-                if cfg!(target_os = "macos") {
-                    "dx12"
-                } else {
-                    "metal"
-                },
-            )
+        // A back end this OS lacks: a value that got past validation would fail naming that.
+        let o = without_adapter(Command::new(env!("CARGO_BIN_EXE_dst")).args(args))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
@@ -1695,6 +1679,14 @@ fn a_dense_run_takes_sparse_input() {
     );
     // A dense run has no masks to draw: said naming its checkpoint.
     let ck = root.join("default").join("checkpoint.safetensors");
+    // A checkpoint that is not there is said so (it read "not a checkpoint file in a run
+    // folder ... give --out").
+    let missing = root.join("missing.safetensors");
+    let (ok, _, err) = dst(&["masks", missing.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("missing.safetensors: No such file") && !err.contains("--out"),
+        "{err}"
+    );
     let (ok, _, err) = dst(&["masks", root.join("default").to_str().unwrap()]);
     assert!(
         !ok && err.contains(&ck.display().to_string()) && err.contains("no masks to draw"),
@@ -2427,4 +2419,33 @@ fn a_folder_being_trained_is_named_in_use() {
     assert_eq!(std::fs::read(out.join("config.json")).unwrap(), b"{}");
     drop(held);
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// `dst` with no command runs its first example, and says so before anything else (a user who
+/// typed it to see the usage got a training run and files without a word); `dst --help` says it
+/// too.
+#[test]
+fn no_command_says_it_runs_the_first_example() {
+    let (ok, stdout, _) = dst(&["--help"]);
+    assert!(
+        ok && stdout.contains("With no command, dst runs its first example"),
+        "{stdout}"
+    );
+    // Without an adapter it stops where the adapter opens, after its first line.
+    let dir = nothing_at("no-command");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = without_adapter(Command::new(env!("CARGO_BIN_EXE_dst")).current_dir(&dir))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.starts_with(
+                "no command given: the first example, `dst train --target-keep 0.03 --reset \
+                 floor` (`dst --help` lists the commands)"
+            )
+            && err.contains("no GPU adapter found"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

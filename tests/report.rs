@@ -622,6 +622,23 @@ fn mask_pictures_of_each_model_family() {
     let img = image::open(&files[1]).unwrap();
     assert!(img.width() > 600 && img.height() > 500);
     check_png(&files[1], (img.width(), img.height()));
+    // Only 10 neurons keep any input: those 10 are drawn (2 rows of 8), not 38 empty squares
+    // beside them.
+    let mut few = ck.clone();
+    for t in few.tensors.iter_mut().filter(|t| t.0 == "fc1.threshold") {
+        t.2 = (0..300).map(|r| if r < 10 { 0.5 } else { 10.0 }).collect();
+    }
+    let few_out = out.join("few");
+    let files = report::mask_images(&few, &few_out).unwrap();
+    let small = image::open(&files[1]).unwrap();
+    assert!(
+        small.width() == img.width() && small.height() < img.height() / 2,
+        "{}x{} against {}x{}",
+        small.width(),
+        small.height(),
+        img.width(),
+        img.height()
+    );
 
     // LeNet-5: 20 filters 5x5.
     let w: Vec<f32> = (0..500)

@@ -281,6 +281,20 @@ fn a_reproduction_refuses_runs_of_other_data_or_length() {
             && !md.contains("not in this build"),
         "{md}"
     );
+    // Every chart drawn is linked (the all-runs folder's per-layer charts were not).
+    let mut drawn = 0;
+    for sub in ["dst-first-seed", "all-runs"] {
+        let dir = out.join("charts/lenet300").join(sub);
+        for f in std::fs::read_dir(&dir).unwrap().flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".png") {
+                drawn += 1;
+                let link = format!("(charts/lenet300/{sub}/{name})");
+                assert!(md.contains(&link), "{link} not in {md}");
+            }
+        }
+    }
+    assert!(drawn >= 6, "{drawn} charts");
 
     let out = tmp("reproduce4");
     for (dir, cfg) in quick(None, Some(4)).runs(&out).unwrap() {

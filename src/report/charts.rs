@@ -485,12 +485,16 @@ pub fn distinct_label(runs: &[Run], run: &Run) -> String {
     name
 }
 
-fn title(runs: &[Run], what: &str) -> String {
+/// A chart's title: `what`, then its one run, or how many of `runs` it draws (`drawn`: a dense
+/// run has no keep ratios, thresholds or alpha to draw).
+fn title(runs: &[Run], drawn: usize, what: &str) -> String {
     if runs.len() == 1 {
         let c = &runs[0].config;
         format!("{what}: {} {}, seed {}", c.model, c.kind(), c.seed)
-    } else {
+    } else if drawn == runs.len() {
         format!("{what}: {} runs", runs.len())
+    } else {
+        format!("{what}: {drawn} of {} runs", runs.len())
     }
 }
 
@@ -520,7 +524,9 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
 
     // Per-layer keep ratio over the steps.
     let mut keep = Vec::new();
+    let mut keep_runs = 0;
     for r in runs {
+        let before = keep.len();
         for name in r.layer_names() {
             let points: Vec<(f64, f64)> = r
                 .steps
@@ -536,6 +542,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 });
             }
         }
+        keep_runs += usize::from(keep.len() > before);
     }
     // The per-layer charts are made wider by their side legend, if any.
     let wide = |series: &[Series]| (SIZE.0 + side_legend_width(series, SIZE.1), SIZE.1);
@@ -545,7 +552,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             line_panel(
                 a,
                 &Panel {
-                    title: &title(runs, "Keep ratio per layer"),
+                    title: &title(runs, keep_runs, "Keep ratio per layer"),
                     x_desc: "training step",
                     y_desc: "keep ratio (log)",
                     series: &keep,
@@ -606,7 +613,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             line_panel(
                 &halves[0],
                 &Panel {
-                    title: &title(runs, "Accuracy per epoch"),
+                    title: &title(runs, rem.len(), "Accuracy per epoch"),
                     x_desc: "epoch",
                     y_desc: "accuracy %",
                     series: &acc,
@@ -631,7 +638,9 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
 
     // Threshold mean per layer and epoch.
     let mut thr = Vec::new();
+    let mut thr_runs = 0;
     for r in runs.iter().filter(|r| !r.config.dense) {
+        let before = thr.len();
         for name in r.layer_names() {
             let points: Vec<(f64, f64)> = r
                 .epochs
@@ -652,6 +661,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 });
             }
         }
+        thr_runs += usize::from(thr.len() > before);
     }
     if !thr.is_empty() {
         let name = "thresholds.png";
@@ -659,7 +669,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             line_panel(
                 a,
                 &Panel {
-                    title: &title(runs, "Mean threshold per layer"),
+                    title: &title(runs, thr_runs, "Mean threshold per layer"),
                     x_desc: "epoch",
                     y_desc: "threshold mean",
                     series: &thr,
@@ -696,7 +706,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             line_panel(
                 a,
                 &Panel {
-                    title: &title(runs, "Penalty weight alpha"),
+                    title: &title(runs, alpha.len(), "Penalty weight alpha"),
                     x_desc: "training step",
                     y_desc: if positive { "alpha (log)" } else { "alpha" },
                     series: &alpha,
@@ -948,7 +958,31 @@ pub fn sweep_chart(
 
 #[cfg(test)]
 mod tests {
-    use super::{legend_corner, lin_tick, log_range, side_legend_width, Series, LEGEND_INSIDE};
+    use super::{
+        legend_corner, lin_tick, log_range, side_legend_width, title, Series, LEGEND_INSIDE,
+    };
+
+    /// A chart of several runs counts the runs it draws (a keep-ratio chart of 2 DST and 2 dense
+    /// runs said "4 runs").
+    #[test]
+    fn a_title_counts_the_runs_drawn() {
+        let run = |dense| crate::report::Run {
+            dir: "r".into(),
+            config: crate::report::runs::RunConfig {
+                dense,
+                ..Default::default()
+            },
+            steps: vec![],
+            epochs: vec![],
+            summary: None,
+            torn_line: None,
+            damaged_lines: vec![],
+            diverged: None,
+        };
+        let runs = [run(false), run(false), run(true), run(true)];
+        assert_eq!(title(&runs, 4, "Accuracy"), "Accuracy: 4 runs");
+        assert_eq!(title(&runs, 2, "Keep"), "Keep: 2 of 4 runs");
+    }
 
     /// A log axis whose smallest value is on a decade (a keep ratio of 1 at the first step)
     /// starts a decade below it: the point is not drawn on the axis (the axis was 1.0-1.5).

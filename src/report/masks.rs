@@ -343,19 +343,30 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         pngs.push((name, png));
 
         // The 48 neurons that keep the most inputs (a sparse fc1 often leaves most neurons with
-        // none, and an even sample of rows would show empty squares), in row order.
-        let n = 48.min(rows);
+        // none, and an even sample of rows would show empty squares), in row order; only those
+        // that keep any where fewer do (empty squares among them said nothing).
         let kept_of = |r: usize| m[r * cols..(r + 1) * cols].iter().filter(|b| **b).count();
+        let empty = (0..rows).filter(|&r| kept_of(r) == 0).count();
+        let keeping = rows - empty;
+        let n = if keeping == 0 {
+            48.min(rows)
+        } else {
+            48.min(keeping)
+        };
         let mut order: Vec<usize> = (0..rows).collect();
         order.sort_by_key(|&r| std::cmp::Reverse(kept_of(r)));
         let mut pick: Vec<usize> = order[..n].to_vec();
         pick.sort_unstable();
-        let empty = (0..rows).filter(|&r| kept_of(r) == 0).count();
         let px = 3;
         let per_row = 8;
         let name = "fc1_neuron_masks.png";
+        let which = if n == keeping && n < rows {
+            "that keep any input"
+        } else {
+            "that keep the most inputs"
+        };
         let title = format!(
-            "{model} fc1: the {n} of its {rows} neurons that keep the most inputs (dark: kept); {empty} keep none{epoch}"
+            "{model} fc1: the {n} of its {rows} neurons {which} (dark: kept); {empty} keep none{epoch}"
         );
         let size = grid_size(n, per_row, (28, 28), px, &title);
         let png = render_png(&out.join(name), size, |a| {

@@ -942,11 +942,7 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
             )?);
         }
         if drawn.len() > 1 {
-            let all = report::plot_runs(&drawn, &dir.join("all-runs"))?;
-            files.extend(
-                all.into_iter()
-                    .filter(|p| p.ends_with("accuracy_remaining.png")),
-            );
+            files.extend(report::plot_runs(&drawn, &dir.join("all-runs"))?);
         }
         for f in files {
             let rel = f.strip_prefix(out).unwrap_or(&f);
