@@ -189,14 +189,13 @@ fn log_range(vals: impl Iterator<Item = f64> + Clone, floor: f64, top: Option<f6
     if !lo.is_finite() {
         return (floor, top.unwrap_or(1.0));
     }
-    // The decade below the smallest value; one exactly on a decade (a keep ratio of 1 at the
-    // first step) gets the decade under it, so that it is not drawn on the axis.
+    // The decade below the smallest value; one on a decade or just above it (a keep ratio of 1
+    // at the first step, or 0.01003) gets the decade under it, so that it is not drawn on the
+    // axis.
     let e = lo.log10();
-    let e = if (e - e.round()).abs() < 1e-9 {
-        e.round() - 1.0
-    } else {
-        e.floor()
-    };
+    // The decade at or below it (a value a rounding error under a decade is on it).
+    let d = (e + 1e-9).floor();
+    let e = if e - d < 1.1f64.log10() { d - 1.0 } else { d };
     let lo = 10f64.powf(e).max(floor);
     // Likewise the decade above the largest value (where no top is given).
     let hi = top.unwrap_or_else(|| {
@@ -337,6 +336,75 @@ fn side_legend(area: &Area, series: &[Series], pick: &dyn Fn(usize) -> RGBColor)
     Ok(())
 }
 
+/// Draws the polyline through `pts` (the area's data coordinates) 2 px thick whatever its slope,
+/// dashed (`dash`: on and off lengths in px) or not. plotters draws a thick line as a polygon
+/// whose corners it truncates to whole pixels: its flat segments came out about 3 px thick, its
+/// steep ones 2 and at their corners less. Here the 1 px line is drawn four times, shifted a
+/// pixel right, down and both: 2 px at any slope.
+fn thick_line<CT: CoordTranslate<From = (f64, f64)>>(
+    area: &DrawingArea<BitMapBackend<'_>, CT>,
+    pts: &[(f64, f64)],
+    colour: RGBColor,
+    dash: Option<(f64, f64)>,
+) -> DrawResult {
+    let (bx, by) = area.get_base_pixel();
+    let px: Vec<(f64, f64)> = pts
+        .iter()
+        .map(|p| {
+            let (x, y) = area.map_coordinate(p);
+            ((x - bx) as f64, (y - by) as f64)
+        })
+        .collect();
+    let pieces = match dash {
+        Some((on, off)) => dashes(&px, on, off),
+        None => vec![px],
+    };
+    let raw = area.strip_coord_spec();
+    for piece in pieces.iter().filter(|p| p.len() > 1) {
+        for (dx, dy) in [(0, 0), (1, 0), (0, 1), (1, 1)] {
+            let path: Vec<(i32, i32)> = piece
+                .iter()
+                .map(|&(x, y)| (x.round() as i32 + dx, y.round() as i32 + dy))
+                .collect();
+            raw.draw(&PathElement::new(path, colour.stroke_width(1)))?;
+        }
+    }
+    Ok(())
+}
+
+/// The dashes of the polyline `px` (pixels): pieces `on` px long with gaps of `off` px, the
+/// pattern running on across its corners.
+fn dashes(px: &[(f64, f64)], on: f64, off: f64) -> Vec<Vec<(f64, f64)>> {
+    let mut out = Vec::new();
+    let mut cur: Vec<(f64, f64)> = px.first().copied().into_iter().collect();
+    let (mut drawing, mut left) = (true, on);
+    for w in px.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        let len = (b.0 - a.0).hypot(b.1 - a.1);
+        let mut t = 0.0;
+        while len - t > left {
+            t += left;
+            let p = (a.0 + (b.0 - a.0) * t / len, a.1 + (b.1 - a.1) * t / len);
+            if drawing {
+                cur.push(p);
+                out.push(std::mem::take(&mut cur));
+            } else {
+                cur = vec![p];
+            }
+            drawing = !drawing;
+            left = if drawing { on } else { off };
+        }
+        left -= len - t;
+        if drawing {
+            cur.push(b);
+        }
+    }
+    if drawing && cur.len() > 1 {
+        out.push(cur);
+    }
+    out
+}
+
 /// A line chart with axes, ticks, a title and a legend.
 fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     let xs = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0));
@@ -390,11 +458,14 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
             for (i, s) in p.series.iter().enumerate() {
                 let pts: Vec<(f64, f64)> = s.points.iter().map(|&(x, y)| (x, $clamp(y))).collect();
                 let st = style(i);
-                let anno = if s.dashed {
-                    chart.draw_series(DashedLineSeries::new(pts.clone(), 8, 5, st))?
-                } else {
-                    chart.draw_series(LineSeries::new(pts.clone(), st))?
-                };
+                thick_line(
+                    chart.plotting_area(),
+                    &pts,
+                    pick(i),
+                    s.dashed.then_some((8.0, 5.0)),
+                )?;
+                // The series' entry in the legend (the line is drawn above).
+                let anno = chart.draw_series(std::iter::empty::<PathElement<(f64, f64)>>())?;
                 // A dashed series' legend line is dashed too.
                 let (c, dashed) = (pick(i).stroke_width(3), s.dashed);
                 anno.label(s.label.clone()).legend(move |(x, y)| {
@@ -879,11 +950,11 @@ pub fn sweep_chart(
                             .collect();
                         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
                         if !pts.is_empty() {
+                            let line: Vec<(f64, f64)> =
+                                pts.iter().map(|p| (p.0, $clamp(p.1))).collect();
+                            thick_line(chart.plotting_area(), &line, c, None)?;
                             chart
-                                .draw_series(LineSeries::new(
-                                    pts.iter().map(|p| (p.0, $clamp(p.1))),
-                                    c.stroke_width(2),
-                                ))?
+                                .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())?
                                 // One seed per alpha: no spread to show.
                                 .label(if dst.iter().any(|r| r.model == *m && r.seeds.len() > 1) {
                                     format!("{m} DST (mean ± std)")
@@ -959,8 +1030,69 @@ pub fn sweep_chart(
 #[cfg(test)]
 mod tests {
     use super::{
-        legend_corner, lin_tick, log_range, side_legend_width, title, Series, LEGEND_INSIDE,
+        dashes, legend_corner, lin_tick, log_range, side_legend_width, thick_line, title, Series,
+        LEGEND_INSIDE,
     };
+    use plotters::prelude::*;
+
+    /// A steep line is as thick as a flat one: every row a steep segment crosses, and every
+    /// column a flat one does, holds 2 of its pixels or more.
+    #[test]
+    fn steep_and_flat_lines_are_equally_thick() {
+        let (w, h) = (100u32, 100u32);
+        let mut buf = vec![255u8; (w * h * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+            let chart = ChartBuilder::on(&root)
+                .build_cartesian_2d(0.0..100.0, 0.0..100.0)
+                .unwrap();
+            let red = RGBColor(255, 0, 0);
+            thick_line(
+                chart.plotting_area(),
+                &[(10.0, 5.0), (13.0, 95.0)],
+                red,
+                None,
+            )
+            .unwrap();
+            thick_line(
+                chart.plotting_area(),
+                &[(30.0, 50.0), (95.0, 52.0)],
+                red,
+                None,
+            )
+            .unwrap();
+        }
+        let red = |x: u32, y: u32| {
+            let i = ((y * w + x) * 3) as usize;
+            buf[i] > 200 && buf[i + 1] < 100
+        };
+        for y in 10..90 {
+            let n = (0..25).filter(|&x| red(x, y)).count();
+            assert!(n >= 2, "row {y}: {n} px");
+        }
+        for x in 35..90 {
+            let n = (0..h).filter(|&y| red(x, y)).count();
+            assert!(n >= 2, "column {x}: {n} px");
+        }
+    }
+
+    /// Dashes of `on` px with gaps of `off` px, the pattern running on across a corner.
+    #[test]
+    fn dashes_run_across_corners() {
+        let d = dashes(&[(0.0, 0.0), (30.0, 0.0)], 8.0, 5.0);
+        assert_eq!(
+            d,
+            vec![
+                vec![(0.0, 0.0), (8.0, 0.0)],
+                vec![(13.0, 0.0), (21.0, 0.0)],
+                vec![(26.0, 0.0), (30.0, 0.0)]
+            ]
+        );
+        // A corner inside a dash: the dash bends with the line.
+        let d = dashes(&[(0.0, 0.0), (4.0, 0.0), (4.0, 10.0)], 8.0, 5.0);
+        assert_eq!(d[0], vec![(0.0, 0.0), (4.0, 0.0), (4.0, 4.0)]);
+        assert_eq!(d[1], vec![(4.0, 9.0), (4.0, 10.0)]);
+    }
 
     /// A chart of several runs counts the runs it draws (a keep-ratio chart of 2 DST and 2 dense
     /// runs said "4 runs").
@@ -989,6 +1121,12 @@ mod tests {
     #[test]
     fn a_value_on_a_decade_is_above_the_log_axis() {
         assert_eq!(log_range([1.0].into_iter(), 1e-4, Some(1.5)), (0.1, 1.5));
+        // Just above a decade: drawn on the axis too (fc1 at 0.01003 of a reset run).
+        assert_eq!(
+            log_range([0.01003, 1.0].into_iter(), 1e-4, Some(1.5)),
+            (0.001, 1.5)
+        );
+        assert_eq!(log_range([0.0125].into_iter(), 1e-4, Some(1.5)).0, 0.01);
         assert_eq!(
             log_range([0.984, 1.0].into_iter(), 1e-4, Some(1.5)),
             (0.1, 1.5)
