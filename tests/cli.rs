@@ -2449,3 +2449,28 @@ fn no_command_says_it_runs_the_first_example() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A folder whose run diverged before its first checkpoint is named as such to a new run given
+/// it as --out (it said "continue it with --resume", which would train the same settings again
+/// from the start), and nothing there changes.
+#[test]
+fn a_diverged_runs_folder_says_what_it_holds() {
+    let out = nothing_at("diverged-folder");
+    let o = out.to_str().unwrap();
+    let args = ["train", "--limit-train", "640", "--epochs", "2", "--out", o];
+    let (ok, _, err) = dst(&[&args[..], &["--lr", "1e6"]].concat());
+    assert!(
+        !ok && err.contains("No checkpoint had been written"),
+        "{err}"
+    );
+    let log = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let (ok, _, err) = dst(&args);
+    assert!(
+        !ok && err.contains("holds a run that diverged at epoch 1, step ")
+            && err.contains("before its first checkpoint")
+            && err.contains("remove it or pick another --out"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), log);
+    std::fs::remove_dir_all(&out).unwrap();
+}

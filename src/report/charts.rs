@@ -189,14 +189,20 @@ fn log_range(vals: impl Iterator<Item = f64> + Clone, floor: f64, top: Option<f6
     if !lo.is_finite() {
         return (floor, top.unwrap_or(1.0));
     }
-    // The decade below the smallest value; one on a decade or just above it (a keep ratio of 1
-    // at the first step, or 0.01003) gets the decade under it, so that it is not drawn on the
-    // axis.
+    // The decade below the smallest value; one on a decade (a keep ratio of 1 at the first
+    // step) gets the decade under it, and one just above a decade (0.01003) a little room under
+    // that decade, so that neither is drawn on the axis.
     let e = lo.log10();
     // The decade at or below it (a value a rounding error under a decade is on it).
     let d = (e + 1e-9).floor();
-    let e = if e - d < 1.1f64.log10() { d - 1.0 } else { d };
-    let lo = 10f64.powf(e).max(floor);
+    let lo = if e - d < 1e-9 {
+        10f64.powf(d - 1.0)
+    } else if e - d < 1.1f64.log10() {
+        lo / 1.1
+    } else {
+        10f64.powf(d)
+    }
+    .max(floor);
     // Likewise the decade above the largest value (where no top is given).
     let hi = top.unwrap_or_else(|| {
         let e = hi.log10();
@@ -1121,11 +1127,10 @@ mod tests {
     #[test]
     fn a_value_on_a_decade_is_above_the_log_axis() {
         assert_eq!(log_range([1.0].into_iter(), 1e-4, Some(1.5)), (0.1, 1.5));
-        // Just above a decade: drawn on the axis too (fc1 at 0.01003 of a reset run).
-        assert_eq!(
-            log_range([0.01003, 1.0].into_iter(), 1e-4, Some(1.5)),
-            (0.001, 1.5)
-        );
+        // Just above a decade: some room under that decade (fc1 at 0.01003 of a reset run was
+        // drawn on the axis), not a whole empty decade.
+        let (lo, hi) = log_range([0.01003, 1.0].into_iter(), 1e-4, Some(1.5));
+        assert!((lo - 0.01003 / 1.1).abs() < 1e-12 && hi == 1.5, "{lo} {hi}");
         assert_eq!(log_range([0.0125].into_iter(), 1e-4, Some(1.5)).0, 0.01);
         assert_eq!(
             log_range([0.984, 1.0].into_iter(), 1e-4, Some(1.5)),
