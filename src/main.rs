@@ -1646,12 +1646,7 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     let t = dst::export::infer::test_set(&model, data.as_deref())?;
     // Images of another size: refused naming their folder, before the adapter opens.
     dst::export::infer::check_test_set(&model, &t)?;
-    let mnist =
-        dst::models::info(&model).map_or(true, |i| i.dataset == dst::data::DatasetKind::Mnist);
-    let what = match data.as_deref() {
-        Some(d) if mnist => format!("MNIST in {}", d.display()),
-        _ => t.source.clone(),
-    };
+    let what = t.source.clone();
     let data = dst::data::TrainTest {
         train: t.images.limit(0),
         test: t.images,

@@ -1059,7 +1059,7 @@ fn infer_reads_only_the_test_files_and_lists_every_masked_layer() {
     let last = out.lines().last().unwrap();
     assert!(
         last.contains(&format!(
-            "on the 40 test images of {}, sparse",
+            "on the 40 test images of MNIST in {}, sparse",
             data.display()
         )),
         "{last}"

@@ -237,7 +237,7 @@ pub fn load_test(dir: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
     )?;
     Ok(TestSet {
         images,
-        source: dir.display().to_string(),
+        source: format!("MNIST in {}", dir.display()),
     })
 }
 
