@@ -539,7 +539,13 @@ fn joined_negative_values(
             && w.split(',').all(|v| v.trim().parse::<f64>().is_ok())
     };
     let mut out: Vec<std::ffi::OsString> = Vec::new();
-    for a in args {
+    let mut args = args.into_iter();
+    for a in args.by_ref() {
+        // After `--` every word is an argument as given.
+        if a == "--" {
+            out.push(a);
+            break;
+        }
         let option = out
             .last()
             .and_then(|p| p.to_str())
@@ -553,6 +559,7 @@ fn joined_negative_values(
             _ => out.push(a),
         }
     }
+    out.extend(args);
     out
 }
 
@@ -1764,6 +1771,7 @@ mod tests {
             &["dst", "train", "--alpha=-1e-4"][..],
             &["dst", "train", "--alpha", "1e-4", "-e"][..],
             &["dst", "-1e-4"][..],
+            &["dst", "report", "--", "--odd", "-1e5"][..],
         ] {
             assert_eq!(join(args), args);
         }

@@ -384,7 +384,11 @@ fn report_replaces_only_its_own_reports() {
     );
     let noted = format!("{md}\nMy notes on these runs.\n");
     let older = format!("{}\n| a table |\n", dst::report::REPORT_HEADER);
-    for text in [&noted, &older] {
+    // A figure changed above the seal, which is left as it was.
+    let (body, seal) = md.trim_end().rsplit_once('\n').unwrap();
+    let changed = format!("{}\n{seal}\n", body.replacen("| ", "|  ", 1));
+    assert_ne!(changed, md);
+    for text in [&noted, &older, &changed] {
         std::fs::write(root.join("r/report.md"), text).unwrap();
         let o = dst(
             &root,
@@ -398,6 +402,22 @@ fn report_replaces_only_its_own_reports() {
         assert_eq!(
             &std::fs::read_to_string(root.join("r/report.md")).unwrap(),
             text
+        );
+    }
+    // Its line ends converted to CRLF (git's autocrlf), or its last newline dropped: still its
+    // own, replaced.
+    for text in [md.replace('\n', "\r\n"), md.trim_end().to_string()] {
+        std::fs::write(root.join("r/report.md"), &text).unwrap();
+        ok(
+            &dst(
+                &root,
+                &[p("report"), p("run"), p("--out"), p("r/report.md")],
+            ),
+            "report --out over its own report, CRLF or without its last newline",
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("r/report.md")).unwrap(),
+            md
         );
     }
     // A .csv name gets the table as CSV (it got Markdown), and replaces only a table of its own.
@@ -446,6 +466,15 @@ fn studies_refuse_folders_and_files_not_their_own() {
     fake_run(&root.join("a-reproduction/lenet300/dst-seed1"), 1);
     std::fs::create_dir_all(root.join("sweep-report")).unwrap();
     std::fs::write(root.join("sweep-report/sweep.md"), PRECIOUS).unwrap();
+    // A reproduction's report, and its charts' folder (a user's REPORT.md, or the charts of
+    // `dst plot --out x/charts`, are no reproduction: a sweep goes on beside them).
+    std::fs::create_dir_all(root.join("repro-report")).unwrap();
+    std::fs::write(
+        root.join("repro-report/REPORT.md"),
+        "# Reproduction of Table 1 (MNIST rows)\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("repro-charts/charts/lenet300")).unwrap();
     std::fs::write(root.join("afile"), PRECIOUS).unwrap();
     for name in ["sweep.md", "sweep.csv", "sweep.png", "REPORT.md"] {
         let d = root.join(format!("user-{name}"));
@@ -542,9 +571,14 @@ fn studies_refuse_folders_and_files_not_their_own() {
             "is not a `dst reproduce` report",
         ),
         (
-            sweep("user-REPORT.md"),
+            sweep("repro-report"),
             "sweep beside REPORT.md",
             "looks like a `dst reproduce` study (REPORT.md)",
+        ),
+        (
+            sweep("repro-charts"),
+            "sweep beside charts/lenet300",
+            "looks like a `dst reproduce` study (",
         ),
         (
             sweep("a-reproduction"),
@@ -583,7 +617,13 @@ fn studies_refuse_folders_and_files_not_their_own() {
     assert_eq!(std::fs::read_dir(root.join("cifar")).unwrap().count(), 1);
     let run: Vec<_> = std::fs::read_dir(root.join("run")).unwrap().collect();
     assert_eq!(run.len(), 2, "config.json and metrics.jsonl only");
-    for (d, n) in [("a-sweep", 1), ("a-reproduction", 1), ("sweep-report", 1)] {
+    for (d, n) in [
+        ("a-sweep", 1),
+        ("a-reproduction", 1),
+        ("sweep-report", 1),
+        ("repro-report", 1),
+        ("repro-charts", 1),
+    ] {
         assert_eq!(std::fs::read_dir(root.join(d)).unwrap().count(), n, "{d}");
     }
 }

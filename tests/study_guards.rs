@@ -295,6 +295,20 @@ fn a_reproduction_refuses_runs_of_other_data_or_length() {
         }
     }
     assert!(drawn >= 6, "{drawn} charts");
+    // Run again in its own folder (its REPORT.md, charts/ and runs there): taken, not refused
+    // as another study's, and the report written again.
+    let again = study::reproduce(&quick(None, None), &out, &mut Quiet).unwrap();
+    assert_eq!(std::fs::read_to_string(again).unwrap(), md);
+    // A note added to REPORT.md meanwhile is not lost.
+    let noted = format!("{md}\nmy notes\n");
+    std::fs::write(out.join("REPORT.md"), &noted).unwrap();
+    let e = err_of(study::reproduce(&quick(None, None), &out, &mut Quiet));
+    assert!(e.contains("changed after dst wrote it"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("REPORT.md")).unwrap(),
+        noted
+    );
+    std::fs::write(out.join("REPORT.md"), &md).unwrap();
 
     let out = tmp("reproduce4");
     for (dir, cfg) in quick(None, Some(4)).runs(&out).unwrap() {

@@ -213,7 +213,7 @@ pub fn check_test_set(model: &str, t: &TestSet) -> anyhow::Result<()> {
 /// The test set inference classifies, and where it came from.
 pub struct TestSet {
     pub images: Dataset,
-    /// The folder, or "the embedded MNIST subset".
+    /// "MNIST in DIR", "CIFAR-10 in DIR", or "the embedded MNIST subset".
     pub source: String,
 }
 

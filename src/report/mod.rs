@@ -218,9 +218,13 @@ pub fn sealed(text: &str) -> String {
     format!("{text}{SEAL}{} -->\n", sha256_hex(text.as_bytes()))
 }
 
-/// Whether `bytes` end with a seal that matches the text above it (the file is as dst wrote it).
+/// Whether `bytes` (line ends LF) end with a seal that matches the text above it (the file is as
+/// dst wrote it). A last newline dropped does not count as an edit.
 fn unedited(bytes: &[u8]) -> bool {
-    let Some(body) = bytes.strip_suffix(b" -->\n") else {
+    let Some(body) = bytes
+        .strip_suffix(b" -->\n")
+        .or_else(|| bytes.strip_suffix(b" -->"))
+    else {
         return false;
     };
     let Some(at) = body.windows(SEAL.len()).rposition(|w| w == SEAL.as_bytes()) else {
@@ -296,9 +300,19 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
         Own::Markdown { header } => {
             // Reports are small: a file far larger than any is no report of dst's.
             if meta.len() > 64 << 20 {
-                return Err(not_ours());
+                return Err(refuse(format!(
+                    "already exists, and at {} MiB is too large to be {what}; dst replaces only \
+                     its own files there: remove it or pick another --out",
+                    meta.len() >> 20
+                )));
             }
-            let bytes = std::fs::read(path).map_err(io)?;
+            let mut bytes = std::fs::read(path).map_err(io)?;
+            // Line ends converted to CRLF (git's autocrlf) are no edit.
+            if bytes.contains(&b'\r') {
+                bytes = String::from_utf8_lossy(&bytes)
+                    .replace("\r\n", "\n")
+                    .into_bytes();
+            }
             if !bytes.starts_with(header.as_bytes()) {
                 Err(not_ours())
             } else if unedited(&bytes) {
@@ -306,8 +320,9 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
             } else {
                 Err(refuse(format!(
                     "is {what} that was changed after dst wrote it (the SHA-256 on its last line \
-                     no longer matches its text), or one from a dst older than that line: \
-                     replacing it could lose what was added; move it away or pick another --out"
+                     no longer matches its text), or one saved from dst's printed output or \
+                     written by a dst older than that line: replacing it could lose what was \
+                     added; move it away or pick another --out"
                 )))
             }
         }

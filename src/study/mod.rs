@@ -502,6 +502,21 @@ fn diverged_error(runs: Vec<String>, total: usize, report: &str) -> Result<(), S
     })
 }
 
+/// A study's report checked again just before it is written, after the training: one edited
+/// meanwhile is refused, saying that the runs are kept.
+fn still_own(path: &Path, header: &str, what: &str) -> Result<(), ReportError> {
+    report::check_own_text(path, Own::Markdown { header }, what).map_err(|e| match e {
+        ReportError::Refused { path, reason } => ReportError::Refused {
+            path,
+            reason: format!(
+                "{reason}. The runs are trained and kept: move the file away and run the same \
+                 command again to write the report"
+            ),
+        },
+        e => e,
+    })
+}
+
 /// The first line of `sweep.md`.
 const SWEEP_HEADER: &str = "# Alpha sweep\n";
 
@@ -558,19 +573,30 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
         .unwrap_or_default();
     // What of the other kind of study lies there: its report, or runs at its depth.
     let other = match kind {
-        Study::Sweep => ["REPORT.md", "charts"]
-            .into_iter()
-            .find(|f| out.join(f).exists())
-            .map(str::to_string)
-            .or_else(|| {
-                children.iter().find_map(|c| {
-                    let runs_below = !report::is_run_folder(c)
-                        && std::fs::read_dir(c)
-                            .is_ok_and(|d| d.flatten().any(|e| report::is_run_folder(&e.path())));
-                    runs_below.then(|| format!("runs in {}", c.display()))
+        // A reproduction's REPORT.md (not any report: `dst report --out` may write one there),
+        // or its charts/<model>/ folders.
+        Study::Sweep => {
+            let report = out.join("REPORT.md");
+            let reproduction =
+                std::fs::read(&report).is_ok_and(|b| b.starts_with(REPRODUCE_HEADER.as_bytes()));
+            let charts = crate::models::MODELS
+                .iter()
+                .map(|m| out.join("charts").join(m.name))
+                .find(|d| d.is_dir());
+            reproduction
+                .then(|| "REPORT.md".to_string())
+                .or_else(|| charts.map(|d| d.display().to_string()))
+                .or_else(|| {
+                    children.iter().find_map(|c| {
+                        let runs_below = !report::is_run_folder(c)
+                            && std::fs::read_dir(c).is_ok_and(|d| {
+                                d.flatten().any(|e| report::is_run_folder(&e.path()))
+                            });
+                        runs_below.then(|| format!("runs in {}", c.display()))
+                    })
                 })
-            })
-            .map(|what| ("`dst reproduce`", what)),
+                .map(|what| ("`dst reproduce`", what))
+        }
         Study::Reproduce => ["sweep.md", "sweep.csv", "sweep.png"]
             .into_iter()
             .find(|f| out.join(f).exists())
@@ -626,6 +652,8 @@ pub fn write_sweep_report(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, Repo
         out.join("sweep.csv"),
         out.join("sweep.png"),
     );
+    // Checked again: the sweep may have trained for hours since, and sweep.md been edited.
+    still_own(&p_md, SWEEP_HEADER, "a `dst sweep` report")?;
     report::write_markdown(&p_md, &md)?;
     report::write_text(&p_csv, &table::csv(&rows))?;
     if !finished {
@@ -749,6 +777,8 @@ pub fn reproduce(
         .map(|(d, _)| Run::load(d))
         .collect::<Result<_, _>>()?;
     let path = out.join("REPORT.md");
+    // Checked again: the runs may have trained for hours since, and REPORT.md been edited.
+    still_own(&path, REPRODUCE_HEADER, "a `dst reproduce` report")?;
     report::write_markdown(&path, &reproduce_markdown(r, &runs, out)?)?;
     diverged_error(diverged, grid.len(), "REPORT.md")?;
     Ok(path)
