@@ -147,9 +147,35 @@ struct Series {
     label: String,
     points: Vec<(f64, f64)>,
     dashed: bool,
-    /// The colour, where a series is to keep its run's colour across panels and charts: (the
-    /// run's index, how many runs are drawn); None: its place in the panel.
-    colour: Option<(usize, usize)>,
+    /// The colour, where a series is to keep one across panels and charts (its run's, or its
+    /// layer's, see `layer_colour`); None: its place in the panel.
+    colour: Option<RGBColor>,
+}
+
+/// The colour of layer `name` of run `k` of `runs` in a chart of several runs' layers: each
+/// layer keeps one colour, the one it has in a chart of one run (its place among `layers`, the
+/// names of every run's layers), and each run is a lighter shade of it. A chart of one run:
+/// None, its place.
+fn layer_colour(layers: &[String], name: &str, k: usize, runs: usize) -> Option<RGBColor> {
+    if runs < 2 {
+        return None;
+    }
+    let at = layers.iter().position(|l| l == name).unwrap_or(0);
+    let base = colour(at, layers.len());
+    let t = 0.5 * k as f64 / (runs - 1) as f64;
+    let mix = |c: u8| (c as f64 + (255.0 - c as f64) * t).round() as u8;
+    Some(RGBColor(mix(base.0), mix(base.1), mix(base.2)))
+}
+
+/// The names of every run's layers, in first-seen order.
+fn all_layer_names(runs: &[Run]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for n in runs.iter().flat_map(|r| r.layer_names()) {
+        if !names.contains(&n) {
+            names.push(n);
+        }
+    }
+    names
 }
 
 /// A padded linear range around the values (never empty).
@@ -434,10 +460,7 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
         .x_label_area_size(44)
         .y_label_area_size(72);
     let n = p.series.len();
-    let pick = |i: usize| {
-        let (k, of) = p.series[i].colour.unwrap_or((i, n));
-        colour(k, of)
-    };
+    let pick = |i: usize| p.series[i].colour.unwrap_or_else(|| colour(i, n));
     let style = |i: usize| pick(i).stroke_width(2);
     macro_rules! finish {
         ($chart:expr, $legend:expr, $clamp:expr, $y_labels:expr $(, $y_format:expr)?) => {{
@@ -602,7 +625,8 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     // Per-layer keep ratio over the steps.
     let mut keep = Vec::new();
     let mut keep_runs = 0;
-    for r in runs {
+    let layers = all_layer_names(runs);
+    for (k, r) in runs.iter().enumerate() {
         let before = keep.len();
         for name in r.layer_names() {
             let points: Vec<(f64, f64)> = r
@@ -615,7 +639,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                     label: series_label(runs, r, &name),
                     points,
                     dashed: false,
-                    colour: None,
+                    colour: layer_colour(&layers, &name, k, runs.len()),
                 });
             }
         }
@@ -657,7 +681,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 .map(|e| (e.epoch as f64, e.test_acc))
                 .collect(),
             dashed: false,
-            colour: Some((k, runs.len())),
+            colour: Some(colour(k, runs.len())),
         });
         let valid: Vec<(f64, f64)> = r
             .epochs
@@ -669,7 +693,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 label: series_label(runs, r, "validation"),
                 points: valid,
                 dashed: true,
-                colour: Some((k, runs.len())),
+                colour: Some(colour(k, runs.len())),
             });
         }
         rem.push(Series {
@@ -680,7 +704,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 .map(|e| (e.epoch as f64, 100.0 * e.keep_ratio))
                 .collect(),
             dashed: false,
-            colour: Some((k, runs.len())),
+            colour: Some(colour(k, runs.len())),
         });
     }
     if !acc.is_empty() {
@@ -716,7 +740,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     // Threshold mean per layer and epoch.
     let mut thr = Vec::new();
     let mut thr_runs = 0;
-    for r in runs.iter().filter(|r| !r.config.dense) {
+    for (k, r) in runs.iter().enumerate().filter(|(_, r)| !r.config.dense) {
         let before = thr.len();
         for name in r.layer_names() {
             let points: Vec<(f64, f64)> = r
@@ -734,7 +758,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                     label: series_label(runs, r, &name),
                     points,
                     dashed: false,
-                    colour: None,
+                    colour: layer_colour(&layers, &name, k, runs.len()),
                 });
             }
         }
@@ -772,7 +796,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 label: series_label(runs, r, if runs.len() > 1 { "" } else { "alpha" }),
                 points,
                 dashed: false,
-                colour: Some((k, runs.len())),
+                colour: Some(colour(k, runs.len())),
             });
         }
     }
@@ -1036,10 +1060,32 @@ pub fn sweep_chart(
 #[cfg(test)]
 mod tests {
     use super::{
-        dashes, legend_corner, lin_tick, log_range, side_legend_width, thick_line, title, Series,
-        LEGEND_INSIDE,
+        colour, dashes, layer_colour, legend_corner, lin_tick, log_range, side_legend_width,
+        thick_line, title, Series, LEGEND_INSIDE,
     };
     use plotters::prelude::*;
+
+    /// In a chart of several runs' layers a layer keeps the colour it has in a one-run chart, and
+    /// each run is a lighter shade of it (colours meant runs in some charts, layers in others,
+    /// and neither here: each of 9 lines had its own).
+    #[test]
+    fn a_layer_keeps_its_colour_across_runs() {
+        let layers: Vec<String> = ["fc1", "fc2", "fc3"].map(String::from).to_vec();
+        assert_eq!(layer_colour(&layers, "fc2", 0, 1), None);
+        assert_eq!(layer_colour(&layers, "fc2", 0, 3), Some(colour(1, 3)));
+        let (a, b) = (
+            layer_colour(&layers, "fc2", 1, 3).unwrap(),
+            layer_colour(&layers, "fc2", 2, 3).unwrap(),
+        );
+        let sum = |c: RGBColor| c.0 as u32 + c.1 as u32 + c.2 as u32;
+        let base = colour(1, 3);
+        assert!(
+            sum(base) < sum(a) && sum(a) < sum(b),
+            "{base:?} {a:?} {b:?}"
+        );
+        // The last run's shade is still far from white.
+        assert!(sum(b) < 3 * 235, "{b:?}");
+    }
 
     /// A steep line is as thick as a flat one: every row a steep segment crosses, and every
     /// column a flat one does, holds 2 of its pixels or more.
