@@ -287,15 +287,30 @@ fn legend_corner(
     preferred: SeriesLabelPosition,
 ) -> SeriesLabelPosition {
     use SeriesLabelPosition::*;
+    let covered = |c: &SeriesLabelPosition| legend_covers(lines, (w, h), c);
+    let mut best = (covered(&preferred), preferred.clone());
+    for c in [UpperLeft, UpperRight, LowerLeft, LowerRight] {
+        let n = covered(&c);
+        if n < best.0 {
+            best = (n, c);
+        }
+    }
+    best.1
+}
+
+/// How many points of `lines` (plot fractions, sampled along each segment) a legend box of
+/// `w` x `h` in corner `c` covers.
+fn legend_covers(lines: &[Vec<(f64, f64)>], (w, h): (f64, f64), c: &SeriesLabelPosition) -> usize {
+    use SeriesLabelPosition::*;
     let (w, h) = (w.min(1.0), h.min(1.0));
-    // Each corner's box, as (x from, x to, y from, y to).
+    // The corner's box, as (x from, x to, y from, y to).
     let boxed = |c: &SeriesLabelPosition| match c {
         UpperLeft => (0.0, w, 1.0 - h, 1.0),
         UpperRight => (1.0 - w, 1.0, 1.0 - h, 1.0),
         LowerLeft => (0.0, w, 0.0, h),
         _ => (1.0 - w, 1.0, 0.0, h),
     };
-    let covered = |c: &SeriesLabelPosition| {
+    {
         let (xa, xb, ya, yb) = boxed(c);
         let inside = |(x, y): (f64, f64)| x >= xa && x <= xb && y >= ya && y <= yb;
         let mut n = 0usize;
@@ -315,15 +330,7 @@ fn legend_corner(
             }
         }
         n
-    };
-    let mut best = (covered(&preferred), preferred.clone());
-    for c in [UpperLeft, UpperRight, LowerLeft, LowerRight] {
-        let n = covered(&c);
-        if n < best.0 {
-            best = (n, c);
-        }
     }
-    best.1
 }
 
 /// A legend with more entries than this goes beside the plot, in columns (`side_legend`),
@@ -437,6 +444,16 @@ fn dashes(px: &[(f64, f64)], on: f64, off: f64) -> Vec<Vec<(f64, f64)>> {
     out
 }
 
+/// The top of a y axis from `y0` to `y1` raised so that `y1` sits `share` of the plot's height
+/// below it: room above the lines for a legend that would cover them in every corner.
+fn headroom(y0: f64, y1: f64, share: f64, log: bool) -> f64 {
+    if log {
+        y0 * (y1 / y0).powf(1.0 / (1.0 - share))
+    } else {
+        y0 + (y1 - y0) / (1.0 - share)
+    }
+}
+
 /// A line chart with axes, ticks, a title and a legend.
 fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     let xs = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0));
@@ -538,12 +555,20 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
                     .collect()
             })
             .collect();
-        legend_corner(&lines, bw, bh, p.legend.clone())
+        let corner = legend_corner(&lines, bw, bh, p.legend.clone());
+        let covers = side == 0 && legend_covers(&lines, (bw, bh), &corner) > 0;
+        (corner, covers.then_some(bh.min(0.5)))
     };
     match p.log_y {
         Some((floor, top)) => {
-            let (y0, y1) = log_range(ys, floor, top);
-            let legend = legend_of(&|y: f64| (y.max(y0) / y0).ln() / (y1 / y0).ln());
+            let (y0, mut y1) = log_range(ys, floor, top);
+            let unit = |y1: f64| move |y: f64| (y.max(y0) / y0).ln() / (y1 / y0).ln();
+            let (mut legend, covers) = legend_of(&unit(y1));
+            // A legend over the lines wherever it goes: room above them for it.
+            if let Some(bh) = covers {
+                y1 = headroom(y0, y1, bh, true);
+                legend = legend_of(&unit(y1)).0;
+            }
             let ticks = log_ticks(y0, y1);
             let n = ticks.len();
             let chart =
@@ -551,8 +576,13 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
             finish!(chart, legend, |y: f64| y.max(y0), n);
         }
         None => {
-            let (y0, y1) = lin_range(ys, 0.05);
-            let legend = legend_of(&|y: f64| (y - y0) / (y1 - y0));
+            let (y0, mut y1) = lin_range(ys, 0.05);
+            let unit = |y1: f64| move |y: f64| (y - y0) / (y1 - y0);
+            let (mut legend, covers) = legend_of(&unit(y1));
+            if let Some(bh) = covers {
+                y1 = headroom(y0, y1, bh, false);
+                legend = legend_of(&unit(y1)).0;
+            }
             let chart = b.build_cartesian_2d(x0..x1, y0..y1)?;
             let y_format = |y: &f64| lin_tick(*y, y1 - y0);
             finish!(chart, legend, |y: f64| y, 10, &y_format);
@@ -1060,9 +1090,31 @@ pub fn sweep_chart(
 #[cfg(test)]
 mod tests {
     use super::{
-        colour, dashes, layer_colour, legend_corner, lin_tick, log_range, side_legend_width,
-        thick_line, title, Series, LEGEND_INSIDE,
+        colour, dashes, headroom, layer_colour, legend_corner, legend_covers, lin_tick, log_range,
+        side_legend_width, thick_line, title, Series, LEGEND_INSIDE,
     };
+
+    /// A legend that covers lines in every corner gets room above them: the old top of the axis
+    /// then lies `share` of the height below the new one, and the upper corners are free.
+    #[test]
+    fn a_legend_over_the_lines_everywhere_gets_room_above_them() {
+        use plotters::prelude::SeriesLabelPosition::*;
+        // A zigzag across the whole plot: every corner's box covers some of it.
+        let zigzag: Vec<(f64, f64)> = (0..=10)
+            .map(|i| (i as f64 / 10.0, (i % 2) as f64))
+            .collect();
+        for c in [UpperLeft, UpperRight, LowerLeft, LowerRight] {
+            assert!(legend_covers(std::slice::from_ref(&zigzag), (0.3, 0.3), &c) > 0);
+        }
+        let y1 = headroom(0.0, 1.0, 0.3, false);
+        let lifted: Vec<(f64, f64)> = zigzag.iter().map(|&(x, y)| (x, y / y1)).collect();
+        assert!((1.0 / y1 - 0.7).abs() < 1e-12);
+        assert_eq!(legend_covers(&[lifted.clone()], (0.3, 0.29), &UpperLeft), 0);
+        assert_eq!(legend_covers(&[lifted], (0.3, 0.29), &UpperRight), 0);
+        // On a log axis likewise, in decades.
+        let top = headroom(1e-2, 1.0, 0.5, true);
+        assert!((top.log10() - 2.0).abs() < 1e-12, "{top}");
+    }
     use plotters::prelude::*;
 
     /// In a chart of several runs' layers a layer keeps the colour it has in a one-run chart, and
