@@ -1109,7 +1109,10 @@ mod tests {
         let y1 = headroom(0.0, 1.0, 0.3, false);
         let lifted: Vec<(f64, f64)> = zigzag.iter().map(|&(x, y)| (x, y / y1)).collect();
         assert!((1.0 / y1 - 0.7).abs() < 1e-12);
-        assert_eq!(legend_covers(&[lifted.clone()], (0.3, 0.29), &UpperLeft), 0);
+        assert_eq!(
+            legend_covers(std::slice::from_ref(&lifted), (0.3, 0.29), &UpperLeft),
+            0
+        );
         assert_eq!(legend_covers(&[lifted], (0.3, 0.29), &UpperRight), 0);
         // On a log axis likewise, in decades.
         let top = headroom(1e-2, 1.0, 0.5, true);
