@@ -475,6 +475,13 @@ fn studies_refuse_folders_and_files_not_their_own() {
     )
     .unwrap();
     std::fs::create_dir_all(root.join("repro-charts/charts/lenet300")).unwrap();
+    // A reproduction's folder of one model's runs, which has a sweep's layout.
+    fake_run(&root.join("repro2/lenet300/dst-seed1"), 1);
+    std::fs::copy(
+        root.join("repro-report/REPORT.md"),
+        root.join("repro2/REPORT.md"),
+    )
+    .unwrap();
     std::fs::write(root.join("afile"), PRECIOUS).unwrap();
     for name in ["sweep.md", "sweep.csv", "sweep.png", "REPORT.md"] {
         let d = root.join(format!("user-{name}"));
@@ -581,6 +588,11 @@ fn studies_refuse_folders_and_files_not_their_own() {
             "looks like a `dst reproduce` study (",
         ),
         (
+            sweep("repro2/lenet300"),
+            "sweep into a reproduction's model folder",
+            "is the lenet300 folder of the `dst reproduce` study in",
+        ),
+        (
             sweep("a-reproduction"),
             "sweep into a reproduction",
             "looks like a `dst reproduce` study (runs in",
@@ -623,6 +635,8 @@ fn studies_refuse_folders_and_files_not_their_own() {
         ("sweep-report", 1),
         ("repro-report", 1),
         ("repro-charts", 1),
+        ("repro2", 2),
+        ("repro2/lenet300", 1),
     ] {
         assert_eq!(std::fs::read_dir(root.join(d)).unwrap().count(), n, "{d}");
     }

@@ -576,6 +576,29 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
         // A reproduction's REPORT.md (not any report: `dst report --out` may write one there),
         // or its charts/<model>/ folders.
         Study::Sweep => {
+            // A reproduction's folder of one model's runs (`runs/table1/lenet300`): a sweep's
+            // layout, inside the other study.
+            let model = out
+                .file_name()
+                .and_then(|n| n.to_str())
+                .filter(|n| crate::models::MODELS.iter().any(|m| m.name == *n));
+            if let Some(m) = model {
+                let parent = out
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                let reproduction = std::fs::read(parent.join("REPORT.md"))
+                    .is_ok_and(|b| b.starts_with(REPRODUCE_HEADER.as_bytes()))
+                    || parent.join("charts").join(m).is_dir();
+                if reproduction {
+                    return Err(refuse(&format!(
+                        "is the {m} folder of the `dst reproduce` study in {}: a sweep's runs go \
+                         into a folder of their own, or that study's report would take them in; \
+                         pick another --out",
+                        parent.display()
+                    )));
+                }
+            }
             let report = out.join("REPORT.md");
             let reproduction =
                 std::fs::read(&report).is_ok_and(|b| b.starts_with(REPRODUCE_HEADER.as_bytes()));
