@@ -1492,21 +1492,24 @@ fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
     if run.holds_run() {
         // A run that diverged: --resume would take it up with the settings it diverged with.
         if let Some(d) = dst::report::Run::load(out).ok().and_then(|r| r.diverged) {
+            let checkpoint = run.checkpoint().is_file();
             bail!(
-                "{} holds a run that diverged at epoch {}, step {} ({}); {}: to train with other \
-                 settings, remove it or pick another --out",
+                "{} holds a run that diverged at epoch {}, step {} ({}); `dst train --resume {}` \
+                 would {} with the settings it diverged with: to train with other settings, \
+                 remove it or pick another --out",
                 out.display(),
                 d.epoch,
                 d.step,
-                if run.checkpoint().is_file() {
+                if checkpoint {
                     "its checkpoint is of an earlier epoch"
                 } else {
                     "before its first checkpoint: only its settings and log are there"
                 },
-                if run.checkpoint().is_file() {
-                    "--resume would continue it with the settings it diverged with"
+                out.display(),
+                if checkpoint {
+                    "continue it"
                 } else {
-                    "--resume would train it again from the start with those settings"
+                    "train it again from the start"
                 }
             );
         }

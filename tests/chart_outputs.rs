@@ -404,9 +404,13 @@ fn report_replaces_only_its_own_reports() {
             text
         );
     }
-    // Its line ends converted to CRLF (git's autocrlf), or its last newline dropped: still its
-    // own, replaced.
-    for text in [md.replace('\n', "\r\n"), md.trim_end().to_string()] {
+    // Its line ends converted to CRLF (git's autocrlf), its last newline dropped, or a byte
+    // order mark and blank lines an editor added: still its own, replaced.
+    for text in [
+        md.replace('\n', "\r\n"),
+        md.trim_end().to_string(),
+        format!("\u{feff}{md}\n  \n"),
+    ] {
         std::fs::write(root.join("r/report.md"), &text).unwrap();
         ok(
             &dst(
@@ -451,6 +455,16 @@ fn report_replaces_only_its_own_reports() {
     );
     let csv = std::fs::read_to_string(root.join("old.csv")).unwrap();
     assert!(csv.starts_with(dst::report::table::CSV_HEADER), "{csv}");
+    // Saved again by a spreadsheet (CRLF line ends, a byte order mark): still its own.
+    std::fs::write(
+        root.join("old.csv"),
+        format!("\u{feff}{}", csv.replace('\n', "\r\n")),
+    )
+    .unwrap();
+    ok(
+        &dst(&root, &[p("report"), p("run"), p("--out"), p("old.csv")]),
+        "report --out old.csv saved with CRLF",
+    );
 }
 
 /// `dst sweep` and `dst reproduce` refuse, before any run trains, an --out that is a training
@@ -555,7 +569,7 @@ fn studies_refuse_folders_and_files_not_their_own() {
         (
             sweep("user-sweep.png"),
             "sweep over sweep.png",
-            "no `dst sweep` report lies beside it",
+            "no `dst sweep` report or table lies beside it",
         ),
         (
             reproduce("run"),
@@ -586,6 +600,11 @@ fn studies_refuse_folders_and_files_not_their_own() {
             sweep("repro-charts"),
             "sweep beside charts/lenet300",
             "looks like a `dst reproduce` study (",
+        ),
+        (
+            sweep("repro2/charts"),
+            "sweep into a reproduction's charts",
+            "is the charts folder of the `dst reproduce` study in",
         ),
         (
             sweep("repro2/lenet300"),

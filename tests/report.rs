@@ -863,6 +863,18 @@ fn tiny_sweep_resumes_and_reports() {
         .map(|(d, _)| file_state(&d.join("checkpoint.safetensors")))
         .collect();
     assert!(before == after, "a finished run was redone");
+    // A sweep.md with notes is refused; moved away, as the refusal says, the same command
+    // writes the report again (sweep.png, beside sweep.csv, was refused as anyone's).
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    std::fs::write(out.join("sweep.md"), format!("{md}my notes\n")).unwrap();
+    let e = study::sweep(&spec, &out, &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("changed after dst wrote it"), "{e}");
+    std::fs::rename(out.join("sweep.md"), out.with_extension("notes.md")).unwrap();
+    study::sweep(&spec, &out, &mut Quiet).unwrap();
+    assert_eq!(std::fs::read_to_string(out.join("sweep.md")).unwrap(), md);
+    std::fs::remove_file(out.with_extension("notes.md")).unwrap();
 
     // sweep.md / sweep.csv hold each run's own summary figures (one seed: mean = the value).
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();

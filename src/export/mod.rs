@@ -589,13 +589,18 @@ pub fn export(checkpoint: &Path, layout: Layout, out: &Path) -> Result<ExportRep
 /// What the run's dead-layer policy did to the masks of `resets` matrices that keep 1 % or less,
 /// where it did anything (`dst export`, `dst eval`).
 pub fn policy_note(resets: usize, policy: ResetPolicy) -> Option<String> {
+    let (matrices, were) = if resets == 1 {
+        ("1 matrix".to_string(), "was")
+    } else {
+        (format!("{resets} matrices"), "were")
+    };
     let what = match policy {
         ResetPolicy::Floor => {
-            "so each row keeps at least its strongest weight (the run's --reset floor)"
+            "so each row keeps at least its strongest weight (the run's --reset floor)".to_string()
         }
-        _ => "and were reset to dense, as evaluation does (METHOD.md section 3)",
+        _ => format!("and {were} reset to dense, as evaluation does (METHOD.md section 3)"),
     };
-    (resets > 0).then(|| format!("{resets} matrix(es) kept <= 1% {what}"))
+    (resets > 0).then(|| format!("{matrices} kept <= 1% {what}"))
 }
 
 /// How an export's size compares with the model's dense f32 weights.

@@ -167,6 +167,48 @@ fn layer_colour(layers: &[String], name: &str, k: usize, runs: usize) -> Option<
     Some(RGBColor(mix(base.0), mix(base.1), mix(base.2)))
 }
 
+/// A series per run and layer of the points `of` gives (none where it gives none), coloured by
+/// `layer_colour` among the runs that have any; and how many runs those are.
+fn layer_series(
+    runs: &[Run],
+    layers: &[String],
+    of: impl Fn(&Run, &str) -> Vec<(f64, f64)>,
+) -> (Vec<Series>, usize) {
+    // Per run: its layers' names and points.
+    type Lines = Vec<(String, Vec<(f64, f64)>)>;
+    let per_run: Vec<Lines> = runs
+        .iter()
+        .map(|r| {
+            r.layer_names()
+                .into_iter()
+                .map(|name| {
+                    let points = of(r, &name);
+                    (name, points)
+                })
+                .filter(|(_, points)| !points.is_empty())
+                .collect()
+        })
+        .collect();
+    let drawn = per_run.iter().filter(|l| !l.is_empty()).count();
+    let mut series = Vec::new();
+    for (k, (r, lines)) in runs
+        .iter()
+        .zip(per_run)
+        .filter(|(_, l)| !l.is_empty())
+        .enumerate()
+    {
+        for (name, points) in lines {
+            series.push(Series {
+                colour: layer_colour(layers, &name, k, drawn),
+                label: series_label(runs, r, &name),
+                points,
+                dashed: false,
+            });
+        }
+    }
+    (series, drawn)
+}
+
 /// The names of every run's layers, in first-seen order.
 fn all_layer_names(runs: &[Run]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
@@ -333,6 +375,17 @@ fn legend_covers(lines: &[Vec<(f64, f64)>], (w, h): (f64, f64), c: &SeriesLabelP
     }
 }
 
+/// Where a legend box of `w` x `h` (fractions of the plot) goes: the corner `legend_corner`
+/// picks, or None (beside the plot) where that corner still covers some of `lines`.
+fn legend_place(
+    lines: &[Vec<(f64, f64)>],
+    (w, h): (f64, f64),
+    preferred: SeriesLabelPosition,
+) -> Option<SeriesLabelPosition> {
+    let corner = legend_corner(lines, w, h, preferred);
+    (legend_covers(lines, (w, h), &corner) == 0).then_some(corner)
+}
+
 /// A legend with more entries than this goes beside the plot, in columns (`side_legend`),
 /// rather than over it.
 const LEGEND_INSIDE: usize = 12;
@@ -346,6 +399,11 @@ fn side_legend_width(series: &[Series], height: u32) -> u32 {
     if series.len() <= LEGEND_INSIDE {
         return 0;
     }
+    legend_columns_width(series, height)
+}
+
+/// The width in px of a legend of `series` beside a panel `height` px high.
+fn legend_columns_width(series: &[Series], height: u32) -> u32 {
     let rows = (height.saturating_sub(2 * SIDE_MARGIN) / SIDE_ROW).max(1) as usize;
     let cols = series.len().div_ceil(rows) as u32;
     let chars = series
@@ -444,16 +502,6 @@ fn dashes(px: &[(f64, f64)], on: f64, off: f64) -> Vec<Vec<(f64, f64)>> {
     out
 }
 
-/// The top of a y axis from `y0` to `y1` raised so that `y1` sits `share` of the plot's height
-/// below it: room above the lines for a legend that would cover them in every corner.
-fn headroom(y0: f64, y1: f64, share: f64, log: bool) -> f64 {
-    if log {
-        y0 * (y1 / y0).powf(1.0 / (1.0 - share))
-    } else {
-        y0 + (y1 - y0) / (1.0 - share)
-    }
-}
-
 /// A line chart with axes, ticks, a title and a legend.
 fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     let xs = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0));
@@ -462,8 +510,42 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
         let (a, b) = lin_range(xs, 0.0);
         (a.min(b), b)
     };
-    // Many series: the legend beside the plot (the image is made wider for it by the caller).
-    let side = side_legend_width(p.series, area.dim_in_pixel().1);
+    let (y0, y1) = match p.log_y {
+        Some((floor, top)) => log_range(ys, floor, top),
+        None => lin_range(ys, 0.05),
+    };
+    // The lines as fractions of the axes, for the legend's place.
+    let unit_y = |y: f64| match p.log_y {
+        Some(_) => (y.max(y0) / y0).ln() / (y1 / y0).ln(),
+        None => (y - y0) / (y1 - y0),
+    };
+    let lines: Vec<Vec<(f64, f64)>> = p
+        .series
+        .iter()
+        .map(|s| {
+            s.points
+                .iter()
+                .map(|&(x, y)| ((x - x0) / (x1 - x0).max(1e-12), unit_y(y)))
+                .collect()
+        })
+        .collect();
+    // The legend's size as fractions of the plot (its 14 px font: about 7 px a character, a
+    // 19 px line, the sample line and the padding).
+    let n = p.series.len();
+    let (w, h) = area.dim_in_pixel();
+    let (pw, ph) = ((w as f64 - 96.0).max(1.0), (h as f64 - 110.0).max(1.0));
+    let chars = p.series.iter().map(|s| s.label.chars().count()).max();
+    let bw = (chars.unwrap_or(0) as f64 * 7.0 + 50.0) / pw;
+    let bh = (n as f64 * 19.0 + 16.0) / ph;
+    // Many series: the legend beside the plot (the image is made wider for it by the caller);
+    // so too a legend that would lie over the lines in every corner (the plot narrower).
+    let corner = legend_place(&lines, (bw, bh), p.legend.clone());
+    let side = match (side_legend_width(p.series, h), &corner) {
+        (0, Some(_)) => 0,
+        (0, None) => legend_columns_width(p.series, h),
+        (w, _) => w,
+    };
+    let legend = corner.unwrap_or(SeriesLabelPosition::UpperLeft);
     let (area, beside) = if side > 0 {
         let (a, b) = area.split_horizontally(area.dim_in_pixel().0.saturating_sub(side));
         (a, Some(b))
@@ -476,7 +558,6 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(72);
-    let n = p.series.len();
     let pick = |i: usize| p.series[i].colour.unwrap_or_else(|| colour(i, n));
     let style = |i: usize| pick(i).stroke_width(2);
     macro_rules! finish {
@@ -537,38 +618,8 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
             }
         }};
     }
-    // The legend's size as fractions of the plot (its 14 px font: about 7 px a character, a
-    // 19 px line, the sample line and the padding) and the lines as fractions of the axes.
-    let legend_of = |unit_y: &dyn Fn(f64) -> f64| {
-        let (w, h) = area.dim_in_pixel();
-        let (pw, ph) = ((w as f64 - 96.0).max(1.0), (h as f64 - 110.0).max(1.0));
-        let chars = p.series.iter().map(|s| s.label.chars().count()).max();
-        let bw = (chars.unwrap_or(0) as f64 * 7.0 + 50.0) / pw;
-        let bh = (n as f64 * 19.0 + 16.0) / ph;
-        let lines: Vec<Vec<(f64, f64)>> = p
-            .series
-            .iter()
-            .map(|s| {
-                s.points
-                    .iter()
-                    .map(|&(x, y)| ((x - x0) / (x1 - x0).max(1e-12), unit_y(y)))
-                    .collect()
-            })
-            .collect();
-        let corner = legend_corner(&lines, bw, bh, p.legend.clone());
-        let covers = side == 0 && legend_covers(&lines, (bw, bh), &corner) > 0;
-        (corner, covers.then_some(bh.min(0.5)))
-    };
     match p.log_y {
-        Some((floor, top)) => {
-            let (y0, mut y1) = log_range(ys, floor, top);
-            let unit = |y1: f64| move |y: f64| (y.max(y0) / y0).ln() / (y1 / y0).ln();
-            let (mut legend, covers) = legend_of(&unit(y1));
-            // A legend over the lines wherever it goes: room above them for it.
-            if let Some(bh) = covers {
-                y1 = headroom(y0, y1, bh, true);
-                legend = legend_of(&unit(y1)).0;
-            }
+        Some(_) => {
             let ticks = log_ticks(y0, y1);
             let n = ticks.len();
             let chart =
@@ -576,13 +627,6 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
             finish!(chart, legend, |y: f64| y.max(y0), n);
         }
         None => {
-            let (y0, mut y1) = lin_range(ys, 0.05);
-            let unit = |y1: f64| move |y: f64| (y - y0) / (y1 - y0);
-            let (mut legend, covers) = legend_of(&unit(y1));
-            if let Some(bh) = covers {
-                y1 = headroom(y0, y1, bh, false);
-                legend = legend_of(&unit(y1)).0;
-            }
             let chart = b.build_cartesian_2d(x0..x1, y0..y1)?;
             let y_format = |y: &f64| lin_tick(*y, y1 - y0);
             finish!(chart, legend, |y: f64| y, 10, &y_format);
@@ -653,28 +697,13 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     const SIZE: (u32, u32) = (1000, 620);
 
     // Per-layer keep ratio over the steps.
-    let mut keep = Vec::new();
-    let mut keep_runs = 0;
     let layers = all_layer_names(runs);
-    for (k, r) in runs.iter().enumerate() {
-        let before = keep.len();
-        for name in r.layer_names() {
-            let points: Vec<(f64, f64)> = r
-                .steps
-                .iter()
-                .filter_map(|s| s.keep.get(&name).map(|k| (s.step as f64, *k)))
-                .collect();
-            if !points.is_empty() {
-                keep.push(Series {
-                    label: series_label(runs, r, &name),
-                    points,
-                    dashed: false,
-                    colour: layer_colour(&layers, &name, k, runs.len()),
-                });
-            }
-        }
-        keep_runs += usize::from(keep.len() > before);
-    }
+    let (keep, keep_runs) = layer_series(runs, &layers, |r, name| {
+        r.steps
+            .iter()
+            .filter_map(|s| s.keep.get(name).map(|k| (s.step as f64, *k)))
+            .collect()
+    });
     // The per-layer charts are made wider by their side legend, if any.
     let wide = |series: &[Series]| (SIZE.0 + side_legend_width(series, SIZE.1), SIZE.1);
     if !keep.is_empty() {
@@ -767,33 +796,22 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
         pictures.push((name, png));
     }
 
-    // Threshold mean per layer and epoch.
-    let mut thr = Vec::new();
-    let mut thr_runs = 0;
-    for (k, r) in runs.iter().enumerate().filter(|(_, r)| !r.config.dense) {
-        let before = thr.len();
-        for name in r.layer_names() {
-            let points: Vec<(f64, f64)> = r
-                .epochs
-                .iter()
-                .filter_map(|e| {
-                    e.layers
-                        .iter()
-                        .find(|l| l.name == name)
-                        .and_then(|l| Some((e.epoch as f64, l.threshold_mean?)))
-                })
-                .collect();
-            if !points.is_empty() {
-                thr.push(Series {
-                    label: series_label(runs, r, &name),
-                    points,
-                    dashed: false,
-                    colour: layer_colour(&layers, &name, k, runs.len()),
-                });
-            }
+    // Threshold mean per layer and epoch (a dense run has none; its logs from before they were
+    // null give 0.0).
+    let (thr, thr_runs) = layer_series(runs, &layers, |r, name| {
+        if r.config.dense {
+            return Vec::new();
         }
-        thr_runs += usize::from(thr.len() > before);
-    }
+        r.epochs
+            .iter()
+            .filter_map(|e| {
+                e.layers
+                    .iter()
+                    .find(|l| l.name == name)
+                    .and_then(|l| Some((e.epoch as f64, l.threshold_mean?)))
+            })
+            .collect()
+    });
     if !thr.is_empty() {
         let name = "thresholds.png";
         let png = render_png(&out.join(name), wide(&thr), |a| {
@@ -1049,8 +1067,14 @@ pub fn sweep_chart(
                                     "{m} dense baseline ({})",
                                     super::plural(d.seeds.len(), "seed")
                                 ))
+                                // Dashed, as its line is.
                                 .legend(move |(x, y)| {
-                                    PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3))
+                                    EmptyElement::at((x, y))
+                                        + PathElement::new(vec![(0, 0), (9, 0)], c.stroke_width(3))
+                                        + PathElement::new(
+                                            vec![(14, 0), (22, 0)],
+                                            c.stroke_width(3),
+                                        )
                                 });
                         }
                     }
@@ -1090,14 +1114,16 @@ pub fn sweep_chart(
 #[cfg(test)]
 mod tests {
     use super::{
-        colour, dashes, headroom, layer_colour, legend_corner, legend_covers, lin_tick, log_range,
-        side_legend_width, thick_line, title, Series, LEGEND_INSIDE,
+        all_layer_names, colour, dashes, layer_colour, layer_series, legend_columns_width,
+        legend_corner, legend_covers, legend_place, lin_tick, log_range, side_legend_width,
+        thick_line, title, Series, LEGEND_INSIDE,
     };
 
-    /// A legend that covers lines in every corner gets room above them: the old top of the axis
-    /// then lies `share` of the height below the new one, and the upper corners are free.
+    /// A legend that would cover lines in every corner goes beside the plot (it lay over a
+    /// line's start; raising the axis instead put a keep-ratio axis up to 100); one with a free
+    /// corner takes it.
     #[test]
-    fn a_legend_over_the_lines_everywhere_gets_room_above_them() {
+    fn a_legend_over_the_lines_everywhere_goes_beside_them() {
         use plotters::prelude::SeriesLabelPosition::*;
         // A zigzag across the whole plot: every corner's box covers some of it.
         let zigzag: Vec<(f64, f64)> = (0..=10)
@@ -1106,17 +1132,13 @@ mod tests {
         for c in [UpperLeft, UpperRight, LowerLeft, LowerRight] {
             assert!(legend_covers(std::slice::from_ref(&zigzag), (0.3, 0.3), &c) > 0);
         }
-        let y1 = headroom(0.0, 1.0, 0.3, false);
-        let lifted: Vec<(f64, f64)> = zigzag.iter().map(|&(x, y)| (x, y / y1)).collect();
-        assert!((1.0 / y1 - 0.7).abs() < 1e-12);
+        assert_eq!(legend_place(&[zigzag], (0.3, 0.3), UpperLeft), None);
+        let falling = vec![(0.0, 1.0), (1.0, 0.0)];
         assert_eq!(
-            legend_covers(std::slice::from_ref(&lifted), (0.3, 0.29), &UpperLeft),
-            0
+            legend_place(&[falling], (0.3, 0.2), LowerRight),
+            Some(UpperRight)
         );
-        assert_eq!(legend_covers(&[lifted], (0.3, 0.29), &UpperRight), 0);
-        // On a log axis likewise, in decades.
-        let top = headroom(1e-2, 1.0, 0.5, true);
-        assert!((top.log10() - 2.0).abs() < 1e-12, "{top}");
+        assert!(legend_columns_width(&[], 620) > 0);
     }
     use plotters::prelude::*;
 
@@ -1199,6 +1221,43 @@ mod tests {
         let d = dashes(&[(0.0, 0.0), (4.0, 0.0), (4.0, 10.0)], 8.0, 5.0);
         assert_eq!(d[0], vec![(0.0, 0.0), (4.0, 0.0), (4.0, 4.0)]);
         assert_eq!(d[1], vec![(4.0, 9.0), (4.0, 10.0)]);
+    }
+
+    /// The shades of a per-layer chart go to the runs it draws, in order: a dense run first
+    /// (nothing to draw) took the base colour, and the DST runs drew in lighter shades only.
+    #[test]
+    fn the_runs_drawn_take_the_shades() {
+        let run = |dir: &str, keep: Option<f64>| crate::report::Run {
+            dir: dir.into(),
+            config: crate::report::runs::RunConfig {
+                dense: keep.is_none(),
+                ..Default::default()
+            },
+            steps: vec![crate::report::runs::StepLine {
+                step: 10,
+                keep: keep
+                    .map(|k| [("fc1".to_string(), k)].into_iter().collect())
+                    .unwrap_or_default(),
+                ..Default::default()
+            }],
+            epochs: vec![],
+            summary: None,
+            torn_line: None,
+            damaged_lines: vec![],
+            diverged: None,
+        };
+        let runs = [run("d", None), run("a", Some(0.5)), run("b", Some(0.2))];
+        let layers = all_layer_names(&runs);
+        let (series, drawn) = layer_series(&runs, &layers, |r, name| {
+            r.steps
+                .iter()
+                .filter_map(|s| s.keep.get(name).map(|k| (s.step as f64, *k)))
+                .collect()
+        });
+        assert_eq!((series.len(), drawn), (2, 2));
+        assert_eq!(series[0].colour, Some(colour(0, 1)));
+        assert_eq!(series[1].colour, layer_colour(&layers, "fc1", 1, 2));
+        assert_ne!(series[0].colour, series[1].colour);
     }
 
     /// A chart of several runs counts the runs it draws (a keep-ratio chart of 2 DST and 2 dense

@@ -219,18 +219,34 @@ pub fn sealed(text: &str) -> String {
 }
 
 /// Whether `bytes` (line ends LF) end with a seal that matches the text above it (the file is as
-/// dst wrote it). A last newline dropped does not count as an edit.
+/// dst wrote it).
 fn unedited(bytes: &[u8]) -> bool {
-    let Some(body) = bytes
-        .strip_suffix(b" -->\n")
-        .or_else(|| bytes.strip_suffix(b" -->"))
-    else {
+    // Blank lines or spaces an editor left after the seal are no edit either.
+    let Some(body) = bytes.trim_ascii_end().strip_suffix(b" -->") else {
         return false;
     };
     let Some(at) = body.windows(SEAL.len()).rposition(|w| w == SEAL.as_bytes()) else {
         return false;
     };
     body[at + SEAL.len()..] == *sha256_hex(&body[..at]).as_bytes()
+}
+
+/// `bytes` without a leading UTF-8 byte order mark.
+fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
+/// `bytes` with CRLF line ends as LF.
+fn as_lf(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if bytes.contains(&b'\r') {
+        std::borrow::Cow::Owned(
+            String::from_utf8_lossy(bytes)
+                .replace("\r\n", "\n")
+                .into_bytes(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(bytes)
+    }
 }
 
 /// A file `check_own_text` may replace: one of dst's files of the kind, known by how it begins
@@ -282,8 +298,10 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
     };
     match own {
         Own::Csv { heads } => {
-            // The file's first bytes, as many as the longest head (fewer if it is shorter).
-            let longest = heads.iter().map(|h| h.len()).max().unwrap_or(0);
+            // The file's first bytes, as many as the longest head and its CR (fewer if it is
+            // shorter), a UTF-8 byte order mark left out; CRLF line ends (a spreadsheet's, git's
+            // autocrlf) read as LF.
+            let longest = heads.iter().map(|h| h.len()).max().unwrap_or(0) + 4;
             let mut head = Vec::new();
             std::fs::File::open(path)
                 .and_then(|f| {
@@ -291,6 +309,7 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
                     f.take(longest as u64).read_to_end(&mut head)
                 })
                 .map_err(io)?;
+            let head = as_lf(without_bom(&head));
             if heads.iter().any(|h| head.starts_with(h.as_bytes())) {
                 Ok(())
             } else {
@@ -306,13 +325,10 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
                     meta.len() >> 20
                 )));
             }
-            let mut bytes = std::fs::read(path).map_err(io)?;
-            // Line ends converted to CRLF (git's autocrlf) are no edit.
-            if bytes.contains(&b'\r') {
-                bytes = String::from_utf8_lossy(&bytes)
-                    .replace("\r\n", "\n")
-                    .into_bytes();
-            }
+            // Line ends converted to CRLF (git's autocrlf) or a byte order mark an editor put in
+            // front are no edit.
+            let bytes = std::fs::read(path).map_err(io)?;
+            let bytes = as_lf(without_bom(&bytes));
             if !bytes.starts_with(header.as_bytes()) {
                 Err(not_ours())
             } else if unedited(&bytes) {

@@ -428,14 +428,14 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
         },
         "a `dst sweep` table",
     )?;
-    // sweep.png only beside a sweep.md of dst's (checked above): a picture alone there may be
-    // anyone's.
+    // sweep.png only beside a sweep.md or sweep.csv of dst's (checked above; one of them moved
+    // away leaves the other): a picture alone there may be anyone's.
     let png = out.join("sweep.png");
-    if png.exists() && !out.join("sweep.md").is_file() {
+    if png.exists() && !out.join("sweep.md").is_file() && !out.join("sweep.csv").is_file() {
         return Err(ReportError::Refused {
             path: png,
-            reason: "already exists and no `dst sweep` report lies beside it; dst replaces only \
-                     its own files there: remove it or pick another --out"
+            reason: "already exists and no `dst sweep` report or table lies beside it; dst \
+                     replaces only its own files there: remove it or pick another --out"
                 .to_string(),
         }
         .into());
@@ -576,12 +576,12 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
         // A reproduction's REPORT.md (not any report: `dst report --out` may write one there),
         // or its charts/<model>/ folders.
         Study::Sweep => {
-            // A reproduction's folder of one model's runs (`runs/table1/lenet300`): a sweep's
-            // layout, inside the other study.
+            // A reproduction's folder of one model's runs (`runs/table1/lenet300`: a sweep's
+            // layout) or of its charts, inside the other study.
             let model = out
                 .file_name()
                 .and_then(|n| n.to_str())
-                .filter(|n| crate::models::MODELS.iter().any(|m| m.name == *n));
+                .filter(|n| *n == "charts" || crate::models::MODELS.iter().any(|m| m.name == *n));
             if let Some(m) = model {
                 let parent = out
                     .parent()
@@ -589,7 +589,11 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
                     .unwrap_or(Path::new("."));
                 let reproduction = std::fs::read(parent.join("REPORT.md"))
                     .is_ok_and(|b| b.starts_with(REPRODUCE_HEADER.as_bytes()))
-                    || parent.join("charts").join(m).is_dir();
+                    || (m != "charts" && parent.join("charts").join(m).is_dir())
+                    || (m == "charts"
+                        && crate::models::MODELS
+                            .iter()
+                            .any(|x| out.join(x.name).is_dir() && parent.join(x.name).is_dir()));
                 if reproduction {
                     return Err(refuse(&format!(
                         "is the {m} folder of the `dst reproduce` study in {}: a sweep's runs go \
