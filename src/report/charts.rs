@@ -567,7 +567,11 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
             let span = (x1 - x0).round().max(1.0) as usize;
             let mut mesh = chart.configure_mesh();
             $(mesh.y_label_formatter($y_format);)?
-            mesh.x_labels((span + 1).min(10))
+            // Light grid lines at whole numbers, not between them (there were 10 between two
+            // labels 2 steps apart): plotters spaces at most labels x this many lines evenly.
+            let labels = (span + 1).min(10);
+            mesh.x_labels(labels)
+                .x_max_light_lines(span.div_ceil(labels.max(1)).min(4))
                 .y_labels($y_labels)
                 .x_label_formatter(&|x| {
                     if (x - x.round()).abs() < 1e-6 {
