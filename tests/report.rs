@@ -871,6 +871,17 @@ fn tiny_sweep_resumes_and_reports() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("changed after dst wrote it"), "{e}");
+    // Edited while the runs trained: refused when the report is written, saying the runs are
+    // kept (not to pick another --out, which would train them all again).
+    let loaded: Vec<Run> = grid.iter().map(|(d, _)| Run::load(d).unwrap()).collect();
+    let e = study::write_sweep_report(&loaded, &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("The runs are trained and kept: move the file away")
+            && !e.contains("another --out"),
+        "{e}"
+    );
     std::fs::rename(out.join("sweep.md"), out.with_extension("notes.md")).unwrap();
     study::sweep(&spec, &out, &mut Quiet).unwrap();
     assert_eq!(std::fs::read_to_string(out.join("sweep.md")).unwrap(), md);

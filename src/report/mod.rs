@@ -213,6 +213,9 @@ pub const REPORT_HEADER: &str = "# DST results\n";
 /// of the text above it. A file whose text no longer matches it was edited, and is not replaced.
 const SEAL: &str = "<!-- dst: SHA-256 of the text above: ";
 
+/// The end of `check_own_text`'s refusal of an edited report: what to do about it.
+pub(crate) const MOVE_IT: &str = "; move it away or pick another --out";
+
 /// `text` with its seal as the last line.
 pub fn sealed(text: &str) -> String {
     format!("{text}{SEAL}{} -->\n", sha256_hex(text.as_bytes()))
@@ -338,7 +341,7 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
                     "is {what} that was changed after dst wrote it (the SHA-256 on its last line \
                      no longer matches its text), or one saved from dst's printed output or \
                      written by a dst older than that line: replacing it could lose what was \
-                     added; move it away or pick another --out"
+                     added{MOVE_IT}"
                 )))
             }
         }

@@ -508,9 +508,11 @@ fn still_own(path: &Path, header: &str, what: &str) -> Result<(), ReportError> {
     report::check_own_text(path, Own::Markdown { header }, what).map_err(|e| match e {
         ReportError::Refused { path, reason } => ReportError::Refused {
             path,
+            // Not "pick another --out": the runs are here.
             reason: format!(
-                "{reason}. The runs are trained and kept: move the file away and run the same \
-                 command again to write the report"
+                "{}. The runs are trained and kept: move the file away and run the same command \
+                 again to write the report",
+                reason.strip_suffix(report::MOVE_IT).unwrap_or(&reason)
             ),
         },
         e => e,
@@ -573,8 +575,6 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
         .unwrap_or_default();
     // What of the other kind of study lies there: its report, or runs at its depth.
     let other = match kind {
-        // A reproduction's REPORT.md (not any report: `dst report --out` may write one there),
-        // or its charts/<model>/ folders.
         Study::Sweep => {
             // A reproduction's folder of one model's runs (`runs/table1/lenet300`: a sweep's
             // layout) or of its charts, inside the other study.
@@ -603,6 +603,8 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
                     )));
                 }
             }
+            // A reproduction's REPORT.md (not any report: `dst report --out` may write one
+            // there), its charts/<model>/ folders, or its runs a level down.
             let report = out.join("REPORT.md");
             let reproduction =
                 std::fs::read(&report).is_ok_and(|b| b.starts_with(REPRODUCE_HEADER.as_bytes()));
