@@ -346,33 +346,30 @@ fn legend_covers(lines: &[Vec<(f64, f64)>], (w, h): (f64, f64), c: &SeriesLabelP
     use SeriesLabelPosition::*;
     let (w, h) = (w.min(1.0), h.min(1.0));
     // The corner's box, as (x from, x to, y from, y to).
-    let boxed = |c: &SeriesLabelPosition| match c {
+    let (xa, xb, ya, yb) = match c {
         UpperLeft => (0.0, w, 1.0 - h, 1.0),
         UpperRight => (1.0 - w, 1.0, 1.0 - h, 1.0),
         LowerLeft => (0.0, w, 0.0, h),
         _ => (1.0 - w, 1.0, 0.0, h),
     };
-    {
-        let (xa, xb, ya, yb) = boxed(c);
-        let inside = |(x, y): (f64, f64)| x >= xa && x <= xb && y >= ya && y <= yb;
-        let mut n = 0usize;
-        for line in lines {
-            if let [only] = line.as_slice() {
-                n += inside(*only) as usize;
-            }
-            for seg in line.windows(2) {
-                let (a, b) = (seg[0], seg[1]);
-                n += (0..=16)
-                    .map(|k| {
-                        let t = k as f64 / 16.0;
-                        (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1))
-                    })
-                    .filter(|&q| inside(q))
-                    .count();
-            }
+    let inside = |(x, y): (f64, f64)| x >= xa && x <= xb && y >= ya && y <= yb;
+    let mut n = 0usize;
+    for line in lines {
+        if let [only] = line.as_slice() {
+            n += inside(*only) as usize;
         }
-        n
+        for seg in line.windows(2) {
+            let (a, b) = (seg[0], seg[1]);
+            n += (0..=16)
+                .map(|k| {
+                    let t = k as f64 / 16.0;
+                    (a.0 + t * (b.0 - a.0), a.1 + t * (b.1 - a.1))
+                })
+                .filter(|&q| inside(q))
+                .count();
+        }
     }
+    n
 }
 
 /// Where a legend box of `w` x `h` (fractions of the plot) goes: the corner `legend_corner`
