@@ -1139,7 +1139,18 @@ mod tests {
             legend_place(&[falling], (0.3, 0.2), LowerRight),
             Some(UpperRight)
         );
-        assert!(legend_columns_width(&[], 620) > 0);
+        // Beside the plot, the legend is as wide as its longest label needs.
+        let one = |label: &str| Series {
+            label: label.into(),
+            points: vec![(0.0, 1.0)],
+            dashed: false,
+            colour: None,
+        };
+        let (short, long) = (
+            legend_columns_width(&[one("fc1")], 620),
+            legend_columns_width(&[one("alpha5e-4-seed1: fc1")], 620),
+        );
+        assert!(short > 40 && long >= short + 17 * 7, "{short} {long}");
     }
     use plotters::prelude::*;
 

@@ -414,13 +414,7 @@ fn check_distinct_dirs(grid: &[(PathBuf, TrainConfig)]) -> Result<(), StudyError
 pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<Run>, StudyError> {
     s.check()?;
     check_study_folder(out, Study::Sweep)?;
-    report::check_own_text(
-        &out.join("sweep.md"),
-        Own::Markdown {
-            header: SWEEP_HEADER,
-        },
-        "a `dst sweep` report",
-    )?;
+    check_report(&out.join("sweep.md"), SWEEP_HEADER, "a `dst sweep` report")?;
     report::check_own_text(
         &out.join("sweep.csv"),
         Own::Csv {
@@ -502,10 +496,91 @@ fn diverged_error(runs: Vec<String>, total: usize, report: &str) -> Result<(), S
     })
 }
 
+/// `out`'s folder ("." for a relative name without one).
+fn parent_of(out: &Path) -> &Path {
+    out.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Whether `dir` holds a reproduction's REPORT.md (not any report: `dst report --out` may
+/// write one there).
+fn holds_reproduction_report(dir: &Path) -> bool {
+    std::fs::read(dir.join("REPORT.md")).is_ok_and(|b| b.starts_with(REPRODUCE_HEADER.as_bytes()))
+}
+
+/// The subfolders of `dir`.
+fn subfolders(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Where `out` is a reproduction's folder of one model's runs (`runs/table1/lenet300`: a
+/// sweep's layout) or of its charts: that folder's name.
+fn reproduction_part(out: &Path) -> Option<&str> {
+    let models = || crate::models::MODELS.iter().map(|m| m.name);
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| *n == "charts" || models().any(|m| m == *n))?;
+    let parent = parent_of(out);
+    let inside = holds_reproduction_report(parent)
+        || if name == "charts" {
+            models().any(|m| out.join(m).is_dir() && parent.join(m).is_dir())
+        } else {
+            parent.join("charts").join(name).is_dir()
+        };
+    inside.then_some(name)
+}
+
+/// What of a reproduction lies in `out`: its REPORT.md, its charts/<model>/ folders, or its
+/// runs a level down.
+fn reproduction_in(out: &Path) -> Option<String> {
+    if holds_reproduction_report(out) {
+        return Some("REPORT.md".to_string());
+    }
+    let charts = crate::models::MODELS
+        .iter()
+        .map(|m| out.join("charts").join(m.name))
+        .find(|d| d.is_dir());
+    charts.map(|d| d.display().to_string()).or_else(|| {
+        subfolders(out).into_iter().find_map(|c| {
+            let runs_below = !report::is_run_folder(&c)
+                && subfolders(&c).iter().any(|r| report::is_run_folder(r));
+            runs_below.then(|| format!("runs in {}", c.display()))
+        })
+    })
+}
+
+/// What of a sweep lies in `out`: its report, table or chart, or a run in it.
+fn sweep_in(out: &Path) -> Option<String> {
+    ["sweep.md", "sweep.csv", "sweep.png"]
+        .into_iter()
+        .find(|f| out.join(f).exists())
+        .map(str::to_string)
+        .or_else(|| {
+            subfolders(out)
+                .into_iter()
+                .find(|c| report::is_run_folder(c))
+                .map(|c| format!("the run {}", c.display()))
+        })
+}
+
+/// A study's Markdown report at `path` (`header` its first line) is dst's own to replace.
+fn check_report(path: &Path, header: &str, what: &str) -> Result<(), ReportError> {
+    report::check_own_text(path, Own::Markdown { header }, what)
+}
+
 /// A study's report checked again just before it is written, after the training: one edited
 /// meanwhile is refused, saying that the runs are kept.
 fn still_own(path: &Path, header: &str, what: &str) -> Result<(), ReportError> {
-    report::check_own_text(path, Own::Markdown { header }, what).map_err(|e| match e {
+    check_report(path, header, what).map_err(|e| match e {
         ReportError::Refused { path, reason } => ReportError::Refused {
             path,
             // Not "pick another --out": the runs are here.
@@ -565,78 +640,16 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
             "holds a dataset's files: a study's runs go into a folder of their own; pick another --out",
         ));
     }
-    let children: Vec<PathBuf> = std::fs::read_dir(out)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_dir())
-                .collect()
-        })
-        .unwrap_or_default();
-    // What of the other kind of study lies there: its report, or runs at its depth.
+    if let Some(m) = reproduction_part(out).filter(|_| kind == Study::Sweep) {
+        return Err(refuse(&format!(
+            "is the {m} folder of the `dst reproduce` study in {}: a sweep's runs go into a \
+             folder of their own, or that study's report would take them in; pick another --out",
+            parent_of(out).display()
+        )));
+    }
     let other = match kind {
-        Study::Sweep => {
-            // A reproduction's folder of one model's runs (`runs/table1/lenet300`: a sweep's
-            // layout) or of its charts, inside the other study.
-            let model = out
-                .file_name()
-                .and_then(|n| n.to_str())
-                .filter(|n| *n == "charts" || crate::models::MODELS.iter().any(|m| m.name == *n));
-            if let Some(m) = model {
-                let parent = out
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."));
-                let reproduction = std::fs::read(parent.join("REPORT.md"))
-                    .is_ok_and(|b| b.starts_with(REPRODUCE_HEADER.as_bytes()))
-                    || (m != "charts" && parent.join("charts").join(m).is_dir())
-                    || (m == "charts"
-                        && crate::models::MODELS
-                            .iter()
-                            .any(|x| out.join(x.name).is_dir() && parent.join(x.name).is_dir()));
-                if reproduction {
-                    return Err(refuse(&format!(
-                        "is the {m} folder of the `dst reproduce` study in {}: a sweep's runs go \
-                         into a folder of their own, or that study's report would take them in; \
-                         pick another --out",
-                        parent.display()
-                    )));
-                }
-            }
-            // A reproduction's REPORT.md (not any report: `dst report --out` may write one
-            // there), its charts/<model>/ folders, or its runs a level down.
-            let report = out.join("REPORT.md");
-            let reproduction =
-                std::fs::read(&report).is_ok_and(|b| b.starts_with(REPRODUCE_HEADER.as_bytes()));
-            let charts = crate::models::MODELS
-                .iter()
-                .map(|m| out.join("charts").join(m.name))
-                .find(|d| d.is_dir());
-            reproduction
-                .then(|| "REPORT.md".to_string())
-                .or_else(|| charts.map(|d| d.display().to_string()))
-                .or_else(|| {
-                    children.iter().find_map(|c| {
-                        let runs_below = !report::is_run_folder(c)
-                            && std::fs::read_dir(c).is_ok_and(|d| {
-                                d.flatten().any(|e| report::is_run_folder(&e.path()))
-                            });
-                        runs_below.then(|| format!("runs in {}", c.display()))
-                    })
-                })
-                .map(|what| ("`dst reproduce`", what))
-        }
-        Study::Reproduce => ["sweep.md", "sweep.csv", "sweep.png"]
-            .into_iter()
-            .find(|f| out.join(f).exists())
-            .map(str::to_string)
-            .or_else(|| {
-                children
-                    .iter()
-                    .find(|c| report::is_run_folder(c))
-                    .map(|c| format!("the run {}", c.display()))
-            })
-            .map(|what| ("`dst sweep`", what)),
+        Study::Sweep => reproduction_in(out).map(|what| ("`dst reproduce`", what)),
+        Study::Reproduce => sweep_in(out).map(|what| ("`dst sweep`", what)),
     };
     if let Some((study, what)) = other {
         return Err(refuse(&format!(
@@ -787,11 +800,9 @@ pub fn reproduce(
 ) -> Result<PathBuf, StudyError> {
     r.check()?;
     check_study_folder(out, Study::Reproduce)?;
-    report::check_own_text(
+    check_report(
         &out.join("REPORT.md"),
-        Own::Markdown {
-            header: REPRODUCE_HEADER,
-        },
+        REPRODUCE_HEADER,
         "a `dst reproduce` report",
     )?;
     let grid = r.runs(out)?;
