@@ -104,6 +104,17 @@ pub(crate) fn header_len(
     })
 }
 
+/// What safetensors' error says of a file: its tensors not ending where the file does (bytes cut
+/// off or added after them), or other damage.
+pub fn damage(e: &safetensors::SafeTensorError) -> String {
+    match e {
+        safetensors::SafeTensorError::MetadataIncompleteBuffer => {
+            "truncated, or bytes added after it? its tensors do not end where the file does".into()
+        }
+        e => format!("truncated or damaged? {e}"),
+    }
+}
+
 /// The first characters of `bytes`, escaped, when they read as text (UTF-8 without control
 /// characters other than tab, CR and LF); `whole`: `bytes` is the whole file (no "..." after).
 fn text_start(bytes: &[u8], whole: bool) -> Option<String> {
@@ -352,7 +363,7 @@ impl Checkpoint {
         header_len(path, &data[..data.len().min(PREFIX)], data.len() as u64)?;
         let fmt = |e: safetensors::SafeTensorError| CheckpointError::Format {
             path: path.to_path_buf(),
-            reason: format!("truncated or damaged? {e}"),
+            reason: damage(&e),
         };
         let (_, header) = SafeTensors::read_metadata(&data).map_err(fmt)?;
         let metadata = header.metadata().clone().unwrap_or_default();
@@ -453,7 +464,7 @@ pub fn file_in_the_way(path: &Path) -> Option<PathBuf> {
 /// Whether `write_atomic(path, ..)` can create its temporary file beside `path`: creates and
 /// removes it, so that a command finds a read-only folder before its work, not after.
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
-    let tmp = temporary_beside(path);
+    let tmp = temporary_beside(&link_target(path));
     std::fs::File::create(&tmp)?;
     std::fs::remove_file(&tmp)
 }
@@ -472,14 +483,32 @@ fn temporary_beside(path: &Path) -> PathBuf {
     }
 }
 
-/// Writes `data` to `path` through a temporary file in the same folder and a rename.
+/// The file `write_atomic(path, ..)` replaces: the one a symbolic link at `path` points to (the
+/// link is kept), else `path`.
+fn link_target(path: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
+/// Writes `data` to `path` through a temporary file in the same folder and a rename. A file
+/// replaced keeps its permissions (a read-only one stays read-only); a symbolic link at `path`
+/// stays one, and the file it points to is replaced.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    let path = &link_target(path);
     let tmp = temporary_beside(path);
+    let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        if let Some(p) = permissions {
+            std::fs::set_permissions(&tmp, p)?;
+        }
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {

@@ -125,7 +125,8 @@ enum Command {
         /// An export file (`dst export` writes it).
         file: PathBuf,
         /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
-        /// (raw or .gz; default: the embedded subset), CIFAR-10's test_batch.bin (required).
+        /// (raw or .gz), CIFAR-10's test_batch.bin; default: the folder the run trained on (the
+        /// export records it), else the embedded MNIST subset.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Images per batch of sparse inference (LeNet-300-100, LeNet-5; the other models run
@@ -145,7 +146,8 @@ enum Command {
         /// An export file (`dst export` writes it).
         file: PathBuf,
         /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
-        /// (raw or .gz; default: the embedded subset), CIFAR-10's test_batch.bin (required).
+        /// (raw or .gz), CIFAR-10's test_batch.bin; default: the folder the run trained on (the
+        /// export records it), else the embedded MNIST subset.
         #[arg(long)]
         data: Option<PathBuf>,
         /// Samples timed per batch size and mode (at least 3 batches; the models without sparse
@@ -1623,33 +1625,12 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(w) = dst::checkpoint::foreign_to_its_folder(&ck, &checkpoint) {
         eprintln!("warning: {w}");
     }
-    // Without --data: the folder the run trained on (its checkpoint's config records it), so
-    // that eval scores the test set the run scored; the embedded subset where the run had none,
-    // or where its folder has gone (said so).
+    // Without --data: the folder the run trained on (its checkpoint's config records it).
     let recorded = ck
         .meta("config")
         .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
         .and_then(|c| c["data"].as_str().map(PathBuf::from));
-    let data = match (data, recorded) {
-        (Some(d), _) => Some(d),
-        (None, Some(r)) if r.is_dir() => {
-            eprintln!(
-                "note: no --data: the test set of {}, which the run trained on (give --data for \
-                 another)",
-                r.display()
-            );
-            Some(r)
-        }
-        (None, Some(r)) => {
-            eprintln!(
-                "warning: the run trained on {}, which is not there now; give --data with its \
-                 test files to score what it scored",
-                r.display()
-            );
-            None
-        }
-        (None, None) => None,
-    };
+    let data = dst::export::infer::data_folder(data.as_deref(), recorded.as_deref(), "the run");
     // The checkpoint's model decides the dataset. Only the test set is scored: an MNIST folder
     // needs only its two test files (t10k-*), a CIFAR-10 one its test_batch.bin, as for
     // `dst infer`. `what` names the data in the result line.

@@ -838,6 +838,27 @@ fn fetch_archive_respects_an_existing_folder() {
         )
     );
     assert_eq!(entries(&busy), vec!["data_batch_1.bin"]);
+    // Nor MNIST into a run's folder.
+    let run = parent.join("a-run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("metrics.jsonl"), b"{}\n").unwrap();
+    let err = fetch::fetch(
+        &run,
+        std::slice::from_ref(&server.base),
+        &fetch::MNIST_FILES,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} holds a dst run (its checkpoint or metrics log); MNIST goes into a folder of its \
+             own: choose another --to",
+            run.display()
+        )
+    );
+    assert_eq!(entries(&run), vec!["metrics.jsonl"]);
+    std::fs::remove_dir_all(&run).unwrap();
     assert!(
         server.hits().is_empty(),
         "no download for an occupied folder"

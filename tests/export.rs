@@ -653,7 +653,7 @@ fn bad_exports_are_refused_before_any_gpu_work() {
     std::fs::write(at("short"), &bytes[..bytes.len() - 100]).unwrap();
     refused(
         export::load(&at("short")).map_err(|e| e.to_string()),
-        "truncated or damaged",
+        "truncated, or bytes added after it?",
     );
     std::fs::write(at("tiny"), &bytes[..5]).unwrap();
     refused(
@@ -1639,4 +1639,119 @@ fn evaluation_in_chunks_reports_progress_and_the_same_figures() {
         .collect();
     assert!(want.len() > 1, "batch {b}");
     assert_eq!(seen, want);
+}
+
+/// An export remembers the data folder its run trained on: `dst infer` without `--data` scores
+/// that folder's test set (said so), as `dst eval` does, and the embedded subset with a warning
+/// once the folder has gone. An export written where one was keeps that file's permissions and a
+/// symbolic link there; `--out` naming a folder, and bytes added after an export, are named.
+#[test]
+fn infer_scores_the_runs_own_test_set_and_exports_replace_files_in_place() {
+    let ck_path = {
+        let _g = serial();
+        checkpoint("lenet300", 640)
+    };
+    let dir = tmp("trained-on");
+    let data = dir.join("mnist-small");
+    std::fs::create_dir_all(&data).unwrap();
+    write_idx(&data, TEST, 40, 28, 28);
+    let mut ck = Checkpoint::load(&ck_path).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(ck.meta("config").unwrap()).unwrap();
+    config["data"] = data.to_str().unwrap().into();
+    ck.metadata.insert("config".into(), config.to_string());
+    let run_ck = dir.join("checkpoint.safetensors");
+    ck.save(&run_ck).unwrap();
+    let out = dir.join("model.safetensors");
+    export::export(&run_ck, Layout::Csr, &out).unwrap();
+    let e = export::load(&out).unwrap();
+    assert_eq!(e.data.as_deref(), data.to_str());
+    // The embedded run's export records none.
+    let (plain, _) = export_to(&ck_path, Layout::Csr, &dir.join(""));
+    assert_eq!(export::load(&plain).unwrap().data, None);
+
+    let file = out.to_str().unwrap();
+    let (ok, stdout, err) = {
+        let _g = serial();
+        dst_cli(&["infer", file])
+    };
+    let d = data.display();
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "note: no --data: the test set of {d}, which the exported run trained on"
+        )),
+        "{err}"
+    );
+    assert!(
+        stdout.contains(&format!("on the 40 test images of MNIST in {d}")),
+        "{stdout}"
+    );
+    let gone = dir.join("moved");
+    std::fs::rename(&data, &gone).unwrap();
+    let (ok, stdout, err) = {
+        let _g = serial();
+        dst_cli(&["infer", file])
+    };
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: the exported run trained on {d}, which is not there now"
+        )),
+        "{err}"
+    );
+    assert!(stdout.contains("embedded MNIST subset"), "{stdout}");
+    // --data wins, with no note.
+    let (ok, stdout, err) = {
+        let _g = serial();
+        dst_cli(&["infer", file, "--data", gone.to_str().unwrap()])
+    };
+    assert!(ok && !err.contains("no --data"), "{err}");
+    assert!(stdout.contains("on the 40 test images"), "{stdout}");
+
+    // Replaced in place: a read-only export stays read-only, a link stays a link.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mut p = std::fs::metadata(&out).unwrap().permissions();
+        p.set_mode(0o444);
+        std::fs::set_permissions(&out, p).unwrap();
+        export::export(&run_ck, Layout::Dense, &out).unwrap();
+        let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o444);
+        assert_eq!(export::load(&out).unwrap().layout, Layout::Dense);
+        let link = dir.join("link.safetensors");
+        std::os::unix::fs::symlink(&out, &link).unwrap();
+        let mut p = std::fs::metadata(&out).unwrap().permissions();
+        p.set_mode(0o644);
+        std::fs::set_permissions(&out, p).unwrap();
+        export::export(&run_ck, Layout::Csr, &link).unwrap();
+        assert!(std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(export::load(&out).unwrap().layout, Layout::Csr);
+    }
+
+    // --out ending in a slash, with nothing there or an export there.
+    for slash in [
+        format!("{}/", dir.join("new").display()),
+        format!("{file}/"),
+    ] {
+        let err = export::export(&run_ck, Layout::Csr, Path::new(&slash))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("names a folder; give the export file's path"),
+            "{err}"
+        );
+    }
+    assert!(!dir.join("new").exists());
+
+    // Bytes after the tensors: named as such, not only as a cut.
+    let mut bytes = std::fs::read(&out).unwrap();
+    bytes.extend(b"junk\n");
+    let longer = dir.join("longer.safetensors");
+    std::fs::write(&longer, &bytes).unwrap();
+    let err = export::load(&longer).unwrap_err().to_string();
+    assert!(err.contains("bytes added after it"), "{err}");
 }

@@ -189,7 +189,7 @@ fn damaged_inputs_and_missing_folders_are_named() {
     let err = Checkpoint::load(&cut).unwrap_err().to_string();
     assert_mentions(
         &err,
-        &["not a valid safetensors file (truncated or damaged?"],
+        &["not a valid safetensors file (truncated, or bytes added after it?"],
     );
 
     std::fs::write(&ck, "# notes, not a checkpoint at all\n").unwrap();

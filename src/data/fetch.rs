@@ -280,6 +280,17 @@ pub fn fetch(
             dataset: "MNIST",
         });
     }
+    // Nor into a run's folder (its checkpoint or log there).
+    let run = crate::train::RunDir {
+        dir: to.to_path_buf(),
+    };
+    if to.is_dir() && run.holds_run() {
+        return Err(FetchError::HoldsOther {
+            dir: to.display().to_string(),
+            found: "a dst run (its checkpoint or metrics log)",
+            dataset: "MNIST",
+        });
+    }
     let made = first_missing(to);
     fs::create_dir_all(to).map_err(|source| FetchError::CreateDir {
         dir: to.display().to_string(),

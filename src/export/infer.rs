@@ -1047,7 +1047,12 @@ pub fn run(
     }
     let export = super::load(file)?;
     let sparse = has_sparse(&export.model);
-    let test = test_set(&export.model, data)?;
+    let data = data_folder(
+        data,
+        export.data.as_deref().map(std::path::Path::new),
+        "the exported run",
+    );
+    let test = test_set(&export.model, data.as_deref())?;
     check_test_set(&export.model, &test)?;
     // Built before the adapter opens: an export without the model's tensors fails here.
     let dense = if sparse {
@@ -1141,6 +1146,38 @@ pub fn run(
     Ok(())
 }
 
+/// The data folder `dst eval`, `dst infer` and `dst bench-infer` read: `given` (`--data`), else
+/// the folder the run trained on (`trained_on`: its checkpoint's config, an export's metadata),
+/// said so, so that they score the test set the run scored; none (the embedded subset) where the
+/// run had none, or where its folder has gone (warned about). `run` names the run ("the run",
+/// "the exported run").
+pub fn data_folder(
+    given: Option<&std::path::Path>,
+    trained_on: Option<&std::path::Path>,
+    run: &str,
+) -> Option<std::path::PathBuf> {
+    match (given, trained_on) {
+        (Some(d), _) => Some(d.to_path_buf()),
+        (None, Some(r)) if r.is_dir() => {
+            eprintln!(
+                "note: no --data: the test set of {}, which {run} trained on (give --data for \
+                 another)",
+                r.display()
+            );
+            Some(r.to_path_buf())
+        }
+        (None, Some(r)) => {
+            eprintln!(
+                "warning: {run} trained on {}, which is not there now; give --data with its test \
+                 files to score what it scored",
+                r.display()
+            );
+            None
+        }
+        (None, None) => None,
+    }
+}
+
 /// The test set of `model`'s dataset (`dst infer`, `dst eval`): MNIST as `load_test` (the
 /// embedded subset's without `data`), CIFAR-10's `test_batch.bin` in `data` (required: no
 /// CIFAR-10 images are embedded). A folder of the other dataset is named as such, with `model`
@@ -1187,6 +1224,12 @@ pub fn bench(
     routes: Option<AdapterClass>,
 ) -> anyhow::Result<()> {
     let export = super::load(file)?;
+    let data = data_folder(
+        data,
+        export.data.as_deref().map(std::path::Path::new),
+        "the exported run",
+    );
+    let data = data.as_deref();
     if !has_sparse(&export.model) {
         let flag = if profile { "--profile" } else { "--routes" };
         anyhow::ensure!(

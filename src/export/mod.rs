@@ -379,6 +379,9 @@ pub struct Export {
     pub model: String,
     pub layout: Layout,
     pub entries: Vec<Entry>,
+    /// The data folder the run trained on (its config's `data`; metadata `data`), where it had
+    /// one: `dst infer` scores that folder's test set by default, as `dst eval` does.
+    pub data: Option<String>,
 }
 
 impl Export {
@@ -501,10 +504,15 @@ pub fn from_checkpoint(
         };
         entries.insert(at, Entry { name, shape, value });
     }
+    let data = ck
+        .meta("config")
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .and_then(|c| c["data"].as_str().map(str::to_string));
     let export = Export {
         model: model.clone(),
         layout,
         entries,
+        data,
     };
     let report = ExportReport {
         model,
@@ -624,6 +632,12 @@ pub fn size_note(file: u64, dense: u64, layout: Layout) -> String {
 /// `export`'s guard on its output path (see there).
 fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
     let Ok(meta) = std::fs::metadata(out) else {
+        if out.as_os_str().to_string_lossy().ends_with('/') {
+            return Err(invalid(
+                out,
+                "names a folder; give the export file's path (e.g. model.safetensors)",
+            ));
+        }
         // Nothing there: its folder must exist (as `dst infer --out` asks), checked before any
         // work.
         let parent = out.parent().filter(|p| !p.as_os_str().is_empty());
@@ -800,6 +814,9 @@ pub fn serialize(export: &Export) -> Result<Vec<u8>, String> {
             );
         }
     }
+    if let Some(d) = &export.data {
+        meta.insert("data".into(), d.clone());
+    }
     meta.insert(
         "dense_f32_bytes".into(),
         export.dense_f32_bytes().to_string(),
@@ -853,7 +870,8 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
     })?;
     let (_, header) = SafeTensors::read_metadata(data).map_err(|e| {
         bad(format!(
-            "not a valid safetensors file (truncated or damaged?): {e}"
+            "not a valid safetensors file ({})",
+            crate::checkpoint::damage(&e)
         ))
     })?;
     let meta = header.metadata().clone().unwrap_or_default();
@@ -877,7 +895,8 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
     }
     let st = SafeTensors::deserialize(data).map_err(|e| {
         bad(format!(
-            "not a valid safetensors file (truncated or damaged?): {e}"
+            "not a valid safetensors file ({})",
+            crate::checkpoint::damage(&e)
         ))
     })?;
     let mut map = BTreeMap::new();
@@ -1026,5 +1045,6 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
         model,
         layout,
         entries,
+        data: meta.get("data").cloned(),
     })
 }
