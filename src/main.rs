@@ -43,9 +43,8 @@ enum Command {
     Train(TrainArgs),
     /// Test accuracy and per-layer keep ratios of a checkpoint.
     Eval {
-        /// The checkpoint, or the folder of the run that holds it.
-        #[arg(long)]
-        checkpoint: PathBuf,
+        #[command(flatten)]
+        checkpoint: CheckpointArg,
         /// Folder of the checkpoint's dataset (MNIST: the two test files t10k-images-idx3-ubyte
         /// and t10k-labels-idx1-ubyte, .gz or raw; CIFAR-10: test_batch.bin); default: the
         /// folder the run trained on (its checkpoint records it), else the embedded MNIST subset.
@@ -108,8 +107,8 @@ enum Command {
     /// Export a checkpoint's masked model as safetensors with PyTorch's names: dense (zeros where
     /// the mask is 0) or csr (crow_indices / col_indices / values per masked layer).
     Export {
-        /// The checkpoint, or the folder of the run that holds it.
-        checkpoint: PathBuf,
+        #[command(flatten)]
+        checkpoint: CheckpointArg,
         /// dense or csr.
         #[arg(long, default_value = "csr")]
         format: String,
@@ -179,8 +178,8 @@ enum Command {
     /// neuron masks (LeNet-300-100), filters and masks (LeNet-5, and the CIFAR-10 models' RGB
     /// filters), per-gate pixel columns (LSTM).
     Masks {
-        /// The checkpoint, or the folder of the run that holds it.
-        checkpoint: PathBuf,
+        #[command(flatten)]
+        checkpoint: CheckpointArg,
         /// Where the PNGs go [default: the checkpoint's folder].
         #[arg(long)]
         out: Option<PathBuf>,
@@ -236,6 +235,30 @@ enum Command {
     },
 }
 
+/// The checkpoint `eval`, `export` and `masks` read, given either way: `dst eval RUN` or
+/// `dst eval --checkpoint RUN`.
+#[derive(clap::Args, Clone)]
+struct CheckpointArg {
+    /// The checkpoint, or the folder of the run that holds it.
+    #[arg(
+        value_name = "CHECKPOINT",
+        required_unless_present = "checkpoint",
+        conflicts_with = "checkpoint"
+    )]
+    path: Option<PathBuf>,
+    /// The same, as an option.
+    #[arg(long, value_name = "CHECKPOINT")]
+    checkpoint: Option<PathBuf>,
+}
+
+impl CheckpointArg {
+    fn path(self) -> PathBuf {
+        self.path
+            .or(self.checkpoint)
+            .expect("clap asks for one of the two")
+    }
+}
+
 #[derive(clap::Args, Clone)]
 struct SweepArgs {
     /// The model of every run (`dst info` lists them).
@@ -264,7 +287,8 @@ struct SweepArgs {
     /// Batch size of every run [default: the model's].
     #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
-    /// Learning rate of every run [default: the model's].
+    /// Learning rate of every run [default: the model's; with another --optimizer than the
+    /// model's, 1e-3 for Adam, 0.01 for SGD].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// SGD momentum [default: the model's].
@@ -318,7 +342,8 @@ struct TrainArgs {
     #[arg(long, allow_negative_numbers = true)]
     batch: Option<usize>,
     /// Learning rate [default: the model's: 0.01 (SGD) for the LeNets, 1e-3 (Adam) for the LSTMs,
-    /// 0.1 (SGD) for the CIFAR-10 models].
+    /// 0.1 (SGD) for the CIFAR-10 models; with another --optimizer than the model's, 1e-3 for
+    /// Adam, 0.01 for SGD].
     #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Epochs after which the learning rate is multiplied by --lr-gamma, comma-separated (e.g.
@@ -630,7 +655,7 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             dense,
         }) => cmd_info(model.as_deref(), batch, dense),
         Some(Command::Train(a)) => cmd_train(a, given),
-        Some(Command::Eval { checkpoint, data }) => cmd_eval(checkpoint, data),
+        Some(Command::Eval { checkpoint, data }) => cmd_eval(checkpoint.path(), data),
         Some(Command::Fetch {
             dataset,
             to,
@@ -659,7 +684,7 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             checkpoint,
             format,
             out,
-        }) => dst::export::run(&checkpoint, &format, &out),
+        }) => dst::export::run(&checkpoint.path(), &format, &out),
         Some(Command::Infer {
             file,
             data,
@@ -684,7 +709,7 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             dst::export::infer::bench(&file, data.as_deref(), &batches, samples, profile, routes)
         }
         Some(Command::Plot { runs, out }) => cmd_plot(&runs, out),
-        Some(Command::Masks { checkpoint, out }) => cmd_masks(&checkpoint, out),
+        Some(Command::Masks { checkpoint, out }) => cmd_masks(&checkpoint.path(), out),
         Some(Command::Sweep(a)) => cmd_sweep(a),
         Some(Command::Reproduce {
             table,
@@ -854,15 +879,20 @@ fn cmd_masks(checkpoint: &std::path::Path, out: Option<PathBuf>) -> anyhow::Resu
 
 fn cmd_sweep(a: SweepArgs) -> anyhow::Result<()> {
     let d = TrainConfig::for_model(&a.model)?;
-    check_momentum(a.optimizer.as_deref().unwrap_or(&d.optimizer), a.momentum)?;
+    let optimizer = a.optimizer.clone().unwrap_or(d.optimizer.clone());
+    check_momentum(&optimizer, a.momentum)?;
+    let (lr, note) = learning_rate(a.lr, &d, &optimizer);
+    if let Some(n) = note {
+        eprintln!("{n}");
+    }
     let base = TrainConfig {
         model: a.model.clone(),
         epochs: a.epochs.unwrap_or(d.epochs),
         batch: a.batch.unwrap_or(d.batch),
-        lr: a.lr.unwrap_or(d.lr),
+        lr,
         momentum: a.momentum.unwrap_or(d.momentum),
         weight_decay: a.weight_decay.unwrap_or(d.weight_decay),
-        optimizer: a.optimizer.clone().unwrap_or(d.optimizer.clone()),
+        optimizer,
         data: a.data.clone(),
         log_every: a.log_every,
         limit_train: a.limit_train,
@@ -1014,6 +1044,25 @@ fn check_momentum(optimizer: &str, momentum: Option<f64>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The learning rate: `--lr`, else the model's, or, with an `--optimizer` other than the
+/// model's, that optimiser's usual one (Adam 1e-3, SGD 0.01: the paper's for the LSTMs and the
+/// LeNets), with the note saying so.
+fn learning_rate(given: Option<f64>, d: &TrainConfig, optimizer: &str) -> (f64, Option<String>) {
+    if let Some(lr) = given {
+        return (lr, None);
+    }
+    if optimizer == d.optimizer {
+        return (d.lr, None);
+    }
+    let lr = if optimizer == "adam" { 1e-3 } else { 0.01 };
+    let note = format!(
+        "note: --optimizer {optimizer} without --lr: lr {lr}, {optimizer}'s usual rate ({}'s {} is \
+         for {}); give --lr for another",
+        d.model, d.lr, d.optimizer
+    );
+    (lr, Some(note))
+}
+
 /// The model's paper settings, overridden by the flags given.
 fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     let d = TrainConfig::for_model(&a.model)?;
@@ -1033,6 +1082,10 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     let optimizer = a.optimizer.clone().unwrap_or(d.optimizer.clone());
     check_momentum(&optimizer, a.momentum)?;
+    let (lr, note) = learning_rate(a.lr, &d, &optimizer);
+    if let Some(n) = note {
+        eprintln!("{n}");
+    }
     let lr_steps = a.lr_steps.clone().map_or(d.lr_steps, |s| s.0);
     if lr_steps.is_empty() && a.lr_gamma.is_some() {
         bail!(
@@ -1051,7 +1104,7 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
         alpha: a.alpha.unwrap_or(d.alpha),
         epochs: a.epochs.unwrap_or(d.epochs),
         batch: a.batch.unwrap_or(d.batch),
-        lr: a.lr.unwrap_or(d.lr),
+        lr,
         lr_steps,
         lr_gamma: a.lr_gamma.unwrap_or(d.lr_gamma),
         momentum: a.momentum.unwrap_or(d.momentum),
@@ -1717,6 +1770,26 @@ mod tests {
 
     /// Every option and argument of every command says what it is in `--help` (`--seed` and
     /// reproduce's `--seeds` and `--out` said nothing).
+    /// Without --lr, another optimiser than the model's takes its own usual rate, noted; the
+    /// model's own optimiser, or --lr given, takes no note.
+    #[test]
+    fn another_optimiser_takes_its_own_learning_rate() {
+        let lenet5 = TrainConfig::for_model("lenet5").unwrap();
+        let lstm = TrainConfig::for_model("lstm-a").unwrap();
+        assert_eq!(learning_rate(None, &lenet5, "sgd"), (0.01, None));
+        assert_eq!(learning_rate(Some(0.5), &lenet5, "adam"), (0.5, None));
+        let (lr, note) = learning_rate(None, &lenet5, "adam");
+        assert_eq!(lr, 1e-3);
+        assert_eq!(
+            note.unwrap(),
+            "note: --optimizer adam without --lr: lr 0.001, adam's usual rate (lenet5's 0.01 is \
+             for sgd); give --lr for another"
+        );
+        let (lr, note) = learning_rate(None, &lstm, "sgd");
+        assert_eq!((lr, note.is_some()), (0.01, true));
+        assert_eq!(learning_rate(None, &lstm, "adam"), (1e-3, None));
+    }
+
     #[test]
     fn every_option_is_described() {
         let cli = Cli::command();

@@ -317,6 +317,24 @@ fn train_then_eval_through_the_binary() {
     );
     // The adapter is named before the work: the first line on stderr.
     assert!(err.starts_with("adapter: "), "{err}");
+    // The checkpoint as the argument (as export and masks take it) reads the same; given twice
+    // it is refused.
+    let (ok, positional, err) = dst(&["eval", o]);
+    assert!(ok, "{err}");
+    assert_eq!(positional, stdout);
+    let (ok, _, err) = dst(&["eval", o, "--checkpoint", o]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let pictures = out.join("pictures");
+    std::fs::create_dir_all(&pictures).unwrap();
+    let p = pictures.to_str().unwrap();
+    let (ok, _, err) = dst(&["masks", "--checkpoint", o, "--out", p]);
+    assert!(ok, "{err}");
+    let exported = out.join("e.safetensors");
+    let e = exported.to_str().unwrap();
+    let (ok, _, err) = dst(&["export", "--checkpoint", o, "--out", e]);
+    assert!(ok && exported.is_file(), "{err}");
+    std::fs::remove_dir_all(&pictures).unwrap();
+    std::fs::remove_file(&exported).unwrap();
     // eval scores the test set only: a folder with just the two test files (as `dst infer`
     // takes) will do.
     let test_only = out.join("t10k-only");
@@ -2385,6 +2403,13 @@ fn resume_takes_the_run_folder_or_its_checkpoint() {
     assert!(std::fs::read_to_string(&metrics)
         .unwrap()
         .contains("\"epoch\":3"));
+    // A log without the lines of epochs the checkpoint has done is named, epochs listed.
+    let (ok, _, err) = dst(&["train", "--resume", o, "--epochs", "4"]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("metrics.jsonl lacks the lines of epochs 1-2, which the checkpoint has done"),
+        "{err}"
+    );
     let missing = out.join("nonexistent");
     let (ok, _, err) = dst(&["train", "--resume", missing.to_str().unwrap()]);
     assert!(!ok && err.contains("no such folder"), "{err}");

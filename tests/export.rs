@@ -1208,6 +1208,28 @@ fn lstm_exports_infer_densely_and_bench_infer_compares_evaluations() {
         "{out}"
     );
     assert_eq!(out.matches("dense, masked").count(), 4, "{out}");
+    // More --samples than test images: all of them, said so.
+    let few = tmp("lstm-few");
+    write_idx(&few, TEST, 20, 28, 28);
+    let (ok, few_out, err) = {
+        let _g = serial();
+        dst_cli(&[
+            "bench-infer",
+            p.to_str().unwrap(),
+            "--samples",
+            "50",
+            "--data",
+            few.to_str().unwrap(),
+        ])
+    };
+    assert!(ok, "{err}");
+    assert!(
+        few_out.contains(&format!(
+            "20 test images of MNIST in {} (all of them: fewer than --samples 50)",
+            few.display()
+        )),
+        "{few_out}"
+    );
     // The spread of the rounds' speed-ups is shown with the best of each mode's.
     let spread = out
         .lines()

@@ -1384,12 +1384,17 @@ fn bench_evaluation(
     let masked = Restored::new(Gpu::from_env()?, &masked_ck, file, &images)?;
     println!(
         "{} ({}) has no sparse inference kernels: the trainer's evaluation of the dense \
-         model against the masked one, batches of {}, {} of {}",
+         model against the masked one, batches of {}, {} of {}{}",
         export.model,
         export.describe(),
         dense.batch(),
         crate::report::plural(images.count, "test image"),
-        test.source
+        test.source,
+        if samples > images.count {
+            format!(" (all of them: fewer than --samples {samples})")
+        } else {
+            String::new()
+        }
     );
     println!(
         "{:>18} {:>18} {:>9} {:>12}",
