@@ -464,7 +464,7 @@ pub fn file_in_the_way(path: &Path) -> Option<PathBuf> {
 /// Whether `write_atomic(path, ..)` can create its temporary file beside `path`: creates and
 /// removes it, so that a command finds a read-only folder before its work, not after.
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
-    let tmp = temporary_beside(&link_target(path));
+    let tmp = temporary_beside(path);
     std::fs::File::create(&tmp)?;
     std::fs::remove_file(&tmp)
 }
@@ -483,23 +483,36 @@ fn temporary_beside(path: &Path) -> PathBuf {
     }
 }
 
-/// The file `write_atomic(path, ..)` replaces: the one a symbolic link at `path` points to (the
-/// link is kept), else `path`.
-fn link_target(path: &Path) -> PathBuf {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => {
-            path.canonicalize().unwrap_or_else(|_| path.to_path_buf())
-        }
-        _ => path.to_path_buf(),
-    }
+/// Where a symbolic link at `path` points (relative to the link's folder where the link is
+/// relative), whether or not that exists; `None` where `path` is not a link.
+pub fn link_target(path: &Path) -> Option<PathBuf> {
+    let to = std::fs::read_link(path).ok()?;
+    Some(match path.parent() {
+        Some(dir) if to.is_relative() => dir.join(to),
+        _ => to,
+    })
+}
+
+/// The target of a symbolic link at `path` that points to nothing: such an output is refused
+/// (writing there would make a file the link did not name, or replace the link).
+pub fn dangling_link(path: &Path) -> Option<PathBuf> {
+    link_target(path).filter(|_| std::fs::metadata(path).is_err())
+}
+
+/// `write_atomic` of a file a user names (an export, a predictions file): a symbolic link at
+/// `path` stays one, and the file it points to is replaced (its callers refuse a link to
+/// nothing before any work). A run's own files take `write_atomic`, which replaces a link.
+pub fn write_through_link(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomic(
+        &link_target(path).unwrap_or_else(|| path.to_path_buf()),
+        data,
+    )
 }
 
 /// Writes `data` to `path` through a temporary file in the same folder and a rename. A file
-/// replaced keeps its permissions (a read-only one stays read-only); a symbolic link at `path`
-/// stays one, and the file it points to is replaced.
+/// replaced keeps its permissions (a read-only one stays read-only).
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let path = &link_target(path);
     let tmp = temporary_beside(path);
     let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
     let result = (|| {

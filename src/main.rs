@@ -125,7 +125,8 @@ enum Command {
         file: PathBuf,
         /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
         /// (raw or .gz), CIFAR-10's test_batch.bin; default: the folder the run trained on (the
-        /// export records it), else the embedded MNIST subset.
+        /// export records it), else the embedded MNIST subset (a CIFAR-10 export then needs
+        /// --data).
         #[arg(long)]
         data: Option<PathBuf>,
         /// Images per batch of sparse inference (LeNet-300-100, LeNet-5; the other models run
@@ -146,12 +147,13 @@ enum Command {
         file: PathBuf,
         /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
         /// (raw or .gz), CIFAR-10's test_batch.bin; default: the folder the run trained on (the
-        /// export records it), else the embedded MNIST subset.
+        /// export records it), else the embedded MNIST subset (a CIFAR-10 export then needs
+        /// --data).
         #[arg(long)]
         data: Option<PathBuf>,
         /// Samples timed per batch size and mode (at least 3 batches; the models without sparse
         /// kernels: the first this many test images).
-        #[arg(long, default_value_t = 8192, allow_negative_numbers = true)]
+        #[arg(long, default_value_t = dst::export::infer::DEFAULT_SAMPLES, allow_negative_numbers = true)]
         samples: usize,
         /// Also time each dispatch of both modes alone, per batch size: the dispatch repeated
         /// back to back in one submission, microseconds each, the best of the rounds
@@ -1051,7 +1053,8 @@ fn learning_rate(given: Option<f64>, d: &TrainConfig, optimizer: &str) -> (f64, 
     if let Some(lr) = given {
         return (lr, None);
     }
-    if optimizer == d.optimizer {
+    // (An unknown optimiser is refused later, with the model's rate.)
+    if optimizer == d.optimizer || !matches!(optimizer, "sgd" | "adam") {
         return (d.lr, None);
     }
     let lr = if optimizer == "adam" { 1e-3 } else { 0.01 };
@@ -1768,8 +1771,6 @@ mod tests {
         assert_eq!(no_such_option(&e.render().to_string()), None);
     }
 
-    /// Every option and argument of every command says what it is in `--help` (`--seed` and
-    /// reproduce's `--seeds` and `--out` said nothing).
     /// Without --lr, another optimiser than the model's takes its own usual rate, noted; the
     /// model's own optimiser, or --lr given, takes no note.
     #[test]
@@ -1788,8 +1789,12 @@ mod tests {
         let (lr, note) = learning_rate(None, &lstm, "sgd");
         assert_eq!((lr, note.is_some()), (0.01, true));
         assert_eq!(learning_rate(None, &lstm, "adam"), (1e-3, None));
+        // An unknown one: no note (it is refused with its name later).
+        assert_eq!(learning_rate(None, &lenet5, "rmsprop"), (0.01, None));
     }
 
+    /// Every option and argument of every command says what it is in `--help` (`--seed` and
+    /// reproduce's `--seeds` and `--out` said nothing).
     #[test]
     fn every_option_is_described() {
         let cli = Cli::command();

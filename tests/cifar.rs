@@ -858,6 +858,17 @@ fn fetch_archive_respects_an_existing_folder() {
         )
     );
     assert_eq!(entries(&run), vec!["metrics.jsonl"]);
+    let err = fetch::fetch_archive(&run, std::slice::from_ref(&server.base), &spec, &mut |_| {})
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{} holds a dst run (its checkpoint or metrics log); CIFAR-10 goes into a folder of \
+             its own: choose another --to",
+            run.display()
+        )
+    );
+    assert_eq!(entries(&run), vec!["metrics.jsonl"]);
     std::fs::remove_dir_all(&run).unwrap();
     assert!(
         server.hits().is_empty(),

@@ -1529,6 +1529,13 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
     let under_file = other.join("p.csv");
     let in_the_way = format!("cannot exist: {} is a file", other.display());
     cases.push((&under_file, &in_the_way));
+    // A symbolic link to nothing (it stays as it was).
+    let dangling = dir.join("dangling.csv");
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(dir.join("nowhere.csv"), &dangling).unwrap();
+        cases.push((&dangling, "nowhere.csv, which does not exist"));
+    }
     // (Where /sys is not mounted sysfs and takes files, that case is left out.)
     let sys_refuses = std::fs::File::create("/sys/.dst-probe").is_err();
     let _ = std::fs::remove_file("/sys/.dst-probe");
@@ -1544,6 +1551,7 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
         );
     }
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
+    assert!(!dir.join("nowhere.csv").exists());
     assert_eq!(
         std::fs::read_to_string(&theirs).unwrap(),
         "index,label,prediction\nimportant\n"
@@ -1752,6 +1760,22 @@ fn infer_scores_the_runs_own_test_set_and_exports_replace_files_in_place() {
             .file_type()
             .is_symlink());
         assert_eq!(export::load(&out).unwrap().layout, Layout::Csr);
+        // A link to nothing is refused, and stays as it was.
+        let dangling = dir.join("dangling.safetensors");
+        std::os::unix::fs::symlink(dir.join("nowhere.safetensors"), &dangling).unwrap();
+        let err = export::export(&run_ck, Layout::Csr, &dangling)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a symbolic link to")
+                && err.contains("nowhere.safetensors, which does not exist"),
+            "{err}"
+        );
+        assert!(std::fs::symlink_metadata(&dangling)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert!(!dir.join("nowhere.safetensors").exists());
     }
 
     // --out ending in a slash, with nothing there or an export there.

@@ -280,17 +280,7 @@ pub fn fetch(
             dataset: "MNIST",
         });
     }
-    // Nor into a run's folder (its checkpoint or log there).
-    let run = crate::train::RunDir {
-        dir: to.to_path_buf(),
-    };
-    if to.is_dir() && run.holds_run() {
-        return Err(FetchError::HoldsOther {
-            dir: to.display().to_string(),
-            found: "a dst run (its checkpoint or metrics log)",
-            dataset: "MNIST",
-        });
-    }
+    check_not_a_run(to, "MNIST")?;
     let made = first_missing(to);
     fs::create_dir_all(to).map_err(|source| FetchError::CreateDir {
         dir: to.display().to_string(),
@@ -301,6 +291,22 @@ pub fn fetch(
         remove_made(to, made.as_deref());
     }
     result
+}
+
+/// A dataset never goes into a run's folder (its checkpoint or log there): named as such, not
+/// as a folder to remove.
+fn check_not_a_run(to: &Path, dataset: &'static str) -> Result<(), FetchError> {
+    let run = crate::train::RunDir {
+        dir: to.to_path_buf(),
+    };
+    if to.is_dir() && run.holds_run() {
+        return Err(FetchError::HoldsOther {
+            dir: to.display().to_string(),
+            found: "a dst run (its checkpoint or metrics log)",
+            dataset,
+        });
+    }
+    Ok(())
 }
 
 /// The top-most of `dir` and the folders above it that do not exist (what `create_dir_all(dir)`
@@ -634,6 +640,7 @@ pub fn fetch_archive(
         }
         None => {}
     }
+    check_not_a_run(to, spec.dataset)?;
     // The folders above `to` that a failed fetch made go again (each only if empty).
     let parent = to.parent().filter(|p| !p.as_os_str().is_empty());
     let made = parent.and_then(first_missing);

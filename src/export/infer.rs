@@ -913,6 +913,13 @@ pub const PREDICTIONS_HEADER: &str = "index,label,prediction";
 /// `dst infer --out`'s guard: `out` may be new or an earlier predictions file of `dst infer`
 /// (first line `PREDICTIONS_HEADER`...), nothing else (a folder, the export, any other file).
 fn check_predictions_out(out: &std::path::Path) -> anyhow::Result<()> {
+    if let Some(to) = crate::checkpoint::dangling_link(out) {
+        anyhow::bail!(
+            "--out {}: a symbolic link to {}, which does not exist; give a file's path",
+            out.display(),
+            to.display()
+        );
+    }
     let Ok(meta) = std::fs::metadata(out) else {
         // A new file: its folder must be there (found now, not after the inference).
         anyhow::ensure!(
@@ -1001,7 +1008,8 @@ pub fn is_predictions_file(text: &str) -> bool {
 /// `--out`'s folder takes the file (`write_atomic`'s temporary beside it): checked before the
 /// inference, which may take minutes.
 fn writable(out: &std::path::Path) -> anyhow::Result<()> {
-    crate::checkpoint::check_writable(out)
+    let file = crate::checkpoint::link_target(out).unwrap_or_else(|| out.to_path_buf());
+    crate::checkpoint::check_writable(&file)
         .map_err(|e| anyhow::anyhow!("--out {}: cannot write there: {e}", out.display()))
 }
 
@@ -1128,7 +1136,7 @@ pub fn run(
         .count();
     if let Some(out) = out {
         let csv = predictions_csv(&l, &test.images.labels, classes.max(1));
-        crate::checkpoint::write_atomic(out, csv.as_bytes())
+        crate::checkpoint::write_through_link(out, csv.as_bytes())
             .map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
     }
     println!(
@@ -1207,6 +1215,9 @@ pub fn test_set(model: &str, data: Option<&std::path::Path>) -> anyhow::Result<T
     }
 }
 
+/// `dst bench-infer`'s `--samples` unless given.
+pub const DEFAULT_SAMPLES: usize = 8192;
+
 /// Timed rounds per mode and batch size in `bench`.
 pub const ROUNDS: usize = 3;
 
@@ -1224,12 +1235,6 @@ pub fn bench(
     routes: Option<AdapterClass>,
 ) -> anyhow::Result<()> {
     let export = super::load(file)?;
-    let data = data_folder(
-        data,
-        export.data.as_deref().map(std::path::Path::new),
-        "the exported run",
-    );
-    let data = data.as_deref();
     if !has_sparse(&export.model) {
         let flag = if profile { "--profile" } else { "--routes" };
         anyhow::ensure!(
@@ -1238,6 +1243,14 @@ pub fn bench(
              (LeNet-300-100 and LeNet-5 have)",
             export.model
         );
+    }
+    let data = data_folder(
+        data,
+        export.data.as_deref().map(std::path::Path::new),
+        "the exported run",
+    );
+    let data = data.as_deref();
+    if !has_sparse(&export.model) {
         return bench_evaluation(file, &export, data, samples);
     }
     let test = load_test(data)?;
@@ -1390,7 +1403,7 @@ fn bench_evaluation(
         dense.batch(),
         crate::report::plural(images.count, "test image"),
         test.source,
-        if samples > images.count {
+        if samples > images.count && samples != DEFAULT_SAMPLES {
             format!(" (all of them: fewer than --samples {samples})")
         } else {
             String::new()

@@ -586,7 +586,7 @@ pub fn export(checkpoint: &Path, layout: Layout, out: &Path) -> Result<ExportRep
     }
     let (export, mut report) = from_checkpoint(&ck, checkpoint, layout)?;
     let bytes = serialize(&export).map_err(|e| invalid(out, e))?;
-    crate::checkpoint::write_atomic(out, &bytes).map_err(|source| ExportError::Io {
+    crate::checkpoint::write_through_link(out, &bytes).map_err(|source| ExportError::Io {
         path: out.to_path_buf(),
         source,
     })?;
@@ -631,6 +631,15 @@ pub fn size_note(file: u64, dense: u64, layout: Layout) -> String {
 
 /// `export`'s guard on its output path (see there).
 fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
+    if let Some(to) = crate::checkpoint::dangling_link(out) {
+        return Err(invalid(
+            out,
+            format!(
+                "a symbolic link to {}, which does not exist; give a file's path",
+                to.display()
+            ),
+        ));
+    }
     let Ok(meta) = std::fs::metadata(out) else {
         if out.as_os_str().to_string_lossy().ends_with('/') {
             return Err(invalid(
