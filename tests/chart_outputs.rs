@@ -448,7 +448,8 @@ fn report_replaces_only_its_own_reports() {
     // A table of an older dst (no target_keep column) is its own too.
     let older = dst::report::table::CSV_HEADERS[1];
     assert!(!older.contains("target_keep"));
-    std::fs::write(root.join("old.csv"), format!("{older}lenet300,false,...\n")).unwrap();
+    let old_row = "lenet300,false,0.0005,\"DST\",20,\"\",1,1,0,last,97.5,,2.5,\n";
+    std::fs::write(root.join("old.csv"), format!("{older}{old_row}")).unwrap();
     ok(
         &dst(&root, &[p("report"), p("run"), p("--out"), p("old.csv")]),
         "report --out old.csv",
@@ -464,6 +465,21 @@ fn report_replaces_only_its_own_reports() {
     ok(
         &dst(&root, &[p("report"), p("run"), p("--out"), p("old.csv")]),
         "report --out old.csv saved with CRLF",
+    );
+    // One with a line of notes added is kept, as an edited Markdown report is.
+    let noted = format!(
+        "{}checked by hand: fine\n",
+        std::fs::read_to_string(root.join("old.csv")).unwrap()
+    );
+    std::fs::write(root.join("old.csv"), &noted).unwrap();
+    refused(
+        &dst(&root, &[p("report"), p("run"), p("--out"), p("old.csv")]),
+        "report --out old.csv with notes",
+        &["old.csv", "that was changed after dst wrote it"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("old.csv")).unwrap(),
+        noted
     );
 }
 

@@ -315,6 +315,7 @@ fn tables_agree_with_the_run_summaries() {
     }
     // The CSV: one line per row and rule, same numbers.
     let csv = table::csv(&rows);
+    assert!(table::csv_as_written(&csv), "{csv}");
     let line = csv
         .lines()
         .find(|l| l.starts_with("lenet300,false,0.0005,") && l.contains(",last,"))
@@ -390,6 +391,7 @@ fn rows_keep_data_folders_apart_and_count_a_seed_once() {
     std::fs::remove_dir_all(runs_dir.join("on-a-other")).unwrap();
     let rows = table::rows(&report::load_runs(std::slice::from_ref(&runs_dir)).unwrap());
     let csv = table::csv(&rows);
+    assert!(table::csv_as_written(&csv), "{csv}");
     let line = csv.lines().find(|l| l.contains(",last,")).unwrap();
     let f: Vec<&str> = line.rsplit(',').take(4).collect();
     assert!(f[0].is_empty() && f[2].is_empty(), "{line}");

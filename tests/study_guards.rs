@@ -510,6 +510,7 @@ fn report_rows_hold_one_configuration_each() {
         "{md}"
     );
     let csv = table::csv(&rows);
+    assert!(table::csv_as_written(&csv), "{csv}");
     assert!(csv.contains("\"dense, optimizer adam, lr 0.001\""));
     // A steered row: its starting alpha and the keep it steered toward, each in its column; a
     // fixed-alpha row has no target, a dense row neither.

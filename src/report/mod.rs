@@ -301,22 +301,26 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
     };
     match own {
         Own::Csv { heads } => {
-            // The file's first bytes, as many as the longest head and its CR (fewer if it is
-            // shorter), a UTF-8 byte order mark left out; CRLF line ends (a spreadsheet's, git's
+            // Tables are small: a file far larger than any is no table of dst's.
+            if meta.len() > 64 << 20 {
+                return Err(not_ours());
+            }
+            // A UTF-8 byte order mark left out; CRLF line ends (a spreadsheet's, git's
             // autocrlf) read as LF.
-            let longest = heads.iter().map(|h| h.len()).max().unwrap_or(0) + 4;
-            let mut head = Vec::new();
-            std::fs::File::open(path)
-                .and_then(|f| {
-                    use std::io::Read;
-                    f.take(longest as u64).read_to_end(&mut head)
-                })
-                .map_err(io)?;
-            let head = as_lf(without_bom(&head));
-            if heads.iter().any(|h| head.starts_with(h.as_bytes())) {
-                Ok(())
-            } else {
-                Err(not_ours())
+            let bytes = std::fs::read(path).map_err(io)?;
+            let bytes = as_lf(without_bom(&bytes));
+            if !heads.iter().any(|h| bytes.starts_with(h.as_bytes())) {
+                return Err(not_ours());
+            }
+            // Every line must still read as one of dst's: a column, a line or words added
+            // (notes) are kept. (A number changed in place cannot be told: CSV has no room for
+            // a seal.)
+            match std::str::from_utf8(&bytes) {
+                Ok(text) if table::csv_as_written(text) => Ok(()),
+                _ => Err(refuse(format!(
+                    "is {what} that was changed after dst wrote it (a line, column or word that \
+                     dst does not write): replacing it could lose what was added{MOVE_IT}"
+                ))),
             }
         }
         Own::Markdown { header } => {

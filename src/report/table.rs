@@ -570,6 +570,91 @@ pub const CSV_HEADERS: &[&str] = &[
     "model,dense,alpha,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n",
 ];
 
+/// The records of CSV `text` (RFC 4180: fields in double quotes may hold commas, line ends and
+/// doubled quotes), each a list of its fields unquoted; `None` where a quote is left open or
+/// stray (a quote inside an unquoted field, text after a closing quote).
+fn csv_records(text: &str) -> Option<Vec<Vec<String>>> {
+    let mut records = Vec::new();
+    let mut record = Vec::new();
+    let mut field = String::new();
+    let mut chars = text.chars().peekable();
+    let mut quoted = false;
+    let mut was_quoted = false;
+    while let Some(c) = chars.next() {
+        if quoted {
+            match c {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = false,
+                c => field.push(c),
+            }
+            continue;
+        }
+        match c {
+            '"' if field.is_empty() && !was_quoted => (quoted, was_quoted) = (true, true),
+            '"' => return None,
+            ',' => {
+                record.push(std::mem::take(&mut field));
+                was_quoted = false;
+            }
+            '\n' => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+                was_quoted = false;
+            }
+            _ if was_quoted => return None,
+            c => field.push(c),
+        }
+    }
+    if quoted {
+        return None;
+    }
+    if !field.is_empty() || !record.is_empty() {
+        record.push(field);
+        records.push(record);
+    }
+    Some(records)
+}
+
+/// Whether CSV `text` (LF line ends) reads as a table `csv` writes, under one of `CSV_HEADERS`:
+/// each line has the header's columns, each field the form `csv` gives that column (a number, a
+/// flag, a seed list, a rule's key, or empty), blank lines at the end aside.
+pub fn csv_as_written(text: &str) -> bool {
+    let Some(records) = csv_records(text.trim_end_matches(['\n', ' ', '\t'])) else {
+        return false;
+    };
+    let Some((header, rows)) = records.split_first() else {
+        return false;
+    };
+    let joined = format!("{}\n", header.join(","));
+    if !CSV_HEADERS.contains(&joined.as_str()) {
+        return false;
+    }
+    let number = |f: &str| f.is_empty() || f.parse::<f64>().is_ok_and(f64::is_finite);
+    let count = |f: &str| f.is_empty() || f.parse::<usize>().is_ok();
+    rows.iter().all(|row| {
+        row.len() == header.len()
+            && header
+                .iter()
+                .zip(row)
+                .all(|(column, f)| match column.as_str() {
+                    "model" => !f.is_empty() && !f.contains(char::is_whitespace),
+                    "dense" => f == "true" || f == "false",
+                    "alpha" | "target_keep" | "acc_mean" | "acc_std" | "remaining_mean"
+                    | "remaining_std" => number(f),
+                    "epochs" | "n" | "unfinished" => count(f),
+                    "seeds" => f
+                        .split(' ')
+                        .all(|x| x.is_empty() || x.parse::<u64>().is_ok()),
+                    "rule" => f.is_empty() || Rule::ALL.iter().any(|r| r.key() == f),
+                    // `variant` and `data`: any text.
+                    _ => true,
+                })
+    })
+}
+
 /// One CSV line per row and rule: the figures in machine-readable form (a single run's standard
 /// deviations empty); a row without a finished run, one line without a rule or figures. `alpha`
 /// is a steered row's starting alpha, `target_keep` the keep ratio it steered toward.
@@ -617,4 +702,37 @@ pub fn csv(rows: &[Row]) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{csv_as_written, CSV_HEADER, CSV_HEADERS};
+
+    /// A table as `csv` writes it reads as written, under either header, with blank lines
+    /// after it; a line, a column or a word added to it does not, nor a quote left open.
+    #[test]
+    fn a_table_reads_as_written_until_edited() {
+        let rows = "lenet300,false,0.0005,0.05,\"DST target keep 5 %, reset \"\"floor\"\"\",20,\"/d/mnist, 2\",1 2 3,3,0,last,97.5,0.1,2.5,0.2\n\
+                    lenet300,true,,,\"dense\",20,\"\",1,1,0,last,98,,100,\n\
+                    lenet5,false,0.0005,,\"DST\",20,\"\",,0,2,,,,,\n";
+        let table = format!("{CSV_HEADER}{rows}");
+        assert!(csv_as_written(&table), "{table}");
+        assert!(csv_as_written(&format!("{table}\n\n")));
+        assert!(csv_as_written(CSV_HEADER));
+        let old = "lenet300,false,0.0005,\"DST\",20,\"\",1,1,0,last,97.5,,2.5,\n";
+        assert!(csv_as_written(&format!("{}{old}", CSV_HEADERS[1])));
+        for edited in [
+            format!("{table}my notes\n"),
+            format!("{table}# checked by hand, all fine\n"),
+            table.replacen(",97.5,", ",97.5 (rerun),", 1),
+            table.replacen('\n', ",notes\n", 2),
+            table.replacen(",last,", ",mine,", 1),
+            table.replacen(",true,", ",yes,", 1),
+            table.replacen("\"dense\"", "\"dense", 1),
+            table.replacen("1 2 3", "1 2 three", 1),
+            format!("{CSV_HEADER}{old}"),
+        ] {
+            assert!(!csv_as_written(&edited), "{edited}");
+        }
+    }
 }
