@@ -461,6 +461,13 @@ fn no_adapter_names_the_fix() {
             "{err}"
         );
         assert!(!err.contains("panicked"), "{err}");
+        // `info` still lists the models, which need no adapter.
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            out.contains("models (dst train --model M"),
+            args[0] == "info",
+            "{out}"
+        );
     }
 }
 

@@ -1049,6 +1049,11 @@ fn bad_report_flags_are_clear_errors() {
             ],
             "holds CIFAR-10, but lenet300 trains on MNIST",
         ),
+        // Without --model: the CIFAR-10 rows are named.
+        (
+            &["reproduce", "table1", "--data", cifar, "--out", empty],
+            "ask for the CIFAR-10 rows by name: --model vgg16 --model wrn-16-8",
+        ),
         (
             &["masks", "/nonexistent/ck.safetensors"],
             "/nonexistent/ck.safetensors",

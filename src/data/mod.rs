@@ -261,7 +261,9 @@ pub enum DataError {
         test_cols: usize,
     },
     #[error(
-        "{dir}: {why}; give the folder that holds the {dataset} files (`dst fetch` writes one)"
+        "{dir}: {why}; give the folder that holds the {dataset} files (`dst fetch {} --to {dir}` \
+         writes one)",
+        dataset.to_lowercase().replace('-', "")
     )]
     NotAFolder {
         dir: String,
