@@ -514,6 +514,8 @@ pub fn write_through_link(path: &Path, data: &[u8]) -> std::io::Result<()> {
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = temporary_beside(path);
+    // A stop at once (a second Ctrl-C, SIGTERM) while it is written removes it.
+    let _writing = crate::train::interrupt::Writing::new(&tmp);
     let permissions = std::fs::metadata(path).ok().map(|m| m.permissions());
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;

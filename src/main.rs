@@ -445,6 +445,8 @@ fn parse_lr_steps(s: &str) -> Result<LrSteps, String> {
 }
 
 fn main() -> ExitCode {
+    // Ctrl-C and SIGTERM handled from the start: a stop at once removes a half-written file.
+    train::interrupt::install();
     // A closed stdout or stderr (`dst info | head -1`) ends the program quietly, as a closed
     // pipe ends other command-line tools (status 141: 128 + SIGPIPE), instead of a panic from
     // `println!`. (Training's progress stops the run at its next log point first: `say`.)
@@ -845,6 +847,15 @@ fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
         [one] => one.dir.clone(),
         _ => PathBuf::from("plots"),
     });
+    // A run that is training draws its own charts when it ends, from its whole log: charts drawn
+    // into its folder now would be replaced then, or, drawn as it ends, replace its final ones.
+    if out.is_dir() && dst::train::in_use(&out) {
+        bail!(
+            "{} is in use by another dst process (training that run), which draws its charts \
+             when it ends; to chart it now, give --out another folder",
+            out.display()
+        );
+    }
     if runs.len() > 1 {
         for r in runs
             .iter()

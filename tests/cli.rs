@@ -2506,3 +2506,150 @@ fn a_diverged_runs_folder_says_what_it_holds() {
     assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), log);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// `kill -SIG` to the process `pid`.
+#[cfg(unix)]
+fn send(sig: &str, pid: u32) {
+    let kill = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+}
+
+/// SIGTERM (what `timeout`, systemd and batch schedulers send) stops a run at once and says how
+/// to go on, as a second Ctrl-C does; a process started ignoring SIGINT (a background job of a
+/// script) keeps ignoring it and finishes its run.
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_at_once_and_an_ignored_sigint_stays_ignored() {
+    use std::io::BufRead;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let root = empty_folder("sigterm");
+    // `signal` once stderr says "ready in"; `ignore`: the child starts with SIGINT ignored.
+    let run_with = |name: &str, args: &[&str], signal: &str, ignore: bool| {
+        let run = root.join(name);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dst"));
+        cmd.args(args)
+            .arg("--out")
+            .arg(&run)
+            .stderr(std::process::Stdio::piped());
+        if ignore {
+            // SAFETY: signal(2) is async-signal-safe, as pre_exec asks.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::signal(libc::SIGINT, libc::SIG_IGN);
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut err = String::new();
+        for l in lines.by_ref() {
+            let l = l.unwrap();
+            err.push_str(&l);
+            err.push('\n');
+            if l.starts_with("ready in") {
+                break;
+            }
+        }
+        send(signal, child.id());
+        for l in lines {
+            err.push_str(&l.unwrap());
+            err.push('\n');
+        }
+        (run, child.wait().unwrap(), err)
+    };
+    // 1250 steps to the first log point: the signal lands well before it.
+    let long = [
+        "train",
+        "--epochs",
+        "2",
+        "--batch",
+        "8",
+        "--log-every",
+        "100000",
+    ];
+    let (run, status, err) = run_with("term", &long, "TERM", false);
+    assert_eq!(status.signal(), Some(15), "{status:?}: {err}");
+    assert!(
+        err.contains("stopped at once")
+            && err.contains(&format!("dst train --resume {}", run.display())),
+        "{err}"
+    );
+    let temporaries = std::fs::read_dir(&run)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .count();
+    assert_eq!(temporaries, 0);
+    let short = ["train", "--epochs", "1", "--limit-train", "640"];
+    let (run, status, err) = run_with("ignored", &short, "INT", true);
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(
+        !err.contains("interrupt") && run.join("summary.json").is_file(),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// A study folder another process is training into is refused, by a sweep and a reproduction,
+/// and `dst plot` does not draw into a run folder that is training.
+#[test]
+fn a_study_folder_or_run_in_use_is_refused() {
+    let out = empty_folder("study-in-use");
+    let o = out.to_str().unwrap();
+    let held = std::fs::File::create(out.join(dst::train::LOCK_FILE)).unwrap();
+    held.try_lock().unwrap();
+    for args in [
+        vec![
+            "sweep",
+            "--alpha",
+            "1e-3",
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "64",
+            "--out",
+            o,
+        ],
+        vec![
+            "reproduce",
+            "table1",
+            "--quick",
+            "--seeds",
+            "1",
+            "--epochs",
+            "1",
+            "--out",
+            o,
+        ],
+    ] {
+        let (ok, _, err) = dst(&args);
+        assert!(
+            !ok && err.contains("is in use by another dst process (a study training into it)"),
+            "{args:?}: {err}"
+        );
+    }
+    drop(held);
+    // A run of its own, then plotted while "training" (its lock held here).
+    let run = out.join("run");
+    let r = run.to_str().unwrap();
+    let (ok, _, err) = dst(&["train", "--epochs", "1", "--limit-train", "64", "--out", r]);
+    assert!(ok, "{err}");
+    let held = std::fs::File::open(run.join(dst::train::LOCK_FILE)).unwrap();
+    held.try_lock().unwrap();
+    let (ok, _, err) = dst(&["plot", r]);
+    assert!(
+        !ok && err.contains("is in use by another dst process (training that run)"),
+        "{err}"
+    );
+    let elsewhere = out.join("charts");
+    let (ok, _, err) = dst(&["plot", r, "--out", elsewhere.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    drop(held);
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -440,6 +440,7 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
     for (dir, cfg) in &grid {
         check_reuse(cfg, dir)?;
     }
+    let _lock = lock_study(out)?;
     let diverged = train_grid(&grid, progress, run_name)?;
     let runs: Vec<Run> = grid
         .iter()
@@ -448,6 +449,25 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
     write_sweep_report(&runs, out)?;
     diverged_error(diverged, grid.len(), "sweep.md")?;
     Ok(runs)
+}
+
+/// Takes the study folder `out`'s lock (made if missing) for as long as the study trains and
+/// writes its report: a second study into the same folder is refused, not mixed with the first
+/// (each run has its own lock too). `None` where the file system has no locks.
+fn lock_study(out: &Path) -> Result<Option<std::fs::File>, StudyError> {
+    std::fs::create_dir_all(out).map_err(|source| TrainError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    match train::lock_run(out) {
+        Err(TrainError::InUse { .. }) => Err(TrainError::Refused(format!(
+            "{} is in use by another dst process (a study training into it); wait for it to \
+             end, or pick another --out; nothing was changed",
+            out.display()
+        ))
+        .into()),
+        r => Ok(r?),
+    }
 }
 
 /// Trains (or continues, or keeps) every run of `grid` in order, `name` labelling each in the
@@ -809,6 +829,7 @@ pub fn reproduce(
     for (dir, cfg) in &grid {
         check_reuse(cfg, dir)?;
     }
+    let _lock = lock_study(out)?;
     let diverged = train_grid(&grid, progress, |cfg| {
         format!("{} {}", cfg.model, run_name(cfg))
     })?;

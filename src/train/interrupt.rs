@@ -1,9 +1,12 @@
 //! Ctrl-C during training (and downloads). While a run trains (`Catching`), the first SIGINT
 //! only asks the loop to stop at its next log point (`requested`), where it says how to
 //! continue; a second one stops the process at once, saying how to continue too (the guard's
-//! hint), and one at any other time stops it at once as usual. `dst fetch` uses the same guard
-//! (`Catching::saying`) so that a stopped download removes what it left. Unix only: elsewhere
-//! Ctrl-C keeps its default (the run keeps its last checkpoint either way).
+//! hint), and one at any other time stops it at once as usual. SIGTERM (what `timeout`, systemd
+//! and batch schedulers send) stops it at once, with the guard's hint. `dst fetch` uses the same
+//! guard (`Catching::saying`) so that a stopped download removes what it left. A stop at once
+//! removes the temporary file being written (`Writing`), so no `.NAME.tmp-PID` is left. A
+//! signal the process was started ignoring (a background job of a script) stays ignored. Unix
+//! only: elsewhere Ctrl-C keeps its default (the run keeps its last checkpoint either way).
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
@@ -21,6 +24,46 @@ const TRAINING_FIRST: &str = "stopping at the next log point (Ctrl-C again to st
 
 /// The bytes the signal handler writes on a stop at once.
 struct Hint(Box<[u8]>);
+
+/// The temporary file being written now (`Writing`): a leaked NUL-terminated path, or null.
+static WRITING: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+
+/// While alive, a stop at once removes `path` (a temporary file `write_atomic` is writing).
+pub struct Writing(());
+
+impl Writing {
+    pub fn new(path: &std::path::Path) -> Writing {
+        install();
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let mut bytes = path.as_os_str().as_bytes().to_vec();
+            bytes.push(0);
+            // Leaked (a few bytes per file written): the handler may read it at any time.
+            let leaked: &'static mut [u8] = Box::leak(bytes.into_boxed_slice());
+            WRITING.store(leaked.as_mut_ptr(), Ordering::SeqCst);
+        }
+        Writing(())
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING.store(std::ptr::null_mut(), Ordering::SeqCst);
+    }
+}
+
+/// Removes the file `Writing` names, if any. Async-signal-safe (unlink(2)).
+#[cfg(unix)]
+fn remove_writing() {
+    let p = WRITING.load(Ordering::SeqCst);
+    if !p.is_null() {
+        // SAFETY: a non-null pointer here is a leaked NUL-terminated path, never freed.
+        unsafe {
+            libc::unlink(p.cast());
+        }
+    }
+}
 
 /// Whether Ctrl-C asked the running training to stop.
 pub fn requested() -> bool {
@@ -84,34 +127,47 @@ fn write_hint(hint: *mut Hint) {
     }
 }
 
+/// Installs the handlers of SIGINT and SIGTERM (once; `main` calls it first thing), except for
+/// a signal the process was started ignoring.
 #[cfg(unix)]
-fn install() {
+pub fn install() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let handler: extern "C" fn(libc::c_int) = on_sigint;
-        // SAFETY: the handler only touches atomics and calls async-signal-safe functions
-        // (write, signal, raise).
-        unsafe {
-            libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+        let handler: extern "C" fn(libc::c_int) = on_signal;
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: sigaction with a null new action only reads the current one; the handler
+            // only touches atomics and calls async-signal-safe functions (write, unlink,
+            // signal, raise).
+            unsafe {
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction == libc::SIG_IGN
+                {
+                    continue;
+                }
+                libc::signal(sig, handler as libc::sighandler_t);
+            }
         }
     });
 }
 
 #[cfg(not(unix))]
-fn install() {}
+pub fn install() {}
 
 #[cfg(unix)]
-extern "C" fn on_sigint(_: libc::c_int) {
-    if CATCHING.load(Ordering::SeqCst) > 0 && !REQUESTED.swap(true, Ordering::SeqCst) {
+extern "C" fn on_signal(sig: libc::c_int) {
+    let catching = CATCHING.load(Ordering::SeqCst) > 0;
+    if sig == libc::SIGINT && catching && !REQUESTED.swap(true, Ordering::SeqCst) {
         write_hint(FIRST.load(Ordering::SeqCst));
     } else {
-        if CATCHING.load(Ordering::SeqCst) > 0 {
+        if catching {
             write_hint(HINT.load(Ordering::SeqCst));
         }
+        remove_writing();
         // SAFETY: restoring the default action and re-raising is async-signal-safe.
         unsafe {
-            libc::signal(libc::SIGINT, libc::SIG_DFL);
-            libc::raise(libc::SIGINT);
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
         }
     }
 }

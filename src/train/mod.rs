@@ -346,6 +346,8 @@ pub fn train(
                 std::fs::remove_file(&f).map_err(run.io(&f))?;
             }
         }
+        // A first checkpoint cut short (a process killed while writing it) goes too.
+        remove_stale_temporaries(&run);
         notes.push(format!(
             "{} has no checkpoint yet (it stopped before its first checkpoint was written): \
              training it from the start",
@@ -804,7 +806,6 @@ fn finish(
     progress: &mut dyn Progress,
 ) -> Result<Summary> {
     let summary = summarize(cfg, session, data, history, step);
-    run.write_json(&run.summary(), &summary)?;
     if let (Some(r), false) = (cfg.target_keep, cfg.dense) {
         // A run that ends before its target epoch was told so at its start.
         if cfg.epochs >= cfg.target_epoch_or_default() {
@@ -820,10 +821,11 @@ fn finish(
     }
     if let Some(img) = session.input_mask_image(data.train.rows, data.train.cols)? {
         let path = run.dir.join("input_mask.png");
-        img.save(&path).map_err(|e| TrainError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e),
-        })?;
+        // Replaced whole (a resumed run's picture is never left cut short).
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png)
+            .map_err(|e| run.io(&path)(std::io::Error::other(e)))?;
+        crate::checkpoint::write_atomic(&path, png.get_ref()).map_err(run.io(&path))?;
         progress.line(&format!(
             "first layer's mask per input pixel: {}",
             path.display()
@@ -832,6 +834,9 @@ fn finish(
     if let Err(e) = crate::report::draw_run_charts(&run.dir) {
         progress.line(&format!("warning: charts not drawn: {e}"));
     }
+    // The summary last: it says the run is complete, so a run stopped before it (its pictures
+    // half drawn) is finished by `--resume`, which draws them again.
+    run.write_json(&run.summary(), &summary)?;
     Ok(summary)
 }
 
