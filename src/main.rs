@@ -849,7 +849,7 @@ fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
     });
     // A run that is training draws its own charts when it ends, from its whole log: charts drawn
     // into its folder now would be replaced then, or, drawn as it ends, replace its final ones.
-    if out.is_dir() && dst::train::in_use(&out) {
+    if dst::report::is_run_folder(&out) && dst::train::in_use(&out) {
         bail!(
             "{} is in use by another dst process (training that run), which draws its charts \
              when it ends; to chart it now, give --out another folder",

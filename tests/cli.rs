@@ -2518,8 +2518,9 @@ fn send(sig: &str, pid: u32) {
 }
 
 /// SIGTERM (what `timeout`, systemd and batch schedulers send) stops a run at once and says how
-/// to go on, as a second Ctrl-C does; a process started ignoring SIGINT (a background job of a
-/// script) keeps ignoring it and finishes its run.
+/// to go on, as a second Ctrl-C does, leaving no temporary file (none is being written between
+/// checkpoints: this only checks that nothing else leaves one); a process started ignoring SIGINT
+/// (a background job of a script) keeps ignoring it and finishes its run.
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_at_once_and_an_ignored_sigint_stays_ignored() {

@@ -238,6 +238,8 @@ fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), FetchError> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp: PathBuf = dest.with_file_name(format!(".{file_name}.part-{}", std::process::id()));
+    // A stop at once (a second Ctrl-C, SIGTERM) while it is written removes it.
+    let _writing = crate::train::interrupt::Writing::new(&tmp);
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;

@@ -384,7 +384,7 @@ pub(crate) enum Drawn<'a> {
 }
 
 /// A folder of a run (`dst train` writes these two there).
-pub(crate) fn is_run_folder(dir: &Path) -> bool {
+pub fn is_run_folder(dir: &Path) -> bool {
     dir.join("config.json").exists() || dir.join("metrics.jsonl").exists()
 }
 

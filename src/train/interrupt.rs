@@ -4,9 +4,11 @@
 //! hint), and one at any other time stops it at once as usual. SIGTERM (what `timeout`, systemd
 //! and batch schedulers send) stops it at once, with the guard's hint. `dst fetch` uses the same
 //! guard (`Catching::saying`) so that a stopped download removes what it left. A stop at once
-//! removes the temporary file being written (`Writing`), so no `.NAME.tmp-PID` is left. A
-//! signal the process was started ignoring (a background job of a script) stays ignored. Unix
-//! only: elsewhere Ctrl-C keeps its default (the run keeps its last checkpoint either way).
+//! removes the temporary file being written (`Writing`), so no `.NAME.tmp-PID` is left (but for
+//! a short window: where another thread takes the signal, the main thread may begin a new
+//! temporary file before the process dies; a resumed run removes those of its folder). A signal
+//! the process was started ignoring (a background job of a script) stays ignored. Unix only:
+//! elsewhere Ctrl-C keeps its default (the run keeps its last checkpoint either way).
 
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
@@ -34,6 +36,8 @@ pub struct Writing(());
 impl Writing {
     pub fn new(path: &std::path::Path) -> Writing {
         install();
+        #[cfg(not(unix))]
+        let _ = path;
         #[cfg(unix)]
         {
             use std::os::unix::ffi::OsStrExt;

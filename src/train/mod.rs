@@ -558,6 +558,12 @@ pub fn train(
         }
     }
     run.write_json(&run.config(), cfg)?;
+    // From here on (the line below says the run is ready) a Ctrl-C asks to stop at a log point.
+    let _catching = interrupt::Catching::new(&format!(
+        "{d} keeps its last checkpoint, if one was written: continue with `dst train --resume \
+         {d}` (a sweep or reproduction: run its command again)",
+        d = run.dir.display()
+    ));
     let n = data.train.count;
     progress.line(&format!(
         "ready in {:.2} s: {} train / {}{} test images on the GPU, pipelines built, plans of {} (step) and {} (eval batch) dispatches",
@@ -571,11 +577,6 @@ pub fn train(
         eval_plan.dispatches.len()
     ));
 
-    let _catching = interrupt::Catching::new(&format!(
-        "{d} keeps its last checkpoint, if one was written: continue with `dst train --resume \
-         {d}` (a sweep or reproduction: run its command again)",
-        d = run.dir.display()
-    ));
     let mut saved = epoch0; // the epoch of the checkpoint on disk (0: none)
     for epoch in epoch0 + 1..=cfg.epochs {
         let t0 = Instant::now();
@@ -795,7 +796,8 @@ pub fn train(
     finish(cfg, &session, &data, &history, step, &run, progress)
 }
 
-/// The end of a run: summary.json, the first layer's input mask picture and the charts.
+/// The end of a run: the first layer's input mask picture and the charts, then summary.json,
+/// which says the run is complete.
 fn finish(
     cfg: &TrainConfig,
     session: &Session,
