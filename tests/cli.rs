@@ -1177,7 +1177,26 @@ fn logged(dir: &std::path::Path) -> (Vec<u64>, Vec<u64>) {
     (epochs, steps)
 }
 
+/// The binary, to be sent Ctrl-C or SIGTERM: both at their default action in it whatever this
+/// test process inherited (a suite started in the background of a script ignores SIGINT, and
+/// dst keeps a signal ignored that it was started ignoring).
+#[cfg(unix)]
+fn interruptible() -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dst"));
+    // SAFETY: signal(2) is async-signal-safe, as pre_exec asks.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    cmd
+}
+
 /// Ctrl-C (SIGINT) to the process `pid`.
+#[cfg(unix)]
 fn sigint(pid: u32) {
     let kill = Command::new("kill")
         .args(["-INT", &pid.to_string()])
@@ -1188,8 +1207,9 @@ fn sigint(pid: u32) {
 
 /// `dst ARGS --out RUN` stopped by Ctrl-C as soon as RUN holds `wait_for`: its stderr, once it
 /// exited with status 130.
+#[cfg(unix)]
 fn stopped_by_ctrl_c(run: &std::path::Path, args: &[&str], wait_for: &str) -> String {
-    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
+    let child = interruptible()
         .args(args)
         .arg("--out")
         .arg(run)
@@ -1213,6 +1233,7 @@ fn stopped_by_ctrl_c(run: &std::path::Path, args: &[&str], wait_for: &str) -> St
 
 /// `dst train --epochs 200 --limit-train 640 EXTRA --out RUN` stopped by Ctrl-C as soon as its
 /// first checkpoint is there: its stderr, once it exited with status 130.
+#[cfg(unix)]
 fn train_interrupted_after_first_checkpoint(run: &std::path::Path, extra: &[&str]) -> String {
     let mut args = vec!["train", "--epochs", "200", "--limit-train", "640"];
     args.extend(extra);
@@ -1776,7 +1797,7 @@ fn a_second_ctrl_c_stops_at_once_and_says_how_to_go_on() {
     let run = root.join("run");
     // 1250 steps (the embedded subset's 10,000 images in batches of 8) to the first log point:
     // both signals land well before it, 50 ms apart.
-    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
+    let child = interruptible()
         .args([
             "train",
             "--epochs",
@@ -1847,7 +1868,7 @@ fn ctrl_c_stops_a_fetch_and_leaves_nothing() {
         ("cifar10", "cifar-10-binary.tar.gz: downloading"),
     ] {
         let to = root.join("made").join(dataset);
-        let child = Command::new(env!("CARGO_BIN_EXE_dst"))
+        let child = interruptible()
             .args(["fetch", dataset, "--mirror", &base, "--to"])
             .arg(&to)
             .stderr(std::process::Stdio::piped())
@@ -1877,7 +1898,7 @@ fn ctrl_c_stops_a_fetch_and_leaves_nothing() {
 #[test]
 fn ctrl_c_while_a_sweeps_run_sets_up_says_how_to_go_on() {
     let root = empty_folder("int-sweep");
-    let child = Command::new(env!("CARGO_BIN_EXE_dst"))
+    let child = interruptible()
         .args(["sweep", "--alpha", "5e-4", "--no-dense", "--epochs", "50"])
         .args(["--limit-train", "640", "--log-every", "2", "--out"])
         .arg(root.join("sw"))
@@ -2530,7 +2551,7 @@ fn sigterm_stops_at_once_and_an_ignored_sigint_stays_ignored() {
     // `signal` once stderr says "ready in"; `ignore`: the child starts with SIGINT ignored.
     let run_with = |name: &str, args: &[&str], signal: &str, ignore: bool| {
         let run = root.join(name);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dst"));
+        let mut cmd = interruptible();
         cmd.args(args)
             .arg("--out")
             .arg(&run)
