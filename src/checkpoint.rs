@@ -263,6 +263,13 @@ impl Checkpoint {
         self.metadata.get(key).map(String::as_str)
     }
 
+    /// The data folder the run trained on, as its config records it (none for the embedded
+    /// subset).
+    pub fn trained_on(&self) -> Option<String> {
+        let config: serde_json::Value = serde_json::from_str(self.meta("config")?).ok()?;
+        config["data"].as_str().map(str::to_string)
+    }
+
     /// Writes to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
         let io = |source| CheckpointError::Io {

@@ -1198,11 +1198,7 @@ fn interruptible() -> Command {
 /// Ctrl-C (SIGINT) to the process `pid`.
 #[cfg(unix)]
 fn sigint(pid: u32) {
-    let kill = Command::new("kill")
-        .args(["-INT", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    send("INT", pid);
 }
 
 /// `dst ARGS --out RUN` stopped by Ctrl-C as soon as RUN holds `wait_for`: its stderr, once it
@@ -1759,9 +1755,21 @@ fn a_dense_run_takes_sparse_input() {
 /// starting with `mark`: its exit status and all its stderr.
 #[cfg(unix)]
 fn ctrl_c_after(
-    mut child: std::process::Child,
+    child: std::process::Child,
     mark: &str,
     signals: usize,
+) -> (std::process::ExitStatus, String) {
+    signal_after(child, mark, "INT", signals)
+}
+
+/// `child` (its stderr piped) sent `count` signals `sig` (`kill -SIG`) 50 ms apart once its
+/// stderr has a line starting with `mark`: its exit status and all its stderr.
+#[cfg(unix)]
+fn signal_after(
+    mut child: std::process::Child,
+    mark: &str,
+    sig: &str,
+    count: usize,
 ) -> (std::process::ExitStatus, String) {
     use std::io::BufRead;
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
@@ -1774,11 +1782,11 @@ fn ctrl_c_after(
             break;
         }
     }
-    for i in 0..signals {
+    for i in 0..count {
         if i > 0 {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        sigint(child.id());
+        send(sig, child.id());
     }
     for l in lines {
         err.push_str(&l.unwrap());
@@ -2545,7 +2553,6 @@ fn send(sig: &str, pid: u32) {
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_at_once_and_an_ignored_sigint_stays_ignored() {
-    use std::io::BufRead;
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let root = empty_folder("sigterm");
     // `signal` once stderr says "ready in"; `ignore`: the child starts with SIGINT ignored.
@@ -2565,23 +2572,8 @@ fn sigterm_stops_at_once_and_an_ignored_sigint_stays_ignored() {
                 });
             }
         }
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut err = String::new();
-        for l in lines.by_ref() {
-            let l = l.unwrap();
-            err.push_str(&l);
-            err.push('\n');
-            if l.starts_with("ready in") {
-                break;
-            }
-        }
-        send(signal, child.id());
-        for l in lines {
-            err.push_str(&l.unwrap());
-            err.push('\n');
-        }
-        (run, child.wait().unwrap(), err)
+        let (status, err) = signal_after(cmd.spawn().unwrap(), "ready in", signal, 1);
+        (run, status, err)
     };
     // 1250 steps to the first log point: the signal lands well before it.
     let long = [

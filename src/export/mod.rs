@@ -504,15 +504,11 @@ pub fn from_checkpoint(
         };
         entries.insert(at, Entry { name, shape, value });
     }
-    let data = ck
-        .meta("config")
-        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-        .and_then(|c| c["data"].as_str().map(str::to_string));
     let export = Export {
         model: model.clone(),
         layout,
         entries,
-        data,
+        data: ck.trained_on(),
     };
     let report = ExportReport {
         model,
