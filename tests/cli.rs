@@ -2482,6 +2482,30 @@ fn a_folder_being_trained_is_named_in_use() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// A run's lock held for an instant (what `dst plot` or `dst report` does to ask whether the run
+/// trains) does not make a resume refuse: the lock is tried again for a short while. A lock held
+/// for longer still is refused.
+#[test]
+fn a_lock_held_for_an_instant_is_waited_for() {
+    let out = empty_folder("lock-instant");
+    let held = std::fs::File::create(out.join(dst::train::LOCK_FILE)).unwrap();
+    held.try_lock().unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        drop(held);
+    });
+    assert!(matches!(dst::train::lock_run(&out), Ok(Some(_))));
+    release.join().unwrap();
+    let held = std::fs::File::open(out.join(dst::train::LOCK_FILE)).unwrap();
+    held.try_lock().unwrap();
+    assert!(matches!(
+        dst::train::lock_run(&out),
+        Err(dst::train::TrainError::InUse { .. })
+    ));
+    drop(held);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 /// `dst` with no command runs its first example, and says so before anything else (a user who
 /// typed it to see the usage got a training run and files without a word); `dst --help` says it
 /// too.

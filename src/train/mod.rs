@@ -167,6 +167,9 @@ fn claim(run: &RunDir, seen: &Stamps, lock: &mut Option<std::fs::File>) -> Resul
     Ok(())
 }
 
+/// How often `lock_run` tries again, 20 ms apart, a lock another process holds.
+const LOCK_TRIES: u32 = 5;
+
 /// Takes `dir`'s run lock; `None` where the file system has no locks (then nothing is refused).
 pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
     let path = dir.join(LOCK_FILE);
@@ -180,7 +183,16 @@ pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
         .write(true)
         .open(&path)
         .map_err(io)?;
-    match f.try_lock() {
+    // `in_use` (a `dst plot` or `dst report` asking whether the run trains) holds the lock for
+    // an instant: a lock taken in that instant is tried again a few times before it is refused.
+    let mut tries = 0;
+    let mut r = f.try_lock();
+    while matches!(r, Err(std::fs::TryLockError::WouldBlock)) && tries < LOCK_TRIES {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        tries += 1;
+        r = f.try_lock();
+    }
+    match r {
         Ok(()) => Ok(Some(f)),
         Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::InUse {
             dir: dir.to_path_buf(),
