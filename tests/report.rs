@@ -399,6 +399,53 @@ fn rows_keep_data_folders_apart_and_count_a_seed_once() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A run file without a field every `dst train` writes (edited, or written by another program)
+/// is damaged: the run is left out, the field named, never read as 0 (a summary without its
+/// `lowest_keep` gave a row at 0 % remaining; a config without `limit_train` put a run trained on
+/// 2,000 images in the row of the full set). A `null` where the trainer writes one still reads.
+#[test]
+fn a_run_file_lacking_a_field_is_left_out_not_read_as_zero() {
+    let root = tmp("missing-field");
+    let cases: &[(&str, &str)] = &[
+        ("summary.json", "lowest_keep"),
+        ("summary.json", "last.test_acc"),
+        ("summary.json", "last"),
+        ("summary.json", "epochs"),
+        ("config.json", "alpha"),
+        ("config.json", "seed"),
+        ("config.json", "epochs"),
+        ("config.json", "limit_train"),
+        ("config.json", "data"),
+    ];
+    for (i, (file, key)) in cases.iter().enumerate() {
+        let dir = root.join(format!("r{i}"));
+        write_fake(&dir, &one_epoch_dst(1, 97.0));
+        let path = dir.join(file);
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        match key.split_once('.') {
+            Some((outer, inner)) => v[outer].as_object_mut().unwrap().remove(inner),
+            None => v.as_object_mut().unwrap().remove(*key),
+        };
+        std::fs::write(&path, v.to_string()).unwrap();
+        let field = key.rsplit('.').next().unwrap();
+        match Run::load(&dir) {
+            Err(e) => assert!(
+                e.to_string().contains(file) && e.to_string().contains(&format!("`{field}`")),
+                "{file} {key}: {e}"
+            ),
+            Ok(_) => panic!("{file} without {key} was read"),
+        }
+    }
+    // The trainer's own nulls and a run without the later, optional fields still read.
+    let dir = root.join("plain");
+    write_fake(&dir, &one_epoch_dst(1, 97.0));
+    let run = Run::load(&dir).unwrap();
+    assert_eq!(run.config.limit_train, None);
+    assert_eq!(run.summary.unwrap().lowest_keep, 0.05);
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A `--limit-train` above the images there are trained on all of them: the table does not say
 /// "first N train" of such a run (it did, from the config alone), and puts it in the row of the
 /// run without a limit. A limit that left images out is still named.

@@ -636,13 +636,46 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     Ok(())
 }
 
+/// A legend names a run in at most this many characters (`elide`): longer folder names took
+/// the plot's width for the legend, squeezing the lines and cutting the title.
+const LABEL_CHARS: usize = 34;
+
 fn series_label(runs: &[Run], run: &Run, what: &str) -> String {
     match (runs.len() > 1, what.is_empty()) {
-        (false, true) => run.label(),
+        (false, true) => elide(&run.label(), LABEL_CHARS),
         (false, false) => what.to_string(),
-        (true, true) => distinct_label(runs, run),
-        (true, false) => format!("{}: {what}", distinct_label(runs, run)),
+        (true, true) => short_label(runs, run),
+        (true, false) => format!("{}: {what}", short_label(runs, run)),
     }
+}
+
+/// `distinct_label` elided, unless that makes it the same as another run's.
+fn short_label(runs: &[Run], run: &Run) -> String {
+    let full = distinct_label(runs, run);
+    let short = elide(&full, LABEL_CHARS);
+    let clash = runs.iter().any(|r| {
+        let other = distinct_label(runs, r);
+        other != full && elide(&other, LABEL_CHARS) == short
+    });
+    if clash {
+        full
+    } else {
+        short
+    }
+}
+
+/// `s` in at most `max` characters: its start and its end (where run names differ: the seed,
+/// the alpha) around an ellipsis.
+fn elide(s: &str, max: usize) -> String {
+    let n = s.chars().count();
+    if n <= max {
+        return s.to_string();
+    }
+    let head = (max - 1) / 2;
+    let tail = max - 1 - head;
+    let start: String = s.chars().take(head).collect();
+    let end: String = s.chars().skip(n - tail).collect();
+    format!("{start}…{end}")
 }
 
 /// A run's legend name among `runs`: its folder's name, or with the parent folder's name too
@@ -1115,10 +1148,23 @@ pub fn sweep_chart(
 #[cfg(test)]
 mod tests {
     use super::{
-        all_layer_names, colour, dashes, layer_colour, layer_series, legend_columns_width,
+        all_layer_names, colour, dashes, elide, layer_colour, layer_series, legend_columns_width,
         legend_corner, legend_covers, legend_place, lin_tick, log_range, side_legend_width,
         thick_line, title, Series, LEGEND_INSIDE,
     };
+
+    /// A long run name keeps its start and end within the legend's width; a short one is kept.
+    #[test]
+    fn long_names_are_elided_in_the_middle() {
+        let long = format!(
+            "{}-alpha5e-4-seed3",
+            "a-very-descriptive-experiment-name".repeat(2)
+        );
+        let e = elide(&long, 34);
+        assert_eq!(e.chars().count(), 34);
+        assert!(e.starts_with("a-very-descr") && e.ends_with("alpha5e-4-seed3") && e.contains('…'));
+        assert_eq!(elide("alpha5e-4-seed3", 34), "alpha5e-4-seed3");
+    }
 
     /// A legend that would cover lines in every corner goes beside the plot (it lay over a
     /// line's start; raising the axis instead put a keep-ratio axis up to 100); one with a free

@@ -1,7 +1,9 @@
 //! Reading run directories: `config.json`, `metrics.jsonl` (lines of kind "step" and "epoch")
 //! and `summary.json`. These structs are the report's own view of the files `dst train` writes,
 //! not the trainer's types: every field a run may lack (older runs, runs without `--valid`) has a
-//! serde default, and unknown fields are ignored, so the report reads runs of any version.
+//! serde default, and unknown fields are ignored, so the report reads runs of any version. The
+//! fields every version of `dst train` wrote are required: a file without one (edited or written
+//! by something else) is refused as damaged, never read as 0.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,7 +14,6 @@ use super::ReportError;
 
 /// The settings of a run (`config.json`), as far as the report needs them.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
 pub struct RunConfig {
     pub model: String,
     pub dense: bool,
@@ -22,26 +23,48 @@ pub struct RunConfig {
     pub lr: f64,
     pub momentum: f64,
     pub seed: u64,
+    /// Written as `null` when not given: the key itself is required.
+    #[serde(deserialize_with = "present")]
     pub limit_train: Option<usize>,
+    #[serde(deserialize_with = "present")]
     pub data: Option<PathBuf>,
     /// "sgd" where absent (runs from before Adam).
     #[serde(default = "default_optimizer")]
     pub optimizer: String,
     /// Images held out of the training set for validation (`--valid N`), when given.
+    #[serde(default)]
     pub valid: Option<usize>,
     /// `--target-keep R`, when alpha was steered.
+    #[serde(default)]
     pub target_keep: Option<f64>,
+    #[serde(default)]
     pub reset: Option<String>,
+    #[serde(default)]
     pub weight_decay: f64,
     /// Learning-rate milestones and factor (absent in older runs: none, 0.1).
+    #[serde(default)]
     pub lr_steps: Vec<usize>,
     #[serde(default = "default_gamma")]
     pub lr_gamma: f64,
+    #[serde(default)]
     pub target_epoch: Option<usize>,
     /// Kernel choices (the same products, computed another way): not part of a configuration.
+    #[serde(default)]
     pub sparse_keep: Option<f64>,
+    #[serde(default)]
     pub sparse_input: Option<f64>,
+    #[serde(default)]
     pub log_every: usize,
+}
+
+/// An `Option` field whose key must be there (`null` for None): serde reads a missing `Option`
+/// as None otherwise.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d)
 }
 
 fn default_optimizer() -> String {
@@ -108,7 +131,6 @@ impl RunConfig {
 
 /// One layer at the end of an epoch.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
 pub struct LayerLine {
     pub name: String,
     pub shape: Vec<usize>,
@@ -116,15 +138,18 @@ pub struct LayerLine {
     pub total: u64,
     pub keep_ratio: f64,
     /// `null` for a dense run (logs written before that read 0.0).
+    #[serde(default)]
     pub threshold_min: Option<f64>,
+    #[serde(default)]
     pub threshold_mean: Option<f64>,
+    #[serde(default)]
     pub threshold_max: Option<f64>,
+    #[serde(default)]
     pub resets: u32,
 }
 
 /// An "epoch" line of `metrics.jsonl` (and `summary.json`'s `last`).
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
 pub struct EpochLine {
     pub epoch: usize,
     pub step: u64,
@@ -132,23 +157,28 @@ pub struct EpochLine {
     pub test_loss: f64,
     pub test_acc: f64,
     /// Accuracy on the validation split, when the run held one out.
+    #[serde(default)]
     pub valid_acc: Option<f64>,
     pub keep_ratio: f64,
     pub layers: Vec<LayerLine>,
+    #[serde(default)]
     pub epoch_seconds: f64,
+    #[serde(default)]
     pub ms_per_step: f64,
 }
 
 /// A "step" line of `metrics.jsonl`: one per log point.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
 pub struct StepLine {
     pub step: u64,
     pub epoch: usize,
     pub loss: f64,
+    #[serde(default)]
     pub penalty: f64,
+    #[serde(default)]
     pub lr: f64,
     /// The penalty weight in force (absent in runs with a fixed alpha from before it was logged).
+    #[serde(default)]
     pub alpha: Option<f64>,
     /// Keep ratio per masked layer.
     pub keep: BTreeMap<String, f64>,
@@ -156,11 +186,12 @@ pub struct StepLine {
 
 /// `summary.json`: written once, when a run has finished all its epochs.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(default)]
 pub struct SummaryFile {
     pub model: String,
     pub dense: bool,
+    #[serde(default)]
     pub adapter: String,
+    #[serde(default)]
     pub data: String,
     pub epochs: usize,
     pub steps: u64,
@@ -171,14 +202,19 @@ pub struct SummaryFile {
     pub lowest_keep_epoch: usize,
     pub lowest_keep: f64,
     pub lowest_keep_acc: f64,
+    #[serde(default)]
     pub mean_ms_per_step: f64,
     /// The epoch with the best validation accuracy (runs with `--valid N`).
+    #[serde(default)]
     pub best_valid_epoch: Option<usize>,
     /// Test accuracy at that epoch.
+    #[serde(default)]
     pub best_valid_test_acc: Option<f64>,
     /// Model keep ratio at that epoch.
+    #[serde(default)]
     pub best_valid_keep: Option<f64>,
     /// The images trained on, after `--limit-train` and `--valid` (absent in older runs).
+    #[serde(default)]
     pub train_images: Option<usize>,
 }
 
