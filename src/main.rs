@@ -862,8 +862,9 @@ fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
             .filter(|r| r.steps.is_empty() && r.epochs.is_empty())
         {
             eprintln!(
-                "warning: {} logged nothing yet (metrics.jsonl missing or empty): not in the charts",
-                r.dir.display()
+                "warning: {} {}: not in the charts",
+                r.dir.display(),
+                r.why_nothing_logged()
             );
         }
     }

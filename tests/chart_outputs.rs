@@ -635,7 +635,7 @@ fn studies_refuse_folders_and_files_not_their_own() {
         (
             reproduce("a-sweep"),
             "reproduce into a sweep",
-            "looks like a `dst sweep` study (the run",
+            "holds runs of its own (",
         ),
         (
             reproduce("sweep-report"),
@@ -850,8 +850,20 @@ fn a_run_that_logged_nothing_is_no_silent_success() {
     let o = dst(&root, &[p("plot"), p("r"), p("s"), p("--out"), p("both")]);
     ok(&o, "plot r s");
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("r logged nothing yet"), "{err}");
+    assert!(err.contains("r logged no step or epoch yet"), "{err}");
     assert!(is_png(&root.join("both").join("keep_per_layer.png")));
+    // A run that diverged before its first log point is said to have diverged (not to have
+    // logged nothing: its metrics.jsonl holds the "diverged" line).
+    std::fs::write(
+        root.join("r").join("metrics.jsonl"),
+        "{\"kind\":\"diverged\",\"epoch\":1,\"step\":3,\"what\":\"loss is NaN\"}\n",
+    )
+    .unwrap();
+    refused(
+        &dst(&root, &[p("plot"), p("r")]),
+        "plot of a run that diverged at once",
+        &["r diverged at step 3 (loss is NaN), before its first log point"],
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

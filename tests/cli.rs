@@ -606,7 +606,12 @@ fn bad_infer_and_sweep_flags_are_clear_errors() {
     assert!(!ok && err.contains("--batch must be >= 1"), "{err}");
     let (ok, _, err) = dst(&["sweep", "--alpha", "-1", "--out", "/tmp/dst-never-written"]);
     assert!(
-        !ok && err.contains("--alpha values must be positive"),
+        !ok && err.contains("--alpha values must be finite and positive"),
+        "{err}"
+    );
+    let (ok, _, err) = dst(&["sweep", "--alpha", "inf", "--out", "/tmp/dst-never-written"]);
+    assert!(
+        !ok && err.contains("must be finite and positive, got inf"),
         "{err}"
     );
     assert!(!std::path::Path::new("/tmp/dst-never-written").exists());

@@ -1069,7 +1069,7 @@ fn bad_report_flags_are_clear_errors() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["sweep", "--alpha", "0", "--out", "x"],
-            "--alpha values must be positive",
+            "--alpha values must be finite and positive",
         ),
         (
             &["sweep", "--alpha", "1e-4", "--model", "vgg", "--out", "x"],

@@ -720,11 +720,11 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
         .all(|r| r.steps.is_empty() && r.epochs.is_empty())
     {
         return Err(ReportError::NoRuns(format!(
-            "nothing to draw: {} logged no step or epoch (metrics.jsonl missing or empty)",
+            "nothing to draw: {}",
             runs.iter()
-                .map(|r| r.dir.display().to_string())
+                .map(|r| format!("{} {}", r.dir.display(), r.why_nothing_logged()))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join("; ")
         )));
     }
     let mut pictures: Vec<(&str, Vec<u8>)> = Vec::new();

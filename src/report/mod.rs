@@ -568,8 +568,8 @@ pub(crate) fn write_charts_replacing(
                     dir,
                     format!(
                         "would replace {}, which dst did not write there (or which changed since); \
-                         `dst plot` and `dst masks` replace only their own pictures (listed in \
-                         {}): remove {} or pick another --out",
+                         dst replaces only the pictures it drew (listed in {}): remove {} or pick \
+                         another --out",
                         theirs.join(", "),
                         CHARTS_MANIFEST,
                         if theirs.len() > 1 { "them" } else { "it" }

@@ -273,6 +273,18 @@ impl Run {
         })
     }
 
+    /// Why a run without a step or epoch line has nothing to chart: it diverged before its first
+    /// log point, or has logged nothing yet.
+    pub fn why_nothing_logged(&self) -> String {
+        match &self.diverged {
+            Some(d) => format!(
+                "diverged at step {} ({}), before its first log point",
+                d.step, d.what
+            ),
+            None => "logged no step or epoch yet (metrics.jsonl missing or empty)".into(),
+        }
+    }
+
     /// A short name for legends: the directory's name.
     pub fn label(&self) -> String {
         self.dir

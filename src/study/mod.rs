@@ -361,7 +361,7 @@ impl Sweep {
         }
         if let Some(a) = self.alphas.iter().find(|a| !(a.is_finite() && **a > 0.0)) {
             return Err(StudyError::Config(format!(
-                "--alpha values must be positive (a log axis shows them), got {a}"
+                "--alpha values must be finite and positive (a log axis shows them), got {a}"
             )));
         }
         check_seeds(&self.seeds)?;
@@ -672,9 +672,16 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
         Study::Reproduce => sweep_in(out).map(|what| ("`dst sweep`", what)),
     };
     if let Some((study, what)) = other {
+        // Runs straight in the folder are a sweep's, or runs made by hand: both would mix.
+        let holds = match (kind, what.strip_prefix("the run ")) {
+            (Study::Reproduce, Some(run)) => {
+                format!("holds runs of its own ({run}: a `dst sweep`'s, or made by hand)")
+            }
+            _ => format!("holds what looks like a {study} study ({what})"),
+        };
         return Err(refuse(&format!(
-            "holds what looks like a {study} study ({what}): a study's runs go into a folder of \
-             their own, or its report would mix the two; pick another --out"
+            "{holds}: a study's runs go into a folder of their own, or its report would mix the \
+             two; pick another --out"
         )));
     }
     Ok(())
