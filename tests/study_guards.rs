@@ -355,6 +355,36 @@ fn the_reproduction_header_tells_what_the_runs_used() {
     );
 }
 
+/// The header names the runs' data folder as the command gave it (a relative path) where that
+/// is the folder they read, not as the absolute path they record (a machine's own, which the
+/// shipped report carried); a folder other than the one given is named in full.
+#[test]
+fn the_reproduction_header_names_the_data_folder_as_given() {
+    let here = std::env::current_dir().unwrap();
+    let abs = here.join("assets/mnist-subset");
+    for (given, want) in [
+        (
+            "assets/mnist-subset",
+            "- data: assets/mnist-subset,".to_string(),
+        ),
+        ("assets", format!("- data: {},", abs.display())),
+    ] {
+        let out = tmp(&format!("header-data-{}", given.len()));
+        let asked = Reproduce {
+            data: Some(PathBuf::from(given)),
+            ..quick(None, Some(2))
+        };
+        for (dir, mut cfg) in quick(None, Some(2)).runs(&out).unwrap() {
+            cfg.data = Some(abs.clone());
+            fake_run(&dir, &cfg, 95.0, None);
+        }
+        let runs = report::load_runs(std::slice::from_ref(&out)).unwrap();
+        let md = study::reproduce_markdown(&asked, &runs, &out).unwrap();
+        assert!(md.contains(&want), "{given}: {md}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}
+
 /// A reproduction of a model outside Table 1 (WRN-16-1) says it has no paper figures.
 #[test]
 fn a_model_outside_table_1_is_named_as_such() {

@@ -388,7 +388,7 @@ pub fn is_run_folder(dir: &Path) -> bool {
     dir.join("config.json").exists() || dir.join("metrics.jsonl").exists()
 }
 
-fn same_dir(a: &Path, b: &Path) -> bool {
+pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(x), Ok(y)) => x == y,
         _ => a == b,

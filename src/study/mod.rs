@@ -950,7 +950,12 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         |x| (x.config.data.clone(), x.config.limit_train, x.config.valid),
         |(d, limit, valid)| {
             let mut t = match d {
-                Some(d) => d.display().to_string(),
+                // As the command gave it, where that is the folder the runs read (they record
+                // its absolute path: this machine's, which means little in a shared report).
+                Some(d) => match &r.data {
+                    Some(given) if report::same_dir(given, d) => given.display().to_string(),
+                    _ => d.display().to_string(),
+                },
                 None => "the embedded MNIST subset (10,000 train / 2,000 test images), not the paper's full MNIST".into(),
             };
             if let Some(n) = limit {
