@@ -147,7 +147,33 @@ fn a_one_epoch_sweep_reads_1_epoch() {
     }
     study::sweep(&spec, &out, &mut Quiet).unwrap();
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
-    assert!(md.contains("Model lenet300, 1 epoch, batch 64"), "{md}");
+    assert!(
+        md.contains("Model lenet300, 1 epoch, sgd lr 0.01 momentum 0.9, batch 64, data:"),
+        "{md}"
+    );
+}
+
+/// sweep.md names a momentum and a weight decay other than the defaults, and a learning-rate
+/// schedule (it gave only the optimiser and lr: a sweep at momentum 0.5 could not be told from
+/// its report).
+#[test]
+fn a_sweep_report_names_its_optimiser_settings() {
+    let out = tmp("sweep-settings");
+    let mut spec = sweep_spec();
+    spec.base.momentum = 0.5;
+    spec.base.weight_decay = 1e-4;
+    spec.base.lr_steps = vec![1];
+    for (dir, cfg) in spec.runs(&out) {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    study::sweep(&spec, &out, &mut Quiet).unwrap();
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(
+        md.contains(
+            "sgd lr 0.01 momentum 0.5, weight decay 0.0001, batch 64, lr x0.1 after epochs 1, data:"
+        ),
+        "{md}"
+    );
 }
 
 /// A config.json written by an older version (fields added since absent) is the run whose

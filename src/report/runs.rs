@@ -92,6 +92,29 @@ impl RunConfig {
         k
     }
 
+    /// The optimiser's settings in a line for a study's report: "sgd lr 0.01 momentum 0.9,
+    /// batch 64", with a weight decay other than 0 and a learning-rate schedule where there is
+    /// one.
+    pub fn optimiser_line(&self) -> String {
+        let mut s = format!("{} lr {}", self.optimizer, self.lr);
+        if self.optimizer != "adam" {
+            s.push_str(&format!(" momentum {}", self.momentum));
+        }
+        if self.weight_decay != 0.0 {
+            s.push_str(&format!(", weight decay {}", self.weight_decay));
+        }
+        s.push_str(&format!(", batch {}", self.batch));
+        if !self.lr_steps.is_empty() {
+            let steps: Vec<String> = self.lr_steps.iter().map(|e| e.to_string()).collect();
+            s.push_str(&format!(
+                ", lr x{} after epochs {}",
+                self.lr_gamma,
+                steps.join(", ")
+            ));
+        }
+        s
+    }
+
     /// The settings beyond `kind`, the model, the epochs and the data that change what a run
     /// computes, as (name, value) to show: the optimizer and its parameters, the batch, the
     /// learning-rate schedule, and for a steered run its starting alpha and target epoch. Left

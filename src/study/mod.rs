@@ -696,12 +696,10 @@ pub fn write_sweep_report(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, Repo
     if let Some(r) = runs.first() {
         let c = &r.config;
         md.push_str(&format!(
-            "Model {}, {}, batch {}, {} lr {}, data: {}. {}The figures as CSV: [sweep.csv](sweep.csv).\n\n",
+            "Model {}, {}, {}, data: {}. {}The figures as CSV: [sweep.csv](sweep.csv).\n\n",
             c.model,
             report::plural(c.epochs, "epoch"),
-            c.batch,
-            c.optimizer,
-            c.lr,
+            c.optimiser_line(),
             rows.first().map(|r| r.data.as_str()).unwrap_or(""),
             if finished {
                 "Accuracy and remaining % against alpha: [sweep.png](sweep.png). "
@@ -1006,16 +1004,9 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         };
         let c = &first.config;
         s.push_str(&format!(
-            "\n## {}\n\n{} lr {}{}, batch {}, alpha {} (DST), {}.\n\n",
+            "\n## {}\n\n{}, alpha {} (DST), {}.\n\n",
             table::paper_row(m).map(|p| p.title).unwrap_or(m),
-            c.optimizer,
-            c.lr,
-            if c.optimizer == "sgd" {
-                format!(" momentum {}", c.momentum)
-            } else {
-                String::new()
-            },
-            c.batch,
+            c.optimiser_line(),
             table::fmt_alpha(
                 of_model
                     .iter()
