@@ -772,6 +772,20 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             if let Some(p) = &out {
                 use dst::report::Own;
                 if csv {
+                    // A sweep's own table, which its sweep.md links to: another table there would
+                    // pass for the sweep's (both are dst's CSV).
+                    let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+                    let dir = dir.unwrap_or(std::path::Path::new("."));
+                    if p.file_name().is_some_and(|n| n == "sweep.csv")
+                        && dir.join("sweep.md").is_file()
+                    {
+                        bail!(
+                            "{} is the table of the `dst sweep` study in {} (its sweep.md links to \
+                             it), which `dst sweep` writes; nothing was changed: pick another --out",
+                            p.display(),
+                            dir.display()
+                        );
+                    }
                     dst::report::check_own_text(
                         p,
                         Own::Csv {

@@ -481,6 +481,24 @@ fn report_replaces_only_its_own_reports() {
         std::fs::read_to_string(root.join("old.csv")).unwrap(),
         noted
     );
+    // A sweep's own table (sweep.csv beside its sweep.md) is the sweep's, though it is dst's
+    // CSV: another table there would pass for the sweep's.
+    std::fs::create_dir_all(root.join("sw")).unwrap();
+    std::fs::write(root.join("sw/sweep.md"), PRECIOUS).unwrap();
+    std::fs::copy(root.join("r/table.CSV"), root.join("sw/sweep.csv")).unwrap();
+    let before = std::fs::read(root.join("sw/sweep.csv")).unwrap();
+    refused(
+        &dst(
+            &root,
+            &[p("report"), p("run"), p("--out"), p("sw/sweep.csv")],
+        ),
+        "report --out a sweep's sweep.csv",
+        &[
+            "sw/sweep.csv",
+            "is the table of the `dst sweep` study in sw",
+        ],
+    );
+    assert_eq!(std::fs::read(root.join("sw/sweep.csv")).unwrap(), before);
 }
 
 /// `dst sweep` and `dst reproduce` refuse, before any run trains, an --out that is a training
