@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dst::report::{self, table, Rule};
+use dst::report::{self, table, Rule, Run};
 use dst::study::{self, Reproduce, RunState, Sweep};
 use dst::train::{Quiet, TrainConfig};
 use serde_json::json;
@@ -172,6 +172,51 @@ fn a_sweep_report_names_its_optimiser_settings() {
         md.contains(
             "sgd lr 0.01 momentum 0.5, weight decay 0.0001, batch 64, lr x0.1 after epochs 1, data:"
         ),
+        "{md}"
+    );
+}
+
+/// A sweep run again with fewer seeds (or a reproduction with fewer seeds or models) reports
+/// what it was asked for, and says which runs of the folder it leaves out; it said nothing, so
+/// a mistyped list gave a smaller report in silence.
+#[test]
+fn a_study_names_the_runs_of_its_folder_it_leaves_out() {
+    let out = tmp("left-out");
+    let mut spec = sweep_spec();
+    spec.seeds = vec![1, 2];
+    for (dir, cfg) in spec.runs(&out) {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    study::sweep(&spec, &out, &mut Quiet).unwrap();
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(!md.contains("Not in this report"), "{md}");
+    spec.seeds = vec![1];
+    study::sweep(&spec, &out, &mut Quiet).unwrap();
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(
+        md.contains(
+            "Not in this report: 2 runs in this folder that were not asked for this time \
+             (alpha5e-4-seed2, dense-seed2; other alphas or seeds)."
+        ),
+        "{md}"
+    );
+    // A reproduction: its runs are one level further down.
+    let out = tmp("left-out-reproduce");
+    let mut both = quick(None, Some(2));
+    both.seeds = vec![1, 2];
+    for (dir, cfg) in both.runs(&out).unwrap() {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    let one = quick(None, Some(2));
+    let runs: Vec<Run> = one
+        .runs(&out)
+        .unwrap()
+        .iter()
+        .map(|(d, _)| Run::load(d).unwrap())
+        .collect();
+    let md = study::reproduce_markdown(&one, &runs, &out).unwrap();
+    assert!(
+        md.contains("Not in this report: 2 runs in this folder that were not asked for this time (lenet300/"),
         "{md}"
     );
 }

@@ -447,6 +447,13 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
         .map(|(d, _)| Run::load(d))
         .collect::<Result<_, _>>()?;
     write_sweep_report(&runs, out)?;
+    let others = other_runs(out, 1, &runs);
+    if !others.is_empty() {
+        progress.line(&format!(
+            "note: {}",
+            other_runs_line(out, &others, "alphas or seeds").trim_end()
+        ));
+    }
     diverged_error(diverged, grid.len(), "sweep.md")?;
     Ok(runs)
 }
@@ -539,6 +546,48 @@ fn subfolders(dir: &Path) -> Vec<PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The run folders in `out` (`depth` 1: a sweep's `out/<run>`; 2: a reproduction's
+/// `out/<model>/<run>`) that are not among `runs`: runs of an earlier call with other alphas,
+/// seeds or models, which the report leaves out. Sorted.
+fn other_runs(out: &Path, depth: usize, runs: &[Run]) -> Vec<PathBuf> {
+    let mut level = vec![out.to_path_buf()];
+    for _ in 0..depth {
+        level = level.iter().flat_map(|d| subfolders(d)).collect();
+    }
+    let mut others: Vec<PathBuf> = level
+        .into_iter()
+        .filter(|d| report::is_run_folder(d))
+        .filter(|d| !runs.iter().any(|r| report::same_dir(&r.dir, d)))
+        .collect();
+    others.sort();
+    others
+}
+
+/// The report's line on `others` (`other_runs`), empty when there are none.
+fn other_runs_line(out: &Path, others: &[PathBuf], asked: &str) -> String {
+    if others.is_empty() {
+        return String::new();
+    }
+    const SHOWN: usize = 6;
+    let names: Vec<String> = others
+        .iter()
+        .take(SHOWN)
+        .map(|d| d.strip_prefix(out).unwrap_or(d).display().to_string())
+        .collect();
+    let more = match others.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    format!(
+        "Not in this report: {} in this folder that {} not asked for this time ({}{more}; \
+         other {asked}). `dst report {}` reports every run there.\n\n",
+        report::plural(others.len(), "run"),
+        if others.len() == 1 { "was" } else { "were" },
+        names.join(", "),
+        out.display()
+    )
 }
 
 /// Where `out` is a reproduction's folder of one model's runs (`runs/table1/lenet300`: a
@@ -708,6 +757,11 @@ pub fn write_sweep_report(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, Repo
             }
         ));
     }
+    md.push_str(&other_runs_line(
+        out,
+        &other_runs(out, 1, runs),
+        "alphas or seeds",
+    ));
     md.push_str(&table::markdown(&rows, false));
     if finished {
         md.push_str("\n![accuracy and remaining % against alpha](sweep.png)\n");
@@ -846,6 +900,13 @@ pub fn reproduce(
     // Checked again: the runs may have trained for hours since, and REPORT.md been edited.
     still_own(&path, REPRODUCE_HEADER, "a `dst reproduce` report")?;
     report::write_markdown(&path, &reproduce_markdown(r, &runs, out)?)?;
+    let others = other_runs(out, 2, &runs);
+    if !others.is_empty() {
+        progress.line(&format!(
+            "note: {}",
+            other_runs_line(out, &others, "seeds or models").trim_end()
+        ));
+    }
     diverged_error(diverged, grid.len(), "REPORT.md")?;
     Ok(path)
 }
@@ -990,6 +1051,11 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         s.push_str("- **quick run**: a few epochs on a subset, to try the pipeline; its figures are not comparable with the paper's.\n");
     }
     s.push_str("\n## Results\n\n");
+    s.push_str(&other_runs_line(
+        out,
+        &other_runs(out, 2, runs),
+        "seeds or models",
+    ));
     s.push_str(&table::markdown(&rows, true));
     s.push_str("\nThe paper's DST figures are those its code reports, the lowest-keep epoch chosen on the test set; compare them with that column. The last-epoch column involves no selection.\n");
 
