@@ -446,6 +446,46 @@ fn a_run_file_lacking_a_field_is_left_out_not_read_as_zero() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// The paper's figures beside a row run at other settings (fewer epochs, the embedded subset,
+/// another alpha) are marked and the differences named under the table; beside a row at the
+/// paper's settings they are not.
+#[test]
+fn paper_figures_beside_other_settings_are_marked() {
+    let root = tmp("unlike-paper");
+    let short = root.join("short");
+    write_fake(&short, &one_epoch_dst(1, 90.0));
+    let paper = root.join("paper");
+    write_fake(
+        &paper,
+        &Fake {
+            model: "lenet300",
+            dense: false,
+            alpha: 5e-4,
+            seed: 1,
+            epochs: 20,
+            history: vec![(97.9, 0.08); 20],
+            valid: None,
+            finished: true,
+        },
+    );
+    let path = paper.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    c["data"] = json!(root);
+    std::fs::write(&path, c.to_string()).unwrap();
+    let rows = table::rows(&report::load_runs(&[paper.clone()]).unwrap());
+    let md = table::markdown(&rows, true);
+    assert!(!md.contains('†'), "{md}");
+    let rows = table::rows(&report::load_runs(&[paper, short]).unwrap());
+    let md = table::markdown(&rows, true);
+    assert_eq!(md.matches(" 97.69 ± 0.14 † |").count(), 1, "{md}");
+    assert!(
+        md.contains("this row ran otherwise, so compare with care: lenet300 DST alpha 5e-4 (1 epoch, the embedded subset)."),
+        "{md}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A `--limit-train` above the images there are trained on all of them: the table does not say
 /// "first N train" of such a run (it did, from the config alone), and puts it in the row of the
 /// run without a limit. A limit that left images out is still named.

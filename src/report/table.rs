@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::runs::{Run, SummaryFile};
+use super::runs::{Run, RunConfig, SummaryFile};
 
 /// Which epoch of a run a figure comes from (METHOD.md section 4).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,6 +211,10 @@ pub struct Row {
     pub diverged: usize,
     /// Per rule (in `Rule::ALL` order): (test accuracy %, remaining %) over the finished runs.
     pub stats: [Option<(Stat, Stat)>; 3],
+    /// How the row's runs differ from the paper's setting of their model ("alpha 5e-3", "4
+    /// epochs", "embedded subset"): its Table 1 figures were not measured so. Empty: the
+    /// paper's settings (on a data folder, which may hold the full set).
+    pub unlike_paper: Vec<String>,
 }
 
 impl Row {
@@ -262,6 +266,55 @@ fn data_label(r: &Run, full: bool) -> String {
     s
 }
 
+/// How the run `r` differs from the paper's setting of its model (`Row::unlike_paper`).
+fn unlike_paper(r: &Run) -> Vec<String> {
+    let c = &r.config;
+    let Ok(info) = crate::models::info(&c.model) else {
+        return Vec::new();
+    };
+    let d = &info.defaults;
+    let mut v = Vec::new();
+    match (c.dense, c.target_keep) {
+        (true, _) => {}
+        (false, Some(t)) => v.push(format!("target keep {} %", super::percent(t))),
+        (false, None) if c.alpha != d.alpha => v.push(format!("alpha {}", fmt_alpha(c.alpha))),
+        _ => {}
+    }
+    if c.epochs != d.epochs {
+        v.push(super::plural(c.epochs, "epoch"));
+    }
+    let paper = RunConfig {
+        optimizer: d.optimizer.into(),
+        lr: d.lr,
+        momentum: d.momentum,
+        weight_decay: d.weight_decay,
+        batch: d.batch,
+        lr_steps: d.lr_steps.to_vec(),
+        lr_gamma: 0.1,
+        ..c.clone()
+    };
+    let theirs = paper.settings();
+    for (k, val) in c.settings() {
+        if matches!(k, "start alpha" | "target epoch") {
+            continue;
+        }
+        if !theirs.iter().any(|(k2, v2)| *k2 == k && *v2 == val) {
+            v.push(format!("{k} {val}"));
+        }
+    }
+    if c.data.is_none() {
+        v.push("the embedded subset".into());
+    }
+    let data = data_label(r, false);
+    if let Some((_, rest)) = data.split_once(", ") {
+        v.push(rest.to_string());
+    }
+    if c.reset.as_deref().is_some_and(|x| x != "paper") {
+        v.push(format!("reset {}", c.reset.as_deref().unwrap_or("")));
+    }
+    v
+}
+
 /// Groups runs by configuration: runs fall in one row only when everything but their seed is the
 /// same (model, kind, `RunConfig::settings`, epochs, data). Rows come in a stable order: models in
 /// first-seen order, dense before DST, alphas ascending. A row's label names the settings in
@@ -311,6 +364,7 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                         unfinished: 0,
                         diverged: 0,
                         stats: [None; 3],
+                        unlike_paper: unlike_paper(r),
                     },
                     Vec::new(),
                 ));
@@ -513,9 +567,15 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
             }
         }
         if paper {
+            // Figures measured at other settings than the row's: marked, and explained below.
+            let mark = if row.unlike_paper.is_empty() {
+                ""
+            } else {
+                " †"
+            };
             match paper_row(&row.model) {
                 Some(p) if row.dense => {
-                    let _ = write!(s, " {} | 100 |", show_paper(p.dense_acc));
+                    let _ = write!(s, " {}{mark} | 100 |", show_paper(p.dense_acc));
                 }
                 Some(p) => {
                     let (mut acc, mut rem) = (show_paper(p.dst_acc), show_paper(p.remaining));
@@ -523,7 +583,7 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
                         let _ = write!(acc, " / {}", show_paper(a));
                         let _ = write!(rem, " / {}", show_paper(r));
                     }
-                    let _ = write!(s, " {acc} | {rem} |");
+                    let _ = write!(s, " {acc}{mark} | {rem} |");
                 }
                 None => s.push_str(" – | – |"),
             }
@@ -540,6 +600,26 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
     }
     if paper {
         s.push_str("- *paper*: Liu et al., ICLR 2020, Table 1 (mean ± std over 5 runs; MNIST rows: full MNIST, 20 epochs; CIFAR-10 rows: 160 epochs, two DST results each, `a / b`); its public code reports the lowest-keep epoch. Its LSTM remaining % undercounts the output gates (METHOD.md section 6).\n");
+        let unlike: Vec<String> = rows
+            .iter()
+            .filter(|r| !r.unlike_paper.is_empty() && paper_row(&r.model).is_some())
+            .map(|r| {
+                format!(
+                    "{} {} ({})",
+                    r.model,
+                    r.variant(),
+                    r.unlike_paper.join(", ")
+                )
+            })
+            .collect();
+        if !unlike.is_empty() {
+            let _ = writeln!(
+                s,
+                "- *†*: the paper's figures for the model, measured at its own settings (`dst info`); {} ran otherwise, so compare with care: {}.",
+                if unlike.len() == 1 { "this row" } else { "these rows" },
+                unlike.join("; ")
+            );
+        }
     }
     s
 }
