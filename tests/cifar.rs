@@ -301,7 +301,19 @@ fn reader_names_missing_files() {
         ),
         "{err}"
     );
-    assert_mentions(&err, &["nowhere", "no such folder"]);
+    assert_mentions(
+        &err,
+        &["nowhere", "no such folder", "`dst fetch cifar10 --to "],
+    );
+    // A file is no folder to fetch into: the hint names a new one.
+    let file = dir.join("data_batch_1.bin");
+    let err = cifar::load_dir(&file).unwrap_err();
+    assert_mentions(&err, &["is a file", "`dst fetch cifar10 --to NEW_FOLDER`"]);
+    // The MNIST test set alone: fetched as `mnist`, not `mnist test` (no such command).
+    let err = dst::export::infer::load_test(Some(&dir.join("nowhere")))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("`dst fetch mnist --to "), "{err}");
     // A link to nothing is named as such (it was once "a file").
     #[cfg(unix)]
     {

@@ -261,14 +261,17 @@ pub enum DataError {
         test_cols: usize,
     },
     #[error(
-        "{dir}: {why}; give the folder that holds the {dataset} files (`dst fetch {} --to {dir}` \
+        "{dir}: {why}; give the folder that holds the {dataset} files (`dst fetch {} --to {}` \
          writes one)",
-        dataset.to_lowercase().replace('-', "")
+        fetch_name(dataset),
+        if *fetch_here { dir.as_str() } else { "NEW_FOLDER" }
     )]
     NotAFolder {
         dir: String,
         dataset: &'static str,
         why: String,
+        /// `dir` is nothing yet: `dst fetch` can make it.
+        fetch_here: bool,
     },
     #[error("{dir}: missing {dataset} file(s): {}", missing.join(", "))]
     Missing {
@@ -528,8 +531,19 @@ fn assemble(arrays: [(IdxArray, String); 4], source: String) -> Result<TrainTest
     })
 }
 
+/// `dst fetch`'s name of `dataset` ("MNIST test" -> "mnist", "CIFAR-10" -> "cifar10").
+fn fetch_name(dataset: &str) -> String {
+    dataset
+        .split_whitespace()
+        .next()
+        .unwrap_or(dataset)
+        .to_lowercase()
+        .replace('-', "")
+}
+
 /// A data folder that is not one: missing, or a file.
 pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), DataError> {
+    let mut fetch_here = false;
     let why = match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => "is a file, not a folder".to_string(),
@@ -539,13 +553,17 @@ pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), Data
         }
         Err(_) => match crate::checkpoint::file_in_the_way(dir) {
             Some(f) => format!("no such folder ({} is a file)", f.display()),
-            None => "no such folder".to_string(),
+            None => {
+                fetch_here = true;
+                "no such folder".to_string()
+            }
         },
     };
     Err(DataError::NotAFolder {
         dir: dir.display().to_string(),
         dataset,
         why,
+        fetch_here,
     })
 }
 
