@@ -553,8 +553,8 @@ fn cifar_rows_show_the_papers_two_dst_results() {
     let runs = report::load_runs(std::slice::from_ref(&root)).unwrap();
     let md = table::markdown(&table::rows(&runs), true);
     for want in [
-        "| 93.75 ± 0.21 | 100 |",
-        "| 93.93 ± 0.05 / 93.02 ± 0.37 | 8.82 ± 0.34 / 3.76 ± 0.53 |",
+        "| 93.75 ± 0.21 † | 100 |",
+        "| 93.93 ± 0.05 / 93.02 ± 0.37 † | 8.82 ± 0.34 / 3.76 ± 0.53 |",
         "CIFAR-10 rows: 160 epochs, two DST results each",
     ] {
         assert!(md.contains(want), "lacks {want:?}:\n{md}");
@@ -571,14 +571,17 @@ fn metrics_of_a_resumed_run_read_as_one_history() {
     let dir = tmp("resumed");
     std::fs::write(
         dir.join("config.json"),
-        r#"{"model":"lenet300","dense":false,"alpha":0.0005,"epochs":2,"seed":4}"#,
+        r#"{"model":"lenet300","dense":false,"alpha":0.0005,"epochs":2,"batch":64,"lr":0.01,"momentum":0.9,"weight_decay":0,"seed":4,"limit_train":null,"log_every":10,"data":null}"#,
     )
     .unwrap();
     let step = |s: u64, k: f64| {
         format!(r#"{{"kind":"step","step":{s},"epoch":1,"loss":1,"keep":{{"fc1":{k}}}}}"#)
     };
     let epoch = |e: usize, acc: f64| {
-        format!(r#"{{"kind":"epoch","epoch":{e},"test_acc":{acc},"keep_ratio":0.5,"layers":[]}}"#)
+        format!(
+            r#"{{"kind":"epoch","epoch":{e},"step":{},"train_loss":0.3,"test_loss":0.2,"test_acc":{acc},"keep_ratio":0.5,"layers":[]}}"#,
+            20 * e
+        )
     };
     // Epoch 1, part of epoch 2 (interrupted), then epoch 2 again after the resume, and a torn line.
     let lines = [
