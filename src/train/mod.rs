@@ -405,7 +405,9 @@ pub fn train(
         ) {
             c.alpha = a;
             notes.push(format!(
-                "alpha is {a:.2e} at this checkpoint: the controller goes on from there"
+                "alpha is {a:.2e} at this checkpoint: the controller goes on from there (the \
+                 epoch lines give the alpha each epoch's last steps trained with; this is the \
+                 update made at the epoch's end)"
             ));
         }
         if let Some(h) = ck.meta("history") {
@@ -824,13 +826,15 @@ fn finish(
         // A run that ends before its target epoch was told so at its start.
         if cfg.epochs >= cfg.target_epoch_or_default() {
             let (low, _) = lowest_reachable_keep(&session.model.mask_views(), session.reset);
-            if let Some(w) = target_missed(r, summary.last.keep_ratio, low, step) {
+            let adam = cfg.optimizer == "adam";
+            if let Some(w) = target_missed(r, summary.last.keep_ratio, low, step, adam) {
                 progress.line(&w);
             }
         }
     }
     let classes = crate::models::info(&cfg.model).map_or(10, |m| m.classes);
-    if let Some(w) = at_chance(cfg, &summary.last, classes) {
+    let best = (summary.best_acc, summary.best_acc_epoch);
+    if let Some(w) = at_chance(cfg, &summary.last, best, classes) {
         progress.line(&w);
     }
     if let Some(img) = session.input_mask_image(data.train.rows, data.train.cols)? {
@@ -1117,28 +1121,50 @@ fn lowest_keep_of(shapes: &[(usize, usize)], policy: ResetPolicy) -> (f64, &'sta
 pub const TARGET_SLACK: f64 = 1.3;
 
 /// The warning for a steered run that ends keeping `keep` of its weights after `steps` steps,
-/// more than `TARGET_SLACK` away from its `target`; none when it is closer, or when the reset
-/// policy keeps it above a target below `low` (the lowest keep it allows: said at the start).
-pub fn target_missed(target: f64, keep: f64, low: f64, steps: u64) -> Option<String> {
+/// more than `TARGET_SLACK` away from its `target`, or, for a target below `low` (the lowest
+/// keep its reset policy allows: said at the start), away from `low`; none when it is closer.
+/// `adam`: the run trained with Adam, under which the thresholds rise by about the learning rate
+/// per step whatever alpha is (a larger alpha does not make them faster).
+pub fn target_missed(target: f64, keep: f64, low: f64, steps: u64, adam: bool) -> Option<String> {
     let pct = |x: f64| crate::report::percent((x * 1e4).round() / 1e4);
-    if keep > target * TARGET_SLACK && target >= low {
+    let reachable = target.max(low);
+    if keep > reachable * TARGET_SLACK {
+        let aim = if target >= low {
+            format!("its target {}%", crate::report::percent(target))
+        } else {
+            format!(
+                "its target {}% (at least about {}% under its reset policy)",
+                crate::report::percent(target),
+                pct(low)
+            )
+        };
+        let fix = if adam {
+            "under Adam the thresholds rise by about --lr per step whatever alpha is, so a \
+             larger --alpha does not help: train longer (more --epochs, also with --resume, or \
+             more data), or raise --lr"
+        } else {
+            "alpha moves by at most 25% per update: train longer (more --epochs, also with \
+             --resume, or more data) or start from a larger --alpha"
+        };
         Some(format!(
-            "warning: the run ends keeping {}% of its weights, well above its target {}%: alpha \
-             moves by at most 25% per update, and {} were too few to raise the thresholds that \
-             far; train longer (more --epochs, also with --resume, or more data) or start from a \
-             larger --alpha",
+            "warning: the run ends keeping {}% of its weights, well above {aim}: {} were too few \
+             to raise the thresholds that far; {fix}",
             pct(keep),
-            crate::report::percent(target),
             crate::report::plural(steps as usize, "step")
         ))
     } else if keep < target / TARGET_SLACK {
         Some(format!(
             "warning: the run ends keeping {}% of its weights, well below its target {}%: the \
              thresholds went on rising after alpha was lowered; a new run with a later \
-             --target-epoch or more epochs gives a gentler path (a resumed run keeps the target \
+             --target-epoch or more epochs gives a gentler path{} (a resumed run keeps the target \
              epoch it started with)",
             pct(keep),
-            crate::report::percent(target)
+            crate::report::percent(target),
+            if adam {
+                ""
+            } else {
+                ", as does a smaller starting --alpha"
+            }
         ))
     } else {
         None
@@ -1146,18 +1172,32 @@ pub fn target_missed(target: f64, keep: f64, low: f64, steps: u64) -> Option<Str
 }
 
 /// A warning where a run ends with test accuracy about chance (below 1.5 times 1 / `classes`):
-/// the model has not learned, and the likely why. A masked model keeping 1 % or less was pruned
-/// too hard (under `--reset floor` it can sit there, each row keeping one weight); otherwise the
-/// run was too short or its learning rate unsuited.
-pub fn at_chance(cfg: &TrainConfig, last: &EpochRecord, classes: usize) -> Option<String> {
+/// the model has not learned, or lost what it learned (`best`: the run's best test accuracy and
+/// its epoch), and the likely why. A masked model keeping 1 % or less was pruned too hard (under
+/// `--reset floor` it can sit there, each row keeping one weight); otherwise the run was too
+/// short or its learning rate unsuited.
+pub fn at_chance(
+    cfg: &TrainConfig,
+    last: &EpochRecord,
+    best: (f64, usize),
+    classes: usize,
+) -> Option<String> {
     let chance = 100.0 / classes.max(1) as f64;
     if last.test_acc >= 1.5 * chance {
         return None;
     }
+    let learned = best.0 >= 1.5 * chance;
     let why = if cfg.masked() && last.keep_ratio <= 0.01 {
         let keep =
             crate::report::share((last.keep_ratio * 1e6).round() as u64, 1_000_000, 100.0, 2);
         match cfg.target_keep {
+            // Far below the target: the thresholds overshot it (a large starting alpha, or one
+            // raised while the thresholds could not follow), not a target too low.
+            Some(r) if last.keep_ratio < r / TARGET_SLACK => format!(
+                "it keeps {keep}% of its weights, well below its --target-keep {r}: the \
+                 thresholds rose past the path; start from a smaller --alpha or give a later \
+                 --target-epoch"
+            ),
             Some(r) => format!(
                 "it keeps {keep}% of its weights: --target-keep {r} asks for more pruning than \
                  this model learns with in this run; ask for a larger share"
@@ -1168,12 +1208,22 @@ pub fn at_chance(cfg: &TrainConfig, last: &EpochRecord, classes: usize) -> Optio
                 cfg.alpha
             ),
         }
+    } else if learned {
+        "a smaller --lr may keep what it learned".to_string()
     } else {
         "train longer (more --epochs or more data), or try another --lr".to_string()
     };
+    let what = if learned {
+        format!(
+            "the model lost what it learned ({:.2}% at epoch {})",
+            best.0, best.1
+        )
+    } else {
+        "the model has not learned".to_string()
+    };
     Some(format!(
-        "warning: test accuracy {:.2}% is about chance ({classes} classes: {chance:.0}%): the \
-         model has not learned; {why}",
+        "warning: test accuracy {:.2}% is about chance ({classes} classes: {chance:.0}%): {what}; \
+         {why}",
         last.test_acc
     ))
 }
