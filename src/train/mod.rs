@@ -899,6 +899,21 @@ pub fn check_resume_length(dir: &Path, epochs: usize) -> Result<()> {
     let Ok(meta) = Checkpoint::read_metadata(&run.checkpoint()) else {
         return Ok(());
     };
+    // Another model's checkpoint in the folder: left to the run, which says so (its epochs are
+    // not this run's).
+    let model = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .ok()
+            .and_then(|v| v.get("model").and_then(|m| m.as_str()).map(str::to_string))
+    };
+    let run_model = std::fs::read_to_string(run.dir.join("config.json"))
+        .ok()
+        .and_then(|t| model(&t));
+    if let (Some(m), Some(r)) = (meta.get("model"), run_model) {
+        if *m != r {
+            return Ok(());
+        }
+    }
     let epoch0: usize = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
     let has_history = meta
         .get("history")
