@@ -456,6 +456,29 @@ fn the_reproduction_header_names_the_data_folder_as_given() {
     }
 }
 
+/// A `--limit-train` above the images the folder holds left none out: the header does not
+/// name it (a quick reproduction on 320 images said "first 6000 training images").
+#[test]
+fn the_reproduction_header_names_no_limit_that_left_nothing_out() {
+    let out = tmp("header-limit");
+    let asked = quick(None, Some(2));
+    for (dir, cfg) in asked.runs(&out).unwrap() {
+        fake_run(&dir, &cfg, 95.0, None);
+        let path = dir.join("summary.json");
+        let mut v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["train_images"] = json!(320);
+        std::fs::write(&path, v.to_string()).unwrap();
+    }
+    let runs = report::load_runs(std::slice::from_ref(&out)).unwrap();
+    let md = study::reproduce_markdown(&asked, &runs, &out).unwrap();
+    assert!(
+        md.contains("- data: the embedded MNIST subset") && !md.contains("first 6000"),
+        "{md}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 /// A reproduction of a model outside Table 1 (WRN-16-1) says it has no paper figures.
 #[test]
 fn a_model_outside_table_1_is_named_as_such() {

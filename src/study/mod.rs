@@ -1006,7 +1006,19 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
     ));
     let data = used_by(
         runs,
-        |x| (x.config.data.clone(), x.config.limit_train, x.config.valid),
+        |x| {
+            // A limit above the images there are left none out (as in the table's data column).
+            let held = x
+                .summary
+                .as_ref()
+                .and_then(|s| s.train_images)
+                .map(|t| t + x.config.valid.unwrap_or(0));
+            let limit = x
+                .config
+                .limit_train
+                .filter(|&n| held.is_none_or(|h| n <= h));
+            (x.config.data.clone(), limit, x.config.valid)
+        },
         |(d, limit, valid)| {
             let mut t = match d {
                 // As the command gave it, where that is the folder the runs read (they record
