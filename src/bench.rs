@@ -1179,7 +1179,12 @@ fn step_times(
             )
         })
         .collect();
-    let mut variants = Vec::new();
+    let mut variants: Vec<Variant> = Vec::new();
+    // Set-up and warm-up time of the first variant: the whole run's length, told where long
+    // (a CIFAR-10 model on a CPU adapter takes hours at the defaults, silently).
+    let mut told = false;
+    let set_up = Instant::now();
+    let n_specs = specs.len();
     for (label, masked, from_ck, sparse_keep) in specs {
         let mut session = open(masked)?;
         if let Some((keep, input)) = sparse_keep {
@@ -1209,8 +1214,68 @@ fn step_times(
         train.start_epoch(&session.gpu, 1, 1);
         let alpha = if masked { cfg.alpha as f32 } else { 0.0 };
         let plan = session.plan(&train, batch, Mode::Train, alpha, opt)?;
-        session.run_steps(&plan, &infos[..infos.len().min(5)])?; // warm-up
+        // Warm-up: five steps, the first timed alone for the estimate below.
+        let warm = infos.len().min(5);
+        let t = Instant::now();
+        session.run_steps(&plan, &infos[..1])?;
         session.gpu.wait()?;
+        let first = t.elapsed().as_secs_f64();
+        session.run_steps(&plan, &infos[1..warm])?;
+        session.gpu.wait()?;
+        if !told {
+            told = true;
+            let per_step = first;
+            let timed = per_step * steps as f64 * n_specs as f64 * rounds.max(1) as f64;
+            let profiled = if profile {
+                per_step * 2.0 * PROFILE_STEPS as f64
+            } else {
+                0.0
+            };
+            let total = timed + profiled + set_up.elapsed().as_secs_f64() * n_specs as f64;
+            if total > 60.0 {
+                eprintln!(
+                    "{model}: about {:.2} s a step here: {} variants x {} x {}{} take about {} \
+                     (fewer --steps or --rounds shorten it{})",
+                    per_step,
+                    n_specs,
+                    crate::report::plural(rounds.max(1) as usize, "round"),
+                    crate::report::plural(steps as usize, "step"),
+                    if profile {
+                        format!(", and --profile's {} steps", 2 * PROFILE_STEPS)
+                    } else {
+                        String::new()
+                    },
+                    crate::report::eta_text(total as u64),
+                    if profile {
+                        "; --profile's steps stay"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        // A variant whose products no layer takes computes what another does, with the same
+        // dispatches (the input-sparse products of a model without a linear layer large enough):
+        // left out, said so, rather than timed as if it were another step.
+        let same = |a: &crate::plan::Plan, b: &crate::plan::Plan| {
+            a.dispatches.len() == b.dispatches.len()
+                && a.dispatches
+                    .iter()
+                    .zip(&b.dispatches)
+                    .all(|(x, y)| x.label == y.label && x.workgroups == y.workgroups)
+        };
+        if let Some(twin) = variants
+            .iter()
+            .find(|v| v.kept_at_checkpoint.is_some() == from_ck && same(&v.plan, &plan))
+            .filter(|_| label.ends_with("input-sparse products"))
+        {
+            println!(
+                "{model} {label}: the same dispatches as \"{}\" (no layer of this model takes \
+                 them): not timed",
+                twin.label
+            );
+            continue;
+        }
         variants.push(Variant {
             label: label.to_string(),
             session,
@@ -1261,11 +1326,14 @@ fn step_times(
         }
     }
     let mean = |i: usize| times.iter().map(|r| r[i]).sum::<f64>() / times.len() as f64;
+    // The variants by what they are (one may have been left out above).
+    let at = |name: &str| variants.iter().position(|v| v.label.starts_with(name));
     // Each round's ratio, then their median: a burst of load on a shared machine moves a few
     // rounds, which a mean would spread over the figure.
     let ratios = |i: usize, j: usize| -> Vec<f64> { times.iter().map(|r| r[i] / r[j]).collect() };
     let ratio = |i: usize, j: usize| median(&mut ratios(i, j));
-    // From 4 rounds on, the main ratios also say how far the rounds spread.
+    // From 4 rounds on, the main ratios also say how far the rounds spread; with fewer, that
+    // they cannot (one round's ratio moves by tens of percent on a shared machine).
     let spread = |i: usize, j: usize| match quartiles(&mut ratios(i, j)) {
         Some((q1, _, q3)) if times.len() >= 4 => {
             format!(
@@ -1273,7 +1341,13 @@ fn step_times(
                 times.len()
             )
         }
-        _ => String::new(),
+        _ => format!(
+            " [{}: no spread to judge it by; --rounds 4 or more gives quartiles]",
+            match times.len() {
+                1 => "one round".to_string(),
+                n => format!("median of {n} rounds"),
+            }
+        ),
     };
     for (i, v) in variants.iter().enumerate() {
         let per_round: Vec<String> = times.iter().map(|r| format!("{:.3}", r[i])).collect();
@@ -1291,21 +1365,36 @@ fn step_times(
         ratio(2, 0),
         spread(1, 0)
     );
-    if variants.len() == 7 {
+    let from_ck = at("DST from checkpoint (");
+    if let Some(ck_i) = from_ck {
+        let mut others = Vec::new();
+        for (name, what) in [
+            ("DST from checkpoint, dense products", "dense products"),
+            (
+                "DST from checkpoint, weight-sparse products",
+                "weight-sparse products",
+            ),
+            (
+                "DST from checkpoint, input-sparse products",
+                "input-sparse products",
+            ),
+        ] {
+            if let Some(i) = at(name) {
+                others.push(format!("{:.3} with {what}", ratio(i, 0)));
+            }
+        }
         println!(
-            "{model} DST from checkpoint / dense step time: {:.3} ({:.3} with dense products, {:.3} with weight-sparse products, {:.3} with input-sparse products){}",
-            ratio(6, 0),
-            ratio(3, 0),
-            ratio(4, 0),
-            ratio(5, 0),
-            spread(6, 0)
+            "{model} DST from checkpoint / dense step time: {:.3} ({}){}",
+            ratio(ck_i, 0),
+            others.join(", "),
+            spread(ck_i, 0)
         );
     }
     if profile {
         // The dense step beside DST with the adapter's defaults (from the checkpoint when given,
         // else from scratch), per layer and kernel: the rows they share bound what DST's
         // sparsity can save.
-        let dst = if variants.len() == 7 { 6 } else { 1 };
+        let dst = from_ck.unwrap_or(1);
         let mut how = String::new();
         let mut per = Vec::new();
         for v in [&variants[0], &variants[dst]] {

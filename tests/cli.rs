@@ -401,6 +401,13 @@ fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
             && stdout.contains("optimizer adam, lr 0.001, batch 64"),
         "{stdout}"
     );
+    // fc1 takes the input-sparse products: that variant is timed; one round is said to be one.
+    assert!(
+        stdout.contains("with input-sparse products)")
+            && !stdout.contains("not timed")
+            && stdout.contains("[one round: no spread to judge it by; --rounds 4 or more"),
+        "{stdout}"
+    );
     // Labelled with the checkpoint's keep ratio, as eval gives it (it was the ratio after the
     // warm-up steps, which the bench's steps move).
     let label: f64 = stdout
@@ -874,6 +881,57 @@ fn bench_profiles_the_dense_and_the_dst_step_per_layer() {
         own.contains("masked ") && own.contains(" dispatches)"),
         "{own}"
     );
+}
+
+/// A variant whose products no layer of the model takes (LSTM-a has no linear layer large
+/// enough for the input-sparse products) has the dispatches of another: said so and not timed,
+/// and the ratios leave it out (it was timed as if it were another step, adding only noise).
+#[test]
+fn bench_leaves_out_a_variant_no_layer_takes() {
+    let out = nothing_at("bench-twin");
+    let o = out.to_str().unwrap();
+    let (ok, _, err) = dst(&[
+        "train",
+        "--model",
+        "lstm-a",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "100",
+        "--out",
+        o,
+    ]);
+    assert!(ok, "{err}");
+    let (ok, stdout, err) = dst(&[
+        "bench",
+        "--reps",
+        "0",
+        "--steps",
+        "1",
+        "--rounds",
+        "1",
+        "--model",
+        "lstm-a",
+        "--checkpoint",
+        o,
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains(
+            "lstm-a DST from checkpoint, input-sparse products: the same dispatches as \"DST from \
+             checkpoint, dense products\" (no layer of this model takes them): not timed"
+        ),
+        "{stdout}"
+    );
+    let ratio = stdout
+        .lines()
+        .find(|l| l.starts_with("lstm-a DST from checkpoint / dense step time: "))
+        .unwrap_or_else(|| panic!("no ratio line in:\n{stdout}"));
+    assert!(
+        ratio.contains("with weight-sparse products") && !ratio.contains("input-sparse"),
+        "{ratio}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
 }
 
 /// From 4 rounds on the step ratios are the median of the rounds' ratios, with their quartiles;
