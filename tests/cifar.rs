@@ -308,7 +308,14 @@ fn reader_names_missing_files() {
     // A file is no folder to fetch into: the hint names a new one.
     let file = dir.join("data_batch_1.bin");
     let err = cifar::load_dir(&file).unwrap_err();
-    assert_mentions(&err, &["is a file", "`dst fetch cifar10 --to NEW_FOLDER`"]);
+    assert_mentions(
+        &err,
+        &[
+            "is a file, not a folder: its folder",
+            &format!("give --data {}", dir.display()),
+            "`dst fetch cifar10 --to NEW_FOLDER`",
+        ],
+    );
     // The MNIST test set alone: fetched as `mnist`, not `mnist test` (no such command).
     let err = dst::export::infer::load_test(Some(&dir.join("nowhere")))
         .err()

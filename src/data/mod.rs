@@ -546,7 +546,18 @@ pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), Data
     let mut fetch_here = false;
     let why = match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => return Ok(()),
-        Ok(_) => "is a file, not a folder".to_string(),
+        // One of the dataset's files given for its folder: the folder named.
+        Ok(_) => match dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && (holds_mnist(p) || cifar::holds_any(p)))
+        {
+            Some(p) => format!(
+                "is a file, not a folder: its folder {} holds dataset files; give --data {}",
+                p.display(),
+                p.display()
+            ),
+            None => "is a file, not a folder".to_string(),
+        },
         // A link to nothing is no file in the way.
         Err(_) if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) => {
             "a symbolic link to nothing (its target does not exist)".to_string()
