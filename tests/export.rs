@@ -968,6 +968,19 @@ fn images_of_another_size_are_refused_before_any_gpu_work() {
             "{cmd}: GPU opened: {out} {err}"
         );
     }
+    // A CIFAR-10 folder: the model is named in both commands (bench-infer said "the model").
+    let cifar = dir.join("cifar");
+    std::fs::create_dir_all(&cifar).unwrap();
+    for f in dst::data::cifar::FILES {
+        std::fs::write(cifar.join(f), vec![0u8; dst::data::cifar::RECORD]).unwrap();
+    }
+    for cmd in ["infer", "bench-infer"] {
+        let (ok, _, err) = dst_cli(&[cmd, file, "--data", cifar.to_str().unwrap()]);
+        assert!(
+            !ok && err.contains("holds CIFAR-10, but lenet300 trains on MNIST"),
+            "{cmd}: {err}"
+        );
+    }
     // The library: an error, not a panic in the upload.
     let _g = serial();
     let ds = dst::data::load_dir(Path::new(data)).unwrap().test;

@@ -1253,7 +1253,8 @@ pub fn bench(
     if !has_sparse(&export.model) {
         return bench_evaluation(file, &export, data, samples);
     }
-    let test = load_test(data)?;
+    // Through `test_set`: a folder of the other dataset is named with the model.
+    let test = test_set(&export.model, data)?;
     check_test_set(&export.model, &test)?;
     let gpu = Gpu::from_env()?;
     println!("adapter: {}", gpu.describe());
