@@ -698,6 +698,34 @@ fn fetch_unreachable_mirrors_are_listed() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A connection cut inside the body says how far the download got (it said only "network
+/// error: Peer disconnected").
+#[test]
+fn a_download_cut_short_says_how_far_it_got() {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(&[7u8; 1000]);
+            let _ = stream.flush();
+        }
+    });
+    let dir = tmpdir("fetch-cut");
+    let spec = FileSpec {
+        name: "train-labels-idx1-ubyte",
+        sha256: "00",
+    };
+    let err = fetch::fetch(&dir, &[base], &[spec], &mut |_| {}).unwrap_err();
+    assert_mentions(&err, &["network error", "after 1000 bytes of the body"]);
+    assert!(entries(&dir).is_empty(), "left behind: {:?}", entries(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A failed fetch into a folder it made leaves no empty folder; the gzip error names the URL once
 /// (the attempt's line) and the file.
 #[test]

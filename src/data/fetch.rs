@@ -174,7 +174,13 @@ fn read_body(body: &mut dyn Read, sink: &mut Sink) -> Result<(), AttemptError> {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(AttemptError::Network(e.to_string())),
+            // How far it got: a connection cut at once and one cut near the end differ.
+            Err(e) => {
+                return Err(AttemptError::Network(format!(
+                    "{e} after {} of the body",
+                    crate::report::plural(total as usize, "byte")
+                )))
+            }
         };
         total += n as u64;
         sink(&buf[..n], total)?;
