@@ -551,6 +551,11 @@ fn help_and_info_list_the_models() {
         out.contains("lstm-b") && out.contains("conv2") && out.contains("[50, 4, 4]"),
         "{out}"
     );
+    // A pool that applies the ReLU before it says so (the list seemed to lack those ReLUs).
+    assert!(
+        out.contains("pool2    -> [50, 4, 4]  (ReLU fused in: max-pool of relu(x))"),
+        "{out}"
+    );
 }
 
 /// Impossible targets, unknown reset policies and a sparse-products ratio outside [0, 1] are

@@ -229,14 +229,15 @@ impl Model {
             shape = l.output_shape(&shape);
             let masked: usize = l.mask_views().iter().map(|v| v.rows * v.cols).sum();
             out.push(format!(
-                "{:<w$} -> {:?}{}",
+                "{:<w$} -> {:?}{}{}",
                 l.name(),
                 shape,
                 if masked > 0 {
                     format!("  ({masked} masked weights)")
                 } else {
                     String::new()
-                }
+                },
+                l.note().map(|n| format!("  ({n})")).unwrap_or_default()
             ));
         }
         out

@@ -212,4 +212,8 @@ pub trait Layer {
     fn mask_views(&self) -> Vec<MaskView> {
         Vec::new()
     }
+    /// What the layer does beyond its name, for `dst info`'s list (a ReLU fused into a pool).
+    fn note(&self) -> Option<&'static str> {
+        None
+    }
 }

@@ -68,6 +68,10 @@ impl Pool2d {
 }
 
 impl Layer for Pool2d {
+    fn note(&self) -> Option<&'static str> {
+        self.relu.then_some("ReLU fused in: max-pool of relu(x)")
+    }
+
     fn name(&self) -> &str {
         &self.name
     }
