@@ -26,6 +26,7 @@ pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
     }
     Err(CheckpointError::FolderWithout {
         path: path.to_path_buf(),
+        training: crate::train::in_use(path),
     })
 }
 
@@ -160,10 +161,20 @@ pub enum CheckpointError {
     #[error("{path}: {reason}")]
     Mismatch { path: PathBuf, reason: String },
     #[error(
-        "{path} is a folder without a checkpoint.safetensors; give a checkpoint file (a run \
-         folder's checkpoint.safetensors)"
+        "{path} is a folder without a checkpoint.safetensors{}",
+        if *training {
+            " yet: its run is training now, and writes its first checkpoint at the end of its \
+             first epoch"
+        } else {
+            "; give a checkpoint file (a run folder's checkpoint.safetensors)"
+        }
     )]
-    FolderWithout { path: PathBuf },
+    FolderWithout {
+        path: PathBuf,
+        /// Another process holds the folder's run lock: the run has not reached its first
+        /// checkpoint.
+        training: bool,
+    },
     #[error(
         "{path} is not a safetensors checkpoint: {what}{}",
         sibling.as_ref().map_or(String::new(), |c| format!("; the checkpoint of its folder is {}", c.display()))

@@ -1322,6 +1322,19 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
                 return Err(train::TrainError::InUse { dir: dir.clone() }.into());
             }
             let path = dir.join("config.json");
+            // A folder without one is no run folder: said so (a raw "No such file" named it).
+            if !path.exists() {
+                bail!(
+                    "--resume {}: not a run folder (no config.json there){}; give the folder \
+                     `dst train` wrote (its --out, or runs/<timestamp>-<model>)",
+                    dir.display(),
+                    if dst::data::holds_mnist(dir) || dst::data::cifar::holds_any(dir) {
+                        ": it holds a dataset (that is --data's)"
+                    } else {
+                        ""
+                    }
+                );
+            }
             let text = std::fs::read_to_string(&path).with_context(|| {
                 format!("--resume {}: cannot read its config.json", dir.display())
             })?;

@@ -2525,6 +2525,13 @@ fn resume_takes_the_run_folder_or_its_checkpoint() {
     let cfg = out.join("config.json");
     let (ok, _, err) = dst(&["train", "--resume", cfg.to_str().unwrap()]);
     assert!(!ok && err.contains("is a file, not a run folder"), "{err}");
+    // A folder without config.json (here the embedded data's): not a run folder, said so (a raw
+    // "No such file or directory" named it), the dataset named as --data's.
+    let (ok, _, err) = dst(&["train", "--resume", "assets/mnist-subset"]);
+    assert!(
+        !ok && err.contains("not a run folder (no config.json there): it holds a dataset"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -2551,7 +2558,19 @@ fn a_folder_being_trained_is_named_in_use() {
         );
     }
     assert_eq!(std::fs::read(out.join("config.json")).unwrap(), b"{}");
+    // `dst eval` of it before its first checkpoint: told the run is training (it read as a
+    // folder someone forgot to fill).
+    let (ok, _, err) = dst(&["eval", o]);
+    assert!(
+        !ok && err.contains("without a checkpoint.safetensors yet: its run is training now"),
+        "{err}"
+    );
     drop(held);
+    let (ok, _, err) = dst(&["eval", o]);
+    assert!(
+        !ok && err.contains("without a checkpoint.safetensors; give a checkpoint file"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }
 
