@@ -857,7 +857,7 @@ fn warn_torn(runs: &[dst::report::Run]) {
 }
 
 fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
-    let runs = dst::report::load_runs(runs)?;
+    let runs = dst::report::load_runs_for_charts(runs)?;
     warn_torn(&runs);
     let out = out.unwrap_or_else(|| match runs.as_slice() {
         [one] => one.dir.clone(),

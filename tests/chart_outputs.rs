@@ -847,6 +847,28 @@ fn a_run_keeps_its_colour_across_panels() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A run whose summary.json is damaged is still drawn, from its log, with a warning (charts
+/// need no summary; `dst plot` refused it as "no readable run").
+#[test]
+fn a_run_with_a_damaged_summary_is_drawn_from_its_log() {
+    let root = tmp("damaged-summary");
+    fake_run(&root.join("r"), 1);
+    std::fs::write(
+        root.join("r").join("summary.json"),
+        "{\"model\": \"lenet300\", \"de",
+    )
+    .unwrap();
+    let o = dst(&root, &[p("plot"), p("r"), p("--out"), p("charts")]);
+    ok(&o, "plot of a run with a damaged summary");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("summary.json") && err.contains("the run is drawn from its metrics.jsonl"),
+        "{err}"
+    );
+    assert!(is_png(&root.join("charts").join("keep_per_layer.png")));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A run that logged nothing (no metrics.jsonl): `dst plot` fails naming it, and the charts an
 /// earlier drawing left in its folder stay (it once drew nothing and succeeded); beside a run
 /// that logged, a warning names it.

@@ -100,6 +100,48 @@ pub fn load_runs(paths: &[PathBuf]) -> Result<Vec<Run>, ReportError> {
     Ok(runs)
 }
 
+/// `load_runs` for charts, which need only a run's config and log: a run whose `summary.json`
+/// is damaged is drawn from its log, with a warning (it was left out).
+pub fn load_runs_for_charts(paths: &[PathBuf]) -> Result<Vec<Run>, ReportError> {
+    let mut runs = Vec::new();
+    let mut skipped = Vec::new();
+    for d in find_runs(paths)? {
+        match Run::load(&d) {
+            Ok(r) => runs.push(r),
+            Err(ReportError::Format { path, reason }) if path.ends_with("summary.json") => {
+                eprintln!(
+                    "warning: {}: {reason}; the run is drawn from its metrics.jsonl",
+                    path.display()
+                );
+                match Run::load_with(&d, false) {
+                    Ok(r) => runs.push(r),
+                    Err(e) => skipped.push(e),
+                }
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
+    for e in &skipped {
+        eprintln!("warning: run left out: {e}");
+    }
+    if runs.is_empty() {
+        return Err(no_readable_run(&skipped));
+    }
+    Ok(runs)
+}
+
+/// The error of a call where no run could be read: each run's reason.
+fn no_readable_run(skipped: &[ReportError]) -> ReportError {
+    ReportError::NoRuns(format!(
+        "no readable run: {}",
+        skipped
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("; ")
+    ))
+}
+
 /// `load_runs` without the warnings: the runs read, and the error of each run left out. Fails
 /// when none could be read.
 pub fn load_runs_skipping(paths: &[PathBuf]) -> Result<(Vec<Run>, Vec<ReportError>), ReportError> {
@@ -112,14 +154,7 @@ pub fn load_runs_skipping(paths: &[PathBuf]) -> Result<(Vec<Run>, Vec<ReportErro
         }
     }
     if runs.is_empty() {
-        return Err(ReportError::NoRuns(format!(
-            "no readable run: {}",
-            skipped
-                .iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
+        return Err(no_readable_run(&skipped));
     }
     Ok((runs, skipped))
 }

@@ -271,6 +271,12 @@ impl Run {
     /// Reads `dir`. `config.json` is required; `metrics.jsonl` and `summary.json` may be absent
     /// (a run that has not logged or not finished yet).
     pub fn load(dir: &Path) -> Result<Run, ReportError> {
+        Run::load_with(dir, true)
+    }
+
+    /// `load`, with `summary.json` read only when `summary` (charts need only the log: a run
+    /// whose summary is damaged can still be drawn).
+    pub fn load_with(dir: &Path, summary: bool) -> Result<Run, ReportError> {
         let config: RunConfig = read_json(&dir.join("config.json"))?;
         let metrics = dir.join("metrics.jsonl");
         let m = if metrics.exists() {
@@ -279,7 +285,7 @@ impl Run {
             Metrics::default()
         };
         let sp = dir.join("summary.json");
-        let summary = if sp.exists() {
+        let summary = if summary && sp.exists() {
             Some(read_json(&sp)?)
         } else {
             None
