@@ -26,7 +26,8 @@ pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
     }
     Err(CheckpointError::FolderWithout {
         path: path.to_path_buf(),
-        training: crate::train::in_use(path),
+        // A run folder (a study's folder holds a lock too, and no checkpoint ever).
+        training: path.join("config.json").is_file() && crate::train::in_use(path),
     })
 }
 

@@ -623,7 +623,7 @@ fn bad_infer_and_sweep_flags_are_clear_errors() {
     );
     let (ok, _, err) = dst(&["sweep", "--alpha", "inf", "--out", "/tmp/dst-never-written"]);
     assert!(
-        !ok && err.contains("must be finite and positive, got inf"),
+        !ok && err.contains("must be finite and positive (a log axis shows them), got inf"),
         "{err}"
     );
     assert!(!std::path::Path::new("/tmp/dst-never-written").exists());
@@ -2588,12 +2588,22 @@ fn a_lock_held_for_an_instant_is_waited_for() {
     });
     assert!(matches!(dst::train::lock_run(&out), Ok(Some(_))));
     release.join().unwrap();
+    // `in_use` (every resume and study asks it first) waits the same way.
+    let held = std::fs::File::open(out.join(dst::train::LOCK_FILE)).unwrap();
+    held.try_lock().unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        drop(held);
+    });
+    assert!(!dst::train::in_use(&out));
+    release.join().unwrap();
     let held = std::fs::File::open(out.join(dst::train::LOCK_FILE)).unwrap();
     held.try_lock().unwrap();
     assert!(matches!(
         dst::train::lock_run(&out),
         Err(dst::train::TrainError::InUse { .. })
     ));
+    assert!(dst::train::in_use(&out));
     drop(held);
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -1539,6 +1539,9 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
         (&nowhere, "no-such-folder does not exist"),
         (&slash, "names a folder"),
     ];
+    // "-" (standard output elsewhere): refused, not a file named "-" in the working folder.
+    let dash = PathBuf::from("-");
+    cases.push((&dash, "--out -: the predictions go to a file"));
     let under_file = other.join("p.csv");
     let in_the_way = format!("cannot exist: {} is a file", other.display());
     cases.push((&under_file, &in_the_way));
@@ -1565,6 +1568,7 @@ fn infer_writes_predictions_and_replaces_only_its_own_file() {
     }
     assert_eq!(std::fs::read_to_string(&other).unwrap(), "keep me");
     assert!(!dir.join("nowhere.csv").exists());
+    assert!(!Path::new("-").exists());
     assert_eq!(
         std::fs::read_to_string(&theirs).unwrap(),
         "index,label,prediction\nimportant\n"
@@ -1805,6 +1809,12 @@ fn infer_scores_the_runs_own_test_set_and_exports_replace_files_in_place() {
         );
     }
     assert!(!dir.join("new").exists());
+    // "-" (standard output elsewhere): refused, no file named "-" written.
+    let err = export::export(&run_ck, Layout::Csr, Path::new("-"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not to standard output"), "{err}");
+    assert!(!Path::new("-").exists());
 
     // Bytes after the tensors: named as such, not only as a cut.
     let mut bytes = std::fs::read(&out).unwrap();

@@ -476,6 +476,32 @@ fn paper_figures_beside_other_settings_are_marked() {
     let rows = table::rows(&report::load_runs(&[paper.clone()]).unwrap());
     let md = table::markdown(&rows, true);
     assert!(!md.contains('†'), "{md}");
+    // A dense baseline with a sweep's `--reset floor` is at the paper's settings (the reset acts
+    // on masks, which a dense run has none of).
+    let dense = root.join("dense");
+    write_fake(
+        &dense,
+        &Fake {
+            model: "lenet300",
+            dense: true,
+            alpha: 5e-4,
+            seed: 1,
+            epochs: 20,
+            history: vec![(98.2, 1.0); 20],
+            valid: None,
+            finished: true,
+        },
+    );
+    let path = dense.join("config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    c["data"] = json!(root);
+    c["reset"] = json!("floor");
+    std::fs::write(&path, c.to_string()).unwrap();
+    let rows = table::rows(&report::load_runs(std::slice::from_ref(&dense)).unwrap());
+    let md = table::markdown(&rows, true);
+    assert!(!md.contains('†'), "{md}");
+    std::fs::remove_dir_all(&dense).unwrap();
     let rows = table::rows(&report::load_runs(&[paper, short]).unwrap());
     let md = table::markdown(&rows, true);
     assert_eq!(md.matches(" 97.69 ± 0.14 † |").count(), 1, "{md}");
@@ -483,6 +509,36 @@ fn paper_figures_beside_other_settings_are_marked() {
         md.contains("this row ran otherwise, so compare with care: lenet300 DST alpha 5e-4 (1 epoch, the embedded subset)."),
         "{md}"
     );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// The report's run list names each run as its row does: two runs that differ only in lr are
+/// told apart there too (both read "DST alpha 5e-4"), with their data.
+#[test]
+fn the_run_list_names_runs_as_their_rows_do() {
+    let root = tmp("run-list");
+    for (name, lr) in [("a", 0.01), ("b", 0.02)] {
+        let dir = root.join(name);
+        write_fake(&dir, &one_epoch_dst(1, 90.0));
+        let path = dir.join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        c["lr"] = json!(lr);
+        std::fs::write(&path, c.to_string()).unwrap();
+    }
+    let md = report::report_markdown(&report::load_runs(std::slice::from_ref(&root)).unwrap());
+    for (name, lr) in [("a", "0.01"), ("b", "0.02")] {
+        let line = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} |", root.join(name).display())))
+            .unwrap_or_else(|| panic!("no line of run {name}:\n{md}"));
+        assert!(
+            line.contains(&format!(
+                "| DST alpha 5e-4, lr {lr} | embedded subset | 1 |"
+            )),
+            "{line}"
+        );
+    }
     std::fs::remove_dir_all(&root).unwrap();
 }
 

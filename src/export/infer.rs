@@ -913,6 +913,12 @@ pub const PREDICTIONS_HEADER: &str = "index,label,prediction";
 /// `dst infer --out`'s guard: `out` may be new or an earlier predictions file of `dst infer`
 /// (first line `PREDICTIONS_HEADER`...), nothing else (a folder, the export, any other file).
 fn check_predictions_out(out: &std::path::Path) -> anyhow::Result<()> {
+    // Standard output's usual name elsewhere: not a file named "-" here.
+    anyhow::ensure!(
+        out.as_os_str() != "-",
+        "--out -: the predictions go to a file, replaced whole, not to standard output; give a \
+         file's path (e.g. predictions.csv)"
+    );
     if let Some(to) = crate::checkpoint::dangling_link(out) {
         anyhow::bail!(
             "--out {}: a symbolic link to {}, which does not exist; give a file's path",

@@ -627,6 +627,14 @@ pub fn size_note(file: u64, dense: u64, layout: Layout) -> String {
 
 /// `export`'s guard on its output path (see there).
 fn check_out(checkpoint: &Path, out: &Path) -> Result<(), ExportError> {
+    // Standard output's usual name elsewhere: not a file named "-" here.
+    if out.as_os_str() == "-" {
+        return Err(invalid(
+            out,
+            "an export is written to a file, not to standard output; give a file's path (e.g. \
+             model.safetensors)",
+        ));
+    }
     if let Some(to) = crate::checkpoint::dangling_link(out) {
         return Err(invalid(
             out,

@@ -201,9 +201,14 @@ pub fn report_markdown(runs: &[Run]) -> String {
     let rows = table::rows(runs);
     let mut s = format!("{REPORT_HEADER}\n");
     s.push_str(&table::markdown(&rows, true));
-    s.push_str("\n## Runs\n\n| run | model | variant | seed | epochs | status |\n|---|---|---|---|---|---|\n");
+    s.push_str("\n## Runs\n\n| run | model | variant | data | seed | epochs | status |\n|---|---|---|---|---|---|---|\n");
     for r in runs {
         let c = &r.config;
+        // As its row of the table above names it: the settings that tell rows apart (an lr, a
+        // validation split) are in the variant and data, not only in the table.
+        let row = rows.iter().find(|row| row.dirs.contains(&r.dir));
+        let variant = row.map_or_else(|| c.kind(), |row| row.variant());
+        let data = row.map_or("", |row| row.data.as_str());
         let status = match &r.summary {
             Some(s) if s.epochs >= c.epochs => format!(
                 "done: last epoch {:.2}% at {:.2}% remaining",
@@ -227,10 +232,11 @@ pub fn report_markdown(runs: &[Run]) -> String {
             },
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
             r.dir.display(),
             c.model,
-            c.kind(),
+            variant,
+            data,
             c.seed,
             c.epochs,
             status

@@ -211,6 +211,8 @@ pub struct Row {
     pub diverged: usize,
     /// Per rule (in `Rule::ALL` order): (test accuracy %, remaining %) over the finished runs.
     pub stats: [Option<(Stat, Stat)>; 3],
+    /// The run folders in the row (finished or not), as given.
+    pub dirs: Vec<std::path::PathBuf>,
     /// How the row's runs differ from the paper's setting of their model ("alpha 5e-3", "4
     /// epochs", "embedded subset"): its Table 1 figures were not measured so. Empty: the
     /// paper's settings (on a data folder, which may hold the full set).
@@ -234,6 +236,19 @@ pub fn fmt_alpha(a: f64) -> String {
     format!("{a:e}")
 }
 
+/// The run's `--limit-train`, unless it was above the images there are (known from a finished
+/// run's summary): such a run trained on all of them.
+pub(crate) fn limit_that_left_out(r: &Run) -> Option<usize> {
+    let held = r
+        .summary
+        .as_ref()
+        .and_then(|x| x.train_images)
+        .map(|t| t + r.config.valid.unwrap_or(0));
+    r.config
+        .limit_train
+        .filter(|&n| held.is_none_or(|h| n <= h))
+}
+
 /// Where a run's data came from, for a table: the folder's name (`full`: its whole canonical
 /// path, where the folder still exists), or "embedded subset", and the training-image limit and
 /// validation split. A limit above the images there are (known from a finished run's summary)
@@ -248,16 +263,7 @@ fn data_label(r: &Run, full: bool) -> String {
             .unwrap_or_else(|| d.display().to_string()),
         (None, _) => "embedded subset".into(),
     };
-    let held = r
-        .summary
-        .as_ref()
-        .and_then(|x| x.train_images)
-        .map(|t| t + r.config.valid.unwrap_or(0));
-    if let Some(n) = r
-        .config
-        .limit_train
-        .filter(|&n| held.is_none_or(|h| n <= h))
-    {
+    if let Some(n) = limit_that_left_out(r) {
         let _ = write!(s, ", first {n} train");
     }
     if let Some(v) = r.config.valid {
@@ -305,11 +311,14 @@ fn unlike_paper(r: &Run) -> Vec<String> {
     if c.data.is_none() {
         v.push("the embedded subset".into());
     }
-    let data = data_label(r, false);
-    if let Some((_, rest)) = data.split_once(", ") {
-        v.push(rest.to_string());
+    if let Some(n) = limit_that_left_out(r) {
+        v.push(format!("first {n} train"));
     }
-    if c.reset.as_deref().is_some_and(|x| x != "paper") {
+    if let Some(n) = c.valid {
+        v.push(format!("{n} held out"));
+    }
+    // The reset policy acts on masks: a dense run (a sweep's baseline) has none.
+    if !c.dense && c.reset.as_deref().is_some_and(|x| x != "paper") {
         v.push(format!("reset {}", c.reset.as_deref().unwrap_or("")));
     }
     v
@@ -365,12 +374,14 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
                         diverged: 0,
                         stats: [None; 3],
                         unlike_paper: unlike_paper(r),
+                        dirs: Vec::new(),
                     },
                     Vec::new(),
                 ));
                 rows.len() - 1
             }
         };
+        rows[i].0.dirs.push(r.dir.clone());
         // A summary of fewer epochs than configured is an older, shorter run being extended.
         match r.summary.as_ref().filter(|s| s.epochs >= c.epochs) {
             // The same seed twice (a run folder copied): one run, counted once.
@@ -615,7 +626,7 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
         if !unlike.is_empty() {
             let _ = writeln!(
                 s,
-                "- *†*: the paper's figures for the model, measured at its own settings (`dst info`); {} ran otherwise, so compare with care: {}.",
+                "- *†*: the paper's figures for the model, measured at its own settings (`dst info`; a CIFAR-10 row's second DST figure at a larger alpha, METHOD.md section 6); {} ran otherwise, so compare with care: {}.",
                 if unlike.len() == 1 { "this row" } else { "these rows" },
                 unlike.join("; ")
             );

@@ -1008,15 +1008,7 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         runs,
         |x| {
             // A limit above the images there are left none out (as in the table's data column).
-            let held = x
-                .summary
-                .as_ref()
-                .and_then(|s| s.train_images)
-                .map(|t| t + x.config.valid.unwrap_or(0));
-            let limit = x
-                .config
-                .limit_train
-                .filter(|&n| held.is_none_or(|h| n <= h));
+            let limit = table::limit_that_left_out(x);
             (x.config.data.clone(), limit, x.config.valid)
         },
         |(d, limit, valid)| {

@@ -133,10 +133,22 @@ pub struct RunOptions {
 /// one --out) is refused instead of interleaving its files with the first's.
 pub const LOCK_FILE: &str = ".dst.lock";
 
-/// Whether another process holds `dir`'s run lock (`LOCK_FILE`; none is made here).
+/// Whether another process holds `dir`'s run lock (`LOCK_FILE`; none is made here). A lock held
+/// only for an instant (another process's own `in_use`) is tried again, as `lock_run` does: it
+/// does not count as the run being in use.
 pub fn in_use(dir: &Path) -> bool {
-    std::fs::File::open(dir.join(LOCK_FILE))
-        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+    let Ok(f) = std::fs::File::open(dir.join(LOCK_FILE)) else {
+        return false;
+    };
+    for tries in 0..=LOCK_TRIES {
+        if !matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
+            return false;
+        }
+        if tries < LOCK_TRIES {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    true
 }
 
 /// The (length, modification time) of a run's checkpoint and metrics.jsonl, where they exist.
@@ -372,14 +384,7 @@ pub fn train(
         // Another model's checkpoint put in this folder: said first (the optimiser check below
         // would otherwise blame config.json).
         if let Some(m) = ck.meta("model").filter(|m| *m != cfg.model) {
-            return Err(TrainError::Refused(format!(
-                "{} is a checkpoint of {m}, and {}'s config.json trains {}: it is not this run's \
-                 checkpoint. Nothing was changed; put the run's own checkpoint back, or train \
-                 into another folder",
-                path.display(),
-                run.dir.display(),
-                cfg.model
-            )));
+            return Err(other_models_checkpoint(&path, m, &run.dir, &cfg.model));
         }
         // Another optimiser than the checkpoint's (config.json edited): its state cannot carry
         // over. Said as such, not as a tensor the checkpoint lacks.
@@ -874,6 +879,18 @@ fn unfinished(dir: &Path, epoch0: usize, has_history: bool) -> bool {
     !summarised && has_history
 }
 
+/// A resume's refusal of `path`, a checkpoint of `model`, in the folder `dir` of a run of
+/// `run_model`: not this run's checkpoint.
+fn other_models_checkpoint(path: &Path, model: &str, dir: &Path, run_model: &str) -> TrainError {
+    TrainError::Refused(format!(
+        "{} is a checkpoint of {model}, and {}'s config.json trains {run_model}: it is not this \
+         run's checkpoint. Nothing was changed; put the run's own checkpoint back, or train into \
+         another folder",
+        path.display(),
+        dir.display()
+    ))
+}
+
 /// `--resume` of the run in `dir`, whose checkpoint holds `epoch0` epochs, for no more than
 /// that: refused (`unfinished`: it has no summary yet, and may end there).
 fn length_refusal(dir: &Path, epoch0: usize, unfinished: bool) -> TrainError {
@@ -899,8 +916,7 @@ pub fn check_resume_length(dir: &Path, epochs: usize) -> Result<()> {
     let Ok(meta) = Checkpoint::read_metadata(&run.checkpoint()) else {
         return Ok(());
     };
-    // Another model's checkpoint in the folder: left to the run, which says so (its epochs are
-    // not this run's).
+    // Another model's checkpoint in the folder: said so here (its epochs are not this run's).
     let model = |text: &str| {
         serde_json::from_str::<serde_json::Value>(text)
             .ok()
@@ -911,7 +927,7 @@ pub fn check_resume_length(dir: &Path, epochs: usize) -> Result<()> {
         .and_then(|t| model(&t));
     if let (Some(m), Some(r)) = (meta.get("model"), run_model) {
         if *m != r {
-            return Ok(());
+            return Err(other_models_checkpoint(&run.checkpoint(), m, dir, &r));
         }
     }
     let epoch0: usize = meta.get("epoch").and_then(|e| e.parse().ok()).unwrap_or(0);
