@@ -579,8 +579,9 @@ pub fn train(
     run.write_json(&run.config(), cfg)?;
     // From here on (the line below says the run is ready) a Ctrl-C asks to stop at a log point.
     let _catching = interrupt::Catching::new(&format!(
-        "{d} keeps its last checkpoint, if one was written: continue with `dst train --resume \
-         {d}` (a sweep or reproduction: run its command again)",
+        "continue with `dst train --resume {d}`: it goes on from the run's last checkpoint (the \
+         end of its last finished epoch), or starts it again where it stopped before its first \
+         (a sweep or reproduction: run its command again)",
         d = run.dir.display()
     ));
     let n = data.train.count;
