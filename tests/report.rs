@@ -454,50 +454,39 @@ fn paper_figures_beside_other_settings_are_marked() {
     let root = tmp("unlike-paper");
     let short = root.join("short");
     write_fake(&short, &one_epoch_dst(1, 90.0));
-    let paper = root.join("paper");
-    write_fake(
-        &paper,
-        &Fake {
-            model: "lenet300",
-            dense: false,
-            alpha: 5e-4,
-            seed: 1,
-            epochs: 20,
-            history: vec![(97.9, 0.08); 20],
-            valid: None,
-            finished: true,
-        },
-    );
-    let path = paper.join("config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    c["data"] = json!(root);
-    std::fs::write(&path, c.to_string()).unwrap();
-    let rows = table::rows(&report::load_runs(&[paper.clone()]).unwrap());
+    // A 20-epoch run of the paper's settings on a data folder, `edit` applied to its config.
+    let twenty = |name: &str, dense: bool, last: (f64, f64), edit: &[(&str, serde_json::Value)]| {
+        let dir = root.join(name);
+        write_fake(
+            &dir,
+            &Fake {
+                model: "lenet300",
+                dense,
+                alpha: 5e-4,
+                seed: 1,
+                epochs: 20,
+                history: vec![last; 20],
+                valid: None,
+                finished: true,
+            },
+        );
+        let path = dir.join("config.json");
+        let mut c: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        c["data"] = json!(root);
+        for (k, v) in edit {
+            c[*k] = v.clone();
+        }
+        std::fs::write(&path, c.to_string()).unwrap();
+        dir
+    };
+    let paper = twenty("paper", false, (97.9, 0.08), &[]);
+    let rows = table::rows(&report::load_runs(std::slice::from_ref(&paper)).unwrap());
     let md = table::markdown(&rows, true);
     assert!(!md.contains('†'), "{md}");
     // A dense baseline with a sweep's `--reset floor` is at the paper's settings (the reset acts
     // on masks, which a dense run has none of).
-    let dense = root.join("dense");
-    write_fake(
-        &dense,
-        &Fake {
-            model: "lenet300",
-            dense: true,
-            alpha: 5e-4,
-            seed: 1,
-            epochs: 20,
-            history: vec![(98.2, 1.0); 20],
-            valid: None,
-            finished: true,
-        },
-    );
-    let path = dense.join("config.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    c["data"] = json!(root);
-    c["reset"] = json!("floor");
-    std::fs::write(&path, c.to_string()).unwrap();
+    let dense = twenty("dense", true, (98.2, 1.0), &[("reset", json!("floor"))]);
     let rows = table::rows(&report::load_runs(std::slice::from_ref(&dense)).unwrap());
     let md = table::markdown(&rows, true);
     assert!(!md.contains('†'), "{md}");
