@@ -380,8 +380,9 @@ struct TrainArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Log a line every N steps (and at each epoch's end); only the logging follows it (the
-    /// --target-keep controller keeps its own cadence, the progress bar moves every tenth of an
-    /// epoch, at least every 100 steps).
+    /// --target-keep controller keeps its own cadence; the progress bar moves at least every
+    /// tenth of an epoch or 100 steps, and at each log point; on a pipe, a progress line comes
+    /// every 100 steps and at each epoch's end).
     #[arg(long, default_value_t = 100, allow_negative_numbers = true)]
     log_every: usize,
     /// Use only the first N training images.
@@ -958,7 +959,10 @@ fn cmd_sweep(a: SweepArgs) -> anyhow::Result<()> {
 fn term_progress() -> TermProgress {
     TermProgress {
         bar: None,
-        plain: !std::io::stderr().is_terminal(),
+        plain: !train::draws_a_bar(
+            std::io::stderr().is_terminal(),
+            std::env::var("TERM").ok().as_deref(),
+        ),
         epoch: 0,
         epochs: 0,
         steps: 0,
@@ -1462,7 +1466,6 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         }
     };
     let gpu = Gpu::from_env().inspect_err(|_| unclaim())?;
-    let plain = !std::io::stderr().is_terminal();
     eprintln!("adapter: {}", gpu.describe());
     let header = format!(
         "training {} {} ({}{}, {}, batch {}, {} lr {}{}{}{}, seed {}) on {} -> {}",
@@ -1510,10 +1513,7 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
             .unwrap_or_else(|| "the embedded MNIST subset".into()),
         out.display()
     ) + short_of_target.as_deref().unwrap_or("");
-    let mut progress = TermProgress {
-        plain,
-        ..term_progress()
-    };
+    let mut progress = term_progress();
     let s = train::train(
         gpu,
         &cfg,
@@ -1691,17 +1691,22 @@ fn claim_run_dir(root: &std::path::Path, base: &str) -> anyhow::Result<PathBuf> 
     )
 }
 
+/// A threshold in the per-layer table, to 3 significant digits: below 0.01 in scientific
+/// notation (CIFAR-10's alpha 5e-6 leaves them near 1e-5, where "-0.0000" said nothing, and
+/// 0.0005138 read "0.0005" beside "4.75e-4"), else to 4 decimals; "-" where there is none.
+fn threshold_text(v: Option<f64>, masked: bool) -> String {
+    match v {
+        Some(v) if masked && v != 0.0 && v.abs() < 0.01 => format!("{v:.2e}"),
+        Some(v) if masked => format!("{v:.4}"),
+        _ => "-".to_string(),
+    }
+}
+
 /// The per-layer table: the name column as wide as the longest name (a residual block's
 /// `block2_1.shortcut`), so that the columns stay aligned. A dense model has no thresholds: its
 /// threshold columns read "-".
 fn print_table(layers: &[LayerStats], masked: bool) {
-    // A threshold too small for 4 decimals (CIFAR-10's alpha 5e-6 leaves them near 1e-5) in
-    // scientific notation: "-0.0000" said nothing.
-    let t = |v: Option<f64>| match v {
-        Some(v) if masked && v != 0.0 && v.abs() < 5e-4 => format!("{v:.2e}"),
-        Some(v) if masked => format!("{v:.4}"),
-        _ => "-".to_string(),
-    };
+    let t = |v: Option<f64>| threshold_text(v, masked);
     let w = dst::models::name_width(layers.iter().map(|l| l.name.as_str()));
     println!(
         "{:<w$} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9}",
@@ -1809,6 +1814,17 @@ fn cmd_fetch(dataset: &str, to: &std::path::Path, extra: Vec<String>) -> anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Thresholds keep 3 significant digits at any size below 1 (0.0005138 was "0.0005").
+    #[test]
+    fn thresholds_keep_three_digits() {
+        assert_eq!(threshold_text(Some(0.0005138), true), "5.14e-4");
+        assert_eq!(threshold_text(Some(-0.0008029), true), "-8.03e-4");
+        assert_eq!(threshold_text(Some(0.0123), true), "0.0123");
+        assert_eq!(threshold_text(Some(0.0), true), "0.0000");
+        assert_eq!(threshold_text(Some(0.01), false), "-");
+        assert_eq!(threshold_text(None, true), "-");
+    }
 
     /// An option the command lacks is named as such; clap's tip to pass it as a value after
     /// `--` is gone. Other tips (a similar option) stay as clap words them.

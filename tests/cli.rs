@@ -2611,6 +2611,17 @@ fn a_lock_held_for_an_instant_is_waited_for() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// The progress is a bar only on a terminal that draws one: plain lines on a pipe, and on a
+/// terminal of TERM=dumb, where the bar showed nothing at all.
+#[test]
+fn progress_is_plain_lines_where_no_bar_is_drawn() {
+    use dst::train::draws_a_bar;
+    assert!(draws_a_bar(true, Some("xterm-256color")));
+    assert!(draws_a_bar(true, None));
+    assert!(!draws_a_bar(true, Some("dumb")));
+    assert!(!draws_a_bar(false, Some("xterm")));
+}
+
 /// `dst` with no command runs its first example, and says so before anything else (a user who
 /// typed it to see the usage got a training run and files without a word); `dst --help` says it
 /// too.

@@ -108,6 +108,13 @@ pub trait Progress {
     fn finish_epoch(&mut self);
 }
 
+/// Whether the progress is a bar redrawn in place (else plain lines): on a terminal that draws
+/// one. Not on a pipe, nor on a terminal of `TERM=dumb` (an editor's shell, some CI logs), where
+/// the bar's library draws nothing at all and the run showed no progress.
+pub fn draws_a_bar(stderr_is_terminal: bool, term: Option<&str>) -> bool {
+    stderr_is_terminal && term != Some("dumb")
+}
+
 /// No output (tests).
 pub struct Quiet;
 impl Progress for Quiet {
