@@ -384,6 +384,9 @@ fn lenet5_sparse_inference_computes_pruned_convolutions_from_their_kept_weights(
         "dense (conv on the masked weights)"
     };
     assert!(table[1].ends_with(conv2_line), "{}", table[1]);
+    // " of " in one column on every line (it wandered with the numbers' widths).
+    let at: Vec<usize> = table.iter().map(|l| l.find(" of ").unwrap()).collect();
+    assert!(at.iter().all(|&a| a == at[0]), "{table:#?}");
 
     let kernels = Kernels::new(&g, None).unwrap();
     let sparse = Net::new(&g, kernels.clone(), &e, Mode::Sparse).unwrap();

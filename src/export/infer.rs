@@ -382,6 +382,12 @@ pub fn layer_table(export: &Export, route: Route) -> Vec<String> {
             .join(" x ")
     };
     let shape_width = weights().map(|e| dims(e).len()).max().unwrap_or(0).max(16);
+    // "kept of total" with each number right-aligned in its own column (" of " in one column).
+    let num_width = |n: usize| n.to_string().len();
+    let total_width = weights()
+        .map(|e| num_width(e.shape.iter().product()))
+        .max()
+        .unwrap_or(0);
     weights()
         .map(|e| {
             let shape = dims(e);
@@ -401,10 +407,10 @@ pub fn layer_table(export: &Export, route: Route) -> Vec<String> {
                 Route::Sparse(_) => "dense (conv on the masked weights)",
             };
             format!(
-                "{:<width$} {:<shape_width$} {:>17} kept ({}%), {how}",
+                "{:<width$} {:<shape_width$} {kept:>total_width$} of {total:>total_width$} kept \
+                 ({}%), {how}",
                 e.name,
                 shape,
-                format!("{kept} of {total}"),
                 crate::report::share(kept as u64, total as u64, 100.0, 2)
             )
         })
