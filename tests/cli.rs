@@ -2611,6 +2611,50 @@ fn a_lock_held_for_an_instant_is_waited_for() {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// A --data path that is not UTF-8 is refused before anything is made (config.json records it
+/// as text: train and sweep panicked writing it, leaving a folder with only a lock file).
+#[cfg(unix)]
+#[test]
+fn a_data_path_that_is_not_utf8_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let root = empty_folder("not-utf8");
+    let data = root.join(std::ffi::OsStr::from_bytes(b"bad\xffname"));
+    std::fs::create_dir_all(&data).unwrap();
+    for f in std::fs::read_dir("assets/mnist-subset").unwrap().flatten() {
+        std::fs::copy(f.path(), data.join(f.file_name())).unwrap();
+    }
+    let out = root.join("run");
+    for sub in ["train", "sweep"] {
+        let mut args: Vec<std::ffi::OsString> = vec![sub.into()];
+        if sub == "sweep" {
+            args.extend(["--alpha".into(), "1e-3".into()]);
+        }
+        args.extend([
+            "--epochs".into(),
+            "1".into(),
+            "--limit-train".into(),
+            "200".into(),
+            "--data".into(),
+            data.clone().into(),
+            "--out".into(),
+            out.clone().into(),
+        ]);
+        let o = Command::new(env!("CARGO_BIN_EXE_dst"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && err.contains("the path is not valid UTF-8")
+                && !err.contains("panicked"),
+            "{sub}: {err}"
+        );
+        assert!(!out.exists(), "{sub} left {out:?}");
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// The progress is a bar only on a terminal that draws one: plain lines on a pipe, and on a
 /// terminal of TERM=dumb, where the bar showed nothing at all.
 #[test]

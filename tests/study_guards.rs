@@ -221,6 +221,31 @@ fn a_study_names_the_runs_of_its_folder_it_leaves_out() {
     );
 }
 
+/// A study's run folder that holds files no dst run wrote (no config.json) is refused, and the
+/// files stay (a user's metrics.jsonl and chart there were replaced by the run's).
+#[test]
+fn a_run_folder_of_the_users_files_is_not_trained_over() {
+    let out = tmp("users-files");
+    let spec = sweep_spec();
+    let (dir, _) = spec.runs(&out).into_iter().next().unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("metrics.jsonl"), "my precious log\n").unwrap();
+    std::fs::write(dir.join("keep_per_layer.png"), "my png").unwrap();
+    let e = err_of(study::sweep(&spec, &out, &mut Quiet));
+    assert!(
+        e.contains("holds files no dst run wrote") && e.contains("metrics.jsonl"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap(),
+        "my precious log\n"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("keep_per_layer.png")).unwrap(),
+        b"my png"
+    );
+}
+
 /// A config.json written by an older version (fields added since absent) is the run whose
 /// settings are the defaults: reused, not refused.
 #[test]

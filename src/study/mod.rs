@@ -262,6 +262,26 @@ pub fn ensure_run(
             )?;
         }
         RunState::Fresh => {
+            // Files there that no dst run wrote (a run writes its config.json first): the user's,
+            // never trained over (a metrics.jsonl or a chart there was replaced).
+            if !dir.join("config.json").exists() {
+                let theirs: Vec<String> = std::fs::read_dir(dir)
+                    .map(|d| {
+                        d.flatten()
+                            .map(|e| e.file_name().to_string_lossy().into_owned())
+                            .filter(|n| n != train::LOCK_FILE)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !theirs.is_empty() {
+                    return Err(StudyError::Config(format!(
+                        "{} holds files no dst run wrote ({}); a study's run goes into a folder \
+                         of its own: move them away or pick another --out; nothing was changed",
+                        dir.display(),
+                        theirs.join(", ")
+                    )));
+                }
+            }
             if let Some(what) = train::lost_checkpoint(dir) {
                 return Err(StudyError::Config(format!(
                     "{} records {what} but its checkpoint is missing, so it cannot be extended; \

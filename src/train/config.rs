@@ -215,6 +215,15 @@ impl TrainConfig {
     fn check(&self, resumed: bool) -> Result<()> {
         let bad = |m: String| Err(TrainError::Config(m));
         check_name(&self.model)?;
+        // config.json records the data folder as text (JSON strings are UTF-8): a path that is
+        // not would stop the run as it writes its config.
+        if let Some(d) = self.data.as_ref().filter(|d| d.to_str().is_none()) {
+            return bad(format!(
+                "--data {}: the path is not valid UTF-8, and a run records its data folder in \
+                 config.json as text: rename the folder, or link to it from a UTF-8 path",
+                d.display()
+            ));
+        }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("--lr must be a positive number, got {}", self.lr));
         }
