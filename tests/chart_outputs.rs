@@ -945,6 +945,18 @@ fn masks_tell_runs_of_the_same_settings_apart() {
         before
     );
     ok(&dst(&root, &[p("masks"), p("a")]), "masks of a into a");
+    // Its config.json then resumed for more epochs, or its data folder edited (as the README
+    // says to where the data moved): still its own run (its pictures were refused).
+    let path = root.join("a/config.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    c["epochs"] = serde_json::json!(9);
+    c["data"] = serde_json::json!("/elsewhere/mnist");
+    std::fs::write(&path, c.to_string()).unwrap();
+    ok(
+        &dst(&root, &[p("masks"), p("a")]),
+        "masks of a, its config.json edited",
+    );
     std::fs::write(root.join("b/config.json"), b"{ damaged").unwrap();
     let o = dst(&root, &[p("masks"), &cks[1], p("--out"), p("b")]);
     refused(

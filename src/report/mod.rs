@@ -447,7 +447,19 @@ fn checkpoint_of_run(ck: &crate::checkpoint::Checkpoint, dir: &Path) -> Result<(
         .map_err(|e| e.to_string())
         .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).map_err(|e| e.to_string()))
         .map_err(|e| format!("its config.json cannot be read ({e})"))?;
-    if mine.as_ref() != Some(&theirs) {
+    // What a run's config.json may come to differ in from a checkpoint of its own: the length
+    // (a resume for more epochs writes it first), the data folder (moved, and edited there, as
+    // the README says), the logging, the target epoch a resume pins.
+    let same_run = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            for k in ["epochs", "data", "log_every", "target_epoch"] {
+                o.remove(k);
+            }
+        }
+        v
+    };
+    if mine.as_ref().map(same_run) != Some(same_run(&theirs)) {
         return Err("its config.json differs from the settings the checkpoint holds".into());
     }
     let own = dir.join(crate::checkpoint::FILE_NAME);
