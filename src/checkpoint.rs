@@ -282,6 +282,28 @@ impl Checkpoint {
         config["data"].as_str().map(str::to_string)
     }
 
+    /// `trained_on` of the checkpoint read from `path`, where its run folder's config.json
+    /// names the data folder since (moved, and edited there as the README says): that one.
+    /// The checkpoint's own record where the folder holds another run, or no readable config.
+    pub fn trained_on_at(&self, path: &Path) -> Option<String> {
+        let edited = || -> Option<String> {
+            if foreign_to_its_folder(self, path).is_some() {
+                return None;
+            }
+            let file = resolve(path).ok()?;
+            let dir = file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?)
+                    .ok()?;
+            (v.get("model")?.as_str()? == self.meta("model")?)
+                .then(|| v.get("data")?.as_str().map(str::to_string))?
+        };
+        edited().or_else(|| self.trained_on())
+    }
+
     /// Writes to `path` atomically.
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
         let io = |source| CheckpointError::Io {

@@ -1757,6 +1757,22 @@ fn infer_scores_the_runs_own_test_set_and_exports_replace_files_in_place() {
     };
     assert!(ok && !err.contains("no --data"), "{err}");
     assert!(stdout.contains("on the 40 test images"), "{stdout}");
+    // The run folder's config.json then names the new place (the README's fix for moved data):
+    // eval and a new export take it (they kept the checkpoint's old record).
+    let mut moved = config.clone();
+    moved["data"] = gone.to_str().unwrap().into();
+    std::fs::write(dir.join("config.json"), moved.to_string()).unwrap();
+    let (ok, stdout, err) = {
+        let _g = serial();
+        dst_cli(&["eval", run_ck.to_str().unwrap()])
+    };
+    assert!(ok && !err.contains("not there now"), "{err}");
+    assert!(
+        stdout.contains(&format!("MNIST in {}", gone.display())),
+        "{stdout}"
+    );
+    export::export(&run_ck, Layout::Csr, &out).unwrap();
+    assert_eq!(export::load(&out).unwrap().data.as_deref(), gone.to_str());
 
     // Replaced in place: a read-only export stays read-only, a link stays a link.
     #[cfg(unix)]

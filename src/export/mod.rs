@@ -508,7 +508,7 @@ pub fn from_checkpoint(
         model: model.clone(),
         layout,
         entries,
-        data: ck.trained_on(),
+        data: ck.trained_on_at(path),
     };
     let report = ExportReport {
         model,
