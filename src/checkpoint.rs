@@ -517,7 +517,15 @@ fn temporary_beside(path: &Path) -> PathBuf {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "file".into());
-    let tmp = format!(".{name}.tmp-{}", std::process::id());
+    // Within a file name's 255 bytes: a long name is cut (at a character) to leave room for
+    // the dot and the suffix (a valid name of 245 bytes failed as "File name too long").
+    let suffix = format!(".tmp-{}", std::process::id());
+    let room = 255 - 1 - suffix.len();
+    let mut cut = name.len().min(room);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let tmp = format!(".{}{suffix}", &name[..cut]);
     match dir {
         Some(d) => d.join(tmp),
         None => PathBuf::from(tmp),

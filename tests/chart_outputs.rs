@@ -424,6 +424,34 @@ fn report_replaces_only_its_own_reports() {
             md
         );
     }
+    // Through a symbolic link: the link stays, its target is replaced (the link became a plain
+    // file, its target left stale); a link to nothing is refused.
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("r/report.md", root.join("lnk.md")).unwrap();
+        ok(
+            &dst(&root, &[p("report"), p("run"), p("--out"), p("lnk.md")]),
+            "report --out a link to its own report",
+        );
+        assert!(std::fs::symlink_metadata(root.join("lnk.md"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        std::os::unix::fs::symlink("nowhere.md", root.join("dang.md")).unwrap();
+        refused(
+            &dst(&root, &[p("report"), p("run"), p("--out"), p("dang.md")]),
+            "report --out a dangling link",
+            &["dang.md", "nowhere.md, which does not exist"],
+        );
+        assert!(!root.join("nowhere.md").exists());
+    }
+    // A name near the 255-byte limit (its temporary file's name once went over it).
+    let long = format!("{}.md", "r".repeat(250));
+    ok(
+        &dst(&root, &[p("report"), p("run"), p("--out"), p(&long)]),
+        "report --out a 253-byte name",
+    );
+    assert!(root.join(&long).is_file());
     // A .csv name gets the table as CSV (it got Markdown), and replaces only a table of its own.
     std::fs::write(root.join("mine.csv"), PRECIOUS).unwrap();
     let o = dst(&root, &[p("report"), p("run"), p("--out"), p("mine.csv")]);

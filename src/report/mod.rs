@@ -309,6 +309,12 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
         path: path.to_path_buf(),
         reason,
     };
+    if let Some(to) = crate::checkpoint::dangling_link(path) {
+        return Err(refuse(format!(
+            "is a symbolic link to {}, which does not exist; give a file's path",
+            to.display()
+        )));
+    }
     let Ok(meta) = std::fs::metadata(path) else {
         // Nothing there: its folder must be one, or one that can be made.
         return match path.parent().and_then(crate::checkpoint::file_in_the_way) {
@@ -406,7 +412,9 @@ pub fn write_text(path: &Path, text: &str) -> Result<(), ReportError> {
             source,
         })?;
     }
-    crate::checkpoint::write_atomic(path, text.as_bytes()).map_err(|source| ReportError::Io {
+    // A symbolic link there stays one, and the file it points to is replaced (the link was
+    // replaced by a plain file, leaving its target stale), as for exports.
+    crate::checkpoint::write_through_link(path, text.as_bytes()).map_err(|source| ReportError::Io {
         path: path.to_path_buf(),
         source,
     })
