@@ -186,6 +186,19 @@ fn claim(run: &RunDir, seen: &Stamps, lock: &mut Option<std::fs::File>) -> Resul
     Ok(())
 }
 
+/// Whether `e` says the file system has no locks to give (ENOLCK, ENOSYS).
+fn no_locks(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::ENOLCK) | Some(libc::ENOSYS))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
 /// How often `lock_run` tries again, 20 ms apart, a lock another process holds.
 const LOCK_TRIES: u32 = 5;
 
@@ -216,7 +229,16 @@ pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
         Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::InUse {
             dir: dir.to_path_buf(),
         }),
-        Err(std::fs::TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+        // No locks on this file system (one without flock; NFS without its lock daemon says
+        // ENOLCK): the run goes on unguarded, said so.
+        Err(std::fs::TryLockError::Error(e))
+            if e.kind() == std::io::ErrorKind::Unsupported || no_locks(&e) =>
+        {
+            eprintln!(
+                "warning: {}: this file system takes no locks ({e}); dst goes on without one, \
+                 so nothing stops a second dst process writing into this folder at once",
+                dir.display()
+            );
             Ok(None)
         }
         Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
@@ -1580,6 +1602,17 @@ impl Restored {
 
 #[cfg(test)]
 mod tests {
+
+    /// A file system without locks (ENOLCK from NFS without its lock daemon, ENOSYS) is told as
+    /// such, and the run goes on; another error is not taken for it.
+    #[cfg(unix)]
+    #[test]
+    fn no_locks_are_told_from_other_errors() {
+        use super::no_locks;
+        let e = std::io::Error::from_raw_os_error;
+        assert!(no_locks(&e(libc::ENOLCK)) && no_locks(&e(libc::ENOSYS)));
+        assert!(!no_locks(&e(libc::EACCES)) && !no_locks(&e(libc::EROFS)));
+    }
     /// The floor's lowest keep: one weight per row where that is at most 1 % of a matrix, else
     /// 1 % (LeNet-300-100: 410 of 266,200; LSTM-a: 12 matrices of 128 rows, and 1 % of each
     /// 28-column input matrix, 0.80 % of 210,944 weights).
