@@ -1623,7 +1623,7 @@ fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
                 } else {
                     "before its first checkpoint: only its settings and log are there"
                 },
-                out.display(),
+                dst::report::shell_word(out),
                 if checkpoint {
                     "continue it"
                 } else {
@@ -1634,7 +1634,7 @@ fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
         bail!(
             "{} already holds a run; continue it with --resume {} or pick another --out",
             out.display(),
-            out.display()
+            dst::report::shell_word(out)
         );
     }
     let names: Vec<String> = std::fs::read_dir(out)

@@ -531,6 +531,37 @@ fn the_run_list_names_runs_as_their_rows_do() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// Paths in the commands messages give to paste are one shell word each: a shell reads back
+/// the path itself (a hint of `--resume sp ace run` failed when pasted).
+#[cfg(unix)]
+#[test]
+fn paths_in_pasteable_commands_are_shell_words() {
+    for p in [
+        "runs/a",
+        "sp ace run",
+        "it's here",
+        "-x",
+        "ü/$HOME/`x`",
+        "~user",
+        "a;b|c",
+    ] {
+        let w = report::shell_word(Path::new(p));
+        let o = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {w}"))
+            .output()
+            .unwrap();
+        let back = String::from_utf8(o.stdout).unwrap();
+        let want = if p.starts_with('-') {
+            format!("./{p}")
+        } else {
+            p.to_string()
+        };
+        assert_eq!(back, want, "{p} -> {w}");
+    }
+    assert_eq!(report::shell_word(Path::new("runs/a-1")), "runs/a-1");
+}
+
 /// A `--limit-train` above the images there are trained on all of them: the table does not say
 /// "first N train" of such a run (it did, from the config alone), and puts it in the row of the
 /// run without a limit. A limit that left images out is still named.

@@ -159,6 +159,27 @@ pub fn load_runs_skipping(paths: &[PathBuf]) -> Result<(Vec<Run>, Vec<ReportErro
     Ok((runs, skipped))
 }
 
+/// `path` as one word of a shell command a message gives to paste: quoted where it holds a
+/// space, a quote or another character a shell reads (`'sp ace run'`), and with `./` before a
+/// relative path that starts with `-` (else read as an option).
+pub fn shell_word(path: &Path) -> String {
+    let s = path.display().to_string();
+    let s = if s.starts_with('-') {
+        format!("./{s}")
+    } else {
+        s
+    };
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./+=:@,%~".contains(c))
+        && !s.starts_with('~');
+    if plain {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 /// A fraction as a percentage for labels, without the float noise of `100 * r`: 0.07 gives "7",
 /// 0.029 "2.9", 1e-9 "0.0000001" (12 significant digits at most).
 pub fn percent(r: f64) -> String {

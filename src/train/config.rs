@@ -472,9 +472,10 @@ pub fn reset_policy_of(ck: &crate::checkpoint::Checkpoint) -> ResetPolicy {
 /// What an interrupted run's folder holds, and how to go on.
 fn interrupted_hint(saved: usize, dir: &std::path::Path) -> String {
     let d = dir.display();
+    let w = crate::report::shell_word(dir);
     if saved == 0 {
-        format!("{d} has no checkpoint yet: `dst train --resume {d}` starts it over (a sweep or reproduction: run its command again)")
+        format!("{d} has no checkpoint yet: `dst train --resume {w}` starts it over (a sweep or reproduction: run its command again)")
     } else {
-        format!("{d} keeps the checkpoint of epoch {saved}: continue with `dst train --resume {d}` (a sweep or reproduction: run its command again)")
+        format!("{d} keeps the checkpoint of epoch {saved}: continue with `dst train --resume {w}` (a sweep or reproduction: run its command again)")
     }
 }

@@ -611,7 +611,7 @@ pub fn train(
         "continue with `dst train --resume {d}`: it goes on from the run's last checkpoint (the \
          end of its last finished epoch), or starts it again where it stopped before its first \
          (a sweep or reproduction: run its command again)",
-        d = run.dir.display()
+        d = crate::report::shell_word(&run.dir)
     ));
     let n = data.train.count;
     progress.line(&format!(
