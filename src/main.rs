@@ -1607,7 +1607,9 @@ fn check_new_run_dir(out: &std::path::Path) -> anyhow::Result<()> {
     let run = train::RunDir {
         dir: out.to_path_buf(),
     };
-    if run.holds_run() {
+    // A run's folder (its config.json beside a log or checkpoint): --resume's. Without a
+    // config.json, what is there is no run to resume (a user's metrics.jsonl): "not empty" below.
+    if run.holds_run() && out.join("config.json").is_file() {
         // A run that diverged: --resume would take it up with the settings it diverged with.
         if let Some(d) = dst::report::Run::load(out).ok().and_then(|r| r.diverged) {
             let checkpoint = run.checkpoint().is_file();

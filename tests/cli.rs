@@ -2655,6 +2655,21 @@ fn a_data_path_that_is_not_utf8_is_refused() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A folder holding a user's metrics.jsonl (no config.json) is named as not empty, not as a run
+/// to --resume (which then said it is no run folder).
+#[test]
+fn a_folder_of_a_users_log_is_not_called_a_run() {
+    let out = empty_folder("users-log");
+    std::fs::write(out.join("metrics.jsonl"), "mine\n").unwrap();
+    let (ok, _, err) = dst(&["train", "--epochs", "1", "--out", out.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("is not empty (it holds `metrics.jsonl`)") && !err.contains("--resume"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), b"mine\n");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 /// The progress is a bar only on a terminal that draws one: plain lines on a pipe, and on a
 /// terminal of TERM=dumb, where the bar showed nothing at all.
 #[test]
