@@ -741,6 +741,17 @@ fn a_relative_data_folder_is_the_same_folder() {
     let (dir, cfg) = &spec.runs(&out)[1];
     let e = err_of(study::check_reuse(cfg, dir));
     assert!(e.contains("assets/elsewhere"), "{e}");
+    // Only the data folder differs: how to keep the runs if the data moved (it said only to
+    // remove them).
+    assert!(
+        e.contains("if the data moved, set \"data\" in the runs' config.json files"),
+        "{e}"
+    );
+    // Another setting besides: no such hint.
+    spec.base.lr = 0.5;
+    let (dir, cfg) = &spec.runs(&out)[1];
+    let e = err_of(study::check_reuse(cfg, dir));
+    assert!(!e.contains("if the data moved"), "{e}");
 }
 
 /// A study's run whose checkpoint cannot be read, or whose checkpoint went missing after it

@@ -174,8 +174,15 @@ pub fn check_reuse(cfg: &TrainConfig, dir: &Path) -> Result<(), StudyError> {
     };
     let diff = config_differences(&theirs, cfg);
     if !diff.is_empty() {
+        // Only the data folder: the same data moved, perhaps (said how to keep the runs).
+        let moved = if diff.iter().all(|(k, _, _)| k == "data") {
+            "; if the data moved, set \"data\" in the runs' config.json files to the new folder \
+             (its absolute path) to keep them"
+        } else {
+            ""
+        };
         return Err(StudyError::Config(format!(
-            "{} was trained with {}, this study asks for {}: pick another --out or remove it",
+            "{} was trained with {}, this study asks for {}: pick another --out or remove it{moved}",
             dir.display(),
             diff.iter()
                 .map(|(k, t, _)| format!("{k} {t}"))
