@@ -1111,3 +1111,29 @@ fn a_run_in_use_is_refused() {
     assert_eq!(run(&two, &a, true).unwrap().last.epoch, 2);
     assert_eq!(run(&cfg, &b, false).unwrap().last.epoch, 1);
 }
+
+/// A write that fails for want of room says how to go on (the bare OS error said nothing of it);
+/// a read-only file system names --out; other errors get no hint.
+#[test]
+fn a_full_or_read_only_disk_says_how_to_go_on() {
+    let err = |kind| {
+        TrainError::Io {
+            path: "runs/a/checkpoint.safetensors".into(),
+            source: std::io::Error::from(kind),
+        }
+        .to_string()
+    };
+    let full = err(std::io::ErrorKind::StorageFull);
+    assert!(
+        full.starts_with("runs/a/checkpoint.safetensors: ")
+            && full.contains("free some space, then run the command again"),
+        "{full}"
+    );
+    let ro = err(std::io::ErrorKind::ReadOnlyFilesystem);
+    assert!(ro.contains("give --out a writable folder"), "{ro}");
+    let other = err(std::io::ErrorKind::NotFound);
+    assert!(
+        !other.contains("free some space") && !other.contains("--out"),
+        "{other}"
+    );
+}

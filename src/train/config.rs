@@ -145,7 +145,7 @@ pub enum TrainError {
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", io_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -467,6 +467,21 @@ pub fn reset_policy_of(ck: &crate::checkpoint::Checkpoint) -> ResetPolicy {
     ck.meta("config")
         .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
         .map_or(ResetPolicy::Paper, |c| c.reset_policy())
+}
+
+/// What to do about a write that failed for want of room or of write access: the run keeps what
+/// it saved (its files are replaced whole), so it goes on once that is fixed.
+fn io_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+            "; free some space, then run the command again (a run: `dst train --resume` it, from \
+             its last checkpoint)"
+        }
+        std::io::ErrorKind::ReadOnlyFilesystem => {
+            "; the folder is on a read-only file system: give --out a writable folder"
+        }
+        _ => "",
+    }
 }
 
 /// What an interrupted run's folder holds, and how to go on.
