@@ -61,6 +61,28 @@ pub fn foreign_to_its_folder(ck: &Checkpoint, path: &Path) -> Option<String> {
     })
 }
 
+/// Whether a run folder's config.json (`folder`) is that of the run whose checkpoint holds
+/// `ck` as its config: the same settings but for what a run's config.json may come to differ in
+/// from a checkpoint of its own: the length (a resume for more epochs writes it first), the
+/// data folder (moved, and edited there, as the README says), the logging, and a target epoch
+/// the checkpoint left to its default (a resume pins it).
+pub fn same_run_settings(ck: &serde_json::Value, folder: &serde_json::Value) -> bool {
+    let mut keys = vec!["epochs", "data", "log_every"];
+    if ck.get("target_epoch").is_none_or(|t| t.is_null()) {
+        keys.push("target_epoch");
+    }
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            for k in &keys {
+                o.remove(*k);
+            }
+        }
+        v
+    };
+    strip(ck) == strip(folder)
+}
+
 /// Bytes of a file's start read to describe a file that is not a safetensors file.
 pub(crate) const PREFIX: usize = 64;
 
@@ -146,7 +168,7 @@ fn text_start(bytes: &[u8], whole: bool) -> Option<String> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", crate::train::io_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -298,8 +320,8 @@ impl Checkpoint {
             let v: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?)
                     .ok()?;
-            (v.get("model")?.as_str()? == self.meta("model")?)
-                .then(|| v.get("data")?.as_str().map(str::to_string))?
+            let mine: serde_json::Value = serde_json::from_str(self.meta("config")?).ok()?;
+            same_run_settings(&mine, &v).then(|| v.get("data")?.as_str().map(str::to_string))?
         };
         edited().or_else(|| self.trained_on())
     }

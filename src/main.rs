@@ -777,9 +777,11 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
                 if csv {
                     // A sweep's own table, which its sweep.md links to: another table there would
                     // pass for the sweep's (both are dst's CSV).
-                    let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+                    // Through a link too: the file written is the one it points to.
+                    let target = p.canonicalize().unwrap_or_else(|_| p.clone());
+                    let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
                     let dir = dir.unwrap_or(std::path::Path::new("."));
-                    if p.file_name().is_some_and(|n| n == "sweep.csv")
+                    if target.file_name().is_some_and(|n| n == "sweep.csv")
                         && dir.join("sweep.md").is_file()
                     {
                         bail!(
@@ -815,11 +817,11 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
             };
             match out {
                 Some(p) if csv => {
-                    dst::report::write_text(&p, &md)?;
+                    dst::report::write_user_text(&p, &md)?;
                     println!("report: {}", p.display());
                 }
                 Some(p) => {
-                    dst::report::write_markdown(&p, &md)?;
+                    dst::report::write_user_markdown(&p, &md)?;
                     println!("report: {}", p.display());
                 }
                 None => print!("{md}"),

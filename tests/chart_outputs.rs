@@ -523,10 +523,22 @@ fn report_replaces_only_its_own_reports() {
         "report --out a sweep's sweep.csv",
         &[
             "sw/sweep.csv",
-            "is the table of the `dst sweep` study in sw",
+            "is the table of the `dst sweep` study in ",
+            "/sw (",
         ],
     );
     assert_eq!(std::fs::read(root.join("sw/sweep.csv")).unwrap(), before);
+    // Nor through a link to it (reports write through links).
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("sw/sweep.csv", root.join("tl.csv")).unwrap();
+        refused(
+            &dst(&root, &[p("report"), p("run"), p("--out"), p("tl.csv")]),
+            "report --out a link to a sweep's sweep.csv",
+            &["is the table of the `dst sweep` study in"],
+        );
+        assert_eq!(std::fs::read(root.join("sw/sweep.csv")).unwrap(), before);
+    }
 }
 
 /// `dst sweep` and `dst reproduce` refuse, before any run trains, an --out that is a training

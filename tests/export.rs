@@ -1045,8 +1045,12 @@ fn infer_reads_only_the_test_files_and_lists_every_masked_layer() {
         ["conv1.weight", "conv2.weight", "fc3.weight", "fc4.weight"]
     );
     let conv2 = e.get("conv2.weight").unwrap().csr().nnz();
+    // The numbers right-aligned in their columns: "24970 of  25000 kept".
+    let words: Vec<&str> = table[1].split_whitespace().collect();
     assert!(
-        table[1].contains(&format!("{conv2} of 25000 kept")),
+        words
+            .windows(4)
+            .any(|w| w == [conv2.to_string().as_str(), "of", "25000", "kept"]),
         "{}",
         table[1]
     );

@@ -543,6 +543,8 @@ fn paths_in_pasteable_commands_are_shell_words() {
         "-x",
         "ü/$HOME/`x`",
         "~user",
+        "x=~/p",
+        "=cmd",
         "a;b|c",
     ] {
         let w = report::shell_word(Path::new(p));

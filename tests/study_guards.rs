@@ -231,9 +231,15 @@ fn a_run_folder_of_the_users_files_is_not_trained_over() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("metrics.jsonl"), "my precious log\n").unwrap();
     std::fs::write(dir.join("keep_per_layer.png"), "my png").unwrap();
+    // A temporary of a killed first write and a file browser's file alone are no user's files.
+    std::fs::write(dir.join(".config.json.tmp-123"), "{").unwrap();
+    std::fs::write(dir.join(".DS_Store"), "").unwrap();
     let e = err_of(study::sweep(&spec, &out, &mut Quiet));
     assert!(
-        e.contains("holds files no dst run wrote") && e.contains("metrics.jsonl"),
+        e.contains("holds files no dst run wrote")
+            && e.contains("metrics.jsonl")
+            && !e.contains(".DS_Store")
+            && !e.contains(".tmp-"),
         "{e}"
     );
     assert_eq!(

@@ -1130,7 +1130,14 @@ fn a_full_or_read_only_disk_says_how_to_go_on() {
         "{full}"
     );
     let ro = err(std::io::ErrorKind::ReadOnlyFilesystem);
-    assert!(ro.contains("give --out a writable folder"), "{ro}");
+    assert!(ro.contains("write into a writable one"), "{ro}");
+    // The checkpoint's own write (the largest) says it too.
+    let ck = dst::checkpoint::CheckpointError::Io {
+        path: "runs/a/checkpoint.safetensors".into(),
+        source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+    }
+    .to_string();
+    assert!(ck.contains("free some space"), "{ck}");
     let other = err(std::io::ErrorKind::NotFound);
     assert!(
         !other.contains("free some space") && !other.contains("--out"),

@@ -18,7 +18,7 @@ pub use table::{Row, Rule, Stat};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", crate::train::io_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -169,10 +169,11 @@ pub fn shell_word(path: &Path) -> String {
     } else {
         s
     };
+    // No `~` (expanded after `=` or `:` too) and no leading `=` (zsh expands `=word`).
     let plain = !s.is_empty()
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./+=:@,%~".contains(c))
-        && !s.starts_with('~');
+            .all(|c| c.is_ascii_alphanumeric() || "_-./+=:@,%".contains(c))
+        && !s.starts_with('=');
     if plain {
         s
     } else {
@@ -332,7 +333,8 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
     };
     if let Some(to) = crate::checkpoint::dangling_link(path) {
         return Err(refuse(format!(
-            "is a symbolic link to {}, which does not exist; give a file's path",
+            "is a symbolic link to {}, which does not exist: remove the link, or give another \
+             path",
             to.display()
         )));
     }
@@ -425,17 +427,36 @@ pub fn write_markdown(path: &Path, text: &str) -> Result<(), ReportError> {
     write_text(path, &sealed(text))
 }
 
-/// Writes `text` to `path`, creating its folder.
+/// Writes `text` to `path`, creating its folder: a study's own file (a link there is replaced,
+/// as a run's files are: a study folder made of links must not rewrite what they point to).
 pub fn write_text(path: &Path, text: &str) -> Result<(), ReportError> {
+    write_text_with(path, text, crate::checkpoint::write_atomic)
+}
+
+/// `write_text` of a file the user named (`dst report --out`): a symbolic link there stays one,
+/// and the file it points to is replaced (the link became a plain file, its target left stale),
+/// as for exports.
+pub fn write_user_text(path: &Path, text: &str) -> Result<(), ReportError> {
+    write_text_with(path, text, crate::checkpoint::write_through_link)
+}
+
+/// `write_markdown` of a file the user named (`write_user_text`).
+pub fn write_user_markdown(path: &Path, text: &str) -> Result<(), ReportError> {
+    write_user_text(path, &sealed(text))
+}
+
+fn write_text_with(
+    path: &Path,
+    text: &str,
+    write: fn(&Path, &[u8]) -> std::io::Result<()>,
+) -> Result<(), ReportError> {
     if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
             path: dir.to_path_buf(),
             source,
         })?;
     }
-    // A symbolic link there stays one, and the file it points to is replaced (the link was
-    // replaced by a plain file, leaving its target stale), as for exports.
-    crate::checkpoint::write_through_link(path, text.as_bytes()).map_err(|source| ReportError::Io {
+    write(path, text.as_bytes()).map_err(|source| ReportError::Io {
         path: path.to_path_buf(),
         source,
     })
@@ -476,19 +497,10 @@ fn checkpoint_of_run(ck: &crate::checkpoint::Checkpoint, dir: &Path) -> Result<(
         .map_err(|e| e.to_string())
         .and_then(|c| serde_json::from_str::<serde_json::Value>(&c).map_err(|e| e.to_string()))
         .map_err(|e| format!("its config.json cannot be read ({e})"))?;
-    // What a run's config.json may come to differ in from a checkpoint of its own: the length
-    // (a resume for more epochs writes it first), the data folder (moved, and edited there, as
-    // the README says), the logging, the target epoch a resume pins.
-    let same_run = |v: &serde_json::Value| {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            for k in ["epochs", "data", "log_every", "target_epoch"] {
-                o.remove(k);
-            }
-        }
-        v
-    };
-    if mine.as_ref().map(same_run) != Some(same_run(&theirs)) {
+    if !mine
+        .as_ref()
+        .is_some_and(|m| crate::checkpoint::same_run_settings(m, &theirs))
+    {
         return Err("its config.json differs from the settings the checkpoint holds".into());
     }
     let own = dir.join(crate::checkpoint::FILE_NAME);

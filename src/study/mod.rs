@@ -43,7 +43,7 @@ pub enum StudyError {
         /// Each diverged run's message.
         runs: Vec<String>,
     },
-    #[error("{path}: {source}")]
+    #[error("{path}: {source}{}", crate::train::io_hint(source))]
     Io {
         path: PathBuf,
         #[source]
@@ -276,7 +276,13 @@ pub fn ensure_run(
                     .map(|d| {
                         d.flatten()
                             .map(|e| e.file_name().to_string_lossy().into_owned())
-                            .filter(|n| n != train::LOCK_FILE)
+                            // The lock, a temporary a killed first write left (removed by
+                            // the run), a file browser's own.
+                            .filter(|n| {
+                                n != train::LOCK_FILE
+                                    && !(n.starts_with('.') && n.contains(".tmp-"))
+                                    && n != ".DS_Store"
+                            })
                             .collect()
                     })
                     .unwrap_or_default();

@@ -212,18 +212,23 @@ impl TrainConfig {
         self.check(true)
     }
 
-    fn check(&self, resumed: bool) -> Result<()> {
-        let bad = |m: String| Err(TrainError::Config(m));
-        check_name(&self.model)?;
-        // config.json records the data folder as text (JSON strings are UTF-8): a path that is
-        // not would stop the run as it writes its config.
-        if let Some(d) = self.data.as_ref().filter(|d| d.to_str().is_none()) {
-            return bad(format!(
+    /// config.json records the data folder as text (JSON strings are UTF-8): a path that is not
+    /// would stop the run as it writes its config.
+    pub(crate) fn validate_data_path(&self) -> Result<()> {
+        match self.data.as_ref().filter(|d| d.to_str().is_none()) {
+            Some(d) => Err(TrainError::Config(format!(
                 "--data {}: the path is not valid UTF-8, and a run records its data folder in \
                  config.json as text: rename the folder, or link to it from a UTF-8 path",
                 d.display()
-            ));
+            ))),
+            None => Ok(()),
         }
+    }
+
+    fn check(&self, resumed: bool) -> Result<()> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        check_name(&self.model)?;
+        self.validate_data_path()?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("--lr must be a positive number, got {}", self.lr));
         }
@@ -471,14 +476,15 @@ pub fn reset_policy_of(ck: &crate::checkpoint::Checkpoint) -> ResetPolicy {
 
 /// What to do about a write that failed for want of room or of write access: the run keeps what
 /// it saved (its files are replaced whole), so it goes on once that is fixed.
-fn io_hint(e: &std::io::Error) -> &'static str {
+pub fn io_hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
             "; free some space, then run the command again (a run: `dst train --resume` it, from \
              its last checkpoint)"
         }
         std::io::ErrorKind::ReadOnlyFilesystem => {
-            "; the folder is on a read-only file system: give --out a writable folder"
+            "; the folder is on a read-only file system: write into a writable one (a new run's \
+             --out; a run to resume: copy its folder there)"
         }
         _ => "",
     }

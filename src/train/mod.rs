@@ -10,7 +10,9 @@ pub mod memory;
 mod run_dir;
 mod session;
 
-pub use config::{default_target_epoch, reset_policy_of, same_data, TrainConfig, TrainError};
+pub use config::{
+    default_target_epoch, io_hint, reset_policy_of, same_data, TrainConfig, TrainError,
+};
 pub use run_dir::RunDir;
 pub use session::{Session, Stats};
 
@@ -109,10 +111,17 @@ pub trait Progress {
 }
 
 /// Whether the progress is a bar redrawn in place (else plain lines): on a terminal that draws
-/// one. Not on a pipe, nor on a terminal of `TERM=dumb` (an editor's shell, some CI logs), where
-/// the bar's library draws nothing at all and the run showed no progress.
+/// one. Not on a pipe, nor on a terminal of `TERM=dumb` or without TERM on Unix (an editor's
+/// shell, `env -i`, some CI logs), where the bar's library draws nothing at all and the run
+/// showed no progress.
 pub fn draws_a_bar(stderr_is_terminal: bool, term: Option<&str>) -> bool {
-    stderr_is_terminal && term != Some("dumb")
+    // Unix terminals name themselves in TERM; the bar's library draws nothing without it.
+    let named = if cfg!(unix) {
+        term.is_some_and(|t| t != "dumb")
+    } else {
+        term != Some("dumb")
+    };
+    stderr_is_terminal && named
 }
 
 /// No output (tests).
@@ -234,11 +243,15 @@ pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
         Err(std::fs::TryLockError::Error(e))
             if e.kind() == std::io::ErrorKind::Unsupported || no_locks(&e) =>
         {
-            eprintln!(
-                "warning: {}: this file system takes no locks ({e}); dst goes on without one, \
-                 so nothing stops a second dst process writing into this folder at once",
-                dir.display()
-            );
+            // Once per process (a sweep takes a lock per run and one for its folder).
+            static TOLD: std::sync::Once = std::sync::Once::new();
+            TOLD.call_once(|| {
+                eprintln!(
+                    "warning: {}: this file system takes no locks ({e}); dst goes on without \
+                     one, so nothing stops a second dst process writing into this folder at once",
+                    dir.display()
+                )
+            });
             Ok(None)
         }
         Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
@@ -293,6 +306,8 @@ pub fn train(
                 ),
                 ..cfg.clone()
             };
+            // Its absolute form must be text too (a UTF-8 path under a folder whose name is not).
+            absolute.validate_data_path()?;
             &absolute
         }
         None => cfg,
@@ -609,8 +624,8 @@ pub fn train(
     // From here on (the line below says the run is ready) a Ctrl-C asks to stop at a log point.
     let _catching = interrupt::Catching::new(&format!(
         "continue with `dst train --resume {d}`: it goes on from the run's last checkpoint (the \
-         end of its last finished epoch), or starts it again where it stopped before its first \
-         (a sweep or reproduction: run its command again)",
+         end of its last finished epoch), or, stopped before its first checkpoint, trains it \
+         again from the start (a sweep or reproduction: run its command again)",
         d = crate::report::shell_word(&run.dir)
     ));
     let n = data.train.count;
