@@ -305,6 +305,15 @@ fn reader_names_missing_files() {
         &err,
         &["nowhere", "no such folder", "`dst fetch cifar10 --to "],
     );
+    // A path with a space: the hint's command quotes it, to paste as it is.
+    let err = cifar::load_dir(&dir.join("no where")).unwrap_err();
+    assert_mentions(
+        &err,
+        &[&format!(
+            "`dst fetch cifar10 --to '{}'`",
+            dir.join("no where").display()
+        )],
+    );
     // A file is no folder to fetch into: the hint names a new one.
     let file = dir.join("data_batch_1.bin");
     let err = cifar::load_dir(&file).unwrap_err();

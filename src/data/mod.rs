@@ -264,7 +264,7 @@ pub enum DataError {
         "{dir}: {why}; give the folder that holds the {dataset} files (`dst fetch {} --to {}` \
          writes one)",
         fetch_name(dataset),
-        if *fetch_here { dir.as_str() } else { "NEW_FOLDER" }
+        if *fetch_here { crate::report::shell_word(Path::new(dir)) } else { "NEW_FOLDER".into() }
     )]
     NotAFolder {
         dir: String,

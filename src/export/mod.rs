@@ -873,7 +873,7 @@ pub fn parse(data: &[u8], path: &Path) -> Result<Export, ExportError> {
             "not a safetensors file: {what}{}",
             sibling.map_or(String::new(), |c| format!(
                 "; export its folder's checkpoint first: `dst export {} --out FILE`",
-                c.display()
+                crate::report::shell_word(&c)
             ))
         )),
         CheckpointError::Format { reason, .. } => bad(format!(

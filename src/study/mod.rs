@@ -619,7 +619,7 @@ fn other_runs_line(out: &Path, others: &[PathBuf], asked: &str) -> String {
         report::plural(others.len(), "run"),
         if others.len() == 1 { "was" } else { "were" },
         names.join(", "),
-        out.display()
+        report::shell_word(out)
     )
 }
 
@@ -1071,14 +1071,14 @@ pub fn reproduce_markdown(r: &Reproduce, runs: &[Run], out: &Path) -> Result<Str
         epochs,
         r.seeds.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(","),
         r.epochs.map(|e| format!(" --epochs {e}")).unwrap_or_default(),
-        r.data.as_ref().map(|d| format!(" --data {}", d.display())).unwrap_or_default(),
+        r.data.as_ref().map(|d| format!(" --data {}", report::shell_word(d))).unwrap_or_default(),
         r.limit_train
             .map(|n| format!(" --limit-train {n}"))
             .unwrap_or_default(),
         r.valid.map(|n| format!(" --valid {n}")).unwrap_or_default(),
         if r.quick { " --quick" } else { "" },
         r.models.iter().map(|m| format!(" --model {m}")).collect::<String>(),
-        out.display(),
+        report::shell_word(out),
     ));
     // An MNIST reproduction leaves out the CIFAR-10 rows: how to run them.
     if only(&mnist) {
