@@ -149,22 +149,26 @@ pub struct RunOptions {
 /// one --out) is refused instead of interleaving its files with the first's.
 pub const LOCK_FILE: &str = ".dst.lock";
 
-/// Whether another process holds `dir`'s run lock (`LOCK_FILE`; none is made here). A lock held
-/// only for an instant (another process's own `in_use`) is tried again, as `lock_run` does: it
-/// does not count as the run being in use.
+/// Whether another process holds `dir`'s run lock (`LOCK_FILE`; none is made here), held for
+/// longer than an instant (`try_lock_waiting`).
 pub fn in_use(dir: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(dir.join(LOCK_FILE)) else {
-        return false;
-    };
-    for tries in 0..=LOCK_TRIES {
-        if !matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)) {
-            return false;
+    std::fs::File::open(dir.join(LOCK_FILE))
+        .is_ok_and(|f| matches!(try_lock_waiting(&f), Err(std::fs::TryLockError::WouldBlock)))
+}
+
+/// `f.try_lock()`, tried again `LOCK_TRIES` times 20 ms apart while another process holds the
+/// lock: `in_use` (a `dst plot` or `dst eval` asking whether a run trains) holds it for an
+/// instant, which must not count as the run being in use.
+fn try_lock_waiting(f: &std::fs::File) -> std::result::Result<(), std::fs::TryLockError> {
+    let mut r = f.try_lock();
+    for _ in 0..LOCK_TRIES {
+        if !matches!(r, Err(std::fs::TryLockError::WouldBlock)) {
+            break;
         }
-        if tries < LOCK_TRIES {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r = f.try_lock();
     }
-    true
+    r
 }
 
 /// The (length, modification time) of a run's checkpoint and metrics.jsonl, where they exist.
@@ -224,16 +228,7 @@ pub fn lock_run(dir: &Path) -> Result<Option<std::fs::File>> {
         .write(true)
         .open(&path)
         .map_err(io)?;
-    // `in_use` (a `dst plot` or `dst report` asking whether the run trains) holds the lock for
-    // an instant: a lock taken in that instant is tried again a few times before it is refused.
-    let mut tries = 0;
-    let mut r = f.try_lock();
-    while matches!(r, Err(std::fs::TryLockError::WouldBlock)) && tries < LOCK_TRIES {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        tries += 1;
-        r = f.try_lock();
-    }
-    match r {
+    match try_lock_waiting(&f) {
         Ok(()) => Ok(Some(f)),
         Err(std::fs::TryLockError::WouldBlock) => Err(TrainError::InUse {
             dir: dir.to_path_buf(),
