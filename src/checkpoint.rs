@@ -574,10 +574,17 @@ pub fn dangling_link(path: &Path) -> Option<PathBuf> {
 /// `path` stays one, and the file it points to is replaced (its callers refuse a link to
 /// nothing before any work). A run's own files take `write_atomic`, which replaces a link.
 pub fn write_through_link(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    write_atomic(
-        &link_target(path).unwrap_or_else(|| path.to_path_buf()),
-        data,
-    )
+    // The end of a chain of links (a link to a link): the file itself, every link kept.
+    let target = match link_target(path) {
+        Some(to) => to.canonicalize().unwrap_or(to),
+        None => path.to_path_buf(),
+    };
+    write_atomic(&target, data)
+}
+
+/// Whether the file name `name` is one `temporary_beside` makes (`.NAME.tmp-PID`).
+pub fn is_temporary(name: &str) -> bool {
+    name.starts_with('.') && name.contains(".tmp-")
 }
 
 /// Writes `data` to `path` through a temporary file in the same folder and a rename. A file

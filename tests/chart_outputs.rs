@@ -433,10 +433,21 @@ fn report_replaces_only_its_own_reports() {
             &dst(&root, &[p("report"), p("run"), p("--out"), p("lnk.md")]),
             "report --out a link to its own report",
         );
-        assert!(std::fs::symlink_metadata(root.join("lnk.md"))
-            .unwrap()
-            .file_type()
-            .is_symlink());
+        // A link to that link: both stay links (the middle one became a plain file).
+        std::os::unix::fs::symlink("lnk.md", root.join("lnk2.md")).unwrap();
+        ok(
+            &dst(&root, &[p("report"), p("run"), p("--out"), p("lnk2.md")]),
+            "report --out a link to a link",
+        );
+        for l in ["lnk.md", "lnk2.md"] {
+            assert!(
+                std::fs::symlink_metadata(root.join(l))
+                    .unwrap()
+                    .file_type()
+                    .is_symlink(),
+                "{l}"
+            );
+        }
         std::os::unix::fs::symlink("nowhere.md", root.join("dang.md")).unwrap();
         refused(
             &dst(&root, &[p("report"), p("run"), p("--out"), p("dang.md")]),

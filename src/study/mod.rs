@@ -280,7 +280,7 @@ pub fn ensure_run(
                             // the run), a file browser's own.
                             .filter(|n| {
                                 n != train::LOCK_FILE
-                                    && !(n.starts_with('.') && n.contains(".tmp-"))
+                                    && !crate::checkpoint::is_temporary(n)
                                     && n != ".DS_Store"
                             })
                             .collect()

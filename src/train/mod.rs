@@ -1317,7 +1317,7 @@ fn remove_stale_temporaries(run: &RunDir) {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") && e.path().is_file() {
+        if crate::checkpoint::is_temporary(&name) && e.path().is_file() {
             let _ = std::fs::remove_file(e.path());
         }
     }
