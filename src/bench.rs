@@ -1214,6 +1214,28 @@ fn step_times(
         train.start_epoch(&session.gpu, 1, 1);
         let alpha = if masked { cfg.alpha as f32 } else { 0.0 };
         let plan = session.plan(&train, batch, Mode::Train, alpha, opt)?;
+        // A variant whose products no layer takes computes what another does, with the same
+        // dispatches (the input-sparse products of a model without a linear layer large enough):
+        // left out, said so, rather than warmed up and timed as if it were another step.
+        let same = |a: &crate::plan::Plan, b: &crate::plan::Plan| {
+            a.dispatches.len() == b.dispatches.len()
+                && a.dispatches
+                    .iter()
+                    .zip(&b.dispatches)
+                    .all(|(x, y)| x.label == y.label && x.workgroups == y.workgroups)
+        };
+        if let Some(twin) = variants
+            .iter()
+            .find(|v| v.kept_at_checkpoint.is_some() == from_ck && same(&v.plan, &plan))
+            .filter(|_| label.ends_with("input-sparse products"))
+        {
+            println!(
+                "{model} {label}: the same dispatches as \"{}\" (no layer of this model takes \
+                 them): not timed",
+                twin.label
+            );
+            continue;
+        }
         // Warm-up: five steps, the first timed alone for the estimate below.
         let warm = infos.len().min(5);
         let t = Instant::now();
@@ -1261,28 +1283,6 @@ fn step_times(
                     }
                 );
             }
-        }
-        // A variant whose products no layer takes computes what another does, with the same
-        // dispatches (the input-sparse products of a model without a linear layer large enough):
-        // left out, said so, rather than timed as if it were another step.
-        let same = |a: &crate::plan::Plan, b: &crate::plan::Plan| {
-            a.dispatches.len() == b.dispatches.len()
-                && a.dispatches
-                    .iter()
-                    .zip(&b.dispatches)
-                    .all(|(x, y)| x.label == y.label && x.workgroups == y.workgroups)
-        };
-        if let Some(twin) = variants
-            .iter()
-            .find(|v| v.kept_at_checkpoint.is_some() == from_ck && same(&v.plan, &plan))
-            .filter(|_| label.ends_with("input-sparse products"))
-        {
-            println!(
-                "{model} {label}: the same dispatches as \"{}\" (no layer of this model takes \
-                 them): not timed",
-                twin.label
-            );
-            continue;
         }
         variants.push(Variant {
             label: label.to_string(),
