@@ -67,20 +67,11 @@ pub fn foreign_to_its_folder(ck: &Checkpoint, path: &Path) -> Option<String> {
 /// data folder (moved, and edited there, as the README says), the logging, and a target epoch
 /// the checkpoint left to its default (a resume pins it).
 pub fn same_run_settings(ck: &serde_json::Value, folder: &serde_json::Value) -> bool {
-    let mut keys = vec!["epochs", "data", "log_every"];
-    if ck.get("target_epoch").is_none_or(|t| t.is_null()) {
-        keys.push("target_epoch");
-    }
-    let strip = |v: &serde_json::Value| {
-        let mut v = v.clone();
-        if let Some(o) = v.as_object_mut() {
-            for k in &keys {
-                o.remove(*k);
-            }
-        }
-        v
-    };
-    strip(ck) == strip(folder)
+    let default_target_epoch = ck.get("target_epoch").is_none_or(|t| t.is_null());
+    crate::train::setting_differences(folder, ck, |k| {
+        matches!(k, "epochs" | "data" | "log_every") || (default_target_epoch && k == "target_epoch")
+    })
+    .is_empty()
 }
 
 /// Bytes of a file's start read to describe a file that is not a safetensors file.

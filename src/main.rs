@@ -793,9 +793,7 @@ fn run(cli: Cli, given: &[String]) -> anyhow::Result<()> {
                     }
                     dst::report::check_own_text(
                         p,
-                        Own::Csv {
-                            heads: dst::report::table::CSV_HEADERS,
-                        },
+                        Own::Csv,
                         "a table of `dst report` or `dst sweep`",
                     )?;
                 } else {
@@ -859,7 +857,25 @@ fn warn_torn(runs: &[dst::report::Run]) {
     }
 }
 
+/// Refuses an --out of pictures that names a picture (`x.png`) where a folder is wanted: the
+/// charts went into a new folder called `x.png`.
+fn check_picture_folder(out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(out) = out.filter(|o| {
+        !o.is_dir()
+            && o.extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    }) {
+        bail!(
+            "--out {}: --out names the folder the pictures go into (they have their own \
+             names, which the command prints), not a picture; give a folder",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
+    check_picture_folder(out.as_deref())?;
     let runs = dst::report::load_runs_for_charts(runs)?;
     warn_torn(&runs);
     let out = out.unwrap_or_else(|| match runs.as_slice() {
@@ -887,6 +903,23 @@ fn cmd_plot(runs: &[PathBuf], out: Option<PathBuf>) -> anyhow::Result<()> {
             );
         }
     }
+    // A run before its first epoch's end: only in the charts over the steps (a dense one has
+    // none of those: in no chart).
+    for r in runs
+        .iter()
+        .filter(|r| r.epochs.is_empty() && !r.steps.is_empty())
+    {
+        eprintln!(
+            "{}: {} has no finished epoch yet: {}",
+            if r.config.dense { "warning" } else { "note" },
+            r.dir.display(),
+            if r.config.dense {
+                "a dense run's charts are per epoch, so it is in none of them"
+            } else {
+                "it is only in the charts over the steps (keep ratio per layer, alpha)"
+            }
+        );
+    }
     for p in dst::report::plot_runs(&runs, &out)? {
         println!("{}", p.display());
     }
@@ -904,6 +937,7 @@ fn cmd_masks(checkpoint: &std::path::Path, out: Option<PathBuf>) -> anyhow::Resu
             checkpoint.display()
         );
     }
+    check_picture_folder(out.as_deref())?;
     let ck = dst::checkpoint::Checkpoint::load(checkpoint)?;
     let out = out.unwrap_or_else(|| {
         checkpoint

@@ -958,6 +958,44 @@ fn a_run_that_logged_nothing_is_no_silent_success() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A run before its first epoch's end is said to be only in the charts over the steps; an
+/// --out that names a picture (`x.png`) is refused, nothing made (the charts went into a new
+/// folder of that name).
+#[test]
+fn plots_of_unfinished_runs_and_picture_names_are_told() {
+    let root = tmp("unfinished");
+    fake_run(&root.join("r"), 1);
+    fake_run(&root.join("s"), 2);
+    // s's first epoch unfinished: its first step line only.
+    let text = std::fs::read_to_string(root.join("s/metrics.jsonl")).unwrap();
+    std::fs::write(root.join("s/metrics.jsonl"), text.lines().next().unwrap().to_owned() + "\n").unwrap();
+    let o = dst(&root, &[p("plot"), p("r"), p("s"), p("--out"), p("both")]);
+    ok(&o, "plot r s");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("note: s has no finished epoch yet: it is only in the charts over the steps"),
+        "{err}"
+    );
+    assert!(!err.contains("r has no finished"), "{err}");
+    refused(
+        &dst(&root, &[p("plot"), p("r"), p("--out"), p("r.png")]),
+        "plot --out r.png",
+        &["--out r.png: --out names the folder the pictures go into"],
+    );
+    fake_checkpoint(&root.join("r/checkpoint.safetensors"));
+    refused(
+        &dst(&root, &[p("masks"), p("r"), p("--out"), p("m.PNG")]),
+        "masks --out m.PNG",
+        &["--out m.PNG: --out names the folder"],
+    );
+    assert!(!root.join("r.png").exists() && !root.join("m.PNG").exists());
+    // A folder of that name that exists is a folder: taken.
+    std::fs::create_dir(root.join("r.png")).unwrap();
+    ok(&dst(&root, &[p("plot"), p("r"), p("--out"), p("r.png")]), "plot into a folder r.png");
+    assert!(is_png(&root.join("r.png/keep_per_layer.png")));
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// Two runs of the same command (the same config.json): one's mask pictures are refused in the
 /// other's folder, whose own checkpoint holds other weights (they once replaced its pictures),
 /// and taken in its own; a run folder whose config.json cannot be read is named as such.

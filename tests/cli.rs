@@ -2126,7 +2126,20 @@ fn a_relative_data_folder_resumes_from_anywhere() {
         Some(elsewhere.canonicalize().unwrap())
     );
     let (ok, err) = dst_in(&root, &["train", "--resume", "up", "--epochs", "2"]);
-    assert!(ok && err.contains("resuming"), "{err}");
+    assert!(
+        ok && err.contains("resuming") && !err.contains("settings that differ"),
+        "{err}"
+    );
+    // A setting edited in config.json (the lr): the resume names it, from the checkpoint's value
+    // to the new one, and nothing else.
+    let mut config = read_json(root.join("up/config.json"));
+    config["lr"] = 0.005.into();
+    std::fs::write(root.join("up/config.json"), config.to_string()).unwrap();
+    let (ok, err) = dst_in(&root, &["train", "--resume", "up", "--epochs", "3"]);
+    assert!(
+        ok && err.contains("settings that differ from the checkpoint's (lr 0.01 -> 0.005)"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -236,29 +236,12 @@ fn download(agent: &ureq::Agent, url: &str) -> Result<Vec<u8>, AttemptError> {
     Ok(bytes)
 }
 
-/// Writes `bytes` to `dest` through a temporary file in the same directory and a rename,
-/// so `dest` is either absent, untouched, or complete. The temporary file never survives.
+/// `checkpoint::write_atomic` (`dest` is either absent, untouched, or complete; the temporary
+/// file never survives), its error as `FetchError::Write`.
 fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<(), FetchError> {
-    let file_name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dest.with_file_name(format!(".{file_name}.part-{}", std::process::id()));
-    // A stop at once (a second Ctrl-C, SIGTERM) while it is written removes it.
-    let _writing = crate::train::interrupt::Writing::new(&tmp);
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, dest)
-    })();
-    result.map_err(|source| {
-        let _ = fs::remove_file(&tmp);
-        FetchError::Write {
-            path: dest.display().to_string(),
-            source,
-        }
+    crate::checkpoint::write_atomic(dest, bytes).map_err(|source| FetchError::Write {
+        path: dest.display().to_string(),
+        source,
     })
 }
 

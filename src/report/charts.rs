@@ -146,10 +146,33 @@ pub(crate) fn colour(i: usize, n: usize) -> RGBColor {
 struct Series {
     label: String,
     points: Vec<(f64, f64)>,
-    dashed: bool,
+    /// On and off lengths in px of a dashed line; None: solid.
+    dash: Option<(f64, f64)>,
     /// The colour, where a series is to keep one across panels and charts (its run's, or its
     /// layer's, see `layer_colour`); None: its place in the panel.
     colour: Option<RGBColor>,
+}
+
+/// A validation line's dashes (its run's test line is solid, in the same colour).
+const DASHED: Option<(f64, f64)> = Some((8.0, 5.0));
+
+/// The line of run `k` in a chart of several runs' layers, where a layer's lines differ only in
+/// shade (`layer_colour`): solid, dashed, dotted, long dashes, then again.
+fn run_dash(k: usize) -> Option<(f64, f64)> {
+    [None, Some((10.0, 5.0)), Some((3.0, 3.0)), Some((16.0, 4.0))][k % 4]
+}
+
+/// A legend's 22 px sample of a line dashed as `dash`: at most four pieces (start, end) in px;
+/// fewer repeat the first.
+fn legend_pieces(dash: Option<(f64, f64)>) -> [(i32, i32); 4] {
+    let pieces: Vec<(i32, i32)> = match dash {
+        None => vec![(0, 22)],
+        Some((on, off)) => dashes(&[(0.0, 0.0), (22.0, 0.0)], on, off)
+            .iter()
+            .map(|p| (p[0].0.round() as i32, p[p.len() - 1].0.round() as i32))
+            .collect(),
+    };
+    std::array::from_fn(|i| pieces.get(i).or(pieces.first()).copied().unwrap_or((0, 22)))
 }
 
 /// The colour of layer `name` of run `k` of `runs` in a chart of several runs' layers: each
@@ -202,11 +225,32 @@ fn layer_series(
                 colour: layer_colour(layers, &name, k, drawn),
                 label: series_label(runs, r, &name),
                 points,
-                dashed: false,
+                // Each run its own line style too: shades alone were hard to tell apart.
+                dash: if drawn > 1 { run_dash(k) } else { None },
             });
         }
     }
     (series, drawn)
+}
+
+/// The keep ratios of layer `name` of run `r` over the steps (`plot_runs`' keep chart): those of
+/// its step lines, and of its epoch lines after the step line of the same step. None for a
+/// dense run.
+fn keep_points(r: &Run, name: &str) -> Vec<(f64, f64)> {
+    if r.config.dense {
+        return Vec::new();
+    }
+    let steps = r
+        .steps
+        .iter()
+        .filter_map(|s| Some(((s.step, 0), *s.keep.get(name)?)));
+    let ends = r.epochs.iter().filter_map(|e| {
+        let l = e.layers.iter().find(|l| l.name == name)?;
+        Some(((e.step, 1), l.keep_ratio))
+    });
+    let mut points: Vec<((u64, u8), f64)> = steps.chain(ends).collect();
+    points.sort_by_key(|p| p.0);
+    points.into_iter().map(|((s, _), k)| (s as f64, k)).collect()
 }
 
 /// The names of every run's layers, in first-seen order.
@@ -422,9 +466,9 @@ fn side_legend(area: &Area, series: &[Series], pick: &dyn Fn(usize) -> RGBColor)
         let (col, row) = ((i / rows) as i32, (i % rows) as i32);
         let (x, y) = (4 + col * col_w, SIDE_MARGIN as i32 + row * SIDE_ROW as i32);
         let c = pick(i).stroke_width(3);
-        let gap = if s.dashed { (9, 14) } else { (22, 22) };
-        area.draw(&PathElement::new(vec![(x, y), (x + gap.0, y)], c))?;
-        area.draw(&PathElement::new(vec![(x + gap.1, y), (x + 22, y)], c))?;
+        for (a, b) in legend_pieces(s.dash) {
+            area.draw(&PathElement::new(vec![(x + a, y), (x + b, y)], c))?;
+        }
         area.draw(&Text::new(s.label.clone(), (x + 28, y - 8), font.clone()))?;
     }
     Ok(())
@@ -499,6 +543,17 @@ fn dashes(px: &[(f64, f64)], on: f64, off: f64) -> Vec<Vec<(f64, f64)>> {
     out
 }
 
+/// The y axis' description `desc`; on a log axis (`log`) with a value of 0 or less among `ys`,
+/// with a note that such values lie on its foot (a log axis has no 0: a layer keeping nothing
+/// read as one keeping 1 %).
+fn y_axis_desc(desc: &str, log: bool, mut ys: impl Iterator<Item = f64>) -> String {
+    if log && ys.any(|y| y <= 0.0) {
+        format!("{desc}; 0 is drawn on the bottom axis")
+    } else {
+        desc.to_string()
+    }
+}
+
 /// A line chart with axes, ticks, a title and a legend.
 fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     let xs = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0));
@@ -507,6 +562,7 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
         let (a, b) = lin_range(xs, 0.0);
         (a.min(b), b)
     };
+    let y_desc = y_axis_desc(p.y_desc, p.log_y.is_some(), ys.clone());
     let (y0, y1) = match p.log_y {
         Some((floor, top)) => log_range(ys, floor, top),
         None => lin_range(ys, 0.05),
@@ -578,7 +634,7 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
                     }
                 })
                 .x_desc(p.x_desc)
-                .y_desc(p.y_desc)
+                .y_desc(&y_desc)
                 .label_style((FAMILY, 15))
                 .axis_desc_style((FAMILY, 16))
                 .light_line_style(RGBColor(235, 235, 235))
@@ -590,17 +646,15 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
                     chart.plotting_area(),
                     &pts,
                     pick(i),
-                    s.dashed.then_some((8.0, 5.0)),
+                    s.dash,
                 )?;
                 // The series' entry in the legend (the line is drawn above).
                 let anno = chart.draw_series(std::iter::empty::<PathElement<(f64, f64)>>())?;
                 // A dashed series' legend line is dashed too.
-                let (c, dashed) = (pick(i).stroke_width(3), s.dashed);
+                let (c, [p0, p1, p2, p3]) = (pick(i).stroke_width(3), legend_pieces(s.dash));
                 anno.label(s.label.clone()).legend(move |(x, y)| {
-                    let gap = if dashed { (9, 14) } else { (22, 22) };
-                    EmptyElement::at((x, y))
-                        + PathElement::new(vec![(0, 0), (gap.0, 0)], c)
-                        + PathElement::new(vec![(gap.1, 0), (22, 0)], c)
+                    let piece = |(a, b): (i32, i32)| PathElement::new(vec![(a, 0), (b, 0)], c);
+                    EmptyElement::at((x, y)) + piece(p0) + piece(p1) + piece(p2) + piece(p3)
                 });
                 if pts.len() == 1 {
                     chart.draw_series(std::iter::once(Circle::new(pts[0], 3, st.filled())))?;
@@ -679,9 +733,21 @@ fn elide(s: &str, max: usize) -> String {
 }
 
 /// A run's legend name among `runs`: its folder's name, or with the parent folder's name too
-/// (`sweep-a/alpha5e-4-seed1`) when another run's folder has the same name.
+/// (`sweep-a/alpha5e-4-seed1`) when another run's folder has the same name. A folder `dst train`
+/// named (`runs/<timestamp>-<model>`: nothing of the run but its model) is named by what sets
+/// its run apart from the others (`describe`) instead, where that tells it from every other run.
 pub fn distinct_label(runs: &[Run], run: &Run) -> String {
     let name = run.label();
+    if runs.len() > 1 && is_default_name(&name) {
+        let own = describe(runs, run);
+        if !own.is_empty()
+            && runs
+                .iter()
+                .all(|r| std::ptr::eq(r, run) || describe(runs, r) != own)
+        {
+            return own;
+        }
+    }
     if runs
         .iter()
         .any(|r| !std::ptr::eq(r, run) && r.dir != run.dir && r.label() == name)
@@ -691,6 +757,51 @@ pub fn distinct_label(runs: &[Run], run: &Run) -> String {
         }
     }
     name
+}
+
+/// Whether `name` is one `dst train` gives a run folder: `YYYYMMDD-HHMMSS-<model>` (then
+/// `-dense`, and `-2`, `-3`, ... for a second run in the same second).
+fn is_default_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() > 16
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'-'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'-'
+}
+
+/// What sets `run` apart among `runs`: its model, kind (dense, the alpha or the target keep),
+/// settings (`RunConfig::settings`), epochs and seed, each where they are not the same for all
+/// runs; empty where nothing does.
+fn describe(runs: &[Run], run: &Run) -> String {
+    let differs = |f: &dyn Fn(&Run) -> String| runs.iter().any(|r| f(r) != f(run));
+    let c = &run.config;
+    let mut parts = Vec::new();
+    if differs(&|r| r.config.model.clone()) {
+        parts.push(c.model.clone());
+    }
+    if differs(&|r| r.config.kind()) {
+        parts.push(c.kind());
+    }
+    for (k, v) in c.settings() {
+        let other = |r: &Run| {
+            r.config
+                .settings()
+                .into_iter()
+                .find(|(k2, _)| *k2 == k)
+                .map(|(_, v2)| v2)
+        };
+        if runs.iter().any(|r| other(r).is_some_and(|v2| v2 != v)) {
+            parts.push(format!("{k} {v}"));
+        }
+    }
+    if differs(&|r| r.config.epochs.to_string()) {
+        parts.push(super::plural(c.epochs, "epoch"));
+    }
+    if differs(&|r| r.config.seed.to_string()) {
+        parts.push(format!("seed {}", c.seed));
+    }
+    parts.join(", ")
 }
 
 /// A chart's title: `what`, then its one run, or how many of `runs` it draws (`drawn`: a dense
@@ -730,14 +841,11 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     let mut pictures: Vec<(&str, Vec<u8>)> = Vec::new();
     const SIZE: (u32, u32) = (1000, 620);
 
-    // Per-layer keep ratio over the steps.
+    // Per-layer keep ratio over the steps: the masks each logged step trained with, and at each
+    // epoch's end the masks after its last step (what the epoch's line reports: a layer the reset
+    // made dense again shows as such).
     let layers = all_layer_names(runs);
-    let (keep, keep_runs) = layer_series(runs, &layers, |r, name| {
-        r.steps
-            .iter()
-            .filter_map(|s| s.keep.get(name).map(|k| (s.step as f64, *k)))
-            .collect()
-    });
+    let (keep, keep_runs) = layer_series(runs, &layers, |r, name| keep_points(r, name));
     // The per-layer charts are made wider by their side legend, if any.
     let wide = |series: &[Series]| (SIZE.0 + side_legend_width(series, SIZE.1), SIZE.1);
     if !keep.is_empty() {
@@ -773,7 +881,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 .iter()
                 .map(|e| (e.epoch as f64, e.test_acc))
                 .collect(),
-            dashed: false,
+            dash: None,
             colour: Some(colour(k, runs.len())),
         });
         let valid: Vec<(f64, f64)> = r
@@ -785,7 +893,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             acc.push(Series {
                 label: series_label(runs, r, "validation"),
                 points: valid,
-                dashed: true,
+                dash: DASHED,
                 colour: Some(colour(k, runs.len())),
             });
         }
@@ -796,7 +904,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
                 .iter()
                 .map(|e| (e.epoch as f64, 100.0 * e.keep_ratio))
                 .collect(),
-            dashed: false,
+            dash: None,
             colour: Some(colour(k, runs.len())),
         });
     }
@@ -877,7 +985,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             alpha.push(Series {
                 label: series_label(runs, r, if runs.len() > 1 { "" } else { "alpha" }),
                 points,
-                dashed: false,
+                dash: None,
                 colour: Some(colour(k, runs.len())),
             });
         }
@@ -1189,7 +1297,7 @@ mod tests {
         let one = |label: &str| Series {
             label: label.into(),
             points: vec![(0.0, 1.0)],
-            dashed: false,
+            dash: None,
             colour: None,
         };
         let (short, long) = (
@@ -1318,6 +1426,120 @@ mod tests {
         assert_ne!(series[0].colour, series[1].colour);
     }
 
+    fn run_at(dir: &str, config: crate::report::runs::RunConfig) -> crate::report::Run {
+        crate::report::Run {
+            dir: dir.into(),
+            config,
+            steps: vec![],
+            epochs: vec![],
+            summary: None,
+            torn_line: None,
+            damaged_lines: vec![],
+            diverged: None,
+        }
+    }
+
+    /// The keep chart shows each epoch's end (what the epoch's line and the summary report),
+    /// after the step line of the same step: a layer the paper's reset made dense again at an
+    /// epoch's end ended the chart at its last step's 0.47.
+    #[test]
+    fn the_keep_chart_ends_each_epoch_with_its_reported_masks() {
+        use crate::report::runs::{EpochLine, LayerLine, StepLine};
+        let mut r = run_at("r", Default::default());
+        let step = |step, k| StepLine {
+            step,
+            keep: [("fc1".to_string(), k)].into_iter().collect(),
+            ..Default::default()
+        };
+        let end = |epoch, step, k| EpochLine {
+            epoch,
+            step,
+            layers: vec![LayerLine {
+                name: "fc1".into(),
+                keep_ratio: k,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        r.steps = vec![step(5, 0.9), step(10, 0.47), step(15, 0.4), step(20, 0.3)];
+        r.epochs = vec![end(1, 10, 1.0), end(2, 20, 0.25)];
+        assert_eq!(
+            super::keep_points(&r, "fc1"),
+            [(5.0, 0.9), (10.0, 0.47), (10.0, 1.0), (15.0, 0.4), (20.0, 0.3), (20.0, 0.25)]
+        );
+        assert!(super::keep_points(&r, "fc2").is_empty());
+        r.config.dense = true;
+        assert!(super::keep_points(&r, "fc1").is_empty());
+    }
+
+    /// A log axis says where its zeros are drawn (on its foot, which read as 1 % kept).
+    #[test]
+    fn a_log_axis_names_where_zeros_go() {
+        let desc = |log, ys: &[f64]| super::y_axis_desc("keep", log, ys.iter().copied());
+        assert_eq!(desc(true, &[0.5, 0.01]), "keep");
+        assert_eq!(desc(true, &[0.5, 0.0]), "keep; 0 is drawn on the bottom axis");
+        assert_eq!(desc(false, &[0.5, 0.0]), "keep");
+    }
+
+    /// Runs overlaid in a per-layer chart differ in line style as well as shade, and a legend
+    /// draws each style in at most four pieces within its 22 px.
+    #[test]
+    fn overlaid_runs_differ_in_line_style() {
+        use super::{legend_pieces, run_dash};
+        let styles: Vec<_> = (0..4).map(run_dash).collect();
+        for i in 0..4 {
+            for j in 0..i {
+                assert_ne!(styles[i], styles[j]);
+            }
+        }
+        assert_eq!(run_dash(4), run_dash(0));
+        assert_eq!(legend_pieces(None), [(0, 22); 4]);
+        assert_eq!(legend_pieces(Some((8.0, 5.0))), [(0, 8), (13, 21), (0, 8), (0, 8)]);
+        for k in 0..4 {
+            let p = legend_pieces(run_dash(k));
+            assert!(p.iter().all(|&(a, b)| 0 <= a && a < b && b <= 22), "{p:?}");
+        }
+    }
+
+    /// Runs in folders `dst train` named (a timestamp and the model: nothing of the run) are
+    /// named in a legend by what sets them apart; folders a user named keep their names.
+    #[test]
+    fn default_named_runs_are_named_by_their_settings() {
+        use super::distinct_label;
+        use crate::report::runs::RunConfig;
+        let dst = |alpha, seed| RunConfig {
+            model: "lenet300".into(),
+            alpha,
+            seed,
+            optimizer: "sgd".into(),
+            ..Default::default()
+        };
+        let runs = [
+            run_at("runs/20261129-205802-lenet300", dst(5e-3, 1)),
+            run_at("runs/20261129-205805-lenet300", dst(1e-3, 1)),
+            run_at("mine/a5e-4", dst(5e-4, 1)),
+        ];
+        assert_eq!(distinct_label(&runs, &runs[0]), "DST alpha 5e-3");
+        assert_eq!(distinct_label(&runs, &runs[1]), "DST alpha 1e-3");
+        assert_eq!(distinct_label(&runs, &runs[2]), "a5e-4");
+        // Two runs alike but for the folder: their folders' names.
+        let twins = [
+            run_at("runs/20261129-205802-lenet300", dst(5e-3, 1)),
+            run_at("runs/20261129-205802-lenet300-2", dst(5e-3, 1)),
+        ];
+        assert_eq!(distinct_label(&twins, &twins[1]), "20261129-205802-lenet300-2");
+        // The seed and the learning rate, where they differ.
+        let mut other = dst(5e-3, 2);
+        other.lr = 0.1;
+        let runs = [
+            run_at("runs/20261129-205802-lenet300", dst(5e-3, 1)),
+            run_at("runs/20261129-205805-lenet300", other),
+        ];
+        assert_eq!(distinct_label(&runs, &runs[1]), "lr 0.1, seed 2");
+        assert!(!super::is_default_name("alpha5e-4-seed1"));
+        assert!(super::is_default_name("20261129-205802-lenet300-dense"));
+    }
+
     /// A chart of several runs counts the runs it draws (a keep-ratio chart of 2 DST and 2 dense
     /// runs said "4 runs").
     #[test]
@@ -1382,7 +1604,7 @@ mod tests {
                 .map(|i| Series {
                     label: format!("run: layer{i:02}"),
                     points: vec![(0.0, 1.0)],
-                    dashed: false,
+                    dash: None,
                     colour: None,
                 })
                 .collect()

@@ -128,8 +128,8 @@ fn matrix(
     ))
 }
 
-/// A heat map of `values` (`h` x `w`, row-major) with a colour scale from the smallest to the
-/// largest value, and tick labels of the given axes.
+/// A heat map of `values` (`h` x `w`, row-major: fractions, 0 to 1) with a colour scale from the
+/// smallest to the largest value, and tick labels of the given axes.
 fn heat_map(
     area: &Area,
     title: &str,
@@ -139,15 +139,7 @@ fn heat_map(
     y_labels: Option<&[&str]>,
     scale_desc: &str,
 ) -> DrawResult {
-    // The colours span the values' own range, so that small differences show; the scale says
-    // which values they stand for.
-    let vmin = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let vmax = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let (vmin, vmax) = if vmax - vmin > 1e-9 {
-        (vmin, vmax)
-    } else {
-        (vmin - 0.5, vmin + 0.5)
-    };
+    let (vmin, vmax) = scale_range(values);
     let norm = |v: f64| (v - vmin) / (vmax - vmin);
     let dim_w = area.dim_in_pixel().0;
     let (main, bar) = area.split_horizontally(dim_w as i32 - 150);
@@ -221,6 +213,22 @@ fn heat_map(
         Rectangle::new([(0.0, a), (1.0, b)], viridis(norm((a + b) / 2.0)).filled())
     }))?;
     Ok(())
+}
+
+/// A heat map's colour scale for `values` (fractions): their own range, so that small
+/// differences show (the scale says which values the colours stand for); all alike (every row
+/// keeps every pixel, or none), half the fractions' range on that value's side (it was 0.5 to
+/// 1.5 for all ones, -0.5 to 0.5 for all zeros).
+fn scale_range(values: &[f64]) -> (f64, f64) {
+    let vmin = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let vmax = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if vmax - vmin > 1e-9 {
+        (vmin, vmax)
+    } else if vmin >= 0.5 {
+        (vmin - 0.5, vmin)
+    } else {
+        (vmin, vmin + 0.5)
+    }
 }
 
 /// The input channels of a convolution's filter that `mask_images` draws.
@@ -365,9 +373,15 @@ pub fn mask_images(ck: &Checkpoint, out: &Path) -> Result<Vec<PathBuf>, ReportEr
         } else {
             "that keep the most inputs"
         };
-        let title = format!(
-            "{model} fc1: the {n} of its {rows} neurons {which} (dark: kept); {empty} keep none{epoch}"
-        );
+        let title = if keeping == 0 {
+            format!(
+                "{model} fc1: none of its {rows} neurons keeps an input, every mask is empty (the first {n} shown){epoch}"
+            )
+        } else {
+            format!(
+                "{model} fc1: the {n} of its {rows} neurons {which} (dark: kept); {empty} keep none{epoch}"
+            )
+        };
         let size = grid_size(n, per_row, (28, 28), px, &title);
         let png = render_png(&out.join(name), size, |a| {
             picture_grid(
@@ -537,6 +551,13 @@ mod tests {
 
     /// A title too wide for its picture is broken at spaces into lines that each fit (it once ran
     /// off both edges), and a grid picture grows by the lines it adds; a short one stays one line.
+    #[test]
+    fn a_uniform_heat_map_keeps_its_scale_within_fractions() {
+        assert_eq!(super::scale_range(&[0.25, 0.75, 0.5]), (0.25, 0.75));
+        assert_eq!(super::scale_range(&[1.0; 4]), (0.5, 1.0));
+        assert_eq!(super::scale_range(&[0.0; 4]), (0.0, 0.5));
+    }
+
     #[test]
     fn long_titles_go_on_more_lines() {
         use super::{grid_size, title_lines, GRID_TITLE};

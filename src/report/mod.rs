@@ -316,11 +316,11 @@ fn as_lf(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 }
 
 /// A file `check_own_text` may replace: one of dst's files of the kind, known by how it begins
-/// (`heads`: the kind's first bytes, now and in earlier versions of dst), and for Markdown also
-/// unedited since (its seal).
+/// (a report's `header`; a table's header line, now or in an earlier version of dst:
+/// `table::CSV_HEADERS`), and for Markdown also unedited since (its seal).
 pub enum Own<'a> {
     Markdown { header: &'a str },
-    Csv { heads: &'a [&'a str] },
+    Csv,
 }
 
 /// Refuses, before anything is written, to replace `path` unless it is absent or a file of the
@@ -370,7 +370,7 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
         ))
     };
     match own {
-        Own::Csv { heads } => {
+        Own::Csv => {
             // Tables are small: a file far larger than any is no table of dst's.
             if meta.len() > 64 << 20 {
                 return Err(not_ours());
@@ -379,7 +379,10 @@ pub fn check_own_text(path: &Path, own: Own, what: &str) -> Result<(), ReportErr
             // autocrlf) read as LF.
             let bytes = std::fs::read(path).map_err(io)?;
             let bytes = as_lf(without_bom(&bytes));
-            if !heads.iter().any(|h| bytes.starts_with(h.as_bytes())) {
+            if !table::CSV_HEADERS
+                .iter()
+                .any(|h| bytes.starts_with(h.as_bytes()))
+            {
                 return Err(not_ours());
             }
             // Every line must still read as one of dst's: a column, a line or words added

@@ -144,18 +144,18 @@ pub fn config_differences(
     let t = serde_json::to_value(theirs).expect("serialisable");
     let o = serde_json::to_value(ours).expect("serialisable");
     let both_dense = theirs.dense && ours.dense;
-    o.as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| !matches!(k.as_str(), "epochs" | "log_every"))
-        .filter(|(k, _)| !(both_dense && matches!(k.as_str(), "alpha" | "reset")))
-        // `train` records --data absolute: the same folder given relative is no difference.
-        .filter(|(k, v)| !(k.as_str() == "data" && train::same_data_values(t.get("data"), v)))
-        .filter_map(|(k, v)| {
-            let tv = t.get(k.as_str()).unwrap_or(&serde_json::Value::Null);
-            (tv != v).then(|| (k.clone(), show_value(k, tv), show_value(k, v)))
-        })
-        .collect()
+    crate::train::setting_differences(&t, &o, |k| {
+        matches!(k, "epochs" | "log_every")
+            || (both_dense && matches!(k, "alpha" | "reset"))
+            // `train` records --data absolute: the same folder given relative is no difference.
+            || (k == "data" && train::same_data_values(t.get("data"), o.get("data").unwrap_or_default()))
+    })
+    .into_iter()
+    .map(|(k, tv, v)| {
+        let (tv, v) = (show_value(&k, &tv), show_value(&k, &v));
+        (k, tv, v)
+    })
+    .collect()
 }
 
 /// Epochs the run in `dir` holds: those of its summary or its checkpoint, the larger.
@@ -450,9 +450,7 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
     check_report(&out.join("sweep.md"), SWEEP_HEADER, "a `dst sweep` report")?;
     report::check_own_text(
         &out.join("sweep.csv"),
-        Own::Csv {
-            heads: table::CSV_HEADERS,
-        },
+        Own::Csv,
         "a `dst sweep` table",
     )?;
     // sweep.png only beside a sweep.md or sweep.csv of dst's (checked above; one of them moved

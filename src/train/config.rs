@@ -85,6 +85,30 @@ fn default_optimizer() -> String {
     "sgd".into()
 }
 
+/// The settings in which two serialised configs differ, as (name, theirs, ours), a setting one
+/// of them lacks as null; in `ours`' order, then those only `theirs` has. `skip` names the
+/// settings not compared.
+pub fn setting_differences(
+    theirs: &serde_json::Value,
+    ours: &serde_json::Value,
+    skip: impl Fn(&str) -> bool,
+) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+    let null = serde_json::Value::Null;
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        v.as_object().into_iter().flatten().map(|(k, _)| k.clone()).collect()
+    };
+    let mut names = keys(ours);
+    names.extend(keys(theirs).into_iter().filter(|k| ours.get(k).is_none()));
+    names
+        .into_iter()
+        .filter(|k| !skip(k))
+        .filter_map(|k| {
+            let (t, o) = (theirs.get(&k).unwrap_or(&null), ours.get(&k).unwrap_or(&null));
+            (t != o).then(|| (k, t.clone(), o.clone()))
+        })
+        .collect()
+}
+
 impl Default for TrainConfig {
     /// The paper's LeNet-300-100 settings (METHOD.md section 5).
     fn default() -> Self {
@@ -498,5 +522,29 @@ fn interrupted_hint(saved: usize, dir: &std::path::Path) -> String {
         format!("{d} has no checkpoint yet: `dst train --resume {w}` starts it over (a sweep or reproduction: run its command again)")
     } else {
         format!("{d} keeps the checkpoint of epoch {saved}: continue with `dst train --resume {w}` (a sweep or reproduction: run its command again)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::setting_differences;
+    use serde_json::json;
+
+    #[test]
+    fn setting_differences_names_each_changed_setting_both_ways() {
+        let theirs = json!({"lr": 0.01, "seed": 1, "epochs": 2, "old": true});
+        let ours = json!({"lr": 0.005, "seed": 1, "epochs": 3, "new": "x"});
+        let d = setting_differences(&theirs, &ours, |k| k == "epochs");
+        assert_eq!(
+            d,
+            vec![
+                ("lr".to_string(), json!(0.01), json!(0.005)),
+                ("new".to_string(), json!(null), json!("x")),
+                ("old".to_string(), json!(true), json!(null)),
+            ]
+        );
+        assert!(setting_differences(&theirs, &theirs, |_| false).is_empty());
+        // Against something that is no config at all: every setting of ours differs.
+        assert_eq!(setting_differences(&json!(null), &ours, |_| false).len(), 4);
     }
 }

@@ -11,7 +11,8 @@ mod run_dir;
 mod session;
 
 pub use config::{
-    default_target_epoch, io_hint, reset_policy_of, same_data, TrainConfig, TrainError,
+    default_target_epoch, io_hint, reset_policy_of, same_data, setting_differences, TrainConfig,
+    TrainError,
 };
 pub use run_dir::RunDir;
 pub use session::{Session, Stats};
@@ -476,27 +477,17 @@ pub fn train(
             .map(|c| serde_json::to_value(c).expect("serialisable"))
             .unwrap_or_default();
         let ours = serde_json::to_value(cfg).expect("serialisable");
-        let changed: Vec<String> = ours
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(k, v)| {
-                // The data folder: said apart, below.
-                // `log_every` sets only what is logged (the controller's cadence does not
-                // follow it): no change to the result.
-                !["epochs", "data", "log_every"].contains(&k.as_str())
-                    && theirs.get(k.as_str()) != Some(*v)
-                    // The default target epoch pinned above is the run's own.
-                    && !(k.as_str() == "target_epoch"
-                        && theirs.get("target_epoch").is_none_or(|t| t.is_null()))
-            })
-            .map(|(k, v)| {
-                format!(
-                    "{k} {} -> {v}",
-                    theirs.get(k.as_str()).unwrap_or(&serde_json::Value::Null)
-                )
-            })
-            .collect();
+        // The data folder: said apart, below. `log_every` sets only what is logged (the
+        // controller's cadence does not follow it): no change to the result. The default target
+        // epoch pinned above is the run's own.
+        let default_target_epoch = theirs.get("target_epoch").is_none_or(|t| t.is_null());
+        let changed: Vec<String> = config::setting_differences(&theirs, &ours, |k| {
+            matches!(k, "epochs" | "data" | "log_every")
+                || (default_target_epoch && k == "target_epoch")
+        })
+        .into_iter()
+        .map(|(k, t, v)| format!("{k} {t} -> {v}"))
+        .collect();
         if !changed.is_empty() {
             progress.line(&format!(
                 "warning: resuming with settings that differ from the checkpoint's ({}); the result will not match an uninterrupted run",
