@@ -1180,11 +1180,14 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if lr_steps.is_empty() && a.lr_gamma.is_some() {
         bail!(
             "--lr-gamma multiplies the learning rate at the --lr-steps epochs, and this run has \
-             none ({}): give --lr-steps too (e.g. --lr-steps 15), or drop --lr-gamma",
+             none ({}), or drop --lr-gamma",
             if a.lr_steps.is_some() {
-                "--lr-steps none".to_string()
+                "--lr-steps none: give epochs instead, e.g. --lr-steps 15".to_string()
             } else {
-                format!("{} has no default steps", a.model)
+                format!(
+                    "{} has no default steps: give --lr-steps too, e.g. --lr-steps 15",
+                    a.model
+                )
             }
         );
     }
@@ -1351,7 +1354,14 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
                 bail!(
                     "--resume {}: {}; give the folder of the run to continue",
                     dir.display(),
-                    if dir.exists() {
+                    if dir
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+                    {
+                        "is a file, not a run folder (a checkpoint is resumed only as its run \
+                         folder's checkpoint.safetensors, beside that run's config.json; an \
+                         export cannot be resumed)"
+                    } else if dir.exists() {
                         "is a file, not a run folder"
                     } else {
                         "no such folder"
@@ -1526,11 +1536,16 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
         dst::report::plural(cfg.epochs, "epoch"),
         cfg.batch,
         cfg.optimizer,
-        cfg.lr,
+        dst::report::number(cfg.lr),
         if cfg.lr_steps.is_empty() {
             String::new()
         } else {
-            format!(" x{} after epochs {:?}", cfg.lr_gamma, cfg.lr_steps)
+            let steps: Vec<String> = cfg.lr_steps.iter().map(|s| s.to_string()).collect();
+            format!(
+                " x{} after epochs {}",
+                dst::report::number(cfg.lr_gamma),
+                steps.join(", ")
+            )
         },
         if cfg.optimizer == "adam" {
             String::new()
@@ -1802,6 +1817,7 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     let gpu = Gpu::from_env()?;
     // Said before the work, which takes a while on a CPU adapter.
     eprintln!("adapter: {}", gpu.describe());
+    eprintln!("checkpoint: {}", checkpoint_line(&ck, &model));
     let mut progress = dst::export::infer::progress_line(data.test.count);
     let (acc, layers, _) =
         train::evaluate_checkpoint_with(gpu, &ck, &checkpoint, &data, &mut progress)?;
@@ -1815,6 +1831,34 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
         kept as f64 / total.max(1) as f64
     );
     Ok(())
+}
+
+/// What `dst eval` says of the checkpoint it scores: its model and kind, the epoch it holds of
+/// its run's epochs and its step; with a hold-out split, that it holds the last epoch's weights.
+fn checkpoint_line(ck: &dst::checkpoint::Checkpoint, model: &str) -> String {
+    let cfg: Option<TrainConfig> = ck.meta("config").and_then(|c| serde_json::from_str(c).ok());
+    let kind = if ck.meta("masked") == Some("false") {
+        "dense"
+    } else {
+        "DST"
+    };
+    let mut s = format!("{model} {kind}");
+    if let Some(e) = ck.meta("epoch") {
+        s.push_str(&format!(", epoch {e}"));
+        if let Some(c) = &cfg {
+            s.push_str(&format!(" of {}", c.epochs));
+        }
+    }
+    if let Some(step) = ck.meta("step") {
+        s.push_str(&format!(" (step {step})"));
+    }
+    if cfg.is_some_and(|c| c.valid.is_some()) {
+        s.push_str(
+            "; its weights are those of that epoch, the last one saved (summary.json names the \
+             epoch best on the validation split)",
+        );
+    }
+    s
 }
 
 fn cmd_fetch(dataset: &str, to: &std::path::Path, extra: Vec<String>) -> anyhow::Result<()> {

@@ -145,7 +145,13 @@ fn bad_training_flags_are_clear_errors() {
         (
             &["train", "--lr-gamma", "0.5"],
             "--lr-gamma multiplies the learning rate at the --lr-steps epochs, and this run has \
-             none (lenet300 has no default steps)",
+             none (lenet300 has no default steps: give --lr-steps too",
+        ),
+        // A step at or past the most epochs a run can take would never apply.
+        (
+            &["train", "--lr-steps", "100000"],
+            "--lr-steps 100000: a step applies from the epoch after it, and a run takes at most \
+             100000 epochs",
         ),
         (
             &[
@@ -157,7 +163,8 @@ fn bad_training_flags_are_clear_errors() {
                 "--lr-gamma",
                 "0.5",
             ],
-            "this run has none (--lr-steps none)",
+            "this run has none (--lr-steps none: give epochs instead, e.g. --lr-steps 15), or \
+             drop --lr-gamma",
         ),
         (&["bench", "--rounds", "0"], "--rounds must be >= 1"),
         (
@@ -418,6 +425,11 @@ fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
         .expect(&stdout);
     let (ok, eval, err) = dst(&["eval", "--checkpoint", o]);
     assert!(ok, "{err}");
+    // The checkpoint it scores: the run's one epoch of one, at its last step (4 of 64 images).
+    assert!(
+        err.contains("checkpoint: lenet300 DST, epoch 1 of 1 (step 4)"),
+        "{err}"
+    );
     let ratio: f64 = eval
         .split("model keep ratio ")
         .nth(1)
@@ -2878,5 +2890,58 @@ fn a_study_folder_or_run_in_use_is_refused() {
     let (ok, _, err) = dst(&["plot", r, "--out", elsewhere.to_str().unwrap()]);
     assert!(ok, "{err}");
     drop(held);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// A run's validation split cannot change on resume (config.json edited: `valid`, or
+/// `limit_train` where images are held out): refused, nothing changed. It once resumed with a
+/// warning and picked its "best on validation" epoch from images it had trained on.
+#[test]
+fn resume_refuses_a_moved_validation_split() {
+    let out = nothing_at("moved-split");
+    let o = out.to_str().unwrap();
+    let (ok, _, err) = dst(&[
+        "train",
+        "--limit-train",
+        "128",
+        "--valid",
+        "32",
+        "--epochs",
+        "1",
+        "--out",
+        o,
+    ]);
+    assert!(ok, "{err}");
+    let metrics = std::fs::read(out.join("metrics.jsonl")).unwrap();
+    let original = read_json(out.join("config.json"));
+    for (key, value, then) in [
+        ("valid", serde_json::json!(64), "32"),
+        ("valid", serde_json::Value::Null, "32"),
+        ("limit_train", serde_json::json!(256), "128"),
+    ] {
+        let mut config = original.clone();
+        config[key] = value.clone();
+        std::fs::write(out.join("config.json"), config.to_string()).unwrap();
+        let (ok, _, err) = dst(&["train", "--resume", o, "--epochs", "2"]);
+        let now = if value.is_null() { "none".to_string() } else { value.to_string() };
+        assert!(
+            !ok && err.contains(&format!(
+                "trained with {key} {then}, and its config.json now says {now}: that moves images \
+                 between the training and validation splits"
+            )) && err.contains(&format!("set \"{key}\" back to {then}")),
+            "{key} {value}: {err}"
+        );
+        assert_eq!(std::fs::read(out.join("metrics.jsonl")).unwrap(), metrics);
+    }
+    // The split as it was, another setting changed: resumed, the change named ("none" for a
+    // setting that had no value).
+    let mut config = original.clone();
+    config["sparse_keep"] = serde_json::json!(0.5);
+    std::fs::write(out.join("config.json"), config.to_string()).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", o, "--epochs", "2"]);
+    assert!(
+        ok && err.contains("settings that differ from the checkpoint's (sparse_keep none -> 0.5)"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&out).unwrap();
 }

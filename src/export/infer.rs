@@ -1113,10 +1113,19 @@ pub fn run(
              from their kept weights only)"
                 .to_string()
         } else {
+            // An LSTM's gate matrices could compute from their kept weights (`kept_products`):
+            // said why they do not, beside the kernels it lacks.
+            let lstm = masked_entries(&export).into_iter().any(lstm_gates);
             format!(
                 "dense inference (the masked weights, zeros included, through the trainer's \
-                 kernels: {} has no sparse inference kernels)",
-                export.model
+                 kernels: {} has no sparse inference kernels{})",
+                export.model,
+                if lstm {
+                    ", and none of its gate matrices keeps few enough weights for the trainer's \
+                     products from kept weights on this adapter"
+                } else {
+                    ""
+                }
             )
         };
         (l, secs, how)

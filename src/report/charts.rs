@@ -690,6 +690,21 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     Ok(())
 }
 
+/// The legend of model `m`'s DST line in a sweep chart of the rows `dst`: with the seeds per
+/// alpha (one: no spread to show).
+fn dst_legend(m: &str, dst: &[&super::table::Row]) -> String {
+    let seeds: Vec<usize> = dst
+        .iter()
+        .filter(|r| r.model == m)
+        .map(|r| r.seeds.len())
+        .collect();
+    match (seeds.iter().min(), seeds.iter().max()) {
+        (Some(1), Some(1)) | (None, _) => format!("{m} DST (1 seed)"),
+        (Some(a), Some(b)) if a == b => format!("{m} DST (mean ± std, {b} seeds)"),
+        _ => format!("{m} DST (mean ± std)"),
+    }
+}
+
 /// A legend names a run in at most this many characters (`elide`): longer folder names took
 /// the plot's width for the legend, squeezing the lines and cutting the title.
 const LABEL_CHARS: usize = 34;
@@ -1158,6 +1173,19 @@ pub fn sweep_chart(
                         .light_line_style(RGBColor(235, 235, 235))
                         .draw()?;
                     let n = models.len() * 2;
+                    // The dense baselines first: under the DST points and bars (their line
+                    // crossed the markers).
+                    for (mi, m) in models.iter().enumerate() {
+                        for d in dense.iter().filter(|r| r.model == *m) {
+                            let y = $clamp(val(d).mean);
+                            chart.draw_series(DashedLineSeries::new(
+                                vec![(a0, y), (a1, y)],
+                                10,
+                                6,
+                                colour(2 * mi + 1, n).stroke_width(2),
+                            ))?;
+                        }
+                    }
                     for (mi, m) in models.iter().enumerate() {
                         let c = colour(2 * mi, n);
                         let mut pts: Vec<(f64, f64, f64)> = dst
@@ -1176,11 +1204,7 @@ pub fn sweep_chart(
                             chart
                                 .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())?
                                 // One seed per alpha: no spread to show.
-                                .label(if dst.iter().any(|r| r.model == *m && r.seeds.len() > 1) {
-                                    format!("{m} DST (mean ± std)")
-                                } else {
-                                    format!("{m} DST (1 seed)")
-                                })
+                                .label(dst_legend(m, &dst))
                                 .legend(move |(x, y)| {
                                     PathElement::new(vec![(x, y), (x + 22, y)], c.stroke_width(3))
                                 });
@@ -1197,14 +1221,9 @@ pub fn sweep_chart(
                         }
                         for d in dense.iter().filter(|r| r.model == *m) {
                             let c = colour(2 * mi + 1, n);
-                            let y = $clamp(val(d).mean);
+                            // Its legend entry (the line is drawn above, under the DST points).
                             chart
-                                .draw_series(DashedLineSeries::new(
-                                    vec![(a0, y), (a1, y)],
-                                    10,
-                                    6,
-                                    c.stroke_width(2),
-                                ))?
+                                .draw_series(std::iter::empty::<PathElement<(f64, f64)>>())?
                                 .label(format!(
                                     "{m} dense baseline ({})",
                                     super::plural(d.seeds.len(), "seed")

@@ -208,6 +208,16 @@ pub fn eta_text(s: u64) -> String {
     }
 }
 
+/// A setting's number as text: as Rust writes it (0.1, 0.005), but in scientific notation far
+/// from 1 (1e-40 was written with 40 decimals).
+pub fn number(v: f64) -> String {
+    if v != 0.0 && !(1e-4..1e6).contains(&v.abs()) {
+        format!("{v:e}")
+    } else {
+        v.to_string()
+    }
+}
+
 /// `n` and `word`, plural unless `n` is 1: "1 epoch", "3 epochs".
 pub fn plural(n: usize, word: &str) -> String {
     if n == 1 {

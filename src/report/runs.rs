@@ -96,7 +96,7 @@ impl RunConfig {
     /// batch 64", with a weight decay other than 0 and a learning-rate schedule where there is
     /// one.
     pub fn optimiser_line(&self) -> String {
-        let mut s = format!("{} lr {}", self.optimizer, self.lr);
+        let mut s = format!("{} lr {}", self.optimizer, super::number(self.lr));
         if self.optimizer != "adam" {
             s.push_str(&format!(" momentum {}", self.momentum));
         }
@@ -108,7 +108,7 @@ impl RunConfig {
             let steps: Vec<String> = self.lr_steps.iter().map(|e| e.to_string()).collect();
             s.push_str(&format!(
                 ", lr x{} after epochs {}",
-                self.lr_gamma,
+                super::number(self.lr_gamma),
                 steps.join(", ")
             ));
         }

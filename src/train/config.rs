@@ -276,6 +276,13 @@ impl TrainConfig {
                 self.lr_steps
             ));
         }
+        // A step at epoch s lowers the rate from epoch s + 1: never, at or past the longest run.
+        if let Some(&s) = self.lr_steps.last().filter(|&&s| s >= MAX_EPOCHS) {
+            return bad(format!(
+                "--lr-steps {s}: a step applies from the epoch after it, and a run takes at most \
+                 {MAX_EPOCHS} epochs, so it would never apply"
+            ));
+        }
         if !(self.alpha.is_finite() && self.alpha >= 0.0) {
             return bad(format!("--alpha must be >= 0, got {}", self.alpha));
         }

@@ -441,6 +441,34 @@ pub fn train(
                 cfg.optimizer
             )));
         }
+        // The validation split (the last `valid` of the first `limit_train` images) cannot
+        // change within a run: images of one side were trained on, or validated on, in its
+        // earlier epochs, and the best-on-validation pick would compare accuracies of two splits.
+        let their_split = ck
+            .meta("config")
+            .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
+            .map(|c| (c.valid, c.limit_train));
+        if let Some((valid, limit)) = their_split {
+            let show = |v: Option<usize>| v.map_or("none".to_string(), |n| n.to_string());
+            let held_out = valid.is_some() || cfg.valid.is_some();
+            let what = if valid != cfg.valid {
+                Some(("valid", show(valid), show(cfg.valid)))
+            } else if held_out && limit != cfg.limit_train {
+                Some(("limit_train", show(limit), show(cfg.limit_train)))
+            } else {
+                None
+            };
+            if let Some((key, then, now)) = what {
+                return Err(TrainError::Refused(format!(
+                    "{} trained with {key} {then}, and its config.json now says {now}: that moves \
+                     images between the training and validation splits, which cannot change \
+                     within a run (its earlier epochs trained on one and picked on the other); \
+                     set \"{key}\" back to {}, or train anew into another folder",
+                    run.dir.display(),
+                    if then == "none" { "null" } else { &then }
+                )));
+            }
+        }
         session.restore(&ck, &path, true)?;
         epoch0 = ck.meta("epoch").and_then(|s| s.parse().ok()).unwrap_or(0);
         step = ck.meta("step").and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -486,7 +514,10 @@ pub fn train(
                 || (default_target_epoch && k == "target_epoch")
         })
         .into_iter()
-        .map(|(k, t, v)| format!("{k} {t} -> {v}"))
+        .map(|(k, t, v)| {
+            let show = |v: serde_json::Value| if v.is_null() { "none".into() } else { v.to_string() };
+            format!("{k} {} -> {}", show(t), show(v))
+        })
         .collect();
         if !changed.is_empty() {
             progress.line(&format!(
