@@ -37,14 +37,31 @@ pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
 /// otherwise show nothing of the folder's run (eval, export). None where they agree, or where
 /// there is no readable config.json beside it.
 pub fn foreign_to_its_folder(ck: &Checkpoint, path: &Path) -> Option<String> {
+    let (file, config, v) = config_beside(path)?;
+    foreign_to(ck, &file, &config, &v)
+}
+
+/// The checkpoint file `path` names (`resolve`), the config.json beside it and that file read
+/// as JSON; None where there is none, or it is no JSON.
+fn config_beside(path: &Path) -> Option<(PathBuf, PathBuf, serde_json::Value)> {
     let file = resolve(path).ok()?;
     let dir = file
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let config = dir.join("config.json");
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&config).ok()?).ok()?;
+    let v = serde_json::from_str(&std::fs::read_to_string(&config).ok()?).ok()?;
+    Some((file, config, v))
+}
+
+/// `foreign_to_its_folder` of the checkpoint `ck` read from `file`, with the run folder's
+/// config.json at `config` read as `v`.
+fn foreign_to(
+    ck: &Checkpoint,
+    file: &Path,
+    config: &Path,
+    v: &serde_json::Value,
+) -> Option<String> {
     let (model, dense) = (v.get("model")?.as_str()?, v.get("dense")?.as_bool()?);
     let kind = |m: &str, dense: bool| format!("{} {m}", if dense { "dense" } else { "DST" });
     let mine = ck.meta("model")?;
@@ -69,7 +86,8 @@ pub fn foreign_to_its_folder(ck: &Checkpoint, path: &Path) -> Option<String> {
 pub fn same_run_settings(ck: &serde_json::Value, folder: &serde_json::Value) -> bool {
     let default_target_epoch = ck.get("target_epoch").is_none_or(|t| t.is_null());
     crate::train::setting_differences(folder, ck, |k| {
-        matches!(k, "epochs" | "data" | "log_every") || (default_target_epoch && k == "target_epoch")
+        matches!(k, "epochs" | "data" | "log_every")
+            || (default_target_epoch && k == "target_epoch")
     })
     .is_empty()
 }
@@ -300,17 +318,10 @@ impl Checkpoint {
     /// The checkpoint's own record where the folder holds another run, or no readable config.
     pub fn trained_on_at(&self, path: &Path) -> Option<String> {
         let edited = || -> Option<String> {
-            if foreign_to_its_folder(self, path).is_some() {
+            let (file, config, v) = config_beside(path)?;
+            if foreign_to(self, &file, &config, &v).is_some() {
                 return None;
             }
-            let file = resolve(path).ok()?;
-            let dir = file
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let v: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?)
-                    .ok()?;
             let mine: serde_json::Value = serde_json::from_str(self.meta("config")?).ok()?;
             same_run_settings(&mine, &v).then(|| v.get("data")?.as_str().map(str::to_string))?
         };

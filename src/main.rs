@@ -860,11 +860,9 @@ fn warn_torn(runs: &[dst::report::Run]) {
 /// Refuses an --out of pictures that names a picture (`x.png`) where a folder is wanted: the
 /// charts went into a new folder called `x.png`.
 fn check_picture_folder(out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    if let Some(out) = out.filter(|o| {
-        !o.is_dir()
-            && o.extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("png"))
-    }) {
+    if let Some(out) =
+        out.filter(|o| !o.is_dir() && o.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+    {
         bail!(
             "--out {}: --out names the folder the pictures go into (they have their own \
              names, which the command prints), not a picture; give a folder",

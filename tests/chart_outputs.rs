@@ -968,7 +968,11 @@ fn plots_of_unfinished_runs_and_picture_names_are_told() {
     fake_run(&root.join("s"), 2);
     // s's first epoch unfinished: its first step line only.
     let text = std::fs::read_to_string(root.join("s/metrics.jsonl")).unwrap();
-    std::fs::write(root.join("s/metrics.jsonl"), text.lines().next().unwrap().to_owned() + "\n").unwrap();
+    std::fs::write(
+        root.join("s/metrics.jsonl"),
+        text.lines().next().unwrap().to_owned() + "\n",
+    )
+    .unwrap();
     let o = dst(&root, &[p("plot"), p("r"), p("s"), p("--out"), p("both")]);
     ok(&o, "plot r s");
     let err = String::from_utf8_lossy(&o.stderr);
@@ -991,7 +995,10 @@ fn plots_of_unfinished_runs_and_picture_names_are_told() {
     assert!(!root.join("r.png").exists() && !root.join("m.PNG").exists());
     // A folder of that name that exists is a folder: taken.
     std::fs::create_dir(root.join("r.png")).unwrap();
-    ok(&dst(&root, &[p("plot"), p("r"), p("--out"), p("r.png")]), "plot into a folder r.png");
+    ok(
+        &dst(&root, &[p("plot"), p("r"), p("--out"), p("r.png")]),
+        "plot into a folder r.png",
+    );
     assert!(is_png(&root.join("r.png/keep_per_layer.png")));
     std::fs::remove_dir_all(&root).unwrap();
 }

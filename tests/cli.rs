@@ -2923,7 +2923,11 @@ fn resume_refuses_a_moved_validation_split() {
         config[key] = value.clone();
         std::fs::write(out.join("config.json"), config.to_string()).unwrap();
         let (ok, _, err) = dst(&["train", "--resume", o, "--epochs", "2"]);
-        let now = if value.is_null() { "none".to_string() } else { value.to_string() };
+        let now = if value.is_null() {
+            "none".to_string()
+        } else {
+            value.to_string()
+        };
         assert!(
             !ok && err.contains(&format!(
                 "trained with {key} {then}, and its config.json now says {now}: that moves images \

@@ -250,7 +250,10 @@ fn keep_points(r: &Run, name: &str) -> Vec<(f64, f64)> {
     });
     let mut points: Vec<((u64, u8), f64)> = steps.chain(ends).collect();
     points.sort_by_key(|p| p.0);
-    points.into_iter().map(|((s, _), k)| (s as f64, k)).collect()
+    points
+        .into_iter()
+        .map(|((s, _), k)| (s as f64, k))
+        .collect()
 }
 
 /// The names of every run's layers, in first-seen order.
@@ -860,7 +863,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     // epoch's end the masks after its last step (what the epoch's line reports: a layer the reset
     // made dense again shows as such).
     let layers = all_layer_names(runs);
-    let (keep, keep_runs) = layer_series(runs, &layers, |r, name| keep_points(r, name));
+    let (keep, keep_runs) = layer_series(runs, &layers, keep_points);
     // The per-layer charts are made wider by their side legend, if any.
     let wide = |series: &[Series]| (SIZE.0 + side_legend_width(series, SIZE.1), SIZE.1);
     if !keep.is_empty() {
@@ -1484,7 +1487,14 @@ mod tests {
         r.epochs = vec![end(1, 10, 1.0), end(2, 20, 0.25)];
         assert_eq!(
             super::keep_points(&r, "fc1"),
-            [(5.0, 0.9), (10.0, 0.47), (10.0, 1.0), (15.0, 0.4), (20.0, 0.3), (20.0, 0.25)]
+            [
+                (5.0, 0.9),
+                (10.0, 0.47),
+                (10.0, 1.0),
+                (15.0, 0.4),
+                (20.0, 0.3),
+                (20.0, 0.25)
+            ]
         );
         assert!(super::keep_points(&r, "fc2").is_empty());
         r.config.dense = true;
@@ -1496,7 +1506,10 @@ mod tests {
     fn a_log_axis_names_where_zeros_go() {
         let desc = |log, ys: &[f64]| super::y_axis_desc("keep", log, ys.iter().copied());
         assert_eq!(desc(true, &[0.5, 0.01]), "keep");
-        assert_eq!(desc(true, &[0.5, 0.0]), "keep; 0 is drawn on the bottom axis");
+        assert_eq!(
+            desc(true, &[0.5, 0.0]),
+            "keep; 0 is drawn on the bottom axis"
+        );
         assert_eq!(desc(false, &[0.5, 0.0]), "keep");
     }
 
@@ -1513,7 +1526,10 @@ mod tests {
         }
         assert_eq!(run_dash(4), run_dash(0));
         assert_eq!(legend_pieces(None), [(0, 22); 4]);
-        assert_eq!(legend_pieces(Some((8.0, 5.0))), [(0, 8), (13, 21), (0, 8), (0, 8)]);
+        assert_eq!(
+            legend_pieces(Some((8.0, 5.0))),
+            [(0, 8), (13, 21), (0, 8), (0, 8)]
+        );
         for k in 0..4 {
             let p = legend_pieces(run_dash(k));
             assert!(p.iter().all(|&(a, b)| 0 <= a && a < b && b <= 22), "{p:?}");
@@ -1546,7 +1562,10 @@ mod tests {
             run_at("runs/20261129-205802-lenet300", dst(5e-3, 1)),
             run_at("runs/20261129-205802-lenet300-2", dst(5e-3, 1)),
         ];
-        assert_eq!(distinct_label(&twins, &twins[1]), "20261129-205802-lenet300-2");
+        assert_eq!(
+            distinct_label(&twins, &twins[1]),
+            "20261129-205802-lenet300-2"
+        );
         // The seed and the learning rate, where they differ.
         let mut other = dst(5e-3, 2);
         other.lr = 0.1;

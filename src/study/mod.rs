@@ -448,11 +448,7 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
     s.check()?;
     check_study_folder(out, Study::Sweep)?;
     check_report(&out.join("sweep.md"), SWEEP_HEADER, "a `dst sweep` report")?;
-    report::check_own_text(
-        &out.join("sweep.csv"),
-        Own::Csv,
-        "a `dst sweep` table",
-    )?;
+    report::check_own_text(&out.join("sweep.csv"), Own::Csv, "a `dst sweep` table")?;
     // sweep.png only beside a sweep.md or sweep.csv of dst's (checked above; one of them moved
     // away leaves the other): a picture alone there may be anyone's.
     let png = out.join("sweep.png");

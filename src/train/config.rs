@@ -95,7 +95,11 @@ pub fn setting_differences(
 ) -> Vec<(String, serde_json::Value, serde_json::Value)> {
     let null = serde_json::Value::Null;
     let keys = |v: &serde_json::Value| -> Vec<String> {
-        v.as_object().into_iter().flatten().map(|(k, _)| k.clone()).collect()
+        v.as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.clone())
+            .collect()
     };
     let mut names = keys(ours);
     names.extend(keys(theirs).into_iter().filter(|k| ours.get(k).is_none()));
@@ -103,7 +107,10 @@ pub fn setting_differences(
         .into_iter()
         .filter(|k| !skip(k))
         .filter_map(|k| {
-            let (t, o) = (theirs.get(&k).unwrap_or(&null), ours.get(&k).unwrap_or(&null));
+            let (t, o) = (
+                theirs.get(&k).unwrap_or(&null),
+                ours.get(&k).unwrap_or(&null),
+            );
             (t != o).then(|| (k, t.clone(), o.clone()))
         })
         .collect()

@@ -515,7 +515,13 @@ pub fn train(
         })
         .into_iter()
         .map(|(k, t, v)| {
-            let show = |v: serde_json::Value| if v.is_null() { "none".into() } else { v.to_string() };
+            let show = |v: serde_json::Value| {
+                if v.is_null() {
+                    "none".into()
+                } else {
+                    v.to_string()
+                }
+            };
             format!("{k} {} -> {}", show(t), show(v))
         })
         .collect();
