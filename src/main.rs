@@ -860,9 +860,12 @@ fn warn_torn(runs: &[dst::report::Run]) {
 /// Refuses an --out of pictures that names a picture (`x.png`) where a folder is wanted: the
 /// charts went into a new folder called `x.png`.
 fn check_picture_folder(out: Option<&std::path::Path>) -> anyhow::Result<()> {
-    if let Some(out) =
-        out.filter(|o| !o.is_dir() && o.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
-    {
+    // (`x.png/`, with its slash, is a folder's name.)
+    if let Some(out) = out.filter(|o| {
+        !o.is_dir()
+            && !o.to_string_lossy().ends_with(std::path::MAIN_SEPARATOR)
+            && o.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    }) {
         bail!(
             "--out {}: --out names the folder the pictures go into (they have their own \
              names, which the command prints), not a picture; give a folder",
@@ -1178,15 +1181,13 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     if lr_steps.is_empty() && a.lr_gamma.is_some() {
         bail!(
             "--lr-gamma multiplies the learning rate at the --lr-steps epochs, and this run has \
-             none ({}), or drop --lr-gamma",
+             none ({}): give --lr-steps {}(e.g. --lr-steps 15), or drop --lr-gamma",
             if a.lr_steps.is_some() {
-                "--lr-steps none: give epochs instead, e.g. --lr-steps 15".to_string()
+                "--lr-steps none".to_string()
             } else {
-                format!(
-                    "{} has no default steps: give --lr-steps too, e.g. --lr-steps 15",
-                    a.model
-                )
-            }
+                format!("{} has no default steps", a.model)
+            },
+            if a.lr_steps.is_some() { "epochs " } else { "" }
         );
     }
     Ok(TrainConfig {
@@ -1352,17 +1353,17 @@ fn cmd_train(a: TrainArgs, given: &[String]) -> anyhow::Result<()> {
                 bail!(
                     "--resume {}: {}; give the folder of the run to continue",
                     dir.display(),
-                    if dir
+                    if !dir.exists() {
+                        "no such folder"
+                    } else if dir
                         .extension()
                         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
                     {
                         "is a file, not a run folder (a checkpoint is resumed only as its run \
                          folder's checkpoint.safetensors, beside that run's config.json; an \
                          export cannot be resumed)"
-                    } else if dir.exists() {
-                        "is a file, not a run folder"
                     } else {
-                        "no such folder"
+                        "is a file, not a run folder"
                     }
                 );
             }

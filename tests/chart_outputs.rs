@@ -772,10 +772,7 @@ fn runs_of_the_same_folder_name_are_told_apart() {
     let runs =
         dst::report::load_runs(&[root.join("a/run"), root.join("b/run"), root.join("c/other")])
             .unwrap();
-    let labels: Vec<String> = runs
-        .iter()
-        .map(|r| dst::report::charts::distinct_label(&runs, r))
-        .collect();
+    let labels = dst::report::charts::distinct_labels(&runs);
     assert_eq!(labels, ["a/run", "b/run", "other"]);
     std::fs::remove_dir_all(&root).unwrap();
 }
@@ -993,6 +990,12 @@ fn plots_of_unfinished_runs_and_picture_names_are_told() {
         &["--out m.PNG: --out names the folder"],
     );
     assert!(!root.join("r.png").exists() && !root.join("m.PNG").exists());
+    // Given with a slash, it names a folder: taken (made).
+    ok(
+        &dst(&root, &[p("plot"), p("r"), p("--out"), p("s.png/")]),
+        "plot --out s.png/",
+    );
+    assert!(is_png(&root.join("s.png/keep_per_layer.png")));
     // A folder of that name that exists is a folder: taken.
     std::fs::create_dir(root.join("r.png")).unwrap();
     ok(

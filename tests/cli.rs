@@ -145,7 +145,8 @@ fn bad_training_flags_are_clear_errors() {
         (
             &["train", "--lr-gamma", "0.5"],
             "--lr-gamma multiplies the learning rate at the --lr-steps epochs, and this run has \
-             none (lenet300 has no default steps: give --lr-steps too",
+             none (lenet300 has no default steps): give --lr-steps (e.g. --lr-steps 15), or drop \
+             --lr-gamma",
         ),
         // A step at or past the most epochs a run can take would never apply.
         (
@@ -163,8 +164,8 @@ fn bad_training_flags_are_clear_errors() {
                 "--lr-gamma",
                 "0.5",
             ],
-            "this run has none (--lr-steps none: give epochs instead, e.g. --lr-steps 15), or \
-             drop --lr-gamma",
+            "this run has none (--lr-steps none): give --lr-steps epochs (e.g. --lr-steps 15), \
+             or drop --lr-gamma",
         ),
         (&["bench", "--rounds", "0"], "--rounds must be >= 1"),
         (
@@ -272,6 +273,26 @@ fn eval_and_resume_flags_check_their_paths() {
     assert!(!ok && err.contains("/nonexistent/ck.safetensors"), "{err}");
     let (ok, _, err) = dst(&["train", "--resume", "/nonexistent/run"]);
     assert!(!ok && err.contains("--resume /nonexistent/run"), "{err}");
+    // A .safetensors file: a checkpoint resumes only as its run folder's; one not there is
+    // not there (it read "is a file").
+    let (ok, _, err) = dst(&["train", "--resume", "/nonexistent/x.safetensors"]);
+    assert!(
+        !ok && err.contains("--resume /nonexistent/x.safetensors: no such folder"),
+        "{err}"
+    );
+    let dir = empty_folder("resume-a-file");
+    let file = dir.join("model.safetensors");
+    std::fs::write(&file, b"not read").unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", file.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains(
+            "is a file, not a run folder (a checkpoint is resumed only as its run folder's \
+             checkpoint.safetensors"
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not read");
+    std::fs::remove_dir_all(&dir).unwrap();
     let (ok, _, err) = dst(&["fetch", "cifar", "--to", "/tmp/x"]);
     assert!(!ok && err.contains("unknown dataset"), "{err}");
     assert!(err.contains("mnist, cifar10"), "{err}");
@@ -2947,5 +2968,17 @@ fn resume_refuses_a_moved_validation_split() {
         ok && err.contains("settings that differ from the checkpoint's (sparse_keep none -> 0.5)"),
         "{err}"
     );
+    // Without a hold-out, another limit moves no image into a validation split: taken, with
+    // the warning.
+    let plain = nothing_at("limit-no-split");
+    let p = plain.to_str().unwrap();
+    let (ok, _, err) = dst(&["train", "--limit-train", "128", "--epochs", "1", "--out", p]);
+    assert!(ok, "{err}");
+    let mut config = read_json(plain.join("config.json"));
+    config["limit_train"] = serde_json::json!(192);
+    std::fs::write(plain.join("config.json"), config.to_string()).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", p, "--epochs", "2"]);
+    assert!(ok && err.contains("(limit_train 128 -> 192)"), "{err}");
+    std::fs::remove_dir_all(&plain).unwrap();
     std::fs::remove_dir_all(&out).unwrap();
 }

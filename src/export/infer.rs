@@ -1093,6 +1093,7 @@ pub fn run(
             );
         }
         let masked = masked_evaluation(&gpu, &export);
+        let class = gpu.class;
         let route = if masked {
             Route::Masked(gpu.class)
         } else {
@@ -1116,15 +1117,21 @@ pub fn run(
             // An LSTM's gate matrices could compute from their kept weights (`kept_products`):
             // said why they do not, beside the kernels it lacks.
             let lstm = masked_entries(&export).into_iter().any(lstm_gates);
+            let ratio = crate::kernels::sparse::default_sparse_keep_lstm(class);
             format!(
                 "dense inference (the masked weights, zeros included, through the trainer's \
                  kernels: {} has no sparse inference kernels{})",
                 export.model,
-                if lstm {
-                    ", and none of its gate matrices keeps few enough weights for the trainer's \
-                     products from kept weights on this adapter"
-                } else {
-                    ""
+                match (lstm, ratio > 0.0) {
+                    (false, _) => String::new(),
+                    (true, false) => ", and on a GPU the trainer computes its gate matrices \
+                                      dense (its products from kept weights are for CPU adapters)"
+                        .to_string(),
+                    (true, true) => format!(
+                        ", and none of its gate matrices keeps at most {}% of its weights, where \
+                         the trainer's products from kept weights take over",
+                        100.0 * ratio
+                    ),
                 }
             )
         };

@@ -213,17 +213,19 @@ fn layer_series(
         })
         .collect();
     let drawn = per_run.iter().filter(|l| !l.is_empty()).count();
+    let names = legend_names(runs);
     let mut series = Vec::new();
-    for (k, (r, lines)) in runs
-        .iter()
-        .zip(per_run)
+    // k: among the runs drawn (their shades and line styles); i: among `runs`.
+    for (k, (i, lines)) in per_run
+        .into_iter()
+        .enumerate()
         .filter(|(_, l)| !l.is_empty())
         .enumerate()
     {
         for (name, points) in lines {
             series.push(Series {
                 colour: layer_colour(layers, &name, k, drawn),
-                label: series_label(runs, r, &name),
+                label: series_label(runs, &names, i, &name),
                 points,
                 // Each run its own line style too: shades alone were hard to tell apart.
                 dash: if drawn > 1 { run_dash(k) } else { None },
@@ -235,7 +237,7 @@ fn layer_series(
 
 /// The keep ratios of layer `name` of run `r` over the steps (`plot_runs`' keep chart): those of
 /// its step lines, and of its epoch lines after the step line of the same step. None for a
-/// dense run.
+/// dense run (no masks).
 fn keep_points(r: &Run, name: &str) -> Vec<(f64, f64)> {
     if r.config.dense {
         return Vec::new();
@@ -712,28 +714,34 @@ fn dst_legend(m: &str, dst: &[&super::table::Row]) -> String {
 /// the plot's width for the legend, squeezing the lines and cutting the title.
 const LABEL_CHARS: usize = 34;
 
-fn series_label(runs: &[Run], run: &Run, what: &str) -> String {
+/// The legend entry of run `k` of `runs` (`names`: `legend_names`) for `what` (a layer, "test";
+/// empty: the run alone).
+fn series_label(runs: &[Run], names: &[String], k: usize, what: &str) -> String {
     match (runs.len() > 1, what.is_empty()) {
-        (false, true) => elide(&run.label(), LABEL_CHARS),
+        (false, true) => elide(&runs[k].label(), LABEL_CHARS),
         (false, false) => what.to_string(),
-        (true, true) => short_label(runs, run),
-        (true, false) => format!("{}: {what}", short_label(runs, run)),
+        (true, true) => names[k].clone(),
+        (true, false) => format!("{}: {what}", names[k]),
     }
 }
 
-/// `distinct_label` elided, unless that makes it the same as another run's.
-fn short_label(runs: &[Run], run: &Run) -> String {
-    let full = distinct_label(runs, run);
-    let short = elide(&full, LABEL_CHARS);
-    let clash = runs.iter().any(|r| {
-        let other = distinct_label(runs, r);
-        other != full && elide(&other, LABEL_CHARS) == short
-    });
-    if clash {
-        full
-    } else {
-        short
-    }
+/// Each run's name in a legend of several: `distinct_labels` elided, unless that makes it the
+/// same as another run's. Made once per chart (each label looks at every run).
+fn legend_names(runs: &[Run]) -> Vec<String> {
+    let full = distinct_labels(runs);
+    full.iter()
+        .map(|f| {
+            let short = elide(f, LABEL_CHARS);
+            let clash = full
+                .iter()
+                .any(|o| o != f && elide(o, LABEL_CHARS) == short);
+            if clash {
+                f.clone()
+            } else {
+                short
+            }
+        })
+        .collect()
 }
 
 /// `s` in at most `max` characters: its start and its end (where run names differ: the seed,
@@ -750,31 +758,44 @@ fn elide(s: &str, max: usize) -> String {
     format!("{start}…{end}")
 }
 
-/// A run's legend name among `runs`: its folder's name, or with the parent folder's name too
+/// The runs' legend names: each its folder's name, or with the parent folder's name too
 /// (`sweep-a/alpha5e-4-seed1`) when another run's folder has the same name. A folder `dst train`
 /// named (`runs/<timestamp>-<model>`: nothing of the run but its model) is named by what sets
 /// its run apart from the others (`describe`) instead, where that tells it from every other run.
-pub fn distinct_label(runs: &[Run], run: &Run) -> String {
-    let name = run.label();
-    if runs.len() > 1 && is_default_name(&name) {
-        let own = describe(runs, run);
-        if !own.is_empty()
-            && runs
+pub fn distinct_labels(runs: &[Run]) -> Vec<String> {
+    let default: Vec<bool> = runs.iter().map(|r| is_default_name(&r.label())).collect();
+    // Every run's description, where one is to be named by it (a description shared with
+    // another run, named by it or not, tells neither apart).
+    let desc: Vec<String> = if runs.len() > 1 && default.contains(&true) {
+        runs.iter().map(|r| describe(runs, r)).collect()
+    } else {
+        Vec::new()
+    };
+    let told_apart = |i: usize| {
+        default[i]
+            && desc.get(i).is_some_and(|d| !d.is_empty())
+            && desc
                 .iter()
-                .all(|r| std::ptr::eq(r, run) || describe(runs, r) != own)
-        {
-            return own;
-        }
-    }
-    if runs
-        .iter()
-        .any(|r| !std::ptr::eq(r, run) && r.dir != run.dir && r.label() == name)
-    {
-        if let Some(parent) = run.dir.parent().and_then(|p| p.file_name()) {
-            return format!("{}/{name}", parent.to_string_lossy());
-        }
-    }
-    name
+                .enumerate()
+                .all(|(j, d)| j == i || *d != desc[i])
+    };
+    runs.iter()
+        .enumerate()
+        .map(|(i, run)| {
+            let name = run.label();
+            if told_apart(i) {
+                return desc[i].clone();
+            }
+            let same_name = runs
+                .iter()
+                .enumerate()
+                .any(|(j, r)| j != i && r.dir != run.dir && r.label() == name);
+            match run.dir.parent().and_then(|p| p.file_name()) {
+                Some(parent) if same_name => format!("{}/{name}", parent.to_string_lossy()),
+                _ => name,
+            }
+        })
+        .collect()
 }
 
 /// Whether `name` is one `dst train` gives a run folder: `YYYYMMDD-HHMMSS-<model>` (then
@@ -885,6 +906,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     }
 
     // Test accuracy and remaining % per epoch.
+    let names = legend_names(runs);
     let mut acc = Vec::new();
     let mut rem = Vec::new();
     // Each run in its own colour in both panels (its validation line dashed in that colour).
@@ -893,7 +915,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             continue;
         }
         acc.push(Series {
-            label: series_label(runs, r, if runs.len() > 1 { "" } else { "test" }),
+            label: series_label(runs, &names, k, if runs.len() > 1 { "" } else { "test" }),
             points: r
                 .epochs
                 .iter()
@@ -909,14 +931,14 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             .collect();
         if !valid.is_empty() {
             acc.push(Series {
-                label: series_label(runs, r, "validation"),
+                label: series_label(runs, &names, k, "validation"),
                 points: valid,
                 dash: DASHED,
                 colour: Some(colour(k, runs.len())),
             });
         }
         rem.push(Series {
-            label: series_label(runs, r, if runs.len() > 1 { "" } else { "model" }),
+            label: series_label(runs, &names, k, if runs.len() > 1 { "" } else { "model" }),
             points: r
                 .epochs
                 .iter()
@@ -1001,7 +1023,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
             .collect();
         if !points.is_empty() {
             alpha.push(Series {
-                label: series_label(runs, r, if runs.len() > 1 { "" } else { "alpha" }),
+                label: series_label(runs, &names, k, if runs.len() > 1 { "" } else { "alpha" }),
                 points,
                 dash: None,
                 colour: Some(colour(k, runs.len())),
@@ -1136,7 +1158,8 @@ pub fn sweep_chart(
                     pts.sort_by(|a, b| a.0.total_cmp(&b.0));
                     if !pts.is_empty() {
                         lines.push(pts);
-                        (labels, chars) = (labels + 1, chars.max(m.len() + 17));
+                        (labels, chars) =
+                            (labels + 1, chars.max(dst_legend(m, &dst).chars().count()));
                     }
                     for d in dense.iter().filter(|r| r.model == *m) {
                         let y = unit_y(val(d).mean);
@@ -1540,8 +1563,9 @@ mod tests {
     /// named in a legend by what sets them apart; folders a user named keep their names.
     #[test]
     fn default_named_runs_are_named_by_their_settings() {
-        use super::distinct_label;
         use crate::report::runs::RunConfig;
+        let distinct_label =
+            |runs: &[crate::report::Run], i: usize| super::distinct_labels(runs)[i].clone();
         let dst = |alpha, seed| RunConfig {
             model: "lenet300".into(),
             alpha,
@@ -1554,18 +1578,15 @@ mod tests {
             run_at("runs/20261129-205805-lenet300", dst(1e-3, 1)),
             run_at("mine/a5e-4", dst(5e-4, 1)),
         ];
-        assert_eq!(distinct_label(&runs, &runs[0]), "DST alpha 5e-3");
-        assert_eq!(distinct_label(&runs, &runs[1]), "DST alpha 1e-3");
-        assert_eq!(distinct_label(&runs, &runs[2]), "a5e-4");
+        assert_eq!(distinct_label(&runs, 0), "DST alpha 5e-3");
+        assert_eq!(distinct_label(&runs, 1), "DST alpha 1e-3");
+        assert_eq!(distinct_label(&runs, 2), "a5e-4");
         // Two runs alike but for the folder: their folders' names.
         let twins = [
             run_at("runs/20261129-205802-lenet300", dst(5e-3, 1)),
             run_at("runs/20261129-205802-lenet300-2", dst(5e-3, 1)),
         ];
-        assert_eq!(
-            distinct_label(&twins, &twins[1]),
-            "20261129-205802-lenet300-2"
-        );
+        assert_eq!(distinct_label(&twins, 1), "20261129-205802-lenet300-2");
         // The seed and the learning rate, where they differ.
         let mut other = dst(5e-3, 2);
         other.lr = 0.1;
@@ -1573,7 +1594,7 @@ mod tests {
             run_at("runs/20261129-205802-lenet300", dst(5e-3, 1)),
             run_at("runs/20261129-205805-lenet300", other),
         ];
-        assert_eq!(distinct_label(&runs, &runs[1]), "lr 0.1, seed 2");
+        assert_eq!(distinct_label(&runs, 1), "lr 0.1, seed 2");
         assert!(!super::is_default_name("alpha5e-4-seed1"));
         assert!(super::is_default_name("20261129-205802-lenet300-dense"));
     }

@@ -549,8 +549,8 @@ mod tests {
         assert_eq!(keep_note(&m, ResetPolicy::Paper), (0.02, ""));
     }
 
-    /// A title too wide for its picture is broken at spaces into lines that each fit (it once ran
-    /// off both edges), and a grid picture grows by the lines it adds; a short one stays one line.
+    /// A heat map whose values are all alike keeps its colour scale within 0 to 1 (all ones gave
+    /// a scale of 0.5 to 1.5).
     #[test]
     fn a_uniform_heat_map_keeps_its_scale_within_fractions() {
         assert_eq!(super::scale_range(&[0.25, 0.75, 0.5]), (0.25, 0.75));
@@ -558,6 +558,8 @@ mod tests {
         assert_eq!(super::scale_range(&[0.0; 4]), (0.0, 0.5));
     }
 
+    /// A title too wide for its picture is broken at spaces into lines that each fit (it once ran
+    /// off both edges), and a grid picture grows by the lines it adds; a short one stays one line.
     #[test]
     fn long_titles_go_on_more_lines() {
         use super::{grid_size, title_lines, GRID_TITLE};

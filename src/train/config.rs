@@ -284,7 +284,12 @@ impl TrainConfig {
             ));
         }
         // A step at epoch s lowers the rate from epoch s + 1: never, at or past the longest run.
-        if let Some(&s) = self.lr_steps.last().filter(|&&s| s >= MAX_EPOCHS) {
+        // (Not refused on resume: a run an earlier version started with one goes on.)
+        if let Some(&s) = self
+            .lr_steps
+            .last()
+            .filter(|&&s| s >= MAX_EPOCHS && !resumed)
+        {
             return bad(format!(
                 "--lr-steps {s}: a step applies from the epoch after it, and a run takes at most \
                  {MAX_EPOCHS} epochs, so it would never apply"

@@ -451,9 +451,13 @@ pub fn train(
         if let Some((valid, limit)) = their_split {
             let show = |v: Option<usize>| v.map_or("none".to_string(), |n| n.to_string());
             let held_out = valid.is_some() || cfg.valid.is_some();
+            // Another limit can leave the split as it was (both at or above the images there
+            // are): the SHA-256 of the training and validation images, where the checkpoint
+            // has it, tells.
+            let same_split = ck.meta("data_sha256") == Some(data_sha256.as_str());
             let what = if valid != cfg.valid {
                 Some(("valid", show(valid), show(cfg.valid)))
-            } else if held_out && limit != cfg.limit_train {
+            } else if held_out && limit != cfg.limit_train && !same_split {
                 Some(("limit_train", show(limit), show(cfg.limit_train)))
             } else {
                 None
