@@ -1936,6 +1936,48 @@ fn a_second_ctrl_c_stops_at_once_and_says_how_to_go_on() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
+/// A second Ctrl-C in a run of a sweep says to run the sweep's command again (it goes on with
+/// every run), before how to resume that run alone.
+#[cfg(unix)]
+#[test]
+fn a_second_ctrl_c_in_a_study_names_its_command() {
+    use std::os::unix::process::ExitStatusExt;
+    let root = empty_folder("int-study");
+    let sweep = root.join("sweep");
+    let child = interruptible()
+        .args([
+            "sweep",
+            "--alpha",
+            "5e-4",
+            "--seeds",
+            "1",
+            "--no-dense",
+            "--epochs",
+            "1",
+            "--batch",
+            "8",
+            "--log-every",
+            "100000",
+        ])
+        .arg("--out")
+        .arg(&sweep)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (status, err) = ctrl_c_after(child, "ready in", 2);
+    assert_eq!(status.signal(), Some(2), "{status:?}: {err}");
+    let run = sweep.join("alpha5e-4-seed1");
+    assert!(
+        err.contains(&format!(
+            "stopped at once: run the study's command again to go on from the runs' last \
+             checkpoints (this run alone: `dst train --resume {}`)",
+            run.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
 /// A local server whose every answer is a 200 with a 100 MB body it trickles out (1 KB each 20 ms)
 /// until the client goes: a download that Ctrl-C has to stop. Its base URL.
 #[cfg(unix)]

@@ -69,6 +69,12 @@ fn remove_writing() {
     }
 }
 
+/// Whether a guard is alive already: a run started inside a study (whose guard says how to go on
+/// with the whole study).
+pub fn catching() -> bool {
+    CATCHING.load(Ordering::SeqCst) > 0
+}
+
 /// Whether Ctrl-C asked the running training to stop.
 pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)

@@ -649,12 +649,20 @@ pub fn train(
     }
     run.write_json(&run.config(), cfg)?;
     // From here on (the line below says the run is ready) a Ctrl-C asks to stop at a log point.
-    let _catching = interrupt::Catching::new(&format!(
-        "continue with `dst train --resume {d}`: it goes on from the run's last checkpoint (the \
-         end of its last finished epoch), or, stopped before its first checkpoint, trains it \
-         again from the start (a sweep or reproduction: run its command again)",
-        d = crate::report::shell_word(&run.dir)
-    ));
+    // Inside a study (its guard alive): the study's command first, which goes on with every run.
+    let d = crate::report::shell_word(&run.dir);
+    let _catching = interrupt::Catching::new(&if interrupt::catching() {
+        format!(
+            "run the study's command again to go on from the runs' last checkpoints (this run \
+             alone: `dst train --resume {d}`)"
+        )
+    } else {
+        format!(
+            "continue with `dst train --resume {d}`: it goes on from the run's last checkpoint \
+             (the end of its last finished epoch), or, stopped before its first checkpoint, \
+             trains it again from the start (a sweep or reproduction: run its command again)"
+        )
+    });
     let n = data.train.count;
     progress.line(&format!(
         "ready in {:.2} s: {} train / {}{} test images on the GPU, pipelines built, plans of {} (step) and {} (eval batch) dispatches",
