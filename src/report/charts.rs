@@ -1438,24 +1438,22 @@ mod tests {
     /// (nothing to draw) took the base colour, and the DST runs drew in lighter shades only.
     #[test]
     fn the_runs_drawn_take_the_shades() {
-        let run = |dir: &str, keep: Option<f64>| crate::report::Run {
-            dir: dir.into(),
-            config: crate::report::runs::RunConfig {
-                dense: keep.is_none(),
-                ..Default::default()
-            },
-            steps: vec![crate::report::runs::StepLine {
+        let run = |dir: &str, keep: Option<f64>| {
+            let mut r = run_at(
+                dir,
+                crate::report::runs::RunConfig {
+                    dense: keep.is_none(),
+                    ..Default::default()
+                },
+            );
+            r.steps = vec![crate::report::runs::StepLine {
                 step: 10,
                 keep: keep
                     .map(|k| [("fc1".to_string(), k)].into_iter().collect())
                     .unwrap_or_default(),
                 ..Default::default()
-            }],
-            epochs: vec![],
-            summary: None,
-            torn_line: None,
-            damaged_lines: vec![],
-            diverged: None,
+            }];
+            r
         };
         let runs = [run("d", None), run("a", Some(0.5)), run("b", Some(0.2))];
         let layers = all_layer_names(&runs);
@@ -1603,18 +1601,14 @@ mod tests {
     /// runs said "4 runs").
     #[test]
     fn a_title_counts_the_runs_drawn() {
-        let run = |dense| crate::report::Run {
-            dir: "r".into(),
-            config: crate::report::runs::RunConfig {
-                dense,
-                ..Default::default()
-            },
-            steps: vec![],
-            epochs: vec![],
-            summary: None,
-            torn_line: None,
-            damaged_lines: vec![],
-            diverged: None,
+        let run = |dense| {
+            run_at(
+                "r",
+                crate::report::runs::RunConfig {
+                    dense,
+                    ..Default::default()
+                },
+            )
         };
         let runs = [run(false), run(false), run(true), run(true)];
         assert_eq!(title(&runs, 4, "Accuracy"), "Accuracy: 4 runs");
