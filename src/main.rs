@@ -1800,7 +1800,8 @@ fn cmd_eval(checkpoint: PathBuf, data: Option<PathBuf>) -> anyhow::Result<()> {
     }
     // Without --data: the folder the run trained on (its checkpoint's config records it).
     let recorded = ck.trained_on_at(&checkpoint).map(PathBuf::from);
-    let data = dst::export::infer::data_folder(data.as_deref(), recorded.as_deref(), "the run");
+    let data =
+        dst::export::infer::data_folder(data.as_deref(), recorded.as_deref(), "the run", true)?;
     // The checkpoint's model decides the dataset. Only the test set is scored: an MNIST folder
     // needs only its two test files (t10k-*), a CIFAR-10 one its test_batch.bin, as for
     // `dst infer`. `what` names the data in the result line.

@@ -2251,9 +2251,26 @@ fn eval_scores_the_data_the_run_trained_on() {
         "{out}{err}"
     );
     std::fs::rename(&data, root.join("gone")).unwrap();
+    // Its folder gone: refused (the embedded subset's score would say nothing of a run on other
+    // data, with exit 0), until --data names a copy.
     let (ok, out, err) = dst(&["eval", "--checkpoint", run.to_str().unwrap()]);
     assert!(
-        ok && err.contains("which is not there now") && out.contains("embedded MNIST subset"),
+        !ok && err.contains(&format!(
+            "the run trained on {}, which is not there now: give --data with its test files",
+            data.display()
+        )) && out.is_empty(),
+        "{out}{err}"
+    );
+    let gone = root.join("gone");
+    let (ok, out, err) = dst(&[
+        "eval",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--data",
+        gone.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && out.contains(&format!("MNIST in {}", gone.display())),
         "{out}{err}"
     );
     std::fs::remove_dir_all(&root).unwrap();

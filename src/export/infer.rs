@@ -1071,7 +1071,8 @@ pub fn run(
         data,
         export.data.as_deref().map(std::path::Path::new),
         "the exported run",
-    );
+        true,
+    )?;
     let test = test_set(&export.model, data.as_deref())?;
     check_test_set(&export.model, &test)?;
     // Built before the adapter opens: an export without the model's tensors fails here.
@@ -1185,14 +1186,17 @@ pub fn run(
 /// The data folder `dst eval`, `dst infer` and `dst bench-infer` read: `given` (`--data`), else
 /// the folder the run trained on (`trained_on`: its checkpoint's config, an export's metadata),
 /// said so, so that they score the test set the run scored; none (the embedded subset) where the
-/// run had none, or where its folder has gone (warned about). `run` names the run ("the run",
-/// "the exported run").
+/// run had none. A folder that has gone is refused where the scores are the point (`scores`:
+/// eval, infer: the embedded subset's would say nothing of a run on other data, and exit 0), and
+/// warned about where only the speed is (bench-infer: the embedded subset). `run` names the run
+/// ("the run", "the exported run").
 pub fn data_folder(
     given: Option<&std::path::Path>,
     trained_on: Option<&std::path::Path>,
     run: &str,
-) -> Option<std::path::PathBuf> {
-    match (given, trained_on) {
+    scores: bool,
+) -> anyhow::Result<Option<std::path::PathBuf>> {
+    Ok(match (given, trained_on) {
         (Some(d), _) => Some(d.to_path_buf()),
         (None, Some(r)) if r.is_dir() => {
             eprintln!(
@@ -1202,16 +1206,21 @@ pub fn data_folder(
             );
             Some(r.to_path_buf())
         }
+        (None, Some(r)) if scores => anyhow::bail!(
+            "{run} trained on {}, which is not there now: give --data with its test files (the \
+             folder's new place, or another copy of the dataset) to score it",
+            r.display()
+        ),
         (None, Some(r)) => {
             eprintln!(
-                "warning: {run} trained on {}, which is not there now; give --data with its test \
-                 files to score what it scored",
+                "warning: {run} trained on {}, which is not there now: timing the embedded \
+                 subset's test images (give --data with its test files for its own)",
                 r.display()
             );
             None
         }
         (None, None) => None,
-    }
+    })
 }
 
 /// The test set of `model`'s dataset (`dst infer`, `dst eval`): MNIST as `load_test` (the
@@ -1276,7 +1285,8 @@ pub fn bench(
         data,
         export.data.as_deref().map(std::path::Path::new),
         "the exported run",
-    );
+        false,
+    )?;
     let data = data.as_deref();
     if !has_sparse(&export.model) {
         return bench_evaluation(file, &export, data, samples);
