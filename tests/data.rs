@@ -574,6 +574,37 @@ fn fetch_falls_back_to_next_mirror_and_replaces_bad_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A .gz that is a whole IDX file of the right kind but another dataset's (Fashion-MNIST in an
+/// MNIST folder) is the user's: refused before any download, left as it was. One cut short (a
+/// download interrupted) is downloaded again.
+#[test]
+fn fetch_keeps_another_datasets_idx_files() {
+    let (specs, routes) = served_set("/good/");
+    let server = Server::start(routes, 16);
+    let dir = tmpdir("fetch-other-data");
+    let payload: Vec<u8> = (0..12).map(|i| (i + 1) % 10).collect();
+    let other = gz(&idx_bytes(8, &[12], &payload));
+    let path = dir.join("train-labels-idx1-ubyte.gz");
+    std::fs::write(&path, &other).unwrap();
+    let mirrors = [format!("{}/good/", server.base)];
+    let err = fetch::fetch(&dir, &mirrors, &specs, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("{}: a complete IDX file, but not MNIST's", path.display()))
+            && err.contains("It is not replaced"),
+        "{err}"
+    );
+    assert!(server.hits().is_empty(), "nothing downloaded");
+    assert_eq!(std::fs::read(&path).unwrap(), other);
+    assert_eq!(entries(&dir), ["train-labels-idx1-ubyte.gz"]);
+    // Cut short: no whole IDX file, replaced by the download.
+    std::fs::write(&path, &other[..other.len() / 2]).unwrap();
+    fetch::fetch(&dir, &mirrors, &specs, &mut |_| {}).unwrap();
+    assert_eq!(load_dir(&dir).unwrap().train.count, 12);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn fetch_sha_mismatch_leaves_nothing() {
     let raw = labels(7);

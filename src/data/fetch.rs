@@ -132,6 +132,12 @@ pub enum FetchError {
     },
     #[error("{path}: {reason}; dst reads this raw file, and a .gz of it only where it is absent: remove it (or put the real file there) and fetch again")]
     BadRaw { path: String, reason: String },
+    #[error("{path}: a complete IDX file, but not MNIST's (the SHA-256 of its contents is {got}, expected {expected}): another dataset in MNIST's format (Fashion-MNIST, KMNIST)? It is not replaced: move it away, or fetch into another folder")]
+    OtherData {
+        path: String,
+        got: String,
+        expected: String,
+    },
     #[error("{dir}: the folder cannot be made: {file} is a file; choose another --to")]
     UnderFile { dir: String, file: String },
     #[error("{dir} holds {found}; {dataset} goes into a folder of its own: choose another --to")]
@@ -372,6 +378,24 @@ fn fetch_into(
         }
         progress(&format!("{shown}: ok, raw file present, SHA-256 verified"));
         raw_ok.push(spec.name);
+    }
+    // A .gz there that is a whole IDX file of the right kind, yet not the real one: another
+    // dataset in the same format (the user's), refused before any download, never replaced.
+    // One that does not unpack or parse (a download cut short) is replaced below.
+    for spec in files.iter().filter(|s| !raw_ok.contains(&s.name)) {
+        let dest = to.join(format!("{}.gz", spec.name));
+        let Ok(bytes) = fs::read(&dest) else { continue };
+        let shown = dest.display().to_string();
+        if let Err(AttemptError::ShaMismatch { expected, got }) = verify(&bytes, spec, &shown) {
+            let kind = idx::IdxKind::of_name(spec.name);
+            if idx::parse_idx_as(&bytes, &shown, kind).is_ok() {
+                return Err(FetchError::OtherData {
+                    path: shown,
+                    got,
+                    expected,
+                });
+            }
+        }
     }
     for spec in files {
         if raw_ok.contains(&spec.name) {
