@@ -381,7 +381,8 @@ fn train_then_eval_through_the_binary() {
     assert!(ok, "eval with only the test files: {err}");
     assert!(
         stdout.contains(&format!(
-            "on the 2000 test images of MNIST in {},",
+            // The embedded subset's test files: a part of MNIST, not MNIST's own files.
+            "on the 2000 test images of {} (IDX files in MNIST's format, not MNIST's own",
             test_only.display()
         )),
         "{stdout}"
@@ -2247,7 +2248,10 @@ fn eval_scores_the_data_the_run_trained_on() {
     let (ok, out, err) = dst(&["eval", "--checkpoint", run.to_str().unwrap()]);
     assert!(
         ok && err.contains("which the run trained on")
-            && out.contains(&format!("MNIST in {}", data.display())),
+            && out.contains(&format!(
+                "{} (IDX files in MNIST's format, not MNIST's own",
+                data.display()
+            )),
         "{out}{err}"
     );
     std::fs::rename(&data, root.join("gone")).unwrap();
@@ -2270,7 +2274,10 @@ fn eval_scores_the_data_the_run_trained_on() {
         gone.to_str().unwrap(),
     ]);
     assert!(
-        ok && out.contains(&format!("MNIST in {}", gone.display())),
+        ok && out.contains(&format!(
+            "{} (IDX files in MNIST's format, not MNIST's own",
+            gone.display()
+        )),
         "{out}{err}"
     );
     std::fs::remove_dir_all(&root).unwrap();

@@ -113,9 +113,31 @@ fn raw_and_gzip_load_identically() {
     assert_eq!(a.train.images, images(12, 1)[16..].to_vec());
     assert_eq!(a.train.labels, labels(12)[8..].to_vec());
     assert_eq!(a.test.labels, vec![0, 1, 2, 3, 4]);
-    assert_eq!(a.source, raw_dir.display().to_string());
+    // Not MNIST's files (a set in its format): said so where the data is described.
+    assert_eq!(
+        a.source,
+        format!("{} ({})", raw_dir.display(), dst::data::NOT_MNIST)
+    );
     std::fs::remove_dir_all(&raw_dir).unwrap();
     std::fs::remove_dir_all(&gz_dir).unwrap();
+}
+
+/// The SHA-256 of the IDX files a set was read from, made again from it, are those of the files
+/// (what tells MNIST's own files from others in their format); the embedded subset, a part of
+/// MNIST, is not MNIST's files.
+#[test]
+fn idx_hashes_are_those_of_the_files_read() {
+    let dir = tmpdir("idx-sha");
+    let set = valid_set();
+    write_set(&dir, &set, true);
+    let m = load_dir(&dir).unwrap();
+    let sha = |i: usize| fetch::sha256_hex(&set[i]);
+    assert_eq!(dst::data::idx_sha256(&m.train), (sha(0), sha(1)));
+    assert_eq!(dst::data::idx_sha256(&m.test), (sha(2), sha(3)));
+    assert!(!dst::data::is_mnist_file(&m.train, 0));
+    let embedded = load_embedded();
+    assert!(!dst::data::is_mnist_file(&embedded.test, 2));
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -591,8 +613,10 @@ fn fetch_keeps_another_datasets_idx_files() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains(&format!("{}: a complete IDX file, but not MNIST's", path.display()))
-            && err.contains("It is not replaced"),
+        err.contains(&format!(
+            "{}: a complete IDX file, but not MNIST's",
+            path.display()
+        )) && err.contains("It is not replaced"),
         "{err}"
     );
     assert!(server.hits().is_empty(), "nothing downloaded");

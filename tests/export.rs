@@ -1079,7 +1079,8 @@ fn infer_reads_only_the_test_files_and_lists_every_masked_layer() {
     let last = out.lines().last().unwrap();
     assert!(
         last.contains(&format!(
-            "on the 40 test images of MNIST in {}, sparse",
+            "on the 40 test images of {} (IDX files in MNIST's format, not MNIST's own: their \
+             SHA-256 differ from MNIST's), sparse",
             data.display()
         )),
         "{last}"
@@ -1251,7 +1252,8 @@ fn lstm_exports_infer_densely_and_bench_infer_compares_evaluations() {
     assert!(ok, "{err}");
     assert!(
         few_out.contains(&format!(
-            "20 test images of MNIST in {} (all of them: fewer than --samples 50)",
+            "20 test images of {} (IDX files in MNIST's format, not MNIST's own: their SHA-256 \
+             differ from MNIST's) (all of them: fewer than --samples 50)",
             few.display()
         )),
         "{few_out}"
@@ -1743,7 +1745,9 @@ fn infer_scores_the_runs_own_test_set_and_exports_replace_files_in_place() {
         "{err}"
     );
     assert!(
-        stdout.contains(&format!("on the 40 test images of MNIST in {d}")),
+        stdout.contains(&format!(
+            "on the 40 test images of {d} (IDX files in MNIST's format, not MNIST's own"
+        )),
         "{stdout}"
     );
     let gone = dir.join("moved");
@@ -1786,7 +1790,10 @@ fn infer_scores_the_runs_own_test_set_and_exports_replace_files_in_place() {
     };
     assert!(ok && !err.contains("not there now"), "{err}");
     assert!(
-        stdout.contains(&format!("MNIST in {}", gone.display())),
+        stdout.contains(&format!(
+            "{} (IDX files in MNIST's format, not MNIST's own",
+            gone.display()
+        )),
         "{stdout}"
     );
     export::export(&run_ck, Layout::Csr, &out).unwrap();

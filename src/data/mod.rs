@@ -638,7 +638,47 @@ pub fn load_dir(dir: &Path) -> Result<Mnist, DataError> {
         arrays.push((idx::read_idx_as(path, kind)?, path.display().to_string()));
     }
     let arrays: [(IdxArray, String); 4] = arrays.try_into().expect("four paths");
-    assemble(arrays, dir.display().to_string())
+    let mut m = assemble(arrays, dir.display().to_string())?;
+    // Other data in MNIST's format (Fashion-MNIST, KMNIST, a part of MNIST) trains as given, and
+    // its description says so: it was called MNIST.
+    if !(is_mnist_file(&m.train, 0) && is_mnist_file(&m.test, 2)) {
+        m.source = format!("{} ({NOT_MNIST})", m.source);
+    }
+    Ok(m)
+}
+
+/// What the description of a folder of IDX files in MNIST's format that are not MNIST's own
+/// ends with (`load_dir`, `export::infer::load_test`).
+pub const NOT_MNIST: &str =
+    "IDX files in MNIST's format, not MNIST's own: their SHA-256 differ from MNIST's";
+
+/// Whether `d` holds the MNIST images and labels of `fetch::MNIST_FILES[at]` and `[at + 1]`
+/// (0: the training set, 2: the test set): the SHA-256 of its IDX files (`idx_sha256`) are
+/// MNIST's.
+pub fn is_mnist_file(d: &Dataset, at: usize) -> bool {
+    let files = &fetch::MNIST_FILES;
+    d.channels == 1 && idx_sha256(d) == (files[at].sha256.into(), files[at + 1].sha256.into())
+}
+
+/// The SHA-256 of the raw IDX files (unsigned bytes) that hold a one-channel `d`'s images and
+/// its labels, made again from their headers and bytes: those of the files it was read from.
+pub fn idx_sha256(d: &Dataset) -> (String, String) {
+    use sha2::{Digest, Sha256};
+    let count = (d.count as u32).to_be_bytes();
+    let mut images = Sha256::new();
+    images.update([0, 0, 8, 3]);
+    images.update(count);
+    images.update((d.rows as u32).to_be_bytes());
+    images.update((d.cols as u32).to_be_bytes());
+    images.update(&d.images);
+    let mut labels = Sha256::new();
+    labels.update([0, 0, 8, 1]);
+    labels.update(count);
+    labels.update(&d.labels);
+    (
+        fetch::hex(&images.finalize()),
+        fetch::hex(&labels.finalize()),
+    )
 }
 
 macro_rules! embedded {

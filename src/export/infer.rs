@@ -207,7 +207,11 @@ pub fn check_images(model: &str, ds: &Dataset) -> anyhow::Result<()> {
 
 /// `check_images` of a test set, the refusal naming where its images came from.
 pub fn check_test_set(model: &str, t: &TestSet) -> anyhow::Result<()> {
-    check_images(model, &t.images).map_err(|e| anyhow::anyhow!("{}: {e}", t.source))
+    // The folder named without the note that its files are not MNIST's (no wonder, here).
+    let place = t
+        .source
+        .trim_end_matches(&format!(" ({})", crate::data::NOT_MNIST));
+    check_images(model, &t.images).map_err(|e| anyhow::anyhow!("{place}: {e}"))
 }
 
 /// The test set inference classifies, and where it came from.
@@ -235,10 +239,12 @@ pub fn load_test(dir: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
         &images.display().to_string(),
         &labels.display().to_string(),
     )?;
-    Ok(TestSet {
-        images,
-        source: format!("MNIST in {}", dir.display()),
-    })
+    let source = if crate::data::is_mnist_file(&images, 2) {
+        format!("MNIST in {}", dir.display())
+    } else {
+        format!("{} ({})", dir.display(), crate::data::NOT_MNIST)
+    };
+    Ok(TestSet { images, source })
 }
 
 /// How `dst infer` computes an export's weights.

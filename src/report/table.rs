@@ -311,6 +311,13 @@ fn unlike_paper(r: &Run) -> Vec<String> {
     if c.data.is_none() {
         v.push("the embedded subset".into());
     }
+    // A folder of other data in MNIST's format, as the run found it.
+    if r.summary
+        .as_ref()
+        .is_some_and(|s| s.data.contains(crate::data::NOT_MNIST))
+    {
+        v.push("data that is not MNIST's files".into());
+    }
     if let Some(n) = limit_that_left_out(r) {
         v.push(format!("first {n} train"));
     }

@@ -335,6 +335,17 @@ pub fn train(
     // What the run trains and is scored on, as a SHA-256 its checkpoints record: a resume on
     // other files (a data folder edited, or another one put in its place) is told so.
     let data_sha256 = data_fingerprint(&data, valid.as_ref());
+    if data
+        .source
+        .ends_with(&format!("({})", crate::data::NOT_MNIST))
+    {
+        notes.push(format!(
+            "note: {}: the files there are not MNIST's (their SHA-256 differ): trained on as \
+             they are; the paper's MNIST figures do not apply",
+            data.source
+                .trim_end_matches(&format!(" ({})", crate::data::NOT_MNIST))
+        ));
+    }
     let held = data.train.count + valid.as_ref().map_or(0, |v| v.count);
     if let Some(n) = cfg.limit_train.filter(|&n| n > held) {
         notes.push(format!(
