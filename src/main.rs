@@ -47,7 +47,8 @@ enum Command {
         checkpoint: CheckpointArg,
         /// Folder of the checkpoint's dataset (MNIST: the two test files t10k-images-idx3-ubyte
         /// and t10k-labels-idx1-ubyte, .gz or raw; CIFAR-10: test_batch.bin); default: the
-        /// folder the run trained on (its checkpoint records it), else the embedded MNIST subset.
+        /// folder the run trained on (its checkpoint records it; refused where it has gone), else
+        /// the embedded MNIST subset.
         #[arg(long)]
         data: Option<PathBuf>,
     },
@@ -127,8 +128,8 @@ enum Command {
         file: PathBuf,
         /// Folder with the test files: MNIST's t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte
         /// (raw or .gz), CIFAR-10's test_batch.bin; default: the folder the run trained on (the
-        /// export records it), else the embedded MNIST subset (a CIFAR-10 export then needs
-        /// --data).
+        /// export records it; refused where it has gone), else the embedded MNIST subset (a
+        /// CIFAR-10 export then needs --data).
         #[arg(long)]
         data: Option<PathBuf>,
         /// Images per batch of sparse inference (LeNet-300-100, LeNet-5; the other models run

@@ -2245,6 +2245,28 @@ fn eval_scores_the_data_the_run_trained_on() {
         run.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
+    // The embedded subset's files, a part of MNIST, are not MNIST's own: the run says so at its
+    // start, in its summary, and a report marks the paper's figures beside it.
+    assert!(
+        err.contains(&format!(
+            "note: {}: the files there are not MNIST's (their SHA-256 differ)",
+            data.display()
+        )),
+        "{err}"
+    );
+    let summary = read_json(run.join("summary.json"));
+    assert!(
+        summary["data"]
+            .as_str()
+            .unwrap()
+            .contains("not MNIST's own: their SHA-256 differ from MNIST's"),
+        "{summary}"
+    );
+    let (ok, md, err) = dst(&["report", run.to_str().unwrap()]);
+    assert!(
+        ok && md.contains("(1 epoch, data that is not MNIST's files, first 128 train)"),
+        "{md}{err}"
+    );
     let (ok, out, err) = dst(&["eval", "--checkpoint", run.to_str().unwrap()]);
     assert!(
         ok && err.contains("which the run trained on")

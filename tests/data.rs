@@ -612,16 +612,28 @@ fn fetch_keeps_another_datasets_idx_files() {
     let err = fetch::fetch(&dir, &mirrors, &specs, &mut |_| {})
         .unwrap_err()
         .to_string();
-    assert!(
+    let refused = |err: &str| {
         err.contains(&format!(
-            "{}: a complete IDX file, but not MNIST's",
+            "{}: a complete IDX file, but not this one of MNIST's",
             path.display()
-        )) && err.contains("It is not replaced"),
-        "{err}"
-    );
+        )) && err.contains("another dataset in MNIST's format")
+            && err.contains("It is not replaced")
+    };
+    assert!(refused(&err), "{err}");
     assert!(server.hits().is_empty(), "nothing downloaded");
     assert_eq!(std::fs::read(&path).unwrap(), other);
     assert_eq!(entries(&dir), ["train-labels-idx1-ubyte.gz"]);
+    // Not gzipped (training reads it all the same), or an images file under a labels file's
+    // name: refused too.
+    for kept in [idx_bytes(8, &[12], &payload), gz(&images(12, 3))] {
+        std::fs::write(&path, &kept).unwrap();
+        let err = fetch::fetch(&dir, &mirrors, &specs, &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(refused(&err), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), kept);
+    }
+    assert!(server.hits().is_empty(), "nothing downloaded");
     // Cut short: no whole IDX file, replaced by the download.
     std::fs::write(&path, &other[..other.len() / 2]).unwrap();
     fetch::fetch(&dir, &mirrors, &specs, &mut |_| {}).unwrap();

@@ -132,11 +132,13 @@ pub enum FetchError {
     },
     #[error("{path}: {reason}; dst reads this raw file, and a .gz of it only where it is absent: remove it (or put the real file there) and fetch again")]
     BadRaw { path: String, reason: String },
-    #[error("{path}: a complete IDX file, but not MNIST's (the SHA-256 of its contents is {got}, expected {expected}): another dataset in MNIST's format (Fashion-MNIST, KMNIST)? It is not replaced: move it away, or fetch into another folder")]
+    #[error("{path}: a complete IDX file, but not this one of MNIST's (the SHA-256 of its contents is {got}, expected {expected}): {holds} It is not replaced: move it away, or fetch into another folder")]
     OtherData {
         path: String,
         got: String,
         expected: String,
+        /// What it holds: another of MNIST's files, or (a guess) another dataset.
+        holds: String,
     },
     #[error("{dir}: the folder cannot be made: {file} is a file; choose another --to")]
     UnderFile { dir: String, file: String },
@@ -379,23 +381,38 @@ fn fetch_into(
         progress(&format!("{shown}: ok, raw file present, SHA-256 verified"));
         raw_ok.push(spec.name);
     }
-    // A .gz there that is a whole IDX file of the right kind, yet not the real one: another
-    // dataset in the same format (the user's), refused before any download, never replaced.
-    // One that does not unpack or parse (a download cut short) is replaced below.
+    // A .gz there that is a whole IDX file (gzip or not), yet not the real one: another
+    // dataset in the same format, or another of MNIST's files (the user's), refused before any
+    // download, never replaced. One that does not unpack or parse (a download cut short) is
+    // replaced below.
     for spec in files.iter().filter(|s| !raw_ok.contains(&s.name)) {
         let dest = to.join(format!("{}.gz", spec.name));
         let Ok(bytes) = fs::read(&dest) else { continue };
         let shown = dest.display().to_string();
-        if let Err(AttemptError::ShaMismatch { expected, got }) = verify(&bytes, spec, &shown) {
-            let kind = idx::IdxKind::of_name(spec.name);
-            if idx::parse_idx_as(&bytes, &shown, kind).is_ok() {
-                return Err(FetchError::OtherData {
-                    path: shown,
-                    got,
-                    expected,
-                });
-            }
+        if verify(&bytes, spec, &shown).is_ok() || idx::parse_idx(&bytes, &shown).is_err() {
+            continue;
         }
+        let contents = if idx::is_gzip(&bytes) {
+            idx::gunzip(&bytes, &shown).unwrap_or_default()
+        } else {
+            bytes
+        };
+        let got = sha256_hex(&contents);
+        let holds = match MNIST_FILES
+            .iter()
+            .find(|f| f.sha256.eq_ignore_ascii_case(&got))
+        {
+            Some(f) => format!("it holds MNIST's {}.", f.name),
+            None => "another dataset in MNIST's format (Fashion-MNIST, KMNIST), or a part of \
+                     MNIST?"
+                .to_string(),
+        };
+        return Err(FetchError::OtherData {
+            path: shown,
+            got,
+            expected: spec.sha256.to_string(),
+            holds,
+        });
     }
     for spec in files {
         if raw_ok.contains(&spec.name) {

@@ -1287,11 +1287,15 @@ pub fn bench(
             export.model
         );
     }
+    // Timing only: an MNIST export may time the embedded subset's images instead (none of
+    // CIFAR-10's are embedded).
+    let mnist = crate::models::info(&export.model)
+        .is_ok_and(|i| i.dataset == crate::data::DatasetKind::Mnist);
     let data = data_folder(
         data,
         export.data.as_deref().map(std::path::Path::new),
         "the exported run",
-        false,
+        !mnist,
     )?;
     let data = data.as_deref();
     if !has_sparse(&export.model) {
