@@ -384,12 +384,17 @@ fn fetch_into(
     // A .gz there that is a whole IDX file (gzip or not), yet not the real one: another
     // dataset in the same format, or another of MNIST's files (the user's), refused before any
     // download, never replaced. One that does not unpack or parse (a download cut short) is
-    // replaced below.
+    // replaced below. (The ones verified here are not read again below.)
+    let mut gz_ok = Vec::new();
     for spec in files.iter().filter(|s| !raw_ok.contains(&s.name)) {
         let dest = to.join(format!("{}.gz", spec.name));
         let Ok(bytes) = fs::read(&dest) else { continue };
         let shown = dest.display().to_string();
-        if verify(&bytes, spec, &shown).is_ok() || idx::parse_idx(&bytes, &shown).is_err() {
+        if verify(&bytes, spec, &shown).is_ok() {
+            gz_ok.push(spec.name);
+            continue;
+        }
+        if idx::parse_idx(&bytes, &shown).is_err() {
             continue;
         }
         let contents = if idx::is_gzip(&bytes) {
@@ -421,6 +426,10 @@ fn fetch_into(
         let gz_name = format!("{}.gz", spec.name);
         let dest = to.join(&gz_name);
         let shown = dest.display().to_string();
+        if gz_ok.contains(&spec.name) {
+            progress(&format!("{shown}: ok, already present"));
+            continue;
+        }
         if dest.is_file() {
             match fs::read(&dest) {
                 Ok(bytes) => match verify(&bytes, spec, &shown) {
