@@ -258,6 +258,31 @@ fn keep_points(r: &Run, name: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// A steered run's path in the keep chart: the model keep ratio its controller aimed at each
+/// logged step, dashed in grey (a shade per steered run), one series per run that logged one.
+fn target_series(runs: &[Run], names: &[String]) -> Vec<Series> {
+    let steered: Vec<usize> = (0..runs.len())
+        .filter(|&k| runs[k].steps.iter().any(|s| s.target_keep.is_some()))
+        .collect();
+    steered
+        .iter()
+        .enumerate()
+        .map(|(j, &k)| {
+            let grey = (90 + 100 * j / steered.len()) as u8;
+            Series {
+                label: series_label(runs, names, k, "target (model keep)"),
+                points: runs[k]
+                    .steps
+                    .iter()
+                    .filter_map(|s| Some((s.step as f64, s.target_keep?)))
+                    .collect(),
+                dash: DASHED,
+                colour: Some(RGBColor(grey, grey, grey)),
+            }
+        })
+        .collect()
+}
+
 /// The names of every run's layers, in first-seen order.
 fn all_layer_names(runs: &[Run]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
@@ -559,6 +584,13 @@ fn y_axis_desc(desc: &str, log: bool, mut ys: impl Iterator<Item = f64>) -> Stri
     }
 }
 
+/// The colour of series `i` of a panel: its own, else its place's among the series without one
+/// (a steered run's target line, coloured and last, leaves the layers their usual colours).
+fn series_colour(series: &[Series], i: usize) -> RGBColor {
+    let own = series.iter().filter(|s| s.colour.is_none()).count();
+    series[i].colour.unwrap_or_else(|| colour(i, own))
+}
+
 /// A line chart with axes, ticks, a title and a legend.
 fn line_panel(area: &Area, p: &Panel) -> DrawResult {
     let xs = p.series.iter().flat_map(|s| s.points.iter().map(|q| q.0));
@@ -616,7 +648,7 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
         .margin(12)
         .x_label_area_size(44)
         .y_label_area_size(72);
-    let pick = |i: usize| p.series[i].colour.unwrap_or_else(|| colour(i, n));
+    let pick = |i: usize| series_colour(p.series, i);
     let style = |i: usize| pick(i).stroke_width(2);
     macro_rules! finish {
         ($chart:expr, $legend:expr, $clamp:expr, $y_labels:expr $(, $y_format:expr)?) => {{
@@ -884,7 +916,11 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     // epoch's end the masks after its last step (what the epoch's line reports: a layer the reset
     // made dense again shows as such).
     let layers = all_layer_names(runs);
-    let (keep, keep_runs) = layer_series(runs, &layers, keep_points);
+    let (mut keep, keep_runs) = layer_series(runs, &layers, keep_points);
+    let names = legend_names(runs);
+    if !keep.is_empty() {
+        keep.extend(target_series(runs, &names));
+    }
     // The per-layer charts are made wider by their side legend, if any.
     let wide = |series: &[Series]| (SIZE.0 + side_legend_width(series, SIZE.1), SIZE.1);
     if !keep.is_empty() {
@@ -906,7 +942,6 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     }
 
     // Test accuracy and remaining % per epoch.
-    let names = legend_names(runs);
     let mut acc = Vec::new();
     let mut rem = Vec::new();
     // Each run in its own colour in both panels (its validation line dashed in that colour).
@@ -1520,6 +1555,42 @@ mod tests {
         assert!(super::keep_points(&r, "fc2").is_empty());
         r.config.dense = true;
         assert!(super::keep_points(&r, "fc1").is_empty());
+    }
+
+    /// A steered run's keep chart follows its target too (a grey dashed line after the layers',
+    /// which keep the colours they have in an unsteered run's chart); other runs have none.
+    #[test]
+    fn a_steered_run_draws_its_target() {
+        use crate::report::runs::StepLine;
+        let step = |step, target| StepLine {
+            step,
+            target_keep: target,
+            keep: [("fc1".to_string(), 0.5)].into_iter().collect(),
+            ..Default::default()
+        };
+        let mut steered = run_at("s", Default::default());
+        steered.steps = vec![step(10, Some(0.9)), step(20, Some(0.8))];
+        let mut plain = run_at("p", Default::default());
+        plain.steps = vec![step(10, None)];
+        let runs = [plain, steered];
+        let names = super::legend_names(&runs);
+        let t = super::target_series(&runs, &names);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].points, [(10.0, 0.9), (20.0, 0.8)]);
+        assert_eq!(t[0].label, "s: target (model keep)");
+        assert!(t[0].dash.is_some() && t[0].colour.is_some());
+        // The layers' colours as without it.
+        let layer = |name: &str| super::Series {
+            label: name.into(),
+            points: vec![],
+            dash: None,
+            colour: None,
+        };
+        let mut series = vec![layer("fc1"), layer("fc2"), layer("fc3")];
+        let before: Vec<_> = (0..3).map(|i| super::series_colour(&series, i)).collect();
+        series.extend(t);
+        let after: Vec<_> = (0..3).map(|i| super::series_colour(&series, i)).collect();
+        assert_eq!(before, after);
     }
 
     /// A log axis says where its zeros are drawn (on its foot, which read as 1 % kept).

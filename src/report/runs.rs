@@ -205,6 +205,10 @@ pub struct StepLine {
     pub alpha: Option<f64>,
     /// Keep ratio per masked layer.
     pub keep: BTreeMap<String, f64>,
+    /// The model keep ratio the `--target-keep` controller steered towards at this step (a
+    /// steered run's).
+    #[serde(default)]
+    pub target_keep: Option<f64>,
 }
 
 /// `summary.json`: written once, when a run has finished all its epochs.
