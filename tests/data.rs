@@ -137,6 +137,10 @@ fn idx_hashes_are_those_of_the_files_read() {
     assert!(!dst::data::is_mnist_file(&m.train, 0));
     let embedded = load_embedded();
     assert!(!dst::data::is_mnist_file(&embedded.test, 2));
+    // The note such a folder's description carries reads back off it.
+    let place = dir.display().to_string();
+    assert_eq!(dst::data::not_mnist(&m.source), (place.as_str(), true));
+    assert_eq!(dst::data::not_mnist(&place), (place.as_str(), false));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

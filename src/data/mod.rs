@@ -642,15 +642,34 @@ pub fn load_dir(dir: &Path) -> Result<Mnist, DataError> {
     // Other data in MNIST's format (Fashion-MNIST, KMNIST, a part of MNIST) trains as given, and
     // its description says so: it was called MNIST.
     if !(is_mnist_file(&m.train, 0) && is_mnist_file(&m.test, 2)) {
-        m.source = format!("{} ({NOT_MNIST})", m.source);
+        m.source = not_mnist_source(&m.source);
     }
     Ok(m)
 }
 
+/// The description of the folder `place` of IDX files in MNIST's format that are not MNIST's own
+/// (`load_dir`, `export::infer::load_test`): its `NOT_MNIST` note added.
+pub fn not_mnist_source(place: &str) -> String {
+    format!("{place} ({NOT_MNIST})")
+}
+
 /// What the description of a folder of IDX files in MNIST's format that are not MNIST's own
-/// ends with (`load_dir`, `export::infer::load_test`).
+/// ends with, in parentheses (`not_mnist_source`).
 pub const NOT_MNIST: &str =
     "IDX files in MNIST's format, not MNIST's own: their SHA-256 differ from MNIST's";
+
+/// A data description (`TrainTest::source`, `TestSet::source`) without its `NOT_MNIST` note, and
+/// whether it had one.
+pub fn not_mnist(source: &str) -> (&str, bool) {
+    match source
+        .strip_suffix(')')
+        .and_then(|s| s.strip_suffix(NOT_MNIST))
+        .and_then(|s| s.strip_suffix(" ("))
+    {
+        Some(folder) => (folder, true),
+        None => (source, false),
+    }
+}
 
 /// Whether `d` holds the MNIST images and labels of `fetch::MNIST_FILES[at]` and `[at + 1]`
 /// (0: the training set, 2: the test set): the SHA-256 of its IDX files (`idx_sha256`) are

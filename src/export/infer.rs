@@ -208,9 +208,7 @@ pub fn check_images(model: &str, ds: &Dataset) -> anyhow::Result<()> {
 /// `check_images` of a test set, the refusal naming where its images came from.
 pub fn check_test_set(model: &str, t: &TestSet) -> anyhow::Result<()> {
     // The folder named without the note that its files are not MNIST's (no wonder, here).
-    let place = t
-        .source
-        .trim_end_matches(&format!(" ({})", crate::data::NOT_MNIST));
+    let (place, _) = crate::data::not_mnist(&t.source);
     check_images(model, &t.images).map_err(|e| anyhow::anyhow!("{place}: {e}"))
 }
 
@@ -242,7 +240,7 @@ pub fn load_test(dir: Option<&std::path::Path>) -> anyhow::Result<TestSet> {
     let source = if crate::data::is_mnist_file(&images, 2) {
         format!("MNIST in {}", dir.display())
     } else {
-        format!("{} ({})", dir.display(), crate::data::NOT_MNIST)
+        crate::data::not_mnist_source(&dir.display().to_string())
     };
     Ok(TestSet { images, source })
 }

@@ -275,6 +275,14 @@ fn data_label(r: &Run, full: bool) -> String {
 /// `unlike_paper`'s note on a run on data in MNIST's format that is not MNIST's files.
 const NOT_MNIST_NOTE: &str = "data that is not MNIST's files";
 
+/// Whether the run `r` trained on a folder of data in MNIST's format that is not MNIST's files
+/// (a folder, as its summary records it).
+fn on_other_data(r: &Run) -> bool {
+    r.summary
+        .as_ref()
+        .is_some_and(|s| s.data.contains(crate::data::NOT_MNIST))
+}
+
 /// How the run `r` differs from the paper's setting of its model (`Row::unlike_paper`).
 fn unlike_paper(r: &Run) -> Vec<String> {
     let c = &r.config;
@@ -314,11 +322,7 @@ fn unlike_paper(r: &Run) -> Vec<String> {
     if c.data.is_none() {
         v.push("the embedded subset".into());
     }
-    // A folder of other data in MNIST's format, as the run found it.
-    if r.summary
-        .as_ref()
-        .is_some_and(|s| s.data.contains(crate::data::NOT_MNIST))
-    {
+    if on_other_data(r) {
         v.push(NOT_MNIST_NOTE.into());
     }
     if let Some(n) = limit_that_left_out(r) {
@@ -393,11 +397,10 @@ pub fn rows(runs: &[Run]) -> Vec<Row> {
         };
         rows[i].0.dirs.push(r.dir.clone());
         // Any of its runs on data that is not MNIST's files marks the row (not only its first).
-        let other_data = unlike_paper(r)
-            .into_iter()
-            .filter(|n| n == NOT_MNIST_NOTE && !rows[i].0.unlike_paper.contains(n));
-        let other_data: Vec<String> = other_data.collect();
-        rows[i].0.unlike_paper.extend(other_data);
+        let notes = &mut rows[i].0.unlike_paper;
+        if on_other_data(r) && !notes.iter().any(|n| n == NOT_MNIST_NOTE) {
+            notes.push(NOT_MNIST_NOTE.into());
+        }
         // A summary of fewer epochs than configured is an older, shorter run being extended.
         match r.summary.as_ref().filter(|s| s.epochs >= c.epochs) {
             // The same seed twice (a run folder copied): one run, counted once.

@@ -335,15 +335,10 @@ pub fn train(
     // What the run trains and is scored on, as a SHA-256 its checkpoints record: a resume on
     // other files (a data folder edited, or another one put in its place) is told so.
     let data_sha256 = data_fingerprint(&data, valid.as_ref());
-    if data
-        .source
-        .ends_with(&format!("({})", crate::data::NOT_MNIST))
-    {
+    if let (folder, true) = crate::data::not_mnist(&data.source) {
         notes.push(format!(
-            "note: {}: the files there are not MNIST's (their SHA-256 differ): trained on as \
-             they are; the paper's MNIST figures do not apply",
-            data.source
-                .trim_end_matches(&format!(" ({})", crate::data::NOT_MNIST))
+            "note: {folder}: the files there are not MNIST's (their SHA-256 differ): trained on \
+             as they are; the paper's MNIST figures do not apply"
         ));
     }
     let held = data.train.count + valid.as_ref().map_or(0, |v| v.count);
@@ -437,13 +432,18 @@ pub fn train(
         if let Some(m) = ck.meta("model").filter(|m| *m != cfg.model) {
             return Err(other_models_checkpoint(&path, m, &run.dir, &cfg.model));
         }
+        // The checkpoint's run's settings, read once. Through TrainConfig, so that fields a newer
+        // version added take their defaults and do not count as changes.
+        let their_cfg: Option<TrainConfig> = ck
+            .meta("config")
+            .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok());
         // Another optimiser than the checkpoint's (config.json edited): its state cannot carry
         // over. Said as such, not as a tensor the checkpoint lacks.
-        let their_optimizer = ck
-            .meta("config")
-            .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
-            .map(|c| c.optimizer);
-        if let Some(o) = their_optimizer.filter(|o| *o != cfg.optimizer) {
+        if let Some(o) = their_cfg
+            .as_ref()
+            .map(|c| &c.optimizer)
+            .filter(|o| **o != cfg.optimizer)
+        {
             return Err(TrainError::Refused(format!(
                 "{} trained with {o}, and its config.json now says {}: an optimiser's state does \
                  not carry over to another; set \"optimizer\" back to \"{o}\", or train anew \
@@ -455,10 +455,7 @@ pub fn train(
         // The validation split (the last `valid` of the first `limit_train` images) cannot
         // change within a run: images of one side were trained on, or validated on, in its
         // earlier epochs, and the best-on-validation pick would compare accuracies of two splits.
-        let their_split = ck
-            .meta("config")
-            .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
-            .map(|c| (c.valid, c.limit_train));
+        let their_split = their_cfg.as_ref().map(|c| (c.valid, c.limit_train));
         if let Some((valid, limit)) = their_split {
             let show = |v: Option<usize>| v.map_or("none".to_string(), |n| n.to_string());
             let held_out = valid.is_some() || cfg.valid.is_some();
@@ -512,11 +509,8 @@ pub fn train(
             )));
         }
         // A resume with other settings is allowed (e.g. a lower lr) but is no longer the same run.
-        // Through TrainConfig, so that fields a newer version added take their defaults and do
-        // not count as changes.
-        let theirs: serde_json::Value = ck
-            .meta("config")
-            .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok())
+        let theirs: serde_json::Value = their_cfg
+            .as_ref()
             .map(|c| serde_json::to_value(c).expect("serialisable"))
             .unwrap_or_default();
         let ours = serde_json::to_value(cfg).expect("serialisable");
