@@ -43,6 +43,19 @@ fn short_lstm_a_run_learns() {
     assert_eq!(s.last.layers[0].shape, vec![128, 28]);
     assert_eq!(s.last.layers[15].name, "lstm2.wh_o");
     assert!(s.last.layers.iter().all(|l| l.keep_ratio < 1.0));
+    // The step lines list the gate matrices in the model's order, as the epoch lines do (they
+    // were sorted by name, so a chart of a run stopped before its first epoch's end had them
+    // in another order, and other colours, than the finished run's).
+    let logged = dst::report::Run::load_with(&out, false).unwrap();
+    let order: Vec<&str> = s.last.layers.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(logged.steps.len(), 4);
+    for st in &logged.steps {
+        assert_eq!(
+            st.keep.keys().map(String::as_str).collect::<Vec<_>>(),
+            order
+        );
+    }
+    assert_eq!(logged.layer_names(), order);
     let ck_path = out.join("checkpoint.safetensors");
     let ck = Checkpoint::load(&ck_path).unwrap();
     assert!(ck.get("lstm1.threshold_hh").is_some());

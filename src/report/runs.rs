@@ -5,7 +5,6 @@
 //! fields every version of `dst train` wrote are required: a file without one (edited or written
 //! by something else) is refused as damaged, never read as 0.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -203,12 +202,58 @@ pub struct StepLine {
     /// The penalty weight in force (absent in runs with a fixed alpha from before it was logged).
     #[serde(default)]
     pub alpha: Option<f64>,
-    /// Keep ratio per masked layer.
-    pub keep: BTreeMap<String, f64>,
+    /// Keep ratio per masked layer, in the order the line gives them (the model's layers, in
+    /// runs from a `dst train` that writes them so; older runs wrote them sorted by name).
+    pub keep: LayerKeeps,
     /// The model keep ratio the `--target-keep` controller steered towards at this step (a
     /// steered run's).
     #[serde(default)]
     pub target_keep: Option<f64>,
+}
+
+/// A step line's keep ratios per layer, in the line's order: a chart of a run that has not
+/// finished an epoch (whose epoch lines give the layers' order) lists the layers as the model has
+/// them, not sorted by name (`conv10` before `conv2`, an LSTM's gates out of place).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerKeeps(pub Vec<(String, f64)>);
+
+impl LayerKeeps {
+    pub fn get(&self, name: &str) -> Option<&f64> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, k)| k)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(n, _)| n)
+    }
+}
+
+impl FromIterator<(String, f64)> for LayerKeeps {
+    fn from_iter<I: IntoIterator<Item = (String, f64)>>(iter: I) -> Self {
+        LayerKeeps(iter.into_iter().collect())
+    }
+}
+
+impl<'de> Deserialize<'de> for LayerKeeps {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct InOrder;
+        impl<'de> serde::de::Visitor<'de> for InOrder {
+            type Value = LayerKeeps;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of layer names to keep ratios")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<LayerKeeps, A::Error> {
+                let mut out = Vec::new();
+                while let Some((name, keep)) = map.next_entry::<String, f64>()? {
+                    out.push((name, keep));
+                }
+                Ok(LayerKeeps(out))
+            }
+        }
+        d.deserialize_map(InOrder)
+    }
 }
 
 /// `summary.json`: written once, when a run has finished all its epochs.
@@ -386,7 +431,9 @@ fn read_metrics(path: &Path) -> Result<Metrics, ReportError> {
         };
         let kind = v.get("kind").and_then(|k| k.as_str()).map(str::to_string);
         let ok = match kind.as_deref() {
-            Some("step") => serde_json::from_value::<StepLine>(v).map(|s| {
+            // From the line's text: a `Value` holds its keys sorted, and the keep ratios' order
+            // is the model's.
+            Some("step") => serde_json::from_str::<StepLine>(line).map(|s| {
                 let keep = m.steps.partition_point(|p| p.step < s.step);
                 m.steps.truncate(keep);
                 m.steps.push(s);
@@ -414,6 +461,30 @@ fn read_metrics(path: &Path) -> Result<Metrics, ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A step line's keep ratios keep the line's order (the model's), not the names' order.
+    #[test]
+    fn step_lines_keep_their_layer_order() {
+        let dir = std::env::temp_dir().join(format!("dst-runs-order-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"kind":"step","step":5,"epoch":1,"loss":1.0,"#,
+                r#""keep":{"conv2":0.5,"conv10":0.25,"a.wx_i":1.0}}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let m = read_metrics(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(m.steps.len(), 1);
+        let keys: Vec<&str> = m.steps[0].keep.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["conv2", "conv10", "a.wx_i"]);
+        assert_eq!(m.steps[0].keep.get("conv10"), Some(&0.25));
+        assert_eq!(m.steps[0].keep.get("conv1"), None);
+    }
 
     /// A steered run without `--target-epoch` shows the epoch it steers by (60 % of its length,
     /// as the trainer computes it), so that it groups with a run that gave that epoch.

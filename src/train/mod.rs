@@ -125,6 +125,38 @@ pub fn draws_a_bar(stderr_is_terminal: bool, term: Option<&str>) -> bool {
     stderr_is_terminal && named
 }
 
+/// A "step" line of `metrics.jsonl` (the report reads it as `report::runs::StepLine`).
+#[derive(Serialize)]
+struct StepLog {
+    kind: &'static str,
+    step: u64,
+    epoch: usize,
+    loss: f64,
+    penalty: f64,
+    lr: f64,
+    alpha: f64,
+    train_acc: f64,
+    model_keep: f64,
+    keep: InOrder,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_keep: Option<f64>,
+}
+
+/// Keep ratios per layer written as a JSON object in the model's layer order (a
+/// `serde_json::Value` would sort the names: `conv10` before `conv2`).
+struct InOrder(Vec<(String, f64)>);
+
+impl Serialize for InOrder {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, keep) in &self.0 {
+            m.serialize_entry(name, keep)?;
+        }
+        m.end()
+    }
+}
+
 /// No output (tests).
 pub struct Quiet;
 impl Progress for Quiet {
@@ -772,20 +804,24 @@ pub fn train(
                 continue;
             }
             next_log = (done + cfg.log_every as u64).min(steps_per_epoch);
-            let mut line = serde_json::json!({
-                "kind": "step", "step": step, "epoch": epoch, "loss": loss,
-                "penalty": log_stats.penalty_sum / log_steps as f64, "lr": cfg.lr_at(epoch),
-                "alpha": if cfg.masked() { alpha_now } else { 0.0 },
-                "train_acc": 100.0 * log_stats.correct as f64 / log_stats.seen.max(1) as f64,
-                "model_keep": model_keep,
-                "keep": keeps
-                    .into_iter()
-                    .map(|(l, k, t)| (l, k as f64 / t.max(1) as f64))
-                    .collect::<std::collections::BTreeMap<_, _>>(),
-            });
-            if let Some(t) = target_now {
-                line["target_keep"] = t.into();
-            }
+            let line = StepLog {
+                kind: "step",
+                step,
+                epoch,
+                loss,
+                penalty: log_stats.penalty_sum / log_steps as f64,
+                lr: cfg.lr_at(epoch),
+                alpha: if cfg.masked() { alpha_now } else { 0.0 },
+                train_acc: 100.0 * log_stats.correct as f64 / log_stats.seen.max(1) as f64,
+                model_keep,
+                keep: InOrder(
+                    keeps
+                        .into_iter()
+                        .map(|(l, k, t)| (l, k as f64 / t.max(1) as f64))
+                        .collect(),
+                ),
+                target_keep: target_now,
+            };
             log_stats = Stats::default();
             log_steps = 0;
             run.append_metric(&line)?;

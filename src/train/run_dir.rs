@@ -44,13 +44,14 @@ impl RunDir {
         crate::checkpoint::write_atomic(path, text.as_bytes()).map_err(self.io(path))
     }
 
-    pub fn append_metric(&self, value: &serde_json::Value) -> Result<()> {
+    pub fn append_metric<T: serde::Serialize>(&self, value: &T) -> Result<()> {
         let path = self.metrics();
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(self.io(&path))?;
-        writeln!(f, "{value}").map_err(self.io(&path))
+        let line = serde_json::to_string(value).expect("a log line serialises");
+        writeln!(f, "{line}").map_err(self.io(&path))
     }
 }
