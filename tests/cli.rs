@@ -1392,6 +1392,22 @@ fn interrupted_runs_resume_cleanly() {
     let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", &(saved + 1).to_string()]);
     assert!(ok && err.contains("no summary"), "{err}");
     assert!(run.join("summary.json").is_file());
+    // A damaged summary (cut short): said so, rewritten, and the charts drawn (they read the
+    // damaged file and were left out with a warning).
+    let summary = std::fs::read_to_string(run.join("summary.json")).unwrap();
+    std::fs::write(run.join("summary.json"), &summary[..summary.len() / 2]).unwrap();
+    for c in ["keep_per_layer.png", "accuracy_remaining.png"] {
+        std::fs::remove_file(run.join(c)).unwrap();
+    }
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", &(saved + 1).to_string()]);
+    assert!(
+        ok && err.contains("its summary.json is damaged") && !err.contains("warning"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(run.join("summary.json")).unwrap(), summary);
+    for c in ["keep_per_layer.png", "accuracy_remaining.png"] {
+        assert!(run.join(c).is_file(), "{c}");
+    }
     // Finished: refused as the run's state (not as an invalid configuration), and with no
     // "training ..." header announcing a run that does not start.
     let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", &(saved + 1).to_string()]);

@@ -1098,7 +1098,9 @@ const CHARTS: &[&str] = &[
 /// Draws the charts of the run in `dir` into `dir` (what `dst train` does at the end of a run and
 /// of each `--resume`): a run's own charts in its own folder, which they may always replace.
 pub fn draw_run_charts(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
-    let run = Run::load(dir)?;
+    // Not its summary.json: the charts need none, and the trainer draws them before it writes
+    // the summary (a damaged one left from before is replaced after them).
+    let run = Run::load_with(dir, false)?;
     plot_runs(std::slice::from_ref(&run), dir)
 }
 

@@ -617,12 +617,20 @@ pub fn train(
                     run.dir.display()
                 ),
                 _ => format!(
-                    "{} holds {} but no summary (it stopped right after its last checkpoint): \
-                     writing the summary and charts",
+                    "{} holds {} but {}: writing the summary and charts",
                     run.dir.display(),
                     match epoch0 {
                         1 => "its one epoch".to_string(),
                         n => format!("all {n} epochs"),
+                    },
+                    match (summary_epochs(&run.dir), run.summary().exists()) {
+                        (Some(e), _) => format!(
+                            "its summary.json is of {}",
+                            crate::report::plural(e, "epoch")
+                        ),
+                        (None, true) => "its summary.json is damaged".into(),
+                        (None, false) =>
+                            "no summary (it stopped right after its last checkpoint)".into(),
                     }
                 ),
             });
