@@ -844,3 +844,139 @@ fn a_study_folder_under_a_file_names_the_file() {
     assert!(e.contains("the folder cannot be made"), "{e}");
     assert_eq!(std::fs::read(&file).unwrap(), b"mine");
 }
+
+/// A second sweep into a sweep's folder with other settings is refused even where no run folder
+/// collides (other alphas, `--no-dense`): its sweep.md replaced the first one's and `dst report`
+/// mixed models, lengths and learning rates. Runs that differ only in alpha or seed are another
+/// part of the same sweep: accepted, and named as left out.
+#[test]
+fn a_sweep_into_another_sweeps_folder_is_refused() {
+    let out = tmp("other-sweep");
+    let spec = sweep_spec();
+    for (dir, cfg) in spec.runs(&out) {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    study::sweep(&spec, &out, &mut Quiet).unwrap();
+    let md = std::fs::read(out.join("sweep.md")).unwrap();
+    let other = |edit: &dyn Fn(&mut Sweep)| {
+        let mut s = Sweep {
+            alphas: vec![7e-3],
+            dense: false,
+            ..sweep_spec()
+        };
+        edit(&mut s);
+        s
+    };
+    for (edit, theirs, ours) in [
+        (
+            &(|s: &mut Sweep| s.base.lr = 0.05) as &dyn Fn(&mut Sweep),
+            "lr 0.01",
+            "lr 0.05",
+        ),
+        (&|s: &mut Sweep| s.base.epochs = 1, "epochs 2", "epochs 1"),
+        (
+            &|s: &mut Sweep| s.base.model = "lenet5".into(),
+            "model lenet300",
+            "model lenet5",
+        ),
+        (
+            &|s: &mut Sweep| s.base.limit_train = Some(300),
+            "limit_train 256",
+            "limit_train 300",
+        ),
+    ] {
+        let e = err_of(study::sweep(&other(edit), &out, &mut Quiet));
+        assert!(
+            e.contains("holds runs of another study: alpha5e-4-seed1 was trained with")
+                && e.contains(theirs)
+                && e.contains(&format!("this study would train it with {ours}"))
+                && e.contains("(and 1 run like it)"),
+            "{e}"
+        );
+        assert!(!out.join("alpha7e-3-seed1").exists());
+    }
+    assert_eq!(std::fs::read(out.join("sweep.md")).unwrap(), md);
+    // The same settings, another alpha: part of this sweep.
+    let more = other(&|_| {});
+    for (dir, cfg) in more.runs(&out) {
+        fake_run(&dir, &cfg, 94.0, None);
+    }
+    study::sweep(&more, &out, &mut Quiet).unwrap();
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(
+        md.contains("(alpha5e-4-seed1, dense-seed1; other alphas or seeds)"),
+        "{md}"
+    );
+
+    // A reproduction likewise: another limit for the same model, over runs of seed 1.
+    let out = tmp("other-reproduction");
+    for (dir, cfg) in quick(None, Some(2)).runs(&out).unwrap() {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    let mut seven = quick(Some(500), Some(2));
+    seven.seeds = vec![7];
+    let e = err_of(study::reproduce(&seven, &out, &mut Quiet));
+    assert!(
+        e.contains("lenet300/alpha5e-4-seed1 was trained with limit_train 6000")
+            && e.contains("this study would train it with limit_train 500"),
+        "{e}"
+    );
+}
+
+/// Each study marks its folder (study.json) before it trains: a reproduction stopped in its first
+/// run (no REPORT.md yet) is still one, and a sweep into a folder of its models is refused; a
+/// reproduction whose model folder holds a sweep is refused too (both were accepted, and their
+/// reports took in each other's runs).
+#[test]
+fn the_two_kinds_of_study_stay_apart_before_their_reports() {
+    let out = tmp("marked");
+    let r = quick(None, Some(2));
+    for (dir, cfg) in r.runs(&out).unwrap() {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    study::reproduce(&r, &out, &mut Quiet).unwrap();
+    let marker = std::fs::read_to_string(out.join(study::STUDY_FILE)).unwrap();
+    assert!(
+        marker.contains("\"study\":\"reproduce table1\""),
+        "{marker}"
+    );
+    // As a reproduction interrupted before its report left it.
+    std::fs::remove_file(out.join("REPORT.md")).unwrap();
+    std::fs::remove_dir_all(out.join("charts")).unwrap();
+    let sweep = Sweep {
+        base: TrainConfig {
+            limit_train: Some(6000),
+            epochs: 2,
+            ..TrainConfig::default()
+        },
+        ..sweep_spec()
+    };
+    let e = err_of(study::sweep(&sweep, &out.join("lenet300"), &mut Quiet));
+    assert!(
+        e.contains("is the lenet300 folder of the `dst reproduce` study"),
+        "{e}"
+    );
+    let e = err_of(study::sweep(&sweep, &out, &mut Quiet));
+    assert!(e.contains("`dst reproduce` study (study.json)"), "{e}");
+    assert!(!out.join("lenet300/sweep.md").exists());
+
+    // A sweep in a folder named after a model, then a reproduction over its parent.
+    let root = tmp("marked-sweep");
+    let sw = root.join("lenet300");
+    for (dir, cfg) in sweep.runs(&sw) {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    study::sweep(&sweep, &sw, &mut Quiet).unwrap();
+    assert!(std::fs::read_to_string(sw.join(study::STUDY_FILE))
+        .unwrap()
+        .contains("\"study\":\"sweep\""));
+    for f in ["sweep.md", "sweep.csv", "sweep.png"] {
+        let _ = std::fs::remove_file(sw.join(f));
+    }
+    let e = err_of(study::reproduce(&r, &root, &mut Quiet));
+    assert!(
+        e.contains("looks like a `dst sweep` study") && e.contains("study.json"),
+        "{e}"
+    );
+    assert!(!root.join("REPORT.md").exists());
+}

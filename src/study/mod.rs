@@ -467,7 +467,16 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
     for (dir, cfg) in &grid {
         check_reuse(cfg, dir)?;
     }
+    check_other_runs(out, 1, &grid, |theirs| {
+        Some(TrainConfig {
+            dense: theirs.dense,
+            alpha: theirs.alpha,
+            seed: theirs.seed,
+            ..s.base.clone()
+        })
+    })?;
     let _lock = lock_study(out)?;
+    mark_study(out, Study::Sweep)?;
     let diverged = train_grid(&grid, progress, run_name)?;
     let runs: Vec<Run> = grid
         .iter()
@@ -579,6 +588,12 @@ fn subfolders(dir: &Path) -> Vec<PathBuf> {
 /// `out/<model>/<run>`) that are not among `runs`: runs of an earlier call with other alphas,
 /// seeds or models, which the report leaves out. Sorted.
 fn other_runs(out: &Path, depth: usize, runs: &[Run]) -> Vec<PathBuf> {
+    let asked: Vec<&Path> = runs.iter().map(|r| r.dir.as_path()).collect();
+    runs_not_asked(out, depth, &asked)
+}
+
+/// `other_runs`, the runs asked for given by their folders.
+fn runs_not_asked(out: &Path, depth: usize, asked: &[&Path]) -> Vec<PathBuf> {
     let mut level = vec![out.to_path_buf()];
     for _ in 0..depth {
         level = level.iter().flat_map(|d| subfolders(d)).collect();
@@ -586,10 +601,67 @@ fn other_runs(out: &Path, depth: usize, runs: &[Run]) -> Vec<PathBuf> {
     let mut others: Vec<PathBuf> = level
         .into_iter()
         .filter(|d| report::is_run_folder(d))
-        .filter(|d| !runs.iter().any(|r| report::same_dir(&r.dir, d)))
+        .filter(|d| !asked.iter().any(|a| report::same_dir(a, d)))
         .collect();
     others.sort();
     others
+}
+
+/// Refuses a study into `out` (its runs `grid`, `depth` levels down) where runs it does not ask
+/// for are of another study: settings that differ from those this study would give them
+/// (`wanted`: a sweep's base with their alpha and seed; a reproduction's for their model and
+/// seed), the epochs included. Its report would be written over the other study's, and `dst
+/// report` on the folder would mix the two. Runs `wanted` knows nothing of (a model this build
+/// lacks) and folders without a summary or checkpoint are not checked.
+fn check_other_runs(
+    out: &Path,
+    depth: usize,
+    grid: &[(PathBuf, TrainConfig)],
+    wanted: impl Fn(&TrainConfig) -> Option<TrainConfig>,
+) -> Result<(), StudyError> {
+    let asked: Vec<&Path> = grid.iter().map(|(d, _)| d.as_path()).collect();
+    let mut differing = Vec::new();
+    for dir in runs_not_asked(out, depth, &asked) {
+        let Some(theirs) = existing_config(&dir)? else {
+            continue;
+        };
+        let Some(ours) = wanted(&theirs) else {
+            continue;
+        };
+        let mut diff = config_differences(&theirs, &ours);
+        if theirs.epochs != ours.epochs {
+            diff.push((
+                "epochs".into(),
+                theirs.epochs.to_string(),
+                ours.epochs.to_string(),
+            ));
+        }
+        if !diff.is_empty() {
+            differing.push((dir, diff));
+        }
+    }
+    let Some((dir, diff)) = differing.first() else {
+        return Ok(());
+    };
+    let list = |pick: fn(&(String, String, String)) -> &String| {
+        diff.iter()
+            .map(|d| format!("{} {}", d.0, pick(d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let more = match differing.len() {
+        1 => String::new(),
+        n => format!(" (and {} like it)", report::plural(n - 1, "run")),
+    };
+    Err(StudyError::Config(format!(
+        "{} holds runs of another study: {} was trained with {}, this study would train it \
+         with {}{more}. Its report would replace that study's, and `dst report` on the folder \
+         would mix the two: pick another --out (or move those runs away)",
+        out.display(),
+        dir.strip_prefix(out).unwrap_or(dir).display(),
+        list(|d| &d.1),
+        list(|d| &d.2),
+    )))
 }
 
 /// The report's line on `others` (`other_runs`), empty when there are none.
@@ -617,6 +689,41 @@ fn other_runs_line(out: &Path, others: &[PathBuf], asked: &str) -> String {
     )
 }
 
+/// The file a study writes into its folder before it trains any run: which kind of study the
+/// folder holds, known before the study's report is written (a reproduction interrupted in its
+/// first run has no REPORT.md yet, and its model folders look like sweeps).
+pub const STUDY_FILE: &str = "study.json";
+
+impl Study {
+    fn name(self) -> &'static str {
+        match self {
+            Study::Sweep => "sweep",
+            Study::Reproduce => "reproduce table1",
+        }
+    }
+}
+
+/// The kind of study whose `STUDY_FILE` lies in `dir`.
+fn study_kind(dir: &Path) -> Option<Study> {
+    let text = std::fs::read_to_string(dir.join(STUDY_FILE)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let name = v.get("study")?.as_str()?;
+    [Study::Sweep, Study::Reproduce]
+        .into_iter()
+        .find(|k| k.name() == name)
+}
+
+/// Writes `out`'s `STUDY_FILE` (a study of `kind`), unless it is there already.
+fn mark_study(out: &Path, kind: Study) -> Result<(), StudyError> {
+    if study_kind(out) == Some(kind) {
+        return Ok(());
+    }
+    let path = out.join(STUDY_FILE);
+    let text = format!("{}\n", serde_json::json!({ "study": kind.name() }));
+    crate::checkpoint::write_atomic(&path, text.as_bytes())
+        .map_err(|source| StudyError::Io { path, source })
+}
+
 /// Where `out` is a reproduction's folder of one model's runs (`runs/table1/lenet300`: a
 /// sweep's layout) or of its charts: that folder's name.
 fn reproduction_part(out: &Path) -> Option<&str> {
@@ -627,6 +734,7 @@ fn reproduction_part(out: &Path) -> Option<&str> {
         .filter(|n| *n == "charts" || models().any(|m| m == *n))?;
     let parent = parent_of(out);
     let inside = holds_reproduction_report(parent)
+        || study_kind(parent) == Some(Study::Reproduce)
         || if name == "charts" {
             models().any(|m| out.join(m).is_dir() && parent.join(m).is_dir())
         } else {
@@ -640,6 +748,9 @@ fn reproduction_part(out: &Path) -> Option<&str> {
 fn reproduction_in(out: &Path) -> Option<String> {
     if holds_reproduction_report(out) {
         return Some("REPORT.md".to_string());
+    }
+    if study_kind(out) == Some(Study::Reproduce) {
+        return Some(STUDY_FILE.to_string());
     }
     let charts = crate::models::MODELS
         .iter()
@@ -656,16 +767,21 @@ fn reproduction_in(out: &Path) -> Option<String> {
 
 /// What of a sweep lies in `out`: its report, table or chart, or a run in it.
 fn sweep_in(out: &Path) -> Option<String> {
+    sweep_files_in(out).or_else(|| {
+        subfolders(out)
+            .into_iter()
+            .find(|c| report::is_run_folder(c))
+            .map(|c| format!("the run {}", c.display()))
+    })
+}
+
+/// A sweep's own file in `out`: its report, table, chart or `STUDY_FILE`.
+fn sweep_files_in(out: &Path) -> Option<String> {
     ["sweep.md", "sweep.csv", "sweep.png"]
         .into_iter()
         .find(|f| out.join(f).exists())
         .map(str::to_string)
-        .or_else(|| {
-            subfolders(out)
-                .into_iter()
-                .find(|c| report::is_run_folder(c))
-                .map(|c| format!("the run {}", c.display()))
-        })
+        .or_else(|| (study_kind(out) == Some(Study::Sweep)).then(|| STUDY_FILE.to_string()))
 }
 
 /// A study's Markdown report at `path` (`header` its first line) is dst's own to replace.
@@ -699,7 +815,7 @@ const REPRODUCE_HEADER: &str = "# Reproduction of Table 1";
 /// The two kinds of study, each with its own layout: a sweep's runs lie in its folder
 /// (`dense-seed1/`), a reproduction's one level down, in a folder per model (`lenet300/...`),
 /// with `charts/` beside them.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 enum Study {
     Sweep,
     Reproduce,
@@ -745,7 +861,15 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
     }
     let other = match kind {
         Study::Sweep => reproduction_in(out).map(|what| ("`dst reproduce`", what)),
-        Study::Reproduce => sweep_in(out).map(|what| ("`dst sweep`", what)),
+        // In the folder, or in a folder of a model's runs: a sweep's runs and report there.
+        Study::Reproduce => sweep_in(out)
+            .or_else(|| {
+                crate::models::MODELS.iter().find_map(|m| {
+                    let d = out.join(m.name);
+                    sweep_files_in(&d).map(|f| d.join(f).display().to_string())
+                })
+            })
+            .map(|what| ("`dst sweep`", what)),
     };
     if let Some((study, what)) = other {
         // Runs straight in the folder are a sweep's, or runs made by hand: both would mix.
@@ -915,7 +1039,20 @@ pub fn reproduce(
     for (dir, cfg) in &grid {
         check_reuse(cfg, dir)?;
     }
+    check_other_runs(out, 2, &grid, |theirs| {
+        let one = Reproduce {
+            models: vec![theirs.model.clone()],
+            seeds: vec![theirs.seed],
+            ..r.clone()
+        };
+        one.runs(out)
+            .ok()?
+            .into_iter()
+            .map(|(_, c)| c)
+            .find(|c| c.dense == theirs.dense)
+    })?;
     let _lock = lock_study(out)?;
+    mark_study(out, Study::Reproduce)?;
     let diverged = train_grid(&grid, progress, |cfg| {
         format!("{} {}", cfg.model, run_name(cfg))
     })?;
