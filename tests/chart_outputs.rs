@@ -485,7 +485,7 @@ fn report_replaces_only_its_own_reports() {
     assert!(csv.starts_with(dst::report::table::CSV_HEADER), "{csv}");
     assert!(csv.lines().count() >= 2, "{csv}");
     // A table of an older dst (no target_keep column) is its own too.
-    let older = dst::report::table::CSV_HEADERS[1];
+    let older = dst::report::table::CSV_HEADERS[2];
     assert!(!older.contains("target_keep"));
     let old_row = "lenet300,false,0.0005,\"DST\",20,\"\",1,1,0,last,97.5,,2.5,\n";
     std::fs::write(root.join("old.csv"), format!("{older}{old_row}")).unwrap();

@@ -1404,7 +1404,10 @@ fn interrupted_runs_resume_cleanly() {
         ok && err.contains("its summary.json is damaged") && !err.contains("warning"),
         "{err}"
     );
-    assert_eq!(std::fs::read_to_string(run.join("summary.json")).unwrap(), summary);
+    assert_eq!(
+        std::fs::read_to_string(run.join("summary.json")).unwrap(),
+        summary
+    );
     for c in ["keep_per_layer.png", "accuracy_remaining.png"] {
         assert!(run.join(c).is_file(), "{c}");
     }

@@ -529,6 +529,19 @@ fn the_run_list_names_runs_as_their_rows_do() {
         );
     }
     std::fs::remove_dir_all(&root).unwrap();
+
+    // A `|` in a folder's name is escaped: it ended the cell, and the row's columns shifted.
+    let root = tmp("run-list-pipe");
+    write_fake(&root.join("a|b"), &one_epoch_dst(1, 90.0));
+    let md = report::report_markdown(&report::load_runs(std::slice::from_ref(&root)).unwrap());
+    let line = md
+        .lines()
+        .find(|l| l.contains("a\\|b"))
+        .unwrap_or_else(|| panic!("{md}"));
+    // Seven cells: eight unescaped bars.
+    let bars = line.len() - line.replace('|', "").len() - line.matches("\\|").count();
+    assert_eq!(bars, 8, "{line}");
+    std::fs::remove_dir_all(&root).unwrap();
 }
 
 /// Paths in the commands messages give to paste are one shell word each: a shell reads back
@@ -949,9 +962,13 @@ fn a_diverged_run_leaves_the_sweep_going() {
     let listed = report::report_markdown(&runs);
     assert!(listed.contains("| diverged at epoch 1, step "), "{listed}");
     // One seed per row: each diverged run's row is in sweep.csv without figures (n 0, 1
-    // unfinished, no rule), as sweep.md lists it (they once had no line at all).
+    // unfinished, 1 diverged, no rule), as sweep.md lists it (they once had no line at all, then
+    // read as interrupted runs).
     let csv = std::fs::read_to_string(out.join("sweep.csv")).unwrap();
-    let empty: Vec<&str> = csv.lines().filter(|l| l.ends_with(",,0,1,,,,,")).collect();
+    let empty: Vec<&str> = csv
+        .lines()
+        .filter(|l| l.ends_with(",,0,1,1,,,,,"))
+        .collect();
     assert_eq!(empty.len(), unfinished.len(), "{csv}");
     if unfinished.len() == *total {
         assert!(err.to_string().contains("(none finished;"), "{err}");

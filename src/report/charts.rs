@@ -1104,6 +1104,26 @@ pub fn draw_run_charts(dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     plot_runs(std::slice::from_ref(&run), dir)
 }
 
+/// The sweep chart's captions' note of the alphas whose runs all diverged, which have no point
+/// (the chart showed the dense baseline alone, as if they had not been swept); empty if none.
+fn diverged_caption(rows: &[super::table::Row], rule: super::table::Rule) -> String {
+    let mut lost: Vec<String> = rows
+        .iter()
+        .filter(|r| !r.dense && r.get(rule).is_none() && r.diverged > 0)
+        .filter_map(|r| r.alpha.map(super::table::fmt_alpha))
+        .collect();
+    lost.dedup();
+    match lost.len() {
+        0 => String::new(),
+        n if n > 3 => format!(
+            "; diverged: alpha {} and {} more",
+            lost[..2].join(", "),
+            n - 2
+        ),
+        _ => format!("; diverged: alpha {}", lost.join(", ")),
+    }
+}
+
 /// Test accuracy (top) and remaining % (bottom, log) against alpha (log x) of a sweep's rows
 /// under `rule`: mean with a ± std bar per alpha, one line per model; dense rows as dashed
 /// horizontal baselines. An error (nothing written) when no row has a finished run.
@@ -1140,6 +1160,7 @@ pub fn sweep_chart(
         .iter()
         .filter(|r| r.dense && r.get(rule).is_some())
         .collect();
+    let lost = diverged_caption(rows, rule);
     if dst.is_empty() && dense.is_empty() {
         // Empty axes would pass for a chart: say why there is none instead.
         return Err(ReportError::NoRuns(format!(
@@ -1170,9 +1191,9 @@ pub fn sweep_chart(
             let mut b = ChartBuilder::on(area);
             b.caption(
                 if k == 0 {
-                    format!("Test accuracy against alpha ({})", rule.short())
+                    format!("Test accuracy against alpha ({}{lost})", rule.short())
                 } else {
-                    format!("Remaining weights against alpha ({})", rule.short())
+                    format!("Remaining weights against alpha ({}{lost})", rule.short())
                 },
                 (FAMILY, 22),
             )
@@ -1593,6 +1614,30 @@ mod tests {
         series.extend(t);
         let after: Vec<_> = (0..3).map(|i| super::series_colour(&series, i)).collect();
         assert_eq!(before, after);
+    }
+
+    /// The sweep chart names the alphas whose runs all diverged (no point of theirs is drawn);
+    /// an alpha with a finished run, or whose runs are only unfinished, is not named.
+    #[test]
+    fn the_sweep_chart_names_alphas_that_diverged() {
+        use crate::report::table::{Row, Rule};
+        let row = |alpha: f64, diverged: usize| Row {
+            alpha: Some(alpha),
+            unfinished: 1,
+            diverged,
+            ..Default::default()
+        };
+        let rows = [row(1e-4, 1), row(1e-3, 1), row(5e-4, 0)];
+        assert_eq!(
+            super::diverged_caption(&rows, Rule::Last),
+            "; diverged: alpha 1e-4, 1e-3"
+        );
+        assert_eq!(super::diverged_caption(&rows[2..], Rule::Last), "");
+        let many: Vec<Row> = [1e-4, 2e-4, 3e-4, 4e-4].map(|a| row(a, 2)).to_vec();
+        assert_eq!(
+            super::diverged_caption(&many, Rule::Last),
+            "; diverged: alpha 1e-4, 2e-4 and 2 more"
+        );
     }
 
     /// A log axis says where its zeros are drawn (on its foot, which read as 1 % kept).

@@ -265,16 +265,22 @@ pub fn report_markdown(runs: &[Run]) -> String {
         };
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} |\n",
-            r.dir.display(),
+            md_cell(&r.dir.display().to_string()),
             c.model,
-            variant,
-            data,
+            md_cell(&variant),
+            md_cell(data),
             c.seed,
             c.epochs,
             status
         ));
     }
     s
+}
+
+/// `text` for a cell of a Markdown table: a `|` in it (a folder's name) escaped, which ended
+/// the cell and shifted the row's columns.
+pub fn md_cell(text: &str) -> String {
+    text.replace('|', "\\|")
 }
 
 /// The first line of every report `dst report` writes: a file that begins so is one of its

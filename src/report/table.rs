@@ -182,7 +182,7 @@ fn show_paper(s: PaperStat) -> String {
 }
 
 /// One configuration: the runs that differ only in their seed.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Row {
     pub model: String,
     pub dense: bool,
@@ -583,9 +583,9 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
             s,
             "| {} | {} | {} | {} | {} |",
             row.model,
-            row.variant(),
+            super::md_cell(&row.variant()),
             row.epochs,
-            row.data,
+            super::md_cell(&row.data),
             seeds
         );
         for r in &rules {
@@ -671,12 +671,14 @@ pub fn csv_number(x: f64) -> String {
 }
 
 /// The first line of `csv`'s tables.
-pub const CSV_HEADER: &str = "model,dense,alpha,target_keep,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n";
+pub const CSV_HEADER: &str = "model,dense,alpha,target_keep,variant,epochs,data,seeds,n,unfinished,diverged,rule,acc_mean,acc_std,remaining_mean,remaining_std\n";
 
-/// The first lines `csv`'s tables have had, the current one first (before `target_keep`): a CSV
-/// that begins with one of them is dst's own, which a new table may replace.
+/// The first lines `csv`'s tables have had, the current one first (then before `diverged`, and
+/// before `target_keep`): a CSV that begins with one of them is dst's own, which a new table may
+/// replace.
 pub const CSV_HEADERS: &[&str] = &[
     CSV_HEADER,
+    "model,dense,alpha,target_keep,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n",
     "model,dense,alpha,variant,epochs,data,seeds,n,unfinished,rule,acc_mean,acc_std,remaining_mean,remaining_std\n",
 ];
 
@@ -754,7 +756,7 @@ pub fn csv_as_written(text: &str) -> bool {
                     "dense" => f == "true" || f == "false",
                     "alpha" | "target_keep" | "acc_mean" | "acc_std" | "remaining_mean"
                     | "remaining_std" => number(f),
-                    "epochs" | "n" | "unfinished" => count(f),
+                    "epochs" | "n" | "unfinished" | "diverged" => count(f),
                     "seeds" => f
                         .split(' ')
                         .all(|x| x.is_empty() || x.parse::<u64>().is_ok()),
@@ -784,9 +786,9 @@ pub fn csv(rows: &[Row]) -> String {
             row.data.replace('"', "\"\""),
         );
         // A row with no finished run (all unfinished, or diverged) is listed too, without
-        // figures: its `unfinished` count is what there is to say.
+        // figures: its `unfinished` and `diverged` counts are what there is to say.
         if Rule::ALL.iter().all(|r| row.get(*r).is_none()) {
-            let _ = writeln!(s, "{head},,0,{},,,,,", row.unfinished);
+            let _ = writeln!(s, "{head},,0,{},{},,,,,", row.unfinished, row.diverged);
             continue;
         }
         for rule in Rule::ALL {
@@ -795,7 +797,7 @@ pub fn csv(rows: &[Row]) -> String {
             };
             let _ = writeln!(
                 s,
-                "{head},{},{},{},{},{},{},{},{}",
+                "{head},{},{},{},{},{},{},{},{},{}",
                 row.seeds
                     .iter()
                     .map(|x| x.to_string())
@@ -803,6 +805,7 @@ pub fn csv(rows: &[Row]) -> String {
                     .join(" "),
                 acc.n,
                 row.unfinished,
+                row.diverged,
                 rule.key(),
                 csv_number(acc.mean),
                 std(&acc),
@@ -822,15 +825,20 @@ mod tests {
     /// after it; a line, a column or a word added to it does not, nor a quote left open.
     #[test]
     fn a_table_reads_as_written_until_edited() {
-        let rows = "lenet300,false,0.0005,0.05,\"DST target keep 5 %, reset \"\"floor\"\"\",20,\"/d/mnist, 2\",1 2 3,3,0,last,97.5,0.1,2.5,0.2\n\
-                    lenet300,true,,,\"dense\",20,\"\",1,1,0,last,98,,100,\n\
-                    lenet5,false,0.0005,,\"DST\",20,\"\",,0,2,,,,,\n";
+        let rows = "lenet300,false,0.0005,0.05,\"DST target keep 5 %, reset \"\"floor\"\"\",20,\"/d/mnist, 2\",1 2 3,3,0,0,last,97.5,0.1,2.5,0.2\n\
+                    lenet300,true,,,\"dense\",20,\"\",1,1,0,0,last,98,,100,\n\
+                    lenet5,false,0.0005,,\"DST\",20,\"\",,0,2,1,,,,,\n";
         let table = format!("{CSV_HEADER}{rows}");
         assert!(csv_as_written(&table), "{table}");
         assert!(csv_as_written(&format!("{table}\n\n")));
         assert!(csv_as_written(CSV_HEADER));
         let old = "lenet300,false,0.0005,\"DST\",20,\"\",1,1,0,last,97.5,,2.5,\n";
-        assert!(csv_as_written(&format!("{}{old}", CSV_HEADERS[1])));
+        assert!(csv_as_written(&format!("{}{old}", CSV_HEADERS[2])));
+        let before_diverged = "lenet300,false,0.0005,,\"DST\",20,\"\",1,1,0,last,97.5,,2.5,\n";
+        assert!(csv_as_written(&format!(
+            "{}{before_diverged}",
+            CSV_HEADERS[1]
+        )));
         for edited in [
             format!("{table}my notes\n"),
             format!("{table}# checked by hand, all fine\n"),
