@@ -199,7 +199,7 @@ enum Command {
         /// Which table: table1.
         table: String,
         /// Seeds, comma-separated: each model's dense and DST runs once per seed.
-        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3", value_parser = list_seed)]
         seeds: Vec<u64>,
         /// Epochs per run [default: the paper's: 20 for the MNIST rows, 160 for the CIFAR-10
         /// ones; 3 with --quick].
@@ -275,11 +275,12 @@ struct SweepArgs {
         long,
         value_delimiter = ',',
         required = true,
-        allow_negative_numbers = true
+        allow_negative_numbers = true,
+        value_parser = list_alpha
     )]
     alpha: Vec<f64>,
     /// Seeds, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = list_seed)]
     seeds: Vec<u64>,
     /// Leave out the dense baseline runs.
     #[arg(long)]
@@ -1007,6 +1008,18 @@ fn term_progress() -> TermProgress {
         printed: 0,
         gone: false,
     }
+}
+
+/// A seed of a comma-separated `--seeds` list, spaces around it allowed (`--seeds "1, 2"`).
+fn list_seed(item: &str) -> Result<u64, String> {
+    item.trim()
+        .parse()
+        .map_err(|e| format!("{e} (a seed is a whole number, 0 or more)"))
+}
+
+/// An alpha of a comma-separated `--alpha` list, spaces around it allowed.
+fn list_alpha(item: &str) -> Result<f64, String> {
+    item.trim().parse().map_err(|e| format!("{e}"))
 }
 
 /// `dst info`'s list of the models this build trains, with the paper's settings.
@@ -2008,6 +2021,38 @@ mod tests {
         assert_eq!(eta_text(60), "1m00s");
         assert_eq!(eta_text(185), "3m05s");
         assert_eq!(eta_text(7800), "2h10m");
+    }
+
+    /// `--seeds "1, 2"` and `--alpha "1e-4, 5e-4"` read as written (spaces after the commas were
+    /// refused as invalid digits); an empty or negative item is still refused.
+    #[test]
+    fn list_items_may_have_spaces() {
+        let cli = |args: &[&str]| Cli::try_parse_from([&["dst"], args].concat());
+        let Ok(Cli {
+            command: Some(Command::Sweep(a)),
+        }) = cli(&[
+            "sweep",
+            "--alpha",
+            "1e-4, 5e-4",
+            "--seeds",
+            " 1, 2 ",
+            "--out",
+            "x",
+        ])
+        else {
+            panic!("not parsed");
+        };
+        assert_eq!((a.alpha, a.seeds), (vec![1e-4, 5e-4], vec![1, 2]));
+        for bad in [
+            ["--seeds", "1,,2"],
+            ["--seeds", "1, -2"],
+            ["--alpha", "1e-4, "],
+        ] {
+            let mut args = vec!["sweep", "--alpha", "1e-4", "--out", "x"];
+            args.extend(bad);
+            assert!(cli(&args).is_err(), "{bad:?}");
+        }
+        assert!(list_seed(" 7 ").is_ok_and(|s| s == 7));
     }
 
     #[test]

@@ -1215,6 +1215,11 @@ fn lstm_exports_infer_densely_and_bench_infer_compares_evaluations() {
         dst_cli(&["bench-infer", p.to_str().unwrap(), "--samples", "100"])
     };
     assert!(ok, "{err}");
+    // What it is about to time, on stderr (a large model on a CPU adapter is minutes a round).
+    assert!(
+        err.contains("an untimed round of each model over the 100 images, then 3 timed rounds"),
+        "{err}"
+    );
     for flag in [&["--profile"][..], &["--routes", "cpu"]] {
         let mut args = vec!["bench-infer", p.to_str().unwrap()];
         args.extend(flag);

@@ -887,6 +887,18 @@ pub fn batch_note(gpu: &Gpu, net: &Net, asked: usize, what: &str) -> Option<Stri
     })
 }
 
+/// A rate (images/s) shown to 3 significant digits below 100 ("0.412", "11.3"), whole above:
+/// a slow model on a CPU adapter read "1 images/s".
+pub fn rate(per_second: f64) -> String {
+    match per_second {
+        r if r >= 100.0 || r == 0.0 || !r.is_finite() => format!("{r:.0}"),
+        r => {
+            let digits = (2 - r.log10().floor() as i32).max(0) as usize;
+            format!("{r:.digits$}")
+        }
+    }
+}
+
 /// A progress reporter for an evaluation of `total` images: on a terminal, one line on stderr
 /// rewritten as images are done and cleared at the end; elsewhere (logs, pipes) a line on
 /// stderr as each quarter of them is passed, before the end.
@@ -1173,13 +1185,13 @@ pub fn run(
             .map_err(|e| anyhow::anyhow!("--out {}: {e}", out.display()))?;
     }
     println!(
-        "test accuracy {:.2}% on the {} of {}, {how} of {} ({}), {:.0} images/s",
+        "test accuracy {:.2}% on the {} of {}, {how} of {} ({}), {} images/s",
         100.0 * correct as f64 / count.max(1) as f64,
         crate::report::plural(count, "test image"),
         test.source,
         export.model,
         export.describe(),
-        count as f64 / secs
+        rate(count as f64 / secs)
     );
     if let Some(out) = out {
         println!("predictions: {}", out.display());
@@ -1464,23 +1476,51 @@ fn bench_evaluation(
     let n = images.count as f64;
     // One untimed round of each first (the first evaluation of a plan pays for its set-up), then
     // the timed ones; the ratio of each round too, whose spread says how noisy the machine is.
-    dense.logits(images.count, &mut |_| {})?;
-    masked.logits(images.count, &mut |_| {})?;
+    // Progress on stderr: a large model on a CPU adapter takes minutes a round.
+    eprintln!(
+        "an untimed round of each model over the {}, then {ROUNDS} timed rounds",
+        crate::report::plural(images.count, "image")
+    );
+    let t0 = std::time::Instant::now();
+    dense.logits(images.count, &mut progress_line(images.count))?;
+    masked.logits(images.count, &mut progress_line(images.count))?;
+    let first = t0.elapsed().as_secs_f64();
+    if first > 10.0 {
+        eprintln!(
+            "the untimed round took {:.0} s: about {:.0} s more for the timed ones (--samples \
+             sets how many images a round takes)",
+            first,
+            first * ROUNDS as f64
+        );
+    }
     let mut ratios = Vec::with_capacity(ROUNDS);
-    for _ in 0..ROUNDS {
+    for i in 0..ROUNDS {
         let (l, secs) = dense.logits(images.count, &mut |_| {})?;
-        let rate = n / secs;
-        (d, ld) = (d.max(rate), l);
+        let rate_d = n / secs;
+        (d, ld) = (d.max(rate_d), l);
         let (l, secs) = masked.logits(images.count, &mut |_| {})?;
-        ratios.push((n / secs) / rate);
+        ratios.push((n / secs) / rate_d);
         (m, lm) = (m.max(n / secs), l);
+        if first > 10.0 {
+            eprintln!(
+                "  round {}/{ROUNDS}: dense {} images/s, masked {}",
+                i + 1,
+                rate(rate_d),
+                rate(n / secs)
+            );
+        }
     }
     let diff = ld
         .iter()
         .zip(&lm)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    println!("{d:>18.0} {m:>18.0} {:>8.2}x {diff:>12.2e}", m / d);
+    println!(
+        "{:>18} {:>18} {:>8.2}x {diff:>12.2e}",
+        rate(d),
+        rate(m),
+        m / d
+    );
     let (lo, hi) = ratios
         .iter()
         .fold((f64::MAX, 0.0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
@@ -1499,4 +1539,17 @@ fn bench_evaluation(
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Slow rates keep three significant digits ("1 images/s" said little); fast ones are whole.
+    #[test]
+    fn rates_keep_their_digits() {
+        let r = super::rate;
+        assert_eq!(
+            [r(0.4123), r(1.04), r(11.26), r(99.4), r(1234.6), r(0.0)],
+            ["0.412", "1.04", "11.3", "99.4", "1235", "0"]
+        );
+    }
 }
