@@ -1706,6 +1706,14 @@ fn evaluation_in_chunks_reports_progress_and_the_same_figures() {
         .collect();
     assert!(want.len() > 1, "batch {b}");
     assert_eq!(seen, want);
+    // Up to 10 batches a submission: the first is one batch (its progress comes after the
+    // first batch, however slow), the same accuracy.
+    let mut seen = Vec::new();
+    let adaptive = session
+        .evaluate_in_chunks(&plan, &test, 10, &mut |d| seen.push(d))
+        .unwrap();
+    assert_eq!(whole, adaptive);
+    assert_eq!((seen.first(), seen.last()), (Some(&want[0]), Some(&2000)));
 }
 
 /// An export remembers the data folder its run trained on: `dst infer` without `--data` scores

@@ -1601,12 +1601,13 @@ pub fn evaluate_checkpoint(
     evaluate_checkpoint_with(gpu, &Checkpoint::load(path)?, path, data, &mut |_| {})
 }
 
-/// Evaluation batches per submission where a command reports its progress.
+/// The most evaluation batches per submission where a command reports its progress.
 pub const EVAL_CHUNK: usize = 10;
 
 /// `evaluate_checkpoint` of a checkpoint already in memory (`path` names it in errors; `dst
 /// eval` loads it before it opens the adapter), calling `progress(images done)` every
-/// `EVAL_CHUNK` batches (`dst eval` on a slow adapter); the same accuracy.
+/// `EVAL_CHUNK` batches at most, every batch on a slow model (`dst eval` on a slow adapter); the
+/// same accuracy.
 pub fn evaluate_checkpoint_with(
     gpu: Gpu,
     ck: &Checkpoint,
