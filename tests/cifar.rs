@@ -314,7 +314,8 @@ fn reader_names_missing_files() {
             dir.join("no where").display()
         )],
     );
-    // A file is no folder to fetch into: the hint names a new one.
+    // One of the dataset's files: its folder is named, and only it (the fetch hint too
+    // repeated the advice).
     let file = dir.join("data_batch_1.bin");
     let err = cifar::load_dir(&file).unwrap_err();
     assert_mentions(
@@ -322,6 +323,17 @@ fn reader_names_missing_files() {
         &[
             "is a file, not a folder: its folder",
             &format!("give --data {}", dir.display()),
+        ],
+    );
+    assert!(!err.to_string().contains("dst fetch"), "{err}");
+    // Another file is no folder to fetch into: the hint names a new one.
+    let other = tmpdir("not-data");
+    std::fs::write(other.join("notes.txt"), b"mine").unwrap();
+    let err = cifar::load_dir(&other.join("notes.txt")).unwrap_err();
+    assert_mentions(
+        &err,
+        &[
+            "is a file, not a folder",
             "`dst fetch cifar10 --to NEW_FOLDER`",
         ],
     );

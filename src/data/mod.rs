@@ -261,10 +261,22 @@ pub enum DataError {
         test_cols: usize,
     },
     #[error(
-        "{dir}: {why}; give the folder that holds the {dataset} files (`dst fetch {} --to {}` \
-         writes one)",
-        fetch_name(dataset),
-        if *fetch_here { crate::report::shell_word(Path::new(dir)) } else { "NEW_FOLDER".into() }
+        "{dir}: {why}{}",
+        if why.contains("give --data") {
+            // The folder to give is named already.
+            String::new()
+        } else {
+            format!(
+                "; give the folder that holds the {dataset} files (`dst fetch {} --to {}` writes \
+                 one)",
+                fetch_name(dataset),
+                if *fetch_here {
+                    crate::report::shell_word(Path::new(dir))
+                } else {
+                    "NEW_FOLDER".into()
+                }
+            )
+        }
     )]
     NotAFolder {
         dir: String,
