@@ -873,11 +873,13 @@ fn a_sweep_into_another_sweeps_folder_is_refused() {
             "lr 0.01",
             "lr 0.05",
         ),
-        (&|s: &mut Sweep| s.base.epochs = 1, "epochs 2", "epochs 1"),
         (
-            &|s: &mut Sweep| s.base.model = "lenet5".into(),
-            "model lenet300",
-            "model lenet5",
+            &|s: &mut Sweep| {
+                s.base.model = "lenet5".into();
+                s.base.epochs = 1;
+            },
+            "model lenet300, epochs 2",
+            "model lenet5, epochs 1",
         ),
         (
             &|s: &mut Sweep| s.base.limit_train = Some(300),
@@ -887,14 +889,39 @@ fn a_sweep_into_another_sweeps_folder_is_refused() {
     ] {
         let e = err_of(study::sweep(&other(edit), &out, &mut Quiet));
         assert!(
-            e.contains("holds runs of another study: alpha5e-4-seed1 was trained with")
-                && e.contains(theirs)
-                && e.contains(&format!("this study would train it with {ours}"))
-                && e.contains("(and 1 run like it)"),
+            e.contains(&format!(
+                "holds runs of another study (alpha5e-4-seed1 and another run): \
+                 alpha5e-4-seed1 was trained with {theirs}, this study's runs use {ours}."
+            )),
             "{e}"
         );
         assert!(!out.join("alpha7e-3-seed1").exists());
     }
+    // Only another length: the hint says how to make them one study.
+    let e = err_of(study::sweep(
+        &other(&|s| s.base.epochs = 3),
+        &out,
+        &mut Quiet,
+    ));
+    assert!(
+        e.contains("holds runs of 2 epochs (alpha5e-4-seed1 and another run), and this study's runs are of 3")
+            && e.contains("Pass --epochs 2, ask for their alphas and seeds too"),
+        "{e}"
+    );
+    // A run it cannot read is not this study's to judge (`dst report` names it).
+    let hidden = out.join("zz-unreadable");
+    fake_run(&hidden, &spec.runs(&out)[0].1, 90.0, None);
+    std::fs::write(hidden.join("config.json"), "{").unwrap();
+    let e = err_of(study::sweep(
+        &other(&|s| s.base.lr = 0.05),
+        &out,
+        &mut Quiet,
+    ));
+    assert!(
+        e.contains("(alpha5e-4-seed1 and another run): alpha5e-4-seed1 was"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&hidden).unwrap();
     assert_eq!(std::fs::read(out.join("sweep.md")).unwrap(), md);
     // The same settings, another alpha: part of this sweep.
     let more = other(&|_| {});
@@ -918,9 +945,23 @@ fn a_sweep_into_another_sweeps_folder_is_refused() {
     let e = err_of(study::reproduce(&seven, &out, &mut Quiet));
     assert!(
         e.contains("lenet300/alpha5e-4-seed1 was trained with limit_train 6000")
-            && e.contains("this study would train it with limit_train 500"),
+            && e.contains("this study's runs use limit_train 500"),
         "{e}"
     );
+    // Asked again for one of its models: the other model's runs are of the same study (each
+    // model at its own settings), and a run of a model this build lacks is not judged.
+    let out = tmp("reproduction-part");
+    let mut two = quick(None, Some(2));
+    two.models = vec!["lenet300".into(), "lenet5".into()];
+    for (dir, cfg) in two.runs(&out).unwrap() {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    let (_, any) = &two.runs(&out).unwrap()[0];
+    let mut unknown = serde_json::to_value(any).unwrap();
+    unknown["model"] = json!("mystery");
+    unknown["lr"] = json!(0.5);
+    fake_run(&out.join("mystery/dense-seed1"), any, 90.0, Some(unknown));
+    study::reproduce(&quick(None, Some(2)), &out, &mut Quiet).unwrap();
 }
 
 /// Each study marks its folder (study.json) before it trains: a reproduction stopped in its first
@@ -979,4 +1020,17 @@ fn the_two_kinds_of_study_stay_apart_before_their_reports() {
         "{e}"
     );
     assert!(!root.join("REPORT.md").exists());
+
+    // A study.json that dst did not write is not replaced.
+    let theirs = tmp("marked-theirs");
+    std::fs::write(theirs.join(study::STUDY_FILE), "{\"mine\": 1}").unwrap();
+    let e = err_of(study::sweep(&sweep, &theirs, &mut Quiet));
+    assert!(
+        e.contains("holds a study.json that dst did not write"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(theirs.join(study::STUDY_FILE)).unwrap(),
+        "{\"mine\": 1}"
+    );
 }

@@ -890,12 +890,17 @@ pub fn batch_note(gpu: &Gpu, net: &Net, asked: usize, what: &str) -> Option<Stri
 /// A rate (images/s) shown to 3 significant digits below 100 ("0.412", "11.3"), whole above:
 /// a slow model on a CPU adapter read "1 images/s".
 pub fn rate(per_second: f64) -> String {
-    match per_second {
-        r if r >= 100.0 || r == 0.0 || !r.is_finite() => format!("{r:.0}"),
-        r => {
-            let digits = (2 - r.log10().floor() as i32).max(0) as usize;
-            format!("{r:.digits$}")
-        }
+    let whole = format!("{per_second:.0}");
+    if per_second >= 100.0 || per_second == 0.0 || !per_second.is_finite() {
+        return whole;
+    }
+    let digits = (2 - per_second.log10().floor() as i32).max(0) as usize;
+    let shown = format!("{per_second:.digits$}");
+    // 99.96 rounds up to 100: whole, as the rates above it.
+    if shown.parse::<f64>().is_ok_and(|v| v >= 100.0) {
+        whole
+    } else {
+        shown
     }
 }
 
@@ -1366,7 +1371,9 @@ pub fn bench(
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
         println!(
-            "{b:>6} {reps:>8} {d:>18.0} {s:>18.0} {:>8.2}x {diff:>12.2e}",
+            "{b:>6} {reps:>8} {:>18} {:>18} {:>8.2}x {diff:>12.2e}",
+            rate(d),
+            rate(s),
             s / d
         );
         if profile {
@@ -1548,8 +1555,16 @@ mod tests {
     fn rates_keep_their_digits() {
         let r = super::rate;
         assert_eq!(
-            [r(0.4123), r(1.04), r(11.26), r(99.4), r(1234.6), r(0.0)],
-            ["0.412", "1.04", "11.3", "99.4", "1235", "0"]
+            [
+                r(0.4123),
+                r(1.04),
+                r(11.26),
+                r(99.4),
+                r(99.97),
+                r(1234.6),
+                r(0.0)
+            ],
+            ["0.412", "1.04", "11.3", "99.4", "100", "1235", "0"]
         );
     }
 }

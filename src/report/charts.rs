@@ -1110,6 +1110,7 @@ fn diverged_caption(rows: &[super::table::Row], rule: super::table::Rule) -> Str
     let mut lost: Vec<String> = rows
         .iter()
         .filter(|r| !r.dense && r.get(rule).is_none() && r.diverged > 0)
+        .filter(|r| r.diverged == r.unfinished)
         .filter_map(|r| r.alpha.map(super::table::fmt_alpha))
         .collect();
     lost.dedup();
@@ -1627,13 +1628,17 @@ mod tests {
             diverged,
             ..Default::default()
         };
-        let rows = [row(1e-4, 1), row(1e-3, 1), row(5e-4, 0)];
+        let mixed = Row {
+            unfinished: 2,
+            ..row(2e-3, 1)
+        };
+        let rows = [row(1e-4, 1), row(1e-3, 1), row(5e-4, 0), mixed];
         assert_eq!(
             super::diverged_caption(&rows, Rule::Last),
             "; diverged: alpha 1e-4, 1e-3"
         );
         assert_eq!(super::diverged_caption(&rows[2..], Rule::Last), "");
-        let many: Vec<Row> = [1e-4, 2e-4, 3e-4, 4e-4].map(|a| row(a, 2)).to_vec();
+        let many: Vec<Row> = [1e-4, 2e-4, 3e-4, 4e-4].map(|a| row(a, 1)).to_vec();
         assert_eq!(
             super::diverged_caption(&many, Rule::Last),
             "; diverged: alpha 1e-4, 2e-4 and 2 more"

@@ -241,6 +241,19 @@ impl FromIterator<(String, f64)> for LayerKeeps {
     }
 }
 
+/// Written as a JSON object in its order (`dst train`'s step lines: the model's layers; a
+/// `serde_json::Value` would sort the names).
+impl serde::Serialize for LayerKeeps {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, keep) in &self.0 {
+            m.serialize_entry(name, keep)?;
+        }
+        m.end()
+    }
+}
+
 impl<'de> Deserialize<'de> for LayerKeeps {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct InOrder;
@@ -492,6 +505,21 @@ mod tests {
         assert_eq!(keys, ["conv2", "conv10", "a.wx_i"]);
         assert_eq!(m.steps[0].keep.get("conv10"), Some(&0.25));
         assert_eq!(m.steps[0].keep.get("conv1"), None);
+        // A run without an epoch line names its layers so (charts of a run stopped in its first
+        // epoch), and a step line written again reads back the same.
+        let run = Run {
+            dir: dir.clone(),
+            config: RunConfig::default(),
+            steps: m.steps.clone(),
+            epochs: vec![],
+            summary: None,
+            torn_line: None,
+            damaged_lines: vec![],
+            diverged: None,
+        };
+        assert_eq!(run.layer_names(), ["conv2", "conv10", "a.wx_i"]);
+        let again = serde_json::to_string(&m.steps[0].keep).unwrap();
+        assert_eq!(again, r#"{"conv2":0.5,"conv10":0.25,"a.wx_i":1.0}"#);
     }
 
     /// A steered run without `--target-epoch` shows the epoch it steers by (60 % of its length,

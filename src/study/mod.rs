@@ -184,14 +184,8 @@ pub fn check_reuse(cfg: &TrainConfig, dir: &Path) -> Result<(), StudyError> {
         return Err(StudyError::Config(format!(
             "{} was trained with {}, this study asks for {}: pick another --out or remove it{moved}",
             dir.display(),
-            diff.iter()
-                .map(|(k, t, _)| format!("{k} {t}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            diff.iter()
-                .map(|(k, _, o)| format!("{k} {o}"))
-                .collect::<Vec<_>>()
-                .join(", "),
+            show_settings(&diff, |d| &d.1),
+            show_settings(&diff, |d| &d.2),
         )));
     }
     if let Some(held) = epochs_held(dir).filter(|&e| e > cfg.epochs) {
@@ -462,12 +456,7 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
         .into());
     }
     let grid = s.runs(out);
-    // Every run on disk checked before any is trained: a conflict found late would come after
-    // hours of training.
-    for (dir, cfg) in &grid {
-        check_reuse(cfg, dir)?;
-    }
-    check_other_runs(out, 1, &grid, |theirs| {
+    let _lock = start_study(out, Study::Sweep, &grid, |theirs: &TrainConfig| {
         Some(TrainConfig {
             dense: theirs.dense,
             alpha: theirs.alpha,
@@ -475,8 +464,6 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
             ..s.base.clone()
         })
     })?;
-    let _lock = lock_study(out)?;
-    mark_study(out, Study::Sweep)?;
     let diverged = train_grid(&grid, progress, run_name)?;
     let runs: Vec<Run> = grid
         .iter()
@@ -492,6 +479,29 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
     }
     diverged_error(diverged, grid.len(), "sweep.md")?;
     Ok(runs)
+}
+
+/// What a study of `kind` into `out` does before its first run trains: every run of `grid` on
+/// disk checked (a conflict found late would come after hours of training), the folder's other
+/// runs checked against what this study's would use (`check_other_runs`, `wanted`), then the
+/// folder locked and marked. Returns the lock, held while the study runs.
+fn start_study(
+    out: &Path,
+    kind: Study,
+    grid: &[(PathBuf, TrainConfig)],
+    wanted: impl Fn(&TrainConfig) -> Option<TrainConfig>,
+) -> Result<Option<std::fs::File>, StudyError> {
+    for (dir, cfg) in grid {
+        check_reuse(cfg, dir)?;
+    }
+    let (depth, parts) = match kind {
+        Study::Sweep => (1, "alphas and seeds"),
+        Study::Reproduce => (2, "models and seeds"),
+    };
+    check_other_runs(out, depth, grid, parts, wanted)?;
+    let lock = lock_study(out)?;
+    mark_study(out, kind)?;
+    Ok(lock)
 }
 
 /// Takes the study folder `out`'s lock (made if missing) for as long as the study trains and
@@ -608,21 +618,25 @@ fn runs_not_asked(out: &Path, depth: usize, asked: &[&Path]) -> Vec<PathBuf> {
 }
 
 /// Refuses a study into `out` (its runs `grid`, `depth` levels down) where runs it does not ask
-/// for are of another study: settings that differ from those this study would give them
-/// (`wanted`: a sweep's base with their alpha and seed; a reproduction's for their model and
-/// seed), the epochs included. Its report would be written over the other study's, and `dst
-/// report` on the folder would mix the two. Runs `wanted` knows nothing of (a model this build
-/// lacks) and folders without a summary or checkpoint are not checked.
+/// for are of another study: settings that differ from those this study's runs use (`wanted`: a
+/// sweep's base with their alpha and seed; a reproduction's for their model and seed), the
+/// epochs included. Its report would be written over the other study's, and `dst report` on
+/// the folder would mix the two. `parts`: what the runs differ in that makes them parts of
+/// this study ("alphas and seeds"), for the hint when only their length differs. Runs `wanted`
+/// knows nothing of (a model this build lacks), runs whose settings cannot be read, and
+/// folders without a summary or checkpoint are not checked.
 fn check_other_runs(
     out: &Path,
     depth: usize,
     grid: &[(PathBuf, TrainConfig)],
+    parts: &str,
     wanted: impl Fn(&TrainConfig) -> Option<TrainConfig>,
 ) -> Result<(), StudyError> {
     let asked: Vec<&Path> = grid.iter().map(|(d, _)| d.as_path()).collect();
     let mut differing = Vec::new();
     for dir in runs_not_asked(out, depth, &asked) {
-        let Some(theirs) = existing_config(&dir)? else {
+        // Not this study's to read: `dst report` names a run it cannot read.
+        let Some(theirs) = existing_config(&dir).ok().flatten() else {
             continue;
         };
         let Some(ours) = wanted(&theirs) else {
@@ -643,25 +657,44 @@ fn check_other_runs(
     let Some((dir, diff)) = differing.first() else {
         return Ok(());
     };
-    let list = |pick: fn(&(String, String, String)) -> &String| {
-        diff.iter()
-            .map(|d| format!("{} {}", d.0, pick(d)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let more = match differing.len() {
         1 => String::new(),
-        n => format!(" (and {} like it)", report::plural(n - 1, "run")),
+        2 => " and another run".to_string(),
+        n => format!(" and {} other runs", n - 1),
     };
+    let name = dir.strip_prefix(out).unwrap_or(dir).display();
+    if let [(key, theirs, ours)] = &diff[..] {
+        if key == "epochs" {
+            // Only the length: the same study, asked for part of it at another length.
+            return Err(StudyError::Config(format!(
+                "{} holds runs of {theirs} epochs ({name}{more}), and this study's runs are of \
+                 {ours}: its report would replace the one of the folder's runs at their length. \
+                 Pass --epochs {theirs}, ask for their {parts} too (a study extends its runs to \
+                 --epochs), or pick another --out",
+                out.display(),
+            )));
+        }
+    }
     Err(StudyError::Config(format!(
-        "{} holds runs of another study: {} was trained with {}, this study would train it \
-         with {}{more}. Its report would replace that study's, and `dst report` on the folder \
-         would mix the two: pick another --out (or move those runs away)",
+        "{} holds runs of another study ({name}{more}): {name} was trained with {}, this \
+         study's runs use {}. Its report would replace that study's, and `dst report` on the folder would \
+         mix the two: pick another --out (or move those runs away)",
         out.display(),
-        dir.strip_prefix(out).unwrap_or(dir).display(),
-        list(|d| &d.1),
-        list(|d| &d.2),
+        show_settings(diff, |d| &d.1),
+        show_settings(diff, |d| &d.2),
     )))
+}
+
+/// "lr 0.01, limit_train 256": the settings of `diff` (`config_differences`' triples), each
+/// with the value `pick` takes (theirs or ours).
+fn show_settings(
+    diff: &[(String, String, String)],
+    pick: fn(&(String, String, String)) -> &String,
+) -> String {
+    diff.iter()
+        .map(|d| format!("{} {}", d.0, pick(d)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The report's line on `others` (`other_runs`), empty when there are none.
@@ -846,6 +879,12 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
         return Err(refuse(
             "is the folder of a training run: a study's runs go into a folder of their own; pick another --out",
         ));
+    }
+    if out.join(STUDY_FILE).exists() && study_kind(out).is_none() {
+        return Err(refuse(&format!(
+            "holds a {STUDY_FILE} that dst did not write (dst marks a study's folder with one): \
+             pick another --out, or move it away"
+        )));
     }
     if crate::data::holds_mnist(out) || crate::data::cifar::holds_any(out) {
         return Err(refuse(
@@ -1036,10 +1075,7 @@ pub fn reproduce(
         "a `dst reproduce` report",
     )?;
     let grid = r.runs(out)?;
-    for (dir, cfg) in &grid {
-        check_reuse(cfg, dir)?;
-    }
-    check_other_runs(out, 2, &grid, |theirs| {
+    let _lock = start_study(out, Study::Reproduce, &grid, |theirs: &TrainConfig| {
         let one = Reproduce {
             models: vec![theirs.model.clone()],
             seeds: vec![theirs.seed],
@@ -1051,8 +1087,6 @@ pub fn reproduce(
             .map(|(_, c)| c)
             .find(|c| c.dense == theirs.dense)
     })?;
-    let _lock = lock_study(out)?;
-    mark_study(out, Study::Reproduce)?;
     let diverged = train_grid(&grid, progress, |cfg| {
         format!("{} {}", cfg.model, run_name(cfg))
     })?;

@@ -137,24 +137,10 @@ struct StepLog {
     alpha: f64,
     train_acc: f64,
     model_keep: f64,
-    keep: InOrder,
+    /// In the model's layer order.
+    keep: crate::report::runs::LayerKeeps,
     #[serde(skip_serializing_if = "Option::is_none")]
     target_keep: Option<f64>,
-}
-
-/// Keep ratios per layer written as a JSON object in the model's layer order (a
-/// `serde_json::Value` would sort the names: `conv10` before `conv2`).
-struct InOrder(Vec<(String, f64)>);
-
-impl Serialize for InOrder {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (name, keep) in &self.0 {
-            m.serialize_entry(name, keep)?;
-        }
-        m.end()
-    }
 }
 
 /// No output (tests).
@@ -822,12 +808,10 @@ pub fn train(
                 alpha: if cfg.masked() { alpha_now } else { 0.0 },
                 train_acc: 100.0 * log_stats.correct as f64 / log_stats.seen.max(1) as f64,
                 model_keep,
-                keep: InOrder(
-                    keeps
-                        .into_iter()
-                        .map(|(l, k, t)| (l, k as f64 / t.max(1) as f64))
-                        .collect(),
-                ),
+                keep: keeps
+                    .into_iter()
+                    .map(|(l, k, t)| (l, k as f64 / t.max(1) as f64))
+                    .collect(),
                 target_keep: target_now,
             };
             log_stats = Stats::default();
