@@ -1107,7 +1107,7 @@ fn step_times(
             ..cfg
         };
         println!(
-            "{model}: every variant with the settings of {}'s run: optimizer {}, lr {}, batch {}, alpha {}",
+            "{model}: every variant with the settings of {}'s run: optimizer {}, lr {}, batch {}, alpha {}, reset {}",
             path.display(),
             cfg.optimizer,
             cfg.lr,
@@ -1115,7 +1115,8 @@ fn step_times(
             // A steered alpha to 4 digits (1.921e-5, not 0.000019211184705376156).
             Some(format!("{:e}", cfg.alpha))
                 .filter(|a| a.len() <= 8)
-                .unwrap_or_else(|| format!("{:.3e}", cfg.alpha))
+                .unwrap_or_else(|| format!("{:.3e}", cfg.alpha)),
+            crate::train::reset_policy_of(c).name()
         );
     }
     let kind = crate::models::info(model)?.dataset;
@@ -1187,6 +1188,12 @@ fn step_times(
     let n_specs = specs.len();
     for (label, masked, from_ck, sparse_keep) in specs {
         let mut session = open(masked)?;
+        // The run's dead-layer policy for every DST variant, as for its settings above (a floor
+        // run's fresh DST steps were timed with the paper's reset, and its checkpoint's with its
+        // own: the ratio counted the floor's passes against the checkpoint's sparsity).
+        if let Some((ck, _)) = ck {
+            session.reset = crate::train::reset_policy_of(ck);
+        }
         if let Some((keep, input)) = sparse_keep {
             session.sparse_keep = keep;
             session.sparse_keep_conv = keep;
@@ -1195,10 +1202,9 @@ fn step_times(
         }
         let mut kept_at_checkpoint = None;
         if let Some((ck, path)) = ck.filter(|_| from_ck) {
+            // Under the run's dead-layer policy (set above): under the paper's reset a layer
+            // that a floor run kept at <= 1 % would turn dense again in the first step.
             session.restore(ck, path, true)?;
-            // The run's dead-layer policy: under the paper's reset a layer that a floor run kept
-            // at <= 1 % would turn dense again in the first step.
-            session.reset = crate::train::reset_policy_of(ck);
             // As `dst eval` gives it: the session counts its masks only once a step ran.
             let (_, report) = crate::export::from_checkpoint(ck, path, crate::export::Layout::Csr)
                 .map_err(|e| crate::train::TrainError::Refused(e.to_string()))?;

@@ -409,6 +409,8 @@ fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
         "1",
         "--limit-train",
         "256",
+        "--reset",
+        "floor",
         "--out",
         o,
     ]);
@@ -427,8 +429,24 @@ fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
     assert!(ok, "{err}");
     assert!(
         stdout.contains("every variant with the settings of")
-            && stdout.contains("optimizer adam, lr 0.001, batch 64"),
+            && stdout.contains("optimizer adam, lr 0.001, batch 64")
+            && stdout.contains("reset floor"),
         "{stdout}"
+    );
+    // The fresh DST step under the run's reset too (it took the paper's: fewer dispatches than
+    // the checkpoint's step, whose ratio then counted the floor's passes against its sparsity).
+    let dispatches = |label: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(label))
+            .and_then(|l| l.split("(batch 64, ").nth(1))
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{label}: {stdout}"))
+    };
+    assert_eq!(
+        dispatches("lenet300 DST  "),
+        dispatches("lenet300 DST from checkpoint (")
     );
     // fc1 takes the input-sparse products: that variant is timed; one round is said to be one.
     assert!(
