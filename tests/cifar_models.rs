@@ -366,3 +366,37 @@ fn wrn_listed_conv_products_train_like_dense_products() {
     }
     assert_eq!(step_losses(&a), step_losses(&b));
 }
+
+/// VGG-16's bn14 (batch norm over one value per channel) cannot normalise a batch of one image,
+/// which PyTorch refuses: a run whose epochs end in such a batch trains, and says so (it did in
+/// silence); WRN's batch norms, over feature maps, take any batch.
+#[test]
+fn a_last_batch_of_one_image_is_named_where_a_batch_norm_needs_two() {
+    let data = digits_folder("vgg-last-one", 1, 4);
+    let out = tmp("cifar_models", "vgg-last-one-run");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args(["train", "--model", "vgg16", "--batch", "4", "--epochs", "1"])
+        .args(["--lr-steps", "none", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "note: the last batch of each epoch holds 1 image (5 training images in batches of \
+             4), and bn14 cannot normalise fewer than 2"
+        ),
+        "{err}"
+    );
+    let need = |model: &str| {
+        dst::models::Model::build(&gpu(), model, true, 1, false)
+            .unwrap()
+            .min_train_batch()
+    };
+    assert_eq!(need("vgg16"), Some(("bn14".to_string(), 2)));
+    assert_eq!(need("wrn-16-1"), None);
+    assert_eq!(need("lenet5"), None);
+}

@@ -220,6 +220,22 @@ impl Model {
             .collect()
     }
 
+    /// The fewest samples a training batch must hold, with the first layer that needs them
+    /// (`Layer::min_train_batch`); None where any batch will do.
+    pub fn min_train_batch(&self) -> Option<(String, usize)> {
+        let mut shape = self.input.clone();
+        let mut need: Option<(String, usize)> = None;
+        for l in &self.layers {
+            if let Some((name, n)) = l.min_train_batch(&shape) {
+                if need.as_ref().is_none_or(|(_, m)| n > *m) {
+                    need = Some((name, n));
+                }
+            }
+            shape = l.output_shape(&shape);
+        }
+        need
+    }
+
     /// One line per layer: name, per-sample output shape, parameters (masked or dense).
     pub fn describe(&self) -> Vec<String> {
         let mut shape = self.input.clone();

@@ -92,6 +92,11 @@ impl Layer for BatchNorm {
         input.to_vec()
     }
 
+    fn min_train_batch(&self, input: &[usize]) -> Option<(String, usize)> {
+        // One value per channel per sample (BatchNorm1d): one sample has no variance.
+        (input.iter().skip(1).product::<usize>() <= 1).then(|| (self.name.clone(), 2))
+    }
+
     fn forward(&self, cx: &mut PlanCx<'_>, x: &Tensor) -> Result<Tensor> {
         let s = self.shape(x);
         let (k, gpu, a) = (&cx.kernels.batchnorm, cx.gpu, cx.arena);

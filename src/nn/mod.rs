@@ -216,4 +216,10 @@ pub trait Layer {
     fn note(&self) -> Option<&'static str> {
         None
     }
+    /// The fewest samples a training batch must hold for this layer, given a per-sample input
+    /// shape, with the layer that needs them (batch norm over one value per channel needs 2, as
+    /// in PyTorch); None where any batch will do.
+    fn min_train_batch(&self, _input: &[usize]) -> Option<(String, usize)> {
+        None
+    }
 }

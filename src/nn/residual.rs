@@ -107,6 +107,17 @@ impl Layer for PreActBlock {
         self.conv1.output_shape(input)
     }
 
+    fn min_train_batch(&self, input: &[usize]) -> Option<(String, usize)> {
+        let inner = self.conv1.output_shape(input);
+        [
+            self.bn1.min_train_batch(input),
+            self.bn2.min_train_batch(&inner),
+        ]
+        .into_iter()
+        .flatten()
+        .max_by_key(|(_, n)| *n)
+    }
+
     fn forward(&self, cx: &mut PlanCx<'_>, x: &Tensor) -> Result<Tensor> {
         let b1 = self.bn1.forward(cx, x)?;
         let a = self.relu1.forward(cx, &b1)?;

@@ -380,6 +380,9 @@ pub fn train(
         cfg.optimizer().is_adam(),
     )?;
     session.reset = cfg.reset_policy();
+    if let Some(n) = short_last_batch(&session.model, data.train.count, cfg.batch) {
+        notes.push(n);
+    }
     if let Some(r) = cfg.target_keep {
         let (low, why) = lowest_reachable_keep(&session.model.mask_views(), session.reset);
         if r < low {
@@ -974,6 +977,24 @@ fn finish(
     // half drawn) is finished by `--resume`, which draws them again.
     run.write_json(&run.summary(), &summary)?;
     Ok(summary)
+}
+
+/// The note of a run whose epochs end in a batch too small for a layer of `model` (`count`
+/// training images in batches of `batch`): VGG-16's batch norm after its first FC layer cannot
+/// normalise one sample (PyTorch refuses it; `batchnorm.wgsl` leaves its running statistics as
+/// they are in that step, and the layers before it get no gradient from it).
+fn short_last_batch(model: &crate::models::Model, count: usize, batch: usize) -> Option<String> {
+    let last = count % batch;
+    let (layer, need) = model.min_train_batch()?;
+    (last > 0 && last < need && count > batch).then(|| {
+        format!(
+            "note: the last batch of each epoch holds {} ({count} training images in batches of \
+             {batch}), and {layer} cannot normalise fewer than {need} (PyTorch refuses it): in \
+             that step its running statistics stay as they are and the layers before it get no \
+             gradient. A --limit-train or --batch that leaves no such batch avoids it",
+            crate::report::plural(last, "image")
+        )
+    })
 }
 
 /// Steps between two moves of the progress bar, when lines are logged more rarely: a tenth of
