@@ -1265,7 +1265,10 @@ fn percentages_carry_no_float_noise() {
     assert_eq!(percent(0.07), "7");
     assert_eq!(percent(0.029), "2.9");
     assert_eq!(percent(0.025), "2.5");
-    assert_eq!(percent(1e-9), "0.0000001");
+    assert_eq!(percent(1e-5), "0.001");
+    // A tiny one in exponent form (`--target-keep 1e-300` printed 300 zeros).
+    assert_eq!(percent(1e-9), "1e-7");
+    assert_eq!(percent(1e-300), "1e-298");
     assert_eq!(percent(0.123456789), "12.3456789");
     // The CSV's figures likewise (`dst report --out x.csv` gave 26.299999999999997).
     use dst::report::table::csv_number;

@@ -182,10 +182,12 @@ pub fn shell_word(path: &Path) -> String {
 }
 
 /// A fraction as a percentage for labels, without the float noise of `100 * r`: 0.07 gives "7",
-/// 0.029 "2.9", 1e-9 "0.0000001" (12 significant digits at most).
+/// 0.029 "2.9", 1e-5 "0.001", 1e-9 "1e-7" (12 significant digits at most; exponent form below
+/// 1e-4 %).
 pub fn percent(r: f64) -> String {
     let v: f64 = format!("{:.11e}", 100.0 * r).parse().unwrap_or(100.0 * r);
-    format!("{v}")
+    // A tiny one (`--target-keep 1e-300`) in exponent form, not 300 zeros.
+    number(v)
 }
 
 /// `part` of `whole` times `scale` (1: a fraction, 100: a percentage) with `decimals` decimals,
