@@ -77,6 +77,7 @@ pub fn run(
     }
     // No --model: the checkpoint's, else LeNet-300-100.
     let default;
+    let given_models = !models.is_empty();
     let models = if models.is_empty() {
         let model = match checkpoint {
             Some(p) => Checkpoint::read_metadata(p)?.get("model").cloned(),
@@ -86,6 +87,14 @@ pub fn run(
         &default[..]
     } else {
         models
+    };
+    // The model named for the checkpoint's refusal: the flag only where it was given.
+    let asked_model = |m: &str| {
+        if given_models {
+            format!("--model {m}")
+        } else {
+            m.to_string()
+        }
     };
     for (i, m) in models.iter().enumerate() {
         crate::models::check_name(m)?;
@@ -105,13 +114,14 @@ pub fn run(
             let (m, masked) = (ck.meta("model").unwrap_or("?"), ck.meta("masked"));
             if m != model || masked != Some("true") {
                 anyhow::bail!(
-                    "{}: a checkpoint of {} {m}, but --checkpoint needs a DST checkpoint of --model {model}",
+                    "{}: a checkpoint of {} {m}, but --checkpoint needs a DST checkpoint of {}",
                     path.display(),
                     match masked {
                         Some("true") => "DST",
                         Some("false") => "dense",
                         _ => "unknown kind of",
-                    }
+                    },
+                    asked_model(model)
                 );
             }
             Some((ck, path))

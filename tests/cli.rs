@@ -493,8 +493,26 @@ fn bench_from_a_checkpoint_takes_its_runs_optimiser() {
     ]);
     assert!(ok, "{err}");
     let (ok, _, err) = dst(&["bench", "--reps", "0", "--steps", "1", "--checkpoint", o]);
+    // No --model given: none named as a flag.
     assert!(
-        !ok && err.contains("a checkpoint of dense lenet300, but --checkpoint needs a DST"),
+        !ok && err.contains(
+            "a checkpoint of dense lenet300, but --checkpoint needs a DST checkpoint of lenet300"
+        ),
+        "{err}"
+    );
+    let (ok, _, err) = dst(&[
+        "bench",
+        "--reps",
+        "0",
+        "--steps",
+        "1",
+        "--model",
+        "lenet300",
+        "--checkpoint",
+        o,
+    ]);
+    assert!(
+        !ok && err.contains("needs a DST checkpoint of --model lenet300"),
         "{err}"
     );
     std::fs::remove_dir_all(&out).unwrap();
