@@ -2491,6 +2491,19 @@ fn a_bad_value_in_config_json_is_named_there() {
         !ok && err.contains("trained with sgd, and its config.json now says adam"),
         "{err}"
     );
+    // A DST run made dense: named as such (it was "checkpoint of model lenet300 (masked true),
+    // expected lenet300 (masked false)").
+    config["optimizer"] = "sgd".into();
+    config["dense"] = true.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let (ok, _, err) = dst(&["train", "--resume", r, "--epochs", "2"]);
+    assert!(
+        !ok && err.contains(
+            "holds a DST run's checkpoint, and its config.json now says \"dense\": true: a run \
+             cannot turn dense; set \"dense\" back to false"
+        ),
+        "{err}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

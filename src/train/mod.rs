@@ -458,6 +458,21 @@ pub fn train(
         let their_cfg: Option<TrainConfig> = ck
             .meta("config")
             .and_then(|c| serde_json::from_str::<TrainConfig>(c).ok());
+        // A dense run's checkpoint under a DST config.json, or the other way (config.json
+        // edited): said as such, not as a session's shape mismatch.
+        if let Some(theirs) = ck.meta("masked").filter(|m| *m != cfg.masked().to_string()) {
+            let kind = |masked: bool| if masked { "DST" } else { "dense" };
+            let was_masked = theirs == "true";
+            return Err(TrainError::Refused(format!(
+                "{} holds a {} run's checkpoint, and its config.json now says \"dense\": {}: a \
+                 run cannot turn {}; set \"dense\" back to {}, or train anew in another folder",
+                run.dir.display(),
+                kind(was_masked),
+                cfg.dense,
+                if was_masked { "dense" } else { "into DST" },
+                !was_masked
+            )));
+        }
         // Another optimiser than the checkpoint's (config.json edited): its state cannot carry
         // over. Said as such, not as a tensor the checkpoint lacks.
         if let Some(o) = their_cfg
