@@ -362,7 +362,8 @@ struct TrainArgs {
     /// default ones) [default: 0.1].
     #[arg(long, allow_negative_numbers = true)]
     lr_gamma: Option<f64>,
-    /// SGD momentum [default: the model's, 0.9 for the LeNets and the CIFAR-10 models].
+    /// SGD momentum [default: the model's, 0.9 for the LeNets and the CIFAR-10 models; 0.9 for
+    /// an LSTM trained with --optimizer sgd].
     #[arg(long, allow_negative_numbers = true)]
     momentum: Option<f64>,
     /// Weight decay, applied to every parameter [default: the model's: 0 for the MNIST models,
@@ -1143,7 +1144,10 @@ fn cmd_info(model: Option<&str>, batch: Option<usize>, dense: bool) -> anyhow::R
 /// `--momentum` is SGD's: refused with Adam rather than ignored (`train` and `sweep`).
 fn check_momentum(optimizer: &str, momentum: Option<f64>) -> anyhow::Result<()> {
     if optimizer == "adam" && momentum.is_some() {
-        bail!("--momentum is SGD's; Adam uses its own betas (0.9, 0.999)");
+        bail!(
+            "--momentum is SGD's; Adam uses its own betas (0.9, 0.999): give --optimizer sgd \
+             with it, or drop it"
+        );
     }
     Ok(())
 }
@@ -1162,8 +1166,15 @@ fn learning_rate(given: Option<f64>, d: &TrainConfig, optimizer: &str) -> (f64, 
     let lr = if optimizer == "adam" { 1e-3 } else { 0.01 };
     let note = format!(
         "note: --optimizer {optimizer} without --lr: lr {lr}, {optimizer}'s usual rate ({}'s {} is \
-         for {}); give --lr for another",
-        d.model, d.lr, d.optimizer
+         for {}){}; give --lr for another",
+        d.model,
+        d.lr,
+        d.optimizer,
+        if optimizer == "sgd" {
+            format!(", momentum {} unless --momentum says otherwise", d.momentum)
+        } else {
+            String::new()
+        }
     );
     (lr, Some(note))
 }
@@ -1955,8 +1966,15 @@ mod tests {
             "note: --optimizer adam without --lr: lr 0.001, adam's usual rate (lenet5's 0.01 is \
              for sgd); give --lr for another"
         );
+        // SGD for an LSTM: its momentum said too (it was taken in silence).
         let (lr, note) = learning_rate(None, &lstm, "sgd");
-        assert_eq!((lr, note.is_some()), (0.01, true));
+        assert_eq!(lr, 0.01);
+        assert!(
+            note.as_deref().is_some_and(|n| n.contains(
+                "(lstm-a's 0.001 is for adam), momentum 0.9 unless --momentum says otherwise"
+            )),
+            "{note:?}"
+        );
         assert_eq!(learning_rate(None, &lstm, "adam"), (1e-3, None));
         // An unknown one: no note (it is refused with its name later).
         assert_eq!(learning_rate(None, &lenet5, "rmsprop"), (0.01, None));
