@@ -227,6 +227,14 @@ pub fn run(
                 mark(TiledForm::TwoByTwo)
             );
         }
+        println!(
+            "(*: the tiled form a GPU's product of the shape takes{})",
+            if tile_reps.is_none() {
+                "; -: a GPU form, not timed on a CPU adapter: --gpu-forms times it"
+            } else {
+                ""
+            }
+        );
         sparse_products(&gpu, &k, reps, &mut rand)?;
         input_sparse_products(&gpu, &k, reps, &mut rand)?;
         input_sparse_weight_gradient(&gpu, &k, reps, &mut rand)?;

@@ -97,7 +97,8 @@ enum Command {
         #[arg(long)]
         checkpoint: Option<PathBuf>,
         /// Alternating rounds of the step timings (every variant once per round, the order
-        /// reversed every other round); each ratio printed is the median of the rounds' ratios,
+        /// reversed every other round); each variant's time printed is the mean over the rounds,
+        /// each ratio the median of the rounds' ratios (so not the ratio of two printed times),
         /// with their quartiles from 4 rounds on. On a noisy machine many short rounds (e.g.
         /// --steps 10 --rounds 40) pair the variants more closely in time.
         #[arg(long, default_value_t = 2, allow_negative_numbers = true)]

@@ -1057,6 +1057,14 @@ fn bench_tables_list_every_gpu_form() {
         out.contains("(*: the form a GPU's layer of the shape takes"),
         "{out}"
     );
+    // The GEMM table's marks explained under it (only after the conv table, once).
+    let gemm_legend = out
+        .find("(*: the tiled form a GPU's product of the shape takes")
+        .expect(&out);
+    assert!(
+        gemm_legend < out.find("fc1 products (us)").expect(&out),
+        "{out}"
+    );
     assert_eq!(
         out.contains("(-: a GPU form, not timed on a CPU adapter"),
         cpu,
