@@ -244,7 +244,7 @@ pub enum DataError {
         n_images: usize,
         n_labels: usize,
     },
-    #[error("{file}: label out of range at index {index}: value {value} (must be < {classes})")]
+    #[error("{file}: label out of range at index {index} (counting from 0): value {value} (must be < {classes})")]
     LabelOutOfRange {
         file: String,
         index: usize,
@@ -310,7 +310,7 @@ pub enum DataError {
         want: usize,
     },
     #[error(
-        "{file}: record {record} (byte offset {offset}) has label {value}, outside 0-{max}", max = .classes - 1
+        "{file}: record {record} (counting from 0; byte offset {offset}) has label {value}, outside 0-{max}", max = .classes - 1
     )]
     RecordLabel {
         file: String,
