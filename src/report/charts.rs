@@ -693,8 +693,10 @@ fn line_panel(area: &Area, p: &Panel) -> DrawResult {
                     let piece = |(a, b): (i32, i32)| PathElement::new(vec![(a, 0), (b, 0)], c);
                     EmptyElement::at((x, y)) + piece(p0) + piece(p1) + piece(p2) + piece(p3)
                 });
-                if pts.len() == 1 {
-                    chart.draw_series(std::iter::once(Circle::new(pts[0], 3, st.filled())))?;
+                // A lone point, or points at one x (a one-step run's keep chart: its step line
+                // and its epoch's end), would be no line or a sliver: marked.
+                if pts.iter().all(|p| p.0 == pts[0].0) {
+                    chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, st.filled())))?;
                 }
             }
             if let Some(beside) = &beside {
