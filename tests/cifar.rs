@@ -223,7 +223,12 @@ fn reader_refuses_bad_labels() {
     );
     assert_mentions(
         &err,
-        &["test_batch.bin", "record 2 (counting from 0;", "label 10", "outside 0-9"],
+        &[
+            "test_batch.bin",
+            "record 2 (counting from 0;",
+            "label 10",
+            "outside 0-9",
+        ],
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1598,7 +1598,7 @@ fn a_targeted_run_resumed_for_another_length_names_its_target_epoch() {
         r,
     ]);
     assert!(
-        ok && stdout.contains(&format!("alpha {alpha:.3e}\n")),
+        ok && stdout.contains(&format!("alpha {alpha:.3e}, reset paper\n")),
         "{stdout}{err}"
     );
 

@@ -354,8 +354,9 @@ fn foreign_checkpoints_are_refused() {
     // A DST config resuming a dense run's checkpoint.
     let err = run(&small(320, 2), &out, true).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("checkpoint of model lenet300 (masked false)"),
+        err.to_string().contains(
+            "holds a dense run's checkpoint, and its config.json now says \"dense\": false"
+        ),
         "{err}"
     );
     // Truncated file.

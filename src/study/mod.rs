@@ -668,7 +668,7 @@ fn check_other_runs(
             // Only the length: the same study, asked for part of it at another length.
             return Err(StudyError::Config(format!(
                 "{} holds runs of {theirs} epochs ({name}{more}), and this study's runs are of \
-                 {ours}: its report would replace the one of the folder's runs at their length. \
+                 {ours}: its report would replace the one of those runs. \
                  Pass --epochs {theirs}, ask for their {parts} too (a study extends its runs to \
                  --epochs), or pick another --out",
                 out.display(),
