@@ -229,10 +229,12 @@ pub fn run(
         }
         println!(
             "(*: the tiled form a GPU's product of the shape takes{})",
-            if tile_reps.is_none() {
-                "; -: a GPU form, not timed on a CPU adapter: --gpu-forms times it"
-            } else {
-                ""
+            match (gpu.class, tile_reps.is_none()) {
+                (crate::gpu::AdapterClass::Gpu, _) => "",
+                (_, true) =>
+                    "; a CPU adapter's takes regblock; -: a GPU form, not timed on a \
+                              CPU adapter: --gpu-forms times it",
+                (_, false) => "; a CPU adapter's takes regblock",
             }
         );
         sparse_products(&gpu, &k, reps, &mut rand)?;
@@ -1198,6 +1200,7 @@ fn step_times(
             )
         })
         .collect();
+    let run_reset = ck.map(|(c, _)| crate::train::reset_policy_of(c));
     let mut variants: Vec<Variant> = Vec::new();
     // Set-up and warm-up time of the first variant: the whole run's length, told where long
     // (a CIFAR-10 model on a CPU adapter takes hours at the defaults, silently).
@@ -1209,8 +1212,8 @@ fn step_times(
         // The run's dead-layer policy for every DST variant, as for its settings above (a floor
         // run's fresh DST steps were timed with the paper's reset, and its checkpoint's with its
         // own: the ratio counted the floor's passes against the checkpoint's sparsity).
-        if let Some((ck, _)) = ck {
-            session.reset = crate::train::reset_policy_of(ck);
+        if let (Some(r), true) = (run_reset, masked) {
+            session.reset = r;
         }
         if let Some((keep, input)) = sparse_keep {
             session.sparse_keep = keep;

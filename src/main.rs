@@ -965,7 +965,7 @@ fn cmd_sweep(a: SweepArgs) -> anyhow::Result<()> {
     let d = TrainConfig::for_model(&a.model)?;
     let optimizer = a.optimizer.clone().unwrap_or(d.optimizer.clone());
     check_momentum(&optimizer, a.momentum)?;
-    let (lr, note) = learning_rate(a.lr, &d, &optimizer);
+    let (lr, note) = learning_rate(a.lr, &d, &optimizer, a.momentum.is_some());
     if let Some(n) = note {
         eprintln!("{n}");
     }
@@ -1156,7 +1156,12 @@ fn check_momentum(optimizer: &str, momentum: Option<f64>) -> anyhow::Result<()> 
 /// The learning rate: `--lr`, else the model's, or, with an `--optimizer` other than the
 /// model's, that optimiser's usual one (Adam 1e-3, SGD 0.01: the paper's for the LSTMs and the
 /// LeNets), with the note saying so.
-fn learning_rate(given: Option<f64>, d: &TrainConfig, optimizer: &str) -> (f64, Option<String>) {
+fn learning_rate(
+    given: Option<f64>,
+    d: &TrainConfig,
+    optimizer: &str,
+    momentum_given: bool,
+) -> (f64, Option<String>) {
     if let Some(lr) = given {
         return (lr, None);
     }
@@ -1171,8 +1176,8 @@ fn learning_rate(given: Option<f64>, d: &TrainConfig, optimizer: &str) -> (f64, 
         d.model,
         d.lr,
         d.optimizer,
-        if optimizer == "sgd" {
-            format!(", momentum {} unless --momentum says otherwise", d.momentum)
+        if optimizer == "sgd" && !momentum_given {
+            format!(", momentum {} (--momentum for another)", d.momentum)
         } else {
             String::new()
         }
@@ -1199,7 +1204,7 @@ fn config_from(a: &TrainArgs) -> anyhow::Result<TrainConfig> {
     }
     let optimizer = a.optimizer.clone().unwrap_or(d.optimizer.clone());
     check_momentum(&optimizer, a.momentum)?;
-    let (lr, note) = learning_rate(a.lr, &d, &optimizer);
+    let (lr, note) = learning_rate(a.lr, &d, &optimizer, a.momentum.is_some());
     if let Some(n) = note {
         eprintln!("{n}");
     }
@@ -1958,9 +1963,12 @@ mod tests {
     fn another_optimiser_takes_its_own_learning_rate() {
         let lenet5 = TrainConfig::for_model("lenet5").unwrap();
         let lstm = TrainConfig::for_model("lstm-a").unwrap();
-        assert_eq!(learning_rate(None, &lenet5, "sgd"), (0.01, None));
-        assert_eq!(learning_rate(Some(0.5), &lenet5, "adam"), (0.5, None));
-        let (lr, note) = learning_rate(None, &lenet5, "adam");
+        assert_eq!(learning_rate(None, &lenet5, "sgd", false), (0.01, None));
+        assert_eq!(
+            learning_rate(Some(0.5), &lenet5, "adam", false),
+            (0.5, None)
+        );
+        let (lr, note) = learning_rate(None, &lenet5, "adam", false);
         assert_eq!(lr, 1e-3);
         assert_eq!(
             note.unwrap(),
@@ -1968,17 +1976,19 @@ mod tests {
              for sgd); give --lr for another"
         );
         // SGD for an LSTM: its momentum said too (it was taken in silence).
-        let (lr, note) = learning_rate(None, &lstm, "sgd");
+        let (lr, note) = learning_rate(None, &lstm, "sgd", false);
         assert_eq!(lr, 0.01);
         assert!(
-            note.as_deref().is_some_and(|n| n.contains(
-                "(lstm-a's 0.001 is for adam), momentum 0.9 unless --momentum says otherwise"
-            )),
+            note.as_deref().is_some_and(|n| n
+                .contains("(lstm-a's 0.001 is for adam), momentum 0.9 (--momentum for another)")),
             "{note:?}"
         );
-        assert_eq!(learning_rate(None, &lstm, "adam"), (1e-3, None));
+        assert_eq!(learning_rate(None, &lstm, "adam", false), (1e-3, None));
+        // --momentum given: its value is the header's, not the note's.
+        let (_, note) = learning_rate(None, &lstm, "sgd", true);
+        assert!(note.is_some_and(|n| !n.contains("momentum")));
         // An unknown one: no note (it is refused with its name later).
-        assert_eq!(learning_rate(None, &lenet5, "rmsprop"), (0.01, None));
+        assert_eq!(learning_rate(None, &lenet5, "rmsprop", false), (0.01, None));
     }
 
     /// Every option and argument of every command says what it is in `--help` (`--seed` and

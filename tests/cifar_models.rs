@@ -386,11 +386,37 @@ fn a_last_batch_of_one_image_is_named_where_a_batch_norm_needs_two() {
     assert!(o.status.success(), "{err}");
     assert!(
         err.contains(
-            "note: the last batch of each epoch holds 1 image (5 training images in batches of \
-             4), and bn14 cannot normalise fewer than 2"
-        ),
+            "note: the last batch of each epoch holds 1 image (5 training images, after \
+             --limit-train and --valid, in batches of 4), and bn14 cannot normalise fewer than 2"
+        ) && err.contains("A --limit-train, --valid or --batch that leaves no such batch"),
         "{err}"
     );
+    // A single training image: refused naming the set (it blamed --batch), nothing written.
+    let one = tmp("cifar_models", "vgg-one-image");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_dst"))
+        .args([
+            "train",
+            "--model",
+            "vgg16",
+            "--limit-train",
+            "1",
+            "--epochs",
+            "1",
+        ])
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&one)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success()
+            && err.contains("1 training image is left (after --limit-train and --valid), and bn14")
+            && !err.contains("--batch 2"),
+        "{err}"
+    );
+    assert!(!one.join("config.json").exists());
     let need = |model: &str| {
         dst::models::Model::build(&gpu(), model, true, 1, false)
             .unwrap()

@@ -1057,7 +1057,8 @@ fn bench_tables_list_every_gpu_form() {
         out.contains("(*: the form a GPU's layer of the shape takes"),
         "{out}"
     );
-    // The GEMM table's marks explained under it (only after the conv table, once).
+    // The GEMM table's marks explained under it, before the conv table (its legend came only
+    // after that one).
     let gemm_legend = out
         .find("(*: the tiled form a GPU's product of the shape takes")
         .expect(&out);

@@ -302,7 +302,7 @@ fn label_out_of_range_reports_first_bad_index() {
         &[
             "train-labels-idx1-ubyte.gz",
             "out of range",
-            "index 3",
+            "index 3 (counting from 0)",
             "value 10",
         ],
     );

@@ -1714,6 +1714,18 @@ fn evaluation_in_chunks_reports_progress_and_the_same_figures() {
         .unwrap();
     assert_eq!(whole, adaptive);
     assert_eq!((seen.first(), seen.last()), (Some(&want[0]), Some(&2000)));
+    // Never more than the cap a submission: at most 2 batches here.
+    let mut seen = Vec::new();
+    let capped = session
+        .evaluate_in_chunks(&plan, &test, 2, &mut |d| seen.push(d))
+        .unwrap();
+    assert_eq!(whole, capped);
+    assert_eq!(seen.first(), Some(&want[0]));
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] <= 2 * b),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&2000));
 }
 
 /// An export remembers the data folder its run trained on: `dst infer` without `--data` scores

@@ -262,7 +262,7 @@ pub enum DataError {
     },
     #[error(
         "{dir}: {why}{}",
-        if why.contains("give --data") {
+        if *folder_named {
             // The folder to give is named already.
             String::new()
         } else {
@@ -284,6 +284,8 @@ pub enum DataError {
         why: String,
         /// `dir` is nothing yet: `dst fetch` can make it.
         fetch_here: bool,
+        /// `why` names the folder to give (a dataset file was given): no fetch hint.
+        folder_named: bool,
     },
     #[error("{dir}: missing {dataset} file(s): {}", missing.join(", "))]
     Missing {
@@ -555,7 +557,7 @@ fn fetch_name(dataset: &str) -> String {
 
 /// A data folder that is not one: missing, or a file.
 pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), DataError> {
-    let mut fetch_here = false;
+    let (mut fetch_here, mut folder_named) = (false, false);
     let why = match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => return Ok(()),
         // One of the dataset's files given for its folder: the folder named.
@@ -563,11 +565,14 @@ pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), Data
             .parent()
             .filter(|p| !p.as_os_str().is_empty() && (holds_mnist(p) || cifar::holds_any(p)))
         {
-            Some(p) => format!(
-                "is a file, not a folder: its folder {} holds dataset files; give --data {}",
-                p.display(),
-                p.display()
-            ),
+            Some(p) => {
+                folder_named = true;
+                format!(
+                    "is a file, not a folder: its folder {} holds dataset files; give --data {}",
+                    p.display(),
+                    p.display()
+                )
+            }
             None => "is a file, not a folder".to_string(),
         },
         // A link to nothing is no file in the way.
@@ -587,6 +592,7 @@ pub(crate) fn check_folder(dir: &Path, dataset: &'static str) -> Result<(), Data
         dataset,
         why,
         fetch_here,
+        folder_named,
     })
 }
 

@@ -380,7 +380,7 @@ pub fn train(
         cfg.optimizer().is_adam(),
     )?;
     session.reset = cfg.reset_policy();
-    if let Some(n) = short_last_batch(&session.model, data.train.count, cfg.batch) {
+    if let Some(n) = short_last_batch(&session.model, data.train.count, cfg.batch, opts.resume)? {
         notes.push(n);
     }
     if let Some(r) = cfg.target_keep {
@@ -998,18 +998,41 @@ fn finish(
 /// training images in batches of `batch`): VGG-16's batch norm after its first FC layer cannot
 /// normalise one sample (PyTorch refuses it; `batchnorm.wgsl` leaves its running statistics as
 /// they are in that step, and the layers before it get no gradient from it).
-fn short_last_batch(model: &crate::models::Model, count: usize, batch: usize) -> Option<String> {
+/// A training set smaller than that layer needs (every batch too small) is refused, naming the
+/// set's size rather than `--batch`. `resume`: the note gives no advice (a resume keeps its
+/// batch and data).
+fn short_last_batch(
+    model: &crate::models::Model,
+    count: usize,
+    batch: usize,
+    resume: bool,
+) -> Result<Option<String>> {
+    let Some((layer, need)) = model.min_train_batch() else {
+        return Ok(None);
+    };
+    if count < need {
+        return Err(TrainError::Refused(format!(
+            "{} training {} left (after --limit-train and --valid), and {layer} cannot normalise \
+             fewer than {need} in training mode (PyTorch refuses it): give it at least {need}",
+            count,
+            if count == 1 { "image is" } else { "images are" },
+        )));
+    }
     let last = count % batch;
-    let (layer, need) = model.min_train_batch()?;
-    (last > 0 && last < need && count > batch).then(|| {
+    Ok((last > 0 && last < need && count > batch).then(|| {
         format!(
-            "note: the last batch of each epoch holds {} ({count} training images in batches of \
-             {batch}), and {layer} cannot normalise fewer than {need} (PyTorch refuses it): in \
-             that step its running statistics stay as they are and the layers before it get no \
-             gradient. A --limit-train or --batch that leaves no such batch avoids it",
-            crate::report::plural(last, "image")
+            "note: the last batch of each epoch holds {} ({count} training images, after \
+             --limit-train and --valid, in batches of {batch}), and {layer} cannot normalise \
+             fewer than {need} (PyTorch refuses it): in that step its running statistics stay as \
+             they are and the layers before it get no gradient{}",
+            crate::report::plural(last, "image"),
+            if resume {
+                ""
+            } else {
+                ". A --limit-train, --valid or --batch that leaves no such batch avoids it"
+            }
         )
-    })
+    }))
 }
 
 /// Steps between two moves of the progress bar, when lines are logged more rarely: a tenth of

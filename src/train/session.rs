@@ -232,16 +232,14 @@ impl Session {
         // One submission where no progress is asked for.
         let mut size = if chunk == usize::MAX { chunk } else { 1 };
         while next < infos.len() {
-            let part = &infos[next..next + size.min(chunk.max(1)).min(infos.len() - next)];
+            let part = &infos[next..next + size.min(infos.len() - next)];
             let t = std::time::Instant::now();
             self.run_steps(plan, part)?;
             next += part.len();
             done += part.iter().map(|i| i.valid as usize).sum::<usize>();
             if chunk != usize::MAX {
                 self.gpu.wait()?;
-                if t.elapsed() < std::time::Duration::from_millis(500) {
-                    size = size.saturating_mul(2);
-                }
+                size = next_submission(size, t.elapsed(), chunk);
             }
             progress(done);
         }
@@ -419,4 +417,37 @@ pub struct Stats {
     pub non_finite: bool,
     /// A parameter or optimiser value was NaN or infinite at the end of the window.
     pub non_finite_params: bool,
+}
+
+/// The batches of an evaluation's next submission after one of `size` batches that took
+/// `took` (`Session::evaluate_in_chunks`): twice as many while one takes under half a second, at
+/// most `cap` (at least 1).
+pub fn next_submission(size: usize, took: std::time::Duration, cap: usize) -> usize {
+    let size = if took < std::time::Duration::from_millis(500) {
+        size.saturating_mul(2)
+    } else {
+        size
+    };
+    size.clamp(1, cap.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Submissions double while fast, stay while slow, and never pass the cap (nor fall below 1).
+    #[test]
+    fn evaluation_submissions_grow_to_their_cap() {
+        use std::time::Duration;
+        let fast = Duration::from_millis(10);
+        let slow = Duration::from_secs(2);
+        let mut size = 1;
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            size = super::next_submission(size, fast, 10);
+            seen.push(size);
+        }
+        assert_eq!(seen, [2, 4, 8, 10, 10, 10]);
+        assert_eq!(super::next_submission(4, slow, 10), 4);
+        assert_eq!(super::next_submission(1, fast, 1), 1);
+        assert_eq!(super::next_submission(1, fast, 0), 1);
+    }
 }
