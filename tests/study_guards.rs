@@ -897,7 +897,8 @@ fn a_sweep_into_another_sweeps_folder_is_refused() {
         );
         assert!(!out.join("alpha7e-3-seed1").exists());
     }
-    // Only another length: the hint says how to make them one study.
+    // Only another length: the hint says how to make them one study; asking for them too
+    // only where that extends them, and for the dense baseline by dropping --no-dense.
     let e = err_of(study::sweep(
         &other(&|s| s.base.epochs = 3),
         &out,
@@ -906,6 +907,22 @@ fn a_sweep_into_another_sweeps_folder_is_refused() {
     assert!(
         e.contains("holds runs of 2 epochs (alpha5e-4-seed1 and another run), and this study's runs are of 3")
             && e.contains("Pass --epochs 2, ask for their alphas and seeds too"),
+        "{e}"
+    );
+    let e = err_of(study::sweep(
+        &other(&|s| s.base.epochs = 1),
+        &out,
+        &mut Quiet,
+    ));
+    assert!(
+        e.contains("Pass --epochs 2, or pick another --out") && !e.contains("ask for"),
+        "{e}"
+    );
+    let mut dense_only = other(&|s| s.base.epochs = 3);
+    dense_only.alphas = vec![5e-4];
+    let e = err_of(study::sweep(&dense_only, &out, &mut Quiet));
+    assert!(
+        e.contains("(dense-seed1)") && e.contains("Pass --epochs 2, drop --no-dense"),
         "{e}"
     );
     // A run it cannot read is not this study's to judge (`dst report` names it).
@@ -997,6 +1014,39 @@ fn the_two_kinds_of_study_stay_apart_before_their_reports() {
         e.contains("is the lenet300 folder of the `dst reproduce` study"),
         "{e}"
     );
+    // Any folder in it (the reproduction's report would take its runs in), through a link or
+    // by another spelling too, and a reproduction nested in it.
+    let e = err_of(study::sweep(&sweep, &out.join("foo"), &mut Quiet));
+    assert!(
+        e.contains("is the foo folder of the `dst reproduce` study"),
+        "{e}"
+    );
+    let e = err_of(study::sweep(
+        &sweep,
+        &out.join("lenet300/../lenet300/."),
+        &mut Quiet,
+    ));
+    assert!(
+        e.contains("is the lenet300 folder of the `dst reproduce`"),
+        "{e}"
+    );
+    #[cfg(unix)]
+    {
+        let link = tmp("marked-link").join("to300");
+        std::os::unix::fs::symlink(out.join("lenet300"), &link).unwrap();
+        let e = err_of(study::sweep(&sweep, &link, &mut Quiet));
+        assert!(
+            e.contains("is the lenet300 folder of the `dst reproduce`"),
+            "{e}"
+        );
+    }
+    let e = err_of(study::reproduce(&r, &out.join("lenet5"), &mut Quiet));
+    assert!(
+        e.contains("is the lenet5 folder of the `dst reproduce` study")
+            && e.contains("a reproduction's runs"),
+        "{e}"
+    );
+    assert!(!out.join("foo").exists() && !out.join("lenet5").exists());
     let e = err_of(study::sweep(&sweep, &out, &mut Quiet));
     assert!(e.contains("`dst reproduce` study (study.json)"), "{e}");
     assert!(!out.join("lenet300/sweep.md").exists());
@@ -1021,6 +1071,20 @@ fn the_two_kinds_of_study_stay_apart_before_their_reports() {
     );
     assert!(!root.join("REPORT.md").exists());
 
+    // A reproduction over a folder whose model folder holds another reproduction.
+    let outer = tmp("marked-outer");
+    for (dir, cfg) in r.runs(&outer.join("lenet300")).unwrap() {
+        fake_run(&dir, &cfg, 95.0, None);
+    }
+    study::reproduce(&r, &outer.join("lenet300"), &mut Quiet).unwrap();
+    let e = err_of(study::reproduce(&r, &outer, &mut Quiet));
+    assert!(
+        e.contains("looks like a `dst reproduce` study")
+            && e.contains(&format!("lenet300{}study.json", std::path::MAIN_SEPARATOR)),
+        "{e}"
+    );
+    assert!(!outer.join(study::STUDY_FILE).exists());
+
     // A study.json that dst did not write is not replaced.
     let theirs = tmp("marked-theirs");
     std::fs::write(theirs.join(study::STUDY_FILE), "{\"mine\": 1}").unwrap();
@@ -1033,4 +1097,20 @@ fn the_two_kinds_of_study_stay_apart_before_their_reports() {
         std::fs::read_to_string(theirs.join(study::STUDY_FILE)).unwrap(),
         "{\"mine\": 1}"
     );
+}
+
+/// A study that fails before any of its runs is set up (one in use by another process) leaves
+/// no study.json behind: it said nothing was changed, and the mark refused the other kind of
+/// study there.
+#[test]
+fn a_study_stopped_before_its_runs_leaves_no_mark() {
+    let out = tmp("unmarked");
+    let spec = sweep_spec();
+    let (first, _) = spec.runs(&out).into_iter().next().unwrap();
+    std::fs::create_dir_all(&first).unwrap();
+    let held = dst::train::lock_run(&first).unwrap();
+    let e = err_of(study::sweep(&spec, &out, &mut Quiet));
+    drop(held);
+    assert!(e.contains("in use by another dst process"), "{e}");
+    assert!(!out.join(study::STUDY_FILE).exists());
 }

@@ -456,7 +456,7 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
         .into());
     }
     let grid = s.runs(out);
-    let _lock = start_study(out, Study::Sweep, &grid, |theirs: &TrainConfig| {
+    let lock = start_study(out, Study::Sweep, &grid, |theirs: &TrainConfig| {
         Some(TrainConfig {
             dense: theirs.dense,
             alpha: theirs.alpha,
@@ -464,7 +464,7 @@ pub fn sweep(s: &Sweep, out: &Path, progress: &mut dyn Progress) -> Result<Vec<R
             ..s.base.clone()
         })
     })?;
-    let diverged = train_grid(&grid, progress, run_name)?;
+    let diverged = lock.trained(&grid, train_grid(&grid, progress, run_name))?;
     let runs: Vec<Run> = grid
         .iter()
         .map(|(d, _)| Run::load(d))
@@ -490,7 +490,7 @@ fn start_study(
     kind: Study,
     grid: &[(PathBuf, TrainConfig)],
     wanted: impl Fn(&TrainConfig) -> Option<TrainConfig>,
-) -> Result<Option<std::fs::File>, StudyError> {
+) -> Result<StudyLock, StudyError> {
     for (dir, cfg) in grid {
         check_reuse(cfg, dir)?;
     }
@@ -500,8 +500,37 @@ fn start_study(
     };
     check_other_runs(out, depth, grid, parts, wanted)?;
     let lock = lock_study(out)?;
-    mark_study(out, kind)?;
-    Ok(lock)
+    let marked = mark_study(out, kind)?;
+    Ok(StudyLock {
+        _lock: lock,
+        out: out.to_path_buf(),
+        marked,
+    })
+}
+
+/// A study's hold on its folder (`start_study`): the lock, and whether it wrote the folder's
+/// `STUDY_FILE`.
+struct StudyLock {
+    _lock: Option<std::fs::File>,
+    out: PathBuf,
+    marked: bool,
+}
+
+impl StudyLock {
+    /// `train_grid`'s result; where it failed and this study marked the folder but no run of
+    /// `grid` was set up there (a run in use by another process, an adapter that failed), the
+    /// mark goes: the folder holds nothing of the study (it said "nothing was changed", and the
+    /// mark refused the other kind of study there).
+    fn trained<T>(
+        &self,
+        grid: &[(PathBuf, TrainConfig)],
+        r: Result<T, StudyError>,
+    ) -> Result<T, StudyError> {
+        if r.is_err() && self.marked && !grid.iter().any(|(d, _)| d.join("config.json").exists()) {
+            let _ = std::fs::remove_file(self.out.join(STUDY_FILE));
+        }
+        r
+    }
 }
 
 /// Takes the study folder `out`'s lock (made if missing) for as long as the study trains and
@@ -651,10 +680,10 @@ fn check_other_runs(
             ));
         }
         if !diff.is_empty() {
-            differing.push((dir, diff));
+            differing.push((dir, diff, theirs.dense));
         }
     }
-    let Some((dir, diff)) = differing.first() else {
+    let Some((dir, diff, dense)) = differing.first() else {
         return Ok(());
     };
     let more = match differing.len() {
@@ -665,13 +694,25 @@ fn check_other_runs(
     let name = dir.strip_prefix(out).unwrap_or(dir).display();
     if let [(key, theirs, ours)] = &diff[..] {
         if key == "epochs" {
-            // Only the length: the same study, asked for part of it at another length.
+            // Only the length: the same study, asked for part of it at another length. Asking
+            // for them too extends them (never shortens them); a dense baseline left out by
+            // --no-dense is asked for by dropping it.
+            let join = match (ours.parse::<usize>(), theirs.parse::<usize>()) {
+                (Ok(o), Ok(t)) if o > t && *dense && !grid.iter().any(|(_, c)| c.dense) => {
+                    ", drop --no-dense (a study extends its runs to --epochs)".to_string()
+                }
+                (Ok(o), Ok(t)) if o > t => {
+                    format!(", ask for their {parts} too (a study extends its runs to --epochs)")
+                }
+                _ => String::new(),
+            };
             return Err(StudyError::Config(format!(
-                "{} holds runs of {theirs} epochs ({name}{more}), and this study's runs are of \
-                 {ours}: its report would replace the one of those runs. \
-                 Pass --epochs {theirs}, ask for their {parts} too (a study extends its runs to \
-                 --epochs), or pick another --out",
+                "{} holds runs of {} ({name}{more}), and this study's runs are of {ours}: its \
+                 report would replace theirs. Pass --epochs {theirs}{join}, or pick another --out",
                 out.display(),
+                theirs
+                    .parse::<usize>()
+                    .map_or(format!("{theirs} epochs"), |t| report::plural(t, "epoch")),
             )));
         }
     }
@@ -746,34 +787,52 @@ fn study_kind(dir: &Path) -> Option<Study> {
         .find(|k| k.name() == name)
 }
 
-/// Writes `out`'s `STUDY_FILE` (a study of `kind`), unless it is there already.
-fn mark_study(out: &Path, kind: Study) -> Result<(), StudyError> {
+/// Writes `out`'s `STUDY_FILE` (a study of `kind`), unless it is there already; whether it
+/// wrote it.
+fn mark_study(out: &Path, kind: Study) -> Result<bool, StudyError> {
     if study_kind(out) == Some(kind) {
-        return Ok(());
+        return Ok(false);
     }
     let path = out.join(STUDY_FILE);
     let text = format!("{}\n", serde_json::json!({ "study": kind.name() }));
     crate::checkpoint::write_atomic(&path, text.as_bytes())
-        .map_err(|source| StudyError::Io { path, source })
+        .map_err(|source| StudyError::Io { path, source })?;
+    Ok(true)
 }
 
-/// Where `out` is a reproduction's folder of one model's runs (`runs/table1/lenet300`: a
-/// sweep's layout) or of its charts: that folder's name.
-fn reproduction_part(out: &Path) -> Option<&str> {
+/// `out` as the file system resolves it (a link followed, `.` and `..` gone) where it or its
+/// folder exists: the checks that read its name and its parent's files see the folder itself (a
+/// link to a reproduction's model folder, or `--out .` inside one, got past them).
+fn resolved(out: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(out) {
+        return p;
+    }
+    match out.file_name() {
+        Some(n) => std::fs::canonicalize(parent_of(out))
+            .map(|p| p.join(n))
+            .unwrap_or_else(|_| out.to_path_buf()),
+        None => out.to_path_buf(),
+    }
+}
+
+/// Where `out` is a folder inside a reproduction: any folder of a marked one (its `STUDY_FILE`
+/// or REPORT.md beside it), or, in one from before the mark, a folder of one model's runs
+/// (`runs/table1/lenet300`: a sweep's layout) or of its charts. That folder's name and the
+/// reproduction's folder.
+fn reproduction_part(out: &Path) -> Option<(String, PathBuf)> {
+    let out = resolved(out);
+    let name = out.file_name()?.to_str()?.to_string();
+    let parent = parent_of(&out).to_path_buf();
+    if holds_reproduction_report(&parent) || study_kind(&parent) == Some(Study::Reproduce) {
+        return Some((name, parent));
+    }
     let models = || crate::models::MODELS.iter().map(|m| m.name);
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .filter(|n| *n == "charts" || models().any(|m| m == *n))?;
-    let parent = parent_of(out);
-    let inside = holds_reproduction_report(parent)
-        || study_kind(parent) == Some(Study::Reproduce)
-        || if name == "charts" {
-            models().any(|m| out.join(m).is_dir() && parent.join(m).is_dir())
-        } else {
-            parent.join("charts").join(name).is_dir()
-        };
-    inside.then_some(name)
+    let inside = if name == "charts" {
+        models().any(|m| out.join(m).is_dir() && parent.join(m).is_dir())
+    } else {
+        models().any(|m| m == name) && parent.join("charts").join(&name).is_dir()
+    };
+    inside.then_some((name, parent))
 }
 
 /// What of a reproduction lies in `out`: its REPORT.md, its charts/<model>/ folders, or its
@@ -891,24 +950,30 @@ fn check_study_folder(out: &Path, kind: Study) -> Result<(), StudyError> {
             "holds a dataset's files: a study's runs go into a folder of their own; pick another --out",
         ));
     }
-    if let Some(m) = reproduction_part(out).filter(|_| kind == Study::Sweep) {
+    if let Some((name, parent)) = reproduction_part(out) {
         return Err(refuse(&format!(
-            "is the {m} folder of the `dst reproduce` study in {}: a sweep's runs go into a \
+            "is the {name} folder of the `dst reproduce` study in {}: a {}'s runs go into a \
              folder of their own, or that study's report would take them in; pick another --out",
-            parent_of(out).display()
+            parent.display(),
+            match kind {
+                Study::Sweep => "sweep",
+                Study::Reproduce => "reproduction",
+            }
         )));
     }
     let other = match kind {
         Study::Sweep => reproduction_in(out).map(|what| ("`dst reproduce`", what)),
         // In the folder, or in a folder of a model's runs: a sweep's runs and report there.
-        Study::Reproduce => sweep_in(out)
-            .or_else(|| {
-                crate::models::MODELS.iter().find_map(|m| {
-                    let d = out.join(m.name);
-                    sweep_files_in(&d).map(|f| d.join(f).display().to_string())
-                })
+        Study::Reproduce => sweep_in(out).map(|what| ("`dst sweep`", what)).or_else(|| {
+            crate::models::MODELS.iter().find_map(|m| {
+                let d = out.join(m.name);
+                // A reproduction put there (its folder marked) is one too.
+                if study_kind(&d) == Some(Study::Reproduce) {
+                    return Some(("`dst reproduce`", d.join(STUDY_FILE).display().to_string()));
+                }
+                sweep_files_in(&d).map(|f| ("`dst sweep`", d.join(f).display().to_string()))
             })
-            .map(|what| ("`dst sweep`", what)),
+        }),
     };
     if let Some((study, what)) = other {
         // Runs straight in the folder are a sweep's, or runs made by hand: both would mix.
@@ -1075,7 +1140,7 @@ pub fn reproduce(
         "a `dst reproduce` report",
     )?;
     let grid = r.runs(out)?;
-    let _lock = start_study(out, Study::Reproduce, &grid, |theirs: &TrainConfig| {
+    let lock = start_study(out, Study::Reproduce, &grid, |theirs: &TrainConfig| {
         let one = Reproduce {
             models: vec![theirs.model.clone()],
             seeds: vec![theirs.seed],
@@ -1087,9 +1152,12 @@ pub fn reproduce(
             .map(|(_, c)| c)
             .find(|c| c.dense == theirs.dense)
     })?;
-    let diverged = train_grid(&grid, progress, |cfg| {
-        format!("{} {}", cfg.model, run_name(cfg))
-    })?;
+    let diverged = lock.trained(
+        &grid,
+        train_grid(&grid, progress, |cfg| {
+            format!("{} {}", cfg.model, run_name(cfg))
+        }),
+    )?;
     let runs: Vec<Run> = grid
         .iter()
         .map(|(d, _)| Run::load(d))
