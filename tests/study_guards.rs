@@ -107,6 +107,11 @@ fn a_sweep_refuses_runs_made_with_other_settings() {
         "{e}"
     );
     assert!(e.contains("pick another --out or remove it"), "{e}");
+    // The other run refused is counted (removing the one named met the next).
+    assert!(
+        e.contains("(1 of this study's runs in the folder is refused too"),
+        "{e}"
+    );
     // Every run is refused on its own too, before any GPU work.
     let (dir, cfg) = &other.runs(&out)[1];
     let e = err_of(study::ensure_run(cfg, dir, &mut Quiet));

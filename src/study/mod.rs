@@ -491,8 +491,21 @@ fn start_study(
     grid: &[(PathBuf, TrainConfig)],
     wanted: impl Fn(&TrainConfig) -> Option<TrainConfig>,
 ) -> Result<StudyLock, StudyError> {
-    for (dir, cfg) in grid {
-        check_reuse(cfg, dir)?;
+    // Every conflict counted, not only the first (removing the run named met the next one).
+    let mut refused = grid
+        .iter()
+        .filter_map(|(dir, cfg)| check_reuse(cfg, dir).err());
+    if let Some(first) = refused.next() {
+        let more = refused.count();
+        return Err(match (first, more) {
+            (StudyError::Config(m), 1..) => StudyError::Config(format!(
+                "{m} ({} of this study's runs in the folder {} refused too: removing one run \
+                 leaves the others; another --out takes them all)",
+                more,
+                if more == 1 { "is" } else { "are" }
+            )),
+            (e, _) => e,
+        });
     }
     let (depth, parts) = match kind {
         Study::Sweep => (1, "alphas and seeds"),
