@@ -306,7 +306,7 @@ fn tables_agree_with_the_run_summaries() {
         "97.69 ± 0.14".into(),
         "2.48 ± 0.21".into(),
         "98.16 ± 0.06".into(),
-        "(1 unfinished)".into(),
+        "(1 run unfinished)".into(),
         "last epoch".into(),
         "lowest keep (test)".into(),
         "best on validation".into(),
@@ -949,7 +949,7 @@ fn a_diverged_run_leaves_the_sweep_going() {
     // divergence).
     let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
     assert!(
-        md.contains("(1 diverged)") && !md.contains("unfinished"),
+        md.contains("(1 run diverged)") && !md.contains("unfinished"),
         "{md}"
     );
     assert!(

@@ -546,10 +546,12 @@ pub fn markdown(rows: &[Row], with_paper: bool) -> String {
             .join(", ");
         if row.unfinished > 0 {
             let sep = if seeds.is_empty() { "" } else { " " };
+            // Counts of runs, said so: "2 (2 diverged)" read as seed 2 diverging.
+            let runs = |n: usize| super::plural(n, "run");
             let _ = match (row.unfinished, row.diverged) {
-                (u, 0) => write!(seeds, "{sep}({u} unfinished)"),
-                (u, d) if d == u => write!(seeds, "{sep}({d} diverged)"),
-                (u, d) => write!(seeds, "{sep}({u} unfinished, {d} of them diverged)"),
+                (u, 0) => write!(seeds, "{sep}({} unfinished)", runs(u)),
+                (u, d) if d == u => write!(seeds, "{sep}({} diverged)", runs(d)),
+                (u, d) => write!(seeds, "{sep}({} unfinished, {d} of them diverged)", runs(u)),
             };
         }
         let list = |seeds: &[u64]| {
