@@ -638,9 +638,33 @@ fn fetch_keeps_another_datasets_idx_files() {
         assert_eq!(std::fs::read(&path).unwrap(), kept);
     }
     assert!(server.hits().is_empty(), "nothing downloaded");
-    // Cut short: no whole IDX file, replaced by the download.
+    // Cut short: no whole IDX file, replaced by the download, which says why.
     std::fs::write(&path, &other[..other.len() / 2]).unwrap();
-    fetch::fetch(&dir, &mirrors, &specs, &mut |_| {}).unwrap();
+    let mut lines = Vec::new();
+    fetch::fetch(&dir, &mirrors, &specs, &mut |l| lines.push(l.to_string())).unwrap();
+    assert!(
+        lines.iter().any(
+            |l| l.contains("train-labels-idx1-ubyte.gz: present but bad (")
+                && l.ends_with("; downloading")
+        ),
+        "{lines:?}"
+    );
+    assert_eq!(load_dir(&dir).unwrap().train.count, 12);
+    // MNIST's own file unpacked under its .gz name (as a browser may save it): kept, not
+    // refused as "not this one" naming itself, nor downloaded again.
+    let hits = server.hits().len();
+    let unpacked = valid_set()[1].clone();
+    std::fs::write(&path, &unpacked).unwrap();
+    let mut lines = Vec::new();
+    fetch::fetch(&dir, &mirrors, &specs, &mut |l| lines.push(l.to_string())).unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("present unpacked under its .gz name, SHA-256 verified")),
+        "{lines:?}"
+    );
+    assert_eq!(server.hits().len(), hits, "nothing downloaded");
+    assert_eq!(std::fs::read(&path).unwrap(), unpacked);
     assert_eq!(load_dir(&dir).unwrap().train.count, 12);
     std::fs::remove_dir_all(&dir).unwrap();
 }

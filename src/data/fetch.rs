@@ -386,15 +386,31 @@ fn fetch_into(
     // download, never replaced. One that does not unpack or parse (a download cut short) is
     // replaced below. (The ones verified here are not read again below.)
     let mut gz_ok = Vec::new();
-    for spec in files.iter().filter(|s| !raw_ok.contains(&s.name)) {
+    // Why each .gz present is downloaded again (read here once, not again below).
+    let mut bad: Vec<(&str, String)> = Vec::new();
+    let pending: Vec<&FileSpec> = files.iter().filter(|s| !raw_ok.contains(&s.name)).collect();
+    for spec in pending {
         let dest = to.join(format!("{}.gz", spec.name));
-        let Ok(bytes) = fs::read(&dest) else { continue };
-        let shown = dest.display().to_string();
-        if verify(&bytes, spec, &shown).is_ok() {
-            gz_ok.push(spec.name);
+        if !dest.is_file() {
             continue;
         }
+        let shown = dest.display().to_string();
+        let bytes = match fs::read(&dest) {
+            Ok(b) => b,
+            Err(e) => {
+                bad.push((spec.name, format!("present but unreadable ({e})")));
+                continue;
+            }
+        };
+        let reason = match verify(&bytes, spec, &shown) {
+            Ok(()) => {
+                gz_ok.push(spec.name);
+                continue;
+            }
+            Err(e) => format!("present but bad ({e})"),
+        };
         if idx::parse_idx(&bytes, &shown).is_err() {
+            bad.push((spec.name, reason));
             continue;
         }
         let contents = if idx::is_gzip(&bytes) {
@@ -403,6 +419,15 @@ fn fetch_into(
             bytes
         };
         let got = sha256_hex(&contents);
+        // The right file, saved unpacked under its .gz name (as some browsers do): training
+        // reads it as it is, so it is kept (it was refused as "not this one", naming itself).
+        if got.eq_ignore_ascii_case(spec.sha256) {
+            progress(&format!(
+                "{shown}: ok, present unpacked under its .gz name, SHA-256 verified"
+            ));
+            raw_ok.push(spec.name);
+            continue;
+        }
         let holds = match MNIST_FILES
             .iter()
             .find(|f| f.sha256.eq_ignore_ascii_case(&got))
@@ -430,19 +455,8 @@ fn fetch_into(
             progress(&format!("{shown}: ok, already present"));
             continue;
         }
-        if dest.is_file() {
-            match fs::read(&dest) {
-                Ok(bytes) => match verify(&bytes, spec, &shown) {
-                    Ok(()) => {
-                        progress(&format!("{shown}: ok, already present"));
-                        continue;
-                    }
-                    Err(e) => progress(&format!("{shown}: present but bad ({e}); downloading")),
-                },
-                Err(e) => progress(&format!(
-                    "{shown}: present but unreadable ({e}); downloading"
-                )),
-            }
+        if let Some((_, why)) = bad.iter().find(|(n, _)| *n == spec.name) {
+            progress(&format!("{shown}: {why}; downloading"));
         }
         if mirrors.is_empty() {
             return Err(FetchError::NoMirrors { file: gz_name });
