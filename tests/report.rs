@@ -691,7 +691,7 @@ fn metrics_of_a_resumed_run_read_as_one_history() {
         run.steps.iter().map(|s| s.step).collect::<Vec<_>>(),
         [10, 20, 30, 40]
     );
-    assert_eq!(run.steps[2].keep["fc1"], 0.65);
+    assert_eq!(run.steps[2].keep.get("fc1"), Some(&0.65));
     assert_eq!(
         run.epochs.iter().map(|e| e.epoch).collect::<Vec<_>>(),
         [1, 2]

@@ -227,14 +227,6 @@ impl LayerKeeps {
     }
 }
 
-impl std::ops::Index<&str> for LayerKeeps {
-    type Output = f64;
-    fn index(&self, name: &str) -> &f64 {
-        self.get(name)
-            .unwrap_or_else(|| panic!("no keep ratio for layer {name:?}"))
-    }
-}
-
 impl FromIterator<(String, f64)> for LayerKeeps {
     fn from_iter<I: IntoIterator<Item = (String, f64)>>(iter: I) -> Self {
         LayerKeeps(iter.into_iter().collect())
