@@ -191,9 +191,11 @@ fn layer_colour(layers: &[String], name: &str, k: usize, runs: usize) -> Option<
 }
 
 /// A series per run and layer of the points `of` gives (none where it gives none), coloured by
-/// `layer_colour` among the runs that have any; and how many runs those are.
+/// `layer_colour` among the runs that have any; and how many runs those are. `names`: the runs'
+/// legend names (`legend_names`, made once per chart set).
 fn layer_series(
     runs: &[Run],
+    names: &[String],
     layers: &[String],
     of: impl Fn(&Run, &str) -> Vec<(f64, f64)>,
 ) -> (Vec<Series>, usize) {
@@ -213,7 +215,6 @@ fn layer_series(
         })
         .collect();
     let drawn = per_run.iter().filter(|l| !l.is_empty()).count();
-    let names = legend_names(runs);
     let mut series = Vec::new();
     // k: among the runs drawn (their shades and line styles); i: among `runs`.
     for (k, (i, lines)) in per_run
@@ -225,7 +226,7 @@ fn layer_series(
         for (name, points) in lines {
             series.push(Series {
                 colour: layer_colour(layers, &name, k, drawn),
-                label: series_label(runs, &names, i, &name),
+                label: series_label(runs, names, i, &name),
                 points,
                 // Each run its own line style too: shades alone were hard to tell apart.
                 dash: if drawn > 1 { run_dash(k) } else { None },
@@ -918,8 +919,8 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
     // epoch's end the masks after its last step (what the epoch's line reports: a layer the reset
     // made dense again shows as such).
     let layers = all_layer_names(runs);
-    let (mut keep, keep_runs) = layer_series(runs, &layers, keep_points);
     let names = legend_names(runs);
+    let (mut keep, keep_runs) = layer_series(runs, &names, &layers, keep_points);
     if !keep.is_empty() {
         keep.extend(target_series(runs, &names));
     }
@@ -1017,7 +1018,7 @@ pub fn plot_runs(runs: &[Run], out: &Path) -> Result<Vec<PathBuf>, ReportError> 
 
     // Threshold mean per layer and epoch (a dense run has none; its logs from before they were
     // null give 0.0).
-    let (thr, thr_runs) = layer_series(runs, &layers, |r, name| {
+    let (thr, thr_runs) = layer_series(runs, &names, &layers, |r, name| {
         if r.config.dense {
             return Vec::new();
         }
@@ -1518,7 +1519,8 @@ mod tests {
         };
         let runs = [run("d", None), run("a", Some(0.5)), run("b", Some(0.2))];
         let layers = all_layer_names(&runs);
-        let (series, drawn) = layer_series(&runs, &layers, |r, name| {
+        let names = super::legend_names(&runs);
+        let (series, drawn) = layer_series(&runs, &names, &layers, |r, name| {
             r.steps
                 .iter()
                 .filter_map(|s| s.keep.get(name).map(|k| (s.step as f64, *k)))
